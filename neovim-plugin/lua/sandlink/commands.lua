@@ -1,0 +1,586 @@
+-- The actions behind `:Sandlink <subcommand>`: one function per subcommand, plus argument completion.
+
+local client = require('sandlink.client')
+local config = require('sandlink.config')
+local protocol = require('sandlink.protocol')
+local state = require('sandlink.state')
+
+local commands = {}
+
+local function notify(message, level)
+  vim.notify('sandlink: ' .. message, level or vim.log.levels.INFO)
+end
+
+local function notify_error(what, err)
+  notify(what .. ': ' .. client.describe_error(err), vim.log.levels.ERROR)
+end
+
+local function finish(on_done, err, result)
+  if type(on_done) == 'function' then
+    on_done(err, result)
+  end
+end
+
+-- The workspace commands act on; nil (with a message) when setup() has not started one.
+local function require_workspace()
+  local workspace = state.current_workspace()
+  if workspace == nil then
+    notify('not set up yet: call require("sandlink").setup() first', vim.log.levels.ERROR)
+  end
+  return workspace
+end
+
+local function not_connected_error()
+  return { message = 'not connected to a sandbox: :Sandlink connect starts one', data = { kind = 'notConnected' } }
+end
+
+-- Reads the task names and command lines of .sandlink.toml [tasks]: `name = "cmd"` or [tasks.name] command = "cmd".
+function commands.read_tasks(root_dir)
+  local tasks = {}
+  local path = root_dir .. '/.sandlink.toml'
+  if vim.fn.filereadable(path) ~= 1 then
+    return tasks
+  end
+  local section = nil
+  for _, line in ipairs(vim.fn.readfile(path)) do
+    local header = line:match('^%s*%[([^%]]+)%]%s*$')
+    if header then
+      section = vim.trim(header)
+    elseif section == 'tasks' then
+      local name, quote, value = line:match('^%s*([%w_.-]+)%s*=%s*(["\'])(.-)%2%s*$')
+      if name then
+        tasks[name] = value
+      end
+    elseif section and section:match('^tasks%.') then
+      local name = section:sub(#'tasks.' + 1)
+      local quote, value = line:match('^%s*command%s*=%s*(["\'])(.-)%1%s*$')
+      if quote then
+        tasks[name] = value
+      end
+    end
+  end
+  return tasks
+end
+
+function commands.connect(options, on_done)
+  options = options or {}
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  if workspace.session then
+    notify('already connected (session ' .. tostring(workspace.session.sessionId) .. '); :Sandlink disconnect first')
+    return finish(on_done, nil, workspace.session)
+  end
+  local params = {
+    workspaceFolder = vim.uri_from_fname(workspace.root_dir),
+    sync = options.sync,
+  }
+  if params.sync == nil then
+    params.sync = config.options.sync_on_connect
+  end
+  -- An explicit profile or driver wins; the configured defaults apply only when neither is given.
+  if options.profile or options.driver then
+    params.profile, params.driver = options.profile, options.driver
+  else
+    params.profile, params.driver = config.options.profile, config.options.driver
+  end
+  params.settings = options.settings or config.options.settings
+  workspace.connecting = true
+  state.announce_change()
+  client.request(workspace, protocol.request.connect, params, function(err, session)
+    workspace.connecting = false
+    if err then
+      state.announce_change()
+      notify_error('connecting failed', err)
+      return finish(on_done, err)
+    end
+    workspace.session = session
+    state.announce_change()
+    notify('connected: ' .. tostring(session.profile or session.driver) .. ' session ' .. tostring(session.sessionId)
+      .. (session.remoteRoot and (' at ' .. tostring(session.remoteRoot)) or ''))
+    finish(on_done, nil, session)
+  end)
+end
+
+function commands.disconnect(options, on_done)
+  options = options or {}
+  local workspace = require_workspace()
+  if workspace == nil or workspace.session == nil then
+    notify('not connected')
+    return finish(on_done, nil, {})
+  end
+  local session_id = workspace.session.sessionId
+  client.request(workspace, protocol.request.disconnect, { sessionId = session_id, keep = options.keep or nil },
+    function(err, result)
+      if err then
+        notify_error('disconnecting failed', err)
+        return finish(on_done, err)
+      end
+      if workspace.session and workspace.session.sessionId == session_id then
+        workspace.session = nil
+      end
+      state.announce_change()
+      notify(options.keep and 'disconnected; the sandbox is kept for a later connect' or 'disconnected')
+      finish(on_done, nil, result)
+    end)
+end
+
+-- Starts a command line (or a task of .sandlink.toml) and streams its output into a new scratch buffer.
+function commands.run(command_line, options, on_done)
+  options = options or {}
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  if command_line == nil or vim.trim(command_line) == '' then
+    notify('nothing to run: :Sandlink run <command line or task name>', vim.log.levels.WARN)
+    return finish(on_done, { message = 'no command' })
+  end
+  command_line = vim.trim(command_line)
+  local task_command = commands.read_tasks(workspace.root_dir)[command_line]
+  local shown_command = task_command and (command_line .. ': ' .. task_command) or command_line
+  command_line = task_command or command_line
+
+  if workspace.session == nil then
+    -- Running without a session connects first with the configured defaults, as a user would expect.
+    return commands.connect({}, function(err)
+      if err then
+        return finish(on_done, err)
+      end
+      commands.run(command_line, options, on_done)
+    end)
+  end
+
+  local output = require('sandlink.output')
+  local view = output.create(shown_command, workspace.root_dir)
+  output.show(view)
+  local params = {
+    sessionId = workspace.session.sessionId,
+    command = command_line,
+    cwd = options.cwd,
+    env = options.env,
+    timeoutMs = options.timeoutMs or config.options.run_timeout_ms,
+  }
+  state.run_requests_in_flight = state.run_requests_in_flight + 1
+  client.request(workspace, protocol.request.run, params, function(err, result)
+    state.run_requests_in_flight = state.run_requests_in_flight - 1
+    if err or type(result) ~= 'table' or result.runId == nil then
+      output.append_note(view, '[not started: ' .. client.describe_error(err or 'no runId in the response') .. ']',
+        'SandlinkExitFailure')
+      return finish(on_done, err or { message = 'no runId' })
+    end
+    local run = {
+      run_id = result.runId,
+      root_dir = workspace.root_dir,
+      command = command_line,
+      view = view,
+      finished = false,
+      started_order = vim.loop.hrtime(),
+    }
+    state.runs[result.runId] = run
+    vim.b[view.buffer].sandlink_run_id = result.runId
+    state.announce_change()
+    require('sandlink.handlers').replay_held_messages(result.runId, workspace)
+    finish(on_done, nil, run)
+  end)
+  return view
+end
+
+-- The run to cancel: the one named, else the one whose output buffer is current, else the newest still running.
+function commands.find_run_to_cancel(run_id)
+  if run_id and run_id ~= '' then
+    return state.runs[run_id] or { run_id = run_id }
+  end
+  local buffer_run_id = vim.b.sandlink_run_id
+  if buffer_run_id and state.runs[buffer_run_id] and not state.runs[buffer_run_id].finished then
+    return state.runs[buffer_run_id]
+  end
+  return state.running_runs(state.current_workspace())[1]
+end
+
+function commands.cancel(run_id, on_done)
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  local run = commands.find_run_to_cancel(run_id)
+  if run == nil then
+    notify('no run to cancel')
+    return finish(on_done, { message = 'no run' })
+  end
+  client.request(workspace, protocol.request.cancel, { runId = run.run_id }, function(err, result)
+    if err then
+      notify_error('cancelling failed', err)
+      return finish(on_done, err)
+    end
+    finish(on_done, nil, result)
+  end)
+end
+
+function commands.sync(direction, on_done)
+  local workspace = require_workspace()
+  if workspace == nil or workspace.session == nil then
+    notify_error('sync', not_connected_error())
+    return finish(on_done, not_connected_error())
+  end
+  local params = { sessionId = workspace.session.sessionId }
+  if direction and direction ~= '' then
+    params.direction = direction
+  end
+  client.request(workspace, protocol.request.sync, params, function(err, result)
+    if err then
+      notify_error('sync failed', err)
+      return finish(on_done, err)
+    end
+    local summary = string.format('synced: %s uploaded, %s downloaded, %s deleted, %s bytes in %s ms',
+      tostring(result.uploaded), tostring(result.downloaded), tostring(result.deleted), tostring(result.bytes),
+      tostring(result.durationMs))
+    local conflicts = result.conflicts or {}
+    if #conflicts > 0 then
+      summary = summary .. '; ' .. #conflicts .. ' conflicts, first: ' .. tostring(conflicts[1].path)
+      notify(summary, vim.log.levels.WARN)
+    else
+      notify(summary)
+    end
+    finish(on_done, nil, result)
+  end)
+end
+
+-- Opens a URL: vim.ui.open where Neovim has it (0.10+), else shows it and copies it to the clipboard registers.
+function commands.open_url(url)
+  if vim.ui and type(vim.ui.open) == 'function' then
+    local ok, _, open_error = pcall(vim.ui.open, url)
+    if ok and open_error == nil then
+      notify('opening ' .. url)
+      return 'opened'
+    end
+  end
+  vim.fn.setreg('"', url)
+  local copied_to = 'register "'
+  if vim.fn.has('clipboard') == 1 then
+    pcall(vim.fn.setreg, '+', url)
+    copied_to = 'the clipboard'
+  end
+  notify('preview: ' .. url .. ' (copied to ' .. copied_to .. ')')
+  return 'copied'
+end
+
+function commands.preview(port, on_done)
+  local workspace = require_workspace()
+  if workspace == nil or workspace.session == nil then
+    notify_error('preview', not_connected_error())
+    return finish(on_done, not_connected_error())
+  end
+  port = tonumber(port)
+  if port == nil then
+    notify('which port? :Sandlink preview <port>', vim.log.levels.WARN)
+    return finish(on_done, { message = 'no port' })
+  end
+  client.request(workspace, protocol.request.preview, { sessionId = workspace.session.sessionId, port = port },
+    function(err, result)
+      if err then
+        notify_error('preview failed', err)
+        return finish(on_done, err)
+      end
+      local how = commands.open_url(result.url)
+      finish(on_done, nil, { url = result.url, how = how })
+    end)
+end
+
+function commands.extend(seconds, on_done)
+  local workspace = require_workspace()
+  if workspace == nil or workspace.session == nil then
+    notify_error('extend', not_connected_error())
+    return finish(on_done, not_connected_error())
+  end
+  seconds = tonumber(seconds) or config.options.extend_seconds
+  client.request(workspace, protocol.request.extend, { sessionId = workspace.session.sessionId, seconds = seconds },
+    function(err, result)
+      if err then
+        notify_error('extending failed', err)
+        return finish(on_done, err)
+      end
+      if workspace.session then
+        workspace.session.expiresAt = result.expiresAt
+      end
+      state.announce_change()
+      notify('the sandbox now expires at ' .. tostring(result.expiresAt))
+      finish(on_done, nil, result)
+    end)
+end
+
+-- A few lines a person can read: what the session is, where, until when, and what is running.
+function commands.describe_session(session, workspace)
+  local lines = {}
+  local function add(label, value)
+    if value ~= nil and value ~= vim.NIL and value ~= '' then
+      table.insert(lines, label .. ': ' .. tostring(value))
+    end
+  end
+  table.insert(lines, 'sandlink: session ' .. tostring(session.sessionId) .. ' is ' .. tostring(session.state))
+  add('driver', session.driver)
+  add('profile', session.profile)
+  add('remote root', session.remoteRoot)
+  add('started', session.startedAt)
+  add('last activity', session.lastActivity)
+  add('expires', session.expiresAt)
+  if type(session.sync) == 'table' then
+    add('sync', tostring(session.sync.pending or 0) .. ' pending'
+      .. (session.sync.lastSyncAt and session.sync.lastSyncAt ~= vim.NIL and (', last at ' .. session.sync.lastSyncAt) or ''))
+  end
+  for _, preview in ipairs(type(session.previews) == 'table' and session.previews or {}) do
+    add('preview ' .. tostring(preview.port), preview.url)
+  end
+  local running = state.running_runs(workspace)
+  if #running > 0 then
+    local descriptions = {}
+    for _, run in ipairs(running) do
+      table.insert(descriptions, tostring(run.run_id) .. ' (' .. run.command .. ')')
+    end
+    add('running', table.concat(descriptions, ', '))
+  end
+  return lines
+end
+
+function commands.status(on_done)
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  if workspace.session == nil then
+    notify(state.statusline(workspace):gsub('^sandlink: ', '') .. ' (' .. workspace.root_dir .. ')')
+    return finish(on_done, nil, nil)
+  end
+  client.request(workspace, protocol.request.status, { sessionId = workspace.session.sessionId }, function(err, session)
+    if err then
+      notify_error('status failed', err)
+      return finish(on_done, err)
+    end
+    workspace.session = session
+    if session.state == 'disconnected' or session.state == 'expired' then
+      workspace.session = nil
+    end
+    state.announce_change()
+    vim.notify(table.concat(commands.describe_session(session, workspace), '\n'), vim.log.levels.INFO)
+    finish(on_done, nil, session)
+  end)
+end
+
+-- Refreshes the cached profile and driver lists that completion and :Sandlink profiles use.
+function commands.refresh_catalog(workspace, on_done)
+  local remaining = 2
+  local function one_done()
+    remaining = remaining - 1
+    if remaining == 0 then
+      finish(on_done, nil, workspace)
+    end
+  end
+  client.request(workspace, protocol.request.profiles, vim.empty_dict(), function(err, result)
+    if not err and type(result) == 'table' then
+      workspace.profiles = result.profiles or {}
+    end
+    one_done()
+  end)
+  client.request(workspace, protocol.request.drivers, vim.empty_dict(), function(err, result)
+    if not err and type(result) == 'table' then
+      workspace.drivers = result.drivers or {}
+    end
+    one_done()
+  end)
+end
+
+function commands.profiles(on_done)
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  client.request(workspace, protocol.request.profiles, vim.empty_dict(), function(err, result)
+    if err then
+      notify_error('listing profiles failed', err)
+      return finish(on_done, err)
+    end
+    local profiles = result.profiles or {}
+    workspace.profiles = profiles
+    if #profiles == 0 then
+      notify('no profiles yet; :Sandlink connect driver=local (or docker, ssh, ...) connects without one')
+      return finish(on_done, nil, profiles)
+    end
+    vim.ui.select(profiles, {
+      prompt = 'Connect with profile:',
+      format_item = function(profile)
+        return profile.name .. ' (' .. tostring(profile.driver) .. ')' .. (profile.default and ' [default]' or '')
+          .. (profile.hasCredentials and '' or ' [no credentials]')
+      end,
+    }, function(choice)
+      if choice then
+        commands.connect({ profile = choice.name })
+      end
+    end)
+    finish(on_done, nil, profiles)
+  end)
+end
+
+-- Splits "driver=docker sync=false myprofile" into connect options; a bare word is a profile name.
+function commands.parse_connect_arguments(words)
+  local options = {}
+  for _, word in ipairs(words) do
+    local key, value = word:match('^(%w+)=(.*)$')
+    if key == 'sync' then
+      options.sync = value ~= 'false' and value ~= '0' and value ~= 'no'
+    elseif key == 'driver' or key == 'profile' then
+      options[key] = value
+    elseif key then
+      options.settings = options.settings or {}
+      options.settings[key] = value
+    else
+      options.profile = word
+    end
+  end
+  return options
+end
+
+local function split_words(text)
+  local words = {}
+  for word in (text or ''):gmatch('%S+') do
+    table.insert(words, word)
+  end
+  return words
+end
+
+-- The subcommand table: what each one does with the rest of the line, and how its argument completes.
+commands.subcommands = {
+  connect = {
+    run = function(rest)
+      commands.connect(commands.parse_connect_arguments(split_words(rest)))
+    end,
+    complete = function(workspace)
+      local candidates = { 'sync=false' }
+      for _, profile in ipairs(workspace and workspace.profiles or {}) do
+        table.insert(candidates, profile.name)
+      end
+      for _, driver in ipairs(workspace and workspace.drivers or {}) do
+        table.insert(candidates, 'driver=' .. driver.id)
+      end
+      return candidates
+    end,
+  },
+  disconnect = {
+    run = function(rest)
+      commands.disconnect({ keep = vim.trim(rest) == 'keep' })
+    end,
+    complete = function()
+      return { 'keep' }
+    end,
+  },
+  run = {
+    run = function(rest)
+      commands.run(rest)
+    end,
+    complete = function(workspace)
+      local names = vim.tbl_keys(workspace and commands.read_tasks(workspace.root_dir) or {})
+      table.sort(names)
+      return names
+    end,
+  },
+  cancel = {
+    run = function(rest)
+      commands.cancel(vim.trim(rest))
+    end,
+    complete = function(workspace)
+      local run_ids = {}
+      for _, run in ipairs(state.running_runs(workspace)) do
+        table.insert(run_ids, tostring(run.run_id))
+      end
+      return run_ids
+    end,
+  },
+  sync = {
+    run = function(rest)
+      commands.sync(vim.trim(rest))
+    end,
+    complete = function()
+      return { 'up', 'down', 'both' }
+    end,
+  },
+  preview = {
+    run = function(rest)
+      commands.preview(vim.trim(rest))
+    end,
+    complete = function(workspace)
+      local ports = {}
+      local session = workspace and workspace.session
+      for _, preview in ipairs(session and type(session.previews) == 'table' and session.previews or {}) do
+        table.insert(ports, tostring(preview.port))
+      end
+      return ports
+    end,
+  },
+  status = {
+    run = function()
+      commands.status()
+    end,
+  },
+  extend = {
+    run = function(rest)
+      commands.extend(vim.trim(rest))
+    end,
+    complete = function()
+      return { '900', '1800', '3600' }
+    end,
+  },
+  profiles = {
+    run = function()
+      commands.profiles()
+    end,
+  },
+}
+
+function commands.subcommand_names()
+  local names = vim.tbl_keys(commands.subcommands)
+  table.sort(names)
+  return names
+end
+
+-- Entry point of :Sandlink; the raw argument string keeps a run's command line exactly as typed.
+function commands.dispatch(raw_arguments)
+  local name, rest = (raw_arguments or ''):match('^%s*(%S+)%s*(.-)%s*$')
+  if name == nil then
+    name, rest = 'status', ''
+  end
+  local subcommand = commands.subcommands[name]
+  if subcommand == nil then
+    notify('unknown subcommand `' .. name .. '`; one of: ' .. table.concat(commands.subcommand_names(), ', '),
+      vim.log.levels.ERROR)
+    return
+  end
+  subcommand.run(rest)
+end
+
+local function starting_with(candidates, prefix)
+  local matching = {}
+  for _, candidate in ipairs(candidates) do
+    if candidate:sub(1, #prefix) == prefix then
+      table.insert(matching, candidate)
+    end
+  end
+  return matching
+end
+
+-- Completion for :Sandlink: subcommands first, then the chosen subcommand's own candidates.
+function commands.complete(argument_lead, command_line, cursor_position)
+  local before_cursor = command_line:sub(1, cursor_position)
+  local words = split_words(before_cursor)
+  -- words[1] is the command itself; when the cursor is after a space, a new word is being started.
+  local completing_index = #words + (before_cursor:match('%s$') and 1 or 0)
+  if completing_index <= 2 then
+    return starting_with(commands.subcommand_names(), argument_lead)
+  end
+  local subcommand = commands.subcommands[words[2]]
+  if subcommand == nil or subcommand.complete == nil then
+    return {}
+  end
+  return starting_with(subcommand.complete(state.current_workspace()), argument_lead)
+end
+
+return commands

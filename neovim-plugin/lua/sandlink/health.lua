@@ -1,0 +1,81 @@
+-- `:checkhealth sandlink`: Neovim version, the server binary, the running client and the sandbox drivers it offers.
+
+local health_check = {}
+
+-- vim.health.start/ok/... exist from 0.10 (report_* deprecated there); 0.7 has only require('health').report_*.
+local function reporter()
+  local health = vim.health or require('health')
+  return {
+    start = health.start or health.report_start,
+    ok = health.ok or health.report_ok,
+    info = health.info or health.report_info,
+    warn = health.warn or health.report_warn,
+    error = health.error or health.report_error,
+  }
+end
+
+function health_check.check()
+  local report = reporter()
+  local config = require('sandlink.config')
+  local state = require('sandlink.state')
+
+  report.start('sandlink: Neovim')
+  if vim.fn.has('nvim-0.7') == 1 then
+    report.ok('Neovim ' .. tostring(vim.version().major) .. '.' .. tostring(vim.version().minor) .. ' is supported')
+  else
+    report.error('sandlink needs Neovim 0.7 or later')
+  end
+  if vim.ui and vim.ui.open then
+    report.ok('previews open with vim.ui.open')
+  else
+    report.info('this Neovim has no vim.ui.open: preview URLs are shown and copied to the clipboard instead')
+  end
+
+  report.start('sandlink: server binary')
+  local command = config.server_command()
+  local executable = command[1]
+  if vim.fn.executable(executable) == 1 then
+    report.ok('found ' .. vim.fn.exepath(executable))
+    local version_output = vim.fn.system({ executable, '--version' })
+    if vim.v.shell_error == 0 then
+      report.ok('version: ' .. vim.trim(version_output))
+    else
+      report.warn('`' .. executable .. ' --version` failed: ' .. vim.trim(version_output))
+    end
+  else
+    report.error('`' .. executable .. '` is not executable', {
+      'install sandlink and put it on PATH',
+      'or set server_path in require("sandlink").setup({ server_path = "/path/to/sandlink" })',
+      'or set the SANDLINK_SERVER environment variable',
+    })
+  end
+
+  report.start('sandlink: client')
+  if not require('sandlink').setup_called then
+    report.warn('require("sandlink").setup() has not been called')
+    return
+  end
+  local any_workspace = false
+  for root_dir, workspace in pairs(state.workspaces) do
+    any_workspace = true
+    if workspace.stopped then
+      report.error('the server for ' .. root_dir .. ' is not running', { ':lua require("sandlink").setup() restarts it' })
+    elseif workspace.ready then
+      report.ok('client ' .. tostring(workspace.client_id) .. ' serves ' .. root_dir .. ': ' .. state.statusline(workspace))
+    else
+      report.warn('the server for ' .. root_dir .. ' is still starting')
+    end
+    for _, driver in ipairs(workspace.drivers or {}) do
+      if driver.available then
+        report.ok('driver ' .. driver.id .. ' is available')
+      else
+        report.info('driver ' .. driver.id .. ' is unavailable: ' .. tostring(driver.detail or 'no detail given'))
+      end
+    end
+  end
+  if not any_workspace then
+    report.warn('no workspace has a sandlink client')
+  end
+end
+
+return health_check

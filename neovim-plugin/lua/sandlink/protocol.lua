@@ -1,0 +1,54 @@
+-- Mirrors server/src/protocol.rs: the sandlink method and command names; tests/neovim checks they do not drift.
+
+local protocol = {}
+
+-- Requests from the client to the server (see ../shared/protocol.md, "Requests, client to server").
+protocol.request = {
+  drivers = 'sandlink/drivers',
+  connect = 'sandlink/connect',
+  disconnect = 'sandlink/disconnect',
+  sessions = 'sandlink/sessions',
+  status = 'sandlink/status',
+  run = 'sandlink/run',
+  input = 'sandlink/input',
+  cancel = 'sandlink/cancel',
+  sync = 'sandlink/sync',
+  preview = 'sandlink/preview',
+  extend = 'sandlink/extend',
+  snapshot = 'sandlink/snapshot',
+  restore = 'sandlink/restore',
+  profiles = 'sandlink/profiles',
+  save_profile = 'sandlink/saveProfile',
+  delete_profile = 'sandlink/deleteProfile',
+  set_credential = 'sandlink/setCredential',
+  delete_credential = 'sandlink/deleteCredential',
+}
+
+-- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.
+protocol.notification = {
+  output = 'sandlink/output',
+  exit = 'sandlink/exit',
+  session_state = 'sandlink/sessionState',
+  sync_state = 'sandlink/syncState',
+  preview_ready = 'sandlink/previewReady',
+  timeout_warning = 'sandlink/timeoutWarning',
+}
+
+-- The workspace/executeCommand ids that plain LSP clients use; the plugin does not need them but keeps them in step.
+protocol.command = {
+  connect = 'sandlink.connect',
+  disconnect = 'sandlink.disconnect',
+  run = 'sandlink.run',
+  cancel = 'sandlink.cancel',
+  sync = 'sandlink.sync',
+  preview = 'sandlink.preview',
+  status = 'sandlink.status',
+  extend = 'sandlink.extend',
+}
+
+-- The client capability that makes the server send the notifications above instead of window/logMessage.
+function protocol.client_capability()
+  return { notifications = true }
+end
+
+return protocol

@@ -1,0 +1,248 @@
+-- End-to-end tests: the plugin in this Neovim driving the real `sandlink lsp` binary on the local driver.
+
+local harness = require('harness')
+local test, wait_for = harness.test, harness.wait_for
+local assert_equal, assert_matches, assert_true = harness.assert_equal, harness.assert_matches, harness.assert_true
+
+local workspace_dir = vim.env.SANDLINK_TEST_WORKSPACE
+local server_binary = vim.env.SANDLINK_BIN
+
+local status_events = 0
+vim.api.nvim_create_autocmd('User', {
+  pattern = 'SandlinkStatus',
+  callback = function()
+    status_events = status_events + 1
+  end,
+})
+
+local function current_workspace()
+  return require('sandlink.state').current_workspace()
+end
+
+local function buffer_text(buffer)
+  return table.concat(vim.api.nvim_buf_get_lines(buffer, 0, -1, false), '\n')
+end
+
+local function last_line(buffer)
+  local lines = vim.api.nvim_buf_get_lines(buffer, 0, -1, false)
+  return lines[#lines]
+end
+
+-- Runs a :Sandlink run command line and returns the run record once the server has answered with a runId.
+local function start_run(command_line)
+  local runs_before = vim.tbl_count(require('sandlink.state').runs)
+  vim.cmd('Sandlink run ' .. command_line)
+  local view = require('sandlink.output').last_view
+  wait_for('the runId of `' .. command_line .. '`', 10000, function()
+    return vim.b[view.buffer].sandlink_run_id ~= nil or last_line(view.buffer):find('^%[not started')
+  end)
+  assert_true(vim.b[view.buffer].sandlink_run_id ~= nil, 'the run started: ' .. buffer_text(view.buffer))
+  assert_true(vim.tbl_count(require('sandlink.state').runs) > runs_before, 'a run is recorded')
+  return require('sandlink.state').runs[vim.b[view.buffer].sandlink_run_id]
+end
+
+local function wait_for_exit(run, timeout_ms)
+  wait_for('the exit of `' .. run.command .. '`', timeout_ms or 15000, function()
+    return run.finished
+  end)
+end
+
+test('statusline_should_be_empty_before_setup', function()
+  assert_equal('', require('sandlink').statusline(), 'statusline before setup')
+end)
+
+test('setup_should_start_the_server_and_show_disconnected', function()
+  vim.cmd('edit ' .. vim.fn.fnameescape(workspace_dir .. '/hello.txt'))
+  local events_before = status_events
+  local workspace = require('sandlink').setup({
+    server_path = server_binary,
+    driver = 'local',
+    output = { open = 'split' },
+  })
+  assert_equal(workspace_dir, workspace.root_dir, 'root_dir found from .sandlink.toml')
+  wait_for('the server to initialize', 15000, function()
+    return current_workspace().ready
+  end)
+  assert_equal('sandlink: disconnected', require('sandlink').statusline(), 'statusline before connecting')
+  assert_true(status_events > events_before, 'User SandlinkStatus fired')
+  local client = vim.lsp.get_client_by_id(workspace.client_id)
+  assert_true(client ~= nil, 'the client exists')
+  assert_true(vim.lsp.buf_is_attached(0, workspace.client_id), 'hello.txt is attached to the client')
+  assert_true(vim.fn.exists(':Sandlink') == 2, ':Sandlink exists')
+end)
+
+test('initialize_should_advertise_the_sandlink_capability_and_list_the_local_driver', function()
+  local workspace = current_workspace()
+  local client = vim.lsp.get_client_by_id(workspace.client_id)
+  local experimental = client.server_capabilities and client.server_capabilities.experimental
+  assert_true(type(experimental) == 'table' and type(experimental.sandlink) == 'table',
+    'server capabilities.experimental.sandlink')
+  wait_for('the driver list', 10000, function()
+    return workspace.drivers ~= nil
+  end)
+  local has_local = false
+  for _, driver in ipairs(workspace.drivers) do
+    has_local = has_local or (driver.id == 'local' and driver.available)
+  end
+  assert_true(has_local, 'the local driver is available: ' .. vim.inspect(workspace.drivers))
+  local candidates = require('sandlink.commands').complete('driver=l', 'Sandlink connect driver=l', 25)
+  assert_equal({ 'driver=local' }, candidates, 'connect completion')
+end)
+
+test('connect_should_start_a_local_session_and_update_the_statusline', function()
+  local events_before = status_events
+  vim.cmd('Sandlink connect')
+  wait_for('a session', 30000, function()
+    return current_workspace().session ~= nil
+  end)
+  local session = current_workspace().session
+  assert_true(type(session.sessionId) == 'string' and session.sessionId ~= '', 'sessionId')
+  assert_equal('local', session.driver, 'driver')
+  assert_matches('^sandlink: local active', require('sandlink').statusline(), 'statusline after connecting')
+  assert_true(status_events > events_before, 'User SandlinkStatus fired on connect')
+end)
+
+test('run_should_stream_stdout_and_stderr_into_the_output_buffer_and_end_with_the_exit_line', function()
+  local run = start_run([[printf 'first line\n'; printf 'to stderr\n' >&2; sleep 0.2; printf 'last line\n']])
+  wait_for_exit(run)
+  local lines = vim.api.nvim_buf_get_lines(run.view.buffer, 0, -1, false)
+  assert_true(vim.tbl_contains(lines, 'first line'), 'stdout line in the buffer: ' .. vim.inspect(lines))
+  assert_true(vim.tbl_contains(lines, 'to stderr'), 'stderr line in the buffer: ' .. vim.inspect(lines))
+  assert_true(vim.tbl_contains(lines, 'last line'), 'stdout after the pause in the buffer: ' .. vim.inspect(lines))
+  assert_matches('^%[exit 0', lines[#lines], 'exit line')
+  local output = require('sandlink.output')
+  local stderr_row
+  for row, line in ipairs(lines) do
+    if line == 'to stderr' then
+      stderr_row = row - 1
+    end
+  end
+  local stderr_highlighted = false
+  for _, mark in ipairs(vim.api.nvim_buf_get_extmarks(run.view.buffer, output.namespace, 0, -1, { details = true })) do
+    if mark[2] == stderr_row and mark[4].hl_group == 'SandlinkStderr' then
+      stderr_highlighted = true
+    end
+  end
+  assert_true(stderr_highlighted, 'the stderr line is highlighted as SandlinkStderr')
+  assert_true(#vim.fn.win_findbuf(run.view.buffer) > 0, 'the output buffer is shown in a window')
+end)
+
+test('run_output_should_appear_while_the_process_is_still_running', function()
+  local run = start_run([[echo tick-1; sleep 1; echo tick-2; sleep 1; echo tick-3]])
+  wait_for('tick-1 before the run ends', 10000, function()
+    return buffer_text(run.view.buffer):find('tick%-1') ~= nil
+  end)
+  assert_true(not run.finished, 'the run is still going when its first line is shown')
+  assert_true(buffer_text(run.view.buffer):find('tick%-3') == nil, 'later output has not arrived yet')
+  wait_for_exit(run)
+  assert_matches('tick%-3', buffer_text(run.view.buffer), 'all output')
+  assert_matches('^%[exit 0', last_line(run.view.buffer), 'exit line')
+end)
+
+test('run_should_see_the_workspace_files_and_report_a_failing_exit_code', function()
+  local run = start_run('cat hello.txt; exit 3')
+  wait_for_exit(run)
+  assert_matches('hello from the workspace', buffer_text(run.view.buffer), 'the uploaded file')
+  assert_matches('^%[exit 3', last_line(run.view.buffer), 'exit line')
+end)
+
+test('saving_a_buffer_should_sync_it_before_the_next_run', function()
+  vim.cmd('edit ' .. vim.fn.fnameescape(workspace_dir .. '/hello.txt'))
+  vim.api.nvim_buf_set_lines(0, 0, -1, false, { 'changed in the editor' })
+  vim.cmd('write')
+  local run = start_run('cat hello.txt')
+  wait_for_exit(run)
+  assert_matches('changed in the editor', buffer_text(run.view.buffer), 'the saved content in the sandbox')
+end)
+
+test('run_of_a_task_name_should_run_the_task_command', function()
+  local run = start_run('greet')
+  wait_for_exit(run)
+  assert_matches('hello from a task', buffer_text(run.view.buffer), 'task output')
+end)
+
+test('cancel_should_stop_a_running_command_and_mark_it_cancelled', function()
+  local run = start_run('sleep 60')
+  assert_matches('1 running', require('sandlink').statusline(), 'statusline while running')
+  local started = vim.loop.hrtime()
+  vim.cmd('Sandlink cancel')
+  wait_for_exit(run, 10000)
+  assert_true((vim.loop.hrtime() - started) / 1e9 < 10, 'cancelled well before the command would end')
+  assert_true(run.exit.cancelled == true, 'exit says cancelled: ' .. vim.inspect(run.exit))
+  assert_matches('^%[exit: cancelled', last_line(run.view.buffer), 'exit line')
+  assert_matches('^sandlink: local active$', require('sandlink').statusline(), 'statusline after the run ended')
+end)
+
+test('sync_should_report_what_it_did', function()
+  local captured, stop = harness.capture_notifications()
+  vim.cmd('Sandlink sync')
+  local ok, err = pcall(wait_for, 'the sync summary', 15000, function()
+    return harness.find_notification(captured, 'synced') or harness.find_notification(captured, 'sync failed')
+  end)
+  stop()
+  assert_true(ok, tostring(err))
+  assert_true(harness.find_notification(captured, 'synced:') ~= nil, 'sync succeeded: ' .. vim.inspect(captured))
+end)
+
+test('status_should_show_the_session', function()
+  local captured, stop = harness.capture_notifications()
+  vim.cmd('Sandlink status')
+  local ok, err = pcall(wait_for, 'the status', 10000, function()
+    return harness.find_notification(captured, 'session')
+  end)
+  stop()
+  assert_true(ok, tostring(err))
+  assert_matches('is active', harness.find_notification(captured, 'session').message, 'status text')
+end)
+
+test('preview_should_hand_over_a_url_for_the_port', function()
+  local workspace = current_workspace()
+  local done, result_error, result
+  local original_open = vim.ui.open
+  if original_open then
+    vim.ui.open = function()
+      return {}, nil
+    end
+  end
+  local captured, stop = harness.capture_notifications()
+  require('sandlink').preview(8123, function(err, value)
+    done, result_error, result = true, err, value
+  end)
+  local ok, err = pcall(wait_for, 'the preview answer', 10000, function()
+    return done
+  end)
+  stop()
+  vim.ui.open = original_open
+  assert_true(ok, tostring(err))
+  local local_driver
+  for _, driver in ipairs(workspace.drivers or {}) do
+    if driver.id == 'local' then
+      local_driver = driver
+    end
+  end
+  if local_driver and local_driver.capabilities and local_driver.capabilities.preview then
+    assert_true(result_error == nil, 'preview succeeded: ' .. vim.inspect(result_error))
+    assert_matches('8123', result.url, 'the URL names the port')
+  else
+    assert_true(result_error ~= nil and result_error.data and result_error.data.kind == 'unsupported',
+      'an unsupported error for a driver without previews: ' .. vim.inspect(result_error))
+  end
+end)
+
+test('checkhealth_should_report_the_server_and_the_running_client', function()
+  vim.cmd('checkhealth sandlink')
+  local text = buffer_text(0)
+  vim.cmd('bwipeout!')
+  assert_matches('sandlink', text, 'health output')
+  assert_matches('found ' .. vim.pesc(server_binary), text, 'the binary is found')
+  assert_matches('client %d+ serves', text, 'the client is reported')
+  assert_true(not text:find('ERROR'), 'no errors in :checkhealth sandlink:\n' .. text)
+end)
+
+test('disconnect_should_end_the_session_and_reset_the_statusline', function()
+  vim.cmd('Sandlink disconnect')
+  wait_for('the session to end', 15000, function()
+    return current_workspace().session == nil
+  end)
+  assert_equal('sandlink: disconnected', require('sandlink').statusline(), 'statusline after disconnecting')
+end)

@@ -1,0 +1,38 @@
+-- Entry point of the headless Neovim tests: loads the plugin from this checkout, runs every spec, prints the totals.
+
+local repo = assert(vim.env.SANDLINK_TEST_REPO, 'SANDLINK_TEST_REPO must name the repository root')
+vim.opt.runtimepath:prepend(repo .. '/neovim-plugin')
+package.path = repo .. '/tests/neovim/?.lua;' .. package.path
+-- Messages from vim.notify and :echo must not wait for a key press in a headless run.
+vim.opt.more = false
+vim.opt.swapfile = false
+
+local harness = require('harness')
+harness.write_line('Neovim ' .. tostring(vim.version().major) .. '.' .. tostring(vim.version().minor) .. '.'
+  .. tostring(vim.version().patch))
+
+local specs = vim.split(vim.env.SANDLINK_TEST_SPECS or 'unit_spec,protocol_spec,e2e_spec', ',', true)
+for _, spec in ipairs(specs) do
+  local ok, err = pcall(dofile, repo .. '/tests/neovim/' .. spec .. '.lua')
+  if not ok then
+    harness.test(spec .. '_should_load', function()
+      error(err)
+    end)
+  end
+end
+
+local failed = harness.run_all()
+harness.write_line(string.format('%d passed, %d failed', harness.passed, harness.failed))
+-- The server is stopped first so that its sandboxes are cleaned up before Neovim exits.
+local get_clients = vim.lsp.get_clients or vim.lsp.get_active_clients
+for _, client in pairs(get_clients()) do
+  vim.lsp.stop_client(client.id)
+end
+vim.wait(2000, function()
+  return #get_clients() == 0
+end, 50)
+if failed > 0 then
+  vim.cmd('cquit 1')
+else
+  vim.cmd('qall!')
+end

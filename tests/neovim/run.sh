@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs the headless Neovim tests of neovim-plugin against the real `sandlink lsp` binary; prints "N passed, N failed".
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+ci=${CI:-}
+
+fail_or_skip() {
+  # Outside CI a missing component skips the suite; under CI it is a failure (style.md, habit 8).
+  if [ "$ci" = "true" ] || [ "$ci" = "1" ]; then
+    echo "$1" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+  echo "skipping the Neovim tests: $1" >&2
+  echo "0 passed, 0 failed"
+  exit 0
+}
+
+command -v nvim >/dev/null 2>&1 || fail_or_skip "nvim is not installed (tests/setup/neovim.sh installs it)"
+
+server_binary=${SANDLINK_BIN:-$repo/target/debug/sandlink}
+if [ ! -x "$server_binary" ]; then
+  (cd "$repo" && cargo build --quiet --bin sandlink) || fail_or_skip "the server binary could not be built"
+fi
+[ -x "$server_binary" ] || fail_or_skip "no server binary at $server_binary"
+
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+workspace="$scratch/workspace"
+mkdir -p "$workspace" "$scratch/state" "$scratch/home"
+printf 'hello from the workspace\n' > "$workspace/hello.txt"
+cat > "$workspace/.sandlink.toml" <<'TOML'
+[tasks]
+greet = "echo hello from a task"
+TOML
+
+# One Neovim run per version; each prints its own totals, and the last line here is the sum.
+run_suite() {
+  local label=$1; shift
+  local log="$scratch/$label.log"
+  echo "== Neovim tests ($label)"
+  (cd "$workspace" && \
+    SANDLINK_TEST_REPO="$repo" SANDLINK_BIN="$server_binary" SANDLINK_TEST_WORKSPACE="$workspace" \
+    SANDLINK_STATE_DIR="$scratch/state" XDG_STATE_HOME="$scratch/home/state" XDG_DATA_HOME="$scratch/home/data" \
+    XDG_CONFIG_HOME="$scratch/home/config" XDG_CACHE_HOME="$scratch/home/cache" \
+    timeout 300 "$@" --headless --clean -u NONE -i NONE -c "luafile $repo/tests/neovim/main.lua" \
+    </dev/null >"$log" 2>&1)
+  local status=$?
+  # The summary line is re-printed below as part of the total, not here.
+  grep -v -E '^[0-9]+ passed, [0-9]+ failed$' "$log"
+  local summary
+  summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+  if [ -z "$summary" ]; then
+    echo "Neovim ($label) ended without a summary (exit status $status)"
+    summary="0 passed, 1 failed"
+  elif [ "$status" -ne 0 ] && [ "${summary##*, }" = "0 failed" ]; then
+    echo "Neovim ($label) exited with status $status"
+    summary="${summary%%,*}, 1 failed"
+  fi
+  total_passed=$((total_passed + ${summary%% passed*}))
+  local failed_part=${summary##*, }
+  total_failed=$((total_failed + ${failed_part%% failed}))
+}
+
+total_passed=0
+total_failed=0
+run_suite debian nvim
+
+echo "$total_passed passed, $total_failed failed"
+[ "$total_failed" -eq 0 ]

@@ -1,0 +1,154 @@
+-- Tests of the plugin's pieces that need no server: output streaming, exit lines, tasks, arguments, status, previews.
+
+local harness = require('harness')
+local test, assert_equal, assert_matches, assert_true = harness.test, harness.assert_equal, harness.assert_matches,
+  harness.assert_true
+
+local function buffer_lines(buffer)
+  return vim.api.nvim_buf_get_lines(buffer, 0, -1, false)
+end
+
+local function highlighted_rows(buffer, group)
+  local output = require('sandlink.output')
+  local rows = {}
+  for _, mark in ipairs(vim.api.nvim_buf_get_extmarks(buffer, output.namespace, 0, -1, { details = true })) do
+    if mark[4] and mark[4].hl_group == group then
+      rows[mark[2]] = true
+    end
+  end
+  return rows
+end
+
+test('output_should_continue_a_line_split_across_chunks_of_the_same_stream', function()
+  local output = require('sandlink.output')
+  local view = output.create('echo', '/tmp')
+  output.append(view, 'stdout', 'hel')
+  output.append(view, 'stdout', 'lo\nwor')
+  output.append(view, 'stdout', 'ld\n')
+  output.append(view, 'stdout', 'last')
+  assert_equal({ '$ echo', 'hello', 'world', 'last' }, buffer_lines(view.buffer), 'buffer lines')
+end)
+
+test('output_should_start_a_new_line_when_the_other_stream_interrupts_an_open_line', function()
+  local output = require('sandlink.output')
+  local view = output.create('mixed', '/tmp')
+  output.append(view, 'stdout', 'progress ')
+  output.append(view, 'stderr', 'warning: x\n')
+  output.append(view, 'stdout', 'done\n')
+  assert_equal({ '$ mixed', 'progress ', 'warning: x', 'done' }, buffer_lines(view.buffer), 'buffer lines')
+  local stderr_rows = highlighted_rows(view.buffer, 'SandlinkStderr')
+  assert_true(stderr_rows[2], 'the stderr line is highlighted as SandlinkStderr')
+  assert_true(not stderr_rows[1] and not stderr_rows[3], 'stdout lines are not highlighted as stderr')
+end)
+
+test('output_buffer_should_not_be_modifiable_by_the_user', function()
+  local output = require('sandlink.output')
+  local view = output.create('x', '/tmp')
+  output.append(view, 'stdout', 'a\n')
+  assert_equal(false, vim.bo[view.buffer].modifiable, 'modifiable')
+  assert_equal('nofile', vim.bo[view.buffer].buftype, 'buftype')
+end)
+
+test('exit_line_should_say_how_the_run_ended', function()
+  local output = require('sandlink.output')
+  assert_equal('[exit 0 after 250 ms]', output.exit_line({ exitCode = 0, cancelled = false, timedOut = false, durationMs = 250 }))
+  assert_equal('[exit 2 after 1.5 s] full log: /tmp/l',
+    output.exit_line({ exitCode = 2, cancelled = false, timedOut = false, durationMs = 1500, logPath = '/tmp/l' }))
+  assert_matches('^%[exit: cancelled', output.exit_line({ exitCode = vim.NIL, cancelled = true, timedOut = false }))
+  assert_matches('^%[exit: timed out', output.exit_line({ exitCode = vim.NIL, cancelled = false, timedOut = true }))
+  assert_matches('SIGKILL', output.exit_line({ exitCode = vim.NIL, signal = 'SIGKILL', cancelled = false, timedOut = false }))
+end)
+
+test('tasks_should_be_read_from_both_forms_of_the_tasks_table', function()
+  local directory = vim.fn.tempname()
+  vim.fn.mkdir(directory, 'p')
+  vim.fn.writefile({
+    '[sync]', 'exclude = ["x"]',
+    '[tasks]', 'test = "cargo test"', "lint = 'cargo clippy'",
+    '[tasks.serve]', 'command = "npm run dev"', 'cwd = "web"',
+  }, directory .. '/.sandlink.toml')
+  local tasks = require('sandlink.commands').read_tasks(directory)
+  assert_equal({ test = 'cargo test', lint = 'cargo clippy', serve = 'npm run dev' }, tasks, 'tasks')
+end)
+
+test('connect_arguments_should_treat_a_bare_word_as_a_profile', function()
+  local parse = require('sandlink.commands').parse_connect_arguments
+  assert_equal({ profile = 'work' }, parse({ 'work' }))
+  assert_equal({ driver = 'docker', sync = false, settings = { image = 'node:20' } },
+    parse({ 'driver=docker', 'sync=false', 'image=node:20' }))
+end)
+
+test('completion_should_offer_subcommands_then_their_arguments', function()
+  local commands = require('sandlink.commands')
+  assert_equal({ 'cancel', 'connect', 'disconnect', 'extend', 'preview', 'profiles', 'run', 'status', 'sync' },
+    commands.complete('', 'Sandlink ', 9), 'subcommands')
+  assert_equal({ 'connect' }, commands.complete('conn', 'Sandlink conn', 13), 'prefix')
+  assert_equal({ 'up', 'down', 'both' }, commands.complete('', 'Sandlink sync ', 14), 'sync directions')
+  assert_equal({ 'down' }, commands.complete('d', 'Sandlink sync d', 15), 'sync prefix')
+end)
+
+test('statusline_should_describe_each_state_of_a_workspace', function()
+  local state = require('sandlink.state')
+  local workspace = { root_dir = '/nowhere', ready = false }
+  assert_equal('sandlink: starting', state.statusline(workspace))
+  workspace.ready = true
+  assert_equal('sandlink: disconnected', state.statusline(workspace))
+  workspace.connecting = true
+  assert_equal('sandlink: connecting', state.statusline(workspace))
+  workspace.session = { sessionId = 's1', driver = 'docker', profile = 'work', state = 'active',
+    sync = { pending = 3, conflicts = {} } }
+  assert_equal('sandlink: work active, 3 pending', state.statusline(workspace))
+  workspace.stopped = true
+  assert_equal('sandlink: server stopped', state.statusline(workspace))
+end)
+
+test('open_url_should_open_with_vim_ui_open_or_copy_the_url', function()
+  local commands = require('sandlink.commands')
+  local captured, stop = harness.capture_notifications()
+  local original_open = vim.ui.open
+  local opened_url
+  if original_open then
+    -- Neovim 0.10+: vim.ui.open is used; replaced here so that the test does not start a browser.
+    vim.ui.open = function(url)
+      opened_url = url
+      return {}, nil
+    end
+  end
+  local ok, how = pcall(commands.open_url, 'http://127.0.0.1:5173/')
+  vim.ui.open = original_open
+  stop()
+  assert_true(ok, 'open_url does not fail: ' .. tostring(how))
+  if original_open then
+    assert_equal('opened', how, 'how the URL was handed over')
+    assert_equal('http://127.0.0.1:5173/', opened_url, 'URL given to vim.ui.open')
+  else
+    assert_equal('copied', how, 'how the URL was handed over')
+    assert_equal('http://127.0.0.1:5173/', vim.fn.getreg('"'), 'unnamed register')
+    assert_true(harness.find_notification(captured, '127%.0%.0%.1:5173') ~= nil, 'the URL is shown')
+  end
+end)
+
+test('timeout_warning_should_reach_vim_notify_as_a_warning', function()
+  local handlers = require('sandlink.handlers').for_client_config()
+  local captured, stop = harness.capture_notifications()
+  handlers['sandlink/timeoutWarning'](nil, { sessionId = 'nobody', expiresAt = '2030-01-01T00:00:00Z', secondsLeft = 300 },
+    { client_id = -1 })
+  stop()
+  local warning = harness.find_notification(captured, 'expires in 5 minutes')
+  assert_true(warning ~= nil, 'a notification about the expiry: ' .. vim.inspect(captured))
+  assert_equal(vim.log.levels.WARN, warning.level, 'level')
+end)
+
+test('output_that_arrives_before_the_run_response_should_be_replayed_into_the_run_buffer', function()
+  local state = require('sandlink.state')
+  local handlers = require('sandlink.handlers')
+  local output = require('sandlink.output')
+  state.run_requests_in_flight = state.run_requests_in_flight + 1
+  handlers.on_output({ runId = 'early', stream = 'stdout', text = 'first\n', seq = 0 }, nil)
+  state.run_requests_in_flight = state.run_requests_in_flight - 1
+  local view = output.create('early', '/tmp')
+  state.runs['early'] = { run_id = 'early', view = view, finished = false, started_order = 0, command = 'early' }
+  handlers.replay_held_messages('early', nil)
+  assert_equal({ '$ early', 'first' }, buffer_lines(view.buffer), 'buffer lines')
+  state.runs['early'] = nil
+end)

@@ -933,6 +933,20 @@ def write_host_file(host_path: str, content: bytes) -> None:
         handle.write(content)
 
 
+def raw_part_filename(part) -> Optional[str]:
+    """The part's filename exactly as sent: aiohttp's `part.filename` strips the leading "/" of the absolute
+    destination path that E2B's batch upload puts there."""
+    import email.message
+    import email.utils
+
+    disposition = email.message.Message()
+    disposition["Content-Disposition"] = part.headers.get("Content-Disposition", "")
+    value = disposition.get_param("filename", header="Content-Disposition")
+    if value is None:
+        return None
+    return email.utils.collapse_rfc2231_value(value)
+
+
 def metadata_from_headers(request: web.Request) -> dict:
     metadata: dict = {}
     for name, value in request.headers.items():
@@ -956,7 +970,7 @@ async def upload_files(request: web.Request, sandbox: Sandbox) -> web.StreamResp
             if part.name != "file":
                 await part.release()
                 continue
-            destination = path_parameter if (path_parameter and not pending_writes) else part.filename
+            destination = path_parameter if (path_parameter and not pending_writes) else raw_part_filename(part)
             if not destination:
                 return json_response(400, {"code": 400, "message": "missing file path: set the part's filename"})
             pending_writes.append((sandbox.sandbox_path_for(destination, username), bytes(await part.read())))

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the E2B fake-server conformance suite (official e2b SDK + raw wire checks) with the repo's Python venv.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# Under CI a missing Python or package must fail the run, and setup exits non-zero when it cannot install them.
+"$repo_root/tests/setup/python.sh"
+cd "$repo_root"
+exec "$repo_root/.venv/bin/python" -m pytest -q tests/e2b "$@"

@@ -1,0 +1,288 @@
+//! The command line: `sandlink lsp` for editors, and `run`, `drivers` for scripts and CI, on the same engine.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+
+use crate::engine::{Engine, Events, NoProgress};
+use crate::error::Error;
+use crate::protocol::{
+    ConnectParams, DisconnectParams, ExitParams, OutputParams, OutputStream, PreviewReadyParams, RunParams,
+    SessionStateParams, SyncStateParams, TimeoutWarningParams,
+};
+
+/// Exit code for problems of sandlink itself (not of the command it ran), as with `env` and `timeout`.
+const EXIT_SANDLINK_ERROR: u8 = 125;
+/// Exit code when the command timed out, as `timeout(1)` uses.
+const EXIT_TIMED_OUT: u8 = 124;
+
+#[derive(Parser)]
+#[command(
+    name = "sandlink",
+    version,
+    about = "Run your project in an isolated sandbox: a local process sandbox, Docker, SSH or a cloud sandbox.",
+    long_about = "sandlink runs your project somewhere isolated and streams the output back.\n\n\
+        Editors start `sandlink lsp`; scripts and CI use `sandlink run`.",
+    after_help = "Examples:\n  sandlink run -- npm test\n  sandlink run --workspace ~/code/app -- 'make && ./app'\n  sandlink drivers"
+)]
+struct Cli {
+    /// Accepted for editors that start servers with `--stdio` and no subcommand; same as `sandlink lsp`.
+    #[arg(long, hide = true)]
+    stdio: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the sandlink language server on stdin and stdout (what editors start).
+    Lsp {
+        /// Accepted for clients that append it; stdio is the only transport.
+        #[arg(long)]
+        stdio: bool,
+        /// Write logs to this file instead of stderr.
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
+    },
+    /// Run a command in a fresh sandbox with a copy of the workspace, stream its output, and clean up.
+    ///
+    /// One argument after `--` is a shell command line; several are a program and its arguments, passed
+    /// without a shell. sandlink exits with the command's exit code.
+    Run {
+        /// The driver to run on.
+        #[arg(long, short, default_value = "local")]
+        driver: String,
+        /// The workspace to copy into the sandbox (default: the current directory).
+        #[arg(long, short, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// The working directory inside the sandbox, relative to its root.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<String>,
+        /// Set an environment variable for the command (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Stop the command after this many seconds (exit code 124).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+        /// Keep the sandbox after the command ends instead of removing it.
+        #[arg(long)]
+        keep: bool,
+        /// The command: one shell command line, or a program and its arguments.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// List the drivers and whether each can be used here.
+    Drivers {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sandlink: could not start the async runtime: {error}");
+            return ExitCode::from(EXIT_SANDLINK_ERROR);
+        }
+    };
+    match cli.command {
+        None if cli.stdio => serve(&runtime, None),
+        Some(Command::Lsp { stdio: _, log_file }) => serve(&runtime, log_file),
+        None => {
+            eprintln!("sandlink: say what to do, e.g. `sandlink run -- npm test` or `sandlink lsp`; see `sandlink --help`.");
+            ExitCode::from(2)
+        }
+        Some(Command::Drivers { json }) => {
+            crate::logging::init("warn", None);
+            runtime.block_on(print_drivers(json))
+        }
+        Some(Command::Run { driver, workspace, cwd, env, timeout, keep, command }) => {
+            crate::logging::init("warn", None);
+            runtime.block_on(run(RunOptions { driver, workspace, cwd, env, timeout, keep, command }))
+        }
+    }
+}
+
+fn serve(runtime: &tokio::runtime::Runtime, log_file: Option<PathBuf>) -> ExitCode {
+    crate::logging::init("info", log_file.as_deref());
+    runtime.block_on(crate::lsp::serve_stdio());
+    ExitCode::SUCCESS
+}
+
+async fn print_drivers(json: bool) -> ExitCode {
+    let engine = Engine::new(Arc::new(TerminalEvents::new().0));
+    let drivers = engine.drivers().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&drivers).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    for driver in drivers {
+        let availability = if driver.available { "available" } else { "unavailable" };
+        println!("{:<8} {:<12} {}", driver.id, availability, driver.detail.unwrap_or_default());
+    }
+    ExitCode::SUCCESS
+}
+
+struct RunOptions {
+    driver: String,
+    workspace: Option<PathBuf>,
+    cwd: Option<String>,
+    env: Vec<String>,
+    timeout: Option<f64>,
+    keep: bool,
+    command: Vec<String>,
+}
+
+async fn run(options: RunOptions) -> ExitCode {
+    match run_inner(options).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("sandlink: {error}");
+            ExitCode::from(EXIT_SANDLINK_ERROR)
+        }
+    }
+}
+
+async fn run_inner(options: RunOptions) -> Result<ExitCode, Error> {
+    let mut env = std::collections::BTreeMap::new();
+    for pair in &options.env {
+        let (name, value) = pair.split_once('=').ok_or_else(|| {
+            Error::InvalidParams(format!("--env takes NAME=VALUE, and \"{pair}\" has no '='."))
+        })?;
+        env.insert(name.to_string(), value.to_string());
+    }
+    let workspace = match options.workspace {
+        Some(workspace) => workspace,
+        None => std::env::current_dir().map_err(|error| Error::io("Could not read the current directory", error))?,
+    };
+    let workspace = std::fs::canonicalize(&workspace)
+        .map_err(|error| Error::io(format!("The workspace {} cannot be used", workspace.display()), error))?;
+    let (events, mut exits) = TerminalEvents::new();
+    let engine = Engine::new(Arc::new(events));
+    let session = engine
+        .connect(
+            ConnectParams {
+                driver: Some(options.driver.clone()),
+                workspace_folder: Some(workspace.to_string_lossy().into_owned()),
+                ..ConnectParams::default()
+            },
+            None,
+            &NoProgress,
+        )
+        .await?;
+    let (command, args) = match options.command.as_slice() {
+        [line] => (line.clone(), None),
+        [program, rest @ ..] => (program.clone(), Some(rest.to_vec())),
+        [] => return Err(Error::InvalidParams("Give a command after `--`.".into())),
+    };
+    let started = engine
+        .run(RunParams {
+            session_id: session.session_id.clone(),
+            command,
+            args,
+            cwd: options.cwd,
+            env: Some(env),
+            stdin: false,
+            timeout_ms: options.timeout.map(|seconds| (seconds * 1000.0) as u64),
+        })
+        .await;
+    let exit = match started {
+        Ok((run_id, answered)) => {
+            let _ = answered.send(());
+            tokio::select! {
+                exit = exits.recv() => exit,
+                _ = tokio::signal::ctrl_c() => {
+                    let _ = engine.cancel(&run_id);
+                    exits.recv().await
+                }
+            }
+        }
+        Err(error) => {
+            let _ = engine.disconnect(DisconnectParams { session_id: session.session_id, keep: false }).await;
+            return Err(error);
+        }
+    };
+    if options.keep {
+        eprintln!("sandlink: kept the sandbox at {}", session.remote_root);
+    }
+    engine.disconnect(DisconnectParams { session_id: session.session_id, keep: options.keep }).await?;
+    let Some(exit) = exit else {
+        return Err(Error::Internal("The run ended without reporting its exit.".into()));
+    };
+    Ok(exit_code_for(&exit))
+}
+
+/// The shell's convention: the exit code, 128 + the signal number when killed, 124 on timeout.
+fn exit_code_for(exit: &ExitParams) -> ExitCode {
+    if exit.timed_out {
+        return ExitCode::from(EXIT_TIMED_OUT);
+    }
+    if let Some(code) = exit.exit_code {
+        return ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1));
+    }
+    if exit.message.is_some() && exit.signal.is_none() {
+        eprintln!("sandlink: {}", exit.message.as_deref().unwrap_or_default());
+        return ExitCode::from(EXIT_SANDLINK_ERROR);
+    }
+    let number = match exit.signal.as_deref() {
+        Some("SIGINT") => libc::SIGINT,
+        Some("SIGTERM") => libc::SIGTERM,
+        Some("SIGKILL") => libc::SIGKILL,
+        _ => libc::SIGTERM,
+    };
+    ExitCode::from((128 + number) as u8)
+}
+
+/// Writes run output straight to this process's stdout and stderr, and hands the exit to the waiting command.
+struct TerminalEvents {
+    exits: mpsc::UnboundedSender<ExitParams>,
+}
+
+impl TerminalEvents {
+    fn new() -> (Self, mpsc::UnboundedReceiver<ExitParams>) {
+        let (exits, receiver) = mpsc::unbounded_channel();
+        (TerminalEvents { exits }, receiver)
+    }
+}
+
+#[async_trait]
+impl Events for TerminalEvents {
+    async fn output(&self, params: OutputParams) {
+        // Terminal writes are short and ordered; a closed pipe (`| head`) is not an error worth reporting.
+        let _ = match params.stream {
+            OutputStream::Stdout => {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(params.text.as_bytes()).and_then(|()| stdout.flush())
+            }
+            OutputStream::Stderr => std::io::stderr().lock().write_all(params.text.as_bytes()),
+        };
+    }
+
+    async fn exit(&self, params: ExitParams) {
+        let _ = self.exits.send(params);
+    }
+
+    async fn session_state(&self, params: SessionStateParams) {
+        tracing::debug!(session = %params.session_id, state = params.state.as_str(), "session state");
+    }
+
+    async fn sync_state(&self, _params: SyncStateParams) {}
+
+    async fn preview_ready(&self, params: PreviewReadyParams) {
+        eprintln!("sandlink: port {} is at {}", params.port, params.url);
+    }
+
+    async fn timeout_warning(&self, params: TimeoutWarningParams) {
+        eprintln!("sandlink: the sandbox expires in {} s", params.seconds_left);
+    }
+}

@@ -1,0 +1,226 @@
+//! The `local` driver: a private copy of the workspace under sandlink's state directory, runs sandboxed on this machine.
+//!
+//! Where bubblewrap is installed, runs see the host read-only and can write only to the session root, a private
+//! home and a private /tmp; without it they are separate process groups in the private copy and nothing more.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+
+use super::{process, ConnectRequest, ExecSpec, Process, Sandbox};
+use crate::drivers::BoxedReader;
+use crate::error::{Error, IoContext, Result};
+use crate::paths::join_inside;
+use crate::protocol::{DriverCapabilities, DriverInfo};
+use crate::sync::RemoteFiles;
+
+/// The local driver; stateless apart from the cached bubblewrap probe.
+pub struct Driver {
+    bubblewrap: OnceLock<bool>,
+}
+
+impl Driver {
+    pub fn new() -> Self {
+        Driver { bubblewrap: OnceLock::new() }
+    }
+
+    /// Whether bubblewrap is installed and can create namespaces here (containers often forbid it).
+    fn bubblewrap_works(&self) -> bool {
+        *self.bubblewrap.get_or_init(|| {
+            if std::env::var_os("SANDLINK_LOCAL_NO_BWRAP").is_some() {
+                return false;
+            }
+            std::process::Command::new("bwrap")
+                .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--", "true"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        })
+    }
+
+    fn isolation_detail(bubblewrap: bool) -> String {
+        if bubblewrap {
+            "isolation: bubblewrap (runs can write only to the session root, a private home and a private /tmp)".into()
+        } else {
+            "isolation: process groups only; install bubblewrap (bwrap) so runs cannot write outside the session root"
+                .into()
+        }
+    }
+}
+
+impl Default for Driver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl super::Driver for Driver {
+    fn id(&self) -> &'static str {
+        "local"
+    }
+
+    async fn info(&self) -> DriverInfo {
+        let bubblewrap = tokio::task::block_in_place(|| self.bubblewrap_works());
+        DriverInfo {
+            id: self.id().into(),
+            available: true,
+            detail: Some(Self::isolation_detail(bubblewrap)),
+            capabilities: DriverCapabilities {
+                exec: true,
+                stdin: true,
+                cancel: true,
+                upload: true,
+                download: true,
+                preview: true,
+                extend: false,
+                snapshot: false,
+                metrics: false,
+            },
+        }
+    }
+
+    async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
+        if let Some(unknown) = request.settings.keys().next() {
+            return Err(Error::InvalidParams(format!(
+                "The local driver has no setting \"{unknown}\"; it takes no settings."
+            )));
+        }
+        let bubblewrap = tokio::task::block_in_place(|| self.bubblewrap_works());
+        let session_dir = request.state_dir.join("sessions").join(&request.session_id);
+        let root = session_dir.join("root");
+        let home = session_dir.join("home");
+        for dir in [&root, &home] {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .context(|| format!("Could not create the session directory {}", dir.display()))?;
+        }
+        Ok(Arc::new(LocalSandbox { session_dir, root, home, bubblewrap }))
+    }
+}
+
+/// One session's private directory on this machine.
+pub struct LocalSandbox {
+    session_dir: PathBuf,
+    root: PathBuf,
+    home: PathBuf,
+    bubblewrap: bool,
+}
+
+impl LocalSandbox {
+    fn command_for(&self, spec: &ExecSpec, cwd: &Path) -> tokio::process::Command {
+        let (program, arguments): (String, Vec<String>) = match &spec.args {
+            Some(args) => (spec.command.clone(), args.clone()),
+            None => ("sh".into(), vec!["-c".into(), spec.command.clone()]),
+        };
+        let mut command = if self.bubblewrap {
+            let mut command = tokio::process::Command::new("bwrap");
+            let root = self.root.to_string_lossy().into_owned();
+            let home = self.home.to_string_lossy().into_owned();
+            command
+                .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+                .args(["--bind", &root, &root, "--bind", &home, &home])
+                .args(["--unshare-pid", "--die-with-parent", "--chdir"])
+                .arg(cwd)
+                .arg("--")
+                .arg(&program)
+                .args(&arguments);
+            command.env("HOME", &self.home);
+            command
+        } else {
+            let mut command = tokio::process::Command::new(&program);
+            command.args(&arguments).current_dir(cwd);
+            command
+        };
+        command.env("SANDLINK_REMOTE_ROOT", &self.root).envs(&spec.env);
+        command
+    }
+}
+
+#[async_trait]
+impl Sandbox for LocalSandbox {
+    fn driver_id(&self) -> &'static str {
+        "local"
+    }
+
+    fn remote_root(&self) -> String {
+        self.root.to_string_lossy().into_owned()
+    }
+
+    fn detail(&self) -> Option<String> {
+        Some(Driver::isolation_detail(self.bubblewrap))
+    }
+
+    async fn exec(&self, spec: ExecSpec) -> Result<Process> {
+        let cwd = match &spec.cwd {
+            Some(cwd) => join_inside(&self.root, cwd)?,
+            None => self.root.clone(),
+        };
+        if !cwd.is_dir() {
+            return Err(Error::InvalidParams(format!(
+                "The working directory \"{}\" does not exist in the sandbox.",
+                spec.cwd.as_deref().unwrap_or(".")
+            )));
+        }
+        let command = self.command_for(&spec, &cwd);
+        process::spawn(command, spec.stdin)
+    }
+
+    fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
+        Some(Arc::new(LocalFiles { root: self.root.clone() }))
+    }
+
+    async fn preview(&self, port: u16) -> Result<String> {
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    async fn disconnect(&self, keep: bool) -> Result<()> {
+        if keep {
+            return Ok(());
+        }
+        let session_dir = self.session_dir.clone();
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&session_dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
+                format!("Could not remove the session directory {}", session_dir.display()),
+                error,
+            )),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("Removing the session directory failed: {error}")))?
+    }
+}
+
+/// The local driver's side of sync: the session root is a directory on this machine.
+pub struct LocalFiles {
+    root: PathBuf,
+}
+
+#[async_trait]
+impl RemoteFiles for LocalFiles {
+    async fn upload_tar(&self, archive: BoxedReader) -> Result<()> {
+        let root = self.root.clone();
+        let bridge = tokio_util::io::SyncIoBridge::new(archive);
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut archive = tar::Archive::new(bridge);
+            archive.set_preserve_mtime(true);
+            archive.set_preserve_permissions(true);
+            for entry in archive.entries().context(|| "Could not read the upload archive".into())? {
+                let mut entry = entry.context(|| "Could not read the upload archive".into())?;
+                // `unpack_in` refuses entries that would land outside the root (`..`, absolute paths).
+                let inside = entry.unpack_in(&root).context(|| "Could not write an uploaded file".into())?;
+                if !inside {
+                    return Err(Error::PathOutsideWorkspace(
+                        "The upload named a path outside the session root; nothing outside it was written.".into(),
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("Unpacking the upload failed: {error}")))?
+    }
+}

@@ -1,0 +1,163 @@
+//! The driver interface: one `Driver` per kind of sandbox, one `Sandbox` per connected session, one `Process` per run.
+//!
+//! Every operation a driver may lack has a default body that answers `unsupported`, so a driver implements only
+//! what its capability flags promise. Provider types (bollard, reqwest, ssh) never leave their driver module.
+
+pub mod local;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::{Error, Result};
+use crate::protocol::{DriverInfo, Resources};
+use crate::sync::RemoteFiles;
+
+/// A byte stream from the sandbox (a run's stdout, a downloaded archive).
+pub type BoxedReader = Pin<Box<dyn AsyncRead + Send>>;
+/// A byte stream into the sandbox (a run's stdin).
+pub type BoxedWriter = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// What a driver is given to create a sandbox for a session.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    pub session_id: String,
+    /// The local workspace folder, when the session has one.
+    pub workspace: Option<PathBuf>,
+    /// Driver settings from the profile and the request, already merged.
+    pub settings: Map<String, Value>,
+    /// sandlink's state directory; drivers keep per-session data under `sessions/<id>`.
+    pub state_dir: PathBuf,
+}
+
+/// A kind of sandbox: knows whether it can work here and how to create one.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// The driver's id on the wire (`local`, `docker`, …).
+    fn id(&self) -> &'static str;
+
+    /// Reports availability and capabilities; may probe (is the daemon up?) but must answer quickly.
+    async fn info(&self) -> DriverInfo;
+
+    /// Creates a sandbox for a new session.
+    async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>>;
+}
+
+/// What to run in a sandbox.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// A shell command line when `args` is `None`; otherwise the program.
+    pub command: String,
+    pub args: Option<Vec<String>>,
+    /// Relative to the remote root; already checked not to escape it.
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// Whether the caller will write to stdin; when false stdin is empty.
+    pub stdin: bool,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    /// The signal name (`SIGKILL`) when the process was killed by one.
+    pub signal: Option<String>,
+    /// Why the process ended abnormally (the sandbox went away), as a sentence.
+    pub message: Option<String>,
+}
+
+/// Signals the engine sends to a run's process tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Kill,
+}
+
+/// Sends signals to a run's whole process tree.
+#[async_trait]
+pub trait ProcessControl: Send + Sync {
+    async fn signal(&self, signal: Signal) -> Result<()>;
+}
+
+/// A started process: its streams, a handle to signal it, and a future for its end.
+pub struct Process {
+    pub stdout: BoxedReader,
+    pub stderr: BoxedReader,
+    pub stdin: Option<BoxedWriter>,
+    pub control: Arc<dyn ProcessControl>,
+    /// Resolves when the main process has exited; the engine then drains the streams.
+    pub exit: BoxFuture<'static, Result<ExitStatus>>,
+}
+
+/// Live facts about a sandbox for `sandlink/status`.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxStatus {
+    pub resources: Option<Resources>,
+    /// Set when the sandbox is gone or broken: the session turns to `error` with this sentence.
+    pub failure: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+/// One connected sandbox, owned by one session.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    /// The driver's id, for error messages.
+    fn driver_id(&self) -> &'static str;
+
+    /// The absolute path of the session's root inside the sandbox.
+    fn remote_root(&self) -> String;
+
+    /// Human-readable isolation in force for this sandbox (e.g. "bubblewrap").
+    fn detail(&self) -> Option<String> {
+        None
+    }
+
+    /// Starts a process; answers once it has started.
+    async fn exec(&self, spec: ExecSpec) -> Result<Process> {
+        let _ = spec;
+        Err(Error::unsupported_by(self.driver_id(), "running commands"))
+    }
+
+    /// The file operations the sync engine uses, when the driver supports sync.
+    fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
+        None
+    }
+
+    /// A URL under which `port` inside the sandbox is reachable from this machine.
+    async fn preview(&self, port: u16) -> Result<String> {
+        let _ = port;
+        Err(Error::unsupported_by(self.driver_id(), "previews"))
+    }
+
+    /// Extends the sandbox's lifetime; answers the new expiry (RFC 3339).
+    async fn extend(&self, seconds: u64) -> Result<String> {
+        let _ = seconds;
+        Err(Error::unsupported_by(self.driver_id(), "extending a sandbox's lifetime"))
+    }
+
+    /// Snapshots the sandbox; answers the snapshot id.
+    async fn snapshot(&self, name: Option<String>) -> Result<String> {
+        let _ = name;
+        Err(Error::unsupported_by(self.driver_id(), "snapshots"))
+    }
+
+    /// Current resources and health.
+    async fn status(&self) -> Result<SandboxStatus> {
+        Ok(SandboxStatus::default())
+    }
+
+    /// Ends the sandbox; with `keep` it stays for a later re-attach.
+    async fn disconnect(&self, keep: bool) -> Result<()>;
+}
+
+/// The drivers this build knows, in the order they are listed to users.
+pub fn registry() -> Vec<Arc<dyn Driver>> {
+    vec![Arc::new(local::Driver::new())]
+}

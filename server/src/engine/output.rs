@@ -1,0 +1,285 @@
+//! The output pipeline of a run: a bounded live view that coalesces, decodes UTF-8 safely and skips when the client lags.
+//!
+//! Readers push raw bytes and never wait for the client; the sender drains what is queued into notifications.
+//! When more than `LIVE_VIEW_LIMIT_BYTES` wait for a slow client, new output is counted instead of queued, and the
+//! client later sees one marker saying how much was skipped and where the full log is. The log file has everything.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::protocol::OutputStream;
+
+/// At most this many bytes wait for the client per run; beyond it the live view skips.
+pub const LIVE_VIEW_LIMIT_BYTES: usize = 1 << 20;
+/// The largest text one notification carries, so a client never has to parse a giant message.
+pub const NOTIFICATION_LIMIT_BYTES: usize = 64 * 1024;
+/// How long the sender waits for more output before sending a small piece: short enough to feel live.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(4);
+
+/// One queued piece of the live view.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Segment {
+    Data(OutputStream, Vec<u8>),
+    /// This many bytes of the stream were dropped from the live view (they are in the log file).
+    Skipped(OutputStream, u64),
+}
+
+#[derive(Default)]
+struct Queue {
+    segments: VecDeque<Segment>,
+    queued_bytes: usize,
+    closed: bool,
+}
+
+/// The bounded queue between a run's readers and its notification sender.
+#[derive(Default)]
+pub struct LiveView {
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+impl LiveView {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues output, or counts it as skipped when the client is too far behind. Never waits.
+    pub fn push(&self, stream: OutputStream, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        {
+            let mut queue = lock(&self.queue);
+            if queue.closed {
+                return;
+            }
+            if queue.queued_bytes + bytes.len() > LIVE_VIEW_LIMIT_BYTES {
+                match queue.segments.back_mut() {
+                    Some(Segment::Skipped(skipped_stream, count)) if *skipped_stream == stream => {
+                        *count += bytes.len() as u64;
+                    }
+                    _ => queue.segments.push_back(Segment::Skipped(stream, bytes.len() as u64)),
+                }
+            } else {
+                queue.queued_bytes += bytes.len();
+                match queue.segments.back_mut() {
+                    Some(Segment::Data(last_stream, data))
+                        if *last_stream == stream && data.len() < NOTIFICATION_LIMIT_BYTES =>
+                    {
+                        data.extend_from_slice(bytes);
+                    }
+                    _ => queue.segments.push_back(Segment::Data(stream, bytes.to_vec())),
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Marks the end of output; the sender drains what is queued and then stops.
+    pub fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits for output, lets a little more gather, and takes everything queued.
+    /// Returns `None` once closed and drained.
+    pub async fn next_batch(&self) -> Option<Vec<Segment>> {
+        loop {
+            let (has_data, closed, full) = {
+                let queue = lock(&self.queue);
+                (!queue.segments.is_empty(), queue.closed, queue.queued_bytes >= NOTIFICATION_LIMIT_BYTES)
+            };
+            if !has_data {
+                if closed {
+                    return None;
+                }
+                self.wake.notified().await;
+                continue;
+            }
+            if !closed && !full {
+                tokio::time::sleep(COALESCE_WINDOW).await;
+            }
+            let mut queue = lock(&self.queue);
+            queue.queued_bytes = 0;
+            return Some(queue.segments.drain(..).collect());
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock leaves only a queue of bytes behind, which is still consistent.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Decodes a byte stream into text without splitting a character across pieces; invalid bytes become U+FFFD.
+#[derive(Default)]
+pub struct Utf8Decoder {
+    carry: Vec<u8>,
+    /// After a skip, the stream resumes mid-character; its continuation bytes are dropped instead of shown as garbage.
+    resync: bool,
+}
+
+impl Utf8Decoder {
+    /// Decodes what can be decoded now; an incomplete trailing character waits for the next call.
+    pub fn decode(&mut self, bytes: &[u8]) -> String {
+        let mut input: &[u8] = bytes;
+        if self.resync {
+            let continuation = input.iter().take_while(|byte| (**byte & 0b1100_0000) == 0b1000_0000).count();
+            input = &input[continuation..];
+            self.resync = input.is_empty();
+        }
+        let mut pending = std::mem::take(&mut self.carry);
+        pending.extend_from_slice(input);
+        let mut text = String::with_capacity(pending.len());
+        let mut rest: &[u8] = &pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(valid) => {
+                    text.push_str(valid);
+                    break;
+                }
+                Err(error) => {
+                    let (valid, after) = rest.split_at(error.valid_up_to());
+                    // SAFETY-free: `valid_up_to` guarantees this prefix is UTF-8.
+                    text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    match error.error_len() {
+                        Some(invalid_len) => {
+                            text.push(char::REPLACEMENT_CHARACTER);
+                            rest = &after[invalid_len..];
+                        }
+                        None => {
+                            self.carry = after.to_vec();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        text
+    }
+
+    /// Ends the stream (or a part before a skip): a dangling partial character becomes U+FFFD.
+    pub fn finish(&mut self) -> String {
+        if self.carry.is_empty() {
+            String::new()
+        } else {
+            self.carry.clear();
+            char::REPLACEMENT_CHARACTER.to_string()
+        }
+    }
+
+    /// Called when output was skipped: what follows may start mid-character.
+    pub fn skipped(&mut self) -> String {
+        let flushed = self.finish();
+        self.resync = true;
+        flushed
+    }
+}
+
+/// Splits text into pieces of at most `limit` bytes, on character boundaries.
+pub fn split_text(text: &str, limit: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while rest.len() > limit {
+        let mut cut = limit;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = rest.split_at(cut);
+        pieces.push(head);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        pieces.push(rest);
+    }
+    pieces
+}
+
+/// The line shown in the live view where output was skipped.
+pub fn skip_marker(skipped_bytes: u64, log_path: Option<&str>) -> String {
+    let amount = human_bytes(skipped_bytes);
+    match log_path {
+        Some(path) => format!(
+            "\n[sandlink: {amount} of output skipped here because the editor could not keep up; the full log is at {path}]\n"
+        ),
+        None => format!("\n[sandlink: {amount} of output skipped here because the editor could not keep up]\n"),
+    }
+}
+
+/// Formats a byte count the way people read it (`1.5 MiB`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_should_not_split_a_character_across_pieces() {
+        let mut decoder = Utf8Decoder::default();
+        let euro = "€".as_bytes();
+        assert_eq!(decoder.decode(&euro[..1]), "");
+        assert_eq!(decoder.decode(&euro[1..2]), "");
+        assert_eq!(decoder.decode(&euro[2..]), "€");
+        assert_eq!(decoder.finish(), "");
+    }
+
+    #[test]
+    fn decoder_should_replace_invalid_bytes_visibly() {
+        let mut decoder = Utf8Decoder::default();
+        assert_eq!(decoder.decode(b"a\xffb"), "a\u{FFFD}b");
+        assert_eq!(decoder.decode(b"\xe2\x82"), "");
+        assert_eq!(decoder.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn decoder_should_drop_continuation_bytes_after_a_skip() {
+        let mut decoder = Utf8Decoder::default();
+        assert_eq!(decoder.decode(b"x\xe2"), "x");
+        assert_eq!(decoder.skipped(), "\u{FFFD}");
+        assert_eq!(decoder.decode(b"\x82\xacok"), "ok");
+    }
+
+    #[test]
+    fn split_text_should_respect_char_boundaries() {
+        let text = "ab€cd";
+        let pieces = split_text(text, 3);
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.iter().all(|piece| piece.len() <= 3));
+    }
+
+    #[test]
+    fn live_view_should_skip_instead_of_growing_past_its_limit() {
+        let view = LiveView::new();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..64 {
+            view.push(OutputStream::Stdout, &chunk);
+        }
+        let queue = lock(&view.queue);
+        assert!(queue.queued_bytes <= LIVE_VIEW_LIMIT_BYTES);
+        let skipped: u64 = queue
+            .segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Skipped(_, count) => *count,
+                Segment::Data(..) => 0,
+            })
+            .sum();
+        assert_eq!(skipped as usize + queue.queued_bytes, 64 * chunk.len());
+    }
+}

@@ -1,0 +1,304 @@
+//! Runs: starting a process in a sandbox, feeding its stdin, streaming its output, and ending its whole tree.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, Notify};
+
+use super::output::{skip_marker, split_text, LiveView, Segment, Utf8Decoder, NOTIFICATION_LIMIT_BYTES};
+use super::Events;
+use crate::drivers::{BoxedReader, BoxedWriter, ExitStatus, Process, ProcessControl, Signal};
+use crate::error::{Error, Result};
+use crate::protocol::{ExitParams, OutputParams, OutputStream};
+
+/// How long a process tree gets between SIGTERM and SIGKILL.
+pub const TERMINATE_GRACE: Duration = Duration::from_millis(1500);
+/// After the main process exits, how long processes it left behind may keep its output open.
+const LINGER_AFTER_EXIT: Duration = Duration::from_millis(300);
+/// Each read from a process takes at most this much, which keeps the live view responsive.
+const READ_CHUNK_BYTES: usize = 128 * 1024;
+
+/// A run in flight, as the engine's request handlers see it.
+pub struct RunHandle {
+    pub run_id: String,
+    pub session_id: String,
+    stdin: tokio::sync::Mutex<Option<BoxedWriter>>,
+    cancel_requested: AtomicBool,
+    stop: Notify,
+}
+
+impl RunHandle {
+    /// Writes text to the run's stdin, closing it afterwards when `eof`.
+    pub async fn input(&self, text: &str, eof: bool) -> Result<()> {
+        let mut stdin = self.stdin.lock().await;
+        let Some(writer) = stdin.as_mut() else {
+            return Err(Error::InvalidParams(format!(
+                "Run {} has no open stdin: start it with `stdin: true`, and do not write after `eof`.",
+                self.run_id
+            )));
+        };
+        let written = async {
+            writer.write_all(text.as_bytes()).await?;
+            writer.flush().await
+        }
+        .await;
+        if let Err(error) = written {
+            *stdin = None;
+            return Err(Error::InvalidParams(format!(
+                "Run {} no longer reads its stdin ({error}); the process may have exited.",
+                self.run_id
+            )));
+        }
+        if eof {
+            if let Some(mut writer) = stdin.take() {
+                let _ = writer.shutdown().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the run to end; the `exit` notification follows with `cancelled: true`.
+    pub fn cancel(&self) {
+        self.cancel_requested.store(true, Ordering::SeqCst);
+        self.stop.notify_one();
+    }
+}
+
+/// Everything the pump of one run needs besides the process.
+pub struct RunContext {
+    pub run_id: String,
+    pub session_id: String,
+    pub events: Arc<dyn Events>,
+    pub log_path: PathBuf,
+    pub timeout: Option<Duration>,
+}
+
+/// Starts pumping a started process; returns the handle and a signal that lets output flow once the caller has
+/// answered the request (so clients learn the run id before its first output).
+pub fn start(context: RunContext, mut process: Process) -> Result<(Arc<RunHandle>, oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+    let log_file = std::fs::File::create(&context.log_path)
+        .map_err(|source| Error::io(format!("Could not create the run log {}", context.log_path.display()), source))?;
+    let handle = Arc::new(RunHandle {
+        run_id: context.run_id.clone(),
+        session_id: context.session_id.clone(),
+        stdin: tokio::sync::Mutex::new(process.stdin.take()),
+        cancel_requested: AtomicBool::new(false),
+        stop: Notify::new(),
+    });
+    let (answered_sender, answered) = oneshot::channel();
+    let pump_handle = handle.clone();
+    let task = tokio::spawn(async move { pump(context, process, pump_handle, log_file, answered).await });
+    Ok((handle, answered_sender, task))
+}
+
+async fn pump(
+    context: RunContext,
+    process: Process,
+    handle: Arc<RunHandle>,
+    log_file: std::fs::File,
+    answered: oneshot::Receiver<()>,
+) {
+    let started = Instant::now();
+    let live = Arc::new(LiveView::new());
+    let log = Arc::new(Mutex::new(log_file));
+    let Process { stdout, stderr, control, exit, .. } = process;
+    let stdout_reader = tokio::spawn(read_into(stdout, OutputStream::Stdout, live.clone(), log.clone()));
+    let stderr_reader = tokio::spawn(read_into(stderr, OutputStream::Stderr, live.clone(), log.clone()));
+    let log_path_text = context.log_path.to_string_lossy().into_owned();
+    let sender = tokio::spawn(send_live(
+        live.clone(),
+        context.events.clone(),
+        context.run_id.clone(),
+        log_path_text.clone(),
+        answered,
+    ));
+
+    let mut exit = exit;
+    let deadline = context.timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+    let mut timed_out = false;
+    let status = tokio::select! {
+        status = &mut exit => status,
+        () = handle.stop.notified() => terminate(&*control, &mut exit, &stdout_reader, &stderr_reader).await,
+        () = sleep_until(deadline) => {
+            timed_out = true;
+            terminate(&*control, &mut exit, &stdout_reader, &stderr_reader).await
+        }
+    };
+    // Processes the run left behind may hold its output open; give them a moment, then end the whole group so
+    // nothing outlives the run.
+    let readers_done = wait_for_readers(&stdout_reader, &stderr_reader, LINGER_AFTER_EXIT).await;
+    if !readers_done {
+        let _ = control.signal(Signal::Kill).await;
+        if !wait_for_readers(&stdout_reader, &stderr_reader, TERMINATE_GRACE).await {
+            stdout_reader.abort();
+            stderr_reader.abort();
+        }
+    } else {
+        let _ = control.signal(Signal::Kill).await;
+    }
+    let _ = stdout_reader.await;
+    let _ = stderr_reader.await;
+    live.close();
+    let _ = sender.await;
+    handle.stdin.lock().await.take();
+
+    let cancelled = handle.cancel_requested.load(Ordering::SeqCst) && !timed_out;
+    let (exit_code, signal, message) = match status {
+        Ok(ExitStatus { code, signal, message }) => (code, signal, message),
+        Err(error) => (None, None, Some(error.to_string())),
+    };
+    let message = message.or_else(|| {
+        timed_out.then(|| {
+            format!(
+                "The run was stopped after its timeout of {} ms.",
+                context.timeout.map(|timeout| timeout.as_millis()).unwrap_or_default()
+            )
+        })
+    });
+    context
+        .events
+        .exit(ExitParams {
+            run_id: context.run_id.clone(),
+            exit_code,
+            signal,
+            cancelled,
+            timed_out,
+            duration_ms: started.elapsed().as_millis() as u64,
+            log_path: Some(log_path_text),
+            message,
+        })
+        .await;
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM to the tree, SIGKILL to whatever is left after the grace period, then the main process's status.
+async fn terminate(
+    control: &dyn ProcessControl,
+    exit: &mut futures::future::BoxFuture<'static, Result<ExitStatus>>,
+    stdout_reader: &tokio::task::JoinHandle<()>,
+    stderr_reader: &tokio::task::JoinHandle<()>,
+) -> Result<ExitStatus> {
+    let _ = control.signal(Signal::Terminate).await;
+    let grace_end = tokio::time::Instant::now() + TERMINATE_GRACE;
+    let status = match tokio::time::timeout_at(grace_end, &mut *exit).await {
+        Ok(status) => Some(status),
+        Err(_) => None,
+    };
+    // Children that ignore SIGTERM keep the pipes open after the main process is gone: wait out the grace for them.
+    let remaining = grace_end.saturating_duration_since(tokio::time::Instant::now());
+    let readers_done = wait_for_readers(stdout_reader, stderr_reader, remaining).await;
+    if status.is_none() || !readers_done {
+        let _ = control.signal(Signal::Kill).await;
+    }
+    match status {
+        Some(status) => status,
+        None => exit.await,
+    }
+}
+
+async fn wait_for_readers(
+    stdout_reader: &tokio::task::JoinHandle<()>,
+    stderr_reader: &tokio::task::JoinHandle<()>,
+    limit: Duration,
+) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if stdout_reader.is_finished() && stderr_reader.is_finished() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Copies one stream into the log file and the live view until it ends.
+async fn read_into(mut reader: BoxedReader, stream: OutputStream, live: Arc<LiveView>, log: Arc<Mutex<std::fs::File>>) {
+    let mut buffer = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        let count = match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(count) => count,
+        };
+        let chunk = &buffer[..count];
+        {
+            // Page-cache writes of one chunk are short; keeping them inline avoids a thread hop per chunk.
+            let mut file = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(error) = file.write_all(chunk) {
+                tracing::warn!(%error, "could not write to the run log; the live view continues");
+            }
+        }
+        live.push(stream, chunk);
+    }
+}
+
+/// Turns the live view into numbered notifications, in order, until the run's output ends.
+async fn send_live(
+    live: Arc<LiveView>,
+    events: Arc<dyn Events>,
+    run_id: String,
+    log_path: String,
+    answered: oneshot::Receiver<()>,
+) {
+    // The request handler releases this once it has answered; a dropped sender (an error) also releases it.
+    let _ = answered.await;
+    let mut seq = 0u64;
+    let mut stdout_decoder = Utf8Decoder::default();
+    let mut stderr_decoder = Utf8Decoder::default();
+    let mut send = |stream: OutputStream, text: String| {
+        let events = events.clone();
+        let run_id = run_id.clone();
+        let pieces: Vec<String> = split_text(&text, NOTIFICATION_LIMIT_BYTES).into_iter().map(str::to_owned).collect();
+        let first_seq = seq;
+        seq += pieces.len() as u64;
+        async move {
+            for (offset, piece) in pieces.into_iter().enumerate() {
+                events
+                    .output(OutputParams { run_id: run_id.clone(), stream, text: piece, seq: first_seq + offset as u64 })
+                    .await;
+            }
+        }
+    };
+    while let Some(batch) = live.next_batch().await {
+        for segment in batch {
+            match segment {
+                Segment::Data(stream, bytes) => {
+                    let decoder = match stream {
+                        OutputStream::Stdout => &mut stdout_decoder,
+                        OutputStream::Stderr => &mut stderr_decoder,
+                    };
+                    let text = decoder.decode(&bytes);
+                    if !text.is_empty() {
+                        send(stream, text).await;
+                    }
+                }
+                Segment::Skipped(stream, count) => {
+                    let decoder = match stream {
+                        OutputStream::Stdout => &mut stdout_decoder,
+                        OutputStream::Stderr => &mut stderr_decoder,
+                    };
+                    let mut text = decoder.skipped();
+                    text.push_str(&skip_marker(count, Some(&log_path)));
+                    send(stream, text).await;
+                }
+            }
+        }
+    }
+    for (stream, decoder) in [(OutputStream::Stdout, &mut stdout_decoder), (OutputStream::Stderr, &mut stderr_decoder)] {
+        let tail = decoder.finish();
+        if !tail.is_empty() {
+            send(stream, tail).await;
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! A session: one connected sandbox for one workspace, with the state the protocol reports about it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::drivers::Sandbox;
+use crate::protocol::{Preview, Resources, SessionInfo, SessionState, SyncState};
+
+/// What changes over a session's life; guarded by one lock that is never held across an `.await`.
+#[derive(Debug, Clone)]
+pub struct SessionMutable {
+    pub state: SessionState,
+    pub message: Option<String>,
+    pub last_activity: String,
+    pub expires_at: Option<String>,
+    pub previews: Vec<Preview>,
+    pub sync: SyncState,
+    pub resources: Option<Resources>,
+}
+
+pub struct Session {
+    pub id: String,
+    pub driver: String,
+    pub profile: Option<String>,
+    pub workspace: Option<PathBuf>,
+    pub started_at: String,
+    pub sandbox: Arc<dyn Sandbox>,
+    mutable: Mutex<SessionMutable>,
+}
+
+impl Session {
+    pub fn new(
+        id: String,
+        driver: String,
+        profile: Option<String>,
+        workspace: Option<PathBuf>,
+        sandbox: Arc<dyn Sandbox>,
+    ) -> Self {
+        let now = super::now_rfc3339();
+        Session {
+            id,
+            driver,
+            profile,
+            workspace,
+            started_at: now.clone(),
+            sandbox,
+            mutable: Mutex::new(SessionMutable {
+                state: SessionState::Connecting,
+                message: None,
+                last_activity: now,
+                expires_at: None,
+                previews: Vec::new(),
+                sync: SyncState::default(),
+                resources: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionMutable> {
+        // Every update is a plain field assignment, so a poisoned lock still holds consistent data.
+        self.mutable.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn state(&self) -> SessionState {
+        self.lock().state
+    }
+
+    /// Applies a change to the session's mutable state.
+    pub fn update(&self, change: impl FnOnce(&mut SessionMutable)) {
+        change(&mut self.lock());
+    }
+
+    /// Records user activity (a run, a sync), which keeps sandboxes with idle timeouts alive.
+    pub fn touch(&self) {
+        self.lock().last_activity = super::now_rfc3339();
+    }
+
+    /// Remembers a preview; returns whether it is new.
+    pub fn add_preview(&self, port: u16, url: &str) -> bool {
+        let mut mutable = self.lock();
+        if mutable.previews.iter().any(|preview| preview.port == port && preview.url == url) {
+            return false;
+        }
+        mutable.previews.retain(|preview| preview.port != port);
+        mutable.previews.push(Preview { port, url: url.to_string() });
+        true
+    }
+
+    /// The session as the protocol reports it.
+    pub fn info(&self) -> SessionInfo {
+        let mutable = self.lock().clone();
+        SessionInfo {
+            session_id: self.id.clone(),
+            driver: self.driver.clone(),
+            profile: self.profile.clone(),
+            state: mutable.state,
+            workspace_folder: self.workspace.as_ref().and_then(|path| {
+                url::Url::from_file_path(path).ok().map(|url| url.to_string())
+            }),
+            remote_root: self.sandbox.remote_root(),
+            started_at: self.started_at.clone(),
+            last_activity: mutable.last_activity,
+            expires_at: mutable.expires_at,
+            previews: mutable.previews,
+            sync: mutable.sync,
+            resources: mutable.resources,
+            message: mutable.message,
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The engine's error type: one variant per `data.kind` of the contract, each with a sentence a person can act on.
+
+use crate::protocol::ErrorKind;
+
+/// Errors the engine and drivers return; the LSP layer maps them to JSON-RPC errors in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidParams(String),
+    #[error("There is no session \"{0}\"; it may have been disconnected. List live sessions with sandlink/sessions.")]
+    UnknownSession(String),
+    #[error("There is no run \"{0}\"; it may have finished already.")]
+    UnknownRun(String),
+    #[error("There is no profile named \"{0}\". List profiles with sandlink/profiles or create one with sandlink/saveProfile.")]
+    UnknownProfile(String),
+    #[error("{message}")]
+    DriverUnavailable { driver: String, message: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    CredentialsMissing(String),
+    #[error("{0}")]
+    PathOutsideWorkspace(String),
+    #[error("{0}")]
+    SyncConflict(String),
+    /// The provider answered with an error; `message` never contains credentials.
+    #[error("{message}")]
+    Remote { status: Option<u16>, message: String },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The contract's `data.kind` for this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidParams(_) => ErrorKind::InvalidParams,
+            Error::UnknownSession(_) => ErrorKind::UnknownSession,
+            Error::UnknownRun(_) => ErrorKind::UnknownRun,
+            Error::UnknownProfile(_) => ErrorKind::UnknownProfile,
+            Error::DriverUnavailable { .. } => ErrorKind::DriverUnavailable,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::CredentialsMissing(_) => ErrorKind::CredentialsMissing,
+            Error::PathOutsideWorkspace(_) => ErrorKind::PathOutsideWorkspace,
+            Error::SyncConflict(_) => ErrorKind::SyncConflict,
+            Error::Remote { .. } => ErrorKind::RemoteError,
+            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Wraps an I/O error with what sandlink was doing when it happened.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// An `unsupported` error naming the driver and the missing capability.
+    pub fn unsupported_by(driver: &str, what: &str) -> Self {
+        Error::Unsupported(format!(
+            "The {driver} driver does not support {what}. Connect with a driver that does (see sandlink/drivers)."
+        ))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds context to `std::io::Result`s in one call.
+pub trait IoContext<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::io(context(), source))
+    }
+}

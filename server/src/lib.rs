@@ -1,0 +1,12 @@
+//! sandlink: run a project in an isolated sandbox from any editor. The crate holds the protocol, the engine,
+//! the drivers, sync, and the two front doors: the LSP server (`lsp`) and the command line (`cli`).
+
+pub mod cli;
+pub mod drivers;
+pub mod engine;
+pub mod error;
+pub mod logging;
+pub mod lsp;
+pub mod paths;
+pub mod protocol;
+pub mod sync;

@@ -1,0 +1,31 @@
+//! The one place engine errors become JSON-RPC errors with `data.kind`.
+
+use serde_json::json;
+use tower_lsp_server::jsonrpc;
+
+use crate::error::Error;
+use crate::protocol::ErrorKind;
+
+/// Application error codes start here, inside JSON-RPC's server-error range.
+const SERVER_ERROR_BASE: i64 = -32000;
+
+pub fn to_jsonrpc(error: &Error) -> jsonrpc::Error {
+    let kind = error.kind();
+    let code = match kind {
+        ErrorKind::InvalidParams => jsonrpc::ErrorCode::InvalidParams,
+        ErrorKind::Internal => jsonrpc::ErrorCode::InternalError,
+        other => jsonrpc::ErrorCode::ServerError(SERVER_ERROR_BASE - other as i64),
+    };
+    let mut data = json!({ "kind": kind.as_str() });
+    match error {
+        Error::Remote { status: Some(status), .. } => data["status"] = json!(status),
+        Error::DriverUnavailable { driver, .. } => data["driver"] = json!(driver),
+        _ => {}
+    }
+    jsonrpc::Error { code, message: error.to_string().into(), data: Some(data) }
+}
+
+/// Params that do not match the method's shape: the serde message names the field.
+pub fn invalid_params(method: &str, detail: impl std::fmt::Display) -> jsonrpc::Error {
+    to_jsonrpc(&Error::InvalidParams(format!("Invalid params for {method}: {detail}.")))
+}

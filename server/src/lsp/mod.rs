@@ -1,0 +1,381 @@
+//! The LSP front door: `sandlink lsp` on stdio. It translates requests into engine calls and nothing more.
+
+pub mod errors;
+pub mod events;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tower_lsp_server::jsonrpc;
+use tower_lsp_server::ls_types::request::Request;
+use tower_lsp_server::ls_types::{
+    DidSaveTextDocumentParams, ExecuteCommandOptions, ExecuteCommandParams, InitializeParams, InitializeResult,
+    InitializedParams, NumberOrString, SaveOptions, ServerCapabilities, ServerInfo, TextDocumentSyncCapability,
+    TextDocumentSyncKind, TextDocumentSyncOptions, TextDocumentSyncSaveOptions,
+};
+use tower_lsp_server::{Client, LanguageServer, LspService, Server};
+
+use self::events::{ClientFeatures, LspEvents, LspProgress};
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::protocol::{self as proto, commands};
+
+/// The language server: the engine plus what the client told us in `initialize`.
+pub struct Backend {
+    client: Client,
+    engine: Arc<Engine>,
+    events: Arc<LspEvents>,
+    features: Arc<RwLock<ClientFeatures>>,
+    workspace_root: RwLock<Option<PathBuf>>,
+}
+
+/// Serves the protocol on stdin and stdout until the client exits.
+pub async fn serve_stdio() {
+    let (service, socket) = build_service();
+    Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).serve(service).await;
+}
+
+/// Builds the service with every custom method registered; also used by in-process tests.
+pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) {
+    LspService::build(|client| {
+        let features = Arc::new(RwLock::new(ClientFeatures::default()));
+        let events = Arc::new(LspEvents { client: client.clone(), features: features.clone() });
+        let engine = Arc::new(Engine::new(events.clone()));
+        Backend { client, engine, events, features, workspace_root: RwLock::new(None) }
+    })
+    .custom_method(proto::DriversRequest::METHOD, Backend::drivers)
+    .custom_method(proto::ConnectRequest::METHOD, Backend::connect)
+    .custom_method(proto::DisconnectRequest::METHOD, Backend::disconnect)
+    .custom_method(proto::SessionsRequest::METHOD, Backend::sessions)
+    .custom_method(proto::StatusRequest::METHOD, Backend::status)
+    .custom_method(proto::RunRequest::METHOD, Backend::run)
+    .custom_method(proto::InputRequest::METHOD, Backend::input)
+    .custom_method(proto::CancelRequest::METHOD, Backend::cancel)
+    .custom_method(proto::SyncRequest::METHOD, Backend::sync)
+    .custom_method(proto::PreviewRequest::METHOD, Backend::preview)
+    .custom_method(proto::ExtendRequest::METHOD, Backend::extend)
+    .custom_method(proto::SnapshotRequest::METHOD, Backend::snapshot)
+    .custom_method(proto::RestoreRequest::METHOD, Backend::restore)
+    .custom_method(proto::ProfilesRequest::METHOD, Backend::profiles)
+    .custom_method(proto::SaveProfileRequest::METHOD, Backend::save_profile)
+    .custom_method(proto::DeleteProfileRequest::METHOD, Backend::delete_profile)
+    .custom_method(proto::SetCredentialRequest::METHOD, Backend::set_credential)
+    .custom_method(proto::DeleteCredentialRequest::METHOD, Backend::delete_credential)
+    .finish()
+}
+
+/// Decodes params for request `R`, runs `handler`, and turns errors and panics into JSON-RPC errors.
+async fn dispatch<R, F, Fut>(params: Value, handler: F) -> jsonrpc::Result<Value>
+where
+    R: Request,
+    R::Params: DeserializeOwned,
+    R::Result: Serialize,
+    F: FnOnce(R::Params) -> Fut,
+    Fut: Future<Output = Result<R::Result, Error>>,
+{
+    // `null` and a missing object both mean "no params" for requests that take none.
+    let params = if params.is_null() { Value::Object(Default::default()) } else { params };
+    let typed: R::Params = serde_json::from_value(params).map_err(|error| errors::invalid_params(R::METHOD, error))?;
+    let outcome = AssertUnwindSafe(handler(typed)).catch_unwind().await;
+    match outcome {
+        Ok(Ok(result)) => serde_json::to_value(result)
+            .map_err(|error| errors::to_jsonrpc(&Error::Internal(format!("Could not encode the result: {error}")))),
+        Ok(Err(error)) => {
+            tracing::debug!(method = R::METHOD, kind = error.kind().as_str(), %error, "request failed");
+            Err(errors::to_jsonrpc(&error))
+        }
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                .unwrap_or_else(|| "no details".into());
+            tracing::error!(method = R::METHOD, %detail, "a request handler panicked");
+            Err(errors::to_jsonrpc(&Error::Internal(format!(
+                "sandlink hit a bug while handling {}: {detail}. The server keeps running; please report this.",
+                R::METHOD
+            ))))
+        }
+    }
+}
+
+/// The answer for features that belong to later work: an explicit `unsupported`, never a silent success.
+fn not_yet(feature: &str) -> Error {
+    Error::Unsupported(format!("{feature} is not available in this build of sandlink yet."))
+}
+
+impl Backend {
+    fn token(value: &Option<Value>) -> Option<NumberOrString> {
+        value.as_ref().and_then(|token| serde_json::from_value(token.clone()).ok())
+    }
+
+    fn can_create_progress(&self) -> bool {
+        self.features.read().map(|features| features.work_done_progress).unwrap_or(false)
+    }
+
+    fn workspace_root(&self) -> Option<PathBuf> {
+        self.workspace_root.read().ok().and_then(|root| root.clone())
+    }
+
+    async fn drivers(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::DriversRequest, _, _>(params, |_| async {
+            Ok(proto::DriversResult { drivers: self.engine.drivers().await })
+        })
+        .await
+    }
+
+    async fn connect(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::ConnectRequest, _, _>(params, |params| async move {
+            let token = Self::token(&params.work_done_token);
+            let progress = LspProgress::begin(&self.client, token, self.can_create_progress(), "sandlink: connecting").await;
+            let outcome = self.engine.connect(params, self.workspace_root(), &progress).await;
+            let summary = match &outcome {
+                Ok(session) => format!("Connected {}", session.session_id),
+                Err(error) => error.to_string(),
+            };
+            progress.end(Some(summary)).await;
+            outcome
+        })
+        .await
+    }
+
+    async fn disconnect(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::DisconnectRequest, _, _>(params, |params| async move {
+            self.engine.disconnect(params).await.map(|()| proto::EmptyResult {})
+        })
+        .await
+    }
+
+    async fn sessions(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::SessionsRequest, _, _>(params, |_| async {
+            Ok(proto::SessionsResult { sessions: self.engine.sessions() })
+        })
+        .await
+    }
+
+    async fn status(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::StatusRequest, _, _>(params, |params| async move {
+            self.engine.status(&params.session_id).await
+        })
+        .await
+    }
+
+    async fn run(&self, params: Value) -> jsonrpc::Result<Value> {
+        let mut release = None;
+        let answer = dispatch::<proto::RunRequest, _, _>(params, |params| async {
+            let (run_id, answered) = self.engine.run(params).await?;
+            release = Some(answered);
+            Ok(proto::RunResult { run_id })
+        })
+        .await;
+        // Output may flow once the answer is on its way, so the client knows the run id first.
+        if let Some(answered) = release {
+            let _ = answered.send(());
+        }
+        answer
+    }
+
+    async fn input(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::InputRequest, _, _>(params, |params| async move {
+            self.engine.input(&params.run_id, &params.text, params.eof).await.map(|()| proto::EmptyResult {})
+        })
+        .await
+    }
+
+    async fn cancel(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::CancelRequest, _, _>(params, |params| async move {
+            self.engine.cancel(&params.run_id).map(|()| proto::EmptyResult {})
+        })
+        .await
+    }
+
+    async fn sync(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::SyncRequest, _, _>(params, |params| async move {
+            let token = Self::token(&params.work_done_token);
+            let progress = LspProgress::begin(&self.client, token, self.can_create_progress(), "sandlink: syncing").await;
+            let outcome = self.engine.sync(params).await;
+            progress.end(None).await;
+            outcome
+        })
+        .await
+    }
+
+    async fn preview(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::PreviewRequest, _, _>(params, |params| async move {
+            let url = self.engine.preview(&params.session_id, params.port).await?;
+            Ok(proto::PreviewResult { url })
+        })
+        .await
+    }
+
+    async fn extend(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::ExtendRequest, _, _>(params, |params| async move {
+            let expires_at = self.engine.extend(&params.session_id, params.seconds).await?;
+            Ok(proto::ExtendResult { expires_at })
+        })
+        .await
+    }
+
+    async fn snapshot(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::SnapshotRequest, _, _>(params, |params| async move {
+            let snapshot_id = self.engine.snapshot(&params.session_id, params.name).await?;
+            Ok(proto::SnapshotResult { snapshot_id })
+        })
+        .await
+    }
+
+    async fn restore(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::RestoreRequest, _, _>(params, |_| async {
+            Err::<proto::SessionInfo, _>(not_yet("Restoring a snapshot"))
+        })
+        .await
+    }
+
+    async fn profiles(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::ProfilesRequest, _, _>(params, |_| async {
+            Err::<proto::ProfilesResult, _>(not_yet("Profiles"))
+        })
+        .await
+    }
+
+    async fn save_profile(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::SaveProfileRequest, _, _>(params, |_| async {
+            Err::<proto::EmptyResult, _>(not_yet("Profiles"))
+        })
+        .await
+    }
+
+    async fn delete_profile(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::DeleteProfileRequest, _, _>(params, |_| async {
+            Err::<proto::EmptyResult, _>(not_yet("Profiles"))
+        })
+        .await
+    }
+
+    async fn set_credential(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::SetCredentialRequest, _, _>(params, |_| async {
+            Err::<proto::EmptyResult, _>(not_yet("Storing credentials in the OS keychain"))
+        })
+        .await
+    }
+
+    async fn delete_credential(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::DeleteCredentialRequest, _, _>(params, |_| async {
+            Err::<proto::EmptyResult, _>(not_yet("Storing credentials in the OS keychain"))
+        })
+        .await
+    }
+
+    /// `workspace/executeCommand`: the same requests for clients without custom-request support.
+    async fn execute(&self, command: &str, argument: Value) -> jsonrpc::Result<Value> {
+        match command {
+            commands::CONNECT => self.connect(argument).await,
+            commands::DISCONNECT => self.disconnect(argument).await,
+            commands::RUN => self.run(argument).await,
+            commands::CANCEL => self.cancel(argument).await,
+            commands::SYNC => self.sync(argument).await,
+            commands::STATUS => self.status(argument).await,
+            commands::EXTEND => self.extend(argument).await,
+            commands::PREVIEW => {
+                let answer = self.preview(argument).await?;
+                if let Some(url) = answer.get("url").and_then(Value::as_str) {
+                    self.events.open_url(url, "preview").await;
+                }
+                Ok(answer)
+            }
+            other => Err(errors::to_jsonrpc(&Error::InvalidParams(format!(
+                "There is no command \"{other}\". The commands are: {}.",
+                commands::ALL.join(", ")
+            )))),
+        }
+    }
+}
+
+impl LanguageServer for Backend {
+    async fn initialize(&self, params: InitializeParams) -> jsonrpc::Result<InitializeResult> {
+        let notifications = params
+            .capabilities
+            .experimental
+            .as_ref()
+            .and_then(|experimental| experimental.pointer("/sandlink/notifications"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let window = params.capabilities.window.as_ref();
+        let features = ClientFeatures {
+            notifications,
+            work_done_progress: window.and_then(|window| window.work_done_progress).unwrap_or(false),
+            show_document: window
+                .and_then(|window| window.show_document.as_ref())
+                .is_some_and(|show_document| show_document.support),
+        };
+        if let Ok(mut slot) = self.features.write() {
+            *slot = features;
+        }
+        if let Some(level) = params
+            .initialization_options
+            .as_ref()
+            .and_then(|options| options.get("logLevel"))
+            .and_then(Value::as_str)
+        {
+            crate::logging::set_level(level);
+        }
+        #[allow(deprecated)] // `root_uri` is still what older clients (Neovim 0.7) send.
+        let root = params
+            .workspace_folders
+            .as_ref()
+            .and_then(|folders| folders.first())
+            .map(|folder| folder.uri.clone())
+            .or(params.root_uri.clone())
+            .and_then(|uri| uri.to_file_path().map(|path| path.into_owned()));
+        if let Ok(mut slot) = self.workspace_root.write() {
+            *slot = root;
+        }
+        let experimental = proto::ServerExperimental {
+            version: proto::PROTOCOL_VERSION,
+            drivers: self.engine.drivers().await,
+        };
+        Ok(InitializeResult {
+            capabilities: ServerCapabilities {
+                text_document_sync: Some(TextDocumentSyncCapability::Options(TextDocumentSyncOptions {
+                    open_close: Some(false),
+                    change: Some(TextDocumentSyncKind::NONE),
+                    will_save: None,
+                    will_save_wait_until: None,
+                    save: Some(TextDocumentSyncSaveOptions::SaveOptions(SaveOptions { include_text: Some(false) })),
+                })),
+                execute_command_provider: Some(ExecuteCommandOptions {
+                    commands: commands::ALL.iter().map(|command| command.to_string()).collect(),
+                    work_done_progress_options: Default::default(),
+                }),
+                experimental: Some(serde_json::json!({ "sandlink": experimental })),
+                ..ServerCapabilities::default()
+            },
+            server_info: Some(ServerInfo { name: "sandlink".into(), version: Some(env!("CARGO_PKG_VERSION").into()) }),
+            offset_encoding: None,
+        })
+    }
+
+    async fn initialized(&self, _: InitializedParams) {
+        tracing::info!("client initialized");
+    }
+
+    async fn shutdown(&self) -> jsonrpc::Result<()> {
+        self.engine.disconnect_all().await;
+        Ok(())
+    }
+
+    async fn did_save(&self, params: DidSaveTextDocumentParams) {
+        tracing::debug!(uri = params.text_document.uri.as_str(), "saved");
+    }
+
+    async fn execute_command(&self, params: ExecuteCommandParams) -> jsonrpc::Result<Option<Value>> {
+        let argument = params.arguments.into_iter().next().unwrap_or(Value::Null);
+        self.execute(&params.command, argument).await.map(Some)
+    }
+}

@@ -1,0 +1,577 @@
+//! The sandlink wire protocol: every custom method, notification and command name, with its typed params.
+//!
+//! This is the only Rust file where method strings appear. It follows `../shared/protocol.md`; the user-facing
+//! reference is `docs/protocol.md`, the TypeScript mirror is `vscode-extension/src/protocol.ts` and the Lua
+//! mirror is `neovim-plugin/lua/sandlink/protocol.lua`. `tests/protocol_docs.rs` fails when they drift.
+//! Each method is an uninhabited enum implementing `Request` or `Notification`, so handlers are registered by type.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tower_lsp_server::ls_types::notification::Notification;
+use tower_lsp_server::ls_types::request::Request;
+
+/// The protocol version announced in `initialize`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Declares a request type with its method string, params and result types.
+macro_rules! request {
+    ($(#[$doc:meta])* $name:ident, $method:literal, $params:ty, $result:ty) => {
+        $(#[$doc])*
+        pub enum $name {}
+        impl Request for $name {
+            type Params = $params;
+            type Result = $result;
+            const METHOD: &'static str = $method;
+        }
+    };
+}
+
+/// Declares a notification type with its method string and params type.
+macro_rules! notification {
+    ($(#[$doc:meta])* $name:ident, $method:literal, $params:ty) => {
+        $(#[$doc])*
+        pub enum $name {}
+        impl Notification for $name {
+            type Params = $params;
+            const METHOD: &'static str = $method;
+        }
+    };
+}
+
+request!(/// Lists the drivers this server knows, with availability and capabilities.
+    DriversRequest, "sandlink/drivers", EmptyParams, DriversResult);
+request!(/// Connects a driver and returns the new session.
+    ConnectRequest, "sandlink/connect", ConnectParams, SessionInfo);
+request!(/// Ends a session, removing its sandbox unless `keep`.
+    DisconnectRequest, "sandlink/disconnect", DisconnectParams, EmptyResult);
+request!(/// Lists live sessions and those kept from earlier runs.
+    SessionsRequest, "sandlink/sessions", EmptyParams, SessionsResult);
+request!(/// Reports one session.
+    StatusRequest, "sandlink/status", SessionParams, SessionInfo);
+request!(/// Starts a command in a session; answers once the process has started.
+    RunRequest, "sandlink/run", RunParams, RunResult);
+request!(/// Writes to a run's stdin.
+    InputRequest, "sandlink/input", InputParams, EmptyResult);
+request!(/// Terminates a run's whole process tree.
+    CancelRequest, "sandlink/cancel", RunIdParams, EmptyResult);
+request!(/// Synchronises files between the workspace and the sandbox.
+    SyncRequest, "sandlink/sync", SyncParams, SyncResult);
+request!(/// Returns the URL under which a sandbox port is reachable.
+    PreviewRequest, "sandlink/preview", PreviewParams, PreviewResult);
+request!(/// Extends a sandbox's lifetime.
+    ExtendRequest, "sandlink/extend", ExtendParams, ExtendResult);
+request!(/// Snapshots a sandbox.
+    SnapshotRequest, "sandlink/snapshot", SnapshotParams, SnapshotResult);
+request!(/// Starts a new session from a snapshot.
+    RestoreRequest, "sandlink/restore", RestoreParams, SessionInfo);
+request!(/// Lists the configured profiles.
+    ProfilesRequest, "sandlink/profiles", EmptyParams, ProfilesResult);
+request!(/// Creates or replaces a profile.
+    SaveProfileRequest, "sandlink/saveProfile", SaveProfileParams, EmptyResult);
+request!(/// Deletes a profile and its credentials.
+    DeleteProfileRequest, "sandlink/deleteProfile", ProfileNameParams, EmptyResult);
+request!(/// Stores a credential in the OS keychain.
+    SetCredentialRequest, "sandlink/setCredential", SetCredentialParams, EmptyResult);
+request!(/// Removes a credential from the OS keychain.
+    DeleteCredentialRequest, "sandlink/deleteCredential", CredentialKeyParams, EmptyResult);
+
+notification!(/// A coalesced piece of a run's output.
+    OutputNotification, "sandlink/output", OutputParams);
+notification!(/// The end of a run; always its last message.
+    ExitNotification, "sandlink/exit", ExitParams);
+notification!(/// A session changed state.
+    SessionStateNotification, "sandlink/sessionState", SessionStateParams);
+notification!(/// Sync started, finished or found a conflict.
+    SyncStateNotification, "sandlink/syncState", SyncStateParams);
+notification!(/// A preview URL became available.
+    PreviewReadyNotification, "sandlink/previewReady", PreviewReadyParams);
+notification!(/// A sandbox will expire soon.
+    TimeoutWarningNotification, "sandlink/timeoutWarning", TimeoutWarningParams);
+
+/// The `workspace/executeCommand` commands for plain LSP clients; each takes the matching request's params.
+pub mod commands {
+    pub const CONNECT: &str = "sandlink.connect";
+    pub const DISCONNECT: &str = "sandlink.disconnect";
+    pub const RUN: &str = "sandlink.run";
+    pub const CANCEL: &str = "sandlink.cancel";
+    pub const SYNC: &str = "sandlink.sync";
+    pub const PREVIEW: &str = "sandlink.preview";
+    pub const STATUS: &str = "sandlink.status";
+    pub const EXTEND: &str = "sandlink.extend";
+
+    /// Every command, in the order `initialize` advertises them.
+    pub const ALL: &[&str] = &[CONNECT, DISCONNECT, RUN, CANCEL, SYNC, PREVIEW, STATUS, EXTEND];
+}
+
+/// The `data.kind` values of JSON-RPC errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorKind {
+    InvalidParams,
+    UnknownSession,
+    UnknownRun,
+    UnknownProfile,
+    DriverUnavailable,
+    Unsupported,
+    CredentialsMissing,
+    PathOutsideWorkspace,
+    SyncConflict,
+    RemoteError,
+    Timeout,
+    /// A local I/O failure (disk full, permission denied) outside the sandbox's control.
+    Io,
+    /// A bug in sandlink; the message says what failed.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The camelCase name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidParams => "invalidParams",
+            ErrorKind::UnknownSession => "unknownSession",
+            ErrorKind::UnknownRun => "unknownRun",
+            ErrorKind::UnknownProfile => "unknownProfile",
+            ErrorKind::DriverUnavailable => "driverUnavailable",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::CredentialsMissing => "credentialsMissing",
+            ErrorKind::PathOutsideWorkspace => "pathOutsideWorkspace",
+            ErrorKind::SyncConflict => "syncConflict",
+            ErrorKind::RemoteError => "remoteError",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Io => "io",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Params of requests that take none; unknown fields are tolerated so `{}` and `null` both work.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EmptyParams {}
+
+/// The `{}` result of requests that return nothing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EmptyResult {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriverCapabilities {
+    pub exec: bool,
+    pub stdin: bool,
+    pub cancel: bool,
+    pub upload: bool,
+    pub download: bool,
+    pub preview: bool,
+    pub extend: bool,
+    pub snapshot: bool,
+    pub metrics: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriverInfo {
+    pub id: String,
+    pub available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub capabilities: DriverCapabilities,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriversResult {
+    pub drivers: Vec<DriverInfo>,
+}
+
+/// The lifecycle state of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SessionState {
+    Connecting,
+    Active,
+    Syncing,
+    Disconnected,
+    Expired,
+    Error,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Connecting => "connecting",
+            SessionState::Active => "active",
+            SessionState::Syncing => "syncing",
+            SessionState::Disconnected => "disconnected",
+            SessionState::Expired => "expired",
+            SessionState::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preview {
+    pub port: u16,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncState {
+    pub pending: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync_at: Option<String>,
+    pub conflicts: Vec<Conflict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<u64>,
+    /// Paths held back because they look like secrets (`.env`, private keys), relative to the workspace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_back_secrets: Vec<String>,
+    /// How changes outside the editor are noticed: `watching`, or `polling` when the watch limit is exhausted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watcher: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub driver: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    pub state: SessionState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_folder: Option<String>,
+    pub remote_root: String,
+    pub started_at: String,
+    pub last_activity: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    pub previews: Vec<Preview>,
+    pub sync: SyncState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Why the session is in `error` or `expired`, as a sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectParams {
+    pub profile: Option<String>,
+    pub driver: Option<String>,
+    pub settings: Option<serde_json::Map<String, Value>>,
+    pub workspace_folder: Option<String>,
+    pub sync: Option<bool>,
+    pub reuse: Option<String>,
+    /// The standard LSP work-done token; progress for the connect goes there.
+    pub work_done_token: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DisconnectParams {
+    pub session_id: String,
+    #[serde(default)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionsResult {
+    pub sessions: Vec<SessionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionParams {
+    pub session_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunParams {
+    pub session_id: String,
+    pub command: String,
+    pub args: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub stdin: bool,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    pub run_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InputParams {
+    pub run_id: String,
+    pub text: String,
+    #[serde(default)]
+    pub eof: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunIdParams {
+    pub run_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SyncDirection {
+    #[default]
+    Up,
+    Down,
+    Both,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncParams {
+    pub session_id: String,
+    #[serde(default)]
+    pub direction: SyncDirection,
+    pub paths: Option<Vec<String>>,
+    pub work_done_token: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncResult {
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub deleted: u64,
+    pub bytes: u64,
+    pub conflicts: Vec<Conflict>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviewParams {
+    pub session_id: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviewResult {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtendParams {
+    pub session_id: String,
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtendResult {
+    pub expires_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotParams {
+    pub session_id: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotResult {
+    pub snapshot_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreParams {
+    pub snapshot_id: String,
+    pub profile: Option<String>,
+    pub driver: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileEntry {
+    pub name: String,
+    pub driver: String,
+    pub settings: serde_json::Map<String, Value>,
+    pub default: bool,
+    pub has_credentials: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfilesResult {
+    pub profiles: Vec<ProfileEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SaveProfileParams {
+    pub name: String,
+    pub driver: String,
+    pub settings: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProfileNameParams {
+    pub name: String,
+}
+
+/// Carries a secret value; its `Debug` is hand-written so the value never reaches a log.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetCredentialParams {
+    pub profile: String,
+    pub key: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for SetCredentialParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetCredentialParams")
+            .field("profile", &self.profile)
+            .field("key", &self.key)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialKeyParams {
+    pub profile: String,
+    pub key: String,
+}
+
+/// Which of a process's output streams a piece of text came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputParams {
+    pub run_id: String,
+    pub stream: OutputStream,
+    pub text: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitParams {
+    pub run_id: String,
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub cancelled: bool,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    /// Why the run ended abnormally (the sandbox died, the connection dropped), as a sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStateParams {
+    pub session_id: String,
+    pub state: SessionState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStateParams {
+    pub session_id: String,
+    #[serde(flatten)]
+    pub state: SyncState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewReadyParams {
+    pub session_id: String,
+    pub port: u16,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutWarningParams {
+    pub session_id: String,
+    pub expires_at: String,
+    pub seconds_left: u64,
+}
+
+/// The `initialize` result's `capabilities.experimental.sandlink`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerExperimental {
+    pub version: u32,
+    pub drivers: Vec<DriverInfo>,
+}
+
+/// Every custom request method, for registration checks and the docs test.
+pub const REQUEST_METHODS: &[&str] = &[
+    DriversRequest::METHOD,
+    ConnectRequest::METHOD,
+    DisconnectRequest::METHOD,
+    SessionsRequest::METHOD,
+    StatusRequest::METHOD,
+    RunRequest::METHOD,
+    InputRequest::METHOD,
+    CancelRequest::METHOD,
+    SyncRequest::METHOD,
+    PreviewRequest::METHOD,
+    ExtendRequest::METHOD,
+    SnapshotRequest::METHOD,
+    RestoreRequest::METHOD,
+    ProfilesRequest::METHOD,
+    SaveProfileRequest::METHOD,
+    DeleteProfileRequest::METHOD,
+    SetCredentialRequest::METHOD,
+    DeleteCredentialRequest::METHOD,
+];
+
+/// Every custom notification method.
+pub const NOTIFICATION_METHODS: &[&str] = &[
+    OutputNotification::METHOD,
+    ExitNotification::METHOD,
+    SessionStateNotification::METHOD,
+    SyncStateNotification::METHOD,
+    PreviewReadyNotification::METHOD,
+    TimeoutWarningNotification::METHOD,
+];

@@ -1,0 +1,18 @@
+// Bundles the extension into dist/main.js with esbuild; `--production` minifies and drops source maps.
+import * as esbuild from "esbuild";
+
+const production = process.argv.includes("--production");
+
+await esbuild.build({
+    entryPoints: ["src/main.ts"],
+    bundle: true,
+    outfile: "dist/main.js",
+    // `vscode` is provided by the extension host at run time and must never be bundled.
+    external: ["vscode"],
+    format: "cjs",
+    platform: "node",
+    target: "node20",
+    minify: production,
+    sourcemap: !production,
+    logLevel: "warning",
+});

@@ -1,0 +1,727 @@
+//! One factory per palette command; each returns the function VS Code calls, closed over the window's `Ctx`.
+
+import * as fs from "node:fs";
+import * as path from "node:path";
+import * as vscode from "vscode";
+
+import { describeError, remoteFileScheme, type Ctx } from "./ctx";
+import * as protocol from "./protocol";
+import { formatDuration } from "./run_output";
+import { commandIds, isCommandEnabled, type CommandId } from "./status";
+import { parseTasks, rememberCommand } from "./tasks";
+import { writeTestLog } from "./test_log";
+
+export type Cmd = (...args: unknown[]) => unknown;
+
+const runHistoryKey = "sandlink.runHistory";
+const snapshotsKey = "sandlink.snapshots";
+
+/** Shown when a command that needs a session runs without one (from a keybinding; the palette hides it then). */
+function requireLiveSession(ctx: Ctx, commandId: CommandId): protocol.SessionInfo | undefined {
+    const session = ctx.liveSession;
+    if (session === undefined || !isCommandEnabled(commandId, ctx.viewState())) {
+        void vscode.window
+            .showInformationMessage("sandlink: not connected to a sandbox. Connect first.", "Connect")
+            .then((choice) => {
+                if (choice === "Connect") {
+                    void vscode.commands.executeCommand(commandIds.connect);
+                }
+            });
+        return undefined;
+    }
+    return session;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Connect and disconnect
+// ---------------------------------------------------------------------------------------------------------------------
+
+interface ConnectChoice extends vscode.QuickPickItem {
+    params?: Omit<protocol.ConnectParams, "workspaceFolder">;
+}
+
+export function connect(ctx: Ctx): Cmd {
+    return async (requested?: unknown) => {
+        if (ctx.liveSession) {
+            void vscode.window.showInformationMessage(
+                `sandlink: already connected to ${ctx.liveSession.driver}. Disconnect first to switch.`,
+            );
+            return;
+        }
+        // Tests and keybindings may pass `{ driver }` or `{ profile }` to skip the picker.
+        let params = asConnectParams(requested);
+        if (params === undefined) {
+            params = await pickConnectTarget(ctx);
+            if (params === undefined) {
+                return;
+            }
+        }
+        await connectWith(ctx, params);
+    };
+}
+
+function asConnectParams(value: unknown): Omit<protocol.ConnectParams, "workspaceFolder"> | undefined {
+    if (typeof value !== "object" || value === null) {
+        return undefined;
+    }
+    const candidate = value as { driver?: unknown; profile?: unknown; reuse?: unknown };
+    const params: Omit<protocol.ConnectParams, "workspaceFolder"> = {};
+    if (typeof candidate.driver === "string") params.driver = candidate.driver;
+    if (typeof candidate.profile === "string") params.profile = candidate.profile;
+    if (typeof candidate.reuse === "string") params.reuse = candidate.reuse;
+    return Object.keys(params).length > 0 ? params : undefined;
+}
+
+async function pickConnectTarget(ctx: Ctx): Promise<Omit<protocol.ConnectParams, "workspaceFolder"> | undefined> {
+    const [profilesResult, driversResult, sessionsResult] = await Promise.all([
+        ctx.request(protocol.profiles, {}),
+        ctx.request(protocol.drivers, {}),
+        ctx.request(protocol.sessions, {}),
+    ]);
+    const items: ConnectChoice[] = [];
+    const profiles = [...(profilesResult?.profiles ?? [])].sort((left, right) => {
+        // The configured default profile first, then the server's default, then by name.
+        const rank = (profile: protocol.ProfileInfo) =>
+            profile.name === ctx.currentConfig.defaultProfile ? 0 : profile.default ? 1 : 2;
+        return rank(left) - rank(right) || left.name.localeCompare(right.name);
+    });
+    const keptSessions = (sessionsResult?.sessions ?? []).filter((session) => session.state !== "disconnected");
+    if (keptSessions.length > 0) {
+        items.push({ label: "Kept sessions", kind: vscode.QuickPickItemKind.Separator });
+        for (const session of keptSessions) {
+            items.push({
+                label: `$(debug-restart) ${session.profile ?? session.driver}`,
+                description: `reattach, ${session.state}`,
+                detail: `${session.sessionId}, started ${session.startedAt}`,
+                params: { reuse: session.sessionId },
+            });
+        }
+    }
+    if (profiles.length > 0) {
+        items.push({ label: "Profiles", kind: vscode.QuickPickItemKind.Separator });
+        for (const profile of profiles) {
+            items.push({
+                label: `$(account) ${profile.name}`,
+                description: `${profile.driver}${profile.default ? ", default" : ""}`,
+                params: { profile: profile.name },
+            });
+        }
+    }
+    const drivers = driversResult?.drivers ?? ctx.knownDrivers;
+    if (drivers.length > 0) {
+        items.push({ label: "Drivers", kind: vscode.QuickPickItemKind.Separator });
+        for (const driver of drivers) {
+            items.push({
+                label: `$(server-environment) ${driver.id}`,
+                description: driver.available ? "driver, default settings" : "unavailable",
+                detail: driver.available ? undefined : driver.detail,
+                params: driver.available ? { driver: driver.id } : undefined,
+            });
+        }
+    }
+    const choice = await vscode.window.showQuickPick(items, {
+        placeHolder: "Connect to a sandbox: pick a profile or a driver",
+        matchOnDescription: true,
+    });
+    if (choice === undefined) {
+        return undefined;
+    }
+    if (choice.params === undefined) {
+        void vscode.window.showWarningMessage(`sandlink: ${choice.detail ?? "that driver is not available here."}`);
+        return undefined;
+    }
+    return choice.params;
+}
+
+export async function connectWith(ctx: Ctx, params: Omit<protocol.ConnectParams, "workspaceFolder">): Promise<void> {
+    const folder = await ctx.pickWorkspaceFolder();
+    if (folder === undefined && params.reuse === undefined) {
+        void vscode.window.showWarningMessage("sandlink: open a folder first; the sandbox mirrors a workspace folder.");
+        return;
+    }
+    const target = params.profile ?? params.driver ?? "the kept session";
+    const session = await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Notification, title: `sandlink: connecting to ${target}…` },
+        () => ctx.request(protocol.connect, { ...params, workspaceFolder: folder?.uri.toString() }),
+    );
+    if (session === undefined) {
+        return;
+    }
+    ctx.adoptSession(session);
+    ctx.logChannel.info(`Connected: session ${session.sessionId} (${session.driver}), remote root ${session.remoteRoot}.`);
+    ctx.noticeNewConflicts(session.sync.conflicts);
+}
+
+export function disconnect(ctx: Ctx): Cmd {
+    return async (requested?: unknown) => {
+        const session = requireLiveSession(ctx, commandIds.disconnect);
+        if (session === undefined) {
+            return;
+        }
+        let keep: boolean;
+        if (typeof requested === "object" && requested !== null && "keep" in requested) {
+            keep = Boolean((requested as { keep: unknown }).keep);
+        } else {
+            const choice = await vscode.window.showQuickPick(
+                [
+                    { label: "$(trash) Disconnect and remove the sandbox", keep: false },
+                    { label: "$(debug-pause) Disconnect and keep it running", detail: "Reattach later from Connect.", keep: true },
+                ],
+                { placeHolder: `Disconnect from ${session.profile ?? session.driver}` },
+            );
+            if (choice === undefined) {
+                return;
+            }
+            keep = choice.keep;
+        }
+        const result = await ctx.request(protocol.disconnect, { sessionId: session.sessionId, keep });
+        if (result !== undefined) {
+            ctx.forgetSession();
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------------------------------------------------
+
+interface RunChoice extends vscode.QuickPickItem {
+    commandLine: string;
+}
+
+export function runCommand(ctx: Ctx): Cmd {
+    return async (requested?: unknown) => {
+        const session = requireLiveSession(ctx, commandIds.runCommand);
+        if (session === undefined) {
+            return;
+        }
+        const commandLine = typeof requested === "string" ? requested : await askForCommandLine(ctx, session);
+        if (commandLine === undefined || commandLine.trim() === "") {
+            return;
+        }
+        const history = ctx.extensionContext.workspaceState.get<string[]>(runHistoryKey, []);
+        await ctx.extensionContext.workspaceState.update(runHistoryKey, rememberCommand(history, commandLine));
+        await ctx.startRun(session, commandLine.trim());
+    };
+}
+
+/** An input box that also lists the `.sandlink.toml` tasks and earlier command lines; typing anything runs it. */
+async function askForCommandLine(ctx: Ctx, session: protocol.SessionInfo): Promise<string | undefined> {
+    const taskItems: RunChoice[] = readTasks(session).map((task) => ({
+        label: `$(tasklist) ${task.name}`,
+        description: task.commandLine,
+        detail: "task from .sandlink.toml",
+        commandLine: task.commandLine,
+    }));
+    const historyItems: RunChoice[] = ctx.extensionContext.workspaceState
+        .get<string[]>(runHistoryKey, [])
+        .map((commandLine) => ({ label: `$(history) ${commandLine}`, commandLine }));
+    const fixedItems: vscode.QuickPickItem[] = [
+        ...(taskItems.length > 0 ? [{ label: "Tasks", kind: vscode.QuickPickItemKind.Separator }, ...taskItems] : []),
+        ...(historyItems.length > 0 ? [{ label: "History", kind: vscode.QuickPickItemKind.Separator }, ...historyItems] : []),
+    ];
+    const quickPick = vscode.window.createQuickPick<vscode.QuickPickItem>();
+    quickPick.title = `Run in ${session.profile ?? session.driver}`;
+    quickPick.placeholder = "Type a command line, or pick a task or an earlier command";
+    quickPick.matchOnDescription = true;
+    quickPick.items = fixedItems;
+    // Whatever is typed is offered as the first item, so Enter always runs the typed text even when it matches a task.
+    quickPick.onDidChangeValue((value) => {
+        const typedItem: RunChoice = { label: `$(play) ${value}`, description: "run this command line", commandLine: value, alwaysShow: true };
+        quickPick.items = value.trim() === "" ? fixedItems : [typedItem, ...fixedItems];
+    });
+    return new Promise<string | undefined>((resolve) => {
+        let settled = false;
+        quickPick.onDidAccept(() => {
+            const selected = quickPick.selectedItems[0] as RunChoice | undefined;
+            settled = true;
+            resolve(selected?.commandLine ?? quickPick.value);
+            quickPick.hide();
+        });
+        quickPick.onDidHide(() => {
+            if (!settled) {
+                resolve(undefined);
+            }
+            quickPick.dispose();
+        });
+        quickPick.show();
+    });
+}
+
+function readTasks(session: protocol.SessionInfo) {
+    const folderUri = session.workspaceFolder
+        ? vscode.Uri.parse(session.workspaceFolder)
+        : vscode.workspace.workspaceFolders?.[0]?.uri;
+    if (folderUri === undefined || folderUri.scheme !== "file") {
+        return [];
+    }
+    try {
+        return parseTasks(fs.readFileSync(path.join(folderUri.fsPath, ".sandlink.toml"), "utf8"));
+    } catch {
+        // No .sandlink.toml (or unreadable): no tasks to offer, the input box still works.
+        return [];
+    }
+}
+
+export function cancelRun(ctx: Ctx): Cmd {
+    return async () => {
+        const runs = ctx.activeRunList;
+        if (runs.length === 0) {
+            void vscode.window.showInformationMessage("sandlink: no run in progress.");
+            return;
+        }
+        const run =
+            runs.length === 1
+                ? runs[0]
+                : (
+                      await vscode.window.showQuickPick(
+                          runs.map((candidate) => ({ label: candidate.commandLine, description: candidate.runId, run: candidate })),
+                          { placeHolder: "Cancel which run?" },
+                      )
+                  )?.run;
+        if (run !== undefined) {
+            await ctx.request(protocol.cancel, { runId: run.runId });
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Sync and conflicts
+// ---------------------------------------------------------------------------------------------------------------------
+
+export function syncNow(ctx: Ctx): Cmd {
+    return async (requested?: unknown) => {
+        const session = requireLiveSession(ctx, commandIds.syncNow);
+        if (session === undefined) {
+            return;
+        }
+        let direction: protocol.SyncDirection;
+        if (requested === "up" || requested === "down" || requested === "both") {
+            direction = requested;
+        } else {
+            const choice = await vscode.window.showQuickPick(
+                [
+                    { label: "$(arrow-up) Up", description: "local changes to the sandbox", direction: "up" as const },
+                    { label: "$(arrow-down) Down", description: "sandbox changes to the local folder", direction: "down" as const },
+                    { label: "$(arrow-swap) Both", description: "each way; files changed on both sides are conflicts", direction: "both" as const },
+                ],
+                { placeHolder: "Sync which way?" },
+            );
+            if (choice === undefined) {
+                return;
+            }
+            direction = choice.direction;
+        }
+        const result = await vscode.window.withProgress(
+            { location: vscode.ProgressLocation.Window, title: `sandlink: syncing ${direction}` },
+            () => ctx.request(protocol.sync, { sessionId: session.sessionId, direction }),
+        );
+        if (result === undefined) {
+            return;
+        }
+        void vscode.window.setStatusBarMessage(
+            `sandlink: ${result.uploaded} up, ${result.downloaded} down, ${result.deleted} deleted in ${formatDuration(result.durationMs)}`,
+            5000,
+        );
+        ctx.noticeNewConflicts(result.conflicts);
+        await ctx.refreshSession();
+    };
+}
+
+/** Opens a diff of a conflicting file: the sandbox's version on the left, the local one on the right. */
+export function compareConflict(ctx: Ctx): Cmd {
+    return async (requestedPath?: unknown) => {
+        const session = requireLiveSession(ctx, commandIds.compareConflict);
+        if (session === undefined) {
+            return;
+        }
+        const conflicts = session.sync.conflicts;
+        let conflictPath = typeof requestedPath === "string" ? requestedPath : undefined;
+        if (conflictPath === undefined) {
+            if (conflicts.length === 0) {
+                void vscode.window.showInformationMessage("sandlink: no sync conflicts.");
+                return;
+            }
+            conflictPath = (
+                await vscode.window.showQuickPick(
+                    conflicts.map((conflict) => ({ label: conflict.path, description: conflict.reason })),
+                    { placeHolder: "Compare which file?" },
+                )
+            )?.label;
+            if (conflictPath === undefined) {
+                return;
+            }
+        }
+        const folderUri = session.workspaceFolder ? vscode.Uri.parse(session.workspaceFolder) : vscode.workspace.workspaceFolders?.[0]?.uri;
+        if (folderUri === undefined) {
+            return;
+        }
+        const localUri = vscode.Uri.joinPath(folderUri, conflictPath);
+        const remoteUri = vscode.Uri.from({
+            scheme: remoteFileScheme,
+            path: "/" + conflictPath.replace(/^\/+/, ""),
+            query: new URLSearchParams({ session: session.sessionId }).toString(),
+        });
+        await vscode.commands.executeCommand("vscode.diff", remoteUri, localUri, `${conflictPath} (sandbox ↔ local)`);
+    };
+}
+
+/**
+ * Serves `sandlink-remote:` documents: a file's content inside the sandbox. The protocol has no file-read request, so the
+ * content is read with `cat` run without a shell (no quoting issues), which every driver with `exec` supports.
+ */
+export class RemoteFileContentProvider implements vscode.TextDocumentContentProvider {
+    constructor(private readonly ctx: Ctx) {}
+
+    async provideTextDocumentContent(uri: vscode.Uri): Promise<string> {
+        const session = this.ctx.liveSession;
+        const sessionId = new URLSearchParams(uri.query).get("session");
+        if (session === undefined || session.sessionId !== sessionId) {
+            return "The sandbox session of this document has ended.";
+        }
+        const relativePath = uri.path.replace(/^\/+/, "");
+        try {
+            return await this.ctx.collectRunOutput(session, "cat", ["--", relativePath]);
+        } catch (error) {
+            return `Could not read ${relativePath} from the sandbox: ${describeError(error)}`;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Previews, timeout, snapshots
+// ---------------------------------------------------------------------------------------------------------------------
+
+export function openPreview(ctx: Ctx): Cmd {
+    return async (requestedPort?: unknown) => {
+        const session = requireLiveSession(ctx, commandIds.openPreview);
+        if (session === undefined) {
+            return;
+        }
+        let port = typeof requestedPort === "number" ? requestedPort : undefined;
+        if (port === undefined) {
+            const items: Array<vscode.QuickPickItem & { port?: number; url?: string }> = session.previews.map((preview) => ({
+                label: `$(globe) port ${preview.port}`,
+                description: preview.url,
+                port: preview.port,
+                url: preview.url,
+            }));
+            items.push({ label: "$(add) Another port…" });
+            const choice = await vscode.window.showQuickPick(items, { placeHolder: "Open which preview?" });
+            if (choice === undefined) {
+                return;
+            }
+            if (choice.url !== undefined) {
+                await ctx.openPreviewUrl(choice.url);
+                return;
+            }
+            const typed = await vscode.window.showInputBox({
+                prompt: "Port of a server listening inside the sandbox",
+                validateInput: (value) => (isPort(value) ? undefined : "A port number from 1 to 65535"),
+            });
+            if (typed === undefined) {
+                return;
+            }
+            port = Number(typed);
+        }
+        const result = await ctx.request(protocol.preview, { sessionId: session.sessionId, port });
+        if (result !== undefined) {
+            await ctx.openPreviewUrl(result.url);
+            await ctx.refreshSession();
+        }
+    };
+}
+
+function isPort(value: string): boolean {
+    const port = Number(value);
+    return /^\d+$/.test(value.trim()) && port >= 1 && port <= 65535;
+}
+
+export function extendTimeout(ctx: Ctx): Cmd {
+    return async (requestedSeconds?: unknown) => {
+        const session = requireLiveSession(ctx, commandIds.extendTimeout);
+        if (session === undefined) {
+            return;
+        }
+        let seconds = typeof requestedSeconds === "number" ? requestedSeconds : undefined;
+        if (seconds === undefined) {
+            const choice = await vscode.window.showQuickPick(
+                [
+                    { label: "15 minutes", seconds: 15 * 60 },
+                    { label: "30 minutes", seconds: 30 * 60 },
+                    { label: "1 hour", seconds: 60 * 60 },
+                    { label: "2 hours", seconds: 2 * 60 * 60 },
+                ],
+                { placeHolder: "Extend the sandbox's lifetime by…" },
+            );
+            if (choice === undefined) {
+                return;
+            }
+            seconds = choice.seconds;
+        }
+        const result = await ctx.request(protocol.extend, { sessionId: session.sessionId, seconds });
+        if (result !== undefined) {
+            await ctx.refreshSession();
+            void vscode.window.setStatusBarMessage(`sandlink: the sandbox now expires at ${result.expiresAt}`, 5000);
+        }
+    };
+}
+
+interface RememberedSnapshot {
+    snapshotId: string;
+    name?: string;
+    driver: string;
+    profile?: string;
+    takenAt: string;
+}
+
+export function snapshot(ctx: Ctx): Cmd {
+    return async () => {
+        const session = requireLiveSession(ctx, commandIds.snapshot);
+        if (session === undefined) {
+            return;
+        }
+        const name = await vscode.window.showInputBox({ prompt: "Snapshot name (optional)" });
+        if (name === undefined) {
+            return;
+        }
+        const result = await vscode.window.withProgress(
+            { location: vscode.ProgressLocation.Notification, title: "sandlink: taking a snapshot…" },
+            () => ctx.request(protocol.snapshot, { sessionId: session.sessionId, name: name.trim() || undefined }),
+        );
+        if (result === undefined) {
+            return;
+        }
+        // The protocol has no request listing snapshots, so the ones taken from this workspace are remembered here for Restore.
+        const remembered = ctx.extensionContext.globalState.get<RememberedSnapshot[]>(snapshotsKey, []);
+        const entry: RememberedSnapshot = {
+            snapshotId: result.snapshotId,
+            name: name.trim() || undefined,
+            driver: session.driver,
+            profile: session.profile,
+            takenAt: new Date().toISOString(),
+        };
+        await ctx.extensionContext.globalState.update(snapshotsKey, [entry, ...remembered].slice(0, 50));
+        void vscode.window.showInformationMessage(`sandlink: snapshot ${result.snapshotId} taken.`);
+    };
+}
+
+export function restore(ctx: Ctx): Cmd {
+    return async () => {
+        if (ctx.liveSession) {
+            void vscode.window.showInformationMessage("sandlink: disconnect first; Restore starts a new session.");
+            return;
+        }
+        const remembered = ctx.extensionContext.globalState.get<RememberedSnapshot[]>(snapshotsKey, []);
+        const items: Array<vscode.QuickPickItem & { snapshot?: RememberedSnapshot }> = remembered.map((entry) => ({
+            label: `$(device-camera) ${entry.name ?? entry.snapshotId}`,
+            description: `${entry.profile ?? entry.driver}, ${entry.takenAt}`,
+            detail: entry.snapshotId,
+            snapshot: entry,
+        }));
+        items.push({ label: "$(edit) Enter a snapshot id…" });
+        const choice = await vscode.window.showQuickPick(items, { placeHolder: "Restore which snapshot?" });
+        if (choice === undefined) {
+            return;
+        }
+        let params: protocol.RestoreParams;
+        if (choice.snapshot) {
+            params = { snapshotId: choice.snapshot.snapshotId, profile: choice.snapshot.profile, driver: choice.snapshot.profile ? undefined : choice.snapshot.driver };
+        } else {
+            const snapshotId = await vscode.window.showInputBox({ prompt: "Snapshot id" });
+            if (!snapshotId) {
+                return;
+            }
+            params = { snapshotId: snapshotId.trim() };
+        }
+        const session = await vscode.window.withProgress(
+            { location: vscode.ProgressLocation.Notification, title: "sandlink: restoring…" },
+            () => ctx.request(protocol.restore, params),
+        );
+        if (session !== undefined) {
+            ctx.adoptSession(session);
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Profiles and credentials
+// ---------------------------------------------------------------------------------------------------------------------
+
+export function manageProfiles(ctx: Ctx): Cmd {
+    return async () => {
+        const result = await ctx.request(protocol.profiles, {});
+        if (result === undefined) {
+            return;
+        }
+        const items: Array<vscode.QuickPickItem & { profile?: protocol.ProfileInfo }> = result.profiles.map((profile) => ({
+            label: `$(account) ${profile.name}`,
+            description: `${profile.driver}${profile.default ? ", default" : ""}${profile.hasCredentials ? ", has credentials" : ""}`,
+            profile,
+        }));
+        items.push({ label: "$(add) New profile…" });
+        const choice = await vscode.window.showQuickPick(items, { placeHolder: "Profiles" });
+        if (choice === undefined) {
+            return;
+        }
+        if (choice.profile === undefined) {
+            await createProfile(ctx);
+            return;
+        }
+        const profile = choice.profile;
+        const action = await vscode.window.showQuickPick(
+            [
+                { label: "$(plug) Connect", action: "connect" as const },
+                { label: "$(star) Make default", action: "default" as const },
+                { label: "$(key) Set credential…", action: "credential" as const },
+                { label: "$(trash) Delete", description: "and its stored credentials", action: "delete" as const },
+            ],
+            { placeHolder: `Profile ${profile.name} (${profile.driver})` },
+        );
+        switch (action?.action) {
+            case "connect":
+                await connectWith(ctx, { profile: profile.name });
+                break;
+            case "default":
+                await ctx.request(protocol.saveProfile, { name: profile.name, driver: profile.driver, settings: profile.settings, default: true });
+                break;
+            case "credential":
+                await setCredential(ctx)(profile.name);
+                break;
+            case "delete": {
+                const confirmation = await vscode.window.showWarningMessage(
+                    `Delete the sandlink profile "${profile.name}" and its stored credentials?`,
+                    { modal: true },
+                    "Delete",
+                );
+                if (confirmation === "Delete") {
+                    await ctx.request(protocol.deleteProfile, { name: profile.name });
+                }
+                break;
+            }
+            default:
+                break;
+        }
+    };
+}
+
+async function createProfile(ctx: Ctx): Promise<void> {
+    const name = await vscode.window.showInputBox({
+        prompt: "Profile name",
+        validateInput: (value) => (/^[A-Za-z0-9_.-]+$/.test(value) ? undefined : "Letters, digits, '.', '_' and '-' only"),
+    });
+    if (name === undefined) {
+        return;
+    }
+    const drivers = (await ctx.request(protocol.drivers, {}))?.drivers ?? ctx.knownDrivers;
+    const driver = await vscode.window.showQuickPick(
+        drivers.map((candidate) => ({ label: candidate.id, description: candidate.available ? undefined : "unavailable", detail: candidate.detail })),
+        { placeHolder: "Driver" },
+    );
+    if (driver === undefined) {
+        return;
+    }
+    const settingsText = await vscode.window.showInputBox({
+        prompt: `Settings for ${driver.label} as JSON (optional), e.g. {"image": "debian:12"}. Secrets go in Set Credential, not here.`,
+        value: "{}",
+        validateInput: (value) => {
+            try {
+                const parsed: unknown = JSON.parse(value || "{}");
+                return typeof parsed === "object" && parsed !== null && !Array.isArray(parsed) ? undefined : "A JSON object";
+            } catch (error) {
+                return `Not JSON: ${describeError(error)}`;
+            }
+        },
+    });
+    if (settingsText === undefined) {
+        return;
+    }
+    const saved = await ctx.request(protocol.saveProfile, {
+        name,
+        driver: driver.label,
+        settings: JSON.parse(settingsText || "{}") as Record<string, unknown>,
+    });
+    if (saved !== undefined) {
+        void vscode.window.showInformationMessage(`sandlink: profile ${name} saved.`);
+    }
+}
+
+export function setCredential(ctx: Ctx): Cmd {
+    return async (requestedProfile?: unknown) => {
+        let profileName = typeof requestedProfile === "string" ? requestedProfile : undefined;
+        if (profileName === undefined) {
+            const result = await ctx.request(protocol.profiles, {});
+            if (result === undefined) {
+                return;
+            }
+            if (result.profiles.length === 0) {
+                void vscode.window.showInformationMessage("sandlink: create a profile first (Sandlink: Manage Profiles).");
+                return;
+            }
+            profileName = (
+                await vscode.window.showQuickPick(
+                    result.profiles.map((profile) => ({ label: profile.name, description: profile.driver })),
+                    { placeHolder: "Store a credential for which profile?" },
+                )
+            )?.label;
+            if (profileName === undefined) {
+                return;
+            }
+        }
+        const key = await vscode.window.showInputBox({
+            prompt: `Credential name for ${profileName} (e.g. apiKey, token)`,
+            validateInput: (value) => (value.trim() === "" ? "A name is required" : undefined),
+        });
+        if (key === undefined) {
+            return;
+        }
+        // password: true hides the typed value; it is passed straight to the request and not kept in any variable beyond it.
+        const value = await vscode.window.showInputBox({ prompt: `Value of ${key.trim()}`, password: true, ignoreFocusOut: true });
+        if (value === undefined || value === "") {
+            return;
+        }
+        if (await ctx.setCredential(profileName, key.trim(), value)) {
+            writeTestLog("credentialStored", { profile: profileName, key: key.trim() });
+            void vscode.window.showInformationMessage(`sandlink: ${key.trim()} stored in the system keychain for ${profileName}.`);
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Log and the status bar menu
+// ---------------------------------------------------------------------------------------------------------------------
+
+export function showLog(ctx: Ctx): Cmd {
+    return () => ctx.logChannel.show();
+}
+
+export function showActions(ctx: Ctx): Cmd {
+    return async () => {
+        const actions = ctx.statusActions();
+        const choice = await vscode.window.showQuickPick(
+            actions.map((action) => ({ label: action.label, description: action.description, commandId: action.commandId })),
+            { placeHolder: "sandlink" },
+        );
+        if (choice !== undefined) {
+            await vscode.commands.executeCommand(choice.commandId);
+        }
+    };
+}
+
+/** Every palette command with its factory; main.ts registers them all, and package.json contributes the same ids. */
+export const commandFactories: Record<CommandId, (ctx: Ctx) => Cmd> = {
+    [commandIds.connect]: connect,
+    [commandIds.disconnect]: disconnect,
+    [commandIds.runCommand]: runCommand,
+    [commandIds.cancelRun]: cancelRun,
+    [commandIds.syncNow]: syncNow,
+    [commandIds.openPreview]: openPreview,
+    [commandIds.extendTimeout]: extendTimeout,
+    [commandIds.snapshot]: snapshot,
+    [commandIds.restore]: restore,
+    [commandIds.manageProfiles]: manageProfiles,
+    [commandIds.setCredential]: setCredential,
+    [commandIds.showLog]: showLog,
+    [commandIds.showActions]: showActions,
+    [commandIds.compareConflict]: compareConflict,
+};

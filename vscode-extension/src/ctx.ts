@@ -1,0 +1,595 @@
+//! The extension's state for one window: the language client, the current session, the status bar item and the output channels.
+
+import * as vscode from "vscode";
+import {
+    ExecuteCommandRequest,
+    LanguageClient,
+    ResponseError,
+    State as ClientState,
+    Trace,
+    TransportKind,
+    type ClientCapabilities,
+    type FeatureState,
+    type LanguageClientOptions,
+    type RequestType,
+    type ServerCapabilities,
+    type ServerOptions,
+    type StaticFeature,
+} from "vscode-languageclient/node";
+
+import { findServerBinary, type FoundServerBinary } from "./bootstrap";
+import { readConfig, type SandlinkConfig } from "./config";
+import * as protocol from "./protocol";
+import { BatchedAppender, RunOutputFormatter, RunRouter, type RunSink } from "./run_output";
+import {
+    availableActions,
+    commandContext,
+    isSessionLive,
+    secondsUntilExpiry,
+    statusBarText,
+    statusBarTooltip,
+    commandIds,
+    type ServerState,
+    type ViewState,
+} from "./status";
+import { writeTestLog } from "./test_log";
+
+/** A run started from this window, while it has not exited. */
+interface ActiveRun {
+    runId: string;
+    commandLine: string;
+}
+
+/** The URI scheme of read-only documents holding a file's content inside the sandbox, for conflict diffs. */
+export const remoteFileScheme = "sandlink-remote";
+
+/**
+ * Announces the custom notifications in `initialize` and reads the driver list the server answers with.
+ * This is the `experimental` capability gate the contract describes: without it the server falls back to standard LSP.
+ */
+class SandlinkCapabilityFeature implements StaticFeature {
+    constructor(private readonly onServerCapabilities: (capabilities: protocol.ServerExperimentalCapabilities | undefined) => void) {}
+
+    fillClientCapabilities(capabilities: ClientCapabilities): void {
+        const announced: protocol.ClientExperimentalCapabilities = { notifications: true };
+        capabilities.experimental = { ...(capabilities.experimental as object | undefined), sandlink: announced };
+    }
+
+    initialize(capabilities: ServerCapabilities): void {
+        const experimental = capabilities.experimental as { sandlink?: protocol.ServerExperimentalCapabilities } | undefined;
+        this.onServerCapabilities(experimental?.sandlink);
+    }
+
+    getState(): FeatureState {
+        return { kind: "static" };
+    }
+
+    clear(): void {}
+}
+
+export class Ctx implements vscode.Disposable {
+    readonly logChannel: vscode.LogOutputChannel;
+    readonly runsChannel: vscode.OutputChannel;
+    private readonly statusBarItem: vscode.StatusBarItem;
+    private readonly runsAppender: BatchedAppender;
+    private readonly runRouter = new RunRouter();
+    private readonly activeRuns = new Map<string, ActiveRun>();
+    private readonly disposables: vscode.Disposable[] = [];
+
+    private client: LanguageClient | undefined;
+    private serverState: ServerState = "starting";
+    private drivers: protocol.DriverInfo[] = [];
+    private session: protocol.SessionInfo | undefined;
+    private config: SandlinkConfig;
+    private countdownTimer: NodeJS.Timeout | undefined;
+    private lastLoggedStatusText = "";
+    private knownConflictPaths = new Set<string>();
+
+    constructor(readonly extensionContext: vscode.ExtensionContext) {
+        this.config = readConfig();
+        this.logChannel = vscode.window.createOutputChannel("sandlink", { log: true });
+        this.runsChannel = vscode.window.createOutputChannel("sandlink runs");
+        this.runsAppender = new BatchedAppender(
+            (text) => this.runsChannel.append(text),
+            (callback) => setTimeout(callback, 50),
+        );
+        this.statusBarItem = vscode.window.createStatusBarItem("sandlink.status", vscode.StatusBarAlignment.Left, 10);
+        this.statusBarItem.name = "sandlink";
+        this.statusBarItem.command = commandIds.showActions;
+        this.statusBarItem.show();
+        this.disposables.push(this.logChannel, this.runsChannel, this.statusBarItem);
+        this.refreshView();
+    }
+
+    get currentConfig(): SandlinkConfig {
+        return this.config;
+    }
+
+    get currentSession(): protocol.SessionInfo | undefined {
+        return this.session;
+    }
+
+    get liveSession(): protocol.SessionInfo | undefined {
+        return isSessionLive(this.session) ? this.session : undefined;
+    }
+
+    get knownDrivers(): protocol.DriverInfo[] {
+        return this.drivers;
+    }
+
+    get activeRunList(): ActiveRun[] {
+        return [...this.activeRuns.values()];
+    }
+
+    viewState(): ViewState {
+        const driverCapabilities = this.drivers.find((driver) => driver.id === this.session?.driver)?.capabilities;
+        return {
+            serverState: this.serverState,
+            session: this.session,
+            driverCapabilities,
+            activeRunCount: this.activeRuns.size,
+            nowMs: Date.now(),
+        };
+    }
+
+    reloadConfig(): void {
+        this.config = readConfig();
+    }
+
+    // -----------------------------------------------------------------------------------------------------------------
+    // The language client
+    // -----------------------------------------------------------------------------------------------------------------
+
+    async startServer(): Promise<void> {
+        this.serverState = "starting";
+        this.refreshView();
+        const lookup = findServerBinary({
+            configuredPath: this.config.serverPath,
+            extensionDirectory: this.extensionContext.extensionPath,
+            pathVariable: process.env.PATH,
+            pathExtensions: process.env.PATHEXT,
+            platform: process.platform,
+        });
+        if (lookup.kind === "missing") {
+            this.serverState = "missingBinary";
+            this.refreshView();
+            this.logChannel.error(lookup.message);
+            writeTestLog("serverMissing", { message: lookup.message });
+            void vscode.window.showErrorMessage(lookup.message, "Open Settings").then((choice) => {
+                if (choice === "Open Settings") {
+                    void vscode.commands.executeCommand("workbench.action.openSettings", "sandlink.server.path");
+                }
+            });
+            return;
+        }
+        await this.startClient(lookup);
+    }
+
+    private async startClient(binary: FoundServerBinary): Promise<void> {
+        this.logChannel.info(`Starting the sandlink server ${binary.path} (found through the ${binary.source}).`);
+        const serverOptions: ServerOptions = {
+            command: binary.path,
+            // The client appends `--stdio` for the stdio transport; the server accepts it.
+            args: ["lsp"],
+            transport: TransportKind.stdio,
+            options: { env: { ...process.env, SANDLINK_LOG: this.config.logLevel } },
+        };
+        const clientOptions: LanguageClientOptions = {
+            // Every file of the workspace, so that saves anywhere in it reach the server's sync-on-save.
+            documentSelector: [{ scheme: "file" }],
+            outputChannel: this.logChannel,
+            initializationOptions: { syncOnSave: this.config.syncOnSave, logLevel: this.config.logLevel },
+            middleware: {
+                didSave: (document, next) => (this.config.syncOnSave ? next(document) : Promise.resolve()),
+            },
+        };
+        const client = new LanguageClient("sandlink", "sandlink", serverOptions, clientOptions);
+        client.registerFeature(
+            new SandlinkCapabilityFeature((capabilities) => {
+                this.drivers = capabilities?.drivers ?? [];
+            }),
+        );
+        // The server advertises `sandlink.connect`, `sandlink.run`, ... as executeCommand commands for plain LSP
+        // clients. The generic client feature would register VS Code commands under those ids and collide with this
+        // extension's own richer commands of the same names, so it is switched off; the typed requests are used instead.
+        const executeCommandFeature = client.getFeature(ExecuteCommandRequest.method);
+        executeCommandFeature.initialize = () => {};
+        executeCommandFeature.register = () => {};
+
+        client.onNotification(protocol.output, (params) => this.runRouter.handleOutput(params));
+        client.onNotification(protocol.exit, (params) => this.runRouter.handleExit(params));
+        client.onNotification(protocol.sessionState, (params) => this.onSessionState(params));
+        client.onNotification(protocol.syncState, (params) => this.onSyncState(params));
+        client.onNotification(protocol.previewReady, (params) => this.onPreviewReady(params));
+        client.onNotification(protocol.timeoutWarning, (params) => this.onTimeoutWarning(params));
+        this.disposables.push(
+            client.onDidChangeState((change) => {
+                if (change.newState === ClientState.Stopped) {
+                    this.serverState = "stopped";
+                    this.session = undefined;
+                    this.finishAllRunsAsLost();
+                    this.refreshView();
+                }
+            }),
+        );
+        this.client = client;
+        try {
+            await client.start();
+        } catch (error) {
+            this.serverState = "stopped";
+            this.refreshView();
+            const message = `The sandlink server ${binary.path} failed to start: ${describeError(error)}`;
+            this.logChannel.error(message);
+            writeTestLog("serverFailed", { message });
+            void vscode.window.showErrorMessage(message, "Show Log").then((choice) => {
+                if (choice === "Show Log") {
+                    this.logChannel.show();
+                }
+            });
+            return;
+        }
+        this.serverState = "running";
+        writeTestLog("serverStarted", { path: binary.path, source: binary.source, drivers: this.drivers.map((d) => d.id) });
+        this.refreshView();
+    }
+
+    async stopServer(): Promise<void> {
+        const client = this.client;
+        this.client = undefined;
+        if (client) {
+            try {
+                await client.stop(5000);
+            } catch (error) {
+                this.logChannel.warn(`Stopping the sandlink server failed: ${describeError(error)}`);
+            }
+        }
+        this.serverState = "stopped";
+        this.session = undefined;
+        this.refreshView();
+    }
+
+    async restartServer(): Promise<void> {
+        await this.stopServer();
+        this.reloadConfig();
+        await this.startServer();
+    }
+
+    /** Sends a typed request; on failure shows one actionable message and returns undefined. */
+    async request<P, R>(type: RequestType<P, R, void>, params: P): Promise<R | undefined> {
+        try {
+            return await this.requestOrThrow(type, params);
+        } catch (error) {
+            this.reportError(type.method, error);
+            return undefined;
+        }
+    }
+
+    /** Sends a typed request and lets errors through, for callers that react to `data.kind` themselves. */
+    async requestOrThrow<P, R>(type: RequestType<P, R, void>, params: P): Promise<R> {
+        const client = this.client;
+        if (client === undefined || this.serverState !== "running") {
+            throw new Error("the sandlink server is not running; see Sandlink: Show Log.");
+        }
+        return client.sendRequest(type, params);
+    }
+
+    /**
+     * Stores a credential. The value is sent in this one request and nowhere else: client tracing, which would print the
+     * params to the log, is switched off for the duration of the call.
+     */
+    async setCredential(profile: string, key: string, value: string): Promise<boolean> {
+        const client = this.client;
+        if (client === undefined || this.serverState !== "running") {
+            void vscode.window.showErrorMessage("sandlink: the server is not running, so the credential was not stored.");
+            return false;
+        }
+        const traceSetting = vscode.workspace.getConfiguration("sandlink").get<string>("trace.server", "off");
+        const tracing = traceSetting !== "off";
+        try {
+            if (tracing) {
+                await client.setTrace(Trace.Off);
+            }
+            await client.sendRequest(protocol.setCredential, { profile, key, value });
+            return true;
+        } catch (error) {
+            // The error path logs the method and the server's message only; the params (with the value) are never logged.
+            this.reportError(protocol.setCredential.method, error);
+            return false;
+        } finally {
+            if (tracing) {
+                await client.setTrace(Trace.fromString(traceSetting));
+            }
+        }
+    }
+
+    reportError(method: string, error: unknown): void {
+        const kind = errorKind(error);
+        const message = describeError(error);
+        this.logChannel.error(`${method} failed${kind ? ` (${kind})` : ""}: ${message}`);
+        writeTestLog("requestFailed", { method, kind, message });
+        const actions: string[] = [];
+        if (kind === "credentialsMissing") {
+            actions.push("Set Credential");
+        }
+        actions.push("Show Log");
+        void vscode.window.showErrorMessage(`sandlink: ${message}`, ...actions).then((choice) => {
+            if (choice === "Set Credential") {
+                void vscode.commands.executeCommand(commandIds.setCredential);
+            } else if (choice === "Show Log") {
+                this.logChannel.show();
+            }
+        });
+    }
+
+    // -----------------------------------------------------------------------------------------------------------------
+    // Sessions
+    // -----------------------------------------------------------------------------------------------------------------
+
+    adoptSession(session: protocol.SessionInfo): void {
+        this.session = session;
+        this.knownConflictPaths = new Set(session.sync.conflicts.map((conflict) => conflict.path));
+        writeTestLog("connected", { sessionId: session.sessionId, driver: session.driver, state: session.state });
+        this.refreshView();
+    }
+
+    forgetSession(): void {
+        const sessionId = this.session?.sessionId;
+        this.session = undefined;
+        this.knownConflictPaths.clear();
+        writeTestLog("disconnected", { sessionId });
+        this.refreshView();
+    }
+
+    /** Updates the session from `sandlink/status`, e.g. after a sync or an extend. */
+    async refreshSession(): Promise<void> {
+        const session = this.session;
+        if (session === undefined) {
+            return;
+        }
+        try {
+            const fresh = await this.requestOrThrow(protocol.status, { sessionId: session.sessionId });
+            if (this.session?.sessionId === fresh.sessionId) {
+                this.session = fresh;
+                this.refreshView();
+            }
+        } catch (error) {
+            this.logChannel.warn(`sandlink/status failed: ${describeError(error)}`);
+        }
+    }
+
+    private onSessionState(params: protocol.SessionStateParams): void {
+        writeTestLog("sessionState", { ...params });
+        if (this.session?.sessionId !== params.sessionId) {
+            return;
+        }
+        this.session = { ...this.session, state: params.state, message: params.message ?? this.session.message };
+        this.refreshView();
+        if (params.state === "expired" || params.state === "error") {
+            const what = params.state === "expired" ? "The sandbox expired" : "The sandbox failed";
+            void vscode.window
+                .showWarningMessage(`sandlink: ${what}${params.message ? `: ${params.message}` : "."}`, "Connect")
+                .then((choice) => {
+                    if (choice === "Connect") {
+                        void vscode.commands.executeCommand(commandIds.connect);
+                    }
+                });
+        }
+    }
+
+    private onSyncState(params: protocol.SyncStateParams): void {
+        if (this.session?.sessionId !== params.sessionId) {
+            return;
+        }
+        const { sessionId: _sessionId, ...syncState } = params;
+        this.session = { ...this.session, sync: { ...this.session.sync, ...syncState } };
+        this.refreshView();
+        this.noticeNewConflicts(syncState.conflicts);
+    }
+
+    noticeNewConflicts(conflicts: protocol.SyncConflict[]): void {
+        const newConflicts = conflicts.filter((conflict) => !this.knownConflictPaths.has(conflict.path));
+        this.knownConflictPaths = new Set(conflicts.map((conflict) => conflict.path));
+        if (newConflicts.length === 0) {
+            return;
+        }
+        const summary =
+            newConflicts.length === 1
+                ? `${newConflicts[0].path} changed both here and in the sandbox (${newConflicts[0].reason}).`
+                : `${newConflicts.length} files changed both here and in the sandbox.`;
+        void vscode.window.showWarningMessage(`sandlink: sync conflict: ${summary}`, "Compare").then((choice) => {
+            if (choice === "Compare") {
+                void vscode.commands.executeCommand(commandIds.compareConflict, newConflicts[0].path);
+            }
+        });
+    }
+
+    private onPreviewReady(params: protocol.PreviewReadyParams): void {
+        writeTestLog("previewReady", { ...params });
+        if (this.session?.sessionId === params.sessionId) {
+            const others = this.session.previews.filter((preview) => preview.port !== params.port);
+            this.session = { ...this.session, previews: [...others, { port: params.port, url: params.url }] };
+            this.refreshView();
+        }
+        void vscode.window
+            .showInformationMessage(`sandlink: port ${params.port} is previewed at ${params.url}`, "Open")
+            .then((choice) => {
+                if (choice === "Open") {
+                    void this.openPreviewUrl(params.url);
+                }
+            });
+    }
+
+    private onTimeoutWarning(params: protocol.TimeoutWarningParams): void {
+        writeTestLog("timeoutWarning", { ...params });
+        if (this.session?.sessionId === params.sessionId) {
+            this.session = { ...this.session, expiresAt: params.expiresAt };
+            this.refreshView();
+        }
+        const minutes = Math.max(1, Math.round(params.secondsLeft / 60));
+        void vscode.window
+            .showWarningMessage(`sandlink: the sandbox expires in about ${minutes} min.`, "Extend")
+            .then((choice) => {
+                if (choice === "Extend") {
+                    void vscode.commands.executeCommand(commandIds.extendTimeout);
+                }
+            });
+    }
+
+    async openPreviewUrl(url: string): Promise<void> {
+        let target = this.config.previewOpenIn;
+        if (target === "ask") {
+            const choice = await vscode.window.showQuickPick(
+                [
+                    { label: "$(link-external) External browser", target: "external" as const },
+                    { label: "$(browser) Simple Browser (inside VS Code)", target: "simpleBrowser" as const },
+                ],
+                { placeHolder: `Open ${url} in…` },
+            );
+            if (choice === undefined) {
+                return;
+            }
+            target = choice.target;
+        }
+        if (target === "simpleBrowser") {
+            await vscode.commands.executeCommand("simpleBrowser.show", url);
+        } else {
+            await vscode.env.openExternal(vscode.Uri.parse(url));
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------------------------------
+    // Runs
+    // -----------------------------------------------------------------------------------------------------------------
+
+    /** Starts a shell command line in the session and streams it into the runs channel; resolves with the run id. */
+    async startRun(session: protocol.SessionInfo, commandLine: string): Promise<string | undefined> {
+        const formatter = new RunOutputFormatter();
+        this.runsChannel.show(true);
+        this.runsAppender.push(formatter.header(commandLine, session.profile ?? session.driver, new Date()));
+        let runId: string;
+        try {
+            ({ runId } = await this.requestOrThrow(protocol.run, { sessionId: session.sessionId, command: commandLine }));
+        } catch (error) {
+            this.runsAppender.push(`[not started: ${describeError(error)}]\n`);
+            this.runsAppender.flush();
+            this.reportError(protocol.run.method, error);
+            return undefined;
+        }
+        this.activeRuns.set(runId, { runId, commandLine });
+        writeTestLog("runStarted", { runId, commandLine });
+        this.refreshView();
+        const sink: RunSink = {
+            onOutput: (output) => {
+                writeTestLog("runOutput", { runId, stream: output.stream, text: output.text });
+                this.runsAppender.push(formatter.format(output.stream, output.text));
+            },
+            onExit: (exit) => {
+                this.runsAppender.push(formatter.footer(exit));
+                this.runsAppender.flush();
+                this.activeRuns.delete(runId);
+                writeTestLog("runExit", { ...exit });
+                this.refreshView();
+            },
+        };
+        this.runRouter.register(runId, sink);
+        return runId;
+    }
+
+    /** Runs a program (no shell) and collects its stdout, e.g. to read a file inside the sandbox. */
+    async collectRunOutput(session: protocol.SessionInfo, program: string, args: string[]): Promise<string> {
+        const { runId } = await this.requestOrThrow(protocol.run, { sessionId: session.sessionId, command: program, args });
+        return new Promise<string>((resolve, reject) => {
+            const stdout: string[] = [];
+            const stderr: string[] = [];
+            this.runRouter.register(runId, {
+                onOutput: (output) => (output.stream === "stdout" ? stdout : stderr).push(output.text),
+                onExit: (exit) => {
+                    if (exit.exitCode === 0) {
+                        resolve(stdout.join(""));
+                    } else {
+                        reject(new Error(`${program} ${args.join(" ")} failed in the sandbox: ${stderr.join("").trim()}`));
+                    }
+                },
+            });
+        });
+    }
+
+    private finishAllRunsAsLost(): void {
+        if (this.activeRuns.size === 0) {
+            return;
+        }
+        for (const run of this.activeRuns.values()) {
+            this.runsAppender.push(`\n[${run.commandLine}: lost, the sandlink server stopped]\n`);
+        }
+        this.runsAppender.flush();
+        this.activeRuns.clear();
+    }
+
+    // -----------------------------------------------------------------------------------------------------------------
+    // The view: status bar, context keys, countdown
+    // -----------------------------------------------------------------------------------------------------------------
+
+    refreshView(): void {
+        const state = this.viewState();
+        const text = statusBarText(state);
+        this.statusBarItem.text = text;
+        this.statusBarItem.tooltip = new vscode.MarkdownString(statusBarTooltip(state));
+        this.statusBarItem.backgroundColor =
+            state.session && (state.session.state === "error" || state.session.sync.conflicts.length > 0)
+                ? new vscode.ThemeColor("statusBarItem.warningBackground")
+                : undefined;
+        for (const [key, value] of Object.entries(commandContext(state))) {
+            void vscode.commands.executeCommand("setContext", key, value);
+        }
+        if (text !== this.lastLoggedStatusText) {
+            this.lastLoggedStatusText = text;
+            writeTestLog("statusBar", { text });
+        }
+        // A ticking countdown needs a repaint every second, but only while there is something to count down.
+        const needsCountdown = secondsUntilExpiry(state.session, state.nowMs) !== undefined && isSessionLive(state.session);
+        if (needsCountdown && this.countdownTimer === undefined) {
+            this.countdownTimer = setInterval(() => this.refreshView(), 1000);
+        } else if (!needsCountdown && this.countdownTimer !== undefined) {
+            clearInterval(this.countdownTimer);
+            this.countdownTimer = undefined;
+        }
+    }
+
+    statusActions() {
+        return availableActions(this.viewState());
+    }
+
+    /** The workspace folder a new session should mirror: the only one, or the user's pick. */
+    async pickWorkspaceFolder(): Promise<vscode.WorkspaceFolder | undefined> {
+        const folders = vscode.workspace.workspaceFolders ?? [];
+        if (folders.length <= 1) {
+            return folders[0];
+        }
+        return vscode.window.showWorkspaceFolderPick({ placeHolder: "Which folder should the sandbox mirror?" });
+    }
+
+    dispose(): void {
+        if (this.countdownTimer !== undefined) {
+            clearInterval(this.countdownTimer);
+        }
+        this.runsAppender.flush();
+        for (const disposable of this.disposables) {
+            disposable.dispose();
+        }
+    }
+}
+
+export function errorKind(error: unknown): string | undefined {
+    if (error instanceof ResponseError) {
+        const data = error.data as { kind?: unknown } | undefined;
+        return typeof data?.kind === "string" ? data.kind : undefined;
+    }
+    return undefined;
+}
+
+export function describeError(error: unknown): string {
+    if (error instanceof Error) {
+        return error.message;
+    }
+    return String(error);
+}

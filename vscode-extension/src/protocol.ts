@@ -1,0 +1,280 @@
+//! The sandlink LSP extensions, mirrored from `server/src/protocol.rs`: change both together (test/protocol_drift.test.ts checks).
+//
+// Every custom method, notification and `workspace/executeCommand` name the server knows is declared here once, as a
+// typed constant; the rest of the extension uses these constants and never spells a method string itself.
+// The shapes follow /work/shared/protocol.md (the contract) and the project's docs/protocol.md.
+
+import { NotificationType, RequestType } from "vscode-languageclient";
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Common shapes
+// ---------------------------------------------------------------------------------------------------------------------
+
+export interface DriverCapabilities {
+    exec: boolean;
+    stdin: boolean;
+    cancel: boolean;
+    upload: boolean;
+    download: boolean;
+    preview: boolean;
+    extend: boolean;
+    snapshot: boolean;
+    metrics: boolean;
+}
+
+export interface DriverInfo {
+    id: string;
+    available: boolean;
+    /** Present when `available` is false: why, and how to fix it. */
+    detail?: string;
+    capabilities: DriverCapabilities;
+}
+
+export type SessionStateName = "connecting" | "active" | "syncing" | "disconnected" | "expired" | "error";
+
+export interface SyncConflict {
+    path: string;
+    reason: string;
+}
+
+export interface SyncState {
+    pending: number;
+    lastSyncAt?: string;
+    conflicts: SyncConflict[];
+    excluded?: number;
+    /** Paths held back because they look like secrets (`.env`, private keys), relative to the workspace. */
+    heldBackSecrets?: string[];
+    /** How changes outside the editor are noticed: `watching`, or `polling` when the watch limit is exhausted. */
+    watcher?: string;
+}
+
+export interface Preview {
+    port: number;
+    url: string;
+}
+
+export interface SessionInfo {
+    sessionId: string;
+    driver: string;
+    profile?: string;
+    state: SessionStateName;
+    workspaceFolder?: string;
+    remoteRoot: string;
+    startedAt: string;
+    lastActivity: string;
+    expiresAt?: string;
+    previews: Preview[];
+    sync: SyncState;
+    resources?: { cpuPercent?: number; memoryBytes?: number };
+    /** Why the session is in `error` or `expired`, as a sentence. */
+    message?: string;
+}
+
+export interface ProfileInfo {
+    name: string;
+    driver: string;
+    settings: Record<string, unknown>;
+    default: boolean;
+    hasCredentials: boolean;
+}
+
+/** `capabilities.experimental.sandlink` in the server's `initialize` result. */
+export interface ServerExperimentalCapabilities {
+    version: number;
+    drivers: DriverInfo[];
+}
+
+/** `capabilities.experimental.sandlink` in the client's `initialize` params. */
+export interface ClientExperimentalCapabilities {
+    notifications: boolean;
+}
+
+/** Known values of `error.data.kind` on JSON-RPC errors from the server. */
+export type ErrorKind =
+    | "invalidParams"
+    | "unknownSession"
+    | "unknownRun"
+    | "unknownProfile"
+    | "driverUnavailable"
+    | "unsupported"
+    | "credentialsMissing"
+    | "pathOutsideWorkspace"
+    | "syncConflict"
+    | "remoteError"
+    | "timeout"
+    | "io"
+    | "internal";
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Requests, client to server
+// ---------------------------------------------------------------------------------------------------------------------
+
+export type EmptyParams = Record<string, never>;
+export type EmptyResult = Record<string, never>;
+
+export const drivers = new RequestType<EmptyParams, { drivers: DriverInfo[] }, void>("sandlink/drivers");
+
+export interface ConnectParams {
+    profile?: string;
+    driver?: string;
+    settings?: Record<string, unknown>;
+    workspaceFolder?: string;
+    sync?: boolean;
+    reuse?: string;
+    /** The standard LSP work-done token; progress for the connect goes there. */
+    workDoneToken?: string | number;
+}
+export const connect = new RequestType<ConnectParams, SessionInfo, void>("sandlink/connect");
+
+export interface DisconnectParams {
+    sessionId: string;
+    keep?: boolean;
+}
+export const disconnect = new RequestType<DisconnectParams, EmptyResult, void>("sandlink/disconnect");
+
+export const sessions = new RequestType<EmptyParams, { sessions: SessionInfo[] }, void>("sandlink/sessions");
+
+export const status = new RequestType<{ sessionId: string }, SessionInfo, void>("sandlink/status");
+
+export interface RunParams {
+    sessionId: string;
+    /** A shell command line when `args` is absent; the program when `args` is present. */
+    command: string;
+    args?: string[];
+    cwd?: string;
+    env?: Record<string, string>;
+    stdin?: boolean;
+    timeoutMs?: number;
+}
+export const run = new RequestType<RunParams, { runId: string }, void>("sandlink/run");
+
+export interface InputParams {
+    runId: string;
+    text: string;
+    eof?: boolean;
+}
+export const input = new RequestType<InputParams, EmptyResult, void>("sandlink/input");
+
+export const cancel = new RequestType<{ runId: string }, EmptyResult, void>("sandlink/cancel");
+
+export type SyncDirection = "up" | "down" | "both";
+export interface SyncParams {
+    sessionId: string;
+    direction?: SyncDirection;
+    paths?: string[];
+}
+export interface SyncResult {
+    uploaded: number;
+    downloaded: number;
+    deleted: number;
+    bytes: number;
+    conflicts: SyncConflict[];
+    durationMs: number;
+}
+export const sync = new RequestType<SyncParams, SyncResult, void>("sandlink/sync");
+
+export const preview = new RequestType<{ sessionId: string; port: number }, { url: string }, void>("sandlink/preview");
+
+export const extend = new RequestType<{ sessionId: string; seconds: number }, { expiresAt: string }, void>(
+    "sandlink/extend",
+);
+
+export const snapshot = new RequestType<{ sessionId: string; name?: string }, { snapshotId: string }, void>(
+    "sandlink/snapshot",
+);
+
+export interface RestoreParams {
+    snapshotId: string;
+    profile?: string;
+    driver?: string;
+}
+export const restore = new RequestType<RestoreParams, SessionInfo, void>("sandlink/restore");
+
+export const profiles = new RequestType<EmptyParams, { profiles: ProfileInfo[] }, void>("sandlink/profiles");
+
+export interface SaveProfileParams {
+    name: string;
+    driver: string;
+    settings?: Record<string, unknown>;
+    default?: boolean;
+}
+export const saveProfile = new RequestType<SaveProfileParams, EmptyResult, void>("sandlink/saveProfile");
+
+export const deleteProfile = new RequestType<{ name: string }, EmptyResult, void>("sandlink/deleteProfile");
+
+export interface SetCredentialParams {
+    profile: string;
+    key: string;
+    /** The secret itself: sent once, in this request, and never logged or kept by the extension. */
+    value: string;
+}
+export const setCredential = new RequestType<SetCredentialParams, EmptyResult, void>("sandlink/setCredential");
+
+export const deleteCredential = new RequestType<{ profile: string; key: string }, EmptyResult, void>(
+    "sandlink/deleteCredential",
+);
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)
+// ---------------------------------------------------------------------------------------------------------------------
+
+export type OutputStream = "stdout" | "stderr";
+export interface OutputParams {
+    runId: string;
+    stream: OutputStream;
+    text: string;
+    /** Increases by one per notification of a run. */
+    seq: number;
+}
+export const output = new NotificationType<OutputParams>("sandlink/output");
+
+export interface ExitParams {
+    runId: string;
+    exitCode: number | null;
+    signal?: string;
+    cancelled: boolean;
+    timedOut: boolean;
+    durationMs: number;
+    logPath?: string;
+}
+export const exit = new NotificationType<ExitParams>("sandlink/exit");
+
+export interface SessionStateParams {
+    sessionId: string;
+    state: SessionStateName;
+    message?: string;
+}
+export const sessionState = new NotificationType<SessionStateParams>("sandlink/sessionState");
+
+export type SyncStateParams = { sessionId: string } & SyncState;
+export const syncState = new NotificationType<SyncStateParams>("sandlink/syncState");
+
+export interface PreviewReadyParams {
+    sessionId: string;
+    port: number;
+    url: string;
+}
+export const previewReady = new NotificationType<PreviewReadyParams>("sandlink/previewReady");
+
+export interface TimeoutWarningParams {
+    sessionId: string;
+    expiresAt: string;
+    secondsLeft: number;
+}
+export const timeoutWarning = new NotificationType<TimeoutWarningParams>("sandlink/timeoutWarning");
+
+// ---------------------------------------------------------------------------------------------------------------------
+// `workspace/executeCommand` names the server advertises for plain LSP clients. This extension calls the typed requests
+// above instead, but keeps the list so that the drift test sees every name the server declares.
+// ---------------------------------------------------------------------------------------------------------------------
+
+export const serverCommands = [
+    "sandlink.connect",
+    "sandlink.disconnect",
+    "sandlink.run",
+    "sandlink.cancel",
+    "sandlink.sync",
+    "sandlink.preview",
+    "sandlink.status",
+    "sandlink.extend",
+] as const;

@@ -10,11 +10,54 @@ use crate::drivers::BoxedReader;
 use crate::error::{Error, Result};
 use crate::protocol::SyncResult;
 
+/// The kind of an entry in a remote listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One entry of the remote tree, as `RemoteFiles::list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// Relative to the remote root, `/`-separated, never starting with `/` and never containing `..`.
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch (drivers with coarser clocks round down).
+    pub mtime_ns: i128,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// The symlink's target, for symlinks.
+    pub link_target: Option<String>,
+}
+
 /// The file operations a driver offers the sync engine, relative to the session's remote root.
+///
+/// One call is one batch: drivers should make each a single request to the sandbox where they can.
 #[async_trait]
 pub trait RemoteFiles: Send + Sync {
-    /// Unpacks a tar stream under the remote root. Paths in the archive are relative and already checked.
+    /// Unpacks a tar stream under the remote root, each file written atomically (temporary file, then rename).
+    /// Paths in the archive are relative and already checked by the engine; drivers refuse any that escape.
     async fn upload_tar(&self, archive: BoxedReader) -> Result<()>;
+
+    /// Removes files and directories (recursively) under the remote root, in one step.
+    async fn delete(&self, paths: Vec<String>) -> Result<()> {
+        let _ = paths;
+        Err(Error::Unsupported("This driver cannot delete files in the sandbox.".into()))
+    }
+
+    /// Lists the whole tree under the remote root.
+    async fn list(&self) -> Result<Vec<RemoteEntry>> {
+        Err(Error::Unsupported("This driver cannot list files in the sandbox, so it cannot sync down.".into()))
+    }
+
+    /// Packs the given files (relative paths) into a tar stream for download.
+    async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
+        let _ = paths;
+        Err(Error::Unsupported("This driver cannot download files from the sandbox.".into()))
+    }
 }
 
 /// The workspace files that should reach the sandbox: `.gitignore` and `.ignore` rules apply, `.git/` never goes.

@@ -206,8 +206,9 @@ class RawEnvdClient:
         return httpx.get(f"{self.server.url}{path}", params=params, headers=self.headers(with_token=with_token),
                          timeout=timeout)
 
-    def post(self, path: str, with_token: bool = True, timeout: float = 30.0, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.server.url}{path}", headers=self.headers(with_token=with_token),
+    def post(self, path: str, with_token: bool = True, timeout: float = 30.0, headers: Optional[dict] = None,
+             **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.server.url}{path}", headers=self.headers(headers, with_token=with_token),
                           timeout=timeout, **kwargs)
 
 

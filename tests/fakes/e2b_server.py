@@ -235,9 +235,13 @@ class RequestLogEntry:
     plane: str
     sandbox_id: Optional[str]
     status: Optional[int] = None
+    headers: dict = field(default_factory=dict)
+    rpc_message: Optional[dict] = None
 
     def to_json(self) -> dict:
         return {
+            "headers": self.headers,
+            "rpcMessage": self.rpc_message,
             "seq": self.sequence,
             "time": self.time,
             "method": self.method,
@@ -577,6 +581,11 @@ def routed_sandbox(request: web.Request) -> tuple[Optional[str], Optional[int]]:
     return None, None
 
 
+# Headers tests may assert on (what a client sent); credentials are deliberately absent so the log never holds them.
+LOGGED_REQUEST_HEADERS = ("Content-Type", "Connect-Protocol-Version", "Connect-Timeout-Ms", "Keepalive-Ping-Interval",
+                          "User-Agent", "Idempotency-Key", "E2b-Sandbox-Port", "Content-Encoding", "Accept-Encoding")
+
+
 @web.middleware
 async def front_door(request: web.Request, handler) -> web.StreamResponse:
     fake: FakeE2B = request.app["fake"]
@@ -590,6 +599,7 @@ async def front_door(request: web.Request, handler) -> web.StreamResponse:
     entry = RequestLogEntry(fake.next_request_sequence, time.time(), request.method, request.path,
                             request.query_string, plane, sandbox_id)
     fake.next_request_sequence += 1
+    entry.headers = {name: request.headers[name] for name in LOGGED_REQUEST_HEADERS if name in request.headers}
     if plane != "admin":
         fake.request_log.append(entry)
     request["plane"] = plane
@@ -978,9 +988,8 @@ async def upload_files(request: web.Request, sandbox: Sandbox) -> web.StreamResp
         if not path_parameter:
             return json_response(400, {"code": 400, "message": "the path query parameter is required for "
                                                                "application/octet-stream uploads"})
+        # aiohttp already undoes `Content-Encoding: gzip` on request bodies, as envd does.
         content = await request.read()
-        if request.headers.get("Content-Encoding", "").lower() == "gzip":
-            content = gzip.decompress(content)
         pending_writes.append((sandbox.sandbox_path_for(path_parameter, username), content))
     else:
         return json_response(400, {"code": 400, "message": f"unsupported content type '{content_type}'"})
@@ -1034,6 +1043,7 @@ async def serve_unary_rpc(request: web.Request, sandbox: Sandbox, rpc_name: str)
         return web.Response(status=415, headers={"Accept-Post": "application/json"})
     try:
         message = parse_request_message(rpc_name, await request.read())
+        request["log_entry"].rpc_message = message
         handler = UNARY_HANDLERS.get(rpc_name)
         if handler is None:
             raise ConnectError("unimplemented", f"{rpc_name} is not implemented by this fake")
@@ -1338,6 +1348,7 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
     keepalive_seconds = max(keepalive_seconds, 0.05)
     try:
         message = parse_request_message(rpc_name, decode_enveloped_request(await request.read()))
+        request["log_entry"].rpc_message = message
         if rpc_name == "process.Process/Start":
             process = await start_process(request, sandbox, message)
             first_sequence = 0

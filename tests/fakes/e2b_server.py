@@ -368,6 +368,8 @@ class Sandbox:
     state: str = "running"
     processes: dict = field(default_factory=dict)
     file_metadata: dict = field(default_factory=dict)
+    # Transports of open Start/Connect streams: a sandbox that dies takes its connections with it, as the VM would.
+    open_stream_transports: set = field(default_factory=set)
 
     @property
     def filesystem_root(self) -> str:
@@ -524,6 +526,9 @@ class FakeE2B:
     def destroy_sandbox_later(self, sandbox: Sandbox) -> None:
         """Kills every process tree of the sandbox and deletes its directory off the event loop."""
         sandbox.state = "killed"
+        for transport in list(sandbox.open_stream_transports):
+            transport.close()
+        sandbox.open_stream_transports.clear()
         for process in list(sandbox.processes.values()):
             process.signal_group(signal.SIGCONT)
             process.signal_group(signal.SIGKILL)
@@ -1376,6 +1381,8 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
             faults.drop_stream_after_bytes = None
     delivered_output_bytes = 0
     transport = request.transport
+    if transport is not None:
+        sandbox.open_stream_transports.add(transport)
 
     async def write_frame(payload: dict, end_of_stream: bool = False) -> None:
         # While envd "hangs", streams go silent too (no data, no keepalive) until the fault is cleared.
@@ -1430,6 +1437,8 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
         return response
     except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
         return response
+    finally:
+        sandbox.open_stream_transports.discard(transport)
     with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response

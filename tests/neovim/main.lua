@@ -8,6 +8,10 @@ vim.opt.more = false
 vim.opt.swapfile = false
 
 local harness = require('harness')
+-- Notifications go to the test log on lines of their own instead of the message area.
+vim.notify = function(message, level)
+  harness.write_line('     notify(' .. tostring(level) .. '): ' .. tostring(message):gsub('\n', '\n     '))
+end
 harness.write_line('Neovim ' .. tostring(vim.version().major) .. '.' .. tostring(vim.version().minor) .. '.'
   .. tostring(vim.version().patch))
 

@@ -87,11 +87,20 @@ function client_module.start(root_dir, handlers)
     capabilities = make_capabilities(),
     init_options = options.init_options,
     handlers = handlers,
-    on_init = function(client)
+    on_init = function(client, initialize_result)
       workspace.client_id = client.id
-      workspace.ready = true
-      state.announce_change()
-      run_when_ready_queue(workspace)
+      local experimental = initialize_result and initialize_result.capabilities
+        and initialize_result.capabilities.experimental
+      if type(experimental) == 'table' and type(experimental.sandlink) == 'table' then
+        workspace.server_info = experimental.sandlink
+        workspace.drivers = experimental.sandlink.drivers
+      end
+      -- Neovim 0.7 registers the client (get_client_by_id) only after on_init returns, so requests wait a tick.
+      vim.schedule(function()
+        workspace.ready = true
+        state.announce_change()
+        run_when_ready_queue(workspace)
+      end)
     end,
     on_exit = function(code, signal)
       -- on_exit may run in a libuv callback; touching buffers or autocmds needs the main loop.
@@ -105,7 +114,8 @@ function client_module.start(root_dir, handlers)
           end
         end
         state.announce_change()
-        if not workspace.stopping then
+        -- Exit status 0 is the normal end after a shutdown request (Neovim quitting, :LspStop); anything else is news.
+        if not workspace.stopping and (code ~= 0 or (signal ~= 0 and signal ~= nil)) then
           vim.notify(string.format('sandlink: the server exited (code %s, signal %s)', tostring(code), tostring(signal)),
             vim.log.levels.WARN)
         end

@@ -74,9 +74,10 @@ function asConnectParams(value: unknown): Omit<protocol.ConnectParams, "workspac
 
 async function pickConnectTarget(ctx: Ctx): Promise<Omit<protocol.ConnectParams, "workspaceFolder"> | undefined> {
     const [profilesResult, driversResult, sessionsResult] = await Promise.all([
-        ctx.request(protocol.profiles, {}),
-        ctx.request(protocol.drivers, {}),
-        ctx.request(protocol.sessions, {}),
+        // A server without profile support (or no kept sessions) still offers its drivers, so these are optional.
+        ctx.requestQuietly(protocol.profiles, {}),
+        ctx.requestQuietly(protocol.drivers, {}),
+        ctx.requestQuietly(protocol.sessions, {}),
     ]);
     const items: ConnectChoice[] = [];
     const profiles = [...(profilesResult?.profiles ?? [])].sort((left, right) => {
@@ -613,7 +614,7 @@ async function createProfile(ctx: Ctx): Promise<void> {
     if (name === undefined) {
         return;
     }
-    const drivers = (await ctx.request(protocol.drivers, {}))?.drivers ?? ctx.knownDrivers;
+    const drivers = (await ctx.requestQuietly(protocol.drivers, {}))?.drivers ?? ctx.knownDrivers;
     const driver = await vscode.window.showQuickPick(
         drivers.map((candidate) => ({ label: candidate.id, description: candidate.available ? undefined : "unavailable", detail: candidate.detail })),
         { placeHolder: "Driver" },

@@ -264,6 +264,16 @@ export class Ctx implements vscode.Disposable {
         }
     }
 
+    /** Sends a typed request for optional information (e.g. profiles for a picker); failures are only logged. */
+    async requestQuietly<P, R>(type: RequestType<P, R, void>, params: P): Promise<R | undefined> {
+        try {
+            return await this.requestOrThrow(type, params);
+        } catch (error) {
+            this.logChannel.warn(`${type.method} failed${errorKind(error) ? ` (${errorKind(error)})` : ""}: ${describeError(error)}`);
+            return undefined;
+        }
+    }
+
     /** Sends a typed request and lets errors through, for callers that react to `data.kind` themselves. */
     async requestOrThrow<P, R>(type: RequestType<P, R, void>, params: P): Promise<R> {
         const client = this.client;

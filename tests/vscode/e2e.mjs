@@ -1,0 +1,433 @@
+// End-to-end test of the VS Code extension in a real VS Code: code-server with the .vsix installed, driven by headless Chromium.
+//
+// Usage: node tests/vscode/e2e.mjs  (tests/vscode/run.sh builds the .vsix first and sets the paths below).
+// Environment:
+//   SANDLINK_VSIX            the packaged extension (default vscode-extension/sandlink.vsix)
+//   SANDLINK_SERVER_BINARY   the sandlink server (default target/debug/sandlink)
+//   SANDLINK_CODE_SERVER     the code-server launcher (default from ${SANDLINK_CI_CACHE:-/var/cache/sandlink-ci})
+//   SANDLINK_CHROMIUM        the browser (default: chromium on PATH)
+//   SANDLINK_E2E_KEEP=1      keep the temporary directories (they are kept anyway when a step fails)
+// It prints one line per step and closes with "N passed, N failed"; the exit status is non-zero on any failure.
+//
+// Every step asserts on what the page shows (status bar, command palette, the output panel), and cross-checks the
+// JSON-lines log the extension writes in test mode (SANDLINK_VSCODE_TEST_LOG).
+
+import { spawn, execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const { chromium } = require("playwright-core");
+
+const testDirectory = path.dirname(fileURLToPath(import.meta.url));
+const repositoryRoot = path.resolve(testDirectory, "..", "..");
+const cacheDirectory = process.env.SANDLINK_CI_CACHE || "/var/cache/sandlink-ci";
+const vsixPath = process.env.SANDLINK_VSIX || path.join(repositoryRoot, "vscode-extension", "sandlink.vsix");
+const serverBinary = process.env.SANDLINK_SERVER_BINARY || path.join(repositoryRoot, "target", "debug", "sandlink");
+const codeServerBinary =
+    process.env.SANDLINK_CODE_SERVER || path.join(cacheDirectory, "code-server-4.100.3", "node_modules", ".bin", "code-server");
+const chromiumBinary = process.env.SANDLINK_CHROMIUM || whichOrUndefined("chromium") || "/usr/bin/chromium";
+
+// Generous, because the first start of code-server on a busy 2-core machine takes several seconds.
+const uiTimeoutMs = 60_000;
+
+const scratchDirectory = fs.mkdtempSync(path.join(os.tmpdir(), "sandlink-vscode-e2e-"));
+const userDataDirectory = path.join(scratchDirectory, "user-data");
+const extensionsDirectory = path.join(scratchDirectory, "extensions");
+const workspaceDirectory = path.join(scratchDirectory, "workspace");
+const stateDirectory = path.join(scratchDirectory, "sandlink-state");
+const testLogPath = path.join(scratchDirectory, "extension-test-log.jsonl");
+const codeServerLogPath = path.join(scratchDirectory, "code-server.log");
+const screenshotPath = path.join(scratchDirectory, "failure.png");
+
+// A command whose output differs from its text: seeing "sandlink-e2e-42" proves the shell in the sandbox ran it, not
+// merely that the command line was echoed into the channel.
+const commandLine = "echo sandlink-e2e-$((6*7)); echo sandlink-e2e-stderr 1>&2; cat marker.txt";
+const markerContent = `marker-${process.pid}`;
+
+let codeServerProcess;
+let browser;
+let page;
+
+function whichOrUndefined(program) {
+    try {
+        return execFileSync("sh", ["-c", `command -v ${program}`], { encoding: "utf8" }).trim() || undefined;
+    } catch {
+        return undefined;
+    }
+}
+
+function assert(condition, message) {
+    if (!condition) {
+        throw new Error(message);
+    }
+}
+
+function readTestLog() {
+    if (!fs.existsSync(testLogPath)) {
+        return [];
+    }
+    return fs
+        .readFileSync(testLogPath, "utf8")
+        .split("\n")
+        .filter((line) => line.trim() !== "")
+        .map((line) => JSON.parse(line));
+}
+
+async function waitFor(description, predicate, timeoutMs = uiTimeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+        const value = await predicate();
+        if (value) {
+            return value;
+        }
+        if (Date.now() > deadline) {
+            throw new Error(`timed out after ${timeoutMs} ms waiting for ${description}`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+}
+
+async function freePort() {
+    return new Promise((resolve, reject) => {
+        const server = net.createServer();
+        server.once("error", reject);
+        server.listen(0, "127.0.0.1", () => {
+            const { port } = server.address();
+            server.close(() => resolve(port));
+        });
+    });
+}
+
+/** The sandlink status bar item's text (codicons render as empty spans, so only the words remain). */
+async function sandlinkStatusText() {
+    const items = page.locator("footer .statusbar-item", { hasText: "sandlink" });
+    // Before connecting the item reads "sandlink: …"; when connected it reads "<driver>: <state>", so look it up by its
+    // accessible name, which VS Code sets from the item's name ("sandlink").
+    const byName = page.locator('footer .statusbar-item[id$="sandlink.status"]');
+    if ((await byName.count()) > 0) {
+        return ((await byName.first().innerText()) || "").trim();
+    }
+    if ((await items.count()) > 0) {
+        return ((await items.first().innerText()) || "").trim();
+    }
+    return "";
+}
+
+async function waitForStatus(pattern) {
+    let lastSeen = "";
+    try {
+        await waitFor(`the sandlink status bar item to match ${pattern}`, async () => {
+            lastSeen = await sandlinkStatusText();
+            return pattern.test(lastSeen);
+        });
+    } catch (error) {
+        throw new Error(`${error.message}; it shows "${lastSeen}"`);
+    }
+    return lastSeen;
+}
+
+/** Opens the command palette and types a query; returns the labels of the commands it offers. */
+async function paletteEntries(query) {
+    await closeQuickInput();
+    await page.keyboard.press("F1");
+    const input = page.locator(".quick-input-widget .quick-input-box input");
+    await input.waitFor({ state: "visible", timeout: uiTimeoutMs });
+    await input.fill(`>${query}`);
+    // The list updates asynchronously after typing; give it a moment to settle.
+    await page.waitForTimeout(700);
+    return page.locator(".quick-input-widget .quick-input-list .monaco-list-row .label-name").allInnerTexts();
+}
+
+async function closeQuickInput() {
+    const widget = page.locator(".quick-input-widget");
+    if (await widget.isVisible()) {
+        await page.keyboard.press("Escape");
+        await widget.waitFor({ state: "hidden", timeout: 5000 }).catch(() => {});
+    }
+}
+
+/** Runs a palette command by its full title, e.g. "Sandlink: Connect". */
+async function runPaletteCommand(title) {
+    const entries = await waitFor(`"${title}" in the command palette`, async () => {
+        const found = await paletteEntries(title);
+        return found.some((entry) => entry.trim() === title) ? found : undefined;
+    }, 30_000);
+    assert(entries.length > 0, `no palette entries for ${title}`);
+    await page
+        .locator(".quick-input-widget .quick-input-list .monaco-list-row", { has: page.locator(".label-name", { hasText: title }) })
+        .first()
+        .click();
+}
+
+/** Waits for a quick pick (not the palette) to offer a row containing `text`, and picks it. */
+async function pickQuickPickRow(text, typedFilter) {
+    const input = page.locator(".quick-input-widget .quick-input-box input");
+    await input.waitFor({ state: "visible", timeout: uiTimeoutMs });
+    if (typedFilter !== undefined) {
+        await input.fill(typedFilter);
+    }
+    const row = page.locator(".quick-input-widget .quick-input-list .monaco-list-row", { hasText: text }).first();
+    await row.waitFor({ state: "visible", timeout: uiTimeoutMs });
+    await row.click();
+}
+
+/** The visible text of the output panel's editor. */
+async function outputPanelText() {
+    const lines = page.locator(".part.panel .monaco-editor .view-lines");
+    if ((await lines.count()) === 0) {
+        return "";
+    }
+    return (await lines.first().innerText()).replace(/\u00a0/g, " ");
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Steps. Each one builds on the previous; after a failure the rest are reported as failed without running.
+// ---------------------------------------------------------------------------------------------------------------------
+
+let codeServerPort;
+
+const steps = [
+    [
+        "prerequisites exist: code-server, chromium, the .vsix and the server binary",
+        async () => {
+            for (const [what, file] of [
+                ["code-server", codeServerBinary],
+                ["chromium", chromiumBinary],
+                ["the packaged extension", vsixPath],
+                ["the sandlink server", serverBinary],
+            ]) {
+                assert(fs.existsSync(file), `${what} not found at ${file}; run tests/setup/vscode.sh and build the server`);
+            }
+        },
+    ],
+    [
+        "the .vsix installs into code-server",
+        async () => {
+            fs.mkdirSync(path.join(userDataDirectory, "User"), { recursive: true });
+            fs.mkdirSync(workspaceDirectory, { recursive: true });
+            fs.writeFileSync(path.join(workspaceDirectory, "marker.txt"), `${markerContent}\n`);
+            fs.writeFileSync(path.join(workspaceDirectory, ".sandlink.toml"), '[tasks]\ngreet = "echo hello from a task"\n');
+            fs.writeFileSync(
+                path.join(userDataDirectory, "User", "settings.json"),
+                JSON.stringify(
+                    {
+                        // Without this the workspace opens in restricted mode and the extension never activates.
+                        "security.workspace.trust.enabled": false,
+                        "sandlink.server.path": serverBinary,
+                        "sandlink.logLevel": "debug",
+                        "workbench.startupEditor": "none",
+                        "workbench.tips.enabled": false,
+                        "telemetry.telemetryLevel": "off",
+                        "extensions.autoCheckUpdates": false,
+                        "extensions.autoUpdate": false,
+                        "update.mode": "none",
+                        "chat.disableAIFeatures": true,
+                    },
+                    null,
+                    2,
+                ),
+            );
+            const output = execFileSync(
+                codeServerBinary,
+                ["--user-data-dir", userDataDirectory, "--extensions-dir", extensionsDirectory, "--install-extension", vsixPath],
+                { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 120_000 },
+            );
+            assert(/successfully installed/i.test(output), `code-server did not report the install: ${output}`);
+            const installed = fs.readdirSync(extensionsDirectory).filter((entry) => entry.startsWith("sandlink.sandlink-"));
+            assert(installed.length === 1, `expected one installed sandlink extension, found ${JSON.stringify(installed)}`);
+        },
+    ],
+    [
+        "code-server starts and serves the workbench",
+        async () => {
+            codeServerPort = await freePort();
+            const logStream = fs.openSync(codeServerLogPath, "a");
+            codeServerProcess = spawn(
+                codeServerBinary,
+                [
+                    "--bind-addr", `127.0.0.1:${codeServerPort}`,
+                    "--auth", "none",
+                    "--disable-telemetry",
+                    "--disable-update-check",
+                    "--disable-workspace-trust",
+                    "--disable-getting-started-override",
+                    "--user-data-dir", userDataDirectory,
+                    "--extensions-dir", extensionsDirectory,
+                ],
+                {
+                    // The extension host inherits this environment: the test log and a private server state directory.
+                    env: { ...process.env, SANDLINK_VSCODE_TEST_LOG: testLogPath, SANDLINK_STATE_DIR: stateDirectory },
+                    stdio: ["ignore", logStream, logStream],
+                    detached: true,
+                },
+            );
+            await waitFor("code-server to answer /healthz", async () => {
+                try {
+                    const response = await fetch(`http://127.0.0.1:${codeServerPort}/healthz`);
+                    return response.ok;
+                } catch {
+                    return false;
+                }
+            });
+            browser = await chromium.launch({
+                executablePath: chromiumBinary,
+                args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+                headless: true,
+            });
+            page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+            await page.goto(`http://127.0.0.1:${codeServerPort}/?folder=${encodeURIComponent(workspaceDirectory)}`);
+            await page.locator(".monaco-workbench").waitFor({ state: "visible", timeout: uiTimeoutMs });
+        },
+    ],
+    [
+        "the extension activates, starts the server and shows 'disconnected' in the status bar",
+        async () => {
+            await waitForStatus(/sandlink: disconnected/);
+            const log = readTestLog();
+            assert(log.some((entry) => entry.event === "activated"), "the test log has no 'activated' event");
+            const started = log.find((entry) => entry.event === "serverStarted");
+            assert(started, `the server did not start: ${JSON.stringify(log)}`);
+            assert(started.source === "setting" && started.path === serverBinary, `unexpected server: ${JSON.stringify(started)}`);
+            assert(started.drivers.includes("local"), `the server offers no local driver: ${JSON.stringify(started.drivers)}`);
+        },
+    ],
+    [
+        "without a session the palette offers Connect but not Run Command",
+        async () => {
+            const entries = await paletteEntries("Sandlink:");
+            assert(entries.includes("Sandlink: Connect"), `palette: ${JSON.stringify(entries)}`);
+            assert(!entries.includes("Sandlink: Run Command"), `Run Command is offered without a session: ${JSON.stringify(entries)}`);
+            assert(!entries.includes("Sandlink: Disconnect"), `Disconnect is offered without a session: ${JSON.stringify(entries)}`);
+            await closeQuickInput();
+        },
+    ],
+    [
+        "Connect with the local driver shows the active session in the status bar",
+        async () => {
+            await runPaletteCommand("Sandlink: Connect");
+            await pickQuickPickRow("driver, default settings", "local");
+            const text = await waitForStatus(/local: active/);
+            assert(!/disconnected/.test(text), text);
+            const connected = readTestLog().find((entry) => entry.event === "connected");
+            assert(connected && connected.driver === "local", `no 'connected' event for local: ${JSON.stringify(connected)}`);
+        },
+    ],
+    [
+        "Run Command streams stdout and stderr into the output channel and ends with the exit code",
+        async () => {
+            const entries = await paletteEntries("Sandlink:");
+            assert(entries.includes("Sandlink: Run Command"), `Run Command missing with a session: ${JSON.stringify(entries)}`);
+            assert(!entries.includes("Sandlink: Connect"), `Connect still offered while connected: ${JSON.stringify(entries)}`);
+            await closeQuickInput();
+            await runPaletteCommand("Sandlink: Run Command");
+            const input = page.locator(".quick-input-widget .quick-input-box input");
+            await input.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            // The task from .sandlink.toml is offered beside the typed command line.
+            await page
+                .locator(".quick-input-widget .quick-input-list .monaco-list-row", { hasText: "greet" })
+                .first()
+                .waitFor({ state: "visible", timeout: uiTimeoutMs });
+            await input.fill(commandLine);
+            await page.waitForTimeout(300);
+            await page.keyboard.press("Enter");
+            let panelText = "";
+            try {
+                await waitFor("the run's output and exit line in the output panel", async () => {
+                    panelText = await outputPanelText();
+                    return panelText.includes("sandlink-e2e-42") && /\[exit code 0 after [^\]]+\]/.test(panelText);
+                });
+            } catch (error) {
+                throw new Error(`${error.message}; the panel shows:\n${panelText}`);
+            }
+            if (process.env.SANDLINK_E2E_KEEP) {
+                await page.screenshot({ path: path.join(scratchDirectory, "after-run.png") });
+            }
+            assert(panelText.includes(markerContent), `the workspace file was not synced to the sandbox:\n${panelText}`);
+            assert(panelText.includes("[stderr] sandlink-e2e-stderr"), `stderr is not marked in the panel:\n${panelText}`);
+            assert(!panelText.includes("[stderr] sandlink-e2e-42"), `stdout was marked as stderr:\n${panelText}`);
+            const log = readTestLog();
+            const exit = log.find((entry) => entry.event === "runExit");
+            assert(exit && exit.exitCode === 0 && exit.cancelled === false, `unexpected exit: ${JSON.stringify(exit)}`);
+            const outputs = log.filter((entry) => entry.event === "runOutput");
+            assert(outputs.some((entry) => entry.stream === "stderr" && entry.text.includes("sandlink-e2e-stderr")), "no stderr output event");
+        },
+    ],
+    [
+        "after the run the status bar shows the connected state with no run in progress",
+        async () => {
+            // While a run is in progress the item ends with a play icon and the count of runs; after the exit it must not.
+            await waitForStatus(/local: active\s*$/);
+        },
+    ],
+    [
+        "Disconnect returns the status bar to 'disconnected' and hides session commands again",
+        async () => {
+            await runPaletteCommand("Sandlink: Disconnect");
+            await pickQuickPickRow("remove the sandbox");
+            await waitForStatus(/sandlink: disconnected/);
+            const entries = await paletteEntries("Sandlink:");
+            assert(entries.includes("Sandlink: Connect"), `Connect not offered after disconnect: ${JSON.stringify(entries)}`);
+            assert(!entries.includes("Sandlink: Run Command"), `Run Command offered after disconnect: ${JSON.stringify(entries)}`);
+            await closeQuickInput();
+            assert(readTestLog().some((entry) => entry.event === "disconnected"), "no 'disconnected' event in the test log");
+        },
+    ],
+];
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Runner
+// ---------------------------------------------------------------------------------------------------------------------
+
+async function cleanUp(failed) {
+    if (failed && page) {
+        await page.screenshot({ path: screenshotPath }).catch(() => {});
+    }
+    await browser?.close().catch(() => {});
+    if (codeServerProcess?.pid) {
+        try {
+            // code-server runs the extension host and the sandlink server as children; end the whole group it leads.
+            process.kill(-codeServerProcess.pid, "SIGTERM");
+        } catch {
+            // Already gone.
+        }
+    }
+    if (failed || process.env.SANDLINK_E2E_KEEP) {
+        console.log(`kept for inspection: ${scratchDirectory} (code-server.log, extension-test-log.jsonl, failure.png)`);
+        if (failed && fs.existsSync(testLogPath)) {
+            console.log("extension test log:\n" + fs.readFileSync(testLogPath, "utf8").split("\n").slice(-40).join("\n"));
+        }
+    } else {
+        fs.rmSync(scratchDirectory, { recursive: true, force: true });
+    }
+}
+
+let passed = 0;
+let failed = 0;
+let blockedBy;
+const startedAt = Date.now();
+for (const [name, run] of steps) {
+    if (blockedBy !== undefined) {
+        failed++;
+        console.log(`✘ ${name} (not run: an earlier step failed)`);
+        continue;
+    }
+    const stepStartedAt = Date.now();
+    try {
+        await run();
+        passed++;
+        console.log(`✔ ${name} (${Date.now() - stepStartedAt} ms)`);
+    } catch (error) {
+        failed++;
+        blockedBy = name;
+        console.log(`✘ ${name} (${Date.now() - stepStartedAt} ms)\n    ${String(error?.stack ?? error).split("\n").join("\n    ")}`);
+    }
+}
+await cleanUp(failed > 0);
+console.log(`vscode e2e took ${((Date.now() - startedAt) / 1000).toFixed(1)} s`);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed > 0 ? 1 : 0);

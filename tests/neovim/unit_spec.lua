@@ -152,3 +152,15 @@ test('output_that_arrives_before_the_run_response_should_be_replayed_into_the_ru
   assert_equal({ '$ early', 'first' }, buffer_lines(view.buffer), 'buffer lines')
   state.runs['early'] = nil
 end)
+
+test('help_file_should_build_tags_without_errors', function()
+  local directory = vim.fn.tempname()
+  vim.fn.mkdir(directory, 'p')
+  local help_lines = vim.fn.readfile(vim.env.SANDLINK_TEST_REPO .. '/neovim-plugin/doc/sandlink.txt')
+  vim.fn.writefile(help_lines, directory .. '/sandlink.txt')
+  vim.cmd('helptags ' .. vim.fn.fnameescape(directory))
+  local tags = table.concat(vim.fn.readfile(directory .. '/tags'), '\n')
+  for _, tag in ipairs({ ':Sandlink', 'sandlink.setup()', 'sandlink.statusline()', 'SandlinkStatus' }) do
+    assert_matches('\n?' .. vim.pesc(tag) .. '\t', tags, 'tag ' .. tag)
+  end
+end)

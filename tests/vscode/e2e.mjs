@@ -176,6 +176,23 @@ async function pickQuickPickRow(text, typedFilter) {
     await row.click();
 }
 
+/** Runs Sandlink: Run Command and submits a typed command line; optionally checks a .sandlink.toml task is offered. */
+async function runCommandLineFromPalette(typedCommandLine, { expectTask } = {}) {
+    await runPaletteCommand("Sandlink: Run Command");
+    const input = page.locator(".quick-input-widget .quick-input-box input");
+    await input.waitFor({ state: "visible", timeout: uiTimeoutMs });
+    if (expectTask !== undefined) {
+        await page
+            .locator(".quick-input-widget .quick-input-list .monaco-list-row", { hasText: expectTask })
+            .first()
+            .waitFor({ state: "visible", timeout: uiTimeoutMs });
+    }
+    await input.fill(typedCommandLine);
+    // The typed line becomes the first item of the list; let the list catch up before Enter picks it.
+    await page.waitForTimeout(300);
+    await page.keyboard.press("Enter");
+}
+
 /** The visible text of the output panel's editor. */
 async function outputPanelText() {
     const lines = page.locator(".part.panel .monaco-editor .view-lines");
@@ -318,23 +335,28 @@ const steps = [
         },
     ],
     [
+        "clicking the status bar item offers the actions that make sense while connected",
+        async () => {
+            await page.locator('footer .statusbar-item', { hasText: "local: active" }).first().click();
+            const rows = page.locator(".quick-input-widget .quick-input-list .monaco-list-row .label-name");
+            await rows.first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+            await page.waitForTimeout(300);
+            const labels = (await rows.allInnerTexts()).map((label) => label.trim());
+            assert(labels.includes("Run Command") && labels.includes("Disconnect"), `status bar menu: ${JSON.stringify(labels)}`);
+            assert(!labels.includes("Connect"), `Connect offered while connected: ${JSON.stringify(labels)}`);
+            // The local driver cannot extend or snapshot, so those must not be offered.
+            assert(!labels.includes("Extend Timeout") && !labels.includes("Snapshot"), `driver-less actions offered: ${JSON.stringify(labels)}`);
+            await closeQuickInput();
+        },
+    ],
+    [
         "Run Command streams stdout and stderr into the output channel and ends with the exit code",
         async () => {
             const entries = await paletteEntries("Sandlink:");
             assert(entries.includes("Sandlink: Run Command"), `Run Command missing with a session: ${JSON.stringify(entries)}`);
             assert(!entries.includes("Sandlink: Connect"), `Connect still offered while connected: ${JSON.stringify(entries)}`);
             await closeQuickInput();
-            await runPaletteCommand("Sandlink: Run Command");
-            const input = page.locator(".quick-input-widget .quick-input-box input");
-            await input.waitFor({ state: "visible", timeout: uiTimeoutMs });
-            // The task from .sandlink.toml is offered beside the typed command line.
-            await page
-                .locator(".quick-input-widget .quick-input-list .monaco-list-row", { hasText: "greet" })
-                .first()
-                .waitFor({ state: "visible", timeout: uiTimeoutMs });
-            await input.fill(commandLine);
-            await page.waitForTimeout(300);
-            await page.keyboard.press("Enter");
+            await runCommandLineFromPalette(commandLine, { expectTask: "greet" });
             let panelText = "";
             try {
                 await waitFor("the run's output and exit line in the output panel", async () => {
@@ -362,6 +384,31 @@ const steps = [
         async () => {
             // While a run is in progress the item ends with a play icon and the count of runs; after the exit it must not.
             await waitForStatus(/local: active\s*$/);
+        },
+    ],
+    [
+        "a run printing 200000 lines finishes in the output channel while the window stays responsive",
+        async () => {
+            const startedAt = Date.now();
+            await runCommandLineFromPalette("seq 1 200000; echo long-run-finished");
+            let panelText = "";
+            try {
+                await waitFor("the long run's last line and exit line", async () => {
+                    panelText = await outputPanelText();
+                    return panelText.includes("long-run-finished") && /\[exit code 0 after [^\]]+\]\s*$/.test(panelText.trim() + "\n");
+                });
+            } catch (error) {
+                throw new Error(`${error.message}; the panel shows:\n${panelText.slice(-2000)}`);
+            }
+            const elapsedMs = Date.now() - startedAt;
+            // The window must still react at once: the status bar is back to idle and the palette opens.
+            await waitForStatus(/local: active\s*$/);
+            const paletteOpenedAt = Date.now();
+            await paletteEntries("Sandlink:");
+            await closeQuickInput();
+            const paletteMs = Date.now() - paletteOpenedAt;
+            assert(paletteMs < 10_000, `the palette took ${paletteMs} ms to open after a long run`);
+            console.log(`    (200000 lines shown in ${elapsedMs} ms; palette then opened in ${paletteMs} ms)`);
         },
     ],
     [

@@ -245,3 +245,19 @@ def test_snapshot_should_restore_into_a_new_sandbox(sandbox, server):
         assert restored.files.read("snap.txt") == "from the snapshot"
     finally:
         restored.kill()
+
+
+def test_pty_should_run_an_interactive_shell_that_sees_a_terminal_of_the_requested_size(sandbox):
+    from e2b import PtySize
+
+    terminal_output = bytearray()
+    handle = sandbox.pty.create(PtySize(rows=33, cols=111))
+    sandbox.pty.resize(handle.pid, PtySize(rows=44, cols=122))
+    sandbox.pty.send_stdin(handle.pid, b"test -t 0 && echo is-a-tty; stty size; echo $((6*7)); exit 5\n")
+    with pytest.raises(CommandExitException) as raised:
+        handle.wait(on_pty=terminal_output.extend)
+    assert raised.value.exit_code == 5
+    text = terminal_output.decode(errors="replace")
+    assert "is-a-tty" in text
+    assert "44 122" in text
+    assert "42" in text

@@ -293,6 +293,8 @@ class SandboxProcess:
         self.exited_at: Optional[float] = None
         self.end_delivered = False
         self.pump_task: Optional[asyncio.Task] = None
+        # The controlling side of the process's terminal when it was started with `pty`; None for pipes.
+        self.pty_master_fd: Optional[int] = None
 
     async def append_event(self, event: dict, output_bytes: int = 0) -> None:
         async with self.changed:
@@ -322,7 +324,10 @@ class SandboxProcess:
                 await self.append_event(
                     {"data": {field_name: base64.b64encode(chunk).decode()}}, output_bytes=len(chunk))
 
-        await asyncio.gather(pump(self.popen.stdout, "stdout"), pump(self.popen.stderr, "stderr"))
+        if self.pty_master_fd is not None:
+            await self.pump_pty_output()
+        else:
+            await asyncio.gather(pump(self.popen.stdout, "stdout"), pump(self.popen.stderr, "stderr"))
         returncode = await self.popen.wait()
         # protojson omits zero values: exitCode 0 and exited=false never appear on the wire.
         end: dict = {}
@@ -336,6 +341,34 @@ class SandboxProcess:
         self.exited = True
         self.exited_at = time.time()
         await self.append_event({"end": end})
+
+    async def pump_pty_output(self) -> None:
+        """Reads the terminal in a worker thread (a pty master is not a pipe asyncio can watch portably)."""
+        loop = asyncio.get_running_loop()
+        master_fd = self.pty_master_fd
+
+        def read_chunk() -> bytes:
+            try:
+                return os.read(master_fd, 32768)
+            except OSError:
+                # EIO: every process holding the terminal has exited.
+                return b""
+
+        while True:
+            chunk = await loop.run_in_executor(None, read_chunk)
+            if not chunk:
+                break
+            await self.append_event({"data": {"pty": base64.b64encode(chunk).decode()}}, output_bytes=len(chunk))
+        with contextlib.suppress(OSError):
+            os.close(master_fd)
+
+    def resize_pty(self, size: dict) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        rows, cols = int(size.get("rows") or 24), int(size.get("cols") or 80)
+        fcntl.ioctl(self.pty_master_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def signal_group(self, signal_number: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -1099,7 +1132,18 @@ async def rpc_process_send_input(request: web.Request, sandbox: Sandbox, message
     process = selected_process(sandbox, message)
     input_message = message.get("input") or {}
     if "pty" in input_message:
-        raise ConnectError("failed_precondition", "pty not enabled")
+        if process.pty_master_fd is None:
+            raise ConnectError("failed_precondition", "pty not enabled for this process")
+        try:
+            os.write(process.pty_master_fd, base64.b64decode(input_message.get("pty") or ""))
+        except (binascii.Error, OSError) as error:
+            raise ConnectError("internal", f"error writing to pty: {error}")
+        return {}
+    if process.pty_master_fd is not None:
+        # envd writes stdin input of a PTY process to the terminal as well.
+        with contextlib.suppress(binascii.Error, OSError):
+            os.write(process.pty_master_fd, base64.b64decode(input_message.get("stdin") or ""))
+        return {}
     stdin_writer = process.popen.stdin
     if not process.stdin_enabled or stdin_writer is None or stdin_writer.is_closing():
         raise ConnectError("internal", "stdin not enabled or closed")
@@ -1125,8 +1169,14 @@ async def rpc_process_close_stdin(request: web.Request, sandbox: Sandbox, messag
 
 
 async def rpc_process_update(request: web.Request, sandbox: Sandbox, message: dict) -> dict:
-    selected_process(sandbox, message)
-    raise ConnectError("failed_precondition", "pty not enabled for this process")
+    process = selected_process(sandbox, message)
+    if process.pty_master_fd is None:
+        raise ConnectError("failed_precondition", "pty not enabled for this process")
+    size = (message.get("pty") or {}).get("size")
+    if size:
+        process.resize_pty(size)
+        process.signal_group(signal.SIGWINCH)
+    return {}
 
 
 # --- filesystem.Filesystem unary RPCs ---------------------------------------------------------------------------
@@ -1288,9 +1338,14 @@ class StreamDropped(Exception):
     """Raised to end a stream by closing the connection without the end-of-stream frame (an injected fault)."""
 
 
+def make_stdin_the_controlling_terminal() -> None:
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 async def start_process(request: web.Request, sandbox: Sandbox, message: dict) -> SandboxProcess:
-    if message.get("pty") is not None:
-        raise ConnectError("unimplemented", "PTY processes are not implemented by this fake")
     config = message.get("process") or {}
     command = config.get("cmd")
     if not command:
@@ -1316,23 +1371,42 @@ async def start_process(request: web.Request, sandbox: Sandbox, message: dict) -
     environment.update({str(key): str(value) for key, value in (config.get("envs") or {}).items()})
     # proto3 `optional bool stdin`: envd treats an ABSENT field as stdin enabled (cloud-apis.md 1.3).
     stdin_enabled = message.get("stdin") is not False
+    pty_request = message.get("pty")
+    pty_master_fd: Optional[int] = None
     try:
-        popen = await asyncio.create_subprocess_exec(
-            command, *arguments,
-            cwd=cwd_host_path,
-            env=environment,
-            stdin=asyncio.subprocess.PIPE if stdin_enabled else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            # A new session makes the process a group leader, so signals reach the whole tree (killpg).
-            start_new_session=True,
-        )
+        if pty_request is not None:
+            pty_master_fd, pty_slave_fd = os.openpty()
+            try:
+                popen = await asyncio.create_subprocess_exec(
+                    command, *arguments, cwd=cwd_host_path, env=environment,
+                    stdin=pty_slave_fd, stdout=pty_slave_fd, stderr=pty_slave_fd,
+                    # A new session with the terminal as controlling tty, like a login shell gets from envd.
+                    start_new_session=True, preexec_fn=make_stdin_the_controlling_terminal,
+                )
+            finally:
+                os.close(pty_slave_fd)
+        else:
+            popen = await asyncio.create_subprocess_exec(
+                command, *arguments,
+                cwd=cwd_host_path,
+                env=environment,
+                stdin=asyncio.subprocess.PIPE if stdin_enabled else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                # A new session makes the process a group leader, so signals reach the whole tree (killpg).
+                start_new_session=True,
+            )
     except (FileNotFoundError, PermissionError) as error:
+        if pty_master_fd is not None:
+            os.close(pty_master_fd)
         raise ConnectError("internal", f"error starting process '{command}': {error.strerror}")
     normalized_config: dict = {"cmd": command, "args": arguments, "envs": config.get("envs") or {}}
     if config.get("cwd"):
         normalized_config["cwd"] = config["cwd"]
     process = SandboxProcess(sandbox, popen, normalized_config, message.get("tag"), stdin_enabled)
+    if pty_master_fd is not None:
+        process.pty_master_fd = pty_master_fd
+        process.resize_pty((pty_request or {}).get("size") or {})
     sandbox.processes[process.pid] = process
     process.pump_task = asyncio.get_running_loop().create_task(process.pump_output())
     return process

@@ -165,6 +165,14 @@ impl Sandbox for LocalSandbox {
                 spec.cwd.as_deref().unwrap_or(".")
             )));
         }
+        if spec.args.is_some() && !program_exists(&spec.command, &cwd, spec.env.get("PATH")) {
+            // bubblewrap would only report this after starting, as exit code 1; say it clearly up front instead.
+            return Err(Error::InvalidParams(format!(
+                "The program \"{}\" was not found in the sandbox's PATH. Check its name, or run it through the shell \
+                 by leaving out `args`.",
+                spec.command
+            )));
+        }
         let command = self.command_for(&spec, &cwd);
         process::spawn(command, spec.stdin)
     }
@@ -192,6 +200,22 @@ impl Sandbox for LocalSandbox {
         .await
         .map_err(|error| Error::Internal(format!("Removing the session directory failed: {error}")))?
     }
+}
+
+/// Whether `program` resolves to an executable file the way `execvp` would find it.
+fn program_exists(program: &str, cwd: &Path, path_override: Option<&String>) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let is_executable = |candidate: &Path| {
+        std::fs::metadata(candidate).is_ok_and(|metadata| metadata.is_file() && metadata.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return is_executable(&cwd.join(program));
+    }
+    let search_path = path_override
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    search_path.split(':').filter(|dir| !dir.is_empty()).any(|dir| is_executable(&Path::new(dir).join(program)))
 }
 
 /// The local driver's side of sync: the session root is a directory on this machine.

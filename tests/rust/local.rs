@@ -1,0 +1,277 @@
+//! End-to-end tests of the foundation on the `local` driver: the real binary over stdio, driven like an editor.
+
+mod support;
+#[macro_use]
+mod parity;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use parity::DriverFixture;
+use support::{Server, StartOptions};
+
+fn local_fixture() -> Option<DriverFixture> {
+    Some(DriverFixture {
+        driver: "local",
+        settings: Value::Null,
+        server_env: Vec::new(),
+        http_server_command: |port| format!("exec python3 -m http.server {port} --bind 127.0.0.1"),
+        sandbox_exists: parity::local_root_exists,
+        guard: None,
+    })
+}
+
+parity_tests!(local_fixture);
+
+#[test]
+fn initialize_should_advertise_drivers_commands_and_save_notifications() {
+    let server = Server::start();
+    let capabilities = &server.initialize_result["capabilities"];
+    let sandlink = &capabilities["experimental"]["sandlink"];
+    assert_eq!(sandlink["version"], 1);
+    let local = sandlink["drivers"]
+        .as_array()
+        .and_then(|drivers| drivers.iter().find(|driver| driver["id"] == "local"))
+        .expect("the local driver is listed");
+    assert_eq!(local["available"], true);
+    assert!(local["detail"].as_str().is_some_and(|detail| detail.contains("isolation")));
+    assert_eq!(local["capabilities"]["exec"], true);
+    assert_eq!(local["capabilities"]["cancel"], true);
+    let commands: Vec<&str> = capabilities["executeCommandProvider"]["commands"]
+        .as_array()
+        .expect("commands")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for command in ["sandlink.connect", "sandlink.run", "sandlink.sync", "sandlink.disconnect", "sandlink.cancel"] {
+        assert!(commands.contains(&command), "{command} is advertised");
+    }
+    assert_eq!(capabilities["textDocumentSync"]["save"]["includeText"], false);
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    assert!(drivers["drivers"].as_array().is_some_and(|drivers| !drivers.is_empty()));
+}
+
+#[test]
+fn connect_should_copy_the_workspace_honouring_gitignore_and_disconnect_should_remove_it() {
+    let workspace = support::workspace_with(&[
+        ("README.md", "readme"),
+        (".gitignore", "target/\n*.log\n"),
+        ("target/big.bin", "ignored"),
+        ("debug.log", "ignored"),
+        ("src/lib.rs", "fn main() {}"),
+    ]);
+    let server = Server::start();
+    let session = server.connect("local", Value::Null, workspace.path());
+    let root = std::path::PathBuf::from(session["remoteRoot"].as_str().expect("remoteRoot"));
+    assert!(root.starts_with(server.state_dir()), "the root lives under the state directory");
+    assert_eq!(std::fs::read_to_string(root.join("src/lib.rs")).expect("copied"), "fn main() {}");
+    assert!(root.join("README.md").exists());
+    assert!(!root.join("target").exists(), "ignored folders are not copied");
+    assert!(!root.join("debug.log").exists(), "ignored files are not copied");
+    server
+        .request("sandlink/disconnect", json!({ "sessionId": session["sessionId"] }))
+        .expect("disconnect");
+    assert!(!root.exists(), "disconnect removes the private root");
+}
+
+#[test]
+fn disconnect_with_keep_should_leave_the_root() {
+    let workspace = support::workspace_with(&[("a.txt", "a")]);
+    let server = Server::start();
+    let session = server.connect("local", Value::Null, workspace.path());
+    let root = std::path::PathBuf::from(session["remoteRoot"].as_str().expect("remoteRoot"));
+    server
+        .request("sandlink/disconnect", json!({ "sessionId": session["sessionId"], "keep": true }))
+        .expect("disconnect");
+    assert!(root.join("a.txt").exists(), "keep leaves the sandbox for a later re-attach");
+}
+
+#[test]
+fn invalid_params_and_unknown_sessions_should_get_clear_errors_and_the_server_keeps_serving() {
+    let server = Server::start();
+    let missing_command = server.request_error("sandlink/run", json!({ "sessionId": "nope" }));
+    assert_eq!(missing_command.kind.as_deref(), Some("invalidParams"));
+    assert_eq!(missing_command.code, -32602);
+    assert!(missing_command.message.contains("command"), "names the field: {}", missing_command.message);
+
+    let wrong_type = server.request_error("sandlink/run", json!({ "sessionId": 5, "command": "true" }));
+    assert_eq!(wrong_type.kind.as_deref(), Some("invalidParams"));
+
+    let unknown_field = server.request_error("sandlink/status", json!({ "sesionId": "x" }));
+    assert_eq!(unknown_field.kind.as_deref(), Some("invalidParams"));
+
+    let unknown_session = server.request_error("sandlink/run", json!({ "sessionId": "local-nope", "command": "true" }));
+    assert_eq!(unknown_session.kind.as_deref(), Some("unknownSession"));
+    assert!(unknown_session.message.contains("local-nope"));
+
+    let unknown_driver = server.request_error("sandlink/connect", json!({ "driver": "vmware" }));
+    assert_eq!(unknown_driver.kind.as_deref(), Some("invalidParams"));
+    assert!(unknown_driver.message.contains("local"), "lists the known drivers: {}", unknown_driver.message);
+
+    let bad_folder = server.request_error(
+        "sandlink/connect",
+        json!({ "driver": "local", "workspaceFolder": "file:///definitely/not/here" }),
+    );
+    assert_eq!(bad_folder.kind.as_deref(), Some("invalidParams"));
+
+    let unknown_command = server.request_error("workspace/executeCommand", json!({ "command": "sandlink.explode", "arguments": [] }));
+    assert_eq!(unknown_command.kind.as_deref(), Some("invalidParams"));
+
+    let drivers = server.request("sandlink/drivers", json!({})).expect("the server still serves");
+    assert!(drivers["drivers"].is_array());
+}
+
+#[test]
+fn a_missing_program_should_be_a_clear_error() {
+    let workspace = support::workspace_with(&[]);
+    let server = Server::start();
+    let session = server.connect("local", Value::Null, workspace.path());
+    let error = server.request_error(
+        "sandlink/run",
+        json!({ "sessionId": session["sessionId"], "command": "definitely-not-a-program-xyz", "args": [] }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("invalidParams"));
+    assert!(error.message.contains("not found"), "{}", error.message);
+    let through_shell = server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "definitely-not-a-program-xyz" }));
+    assert_eq!(through_shell.exit_code(), Some(127), "the shell reports a missing command as 127");
+}
+
+#[test]
+fn later_features_should_answer_unsupported_not_silent_success() {
+    let workspace = support::workspace_with(&[]);
+    let server = Server::start();
+    let session = server.connect("local", Value::Null, workspace.path());
+    let extend = server.request_error("sandlink/extend", json!({ "sessionId": session["sessionId"], "seconds": 60 }));
+    assert_eq!(extend.kind.as_deref(), Some("unsupported"));
+    assert!(extend.message.contains("local"), "{}", extend.message);
+    let snapshot = server.request_error("sandlink/snapshot", json!({ "sessionId": session["sessionId"] }));
+    assert_eq!(snapshot.kind.as_deref(), Some("unsupported"));
+}
+
+#[test]
+fn a_plain_client_should_get_output_as_log_messages_and_work_through_execute_command() {
+    let workspace = support::workspace_with(&[("hello.txt", "hi from a file\n")]);
+    let server = Server::start_with(StartOptions {
+        notifications: false,
+        root: Some(workspace.path().to_path_buf()),
+        ..StartOptions::default()
+    });
+    let session = server
+        .request("workspace/executeCommand", json!({ "command": "sandlink.connect", "arguments": [{}] }))
+        .expect("connect through executeCommand uses the client's root folder");
+    let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
+    let progress = server.wait_notification("$/progress", Duration::from_secs(10), |params| params["value"]["kind"] == "begin");
+    assert!(progress["value"]["title"].as_str().is_some_and(|title| title.contains("connect")));
+    server.wait_notification("window/showMessage", Duration::from_secs(10), |params| {
+        params["message"].as_str().is_some_and(|message| message.contains("active"))
+    });
+    server
+        .request(
+            "workspace/executeCommand",
+            json!({ "command": "sandlink.run", "arguments": [{ "sessionId": session_id, "command": "cat hello.txt" }] }),
+        )
+        .expect("run through executeCommand");
+    let logged = server.wait_notification("window/logMessage", Duration::from_secs(20), |params| {
+        params["message"].as_str().is_some_and(|message| message.contains("hi from a file"))
+    });
+    assert!(logged["type"].is_number());
+    server.wait_notification("window/logMessage", Duration::from_secs(20), |params| {
+        params["message"].as_str().is_some_and(|message| message.contains("exited with code 0"))
+    });
+    assert!(
+        !server.history().iter().any(|message| message["method"].as_str().is_some_and(|method| method.starts_with("sandlink/"))),
+        "a plain client never receives custom notifications"
+    );
+    server
+        .request("workspace/executeCommand", json!({ "command": "sandlink.disconnect", "arguments": [{ "sessionId": session_id }] }))
+        .expect("disconnect through executeCommand");
+}
+
+#[test]
+fn one_gibibyte_of_output_should_arrive_with_bounded_server_memory_and_a_complete_log() {
+    let workspace = support::workspace_with(&[]);
+    let server = Server::start();
+    server.count_output_only(true);
+    let session = server.connect("local", Value::Null, workspace.path());
+    let gibibyte: u64 = 1 << 30;
+    let run_id = server.start_run(json!({
+        "sessionId": session["sessionId"],
+        "command": format!("head -c {gibibyte} /dev/zero | tr '\\0' 'x'; echo; echo tail-line")
+    }));
+    let exit = server.wait_notification("sandlink/exit", Duration::from_secs(300), |params| params["runId"] == run_id);
+    assert_eq!(exit["exitCode"], 0);
+    let log_path = exit["logPath"].as_str().expect("logPath");
+    let log_size = std::fs::metadata(log_path).expect("the log exists").len();
+    assert_eq!(log_size, gibibyte + "\ntail-line\n".len() as u64, "the log holds every byte");
+    let counter = server.output_counter(&run_id);
+    assert!(counter.seq_contiguous, "seq increases by one per notification");
+    assert!(counter.notifications > 0);
+    let peak = support::peak_rss_bytes(server.pid()).expect("VmHWM is readable");
+    assert!(peak < 64 << 20, "the server's peak RSS stayed under 64 MiB: {} MiB", peak >> 20);
+}
+
+#[test]
+fn a_stalled_client_should_not_block_the_process_and_should_see_a_skip_marker() {
+    let workspace = support::workspace_with(&[]);
+    let server = Server::start();
+    server.count_output_only(true);
+    let session = server.connect("local", Value::Null, workspace.path());
+    let root = std::path::PathBuf::from(session["remoteRoot"].as_str().expect("remoteRoot"));
+    let run_id = server.start_run(json!({
+        "sessionId": session["sessionId"],
+        "command": "head -c 200000000 /dev/zero | tr '\\0' 'y'; echo finished > finished.txt; echo done"
+    }));
+    server.pause_reading();
+    let started = Instant::now();
+    while !root.join("finished.txt").exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the process was blocked by the stalled client");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.resume_reading();
+    let exit = server.wait_notification("sandlink/exit", Duration::from_secs(120), |params| params["runId"] == run_id);
+    assert_eq!(exit["exitCode"], 0);
+    let counter = server.output_counter(&run_id);
+    assert!(counter.seq_contiguous);
+    let log_path = exit["logPath"].as_str().expect("logPath");
+    assert!(
+        counter.markers.iter().any(|marker| marker.contains("skipped") && marker.contains(log_path)),
+        "the live view says what was skipped and where the full log is: {:?}",
+        counter.markers
+    );
+    assert!(counter.text_bytes < 200_000_000, "the live view skipped part of the output");
+}
+
+#[test]
+fn runs_should_not_write_outside_the_session_root_when_bubblewrap_is_available() {
+    let workspace = support::workspace_with(&[("a.txt", "a")]);
+    let server = Server::start();
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    let detail = drivers["drivers"][0]["detail"].as_str().unwrap_or_default().to_string();
+    if support::skip_unless(detail.contains("bubblewrap ("), "bubblewrap") {
+        return;
+    }
+    let session = server.connect("local", Value::Null, workspace.path());
+    let outside = workspace.path().join("escaped.txt");
+    let outcome = server.run_to_exit(json!({
+        "sessionId": session["sessionId"],
+        "command": format!("echo inside > inside.txt && echo x > {} ; echo tmp > /tmp/ok && cat /tmp/ok", outside.display())
+    }));
+    assert!(!outside.exists(), "the run could not write to the original workspace");
+    assert_eq!(outcome.stdout, "tmp\n", "a private /tmp is writable");
+    let root = std::path::PathBuf::from(session["remoteRoot"].as_str().expect("remoteRoot"));
+    assert!(root.join("inside.txt").exists(), "the session root is writable");
+}
+
+#[test]
+fn log_level_from_initialization_options_should_apply_and_stdout_should_carry_only_frames() {
+    let server = Server::start_with(StartOptions {
+        initialization_options: Some(json!({ "logLevel": "debug" })),
+        ..StartOptions::default()
+    });
+    let error = server.request_error("sandlink/status", json!({ "sessionId": "nope" }));
+    assert_eq!(error.kind.as_deref(), Some("unknownSession"));
+    // Every byte on stdout parsed as a frame (the reader would have closed otherwise), and logs went to stderr.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(server.stderr().contains("request failed"), "debug logs reach stderr: {}", server.stderr());
+}

@@ -1,0 +1,300 @@
+//! Behaviours every driver must share, written once and run against each driver through a `DriverFixture`.
+//!
+//! A driver's test file builds its fixture and calls `parity_tests!(fixture_fn)`, which generates one `#[test]`
+//! per behaviour below, so the local, docker and e2b drivers are held to the very same assertions.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{self, Server, StartOptions};
+
+/// How to connect one driver in tests, and how to look at its sandbox from outside.
+pub struct DriverFixture {
+    pub driver: &'static str,
+    pub settings: Value,
+    /// Extra environment for the server (API keys for fakes, DOCKER_HOST).
+    pub server_env: Vec<(String, String)>,
+    /// A command line that serves HTTP on the given port inside the sandbox, answering GET / with a body
+    /// containing the text "sandlink-preview".
+    pub http_server_command: fn(u16) -> String,
+    /// Whether the sandbox of a session still exists, judged from outside sandlink.
+    pub sandbox_exists: fn(&Value) -> bool,
+    /// Keeps external resources (a fake server process) alive for the fixture's lifetime.
+    pub guard: Option<Box<dyn std::any::Any>>,
+}
+
+impl DriverFixture {
+    pub fn start_server(&self) -> Server {
+        self.start_server_with(StartOptions::default())
+    }
+
+    pub fn start_server_with(&self, mut options: StartOptions) -> Server {
+        options.env.extend(self.server_env.iter().cloned());
+        Server::start_with(options)
+    }
+
+    /// A server connected to a fresh workspace holding `files`; returns the session id too.
+    pub fn connected(&self, files: &[(&str, &str)]) -> (Server, tempfile::TempDir, String) {
+        let workspace = support::workspace_with(files);
+        let server = self.start_server();
+        let session = server.connect(self.driver, self.settings.clone(), workspace.path());
+        assert_eq!(session["state"], "active", "a new session is active: {session}");
+        let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
+        (server, workspace, session_id)
+    }
+}
+
+/// Generates one test per shared behaviour for a fixture constructor (`fn() -> Option<DriverFixture>`; `None`
+/// skips when the service is absent outside CI).
+#[macro_export]
+macro_rules! parity_tests {
+    ($fixture:path) => {
+        $crate::parity_tests!(@each $fixture,
+            run_should_stream_stdout_stderr_and_exit_code,
+            run_with_args_should_pass_arguments_without_a_shell,
+            run_should_feed_stdin_until_eof,
+            cancel_should_end_a_process_tree_that_ignores_sigterm,
+            timeout_should_stop_the_run_and_say_so,
+            output_should_keep_split_utf8_whole_and_mark_invalid_bytes,
+            run_should_refuse_a_cwd_outside_the_root,
+            run_should_report_a_signal_death,
+            workspace_files_should_be_visible_to_runs,
+            preview_should_reach_a_server_in_the_sandbox,
+            status_should_report_an_active_session,
+            disconnect_should_remove_the_sandbox,
+            unknown_run_should_be_a_clear_error
+        );
+    };
+    (@each $fixture:path, $($behaviour:ident),+) => {
+        $(
+            #[test]
+            fn $behaviour() {
+                let Some(fixture) = $fixture() else { return };
+                $crate::parity::$behaviour(&fixture);
+            }
+        )+
+    };
+}
+
+fn run(server: &Server, session_id: &str, extra: Value) -> support::RunOutcome {
+    let mut params = json!({ "sessionId": session_id });
+    for (key, value) in extra.as_object().expect("run params are an object") {
+        params[key] = value.clone();
+    }
+    server.run_to_exit(params)
+}
+
+pub fn run_should_stream_stdout_stderr_and_exit_code(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[]);
+    let outcome = run(&server, &session_id, json!({ "command": "echo out; echo err >&2; exit 3" }));
+    assert_eq!(outcome.stdout, "out\n");
+    assert_eq!(outcome.stderr, "err\n");
+    assert_eq!(outcome.exit_code(), Some(3));
+    assert_eq!(outcome.exit["cancelled"], false);
+    assert_eq!(outcome.exit["timedOut"], false);
+    let log_path = outcome.exit["logPath"].as_str().expect("the exit names the run's log file");
+    let log = std::fs::read_to_string(log_path).expect("the run log is readable");
+    assert!(log.contains("out\n") && log.contains("err\n"), "the log holds the full output: {log:?}");
+}
+
+pub fn run_with_args_should_pass_arguments_without_a_shell(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[]);
+    let outcome = run(
+        &server,
+        &session_id,
+        json!({ "command": "printf", "args": ["<%s>\n", "a b", "c;d", "$HOME", "'q'"] }),
+    );
+    assert_eq!(outcome.stdout, "<a b>\n<c;d>\n<$HOME>\n<'q'>\n");
+    assert_eq!(outcome.exit_code(), Some(0));
+}
+
+pub fn run_should_feed_stdin_until_eof(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[]);
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "cat; echo done", "stdin": true }));
+    server.request("sandlink/input", json!({ "runId": run_id, "text": "first line\n" })).expect("input");
+    server.request("sandlink/input", json!({ "runId": run_id, "text": "second\n", "eof": true })).expect("input with eof");
+    let outcome = server.collect_run(&run_id, support::DEFAULT_TIMEOUT);
+    assert_eq!(outcome.stdout, "first line\nsecond\ndone\n");
+    assert_eq!(outcome.exit_code(), Some(0));
+}
+
+pub fn cancel_should_end_a_process_tree_that_ignores_sigterm(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[]);
+    // Fractional sleep lengths make the run's processes recognisable in /proc without touching anything else.
+    let unique = format!("{:05}{:04}", std::process::id() % 100_000, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.subsec_nanos()).unwrap_or_default() % 10_000);
+    let marker = format!(".{unique}");
+    let command = format!(
+        "trap '' TERM; (trap '' TERM; sleep 3000{marker}) & sh -c \"trap '' TERM; sleep 3001{marker}; true\" & echo started; wait"
+    );
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": command }));
+    server.wait_notification("sandlink/output", Duration::from_secs(30), |params| {
+        params["runId"] == run_id && params["text"].as_str().unwrap_or_default().contains("started")
+    });
+    let started = Instant::now();
+    server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel is accepted");
+    let outcome = server.collect_run(&run_id, Duration::from_secs(30));
+    assert_eq!(outcome.exit["cancelled"], true, "exit says cancelled: {}", outcome.exit);
+    assert!(started.elapsed() < Duration::from_secs(15), "cancel took {:?}", started.elapsed());
+    // Give the kernel a moment to reap, then nothing carrying the marker may be left anywhere.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !support::processes_matching(&marker).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(support::processes_matching(&marker), Vec::<u32>::new(), "no process of the run is left");
+}
+
+pub fn timeout_should_stop_the_run_and_say_so(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[]);
+    let started = Instant::now();
+    let outcome = run(&server, &session_id, json!({ "command": "echo begin; sleep 60", "timeoutMs": 500 }));
+    assert_eq!(outcome.exit["timedOut"], true);
+    assert_eq!(outcome.exit["cancelled"], false);
+    assert_eq!(outcome.stdout, "begin\n");
+    assert!(started.elapsed() < Duration::from_secs(20), "the timeout took {:?}", started.elapsed());
+}
+
+pub fn output_should_keep_split_utf8_whole_and_mark_invalid_bytes(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[]);
+    // The euro sign's three bytes arrive in two writes a while apart, so they land in different reads.
+    let outcome = run(
+        &server,
+        &session_id,
+        json!({ "command": "printf '\\342\\202'; sleep 0.3; printf '\\254 ok\\n'; printf 'a\\377b\\n'" }),
+    );
+    assert_eq!(outcome.stdout, "€ ok\na\u{FFFD}b\n");
+    for output in &outcome.outputs {
+        let text = output["text"].as_str().unwrap_or_default();
+        assert!(!text.starts_with('\u{FFFD}') || text.contains('a'), "no piece starts with a broken character: {text:?}");
+    }
+}
+
+pub fn run_should_refuse_a_cwd_outside_the_root(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[]);
+    let error = server.request_error(
+        "sandlink/run",
+        json!({ "sessionId": session_id, "command": "pwd", "cwd": "../.." }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("pathOutsideWorkspace"), "{error:?}");
+    assert!(error.message.contains("outside"), "the message explains: {}", error.message);
+    let outcome = run(&server, &session_id, json!({ "command": "echo still-serving" }));
+    assert_eq!(outcome.stdout, "still-serving\n");
+}
+
+pub fn run_should_report_a_signal_death(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[]);
+    let outcome = run(&server, &session_id, json!({ "command": "kill -KILL $$" }));
+    // Drivers that see the signal report it; those behind a runtime that folds it into the shell's convention
+    // (bubblewrap, docker exec) report 128 + 9. Either way a person can tell what happened.
+    let by_signal = outcome.exit["exitCode"].is_null() && outcome.exit["signal"] == "SIGKILL";
+    let by_convention = outcome.exit["exitCode"] == 137;
+    assert!(by_signal || by_convention, "a SIGKILL death is reported: {}", outcome.exit);
+    assert_eq!(outcome.exit["cancelled"], false);
+}
+
+pub fn workspace_files_should_be_visible_to_runs(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[
+        ("src/main.txt", "hello from the workspace\n"),
+        (".gitignore", "build/\n"),
+        ("build/out.bin", "ignored\n"),
+    ]);
+    let outcome = run(&server, &session_id, json!({ "command": "cat src/main.txt; ls build 2>/dev/null || echo no-build" }));
+    assert_eq!(outcome.stdout, "hello from the workspace\nno-build\n");
+    let nested = run(&server, &session_id, json!({ "command": "cat main.txt", "cwd": "src" }));
+    assert_eq!(nested.stdout, "hello from the workspace\n");
+}
+
+pub fn preview_should_reach_a_server_in_the_sandbox(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[("index.html", "sandlink-preview\n")]);
+    let port = free_port();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": (fixture.http_server_command)(port) }));
+    let answer = server
+        .request("sandlink/preview", json!({ "sessionId": session_id, "port": port }))
+        .expect("preview answers a URL");
+    let url = answer["url"].as_str().expect("url").to_string();
+    let ready = server.wait_notification("sandlink/previewReady", Duration::from_secs(10), |params| params["port"] == port);
+    assert_eq!(ready["url"], url);
+    let body = http_get_with_retry(&url, Duration::from_secs(20));
+    assert!(body.contains("sandlink-preview"), "the preview serves the sandbox's page: {body:?}");
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert!(status["previews"].as_array().is_some_and(|previews| previews.iter().any(|preview| preview["port"] == port)));
+    server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel the server");
+    server.collect_run(&run_id, Duration::from_secs(30));
+}
+
+pub fn status_should_report_an_active_session(fixture: &DriverFixture) {
+    let (server, workspace, session_id) = fixture.connected(&[("a.txt", "a")]);
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert_eq!(status["sessionId"], session_id);
+    assert_eq!(status["driver"], fixture.driver);
+    assert_eq!(status["state"], "active");
+    assert_eq!(status["workspaceFolder"], support::file_uri(workspace.path()));
+    assert!(status["remoteRoot"].as_str().is_some_and(|root| root.starts_with('/')));
+    assert!(status["sync"]["lastSyncAt"].is_string(), "the initial sync is recorded: {status}");
+    let sessions = server.request("sandlink/sessions", json!({})).expect("sessions");
+    assert!(sessions["sessions"].as_array().is_some_and(|all| all.iter().any(|session| session["sessionId"] == session_id)));
+}
+
+pub fn disconnect_should_remove_the_sandbox(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[("a.txt", "a")]);
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert!((fixture.sandbox_exists)(&status), "the sandbox exists while connected");
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    assert!(!(fixture.sandbox_exists)(&status), "the sandbox is gone after disconnect");
+    let state = server.wait_notification("sandlink/sessionState", Duration::from_secs(5), |params| {
+        params["sessionId"] == session_id && params["state"] == "disconnected"
+    });
+    assert_eq!(state["state"], "disconnected");
+    let error = server.request_error("sandlink/status", json!({ "sessionId": session_id }));
+    assert_eq!(error.kind.as_deref(), Some("unknownSession"));
+}
+
+pub fn unknown_run_should_be_a_clear_error(fixture: &DriverFixture) {
+    let (server, _workspace, _session_id) = fixture.connected(&[]);
+    for method in ["sandlink/cancel", "sandlink/input"] {
+        let mut params = json!({ "runId": "run-does-not-exist" });
+        if method == "sandlink/input" {
+            params["text"] = json!("x");
+        }
+        let error = server.request_error(method, params);
+        assert_eq!(error.kind.as_deref(), Some("unknownRun"), "{method}: {error:?}");
+        assert!(error.message.contains("run-does-not-exist"));
+    }
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|address| address.port()).expect("a free port")
+}
+
+/// GETs a URL over plain HTTP/1.0 until it answers (servers in sandboxes take a moment to start).
+pub fn http_get_with_retry(url: &str, limit: Duration) -> String {
+    use std::io::{Read, Write};
+    let parsed = url::Url::parse(url).expect("a valid URL");
+    let host = parsed.host_str().expect("a host").to_string();
+    let port = parsed.port_or_known_default().expect("a port");
+    let path = parsed.path().to_string();
+    let deadline = Instant::now() + limit;
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect((host.as_str(), port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+            let mut body = String::new();
+            stream.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if body.contains("200") => return body,
+            _ if Instant::now() >= deadline => panic!("{url} did not answer within {limit:?}: {attempt:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Whether a local directory exists (for drivers whose sandbox is a local directory).
+pub fn local_root_exists(session: &Value) -> bool {
+    session["remoteRoot"].as_str().is_some_and(|root| Path::new(root).exists())
+}

@@ -236,7 +236,7 @@ test('preview_should_hand_over_a_url_for_the_port', function()
 end)
 
 test('checkhealth_should_report_the_server_and_the_running_client', function()
-  vim.cmd('checkhealth sandlink')
+  vim.cmd('silent checkhealth sandlink')
   local text = buffer_text(0)
   vim.cmd('bwipeout!')
   assert_matches('sandlink', text, 'health output')

@@ -27,23 +27,28 @@ fi
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-workspace="$scratch/workspace"
-mkdir -p "$workspace" "$scratch/state" "$scratch/home"
-printf 'hello from the workspace\n' > "$workspace/hello.txt"
-cat > "$workspace/.sandlink.toml" <<'TOML'
-[tasks]
-greet = "echo hello from a task"
-TOML
+
+# A fresh workspace and state dir per Neovim version, since the tests edit files and make sessions.
+make_workspace() {
+  local workspace=$1
+  mkdir -p "$workspace"
+  printf 'hello from the workspace\n' > "$workspace/hello.txt"
+  printf '[tasks]\ngreet = "echo hello from a task"\n' > "$workspace/.sandlink.toml"
+}
 
 # One Neovim run per version; each prints its own totals, and the last line here is the sum.
 run_suite() {
   local label=$1; shift
   local log="$scratch/$label.log"
+  local workspace="$scratch/$label/workspace"
+  make_workspace "$workspace"
+  mkdir -p "$scratch/$label/state" "$scratch/$label/home"
   echo "== Neovim tests ($label)"
   (cd "$workspace" && \
     SANDLINK_TEST_REPO="$repo" SANDLINK_BIN="$server_binary" SANDLINK_TEST_WORKSPACE="$workspace" \
-    SANDLINK_STATE_DIR="$scratch/state" XDG_STATE_HOME="$scratch/home/state" XDG_DATA_HOME="$scratch/home/data" \
-    XDG_CONFIG_HOME="$scratch/home/config" XDG_CACHE_HOME="$scratch/home/cache" \
+    SANDLINK_STATE_DIR="$scratch/$label/state" XDG_STATE_HOME="$scratch/$label/home/state" \
+    XDG_DATA_HOME="$scratch/$label/home/data" XDG_CONFIG_HOME="$scratch/$label/home/config" \
+    XDG_CACHE_HOME="$scratch/$label/home/cache" \
     timeout 300 "$@" --headless --clean -u NONE -i NONE -c "luafile $repo/tests/neovim/main.lua" \
     </dev/null >"$log" 2>&1)
   local status=$?
@@ -66,6 +71,19 @@ run_suite() {
 total_passed=0
 total_failed=0
 run_suite debian nvim
+
+# A current Neovim too (Debian trixie's, from the debootstrap root tests/setup/neovim.sh makes), unless opted out.
+current_root=${SANDLINK_NEOVIM_ROOT:-/var/cache/sandlink/trixie-neovim}
+if [ -n "${SANDLINK_SKIP_CURRENT_NEOVIM:-}" ]; then
+  echo "skipping the current Neovim: SANDLINK_SKIP_CURRENT_NEOVIM is set" >&2
+elif [ -x "$current_root/usr/bin/nvim" ]; then
+  run_suite current "$repo/tests/neovim/current-nvim.sh"
+elif [ "$ci" = "true" ] || [ "$ci" = "1" ]; then
+  echo "no current Neovim at $current_root (tests/setup/neovim.sh makes it)"
+  total_failed=$((total_failed + 1))
+else
+  echo "skipping the current Neovim: none at $current_root (tests/setup/neovim.sh makes it)" >&2
+fi
 
 echo "$total_passed passed, $total_failed failed"
 [ "$total_failed" -eq 0 ]

@@ -31,8 +31,14 @@ end
 -- Runs a :Sandlink run command line and returns the run record once the server has answered with a runId.
 local function start_run(command_line)
   local runs_before = vim.tbl_count(require('sandlink.state').runs)
+  local output = require('sandlink.output')
+  local previous_view = output.last_view
   vim.cmd('Sandlink run ' .. command_line)
-  local view = require('sandlink.output').last_view
+  -- The output buffer appears at once when connected, or after the connect that a run while disconnected makes.
+  wait_for('the output buffer of `' .. command_line .. '`', 30000, function()
+    return output.last_view ~= previous_view
+  end)
+  local view = output.last_view
   wait_for('the runId of `' .. command_line .. '`', 10000, function()
     return vim.b[view.buffer].sandlink_run_id ~= nil or last_line(view.buffer):find('^%[not started')
   end)
@@ -235,6 +241,34 @@ test('preview_should_hand_over_a_url_for_the_port', function()
   end
 end)
 
+test('extend_should_move_the_expiry_or_say_the_driver_cannot', function()
+  local done, result_error, result
+  local captured, stop = harness.capture_notifications()
+  vim.cmd('Sandlink extend 600')
+  require('sandlink').extend(600, function(err, value)
+    done, result_error, result = true, err, value
+  end)
+  local ok, err = pcall(wait_for, 'the extend answer', 10000, function()
+    return done
+  end)
+  stop()
+  assert_true(ok, tostring(err))
+  local local_driver
+  for _, driver in ipairs(current_workspace().drivers or {}) do
+    if driver.id == 'local' then
+      local_driver = driver
+    end
+  end
+  if local_driver and local_driver.capabilities and local_driver.capabilities.extend then
+    assert_true(result_error == nil and type(result.expiresAt) == 'string', 'extended: ' .. vim.inspect(result_error))
+  else
+    assert_true(result_error ~= nil and result_error.data and result_error.data.kind == 'unsupported',
+      'an unsupported error for a driver that does not expire: ' .. vim.inspect(result_error))
+    assert_true(harness.find_notification(captured, 'extending failed') ~= nil,
+      'the user is told: ' .. vim.inspect(captured))
+  end
+end)
+
 test('checkhealth_should_report_the_server_and_the_running_client', function()
   vim.cmd('silent checkhealth sandlink')
   local text = buffer_text(0)
@@ -251,4 +285,25 @@ test('disconnect_should_end_the_session_and_reset_the_statusline', function()
     return current_workspace().session == nil
   end)
   assert_equal('sandlink: disconnected', require('sandlink').statusline(), 'statusline after disconnecting')
+end)
+
+test('run_while_disconnected_should_connect_first_and_then_run', function()
+  local run = start_run('echo after reconnecting')
+  wait_for_exit(run)
+  assert_true(current_workspace().session ~= nil, 'a new session')
+  assert_true(vim.tbl_contains(vim.api.nvim_buf_get_lines(run.view.buffer, 0, -1, false), 'after reconnecting'),
+    'output: ' .. buffer_text(run.view.buffer))
+  if vim.fn.has('nvim-0.8') == 1 then
+    local seen_data
+    local autocmd_id = vim.api.nvim_create_autocmd('User', {
+      pattern = 'SandlinkStatus',
+      callback = function(event)
+        seen_data = event.data
+      end,
+    })
+    require('sandlink.state').announce_change()
+    vim.api.nvim_del_autocmd(autocmd_id)
+    assert_true(type(seen_data) == 'table', 'User SandlinkStatus carries data on 0.8+')
+    assert_matches('^sandlink: local active', seen_data.status, 'data.status')
+  end
 end)

@@ -70,7 +70,7 @@ function client_module.start(root_dir, handlers)
   if workspace and workspace.client_id and not workspace.stopped then
     return workspace
   end
-  workspace = workspace or { root_dir = root_dir, waiting_for_ready = {} }
+  workspace = workspace or { root_dir = root_dir, waiting_for_ready = {}, connect_waiters = {} }
   workspace.ready = false
   workspace.stopped = false
   workspace.session = nil

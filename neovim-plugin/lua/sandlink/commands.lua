@@ -72,9 +72,24 @@ function commands.connect(options, on_done)
     notify('already connected (session ' .. tostring(workspace.session.sessionId) .. '); :Sandlink disconnect first')
     return finish(on_done, nil, workspace.session)
   end
+  if workspace.connecting then
+    -- A second connect (or a run that needs a session) waits for the one under way instead of starting another.
+    table.insert(workspace.connect_waiters, on_done or function() end)
+    return
+  end
+  workspace.connect_waiters = {}
+  local function finish_all(err, session)
+    local waiters = workspace.connect_waiters
+    workspace.connect_waiters = {}
+    finish(on_done, err, session)
+    for _, waiter in ipairs(waiters) do
+      waiter(err, session)
+    end
+  end
   local params = {
     workspaceFolder = vim.uri_from_fname(workspace.root_dir),
     sync = options.sync,
+    reuse = options.reuse,
   }
   if params.sync == nil then
     params.sync = config.options.sync_on_connect
@@ -93,13 +108,13 @@ function commands.connect(options, on_done)
     if err then
       state.announce_change()
       notify_error('connecting failed', err)
-      return finish(on_done, err)
+      return finish_all(err)
     end
     workspace.session = session
     state.announce_change()
     notify('connected: ' .. tostring(session.profile or session.driver) .. ' session ' .. tostring(session.sessionId)
       .. (session.remoteRoot and (' at ' .. tostring(session.remoteRoot)) or ''))
-    finish(on_done, nil, session)
+    finish_all(nil, session)
   end)
 end
 
@@ -369,7 +384,7 @@ end
 
 -- Refreshes the cached profile and driver lists that completion and :Sandlink profiles use.
 function commands.refresh_catalog(workspace, on_done)
-  local remaining = 2
+  local remaining = 3
   local function one_done()
     remaining = remaining - 1
     if remaining == 0 then
@@ -385,6 +400,13 @@ function commands.refresh_catalog(workspace, on_done)
   client.request(workspace, protocol.request.drivers, vim.empty_dict(), function(err, result)
     if not err and type(result) == 'table' then
       workspace.drivers = result.drivers or {}
+    end
+    one_done()
+  end)
+  -- Sessions kept (disconnect keep) by an earlier server can be re-attached with `:Sandlink connect reuse=<id>`.
+  client.request(workspace, protocol.request.sessions, vim.empty_dict(), function(err, result)
+    if not err and type(result) == 'table' then
+      workspace.known_sessions = result.sessions or {}
     end
     one_done()
   end)
@@ -428,7 +450,7 @@ function commands.parse_connect_arguments(words)
     local key, value = word:match('^(%w+)=(.*)$')
     if key == 'sync' then
       options.sync = value ~= 'false' and value ~= '0' and value ~= 'no'
-    elseif key == 'driver' or key == 'profile' then
+    elseif key == 'driver' or key == 'profile' or key == 'reuse' then
       options[key] = value
     elseif key then
       options.settings = options.settings or {}
@@ -461,6 +483,9 @@ commands.subcommands = {
       end
       for _, driver in ipairs(workspace and workspace.drivers or {}) do
         table.insert(candidates, 'driver=' .. driver.id)
+      end
+      for _, session in ipairs(workspace and workspace.known_sessions or {}) do
+        table.insert(candidates, 'reuse=' .. tostring(session.sessionId))
       end
       return candidates
     end,

@@ -250,3 +250,11 @@ def test_request_log_should_count_requests_per_plane(server, raw_envd):
         ("envd", "/health", 204), ("control", f"/sandboxes/{raw_envd.sandbox_id}", 200)]
     # Credentials never reach the log.
     assert server.api_key not in json.dumps(logged)
+
+
+def test_unimplemented_rpcs_should_say_so(raw_envd):
+    stream_input = raw_envd.post("/process.Process/StreamInput", content=b"",
+                                 headers={"Content-Type": "application/connect+json"})
+    assert (stream_input.status_code, stream_input.json()["code"]) == (501, "unimplemented")
+    watch = raw_envd.stream("filesystem.Filesystem/WatchDir", {"path": "/home/user"})
+    assert watch.end_of_stream["error"]["code"] == "unimplemented"

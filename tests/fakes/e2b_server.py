@@ -946,6 +946,9 @@ async def handle_envd(request: web.Request, fake: FakeE2B, sandbox: Sandbox) -> 
     if request.method == "POST" and rpc_name in SERVER_STREAMING_RPCS:
         return await serve_streaming_rpc(request, fake, sandbox, rpc_name)
     if request.method == "POST" and rpc_name.startswith(("process.Process/", "filesystem.Filesystem/")):
+        if rpc_name not in UNARY_HANDLERS:
+            # Checked before the content type so a client-streaming call like StreamInput learns the real reason.
+            return unary_connect_error(ConnectError("unimplemented", f"{rpc_name} is not implemented by this fake"))
         return await serve_unary_rpc(request, sandbox, rpc_name)
     return json_response(404, {"code": 404, "message": f"route {request.method} {request.path} not found"})
 

@@ -248,7 +248,7 @@ fn runs_should_not_write_outside_the_session_root_when_bubblewrap_is_available()
     let server = Server::start();
     let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
     let detail = drivers["drivers"][0]["detail"].as_str().unwrap_or_default().to_string();
-    if support::skip_unless(detail.contains("bubblewrap ("), "bubblewrap") {
+    if support::skip_unless(detail.starts_with("isolation: bubblewrap"), "bubblewrap") {
         return;
     }
     let session = server.connect("local", Value::Null, workspace.path());

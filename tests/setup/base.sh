@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what every test needs on a fresh Debian machine (bubblewrap for the local driver's isolation); idempotent.
+set -euo pipefail
+
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "tests/setup/base.sh: please install: ${missing[*]}" >&2
+        exit 1
+    fi
+    # The package lists may be stale or absent on a fresh machine; refresh once before installing.
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi

@@ -164,3 +164,19 @@ test('help_file_should_build_tags_without_errors', function()
     assert_matches('\n?' .. vim.pesc(tag) .. '\t', tags, 'tag ' .. tag)
   end
 end)
+
+test('old_finished_output_buffers_should_be_wiped_beyond_keep_buffers', function()
+  local config = require('sandlink.config')
+  local output = require('sandlink.output')
+  local previous_keep = config.options.output.keep_buffers
+  config.options.output.keep_buffers = 2
+  local first = output.create('first', '/tmp')
+  output.finish(first, { exitCode = 0, cancelled = false, timedOut = false })
+  local second = output.create('second', '/tmp')
+  local third = output.create('third', '/tmp')
+  local fourth = output.create('fourth', '/tmp')
+  config.options.output.keep_buffers = previous_keep
+  assert_true(not vim.api.nvim_buf_is_valid(first.buffer), 'the oldest finished buffer is wiped')
+  assert_true(vim.api.nvim_buf_is_valid(second.buffer), 'an unfinished buffer is kept')
+  assert_true(vim.api.nvim_buf_is_valid(third.buffer) and vim.api.nvim_buf_is_valid(fourth.buffer), 'new buffers')
+end)

@@ -15,6 +15,11 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   skip_wasm=1
 fi
 
+if cargo fmt --version >/dev/null 2>&1; then
+  echo "== Zed extension: formatting"
+  (cd "$extension" && cargo fmt --check)
+fi
+
 echo "== Zed extension: host unit tests"
 (cd "$extension" && cargo test --quiet)
 

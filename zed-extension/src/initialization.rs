@@ -49,7 +49,10 @@ mod tests {
 
     #[test]
     fn options_should_name_zed_as_the_client_when_the_user_sets_nothing() {
-        assert_eq!(build_initialization_options(None), json!({ "client": "zed" }));
+        assert_eq!(
+            build_initialization_options(None),
+            json!({ "client": "zed" })
+        );
     }
 
     #[test]
@@ -64,12 +67,18 @@ mod tests {
     #[test]
     fn options_should_let_the_user_override_a_default() {
         let user = json!({ "client": "zed-preview" });
-        assert_eq!(build_initialization_options(Some(&user)), json!({ "client": "zed-preview" }));
+        assert_eq!(
+            build_initialization_options(Some(&user)),
+            json!({ "client": "zed-preview" })
+        );
     }
 
     #[test]
     fn options_should_ignore_a_user_value_that_is_not_an_object() {
-        assert_eq!(build_initialization_options(Some(&json!("debug"))), default_options());
+        assert_eq!(
+            build_initialization_options(Some(&json!("debug"))),
+            default_options()
+        );
     }
 
     #[test]
@@ -82,6 +91,9 @@ mod tests {
     #[test]
     fn workspace_configuration_should_default_to_an_empty_object() {
         assert_eq!(build_workspace_configuration(None), json!({}));
-        assert_eq!(build_workspace_configuration(Some(&json!({ "x": 1 }))), json!({ "x": 1 }));
+        assert_eq!(
+            build_workspace_configuration(Some(&json!({ "x": 1 }))),
+            json!({ "x": 1 })
+        );
     }
 }

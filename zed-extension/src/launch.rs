@@ -64,7 +64,12 @@ pub fn resolve_server_command(
 
     let arguments = setting
         .and_then(|setting| setting.arguments.clone())
-        .unwrap_or_else(|| DEFAULT_ARGUMENTS.iter().map(|argument| argument.to_string()).collect());
+        .unwrap_or_else(|| {
+            DEFAULT_ARGUMENTS
+                .iter()
+                .map(|argument| argument.to_string())
+                .collect()
+        });
 
     Ok((
         ServerCommand {
@@ -120,16 +125,26 @@ mod tests {
 
     #[test]
     fn resolve_should_prefer_the_setting_over_the_environment_and_path() {
-        let setting = BinarySetting { path: Some("/opt/sandlink/bin/sandlink".into()), ..Default::default() };
-        let shell_env = vec![(BINARY_ENV_VARIABLE.to_string(), "/from/env/sandlink".to_string())];
-        let (command, source) = resolve_server_command(Some(&setting), &shell_env, found_on_path).unwrap();
+        let setting = BinarySetting {
+            path: Some("/opt/sandlink/bin/sandlink".into()),
+            ..Default::default()
+        };
+        let shell_env = vec![(
+            BINARY_ENV_VARIABLE.to_string(),
+            "/from/env/sandlink".to_string(),
+        )];
+        let (command, source) =
+            resolve_server_command(Some(&setting), &shell_env, found_on_path).unwrap();
         assert_eq!(command.program, "/opt/sandlink/bin/sandlink");
         assert_eq!(source, BinarySource::Setting);
     }
 
     #[test]
     fn resolve_should_prefer_the_environment_variable_over_path() {
-        let shell_env = vec![(BINARY_ENV_VARIABLE.to_string(), "/from/env/sandlink".to_string())];
+        let shell_env = vec![(
+            BINARY_ENV_VARIABLE.to_string(),
+            "/from/env/sandlink".to_string(),
+        )];
         let (command, source) = resolve_server_command(None, &shell_env, found_on_path).unwrap();
         assert_eq!(command.program, "/from/env/sandlink");
         assert_eq!(source, BinarySource::EnvironmentVariable);
@@ -137,7 +152,10 @@ mod tests {
 
     #[test]
     fn resolve_should_ignore_a_blank_path_setting() {
-        let setting = BinarySetting { path: Some("  ".into()), ..Default::default() };
+        let setting = BinarySetting {
+            path: Some("  ".into()),
+            ..Default::default()
+        };
         let (command, source) = resolve_server_command(Some(&setting), &[], found_on_path).unwrap();
         assert_eq!(command.program, "/usr/local/bin/sandlink");
         assert_eq!(source, BinarySource::Path);
@@ -146,11 +164,18 @@ mod tests {
     #[test]
     fn resolve_should_use_the_arguments_from_the_setting_when_given() {
         let setting = BinarySetting {
-            arguments: Some(vec!["lsp".into(), "--log-file".into(), "/tmp/sandlink.log".into()]),
+            arguments: Some(vec![
+                "lsp".into(),
+                "--log-file".into(),
+                "/tmp/sandlink.log".into(),
+            ]),
             ..Default::default()
         };
         let (command, _) = resolve_server_command(Some(&setting), &[], found_on_path).unwrap();
-        assert_eq!(command.arguments, vec!["lsp", "--log-file", "/tmp/sandlink.log"]);
+        assert_eq!(
+            command.arguments,
+            vec!["lsp", "--log-file", "/tmp/sandlink.log"]
+        );
     }
 
     #[test]
@@ -170,7 +195,10 @@ mod tests {
         let merged = merge_environment(&shell_env, Some(&overrides));
         assert_eq!(
             merged,
-            vec![("PATH".to_string(), "/usr/bin".to_string()), ("RUST_LOG".to_string(), "debug".to_string())]
+            vec![
+                ("PATH".to_string(), "/usr/bin".to_string()),
+                ("RUST_LOG".to_string(), "debug".to_string())
+            ]
         );
     }
 }

@@ -32,6 +32,8 @@ config.defaults = {
     size = 12,
     -- Move the cursor back to the window it came from after opening the output.
     keep_focus = true,
+    -- How many run buffers to keep; older finished ones that no window shows are wiped.
+    keep_buffers = 20,
   },
   preview = {
     -- Open previews when the server announces them with sandlink/previewReady, not only on :Sandlink preview.

@@ -7,6 +7,8 @@ local output = {}
 output.namespace = vim.api.nvim_create_namespace('sandlink_output')
 
 local view_count = 0
+-- Views in creation order, for wiping the oldest when there are more than output.keep_buffers.
+local views_in_order = {}
 
 -- `highlight default` leaves colour schemes and users free to restyle; nvim_set_hl's `default` is missing on 0.7.
 local function define_highlights()
@@ -62,8 +64,27 @@ local function scroll_to_end(windows, buffer)
   end
 end
 
+-- Wipes the oldest finished run buffers that no window shows, so that a long session does not pile them up.
+local function wipe_old_views()
+  local keep = tonumber((config.options.output or {}).keep_buffers) or 20
+  local index = 1
+  while #views_in_order > keep and index <= #views_in_order do
+    local view = views_in_order[index]
+    local buffer_gone = not vim.api.nvim_buf_is_valid(view.buffer)
+    if buffer_gone or (view.finished and #vim.fn.win_findbuf(view.buffer) == 0) then
+      if not buffer_gone then
+        pcall(vim.api.nvim_buf_delete, view.buffer, { force = true })
+      end
+      table.remove(views_in_order, index)
+    else
+      index = index + 1
+    end
+  end
+end
+
 function output.create(command, root_dir)
   define_highlights()
+  wipe_old_views()
   view_count = view_count + 1
   local buffer = vim.api.nvim_create_buf(false, true)
   pcall(vim.api.nvim_buf_set_name, buffer, 'sandlink://run/' .. view_count)
@@ -85,6 +106,7 @@ function output.create(command, root_dir)
   vim.api.nvim_buf_add_highlight(buffer, output.namespace, 'SandlinkCommand', 0, 0, -1)
   vim.b[buffer].sandlink_output = true
   output.last_view = view
+  table.insert(views_in_order, view)
   return view
 end
 
@@ -219,6 +241,7 @@ function output.exit_line(exit)
 end
 
 function output.finish(view, exit)
+  view.finished = true
   local succeeded = exit.exitCode == 0 and not exit.cancelled and not exit.timedOut
   output.append_note(view, output.exit_line(exit), succeeded and 'SandlinkExitSuccess' or 'SandlinkExitFailure')
 end

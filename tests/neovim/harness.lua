@@ -75,9 +75,9 @@ end
 -- Runs the tests in order (later ones build on the session earlier ones made) and reports each one.
 function harness.run_all()
   for _, test in ipairs(harness.tests) do
-    local started = vim.loop.hrtime()
+    local started = (vim.uv or vim.loop).hrtime()
     local ok, err = xpcall(test.body, debug.traceback)
-    local elapsed_ms = math.floor((vim.loop.hrtime() - started) / 1e6)
+    local elapsed_ms = math.floor(((vim.uv or vim.loop).hrtime() - started) / 1e6)
     if ok then
       harness.passed = harness.passed + 1
       write_line(string.format('ok   %s (%d ms)', test.name, elapsed_ms))

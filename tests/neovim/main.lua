@@ -15,7 +15,7 @@ end
 harness.write_line('Neovim ' .. tostring(vim.version().major) .. '.' .. tostring(vim.version().minor) .. '.'
   .. tostring(vim.version().patch))
 
-local specs = vim.split(vim.env.SANDLINK_TEST_SPECS or 'unit_spec,protocol_spec,e2e_spec', ',', true)
+local specs = vim.split(vim.env.SANDLINK_TEST_SPECS or 'unit_spec,protocol_spec,e2e_spec', ',', { plain = true })
 for _, spec in ipairs(specs) do
   local ok, err = pcall(dofile, repo .. '/tests/neovim/' .. spec .. '.lua')
   if not ok then

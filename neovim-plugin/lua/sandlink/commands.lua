@@ -191,7 +191,7 @@ function commands.run(command_line, options, on_done)
       command = command_line,
       view = view,
       finished = false,
-      started_order = vim.loop.hrtime(),
+      started_order = state.next_run_order(),
     }
     state.runs[result.runId] = run
     vim.b[view.buffer].sandlink_run_id = result.runId

@@ -15,7 +15,7 @@ local function view_for_unknown_run(run_id, workspace)
     command = 'run ' .. tostring(run_id),
     view = view,
     finished = false,
-    started_order = vim.loop.hrtime(),
+    started_order = state.next_run_order(),
   }
   state.runs[run_id] = run
   output.show(view)

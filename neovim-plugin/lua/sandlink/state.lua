@@ -13,6 +13,13 @@ state.run_requests_in_flight = 0
 
 local has_autocmd_data = vim.fn.has('nvim-0.8') == 1
 
+-- Runs are ordered by when the plugin learned of them; "the newest running run" is what cancel picks.
+local run_order_counter = 0
+function state.next_run_order()
+  run_order_counter = run_order_counter + 1
+  return run_order_counter
+end
+
 function state.workspace(root_dir)
   return state.workspaces[root_dir]
 end

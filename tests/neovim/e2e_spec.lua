@@ -307,3 +307,16 @@ test('run_while_disconnected_should_connect_first_and_then_run', function()
     assert_matches('^sandlink: local active', seen_data.status, 'data.status')
   end
 end)
+
+test('setup_with_a_missing_binary_should_say_how_to_fix_it', function()
+  local other_root = vim.fn.tempname()
+  vim.fn.mkdir(other_root, 'p')
+  local captured, stop = harness.capture_notifications()
+  local workspace = require('sandlink').setup({ server_path = other_root .. '/no-such-sandlink', root_dir = other_root })
+  stop()
+  assert_true(workspace.stopped == true, 'the workspace is marked stopped')
+  assert_equal('sandlink: server stopped', require('sandlink.state').statusline(workspace), 'statusline')
+  local message = harness.find_notification(captured, 'was not found')
+  assert_true(message ~= nil and message.message:find('server_path', 1, true) ~= nil,
+    'the error names the setting to change: ' .. vim.inspect(captured))
+end)

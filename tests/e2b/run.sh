@@ -6,4 +6,5 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # Under CI a missing Python or package must fail the run, and setup exits non-zero when it cannot install them.
 "$repo_root/tests/setup/python.sh"
 cd "$repo_root"
-exec "$repo_root/.venv/bin/python" -m pytest -q tests/e2b "$@"
+# Other suites share the venv; their pytest plugins (pytest-asyncio) have no business in this one.
+exec "$repo_root/.venv/bin/python" -m pytest -q -p no:asyncio -p no:cacheprovider tests/e2b "$@"

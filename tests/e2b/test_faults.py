@@ -194,3 +194,12 @@ def test_admin_faults_should_report_and_reset_settings(server):
     current = httpx.get(f"{server.url}/_admin/faults").json()
     assert (current["rateLimitNext"], current["dropStreamAfterBytes"], current["hangEnvd"]) == (0, None, False)
     assert json.loads(httpx.post(f"{server.url}/_admin/faults", content=b"[").text)["code"] == 400
+
+
+def test_drop_at_zero_bytes_should_cut_the_stream_right_after_the_start_event(server, raw_envd):
+    server.set_faults(dropStreamAfterBytes=0)
+    first = raw_envd.stream(START, shell_start_request("echo only-after-reattach"))
+    assert [next(iter(event)) for event in first.events] == ["start"]
+    assert first.transport_error is not None
+    second = raw_envd.stream(CONNECT, {"process": {"pid": first.pid}})
+    assert second.output() == b"only-after-reattach\n"

@@ -172,8 +172,9 @@ def test_sdk_start_request_should_send_explicit_stdin_false_and_the_documented_h
     assert start["headers"]["Content-Type"] == "application/connect+json"
 
 
-def control(server, method: str, path: str, **kwargs) -> httpx.Response:
-    return httpx.request(method, f"{server.url}{path}", headers={"X-API-Key": server.api_key}, **kwargs)
+def control(server, method: str, path: str, headers: dict | None = None, **kwargs) -> httpx.Response:
+    return httpx.request(method, f"{server.url}{path}", headers={"X-API-Key": server.api_key, **(headers or {})},
+                         **kwargs)
 
 
 def test_control_create_should_answer_201_on_both_v1_and_v2_routes(server):
@@ -258,3 +259,26 @@ def test_unimplemented_rpcs_should_say_so(raw_envd):
     assert (stream_input.status_code, stream_input.json()["code"]) == (501, "unimplemented")
     watch = raw_envd.stream("filesystem.Filesystem/WatchDir", {"path": "/home/user"})
     assert watch.end_of_stream["error"]["code"] == "unimplemented"
+
+
+def test_other_ports_should_get_the_proxy_port_not_open_error(raw_envd):
+    response = httpx.get(f"{raw_envd.server.url}/", headers=raw_envd.headers({"E2b-Sandbox-Port": "3000"}))
+    assert response.status_code == 502
+    assert response.json() == {"sandboxId": raw_envd.sandbox_id, "port": 3000, "code": 502,
+                               "message": "The sandbox is running but port is not open"}
+
+
+def test_host_form_routing_should_reach_envd_without_routing_headers(raw_envd):
+    response = httpx.post(f"{raw_envd.server.url}/process.Process/List", content=b"{}",
+                          headers={"Host": f"49983-{raw_envd.sandbox_id}.e2b.app", "Content-Type": "application/json",
+                                   "X-Access-Token": raw_envd.access_token})
+    assert response.status_code == 200
+    assert "processes" in response.json() or response.json() == {}
+
+
+def test_create_with_a_repeated_idempotency_key_should_return_the_same_sandbox(server):
+    headers = {"Idempotency-Key": f"key-{time.time_ns()}"}
+    first = control(server, "POST", "/v2/sandboxes", json={"templateID": "base"}, headers=headers).json()
+    second = control(server, "POST", "/v2/sandboxes", json={"templateID": "base"}, headers=headers).json()
+    assert first["sandboxID"] == second["sandboxID"]
+    control(server, "DELETE", f"/sandboxes/{first['sandboxID']}")

@@ -484,6 +484,8 @@ class FakeE2B:
         self.unhang = asyncio.Event()
         self.unhang.set()
         self.request_log: list[RequestLogEntry] = []
+        # Idempotency-Key of a create → the sandbox it made, so a retried create does not make a second sandbox.
+        self.sandbox_by_idempotency_key: dict[str, str] = {}
         self.next_request_sequence = 1
 
     # --- faults ------------------------------------------------------------------------------------------------
@@ -850,6 +852,11 @@ async def handle_control(request: web.Request, fake: FakeE2B) -> web.StreamRespo
 
 
 async def create_sandbox(request: web.Request, fake: FakeE2B) -> web.StreamResponse:
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key and idempotency_key in fake.sandbox_by_idempotency_key:
+        earlier = fake.sandboxes.get(fake.sandbox_by_idempotency_key[idempotency_key])
+        if earlier is not None:
+            return json_response(201, earlier.sandbox_json())
     body = await read_json_body(request)
     template_id = body.get("templateID")
     if not isinstance(template_id, str) or not template_id:
@@ -867,6 +874,8 @@ async def create_sandbox(request: web.Request, fake: FakeE2B) -> web.StreamRespo
         None, lambda: fake.new_sandbox(template_id, timeout_seconds, metadata, env_vars,
                                        secure=body.get("secure", True) is not False,
                                        auto_pause=bool(body.get("autoPause", False))))
+    if idempotency_key:
+        fake.sandbox_by_idempotency_key[idempotency_key] = sandbox.sandbox_id
     return json_response(201, sandbox.sandbox_json())
 
 
@@ -875,8 +884,15 @@ def list_sandboxes(request: web.Request, fake: FakeE2B, legacy_running_only: boo
         (request.query.get("state") or "running,paused").split(","))
     metadata_filter = parse_metadata_query(request.query.get("metadata", ""))
     template_filter = request.query.get("template")
+    started_after = 0.0
+    if request.query.get("startedAfter"):
+        try:
+            started_after = dt.datetime.fromisoformat(request.query["startedAfter"].replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return control_error(400, "startedAfter must be an RFC 3339 timestamp")
     matching = [sandbox for sandbox in fake.sandboxes.values()
                 if sandbox.state in wanted_states
+                and sandbox.started_at >= started_after
                 and all(sandbox.metadata.get(key) == value for key, value in metadata_filter.items())
                 and (template_filter is None or template_filter in (sandbox.template_id, sandbox.alias))]
     matching.sort(key=lambda sandbox: sandbox.started_at, reverse=request.query.get("order", "desc") == "desc")
@@ -1468,6 +1484,9 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
 
     try:
         await write_frame({"event": {"start": {"pid": process.pid}}})
+        if drop_after_bytes == 0:
+            # The client learns the pid and nothing else.
+            raise StreamDropped()
         next_sequence = first_sequence
         last_write = time.monotonic()
         while True:

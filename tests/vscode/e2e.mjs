@@ -424,6 +424,23 @@ const steps = [
             assert(readTestLog().some((entry) => entry.event === "disconnected"), "no 'disconnected' event in the test log");
         },
     ],
+    [
+        "Show Log opens the sandlink log with the server's messages, free of colour escapes",
+        async () => {
+            await runPaletteCommand("Sandlink: Show Log");
+            let panelText = "";
+            try {
+                await waitFor("the sandlink log in the output panel", async () => {
+                    panelText = await outputPanelText();
+                    // The first line is the extension's own; "client initialized" is the server's, read from its stderr.
+                    return panelText.includes("Starting the sandlink server") && panelText.includes("client initialized");
+                });
+            } catch (error) {
+                throw new Error(`${error.message}; the panel shows:\n${panelText.slice(-2000)}`);
+            }
+            assert(!/\[\d+m/.test(panelText), `the log shows colour escapes:\n${panelText.slice(-2000)}`);
+        },
+    ],
 ];
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -172,7 +172,9 @@ export class Ctx implements vscode.Disposable {
             // The client appends `--stdio` for the stdio transport; the server accepts it.
             args: ["lsp"],
             transport: TransportKind.stdio,
-            options: { env: { ...process.env, SANDLINK_LOG: this.config.logLevel } },
+            // The log goes into an output channel, which shows colour escapes as garbage; NO_COLOR turns them off.
+            // The log level travels in initializationOptions.logLevel, which the server applies at initialize.
+            options: { env: { ...process.env, NO_COLOR: "1" } },
         };
         const clientOptions: LanguageClientOptions = {
             // Every file of the workspace, so that saves anywhere in it reach the server's sync-on-save.

@@ -23,7 +23,9 @@ def test_dropped_stream_should_be_reattachable_by_pid_with_complete_ordered_outp
     first = raw_envd.stream(START, shell_start_request(SIX_LINES))
     assert first.transport_error is not None, "the stream must end without its end-of-stream frame"
     assert first.end_of_stream is None
-    assert first.output() == b"line-1\n"
+    # The drop comes right after the first data event, which normally holds just line-1 (more under heavy load).
+    assert first.output() and SIX_LINES_OUTPUT.startswith(first.output())
+    assert len(first.output()) < len(SIX_LINES_OUTPUT)
     time.sleep(0.3)  # Output produced while nobody is attached must not be lost.
     second = raw_envd.stream(CONNECT, {"process": {"pid": first.pid}})
     assert second.transport_error is None

@@ -36,16 +36,21 @@ def test_create_should_return_a_sandbox_that_get_info_and_list_report(server):
 
 
 def test_run_should_stream_stdout_and_stderr_to_callbacks_and_return_exit_code_zero(sandbox):
-    stdout_chunks: list[str] = []
+    stdout_chunks: list[tuple[float, str]] = []
     stderr_chunks: list[str] = []
-    result = sandbox.commands.run("echo out-1; echo err-1 >&2; sleep 0.2; echo out-2",
-                                  on_stdout=stdout_chunks.append, on_stderr=stderr_chunks.append)
+    result = sandbox.commands.run("echo out-1; echo err-1 >&2; sleep 1; echo out-2",
+                                  on_stdout=lambda chunk: stdout_chunks.append((time.monotonic(), chunk)),
+                                  on_stderr=stderr_chunks.append)
+    returned_at = time.monotonic()
     assert result.exit_code == 0
     assert result.stdout == "out-1\nout-2\n"
     assert result.stderr == "err-1\n"
-    # The sleep forces two separate data events, so the callback must have been called per chunk, while running.
-    assert stdout_chunks == ["out-1\n", "out-2\n"]
+    assert "".join(chunk for _, chunk in stdout_chunks) == "out-1\nout-2\n"
     assert "".join(stderr_chunks) == "err-1\n"
+    # Streamed, not collected at exit: the first line reached the callback while the command was still sleeping.
+    first_arrival, first_chunk = stdout_chunks[0]
+    assert first_chunk == "out-1\n"
+    assert returned_at - first_arrival > 0.5
 
 
 def test_run_should_raise_command_exit_exception_with_the_nonzero_exit_code(sandbox):
@@ -130,7 +135,10 @@ def test_command_timeout_should_kill_the_process(sandbox):
 
 
 def test_disconnect_then_connect_by_pid_should_return_all_output(sandbox):
-    handle = sandbox.commands.run("for i in 1 2 3 4 5; do echo line-$i; sleep 0.2; done", background=True)
+    # The leading sleep keeps output from being in flight when the client hangs up: bytes already written to a
+    # socket the client then closes are gone, in the fake as in E2B. Only what was never written is buffered.
+    handle = sandbox.commands.run("sleep 0.3; for i in 1 2 3 4 5; do echo line-$i; sleep 0.2; done",
+                                  background=True)
     handle.disconnect()
     time.sleep(0.5)
     reattached = sandbox.commands.connect(handle.pid)

@@ -207,6 +207,7 @@ async function outputPanelText() {
 // ---------------------------------------------------------------------------------------------------------------------
 
 let codeServerPort;
+let previewPort;
 
 const steps = [
     [
@@ -237,6 +238,8 @@ const steps = [
                         "security.workspace.trust.enabled": false,
                         "sandlink.server.path": serverBinary,
                         "sandlink.logLevel": "debug",
+                        // Previews open inside VS Code, where the test can see them.
+                        "sandlink.preview.openIn": "simpleBrowser",
                         "workbench.startupEditor": "none",
                         "workbench.tips.enabled": false,
                         "telemetry.telemetryLevel": "off",
@@ -409,6 +412,70 @@ const steps = [
             const paletteMs = Date.now() - paletteOpenedAt;
             assert(paletteMs < 10_000, `the palette took ${paletteMs} ms to open after a long run`);
             console.log(`    (200000 lines shown in ${elapsedMs} ms; palette then opened in ${paletteMs} ms)`);
+        },
+    ],
+    [
+        "Open Preview shows a web server running in the sandbox in the Simple Browser",
+        async () => {
+            previewPort = await freePort();
+            await runCommandLineFromPalette(`python3 -u -m http.server ${previewPort} --bind 127.0.0.1`);
+            await waitFor("the web server in the sandbox to listen", async () => {
+                try {
+                    return (await fetch(`http://127.0.0.1:${previewPort}/`)).ok;
+                } catch {
+                    return false;
+                }
+            });
+            await runPaletteCommand("Sandlink: Open Preview");
+            await pickQuickPickRow("Another port");
+            const portInput = page.locator(".quick-input-widget .quick-input-box input");
+            await portInput.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            await portInput.fill(String(previewPort));
+            await page.keyboard.press("Enter");
+            // Simple Browser shows the page in a frame nested in its webview; the listing includes the synced workspace.
+            const previewFrame = await waitFor("a frame showing the preview URL", async () =>
+                page.frames().find((frame) => frame.url().includes(`:${previewPort}`)),
+            );
+            await waitFor("the sandbox's directory listing in the preview", async () => {
+                const body = await previewFrame.locator("body").innerText().catch(() => "");
+                return body.includes("marker.txt");
+            });
+            const ready = readTestLog().find((entry) => entry.event === "previewReady");
+            assert(ready && ready.port === previewPort, `no previewReady for port ${previewPort}: ${JSON.stringify(ready)}`);
+        },
+    ],
+    [
+        "Cancel Run stops the running web server and the channel says so",
+        async () => {
+            const entries = await paletteEntries("Sandlink: Cancel");
+            assert(entries.includes("Sandlink: Cancel Run"), `Cancel Run not offered during a run: ${JSON.stringify(entries)}`);
+            await closeQuickInput();
+            await runPaletteCommand("Sandlink: Cancel Run");
+            await waitFor("the web server to stop answering", async () => {
+                try {
+                    await fetch(`http://127.0.0.1:${previewPort}/`);
+                    return false;
+                } catch {
+                    return true;
+                }
+            });
+            const exit = await waitFor("the cancelled exit in the test log", async () =>
+                readTestLog().find((entry) => entry.event === "runExit" && entry.cancelled === true),
+            );
+            assert(exit.cancelled === true, JSON.stringify(exit));
+            let panelText = "";
+            try {
+                await waitFor("the cancellation line in the output panel", async () => {
+                    panelText = await outputPanelText();
+                    return /\[cancelled after [^\]]+\]/.test(panelText);
+                });
+            } catch (error) {
+                throw new Error(`${error.message}; the panel shows:\n${panelText.slice(-2000)}`);
+            }
+            await waitForStatus(/local: active\s*$/);
+            const afterCancel = await paletteEntries("Sandlink: Cancel");
+            assert(!afterCancel.includes("Sandlink: Cancel Run"), `Cancel Run still offered with no run: ${JSON.stringify(afterCancel)}`);
+            await closeQuickInput();
         },
     ],
     [

@@ -425,7 +425,8 @@ export function openPreview(ctx: Ctx): Cmd {
             }
             port = Number(typed);
         }
-        const result = await ctx.request(protocol.preview, { sessionId: session.sessionId, port });
+        const expectation = ctx.expectPreview(port);
+        const result = await ctx.request(protocol.preview, { sessionId: session.sessionId, port }).finally(() => expectation.done());
         if (result !== undefined) {
             await ctx.openPreviewUrl(result.url);
             await ctx.refreshSession();

@@ -84,6 +84,8 @@ export class Ctx implements vscode.Disposable {
     private countdownTimer: NodeJS.Timeout | undefined;
     private lastLoggedStatusText = "";
     private knownConflictPaths = new Set<string>();
+    /** Ports the user just asked to preview: their previewReady needs no "Open" prompt, the command opens them itself. */
+    private readonly previewPortsBeingOpened = new Set<number>();
 
     constructor(readonly extensionContext: vscode.ExtensionContext) {
         this.config = readConfig();
@@ -415,12 +417,21 @@ export class Ctx implements vscode.Disposable {
         });
     }
 
+    /** Marks a port as being opened by a command, until `done` is called. */
+    expectPreview(port: number): { done: () => void } {
+        this.previewPortsBeingOpened.add(port);
+        return { done: () => this.previewPortsBeingOpened.delete(port) };
+    }
+
     private onPreviewReady(params: protocol.PreviewReadyParams): void {
         writeTestLog("previewReady", { ...params });
         if (this.session?.sessionId === params.sessionId) {
             const others = this.session.previews.filter((preview) => preview.port !== params.port);
             this.session = { ...this.session, previews: [...others, { port: params.port, url: params.url }] };
             this.refreshView();
+        }
+        if (this.previewPortsBeingOpened.has(params.port)) {
+            return;
         }
         void vscode.window
             .showInformationMessage(`sandlink: port ${params.port} is previewed at ${params.url}`, "Open")

@@ -17,8 +17,19 @@ if [ "${#requirement_files[@]}" -eq 0 ]; then
     exit 1
 fi
 
+# Tell later test stages (scripts/test sources tests/.run/*.env) where the interpreter and the fakes are, so Rust tests
+# can spawn e.g. `$SANDLINK_TEST_PYTHON $SANDLINK_E2B_FAKE_SERVER --port 0 ...` without guessing paths.
+write_environment_file() {
+    mkdir -p "$repo_root/tests/.run"
+    {
+        echo "SANDLINK_TEST_PYTHON=$venv_directory/bin/python"
+        echo "SANDLINK_E2B_FAKE_SERVER=$repo_root/tests/fakes/e2b_server.py"
+    } > "$repo_root/tests/.run/python.env"
+}
+
 wanted_stamp="$(cat "${requirement_files[@]}" | sha256sum | cut -d' ' -f1) $(python3 --version 2>&1)"
 if [ -x "$venv_directory/bin/python" ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$wanted_stamp" ]; then
+    write_environment_file
     exit 0
 fi
 
@@ -49,3 +60,4 @@ for requirement_file in "${requirement_files[@]}"; do
 done
 "$venv_directory/bin/python" -m pip install --quiet --disable-pip-version-check "${install_arguments[@]}"
 echo "$wanted_stamp" > "$stamp_file"
+write_environment_file

@@ -24,10 +24,12 @@ import argparse
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import datetime as dt
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import posixpath
@@ -284,7 +286,7 @@ class SandboxProcess:
         self.config = config
         self.tag = tag
         self.stdin_enabled = stdin_enabled
-        self.buffered_events: list[ProcessEventRecord] = []
+        self.buffered_events: collections.deque[ProcessEventRecord] = collections.deque()
         self.next_sequence = 0
         # Sequence number of the first event no stream has delivered yet.
         self.first_undelivered_sequence = 0
@@ -302,12 +304,19 @@ class SandboxProcess:
             self.next_sequence += 1
             self.changed.notify_all()
 
+    def events_from(self, sequence: int) -> list[ProcessEventRecord]:
+        """Buffered events with a sequence number of at least `sequence`, in order (the deque is sorted)."""
+        if not self.buffered_events:
+            return []
+        skip = max(0, sequence - self.buffered_events[0].sequence)
+        return list(itertools.islice(self.buffered_events, skip, None))
+
     def mark_delivered(self, delivered: ProcessEventRecord) -> None:
         """Drops buffered events up to `delivered` once a stream has written them to its client."""
         if delivered.sequence + 1 > self.first_undelivered_sequence:
             self.first_undelivered_sequence = delivered.sequence + 1
         while self.buffered_events and self.buffered_events[0].sequence < self.first_undelivered_sequence:
-            self.buffered_events.pop(0)
+            self.buffered_events.popleft()
         if "end" in delivered.event:
             self.end_delivered = True
 
@@ -1490,7 +1499,7 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
         next_sequence = first_sequence
         last_write = time.monotonic()
         while True:
-            pending = [record for record in process.buffered_events if record.sequence >= next_sequence]
+            pending = process.events_from(next_sequence)
             if not pending:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -1511,7 +1520,7 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
                     continue
                 async with process.changed:
                     # Re-check under the lock so an event appended since the scan above is not waited past.
-                    if not any(record.sequence >= next_sequence for record in process.buffered_events):
+                    if not process.events_from(next_sequence):
                         with contextlib.suppress(asyncio.TimeoutError):
                             await asyncio.wait_for(process.changed.wait(), timeout=wait_seconds)
                 continue

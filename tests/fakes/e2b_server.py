@@ -31,6 +31,7 @@ import gzip
 import hashlib
 import itertools
 import json
+import logging
 import os
 import posixpath
 import re
@@ -594,18 +595,25 @@ class FakeE2B:
         """Kills (or pauses, with autoPause) sandboxes whose endAt passed, like E2B's TTL enforcement."""
         while True:
             await asyncio.sleep(0.5)
-            now = time.time()
-            for sandbox in list(self.sandboxes.values()):
-                if sandbox.state == "running" and sandbox.end_at <= now:
-                    if sandbox.auto_pause:
-                        self.pause_sandbox(sandbox, keep_memory=True)
-                    else:
-                        self.sandboxes.pop(sandbox.sandbox_id, None)
-                        self.destroy_sandbox_later(sandbox)
-                for process in list(sandbox.processes.values()):
-                    if process.exited and (process.end_delivered or (
-                            process.exited_at and now - process.exited_at > EXITED_PROCESS_RETENTION_SECONDS)):
-                        sandbox.processes.pop(process.pid, None)
+            try:
+                self.reap_once(time.time())
+            except Exception:
+                # One bad sandbox must not stop expiry for all the others; the trace goes to stderr for debugging.
+                logging.exception("the sandbox reaper failed; retrying in 0.5 s")
+
+    def reap_once(self, now: float) -> None:
+        """Expires sandboxes whose endAt passed and forgets exited processes nobody can still attach to."""
+        for sandbox in list(self.sandboxes.values()):
+            if sandbox.state == "running" and sandbox.end_at <= now:
+                if sandbox.auto_pause:
+                    self.pause_sandbox(sandbox, keep_memory=True)
+                else:
+                    self.sandboxes.pop(sandbox.sandbox_id, None)
+                    self.destroy_sandbox_later(sandbox)
+            for process in list(sandbox.processes.values()):
+                if process.exited and (process.end_delivered or (
+                        process.exited_at and now - process.exited_at > EXITED_PROCESS_RETENTION_SECONDS)):
+                    sandbox.processes.pop(process.pid, None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1605,6 +1613,8 @@ def main() -> None:
                         help="directory holding one private directory per sandbox (default: a temp dir)")
     parser.add_argument("--envd-version", default=SERVER_SETTINGS.envd_version)
     arguments = parser.parse_args()
+    # stdout carries only the LISTENING line; aiohttp's error traces go to stderr.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="e2b-fake %(levelname)s %(message)s")
     temporary_root = None
     if arguments.root is None:
         temporary_root = tempfile.mkdtemp(prefix="e2b-fake-")

@@ -282,3 +282,38 @@ def test_create_with_a_repeated_idempotency_key_should_return_the_same_sandbox(s
     second = control(server, "POST", "/v2/sandboxes", json={"templateID": "base"}, headers=headers).json()
     assert first["sandboxID"] == second["sandboxID"]
     control(server, "DELETE", f"/sandboxes/{first['sandboxID']}")
+
+
+def test_sigterm_should_end_the_process_with_status_terminated(raw_envd):
+    started = raw_envd.stream(START, shell_start_request("sleep 30"), stop_after_frames=1)
+    assert raw_envd.unary("process.Process/SendSignal",
+                          {"process": {"pid": started.pid}, "signal": "SIGNAL_SIGTERM"}).status_code == 200
+    # The unread end event stays buffered, so re-attaching still reports how the process ended.
+    reattached = raw_envd.stream(CONNECT, {"process": {"pid": started.pid}})
+    assert reattached.end_event == {"exitCode": -1, "status": "signal: terminated"}
+
+
+def test_auto_pause_sandbox_should_pause_instead_of_dying_at_its_timeout(server):
+    created = control(server, "POST", "/sandboxes", json={"templateID": "base", "timeout": 1, "autoPause": True})
+    sandbox_id = created.json()["sandboxID"]
+    try:
+        wait_until(lambda: control(server, "GET", f"/sandboxes/{sandbox_id}").json()["state"] == "paused")
+        assert control(server, "GET", f"/sandboxes/{sandbox_id}").json()["lifecycle"]["onTimeout"] == "pause"
+    finally:
+        control(server, "DELETE", f"/sandboxes/{sandbox_id}")
+
+
+def test_deleting_a_sandbox_should_kill_its_processes(server):
+    created = control(server, "POST", "/sandboxes", json={"templateID": "base"}).json()
+    raw = RawEnvdClient(server, created["sandboxID"], created["envdAccessToken"])
+    pid = raw.stream(START, shell_start_request("sleep 60"), stop_after_frames=1).pid
+    assert control(server, "DELETE", f"/sandboxes/{created['sandboxID']}").status_code == 204
+
+    def process_is_gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    wait_until(process_is_gone)

@@ -1532,6 +1532,9 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
                         with contextlib.suppress(asyncio.TimeoutError):
                             await asyncio.wait_for(process.changed.wait(), timeout=wait_seconds)
                 continue
+            if transport is None or transport.is_closing():
+                # The client hung up: leave the events buffered for whoever re-attaches.
+                break
             for record in pending:
                 await write_frame({"event": record.event})
                 last_write = time.monotonic()

@@ -317,3 +317,12 @@ def test_deleting_a_sandbox_should_kill_its_processes(server):
             return True
 
     wait_until(process_is_gone)
+
+
+def test_upload_onto_a_directory_or_below_a_file_should_be_a_400_naming_the_sandbox_path(raw_envd):
+    onto_directory = raw_envd.post("/files", files=[("file", ("/home/user", b"x"))])
+    assert onto_directory.status_code == 400
+    assert "'/home/user'" in onto_directory.json()["message"]
+    raw_envd.post("/files", files=[("file", ("/home/user/plain", b"x"))])
+    below_file = raw_envd.post("/files", files=[("file", ("/home/user/plain/child", b"x"))])
+    assert below_file.status_code == 400

@@ -1071,14 +1071,19 @@ async def upload_files(request: web.Request, sandbox: Sandbox) -> web.StreamResp
     if len(set(destinations)) != len(destinations):
         return json_response(400, {"code": 400, "message": "the same path appears twice in one upload"})
 
-    def write_all() -> None:
+    def write_all() -> Optional[str]:
+        """Writes every file; returns the first sandbox path that cannot be a file (a directory is in the way)."""
         for sandbox_path, content in pending_writes:
-            write_host_file(sandbox.host_path_for(sandbox_path), content)
+            try:
+                write_host_file(sandbox.host_path_for(sandbox_path), content)
+            except (IsADirectoryError, NotADirectoryError, FileExistsError):
+                return sandbox_path
+        return None
 
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, write_all)
-    except IsADirectoryError as error:
-        return json_response(400, {"code": 400, "message": f"path '{error}' is a directory"})
+    blocked_path = await asyncio.get_running_loop().run_in_executor(None, write_all)
+    if blocked_path is not None:
+        return json_response(400, {"code": 400, "message": f"path '{blocked_path}' is a directory, or a parent of it "
+                                                           "is a file"})
     for sandbox_path in destinations:
         if metadata:
             sandbox.file_metadata[sandbox_path] = dict(metadata)

@@ -269,3 +269,22 @@ def test_pty_should_run_an_interactive_shell_that_sees_a_terminal_of_the_request
     assert "is-a-tty" in text
     assert "44 122" in text
     assert "42" in text
+
+
+def test_async_sdk_should_create_run_write_read_and_kill(server):
+    import asyncio
+
+    from e2b import AsyncSandbox
+
+    async def scenario() -> tuple[str, int, str]:
+        created = await AsyncSandbox.create(timeout=60, **server.sdk_options())
+        try:
+            streamed: list[str] = []
+            result = await created.commands.run("echo async-out", on_stdout=streamed.append)
+            await created.files.write("async.txt", "async file")
+            content = await created.files.read("async.txt")
+            return "".join(streamed), result.exit_code, content
+        finally:
+            await created.kill()
+
+    assert asyncio.run(scenario()) == ("async-out\n", 0, "async file")

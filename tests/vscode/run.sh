@@ -2,13 +2,14 @@
 # Builds, unit-tests and packages the VS Code extension, then runs its end-to-end test in a real VS Code (code-server).
 #
 # Expects tests/setup/vscode.sh to have run. Exits non-zero on any failure; the e2e part ends with "N passed, N failed".
-# The server binary (target/debug/sandlink, or $SANDLINK_SERVER_BINARY) is built by the top-level test script; this
-# waits for it for up to $SANDLINK_WAIT_FOR_SERVER_SECONDS (default 900) because other jobs may still be compiling it.
+# The server binary ($SANDLINK_SERVER_BINARY, else $SANDLINK_BIN as scripts/test exports it, else target/debug/sandlink)
+# is built by the top-level test script; this waits for it for up to $SANDLINK_WAIT_FOR_SERVER_SECONDS, because another
+# job may still be compiling it: 900 s by default, 60 s under CI, where the build stage has already run.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 extension_dir="$repo_root/vscode-extension"
-server_binary="${SANDLINK_SERVER_BINARY:-$repo_root/target/debug/sandlink}"
+server_binary="${SANDLINK_SERVER_BINARY:-${SANDLINK_BIN:-$repo_root/target/debug/sandlink}}"
 log() { printf '[vscode] %s\n' "$*" >&2; }
 # npm prints a warning for every user config key it does not know; the machine's ~/.npmrc has one.
 quiet_npm() { npm "$@" 2>&1 | grep -v 'Unknown user config' || true; }
@@ -33,7 +34,8 @@ npx --no-install vsce package --no-dependencies --skip-license --allow-missing-r
 unit_and_package_seconds=$(($(date +%s) - started_at))
 
 waited=0
-wait_limit="${SANDLINK_WAIT_FOR_SERVER_SECONDS:-900}"
+if [[ "${CI:-}" == "true" ]]; then default_wait=60; else default_wait=900; fi
+wait_limit="${SANDLINK_WAIT_FOR_SERVER_SECONDS:-$default_wait}"
 while [[ ! -x "$server_binary" ]]; do
   if ((waited >= wait_limit)); then
     log "the server binary $server_binary did not appear within ${wait_limit} s; build it with 'cargo build'"

@@ -20,7 +20,7 @@ import {
 import { findServerBinary, type FoundServerBinary } from "./bootstrap";
 import { readConfig, type SandlinkConfig } from "./config";
 import * as protocol from "./protocol";
-import { BatchedAppender, RunOutputFormatter, RunRouter, type RunSink } from "./run_output";
+import { BatchedAppender, RunChannelWriter, RunRouter, type RunSink } from "./run_output";
 import {
     availableActions,
     commandContext,
@@ -38,6 +38,8 @@ import { writeTestLog } from "./test_log";
 interface ActiveRun {
     runId: string;
     commandLine: string;
+    /** The run's key in the runs channel writer, assigned before the server has answered with a run id. */
+    channelKey: string;
 }
 
 /** The URI scheme of read-only documents holding a file's content inside the sandbox, for conflict diffs. */
@@ -72,6 +74,8 @@ export class Ctx implements vscode.Disposable {
     readonly runsChannel: vscode.OutputChannel;
     private readonly statusBarItem: vscode.StatusBarItem;
     private readonly runsAppender: BatchedAppender;
+    private readonly runsWriter: RunChannelWriter;
+    private runsStarted = 0;
     private readonly runRouter = new RunRouter();
     private readonly activeRuns = new Map<string, ActiveRun>();
     private readonly disposables: vscode.Disposable[] = [];
@@ -95,6 +99,7 @@ export class Ctx implements vscode.Disposable {
             (text) => this.runsChannel.append(text),
             (callback) => setTimeout(callback, 50),
         );
+        this.runsWriter = new RunChannelWriter((text) => this.runsAppender.push(text));
         this.statusBarItem = vscode.window.createStatusBarItem("sandlink.status", vscode.StatusBarAlignment.Left, 10);
         this.statusBarItem.name = "sandlink";
         this.statusBarItem.command = commandIds.showActions;
@@ -208,12 +213,17 @@ export class Ctx implements vscode.Disposable {
         client.onNotification(protocol.timeoutWarning, (params) => this.onTimeoutWarning(params));
         this.disposables.push(
             client.onDidChangeState((change) => {
+                // The client restarts a crashed server by itself; sessions and runs die with the old process.
                 if (change.newState === ClientState.Stopped) {
                     this.serverState = "stopped";
                     this.session = undefined;
                     this.finishAllRunsAsLost();
-                    this.refreshView();
+                } else if (change.newState === ClientState.Starting) {
+                    this.serverState = "starting";
+                } else if (change.newState === ClientState.Running && change.oldState !== ClientState.Running) {
+                    this.serverState = "running";
                 }
+                this.refreshView();
             }),
         );
         this.client = client;
@@ -486,28 +496,28 @@ export class Ctx implements vscode.Disposable {
 
     /** Starts a shell command line in the session and streams it into the runs channel; resolves with the run id. */
     async startRun(session: protocol.SessionInfo, commandLine: string): Promise<string | undefined> {
-        const formatter = new RunOutputFormatter();
+        const channelKey = `run-${++this.runsStarted}`;
         this.runsChannel.show(true);
-        this.runsAppender.push(formatter.header(commandLine, session.profile ?? session.driver, new Date()));
+        this.runsWriter.start(channelKey, commandLine, session.profile ?? session.driver, new Date());
         let runId: string;
         try {
             ({ runId } = await this.requestOrThrow(protocol.run, { sessionId: session.sessionId, command: commandLine }));
         } catch (error) {
-            this.runsAppender.push(`[not started: ${describeError(error)}]\n`);
+            this.runsWriter.abandon(channelKey, `[not started: ${describeError(error)}]`);
             this.runsAppender.flush();
             this.reportError(protocol.run.method, error);
             return undefined;
         }
-        this.activeRuns.set(runId, { runId, commandLine });
+        this.activeRuns.set(runId, { runId, commandLine, channelKey });
         writeTestLog("runStarted", { runId, commandLine });
         this.refreshView();
         const sink: RunSink = {
             onOutput: (output) => {
                 writeTestLog("runOutput", { runId, stream: output.stream, text: output.text });
-                this.runsAppender.push(formatter.format(output.stream, output.text));
+                this.runsWriter.output(channelKey, output.stream, output.text);
             },
             onExit: (exit) => {
-                this.runsAppender.push(formatter.footer(exit));
+                this.runsWriter.exit(channelKey, exit);
                 this.runsAppender.flush();
                 this.activeRuns.delete(runId);
                 writeTestLog("runExit", { ...exit });
@@ -542,7 +552,7 @@ export class Ctx implements vscode.Disposable {
             return;
         }
         for (const run of this.activeRuns.values()) {
-            this.runsAppender.push(`\n[${run.commandLine}: lost, the sandlink server stopped]\n`);
+            this.runsWriter.abandon(run.channelKey, "[lost: the sandlink server stopped]");
         }
         this.runsAppender.flush();
         this.activeRuns.clear();

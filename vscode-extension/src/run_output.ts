@@ -43,6 +43,15 @@ export class RunOutputFormatter {
         return formatted;
     }
 
+    /** Ends an unfinished line, when another run is about to write to the same channel; returns what to append. */
+    breakLine(): string {
+        if (this.atLineStart) {
+            return "";
+        }
+        this.atLineStart = true;
+        return "\n";
+    }
+
     /** The closing line: exit code (or signal, cancellation, timeout) and duration; ends any unfinished line first. */
     footer(exit: ExitParams): string {
         const lineBreak = this.atLineStart ? "" : "\n";
@@ -76,6 +85,75 @@ export function formatDuration(durationMs: number): string {
     }
     const totalSeconds = Math.round(durationMs / 1000);
     return `${Math.floor(totalSeconds / 60)} min ${totalSeconds % 60} s`;
+}
+
+/**
+ * Writes every run of the window into one channel. Runs can overlap (a dev server keeps running while tests run), so
+ * when the writer changes in the middle of a line the line is ended, and while several runs are active each switch is
+ * marked with the command line of the run that continues.
+ */
+export class RunChannelWriter {
+    private readonly runs = new Map<string, { formatter: RunOutputFormatter; commandLine: string }>();
+    private lastWriter: string | undefined;
+
+    constructor(private readonly push: (text: string) => void) {}
+
+    start(runKey: string, commandLine: string, sessionLabel: string, startedAt: Date): void {
+        const formatter = new RunOutputFormatter();
+        this.switchTo(runKey);
+        this.runs.set(runKey, { formatter, commandLine });
+        this.push(formatter.header(commandLine, sessionLabel, startedAt));
+    }
+
+    output(runKey: string, stream: OutputStream, text: string): void {
+        const run = this.runs.get(runKey);
+        if (run === undefined) {
+            return;
+        }
+        const formatted = run.formatter.format(stream, text);
+        if (formatted !== "") {
+            this.switchTo(runKey);
+            this.push(formatted);
+        }
+    }
+
+    /** Writes the closing line and forgets the run. */
+    exit(runKey: string, exit: ExitParams): void {
+        this.finish(runKey, (formatter) => formatter.footer(exit));
+    }
+
+    /** Writes a closing line of the caller's own (a run that never started, or was lost) and forgets the run. */
+    abandon(runKey: string, closingLine: string): void {
+        this.finish(runKey, (formatter) => `${formatter.breakLine()}${closingLine}\n`);
+    }
+
+    private finish(runKey: string, closing: (formatter: RunOutputFormatter) => string): void {
+        const run = this.runs.get(runKey);
+        if (run === undefined) {
+            return;
+        }
+        this.switchTo(runKey);
+        this.push(closing(run.formatter));
+        this.runs.delete(runKey);
+        if (this.lastWriter === runKey) {
+            this.lastWriter = undefined;
+        }
+    }
+
+    private switchTo(runKey: string): void {
+        if (this.lastWriter === runKey) {
+            return;
+        }
+        const previous = this.lastWriter === undefined ? undefined : this.runs.get(this.lastWriter);
+        const lineBreak = previous?.formatter.breakLine() ?? "";
+        this.lastWriter = runKey;
+        const continuing = this.runs.get(runKey);
+        // A marker only helps when output really alternates between runs that are both still going.
+        const marker = previous !== undefined && continuing !== undefined ? `── ${continuing.commandLine} ──\n` : "";
+        if (lineBreak + marker !== "") {
+            this.push(lineBreak + marker);
+        }
+    }
 }
 
 /** Receives one run's notifications, in order. */

@@ -4,7 +4,7 @@ import * as assert from "node:assert/strict";
 import { test } from "node:test";
 
 import type { ExitParams, OutputParams } from "../src/protocol";
-import { BatchedAppender, RunOutputFormatter, RunRouter, describeExit, stderrLinePrefix } from "../src/run_output";
+import { BatchedAppender, RunChannelWriter, RunOutputFormatter, RunRouter, describeExit, stderrLinePrefix } from "../src/run_output";
 
 const exitOk: ExitParams = { runId: "r1", exitCode: 0, cancelled: false, timedOut: false, durationMs: 1234 };
 
@@ -106,4 +106,33 @@ test("batching flushes at once when a lot of text is waiting", () => {
     appender.push("b".repeat(60));
     assert.equal(appended.length, 1);
     assert.equal(appended[0].length, 120);
+});
+
+test("overlapping runs in one channel: lines are never glued together and switches name the run", () => {
+    const written: string[] = [];
+    const writer = new RunChannelWriter((text) => written.push(text));
+    const startedAt = new Date("2026-01-01T00:00:00Z");
+    writer.start("a", "serve", "local", startedAt);
+    writer.output("a", "stdout", "listening on 8000");
+    writer.start("b", "make test", "local", startedAt);
+    writer.output("b", "stdout", "ok 1\n");
+    writer.output("a", "stderr", "GET /\n");
+    writer.exit("b", { ...exitOk, runId: "b" });
+    const text = written.join("");
+    assert.ok(text.includes("listening on 8000\n\n$ make test"), `the unfinished line of 'serve' is ended before the next header:\n${text}`);
+    assert.ok(text.includes("ok 1\n── serve ──\n[stderr] GET /\n"), `the switch back to 'serve' is marked:\n${text}`);
+    assert.ok(text.includes("── make test ──\n[exit code 0 after 1.23 s]\n"), `the exit line says which run ended:\n${text}`);
+});
+
+test("a single run gets no markers", () => {
+    const written: string[] = [];
+    const writer = new RunChannelWriter((text) => written.push(text));
+    writer.start("a", "echo hi", "local", new Date("2026-01-01T00:00:00Z"));
+    writer.output("a", "stdout", "hi\n");
+    writer.exit("a", exitOk);
+    writer.start("b", "echo again", "local", new Date("2026-01-01T00:00:00Z"));
+    writer.abandon("b", "[not started: no session]");
+    const text = written.join("");
+    assert.ok(!text.includes("──"), text);
+    assert.ok(text.endsWith("[not started: no session]\n"), text);
 });

@@ -287,6 +287,29 @@ test('disconnect_should_end_the_session_and_reset_the_statusline', function()
   assert_equal('sandlink: disconnected', require('sandlink').statusline(), 'statusline after disconnecting')
 end)
 
+test('a_session_connected_through_execute_command_should_be_adopted', function()
+  local workspace = current_workspace()
+  assert_true(workspace.session == nil, 'disconnected at the start')
+  local client = vim.lsp.get_client_by_id(workspace.client_id)
+  local answered = false
+  -- What a code action does: workspace/executeCommand with the request's params as the single argument.
+  local request = vim.fn.has('nvim-0.11') == 1 and function(...) return client:request(...) end or client.request
+  request('workspace/executeCommand', {
+    command = 'sandlink.connect',
+    arguments = { { driver = 'local', workspaceFolder = vim.uri_from_fname(workspace.root_dir) } },
+  }, function()
+    answered = true
+  end)
+  wait_for('the session to be adopted', 30000, function()
+    return answered and current_workspace().session ~= nil
+  end)
+  assert_matches('^sandlink: local active', require('sandlink').statusline(), 'statusline follows the adopted session')
+  vim.cmd('Sandlink disconnect')
+  wait_for('the adopted session to end', 15000, function()
+    return current_workspace().session == nil
+  end)
+end)
+
 test('run_while_disconnected_should_connect_first_and_then_run', function()
   local run = start_run('echo after reconnecting')
   wait_for_exit(run)

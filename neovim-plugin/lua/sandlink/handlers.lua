@@ -73,7 +73,29 @@ local function session_matches(workspace, session_id)
   return workspace and workspace.session and workspace.session.sessionId == session_id
 end
 
+-- A session this plugin did not connect (a code action, :lua vim.lsp.buf.execute_command) is adopted when it
+-- becomes active and belongs to this workspace, so that :Sandlink run and the status line follow it.
+local function adopt_session(params, workspace)
+  local client = require('sandlink.client')
+  local protocol_requests = protocol.request
+  client.request(workspace, protocol_requests.status, { sessionId = params.sessionId }, function(err, session)
+    if err or type(session) ~= 'table' or workspace.session ~= nil then
+      return
+    end
+    local folder = session.workspaceFolder
+    if type(folder) == 'string' and folder ~= vim.uri_from_fname(workspace.root_dir) then
+      return
+    end
+    workspace.session = session
+    state.announce_change()
+  end)
+end
+
 function handlers.on_session_state(params, workspace)
+  if workspace and workspace.session == nil and not workspace.connecting and params.state == 'active' then
+    adopt_session(params, workspace)
+    return
+  end
   if not session_matches(workspace, params.sessionId) then
     return
   end

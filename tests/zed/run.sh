@@ -21,11 +21,11 @@ if cargo fmt --version >/dev/null 2>&1; then
 fi
 
 echo "== Zed extension: host unit tests"
-(cd "$extension" && cargo test --quiet)
+(cd "$extension" && cargo test --quiet --locked)
 
 if [ -z "${skip_wasm:-}" ]; then
   echo "== Zed extension: wasm32-wasip2 build"
-  (cd "$extension" && cargo build --quiet --target wasm32-wasip2 --release)
+  (cd "$extension" && cargo build --quiet --locked --target wasm32-wasip2 --release)
   wasm="$extension/target/wasm32-wasip2/release/sandlink_zed.wasm"
   # Zed loads a WebAssembly component (layer 1 in the header), not a core module, exporting the extension world.
   header=$(od -An -tx1 -N8 "$wasm" | tr -d ' \n')

@@ -205,3 +205,24 @@ def test_drop_at_zero_bytes_should_cut_the_stream_right_after_the_start_event(se
     assert first.transport_error is not None
     second = raw_envd.stream(CONNECT, {"process": {"pid": first.pid}})
     assert second.output() == b"only-after-reattach\n"
+
+
+def test_faults_scoped_to_a_sandbox_should_leave_other_sandboxes_alone(server, raw_envd):
+    other = control(server, "POST", "/sandboxes", json={"templateID": "base"}).json()
+    other_envd = raw_envd.__class__(server, other["sandboxID"], other["envdAccessToken"])
+    try:
+        server.set_faults(sandboxId=raw_envd.sandbox_id, hangEnvd=True, dropStreamAfterBytes=0, rateLimitNext=5,
+                          rateLimitPlane="control")
+        # The other sandbox sees none of it: no hang, no drop, no 429, on either plane.
+        assert other_envd.get("/health", timeout=2).status_code == 204
+        assert other_envd.stream(START, shell_start_request("echo fine")).output() == b"fine\n"
+        assert control(server, "GET", f"/sandboxes/{other['sandboxID']}").status_code == 200
+        # The scoped sandbox hangs, and its control routes are rate limited.
+        with pytest.raises(httpx.ReadTimeout):
+            raw_envd.get("/health", timeout=httpx.Timeout(5.0, read=0.5))
+        assert control(server, "GET", f"/sandboxes/{raw_envd.sandbox_id}").status_code == 429
+        server.set_faults(hangEnvd=False)
+        dropped = raw_envd.stream(START, shell_start_request("echo dropped"))
+        assert dropped.transport_error is not None
+    finally:
+        control(server, "DELETE", f"/sandboxes/{other['sandboxID']}")

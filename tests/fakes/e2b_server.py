@@ -213,9 +213,13 @@ class FaultSettings:
     error_status: int = 503
     error_plane: str = "control"
     hang_envd: bool = False
+    # When set, every fault above only hits requests about this sandbox (envd requests routed to it, and control
+    # routes under /sandboxes/<id>), so parallel tests sharing one server do not trip over each other's faults.
+    sandbox_id: Optional[str] = None
 
     def to_json(self) -> dict:
         return {
+            "sandboxId": self.sandbox_id,
             "dropStreamAfterBytes": self.drop_stream_after_bytes,
             "dropStreamCount": self.drop_stream_count,
             "rateLimitNext": self.rate_limit_next,
@@ -491,8 +495,8 @@ class FakeE2B:
         self.sandboxes: dict[str, Sandbox] = {}
         self.snapshots: dict[str, dict] = {}
         self.faults = FaultSettings()
-        self.unhang = asyncio.Event()
-        self.unhang.set()
+        # Set whenever hangEnvd is switched, so hung requests and streams re-check whether they may go on.
+        self.hang_changed = asyncio.Event()
         self.request_log: list[RequestLogEntry] = []
         # Idempotency-Key of a create → the sandbox it made, so a retried create does not make a second sandbox.
         self.sandbox_by_idempotency_key: dict[str, str] = {}
@@ -519,12 +523,11 @@ class FakeE2B:
             faults.error_status = int(body["errorStatus"])
         if "errorPlane" in body:
             faults.error_plane = str(body["errorPlane"])
+        if "sandboxId" in body:
+            faults.sandbox_id = body["sandboxId"] or None
         if "hangEnvd" in body:
             faults.hang_envd = bool(body["hangEnvd"])
-            if faults.hang_envd:
-                self.unhang.clear()
-            else:
-                self.unhang.set()
+        self.wake_hung_requests()
         vanish = body.get("vanish")
         if vanish:
             for sandbox_id in [vanish] if isinstance(vanish, str) else list(vanish):
@@ -534,7 +537,19 @@ class FakeE2B:
 
     def reset_faults(self) -> None:
         self.faults = FaultSettings()
-        self.unhang.set()
+        self.wake_hung_requests()
+
+    def wake_hung_requests(self) -> None:
+        self.hang_changed.set()
+        self.hang_changed = asyncio.Event()
+
+    def fault_applies_to(self, sandbox_id: Optional[str]) -> bool:
+        return self.faults.sandbox_id is None or self.faults.sandbox_id == sandbox_id
+
+    async def wait_while_envd_hangs(self, sandbox_id: Optional[str]) -> None:
+        """A daemon that stops answering: hold the request (or stream) until the fault is cleared or re-scoped."""
+        while self.faults.hang_envd and self.fault_applies_to(sandbox_id):
+            await self.hang_changed.wait()
 
     @staticmethod
     def plane_matches(selected_plane: str, plane: str) -> bool:
@@ -677,11 +692,18 @@ async def route_request(request: web.Request, fake: FakeE2B, plane: str, sandbox
         return await handle_admin(request, fake)
 
     faults = fake.faults
-    if faults.rate_limit_next > 0 and fake.plane_matches(faults.rate_limit_plane, plane):
+    if sandbox_id is None and plane == "control":
+        # Control routes name their sandbox in the path; scoped faults use it.
+        path_match = SANDBOX_ROUTE.match(request.path)
+        scope_sandbox_id = path_match.group(1) if path_match else None
+    else:
+        scope_sandbox_id = sandbox_id
+    in_scope = fake.fault_applies_to(scope_sandbox_id)
+    if in_scope and faults.rate_limit_next > 0 and fake.plane_matches(faults.rate_limit_plane, plane):
         faults.rate_limit_next -= 1
         return control_error(429, "Rate limit exceeded, please try again later.",
                              headers={"Retry-After": str(faults.retry_after_seconds)})
-    if faults.error_next > 0 and fake.plane_matches(faults.error_plane, plane):
+    if in_scope and faults.error_next > 0 and fake.plane_matches(faults.error_plane, plane):
         faults.error_next -= 1
         return control_error(faults.error_status, "Injected server error, please retry.")
 
@@ -689,9 +711,7 @@ async def route_request(request: web.Request, fake: FakeE2B, plane: str, sandbox
         return await handle_control(request, fake)
 
     # envd plane, behind the edge proxy.
-    if faults.hang_envd:
-        # A daemon that stops answering: the connection stays open and nothing comes back until the fault is cleared.
-        await fake.unhang.wait()
+    await fake.wait_while_envd_hangs(sandbox_id)
     sandbox = fake.sandboxes.get(sandbox_id or "")
     if sandbox is None:
         return json_response(502, {"sandboxId": sandbox_id, "message": "The sandbox was not found", "code": 502})
@@ -1489,7 +1509,8 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
     await response.prepare(request)
     faults = fake.faults
     drop_after_bytes: Optional[int] = None
-    if faults.drop_stream_after_bytes is not None and faults.drop_stream_count > 0:
+    if (faults.drop_stream_after_bytes is not None and faults.drop_stream_count > 0
+            and fake.fault_applies_to(sandbox.sandbox_id)):
         drop_after_bytes = faults.drop_stream_after_bytes
         faults.drop_stream_count -= 1
         if faults.drop_stream_count <= 0:
@@ -1501,7 +1522,7 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
 
     async def write_frame(payload: dict, end_of_stream: bool = False) -> None:
         # While envd "hangs", streams go silent too (no data, no keepalive) until the fault is cleared.
-        await fake.unhang.wait()
+        await fake.wait_while_envd_hangs(sandbox.sandbox_id)
         await response.write(connect_envelope(payload, end_of_stream))
 
     try:

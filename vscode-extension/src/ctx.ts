@@ -213,6 +213,10 @@ export class Ctx implements vscode.Disposable {
         client.onNotification(protocol.timeoutWarning, (params) => this.onTimeoutWarning(params));
         this.disposables.push(
             client.onDidChangeState((change) => {
+                // After a restart from the settings, the old client's late events must not touch the new state.
+                if (this.client !== client) {
+                    return;
+                }
                 // The client restarts a crashed server by itself; sessions and runs die with the old process.
                 if (change.newState === ClientState.Stopped) {
                     this.serverState = "stopped";

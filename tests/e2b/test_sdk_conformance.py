@@ -288,3 +288,17 @@ def test_async_sdk_should_create_run_write_read_and_kill(server):
             await created.kill()
 
     assert asyncio.run(scenario()) == ("async-out\n", 0, "async file")
+
+
+def test_watch_dir_should_report_writes_through_the_sdk(sandbox):
+    sandbox.files.make_dir("/home/user/observed")
+    watcher = sandbox.files.watch_dir("/home/user/observed")
+    sandbox.files.write("/home/user/observed/seen.txt", "hello")
+
+    def written_names():
+        return {event.name for event in watcher.get_new_events() if event.type.value == "write"} or None
+
+    try:
+        assert wait_until(written_names, timeout_seconds=5) == {"seen.txt"}
+    finally:
+        watcher.stop()

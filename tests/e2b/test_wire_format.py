@@ -257,8 +257,29 @@ def test_unimplemented_rpcs_should_say_so(raw_envd):
     stream_input = raw_envd.post("/process.Process/StreamInput", content=b"",
                                  headers={"Content-Type": "application/connect+json"})
     assert (stream_input.status_code, stream_input.json()["code"]) == (501, "unimplemented")
-    watch = raw_envd.stream("filesystem.Filesystem/WatchDir", {"path": "/home/user"})
-    assert watch.end_of_stream["error"]["code"] == "unimplemented"
+
+
+def test_watch_dir_stream_should_report_create_write_and_remove(raw_envd):
+    import threading
+
+    def touch_files() -> None:
+        time.sleep(0.4)
+        raw_envd.post("/files", files=[("file", ("/home/user/watched/sub/new.txt", b"data"))])
+        time.sleep(0.4)
+        raw_envd.unary("filesystem.Filesystem/Remove", {"path": "/home/user/watched/sub/new.txt"})
+
+    raw_envd.unary("filesystem.Filesystem/MakeDir", {"path": "/home/user/watched"})
+    threading.Thread(target=touch_files, daemon=True).start()
+    result = raw_envd.stream("filesystem.Filesystem/WatchDir",
+                             {"path": "/home/user/watched", "recursive": True, "includeEntry": True},
+                             extra_headers={"Connect-Timeout-Ms": "1600"})
+    assert result.frames[0].payload == {"start": {}}
+    events = [frame.payload["filesystem"] for frame in result.frames if "filesystem" in frame.payload]
+    assert [(event["name"], event["type"]) for event in events] == [
+        ("sub", "EVENT_TYPE_CREATE"), ("sub/new.txt", "EVENT_TYPE_CREATE"), ("sub/new.txt", "EVENT_TYPE_WRITE"),
+        ("sub/new.txt", "EVENT_TYPE_REMOVE")]
+    assert events[1]["entry"]["path"] == "/home/user/watched/sub/new.txt"
+    assert result.end_of_stream["error"]["code"] == "deadline_exceeded"
 
 
 def test_other_ports_should_get_the_proxy_port_not_open_error(raw_envd):

@@ -135,6 +135,12 @@ REQUEST_SCHEMAS = {
     "filesystem.Filesystem/Remove": {"path": None},
     "filesystem.Filesystem/Move": {"source": None, "destination": None},
     "filesystem.Filesystem/ListDir": {"path": None, "depth": None},
+    "filesystem.Filesystem/WatchDir": {"path": None, "recursive": None, "includeEntry": None,
+                                       "allowNetworkMounts": None},
+    "filesystem.Filesystem/CreateWatcher": {"path": None, "recursive": None, "includeEntry": None,
+                                            "allowNetworkMounts": None},
+    "filesystem.Filesystem/GetWatcherEvents": {"watcherId": None},
+    "filesystem.Filesystem/RemoveWatcher": {"watcherId": None},
 }
 SERVER_STREAMING_RPCS = {"process.Process/Start", "process.Process/Connect", "filesystem.Filesystem/WatchDir"}
 
@@ -417,6 +423,7 @@ class Sandbox:
     file_metadata: dict = field(default_factory=dict)
     # Transports of open Start/Connect streams: a sandbox that dies takes its connections with it, as the VM would.
     open_stream_transports: set = field(default_factory=set)
+    watchers: dict = field(default_factory=dict)
 
     @property
     def filesystem_root(self) -> str:
@@ -592,6 +599,9 @@ class FakeE2B:
         for process in list(sandbox.processes.values()):
             process.signal_group(signal.SIGCONT)
             process.signal_group(signal.SIGKILL)
+        for watcher in list(sandbox.watchers.values()):
+            watcher.stop()
+        sandbox.watchers.clear()
         asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, sandbox.host_root, True)
 
     def pause_sandbox(self, sandbox: Sandbox, keep_memory: bool) -> None:
@@ -1167,6 +1177,152 @@ def selected_process(sandbox: Sandbox, message: dict) -> SandboxProcess:
     raise ConnectError("invalid_argument", "process selector (pid or tag) is required")
 
 
+# --- filesystem watchers -----------------------------------------------------------------------------------------
+
+
+class DirectoryWatcher:
+    """Polls a directory every 0.1 s and turns differences into envd `FilesystemEvent`s.
+
+    Why polling rather than inotify: it needs no extra package and behaves the same on every filesystem; the 0.1 s
+    latency is far below what a test waits. Like inotify, a new non-empty file gives CREATE then WRITE.
+    """
+
+    POLL_SECONDS = 0.1
+
+    def __init__(self, sandbox: Sandbox, sandbox_path: str, recursive: bool, include_entry: bool):
+        self.sandbox = sandbox
+        self.sandbox_path = sandbox_path
+        self.recursive = recursive
+        self.include_entry = include_entry
+        self.pending_events: list[dict] = []
+        self.changed = asyncio.Event()
+        self.previous = self.snapshot()
+        self.task = asyncio.get_running_loop().create_task(self.poll_forever())
+
+    def snapshot(self) -> dict:
+        root = self.sandbox.host_path_for(self.sandbox_path)
+        state: dict = {}
+        for directory, subdirectories, files in os.walk(root):
+            for name in subdirectories + files:
+                host_path = os.path.join(directory, name)
+                with contextlib.suppress(OSError):
+                    status = os.lstat(host_path)
+                    state[os.path.relpath(host_path, root)] = (stat.S_ISDIR(status.st_mode), status.st_mtime_ns,
+                                                               status.st_size, stat.S_IMODE(status.st_mode))
+            if not self.recursive:
+                break
+        return state
+
+    def event(self, relative_name: str, event_type: str) -> dict:
+        event: dict = {"name": relative_name, "type": event_type}
+        if self.include_entry and event_type != "EVENT_TYPE_REMOVE":
+            with contextlib.suppress(OSError):
+                event["entry"] = entry_info(self.sandbox, posixpath.join(self.sandbox_path, relative_name))
+        return event
+
+    async def poll_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.POLL_SECONDS)
+            current = await loop.run_in_executor(None, self.snapshot)
+            events: list[dict] = []
+            for name in sorted(set(current) - set(self.previous)):
+                events.append(self.event(name, "EVENT_TYPE_CREATE"))
+                is_directory, _, size, _ = current[name]
+                if not is_directory and size:
+                    events.append(self.event(name, "EVENT_TYPE_WRITE"))
+            for name in sorted(set(current) & set(self.previous)):
+                old, new = self.previous[name], current[name]
+                if not new[0] and (old[1], old[2]) != (new[1], new[2]):
+                    events.append(self.event(name, "EVENT_TYPE_WRITE"))
+                elif old[3] != new[3]:
+                    events.append(self.event(name, "EVENT_TYPE_CHMOD"))
+            for name in sorted(set(self.previous) - set(current)):
+                events.append(self.event(name, "EVENT_TYPE_REMOVE"))
+            self.previous = current
+            if events:
+                self.pending_events.extend(events)
+                self.changed.set()
+
+    def take_events(self) -> list[dict]:
+        events, self.pending_events = self.pending_events, []
+        self.changed.clear()
+        return events
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+def new_watcher(request: web.Request, sandbox: Sandbox, message: dict) -> DirectoryWatcher:
+    sandbox_path = required_path(sandbox, request, message)
+    host_path = sandbox.host_path_for(sandbox_path)
+    if not os.path.exists(host_path):
+        raise ConnectError("not_found", f"path {sandbox_path} not found")
+    if not os.path.isdir(host_path):
+        raise ConnectError("invalid_argument", f"path {sandbox_path} not a directory")
+    return DirectoryWatcher(sandbox, sandbox_path, bool(message.get("recursive")), bool(message.get("includeEntry")))
+
+
+async def rpc_filesystem_create_watcher(request: web.Request, sandbox: Sandbox, message: dict) -> dict:
+    watcher_id = secrets.token_hex(8)
+    sandbox.watchers[watcher_id] = new_watcher(request, sandbox, message)
+    return {"watcherId": watcher_id}
+
+
+async def rpc_filesystem_get_watcher_events(request: web.Request, sandbox: Sandbox, message: dict) -> dict:
+    watcher = sandbox.watchers.get(message.get("watcherId") or "")
+    if watcher is None:
+        raise ConnectError("not_found", f"watcher with id {message.get('watcherId')} not found")
+    return {"events": watcher.take_events()}
+
+
+async def rpc_filesystem_remove_watcher(request: web.Request, sandbox: Sandbox, message: dict) -> dict:
+    watcher = sandbox.watchers.pop(message.get("watcherId") or "", None)
+    if watcher is None:
+        raise ConnectError("not_found", f"watcher with id {message.get('watcherId')} not found")
+    watcher.stop()
+    return {}
+
+
+async def serve_watch_dir_stream(response: web.StreamResponse, request: web.Request, fake: FakeE2B,
+                                 sandbox: Sandbox, watcher: DirectoryWatcher, keepalive_seconds: float,
+                                 deadline: Optional[float]) -> None:
+    """`Filesystem/WatchDir`: start event, then one frame per filesystem event, keepalives in between."""
+    transport = request.transport
+    if transport is not None:
+        sandbox.open_stream_transports.add(transport)
+
+    async def write_frame(payload: dict, end_of_stream: bool = False) -> None:
+        await fake.wait_while_envd_hangs(sandbox.sandbox_id)
+        await response.write(connect_envelope(payload, end_of_stream))
+
+    try:
+        await write_frame({"start": {}})
+        last_write = time.monotonic()
+        while True:
+            if transport is None or transport.is_closing():
+                return
+            events = watcher.take_events()
+            for event in events:
+                await write_frame({"filesystem": event})
+                last_write = time.monotonic()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                await write_frame({"error": {"code": "deadline_exceeded", "message": "context deadline exceeded"}},
+                                  True)
+                return
+            if now - last_write >= keepalive_seconds:
+                await write_frame({"keepalive": {}})
+                last_write = now
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(watcher.changed.wait(), timeout=0.2)
+    except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+        return
+    finally:
+        watcher.stop()
+        sandbox.open_stream_transports.discard(transport)
+
+
 # --- process.Process unary RPCs --------------------------------------------------------------------------------
 
 
@@ -1389,6 +1545,9 @@ UNARY_HANDLERS = {
     "filesystem.Filesystem/Remove": rpc_filesystem_remove,
     "filesystem.Filesystem/Move": rpc_filesystem_move,
     "filesystem.Filesystem/ListDir": rpc_filesystem_list_dir,
+    "filesystem.Filesystem/CreateWatcher": rpc_filesystem_create_watcher,
+    "filesystem.Filesystem/GetWatcherEvents": rpc_filesystem_get_watcher_events,
+    "filesystem.Filesystem/RemoveWatcher": rpc_filesystem_remove_watcher,
 }
 
 
@@ -1497,6 +1656,13 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
             if process.end_delivered:
                 raise ConnectError("not_found", f"process with pid {process.pid} not found")
             first_sequence = process.first_undelivered_sequence
+        elif rpc_name == "filesystem.Filesystem/WatchDir":
+            watcher = new_watcher(request, sandbox, message)
+            await response.prepare(request)
+            await serve_watch_dir_stream(response, request, fake, sandbox, watcher, keepalive_seconds, deadline)
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
+            return response
         else:
             raise ConnectError("unimplemented", f"{rpc_name} is not implemented by this fake")
     except ConnectError as error:

@@ -272,14 +272,13 @@ def test_watch_dir_stream_should_report_create_write_and_remove(raw_envd):
     threading.Thread(target=touch_files, daemon=True).start()
     result = raw_envd.stream("filesystem.Filesystem/WatchDir",
                              {"path": "/home/user/watched", "recursive": True, "includeEntry": True},
-                             extra_headers={"Connect-Timeout-Ms": "1600"})
+                             extra_headers={"Connect-Timeout-Ms": "15000"}, stop_after_frames=5)
     assert result.frames[0].payload == {"start": {}}
     events = [frame.payload["filesystem"] for frame in result.frames if "filesystem" in frame.payload]
     assert [(event["name"], event["type"]) for event in events] == [
         ("sub", "EVENT_TYPE_CREATE"), ("sub/new.txt", "EVENT_TYPE_CREATE"), ("sub/new.txt", "EVENT_TYPE_WRITE"),
         ("sub/new.txt", "EVENT_TYPE_REMOVE")]
     assert events[1]["entry"]["path"] == "/home/user/watched/sub/new.txt"
-    assert result.end_of_stream["error"]["code"] == "deadline_exceeded"
 
 
 def test_other_ports_should_get_the_proxy_port_not_open_error(raw_envd):

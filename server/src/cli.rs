@@ -168,7 +168,7 @@ async fn run_inner(options: RunOptions) -> Result<ExitCode, Error> {
     let workspace = std::fs::canonicalize(&workspace)
         .map_err(|error| Error::io(format!("The workspace {} cannot be used", workspace.display()), error))?;
     let (events, mut exits) = TerminalEvents::new();
-    let engine = Engine::new(Arc::new(events));
+    let engine = Engine::new(Arc::new(events)).with_lossless_output();
     let session = engine
         .connect(
             ConnectParams {

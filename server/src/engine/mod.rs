@@ -58,6 +58,8 @@ pub struct Engine {
     state_dir: PathBuf,
     events: Arc<dyn Events>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Whether runs wait for a slow receiver instead of skipping output (the command line).
+    lossless_output: bool,
     /// Shared so a finished run's task can remove its own entry.
     runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>>,
 }
@@ -68,7 +70,13 @@ impl Engine {
     }
 
     pub fn with_drivers(events: Arc<dyn Events>, drivers: Vec<Arc<dyn Driver>>, state_dir: PathBuf) -> Self {
-        Engine { drivers, state_dir, events, sessions: Mutex::default(), runs: Arc::default() }
+        Engine { drivers, state_dir, events, sessions: Mutex::default(), lossless_output: false, runs: Arc::default() }
+    }
+
+    /// Makes runs wait for the receiver instead of skipping output; for front doors that must not lose a byte.
+    pub fn with_lossless_output(mut self) -> Self {
+        self.lossless_output = true;
+        self
     }
 
     /// Every driver with its availability, probed now.
@@ -253,6 +261,7 @@ impl Engine {
             events: self.events.clone(),
             log_path: logs_dir.join(format!("{run_id}.log")),
             timeout: params.timeout_ms.map(Duration::from_millis),
+            lossless: self.lossless_output,
         };
         let (handle, answered, task) = run::start(context, process)?;
         lock(&self.runs).insert(run_id.clone(), handle);

@@ -39,11 +39,34 @@ struct Queue {
 pub struct LiveView {
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Signalled when the sender has taken a batch, for lossless readers waiting for room.
+    space: Notify,
 }
 
 impl LiveView {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Queues output, waiting for room instead of skipping: for the command line, where a full pipe downstream
+    /// (`| less`) should slow the command rather than lose output.
+    pub async fn push_lossless(&self, stream: OutputStream, bytes: &[u8]) {
+        loop {
+            {
+                let mut queue = lock(&self.queue);
+                if queue.closed {
+                    return;
+                }
+                if queue.queued_bytes == 0 || queue.queued_bytes + bytes.len() <= LIVE_VIEW_LIMIT_BYTES {
+                    queue.queued_bytes += bytes.len();
+                    queue.segments.push_back(Segment::Data(stream, bytes.to_vec()));
+                    drop(queue);
+                    self.wake.notify_one();
+                    return;
+                }
+            }
+            self.space.notified().await;
+        }
     }
 
     /// Queues output, or counts it as skipped when the client is too far behind. Never waits.
@@ -102,9 +125,13 @@ impl LiveView {
             if !closed && !full {
                 tokio::time::sleep(COALESCE_WINDOW).await;
             }
-            let mut queue = lock(&self.queue);
-            queue.queued_bytes = 0;
-            return Some(queue.segments.drain(..).collect());
+            let batch: Vec<Segment> = {
+                let mut queue = lock(&self.queue);
+                queue.queued_bytes = 0;
+                queue.segments.drain(..).collect()
+            };
+            self.space.notify_one();
+            return Some(batch);
         }
     }
 }

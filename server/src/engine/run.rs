@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +21,8 @@ pub const TERMINATE_GRACE: Duration = Duration::from_millis(1500);
 const LINGER_AFTER_EXIT: Duration = Duration::from_millis(300);
 /// Each read from a process takes at most this much, which keeps the live view responsive.
 const READ_CHUNK_BYTES: usize = 128 * 1024;
+/// Chunks waiting for the log writer; disk stalls are absorbed up to this many before the readers wait.
+const LOG_QUEUE_CHUNKS: usize = 64;
 
 /// A run in flight, as the engine's request handlers see it.
 pub struct RunHandle {
@@ -75,6 +77,8 @@ pub struct RunContext {
     pub events: Arc<dyn Events>,
     pub log_path: PathBuf,
     pub timeout: Option<Duration>,
+    /// Wait for the receiver instead of skipping output (the command line wants every byte on its terminal).
+    pub lossless: bool,
 }
 
 /// Starts pumping a started process; returns the handle and a signal that lets output flow once the caller has
@@ -104,10 +108,12 @@ async fn pump(
 ) {
     let started = Instant::now();
     let live = Arc::new(LiveView::new());
-    let log = Arc::new(Mutex::new(log_file));
+    let (log, log_writer) = spawn_log_writer(log_file);
     let Process { stdout, stderr, control, exit, .. } = process;
-    let stdout_reader = tokio::spawn(read_into(stdout, OutputStream::Stdout, live.clone(), log.clone()));
-    let stderr_reader = tokio::spawn(read_into(stderr, OutputStream::Stderr, live.clone(), log.clone()));
+    let lossless = context.lossless;
+    let mut readers = tokio::task::JoinSet::new();
+    readers.spawn(read_into(stdout, OutputStream::Stdout, live.clone(), log.clone(), lossless));
+    readers.spawn(read_into(stderr, OutputStream::Stderr, live.clone(), log, lossless));
     let log_path_text = context.log_path.to_string_lossy().into_owned();
     let sender = tokio::spawn(send_live(
         live.clone(),
@@ -122,26 +128,23 @@ async fn pump(
     let mut timed_out = false;
     let status = tokio::select! {
         status = &mut exit => status,
-        () = handle.stop.notified() => terminate(&*control, &mut exit, &stdout_reader, &stderr_reader).await,
+        () = handle.stop.notified() => terminate(&*control, &mut exit, &mut readers).await,
         () = sleep_until(deadline) => {
             timed_out = true;
-            terminate(&*control, &mut exit, &stdout_reader, &stderr_reader).await
+            terminate(&*control, &mut exit, &mut readers).await
         }
     };
     // Processes the run left behind may hold its output open; give them a moment, then end the whole group so
     // nothing outlives the run.
-    let readers_done = wait_for_readers(&stdout_reader, &stderr_reader, LINGER_AFTER_EXIT).await;
-    if !readers_done {
-        let _ = control.signal(Signal::Kill).await;
-        if !wait_for_readers(&stdout_reader, &stderr_reader, TERMINATE_GRACE).await {
-            stdout_reader.abort();
-            stderr_reader.abort();
-        }
-    } else {
-        let _ = control.signal(Signal::Kill).await;
+    let readers_done = wait_for_readers(&mut readers, LINGER_AFTER_EXIT).await;
+    let _ = control.signal(Signal::Kill).await;
+    if !readers_done && !wait_for_readers(&mut readers, TERMINATE_GRACE).await {
+        // Something outside the group (a daemon that escaped with setsid) still holds the pipes; stop listening.
+        readers.abort_all();
     }
-    let _ = stdout_reader.await;
-    let _ = stderr_reader.await;
+    while readers.join_next().await.is_some() {}
+    // Both readers are gone, so the log channel is closed and the writer finishes what it holds.
+    let _ = log_writer.await;
     live.close();
     let _ = sender.await;
     handle.stdin.lock().await.take();
@@ -185,8 +188,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 async fn terminate(
     control: &dyn ProcessControl,
     exit: &mut futures::future::BoxFuture<'static, Result<ExitStatus>>,
-    stdout_reader: &tokio::task::JoinHandle<()>,
-    stderr_reader: &tokio::task::JoinHandle<()>,
+    readers: &mut tokio::task::JoinSet<()>,
 ) -> Result<ExitStatus> {
     let _ = control.signal(Signal::Terminate).await;
     let grace_end = tokio::time::Instant::now() + TERMINATE_GRACE;
@@ -196,7 +198,7 @@ async fn terminate(
     };
     // Children that ignore SIGTERM keep the pipes open after the main process is gone: wait out the grace for them.
     let remaining = grace_end.saturating_duration_since(tokio::time::Instant::now());
-    let readers_done = wait_for_readers(stdout_reader, stderr_reader, remaining).await;
+    let readers_done = wait_for_readers(readers, remaining).await;
     if status.is_none() || !readers_done {
         let _ = control.signal(Signal::Kill).await;
     }
@@ -206,25 +208,38 @@ async fn terminate(
     }
 }
 
-async fn wait_for_readers(
-    stdout_reader: &tokio::task::JoinHandle<()>,
-    stderr_reader: &tokio::task::JoinHandle<()>,
-    limit: Duration,
-) -> bool {
-    let end = tokio::time::Instant::now() + limit;
-    loop {
-        if stdout_reader.is_finished() && stderr_reader.is_finished() {
-            return true;
+/// Waits until every reader has seen the end of its stream, at most `limit`; returns whether they did.
+async fn wait_for_readers(readers: &mut tokio::task::JoinSet<()>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async { while readers.join_next().await.is_some() {} }).await.is_ok()
+}
+
+/// Writes the run's full output to its log file on a thread of its own, so disk latency never stalls the reads.
+fn spawn_log_writer(file: std::fs::File) -> (tokio::sync::mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(LOG_QUEUE_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut failed = false;
+        while let Some(chunk) = receiver.blocking_recv() {
+            if !failed {
+                if let Err(error) = file.write_all(&chunk) {
+                    tracing::warn!(%error, "could not write to the run log; the live view continues");
+                    failed = true;
+                }
+            }
         }
-        if tokio::time::Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        let _ = file.flush();
+    });
+    (sender, writer)
 }
 
 /// Copies one stream into the log file and the live view until it ends.
-async fn read_into(mut reader: BoxedReader, stream: OutputStream, live: Arc<LiveView>, log: Arc<Mutex<std::fs::File>>) {
+async fn read_into(
+    mut reader: BoxedReader,
+    stream: OutputStream,
+    live: Arc<LiveView>,
+    log: tokio::sync::mpsc::Sender<Vec<u8>>,
+    lossless: bool,
+) {
     let mut buffer = vec![0u8; READ_CHUNK_BYTES];
     loop {
         let count = match reader.read(&mut buffer).await {
@@ -232,14 +247,13 @@ async fn read_into(mut reader: BoxedReader, stream: OutputStream, live: Arc<Live
             Ok(count) => count,
         };
         let chunk = &buffer[..count];
-        {
-            // Page-cache writes of one chunk are short; keeping them inline avoids a thread hop per chunk.
-            let mut file = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Err(error) = file.write_all(chunk) {
-                tracing::warn!(%error, "could not write to the run log; the live view continues");
-            }
+        if lossless {
+            live.push_lossless(stream, chunk).await;
+        } else {
+            live.push(stream, chunk);
         }
-        live.push(stream, chunk);
+        // A closed channel means the writer failed and said so; the live view goes on regardless.
+        let _ = log.send(chunk.to_vec()).await;
     }
 }
 

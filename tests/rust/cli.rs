@@ -1,0 +1,98 @@
+//! End-to-end tests of the command line: `sandlink run`, `drivers`, `--version` and `--help`, on the real binary.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+fn sandlink(state_dir: &std::path::Path) -> Command {
+    let mut command = Command::new(support::binary());
+    command.env("SANDLINK_STATE_DIR", state_dir);
+    command
+}
+
+#[test]
+fn run_should_stream_output_and_exit_with_the_commands_code() {
+    let workspace = support::workspace_with(&[("data.txt", "from the workspace\n")]);
+    let state = tempfile::tempdir().expect("state dir");
+    let output = sandlink(state.path())
+        .args(["run", "--workspace"])
+        .arg(workspace.path())
+        .args(["--", "cat data.txt; echo oops >&2; exit 7"])
+        .output()
+        .expect("sandlink runs");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "from the workspace\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "oops\n");
+    assert_eq!(output.status.code(), Some(7));
+    let sessions = state.path().join("sessions");
+    let leftovers = std::fs::read_dir(&sessions).map(|entries| entries.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "the sandbox is cleaned up after the run");
+}
+
+#[test]
+fn run_with_several_words_should_pass_them_without_a_shell() {
+    let workspace = support::workspace_with(&[]);
+    let state = tempfile::tempdir().expect("state dir");
+    let output = sandlink(state.path())
+        .current_dir(workspace.path())
+        .args(["run", "--", "printf", "[%s]", "a b", "c;d", "$X"])
+        .output()
+        .expect("sandlink runs");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "[a b][c;d][$X]");
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn run_should_deliver_every_byte_to_a_slow_pipe() {
+    let workspace = support::workspace_with(&[]);
+    let state = tempfile::tempdir().expect("state dir");
+    let mut child = sandlink(state.path())
+        .current_dir(workspace.path())
+        .args(["run", "--", "head -c 30000000 /dev/zero"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sandlink runs");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    // Read slowly at first so the live view fills up; the command line must wait rather than skip.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut received = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut received).expect("read all");
+    assert_eq!(received.len(), 30_000_000, "no output is skipped on the command line");
+    assert_eq!(child.wait().expect("exit").code(), Some(0));
+}
+
+#[test]
+fn run_should_exit_124_on_timeout_and_125_on_sandlink_errors() {
+    let workspace = support::workspace_with(&[]);
+    let state = tempfile::tempdir().expect("state dir");
+    let timed_out = sandlink(state.path())
+        .current_dir(workspace.path())
+        .args(["run", "--timeout", "0.3", "--", "sleep 30"])
+        .output()
+        .expect("sandlink runs");
+    assert_eq!(timed_out.status.code(), Some(124));
+    let bad_driver = sandlink(state.path())
+        .current_dir(workspace.path())
+        .args(["run", "--driver", "nope", "--", "true"])
+        .output()
+        .expect("sandlink runs");
+    assert_eq!(bad_driver.status.code(), Some(125));
+    let message = String::from_utf8_lossy(&bad_driver.stderr);
+    assert!(message.contains("no driver \"nope\"") && message.contains("local"), "{message}");
+}
+
+#[test]
+fn drivers_version_and_help_should_read_well() {
+    let state = tempfile::tempdir().expect("state dir");
+    let drivers = sandlink(state.path()).arg("drivers").output().expect("drivers");
+    assert!(String::from_utf8_lossy(&drivers.stdout).contains("local"));
+    let json = sandlink(state.path()).args(["drivers", "--json"]).output().expect("drivers --json");
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("valid JSON");
+    assert!(parsed.as_array().is_some_and(|drivers| drivers.iter().any(|driver| driver["id"] == "local")));
+    let version = sandlink(state.path()).arg("--version").output().expect("--version");
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("sandlink "));
+    let help = sandlink(state.path()).arg("--help").output().expect("--help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for expected in ["run", "lsp", "drivers", "sandlink run -- npm test"] {
+        assert!(help.contains(expected), "--help mentions {expected}: {help}");
+    }
+}

@@ -59,16 +59,16 @@ test('exit_line_should_say_how_the_run_ended', function()
   assert_matches('SIGKILL', output.exit_line({ exitCode = vim.NIL, signal = 'SIGKILL', cancelled = false, timedOut = false }))
 end)
 
-test('tasks_should_be_read_from_both_forms_of_the_tasks_table', function()
+test('tasks_should_be_read_from_the_tasks_table_only', function()
   local directory = vim.fn.tempname()
   vim.fn.mkdir(directory, 'p')
   vim.fn.writefile({
-    '[sync]', 'exclude = ["x"]',
-    '[tasks]', 'test = "cargo test"', "lint = 'cargo clippy'",
-    '[tasks.serve]', 'command = "npm run dev"', 'cwd = "web"',
+    '[profiles.dev]', 'driver = "local"',
+    '[tasks]', 'test = "cargo test"', "lint = 'cargo clippy'", '# a comment',
+    '[sync]', 'exclude = "x"',
   }, directory .. '/.sandlink.toml')
   local tasks = require('sandlink.commands').read_tasks(directory)
-  assert_equal({ test = 'cargo test', lint = 'cargo clippy', serve = 'npm run dev' }, tasks, 'tasks')
+  assert_equal({ test = 'cargo test', lint = 'cargo clippy' }, tasks, 'tasks')
 end)
 
 test('connect_arguments_should_treat_a_bare_word_as_a_profile', function()

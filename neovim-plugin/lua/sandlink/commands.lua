@@ -34,7 +34,7 @@ local function not_connected_error()
   return { message = 'not connected to a sandbox: :Sandlink connect starts one', data = { kind = 'notConnected' } }
 end
 
--- Reads the task names and command lines of .sandlink.toml [tasks]: `name = "cmd"` or [tasks.name] command = "cmd".
+-- Reads `name = "command line"` pairs of .sandlink.toml [tasks], the one form the server's tasks.rs accepts too.
 function commands.read_tasks(root_dir)
   local tasks = {}
   local path = root_dir .. '/.sandlink.toml'
@@ -47,14 +47,8 @@ function commands.read_tasks(root_dir)
     if header then
       section = vim.trim(header)
     elseif section == 'tasks' then
-      local name, quote, value = line:match('^%s*([%w_.-]+)%s*=%s*(["\'])(.-)%2%s*$')
+      local name, _, value = line:match('^%s*([%w_-]+)%s*=%s*(["\'])(.-)%2%s*$')
       if name then
-        tasks[name] = value
-      end
-    elseif section and section:match('^tasks%.') then
-      local name = section:sub(#'tasks.' + 1)
-      local quote, value = line:match('^%s*command%s*=%s*(["\'])(.-)%1%s*$')
-      if quote then
         tasks[name] = value
       end
     end

@@ -10,3 +10,4 @@ pub mod lsp;
 pub mod paths;
 pub mod protocol;
 pub mod sync;
+pub mod tasks;

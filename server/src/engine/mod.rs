@@ -260,6 +260,10 @@ impl Engine {
             session_id: session.id.clone(),
             events: self.events.clone(),
             log_path: logs_dir.join(format!("{run_id}.log")),
+            command: match &params.args {
+                Some(args) => std::iter::once(params.command.clone()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" "),
+                None => params.command.clone(),
+            },
             timeout: params.timeout_ms.map(Duration::from_millis),
             lossless: self.lossless_output,
         };
@@ -272,6 +276,23 @@ impl Engine {
             lock(&runs).remove(&finished_run_id);
         });
         Ok((run_id, answered))
+    }
+
+    /// The session whose workspace folder holds `path` (the innermost, when folders nest).
+    pub fn session_for_path(&self, path: &std::path::Path) -> Option<Arc<Session>> {
+        lock(&self.sessions)
+            .values()
+            .filter(|session| session.workspace.as_ref().is_some_and(|workspace| path.starts_with(workspace)))
+            .max_by_key(|session| session.workspace.as_ref().map(|workspace| workspace.as_os_str().len()))
+            .cloned()
+    }
+
+    /// The runs in flight in a session, newest first.
+    pub fn runs_of(&self, session_id: &str) -> Vec<Arc<RunHandle>> {
+        let mut runs: Vec<Arc<RunHandle>> =
+            lock(&self.runs).values().filter(|run| run.session_id == session_id).cloned().collect();
+        runs.sort_by_key(|run| std::cmp::Reverse(run.started));
+        runs
     }
 
     pub fn run_handle(&self, run_id: &str) -> Result<Arc<RunHandle>> {

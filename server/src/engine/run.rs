@@ -28,6 +28,9 @@ const LOG_QUEUE_CHUNKS: usize = 64;
 pub struct RunHandle {
     pub run_id: String,
     pub session_id: String,
+    /// The command as the user gave it, for menus that offer to cancel it.
+    pub command: String,
+    pub started: Instant,
     stdin: tokio::sync::Mutex<Option<BoxedWriter>>,
     cancel_requested: AtomicBool,
     stop: Notify,
@@ -76,6 +79,7 @@ pub struct RunContext {
     pub session_id: String,
     pub events: Arc<dyn Events>,
     pub log_path: PathBuf,
+    pub command: String,
     pub timeout: Option<Duration>,
     /// Wait for the receiver instead of skipping output (the command line wants every byte on its terminal).
     pub lossless: bool,
@@ -89,6 +93,8 @@ pub fn start(context: RunContext, mut process: Process) -> Result<(Arc<RunHandle
     let handle = Arc::new(RunHandle {
         run_id: context.run_id.clone(),
         session_id: context.session_id.clone(),
+        command: context.command.clone(),
+        started: Instant::now(),
         stdin: tokio::sync::Mutex::new(process.stdin.take()),
         cancel_requested: AtomicBool::new(false),
         stop: Notify::new(),

@@ -1,5 +1,6 @@
 //! The LSP front door: `sandlink lsp` on stdio. It translates requests into engine calls and nothing more.
 
+pub mod code_actions;
 pub mod errors;
 pub mod events;
 
@@ -15,7 +16,8 @@ use serde_json::Value;
 use tower_lsp_server::jsonrpc;
 use tower_lsp_server::ls_types::request::Request;
 use tower_lsp_server::ls_types::{
-    DidSaveTextDocumentParams, ExecuteCommandOptions, ExecuteCommandParams, InitializeParams, InitializeResult,
+    CodeActionOptions, CodeActionParams, CodeActionProviderCapability, CodeActionResponse, CodeLens, CodeLensOptions,
+    CodeLensParams, DidSaveTextDocumentParams, ExecuteCommandOptions, ExecuteCommandParams, InitializeParams, InitializeResult,
     InitializedParams, NumberOrString, SaveOptions, ServerCapabilities, ServerInfo, TextDocumentSyncCapability,
     TextDocumentSyncKind, TextDocumentSyncOptions, TextDocumentSyncSaveOptions,
 };
@@ -354,6 +356,12 @@ impl LanguageServer for Backend {
                     work_done_progress_options: Default::default(),
                 }),
                 experimental: Some(serde_json::json!({ "sandlink": experimental })),
+                code_action_provider: Some(CodeActionProviderCapability::Options(CodeActionOptions {
+                    code_action_kinds: Some(vec![code_actions::action_kind()]),
+                    work_done_progress_options: Default::default(),
+                    resolve_provider: Some(false),
+                })),
+                code_lens_provider: Some(CodeLensOptions { resolve_provider: Some(false) }),
                 ..ServerCapabilities::default()
             },
             server_info: Some(ServerInfo { name: "sandlink".into(), version: Some(env!("CARGO_PKG_VERSION").into()) }),
@@ -372,6 +380,27 @@ impl LanguageServer for Backend {
 
     async fn did_save(&self, params: DidSaveTextDocumentParams) {
         tracing::debug!(uri = params.text_document.uri.as_str(), "saved");
+    }
+
+    async fn code_action(&self, params: CodeActionParams) -> jsonrpc::Result<Option<CodeActionResponse>> {
+        if !code_actions::kind_is_wanted(params.context.only.as_deref()) {
+            return Ok(None);
+        }
+        let Some(document) = params.text_document.uri.to_file_path().map(|path| path.into_owned()) else {
+            return Ok(None);
+        };
+        let drivers = self.engine.drivers().await;
+        let root = self.workspace_root();
+        Ok(Some(code_actions::actions_for(&self.engine, &drivers, &document, root.as_deref())))
+    }
+
+    async fn code_lens(&self, params: CodeLensParams) -> jsonrpc::Result<Option<Vec<CodeLens>>> {
+        let Some(document) = params.text_document.uri.to_file_path().map(|path| path.into_owned()) else {
+            return Ok(None);
+        };
+        let drivers = self.engine.drivers().await;
+        let root = self.workspace_root();
+        Ok(Some(vec![code_actions::lens_for(&self.engine, &drivers, &document, root.as_deref())]))
     }
 
     async fn execute_command(&self, params: ExecuteCommandParams) -> jsonrpc::Result<Option<Value>> {

@@ -39,3 +39,19 @@ if [ -z "${skip_wasm:-}" ]; then
   fi
   echo "built $(du -h "$wasm" | cut -f1) component: $wasm"
 fi
+
+# The Zed workflow itself (code actions + workspace/executeCommand, output as window/logMessage) against the real
+# server, checked against the action titles the README shows.
+server_binary=${SANDLINK_BIN:-$repo/target/debug/sandlink}
+if [ ! -x "$server_binary" ]; then
+  (cd "$repo" && cargo build --quiet --bin sandlink) || true
+fi
+if [ -x "$server_binary" ]; then
+  echo "== Zed workflow through code actions, against $server_binary"
+  SANDLINK_BIN="$server_binary" timeout 180 python3 "$repo/tests/zed/code_action_workflow.py"
+elif [ "$ci" = "true" ] || [ "$ci" = "1" ]; then
+  echo "no server binary at $server_binary for the Zed workflow test" >&2
+  exit 1
+else
+  echo "skipping the Zed workflow test: no server binary at $server_binary" >&2
+fi

@@ -180,3 +180,17 @@ test('old_finished_output_buffers_should_be_wiped_beyond_keep_buffers', function
   assert_true(vim.api.nvim_buf_is_valid(second.buffer), 'an unfinished buffer is kept')
   assert_true(vim.api.nvim_buf_is_valid(third.buffer) and vim.api.nvim_buf_is_valid(fourth.buffer), 'new buffers')
 end)
+
+test('the_end_of_a_run_no_window_shows_should_be_notified', function()
+  local state = require('sandlink.state')
+  local handlers = require('sandlink.handlers')
+  local view = require('sandlink.output').create('make', '/tmp')
+  state.runs['hidden'] = { run_id = 'hidden', view = view, finished = false, started_order = 0, command = 'make' }
+  local captured, stop = harness.capture_notifications()
+  handlers.on_exit({ runId = 'hidden', exitCode = 2, cancelled = false, timedOut = false, durationMs = 10 }, nil)
+  stop()
+  state.runs['hidden'] = nil
+  local notification = harness.find_notification(captured, '`make` %[exit 2')
+  assert_true(notification ~= nil, 'a notification: ' .. vim.inspect(captured))
+  assert_equal(vim.log.levels.WARN, notification.level, 'a failed run warns')
+end)

@@ -52,7 +52,14 @@ function handlers.on_exit(params, workspace)
   end
   run.finished = true
   run.exit = params
-  require('sandlink.output').finish(run.view, params)
+  local output = require('sandlink.output')
+  output.finish(run.view, params)
+  -- When no window shows the run, the user would not see it end; say so once, quietly unless it failed.
+  if vim.api.nvim_buf_is_valid(run.view.buffer) and #vim.fn.win_findbuf(run.view.buffer) == 0 then
+    local succeeded = params.exitCode == 0 and not params.cancelled and not params.timedOut
+    vim.notify('sandlink: `' .. tostring(run.command) .. '` ' .. output.exit_line(params)
+      .. ' (:buffer ' .. run.view.buffer .. ' shows the output)', succeeded and vim.log.levels.INFO or vim.log.levels.WARN)
+  end
   state.announce_change()
 end
 

@@ -134,9 +134,25 @@ async function waitForStatus(pattern) {
 /** Opens the command palette and types a query; returns the labels of the commands it offers. */
 async function paletteEntries(query) {
     await closeQuickInput();
-    await page.keyboard.press("F1");
     const input = page.locator(".quick-input-widget .quick-input-box input");
-    await input.waitFor({ state: "visible", timeout: uiTimeoutMs });
+    for (let attempt = 1; ; attempt++) {
+        // Keys typed while a webview (the Simple Browser) has focus go to its frame, not to the workbench: take focus back.
+        await page.evaluate(() => {
+            if (document.activeElement instanceof HTMLIFrameElement) {
+                document.activeElement.blur();
+            }
+        });
+        await page.keyboard.press("F1");
+        try {
+            await input.waitFor({ state: "visible", timeout: 5000 });
+            break;
+        } catch (error) {
+            if (attempt >= 5) {
+                throw error;
+            }
+            await page.locator(".part.sidebar .composite.title").first().click().catch(() => {});
+        }
+    }
     await input.fill(`>${query}`);
     // The list updates asynchronously after typing; give it a moment to settle.
     await page.waitForTimeout(700);
@@ -390,6 +406,35 @@ const steps = [
         },
     ],
     [
+        "picking a .sandlink.toml task in Run Command runs its command line",
+        async () => {
+            await runPaletteCommand("Sandlink: Run Command");
+            await pickQuickPickRow("echo hello from a task");
+            await waitFor("the task's output in the output panel", async () => {
+                const panelText = await outputPanelText();
+                // The header shows the command line; the output line is the same text without "echo ".
+                return /^hello from a task$/m.test(panelText);
+            });
+        },
+    ],
+    [
+        "Sync Now (up) uploads a new local file and reports what it did",
+        async () => {
+            fs.writeFileSync(path.join(workspaceDirectory, "added-later.txt"), "added later\n");
+            await runPaletteCommand("Sandlink: Sync Now");
+            await pickQuickPickRow("local changes to the sandbox");
+            const message = await waitFor("the sync summary in the status bar", async () => {
+                const texts = await page.locator("footer .statusbar-item").allInnerTexts();
+                return texts.find((text) => /sandlink: \d+ up, \d+ down, \d+ deleted in/.test(text));
+            });
+            const sessionRoot = fs.readdirSync(path.join(stateDirectory, "sessions"));
+            const uploaded = sessionRoot.some((session) =>
+                fs.existsSync(path.join(stateDirectory, "sessions", session, "root", "added-later.txt")),
+            );
+            assert(uploaded, `added-later.txt is not in the sandbox after Sync Now (${message.trim()})`);
+        },
+    ],
+    [
         "a run printing 200000 lines finishes in the output channel while the window stays responsive",
         async () => {
             const startedAt = Date.now();
@@ -398,7 +443,10 @@ const steps = [
             try {
                 await waitFor("the long run's last line and exit line", async () => {
                     panelText = await outputPanelText();
-                    return panelText.includes("long-run-finished") && /\[exit code 0 after [^\]]+\]\s*$/.test(panelText.trim() + "\n");
+                    // The server may leave out a part the window could not take in time, and says so with a marker
+                    // in the text (the contract allows it); either way the run must end with its exit line.
+                    const complete = panelText.includes("long-run-finished") || /output skipped here/.test(panelText);
+                    return complete && /\[exit code 0 after [^\]]+\]\s*$/.test(panelText.trim() + "\n");
                 });
             } catch (error) {
                 throw new Error(`${error.message}; the panel shows:\n${panelText.slice(-2000)}`);
@@ -411,7 +459,8 @@ const steps = [
             await closeQuickInput();
             const paletteMs = Date.now() - paletteOpenedAt;
             assert(paletteMs < 10_000, `the palette took ${paletteMs} ms to open after a long run`);
-            console.log(`    (200000 lines shown in ${elapsedMs} ms; palette then opened in ${paletteMs} ms)`);
+            const skipped = !panelText.includes("long-run-finished");
+            console.log(`    (200000 lines shown in ${elapsedMs} ms${skipped ? ", part skipped by the server" : ""}; palette then opened in ${paletteMs} ms)`);
         },
     ],
     [
@@ -508,6 +557,27 @@ const steps = [
             assert(!/\[\d+m/.test(panelText), `the log shows colour escapes:\n${panelText.slice(-2000)}`);
         },
     ],
+    [
+        "a wrong sandlink.server.path gives one clear message and the status bar says there is no server",
+        async () => {
+            const settingsPath = path.join(userDataDirectory, "User", "settings.json");
+            const settings = JSON.parse(fs.readFileSync(settingsPath, "utf8"));
+            settings["sandlink.server.path"] = path.join(scratchDirectory, "no-such-sandlink");
+            fs.writeFileSync(settingsPath, JSON.stringify(settings, null, 2));
+            // code-server does not notice edits of settings.json made behind its back, so reload the window, which
+            // restarts the extension host (and the extension) with the new setting.
+            await runPaletteCommand("Developer: Reload Window");
+            await page.locator(".monaco-workbench").waitFor({ state: "visible", timeout: uiTimeoutMs });
+            await waitForStatus(/sandlink: no server/);
+            const toast = page.locator(".notification-toast", { hasText: "was not found at" });
+            await toast.first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const toastText = await toast.first().innerText();
+            assert(toastText.includes("no-such-sandlink") && toastText.includes("sandlink.server.path"), toastText);
+            const entries = await paletteEntries("Sandlink:");
+            assert(!entries.includes("Sandlink: Connect"), `Connect offered without a server: ${JSON.stringify(entries)}`);
+            await closeQuickInput();
+        },
+    ],
 ];
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -530,7 +600,8 @@ async function cleanUp(failed) {
     if (failed || process.env.SANDLINK_E2E_KEEP) {
         console.log(`kept for inspection: ${scratchDirectory} (code-server.log, extension-test-log.jsonl, failure.png)`);
         if (failed && fs.existsSync(testLogPath)) {
-            console.log("extension test log:\n" + fs.readFileSync(testLogPath, "utf8").split("\n").slice(-40).join("\n"));
+            const lastLines = fs.readFileSync(testLogPath, "utf8").split("\n").slice(-40);
+            console.log("extension test log (last 40 events, long ones cut):\n" + lastLines.map((line) => (line.length > 300 ? `${line.slice(0, 300)}…` : line)).join("\n"));
         }
     } else {
         fs.rmSync(scratchDirectory, { recursive: true, force: true });

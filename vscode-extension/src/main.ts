@@ -25,6 +25,7 @@ export async function activate(extensionContext: vscode.ExtensionContext): Promi
                 return;
             }
             windowCtx.reloadConfig();
+            writeTestLog("configurationChanged", { needsRestart: changeNeedsServerRestart(event) });
             if (changeNeedsServerRestart(event)) {
                 void vscode.window
                     .showInformationMessage("sandlink: restart the server for the new settings to apply?", "Restart")

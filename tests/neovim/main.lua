@@ -15,7 +15,17 @@ end
 harness.write_line('Neovim ' .. tostring(vim.version().major) .. '.' .. tostring(vim.version().minor) .. '.'
   .. tostring(vim.version().patch))
 
-local specs = vim.split(vim.env.SANDLINK_TEST_SPECS or 'unit_spec,protocol_spec,e2e_spec', ',', { plain = true })
+-- Records every use of a deprecated Neovim function together with who called it, for the deprecation spec.
+_G.sandlink_test_deprecations = {}
+if vim.deprecate then
+  local original_deprecate = vim.deprecate
+  vim.deprecate = function(name, ...)
+    table.insert(_G.sandlink_test_deprecations, { name = name, traceback = debug.traceback('', 2) })
+    return original_deprecate(name, ...)
+  end
+end
+
+local specs = vim.split(vim.env.SANDLINK_TEST_SPECS or 'unit_spec,protocol_spec,e2e_spec,deprecation_spec', ',', { plain = true })
 for _, spec in ipairs(specs) do
   local ok, err = pcall(dofile, repo .. '/tests/neovim/' .. spec .. '.lua')
   if not ok then
@@ -30,7 +40,11 @@ harness.write_line(string.format('%d passed, %d failed', harness.passed, harness
 -- The server is stopped first so that its sandboxes are cleaned up before Neovim exits.
 local get_clients = vim.lsp.get_clients or vim.lsp.get_active_clients
 for _, client in pairs(get_clients()) do
-  vim.lsp.stop_client(client.id)
+  if vim.fn.has('nvim-0.11') == 1 then
+    client:stop()
+  else
+    client.stop()
+  end
 end
 vim.wait(2000, function()
   return #get_clients() == 0

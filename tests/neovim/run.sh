@@ -72,17 +72,21 @@ total_passed=0
 total_failed=0
 run_suite debian nvim
 
-# A current Neovim too (Debian trixie's, from the debootstrap root tests/setup/neovim.sh makes), unless opted out.
-current_root=${SANDLINK_NEOVIM_ROOT:-/var/cache/sandlink/trixie-neovim}
+# Newer Neovims too: trixie's 0.10 and sid's current release, from the debootstrap roots tests/setup/neovim.sh makes.
+newer_roots=${SANDLINK_NEOVIM_ROOTS:-/var/cache/sandlink/trixie-neovim /var/cache/sandlink/sid-neovim}
 if [ -n "${SANDLINK_SKIP_CURRENT_NEOVIM:-}" ]; then
-  echo "skipping the current Neovim: SANDLINK_SKIP_CURRENT_NEOVIM is set" >&2
-elif [ -x "$current_root/usr/bin/nvim" ]; then
-  run_suite current "$repo/tests/neovim/current-nvim.sh"
-elif [ "$ci" = "true" ] || [ "$ci" = "1" ]; then
-  echo "no current Neovim at $current_root (tests/setup/neovim.sh makes it)"
-  total_failed=$((total_failed + 1))
+  echo "skipping the newer Neovims: SANDLINK_SKIP_CURRENT_NEOVIM is set" >&2
 else
-  echo "skipping the current Neovim: none at $current_root (tests/setup/neovim.sh makes it)" >&2
+  for newer_root in $newer_roots; do
+    if [ -x "$newer_root/usr/bin/nvim" ]; then
+      SANDLINK_NEOVIM_ROOT="$newer_root" run_suite "$(basename "$newer_root")" "$repo/tests/neovim/current-nvim.sh"
+    elif [ "$ci" = "true" ] || [ "$ci" = "1" ]; then
+      echo "no Neovim at $newer_root (tests/setup/neovim.sh makes it)"
+      total_failed=$((total_failed + 1))
+    else
+      echo "skipping the Neovim at $newer_root: not there (tests/setup/neovim.sh makes it)" >&2
+    fi
+  done
 fi
 
 echo "$total_passed passed, $total_failed failed"

@@ -22,23 +22,28 @@ else
   exit 1
 fi
 
-# A current Neovim (trixie's 0.10) in a debootstrap root, so the plugin is tested on both ends of what it supports.
-# About 90 s the first time, nothing once the root exists; SANDLINK_SKIP_CURRENT_NEOVIM=1 skips it.
-current_root=${SANDLINK_NEOVIM_ROOT:-/var/cache/sandlink/trixie-neovim}
-if [ -z "${SANDLINK_SKIP_CURRENT_NEOVIM:-}" ] && [ ! -x "$current_root/usr/bin/nvim" ]; then
-  if ! command -v debootstrap >/dev/null 2>&1; then
-    apt-cache show debootstrap >/dev/null 2>&1 || apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
-  fi
-  # Built beside its final place and renamed at the end, so an interrupted run never looks finished.
-  rm -rf "$current_root.partial"
-  mkdir -p "$(dirname "$current_root")"
-  debootstrap --variant=minbase --include=neovim trixie "$current_root.partial" http://deb.debian.org/debian >/dev/null
-  rm -rf "$current_root"
-  mv "$current_root.partial" "$current_root"
+# Newer Neovims (trixie's 0.10, sid's current release) in debootstrap roots, so the plugin is tested across what it
+# supports. About 2 minutes each the first time, nothing once a root exists; SANDLINK_SKIP_CURRENT_NEOVIM=1 skips them.
+if [ -z "${SANDLINK_SKIP_CURRENT_NEOVIM:-}" ]; then
+  for suite in trixie sid; do
+    root="/var/cache/sandlink/$suite-neovim"
+    [ -x "$root/usr/bin/nvim" ] && continue
+    if ! command -v debootstrap >/dev/null 2>&1; then
+      apt-cache show debootstrap >/dev/null 2>&1 || apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    fi
+    # Built beside its final place and renamed at the end, so an interrupted run never looks finished.
+    rm -rf "$root.partial"
+    mkdir -p "$(dirname "$root")"
+    debootstrap --variant=minbase --include=neovim "$suite" "$root.partial" http://deb.debian.org/debian >/dev/null
+    rm -rf "$root"
+    mv "$root.partial" "$root"
+  done
 fi
 
 nvim --version | head -n 1
-if [ -x "$current_root/usr/bin/nvim" ]; then
-  "$(dirname "${BASH_SOURCE[0]}")/../neovim/current-nvim.sh" --version | head -n 1
-fi
+for root in /var/cache/sandlink/trixie-neovim /var/cache/sandlink/sid-neovim; do
+  if [ -x "$root/usr/bin/nvim" ]; then
+    SANDLINK_NEOVIM_ROOT="$root" "$(dirname "${BASH_SOURCE[0]}")/../neovim/current-nvim.sh" --version | head -n 1
+  fi
+done

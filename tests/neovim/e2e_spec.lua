@@ -331,6 +331,45 @@ test('run_while_disconnected_should_connect_first_and_then_run', function()
   end
 end)
 
+-- The server processes this Neovim started, found through /proc so that only our own children are touched.
+local function server_child_pids()
+  local pids = {}
+  local nvim_pid = vim.fn.getpid()
+  for _, task in ipairs(vim.fn.glob('/proc/' .. nvim_pid .. '/task/*/children', false, true)) do
+    for pid in table.concat(vim.fn.readfile(task), ' '):gmatch('%d+') do
+      local command_line = table.concat(vim.fn.readfile('/proc/' .. pid .. '/cmdline', 'b'), '\n')
+      if command_line:find('sandlink', 1, true) then
+        table.insert(pids, tonumber(pid))
+      end
+    end
+  end
+  return pids
+end
+
+test('a_server_that_dies_should_be_reported_and_setup_should_start_a_new_one', function()
+  local pids = server_child_pids()
+  assert_equal(1, #pids, 'one server process')
+  local captured, stop = harness.capture_notifications()
+  local uv = vim.uv or vim.loop
+  uv.kill(pids[1], 'sigkill')
+  local ok, err = pcall(wait_for, 'the workspace to notice', 10000, function()
+    return current_workspace().stopped
+  end)
+  stop()
+  assert_true(ok, tostring(err))
+  assert_equal('sandlink: server stopped', require('sandlink').statusline(), 'statusline')
+  assert_true(harness.find_notification(captured, 'the server exited') ~= nil, 'a warning: ' .. vim.inspect(captured))
+  local workspace = require('sandlink').setup({ server_path = server_binary, driver = 'local' })
+  wait_for('the new server to initialize', 15000, function()
+    return workspace.ready
+  end)
+  assert_equal('sandlink: disconnected', require('sandlink').statusline(), 'statusline after the restart')
+  local run = start_run('echo alive again')
+  wait_for_exit(run)
+  assert_true(vim.tbl_contains(vim.api.nvim_buf_get_lines(run.view.buffer, 0, -1, false), 'alive again'),
+    'a run works on the new server: ' .. buffer_text(run.view.buffer))
+end)
+
 test('setup_with_a_missing_binary_should_say_how_to_fix_it', function()
   local other_root = vim.fn.tempname()
   vim.fn.mkdir(other_root, 'p')

@@ -73,8 +73,11 @@ function client_module.start(root_dir, handlers)
   workspace = workspace or { root_dir = root_dir, waiting_for_ready = {}, connect_waiters = {} }
   workspace.ready = false
   workspace.stopped = false
+  workspace.stopping = false
   workspace.session = nil
   state.workspaces[root_dir] = workspace
+  -- Set once the client exists; the exit of an earlier client of this workspace must not stop the new one.
+  local this_client_id = nil
 
   local options = config.options
   local client_config = {
@@ -105,6 +108,9 @@ function client_module.start(root_dir, handlers)
     on_exit = function(code, signal)
       -- on_exit may run in a libuv callback; touching buffers or autocmds needs the main loop.
       vim.schedule(function()
+        if this_client_id ~= nil and workspace.client_id ~= this_client_id then
+          return
+        end
         workspace.stopped = true
         workspace.ready = false
         workspace.session = nil
@@ -114,6 +120,8 @@ function client_module.start(root_dir, handlers)
           end
         end
         state.announce_change()
+        -- Requests queued while the server was starting now fail with "not running" instead of waiting forever.
+        run_when_ready_queue(workspace)
         -- Exit status 0 is the normal end after a shutdown request (Neovim quitting, :LspStop); anything else is news.
         if not workspace.stopping and (code ~= 0 or (signal ~= 0 and signal ~= nil)) then
           vim.notify(string.format('sandlink: the server exited (code %s, signal %s)', tostring(code), tostring(signal)),
@@ -151,6 +159,7 @@ function client_module.start(root_dir, handlers)
     return workspace
   end
   workspace.client_id = client_id
+  this_client_id = client_id
   for _, buffer in ipairs(vim.api.nvim_list_bufs()) do
     client_module.attach_buffer(workspace, buffer)
   end
@@ -185,7 +194,8 @@ function client_module.request(workspace, method, params, on_result)
     return
   end
   if workspace.stopped then
-    on_result({ message = 'the sandlink server is not running: :Sandlink status shows why, :checkhealth sandlink helps' }, nil)
+    on_result({ message = 'the sandlink server is not running: require("sandlink").setup() starts it again, '
+      .. ':checkhealth sandlink says why it may fail' }, nil)
     return
   end
   client_module.when_ready(workspace, function()

@@ -578,6 +578,21 @@ const steps = [
             await closeQuickInput();
         },
     ],
+    [
+        "with connectOnOpen the reloaded window connects on its own (the server's default: the local driver)",
+        async () => {
+            const settingsPath = path.join(userDataDirectory, "User", "settings.json");
+            const settings = JSON.parse(fs.readFileSync(settingsPath, "utf8"));
+            settings["sandlink.server.path"] = serverBinary;
+            settings["sandlink.connectOnOpen"] = true;
+            fs.writeFileSync(settingsPath, JSON.stringify(settings, null, 2));
+            await runPaletteCommand("Developer: Reload Window");
+            await page.locator(".monaco-workbench").waitFor({ state: "visible", timeout: uiTimeoutMs });
+            await waitForStatus(/local: active/);
+            const connectedEvents = readTestLog().filter((entry) => entry.event === "connected");
+            assert(connectedEvents.length >= 2, `expected a second 'connected' event from connect-on-open: ${JSON.stringify(connectedEvents)}`);
+        },
+    ],
 ];
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ import { BatchedAppender, RunChannelWriter, RunRouter, type RunSink } from "./ru
 import {
     availableActions,
     commandContext,
+    conflictSummary,
+    newConflicts,
     isSessionLive,
     secondsUntilExpiry,
     statusBarText,
@@ -415,18 +417,15 @@ export class Ctx implements vscode.Disposable {
     }
 
     noticeNewConflicts(conflicts: protocol.SyncConflict[]): void {
-        const newConflicts = conflicts.filter((conflict) => !this.knownConflictPaths.has(conflict.path));
+        const unseen = newConflicts(this.knownConflictPaths, conflicts);
         this.knownConflictPaths = new Set(conflicts.map((conflict) => conflict.path));
-        if (newConflicts.length === 0) {
+        if (unseen.length === 0) {
             return;
         }
-        const summary =
-            newConflicts.length === 1
-                ? `${newConflicts[0].path} changed both here and in the sandbox (${newConflicts[0].reason}).`
-                : `${newConflicts.length} files changed both here and in the sandbox.`;
-        void vscode.window.showWarningMessage(`sandlink: sync conflict: ${summary}`, "Compare").then((choice) => {
+        writeTestLog("conflicts", { paths: unseen.map((conflict) => conflict.path) });
+        void vscode.window.showWarningMessage(`sandlink: sync conflict: ${conflictSummary(unseen)}`, "Compare").then((choice) => {
             if (choice === "Compare") {
-                void vscode.commands.executeCommand(commandIds.compareConflict, newConflicts[0].path);
+                void vscode.commands.executeCommand(commandIds.compareConflict, unseen[0].path);
             }
         });
     }

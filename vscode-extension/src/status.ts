@@ -3,7 +3,7 @@
 // Pure functions of a `ViewState`, with no `vscode` import, so they are unit-tested under plain Node
 // (test/status.test.ts). ctx.ts feeds them and applies the results to the status bar item and the context keys.
 
-import type { DriverCapabilities, SessionInfo } from "./protocol";
+import type { DriverCapabilities, SessionInfo, SyncConflict } from "./protocol";
 
 /** The extension's own command ids, as contributed in package.json. */
 export const commandIds = {
@@ -265,4 +265,16 @@ export function availableActions(state: ViewState): StatusAction[] {
         { commandId: commandIds.showLog, label: "$(output) Show Log" },
     ];
     return candidates.filter((action) => isCommandEnabled(action.commandId, state));
+}
+
+/** Conflicts not seen before, so that each conflict is announced once however often the sync state repeats it. */
+export function newConflicts(knownPaths: ReadonlySet<string>, conflicts: readonly SyncConflict[]): SyncConflict[] {
+    return conflicts.filter((conflict) => !knownPaths.has(conflict.path));
+}
+
+/** The warning shown for newly found conflicts. */
+export function conflictSummary(conflicts: readonly SyncConflict[]): string {
+    return conflicts.length === 1
+        ? `${conflicts[0].path} changed both here and in the sandbox (${conflicts[0].reason}).`
+        : `${conflicts.length} files changed both here and in the sandbox.`;
 }

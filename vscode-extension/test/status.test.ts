@@ -7,6 +7,8 @@ import type { DriverCapabilities, SessionInfo } from "../src/protocol";
 import {
     availableActions,
     commandContext,
+    conflictSummary,
+    newConflicts,
     commandIds,
     contextKeys,
     formatCountdown,
@@ -168,4 +170,15 @@ test("the status bar menu offers run and disconnect when connected, connect when
     const disconnected = availableActions(view()).map((action) => action.commandId);
     assert.ok(disconnected.includes(commandIds.connect));
     assert.ok(!disconnected.includes(commandIds.runCommand));
+});
+
+test("each sync conflict is announced once, and the summary names a single file", () => {
+    const conflicts = [
+        { path: "src/a.rs", reason: "changed on both sides" },
+        { path: "src/b.rs", reason: "deleted here, changed there" },
+    ];
+    assert.deepEqual(newConflicts(new Set(["src/a.rs"]), conflicts), [conflicts[1]]);
+    assert.deepEqual(newConflicts(new Set(["src/a.rs", "src/b.rs"]), conflicts), []);
+    assert.equal(conflictSummary([conflicts[0]]), "src/a.rs changed both here and in the sandbox (changed on both sides).");
+    assert.equal(conflictSummary(conflicts), "2 files changed both here and in the sandbox.");
 });

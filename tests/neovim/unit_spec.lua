@@ -194,3 +194,16 @@ test('the_end_of_a_run_no_window_shows_should_be_notified', function()
   assert_true(notification ~= nil, 'a notification: ' .. vim.inspect(captured))
   assert_equal(vim.log.levels.WARN, notification.level, 'a failed run warns')
 end)
+
+test('run_without_a_command_line_should_ask_for_one', function()
+  local asked_prompt
+  local original_input = vim.ui.input
+  vim.ui.input = function(options, on_confirm)
+    asked_prompt = options.prompt
+    on_confirm(nil)
+  end
+  local ok, err = pcall(require('sandlink.commands').dispatch, 'run')
+  vim.ui.input = original_input
+  assert_true(ok, tostring(err))
+  assert_matches('^Run in the sandbox', asked_prompt, 'prompt')
+end)

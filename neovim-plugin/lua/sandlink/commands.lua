@@ -494,7 +494,19 @@ commands.subcommands = {
   },
   run = {
     run = function(rest)
-      commands.run(rest)
+      if vim.trim(rest) ~= '' then
+        return commands.run(rest)
+      end
+      -- Without a command line, ask for one; the task names are the likely answers.
+      local workspace = state.current_workspace()
+      local task_names = vim.tbl_keys(workspace and commands.read_tasks(workspace.root_dir) or {})
+      table.sort(task_names)
+      local prompt = 'Run in the sandbox' .. (#task_names > 0 and (' (tasks: ' .. table.concat(task_names, ', ') .. ')') or '')
+      vim.ui.input({ prompt = prompt .. ': ' }, function(answer)
+        if answer and vim.trim(answer) ~= '' then
+          commands.run(answer)
+        end
+      end)
     end,
     complete = function(workspace)
       local names = vim.tbl_keys(workspace and commands.read_tasks(workspace.root_dir) or {})

@@ -52,8 +52,15 @@ install_locked_npm_dependencies() {
     return 0
   fi
   log "npm ci in ${package_dir#"$repo_root"/}"
-  (cd "$package_dir" && npm ci --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'Unknown user config' >&2 || true)
-  [[ -d "$package_dir/node_modules" ]] || { log "npm ci failed in $package_dir"; exit 1; }
+  local npm_log
+  npm_log="$(mktemp)"
+  if ! (cd "$package_dir" && npm ci --no-audit --no-fund --loglevel=error >"$npm_log" 2>&1); then
+    grep -v 'Unknown user config' "$npm_log" >&2 || true
+    rm -f "$npm_log"
+    log "npm ci failed in $package_dir"
+    exit 1
+  fi
+  rm -f "$npm_log"
   printf '%s' "$lock_hash" >"$stamp_file"
 }
 install_locked_npm_dependencies "$repo_root/vscode-extension"
@@ -76,13 +83,17 @@ if [[ ! -f "$code_server_dir/.installed" || ! -x "$code_server_binary" ]]; then
   staging_dir="$code_server_dir.partial"
   rm -rf "$staging_dir"
   mkdir -p "$staging_dir"
-  (
-    cd "$staging_dir"
-    npm_config_yes=true npm_config_unsafe_perm=true \
-      npm install --prefix "$staging_dir" --no-audit --no-fund --loglevel=error "code-server@$code_server_version" 2>&1 |
-      grep -v 'Unknown user config' >&2 || true
-  )
-  [[ -x "$staging_dir/node_modules/.bin/code-server" ]] || { log "code-server install failed"; exit 1; }
+  if ! (
+    cd "$staging_dir" &&
+      npm_config_yes=true npm_config_unsafe_perm=true \
+        npm install --prefix "$staging_dir" --no-audit --no-fund --loglevel=error "code-server@$code_server_version" \
+        >"$staging_dir.log" 2>&1
+  ) || [[ ! -x "$staging_dir/node_modules/.bin/code-server" ]]; then
+    grep -v 'Unknown user config' "$staging_dir.log" | tail -40 >&2 || true
+    log "code-server install failed (full log: $staging_dir.log)"
+    exit 1
+  fi
+  rm -f "$staging_dir.log"
   rm -rf "$code_server_dir"
   mv "$staging_dir" "$code_server_dir"
   # npm's .bin link is relative, so it survives the rename; check it still runs before calling the install done.

@@ -77,6 +77,12 @@ enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Internal: the agent the local driver runs inside a session's bubblewrap to start runs quickly.
+    #[command(hide = true)]
+    SandboxAgent {
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
     /// List the drivers and whether each can be used here.
     Drivers {
         /// Print JSON instead of a table.
@@ -88,6 +94,16 @@ enum Command {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::SandboxAgent { socket }) = &cli.command {
+        // The agent is plain threads and blocking I/O: it must stay small and start fast inside the sandbox.
+        return match crate::drivers::sandbox_agent::serve(socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("sandlink sandbox-agent: {error}");
+                ExitCode::from(EXIT_SANDLINK_ERROR)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -102,6 +118,7 @@ pub fn main() -> ExitCode {
             eprintln!("sandlink: say what to do, e.g. `sandlink run -- npm test` or `sandlink lsp`; see `sandlink --help`.");
             ExitCode::from(2)
         }
+        Some(Command::SandboxAgent { .. }) => ExitCode::SUCCESS,
         Some(Command::Drivers { json }) => {
             crate::logging::init("warn", None);
             runtime.block_on(print_drivers(json))

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 
+use super::sandbox_agent::AgentClient;
 use super::{process, ConnectRequest, ExecSpec, Process, Sandbox};
 use crate::drivers::BoxedReader;
 use crate::error::{Error, IoContext, Result};
@@ -98,7 +99,27 @@ impl super::Driver for Driver {
                 .await
                 .context(|| format!("Could not create the session directory {}", dir.display()))?;
         }
-        Ok(Arc::new(LocalSandbox { session_dir, root, home, bubblewrap }))
+        let mut sandbox = LocalSandbox { session_dir, root, home, bubblewrap, agent: None };
+        if bubblewrap {
+            sandbox.agent = sandbox.start_agent().await;
+        }
+        Ok(Arc::new(sandbox))
+    }
+}
+
+/// A session's long-lived bubblewrap with the agent inside, which starts runs without a new sandbox each time.
+struct Agent {
+    client: AgentClient,
+    bubblewrap: std::sync::Mutex<std::process::Child>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Killing bubblewrap ends its PID namespace, and with it every process of the session.
+        if let Ok(mut child) = self.bubblewrap.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -108,9 +129,60 @@ pub struct LocalSandbox {
     root: PathBuf,
     home: PathBuf,
     bubblewrap: bool,
+    agent: Option<Agent>,
 }
 
 impl LocalSandbox {
+    /// bubblewrap's arguments for this session: the host read-only, the root, home and `extra` writable.
+    fn bubblewrap_arguments(&self, extra_writable: &[&Path]) -> Vec<String> {
+        let mut arguments: Vec<String> = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+            .iter()
+            .map(|argument| argument.to_string())
+            .collect();
+        for writable in [self.root.as_path(), self.home.as_path()].into_iter().chain(extra_writable.iter().copied()) {
+            let path = writable.to_string_lossy().into_owned();
+            arguments.extend(["--bind".to_string(), path.clone(), path]);
+        }
+        arguments.extend(["--unshare-pid", "--die-with-parent"].map(String::from));
+        arguments
+    }
+
+    /// Starts the session's agent; `None` (runs then start their own bubblewrap) when it does not come up.
+    async fn start_agent(&self) -> Option<Agent> {
+        let agent_dir = self.session_dir.join("agent");
+        std::fs::create_dir_all(&agent_dir).ok()?;
+        let socket = agent_dir.join("agent.sock");
+        let executable = std::env::current_exe().ok()?;
+        let mut command = std::process::Command::new("bwrap");
+        command
+            .args(self.bubblewrap_arguments(&[agent_dir.as_path()]))
+            .arg("--chdir")
+            .arg(&self.root)
+            .arg("--")
+            .arg(&executable)
+            .arg("sandbox-agent")
+            .arg("--socket")
+            .arg(&socket)
+            .env("HOME", &self.home)
+            .env("SANDLINK_REMOTE_ROOT", &self.root)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                tracing::warn!(%error, "could not start the sandbox agent; each run starts its own bubblewrap");
+                return None;
+            }
+        };
+        let agent = Agent { client: AgentClient::new(socket), bubblewrap: std::sync::Mutex::new(child) };
+        if agent.client.wait_ready(std::time::Duration::from_secs(3)).await {
+            Some(agent)
+        } else {
+            tracing::warn!("the sandbox agent did not start; each run starts its own bubblewrap");
+            None
+        }
+    }
+
     fn command_for(&self, spec: &ExecSpec, cwd: &Path) -> tokio::process::Command {
         let (program, arguments): (String, Vec<String>) = match &spec.args {
             Some(args) => (spec.command.clone(), args.clone()),
@@ -118,12 +190,9 @@ impl LocalSandbox {
         };
         let mut command = if self.bubblewrap {
             let mut command = tokio::process::Command::new("bwrap");
-            let root = self.root.to_string_lossy().into_owned();
-            let home = self.home.to_string_lossy().into_owned();
             command
-                .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
-                .args(["--bind", &root, &root, "--bind", &home, &home])
-                .args(["--unshare-pid", "--die-with-parent", "--chdir"])
+                .args(self.bubblewrap_arguments(&[]))
+                .arg("--chdir")
                 .arg(cwd)
                 .arg("--")
                 .arg(&program)
@@ -173,6 +242,13 @@ impl Sandbox for LocalSandbox {
                 spec.command
             )));
         }
+        if let Some(agent) = &self.agent {
+            let (program, arguments) = match &spec.args {
+                Some(args) => (spec.command.clone(), args.clone()),
+                None => ("sh".to_string(), vec!["-c".to_string(), spec.command.clone()]),
+            };
+            return agent.client.spawn(program, arguments, cwd, spec.env.clone(), spec.stdin).await;
+        }
         let command = self.command_for(&spec, &cwd);
         process::spawn(command, spec.stdin)
     }
@@ -186,6 +262,12 @@ impl Sandbox for LocalSandbox {
     }
 
     async fn disconnect(&self, keep: bool) -> Result<()> {
+        if let Some(agent) = &self.agent {
+            if let Ok(mut bubblewrap) = agent.bubblewrap.lock() {
+                let _ = bubblewrap.kill();
+                let _ = bubblewrap.wait();
+            }
+        }
         if keep {
             return Ok(());
         }

@@ -5,6 +5,7 @@
 
 pub mod local;
 pub mod process;
+pub mod sandbox_agent;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,259 @@
+//! The in-sandbox agent: one long-lived process inside a session's bubblewrap that starts each run by fork and exec.
+//!
+//! Starting bubblewrap costs several milliseconds (namespaces, mounts), which dominated the cost of a short run.
+//! The local driver therefore starts bubblewrap once per session with `sandlink sandbox-agent` inside it, and each
+//! run is a request on the agent's Unix socket carrying the run's three pipe ends (SCM_RIGHTS). The agent answers
+//! `started PID`, signals the run's process group on `TERM` or `KILL`, reports `exit code N` or `exit signal N`,
+//! and kills the group when the server goes away, so nothing outlives the connection.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use sendfd::{RecvWithFd, SendWithFd};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use super::process::signal_name;
+use super::{ExitStatus, Process, ProcessControl, Signal};
+use crate::error::{Error, Result};
+
+/// Requests larger than this are refused; a command line and environment never come close.
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// What the server asks the agent to start.
+#[derive(Debug, Serialize, Deserialize)]
+struct SpawnRequest {
+    program: String,
+    args: Vec<String>,
+    cwd: PathBuf,
+    env: BTreeMap<String, String>,
+}
+
+/// Runs the agent: accepts one connection per run until killed. Never returns on success.
+pub fn serve(socket_path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(socket_path);
+    let listener = UnixListener::bind(socket_path)?;
+    for connection in listener.incoming() {
+        let Ok(connection) = connection else { continue };
+        std::thread::spawn(move || {
+            if let Err(error) = handle_run(connection) {
+                eprintln!("sandlink sandbox-agent: {error}");
+            }
+        });
+    }
+    Ok(())
+}
+
+fn handle_run(connection: UnixStream) -> std::io::Result<()> {
+    let mut first = vec![0u8; 64 * 1024];
+    let mut fds: [RawFd; 3] = [-1; 3];
+    let (received, fd_count) = connection.recv_with_fd(&mut first, &mut fds)?;
+    // SAFETY: recv_with_fd returned these descriptors to us; each is owned exactly once from here on.
+    let owned: Vec<OwnedFd> = fds[..fd_count].iter().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) }).collect();
+    if received == 0 {
+        // A readiness probe: connected and closed without a request.
+        return Ok(());
+    }
+    let mut writer = connection.try_clone()?;
+    if owned.len() != 3 || received < 4 {
+        writeln!(writer, "error the request must carry stdin, stdout and stderr")?;
+        return Ok(());
+    }
+    let length = u32::from_be_bytes([first[0], first[1], first[2], first[3]]) as usize;
+    if length > MAX_REQUEST_BYTES {
+        writeln!(writer, "error the request is too large")?;
+        return Ok(());
+    }
+    let mut body = first[4..received].to_vec();
+    let mut reader = connection.try_clone()?;
+    while body.len() < length {
+        let mut chunk = vec![0u8; length - body.len()];
+        let count = reader.read(&mut chunk)?;
+        if count == 0 {
+            return Ok(());
+        }
+        body.extend_from_slice(&chunk[..count]);
+    }
+    let request: SpawnRequest = match serde_json::from_slice(&body[..length]) {
+        Ok(request) => request,
+        Err(error) => {
+            writeln!(writer, "error the request is malformed: {error}")?;
+            return Ok(());
+        }
+    };
+    let mut descriptors = owned.into_iter();
+    let (Some(stdin), Some(stdout), Some(stderr)) = (descriptors.next(), descriptors.next(), descriptors.next()) else {
+        return Ok(());
+    };
+    let mut command = std::process::Command::new(&request.program);
+    command
+        .args(&request.args)
+        .current_dir(&request.cwd)
+        .envs(&request.env)
+        .stdin(std::process::Stdio::from(stdin))
+        .stdout(std::process::Stdio::from(stdout))
+        .stderr(std::process::Stdio::from(stderr))
+        .process_group(0);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            writeln!(writer, "error could not start {}: {error}", request.program)?;
+            return Ok(());
+        }
+    };
+    drop(command);
+    let group = child.id() as libc::pid_t;
+    writeln!(writer, "started {group}")?;
+    let signals = connection.try_clone()?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(signals).lines() {
+            let number = match line.as_deref() {
+                Ok("TERM") => libc::SIGTERM,
+                Ok("KILL") => libc::SIGKILL,
+                Ok(_) => continue,
+                Err(_) => break,
+            };
+            // SAFETY: kill(2) on the run's own process group; no memory is touched.
+            unsafe { libc::kill(-group, number) };
+        }
+        // The server went away (or finished with this run): nothing of the run may outlive it.
+        // SAFETY: as above.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    });
+    let status = child.wait()?;
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => writeln!(writer, "exit code {code}")?,
+        (None, Some(signal)) => writeln!(writer, "exit signal {signal}")?,
+        (None, None) => writeln!(writer, "exit code 255")?,
+    }
+    Ok(())
+}
+
+/// The server's side: starts runs through a session's agent.
+pub struct AgentClient {
+    socket_path: PathBuf,
+}
+
+impl AgentClient {
+    pub fn new(socket_path: PathBuf) -> Self {
+        AgentClient { socket_path }
+    }
+
+    /// Waits until the agent listens, up to `limit`.
+    pub async fn wait_ready(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if UnixStream::connect(&self.socket_path).is_ok() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        false
+    }
+
+    /// Starts `program` with `args` inside the sandbox; answers once the agent has started it.
+    pub async fn spawn(
+        &self,
+        program: String,
+        args: Vec<String>,
+        cwd: PathBuf,
+        env: BTreeMap<String, String>,
+        stdin: bool,
+    ) -> Result<Process> {
+        let agent_gone = |error: std::io::Error| {
+            Error::Internal(format!("The session's sandbox agent is not answering ({error}); reconnect the session."))
+        };
+        let (stdin_reader, stdin_writer) = std::io::pipe().map_err(|error| Error::io("Could not create a pipe", error))?;
+        let (stdout_reader, stdout_writer) = std::io::pipe().map_err(|error| Error::io("Could not create a pipe", error))?;
+        let (stderr_reader, stderr_writer) = std::io::pipe().map_err(|error| Error::io("Could not create a pipe", error))?;
+        let request = serde_json::to_vec(&SpawnRequest { program, args, cwd, env })
+            .map_err(|error| Error::Internal(format!("Could not encode a run request: {error}")))?;
+        let mut message = (request.len() as u32).to_be_bytes().to_vec();
+        message.extend_from_slice(&request);
+        let connection = UnixStream::connect(&self.socket_path).map_err(agent_gone)?;
+        let child_ends = [stdin_reader.as_raw_fd(), stdout_writer.as_raw_fd(), stderr_writer.as_raw_fd()];
+        let sent = connection.send_with_fd(&message, &child_ends).map_err(agent_gone)?;
+        if sent < message.len() {
+            (&connection).write_all(&message[sent..]).map_err(agent_gone)?;
+        }
+        // The child holds its ends now; ours must close so the readers see end-of-file when it exits.
+        drop((stdin_reader, stdout_writer, stderr_writer));
+        connection.set_nonblocking(true).map_err(agent_gone)?;
+        let connection = tokio::net::UnixStream::from_std(connection).map_err(agent_gone)?;
+        let (read_half, write_half) = connection.into_split();
+        let mut lines = tokio::io::BufReader::new(read_half).lines();
+        let first = lines.next_line().await.map_err(agent_gone)?.unwrap_or_default();
+        if let Some(reason) = first.strip_prefix("error ") {
+            return Err(Error::InvalidParams(format!("The run could not start: {reason}.")));
+        }
+        if !first.starts_with("started ") {
+            return Err(Error::Internal("The session's sandbox agent stopped; reconnect the session.".into()));
+        }
+        let exit = async move {
+            while let Some(line) = lines.next_line().await.map_err(|error| Error::io("Lost the sandbox agent", error))? {
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next(), words.next().and_then(|value| value.parse::<i32>().ok())) {
+                    (Some("exit"), Some("code"), Some(code)) => {
+                        return Ok(ExitStatus { code: Some(code), signal: None, message: None })
+                    }
+                    (Some("exit"), Some("signal"), Some(number)) => {
+                        return Ok(ExitStatus { code: None, signal: Some(signal_name(number)), message: None })
+                    }
+                    _ => {}
+                }
+            }
+            Ok(ExitStatus {
+                code: None,
+                signal: None,
+                message: Some("The sandbox stopped before the run ended.".into()),
+            })
+        }
+        .boxed();
+        let stdin = if stdin { Some(Box::pin(pipe_sender(stdin_writer)?) as super::BoxedWriter) } else { None };
+        Ok(Process {
+            stdout: Box::pin(pipe_receiver(stdout_reader)?),
+            stderr: Box::pin(pipe_receiver(stderr_reader)?),
+            stdin,
+            control: Arc::new(AgentControl { writer: tokio::sync::Mutex::new(write_half) }),
+            exit,
+        })
+    }
+}
+
+fn pipe_receiver(reader: std::io::PipeReader) -> Result<tokio::net::unix::pipe::Receiver> {
+    let fd = OwnedFd::from(reader);
+    // SAFETY: fcntl on a descriptor we own. A large pipe lets a fast writer hand over big chunks per read.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|error| Error::io("Could not watch a run's output", error))
+}
+
+fn pipe_sender(writer: std::io::PipeWriter) -> Result<tokio::net::unix::pipe::Sender> {
+    tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(writer))
+        .map_err(|error| Error::io("Could not open a run's stdin", error))
+}
+
+/// Signals a run's process group through the agent's connection.
+struct AgentControl {
+    writer: tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>,
+}
+
+#[async_trait]
+impl ProcessControl for AgentControl {
+    async fn signal(&self, signal: Signal) -> Result<()> {
+        let line: &[u8] = match signal {
+            Signal::Terminate => b"TERM\n",
+            Signal::Kill => b"KILL\n",
+        };
+        // A closed connection means the run and the agent are gone already, which is what the caller wants.
+        let _ = self.writer.lock().await.write_all(line).await;
+        Ok(())
+    }
+}

@@ -464,7 +464,7 @@ const steps = [
         },
     ],
     [
-        "Open Preview shows a web server running in the sandbox in the Simple Browser",
+        "Open Preview shows a web server running in the sandbox in the Simple Browser, and the tooltip lists it",
         async () => {
             previewPort = await freePort();
             await runCommandLineFromPalette(`python3 -u -m http.server ${previewPort} --bind 127.0.0.1`);
@@ -491,6 +491,13 @@ const steps = [
             });
             const ready = readTestLog().find((entry) => entry.event === "previewReady");
             assert(ready && ready.port === previewPort, `no previewReady for port ${previewPort}: ${JSON.stringify(ready)}`);
+            // The status bar item's tooltip lists the session's previews.
+            await page.locator("footer .statusbar-item", { hasText: "local: active" }).first().hover();
+            const tooltip = page.locator(".monaco-hover, .workbench-hover", { hasText: `port ${previewPort}` });
+            await tooltip.first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const tooltipText = await tooltip.first().innerText();
+            assert(tooltipText.includes(ready.url), `the tooltip does not list ${ready.url}:\n${tooltipText}`);
+            await page.mouse.move(800, 300);
         },
     ],
     [

@@ -269,6 +269,36 @@ test('extend_should_move_the_expiry_or_say_the_driver_cannot', function()
   end
 end)
 
+test('profiles_should_offer_the_saved_profiles_or_say_why_not', function()
+  local selected_items
+  local original_select = vim.ui.select
+  vim.ui.select = function(items, _, on_choice)
+    selected_items = items
+    on_choice(nil)
+  end
+  local captured, stop = harness.capture_notifications()
+  local done, result_error, profiles
+  require('sandlink.commands').profiles(function(err, value)
+    done, result_error, profiles = true, err, value
+  end)
+  local ok, err = pcall(wait_for, 'the profiles answer', 10000, function()
+    return done
+  end)
+  stop()
+  vim.ui.select = original_select
+  assert_true(ok, tostring(err))
+  if result_error then
+    -- A server without profile storage must say so with a kind, and the user must be told.
+    assert_true(type(result_error.data) == 'table' and type(result_error.data.kind) == 'string',
+      'the error has a kind: ' .. vim.inspect(result_error))
+    assert_true(harness.find_notification(captured, 'listing profiles failed') ~= nil, vim.inspect(captured))
+  elseif #profiles == 0 then
+    assert_true(harness.find_notification(captured, 'no profiles yet') ~= nil, vim.inspect(captured))
+  else
+    assert_equal(profiles, selected_items, 'the profiles offered in vim.ui.select')
+  end
+end)
+
 test('checkhealth_should_report_the_server_and_the_running_client', function()
   vim.cmd('silent checkhealth sandlink')
   local text = buffer_text(0)

@@ -191,7 +191,13 @@ export class Ctx implements vscode.Disposable {
             outputChannel: this.logChannel,
             initializationOptions: { syncOnSave: this.config.syncOnSave, logLevel: this.config.logLevel },
             middleware: {
-                didSave: (document, next) => (this.config.syncOnSave ? next(document) : Promise.resolve()),
+                didSave: (document, next) => {
+                    if (!this.config.syncOnSave) {
+                        return Promise.resolve();
+                    }
+                    writeTestLog("didSave", { uri: document.uri.toString() });
+                    return next(document);
+                },
             },
         };
         const client = new LanguageClient("sandlink", "sandlink", serverOptions, clientOptions);

@@ -9,10 +9,10 @@ use std::path::Path;
 
 use super::manifest::{hash_file, now_ns, Manifest};
 use super::rules::Rules;
-use super::scan::{check_relative, Scan};
+use super::scan::{check_relative, link_stays_inside, Scan};
 use super::secrets::SecretFilter;
 use super::{EntryKind, RemoteEntry};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Local changes since the manifest.
 #[derive(Debug, Default)]
@@ -125,6 +125,15 @@ pub fn diff_remote(
                 }
         });
         if !unchanged {
+            if let (EntryKind::Symlink, Some(target)) = (entry.kind, &entry.link_target) {
+                if !link_stays_inside(&entry.path, target) {
+                    return Err(Error::PathOutsideWorkspace(format!(
+                        "The symlink \"{}\" in the sandbox points outside the workspace (to \"{target}\"), so the sync \
+                         was refused and nothing was written. Remove it in the sandbox, or exclude it in .sandlinkignore.",
+                        entry.path
+                    )));
+                }
+            }
             changes.insert(entry.path.clone(), RemoteChange::Changed(entry));
         }
     }

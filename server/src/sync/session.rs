@@ -156,7 +156,10 @@ impl SessionSync {
         };
         let on_mode = {
             let sync = self.clone();
-            Arc::new(move |mode: &'static str, reason: Option<String>| sync.watch_mode(mode, reason)) as watch::OnMode
+            // The watcher calls back from its own thread, outside the runtime, so it is handed the runtime.
+            let runtime = tokio::runtime::Handle::current();
+            Arc::new(move |mode: &'static str, reason: Option<String>| sync.watch_mode(&runtime, mode, reason))
+                as watch::OnMode
         };
         let watcher = watch::start(
             self.inner.scanner.rules.clone(),
@@ -168,7 +171,7 @@ impl SessionSync {
         *lock(&self.inner.watcher) = Some(watcher);
     }
 
-    fn watch_mode(&self, mode: &'static str, reason: Option<String>) {
+    fn watch_mode(&self, runtime: &tokio::runtime::Handle, mode: &'static str, reason: Option<String>) {
         if let Some(reason) = &reason {
             tracing::warn!(%reason, "file watching is not available; falling back to periodic rescans");
         }
@@ -179,7 +182,7 @@ impl SessionSync {
         };
         let observer = self.inner.observer.clone();
         let pending = self.state().pending;
-        tokio::spawn(async move { observer.changed(SyncState { pending, ..state }).await });
+        runtime.spawn(async move { observer.changed(SyncState { pending, ..state }).await });
     }
 
     /// Stops automatic sync and writes the manifest.

@@ -128,9 +128,10 @@ impl SessionSync {
 
     /// The state as `SessionInfo.sync` reports it.
     pub fn state(&self) -> SyncState {
+        // The stored `pending` counts files of the sync in flight; queued paths are added on top.
         let mut state = lock(&self.inner.state).clone();
         let pending = lock(&self.inner.pending);
-        state.pending = pending.paths.len() as u64 + u64::from(pending.full);
+        state.pending += pending.paths.len() as u64 + u64::from(pending.full);
         state
     }
 
@@ -175,14 +176,10 @@ impl SessionSync {
         if let Some(reason) = &reason {
             tracing::warn!(%reason, "file watching is not available; falling back to periodic rescans");
         }
-        let state = {
-            let mut state = lock(&self.inner.state);
-            state.watcher = Some(mode.to_string());
-            state.clone()
-        };
+        lock(&self.inner.state).watcher = Some(mode.to_string());
         let observer = self.inner.observer.clone();
-        let pending = self.state().pending;
-        runtime.spawn(async move { observer.changed(SyncState { pending, ..state }).await });
+        let current = self.state();
+        runtime.spawn(async move { observer.changed(current).await });
     }
 
     /// Stops automatic sync and writes the manifest.
@@ -300,13 +297,8 @@ impl SessionSync {
     }
 
     async fn publish(&self, change: impl FnOnce(&mut SyncState)) {
-        let state = {
-            let mut state = lock(&self.inner.state);
-            change(&mut state);
-            state.clone()
-        };
-        let pending = self.state().pending;
-        self.inner.observer.changed(SyncState { pending, ..state }).await;
+        change(&mut lock(&self.inner.state));
+        self.inner.observer.changed(self.state()).await;
     }
 
     async fn run(
@@ -325,10 +317,14 @@ impl SessionSync {
         let now = crate::engine::now_rfc3339();
         match &outcome {
             Ok(_) => self.publish(|state| {
+                state.pending = 0;
                 state.last_sync_at = Some(now);
                 state.conflicts = conflicts;
             }).await,
-            Err(_) => self.publish(|state| state.conflicts = conflicts).await,
+            Err(_) => self.publish(|state| {
+                state.pending = 0;
+                state.conflicts = conflicts;
+            }).await,
         }
         outcome.map(|mut result| {
             result.duration_ms = started.elapsed().as_millis() as u64;
@@ -545,7 +541,7 @@ impl SessionSync {
             let mut merged: BTreeSet<String> = state.held_back_secrets.iter().cloned().collect();
             merged.extend(held_back);
             state.held_back_secrets = merged.into_iter().collect();
-            state.excluded = Some(state.held_back_secrets.len() as u64 + escaping.max(0));
+            state.excluded = Some(state.held_back_secrets.len() as u64 + escaping);
         }
     }
 

@@ -15,6 +15,9 @@ use super::scan::{check_relative, link_stays_inside, LocalEntry};
 use super::EntryKind;
 use crate::error::{Error, IoContext, Result};
 
+/// Buffer size between tar and the byte streams; large enough that headers and small files batch up.
+const IO_BUFFER: usize = 256 * 1024;
+
 /// One file or symlink that went into an archive, as it was read.
 #[derive(Debug, Clone)]
 pub struct Sent {
@@ -28,7 +31,8 @@ pub struct Sent {
 /// Packs `paths` (relative to `root`) into a tar stream on `writer`; files are streamed in chunks and hashed as
 /// they go. Paths that vanished are skipped. `on_bytes` is told how many content bytes went out.
 pub fn pack(root: &Path, paths: &[String], writer: impl Write, on_bytes: &mut dyn FnMut(u64)) -> Result<Vec<Sent>> {
-    let mut builder = tar::Builder::new(writer);
+    // Buffered so 512-byte tar headers do not each become a write to the (async-bridged) stream.
+    let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(IO_BUFFER, writer));
     builder.mode(tar::HeaderMode::Complete);
     let mut sent = Vec::with_capacity(paths.len());
     let write_failed = |source: std::io::Error| Error::io("Could not send files to the sandbox", source);
@@ -140,7 +144,7 @@ pub struct Staged {
 /// symlinks that point outside the root before anything reaches the destination.
 pub fn stage(reader: impl Read, staging: &Path) -> Result<Vec<Staged>> {
     std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
     let mut staged = Vec::new();
     let read_failed = |source: std::io::Error| Error::io("Could not read the archive from the sandbox", source);
     for entry in archive.entries().map_err(read_failed)? {
@@ -318,7 +322,7 @@ pub fn parents_are_real_dirs(root: &Path, path: &str) -> bool {
 /// Unpacks an uploaded archive under `root`, each entry through `staging` (same file system) and a rename.
 pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Result<u64> {
     std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
     let mut checked = HashSet::new();
     let mut count = 0u64;
     let read_failed = |source: std::io::Error| Error::io("Could not read the upload archive", source);

@@ -132,15 +132,22 @@ impl Manifest {
         found
     }
 
-    /// The bytes to persist; taken under the lock, written outside it.
-    pub fn snapshot(&mut self) -> Option<Vec<u8>> {
+    /// A copy of the entries to persist, when they changed; taken under the lock and encoded outside it with
+    /// `encode`, so a save arriving meanwhile is not held up by serialisation.
+    pub fn snapshot(&mut self) -> Option<BTreeMap<String, Record>> {
         if !self.dirty {
             return None;
         }
         self.dirty = false;
-        let stored = StoredRef { version: FORMAT_VERSION, entries: &self.entries };
-        serde_json::to_vec(&stored).ok()
+        Some(self.entries.clone())
     }
+}
+
+/// The file format of a snapshot.
+pub fn encode(entries: &BTreeMap<String, Record>) -> Vec<u8> {
+    let stored = StoredRef { version: FORMAT_VERSION, entries };
+    // Serialising plain maps of strings and numbers into memory cannot fail.
+    serde_json::to_vec(&stored).unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -195,7 +202,7 @@ mod tests {
         manifest.insert("a/b".into(), Record::new(&local, "h".into(), Some(0)));
         manifest.insert("a/c".into(), Record::new(&local, "h".into(), Some(0)));
         manifest.insert("ab".into(), Record::new(&local, "h".into(), Some(0)));
-        let bytes = manifest.snapshot().expect("dirty");
+        let bytes = encode(&manifest.snapshot().expect("dirty"));
         write_atomically(&path, &bytes).expect("write");
         let reloaded = Manifest::load(path);
         assert_eq!(reloaded.entries, manifest.entries);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::manifest::{hash_file, write_atomically, Manifest, Record};
+use super::manifest::{encode, hash_file, write_atomically, Manifest, Record};
 use super::options::{SyncOptions, WatchMode};
 use super::plan::{compress_deletions, diff_local, diff_remote, RemoteChange};
 use super::rules::Rules;
@@ -237,8 +237,8 @@ impl SessionSync {
             let path = core.manifest.path().to_path_buf();
             (path, core.manifest.snapshot())
         };
-        let Some(bytes) = bytes else { return };
-        let outcome = tokio::task::spawn_blocking(move || write_atomically(&path, &bytes)).await;
+        let Some(entries) = bytes else { return };
+        let outcome = tokio::task::spawn_blocking(move || write_atomically(&path, &encode(&entries))).await;
         if let Ok(Err(error)) | Err(error) = outcome.map_err(join_error("Saving the manifest")) {
             tracing::warn!(%error, "could not save the sync manifest; the next sync compares by content");
         }

@@ -194,10 +194,8 @@ pub fn stage(reader: impl Read, staging: &Path) -> Result<Vec<Staged>> {
             .context(|| format!("Could not create a temporary file in {}", staging.display()))?;
         let mut hasher = blake3::Hasher::new();
         let size = copy_hashing(&mut entry, temp.as_file_mut(), &mut hasher).map_err(read_failed)?;
-        temp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).context(|| format!("Could not set the mode of {path}"))?;
+        finish_temp(temp.as_file(), mode, mtime_s, &path)?;
         let temp = temp.into_temp_path();
-        filetime::set_file_mtime(&temp, filetime::FileTime::from_unix_time(mtime_s as i64, 0))
-            .context(|| format!("Could not set the modification time of {path}"))?;
         staged.push(Staged {
             path,
             kind: EntryKind::File,
@@ -210,6 +208,13 @@ pub fn stage(reader: impl Read, staging: &Path) -> Result<Vec<Staged>> {
         });
     }
     Ok(staged)
+}
+
+/// Gives a written temporary file its final mode and modification time, through its descriptor (no path lookups).
+fn finish_temp(file: &File, mode: u32, mtime_s: u64, path: &str) -> Result<()> {
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).context(|| format!("Could not set the mode of {path}"))?;
+    let mtime = filetime::FileTime::from_unix_time(mtime_s as i64, 0);
+    filetime::set_file_handle_times(file, None, Some(mtime)).context(|| format!("Could not set the modification time of {path}"))
 }
 
 fn copy_hashing(reader: &mut impl Read, writer: &mut File, hasher: &mut blake3::Hasher) -> std::io::Result<u64> {
@@ -355,10 +360,8 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
                 .tempfile_in(staging)
                 .context(|| format!("Could not create a temporary file in {}", staging.display()))?;
             std::io::copy(&mut entry, temp.as_file_mut()).map_err(read_failed)?;
-            temp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).context(|| format!("Could not set the mode of {path}"))?;
+            finish_temp(temp.as_file(), mode, mtime_s, &path)?;
             let temp = temp.into_temp_path();
-            filetime::set_file_mtime(&temp, filetime::FileTime::from_unix_time(mtime_s as i64, 0))
-                .context(|| format!("Could not set the modification time of {path}"))?;
             Staged { path, kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) }
         } else {
             continue;

@@ -13,7 +13,7 @@ use crate::engine::{Engine, Events, NoProgress};
 use crate::error::Error;
 use crate::protocol::{
     ConnectParams, DisconnectParams, ExitParams, OutputParams, OutputStream, PreviewReadyParams, RunParams,
-    SessionStateParams, SyncStateParams, TimeoutWarningParams,
+    SessionStateParams, SyncDirection, SyncParams, SyncStateParams, TimeoutWarningParams,
 };
 
 /// Exit code for problems of sandlink itself (not of the command it ran), as with `env` and `timeout`.
@@ -83,6 +83,33 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
     },
+    /// Copy the workspace into a fresh sandbox and report what was synced and what was held back.
+    ///
+    /// Honours .gitignore, .ignore and .sandlinkignore; files that look like secrets (.env, private keys) stay
+    /// behind unless allowed with --allow-secret. The sandbox is removed afterwards unless --keep is given.
+    Sync {
+        /// The driver to sync into.
+        #[arg(long, short, default_value = "local")]
+        driver: String,
+        /// The workspace to sync (default: the current directory).
+        #[arg(long, short, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// Also exclude paths matching this gitignore-style pattern (repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// Upload secret-looking files matching this gitignore-style pattern after all (repeatable).
+        #[arg(long = "allow-secret", value_name = "PATTERN")]
+        allow_secrets: Vec<String>,
+        /// Sync the .git directory too.
+        #[arg(long)]
+        include_git: bool,
+        /// Keep the sandbox after syncing instead of removing it.
+        #[arg(long)]
+        keep: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the drivers and whether each can be used here.
     Drivers {
         /// Print JSON instead of a table.
@@ -123,6 +150,19 @@ pub fn main() -> ExitCode {
             crate::logging::init("warn", None);
             runtime.block_on(print_drivers(json))
         }
+        Some(Command::Sync { driver, workspace, exclude, allow_secrets, include_git, keep, json }) => {
+            crate::logging::init("warn", None);
+            let options = SyncCommand { driver, workspace, exclude, allow_secrets, include_git, keep, json };
+            runtime.block_on(async move {
+                match sync(options).await {
+                    Ok(code) => code,
+                    Err(error) => {
+                        eprintln!("sandlink: {error}");
+                        ExitCode::from(EXIT_SANDLINK_ERROR)
+                    }
+                }
+            })
+        }
         Some(Command::Run { driver, workspace, cwd, env, timeout, keep, command }) => {
             crate::logging::init("warn", None);
             runtime.block_on(run(RunOptions { driver, workspace, cwd, env, timeout, keep, command }))
@@ -148,6 +188,79 @@ async fn print_drivers(json: bool) -> ExitCode {
         println!("{:<8} {:<12} {}", driver.id, availability, driver.detail.unwrap_or_default());
     }
     ExitCode::SUCCESS
+}
+
+struct SyncCommand {
+    driver: String,
+    workspace: Option<PathBuf>,
+    exclude: Vec<String>,
+    allow_secrets: Vec<String>,
+    include_git: bool,
+    keep: bool,
+    json: bool,
+}
+
+/// `sandlink sync`: connect with the sync settings given, upload, report, and clean up unless kept.
+async fn sync(options: SyncCommand) -> Result<ExitCode, Error> {
+    let workspace = match options.workspace {
+        Some(workspace) => workspace,
+        None => std::env::current_dir().map_err(|error| Error::io("Could not read the current directory", error))?,
+    };
+    let workspace = std::fs::canonicalize(&workspace)
+        .map_err(|error| Error::io(format!("The workspace {} cannot be used", workspace.display()), error))?;
+    let mut settings = serde_json::Map::new();
+    settings.insert(
+        crate::sync::options::SETTINGS_KEY.into(),
+        serde_json::json!({
+            "exclude": options.exclude,
+            "allowSecrets": options.allow_secrets,
+            "includeGit": options.include_git,
+            "watch": "off",
+        }),
+    );
+    let (events, _exits) = TerminalEvents::new();
+    let engine = Engine::new(Arc::new(events));
+    let session = engine
+        .connect(
+            ConnectParams {
+                driver: Some(options.driver.clone()),
+                workspace_folder: Some(workspace.to_string_lossy().into_owned()),
+                settings: Some(settings),
+                sync: Some(false),
+                ..ConnectParams::default()
+            },
+            None,
+            &NoProgress,
+        )
+        .await?;
+    let outcome = engine
+        .sync(
+            SyncParams { session_id: session.session_id.clone(), direction: SyncDirection::Up, paths: None, work_done_token: None },
+            &NoProgress,
+        )
+        .await;
+    let state = engine.status(&session.session_id).await.map(|info| info.sync).unwrap_or_default();
+    engine.disconnect(DisconnectParams { session_id: session.session_id.clone(), keep: options.keep }).await?;
+    let result = outcome?;
+    if options.json {
+        let report = serde_json::json!({ "result": result, "sync": state, "remoteRoot": session.remote_root });
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!(
+            "synced {} file(s), {} bytes in {} ms",
+            result.uploaded, result.bytes, result.duration_ms
+        );
+        if !state.held_back_secrets.is_empty() {
+            println!("held back {} file(s) that look like secrets (allow with --allow-secret):", state.held_back_secrets.len());
+            for path in &state.held_back_secrets {
+                println!("  {path}");
+            }
+        }
+        if options.keep {
+            println!("kept the sandbox at {}", session.remote_root);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 struct RunOptions {

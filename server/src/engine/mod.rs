@@ -19,9 +19,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::paths;
 use crate::protocol::{
     ConnectParams, DisconnectParams, DriverInfo, ExitParams, OutputParams, PreviewReadyParams, RunParams,
-    SessionInfo, SessionState, SessionStateParams, SyncDirection, SyncParams, SyncResult, SyncStateParams,
-    TimeoutWarningParams,
+    SessionInfo, SessionState, SessionStateParams, SyncDirection, SyncParams, SyncResult, SyncState,
+    SyncStateParams, TimeoutWarningParams,
 };
+use crate::sync::{SessionSync, StateObserver, SyncOptions};
 pub use run::RunHandle;
 pub use session::Session;
 
@@ -131,6 +132,7 @@ impl Engine {
                 )));
             }
         }
+        let sync_options = SyncOptions::from_settings(params.settings.as_ref().unwrap_or(&Default::default()))?;
         let session_id = format!("{driver_id}-{}", short_id());
         progress.report(format!("Connecting {driver_id}"), None).await;
         let sandbox = driver
@@ -144,14 +146,22 @@ impl Engine {
         let session = Arc::new(Session::new(session_id.clone(), driver_id, None, workspace.clone(), sandbox));
         self.emit_state(&session, SessionState::Connecting, None).await;
         lock(&self.sessions).insert(session_id.clone(), session.clone());
-        if params.sync.unwrap_or(true) && workspace.is_some() {
-            progress.report("Uploading the workspace".into(), None).await;
-            if let Err(error) = self.sync_session(&session, SyncDirection::Up, None).await {
-                lock(&self.sessions).remove(&session_id);
-                let _ = session.sandbox.disconnect(false).await;
-                self.emit_state(&session, SessionState::Error, Some(error.to_string())).await;
-                return Err(error);
+        let automatic_sync = params.sync.unwrap_or(true);
+        let prepared = match self.attach_sync(&session, sync_options).await {
+            Ok(()) if automatic_sync && session.sync.get().is_some() => {
+                progress.report("Uploading the workspace".into(), None).await;
+                self.sync_session(&session, SyncDirection::Up, None, progress).await.map(|_| ())
             }
+            other => other,
+        };
+        if let Err(error) = prepared {
+            lock(&self.sessions).remove(&session_id);
+            let _ = session.sandbox.disconnect(false).await;
+            self.emit_state(&session, SessionState::Error, Some(error.to_string())).await;
+            return Err(error);
+        }
+        if let (true, Some(sync)) = (automatic_sync, session.sync.get()) {
+            sync.start_background();
         }
         self.emit_state(&session, SessionState::Active, None).await;
         Ok(session.info())
@@ -172,6 +182,9 @@ impl Engine {
         }
         for run in &runs {
             self.wait_for_run_end(&run.run_id, run::TERMINATE_GRACE * 3).await;
+        }
+        if let Some(sync) = session.sync.get() {
+            sync.stop().await;
         }
         session.sandbox.disconnect(params.keep).await?;
         self.emit_state(&session, SessionState::Disconnected, None).await;
@@ -240,6 +253,10 @@ impl Engine {
             return Err(Error::InvalidParams("The command is empty; give a command line or a program.".into()));
         }
         session.touch();
+        // A command never runs against stale files: what was saved or changed is uploaded first.
+        if let Some(sync) = session.sync.get() {
+            sync.flush().await?;
+        }
         let run_id = format!("run-{}", short_id());
         let logs_dir = self.state_dir.join("logs");
         tokio::fs::create_dir_all(&logs_dir)
@@ -309,37 +326,56 @@ impl Engine {
     }
 
     /// Synchronises a session's workspace; the result says what moved.
-    pub async fn sync(&self, params: SyncParams) -> Result<SyncResult> {
+    pub async fn sync(&self, params: SyncParams, progress: &dyn Progress) -> Result<SyncResult> {
         let session = self.session(&params.session_id)?;
-        self.sync_session(&session, params.direction, params.paths).await
+        session.touch();
+        self.sync_session(&session, params.direction, params.paths, progress).await
+    }
+
+    /// A file was saved in an editor: every session whose workspace holds it syncs it at once.
+    pub fn saved(&self, path: &std::path::Path) {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        for session in sessions {
+            let inside = session.workspace.as_ref().is_some_and(|workspace| path.starts_with(workspace));
+            if let (true, Some(sync)) = (inside, session.sync.get()) {
+                sync.saved(path);
+            }
+        }
+    }
+
+    /// Sets up the session's sync engine (manifest, rules, watcher); sessions without a workspace or a driver
+    /// without file operations have none.
+    async fn attach_sync(&self, session: &Arc<Session>, options: SyncOptions) -> Result<()> {
+        let (Some(workspace), Some(files)) = (session.workspace.clone(), session.sandbox.files()) else {
+            return Ok(());
+        };
+        let observer = Arc::new(SyncObserver { session: Arc::downgrade(session), events: self.events.clone() });
+        let session_dir = self.state_dir.join("sessions").join(&session.id);
+        let sync = tokio::task::spawn_blocking(move || SessionSync::new(workspace, files, options, &session_dir, observer))
+            .await
+            .map_err(|error| Error::Internal(format!("Preparing sync failed: {error}")))??;
+        let _ = session.sync.set(sync);
+        Ok(())
     }
 
     async fn sync_session(
         &self,
         session: &Arc<Session>,
         direction: SyncDirection,
-        _paths: Option<Vec<String>>,
+        paths: Option<Vec<String>>,
+        progress: &dyn Progress,
     ) -> Result<SyncResult> {
-        if direction != SyncDirection::Up {
-            return Err(Error::Unsupported(
-                "Syncing down or both ways is not available in this build yet; sync up works.".into(),
-            ));
+        if session.workspace.is_none() {
+            return Err(Error::InvalidParams(format!("Session {} has no workspace folder to sync.", session.id)));
         }
-        let workspace = session.workspace.clone().ok_or_else(|| {
-            Error::InvalidParams(format!("Session {} has no workspace folder to sync.", session.id))
-        })?;
-        let files = session
-            .sandbox
-            .files()
+        let sync = session
+            .sync
+            .get()
+            .cloned()
             .ok_or_else(|| Error::unsupported_by(session.sandbox.driver_id(), "file sync"))?;
         let previous = session.state();
         self.emit_state(session, SessionState::Syncing, None).await;
-        let outcome = crate::sync::upload_workspace(workspace, files).await;
-        session.update(|mutable| {
-            mutable.sync.last_sync_at = Some(now_rfc3339());
-        });
-        let sync_state = session.info().sync;
-        self.events.sync_state(SyncStateParams { session_id: session.id.clone(), state: sync_state }).await;
+        let outcome = sync.sync(direction, paths, progress).await;
         let restored = if previous == SessionState::Syncing { SessionState::Active } else { previous };
         self.emit_state(session, restored, None).await;
         outcome
@@ -380,6 +416,22 @@ impl Engine {
         self.events
             .session_state(SessionStateParams { session_id: session.id.clone(), state, message })
             .await;
+    }
+}
+
+/// Forwards a session's sync state to the front door as `sandlink/syncState`.
+struct SyncObserver {
+    /// Weak because the session owns its sync engine, which owns this observer.
+    session: std::sync::Weak<Session>,
+    events: Arc<dyn Events>,
+}
+
+#[async_trait]
+impl StateObserver for SyncObserver {
+    async fn changed(&self, state: SyncState) {
+        let Some(session) = self.session.upgrade() else { return };
+        session.update(|mutable| mutable.sync = state.clone());
+        self.events.sync_state(SyncStateParams { session_id: session.id.clone(), state }).await;
     }
 }
 

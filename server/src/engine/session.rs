@@ -1,10 +1,11 @@
 //! A session: one connected sandbox for one workspace, with the state the protocol reports about it.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::drivers::Sandbox;
 use crate::protocol::{Preview, Resources, SessionInfo, SessionState, SyncState};
+use crate::sync::SessionSync;
 
 /// What changes over a session's life; guarded by one lock that is never held across an `.await`.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Session {
     pub workspace: Option<PathBuf>,
     pub started_at: String,
     pub sandbox: Arc<dyn Sandbox>,
+    /// The session's sync engine, set once at connect when the session has a workspace and the driver can sync.
+    pub sync: OnceLock<SessionSync>,
     mutable: Mutex<SessionMutable>,
 }
 
@@ -44,6 +47,7 @@ impl Session {
             workspace,
             started_at: now.clone(),
             sandbox,
+            sync: OnceLock::new(),
             mutable: Mutex::new(SessionMutable {
                 state: SessionState::Connecting,
                 message: None,
@@ -102,7 +106,7 @@ impl Session {
             last_activity: mutable.last_activity,
             expires_at: mutable.expires_at,
             previews: mutable.previews,
-            sync: mutable.sync,
+            sync: self.sync.get().map_or(mutable.sync, SessionSync::state),
             resources: mutable.resources,
             message: mutable.message,
         }

@@ -201,8 +201,18 @@ impl Backend {
         dispatch::<proto::SyncRequest, _, _>(params, |params| async move {
             let token = Self::token(&params.work_done_token);
             let progress = LspProgress::begin(&self.client, token, self.can_create_progress(), "sandlink: syncing").await;
-            let outcome = self.engine.sync(params).await;
-            progress.end(None).await;
+            let outcome = self.engine.sync(params, &progress).await;
+            let summary = match &outcome {
+                Ok(result) => format!(
+                    "{} up, {} down, {} deleted, {} conflict(s)",
+                    result.uploaded,
+                    result.downloaded,
+                    result.deleted,
+                    result.conflicts.len()
+                ),
+                Err(error) => error.to_string(),
+            };
+            progress.end(Some(summary)).await;
             outcome
         })
         .await
@@ -379,7 +389,11 @@ impl LanguageServer for Backend {
     }
 
     async fn did_save(&self, params: DidSaveTextDocumentParams) {
-        tracing::debug!(uri = params.text_document.uri.as_str(), "saved");
+        // Registered before any await, so a `sandlink/run` sent right after the save finds it pending and waits.
+        match params.text_document.uri.to_file_path() {
+            Some(path) => self.engine.saved(&path),
+            None => tracing::debug!(uri = params.text_document.uri.as_str(), "saved a document that is not a file"),
+        }
     }
 
     async fn code_action(&self, params: CodeActionParams) -> jsonrpc::Result<Option<CodeActionResponse>> {

@@ -1,17 +1,32 @@
-//! File sync between a workspace and a sandbox: what the engine asks of drivers, and the workspace upload.
+//! File sync between a workspace and a sandbox: what the engine asks of drivers, and the delta engine on top.
+//!
+//! The concepts live in their own files: `options` (the user's sync settings), `rules` (ignore files and
+//! patterns), `secrets` (files held back unless allowed), `scan` (walking the workspace), `manifest` (the last
+//! synced state, persisted), `plan` (what changed on which side), `transfer` (tar streams and atomic writes),
+//! `watch` (the file-system watcher) and `session` (one session's sync: triggers, flushes and state).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+pub mod manifest;
+pub mod options;
+pub mod plan;
+pub mod rules;
+pub mod scan;
+pub mod secrets;
+pub mod session;
+pub mod transfer;
+pub mod watch;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::drivers::BoxedReader;
 use crate::error::{Error, Result};
-use crate::protocol::SyncResult;
+
+pub use options::SyncOptions;
+pub use session::{SessionSync, StateObserver};
 
 /// The kind of an entry in a remote listing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum EntryKind {
     File,
     Dir,
@@ -60,62 +75,3 @@ pub trait RemoteFiles: Send + Sync {
     }
 }
 
-/// The workspace files that should reach the sandbox: `.gitignore` and `.ignore` rules apply, `.git/` never goes.
-pub fn scan_workspace(workspace: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let walker = ignore::WalkBuilder::new(workspace)
-        .hidden(false)
-        .require_git(false)
-        .filter_entry(|entry| entry.file_name() != ".git")
-        .build();
-    for entry in walker {
-        let entry = entry.map_err(|error| Error::Internal(format!("Could not scan the workspace: {error}")))?;
-        let is_dir = entry.file_type().is_some_and(|kind| kind.is_dir());
-        if is_dir {
-            continue;
-        }
-        if let Ok(relative) = entry.path().strip_prefix(workspace) {
-            files.push(relative.to_path_buf());
-        }
-    }
-    Ok(files)
-}
-
-/// Sends every file of the workspace to the sandbox in one tar stream.
-pub async fn upload_workspace(workspace: PathBuf, files: Arc<dyn RemoteFiles>) -> Result<SyncResult> {
-    let started = Instant::now();
-    let scan_root = workspace.clone();
-    let relative_paths = tokio::task::spawn_blocking(move || scan_workspace(&scan_root))
-        .await
-        .map_err(|error| Error::Internal(format!("The workspace scan failed: {error}")))??;
-    let count = relative_paths.len() as u64;
-    let (reader, writer) = tokio::io::duplex(1 << 20);
-    let producer = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let bridge = tokio_util::io::SyncIoBridge::new(writer);
-        let mut builder = tar::Builder::new(bridge);
-        builder.follow_symlinks(false);
-        let mut bytes = 0u64;
-        for relative in &relative_paths {
-            let full = workspace.join(relative);
-            let metadata = std::fs::symlink_metadata(&full).map_err(|source| {
-                Error::io(format!("Could not read {}", full.display()), source)
-            })?;
-            bytes += metadata.len();
-            builder
-                .append_path_with_name(&full, relative)
-                .map_err(|source| Error::io(format!("Could not pack {}", full.display()), source))?;
-        }
-        builder.finish().map_err(|source| Error::io("Could not finish the upload archive", source))?;
-        Ok(bytes)
-    });
-    let upload = files.upload_tar(Box::pin(reader));
-    let (upload_outcome, producer_outcome) = tokio::join!(upload, producer);
-    let bytes = producer_outcome.map_err(|error| Error::Internal(format!("Packing failed: {error}")))??;
-    upload_outcome?;
-    Ok(SyncResult {
-        uploaded: count,
-        bytes,
-        duration_ms: started.elapsed().as_millis() as u64,
-        ..SyncResult::default()
-    })
-}

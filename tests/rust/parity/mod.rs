@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 
 use crate::support::{self, Server, StartOptions};
 
+pub mod sync;
+
 /// How to connect one driver in tests, and how to look at its sandbox from outside.
 pub struct DriverFixture {
     pub driver: &'static str,

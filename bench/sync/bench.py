@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Sync benchmarks for the local driver, each reported as a ratio against a baseline measured in the same run.
+
+1. Initial sync of a ~50,000-file, ~500 MB tree (with an ignored node_modules) against `tar -c | tar -x` of the
+   same non-ignored files.
+2. Resync with nothing changed against `git status` on the same tree made a git repository.
+3. Save-to-visible latency through `textDocument/didSave` (median and p99).
+4. Peak RSS of the server during the initial sync.
+
+Usage: bench.py --binary target/release/sandlink [--work DIR] [--files N] [--megabytes M] [--rounds R]
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def generate_tree(root, files, megabytes, seed=7):
+    """Writes the tree and returns the list of non-ignored relative paths (those that should sync)."""
+    rng = random.Random(seed)
+    os.makedirs(root, exist_ok=True)
+    synced = []
+    # Mixed sizes: many small sources, some medium assets, a few large blobs; totals about `megabytes`.
+    large = max(1, files // 500)
+    medium = files // 10
+    small = files - large - medium - 1
+    budget = megabytes << 20
+    small_size = int(budget * 0.18 / max(small, 1))
+    medium_size = int(budget * 0.38 / max(medium, 1))
+    large_size = int(budget * 0.44 / large)
+    block = bytes(rng.getrandbits(8) for _ in range(1 << 16))
+
+    def write(relative, size):
+        path = os.path.join(root, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            offset = rng.randrange(len(block))
+            remaining = size
+            while remaining > 0:
+                chunk = block[offset:offset + remaining] or block[:remaining]
+                handle.write(chunk)
+                remaining -= len(chunk)
+                offset = 0
+        synced.append(relative)
+
+    write(".gitignore", 0)
+    with open(os.path.join(root, ".gitignore"), "w") as handle:
+        handle.write("node_modules/\n*.log\n")
+    for index in range(small):
+        write(f"src/pkg{index % 200}/mod{index % 13}/file{index}.txt", rng.randint(small_size // 2, small_size * 3 // 2))
+    for index in range(medium):
+        write(f"assets/group{index % 50}/asset{index}.bin", rng.randint(medium_size // 2, medium_size * 3 // 2))
+    for index in range(large):
+        write(f"data/blob{index}.bin", large_size)
+    # The ignored folder: many small files that must cost nothing.
+    for index in range(files // 5):
+        path = os.path.join(root, f"node_modules/dep{index % 300}/lib/f{index}.js")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(block[: 512 + index % 1024])
+    return synced
+
+
+class Lsp:
+    """A minimal LSP client over the server's stdio."""
+
+    def __init__(self, binary, state_dir, env=None):
+        environment = dict(os.environ, SANDLINK_STATE_DIR=state_dir, **(env or {}))
+        self.process = subprocess.Popen(
+            [binary, "lsp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(os.path.join(state_dir, "server.log"), "wb"),
+            env=environment,
+        )
+        self.next_id = 1
+        self.responses = {}
+        self.condition = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        stream = self.process.stdout
+        while True:
+            length = None
+            while True:
+                line = stream.readline()
+                if not line:
+                    return
+                line = line.strip()
+                if not line:
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            message = json.loads(stream.read(length))
+            if "id" in message and "method" in message:
+                self._send({"jsonrpc": "2.0", "id": message["id"], "result": None})
+            elif "id" in message:
+                with self.condition:
+                    self.responses[message["id"]] = message
+                    self.condition.notify_all()
+
+    def _send(self, message):
+        body = json.dumps(message).encode()
+        self.process.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self.process.stdin.flush()
+
+    def notify(self, method, params):
+        self._send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def request(self, method, params, timeout=3600):
+        request_id = self.next_id
+        self.next_id += 1
+        self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        with self.condition:
+            self.condition.wait_for(lambda: request_id in self.responses, timeout)
+            response = self.responses.pop(request_id)
+        if "error" in response:
+            raise RuntimeError(f"{method}: {response['error']}")
+        return response["result"]
+
+    def peak_rss(self):
+        with open(f"/proc/{self.process.pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def close(self):
+        try:
+            self.request("shutdown", None, timeout=30)
+            self.notify("exit", None)
+            self.process.wait(timeout=30)
+        except Exception:
+            self.process.kill()
+
+
+def uri(path):
+    return "file://" + path
+
+
+def timed(function):
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", required=True)
+    parser.add_argument("--work", default=None)
+    parser.add_argument("--files", type=int, default=50_000)
+    parser.add_argument("--megabytes", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--saves", type=int, default=200)
+    options = parser.parse_args()
+    work = options.work or tempfile.mkdtemp(prefix="sandlink-bench-")
+    tree = os.path.join(work, "tree")
+    print(f"generating {options.files} files, ~{options.megabytes} MB in {tree} ...", flush=True)
+    if os.path.exists(tree):
+        shutil.rmtree(tree)
+    synced = generate_tree(tree, options.files, options.megabytes)
+    list_file = os.path.join(work, "files.txt")
+    with open(list_file, "w") as handle:
+        handle.write("\n".join(synced) + "\n")
+    total = sum(os.path.getsize(os.path.join(tree, path)) for path in synced)
+    print(f"{len(synced)} files to sync, {total / 1e6:.0f} MB; node_modules ignored", flush=True)
+
+    # 1. Initial sync against tar | tar, alternating, fresh destinations, median of rounds.
+    tar_times, sync_times = [], []
+    state = os.path.join(work, "state")
+    os.makedirs(state, exist_ok=True)
+    peak_rss = None
+    for round_index in range(options.rounds):
+        destination = os.path.join(work, "tar-destination")
+        shutil.rmtree(destination, ignore_errors=True)
+        os.makedirs(destination)
+        tar_times.append(timed(lambda: subprocess.run(
+            f"tar -C {tree} -cf - -T {list_file} | tar -C {destination} -xf -", shell=True, check=True)))
+        shutil.rmtree(destination, ignore_errors=True)
+        shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
+        server = Lsp(options.binary, state)
+        server.request("initialize", {"processId": os.getpid(), "rootUri": uri(tree), "capabilities": {}})
+        server.notify("initialized", {})
+        params = {"driver": "local", "workspaceFolder": uri(tree), "settings": {"sync": {"watch": "off"}}}
+        sync_times.append(timed(lambda: server.request("sandlink/connect", params)))
+        peak_rss = max(peak_rss or 0, server.peak_rss())
+        server.close()
+        print(f"  round {round_index + 1}: tar|tar {tar_times[-1]:.2f} s, sandlink {sync_times[-1]:.2f} s", flush=True)
+    tar_median, sync_median = statistics.median(tar_times), statistics.median(sync_times)
+
+    # 2 and 3 on one live session with the watcher on, as an editor would have it.
+    shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
+    server = Lsp(options.binary, state)
+    server.request("initialize", {"processId": os.getpid(), "rootUri": uri(tree), "capabilities": {}})
+    server.notify("initialized", {})
+    session = server.request("sandlink/connect", {"driver": "local", "workspaceFolder": uri(tree)})
+    session_id, remote_root = session["sessionId"], session["remoteRoot"]
+    time.sleep(2)  # let the watcher settle
+
+    print("making the tree a git repository for the git status baseline ...", flush=True)
+    subprocess.run(["git", "init", "-q"], cwd=tree, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=tree, check=True)
+    subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "tree"], cwd=tree, check=True)
+    subprocess.run(["git", "status", "--porcelain"], cwd=tree, check=True, capture_output=True)
+    time.sleep(2)
+    git_times, resync_times = [], []
+    for _ in range(max(options.rounds, 5)):
+        git_times.append(timed(lambda: subprocess.run(["git", "status", "--porcelain"], cwd=tree, check=True, capture_output=True)))
+        result = {}
+        resync_times.append(timed(lambda: result.update(server.request("sandlink/sync", {"sessionId": session_id}))))
+        assert result["uploaded"] == 0, result
+    git_median, resync_median = statistics.median(git_times), statistics.median(resync_times)
+
+    saved = os.path.join(tree, "src/pkg7/mod7/edited.txt")
+    remote = os.path.join(remote_root, "src/pkg7/mod7/edited.txt")
+    latencies = []
+    for index in range(options.saves):
+        content = f"version {index}\n".encode()
+        started = time.perf_counter()
+        with open(saved, "wb") as handle:
+            handle.write(content)
+        server.notify("textDocument/didSave", {"textDocument": {"uri": uri(saved)}})
+        while True:
+            try:
+                with open(remote, "rb") as handle:
+                    if handle.read() == content:
+                        break
+            except FileNotFoundError:
+                pass
+            if time.perf_counter() - started > 5:
+                raise RuntimeError("a saved file did not reach the sandbox within 5 s")
+            time.sleep(0.0002)
+        latencies.append(time.perf_counter() - started)
+        time.sleep(0.02)
+    server.close()
+    latencies.sort()
+    median_ms = statistics.median(latencies) * 1000
+    p99_ms = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+
+    print()
+    print(f"initial sync:  sandlink {sync_median:.2f} s vs tar|tar {tar_median:.2f} s  -> ratio {sync_median / tar_median:.2f}x (target <= 1.5x)")
+    print(f"resync:        sandlink {resync_median * 1000:.0f} ms vs git status {git_median * 1000:.0f} ms  -> ratio {resync_median / git_median:.2f}x (target <= 2x)")
+    print(f"save-to-sandbox through didSave: median {median_ms:.1f} ms, p99 {p99_ms:.1f} ms over {len(latencies)} saves (targets 30 / 100 ms)")
+    print(f"server peak RSS during the initial sync: {peak_rss / (1 << 20):.0f} MB (target < 150 MB)")
+    if not options.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+//! The manifest: the last state both sides confirmed, per path, persisted under the session's state directory so a
+//! restart neither rehashes nor re-uploads everything. It is the common base for two-way sync.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::scan::LocalEntry;
+use super::EntryKind;
+use crate::error::{Error, IoContext, Result};
+
+/// Bumped when the format changes; an old manifest is then ignored (the next sync compares by content).
+const FORMAT_VERSION: u32 = 1;
+
+/// Files modified this close to when they were recorded may change again within the file system's timestamp
+/// granularity without their `mtime` moving, so their content is re-checked (git's "racily clean" entries).
+pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
+/// One path as last synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub mode: u32,
+    pub inode: u64,
+    /// blake3 of the content (of the target, for symlinks), hex.
+    pub hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+    /// When this record was written, to tell racily clean files.
+    pub recorded_ns: i128,
+    /// The sandbox copy's modification time in whole seconds, when known; a listing that differs means the sandbox
+    /// copy may have changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_mtime_s: Option<i64>,
+}
+
+impl Record {
+    pub fn new(local: &LocalEntry, hash: String, remote_mtime_s: Option<i64>) -> Self {
+        Record {
+            kind: local.kind,
+            size: local.size,
+            mtime_ns: local.mtime_ns,
+            mode: local.mode,
+            inode: local.inode,
+            hash,
+            link_target: local.link_target.clone(),
+            recorded_ns: now_ns(),
+            remote_mtime_s,
+        }
+    }
+
+    /// Whether the local entry's metadata still matches, so its content need not be read.
+    pub fn same_metadata(&self, local: &LocalEntry) -> bool {
+        self.kind == local.kind
+            && self.size == local.size
+            && self.mtime_ns == local.mtime_ns
+            && self.inode == local.inode
+            && self.mode == local.mode
+            && self.link_target == local.link_target
+    }
+
+    /// Whether matching metadata cannot be trusted because the file was modified just before it was recorded.
+    pub fn is_racy(&self) -> bool {
+        self.kind == EntryKind::File && self.mtime_ns + RACY_WINDOW_NS >= self.recorded_ns
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    entries: BTreeMap<String, Record>,
+}
+
+/// The per-session manifest, in memory, with its file.
+#[derive(Debug)]
+pub struct Manifest {
+    pub entries: BTreeMap<String, Record>,
+    path: PathBuf,
+    dirty: bool,
+}
+
+impl Manifest {
+    /// Loads the manifest at `path`, or starts empty when there is none or it cannot be read.
+    pub fn load(path: PathBuf) -> Self {
+        let entries = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Stored>(&bytes).ok())
+            .filter(|stored| stored.version == FORMAT_VERSION)
+            .map(|stored| stored.entries)
+            .unwrap_or_default();
+        Manifest { entries, path, dirty: false }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn insert(&mut self, path: String, record: Record) {
+        self.entries.insert(path, record);
+        self.dirty = true;
+    }
+
+    pub fn remove(&mut self, path: &str) -> Option<Record> {
+        let removed = self.entries.remove(path);
+        self.dirty |= removed.is_some();
+        removed
+    }
+
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Paths recorded at or under `prefix` (`""` is everything).
+    pub fn paths_under(&self, prefix: &str) -> Vec<String> {
+        if prefix.is_empty() {
+            return self.entries.keys().cloned().collect();
+        }
+        let mut found = Vec::new();
+        if self.entries.contains_key(prefix) {
+            found.push(prefix.to_string());
+        }
+        let start = format!("{prefix}/");
+        found.extend(self.entries.range(start.clone()..).map(|(path, _)| path).take_while(|path| path.starts_with(&start)).cloned());
+        found
+    }
+
+    /// A copy of the entries to persist, when they changed; taken under the lock and encoded outside it with
+    /// `encode`, so a save arriving meanwhile is not held up by serialisation.
+    pub fn snapshot(&mut self) -> Option<BTreeMap<String, Record>> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        Some(self.entries.clone())
+    }
+}
+
+/// The file format of a snapshot.
+pub fn encode(entries: &BTreeMap<String, Record>) -> Vec<u8> {
+    let stored = StoredRef { version: FORMAT_VERSION, entries };
+    // Serialising plain maps of strings and numbers into memory cannot fail.
+    serde_json::to_vec(&stored).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    version: u32,
+    entries: &'a BTreeMap<String, Record>,
+}
+
+/// Writes a manifest atomically (temporary file, then rename), so a crash leaves the old one or the new one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| Error::Internal("The manifest path has no directory.".into()))?;
+    std::fs::create_dir_all(dir).context(|| format!("Could not create {}", dir.display()))?;
+    let mut file = tempfile::NamedTempFile::new_in(dir).context(|| format!("Could not write in {}", dir.display()))?;
+    file.write_all(bytes).context(|| format!("Could not write the manifest {}", path.display()))?;
+    file.persist(path)
+        .map_err(|error| Error::io(format!("Could not save the manifest {}", path.display()), error.error))?;
+    Ok(())
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// blake3 of a file's content, read in chunks (never whole into memory).
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut file = std::fs::File::open(path)?;
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// blake3 of a symlink's target, so symlinks and files share one notion of "same content".
+pub fn hash_link(target: &str) -> String {
+    blake3::hash(target.as_bytes()).to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_should_survive_a_reload() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("sessions/s/manifest.json");
+        let mut manifest = Manifest::load(path.clone());
+        assert!(manifest.entries.is_empty());
+        let local = LocalEntry { kind: EntryKind::File, size: 3, mtime_ns: 5, mode: 0o644, inode: 7, link_target: None };
+        manifest.insert("a/b".into(), Record::new(&local, "h".into(), Some(0)));
+        manifest.insert("a/c".into(), Record::new(&local, "h".into(), Some(0)));
+        manifest.insert("ab".into(), Record::new(&local, "h".into(), Some(0)));
+        let bytes = encode(&manifest.snapshot().expect("dirty"));
+        write_atomically(&path, &bytes).expect("write");
+        let reloaded = Manifest::load(path);
+        assert_eq!(reloaded.entries, manifest.entries);
+        assert_eq!(reloaded.paths_under("a"), vec!["a/b".to_string(), "a/c".to_string()]);
+    }
+}

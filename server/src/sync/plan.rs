@@ -1,0 +1,218 @@
+//! What changed on each side since the last synced state (the manifest), and what to do about it.
+//!
+//! A change on one side only is copied to the other; a change on both sides that differs in content is a
+//! conflict and neither side is touched. Whether "changed" holds is decided by metadata first and by content
+//! (blake3) only when metadata cannot be trusted, so an unchanged tree is never re-read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use super::manifest::{hash_file, now_ns, Manifest};
+use super::rules::Rules;
+use super::scan::{check_relative, link_stays_inside, Scan};
+use super::secrets::SecretFilter;
+use super::{EntryKind, RemoteEntry};
+use crate::error::{Error, Result};
+
+/// Local changes since the manifest.
+#[derive(Debug, Default)]
+pub struct LocalDiff {
+    /// New or modified files and symlinks.
+    pub changed: BTreeSet<String>,
+    /// Recorded paths that are gone.
+    pub deleted: BTreeSet<String>,
+    /// Recorded paths that still exist but no longer sync (newly ignored or held back): dropped from the manifest,
+    /// left alone in the sandbox.
+    pub forgotten: Vec<String>,
+}
+
+/// Compares a scan with the manifest within `scope`; re-hashes only racily clean files.
+pub fn diff_local(manifest: &mut Manifest, scan: &Scan, workspace: &Path, scope: Option<&[String]>) -> LocalDiff {
+    let mut diff = LocalDiff::default();
+    let now = now_ns();
+    for (path, entry) in &scan.entries {
+        match manifest.entries.get_mut(path) {
+            None => {
+                diff.changed.insert(path.clone());
+            }
+            Some(record) if !record.same_metadata(entry) => {
+                diff.changed.insert(path.clone());
+            }
+            Some(record) if record.is_racy() => match hash_file(&workspace.join(path)) {
+                Ok(hash) if hash == record.hash => {
+                    // Same content: trust the metadata from now on, once it is older than the timestamp granularity.
+                    record.recorded_ns = now;
+                    manifest_touched(manifest);
+                }
+                _ => {
+                    diff.changed.insert(path.clone());
+                }
+            },
+            Some(_) => {}
+        }
+    }
+    let recorded: Vec<String> = match scope {
+        None => manifest.entries.keys().cloned().collect(),
+        Some(paths) => {
+            let mut found = BTreeSet::new();
+            for path in paths {
+                found.extend(manifest.paths_under(path));
+            }
+            found.into_iter().collect()
+        }
+    };
+    for path in recorded {
+        if scan.entries.contains_key(&path) {
+            continue;
+        }
+        if std::fs::symlink_metadata(workspace.join(&path)).is_ok() {
+            diff.forgotten.push(path);
+        } else {
+            diff.deleted.insert(path);
+        }
+    }
+    for path in &diff.forgotten {
+        manifest.remove(path);
+    }
+    diff
+}
+
+fn manifest_touched(manifest: &mut Manifest) {
+    manifest.mark_dirty();
+}
+
+/// How the sandbox copy of a path differs from the manifest.
+#[derive(Debug, Clone)]
+pub enum RemoteChange {
+    /// New or possibly modified (its content is compared after download).
+    Changed(RemoteEntry),
+    Deleted,
+}
+
+/// Compares a remote listing with the manifest within `scope`. Every listed path is checked first: one that is
+/// not a plain relative path fails the whole sync before anything is written.
+pub fn diff_remote(
+    manifest: &Manifest,
+    listing: Vec<RemoteEntry>,
+    rules: &Rules,
+    secrets: &SecretFilter,
+    scope: Option<&[String]>,
+) -> Result<BTreeMap<String, RemoteChange>> {
+    for entry in &listing {
+        check_relative(&entry.path)?;
+    }
+    let in_scope = |path: &str| match scope {
+        None => true,
+        Some(paths) => paths.iter().any(|prefix| {
+            prefix.is_empty() || path == prefix || (path.starts_with(prefix.as_str()) && path[prefix.len()..].starts_with('/'))
+        }),
+    };
+    let mut changes = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for entry in listing {
+        if entry.kind == EntryKind::Dir || !in_scope(&entry.path) {
+            continue;
+        }
+        if rules.is_excluded(&entry.path, false) || secrets.holds_back(&entry.path) {
+            continue;
+        }
+        seen.insert(entry.path.clone());
+        let unchanged = manifest.entries.get(&entry.path).is_some_and(|record| {
+            record.kind == entry.kind
+                && match entry.kind {
+                    EntryKind::Symlink => record.link_target == entry.link_target,
+                    _ => record.size == entry.size && record.remote_mtime_s == Some(entry.mtime_ns.div_euclid(1_000_000_000) as i64),
+                }
+        });
+        if !unchanged {
+            if let (EntryKind::Symlink, Some(target)) = (entry.kind, &entry.link_target) {
+                if !link_stays_inside(&entry.path, target) {
+                    return Err(Error::PathOutsideWorkspace(format!(
+                        "The symlink \"{}\" in the sandbox points outside the workspace (to \"{target}\"), so the sync \
+                         was refused and nothing was written. Remove it in the sandbox, or exclude it in .sandlinkignore.",
+                        entry.path
+                    )));
+                }
+            }
+            changes.insert(entry.path.clone(), RemoteChange::Changed(entry));
+        }
+    }
+    for path in manifest.entries.keys() {
+        if !seen.contains(path) && in_scope(path) {
+            changes.insert(path.clone(), RemoteChange::Deleted);
+        }
+    }
+    Ok(changes)
+}
+
+/// Turns deleted paths into the fewest deletions: a whole directory when it is gone locally.
+pub fn compress_deletions(workspace: &Path, deleted: &BTreeSet<String>) -> Vec<String> {
+    let mut chosen: BTreeSet<String> = BTreeSet::new();
+    for path in deleted {
+        let mut candidate = path.as_str();
+        while let Some((parent, _)) = candidate.rsplit_once('/') {
+            if workspace.join(parent).exists() {
+                break;
+            }
+            candidate = parent;
+        }
+        chosen.insert(candidate.to_string());
+    }
+    let mut result: Vec<String> = Vec::new();
+    for path in chosen {
+        let covered = result.iter().any(|kept| path.starts_with(kept.as_str()) && path[kept.len()..].starts_with('/'));
+        if !covered {
+            result.push(path);
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::manifest::Record;
+    use crate::sync::scan::LocalEntry;
+
+    #[test]
+    fn deletions_should_collapse_to_the_missing_directory() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir_all(dir.path().join("kept")).expect("mkdir");
+        let deleted: BTreeSet<String> =
+            ["gone/a/b.txt", "gone/c.txt", "kept/d.txt"].into_iter().map(String::from).collect();
+        assert_eq!(compress_deletions(dir.path(), &deleted), vec!["gone".to_string(), "kept/d.txt".to_string()]);
+    }
+
+    #[test]
+    fn remote_diff_should_refuse_paths_outside_the_root() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let manifest = Manifest::load(dir.path().join("m.json"));
+        let rules = Rules::new(dir.path(), &Default::default()).expect("rules");
+        let secrets = SecretFilter::new(dir.path(), &[]).expect("filter");
+        let listing = vec![RemoteEntry {
+            path: "../escape".into(),
+            kind: EntryKind::File,
+            size: 1,
+            mtime_ns: 0,
+            mode: 0o644,
+            link_target: None,
+        }];
+        let error = diff_remote(&manifest, listing, &rules, &secrets, None).unwrap_err();
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);
+    }
+
+    #[test]
+    fn local_diff_should_rehash_racy_files_only() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join("a"), "one").expect("write");
+        let metadata = std::fs::symlink_metadata(dir.path().join("a")).expect("stat");
+        let local = LocalEntry::from_metadata(&metadata, None);
+        let mut manifest = Manifest::load(dir.path().join("m.json"));
+        // Recorded with the right metadata but a stale hash, as if the file changed within the same timestamp tick.
+        manifest.insert("a".into(), Record::new(&local, "stale".into(), None));
+        let mut scan = Scan::default();
+        scan.entries.insert("a".into(), local);
+        let diff = diff_local(&mut manifest, &scan, dir.path(), None);
+        assert!(diff.changed.contains("a"), "a racily clean file is compared by content");
+    }
+}

@@ -1,0 +1,202 @@
+//! Which workspace paths sync: ignore files and configured patterns, built once and used for the walk, for
+//! single paths (saves, watcher events) and for remote listings alike.
+//!
+//! Precedence follows the `ignore` crate's walker so both agree: configured `exclude` patterns first, then
+//! `.sandlinkignore`, `.ignore`, `.gitignore` (each from the deepest directory up), then `.git/info/exclude`
+//! and the user's global git excludes. A path is excluded when it or any parent directory is.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use ignore::{Match, WalkBuilder};
+
+use super::options::SyncOptions;
+use crate::error::{Error, Result};
+
+/// The project's own ignore file, for paths that should stay out of the sandbox but not out of git.
+pub const SANDLINK_IGNORE: &str = ".sandlinkignore";
+/// Per-directory ignore files, from highest to lowest precedence.
+const IGNORE_FILES: [&str; 3] = [SANDLINK_IGNORE, ".ignore", ".gitignore"];
+
+/// Whether a file name is one of the ignore files, whose change means the rules must be rebuilt.
+pub fn is_ignore_file(name: &str) -> bool {
+    IGNORE_FILES.contains(&name)
+}
+
+/// The ignore rules of one workspace; per-directory files are read lazily and cached.
+pub struct Rules {
+    workspace: PathBuf,
+    include_git: bool,
+    configured: Gitignore,
+    global: Gitignore,
+    git_exclude: Gitignore,
+    /// Per directory (relative, `""` for the root): its ignore files in precedence order, present ones only.
+    directories: Mutex<HashMap<String, Arc<Vec<Gitignore>>>>,
+}
+
+impl Rules {
+    pub fn new(workspace: &Path, options: &SyncOptions) -> Result<Self> {
+        let configured = build_patterns(workspace, &options.exclude, "sync.exclude")?;
+        let (global, _) = GitignoreBuilder::new(workspace).build_global();
+        let git_exclude = {
+            let path = workspace.join(".git/info/exclude");
+            if path.is_file() {
+                Gitignore::new(path).0
+            } else {
+                Gitignore::empty()
+            }
+        };
+        Ok(Rules {
+            workspace: workspace.to_path_buf(),
+            include_git: options.include_git,
+            configured,
+            global,
+            git_exclude,
+            directories: Mutex::default(),
+        })
+    }
+
+    pub fn workspace(&self) -> &Path {
+        &self.workspace
+    }
+
+    /// Forgets cached ignore files after one of them changed.
+    pub fn invalidate(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<Gitignore>>>> {
+        // The cache is only ever inserted into or cleared, so a poisoned lock still holds a valid map.
+        self.directories.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn directory(&self, relative_dir: &str) -> Arc<Vec<Gitignore>> {
+        if let Some(found) = self.lock().get(relative_dir) {
+            return found.clone();
+        }
+        let dir = if relative_dir.is_empty() { self.workspace.clone() } else { self.workspace.join(relative_dir) };
+        let mut matchers = Vec::new();
+        for name in IGNORE_FILES {
+            let path = dir.join(name);
+            if path.is_file() {
+                let (matcher, _) = Gitignore::new(&path);
+                matchers.push(matcher);
+            } else {
+                matchers.push(Gitignore::empty());
+            }
+        }
+        let matchers = Arc::new(matchers);
+        self.lock().insert(relative_dir.to_string(), matchers.clone());
+        matchers
+    }
+
+    /// Whether a relative, `/`-separated path is excluded (it or any parent directory).
+    pub fn is_excluded(&self, relative: &str, is_dir: bool) -> bool {
+        let parts: Vec<&str> = relative.split('/').filter(|part| !part.is_empty()).collect();
+        for (index, part) in parts.iter().enumerate() {
+            if *part == ".git" && !self.include_git {
+                return true;
+            }
+            let prefix = parts[..=index].join("/");
+            let prefix_is_dir = index + 1 < parts.len() || is_dir;
+            if self.excludes_itself(&prefix, &parts[..index], prefix_is_dir) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Decides one path by its own rules only (parents are checked by the caller).
+    fn excludes_itself(&self, relative: &str, parent_parts: &[&str], is_dir: bool) -> bool {
+        let absolute = self.workspace.join(relative);
+        match self.configured.matched(&absolute, is_dir) {
+            Match::Ignore(_) => return true,
+            Match::Whitelist(_) => return false,
+            Match::None => {}
+        }
+        for file_index in 0..IGNORE_FILES.len() {
+            for depth in (0..=parent_parts.len()).rev() {
+                let dir = parent_parts[..depth].join("/");
+                let matchers = self.directory(&dir);
+                match matchers[file_index].matched(&absolute, is_dir) {
+                    Match::Ignore(_) => return true,
+                    Match::Whitelist(_) => return false,
+                    Match::None => {}
+                }
+            }
+        }
+        match self.git_exclude.matched(&absolute, is_dir) {
+            Match::Ignore(_) => return true,
+            Match::Whitelist(_) => return false,
+            Match::None => {}
+        }
+        self.global.matched(&absolute, is_dir).is_ignore()
+    }
+
+    /// A walker over `start` (the workspace or a directory in it) applying the same rules.
+    pub fn walker(self: &Arc<Self>, start: &Path) -> WalkBuilder {
+        let mut builder = WalkBuilder::new(start);
+        builder
+            .hidden(false)
+            .require_git(false)
+            .git_global(true)
+            .git_ignore(true)
+            .git_exclude(true)
+            .ignore(true)
+            .parents(true)
+            .follow_links(false)
+            .add_custom_ignore_filename(SANDLINK_IGNORE);
+        let rules = self.clone();
+        builder.filter_entry(move |entry| {
+            if entry.file_name() == ".git" && !rules.include_git {
+                return false;
+            }
+            if rules.configured.is_empty() {
+                return true;
+            }
+            let is_dir = entry.file_type().is_some_and(|kind| kind.is_dir());
+            !rules.configured.matched(entry.path(), is_dir).is_ignore()
+        });
+        builder
+    }
+}
+
+/// Builds a matcher from configured gitignore-style patterns rooted at the workspace.
+pub fn build_patterns(workspace: &Path, patterns: &[String], setting: &str) -> Result<Gitignore> {
+    let mut builder = GitignoreBuilder::new(workspace);
+    for pattern in patterns {
+        builder.add_line(None, pattern).map_err(|error| {
+            Error::InvalidParams(format!("The pattern \"{pattern}\" in {setting} is not valid: {error}."))
+        })?;
+    }
+    builder
+        .build()
+        .map_err(|error| Error::InvalidParams(format!("The patterns in {setting} are not valid: {error}.")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_should_apply_nested_gitignore_with_negation_outside_git() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let root = dir.path();
+        std::fs::write(root.join(".gitignore"), "*.log\nbuild/\n").expect("write");
+        std::fs::create_dir_all(root.join("sub/deep")).expect("mkdir");
+        std::fs::write(root.join("sub/.gitignore"), "!keep.log\n").expect("write");
+        std::fs::write(root.join(".sandlinkignore"), "private/\n").expect("write");
+        let options = SyncOptions { exclude: vec!["*.tmp".into()], ..SyncOptions::default() };
+        let rules = Rules::new(root, &options).expect("rules");
+        assert!(rules.is_excluded("a.log", false));
+        assert!(!rules.is_excluded("sub/keep.log", false));
+        assert!(rules.is_excluded("sub/other.log", false));
+        assert!(rules.is_excluded("build/out.js", false));
+        assert!(rules.is_excluded("private/x", false));
+        assert!(rules.is_excluded("x.tmp", false));
+        assert!(rules.is_excluded(".git/config", false));
+        assert!(!rules.is_excluded("src/main.rs", false));
+    }
+}

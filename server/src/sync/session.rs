@@ -1,0 +1,726 @@
+//! One session's sync: the manifest, the triggers (saves, the watcher, explicit requests, runs) and the
+//! state reported to clients. Syncs of a session never overlap: they take turns on one async lock.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::manifest::{encode, hash_file, write_atomically, Manifest, Record};
+use super::options::{SyncOptions, WatchMode};
+use super::plan::{compress_deletions, diff_local, diff_remote, RemoteChange};
+use super::rules::Rules;
+use super::scan::{LocalEntry, Scan, Scanner};
+use super::secrets::SecretFilter;
+use super::transfer::{self, Staged};
+use super::watch::{self, Watcher};
+use super::{EntryKind, RemoteFiles};
+use crate::engine::Progress;
+use crate::error::{Error, Result};
+use crate::protocol::{Conflict, SyncDirection, SyncResult, SyncState};
+
+/// Files per upload archive: many small files travel together, yet each batch is confirmed (and recorded) soon.
+const BATCH_FILES: usize = 8_000;
+/// Content bytes per upload archive.
+const BATCH_BYTES: u64 = 256 << 20;
+/// How long saves may keep arriving before their sync starts, so bursts (save all) become one batch.
+const SAVE_COALESCE: Duration = Duration::from_millis(3);
+/// How often a changed manifest is written after automatic syncs.
+const PERSIST_DELAY: Duration = Duration::from_secs(2);
+
+/// Told whenever the sync state changes (the engine forwards it to clients as `sandlink/syncState`).
+#[async_trait]
+pub trait StateObserver: Send + Sync {
+    async fn changed(&self, state: SyncState);
+}
+
+/// What the next automatic sync must look at.
+#[derive(Default)]
+struct Pending {
+    paths: BTreeSet<String>,
+    full: bool,
+}
+
+/// What only one sync at a time may touch.
+struct Core {
+    manifest: Manifest,
+    /// Paths changed on both sides; automatic syncs leave them alone until the user decides.
+    conflicts: BTreeMap<String, Conflict>,
+    logged_secrets: HashSet<String>,
+}
+
+struct Inner {
+    workspace: PathBuf,
+    remote: Arc<dyn RemoteFiles>,
+    options: SyncOptions,
+    scanner: Arc<Scanner>,
+    staging: PathBuf,
+    // A tokio lock on purpose: a sync awaits the driver while holding it, which is what serialises syncs.
+    core: tokio::sync::Mutex<Core>,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    persist_wake: Notify,
+    state: Mutex<SyncState>,
+    observer: Arc<dyn StateObserver>,
+    stopped: AtomicBool,
+    watcher: Mutex<Option<Watcher>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A session's sync engine.
+#[derive(Clone)]
+pub struct SessionSync {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every holder does plain assignments, so a poisoned lock still holds consistent data.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn join_error(what: &str) -> impl FnOnce(tokio::task::JoinError) -> Error + '_ {
+    move |error| Error::Internal(format!("{what} failed: {error}"))
+}
+
+impl SessionSync {
+    /// Prepares sync for a session; `session_dir` holds the manifest. Reads ignore files, so call it off the runtime.
+    pub fn new(
+        workspace: PathBuf,
+        remote: Arc<dyn RemoteFiles>,
+        options: SyncOptions,
+        session_dir: &Path,
+        observer: Arc<dyn StateObserver>,
+    ) -> Result<Self> {
+        let rules = Arc::new(Rules::new(&workspace, &options)?);
+        let secrets = SecretFilter::new(&workspace, &options.allow_secrets)?;
+        let manifest = Manifest::load(session_dir.join("manifest.json"));
+        let state = SyncState {
+            watcher: Some(if options.watch == WatchMode::Off { "off" } else { "starting" }.into()),
+            ..SyncState::default()
+        };
+        Ok(SessionSync {
+            inner: Arc::new(Inner {
+                workspace,
+                remote,
+                options,
+                scanner: Arc::new(Scanner { rules, secrets }),
+                staging: session_dir.join("download-staging"),
+                core: tokio::sync::Mutex::new(Core {
+                    manifest,
+                    conflicts: BTreeMap::new(),
+                    logged_secrets: HashSet::new(),
+                }),
+                pending: Mutex::default(),
+                wake: Notify::new(),
+                persist_wake: Notify::new(),
+                state: Mutex::new(state),
+                observer,
+                stopped: AtomicBool::new(false),
+                watcher: Mutex::new(None),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The state as `SessionInfo.sync` reports it.
+    pub fn state(&self) -> SyncState {
+        // The stored `pending` counts files of the sync in flight; queued paths are added on top.
+        let mut state = lock(&self.inner.state).clone();
+        let pending = lock(&self.inner.pending);
+        state.pending += pending.paths.len() as u64 + u64::from(pending.full);
+        state
+    }
+
+    /// Starts automatic sync: the worker that syncs saves and watcher events, and the watcher (or poller).
+    pub fn start_background(&self) {
+        let worker = {
+            let sync = self.clone();
+            tokio::spawn(async move { sync.worker().await })
+        };
+        let persister = {
+            let sync = self.clone();
+            tokio::spawn(async move { sync.persister().await })
+        };
+        lock(&self.inner.tasks).extend([worker, persister]);
+        if self.inner.options.watch == WatchMode::Off {
+            return;
+        }
+        let forced_poll = self.inner.options.watch == WatchMode::Poll
+            || std::env::var("SANDLINK_SYNC_WATCH").is_ok_and(|value| value == "poll");
+        let on_change = {
+            let sync = self.clone();
+            Arc::new(move |paths: Vec<String>, full: bool| sync.enqueue(paths, full)) as watch::OnChange
+        };
+        let on_mode = {
+            let sync = self.clone();
+            // The watcher calls back from its own thread, outside the runtime, so it is handed the runtime.
+            let runtime = tokio::runtime::Handle::current();
+            Arc::new(move |mode: &'static str, reason: Option<String>| sync.watch_mode(&runtime, mode, reason))
+                as watch::OnMode
+        };
+        let watcher = watch::start(
+            self.inner.scanner.rules.clone(),
+            forced_poll,
+            self.inner.options.poll_interval(),
+            on_change,
+            on_mode,
+        );
+        *lock(&self.inner.watcher) = Some(watcher);
+    }
+
+    fn watch_mode(&self, runtime: &tokio::runtime::Handle, mode: &'static str, reason: Option<String>) {
+        if let Some(reason) = &reason {
+            tracing::warn!(%reason, "file watching is not available; falling back to periodic rescans");
+        }
+        lock(&self.inner.state).watcher = Some(mode.to_string());
+        let observer = self.inner.observer.clone();
+        let current = self.state();
+        runtime.spawn(async move { observer.changed(current).await });
+    }
+
+    /// Stops automatic sync and writes the manifest.
+    pub async fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        if let Some(watcher) = lock(&self.inner.watcher).take() {
+            watcher.stop();
+        }
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+        self.persist().await;
+    }
+
+    /// A file was saved in the editor: sync it at once (bursts are coalesced).
+    pub fn saved(&self, path: &Path) {
+        let Ok(relative) = path.strip_prefix(&self.inner.workspace) else { return };
+        let Some(relative) = relative.to_str() else { return };
+        self.enqueue(vec![relative.to_string()], false);
+    }
+
+    fn enqueue(&self, paths: Vec<String>, full: bool) {
+        if self.inner.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut pending = lock(&self.inner.pending);
+            pending.paths.extend(paths);
+            pending.full |= full;
+        }
+        self.inner.wake.notify_one();
+    }
+
+    async fn worker(&self) {
+        loop {
+            self.inner.wake.notified().await;
+            tokio::time::sleep(SAVE_COALESCE).await;
+            if let Err(error) = self.flush().await {
+                tracing::warn!(%error, "automatic sync failed; it is retried on the next change or run");
+            }
+        }
+    }
+
+    async fn persister(&self) {
+        loop {
+            self.inner.persist_wake.notified().await;
+            tokio::time::sleep(PERSIST_DELAY).await;
+            self.persist().await;
+        }
+    }
+
+    async fn persist(&self) {
+        let (path, bytes) = {
+            let mut core = self.inner.core.lock().await;
+            let path = core.manifest.path().to_path_buf();
+            (path, core.manifest.snapshot())
+        };
+        let Some(entries) = bytes else { return };
+        let outcome = tokio::task::spawn_blocking(move || write_atomically(&path, &encode(&entries))).await;
+        if let Ok(Err(error)) | Err(error) = outcome.map_err(join_error("Saving the manifest")) {
+            tracing::warn!(%error, "could not save the sync manifest; the next sync compares by content");
+        }
+    }
+
+    /// Uploads everything pending (saves, watcher events); every run waits for this first.
+    pub async fn flush(&self) -> Result<SyncResult> {
+        let mut core = self.inner.core.lock().await;
+        let (scope, full) = {
+            let mut pending = lock(&self.inner.pending);
+            let taken = std::mem::take(&mut *pending);
+            (taken.paths.into_iter().collect::<Vec<_>>(), taken.full)
+        };
+        if scope.is_empty() && !full {
+            return Ok(SyncResult::default());
+        }
+        let scope = if full { None } else { Some(scope) };
+        let outcome = self.run(&mut core, SyncDirection::Up, scope, false, &crate::engine::NoProgress).await;
+        drop(core);
+        self.inner.persist_wake.notify_one();
+        outcome
+    }
+
+    /// An explicit sync (`sandlink/sync`, connect, the CLI). With `paths`, conflicts on those paths are resolved in
+    /// the sync's direction (up: the workspace wins; down: the sandbox wins).
+    pub async fn sync(
+        &self,
+        direction: SyncDirection,
+        paths: Option<Vec<String>>,
+        progress: &dyn Progress,
+    ) -> Result<SyncResult> {
+        let scope = match paths {
+            Some(paths) if !paths.is_empty() => Some(
+                paths.iter().map(|path| self.relative(path)).collect::<Result<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        let explicit = scope.is_some();
+        let mut core = self.inner.core.lock().await;
+        if scope.is_none() {
+            // A full scan covers everything that was pending.
+            *lock(&self.inner.pending) = Pending::default();
+        }
+        let outcome = self.run(&mut core, direction, scope, explicit, progress).await;
+        drop(core);
+        self.persist().await;
+        outcome
+    }
+
+    /// A user-given path (relative, absolute inside the workspace, or a file URI) as a relative path.
+    fn relative(&self, path: &str) -> Result<String> {
+        let local = if path.starts_with("file:") { crate::paths::path_from_uri_or_path(path)? } else { PathBuf::from(path) };
+        let joined = crate::paths::join_inside(&self.inner.workspace, &local.to_string_lossy())?;
+        let relative = joined.strip_prefix(&self.inner.workspace).unwrap_or(Path::new(""));
+        Ok(relative.to_string_lossy().into_owned())
+    }
+
+    async fn publish(&self, change: impl FnOnce(&mut SyncState)) {
+        change(&mut lock(&self.inner.state));
+        self.inner.observer.changed(self.state()).await;
+    }
+
+    async fn run(
+        &self,
+        core: &mut Core,
+        direction: SyncDirection,
+        scope: Option<Vec<String>>,
+        explicit: bool,
+        progress: &dyn Progress,
+    ) -> Result<SyncResult> {
+        let started = Instant::now();
+        let scope_size = scope.as_ref().map_or(0, Vec::len) as u64;
+        self.publish(|state| state.pending = scope_size.max(1)).await;
+        let outcome = self.run_inner(core, direction, scope.clone(), explicit, progress).await;
+        let conflicts: Vec<Conflict> = core.conflicts.values().cloned().collect();
+        let now = crate::engine::now_rfc3339();
+        match &outcome {
+            Ok(_) => self.publish(|state| {
+                state.pending = 0;
+                state.last_sync_at = Some(now);
+                state.conflicts = conflicts;
+            }).await,
+            Err(_) => self.publish(|state| {
+                state.pending = 0;
+                state.conflicts = conflicts;
+            }).await,
+        }
+        outcome.map(|mut result| {
+            result.duration_ms = started.elapsed().as_millis() as u64;
+            result
+        })
+    }
+
+    async fn run_inner(
+        &self,
+        core: &mut Core,
+        direction: SyncDirection,
+        scope: Option<Vec<String>>,
+        explicit: bool,
+        progress: &dyn Progress,
+    ) -> Result<SyncResult> {
+        let inner = &self.inner;
+        let mut result = SyncResult::default();
+
+        // 1. What changed locally.
+        let manifest = std::mem::replace(&mut core.manifest, Manifest::load(PathBuf::new()));
+        let manifest_path = manifest.path().to_path_buf();
+        let scanner = inner.scanner.clone();
+        let workspace = inner.workspace.clone();
+        let local_scope = scope.clone();
+        let (manifest, scan, local) = tokio::task::spawn_blocking(move || {
+            let mut manifest = manifest;
+            let scan = scanner.scan(local_scope.as_deref());
+            let scan = match scan {
+                Ok(scan) => scan,
+                Err(error) => return (manifest, Err(error), Default::default()),
+            };
+            let diff = diff_local(&mut manifest, &scan, &workspace, local_scope.as_deref());
+            (manifest, Ok(scan), diff)
+        })
+        .await
+        .unwrap_or_else(|error| {
+            (Manifest::load(manifest_path), Err(Error::Internal(format!("The workspace scan failed: {error}"))), Default::default())
+        });
+        core.manifest = manifest;
+        let scan = scan?;
+        self.note_held_back(core, &scan, scope.is_none()).await;
+
+        let mut local_changed = local.changed;
+        let mut local_deleted = local.deleted;
+        let up = direction != SyncDirection::Down;
+        let down = direction != SyncDirection::Up;
+        let resolve_up = explicit && direction == SyncDirection::Up;
+        let resolve_down = explicit && direction == SyncDirection::Down;
+
+        // 2. What changed in the sandbox, fetched to staging and compared by content.
+        if down {
+            let listing = inner.remote.list().await?;
+            let rules = inner.scanner.rules.clone();
+            let scope_for_remote = scope.clone();
+            let manifest_view = std::mem::replace(&mut core.manifest, Manifest::load(PathBuf::new()));
+            let secrets_workspace = inner.workspace.clone();
+            let allow = inner.options.allow_secrets.clone();
+            let (manifest_back, changes) = tokio::task::spawn_blocking(move || {
+                let secrets = SecretFilter::new(&secrets_workspace, &allow);
+                let changes = secrets.and_then(|secrets| {
+                    diff_remote(&manifest_view, listing, &rules, &secrets, scope_for_remote.as_deref())
+                });
+                (manifest_view, changes)
+            })
+            .await
+            .map_err(join_error("Comparing the sandbox listing"))?;
+            core.manifest = manifest_back;
+            let changes = changes?;
+            let to_fetch: Vec<String> = changes
+                .iter()
+                .filter_map(|(path, change)| matches!(change, RemoteChange::Changed(_)).then(|| path.clone()))
+                .collect();
+            let staged = if to_fetch.is_empty() { Vec::new() } else { self.fetch(to_fetch).await? };
+            let mut staged_by_path: BTreeMap<String, Staged> =
+                staged.into_iter().map(|staged| (staged.path.clone(), staged)).collect();
+            let mut placements = Vec::new();
+            let mut local_deletions = Vec::new();
+            for (path, change) in changes {
+                let local_state = if local_changed.contains(&path) {
+                    Side::Changed
+                } else if local_deleted.contains(&path) {
+                    Side::Deleted
+                } else {
+                    Side::Same
+                };
+                match change {
+                    RemoteChange::Deleted => match local_state {
+                        Side::Same => {
+                            if let Some(entry) = scan.entries.get(&path) {
+                                local_deletions.push((path, entry.clone()));
+                            }
+                        }
+                        Side::Deleted => {
+                            core.manifest.remove(&path);
+                            local_deleted.remove(&path);
+                        }
+                        Side::Changed if resolve_up => {}
+                        Side::Changed if resolve_down => {
+                            local_changed.remove(&path);
+                            if let Some(entry) = scan.entries.get(&path) {
+                                local_deletions.push((path, entry.clone()));
+                            }
+                        }
+                        Side::Changed => {
+                            local_changed.remove(&path);
+                            self.conflict(core, &path, "changed in the workspace and deleted in the sandbox");
+                        }
+                    },
+                    RemoteChange::Changed(_) => {
+                        let Some(staged) = staged_by_path.remove(&path) else { continue };
+                        let base_hash = core.manifest.entries.get(&path).map(|record| record.hash.clone());
+                        if base_hash.as_deref() == Some(staged.hash.as_str()) {
+                            // Same content as last synced: only the sandbox's metadata moved.
+                            if let Some(record) = core.manifest.entries.get_mut(&path) {
+                                record.remote_mtime_s = Some(staged.mtime_s as i64);
+                            }
+                            core.manifest.mark_dirty();
+                            continue;
+                        }
+                        match local_state {
+                            Side::Same => placements.push((staged, scan.entries.get(&path).cloned())),
+                            Side::Changed => {
+                                let local_hash = hash_local(&inner.workspace, &path, scan.entries.get(&path));
+                                if local_hash.as_deref() == Some(staged.hash.as_str()) {
+                                    local_changed.remove(&path);
+                                    if let Some(entry) = scan.entries.get(&path) {
+                                        core.manifest.insert(path.clone(), Record::new(entry, staged.hash.clone(), Some(staged.mtime_s as i64)));
+                                    }
+                                    core.conflicts.remove(&path);
+                                } else if resolve_down {
+                                    local_changed.remove(&path);
+                                    placements.push((staged, scan.entries.get(&path).cloned()));
+                                } else if resolve_up {
+                                } else {
+                                    local_changed.remove(&path);
+                                    self.conflict(core, &path, "changed in both the workspace and the sandbox");
+                                }
+                            }
+                            Side::Deleted if resolve_down => {
+                                local_deleted.remove(&path);
+                                placements.push((staged, None));
+                            }
+                            Side::Deleted if resolve_up => {}
+                            Side::Deleted => {
+                                local_deleted.remove(&path);
+                                self.conflict(core, &path, "deleted in the workspace and changed in the sandbox");
+                            }
+                        }
+                    }
+                }
+            }
+            let (downloaded, bytes, raced) = self.place(core, placements, local_deletions, &mut result).await?;
+            result.downloaded += downloaded;
+            result.bytes += bytes;
+            for path in raced {
+                self.conflict(core, &path, "changed in the workspace while the sandbox's version was being fetched");
+            }
+        }
+
+        if !up {
+            result.conflicts = core.conflicts.values().cloned().collect();
+            return Ok(result);
+        }
+
+        // 3. Local changes go up; conflicted paths wait for the user unless this sync resolves them.
+        let is_held = |core: &Core, path: &String| core.conflicts.contains_key(path) && !resolve_up;
+        let deletions: BTreeSet<String> = local_deleted.into_iter().filter(|path| !is_held(core, path)).collect();
+        let uploads: Vec<String> = local_changed.into_iter().filter(|path| !is_held(core, path)).collect();
+        if resolve_up {
+            for path in deletions.iter().chain(uploads.iter()) {
+                core.conflicts.remove(path);
+            }
+        }
+        if !deletions.is_empty() {
+            let compressed = compress_deletions(&inner.workspace, &deletions);
+            inner.remote.delete(compressed.clone()).await?;
+            for path in &compressed {
+                for recorded in core.manifest.paths_under(path) {
+                    core.manifest.remove(&recorded);
+                }
+            }
+            result.deleted += deletions.len() as u64;
+        }
+        if !uploads.is_empty() {
+            self.upload(core, &scan, uploads, progress, &mut result).await?;
+        }
+        result.conflicts = core.conflicts.values().cloned().collect();
+        Ok(result)
+    }
+
+    fn conflict(&self, core: &mut Core, path: &str, reason: &str) {
+        tracing::warn!(%path, reason, "sync conflict: neither side was overwritten");
+        core.conflicts.insert(path.to_string(), Conflict { path: path.to_string(), reason: reason.to_string() });
+    }
+
+    async fn note_held_back(&self, core: &mut Core, scan: &Scan, full: bool) {
+        for path in &scan.held_back {
+            if core.logged_secrets.insert(path.clone()) {
+                tracing::warn!(%path, "held back a file that looks like a secret; allow it with settings.sync.allowSecrets");
+            }
+        }
+        for path in &scan.escaping_links {
+            if core.logged_secrets.insert(path.clone()) {
+                tracing::warn!(%path, "did not sync a symlink that points outside the workspace");
+            }
+        }
+        let held_back = scan.held_back.clone();
+        let escaping = scan.escaping_links.len() as u64;
+        let mut state = lock(&self.inner.state);
+        if full {
+            state.held_back_secrets = held_back;
+            state.excluded = Some(state.held_back_secrets.len() as u64 + escaping);
+        } else {
+            let mut merged: BTreeSet<String> = state.held_back_secrets.iter().cloned().collect();
+            merged.extend(held_back);
+            state.held_back_secrets = merged.into_iter().collect();
+            state.excluded = Some(state.held_back_secrets.len() as u64 + escaping);
+        }
+    }
+
+    /// Uploads changed files in batches, one tar stream each, recording each batch once the sandbox confirmed it.
+    async fn upload(
+        &self,
+        core: &mut Core,
+        scan: &Scan,
+        uploads: Vec<String>,
+        progress: &dyn Progress,
+        result: &mut SyncResult,
+    ) -> Result<()> {
+        let total_files = uploads.len();
+        let total_bytes: u64 = uploads.iter().filter_map(|path| scan.entries.get(path)).map(|entry| entry.size).sum();
+        let mut batches: Vec<Vec<String>> = Vec::new();
+        let mut current = Vec::new();
+        let mut current_bytes = 0u64;
+        for path in uploads {
+            let size = scan.entries.get(&path).map_or(0, |entry| entry.size);
+            if !current.is_empty() && (current.len() >= BATCH_FILES || current_bytes + size > BATCH_BYTES) {
+                batches.push(std::mem::take(&mut current));
+                current_bytes = 0;
+            }
+            current_bytes += size;
+            current.push(path);
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+        let long = total_files > 200 || total_bytes > 32 << 20;
+        let mut files_done = 0usize;
+        let mut bytes_done = 0u64;
+        for batch in batches {
+            let (reader, writer) = tokio::io::duplex(1 << 20);
+            let workspace = self.inner.workspace.clone();
+            let batch_len = batch.len();
+            let producer = tokio::task::spawn_blocking(move || {
+                let bridge = tokio_util::io::SyncIoBridge::new(writer);
+                transfer::pack(&workspace, &batch, bridge, &mut |_| {})
+            });
+            let (uploaded, packed) = tokio::join!(self.inner.remote.upload_tar(Box::pin(reader)), producer);
+            let packed = packed.map_err(join_error("Packing the upload"))?;
+            // The driver's answer comes first: a packing error usually shows up as the driver's read error.
+            let sent = match (uploaded, packed) {
+                (Ok(()), Ok(sent)) => sent,
+                (_, Err(error)) | (Err(error), _) => return Err(error),
+            };
+            for item in sent {
+                result.uploaded += 1;
+                result.bytes += item.local.size;
+                bytes_done += item.local.size;
+                if item.stable {
+                    let remote_mtime = transfer::mtime_seconds(item.local.mtime_ns) as i64;
+                    core.manifest.insert(item.path.clone(), Record::new(&item.local, item.hash, Some(remote_mtime)));
+                }
+            }
+            files_done += batch_len;
+            if long {
+                let percentage = if total_bytes > 0 { (bytes_done * 100 / total_bytes.max(1)) as u32 } else { (files_done * 100 / total_files.max(1)) as u32 };
+                progress
+                    .report(
+                        format!("{files_done}/{total_files} files, {} / {} MB", bytes_done >> 20, total_bytes >> 20),
+                        Some(percentage.min(100)),
+                    )
+                    .await;
+                let remaining = (total_files - files_done) as u64;
+                self.publish(|state| state.pending = remaining).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Downloads the given sandbox paths into the staging directory.
+    async fn fetch(&self, paths: Vec<String>) -> Result<Vec<Staged>> {
+        let reader = self.inner.remote.download_tar(paths).await?;
+        let staging = self.inner.staging.clone();
+        tokio::task::spawn_blocking(move || {
+            let bridge = tokio_util::io::SyncIoBridge::new(reader);
+            transfer::stage(bridge, &staging)
+        })
+        .await
+        .map_err(join_error("Unpacking the download"))?
+    }
+
+    /// Puts downloaded files into the workspace and removes files deleted in the sandbox, each only if the local
+    /// file is still as the scan saw it. Answers (downloaded, bytes, paths that changed meanwhile).
+    async fn place(
+        &self,
+        core: &mut Core,
+        placements: Vec<(Staged, Option<LocalEntry>)>,
+        deletions: Vec<(String, LocalEntry)>,
+        result: &mut SyncResult,
+    ) -> Result<(u64, u64, Vec<String>)> {
+        if placements.is_empty() && deletions.is_empty() {
+            return Ok((0, 0, Vec::new()));
+        }
+        let workspace = self.inner.workspace.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> Result<PlaceOutcome> {
+            let mut outcome = PlaceOutcome::default();
+            let mut checked = HashSet::new();
+            for (staged, expected) in placements {
+                let target = workspace.join(&staged.path);
+                let now = std::fs::symlink_metadata(&target).ok().map(|metadata| {
+                    let link = std::fs::read_link(&target).ok().and_then(|target| target.to_str().map(str::to_string));
+                    LocalEntry::from_metadata(&metadata, if metadata.file_type().is_symlink() { link } else { None })
+                });
+                let unchanged = match (&now, &expected) {
+                    (None, None) => true,
+                    (Some(now), Some(expected)) => now == expected,
+                    _ => false,
+                };
+                if !unchanged {
+                    outcome.raced.push(staged.path.clone());
+                    continue;
+                }
+                let path = staged.path.clone();
+                let hash = staged.hash.clone();
+                let mtime_s = staged.mtime_s as i64;
+                let size = staged.size;
+                transfer::place(&workspace, staged, &mut checked)?;
+                let metadata = std::fs::symlink_metadata(&target).map_err(|error| Error::io(format!("Could not read {path}"), error))?;
+                let link = if metadata.file_type().is_symlink() {
+                    std::fs::read_link(&target).ok().and_then(|target| target.to_str().map(str::to_string))
+                } else {
+                    None
+                };
+                outcome.placed.push((path, Record::new(&LocalEntry::from_metadata(&metadata, link), hash, Some(mtime_s))));
+                outcome.bytes += size;
+            }
+            for (path, expected) in deletions {
+                let target = workspace.join(&path);
+                let now = std::fs::symlink_metadata(&target).ok().map(|metadata| LocalEntry::from_metadata(&metadata, None));
+                let unchanged = now.as_ref().is_some_and(|now| {
+                    now.kind == expected.kind && now.size == expected.size && now.mtime_ns == expected.mtime_ns && now.inode == expected.inode
+                });
+                if !unchanged {
+                    outcome.raced.push(path);
+                    continue;
+                }
+                std::fs::remove_file(&target).map_err(|error| Error::io(format!("Could not delete {path}"), error))?;
+                outcome.removed.push(path);
+            }
+            Ok(outcome)
+        })
+        .await
+        .map_err(join_error("Writing downloaded files"))??;
+        for (path, record) in outcome.placed.iter().cloned() {
+            core.manifest.insert(path.clone(), record);
+            core.conflicts.remove(&path);
+        }
+        for path in &outcome.removed {
+            core.manifest.remove(path);
+            core.conflicts.remove(path);
+        }
+        result.deleted += outcome.removed.len() as u64;
+        Ok((outcome.placed.len() as u64, outcome.bytes, outcome.raced))
+    }
+}
+
+#[derive(Default)]
+struct PlaceOutcome {
+    placed: Vec<(String, Record)>,
+    removed: Vec<String>,
+    raced: Vec<String>,
+    bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Same,
+    Changed,
+    Deleted,
+}
+
+/// The content hash of a local file or symlink, when it can be read.
+fn hash_local(workspace: &Path, path: &str, entry: Option<&LocalEntry>) -> Option<String> {
+    match entry {
+        Some(entry) if entry.kind == EntryKind::Symlink => entry.link_target.as_deref().map(super::manifest::hash_link),
+        Some(_) => hash_file(&workspace.join(path)).ok(),
+        None => None,
+    }
+}

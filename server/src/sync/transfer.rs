@@ -1,0 +1,439 @@
+//! Moving files: packing tar streams (files streamed, hashed on the way), and unpacking them with atomic writes
+//! (temporary file, then rename) that never go through a symlink or outside the root. Used on both ends: by the
+//! engine for uploads and downloads, and by the local driver for the sandbox side.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tempfile::TempPath;
+
+use super::manifest::hash_link;
+use super::scan::{check_relative, link_stays_inside, LocalEntry};
+use super::EntryKind;
+use crate::error::{Error, IoContext, Result};
+
+/// Buffer size between tar and the byte streams; large enough that headers and small files batch up.
+const IO_BUFFER: usize = 256 * 1024;
+
+/// One file or symlink that went into an archive, as it was read.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub path: String,
+    pub local: LocalEntry,
+    pub hash: String,
+    /// False when the file changed while it was read; it is then not recorded, so the next sync sends it again.
+    pub stable: bool,
+}
+
+/// Packs `paths` (relative to `root`) into a tar stream on `writer`; files are streamed in chunks and hashed as
+/// they go. Paths that vanished are skipped. `on_bytes` is told how many content bytes went out.
+pub fn pack(root: &Path, paths: &[String], writer: impl Write, on_bytes: &mut dyn FnMut(u64)) -> Result<Vec<Sent>> {
+    // Buffered so 512-byte tar headers do not each become a write to the (async-bridged) stream.
+    let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(IO_BUFFER, writer));
+    builder.mode(tar::HeaderMode::Complete);
+    let mut sent = Vec::with_capacity(paths.len());
+    let write_failed = |source: std::io::Error| Error::io("Could not send files to the sandbox", source);
+    for relative in paths {
+        let full = root.join(relative);
+        let Ok(metadata) = std::fs::symlink_metadata(&full) else { continue };
+        if metadata.file_type().is_symlink() {
+            let Ok(target) = std::fs::read_link(&full) else { continue };
+            let Some(target) = target.to_str().map(str::to_string) else { continue };
+            if !link_stays_inside(relative, &target) {
+                continue;
+            }
+            let local = LocalEntry::from_metadata(&metadata, Some(target.clone()));
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            header.set_mode(0o777);
+            header.set_mtime(mtime_seconds(local.mtime_ns));
+            builder.append_link(&mut header, relative, &target).map_err(write_failed)?;
+            sent.push(Sent { path: relative.clone(), local, hash: hash_link(&target), stable: true });
+            continue;
+        }
+        if !metadata.is_file() {
+            continue;
+        }
+        // O_NOFOLLOW: if the file became a symlink since the scan, it is not followed out of the workspace.
+        let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&full) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::debug!(path = %relative, %error, "skipped a file that could not be opened");
+                continue;
+            }
+        };
+        let before = file.metadata().context(|| format!("Could not read {relative}"))?;
+        let local = LocalEntry::from_metadata(&before, None);
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(local.size);
+        header.set_mode(local.mode);
+        header.set_mtime(mtime_seconds(local.mtime_ns));
+        let mut reader = HashingReader::new(file, local.size);
+        builder.append_data(&mut header, relative, &mut reader).map_err(write_failed)?;
+        on_bytes(local.size);
+        let after = reader.file.metadata().ok().map(|metadata| LocalEntry::from_metadata(&metadata, None));
+        let stable = !reader.short && after.as_ref() == Some(&local);
+        sent.push(Sent { path: relative.clone(), local, hash: reader.finish(), stable });
+    }
+    builder.into_inner().map_err(write_failed)?.flush().map_err(write_failed)?;
+    Ok(sent)
+}
+
+/// Whole seconds of a nanosecond timestamp, as tar headers carry them.
+pub fn mtime_seconds(mtime_ns: i128) -> u64 {
+    (mtime_ns.div_euclid(1_000_000_000)).max(0) as u64
+}
+
+/// Reads exactly `size` bytes of a file, hashing them; pads with zeros if the file shrank meanwhile.
+struct HashingReader {
+    file: File,
+    remaining: u64,
+    hasher: blake3::Hasher,
+    short: bool,
+}
+
+impl HashingReader {
+    fn new(file: File, size: u64) -> Self {
+        HashingReader { file, remaining: size, hasher: blake3::Hasher::new(), short: false }
+    }
+
+    fn finish(self) -> String {
+        self.hasher.finalize().to_hex().to_string()
+    }
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let limit = buffer.len().min(self.remaining as usize);
+        let mut count = if self.short { 0 } else { self.file.read(&mut buffer[..limit])? };
+        if count == 0 {
+            // The file shrank while being read: pad so the archive stays well-formed, and mark it unstable.
+            self.short = true;
+            buffer[..limit].fill(0);
+            count = limit;
+        }
+        self.hasher.update(&buffer[..count]);
+        self.remaining -= count as u64;
+        Ok(count)
+    }
+}
+
+/// An entry read from an archive into a temporary file (or, for symlinks, just its target).
+#[derive(Debug)]
+pub struct Staged {
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime_s: u64,
+    pub mode: u32,
+    pub hash: String,
+    pub link_target: Option<String>,
+    /// The content, for files; removed when dropped unless placed.
+    pub temp: Option<TempPath>,
+}
+
+/// Reads every file and symlink of an archive into `staging` (hashing contents), refusing unsafe paths and
+/// symlinks that point outside the root before anything reaches the destination.
+pub fn stage(reader: impl Read, staging: &Path) -> Result<Vec<Staged>> {
+    std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
+    let mut staged = Vec::new();
+    let read_failed = |source: std::io::Error| Error::io("Could not read the archive from the sandbox", source);
+    for entry in archive.entries().map_err(read_failed)? {
+        let mut entry = entry.map_err(read_failed)?;
+        let raw_path = entry.path_bytes().into_owned();
+        let path = String::from_utf8_lossy(&raw_path).trim_end_matches('/').to_string();
+        let header = entry.header();
+        let entry_type = header.entry_type();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let mtime_s = header.mtime().unwrap_or(0);
+        if entry_type.is_dir() {
+            check_relative(&path)?;
+            continue;
+        }
+        check_relative(&path)?;
+        if entry_type.is_symlink() {
+            let target = entry
+                .link_name_bytes()
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
+            if !link_stays_inside(&path, &target) {
+                return Err(Error::PathOutsideWorkspace(format!(
+                    "The symlink \"{path}\" points outside the workspace (to \"{target}\"), so it was refused and \
+                     nothing was written. Remove it, or exclude it in .sandlinkignore."
+                )));
+            }
+            let hash = hash_link(&target);
+            staged.push(Staged {
+                path,
+                kind: EntryKind::Symlink,
+                size: target.len() as u64,
+                mtime_s,
+                mode: 0o777,
+                hash,
+                link_target: Some(target),
+                temp: None,
+            });
+            continue;
+        }
+        if !(entry_type.is_file() || entry_type == tar::EntryType::Continuous) {
+            tracing::debug!(%path, "skipped an archive entry that is neither a file nor a symlink");
+            continue;
+        }
+        let mut temp = tempfile::Builder::new()
+            .prefix(".sandlink-")
+            .tempfile_in(staging)
+            .context(|| format!("Could not create a temporary file in {}", staging.display()))?;
+        let mut hasher = blake3::Hasher::new();
+        let size = copy_hashing(&mut entry, temp.as_file_mut(), &mut hasher).map_err(read_failed)?;
+        finish_temp(temp.as_file(), mode, mtime_s, &path)?;
+        let temp = temp.into_temp_path();
+        staged.push(Staged {
+            path,
+            kind: EntryKind::File,
+            size,
+            mtime_s,
+            mode,
+            hash: hasher.finalize().to_hex().to_string(),
+            link_target: None,
+            temp: Some(temp),
+        });
+    }
+    Ok(staged)
+}
+
+/// Gives a written temporary file its final mode and modification time, through its descriptor (no path lookups).
+fn finish_temp(file: &File, mode: u32, mtime_s: u64, path: &str) -> Result<()> {
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).context(|| format!("Could not set the mode of {path}"))?;
+    let mtime = filetime::FileTime::from_unix_time(mtime_s as i64, 0);
+    filetime::set_file_handle_times(file, None, Some(mtime)).context(|| format!("Could not set the modification time of {path}"))
+}
+
+fn copy_hashing(reader: &mut impl Read, writer: &mut File, hasher: &mut blake3::Hasher) -> std::io::Result<u64> {
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let count = reader.read(&mut buffer)?;
+        if count == 0 {
+            return Ok(total);
+        }
+        hasher.update(&buffer[..count]);
+        writer.write_all(&buffer[..count])?;
+        total += count as u64;
+    }
+}
+
+/// Puts a staged entry at `root/path` atomically (rename), creating parent directories but never writing
+/// through a symlink. `checked` remembers directories already verified in this batch.
+pub fn place(root: &Path, staged: Staged, checked: &mut HashSet<PathBuf>) -> Result<()> {
+    let target = root.join(&staged.path);
+    ensure_parents(root, &staged.path, checked)?;
+    if let Ok(existing) = std::fs::symlink_metadata(&target) {
+        if existing.is_dir() {
+            std::fs::remove_dir_all(&target).context(|| format!("Could not replace the directory {}", staged.path))?;
+        }
+    }
+    let parent = target.parent().unwrap_or(root);
+    match staged.kind {
+        EntryKind::Symlink => {
+            let link_target = staged.link_target.unwrap_or_default();
+            let temporary = parent.join(format!(".sandlink-{}", crate::engine::short_id()));
+            std::os::unix::fs::symlink(&link_target, &temporary)
+                .context(|| format!("Could not create the symlink {}", staged.path))?;
+            std::fs::rename(&temporary, &target).map_err(|error| {
+                let _ = std::fs::remove_file(&temporary);
+                Error::io(format!("Could not create the symlink {}", staged.path), error)
+            })?;
+        }
+        EntryKind::File | EntryKind::Dir => {
+            let Some(temp) = staged.temp else { return Ok(()) };
+            if let Err(error) = temp.persist(&target) {
+                // Across file systems a rename cannot work: copy next to the target, then rename there.
+                let temp = error.path;
+                let mut local = tempfile::Builder::new()
+                    .prefix(".sandlink-")
+                    .tempfile_in(parent)
+                    .context(|| format!("Could not write in {}", parent.display()))?;
+                std::io::copy(&mut File::open(&temp).context(|| format!("Could not read the staged {}", staged.path))?, local.as_file_mut())
+                    .context(|| format!("Could not write {}", staged.path))?;
+                local.as_file().set_permissions(std::fs::Permissions::from_mode(staged.mode))
+                    .context(|| format!("Could not set the mode of {}", staged.path))?;
+                let local = local.into_temp_path();
+                filetime::set_file_mtime(&local, filetime::FileTime::from_unix_time(staged.mtime_s as i64, 0))
+                    .context(|| format!("Could not set the modification time of {}", staged.path))?;
+                local.persist(&target).map_err(|error| Error::io(format!("Could not write {}", staged.path), error.error))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure every parent directory of `path` under `root` is a real directory (creating missing ones), and
+/// refuses to go through a symlink, which could lead outside the root.
+pub fn ensure_parents(root: &Path, path: &str, checked: &mut HashSet<PathBuf>) -> Result<()> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut current = root.to_path_buf();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        current.push(part);
+        if checked.contains(&current) {
+            continue;
+        }
+        match std::fs::symlink_metadata(&current) {
+            Ok(metadata) if metadata.is_dir() => {}
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                return Err(Error::PathOutsideWorkspace(format!(
+                    "\"{path}\" would be written through the symlink \"{}\", which could lead outside the root; \
+                     nothing was written there. Replace the symlink with a directory or exclude the path.",
+                    current.strip_prefix(root).unwrap_or(&current).display()
+                )));
+            }
+            Ok(_) => {
+                std::fs::remove_file(&current).context(|| format!("Could not replace the file {}", current.display()))?;
+                std::fs::create_dir(&current).context(|| format!("Could not create {}", current.display()))?;
+            }
+            Err(_) => {
+                std::fs::create_dir(&current)
+                    .or_else(|error| if current.is_dir() { Ok(()) } else { Err(error) })
+                    .context(|| format!("Could not create {}", current.display()))?;
+            }
+        }
+        checked.insert(current.clone());
+    }
+    Ok(())
+}
+
+/// Whether any parent of `path` under `root` is a symlink (or missing); such paths are neither read nor deleted.
+pub fn parents_are_real_dirs(root: &Path, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut current = root.to_path_buf();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        current.push(part);
+        match std::fs::symlink_metadata(&current) {
+            Ok(metadata) if metadata.is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Unpacks an uploaded archive under `root`, each entry through `staging` (same file system) and a rename.
+pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Result<u64> {
+    std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
+    let mut checked = HashSet::new();
+    let mut count = 0u64;
+    let read_failed = |source: std::io::Error| Error::io("Could not read the upload archive", source);
+    for entry in archive.entries().map_err(read_failed)? {
+        let mut entry = entry.map_err(read_failed)?;
+        let path = String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/').to_string();
+        check_relative(&path)?;
+        let header = entry.header();
+        let entry_type = header.entry_type();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let mtime_s = header.mtime().unwrap_or(0);
+        if entry_type.is_dir() {
+            ensure_parents(root, &format!("{path}/x"), &mut checked)?;
+            continue;
+        }
+        let staged = if entry_type.is_symlink() {
+            let target = entry
+                .link_name_bytes()
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
+            if !link_stays_inside(&path, &target) {
+                return Err(Error::PathOutsideWorkspace(format!(
+                    "The upload's symlink \"{path}\" points outside the root; it was refused."
+                )));
+            }
+            Staged { path, kind: EntryKind::Symlink, size: 0, mtime_s, mode, hash: String::new(), link_target: Some(target), temp: None }
+        } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
+            let mut temp = tempfile::Builder::new()
+                .prefix(".upload-")
+                .tempfile_in(staging)
+                .context(|| format!("Could not create a temporary file in {}", staging.display()))?;
+            std::io::copy(&mut entry, temp.as_file_mut()).map_err(read_failed)?;
+            finish_temp(temp.as_file(), mode, mtime_s, &path)?;
+            let temp = temp.into_temp_path();
+            Staged { path, kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) }
+        } else {
+            continue;
+        };
+        place(root, staged, &mut checked)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Deletes relative paths under `root` (directories recursively), never through a symlinked parent.
+pub fn delete_under(root: &Path, paths: &[String]) -> Result<()> {
+    for path in paths {
+        check_relative(path)?;
+        if !parents_are_real_dirs(root, path) {
+            continue;
+        }
+        let full = root.join(path);
+        let outcome = match std::fs::symlink_metadata(&full) {
+            Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(&full),
+            Ok(_) => std::fs::remove_file(&full),
+            Err(_) => Ok(()),
+        };
+        match outcome {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("Could not delete {path}"), error));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_then_unpack_should_keep_content_modes_and_symlinks() {
+        let source = tempfile::tempdir().expect("a temp dir");
+        let destination = tempfile::tempdir().expect("a temp dir");
+        let staging = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir_all(source.path().join("bin")).expect("mkdir");
+        std::fs::write(source.path().join("bin/run.sh"), "#!/bin/sh\necho hi\n").expect("write");
+        std::fs::set_permissions(source.path().join("bin/run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::symlink("bin/run.sh", source.path().join("link")).expect("symlink");
+        let mut archive = Vec::new();
+        let sent = pack(source.path(), &["bin/run.sh".into(), "link".into()], &mut archive, &mut |_| {}).expect("pack");
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|entry| entry.stable));
+        unpack_atomically(archive.as_slice(), destination.path(), staging.path()).expect("unpack");
+        let copied = destination.path().join("bin/run.sh");
+        assert_eq!(std::fs::read_to_string(&copied).expect("read"), "#!/bin/sh\necho hi\n");
+        assert_eq!(std::fs::metadata(&copied).expect("stat").permissions().mode() & 0o777, 0o755);
+        assert_eq!(std::fs::read_link(destination.path().join("link")).expect("readlink"), Path::new("bin/run.sh"));
+        assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn unpack_should_refuse_to_write_through_a_symlink() {
+        let destination = tempfile::tempdir().expect("a temp dir");
+        let outside = tempfile::tempdir().expect("a temp dir");
+        let staging = tempfile::tempdir().expect("a temp dir");
+        std::os::unix::fs::symlink(outside.path(), destination.path().join("escape")).expect("symlink");
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        archive.append_data(&mut header, "escape/pwned", &b"hi"[..]).expect("append");
+        let bytes = archive.into_inner().expect("finish");
+        let error = unpack_atomically(bytes.as_slice(), destination.path(), staging.path()).unwrap_err();
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);
+        assert!(!outside.path().join("pwned").exists());
+    }
+}

@@ -1,0 +1,216 @@
+//! The file-system watcher: notices changes made outside the editor (git checkout, generators), debounced so a
+//! burst becomes one batch. Only directories that sync are watched; when the OS watch limit is reached it falls
+//! back to periodic rescans and says so, never failing the session.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
+
+use super::rules::{is_ignore_file, Rules};
+
+/// Told which relative paths changed (`full`: rescan everything, e.g. after an ignore file changed).
+pub type OnChange = Arc<dyn Fn(Vec<String>, bool) + Send + Sync>;
+/// Told the watching mode (`watching`, `polling`) and, on a fallback, why.
+pub type OnMode = Arc<dyn Fn(&'static str, Option<String>) + Send + Sync>;
+
+/// Quiet time after the last event before a batch is handed over.
+const DEBOUNCE: Duration = Duration::from_millis(60);
+/// Longest a continuous stream of events is held back.
+const MAX_HOLD: Duration = Duration::from_millis(600);
+
+/// A running watcher (or poller); stops when told or dropped.
+pub struct Watcher {
+    stop: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts watching the workspace of `rules` on a thread of its own.
+pub fn start(rules: Arc<Rules>, force_poll: bool, poll_interval: Duration, on_change: OnChange, on_mode: OnMode) -> Watcher {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let spawned = std::thread::Builder::new().name("sandlink-watch".into()).spawn(move || {
+        if force_poll {
+            on_mode("polling", None);
+            poll(&thread_stop, poll_interval, &on_change);
+            return;
+        }
+        match watch(&rules, &thread_stop, &on_change, &on_mode) {
+            Ok(()) => {}
+            Err(reason) => {
+                on_mode("polling", Some(reason));
+                poll(&thread_stop, poll_interval, &on_change);
+            }
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "could not start the file watcher thread; changes outside the editor sync on runs");
+    }
+    Watcher { stop }
+}
+
+fn poll(stop: &AtomicBool, interval: Duration, on_change: &OnChange) {
+    while !stop.load(Ordering::SeqCst) {
+        let until = Instant::now() + interval;
+        while Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(interval));
+        }
+        on_change(Vec::new(), true);
+    }
+}
+
+/// Watches until stopped; answers why when the OS cannot watch (limit reached), so the caller can poll.
+fn watch(rules: &Arc<Rules>, stop: &AtomicBool, on_change: &OnChange, on_mode: &OnMode) -> Result<(), String> {
+    let (sender, receiver) = channel::<notify::Result<notify::Event>>();
+    let mut watcher = RecommendedWatcher::new(
+        move |event| {
+            let _ = sender.send(event);
+        },
+        notify::Config::default(),
+    )
+    .map_err(describe)?;
+    let workspace = rules.workspace().to_path_buf();
+    let mut watched: HashSet<PathBuf> = HashSet::new();
+    add_tree(&mut watcher, rules, &workspace, &mut watched)?;
+    on_mode("watching", None);
+    // Changes made while the watches were being set up are caught by one rescan.
+    on_change(Vec::new(), true);
+    run_events(&mut watcher, rules, &workspace, &receiver, stop, on_change, &mut watched)
+}
+
+fn run_events(
+    watcher: &mut RecommendedWatcher,
+    rules: &Arc<Rules>,
+    workspace: &Path,
+    receiver: &Receiver<notify::Result<notify::Event>>,
+    stop: &AtomicBool,
+    on_change: &OnChange,
+    watched: &mut HashSet<PathBuf>,
+) -> Result<(), String> {
+    let mut batch: BTreeSet<String> = BTreeSet::new();
+    let mut full = false;
+    let mut first_event: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match receiver.recv_timeout(DEBOUNCE) {
+            Ok(Ok(event)) => {
+                first_event.get_or_insert_with(Instant::now);
+                for path in event.paths {
+                    let Ok(relative) = path.strip_prefix(workspace) else { continue };
+                    let Some(relative) = relative.to_str().map(str::to_string) else { continue };
+                    if relative.is_empty() {
+                        continue;
+                    }
+                    let name = relative.rsplit('/').next().unwrap_or(&relative);
+                    if is_ignore_file(name) {
+                        rules.invalidate();
+                        full = true;
+                        continue;
+                    }
+                    let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|metadata| metadata.is_dir());
+                    if rules.is_excluded(&relative, is_dir) {
+                        continue;
+                    }
+                    if is_dir && !watched.contains(&path) {
+                        add_tree(watcher, rules, &path, watched)?;
+                    }
+                    batch.insert(relative);
+                }
+            }
+            Ok(Err(error)) => {
+                if matches!(error.kind, notify::ErrorKind::MaxFilesWatch) {
+                    return Err(describe(error));
+                }
+                // An overflowed event queue loses events: rescan everything rather than miss a change.
+                tracing::debug!(%error, "file watcher error; rescanning");
+                full = true;
+                first_event.get_or_insert_with(Instant::now);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // Quiet for a while: hand the batch over.
+                if first_event.take().is_some() {
+                    on_change(std::mem::take(&mut batch).into_iter().collect(), std::mem::take(&mut full));
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        if let Some(started) = first_event {
+            if started.elapsed() >= MAX_HOLD {
+                on_change(std::mem::take(&mut batch).into_iter().collect(), std::mem::take(&mut full));
+                first_event = None;
+            }
+        }
+    }
+}
+
+/// Watches `start` and every directory below it that syncs (ignored trees such as node_modules cost no watches).
+fn add_tree(
+    watcher: &mut RecommendedWatcher,
+    rules: &Arc<Rules>,
+    start: &Path,
+    watched: &mut HashSet<PathBuf>,
+) -> Result<(), String> {
+    let mut walker = rules.walker(start);
+    let filter_rules = rules.clone();
+    // `filter_entry` replaces the rules' own filter, so `.git` and configured excludes are checked here again.
+    walker.filter_entry(move |entry| {
+        if !entry.file_type().is_some_and(|kind| kind.is_dir()) {
+            return false;
+        }
+        match entry.path().strip_prefix(filter_rules.workspace()) {
+            Ok(relative) if !relative.as_os_str().is_empty() => !filter_rules.is_excluded(&relative.to_string_lossy(), true),
+            _ => true,
+        }
+    });
+    for entry in walker.build().flatten() {
+        let path = entry.path().to_path_buf();
+        if watched.contains(&path) {
+            continue;
+        }
+        match watcher.watch(&path, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                watched.insert(path);
+            }
+            Err(error) if is_limit(&error) => return Err(describe(error)),
+            Err(error) => tracing::debug!(path = %path.display(), %error, "could not watch a directory"),
+        }
+    }
+    Ok(())
+}
+
+fn is_limit(error: &notify::Error) -> bool {
+    match &error.kind {
+        notify::ErrorKind::MaxFilesWatch => true,
+        // inotify reports an exhausted watch limit as ENOSPC.
+        notify::ErrorKind::Io(io) => io.raw_os_error() == Some(libc::ENOSPC),
+        _ => false,
+    }
+}
+
+fn describe(error: notify::Error) -> String {
+    format!(
+        "the file watch limit is exhausted ({error}); sandlink rescans periodically instead. Raise \
+         fs.inotify.max_user_watches to watch again."
+    )
+}

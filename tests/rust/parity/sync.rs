@@ -1,0 +1,288 @@
+//! Sync behaviours every driver with file operations must share, checked only through the protocol (runs look at
+//! the sandbox side), so the docker and e2b drivers can run them with `sync_parity_tests!(their_fixture)`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::DriverFixture;
+use crate::support::{self, file_uri, Server};
+
+/// Generates one test per shared sync behaviour for a fixture constructor, like `parity_tests!`.
+#[macro_export]
+macro_rules! sync_parity_tests {
+    ($fixture:path) => {
+        $crate::sync_parity_tests!(@each $fixture,
+            sync_should_apply_nested_ignore_rules_and_negations,
+            sync_should_hold_back_secrets_and_list_them,
+            resync_without_changes_should_transfer_nothing,
+            one_changed_file_should_transfer_one_file,
+            deletes_and_renames_should_propagate,
+            did_save_should_reach_the_sandbox_before_the_next_run,
+            sync_down_should_bring_back_sandbox_changes,
+            changes_on_both_sides_should_be_a_conflict_that_keeps_both_versions,
+            sync_down_should_refuse_a_symlink_escaping_the_root
+        );
+    };
+    (@each $fixture:path, $($behaviour:ident),+) => {
+        $(
+            #[test]
+            fn $behaviour() {
+                let Some(fixture) = $fixture() else { return };
+                $crate::parity::sync::$behaviour(&fixture);
+            }
+        )+
+    };
+}
+
+/// The fixture's driver settings plus `sync` settings.
+pub fn settings_with_sync(fixture: &DriverFixture, sync: Value) -> Value {
+    let mut settings = match &fixture.settings {
+        Value::Object(map) => Value::Object(map.clone()),
+        _ => json!({}),
+    };
+    settings["sync"] = sync;
+    settings
+}
+
+/// A server connected to a fresh workspace with `files` and the given sync settings.
+pub fn connected_with(fixture: &DriverFixture, files: &[(&str, &str)], sync: Value) -> (Server, tempfile::TempDir, String) {
+    let workspace = support::workspace_with(files);
+    let server = fixture.start_server();
+    let session = server.connect(fixture.driver, settings_with_sync(fixture, sync), workspace.path());
+    assert_eq!(session["state"], "active", "a new session is active: {session}");
+    let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
+    (server, workspace, session_id)
+}
+
+/// Runs a shell command line in the sandbox and returns its stdout, asserting it succeeded.
+pub fn sandbox_shell(server: &Server, session_id: &str, command: &str) -> String {
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": command }));
+    assert_eq!(outcome.exit_code(), Some(0), "`{command}` failed in the sandbox: {}", outcome.stderr);
+    outcome.stdout
+}
+
+/// Every file and symlink in the sandbox root, relative and sorted.
+pub fn sandbox_files(server: &Server, session_id: &str) -> Vec<String> {
+    let listing = sandbox_shell(server, session_id, "find . \\( -type f -o -type l \\) | sed 's|^\\./||' | LC_ALL=C sort");
+    listing.lines().map(str::to_string).collect()
+}
+
+/// A file's content in the sandbox, or None when it does not exist.
+pub fn sandbox_read(server: &Server, session_id: &str, path: &str) -> Option<String> {
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "cat", "args": [path] }));
+    (outcome.exit_code() == Some(0)).then_some(outcome.stdout)
+}
+
+pub fn sync(server: &Server, session_id: &str, direction: &str) -> Value {
+    server
+        .request("sandlink/sync", json!({ "sessionId": session_id, "direction": direction }))
+        .unwrap_or_else(|error| panic!("sync {direction} failed: {error:?}"))
+}
+
+fn write(workspace: &Path, path: &str, contents: &str) {
+    let full = workspace.join(path);
+    std::fs::create_dir_all(full.parent().expect("a parent")).expect("parent directories");
+    std::fs::write(full, contents).expect("write a workspace file");
+}
+
+/// Sync settings that leave only explicit triggers, so counts are not disturbed by the watcher.
+fn manual() -> Value {
+    json!({ "watch": "off" })
+}
+
+pub fn sync_should_apply_nested_ignore_rules_and_negations(fixture: &DriverFixture) {
+    let files = [
+        (".gitignore", "*.log\nbuild/\n"),
+        ("app.log", "x"),
+        ("build/out.js", "x"),
+        ("src/main.rs", "fn main() {}"),
+        ("src/.gitignore", "!keep.log\ngenerated/\n"),
+        ("src/keep.log", "kept"),
+        ("src/other.log", "x"),
+        ("src/generated/a.rs", "x"),
+        ("docs/.ignore", "draft.md\n"),
+        ("docs/draft.md", "x"),
+        ("docs/final.md", "x"),
+        (".sandlinkignore", "private/\n"),
+        ("private/notes.txt", "x"),
+        ("scratch.tmp", "x"),
+        ("node_modules/.gitkeep", ""),
+    ];
+    let (server, _workspace, session_id) =
+        connected_with(fixture, &files, json!({ "watch": "off", "exclude": ["*.tmp", "node_modules/"] }));
+    let listed = sandbox_files(&server, &session_id);
+    assert_eq!(
+        listed,
+        vec![".gitignore", ".sandlinkignore", "docs/.ignore", "docs/final.md", "src/.gitignore", "src/keep.log", "src/main.rs"],
+        "only files no rule excludes reach the sandbox"
+    );
+}
+
+pub fn sync_should_hold_back_secrets_and_list_them(fixture: &DriverFixture) {
+    let secret_value = "sk_live_do_not_ship_0123456789";
+    let files = [
+        (".env", secret_value),
+        ("config/.env.production", secret_value),
+        (".env.test", "TEST=1"),
+        (".env.example", "KEY="),
+        ("keys/id_ed25519", secret_value),
+        ("keys/id_ed25519.pub", "public"),
+        ("tls/server.pem", secret_value),
+        (".npmrc", secret_value),
+        ("src/app.py", "print(1)"),
+    ];
+    let (server, _workspace, session_id) = connected_with(fixture, &files, json!({ "watch": "off", "allowSecrets": [".env.test"] }));
+    let listed = sandbox_files(&server, &session_id);
+    assert_eq!(listed, vec![".env.example", ".env.test", "keys/id_ed25519.pub", "src/app.py"]);
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    let held: Vec<&str> = status["sync"]["heldBackSecrets"].as_array().expect("a list").iter().filter_map(Value::as_str).collect();
+    assert_eq!(held, vec![".env", ".npmrc", "config/.env.production", "keys/id_ed25519", "tls/server.pem"]);
+    assert_eq!(status["sync"]["excluded"], 5);
+    let log = server.stderr();
+    assert!(log.contains("config/.env.production"), "held-back paths are logged: {log}");
+    assert!(!log.contains(secret_value), "a secret's content never reaches the log");
+    let npmrc_lines = |log: &str| log.lines().filter(|line| line.contains("held back") && line.contains(".npmrc")).count();
+    assert_eq!(npmrc_lines(&log), 1, "each held-back path is logged once: {log}");
+    sync(&server, &session_id, "up");
+    assert_eq!(npmrc_lines(&server.stderr()), 1, "and not again on the next sync");
+}
+
+pub fn resync_without_changes_should_transfer_nothing(fixture: &DriverFixture) {
+    let files: Vec<(String, String)> = (0..50).map(|index| (format!("dir{}/file{index}.txt", index % 5), format!("content {index}"))).collect();
+    let borrowed: Vec<(&str, &str)> = files.iter().map(|(path, text)| (path.as_str(), text.as_str())).collect();
+    let (server, _workspace, session_id) = connected_with(fixture, &borrowed, manual());
+    let result = sync(&server, &session_id, "up");
+    assert_eq!((result["uploaded"].as_u64(), result["deleted"].as_u64(), result["bytes"].as_u64()), (Some(0), Some(0), Some(0)), "{result}");
+}
+
+pub fn one_changed_file_should_transfer_one_file(fixture: &DriverFixture) {
+    let (server, workspace, session_id) =
+        connected_with(fixture, &[("a.txt", "one"), ("b.txt", "two"), ("sub/c.txt", "three")], manual());
+    write(workspace.path(), "sub/c.txt", "three, changed");
+    let result = sync(&server, &session_id, "up");
+    assert_eq!(result["uploaded"], 1, "{result}");
+    assert_eq!(result["bytes"], "three, changed".len(), "{result}");
+    assert_eq!(sandbox_read(&server, &session_id, "sub/c.txt").as_deref(), Some("three, changed"));
+    // A mode change is a change too (scripts made executable).
+    let script = workspace.path().join("a.txt");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    assert_eq!(sync(&server, &session_id, "up")["uploaded"], 1);
+    assert_eq!(sandbox_shell(&server, &session_id, "test -x a.txt && echo executable"), "executable\n");
+}
+
+pub fn deletes_and_renames_should_propagate(fixture: &DriverFixture) {
+    let (server, workspace, session_id) = connected_with(
+        fixture,
+        &[("keep.txt", "k"), ("gone.txt", "g"), ("old/a.txt", "a"), ("old/deep/b.txt", "b"), ("name1.txt", "n")],
+        manual(),
+    );
+    std::fs::remove_file(workspace.path().join("gone.txt")).expect("delete");
+    std::fs::rename(workspace.path().join("old"), workspace.path().join("new")).expect("rename a directory");
+    std::fs::rename(workspace.path().join("name1.txt"), workspace.path().join("name2.txt")).expect("rename a file");
+    let result = sync(&server, &session_id, "up");
+    assert_eq!(result["deleted"], 4, "{result}");
+    assert_eq!(result["uploaded"], 3, "{result}");
+    assert_eq!(sandbox_files(&server, &session_id), vec!["keep.txt", "name2.txt", "new/a.txt", "new/deep/b.txt"]);
+    assert_eq!(sandbox_shell(&server, &session_id, "test -e old && echo present || echo absent"), "absent\n", "the renamed directory is gone");
+}
+
+pub fn did_save_should_reach_the_sandbox_before_the_next_run(fixture: &DriverFixture) {
+    let (server, workspace, session_id) = connected_with(fixture, &[("main.txt", "version 0")], manual());
+    let path = workspace.path().join("main.txt");
+    for version in 1..=10 {
+        let text = format!("version {version}");
+        std::fs::write(&path, &text).expect("save");
+        server.notify("textDocument/didSave", json!({ "textDocument": { "uri": file_uri(&path) } }));
+        let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "cat main.txt" }));
+        assert_eq!(outcome.stdout, text, "the run right after didSave sees the saved file");
+    }
+    let created = workspace.path().join("new/file.txt");
+    std::fs::create_dir_all(created.parent().expect("a parent")).expect("mkdir");
+    std::fs::write(&created, "fresh").expect("save a new file");
+    server.notify("textDocument/didSave", json!({ "textDocument": { "uri": file_uri(&created) } }));
+    assert_eq!(sandbox_read(&server, &session_id, "new/file.txt").as_deref(), Some("fresh"));
+}
+
+pub fn sync_down_should_bring_back_sandbox_changes(fixture: &DriverFixture) {
+    let (server, workspace, session_id) =
+        connected_with(fixture, &[("src/a.txt", "local a"), ("src/b.txt", "local b"), ("README", "r")], manual());
+    sandbox_shell(
+        &server,
+        &session_id,
+        "mkdir -p dist && echo built > dist/app.js && chmod 755 dist/app.js && echo 'changed in sandbox' > src/a.txt && rm src/b.txt",
+    );
+    let result = sync(&server, &session_id, "down");
+    assert_eq!(result["downloaded"], 2, "{result}");
+    assert_eq!(result["deleted"], 1, "{result}");
+    assert_eq!(result["conflicts"], json!([]));
+    let root = workspace.path();
+    assert_eq!(std::fs::read_to_string(root.join("dist/app.js")).expect("generated file came back"), "built\n");
+    assert_eq!(std::fs::read_to_string(root.join("src/a.txt")).expect("changed file came back"), "changed in sandbox\n");
+    assert!(!root.join("src/b.txt").exists(), "a file deleted in the sandbox is deleted locally");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(root.join("dist/app.js")).expect("stat").permissions());
+    assert_eq!(mode & 0o777, 0o755, "modes come back too");
+    // Nothing changed since: a second sync either way moves nothing.
+    let again = sync(&server, &session_id, "both");
+    assert_eq!((again["uploaded"].as_u64(), again["downloaded"].as_u64(), again["deleted"].as_u64()), (Some(0), Some(0), Some(0)), "{again}");
+}
+
+pub fn changes_on_both_sides_should_be_a_conflict_that_keeps_both_versions(fixture: &DriverFixture) {
+    let (server, workspace, session_id) =
+        connected_with(fixture, &[("shared.txt", "base"), ("same.txt", "base"), ("only-local.txt", "base")], manual());
+    let root = workspace.path();
+    std::fs::write(root.join("shared.txt"), "local edit").expect("edit");
+    std::fs::write(root.join("same.txt"), "identical edit\n").expect("edit");
+    std::fs::write(root.join("only-local.txt"), "local only").expect("edit");
+    sandbox_shell(&server, &session_id, "echo 'sandbox edit' > shared.txt && echo 'identical edit' > same.txt");
+    let result = sync(&server, &session_id, "both");
+    assert_eq!(
+        result["conflicts"],
+        json!([{ "path": "shared.txt", "reason": "changed in both the workspace and the sandbox" }]),
+        "{result}"
+    );
+    assert_eq!(std::fs::read_to_string(root.join("shared.txt")).expect("read"), "local edit", "the local version is intact");
+    assert_eq!(sandbox_read(&server, &session_id, "shared.txt").as_deref(), Some("sandbox edit\n"), "the sandbox version is intact");
+    assert_eq!(sandbox_read(&server, &session_id, "only-local.txt").as_deref(), Some("local only"), "one-sided changes still sync");
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert_eq!(status["sync"]["conflicts"][0]["path"], "shared.txt");
+    // Automatic syncs (a save, a run's flush) leave the conflict alone.
+    server.notify("textDocument/didSave", json!({ "textDocument": { "uri": file_uri(&root.join("shared.txt")) } }));
+    assert_eq!(sandbox_read(&server, &session_id, "shared.txt").as_deref(), Some("sandbox edit\n"));
+    assert_eq!(sync(&server, &session_id, "up")["conflicts"][0]["path"], "shared.txt");
+    assert_eq!(sandbox_read(&server, &session_id, "shared.txt").as_deref(), Some("sandbox edit\n"));
+    // The user decides: syncing that path up makes the workspace version win.
+    let resolved = server
+        .request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up", "paths": ["shared.txt"] }))
+        .expect("resolve");
+    assert_eq!(resolved["conflicts"], json!([]), "{resolved}");
+    assert_eq!(sandbox_read(&server, &session_id, "shared.txt").as_deref(), Some("local edit"));
+}
+
+pub fn sync_down_should_refuse_a_symlink_escaping_the_root(fixture: &DriverFixture) {
+    let outside = tempfile::tempdir().expect("a directory outside the workspace");
+    let (server, workspace, session_id) = connected_with(fixture, &[("a.txt", "a")], manual());
+    sandbox_shell(&server, &session_id, "ln -s / escape && echo x > generated.txt");
+    let error = server.request_error("sandlink/sync", json!({ "sessionId": session_id, "direction": "down" }));
+    assert_eq!(error.kind.as_deref(), Some("pathOutsideWorkspace"), "{error:?}");
+    assert!(error.message.contains("escape"), "the message names the symlink: {}", error.message);
+    assert!(!workspace.path().join("escape").exists(), "the symlink was not created locally");
+    assert!(!workspace.path().join("generated.txt").exists(), "nothing was written");
+    // A local symlink pointing outside is neither followed nor uploaded.
+    std::os::unix::fs::symlink(outside.path(), workspace.path().join("out-link")).expect("symlink");
+    sync(&server, &session_id, "up");
+    assert_eq!(sandbox_shell(&server, &session_id, "test -e out-link && echo present || echo absent"), "absent\n");
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `limit`.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen within {limit:?}");
+}

@@ -1,0 +1,265 @@
+//! End-to-end tests of sync on the `local` driver through the protocol: the shared sync behaviours (also run by
+//! other drivers), plus the watcher, polling fallback, interrupted transfers, large trees, progress and the CLI.
+
+mod support;
+#[macro_use]
+mod parity;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use parity::sync::{connected_with, eventually, sandbox_files, sandbox_read, sync};
+use parity::DriverFixture;
+use support::{file_uri, Server, StartOptions};
+
+fn local_fixture() -> Option<DriverFixture> {
+    Some(DriverFixture {
+        driver: "local",
+        settings: Value::Null,
+        server_env: Vec::new(),
+        http_server_command: |port| format!("exec python3 -m http.server {port} --bind 127.0.0.1"),
+        sandbox_exists: parity::local_root_exists,
+        guard: None,
+    })
+}
+
+sync_parity_tests!(local_fixture);
+
+fn fixture() -> DriverFixture {
+    local_fixture().expect("the local driver is always available")
+}
+
+#[test]
+fn watcher_should_sync_changes_made_outside_the_editor() {
+    let (server, workspace, session_id) = connected_with(&fixture(), &[("a.txt", "a"), (".gitignore", "ignored/\n")], json!({}));
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    eventually(Duration::from_secs(10), "the watcher starting", || {
+        let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+        status["sync"]["watcher"] == "watching"
+    });
+    let _ = status;
+    // A checkout-like burst: many files written at once, with no didSave.
+    for index in 0..300 {
+        let path = workspace.path().join(format!("checkout/dir{}/f{index}.txt", index % 10));
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(path, format!("{index}")).expect("write");
+    }
+    std::fs::write(workspace.path().join("a.txt"), "changed by a tool").expect("write");
+    std::fs::create_dir_all(workspace.path().join("ignored")).expect("mkdir");
+    std::fs::write(workspace.path().join("ignored/x"), "x").expect("write");
+    let root = session_root(&server, &session_id);
+    eventually(Duration::from_secs(10), "the burst reaching the sandbox", || {
+        count_files(&root.join("checkout")) == 300
+            && std::fs::read_to_string(root.join("a.txt")).is_ok_and(|text| text == "changed by a tool")
+    });
+    assert!(!root.join("ignored").exists(), "ignored paths are not synced by the watcher either");
+    std::fs::remove_dir_all(workspace.path().join("checkout")).expect("remove");
+    eventually(Duration::from_secs(10), "the deletion reaching the sandbox", || !root.join("checkout").exists());
+}
+
+#[test]
+fn polling_should_replace_the_watcher_when_watching_is_unavailable_and_say_so() {
+    let workspace = support::workspace_with(&[("a.txt", "a")]);
+    let server = Server::start_with(StartOptions {
+        env: vec![("SANDLINK_SYNC_WATCH".into(), "poll".into())],
+        ..StartOptions::default()
+    });
+    let session = server.connect("local", json!({ "sync": { "pollIntervalSeconds": 0.2 } }), workspace.path());
+    let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
+    server.wait_notification("sandlink/syncState", Duration::from_secs(10), |params| params["watcher"] == "polling");
+    std::fs::write(workspace.path().join("b.txt"), "made outside the editor").expect("write");
+    let root = session_root(&server, &session_id);
+    eventually(Duration::from_secs(10), "a rescan picking up the change", || root.join("b.txt").exists());
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert_eq!(status["sync"]["watcher"], "polling");
+}
+
+#[test]
+fn a_sync_killed_mid_transfer_should_leave_no_partial_file_and_the_next_should_complete() {
+    let workspace = support::workspace_with(&[("small.txt", "s")]);
+    let big = workspace.path().join("big.bin");
+    write_pattern(&big, 600 << 20);
+    let state = tempfile::tempdir().expect("a state directory");
+    let server = Server::start_with(StartOptions { state_dir: Some(state.path().to_path_buf()), ..StartOptions::default() });
+    let session = server
+        .request("sandlink/connect", json!({ "driver": "local", "workspaceFolder": file_uri(workspace.path()), "sync": false }))
+        .expect("connect without the initial sync");
+    let root = Path::new(session["remoteRoot"].as_str().expect("remoteRoot")).to_path_buf();
+    let staging = root.parent().expect("the session directory").join("staging");
+    let params = json!({ "jsonrpc": "2.0", "id": 999_999, "method": "sandlink/sync", "params": { "sessionId": session["sessionId"] } });
+    server.send(&params);
+    // Kill the server once the big file is being written, i.e. in the middle of the transfer.
+    eventually(Duration::from_secs(30), "the transfer starting", || {
+        std::fs::read_dir(&staging).is_ok_and(|entries| {
+            entries.flatten().any(|entry| entry.metadata().is_ok_and(|metadata| metadata.len() > 1 << 20))
+        })
+    });
+    let killed = std::process::Command::new("kill").args(["-9", &server.pid().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(200));
+    match std::fs::metadata(root.join("big.bin")) {
+        Err(_) => {}
+        Ok(metadata) => assert_eq!(metadata.len(), 600 << 20, "a file in the sandbox is never partial"),
+    }
+    drop(server);
+    let server = Server::start_with(StartOptions { state_dir: Some(state.path().to_path_buf()), ..StartOptions::default() });
+    let session = server.connect("local", json!({ "sync": { "watch": "off" } }), workspace.path());
+    let root = Path::new(session["remoteRoot"].as_str().expect("remoteRoot")).to_path_buf();
+    assert_eq!(std::fs::metadata(root.join("big.bin")).expect("the next sync completes").len(), 600 << 20);
+    assert_eq!(hash(&root.join("big.bin")), hash(&big), "with the right content");
+}
+
+#[test]
+fn a_tree_of_100000_files_should_sync_with_progress() {
+    let workspace = tempfile::tempdir().expect("a workspace");
+    let count = 100_000;
+    for index in 0..count {
+        let path = workspace.path().join(format!("d{}/e{}/f{index}.txt", index % 100, index % 7));
+        if index < 700 {
+            std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        }
+        std::fs::write(&path, format!("file {index}\n")).expect("write");
+    }
+    let server = Server::start();
+    let started = Instant::now();
+    let session = server
+        .request_timeout(
+            "sandlink/connect",
+            json!({ "driver": "local", "workspaceFolder": file_uri(workspace.path()), "settings": { "sync": { "watch": "off" } }, "workDoneToken": "big-sync" }),
+            Duration::from_secs(600),
+        )
+        .expect("connect");
+    eprintln!("100,000 files synced in {:?}", started.elapsed());
+    let root = Path::new(session["remoteRoot"].as_str().expect("remoteRoot")).to_path_buf();
+    assert_eq!(count_files(&root), count);
+    assert_eq!(std::fs::read_to_string(root.join(format!("d42/e{}/f99942.txt", 99942 % 7))).expect("a sample"), "file 99942\n");
+    let progress: Vec<Value> = server
+        .history()
+        .into_iter()
+        .filter(|message| message["method"] == "$/progress" && message["params"]["token"] == "big-sync")
+        .collect();
+    assert!(
+        progress.iter().any(|message| message["params"]["value"]["message"].as_str().is_some_and(|text| text.contains("/100000 files"))),
+        "long syncs report files and bytes through $/progress: {progress:?}"
+    );
+    let session_id = session["sessionId"].as_str().expect("sessionId");
+    let resync = sync(&server, session_id, "up");
+    assert_eq!(resync["uploaded"], 0, "{resync}");
+}
+
+#[test]
+fn sync_state_notifications_and_the_manifest_should_follow_each_sync() {
+    let (server, workspace, session_id) = connected_with(&fixture(), &[("a.txt", "a")], json!({ "watch": "off" }));
+    server.wait_notification("sandlink/syncState", Duration::from_secs(5), |params| {
+        params["sessionId"] == session_id.as_str() && params["lastSyncAt"].is_string() && params["pending"] == 0
+    });
+    let manifest = server.state_dir().join("sessions").join(&session_id).join("manifest.json");
+    assert!(manifest.is_file(), "the manifest is persisted under the session's state directory");
+    let saved: Value = serde_json::from_slice(&std::fs::read(&manifest).expect("read")).expect("json");
+    assert!(saved["entries"]["a.txt"]["hash"].is_string(), "{saved}");
+    std::fs::write(workspace.path().join("b.txt"), "b").expect("write");
+    sync(&server, &session_id, "up");
+    let saved: Value = serde_json::from_slice(&std::fs::read(&manifest).expect("read")).expect("json");
+    assert!(saved["entries"]["b.txt"].is_object(), "{saved}");
+}
+
+#[test]
+fn an_upload_through_a_sandbox_symlink_should_be_refused() {
+    let outside = tempfile::tempdir().expect("a directory outside the sandbox");
+    let (server, workspace, session_id) = connected_with(&fixture(), &[("a.txt", "a")], json!({ "watch": "off" }));
+    let link_command = format!("ln -s {} linked", outside.path().display());
+    parity::sync::sandbox_shell(&server, &session_id, &link_command);
+    std::fs::create_dir_all(workspace.path().join("linked")).expect("mkdir");
+    std::fs::write(workspace.path().join("linked/pwned.txt"), "x").expect("write");
+    let error = server.request_error("sandlink/sync", json!({ "sessionId": session_id }));
+    assert_eq!(error.kind.as_deref(), Some("pathOutsideWorkspace"), "{error:?}");
+    assert!(!outside.path().join("pwned.txt").exists(), "nothing was written outside the sandbox root");
+}
+
+#[test]
+fn sync_paths_outside_the_workspace_should_be_refused() {
+    let (server, _workspace, session_id) = connected_with(&fixture(), &[("a.txt", "a")], json!({ "watch": "off" }));
+    let error = server.request_error("sandlink/sync", json!({ "sessionId": session_id, "paths": ["../etc"] }));
+    assert_eq!(error.kind.as_deref(), Some("pathOutsideWorkspace"), "{error:?}");
+}
+
+#[test]
+fn bad_sync_settings_should_be_a_clear_error() {
+    let workspace = support::workspace_with(&[("a.txt", "a")]);
+    let server = Server::start();
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "driver": "local", "workspaceFolder": file_uri(workspace.path()), "settings": { "sync": { "exclud": ["x"] } } }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("invalidParams"));
+    assert!(error.message.contains("exclud"), "{}", error.message);
+}
+
+#[test]
+fn cli_sync_should_report_what_was_synced_and_held_back() {
+    let workspace = support::workspace_with(&[("src/a.rs", "a"), (".env", "SECRET=1"), (".gitignore", "target/\n"), ("target/x", "x")]);
+    let state = tempfile::tempdir().expect("a state directory");
+    let output = std::process::Command::new(support::binary())
+        .args(["sync", "--json", "--workspace"])
+        .arg(workspace.path())
+        .env("SANDLINK_STATE_DIR", state.path())
+        .output()
+        .expect("sandlink sync runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(report["result"]["uploaded"], 2, "{report}");
+    assert_eq!(report["sync"]["heldBackSecrets"], json!([".env"]));
+    assert!(!Path::new(report["remoteRoot"].as_str().expect("remoteRoot")).exists(), "the sandbox is removed without --keep");
+}
+
+#[test]
+fn sync_down_should_not_overwrite_a_file_saved_meanwhile() {
+    let (server, workspace, session_id) = connected_with(&fixture(), &[("a.txt", "base")], json!({ "watch": "off" }));
+    parity::sync::sandbox_shell(&server, &session_id, "echo sandbox > a.txt");
+    std::fs::write(workspace.path().join("a.txt"), "local").expect("write");
+    let result = sync(&server, &session_id, "down");
+    assert_eq!(result["conflicts"][0]["path"], "a.txt", "{result}");
+    assert_eq!(std::fs::read_to_string(workspace.path().join("a.txt")).expect("read"), "local");
+    assert_eq!(sandbox_read(&server, &session_id, "a.txt").as_deref(), Some("sandbox\n"));
+    // The user decides for the sandbox's version by syncing that path down.
+    let resolved = server
+        .request("sandlink/sync", json!({ "sessionId": session_id, "direction": "down", "paths": ["a.txt"] }))
+        .expect("resolve down");
+    assert_eq!(resolved["conflicts"], json!([]), "{resolved}");
+    assert_eq!(std::fs::read_to_string(workspace.path().join("a.txt")).expect("read"), "sandbox\n");
+    assert_eq!(sandbox_files(&server, &session_id), vec!["a.txt"]);
+}
+
+fn session_root(server: &Server, session_id: &str) -> std::path::PathBuf {
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    Path::new(status["remoteRoot"].as_str().expect("remoteRoot")).to_path_buf()
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => count_files(&entry.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn write_pattern(path: &Path, size: usize) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let block: Vec<u8> = (0..1 << 20).map(|index: usize| (index * 31 % 251) as u8).collect();
+    for _ in 0..size / block.len() {
+        file.write_all(&block).expect("write");
+    }
+    file.flush().expect("flush");
+}
+
+fn hash(path: &Path) -> String {
+    let output = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}

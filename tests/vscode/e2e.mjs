@@ -466,13 +466,22 @@ const steps = [
                 remoteCopies().some((copy) => fs.existsSync(copy) && fs.readFileSync(copy, "utf8").includes("saved-in-the-editor")),
             10_000).catch(() => false);
             // The contract: a save syncs the file up, and every run first flushes what is pending, so a run sees it anyway.
-            await runCommandLineFromPalette("cat marker.txt; echo cat-finished");
-            let panelText = "";
-            await waitFor("the cat run to finish", async () => {
-                panelText = await outputPanelText();
-                return /^cat-finished$/m.test(panelText);
+            const catCommandLine = "cat marker.txt; echo cat-finished";
+            await runCommandLineFromPalette(catCommandLine);
+            // Read the run's output from the test log: this step is about the server's sync, not about the panel.
+            const catOutput = await waitFor("the cat run to finish", async () => {
+                const log = readTestLog();
+                const started = log.find((entry) => entry.event === "runStarted" && entry.commandLine === catCommandLine);
+                if (!started || !log.some((entry) => entry.event === "runExit" && entry.runId === started.runId)) {
+                    return undefined;
+                }
+                return log
+                    .filter((entry) => entry.event === "runOutput" && entry.runId === started.runId)
+                    .map((entry) => entry.text)
+                    .join("");
             });
-            const runSawSave = /^marker-\d+saved-in-the-editor$|^saved-in-the-editor$/m.test(panelText);
+            const runSawSave = catOutput.includes("saved-in-the-editor");
+            const panelText = catOutput;
             assert(
                 syncedOnSave && runSawSave,
                 `the server did not sync the saved marker.txt into the sandbox (within 10 s of the save: ${syncedOnSave}; ` +
@@ -694,6 +703,7 @@ for (const [name, run, options = {}] of steps) {
         console.log(`✔ ${name} (${Date.now() - stepStartedAt} ms)`);
     } catch (error) {
         failed++;
+        await page?.screenshot({ path: path.join(scratchDirectory, `failed-step-${passed + failed}.png`) }).catch(() => {});
         // A step that leaves the window usable (it only checks the server's side) lets the later ones run.
         if (options.blocksLaterSteps !== false) {
             blockedBy = name;

@@ -1,6 +1,9 @@
 //! The extension's settings (`sandlink.*` in package.json), read in one place and typed.
+//
+// `interpretSettings` holds every rule (defaults, validation, `~` expansion) and takes a plain getter, so it is unit-tested
+// under Node (test/config.test.ts); `readConfig` feeds it from VS Code's configuration.
 
-import * as vscode from "vscode";
+import type * as vscode from "vscode";
 
 export type LogLevel = "error" | "warn" | "info" | "debug" | "trace";
 export type PreviewOpenIn = "ask" | "external" | "simpleBrowser";
@@ -22,22 +25,39 @@ export const configSection = "sandlink";
 const logLevels: readonly LogLevel[] = ["error", "warn", "info", "debug", "trace"];
 const previewTargets: readonly PreviewOpenIn[] = ["ask", "external", "simpleBrowser"];
 
-export function readConfig(scope?: vscode.ConfigurationScope): SandlinkConfig {
-    const settings = vscode.workspace.getConfiguration(configSection, scope);
-    const serverPath = settings.get<string | null>("server.path", null);
-    const logLevel = settings.get<string>("logLevel", "info");
-    const previewOpenIn = settings.get<string>("preview.openIn", "ask");
-    return {
-        defaultProfile: settings.get<string>("defaultProfile", "").trim(),
-        connectOnOpen: settings.get<boolean>("connectOnOpen", false),
-        syncOnSave: settings.get<boolean>("syncOnSave", true),
-        serverPath: serverPath && serverPath.trim() !== "" ? expandHome(serverPath.trim()) : undefined,
-        // A hand-edited settings.json can hold anything; fall back to the default rather than pass garbage on.
-        logLevel: (logLevels as readonly string[]).includes(logLevel) ? (logLevel as LogLevel) : "info",
-        previewOpenIn: (previewTargets as readonly string[]).includes(previewOpenIn)
-            ? (previewOpenIn as PreviewOpenIn)
-            : "ask",
+/** Reads one setting below `sandlink.`; returns undefined when it is not set. */
+export type SettingGetter = (key: string) => unknown;
+
+export function interpretSettings(get: SettingGetter, homeDirectory: string | undefined): SandlinkConfig {
+    // A hand-edited settings.json can hold anything; every value is checked and falls back to its default.
+    const text = (key: string, fallback: string) => {
+        const value = get(key);
+        return typeof value === "string" ? value : fallback;
     };
+    const flag = (key: string, fallback: boolean) => {
+        const value = get(key);
+        return typeof value === "boolean" ? value : fallback;
+    };
+    const oneOf = <T extends string>(key: string, allowed: readonly T[], fallback: T): T => {
+        const value = get(key);
+        return typeof value === "string" && (allowed as readonly string[]).includes(value) ? (value as T) : fallback;
+    };
+    const serverPath = text("server.path", "").trim();
+    return {
+        defaultProfile: text("defaultProfile", "").trim(),
+        connectOnOpen: flag("connectOnOpen", false),
+        syncOnSave: flag("syncOnSave", true),
+        serverPath: serverPath === "" ? undefined : expandHome(serverPath, homeDirectory),
+        logLevel: oneOf("logLevel", logLevels, "info"),
+        previewOpenIn: oneOf("preview.openIn", previewTargets, "ask"),
+    };
+}
+
+export function readConfig(scope?: vscode.ConfigurationScope): SandlinkConfig {
+    // Required here rather than imported at the top, so that the rules above load under plain Node for the unit tests.
+    const vscodeApi = require("vscode") as typeof vscode;
+    const settings = vscodeApi.workspace.getConfiguration(configSection, scope);
+    return interpretSettings((key) => settings.get(key), process.env.HOME ?? process.env.USERPROFILE);
 }
 
 /** Whether a configuration change touches settings that only take effect when the server restarts. */
@@ -48,10 +68,9 @@ export function changeNeedsServerRestart(event: vscode.ConfigurationChangeEvent)
     );
 }
 
-function expandHome(path: string): string {
-    const home = process.env.HOME ?? process.env.USERPROFILE;
-    if (home && (path === "~" || path.startsWith("~/"))) {
-        return home + path.slice(1);
+function expandHome(path: string, homeDirectory: string | undefined): string {
+    if (homeDirectory && (path === "~" || path.startsWith("~/"))) {
+        return homeDirectory + path.slice(1);
     }
     return path;
 }

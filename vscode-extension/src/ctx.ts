@@ -89,6 +89,7 @@ export class Ctx implements vscode.Disposable {
     private config: SandlinkConfig;
     private countdownTimer: NodeJS.Timeout | undefined;
     private lastLoggedStatusText = "";
+    private readonly lastContextValues = new Map<string, boolean>();
     private knownConflictPaths = new Set<string>();
     /** Ports the user just asked to preview: their previewReady needs no "Open" prompt, the command opens them itself. */
     private readonly previewPortsBeingOpened = new Set<number>();
@@ -116,6 +117,10 @@ export class Ctx implements vscode.Disposable {
 
     get currentSession(): protocol.SessionInfo | undefined {
         return this.session;
+    }
+
+    get isServerRunning(): boolean {
+        return this.serverState === "running" || this.serverState === "starting";
     }
 
     get liveSession(): protocol.SessionInfo | undefined {
@@ -580,8 +585,12 @@ export class Ctx implements vscode.Disposable {
             state.session && (state.session.state === "error" || state.session.sync.conflicts.length > 0)
                 ? new vscode.ThemeColor("statusBarItem.warningBackground")
                 : undefined;
+        // Sync state can change many times a second; only changed context keys are sent to the workbench.
         for (const [key, value] of Object.entries(commandContext(state))) {
-            void vscode.commands.executeCommand("setContext", key, value);
+            if (this.lastContextValues.get(key) !== value) {
+                this.lastContextValues.set(key, value);
+                void vscode.commands.executeCommand("setContext", key, value);
+            }
         }
         if (text !== this.lastLoggedStatusText) {
             this.lastLoggedStatusText = text;

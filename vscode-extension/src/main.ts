@@ -26,7 +26,10 @@ export async function activate(extensionContext: vscode.ExtensionContext): Promi
             }
             windowCtx.reloadConfig();
             writeTestLog("configurationChanged", { needsRestart: changeNeedsServerRestart(event) });
-            if (changeNeedsServerRestart(event)) {
+            if (changeNeedsServerRestart(event) && !windowCtx.isServerRunning) {
+                // Nothing to interrupt (e.g. the binary was missing and the path has just been fixed): start right away.
+                void windowCtx.restartServer();
+            } else if (changeNeedsServerRestart(event)) {
                 void vscode.window
                     .showInformationMessage("sandlink: restart the server for the new settings to apply?", "Restart")
                     .then((choice) => (choice === "Restart" ? windowCtx.restartServer() : undefined));

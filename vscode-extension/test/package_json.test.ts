@@ -47,7 +47,7 @@ test("commands that need a session are hidden from the palette without one", () 
 
 test("the settings read by config.ts are all contributed", () => {
     const configSource = fs.readFileSync(path.join(extensionDirectory, "src", "config.ts"), "utf8");
-    const readKeys = [...configSource.matchAll(/settings\.get<[^>]+>\("([^"]+)"/g)].map((match) => `sandlink.${match[1]}`);
+    const readKeys = [...configSource.matchAll(/(?:text|flag|oneOf)\("([^"]+)"/g)].map((match) => `sandlink.${match[1]}`);
     assert.ok(readKeys.length >= 5);
     for (const key of readKeys) {
         assert.ok(key in manifest.contributes.configuration.properties, `${key} is read but not contributed`);

@@ -45,7 +45,7 @@ fn forget_store() {
 
 #[cfg(all(unix, not(any(target_os = "macos", target_os = "ios", target_os = "android"))))]
 fn platform_store() -> std::result::Result<Arc<CredentialStore>, Unavailable> {
-    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none()
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none_or(|address| address.is_empty())
         && !std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|dir| std::path::Path::new(&dir).join("bus").exists())
     {
         return Err(Unavailable(

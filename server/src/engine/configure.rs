@@ -81,9 +81,9 @@ impl Engine {
             let driver_id = input.driver.clone().unwrap_or_else(|| "local".to_string());
             let driver = self.driver(&driver_id)?;
             let settings = input.settings.unwrap_or_default();
-            driver.validate_settings(&settings).map_err(|error| Error::InvalidParams(error.to_string()))?;
             profiles::refuse_secrets(driver_id.as_str(), &settings, &self.credential_key_names(), "the connect settings")
                 .map_err(|error| Error::InvalidParams(error.to_string()))?;
+            driver.validate_settings(&settings).map_err(|error| Error::InvalidParams(error.to_string()))?;
             let credentials = credentials::resolve(driver.id(), None, driver.credential_keys()).await?;
             return Ok(Plan { driver, profile: None, settings, credentials });
         };
@@ -98,11 +98,11 @@ impl Engine {
         let driver = self.driver_for_profile(&profile)?;
         let mut settings = profile.settings.clone();
         settings.extend(input.settings.unwrap_or_default());
+        let place = format!("profile \"{}\" ({})", profile.name, profile.file.display());
+        profiles::refuse_secrets(&profile.name, &settings, &self.credential_key_names(), &place)?;
         driver
             .validate_settings(&settings)
             .map_err(|error| Error::InvalidProfile(format!("Profile \"{}\": {error}", profile.name)))?;
-        let place = format!("profile \"{}\" ({})", profile.name, profile.file.display());
-        profiles::refuse_secrets(&profile.name, &settings, &self.credential_key_names(), &place)?;
         if profile.source == Source::Workspace && driver.sends_workspace_elsewhere(&settings) {
             self.require_trust(&profile, loaded.as_ref().and_then(|profiles| profiles.workspace_dir.clone())).await?;
         }
@@ -192,12 +192,13 @@ impl Engine {
         credentials::check_name("profile name", &params.name)?;
         let driver = self.driver(&params.driver).map_err(|error| Error::InvalidProfile(error.to_string()))?;
         let settings = params.settings.unwrap_or_default();
+        // Secrets first: a key pasted into the settings deserves "use the keychain", not "unknown setting".
+        let place = format!("the settings of profile \"{}\"", params.name);
+        profiles::refuse_secrets(&params.name, &settings, &self.credential_key_names(), &place)?;
         driver
             .validate_settings(&settings)
             .map_err(|error| Error::InvalidProfile(format!("Profile \"{}\": {error}", params.name)))?;
         let config_dir = self.config_dir.clone();
-        let place = format!("the settings of profile \"{}\"", params.name);
-        profiles::refuse_secrets(&params.name, &settings, &self.credential_key_names(), &place)?;
         let (name, driver_id, make_default) = (params.name, params.driver, params.default);
         statefile::blocking(move || {
             profiles::ensure_config_dir(&config_dir)?;

@@ -14,7 +14,9 @@ const SECRET_NAME_PARTS: &[&str] =
     &["token", "secret", "password", "passwd", "passphrase", "apikey", "accesskey", "privatekey", "credential"];
 
 /// Key name endings that name where a secret is, not the secret (`tokenEnv`, `identityFile`).
-const REFERENCE_SUFFIXES: &[&str] = &["file", "path", "env", "var", "name", "command", "helper"];
+/// Hashes and fingerprints of a secret are not the secret (`expectedTokenHash`, `hostKeyFingerprint`).
+const REFERENCE_SUFFIXES: &[&str] =
+    &["file", "path", "env", "var", "name", "command", "helper", "hash", "digest", "fingerprint", "sha"];
 
 /// Where a suspected secret sits, as a dotted key path (`profiles.ci.apiKey`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +84,9 @@ fn value_looks_like_token(text: &str) -> bool {
         && trimmed.chars().all(|character| character.is_ascii_alphanumeric() || "_-+=".contains(character));
     let mixed = trimmed.chars().any(|character| character.is_ascii_digit())
         && trimmed.chars().any(|character| character.is_ascii_alphabetic());
-    token_like && mixed
+    // Pure hexadecimal is a digest or a commit id far more often than a key, so it is left alone.
+    let hexadecimal = trimmed.chars().all(|character| character.is_ascii_hexdigit());
+    token_like && mixed && !hexadecimal
 }
 
 #[cfg(test)]
@@ -114,6 +118,8 @@ mod tests {
             "tokenEnv": "MY_TOKEN",
             "template": "base",
             "cpus": 2,
+            "imageDigest": "sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
+            "commit": "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d",
             "sync": {"exclude": ["node_modules"]}
         }));
         assert_eq!(find("p", &ordinary, &keys), None);

@@ -339,3 +339,29 @@ fn a_known_secret_should_appear_nowhere_but_in_the_request_that_set_it() {
     }
     assert_eq!(keychain.lookup("canary", "token"), secret, "and it is in the keychain, where it belongs");
 }
+
+#[test]
+fn the_command_line_should_store_a_credential_read_from_stdin() {
+    let Some(keychain) = keychain_or_skip() else { return };
+    let token = "cli-token-from-stdin-42";
+    let Setup { server, config, workspace, state: _state } = start(keychain.env());
+    save_keyed_profile(&server, "viacli", token);
+    let mut child = Command::new(support::binary())
+        .args(["profile", "set-credential", "viacli", "token"])
+        .current_dir(workspace.path())
+        .env("SANDLINK_CONFIG_DIR", config.path())
+        .env("SANDLINK_TEST_DRIVERS", "1")
+        .envs(keychain.env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sandlink runs");
+    child.stdin.take().expect("piped").write_all(format!("{token}\n").as_bytes()).expect("written");
+    let output = child.wait_with_output().expect("finishes");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains(token) && !String::from_utf8_lossy(&output.stdout).contains(token));
+    assert_eq!(keychain.lookup("viacli", "token"), token, "stored without the trailing newline");
+    server.request("sandlink/connect", json!({ "profile": "viacli", "sync": false })).expect("usable by the server");
+}

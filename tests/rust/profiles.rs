@@ -212,3 +212,49 @@ fn opening_a_workspace_should_connect_nothing_on_its_own() {
     assert_eq!(listed["sessions"], json!([]), "no session was started by opening the workspace");
     assert!(!server.state_dir().join("sessions").exists() || std::fs::read_dir(server.state_dir().join("sessions")).expect("dir").count() == 0);
 }
+
+#[test]
+fn the_command_line_should_save_list_trust_and_delete_profiles() {
+    let config = tempfile::tempdir().expect("config dir");
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = workspace_with(&[(".sandlink.toml", "[profiles.team]\ndriver = \"keyed\"\nexpectedTokenHash = \"x\"\nremote = true\n")]);
+    let sandlink = |args: &[&str]| {
+        let output = std::process::Command::new(support::binary())
+            .args(args)
+            .current_dir(workspace.path())
+            .env("SANDLINK_CONFIG_DIR", config.path())
+            .env("SANDLINK_STATE_DIR", state.path())
+            .env("SANDLINK_TEST_DRIVERS", "1")
+            .output()
+            .expect("sandlink runs");
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (code, _, stderr) = sandlink(&["profile", "save", "dev", "--driver", "keyed", "--set", "expectedTokenHash=abc", "--default"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = sandlink(&["profile", "save", "bad", "--driver", "local", "--set", "cpus=2"]);
+    assert_eq!(code, Some(125));
+    assert!(stderr.contains("no setting \"cpus\""), "{stderr}");
+
+    let (code, stdout, _) = sandlink(&["profile", "list", "--json"]);
+    assert_eq!(code, Some(0));
+    let listed: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(entry(&listed, "dev").expect("saved")["default"], true);
+    assert_eq!(entry(&listed, "team").expect("workspace profile")["needsTrust"], true);
+
+    let (code, _, stderr) = sandlink(&["trust"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (_, stdout, _) = sandlink(&["profile", "list", "--json"]);
+    let listed: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(entry(&listed, "team").expect("workspace profile")["needsTrust"], false);
+    let (code, _, _) = sandlink(&["trust", "--revoke"]);
+    assert_eq!(code, Some(0));
+
+    let (code, _, stderr) = sandlink(&["run", "--profile", "team", "--", "true"]);
+    assert_eq!(code, Some(125));
+    assert!(stderr.contains("sandlink trust"), "{stderr}");
+
+    let (code, _, _) = sandlink(&["profile", "delete", "dev"]);
+    assert_eq!(code, Some(0));
+    let (_, stdout, _) = sandlink(&["profile", "list", "--json"]);
+    assert!(entry(&serde_json::from_str(&stdout).expect("JSON"), "dev").is_none());
+}

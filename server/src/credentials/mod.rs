@@ -133,7 +133,7 @@ pub async fn resolve(
             }
             Some(Err(error)) => {
                 return Err(Error::CredentialsMissing(format!(
-                    "The {driver} driver needs the {} (\"{}\") and it could not be read from the OS keychain: {error} \
+                    "The {driver} driver needs the {} (\"{}\") and it could not be read from the OS keychain: {error}. \
                      Set the environment variable {} instead.",
                     spec.description, spec.key, spec.env_var
                 )));

@@ -4,7 +4,7 @@
 //! Ownership across processes: the server that has a session attached holds an exclusive lock on
 //! `sessions/<id>/owner.lock` for as long as it does; the OS drops it if that server dies, which is how a crashed
 //! session becomes re-attachable and how two editor windows never drive one sandbox at once. Creating a session
-//! (counting sandboxes against the limit, then writing the record) happens under `sessions/.index.lock`.
+//! (counting sandboxes against the limit, then writing the record) happens under `.sessions.lock`.
 //! Every method here blocks; the engine calls them through `statefile::blocking`.
 
 use std::path::{Path, PathBuf};
@@ -85,11 +85,13 @@ impl Record {
 #[derive(Debug, Clone)]
 pub struct Store {
     sessions_dir: PathBuf,
+    /// Beside `sessions/`, not in it, so an empty `sessions/` really means no sandboxes.
+    index_lock_path: PathBuf,
 }
 
 impl Store {
     pub fn new(state_dir: &Path) -> Self {
-        Store { sessions_dir: state_dir.join("sessions") }
+        Store { sessions_dir: state_dir.join("sessions"), index_lock_path: state_dir.join(".sessions.lock") }
     }
 
     /// The directory the session's record, lock and sync manifest live in (the local driver's root too).
@@ -107,7 +109,7 @@ impl Store {
 
     /// Holds the lock under which sessions are counted and created.
     pub fn index_lock(&self) -> Result<Lock> {
-        Lock::exclusive(&self.sessions_dir.join(".index.lock"))
+        Lock::exclusive(&self.index_lock_path)
     }
 
     pub fn write(&self, record: &Record) -> Result<()> {

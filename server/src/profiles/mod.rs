@@ -202,6 +202,19 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
                     }
                 }
             }
+            ("tasks", _) => {
+                // `[tasks]` belongs to `crate::tasks`; here it is only checked for secrets (a token in a curl line).
+                if let Some(Value::Object(tasks)) = toml_to_json(&value) {
+                    if let Some(finding) = secrets::find("tasks", &tasks, credential_keys) {
+                        return Err(Error::InvalidProfile(format!(
+                            "\"{}\" in {shown} looks like it holds a secret, and secrets never go into files that are \
+                             committed. Read it from an environment variable in the command instead, and keep the \
+                             value in your environment or the OS keychain.",
+                            finding.key_path
+                        )));
+                    }
+                }
+            }
             ("limits" | "sessions", Source::Workspace) => {
                 return Err(Error::InvalidProfile(format!(
                     "\"{key}\" in {shown} is a user setting; a workspace file cannot change it. Put it in {} \
@@ -421,6 +434,14 @@ mod tests {
         assert!(message.contains("profiles.cloud.apiKey"), "{message}");
         assert!(message.contains("keychain") && message.contains("set-credential"), "{message}");
         assert!(!message.contains("e2b_abcdef"), "{message}");
+    }
+
+    #[test]
+    fn parse_should_leave_tasks_to_the_tasks_module_but_refuse_secrets_in_them() {
+        let file = parse_workspace("[tasks]\ntest = \"npm test\"\n[profiles.a]\ndriver = \"local\"\n").expect("valid");
+        assert_eq!(file.profiles.len(), 1);
+        let error = parse_workspace("[tasks]\ndeploy = \"curl -H x ghp_0123456789abcdefghijklmn\"\n").unwrap_err();
+        assert!(error.to_string().contains("tasks.deploy"), "{error}");
     }
 
     #[test]

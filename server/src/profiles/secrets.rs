@@ -69,8 +69,17 @@ fn name_says_secret(key: &str) -> bool {
         && !REFERENCE_SUFFIXES.iter().any(|suffix| normalised.ends_with(suffix))
 }
 
-/// A known token prefix, an embedded `KEY=value` with a secret name, or a long random-looking string.
+/// A value, or any word of it (command lines, `--flag=value`), that looks like a token.
 fn value_looks_like_token(text: &str) -> bool {
+    word_looks_like_token(text)
+        || text
+            .split(|character: char| character.is_whitespace() || "\"'`".contains(character))
+            .filter(|word| !word.is_empty())
+            .any(word_looks_like_token)
+}
+
+/// A known token prefix, an embedded `KEY=value` with a secret name, or a long random-looking string.
+fn word_looks_like_token(text: &str) -> bool {
     let trimmed = text.trim();
     if TOKEN_PREFIXES.iter().any(|prefix| trimmed.starts_with(prefix) && trimmed.len() >= prefix.len() + 8) {
         return true;

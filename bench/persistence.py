@@ -46,6 +46,9 @@ def timed(function):
 
 
 def main():
+    # Nothing from the user's own profiles or limits: a private config directory, and room for every kept session.
+    os.environ["SANDLINK_CONFIG_DIR"] = tempfile.mkdtemp(prefix="sandlink-bench-config-")
+    os.environ["SANDLINK_MAX_SANDBOXES"] = str(KEPT + ROUNDS + 10)
     workspace = make_workspace()
     uri = workspace.as_uri()
     fresh, reattach, baseline = [], [], []

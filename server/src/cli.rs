@@ -28,7 +28,9 @@ const EXIT_TIMED_OUT: u8 = 124;
     about = "Run your project in an isolated sandbox: a local process sandbox, Docker, SSH or a cloud sandbox.",
     long_about = "sandlink runs your project somewhere isolated and streams the output back.\n\n\
         Editors start `sandlink lsp`; scripts and CI use `sandlink run`.",
-    after_help = "Examples:\n  sandlink run -- npm test\n  sandlink run --workspace ~/code/app -- 'make && ./app'\n  sandlink drivers"
+    after_help = "Examples:\n  sandlink run -- npm test\n  sandlink run --workspace ~/code/app -- 'make && ./app'\n  sandlink drivers\n  \
+        sandlink profile save dev --driver local --default\n  printf %s \"$E2B_API_KEY\" | sandlink profile set-credential cloud apiKey\n  \
+        sandlink trust"
 )]
 struct Cli {
     /// Accepted for editors that start servers with `--stdio` and no subcommand; same as `sandlink lsp`.

@@ -117,6 +117,7 @@ fn two_servers_on_one_workspace_should_both_work_without_taking_each_others_sess
     assert!(foreign["message"].as_str().unwrap_or_default().contains("another sandlink"), "{foreign}");
     let error = right.request_error("sandlink/connect", json!({ "reuse": left_id }));
     assert_eq!(error.kind.as_deref(), Some("sessionInUse"), "{}", error.message);
+    assert!(error.message.contains("another editor window") && !error.message.contains("  "), "{}", error.message);
     let error = right.request_error("sandlink/disconnect", json!({ "sessionId": left_id }));
     assert_eq!(error.kind.as_deref(), Some("sessionInUse"), "{}", error.message);
     let outcome = left.run_to_exit(json!({ "sessionId": left_id, "command": "echo still-mine" }));
@@ -141,6 +142,7 @@ fn going_over_the_sandbox_limit_should_be_a_clear_error() {
     let error = server.request_error("sandlink/connect", json!({ "driver": "local" }));
     assert_eq!(error.kind.as_deref(), Some("limitReached"), "{}", error.message);
     assert!(error.message.contains("limit is 1") && error.message.contains("maxSandboxes"), "{}", error.message);
+    assert!(!error.message.contains("  "), "one sentence, not a wrapped source line: {}", error.message);
     server.request("sandlink/disconnect", json!({ "sessionId": first["sessionId"] })).expect("disconnect");
     server.request("sandlink/connect", json!({ "driver": "local", "sync": false })).expect("a slot is free again");
 }

@@ -254,7 +254,9 @@ impl Engine {
             let existing = store.list()?;
             if existing.len() >= limit {
                 return Err(Error::LimitReached(format!(
-                    "There are already {} sandboxes (the limit is {limit}), so sandlink will not start another one.                      Disconnect one you no longer need (sandlink/sessions lists them, kept ones included) or raise                      maxSandboxes under [limits] in {}.",
+                    "There are already {} sandboxes (the limit is {limit}), so sandlink will not start another one. \
+                     Disconnect one you no longer need (sandlink/sessions lists them, kept ones included) or raise \
+                     maxSandboxes under [limits] in {}.",
                     existing.len(),
                     config_file.display()
                 )));
@@ -403,13 +405,15 @@ impl Engine {
             let record = store.read(&id)?.ok_or_else(|| Error::UnknownSession(id.clone()))?;
             let claim = store.claim(&id)?.ok_or_else(|| {
                 Error::SessionInUse(format!(
-                    "Session {id} is attached by another sandlink (process {}, probably another editor window).                      Use it there, disconnect it there, or close that window first.",
+                    "Session {id} is attached by another sandlink (process {}, probably another editor window). \
+                     Use it there, disconnect it there, or close that window first.",
                     record.pid
                 ))
             })?;
             if record.version != RECORD_VERSION {
                 return Err(Error::Unsupported(format!(
-                    "Session {id} was saved by a different version of sandlink and cannot be re-attached;                      disconnect it with that version or remove {}.",
+                    "Session {id} was saved by a different version of sandlink and cannot be re-attached; \
+                     disconnect it with that version or remove {}.",
                     store.session_dir(&id).display()
                 )));
             }
@@ -585,7 +589,17 @@ impl Engine {
         let exists = tokio::time::timeout(Duration::from_secs(10), driver.sandbox_exists(&request)).await;
         match exists {
             Ok(Ok(false)) => {
-                self.remove_record(&record.session_id).await;
+                // Only the owner may remove a record: one another server has just claimed stays.
+                let store = self.store.clone();
+                let id = record.session_id.clone();
+                let removed = statefile::blocking(move || match store.claim(&id)? {
+                    Some(_claim) => store.remove(&id).map(|()| true),
+                    None => Ok(false),
+                })
+                .await;
+                if !matches!(removed, Ok(true)) {
+                    return record.info(record.state, "Attached by another sandlink.".into());
+                }
                 record.info(
                     SessionState::Expired,
                     "Its sandbox no longer exists, so the record was removed; connect again for a new one.".into(),

@@ -51,7 +51,7 @@ def main():
     os.environ["SANDLINK_MAX_SANDBOXES"] = str(KEPT + ROUNDS + 10)
     workspace = make_workspace()
     uri = workspace.as_uri()
-    fresh, reattach, baseline = [], [], []
+    fresh, reattach, attach_only, baseline = [], [], [], []
     for _ in range(ROUNDS):
         state = tempfile.mkdtemp(prefix="sandlink-bench-state-")
         baseline.append(tar_pipe_seconds(workspace))
@@ -63,6 +63,10 @@ def main():
         seconds, again = timed(lambda: client.request("sandlink/connect", {"reuse": session["sessionId"]}))
         assert again["remoteRoot"] == session["remoteRoot"], "re-attached to the same root"
         reattach.append(seconds)
+        client.close()
+        client = LspClient(BINARY, state)
+        seconds, _ = timed(lambda: client.request("sandlink/connect", {"reuse": session["sessionId"], "sync": False}))
+        attach_only.append(seconds)
         client.close()
 
     state = tempfile.mkdtemp(prefix="sandlink-bench-state-")
@@ -87,6 +91,8 @@ def main():
         "reattach_after_restart_ms_median": statistics.median(reattach) * 1000,
         "reattach_vs_fresh_connect": statistics.median(reattach) / statistics.median(fresh),
         "reattach_vs_tar_pipe": statistics.median(reattach) / statistics.median(baseline),
+        "reattach_without_resync_ms_median": statistics.median(attach_only) * 1000,
+        "reattach_without_resync_vs_tar_pipe": statistics.median(attach_only) / statistics.median(baseline),
         "sessions_listing_with_kept_ms_median": statistics.median(listings) * 1000,
         "sessions_listing_kept_vs_empty": statistics.median(listings) / statistics.median(empty),
         "kept_sessions_listed": KEPT,

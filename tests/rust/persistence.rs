@@ -60,6 +60,8 @@ fn a_session_should_survive_a_server_restart_and_reattach_to_the_same_root() {
     assert_eq!(reattached["state"], "active");
     let outcome = second.run_to_exit(json!({ "sessionId": session_id, "command": "cat marker hello.txt" }));
     assert_eq!(outcome.stdout, "made-here\nhello\n", "what the first server made is still there");
+    let resync = second.request("sandlink/sync", json!({ "sessionId": session_id })).expect("resync");
+    assert_eq!((resync["uploaded"].as_u64(), resync["bytes"].as_u64()), (Some(0), Some(0)), "nothing changed: {resync}");
 
     second.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
     assert!(!Path::new(&remote_root).exists(), "a real disconnect removes the sandbox");
@@ -92,10 +94,13 @@ fn a_session_should_survive_a_crash_and_gone_sandboxes_should_be_marked_and_clea
     let error = restarted.request_error("sandlink/connect", json!({ "reuse": doomed_id }));
     assert_eq!(error.kind.as_deref(), Some("unknownSession"), "{}", error.message);
 
+    std::fs::write(workspace.path().join("a.txt"), "changed while the server was down\n").expect("edit");
     let reattached = restarted.request("sandlink/connect", json!({ "reuse": survivor_id })).expect("re-attach");
     assert_eq!(reattached["remoteRoot"], survivor["remoteRoot"]);
     let outcome = restarted.run_to_exit(json!({ "sessionId": survivor_id, "command": "cat a.txt" }));
-    assert_eq!(outcome.stdout, "a\n");
+    assert_eq!(outcome.stdout, "changed while the server was down\n", "the re-attach synced the change");
+    let resync = restarted.request("sandlink/sync", json!({ "sessionId": survivor_id })).expect("resync");
+    assert_eq!(resync["uploaded"].as_u64(), Some(0), "and nothing more: {resync}");
 }
 
 #[test]

@@ -28,7 +28,9 @@ const EXIT_TIMED_OUT: u8 = 124;
     about = "Run your project in an isolated sandbox: a local process sandbox, Docker, SSH or a cloud sandbox.",
     long_about = "sandlink runs your project somewhere isolated and streams the output back.\n\n\
         Editors start `sandlink lsp`; scripts and CI use `sandlink run`.",
-    after_help = "Examples:\n  sandlink run -- npm test\n  sandlink run --workspace ~/code/app -- 'make && ./app'\n  sandlink drivers"
+    after_help = "Examples:\n  sandlink run -- npm test\n  sandlink run --workspace ~/code/app -- 'make && ./app'\n  sandlink drivers\n  \
+        sandlink profile save dev --driver local --default\n  printf %s \"$E2B_API_KEY\" | sandlink profile set-credential cloud apiKey\n  \
+        sandlink trust"
 )]
 struct Cli {
     /// Accepted for editors that start servers with `--stdio` and no subcommand; same as `sandlink lsp`.
@@ -55,9 +57,12 @@ enum Command {
     /// One argument after `--` is a shell command line; several are a program and its arguments, passed
     /// without a shell. sandlink exits with the command's exit code.
     Run {
-        /// The driver to run on.
-        #[arg(long, short, default_value = "local")]
-        driver: String,
+        /// The driver to run on (default: the profile's, else `local`).
+        #[arg(long, short)]
+        driver: Option<String>,
+        /// The profile to run with (default: the workspace's or the user's default profile, if any).
+        #[arg(long, short, conflicts_with = "driver")]
+        profile: Option<String>,
         /// The workspace to copy into the sandbox (default: the current directory).
         #[arg(long, short, value_name = "DIR")]
         workspace: Option<PathBuf>,
@@ -116,6 +121,54 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage profiles (named driver configurations) and their credentials in the OS keychain.
+    Profile {
+        #[command(subcommand)]
+        action: ProfileCommand,
+    },
+    /// Trust a workspace, so profiles from its .sandlink.toml may send it elsewhere (SSH, cloud, remote Docker).
+    ///
+    /// A repository is not trusted by default. Trust is remembered in your state directory, never in the workspace.
+    Trust {
+        /// The workspace folder (default: the current directory).
+        #[arg(value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// Take the trust back.
+        #[arg(long)]
+        revoke: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// List profiles from your config.toml and the workspace's .sandlink.toml.
+    List {
+        /// The workspace whose .sandlink.toml is listed too (default: the current directory).
+        #[arg(long, short, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or replace a profile in your config.toml.
+    Save {
+        name: String,
+        /// The driver (see `sandlink drivers`).
+        #[arg(long, short)]
+        driver: String,
+        /// A setting, repeatable; VALUE is read as JSON when it parses (numbers, true, lists), else as text.
+        #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// Make it the default profile.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Delete a profile from your config.toml, and its credentials from the keychain.
+    Delete { name: String },
+    /// Store a credential in the OS keychain; the value is read from stdin (without echo on a terminal).
+    SetCredential { profile: String, key: String },
+    /// Remove a credential from the OS keychain.
+    DeleteCredential { profile: String, key: String },
 }
 
 /// Parses the command line and runs it.
@@ -163,9 +216,17 @@ pub fn main() -> ExitCode {
                 }
             })
         }
-        Some(Command::Run { driver, workspace, cwd, env, timeout, keep, command }) => {
+        Some(Command::Run { driver, profile, workspace, cwd, env, timeout, keep, command }) => {
             crate::logging::init("warn", None);
-            runtime.block_on(run(RunOptions { driver, workspace, cwd, env, timeout, keep, command }))
+            runtime.block_on(run(RunOptions { driver, profile, workspace, cwd, env, timeout, keep, command }))
+        }
+        Some(Command::Profile { action }) => {
+            crate::logging::init("warn", None);
+            report(runtime.block_on(profile_command(action)))
+        }
+        Some(Command::Trust { workspace, revoke }) => {
+            crate::logging::init("warn", None);
+            report(runtime.block_on(trust_command(workspace, revoke)))
         }
     }
 }
@@ -264,7 +325,8 @@ async fn sync(options: SyncCommand) -> Result<ExitCode, Error> {
 }
 
 struct RunOptions {
-    driver: String,
+    driver: Option<String>,
+    profile: Option<String>,
     workspace: Option<PathBuf>,
     cwd: Option<String>,
     env: Vec<String>,
@@ -302,7 +364,8 @@ async fn run_inner(options: RunOptions) -> Result<ExitCode, Error> {
     let session = engine
         .connect(
             ConnectParams {
-                driver: Some(options.driver.clone()),
+                driver: options.driver.clone(),
+                profile: options.profile.clone(),
                 workspace_folder: Some(workspace.to_string_lossy().into_owned()),
                 ..ConnectParams::default()
             },
@@ -415,4 +478,153 @@ impl Events for TerminalEvents {
     async fn timeout_warning(&self, params: TimeoutWarningParams) {
         eprintln!("sandlink: the sandbox expires in {} s", params.seconds_left);
     }
+}
+
+/// Prints a command's error the way every sandlink command does, and picks the exit code.
+fn report(outcome: Result<(), Error>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sandlink: {error}");
+            ExitCode::from(EXIT_SANDLINK_ERROR)
+        }
+    }
+}
+
+fn current_dir() -> Result<PathBuf, Error> {
+    std::env::current_dir().map_err(|error| Error::io("Could not read the current directory", error))
+}
+
+fn quiet_engine() -> Engine {
+    Engine::new(Arc::new(TerminalEvents::new().0))
+}
+
+async fn profile_command(action: ProfileCommand) -> Result<(), Error> {
+    let engine = quiet_engine();
+    match action {
+        ProfileCommand::List { workspace, json } => {
+            let workspace = match workspace {
+                Some(workspace) => workspace,
+                None => current_dir()?,
+            };
+            let listed = engine.profiles(Some(workspace)).await?;
+            // A closed pipe (`| head`) is not an error worth reporting.
+            let mut stdout = std::io::stdout().lock();
+            if json {
+                let _ = writeln!(stdout, "{}", serde_json::to_string_pretty(&listed).unwrap_or_default());
+                return Ok(());
+            }
+            for profile in &listed.profiles {
+                let mut notes = Vec::new();
+                if profile.default {
+                    notes.push("default".to_string());
+                }
+                if !profile.missing_credentials.is_empty() {
+                    notes.push(format!("missing credentials: {}", profile.missing_credentials.join(", ")));
+                }
+                if profile.needs_trust {
+                    notes.push("needs `sandlink trust`".into());
+                }
+                let _ = writeln!(
+                    stdout,
+                    "{:<20} {:<8} {:<9} {}",
+                    profile.name,
+                    profile.driver,
+                    profile.source,
+                    notes.join("; ")
+                );
+            }
+            if let Some(problem) = &listed.workspace_error {
+                eprintln!("sandlink: {problem}");
+            }
+            Ok(())
+        }
+        ProfileCommand::Save { name, driver, settings, default } => {
+            let mut parsed = serde_json::Map::new();
+            for pair in &settings {
+                let (key, value) = pair.split_once('=').ok_or_else(|| {
+                    Error::InvalidParams(format!("--set takes KEY=VALUE, and \"{pair}\" has no '='."))
+                })?;
+                let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+                parsed.insert(key.to_string(), value);
+            }
+            engine
+                .save_profile(crate::protocol::SaveProfileParams {
+                    name: name.clone(),
+                    driver,
+                    settings: Some(parsed),
+                    default,
+                })
+                .await?;
+            eprintln!("sandlink: saved profile \"{name}\"");
+            Ok(())
+        }
+        ProfileCommand::Delete { name } => engine.delete_profile(&name, Some(current_dir()?)).await,
+        ProfileCommand::SetCredential { profile, key } => {
+            let workspace = current_dir()?;
+            let value = read_secret(&format!("Value for {key} of profile {profile}: "))?;
+            engine.set_credential(&profile, &key, value, Some(&workspace)).await?;
+            eprintln!("sandlink: stored {key} for profile \"{profile}\" in the OS keychain");
+            Ok(())
+        }
+        ProfileCommand::DeleteCredential { profile, key } => {
+            engine.delete_credential(&profile, &key, Some(&current_dir()?)).await
+        }
+    }
+}
+
+async fn trust_command(workspace: Option<PathBuf>, revoke: bool) -> Result<(), Error> {
+    let workspace = match workspace {
+        Some(workspace) => workspace,
+        None => current_dir()?,
+    };
+    let workspace = std::fs::canonicalize(&workspace)
+        .map_err(|error| Error::io(format!("The workspace {} cannot be used", workspace.display()), error))?;
+    quiet_engine().trust_workspace(workspace.clone(), !revoke).await?;
+    let verb = if revoke { "no longer trusts" } else { "now trusts" };
+    eprintln!("sandlink {verb} {}", workspace.display());
+    Ok(())
+}
+
+/// Reads a secret from stdin: one line without echo on a terminal, else everything up to the end (one trailing
+/// newline removed), so `printf %s "$TOKEN" | sandlink profile set-credential …` works and nothing lands in
+/// the shell history.
+fn read_secret(prompt: &str) -> Result<crate::credentials::Secret, Error> {
+    use std::io::{BufRead, Read};
+    let read_error = |error| Error::io("Could not read the credential from stdin", error);
+    // SAFETY: isatty only inspects the file descriptor.
+    let terminal = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+    let mut value = String::new();
+    if terminal {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+        let restore = disable_echo();
+        let outcome = std::io::stdin().lock().read_line(&mut value);
+        if let Some(original) = restore {
+            // SAFETY: restores the terminal attributes read from the same descriptor just before.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &original) };
+        }
+        eprintln!();
+        outcome.map_err(read_error)?;
+    } else {
+        std::io::stdin().lock().read_to_string(&mut value).map_err(read_error)?;
+    }
+    let trimmed = value.strip_suffix('\n').map(|rest| rest.strip_suffix('\r').unwrap_or(rest)).unwrap_or(&value);
+    Ok(crate::credentials::Secret::new(trimmed.to_string()))
+}
+
+/// Turns terminal echo off; answers the attributes to restore.
+fn disable_echo() -> Option<libc::termios> {
+    // SAFETY: termios is plain data; tcgetattr fills it for a terminal descriptor or fails without writing.
+    let mut original: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut original) } != 0 {
+        return None;
+    }
+    let mut silent = original;
+    silent.c_lflag &= !libc::ECHO;
+    // SAFETY: applies attributes derived from the ones just read.
+    if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &silent) } != 0 {
+        return None;
+    }
+    Some(original)
 }

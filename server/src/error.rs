@@ -36,6 +36,24 @@ pub enum Error {
     },
     #[error("{0}")]
     Internal(String),
+    /// No OS keychain is reachable; the message names the environment variable to use instead.
+    #[error("{0}")]
+    KeychainUnavailable(String),
+    /// A profile's contents are wrong (unknown driver, unknown key, wrong type, a secret in a workspace file).
+    #[error("{0}")]
+    InvalidProfile(String),
+    /// A workspace profile would send the workspace elsewhere and the user has not confirmed the workspace.
+    #[error("{0}")]
+    WorkspaceNotTrusted(String),
+    /// Connecting would exceed the configured maximum of concurrent sandboxes.
+    #[error("{0}")]
+    LimitReached(String),
+    /// A kept session's sandbox no longer exists; reported with the `unknownSession` kind.
+    #[error("{0}")]
+    SessionGone(String),
+    /// The session is held by another sandlink process (another editor window).
+    #[error("{0}")]
+    SessionInUse(String),
 }
 
 impl Error {
@@ -55,6 +73,12 @@ impl Error {
             Error::Timeout(_) => ErrorKind::Timeout,
             Error::Io { .. } => ErrorKind::Io,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::KeychainUnavailable(_) => ErrorKind::KeychainUnavailable,
+            Error::InvalidProfile(_) => ErrorKind::InvalidProfile,
+            Error::WorkspaceNotTrusted(_) => ErrorKind::WorkspaceNotTrusted,
+            Error::LimitReached(_) => ErrorKind::LimitReached,
+            Error::SessionInUse(_) => ErrorKind::SessionInUse,
+            Error::SessionGone(_) => ErrorKind::UnknownSession,
         }
     }
 

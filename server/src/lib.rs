@@ -2,12 +2,15 @@
 //! the drivers, sync, and the two front doors: the LSP server (`lsp`) and the command line (`cli`).
 
 pub mod cli;
+pub mod credentials;
 pub mod drivers;
 pub mod engine;
 pub mod error;
 pub mod logging;
 pub mod lsp;
 pub mod paths;
+pub mod profiles;
 pub mod protocol;
+pub mod statefile;
 pub mod sync;
 pub mod tasks;

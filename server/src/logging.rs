@@ -11,7 +11,7 @@ static LEVEL_HANDLE: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::n
 
 /// Starts logging at `RUST_LOG`'s level, else `default_level`, to `log_file` when given, else stderr.
 pub fn init(default_level: &str, log_file: Option<&Path>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = with_frame_cap(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)));
     let (filter_layer, handle) = reload::Layer::new(filter);
     let opened = log_file.and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok());
     let registry = tracing_subscriber::registry().with(filter_layer);
@@ -35,6 +35,15 @@ pub fn set_level(level: &str) {
         return;
     }
     if let (Some(handle), Ok(filter)) = (LEVEL_HANDLE.get(), EnvFilter::try_new(level)) {
-        let _ = handle.reload(filter);
+        let _ = handle.reload(with_frame_cap(filter));
+    }
+}
+
+/// tower-lsp-server logs every raw JSON-RPC frame at trace level, and a `sandlink/setCredential` frame carries a
+/// secret in plain text; its codec is therefore capped at debug whatever level is asked for.
+fn with_frame_cap(filter: EnvFilter) -> EnvFilter {
+    match "tower_lsp_server::codec=debug".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
     }
 }

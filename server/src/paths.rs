@@ -15,6 +15,15 @@ pub fn state_dir() -> PathBuf {
         .join("sandlink")
 }
 
+/// sandlink's user configuration directory (profiles, limits): `SANDLINK_CONFIG_DIR`, else the platform's
+/// config directory (`~/.config/sandlink`, `~/Library/Application Support/sandlink`, `%APPDATA%\sandlink`).
+pub fn config_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SANDLINK_CONFIG_DIR").filter(|value| !value.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    dirs::config_dir().unwrap_or_else(std::env::temp_dir).join("sandlink")
+}
+
 /// Joins `relative` (a user-given path, relative or absolute) under `root` lexically, refusing any escape.
 ///
 /// Absolute paths are accepted only when they already lie under `root`. Symlinks are not resolved here; callers

@@ -67,7 +67,7 @@ request!(/// Snapshots a sandbox.
 request!(/// Starts a new session from a snapshot.
     RestoreRequest, "sandlink/restore", RestoreParams, SessionInfo);
 request!(/// Lists the configured profiles.
-    ProfilesRequest, "sandlink/profiles", EmptyParams, ProfilesResult);
+    ProfilesRequest, "sandlink/profiles", ProfilesParams, ProfilesResult);
 request!(/// Creates or replaces a profile.
     SaveProfileRequest, "sandlink/saveProfile", SaveProfileParams, EmptyResult);
 request!(/// Deletes a profile and its credentials.
@@ -76,6 +76,8 @@ request!(/// Stores a credential in the OS keychain.
     SetCredentialRequest, "sandlink/setCredential", SetCredentialParams, EmptyResult);
 request!(/// Removes a credential from the OS keychain.
     DeleteCredentialRequest, "sandlink/deleteCredential", CredentialKeyParams, EmptyResult);
+request!(/// Confirms (or revokes) that the user trusts a workspace, so its `.sandlink.toml` profiles may send it elsewhere.
+    TrustWorkspaceRequest, "sandlink/trustWorkspace", TrustWorkspaceParams, EmptyResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -124,6 +126,18 @@ pub enum ErrorKind {
     Io,
     /// A bug in sandlink; the message says what failed.
     Internal,
+    /// No OS keychain is reachable here; the message names the environment variable to use instead.
+    KeychainUnavailable,
+    /// A profile is invalid: unknown driver, unknown setting, wrong type, missing field, or a secret in a
+    /// workspace file. The message names the key.
+    InvalidProfile,
+    /// A profile from the workspace's `.sandlink.toml` would send the workspace elsewhere and the workspace is not
+    /// trusted yet; `sandlink/trustWorkspace` or `sandlink trust` confirms it.
+    WorkspaceNotTrusted,
+    /// The configured maximum of concurrent sandboxes is reached.
+    LimitReached,
+    /// The session is attached by another sandlink process (another editor window).
+    SessionInUse,
 }
 
 impl ErrorKind {
@@ -143,6 +157,11 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
+            ErrorKind::KeychainUnavailable => "keychainUnavailable",
+            ErrorKind::InvalidProfile => "invalidProfile",
+            ErrorKind::WorkspaceNotTrusted => "workspaceNotTrusted",
+            ErrorKind::LimitReached => "limitReached",
+            ErrorKind::SessionInUse => "sessionInUse",
         }
     }
 }
@@ -413,6 +432,13 @@ pub struct RestoreParams {
     pub driver: Option<String>,
 }
 
+/// `sandlink/profiles` params: the workspace whose `.sandlink.toml` is listed too (default: the server's root).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfilesParams {
+    pub workspace_folder: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProfileEntry {
@@ -420,12 +446,31 @@ pub struct ProfileEntry {
     pub driver: String,
     pub settings: serde_json::Map<String, Value>,
     pub default: bool,
+    /// Whether a credential of the profile is stored in the keychain or given by its environment variable.
     pub has_credentials: bool,
+    /// `user` (the user's config.toml) or `workspace` (the workspace's `.sandlink.toml`).
+    pub source: String,
+    /// Required credential keys that are neither in the keychain nor in the environment.
+    pub missing_credentials: Vec<String>,
+    /// A workspace profile that sends the workspace elsewhere while the workspace is not trusted yet.
+    pub needs_trust: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProfilesResult {
     pub profiles: Vec<ProfileEntry>,
+    /// Why the workspace's `.sandlink.toml` was refused (invalid, or holding a secret); its profiles are then absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrustWorkspaceParams {
+    /// The workspace folder (URI or absolute path); default: the server's root.
+    pub workspace_folder: Option<String>,
+    pub trust: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -564,6 +609,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     DeleteProfileRequest::METHOD,
     SetCredentialRequest::METHOD,
     DeleteCredentialRequest::METHOD,
+    TrustWorkspaceRequest::METHOD,
 ];
 
 /// Every custom notification method.

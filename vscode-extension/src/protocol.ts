@@ -76,6 +76,12 @@ export interface ProfileInfo {
     settings: Record<string, unknown>;
     default: boolean;
     hasCredentials: boolean;
+    /** `user` (config.toml) or `workspace` (the workspace's `.sandlink.toml`). */
+    source: "user" | "workspace";
+    /** Required credential keys found neither in the keychain nor in the environment. */
+    missingCredentials: string[];
+    /** A workspace profile that needs `sandlink/trustWorkspace` before it can be used. */
+    needsTrust: boolean;
 }
 
 /** `capabilities.experimental.sandlink` in the server's `initialize` result. */
@@ -103,7 +109,12 @@ export type ErrorKind =
     | "remoteError"
     | "timeout"
     | "io"
-    | "internal";
+    | "internal"
+    | "keychainUnavailable"
+    | "invalidProfile"
+    | "workspaceNotTrusted"
+    | "limitReached"
+    | "sessionInUse";
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Requests, client to server
@@ -190,7 +201,13 @@ export interface RestoreParams {
 }
 export const restore = new RequestType<RestoreParams, SessionInfo, void>("sandlink/restore");
 
-export const profiles = new RequestType<EmptyParams, { profiles: ProfileInfo[] }, void>("sandlink/profiles");
+export interface ProfilesParams {
+    /** The workspace whose `.sandlink.toml` is listed too; default: the server's root. */
+    workspaceFolder?: string;
+}
+export const profiles = new RequestType<ProfilesParams, { profiles: ProfileInfo[]; workspaceError?: string }, void>(
+    "sandlink/profiles",
+);
 
 export interface SaveProfileParams {
     name: string;
@@ -213,6 +230,14 @@ export const setCredential = new RequestType<SetCredentialParams, EmptyResult, v
 export const deleteCredential = new RequestType<{ profile: string; key: string }, EmptyResult, void>(
     "sandlink/deleteCredential",
 );
+
+export interface TrustWorkspaceParams {
+    /** The workspace folder (URI or absolute path); default: the server's root. */
+    workspaceFolder?: string;
+    /** `true` confirms the workspace, `false` revokes it. */
+    trust: boolean;
+}
+export const trustWorkspace = new RequestType<TrustWorkspaceParams, EmptyResult, void>("sandlink/trustWorkspace");
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)

@@ -22,6 +22,7 @@ protocol.request = {
   delete_profile = 'sandlink/deleteProfile',
   set_credential = 'sandlink/setCredential',
   delete_credential = 'sandlink/deleteCredential',
+  trust_workspace = 'sandlink/trustWorkspace',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

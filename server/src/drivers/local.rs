@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 
 use super::sandbox_agent::AgentClient;
-use super::{process, ConnectRequest, ExecSpec, Process, Sandbox};
+use super::{process, ConnectRequest, ExecSpec, Process, ReattachRequest, Sandbox};
 use crate::drivers::BoxedReader;
 use crate::error::{Error, IoContext, Result};
 use crate::paths::join_inside;
@@ -86,12 +86,8 @@ impl super::Driver for Driver {
     }
 
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
-        // `sync` holds the engine's sync settings (see `sync::options`), not the driver's.
-        if let Some(unknown) = request.settings.keys().find(|key| key.as_str() != crate::sync::options::SETTINGS_KEY) {
-            return Err(Error::InvalidParams(format!(
-                "The local driver has no setting \"{unknown}\"; it takes no settings."
-            )));
-        }
+        // The local driver takes no settings of its own; `sync` (the engine's) passes validation untouched.
+        super::Driver::validate_settings(self, &request.settings)?;
         let bubblewrap = tokio::task::block_in_place(|| self.bubblewrap_works());
         let session_dir = request.state_dir.join("sessions").join(&request.session_id);
         let root = session_dir.join("root");
@@ -101,6 +97,35 @@ impl super::Driver for Driver {
                 .await
                 .context(|| format!("Could not create the session directory {}", dir.display()))?;
         }
+        let mut sandbox = LocalSandbox { session_dir, root, home, bubblewrap, agent: None };
+        if bubblewrap {
+            sandbox.agent = sandbox.start_agent().await;
+        }
+        Ok(Arc::new(sandbox))
+    }
+
+    /// The local sandbox is a directory on this machine: nothing leaves it.
+    fn sends_workspace_elsewhere(&self, _settings: &serde_json::Map<String, serde_json::Value>) -> bool {
+        false
+    }
+
+    async fn sandbox_exists(&self, request: &ReattachRequest) -> Result<bool> {
+        let root = request.connect.state_dir.join("sessions").join(&request.connect.session_id).join("root");
+        Ok(tokio::fs::metadata(&root).await.is_ok_and(|metadata| metadata.is_dir()))
+    }
+
+    /// The same session directory again: its root still holds what was synced, so a resync moves only changes.
+    async fn reattach(&self, request: ReattachRequest) -> Result<Arc<dyn Sandbox>> {
+        let session_dir = request.connect.state_dir.join("sessions").join(&request.connect.session_id);
+        let root = session_dir.join("root");
+        let home = session_dir.join("home");
+        if !self.sandbox_exists(&request).await? {
+            return Err(Error::UnknownSession(request.connect.session_id.clone()));
+        }
+        tokio::fs::create_dir_all(&home)
+            .await
+            .context(|| format!("Could not create the session directory {}", home.display()))?;
+        let bubblewrap = tokio::task::block_in_place(|| self.bubblewrap_works());
         let mut sandbox = LocalSandbox { session_dir, root, home, bubblewrap, agent: None };
         if bubblewrap {
             sandbox.agent = sandbox.start_agent().await;
@@ -219,6 +244,10 @@ impl Sandbox for LocalSandbox {
 
     fn remote_root(&self) -> String {
         self.root.to_string_lossy().into_owned()
+    }
+
+    fn driver_state(&self) -> serde_json::Value {
+        serde_json::json!({ "sessionDir": self.session_dir })
     }
 
     fn detail(&self) -> Option<String> {

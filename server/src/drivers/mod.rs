@@ -6,6 +6,8 @@
 pub mod local;
 pub mod process;
 pub mod sandbox_agent;
+pub mod settings;
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,8 +19,10 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use crate::credentials::{CredentialSpec, Secret};
 use crate::error::{Error, Result};
 use crate::protocol::{DriverInfo, Resources};
+pub use settings::{SettingKind, SettingSpec};
 use crate::sync::RemoteFiles;
 
 /// A byte stream from the sandbox (a run's stdout, a downloaded archive).
@@ -36,6 +40,19 @@ pub struct ConnectRequest {
     pub settings: Map<String, Value>,
     /// sandlink's state directory; drivers keep per-session data under `sessions/<id>`.
     pub state_dir: PathBuf,
+    /// The credentials the driver declares in `credential_keys`, resolved from the environment or the keychain.
+    pub credentials: BTreeMap<String, Secret>,
+}
+
+/// What a driver is given to re-attach to a sandbox kept from an earlier run (after a restart or a crash).
+#[derive(Debug, Clone)]
+pub struct ReattachRequest {
+    /// The same fields as a connect, for the kept session's id, workspace, settings and fresh credentials.
+    pub connect: ConnectRequest,
+    /// The remote root the sandbox had.
+    pub remote_root: String,
+    /// What `Sandbox::driver_state` returned when the record was last written (provider ids, container id).
+    pub driver_state: Value,
 }
 
 /// A kind of sandbox: knows whether it can work here and how to create one.
@@ -49,6 +66,43 @@ pub trait Driver: Send + Sync {
 
     /// Creates a sandbox for a new session.
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>>;
+
+    /// The settings this driver takes (the common `sync` key is allowed everywhere and passed through untouched).
+    fn settings_schema(&self) -> &'static [SettingSpec] {
+        &[]
+    }
+
+    /// Checks settings before connect and when a profile is saved: unknown keys, wrong types and missing fields
+    /// are `invalidProfile` errors naming the key. The default checks `settings_schema`.
+    fn validate_settings(&self, settings: &Map<String, Value>) -> Result<()> {
+        settings::validate(self.id(), self.settings_schema(), settings)
+    }
+
+    /// The credentials this driver uses, each with the environment variable that overrides it.
+    fn credential_keys(&self) -> &'static [CredentialSpec] {
+        &[]
+    }
+
+    /// Whether connecting with these settings sends the workspace off this machine (an SSH host, a cloud account,
+    /// a remote Docker host). Workspace profiles that do need the user to trust the workspace first. The default
+    /// is the cautious answer.
+    fn sends_workspace_elsewhere(&self, settings: &Map<String, Value>) -> bool {
+        let _ = settings;
+        true
+    }
+
+    /// Whether the sandbox a record describes still exists (the container, the cloud sandbox). `Ok(true)` when the
+    /// driver cannot tell cheaply; a re-attach then reports the failure.
+    async fn sandbox_exists(&self, request: &ReattachRequest) -> Result<bool> {
+        let _ = request;
+        Ok(true)
+    }
+
+    /// Re-attaches to a sandbox kept from an earlier run, without creating a new one.
+    async fn reattach(&self, request: ReattachRequest) -> Result<Arc<dyn Sandbox>> {
+        let _ = request;
+        Err(Error::unsupported_by(self.id(), "re-attaching to a kept sandbox"))
+    }
 }
 
 /// What to run in a sandbox.
@@ -115,6 +169,12 @@ pub trait Sandbox: Send + Sync {
     /// The absolute path of the session's root inside the sandbox.
     fn remote_root(&self) -> String;
 
+    /// What the driver needs to find this sandbox again after a restart (provider ids, container id), persisted
+    /// in the session's record as `driverState` and handed back in `ReattachRequest::driver_state`. Never secrets.
+    fn driver_state(&self) -> Value {
+        Value::Null
+    }
+
     /// Human-readable isolation in force for this sandbox (e.g. "bubblewrap").
     fn detail(&self) -> Option<String> {
         None
@@ -160,5 +220,9 @@ pub trait Sandbox: Send + Sync {
 
 /// The drivers this build knows, in the order they are listed to users.
 pub fn registry() -> Vec<Arc<dyn Driver>> {
-    vec![Arc::new(local::Driver::new())]
+    let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(local::Driver::new())];
+    if testing::Keyed::enabled() {
+        drivers.push(Arc::new(testing::Keyed::new()));
+    }
+    drivers
 }

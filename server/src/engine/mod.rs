@@ -3,9 +3,11 @@
 //! The LSP server and the command line are two front doors onto one `Engine`; each supplies an `Events`
 //! implementation that delivers what the engine reports (output, exits, state changes) its own way.
 
+pub mod configure;
 pub mod output;
 pub mod run;
 pub mod session;
+pub mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,9 +16,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::drivers::{self, ConnectRequest, Driver, ExecSpec};
+use crate::drivers::{self, ConnectRequest, Driver, ExecSpec, ReattachRequest};
 use crate::error::{Error, IoContext, Result};
 use crate::paths;
+use crate::statefile;
+use configure::{Plan, PlanInput};
+use store::{Record, Store, RECORD_VERSION};
 use crate::protocol::{
     ConnectParams, DisconnectParams, DriverInfo, ExitParams, OutputParams, PreviewReadyParams, RunParams,
     SessionInfo, SessionState, SessionStateParams, SyncDirection, SyncParams, SyncResult, SyncState,
@@ -57,6 +62,9 @@ impl Progress for NoProgress {
 pub struct Engine {
     drivers: Vec<Arc<dyn Driver>>,
     state_dir: PathBuf,
+    /// Where the user's profile file lives.
+    config_dir: PathBuf,
+    store: Store,
     events: Arc<dyn Events>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Whether runs wait for a slow receiver instead of skipping output (the command line).
@@ -71,13 +79,36 @@ impl Engine {
     }
 
     pub fn with_drivers(events: Arc<dyn Events>, drivers: Vec<Arc<dyn Driver>>, state_dir: PathBuf) -> Self {
-        Engine { drivers, state_dir, events, sessions: Mutex::default(), lossless_output: false, runs: Arc::default() }
+        Self::with_dirs(events, drivers, state_dir, paths::config_dir())
+    }
+
+    pub fn with_dirs(
+        events: Arc<dyn Events>,
+        drivers: Vec<Arc<dyn Driver>>,
+        state_dir: PathBuf,
+        config_dir: PathBuf,
+    ) -> Self {
+        let store = Store::new(&state_dir);
+        Engine {
+            drivers,
+            state_dir,
+            config_dir,
+            store,
+            events,
+            sessions: Mutex::default(),
+            lossless_output: false,
+            runs: Arc::default(),
+        }
     }
 
     /// Makes runs wait for the receiver instead of skipping output; for front doors that must not lose a byte.
     pub fn with_lossless_output(mut self) -> Self {
         self.lossless_output = true;
         self
+    }
+
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
     }
 
     /// Every driver with its availability, probed now.
@@ -97,34 +128,18 @@ impl Engine {
     }
 
     /// Connects a driver for a workspace and, unless `sync: false`, uploads the workspace before answering.
+    /// With `reuse`, re-attaches to a session kept from an earlier run instead.
     pub async fn connect(
         &self,
         params: ConnectParams,
         default_workspace: Option<PathBuf>,
         progress: &dyn Progress,
     ) -> Result<SessionInfo> {
-        if let Some(reuse) = &params.reuse {
-            return Err(Error::Unsupported(format!(
-                "Re-attaching to session \"{reuse}\" needs persisted sessions, which this build does not have yet."
-            )));
-        }
-        if let Some(profile) = &params.profile {
-            return Err(Error::UnknownProfile(profile.clone()));
-        }
-        let driver_id = params.driver.clone().unwrap_or_else(|| "local".to_string());
-        let driver = self.driver(&driver_id)?;
-        let info = driver.info().await;
-        if !info.available {
-            return Err(Error::DriverUnavailable {
-                driver: driver_id.clone(),
-                message: info.detail.unwrap_or_else(|| format!("The {driver_id} driver is not available here.")),
-            });
-        }
-        let workspace = match &params.workspace_folder {
+        let explicit_workspace = match &params.workspace_folder {
             Some(folder) => Some(paths::path_from_uri_or_path(folder)?),
-            None => default_workspace,
+            None => None,
         };
-        if let Some(workspace) = &workspace {
+        if let Some(workspace) = &explicit_workspace {
             if !workspace.is_dir() {
                 return Err(Error::InvalidParams(format!(
                     "The workspace folder {} does not exist or is not a directory.",
@@ -132,18 +147,51 @@ impl Engine {
                 )));
             }
         }
-        let sync_options = SyncOptions::from_settings(params.settings.as_ref().unwrap_or(&Default::default()))?;
+        if let Some(reuse) = params.reuse.clone() {
+            return self.reattach(&reuse, params, explicit_workspace, progress).await;
+        }
+        let workspace = explicit_workspace.or(default_workspace).filter(|workspace| workspace.is_dir());
+        let plan = self
+            .plan(PlanInput {
+                profile: params.profile.clone(),
+                driver: params.driver.clone(),
+                settings: params.settings.clone(),
+                workspace: workspace.as_deref(),
+            })
+            .await?;
+        let driver_id = plan.driver.id().to_string();
+        let info = plan.driver.info().await;
+        if !info.available {
+            return Err(Error::DriverUnavailable {
+                driver: driver_id.clone(),
+                message: info.detail.unwrap_or_else(|| format!("The {driver_id} driver is not available here.")),
+            });
+        }
+        let sync_options = SyncOptions::from_settings(&plan.settings)?;
         let session_id = format!("{driver_id}-{}", short_id());
+        let claim = self.reserve(&session_id, &plan, workspace.clone()).await?;
         progress.report(format!("Connecting {driver_id}"), None).await;
-        let sandbox = driver
+        let Plan { driver, profile, settings, credentials } = plan;
+        let connected = driver
             .connect(ConnectRequest {
                 session_id: session_id.clone(),
                 workspace: workspace.clone(),
-                settings: params.settings.clone().unwrap_or_default(),
+                settings: settings.clone(),
                 state_dir: self.state_dir.clone(),
+                credentials,
             })
-            .await?;
-        let session = Arc::new(Session::new(session_id.clone(), driver_id, None, workspace.clone(), sandbox));
+            .await;
+        let sandbox = match connected {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                self.remove_record(&session_id).await;
+                return Err(error);
+            }
+        };
+        let session = Arc::new(
+            Session::new(session_id.clone(), driver_id, profile, workspace.clone(), sandbox)
+                .with_persistence(settings, claim, None),
+        );
         self.emit_state(&session, SessionState::Connecting, None).await;
         lock(&self.sessions).insert(session_id.clone(), session.clone());
         let automatic_sync = params.sync.unwrap_or(true);
@@ -156,8 +204,13 @@ impl Engine {
         };
         if let Err(error) = prepared {
             lock(&self.sessions).remove(&session_id);
+            if let Some(sync) = session.sync.get() {
+                sync.stop().await;
+            }
             let _ = session.sandbox.disconnect(false).await;
             self.emit_state(&session, SessionState::Error, Some(error.to_string())).await;
+            session.forget();
+            self.remove_record(&session_id).await;
             return Err(error);
         }
         if let (true, Some(sync)) = (automatic_sync, session.sync.get()) {
@@ -167,11 +220,232 @@ impl Engine {
         Ok(session.info())
     }
 
-    /// Ends a session's runs and its sandbox (kept for later when `keep`).
+    /// Counts sandboxes against the limit and writes the new session's first record, under the index lock so two
+    /// servers connecting at once cannot both take the last slot.
+    async fn reserve(&self, session_id: &str, plan: &Plan, workspace: Option<PathBuf>) -> Result<statefile::Lock> {
+        let limit = match self.load_profiles(None).await {
+            Ok(profiles) => profiles.max_sandboxes(),
+            Err(_) => crate::profiles::DEFAULT_MAX_SANDBOXES,
+        };
+        let now = now_rfc3339();
+        let record = Record {
+            version: RECORD_VERSION,
+            session_id: session_id.to_string(),
+            driver: plan.driver.id().to_string(),
+            profile: plan.profile.clone(),
+            workspace,
+            remote_root: String::new(),
+            state: SessionState::Connecting,
+            message: None,
+            started_at: now.clone(),
+            last_activity: now,
+            expires_at: None,
+            settings: plan.settings.clone(),
+            driver_state: serde_json::Value::Null,
+            sync_manifest: None,
+            sync: Default::default(),
+            kept: false,
+            pid: std::process::id(),
+        };
+        let store = self.store.clone();
+        let config_file = crate::profiles::user_file(&self.config_dir);
+        statefile::blocking(move || {
+            let _index = store.index_lock()?;
+            let existing = store.list()?;
+            if existing.len() >= limit {
+                return Err(Error::LimitReached(format!(
+                    "There are already {} sandboxes (the limit is {limit}), so sandlink will not start another one. \
+                     Disconnect one you no longer need (sandlink/sessions lists them, kept ones included) or raise \
+                     maxSandboxes under [limits] in {}.",
+                    existing.len(),
+                    config_file.display()
+                )));
+            }
+            let claim = store.claim(&record.session_id)?.ok_or_else(|| {
+                Error::Internal(format!("The new session {} is already claimed.", record.session_id))
+            })?;
+            store.write(&record)?;
+            Ok(claim)
+        })
+        .await
+    }
+
+    async fn remove_record(&self, session_id: &str) {
+        let store = self.store.clone();
+        let id = session_id.to_string();
+        if let Err(error) = statefile::blocking(move || store.remove(&id)).await {
+            tracing::warn!(session_id, %error, "could not remove a session record");
+        }
+    }
+
+    /// Writes a live session's record (state, times, driver state); never for a session already removed.
+    async fn persist(&self, session: &Session, kept: bool) {
+        if session.is_forgotten() {
+            return;
+        }
+        let info = session.info();
+        let record = Record {
+            version: RECORD_VERSION,
+            session_id: session.id.clone(),
+            driver: session.driver.clone(),
+            profile: session.profile.clone(),
+            workspace: session.workspace.clone(),
+            remote_root: info.remote_root,
+            state: info.state,
+            message: info.message,
+            started_at: info.started_at,
+            last_activity: info.last_activity,
+            expires_at: info.expires_at,
+            settings: session.settings.clone(),
+            driver_state: session.sandbox.driver_state(),
+            sync_manifest: Some(format!("sessions/{}/manifest.json", session.id)),
+            sync: info.sync,
+            kept,
+            pid: std::process::id(),
+        };
+        let store = self.store.clone();
+        if let Err(error) = statefile::blocking(move || store.write(&record)).await {
+            tracing::warn!(session_id = %session.id, %error, "could not save the session record");
+        }
+    }
+
+    /// Re-attaches to a session kept from an earlier run (or another server that exited), keeping its id so the
+    /// sync manifest under `sessions/<id>` still applies and an unchanged workspace transfers nothing.
+    async fn reattach(
+        &self,
+        session_id: &str,
+        params: ConnectParams,
+        explicit_workspace: Option<PathBuf>,
+        progress: &dyn Progress,
+    ) -> Result<SessionInfo> {
+        crate::credentials::check_name("session id", session_id)
+            .map_err(|_| Error::UnknownSession(session_id.to_string()))?;
+        if let Some(session) = lock(&self.sessions).get(session_id).cloned() {
+            return Ok(session.info());
+        }
+        if params.settings.is_some() || params.driver.is_some() || params.profile.is_some() {
+            return Err(Error::InvalidParams(
+                "A re-attach (reuse) keeps the session's driver, profile and settings; leave those out.".into(),
+            ));
+        }
+        let (record, claim) = self.claim_record(session_id).await?;
+        if let (Some(asked), Some(kept)) = (&explicit_workspace, &record.workspace) {
+            if crate::profiles::trust::canonical(asked) != crate::profiles::trust::canonical(kept) {
+                return Err(Error::InvalidParams(format!(
+                    "Session {session_id} belongs to the workspace {}, not {}.",
+                    kept.display(),
+                    asked.display()
+                )));
+            }
+        }
+        progress.report(format!("Re-attaching {session_id}"), None).await;
+        let driver = self.driver(&record.driver)?;
+        let request = self.reattach_request(&record, driver.as_ref()).await?;
+        let sandbox = match driver.sandbox_exists(&request).await {
+            Ok(true) => driver.reattach(request).await,
+            Ok(false) => Err(Error::UnknownSession(session_id.to_string())),
+            Err(error) => Err(error),
+        };
+        let sandbox = match sandbox {
+            Ok(sandbox) => sandbox,
+            Err(Error::UnknownSession(_)) => {
+                drop(claim);
+                self.remove_record(session_id).await;
+                return Err(Error::SessionGone(format!(
+                    "The sandbox of session {session_id} no longer exists (it was removed or expired), so its record \
+                     was cleaned up. Connect again for a new one."
+                )));
+            }
+            Err(error) => return Err(error),
+        };
+        let session = Arc::new(
+            Session::new(
+                record.session_id.clone(),
+                record.driver.clone(),
+                record.profile.clone(),
+                record.workspace.clone(),
+                sandbox,
+            )
+            .with_persistence(record.settings.clone(), claim, Some(record.started_at.clone())),
+        );
+        session.update(|mutable| {
+            mutable.sync.last_sync_at = record.sync.last_sync_at.clone();
+            mutable.expires_at = record.expires_at.clone();
+        });
+        self.emit_state(&session, SessionState::Connecting, None).await;
+        lock(&self.sessions).insert(session.id.clone(), session.clone());
+        // Same id, same session directory: the sync manifest from before the restart applies, so an unchanged
+        // workspace transfers nothing.
+        let sync_options = SyncOptions::from_settings(&record.settings)?;
+        let automatic_sync = params.sync.unwrap_or(true);
+        let prepared = match self.attach_sync(&session, sync_options).await {
+            Ok(()) if automatic_sync && session.sync.get().is_some() => {
+                progress.report("Syncing changes".into(), None).await;
+                self.sync_session(&session, SyncDirection::Up, None, progress).await.map(|_| ())
+            }
+            other => other,
+        };
+        if let Err(error) = prepared {
+            self.emit_state(&session, SessionState::Error, Some(error.to_string())).await;
+            return Err(error);
+        }
+        if let (true, Some(sync)) = (automatic_sync, session.sync.get()) {
+            sync.start_background();
+        }
+        self.emit_state(&session, SessionState::Active, None).await;
+        tracing::info!(session_id, "re-attached a kept session");
+        Ok(session.info())
+    }
+
+    /// Reads a kept record and takes ownership of it, or says who holds it.
+    async fn claim_record(&self, session_id: &str) -> Result<(Record, statefile::Lock)> {
+        let store = self.store.clone();
+        let id = session_id.to_string();
+        statefile::blocking(move || {
+            let record = store.read(&id)?.ok_or_else(|| Error::UnknownSession(id.clone()))?;
+            let claim = store.claim(&id)?.ok_or_else(|| {
+                Error::SessionInUse(format!(
+                    "Session {id} is attached by another sandlink (process {}, probably another editor window). \
+                     Use it there, disconnect it there, or close that window first.",
+                    record.pid
+                ))
+            })?;
+            if record.version != RECORD_VERSION {
+                return Err(Error::Unsupported(format!(
+                    "Session {id} was saved by a different version of sandlink and cannot be re-attached; \
+                     disconnect it with that version or remove {}.",
+                    store.session_dir(&id).display()
+                )));
+            }
+            Ok((record, claim))
+        })
+        .await
+    }
+
+    /// The request a driver gets to find a kept sandbox: its record plus freshly resolved credentials.
+    async fn reattach_request(&self, record: &Record, driver: &dyn Driver) -> Result<ReattachRequest> {
+        let credentials =
+            crate::credentials::resolve(driver.id(), record.profile.as_deref(), driver.credential_keys()).await?;
+        Ok(ReattachRequest {
+            connect: ConnectRequest {
+                session_id: record.session_id.clone(),
+                workspace: record.workspace.clone(),
+                settings: record.settings.clone(),
+                state_dir: self.state_dir.clone(),
+                credentials,
+            },
+            remote_root: record.remote_root.clone(),
+            driver_state: record.driver_state.clone(),
+        })
+    }
+
+    /// Ends a session's runs and its sandbox (kept for later when `keep`). A session kept from an earlier run
+    /// (not attached here) is re-attached first so its sandbox is really removed.
     pub async fn disconnect(&self, params: DisconnectParams) -> Result<()> {
-        let session = lock(&self.sessions)
-            .remove(&params.session_id)
-            .ok_or_else(|| Error::UnknownSession(params.session_id.clone()))?;
+        let live = lock(&self.sessions).remove(&params.session_id);
+        let Some(session) = live else {
+            return self.disconnect_kept(&params.session_id, params.keep).await;
+        };
         let runs: Vec<Arc<RunHandle>> = lock(&self.runs)
             .values()
             .filter(|run| run.session_id == session.id)
@@ -186,8 +460,51 @@ impl Engine {
         if let Some(sync) = session.sync.get() {
             sync.stop().await;
         }
-        session.sandbox.disconnect(params.keep).await?;
+        let outcome = session.sandbox.disconnect(params.keep).await;
+        if let Err(error) = outcome {
+            // The sandbox may still exist: keep the record so it can be found and removed later.
+            self.persist(&session, true).await;
+            session.release_claim();
+            return Err(error);
+        }
+        if params.keep {
+            session.update(|mutable| {
+                mutable.state = SessionState::Disconnected;
+                mutable.message = Some(format!("Kept; re-attach with connect {{ reuse: \"{}\" }}.", session.id));
+            });
+            self.persist(&session, true).await;
+        } else {
+            session.forget();
+            self.remove_record(&session.id).await;
+        }
+        session.release_claim();
         self.emit_state(&session, SessionState::Disconnected, None).await;
+        Ok(())
+    }
+
+    /// Disconnects a session that only exists as a record (kept, or left by a crash).
+    async fn disconnect_kept(&self, session_id: &str, keep: bool) -> Result<()> {
+        crate::credentials::check_name("session id", session_id)
+            .map_err(|_| Error::UnknownSession(session_id.to_string()))?;
+        let (record, claim) = self.claim_record(session_id).await?;
+        if keep {
+            return Ok(());
+        }
+        let driver = self.driver(&record.driver)?;
+        let request = self.reattach_request(&record, driver.as_ref()).await?;
+        if driver.sandbox_exists(&request).await? {
+            let sandbox = driver.reattach(request).await?;
+            sandbox.disconnect(false).await?;
+        }
+        drop(claim);
+        self.remove_record(session_id).await;
+        self.events
+            .session_state(SessionStateParams {
+                session_id: session_id.to_string(),
+                state: SessionState::Disconnected,
+                message: None,
+            })
+            .await;
         Ok(())
     }
 
@@ -198,20 +515,105 @@ impl Engine {
         }
     }
 
-    /// Disconnects every session; used when the server shuts down.
+    /// Ends every session when the server shuts down: kept for a re-attach after the editor restarts unless the
+    /// user set `[sessions] keepOnExit = false`.
     pub async fn disconnect_all(&self) {
+        let keep = match self.load_profiles(None).await {
+            Ok(profiles) => profiles.keep_on_exit(),
+            Err(_) => true,
+        };
         let ids: Vec<String> = lock(&self.sessions).keys().cloned().collect();
         for session_id in ids {
-            if let Err(error) = self.disconnect(DisconnectParams { session_id: session_id.clone(), keep: false }).await {
-                tracing::warn!(%session_id, %error, "could not clean up a session at shutdown");
+            if let Err(error) = self.disconnect(DisconnectParams { session_id: session_id.clone(), keep }).await {
+                tracing::warn!(%session_id, %error, "could not end a session at shutdown");
             }
         }
     }
 
-    pub fn sessions(&self) -> Vec<SessionInfo> {
+    /// The sessions attached here, then those kept on disk: kept ones are checked with their driver, and records
+    /// of sandboxes that no longer exist are reported once as `expired` and removed.
+    pub async fn sessions(&self) -> Vec<SessionInfo> {
         let mut sessions: Vec<SessionInfo> = lock(&self.sessions).values().map(|session| session.info()).collect();
+        let store = self.store.clone();
+        let records = match statefile::blocking(move || store.list()).await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(%error, "could not list kept sessions");
+                Vec::new()
+            }
+        };
+        for record in records {
+            if sessions.iter().any(|session| session.session_id == record.session_id) {
+                continue;
+            }
+            let store = self.store.clone();
+            let id = record.session_id.clone();
+            let claimed = statefile::blocking(move || Ok(store.is_claimed(&id))).await.unwrap_or(false);
+            if claimed {
+                let message = format!(
+                    "Attached by another sandlink (process {}, probably another editor window).",
+                    record.pid
+                );
+                sessions.push(record.info(record.state, message));
+                continue;
+            }
+            sessions.push(self.check_kept(record).await);
+        }
         sessions.sort_by(|left, right| left.started_at.cmp(&right.started_at));
         sessions
+    }
+
+    /// A kept record as listed: `disconnected` and re-attachable, or `expired` (and removed) when its sandbox is gone.
+    async fn check_kept(&self, record: Record) -> SessionInfo {
+        let Ok(driver) = self.driver(&record.driver) else {
+            return record.info(
+                SessionState::Error,
+                format!("Kept by a sandlink with the {} driver, which this build does not have.", record.driver),
+            );
+        };
+        // A missing credential must not hide the record: the existence check then runs without one.
+        let request = match self.reattach_request(&record, driver.as_ref()).await {
+            Ok(request) => request,
+            Err(_) => ReattachRequest {
+                connect: ConnectRequest {
+                    session_id: record.session_id.clone(),
+                    workspace: record.workspace.clone(),
+                    settings: record.settings.clone(),
+                    state_dir: self.state_dir.clone(),
+                    credentials: Default::default(),
+                },
+                remote_root: record.remote_root.clone(),
+                driver_state: record.driver_state.clone(),
+            },
+        };
+        let exists = tokio::time::timeout(Duration::from_secs(10), driver.sandbox_exists(&request)).await;
+        match exists {
+            Ok(Ok(false)) => {
+                // Only the owner may remove a record: one another server has just claimed stays.
+                let store = self.store.clone();
+                let id = record.session_id.clone();
+                let removed = statefile::blocking(move || match store.claim(&id)? {
+                    Some(_claim) => store.remove(&id).map(|()| true),
+                    None => Ok(false),
+                })
+                .await;
+                if !matches!(removed, Ok(true)) {
+                    return record.info(record.state, "Attached by another sandlink.".into());
+                }
+                record.info(
+                    SessionState::Expired,
+                    "Its sandbox no longer exists, so the record was removed; connect again for a new one.".into(),
+                )
+            }
+            Ok(Err(error)) => record.info(SessionState::Error, format!("Could not check the sandbox: {error}")),
+            Ok(Ok(true)) | Err(_) => {
+                let how = if record.kept { "Kept" } else { "Left by a sandlink that exited" };
+                record.info(
+                    SessionState::Disconnected,
+                    format!("{how}; re-attach with connect {{ reuse: \"{}\" }}.", record.session_id),
+                )
+            }
+        }
     }
 
     pub fn session(&self, session_id: &str) -> Result<Arc<Session>> {
@@ -413,6 +815,9 @@ impl Engine {
             mutable.state = state;
             mutable.message = message.clone();
         });
+        if state != SessionState::Disconnected {
+            self.persist(session, false).await;
+        }
         self.events
             .session_state(SessionStateParams { session_id: session.id.clone(), state, message })
             .await;

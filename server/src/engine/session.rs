@@ -1,10 +1,14 @@
 //! A session: one connected sandbox for one workspace, with the state the protocol reports about it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::{Map, Value};
 
 use crate::drivers::Sandbox;
 use crate::protocol::{Preview, Resources, SessionInfo, SessionState, SyncState};
+use crate::statefile::Lock;
 use crate::sync::SessionSync;
 
 /// What changes over a session's life; guarded by one lock that is never held across an `.await`.
@@ -28,7 +32,13 @@ pub struct Session {
     pub sandbox: Arc<dyn Sandbox>,
     /// The session's sync engine, set once at connect when the session has a workspace and the driver can sync.
     pub sync: OnceLock<SessionSync>,
+    /// The driver settings it was connected with (persisted for re-attach; never secrets).
+    pub settings: Map<String, Value>,
     mutable: Mutex<SessionMutable>,
+    /// This process's ownership of the session's record (see `store`); released when the session ends.
+    claim: Mutex<Option<Lock>>,
+    /// Set once the session's record is gone (disconnected without keep), so nothing writes it again.
+    forgotten: AtomicBool,
 }
 
 impl Session {
@@ -48,6 +58,9 @@ impl Session {
             started_at: now.clone(),
             sandbox,
             sync: OnceLock::new(),
+            settings: Map::new(),
+            claim: Mutex::new(None),
+            forgotten: AtomicBool::new(false),
             mutable: Mutex::new(SessionMutable {
                 state: SessionState::Connecting,
                 message: None,
@@ -58,6 +71,30 @@ impl Session {
                 resources: None,
             }),
         }
+    }
+
+    /// Adds what persistence needs: the settings, the ownership claim, and the start time of a re-attached session.
+    pub fn with_persistence(mut self, settings: Map<String, Value>, claim: Lock, started_at: Option<String>) -> Self {
+        self.settings = settings;
+        self.claim = Mutex::new(Some(claim));
+        if let Some(started_at) = started_at {
+            self.started_at = started_at;
+        }
+        self
+    }
+
+    /// Gives up this process's ownership, so another server (or a later run) may re-attach.
+    pub fn release_claim(&self) {
+        self.claim.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    }
+
+    /// Marks the record as removed; later state changes are not persisted.
+    pub fn forget(&self) {
+        self.forgotten.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_forgotten(&self) -> bool {
+        self.forgotten.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionMutable> {

@@ -69,6 +69,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::DeleteProfileRequest::METHOD, Backend::delete_profile)
     .custom_method(proto::SetCredentialRequest::METHOD, Backend::set_credential)
     .custom_method(proto::DeleteCredentialRequest::METHOD, Backend::delete_credential)
+    .custom_method(proto::TrustWorkspaceRequest::METHOD, Backend::trust_workspace)
     .finish()
 }
 
@@ -156,7 +157,7 @@ impl Backend {
 
     async fn sessions(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::SessionsRequest, _, _>(params, |_| async {
-            Ok(proto::SessionsResult { sessions: self.engine.sessions() })
+            Ok(proto::SessionsResult { sessions: self.engine.sessions().await })
         })
         .await
     }
@@ -249,37 +250,63 @@ impl Backend {
         .await
     }
 
+    /// The workspace a request names, else the server's root.
+    fn workspace_or_root(&self, folder: &Option<String>) -> Result<Option<PathBuf>, Error> {
+        match folder {
+            Some(folder) => crate::paths::path_from_uri_or_path(folder).map(Some),
+            None => Ok(self.workspace_root()),
+        }
+    }
+
     async fn profiles(&self, params: Value) -> jsonrpc::Result<Value> {
-        dispatch::<proto::ProfilesRequest, _, _>(params, |_| async {
-            Err::<proto::ProfilesResult, _>(not_yet("Profiles"))
+        dispatch::<proto::ProfilesRequest, _, _>(params, |params| async move {
+            let workspace = self.workspace_or_root(&params.workspace_folder)?;
+            self.engine.profiles(workspace).await
         })
         .await
     }
 
     async fn save_profile(&self, params: Value) -> jsonrpc::Result<Value> {
-        dispatch::<proto::SaveProfileRequest, _, _>(params, |_| async {
-            Err::<proto::EmptyResult, _>(not_yet("Profiles"))
+        dispatch::<proto::SaveProfileRequest, _, _>(params, |params| async move {
+            self.engine.save_profile(params).await.map(|()| proto::EmptyResult {})
         })
         .await
     }
 
     async fn delete_profile(&self, params: Value) -> jsonrpc::Result<Value> {
-        dispatch::<proto::DeleteProfileRequest, _, _>(params, |_| async {
-            Err::<proto::EmptyResult, _>(not_yet("Profiles"))
+        dispatch::<proto::DeleteProfileRequest, _, _>(params, |params| async move {
+            self.engine.delete_profile(&params.name, self.workspace_root()).await.map(|()| proto::EmptyResult {})
         })
         .await
     }
 
     async fn set_credential(&self, params: Value) -> jsonrpc::Result<Value> {
-        dispatch::<proto::SetCredentialRequest, _, _>(params, |_| async {
-            Err::<proto::EmptyResult, _>(not_yet("Storing credentials in the OS keychain"))
+        dispatch::<proto::SetCredentialRequest, _, _>(params, |params| async move {
+            let proto::SetCredentialParams { profile, key, value } = params;
+            let secret = crate::credentials::Secret::new(value);
+            let workspace = self.workspace_root();
+            self.engine.set_credential(&profile, &key, secret, workspace.as_deref()).await.map(|()| proto::EmptyResult {})
         })
         .await
     }
 
     async fn delete_credential(&self, params: Value) -> jsonrpc::Result<Value> {
-        dispatch::<proto::DeleteCredentialRequest, _, _>(params, |_| async {
-            Err::<proto::EmptyResult, _>(not_yet("Storing credentials in the OS keychain"))
+        dispatch::<proto::DeleteCredentialRequest, _, _>(params, |params| async move {
+            let workspace = self.workspace_root();
+            self.engine
+                .delete_credential(&params.profile, &params.key, workspace.as_deref())
+                .await
+                .map(|()| proto::EmptyResult {})
+        })
+        .await
+    }
+
+    async fn trust_workspace(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::TrustWorkspaceRequest, _, _>(params, |params| async move {
+            let workspace = self.workspace_or_root(&params.workspace_folder)?.ok_or_else(|| {
+                Error::InvalidParams("Name the workspace folder to trust; this server has no workspace root.".into())
+            })?;
+            self.engine.trust_workspace(workspace, params.trust).await.map(|()| proto::EmptyResult {})
         })
         .await
     }

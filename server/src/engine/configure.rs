@@ -1,0 +1,291 @@
+//! The engine's profile, credential and trust operations, and the connect plan built from them: which driver,
+//! which settings (validated), which credentials, and whether the workspace may be sent there.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::Engine;
+use crate::credentials::{self, keychain, CredentialSpec, Secret};
+use crate::drivers::Driver;
+use crate::error::{Error, Result};
+use crate::profiles::{self, Profile, Profiles, Source};
+use crate::protocol::{ProfileEntry, ProfilesResult, SaveProfileParams};
+use crate::statefile;
+
+/// What a connect will do, resolved from the profile, the request and the credential sources.
+pub struct Plan {
+    pub driver: Arc<dyn Driver>,
+    pub profile: Option<String>,
+    pub settings: Map<String, Value>,
+    pub credentials: BTreeMap<String, Secret>,
+}
+
+/// Where a connect's driver and settings come from.
+pub struct PlanInput<'a> {
+    pub profile: Option<String>,
+    pub driver: Option<String>,
+    pub settings: Option<Map<String, Value>>,
+    pub workspace: Option<&'a Path>,
+}
+
+impl Engine {
+    /// Every credential key any driver reads: none of them may appear in a profile file.
+    fn credential_key_names(&self) -> Vec<&'static str> {
+        self.drivers.iter().flat_map(|driver| driver.credential_keys().iter().map(|spec| spec.key)).collect()
+    }
+
+    /// Reads the user file and the workspace's `.sandlink.toml` (off the runtime).
+    pub async fn load_profiles(&self, workspace: Option<&Path>) -> Result<Profiles> {
+        let config_dir = self.config_dir.clone();
+        let workspace = workspace.map(Path::to_path_buf);
+        let keys = self.credential_key_names();
+        statefile::blocking(move || profiles::load(&config_dir, workspace.as_deref(), &keys)).await
+    }
+
+    /// The driver a profile names, or an `invalidProfile` error that says which drivers exist.
+    fn driver_for_profile(&self, profile: &Profile) -> Result<Arc<dyn Driver>> {
+        self.driver(&profile.driver).map_err(|_| {
+            let known: Vec<&str> = self.drivers.iter().map(|driver| driver.id()).collect();
+            Error::InvalidProfile(format!(
+                "Profile \"{}\" (in {}) names the driver \"{}\", which this sandlink does not know. The drivers are: {}.",
+                profile.name,
+                profile.file.display(),
+                profile.driver,
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// Resolves a connect: profile (named, or the default when neither profile nor driver is given), merged and
+    /// validated settings, the trust gate for workspace profiles, and credentials.
+    pub async fn plan(&self, input: PlanInput<'_>) -> Result<Plan> {
+        let wants_profile = input.profile.is_some() || input.driver.is_none();
+        let loaded = if wants_profile { Some(self.load_profiles(input.workspace).await?) } else { None };
+        let profile = match (&input.profile, &loaded) {
+            (Some(name), Some(profiles)) => Some(profiles.get(name)?.clone()),
+            (None, Some(profiles)) => match profiles.default_name() {
+                Some(name) => Some(profiles.get(name).map_err(|_| {
+                    Error::InvalidProfile(format!(
+                        "The default profile \"{name}\" does not exist; save it or change \"default\" in the profile file."
+                    ))
+                })?
+                .clone()),
+                None => None,
+            },
+            _ => None,
+        };
+        let Some(profile) = profile else {
+            let driver_id = input.driver.clone().unwrap_or_else(|| "local".to_string());
+            let driver = self.driver(&driver_id)?;
+            let settings = input.settings.unwrap_or_default();
+            profiles::refuse_secrets(driver_id.as_str(), &settings, &self.credential_key_names(), "the connect settings")
+                .map_err(|error| Error::InvalidParams(error.to_string()))?;
+            driver.validate_settings(&settings).map_err(|error| Error::InvalidParams(error.to_string()))?;
+            let credentials = credentials::resolve(driver.id(), None, driver.credential_keys()).await?;
+            return Ok(Plan { driver, profile: None, settings, credentials });
+        };
+        if let Some(driver_id) = &input.driver {
+            if driver_id != &profile.driver {
+                return Err(Error::InvalidParams(format!(
+                    "Profile \"{}\" uses the {} driver, but the request asks for {driver_id}; give one or the other.",
+                    profile.name, profile.driver
+                )));
+            }
+        }
+        let driver = self.driver_for_profile(&profile)?;
+        let mut settings = profile.settings.clone();
+        settings.extend(input.settings.unwrap_or_default());
+        let place = format!("profile \"{}\" ({})", profile.name, profile.file.display());
+        profiles::refuse_secrets(&profile.name, &settings, &self.credential_key_names(), &place)?;
+        driver
+            .validate_settings(&settings)
+            .map_err(|error| Error::InvalidProfile(format!("Profile \"{}\": {error}", profile.name)))?;
+        if profile.source == Source::Workspace && driver.sends_workspace_elsewhere(&settings) {
+            self.require_trust(&profile, loaded.as_ref().and_then(|profiles| profiles.workspace_dir.clone())).await?;
+        }
+        let credentials = credentials::resolve(driver.id(), Some(&profile.name), driver.credential_keys()).await?;
+        Ok(Plan { driver, profile: Some(profile.name), settings, credentials })
+    }
+
+    async fn require_trust(&self, profile: &Profile, workspace: Option<PathBuf>) -> Result<()> {
+        let workspace = workspace.unwrap_or_else(|| profile.file.parent().map(Path::to_path_buf).unwrap_or_default());
+        let state_dir = self.state_dir.clone();
+        let checked = workspace.clone();
+        if statefile::blocking(move || profiles::trust::is_trusted(&state_dir, &checked)).await? {
+            return Ok(());
+        }
+        Err(Error::WorkspaceNotTrusted(format!(
+            "Profile \"{}\" comes from {}, a file in the workspace, and would send the workspace off this machine \
+             (the {} driver). A workspace is not trusted by default: confirm it once with `sandlink trust {}` or the \
+             request sandlink/trustWorkspace {{ workspaceFolder, trust: true }} (your editor's \"Trust workspace\" \
+             command), then connect again. `sandlink trust --revoke` undoes it.",
+            profile.name,
+            profile.file.display(),
+            profile.driver,
+            workspace.display()
+        )))
+    }
+
+    /// Confirms or revokes trust in a workspace.
+    pub async fn trust_workspace(&self, workspace: PathBuf, trust: bool) -> Result<()> {
+        if !workspace.is_dir() {
+            return Err(Error::InvalidParams(format!(
+                "The workspace folder {} does not exist or is not a directory.",
+                workspace.display()
+            )));
+        }
+        let state_dir = self.state_dir.clone();
+        tracing::info!(workspace = %workspace.display(), trust, "workspace trust changed");
+        statefile::blocking(move || profiles::trust::set_trusted(&state_dir, &workspace, trust)).await
+    }
+
+    /// Every profile with whether its credentials are at hand; a refused workspace file is reported, not fatal.
+    pub async fn profiles(&self, workspace: Option<PathBuf>) -> Result<ProfilesResult> {
+        let (loaded, workspace_error) = match self.load_profiles(workspace.as_deref()).await {
+            Ok(loaded) => (loaded, None),
+            Err(error) => (self.load_profiles(None).await?, Some(error.to_string())),
+        };
+        let trusted = match &workspace {
+            Some(dir) if workspace_error.is_none() && loaded.workspace.is_some() => {
+                let state_dir = self.state_dir.clone();
+                let dir = dir.clone();
+                statefile::blocking(move || profiles::trust::is_trusted(&state_dir, &dir)).await?
+            }
+            _ => false,
+        };
+        let default = loaded.default_name().map(str::to_string);
+        let mut entries = Vec::new();
+        for profile in loaded.all() {
+            let driver = self.driver(&profile.driver).ok();
+            let specs: &[CredentialSpec] = driver.as_ref().map(|driver| driver.credential_keys()).unwrap_or(&[]);
+            let mut available = Vec::new();
+            let mut missing = Vec::new();
+            for spec in specs {
+                let present = credentials::from_environment(spec).is_some()
+                    || matches!(keychain::get(&profile.name, spec.key).await, Ok(Some(_)));
+                if present {
+                    available.push(spec.key);
+                } else if spec.required {
+                    missing.push(spec.key.to_string());
+                }
+            }
+            let remote = driver.as_ref().is_some_and(|driver| driver.sends_workspace_elsewhere(&profile.settings));
+            entries.push(ProfileEntry {
+                name: profile.name.clone(),
+                driver: profile.driver.clone(),
+                settings: profile.settings.clone(),
+                default: default.as_deref() == Some(profile.name.as_str()),
+                has_credentials: !available.is_empty(),
+                source: profile.source.as_str().into(),
+                missing_credentials: missing,
+                needs_trust: profile.source == Source::Workspace && remote && !trusted,
+            });
+        }
+        Ok(ProfilesResult { profiles: entries, workspace_error })
+    }
+
+    /// Creates or replaces a user profile after checking its name, driver, settings and that it holds no secret.
+    pub async fn save_profile(&self, params: SaveProfileParams) -> Result<()> {
+        credentials::check_name("profile name", &params.name)?;
+        let driver = self.driver(&params.driver).map_err(|error| Error::InvalidProfile(error.to_string()))?;
+        let settings = params.settings.unwrap_or_default();
+        // Secrets first: a key pasted into the settings deserves "use the keychain", not "unknown setting".
+        let place = format!("the settings of profile \"{}\"", params.name);
+        profiles::refuse_secrets(&params.name, &settings, &self.credential_key_names(), &place)?;
+        driver
+            .validate_settings(&settings)
+            .map_err(|error| Error::InvalidProfile(format!("Profile \"{}\": {error}", params.name)))?;
+        let config_dir = self.config_dir.clone();
+        let (name, driver_id, make_default) = (params.name, params.driver, params.default);
+        statefile::blocking(move || {
+            profiles::ensure_config_dir(&config_dir)?;
+            profiles::save_user_profile(&config_dir, &name, &driver_id, &settings, make_default)
+        })
+        .await
+    }
+
+    /// Deletes a user profile and its keychain entries.
+    pub async fn delete_profile(&self, name: &str, workspace: Option<PathBuf>) -> Result<()> {
+        let loaded = self.load_profiles(workspace.as_deref()).await.or(self.load_profiles(None).await)?;
+        let Some(profile) = loaded.user.profiles.iter().find(|profile| profile.name == name).cloned() else {
+            if let Some(shadow) = loaded.all().into_iter().find(|profile| profile.name == name) {
+                return Err(Error::InvalidParams(format!(
+                    "Profile \"{name}\" is defined in {}, the workspace's own file; edit or remove it there.",
+                    shadow.file.display()
+                )));
+            }
+            return Err(Error::UnknownProfile(name.to_string()));
+        };
+        let config_dir = self.config_dir.clone();
+        let deleted_name = name.to_string();
+        statefile::blocking(move || profiles::delete_user_profile(&config_dir, &deleted_name)).await?;
+        if let Ok(driver) = self.driver(&profile.driver) {
+            for spec in driver.credential_keys() {
+                if let Err(error) = keychain::delete(name, spec.key).await {
+                    tracing::warn!(profile = name, key = spec.key, %error, "could not delete a stored credential");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The profile and credential spec a `setCredential`/`deleteCredential` names, or an error saying what exists.
+    async fn credential_target(&self, profile: &str, key: &str, workspace: Option<&Path>) -> Result<CredentialSpec> {
+        credentials::check_name("profile name", profile)?;
+        credentials::check_name("credential key", key)?;
+        let loaded = match self.load_profiles(workspace).await {
+            Ok(loaded) => loaded,
+            Err(_) => self.load_profiles(None).await?,
+        };
+        let found = loaded.get(profile)?.clone();
+        let driver = self.driver_for_profile(&found)?;
+        let specs = driver.credential_keys();
+        specs.iter().find(|spec| spec.key == key).copied().ok_or_else(|| {
+            if specs.is_empty() {
+                Error::InvalidParams(format!("The {} driver of profile \"{profile}\" uses no credentials.", driver.id()))
+            } else {
+                let keys: Vec<&str> = specs.iter().map(|spec| spec.key).collect();
+                Error::InvalidParams(format!(
+                    "The {} driver has no credential \"{key}\"; its credentials are: {}.",
+                    driver.id(),
+                    keys.join(", ")
+                ))
+            }
+        })
+    }
+
+    /// Stores a credential in the OS keychain.
+    pub async fn set_credential(&self, profile: &str, key: &str, value: Secret, workspace: Option<&Path>) -> Result<()> {
+        let spec = self.credential_target(profile, key, workspace).await?;
+        if value.expose().is_empty() {
+            return Err(Error::InvalidParams(format!("The value for \"{key}\" is empty; give the credential itself.")));
+        }
+        keychain::set(profile, key, value).await.map_err(|unavailable| {
+            Error::KeychainUnavailable(format!(
+                "Could not store \"{key}\" for profile \"{profile}\": {unavailable}. Nothing was written anywhere else. \
+                 Give the credential through the environment variable {} instead (sandlink reads it before the \
+                 keychain), or start a keychain (gnome-keyring, KeePassXC) in your desktop session.",
+                spec.env_var
+            ))
+        })?;
+        tracing::info!(profile, key, "credential stored in the keychain");
+        Ok(())
+    }
+
+    /// Removes a credential from the OS keychain; removing one that is not there is not an error.
+    pub async fn delete_credential(&self, profile: &str, key: &str, workspace: Option<&Path>) -> Result<()> {
+        let spec = self.credential_target(profile, key, workspace).await?;
+        let removed = keychain::delete(profile, key).await.map_err(|unavailable| {
+            Error::KeychainUnavailable(format!(
+                "Could not delete \"{key}\" for profile \"{profile}\": {unavailable}. If you gave it through the \
+                 environment, unset {} instead.",
+                spec.env_var
+            ))
+        })?;
+        tracing::info!(profile, key, removed, "credential deleted from the keychain");
+        Ok(())
+    }
+}

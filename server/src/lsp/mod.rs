@@ -449,3 +449,34 @@ impl LanguageServer for Backend {
         self.execute(&params.command, argument).await.map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_should_become_an_internal_error_response() {
+        let answer = dispatch::<proto::DriversRequest, _, _>(serde_json::json!({}), |_| async {
+            if true {
+                panic!("boom in a handler");
+            }
+            Ok(proto::DriversResult { drivers: Vec::new() })
+        })
+        .await;
+        let error = answer.expect_err("a panic is an error, not a dead server");
+        assert_eq!(error.code, jsonrpc::ErrorCode::InternalError);
+        assert_eq!(error.data.as_ref().and_then(|data| data.get("kind")), Some(&serde_json::json!("internal")));
+        assert!(error.message.contains("boom in a handler") && error.message.contains("keeps running"));
+    }
+
+    #[tokio::test]
+    async fn params_of_the_wrong_shape_should_name_the_method_and_field() {
+        let answer = dispatch::<proto::RunRequest, _, _>(serde_json::json!({ "sessionId": "s" }), |_| async {
+            Ok(proto::RunResult { run_id: String::new() })
+        })
+        .await;
+        let error = answer.expect_err("a missing field is refused");
+        assert_eq!(error.code, jsonrpc::ErrorCode::InvalidParams);
+        assert!(error.message.contains("sandlink/run") && error.message.contains("command"), "{}", error.message);
+    }
+}

@@ -151,3 +151,24 @@ fn going_over_the_sandbox_limit_should_be_a_clear_error() {
     server.request("sandlink/disconnect", json!({ "sessionId": first["sessionId"] })).expect("disconnect");
     server.request("sandlink/connect", json!({ "driver": "local", "sync": false })).expect("a slot is free again");
 }
+
+#[test]
+fn connecting_again_after_a_restart_should_get_the_kept_sandbox_back_without_asking_for_reuse() {
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = workspace_with(&[("hello.txt", "hello\n")]);
+    let first_id = {
+        let first = server_on(state.path(), workspace.path(), Vec::new());
+        let session = first.connect("local", Value::Null, workspace.path());
+        first.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "echo built > artefact" }));
+        session["sessionId"].as_str().expect("id").to_string()
+    };
+    let second = server_on(state.path(), workspace.path(), Vec::new());
+    let again = second.connect("local", Value::Null, workspace.path());
+    assert_eq!(again["sessionId"], first_id.as_str(), "the kept sandbox comes back instead of a new one");
+    let outcome = second.run_to_exit(json!({ "sessionId": first_id, "command": "cat artefact" }));
+    assert_eq!(outcome.stdout, "built\n");
+    let other_workspace = workspace_with(&[("x.txt", "x\n")]);
+    let elsewhere = second.connect("local", Value::Null, other_workspace.path());
+    assert_ne!(elsewhere["sessionId"], first_id.as_str(), "another workspace gets its own sandbox");
+    assert_eq!(sessions(&second).len(), 2, "no duplicate sandboxes piled up");
+}

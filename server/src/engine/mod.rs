@@ -167,6 +167,15 @@ impl Engine {
                 message: info.detail.unwrap_or_else(|| format!("The {driver_id} driver is not available here.")),
             });
         }
+        if let Some(kept) = self.kept_session_like(&plan, workspace.as_deref()).await {
+            // A kept sandbox for the same workspace and configuration is what the user wants back after an editor
+            // restart; a fresh one would pay again for the upload (and, in the cloud, for the sandbox).
+            let reattach_params = ConnectParams { reuse: Some(kept.clone()), ..ConnectParams::default() };
+            match self.reattach(&kept, reattach_params, workspace.clone(), progress).await {
+                Ok(session) => return Ok(session),
+                Err(error) => tracing::info!(session = %kept, %error, "a kept session could not be re-attached; connecting anew"),
+            }
+        }
         let sync_options = SyncOptions::from_settings(&plan.settings)?;
         let session_id = format!("{driver_id}-{}", short_id());
         let claim = self.reserve(&session_id, &plan, workspace.clone()).await?;
@@ -311,6 +320,25 @@ impl Engine {
 
     /// Re-attaches to a session kept from an earlier run (or another server that exited), keeping its id so the
     /// sync manifest under `sessions/<id>` still applies and an unchanged workspace transfers nothing.
+    /// The newest kept session (not attached anywhere) with the plan's driver, profile and settings for `workspace`.
+    async fn kept_session_like(&self, plan: &Plan, workspace: Option<&std::path::Path>) -> Option<String> {
+        let workspace = workspace.map(crate::profiles::trust::canonical);
+        let store = self.store.clone();
+        let records = statefile::blocking(move || store.list()).await.ok()?;
+        records
+            .into_iter()
+            .filter(|record| {
+                record.kept
+                    && record.driver == plan.driver.id()
+                    && record.profile == plan.profile
+                    && record.settings == plan.settings
+                    && record.workspace.as_deref().map(crate::profiles::trust::canonical) == workspace
+                    && !lock(&self.sessions).contains_key(&record.session_id)
+            })
+            .max_by(|left, right| left.last_activity.cmp(&right.last_activity))
+            .map(|record| record.session_id)
+    }
+
     async fn reattach(
         &self,
         session_id: &str,

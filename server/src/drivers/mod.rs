@@ -3,6 +3,7 @@
 //! Every operation a driver may lack has a default body that answers `unsupported`, so a driver implements only
 //! what its capability flags promise. Provider types (bollard, reqwest, ssh) never leave their driver module.
 
+pub mod e2b;
 pub mod local;
 pub mod process;
 pub mod sandbox_agent;
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -103,6 +105,12 @@ pub trait Driver: Send + Sync {
         let _ = request;
         Err(Error::unsupported_by(self.id(), "re-attaching to a kept sandbox"))
     }
+
+    /// Creates a sandbox for a new session from a snapshot that `Sandbox::snapshot` answered.
+    async fn restore(&self, snapshot_id: String, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
+        let _ = (snapshot_id, request);
+        Err(Error::unsupported_by(self.id(), "restoring snapshots"))
+    }
 }
 
 /// What to run in a sandbox.
@@ -158,6 +166,21 @@ pub struct SandboxStatus {
     /// Set when the sandbox is gone or broken: the session turns to `error` with this sentence.
     pub failure: Option<String>,
     pub expires_at: Option<String>,
+    /// The sandbox is gone for good (it timed out or was killed): the session turns `expired`, not `error`.
+    pub expired: bool,
+}
+
+/// The lifetime of a sandbox that expires on its own (cloud sandboxes), which the engine keeps alive while in use.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// When the sandbox ends unless extended.
+    pub expires_at: time::OffsetDateTime,
+    /// How many seconds one extension buys.
+    pub extend_seconds: u64,
+    /// Editor activity older than this no longer counts as use; the user gets a timeout warning instead.
+    pub idle_window: Duration,
+    /// Set once the sandbox is known to be gone, with a sentence saying what happened.
+    pub gone: Option<String>,
 }
 
 /// One connected sandbox, owned by one session.
@@ -209,6 +232,11 @@ pub trait Sandbox: Send + Sync {
         Err(Error::unsupported_by(self.driver_id(), "snapshots"))
     }
 
+    /// The sandbox's lifetime, for drivers whose sandboxes expire unless kept alive; answered without a request.
+    fn lease(&self) -> Option<Lease> {
+        None
+    }
+
     /// Current resources and health.
     async fn status(&self) -> Result<SandboxStatus> {
         Ok(SandboxStatus::default())
@@ -220,7 +248,7 @@ pub trait Sandbox: Send + Sync {
 
 /// The drivers this build knows, in the order they are listed to users.
 pub fn registry() -> Vec<Arc<dyn Driver>> {
-    let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(local::Driver::new())];
+    let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(local::Driver::new()), Arc::new(e2b::Driver::new())];
     if testing::Keyed::enabled() {
         drivers.push(Arc::new(testing::Keyed::new()));
     }

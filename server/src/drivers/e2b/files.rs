@@ -1,0 +1,427 @@
+//! The e2b driver's side of sync: batch uploads as one multipart `POST /files`, downloads, deletes and the listing.
+//!
+//! reqwest's multipart `Form` needs every part before it sends, so it cannot stream an archive whose entries are known
+//! only as it is read; the upload body is therefore encoded here (RFC 7578, a few lines) while the tar is unpacked.
+//! Batches up to `RETRYABLE_UPLOAD_BYTES` are kept in memory so a 429 or 5xx can be retried; bigger ones stream.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::client::{is_not_found, send_with_retry, Envd, Plane, SANDBOX_USER};
+use super::envd::{run_to_end, StreamTuning};
+use crate::drivers::BoxedReader;
+use crate::error::{Error, Result};
+use crate::sync::{EntryKind, RemoteEntry, RemoteFiles};
+
+/// Upload bodies up to this size are buffered so they can be sent again after a 429 or 5xx.
+const RETRYABLE_UPLOAD_BYTES: usize = 32 * 1024 * 1024;
+/// File content travels in chunks of this size.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Downloads and deletes in flight at once (E2B has no batch form of either).
+const PARALLEL_REQUESTS: usize = 8;
+/// How deep the remote listing goes; envd walks the tree in one `ListDir` call.
+const LIST_DEPTH: u32 = 128;
+
+/// The session's remote root inside one E2B sandbox.
+pub struct Files {
+    pub envd: Arc<Envd>,
+    pub tuning: StreamTuning,
+    /// Absolute, without a trailing slash.
+    pub root: String,
+}
+
+/// What unpacking an upload found besides plain file contents.
+#[derive(Default)]
+struct Extras {
+    /// Files whose mode has execute bits, with that mode (envd writes every file 0644).
+    modes: Vec<(String, u32)>,
+    /// Symlinks as (path, target); `/files` cannot create them.
+    symlinks: Vec<(String, String)>,
+    /// Empty directories the archive names.
+    directories: Vec<String>,
+    files: usize,
+}
+
+/// Checks an archive path and makes it `/`-separated and relative.
+fn clean_relative(path: &std::path::Path) -> Result<String> {
+    let mut parts = Vec::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(part) => parts.push(part.to_str().ok_or_else(|| {
+                Error::InvalidParams(format!("The file name {} is not valid UTF-8, which E2B cannot store.", path.display()))
+            })?),
+            std::path::Component::CurDir => {}
+            _ => {
+                return Err(Error::PathOutsideWorkspace(format!(
+                    "The upload named {}, which is outside the session root; nothing was written.",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// The header of one multipart part named `file` whose filename is the destination path, as envd expects.
+fn part_header(boundary: &str, destination: &str) -> Result<Vec<u8>> {
+    if destination.chars().any(|character| character.is_control()) {
+        return Err(Error::InvalidParams(format!(
+            "The file name {destination:?} contains control characters, which a multipart upload cannot carry."
+        )));
+    }
+    let quoted = destination.replace('\\', "\\\\").replace('"', "\\\"");
+    Ok(format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{quoted}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes())
+}
+
+/// Unpacks the archive on a blocking thread, sending the multipart body in chunks; answers what else it found.
+fn encode_upload(
+    archive: BoxedReader,
+    root: String,
+    boundary: String,
+    body: mpsc::Sender<std::io::Result<Bytes>>,
+) -> Result<Extras> {
+    let bridge = tokio_util::io::SyncIoBridge::new(archive);
+    let mut archive = tar::Archive::new(bridge);
+    let mut extras = Extras::default();
+    let send = |chunk: Vec<u8>| -> Result<()> {
+        body.blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| Error::Remote { status: None, message: "The upload to E2B stopped before the archive ended.".into() })
+    };
+    let entries = archive.entries().map_err(|source| Error::io("Could not read the upload archive", source))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|source| Error::io("Could not read the upload archive", source))?;
+        let relative = clean_relative(&entry.path().map_err(|source| Error::io("Could not read a path in the upload archive", source))?)?;
+        if relative.is_empty() {
+            continue;
+        }
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = header.mode().unwrap_or(0o644);
+        if kind.is_dir() {
+            extras.directories.push(relative);
+            continue;
+        }
+        if kind.is_symlink() {
+            let target = entry
+                .link_name()
+                .map_err(|source| Error::io("Could not read a symlink in the upload archive", source))?
+                .map(|target| target.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            extras.symlinks.push((relative, target));
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        let destination = format!("{root}/{relative}");
+        send(part_header(&boundary, &destination)?)?;
+        loop {
+            let mut chunk = vec![0u8; CHUNK_BYTES];
+            let read = std::io::Read::read(&mut entry, &mut chunk)
+                .map_err(|source| Error::io(format!("Could not read {relative} from the upload archive"), source))?;
+            if read == 0 {
+                break;
+            }
+            chunk.truncate(read);
+            send(chunk)?;
+        }
+        send(b"\r\n".to_vec())?;
+        if mode & 0o111 != 0 {
+            extras.modes.push((relative, mode & 0o7777));
+        }
+        extras.files += 1;
+    }
+    if extras.files > 0 {
+        send(format!("--{boundary}--\r\n").into_bytes())?;
+    }
+    Ok(extras)
+}
+
+/// Quotes a word for `sh`.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListDirResponse {
+    #[serde(default)]
+    entries: Vec<EntryInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryInfo {
+    #[serde(default)]
+    path: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+    /// int64, which protojson writes as a string.
+    #[serde(default)]
+    size: Option<Value>,
+    #[serde(default)]
+    mode: Option<u32>,
+    #[serde(default)]
+    modified_time: Option<String>,
+    #[serde(default)]
+    symlink_target: Option<String>,
+}
+
+impl Files {
+    /// Sends the multipart body: buffered (and retried on 429/5xx) when small, streamed once when large.
+    async fn post_files(&self, boundary: &str, mut chunks: mpsc::Receiver<std::io::Result<Bytes>>) -> Result<()> {
+        let mut buffered = Vec::new();
+        let mut buffered_bytes = 0usize;
+        let mut complete = true;
+        while let Some(chunk) = chunks.recv().await {
+            let chunk = chunk.map_err(|source| Error::io("Could not read the upload archive", source))?;
+            buffered_bytes += chunk.len();
+            buffered.push(chunk);
+            if buffered_bytes > RETRYABLE_UPLOAD_BYTES {
+                complete = false;
+                break;
+            }
+        }
+        if buffered_bytes == 0 {
+            return Ok(());
+        }
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        let what = "uploading files to the sandbox";
+        let path = format!("/files?username={SANDBOX_USER}");
+        let outcome = if complete {
+            let body = Bytes::from(buffered.concat());
+            send_with_retry(Plane::Envd, None, || {
+                self.envd
+                    .request(reqwest::Method::POST, &path)
+                    .header(reqwest::header::CONTENT_TYPE, &content_type)
+                    .body(body.clone())
+            })
+            .await
+        } else {
+            let rest = futures::stream::unfold(chunks, |mut chunks| async move { chunks.recv().await.map(|chunk| (chunk, chunks)) });
+            let stream = futures::stream::iter(buffered.into_iter().map(Ok::<Bytes, std::io::Error>)).chain(rest);
+            let request = self
+                .envd
+                .request(reqwest::Method::POST, &path)
+                .header(reqwest::header::CONTENT_TYPE, &content_type)
+                .body(reqwest::Body::wrap_stream(stream));
+            match request.send().await {
+                Ok(response) if response.status().is_success() => Ok(response),
+                Ok(response) => Err(super::client::Failure::from_response(response, Plane::Envd).await),
+                Err(error) => Err(super::client::Failure::transport(error)),
+            }
+        };
+        let response = outcome.map_err(|failure| self.envd.fail(failure, what))?;
+        // Drain the answer so the connection can be reused.
+        let _ = response.bytes().await;
+        Ok(())
+    }
+
+    /// Restores what `/files` cannot express (execute bits, symlinks, empty directories) with one helper command.
+    async fn apply_extras(&self, extras: Extras) -> Result<()> {
+        let mut script = String::from("set -e\n");
+        for directory in &extras.directories {
+            script.push_str(&format!("mkdir -p -- {}\n", shell_quote(directory)));
+        }
+        for (path, mode) in &extras.modes {
+            script.push_str(&format!("chmod {mode:o} -- {}\n", shell_quote(path)));
+        }
+        for (path, target) in &extras.symlinks {
+            let parent = path.rsplit_once('/').map(|(parent, _)| parent).unwrap_or(".");
+            script.push_str(&format!(
+                "mkdir -p -- {} && ln -sfn -- {} {}\n",
+                shell_quote(parent),
+                shell_quote(target),
+                shell_quote(path)
+            ));
+        }
+        if script == "set -e\n" {
+            return Ok(());
+        }
+        let config = json!({ "cmd": "/bin/sh", "args": ["-c", script], "cwd": self.root });
+        let (status, output) = run_to_end(self.envd.clone(), self.tuning, config).await?;
+        if status.code != Some(0) {
+            return Err(Error::Remote {
+                status: None,
+                message: format!(
+                    "Could not set file modes, symlinks or empty directories in the sandbox: {}",
+                    output.trim()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn download_one(&self, relative: String) -> Result<(String, Bytes)> {
+        let sandbox_path = format!("{}/{relative}", self.root);
+        let what = format!("downloading {relative} from the sandbox");
+        let response = send_with_retry(Plane::Envd, None, || {
+            self.envd
+                .request(reqwest::Method::GET, "/files")
+                .query(&[("path", sandbox_path.as_str()), ("username", SANDBOX_USER)])
+        })
+        .await
+        .map_err(|failure| self.envd.fail(failure, &what))?;
+        let bytes = response.bytes().await.map_err(|error| Error::Remote {
+            status: None,
+            message: format!("The download of {relative} from the sandbox broke off: {error}."),
+        })?;
+        Ok((relative, bytes))
+    }
+}
+
+#[async_trait]
+impl RemoteFiles for Files {
+    async fn upload_tar(&self, archive: BoxedReader) -> Result<()> {
+        let boundary = format!("sandlink-{}", uuid::Uuid::new_v4().simple());
+        let (sender, receiver) = mpsc::channel(16);
+        let root = self.root.clone();
+        let encoder_boundary = boundary.clone();
+        let encoder = tokio::task::spawn_blocking(move || encode_upload(archive, root, encoder_boundary, sender));
+        let posted = self.post_files(&boundary, receiver).await;
+        let extras = encoder.await.map_err(|error| Error::Internal(format!("Packing the upload failed: {error}")))?;
+        // A failed post usually makes the encoder fail too (its channel closed); the post's error says why.
+        posted?;
+        self.apply_extras(extras?).await
+    }
+
+    async fn delete(&self, paths: Vec<String>) -> Result<()> {
+        let removals = futures::stream::iter(paths.into_iter().map(|relative| async move {
+            let relative = clean_relative(std::path::Path::new(&relative))?;
+            if relative.is_empty() {
+                return Err(Error::PathOutsideWorkspace("Refusing to delete the whole remote root.".into()));
+            }
+            let message = json!({ "path": format!("{}/{relative}", self.root) });
+            match self.envd.unary("filesystem.Filesystem/Remove", &message, &format!("deleting {relative} in the sandbox")).await {
+                Err(error) if !is_not_found(&error) => Err(error),
+                _ => Ok(()),
+            }
+        }))
+        .buffer_unordered(PARALLEL_REQUESTS);
+        let outcomes: Vec<Result<()>> = removals.collect().await;
+        outcomes.into_iter().collect()
+    }
+
+    async fn list(&self) -> Result<Vec<RemoteEntry>> {
+        let message = json!({ "path": self.root, "depth": LIST_DEPTH });
+        let answer = match self.envd.unary("filesystem.Filesystem/ListDir", &message, "listing the sandbox's files").await {
+            Ok(answer) => answer,
+            // A root that does not exist yet holds nothing.
+            Err(error) if is_not_found(&error) => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let listing: ListDirResponse = serde_json::from_value(answer).map_err(|error| Error::Remote {
+            status: None,
+            message: format!("envd answered a directory listing sandlink does not understand: {error}."),
+        })?;
+        let prefix = format!("{}/", self.root);
+        let mut entries: Vec<RemoteEntry> = listing
+            .entries
+            .into_iter()
+            .filter_map(|entry| {
+                let relative = entry.path.strip_prefix(&prefix)?.to_string();
+                if relative.is_empty() || relative.split('/').any(|part| part == ".." || part.is_empty()) {
+                    return None;
+                }
+                let kind = match entry.kind.as_str() {
+                    "FILE_TYPE_DIRECTORY" => EntryKind::Dir,
+                    "FILE_TYPE_SYMLINK" => EntryKind::Symlink,
+                    _ => EntryKind::File,
+                };
+                let size = match &entry.size {
+                    Some(Value::String(text)) => text.parse().unwrap_or(0),
+                    Some(Value::Number(number)) => number.as_u64().unwrap_or(0),
+                    _ => 0,
+                };
+                let mtime_ns = entry
+                    .modified_time
+                    .as_deref()
+                    .and_then(|text| time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok())
+                    .map(|when| when.unix_timestamp_nanos())
+                    .unwrap_or(0);
+                Some(RemoteEntry {
+                    path: relative,
+                    kind,
+                    size,
+                    mtime_ns,
+                    mode: entry.mode.unwrap_or(0o644) & 0o7777,
+                    link_target: entry.symlink_target.filter(|_| kind == EntryKind::Symlink),
+                })
+            })
+            .collect();
+        entries.sort_by(|left, right| left.path.cmp(&right.path));
+        Ok(entries)
+    }
+
+    async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
+        let mut checked = Vec::with_capacity(paths.len());
+        for path in paths {
+            checked.push(clean_relative(std::path::Path::new(&path))?);
+        }
+        let (reader, mut writer) = tokio::io::duplex(1 << 20);
+        let downloads: Vec<_> = checked.into_iter().map(|relative| self.download_one(relative)).collect();
+        // The downloads borrow `self`; run them here and stream the archive as each file arrives.
+        let mut arrivals = futures::stream::iter(downloads).buffered(PARALLEL_REQUESTS);
+        let mut files = Vec::new();
+        while let Some(arrival) = arrivals.next().await {
+            files.push(arrival?);
+        }
+        tokio::spawn(async move {
+            let mut builder = tar::Builder::new(Vec::new());
+            let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+            for (relative, bytes) in files {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(bytes.len() as u64);
+                header.set_mode(0o644);
+                header.set_mtime(now);
+                header.set_entry_type(tar::EntryType::Regular);
+                if builder.append_data(&mut header, &relative, bytes.as_ref()).is_err() {
+                    return;
+                }
+                let packed = std::mem::take(builder.get_mut());
+                if writer.write_all(&packed).await.is_err() {
+                    return;
+                }
+            }
+            if let Ok(trailer) = builder.into_inner() {
+                let _ = writer.write_all(&trailer).await;
+            }
+            let _ = writer.shutdown().await;
+        });
+        Ok(Box::pin(reader))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_relative_should_refuse_escapes() {
+        assert!(clean_relative(std::path::Path::new("../etc/passwd")).is_err());
+        assert!(clean_relative(std::path::Path::new("/etc/passwd")).is_err());
+        assert_eq!(clean_relative(std::path::Path::new("./a/b.txt")).expect("relative path"), "a/b.txt");
+    }
+
+    #[test]
+    fn part_header_should_escape_quotes_and_refuse_newlines() {
+        let header = String::from_utf8(part_header("b", "/home/user/a\"b.txt").expect("valid name")).expect("UTF-8");
+        assert!(header.contains(r#"filename="/home/user/a\"b.txt""#));
+        assert!(part_header("b", "/home/user/a\nb").is_err());
+    }
+
+    #[test]
+    fn shell_quote_should_survive_single_quotes() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

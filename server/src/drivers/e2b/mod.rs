@@ -1,0 +1,435 @@
+//! The `e2b` driver: E2B cloud sandboxes through E2B's control API and envd, the daemon inside each sandbox.
+//!
+//! The control plane (`https://api.{domain}`, `X-API-Key`) creates, resumes, extends, snapshots, pauses and kills
+//! sandboxes; envd (port 49983, reached through E2B's edge proxy) runs processes over Connect streams and moves
+//! files. The wire contract is in /work/shared/specs/e2b and cloud-apis.md section 1; reqwest types stay in here.
+
+pub mod client;
+pub mod envd;
+pub mod files;
+pub mod settings;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+
+use self::client::{json_body, Api, Envd, GoneFlag, Plane, Secret};
+use self::envd::StreamTuning;
+use self::settings::{routes_by_header, Settings, DEFAULT_DOMAIN};
+use super::{ConnectRequest, ExecSpec, Lease, Process, Sandbox, SandboxStatus};
+use crate::error::{Error, Result};
+use crate::protocol::{DriverCapabilities, DriverInfo, Resources};
+use crate::sync::RemoteFiles;
+
+/// The environment variable holding the API key when no stored credential is given.
+pub const API_KEY_VARIABLE: &str = "E2B_API_KEY";
+/// Metadata key that ties a sandbox to the sandlink session that created it.
+const SESSION_METADATA_KEY: &str = "sandlinkSession";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The e2b driver; holds nothing until a session connects.
+#[derive(Default)]
+pub struct Driver;
+
+impl Driver {
+    pub fn new() -> Self {
+        Driver
+    }
+}
+
+/// The API key from the environment; stored credentials take over once profiles provide them.
+fn api_key() -> Result<Secret> {
+    match std::env::var(API_KEY_VARIABLE) {
+        Ok(key) if !key.trim().is_empty() => Ok(Secret::new(key.trim().to_string())),
+        _ => Err(Error::CredentialsMissing(format!(
+            "The e2b driver needs an E2B API key: set the {API_KEY_VARIABLE} environment variable for sandlink, or \
+             store the key with sandlink/setCredential."
+        ))),
+    }
+}
+
+/// E2B's `Sandbox` answer to create and connect; unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SandboxAnswer {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(default)]
+    envd_access_token: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+}
+
+/// The parts of `SandboxDetail` the driver reads.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SandboxDetail {
+    #[serde(default)]
+    end_at: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Metric {
+    #[serde(default)]
+    cpu_used_pct: Option<f64>,
+    #[serde(default)]
+    mem_used: Option<u64>,
+}
+
+fn http_client(tuning: &StreamTuning) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A read that waits longer than a few keepalive intervals means a dead connection, for streams and uploads.
+        .read_timeout((tuning.idle + tuning.probe).max(Duration::from_secs(60)))
+        .user_agent(concat!("sandlink/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|error| Error::Internal(format!("Could not set up the HTTP client for E2B: {error}")))
+}
+
+fn rfc3339(when: OffsetDateTime) -> String {
+    when.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+impl Driver {
+    async fn open(&self, request: ConnectRequest, template: Option<String>) -> Result<Arc<dyn Sandbox>> {
+        let settings = Settings::parse(&request.settings)?;
+        let api_key = api_key()?;
+        let tuning = StreamTuning::from_keepalive_seconds(settings.stream_keepalive_seconds);
+        let http = http_client(&tuning)?;
+        let gone = Arc::new(GoneFlag::default());
+        let api = Arc::new(Api { http: http.clone(), base_url: settings.api_url.clone(), api_key, gone: gone.clone() });
+        let (answer, created) = match (&settings.sandbox_id, template) {
+            (Some(sandbox_id), None) => {
+                let path = format!("/sandboxes/{sandbox_id}/connect");
+                let body = json!({ "timeout": settings.timeout_seconds });
+                let response = api
+                    .call(reqwest::Method::POST, &path, Some(&body), Plane::ControlSandbox, "connecting to the sandbox")
+                    .await?;
+                (json_body::<SandboxAnswer>(response, "connecting to the sandbox").await?, false)
+            }
+            (_, template) => {
+                let mut metadata: Map<String, Value> =
+                    settings.metadata.iter().map(|(key, value)| (key.clone(), Value::String(value.clone()))).collect();
+                metadata.insert(SESSION_METADATA_KEY.into(), Value::String(request.session_id.clone()));
+                let body = json!({
+                    "templateID": template.unwrap_or_else(|| settings.template.clone()),
+                    "timeout": settings.timeout_seconds,
+                    "metadata": metadata,
+                    "envVars": settings.envs,
+                    "secure": true,
+                    "autoPause": false,
+                });
+                let response =
+                    api.call(reqwest::Method::POST, "/sandboxes", Some(&body), Plane::Control, "creating the sandbox").await?;
+                (json_body::<SandboxAnswer>(response, "creating the sandbox").await?, true)
+            }
+        };
+        let domain = settings
+            .domain
+            .clone()
+            .or(answer.domain.clone())
+            .unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
+        let header_routing = routes_by_header(&domain);
+        let (base_url, preview_scheme) = if header_routing {
+            (format!("http://{domain}"), "http")
+        } else {
+            (format!("https://{}-{}.{domain}", client::ENVD_PORT, answer.sandbox_id), "https")
+        };
+        let envd = Arc::new(Envd {
+            http,
+            base_url,
+            sandbox_id: answer.sandbox_id.clone(),
+            header_routing,
+            access_token: answer.envd_access_token.clone().map(Secret::new),
+            gone: gone.clone(),
+        });
+        let sandbox = E2bSandbox {
+            api,
+            envd,
+            sandbox_id: answer.sandbox_id,
+            domain,
+            preview_scheme,
+            remote_root: settings.remote_root.clone(),
+            tuning,
+            timeout_seconds: settings.timeout_seconds,
+            idle_window: Duration::from_secs(settings.keepalive_idle_seconds),
+            expires_at: Mutex::new(OffsetDateTime::now_utc() + Duration::from_secs(settings.timeout_seconds)),
+            gone,
+        };
+        if let Err(error) = sandbox.prepare_remote_root().await {
+            if created {
+                let _ = sandbox.disconnect(false).await;
+            }
+            return Err(error);
+        }
+        tracing::info!(sandbox_id = %sandbox.sandbox_id, "connected an E2B sandbox");
+        Ok(Arc::new(sandbox))
+    }
+}
+
+#[async_trait]
+impl super::Driver for Driver {
+    fn id(&self) -> &'static str {
+        "e2b"
+    }
+
+    async fn info(&self) -> DriverInfo {
+        let key_present = std::env::var(API_KEY_VARIABLE).is_ok_and(|key| !key.trim().is_empty());
+        let detail = if key_present {
+            "E2B cloud sandboxes; the API key comes from E2B_API_KEY".to_string()
+        } else {
+            "E2B cloud sandboxes; needs an API key in E2B_API_KEY or stored with sandlink/setCredential".to_string()
+        };
+        DriverInfo {
+            id: self.id().into(),
+            // Reachability is only known when connecting; a missing key is reported then, as credentialsMissing.
+            available: true,
+            detail: Some(detail),
+            capabilities: DriverCapabilities {
+                exec: true,
+                stdin: true,
+                cancel: true,
+                upload: true,
+                download: true,
+                preview: true,
+                extend: true,
+                snapshot: true,
+                metrics: true,
+            },
+        }
+    }
+
+    async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
+        self.open(request, None).await
+    }
+
+    async fn restore(&self, snapshot_id: String, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
+        if snapshot_id.trim().is_empty() {
+            return Err(Error::InvalidParams("The snapshot id is empty; use the id sandlink/snapshot answered.".into()));
+        }
+        // Restoring is creating a sandbox whose template is the snapshot.
+        self.open(request, Some(snapshot_id)).await
+    }
+}
+
+/// One E2B sandbox, owned by one session.
+pub struct E2bSandbox {
+    api: Arc<Api>,
+    envd: Arc<Envd>,
+    sandbox_id: String,
+    domain: String,
+    preview_scheme: &'static str,
+    remote_root: String,
+    tuning: StreamTuning,
+    timeout_seconds: u64,
+    idle_window: Duration,
+    /// When E2B will end the sandbox, as of the last create, connect or extension.
+    expires_at: Mutex<OffsetDateTime>,
+    gone: Arc<GoneFlag>,
+}
+
+impl E2bSandbox {
+    fn sandbox_path(&self, suffix: &str) -> String {
+        format!("/sandboxes/{}{suffix}", self.sandbox_id)
+    }
+
+    fn set_expiry(&self, when: OffsetDateTime) {
+        *self.expires_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = when;
+    }
+
+    fn expiry(&self) -> OffsetDateTime {
+        *self.expires_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates the remote root unless it is the sandbox user's home, which always exists.
+    async fn prepare_remote_root(&self) -> Result<()> {
+        if self.remote_root == "/home/user" {
+            return Ok(());
+        }
+        let message = json!({ "path": self.remote_root });
+        match self.envd.unary("filesystem.Filesystem/MakeDir", &message, "creating the remote root").await {
+            Err(Error::Remote { status: Some(409), .. }) | Ok(_) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The working directory of a run: the remote root, or a path below it the engine already checked.
+    fn working_directory(&self, cwd: Option<&str>) -> String {
+        match cwd.map(|cwd| cwd.trim_matches('/')).filter(|cwd| !cwd.is_empty() && *cwd != ".") {
+            Some(relative) => format!("{}/{relative}", self.remote_root),
+            None => self.remote_root.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for E2bSandbox {
+    fn driver_id(&self) -> &'static str {
+        "e2b"
+    }
+
+    fn remote_root(&self) -> String {
+        self.remote_root.clone()
+    }
+
+    fn detail(&self) -> Option<String> {
+        Some(format!("E2B sandbox {}", self.sandbox_id))
+    }
+
+    async fn exec(&self, spec: ExecSpec) -> Result<Process> {
+        if let Some(cwd) = &spec.cwd {
+            if cwd.starts_with('/') || cwd.split('/').any(|part| part == "..") {
+                return Err(Error::PathOutsideWorkspace(format!(
+                    "The working directory \"{cwd}\" is outside the session's remote root."
+                )));
+            }
+        }
+        let (program, arguments) = match &spec.args {
+            Some(args) => (spec.command.clone(), args.clone()),
+            // What the SDK does for `commands.run`: a login shell, so the template's PATH applies.
+            None => ("/bin/bash".to_string(), vec!["-l".to_string(), "-c".to_string(), spec.command.clone()]),
+        };
+        let config = json!({
+            "cmd": program,
+            "args": arguments,
+            "envs": spec.env,
+            "cwd": self.working_directory(spec.cwd.as_deref()),
+        });
+        envd::start(self.envd.clone(), self.tuning, config, spec.stdin).await
+    }
+
+    fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
+        Some(Arc::new(files::Files { envd: self.envd.clone(), tuning: self.tuning, root: self.remote_root.clone() }))
+    }
+
+    async fn preview(&self, port: u16) -> Result<String> {
+        // E2B's form, what `sandbox.getHost(port)` answers: the port and sandbox id as the host's first label.
+        Ok(format!("{}://{port}-{}.{}", self.preview_scheme, self.sandbox_id, self.domain))
+    }
+
+    async fn extend(&self, seconds: u64) -> Result<String> {
+        if seconds == 0 {
+            return Err(Error::InvalidParams("Extend by at least one second.".into()));
+        }
+        let body = json!({ "timeout": seconds });
+        self.api
+            .call(
+                reqwest::Method::POST,
+                &self.sandbox_path("/timeout"),
+                Some(&body),
+                Plane::ControlSandbox,
+                "extending the sandbox's timeout",
+            )
+            .await?;
+        // `POST /timeout` sets the end to now + timeout.
+        let expires_at = OffsetDateTime::now_utc() + Duration::from_secs(seconds);
+        self.set_expiry(expires_at);
+        Ok(rfc3339(expires_at))
+    }
+
+    async fn snapshot(&self, name: Option<String>) -> Result<String> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct SnapshotAnswer {
+            #[serde(rename = "snapshotID")]
+            snapshot_id: String,
+        }
+        let body = match name {
+            Some(name) => json!({ "name": name }),
+            None => json!({}),
+        };
+        let response = self
+            .api
+            .call(reqwest::Method::POST, &self.sandbox_path("/snapshots"), Some(&body), Plane::ControlSandbox, "snapshotting the sandbox")
+            .await?;
+        Ok(json_body::<SnapshotAnswer>(response, "snapshotting the sandbox").await?.snapshot_id)
+    }
+
+    fn lease(&self) -> Option<Lease> {
+        Some(Lease {
+            expires_at: self.expiry(),
+            extend_seconds: self.timeout_seconds,
+            idle_window: self.idle_window,
+            gone: self.gone.get(),
+        })
+    }
+
+    async fn status(&self) -> Result<SandboxStatus> {
+        let gone_status = |message: String| SandboxStatus {
+            failure: Some(format!(
+                "The E2B sandbox {} is gone ({message}); it most likely reached its timeout. Connect again to get a \
+                 new sandbox.",
+                self.sandbox_id
+            )),
+            expired: true,
+            ..SandboxStatus::default()
+        };
+        if let Some(message) = self.gone.get() {
+            return Ok(gone_status(message));
+        }
+        let response = match self
+            .api
+            .call(reqwest::Method::GET, &self.sandbox_path(""), None, Plane::ControlSandbox, "reading the sandbox's state")
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                return match self.gone.get() {
+                    Some(message) => Ok(gone_status(message)),
+                    None => Err(error),
+                }
+            }
+        };
+        let detail: SandboxDetail = json_body(response, "reading the sandbox's state").await?;
+        if let Some(end_at) = detail.end_at.as_deref() {
+            if let Ok(when) = OffsetDateTime::parse(end_at, &time::format_description::well_known::Rfc3339) {
+                self.set_expiry(when);
+            }
+        }
+        let resources = match self
+            .api
+            .call(reqwest::Method::GET, &self.sandbox_path("/metrics"), None, Plane::ControlSandbox, "reading the sandbox's metrics")
+            .await
+        {
+            Ok(response) => json_body::<Vec<Metric>>(response, "reading the sandbox's metrics")
+                .await
+                .ok()
+                .and_then(|metrics| metrics.into_iter().last())
+                .map(|metric| Resources { cpu_percent: metric.cpu_used_pct, memory_bytes: metric.mem_used }),
+            Err(_) => None,
+        };
+        let failure = match detail.state.as_deref() {
+            Some("paused") => Some(format!("The E2B sandbox {} is paused; connect with its sandboxId to resume it.", self.sandbox_id)),
+            _ => None,
+        };
+        Ok(SandboxStatus { resources, failure, expires_at: Some(rfc3339(self.expiry())), expired: false })
+    }
+
+    async fn disconnect(&self, keep: bool) -> Result<()> {
+        if self.gone.get().is_some() {
+            return Ok(());
+        }
+        let outcome = if keep {
+            // Paused with its memory, the sandbox can be resumed later by connecting with its sandboxId.
+            let body = json!({ "memory": true });
+            self.api
+                .call(reqwest::Method::POST, &self.sandbox_path("/pause"), Some(&body), Plane::ControlSandbox, "pausing the sandbox")
+                .await
+        } else {
+            self.api.call(reqwest::Method::DELETE, &self.sandbox_path(""), None, Plane::ControlSandbox, "killing the sandbox").await
+        };
+        match outcome {
+            Ok(_) => Ok(()),
+            // Already gone: the goal is reached.
+            Err(_) if self.gone.get().is_some() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}

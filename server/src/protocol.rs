@@ -430,6 +430,10 @@ pub struct RestoreParams {
     pub snapshot_id: String,
     pub profile: Option<String>,
     pub driver: Option<String>,
+    /// Driver settings, as for `sandlink/connect` (where the provider is, for instance).
+    pub settings: Option<serde_json::Map<String, Value>>,
+    /// The workspace the restored session belongs to; nothing is uploaded, the snapshot's files stay.
+    pub workspace_folder: Option<String>,
 }
 
 /// `sandlink/profiles` params: the workspace whose `.sandlink.toml` is listed too (default: the server's root).

@@ -489,6 +489,7 @@ class ServerSettings:
     api_key: str
     root: str
     envd_version: str = "0.6.4"
+    exit_when_stdin_closes: bool = False
 
 
 SERVER_SETTINGS = ServerSettings(api_key="", root="")
@@ -728,9 +729,40 @@ async def route_request(request: web.Request, fake: FakeE2B, plane: str, sandbox
     if sandbox.state == "paused":
         return json_response(502, {"sandboxId": sandbox_id, "message": "The sandbox is paused", "code": 502})
     if port != ENVD_PORT:
-        return json_response(502, {"sandboxId": sandbox_id, "message": "The sandbox is running but port is not open",
-                                   "port": port, "code": 502})
+        return await proxy_to_sandbox_port(request, sandbox_id, port)
     return await handle_envd(request, fake, sandbox)
+
+
+# Headers that belong to one connection, or to the proxy hop, and must not be forwarded.
+HOP_BY_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+                      "proxy-authorization", "proxy-authenticate", "content-length"}
+
+
+async def proxy_to_sandbox_port(request: web.Request, sandbox_id: Optional[str], port: Optional[int]) -> web.StreamResponse:
+    """Forwards a request for a user port (a preview) to the process listening on it, as E2B's edge proxy does.
+
+    Sandbox processes run on this host without a network namespace, so the sandbox's port N is 127.0.0.1:N here.
+    Nothing listening gives E2B's own 502 "port is not open" answer.
+    """
+    import aiohttp
+
+    not_open = json_response(502, {"sandboxId": sandbox_id, "message": "The sandbox is running but port is not open",
+                                   "port": port, "code": 502})
+    if port is None or not 0 < port < 65536:
+        return not_open
+    headers = {name: value for name, value in request.headers.items()
+               if name.lower() not in HOP_BY_HOP_HEADERS and not name.lower().startswith("e2b-")}
+    body = await request.read()
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.request(request.method, f"http://127.0.0.1:{port}{request.rel_url}", headers=headers,
+                                       data=body or None, allow_redirects=False) as upstream:
+                content = await upstream.read()
+                response_headers = {name: value for name, value in upstream.headers.items()
+                                    if name.lower() not in HOP_BY_HOP_HEADERS}
+                return web.Response(status=upstream.status, body=content, headers=response_headers)
+    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        return not_open
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1794,6 +1826,18 @@ async def serve(host: str, port: int, fake: FakeE2B) -> None:
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
+    if SERVER_SETTINGS.exit_when_stdin_closes:
+        # A test harness that cannot run cleanup code (a process-wide fake in a static) still ends the fake: its
+        # end of our stdin closes when it exits.
+        import threading
+
+        def wait_for_stdin_eof() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                while sys.stdin.buffer.read(4096):
+                    pass
+            loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=wait_for_stdin_eof, daemon=True).start()
     await stop.wait()
     await runner.cleanup()
 
@@ -1807,6 +1851,8 @@ def main() -> None:
     parser.add_argument("--root", default=os.environ.get("E2B_FAKE_ROOT"),
                         help="directory holding one private directory per sandbox (default: a temp dir)")
     parser.add_argument("--envd-version", default=SERVER_SETTINGS.envd_version)
+    parser.add_argument("--exit-when-stdin-closes", action="store_true",
+                        help="stop (and kill every process tree) when stdin reaches end of file")
     arguments = parser.parse_args()
     # stdout carries only the LISTENING line; aiohttp's error traces go to stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="e2b-fake %(levelname)s %(message)s")
@@ -1818,6 +1864,7 @@ def main() -> None:
     SERVER_SETTINGS.api_key = arguments.api_key
     SERVER_SETTINGS.root = os.path.abspath(arguments.root)
     SERVER_SETTINGS.envd_version = arguments.envd_version
+    SERVER_SETTINGS.exit_when_stdin_closes = arguments.exit_when_stdin_closes
     try:
         asyncio.run(serve_with_fake(arguments.host, arguments.port))
     finally:

@@ -4,6 +4,7 @@
 //! implementation that delivers what the engine reports (output, exits, state changes) its own way.
 
 pub mod configure;
+pub mod lifecycle;
 pub mod output;
 pub mod run;
 pub mod session;
@@ -23,7 +24,7 @@ use crate::statefile;
 use configure::{Plan, PlanInput};
 use store::{Record, Store, RECORD_VERSION};
 use crate::protocol::{
-    ConnectParams, DisconnectParams, DriverInfo, ExitParams, OutputParams, PreviewReadyParams, RunParams,
+    ConnectParams, DisconnectParams, DriverInfo, ExitParams, OutputParams, PreviewReadyParams, RestoreParams, RunParams,
     SessionInfo, SessionState, SessionStateParams, SyncDirection, SyncParams, SyncResult, SyncState,
     SyncStateParams, TimeoutWarningParams,
 };
@@ -135,6 +136,42 @@ impl Engine {
         default_workspace: Option<PathBuf>,
         progress: &dyn Progress,
     ) -> Result<SessionInfo> {
+        self.open_session(params, default_workspace, progress, None).await
+    }
+
+    /// Starts a new session from a snapshot that `snapshot` answered; the snapshot's files are kept (no upload).
+    pub async fn restore(
+        &self,
+        params: RestoreParams,
+        default_workspace: Option<PathBuf>,
+        progress: &dyn Progress,
+    ) -> Result<SessionInfo> {
+        if params.profile.is_none() && params.driver.is_none() {
+            return Err(Error::InvalidParams(
+                "Say where the snapshot lives: restore needs `driver` (with its settings) or `profile`.".into(),
+            ));
+        }
+        let connect = ConnectParams {
+            profile: params.profile,
+            driver: params.driver,
+            settings: params.settings,
+            workspace_folder: params.workspace_folder,
+            sync: Some(false),
+            reuse: None,
+            work_done_token: None,
+        };
+        self.open_session(connect, default_workspace, progress, Some(params.snapshot_id)).await
+    }
+
+    /// Connects (or, with `snapshot_id`, restores) a sandbox, registers and persists its session, uploads the
+    /// workspace when asked, and starts the keepalive of sandboxes that expire on their own.
+    async fn open_session(
+        &self,
+        params: ConnectParams,
+        default_workspace: Option<PathBuf>,
+        progress: &dyn Progress,
+        snapshot_id: Option<String>,
+    ) -> Result<SessionInfo> {
         let explicit_workspace = match &params.workspace_folder {
             Some(folder) => Some(paths::path_from_uri_or_path(folder)?),
             None => None,
@@ -181,15 +218,17 @@ impl Engine {
         let claim = self.reserve(&session_id, &plan, workspace.clone()).await?;
         progress.report(format!("Connecting {driver_id}"), None).await;
         let Plan { driver, profile, settings, credentials } = plan;
-        let connected = driver
-            .connect(ConnectRequest {
-                session_id: session_id.clone(),
-                workspace: workspace.clone(),
-                settings: settings.clone(),
-                state_dir: self.state_dir.clone(),
-                credentials,
-            })
-            .await;
+        let request = ConnectRequest {
+            session_id: session_id.clone(),
+            workspace: workspace.clone(),
+            settings: settings.clone(),
+            state_dir: self.state_dir.clone(),
+            credentials,
+        };
+        let connected = match snapshot_id {
+            Some(snapshot_id) => driver.restore(snapshot_id, request).await,
+            None => driver.connect(request).await,
+        };
         let sandbox = match connected {
             Ok(sandbox) => sandbox,
             Err(error) => {
@@ -226,6 +265,7 @@ impl Engine {
             sync.start_background();
         }
         self.emit_state(&session, SessionState::Active, None).await;
+        lifecycle::watch(&session, self.runs.clone(), self.events.clone());
         Ok(session.info())
     }
 
@@ -421,6 +461,7 @@ impl Engine {
             sync.start_background();
         }
         self.emit_state(&session, SessionState::Active, None).await;
+        lifecycle::watch(&session, self.runs.clone(), self.events.clone());
         tracing::info!(session_id, "re-attached a kept session");
         Ok(session.info())
     }
@@ -653,8 +694,10 @@ impl Engine {
         let session = self.session(session_id)?;
         let status = session.sandbox.status().await?;
         if let Some(failure) = status.failure.clone() {
-            if session.state() != SessionState::Error {
-                self.emit_state(&session, SessionState::Error, Some(failure)).await;
+            // A sandbox that timed out or was killed is `expired`; anything else wrong with it is an `error`.
+            let state = if status.expired { SessionState::Expired } else { SessionState::Error };
+            if session.state() != state {
+                self.emit_state(&session, state, Some(failure)).await;
             }
         }
         session.update(|mutable| {
@@ -803,6 +846,8 @@ impl Engine {
             .get()
             .cloned()
             .ok_or_else(|| Error::unsupported_by(session.sandbox.driver_id(), "file sync"))?;
+        // A sync (on save, or asked for) is editor activity: it keeps sandboxes with idle timeouts alive.
+        session.touch();
         let previous = session.state();
         self.emit_state(session, SessionState::Syncing, None).await;
         let outcome = sync.sync(direction, paths, progress).await;

@@ -244,8 +244,16 @@ impl Backend {
     }
 
     async fn restore(&self, params: Value) -> jsonrpc::Result<Value> {
-        dispatch::<proto::RestoreRequest, _, _>(params, |_| async {
-            Err::<proto::SessionInfo, _>(not_yet("Restoring a snapshot"))
+        dispatch::<proto::RestoreRequest, _, _>(params, |params| async move {
+            let token = None;
+            let progress = LspProgress::begin(&self.client, token, self.can_create_progress(), "sandlink: restoring").await;
+            let outcome = self.engine.restore(params, self.workspace_root(), &progress).await;
+            let summary = match &outcome {
+                Ok(session) => format!("Restored {}", session.session_id),
+                Err(error) => error.to_string(),
+            };
+            progress.end(Some(summary)).await;
+            outcome
         })
         .await
     }

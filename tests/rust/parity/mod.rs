@@ -281,7 +281,10 @@ pub fn http_get_with_retry(url: &str, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
         let attempt = (|| -> std::io::Result<String> {
-            let mut stream = std::net::TcpStream::connect((host.as_str(), port))?;
+            // `*.localhost` is loopback (RFC 6761) as browsers resolve it, though the system resolver may not know it;
+            // cloud drivers pointed at a local test server answer previews in that form.
+            let address = if host.ends_with(".localhost") { "127.0.0.1" } else { host.as_str() };
+            let mut stream = std::net::TcpStream::connect((address, port))?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
             write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
             let mut body = String::new();

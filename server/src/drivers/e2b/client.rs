@@ -299,8 +299,24 @@ impl Api {
         plane: Plane,
         what: &str,
     ) -> Result<Response, Error> {
+        self.call_keyed(method, path, body, plane, what, None).await
+    }
+
+    /// Like `call`, with an `Idempotency-Key` so a retried create after a lost answer makes no second sandbox.
+    pub async fn call_keyed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        plane: Plane,
+        what: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Response, Error> {
         let outcome = send_with_retry(plane, None, || {
-            let request = self.request(method.clone(), path);
+            let mut request = self.request(method.clone(), path);
+            if let Some(key) = idempotency_key {
+                request = request.header("Idempotency-Key", key);
+            }
             match body {
                 Some(body) => request.json(body),
                 None => request,

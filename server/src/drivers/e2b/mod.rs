@@ -126,8 +126,17 @@ impl Driver {
                     "secure": true,
                     "autoPause": false,
                 });
-                let response =
-                    api.call(reqwest::Method::POST, "/sandboxes", Some(&body), Plane::Control, "creating the sandbox").await?;
+                let idempotency_key = format!("sandlink-{}", request.session_id);
+                let response = api
+                    .call_keyed(
+                        reqwest::Method::POST,
+                        "/sandboxes",
+                        Some(&body),
+                        Plane::Control,
+                        "creating the sandbox",
+                        Some(&idempotency_key),
+                    )
+                    .await?;
                 (json_body::<SandboxAnswer>(response, "creating the sandbox").await?, true)
             }
         };

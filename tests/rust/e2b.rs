@@ -1,0 +1,494 @@
+//! End-to-end tests of the `e2b` driver against the in-repo E2B fake (tests/fakes/e2b_server.py), faults included.
+//!
+//! The fake speaks E2B's wire format (the official SDK's conformance suite in tests/e2b proves it) and runs commands
+//! for real. Parity tests share one fake per test binary; fault tests start their own, since faults are global.
+
+mod support;
+#[macro_use]
+mod parity;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use parity::DriverFixture;
+use support::{Server, StartOptions};
+
+const API_KEY: &str = "e2b_sandlink_test_key_5f0c9a7e31";
+
+/// One running fake E2B server.
+struct Fake {
+    child: Child,
+    port: u16,
+    _root: tempfile::TempDir,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("SANDLINK_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"))
+}
+
+fn fake_server_script() -> PathBuf {
+    std::env::var_os("SANDLINK_E2B_FAKE_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("tests/fakes/e2b_server.py"))
+}
+
+impl Fake {
+    /// Starts a fake, or answers `None` (a skip) when the test venv is missing outside CI.
+    fn start() -> Option<Fake> {
+        let available = python().exists() && fake_server_script().exists();
+        if support::skip_unless(available, "the Python test venv with the E2B fake (tests/setup/python.sh)") {
+            return None;
+        }
+        let root = tempfile::tempdir().expect("a root for the fake's sandboxes");
+        let mut child = Command::new(python())
+            .arg(fake_server_script())
+            .args(["--port", "0", "--api-key", API_KEY, "--exit-when-stdin-closes", "--root"])
+            .arg(root.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the E2B fake starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            let line = lines.next().expect("the fake prints LISTENING <port>").expect("readable stdout");
+            if let Some(port) = line.strip_prefix("LISTENING ") {
+                break port.trim().parse().expect("a port number");
+            }
+        };
+        Some(Fake { child, port, _root: root })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Driver settings pointing at this fake: the API at its address, sandboxes under `localhost:<port>`, where
+    /// E2B's proxy routes by header and `{port}-{id}.localhost` previews resolve to this machine.
+    fn settings(&self) -> Value {
+        json!({
+            "apiUrl": self.url(),
+            "domain": format!("localhost:{}", self.port),
+            "timeoutSeconds": 300,
+            "streamKeepaliveSeconds": 1,
+            "metadata": { "purpose": "sandlink-tests" },
+        })
+    }
+
+    fn server_env() -> Vec<(String, String)> {
+        vec![("E2B_API_KEY".into(), API_KEY.into()), ("RUST_LOG".into(), "sandlink=debug".into())]
+    }
+
+    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        http_json(self.port, method, path, body, &[])
+    }
+
+    fn set_faults(&self, faults: Value) {
+        self.admin("POST", "/_admin/faults", Some(faults));
+    }
+
+    /// Every request the fake logged from `since` on (control and envd planes, never admin).
+    fn requests_since(&self, since: u64) -> Vec<Value> {
+        let answer = self.admin("GET", &format!("/_admin/requests?since={since}"), None);
+        answer["requests"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn next_sequence(&self) -> u64 {
+        self.admin("GET", "/_admin/requests?since=999999999", None)["nextSeq"].as_u64().expect("nextSeq")
+    }
+
+    /// The fake's view of the sandbox a session created (found by the session metadata the driver sets).
+    fn sandbox_of(&self, session_id: &str) -> Option<Value> {
+        let metadata = format!("sandlinkSession%3D{session_id}");
+        let listed = http_json(
+            self.port,
+            "GET",
+            &format!("/v2/sandboxes?metadata={metadata}&state=running,paused"),
+            None,
+            &[("X-API-Key", API_KEY)],
+        );
+        let sandbox_id = listed.as_array()?.first()?["sandboxID"].as_str()?.to_string();
+        let all = self.admin("GET", "/_admin/sandboxes", None);
+        all["sandboxes"].as_array()?.iter().find(|sandbox| sandbox["sandboxID"] == sandbox_id).cloned()
+    }
+
+    fn fixture(self: &'static Fake) -> DriverFixture {
+        DriverFixture {
+            driver: "e2b",
+            settings: self.settings(),
+            server_env: Fake::server_env(),
+            http_server_command: |port| format!("exec python3 -m http.server {port} --bind 127.0.0.1"),
+            sandbox_exists: |status| {
+                let session_id = status["sessionId"].as_str().unwrap_or_default();
+                shared_fake().is_some_and(|fake| fake.sandbox_of(session_id).is_some())
+            },
+            guard: None,
+        }
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        // SIGTERM lets the fake kill the process trees it started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 JSON client for the fake's admin and control APIs.
+fn http_json(port: u16, method: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Value {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the fake accepts connections");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("a read timeout");
+    let payload = body.map(|body| body.to_string()).unwrap_or_default();
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n", payload.len());
+    if !payload.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(&payload);
+    stream.write_all(request.as_bytes()).expect("the request is sent");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("the answer is read");
+    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// The fake shared by the parity tests (which inject no faults); it ends with the test binary.
+fn shared_fake() -> Option<&'static Fake> {
+    static FAKE: OnceLock<Option<Fake>> = OnceLock::new();
+    FAKE.get_or_init(Fake::start).as_ref()
+}
+
+fn e2b_fixture() -> Option<DriverFixture> {
+    shared_fake().map(Fake::fixture)
+}
+
+parity_tests!(e2b_fixture);
+
+/// Fault tests each own a fake; this keeps them from starving each other of the two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn start_server() -> Server {
+    Server::start_with(StartOptions { env: Fake::server_env(), ..StartOptions::default() })
+}
+
+fn connect(server: &Server, fake: &Fake, settings: Value, files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let workspace = support::workspace_with(files);
+    let session = server.connect("e2b", settings, workspace.path());
+    assert_eq!(session["state"], "active", "{session}");
+    let _ = fake;
+    (workspace, session["sessionId"].as_str().expect("sessionId").to_string())
+}
+
+fn with_settings(fake: &Fake, extra: Value) -> Value {
+    let mut settings = fake.settings();
+    for (key, value) in extra.as_object().expect("an object") {
+        settings[key] = value.clone();
+    }
+    settings
+}
+
+#[test]
+fn dropped_stream_should_reattach_by_pid_with_output_complete_and_in_order() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, &fake, fake.settings(), &[]);
+    // Two drops, each after a few hundred bytes of output, while the command is still printing.
+    fake.set_faults(json!({ "dropStreamAfterBytes": 400, "dropStreamCount": 2 }));
+    let since = fake.next_sequence();
+    let outcome = server.run_to_exit(json!({
+        "sessionId": session_id,
+        "command": "for i in $(seq 1 300); do echo line-$i; if [ $((i % 20)) = 0 ]; then sleep 0.05; fi; done",
+    }));
+    let expected: String = (1..=300).map(|index| format!("line-{index}\n")).collect();
+    assert_eq!(outcome.stdout, expected, "every line arrives once, in order");
+    assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.exit);
+    let reattaches = fake
+        .requests_since(since)
+        .iter()
+        .filter(|request| request["path"] == "/process.Process/Connect")
+        .count();
+    assert_eq!(reattaches, 2, "one re-attach per dropped stream");
+}
+
+#[test]
+fn rate_limits_should_be_retried_after_the_servers_retry_after() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    fake.set_faults(json!({ "rateLimitNext": 2, "retryAfter": 1, "rateLimitPlane": "control" }));
+    let started = Instant::now();
+    let since = fake.next_sequence();
+    let (_workspace, session_id) = connect(&server, &fake, fake.settings(), &[]);
+    assert!(started.elapsed() >= Duration::from_millis(1900), "Retry-After was honoured: {:?}", started.elapsed());
+    let statuses: Vec<Value> = fake
+        .requests_since(since)
+        .iter()
+        .filter(|request| request["path"] == "/sandboxes")
+        .map(|request| request["status"].clone())
+        .collect();
+    assert_eq!(statuses, vec![json!(429), json!(429), json!(201)]);
+    // The same on the envd plane, for a run.
+    fake.set_faults(json!({ "rateLimitNext": 1, "retryAfter": 1, "rateLimitPlane": "envd" }));
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo after-429" }));
+    assert_eq!(outcome.stdout, "after-429\n");
+    // Injected 5xx answers are retried too.
+    fake.set_faults(json!({ "errorNext": 2, "errorStatus": 503, "errorPlane": "envd" }));
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo after-503" }));
+    assert_eq!(outcome.stdout, "after-503\n");
+}
+
+#[test]
+fn vanished_sandbox_should_end_the_run_and_expire_the_session() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, &fake, fake.settings(), &[]);
+    let sandbox = fake.sandbox_of(&session_id).expect("the session's sandbox, found by its metadata");
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "echo started; sleep 60" }));
+    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    fake.set_faults(json!({ "vanish": sandbox["sandboxID"] }));
+    let outcome = server.collect_run(&run_id, Duration::from_secs(30));
+    let message = outcome.exit["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("no longer exists"), "the exit says what happened: {}", outcome.exit);
+    let state = server.wait_notification("sandlink/sessionState", Duration::from_secs(10), |params| {
+        params["sessionId"] == session_id && params["state"] == "expired"
+    });
+    assert!(state["message"].as_str().is_some_and(|text| text.contains("gone") || text.contains("no longer")), "{state}");
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status still answers");
+    assert_eq!(status["state"], "expired");
+    let error = server.request_error("sandlink/run", json!({ "sessionId": session_id, "command": "true" }));
+    assert_eq!(error.kind.as_deref(), Some("invalidParams"), "{error:?}");
+}
+
+#[test]
+fn hung_daemon_should_end_the_run_with_a_clear_error_instead_of_hanging() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, &fake, fake.settings(), &[]);
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "echo started; sleep 60" }));
+    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    fake.set_faults(json!({ "hangEnvd": true }));
+    let started = Instant::now();
+    let outcome = server.collect_run(&run_id, Duration::from_secs(40));
+    assert!(started.elapsed() < Duration::from_secs(20), "the run ended in {:?}", started.elapsed());
+    let message = outcome.exit["message"].as_str().unwrap_or_default();
+    assert!(message.contains("stopped answering"), "the exit explains: {}", outcome.exit);
+    fake.admin("DELETE", "/_admin/faults", None);
+    // The server still serves.
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo recovered" }));
+    assert_eq!(outcome.stdout, "recovered\n");
+}
+
+#[test]
+fn missing_api_key_should_be_credentials_missing_naming_the_variable() {
+    let Some(fake) = Fake::start() else { return };
+    let server = Server::start_with(StartOptions {
+        env: vec![("E2B_API_KEY".into(), String::new())],
+        ..StartOptions::default()
+    });
+    let workspace = support::workspace_with(&[]);
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "driver": "e2b", "settings": fake.settings(), "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("credentialsMissing"), "{error:?}");
+    assert!(error.message.contains("E2B_API_KEY") && error.message.contains("sandlink/setCredential"), "{}", error.message);
+}
+
+#[test]
+fn wrong_api_key_should_be_a_remote_error_that_never_echoes_the_key() {
+    let Some(fake) = Fake::start() else { return };
+    let wrong_key = "e2b_wrong_key_4d3c2b1a0f9e8d7c";
+    let server = Server::start_with(StartOptions {
+        env: vec![("E2B_API_KEY".into(), wrong_key.into()), ("RUST_LOG".into(), "trace".into())],
+        ..StartOptions::default()
+    });
+    let workspace = support::workspace_with(&[]);
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "driver": "e2b", "settings": fake.settings(), "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("remoteError"), "{error:?}");
+    assert!(error.message.contains("E2B_API_KEY"), "the message says where the key comes from: {}", error.message);
+    assert!(!error.message.contains(wrong_key), "the key is never echoed");
+    assert!(!error.data.to_string().contains(wrong_key), "the key is not in the error data");
+    assert!(!server.stderr().contains(wrong_key), "the key is not in the log");
+}
+
+#[test]
+fn runs_should_send_no_deadline_and_ask_for_keepalives() {
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, &fake, fake.settings(), &[]);
+    let since = fake.next_sequence();
+    // Quiet for longer than the keepalive interval and the idle limit (1 s and 3 s here): keepalives keep it going.
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "sleep 5; echo quiet-but-alive" }));
+    assert_eq!(outcome.stdout, "quiet-but-alive\n");
+    let requests = fake.requests_since(since);
+    let start = requests.iter().find(|request| request["path"] == "/process.Process/Start").expect("a Start request");
+    assert!(start["headers"].get("Connect-Timeout-Ms").is_none(), "no deadline that would kill long commands: {start}");
+    assert_eq!(start["headers"]["Keepalive-Ping-Interval"], "1");
+    assert_eq!(start["rpcMessage"]["stdin"], false, "stdin is sent explicitly: {start}");
+    assert_eq!(requests.len(), 1, "a run is one request: {requests:?}");
+}
+
+#[test]
+fn exit_code_zero_should_be_reported_although_envd_omits_it() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake, fake.settings(), &[]);
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "true" }));
+    assert_eq!(outcome.exit["exitCode"], 0, "{}", outcome.exit);
+}
+
+#[test]
+fn sync_up_should_send_one_multipart_request_per_batch_with_modes_kept() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let names: Vec<String> = (0..1000).map(|index| format!("dir{}/file{index}.txt", index % 10)).collect();
+    let contents: Vec<String> = (0..1000).map(|index| format!("content {index}\n")).collect();
+    let mut files: Vec<(&str, &str)> = names.iter().map(String::as_str).zip(contents.iter().map(String::as_str)).collect();
+    files.push(("run.sh", "#!/bin/sh\necho script-ran\n"));
+    let workspace = support::workspace_with(&files);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(workspace.path().join("run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let since = fake.next_sequence();
+    let started = Instant::now();
+    let session = server.connect("e2b", fake.settings(), workspace.path());
+    let elapsed = started.elapsed();
+    let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
+    let sandbox = fake.sandbox_of(&session_id).expect("the sandbox");
+    let requests: Vec<Value> = fake
+        .requests_since(since)
+        .into_iter()
+        .filter(|request| request["sandboxId"] == sandbox["sandboxID"] || request["path"] == "/sandboxes")
+        .collect();
+    let uploads = requests.iter().filter(|request| request["path"] == "/files").count();
+    assert_eq!(uploads, 1, "1,001 files go in one multipart request: {requests:?}");
+    eprintln!(
+        "connect + sync of 1,001 files: {} HTTP requests ({:?}): {:?}",
+        requests.len(),
+        elapsed,
+        requests.iter().map(|request| format!("{} {}", request["method"], request["path"])).collect::<Vec<_>>()
+    );
+    let host_root = PathBuf::from(sandbox["hostRoot"].as_str().expect("hostRoot"));
+    let uploaded = std::fs::read_to_string(host_root.join("home/user/dir7/file417.txt")).expect("an uploaded file");
+    assert_eq!(uploaded, "content 417\n");
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "./run.sh" }));
+    assert_eq!(outcome.stdout, "script-ran\n", "execute bits survive the upload: {}", outcome.exit);
+}
+
+#[test]
+fn secrets_and_ignored_files_should_stay_out_of_the_sandbox() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let (_workspace, session_id) =
+        connect(&server, fake, fake.settings(), &[(".gitignore", "target/\n"), ("target/big.bin", "x"), ("keep.txt", "k")]);
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "ls -a | sort | tr '\\n' ' '" }));
+    assert!(outcome.stdout.contains("keep.txt"), "{}", outcome.stdout);
+    assert!(!outcome.stdout.contains("target"), "ignored files stay local: {}", outcome.stdout);
+}
+
+#[test]
+fn extend_snapshot_and_restore_should_map_to_e2b() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake, fake.settings(), &[("notes.txt", "from the snapshot\n")]);
+    let before = fake.sandbox_of(&session_id).expect("sandbox")["endAt"].as_str().expect("endAt").to_string();
+    let extended = server.request("sandlink/extend", json!({ "sessionId": session_id, "seconds": 3600 })).expect("extend");
+    assert!(extended["expiresAt"].is_string());
+    let after = fake.sandbox_of(&session_id).expect("sandbox")["endAt"].as_str().expect("endAt").to_string();
+    assert!(after > before, "the sandbox's end moved: {before} -> {after}");
+    let snapshot = server
+        .request("sandlink/snapshot", json!({ "sessionId": session_id, "name": "sandlink-test" }))
+        .expect("snapshot");
+    let snapshot_id = snapshot["snapshotId"].as_str().expect("snapshotId").to_string();
+    let restored = server
+        .request(
+            "sandlink/restore",
+            json!({ "snapshotId": snapshot_id, "driver": "e2b", "settings": fake.settings() }),
+        )
+        .expect("restore");
+    assert_eq!(restored["state"], "active");
+    let restored_id = restored["sessionId"].as_str().expect("sessionId");
+    assert_ne!(restored_id, session_id);
+    let outcome = server.run_to_exit(json!({ "sessionId": restored_id, "command": "cat notes.txt" }));
+    assert_eq!(outcome.stdout, "from the snapshot\n");
+}
+
+#[test]
+fn busy_session_should_be_kept_alive_past_its_timeout() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let settings = with_settings(fake, json!({ "timeoutSeconds": 4 }));
+    let (_workspace, session_id) = connect(&server, fake, settings, &[]);
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "sleep 9; echo survived" }));
+    assert_eq!(outcome.stdout, "survived\n", "{}", outcome.exit);
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert_eq!(status["state"], "active");
+}
+
+#[test]
+fn idle_session_should_get_a_timeout_warning_before_it_expires() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let settings = with_settings(fake, json!({ "timeoutSeconds": 6, "keepaliveIdleSeconds": 0 }));
+    let (_workspace, session_id) = connect(&server, fake, settings, &[]);
+    let warning = server.wait_notification("sandlink/timeoutWarning", Duration::from_secs(10), |params| {
+        params["sessionId"] == session_id
+    });
+    assert!(warning["secondsLeft"].as_u64().is_some_and(|seconds| seconds <= 6), "{warning}");
+    assert!(warning["expiresAt"].is_string());
+    let expired = server.wait_notification("sandlink/sessionState", Duration::from_secs(15), |params| {
+        params["sessionId"] == session_id && params["state"] == "expired"
+    });
+    assert!(expired["message"].is_string(), "{expired}");
+}
+
+#[test]
+fn bad_settings_should_name_the_key() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let workspace = support::workspace_with(&[]);
+    for (settings, key) in [
+        (with_settings(fake, json!({ "timeoutSeconds": "soon" })), "timeoutSeconds"),
+        (with_settings(fake, json!({ "remoteRoot": "relative" })), "remoteRoot"),
+        (with_settings(fake, json!({ "templte": "base" })), "templte"),
+    ] {
+        let error = server.request_error(
+            "sandlink/connect",
+            json!({ "driver": "e2b", "settings": settings, "workspaceFolder": support::file_uri(workspace.path()) }),
+        );
+        assert_eq!(error.kind.as_deref(), Some("invalidParams"), "{error:?}");
+        assert!(error.message.contains(key), "{}", error.message);
+    }
+}

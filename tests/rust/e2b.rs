@@ -492,3 +492,20 @@ fn bad_settings_should_name_the_key() {
         assert!(error.message.contains(key), "{}", error.message);
     }
 }
+
+#[test]
+fn saves_in_the_editor_should_keep_the_sandbox_alive() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let settings = with_settings(fake, json!({ "timeoutSeconds": 4, "keepaliveIdleSeconds": 3 }));
+    let (workspace, session_id) = connect(&server, fake, settings, &[("main.txt", "v1")]);
+    let uri = support::file_uri(&workspace.path().join("main.txt"));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(9) {
+        server.notify("textDocument/didSave", json!({ "textDocument": { "uri": uri } }));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(fake.sandbox_of(&session_id).is_some(), "the sandbox outlived its 4 s timeout while the user was saving");
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo still-here" }));
+    assert_eq!(outcome.stdout, "still-here\n");
+}

@@ -785,6 +785,17 @@ impl Engine {
         runs
     }
 
+    /// Records editor activity (a save) in the sessions whose workspace holds `path`, which keeps their sandboxes
+    /// alive within the driver's idle window.
+    pub fn note_activity(&self, path: &std::path::Path) {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        for session in sessions {
+            if session.workspace.as_ref().is_some_and(|workspace| path.starts_with(workspace)) {
+                session.touch();
+            }
+        }
+    }
+
     pub fn run_handle(&self, run_id: &str) -> Result<Arc<RunHandle>> {
         lock(&self.runs).get(run_id).cloned().ok_or_else(|| Error::UnknownRun(run_id.to_string()))
     }

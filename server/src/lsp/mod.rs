@@ -426,7 +426,10 @@ impl LanguageServer for Backend {
     async fn did_save(&self, params: DidSaveTextDocumentParams) {
         // Registered before any await, so a `sandlink/run` sent right after the save finds it pending and waits.
         match params.text_document.uri.to_file_path() {
-            Some(path) => self.engine.saved(&path),
+            Some(path) => {
+                self.engine.saved(&path);
+                self.engine.note_activity(&path);
+            }
             None => tracing::debug!(uri = params.text_document.uri.as_str(), "saved a document that is not a file"),
         }
     }

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::client::{is_not_found, send_with_retry, Envd, Plane, SANDBOX_USER};
@@ -261,23 +260,6 @@ impl Files {
         }
         Ok(())
     }
-
-    async fn download_one(&self, relative: String) -> Result<(String, Bytes)> {
-        let sandbox_path = format!("{}/{relative}", self.root);
-        let what = format!("downloading {relative} from the sandbox");
-        let response = send_with_retry(Plane::Envd, None, || {
-            self.envd
-                .request(reqwest::Method::GET, "/files")
-                .query(&[("path", sandbox_path.as_str()), ("username", SANDBOX_USER)])
-        })
-        .await
-        .map_err(|failure| self.envd.fail(failure, &what))?;
-        let bytes = response.bytes().await.map_err(|error| Error::Remote {
-            status: None,
-            message: format!("The download of {relative} from the sandbox broke off: {error}."),
-        })?;
-        Ok((relative, bytes))
-    }
 }
 
 #[async_trait]
@@ -368,38 +350,69 @@ impl RemoteFiles for Files {
         for path in paths {
             checked.push(clean_relative(std::path::Path::new(&path))?);
         }
-        let (reader, mut writer) = tokio::io::duplex(1 << 20);
-        let downloads: Vec<_> = checked.into_iter().map(|relative| self.download_one(relative)).collect();
-        // The downloads borrow `self`; run them here and stream the archive as each file arrives.
-        let mut arrivals = futures::stream::iter(downloads).buffered(PARALLEL_REQUESTS);
-        let mut files = Vec::new();
-        while let Some(arrival) = arrivals.next().await {
-            files.push(arrival?);
-        }
+        let (sender, receiver) = mpsc::channel::<std::io::Result<Bytes>>(PARALLEL_REQUESTS);
+        let envd = self.envd.clone();
+        let root = self.root.clone();
+        // Files are packed as they arrive, so the archive streams; a failure reaches the reader as an I/O error
+        // carrying the sentence, rather than as a mysteriously truncated archive.
         tokio::spawn(async move {
+            let downloads = checked.into_iter().map(|relative| download_one(envd.clone(), root.clone(), relative));
+            let mut arrivals = futures::stream::iter(downloads).buffered(PARALLEL_REQUESTS);
             let mut builder = tar::Builder::new(Vec::new());
             let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
-            for (relative, bytes) in files {
+            while let Some(arrival) = arrivals.next().await {
+                let (relative, bytes) = match arrival {
+                    Ok(file) => file,
+                    Err(error) => {
+                        let _ = sender.send(Err(std::io::Error::other(error.to_string()))).await;
+                        return;
+                    }
+                };
                 let mut header = tar::Header::new_gnu();
                 header.set_size(bytes.len() as u64);
                 header.set_mode(0o644);
                 header.set_mtime(now);
                 header.set_entry_type(tar::EntryType::Regular);
-                if builder.append_data(&mut header, &relative, bytes.as_ref()).is_err() {
+                if let Err(error) = builder.append_data(&mut header, &relative, bytes.as_ref()) {
+                    let _ = sender.send(Err(error)).await;
                     return;
                 }
                 let packed = std::mem::take(builder.get_mut());
-                if writer.write_all(&packed).await.is_err() {
+                if sender.send(Ok(Bytes::from(packed))).await.is_err() {
                     return;
                 }
             }
-            if let Ok(trailer) = builder.into_inner() {
-                let _ = writer.write_all(&trailer).await;
+            match builder.into_inner() {
+                Ok(trailer) => {
+                    let _ = sender.send(Ok(Bytes::from(trailer))).await;
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                }
             }
-            let _ = writer.shutdown().await;
         });
-        Ok(Box::pin(reader))
+        let chunks = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|chunk| (chunk, receiver))
+        });
+        Ok(Box::pin(tokio_util::io::StreamReader::new(Box::pin(chunks))))
     }
+}
+
+/// Downloads one file of the remote root (`GET /files`, one request per file: E2B has no batch download).
+async fn download_one(envd: Arc<Envd>, root: String, relative: String) -> Result<(String, Bytes)> {
+    let sandbox_path = format!("{root}/{relative}");
+    let what = format!("downloading {relative} from the sandbox");
+    let response = send_with_retry(Plane::Envd, None, || {
+        envd.request(reqwest::Method::GET, "/files")
+            .query(&[("path", sandbox_path.as_str()), ("username", SANDBOX_USER)])
+    })
+    .await
+    .map_err(|failure| envd.fail(failure, &what))?;
+    let bytes = response.bytes().await.map_err(|error| Error::Remote {
+        status: None,
+        message: format!("The download of {relative} from the sandbox broke off: {error}."),
+    })?;
+    Ok((relative, bytes))
 }
 
 #[cfg(test)]

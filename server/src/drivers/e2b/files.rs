@@ -34,6 +34,20 @@ pub struct Files {
     pub tuning: StreamTuning,
     /// Absolute, without a trailing slash.
     pub root: String,
+    /// Mode and modification time of each file in the latest listing: `GET /files` answers only the bytes, and the
+    /// sync engine downloads what it has just listed, so archives carry the sandbox's modes from here.
+    pub listed: std::sync::Mutex<std::collections::HashMap<String, (u32, i128)>>,
+}
+
+impl Files {
+    pub fn new(envd: Arc<Envd>, tuning: StreamTuning, root: String) -> Self {
+        Files { envd, tuning, root, listed: std::sync::Mutex::default() }
+    }
+
+    fn listed_attributes(&self) -> std::collections::HashMap<String, (u32, i128)> {
+        // A poisoned cache still holds whole entries; at worst a mode falls back to 0644.
+        self.listed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
 }
 
 /// What unpacking an upload found besides plain file contents.
@@ -342,6 +356,12 @@ impl RemoteFiles for Files {
             })
             .collect();
         entries.sort_by(|left, right| left.path.cmp(&right.path));
+        let attributes = entries
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::File)
+            .map(|entry| (entry.path.clone(), (entry.mode, entry.mtime_ns)))
+            .collect();
+        *self.listed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = attributes;
         Ok(entries)
     }
 
@@ -353,6 +373,7 @@ impl RemoteFiles for Files {
         let (sender, receiver) = mpsc::channel::<std::io::Result<Bytes>>(PARALLEL_REQUESTS);
         let envd = self.envd.clone();
         let root = self.root.clone();
+        let attributes = self.listed_attributes();
         // Files are packed as they arrive, so the archive streams; a failure reaches the reader as an I/O error
         // carrying the sentence, rather than as a mysteriously truncated archive.
         tokio::spawn(async move {
@@ -370,8 +391,9 @@ impl RemoteFiles for Files {
                 };
                 let mut header = tar::Header::new_gnu();
                 header.set_size(bytes.len() as u64);
-                header.set_mode(0o644);
-                header.set_mtime(now);
+                let (mode, mtime_ns) = attributes.get(&relative).copied().unwrap_or((0o644, 0));
+                header.set_mode(mode);
+                header.set_mtime(if mtime_ns > 0 { (mtime_ns / 1_000_000_000) as u64 } else { now });
                 header.set_entry_type(tar::EntryType::Regular);
                 if let Err(error) = builder.append_data(&mut header, &relative, bytes.as_ref()) {
                     let _ = sender.send(Err(error)).await;

@@ -161,7 +161,7 @@ impl Driver {
         });
         let sandbox = E2bSandbox {
             api,
-            envd,
+            envd: envd.clone(),
             sandbox_id: answer.sandbox_id,
             domain,
             preview_scheme,
@@ -171,6 +171,7 @@ impl Driver {
             idle_window: Duration::from_secs(settings.keepalive_idle_seconds),
             expires_at: Mutex::new(OffsetDateTime::now_utc() + Duration::from_secs(settings.timeout_seconds)),
             gone,
+            files: Arc::new(files::Files::new(envd.clone(), tuning, settings.remote_root.clone())),
         };
         if let Err(error) = sandbox.prepare_remote_root().await {
             if created {
@@ -242,6 +243,8 @@ pub struct E2bSandbox {
     /// When E2B will end the sandbox, as of the last create, connect or extension.
     expires_at: Mutex<OffsetDateTime>,
     gone: Arc<GoneFlag>,
+    /// One per sandbox, so what a listing learnt serves the downloads that follow it.
+    files: Arc<files::Files>,
 }
 
 impl E2bSandbox {
@@ -315,7 +318,7 @@ impl Sandbox for E2bSandbox {
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
-        Some(Arc::new(files::Files { envd: self.envd.clone(), tuning: self.tuning, root: self.remote_root.clone() }))
+        Some(self.files.clone())
     }
 
     async fn preview(&self, port: u16) -> Result<String> {

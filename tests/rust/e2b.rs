@@ -509,3 +509,28 @@ fn saves_in_the_editor_should_keep_the_sandbox_alive() {
     let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo still-here" }));
     assert_eq!(outcome.stdout, "still-here\n");
 }
+
+#[test]
+fn disconnect_with_keep_should_pause_and_sandbox_id_should_resume() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake, fake.settings(), &[]);
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo kept > kept.txt" }));
+    assert_eq!(outcome.exit_code(), Some(0));
+    let sandbox = fake.sandbox_of(&session_id).expect("the sandbox");
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id, "keep": true })).expect("disconnect, keeping it");
+    let paused = fake.sandbox_of(&session_id).expect("the sandbox is kept");
+    assert_eq!(paused["state"], "paused");
+    let settings = with_settings(fake, json!({ "sandboxId": sandbox["sandboxID"] }));
+    let workspace = support::workspace_with(&[]);
+    let resumed = server
+        .request(
+            "sandlink/connect",
+            json!({ "driver": "e2b", "settings": settings, "workspaceFolder": support::file_uri(workspace.path()), "sync": false }),
+        )
+        .expect("connect to the kept sandbox");
+    let resumed_id = resumed["sessionId"].as_str().expect("sessionId");
+    let outcome = server.run_to_exit(json!({ "sessionId": resumed_id, "command": "cat kept.txt" }));
+    assert_eq!(outcome.stdout, "kept\n");
+    server.request("sandlink/disconnect", json!({ "sessionId": resumed_id })).expect("disconnect");
+}

@@ -185,6 +185,7 @@ fn e2b_fixture() -> Option<DriverFixture> {
 }
 
 parity_tests!(e2b_fixture);
+sync_parity_tests!(e2b_fixture);
 
 /// Fault tests each own a fake; this keeps them from starving each other of the two cores.
 fn serial() -> std::sync::MutexGuard<'static, ()> {

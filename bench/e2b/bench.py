@@ -1,6 +1,7 @@
 """E2B benchmark: HTTP requests and wall time for sandlink's e2b driver next to the official e2b SDK, same fake, same run.
 
-Both do the same work against tests/fakes/e2b_server.py: create a sandbox, upload N small files, run one command.
+Both do the same work against tests/fakes/e2b_server.py: create a sandbox, upload N small files, run one command,
+then bring N files the sandbox made back (sandlink: `sandlink/sync` down; SDK: `files.list` + `files.read` each).
 The fake's request log counts every HTTP request each client made; the SDK is the baseline of the ratios.
 Usage: .venv/bin/python bench/e2b/bench.py [--files 1000] [--sandlink target/debug/sandlink]
 """
@@ -22,6 +23,8 @@ sys.path.insert(0, str(REPO / "tests" / "e2b"))
 from fake_e2b_client import FakeE2BServer  # noqa: E402
 
 API_KEY = "e2b_bench_key_0123456789"
+# Makes as many new files in the sandbox as were uploaded, for the download half (set in main).
+GENERATE_COMMAND = ""
 
 
 def requests_between(fake: FakeE2BServer, first: int, end: int) -> list[dict]:
@@ -52,12 +55,22 @@ def sdk_round(fake: FakeE2BServer, files: dict[str, str]) -> dict:
     run_done = next_sequence(fake)
     elapsed = time.perf_counter() - started
     assert result.stdout == "hi\n", result
+    sandbox.commands.run(GENERATE_COMMAND, cwd="/home/user")
+    down_started = next_sequence(fake)
+    down_clock = time.perf_counter()
+    entries = sandbox.files.list("/home/user/out", depth=10)
+    fetched = [sandbox.files.read(entry.path) for entry in entries if entry.type.value == "file"]
+    down_seconds = time.perf_counter() - down_clock
+    assert len(fetched) == len(files), len(fetched)
+    down_done = next_sequence(fake)
     sandbox.kill()
     return {
         "connect": len(requests_between(fake, start_sequence, create_done)),
         "upload": len(requests_between(fake, create_done, upload_done)),
         "run": len(requests_between(fake, upload_done, run_done)),
+        "down": len(requests_between(fake, down_started, down_done)),
         "seconds": elapsed,
+        "down_seconds": down_seconds,
     }
 
 
@@ -146,14 +159,28 @@ def sandlink_round(fake: FakeE2BServer, files: dict[str, str], binary: str) -> d
         run_done = next_sequence(fake)
         elapsed = time.perf_counter() - started
         connect_requests = requests_between(fake, start_sequence, connect_done)
+        generate = client.request("sandlink/run", {"sessionId": session["sessionId"], "command": GENERATE_COMMAND})
+        client.wait_notification("sandlink/exit", lambda params: params["runId"] == generate["runId"])
+        down_started = next_sequence(fake)
+        down_clock = time.perf_counter()
+        synced = client.request("sandlink/sync", {"sessionId": session["sessionId"], "direction": "down"})
+        down_seconds = time.perf_counter() - down_clock
+        down_done = next_sequence(fake)
+        assert synced["downloaded"] == len(files), synced
+        if os.environ.get("BENCH_VERBOSE"):
+            from collections import Counter
+            print(Counter(f"{r['method']} {r['path']}" for r in requests_between(fake, down_started, down_done)))
         client.request("sandlink/disconnect", {"sessionId": session["sessionId"]})
         client.close()
-        uploads = sum(1 for request in connect_requests if request["path"] == "/files")
+        # Control-plane requests create the sandbox; envd ones upload (the batch, and the fix-up of modes and times).
+        uploads = sum(1 for request in connect_requests if request["plane"] == "envd")
         return {
             "connect": len(connect_requests) - uploads,
             "upload": uploads,
             "run": len(requests_between(fake, connect_done, run_done)),
+            "down": len(requests_between(fake, down_started, down_done)),
             "seconds": elapsed,
+            "down_seconds": down_seconds,
         }
 
 
@@ -165,6 +192,8 @@ def main() -> None:
     for variable in ("E2B_API_KEY", "E2B_DOMAIN", "E2B_API_URL", "E2B_SANDBOX_URL"):
         os.environ.pop(variable, None)
     files = {f"dir{index % 10}/file{index}.txt": f"content {index}\n" for index in range(arguments.files)}
+    global GENERATE_COMMAND
+    GENERATE_COMMAND = (f"mkdir -p out && for i in $(seq 1 {arguments.files}); do echo generated $i > out/g$i.txt; done")
     with tempfile.TemporaryDirectory() as root, tempfile.TemporaryDirectory() as logs:
         fake = FakeE2BServer(API_KEY, root, os.path.join(logs, "fake.log")).start()
         try:
@@ -173,11 +202,14 @@ def main() -> None:
         finally:
             fake.stop()
     print(f"{arguments.files} small files + one command, HTTP requests (official e2b SDK = baseline):")
-    for phase in ("connect", "upload", "run"):
+    print("  (sandlink's upload also restores modes and modification times, which the SDK's write_files drops)")
+    for phase in ("connect", "upload", "run", "down"):
         ratio = ours[phase] / sdk[phase] if sdk[phase] else float("nan")
         print(f"  {phase:<8} sandlink {ours[phase]:>5}   sdk {sdk[phase]:>5}   ratio {ratio:.2f}")
     print(f"  wall time: sandlink {ours['seconds']:.2f} s, sdk {sdk['seconds']:.2f} s, "
           f"ratio {ours['seconds'] / sdk['seconds']:.2f}")
+    print(f"  sync down of {arguments.files} files: sandlink {ours['down_seconds']:.2f} s, sdk list+read "
+          f"{sdk['down_seconds']:.2f} s, ratio {ours['down_seconds'] / sdk['down_seconds']:.2f}")
 
 
 if __name__ == "__main__":

@@ -395,6 +395,8 @@ fn sync_up_should_send_one_multipart_request_per_batch_with_modes_kept() {
         .collect();
     let uploads = requests.iter().filter(|request| request["path"] == "/files").count();
     assert_eq!(uploads, 1, "1,001 files go in one multipart request: {requests:?}");
+    let starts = requests.iter().filter(|request| request["path"] == "/process.Process/Start").count();
+    assert_eq!(starts, 1, "one fix-up process restores modes and times for the whole batch");
     eprintln!(
         "connect + sync of 1,001 files: {} HTTP requests ({:?}): {:?}",
         requests.len(),
@@ -404,6 +406,19 @@ fn sync_up_should_send_one_multipart_request_per_batch_with_modes_kept() {
     let host_root = PathBuf::from(sandbox["hostRoot"].as_str().expect("hostRoot"));
     let uploaded = std::fs::read_to_string(host_root.join("home/user/dir7/file417.txt")).expect("an uploaded file");
     assert_eq!(uploaded, "content 417\n");
+    let modified = |path: &std::path::Path| {
+        std::fs::metadata(path).and_then(|metadata| metadata.modified()).expect("a modification time")
+            .duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
+    };
+    assert_eq!(
+        modified(&host_root.join("home/user/dir7/file417.txt")),
+        modified(&workspace.path().join("dir7/file417.txt")),
+        "modification times survive the upload, so the sync engine does not see every file as changed remotely"
+    );
+    assert!(
+        !std::fs::read_dir(host_root.join("home/user")).expect("the root").flatten().any(|entry| entry.file_name().to_string_lossy().starts_with(".sandlink-fixup")),
+        "the fix-up script removed itself"
+    );
     let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "./run.sh" }));
     assert_eq!(outcome.stdout, "script-ran\n", "execute bits survive the upload: {}", outcome.exit);
 }

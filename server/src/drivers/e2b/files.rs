@@ -59,7 +59,50 @@ struct Extras {
     symlinks: Vec<(String, String)>,
     /// Empty directories the archive names.
     directories: Vec<String>,
+    /// Each file's modification time (seconds), which envd replaces with the time of writing; the sync engine
+    /// compares remote mtimes with the archive's, so a file left with the upload time would look changed remotely.
+    mtimes: Vec<(String, u64)>,
     files: usize,
+    /// Where the fix-up script travelled in the same upload, when one was needed.
+    fixup_script: Option<String>,
+}
+
+impl Extras {
+    /// A shell script restoring what `/files` cannot express; `None` when there is nothing to restore.
+    fn script(&self) -> Option<String> {
+        if self.directories.is_empty() && self.modes.is_empty() && self.symlinks.is_empty() && self.mtimes.is_empty() {
+            return None;
+        }
+        let mut script = String::from("set -e\n");
+        for directory in &self.directories {
+            script.push_str(&format!("mkdir -p -- {}\n", shell_quote(directory)));
+        }
+        for (path, mode) in &self.modes {
+            script.push_str(&format!("chmod {mode:o} -- {}\n", shell_quote(path)));
+        }
+        for (path, target) in &self.symlinks {
+            let parent = path.rsplit_once('/').map(|(parent, _)| parent).unwrap_or(".");
+            script.push_str(&format!(
+                "mkdir -p -- {} && ln -sfn -- {} {}\n",
+                shell_quote(parent),
+                shell_quote(target),
+                shell_quote(path)
+            ));
+        }
+        // One `touch` per distinct time keeps the script short when many files share a second.
+        let mut by_time: std::collections::BTreeMap<u64, Vec<&str>> = std::collections::BTreeMap::new();
+        for (path, mtime) in &self.mtimes {
+            by_time.entry(*mtime).or_default().push(path);
+        }
+        for (mtime, paths) in by_time {
+            for group in paths.chunks(200) {
+                let quoted: Vec<String> = group.iter().map(|path| shell_quote(path)).collect();
+                script.push_str(&format!("touch -c -m -d @{mtime} -- {}\n", quoted.join(" ")));
+            }
+        }
+        script.push_str("rm -f -- \"$0\"\n");
+        Some(script)
+    }
 }
 
 /// Checks an archive path and makes it `/`-separated and relative.
@@ -121,6 +164,7 @@ fn encode_upload(
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode().unwrap_or(0o644);
+        let mtime = header.mtime().ok();
         if kind.is_dir() {
             extras.directories.push(relative);
             continue;
@@ -150,12 +194,26 @@ fn encode_upload(
             send(chunk)?;
         }
         send(b"\r\n".to_vec())?;
+        if let Some(mtime) = mtime {
+            extras.mtimes.push((relative.clone(), mtime));
+        }
         if mode & 0o111 != 0 {
             extras.modes.push((relative, mode & 0o7777));
         }
         extras.files += 1;
     }
-    if extras.files > 0 {
+    if let Some(script) = extras.script() {
+        // The fix-up script rides in the same multipart request, so restoring modes and times costs one process
+        // start and no second upload; it removes itself when done.
+        // Under the root and run by a relative name, so it works wherever the sandbox maps its paths; it lives only
+        // until the upload call returns.
+        let script_name = format!(".sandlink-fixup-{}.sh", uuid::Uuid::new_v4().simple());
+        send(part_header(&boundary, &format!("{root}/{script_name}"))?)?;
+        send(script.into_bytes())?;
+        send(b"\r\n".to_vec())?;
+        extras.fixup_script = Some(script_name);
+    }
+    if extras.files > 0 || extras.fixup_script.is_some() {
         send(format!("--{boundary}--\r\n").into_bytes())?;
     }
     Ok(extras)
@@ -240,34 +298,16 @@ impl Files {
         Ok(())
     }
 
-    /// Restores what `/files` cannot express (execute bits, symlinks, empty directories) with one helper command.
+    /// Runs the fix-up script the upload carried (execute bits, symlinks, empty directories, modification times).
     async fn apply_extras(&self, extras: Extras) -> Result<()> {
-        let mut script = String::from("set -e\n");
-        for directory in &extras.directories {
-            script.push_str(&format!("mkdir -p -- {}\n", shell_quote(directory)));
-        }
-        for (path, mode) in &extras.modes {
-            script.push_str(&format!("chmod {mode:o} -- {}\n", shell_quote(path)));
-        }
-        for (path, target) in &extras.symlinks {
-            let parent = path.rsplit_once('/').map(|(parent, _)| parent).unwrap_or(".");
-            script.push_str(&format!(
-                "mkdir -p -- {} && ln -sfn -- {} {}\n",
-                shell_quote(parent),
-                shell_quote(target),
-                shell_quote(path)
-            ));
-        }
-        if script == "set -e\n" {
-            return Ok(());
-        }
-        let config = json!({ "cmd": "/bin/sh", "args": ["-c", script], "cwd": self.root });
+        let Some(script_path) = extras.fixup_script else { return Ok(()) };
+        let config = json!({ "cmd": "/bin/sh", "args": [script_path], "cwd": self.root });
         let (status, output) = run_to_end(self.envd.clone(), self.tuning, config).await?;
         if status.code != Some(0) {
             return Err(Error::Remote {
                 status: None,
                 message: format!(
-                    "Could not set file modes, symlinks or empty directories in the sandbox: {}",
+                    "Could not set file modes, times, symlinks or empty directories in the sandbox: {}",
                     output.trim()
                 ),
             });

@@ -108,11 +108,6 @@ where
     }
 }
 
-/// The answer for features that belong to later work: an explicit `unsupported`, never a silent success.
-fn not_yet(feature: &str) -> Error {
-    Error::Unsupported(format!("{feature} is not available in this build of sandlink yet."))
-}
-
 impl Backend {
     fn token(value: &Option<Value>) -> Option<NumberOrString> {
         value.as_ref().and_then(|token| serde_json::from_value(token.clone()).ok())

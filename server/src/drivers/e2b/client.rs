@@ -21,31 +21,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How long one unary call (control plane or envd) may take before it counts as failed.
 pub const UNARY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A credential whose `Debug` and `Display` never show it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("Secret(<redacted>)")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("<redacted>")
-    }
-}
+pub use crate::credentials::Secret;
 
 /// Remembers that the sandbox is gone (E2B answered "sandbox not found"), so the session can turn `expired`.
 #[derive(Default)]

@@ -20,7 +20,10 @@ use time::OffsetDateTime;
 use self::client::{json_body, Api, Envd, GoneFlag, Plane, Secret};
 use self::envd::StreamTuning;
 use self::settings::{routes_by_header, Settings, DEFAULT_DOMAIN};
-use super::{ConnectRequest, ExecSpec, Lease, Process, Sandbox, SandboxStatus};
+use super::{
+    ConnectRequest, CredentialSpec, ExecSpec, Lease, Process, ReattachRequest, Sandbox, SandboxStatus, SettingKind,
+    SettingSpec,
+};
 use crate::error::{Error, Result};
 use crate::protocol::{DriverCapabilities, DriverInfo, Resources};
 use crate::sync::RemoteFiles;
@@ -41,10 +44,33 @@ impl Driver {
     }
 }
 
-/// The API key from the environment; stored credentials take over once profiles provide them.
-fn api_key() -> Result<Secret> {
+/// The credential key of the API key in profiles and the keychain.
+const API_KEY_CREDENTIAL: &str = "apiKey";
+const CREDENTIALS: &[CredentialSpec] =
+    &[CredentialSpec { key: API_KEY_CREDENTIAL, env_var: API_KEY_VARIABLE, required: true, description: "E2B API key" }];
+
+/// What the e2b driver's settings are, for profile validation (`Settings::parse` checks values more closely).
+const SETTINGS: &[SettingSpec] = &[
+    SettingSpec { key: "template", kind: SettingKind::String, required: false, description: "the template or snapshot the sandbox starts from" },
+    SettingSpec { key: "timeoutSeconds", kind: SettingKind::Integer, required: false, description: "the sandbox's lifetime, renewed while in use" },
+    SettingSpec { key: "apiUrl", kind: SettingKind::String, required: false, description: "the control API's base URL" },
+    SettingSpec { key: "domain", kind: SettingKind::String, required: false, description: "the sandbox domain" },
+    SettingSpec { key: "metadata", kind: SettingKind::StringMap, required: false, description: "sandbox metadata" },
+    SettingSpec { key: "envs", kind: SettingKind::StringMap, required: false, description: "environment variables for every process" },
+    SettingSpec { key: "remoteRoot", kind: SettingKind::String, required: false, description: "the session's root in the sandbox" },
+    SettingSpec { key: "keepaliveIdleSeconds", kind: SettingKind::Integer, required: false, description: "how long editor activity keeps the sandbox alive" },
+    SettingSpec { key: "streamKeepaliveSeconds", kind: SettingKind::Integer, required: false, description: "envd's keepalive interval on run streams" },
+    SettingSpec { key: "sandboxId", kind: SettingKind::String, required: false, description: "an existing sandbox to connect to or resume" },
+];
+
+/// The API key: the engine resolves it from the profile's keychain entry or `E2B_API_KEY`.
+fn api_key(request: &ConnectRequest) -> Result<Secret> {
+    if let Some(key) = request.credentials.get(API_KEY_CREDENTIAL).filter(|key| !key.expose().trim().is_empty()) {
+        return Ok(Secret::new(key.expose().trim()));
+    }
+    // Callers that build requests themselves (tests, tools) may leave credentials empty; the variable still works.
     match std::env::var(API_KEY_VARIABLE) {
-        Ok(key) if !key.trim().is_empty() => Ok(Secret::new(key.trim().to_string())),
+        Ok(key) if !key.trim().is_empty() => Ok(Secret::new(key.trim())),
         _ => Err(Error::CredentialsMissing(format!(
             "The e2b driver needs an E2B API key: set the {API_KEY_VARIABLE} environment variable for sandlink, or \
              store the key with sandlink/setCredential."
@@ -98,9 +124,23 @@ fn rfc3339(when: OffsetDateTime) -> String {
 }
 
 impl Driver {
-    async fn open(&self, request: ConnectRequest, template: Option<String>) -> Result<Arc<dyn Sandbox>> {
-        let settings = Settings::parse(&request.settings)?;
-        let api_key = api_key()?;
+    async fn open(&self, request: ConnectRequest, template: Option<String>) -> Result<Arc<E2bSandbox>> {
+        self.open_with(request, template, None).await
+    }
+
+    /// Creates a sandbox, or with `existing` (or the `sandboxId` setting) connects to that one, resuming it.
+    async fn open_with(
+        &self,
+        request: ConnectRequest,
+        template: Option<String>,
+        existing: Option<(String, String)>,
+    ) -> Result<Arc<E2bSandbox>> {
+        let mut settings = Settings::parse(&request.settings)?;
+        let api_key = api_key(&request)?;
+        if let Some((sandbox_id, remote_root)) = existing {
+            settings.sandbox_id = Some(sandbox_id);
+            settings.remote_root = remote_root;
+        }
         let tuning = StreamTuning::from_keepalive_seconds(settings.stream_keepalive_seconds);
         let http = http_client(&tuning)?;
         let gone = Arc::new(GoneFlag::default());
@@ -216,8 +256,49 @@ impl super::Driver for Driver {
         }
     }
 
+    fn settings_schema(&self) -> &'static [SettingSpec] {
+        SETTINGS
+    }
+
+    fn validate_settings(&self, settings: &Map<String, Value>) -> Result<()> {
+        super::settings::validate(self.id(), SETTINGS, settings)?;
+        Settings::parse(settings).map(|_| ())
+    }
+
+    fn credential_keys(&self) -> &'static [CredentialSpec] {
+        CREDENTIALS
+    }
+
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
-        self.open(request, None).await
+        Ok(self.open(request, None).await?)
+    }
+
+    async fn sandbox_exists(&self, request: &ReattachRequest) -> Result<bool> {
+        let Some(sandbox_id) = request.driver_state.get("sandboxId").and_then(Value::as_str) else { return Ok(false) };
+        let settings = Settings::parse(&request.connect.settings)?;
+        let api = Api {
+            http: http_client(&StreamTuning::from_keepalive_seconds(settings.stream_keepalive_seconds))?,
+            base_url: settings.api_url,
+            api_key: api_key(&request.connect)?,
+            gone: Arc::default(),
+        };
+        let outcome = api
+            .call(reqwest::Method::GET, &format!("/sandboxes/{sandbox_id}"), None, Plane::ControlSandbox, "looking for the kept sandbox")
+            .await;
+        match outcome {
+            Ok(_) => Ok(true),
+            Err(_) if api.gone.get().is_some() => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Connects to the kept sandbox again (`POST /sandboxes/{id}/connect`), which also resumes a paused one.
+    async fn reattach(&self, request: ReattachRequest) -> Result<Arc<dyn Sandbox>> {
+        let sandbox_id = request.driver_state.get("sandboxId").and_then(Value::as_str).ok_or_else(|| {
+            Error::Internal("The kept e2b session's record does not name its sandbox.".into())
+        })?;
+        let existing = Some((sandbox_id.to_string(), request.remote_root.clone()));
+        Ok(self.open_with(request.connect, None, existing).await?)
     }
 
     async fn restore(&self, snapshot_id: String, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
@@ -225,7 +306,7 @@ impl super::Driver for Driver {
             return Err(Error::InvalidParams("The snapshot id is empty; use the id sandlink/snapshot answered.".into()));
         }
         // Restoring is creating a sandbox whose template is the snapshot.
-        self.open(request, Some(snapshot_id)).await
+        Ok(self.open(request, Some(snapshot_id)).await?)
     }
 }
 
@@ -293,6 +374,10 @@ impl Sandbox for E2bSandbox {
 
     fn detail(&self) -> Option<String> {
         Some(format!("E2B sandbox {}", self.sandbox_id))
+    }
+
+    fn driver_state(&self) -> Value {
+        json!({ "sandboxId": self.sandbox_id })
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {

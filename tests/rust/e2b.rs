@@ -550,3 +550,37 @@ fn disconnect_with_keep_should_pause_and_sandbox_id_should_resume() {
     assert_eq!(outcome.stdout, "kept\n");
     server.request("sandlink/disconnect", json!({ "sessionId": resumed_id })).expect("disconnect");
 }
+
+#[test]
+fn a_kept_session_should_reattach_to_the_same_sandbox_after_a_restart() {
+    let Some(fake) = shared_fake() else { return };
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = support::workspace_with(&[("hello.txt", "hello\n")]);
+    let start = || {
+        Server::start_with(StartOptions {
+            state_dir: Some(state.path().to_path_buf()),
+            env: Fake::server_env(),
+            ..StartOptions::default()
+        })
+    };
+    let session_id = {
+        let first = start();
+        let session = first.connect("e2b", fake.settings(), workspace.path());
+        let session_id = session["sessionId"].as_str().expect("id").to_string();
+        let outcome = first.run_to_exit(json!({ "sessionId": session_id, "command": "echo made-here > marker" }));
+        assert_eq!(outcome.exit_code(), Some(0));
+        session_id
+        // Dropping the server shuts it down as an editor does; the session and its sandbox are kept.
+    };
+    let kept = fake.sandbox_of(&session_id).expect("the sandbox is kept across the restart");
+    let second = start();
+    let reattached = second
+        .request("sandlink/connect", json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }))
+        .expect("re-attach works");
+    assert_eq!(reattached["state"], "active", "{reattached}");
+    assert_eq!(fake.sandbox_of(&session_id).expect("the sandbox")["sandboxID"], kept["sandboxID"], "the same sandbox");
+    let outcome = second.run_to_exit(json!({ "sessionId": session_id, "command": "cat marker hello.txt" }));
+    assert_eq!(outcome.stdout, "made-here\nhello\n", "what the first server made is still there");
+    second.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    assert!(fake.sandbox_of(&session_id).is_none(), "a real disconnect kills the sandbox");
+}

@@ -584,3 +584,36 @@ fn a_kept_session_should_reattach_to_the_same_sandbox_after_a_restart() {
     second.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
     assert!(fake.sandbox_of(&session_id).is_none(), "a real disconnect kills the sandbox");
 }
+
+#[test]
+fn an_e2b_profile_should_be_validated_and_connect_with_the_key_from_the_environment() {
+    let Some(fake) = shared_fake() else { return };
+    let config = tempfile::tempdir().expect("a config dir");
+    let mut env = Fake::server_env();
+    env.push(("SANDLINK_CONFIG_DIR".into(), config.path().display().to_string()));
+    let server = Server::start_with(StartOptions { env, ..StartOptions::default() });
+    let bad = server.request_error(
+        "sandlink/saveProfile",
+        json!({ "name": "cloud", "driver": "e2b", "settings": with_settings(fake, json!({ "timeoutSecs": 60 })) }),
+    );
+    assert!(bad.message.contains("timeoutSecs"), "the error names the key: {bad:?}");
+    let secret_in_settings = server.request_error(
+        "sandlink/saveProfile",
+        json!({ "name": "cloud", "driver": "e2b", "settings": with_settings(fake, json!({ "apiKey": API_KEY })) }),
+    );
+    assert!(!secret_in_settings.message.contains(API_KEY), "a key pasted into settings is refused, not echoed");
+    server
+        .request("sandlink/saveProfile", json!({ "name": "cloud", "driver": "e2b", "settings": fake.settings() }))
+        .expect("a valid e2b profile is saved");
+    let profiles = server.request("sandlink/profiles", json!({})).expect("profiles");
+    let cloud = profiles["profiles"].as_array().and_then(|all| all.iter().find(|profile| profile["name"] == "cloud")).cloned();
+    assert_eq!(cloud.as_ref().map(|profile| profile["hasCredentials"].clone()), Some(json!(true)), "{profiles}");
+    let workspace = support::workspace_with(&[("a.txt", "a")]);
+    let session = server
+        .request("sandlink/connect", json!({ "profile": "cloud", "workspaceFolder": support::file_uri(workspace.path()) }))
+        .expect("connect by profile");
+    assert_eq!(session["driver"], "e2b");
+    assert_eq!(session["profile"], "cloud");
+    let outcome = server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "cat a.txt" }));
+    assert_eq!(outcome.stdout, "a");
+}

@@ -96,3 +96,22 @@ fn drivers_version_and_help_should_read_well() {
         assert!(help.contains(expected), "--help mentions {expected}: {help}");
     }
 }
+
+#[test]
+fn a_sandlink_installed_under_tmp_should_still_start_its_sandbox_agent() {
+    // bubblewrap gives runs a private /tmp; the agent binary must stay visible when sandlink itself lives there.
+    let install = tempfile::Builder::new().prefix("sandlink-install-").tempdir_in("/tmp").expect("a dir under /tmp");
+    let copied = install.path().join("sandlink");
+    std::fs::copy(support::binary(), &copied).expect("copy the binary");
+    let workspace = support::workspace_with(&[]);
+    let state = tempfile::tempdir().expect("state dir");
+    let output = Command::new(&copied)
+        .env("SANDLINK_STATE_DIR", state.path())
+        .current_dir(workspace.path())
+        .args(["run", "--", "echo fine"])
+        .output()
+        .expect("the copied binary runs");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "fine\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("agent did not start") && !stderr.contains("execvp"), "{stderr}");
+}

@@ -183,6 +183,10 @@ impl LocalSandbox {
         let mut command = std::process::Command::new("bwrap");
         command
             .args(self.bubblewrap_arguments(&[agent_dir.as_path()]))
+            // The sandbox's private /tmp would hide a sandlink that lives under /tmp (a build in a temporary clone).
+            .arg("--ro-bind")
+            .arg(&executable)
+            .arg(&executable)
             .arg("--chdir")
             .arg(&self.root)
             .arg("--")

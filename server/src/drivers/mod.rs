@@ -3,11 +3,12 @@
 //! Every operation a driver may lack has a default body that answers `unsupported`, so a driver implements only
 //! what its capability flags promise. Provider types (bollard, reqwest, ssh) never leave their driver module.
 
+pub mod docker;
 pub mod local;
 pub mod process;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -48,6 +49,12 @@ pub trait Driver: Send + Sync {
 
     /// Creates a sandbox for a new session.
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>>;
+
+    /// Called once when a server starts: removes what servers that stopped without disconnecting left behind
+    /// (never what belongs to a running server or a kept session). Failures are logged, not returned.
+    async fn clean_up_after_crash(&self, state_dir: &Path) {
+        let _ = state_dir;
+    }
 }
 
 /// What to run in a sandbox.
@@ -155,9 +162,15 @@ pub trait Sandbox: Send + Sync {
 
     /// Ends the sandbox; with `keep` it stays for a later re-attach.
     async fn disconnect(&self, keep: bool) -> Result<()>;
+
+    /// Resolves when the sandbox breaks on its own (it died, was removed, its host went away) with a sentence
+    /// saying why; the session then turns to `error`. Drivers that cannot tell never resolve.
+    async fn wait_failure(&self) -> String {
+        std::future::pending().await
+    }
 }
 
 /// The drivers this build knows, in the order they are listed to users.
 pub fn registry() -> Vec<Arc<dyn Driver>> {
-    vec![Arc::new(local::Driver::new())]
+    vec![Arc::new(local::Driver::new()), Arc::new(docker::Driver::new())]
 }

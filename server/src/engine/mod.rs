@@ -68,6 +68,14 @@ impl Engine {
     }
 
     pub fn with_drivers(events: Arc<dyn Events>, drivers: Vec<Arc<dyn Driver>>, state_dir: PathBuf) -> Self {
+        // Sandboxes left by a server that crashed are cleaned up in the background; nothing waits for it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            for driver in &drivers {
+                let driver = driver.clone();
+                let state_dir = state_dir.clone();
+                runtime.spawn(async move { driver.clean_up_after_crash(&state_dir).await });
+            }
+        }
         Engine { drivers, state_dir, events, sessions: Mutex::default(), runs: Arc::default() }
     }
 
@@ -146,7 +154,31 @@ impl Engine {
             }
         }
         self.emit_state(&session, SessionState::Active, None).await;
+        self.watch_for_failure(&session);
         Ok(session.info())
+    }
+
+    /// Turns the session to `error` when its sandbox breaks on its own (the driver says why).
+    fn watch_for_failure(&self, session: &Arc<Session>) {
+        let session = session.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let message = session.sandbox.wait_failure().await;
+            if matches!(session.state(), SessionState::Disconnected | SessionState::Error) {
+                return;
+            }
+            session.update(|mutable| {
+                mutable.state = SessionState::Error;
+                mutable.message = Some(message.clone());
+            });
+            events
+                .session_state(SessionStateParams {
+                    session_id: session.id.clone(),
+                    state: SessionState::Error,
+                    message: Some(message),
+                })
+                .await;
+        });
     }
 
     /// Ends a session's runs and its sandbox (kept for later when `keep`).

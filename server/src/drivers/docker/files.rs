@@ -16,8 +16,8 @@ pub struct DockerFiles {
     pub root: String,
     /// Whether uploaded files take the container's user as owner (true for containers sandlink created).
     pub copy_owner: bool,
-    /// The user helper commands run as; `None` is the container's own user.
-    pub user: Option<String>,
+    /// Who owns uploaded files (the `user` setting); `None` leaves them to the archive's or container's owner.
+    pub owner: Option<String>,
 }
 
 impl DockerFiles {
@@ -30,7 +30,7 @@ impl DockerFiles {
     async fn helper(&self, script: &str, arguments: &[&str]) -> Result<Vec<u8>> {
         let mut command = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string(), "sandlink".to_string()];
         command.extend(arguments.iter().map(|argument| argument.to_string()));
-        let (code, stdout, stderr) = self.client.exec_collect(&self.container, command, self.user.clone()).await?;
+        let (code, stdout, stderr) = self.client.exec_collect(&self.container, command, Some("0".into())).await?;
         if code != 0 {
             return Err(Error::Remote {
                 status: None,
@@ -56,7 +56,7 @@ impl RemoteFiles for DockerFiles {
         self.client.upload_tar_bytes(&self.container, &self.root, folders).await?;
         let uploaded = self.client.upload_tar(&self.container, &stage, archive, self.copy_owner).await;
         let merged = match uploaded {
-            Ok(()) => self.helper(scripts::MERGE, &[&self.root, &stage]).await.map(|_| ()),
+            Ok(()) => self.helper(scripts::MERGE, &[&self.root, &stage, self.owner.as_deref().unwrap_or_default()]).await.map(|_| ()),
             Err(error) => {
                 let _ = self.helper("rm -rf \"$1\"", &[&stage]).await;
                 Err(error)
@@ -73,7 +73,7 @@ impl RemoteFiles for DockerFiles {
         for path in &paths {
             command.push(self.absolute(path)?);
         }
-        let (code, _, stderr) = self.client.exec_collect(&self.container, command, self.user.clone()).await?;
+        let (code, _, stderr) = self.client.exec_collect(&self.container, command, Some("0".into())).await?;
         if code != 0 {
             return Err(Error::Remote {
                 status: None,
@@ -157,8 +157,7 @@ fn is_not_found(error: &std::io::Error) -> bool {
         .is_some_and(|inner| matches!(inner, Error::Remote { status: Some(404), .. }))
 }
 
-/// A tar holding `.sandlink-staging/` and `.sandlink-staging/<batch>/`, open to every user so any run user can
-/// move entries out of it.
+/// A tar holding `.sandlink-staging/` and `.sandlink-staging/<batch>/`.
 fn staging_folders_tar(batch: &str) -> Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     for path in [format!("{}/", scripts::STAGING_DIR), format!("{}/{batch}/", scripts::STAGING_DIR)] {
@@ -180,7 +179,7 @@ pub fn checked_relative(path: &str) -> Result<String> {
     let parts: Vec<&str> = trimmed.split('/').filter(|part| !part.is_empty() && *part != ".").collect();
     if trimmed.starts_with('/') || parts.is_empty() || parts.iter().any(|part| *part == "..") || path.contains('\0') {
         return Err(Error::PathOutsideWorkspace(format!(
-            "The path \"{path}\" is not a path inside the session root; give one relative to it without \"..\"."
+            "The path \"{path}\" lies outside the session root; give a path inside it, relative to the root, without \"..\"."
         )));
     }
     if parts[0] == scripts::STAGING_DIR {

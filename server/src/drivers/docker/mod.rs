@@ -142,7 +142,9 @@ impl super::Driver for Driver {
                     // Keeps the container alive without depending on the image's own command.
                     entrypoint: vec!["/bin/sh".into(), "-c".into(), "exec sleep 2147483647".into()],
                     env,
-                    user: settings.user.clone(),
+                    // The container itself runs as root so sandlink's helpers keep their capabilities; runs use
+                    // `user` per exec.
+                    user: None,
                     labels,
                     nano_cpus: settings.nano_cpus,
                     memory_bytes: settings.memory_bytes,
@@ -317,12 +319,17 @@ fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_string()).unwrap_or_default()
 }
 
-/// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), which tells pid reuse apart.
+/// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), which tells pid reuse apart;
+/// `None` when it is not running (a zombie has exited and only waits for its parent to notice).
 fn start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses; the fields after its last ')' are plain.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -209,7 +209,7 @@ impl Sandbox for DockerSandbox {
             container: self.container_id.clone(),
             root: self.remote_root.clone(),
             copy_owner: self.copy_owner,
-            user: if self.copy_owner { None } else { self.user.clone() },
+            owner: self.user.clone(),
         }))
     }
 
@@ -392,7 +392,38 @@ async fn wait_for_exit(
             break ExitStatus { code: None, signal: None, message: Some(format!("{message} The run ended with it.")) };
         }
         match client.exec_state(&exec_id).await {
-            Ok((false, Some(code))) => break exit_status(code, signalled.load(Ordering::SeqCst)),
+            Ok((false, Some(code))) => {
+                let by_us = signalled.load(Ordering::SeqCst);
+                if !by_us && code > 128 {
+                    // A signal death the run did not ask for may be the whole container being killed; the daemon
+                    // notices that a moment after the process, so give its event a short while to arrive.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), failure.changed()).await;
+                    if let Some(message) = failure.borrow().clone() {
+                        break ExitStatus { code: None, signal: None, message: Some(format!("{message} The run ended with it.")) };
+                    }
+                    match client.inspect(&container_id).await {
+                        Ok(Some(facts)) if !facts.running => {
+                            break ExitStatus {
+                                code: None,
+                                signal: None,
+                                message: Some(format!(
+                                    "The container {container_name} stopped (exit code {}) while the command ran.",
+                                    facts.exit_code.unwrap_or_default()
+                                )),
+                            }
+                        }
+                        Ok(None) => {
+                            break ExitStatus {
+                                code: None,
+                                signal: None,
+                                message: Some(format!("The container {container_name} was removed while the command ran.")),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                break exit_status(code, by_us);
+            }
             Ok(_) => {}
             Err(error) => {
                 let message = match client.inspect(&container_id).await {

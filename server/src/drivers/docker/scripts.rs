@@ -22,11 +22,12 @@ kill "-$1" "-$p" 2>/dev/null || kill "-$1" "$p" 2>/dev/null
 [ "$2" != final ] || rm -f "$f"
 exit 0"#;
 
-/// `$1` = root, `$2` = staging directory: moves every staged entry into place with rename(2), so each file is
+/// `$1` = root, `$2` = staging directory, `$3` = owner (may be empty): moves every staged entry into place with rename(2), so each file is
 /// replaced atomically; whole new directories move in one rename. Symlinks in the root are replaced, never followed.
 pub const MERGE: &str = r#"root=$1
 stage=$2
 cd "$stage" || exit 1
+[ -z "$3" ] || chown -R "$3" . || exit 1
 merge() {
   local entry target
   for entry in "$1"/* "$1"/.[!.]* "$1"/..?*; do

@@ -8,6 +8,7 @@ mod support;
 #[macro_use]
 mod parity;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -343,4 +344,250 @@ fn network_none_should_leave_the_container_without_a_network() {
     assert_eq!(inspect(&container_name(&session), "{{.HostConfig.NetworkMode}}"), "none");
     let outcome = server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "ls /sys/class/net" }));
     assert_eq!(outcome.stdout.trim(), "lo");
+}
+
+/// A second, private dockerd that a test may stop without disturbing the shared one.
+struct PrivateDaemon {
+    child: std::process::Child,
+    socket: String,
+    _directory: tempfile::TempDir,
+}
+
+impl PrivateDaemon {
+    fn start() -> Option<PrivateDaemon> {
+        let directory = tempfile::tempdir().expect("a directory for the private daemon");
+        let socket = format!("unix://{}/docker.sock", directory.path().display());
+        // The image store persists between runs so the test image is loaded once.
+        let data_root = std::env::var("SANDLINK_CI_CACHE").unwrap_or_else(|_| "/var/lib/sandlink-ci".into()) + "/docker-fault";
+        let log = std::fs::File::create(directory.path().join("dockerd.log")).expect("a daemon log");
+        // Its own bridge: with `--bridge=none` dockerd deletes the host's docker0, which the shared daemon needs.
+        let bridge = "sandlinkfault0";
+        let _ = Command::new("ip").args(["link", "add", bridge, "type", "bridge"]).stderr(std::process::Stdio::null()).status();
+        let child = Command::new("dockerd")
+            .args(["--data-root", &data_root, "--host", &socket, "--bridge", bridge, "--iptables=false", "--ip6tables=false"])
+            .arg("--exec-root")
+            .arg(directory.path().join("exec"))
+            .arg("--pidfile")
+            .arg(directory.path().join("dockerd.pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .ok()?;
+        let daemon = PrivateDaemon { child, socket, _directory: directory };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !daemon.docker(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "the private dockerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !daemon.docker(&["image", "inspect", IMAGE]).status.success() {
+            let save = Command::new("docker").args(["save", IMAGE]).stdout(std::process::Stdio::piped()).spawn().expect("docker save");
+            let load = Command::new("docker")
+                .env("DOCKER_HOST", &daemon.socket)
+                .args(["load"])
+                .stdin(save.stdout.expect("piped"))
+                .output()
+                .expect("docker load");
+            assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+        }
+        Some(daemon)
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker").env("DOCKER_HOST", &self.socket).args(args).output().expect("docker runs")
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+#[test]
+fn a_daemon_stopped_while_connected_should_fail_the_session_and_make_docker_unavailable() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let Some(mut daemon) = PrivateDaemon::start() else {
+        assert!(!support::under_ci(), "dockerd must be installed under CI");
+        return;
+    };
+    let server = Server::start_with(StartOptions {
+        env: vec![("DOCKER_HOST".to_string(), daemon.socket.clone())],
+        ..StartOptions::default()
+    });
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE, "network": "none" }), &[]);
+    let session_id = session["sessionId"].as_str().unwrap().to_string();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "echo started; sleep 600" }));
+    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id.as_str());
+    daemon.stop();
+    let outcome = server.collect_run(&run_id, Duration::from_secs(30));
+    assert!(outcome.exit["message"].is_string(), "the run's exit says why it ended: {}", outcome.exit);
+    let state = server.wait_notification("sandlink/sessionState", Duration::from_secs(20), |params| {
+        params["sessionId"] == session_id.as_str() && params["state"] == "error"
+    });
+    assert!(state["message"].is_string(), "{state}");
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    let docker = drivers["drivers"]
+        .as_array()
+        .and_then(|drivers| drivers.iter().find(|driver| driver["id"] == "docker"))
+        .cloned()
+        .expect("docker is listed");
+    assert_eq!(docker["available"], false, "{docker}");
+    assert!(docker["detail"].as_str().is_some_and(|detail| detail.contains("Start Docker")), "{docker}");
+    let workspace = support::workspace_with(&[]);
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "driver": "docker", "settings": { "image": IMAGE }, "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("driverUnavailable"), "{error:?}");
+    assert!(error.message.contains("Start Docker"), "the error says how to start Docker: {}", error.message);
+}
+
+mod files {
+    //! The driver's sync operations, called directly as the sync engine calls them.
+
+    use std::sync::Arc;
+
+    use sandlink::drivers::{ConnectRequest, Driver as _, Sandbox};
+    use sandlink::sync::EntryKind;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    async fn sandbox(state: &Path) -> (Arc<dyn Sandbox>, String) {
+        let session_id = format!("docker-files{}{}", std::process::id(), sandlink::engine::short_id());
+        let mut settings = serde_json::Map::new();
+        settings.insert("image".into(), json!(IMAGE));
+        let sandbox = sandlink::drivers::docker::Driver::new()
+            .connect(ConnectRequest { session_id: session_id.clone(), workspace: None, settings, state_dir: state.to_path_buf() })
+            .await
+            .expect("connect");
+        (sandbox, format!("sandlink-{session_id}"))
+    }
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> sandlink::drivers::BoxedReader {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, contents) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(contents.len() as u64);
+            header.set_mode(0o640);
+            header.set_mtime(1_700_000_000);
+            builder.append_data(&mut header, path, *contents).expect("entry");
+        }
+        Box::pin(std::io::Cursor::new(builder.into_inner().expect("tar")))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upload_list_download_and_delete_should_round_trip() {
+        if docker_fixture().is_none() {
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let (sandbox, container) = sandbox(state.path()).await;
+        let files = sandbox.files().expect("docker syncs files");
+        files
+            .upload_tar(tar_of(&[("src/a.txt", b"first\n"), ("src/deep/b.txt", b"bee\n"), ("top.txt", b"top\n")]))
+            .await
+            .expect("first upload");
+        // A second batch replaces one file and adds another inside existing folders.
+        files.upload_tar(tar_of(&[("src/a.txt", b"second\n"), ("src/deep/c.txt", b"sea\n")])).await.expect("second upload");
+        docker(&["exec", &container, "ln", "-s", "top.txt", "/workspace/link"]);
+        let listing = files.list().await.expect("list");
+        let find = |path: &str| listing.iter().find(|entry| entry.path == path).cloned();
+        let a = find("src/a.txt").expect("a.txt is listed");
+        assert_eq!((a.kind, a.size, a.mode), (EntryKind::File, 7, 0o640));
+        assert_eq!(a.mtime_ns, 1_700_000_000_000_000_000);
+        assert_eq!(find("src/deep").map(|entry| entry.kind), Some(EntryKind::Dir));
+        assert_eq!(find("link").and_then(|entry| entry.link_target), Some("top.txt".into()));
+        assert!(!listing.iter().any(|entry| entry.path.contains(".sandlink-staging")), "staging is never listed");
+
+        let mut archive = files.download_tar(vec!["src/a.txt".into(), "src/deep".into()]).await.expect("download");
+        let mut bytes = Vec::new();
+        archive.read_to_end(&mut bytes).await.expect("read the download");
+        let mut names = Vec::new();
+        let mut a_contents = String::new();
+        for entry in tar::Archive::new(std::io::Cursor::new(bytes)).entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let name = entry.path().expect("path").to_string_lossy().trim_end_matches('/').to_string();
+            if name == "src/a.txt" {
+                std::io::Read::read_to_string(&mut entry, &mut a_contents).expect("contents");
+            }
+            names.push(name);
+        }
+        names.sort();
+        assert_eq!(names, vec!["src/a.txt", "src/deep", "src/deep/b.txt", "src/deep/c.txt"]);
+        assert_eq!(a_contents, "second\n");
+
+        files.delete(vec!["src/deep".into(), "top.txt".into()]).await.expect("delete");
+        let after: Vec<String> = files.list().await.expect("list").into_iter().map(|entry| entry.path).collect();
+        assert_eq!(after, vec!["link", "src", "src/a.txt"]);
+        let error = files.delete(vec!["../etc".into()]).await.expect_err("escapes are refused");
+        assert_eq!(error.kind(), sandlink::protocol::ErrorKind::PathOutsideWorkspace);
+        sandbox.disconnect(false).await.expect("disconnect");
+        assert!(!container_exists(&container));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upload_should_replace_a_symlink_instead_of_writing_through_it() {
+        if docker_fixture().is_none() {
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let (sandbox, container) = sandbox(state.path()).await;
+        let files = sandbox.files().expect("docker syncs files");
+        docker(&["exec", &container, "sh", "-c", "mkdir -p /outside && echo keep > /outside/x && ln -s /outside /workspace/dir && ln -s /outside/x /workspace/file"]);
+        files.upload_tar(tar_of(&[("dir/x", b"new\n"), ("file", b"replaced\n")])).await.expect("upload");
+        let outside = docker(&["exec", &container, "cat", "/outside/x"]);
+        assert_eq!(outside, "keep\n", "nothing was written through a symlink");
+        assert_eq!(docker(&["exec", &container, "cat", "/workspace/dir/x", "/workspace/file"]), "new\nreplaced\n");
+        sandbox.disconnect(false).await.expect("disconnect");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replacing_a_file_should_be_atomic_for_readers() {
+        if docker_fixture().is_none() {
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let (sandbox, container) = sandbox(state.path()).await;
+        let files = sandbox.files().expect("docker syncs files");
+        let big_a = vec![b'a'; 4 << 20];
+        let big_b = vec![b'b'; 4 << 20];
+        files.upload_tar(tar_of(&[("big", &big_a)])).await.expect("upload");
+        // A reader in the container samples the file while it is replaced: it must only ever see a whole version.
+        let reader = std::thread::spawn({
+            let container = container.clone();
+            move || {
+                docker(&[
+                    "exec", &container, "sh", "-c",
+                    "i=0; while [ $i -lt 60 ]; do s=$(wc -c < /workspace/big 2>/dev/null || echo missing); echo $s; i=$((i+1)); done",
+                ])
+            }
+        });
+        for round in 0..4 {
+            let contents: &[u8] = if round % 2 == 0 { &big_b } else { &big_a };
+            files.upload_tar(tar_of(&[("big", contents)])).await.expect("replace");
+        }
+        let sizes = reader.join().expect("reader");
+        for size in sizes.lines() {
+            assert_eq!(size.trim(), (4u64 << 20).to_string(), "a reader saw a partial or missing file:\n{sizes}");
+        }
+        sandbox.disconnect(false).await.expect("disconnect");
+    }
 }

@@ -3,6 +3,11 @@
 
 use async_trait::async_trait;
 
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+
+use super::agent::Agent;
 use super::client::Client;
 use super::scripts;
 use crate::drivers::BoxedReader;
@@ -16,6 +21,8 @@ pub struct DockerFiles {
     pub root: String,
     /// Whether uploaded files take the container's user as owner (true for containers sandlink created).
     pub copy_owner: bool,
+    /// The helper shell that runs merges, deletes and listings without starting a process per request.
+    pub agent: Arc<Agent>,
     /// Who owns uploaded files (the `user` setting); `None` leaves them to the archive's or container's owner.
     pub owner: Option<String>,
 }
@@ -27,64 +34,69 @@ impl DockerFiles {
         Ok(format!("{}/{clean}", self.root))
     }
 
-    async fn helper(&self, script: &str, arguments: &[&str]) -> Result<Vec<u8>> {
-        let mut command = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string(), "sandlink".to_string()];
-        command.extend(arguments.iter().map(|argument| argument.to_string()));
-        let (code, stdout, stderr) = self.client.exec_collect(&self.container, command, Some("0".into())).await?;
-        if code != 0 {
+    async fn helper(&self, script: &str, arguments: &[&str], data: Option<&[u8]>) -> Result<Vec<u8>> {
+        let reply = self.agent.run(script, arguments, data).await?;
+        if reply.status != 0 {
             return Err(Error::Remote {
                 status: None,
                 message: format!(
-                    "A file operation in container {} failed (exit {code}): {}",
+                    "A file operation in container {} failed (exit {}): {}",
                     short(&self.container),
-                    String::from_utf8_lossy(&stderr).trim()
+                    reply.status,
+                    String::from_utf8_lossy(&reply.stderr).trim()
                 ),
             });
         }
-        Ok(stdout)
+        Ok(reply.stdout)
     }
 }
+
+/// Batches up to this size go through the helper shell in one write; larger ones stream through the archive API.
+const SMALL_BATCH_BYTES: usize = 8 << 20;
 
 #[async_trait]
 impl RemoteFiles for DockerFiles {
     async fn upload_tar(&self, archive: BoxedReader) -> Result<()> {
         let batch = crate::engine::short_id();
         let stage = format!("{}/{}/{batch}", self.root, scripts::STAGING_DIR);
-        // The archive API needs its target to exist; a two-entry tar makes the staging folders in the same request
-        // style, which is cheaper than an exec.
+        let owner = self.owner.clone().unwrap_or_default();
+        let mut head = Vec::new();
+        let mut limited = archive.take(SMALL_BATCH_BYTES as u64 + 1);
+        limited.read_to_end(&mut head).await.map_err(|error| Error::io("Could not read the upload archive", error))?;
+        if head.len() <= SMALL_BATCH_BYTES {
+            // A typical save: the whole batch in one request to the helper shell, unpacked and merged there.
+            let script = format!("{}\n{}", scripts::UNPACK_STDIN, scripts::MERGE);
+            return self.helper(&script, &[&self.root, &stage, &owner], Some(&head)).await.map(|_| ());
+        }
+        let rest = limited.into_inner();
+        let archive: BoxedReader = Box::pin(std::io::Cursor::new(head).chain(rest));
+        // The archive API needs its target to exist; a two-entry tar makes the staging folders without an exec.
         let folders = staging_folders_tar(&batch)?;
         self.client.upload_tar_bytes(&self.container, &self.root, folders).await?;
         let uploaded = self.client.upload_tar(&self.container, &stage, archive, self.copy_owner).await;
-        let merged = match uploaded {
-            Ok(()) => self.helper(scripts::MERGE, &[&self.root, &stage, self.owner.as_deref().unwrap_or_default()]).await.map(|_| ()),
+        match uploaded {
+            Ok(()) => self.helper(scripts::MERGE, &[&self.root, &stage, &owner], None).await.map(|_| ()),
             Err(error) => {
-                let _ = self.helper("rm -rf \"$1\"", &[&stage]).await;
+                let _ = self.helper("rm -rf \"$1\"", &[&stage], None).await;
                 Err(error)
             }
-        };
-        merged
+        }
     }
 
     async fn delete(&self, paths: Vec<String>) -> Result<()> {
         if paths.is_empty() {
             return Ok(());
         }
-        let mut command = vec!["rm".to_string(), "-rf".to_string(), "--".to_string()];
+        let mut absolute = Vec::new();
         for path in &paths {
-            command.push(self.absolute(path)?);
+            absolute.push(self.absolute(path)?);
         }
-        let (code, _, stderr) = self.client.exec_collect(&self.container, command, Some("0".into())).await?;
-        if code != 0 {
-            return Err(Error::Remote {
-                status: None,
-                message: format!("Could not delete files in the container: {}", String::from_utf8_lossy(&stderr).trim()),
-            });
-        }
-        Ok(())
+        let arguments: Vec<&str> = absolute.iter().map(String::as_str).collect();
+        self.helper(r#"rm -rf -- "$@""#, &arguments, None).await.map(|_| ())
     }
 
     async fn list(&self) -> Result<Vec<RemoteEntry>> {
-        let output = self.helper(scripts::LIST, &[&self.root]).await?;
+        let output = self.helper(scripts::LIST, &[&self.root], None).await?;
         tokio::task::spawn_blocking(move || parse_listing(&output))
             .await
             .map_err(|error| Error::Internal(format!("Parsing the remote listing failed: {error}")))?

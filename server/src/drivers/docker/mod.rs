@@ -9,6 +9,7 @@
 //! names this host and a process (pid plus start time, same boot) that no longer runs, and there is no file
 //! `<sandlink.state-dir>/sessions/<sandlink.session>/kept`. Containers of other hosts are never touched.
 
+mod agent;
 mod client;
 mod files;
 mod scripts;
@@ -179,6 +180,14 @@ impl super::Driver for Driver {
             return Err(error);
         }
         let (failure, _) = watch::channel(None);
+        let files = Arc::new(files::DockerFiles {
+            client: client.clone(),
+            container: container_id.clone(),
+            root: settings.remote_root.clone(),
+            agent: Arc::new(agent::Agent::new(client.clone(), container_id.clone())),
+            copy_owner: created,
+            owner: settings.user.clone(),
+        });
         let sandbox = Arc::new(DockerSandbox {
             client,
             container_id,
@@ -188,7 +197,7 @@ impl super::Driver for Driver {
             env: if created { BTreeMap::new() } else { settings.env.clone() },
             created,
             keep_setting: settings.keep,
-            copy_owner: created,
+            files,
             session_dir,
             failure,
             closing: Arc::new(AtomicBool::new(false)),

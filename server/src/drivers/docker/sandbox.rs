@@ -35,7 +35,7 @@ pub struct DockerSandbox {
     pub(super) created: bool,
     /// Keep the container on disconnect even without `keep` (the `keep` setting).
     pub(super) keep_setting: bool,
-    pub(super) copy_owner: bool,
+    pub(super) files: Arc<DockerFiles>,
     /// Where the kept marker goes: `<state_dir>/sessions/<id>`.
     pub(super) session_dir: std::path::PathBuf,
     /// Set when the container died, was removed, or the daemon went away; a sentence for the user.
@@ -204,13 +204,7 @@ impl Sandbox for DockerSandbox {
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
-        Some(Arc::new(DockerFiles {
-            client: self.client.clone(),
-            container: self.container_id.clone(),
-            root: self.remote_root.clone(),
-            copy_owner: self.copy_owner,
-            owner: self.user.clone(),
-        }))
+        Some(self.files.clone())
     }
 
     async fn preview(&self, port: u16) -> Result<String> {

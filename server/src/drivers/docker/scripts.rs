@@ -22,6 +22,10 @@ kill "-$1" "-$p" 2>/dev/null || kill "-$1" "$p" 2>/dev/null
 [ "$2" != final ] || rm -f "$f"
 exit 0"#;
 
+/// `$1` = root, `$2` = staging directory, `$3` = owner, `$4` = length: reads exactly `$4` bytes of tar from stdin
+/// (always all of them, so the agent's stream stays in step) and unpacks them into the staging directory.
+pub const UNPACK_STDIN: &str = r#"dd bs=65536 count="$4" iflag=count_bytes,fullblock 2>/dev/null | { mkdir -p "$2" && tar -xf - -C "$2"; s=$?; cat >/dev/null; exit $s; } || { rm -rf "$2"; exit 1; }"#;
+
 /// `$1` = root, `$2` = staging directory, `$3` = owner (may be empty): moves every staged entry into place with rename(2), so each file is
 /// replaced atomically; whole new directories move in one rename. Symlinks in the root are replaced, never followed.
 pub const MERGE: &str = r#"root=$1

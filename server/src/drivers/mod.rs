@@ -3,6 +3,7 @@
 //! Every operation a driver may lack has a default body that answers `unsupported`, so a driver implements only
 //! what its capability flags promise. Provider types (bollard, reqwest, ssh) never leave their driver module.
 
+pub mod docker;
 pub mod e2b;
 pub mod local;
 pub mod process;
@@ -11,7 +12,7 @@ pub mod settings;
 pub mod testing;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,6 +111,12 @@ pub trait Driver: Send + Sync {
     async fn restore(&self, snapshot_id: String, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
         let _ = (snapshot_id, request);
         Err(Error::unsupported_by(self.id(), "restoring snapshots"))
+    }
+
+    /// Called once when a server starts: removes what servers that stopped without disconnecting left behind
+    /// (never what belongs to a running server or a kept session). Failures are logged, not returned.
+    async fn clean_up_after_crash(&self, state_dir: &Path) {
+        let _ = state_dir;
     }
 }
 
@@ -244,11 +251,21 @@ pub trait Sandbox: Send + Sync {
 
     /// Ends the sandbox; with `keep` it stays for a later re-attach.
     async fn disconnect(&self, keep: bool) -> Result<()>;
+
+    /// Resolves when the sandbox breaks on its own (it died, was removed, its host went away) with a sentence
+    /// saying why; the session then turns to `error`. Drivers that cannot tell never resolve.
+    async fn wait_failure(&self) -> String {
+        std::future::pending().await
+    }
 }
 
 /// The drivers this build knows, in the order they are listed to users.
 pub fn registry() -> Vec<Arc<dyn Driver>> {
-    let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(local::Driver::new()), Arc::new(e2b::Driver::new())];
+    let mut drivers: Vec<Arc<dyn Driver>> = vec![
+        Arc::new(local::Driver::new()),
+        Arc::new(docker::Driver::new()),
+        Arc::new(e2b::Driver::new()),
+    ];
     if testing::Keyed::enabled() {
         drivers.push(Arc::new(testing::Keyed::new()));
     }

@@ -90,6 +90,14 @@ impl Engine {
         config_dir: PathBuf,
     ) -> Self {
         let store = Store::new(&state_dir);
+        // Sandboxes left by a server that crashed are cleaned up in the background; nothing waits for it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            for driver in &drivers {
+                let driver = driver.clone();
+                let state_dir = state_dir.clone();
+                runtime.spawn(async move { driver.clean_up_after_crash(&state_dir).await });
+            }
+        }
         Engine {
             drivers,
             state_dir,
@@ -266,7 +274,31 @@ impl Engine {
         }
         self.emit_state(&session, SessionState::Active, None).await;
         lifecycle::watch(&session, self.runs.clone(), self.events.clone());
+        self.watch_for_failure(&session);
         Ok(session.info())
+    }
+
+    /// Turns the session to `error` when its sandbox breaks on its own (the driver says why).
+    fn watch_for_failure(&self, session: &Arc<Session>) {
+        let session = session.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let message = session.sandbox.wait_failure().await;
+            if matches!(session.state(), SessionState::Disconnected | SessionState::Error | SessionState::Expired) {
+                return;
+            }
+            session.update(|mutable| {
+                mutable.state = SessionState::Error;
+                mutable.message = Some(message.clone());
+            });
+            events
+                .session_state(SessionStateParams {
+                    session_id: session.id.clone(),
+                    state: SessionState::Error,
+                    message: Some(message),
+                })
+                .await;
+        });
     }
 
     /// Counts sandboxes against the limit and writes the new session's first record, under the index lock so two
@@ -462,6 +494,7 @@ impl Engine {
         }
         self.emit_state(&session, SessionState::Active, None).await;
         lifecycle::watch(&session, self.runs.clone(), self.events.clone());
+        self.watch_for_failure(&session);
         tracing::info!(session_id, "re-attached a kept session");
         Ok(session.info())
     }

@@ -1,0 +1,443 @@
+//! The `docker` driver: each session is a container on a Docker (or podman) daemon, reached through bollard.
+//!
+//! Containers sandlink creates run an init, drop every capability but a small set, cannot gain privileges, have a
+//! pids limit, and carry labels naming their session, the state directory and the server process that owns them.
+//! They are removed on disconnect unless kept. When a server starts it removes the containers of servers that are
+//! no longer running, except those of kept sessions.
+//!
+//! The orphan rule: a container labelled `sandlink.driver=docker` is an orphan when its `sandlink.server` label
+//! names this host and a process (pid plus start time, same boot) that no longer runs, and there is no file
+//! `<sandlink.state-dir>/sessions/<sandlink.session>/kept`. Containers of other hosts are never touched.
+
+mod agent;
+mod client;
+mod files;
+mod scripts;
+mod sandbox;
+mod settings;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use self::client::{Client, ContainerSpec};
+use self::sandbox::DockerSandbox;
+pub use self::settings::Settings;
+use self::settings::Target;
+use super::{ConnectRequest, Sandbox};
+use crate::error::{Error, Result};
+use crate::protocol::{DriverCapabilities, DriverInfo};
+
+/// The file that marks a kept session, under `<state_dir>/sessions/<id>/`.
+pub const KEPT_MARKER: &str = "kept";
+
+const LABEL_DRIVER: &str = "sandlink.driver";
+const LABEL_SESSION: &str = "sandlink.session";
+const LABEL_STATE_DIR: &str = "sandlink.state-dir";
+const LABEL_SERVER: &str = "sandlink.server";
+
+/// The docker driver; holds one client once the daemon has been reached.
+pub struct Driver {
+    client: Mutex<Option<Client>>,
+}
+
+impl Driver {
+    pub fn new() -> Self {
+        Driver { client: Mutex::new(None) }
+    }
+
+    /// A client for the daemon, made once and reused (its connection pool survives daemon restarts).
+    async fn client(&self) -> Result<Client> {
+        if let Some(client) = lock(&self.client).clone() {
+            return Ok(client);
+        }
+        let client = Client::connect().await?;
+        *lock(&self.client) = Some(client.clone());
+        Ok(client)
+    }
+
+    fn capabilities(available: bool) -> DriverCapabilities {
+        DriverCapabilities {
+            exec: available,
+            stdin: available,
+            cancel: available,
+            upload: available,
+            download: available,
+            preview: available,
+            extend: false,
+            snapshot: false,
+            metrics: available,
+        }
+    }
+}
+
+impl Default for Driver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl super::Driver for Driver {
+    fn id(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn info(&self) -> DriverInfo {
+        let probe = async {
+            let client = self.client().await?;
+            client.describe_daemon().await
+        };
+        let outcome = match tokio::time::timeout(Duration::from_secs(3), probe).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::DriverUnavailable {
+                driver: "docker".into(),
+                message: "Docker did not answer within 3 s; check that the daemon is running and healthy.".into(),
+            }),
+        };
+        match outcome {
+            Ok(detail) => DriverInfo {
+                id: "docker".into(),
+                available: true,
+                detail: Some(detail),
+                capabilities: Self::capabilities(true),
+            },
+            Err(error) => DriverInfo {
+                id: "docker".into(),
+                available: false,
+                detail: Some(error.to_string()),
+                capabilities: Self::capabilities(false),
+            },
+        }
+    }
+
+    async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
+        self.open(request, None).await
+    }
+
+    fn validate_settings(&self, settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+        Settings::parse(settings).map(|_| ())
+    }
+
+    fn sends_workspace_elsewhere(&self, _settings: &serde_json::Map<String, serde_json::Value>) -> bool {
+        // Only a daemon on another machine (tcp://, ssh://) receives the workspace from elsewhere.
+        std::env::var("DOCKER_HOST").is_ok_and(|host| !host.is_empty() && !host.starts_with("unix://"))
+    }
+
+    async fn sandbox_exists(&self, request: &super::ReattachRequest) -> Result<bool> {
+        let Some(container) = request.driver_state.get("containerId").and_then(serde_json::Value::as_str) else {
+            return Ok(false);
+        };
+        Ok(self.client().await?.inspect(container).await?.is_some())
+    }
+
+    async fn reattach(&self, request: super::ReattachRequest) -> Result<Arc<dyn Sandbox>> {
+        let container = request
+            .driver_state
+            .get("containerId")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| Error::UnknownSession(request.connect.session_id.clone()))?
+            .to_string();
+        self.open(request.connect, Some(container)).await
+    }
+
+    async fn clean_up_after_crash(&self, state_dir: &Path) {
+        self.remove_orphans(state_dir).await;
+    }
+}
+
+impl Driver {
+    /// Creates (or, for a re-attach, finds again) the session's container and prepares it.
+    async fn open(&self, request: ConnectRequest, reattach_to: Option<String>) -> Result<Arc<dyn Sandbox>> {
+        let settings = Settings::parse(&request.settings)?;
+        let client = self.client().await?;
+        let session_dir = request.state_dir.join("sessions").join(&request.session_id);
+        let kept_container = match &reattach_to {
+            Some(container) => {
+                let facts = client
+                    .inspect(container)
+                    .await?
+                    .ok_or_else(|| Error::UnknownSession(request.session_id.clone()))?;
+                if !facts.running {
+                    return Err(Error::InvalidParams(format!(
+                        "The session's container {} is {}; start it with `docker start {}` and connect again.",
+                        facts.name, facts.status, facts.name
+                    )));
+                }
+                Some((facts.id, facts.name, matches!(settings.target, Target::Image(_))))
+            }
+            None => None,
+        };
+        let (container_id, container_name, created) = if let Some(kept) = kept_container { kept } else { match &settings.target {
+            Target::Image(image) => {
+                if !client.image_exists(image).await? {
+                    return Err(Error::InvalidParams(format!(
+                        "The image \"{image}\" is not on the Docker daemon at {}. Pull it with `docker pull {image}` \
+                         or build it with `docker build -t {image} .`, then connect again.",
+                        client.host()
+                    )));
+                }
+                let name = format!("sandlink-{}", request.session_id);
+                let labels = HashMap::from([
+                    (LABEL_DRIVER.to_string(), "docker".to_string()),
+                    (LABEL_SESSION.to_string(), request.session_id.clone()),
+                    (LABEL_STATE_DIR.to_string(), request.state_dir.to_string_lossy().into_owned()),
+                    (LABEL_SERVER.to_string(), ServerIdentity::current().label()),
+                ]);
+                let env = settings.env.iter().map(|(name, value)| format!("{name}={value}")).collect();
+                let spec = ContainerSpec {
+                    name: name.clone(),
+                    image: image.clone(),
+                    // Keeps the container alive without depending on the image's own command.
+                    entrypoint: vec!["/bin/sh".into(), "-c".into(), "exec sleep 2147483647".into()],
+                    env,
+                    // The container itself runs as root so sandlink's helpers keep their capabilities; runs use
+                    // `user` per exec.
+                    user: None,
+                    labels,
+                    nano_cpus: settings.nano_cpus,
+                    memory_bytes: settings.memory_bytes,
+                    pids_limit: settings.pids_limit,
+                    network_mode: settings.network.mode().into(),
+                    ports: settings.ports.clone(),
+                };
+                let id = client.create_and_start(spec).await?;
+                (id, name, true)
+            }
+            Target::Existing(reference) => {
+                let facts = client.inspect(reference).await?.ok_or_else(|| {
+                    Error::InvalidParams(format!(
+                        "There is no container \"{reference}\" on the Docker daemon at {}. List them with `docker ps -a`.",
+                        client.host()
+                    ))
+                })?;
+                if !facts.running {
+                    return Err(Error::InvalidParams(format!(
+                        "The container \"{reference}\" is {}; start it with `docker start {reference}` first.",
+                        facts.status
+                    )));
+                }
+                (facts.id, facts.name, false)
+            }
+        } };
+        let prepared = prepare(&client, &container_id, &settings).await;
+        if let Err(error) = prepared {
+            if created {
+                let _ = client.remove(&container_id).await;
+            }
+            return Err(error);
+        }
+        let (failure, _) = watch::channel(None);
+        let files = Arc::new(files::DockerFiles {
+            client: client.clone(),
+            container: container_id.clone(),
+            root: settings.remote_root.clone(),
+            agent: Arc::new(agent::Agent::new(client.clone(), container_id.clone())),
+            copy_owner: created,
+            owner: settings.user.clone(),
+        });
+        let sandbox = Arc::new(DockerSandbox {
+            client,
+            container_id,
+            container_name,
+            remote_root: settings.remote_root.clone(),
+            user: settings.user.clone(),
+            env: if created { BTreeMap::new() } else { settings.env.clone() },
+            created,
+            keep_setting: settings.keep,
+            files,
+            session_dir,
+            failure,
+            closing: Arc::new(AtomicBool::new(false)),
+            previous_sample: Mutex::new(None),
+            watcher: Mutex::new(None),
+        });
+        sandbox.watch_events();
+        Ok(sandbox)
+    }
+
+    /// Removes containers of servers that stopped without disconnecting, sparing sessions that can come back.
+    async fn remove_orphans(&self, state_dir: &Path) {
+        let _ = state_dir;
+        let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), self.client()).await else {
+            return;
+        };
+        let containers = match client.list_labelled(&format!("{LABEL_DRIVER}=docker")).await {
+            Ok(containers) => containers,
+            Err(error) => {
+                tracing::debug!(%error, "could not list sandlink's containers for cleanup");
+                return;
+            }
+        };
+        for container in containers {
+            if !is_orphan(&container.labels) {
+                continue;
+            }
+            tracing::info!(container = %container.id, "removing a container left by a sandlink server that stopped");
+            if let Err(error) = client.remove(&container.id).await {
+                tracing::warn!(container = %container.id, %error, "could not remove an orphaned container");
+            }
+        }
+    }
+}
+
+/// Creates the session root and the run directory (as root, so any run user can use them).
+async fn prepare(client: &Client, container: &str, settings: &Settings) -> Result<()> {
+    let owner = settings.user.clone().unwrap_or_default();
+    let command = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        scripts::PREPARE.to_string(),
+        "sandlink".to_string(),
+        settings.remote_root.clone(),
+        owner,
+    ];
+    let (code, _, stderr) = client.exec_collect(container, command, Some("0".into())).await.map_err(|error| {
+        match error {
+            Error::Remote { message, .. } if message.contains("executable file not found") || message.contains("no such file") => {
+                Error::InvalidParams(format!(
+                    "The container has no /bin/sh, which sandlink needs to run commands; use an image with a shell \
+                     (busybox is enough). Docker said: {message}"
+                ))
+            }
+            other => other,
+        }
+    })?;
+    if code != 0 {
+        return Err(Error::Remote {
+            status: None,
+            message: format!(
+                "Could not create the session root {} in the container: {}",
+                settings.remote_root,
+                String::from_utf8_lossy(&stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Which server process owns a container: host name, boot id, pid and the process's start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServerIdentity {
+    host: String,
+    boot: String,
+    pid: u32,
+    start_ticks: u64,
+}
+
+impl ServerIdentity {
+    fn current() -> Self {
+        let pid = std::process::id();
+        ServerIdentity { host: host_name(), boot: boot_id(), pid, start_ticks: start_ticks(pid).unwrap_or(0) }
+    }
+
+    fn label(&self) -> String {
+        format!("{}/{}/{}/{}", self.host, self.boot, self.pid, self.start_ticks)
+    }
+
+    fn parse(label: &str) -> Option<Self> {
+        let mut parts = label.rsplitn(4, '/');
+        let start_ticks = parts.next()?.parse().ok()?;
+        let pid = parts.next()?.parse().ok()?;
+        let boot = parts.next()?.to_string();
+        let host = parts.next()?.to_string();
+        Some(ServerIdentity { host, boot, pid, start_ticks })
+    }
+
+    /// Whether the process still runs; `None` when it belongs to another machine and this one cannot tell.
+    fn is_running(&self) -> Option<bool> {
+        if self.host != host_name() {
+            return None;
+        }
+        if self.boot != boot_id() {
+            return Some(false);
+        }
+        Some(start_ticks(self.pid) == Some(self.start_ticks))
+    }
+}
+
+fn is_orphan(labels: &HashMap<String, String>) -> bool {
+    let Some(server) = labels.get(LABEL_SERVER).and_then(|label| ServerIdentity::parse(label)) else {
+        return false;
+    };
+    if server.is_running() != Some(false) {
+        return false;
+    }
+    let (Some(session), Some(state_dir)) = (labels.get(LABEL_SESSION), labels.get(LABEL_STATE_DIR)) else {
+        return false;
+    };
+    // Kept sessions (disconnect with keep, or kept when their editor exited) come back; a crashed server's
+    // unkept session does not own its container any more.
+    let session_dir = PathBuf::from(state_dir).join("sessions").join(session);
+    let kept_by_record = std::fs::read(session_dir.join("session.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|record| record.get("kept") == Some(&serde_json::Value::Bool(true)));
+    !session_dir.join(KEPT_MARKER).exists() && !kept_by_record
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_string()).unwrap_or_default()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_string()).unwrap_or_default()
+}
+
+/// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), which tells pid reuse apart;
+/// `None` when it is not running (a zombie has exited and only waits for its parent to notice).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; the fields after its last ')' are plain.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // An `Option<Client>` cannot be left half-updated by a panicking holder.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_identity_should_round_trip_and_know_this_process() {
+        let current = ServerIdentity::current();
+        assert!(current.start_ticks > 0);
+        assert_eq!(ServerIdentity::parse(&current.label()), Some(current.clone()));
+        assert_eq!(current.is_running(), Some(true));
+        let gone = ServerIdentity { start_ticks: current.start_ticks + 1, ..current.clone() };
+        assert_eq!(gone.is_running(), Some(false));
+        let elsewhere = ServerIdentity { host: "another-host".into(), ..current };
+        assert_eq!(elsewhere.is_running(), None);
+    }
+
+    #[test]
+    fn orphans_should_spare_kept_sessions_and_live_servers() {
+        let state = tempfile::tempdir().unwrap();
+        let dead = ServerIdentity { start_ticks: 1, ..ServerIdentity::current() };
+        let labels = |server: &ServerIdentity, session: &str| {
+            HashMap::from([
+                (LABEL_SERVER.to_string(), server.label()),
+                (LABEL_SESSION.to_string(), session.to_string()),
+                (LABEL_STATE_DIR.to_string(), state.path().to_string_lossy().into_owned()),
+            ])
+        };
+        assert!(is_orphan(&labels(&dead, "docker-a")));
+        assert!(!is_orphan(&labels(&ServerIdentity::current(), "docker-a")));
+        std::fs::create_dir_all(state.path().join("sessions/docker-b")).unwrap();
+        std::fs::write(state.path().join("sessions/docker-b/kept"), "x").unwrap();
+        assert!(!is_orphan(&labels(&dead, "docker-b")));
+    }
+}

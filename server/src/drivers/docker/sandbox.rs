@@ -1,0 +1,475 @@
+//! One docker session: runs as execs in its container, cancel through a second exec, status, previews and faults.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use super::client::{Chunk, Client, StatsSample};
+use super::files::{checked_relative, DockerFiles};
+use super::scripts;
+use crate::drivers::process::signal_name;
+use crate::drivers::{ExecSpec, ExitStatus, Process, ProcessControl, Sandbox, SandboxStatus, Signal};
+use crate::error::{Error, Result};
+use crate::protocol::Resources;
+use crate::sync::RemoteFiles;
+
+/// How much output may wait in each pipe between the container and the engine's reader.
+const PIPE_BYTES: usize = 1 << 20;
+
+/// One session's container.
+pub struct DockerSandbox {
+    pub(super) client: Client,
+    pub(super) container_id: String,
+    pub(super) container_name: String,
+    pub(super) remote_root: String,
+    /// The user runs and helper commands use; `None` is the container's own user.
+    pub(super) user: Option<String>,
+    pub(super) env: BTreeMap<String, String>,
+    /// Whether sandlink created the container (and so removes it on disconnect).
+    pub(super) created: bool,
+    /// Keep the container on disconnect even without `keep` (the `keep` setting).
+    pub(super) keep_setting: bool,
+    pub(super) files: Arc<DockerFiles>,
+    /// Where the kept marker goes: `<state_dir>/sessions/<id>`.
+    pub(super) session_dir: std::path::PathBuf,
+    /// Set when the container died, was removed, or the daemon went away; a sentence for the user.
+    pub(super) failure: watch::Sender<Option<String>>,
+    /// Set on disconnect, so the removal sandlink itself does is not reported as a failure.
+    pub(super) closing: Arc<AtomicBool>,
+    pub(super) previous_sample: Mutex<Option<StatsSample>>,
+    pub(super) watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl DockerSandbox {
+    /// Starts watching the container's events; a death or removal not caused by sandlink becomes the failure.
+    pub(super) fn watch_events(self: &Arc<Self>) {
+        let client = self.client.clone();
+        let container_id = self.container_id.clone();
+        let name = self.container_name.clone();
+        let failure = self.failure.clone();
+        let closing = self.closing.clone();
+        let task = tokio::spawn(async move {
+            let mut events = client.container_events(&container_id);
+            let message = loop {
+                match events.next().await {
+                    Some(Ok(event)) => match event.action.as_str() {
+                        "oom" => continue,
+                        "destroy" => break format!("The container {name} was removed outside sandlink."),
+                        _ => {
+                            let oom = client.inspect(&container_id).await.ok().flatten().is_some_and(|facts| facts.oom_killed);
+                            let code = event.exit_code.unwrap_or_else(|| "unknown".into());
+                            break if oom {
+                                format!("The container {name} ran out of memory and was killed (exit code {code}).")
+                            } else {
+                                format!("The container {name} stopped (exit code {code}); it was stopped or killed outside sandlink.")
+                            };
+                        }
+                    },
+                    Some(Err(error)) => break format!("{error}"),
+                    None => break format!(
+                        "The Docker daemon at {} stopped answering; start it again, then reconnect.",
+                        client.host()
+                    ),
+                }
+            };
+            if !closing.load(Ordering::SeqCst) {
+                tracing::warn!(container = %name, %message, "docker session failed");
+                failure.send_replace(Some(message));
+            }
+        });
+        *lock(&self.watcher) = Some(task);
+    }
+
+    fn exec_env(&self, spec: &ExecSpec) -> Vec<String> {
+        let mut env: Vec<String> = Vec::new();
+        env.push(format!("SANDLINK_REMOTE_ROOT={}", self.remote_root));
+        for (name, value) in self.env.iter().chain(spec.env.iter()) {
+            env.push(format!("{name}={value}"));
+        }
+        env
+    }
+
+    fn current_failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+}
+
+#[async_trait]
+impl Sandbox for DockerSandbox {
+    fn driver_id(&self) -> &'static str {
+        "docker"
+    }
+
+    fn remote_root(&self) -> String {
+        self.remote_root.clone()
+    }
+
+    fn detail(&self) -> Option<String> {
+        Some(format!("container {} ({})", self.container_name, &self.container_id[..self.container_id.len().min(12)]))
+    }
+
+    async fn exec(&self, spec: ExecSpec) -> Result<Process> {
+        if let Some(failure) = self.current_failure() {
+            return Err(Error::Remote { status: None, message: failure });
+        }
+        let working_dir = match spec.cwd.as_deref() {
+            None | Some("") | Some(".") => self.remote_root.clone(),
+            Some(cwd) => {
+                let relative = cwd.strip_prefix(&format!("{}/", self.remote_root)).unwrap_or(cwd);
+                if relative == self.remote_root {
+                    self.remote_root.clone()
+                } else {
+                    format!("{}/{}", self.remote_root, checked_relative(relative)?)
+                }
+            }
+        };
+        if spec.cwd.is_some() && !self.client.is_directory(&self.container_id, &working_dir).await? {
+            return Err(Error::InvalidParams(format!(
+                "The working directory \"{}\" does not exist in the sandbox.",
+                spec.cwd.as_deref().unwrap_or(".")
+            )));
+        }
+        let token = format!("run-{}", crate::engine::short_id());
+        let mut command = vec!["/bin/sh".to_string(), "-c".to_string(), scripts::RUN.to_string(), token.clone()];
+        match &spec.args {
+            Some(args) => {
+                command.push(spec.command.clone());
+                command.extend(args.iter().cloned());
+            }
+            None => command.extend(["/bin/sh".to_string(), "-c".to_string(), spec.command.clone()]),
+        }
+        let env = self.exec_env(&spec);
+        let attached = self
+            .client
+            .exec(&self.container_id, command, env, Some(working_dir.clone()), self.user.clone(), spec.stdin)
+            .await?;
+
+        let (stdout_reader, mut stdout_writer) = tokio::io::duplex(PIPE_BYTES);
+        let (stderr_reader, mut stderr_writer) = tokio::io::duplex(PIPE_BYTES);
+        let (ended_sender, ended) = watch::channel(false);
+        let mut output = attached.output;
+        tokio::spawn(async move {
+            // Keeps reading after the engine stops listening, so the daemon is never left with a full connection.
+            let mut stdout_open = true;
+            let mut stderr_open = true;
+            while let Some(chunk) = output.next().await {
+                match chunk {
+                    Ok(Chunk::Stdout(bytes)) if stdout_open => stdout_open = stdout_writer.write_all(&bytes).await.is_ok(),
+                    Ok(Chunk::Stderr(bytes)) if stderr_open => stderr_open = stderr_writer.write_all(&bytes).await.is_ok(),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "a run's output stream broke");
+                        break;
+                    }
+                }
+            }
+            let _ = stdout_writer.shutdown().await;
+            let _ = stderr_writer.shutdown().await;
+            let _ = ended_sender.send(true);
+        });
+
+        let signalled = Arc::new(AtomicBool::new(false));
+        let finished = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(DockerControl {
+            client: self.client.clone(),
+            container: self.container_id.clone(),
+            token,
+            signalled: signalled.clone(),
+            finished: finished.clone(),
+        });
+        let exit = wait_for_exit(
+            self.client.clone(),
+            self.container_id.clone(),
+            self.container_name.clone(),
+            attached.id,
+            ended,
+            signalled,
+            finished,
+            self.failure.subscribe(),
+        )
+        .boxed();
+        Ok(Process {
+            stdout: Box::pin(stdout_reader),
+            stderr: Box::pin(stderr_reader),
+            stdin: spec.stdin.then_some(attached.input),
+            control,
+            exit,
+        })
+    }
+
+    fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
+        Some(self.files.clone())
+    }
+
+    async fn preview(&self, port: u16) -> Result<String> {
+        let facts = self.client.inspect(&self.container_id).await?.ok_or_else(|| Error::Remote {
+            status: Some(404),
+            message: format!("The container {} no longer exists.", self.container_name),
+        })?;
+        if let Some(host_port) = facts.published.get(&port) {
+            return Ok(format!("http://127.0.0.1:{host_port}"));
+        }
+        if let Some(address) = facts.address.filter(|_| self.client.host().starts_with("unix://")) {
+            // A local daemon's bridge network is routable from this machine even for unpublished ports.
+            return Ok(format!("http://{address}:{port}"));
+        }
+        Err(Error::InvalidParams(format!(
+            "Port {port} of container {} is not published; add it to the \"ports\" setting and connect again.",
+            self.container_name
+        )))
+    }
+
+    async fn status(&self) -> Result<SandboxStatus> {
+        if let Some(failure) = self.current_failure() {
+            return Ok(SandboxStatus { failure: Some(failure), ..SandboxStatus::default() });
+        }
+        let facts = match self.client.inspect(&self.container_id).await {
+            Ok(Some(facts)) => facts,
+            Ok(None) => {
+                let message = format!("The container {} was removed outside sandlink.", self.container_name);
+                return Ok(SandboxStatus { failure: Some(message), ..SandboxStatus::default() });
+            }
+            Err(error) => return Ok(SandboxStatus { failure: Some(error.to_string()), ..SandboxStatus::default() }),
+        };
+        if !facts.running {
+            let message = format!(
+                "The container {} is {} (exit code {}); it was stopped outside sandlink.",
+                self.container_name,
+                facts.status,
+                facts.exit_code.map(|code| code.to_string()).unwrap_or_else(|| "unknown".into())
+            );
+            return Ok(SandboxStatus { failure: Some(message), ..SandboxStatus::default() });
+        }
+        let mut sample = self.client.stats(&self.container_id).await?;
+        let previous = lock(&self.previous_sample).replace(sample);
+        let previous = match previous {
+            Some(previous) => previous,
+            None => {
+                // A CPU percentage needs two samples; a short second look gives the first status one too.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let first = sample;
+                sample = self.client.stats(&self.container_id).await?;
+                *lock(&self.previous_sample) = Some(sample);
+                first
+            }
+        };
+        let container_delta = sample.container_cpu_ns.saturating_sub(previous.container_cpu_ns) as f64;
+        let system_delta = sample.system_cpu_ns.saturating_sub(previous.system_cpu_ns) as f64;
+        let cpu_percent = (system_delta > 0.0)
+            .then(|| (container_delta / system_delta) * f64::from(sample.online_cpus) * 100.0)
+            .map(|percent| (percent * 10.0).round() / 10.0);
+        Ok(SandboxStatus {
+            resources: Some(Resources { cpu_percent, memory_bytes: sample.memory_bytes }),
+            failure: None,
+            expires_at: None,
+            ..SandboxStatus::default()
+        })
+    }
+
+    fn driver_state(&self) -> serde_json::Value {
+        // The container is what a re-attach after a restart must find again; never anything secret.
+        serde_json::json!({ "containerId": self.container_id, "created": self.created })
+    }
+
+    async fn disconnect(&self, keep: bool) -> Result<()> {
+        self.closing.store(true, Ordering::SeqCst);
+        if let Some(watcher) = lock(&self.watcher).take() {
+            watcher.abort();
+        }
+        if !self.created {
+            return Ok(());
+        }
+        if keep || self.keep_setting {
+            let marker = self.session_dir.join(super::KEPT_MARKER);
+            tokio::fs::create_dir_all(&self.session_dir)
+                .await
+                .map_err(|error| Error::io(format!("Could not create {}", self.session_dir.display()), error))?;
+            tokio::fs::write(&marker, format!("{}\n", self.container_id))
+                .await
+                .map_err(|error| Error::io(format!("Could not write {}", marker.display()), error))?;
+            return Ok(());
+        }
+        match self.client.remove(&self.container_id).await {
+            Ok(()) => Ok(()),
+            // The daemon is gone: nothing can be removed now; the next server start cleans up.
+            Err(Error::DriverUnavailable { .. }) if self.current_failure().is_some() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn wait_failure(&self) -> String {
+        let mut receiver = self.failure.subscribe();
+        loop {
+            if let Some(failure) = receiver.borrow_and_update().clone() {
+                return failure;
+            }
+            if receiver.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Signals a run's process group from a second exec (the Engine API cannot signal an exec).
+struct DockerControl {
+    client: Client,
+    container: String,
+    token: String,
+    signalled: Arc<AtomicBool>,
+    finished: Arc<AtomicBool>,
+}
+
+impl DockerControl {
+    async fn send(client: Client, container: String, token: String, signal: &str, last: bool) -> Result<()> {
+        let mut command = vec!["/bin/sh".into(), "-c".into(), scripts::SIGNAL.into(), token, signal.into()];
+        if last {
+            command.push("final".into());
+        }
+        client.exec_collect(&container, command, Some("0".into())).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl ProcessControl for DockerControl {
+    async fn signal(&self, signal: Signal) -> Result<()> {
+        let name = match signal {
+            Signal::Terminate => "TERM",
+            Signal::Kill => "KILL",
+        };
+        if self.finished.load(Ordering::SeqCst) {
+            // The engine sweeps the group after every run so nothing outlives it; once the main process is gone
+            // nobody waits for that, so it runs in the background and the exit is reported at once.
+            let (client, container, token) = (self.client.clone(), self.container.clone(), self.token.clone());
+            tokio::spawn(async move {
+                if let Err(error) = DockerControl::send(client, container, token, name, true).await {
+                    tracing::debug!(%error, "could not sweep a finished run's processes");
+                }
+            });
+            return Ok(());
+        }
+        self.signalled.store(true, Ordering::SeqCst);
+        Self::send(self.client.clone(), self.container.clone(), self.token.clone(), name, false).await
+    }
+}
+
+/// Resolves when the exec's main process has ended, with its status, or with why the container went away.
+#[allow(clippy::too_many_arguments)]
+async fn wait_for_exit(
+    client: Client,
+    container_id: String,
+    container_name: String,
+    exec_id: String,
+    mut ended: watch::Receiver<bool>,
+    signalled: Arc<AtomicBool>,
+    finished: Arc<AtomicBool>,
+    mut failure: watch::Receiver<Option<String>>,
+) -> Result<ExitStatus> {
+    let mut polls_since_end = 0u32;
+    let status = loop {
+        let stream_ended = *ended.borrow();
+        // While output flows, the exec is checked now and then (a process may close its output and keep running,
+        // or leave children holding it open); once output ends, quickly, because the exit is due.
+        let pause = if stream_ended {
+            polls_since_end += 1;
+            Duration::from_millis(if polls_since_end < 50 { 2 } else { 100 })
+        } else {
+            Duration::from_millis(250)
+        };
+        if !stream_ended {
+            tokio::select! {
+                _ = ended.changed() => {}
+                _ = failure.changed() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        if let Some(message) = failure.borrow().clone() {
+            break ExitStatus { code: None, signal: None, message: Some(format!("{message} The run ended with it.")) };
+        }
+        match client.exec_state(&exec_id).await {
+            Ok((false, Some(code))) => {
+                let by_us = signalled.load(Ordering::SeqCst);
+                if !by_us && code > 128 {
+                    // A signal death the run did not ask for may be the whole container being killed; the daemon
+                    // notices that a moment after the process, so give its event a short while to arrive.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), failure.changed()).await;
+                    if let Some(message) = failure.borrow().clone() {
+                        break ExitStatus { code: None, signal: None, message: Some(format!("{message} The run ended with it.")) };
+                    }
+                    match client.inspect(&container_id).await {
+                        Ok(Some(facts)) if !facts.running => {
+                            break ExitStatus {
+                                code: None,
+                                signal: None,
+                                message: Some(format!(
+                                    "The container {container_name} stopped (exit code {}) while the command ran.",
+                                    facts.exit_code.unwrap_or_default()
+                                )),
+                            }
+                        }
+                        Ok(None) => {
+                            break ExitStatus {
+                                code: None,
+                                signal: None,
+                                message: Some(format!("The container {container_name} was removed while the command ran.")),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                break exit_status(code, by_us);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                let message = match client.inspect(&container_id).await {
+                    Ok(Some(facts)) if facts.running => error.to_string(),
+                    Ok(Some(facts)) => format!(
+                        "The container {container_name} stopped (exit code {}) while the command ran.",
+                        facts.exit_code.unwrap_or_default()
+                    ),
+                    Ok(None) => format!("The container {container_name} was removed while the command ran."),
+                    Err(error) => error.to_string(),
+                };
+                break ExitStatus { code: None, signal: None, message: Some(message) };
+            }
+        }
+        if stream_ended && polls_since_end >= 50 {
+            // The output ended long ago but the exec still runs: is the container still there?
+            if let Ok(Some(facts)) = client.inspect(&container_id).await {
+                if !facts.running {
+                    break ExitStatus {
+                        code: None,
+                        signal: None,
+                        message: Some(format!(
+                            "The container {container_name} stopped (exit code {}) while the command ran.",
+                            facts.exit_code.unwrap_or_default()
+                        )),
+                    };
+                }
+            }
+        }
+        if stream_ended {
+            tokio::time::sleep(pause).await;
+        }
+    };
+    finished.store(true, Ordering::SeqCst);
+    Ok(status)
+}
+
+/// Docker reports a process killed by signal N as exit code 128+N; when sandlink sent the signal, say so.
+fn exit_status(code: i64, signalled: bool) -> ExitStatus {
+    if signalled && (129..=128 + 64).contains(&code) {
+        return ExitStatus { code: None, signal: Some(signal_name((code - 128) as i32)), message: None };
+    }
+    ExitStatus { code: Some(code as i32), signal: None, message: None }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values behind these locks cannot be left half-updated by a panicking holder.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,629 @@
+//! End-to-end tests of the `docker` driver against a real dockerd: the shared parity behaviours plus what only
+//! Docker has (safe defaults, published ports, faults from outside, orphan cleanup, the sync operations).
+//!
+//! They need `tests/setup/docker.sh` (a running daemon and the `sandlink-test:busybox` image). Outside CI they
+//! skip when Docker is absent; under CI (`CI=true`) a missing Docker fails them.
+
+mod support;
+#[macro_use]
+mod parity;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use parity::DriverFixture;
+use support::{Server, StartOptions};
+
+const IMAGE: &str = "sandlink-test:busybox";
+
+/// Whether the daemon answers and the test image is there.
+fn docker_ready() -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn server_env() -> Vec<(String, String)> {
+    std::env::var("DOCKER_HOST").map(|host| vec![("DOCKER_HOST".to_string(), host)]).unwrap_or_default()
+}
+
+fn docker_fixture() -> Option<DriverFixture> {
+    if support::skip_unless(docker_ready(), "Docker with the sandlink-test:busybox image (tests/setup/docker.sh)") {
+        return None;
+    }
+    Some(DriverFixture {
+        driver: "docker",
+        settings: json!({ "image": IMAGE }),
+        server_env: server_env(),
+        http_server_command: |port| format!("exec httpd -f -p {port} -h ."),
+        sandbox_exists: |session| container_exists(&container_name(session)),
+        guard: None,
+    })
+}
+
+parity_tests!(docker_fixture);
+sync_parity_tests!(docker_fixture);
+
+fn container_name(session: &Value) -> String {
+    format!("sandlink-{}", session["sessionId"].as_str().expect("sessionId"))
+}
+
+fn container_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["container", "inspect", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// `docker inspect --format TEMPLATE NAME`, trimmed.
+fn inspect(name: &str, template: &str) -> String {
+    let output = Command::new("docker").args(["inspect", "--format", template, name]).output().expect("docker inspect runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().expect("docker runs");
+    assert!(output.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn start_server() -> Server {
+    Server::start_with(StartOptions { env: server_env(), ..StartOptions::default() })
+}
+
+fn connect(server: &Server, settings: Value, files: &[(&str, &str)]) -> (tempfile::TempDir, Value) {
+    let workspace = support::workspace_with(files);
+    let session = server.connect("docker", settings, workspace.path());
+    assert_eq!(session["state"], "active", "{session}");
+    (workspace, session)
+}
+
+#[test]
+fn drivers_should_list_docker_as_available_with_the_daemon_version() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    let docker = drivers["drivers"]
+        .as_array()
+        .and_then(|drivers| drivers.iter().find(|driver| driver["id"] == "docker"))
+        .cloned()
+        .expect("docker is listed");
+    assert_eq!(docker["available"], true, "{docker}");
+    assert!(docker["detail"].as_str().is_some_and(|detail| detail.contains("API")), "{docker}");
+    assert_eq!(docker["capabilities"]["cancel"], true);
+}
+
+#[test]
+fn connect_should_refuse_bad_settings_and_a_missing_image_before_creating_anything() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let workspace = support::workspace_with(&[]);
+    let before = docker(&["ps", "-aq", "--filter", "label=sandlink.driver=docker"]).lines().count();
+    for (settings, expected) in [
+        (json!({}), "image"),
+        (json!({ "image": IMAGE, "colour": "red" }), "colour"),
+        (json!({ "image": IMAGE, "network": "host" }), "network"),
+        (json!({ "image": IMAGE, "memory": "lots" }), "memory"),
+        (json!({ "image": "sandlink-test:does-not-exist" }), "docker pull"),
+        (json!({ "container": "sandlink-no-such-container" }), "docker ps"),
+    ] {
+        let error = server.request_error(
+            "sandlink/connect",
+            json!({ "driver": "docker", "settings": settings, "workspaceFolder": support::file_uri(workspace.path()) }),
+        );
+        assert_eq!(error.kind.as_deref(), Some("invalidParams"), "{settings}: {error:?}");
+        assert!(error.message.contains(expected), "{settings}: the message names the problem: {}", error.message);
+    }
+    let after = docker(&["ps", "-aq", "--filter", "label=sandlink.driver=docker"]).lines().count();
+    assert!(after <= before, "no container was created for refused settings");
+}
+
+#[test]
+fn created_containers_should_have_safe_defaults_limits_and_session_labels() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let settings = json!({ "image": IMAGE, "cpus": 0.5, "memory": "256m", "env": { "GREETING": "hi" }, "user": "1000:1000" });
+    let (_workspace, session) = connect(&server, settings, &[("a.txt", "a\n")]);
+    let name = container_name(&session);
+    assert_eq!(inspect(&name, "{{json .HostConfig.SecurityOpt}}"), r#"["no-new-privileges"]"#);
+    assert_eq!(inspect(&name, "{{json .HostConfig.CapDrop}}"), r#"["ALL"]"#);
+    assert!(!inspect(&name, "{{json .HostConfig.CapAdd}}").contains("SYS_ADMIN"));
+    assert_eq!(inspect(&name, "{{.HostConfig.PidsLimit}}"), "4096");
+    assert_eq!(inspect(&name, "{{.HostConfig.NanoCpus}}"), "500000000");
+    assert_eq!(inspect(&name, "{{.HostConfig.Memory}}"), (256u64 << 20).to_string());
+    assert_eq!(inspect(&name, r#"{{index .Config.Labels "sandlink.session"}}"#), session["sessionId"].as_str().unwrap());
+    let outcome = server.run_to_exit(json!({
+        "sessionId": session["sessionId"], "command": "id -u; echo $GREETING; cat a.txt; touch made-by-run && echo ok"
+    }));
+    assert_eq!(outcome.stdout, "1000\nhi\na\nok\n", "runs are the configured user and see the env: {outcome:?}");
+}
+
+#[test]
+fn preview_should_serve_a_published_port_on_loopback() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let (_workspace, session) =
+        connect(&server, json!({ "image": IMAGE, "ports": [8080] }), &[("index.html", "sandlink-preview\n")]);
+    let session_id = session["sessionId"].clone();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "exec httpd -f -p 8080 -h ." }));
+    let url = server.request("sandlink/preview", json!({ "sessionId": session_id, "port": 8080 })).expect("preview")["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "published ports are on loopback: {url}");
+    assert!(!url.ends_with(":8080"), "the host port is ephemeral: {url}");
+    let body = parity::http_get_with_retry(&url, Duration::from_secs(20));
+    assert!(body.contains("sandlink-preview"), "{body}");
+    server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel");
+    server.collect_run(&run_id, Duration::from_secs(30));
+}
+
+#[test]
+fn status_should_report_cpu_and_memory() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE }), &[]);
+    let status = server.request("sandlink/status", json!({ "sessionId": session["sessionId"] })).expect("status");
+    assert!(status["resources"]["memoryBytes"].as_u64().is_some_and(|bytes| bytes > 0), "{status}");
+    assert!(status["resources"]["cpuPercent"].is_number(), "{status}");
+}
+
+#[test]
+fn a_container_killed_mid_run_should_end_the_run_and_turn_the_session_to_error() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE }), &[]);
+    let session_id = session["sessionId"].as_str().unwrap().to_string();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "echo started; sleep 600" }));
+    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    let killed_at = Instant::now();
+    docker(&["kill", &container_name(&session)]);
+    let outcome = server.collect_run(&run_id, Duration::from_secs(20));
+    assert!(killed_at.elapsed() < Duration::from_secs(10), "the run ended promptly: {:?}", killed_at.elapsed());
+    let message = outcome.exit["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("container") && message.contains("stopped"), "the exit says why: {}", outcome.exit);
+    let state = server.wait_notification("sandlink/sessionState", Duration::from_secs(10), |params| {
+        params["sessionId"] == session_id.as_str() && params["state"] == "error"
+    });
+    assert!(state["message"].as_str().is_some_and(|message| message.contains("stopped")), "{state}");
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert_eq!(status["state"], "error");
+    let error = server.request_error("sandlink/run", json!({ "sessionId": session_id, "command": "true" }));
+    assert_eq!(error.kind.as_deref(), Some("invalidParams"), "a broken session refuses runs: {error:?}");
+}
+
+#[test]
+fn a_container_removed_from_outside_should_turn_the_session_to_error() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE }), &[]);
+    let session_id = session["sessionId"].as_str().unwrap().to_string();
+    docker(&["rm", "-f", &container_name(&session)]);
+    let state = server.wait_notification("sandlink/sessionState", Duration::from_secs(10), |params| {
+        params["sessionId"] == session_id.as_str() && params["state"] == "error"
+    });
+    assert!(state["message"].as_str().is_some_and(|message| message.contains("container")), "{state}");
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnecting a broken session works");
+}
+
+#[test]
+fn cancel_should_leave_no_process_in_the_container() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE }), &[]);
+    let name = container_name(&session);
+    let run_id = server.start_run(json!({
+        "sessionId": session["sessionId"],
+        "command": "sleep 1001 & (trap '' TERM; sleep 1002) & sh -c 'sleep 1003 & wait' & echo started; wait"
+    }));
+    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel");
+    let outcome = server.collect_run(&run_id, Duration::from_secs(30));
+    assert_eq!(outcome.exit["cancelled"], true);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = String::new();
+    while Instant::now() < deadline {
+        left = docker(&["exec", &name, "ps", "-o", "pid,args"]);
+        if !left.contains("sleep 100") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!left.contains("sleep 100"), "no process of the run is left in the container:\n{left}");
+}
+
+#[test]
+fn disconnect_with_keep_should_leave_the_container_and_mark_the_session_kept() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let state = tempfile::tempdir().expect("a state directory that outlives the first server");
+    let server = Server::start_with(StartOptions {
+        env: server_env(),
+        state_dir: Some(state.path().to_path_buf()),
+        ..StartOptions::default()
+    });
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE }), &[]);
+    let session_id = session["sessionId"].as_str().unwrap().to_string();
+    let name = container_name(&session);
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id, "keep": true })).expect("disconnect");
+    assert!(container_exists(&name), "a kept container stays");
+    assert!(server.state_dir().join("sessions").join(&session_id).join("kept").exists());
+    // A new server must not take a kept container for an orphan, even though its server is gone.
+    let state_dir = server.state_dir().to_path_buf();
+    drop(server);
+    let _again = Server::start_with(StartOptions { env: server_env(), state_dir: Some(state_dir), ..StartOptions::default() });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(container_exists(&name), "the kept container survives a server start");
+    docker(&["rm", "-f", &name]);
+}
+
+#[test]
+fn containers_of_a_crashed_server_should_be_removed_when_a_server_starts() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let state = tempfile::tempdir().expect("a state directory that outlives the first server");
+    let server = Server::start_with(StartOptions {
+        env: server_env(),
+        state_dir: Some(state.path().to_path_buf()),
+        ..StartOptions::default()
+    });
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE }), &[]);
+    let name = container_name(&session);
+    let state_dir = server.state_dir().to_path_buf();
+    // A crash: the server gets no chance to disconnect.
+    unsafe_kill(server.pid());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(container_exists(&name), "the container outlives the crashed server");
+    let live = start_server();
+    let (_other_workspace, other) = connect(&live, json!({ "image": IMAGE }), &[]);
+    let _restarted = Server::start_with(StartOptions { env: server_env(), state_dir: Some(state_dir), ..StartOptions::default() });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while container_exists(&name) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!container_exists(&name), "the orphaned container was removed at start");
+    assert!(container_exists(&container_name(&other)), "a live server's container is left alone");
+    drop(server);
+}
+
+fn unsafe_kill(pid: u32) {
+    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill runs");
+    assert!(status.success());
+}
+
+#[test]
+fn attaching_to_an_existing_container_should_run_there_and_leave_it_on_disconnect() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let name = format!("sandlink-attach-{}", std::process::id());
+    docker(&["run", "-d", "--name", &name, IMAGE, "sleep", "600"]);
+    let server = start_server();
+    let (_workspace, session) =
+        connect(&server, json!({ "container": name, "remoteRoot": "/srv/project" }), &[("hello.txt", "attached\n")]);
+    assert_eq!(session["remoteRoot"], "/srv/project");
+    let outcome = server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "pwd; cat hello.txt" }));
+    assert_eq!(outcome.stdout, "/srv/project\nattached\n");
+    server.request("sandlink/disconnect", json!({ "sessionId": session["sessionId"] })).expect("disconnect");
+    assert!(container_exists(&name), "sandlink never removes a container it did not create");
+    docker(&["rm", "-f", &name]);
+}
+
+#[test]
+fn network_none_should_leave_the_container_without_a_network() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE, "network": "none" }), &[]);
+    assert_eq!(inspect(&container_name(&session), "{{.HostConfig.NetworkMode}}"), "none");
+    let outcome = server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "ls /sys/class/net" }));
+    assert_eq!(outcome.stdout.trim(), "lo");
+}
+
+/// A second, private dockerd that a test may stop without disturbing the shared one.
+struct PrivateDaemon {
+    child: std::process::Child,
+    socket: String,
+    _directory: tempfile::TempDir,
+}
+
+impl PrivateDaemon {
+    fn start() -> Option<PrivateDaemon> {
+        let directory = tempfile::tempdir().expect("a directory for the private daemon");
+        let socket = format!("unix://{}/docker.sock", directory.path().display());
+        // The image store persists between runs so the test image is loaded once.
+        let data_root = std::env::var("SANDLINK_CI_CACHE").unwrap_or_else(|_| "/var/lib/sandlink-ci".into()) + "/docker-fault";
+        let log = std::fs::File::create(directory.path().join("dockerd.log")).expect("a daemon log");
+        // Its own bridge: with `--bridge=none` dockerd deletes the host's docker0, which the shared daemon needs.
+        let bridge = "sandlinkfault0";
+        let _ = Command::new("ip").args(["link", "add", bridge, "type", "bridge"]).stderr(std::process::Stdio::null()).status();
+        let child = Command::new("dockerd")
+            .args(["--data-root", &data_root, "--host", &socket, "--bridge", bridge, "--iptables=false", "--ip6tables=false"])
+            .arg("--exec-root")
+            .arg(directory.path().join("exec"))
+            .arg("--pidfile")
+            .arg(directory.path().join("dockerd.pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .ok()?;
+        let daemon = PrivateDaemon { child, socket, _directory: directory };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !daemon.docker(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "the private dockerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !daemon.docker(&["image", "inspect", IMAGE]).status.success() {
+            let save = Command::new("docker").args(["save", IMAGE]).stdout(std::process::Stdio::piped()).spawn().expect("docker save");
+            let load = Command::new("docker")
+                .env("DOCKER_HOST", &daemon.socket)
+                .args(["load"])
+                .stdin(save.stdout.expect("piped"))
+                .output()
+                .expect("docker load");
+            assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+        }
+        Some(daemon)
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker").env("DOCKER_HOST", &self.socket).args(args).output().expect("docker runs")
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+#[test]
+fn a_daemon_stopped_while_connected_should_fail_the_session_and_make_docker_unavailable() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let Some(mut daemon) = PrivateDaemon::start() else {
+        assert!(!support::under_ci(), "dockerd must be installed under CI");
+        return;
+    };
+    let server = Server::start_with(StartOptions {
+        env: vec![("DOCKER_HOST".to_string(), daemon.socket.clone())],
+        ..StartOptions::default()
+    });
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE, "network": "none" }), &[]);
+    let session_id = session["sessionId"].as_str().unwrap().to_string();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "echo started; sleep 600" }));
+    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id.as_str());
+    daemon.stop();
+    let outcome = server.collect_run(&run_id, Duration::from_secs(30));
+    assert!(outcome.exit["message"].is_string(), "the run's exit says why it ended: {}", outcome.exit);
+    let state = server.wait_notification("sandlink/sessionState", Duration::from_secs(20), |params| {
+        params["sessionId"] == session_id.as_str() && params["state"] == "error"
+    });
+    assert!(state["message"].is_string(), "{state}");
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    let docker = drivers["drivers"]
+        .as_array()
+        .and_then(|drivers| drivers.iter().find(|driver| driver["id"] == "docker"))
+        .cloned()
+        .expect("docker is listed");
+    assert_eq!(docker["available"], false, "{docker}");
+    assert!(docker["detail"].as_str().is_some_and(|detail| detail.contains("Start Docker")), "{docker}");
+    let workspace = support::workspace_with(&[]);
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "driver": "docker", "settings": { "image": IMAGE }, "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("driverUnavailable"), "{error:?}");
+    assert!(error.message.contains("Start Docker"), "the error says how to start Docker: {}", error.message);
+}
+
+mod files {
+    //! The driver's sync operations, called directly as the sync engine calls them.
+
+    use std::sync::Arc;
+
+    use sandlink::drivers::{ConnectRequest, Driver as _, Sandbox};
+    use sandlink::sync::EntryKind;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    async fn sandbox(state: &Path) -> (Arc<dyn Sandbox>, String) {
+        let session_id = format!("docker-files{}{}", std::process::id(), sandlink::engine::short_id());
+        let mut settings = serde_json::Map::new();
+        settings.insert("image".into(), json!(IMAGE));
+        let sandbox = sandlink::drivers::docker::Driver::new()
+            .connect(ConnectRequest { session_id: session_id.clone(), workspace: None, settings, state_dir: state.to_path_buf(), credentials: Default::default() })
+            .await
+            .expect("connect");
+        (sandbox, format!("sandlink-{session_id}"))
+    }
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> sandlink::drivers::BoxedReader {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, contents) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(contents.len() as u64);
+            header.set_mode(0o640);
+            header.set_mtime(1_700_000_000);
+            builder.append_data(&mut header, path, *contents).expect("entry");
+        }
+        Box::pin(std::io::Cursor::new(builder.into_inner().expect("tar")))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upload_list_download_and_delete_should_round_trip() {
+        if docker_fixture().is_none() {
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let (sandbox, container) = sandbox(state.path()).await;
+        let files = sandbox.files().expect("docker syncs files");
+        files
+            .upload_tar(tar_of(&[("src/a.txt", b"first\n"), ("src/deep/b.txt", b"bee\n"), ("top.txt", b"top\n")]))
+            .await
+            .expect("first upload");
+        // A second batch replaces one file and adds another inside existing folders.
+        files.upload_tar(tar_of(&[("src/a.txt", b"second\n"), ("src/deep/c.txt", b"sea\n")])).await.expect("second upload");
+        docker(&["exec", &container, "ln", "-s", "top.txt", "/workspace/link"]);
+        let listing = files.list().await.expect("list");
+        let find = |path: &str| listing.iter().find(|entry| entry.path == path).cloned();
+        let a = find("src/a.txt").expect("a.txt is listed");
+        assert_eq!((a.kind, a.size, a.mode), (EntryKind::File, 7, 0o640));
+        assert_eq!(a.mtime_ns, 1_700_000_000_000_000_000);
+        assert_eq!(find("src/deep").map(|entry| entry.kind), Some(EntryKind::Dir));
+        assert_eq!(find("link").and_then(|entry| entry.link_target), Some("top.txt".into()));
+        assert!(!listing.iter().any(|entry| entry.path.contains(".sandlink-staging")), "staging is never listed");
+
+        let mut archive = files.download_tar(vec!["src/a.txt".into(), "src/deep".into()]).await.expect("download");
+        let mut bytes = Vec::new();
+        archive.read_to_end(&mut bytes).await.expect("read the download");
+        let mut names = Vec::new();
+        let mut a_contents = String::new();
+        for entry in tar::Archive::new(std::io::Cursor::new(bytes)).entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let name = entry.path().expect("path").to_string_lossy().trim_end_matches('/').to_string();
+            if name == "src/a.txt" {
+                std::io::Read::read_to_string(&mut entry, &mut a_contents).expect("contents");
+            }
+            names.push(name);
+        }
+        names.sort();
+        assert_eq!(names, vec!["src/a.txt", "src/deep", "src/deep/b.txt", "src/deep/c.txt"]);
+        assert_eq!(a_contents, "second\n");
+
+        files.delete(vec!["src/deep".into(), "top.txt".into()]).await.expect("delete");
+        let after: Vec<String> = files.list().await.expect("list").into_iter().map(|entry| entry.path).collect();
+        assert_eq!(after, vec!["link", "src", "src/a.txt"]);
+        let error = files.delete(vec!["../etc".into()]).await.expect_err("escapes are refused");
+        assert_eq!(error.kind(), sandlink::protocol::ErrorKind::PathOutsideWorkspace);
+        sandbox.disconnect(false).await.expect("disconnect");
+        assert!(!container_exists(&container));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upload_should_replace_a_symlink_instead_of_writing_through_it() {
+        if docker_fixture().is_none() {
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let (sandbox, container) = sandbox(state.path()).await;
+        let files = sandbox.files().expect("docker syncs files");
+        docker(&["exec", &container, "sh", "-c", "mkdir -p /outside && echo keep > /outside/x && ln -s /outside /workspace/dir && ln -s /outside/x /workspace/file"]);
+        files.upload_tar(tar_of(&[("dir/x", b"new\n"), ("file", b"replaced\n")])).await.expect("upload");
+        let outside = docker(&["exec", &container, "cat", "/outside/x"]);
+        assert_eq!(outside, "keep\n", "nothing was written through a symlink");
+        assert_eq!(docker(&["exec", &container, "cat", "/workspace/dir/x", "/workspace/file"]), "new\nreplaced\n");
+        sandbox.disconnect(false).await.expect("disconnect");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replacing_a_file_should_be_atomic_for_readers() {
+        if docker_fixture().is_none() {
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let (sandbox, container) = sandbox(state.path()).await;
+        let files = sandbox.files().expect("docker syncs files");
+        let big_a = vec![b'a'; 4 << 20];
+        let big_b = vec![b'b'; 4 << 20];
+        files.upload_tar(tar_of(&[("big", &big_a)])).await.expect("upload");
+        // A reader in the container samples the file while it is replaced: it must only ever see a whole version.
+        let reader = std::thread::spawn({
+            let container = container.clone();
+            move || {
+                docker(&[
+                    "exec", &container, "sh", "-c",
+                    "i=0; while [ $i -lt 60 ]; do s=$(wc -c < /workspace/big 2>/dev/null || echo missing); echo $s; i=$((i+1)); done",
+                ])
+            }
+        });
+        for round in 0..4 {
+            let contents: &[u8] = if round % 2 == 0 { &big_b } else { &big_a };
+            files.upload_tar(tar_of(&[("big", contents)])).await.expect("replace");
+        }
+        let sizes = reader.join().expect("reader");
+        for size in sizes.lines() {
+            assert_eq!(size.trim(), (4u64 << 20).to_string(), "a reader saw a partial or missing file:\n{sizes}");
+        }
+        sandbox.disconnect(false).await.expect("disconnect");
+    }
+}
+
+#[test]
+fn a_restarted_server_should_reattach_to_the_same_container_without_reuploading() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let state = tempfile::tempdir().expect("a state directory shared by both servers");
+    let workspace = support::workspace_with(&[("kept.txt", "kept\n")]);
+    let start = || {
+        Server::start_with(StartOptions {
+            env: server_env(),
+            state_dir: Some(state.path().to_path_buf()),
+            root: Some(workspace.path().to_path_buf()),
+            ..StartOptions::default()
+        })
+    };
+    let (session_id, name) = {
+        let first = start();
+        let session = first.connect("docker", json!({ "image": IMAGE }), workspace.path());
+        first.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "echo made-in-container > artefact" }));
+        (session["sessionId"].as_str().expect("id").to_string(), container_name(&session))
+        // The server shuts down as an editor closes it; sessions are kept on exit by default.
+    };
+    assert!(container_exists(&name), "the kept container outlives its server");
+    let second = start();
+    let again = second.connect("docker", json!({ "image": IMAGE }), workspace.path());
+    assert_eq!(again["sessionId"], session_id.as_str(), "the same session comes back");
+    assert_eq!(container_name(&again), name, "in the same container");
+    let outcome = second.run_to_exit(json!({ "sessionId": session_id, "command": "cat artefact kept.txt" }));
+    assert_eq!(outcome.stdout, "made-in-container\nkept\n");
+    let resync = second.request("sandlink/sync", json!({ "sessionId": session_id })).expect("resync");
+    assert_eq!(resync["uploaded"], 0, "nothing is uploaded again: {resync}");
+    second.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    assert!(!container_exists(&name), "a real disconnect removes the container");
+}

@@ -231,7 +231,7 @@ impl Server {
 
     fn wait_response(&self, id: i64, timeout: Duration, method: &str) -> Value {
         let deadline = Instant::now() + timeout;
-        let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
             if let Some(position) = inbox.responses.iter().position(|response| response["id"] == json!(id)) {
                 return inbox.responses.remove(position);
@@ -251,7 +251,7 @@ impl Server {
     /// of the same method that did not match.
     pub fn wait_notification(&self, method: &str, timeout: Duration, matches: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
-        let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
             if let Some(position) = inbox
                 .notifications
@@ -275,7 +275,7 @@ impl Server {
 
     /// Every notification received so far (consumed or not), oldest first.
     pub fn history(&self) -> Vec<Value> {
-        self.shared.inbox.lock().expect("inbox lock").history.clone()
+        self.shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).history.clone()
     }
 
     /// Counts output instead of storing it, for runs that print gigabytes.
@@ -285,7 +285,7 @@ impl Server {
 
     /// The counters of a run whose output was counted rather than stored.
     pub fn output_counter(&self, run_id: &str) -> OutputCounter {
-        self.shared.inbox.lock().expect("inbox lock").output_counters.get(run_id).cloned().unwrap_or_default()
+        self.shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).output_counters.get(run_id).cloned().unwrap_or_default()
     }
 
     /// Stops reading the server's stdout, as a frozen editor would.
@@ -330,7 +330,7 @@ impl Server {
     /// Collects a run's output notifications until its exit, checking `seq` is contiguous and exit comes last.
     pub fn collect_run(&self, run_id: &str, timeout: Duration) -> RunOutcome {
         let exit = self.wait_notification("sandlink/exit", timeout, |params| params["runId"] == run_id);
-        let mut inbox = self.shared.inbox.lock().expect("inbox lock");
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut outputs = Vec::new();
         inbox.notifications.retain(|message| {
             let is_ours = message["method"] == "sandlink/output" && message["params"]["runId"] == run_id;
@@ -422,7 +422,7 @@ fn spawn_reader(stdout: std::process::ChildStdout, shared: Arc<Shared>, stdin: A
                     let _ = stdin.flush();
                 }
             }
-            let mut inbox = shared.inbox.lock().expect("inbox lock");
+            let mut inbox = shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let method = message.get("method").and_then(Value::as_str).unwrap_or_default().to_string();
             let run_id = message.pointer("/params/runId").and_then(Value::as_str).unwrap_or_default().to_string();
             if method == "sandlink/exit" {
@@ -456,7 +456,7 @@ fn spawn_reader(stdout: std::process::ChildStdout, shared: Arc<Shared>, stdin: A
             drop(inbox);
             shared.arrived.notify_all();
         }
-        shared.inbox.lock().expect("inbox lock").closed = true;
+        shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).closed = true;
         shared.arrived.notify_all();
     });
 }

@@ -8,21 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use parity::DriverFixture;
 use support::{Server, StartOptions};
 
-fn local_fixture() -> Option<DriverFixture> {
-    Some(DriverFixture {
-        driver: "local",
-        settings: Value::Null,
-        server_env: Vec::new(),
-        http_server_command: |port| format!("exec python3 -m http.server {port} --bind 127.0.0.1"),
-        sandbox_exists: parity::local_root_exists,
-        guard: None,
-    })
-}
 
-parity_tests!(local_fixture);
+parity_tests!(parity::local_fixture);
 
 #[test]
 fn initialize_should_advertise_drivers_commands_and_save_notifications() {

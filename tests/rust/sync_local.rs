@@ -14,21 +14,11 @@ use parity::sync::{connected_with, eventually, sandbox_files, sandbox_read, sync
 use parity::DriverFixture;
 use support::{file_uri, Server, StartOptions};
 
-fn local_fixture() -> Option<DriverFixture> {
-    Some(DriverFixture {
-        driver: "local",
-        settings: Value::Null,
-        server_env: Vec::new(),
-        http_server_command: |port| format!("exec python3 -m http.server {port} --bind 127.0.0.1"),
-        sandbox_exists: parity::local_root_exists,
-        guard: None,
-    })
-}
 
-sync_parity_tests!(local_fixture);
+sync_parity_tests!(parity::local_fixture);
 
 fn fixture() -> DriverFixture {
-    local_fixture().expect("the local driver is always available")
+    parity::local_fixture().expect("the local driver is always available")
 }
 
 #[test]

@@ -299,6 +299,18 @@ pub fn http_get_with_retry(url: &str, limit: Duration) -> String {
     }
 }
 
+/// The `local` driver's fixture: always available, its sandbox is a directory on this machine.
+pub fn local_fixture() -> Option<DriverFixture> {
+    Some(DriverFixture {
+        driver: "local",
+        settings: Value::Null,
+        server_env: Vec::new(),
+        http_server_command: |port| format!("exec python3 -m http.server {port} --bind 127.0.0.1"),
+        sandbox_exists: local_root_exists,
+        guard: None,
+    })
+}
+
 /// Whether a local directory exists (for drivers whose sandbox is a local directory).
 pub fn local_root_exists(session: &Value) -> bool {
     session["remoteRoot"].as_str().is_some_and(|root| Path::new(root).exists())

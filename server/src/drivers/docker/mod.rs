@@ -241,8 +241,9 @@ impl Driver {
             copy_owner: created,
             owner: settings.user.clone(),
         });
+        let signaller = Arc::new(agent::Agent::new(client.clone(), container_id.clone()));
         let sandbox = Arc::new(DockerSandbox {
-            client,
+            client: client.clone(),
             container_id,
             container_name,
             remote_root: settings.remote_root.clone(),
@@ -250,6 +251,7 @@ impl Driver {
             env: if created { BTreeMap::new() } else { settings.env.clone() },
             created,
             keep_setting: settings.keep,
+            signaller,
             files,
             session_dir,
             failure,

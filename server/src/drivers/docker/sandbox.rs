@@ -10,6 +10,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
+use super::agent::Agent;
 use super::client::{Chunk, Client, StatsSample};
 use super::files::{checked_relative, DockerFiles};
 use super::scripts;
@@ -36,6 +37,8 @@ pub struct DockerSandbox {
     /// Keep the container on disconnect even without `keep` (the `keep` setting).
     pub(super) keep_setting: bool,
     pub(super) files: Arc<DockerFiles>,
+    /// A helper shell of its own for signalling runs, so a cancel never waits behind a long upload.
+    pub(super) signaller: Arc<Agent>,
     /// Where the kept marker goes: `<state_dir>/sessions/<id>`.
     pub(super) session_dir: std::path::PathBuf,
     /// Set when the container died, was removed, or the daemon went away; a sentence for the user.
@@ -177,8 +180,7 @@ impl Sandbox for DockerSandbox {
         let signalled = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
         let control = Arc::new(DockerControl {
-            client: self.client.clone(),
-            container: self.container_id.clone(),
+            signaller: self.signaller.clone(),
             token,
             signalled: signalled.clone(),
             finished: finished.clone(),
@@ -316,22 +318,18 @@ impl Sandbox for DockerSandbox {
     }
 }
 
-/// Signals a run's process group from a second exec (the Engine API cannot signal an exec).
+/// Signals a run's process group from the helper shell (the Engine API cannot signal an exec).
 struct DockerControl {
-    client: Client,
-    container: String,
+    signaller: Arc<Agent>,
     token: String,
     signalled: Arc<AtomicBool>,
     finished: Arc<AtomicBool>,
 }
 
 impl DockerControl {
-    async fn send(client: Client, container: String, token: String, signal: &str, last: bool) -> Result<()> {
-        let mut command = vec!["/bin/sh".into(), "-c".into(), scripts::SIGNAL.into(), token, signal.into()];
-        if last {
-            command.push("final".into());
-        }
-        client.exec_collect(&container, command, Some("0".into())).await.map(|_| ())
+    async fn send(signaller: Arc<Agent>, token: String, signal: &str, last: bool) -> Result<()> {
+        let arguments = [token.as_str(), signal, if last { "final" } else { "" }];
+        signaller.run(scripts::SIGNAL, &arguments, None).await.map(|_| ())
     }
 }
 
@@ -345,16 +343,16 @@ impl ProcessControl for DockerControl {
         if self.finished.load(Ordering::SeqCst) {
             // The engine sweeps the group after every run so nothing outlives it; once the main process is gone
             // nobody waits for that, so it runs in the background and the exit is reported at once.
-            let (client, container, token) = (self.client.clone(), self.container.clone(), self.token.clone());
+            let (signaller, token) = (self.signaller.clone(), self.token.clone());
             tokio::spawn(async move {
-                if let Err(error) = DockerControl::send(client, container, token, name, true).await {
+                if let Err(error) = DockerControl::send(signaller, token, name, true).await {
                     tracing::debug!(%error, "could not sweep a finished run's processes");
                 }
             });
             return Ok(());
         }
         self.signalled.store(true, Ordering::SeqCst);
-        Self::send(self.client.clone(), self.container.clone(), self.token.clone(), name, false).await
+        Self::send(self.signaller.clone(), self.token.clone(), name, false).await
     }
 }
 

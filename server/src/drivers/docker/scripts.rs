@@ -14,12 +14,13 @@ pub const PREPARE: &str = r#"mkdir -p /tmp/.sandlink "$1" && chmod 1777 /tmp/.sa
 /// process group of everything the run starts; it is recorded before the shell replaces itself with the command.
 pub const RUN: &str = r#"echo $$ > "/tmp/.sandlink/$0.pid" && exec "$@""#;
 
-/// `$0` = run token, `$1` = signal, `$2` = `final` when the run is over (the record is then removed).
-pub const SIGNAL: &str = r#"f="/tmp/.sandlink/$0.pid"
-p=$(cat "$f" 2>/dev/null) || exit 0
+/// `$1` = run token, `$2` = signal, `$3` = `final` when the run is over (the record is then removed).
+/// Runs in the helper shell with builtins only (`read`, `kill`), so a sweep after every run starts no process.
+pub const SIGNAL: &str = r#"f="/tmp/.sandlink/$1.pid"
+read -r p < "$f" 2>/dev/null || exit 0
 [ -n "$p" ] || exit 0
-kill "-$1" "-$p" 2>/dev/null || kill "-$1" "$p" 2>/dev/null
-[ "$2" != final ] || rm -f "$f"
+kill "-$2" "-$p" 2>/dev/null || kill "-$2" "$p" 2>/dev/null
+[ "$3" != final ] || rm -f "$f"
 exit 0"#;
 
 /// `$1` = root, `$2` = staging directory, `$3` = owner, `$4` = length: reads exactly `$4` bytes of tar from stdin

@@ -229,6 +229,7 @@ fn a_stalled_client_should_not_block_the_process_and_should_see_a_skip_marker() 
         counter.markers
     );
     assert!(counter.text_bytes < 200_000_000, "the live view skipped part of the output");
+    assert!(counter.tail_text.ends_with("done\n"), "the end of the output still arrives: {:?}", counter.tail_text);
 }
 
 #[test]

@@ -16,6 +16,9 @@ use crate::protocol::OutputStream;
 pub const LIVE_VIEW_LIMIT_BYTES: usize = 1 << 20;
 /// The largest text one notification carries, so a client never has to parse a giant message.
 pub const NOTIFICATION_LIMIT_BYTES: usize = 64 * 1024;
+/// While skipping, the newest bytes up to this size are kept, so the end of a huge output (the error, the summary)
+/// still reaches the editor: the skip is a middle part, not the tail.
+pub const SKIPPED_TAIL_BYTES: usize = 64 * 1024;
 /// How long the sender waits for more output before sending a small piece: short enough to feel live.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(4);
 
@@ -23,8 +26,9 @@ pub const COALESCE_WINDOW: Duration = Duration::from_millis(4);
 #[derive(Debug, PartialEq, Eq)]
 pub enum Segment {
     Data(OutputStream, Vec<u8>),
-    /// This many bytes of the stream were dropped from the live view (they are in the log file).
-    Skipped(OutputStream, u64),
+    /// This many bytes of the stream were dropped from the live view (they are in the log file); `tail` holds the
+    /// newest skipped bytes, shown after the marker.
+    Skipped(OutputStream, u64, Vec<u8>),
 }
 
 #[derive(Default)]
@@ -80,11 +84,16 @@ impl LiveView {
                 return;
             }
             if queue.queued_bytes + bytes.len() > LIVE_VIEW_LIMIT_BYTES {
-                match queue.segments.back_mut() {
-                    Some(Segment::Skipped(skipped_stream, count)) if *skipped_stream == stream => {
-                        *count += bytes.len() as u64;
+                if !matches!(queue.segments.back(), Some(Segment::Skipped(skipped_stream, ..)) if *skipped_stream == stream) {
+                    queue.segments.push_back(Segment::Skipped(stream, 0, Vec::new()));
+                }
+                if let Some(Segment::Skipped(_, count, tail)) = queue.segments.back_mut() {
+                    tail.extend_from_slice(bytes);
+                    if tail.len() > SKIPPED_TAIL_BYTES {
+                        let dropped = tail.len() - SKIPPED_TAIL_BYTES;
+                        tail.drain(..dropped);
+                        *count += dropped as u64;
                     }
-                    _ => queue.segments.push_back(Segment::Skipped(stream, bytes.len() as u64)),
                 }
             } else {
                 queue.queued_bytes += bytes.len();
@@ -204,6 +213,11 @@ impl Utf8Decoder {
         self.resync = true;
         flushed
     }
+
+    /// Nothing was actually dropped after all: continue without resynchronising.
+    pub fn resume(&mut self) {
+        self.resync = false;
+    }
 }
 
 /// Splits text into pieces of at most `limit` bytes, on character boundaries.
@@ -283,6 +297,21 @@ mod tests {
     }
 
     #[test]
+    fn skipping_should_keep_the_newest_bytes_so_the_end_of_the_output_shows() {
+        let view = LiveView::new();
+        view.push(OutputStream::Stdout, &vec![b'a'; LIVE_VIEW_LIMIT_BYTES]);
+        for _ in 0..10 {
+            view.push(OutputStream::Stdout, &vec![b'b'; 32 * 1024]);
+        }
+        view.push(OutputStream::Stdout, b"the last line\n");
+        let queue = lock(&view.queue);
+        let Some(Segment::Skipped(_, count, tail)) = queue.segments.back() else { panic!("a skip was recorded") };
+        assert!(tail.ends_with(b"the last line\n"), "the tail is kept");
+        assert_eq!(tail.len(), SKIPPED_TAIL_BYTES);
+        assert_eq!(*count as usize + tail.len(), 10 * 32 * 1024 + b"the last line\n".len());
+    }
+
+    #[test]
     fn split_text_should_respect_char_boundaries() {
         let text = "ab€cd";
         let pieces = split_text(text, 3);
@@ -303,7 +332,7 @@ mod tests {
             .segments
             .iter()
             .map(|segment| match segment {
-                Segment::Skipped(_, count) => *count,
+                Segment::Skipped(_, count, tail) => *count + tail.len() as u64,
                 Segment::Data(..) => 0,
             })
             .sum();

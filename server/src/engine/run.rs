@@ -303,13 +303,18 @@ async fn send_live(
                         send(stream, text).await;
                     }
                 }
-                Segment::Skipped(stream, count) => {
+                Segment::Skipped(stream, count, tail) => {
                     let decoder = match stream {
                         OutputStream::Stdout => &mut stdout_decoder,
                         OutputStream::Stderr => &mut stderr_decoder,
                     };
                     let mut text = decoder.skipped();
-                    text.push_str(&skip_marker(count, Some(&log_path)));
+                    if count > 0 {
+                        text.push_str(&skip_marker(count, Some(&log_path)));
+                    } else {
+                        decoder.resume();
+                    }
+                    text.push_str(&decoder.decode(&tail));
                     send(stream, text).await;
                 }
             }

@@ -82,6 +82,8 @@ pub struct OutputCounter {
     pub next_seq: u64,
     /// Texts that contained the skip marker.
     pub markers: Vec<String>,
+    /// The last characters the run showed, to check the end of a huge output arrives.
+    pub tail_text: String,
 }
 
 struct Shared {
@@ -444,6 +446,11 @@ fn spawn_reader(stdout: std::process::ChildStdout, shared: Arc<Shared>, stdin: A
                 counter.text_bytes += text.len() as u64;
                 if text.contains("[sandlink:") {
                     counter.markers.push(text.chars().take(400).collect());
+                }
+                counter.tail_text.push_str(text);
+                if counter.tail_text.len() > 400 {
+                    let cut = counter.tail_text.char_indices().rev().nth(199).map(|(index, _)| index).unwrap_or(0);
+                    counter.tail_text.drain(..cut);
                 }
             } else if !method.is_empty() {
                 if method != "sandlink/output" {

@@ -246,6 +246,8 @@ const steps = [
             fs.mkdirSync(workspaceDirectory, { recursive: true });
             fs.writeFileSync(path.join(workspaceDirectory, "marker.txt"), `${markerContent}\n`);
             fs.writeFileSync(path.join(workspaceDirectory, ".sandlink.toml"), '[tasks]\ngreet = "echo hello from a task"\n');
+            // Looks like a secret, so the server holds it back from the sandbox and the tooltip says so.
+            fs.writeFileSync(path.join(workspaceDirectory, ".env"), "SANDLINK_E2E_SECRET=not-for-the-sandbox\n");
             fs.writeFileSync(
                 path.join(userDataDirectory, "User", "settings.json"),
                 JSON.stringify(
@@ -520,7 +522,7 @@ const steps = [
         },
     ],
     [
-        "Open Preview shows a web server running in the sandbox in the Simple Browser, and the tooltip lists it",
+        "Open Preview shows a web server running in the sandbox in the Simple Browser, and the tooltip lists it and the held-back .env",
         async () => {
             previewPort = await freePort();
             await runCommandLineFromPalette(`python3 -u -m http.server ${previewPort} --bind 127.0.0.1`);
@@ -553,6 +555,7 @@ const steps = [
             await tooltip.first().waitFor({ state: "visible", timeout: uiTimeoutMs });
             const tooltipText = await tooltip.first().innerText();
             assert(tooltipText.includes(ready.url), `the tooltip does not list ${ready.url}:\n${tooltipText}`);
+            assert(/look like secrets: \.env/.test(tooltipText), `the tooltip does not name the held-back .env:\n${tooltipText}`);
             await page.mouse.move(800, 300);
         },
     ],

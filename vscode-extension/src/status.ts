@@ -151,7 +151,16 @@ export function statusBarTooltip(state: ViewState): string {
     if (session.sync.lastSyncAt) {
         syncLine.push(`last at ${session.sync.lastSyncAt}`);
     }
+    if (session.sync.watcher === "polling") {
+        syncLine.push("changes outside the editor are found by polling (the file watch limit is exhausted)");
+    }
     lines.push("", syncLine.join(", "));
+    const heldBack = session.sync.heldBackSecrets ?? [];
+    if (heldBack.length > 0) {
+        // Secrets are never uploaded; saying which files were held back explains a "file not found" in the sandbox.
+        const shown = heldBack.slice(0, 5).map((path) => `\`${path}\``).join(", ");
+        lines.push("", `Not uploaded because they look like secrets: ${shown}${heldBack.length > 5 ? ` and ${heldBack.length - 5} more` : ""}`);
+    }
     const secondsLeft = secondsUntilExpiry(session, state.nowMs);
     if (secondsLeft !== undefined) {
         lines.push("", `Expires in ${formatCountdown(secondsLeft)} (at ${session.expiresAt})`);

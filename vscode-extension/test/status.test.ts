@@ -182,3 +182,15 @@ test("each sync conflict is announced once, and the summary names a single file"
     assert.equal(conflictSummary([conflicts[0]]), "src/a.rs changed both here and in the sandbox (changed on both sides).");
     assert.equal(conflictSummary(conflicts), "2 files changed both here and in the sandbox.");
 });
+
+test("the tooltip names files held back as secrets and says when the watcher polls", () => {
+    const tooltip = statusBarTooltip(
+        view({ session: session({ sync: { pending: 0, conflicts: [], heldBackSecrets: [".env", "keys/id_ed25519"], watcher: "polling" } }) }),
+    );
+    assert.match(tooltip, /look like secrets: `\.env`, `keys\/id_ed25519`/);
+    assert.match(tooltip, /polling/);
+    const many = statusBarTooltip(
+        view({ session: session({ sync: { pending: 0, conflicts: [], heldBackSecrets: ["a", "b", "c", "d", "e", "f", "g"] } }) }),
+    );
+    assert.match(many, /and 2 more/);
+});

@@ -152,7 +152,7 @@ def timed(function):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
-    parser.add_argument("--work", default=None)
+    parser.add_argument("--work", default=None, help="keep the generated tree here (reused when present)")
     parser.add_argument("--files", type=int, default=50_000)
     parser.add_argument("--megabytes", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
@@ -161,12 +161,19 @@ def main():
     work = options.work or tempfile.mkdtemp(prefix="sandlink-bench-")
     tree = os.path.join(work, "tree")
     print(f"generating {options.files} files, ~{options.megabytes} MB in {tree} ...", flush=True)
-    if os.path.exists(tree):
-        shutil.rmtree(tree)
-    synced = generate_tree(tree, options.files, options.megabytes)
     list_file = os.path.join(work, "files.txt")
-    with open(list_file, "w") as handle:
-        handle.write("\n".join(synced) + "\n")
+    marker = os.path.join(work, f"generated-{options.files}-{options.megabytes}")
+    if os.path.exists(marker) and os.path.exists(list_file):
+        with open(list_file) as handle:
+            synced = handle.read().split()
+        shutil.rmtree(os.path.join(tree, ".git"), ignore_errors=True)
+    else:
+        if os.path.exists(tree):
+            shutil.rmtree(tree)
+        synced = generate_tree(tree, options.files, options.megabytes)
+        with open(list_file, "w") as handle:
+            handle.write("\n".join(synced) + "\n")
+        open(marker, "w").close()
     total = sum(os.path.getsize(os.path.join(tree, path)) for path in synced)
     print(f"{len(synced)} files to sync, {total / 1e6:.0f} MB; node_modules ignored", flush=True)
 
@@ -175,14 +182,25 @@ def main():
     state = os.path.join(work, "state")
     os.makedirs(state, exist_ok=True)
     peak_rss = None
-    for round_index in range(options.rounds):
-        destination = os.path.join(work, "tar-destination")
+    destination = os.path.join(work, "tar-destination")
+
+    def settle():
+        # Each run starts with clean caches of written data: without this the second run of a pair pays for
+        # the write-back of the first one's 500 MB.
         shutil.rmtree(destination, ignore_errors=True)
+        shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
+        os.sync()
+        time.sleep(1)
+
+    def run_tar():
+        settle()
         os.makedirs(destination)
         tar_times.append(timed(lambda: subprocess.run(
             f"tar -C {tree} -cf - -T {list_file} | tar -C {destination} -xf -", shell=True, check=True)))
-        shutil.rmtree(destination, ignore_errors=True)
-        shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
+
+    def run_sandlink():
+        nonlocal peak_rss
+        settle()
         server = Lsp(options.binary, state)
         server.request("initialize", {"processId": os.getpid(), "rootUri": uri(tree), "capabilities": {}})
         server.notify("initialized", {})
@@ -190,7 +208,13 @@ def main():
         sync_times.append(timed(lambda: server.request("sandlink/connect", params)))
         peak_rss = max(peak_rss or 0, server.peak_rss())
         server.close()
+
+    for round_index in range(options.rounds):
+        # Alternate which goes first so neither is favoured by what the machine was doing just before.
+        for run in ((run_tar, run_sandlink) if round_index % 2 == 0 else (run_sandlink, run_tar)):
+            run()
         print(f"  round {round_index + 1}: tar|tar {tar_times[-1]:.2f} s, sandlink {sync_times[-1]:.2f} s", flush=True)
+    settle()
     tar_median, sync_median = statistics.median(tar_times), statistics.median(sync_times)
 
     # 2 and 3 on one live session with the watcher on, as an editor would have it.
@@ -209,7 +233,7 @@ def main():
     subprocess.run(["git", "status", "--porcelain"], cwd=tree, check=True, capture_output=True)
     time.sleep(2)
     git_times, resync_times = [], []
-    for _ in range(max(options.rounds, 5)):
+    for _ in range(max(options.rounds, 7)):
         git_times.append(timed(lambda: subprocess.run(["git", "status", "--porcelain"], cwd=tree, check=True, capture_output=True)))
         result = {}
         resync_times.append(timed(lambda: result.update(server.request("sandlink/sync", {"sessionId": session_id}))))

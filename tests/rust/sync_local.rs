@@ -25,7 +25,7 @@ fn fixture() -> DriverFixture {
 fn watcher_should_sync_changes_made_outside_the_editor() {
     let (server, workspace, session_id) = connected_with(&fixture(), &[("a.txt", "a"), (".gitignore", "ignored/\n")], json!({}));
     let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
-    eventually(Duration::from_secs(10), "the watcher starting", || {
+    eventually(Duration::from_secs(30), "the watcher starting", || {
         let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
         status["sync"]["watcher"] == "watching"
     });
@@ -40,13 +40,13 @@ fn watcher_should_sync_changes_made_outside_the_editor() {
     std::fs::create_dir_all(workspace.path().join("ignored")).expect("mkdir");
     std::fs::write(workspace.path().join("ignored/x"), "x").expect("write");
     let root = session_root(&server, &session_id);
-    eventually(Duration::from_secs(10), "the burst reaching the sandbox", || {
+    eventually(Duration::from_secs(30), "the burst reaching the sandbox", || {
         count_files(&root.join("checkout")) == 300
             && std::fs::read_to_string(root.join("a.txt")).is_ok_and(|text| text == "changed by a tool")
     });
     assert!(!root.join("ignored").exists(), "ignored paths are not synced by the watcher either");
     std::fs::remove_dir_all(workspace.path().join("checkout")).expect("remove");
-    eventually(Duration::from_secs(10), "the deletion reaching the sandbox", || !root.join("checkout").exists());
+    eventually(Duration::from_secs(30), "the deletion reaching the sandbox", || !root.join("checkout").exists());
 }
 
 #[test]
@@ -58,10 +58,10 @@ fn polling_should_replace_the_watcher_when_watching_is_unavailable_and_say_so() 
     });
     let session = server.connect("local", json!({ "sync": { "pollIntervalSeconds": 0.2 } }), workspace.path());
     let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
-    server.wait_notification("sandlink/syncState", Duration::from_secs(10), |params| params["watcher"] == "polling");
+    server.wait_notification("sandlink/syncState", Duration::from_secs(30), |params| params["watcher"] == "polling");
     std::fs::write(workspace.path().join("b.txt"), "made outside the editor").expect("write");
     let root = session_root(&server, &session_id);
-    eventually(Duration::from_secs(10), "a rescan picking up the change", || root.join("b.txt").exists());
+    eventually(Duration::from_secs(30), "a rescan picking up the change", || root.join("b.txt").exists());
     let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
     assert_eq!(status["sync"]["watcher"], "polling");
 }

@@ -13,7 +13,11 @@ export async function activate(extensionContext: vscode.ExtensionContext): Promi
     const windowCtx = new Ctx(extensionContext);
     ctx = windowCtx;
     extensionContext.subscriptions.push(windowCtx);
-    writeTestLog("activated", { version: extensionContext.extension.packageJSON.version as string });
+    writeTestLog("activated", {
+        version: extensionContext.extension.packageJSON.version as string,
+        // The end-to-end test checks this to tell a window that started without the user settings.
+        serverPath: windowCtx.currentConfig.serverPath ?? null,
+    });
 
     for (const [commandId, factory] of Object.entries(commandFactories)) {
         extensionContext.subscriptions.push(vscode.commands.registerCommand(commandId, factory(windowCtx)));

@@ -181,34 +181,46 @@ async function runPaletteCommand(title) {
 }
 
 /**
- * Changes user settings and reloads the window, so the extension starts again with them.
- *
- * code-server does not notice edits of settings.json made behind its back, hence the reload. Now and then (seen under
- * CI load) the reloaded window starts its extension host before it has read the user settings, and the extension
- * reports the defaults (its `activated` event says which server path it saw). That is code-server's race, not the
- * extension's, so the reload is repeated, at most twice, until the extension reports the path just written.
+ * Settings of machine scope, which a remote window (code-server's included) reads only from the remote machine's
+ * settings (`Machine/settings.json`), never from the user's: a path on the user's machine means nothing remotely.
+ * Written to the user's settings, VS Code applies them only until it has read the extension's schema, a race.
+ */
+const machineScopedSettings = new Set(["sandlink.server.path"]);
+
+/** Merges `changes` into the user's or the machine's settings file, each key where its scope says it belongs. */
+function writeSettings(changes) {
+    for (const [directory, wanted] of [["Machine", true], ["User", false]]) {
+        const entries = Object.entries(changes).filter(([key]) => machineScopedSettings.has(key) === wanted);
+        if (entries.length === 0) {
+            continue;
+        }
+        const settingsPath = path.join(userDataDirectory, directory, "settings.json");
+        fs.mkdirSync(path.dirname(settingsPath), { recursive: true });
+        const current = fs.existsSync(settingsPath) ? JSON.parse(fs.readFileSync(settingsPath, "utf8")) : {};
+        // Written whole and renamed into place, so code-server never reads a half-written file.
+        fs.writeFileSync(`${settingsPath}.tmp`, JSON.stringify({ ...current, ...Object.fromEntries(entries) }, null, 2));
+        fs.renameSync(`${settingsPath}.tmp`, settingsPath);
+    }
+}
+
+/**
+ * Changes settings and reloads the window, so the extension starts again with them (code-server does not notice
+ * edits of settings files made behind its back). The extension's `activated` event says which server path it saw.
  */
 async function reloadWithSettings(changes) {
-    const settingsPath = path.join(userDataDirectory, "User", "settings.json");
-    const settings = { ...JSON.parse(fs.readFileSync(settingsPath, "utf8")), ...changes };
-    // Written whole and renamed into place, so code-server never reads a half-written file.
-    fs.writeFileSync(`${settingsPath}.tmp`, JSON.stringify(settings, null, 2));
-    fs.renameSync(`${settingsPath}.tmp`, settingsPath);
-    const expectedServerPath = settings["sandlink.server.path"] ?? null;
-    for (let attempt = 1; ; attempt++) {
-        const activationsBefore = readTestLog().filter((entry) => entry.event === "activated").length;
-        await runPaletteCommand("Developer: Reload Window");
-        const activation = await waitFor("the extension to activate in the reloaded window", () =>
-            readTestLog().filter((entry) => entry.event === "activated")[activationsBefore],
+    writeSettings(changes);
+    const activationsBefore = readTestLog().filter((entry) => entry.event === "activated").length;
+    await runPaletteCommand("Developer: Reload Window");
+    const activation = await waitFor("the extension to activate in the reloaded window", () =>
+        readTestLog().filter((entry) => entry.event === "activated")[activationsBefore],
+    );
+    await page.locator(".monaco-workbench").waitFor({ state: "visible", timeout: uiTimeoutMs });
+    const expectedServerPath = changes["sandlink.server.path"];
+    if (expectedServerPath !== undefined) {
+        assert(
+            activation.serverPath === expectedServerPath,
+            `the reloaded extension sees server path ${activation.serverPath}, not ${expectedServerPath} just written`,
         );
-        await page.locator(".monaco-workbench").waitFor({ state: "visible", timeout: uiTimeoutMs });
-        if (activation.serverPath === expectedServerPath) {
-            return;
-        }
-        if (attempt === 3) {
-            throw new Error(`after ${attempt} reloads the extension still sees server path ${activation.serverPath}, not ${expectedServerPath}`);
-        }
-        console.log(`    (the reloaded window started without the user settings, attempt ${attempt}; reloading again)`);
     }
 }
 
@@ -286,7 +298,6 @@ const steps = [
                     {
                         // Without this the workspace opens in restricted mode and the extension never activates.
                         "security.workspace.trust.enabled": false,
-                        "sandlink.server.path": serverBinary,
                         "sandlink.logLevel": "debug",
                         // Previews open inside VS Code, where the test can see them.
                         "sandlink.preview.openIn": "simpleBrowser",
@@ -302,6 +313,7 @@ const steps = [
                     2,
                 ),
             );
+            writeSettings({ "sandlink.server.path": serverBinary });
             const output = execFileSync(
                 codeServerBinary,
                 ["--user-data-dir", userDataDirectory, "--extensions-dir", extensionsDirectory, "--install-extension", vsixPath],

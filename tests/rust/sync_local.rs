@@ -50,6 +50,45 @@ fn watcher_should_sync_changes_made_outside_the_editor() {
 }
 
 #[test]
+fn a_save_should_give_one_pending_and_one_done_state_and_an_idle_watcher_none() {
+    let files = [("a.txt", "a"), (".gitignore", "target/\n"), ("src/lib.rs", "// lib"), ("src/deep/mod.rs", "// mod")];
+    let (server, workspace, session_id) = connected_with(&fixture(), &files, json!({}));
+    eventually(Duration::from_secs(30), "the watcher starting", || {
+        let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+        status["sync"]["watcher"] == "watching"
+    });
+    let sync_states = || -> Vec<Value> {
+        server.history().into_iter().filter(|message| message["method"] == "sandlink/syncState").map(|message| message["params"].clone()).collect()
+    };
+    // Sync reads files and directories as it scans; reads are not changes, so the watcher settles.
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = sync_states().len();
+    let cpu_before = cpu_seconds(server.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_cpu = cpu_seconds(server.pid()) - cpu_before;
+    assert_eq!(sync_states().len(), settled, "an idle workspace sends no sync states: {:?}", &sync_states()[settled..]);
+    assert!(idle_cpu < 0.04, "the server keeps working on an idle workspace: {idle_cpu:.3} s of CPU in 2 s");
+
+    let saved = workspace.path().join("src/lib.rs");
+    std::fs::write(&saved, "// saved").expect("save");
+    server.notify("textDocument/didSave", json!({ "textDocument": { "uri": file_uri(&saved) } }));
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_save: Vec<Value> = sync_states()[settled..].to_vec();
+    let pending: Vec<u64> = after_save.iter().map(|state| state["pending"].as_u64().expect("pending")).collect();
+    assert_eq!(pending, [1, 0], "one save: pending, then done (the watcher's own event finds nothing left): {after_save:?}");
+    assert_eq!(sandbox_read(&server, &session_id, "src/lib.rs").as_deref(), Some("// saved"));
+}
+
+/// User plus system CPU time a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the server's /proc stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("a command name") + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+#[test]
 fn polling_should_replace_the_watcher_when_watching_is_unavailable_and_say_so() {
     let workspace = support::workspace_with(&[("a.txt", "a")]);
     let server = Server::start_with(StartOptions {

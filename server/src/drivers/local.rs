@@ -371,6 +371,11 @@ impl RemoteFiles for LocalFiles {
         tokio::task::spawn_blocking(move || list_tree(&root)).await.map_err(join_failed("Listing the sandbox"))?
     }
 
+    async fn stat(&self, paths: Vec<String>) -> Result<Vec<RemoteEntry>> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || stat_paths(&root, &paths)).await.map_err(join_failed("Reading the sandbox"))
+    }
+
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         for path in &paths {
             check_relative(path)?;
@@ -391,7 +396,6 @@ impl RemoteFiles for LocalFiles {
 
 /// Every entry under `root`, without following symlinks.
 fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
-    use std::os::unix::fs::MetadataExt;
     let mut entries = Vec::new();
     let walker = ignore::WalkBuilder::new(root).standard_filters(false).follow_links(false).build();
     for entry in walker {
@@ -402,25 +406,44 @@ fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
         }
         let Some(relative) = relative.to_str() else { continue };
         let Ok(metadata) = entry.metadata() else { continue };
-        let file_type = metadata.file_type();
-        let (kind, link_target) = if file_type.is_symlink() {
-            let target = std::fs::read_link(entry.path()).ok().map(|target| target.to_string_lossy().into_owned());
-            (EntryKind::Symlink, target)
-        } else if file_type.is_dir() {
-            (EntryKind::Dir, None)
-        } else if file_type.is_file() {
-            (EntryKind::File, None)
-        } else {
-            continue;
-        };
-        entries.push(RemoteEntry {
-            path: relative.to_string(),
-            kind,
-            size: metadata.len(),
-            mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
-            mode: metadata.mode() & 0o7777,
-            link_target,
-        });
+        entries.extend(remote_entry(entry.path(), relative, &metadata));
     }
     Ok(entries)
+}
+
+/// The entries for the given relative paths that exist, without following symlinks (nor through symlinked parents).
+fn stat_paths(root: &Path, paths: &[String]) -> Vec<RemoteEntry> {
+    paths
+        .iter()
+        .filter(|path| check_relative(path).is_ok() && transfer::parents_are_real_dirs(root, path))
+        .filter_map(|path| {
+            let absolute = root.join(path);
+            let metadata = std::fs::symlink_metadata(&absolute).ok()?;
+            remote_entry(&absolute, path, &metadata)
+        })
+        .collect()
+}
+
+/// One listing entry from an entry's metadata; `None` for what sync does not carry (sockets, devices).
+fn remote_entry(absolute: &Path, relative: &str, metadata: &std::fs::Metadata) -> Option<RemoteEntry> {
+    use std::os::unix::fs::MetadataExt;
+    let file_type = metadata.file_type();
+    let (kind, link_target) = if file_type.is_symlink() {
+        let target = std::fs::read_link(absolute).ok().map(|target| target.to_string_lossy().into_owned());
+        (EntryKind::Symlink, target)
+    } else if file_type.is_dir() {
+        (EntryKind::Dir, None)
+    } else if file_type.is_file() {
+        (EntryKind::File, None)
+    } else {
+        return None;
+    };
+    Some(RemoteEntry {
+        path: relative.to_string(),
+        kind,
+        size: metadata.len(),
+        mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
+        mode: metadata.mode() & 0o7777,
+        link_target,
+    })
 }

@@ -68,6 +68,14 @@ pub trait RemoteFiles: Send + Sync {
         Err(Error::Unsupported("This driver cannot list files in the sandbox, so it cannot sync down.".into()))
     }
 
+    /// Lists only the given paths (relative, as `list` reports them): an entry for each that exists, none for the
+    /// missing. The engine asks this before overwriting files, to see whether the sandbox changed them meanwhile.
+    /// The default filters the whole listing; drivers override it where asking per path is cheaper.
+    async fn stat(&self, paths: Vec<String>) -> Result<Vec<RemoteEntry>> {
+        let wanted: std::collections::HashSet<String> = paths.into_iter().collect();
+        Ok(self.list().await?.into_iter().filter(|entry| wanted.contains(&entry.path)).collect())
+    }
+
     /// Packs the given files (relative paths) into a tar stream for download.
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         let _ = paths;

@@ -29,6 +29,8 @@ const BATCH_FILES: usize = 8_000;
 const BATCH_BYTES: u64 = 256 << 20;
 /// How long saves may keep arriving before their sync starts, so bursts (save all) become one batch.
 const SAVE_COALESCE: Duration = Duration::from_millis(3);
+/// Up to this many paths, an upload checks the sandbox's copies per path (`RemoteFiles::stat`); beyond, one listing.
+const STAT_PATHS: usize = 256;
 /// How often a changed manifest is written after automatic syncs.
 const PERSIST_DELAY: Duration = Duration::from_secs(2);
 
@@ -310,21 +312,24 @@ impl SessionSync {
         progress: &dyn Progress,
     ) -> Result<SyncResult> {
         let started = Instant::now();
-        let scope_size = scope.as_ref().map_or(0, Vec::len) as u64;
-        self.publish(|state| state.pending = scope_size.max(1)).await;
         let outcome = self.run_inner(core, direction, scope.clone(), explicit, progress).await;
         let conflicts: Vec<Conflict> = core.conflicts.values().cloned().collect();
         let now = crate::engine::now_rfc3339();
-        match &outcome {
-            Ok(_) => self.publish(|state| {
-                state.pending = 0;
+        // Clients hear of a sync that moved something, changed the conflicts or failed, and of the end of one they
+        // were told was pending. One that found nothing to do (most watcher wake-ups) stays quiet.
+        let moved = outcome.as_ref().is_ok_and(|result| result.uploaded + result.downloaded + result.deleted > 0);
+        let newsworthy = {
+            let mut state = lock(&self.inner.state);
+            let newsworthy = moved || outcome.is_err() || state.pending > 0 || state.conflicts != conflicts;
+            if outcome.is_ok() {
                 state.last_sync_at = Some(now);
-                state.conflicts = conflicts;
-            }).await,
-            Err(_) => self.publish(|state| {
-                state.pending = 0;
-                state.conflicts = conflicts;
-            }).await,
+            }
+            state.pending = 0;
+            state.conflicts = conflicts;
+            newsworthy
+        };
+        if newsworthy {
+            self.inner.observer.changed(self.state()).await;
         }
         outcome.map(|mut result| {
             result.duration_ms = started.elapsed().as_millis() as u64;
@@ -374,11 +379,20 @@ impl SessionSync {
         let resolve_up = explicit && direction == SyncDirection::Up;
         let resolve_down = explicit && direction == SyncDirection::Down;
 
-        // 2. What changed in the sandbox, fetched to staging and compared by content.
-        if down {
-            let listing = inner.remote.list().await?;
+        // 2. What changed in the sandbox, fetched to staging and compared by content. A sync that only goes up still
+        //    looks at the sandbox's copy of each path it is about to overwrite or delete: one changed there since the
+        //    last sync is a conflict, not something to overwrite. The first sync of a session has no common base,
+        //    and there the workspace wins.
+        let guarded: Option<Vec<String>> = (up && !down && !resolve_up && !core.manifest.entries.is_empty())
+            .then(|| local_changed.iter().chain(local_deleted.iter()).cloned().collect::<Vec<String>>())
+            .filter(|paths| !paths.is_empty());
+        let remote_view = match &guarded {
+            _ if down => Some((inner.remote.list().await?, scope.clone())),
+            None => None,
+            Some(paths) => self.remote_state_of(paths.clone()).await?.map(|listing| (listing, Some(paths.clone()))),
+        };
+        if let Some((listing, scope_for_remote)) = remote_view {
             let rules = inner.scanner.rules.clone();
-            let scope_for_remote = scope.clone();
             let manifest_view = std::mem::replace(&mut core.manifest, Manifest::load(PathBuf::new()));
             let secrets_workspace = inner.workspace.clone();
             let allow = inner.options.allow_secrets.clone();
@@ -397,6 +411,10 @@ impl SessionSync {
                 .iter()
                 .filter_map(|(path, change)| matches!(change, RemoteChange::Changed(_)).then(|| path.clone()))
                 .collect();
+            if !to_fetch.is_empty() && down {
+                let count = to_fetch.len() as u64;
+                self.publish(|state| state.pending = count).await;
+            }
             let staged = if to_fetch.is_empty() { Vec::new() } else { self.fetch(to_fetch).await? };
             let mut staged_by_path: BTreeMap<String, Staged> =
                 staged.into_iter().map(|staged| (staged.path.clone(), staged)).collect();
@@ -498,6 +516,10 @@ impl SessionSync {
                 core.conflicts.remove(path);
             }
         }
+        if !deletions.is_empty() || !uploads.is_empty() {
+            let count = (deletions.len() + uploads.len()) as u64;
+            self.publish(|state| state.pending = count).await;
+        }
         if !deletions.is_empty() {
             let compressed = compress_deletions(&inner.workspace, &deletions);
             inner.remote.delete(compressed.clone()).await?;
@@ -513,6 +535,20 @@ impl SessionSync {
         }
         result.conflicts = core.conflicts.values().cloned().collect();
         Ok(result)
+    }
+
+    /// The sandbox's entries for `paths`, asked per path when they are few, else read from the whole listing.
+    /// `None` when the driver can list neither way, and so cannot tell whether the sandbox changed them.
+    async fn remote_state_of(&self, paths: Vec<String>) -> Result<Option<Vec<crate::sync::RemoteEntry>>> {
+        let outcome = if paths.len() <= STAT_PATHS { self.inner.remote.stat(paths).await } else { self.inner.remote.list().await };
+        match outcome {
+            Ok(listing) => Ok(Some(listing)),
+            Err(Error::Unsupported(reason)) => {
+                tracing::debug!(%reason, "the driver cannot list the sandbox; uploading without checking it first");
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     fn conflict(&self, core: &mut Core, path: &str, reason: &str) {

@@ -113,6 +113,7 @@ fn run_events(
             return Ok(());
         }
         match receiver.recv_timeout(DEBOUNCE) {
+            Ok(Ok(event)) if !changes_content(&event.kind) => {}
             Ok(Ok(event)) => {
                 first_event.get_or_insert_with(Instant::now);
                 for path in event.paths {
@@ -161,6 +162,17 @@ fn run_events(
                 first_event = None;
             }
         }
+    }
+}
+
+/// Whether an event can mean a change. Opening and reading are not: sync itself opens directories and files as it
+/// scans and hashes, and treating those as changes made every sync trigger the next, forever.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
     }
 }
 

@@ -22,6 +22,7 @@ macro_rules! sync_parity_tests {
             did_save_should_reach_the_sandbox_before_the_next_run,
             sync_down_should_bring_back_sandbox_changes,
             changes_on_both_sides_should_be_a_conflict_that_keeps_both_versions,
+            a_save_should_never_overwrite_what_the_sandbox_changed_since_the_last_sync,
             sync_down_should_refuse_a_symlink_escaping_the_root
         );
     };
@@ -258,6 +259,42 @@ pub fn changes_on_both_sides_should_be_a_conflict_that_keeps_both_versions(fixtu
         .expect("resolve");
     assert_eq!(resolved["conflicts"], json!([]), "{resolved}");
     assert_eq!(sandbox_read(&server, &session_id, "shared.txt").as_deref(), Some("local edit"));
+}
+
+pub fn a_save_should_never_overwrite_what_the_sandbox_changed_since_the_last_sync(fixture: &DriverFixture) {
+    let files = [("edited.txt", "base"), ("removed.txt", "base"), ("agreed.txt", "base"), ("untouched.txt", "base")];
+    let (server, workspace, session_id) = connected_with(fixture, &files, manual());
+    let root = workspace.path();
+    sandbox_shell(&server, &session_id, "echo 'sandbox edit' > edited.txt && rm removed.txt && printf 'agreed' > agreed.txt");
+    for (path, text) in [("edited.txt", "local edit"), ("removed.txt", "local edit"), ("agreed.txt", "agreed"), ("untouched.txt", "local edit")] {
+        write(root, path, text);
+        server.notify("textDocument/didSave", json!({ "textDocument": { "uri": file_uri(&root.join(path)) } }));
+    }
+    // The next run waits for the saves' sync.
+    assert_eq!(sandbox_read(&server, &session_id, "untouched.txt").as_deref(), Some("local edit"), "a one-sided edit goes up");
+    assert_eq!(sandbox_read(&server, &session_id, "edited.txt").as_deref(), Some("sandbox edit\n"), "the sandbox's edit is kept");
+    assert_eq!(sandbox_read(&server, &session_id, "removed.txt"), None, "the sandbox's deletion is kept");
+    let expected = json!([
+        { "path": "edited.txt", "reason": "changed in both the workspace and the sandbox" },
+        { "path": "removed.txt", "reason": "changed in the workspace and deleted in the sandbox" },
+    ]);
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert_eq!(status["sync"]["conflicts"], expected, "the same edit on both sides is no conflict: {status}");
+    for (path, text) in [("edited.txt", "local edit"), ("removed.txt", "local edit")] {
+        assert_eq!(std::fs::read_to_string(root.join(path)).expect("read"), text, "the workspace's {path} is intact");
+    }
+    // An explicit sync up of the whole tree is held by the same check; naming a path resolves it for the workspace.
+    assert_eq!(sync(&server, &session_id, "up")["conflicts"], expected);
+    assert_eq!(sandbox_read(&server, &session_id, "edited.txt").as_deref(), Some("sandbox edit\n"));
+    let resolved = server
+        .request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up", "paths": ["edited.txt", "removed.txt"] }))
+        .expect("resolve");
+    assert_eq!(resolved["conflicts"], json!([]), "{resolved}");
+    assert_eq!(sandbox_read(&server, &session_id, "edited.txt").as_deref(), Some("local edit"));
+    assert_eq!(sandbox_read(&server, &session_id, "removed.txt").as_deref(), Some("local edit"));
+    // Nothing is left to do, and the agreed file was recorded as synced.
+    let again = sync(&server, &session_id, "both");
+    assert_eq!((again["uploaded"].as_u64(), again["downloaded"].as_u64(), again["conflicts"].clone()), (Some(0), Some(0), json!([])), "{again}");
 }
 
 pub fn sync_down_should_refuse_a_symlink_escaping_the_root(fixture: &DriverFixture) {

@@ -102,6 +102,16 @@ impl RemoteFiles for DockerFiles {
             .map_err(|error| Error::Internal(format!("Parsing the remote listing failed: {error}")))?
     }
 
+    async fn stat(&self, paths: Vec<String>) -> Result<Vec<RemoteEntry>> {
+        let checked = paths.iter().map(|path| checked_relative(path)).collect::<Result<Vec<String>>>()?;
+        let mut arguments = vec![self.root.as_str()];
+        arguments.extend(checked.iter().map(String::as_str));
+        let output = self.helper(scripts::STAT, &arguments, None).await?;
+        tokio::task::spawn_blocking(move || parse_listing(&output))
+            .await
+            .map_err(|error| Error::Internal(format!("Parsing the remote listing failed: {error}")))?
+    }
+
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         let mut sources = Vec::new();
         for path in &paths {
@@ -228,7 +238,8 @@ pub fn parse_listing(output: &[u8]) -> Result<Vec<RemoteEntry>> {
                     _ => continue,
                 };
                 entries.push(RemoteEntry {
-                    path: path.to_string(),
+                    // `LIST` names entries relative to the root; `STAT` names them `./path`.
+                    path: path.strip_prefix("./").unwrap_or(path).to_string(),
                     kind,
                     size: size.parse().map_err(|_| malformed("a size is not a number"))?,
                     mtime_ns: parse_seconds_to_ns(time).ok_or_else(|| malformed("a time is not a number"))?,
@@ -322,6 +333,26 @@ mod tests {
         assert_eq!(entries[2].path, "a/with space");
         assert_eq!(entries[2].mtime_ns, 1_700_000_000_123_456_789);
         assert_eq!(entries[0].mtime_ns, 1_700_000_000_500_000_000);
+    }
+
+    /// Runs `STAT` with this machine's shell and GNU find (containers with busybox are covered by the docker tests).
+    #[test]
+    fn stat_script_should_report_existing_paths_in_the_listing_format() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("a")).unwrap();
+        std::fs::write(root.path().join("a/with space"), "abc").unwrap();
+        std::os::unix::fs::symlink("with space", root.path().join("a/l")).unwrap();
+        let output = std::process::Command::new("sh")
+            .args(["-c", scripts::STAT, "stat", root.path().to_str().unwrap(), "a/with space", "missing", "a/l", "-x"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let mut entries = parse_listing(&output.stdout).unwrap();
+        entries.sort_by(|left, right| left.path.cmp(&right.path));
+        let paths: Vec<&str> = entries.iter().map(|entry| entry.path.as_str()).collect();
+        assert_eq!(paths, ["a/l", "a/with space"]);
+        assert_eq!(entries[0].link_target.as_deref(), Some("with space"));
+        assert_eq!((entries[1].kind, entries[1].size), (EntryKind::File, 3));
     }
 
     #[test]

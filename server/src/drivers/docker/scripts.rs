@@ -23,6 +23,21 @@ kill "-$2" "-$p" 2>/dev/null || kill "-$2" "$p" 2>/dev/null
 [ "$3" != final ] || rm -f "$f"
 exit 0"#;
 
+/// `$1` = root, then relative paths: those that exist, in `LIST`'s format (GNU entries named `./path`), in one
+/// `find` or `stat` for all of them. Missing paths are left out; symlinks are reported, not followed.
+pub const STAT: &str = r#"cd "$1" || exit 3
+shift
+n=$#
+while [ "$n" -gt 0 ]; do set -- "$@" "./$1"; shift; n=$((n - 1)); done
+if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
+  printf 'gnu\n'
+  find "$@" -maxdepth 0 -printf '%y %s %T@ %m %p\0%l\0' 2>/dev/null
+else
+  printf 'busybox\n'
+  stat -c '%f %s %Y %N' "$@" 2>/dev/null
+fi
+exit 0"#;
+
 /// `$1` = root, `$2` = staging directory, `$3` = owner, `$4` = length: reads exactly `$4` bytes of tar from stdin
 /// (always all of them, so the agent's stream stays in step) and unpacks them into the staging directory.
 pub const UNPACK_STDIN: &str = r#"dd bs=65536 count="$4" iflag=count_bytes,fullblock 2>/dev/null | { mkdir -p "$2" && tar -xf - -C "$2"; s=$?; cat >/dev/null; exit $s; } || { rm -rf "$2"; exit 1; }"#;

@@ -40,6 +40,38 @@ pub struct Files {
 }
 
 impl Files {
+    /// A listing entry from envd's description of a file under the root; `None` for anything outside it.
+    fn remote_entry(&self, entry: EntryInfo) -> Option<RemoteEntry> {
+        let relative = entry.path.strip_prefix(&format!("{}/", self.root))?.to_string();
+        if relative.is_empty() || relative.split('/').any(|part| part == ".." || part.is_empty()) {
+            return None;
+        }
+        let kind = match entry.kind.as_str() {
+            "FILE_TYPE_DIRECTORY" => EntryKind::Dir,
+            "FILE_TYPE_SYMLINK" => EntryKind::Symlink,
+            _ => EntryKind::File,
+        };
+        let size = match &entry.size {
+            Some(Value::String(text)) => text.parse().unwrap_or(0),
+            Some(Value::Number(number)) => number.as_u64().unwrap_or(0),
+            _ => 0,
+        };
+        let mtime_ns = entry
+            .modified_time
+            .as_deref()
+            .and_then(|text| time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok())
+            .map(|when| when.unix_timestamp_nanos())
+            .unwrap_or(0);
+        Some(RemoteEntry {
+            path: relative,
+            kind,
+            size,
+            mtime_ns,
+            mode: entry.mode.unwrap_or(0o644) & 0o7777,
+            link_target: entry.symlink_target.filter(|_| kind == EntryKind::Symlink),
+        })
+    }
+
     pub fn new(envd: Arc<Envd>, tuning: StreamTuning, root: String) -> Self {
         Files { envd, tuning, root, listed: std::sync::Mutex::default() }
     }
@@ -360,41 +392,8 @@ impl RemoteFiles for Files {
             status: None,
             message: format!("envd answered a directory listing sandlink does not understand: {error}."),
         })?;
-        let prefix = format!("{}/", self.root);
-        let mut entries: Vec<RemoteEntry> = listing
-            .entries
-            .into_iter()
-            .filter_map(|entry| {
-                let relative = entry.path.strip_prefix(&prefix)?.to_string();
-                if relative.is_empty() || relative.split('/').any(|part| part == ".." || part.is_empty()) {
-                    return None;
-                }
-                let kind = match entry.kind.as_str() {
-                    "FILE_TYPE_DIRECTORY" => EntryKind::Dir,
-                    "FILE_TYPE_SYMLINK" => EntryKind::Symlink,
-                    _ => EntryKind::File,
-                };
-                let size = match &entry.size {
-                    Some(Value::String(text)) => text.parse().unwrap_or(0),
-                    Some(Value::Number(number)) => number.as_u64().unwrap_or(0),
-                    _ => 0,
-                };
-                let mtime_ns = entry
-                    .modified_time
-                    .as_deref()
-                    .and_then(|text| time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok())
-                    .map(|when| when.unix_timestamp_nanos())
-                    .unwrap_or(0);
-                Some(RemoteEntry {
-                    path: relative,
-                    kind,
-                    size,
-                    mtime_ns,
-                    mode: entry.mode.unwrap_or(0o644) & 0o7777,
-                    link_target: entry.symlink_target.filter(|_| kind == EntryKind::Symlink),
-                })
-            })
-            .collect();
+        let mut entries: Vec<RemoteEntry> =
+            listing.entries.into_iter().filter_map(|entry| self.remote_entry(entry)).collect();
         entries.sort_by(|left, right| left.path.cmp(&right.path));
         let attributes = entries
             .iter()
@@ -402,6 +401,36 @@ impl RemoteFiles for Files {
             .map(|entry| (entry.path.clone(), (entry.mode, entry.mtime_ns)))
             .collect();
         *self.listed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = attributes;
+        Ok(entries)
+    }
+
+    async fn stat(&self, paths: Vec<String>) -> Result<Vec<RemoteEntry>> {
+        let lookups = futures::stream::iter(paths.into_iter().map(|relative| async move {
+            let relative = clean_relative(std::path::Path::new(&relative))?;
+            let message = json!({ "path": format!("{}/{relative}", self.root) });
+            match self.envd.unary("filesystem.Filesystem/Stat", &message, &format!("reading {relative} in the sandbox")).await {
+                Ok(answer) => Ok(answer.get("entry").cloned()),
+                Err(error) if is_not_found(&error) => Ok(None),
+                Err(error) => Err(error),
+            }
+        }))
+        .buffer_unordered(PARALLEL_REQUESTS);
+        let answers: Vec<Result<Option<Value>>> = lookups.collect().await;
+        let mut entries = Vec::new();
+        for answer in answers {
+            let Some(entry) = answer? else { continue };
+            let entry: EntryInfo = serde_json::from_value(entry).map_err(|error| Error::Remote {
+                status: None,
+                message: format!("envd described a file in a way sandlink does not understand: {error}."),
+            })?;
+            entries.extend(self.remote_entry(entry));
+        }
+        // Downloads take modes and times from the last look at each file.
+        let mut listed = self.listed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for entry in entries.iter().filter(|entry| entry.kind == EntryKind::File) {
+            listed.insert(entry.path.clone(), (entry.mode, entry.mtime_ns));
+        }
+        drop(listed);
         Ok(entries)
     }
 

@@ -415,10 +415,10 @@ fn sync_up_should_send_one_multipart_request_per_batch_with_modes_kept() {
         modified(&workspace.path().join("dir7/file417.txt")),
         "modification times survive the upload, so the sync engine does not see every file as changed remotely"
     );
-    assert!(
-        !std::fs::read_dir(host_root.join("home/user")).expect("the root").flatten().any(|entry| entry.file_name().to_string_lossy().starts_with(".sandlink-fixup")),
-        "the fix-up script removed itself"
-    );
+    // Files went to a staging directory and were renamed into place; the script and the batch's directory are gone.
+    let staging = host_root.join("home/user/.sandlink-staging");
+    let left: Vec<_> = std::fs::read_dir(&staging).expect("the staging directory").flatten().map(|entry| entry.file_name()).collect();
+    assert!(left.is_empty(), "the upload left {left:?} in {}", staging.display());
     let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "./run.sh" }));
     assert_eq!(outcome.stdout, "script-ran\n", "execute bits survive the upload: {}", outcome.exit);
 }

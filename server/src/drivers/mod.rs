@@ -6,6 +6,7 @@
 pub mod docker;
 pub mod e2b;
 pub mod local;
+pub mod posix;
 pub mod process;
 pub mod sandbox_agent;
 pub mod settings;

@@ -3,8 +3,7 @@
 //! Each is passed as `sh -c SCRIPT NAME ARGS…`, so values arrive as positional parameters and are never spliced
 //! into the script text.
 
-/// Uploads are unpacked here (below the root, so the final rename stays on one filesystem) and then merged.
-pub const STAGING_DIR: &str = ".sandlink-staging";
+pub use crate::drivers::posix::{MERGE, STAGING_DIR};
 
 /// `$1` = root, `$2` = owner (may be empty): creates the run directory and the session root.
 pub const PREPARE: &str = r#"mkdir -p /tmp/.sandlink "$1" && chmod 1777 /tmp/.sandlink && { [ -z "$2" ] || chown "$2" "$1"; }"#;
@@ -42,34 +41,6 @@ exit 0"#;
 /// (always all of them, so the agent's stream stays in step) and unpacks them into the staging directory.
 pub const UNPACK_STDIN: &str = r#"dd bs=65536 count="$4" iflag=count_bytes,fullblock 2>/dev/null | { mkdir -p "$2" && tar -xf - -C "$2"; s=$?; cat >/dev/null; exit $s; } || { rm -rf "$2"; exit 1; }"#;
 
-/// `$1` = root, `$2` = staging directory, `$3` = owner (may be empty): moves every staged entry into place with rename(2), so each file is
-/// replaced atomically; whole new directories move in one rename. Symlinks in the root are replaced, never followed.
-pub const MERGE: &str = r#"root=$1
-stage=$2
-cd "$stage" || exit 1
-[ -z "$3" ] || chown -R "$3" . || exit 1
-merge() {
-  local entry target
-  for entry in "$1"/* "$1"/.[!.]* "$1"/..?*; do
-    [ -e "$entry" ] || [ -L "$entry" ] || continue
-    target="$root/${entry#./}"
-    if [ -d "$entry" ] && [ ! -L "$entry" ]; then
-      if [ -d "$target" ] && [ ! -L "$target" ]; then
-        merge "$entry" || return 1
-        continue
-      fi
-      rm -f "$target" 2>/dev/null
-    elif [ -d "$target" ] && [ ! -L "$target" ]; then
-      rm -rf "$target"
-    fi
-    mv -f "$entry" "$target" || return 1
-  done
-}
-merge .
-status=$?
-cd /
-rm -rf "$stage"
-exit $status"#;
 
 /// `$1` = root: lists the tree. GNU find gives NUL-separated records with nanosecond times; busybox falls back to
 /// `stat`, one line per entry, with symlink targets in `'name' -> 'target'` form.

@@ -46,6 +46,10 @@ impl Files {
         if relative.is_empty() || relative.split('/').any(|part| part == ".." || part.is_empty()) {
             return None;
         }
+        // Uploads in flight (or left by a dropped one) are sandlink's, not the project's.
+        if relative.split('/').next() == Some(crate::drivers::posix::STAGING_DIR) {
+            return None;
+        }
         let kind = match entry.kind.as_str() {
             "FILE_TYPE_DIRECTORY" => EntryKind::Dir,
             "FILE_TYPE_SYMLINK" => EntryKind::Symlink,
@@ -95,30 +99,36 @@ struct Extras {
     /// compares remote mtimes with the archive's, so a file left with the upload time would look changed remotely.
     mtimes: Vec<(String, u64)>,
     files: usize,
+    /// The batch's staging directory, relative to the root: files land there and are renamed into place.
+    stage: String,
     /// Where the fix-up script travelled in the same upload, when one was needed.
     fixup_script: Option<String>,
 }
 
 impl Extras {
-    /// A shell script restoring what `/files` cannot express; `None` when there is nothing to restore.
+    /// The script that finishes an upload, run from the root: it restores what `/files` cannot express (modes,
+    /// times, symlinks, empty directories) on the staged files, then renames each into place, so a file in the root is
+    /// always whole (envd writes in place, and a dropped upload would otherwise leave half a file). `None` when the
+    /// upload carried nothing.
     fn script(&self) -> Option<String> {
-        if self.directories.is_empty() && self.modes.is_empty() && self.symlinks.is_empty() && self.mtimes.is_empty() {
+        if self.files == 0 && self.directories.is_empty() && self.symlinks.is_empty() {
             return None;
         }
-        let mut script = String::from("set -e\n");
+        let mut script = format!("set -e\nstage={}\nmkdir -p -- \"$stage\"\n", shell_quote(&self.stage));
         for directory in &self.directories {
             script.push_str(&format!("mkdir -p -- {}\n", shell_quote(directory)));
         }
+        let staged = |path: &str| format!("\"$stage\"/{}", shell_quote(path));
         for (path, mode) in &self.modes {
-            script.push_str(&format!("chmod {mode:o} -- {}\n", shell_quote(path)));
+            script.push_str(&format!("chmod {mode:o} -- {}\n", staged(path)));
         }
         for (path, target) in &self.symlinks {
             let parent = path.rsplit_once('/').map(|(parent, _)| parent).unwrap_or(".");
             script.push_str(&format!(
                 "mkdir -p -- {} && ln -sfn -- {} {}\n",
-                shell_quote(parent),
+                staged(parent),
                 shell_quote(target),
-                shell_quote(path)
+                staged(path)
             ));
         }
         // One `touch` per distinct time keeps the script short when many files share a second.
@@ -128,11 +138,15 @@ impl Extras {
         }
         for (mtime, paths) in by_time {
             for group in paths.chunks(200) {
-                let quoted: Vec<String> = group.iter().map(|path| shell_quote(path)).collect();
+                let quoted: Vec<String> = group.iter().map(|path| staged(path)).collect();
                 script.push_str(&format!("touch -c -m -d @{mtime} -- {}\n", quoted.join(" ")));
             }
         }
-        script.push_str("rm -f -- \"$0\"\n");
+        // The shared merge renames every staged entry into place and removes the staging directory.
+        script.push_str(&format!(
+            "set +e\n(\nset -- \"$PWD\" \"$PWD/$stage\" ''\n{}\n)\nstatus=$?\nrm -f -- \"$0\"\nexit $status\n",
+            crate::drivers::posix::MERGE
+        ));
         Some(script)
     }
 }
@@ -181,7 +195,8 @@ fn encode_upload(
 ) -> Result<Extras> {
     let bridge = tokio_util::io::SyncIoBridge::new(archive);
     let mut archive = tar::Archive::new(bridge);
-    let mut extras = Extras::default();
+    let batch = uuid::Uuid::new_v4().simple().to_string();
+    let mut extras = Extras { stage: format!("{}/{}", crate::drivers::posix::STAGING_DIR, &batch[..12]), ..Extras::default() };
     let send = |chunk: Vec<u8>| -> Result<()> {
         body.blocking_send(Ok(Bytes::from(chunk)))
             .map_err(|_| Error::Remote { status: None, message: "The upload to E2B stopped before the archive ended.".into() })
@@ -213,7 +228,7 @@ fn encode_upload(
         if !kind.is_file() {
             continue;
         }
-        let destination = format!("{root}/{relative}");
+        let destination = format!("{root}/{}/{relative}", extras.stage);
         send(part_header(&boundary, &destination)?)?;
         loop {
             let mut chunk = vec![0u8; CHUNK_BYTES];
@@ -239,7 +254,7 @@ fn encode_upload(
         // start and no second upload; it removes itself when done.
         // Under the root and run by a relative name, so it works wherever the sandbox maps its paths; it lives only
         // until the upload call returns.
-        let script_name = format!(".sandlink-fixup-{}.sh", uuid::Uuid::new_v4().simple());
+        let script_name = format!("{}.sh", extras.stage);
         send(part_header(&boundary, &format!("{root}/{script_name}"))?)?;
         send(script.into_bytes())?;
         send(b"\r\n".to_vec())?;
@@ -330,7 +345,7 @@ impl Files {
         Ok(())
     }
 
-    /// Runs the fix-up script the upload carried (execute bits, symlinks, empty directories, modification times).
+    /// Runs the script the upload carried: it finishes the staged files and renames them into place.
     async fn apply_extras(&self, extras: Extras) -> Result<()> {
         let Some(script_path) = extras.fixup_script else { return Ok(()) };
         let config = json!({ "cmd": "/bin/sh", "args": [script_path], "cwd": self.root });
@@ -339,7 +354,7 @@ impl Files {
             return Err(Error::Remote {
                 status: None,
                 message: format!(
-                    "Could not set file modes, times, symlinks or empty directories in the sandbox: {}",
+                    "Could not move the uploaded files into place (with their modes, times and symlinks) in the sandbox: {}",
                     output.trim()
                 ),
             });

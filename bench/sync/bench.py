@@ -15,7 +15,6 @@ Usage: bench.py --binary target/release/sandlink [--work DIR] [--files N] [--meg
 """
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -23,8 +22,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lsp_client import LspClient  # noqa: E402  (the shared benchmark client, one directory up)
 
 
 def generate_tree(root, files, megabytes, seed=7):
@@ -71,76 +72,6 @@ def generate_tree(root, files, megabytes, seed=7):
         with open(path, "wb") as handle:
             handle.write(block[: 512 + index % 1024])
     return synced
-
-
-class Lsp:
-    """A minimal LSP client over the server's stdio."""
-
-    def __init__(self, binary, state_dir, env=None):
-        environment = dict(os.environ, SANDLINK_STATE_DIR=state_dir, **(env or {}))
-        self.process = subprocess.Popen(
-            [binary, "lsp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(os.path.join(state_dir, "server.log"), "wb"),
-            env=environment,
-        )
-        self.next_id = 1
-        self.responses = {}
-        self.condition = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        stream = self.process.stdout
-        while True:
-            length = None
-            while True:
-                line = stream.readline()
-                if not line:
-                    return
-                line = line.strip()
-                if not line:
-                    break
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            message = json.loads(stream.read(length))
-            if "id" in message and "method" in message:
-                self._send({"jsonrpc": "2.0", "id": message["id"], "result": None})
-            elif "id" in message:
-                with self.condition:
-                    self.responses[message["id"]] = message
-                    self.condition.notify_all()
-
-    def _send(self, message):
-        body = json.dumps(message).encode()
-        self.process.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        self.process.stdin.flush()
-
-    def notify(self, method, params):
-        self._send({"jsonrpc": "2.0", "method": method, "params": params})
-
-    def request(self, method, params, timeout=3600):
-        request_id = self.next_id
-        self.next_id += 1
-        self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        with self.condition:
-            self.condition.wait_for(lambda: request_id in self.responses, timeout)
-            response = self.responses.pop(request_id)
-        if "error" in response:
-            raise RuntimeError(f"{method}: {response['error']}")
-        return response["result"]
-
-    def peak_rss(self):
-        with open(f"/proc/{self.process.pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def close(self):
-        try:
-            self.request("shutdown", None, timeout=30)
-            self.notify("exit", None)
-            self.process.wait(timeout=30)
-        except Exception:
-            self.process.kill()
 
 
 def uri(path):
@@ -207,12 +138,10 @@ def main():
     def run_sandlink():
         nonlocal peak_rss
         settle()
-        server = Lsp(options.binary, state)
-        server.request("initialize", {"processId": os.getpid(), "rootUri": uri(tree), "capabilities": {}})
-        server.notify("initialized", {})
+        server = LspClient(options.binary, state)
         params = {"driver": "local", "workspaceFolder": uri(tree), "settings": {"sync": {"watch": "off"}}}
         sync_times.append(timed(lambda: server.request("sandlink/connect", params)))
-        peak_rss = max(peak_rss or 0, server.peak_rss())
+        peak_rss = max(peak_rss or 0, server.memory_kib("VmHWM") * 1024)
         server.close()
 
     for round_index in range(options.rounds):
@@ -225,9 +154,7 @@ def main():
 
     # 2 and 3 on one live session with the watcher on, as an editor would have it.
     shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
-    server = Lsp(options.binary, state)
-    server.request("initialize", {"processId": os.getpid(), "rootUri": uri(tree), "capabilities": {}})
-    server.notify("initialized", {})
+    server = LspClient(options.binary, state)
     session = server.request("sandlink/connect", {"driver": "local", "workspaceFolder": uri(tree)})
     session_id, remote_root = session["sessionId"], session["remoteRoot"]
     time.sleep(2)  # let the watcher settle

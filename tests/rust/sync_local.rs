@@ -67,6 +67,8 @@ fn a_save_should_give_one_pending_and_one_done_state_and_an_idle_watcher_none() 
     std::thread::sleep(Duration::from_secs(2));
     let idle_cpu = cpu_seconds(server.pid()) - cpu_before;
     assert_eq!(sync_states().len(), settled, "an idle workspace sends no sync states: {:?}", &sync_states()[settled..]);
+    let last_seen = sync_states().last().cloned().expect("sync states after connecting");
+    assert_eq!(last_seen["pending"], 0, "the last state a client saw after connecting is not pending: {last_seen}");
     assert!(idle_cpu < 0.04, "the server keeps working on an idle workspace: {idle_cpu:.3} s of CPU in 2 s");
 
     let saved = workspace.path().join("src/lib.rs");

@@ -67,6 +67,11 @@ struct Inner {
     wake: Notify,
     persist_wake: Notify,
     state: Mutex<SyncState>,
+    /// What notifications last told clients, so a quiet sync still sends what changed since.
+    last_sent: Mutex<SyncState>,
+    /// Whether a state with work pending was reported (in a notification or any response) since the last sync ended;
+    /// then the end of the next sync is always announced, so no client is left showing work that is done.
+    pending_reported: AtomicBool,
     observer: Arc<dyn StateObserver>,
     stopped: AtomicBool,
     watcher: Mutex<Option<Watcher>>,
@@ -120,6 +125,8 @@ impl SessionSync {
                 wake: Notify::new(),
                 persist_wake: Notify::new(),
                 state: Mutex::new(state),
+                last_sent: Mutex::default(),
+                pending_reported: AtomicBool::new(false),
                 observer,
                 stopped: AtomicBool::new(false),
                 watcher: Mutex::new(None),
@@ -134,6 +141,9 @@ impl SessionSync {
         let mut state = lock(&self.inner.state).clone();
         let pending = lock(&self.inner.pending);
         state.pending += pending.paths.len() as u64 + u64::from(pending.full);
+        if state.pending > 0 {
+            self.inner.pending_reported.store(true, Ordering::SeqCst);
+        }
         state
     }
 
@@ -179,9 +189,23 @@ impl SessionSync {
             tracing::warn!(%reason, "file watching is not available; falling back to periodic rescans");
         }
         lock(&self.inner.state).watcher = Some(mode.to_string());
-        let observer = self.inner.observer.clone();
+        let sync = self.clone();
+        runtime.spawn(async move { sync.tell_clients(true).await });
+    }
+
+    /// Sends the current state to clients when `always`, or when it differs from what they were last told in
+    /// anything but `lastSyncAt` (which alone is not worth a notification).
+    async fn tell_clients(&self, always: bool) {
         let current = self.state();
-        runtime.spawn(async move { observer.changed(current).await });
+        {
+            let mut last_sent = lock(&self.inner.last_sent);
+            let differs = SyncState { last_sync_at: last_sent.last_sync_at.clone(), ..current.clone() } != *last_sent;
+            if !always && !differs {
+                return;
+            }
+            *last_sent = current.clone();
+        }
+        self.inner.observer.changed(current).await;
     }
 
     /// Stops automatic sync and writes the manifest.
@@ -300,7 +324,7 @@ impl SessionSync {
 
     async fn publish(&self, change: impl FnOnce(&mut SyncState)) {
         change(&mut lock(&self.inner.state));
-        self.inner.observer.changed(self.state()).await;
+        self.tell_clients(true).await;
     }
 
     async fn run(
@@ -315,22 +339,20 @@ impl SessionSync {
         let outcome = self.run_inner(core, direction, scope.clone(), explicit, progress).await;
         let conflicts: Vec<Conflict> = core.conflicts.values().cloned().collect();
         let now = crate::engine::now_rfc3339();
-        // Clients hear of a sync that moved something, changed the conflicts or failed, and of the end of one they
-        // were told was pending. One that found nothing to do (most watcher wake-ups) stays quiet.
-        let moved = outcome.as_ref().is_ok_and(|result| result.uploaded + result.downloaded + result.deleted > 0);
-        let newsworthy = {
+        {
             let mut state = lock(&self.inner.state);
-            let newsworthy = moved || outcome.is_err() || state.pending > 0 || state.conflicts != conflicts;
             if outcome.is_ok() {
                 state.last_sync_at = Some(now);
             }
             state.pending = 0;
             state.conflicts = conflicts;
-            newsworthy
-        };
-        if newsworthy {
-            self.inner.observer.changed(self.state()).await;
         }
+        // Clients hear of a sync that moved something or failed, and of any state that differs from what they last
+        // saw (the end of a pending they were shown, new conflicts). One that found nothing to do (most watcher
+        // wake-ups) stays quiet.
+        let moved = outcome.as_ref().is_ok_and(|result| result.uploaded + result.downloaded + result.deleted > 0);
+        let pending_was_reported = self.inner.pending_reported.swap(false, Ordering::SeqCst);
+        self.tell_clients(moved || outcome.is_err() || pending_was_reported).await;
         outcome.map(|mut result| {
             result.duration_ms = started.elapsed().as_millis() as u64;
             result

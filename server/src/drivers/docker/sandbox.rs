@@ -399,56 +399,22 @@ async fn wait_for_exit(
                     if let Some(message) = failure.borrow().clone() {
                         break ExitStatus { code: None, signal: None, message: Some(format!("{message} The run ended with it.")) };
                     }
-                    match client.inspect(&container_id).await {
-                        Ok(Some(facts)) if !facts.running => {
-                            break ExitStatus {
-                                code: None,
-                                signal: None,
-                                message: Some(format!(
-                                    "The container {container_name} stopped (exit code {}) while the command ran.",
-                                    facts.exit_code.unwrap_or_default()
-                                )),
-                            }
-                        }
-                        Ok(None) => {
-                            break ExitStatus {
-                                code: None,
-                                signal: None,
-                                message: Some(format!("The container {container_name} was removed while the command ran.")),
-                            }
-                        }
-                        _ => {}
+                    if let Some(message) = container_gone(&client, &container_id, &container_name).await {
+                        break ExitStatus { code: None, signal: None, message: Some(message) };
                     }
                 }
                 break exit_status(code, by_us);
             }
             Ok(_) => {}
             Err(error) => {
-                let message = match client.inspect(&container_id).await {
-                    Ok(Some(facts)) if facts.running => error.to_string(),
-                    Ok(Some(facts)) => format!(
-                        "The container {container_name} stopped (exit code {}) while the command ran.",
-                        facts.exit_code.unwrap_or_default()
-                    ),
-                    Ok(None) => format!("The container {container_name} was removed while the command ran."),
-                    Err(error) => error.to_string(),
-                };
+                let message = container_gone(&client, &container_id, &container_name).await.unwrap_or_else(|| error.to_string());
                 break ExitStatus { code: None, signal: None, message: Some(message) };
             }
         }
         if stream_ended && polls_since_end >= 50 {
             // The output ended long ago but the exec still runs: is the container still there?
-            if let Ok(Some(facts)) = client.inspect(&container_id).await {
-                if !facts.running {
-                    break ExitStatus {
-                        code: None,
-                        signal: None,
-                        message: Some(format!(
-                            "The container {container_name} stopped (exit code {}) while the command ran.",
-                            facts.exit_code.unwrap_or_default()
-                        )),
-                    };
-                }
+            if let Some(message) = container_gone(&client, &container_id, &container_name).await {
+                break ExitStatus { code: None, signal: None, message: Some(message) };
             }
         }
         if stream_ended {
@@ -457,6 +423,19 @@ async fn wait_for_exit(
     };
     finished.store(true, Ordering::SeqCst);
     Ok(status)
+}
+
+/// Why a run's container is gone, when the daemon says it stopped or no longer exists; `None` while it runs (or
+/// when the daemon cannot tell), so the caller keeps its own explanation.
+async fn container_gone(client: &Client, container_id: &str, container_name: &str) -> Option<String> {
+    match client.inspect(container_id).await {
+        Ok(Some(facts)) if !facts.running => Some(format!(
+            "The container {container_name} stopped (exit code {}) while the command ran.",
+            facts.exit_code.unwrap_or_default()
+        )),
+        Ok(None) => Some(format!("The container {container_name} was removed while the command ran.")),
+        _ => None,
+    }
 }
 
 /// Docker reports a process killed by signal N as exit code 128+N; when sandlink sent the signal, say so.

@@ -8,14 +8,15 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 
+mod files;
+
 use super::sandbox_agent::AgentClient;
 use super::{process, ConnectRequest, ExecSpec, Process, ReattachRequest, Sandbox};
-use crate::drivers::BoxedReader;
 use crate::error::{Error, IoContext, Result};
 use crate::paths::join_inside;
 use crate::protocol::{DriverCapabilities, DriverInfo};
-use crate::sync::scan::check_relative;
-use crate::sync::{transfer, EntryKind, RemoteEntry, RemoteFiles};
+use crate::sync::RemoteFiles;
+use files::LocalFiles;
 
 /// The local driver; stateless apart from the cached bubblewrap probe.
 pub struct Driver {
@@ -335,115 +336,3 @@ fn program_exists(program: &str, cwd: &Path, path_override: Option<&String>) -> 
     search_path.split(':').filter(|dir| !dir.is_empty()).any(|dir| is_executable(&Path::new(dir).join(program)))
 }
 
-/// The local driver's side of sync: the session root is a directory on this machine.
-///
-/// Uploads are written through `staging` (beside the root, so on the same file system) and renamed into place, so
-/// the root never holds a half-written file even if sandlink is killed mid-transfer.
-pub struct LocalFiles {
-    root: PathBuf,
-    staging: PathBuf,
-}
-
-fn join_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Error {
-    move |error| Error::Internal(format!("{what} failed: {error}"))
-}
-
-#[async_trait]
-impl RemoteFiles for LocalFiles {
-    async fn upload_tar(&self, archive: BoxedReader) -> Result<()> {
-        let root = self.root.clone();
-        let staging = self.staging.clone();
-        let bridge = tokio_util::io::SyncIoBridge::new(archive);
-        tokio::task::spawn_blocking(move || transfer::unpack_atomically(bridge, &root, &staging).map(|_| ()))
-            .await
-            .map_err(join_failed("Unpacking the upload"))?
-    }
-
-    async fn delete(&self, paths: Vec<String>) -> Result<()> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || transfer::delete_under(&root, &paths))
-            .await
-            .map_err(join_failed("Deleting files"))?
-    }
-
-    async fn list(&self) -> Result<Vec<RemoteEntry>> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || list_tree(&root)).await.map_err(join_failed("Listing the sandbox"))?
-    }
-
-    async fn stat(&self, paths: Vec<String>) -> Result<Vec<RemoteEntry>> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || stat_paths(&root, &paths)).await.map_err(join_failed("Reading the sandbox"))
-    }
-
-    async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
-        for path in &paths {
-            check_relative(path)?;
-        }
-        let root = self.root.clone();
-        let (reader, writer) = tokio::io::duplex(1 << 20);
-        tokio::task::spawn_blocking(move || {
-            // Paths under a symlinked directory are not read: the link could lead anywhere on this machine.
-            let safe: Vec<String> = paths.into_iter().filter(|path| transfer::parents_are_real_dirs(&root, path)).collect();
-            let bridge = tokio_util::io::SyncIoBridge::new(writer);
-            if let Err(error) = transfer::pack(&root, &safe, bridge, &mut |_| {}) {
-                tracing::debug!(%error, "the download stream ended early");
-            }
-        });
-        Ok(Box::pin(reader))
-    }
-}
-
-/// Every entry under `root`, without following symlinks.
-fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
-    let mut entries = Vec::new();
-    let walker = ignore::WalkBuilder::new(root).standard_filters(false).follow_links(false).build();
-    for entry in walker {
-        let entry = entry.map_err(|error| Error::Internal(format!("Could not list the sandbox: {error}")))?;
-        let Ok(relative) = entry.path().strip_prefix(root) else { continue };
-        if relative.as_os_str().is_empty() {
-            continue;
-        }
-        let Some(relative) = relative.to_str() else { continue };
-        let Ok(metadata) = entry.metadata() else { continue };
-        entries.extend(remote_entry(entry.path(), relative, &metadata));
-    }
-    Ok(entries)
-}
-
-/// The entries for the given relative paths that exist, without following symlinks (nor through symlinked parents).
-fn stat_paths(root: &Path, paths: &[String]) -> Vec<RemoteEntry> {
-    paths
-        .iter()
-        .filter(|path| check_relative(path).is_ok() && transfer::parents_are_real_dirs(root, path))
-        .filter_map(|path| {
-            let absolute = root.join(path);
-            let metadata = std::fs::symlink_metadata(&absolute).ok()?;
-            remote_entry(&absolute, path, &metadata)
-        })
-        .collect()
-}
-
-/// One listing entry from an entry's metadata; `None` for what sync does not carry (sockets, devices).
-fn remote_entry(absolute: &Path, relative: &str, metadata: &std::fs::Metadata) -> Option<RemoteEntry> {
-    use std::os::unix::fs::MetadataExt;
-    let file_type = metadata.file_type();
-    let (kind, link_target) = if file_type.is_symlink() {
-        let target = std::fs::read_link(absolute).ok().map(|target| target.to_string_lossy().into_owned());
-        (EntryKind::Symlink, target)
-    } else if file_type.is_dir() {
-        (EntryKind::Dir, None)
-    } else if file_type.is_file() {
-        (EntryKind::File, None)
-    } else {
-        return None;
-    };
-    Some(RemoteEntry {
-        path: relative.to_string(),
-        kind,
-        size: metadata.len(),
-        mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
-        mode: metadata.mode() & 0o7777,
-        link_target,
-    })
-}

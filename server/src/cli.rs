@@ -87,6 +87,9 @@ enum Command {
     SandboxAgent {
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+        /// The confinement and clean-up the driver chose (JSON), written by the local driver.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
     /// Copy the workspace into a fresh sandbox and report what was synced and what was held back.
     ///
@@ -174,9 +177,9 @@ enum ProfileCommand {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::SandboxAgent { socket }) = &cli.command {
+    if let Some(Command::SandboxAgent { socket, config }) = &cli.command {
         // The agent is plain threads and blocking I/O: it must stay small and start fast inside the sandbox.
-        return match crate::drivers::sandbox_agent::serve(socket) {
+        return match crate::drivers::local::agent::serve(socket, config.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("sandlink sandbox-agent: {error}");

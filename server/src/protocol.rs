@@ -277,6 +277,10 @@ pub struct SessionInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace_folder: Option<String>,
     pub remote_root: String,
+    /// How runs are confined: `bubblewrap`, `landlock` or `none` (local), `container` (docker); absent when the
+    /// sandbox is another machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
     pub started_at: String,
     pub last_activity: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,15 @@ use support::{Server, StartOptions};
 
 parity_tests!(parity::local_fixture);
 
+/// The same behaviours once per isolation mechanism: bubblewrap above, Landlock and none here.
+mod landlock {
+    crate::parity_tests!(crate::parity::local_landlock_fixture);
+}
+
+mod unconfined {
+    crate::parity_tests!(crate::parity::local_unconfined_fixture);
+}
+
 #[test]
 fn initialize_should_advertise_drivers_commands_and_save_notifications() {
     let server = Server::start();

@@ -17,6 +17,11 @@ use support::{file_uri, Server, StartOptions};
 
 sync_parity_tests!(parity::local_fixture);
 
+/// Sync behaviours where runs are confined by Landlock instead of bubblewrap.
+mod landlock {
+    crate::sync_parity_tests!(crate::parity::local_landlock_fixture);
+}
+
 fn fixture() -> DriverFixture {
     parity::local_fixture().expect("the local driver is always available")
 }

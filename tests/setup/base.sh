@@ -15,3 +15,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
+
+# An unprivileged account for the escape suite (tests/rust/escape.rs), which attacks the local driver's isolation
+# as root and as an ordinary user.
+if [ "$(id -u)" -eq 0 ] && ! id sandlink-escape >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/sh sandlink-escape
+fi

@@ -60,6 +60,8 @@ export interface SessionInfo {
     state: SessionStateName;
     workspaceFolder?: string;
     remoteRoot: string;
+    /** How runs are confined: `bubblewrap`, `landlock` or `none` on the local driver. */
+    isolation?: string;
     startedAt: string;
     lastActivity: string;
     expiresAt?: string;

@@ -8,7 +8,6 @@ pub mod e2b;
 pub mod local;
 pub mod posix;
 pub mod process;
-pub mod sandbox_agent;
 pub mod settings;
 pub mod testing;
 
@@ -208,6 +207,11 @@ pub trait Sandbox: Send + Sync {
 
     /// Human-readable isolation in force for this sandbox (e.g. "bubblewrap").
     fn detail(&self) -> Option<String> {
+        None
+    }
+
+    /// The isolation mechanism's id for `SessionInfo.isolation` (`bubblewrap`, `landlock`, `none`, `container`).
+    fn isolation(&self) -> Option<String> {
         None
     }
 

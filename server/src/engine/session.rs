@@ -139,6 +139,7 @@ impl Session {
                 url::Url::from_file_path(path).ok().map(|url| url.to_string())
             }),
             remote_root: self.sandbox.remote_root(),
+            isolation: self.sandbox.isolation(),
             started_at: self.started_at.clone(),
             last_activity: mutable.last_activity,
             expires_at: mutable.expires_at,

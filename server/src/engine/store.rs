@@ -70,6 +70,7 @@ impl Record {
                 .as_ref()
                 .and_then(|path| url::Url::from_file_path(path).ok().map(|url| url.to_string())),
             remote_root: self.remote_root.clone(),
+            isolation: self.driver_state.get("isolation").and_then(|value| value.as_str()).map(String::from),
             started_at: self.started_at.clone(),
             last_activity: self.last_activity.clone(),
             expires_at: self.expires_at.clone(),

@@ -311,6 +311,16 @@ pub fn local_fixture() -> Option<DriverFixture> {
     })
 }
 
+/// The local driver with Landlock and seccomp instead of bubblewrap, so that path runs where bubblewrap exists too.
+pub fn local_landlock_fixture() -> Option<DriverFixture> {
+    Some(DriverFixture { settings: json!({ "isolation": "landlock" }), ..local_fixture()? })
+}
+
+/// The local driver without confinement (a profile's `isolation = "none"`): the process-tree guarantees still hold.
+pub fn local_unconfined_fixture() -> Option<DriverFixture> {
+    Some(DriverFixture { settings: json!({ "isolation": "none" }), ..local_fixture()? })
+}
+
 /// Whether a local directory exists (for drivers whose sandbox is a local directory).
 pub fn local_root_exists(session: &Value) -> bool {
     session["remoteRoot"].as_str().is_some_and(|root| Path::new(root).exists())

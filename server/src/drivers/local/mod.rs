@@ -1,62 +1,191 @@
-//! The `local` driver: a private copy of the workspace under sandlink's state directory, runs sandboxed on this machine.
+//! The `local` driver: a private copy of the workspace under sandlink's state directory, runs confined on this
+//! machine.
 //!
-//! Where bubblewrap is installed, runs see the host read-only and can write only to the session root, a private
-//! home and a private /tmp; without it they are separate process groups in the private copy and nothing more.
+//! Runs are started by the session's agent (`agent.rs`) and confined by the strongest mechanism that works
+//! (`isolation.rs`): bubblewrap namespaces, else Landlock with seccomp. Either way a run writes only to the session
+//! root, a private home and a private temporary directory; it cannot read the user's home (except toolchain
+//! directories the profile lists read-only), reach `/run`'s sockets, see the server's environment, or outlive the
+//! session. Without either mechanism the driver refuses to run anything unless the profile says `isolation = "none"`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use serde_json::{Map, Value};
 
+pub mod agent;
+mod bubblewrap;
+pub mod confine;
+mod environment;
 mod files;
+pub mod isolation;
+mod processes;
 
-use super::sandbox_agent::AgentClient;
-use super::{process, ConnectRequest, ExecSpec, Process, ReattachRequest, Sandbox};
+use super::{ConnectRequest, ExecSpec, Process, ReattachRequest, Sandbox, SettingKind, SettingSpec};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::join_inside;
 use crate::protocol::{DriverCapabilities, DriverInfo};
 use crate::sync::RemoteFiles;
+use agent::{AgentClient, AgentConfig};
+use confine::{NetworkRule, RunPolicy};
 use files::LocalFiles;
+use isolation::{Available, Mechanism, Requested};
+use processes::SessionCgroup;
 
-/// The local driver; stateless apart from the cached bubblewrap probe.
+/// Processes a session may have at once (its pids cgroup as root, RLIMIT_NPROC otherwise) unless the profile
+/// says otherwise: plenty for parallel builds, and a fork bomb stops there.
+const DEFAULT_MAX_PROCESSES: u64 = 4096;
+
+/// Directories under the user's home that runs may read by default: where toolchains and their caches live.
+/// None holds credentials (`~/.cargo/credentials.toml` is outside the listed parts of `~/.cargo`).
+const DEFAULT_READ_ONLY_HOME_DIRS: &[&str] = &[
+    ".cargo/bin",
+    ".cargo/registry",
+    ".cargo/git",
+    ".rustup",
+    ".pyenv",
+    ".nvm",
+    ".volta",
+    ".asdf",
+    ".local/share/mise",
+    ".sdkman",
+    ".deno/bin",
+    ".bun/bin",
+];
+
+/// Files no run may read even where the rest of their directory is visible.
+const HIDDEN_SYSTEM_FILES: &[&str] = &["/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh/ssh_host_rsa_key",
+    "/etc/ssh/ssh_host_ecdsa_key", "/etc/ssh/ssh_host_ed25519_key"];
+
+/// Device files a Landlock-confined run may write to.
+const WRITABLE_DEVICES: &[&str] =
+    &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx", "/dev/pts"];
+
+const SETTINGS: &[SettingSpec] = &[
+    SettingSpec {
+        key: "isolation",
+        kind: SettingKind::String,
+        required: false,
+        description: "how runs are confined: \"auto\" (default), \"bubblewrap\", \"landlock\" or \"none\"",
+    },
+    SettingSpec {
+        key: "network",
+        kind: SettingKind::Any,
+        required: false,
+        description: "\"on\" (default) or \"off\"",
+    },
+    SettingSpec {
+        key: "readOnlyPaths",
+        kind: SettingKind::StringList,
+        required: false,
+        description: "directories runs may read (\"~/\" is your home); replaces the default toolchain list",
+    },
+    SettingSpec {
+        key: "passEnv",
+        kind: SettingKind::StringList,
+        required: false,
+        description: "names of your environment variables that runs receive",
+    },
+    SettingSpec { key: "env", kind: SettingKind::StringMap, required: false, description: "variables set for every run" },
+    SettingSpec {
+        key: "maxProcesses",
+        kind: SettingKind::Integer,
+        required: false,
+        description: "the most processes a session may have at once",
+    },
+    SettingSpec {
+        key: "unixSockets",
+        kind: SettingKind::Bool,
+        required: false,
+        description: "whether runs may create Unix sockets (off by default: they reach host services by path)",
+    },
+];
+
+/// The local driver; probes what isolation this machine offers once.
 pub struct Driver {
-    bubblewrap: OnceLock<bool>,
+    available: OnceLock<Available>,
 }
 
 impl Driver {
     pub fn new() -> Self {
-        Driver { bubblewrap: OnceLock::new() }
+        Driver { available: OnceLock::new() }
     }
 
-    /// Whether bubblewrap is installed and can create namespaces here (containers often forbid it).
-    fn bubblewrap_works(&self) -> bool {
-        *self.bubblewrap.get_or_init(|| {
-            if std::env::var_os("SANDLINK_LOCAL_NO_BWRAP").is_some() {
-                return false;
-            }
-            std::process::Command::new("bwrap")
-                .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--", "true"])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success())
-        })
+    fn available(&self) -> Available {
+        *self.available.get_or_init(Available::probe)
     }
 
-    fn isolation_detail(bubblewrap: bool) -> String {
-        if bubblewrap {
-            "isolation: bubblewrap (runs can write only to the session root, a private home and a private /tmp)".into()
-        } else {
-            "isolation: process groups only; install bubblewrap (bwrap) so runs cannot write outside the session root"
-                .into()
+    fn start(&self, request: &ConnectRequest) -> Result<LocalSandbox> {
+        let options = Options::from_settings(&request.settings)?;
+        let available = self.available();
+        let mechanism = available.choose(options.requested)?;
+        if mechanism == Mechanism::Landlock && options.network != NetworkRule::Open && available.landlock_abi < 4 {
+            return Err(Error::DriverUnavailable {
+                driver: "local".into(),
+                message: format!(
+                    "This profile's network policy needs Landlock ABI 4 or newer for TCP rules, and this kernel has \
+                     ABI {}. Install bubblewrap, or use network = \"on\".",
+                    available.landlock_abi
+                ),
+            });
         }
+        let session_dir = request.state_dir.join("sessions").join(&request.session_id);
+        let sandbox = LocalSandbox::new(session_dir, mechanism, options, request)?;
+        Ok(sandbox)
     }
 }
 
 impl Default for Driver {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The local driver's settings, parsed.
+#[derive(Debug, Clone)]
+struct Options {
+    requested: Requested,
+    network: NetworkRule,
+    read_only: Option<Vec<String>>,
+    pass_env: Vec<String>,
+    env: BTreeMap<String, String>,
+    max_processes: u64,
+    unix_sockets: bool,
+}
+
+impl Options {
+    fn from_settings(settings: &Map<String, Value>) -> Result<Self> {
+        let strings = |key: &str| -> Option<Vec<String>> {
+            settings.get(key).and_then(Value::as_array).map(|items| {
+                items.iter().filter_map(Value::as_str).map(String::from).collect()
+            })
+        };
+        let network = match settings.get("network") {
+            None => NetworkRule::Open,
+            Some(Value::String(mode)) if mode == "on" => NetworkRule::Open,
+            Some(Value::String(mode)) if mode == "off" => NetworkRule::Closed,
+            Some(_) => {
+                return Err(Error::InvalidProfile(
+                    "The local setting \"network\" must be \"on\" or \"off\".".into(),
+                ))
+            }
+        };
+        Ok(Options {
+            requested: Requested::from_setting(settings.get("isolation").and_then(Value::as_str))?,
+            network,
+            read_only: strings("readOnlyPaths"),
+            pass_env: strings("passEnv").unwrap_or_default(),
+            env: settings
+                .get("env")
+                .and_then(Value::as_object)
+                .map(|map| {
+                    map.iter().filter_map(|(name, value)| Some((name.clone(), value.as_str()?.to_string()))).collect()
+                })
+                .unwrap_or_default(),
+            max_processes: settings.get("maxProcesses").and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_PROCESSES),
+            unix_sockets: settings.get("unixSockets").and_then(Value::as_bool).unwrap_or(false),
+        })
     }
 }
 
@@ -67,11 +196,17 @@ impl super::Driver for Driver {
     }
 
     async fn info(&self) -> DriverInfo {
-        let bubblewrap = tokio::task::block_in_place(|| self.bubblewrap_works());
+        let available = tokio::task::block_in_place(|| self.available());
+        let (available_here, detail) = match available.best() {
+            Some(mechanism) => (true, mechanism.describe().to_string()),
+            None => (false, available.choose(Requested::Auto).err().map(|error| error.to_string()).unwrap_or_default()),
+        };
         DriverInfo {
             id: self.id().into(),
-            available: true,
-            detail: Some(Self::isolation_detail(bubblewrap)),
+            // Without a mechanism the driver still works for profiles that say `isolation = "none"`, but it does
+            // not offer itself as available: the default must never be unisolated.
+            available: available_here,
+            detail: Some(detail),
             capabilities: DriverCapabilities {
                 exec: true,
                 stdin: true,
@@ -86,27 +221,24 @@ impl super::Driver for Driver {
         }
     }
 
+    fn settings_schema(&self) -> &'static [SettingSpec] {
+        SETTINGS
+    }
+
+    fn validate_settings(&self, settings: &Map<String, Value>) -> Result<()> {
+        super::settings::validate(self.id(), SETTINGS, settings)?;
+        Options::from_settings(settings).map(|_| ())
+    }
+
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
-        // The local driver takes no settings of its own; `sync` (the engine's) passes validation untouched.
         super::Driver::validate_settings(self, &request.settings)?;
-        let bubblewrap = tokio::task::block_in_place(|| self.bubblewrap_works());
-        let session_dir = request.state_dir.join("sessions").join(&request.session_id);
-        let root = session_dir.join("root");
-        let home = session_dir.join("home");
-        for dir in [&root, &home] {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .context(|| format!("Could not create the session directory {}", dir.display()))?;
-        }
-        let mut sandbox = LocalSandbox { session_dir, root, home, bubblewrap, agent: None };
-        if bubblewrap {
-            sandbox.agent = sandbox.start_agent().await;
-        }
+        let mut sandbox = tokio::task::block_in_place(|| self.start(&request))?;
+        sandbox.start_agent().await?;
         Ok(Arc::new(sandbox))
     }
 
     /// The local sandbox is a directory on this machine: nothing leaves it.
-    fn sends_workspace_elsewhere(&self, _settings: &serde_json::Map<String, serde_json::Value>) -> bool {
+    fn sends_workspace_elsewhere(&self, _settings: &Map<String, Value>) -> bool {
         false
     }
 
@@ -117,127 +249,313 @@ impl super::Driver for Driver {
 
     /// The same session directory again: its root still holds what was synced, so a resync moves only changes.
     async fn reattach(&self, request: ReattachRequest) -> Result<Arc<dyn Sandbox>> {
-        let session_dir = request.connect.state_dir.join("sessions").join(&request.connect.session_id);
-        let root = session_dir.join("root");
-        let home = session_dir.join("home");
         if !self.sandbox_exists(&request).await? {
             return Err(Error::UnknownSession(request.connect.session_id.clone()));
         }
-        tokio::fs::create_dir_all(&home)
-            .await
-            .context(|| format!("Could not create the session directory {}", home.display()))?;
-        let bubblewrap = tokio::task::block_in_place(|| self.bubblewrap_works());
-        let mut sandbox = LocalSandbox { session_dir, root, home, bubblewrap, agent: None };
-        if bubblewrap {
-            sandbox.agent = sandbox.start_agent().await;
-        }
+        super::Driver::validate_settings(self, &request.connect.settings)?;
+        let mut sandbox = tokio::task::block_in_place(|| self.start(&request.connect))?;
+        sandbox.start_agent().await?;
         Ok(Arc::new(sandbox))
     }
 }
 
-/// A session's long-lived bubblewrap with the agent inside, which starts runs without a new sandbox each time.
+/// A session's agent process, started from a thread that lives exactly as long as it (the parent-death signal
+/// fires when the spawning *thread* ends, so a pooled thread would kill the agent at random).
 struct Agent {
     client: AgentClient,
-    bubblewrap: std::sync::Mutex<std::process::Child>,
+    pid: libc::pid_t,
+    waiter: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Agent {
+    /// Asks the agent to end every process of the session, then makes sure it is gone.
+    fn stop(&self) {
+        // SAFETY: kill(2) on the agent (or bubblewrap) we started and have not reaped yet: the waiter thread
+        // holds the only wait, so the pid cannot have been reused.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let waiter = self.waiter.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(waiter) = waiter {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while !waiter.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if !waiter.is_finished() {
+                // SAFETY: as above; the waiter has not reaped it.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            }
+            let _ = waiter.join();
+        }
+    }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // Killing bubblewrap ends its PID namespace, and with it every process of the session.
-        if let Ok(mut child) = self.bubblewrap.lock() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 
-/// One session's private directory on this machine.
+/// One session's private directory on this machine and the agent that runs its commands.
 pub struct LocalSandbox {
     session_dir: PathBuf,
     root: PathBuf,
     home: PathBuf,
-    bubblewrap: bool,
+    /// The private temporary directory under Landlock (bubblewrap mounts a private `/tmp` instead).
+    temporary: PathBuf,
+    mechanism: Mechanism,
+    options: Options,
+    workspace: Option<PathBuf>,
+    state_dir: PathBuf,
+    cgroup: Option<SessionCgroup>,
     agent: Option<Agent>,
 }
 
 impl LocalSandbox {
-    /// bubblewrap's arguments for this session: the host read-only, the root, home and `extra` writable.
-    fn bubblewrap_arguments(&self, extra_writable: &[&Path]) -> Vec<String> {
-        let mut arguments: Vec<String> = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-            .iter()
-            .map(|argument| argument.to_string())
-            .collect();
-        for writable in [self.root.as_path(), self.home.as_path()].into_iter().chain(extra_writable.iter().copied()) {
-            let path = writable.to_string_lossy().into_owned();
-            arguments.extend(["--bind".to_string(), path.clone(), path]);
+    fn new(session_dir: PathBuf, mechanism: Mechanism, options: Options, request: &ConnectRequest) -> Result<Self> {
+        let root = session_dir.join("root");
+        let home = session_dir.join("home");
+        let temporary = session_dir.join("tmp");
+        for dir in [&root, &home, &temporary, &session_dir.join("agent")] {
+            std::fs::create_dir_all(dir).context(|| format!("Could not create the session directory {}", dir.display()))?;
         }
-        arguments.extend(["--unshare-pid", "--die-with-parent"].map(String::from));
-        arguments
+        let cgroup = match mechanism {
+            Mechanism::Unconfined => None,
+            _ => SessionCgroup::create(&request.session_id, options.max_processes),
+        };
+        Ok(LocalSandbox {
+            session_dir,
+            root,
+            home,
+            temporary,
+            mechanism,
+            options,
+            workspace: request.workspace.clone(),
+            state_dir: request.state_dir.clone(),
+            cgroup,
+            agent: None,
+        })
     }
 
-    /// Starts the session's agent; `None` (runs then start their own bubblewrap) when it does not come up.
-    async fn start_agent(&self) -> Option<Agent> {
-        let agent_dir = self.session_dir.join("agent");
-        std::fs::create_dir_all(&agent_dir).ok()?;
+    fn agent_dir(&self) -> PathBuf {
+        self.session_dir.join("agent")
+    }
+
+    /// The user's home and other places a run must not read, as canonical paths that exist.
+    fn hidden_dirs(&self) -> Vec<PathBuf> {
+        let mut hidden: Vec<PathBuf> = vec!["/home".into(), "/root".into(), "/run".into(), "/var/run".into()];
+        hidden.extend(dirs::home_dir());
+        hidden.extend(std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from));
+        hidden.push(self.state_dir.clone());
+        hidden.extend(self.workspace.clone());
+        canonical_existing(hidden)
+    }
+
+    /// Directories runs may read inside hidden ones: the profile's list, or the default toolchain directories.
+    fn read_only_dirs(&self) -> Vec<PathBuf> {
+        let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("/nonexistent"));
+        let listed: Vec<PathBuf> = match &self.options.read_only {
+            Some(paths) => paths
+                .iter()
+                .map(|path| match path.strip_prefix("~/") {
+                    Some(relative) => home.join(relative),
+                    None => PathBuf::from(path),
+                })
+                .collect(),
+            None => DEFAULT_READ_ONLY_HOME_DIRS.iter().map(|relative| home.join(relative)).collect(),
+        };
+        let mut read_only = canonical_existing(listed);
+        // sandlink itself, wherever it lives (a temporary clone, a home directory), for the agent.
+        read_only.extend(std::env::current_exe().ok().and_then(|exe| exe.canonicalize().ok()));
+        read_only
+    }
+
+    fn policy(&self) -> RunPolicy {
+        let hidden_files: Vec<PathBuf> = canonical_existing(HIDDEN_SYSTEM_FILES.iter().map(PathBuf::from).collect());
+        let (readable, writable, devices, network) = match self.mechanism {
+            Mechanism::Landlock => {
+                let mut hidden = self.hidden_dirs();
+                hidden.extend(hidden_files);
+                let mut readable = readable_except(&hidden);
+                readable.extend(self.read_only_dirs());
+                let writable = vec![self.root.clone(), self.home.clone(), self.temporary.clone()];
+                let devices = WRITABLE_DEVICES.iter().map(PathBuf::from).collect();
+                (readable, writable, devices, self.options.network)
+            }
+            // bubblewrap's namespaces and mounts do this part; the network namespace stands for `Closed`.
+            _ => (Vec::new(), Vec::new(), Vec::new(), NetworkRule::Open),
+        };
+        RunPolicy {
+            mechanism: self.mechanism,
+            writable,
+            readable,
+            devices,
+            network,
+            unix_sockets: self.options.unix_sockets,
+            max_processes: Some(self.options.max_processes),
+        }
+    }
+
+    fn bubblewrap_view(&self) -> bubblewrap::View {
+        let mut writable = vec![self.root.clone(), self.home.clone(), self.agent_dir()];
+        writable.retain(|path| path.exists());
+        bubblewrap::View {
+            hidden_dirs: self.hidden_dirs(),
+            hidden_files: canonical_existing(HIDDEN_SYSTEM_FILES.iter().map(PathBuf::from).collect()),
+            read_only: self.read_only_dirs(),
+            writable,
+            private_network: self.options.network != NetworkRule::Open,
+        }
+    }
+
+    /// Starts the session's agent (inside bubblewrap, or directly under Landlock) and waits until it listens.
+    async fn start_agent(&mut self) -> Result<()> {
+        let agent_dir = self.agent_dir();
         let socket = agent_dir.join("agent.sock");
-        let executable = std::env::current_exe().ok()?;
-        let mut command = std::process::Command::new("bwrap");
+        let config_path = agent_dir.join("config.json");
+        let config = AgentConfig {
+            policy: self.policy(),
+            cgroup: self.cgroup.as_ref().map(|cgroup| cgroup.path().to_path_buf()),
+            proxy_bridge: None,
+        };
+        let encoded = serde_json::to_vec(&config).map_err(|error| Error::Internal(format!("Could not encode the agent's configuration: {error}")))?;
+        std::fs::write(&config_path, encoded).context(|| format!("Could not write {}", config_path.display()))?;
+        let executable = std::env::current_exe().context(|| "Could not find sandlink's own executable".into())?;
+        let mut command = match self.mechanism {
+            Mechanism::Bubblewrap => {
+                let mut command = std::process::Command::new("bwrap");
+                command.args(bubblewrap::arguments(&self.bubblewrap_view(), &self.root)).arg(&executable);
+                command
+            }
+            _ => {
+                let mut command = std::process::Command::new(&executable);
+                command.current_dir(&self.root);
+                command
+            }
+        };
         command
-            .args(self.bubblewrap_arguments(&[agent_dir.as_path()]))
-            // The sandbox's private /tmp would hide a sandlink that lives under /tmp (a build in a temporary clone).
-            .arg("--ro-bind")
-            .arg(&executable)
-            .arg(&executable)
-            .arg("--chdir")
-            .arg(&self.root)
-            .arg("--")
-            .arg(&executable)
             .arg("sandbox-agent")
             .arg("--socket")
             .arg(&socket)
-            .env("HOME", &self.home)
-            .env("SANDLINK_REMOTE_ROOT", &self.root)
+            .arg("--config")
+            .arg(&config_path)
+            // The agent needs nothing of the server's environment, and a run could read the agent's.
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
-        let child = match command.spawn() {
-            Ok(child) => child,
-            Err(error) => {
-                tracing::warn!(%error, "could not start the sandbox agent; each run starts its own bubblewrap");
-                return None;
-            }
+        let cgroup_procs = self.cgroup.as_ref().map(SessionCgroup::procs_file);
+        let joins_cgroup = match &cgroup_procs {
+            Some(path) => Some(
+                std::fs::OpenOptions::new().write(true).open(path).context(|| format!("Could not open {}", path.display()))?,
+            ),
+            None => None,
         };
-        let agent = Agent { client: AgentClient::new(socket), bubblewrap: std::sync::Mutex::new(child) };
-        if agent.client.wait_ready(std::time::Duration::from_secs(3)).await {
-            Some(agent)
-        } else {
-            tracing::warn!("the sandbox agent did not start; each run starts its own bubblewrap");
-            None
+        let dies_with_server = self.mechanism != Mechanism::Bubblewrap;
+        // SAFETY: the closure makes only system calls on descriptors opened before the fork.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let cgroup_fd = joins_cgroup.as_ref().map(|file| file.as_raw_fd());
+            command.pre_exec(move || {
+                if let Some(fd) = cgroup_fd {
+                    // Joining before exec means everything the agent (or bubblewrap) ever starts is a member.
+                    if libc::write(fd, b"0\n".as_ptr().cast(), 2) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if dies_with_server {
+                    // The agent cleans up on SIGTERM; bubblewrap sets its own parent-death signal.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+                }
+                Ok(())
+            });
         }
+        let (started, spawned) = std::sync::mpsc::channel();
+        let waiter = std::thread::Builder::new()
+            .name("sandlink-agent".into())
+            .spawn(move || match command.spawn() {
+                Ok(mut child) => {
+                    let _ = started.send(Ok(child.id() as libc::pid_t));
+                    drop(joins_cgroup);
+                    let _ = child.wait();
+                }
+                Err(error) => {
+                    let _ = started.send(Err(error));
+                }
+            })
+            .context(|| "Could not start a thread for the session's agent".into())?;
+        let pid = tokio::task::block_in_place(|| spawned.recv())
+            .map_err(|_| Error::Internal("The session's agent thread ended before starting it.".into()))?
+            .context(|| format!("Could not start the session's agent ({})", self.mechanism.as_str()))?;
+        let agent = Agent { client: AgentClient::new(socket), pid, waiter: std::sync::Mutex::new(Some(waiter)) };
+        if !agent.client.wait_ready(std::time::Duration::from_secs(5)).await {
+            return Err(Error::DriverUnavailable {
+                driver: "local".into(),
+                message: format!(
+                    "The session's sandbox ({}) did not start. Run `sandlink drivers` to see which isolation works \
+                     here; the server log has the details.",
+                    self.mechanism.as_str()
+                ),
+            });
+        }
+        self.agent = Some(agent);
+        Ok(())
     }
 
-    fn command_for(&self, spec: &ExecSpec, cwd: &Path) -> tokio::process::Command {
-        let (program, arguments): (String, Vec<String>) = match &spec.args {
-            Some(args) => (spec.command.clone(), args.clone()),
-            None => ("sh".into(), vec!["-c".into(), spec.command.clone()]),
-        };
-        let mut command = if self.bubblewrap {
-            let mut command = tokio::process::Command::new("bwrap");
-            command
-                .args(self.bubblewrap_arguments(&[]))
-                .arg("--chdir")
-                .arg(cwd)
-                .arg("--")
-                .arg(&program)
-                .args(&arguments);
-            command.env("HOME", &self.home);
-            command
-        } else {
-            let mut command = tokio::process::Command::new(&program);
-            command.args(&arguments).current_dir(cwd);
-            command
-        };
-        command.env("SANDLINK_REMOTE_ROOT", &self.root).envs(&spec.env);
-        command
+    fn stop_agent(&self) {
+        if let Some(agent) = &self.agent {
+            agent.stop();
+        }
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all_and_remove();
+        }
+    }
+}
+
+impl Drop for LocalSandbox {
+    fn drop(&mut self) {
+        self.stop_agent();
+    }
+}
+
+/// The paths that exist, canonicalised, without repeats.
+fn canonical_existing(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        if let Ok(canonical) = path.canonicalize() {
+            if !found.contains(&canonical) {
+                found.push(canonical);
+            }
+        }
+    }
+    found
+}
+
+/// What to allow reading so that everything is readable but `hidden` and what lies beneath it: Landlock only
+/// grants, so the tree is walked from `/`, descending only into directories that contain something hidden.
+fn readable_except(hidden: &[PathBuf]) -> Vec<PathBuf> {
+    let mut readable = Vec::new();
+    collect_readable(Path::new("/"), hidden, &mut readable);
+    readable
+}
+
+fn collect_readable(dir: &Path, hidden: &[PathBuf], readable: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // A rule follows links to their target, so judge the target: a link into a hidden place grants nothing.
+        let Ok(target) = path.canonicalize() else { continue };
+        if hidden.iter().any(|hidden| target.starts_with(hidden)) {
+            continue;
+        }
+        if hidden.iter().any(|hidden| hidden.starts_with(&target)) {
+            if target == path {
+                collect_readable(&path, hidden, readable);
+            }
+            continue;
+        }
+        if !readable.contains(&target) {
+            readable.push(target);
+        }
     }
 }
 
@@ -252,11 +570,15 @@ impl Sandbox for LocalSandbox {
     }
 
     fn driver_state(&self) -> serde_json::Value {
-        serde_json::json!({ "sessionDir": self.session_dir })
+        serde_json::json!({ "sessionDir": self.session_dir, "isolation": self.mechanism.as_str() })
     }
 
     fn detail(&self) -> Option<String> {
-        Some(Driver::isolation_detail(self.bubblewrap))
+        Some(self.mechanism.describe().to_string())
+    }
+
+    fn isolation(&self) -> Option<String> {
+        Some(self.mechanism.as_str().to_string())
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
@@ -270,23 +592,36 @@ impl Sandbox for LocalSandbox {
                 spec.cwd.as_deref().unwrap_or(".")
             )));
         }
-        if spec.args.is_some() && !program_exists(&spec.command, &cwd, spec.env.get("PATH")) {
-            // bubblewrap would only report this after starting, as exit code 1; say it clearly up front instead.
+        let temporary = match self.mechanism {
+            Mechanism::Bubblewrap => PathBuf::from("/tmp"),
+            _ => self.temporary.clone(),
+        };
+        let mut run_env = spec.env.clone();
+        run_env.insert("SANDLINK_REMOTE_ROOT".into(), self.root.to_string_lossy().into_owned());
+        let env = environment::for_run(
+            std::env::vars(),
+            &self.options.pass_env,
+            &self.home,
+            &temporary,
+            &self.options.env,
+            &run_env,
+        );
+        if spec.args.is_some() && !program_exists(&spec.command, &cwd, env.get("PATH")) {
+            // The agent would only report this after starting; say it clearly up front instead.
             return Err(Error::InvalidParams(format!(
                 "The program \"{}\" was not found in the sandbox's PATH. Check its name, or run it through the shell \
                  by leaving out `args`.",
                 spec.command
             )));
         }
-        if let Some(agent) = &self.agent {
-            let (program, arguments) = match &spec.args {
-                Some(args) => (spec.command.clone(), args.clone()),
-                None => ("sh".to_string(), vec!["-c".to_string(), spec.command.clone()]),
-            };
-            return agent.client.spawn(program, arguments, cwd, spec.env.clone(), spec.stdin).await;
-        }
-        let command = self.command_for(&spec, &cwd);
-        process::spawn(command, spec.stdin)
+        let Some(agent) = &self.agent else {
+            return Err(Error::Internal("The session's agent is not running; reconnect the session.".into()));
+        };
+        let (program, arguments) = match &spec.args {
+            Some(args) => (spec.command.clone(), args.clone()),
+            None => ("sh".to_string(), vec!["-c".to_string(), spec.command.clone()]),
+        };
+        agent.client.spawn(program, arguments, cwd, env, spec.stdin).await
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
@@ -298,12 +633,7 @@ impl Sandbox for LocalSandbox {
     }
 
     async fn disconnect(&self, keep: bool) -> Result<()> {
-        if let Some(agent) = &self.agent {
-            if let Ok(mut bubblewrap) = agent.bubblewrap.lock() {
-                let _ = bubblewrap.kill();
-                let _ = bubblewrap.wait();
-            }
-        }
+        tokio::task::block_in_place(|| self.stop_agent());
         if keep {
             return Ok(());
         }

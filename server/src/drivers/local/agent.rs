@@ -1,12 +1,17 @@
-//! The in-sandbox agent: one long-lived process inside a session's bubblewrap that starts each run by fork and exec.
+//! The session agent: one long-lived process per session (inside its bubblewrap, when that is the mechanism)
+//! that starts each run by fork and exec.
 //!
 //! Starting bubblewrap costs several milliseconds (namespaces, mounts), which dominated the cost of a short run.
 //! The local driver therefore starts bubblewrap once per session with `sandlink sandbox-agent` inside it, and each
 //! run is a request on the agent's Unix socket carrying the run's three pipe ends (SCM_RIGHTS). The agent answers
 //! `started PID`, signals the run's process group on `TERM` or `KILL`, reports `exit code N` or `exit signal N`,
-//! and kills the group when the server goes away, so nothing outlives the connection.
+//! and kills the group when the server goes away, so nothing outlives the connection. The agent confines each run
+//! (`confine.rs`) between fork and exec, and is a child subreaper, so when it is told to stop it finds and ends
+//! every process the session started.
+//!
+//! Without bubblewrap the agent runs directly on the host: the same code, the confinement then being Landlock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -20,8 +25,11 @@ use sendfd::{RecvWithFd, SendWithFd};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use super::process::signal_name;
-use super::{ExitStatus, Process, ProcessControl, Signal};
+use super::confine::{Confinement, NetworkRule, RunPolicy};
+use super::isolation::Mechanism;
+use super::processes;
+use crate::drivers::process::signal_name;
+use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::error::{Error, Result};
 
 /// Requests larger than this are refused; a command line and environment never come close.
@@ -36,14 +44,74 @@ struct SpawnRequest {
     env: BTreeMap<String, String>,
 }
 
-/// Runs the agent: accepts one connection per run until killed. Never returns on success.
-pub fn serve(socket_path: &Path) -> std::io::Result<()> {
+/// What the driver tells its agent when it starts it: how to confine runs and how to clean up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    pub policy: RunPolicy,
+    /// The session's pids cgroup, whose members the agent kills when it is told to stop.
+    pub cgroup: Option<PathBuf>,
+    /// Inside a network namespace: a loopback port bridged to the filtering proxy's Unix socket.
+    pub proxy_bridge: Option<ProxyBridge>,
+}
+
+/// A loopback listener inside the sandbox that carries connections to sandlink's proxy outside.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyBridge {
+    pub port: u16,
+    pub unix_socket: PathBuf,
+}
+
+/// Runs the agent: accepts one connection per run until told to stop (SIGTERM, SIGINT, SIGHUP, or the death of the
+/// server through the parent-death signal), then kills everything the session started and exits.
+pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<()> {
+    // Before any thread starts, so every thread inherits the mask and only the signal thread takes these.
+    let termination = termination_signals();
+    // SAFETY: pthread_sigmask on the calling thread with a valid set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &termination, std::ptr::null_mut()) };
+    // Orphans of runs (daemons, double forks) become the agent's children, so the clean-up finds them all.
+    // SAFETY: prctl on the calling process with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let config: AgentConfig = match config_path {
+        Some(path) => serde_json::from_slice(&std::fs::read(path)?).map_err(std::io::Error::other)?,
+        None => AgentConfig {
+            policy: RunPolicy {
+                mechanism: Mechanism::Unconfined,
+                writable: Vec::new(),
+                readable: Vec::new(),
+                devices: Vec::new(),
+                network: NetworkRule::Open,
+                unix_sockets: true,
+                max_processes: None,
+            },
+            cgroup: None,
+            proxy_bridge: None,
+        },
+    };
+    let confinement = Arc::new(Confinement::prepare(&config.policy)?);
+    let reaper = Arc::new(Reaper::default());
+    {
+        let reaper = reaper.clone();
+        std::thread::spawn(move || reaper.run());
+    }
+    {
+        let cgroup = config.cgroup.clone();
+        std::thread::spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: sigwait with a valid set and out-pointer.
+            unsafe { libc::sigwait(&termination, &mut signal) };
+            clean_up_and_exit(cgroup.as_deref());
+        });
+    }
     let _ = std::fs::remove_file(socket_path);
     let listener = UnixListener::bind(socket_path)?;
     for connection in listener.incoming() {
         let Ok(connection) = connection else { continue };
+        let confinement = confinement.clone();
+        let reaper = reaper.clone();
         std::thread::spawn(move || {
-            if let Err(error) = handle_run(connection) {
+            if let Err(error) = handle_run(connection, &confinement, &reaper) {
                 eprintln!("sandlink sandbox-agent: {error}");
             }
         });
@@ -51,7 +119,60 @@ pub fn serve(socket_path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn handle_run(connection: UnixStream) -> std::io::Result<()> {
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Ends every process the session started (its cgroup's members and every descendant of the agent), then exits.
+fn clean_up_and_exit(cgroup: Option<&Path>) -> ! {
+    // SAFETY: getpid has no preconditions.
+    let agent = unsafe { libc::getpid() };
+    processes::kill_descendants(agent);
+    if let Some(cgroup) = cgroup {
+        let members = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+        for pid in members.lines().filter_map(|line| line.trim().parse::<libc::pid_t>().ok()).filter(|pid| *pid != agent) {
+            // SAFETY: kill(2) on a member of the session's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    std::process::exit(0)
+}
+
+/// The agent is the only waiter for its children: runs' exit statuses go to whoever registered the run, and
+/// orphans re-parented to the agent are reaped so they do not linger as zombies.
+#[derive(Default)]
+struct Reaper {
+    waiting: std::sync::Mutex<HashMap<libc::pid_t, std::sync::mpsc::Sender<libc::c_int>>>,
+}
+
+impl Reaper {
+    fn run(&self) {
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid for any child with a valid out-pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid > 0 {
+                let waiter = self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&pid);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(status);
+                }
+            } else {
+                // No children right now (ECHILD) or interrupted: look again shortly.
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &Reaper) -> std::io::Result<()> {
     let mut first = vec![0u8; 64 * 1024];
     let mut fds: [RawFd; 3] = [-1; 3];
     let (received, fd_count) = connection.recv_with_fd(&mut first, &mut fds)?;
@@ -96,20 +217,34 @@ fn handle_run(connection: UnixStream) -> std::io::Result<()> {
     command
         .args(&request.args)
         .current_dir(&request.cwd)
+        // The request carries the whole environment: nothing of the agent's own reaches the run.
+        .env_clear()
         .envs(&request.env)
         .stdin(std::process::Stdio::from(stdin))
         .stdout(std::process::Stdio::from(stdout))
-        .stderr(std::process::Stdio::from(stderr))
-        .process_group(0);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(error) => {
-            writeln!(writer, "error could not start {}: {error}", request.program)?;
-            return Ok(());
-        }
+        .stderr(std::process::Stdio::from(stderr));
+    let child_confinement = confinement.clone();
+    // SAFETY: the closure only makes system calls (see `Confinement::apply_in_child`).
+    unsafe { command.pre_exec(move || child_confinement.apply_in_child()) };
+    // The reaper may only see the run's exit once the run is registered: spawn and register under its lock.
+    let (exited, exit_status) = std::sync::mpsc::channel();
+    let group = {
+        let mut waiting = reaper.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                drop(waiting);
+                writeln!(writer, "error could not start {}: {error}", request.program)?;
+                return Ok(());
+            }
+        };
+        let pid = child.id() as libc::pid_t;
+        waiting.insert(pid, exited);
+        // The reaper waits for it; dropping the handle neither kills nor waits.
+        drop(child);
+        pid
     };
     drop(command);
-    let group = child.id() as libc::pid_t;
     writeln!(writer, "started {group}")?;
     let signals = connection.try_clone()?;
     std::thread::spawn(move || {
@@ -120,19 +255,20 @@ fn handle_run(connection: UnixStream) -> std::io::Result<()> {
                 Ok(_) => continue,
                 Err(_) => break,
             };
-            // SAFETY: kill(2) on the run's own process group; no memory is touched.
+            // SAFETY: kill(2) on the run's own process group (the run leads a session of its own).
             unsafe { libc::kill(-group, number) };
         }
         // The server went away (or finished with this run): nothing of the run may outlive it.
         // SAFETY: as above.
         unsafe { libc::kill(-group, libc::SIGKILL) };
     });
-    let status = child.wait()?;
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => writeln!(writer, "exit code {code}")?,
-        (None, Some(signal)) => writeln!(writer, "exit signal {signal}")?,
-        (None, None) => writeln!(writer, "exit code 255")?,
+    let status = exit_status.recv().map_err(|_| std::io::Error::other("the reaper stopped"))?;
+    if libc::WIFEXITED(status) {
+        writeln!(writer, "exit code {}", libc::WEXITSTATUS(status))?;
+    } else if libc::WIFSIGNALED(status) {
+        writeln!(writer, "exit signal {}", libc::WTERMSIG(status))?;
+    } else {
+        writeln!(writer, "exit code 255")?;
     }
     Ok(())
 }
@@ -217,7 +353,7 @@ impl AgentClient {
             })
         }
         .boxed();
-        let stdin = if stdin { Some(Box::pin(pipe_sender(stdin_writer)?) as super::BoxedWriter) } else { None };
+        let stdin = if stdin { Some(Box::pin(pipe_sender(stdin_writer)?) as crate::drivers::BoxedWriter) } else { None };
         Ok(Process {
             stdout: Box::pin(pipe_receiver(stdout_reader)?),
             stderr: Box::pin(pipe_receiver(stderr_reader)?),

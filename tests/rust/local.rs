@@ -278,7 +278,10 @@ fn cancel_should_send_sigterm_to_every_child_before_sigkill_after_the_grace_peri
     let session = server.connect("local", Value::Null, workspace.path());
     let root = std::path::PathBuf::from(session["remoteRoot"].as_str().expect("remoteRoot"));
     // A marker in each child's argv makes the run's processes recognisable in /proc without touching anything else.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.subsec_nanos()).unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or_default();
     let marker = format!("sandlink-term-{}-{nanos}", std::process::id());
     // The polite child writes down that SIGTERM reached it and leaves; the stubborn one writes it down, then keeps
     // going (timestamping each round) until something stronger ends it. The main shell does not trap TERM, so only
@@ -304,7 +307,8 @@ fn cancel_should_send_sigterm_to_every_child_before_sigkill_after_the_grace_peri
         vec!["got-term".to_string()],
         "a child that handles SIGTERM receives it before anything stronger"
     );
-    let stubborn: Vec<u128> = lines_of(&root.join("stubborn.term")).iter().filter_map(|line| line.parse().ok()).collect();
+    let stubborn: Vec<u128> =
+        lines_of(&root.join("stubborn.term")).iter().filter_map(|line| line.parse().ok()).collect();
     let (Some(first), Some(last)) = (stubborn.first(), stubborn.last()) else {
         panic!("the child that ignores SIGTERM still received it: {:?}", lines_of(&root.join("stubborn.term")));
     };

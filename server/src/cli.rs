@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
+use crate::drivers::process::signal_number;
 use crate::engine::{Engine, Events, NoProgress};
 use crate::error::Error;
 use crate::protocol::{
@@ -430,12 +431,8 @@ fn exit_code_for(exit: &ExitParams) -> ExitCode {
         eprintln!("sandlink: {}", exit.message.as_deref().unwrap_or_default());
         return ExitCode::from(EXIT_SANDLINK_ERROR);
     }
-    let number = match exit.signal.as_deref() {
-        Some("SIGINT") => libc::SIGINT,
-        Some("SIGTERM") => libc::SIGTERM,
-        Some("SIGKILL") => libc::SIGKILL,
-        _ => libc::SIGTERM,
-    };
+    // A signal no driver names (or none at all) still reads as "killed", the way SIGTERM does.
+    let number = exit.signal.as_deref().and_then(signal_number).unwrap_or(libc::SIGTERM);
     ExitCode::from((128 + number) as u8)
 }
 

@@ -115,3 +115,23 @@ fn a_sandlink_installed_under_tmp_should_still_start_its_sandbox_agent() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("agent did not start") && !stderr.contains("execvp"), "{stderr}");
 }
+
+#[test]
+fn run_should_exit_128_plus_the_signal_that_killed_the_command() {
+    let workspace = support::workspace_with(&[]);
+    let state = tempfile::tempdir().expect("state dir");
+    // The shell's convention, so scripts can tell "killed by SIGTERM" (143) from "exited with 1".
+    for (signal, expected) in [("TERM", 143), ("KILL", 137), ("HUP", 129), ("USR1", 138)] {
+        let output = sandlink(state.path())
+            .current_dir(workspace.path())
+            .args(["run", "--", "sh", "-c", &format!("kill -{signal} $$")])
+            .output()
+            .expect("sandlink runs");
+        assert_eq!(
+            output.status.code(),
+            Some(expected),
+            "a command killed by SIG{signal} exits {expected}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -237,6 +237,52 @@ fn dropped_stream_should_reattach_by_pid_with_output_complete_and_in_order() {
     assert_eq!(reattaches, 2, "one re-attach per dropped stream");
 }
 
+/// How many `process.Process/Connect` re-attaches the fake saw from `since` on.
+fn reattaches_since(fake: &Fake, since: u64) -> usize {
+    fake.requests_since(since).iter().filter(|request| request["path"] == "/process.Process/Connect").count()
+}
+
+#[test]
+fn drops_after_output_should_never_exhaust_the_reattach_limit_however_many_there_are() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, &fake, fake.settings(), &[]);
+    // Eight drops in a row, more than the driver's limit of fruitless re-attaches, but each stream delivers output
+    // before it breaks: the give-up counter must start again after each, and the run must reach its end.
+    let drops = 8;
+    fake.set_faults(json!({ "dropStreamAfterBytes": 1, "dropStreamCount": drops }));
+    let since = fake.next_sequence();
+    let outcome = server.run_to_exit(json!({
+        "sessionId": session_id,
+        "command": "for i in $(seq 1 20); do echo line-$i; sleep 0.1; done",
+    }));
+    let expected: String = (1..=20).map(|index| format!("line-{index}\n")).collect();
+    assert_eq!(outcome.stdout, expected, "every line arrives once, in order: {}", outcome.exit);
+    assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.exit);
+    assert_eq!(reattaches_since(&fake, since), drops, "one re-attach per dropped stream");
+}
+
+#[test]
+fn drops_before_any_output_should_give_up_with_a_clear_error_instead_of_looping() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, &fake, fake.settings(), &[]);
+    // Every stream breaks right after envd's start event (which a re-attach also begins with): nothing is ever
+    // delivered, so the driver must stop re-attaching long before the fake runs out of drops.
+    let drops = 20;
+    fake.set_faults(json!({ "dropStreamAfterBytes": 0, "dropStreamCount": drops }));
+    let since = fake.next_sequence();
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "sleep 3; echo too-late" }));
+    fake.admin("DELETE", "/_admin/faults", None);
+    let message = outcome.exit["message"].as_str().unwrap_or_default();
+    assert!(message.contains("kept breaking"), "the exit says the stream could not be kept up: {}", outcome.exit);
+    assert_eq!(outcome.stdout, "", "{}", outcome.exit);
+    let reattaches = reattaches_since(&fake, since);
+    assert!((1..drops).contains(&reattaches), "the driver gave up after a few fruitless re-attaches, not {reattaches}");
+}
+
 #[test]
 fn rate_limits_should_be_retried_after_the_servers_retry_after() {
     let _serial = serial();

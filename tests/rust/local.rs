@@ -274,3 +274,61 @@ fn log_level_from_initialization_options_should_apply_and_stdout_should_carry_on
     std::thread::sleep(Duration::from_millis(200));
     assert!(server.stderr().contains("request failed"), "debug logs reach stderr: {}", server.stderr());
 }
+
+/// The lines of a file the run wrote into its root, empty while it does not exist.
+fn lines_of(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn cancel_should_send_sigterm_to_every_child_before_sigkill_after_the_grace_period() {
+    let workspace = support::workspace_with(&[]);
+    let server = Server::start();
+    let session = server.connect("local", Value::Null, workspace.path());
+    let root = std::path::PathBuf::from(session["remoteRoot"].as_str().expect("remoteRoot"));
+    // A marker in each child's argv makes the run's processes recognisable in /proc without touching anything else.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or_default();
+    let marker = format!("sandlink-term-{}-{nanos}", std::process::id());
+    // The polite child writes down that SIGTERM reached it and leaves; the stubborn one writes it down, then keeps
+    // going (timestamping each round) until something stronger ends it. The main shell does not trap TERM, so only
+    // the group-wide signal can reach the children.
+    let command = format!(
+        "sh -c 'trap \"echo got-term > polite.term; exit 0\" TERM; touch polite.ready; sleep 3000 & wait' polite-{marker} & \
+         sh -c 'trap \"date +%s%N > stubborn.term\" TERM; touch stubborn.ready; \
+                while :; do sleep 0.05; if [ -e stubborn.term ]; then date +%s%N >> stubborn.term; fi; done' stubborn-{marker} & \
+         wait"
+    );
+    let run_id = server.start_run(json!({ "sessionId": session["sessionId"], "command": command }));
+    let started = Instant::now();
+    while !(root.join("polite.ready").exists() && root.join("stubborn.ready").exists()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the run's children did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel is accepted");
+    let outcome = server.collect_run(&run_id, Duration::from_secs(30));
+    assert_eq!(outcome.exit["cancelled"], true, "exit says cancelled: {}", outcome.exit);
+
+    assert_eq!(
+        lines_of(&root.join("polite.term")),
+        vec!["got-term".to_string()],
+        "a child that handles SIGTERM receives it before anything stronger"
+    );
+    let stubborn: Vec<u128> =
+        lines_of(&root.join("stubborn.term")).iter().filter_map(|line| line.parse().ok()).collect();
+    let (Some(first), Some(last)) = (stubborn.first(), stubborn.last()) else {
+        panic!("the child that ignores SIGTERM still received it: {:?}", lines_of(&root.join("stubborn.term")));
+    };
+    let lived_after_term = Duration::from_nanos((last - first) as u64);
+    assert!(
+        lived_after_term >= Duration::from_millis(1000),
+        "a child that ignores SIGTERM gets the grace period before SIGKILL; it was stopped {lived_after_term:?} after SIGTERM"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !support::processes_matching(&marker).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(support::processes_matching(&marker), Vec::<u32>::new(), "the child that ignores SIGTERM was killed");
+}

@@ -87,27 +87,39 @@ impl ProcessControl for GroupControl {
     }
 }
 
-/// The conventional name of a signal number, as users see it in shells.
+/// Signal numbers and their conventional names, as users see them in shells; one table for both directions.
+const SIGNAL_NAMES: [(i32, &str); 17] = [
+    (libc::SIGHUP, "SIGHUP"),
+    (libc::SIGINT, "SIGINT"),
+    (libc::SIGQUIT, "SIGQUIT"),
+    (libc::SIGILL, "SIGILL"),
+    (libc::SIGTRAP, "SIGTRAP"),
+    (libc::SIGABRT, "SIGABRT"),
+    (libc::SIGBUS, "SIGBUS"),
+    (libc::SIGFPE, "SIGFPE"),
+    (libc::SIGKILL, "SIGKILL"),
+    (libc::SIGUSR1, "SIGUSR1"),
+    (libc::SIGSEGV, "SIGSEGV"),
+    (libc::SIGUSR2, "SIGUSR2"),
+    (libc::SIGPIPE, "SIGPIPE"),
+    (libc::SIGALRM, "SIGALRM"),
+    (libc::SIGTERM, "SIGTERM"),
+    (libc::SIGXCPU, "SIGXCPU"),
+    (libc::SIGXFSZ, "SIGXFSZ"),
+];
+
+/// The conventional name of a signal number, as users see it in shells (`SIG<number>` for the rest).
 pub fn signal_name(number: i32) -> String {
-    let name = match number {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        _ => return format!("SIG{number}"),
-    };
-    name.to_string()
+    match SIGNAL_NAMES.iter().find(|(known, _)| *known == number) {
+        Some((_, name)) => (*name).to_string(),
+        None => format!("SIG{number}"),
+    }
+}
+
+/// The number of a signal named by `signal_name`, or `None` for a name it never produces.
+pub fn signal_number(name: &str) -> Option<i32> {
+    if let Some((number, _)) = SIGNAL_NAMES.iter().find(|(_, known)| *known == name) {
+        return Some(*number);
+    }
+    name.strip_prefix("SIG")?.parse().ok().filter(|number| (1..=64).contains(number))
 }

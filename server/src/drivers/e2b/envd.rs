@@ -27,7 +27,8 @@ const CONNECT_STREAM_CONTENT_TYPE: &str = "application/connect+json";
 const FLAG_COMPRESSED: u8 = 0x01;
 /// Envelope flag: the last frame of a stream, carrying its status.
 const FLAG_END_OF_STREAM: u8 = 0x02;
-/// Re-attaching this many times in a row without receiving anything means the stream cannot be kept up.
+/// Re-attaching this many times in a row without receiving anything past the start event means the stream cannot
+/// be kept up.
 const MAX_FRUITLESS_REATTACHES: u32 = 3;
 /// How long a signal may take; a cancel must not wait on a sandbox that stopped answering.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -229,7 +230,7 @@ enum StreamEnd {
     Finished(ExitStatus),
     /// envd reported an error for the RPC.
     Failed(Error),
-    /// The stream broke or went silent; `progressed` says whether it delivered anything first.
+    /// The stream broke or went silent; `progressed` says whether it delivered anything past its start event.
     Broken { reason: String, progressed: bool },
 }
 
@@ -303,7 +304,6 @@ async fn pump_stream(
                     };
                 }
                 Frame::Message(payload) => {
-                    progressed = true;
                     let message: StreamMessage = match serde_json::from_slice(&payload) {
                         Ok(message) => message,
                         Err(error) => {
@@ -312,6 +312,11 @@ async fn pump_stream(
                         }
                     };
                     let Some(event) = message.event else { continue };
+                    // Every stream, a re-attach's too, opens with the start event: only what follows it (output,
+                    // a keepalive, the end) shows the stream can be kept up, so only that resets the give-up count.
+                    if event.start.is_none() {
+                        progressed = true;
+                    }
                     if let Some(start) = event.start {
                         shared.pid.store(start.pid, Ordering::SeqCst);
                         if let Some(sender) = pid_sender.take() {

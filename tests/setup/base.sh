@@ -15,3 +15,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
+
+# Names the network-policy tests give their local servers (tests/rust/netpolicy.rs): one host an allow-list names,
+# one it does not. Loopback addresses only, so no test ever reaches beyond this machine.
+for entry in "127.0.0.2 allowed.sandlink.test" "127.0.0.3 denied.sandlink.test"; do
+    if ! grep -qE "^[[:space:]]*${entry%% *}[[:space:]].*\\b${entry#* }\\b" /etc/hosts; then
+        if [ -w /etc/hosts ]; then
+            echo "$entry" >>/etc/hosts
+        else
+            echo "tests/setup/base.sh: please add \"$entry\" to /etc/hosts (the network policy tests need it)" >&2
+            exit 1
+        fi
+    fi
+done

@@ -706,3 +706,42 @@ fn an_allow_list_should_be_refused_as_unsupported_before_creating_anything() {
     let after = docker(&["ps", "-aq", "--filter", "label=sandlink.driver=docker"]).lines().count();
     assert!(after <= before, "no container was created for a refused policy");
 }
+
+#[test]
+fn a_kept_container_should_not_be_reattached_under_another_network_policy() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = support::workspace_with(&[]);
+    let start = || {
+        Server::start_with(StartOptions {
+            state_dir: Some(state.path().to_path_buf()),
+            env: server_env(),
+            ..StartOptions::default()
+        })
+    };
+    let session_id = {
+        let first = start();
+        let session = first.connect("docker", json!({ "image": IMAGE, "network": "on" }), workspace.path());
+        session["sessionId"].as_str().expect("id").to_string()
+        // Dropping the server keeps the session and its container, as closing an editor does.
+    };
+    let name = format!("sandlink-{session_id}");
+    assert!(container_exists(&name), "the container is kept across the restart");
+    // The record now asks for a policy the kept container (network mode bridge) does not have.
+    let record_path = state.path().join("sessions").join(&session_id).join("session.json");
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&record_path).expect("the record")).expect("JSON");
+    record["settings"]["network"] = json!("off");
+    std::fs::write(&record_path, serde_json::to_vec(&record).expect("JSON")).expect("written");
+    let second = start();
+    let error = second.request_error(
+        "sandlink/connect",
+        json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    docker(&["rm", "-f", &name]);
+    assert!(
+        error.message.contains("network \"bridge\"") && error.message.contains("network: off"),
+        "the re-attach names the container's network and the policy: {error:?}"
+    );
+}

@@ -484,9 +484,11 @@ class Sandbox:
             "envdAccessToken": self.envd_access_token,
             "domain": None,
             "allowInternetAccess": self.allow_internet_access,
-            "network": self.network,
             "lifecycle": {"autoResume": False, "onTimeout": "pause" if self.auto_pause else "kill"},
         })
+        # Absent rather than null when never set: the SDK parses a present `network` as an object.
+        if self.network is not None:
+            detail["network"] = self.network
         return detail
 
 

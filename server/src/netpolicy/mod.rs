@@ -163,7 +163,7 @@ impl AllowedHost {
         if let Ok(address) = text.parse::<Ipv6Addr>() {
             return Ok(AllowedHost { host: HostPattern::Address(IpAddr::V6(address)), port: None });
         }
-        let (host_text, port) = split_host_port(text).map_err(|why| refuse(why))?;
+        let (host_text, port) = split_host_port(text).map_err(&refuse)?;
         let host = if let Some(inner) = host_text.strip_prefix('[') {
             let inner = inner.strip_suffix(']').ok_or_else(|| refuse("an IPv6 address needs its closing \"]\""))?;
             let address = inner.parse::<Ipv6Addr>().map_err(|_| refuse("the part in brackets is not an IPv6 address"))?;

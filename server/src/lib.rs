@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod logging;
 pub mod lsp;
+pub mod netpolicy;
 pub mod paths;
 pub mod profiles;
 pub mod protocol;

@@ -35,6 +35,21 @@ def test_create_should_return_a_sandbox_that_get_info_and_list_report(server):
         created.kill()
 
 
+def test_network_rules_should_be_kept_from_create_and_replaced_by_update_network(server):
+    created = Sandbox.create(timeout=60, network={"allow_out": ["pypi.org", "*.npmjs.org"], "deny_out": ["0.0.0.0/0"]},
+                             **server.sdk_options())
+    try:
+        network = created.get_info().network
+        assert network is not None
+        assert (network.get("allow_out"), network.get("deny_out")) == (["pypi.org", "*.npmjs.org"], ["0.0.0.0/0"])
+        created.update_network({"deny_out": ["10.0.0.0/8"]})
+        network = created.get_info().network
+        assert network is not None
+        assert (network.get("allow_out"), network.get("deny_out")) == (None, ["10.0.0.0/8"]), "omitted fields clear"
+    finally:
+        created.kill()
+
+
 def test_run_should_stream_stdout_and_stderr_to_callbacks_and_return_exit_code_zero(sandbox):
     stdout_chunks: list[tuple[float, str]] = []
     stderr_chunks: list[str] = []

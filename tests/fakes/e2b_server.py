@@ -29,6 +29,7 @@ import contextlib
 import datetime as dt
 import gzip
 import hashlib
+import ipaddress
 import itertools
 import json
 import logging
@@ -424,6 +425,10 @@ class Sandbox:
     # Transports of open Start/Connect streams: a sandbox that dies takes its connections with it, as the VM would.
     open_stream_transports: set = field(default_factory=set)
     watchers: dict = field(default_factory=dict)
+    # The egress rules as the client last set them (create's `network`, or `PUT /sandboxes/{id}/network`), and
+    # create's `allow_internet_access`. Recorded, not enforced: commands here run on the host's network.
+    network: Optional[dict] = None
+    allow_internet_access: Optional[bool] = None
 
     @property
     def filesystem_root(self) -> str:
@@ -478,9 +483,12 @@ class Sandbox:
         detail.update({
             "envdAccessToken": self.envd_access_token,
             "domain": None,
-            "allowInternetAccess": None,
+            "allowInternetAccess": self.allow_internet_access,
             "lifecycle": {"autoResume": False, "onTimeout": "pause" if self.auto_pause else "kill"},
         })
+        # Absent rather than null when never set: the SDK parses a present `network` as an object.
+        if self.network is not None:
+            detail["network"] = self.network
         return detail
 
 
@@ -802,6 +810,7 @@ async def handle_admin(request: web.Request, fake: FakeE2B) -> web.StreamRespons
         return json_response(200, {"sandboxes": [
             {"sandboxID": sandbox.sandbox_id, "state": sandbox.state, "hostRoot": sandbox.filesystem_root,
              "endAt": epoch_to_rfc3339(sandbox.end_at), "envdAccessToken": sandbox.envd_access_token,
+             "network": sandbox.network, "allowInternetAccess": sandbox.allow_internet_access,
              "processes": [{"pid": process.pid, "exited": process.exited,
                             "bufferedEvents": len(process.buffered_events)}
                            for process in sandbox.processes.values()]}
@@ -925,9 +934,55 @@ async def handle_control(request: web.Request, fake: FakeE2B) -> web.StreamRespo
         fake.snapshots[snapshot_id] = {"names": [snapshot_id], "sandboxID": sandbox_id,
                                        "hostRoot": snapshot_host_root, "envVars": dict(sandbox.env_vars)}
         return json_response(201, {"snapshotID": snapshot_id, "names": [snapshot_id]})
+    if action == "/network" and method == "PUT":
+        body = await read_json_body(request)
+        network, problem = checked_network_config(body)
+        if problem:
+            return control_error(400, problem)
+        # The update replaces the egress rules; a field left out is cleared, as E2B documents.
+        sandbox.network = network
+        if "allow_internet_access" in body:
+            sandbox.allow_internet_access = body["allow_internet_access"]
+        return web.Response(status=204)
     if action == "/metrics" and method == "GET":
         return json_response(200, [])
     return control_error(404, f"Route {method} {path} does not exist in this fake.")
+
+
+NETWORK_DOMAIN = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def is_address_or_cidr(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return True
+    except ValueError:
+        return False
+
+
+def checked_network_config(config: Any) -> tuple[Optional[dict], Optional[str]]:
+    """Checks `SandboxNetworkConfig` egress rules as E2B does: allowOut takes CIDRs, addresses and domain names
+    (`*.` allowed), denyOut only CIDRs and addresses. Answers the rules to record, or a 400 message."""
+    if config is None:
+        return None, None
+    if not isinstance(config, dict):
+        return None, "network must be an object"
+    for key in ("allowOut", "denyOut"):
+        entries = config.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+            return None, f"network.{key} must be a list of strings"
+        for entry in entries:
+            if is_address_or_cidr(entry):
+                continue
+            if key == "denyOut":
+                return None, f"invalid denyOut entry '{entry}': domain names are not supported for deny rules"
+            if not NETWORK_DOMAIN.match(entry.lower()):
+                return None, f"invalid allowOut entry '{entry}': expected a CIDR block, an IP address or a domain"
+    if "allowPublicTraffic" in config and not isinstance(config["allowPublicTraffic"], bool):
+        return None, "network.allowPublicTraffic must be a boolean"
+    return {key: value for key, value in config.items() if key in ("allowOut", "denyOut", "allowPublicTraffic")}, None
 
 
 async def create_sandbox(request: web.Request, fake: FakeE2B) -> web.StreamResponse:
@@ -947,12 +1002,20 @@ async def create_sandbox(request: web.Request, fake: FakeE2B) -> web.StreamRespo
     env_vars = body.get("envVars") or {}
     if not isinstance(metadata, dict) or not isinstance(env_vars, dict):
         return control_error(400, "metadata and envVars must be objects of strings")
+    network, problem = checked_network_config(body.get("network"))
+    if problem:
+        return control_error(400, problem)
+    allow_internet_access = body.get("allow_internet_access")
+    if allow_internet_access is not None and not isinstance(allow_internet_access, bool):
+        return control_error(400, "allow_internet_access must be a boolean")
     if template_id not in fake.snapshots and ("/" in template_id or ":" in template_id):
         return control_error(404, f"template '{template_id}' not found")
     sandbox = await asyncio.get_running_loop().run_in_executor(
         None, lambda: fake.new_sandbox(template_id, timeout_seconds, metadata, env_vars,
                                        secure=body.get("secure", True) is not False,
                                        auto_pause=bool(body.get("autoPause", False))))
+    sandbox.network = network
+    sandbox.allow_internet_access = allow_internet_access
     if idempotency_key:
         fake.sandbox_by_idempotency_key[idempotency_key] = sandbox.sandbox_id
     return json_response(201, sandbox.sandbox_json())

@@ -627,3 +627,121 @@ fn a_restarted_server_should_reattach_to_the_same_container_without_reuploading(
     second.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
     assert!(!container_exists(&name), "a real disconnect removes the container");
 }
+
+/// A TCP server on the host's docker0 address (the default bridge's gateway) that greets whoever connects.
+fn host_service_on_the_bridge_gateway() -> Option<std::net::SocketAddr> {
+    // The default bridge often leaves its gateway out of IPAM; the host's address on docker0 is the same thing.
+    let configured = docker(&["network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"]);
+    let gateway = match configured.trim() {
+        "" => {
+            let output = Command::new("ip").args(["-4", "-o", "addr", "show", "docker0"]).output().ok()?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.split_whitespace().skip_while(|word| *word != "inet").nth(1)?.split('/').next()?.to_string()
+        }
+        gateway => gateway.to_string(),
+    };
+    let listener = std::net::TcpListener::bind((gateway.as_str(), 0)).ok()?;
+    let address = listener.local_addr().ok()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            use std::io::Write;
+            let mut stream = stream;
+            let _ = stream.write_all(b"host-service\n");
+        }
+    });
+    Some(address)
+}
+
+#[test]
+fn network_off_should_keep_the_container_from_every_host_service() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let Some(service) = host_service_on_the_bridge_gateway() else {
+        panic!("the default bridge's gateway address can be bound on the host");
+    };
+    let probe = format!(
+        "nc -w 3 {} {} </dev/null; echo gateway=$?; nc -w 3 127.0.0.2 {} </dev/null; echo loopback=$?; \
+         cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort | tr '\\n' ' '",
+        service.ip(),
+        service.port(),
+        service.port()
+    );
+    let server = start_server();
+    // The control: with the network on, the same probe reaches the host service, so the probe can fail.
+    let (_workspace, open) = connect(&server, json!({ "image": IMAGE, "network": "on" }), &[]);
+    let reached = server.run_to_exit(json!({ "sessionId": open["sessionId"], "command": probe.clone() }));
+    assert!(reached.stdout.contains("host-service\ngateway=0"), "{}", reached.stdout);
+    let (_workspace, closed) = connect(&server, json!({ "image": IMAGE, "network": "off" }), &[]);
+    assert_eq!(inspect(&container_name(&closed), "{{.HostConfig.NetworkMode}}"), "none");
+    let outcome = server.run_to_exit(json!({ "sessionId": closed["sessionId"], "command": probe }));
+    assert!(!outcome.stdout.contains("host-service"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("gateway=1"), "the host's bridge address is unreachable: {}", outcome.stdout);
+    assert!(outcome.stdout.contains("loopback=1"), "the host's 127.0.0.x is not the container's: {}", outcome.stdout);
+    assert!(outcome.stdout.trim_end().ends_with("loopback=1\nlo"), "only loopback inside: {}", outcome.stdout);
+}
+
+#[test]
+fn an_allow_list_should_be_refused_as_unsupported_before_creating_anything() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let workspace = support::workspace_with(&[]);
+    let before = docker(&["ps", "-aq", "--filter", "label=sandlink.driver=docker"]).lines().count();
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({
+            "driver": "docker",
+            "settings": { "image": IMAGE, "network": ["allowed.sandlink.test", "pypi.org:443"] },
+            "workspaceFolder": support::file_uri(workspace.path()),
+        }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
+    assert!(
+        error.message.contains("network: only allowed.sandlink.test, pypi.org:443") && error.message.contains("\"off\""),
+        "the message names the policy and what works instead: {}",
+        error.message
+    );
+    let after = docker(&["ps", "-aq", "--filter", "label=sandlink.driver=docker"]).lines().count();
+    assert!(after <= before, "no container was created for a refused policy");
+}
+
+#[test]
+fn a_kept_container_should_not_be_reattached_under_another_network_policy() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = support::workspace_with(&[]);
+    let start = || {
+        Server::start_with(StartOptions {
+            state_dir: Some(state.path().to_path_buf()),
+            env: server_env(),
+            ..StartOptions::default()
+        })
+    };
+    let session_id = {
+        let first = start();
+        let session = first.connect("docker", json!({ "image": IMAGE, "network": "on" }), workspace.path());
+        session["sessionId"].as_str().expect("id").to_string()
+        // Dropping the server keeps the session and its container, as closing an editor does.
+    };
+    let name = format!("sandlink-{session_id}");
+    assert!(container_exists(&name), "the container is kept across the restart");
+    // The record now asks for a policy the kept container (network mode bridge) does not have.
+    let record_path = state.path().join("sessions").join(&session_id).join("session.json");
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&record_path).expect("the record")).expect("JSON");
+    record["settings"]["network"] = json!("off");
+    std::fs::write(&record_path, serde_json::to_vec(&record).expect("JSON")).expect("written");
+    let second = start();
+    let error = second.request_error(
+        "sandlink/connect",
+        json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    docker(&["rm", "-f", &name]);
+    assert!(
+        error.message.contains("network \"bridge\"") && error.message.contains("network: off"),
+        "the re-attach names the container's network and the policy: {error:?}"
+    );
+}

@@ -663,3 +663,88 @@ fn an_e2b_profile_should_be_validated_and_connect_with_the_key_from_the_environm
     let outcome = server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "cat a.txt" }));
     assert_eq!(outcome.stdout, "a");
 }
+
+/// The fake's record of one sandbox, by its id.
+fn sandbox_by_id(fake: &Fake, sandbox_id: &Value) -> Value {
+    let all = fake.admin("GET", "/_admin/sandboxes", None);
+    all["sandboxes"]
+        .as_array()
+        .and_then(|sandboxes| sandboxes.iter().find(|sandbox| sandbox["sandboxID"] == *sandbox_id).cloned())
+        .expect("the fake knows the sandbox")
+}
+
+#[test]
+fn the_network_policy_should_become_e2b_egress_rules_on_create() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let listed_settings = with_settings(fake, json!({ "network": ["allowed.sandlink.test", "*.npmjs.org", "10.1.2.3"] }));
+    let (_listed_workspace, listed) = connect(&server, fake, listed_settings, &[]);
+    let sandbox = fake.sandbox_of(&listed).expect("the sandbox");
+    assert_eq!(
+        sandbox["network"],
+        json!({ "allowOut": ["allowed.sandlink.test", "*.npmjs.org", "10.1.2.3"], "denyOut": ["0.0.0.0/0"] }),
+        "an allow-list is allowOut over a denyOut of everything"
+    );
+    assert_eq!(sandbox["allowInternetAccess"], Value::Null);
+    let (_off_workspace, off) = connect(&server, fake, with_settings(fake, json!({ "network": "off" })), &[]);
+    let sandbox = fake.sandbox_of(&off).expect("the sandbox");
+    assert_eq!(sandbox["allowInternetAccess"], false);
+    assert_eq!(sandbox["network"], json!({ "denyOut": ["0.0.0.0/0"] }));
+    let (_on_workspace, on) = connect(&server, fake, fake.settings(), &[]);
+    let sandbox = fake.sandbox_of(&on).expect("the sandbox");
+    assert_eq!((sandbox["network"].clone(), sandbox["allowInternetAccess"].clone()), (Value::Null, Value::Null), "on sends no rules");
+    for session in [listed, off, on] {
+        server.request("sandlink/disconnect", json!({ "sessionId": session })).expect("disconnect");
+    }
+}
+
+#[test]
+fn a_changed_network_policy_should_replace_the_rules_of_a_sandbox_connected_again() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let (_workspace, closed) = connect(&server, fake, with_settings(fake, json!({ "network": "off" })), &[]);
+    let sandbox_id = fake.sandbox_of(&closed).expect("the sandbox")["sandboxID"].clone();
+    server.request("sandlink/disconnect", json!({ "sessionId": closed, "keep": true })).expect("disconnect, keeping it");
+    let settings = with_settings(fake, json!({ "sandboxId": sandbox_id, "network": ["allowed.sandlink.test"] }));
+    let workspace = support::workspace_with(&[]);
+    let since = fake.next_sequence();
+    let resumed = server
+        .request(
+            "sandlink/connect",
+            json!({ "driver": "e2b", "settings": settings, "workspaceFolder": support::file_uri(workspace.path()), "sync": false }),
+        )
+        .expect("connect to the kept sandbox with another policy");
+    let sandbox = sandbox_by_id(fake, &sandbox_id);
+    assert_eq!(sandbox["network"], json!({ "allowOut": ["allowed.sandlink.test"], "denyOut": ["0.0.0.0/0"] }));
+    let updates: Vec<Value> = fake
+        .requests_since(since)
+        .into_iter()
+        .filter(|entry| entry["method"] == "PUT" && entry["path"].as_str().is_some_and(|path| path.ends_with("/network")))
+        .collect();
+    assert_eq!(updates.len(), 1, "one PUT /sandboxes/{{id}}/network: {updates:?}");
+    server.request("sandlink/disconnect", json!({ "sessionId": resumed["sessionId"] })).expect("disconnect");
+}
+
+#[test]
+fn a_port_in_the_allow_list_should_be_unsupported_on_e2b_before_creating_anything() {
+    // A fake of its own: parallel tests create sandboxes on the shared one.
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let fake = &fake;
+    let server = start_server();
+    let workspace = support::workspace_with(&[]);
+    let since = fake.next_sequence();
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({
+            "driver": "e2b",
+            "settings": with_settings(fake, json!({ "network": ["pypi.org", "files.pythonhosted.org:443"] })),
+            "workspaceFolder": support::file_uri(workspace.path()),
+        }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
+    assert!(error.message.contains("\"files.pythonhosted.org:443\""), "names the entry: {}", error.message);
+    assert!(error.message.contains("network: only pypi.org, files.pythonhosted.org:443"), "{}", error.message);
+    let creates = fake.requests_since(since).into_iter().filter(|entry| entry["method"] == "POST").count();
+    assert_eq!(creates, 0, "nothing was created");
+}

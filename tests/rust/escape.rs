@@ -439,3 +439,53 @@ fn tree_listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     listing.sort();
     listing
 }
+
+/// A tiny HTTP server on a loopback address that answers every request with `body`, counting connections.
+fn http_server(address: &str, body: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind(format!("{address}:0")).expect("test server");
+    let port = listener.local_addr().expect("address").port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn an_allow_list_should_admit_exactly_the_listed_host() {
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    if support::skip_unless(hosts.contains("allowed.sandlink.test"), "the test host names in /etc/hosts") {
+        return;
+    }
+    for (mechanism, account) in targets() {
+        let (allowed_port, _) = http_server("127.0.0.2", "from-the-allowed-host");
+        let (denied_port, denied_served) = http_server("127.0.0.3", "from-the-denied-host");
+        let harness = Harness::new(mechanism, account, "network = [\"allowed.sandlink.test\"]");
+        let fetch = |url: String| {
+            format!(
+                "python3 -c 'import sys,urllib.request\ntry:\n print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\nexcept Exception as e:\n print(\"refused:\", e)' {url}"
+            )
+        };
+        let output = harness.run(&format!(
+            "{}; {}; {}; python3 -c 'import socket; socket.create_connection((\"127.0.0.2\", {allowed_port}), timeout=3); print(\"direct-reached\")' 2>&1 | tail -1; echo end",
+            fetch(format!("http://allowed.sandlink.test:{allowed_port}/")),
+            fetch(format!("http://denied.sandlink.test:{denied_port}/")),
+            fetch(format!("http://127.0.0.2:{allowed_port}/")),
+        ));
+        let report = text(&output);
+        assert!(report.contains("end"), "{}: {report}", harness.who());
+        assert!(report.contains("from-the-allowed-host"), "{}: the listed host was not admitted: {report}", harness.who());
+        assert!(!report.contains("from-the-denied-host"), "{}: an unlisted host was reached: {report}", harness.who());
+        assert_eq!(report.matches("refused: HTTP Error 403").count(), 2, "{}: the unlisted name and the address are refused by the proxy: {report}", harness.who());
+        assert!(!report.contains("direct-reached"), "{}: a run got around the proxy: {report}", harness.who());
+        assert_eq!(denied_served.load(std::sync::atomic::Ordering::SeqCst), 0, "{}: the unlisted server was contacted", harness.who());
+    }
+}

@@ -21,3 +21,16 @@ fi
 if [ "$(id -u)" -eq 0 ] && ! id sandlink-escape >/dev/null 2>&1; then
     useradd --create-home --shell /bin/sh sandlink-escape
 fi
+
+# Names the network-policy tests give their local servers (tests/rust/netpolicy.rs): one host an allow-list names,
+# one it does not. Loopback addresses only, so no test ever reaches beyond this machine.
+for entry in "127.0.0.2 allowed.sandlink.test" "127.0.0.3 denied.sandlink.test"; do
+    if ! grep -qE "^[[:space:]]*${entry%% *}[[:space:]].*\\b${entry#* }\\b" /etc/hosts; then
+        if [ -w /etc/hosts ]; then
+            echo "$entry" >>/etc/hosts
+        else
+            echo "tests/setup/base.sh: please add \"$entry\" to /etc/hosts (the network policy tests need it)" >&2
+            exit 1
+        fi
+    fi
+done

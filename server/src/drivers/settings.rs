@@ -4,9 +4,12 @@
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::netpolicy::NetworkPolicy;
 
 /// The key every driver accepts: sync engine options, passed through to the sync engine untouched.
 pub const SYNC_KEY: &str = "sync";
+/// The key every driver accepts: the network policy (`"on"`, `"off"` or a list of hosts), see `crate::netpolicy`.
+pub use crate::netpolicy::NETWORK_KEY;
 
 /// The JSON type a setting must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +74,12 @@ pub fn validate(driver: &str, schema: &[SettingSpec], settings: &Map<String, Val
             }
             continue;
         }
+        if key == NETWORK_KEY {
+            NetworkPolicy::from_value(value)?;
+            continue;
+        }
         let Some(spec) = schema.iter().find(|spec| spec.key == key) else {
-            let known: Vec<&str> = schema.iter().map(|spec| spec.key).chain([SYNC_KEY]).collect();
+            let known: Vec<&str> = schema.iter().map(|spec| spec.key).chain([SYNC_KEY, NETWORK_KEY]).collect();
             return Err(Error::InvalidProfile(format!(
                 "The {driver} driver has no setting \"{key}\". Its settings are: {}.",
                 known.join(", ")
@@ -131,5 +138,18 @@ mod tests {
         let missing = validate("docker", SCHEMA, &settings(json!({"cpus": 2}))).unwrap_err();
         assert!(missing.to_string().contains("\"image\""), "{missing}");
         validate("docker", SCHEMA, &settings(json!({"image": "x", "sync": {"exclude": []}}))).expect("valid");
+    }
+
+    #[test]
+    fn validate_should_accept_the_network_policy_everywhere_and_check_it() {
+        for good in [json!("on"), json!("off"), json!(["pypi.org", "files.pythonhosted.org:443", "*.npmjs.org"])] {
+            let outcome = validate("local", SCHEMA, &settings(json!({"image": "x", "network": good.clone()})));
+            assert!(outcome.is_ok(), "{good}: {outcome:?}");
+        }
+        let error = validate("local", SCHEMA, &settings(json!({"image": "x", "network": "sometimes"}))).unwrap_err();
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidProfile);
+        assert!(error.to_string().contains("\"network\" is \"on\", \"off\" or a list of host names"), "{error}");
+        let error = validate("local", SCHEMA, &settings(json!({"image": "x", "network": ["https://pypi.org/simple"]}))).unwrap_err();
+        assert!(error.to_string().contains("https://pypi.org/simple"), "the entry at fault is named: {error}");
     }
 }

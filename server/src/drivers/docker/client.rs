@@ -78,6 +78,8 @@ pub struct ContainerFacts {
     pub published: HashMap<u16, u16>,
     /// The container's address on its first network, when it has one.
     pub address: Option<String>,
+    /// `HostConfig.NetworkMode` as created: `bridge` (or `default`), `none`, `host`, a network's name.
+    pub network_mode: String,
 }
 
 /// A container that sandlink created, as a listing reports it.
@@ -226,6 +228,7 @@ impl Client {
             Err(error) => return Err(self.map(error)),
         };
         let state = response.state.unwrap_or_default();
+        let network_mode = response.host_config.as_ref().and_then(|host| host.network_mode.clone()).unwrap_or_default();
         let mut published = HashMap::new();
         let mut address = None;
         if let Some(settings) = response.network_settings {
@@ -256,6 +259,7 @@ impl Client {
             oom_killed: state.oom_killed.unwrap_or(false),
             published,
             address,
+            network_mode,
         }))
     }
 

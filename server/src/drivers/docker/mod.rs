@@ -155,6 +155,19 @@ impl Driver {
     /// Creates (or, for a re-attach, finds again) the session's container and prepares it.
     async fn open(&self, request: ConnectRequest, reattach_to: Option<String>) -> Result<Arc<dyn Sandbox>> {
         let settings = Settings::parse(&request.settings)?;
+        let network_mode = match (settings::network_mode(&settings.network), &settings.target) {
+            (Some(mode), _) => mode,
+            // An existing container keeps its own network; `Settings::parse` refuses a policy for one.
+            (None, Target::Existing(_)) => "",
+            (None, Target::Image(_)) => {
+                return Err(Error::Unsupported(format!(
+                    "The docker driver cannot limit a container to a list of hosts (this profile's {}): a Docker \
+                     network alone cannot keep a container from the host's own services. Use \"network\" = \
+                     \"off\" or \"on\" with docker, or the local or e2b driver, which enforce the list.",
+                    settings.network.describe()
+                )))
+            }
+        };
         let client = self.client().await?;
         let session_dir = request.state_dir.join("sessions").join(&request.session_id);
         let kept_container = match &reattach_to {
@@ -167,6 +180,19 @@ impl Driver {
                     return Err(Error::InvalidParams(format!(
                         "The session's container {} is {}; start it with `docker start {}` and connect again.",
                         facts.name, facts.status, facts.name
+                    )));
+                }
+                // A kept container cannot change its network mode; going on would quietly keep the old network.
+                if matches!(settings.target, Target::Image(_))
+                    && !settings::network_mode_matches(&settings.network, &facts.network_mode)
+                {
+                    return Err(Error::InvalidParams(format!(
+                        "The session's container {} has the network \"{}\", but the session's settings ask for {}; \
+                         disconnect it without keeping it (or remove it with `docker rm -f {}`) and connect again.",
+                        facts.name,
+                        facts.network_mode,
+                        settings.network.describe(),
+                        facts.name
                     )));
                 }
                 Some((facts.id, facts.name, matches!(settings.target, Target::Image(_))))
@@ -203,7 +229,7 @@ impl Driver {
                     nano_cpus: settings.nano_cpus,
                     memory_bytes: settings.memory_bytes,
                     pids_limit: settings.pids_limit,
-                    network_mode: settings.network.mode().into(),
+                    network_mode: network_mode.into(),
                     ports: settings.ports.clone(),
                 };
                 let id = client.create_and_start(spec).await?;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::netpolicy::NetworkPolicy;
 
 /// The pids limit of containers sandlink creates, unless the settings give one.
 pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
@@ -21,7 +22,8 @@ pub struct Settings {
     pub nano_cpus: Option<i64>,
     pub memory_bytes: Option<i64>,
     pub pids_limit: i64,
-    pub network: Network,
+    /// The common network policy; `Allow` is accepted here and refused as unsupported when connecting.
+    pub network: NetworkPolicy,
     pub ports: Vec<u16>,
     /// Leave the container running on disconnect even without `keep`.
     pub keep: bool,
@@ -36,18 +38,25 @@ pub enum Target {
     Existing(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Network {
-    Bridge,
-    None,
+/// The Docker network mode that carries out a policy; `None` for an allow-list, which Docker alone cannot enforce.
+///
+/// An `--internal` network behind sandlink's proxy was tried and rejected: a container on it still reaches every
+/// service of the host on the network's gateway address (Docker filters only forwarded traffic), so the list
+/// would not be the only way out without host firewall rules that sandlink, often not root, cannot add.
+pub fn network_mode(policy: &NetworkPolicy) -> Option<&'static str> {
+    match policy {
+        NetworkPolicy::On => Some("bridge"),
+        NetworkPolicy::Off => Some("none"),
+        NetworkPolicy::Allow(_) => None,
+    }
 }
 
-impl Network {
-    pub fn mode(self) -> &'static str {
-        match self {
-            Network::Bridge => "bridge",
-            Network::None => "none",
-        }
+/// Whether a created container's `NetworkMode` is what `policy` asks for.
+pub fn network_mode_matches(policy: &NetworkPolicy, actual: &str) -> bool {
+    match network_mode(policy) {
+        Some("bridge") => actual == "bridge" || actual == "default",
+        Some(mode) => actual == mode,
+        None => false,
     }
 }
 
@@ -139,13 +148,7 @@ impl Settings {
                 _ => return Err(invalid("\"pids\" must be a whole number of processes, at least 16.".into())),
             },
         };
-        let network = match optional_string(settings, "network")?.as_deref() {
-            None | Some("bridge") | Some("default") => Network::Bridge,
-            Some("none") => Network::None,
-            Some(other) => {
-                return Err(invalid(format!("\"network\" is \"bridge\" (the default) or \"none\", not \"{other}\".")))
-            }
-        };
+        let network = NetworkPolicy::from_settings(settings).map_err(|error| invalid(error.to_string()))?;
         let ports = match settings.get("ports") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => {
@@ -162,8 +165,8 @@ impl Settings {
             }
             Some(_) => return Err(invalid("\"ports\" must be a list of container ports, like [3000, 8080].".into())),
         };
-        if network == Network::None && !ports.is_empty() {
-            return Err(invalid("Ports cannot be published with \"network\": \"none\"; remove one of them.".into()));
+        if network == NetworkPolicy::Off && !ports.is_empty() {
+            return Err(invalid("Ports cannot be published with \"network\": \"off\"; remove one of them.".into()));
         }
         if let Target::Existing(_) = target {
             for key in ["env", "cpus", "memory", "pids", "network", "ports"] {
@@ -233,7 +236,7 @@ mod tests {
         assert_eq!(settings.target, Target::Image("sandlink-test:busybox".into()));
         assert_eq!(settings.remote_root, "/workspace");
         assert_eq!(settings.pids_limit, DEFAULT_PIDS_LIMIT);
-        assert_eq!(settings.network, Network::Bridge);
+        assert_eq!(settings.network, NetworkPolicy::On);
     }
 
     #[test]
@@ -266,12 +269,28 @@ mod tests {
             json!({ "image": "x", "network": "host" }),
             json!({ "image": "x", "ports": [0] }),
             json!({ "image": "x", "ports": [80], "network": "none" }),
+            json!({ "image": "x", "ports": [80], "network": "off" }),
+            json!({ "image": "x", "network": ["bad host"] }),
             json!({ "container": "y", "cpus": 1 }),
             json!({ "image": "x", "env": { "A=B": "c" } }),
         ] {
             let error = parse(bad.clone()).expect_err(&bad.to_string());
+            assert!(!error.to_string().is_empty());
             assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidParams, "{bad}");
             assert!(error.to_string().ends_with('.'), "{error}");
         }
+    }
+
+    #[test]
+    fn network_should_use_the_common_words_and_map_to_docker_modes() {
+        assert_eq!(parse(json!({ "image": "x", "network": "off" })).unwrap().network, NetworkPolicy::Off);
+        assert_eq!(parse(json!({ "image": "x", "network": "none" })).unwrap().network, NetworkPolicy::Off);
+        assert_eq!(parse(json!({ "image": "x", "network": "bridge" })).unwrap().network, NetworkPolicy::On);
+        let listed = parse(json!({ "image": "x", "network": ["pypi.org"] })).unwrap().network;
+        assert_eq!(network_mode(&listed), None, "an allow-list has no docker mode; connect refuses it");
+        assert_eq!(network_mode(&NetworkPolicy::Off), Some("none"));
+        assert!(network_mode_matches(&NetworkPolicy::On, "default"));
+        assert!(!network_mode_matches(&NetworkPolicy::Off, "bridge"));
+        assert!(!network_mode_matches(&NetworkPolicy::On, "none"));
     }
 }

@@ -136,11 +136,14 @@ impl Driver {
         existing: Option<(String, String)>,
     ) -> Result<Arc<E2bSandbox>> {
         let mut settings = Settings::parse(&request.settings)?;
+        let replace_network = existing.is_some() || settings.network_given;
         let api_key = api_key(&request)?;
         if let Some((sandbox_id, remote_root)) = existing {
             settings.sandbox_id = Some(sandbox_id);
             settings.remote_root = remote_root;
         }
+        // Checked before anything is created, so an unsupported policy leaves no sandbox behind.
+        let network_fields = settings.network_create_fields()?;
         let tuning = StreamTuning::from_keepalive_seconds(settings.stream_keepalive_seconds);
         let http = http_client(&tuning)?;
         let gone = Arc::new(GoneFlag::default());
@@ -152,13 +155,27 @@ impl Driver {
                 let response = api
                     .call(reqwest::Method::POST, &path, Some(&body), Plane::ControlSandbox, "connecting to the sandbox")
                     .await?;
-                (json_body::<SandboxAnswer>(response, "connecting to the sandbox").await?, false)
+                let answer = json_body::<SandboxAnswer>(response, "connecting to the sandbox").await?;
+                // A sandbox made earlier (a kept session, or one the user names) has the egress rules it was given
+                // then; set the session's own so a changed policy never quietly keeps the old network.
+                if replace_network {
+                    let body = settings.network_update_body()?;
+                    api.call(
+                        reqwest::Method::PUT,
+                        &format!("/sandboxes/{sandbox_id}/network"),
+                        Some(&body),
+                        Plane::ControlSandbox,
+                        "setting the sandbox's network policy",
+                    )
+                    .await?;
+                }
+                (answer, false)
             }
             (_, template) => {
                 let mut metadata: Map<String, Value> =
                     settings.metadata.iter().map(|(key, value)| (key.clone(), Value::String(value.clone()))).collect();
                 metadata.insert(SESSION_METADATA_KEY.into(), Value::String(request.session_id.clone()));
-                let body = json!({
+                let mut body = json!({
                     "templateID": template.unwrap_or_else(|| settings.template.clone()),
                     "timeout": settings.timeout_seconds,
                     "metadata": metadata,
@@ -166,6 +183,9 @@ impl Driver {
                     "secure": true,
                     "autoPause": false,
                 });
+                if let Some(object) = body.as_object_mut() {
+                    object.extend(network_fields);
+                }
                 let idempotency_key = format!("sandlink-{}", request.session_id);
                 let response = api
                     .call_keyed(

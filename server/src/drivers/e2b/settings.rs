@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::netpolicy::{HostPattern, NetworkPolicy, NETWORK_KEY};
 
 /// E2B's public domain; `api.{domain}` is the control API and `{port}-{id}.{domain}` reaches a sandbox port.
 pub const DEFAULT_DOMAIN: &str = "e2b.app";
@@ -31,8 +32,13 @@ const KNOWN_KEYS: &[&str] = &[
     "keepaliveIdleSeconds",
     "streamKeepaliveSeconds",
     "sandboxId",
+    "network",
     "sync",
 ];
+
+/// What E2B's egress rules cannot say: the whole IPv4 space, denied so that only `allowOut` gets through ("allowed
+/// entries always take precedence over denied entries"). `allow_internet_access: false` means the same.
+const DENY_EVERYTHING: &str = "0.0.0.0/0";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -48,6 +54,11 @@ pub struct Settings {
     pub stream_keepalive_seconds: u64,
     /// Connect to (or resume) this existing sandbox instead of creating one.
     pub sandbox_id: Option<String>,
+    /// The common network policy, carried out with E2B's egress rules.
+    pub network: NetworkPolicy,
+    /// Whether the settings name a policy (rather than leaving the default): only then is the egress of a sandbox
+    /// the user brought (`sandboxId`) replaced.
+    pub network_given: bool,
 }
 
 fn string_setting(settings: &Map<String, Value>, key: &str) -> Result<Option<String>> {
@@ -155,7 +166,57 @@ impl Settings {
                 (1, 300),
             )?,
             sandbox_id: string_setting(settings, "sandboxId")?,
+            network: NetworkPolicy::from_settings(settings).map_err(|error| Error::InvalidParams(error.to_string()))?,
+            network_given: settings.get(NETWORK_KEY).is_some_and(|value| !value.is_null()),
         })
+    }
+
+    /// The create body's fields for the network policy (`network`, `allow_internet_access`); empty for `on`.
+    /// An allow-list entry with a port is refused: E2B's rules name hosts and address ranges, never ports.
+    pub fn network_create_fields(&self) -> Result<Map<String, Value>> {
+        let mut fields = Map::new();
+        match &self.network {
+            NetworkPolicy::On => {}
+            NetworkPolicy::Off => {
+                fields.insert("allow_internet_access".into(), Value::Bool(false));
+                fields.insert("network".into(), serde_json::json!({ "denyOut": [DENY_EVERYTHING] }));
+            }
+            NetworkPolicy::Allow(_) => {
+                fields.insert("network".into(), self.network_rules()?);
+            }
+        }
+        Ok(fields)
+    }
+
+    /// The body of `PUT /sandboxes/{id}/network`, which replaces a running sandbox's egress rules.
+    pub fn network_update_body(&self) -> Result<Value> {
+        Ok(match &self.network {
+            NetworkPolicy::On => serde_json::json!({ "allow_internet_access": true }),
+            NetworkPolicy::Off => serde_json::json!({ "denyOut": [DENY_EVERYTHING], "allow_internet_access": false }),
+            NetworkPolicy::Allow(_) => self.network_rules()?,
+        })
+    }
+
+    /// `{"allowOut": [hosts], "denyOut": ["0.0.0.0/0"]}` for an allow-list.
+    fn network_rules(&self) -> Result<Value> {
+        let hosts = self.network.allowed_hosts();
+        if let Some(with_port) = hosts.iter().find(|host| host.port.is_some()) {
+            return Err(Error::Unsupported(format!(
+                "The e2b driver cannot limit a host to one port, as \"{with_port}\" in this profile's {} asks: \
+                 E2B's egress rules name hosts only. List \"{}\" without the port to admit the host on every port.",
+                self.network.describe(),
+                with_port.host_text()
+            )));
+        }
+        let allow_out: Vec<String> = hosts
+            .iter()
+            .map(|host| match &host.host {
+                // E2B takes bare addresses (and CIDR blocks) as they are.
+                HostPattern::Address(address) => address.to_string(),
+                _ => host.host_text(),
+            })
+            .collect();
+        Ok(serde_json::json!({ "allowOut": allow_out, "denyOut": [DENY_EVERYTHING] }))
     }
 }
 
@@ -200,6 +261,28 @@ mod tests {
         assert!(error.to_string().contains("remoteRoot"));
         let error = parse(json!({"envs": {"A": 1}})).expect_err("not a string");
         assert!(error.to_string().contains("envs"));
+    }
+
+    #[test]
+    fn the_network_policy_should_map_to_e2b_egress_rules() {
+        let default = parse(json!({})).expect("valid");
+        assert!(default.network_create_fields().unwrap().is_empty(), "on sends nothing, as before");
+        assert!(!default.network_given);
+        let off = parse(json!({"network": "off"})).expect("valid");
+        assert_eq!(
+            Value::Object(off.network_create_fields().unwrap()),
+            json!({"allow_internet_access": false, "network": {"denyOut": ["0.0.0.0/0"]}})
+        );
+        let listed = parse(json!({"network": ["pypi.org", "*.npmjs.org", "10.1.2.3"]})).expect("valid");
+        assert_eq!(
+            Value::Object(listed.network_create_fields().unwrap()),
+            json!({"network": {"allowOut": ["pypi.org", "*.npmjs.org", "10.1.2.3"], "denyOut": ["0.0.0.0/0"]}})
+        );
+        assert_eq!(listed.network_update_body().unwrap()["allowOut"][0], "pypi.org");
+        let with_port = parse(json!({"network": ["pypi.org:443"]})).expect("valid words");
+        let error = with_port.network_create_fields().expect_err("E2B has no port rules");
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::Unsupported);
+        assert!(error.to_string().contains("\"pypi.org:443\""), "{error}");
     }
 
     #[test]

@@ -104,6 +104,16 @@ pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<
             clean_up_and_exit(cgroup.as_deref());
         });
     }
+    if let Some(bridge) = &config.proxy_bridge {
+        // Bound before the agent answers, so the first run already finds the proxy on the loopback.
+        let listener = std::net::TcpListener::bind(std::net::SocketAddr::from(([127, 0, 0, 1], bridge.port)))?;
+        let unix_socket = bridge.unix_socket.clone();
+        std::thread::spawn(move || {
+            if let Err(error) = crate::netpolicy::serve_loopback_bridge(listener, unix_socket) {
+                eprintln!("sandlink sandbox-agent: the network bridge stopped: {error}");
+            }
+        });
+    }
     let _ = std::fs::remove_file(socket_path);
     let listener = UnixListener::bind(socket_path)?;
     for connection in listener.incoming() {

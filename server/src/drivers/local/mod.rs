@@ -24,10 +24,11 @@ mod processes;
 
 use super::{ConnectRequest, ExecSpec, Process, ReattachRequest, Sandbox, SettingKind, SettingSpec};
 use crate::error::{Error, IoContext, Result};
+use crate::netpolicy::{proxy_environment, NetworkPolicy, Proxy};
 use crate::paths::join_inside;
 use crate::protocol::{DriverCapabilities, DriverInfo};
 use crate::sync::RemoteFiles;
-use agent::{AgentClient, AgentConfig};
+use agent::{AgentClient, AgentConfig, ProxyBridge};
 use confine::{NetworkRule, RunPolicy};
 use files::LocalFiles;
 use isolation::{Available, Mechanism, Requested};
@@ -68,12 +69,6 @@ const SETTINGS: &[SettingSpec] = &[
         kind: SettingKind::String,
         required: false,
         description: "how runs are confined: \"auto\" (default), \"bubblewrap\", \"landlock\" or \"none\"",
-    },
-    SettingSpec {
-        key: "network",
-        kind: SettingKind::Any,
-        required: false,
-        description: "\"on\" (default) or \"off\"",
     },
     SettingSpec {
         key: "readOnlyPaths",
@@ -120,7 +115,7 @@ impl Driver {
         let options = Options::from_settings(&request.settings)?;
         let available = self.available();
         let mechanism = available.choose(options.requested)?;
-        if mechanism == Mechanism::Landlock && options.network != NetworkRule::Open && available.landlock_abi < 4 {
+        if mechanism == Mechanism::Landlock && options.network != NetworkPolicy::On && available.landlock_abi < 4 {
             return Err(Error::DriverUnavailable {
                 driver: "local".into(),
                 message: format!(
@@ -146,7 +141,7 @@ impl Default for Driver {
 #[derive(Debug, Clone)]
 struct Options {
     requested: Requested,
-    network: NetworkRule,
+    network: NetworkPolicy,
     read_only: Option<Vec<String>>,
     pass_env: Vec<String>,
     env: BTreeMap<String, String>,
@@ -161,16 +156,7 @@ impl Options {
                 items.iter().filter_map(Value::as_str).map(String::from).collect()
             })
         };
-        let network = match settings.get("network") {
-            None => NetworkRule::Open,
-            Some(Value::String(mode)) if mode == "on" => NetworkRule::Open,
-            Some(Value::String(mode)) if mode == "off" => NetworkRule::Closed,
-            Some(_) => {
-                return Err(Error::InvalidProfile(
-                    "The local setting \"network\" must be \"on\" or \"off\".".into(),
-                ))
-            }
-        };
+        let network = NetworkPolicy::from_settings(settings)?;
         Ok(Options {
             requested: Requested::from_setting(settings.get("isolation").and_then(Value::as_str))?,
             network,
@@ -233,6 +219,7 @@ impl super::Driver for Driver {
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
         super::Driver::validate_settings(self, &request.settings)?;
         let mut sandbox = tokio::task::block_in_place(|| self.start(&request))?;
+        sandbox.start_network().await?;
         sandbox.start_agent().await?;
         Ok(Arc::new(sandbox))
     }
@@ -254,6 +241,7 @@ impl super::Driver for Driver {
         }
         super::Driver::validate_settings(self, &request.connect.settings)?;
         let mut sandbox = tokio::task::block_in_place(|| self.start(&request.connect))?;
+        sandbox.start_network().await?;
         sandbox.start_agent().await?;
         Ok(Arc::new(sandbox))
     }
@@ -306,8 +294,13 @@ pub struct LocalSandbox {
     workspace: Option<PathBuf>,
     state_dir: PathBuf,
     cgroup: Option<SessionCgroup>,
+    /// The filtering proxy of an allow-list policy; it serves as long as the session.
+    proxy: Option<Proxy>,
     agent: Option<Agent>,
 }
+
+/// The loopback port, inside a bubblewrap sandbox's own network namespace, where the agent bridges to the proxy.
+const PROXY_PORT_INSIDE: u16 = 3128;
 
 impl LocalSandbox {
     fn new(session_dir: PathBuf, mechanism: Mechanism, options: Options, request: &ConnectRequest) -> Result<Self> {
@@ -331,6 +324,7 @@ impl LocalSandbox {
             workspace: request.workspace.clone(),
             state_dir: request.state_dir.clone(),
             cgroup,
+            proxy: None,
             agent: None,
         })
     }
@@ -378,7 +372,12 @@ impl LocalSandbox {
                 readable.extend(self.read_only_dirs());
                 let writable = vec![self.root.clone(), self.home.clone(), self.temporary.clone()];
                 let devices = WRITABLE_DEVICES.iter().map(PathBuf::from).collect();
-                (readable, writable, devices, self.options.network)
+                let network = match (&self.options.network, &self.proxy) {
+                    (NetworkPolicy::On, _) => NetworkRule::Open,
+                    (NetworkPolicy::Allow(_), Some(proxy)) => NetworkRule::ProxyOnly { port: proxy.tcp_address().port() },
+                    _ => NetworkRule::Closed,
+                };
+                (readable, writable, devices, network)
             }
             // bubblewrap's namespaces and mounts do this part; the network namespace stands for `Closed`.
             _ => (Vec::new(), Vec::new(), Vec::new(), NetworkRule::Open),
@@ -402,7 +401,37 @@ impl LocalSandbox {
             hidden_files: canonical_existing(HIDDEN_SYSTEM_FILES.iter().map(PathBuf::from).collect()),
             read_only: self.read_only_dirs(),
             writable,
-            private_network: self.options.network != NetworkRule::Open,
+            private_network: self.options.network != NetworkPolicy::On,
+        }
+    }
+
+    /// Starts the filtering proxy when the policy is an allow-list: on a Unix socket in the agent's directory for
+    /// bubblewrap (whose network namespace has nothing else), on a loopback port that Landlock lets runs reach
+    /// otherwise.
+    async fn start_network(&mut self) -> Result<()> {
+        let NetworkPolicy::Allow(hosts) = &self.options.network else { return Ok(()) };
+        let socket = match self.mechanism {
+            Mechanism::Bubblewrap => Some(self.agent_dir().join("network.sock")),
+            Mechanism::Landlock => None,
+            Mechanism::Unconfined => {
+                return Err(Error::InvalidProfile(
+                    "A network allow-list needs isolation to enforce it; with isolation = \"none\" use network = \"on\"."
+                        .into(),
+                ))
+            }
+        };
+        self.proxy = Some(Proxy::start(hosts.clone(), socket.as_deref()).await?);
+        Ok(())
+    }
+
+    /// What runs need to reach the network through the proxy, if there is one.
+    fn proxy_variables(&self) -> Vec<(String, String)> {
+        match (&self.proxy, self.mechanism) {
+            (Some(_), Mechanism::Bubblewrap) => {
+                proxy_environment(std::net::SocketAddr::from(([127, 0, 0, 1], PROXY_PORT_INSIDE)))
+            }
+            (Some(proxy), _) => proxy_environment(proxy.tcp_address()),
+            (None, _) => Vec::new(),
         }
     }
 
@@ -414,7 +443,12 @@ impl LocalSandbox {
         let config = AgentConfig {
             policy: self.policy(),
             cgroup: self.cgroup.as_ref().map(|cgroup| cgroup.path().to_path_buf()),
-            proxy_bridge: None,
+            proxy_bridge: match (&self.proxy, self.mechanism) {
+                (Some(proxy), Mechanism::Bubblewrap) => proxy
+                    .unix_socket()
+                    .map(|socket| ProxyBridge { port: PROXY_PORT_INSIDE, unix_socket: socket.to_path_buf() }),
+                _ => None,
+            },
         };
         let encoded = serde_json::to_vec(&config).map_err(|error| Error::Internal(format!("Could not encode the agent's configuration: {error}")))?;
         std::fs::write(&config_path, encoded).context(|| format!("Could not write {}", config_path.display()))?;
@@ -596,7 +630,8 @@ impl Sandbox for LocalSandbox {
             Mechanism::Bubblewrap => PathBuf::from("/tmp"),
             _ => self.temporary.clone(),
         };
-        let mut run_env = spec.env.clone();
+        let mut run_env: BTreeMap<String, String> = self.proxy_variables().into_iter().collect();
+        run_env.extend(spec.env.clone());
         run_env.insert("SANDLINK_REMOTE_ROOT".into(), self.root.to_string_lossy().into_owned());
         let env = environment::for_run(
             std::env::vars(),

@@ -138,6 +138,8 @@ pub enum ErrorKind {
     LimitReached,
     /// The session is attached by another sandlink process (another editor window).
     SessionInUse,
+    /// A frame could not be read as a JSON-RPC message (bad header, not UTF-8, not JSON, not JSON-RPC 2.0).
+    InvalidMessage,
 }
 
 impl ErrorKind {
@@ -162,6 +164,7 @@ impl ErrorKind {
             ErrorKind::WorkspaceNotTrusted => "workspaceNotTrusted",
             ErrorKind::LimitReached => "limitReached",
             ErrorKind::SessionInUse => "sessionInUse",
+            ErrorKind::InvalidMessage => "invalidMessage",
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod code_actions;
 pub mod errors;
 pub mod events;
+pub mod framing;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

@@ -140,6 +140,10 @@ pub enum ErrorKind {
     SessionInUse,
     /// A frame could not be read as a JSON-RPC message (bad header, not UTF-8, not JSON, not JSON-RPC 2.0).
     InvalidMessage,
+    /// The method is not one this server implements.
+    UnknownMethod,
+    /// A run's stdin already holds as much queued input as it may; wait for the process to read some.
+    InputBacklogFull,
 }
 
 impl ErrorKind {
@@ -165,6 +169,8 @@ impl ErrorKind {
             ErrorKind::LimitReached => "limitReached",
             ErrorKind::SessionInUse => "sessionInUse",
             ErrorKind::InvalidMessage => "invalidMessage",
+            ErrorKind::UnknownMethod => "unknownMethod",
+            ErrorKind::InputBacklogFull => "inputBacklogFull",
         }
     }
 }

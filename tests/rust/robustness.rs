@@ -294,21 +294,24 @@ fn twenty_requests_hung_on_a_provider_should_not_delay_the_others_and_cancel_req
     let local = server.connect("local", Value::Null, local_workspace.path());
     let run_id = server.start_run(json!({ "sessionId": local["sessionId"], "command": "sleep 60" }));
 
-    fake.set_faults(json!({ "hangEnvd": true }));
-    let hung: Vec<i64> = (0..20)
+    // Both of E2B's planes stop answering: syncs wait on envd, extend and snapshot on the control plane.
+    fake.set_faults(json!({ "hangEnvd": true, "hangControl": true }));
+    let mut hung: Vec<i64> = (0..10)
         .map(|_| server.send_request("sandlink/sync", json!({ "sessionId": session_id, "direction": "both" })))
         .collect();
-    // Give the syncs time to reach the hung daemon.
+    hung.extend((0..5).map(|_| server.send_request("sandlink/extend", json!({ "sessionId": session_id, "seconds": 600 }))));
+    hung.extend((0..5).map(|_| server.send_request("sandlink/snapshot", json!({ "sessionId": session_id }))));
+    // Give the requests time to reach the hung planes.
     std::thread::sleep(Duration::from_millis(500));
     assert_prompt(&server, "sandlink/status", json!({ "sessionId": local["sessionId"] })).expect("status");
     assert_prompt(&server, "sandlink/drivers", json!({})).expect("drivers");
     assert_prompt(&server, "sandlink/sessions", json!({})).expect("sessions");
-    // The hung session's own status asks E2B's control plane, which still answers.
-    server.request_timeout("sandlink/status", json!({ "sessionId": session_id }), Duration::from_secs(5)).expect("status");
     // Cancelling twice more is harmless: the run is still ending (or gone, which says so).
     if let Err(error) = assert_prompt(&server, "sandlink/cancel", json!({ "runId": run_id })) {
         assert_eq!(error.kind.as_deref(), Some("unknownRun"), "{error:?}");
     }
+    let exit = server.wait_notification("sandlink/exit", Duration::from_secs(10), |params| params["runId"] == run_id);
+    assert_eq!(exit["cancelled"], true, "{exit}");
 
     // `$/cancelRequest` ends a hung request at once with RequestCancelled.
     let started = Instant::now();
@@ -323,7 +326,7 @@ fn twenty_requests_hung_on_a_provider_should_not_delay_the_others_and_cancel_req
         let error = server.wait_answer(*id, Duration::from_secs(5)).expect_err("cancelled");
         assert_eq!(error.code, -32800, "{error:?}");
     }
-    fake.set_faults(json!({ "hangEnvd": false }));
+    fake.set_faults(json!({ "hangEnvd": false, "hangControl": false }));
     // The session still syncs once its daemon answers again: nothing was left holding the sync lock.
     let result = server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" })).expect("sync");
     assert!(result["conflicts"].as_array().is_some_and(Vec::is_empty), "{result}");

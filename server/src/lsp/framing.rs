@@ -30,6 +30,8 @@ pub const INVALID_REQUEST: i64 = -32600;
 /// The `data.kind` of every framing error, as documented in `docs/protocol.md`.
 pub const INVALID_MESSAGE_KIND: &str = "invalidMessage";
 
+/// How far the blank line ending a header block is looked for: the longest header plus its `\r\n\r\n`.
+const HEADER_WINDOW: usize = MAX_HEADER_BYTES + 4;
 /// The header name that starts every frame, also what resynchronisation looks for.
 const CONTENT_LENGTH: &[u8] = b"Content-Length";
 
@@ -207,7 +209,8 @@ impl FrameDecoder {
             self.buffer.advance(skip);
         }
         let Some(header_end) = header_block_end(&self.buffer) else {
-            if self.buffer.len() > MAX_HEADER_BYTES {
+            // Decided only once the whole window is here, so how the bytes were split never changes the outcome.
+            if self.buffer.len() >= HEADER_WINDOW {
                 self.buffer.advance(1);
                 return HeaderOutcome::Refused(FrameError::new(
                     PARSE_ERROR,
@@ -251,7 +254,7 @@ struct HeaderEnd {
 /// Finds the blank line ending a header block; `\r\n` is the standard line end, a bare `\n` is tolerated.
 fn header_block_end(buffer: &[u8]) -> Option<HeaderEnd> {
     let mut line_start = 0;
-    let limit = buffer.len().min(MAX_HEADER_BYTES + 4);
+    let limit = buffer.len().min(HEADER_WINDOW);
     while let Some(offset) = buffer[line_start..limit].iter().position(|&byte| byte == b'\n') {
         let newline = line_start + offset;
         let line = &buffer[line_start..newline];
@@ -607,9 +610,73 @@ mod tests {
     #[test]
     fn a_header_without_its_blank_line_should_be_refused_past_the_bound() {
         let mut decoder = FrameDecoder::new();
-        decoder.push(&vec![b'a'; MAX_HEADER_BYTES + 10]);
+        decoder.push(&vec![b'a'; HEADER_WINDOW]);
         assert!(decoder.next_frame().expect("refused").is_err());
         decoder.push(&good(2));
         assert!(decoder.next_frame().expect("then served").is_ok());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Pieces a hostile or unlucky client might send, glued in any order.
+        fn piece() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                (0i64..1000).prop_map(good),
+                proptest::collection::vec(any::<u8>(), 0..40),
+                "[a-zA-Z0-9:{}\"\\\r\n -]{0,40}".prop_map(|text| text.into_bytes()),
+                proptest::collection::vec(any::<u8>(), 0..40).prop_map(|body| encode_frame(&body)),
+                (0u64..u64::MAX).prop_map(|length| format!("Content-Length: {length}\r\n\r\n").into_bytes()),
+                Just(b"Content-Length: 20\r\n\r\n{\"jsonrpc\":\"2.0\"}".to_vec()),
+            ]
+        }
+
+        fn outcomes(stream: &[u8], chunk: usize) -> Vec<Result<Frame, FrameError>> {
+            let mut decoder = FrameDecoder::new();
+            let mut seen = Vec::new();
+            for piece in stream.chunks(chunk.max(1)) {
+                decoder.push(piece);
+                while let Some(outcome) = decoder.next_frame() {
+                    seen.push(outcome);
+                }
+                assert!(decoder.buffered_len() <= MAX_CONTENT_LENGTH + HEADER_WINDOW + chunk);
+            }
+            seen
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_stream_should_decode_the_same_however_it_is_split_and_forward_only_what_tower_lsp_accepts(
+                pieces in proptest::collection::vec(piece(), 0..12),
+                chunk in 1usize..64,
+            ) {
+                let stream = pieces.concat();
+                let whole = outcomes(&stream, stream.len().max(1));
+                let split = outcomes(&stream, chunk);
+                prop_assert_eq!(&whole, &split);
+                for frame in whole.iter().flatten() {
+                    let text = std::str::from_utf8(&frame.body).expect("forwarded frames are UTF-8");
+                    prop_assert!(serde_json::from_str::<TowerMessage>(text).is_ok());
+                }
+            }
+
+            #[test]
+            fn a_good_frame_after_any_garbage_and_a_header_should_be_served(
+                garbage in proptest::collection::vec(any::<u8>(), 0..200),
+            ) {
+                // Resynchronisation looks for the next `Content-Length`, so garbage costs at most the frame right
+                // after it (random bytes practically never spell a usable header); the one after that is served.
+                let mut stream = garbage;
+                stream.extend_from_slice(b"\r\n\r\n");
+                stream.extend_from_slice(&good(77));
+                stream.extend_from_slice(&good(78));
+                let seen = outcomes(&stream, 7);
+                let last = seen.last().and_then(|outcome| outcome.as_ref().ok()).map(Frame::encode);
+                prop_assert_eq!(last, Some(good(78)));
+            }
+        }
     }
 }

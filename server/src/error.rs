@@ -54,6 +54,9 @@ pub enum Error {
     /// The session is held by another sandlink process (another editor window).
     #[error("{0}")]
     SessionInUse(String),
+    /// A run's queued stdin is at its bound; the process must read before more is accepted.
+    #[error("{0}")]
+    InputBacklogFull(String),
 }
 
 impl Error {
@@ -79,6 +82,7 @@ impl Error {
             Error::LimitReached(_) => ErrorKind::LimitReached,
             Error::SessionInUse(_) => ErrorKind::SessionInUse,
             Error::SessionGone(_) => ErrorKind::UnknownSession,
+            Error::InputBacklogFull(_) => ErrorKind::InputBacklogFull,
         }
     }
 

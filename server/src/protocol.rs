@@ -138,6 +138,12 @@ pub enum ErrorKind {
     LimitReached,
     /// The session is attached by another sandlink process (another editor window).
     SessionInUse,
+    /// A frame could not be read as a JSON-RPC message (bad header, not UTF-8, not JSON, not JSON-RPC 2.0).
+    InvalidMessage,
+    /// The method is not one this server implements.
+    UnknownMethod,
+    /// A run's stdin already holds as much queued input as it may; wait for the process to read some.
+    InputBacklogFull,
 }
 
 impl ErrorKind {
@@ -162,6 +168,9 @@ impl ErrorKind {
             ErrorKind::WorkspaceNotTrusted => "workspaceNotTrusted",
             ErrorKind::LimitReached => "limitReached",
             ErrorKind::SessionInUse => "sessionInUse",
+            ErrorKind::InvalidMessage => "invalidMessage",
+            ErrorKind::UnknownMethod => "unknownMethod",
+            ErrorKind::InputBacklogFull => "inputBacklogFull",
         }
     }
 }

@@ -220,6 +220,8 @@ class FaultSettings:
     error_status: int = 503
     error_plane: str = "control"
     hang_envd: bool = False
+    # A control plane that stops answering, for tests that requests waiting on it never hold up others.
+    hang_control: bool = False
     # When set, every fault above only hits requests about this sandbox (envd requests routed to it, and control
     # routes under /sandboxes/<id>), so parallel tests sharing one server do not trip over each other's faults.
     sandbox_id: Optional[str] = None
@@ -236,6 +238,7 @@ class FaultSettings:
             "errorStatus": self.error_status,
             "errorPlane": self.error_plane,
             "hangEnvd": self.hang_envd,
+            "hangControl": self.hang_control,
         }
 
 
@@ -543,6 +546,8 @@ class FakeE2B:
             faults.sandbox_id = body["sandboxId"] or None
         if "hangEnvd" in body:
             faults.hang_envd = bool(body["hangEnvd"])
+        if "hangControl" in body:
+            faults.hang_control = bool(body["hangControl"])
         self.wake_hung_requests()
         vanish = body.get("vanish")
         if vanish:
@@ -561,6 +566,11 @@ class FakeE2B:
 
     def fault_applies_to(self, sandbox_id: Optional[str]) -> bool:
         return self.faults.sandbox_id is None or self.faults.sandbox_id == sandbox_id
+
+    async def wait_while_control_hangs(self, sandbox_id: Optional[str]) -> None:
+        """A control plane that stops answering: hold the request until the fault is cleared or re-scoped."""
+        while self.faults.hang_control and self.fault_applies_to(sandbox_id):
+            await self.hang_changed.wait()
 
     async def wait_while_envd_hangs(self, sandbox_id: Optional[str]) -> None:
         """A daemon that stops answering: hold the request (or stream) until the fault is cleared or re-scoped."""
@@ -727,6 +737,7 @@ async def route_request(request: web.Request, fake: FakeE2B, plane: str, sandbox
         return control_error(faults.error_status, "Injected server error, please retry.")
 
     if plane == "control":
+        await fake.wait_while_control_hangs(scope_sandbox_id)
         return await handle_control(request, fake)
 
     # envd plane, behind the edge proxy.

@@ -60,3 +60,35 @@ fn every_error_kind_should_be_documented() {
         assert!(docs.contains(&format!("| `{kind}` |")), "docs/protocol.md's error table lacks `{kind}`");
     }
 }
+
+/// Kinds written as literals outside `ErrorKind` (the framing layer answers before any engine error exists).
+#[test]
+fn every_error_kind_literal_in_the_server_should_be_documented() {
+    let docs = repo_file("docs/protocol.md");
+    let mut pending = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+    let mut literals = Vec::new();
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("a readable source folder").flatten() {
+                pending.push(entry.path());
+            }
+            continue;
+        }
+        if path.extension().is_none_or(|extension| extension != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("a readable source file");
+        for marker in ["_KIND: &str = \"", "\"kind\": \""] {
+            for (index, _) in text.match_indices(marker) {
+                let rest = &text[index + marker.len()..];
+                if let Some(kind) = rest.split('"').next() {
+                    literals.push((path.display().to_string(), kind.to_string()));
+                }
+            }
+        }
+    }
+    assert!(literals.iter().any(|(_, kind)| kind == "invalidMessage"), "the framing layer's kind is found: {literals:?}");
+    for (file, kind) in literals {
+        assert!(docs.contains(&format!("| `{kind}` |")), "docs/protocol.md's error table lacks `{kind}`, used in {file}");
+    }
+}

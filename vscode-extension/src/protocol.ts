@@ -116,7 +116,10 @@ export type ErrorKind =
     | "invalidProfile"
     | "workspaceNotTrusted"
     | "limitReached"
-    | "sessionInUse";
+    | "sessionInUse"
+    | "invalidMessage"
+    | "unknownMethod"
+    | "inputBacklogFull";
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Requests, client to server

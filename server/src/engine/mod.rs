@@ -833,8 +833,9 @@ impl Engine {
         lock(&self.runs).get(run_id).cloned().ok_or_else(|| Error::UnknownRun(run_id.to_string()))
     }
 
+    /// Queues input for a run; see `RunHandle::input` (it never waits for the process to read).
     pub async fn input(&self, run_id: &str, text: &str, eof: bool) -> Result<()> {
-        self.run_handle(run_id)?.input(text, eof).await
+        self.run_handle(run_id)?.input(text, eof)
     }
 
     pub fn cancel(&self, run_id: &str) -> Result<()> {

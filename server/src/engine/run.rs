@@ -24,6 +24,9 @@ const READ_CHUNK_BYTES: usize = 128 * 1024;
 /// Chunks waiting for the log writer; disk stalls are absorbed up to this many before the readers wait.
 const LOG_QUEUE_CHUNKS: usize = 64;
 
+/// The most input a run may hold queued and not yet taken by its process; `sandlink/input` past it is refused.
+pub const INPUT_BACKLOG_BYTES: usize = 8 * 1024 * 1024;
+
 /// A run in flight, as the engine's request handlers see it.
 pub struct RunHandle {
     pub run_id: String,
@@ -31,45 +34,139 @@ pub struct RunHandle {
     /// The command as the user gave it, for menus that offer to cancel it.
     pub command: String,
     pub started: Instant,
-    stdin: tokio::sync::Mutex<Option<BoxedWriter>>,
+    /// The queue in front of the process's stdin, when it was started with one.
+    stdin: Option<Arc<StdinFeed>>,
     cancel_requested: AtomicBool,
     stop: Notify,
 }
 
 impl RunHandle {
-    /// Writes text to the run's stdin, closing it afterwards when `eof`.
-    pub async fn input(&self, text: &str, eof: bool) -> Result<()> {
-        let mut stdin = self.stdin.lock().await;
-        let Some(writer) = stdin.as_mut() else {
-            return Err(Error::InvalidParams(format!(
-                "Run {} has no open stdin: start it with `stdin: true`, and do not write after `eof`.",
-                self.run_id
-            )));
+    /// Queues text for the run's stdin, closing it after the text when `eof`. It never waits for the process to
+    /// read: a process that does not read would otherwise hold the request (and the client) for as long as it runs.
+    /// A write that fails later is reported by the next call.
+    pub fn input(&self, text: &str, eof: bool) -> Result<()> {
+        let Some(feed) = &self.stdin else {
+            return Err(self.no_open_stdin());
         };
-        let written = async {
-            writer.write_all(text.as_bytes()).await?;
-            writer.flush().await
-        }
-        .await;
-        if let Err(error) = written {
-            *stdin = None;
+        let mut state = feed.lock();
+        if let Some(failure) = &state.failure {
             return Err(Error::InvalidParams(format!(
-                "Run {} no longer reads its stdin ({error}); the process may have exited.",
+                "Run {} no longer reads its stdin ({failure}); the process may have exited.",
                 self.run_id
             )));
         }
-        if eof {
-            if let Some(mut writer) = stdin.take() {
-                let _ = writer.shutdown().await;
-            }
+        if state.eof_queued {
+            return Err(self.no_open_stdin());
         }
+        if state.queued_bytes + text.len() > INPUT_BACKLOG_BYTES {
+            return Err(Error::InputBacklogFull(format!(
+                "Run {} has not read {} of the input sent to it yet, and sandlink queues at most {} per run; \
+                 this {} was not queued. Send it again once the process has read some, or in smaller pieces.",
+                self.run_id,
+                byte_size(state.queued_bytes),
+                byte_size(INPUT_BACKLOG_BYTES),
+                byte_size(text.len()),
+            )));
+        }
+        if !text.is_empty() {
+            state.queued_bytes += text.len();
+            state.chunks.push_back(text.as_bytes().to_vec());
+        }
+        state.eof_queued = eof;
+        drop(state);
+        feed.wake.notify_one();
         Ok(())
+    }
+
+    fn no_open_stdin(&self) -> Error {
+        Error::InvalidParams(format!(
+            "Run {} has no open stdin: start it with `stdin: true`, and do not write after `eof`.",
+            self.run_id
+        ))
     }
 
     /// Asks the run to end; the `exit` notification follows with `cancelled: true`.
     pub fn cancel(&self) {
         self.cancel_requested.store(true, Ordering::SeqCst);
         self.stop.notify_one();
+    }
+}
+
+/// Input accepted for a run and not yet written, shared by the request handlers and the run's stdin writer.
+struct StdinFeed {
+    state: std::sync::Mutex<FeedState>,
+    /// Woken when input or the end of input is queued.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct FeedState {
+    chunks: std::collections::VecDeque<Vec<u8>>,
+    /// Bytes queued or being written.
+    queued_bytes: usize,
+    /// No input is accepted after the end of input was asked for.
+    eof_queued: bool,
+    /// Why writing stopped, once the process stopped taking input.
+    failure: Option<String>,
+}
+
+impl StdinFeed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        // The state stays consistent across a panic (plain counters and a queue), so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What the stdin writer does next.
+enum FeedStep {
+    Write(Vec<u8>),
+    Close,
+    Wait,
+}
+
+/// Writes queued input to the process, in order, until the end of input or a failed write; runs beside the pump.
+async fn feed_stdin(feed: Arc<StdinFeed>, mut writer: BoxedWriter) {
+    loop {
+        let step = {
+            let mut state = feed.lock();
+            match state.chunks.pop_front() {
+                Some(chunk) => FeedStep::Write(chunk),
+                None if state.eof_queued => FeedStep::Close,
+                None => FeedStep::Wait,
+            }
+        };
+        match step {
+            FeedStep::Wait => feed.wake.notified().await,
+            FeedStep::Write(chunk) => {
+                let written = async {
+                    writer.write_all(&chunk).await?;
+                    writer.flush().await
+                }
+                .await;
+                let mut state = feed.lock();
+                state.queued_bytes = state.queued_bytes.saturating_sub(chunk.len());
+                if let Err(error) = written {
+                    state.failure = Some(error.to_string());
+                    state.chunks.clear();
+                    state.queued_bytes = 0;
+                    return;
+                }
+            }
+            FeedStep::Close => {
+                let _ = writer.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+fn byte_size(bytes: usize) -> String {
+    if bytes >= 1024 * 1024 {
+        format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    } else if bytes >= 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -95,13 +192,20 @@ pub fn start(context: RunContext, mut process: Process) -> Result<(Arc<RunHandle
         session_id: context.session_id.clone(),
         command: context.command.clone(),
         started: Instant::now(),
-        stdin: tokio::sync::Mutex::new(process.stdin.take()),
+        stdin: process
+            .stdin
+            .is_some()
+            .then(|| Arc::new(StdinFeed { state: std::sync::Mutex::new(FeedState::default()), wake: Notify::new() })),
         cancel_requested: AtomicBool::new(false),
         stop: Notify::new(),
     });
+    let feeder = match (process.stdin.take(), &handle.stdin) {
+        (Some(writer), Some(feed)) => Some(tokio::spawn(feed_stdin(feed.clone(), writer))),
+        _ => None,
+    };
     let (answered_sender, answered) = oneshot::channel();
     let pump_handle = handle.clone();
-    let task = tokio::spawn(async move { pump(context, process, pump_handle, log_file, answered).await });
+    let task = tokio::spawn(async move { pump(context, process, pump_handle, feeder, log_file, answered).await });
     Ok((handle, answered_sender, task))
 }
 
@@ -109,6 +213,7 @@ async fn pump(
     context: RunContext,
     process: Process,
     handle: Arc<RunHandle>,
+    feeder: Option<tokio::task::JoinHandle<()>>,
     log_file: std::fs::File,
     answered: oneshot::Receiver<()>,
 ) {
@@ -153,7 +258,17 @@ async fn pump(
     let _ = log_writer.await;
     live.close();
     let _ = sender.await;
-    handle.stdin.lock().await.take();
+    // The run is over: input still queued has no reader. Ending the writer closes the process's stdin.
+    if let Some(feeder) = feeder {
+        feeder.abort();
+        let _ = feeder.await;
+    }
+    if let Some(feed) = &handle.stdin {
+        let mut state = feed.lock();
+        state.failure.get_or_insert_with(|| "the run has ended".into());
+        state.chunks.clear();
+        state.queued_bytes = 0;
+    }
 
     let cancelled = handle.cancel_requested.load(Ordering::SeqCst) && !timed_out;
     let (exit_code, signal, message) = match status {

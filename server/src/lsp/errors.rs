@@ -29,3 +29,15 @@ pub fn to_jsonrpc(error: &Error) -> jsonrpc::Error {
 pub fn invalid_params(method: &str, detail: impl std::fmt::Display) -> jsonrpc::Error {
     to_jsonrpc(&Error::InvalidParams(format!("Invalid params for {method}: {detail}.")))
 }
+
+/// A method this server does not implement (JSON-RPC -32601).
+pub fn unknown_method(method: &str) -> jsonrpc::Error {
+    jsonrpc::Error {
+        code: jsonrpc::ErrorCode::MethodNotFound,
+        message: format!(
+            "sandlink does not know the method \"{method}\". The custom methods are listed in sandlink's docs/protocol.md."
+        )
+        .into(),
+        data: Some(json!({ "kind": ErrorKind::UnknownMethod.as_str(), "method": method })),
+    }
+}

@@ -3,6 +3,9 @@
 pub mod code_actions;
 pub mod errors;
 pub mod events;
+pub mod framing;
+mod transport;
+mod validate;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -21,7 +24,7 @@ use tower_lsp_server::ls_types::{
     InitializedParams, NumberOrString, SaveOptions, ServerCapabilities, ServerInfo, TextDocumentSyncCapability,
     TextDocumentSyncKind, TextDocumentSyncOptions, TextDocumentSyncSaveOptions,
 };
-use tower_lsp_server::{Client, LanguageServer, LspService, Server};
+use tower_lsp_server::{Client, LanguageServer, LspService};
 
 use self::events::{ClientFeatures, LspEvents, LspProgress};
 use crate::engine::Engine;
@@ -37,10 +40,59 @@ pub struct Backend {
     workspace_root: RwLock<Option<PathBuf>>,
 }
 
-/// Serves the protocol on stdin and stdout until the client exits.
+/// How long ending the runs and sessions may take once the client is gone.
+const CLEANUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Serves the protocol on stdin and stdout until the client sends `exit` or closes stdin. Malformed frames are
+/// answered and skipped (see `transport`); runs still in flight when the client goes are ended, so none outlives it.
 pub async fn serve_stdio() {
     let (service, socket) = build_service();
-    Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).serve(service).await;
+    let engine = service.inner().engine.clone();
+    let engine_at_input_end = engine.clone();
+    let at_input_end = async move {
+        // The client closed its side without `exit`: end runs while their `sandlink/exit` can still be sent.
+        end_everything(&engine_at_input_end).await;
+    };
+    transport::serve(tokio::io::stdin(), tokio::io::stdout(), UnknownMethodKind(service), socket, at_input_end).await;
+    // After `exit` (with or without `shutdown`), nothing may be left running either.
+    end_everything(&engine).await;
+}
+
+async fn end_everything(engine: &Engine) {
+    if tokio::time::timeout(CLEANUP_LIMIT, engine.disconnect_all()).await.is_err() {
+        tracing::warn!("ending the sessions took longer than {} s; stopping anyway", CLEANUP_LIMIT.as_secs());
+    }
+}
+
+/// Gives tower-lsp's "method not found" answers the contract's `data.kind: "unknownMethod"` and a sentence.
+pub struct UnknownMethodKind<S>(pub S);
+
+impl<S> tower_service::Service<jsonrpc::Request> for UnknownMethodKind<S>
+where
+    S: tower_service::Service<jsonrpc::Request, Response = Option<jsonrpc::Response>>,
+    S::Future: Send + 'static,
+{
+    type Response = Option<jsonrpc::Response>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, context: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(context)
+    }
+
+    fn call(&mut self, request: jsonrpc::Request) -> Self::Future {
+        let method = request.method().to_string();
+        let answer = self.0.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|response| match response.into_parts() {
+                (id, Err(error)) if error.code == jsonrpc::ErrorCode::MethodNotFound => {
+                    jsonrpc::Response::from_error(id, errors::unknown_method(&method))
+                }
+                (id, body) => jsonrpc::Response::from_parts(id, body),
+            }))
+        })
+    }
 }
 
 /// Builds the service with every custom method registered; also used by in-process tests.
@@ -167,6 +219,7 @@ impl Backend {
     async fn run(&self, params: Value) -> jsonrpc::Result<Value> {
         let mut release = None;
         let answer = dispatch::<proto::RunRequest, _, _>(params, |params| async {
+            validate::run_params(&params)?;
             let (run_id, answered) = self.engine.run(params).await?;
             release = Some(answered);
             Ok(proto::RunResult { run_id })
@@ -195,6 +248,7 @@ impl Backend {
 
     async fn sync(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::SyncRequest, _, _>(params, |params| async move {
+            validate::sync_params(&params)?;
             let token = Self::token(&params.work_done_token);
             let progress = LspProgress::begin(&self.client, token, self.can_create_progress(), "sandlink: syncing").await;
             let outcome = self.engine.sync(params, &progress).await;

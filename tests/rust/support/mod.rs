@@ -98,7 +98,8 @@ struct Shared {
 /// A running `sandlink lsp` with an initialized session.
 pub struct Server {
     child: Child,
-    stdin: Arc<Mutex<ChildStdin>>,
+    /// `None` once the test closed it (an editor that went away without `exit`).
+    stdin: Arc<Mutex<Option<ChildStdin>>>,
     shared: Arc<Shared>,
     next_id: AtomicI64,
     state_dir: PathBuf,
@@ -139,7 +140,7 @@ impl Server {
             command.env(name, value);
         }
         let mut child = command.spawn().expect("the sandlink binary starts");
-        let stdin = Arc::new(Mutex::new(child.stdin.take().expect("piped stdin")));
+        let stdin = Arc::new(Mutex::new(Some(child.stdin.take().expect("piped stdin"))));
         let stdout = child.stdout.take().expect("piped stdout");
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
@@ -193,10 +194,78 @@ impl Server {
     /// Sends one framed message.
     pub fn send(&self, message: &Value) {
         let body = serde_json::to_vec(message).expect("messages serialise");
-        let mut stdin = self.stdin.lock().expect("stdin lock");
-        let _ = write!(stdin, "Content-Length: {}\r\n\r\n", body.len());
-        let _ = stdin.write_all(&body);
-        let _ = stdin.flush();
+        let mut framed = format!("Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+        framed.extend_from_slice(&body);
+        self.send_raw(&framed);
+    }
+
+    /// Writes bytes to the server's stdin exactly as given (for malformed frames); nothing once stdin is closed.
+    pub fn send_raw(&self, bytes: &[u8]) {
+        let mut stdin = self.stdin.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(stdin) = stdin.as_mut() {
+            let _ = stdin.write_all(bytes);
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Closes the server's stdin, as an editor that goes away without `shutdown` and `exit`.
+    pub fn close_stdin(&self) {
+        self.stdin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    }
+
+    /// Sends a request without waiting for its answer; returns its id for `wait_answer`.
+    pub fn send_request(&self, method: &str, params: Value) -> i64 {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
+        id
+    }
+
+    /// Waits for the answer to a request sent with `send_request`.
+    pub fn wait_answer(&self, id: i64, timeout: Duration) -> Result<Value, RpcError> {
+        answer_of(self.wait_response_message(&json!(id), timeout, "a request sent earlier"))
+    }
+
+    /// Waits for the next response whose `id` is `id` (any JSON value, `null` included) and returns all of it.
+    pub fn wait_response_message(&self, id: &Value, timeout: Duration, what: &str) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            if let Some(position) = inbox.responses.iter().position(|response| &response["id"] == id) {
+                return inbox.responses.remove(position);
+            }
+            if inbox.closed {
+                panic!("the server closed its output before answering {what}; stderr: {}", self.stderr());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("no answer to {what} within {timeout:?}; stderr: {}", self.stderr());
+            }
+            inbox = self.shared.arrived.wait_timeout(inbox, deadline - now).expect("inbox lock").0;
+        }
+    }
+
+    /// Whether the server has closed its output (it exited or is exiting).
+    pub fn output_closed(&self) -> bool {
+        self.shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).closed
+    }
+
+    /// Waits up to `timeout` for the server process to end; its exit status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn notify(&self, method: &str, params: Value) {
@@ -211,16 +280,7 @@ impl Server {
     pub fn request_timeout(&self, method: &str, params: Value, timeout: Duration) -> Result<Value, RpcError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
-        let response = self.wait_response(id, timeout, method);
-        if let Some(error) = response.get("error") {
-            return Err(RpcError {
-                code: error["code"].as_i64().unwrap_or_default(),
-                message: error["message"].as_str().unwrap_or_default().to_string(),
-                kind: error.pointer("/data/kind").and_then(Value::as_str).map(str::to_string),
-                data: error.get("data").cloned().unwrap_or(Value::Null),
-            });
-        }
-        Ok(response.get("result").cloned().unwrap_or(Value::Null))
+        answer_of(self.wait_response(id, timeout, method))
     }
 
     /// Sends a request that must fail, and returns its error.
@@ -232,21 +292,7 @@ impl Server {
     }
 
     fn wait_response(&self, id: i64, timeout: Duration, method: &str) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        loop {
-            if let Some(position) = inbox.responses.iter().position(|response| response["id"] == json!(id)) {
-                return inbox.responses.remove(position);
-            }
-            if inbox.closed {
-                panic!("the server closed its output before answering {method}; stderr: {}", self.stderr());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                panic!("no answer to {method} within {timeout:?}; stderr: {}", self.stderr());
-            }
-            inbox = self.shared.arrived.wait_timeout(inbox, deadline - now).expect("inbox lock").0;
-        }
+        self.wait_response_message(&json!(id), timeout, method)
     }
 
     /// Waits for the next notification of `method` whose params satisfy `matches`, consuming it and those before it
@@ -389,6 +435,19 @@ impl Drop for Server {
     }
 }
 
+/// A response's result, or its error with the contract's `data.kind`.
+pub fn answer_of(response: Value) -> Result<Value, RpcError> {
+    if let Some(error) = response.get("error") {
+        return Err(RpcError {
+            code: error["code"].as_i64().unwrap_or_default(),
+            message: error["message"].as_str().unwrap_or_default().to_string(),
+            kind: error.pointer("/data/kind").and_then(Value::as_str).map(str::to_string),
+            data: error.get("data").cloned().unwrap_or(Value::Null),
+        });
+    }
+    Ok(response.get("result").cloned().unwrap_or(Value::Null))
+}
+
 /// What a run printed and how it ended.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
@@ -405,7 +464,7 @@ impl RunOutcome {
     }
 }
 
-fn spawn_reader(stdout: std::process::ChildStdout, shared: Arc<Shared>, stdin: Arc<Mutex<ChildStdin>>) {
+fn spawn_reader(stdout: std::process::ChildStdout, shared: Arc<Shared>, stdin: Arc<Mutex<Option<ChildStdin>>>) {
     std::thread::spawn(move || {
         let mut reader = BufReader::with_capacity(1 << 20, stdout);
         loop {
@@ -419,9 +478,11 @@ fn spawn_reader(stdout: std::process::ChildStdout, shared: Arc<Shared>, stdin: A
                 let answer = json!({ "jsonrpc": "2.0", "id": message["id"], "result": result });
                 let body = serde_json::to_vec(&answer).expect("answers serialise");
                 if let Ok(mut stdin) = stdin.lock() {
-                    let _ = write!(stdin, "Content-Length: {}\r\n\r\n", body.len());
-                    let _ = stdin.write_all(&body);
-                    let _ = stdin.flush();
+                    if let Some(stdin) = stdin.as_mut() {
+                        let _ = write!(stdin, "Content-Length: {}\r\n\r\n", body.len());
+                        let _ = stdin.write_all(&body);
+                        let _ = stdin.flush();
+                    }
                 }
             }
             let mut inbox = shared.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -27,6 +27,11 @@ const CHUNK_BYTES: usize = 256 * 1024;
 const PARALLEL_REQUESTS: usize = 8;
 /// How deep the remote listing goes; envd walks the tree in one `ListDir` call.
 const LIST_DEPTH: u32 = 128;
+/// The slowest upload accepted: a buffered batch gets a minute plus the time this rate needs for its bytes, and a
+/// streamed one fails after a minute without moving. reqwest has no write timeout, and an envd that stops reading
+/// would otherwise hold the sync (and its lock) forever.
+const SLOWEST_UPLOAD_BYTES_PER_SECOND: u64 = 64 * 1024;
+const UPLOAD_STALL_LIMIT: std::time::Duration = super::client::UNARY_TIMEOUT;
 
 /// The session's remote root inside one E2B sandbox.
 pub struct Files {
@@ -318,25 +323,42 @@ impl Files {
         let path = format!("/files?username={SANDBOX_USER}");
         let outcome = if complete {
             let body = Bytes::from(buffered.concat());
+            let limit = UPLOAD_STALL_LIMIT
+                + std::time::Duration::from_secs(body.len() as u64 / SLOWEST_UPLOAD_BYTES_PER_SECOND);
             send_with_retry(Plane::Envd, None, || {
                 self.envd
                     .request(reqwest::Method::POST, &path)
                     .header(reqwest::header::CONTENT_TYPE, &content_type)
+                    .timeout(limit)
                     .body(body.clone())
             })
             .await
         } else {
             let rest = futures::stream::unfold(chunks, |mut chunks| async move { chunks.recv().await.map(|chunk| (chunk, chunks)) });
-            let stream = futures::stream::iter(buffered.into_iter().map(Ok::<Bytes, std::io::Error>)).chain(rest);
+            let last_progress = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+            let progress = last_progress.clone();
+            let stream = futures::stream::iter(buffered.into_iter().map(Ok::<Bytes, std::io::Error>))
+                .chain(rest)
+                .inspect(move |_| {
+                    if let Ok(mut last) = progress.lock() {
+                        *last = tokio::time::Instant::now();
+                    }
+                });
             let request = self
                 .envd
                 .request(reqwest::Method::POST, &path)
                 .header(reqwest::header::CONTENT_TYPE, &content_type)
                 .body(reqwest::Body::wrap_stream(stream));
-            match request.send().await {
-                Ok(response) if response.status().is_success() => Ok(response),
-                Ok(response) => Err(super::client::Failure::from_response(response, Plane::Envd).await),
-                Err(error) => Err(super::client::Failure::transport(error)),
+            let sending = async {
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => Ok(response),
+                    Ok(response) => Err(super::client::Failure::from_response(response, Plane::Envd).await),
+                    Err(error) => Err(super::client::Failure::transport(error)),
+                }
+            };
+            tokio::select! {
+                outcome = sending => outcome,
+                () = stalled(&last_progress, UPLOAD_STALL_LIMIT) => Err(super::client::Failure::Timeout(UPLOAD_STALL_LIMIT)),
             }
         };
         let response = outcome.map_err(|failure| self.envd.fail(failure, what))?;
@@ -501,6 +523,17 @@ impl RemoteFiles for Files {
             receiver.recv().await.map(|chunk| (chunk, receiver))
         });
         Ok(Box::pin(tokio_util::io::StreamReader::new(Box::pin(chunks))))
+    }
+}
+
+/// Resolves once `last_progress` is older than `limit`: the deadline of a transfer that may take long but must move.
+async fn stalled(last_progress: &std::sync::Mutex<tokio::time::Instant>, limit: std::time::Duration) {
+    loop {
+        let last = last_progress.lock().map(|last| *last).unwrap_or_else(|_| tokio::time::Instant::now());
+        if last.elapsed() >= limit {
+            return;
+        }
+        tokio::time::sleep_until(last + limit).await;
     }
 }
 

@@ -287,7 +287,7 @@ fn a_fork_bomb_should_be_bounded_and_cleaned_up() {
             let (peak, done, marker) = (peak.clone(), done.clone(), marker.clone());
             std::thread::spawn(move || {
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    let count = processes_with_environment(&marker).len();
+                    let count = support::processes_with_environment(&marker).len();
                     peak.fetch_max(count, std::sync::atomic::Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -324,10 +324,10 @@ fn killing_the_server_should_end_every_process_of_its_runs() {
         let mut first = [0u8; 8];
         sandlink.stdout.take().expect("stdout").read_exact(&mut first).expect("the run started");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while processes_with_environment(&marker).len() < 3 && Instant::now() < deadline {
+        while support::processes_with_environment(&marker).len() < 3 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(processes_with_environment(&marker).len() >= 3, "{}: the run's processes did not start", harness.who());
+        assert!(support::processes_with_environment(&marker).len() >= 3, "{}: the run's processes did not start", harness.who());
         sandlink.kill().expect("kill -9 the server");
         sandlink.wait().expect("reap");
         let left = wait_until_gone(&marker, Duration::from_secs(5));
@@ -398,27 +398,10 @@ fn with_no_mechanism_a_run_should_be_refused_unless_the_profile_says_none() {
     assert!(!text(&drivers).contains("process groups only"), "{}", text(&drivers));
 }
 
-/// Processes (other than this test) whose environment holds `marker`.
-fn processes_with_environment(marker: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if pid == std::process::id() {
-            continue;
-        }
-        let Ok(environment) = std::fs::read(entry.path().join("environ")) else { continue };
-        if environment.split(|byte| *byte == 0).any(|variable| variable.ends_with(marker.as_bytes())) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 fn wait_until_gone(marker: &str, limit: Duration) -> Vec<u32> {
     let deadline = Instant::now() + limit;
     loop {
-        let left = processes_with_environment(marker);
+        let left = support::processes_with_environment(marker);
         if left.is_empty() || Instant::now() > deadline {
             return left;
         }

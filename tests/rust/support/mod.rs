@@ -586,16 +586,28 @@ pub fn skip_unless(available: bool, what: &str) -> bool {
 
 /// Processes whose command line contains `marker`, other than the caller.
 pub fn processes_matching(marker: &str) -> Vec<u32> {
+    processes_where(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(marker)
+    })
+}
+
+/// Processes with a variable whose value ends with `marker` in their environment, other than the caller: a way to
+/// find every process of a run however it renamed or detached itself (needs root for other users' processes).
+pub fn processes_with_environment(marker: &str) -> Vec<u32> {
+    processes_where(|pid| {
+        let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        environment.split(|byte| *byte == 0).any(|variable| variable.ends_with(marker.as_bytes()))
+    })
+}
+
+/// Live processes (other than the caller) for which `matches` holds.
+fn processes_where(matches: impl Fn(u32) -> bool) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return found };
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if pid == std::process::id() {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(marker) {
+        if pid != std::process::id() && matches(pid) {
             found.push(pid);
         }
     }

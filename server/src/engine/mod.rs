@@ -768,6 +768,10 @@ impl Engine {
         tokio::fs::create_dir_all(&logs_dir)
             .await
             .context(|| format!("Could not create the log directory {}", logs_dir.display()))?;
+        // A working directory that is a link out of the root (to `/etc`, say) is refused before any driver sees it.
+        if let (Some(cwd), Some(files)) = (params.cwd.as_deref(), session.sandbox.files()) {
+            crate::sync::resolve::check_run_directory(&*files, &session.sandbox.remote_root(), cwd).await?;
+        }
         let process = session
             .sandbox
             .exec(ExecSpec {

@@ -658,7 +658,7 @@ impl SessionSync {
             let batch_len = batch.len();
             let producer = tokio::task::spawn_blocking(move || {
                 let bridge = tokio_util::io::SyncIoBridge::new(writer);
-                transfer::pack(&workspace, &batch, bridge, &mut |_| {})
+                transfer::pack(&workspace, &batch, transfer::Links::Inside, bridge, &mut |_| {})
             });
             let (uploaded, packed) = tokio::join!(self.inner.remote.upload_tar(Box::pin(reader)), producer);
             let packed = packed.map_err(join_error("Packing the upload"))?;

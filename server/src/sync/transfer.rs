@@ -29,9 +29,18 @@ pub struct Sent {
     pub stable: bool,
 }
 
+/// Which symlinks `pack` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Only those that resolve inside `root` (the workspace's, going up).
+    Inside,
+    /// All, as they are: the receiving side decides against its own tree (the local sandbox's, coming down).
+    AsTheyAre,
+}
+
 /// Packs `paths` (relative to `root`) into a tar stream on `writer`; files are streamed in chunks and hashed as
 /// they go. Paths that vanished are skipped. `on_bytes` is told how many content bytes went out.
-pub fn pack(root: &Path, paths: &[String], writer: impl Write, on_bytes: &mut dyn FnMut(u64)) -> Result<Vec<Sent>> {
+pub fn pack(root: &Path, paths: &[String], links: Links, writer: impl Write, on_bytes: &mut dyn FnMut(u64)) -> Result<Vec<Sent>> {
     // Buffered so 512-byte tar headers do not each become a write to the (async-bridged) stream.
     let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(IO_BUFFER, writer));
     builder.mode(tar::HeaderMode::Complete);
@@ -56,7 +65,7 @@ pub fn pack(root: &Path, paths: &[String], writer: impl Write, on_bytes: &mut dy
             }
             let Ok(target) = beneath.read_link(relative) else { continue };
             let Ok(target) = String::from_utf8(target) else { continue };
-            if !link_stays_inside(&OnDisk { root }, relative, &target) {
+            if links == Links::Inside && !link_stays_inside(&OnDisk { root }, relative, &target) {
                 continue;
             }
             let local = LocalEntry::from_stat(&stat, Some(target.clone()));
@@ -382,7 +391,7 @@ mod tests {
         std::fs::set_permissions(source.path().join("bin/run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::os::unix::fs::symlink("bin/run.sh", source.path().join("link")).expect("symlink");
         let mut archive = Vec::new();
-        let sent = pack(source.path(), &["bin/run.sh".into(), "link".into()], &mut archive, &mut |_| {}).expect("pack");
+        let sent = pack(source.path(), &["bin/run.sh".into(), "link".into()], Links::Inside, &mut archive, &mut |_| {}).expect("pack");
         assert_eq!(sent.len(), 2);
         assert!(sent.iter().all(|entry| entry.stable));
         unpack_atomically(archive.as_slice(), destination.path(), staging.path()).expect("unpack");

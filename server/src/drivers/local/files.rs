@@ -60,7 +60,7 @@ impl RemoteFiles for LocalFiles {
             // Paths under a symlinked directory are not read: the link could lead anywhere on this machine.
             let safe: Vec<String> = paths.into_iter().filter(|path| transfer::parents_are_real_dirs(&root, path)).collect();
             let bridge = tokio_util::io::SyncIoBridge::new(writer);
-            if let Err(error) = transfer::pack(&root, &safe, bridge, &mut |_| {}) {
+            if let Err(error) = transfer::pack(&root, &safe, transfer::Links::AsTheyAre, bridge, &mut |_| {}) {
                 tracing::debug!(%error, "the download stream ended early");
             }
         });

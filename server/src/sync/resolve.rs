@@ -199,10 +199,12 @@ pub fn resolve_on_disk(root: &Path, relative: &str) -> Option<PathBuf> {
     }
 }
 
-/// Refuses a run's working directory that resolves outside the session root in the sandbox itself (a link there to
-/// `/etc`, or to `..`), following the sandbox's links as its kernel would. `cwd` is relative to the root, or absolute
-/// under `remote_root`. The sandbox is asked, one batch of `stat`s per link met, through the driver's `RemoteFiles`.
-pub async fn check_run_directory(files: &dyn super::RemoteFiles, remote_root: &str, cwd: &str) -> crate::error::Result<()> {
+/// Resolves a run's working directory in the sandbox itself, following the sandbox's links as its kernel would, and
+/// refuses one that leads outside the session root (a link there to `/etc`, or to `..`). `cwd` is relative to the
+/// root, or absolute under `remote_root`. Answers the directory it resolves to, relative to the root (`.` for the root
+/// itself), so the run starts where the check looked. The sandbox is asked through the driver's `RemoteFiles`, one
+/// batch of `stat`s per link met.
+pub async fn check_run_directory(files: &dyn super::RemoteFiles, remote_root: &str, cwd: &str) -> crate::error::Result<String> {
     let outside = || {
         crate::error::Error::PathOutsideWorkspace(format!(
             "The working directory \"{cwd}\" resolves outside the session root (through \"..\" or a symlink); use a \
@@ -252,7 +254,8 @@ pub async fn check_run_directory(files: &dyn super::RemoteFiles, remote_root: &s
             }
         }
         match resolve(&Known(&known), "", relative) {
-            Resolution::Inside(_) => return Ok(()),
+            Resolution::Inside(path) if path.is_empty() => return Ok(".".to_string()),
+            Resolution::Inside(path) => return Ok(path),
             Resolution::Outside | Resolution::TooManyLinks => return Err(outside()),
             Resolution::NeedsLookup(path) => wanted.push(path),
         }

@@ -452,9 +452,19 @@ impl SessionSync {
                 let count = to_fetch.len() as u64;
                 self.publish(|state| state.pending = count).await;
             }
-            let staged = if to_fetch.is_empty() { Vec::new() } else { self.fetch(to_fetch).await? };
+            let staged = if to_fetch.is_empty() { Vec::new() } else { self.fetch(to_fetch.clone()).await? };
             let mut staged_by_path: BTreeMap<String, Staged> =
                 staged.into_iter().map(|staged| (staged.path.clone(), staged)).collect();
+            if down {
+                for path in to_fetch.iter().filter(|path| !staged_by_path.contains_key(*path)) {
+                    result.skipped.push(SkippedPath {
+                        path: path.clone(),
+                        reason: "the sandbox did not send it (it changed or vanished while it was fetched); the next sync \
+                                 tries again"
+                            .into(),
+                    });
+                }
+            }
             let mut placements = Vec::new();
             let mut local_deletions = Vec::new();
             for (path, change) in changes {

@@ -249,6 +249,14 @@ pub struct Conflict {
     pub reason: String,
 }
 
+/// A path one sync left alone on its own (a link that would lead out of the tree, a name the other side cannot
+/// hold) while every other file synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedPath {
+    pub path: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncState {
@@ -396,6 +404,9 @@ pub struct SyncResult {
     pub deleted: u64,
     pub bytes: u64,
     pub conflicts: Vec<Conflict>,
+    /// Paths this sync did not move, each with the reason; empty when everything synced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedPath>,
     pub duration_ms: u64,
 }
 

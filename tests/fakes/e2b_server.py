@@ -43,6 +43,7 @@ import stat
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -1138,11 +1139,20 @@ async def download_file(request: web.Request, sandbox: Sandbox) -> web.StreamRes
     if not os.path.exists(host_path):
         return json_response(404, {"code": 404, "message": f"path '{sandbox_path}' does not exist"})
     content = await asyncio.get_running_loop().run_in_executor(None, lambda: open(host_path, "rb").read())
-    headers = {"Content-Disposition": f'inline; filename="{posixpath.basename(sandbox_path)}"'}
+    headers = {"Content-Disposition": content_disposition(posixpath.basename(sandbox_path))}
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         content = gzip.compress(content)
         headers["Content-Encoding"] = "gzip"
     return web.Response(status=200, body=content, content_type="application/octet-stream", headers=headers)
+
+
+def content_disposition(name: str) -> str:
+    """`inline; filename=...` as envd writes it with Go's mime.FormatMediaType: a name with control or non-ASCII
+    characters (a newline is legal in a file name) goes RFC 2231-encoded, never raw into the header."""
+    if all(" " <= character < "\x7f" and character not in '"\\' for character in name):
+        return f'inline; filename="{name}"'
+    encoded = urllib.parse.quote(name.encode("utf-8", "surrogateescape"), safe="")
+    return f"inline; filename*=utf-8''{encoded}"
 
 
 def write_host_file(host_path: str, content: bytes) -> None:

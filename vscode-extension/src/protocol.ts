@@ -185,6 +185,8 @@ export interface SyncResult {
     deleted: number;
     bytes: number;
     conflicts: SyncConflict[];
+    /** Paths this sync left alone on their own (a link leading out of the tree, a name that cannot travel). */
+    skipped?: SyncConflict[];
     durationMs: number;
 }
 export const sync = new RequestType<SyncParams, SyncResult, void>("sandlink/sync");

@@ -768,12 +768,20 @@ impl Engine {
         tokio::fs::create_dir_all(&logs_dir)
             .await
             .context(|| format!("Could not create the log directory {}", logs_dir.display()))?;
+        // A working directory that is a link out of the root (to `/etc`, say) is refused before any driver sees it;
+        // one that passes is handed on resolved, so the run starts where the check looked.
+        let cwd = match (params.cwd.as_deref(), session.sandbox.files()) {
+            (Some(cwd), Some(files)) => {
+                Some(crate::sync::resolve::check_run_directory(&*files, &session.sandbox.remote_root(), cwd).await?)
+            }
+            _ => params.cwd.clone(),
+        };
         let process = session
             .sandbox
             .exec(ExecSpec {
                 command: params.command.clone(),
                 args: params.args.clone(),
-                cwd: params.cwd.clone(),
+                cwd,
                 env: params.env.clone().unwrap_or_default(),
                 stdin: params.stdin,
             })

@@ -2,12 +2,15 @@
 //!
 //! The concepts live in their own files: `options` (the user's sync settings), `rules` (ignore files and
 //! patterns), `secrets` (files held back unless allowed), `scan` (walking the workspace), `manifest` (the last
-//! synced state, persisted), `plan` (what changed on which side), `transfer` (tar streams and atomic writes),
+//! synced state, persisted), `plan` (what changed on which side), `transfer` (tar streams and atomic writes), `resolve` (where paths and links lead), `beneath` (file access that never
+//! passes a symlink),
 //! `watch` (the file-system watcher) and `session` (one session's sync: triggers, flushes and state).
 
+pub mod beneath;
 pub mod manifest;
 pub mod options;
 pub mod plan;
+pub mod resolve;
 pub mod rules;
 pub mod scan;
 pub mod secrets;
@@ -46,6 +49,9 @@ pub struct RemoteEntry {
     pub mode: u32,
     /// The symlink's target, for symlinks.
     pub link_target: Option<String>,
+    /// Why this entry cannot sync (a name or link target that is not UTF-8, which paths on the protocol cannot
+    /// carry); it is reported on its own and never transferred, while everything else syncs.
+    pub unsyncable: Option<String>,
 }
 
 /// The file operations a driver offers the sync engine, relative to the session's remote root.

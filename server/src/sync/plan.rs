@@ -9,10 +9,11 @@ use std::path::Path;
 
 use super::manifest::{hash_file, now_ns, Manifest};
 use super::rules::Rules;
-use super::scan::{check_relative, link_stays_inside, Scan};
+use super::scan::{check_relative, Scan};
 use super::secrets::SecretFilter;
 use super::{EntryKind, RemoteEntry};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::protocol::SkippedPath;
 
 /// Local changes since the manifest.
 #[derive(Debug, Default)]
@@ -89,15 +90,23 @@ pub enum RemoteChange {
     Deleted,
 }
 
+/// What changed in the sandbox, and what it holds that cannot sync (reported per path).
+#[derive(Debug, Default)]
+pub struct RemoteDiff {
+    pub changes: BTreeMap<String, RemoteChange>,
+    pub skipped: Vec<SkippedPath>,
+}
+
 /// Compares a remote listing with the manifest within `scope`. Every listed path is checked first: one that is
-/// not a plain relative path fails the whole sync before anything is written.
+/// not a plain relative path (a broken or hostile listing) fails the whole sync before anything is written. An entry
+/// whose name cannot sync is reported on its own. Where symlinks lead is decided when they are placed.
 pub fn diff_remote(
     manifest: &Manifest,
     listing: Vec<RemoteEntry>,
     rules: &Rules,
     secrets: &SecretFilter,
     scope: Option<&[String]>,
-) -> Result<BTreeMap<String, RemoteChange>> {
+) -> Result<RemoteDiff> {
     for entry in &listing {
         check_relative(&entry.path)?;
     }
@@ -108,6 +117,7 @@ pub fn diff_remote(
         }),
     };
     let mut changes = BTreeMap::new();
+    let mut skipped = Vec::new();
     let mut seen = BTreeSet::new();
     for entry in listing {
         if entry.kind == EntryKind::Dir || !in_scope(&entry.path) {
@@ -117,6 +127,10 @@ pub fn diff_remote(
             continue;
         }
         seen.insert(entry.path.clone());
+        if let Some(reason) = &entry.unsyncable {
+            skipped.push(SkippedPath { path: entry.path.clone(), reason: reason.clone() });
+            continue;
+        }
         let unchanged = manifest.entries.get(&entry.path).is_some_and(|record| {
             record.kind == entry.kind
                 && match entry.kind {
@@ -125,15 +139,6 @@ pub fn diff_remote(
                 }
         });
         if !unchanged {
-            if let (EntryKind::Symlink, Some(target)) = (entry.kind, &entry.link_target) {
-                if !link_stays_inside(&entry.path, target) {
-                    return Err(Error::PathOutsideWorkspace(format!(
-                        "The symlink \"{}\" in the sandbox points outside the workspace (to \"{target}\"), so the sync \
-                         was refused and nothing was written. Remove it in the sandbox, or exclude it in .sandlinkignore.",
-                        entry.path
-                    )));
-                }
-            }
             changes.insert(entry.path.clone(), RemoteChange::Changed(entry));
         }
     }
@@ -142,7 +147,7 @@ pub fn diff_remote(
             changes.insert(path.clone(), RemoteChange::Deleted);
         }
     }
-    Ok(changes)
+    Ok(RemoteDiff { changes, skipped })
 }
 
 /// Turns deleted paths into the fewest deletions: a whole directory when it is gone locally.
@@ -196,6 +201,7 @@ mod tests {
             mtime_ns: 0,
             mode: 0o644,
             link_target: None,
+            unsyncable: None,
         }];
         let error = diff_remote(&manifest, listing, &rules, &secrets, None).unwrap_err();
         assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);

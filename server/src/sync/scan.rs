@@ -5,6 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::resolve::{link_stays_inside, OnDisk};
 use super::rules::Rules;
 use super::secrets::SecretFilter;
 use super::EntryKind;
@@ -34,6 +35,19 @@ impl LocalEntry {
             link_target,
         }
     }
+
+    /// The same from an `lstat` made through a directory descriptor (`beneath`).
+    pub fn from_stat(stat: &rustix::fs::Stat, link_target: Option<String>) -> Self {
+        let is_link = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink;
+        LocalEntry {
+            kind: if is_link { EntryKind::Symlink } else { EntryKind::File },
+            size: stat.st_size as u64,
+            mtime_ns: stat.st_mtime as i128 * 1_000_000_000 + stat.st_mtime_nsec as i128,
+            mode: stat.st_mode as u32 & 0o7777,
+            inode: stat.st_ino as u64,
+            link_target,
+        }
+    }
 }
 
 /// What a scan found.
@@ -44,6 +58,8 @@ pub struct Scan {
     pub held_back: Vec<String>,
     /// Symlinks pointing outside the workspace, which are neither followed nor synced.
     pub escaping_links: Vec<String>,
+    /// Files whose name sync cannot carry (not UTF-8), with the reason; reported, never synced.
+    pub unsyncable: Vec<(String, String)>,
 }
 
 /// The workspace scanner: rules plus secret filter.
@@ -74,6 +90,12 @@ impl Scanner {
     }
 
     fn scan_path(&self, relative: &str, scan: &mut Scan) -> Result<()> {
+        // A parent that is a symlink would lead the scan (and the upload) wherever it points; such paths are not
+        // part of the tree. Explicit requests were refused already; saves and watcher events end here.
+        if !relative.is_empty() && !super::transfer::parents_are_real_dirs(self.workspace(), relative) {
+            tracing::debug!(path = %relative, "skipped a path under a symlinked directory");
+            return Ok(());
+        }
         let full = if relative.is_empty() { self.workspace().to_path_buf() } else { self.workspace().join(relative) };
         let Ok(metadata) = std::fs::symlink_metadata(&full) else {
             return Ok(());
@@ -90,6 +112,7 @@ impl Scanner {
 
     fn walk(&self, start: &PathBuf, scan: &mut Scan) -> Result<()> {
         let (sender, receiver) = std::sync::mpsc::channel::<(String, PathBuf, std::fs::Metadata)>();
+        let (unsyncable_sender, unsyncable_receiver) = std::sync::mpsc::channel::<String>();
         let workspace = self.workspace().to_path_buf();
         let walker = self.rules.walker(start).threads(2).build_parallel();
         let failure: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
@@ -97,6 +120,7 @@ impl Scanner {
             threads.spawn(|| {
                 walker.run(|| {
                     let sender = sender.clone();
+                    let unsyncable = unsyncable_sender.clone();
                     let workspace = &workspace;
                     let failure = &failure;
                     Box::new(move |entry| {
@@ -115,7 +139,7 @@ impl Scanner {
                             return ignore::WalkState::Continue;
                         };
                         let Some(relative) = relative.to_str().map(str::to_string) else {
-                            tracing::warn!(path = %entry.path().display(), "skipped a path that is not UTF-8");
+                            let _ = unsyncable.send(relative.to_string_lossy().into_owned());
                             return ignore::WalkState::Continue;
                         };
                         match entry.metadata() {
@@ -131,11 +155,15 @@ impl Scanner {
                     })
                 });
                 drop(sender);
+                drop(unsyncable_sender);
             });
             for (relative, full, metadata) in receiver {
                 self.take(relative, &full, &metadata, scan);
             }
         });
+        for lossy in unsyncable_receiver.try_iter() {
+            scan.unsyncable.push((lossy, NOT_UTF8.to_string()));
+        }
         if let Some(message) = failure.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
             // A file vanishing mid-walk is normal (a build running); it is simply absent from this scan.
             tracing::debug!(%message, "a file changed during the scan");
@@ -155,7 +183,7 @@ impl Scanner {
         let link_target = if file_type.is_symlink() {
             let Ok(target) = std::fs::read_link(full) else { return };
             let Some(target) = target.to_str().map(str::to_string) else { return };
-            if !link_stays_inside(&relative, &target) {
+            if !link_stays_inside(&OnDisk { root: self.workspace() }, &relative, &target) {
                 scan.escaping_links.push(relative);
                 return;
             }
@@ -167,33 +195,15 @@ impl Scanner {
     }
 }
 
-/// Whether a symlink at `relative` with `target` resolves (lexically) inside the root.
-pub fn link_stays_inside(relative: &str, target: &str) -> bool {
-    if target.starts_with('/') {
-        return false;
-    }
-    let mut depth: i64 = relative.split('/').count() as i64 - 1;
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    true
-}
+/// The reason given for a name that is not UTF-8.
+pub const NOT_UTF8: &str = "its name is not valid UTF-8, which sandlink's paths cannot carry; rename it to sync it";
 
 /// Checks a relative path from a remote listing or an archive: `/`-separated, no `..`, not absolute, not empty.
+/// Any other byte is part of a name (a backslash or a newline is a legal character on the systems sandlink serves).
 pub fn check_relative(path: &str) -> Result<()> {
     let bad = path.is_empty()
         || path.starts_with('/')
         || path.contains('\0')
-        || path.contains('\\')
         || path.split('/').any(|part| part.is_empty() || part == ".." || part == ".");
     if bad {
         return Err(Error::PathOutsideWorkspace(format!(
@@ -209,17 +219,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn links_should_stay_inside_only_when_they_resolve_under_the_root() {
-        assert!(link_stays_inside("a/link", "../b"));
-        assert!(link_stays_inside("link", "b/c"));
-        assert!(!link_stays_inside("link", "../outside"));
-        assert!(!link_stays_inside("a/link", "../../x"));
-        assert!(!link_stays_inside("link", "/etc/passwd"));
-    }
-
-    #[test]
     fn remote_paths_should_be_plain_relative_paths() {
         assert!(check_relative("a/b.txt").is_ok());
+        assert!(check_relative("a\\b").is_ok(), "a backslash is part of a name");
+        assert!(check_relative("a\nb").is_ok(), "so is a newline");
         for bad in ["../x", "/etc/passwd", "a/../../b", "", "a//b", "./a"] {
             assert!(check_relative(bad).is_err(), "{bad}");
         }

@@ -16,12 +16,14 @@ use super::plan::{compress_deletions, diff_local, diff_remote, RemoteChange};
 use super::rules::Rules;
 use super::scan::{LocalEntry, Scan, Scanner};
 use super::secrets::SecretFilter;
+use super::beneath::Beneath;
+use super::resolve::{self, Node, OnDisk, Overlay, Resolution};
 use super::transfer::{self, Staged};
 use super::watch::{self, Watcher};
 use super::{EntryKind, RemoteFiles};
 use crate::engine::Progress;
 use crate::error::{Error, Result};
-use crate::protocol::{Conflict, SyncDirection, SyncResult, SyncState};
+use crate::protocol::{Conflict, SkippedPath, SyncDirection, SyncResult, SyncState};
 
 /// Files per upload archive: many small files travel together, yet each batch is confirmed (and recorded) soon.
 const BATCH_FILES: usize = 8_000;
@@ -319,7 +321,14 @@ impl SessionSync {
         let local = if path.starts_with("file:") { crate::paths::path_from_uri_or_path(path)? } else { PathBuf::from(path) };
         let joined = crate::paths::join_inside(&self.inner.workspace, &local.to_string_lossy())?;
         let relative = joined.strip_prefix(&self.inner.workspace).unwrap_or(Path::new(""));
-        Ok(relative.to_string_lossy().into_owned())
+        let relative = relative.to_string_lossy().into_owned();
+        if let Some(link) = first_linked_parent(&self.inner.workspace, &relative) {
+            return Err(Error::PathOutsideWorkspace(format!(
+                "The path \"{path}\" goes through the symlink \"{link}\", so it is not part of the workspace's tree (sync \
+                 carries symlinks as links and never follows them); name the path the link points to instead."
+            )));
+        }
+        Ok(relative)
     }
 
     async fn publish(&self, change: impl FnOnce(&mut SyncState)) {
@@ -393,6 +402,9 @@ impl SessionSync {
         core.manifest = manifest;
         let scan = scan?;
         self.note_held_back(core, &scan, scope.is_none()).await;
+        for (path, reason) in &scan.unsyncable {
+            result.skipped.push(SkippedPath { path: path.clone(), reason: reason.clone() });
+        }
 
         let mut local_changed = local.changed;
         let mut local_deleted = local.deleted;
@@ -428,7 +440,10 @@ impl SessionSync {
             .await
             .map_err(join_error("Comparing the sandbox listing"))?;
             core.manifest = manifest_back;
-            let changes = changes?;
+            let super::plan::RemoteDiff { changes, skipped } = changes?;
+            if down {
+                result.skipped.extend(skipped);
+            }
             let to_fetch: Vec<String> = changes
                 .iter()
                 .filter_map(|(path, change)| matches!(change, RemoteChange::Changed(_)).then(|| path.clone()))
@@ -437,9 +452,19 @@ impl SessionSync {
                 let count = to_fetch.len() as u64;
                 self.publish(|state| state.pending = count).await;
             }
-            let staged = if to_fetch.is_empty() { Vec::new() } else { self.fetch(to_fetch).await? };
+            let staged = if to_fetch.is_empty() { Vec::new() } else { self.fetch(to_fetch.clone()).await? };
             let mut staged_by_path: BTreeMap<String, Staged> =
                 staged.into_iter().map(|staged| (staged.path.clone(), staged)).collect();
+            if down {
+                for path in to_fetch.iter().filter(|path| !staged_by_path.contains_key(*path)) {
+                    result.skipped.push(SkippedPath {
+                        path: path.clone(),
+                        reason: "the sandbox did not send it (it changed or vanished while it was fetched); the next sync \
+                                 tries again"
+                            .into(),
+                    });
+                }
+            }
             let mut placements = Vec::new();
             let mut local_deletions = Vec::new();
             for (path, change) in changes {
@@ -516,7 +541,12 @@ impl SessionSync {
                     }
                 }
             }
-            let (downloaded, bytes, raced) = self.place(core, placements, local_deletions, &mut result).await?;
+            let known_links: BTreeMap<String, String> = scan
+                .entries
+                .iter()
+                .filter_map(|(path, entry)| entry.link_target.clone().map(|target| (path.clone(), target)))
+                .collect();
+            let (downloaded, bytes, raced) = self.place(core, placements, local_deletions, known_links, &mut result).await?;
             result.downloaded += downloaded;
             result.bytes += bytes;
             for path in raced {
@@ -638,7 +668,7 @@ impl SessionSync {
             let batch_len = batch.len();
             let producer = tokio::task::spawn_blocking(move || {
                 let bridge = tokio_util::io::SyncIoBridge::new(writer);
-                transfer::pack(&workspace, &batch, bridge, &mut |_| {})
+                transfer::pack(&workspace, &batch, transfer::Links::Inside, bridge, &mut |_| {})
             });
             let (uploaded, packed) = tokio::join!(self.inner.remote.upload_tar(Box::pin(reader)), producer);
             let packed = packed.map_err(join_error("Packing the upload"))?;
@@ -686,11 +716,17 @@ impl SessionSync {
 
     /// Puts downloaded files into the workspace and removes files deleted in the sandbox, each only if the local
     /// file is still as the scan saw it. Answers (downloaded, bytes, paths that changed meanwhile).
+    ///
+    /// Everything goes through directory descriptors that never pass a symlink. A link is placed (and one is
+    /// removed or replaced) only when afterwards it and every other link of the workspace that sync knows
+    /// (`known_links`) still resolve inside the workspace, following each other as the kernel would; one that would
+    /// not is left out and reported in `skipped`, and everything else still syncs.
     async fn place(
         &self,
         core: &mut Core,
         placements: Vec<(Staged, Option<LocalEntry>)>,
         deletions: Vec<(String, LocalEntry)>,
+        mut known_links: BTreeMap<String, String>,
         result: &mut SyncResult,
     ) -> Result<(u64, u64, Vec<String>)> {
         if placements.is_empty() && deletions.is_empty() {
@@ -699,13 +735,17 @@ impl SessionSync {
         let workspace = self.inner.workspace.clone();
         let outcome = tokio::task::spawn_blocking(move || -> Result<PlaceOutcome> {
             let mut outcome = PlaceOutcome::default();
-            let mut checked = HashSet::new();
+            let mut beneath = Beneath::open(&workspace)
+                .map_err(|error| Error::io(format!("Could not open the workspace {}", workspace.display()), error))?;
+            // First against everything this sync places at once, so with `y -> .` and `x -> y/..` it is `x` that is
+            // refused whatever the order; then each change again against the disk as it stands (below).
+            let refused_up_front = links_leading_out(&workspace, &placements, &deletions);
             for (staged, expected) in placements {
-                let target = workspace.join(&staged.path);
-                let now = std::fs::symlink_metadata(&target).ok().map(|metadata| {
-                    let link = std::fs::read_link(&target).ok().and_then(|target| target.to_str().map(str::to_string));
-                    LocalEntry::from_metadata(&metadata, if metadata.file_type().is_symlink() { link } else { None })
-                });
+                if let Some(reason) = refused_up_front.get(&staged.path) {
+                    outcome.skipped.push(SkippedPath { path: staged.path.clone(), reason: reason.clone() });
+                    continue;
+                }
+                let now = current_entry(&mut beneath, &staged.path)?;
                 let unchanged = match (&now, &expected) {
                     (None, None) => true,
                     (Some(now), Some(expected)) => now == expected,
@@ -715,23 +755,41 @@ impl SessionSync {
                     outcome.raced.push(staged.path.clone());
                     continue;
                 }
+                let replaces_link = now.as_ref().is_some_and(|entry| entry.kind == EntryKind::Symlink);
+                let node = match (&staged.kind, &staged.link_target) {
+                    (EntryKind::Symlink, Some(target)) => Node::Link(target.clone()),
+                    _ => Node::File,
+                };
+                if matches!(node, Node::Link(_)) || replaces_link {
+                    if let Err(reason) = links_stay_inside(&workspace, &known_links, &staged.path, &node) {
+                        outcome.skipped.push(SkippedPath { path: staged.path.clone(), reason });
+                        continue;
+                    }
+                }
                 let path = staged.path.clone();
                 let hash = staged.hash.clone();
                 let mtime_s = staged.mtime_s as i64;
                 let size = staged.size;
-                transfer::place(&workspace, staged, &mut checked)?;
-                let metadata = std::fs::symlink_metadata(&target).map_err(|error| Error::io(format!("Could not read {path}"), error))?;
-                let link = if metadata.file_type().is_symlink() {
-                    std::fs::read_link(&target).ok().and_then(|target| target.to_str().map(str::to_string))
-                } else {
-                    None
+                match transfer::place(&mut beneath, staged) {
+                    Ok(()) => {}
+                    Err(Error::PathOutsideWorkspace(reason)) => {
+                        outcome.skipped.push(SkippedPath { path, reason });
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
+                let Some(placed) = current_entry(&mut beneath, &path)? else {
+                    return Err(Error::Internal(format!("{path} vanished right after it was written.")));
                 };
-                outcome.placed.push((path, Record::new(&LocalEntry::from_metadata(&metadata, link), hash, Some(mtime_s))));
+                match &node {
+                    Node::Link(target) => known_links.insert(path.clone(), target.clone()),
+                    _ => known_links.remove(&path),
+                };
+                outcome.placed.push((path, Record::new(&placed, hash, Some(mtime_s))));
                 outcome.bytes += size;
             }
             for (path, expected) in deletions {
-                let target = workspace.join(&path);
-                let now = std::fs::symlink_metadata(&target).ok().map(|metadata| LocalEntry::from_metadata(&metadata, None));
+                let now = current_entry(&mut beneath, &path)?;
                 let unchanged = now.as_ref().is_some_and(|now| {
                     now.kind == expected.kind && now.size == expected.size && now.mtime_ns == expected.mtime_ns && now.inode == expected.inode
                 });
@@ -739,7 +797,14 @@ impl SessionSync {
                     outcome.raced.push(path);
                     continue;
                 }
-                std::fs::remove_file(&target).map_err(|error| Error::io(format!("Could not delete {path}"), error))?;
+                if expected.kind == EntryKind::Symlink {
+                    if let Err(reason) = links_stay_inside(&workspace, &known_links, &path, &Node::Missing) {
+                        outcome.skipped.push(SkippedPath { path, reason });
+                        continue;
+                    }
+                    known_links.remove(&path);
+                }
+                beneath.remove(&path).map_err(|error| Error::io(format!("Could not delete {path}"), error))?;
                 outcome.removed.push(path);
             }
             Ok(outcome)
@@ -754,14 +819,115 @@ impl SessionSync {
             core.manifest.remove(path);
             core.conflicts.remove(path);
         }
+        for skipped in &outcome.skipped {
+            tracing::warn!(path = %skipped.path, reason = %skipped.reason, "did not bring a path back from the sandbox");
+        }
+        result.skipped.extend(outcome.skipped);
         result.deleted += outcome.removed.len() as u64;
         Ok((outcome.placed.len() as u64, outcome.bytes, outcome.raced))
     }
 }
 
+/// The workspace entry at `path` as `lstat` sees it through `beneath` (with its target, for a link); `None` when it
+/// is missing or under a link.
+fn current_entry(beneath: &mut Beneath, path: &str) -> Result<Option<LocalEntry>> {
+    let Some(stat) = beneath.lstat(path).map_err(|error| Error::io(format!("Could not read {path}"), error))? else {
+        return Ok(None);
+    };
+    let link = if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink {
+        beneath.read_link(path).ok().and_then(|target| String::from_utf8(target).ok())
+    } else {
+        None
+    };
+    Ok(Some(LocalEntry::from_stat(&stat, link)))
+}
+
+/// The links among `placements` that lead outside the workspace once every placement and deletion is done, with
+/// the reason for each.
+fn links_leading_out(
+    workspace: &Path,
+    placements: &[(Staged, Option<LocalEntry>)],
+    deletions: &[(String, LocalEntry)],
+) -> BTreeMap<String, String> {
+    let links: Vec<(&str, &str)> = placements
+        .iter()
+        .filter_map(|(staged, _)| staged.link_target.as_deref().map(|target| (staged.path.as_str(), target)))
+        .collect();
+    if links.is_empty() {
+        return BTreeMap::new();
+    }
+    let disk = OnDisk { root: workspace };
+    let mut after = Overlay::new(&disk);
+    for (path, target) in &links {
+        after.set(path, Node::Link(target.to_string()));
+    }
+    for (path, _) in deletions {
+        after.set(path, Node::Missing);
+    }
+    links
+        .into_iter()
+        .filter_map(|(path, target)| match resolve::resolve_link(&after, path, target) {
+            Resolution::Inside(_) => None,
+            ending => Some((path.to_string(), refusal_reason(path, path, target, ending))),
+        })
+        .collect()
+}
+
+/// Why a link change was refused: `link` (to `target`) would end as `ending` if `path` changed.
+fn refusal_reason(path: &str, link: &str, target: &str, ending: Resolution) -> String {
+    let how = match ending {
+        Resolution::TooManyLinks => format!("goes through more than {} symlinks", resolve::MAX_LINKS),
+        _ => "leads outside the workspace".to_string(),
+    };
+    if link == path {
+        format!("the symlink's target \"{target}\" {how}, following the other links of the tree; it was not created")
+    } else {
+        format!("it would make the symlink \"{link}\" (to \"{target}\") {how}; it was left as it is")
+    }
+}
+
+/// Whether putting `node` at `path` keeps the link there (if it is one) and every other known link inside the
+/// workspace, each resolved through all the others on disk; the reason to refuse otherwise.
+fn links_stay_inside(workspace: &Path, known_links: &BTreeMap<String, String>, path: &str, node: &Node) -> Result<(), String> {
+    let disk = OnDisk { root: workspace };
+    let mut after = Overlay::new(&disk);
+    after.set(path, node.clone());
+    let refusal = |link: &str, target: &str, ending: Resolution| refusal_reason(path, link, target, ending);
+    if let Node::Link(target) = node {
+        let ending = resolve::resolve_link(&after, path, target);
+        if !ending.is_inside() {
+            return Err(refusal(path, target, ending));
+        }
+    }
+    for (link, target) in known_links {
+        if link == path {
+            continue;
+        }
+        let ending = resolve::resolve_link(&after, link, target);
+        if !ending.is_inside() {
+            return Err(refusal(link, target, ending));
+        }
+    }
+    Ok(())
+}
+
+/// The first parent of `relative` under `root` that is a symlink, if any.
+fn first_linked_parent(root: &Path, relative: &str) -> Option<String> {
+    let parts: Vec<&str> = relative.split('/').filter(|part| !part.is_empty()).collect();
+    let mut current = root.to_path_buf();
+    for (index, part) in parts.iter().enumerate().take(parts.len().saturating_sub(1)) {
+        current.push(part);
+        if std::fs::symlink_metadata(&current).is_ok_and(|metadata| metadata.file_type().is_symlink()) {
+            return Some(parts[..=index].join("/"));
+        }
+    }
+    None
+}
+
 #[derive(Default)]
 struct PlaceOutcome {
     placed: Vec<(String, Record)>,
+    skipped: Vec<SkippedPath>,
     removed: Vec<String>,
     raced: Vec<String>,
     bytes: u64,

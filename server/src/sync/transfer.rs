@@ -2,16 +2,17 @@
 //! (temporary file, then rename) that never go through a symlink or outside the root. Used on both ends: by the
 //! engine for uploads and downloads, and by the local driver for the sandbox side.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use tempfile::TempPath;
 
+use super::beneath::{Beneath, WalkError};
 use super::manifest::hash_link;
-use super::scan::{check_relative, link_stays_inside, LocalEntry};
+use super::resolve::{link_stays_inside, OnDisk};
+use super::scan::{check_relative, LocalEntry};
 use super::EntryKind;
 use crate::error::{Error, IoContext, Result};
 
@@ -28,24 +29,46 @@ pub struct Sent {
     pub stable: bool,
 }
 
+/// Which symlinks `pack` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Only those that resolve inside `root` (the workspace's, going up).
+    Inside,
+    /// All, as they are: the receiving side decides against its own tree (the local sandbox's, coming down).
+    AsTheyAre,
+}
+
 /// Packs `paths` (relative to `root`) into a tar stream on `writer`; files are streamed in chunks and hashed as
 /// they go. Paths that vanished are skipped. `on_bytes` is told how many content bytes went out.
-pub fn pack(root: &Path, paths: &[String], writer: impl Write, on_bytes: &mut dyn FnMut(u64)) -> Result<Vec<Sent>> {
+pub fn pack(root: &Path, paths: &[String], links: Links, writer: impl Write, on_bytes: &mut dyn FnMut(u64)) -> Result<Vec<Sent>> {
     // Buffered so 512-byte tar headers do not each become a write to the (async-bridged) stream.
     let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(IO_BUFFER, writer));
     builder.mode(tar::HeaderMode::Complete);
     let mut sent = Vec::with_capacity(paths.len());
     let write_failed = |source: std::io::Error| Error::io("Could not send files to the sandbox", source);
+    // Every file is reached through directory descriptors without following a link, so a directory swapped for a
+    // link after the scan (by a build, or by whatever runs in a local sandbox) cannot make this read elsewhere.
+    let mut beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
     for relative in paths {
-        let full = root.join(relative);
-        let Ok(metadata) = std::fs::symlink_metadata(&full) else { continue };
-        if metadata.file_type().is_symlink() {
-            let Ok(target) = std::fs::read_link(&full) else { continue };
-            let Some(target) = target.to_str().map(str::to_string) else { continue };
-            if !link_stays_inside(relative, &target) {
+        let file = match beneath.open_file(relative) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::debug!(path = %relative, ?error, "skipped a file that could not be reached without a symlink");
                 continue;
             }
-            let local = LocalEntry::from_metadata(&metadata, Some(target.clone()));
+        };
+        let Some(file) = file else {
+            // Not a regular file: a symlink goes as a symlink when it resolves inside the tree; anything else is skipped.
+            let Ok(Some(stat)) = beneath.lstat(relative) else { continue };
+            if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Symlink {
+                continue;
+            }
+            let Ok(target) = beneath.read_link(relative) else { continue };
+            let Ok(target) = String::from_utf8(target) else { continue };
+            if links == Links::Inside && !link_stays_inside(&OnDisk { root }, relative, &target) {
+                continue;
+            }
+            let local = LocalEntry::from_stat(&stat, Some(target.clone()));
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_size(0);
@@ -54,17 +77,6 @@ pub fn pack(root: &Path, paths: &[String], writer: impl Write, on_bytes: &mut dy
             builder.append_link(&mut header, relative, &target).map_err(write_failed)?;
             sent.push(Sent { path: relative.clone(), local, hash: hash_link(&target), stable: true });
             continue;
-        }
-        if !metadata.is_file() {
-            continue;
-        }
-        // O_NOFOLLOW: if the file became a symlink since the scan, it is not followed out of the workspace.
-        let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&full) {
-            Ok(file) => file,
-            Err(error) => {
-                tracing::debug!(path = %relative, %error, "skipped a file that could not be opened");
-                continue;
-            }
         };
         let before = file.metadata().context(|| format!("Could not read {relative}"))?;
         let local = LocalEntry::from_metadata(&before, None);
@@ -140,8 +152,8 @@ pub struct Staged {
     pub temp: Option<TempPath>,
 }
 
-/// Reads every file and symlink of an archive into `staging` (hashing contents), refusing unsafe paths and
-/// symlinks that point outside the root before anything reaches the destination.
+/// Reads every file and symlink of an archive into `staging` (hashing contents), refusing unsafe paths before
+/// anything reaches the destination. Where a symlink leads is decided when it is placed, against the real tree.
 pub fn stage(reader: impl Read, staging: &Path) -> Result<Vec<Staged>> {
     std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
@@ -150,7 +162,12 @@ pub fn stage(reader: impl Read, staging: &Path) -> Result<Vec<Staged>> {
     for entry in archive.entries().map_err(read_failed)? {
         let mut entry = entry.map_err(read_failed)?;
         let raw_path = entry.path_bytes().into_owned();
-        let path = String::from_utf8_lossy(&raw_path).trim_end_matches('/').to_string();
+        let Ok(path) = String::from_utf8(raw_path) else {
+            // Only paths sandlink asked for (all UTF-8) are placed; anything else in the archive is not one of them.
+            tracing::debug!("skipped an archive entry whose name is not UTF-8");
+            continue;
+        };
+        let path = path.trim_end_matches('/').to_string();
         let header = entry.header();
         let entry_type = header.entry_type();
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
@@ -161,16 +178,10 @@ pub fn stage(reader: impl Read, staging: &Path) -> Result<Vec<Staged>> {
         }
         check_relative(&path)?;
         if entry_type.is_symlink() {
-            let target = entry
-                .link_name_bytes()
-                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                .unwrap_or_default();
-            if !link_stays_inside(&path, &target) {
-                return Err(Error::PathOutsideWorkspace(format!(
-                    "The symlink \"{path}\" points outside the workspace (to \"{target}\"), so it was refused and \
-                     nothing was written. Remove it, or exclude it in .sandlinkignore."
-                )));
-            }
+            let Some(target) = entry.link_name_bytes().and_then(|bytes| String::from_utf8(bytes.into_owned()).ok()) else {
+                tracing::debug!(%path, "skipped a symlink whose target is not UTF-8");
+                continue;
+            };
             let hash = hash_link(&target);
             staged.push(Staged {
                 path,
@@ -231,86 +242,61 @@ fn copy_hashing(reader: &mut impl Read, writer: &mut File, hasher: &mut blake3::
     }
 }
 
-/// Puts a staged entry at `root/path` atomically (rename), creating parent directories but never writing
-/// through a symlink. `checked` remembers directories already verified in this batch.
-pub fn place(root: &Path, staged: Staged, checked: &mut HashSet<PathBuf>) -> Result<()> {
-    let target = root.join(&staged.path);
-    ensure_parents(root, &staged.path, checked)?;
-    if let Ok(existing) = std::fs::symlink_metadata(&target) {
-        if existing.is_dir() {
-            std::fs::remove_dir_all(&target).context(|| format!("Could not replace the directory {}", staged.path))?;
-        }
-    }
-    let parent = target.parent().unwrap_or(root);
+/// Puts a staged entry at `path` under the root atomically (rename), creating parent directories but never writing
+/// through a symlink: a parent that is a link fails with `pathOutsideWorkspace`, naming it.
+pub fn place(beneath: &mut Beneath, staged: Staged) -> Result<()> {
+    let path = staged.path.clone();
+    let through_link = |error: WalkError| match error {
+        WalkError::Link(link) => Error::PathOutsideWorkspace(format!(
+            "\"{path}\" would be written through the symlink \"{link}\", which could lead outside the root; nothing was \
+             written there. Replace the symlink with a directory, or exclude the path."
+        )),
+        WalkError::Missing => Error::Internal(format!("The directory of {path} vanished while it was written.")),
+        WalkError::Io(error) => Error::io(format!("Could not write {path}"), error),
+    };
     match staged.kind {
-        EntryKind::Symlink => {
-            let link_target = staged.link_target.unwrap_or_default();
-            let temporary = parent.join(format!(".sandlink-{}", crate::engine::short_id()));
-            std::os::unix::fs::symlink(&link_target, &temporary)
-                .context(|| format!("Could not create the symlink {}", staged.path))?;
-            std::fs::rename(&temporary, &target).map_err(|error| {
-                let _ = std::fs::remove_file(&temporary);
-                Error::io(format!("Could not create the symlink {}", staged.path), error)
-            })?;
-        }
+        EntryKind::Symlink => beneath.symlink(staged.link_target.as_deref().unwrap_or_default(), &path).map_err(through_link),
         EntryKind::File | EntryKind::Dir => {
             let Some(temp) = staged.temp else { return Ok(()) };
-            if let Err(error) = temp.persist(&target) {
-                // Across file systems a rename cannot work: copy next to the target, then rename there.
-                let temp = error.path;
-                let mut local = tempfile::Builder::new()
-                    .prefix(".sandlink-")
-                    .tempfile_in(parent)
-                    .context(|| format!("Could not write in {}", parent.display()))?;
-                std::io::copy(&mut File::open(&temp).context(|| format!("Could not read the staged {}", staged.path))?, local.as_file_mut())
-                    .context(|| format!("Could not write {}", staged.path))?;
-                local.as_file().set_permissions(std::fs::Permissions::from_mode(staged.mode))
-                    .context(|| format!("Could not set the mode of {}", staged.path))?;
-                let local = local.into_temp_path();
-                filetime::set_file_mtime(&local, filetime::FileTime::from_unix_time(staged.mtime_s as i64, 0))
-                    .context(|| format!("Could not set the modification time of {}", staged.path))?;
-                local.persist(&target).map_err(|error| Error::io(format!("Could not write {}", staged.path), error.error))?;
+            match beneath.rename_into(&temp, &path) {
+                Ok(()) => {
+                    // Renamed away: nothing is left for the guard to remove.
+                    let _ = temp.keep();
+                    Ok(())
+                }
+                Err(WalkError::Io(error)) if error.raw_os_error() == Some(libc::EXDEV) => {
+                    // Across file systems a rename cannot work: copy next to the target, then rename there.
+                    let (mut local, temporary) = beneath.create_beside(&path, staged.mode).map_err(through_link)?;
+                    let copied = File::open(&temp)
+                        .and_then(|mut source| std::io::copy(&mut source, &mut local))
+                        .and_then(|_| local.set_permissions(std::fs::Permissions::from_mode(staged.mode)))
+                        .and_then(|()| {
+                            let mtime = filetime::FileTime::from_unix_time(staged.mtime_s as i64, 0);
+                            filetime::set_file_handle_times(&local, None, Some(mtime))
+                        });
+                    drop(local);
+                    if let Err(error) = copied {
+                        let _ = beneath.remove(&sibling(&path, &temporary));
+                        return Err(Error::io(format!("Could not write {path}"), error));
+                    }
+                    beneath.rename_beside(&temporary, &path).map_err(through_link)
+                }
+                Err(error) => Err(through_link(error)),
             }
         }
     }
-    Ok(())
 }
 
-/// Makes sure every parent directory of `path` under `root` is a real directory (creating missing ones), and
-/// refuses to go through a symlink, which could lead outside the root.
-pub fn ensure_parents(root: &Path, path: &str, checked: &mut HashSet<PathBuf>) -> Result<()> {
-    let parts: Vec<&str> = path.split('/').collect();
-    let mut current = root.to_path_buf();
-    for part in &parts[..parts.len().saturating_sub(1)] {
-        current.push(part);
-        if checked.contains(&current) {
-            continue;
-        }
-        match std::fs::symlink_metadata(&current) {
-            Ok(metadata) if metadata.is_dir() => {}
-            Ok(metadata) if metadata.file_type().is_symlink() => {
-                return Err(Error::PathOutsideWorkspace(format!(
-                    "\"{path}\" would be written through the symlink \"{}\", which could lead outside the root; \
-                     nothing was written there. Replace the symlink with a directory or exclude the path.",
-                    current.strip_prefix(root).unwrap_or(&current).display()
-                )));
-            }
-            Ok(_) => {
-                std::fs::remove_file(&current).context(|| format!("Could not replace the file {}", current.display()))?;
-                std::fs::create_dir(&current).context(|| format!("Could not create {}", current.display()))?;
-            }
-            Err(_) => {
-                std::fs::create_dir(&current)
-                    .or_else(|error| if current.is_dir() { Ok(()) } else { Err(error) })
-                    .context(|| format!("Could not create {}", current.display()))?;
-            }
-        }
-        checked.insert(current.clone());
+/// The relative path of `name` in the directory of `path`.
+fn sibling(path: &str, name: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((parent, _)) => format!("{parent}/{name}"),
+        None => name.to_string(),
     }
-    Ok(())
 }
 
-/// Whether any parent of `path` under `root` is a symlink (or missing); such paths are neither read nor deleted.
+/// Whether every parent of `path` under `root` is a real directory (not a link, not missing); paths under a link
+/// are neither read nor deleted.
 pub fn parents_are_real_dirs(root: &Path, path: &str) -> bool {
     let parts: Vec<&str> = path.split('/').collect();
     let mut current = root.to_path_buf();
@@ -327,8 +313,8 @@ pub fn parents_are_real_dirs(root: &Path, path: &str) -> bool {
 /// Unpacks an uploaded archive under `root`, each entry through `staging` (same file system) and a rename.
 pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Result<u64> {
     std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
+    let mut beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
-    let mut checked = HashSet::new();
     let mut count = 0u64;
     let read_failed = |source: std::io::Error| Error::io("Could not read the upload archive", source);
     for entry in archive.entries().map_err(read_failed)? {
@@ -340,7 +326,16 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         let mtime_s = header.mtime().unwrap_or(0);
         if entry_type.is_dir() {
-            ensure_parents(root, &format!("{path}/x"), &mut checked)?;
+            let placeholder = format!("{path}/x");
+            if let Err(error) = beneath.parent(&placeholder, true) {
+                return Err(match error {
+                    WalkError::Link(link) => Error::PathOutsideWorkspace(format!(
+                        "The directory \"{path}\" would be made through the symlink \"{link}\"; nothing was written there."
+                    )),
+                    WalkError::Missing => Error::Internal(format!("Could not create the directory {path}.")),
+                    WalkError::Io(error) => Error::io(format!("Could not create the directory {path}"), error),
+                });
+            }
             continue;
         }
         let staged = if entry_type.is_symlink() {
@@ -348,7 +343,7 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
                 .link_name_bytes()
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .unwrap_or_default();
-            if !link_stays_inside(&path, &target) {
+            if !link_stays_inside(&OnDisk { root }, &path, &target) {
                 return Err(Error::PathOutsideWorkspace(format!(
                     "The upload's symlink \"{path}\" points outside the root; it was refused."
                 )));
@@ -366,7 +361,7 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
         } else {
             continue;
         };
-        place(root, staged, &mut checked)?;
+        place(&mut beneath, staged)?;
         count += 1;
     }
     Ok(count)
@@ -374,23 +369,10 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
 
 /// Deletes relative paths under `root` (directories recursively), never through a symlinked parent.
 pub fn delete_under(root: &Path, paths: &[String]) -> Result<()> {
+    let mut beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
     for path in paths {
         check_relative(path)?;
-        if !parents_are_real_dirs(root, path) {
-            continue;
-        }
-        let full = root.join(path);
-        let outcome = match std::fs::symlink_metadata(&full) {
-            Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(&full),
-            Ok(_) => std::fs::remove_file(&full),
-            Err(_) => Ok(()),
-        };
-        match outcome {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io(format!("Could not delete {path}"), error));
-            }
-            _ => {}
-        }
+        beneath.remove(path).context(|| format!("Could not delete {path}"))?;
     }
     Ok(())
 }
@@ -409,7 +391,7 @@ mod tests {
         std::fs::set_permissions(source.path().join("bin/run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::os::unix::fs::symlink("bin/run.sh", source.path().join("link")).expect("symlink");
         let mut archive = Vec::new();
-        let sent = pack(source.path(), &["bin/run.sh".into(), "link".into()], &mut archive, &mut |_| {}).expect("pack");
+        let sent = pack(source.path(), &["bin/run.sh".into(), "link".into()], Links::Inside, &mut archive, &mut |_| {}).expect("pack");
         assert_eq!(sent.len(), 2);
         assert!(sent.iter().all(|entry| entry.stable));
         unpack_atomically(archive.as_slice(), destination.path(), staging.path()).expect("unpack");

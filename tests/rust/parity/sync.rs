@@ -23,7 +23,12 @@ macro_rules! sync_parity_tests {
             sync_down_should_bring_back_sandbox_changes,
             changes_on_both_sides_should_be_a_conflict_that_keeps_both_versions,
             a_save_should_never_overwrite_what_the_sandbox_changed_since_the_last_sync,
-            sync_down_should_refuse_a_symlink_escaping_the_root
+            sync_down_should_refuse_a_symlink_escaping_the_root,
+            sync_should_refuse_an_explicit_path_through_a_workspace_link,
+            sync_should_refuse_links_that_resolve_out_through_other_links,
+            sync_down_should_never_write_through_a_workspace_link,
+            odd_names_should_sync_and_only_unsyncable_ones_be_reported,
+            run_should_refuse_a_cwd_that_links_out_of_the_root
         );
     };
     (@each $fixture:path, $($behaviour:ident),+) => {
@@ -301,15 +306,168 @@ pub fn sync_down_should_refuse_a_symlink_escaping_the_root(fixture: &DriverFixtu
     let outside = tempfile::tempdir().expect("a directory outside the workspace");
     let (server, workspace, session_id) = connected_with(fixture, &[("a.txt", "a")], manual());
     sandbox_shell(&server, &session_id, "ln -s / escape && echo x > generated.txt");
-    let error = server.request_error("sandlink/sync", json!({ "sessionId": session_id, "direction": "down" }));
-    assert_eq!(error.kind.as_deref(), Some("pathOutsideWorkspace"), "{error:?}");
-    assert!(error.message.contains("escape"), "the message names the symlink: {}", error.message);
-    assert!(!workspace.path().join("escape").exists(), "the symlink was not created locally");
-    assert!(!workspace.path().join("generated.txt").exists(), "nothing was written");
+    let result = sync(&server, &session_id, "down");
+    assert_eq!(skipped_paths(&result), vec!["escape"], "the escaping link is refused on its own: {result}");
+    assert!(result["skipped"][0]["reason"].as_str().unwrap_or_default().contains("outside"), "{result}");
+    assert!(std::fs::symlink_metadata(workspace.path().join("escape")).is_err(), "the symlink was not created locally");
+    assert_eq!(std::fs::read_to_string(workspace.path().join("generated.txt")).expect("the rest syncs"), "x\n");
     // A local symlink pointing outside is neither followed nor uploaded.
     std::os::unix::fs::symlink(outside.path(), workspace.path().join("out-link")).expect("symlink");
     sync(&server, &session_id, "up");
     assert_eq!(sandbox_shell(&server, &session_id, "test -e out-link && echo present || echo absent"), "absent\n");
+}
+
+/// The paths of a sync result's `skipped`, sorted.
+fn skipped_paths(result: &Value) -> Vec<String> {
+    let mut paths: Vec<String> = result["skipped"]
+        .as_array()
+        .map(|skipped| skipped.iter().filter_map(|entry| entry["path"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    paths.sort();
+    paths
+}
+
+/// Every entry under `dir` (not following links, leaving out `skip`) with its kind, content or target, and mode:
+/// compared before and after, it shows whether anything there changed.
+pub fn tree_snapshot(dir: &Path, skip: Option<&Path>) -> std::collections::BTreeMap<std::path::PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut snapshot = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if Some(path.as_path()) == skip {
+                continue;
+            }
+            let Ok(metadata) = std::fs::symlink_metadata(&path) else { continue };
+            let description = if metadata.file_type().is_symlink() {
+                format!("link {:?}", std::fs::read_link(&path).ok())
+            } else if metadata.is_dir() {
+                pending.push(path.clone());
+                format!("dir {:o}", metadata.mode())
+            } else {
+                format!("file {:o} {} {:?}", metadata.mode(), metadata.mtime_nsec(), std::fs::read(&path).ok())
+            };
+            snapshot.insert(path, description);
+        }
+    }
+    snapshot
+}
+
+/// Like `connected_with`, with the workspace at `parent/workspace`, so the test owns (and can watch) its parent.
+pub fn connected_in(fixture: &DriverFixture, parent: &Path, files: &[(&str, &str)]) -> (Server, std::path::PathBuf, String) {
+    let workspace = parent.join("workspace");
+    for (path, contents) in files {
+        write(&workspace, path, contents);
+    }
+    std::fs::create_dir_all(&workspace).expect("the workspace");
+    let server = fixture.start_server();
+    let session = server.connect(fixture.driver, settings_with_sync(fixture, manual()), &workspace);
+    assert_eq!(session["state"], "active", "a new session is active: {session}");
+    let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
+    (server, workspace, session_id)
+}
+
+pub fn sync_should_refuse_an_explicit_path_through_a_workspace_link(fixture: &DriverFixture) {
+    let outside = tempfile::tempdir().expect("a directory outside the workspace");
+    std::fs::write(outside.path().join("x"), "outside-secret-4471").expect("an outside file");
+    let (server, workspace, session_id) = connected_with(fixture, &[("a.txt", "a")], manual());
+    std::os::unix::fs::symlink(outside.path(), workspace.path().join("evil")).expect("symlink");
+    for paths in [json!(["evil/x"]), json!([workspace.path().join("evil/x").to_string_lossy()]), json!(["evil/../evil/x"])] {
+        let error = server.request_error("sandlink/sync", json!({ "sessionId": session_id, "direction": "up", "paths": paths }));
+        assert_eq!(error.kind.as_deref(), Some("pathOutsideWorkspace"), "{paths}: {error:?}");
+        assert!(error.message.contains("evil"), "the message names the link: {}", error.message);
+    }
+    // A save of a file reached through the link (an editor that opened it there) is not uploaded either.
+    server.notify("textDocument/didSave", json!({ "textDocument": { "uri": file_uri(&workspace.path().join("evil/x")) } }));
+    sync(&server, &session_id, "up");
+    assert_eq!(sandbox_read(&server, &session_id, "evil/x"), None, "the outside file was not uploaded");
+    let found = sandbox_shell(&server, &session_id, "grep -rl outside-secret-4471 . || true");
+    assert_eq!(found, "", "no copy of the outside file is anywhere in the sandbox");
+}
+
+pub fn sync_should_refuse_links_that_resolve_out_through_other_links(fixture: &DriverFixture) {
+    let parent = tempfile::tempdir().expect("a parent the test owns");
+    let (server, workspace, session_id) = connected_in(fixture, parent.path(), &[("a.txt", "a")]);
+    let parent_before = tree_snapshot(parent.path(), Some(&workspace));
+    let etc_before = std::fs::read("/etc/passwd").ok();
+    sandbox_shell(
+        &server,
+        &session_id,
+        "ln -s . y && ln -s y/.. x && ln -s y/y/y/../../../etc/passwd deep && ln -s y/a.txt fine && mkdir d && ln -s ../y/.. d/up \
+         && echo plain > plain.txt",
+    );
+    for direction in ["down", "both"] {
+        // `both` asks again: the links are still in the sandbox, and still refused.
+        let result = sync(&server, &session_id, direction);
+        assert_eq!(skipped_paths(&result), vec!["d/up", "deep", "x"], "each escaping link is refused on its own ({direction}): {result}");
+        for refused in ["x", "deep", "d/up"] {
+            assert!(std::fs::symlink_metadata(workspace.join(refused)).is_err(), "{refused} was not created ({direction})");
+        }
+        assert_eq!(std::fs::read_link(workspace.join("y")).expect("y came back"), Path::new("."));
+        assert_eq!(std::fs::read_to_string(workspace.join("fine")).expect("a link inside works"), "a");
+        assert_eq!(std::fs::read_to_string(workspace.join("plain.txt")).expect("plain files sync"), "plain\n");
+        assert_eq!(tree_snapshot(parent.path(), Some(&workspace)), parent_before, "nothing beside the workspace changed");
+        assert_eq!(std::fs::read("/etc/passwd").ok(), etc_before);
+    }
+}
+
+pub fn sync_down_should_never_write_through_a_workspace_link(fixture: &DriverFixture) {
+    let outside = tempfile::tempdir().expect("a directory outside the workspace");
+    std::fs::write(outside.path().join("kept"), "kept").expect("an outside file");
+    let (server, workspace, session_id) = connected_with(fixture, &[("a.txt", "a")], manual());
+    let outside_before = tree_snapshot(outside.path(), None);
+    std::os::unix::fs::symlink(outside.path(), workspace.path().join("evil")).expect("symlink");
+    sandbox_shell(&server, &session_id, "mkdir evil && echo pwned > evil/pwned && echo pwned > evil/kept && echo b > b.txt");
+    for direction in ["down", "both"] {
+        let result = sync(&server, &session_id, direction);
+        assert_eq!(skipped_paths(&result), vec!["evil/kept", "evil/pwned"], "{direction}: {result}");
+        assert_eq!(tree_snapshot(outside.path(), None), outside_before, "nothing was written through the link ({direction})");
+        assert_eq!(std::fs::read_to_string(workspace.path().join("b.txt")).expect("the rest syncs"), "b\n");
+        assert!(std::fs::symlink_metadata(workspace.path().join("evil")).expect("the link").file_type().is_symlink());
+    }
+}
+
+pub fn odd_names_should_sync_and_only_unsyncable_ones_be_reported(fixture: &DriverFixture) {
+    let (server, workspace, session_id) = connected_with(fixture, &[("plain.txt", "p")], manual());
+    let root = workspace.path();
+    // E2B's file API speaks JSON, whose strings cannot hold a name that is not UTF-8, so that name is made only
+    // where the driver lists through a shell or the file system.
+    let non_utf8 = fixture.driver != "e2b";
+    let make = format!(
+        "printf back > 'a\\b' && printf 'new\\nline' > \"$(printf 'new\\nline')\" && mkdir 'dir\\x' && printf deep > 'dir\\x/q\"uote' \
+         && echo other > other.txt{}",
+        if non_utf8 { " && printf bad > \"$(printf 'bad\\377name')\"" } else { "" }
+    );
+    sandbox_shell(&server, &session_id, &make);
+    let result = sync(&server, &session_id, "down");
+    assert_eq!(std::fs::read_to_string(root.join("a\\b")).expect("a backslash in a name syncs"), "back");
+    assert_eq!(std::fs::read_to_string(root.join("new\nline")).expect("a newline in a name syncs"), "new\nline");
+    assert_eq!(std::fs::read_to_string(root.join("dir\\x/q\"uote")).expect("odd directory names sync"), "deep");
+    assert_eq!(std::fs::read_to_string(root.join("other.txt")).expect("everything else syncs"), "other\n");
+    let expected_skips = if non_utf8 { vec!["bad\u{fffd}name".to_string()] } else { vec![] };
+    assert_eq!(skipped_paths(&result), expected_skips, "only the name that cannot travel is reported: {result}");
+    // And back up: edits and new odd names in the workspace reach the sandbox.
+    std::fs::write(root.join("a\\b"), "edited").expect("edit");
+    std::fs::write(root.join("tab\there"), "tab").expect("a tab in a name");
+    let up = sync(&server, &session_id, "up");
+    assert_eq!(up["uploaded"], 2, "{up}");
+    assert_eq!(sandbox_read(&server, &session_id, "a\\b").as_deref(), Some("edited"));
+    assert_eq!(sandbox_read(&server, &session_id, "tab\there").as_deref(), Some("tab"));
+    let again = sync(&server, &session_id, "both");
+    assert_eq!((again["uploaded"].as_u64(), again["downloaded"].as_u64()), (Some(0), Some(0)), "nothing is left to move: {again}");
+}
+
+pub fn run_should_refuse_a_cwd_that_links_out_of_the_root(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = connected_with(fixture, &[("sub/a.txt", "a")], manual());
+    sandbox_shell(&server, &session_id, "ln -s /etc etc-link && ln -s .. up && ln -s sub inside && ln -s ../up/x sub/chain");
+    for cwd in ["etc-link", "up", "sub/chain", "inside/../up"] {
+        let error = server.request_error("sandlink/run", json!({ "sessionId": session_id, "command": "pwd", "cwd": cwd }));
+        assert_eq!(error.kind.as_deref(), Some("pathOutsideWorkspace"), "cwd {cwd}: {error:?}");
+    }
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "cat a.txt", "cwd": "inside" }));
+    assert_eq!(outcome.stdout, "a", "a link that stays inside is a fine working directory");
 }
 
 /// Waits until `check` holds, polling; panics with `what` after `limit`.

@@ -210,86 +210,132 @@ pub fn checked_relative(path: &str) -> Result<String> {
     Ok(parts.join("/"))
 }
 
-/// Parses the output of `scripts::LIST`.
+/// Parses the output of `scripts::LIST` (and `scripts::STAT`). Names are bytes: anything but NUL (and `/`) may be in
+/// one, newlines included, so neither format splits on newlines. A name (or link target) that is not UTF-8 is kept
+/// as an entry marked `unsyncable`, to be reported on its own.
 pub fn parse_listing(output: &[u8]) -> Result<Vec<RemoteEntry>> {
-    let malformed = |what: &str| Error::Remote { status: None, message: format!("The remote listing is malformed: {what}.") };
     let newline = output.iter().position(|byte| *byte == b'\n').ok_or_else(|| malformed("no format line"))?;
     let (format, body) = (&output[..newline], &output[newline + 1..]);
-    let mut entries = Vec::new();
-    match format {
-        b"gnu" => {
-            let mut fields = body.split(|byte| *byte == 0);
-            while let Some(record) = fields.next() {
-                if record.is_empty() {
-                    break;
-                }
-                let link = fields.next().ok_or_else(|| malformed("a record lacks its link field"))?;
-                let text = String::from_utf8_lossy(record);
-                let mut parts = text.splitn(5, ' ');
-                let (Some(kind), Some(size), Some(time), Some(mode), Some(path)) =
-                    (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-                else {
-                    return Err(malformed("a record has too few fields"));
-                };
-                let kind = match kind {
-                    "f" => EntryKind::File,
-                    "d" => EntryKind::Dir,
-                    "l" => EntryKind::Symlink,
-                    _ => continue,
-                };
-                entries.push(RemoteEntry {
-                    // `LIST` names entries relative to the root; `STAT` names them `./path`.
-                    path: path.strip_prefix("./").unwrap_or(path).to_string(),
-                    kind,
-                    size: size.parse().map_err(|_| malformed("a size is not a number"))?,
-                    mtime_ns: parse_seconds_to_ns(time).ok_or_else(|| malformed("a time is not a number"))?,
-                    mode: u32::from_str_radix(mode, 8).map_err(|_| malformed("a mode is not octal"))?,
-                    link_target: (kind == EntryKind::Symlink).then(|| String::from_utf8_lossy(link).into_owned()),
-                });
-            }
-        }
-        b"busybox" => {
-            for line in String::from_utf8_lossy(body).lines() {
-                if line.is_empty() {
-                    continue;
-                }
-                let mut parts = line.splitn(4, ' ');
-                let (Some(raw_mode), Some(size), Some(time), Some(rest)) =
-                    (parts.next(), parts.next(), parts.next(), parts.next())
-                else {
-                    return Err(malformed("a line has too few fields"));
-                };
-                let raw_mode = u32::from_str_radix(raw_mode, 16).map_err(|_| malformed("a mode is not hex"))?;
-                let kind = match raw_mode & 0o170000 {
-                    0o100000 => EntryKind::File,
-                    0o040000 => EntryKind::Dir,
-                    0o120000 => EntryKind::Symlink,
-                    _ => continue,
-                };
-                let (name, link_target) = if kind == EntryKind::Symlink {
-                    let inner = rest.strip_prefix('\'').and_then(|rest| rest.strip_suffix('\'')).unwrap_or(rest);
-                    match inner.split_once("' -> '") {
-                        Some((name, target)) => (name.to_string(), Some(target.to_string())),
-                        None => (inner.to_string(), Some(String::new())),
-                    }
-                } else {
-                    (rest.to_string(), None)
-                };
-                let seconds: i128 = time.parse().map_err(|_| malformed("a time is not a number"))?;
-                entries.push(RemoteEntry {
-                    path: name.trim_start_matches("./").to_string(),
-                    kind,
-                    size: size.parse().map_err(|_| malformed("a size is not a number"))?,
-                    mtime_ns: seconds * 1_000_000_000,
-                    mode: raw_mode & 0o7777,
-                    link_target,
-                });
-            }
-        }
+    let mut entries = match format {
+        b"gnu" => parse_gnu(body)?,
+        b"busybox" => parse_busybox(body)?,
         _ => return Err(malformed("unknown format line")),
-    }
+    };
     entries.sort_by(|left, right| left.path.cmp(&right.path));
     Ok(entries)
+}
+
+fn malformed(what: &str) -> Error {
+    Error::Remote { status: None, message: format!("The remote listing is malformed: {what}.") }
+}
+
+/// GNU find's `%y %s %T@ %m %P\0%l\0` records.
+fn parse_gnu(body: &[u8]) -> Result<Vec<RemoteEntry>> {
+    let mut entries = Vec::new();
+    let mut fields = body.split(|byte| *byte == 0);
+    while let Some(record) = fields.next() {
+        if record.is_empty() {
+            break;
+        }
+        let link = fields.next().ok_or_else(|| malformed("a record lacks its link field"))?;
+        let mut parts = record.splitn(5, |byte| *byte == b' ');
+        let (Some(kind), Some(size), Some(time), Some(mode), Some(path)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed("a record has too few fields"));
+        };
+        let kind = match kind {
+            b"f" => EntryKind::File,
+            b"d" => EntryKind::Dir,
+            b"l" => EntryKind::Symlink,
+            _ => continue,
+        };
+        // `LIST` names entries relative to the root; `STAT` names them `./path`.
+        let path = path.strip_prefix(b"./").unwrap_or(path);
+        entries.push(entry_from_bytes(
+            path,
+            kind,
+            number(size, "a size")?,
+            parse_seconds_to_ns(ascii(time, "a time")?).ok_or_else(|| malformed("a time is not a number"))?,
+            u32::from_str_radix(ascii(mode, "a mode")?, 8).map_err(|_| malformed("a mode is not octal"))?,
+            (kind == EntryKind::Symlink).then_some(link),
+        ));
+    }
+    Ok(entries)
+}
+
+/// busybox `stat -c '%f %s %Y %n//%N'` records, each ended by a newline. `%n` never holds `//` (find prints
+/// normalised paths), so it ends there; `%N` repeats the name, and for a link adds ` -> ` and the target, whose length
+/// is the link's size: the record's end is known without looking for a newline a name could hold.
+fn parse_busybox(body: &[u8]) -> Result<Vec<RemoteEntry>> {
+    let mut entries = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let field = |rest: &mut &[u8], what: &str| -> Result<String> {
+            let end = rest.iter().position(|byte| *byte == b' ').ok_or_else(|| malformed(what))?;
+            let text = ascii(&rest[..end], what)?.to_string();
+            *rest = &rest[end + 1..];
+            Ok(text)
+        };
+        let raw_mode = u32::from_str_radix(&field(&mut rest, "a mode")?, 16).map_err(|_| malformed("a mode is not hex"))?;
+        let size: u64 = field(&mut rest, "a size")?.parse().map_err(|_| malformed("a size is not a number"))?;
+        let seconds: i128 = field(&mut rest, "a time")?.parse().map_err(|_| malformed("a time is not a number"))?;
+        let name_end = rest.windows(2).position(|pair| pair == b"//").ok_or_else(|| malformed("a record lacks its name"))?;
+        let name = &rest[..name_end];
+        rest = &rest[name_end + 2..];
+        let kind = match raw_mode & 0o170000 {
+            0o100000 => Some(EntryKind::File),
+            0o040000 => Some(EntryKind::Dir),
+            0o120000 => Some(EntryKind::Symlink),
+            _ => None,
+        };
+        let mut target = None;
+        if kind == Some(EntryKind::Symlink) {
+            // `'NAME' -> 'TARGET'` (busybox quotes links' names), or unquoted in builds that do not.
+            let quoted = rest.first() == Some(&b'\'');
+            let skip = if quoted { 1 + name.len() + 6 } else { name.len() + 4 };
+            let end = skip + size as usize;
+            if rest.len() < end + usize::from(quoted) + 1 {
+                return Err(malformed("a link record is cut short"));
+            }
+            target = Some(&rest[skip..end]);
+            rest = &rest[end + usize::from(quoted)..];
+        } else {
+            if !rest.starts_with(name) {
+                return Err(malformed("a record's two names differ"));
+            }
+            rest = &rest[name.len()..];
+        }
+        rest = rest.strip_prefix(b"\n").ok_or_else(|| malformed("a record does not end where its sizes say"))?;
+        let Some(kind) = kind else { continue };
+        let path = name.strip_prefix(b"./").unwrap_or(name);
+        entries.push(entry_from_bytes(path, kind, size, seconds * 1_000_000_000, raw_mode & 0o7777, target));
+    }
+    Ok(entries)
+}
+
+/// A listing entry from a name and link target as bytes; one that is not UTF-8 is marked as unable to sync.
+fn entry_from_bytes(path: &[u8], kind: EntryKind, size: u64, mtime_ns: i128, mode: u32, target: Option<&[u8]>) -> RemoteEntry {
+    let mut unsyncable = None;
+    let path = String::from_utf8(path.to_vec()).unwrap_or_else(|_| {
+        unsyncable = Some(crate::sync::scan::NOT_UTF8.to_string());
+        String::from_utf8_lossy(path).into_owned()
+    });
+    let link_target = target.map(|target| {
+        String::from_utf8(target.to_vec()).unwrap_or_else(|_| {
+            unsyncable.get_or_insert_with(|| "its symlink target is not valid UTF-8, which sandlink cannot carry".to_string());
+            String::from_utf8_lossy(target).into_owned()
+        })
+    });
+    RemoteEntry { path, kind, size, mtime_ns, mode, link_target, unsyncable }
+}
+
+fn ascii<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|_| malformed(&format!("{what} is not text")))
+}
+
+fn number(bytes: &[u8], what: &str) -> Result<u64> {
+    ascii(bytes, what)?.parse().map_err(|_| malformed(&format!("{what} is not a number")))
 }
 
 /// `1700000000.123456789` (GNU find's `%T@`) in nanoseconds, rounded down.
@@ -314,7 +360,7 @@ mod tests {
 
     #[test]
     fn listing_should_parse_busybox_output() {
-        let output = b"busybox\n41ed 4096 1795435397 ./a\n81a4 3 1795435397 ./a/f\na1ff 1 1795435397 './a/l' -> 'f'\n";
+        let output = b"busybox\n41ed 4096 1795435397 ./a//./a\n81a4 3 1795435397 ./a/f//./a/f\na1ff 1 1795435397 ./a/l//'./a/l' -> 'f'\n";
         let entries = parse_listing(output).unwrap();
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[0].path, "a");
@@ -322,6 +368,46 @@ mod tests {
         assert_eq!(entries[1].mode, 0o644);
         assert_eq!(entries[2].link_target.as_deref(), Some("f"));
         assert_eq!(entries[2].path, "a/l");
+    }
+
+    #[test]
+    fn busybox_listing_should_keep_newlines_backslashes_and_arrows_in_names() {
+        let mut output = b"busybox\n".to_vec();
+        output.extend_from_slice(b"81a4 1 1795435397 ./a\nb//./a\nb\n");
+        output.extend_from_slice(b"81a4 2 1795435397 ./c\\d//./c\\d\n");
+        output.extend_from_slice(b"a1ff 10 1795435397 ./l' -> 'x//'./l' -> 'x' -> 'to\n81a4 1 '\n");
+        output.extend_from_slice(b"81a4 3 1795435397 ./\xff//./\xff\n");
+        let entries = parse_listing(&output).unwrap();
+        let paths: Vec<&str> = entries.iter().map(|entry| entry.path.as_str()).collect();
+        assert_eq!(paths, ["a\nb", "c\\d", "l' -> 'x", "\u{fffd}"]);
+        assert_eq!(entries[2].link_target.as_deref(), Some("to\n81a4 1 "));
+        assert!(entries[..3].iter().all(|entry| entry.unsyncable.is_none()));
+        assert!(entries[3].unsyncable.is_some(), "a name that is not UTF-8 is marked, not dropped");
+    }
+
+    /// Runs `LIST` with busybox's own `find` and `stat` when this machine has busybox (the docker tests run it in a
+    /// container either way).
+    #[test]
+    fn busybox_list_script_should_round_trip_odd_names() {
+        let Ok(busybox) = which_busybox() else { return };
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("a\nb"), "1").unwrap();
+        std::fs::write(root.path().join("c\\d"), "22").unwrap();
+        std::os::unix::fs::symlink("a\nb", root.path().join("l")).unwrap();
+        // busybox find has no `-printf`, so the script takes its busybox branch.
+        let script = scripts::LIST.replace("find ", &format!("{busybox} find ")).replace("stat ", &format!("{busybox} stat "));
+        let output = std::process::Command::new("sh").args(["-c", &script, "list", root.path().to_str().unwrap()]).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let entries = parse_listing(&output.stdout).unwrap();
+        let paths: Vec<&str> = entries.iter().map(|entry| entry.path.as_str()).collect();
+        assert_eq!(paths, ["a\nb", "c\\d", "l"]);
+        assert_eq!(entries[2].link_target.as_deref(), Some("a\nb"));
+    }
+
+    fn which_busybox() -> std::result::Result<String, ()> {
+        let output = std::process::Command::new("sh").args(["-c", "command -v busybox"]).output().map_err(|_| ())?;
+        let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if path.is_empty() { Err(()) } else { Ok(path) }
     }
 
     #[test]

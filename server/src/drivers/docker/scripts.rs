@@ -33,7 +33,7 @@ if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
   find "$@" -maxdepth 0 -printf '%y %s %T@ %m %p\0%l\0' 2>/dev/null
 else
   printf 'busybox\n'
-  stat -c '%f %s %Y %N' "$@" 2>/dev/null
+  stat -c '%f %s %Y %n//%N' "$@" 2>/dev/null
 fi
 exit 0"#;
 
@@ -43,11 +43,12 @@ pub const UNPACK_STDIN: &str = r#"dd bs=65536 count="$4" iflag=count_bytes,fullb
 
 
 /// `$1` = root: lists the tree. GNU find gives NUL-separated records with nanosecond times; busybox falls back to
-/// `stat`, one line per entry, with symlink targets in `'name' -> 'target'` form.
+/// `stat`, whose `%n//%N` lets the parser find where each name ends although names may hold newlines (see
+/// `files::parse_listing`).
 pub const LIST: &str = r#"cd "$1" || exit 3
 if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
   printf 'gnu\n'
   exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -printf '%y %s %T@ %m %P\0%l\0'
 fi
 printf 'busybox\n'
-exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -exec stat -c '%f %s %Y %N' {} +"#;
+exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -exec stat -c '%f %s %Y %n//%N' {} +"#;

@@ -42,6 +42,9 @@ pub struct Files {
     /// Mode and modification time of each file in the latest listing: `GET /files` answers only the bytes, and the
     /// sync engine downloads what it has just listed, so archives carry the sandbox's modes from here.
     pub listed: std::sync::Mutex<std::collections::HashMap<String, (u32, i128)>>,
+    /// Symlinks of the latest listing and their targets: `GET /files` would read through a link (or fail on one to a
+    /// directory), so downloads rebuild them from here instead.
+    pub listed_links: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Files {
@@ -78,11 +81,12 @@ impl Files {
             mtime_ns,
             mode: entry.mode.unwrap_or(0o644) & 0o7777,
             link_target: entry.symlink_target.filter(|_| kind == EntryKind::Symlink),
+            unsyncable: None,
         })
     }
 
     pub fn new(envd: Arc<Envd>, tuning: StreamTuning, root: String) -> Self {
-        Files { envd, tuning, root, listed: std::sync::Mutex::default() }
+        Files { envd, tuning, root, listed: std::sync::Mutex::default(), listed_links: std::sync::Mutex::default() }
     }
 
     fn listed_attributes(&self) -> std::collections::HashMap<String, (u32, i128)> {
@@ -100,6 +104,9 @@ struct Extras {
     symlinks: Vec<(String, String)>,
     /// Empty directories the archive names.
     directories: Vec<String>,
+    /// Files sent under a stand-in name (theirs holds a newline or another character a multipart header cannot
+    /// carry), as (stand-in, real path) inside the staging directory; the script renames them.
+    renames: Vec<(String, String)>,
     /// Each file's modification time (seconds), which envd replaces with the time of writing; the sync engine
     /// compares remote mtimes with the archive's, so a file left with the upload time would look changed remotely.
     mtimes: Vec<(String, u64)>,
@@ -124,6 +131,10 @@ impl Extras {
             script.push_str(&format!("mkdir -p -- {}\n", shell_quote(directory)));
         }
         let staged = |path: &str| format!("\"$stage\"/{}", shell_quote(path));
+        for (stand_in, path) in &self.renames {
+            let parent = path.rsplit_once('/').map(|(parent, _)| parent).unwrap_or(".");
+            script.push_str(&format!("mkdir -p -- {} && mv -f -- {} {}\n", staged(parent), staged(stand_in), staged(path)));
+        }
         for (path, mode) in &self.modes {
             script.push_str(&format!("chmod {mode:o} -- {}\n", staged(path)));
         }
@@ -176,9 +187,14 @@ fn clean_relative(path: &std::path::Path) -> Result<String> {
     Ok(parts.join("/"))
 }
 
+/// Whether a multipart header can carry `destination` as its filename (no control characters).
+fn header_can_carry(destination: &str) -> bool {
+    !destination.chars().any(|character| character.is_control())
+}
+
 /// The header of one multipart part named `file` whose filename is the destination path, as envd expects.
 fn part_header(boundary: &str, destination: &str) -> Result<Vec<u8>> {
-    if destination.chars().any(|character| character.is_control()) {
+    if !header_can_carry(destination) {
         return Err(Error::InvalidParams(format!(
             "The file name {destination:?} contains control characters, which a multipart upload cannot carry."
         )));
@@ -233,7 +249,13 @@ fn encode_upload(
         if !kind.is_file() {
             continue;
         }
-        let destination = format!("{root}/{}/{relative}", extras.stage);
+        let mut destination = format!("{root}/{}/{relative}", extras.stage);
+        if !header_can_carry(&destination) {
+            // Names are data: a file called `a\nb` travels under a plain stand-in name and is renamed in the sandbox.
+            let stand_in = format!(".sandlink-name-{}", extras.renames.len());
+            destination = format!("{root}/{}/{stand_in}", extras.stage);
+            extras.renames.push((stand_in, relative.clone()));
+        }
         send(part_header(&boundary, &destination)?)?;
         loop {
             let mut chunk = vec![0u8; CHUNK_BYTES];
@@ -438,6 +460,10 @@ impl RemoteFiles for Files {
             .map(|entry| (entry.path.clone(), (entry.mode, entry.mtime_ns)))
             .collect();
         *self.listed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = attributes;
+        *self.listed_links.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = entries
+            .iter()
+            .filter_map(|entry| entry.link_target.clone().map(|target| (entry.path.clone(), target)))
+            .collect();
         Ok(entries)
     }
 
@@ -468,6 +494,14 @@ impl RemoteFiles for Files {
             listed.insert(entry.path.clone(), (entry.mode, entry.mtime_ns));
         }
         drop(listed);
+        let mut links = self.listed_links.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for entry in &entries {
+            match &entry.link_target {
+                Some(target) => links.insert(entry.path.clone(), target.clone()),
+                None => links.remove(&entry.path),
+            };
+        }
+        drop(links);
         Ok(entries)
     }
 
@@ -480,6 +514,8 @@ impl RemoteFiles for Files {
         let envd = self.envd.clone();
         let root = self.root.clone();
         let attributes = self.listed_attributes();
+        let links = self.listed_links.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let (link_paths, checked): (Vec<String>, Vec<String>) = checked.into_iter().partition(|path| links.contains_key(path));
         // Files are packed as they arrive, so the archive streams; a failure reaches the reader as an I/O error
         // carrying the sentence, rather than as a mysteriously truncated archive.
         tokio::spawn(async move {
@@ -487,6 +523,17 @@ impl RemoteFiles for Files {
             let mut arrivals = futures::stream::iter(downloads).buffered(PARALLEL_REQUESTS);
             let mut builder = tar::Builder::new(Vec::new());
             let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+            for path in link_paths {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                header.set_mode(0o777);
+                header.set_mtime(now);
+                if let Err(error) = builder.append_link(&mut header, &path, &links[&path]) {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            }
             while let Some(arrival) = arrivals.next().await {
                 let (relative, bytes) = match arrival {
                     Ok(file) => file,

@@ -60,7 +60,7 @@ impl RemoteFiles for LocalFiles {
             // Paths under a symlinked directory are not read: the link could lead anywhere on this machine.
             let safe: Vec<String> = paths.into_iter().filter(|path| transfer::parents_are_real_dirs(&root, path)).collect();
             let bridge = tokio_util::io::SyncIoBridge::new(writer);
-            if let Err(error) = transfer::pack(&root, &safe, bridge, &mut |_| {}) {
+            if let Err(error) = transfer::pack(&root, &safe, transfer::Links::AsTheyAre, bridge, &mut |_| {}) {
                 tracing::debug!(%error, "the download stream ended early");
             }
         });
@@ -78,8 +78,15 @@ fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
         if relative.as_os_str().is_empty() {
             continue;
         }
-        let Some(relative) = relative.to_str() else { continue };
         let Ok(metadata) = entry.metadata() else { continue };
+        let Some(relative) = relative.to_str() else {
+            // Reported on its own (the name cannot travel as a protocol path); everything else still syncs.
+            entries.extend(remote_entry(entry.path(), &relative.to_string_lossy(), &metadata).map(|mut unsyncable| {
+                unsyncable.unsyncable = Some(crate::sync::scan::NOT_UTF8.to_string());
+                unsyncable
+            }));
+            continue;
+        };
         entries.extend(remote_entry(entry.path(), relative, &metadata));
     }
     Ok(entries)
@@ -102,8 +109,14 @@ fn stat_paths(root: &Path, paths: &[String]) -> Vec<RemoteEntry> {
 fn remote_entry(absolute: &Path, relative: &str, metadata: &std::fs::Metadata) -> Option<RemoteEntry> {
     use std::os::unix::fs::MetadataExt;
     let file_type = metadata.file_type();
+    let mut unsyncable = None;
     let (kind, link_target) = if file_type.is_symlink() {
-        let target = std::fs::read_link(absolute).ok().map(|target| target.to_string_lossy().into_owned());
+        let target = std::fs::read_link(absolute).ok().map(|target| {
+            target.to_str().map(str::to_string).unwrap_or_else(|| {
+                unsyncable = Some("its symlink target is not valid UTF-8, which sandlink cannot carry".to_string());
+                target.to_string_lossy().into_owned()
+            })
+        });
         (EntryKind::Symlink, target)
     } else if file_type.is_dir() {
         (EntryKind::Dir, None)
@@ -119,5 +132,6 @@ fn remote_entry(absolute: &Path, relative: &str, metadata: &std::fs::Metadata) -
         mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
         mode: metadata.mode() & 0o7777,
         link_target,
+        unsyncable,
     })
 }

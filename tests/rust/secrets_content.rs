@@ -226,10 +226,13 @@ fn a_held_back_file_should_not_be_read_again_until_it_changes() {
     assert_eq!(result["uploaded"], 0, "the verdict was taken from the cache, not from a new read: {result}");
     assert!(held_back(&server, &session_id).contains_key("src/app.js"));
 
-    // A real change is read and judged again: without the token it syncs and is no longer listed.
+    // A real change is read and judged again: without the token it syncs and is no longer listed, also when only
+    // that path is synced (as a save does).
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(&path, "const token = process.env.TOKEN;\n").expect("edit");
-    let result = sync(&server, &session_id, "up");
+    let result = server
+        .request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up", "paths": ["src/app.js"] }))
+        .expect("sync the one path");
     assert_eq!(result["uploaded"], 1, "{result}");
     assert!(!held_back(&server, &session_id).contains_key("src/app.js"));
     assert!(sandbox_files(&server, &session_id).contains(&"src/app.js".to_string()));

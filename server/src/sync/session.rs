@@ -600,6 +600,25 @@ impl SessionSync {
         state.excluded = Some(state.held_back.len() as u64 + scan.escaping_links.len() as u64);
     }
 
+    /// Drops files that went up after all (their secret was removed) from the held-back list, which a sync of a few
+    /// paths (a save) would otherwise keep showing until the next full scan.
+    fn note_no_longer_held<'a>(&self, core: &mut Core, sent: impl Iterator<Item = &'a str>) {
+        let mut state = lock(&self.inner.state);
+        if state.held_back.is_empty() {
+            return;
+        }
+        let sent: HashSet<&str> = sent.collect();
+        let before = state.held_back.len();
+        state.held_back.retain(|file| !sent.contains(file.path.as_str()));
+        if state.held_back.len() == before {
+            return;
+        }
+        state.held_back_secrets.retain(|path| !sent.contains(path.as_str()));
+        let removed = (before - state.held_back.len()) as u64;
+        state.excluded = state.excluded.map(|excluded| excluded.saturating_sub(removed));
+        core.logged_secrets.retain(|path| !sent.contains(path.as_str()));
+    }
+
     /// Uploads changed files in batches, one tar stream each, recording each batch once the sandbox confirmed it.
     async fn upload(
         &self,
@@ -649,6 +668,7 @@ impl SessionSync {
                 let held_back: BTreeMap<String, &'static str> = packed.held_back.into_iter().collect();
                 self.note_held_back(core, &held_back, scan, false);
             }
+            self.note_no_longer_held(core, packed.sent.iter().map(|item| item.path.as_str()));
             for item in packed.sent {
                 result.uploaded += 1;
                 result.bytes += item.local.size;

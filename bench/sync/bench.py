@@ -7,11 +7,16 @@
 3. Save-to-visible latency through `textDocument/didSave` (median and p99).
 4. Peak RSS of the server during the initial sync.
 
+With `--scan-compare`, only the initial sync, with the secret check of file contents on (the default) against the
+same sync with it off (`sync.scanContent = false`); `--text` makes the tree source-like text, which the check reads,
+instead of random bytes, which it skips as binary.
+
 The work directory defaults to a RAM file system (/dev/shm) when there is one, so both sides measure software, not
 a shared disk's write-back: on this project's CI disk one `tar | tar` of 500 MB took anywhere from 2.7 to 24 s.
 Pass `--work` on a disk to measure that too.
 
 Usage: bench.py --binary target/release/sandlink [--work DIR] [--files N] [--megabytes M] [--rounds R]
+                [--text] [--scan-compare]
 """
 
 import argparse
@@ -28,8 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lsp_client import LspClient  # noqa: E402  (the shared benchmark client, one directory up)
 
 
-def generate_tree(root, files, megabytes, seed=7):
-    """Writes the tree and returns the list of non-ignored relative paths (those that should sync)."""
+def generate_tree(root, files, megabytes, seed=7, text=False):
+    """Writes the tree and returns the list of non-ignored relative paths (those that should sync). With `text`, the
+    contents are printable lines (source-like, so the secret check reads them) instead of random bytes (binary, which
+    the check skips)."""
     rng = random.Random(seed)
     os.makedirs(root, exist_ok=True)
     synced = []
@@ -41,7 +48,11 @@ def generate_tree(root, files, megabytes, seed=7):
     small_size = int(budget * 0.18 / max(small, 1))
     medium_size = int(budget * 0.38 / max(medium, 1))
     large_size = int(budget * 0.44 / large)
-    block = bytes(rng.getrandbits(8) for _ in range(1 << 16))
+    if text:
+        alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _=(){};.,:\"'+-/"
+        block = bytes(10 if index % 72 == 71 else alphabet[rng.randrange(len(alphabet))] for index in range(1 << 16))
+    else:
+        block = bytes(rng.getrandbits(8) for _ in range(1 << 16))
 
     def write(relative, size):
         path = os.path.join(root, relative)
@@ -92,6 +103,9 @@ def main():
     parser.add_argument("--megabytes", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--saves", type=int, default=200)
+    parser.add_argument("--text", action="store_true", help="source-like text contents instead of random bytes")
+    parser.add_argument("--scan-compare", action="store_true",
+                        help="only the initial sync, with the secret check of contents on against off (sync.scanContent)")
     options = parser.parse_args()
     in_memory = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 4 * options.megabytes << 20 else None
     work = options.work or tempfile.mkdtemp(prefix="sandlink-bench-", dir=in_memory)
@@ -99,7 +113,7 @@ def main():
     tree = os.path.join(work, "tree")
     print(f"generating {options.files} files, ~{options.megabytes} MB in {tree} ...", flush=True)
     list_file = os.path.join(work, "files.txt")
-    marker = os.path.join(work, f"generated-{options.files}-{options.megabytes}")
+    marker = os.path.join(work, f"generated-{options.files}-{options.megabytes}{'-text' if options.text else ''}")
     if os.path.exists(marker) and os.path.exists(list_file):
         with open(list_file) as handle:
             synced = handle.read().split()
@@ -107,12 +121,18 @@ def main():
     else:
         if os.path.exists(tree):
             shutil.rmtree(tree)
-        synced = generate_tree(tree, options.files, options.megabytes)
+        synced = generate_tree(tree, options.files, options.megabytes, text=options.text)
         with open(list_file, "w") as handle:
             handle.write("\n".join(synced) + "\n")
         open(marker, "w").close()
     total = sum(os.path.getsize(os.path.join(tree, path)) for path in synced)
     print(f"{len(synced)} files to sync, {total / 1e6:.0f} MB; node_modules ignored", flush=True)
+
+    if options.scan_compare:
+        compare_scanning(options, work, tree)
+        if not options.work:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
 
     # 1. Initial sync against tar | tar, alternating, fresh destinations, median of rounds.
     tar_times, sync_times = [], []
@@ -206,6 +226,34 @@ def main():
     print(f"server peak RSS during the initial sync: {peak_rss / (1 << 20):.0f} MB (target < 150 MB)")
     if not options.work:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def compare_scanning(options, work, tree):
+    """The initial sync with the secret check of contents on (the default) against the same sync with it off,
+    alternating which goes first, fresh sessions, median of rounds."""
+    state = os.path.join(work, "state")
+    os.makedirs(state, exist_ok=True)
+    times = {True: [], False: []}
+
+    def initial_sync(scan):
+        shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
+        os.sync()
+        time.sleep(1)
+        server = LspClient(options.binary, state)
+        params = {"driver": "local", "workspaceFolder": uri(tree),
+                  "settings": {"sync": {"watch": "off", "scanContent": scan}}}
+        times[scan].append(timed(lambda: server.request("sandlink/connect", params)))
+        server.close()
+
+    for round_index in range(options.rounds):
+        for scan in ((True, False) if round_index % 2 == 0 else (False, True)):
+            initial_sync(scan)
+        print(f"  round {round_index + 1}: scanning on {times[True][-1]:.2f} s, off {times[False][-1]:.2f} s", flush=True)
+    shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    kind = "text" if options.text else "random-byte (binary)"
+    print()
+    print(f"initial sync of the {kind} tree: content scanning on {on:.2f} s vs off {off:.2f} s  -> ratio {on / off:.2f}x (target <= 1.2x)")
 
 
 if __name__ == "__main__":

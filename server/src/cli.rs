@@ -315,10 +315,10 @@ async fn sync(options: SyncCommand) -> Result<ExitCode, Error> {
             "synced {} file(s), {} bytes in {} ms",
             result.uploaded, result.bytes, result.duration_ms
         );
-        if !state.held_back_secrets.is_empty() {
-            println!("held back {} file(s) that look like secrets (allow with --allow-secret):", state.held_back_secrets.len());
-            for path in &state.held_back_secrets {
-                println!("  {path}");
+        if !state.held_back.is_empty() {
+            println!("held back {} file(s) that look like secrets (allow with --allow-secret):", state.held_back.len());
+            for file in &state.held_back {
+                println!("  {} ({})", file.path, file.rule);
             }
         }
         if options.keep {
@@ -386,6 +386,7 @@ async fn run_inner(options: RunOptions) -> Result<ExitCode, Error> {
         .run(RunParams {
             session_id: session.session_id.clone(),
             command,
+            task: None,
             args,
             cwd: options.cwd,
             env: Some(env),
@@ -580,9 +581,19 @@ async fn trust_command(workspace: Option<PathBuf>, revoke: bool) -> Result<(), E
     };
     let workspace = std::fs::canonicalize(&workspace)
         .map_err(|error| Error::io(format!("The workspace {} cannot be used", workspace.display()), error))?;
-    quiet_engine().trust_workspace(workspace.clone(), !revoke).await?;
+    let engine = quiet_engine();
+    // Said before trusting: what the workspace's file will be allowed to do, credentials by name only.
+    let granted = if revoke { Vec::new() } else { engine.trust_summary(&workspace).await? };
+    engine.trust_workspace(workspace.clone(), !revoke).await?;
     let verb = if revoke { "no longer trusts" } else { "now trusts" };
     eprintln!("sandlink {verb} {}", workspace.display());
+    if !granted.is_empty() {
+        eprintln!("its {} may now:", crate::tasks::WORKSPACE_FILE);
+        for line in &granted {
+            eprintln!("  - {line}");
+        }
+        eprintln!("a change to any of this asks for trust again.");
+    }
     Ok(())
 }
 

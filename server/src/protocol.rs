@@ -257,6 +257,15 @@ pub struct SkippedPath {
     pub reason: String,
 }
 
+/// A file that was not uploaded because it looks like a secret.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HeldBackFile {
+    pub path: String,
+    /// `secret-file-name` for a name such as `.env` or `id_rsa`, else the credential shape found in the content
+    /// (`github-token`, `aws-access-key-id`, `private-key`, …).
+    pub rule: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncState {
@@ -269,6 +278,9 @@ pub struct SyncState {
     /// Paths held back because they look like secrets (`.env`, private keys), relative to the workspace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_back_secrets: Vec<String>,
+    /// The same files, each with the rule that held it back (never what matched).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_back: Vec<HeldBackFile>,
     /// How changes outside the editor are noticed: `watching`, or `polling` when the watch limit is exhausted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watcher: Option<String>,
@@ -347,7 +359,13 @@ pub struct SessionParams {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunParams {
     pub session_id: String,
+    /// The command line or program; empty (or absent) when `task` names what to run.
+    #[serde(default)]
     pub command: String,
+    /// A task of the workspace's `.sandlink.toml` `[tasks]`, run by name: the server reads its command line and
+    /// runs it only when the user trusts the workspace as its file is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
     pub args: Option<Vec<String>>,
     pub cwd: Option<String>,
     pub env: Option<BTreeMap<String, String>>,

@@ -1,8 +1,14 @@
 //! Tasks from a workspace's `.sandlink.toml`: `[tasks]` maps a name to a command line, offered in editor menus.
+//! A task runs only in a workspace the user trusts (its command comes from the repository), and it is always shown
+//! as what it runs, so padding cannot hide part of a command past the end of a menu entry.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::profiles::trust::Fingerprint;
+
+/// The most characters of a command a title shows; longer ones end in an ellipsis.
+pub const TITLE_COMMAND_CHARS: usize = 60;
 
 /// The workspace configuration file, meant to be committed.
 pub const WORKSPACE_FILE: &str = ".sandlink.toml";
@@ -16,13 +22,30 @@ pub struct Task {
 
 /// Reads the tasks of a workspace; a missing file means no tasks.
 pub fn load(workspace: &Path) -> Result<Vec<Task>> {
+    load_with_fingerprint(workspace).map(|(tasks, _)| tasks)
+}
+
+/// Reads the tasks of a workspace and, from the same text, the fingerprint trust in it is bound to.
+pub fn load_with_fingerprint(workspace: &Path) -> Result<(Vec<Task>, Fingerprint)> {
     let path = workspace.join(WORKSPACE_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Fingerprint::default())),
         Err(error) => return Err(Error::io(format!("Could not read {}", path.display()), error)),
     };
-    parse(&text).map_err(|message| Error::InvalidParams(format!("{}: {message}", path.display())))
+    let tasks = parse(&text).map_err(|message| Error::InvalidParams(format!("{}: {message}", path.display())))?;
+    Ok((tasks, Fingerprint::of_text(&text).unwrap_or_default()))
+}
+
+/// A command as a one-line title shows it: every run of whitespace (spaces, tabs, line breaks) is one space, and a
+/// command longer than `TITLE_COMMAND_CHARS` is cut with an ellipsis, so what is shown is what runs, from its start.
+pub fn shown_command(command: &str) -> String {
+    let collapsed = command.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() <= TITLE_COMMAND_CHARS {
+        return collapsed;
+    }
+    let cut: String = collapsed.chars().take(TITLE_COMMAND_CHARS - 1).collect();
+    format!("{}…", cut.trim_end())
 }
 
 /// Parses the `[tasks]` table of a `.sandlink.toml`, keeping the file's order.
@@ -48,6 +71,17 @@ mod tests {
         let tasks = parse("[profiles.dev]\ndriver = \"local\"\n[tasks]\ntest = \"npm test\"\nbuild = \"make -j4\"\n").unwrap();
         assert_eq!(tasks.len(), 2);
         assert!(tasks.contains(&Task { name: "test".into(), command: "npm test".into() }));
+    }
+
+    #[test]
+    fn shown_commands_should_collapse_whitespace_and_cut_long_ones() {
+        let padded = format!("npm test{}; echo INJECTED", " ".repeat(200));
+        assert_eq!(shown_command(&padded), "npm test ; echo INJECTED");
+        assert_eq!(shown_command("make\t-j4\n\tall"), "make -j4 all");
+        let long = format!("cargo test {}", "--features a ".repeat(20));
+        let shown = shown_command(&long);
+        assert!(shown.ends_with('…') && shown.chars().count() <= TITLE_COMMAND_CHARS, "{shown}");
+        assert!(shown.starts_with("cargo test --features a"), "{shown}");
     }
 
     #[test]

@@ -58,6 +58,10 @@ fn a_plain_client_should_connect_run_sync_and_disconnect_through_code_actions() 
     let session = execute_action(&server, &before, "Connect (local)");
     assert_eq!(session["state"], "active");
 
+    // Tasks come from the repository, so they run only once the user trusts the workspace.
+    server
+        .request("sandlink/trustWorkspace", json!({ "workspaceFolder": support::file_uri(workspace.path()), "trust": true }))
+        .expect("trust the workspace's tasks");
     let connected = code_actions(&server, &document);
     for expected in ["Run task show", "Run task fail", "Sync now", "Disconnect (local)"] {
         assert!(

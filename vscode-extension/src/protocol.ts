@@ -37,6 +37,11 @@ export interface SyncConflict {
     reason: string;
 }
 
+export interface HeldBackFile {
+    path: string;
+    rule: string;
+}
+
 export interface SyncState {
     pending: number;
     lastSyncAt?: string;
@@ -44,6 +49,8 @@ export interface SyncState {
     excluded?: number;
     /** Paths held back because they look like secrets (`.env`, private keys), relative to the workspace. */
     heldBackSecrets?: string[];
+    /** The same files with the rule that held each back (`secret-file-name`, `github-token`, …), never the secret. */
+    heldBack?: HeldBackFile[];
     /** How changes outside the editor are noticed: `watching`, or `polling` when the watch limit is exhausted. */
     watcher?: string;
 }
@@ -154,8 +161,10 @@ export const status = new RequestType<{ sessionId: string }, SessionInfo, void>(
 
 export interface RunParams {
     sessionId: string;
-    /** A shell command line when `args` is absent; the program when `args` is present. */
+    /** A shell command line when `args` is absent; the program when `args` is present. Empty when `task` is given. */
     command: string;
+    /** A `.sandlink.toml` task to run by name; the server reads its command and checks the workspace's trust. */
+    task?: string;
     args?: string[];
     cwd?: string;
     env?: Record<string, string>;

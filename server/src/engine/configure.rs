@@ -11,6 +11,7 @@ use super::Engine;
 use crate::credentials::{self, keychain, CredentialSpec, Secret};
 use crate::drivers::Driver;
 use crate::error::{Error, Result};
+use crate::profiles::trust::{self, TrustState};
 use crate::profiles::{self, Profile, Profiles, Source};
 use crate::protocol::{ProfileEntry, ProfilesResult, SaveProfileParams};
 use crate::statefile;
@@ -103,30 +104,94 @@ impl Engine {
         driver
             .validate_settings(&settings)
             .map_err(|error| Error::InvalidProfile(format!("Profile \"{}\": {error}", profile.name)))?;
-        if profile.source == Source::Workspace && driver.sends_workspace_elsewhere(&settings) {
-            self.require_trust(&profile, loaded.as_ref().and_then(|profiles| profiles.workspace_dir.clone())).await?;
+        if profile.source == Source::Workspace {
+            let reasons = trust_reasons(driver.as_ref(), &profile);
+            if !reasons.is_empty() {
+                self.require_trust(&profile, &reasons, loaded.as_ref()).await?;
+            }
         }
         let credentials = credentials::resolve(driver.id(), Some(&profile.name), driver.credential_keys()).await?;
         Ok(Plan { driver, profile: Some(profile.name), settings, credentials })
     }
 
-    async fn require_trust(&self, profile: &Profile, workspace: Option<PathBuf>) -> Result<()> {
-        let workspace = workspace.unwrap_or_else(|| profile.file.parent().map(Path::to_path_buf).unwrap_or_default());
+    /// Refuses a workspace profile that needs trust (`reasons` say why, in words) unless the user trusts the
+    /// workspace as its file is now; the error names where code would go, which credentials, and what changed.
+    async fn require_trust(&self, profile: &Profile, reasons: &[String], loaded: Option<&Profiles>) -> Result<()> {
+        let workspace = loaded
+            .and_then(|profiles| profiles.workspace_dir.clone())
+            .unwrap_or_else(|| profile.file.parent().map(Path::to_path_buf).unwrap_or_default());
+        // The fingerprint of the very text the profile was read from, so trust and profile cannot drift apart.
+        let fingerprint = loaded.and_then(|profiles| profiles.workspace.as_ref()).and_then(|file| file.fingerprint.clone());
         let state_dir = self.state_dir.clone();
         let checked = workspace.clone();
-        if statefile::blocking(move || profiles::trust::is_trusted(&state_dir, &checked)).await? {
-            return Ok(());
+        let state = statefile::blocking(move || {
+            let fingerprint = match fingerprint {
+                Some(fingerprint) => fingerprint,
+                None => trust::current_fingerprint(&checked)?,
+            };
+            trust::state(&state_dir, &checked, &fingerprint)
+        })
+        .await?;
+        let what = format!("Profile \"{}\" (in {}) {}", profile.name, profile.file.display(), reasons.join("; it also "));
+        match untrusted_error(state, &workspace, &what) {
+            Some(error) => Err(error),
+            None => Ok(()),
         }
-        Err(Error::WorkspaceNotTrusted(format!(
-            "Profile \"{}\" comes from {}, a file in the workspace, and would send the workspace off this machine \
-             (the {} driver). A workspace is not trusted by default: confirm it once with `sandlink trust {}` or the \
-             request sandlink/trustWorkspace {{ workspaceFolder, trust: true }} (your editor's \"Trust workspace\" \
-             command), then connect again. `sandlink trust --revoke` undoes it.",
-            profile.name,
-            profile.file.display(),
-            profile.driver,
-            workspace.display()
-        )))
+    }
+
+    /// The command line of a workspace task, for a run that names it: read from the file now, and refused unless the
+    /// user trusts the workspace as that file is.
+    pub async fn task_command(&self, workspace: Option<&Path>, name: &str) -> Result<String> {
+        let workspace = workspace.map(Path::to_path_buf).ok_or_else(|| {
+            Error::InvalidParams(format!("Task \"{name}\" cannot run: this session has no workspace folder to read tasks from."))
+        })?;
+        let state_dir = self.state_dir.clone();
+        let read_from = workspace.clone();
+        let (tasks, state) = statefile::blocking(move || {
+            let (tasks, fingerprint) = crate::tasks::load_with_fingerprint(&read_from)?;
+            Ok((tasks, trust::state(&state_dir, &read_from, &fingerprint)?))
+        })
+        .await?;
+        let Some(task) = tasks.into_iter().find(|task| task.name == name) else {
+            return Err(Error::InvalidParams(format!(
+                "There is no task \"{name}\" in {}; the tasks are the [tasks] table of that file.",
+                workspace.join(crate::tasks::WORKSPACE_FILE).display()
+            )));
+        };
+        let what = format!(
+            "Task \"{}\" comes from {}, a file in the workspace, and would run `{}`",
+            crate::tasks::shown_command(&task.name),
+            workspace.join(crate::tasks::WORKSPACE_FILE).display(),
+            crate::tasks::shown_command(&task.command)
+        );
+        match untrusted_error(state, &workspace, &what) {
+            Some(error) => Err(error),
+            None => Ok(task.command),
+        }
+    }
+
+    /// What trusting a workspace lets its `.sandlink.toml` do, one line each: where each profile sends code and
+    /// with which credentials (by name), what it loosens, and each task's command. Empty when it asks for nothing.
+    pub async fn trust_summary(&self, workspace: &Path) -> Result<Vec<String>> {
+        let loaded = self.load_profiles(Some(workspace)).await?;
+        let mut lines = Vec::new();
+        for profile in loaded.all().into_iter().filter(|profile| profile.source == Source::Workspace) {
+            let Ok(driver) = self.driver_for_profile(profile) else { continue };
+            let reasons = trust_reasons(driver.as_ref(), profile);
+            if !reasons.is_empty() {
+                lines.push(format!("profile \"{}\" {}", profile.name, reasons.join("; it also ")));
+            }
+        }
+        let read_from = workspace.to_path_buf();
+        let tasks = statefile::blocking(move || crate::tasks::load(&read_from)).await?;
+        for task in tasks {
+            lines.push(format!(
+                "task \"{}\" runs `{}`",
+                crate::tasks::shown_command(&task.name),
+                crate::tasks::shown_command(&task.command)
+            ));
+        }
+        Ok(lines)
     }
 
     /// Confirms or revokes trust in a workspace.
@@ -139,7 +204,12 @@ impl Engine {
         }
         let state_dir = self.state_dir.clone();
         tracing::info!(workspace = %workspace.display(), trust, "workspace trust changed");
-        statefile::blocking(move || profiles::trust::set_trusted(&state_dir, &workspace, trust)).await
+        statefile::blocking(move || {
+            // Trust covers the file as it is now; any later change to what it sends where asks again.
+            let fingerprint = if trust { Some(trust::current_fingerprint(&workspace)?) } else { None };
+            trust::set_trusted(&state_dir, &workspace, fingerprint.as_ref())
+        })
+        .await
     }
 
     /// Every profile with whether its credentials are at hand; a refused workspace file is reported, not fatal.
@@ -172,7 +242,7 @@ impl Engine {
                     missing.push(spec.key.to_string());
                 }
             }
-            let remote = driver.as_ref().is_some_and(|driver| driver.sends_workspace_elsewhere(&profile.settings));
+            let asks_trust = driver.as_ref().is_some_and(|driver| !trust_reasons(driver.as_ref(), profile).is_empty());
             entries.push(ProfileEntry {
                 name: profile.name.clone(),
                 driver: profile.driver.clone(),
@@ -181,7 +251,7 @@ impl Engine {
                 has_credentials: !available.is_empty(),
                 source: profile.source.as_str().into(),
                 missing_credentials: missing,
-                needs_trust: profile.source == Source::Workspace && remote && !trusted,
+                needs_trust: profile.source == Source::Workspace && asks_trust && !trusted,
             });
         }
         Ok(ProfilesResult { profiles: entries, workspace_error })
@@ -287,5 +357,60 @@ impl Engine {
         })?;
         tracing::info!(profile, key, removed, "credential deleted from the keychain");
         Ok(())
+    }
+}
+
+/// Setting keys that name where a driver sends the workspace, shown when asking for trust.
+const DESTINATION_KEYS: &[&str] = &["apiUrl", "domain", "host", "hostname", "endpoint", "url", "image", "template", "container"];
+
+/// Why a workspace profile needs the user's trust, in words: where its driver sends the workspace (and with which
+/// of the user's credentials, by name), and each setting that loosens the sandbox. Empty when it needs none.
+pub fn trust_reasons(driver: &dyn Driver, profile: &Profile) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if driver.sends_workspace_elsewhere(&profile.settings) {
+        reasons.push(destination(driver, &profile.settings));
+    }
+    reasons.extend(trust::loosening_settings(&profile.settings));
+    reasons
+}
+
+/// "would send the workspace to X (apiUrl) with your E2B_API_KEY (the e2b driver)".
+fn destination(driver: &dyn Driver, settings: &Map<String, Value>) -> String {
+    let mut places: Vec<String> = DESTINATION_KEYS
+        .iter()
+        .filter_map(|key| settings.get(*key).and_then(Value::as_str).map(|value| format!("{value} ({key})")))
+        .collect();
+    if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|host| !host.is_empty() && driver.id() == "docker") {
+        places.push(format!("{host} (DOCKER_HOST)"));
+    }
+    let place = if places.is_empty() { "the driver's default service".to_string() } else { places.join(", ") };
+    let credentials: Vec<&str> = driver.credential_keys().iter().map(|spec| spec.env_var).collect();
+    let with = if credentials.is_empty() {
+        String::new()
+    } else {
+        format!(" with your {}", credentials.join(" and "))
+    };
+    format!("would send the workspace to {place}{with} (the {} driver)", driver.id())
+}
+
+/// The error for a workspace that is not trusted as its file is now, or `None` when it is. `what` says what the
+/// workspace asks to do, as a sentence without its full stop.
+fn untrusted_error(state: TrustState, workspace: &Path, what: &str) -> Option<Error> {
+    let confirm = format!(
+        "Confirm it with `sandlink trust {}` or the request sandlink/trustWorkspace {{ workspaceFolder, trust: true }} \
+         (your editor's \"Trust workspace\" command), then try again. `sandlink trust --revoke` undoes it.",
+        workspace.display()
+    );
+    match state {
+        TrustState::Trusted => None,
+        TrustState::NotTrusted => Some(Error::WorkspaceNotTrusted(format!(
+            "{what}. A workspace is not trusted by default. {confirm}"
+        ))),
+        TrustState::Changed(changes) => Some(Error::WorkspaceNotTrusted(format!(
+            "The workspace's {} changed since you trusted it: {}. It is not trusted again until you confirm it. \
+             {what}. {confirm}",
+            crate::tasks::WORKSPACE_FILE,
+            changes.join("; ")
+        ))),
     }
 }

@@ -743,8 +743,14 @@ impl Engine {
     }
 
     /// Starts a run; the caller must release the returned sender once it has answered the request.
-    pub async fn run(&self, params: RunParams) -> Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    pub async fn run(&self, mut params: RunParams) -> Result<(String, tokio::sync::oneshot::Sender<()>)> {
         let session = self.session(&params.session_id)?;
+        if let Some(task) = params.task.take() {
+            if !params.command.is_empty() {
+                return Err(Error::InvalidParams("Give a command line or a task name, not both.".into()));
+            }
+            params.command = self.task_command(session.workspace.as_deref(), &task).await?;
+        }
         match session.state() {
             SessionState::Active | SessionState::Syncing => {}
             state => {

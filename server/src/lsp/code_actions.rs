@@ -100,10 +100,12 @@ fn session_commands(engine: &Engine, session: &SessionInfo, workspace: Option<&P
         match tasks::load(workspace) {
             Ok(tasks) => {
                 for task in tasks {
+                    // The task goes by name: the server reads its command again and checks the workspace's trust
+                    // when it runs, so what runs is what the file says then, and only with the user's consent.
                     offered.push(command(
-                        format!("sandlink: Run task {} ({})", task.name, task.command),
+                        format!("sandlink: Run task {} ({})", tasks::shown_command(&task.name), tasks::shown_command(&task.command)),
                         commands::RUN,
-                        json!({ "sessionId": session_id, "command": task.command }),
+                        json!({ "sessionId": session_id, "task": task.name }),
                     ));
                 }
             }

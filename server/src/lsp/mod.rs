@@ -531,12 +531,12 @@ mod tests {
 
     #[tokio::test]
     async fn params_of_the_wrong_shape_should_name_the_method_and_field() {
-        let answer = dispatch::<proto::RunRequest, _, _>(serde_json::json!({ "sessionId": "s" }), |_| async {
+        let answer = dispatch::<proto::RunRequest, _, _>(serde_json::json!({ "command": "true" }), |_| async {
             Ok(proto::RunResult { run_id: String::new() })
         })
         .await;
         let error = answer.expect_err("a missing field is refused");
         assert_eq!(error.code, jsonrpc::ErrorCode::InvalidParams);
-        assert!(error.message.contains("sandlink/run") && error.message.contains("command"), "{}", error.message);
+        assert!(error.message.contains("sandlink/run") && error.message.contains("sessionId"), "{}", error.message);
     }
 }

@@ -68,6 +68,7 @@ mod tests {
         RunParams {
             session_id: "s".into(),
             command: command.into(),
+            task: None,
             args: Some(args.iter().map(|arg| arg.to_string()).collect()),
             cwd: None,
             env: Some(env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect::<BTreeMap<_, _>>()),

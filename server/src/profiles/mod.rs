@@ -72,6 +72,8 @@ pub struct ConfigFile {
     pub profiles: Vec<Profile>,
     pub max_sandboxes: Option<usize>,
     pub keep_on_exit: Option<bool>,
+    /// For a workspace file, what trust in it is bound to, taken from the same text as the profiles.
+    pub fingerprint: Option<trust::Fingerprint>,
 }
 
 /// The user file and, when there is one, the workspace file, as seen together.
@@ -143,6 +145,9 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
         Error::InvalidProfile(format!("{shown} is not valid TOML: {}", error.message()))
     })?;
     let mut file = ConfigFile::default();
+    if source == Source::Workspace {
+        file.fingerprint = Some(trust::Fingerprint::of(&table));
+    }
     for (key, value) in table {
         match (key.as_str(), source) {
             ("default", _) => {

@@ -1,9 +1,10 @@
 //! File sync between a workspace and a sandbox: what the engine asks of drivers, and the delta engine on top.
 //!
 //! The concepts live in their own files: `options` (the user's sync settings), `rules` (ignore files and
-//! patterns), `secrets` (files held back unless allowed), `scan` (walking the workspace), `manifest` (the last
-//! synced state, persisted), `plan` (what changed on which side), `transfer` (tar streams and atomic writes), `resolve` (where paths and links lead), `beneath` (file access that never
-//! passes a symlink),
+//! patterns), `secrets` (files held back unless allowed, by name), `secret_scan` (credential shapes in a file's
+//! content, checked as it is read for upload), `scan` (walking the workspace), `manifest` (the last synced state,
+//! persisted), `plan` (what changed on which side), `transfer` (tar streams and atomic writes), `resolve` (where
+//! paths and links lead), `beneath` (file access that never passes a symlink),
 //! `watch` (the file-system watcher) and `session` (one session's sync: triggers, flushes and state).
 
 pub mod beneath;
@@ -13,6 +14,7 @@ pub mod plan;
 pub mod resolve;
 pub mod rules;
 pub mod scan;
+pub mod secret_scan;
 pub mod secrets;
 pub mod session;
 pub mod transfer;

@@ -21,8 +21,12 @@ pub enum WatchMode {
     Off,
 }
 
+fn default_true() -> bool {
+    true
+}
+
 /// Sync settings: extra ignore patterns, secret patterns the user opts into, and whether `.git/` goes too.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyncOptions {
     /// Gitignore-style patterns excluded on top of `.gitignore`, `.ignore` and `.sandlinkignore`.
@@ -31,6 +35,10 @@ pub struct SyncOptions {
     /// Gitignore-style patterns of secret-looking files that may be uploaded after all (e.g. `.env.test`).
     #[serde(default)]
     pub allow_secrets: Vec<String>,
+    /// Whether files are checked for credential shapes (tokens, keys) before upload, besides their names. On by
+    /// default; off only to measure what the check costs, or for a tree known to hold none.
+    #[serde(default = "default_true")]
+    pub scan_content: bool,
     /// Whether `.git/` is synced; off by default because it is large and rarely needed in the sandbox.
     #[serde(default)]
     pub include_git: bool,
@@ -39,6 +47,19 @@ pub struct SyncOptions {
     /// Seconds between rescans when polling (default 3).
     #[serde(default)]
     pub poll_interval_seconds: Option<f64>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            exclude: Vec::new(),
+            allow_secrets: Vec::new(),
+            scan_content: true,
+            include_git: false,
+            watch: WatchMode::default(),
+            poll_interval_seconds: None,
+        }
+    }
 }
 
 impl SyncOptions {
@@ -53,7 +74,7 @@ impl SyncOptions {
         let options: SyncOptions = serde_json::from_value(value.clone()).map_err(|error| {
             Error::InvalidParams(format!(
                 "The sync settings are not valid: {error}. Expected {{ exclude?: [patterns], allowSecrets?: \
-                 [patterns], includeGit?: bool, watch?: \"auto\"|\"poll\"|\"off\", pollIntervalSeconds?: number }}."
+                 [patterns], scanContent?: bool, includeGit?: bool, watch?: \"auto\"|\"poll\"|\"off\", pollIntervalSeconds?: number }}."
             ))
         })?;
         if let Some(seconds) = options.poll_interval_seconds {
@@ -80,6 +101,7 @@ mod tests {
         assert_eq!(options.exclude, vec!["dist/"]);
         assert_eq!(options.allow_secrets, vec![".env.test"]);
         assert!(options.include_git);
+        assert!(options.scan_content, "content scanning is on unless turned off");
         let bad = serde_json::json!({ "sync": { "exclud": [] } });
         let error = SyncOptions::from_settings(bad.as_object().expect("an object literal")).unwrap_err();
         assert!(error.to_string().contains("exclud"), "{error}");

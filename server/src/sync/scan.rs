@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::resolve::{link_stays_inside, OnDisk};
 use super::rules::Rules;
+use super::secret_scan::FileStamp;
 use super::secrets::SecretFilter;
 use super::EntryKind;
 use crate::error::{Error, Result};
@@ -48,14 +49,20 @@ impl LocalEntry {
             link_target,
         }
     }
+
+    /// What the content check compares to tell a file unchanged; symlinks have no content to check.
+    pub fn stamp(&self) -> Option<FileStamp> {
+        (self.kind == EntryKind::File)
+            .then_some(FileStamp { size: self.size, mtime_ns: self.mtime_ns, inode: self.inode, mode: self.mode })
+    }
 }
 
 /// What a scan found.
 #[derive(Debug, Default)]
 pub struct Scan {
     pub entries: BTreeMap<String, LocalEntry>,
-    /// Secret-looking files that were not taken.
-    pub held_back: Vec<String>,
+    /// Secret-looking files that were not taken, with the rule that held each back.
+    pub held_back: BTreeMap<String, &'static str>,
     /// Symlinks pointing outside the workspace, which are neither followed nor synced.
     pub escaping_links: Vec<String>,
     /// Files whose name sync cannot carry (not UTF-8), with the reason; reported, never synced.
@@ -84,8 +91,6 @@ impl Scanner {
                 }
             }
         }
-        scan.held_back.sort();
-        scan.held_back.dedup();
         Ok(scan)
     }
 
@@ -176,8 +181,9 @@ impl Scanner {
         if !(file_type.is_file() || file_type.is_symlink()) {
             return;
         }
-        if self.secrets.holds_back(&relative) {
-            scan.held_back.push(relative);
+        let seen = LocalEntry::from_metadata(metadata, None).stamp();
+        if let Some(rule) = self.secrets.held_back_rule(&relative, seen.as_ref()) {
+            scan.held_back.insert(relative, rule);
             return;
         }
         let link_target = if file_type.is_symlink() {

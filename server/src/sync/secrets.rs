@@ -1,22 +1,40 @@
-//! Files that look like secrets (`.env`, private keys, credential files): held back from the sandbox unless the
-//! user allows them by pattern (`settings.sync.allowSecrets`).
+//! Files that look like secrets: by name (`.env`, private keys, credential files) here, by content through
+//! `secret_scan`; held back from the sandbox unless the user allows them by pattern (`settings.sync.allowSecrets`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use ignore::gitignore::Gitignore;
 
 use super::rules::build_patterns;
+use super::secret_scan::{ContentCheck, FileStamp};
 use crate::error::Result;
+
+/// The rule name reported for a file held back by its name alone.
+pub const NAME_RULE: &str = "secret-file-name";
 
 /// Templates that by convention hold no real values, so they are not held back.
 const ENV_TEMPLATES: [&str; 4] = [".env.example", ".env.sample", ".env.template", ".env.dist"];
 /// Exact file names of credential files.
-const SECRET_NAMES: [&str; 8] =
-    [".env", ".npmrc", ".pypirc", ".netrc", ".git-credentials", ".pgpass", ".dockercfg", "credentials.json"];
+const SECRET_NAMES: [&str; 13] = [
+    ".env",
+    ".envrc",
+    ".npmrc",
+    ".pypirc",
+    ".netrc",
+    ".git-credentials",
+    ".pgpass",
+    ".dockercfg",
+    ".htpasswd",
+    "credentials.json",
+    "service-account.json",
+    "service_account.json",
+    "terraform.tfstate",
+];
 /// Private key files by name prefix (their `.pub` halves are public).
 const KEY_PREFIXES: [&str; 4] = ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"];
-/// Key and certificate stores by extension.
-const SECRET_EXTENSIONS: [&str; 6] = [".pem", ".key", ".p12", ".pfx", ".jks", ".keystore"];
+/// Key and certificate stores, and Terraform state (it records every secret a plan touched), by extension.
+const SECRET_EXTENSIONS: [&str; 8] = [".pem", ".key", ".p12", ".pfx", ".jks", ".keystore", ".tfstate", ".tfstate.backup"];
 /// Cloud credential files by the end of their path.
 const SECRET_PATH_SUFFIXES: [&str; 5] = [
     ".aws/credentials",
@@ -29,19 +47,60 @@ const SECRET_PATH_SUFFIXES: [&str; 5] = [
 /// Decides whether a workspace path is a likely secret that must not be uploaded.
 pub struct SecretFilter {
     allowed: Gitignore,
+    /// The content check, unless the user turned it off (`sync.scanContent = false`).
+    content: Option<Arc<ContentCheck>>,
 }
 
 impl SecretFilter {
+    /// A filter by name only.
     pub fn new(workspace: &Path, allow_patterns: &[String]) -> Result<Self> {
-        Ok(SecretFilter { allowed: build_patterns(workspace, allow_patterns, "sync.allowSecrets")? })
+        Ok(SecretFilter { allowed: build_patterns(workspace, allow_patterns, "sync.allowSecrets")?, content: None })
     }
 
-    /// True for a relative, `/`-separated path that looks like a secret and was not allowed.
+    /// A filter by name and, when `scan_content`, by content.
+    pub fn with_content(workspace: &Path, allow_patterns: &[String], scan_content: bool) -> Result<Self> {
+        let mut filter = SecretFilter::new(workspace, allow_patterns)?;
+        filter.content = scan_content.then(|| Arc::new(ContentCheck::new()));
+        Ok(filter)
+    }
+
+    fn is_allowed(&self, relative: &str) -> bool {
+        self.allowed.matched_path_or_any_parents(relative, false).is_ignore()
+    }
+
+    /// True for a relative, `/`-separated path that looks like a secret (by name, or by the content it was last
+    /// seen with) and was not allowed.
     pub fn holds_back(&self, relative: &str) -> bool {
-        if !looks_like_secret(relative) {
-            return false;
+        let by_content = self.content.as_ref().is_some_and(|content| content.is_held(relative));
+        (by_content || looks_like_secret(relative)) && !self.is_allowed(relative)
+    }
+
+    /// The rule that holds a scanned file back without reading it: its name, or content already found secret
+    /// while the file has not changed since.
+    pub fn held_back_rule(&self, relative: &str, seen: Option<&FileStamp>) -> Option<&'static str> {
+        if self.is_allowed(relative) {
+            return None;
         }
-        !self.allowed.matched_path_or_any_parents(relative, false).is_ignore()
+        if looks_like_secret(relative) {
+            return Some(NAME_RULE);
+        }
+        let (content, seen) = (self.content.as_ref()?, seen?);
+        let known = content.known_secret(relative, seen);
+        if known.is_none() {
+            // Changed since it was held back (or never was): it is read and judged again on upload.
+            content.release(relative);
+        }
+        known
+    }
+
+    /// The content check files must pass before upload, unless they are allowed; `None` when scanning is off.
+    pub fn content_check_for(&self, relative: &str) -> Option<&ContentCheck> {
+        self.content.as_deref().filter(|_| !self.is_allowed(relative))
+    }
+
+    /// The content check itself, for reading what it held back.
+    pub fn content_check(&self) -> Option<&ContentCheck> {
+        self.content.as_deref()
     }
 }
 
@@ -73,7 +132,8 @@ mod tests {
     fn secrets_should_be_held_back_unless_allowed() {
         let filter = SecretFilter::new(Path::new("/w"), &[".env.test".into(), "certs/*.pem".into()]).expect("valid");
         for secret in [".env", "app/.env.local", "id_rsa", "keys/id_ed25519", "tls.key", "server.pem", ".npmrc",
-            ".pypirc", "home/.aws/credentials"] {
+            ".pypirc", "home/.aws/credentials", ".envrc", "infra/terraform.tfstate", "prod.tfstate.backup",
+            "web/.htpasswd", "service-account.json"] {
             assert!(filter.holds_back(secret), "{secret} should be held back");
         }
         for plain in [".env.example", "id_rsa.pub", "src/env.rs", "keyboard.rs", ".env.test", "certs/ca.pem"] {

@@ -23,7 +23,7 @@ use super::watch::{self, Watcher};
 use super::{EntryKind, RemoteFiles};
 use crate::engine::Progress;
 use crate::error::{Error, Result};
-use crate::protocol::{Conflict, SkippedPath, SyncDirection, SyncResult, SyncState};
+use crate::protocol::{Conflict, HeldBackFile, SkippedPath, SyncDirection, SyncResult, SyncState};
 
 /// Files per upload archive: many small files travel together, yet each batch is confirmed (and recorded) soon.
 const BATCH_FILES: usize = 8_000;
@@ -105,7 +105,7 @@ impl SessionSync {
         observer: Arc<dyn StateObserver>,
     ) -> Result<Self> {
         let rules = Arc::new(Rules::new(&workspace, &options)?);
-        let secrets = SecretFilter::new(&workspace, &options.allow_secrets)?;
+        let secrets = SecretFilter::with_content(&workspace, &options.allow_secrets, options.scan_content)?;
         let manifest = Manifest::load(session_dir.join("manifest.json"));
         let state = SyncState {
             watcher: Some(if options.watch == WatchMode::Off { "off" } else { "starting" }.into()),
@@ -401,7 +401,7 @@ impl SessionSync {
         });
         core.manifest = manifest;
         let scan = scan?;
-        self.note_held_back(core, &scan, scope.is_none()).await;
+        self.note_held_back(core, &scan.held_back, &scan, scope.is_none());
         for (path, reason) in &scan.unsyncable {
             result.skipped.push(SkippedPath { path: path.clone(), reason: reason.clone() });
         }
@@ -426,15 +426,12 @@ impl SessionSync {
             Some(paths) => self.remote_state_of(paths.clone()).await?.map(|listing| (listing, Some(paths.clone()))),
         };
         if let Some((listing, scope_for_remote)) = remote_view {
-            let rules = inner.scanner.rules.clone();
+            let scanner = inner.scanner.clone();
             let manifest_view = std::mem::replace(&mut core.manifest, Manifest::load(PathBuf::new()));
-            let secrets_workspace = inner.workspace.clone();
-            let allow = inner.options.allow_secrets.clone();
             let (manifest_back, changes) = tokio::task::spawn_blocking(move || {
-                let secrets = SecretFilter::new(&secrets_workspace, &allow);
-                let changes = secrets.and_then(|secrets| {
-                    diff_remote(&manifest_view, listing, &rules, &secrets, scope_for_remote.as_deref())
-                });
+                // The scan's own filter, so files held back for their content leave the sandbox's copy alone too.
+                let changes =
+                    diff_remote(&manifest_view, listing, &scanner.rules, &scanner.secrets, scope_for_remote.as_deref());
                 (manifest_view, changes)
             })
             .await
@@ -608,10 +605,12 @@ impl SessionSync {
         core.conflicts.insert(path.to_string(), Conflict { path: path.to_string(), reason: reason.to_string() });
     }
 
-    async fn note_held_back(&self, core: &mut Core, scan: &Scan, full: bool) {
-        for path in &scan.held_back {
+    /// Logs newly held-back files (path and rule, never content) and lists them in the state: a full scan
+    /// replaces the list, anything else adds to it.
+    fn note_held_back(&self, core: &mut Core, held_back: &BTreeMap<String, &'static str>, scan: &Scan, full: bool) {
+        for (path, rule) in held_back {
             if core.logged_secrets.insert(path.clone()) {
-                tracing::warn!(%path, "held back a file that looks like a secret; allow it with settings.sync.allowSecrets");
+                tracing::warn!(%path, rule, "held back a file that looks like a secret; allow it with settings.sync.allowSecrets");
             }
         }
         for path in &scan.escaping_links {
@@ -619,18 +618,35 @@ impl SessionSync {
                 tracing::warn!(%path, "did not sync a symlink that points outside the workspace");
             }
         }
-        let held_back = scan.held_back.clone();
-        let escaping = scan.escaping_links.len() as u64;
         let mut state = lock(&self.inner.state);
-        if full {
-            state.held_back_secrets = held_back;
-            state.excluded = Some(state.held_back_secrets.len() as u64 + escaping);
+        let mut merged: BTreeMap<String, String> = if full {
+            BTreeMap::new()
         } else {
-            let mut merged: BTreeSet<String> = state.held_back_secrets.iter().cloned().collect();
-            merged.extend(held_back);
-            state.held_back_secrets = merged.into_iter().collect();
-            state.excluded = Some(state.held_back_secrets.len() as u64 + escaping);
+            state.held_back.iter().map(|file| (file.path.clone(), file.rule.clone())).collect()
+        };
+        merged.extend(held_back.iter().map(|(path, rule)| (path.clone(), rule.to_string())));
+        state.held_back_secrets = merged.keys().cloned().collect();
+        state.held_back = merged.into_iter().map(|(path, rule)| HeldBackFile { path, rule }).collect();
+        state.excluded = Some(state.held_back.len() as u64 + scan.escaping_links.len() as u64);
+    }
+
+    /// Drops files that went up after all (their secret was removed) from the held-back list, which a sync of a few
+    /// paths (a save) would otherwise keep showing until the next full scan.
+    fn note_no_longer_held<'a>(&self, core: &mut Core, sent: impl Iterator<Item = &'a str>) {
+        let mut state = lock(&self.inner.state);
+        if state.held_back.is_empty() {
+            return;
         }
+        let sent: HashSet<&str> = sent.collect();
+        let before = state.held_back.len();
+        state.held_back.retain(|file| !sent.contains(file.path.as_str()));
+        if state.held_back.len() == before {
+            return;
+        }
+        state.held_back_secrets.retain(|path| !sent.contains(path.as_str()));
+        let removed = (before - state.held_back.len()) as u64;
+        state.excluded = state.excluded.map(|excluded| excluded.saturating_sub(removed));
+        core.logged_secrets.retain(|path| !sent.contains(path.as_str()));
     }
 
     /// Uploads changed files in batches, one tar stream each, recording each batch once the sandbox confirmed it.
@@ -665,19 +681,25 @@ impl SessionSync {
         for batch in batches {
             let (reader, writer) = tokio::io::duplex(1 << 20);
             let workspace = self.inner.workspace.clone();
+            let scanner = self.inner.scanner.clone();
             let batch_len = batch.len();
             let producer = tokio::task::spawn_blocking(move || {
                 let bridge = tokio_util::io::SyncIoBridge::new(writer);
-                transfer::pack(&workspace, &batch, transfer::Links::Inside, bridge, &mut |_| {})
+                transfer::pack_checked(&workspace, &batch, transfer::Links::Inside, bridge, &mut |_| {}, Some(&scanner.secrets))
             });
             let (uploaded, packed) = tokio::join!(self.inner.remote.upload_tar(Box::pin(reader)), producer);
             let packed = packed.map_err(join_error("Packing the upload"))?;
             // The driver's answer comes first: a packing error usually shows up as the driver's read error.
-            let sent = match (uploaded, packed) {
-                (Ok(()), Ok(sent)) => sent,
+            let packed = match (uploaded, packed) {
+                (Ok(()), Ok(packed)) => packed,
                 (_, Err(error)) | (Err(error), _) => return Err(error),
             };
-            for item in sent {
+            if !packed.held_back.is_empty() {
+                let held_back: BTreeMap<String, &'static str> = packed.held_back.into_iter().collect();
+                self.note_held_back(core, &held_back, scan, false);
+            }
+            self.note_no_longer_held(core, packed.sent.iter().map(|item| item.path.as_str()));
+            for item in packed.sent {
                 result.uploaded += 1;
                 result.bytes += item.local.size;
                 bytes_done += item.local.size;

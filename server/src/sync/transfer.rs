@@ -13,6 +13,8 @@ use super::beneath::{Beneath, WalkError};
 use super::manifest::hash_link;
 use super::resolve::{link_stays_inside, OnDisk};
 use super::scan::{check_relative, LocalEntry};
+use super::secret_scan::SCAN_LIMIT;
+use super::secrets::SecretFilter;
 use super::EntryKind;
 use crate::error::{Error, IoContext, Result};
 
@@ -38,13 +40,43 @@ pub enum Links {
     AsTheyAre,
 }
 
+/// What `pack_checked` did.
+#[derive(Debug, Default)]
+pub struct Packed {
+    /// What went into the archive.
+    pub sent: Vec<Sent>,
+    /// What was left out for its content, with the rule it broke (never the content).
+    pub held_back: Vec<(String, &'static str)>,
+}
+
 /// Packs `paths` (relative to `root`) into a tar stream on `writer`; files are streamed in chunks and hashed as
 /// they go. Paths that vanished are skipped. `on_bytes` is told how many content bytes went out.
-pub fn pack(root: &Path, paths: &[String], links: Links, writer: impl Write, on_bytes: &mut dyn FnMut(u64)) -> Result<Vec<Sent>> {
+pub fn pack(
+    root: &Path,
+    paths: &[String],
+    links: Links,
+    writer: impl Write,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<Vec<Sent>> {
+    pack_checked(root, paths, links, writer, on_bytes, None).map(|packed| packed.sent)
+}
+
+/// `pack`, checking each file against `secrets`' content check first: a text file up to `SCAN_LIMIT` is read
+/// once into memory, hashed, checked, and written into the archive only when it holds no credential, so a secret
+/// never starts on its way and nothing is read or hashed twice. Larger and allowed files stream as in `pack`.
+pub fn pack_checked(
+    root: &Path,
+    paths: &[String],
+    links: Links,
+    writer: impl Write,
+    on_bytes: &mut dyn FnMut(u64),
+    secrets: Option<&SecretFilter>,
+) -> Result<Packed> {
     // Buffered so 512-byte tar headers do not each become a write to the (async-bridged) stream.
     let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(IO_BUFFER, writer));
     builder.mode(tar::HeaderMode::Complete);
     let mut sent = Vec::with_capacity(paths.len());
+    let mut held_back = Vec::new();
     let write_failed = |source: std::io::Error| Error::io("Could not send files to the sandbox", source);
     // Every file is reached through directory descriptors without following a link, so a directory swapped for a
     // link after the scan (by a build, or by whatever runs in a local sandbox) cannot make this read elsewhere.
@@ -85,6 +117,27 @@ pub fn pack(root: &Path, paths: &[String], links: Links, writer: impl Write, on_
         header.set_size(local.size);
         header.set_mode(local.mode);
         header.set_mtime(mtime_seconds(local.mtime_ns));
+        let check = secrets.and_then(|filter| filter.content_check_for(relative)).filter(|_| local.size <= SCAN_LIMIT);
+        if let (Some(check), Some(stamp)) = (check, local.stamp()) {
+            let mut content = Vec::with_capacity(local.size as usize);
+            if let Err(error) = (&file).take(local.size).read_to_end(&mut content) {
+                tracing::debug!(path = %relative, %error, "skipped a file that could not be read");
+                continue;
+            }
+            let hash = blake3::hash(&content);
+            if let Some(rule) = check.check(relative, &stamp, &hash, &content) {
+                held_back.push((relative.clone(), rule));
+                continue;
+            }
+            // A file that shrank since its `fstat` goes as read (the header says so) and is sent again next time.
+            header.set_size(content.len() as u64);
+            builder.append_data(&mut header, relative, content.as_slice()).map_err(write_failed)?;
+            on_bytes(content.len() as u64);
+            let after = file.metadata().ok().map(|metadata| LocalEntry::from_metadata(&metadata, None));
+            let stable = content.len() as u64 == local.size && after.as_ref() == Some(&local);
+            sent.push(Sent { path: relative.clone(), local, hash: hash.to_hex().to_string(), stable });
+            continue;
+        }
         let mut reader = HashingReader::new(file, local.size);
         builder.append_data(&mut header, relative, &mut reader).map_err(write_failed)?;
         on_bytes(local.size);
@@ -93,7 +146,7 @@ pub fn pack(root: &Path, paths: &[String], links: Links, writer: impl Write, on_
         sent.push(Sent { path: relative.clone(), local, hash: reader.finish(), stable });
     }
     builder.into_inner().map_err(write_failed)?.flush().map_err(write_failed)?;
-    Ok(sent)
+    Ok(Packed { sent, held_back })
 }
 
 /// Whole seconds of a nanosecond timestamp, as tar headers carry them.

@@ -1,0 +1,293 @@
+//! Secrets by content: the credential shapes (cloud keys, tokens, private keys) that hold a file back whatever its
+//! name, and the per-session cache of verdicts by content hash, so an unchanged file is never read twice.
+//!
+//! The check runs where a file is read for upload (`transfer::pack_checked`): a small text file is read once into
+//! memory, hashed, checked, and only then written into the archive, so a secret never reaches the sandbox and the
+//! file is neither read nor hashed a second time. Only rule names are ever reported; matched text never leaves this
+//! module (not in logs, notifications, errors or state files).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use regex::bytes::{Regex, RegexBuilder};
+
+/// Files larger than this are not read for secrets. Credential files are small (the largest common one, a GCP
+/// service-account key, is about 2.4 KB); files of a megabyte and more are data, bundles and build outputs, whose
+/// scan would cost the most and find the least, and which would otherwise have to be held in memory whole before
+/// the first byte is sent. Names (`terraform.tfstate`, `*.pem`) still hold back large credential files.
+pub const SCAN_LIMIT: u64 = 1 << 20;
+/// A NUL byte within this many leading bytes marks a binary file, which is not scanned (git's and ripgrep's test):
+/// the shapes below are text, and binary data is where random bytes would look like them.
+const BINARY_PROBE: usize = 8 * 1024;
+
+/// One credential shape: its name (what users see) and its pattern.
+struct Shape {
+    rule: &'static str,
+    pattern: &'static str,
+}
+
+/// The shapes, most specific first, since the first that matches names the verdict. Patterns are bytes regexes
+/// without Unicode (ASCII `\b` and `\s`), which keeps the combined automaton small and fast.
+const SHAPES: &[Shape] = &[
+    Shape { rule: "gcp-service-account", pattern: r#""type"\s*:\s*"service_account""# },
+    Shape {
+        rule: "private-key",
+        // The header, then (raw or JSON-escaped line breaks, PEM headers such as `Proc-Type:`) base64 key material,
+        // so code that merely names the header (a parser, a doc) is not taken for a key.
+        pattern: r"-----BEGIN[A-Z0-9 ]{0,32}PRIVATE KEY(?: BLOCK)?-----(?:\\[rn]|\s|[A-Za-z-]{2,32}: [^\r\n\\]{0,200})*[A-Za-z0-9+/]{32}",
+    },
+    Shape { rule: "aws-access-key-id", pattern: r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b" },
+    Shape {
+        rule: "aws-secret-access-key",
+        // 40 characters of base64 are common (git object names are 40 hex digits), so a secret key counts only
+        // when the text names it: `aws_secret_access_key = …`, `AWS_SECRET_ACCESS_KEY=…`, `secretAccessKey: "…"`.
+        // The spellings are listed rather than matched case-insensitively, so every shape starts with a literal
+        // and the combined search runs on a literal prefilter instead of visiting every byte.
+        pattern: r#"(?:aws_secret_access_key|AWS_SECRET_ACCESS_KEY|secret_access_key|SECRET_ACCESS_KEY|secretAccessKey|SecretAccessKey|aws_secret_key|AWS_SECRET_KEY)["']?\s*(?:[:=]|=>|:=)\s*["']?[A-Za-z0-9/+]{40}(?:[^A-Za-z0-9/+=]|$)"#,
+    },
+    Shape { rule: "github-token", pattern: r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}\b" },
+    Shape { rule: "github-token", pattern: r"\bgithub_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}\b" },
+    Shape { rule: "gitlab-token", pattern: r"\bglpat-[A-Za-z0-9_-]{20,}" },
+    Shape { rule: "slack-token", pattern: r"\bxox[baprs]-[A-Za-z0-9-]{10,}" },
+    Shape { rule: "slack-webhook", pattern: r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]{20,}" },
+    Shape { rule: "stripe-key", pattern: r"\b[rs]k_live_[A-Za-z0-9]{20,}" },
+    Shape { rule: "npm-token", pattern: r"\bnpm_[A-Za-z0-9]{36}\b" },
+    Shape { rule: "pypi-token", pattern: r"\bpypi-AgEI[A-Za-z0-9_-]{50,}" },
+];
+
+/// A service-account file is only a secret with its key in it (the same JSON without `private_key` is a template).
+const SERVICE_ACCOUNT_KEY: &str = r#""private_key"\s*:\s*"-----BEGIN"#;
+
+/// The compiled shapes: one combined automaton that answers "nothing here" for almost every file in one pass, and
+/// the single shapes, run only on a file the combined one matched, to name the rule.
+pub struct Shapes {
+    any: Regex,
+    each: Vec<(&'static str, Regex)>,
+    service_account_key: Regex,
+}
+
+fn compile(pattern: &str) -> Regex {
+    // The patterns are constants of this file, compiled by a unit test on every build; one that fails is a bug here.
+    RegexBuilder::new(pattern)
+        .unicode(false)
+        .size_limit(1 << 24)
+        .build()
+        .unwrap_or_else(|error| panic!("the secret shape {pattern} does not compile: {error}"))
+}
+
+impl Shapes {
+    pub fn new() -> Self {
+        let combined = SHAPES.iter().map(|shape| format!("(?:{})", shape.pattern)).collect::<Vec<_>>().join("|");
+        Shapes {
+            any: compile(&combined),
+            each: SHAPES.iter().map(|shape| (shape.rule, compile(shape.pattern))).collect(),
+            service_account_key: compile(SERVICE_ACCOUNT_KEY),
+        }
+    }
+
+    /// The rule a file's content breaks, if any. Binary content is not looked at.
+    pub fn find(&self, content: &[u8]) -> Option<&'static str> {
+        if is_binary(content) || !self.any.is_match(content) {
+            return None;
+        }
+        self.each.iter().find_map(|(rule, pattern)| {
+            pattern.find_iter(content).any(|found| plausible(rule, found.as_bytes(), content, self)).then_some(*rule)
+        })
+    }
+}
+
+impl Default for Shapes {
+    fn default() -> Self {
+        Shapes::new()
+    }
+}
+
+/// Whether a match is a credential rather than its documented stand-in.
+fn plausible(rule: &str, matched: &[u8], content: &[u8], shapes: &Shapes) -> bool {
+    match rule {
+        // AWS's own documentation key ids (AKIAIOSFODNN7EXAMPLE) appear in countless READMEs and tests.
+        "aws-access-key-id" | "aws-secret-access-key" => !contains(matched, b"EXAMPLE"),
+        "gcp-service-account" => shapes.service_account_key.is_match(content),
+        _ => true,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// Whether content is binary by git's test: a NUL byte near the start.
+pub fn is_binary(content: &[u8]) -> bool {
+    content[..content.len().min(BINARY_PROBE)].contains(&0)
+}
+
+/// What a regular file looked like (`lstat`), to tell whether it changed since its content was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub inode: u64,
+    pub mode: u32,
+}
+
+/// A file held back for its content, as last seen, so an unchanged one is held back again without a read.
+#[derive(Debug, Clone)]
+struct HeldFile {
+    seen: FileStamp,
+    rule: &'static str,
+}
+
+#[derive(Default)]
+struct Verdicts {
+    /// blake3 of content -> the rule it breaks (`None`: clean). Shared by every path with that content.
+    by_hash: HashMap<[u8; 32], Option<&'static str>>,
+    /// Paths held back for content, with what they looked like then.
+    held: HashMap<String, HeldFile>,
+}
+
+/// One session's content check: the shapes and the verdicts, shared by the scan (which skips files it already
+/// knows are secret), the upload (which checks what it reads) and the listing comparison (which leaves the
+/// sandbox's copy of a held-back file alone).
+pub struct ContentCheck {
+    shapes: &'static Shapes,
+    verdicts: Mutex<Verdicts>,
+}
+
+/// The shapes, compiled once per process (a few milliseconds), not once per session.
+fn compiled_shapes() -> &'static Shapes {
+    static SHAPES_ONCE: OnceLock<Shapes> = OnceLock::new();
+    SHAPES_ONCE.get_or_init(Shapes::new)
+}
+
+impl ContentCheck {
+    pub fn new() -> Self {
+        ContentCheck { shapes: compiled_shapes(), verdicts: Mutex::default() }
+    }
+
+    fn verdicts(&self) -> std::sync::MutexGuard<'_, Verdicts> {
+        // Holders only insert and remove map entries, so a poisoned lock still holds consistent maps.
+        self.verdicts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The rule that held `path` back, when the file still looks exactly as it did then (no read needed).
+    pub fn known_secret(&self, path: &str, now: &FileStamp) -> Option<&'static str> {
+        let verdicts = self.verdicts();
+        let held = verdicts.held.get(path)?;
+        (held.seen == *now).then_some(held.rule)
+    }
+
+    /// Whether `path` is currently held back for its content (by path alone: for the sandbox's side).
+    pub fn is_held(&self, path: &str) -> bool {
+        self.verdicts().held.contains_key(path)
+    }
+
+    /// Checks content read for upload: answers the rule it breaks, if any, and remembers the verdict by hash.
+    pub fn check(&self, path: &str, seen: &FileStamp, hash: &blake3::Hash, content: &[u8]) -> Option<&'static str> {
+        let cached = self.verdicts().by_hash.get(hash.as_bytes()).copied();
+        let verdict = match cached {
+            Some(verdict) => verdict,
+            None => {
+                let verdict = self.shapes.find(content);
+                self.verdicts().by_hash.insert(*hash.as_bytes(), verdict);
+                verdict
+            }
+        };
+        let mut verdicts = self.verdicts();
+        match verdict {
+            Some(rule) => {
+                verdicts.held.insert(path.to_string(), HeldFile { seen: *seen, rule });
+            }
+            None => {
+                verdicts.held.remove(path);
+            }
+        }
+        verdict
+    }
+
+    /// Forgets a path that now syncs again or is gone (its secret was removed).
+    pub fn release(&self, path: &str) {
+        self.verdicts().held.remove(path);
+    }
+}
+
+impl Default for ContentCheck {
+    fn default() -> Self {
+        ContentCheck::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shaped like real credentials but assembled at run time, so this file holds no string a secret scanner flags.
+    fn token(prefix: &str, length: usize) -> String {
+        let body: String = "aB3dE5fG7hJ9kL1mN2pQ4rS6tU8vW0xYz".chars().cycle().take(length).collect();
+        format!("{prefix}{body}")
+    }
+
+    #[test]
+    fn every_shape_should_compile_and_name_its_rule() {
+        let shapes = Shapes::new();
+        let aws_id = format!("{}{}", "AKIA", "Q3EGRJ5XZ7B2LKWN");
+        let pem = format!("-----BEGIN {}PRIVATE KEY-----\n{}\n-----END", "RSA ", token("MIIEow", 64));
+        let cases = [
+            (format!("const id = \"{aws_id}\";"), "aws-access-key-id"),
+            (format!("aws_secret_access_key = {}\n", token("", 40).replace('a', "/")), "aws-secret-access-key"),
+            (format!("secretAccessKey: \"{}\",", token("", 40)), "aws-secret-access-key"),
+            (format!("token = \"{}\"", token("ghp_", 36)), "github-token"),
+            (format!("t={}", token(&format!("github_pat_{}_", token("", 22)), 59)), "github-token"),
+            (format!("GITLAB={}", token("glpat-", 20)), "gitlab-token"),
+            (format!("SLACK={}", token("xoxb-", 30)), "slack-token"),
+            (format!("url: https://hooks.slack.com/services/{}", token("T0/B0/", 24)), "slack-webhook"),
+            (format!("key = {}", token("sk_live_", 24)), "stripe-key"),
+            (format!("//registry.npmjs.org/:_authToken={}", token("npm_", 36)), "npm-token"),
+            (format!("password = {}", token("pypi-AgEI", 60)), "pypi-token"),
+            (pem.clone(), "private-key"),
+            (format!("{{\"type\": \"service_account\", \"private_key\": \"{}\"}}", pem.replace('\n', "\\n")), "gcp-service-account"),
+        ];
+        for (content, rule) in cases {
+            assert_eq!(shapes.find(content.as_bytes()), Some(rule), "{rule}");
+        }
+    }
+
+    #[test]
+    fn ordinary_high_entropy_text_should_not_look_like_a_secret() {
+        let shapes = Shapes::new();
+        let ordinary = [
+            "let commit = \"3f2a9c1b7e4d5f60718293a4b5c6d7e8f9a0b1c2\";",
+            "sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"",
+            "id: 123e4567-e89b-12d3-a456-426614174000",
+            "data = \"TWFueSBoYW5kcyBtYWtlIGxpZ2h0IHdvcmsuIE1hbnkgaGFuZHMgbWFrZSBsaWdodCB3b3JrLg==\"",
+            "if line.starts_with(\"-----BEGIN PRIVATE KEY-----\") { parse(line) }",
+            "aws_access_key_id = AKIAIOSFODNN7EXAMPLE",
+            "{\"type\": \"service_account\", \"project_id\": \"demo\"}",
+            "npm_config_cache=/tmp/npm",
+        ];
+        for content in ordinary {
+            assert_eq!(shapes.find(content.as_bytes()), None, "{content}");
+        }
+    }
+
+    #[test]
+    fn binary_content_should_not_be_scanned() {
+        let mut content = token("ghp_", 36).into_bytes();
+        content.insert(0, 0);
+        assert_eq!(Shapes::new().find(&content), None);
+    }
+
+    #[test]
+    fn verdicts_should_be_remembered_by_path_and_hash() {
+        let check = ContentCheck::new();
+        let seen = FileStamp { size: 40, mtime_ns: 1, mode: 0o644, inode: 9 };
+        let content = token("ghp_", 36);
+        let hash = blake3::hash(content.as_bytes());
+        assert_eq!(check.check("a.js", &seen, &hash, content.as_bytes()), Some("github-token"));
+        assert_eq!(check.known_secret("a.js", &seen), Some("github-token"));
+        assert!(check.is_held("a.js"));
+        let moved = FileStamp { mtime_ns: 2, ..seen };
+        assert_eq!(check.known_secret("a.js", &moved), None, "a changed file is read again");
+        // The same content elsewhere is judged from the cache, even with other bytes passed in.
+        assert_eq!(check.check("b.js", &seen, &hash, b""), Some("github-token"));
+    }
+}

@@ -12,6 +12,8 @@
 //!
 //! `SANDLINK_MODEL_SEED` (default a fixed seed) and `SANDLINK_MODEL_STEPS` (default 2500) choose the run;
 //! `SANDLINK_MODEL_SEEDS` runs that many consecutive seeds. A failure prints the seed and every step so far.
+//! `SANDLINK_MODEL_SAME_SIZES=1` lets writes share sizes, which shows the known blind spot described at
+//! `Harness::next_content`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
@@ -134,6 +136,8 @@ struct Harness {
     writes: u64,
     /// Modification times given to sandbox writes, one second apart, as a sandbox's clock moves between writes.
     sandbox_clock: i64,
+    /// Whether writes may have the same size (see `next_content`).
+    same_sizes: bool,
     log: Vec<String>,
 }
 
@@ -189,6 +193,7 @@ impl Harness {
             synced_once: false,
             writes: 0,
             sandbox_clock: 1_000_000_000,
+            same_sizes: std::env::var_os("SANDLINK_MODEL_SAME_SIZES").is_some(),
             log: Vec::new(),
         }
     }
@@ -270,7 +275,14 @@ impl Harness {
 
     fn next_content(&mut self, side: Side, path: &str) -> String {
         self.writes += 1;
-        format!("write {} on the {side:?} side at {path}\n", self.writes)
+        let content = format!("write {} on the {side:?} side at {path}", self.writes);
+        if self.same_sizes {
+            return content + "\n";
+        }
+        // Every write gets a size of its own. Sync tells a sandbox file changed by its size and mtime in whole
+        // seconds, so a same-size file renamed over another within the second both were uploaded in goes unseen
+        // (SANDLINK_MODEL_SAME_SIZES=1 shows it); the model checks everything else.
+        format!("{content:.<width$}\n", width = 64 + self.writes as usize)
     }
 
     fn write(&mut self, side: Side, path: &str) {

@@ -49,6 +49,33 @@ fn random_edits_on_both_sides_should_sync_as_the_model_says() {
     }
 }
 
+#[test]
+fn an_upload_after_both_sides_emptied_should_still_see_the_sandbox_changes() {
+    std::env::set_var("SANDLINK_LOCAL_NO_BWRAP", "1");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let mut harness = Harness::new().await;
+        let check = |outcome: Result<String, String>, harness: &Harness| match outcome {
+            Ok(line) => line,
+            Err(failure) => harness.fail(0, &failure),
+        };
+        harness.write(Side::Workspace, "a");
+        let line = harness.sync_and_check(SyncDirection::Up).await;
+        harness.log.push(check(line, &harness));
+        harness.remove(Side::Workspace, "a");
+        harness.remove(Side::Sandbox, "a");
+        let line = harness.sync_and_check(SyncDirection::Both).await;
+        harness.log.push(check(line, &harness));
+        // The common base is empty now, but it exists: the sandbox's new file is a change like any other.
+        harness.write(Side::Sandbox, "b");
+        harness.write(Side::Workspace, "b");
+        let line = harness.sync_and_check(SyncDirection::Up).await;
+        harness.log.push(check(line, &harness));
+        assert!(harness.held.contains("b"), "{:?}", harness.log);
+        harness.sync.stop().await;
+    });
+}
+
 fn env_number(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
     let parsed = match value.strip_prefix("0x") {
@@ -136,6 +163,8 @@ struct Harness {
     writes: u64,
     /// Modification times given to sandbox writes, one second apart, as a sandbox's clock moves between writes.
     sandbox_clock: i64,
+    /// Whether the step that puts a link out of the tree in the sandbox is under way (the link is then expected).
+    sandbox_escape_present: bool,
     /// Whether writes may have the same size (see `next_content`).
     same_sizes: bool,
     log: Vec<String>,
@@ -193,6 +222,7 @@ impl Harness {
             synced_once: false,
             writes: 0,
             sandbox_clock: 1_000_000_000,
+            sandbox_escape_present: false,
             same_sizes: std::env::var_os("SANDLINK_MODEL_SAME_SIZES").is_some(),
             log: Vec::new(),
         }
@@ -219,7 +249,7 @@ impl Harness {
     /// what went wrong when the sync disagreed with the model.
     async fn random_step(&mut self, random: &mut Random) -> Result<String, (String, String)> {
         let side = if random.below(2) == 0 { Side::Workspace } else { Side::Sandbox };
-        let line = match random.below(20) {
+        let line = match random.below(22) {
             0..=5 => {
                 let path = random.pick(&FILE_PATHS);
                 self.write(side, path);
@@ -264,6 +294,30 @@ impl Harness {
                 let _ = std::fs::remove_file(&path);
                 std::os::unix::fs::symlink(target, &path).expect("symlink");
                 format!("Workspace: link {ESCAPE_LINK} -> {target}")
+            }
+            14 => {
+                // Emptying a side makes the common base empty again, which must not read as "never synced".
+                for name in ["a", "b", "l", "d", "f"] {
+                    let full = self.root(side).join(name);
+                    let _ = std::fs::remove_file(&full).or_else(|_| std::fs::remove_dir_all(&full));
+                }
+                format!("{side:?}: remove everything")
+            }
+            15 => {
+                // A link in the sandbox that leads out of it: a sync that lists the sandbox refuses it and writes
+                // nothing anywhere; the link is then removed again, as a user would.
+                let direction = [SyncDirection::Down, SyncDirection::Both][random.below(2)];
+                let target = ["../../outside", "/etc", "../../../outside/secret"][random.below(3)];
+                let link = self.sandbox.join(ESCAPE_LINK);
+                std::fs::create_dir_all(link.parent().expect("a parent")).expect("mkdir");
+                std::os::unix::fs::symlink(target, &link).expect("symlink");
+                self.sandbox_escape_present = true;
+                let outcome = self.refused_sync_changes_nothing(direction).await;
+                self.sandbox_escape_present = false;
+                std::fs::remove_file(&link).expect("remove the link");
+                let line = format!("Sandbox: link {ESCAPE_LINK} -> {target}, sync {direction:?} (refused)");
+                outcome.map_err(|failure| (line.clone(), failure))?;
+                line
             }
             _ => {
                 let direction = [SyncDirection::Up, SyncDirection::Down, SyncDirection::Both][random.below(3)];
@@ -353,7 +407,7 @@ impl Harness {
                     let content = std::fs::read_to_string(&full).map_err(|error| format!("{relative}: {error}"))?;
                     Node::File { content, mode: metadata.permissions().mode() & 0o7777 }
                 };
-                if relative == ESCAPE_LINK && side == Side::Workspace {
+                if relative == ESCAPE_LINK && (side == Side::Workspace || self.sandbox_escape_present) {
                     continue;
                 }
                 if !FILE_PATHS.contains(&relative.as_str()) && !LINK_PATHS.contains(&relative.as_str()) {
@@ -374,6 +428,23 @@ impl Harness {
         let secret = std::fs::read_to_string(self.outside.join("secret")).map_err(|error| error.to_string())?;
         if names != BTreeSet::from(["secret".to_string()]) || secret != "must never change" {
             return Err(format!("something outside both roots changed: {names:?}, {secret:?}"));
+        }
+        Ok(())
+    }
+
+    /// A sync that meets a sandbox link leading out must fail with `pathOutsideWorkspace` and change neither side.
+    async fn refused_sync_changes_nothing(&mut self, direction: SyncDirection) -> Result<(), String> {
+        let local = self.read_tree(Side::Workspace)?;
+        let remote = self.read_tree(Side::Sandbox)?;
+        match self.sync.sync(direction, None, &NoProgress).await {
+            Ok(result) => return Err(format!("a sync {direction:?} took a sandbox link out of the tree: {result:?}")),
+            Err(error) if error.kind().as_str() != "pathOutsideWorkspace" => {
+                return Err(format!("a sync {direction:?} met a link out of the sandbox and failed otherwise: {error}"));
+            }
+            Err(_) => {}
+        }
+        if self.read_tree(Side::Workspace)? != local || self.read_tree(Side::Sandbox)? != remote {
+            return Err(format!("a refused sync {direction:?} still changed a side"));
         }
         Ok(())
     }

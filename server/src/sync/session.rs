@@ -53,6 +53,9 @@ struct Core {
     /// Paths changed on both sides; automatic syncs leave them alone until the user decides.
     conflicts: BTreeMap<String, Conflict>,
     logged_secrets: HashSet<String>,
+    /// Whether both sides have a common base: a manifest with entries was loaded, or a sync completed. Only without
+    /// one does the workspace win unchecked; an emptied manifest (everything deleted) is still a base.
+    has_base: bool,
 }
 
 struct Inner {
@@ -117,6 +120,7 @@ impl SessionSync {
                 scanner: Arc::new(Scanner { rules, secrets }),
                 staging: session_dir.join("download-staging"),
                 core: tokio::sync::Mutex::new(Core {
+                    has_base: !manifest.entries.is_empty(),
                     manifest,
                     conflicts: BTreeMap::new(),
                     logged_secrets: HashSet::new(),
@@ -337,6 +341,7 @@ impl SessionSync {
     ) -> Result<SyncResult> {
         let started = Instant::now();
         let outcome = self.run_inner(core, direction, scope.clone(), explicit, progress).await;
+        core.has_base |= outcome.is_ok();
         let conflicts: Vec<Conflict> = core.conflicts.values().cloned().collect();
         let now = crate::engine::now_rfc3339();
         {
@@ -405,7 +410,7 @@ impl SessionSync {
         //    looks at the sandbox's copy of each path it is about to overwrite or delete: one changed there since the
         //    last sync is a conflict, not something to overwrite. The first sync of a session has no common base,
         //    and there the workspace wins.
-        let guarded: Option<Vec<String>> = (up && !down && !resolve_up && !core.manifest.entries.is_empty())
+        let guarded: Option<Vec<String>> = (up && !down && !resolve_up && core.has_base)
             .then(|| local_changed.iter().chain(local_deleted.iter()).cloned().collect::<Vec<String>>())
             .filter(|paths| !paths.is_empty());
         let remote_view = match &guarded {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sandlink::drivers::{ConnectRequest, Driver as _};
+use sandlink::drivers::local::files::LocalFiles;
 use sandlink::engine::NoProgress;
 use sandlink::protocol::{SyncDirection, SyncState};
 use sandlink::sync::{SessionSync, StateObserver, SyncOptions};
@@ -40,9 +40,6 @@ fn random_edits_on_both_sides_should_sync_as_the_model_says() {
     let first_seed = env_number("SANDLINK_MODEL_SEED").unwrap_or(DEFAULT_SEED);
     let steps = env_number("SANDLINK_MODEL_STEPS").map_or(DEFAULT_STEPS, |steps| steps as usize);
     let seeds = env_number("SANDLINK_MODEL_SEEDS").unwrap_or(1);
-    // LocalSandbox starts a bubblewrap agent from the current executable where bubblewrap works; this test only
-    // needs the driver's files, so it asks for the plain local sandbox.
-    std::env::set_var("SANDLINK_LOCAL_NO_BWRAP", "1");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     for seed in first_seed..first_seed + seeds {
         runtime.block_on(run_seed(seed, steps));
@@ -51,7 +48,6 @@ fn random_edits_on_both_sides_should_sync_as_the_model_says() {
 
 #[test]
 fn an_upload_after_both_sides_emptied_should_still_see_the_sandbox_changes() {
-    std::env::set_var("SANDLINK_LOCAL_NO_BWRAP", "1");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     runtime.block_on(async {
         let mut harness = Harness::new().await;
@@ -198,18 +194,14 @@ impl Harness {
             std::fs::create_dir_all(path).expect("mkdir");
         }
         std::fs::write(outside.join("secret"), "must never change").expect("write the sentinel");
-        let request = ConnectRequest {
-            session_id: "model".into(),
-            workspace: Some(workspace.clone()),
-            settings: Default::default(),
-            state_dir: state.clone(),
-            credentials: Default::default(),
-        };
-        let sandbox = sandlink::drivers::local::Driver::new().connect(request).await.expect("the local driver connects");
-        let remote = sandbox.files().expect("the local driver syncs");
-        let sandbox_root = PathBuf::from(sandbox.remote_root());
+        // The local driver's files over a sandbox root, as the driver makes them for a session (its runs are not
+        // needed here: the test changes the sandbox side directly, as a run would).
+        // Both roots sit beside `outside`, so links made in either as `../../outside` lead to the sentinel.
+        let sandbox_root = dir.path().join("sandbox");
+        std::fs::create_dir_all(&sandbox_root).expect("mkdir");
+        let remote = Arc::new(LocalFiles::new(sandbox_root.clone(), state.join("staging")));
         let options = SyncOptions { watch: sandlink::sync::options::WatchMode::Off, ..SyncOptions::default() };
-        let session_dir = state.join("sessions/model");
+        let session_dir = state.join("session");
         let sync = SessionSync::new(workspace.clone(), remote, options, &session_dir, Arc::new(Observer)).expect("sync starts");
         Harness {
             _dir: dir,

@@ -455,9 +455,13 @@ impl SessionSync {
                 } else {
                     Side::Same
                 };
-                if local_state == Side::Changed && only_metadata_moved(core, &inner.workspace, &path, scan.entries.get(&path)) {
+                if local_state == Side::Changed
+                    && !resolve_up
+                    && only_metadata_moved(core, &inner.workspace, &path, scan.entries.get(&path))
+                {
                     // Touched, or re-created as it was: no change of its own, so the sandbox's change is not a
-                    // conflict with it. It is taken on a sync down; a sync up leaves it for the next one.
+                    // conflict with it. It is taken on a sync down; a sync up leaves it for the next one (unless the
+                    // user asked for the workspace's copy of this path, which then goes up as asked).
                     local_changed.remove(&path);
                     if !down {
                         continue;

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 
-mod files;
+pub mod files;
 
 use super::sandbox_agent::AgentClient;
 use super::{process, ConnectRequest, ExecSpec, Process, ReattachRequest, Sandbox};

@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 /// The key under a connect's (or a profile's) `settings` that holds the sync settings.
 pub const SETTINGS_KEY: &str = "sync";
 
+/// The longest accepted `sync.pollIntervalSeconds`: one day.
+pub const MAX_POLL_INTERVAL_SECONDS: f64 = 86_400.0;
+
 /// How changes made outside the editor are noticed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -78,8 +81,12 @@ impl SyncOptions {
             ))
         })?;
         if let Some(seconds) = options.poll_interval_seconds {
-            if !(seconds.is_finite() && seconds > 0.0) {
-                return Err(Error::InvalidParams("sync.pollIntervalSeconds must be a positive number.".into()));
+            // Bounded above too: a huge interval cannot become a Duration (the conversion panics), and a day
+            // between rescans is already "never" for a sandbox session.
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= MAX_POLL_INTERVAL_SECONDS) {
+                return Err(Error::InvalidParams(format!(
+                    "sync.pollIntervalSeconds must be a positive number of seconds, at most {MAX_POLL_INTERVAL_SECONDS}."
+                )));
             }
         }
         Ok(options)

@@ -55,6 +55,9 @@ struct Core {
     /// Paths changed on both sides; automatic syncs leave them alone until the user decides.
     conflicts: BTreeMap<String, Conflict>,
     logged_secrets: HashSet<String>,
+    /// Whether both sides have a common base: a manifest with entries was loaded, or a sync completed. Only without
+    /// one does the workspace win unchecked; an emptied manifest (everything deleted) is still a base.
+    has_base: bool,
 }
 
 struct Inner {
@@ -119,6 +122,7 @@ impl SessionSync {
                 scanner: Arc::new(Scanner { rules, secrets }),
                 staging: session_dir.join("download-staging"),
                 core: tokio::sync::Mutex::new(Core {
+                    has_base: !manifest.entries.is_empty(),
                     manifest,
                     conflicts: BTreeMap::new(),
                     logged_secrets: HashSet::new(),
@@ -346,6 +350,7 @@ impl SessionSync {
     ) -> Result<SyncResult> {
         let started = Instant::now();
         let outcome = self.run_inner(core, direction, scope.clone(), explicit, progress).await;
+        core.has_base |= outcome.is_ok();
         let conflicts: Vec<Conflict> = core.conflicts.values().cloned().collect();
         let now = crate::engine::now_rfc3339();
         {
@@ -417,7 +422,7 @@ impl SessionSync {
         //    looks at the sandbox's copy of each path it is about to overwrite or delete: one changed there since the
         //    last sync is a conflict, not something to overwrite. The first sync of a session has no common base,
         //    and there the workspace wins.
-        let guarded: Option<Vec<String>> = (up && !down && !resolve_up && !core.manifest.entries.is_empty())
+        let guarded: Option<Vec<String>> = (up && !down && !resolve_up && core.has_base)
             .then(|| local_changed.iter().chain(local_deleted.iter()).cloned().collect::<Vec<String>>())
             .filter(|paths| !paths.is_empty());
         let remote_view = match &guarded {
@@ -465,13 +470,26 @@ impl SessionSync {
             let mut placements = Vec::new();
             let mut local_deletions = Vec::new();
             for (path, change) in changes {
-                let local_state = if local_changed.contains(&path) {
+                let mut local_state = if local_changed.contains(&path) {
                     Side::Changed
                 } else if local_deleted.contains(&path) {
                     Side::Deleted
                 } else {
                     Side::Same
                 };
+                if local_state == Side::Changed
+                    && !resolve_up
+                    && only_metadata_moved(core, &inner.workspace, &path, scan.entries.get(&path))
+                {
+                    // Touched, or re-created as it was: no change of its own, so the sandbox's change is not a
+                    // conflict with it. It is taken on a sync down; a sync up leaves it for the next one (unless the
+                    // user asked for the workspace's copy of this path, which then goes up as asked).
+                    local_changed.remove(&path);
+                    if !down {
+                        continue;
+                    }
+                    local_state = Side::Same;
+                }
                 match change {
                     RemoteChange::Deleted => match local_state {
                         Side::Same => {
@@ -480,7 +498,9 @@ impl SessionSync {
                             }
                         }
                         Side::Deleted => {
+                            // Gone on both sides: nothing is left to disagree about, so a conflict there is over.
                             core.manifest.remove(&path);
+                            core.conflicts.remove(&path);
                             local_deleted.remove(&path);
                         }
                         Side::Changed if resolve_up => {}
@@ -570,7 +590,7 @@ impl SessionSync {
             self.publish(|state| state.pending = count).await;
         }
         if !deletions.is_empty() {
-            let compressed = compress_deletions(&inner.workspace, &deletions);
+            let compressed = self.deletions_to_send(&deletions).await?;
             inner.remote.delete(compressed.clone()).await?;
             for path in &compressed {
                 for recorded in core.manifest.paths_under(path) {
@@ -584,6 +604,49 @@ impl SessionSync {
         }
         result.conflicts = core.conflicts.values().cloned().collect();
         Ok(result)
+    }
+
+    /// The deletions to send for `deleted`: a directory gone from the workspace is removed whole, unless the sandbox
+    /// holds something under it that sync manages and is not deleting (a file created there since, a path held in
+    /// conflict); then only the deleted paths go, so nothing written in the sandbox is lost with the directory.
+    async fn deletions_to_send(&self, deleted: &BTreeSet<String>) -> Result<Vec<String>> {
+        let compressed = compress_deletions(&self.inner.workspace, deleted);
+        if compressed.iter().all(|path| deleted.contains(path)) {
+            return Ok(compressed);
+        }
+        let listing = match self.inner.remote.list().await {
+            Ok(listing) => listing,
+            // Without a listing nothing shows what else the directory holds, so each path goes on its own.
+            Err(Error::Unsupported(_)) => return Ok(deleted.iter().cloned().collect()),
+            Err(error) => return Err(error),
+        };
+        let scanner = self.inner.scanner.clone();
+        let deleted = deleted.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut chosen = Vec::new();
+            for path in compressed {
+                if deleted.contains(&path) {
+                    chosen.push(path);
+                    continue;
+                }
+                let prefix = format!("{path}/");
+                let keeps_something = listing.iter().any(|entry| {
+                    entry.kind != EntryKind::Dir
+                        && entry.path.starts_with(&prefix)
+                        && !deleted.contains(&entry.path)
+                        && !scanner.rules.is_excluded(&entry.path, false)
+                        && !scanner.secrets.holds_back(&entry.path)
+                });
+                if keeps_something {
+                    chosen.extend(deleted.iter().filter(|deleted_path| deleted_path.starts_with(&prefix)).cloned());
+                } else {
+                    chosen.push(path);
+                }
+            }
+            chosen
+        })
+        .await
+        .map_err(join_error("Choosing the deletions"))
     }
 
     /// The sandbox's entries for `paths`, asked per path when they are few, else read from the whole listing.
@@ -960,6 +1023,21 @@ enum Side {
     Same,
     Changed,
     Deleted,
+}
+
+/// Whether a local entry the scan saw as changed still has the kind, mode and content last synced (only its times or
+/// inode moved); its record then takes the new metadata, so the next scan sees it as unchanged.
+fn only_metadata_moved(core: &mut Core, workspace: &Path, path: &str, entry: Option<&LocalEntry>) -> bool {
+    let (Some(entry), Some(record)) = (entry, core.manifest.entries.get(path)) else { return false };
+    if entry.kind != record.kind || entry.mode != record.mode {
+        return false;
+    }
+    if hash_local(workspace, path, Some(entry)).as_deref() != Some(record.hash.as_str()) {
+        return false;
+    }
+    let refreshed = Record::new(entry, record.hash.clone(), record.remote_mtime_s);
+    core.manifest.insert(path.to_string(), refreshed);
+    true
 }
 
 /// The content hash of a local file or symlink, when it can be read.

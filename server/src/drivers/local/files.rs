@@ -18,6 +18,14 @@ pub struct LocalFiles {
     pub(super) staging: PathBuf,
 }
 
+impl LocalFiles {
+    /// The files of a sandbox rooted at `root`, with uploads staged in `staging` (on the same file system). The
+    /// driver makes these per session; tests and fuzzing make them over temporary directories.
+    pub fn new(root: PathBuf, staging: PathBuf) -> Self {
+        LocalFiles { root, staging }
+    }
+}
+
 fn join_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Error {
     move |error| Error::Internal(format!("{what} failed: {error}"))
 }

@@ -18,7 +18,7 @@ pub mod agent;
 mod bubblewrap;
 pub mod confine;
 mod environment;
-mod files;
+pub mod files;
 pub mod isolation;
 mod processes;
 

@@ -1,0 +1,133 @@
+//! Fuzzes path normalisation: `paths::join_inside` (user paths: run `cwd`, sync paths), `scan::check_relative`
+//! (paths named by the sandbox), `scan::link_stays_inside` (link targets), `paths::path_from_uri_or_path`, and the
+//! file-system walks `transfer::parents_are_real_dirs` / `ensure_parents` on a real tree with links.
+//! Properties: an accepted path joined to the root stays under it, lexically and (for the walks) once resolved.
+//!
+//! Input lines, tab-separated: `dir<TAB>path`, `link<TAB>path<TAB>target`, `file<TAB>path` build the tree; every
+//! other line is a path to check (the whole line, tabs included).
+#![no_main]
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+
+use libfuzzer_sys::fuzz_target;
+use sandlink::paths::{join_inside, path_from_uri_or_path};
+use sandlink::sync::scan::{check_relative, link_stays_inside};
+use sandlink::sync::transfer;
+use sandlink_fuzz::{lines, Layout};
+
+fuzz_target!(|data: &[u8]| {
+    let layout = Layout::new();
+    let root = layout.root.clone();
+    let mut candidates = Vec::new();
+    for fields in lines(data).take(48) {
+        let text = |index: usize| fields.get(index).map(|field| String::from_utf8_lossy(field).into_owned()).unwrap_or_default();
+        match fields.first().copied().unwrap_or_default() {
+            b"dir" => {
+                if check_relative(&text(1)).is_ok() {
+                    let _ = std::fs::create_dir_all(root.join(text(1)));
+                }
+            }
+            b"file" => {
+                if check_relative(&text(1)).is_ok() {
+                    let _ = std::fs::write(root.join(text(1)), "made by the fuzzer");
+                }
+            }
+            b"link" => {
+                // Links may point anywhere: the tree is hostile, only the writers under test must stay inside.
+                if check_relative(&text(1)).is_ok() {
+                    let _ = std::os::unix::fs::symlink(text(2), root.join(text(1)));
+                }
+            }
+            _ => candidates.push(fields.join(&b'\t')),
+        }
+    }
+    let before = layout.outside_state();
+    for raw in candidates {
+        let path = String::from_utf8_lossy(&raw).into_owned();
+        lexical_properties(&root, &path);
+        file_system_properties(&layout, &path);
+    }
+    assert_eq!(before, layout.outside_state(), "a path walk changed something outside the root");
+});
+
+fn lexical_properties(root: &Path, path: &str) {
+    if let Ok(joined) = join_inside(root, path) {
+        assert!(joined.starts_with(root), "join_inside({path:?}) left the root: {}", joined.display());
+        assert!(
+            joined.components().all(|part| matches!(part, Component::RootDir | Component::Normal(_))),
+            "join_inside({path:?}) is not normalised: {}",
+            joined.display()
+        );
+        // The result names the same place when given back (absolute inside the root is accepted as is).
+        let again = join_inside(root, &joined.to_string_lossy()).expect("an accepted path is accepted again");
+        assert_eq!(again, joined);
+    } else if !path.starts_with('/') && !path.split('/').any(|part| part == "..") {
+        panic!("join_inside refused the plain relative path {path:?}");
+    }
+
+    if check_relative(path).is_ok() {
+        let joined = root.join(path);
+        assert!(joined.starts_with(root), "{path:?}");
+        let parts: Vec<Component> = Path::new(path).components().collect();
+        assert!(parts.iter().all(|part| matches!(part, Component::Normal(_))), "check_relative accepted {path:?}");
+        assert_eq!(parts.len(), path.split('/').count(), "check_relative accepted a path with empty parts: {path:?}");
+        assert!(!path.contains('\0') && !path.contains('\\'), "{path:?}");
+    }
+
+    // A link target split off the candidate: `link-path -> target`.
+    if let Some((at, target)) = path.split_once(" -> ") {
+        if check_relative(at).is_ok() {
+            let inside = lexically_inside(at, target);
+            assert_eq!(link_stays_inside(at, target), inside, "link_stays_inside({at:?}, {target:?})");
+        }
+    }
+
+    if let Ok(local) = path_from_uri_or_path(path) {
+        assert!(local.is_absolute(), "path_from_uri_or_path({path:?}) gave the relative {}", local.display());
+    }
+}
+
+/// Whether `target`, read relative to the directory holding `at`, stays at or under the root without resolving
+/// links: an independent model of `link_stays_inside` built on `Path::components`.
+fn lexically_inside(at: &str, target: &str) -> bool {
+    if target.starts_with('/') {
+        return false;
+    }
+    let mut stack: Vec<String> = at.split('/').map(String::from).collect();
+    stack.pop();
+    for part in Path::new(target).components() {
+        match part {
+            Component::Normal(name) => stack.push(name.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if stack.pop().is_none() {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+fn file_system_properties(layout: &Layout, path: &str) {
+    let root = &layout.root;
+    if check_relative(path).is_err() || path.len() > 300 {
+        return;
+    }
+    let canonical_root = root.canonicalize().expect("the root resolves");
+    if transfer::parents_are_real_dirs(root, path) {
+        if let Some(parent) = root.join(path).parent() {
+            let resolved = parent.canonicalize().expect("real parent directories resolve");
+            assert!(resolved.starts_with(&canonical_root), "{path:?}: the parents resolve to {}", resolved.display());
+        }
+    }
+    let mut checked: HashSet<PathBuf> = HashSet::new();
+    if transfer::ensure_parents(root, path, &mut checked).is_ok() {
+        let parent = root.join(path).parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+        let resolved = parent.canonicalize().expect("ensure_parents left real directories");
+        assert!(resolved.starts_with(&canonical_root), "{path:?}: ensure_parents accepted parents at {}", resolved.display());
+        assert!(transfer::parents_are_real_dirs(root, path), "{path:?}: ensure_parents and parents_are_real_dirs disagree");
+    }
+}

@@ -146,6 +146,14 @@ pub fn loosening_settings(settings: &Map<String, Value>) -> Vec<String> {
     if let Some(container) = settings.get("container").and_then(Value::as_str) {
         reasons.push(format!("attaches to the existing container {container} (container)"));
     }
+    if let Some(paths) = settings.get("readOnlyPaths").and_then(Value::as_array) {
+        // The list replaces the default toolchain directories: a repository could name ~/.ssh or ~/.aws here.
+        let paths: Vec<&str> = paths.iter().filter_map(Value::as_str).collect();
+        reasons.push(format!("lets runs read {} on your machine (readOnlyPaths)", paths.join(", ")));
+    }
+    if settings.get("unixSockets").and_then(Value::as_bool) == Some(true) {
+        reasons.push("lets runs open Unix sockets, which reach services on your machine (unixSockets = true)".into());
+    }
     reasons
 }
 
@@ -317,5 +325,8 @@ mod tests {
         assert_eq!(reasons.len(), 4, "{reasons:?}");
         assert!(reasons[0].contains("sync.allowSecrets") && reasons[3].contains("AWS_SECRET_ACCESS_KEY"), "{reasons:?}");
         assert!(loosening_settings(serde_json::json!({ "sync": { "exclude": ["dist"] } }).as_object().expect("object")).is_empty());
+        let local = serde_json::json!({ "readOnlyPaths": ["~/.ssh"], "unixSockets": true });
+        let reasons = loosening_settings(local.as_object().expect("object"));
+        assert!(reasons.len() == 2 && reasons[0].contains("~/.ssh"), "{reasons:?}");
     }
 }

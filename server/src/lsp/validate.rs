@@ -6,6 +6,13 @@ use crate::protocol::{RunParams, SyncParams};
 
 /// `sandlink/run`: the command, each argument, the cwd and every environment entry must be passable to `execve`.
 pub fn run_params(params: &RunParams) -> Result<(), Error> {
+    if params.command.is_empty() && params.task.is_none() {
+        return Err(Error::InvalidParams(
+            "Invalid params for sandlink/run: missing field `command` (a shell line, or a program with `args`); \
+             or name a workspace task with `task`."
+                .into(),
+        ));
+    }
     no_nul("sandlink/run", "command", &params.command)?;
     for (index, argument) in params.args.iter().flatten().enumerate() {
         no_nul("sandlink/run", &format!("args[{index}]"), argument)?;
@@ -75,6 +82,12 @@ mod tests {
             stdin: false,
             timeout_ms: None,
         }
+    }
+
+    #[test]
+    fn a_run_without_command_or_task_should_name_the_field() {
+        let message = run_params(&run("", &[], &[])).expect_err("refused").to_string();
+        assert!(message.contains("missing field `command`"), "{message}");
     }
 
     #[test]

@@ -440,11 +440,14 @@ async fn inside_an_empty_network_namespace_only_the_listed_name_should_be_reacha
     let _proxy = Proxy::start(rules(&[ALLOWED_NAME]), Some(&socket)).await.expect("the proxy starts");
     let test_binary = std::env::current_exe().expect("the test binary");
     let directory_text = directory.path().to_string_lossy().into_owned();
+    // The private /tmp would hide a test binary built under /tmp (a checkout there), so it is bound back in.
+    let binary_text = test_binary.to_string_lossy().into_owned();
     let (allowed_port, denied_port) = (allowed.port(), denied.port());
     let output = tokio::task::spawn_blocking(move || {
         Command::new("bwrap")
             .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
-            .args(["--bind", &directory_text, &directory_text, "--unshare-net", "--die-with-parent", "--"])
+            .args(["--bind", &directory_text, &directory_text, "--ro-bind", &binary_text, &binary_text])
+            .args(["--unshare-net", "--die-with-parent", "--"])
             .arg(test_binary)
             .args(["--exact", "in_sandbox_bridge_helper", "--ignored", "--nocapture", "--test-threads", "1"])
             .env(HELPER_VARIABLE, format!("{}|{allowed_port}|{denied_port}", socket.display()))

@@ -161,6 +161,9 @@ fn clean_up_and_exit(cgroup: Option<&Path>) -> ! {
 #[derive(Default)]
 struct Reaper {
     waiting: std::sync::Mutex<HashMap<libc::pid_t, std::sync::mpsc::Sender<libc::c_int>>>,
+    /// Signalled when a run is registered, so a reaper with no children sleeps until there is one (a timed poll
+    /// would add its interval to the end of every short run).
+    registered: std::sync::Condvar,
 }
 
 impl Reaper {
@@ -174,9 +177,12 @@ impl Reaper {
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(status);
                 }
-            } else {
-                // No children right now (ECHILD) or interrupted: look again shortly.
-                std::thread::sleep(std::time::Duration::from_millis(10));
+            } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                // No children: wait for the next run. Runs register under this lock, so none is missed.
+                let waiting = self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if waiting.is_empty() {
+                    let _ = self.registered.wait_timeout(waiting, std::time::Duration::from_secs(1));
+                }
             }
         }
     }
@@ -250,6 +256,7 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
         };
         let pid = child.id() as libc::pid_t;
         waiting.insert(pid, exited);
+        reaper.registered.notify_all();
         // The reaper waits for it; dropping the handle neither kills nor waits.
         drop(child);
         pid

@@ -96,6 +96,11 @@ async fn read_input<I: AsyncRead + Unpin>(mut input: I, to_server: &mut DuplexSt
                         // tower-lsp stopped reading: it received `exit`.
                         return;
                     }
+                    if is_exit_notification(&frame.body) {
+                        // Many clients keep stdin open after `exit` and wait for the process to end: the input is
+                        // over, so end it here, which lets tower-lsp and the writer finish.
+                        return;
+                    }
                 }
                 Err(refused) => {
                     tracing::warn!(id = ?refused.id, code = refused.code, "refused a message: {}", refused.message);
@@ -115,6 +120,17 @@ async fn read_input<I: AsyncRead + Unpin>(mut input: I, to_server: &mut DuplexSt
     if decoder.buffered_len() > 0 {
         tracing::warn!(bytes = decoder.buffered_len(), "the client closed its side in the middle of a message");
     }
+}
+
+/// Whether a frame is the `exit` notification, after which nothing more is read.
+fn is_exit_notification(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Method<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+        id: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Method>(body).is_ok_and(|message| message.id.is_none() && message.method.as_deref() == Some("exit"))
 }
 
 /// The only writer of stdout: whole frames from tower-lsp and whole refusals, never a partial frame of either.

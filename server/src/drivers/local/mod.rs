@@ -256,23 +256,25 @@ struct Agent {
 }
 
 impl Agent {
-    /// Asks the agent to end every process of the session, then makes sure it is gone.
+    /// Asks the agent to end every process of the session, then makes sure it is gone. Only the first call
+    /// signals: once the waiter has reaped the agent its pid may belong to another process.
     fn stop(&self) {
-        // SAFETY: kill(2) on the agent (or bubblewrap) we started and have not reaped yet: the waiter thread
-        // holds the only wait, so the pid cannot have been reused.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
         let waiter = self.waiter.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        if let Some(waiter) = waiter {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while !waiter.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            if !waiter.is_finished() {
-                // SAFETY: as above; the waiter has not reaped it.
-                unsafe { libc::kill(self.pid, libc::SIGKILL) };
-            }
-            let _ = waiter.join();
+        let Some(waiter) = waiter else { return };
+        // SAFETY: kill(2) on the agent (or bubblewrap) we started, only while its waiter thread still runs, that is
+        // while the pid has not been reaped and reused (the thread ends right after its wait returns).
+        if !waiter.is_finished() {
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
         }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !waiter.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if !waiter.is_finished() {
+            // SAFETY: as above; the waiter is still waiting, so the pid is still the agent's.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+        let _ = waiter.join();
     }
 }
 

@@ -164,6 +164,9 @@ def main():
                 "initializationOptions": {"client": "zed"},
             })
             client.notify("initialized", {})
+            # Workspace tasks run only in a trusted workspace; Zed users confirm it with `sandlink trust` (or this
+            # request), as the refusal message says.
+            client.request("sandlink/trustWorkspace", {"workspaceFolder": workspace.as_uri(), "trust": True})
             state = {}
 
             def connect_is_offered_while_disconnected():

@@ -188,6 +188,7 @@ attempt() { name=$1; shift; if ( "$@" ) >/dev/null 2>&1; then echo "$name: escap
 attempt write-host-tmp sh -c 'echo x > /var/tmp/escaped-$ESCAPE_TAG'
 attempt write-workspace sh -c 'echo x > "$REAL_WORKSPACE/escaped-$ESCAPE_TAG"'
 attempt read-ssh-key sh -c 'cat "$HOST_HOME"/.ssh/id_* | grep -q sandlink-escape-canary'
+attempt read-host-tmp sh -c 'grep -q sandlink-escape-canary "$HOST_TMP_FILE"'
 attempt read-npmrc sh -c 'grep -q sandlink-escape-canary "$HOST_HOME/.npmrc"'
 attempt list-host-home sh -c 'ls -A "$HOST_HOME" | grep -q .npmrc'
 attempt environment sh -c 'env | grep -q sandlink-escape-canary'
@@ -225,12 +226,17 @@ fn every_escape_attempt_should_fail_and_leave_the_host_unchanged() {
         let listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("host socket");
         std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         listener.set_nonblocking(true).expect("nonblocking");
+        // A file another program left in the host's shared /tmp, readable by everyone.
+        let host_tmp_file = socket_dir.join("host-tmp-file");
+        std::fs::write(&host_tmp_file, CANARY).expect("host tmp file");
+        std::fs::set_permissions(&host_tmp_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let workspace_before = tree_listing(&harness.workspace);
         let script = format!(
-            "REAL_WORKSPACE='{}' HOST_HOME='{}' HOST_SOCKET='{}'; {ATTEMPTS}",
+            "REAL_WORKSPACE='{}' HOST_HOME='{}' HOST_SOCKET='{}' HOST_TMP_FILE='{}'; {ATTEMPTS}",
             harness.workspace.display(),
             harness.home.display(),
-            socket_path.display()
+            socket_path.display(),
+            host_tmp_file.display()
         );
         let output = harness.run(&format!("{{ {script} }}"));
         let report = text(&output);
@@ -240,7 +246,7 @@ fn every_escape_attempt_should_fail_and_leave_the_host_unchanged() {
         assert!(escaped.is_empty(), "{}: escapes got through: {escaped:?}\n{report}", harness.who());
         let broken: Vec<&str> = report.lines().filter(|line| line.starts_with("control-") && line.ends_with(": blocked")).collect();
         assert!(broken.is_empty(), "{}: ordinary work failed in the sandbox: {broken:?}\n{report}", harness.who());
-        for name in ["write-host-tmp", "read-ssh-key", "environment", "remount", "unshare-user", "ptrace-parent", "tiocsti"] {
+        for name in ["write-host-tmp", "read-host-tmp", "read-ssh-key", "environment", "remount", "unshare-user", "ptrace-parent", "tiocsti"] {
             assert!(report.contains(&format!("{name}: blocked")), "{}: {name} was not attempted: {report}", harness.who());
         }
         // The host is unchanged: no file appeared, the workspace is as it was, nobody connected to the socket.

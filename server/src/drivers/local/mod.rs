@@ -368,7 +368,10 @@ impl LocalSandbox {
         let hidden_files: Vec<PathBuf> = canonical_existing(HIDDEN_SYSTEM_FILES.iter().map(PathBuf::from).collect());
         let (readable, writable, devices, network) = match self.mechanism {
             Mechanism::Landlock => {
+                // Without a mount namespace there is no private /tmp: the host's shared temporary directories (other
+                // programs' files, sockets) are made unreadable instead, and runs get TMPDIR in the session.
                 let mut hidden = self.hidden_dirs();
+                hidden.extend(canonical_existing(vec!["/tmp".into(), "/var/tmp".into(), "/dev/shm".into()]));
                 hidden.extend(hidden_files);
                 let mut readable = readable_except(&hidden);
                 readable.extend(self.read_only_dirs());

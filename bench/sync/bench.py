@@ -7,6 +7,10 @@
 3. Save-to-visible latency through `textDocument/didSave` (median and p99).
 4. Peak RSS of the server during the initial sync.
 
+With `--against OLD_BINARY`, the initial sync and an unchanged resync of this binary against another build (the
+code before a change), alternating, so a change's cost is a ratio measured in one run; the secret check of contents
+is off for this binary so both do the same work (the older build may not have it).
+
 With `--scan-compare`, only the initial sync, with the secret check of file contents on (the default) against the
 same sync with it off (`sync.scanContent = false`); `--text` makes the tree source-like text, which the check reads,
 instead of random bytes, which it skips as binary.
@@ -16,7 +20,7 @@ a shared disk's write-back: on this project's CI disk one `tar | tar` of 500 MB 
 Pass `--work` on a disk to measure that too.
 
 Usage: bench.py --binary target/release/sandlink [--work DIR] [--files N] [--megabytes M] [--rounds R]
-                [--text] [--scan-compare]
+                [--text] [--scan-compare | --against OLD_BINARY]
 """
 
 import argparse
@@ -106,6 +110,8 @@ def main():
     parser.add_argument("--text", action="store_true", help="source-like text contents instead of random bytes")
     parser.add_argument("--scan-compare", action="store_true",
                         help="only the initial sync, with the secret check of contents on against off (sync.scanContent)")
+    parser.add_argument("--against", default=None, metavar="OLD_BINARY",
+                        help="only the initial sync and an unchanged resync, against another build of sandlink")
     options = parser.parse_args()
     in_memory = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 4 * options.megabytes << 20 else None
     work = options.work or tempfile.mkdtemp(prefix="sandlink-bench-", dir=in_memory)
@@ -128,8 +134,11 @@ def main():
     total = sum(os.path.getsize(os.path.join(tree, path)) for path in synced)
     print(f"{len(synced)} files to sync, {total / 1e6:.0f} MB; node_modules ignored", flush=True)
 
-    if options.scan_compare:
-        compare_scanning(options, work, tree)
+    if options.scan_compare or options.against:
+        if options.against:
+            compare_builds(options, work, tree)
+        else:
+            compare_scanning(options, work, tree)
         if not options.work:
             shutil.rmtree(work, ignore_errors=True)
         return 0
@@ -254,6 +263,49 @@ def compare_scanning(options, work, tree):
     kind = "text" if options.text else "random-byte (binary)"
     print()
     print(f"initial sync of the {kind} tree: content scanning on {on:.2f} s vs off {off:.2f} s  -> ratio {on / off:.2f}x (target <= 1.2x)")
+
+
+def compare_builds(options, work, tree):
+    """The initial sync and an unchanged resync of `--binary` against `--against`, alternating which goes first,
+    fresh sessions for the initial sync, one session each for the resyncs; medians of rounds."""
+    state = os.path.join(work, "state")
+    os.makedirs(state, exist_ok=True)
+    builds = {"new": options.binary, "old": options.against}
+    # The older build may refuse a setting it does not know, so only the new one is told to skip the content check.
+    sync_settings = {"new": {"watch": "off", "scanContent": False}, "old": {"watch": "off"}}
+    initial = {"new": [], "old": []}
+    resync = {"new": [], "old": []}
+
+    def connect(build):
+        shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
+        os.sync()
+        time.sleep(1)
+        server = LspClient(builds[build], state)
+        params = {"driver": "local", "workspaceFolder": uri(tree), "settings": {"sync": sync_settings[build]}}
+        session = {}
+        initial[build].append(timed(lambda: session.update(server.request("sandlink/connect", params))))
+        return server, session["sessionId"]
+
+    def resync_rounds(build, server, session_id):
+        for _ in range(max(options.rounds, 7)):
+            result = {}
+            resync[build].append(timed(lambda: result.update(server.request("sandlink/sync", {"sessionId": session_id}))))
+            assert result["uploaded"] == 0, result
+
+    for round_index in range(options.rounds):
+        for build in (("new", "old") if round_index % 2 == 0 else ("old", "new")):
+            server, session_id = connect(build)
+            resync_rounds(build, server, session_id)
+            server.close()
+        print(f"  round {round_index + 1}: initial sync new {initial['new'][-1]:.2f} s, old {initial['old'][-1]:.2f} s; "
+              f"resync new {statistics.median(resync['new'][-7:]) * 1000:.0f} ms, "
+              f"old {statistics.median(resync['old'][-7:]) * 1000:.0f} ms", flush=True)
+    shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
+    new_initial, old_initial = statistics.median(initial["new"]), statistics.median(initial["old"])
+    new_resync, old_resync = statistics.median(resync["new"]), statistics.median(resync["old"])
+    print()
+    print(f"initial sync: new {new_initial:.2f} s vs old {old_initial:.2f} s  -> ratio {new_initial / old_initial:.2f}x (target <= 1.1x)")
+    print(f"resync:       new {new_resync * 1000:.0f} ms vs old {old_resync * 1000:.0f} ms  -> ratio {new_resync / old_resync:.2f}x (target <= 1.1x)")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
 //! Fuzzes path normalisation: `paths::join_inside` (user paths: run `cwd`, sync paths), `scan::check_relative`
-//! (paths named by the sandbox), `scan::link_stays_inside` (link targets), `paths::path_from_uri_or_path`, and the
-//! file-system walks `transfer::parents_are_real_dirs` / `ensure_parents` on a real tree with links.
-//! Properties: an accepted path joined to the root stays under it, lexically and (for the walks) once resolved.
+//! (paths named by the sandbox), `resolve::link_stays_inside` (link targets, resolved through the tree's other
+//! links), `paths::path_from_uri_or_path`, and the file-system walks `transfer::parents_are_real_dirs` and
+//! `Beneath::parent` on a real tree with links.
+//! Properties: an accepted path joined to the root stays under it, lexically and (for the walks and links) once the
+//! kernel resolves it.
 //!
 //! Input lines, tab-separated: `dir<TAB>path`, `link<TAB>path<TAB>target`, `file<TAB>path` build the tree; every
 //! other line is a path to check (the whole line, tabs included).
 #![no_main]
 
-use std::collections::HashSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
 use sandlink::paths::{join_inside, path_from_uri_or_path};
-use sandlink::sync::scan::{check_relative, link_stays_inside};
+use sandlink::sync::beneath::Beneath;
+use sandlink::sync::resolve::{link_stays_inside, OnDisk};
+use sandlink::sync::scan::check_relative;
 use sandlink::sync::transfer;
 use sandlink_fuzz::{lines, Layout};
 
@@ -46,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
     for raw in candidates {
         let path = String::from_utf8_lossy(&raw).into_owned();
         lexical_properties(&root, &path);
+        link_properties(&root, &path);
         file_system_properties(&layout, &path);
     }
     assert_eq!(before, layout.outside_state(), "a path walk changed something outside the root");
@@ -72,15 +76,7 @@ fn lexical_properties(root: &Path, path: &str) {
         let parts: Vec<Component> = Path::new(path).components().collect();
         assert!(parts.iter().all(|part| matches!(part, Component::Normal(_))), "check_relative accepted {path:?}");
         assert_eq!(parts.len(), path.split('/').count(), "check_relative accepted a path with empty parts: {path:?}");
-        assert!(!path.contains('\0') && !path.contains('\\'), "{path:?}");
-    }
-
-    // A link target split off the candidate: `link-path -> target`.
-    if let Some((at, target)) = path.split_once(" -> ") {
-        if check_relative(at).is_ok() {
-            let inside = lexically_inside(at, target);
-            assert_eq!(link_stays_inside(at, target), inside, "link_stays_inside({at:?}, {target:?})");
-        }
+        assert!(!path.contains('\0'), "{path:?}");
     }
 
     if let Ok(local) = path_from_uri_or_path(path) {
@@ -88,27 +84,38 @@ fn lexical_properties(root: &Path, path: &str) {
     }
 }
 
-/// Whether `target`, read relative to the directory holding `at`, stays at or under the root without resolving
-/// links: an independent model of `link_stays_inside` built on `Path::components`.
-fn lexically_inside(at: &str, target: &str) -> bool {
-    if target.starts_with('/') {
-        return false;
+/// A link target split off the candidate, `link-path -> target`: when `link_stays_inside` accepts it against the
+/// real tree, the link made there resolves (as far as it resolves at all) under the root, by the kernel's own
+/// answer. (Its text is no guide either way: `l/../../..` with `l -> a/b/c` stays inside.)
+fn link_properties(root: &Path, path: &str) {
+    let Some((at, target)) = path.split_once(" -> ") else { return };
+    if check_relative(at).is_err() || at.len() > 200 {
+        return;
     }
-    let mut stack: Vec<String> = at.split('/').map(String::from).collect();
-    stack.pop();
-    for part in Path::new(target).components() {
-        match part {
-            Component::Normal(name) => stack.push(name.to_string_lossy().into_owned()),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if stack.pop().is_none() {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
+    let accepted = link_stays_inside(&OnDisk { root }, at, target);
+    let full = root.join(at);
+    if !accepted || !transfer::parents_are_real_dirs(root, at) || std::fs::symlink_metadata(&full).is_ok() {
+        return;
+    }
+    if std::os::unix::fs::symlink(target, &full).is_err() {
+        return;
+    }
+    let canonical_root = root.canonicalize().expect("the root resolves");
+    // The kernel's own answer, following every link; a dangling end is checked through its deepest existing parent.
+    let mut probe = full.clone();
+    let resolved = loop {
+        match probe.canonicalize() {
+            Ok(resolved) => break Some(resolved),
+            Err(_) => match probe.parent() {
+                Some(parent) if parent.starts_with(root) && parent != root => probe = parent.to_path_buf(),
+                _ => break None,
+            },
         }
+    };
+    let _ = std::fs::remove_file(&full);
+    if let Some(resolved) = resolved {
+        assert!(resolved.starts_with(&canonical_root), "{at:?} -> {target:?} was accepted but resolves to {}", resolved.display());
     }
-    true
 }
 
 fn file_system_properties(layout: &Layout, path: &str) {
@@ -123,11 +130,12 @@ fn file_system_properties(layout: &Layout, path: &str) {
             assert!(resolved.starts_with(&canonical_root), "{path:?}: the parents resolve to {}", resolved.display());
         }
     }
-    let mut checked: HashSet<PathBuf> = HashSet::new();
-    if transfer::ensure_parents(root, path, &mut checked).is_ok() {
+    let Ok(mut beneath) = Beneath::open(root) else { return };
+    if beneath.parent(path, true).is_ok() {
+        drop(beneath);
         let parent = root.join(path).parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
-        let resolved = parent.canonicalize().expect("ensure_parents left real directories");
-        assert!(resolved.starts_with(&canonical_root), "{path:?}: ensure_parents accepted parents at {}", resolved.display());
-        assert!(transfer::parents_are_real_dirs(root, path), "{path:?}: ensure_parents and parents_are_real_dirs disagree");
+        let resolved = parent.canonicalize().expect("Beneath::parent left real directories");
+        assert!(resolved.starts_with(&canonical_root), "{path:?}: Beneath::parent accepted parents at {}", resolved.display());
+        assert!(transfer::parents_are_real_dirs(root, path), "{path:?}: Beneath::parent and parents_are_real_dirs disagree");
     }
 }

@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
+use sandlink::sync::beneath::Beneath;
 use sandlink::sync::scan::check_relative;
 use sandlink::sync::transfer::{self, Sent};
 use sandlink::sync::EntryKind;
@@ -62,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
 
     let before = layout.outside_state();
     let mut archive = Vec::new();
-    let sent = transfer::pack(&layout.root, &to_pack, &mut archive, &mut |_| {}).expect("packing a local tree succeeds");
+    let sent = transfer::pack(&layout.root, &to_pack, transfer::Links::Inside, &mut archive, &mut |_| {}).expect("packing a local tree succeeds");
     assert!(
         !archive.windows(b"SENTINEL-OUTSIDE".len()).any(|window| window == b"SENTINEL-OUTSIDE"),
         "pack read a file outside the root"
@@ -75,9 +76,9 @@ fuzz_target!(|data: &[u8]| {
 
     let download = Layout::new();
     let staged = transfer::stage(archive.as_slice(), &download.staging).expect("a packed archive stages");
-    let mut checked = HashSet::new();
+    let mut beneath = Beneath::open(&download.root).expect("the download root opens");
     for entry in staged {
-        transfer::place(&download.root, entry, &mut checked).expect("a staged entry is placed");
+        transfer::place(&mut beneath, entry).expect("a staged entry is placed");
     }
     assert_arrived(&layout.root, &download.root, &sent);
 });

@@ -7,9 +7,8 @@
 //! hard link, `L` GNU long name, `x` pax, ...), so names and links can be any bytes and checksums stay valid.
 #![no_main]
 
-use std::collections::HashSet;
-
 use libfuzzer_sys::fuzz_target;
+use sandlink::sync::beneath::Beneath;
 use sandlink::sync::transfer;
 use sandlink_fuzz::{append_raw, finish_archive, lines, Layout, RawEntry};
 
@@ -47,11 +46,10 @@ fn unpack_upload(archive: &[u8]) {
 fn stage_and_place_download(archive: &[u8]) {
     let layout = Layout::new();
     let before = layout.outside_state();
-    if let Ok(staged) = transfer::stage(archive, &layout.staging) {
-        let mut checked = HashSet::new();
+    if let (Ok(staged), Ok(mut beneath)) = (transfer::stage(archive, &layout.staging), Beneath::open(&layout.root)) {
         for entry in staged {
             // The session stops at the first failure too; later entries must not be written through what it left.
-            if transfer::place(&layout.root, entry, &mut checked).is_err() {
+            if transfer::place(&mut beneath, entry).is_err() {
                 break;
             }
         }

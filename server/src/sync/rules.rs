@@ -1,9 +1,9 @@
 //! Which workspace paths sync: ignore files and configured patterns, built once and used for the walk, for
 //! single paths (saves, watcher events) and for remote listings alike.
 //!
-//! Precedence follows the `ignore` crate's walker so both agree: configured `exclude` patterns first, then
-//! `.sandlinkignore`, `.ignore`, `.gitignore` (each from the deepest directory up), then `.git/info/exclude`
-//! and the user's global git excludes. A path is excluded when it or any parent directory is.
+//! Precedence is the `ignore` crate's: configured `exclude` patterns first, then `.sandlinkignore`, `.ignore`,
+//! `.gitignore` (each from the deepest directory up), then `.git/info/exclude` and the user's global git excludes.
+//! A path is excluded when it or any parent directory is. The full walk and the per-path check run the same code.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -136,28 +136,32 @@ impl Rules {
     }
 
     /// A walker over `start` (the workspace or a directory in it) applying the same rules.
+    ///
+    /// The walker decides each entry with `excludes_itself`, the very code `is_excluded` runs, rather than with the
+    /// `ignore` crate's own ignore-file handling: two implementations of precedence disagreed (a configured
+    /// `!pattern` re-including what a `.gitignore` excludes was synced by a save but skipped by a full scan, which
+    /// the `ignore_rules` fuzz target checks). Excluded directories are pruned, so a child is reached only when no
+    /// parent is excluded, exactly as `is_excluded` checks parents.
     pub fn walker(self: &Arc<Self>, start: &Path) -> WalkBuilder {
         let mut builder = WalkBuilder::new(start);
-        builder
-            .hidden(false)
-            .require_git(false)
-            .git_global(true)
-            .git_ignore(true)
-            .git_exclude(true)
-            .ignore(true)
-            .parents(true)
-            .follow_links(false)
-            .add_custom_ignore_filename(SANDLINK_IGNORE);
+        builder.standard_filters(false).follow_links(false);
         let rules = self.clone();
         builder.filter_entry(move |entry| {
-            if entry.file_name() == ".git" && !rules.include_git {
-                return false;
-            }
-            if rules.configured.is_empty() {
+            let Ok(relative) = entry.path().strip_prefix(&rules.workspace) else { return true };
+            let Some(relative) = relative.to_str() else {
+                // A name that is not UTF-8 cannot match a pattern by its text; the scan reports it on its own.
+                return true;
+            };
+            if relative.is_empty() {
                 return true;
             }
+            let parts: Vec<&str> = relative.split('/').collect();
+            let (name, parents) = parts.split_last().expect("a non-empty path has a last component");
+            if *name == ".git" && !rules.include_git {
+                return false;
+            }
             let is_dir = entry.file_type().is_some_and(|kind| kind.is_dir());
-            !rules.configured.matched(entry.path(), is_dir).is_ignore()
+            !rules.excludes_itself(relative, parents, is_dir)
         });
         builder
     }

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-pub use proxy::{bridge_loopback_to_unix, proxy_environment, serve_loopback_bridge, Limits, Proxy};
+pub use proxy::{bridge_loopback_to_unix, proxy_environment, serve_loopback_bridge, Limits, Proxy, ServedListener};
 
 /// The settings key every driver accepts for the network policy.
 pub const NETWORK_KEY: &str = "network";

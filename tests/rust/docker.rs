@@ -747,7 +747,7 @@ fn an_allow_list_should_admit_exactly_the_listed_host_through_sandlinks_proxy() 
     let allowed = NamedServer::start("127.0.0.2", ALLOWED_NAME);
     let denied = NamedServer::start("127.0.0.3", DENIED_NAME);
     let server = start_server();
-    let (_workspace, session) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
+    let (workspace, session) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
     let name = container_name(&session);
     assert_eq!(inspect(&name, "{{.HostConfig.NetworkMode}}"), "none", "only loopback in the container");
     let run = |command: String| server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": command }));
@@ -807,7 +807,6 @@ fn an_allow_list_should_admit_exactly_the_listed_host_through_sandlinks_proxy() 
     let after = docker(&["exec", &name, "sh", "-c", &probe]);
     assert!(after.contains("closed=1"), "the proxy's port closed with the session: {after}");
     // Re-attaching opens a new port in the same container, and the policy holds again.
-    let workspace = support::workspace_with(&[]);
     let again = server
         .request(
             "sandlink/connect",
@@ -851,7 +850,7 @@ fn an_allow_list_should_leave_the_container_no_way_out_but_the_proxy() {
         "nc -w 3 {gateway} {gateway_port} </dev/null; echo gateway=$?; \
          nc -w 3 127.0.0.1 {loopback_port} </dev/null; echo loopback=$?; \
          nc -w 3 127.0.0.2 {allowed_port} </dev/null; echo allowed-address=$?; \
-         wget -q -T 3 -O - http://{neighbour_address}:8080/ 2>/dev/null; echo neighbour-direct=$?; \
+         timeout 5 wget -q -O - http://{neighbour_address}:8080/ 2>/dev/null; echo neighbour-direct=$?; \
          cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort | tr '\\n' ' '",
         gateway = gateway_service.ip(),
         gateway_port = gateway_service.port(),
@@ -880,8 +879,8 @@ fn an_allow_list_should_leave_the_container_no_way_out_but_the_proxy() {
     let proxied = server.run_to_exit(json!({
         "sessionId": listed["sessionId"],
         "command": format!(
-            "wget -q -T 3 -O - http://{neighbour_address}:8080/; echo neighbour-proxied=$?; \
-             wget -q -T 3 -O - http://{}:{}/; echo gateway-proxied=$?",
+            "timeout 5 wget -q -O - http://{neighbour_address}:8080/; echo neighbour-proxied=$?; \
+             timeout 5 wget -q -O - http://{}:{}/; echo gateway-proxied=$?",
             gateway_service.ip(),
             gateway_service.port()
         ),

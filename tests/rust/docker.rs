@@ -929,6 +929,54 @@ fn parallel_sessions_should_each_enforce_their_own_allow_list_on_their_own_port(
     }
 }
 
+#[test]
+fn a_container_restarted_outside_sandlink_should_get_a_new_proxy_port_when_reattached() {
+    if docker_fixture().is_none() || !test_names_resolve() {
+        return;
+    }
+    let allowed = NamedServer::start("127.0.0.2", ALLOWED_NAME);
+    let denied = NamedServer::start("127.0.0.3", DENIED_NAME);
+    let server = start_server();
+    let (workspace, session) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let name = container_name(&session);
+    let first_pid = inspect(&name, "{{.State.Pid}}");
+    // A restart gives the container a new network namespace, where the old proxy port does not exist.
+    docker(&["restart", "-t", "0", &name]);
+    assert_ne!(inspect(&name, "{{.State.Pid}}"), first_pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sessions = server.request("sandlink/sessions", json!({})).expect("sessions");
+        let state = sessions["sessions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|listed| listed["sessionId"] == session_id.as_str()))
+            .map(|listed| listed["state"].clone());
+        if state == Some(json!("error")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session turns to error after the restart: {state:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+        .request("sandlink/disconnect", json!({ "sessionId": session_id, "keep": true }))
+        .expect("disconnect keeping the container");
+    server
+        .request("sandlink/connect", json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }))
+        .expect("re-attach to the restarted container");
+    let outcome = server.run_to_exit(json!({
+        "sessionId": session_id,
+        "command": format!(
+            "wget -q -O - http://{ALLOWED_NAME}:{}/; echo; wget -q -O - http://{DENIED_NAME}:{}/; echo denied=$?",
+            allowed.port, denied.port
+        ),
+    }));
+    assert!(outcome.stdout.starts_with("hello from allowed.sandlink.test\n"), "{outcome:?}");
+    assert!(outcome.stdout.contains("denied=1"), "{outcome:?}");
+    assert_eq!(denied.connections(), 0);
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    assert!(!container_exists(&name));
+}
+
 /// A TCP port on the host's loopback that carries every connection to the daemon's Unix socket, so that the
 /// daemon looks remote (`DOCKER_HOST=tcp://…`) to a server started with it.
 fn daemon_over_tcp() -> String {

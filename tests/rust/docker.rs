@@ -977,6 +977,37 @@ fn a_container_restarted_outside_sandlink_should_get_a_new_proxy_port_when_reatt
     assert!(!container_exists(&name));
 }
 
+#[test]
+fn an_allow_list_should_be_refused_for_a_container_that_has_gained_another_interface() {
+    if docker_fixture().is_none() || !test_names_resolve() {
+        return;
+    }
+    let server = start_server();
+    let (workspace, session) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let name = container_name(&session);
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id, "keep": true })).expect("disconnect, kept");
+    // Docker refuses to connect a `none` container to a network, but root can add an interface from outside.
+    let pid = inspect(&name, "{{.State.Pid}}");
+    let added = Command::new("nsenter")
+        .args(["-t", &pid, "-n", "ip", "link", "add", "sneaky1", "type", "veth", "peer", "name", "sneaky2"])
+        .output()
+        .expect("nsenter runs");
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    let still_there = container_exists(&name);
+    docker(&["rm", "-f", &name]);
+    assert!(still_there, "a refused re-attach leaves the kept container to the user");
+    assert!(
+        error.message.contains("interfaces besides loopback (sneaky2, sneaky1)")
+            || error.message.contains("interfaces besides loopback (sneaky1, sneaky2)"),
+        "the re-attach is refused, naming the interfaces: {error:?}"
+    );
+}
+
 /// A TCP port on the host's loopback that carries every connection to the daemon's Unix socket, so that the
 /// daemon looks remote (`DOCKER_HOST=tcp://…`) to a server started with it.
 fn daemon_over_tcp() -> String {

@@ -208,6 +208,7 @@ impl Driver {
             }
             None => None,
         };
+        let reattaching = kept_container.is_some();
         let (container_id, container_name, created) = if let Some(kept) = kept_container { kept } else { match &settings.target {
             Target::Image(image) => {
                 if !client.image_exists(image).await? {
@@ -261,19 +262,24 @@ impl Driver {
             }
         } };
         let prepared = prepare(&client, &container_id, &settings).await;
-        let gate = match (prepared, allow_list) {
-            (Ok(()), Some(hosts)) => open_gate(&client, &container_id, hosts, &settings.network).await.map(Some),
-            (Ok(()), None) => Ok(None),
-            (Err(error), _) => Err(error),
-        };
-        let gate = match gate {
-            Ok(gate) => gate,
-            Err(error) => {
-                if created {
-                    let _ = client.remove(&container_id).await;
-                }
-                return Err(error);
+        if let Err(error) = prepared {
+            if created {
+                let _ = client.remove(&container_id).await;
             }
+            return Err(error);
+        }
+        let gate = match allow_list {
+            Some(hosts) => match open_gate(&client, &container_id, hosts, &settings.network).await {
+                Ok(gate) => Some(gate),
+                Err(error) => {
+                    // A kept container stays for the user to inspect or remove; the error says how.
+                    if created && !reattaching {
+                        let _ = client.remove(&container_id).await;
+                    }
+                    return Err(error);
+                }
+            },
+            None => None,
         };
         if let Some(gate) = &gate {
             tracing::info!(

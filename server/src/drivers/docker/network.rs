@@ -119,6 +119,18 @@ fn listen_inside(pid: u32, container_id: &str, hostname: &str, policy: &str) -> 
     if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(refuse(&io::Error::last_os_error()));
     }
+    // Network mode `none` leaves only loopback; anything else (an interface added from outside Docker) would be a
+    // way out that the proxy does not see.
+    let interfaces = std::fs::read_to_string("/proc/thread-self/net/dev")
+        .map_err(|error| Error::io("Could not list the container's network interfaces", error))?;
+    let others = interfaces_besides_loopback(&interfaces);
+    if !others.is_empty() {
+        return Err(Error::InvalidParams(format!(
+            "The container has network interfaces besides loopback ({}), so this profile's {policy} would not be its \
+             only way out. Disconnect the session without keeping it (or remove the container) and connect again.",
+            others.join(", ")
+        )));
+    }
     StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|error| Error::io("Could not open the proxy's port on the container's loopback", error))
 }
@@ -132,6 +144,16 @@ fn is_the_container(pid: u32, container_id: &str, hostname: &str) -> bool {
     let same_cgroup = container_id.len() >= 12
         && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|cgroup| cgroup.contains(container_id));
     same_hostname || same_cgroup
+}
+
+/// The interface names of a `/proc/net/dev` listing, loopback left out.
+fn interfaces_besides_loopback(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split_once(':').map(|(name, _)| name.trim().to_string()))
+        .filter(|name| name != "lo")
+        .collect()
 }
 
 /// Whether this process has `capability` in its effective set (`CapEff` in `/proc/self/status`).
@@ -155,6 +177,13 @@ mod tests {
         assert!(why.contains("\"off\""), "says what to do instead: {why}");
         let ssh = why_not_enforceable("ssh://me@box", "network: only pypi.org").expect("refused");
         assert!(ssh.contains("remote"), "{ssh}");
+    }
+
+    #[test]
+    fn interfaces_should_be_read_from_a_proc_net_dev_listing() {
+        let listing = "Inter-|   Receive\n face |bytes    packets\n    lo: 0 0 0\n  eth0: 1 2 3\nsneaky1: 0 0\n";
+        assert_eq!(interfaces_besides_loopback(listing), vec!["eth0".to_string(), "sneaky1".to_string()]);
+        assert!(interfaces_besides_loopback("h1\nh2\n    lo: 0 0\n").is_empty());
     }
 
     #[test]

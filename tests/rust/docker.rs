@@ -750,6 +750,11 @@ fn an_allow_list_should_admit_exactly_the_listed_host_through_sandlinks_proxy() 
     let (workspace, session) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
     let name = container_name(&session);
     assert_eq!(inspect(&name, "{{.HostConfig.NetworkMode}}"), "none", "only loopback in the container");
+    assert!(
+        server.stderr().contains("network: only allowed.sandlink.test, through sandlink's proxy"),
+        "the connect log says the policy in force: {}",
+        server.stderr()
+    );
     let run = |command: String| server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": command }));
 
     // An ordinary client that reads the proxy variables reaches the listed host (on the host's 127.0.0.2).

@@ -98,7 +98,7 @@ impl DockerSandbox {
     fn exec_env(&self, spec: &ExecSpec) -> Vec<String> {
         let mut env: Vec<String> = Vec::new();
         env.push(format!("SANDLINK_REMOTE_ROOT={}", self.remote_root));
-        // First, so a profile's or a run's own value wins (the container has no other way out in any case).
+        // Before the run's own `env`, which may override them (the proxy stays the container's only way out).
         if let Some(gate) = lock(&self.gate).as_ref() {
             env.extend(gate.environment().into_iter().map(|(name, value)| format!("{name}={value}")));
         }

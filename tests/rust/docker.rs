@@ -681,27 +681,439 @@ fn network_off_should_keep_the_container_from_every_host_service() {
     assert!(outcome.stdout.trim_end().ends_with("loopback=1\nlo"), "only loopback inside: {}", outcome.stdout);
 }
 
+/// A tiny HTTP server on one of the host's loopback addresses that answers every request with its own name and
+/// counts the connections it accepted.
+struct NamedServer {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl NamedServer {
+    fn start(ip: &str, name: &'static str) -> NamedServer {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("a loopback address binds (all of 127/8 is lo)");
+        let port = listener.local_addr().expect("an address").port();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let body = format!("hello from {name}");
+                    let mut stream = stream;
+                    let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                });
+            }
+        });
+        NamedServer { port, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+const ALLOWED_NAME: &str = "allowed.sandlink.test";
+const DENIED_NAME: &str = "denied.sandlink.test";
+
+/// Whether `/etc/hosts` maps the test names to 127.0.0.2 and 127.0.0.3 (tests/setup/base.sh); fails under CI.
+fn test_names_resolve() -> bool {
+    use std::net::ToSocketAddrs;
+    let resolves = |name: &str, expected: &str| {
+        (name, 80).to_socket_addrs().is_ok_and(|mut addresses| addresses.any(|address| address.ip().to_string() == expected))
+    };
+    let ready = resolves(ALLOWED_NAME, "127.0.0.2") && resolves(DENIED_NAME, "127.0.0.3");
+    !support::skip_unless(ready, "allowed.sandlink.test and denied.sandlink.test in /etc/hosts (tests/setup/base.sh)")
+}
+
+/// A shell line, run in the container, that sends one raw proxy request through the run's `HTTP_PROXY` port and
+/// prints the answer: `request` is the request head without its final blank line.
+fn through_the_proxy(request: &str) -> String {
+    format!("printf '{request}\\r\\n\\r\\n' | nc -w 5 127.0.0.1 \"${{HTTP_PROXY##*:}}\"")
+}
+
 #[test]
-fn an_allow_list_should_be_refused_as_unsupported_before_creating_anything() {
-    if docker_fixture().is_none() {
+fn an_allow_list_should_admit_exactly_the_listed_host_through_sandlinks_proxy() {
+    if docker_fixture().is_none() || !test_names_resolve() {
+        return;
+    }
+    let allowed = NamedServer::start("127.0.0.2", ALLOWED_NAME);
+    let denied = NamedServer::start("127.0.0.3", DENIED_NAME);
+    let server = start_server();
+    let (workspace, session) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
+    let name = container_name(&session);
+    assert_eq!(inspect(&name, "{{.HostConfig.NetworkMode}}"), "none", "only loopback in the container");
+    assert!(
+        server.stderr().contains("network: only allowed.sandlink.test, through sandlink's proxy"),
+        "the connect log says the policy in force: {}",
+        server.stderr()
+    );
+    let run = |command: String| server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": command }));
+
+    // An ordinary client that reads the proxy variables reaches the listed host (on the host's 127.0.0.2).
+    let fetched = run(format!("wget -q -O - http://{ALLOWED_NAME}:{}/", allowed.port));
+    assert_eq!((fetched.stdout.as_str(), fetched.exit_code()), ("hello from allowed.sandlink.test", Some(0)), "{fetched:?}");
+    // TLS clients tunnel with CONNECT; the tunnel reaches the same host.
+    let tunnelled = run(through_the_proxy(&format!(
+        "CONNECT {ALLOWED_NAME}:{port} HTTP/1.1\\r\\nHost: {ALLOWED_NAME}:{port}\\r\\n\\r\\nGET / HTTP/1.1\\r\\nHost: x",
+        port = allowed.port
+    )));
+    assert!(tunnelled.stdout.starts_with("HTTP/1.1 200 Connection Established"), "{tunnelled:?}");
+    assert!(tunnelled.stdout.ends_with("hello from allowed.sandlink.test"), "{tunnelled:?}");
+
+    // The other name is refused at once, with a sentence that names the policy.
+    let refused = run(through_the_proxy(&format!(
+        "GET http://{DENIED_NAME}:{port}/ HTTP/1.1\\r\\nHost: {DENIED_NAME}:{port}",
+        port = denied.port
+    )));
+    assert!(refused.stdout.starts_with("HTTP/1.1 403"), "{refused:?}");
+    assert!(
+        refused.stdout.contains(&format!("policy for this session allows only {ALLOWED_NAME}")),
+        "the refusal names the policy: {refused:?}"
+    );
+    let by_wget = run(format!("wget -q -O - http://{DENIED_NAME}:{}/", denied.port));
+    assert_ne!(by_wget.exit_code(), Some(0), "{by_wget:?}");
+    assert!(by_wget.stderr.contains("403"), "{by_wget:?}");
+    // The host's address of the listed name is not the name: an IP literal is refused too.
+    let by_address = run(format!("wget -q -O - http://127.0.0.2:{}/", allowed.port));
+    assert_ne!(by_address.exit_code(), Some(0), "{by_address:?}");
+    assert_eq!(denied.connections(), 0, "nothing reached the refused host");
+    assert_eq!(allowed.connections(), 2, "the allowed host saw the plain request and the tunnel only");
+
+    // Every run carries the proxy variables, the same ones the local driver sets.
+    let environment = run("env | grep -i _proxy= | sort".into());
+    let port = environment
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("HTTP_PROXY=http://127.0.0.1:"))
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("HTTP_PROXY names a loopback port: {environment:?}"));
+    for variable in ["HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        assert!(
+            environment.stdout.contains(&format!("{variable}=http://127.0.0.1:{port}\n")),
+            "{variable} is set: {environment:?}"
+        );
+    }
+    assert!(environment.stdout.contains("NO_PROXY=localhost,127.0.0.1,::1\n"), "{environment:?}");
+    assert!(environment.stdout.contains("no_proxy=localhost,127.0.0.1,::1\n"), "{environment:?}");
+
+    // The port lives with the session: once disconnected (the container kept), nothing listens there any more.
+    server
+        .request("sandlink/disconnect", json!({ "sessionId": session["sessionId"], "keep": true }))
+        .expect("disconnect keeping the container");
+    let probe = format!("nc -w 2 127.0.0.1 {port} </dev/null; echo closed=$?");
+    let after = docker(&["exec", &name, "sh", "-c", &probe]);
+    assert!(after.contains("closed=1"), "the proxy's port closed with the session: {after}");
+    // Re-attaching opens a new port in the same container, and the policy holds again.
+    let again = server
+        .request(
+            "sandlink/connect",
+            json!({ "reuse": session["sessionId"], "workspaceFolder": support::file_uri(workspace.path()) }),
+        )
+        .expect("re-attach");
+    assert_eq!(container_name(&again), name);
+    let fetched = server.run_to_exit(json!({
+        "sessionId": again["sessionId"],
+        "command": format!("wget -q -O - http://{ALLOWED_NAME}:{}/ && wget -q -O - http://{DENIED_NAME}:{}/", allowed.port, denied.port),
+    }));
+    assert!(fetched.stdout.starts_with("hello from allowed.sandlink.test"), "{fetched:?}");
+    assert_ne!(fetched.exit_code(), Some(0), "the other host is still refused: {fetched:?}");
+    assert_eq!(denied.connections(), 0);
+    server.request("sandlink/disconnect", json!({ "sessionId": again["sessionId"] })).expect("disconnect");
+    assert!(!container_exists(&name));
+}
+
+#[test]
+fn an_allow_list_should_leave_the_container_no_way_out_but_the_proxy() {
+    if docker_fixture().is_none() || !test_names_resolve() {
+        return;
+    }
+    let Some(gateway_service) = host_service_on_the_bridge_gateway() else {
+        panic!("the default bridge's gateway address can be bound on the host");
+    };
+    let loopback_service = NamedServer::start("127.0.0.1", "host-loopback");
+    let allowed = NamedServer::start("127.0.0.2", ALLOWED_NAME);
+    let server = start_server();
+    // Another container on the default bridge, serving on its own address.
+    let (_workspace, neighbour) = connect(&server, json!({ "image": IMAGE, "network": "on" }), &[("index.html", "neighbour\n")]);
+    let _serving = server.start_run(json!({ "sessionId": neighbour["sessionId"], "command": "exec httpd -f -p 8080 -h ." }));
+    let neighbour_address = inspect(&container_name(&neighbour), "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}");
+    assert!(!neighbour_address.is_empty(), "the neighbour has a bridge address");
+    let listening = server.run_to_exit(json!({
+        "sessionId": neighbour["sessionId"],
+        "command": "for i in $(seq 1 100); do wget -q -O /dev/null http://127.0.0.1:8080/ && exit 0; sleep 0.1; done; exit 1",
+    }));
+    assert_eq!(listening.exit_code(), Some(0), "the neighbour's server started: {listening:?}");
+    let probe = format!(
+        "nc -w 3 {gateway} {gateway_port} </dev/null; echo gateway=$?; \
+         nc -w 3 127.0.0.1 {loopback_port} </dev/null; echo loopback=$?; \
+         nc -w 3 127.0.0.2 {allowed_port} </dev/null; echo allowed-address=$?; \
+         timeout 5 wget -q -O - http://{neighbour_address}:8080/ 2>/dev/null; echo neighbour-direct=$?; \
+         cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort | tr '\\n' ' '",
+        gateway = gateway_service.ip(),
+        gateway_port = gateway_service.port(),
+        loopback_port = loopback_service.port,
+        allowed_port = allowed.port,
+    );
+    // The control: the neighbour answers from a container with the network on, so the probe can succeed.
+    let (_workspace, open) = connect(&server, json!({ "image": IMAGE, "network": "on" }), &[]);
+    let reached = server.run_to_exit(json!({ "sessionId": open["sessionId"], "command": probe.clone() }));
+    assert!(reached.stdout.contains("host-service\ngateway=0"), "{}", reached.stdout);
+    assert!(reached.stdout.contains("neighbour\nneighbour-direct=0"), "{}", reached.stdout);
+
+    let (_workspace, listed) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
+    // Direct connections, without the proxy variables: nothing but loopback exists.
+    let direct = server.run_to_exit(json!({
+        "sessionId": listed["sessionId"],
+        "command": format!("unset HTTP_PROXY http_proxy HTTPS_PROXY https_proxy ALL_PROXY all_proxy; {probe}"),
+    }));
+    assert!(!direct.stdout.contains("host-service") && !direct.stdout.contains("neighbour\n"), "{}", direct.stdout);
+    for closed in ["gateway=1", "loopback=1", "allowed-address=1", "neighbour-direct=1"] {
+        assert!(direct.stdout.contains(closed), "{closed}: {}", direct.stdout);
+    }
+    assert!(direct.stdout.trim_end().ends_with("neighbour-direct=1\nlo"), "only loopback inside: {}", direct.stdout);
+    assert_eq!((loopback_service.connections(), allowed.connections()), (0, 0), "no direct connection reached the host");
+    // Through the proxy, addresses that the list does not name are refused: the gateway and the neighbour.
+    let proxied = server.run_to_exit(json!({
+        "sessionId": listed["sessionId"],
+        "command": format!(
+            "timeout 5 wget -q -O - http://{neighbour_address}:8080/; echo neighbour-proxied=$?; \
+             timeout 5 wget -q -O - http://{}:{}/; echo gateway-proxied=$?",
+            gateway_service.ip(),
+            gateway_service.port()
+        ),
+    }));
+    assert!(proxied.stdout.contains("neighbour-proxied=1") && proxied.stdout.contains("gateway-proxied=1"), "{proxied:?}");
+    assert!(proxied.stderr.matches("403").count() >= 2, "both refused by the policy: {proxied:?}");
+}
+
+#[test]
+fn parallel_sessions_should_each_enforce_their_own_allow_list_on_their_own_port() {
+    if docker_fixture().is_none() || !test_names_resolve() {
+        return;
+    }
+    let allowed = NamedServer::start("127.0.0.2", ALLOWED_NAME);
+    let denied = NamedServer::start("127.0.0.3", DENIED_NAME);
+    let server = start_server();
+    let (_first_workspace, first) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
+    let (_second_workspace, second) = connect(&server, json!({ "image": IMAGE, "network": [DENIED_NAME] }), &[]);
+    let both = format!(
+        "wget -q -O - http://{ALLOWED_NAME}:{}/; echo; wget -q -O - http://{DENIED_NAME}:{}/; echo; echo \"$HTTP_PROXY\"",
+        allowed.port, denied.port
+    );
+    let first_run = server.start_run(json!({ "sessionId": first["sessionId"], "command": both.clone() }));
+    let second_run = server.start_run(json!({ "sessionId": second["sessionId"], "command": both }));
+    let first_outcome = server.collect_run(&first_run, Duration::from_secs(60));
+    let second_outcome = server.collect_run(&second_run, Duration::from_secs(60));
+    assert!(first_outcome.stdout.starts_with("hello from allowed.sandlink.test\n\n"), "{first_outcome:?}");
+    assert!(!first_outcome.stdout.contains("hello from denied"), "{first_outcome:?}");
+    assert!(second_outcome.stdout.starts_with("\nhello from denied.sandlink.test\n"), "{second_outcome:?}");
+    assert!(!second_outcome.stdout.contains("hello from allowed"), "{second_outcome:?}");
+    assert_eq!((allowed.connections(), denied.connections()), (1, 1), "each host was reached by its own session only");
+    // Each container has a listener of its own: the first session's port is not the second container's proxy.
+    let first_port = first_outcome.stdout.trim_end().rsplit(':').next().expect("a port").to_string();
+    let probe = format!(
+        "printf 'GET http://{DENIED_NAME}:{}/ HTTP/1.1\\r\\n\\r\\n' | nc -w 2 127.0.0.1 {first_port}; echo status=$?",
+        denied.port
+    );
+    let second_name = container_name(&second);
+    let crossed = docker(&["exec", &second_name, "sh", "-c", &probe]);
+    let second_port = second_outcome.stdout.trim_end().rsplit(':').next().expect("a port").to_string();
+    if first_port != second_port {
+        assert!(crossed.contains("status=1") && !crossed.contains("hello"), "{crossed}");
+    } else {
+        // The same number in two namespaces: it is the second session's own proxy, which admits its own host.
+        assert!(crossed.contains("hello from denied"), "{crossed}");
+    }
+}
+
+#[test]
+fn a_container_restarted_outside_sandlink_should_get_a_new_proxy_port_when_reattached() {
+    if docker_fixture().is_none() || !test_names_resolve() {
+        return;
+    }
+    let allowed = NamedServer::start("127.0.0.2", ALLOWED_NAME);
+    let denied = NamedServer::start("127.0.0.3", DENIED_NAME);
+    let server = start_server();
+    let (workspace, session) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let name = container_name(&session);
+    let first_pid = inspect(&name, "{{.State.Pid}}");
+    // A restart gives the container a new network namespace, where the old proxy port does not exist.
+    docker(&["restart", "-t", "0", &name]);
+    assert_ne!(inspect(&name, "{{.State.Pid}}"), first_pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sessions = server.request("sandlink/sessions", json!({})).expect("sessions");
+        let state = sessions["sessions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|listed| listed["sessionId"] == session_id.as_str()))
+            .map(|listed| listed["state"].clone());
+        if state == Some(json!("error")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session turns to error after the restart: {state:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+        .request("sandlink/disconnect", json!({ "sessionId": session_id, "keep": true }))
+        .expect("disconnect keeping the container");
+    server
+        .request("sandlink/connect", json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }))
+        .expect("re-attach to the restarted container");
+    let outcome = server.run_to_exit(json!({
+        "sessionId": session_id,
+        "command": format!(
+            "wget -q -O - http://{ALLOWED_NAME}:{}/; echo; wget -q -O - http://{DENIED_NAME}:{}/; echo denied=$?",
+            allowed.port, denied.port
+        ),
+    }));
+    assert!(outcome.stdout.starts_with("hello from allowed.sandlink.test\n"), "{outcome:?}");
+    assert!(outcome.stdout.contains("denied=1"), "{outcome:?}");
+    assert_eq!(denied.connections(), 0);
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    assert!(!container_exists(&name));
+}
+
+#[test]
+fn an_allow_list_should_be_refused_for_a_container_that_has_gained_another_interface() {
+    if docker_fixture().is_none() || !test_names_resolve() {
         return;
     }
     let server = start_server();
+    let (workspace, session) = connect(&server, json!({ "image": IMAGE, "network": [ALLOWED_NAME] }), &[]);
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let name = container_name(&session);
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id, "keep": true })).expect("disconnect, kept");
+    // Docker refuses to connect a `none` container to a network, but root can add an interface from outside.
+    let pid = inspect(&name, "{{.State.Pid}}");
+    let added = Command::new("nsenter")
+        .args(["-t", &pid, "-n", "ip", "link", "add", "sneaky1", "type", "veth", "peer", "name", "sneaky2"])
+        .output()
+        .expect("nsenter runs");
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    let still_there = container_exists(&name);
+    docker(&["rm", "-f", &name]);
+    assert!(still_there, "a refused re-attach leaves the kept container to the user");
+    assert!(
+        error.message.contains("interfaces besides loopback (sneaky2, sneaky1)")
+            || error.message.contains("interfaces besides loopback (sneaky1, sneaky2)"),
+        "the re-attach is refused, naming the interfaces: {error:?}"
+    );
+}
+
+/// A TCP port on the host's loopback that carries every connection to the daemon's Unix socket, so that the
+/// daemon looks remote (`DOCKER_HOST=tcp://…`) to a server started with it.
+fn daemon_over_tcp() -> String {
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|host| host.strip_prefix("unix://").map(String::from))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let address = listener.local_addr().expect("an address");
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(daemon) = std::os::unix::net::UnixStream::connect(&socket) else { continue };
+            let (mut client_reader, mut daemon_writer) = (client.try_clone().expect("clone"), daemon.try_clone().expect("clone"));
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_reader, &mut daemon_writer);
+                let _ = daemon_writer.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut daemon_reader, mut client_writer) = (daemon, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut daemon_reader, &mut client_writer);
+                let _ = client_writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    format!("tcp://{address}")
+}
+
+#[test]
+fn an_allow_list_should_be_refused_for_a_remote_daemon_before_creating_anything() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let remote = daemon_over_tcp();
+    let server = Server::start_with(StartOptions { env: vec![("DOCKER_HOST".into(), remote.clone())], ..StartOptions::default() });
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    let docker_info = drivers["drivers"].as_array().and_then(|all| all.iter().find(|driver| driver["id"] == "docker")).cloned();
+    let detail = docker_info.as_ref().and_then(|info| info["detail"].as_str()).unwrap_or_default().to_string();
+    assert!(detail.contains(&remote) && detail.contains("allow-lists unsupported here"), "{docker_info:?}");
     let workspace = support::workspace_with(&[]);
     let before = docker(&["ps", "-aq", "--filter", "label=sandlink.driver=docker"]).lines().count();
     let error = server.request_error(
         "sandlink/connect",
         json!({
             "driver": "docker",
-            "settings": { "image": IMAGE, "network": ["allowed.sandlink.test", "pypi.org:443"] },
+            "settings": { "image": IMAGE, "network": [ALLOWED_NAME, "pypi.org:443"] },
             "workspaceFolder": support::file_uri(workspace.path()),
         }),
     );
     assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
     assert!(
-        error.message.contains("network: only allowed.sandlink.test, pypi.org:443") && error.message.contains("\"off\""),
-        "the message names the policy and what works instead: {}",
+        error.message.contains("network: only allowed.sandlink.test, pypi.org:443")
+            && error.message.contains(&remote)
+            && error.message.contains("\"off\""),
+        "the message names the policy, the daemon and what works instead: {}",
         error.message
+    );
+    let after = docker(&["ps", "-aq", "--filter", "label=sandlink.driver=docker"]).lines().count();
+    assert!(after <= before, "no container was created for a refused policy");
+    // The same daemon over TCP still serves the policies Docker enforces by itself.
+    let session = server.connect("docker", json!({ "image": IMAGE, "network": "off" }), workspace.path());
+    assert_eq!(session["state"], "active");
+    server.request("sandlink/disconnect", json!({ "sessionId": session["sessionId"] })).expect("disconnect");
+}
+
+#[test]
+fn an_allow_list_should_be_refused_when_sandlink_cannot_enter_the_container_network() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    if !Command::new("setpriv").arg("--version").output().is_ok_and(|output| output.status.success()) {
+        assert!(std::env::var("CI").is_err(), "setpriv (util-linux) is needed under CI");
+        return;
+    }
+    // Without CAP_SYS_ADMIN in its bounding set, root's sandlink cannot enter another network namespace: the
+    // situation of rootless Docker and of unprivileged users in the docker group.
+    let config = tempfile::tempdir().expect("a config directory");
+    std::fs::write(
+        config.path().join("config.toml"),
+        format!("[profiles.listed]\ndriver = \"docker\"\nimage = \"{IMAGE}\"\nnetwork = [\"{ALLOWED_NAME}\"]\n"),
+    )
+    .expect("config written");
+    let workspace = support::workspace_with(&[]);
+    let state = tempfile::tempdir().expect("a state directory");
+    let before = docker(&["ps", "-aq", "--filter", "label=sandlink.driver=docker"]).lines().count();
+    let output = Command::new("setpriv")
+        .args(["--bounding-set=-sys_admin", "--"])
+        .arg(support::binary())
+        .args(["run", "--profile", "listed", "--workspace"])
+        .arg(workspace.path())
+        .args(["--", "echo ran"])
+        .env("SANDLINK_CONFIG_DIR", config.path())
+        .env("SANDLINK_STATE_DIR", state.path())
+        .envs(server_env())
+        .output()
+        .expect("setpriv runs sandlink");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused: {stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("ran"), "the command never ran");
+    assert!(
+        stderr.contains("network: only allowed.sandlink.test") && stderr.contains("CAP_SYS_ADMIN") && stderr.contains("\"off\""),
+        "the refusal says why and what to do: {stderr}"
     );
     let after = docker(&["ps", "-aq", "--filter", "label=sandlink.driver=docker"]).lines().count();
     assert!(after <= before, "no container was created for a refused policy");

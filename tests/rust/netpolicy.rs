@@ -186,6 +186,45 @@ async fn allow_list_should_forward_plain_http_to_the_listed_name_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_further_listener_should_enforce_the_same_list_and_close_when_its_handle_drops() {
+    if !names_resolve() {
+        return;
+    }
+    let allowed = NamedServer::start("127.0.0.2", ALLOWED_NAME);
+    let denied = NamedServer::start("127.0.0.3", DENIED_NAME);
+    let proxy = Proxy::start(rules(&[ALLOWED_NAME]), None).await.expect("the proxy starts");
+    // The docker driver binds this listener inside a container's network namespace; any loopback port will do here.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let address = listener.local_addr().expect("an address");
+    let served = proxy.serve_listener(listener).expect("the proxy serves the listener");
+    let (allowed_port, denied_port) = (allowed.port(), denied.port());
+    let (admitted, refused) = tokio::task::spawn_blocking(move || {
+        let open = || {
+            let stream = TcpStream::connect(address).expect("the further listener accepts");
+            stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            stream
+        };
+        (
+            proxied_get(open(), &format!("http://{ALLOWED_NAME}:{allowed_port}/")),
+            proxied_get(open(), &format!("http://{DENIED_NAME}:{denied_port}/")),
+        )
+    })
+    .await
+    .expect("the client thread");
+    assert_eq!((admitted.status, admitted.body.as_str()), (200, "hello from allowed.sandlink.test"), "{admitted:?}");
+    assert_refused_by_policy(&refused, &format!("{DENIED_NAME}:{denied_port}"));
+    assert_eq!(denied.connections.load(Ordering::SeqCst), 0);
+    assert_eq!(proxy.connections_served(), 2, "both went through the one proxy");
+    drop(served);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(address).is_ok() {
+        assert!(Instant::now() < deadline, "the further listener closes once its handle is dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(TcpStream::connect(proxy.tcp_address()).is_ok(), "the proxy's own port still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_list_should_tunnel_connect_to_the_listed_name_only() {
     if !names_resolve() {
         return;

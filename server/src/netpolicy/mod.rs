@@ -2,7 +2,8 @@
 //! host names with optional ports), parsed once here, plus the forwarding proxy that enforces an allow-list.
 //!
 //! The words are the same for every driver; each driver maps them onto what it has (a private network namespace
-//! and `proxy::Proxy` for `local`, `network_mode: none` for `docker`, egress rules for `e2b`).
+//! and `proxy::Proxy` for `local`, `network_mode: none` and, for an allow-list, `proxy::Proxy` on a port inside the
+//! container's network namespace for `docker`, egress rules for `e2b`).
 //!
 //! Allow-list entries are matched by name, never by address: `pypi.org` admits requests for the name `pypi.org`,
 //! not for the address it resolves to, so an IP literal is admitted only when the list names that address. A
@@ -18,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-pub use proxy::{bridge_loopback_to_unix, proxy_environment, serve_loopback_bridge, Limits, Proxy};
+pub use proxy::{bridge_loopback_to_unix, proxy_environment, serve_loopback_bridge, Limits, Proxy, ServedListener};
 
 /// The settings key every driver accepts for the network policy.
 pub const NETWORK_KEY: &str = "network";

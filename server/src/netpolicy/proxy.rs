@@ -126,6 +126,20 @@ impl Proxy {
         self.unix_socket.as_deref()
     }
 
+    /// Serves the proxy on one more loopback listener the caller opened: the docker driver's, made inside a
+    /// container's network namespace so that the container reaches the proxy and nothing else. Connections share
+    /// the proxy's rules and limits. The listener and every connection it accepted close when the returned handle
+    /// (or the proxy) is dropped. Must be called within a tokio runtime.
+    pub fn serve_listener(&self, listener: StdTcpListener) -> Result<ServedListener> {
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(listener))
+            .map_err(|error| Error::io("Could not serve the network policy proxy on its sandbox port", error))?;
+        let stop = self.stop.child_token();
+        tokio::spawn(accept_tcp(listener, self.shared.clone(), stop.clone()));
+        Ok(ServedListener { stop })
+    }
+
     /// Connections open right now.
     pub fn open_connections(&self) -> usize {
         self.shared.limits.max_connections.max(1) - self.shared.slots.available_permits()
@@ -143,6 +157,17 @@ impl Drop for Proxy {
         if let Some(path) = &self.unix_socket {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+/// A further listener a proxy serves (`Proxy::serve_listener`); dropping it closes the listener and its connections.
+pub struct ServedListener {
+    stop: CancellationToken,
+}
+
+impl Drop for ServedListener {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

@@ -80,6 +80,10 @@ pub struct ContainerFacts {
     pub address: Option<String>,
     /// `HostConfig.NetworkMode` as created: `bridge` (or `default`), `none`, `host`, a network's name.
     pub network_mode: String,
+    /// The pid of the container's first process as the daemon's machine numbers it; `None` when it is not running.
+    pub pid: Option<u32>,
+    /// `Config.Hostname`, which Docker also writes to the container's `/etc/hostname`.
+    pub hostname: String,
 }
 
 /// A container that sandlink created, as a listing reports it.
@@ -260,6 +264,8 @@ impl Client {
             published,
             address,
             network_mode,
+            pid: state.pid.and_then(|pid| u32::try_from(pid).ok()).filter(|pid| *pid > 0),
+            hostname: response.config.and_then(|config| config.hostname).unwrap_or_default(),
         }))
     }
 

@@ -12,6 +12,7 @@
 mod agent;
 mod client;
 mod files;
+mod network;
 mod scripts;
 mod sandbox;
 mod settings;
@@ -31,6 +32,7 @@ pub use self::settings::Settings;
 use self::settings::Target;
 use super::{ConnectRequest, Sandbox};
 use crate::error::{Error, Result};
+use crate::netpolicy::{AllowedHost, NetworkPolicy};
 use crate::protocol::{DriverCapabilities, DriverInfo};
 
 /// The file that marks a kept session, under `<state_dir>/sessions/<id>/`.
@@ -91,7 +93,12 @@ impl super::Driver for Driver {
     async fn info(&self) -> DriverInfo {
         let probe = async {
             let client = self.client().await?;
-            client.describe_daemon().await
+            let daemon = client.describe_daemon().await?;
+            let allow_lists = match network::why_not_enforceable(client.host(), "allow-list") {
+                None => "network allow-lists enforced through sandlink's proxy",
+                Some(_) => "network allow-lists unsupported here (a remote daemon, or sandlink without CAP_SYS_ADMIN)",
+            };
+            Ok(format!("{daemon}; {allow_lists}"))
         };
         let outcome = match tokio::time::timeout(Duration::from_secs(3), probe).await {
             Ok(outcome) => outcome,
@@ -155,20 +162,22 @@ impl Driver {
     /// Creates (or, for a re-attach, finds again) the session's container and prepares it.
     async fn open(&self, request: ConnectRequest, reattach_to: Option<String>) -> Result<Arc<dyn Sandbox>> {
         let settings = Settings::parse(&request.settings)?;
-        let network_mode = match (settings::network_mode(&settings.network), &settings.target) {
-            (Some(mode), _) => mode,
-            // An existing container keeps its own network; `Settings::parse` refuses a policy for one.
-            (None, Target::Existing(_)) => "",
-            (None, Target::Image(_)) => {
-                return Err(Error::Unsupported(format!(
-                    "The docker driver cannot limit a container to a list of hosts (this profile's {}): a Docker \
-                     network alone cannot keep a container from the host's own services. Use \"network\" = \
-                     \"off\" or \"on\" with docker, or the local or e2b driver, which enforce the list.",
-                    settings.network.describe()
-                )))
-            }
+        // An existing container keeps its own network; `Settings::parse` refuses a policy for one.
+        let network_mode = match &settings.target {
+            Target::Image(_) => settings::network_mode(&settings.network),
+            Target::Existing(_) => "",
         };
         let client = self.client().await?;
+        let allow_list = match &settings.network {
+            NetworkPolicy::Allow(hosts) => {
+                // Refused before anything is created when this server cannot enforce the list.
+                if let Some(why) = network::why_not_enforceable(client.host(), &settings.network.describe()) {
+                    return Err(Error::Unsupported(why));
+                }
+                Some(hosts.clone())
+            }
+            _ => None,
+        };
         let session_dir = request.state_dir.join("sessions").join(&request.session_id);
         let kept_container = match &reattach_to {
             Some(container) => {
@@ -199,6 +208,7 @@ impl Driver {
             }
             None => None,
         };
+        let reattaching = kept_container.is_some();
         let (container_id, container_name, created) = if let Some(kept) = kept_container { kept } else { match &settings.target {
             Target::Image(image) => {
                 if !client.image_exists(image).await? {
@@ -258,6 +268,27 @@ impl Driver {
             }
             return Err(error);
         }
+        let gate = match allow_list {
+            Some(hosts) => match open_gate(&client, &container_id, hosts, &settings.network).await {
+                Ok(gate) => Some(gate),
+                Err(error) => {
+                    // A kept container stays for the user to inspect or remove; the error says how.
+                    if created && !reattaching {
+                        let _ = client.remove(&container_id).await;
+                    }
+                    return Err(error);
+                }
+            },
+            None => None,
+        };
+        if let Some(gate) = &gate {
+            tracing::info!(
+                container = %container_name,
+                port = gate.port(),
+                "{}, through sandlink's proxy on the container's loopback",
+                settings.network.describe()
+            );
+        }
         let (failure, _) = watch::channel(None);
         let files = Arc::new(files::DockerFiles {
             client: client.clone(),
@@ -282,6 +313,8 @@ impl Driver {
             session_dir,
             failure,
             closing: Arc::new(AtomicBool::new(false)),
+            network: settings.network.clone(),
+            gate: Mutex::new(gate),
             previous_sample: Mutex::new(None),
             watcher: Mutex::new(None),
         });
@@ -312,6 +345,26 @@ impl Driver {
             }
         }
     }
+}
+
+/// Opens the allow-list's proxy port inside the (running, just inspected) container's network namespace.
+async fn open_gate(
+    client: &Client,
+    container: &str,
+    hosts: Vec<AllowedHost>,
+    policy: &NetworkPolicy,
+) -> Result<network::Gate> {
+    let facts = client.inspect(container).await?.ok_or_else(|| Error::Remote {
+        status: Some(404),
+        message: format!("The container {container} disappeared while sandlink prepared it."),
+    })?;
+    let Some(pid) = facts.pid.filter(|_| facts.running) else {
+        return Err(Error::Remote {
+            status: None,
+            message: format!("The container {} stopped while sandlink prepared it ({}).", facts.name, facts.status),
+        });
+    };
+    network::Gate::open(hosts, pid, &facts.id, &facts.hostname, &policy.describe()).await
 }
 
 /// Creates the session root and the run directory (as root, so any run user can use them).

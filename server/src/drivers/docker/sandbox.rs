@@ -13,10 +13,12 @@ use tokio::sync::watch;
 use super::agent::Agent;
 use super::client::{Chunk, Client, StatsSample};
 use super::files::{checked_relative, DockerFiles};
+use super::network::Gate;
 use super::scripts;
 use crate::drivers::process::signal_name;
 use crate::drivers::{ExecSpec, ExitStatus, Process, ProcessControl, Sandbox, SandboxStatus, Signal};
 use crate::error::{Error, Result};
+use crate::netpolicy::NetworkPolicy;
 use crate::protocol::Resources;
 use crate::sync::RemoteFiles;
 
@@ -45,6 +47,10 @@ pub struct DockerSandbox {
     pub(super) failure: watch::Sender<Option<String>>,
     /// Set on disconnect, so the removal sandlink itself does is not reported as a failure.
     pub(super) closing: Arc<AtomicBool>,
+    /// The network policy the container was opened with.
+    pub(super) network: NetworkPolicy,
+    /// The allow-list's proxy port inside the container, for an allow-list; dropped on disconnect.
+    pub(super) gate: Mutex<Option<Gate>>,
     pub(super) previous_sample: Mutex<Option<StatsSample>>,
     pub(super) watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -92,6 +98,10 @@ impl DockerSandbox {
     fn exec_env(&self, spec: &ExecSpec) -> Vec<String> {
         let mut env: Vec<String> = Vec::new();
         env.push(format!("SANDLINK_REMOTE_ROOT={}", self.remote_root));
+        // Before the run's own `env`, which may override them (the proxy stays the container's only way out).
+        if let Some(gate) = lock(&self.gate).as_ref() {
+            env.extend(gate.environment().into_iter().map(|(name, value)| format!("{name}={value}")));
+        }
         for (name, value) in self.env.iter().chain(spec.env.iter()) {
             env.push(format!("{name}={value}"));
         }
@@ -114,7 +124,12 @@ impl Sandbox for DockerSandbox {
     }
 
     fn detail(&self) -> Option<String> {
-        Some(format!("container {} ({})", self.container_name, &self.container_id[..self.container_id.len().min(12)]))
+        Some(format!(
+            "container {} ({}), {}",
+            self.container_name,
+            &self.container_id[..self.container_id.len().min(12)],
+            self.network.describe()
+        ))
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
@@ -284,6 +299,9 @@ impl Sandbox for DockerSandbox {
         if let Some(watcher) = lock(&self.watcher).take() {
             watcher.abort();
         }
+        // The proxy's port and its connections end with the session, kept container or not: a re-attach opens
+        // a new one.
+        drop(lock(&self.gate).take());
         if !self.created {
             return Ok(());
         }

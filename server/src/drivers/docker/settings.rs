@@ -22,7 +22,7 @@ pub struct Settings {
     pub nano_cpus: Option<i64>,
     pub memory_bytes: Option<i64>,
     pub pids_limit: i64,
-    /// The common network policy; `Allow` is accepted here and refused as unsupported when connecting.
+    /// The common network policy; `Allow` is enforced through sandlink's proxy (see `network_mode`).
     pub network: NetworkPolicy,
     pub ports: Vec<u16>,
     /// Leave the container running on disconnect even without `keep`.
@@ -38,25 +38,25 @@ pub enum Target {
     Existing(String),
 }
 
-/// The Docker network mode that carries out a policy; `None` for an allow-list, which Docker alone cannot enforce.
+/// The Docker network mode that carries out a policy.
 ///
-/// An `--internal` network behind sandlink's proxy was tried and rejected: a container on it still reaches every
-/// service of the host on the network's gateway address (Docker filters only forwarded traffic), so the list
-/// would not be the only way out without host firewall rules that sandlink, often not root, cannot add.
-pub fn network_mode(policy: &NetworkPolicy) -> Option<&'static str> {
+/// An allow-list is `none` too: the container gets only its loopback, and sandlink opens a port of its proxy
+/// (`netpolicy::Proxy`) on that loopback from inside the container's network namespace (`super::network`), so the
+/// listed hosts, reached by the proxy from this machine, are the only way out. An `--internal` Docker network behind
+/// the proxy was tried and rejected: a container on it still reaches every service of the host on the network's
+/// gateway address (Docker filters only forwarded traffic), and closing that needs host firewall rules.
+pub fn network_mode(policy: &NetworkPolicy) -> &'static str {
     match policy {
-        NetworkPolicy::On => Some("bridge"),
-        NetworkPolicy::Off => Some("none"),
-        NetworkPolicy::Allow(_) => None,
+        NetworkPolicy::On => "bridge",
+        NetworkPolicy::Off | NetworkPolicy::Allow(_) => "none",
     }
 }
 
 /// Whether a created container's `NetworkMode` is what `policy` asks for.
 pub fn network_mode_matches(policy: &NetworkPolicy, actual: &str) -> bool {
     match network_mode(policy) {
-        Some("bridge") => actual == "bridge" || actual == "default",
-        Some(mode) => actual == mode,
-        None => false,
+        "bridge" => actual == "bridge" || actual == "default",
+        mode => actual == mode,
     }
 }
 
@@ -165,8 +165,12 @@ impl Settings {
             }
             Some(_) => return Err(invalid("\"ports\" must be a list of container ports, like [3000, 8080].".into())),
         };
-        if network == NetworkPolicy::Off && !ports.is_empty() {
-            return Err(invalid("Ports cannot be published with \"network\": \"off\"; remove one of them.".into()));
+        if network != NetworkPolicy::On && !ports.is_empty() {
+            return Err(invalid(
+                "Ports cannot be published when \"network\" is \"off\" or a list of hosts (the container then has \
+                 only its loopback); remove one of them."
+                    .into(),
+            ));
         }
         if let Target::Existing(_) = target {
             for key in ["env", "cpus", "memory", "pids", "network", "ports"] {
@@ -270,6 +274,7 @@ mod tests {
             json!({ "image": "x", "ports": [0] }),
             json!({ "image": "x", "ports": [80], "network": "none" }),
             json!({ "image": "x", "ports": [80], "network": "off" }),
+            json!({ "image": "x", "ports": [80], "network": ["pypi.org"] }),
             json!({ "image": "x", "network": ["bad host"] }),
             json!({ "container": "y", "cpus": 1 }),
             json!({ "image": "x", "env": { "A=B": "c" } }),
@@ -287,8 +292,10 @@ mod tests {
         assert_eq!(parse(json!({ "image": "x", "network": "none" })).unwrap().network, NetworkPolicy::Off);
         assert_eq!(parse(json!({ "image": "x", "network": "bridge" })).unwrap().network, NetworkPolicy::On);
         let listed = parse(json!({ "image": "x", "network": ["pypi.org"] })).unwrap().network;
-        assert_eq!(network_mode(&listed), None, "an allow-list has no docker mode; connect refuses it");
-        assert_eq!(network_mode(&NetworkPolicy::Off), Some("none"));
+        assert_eq!(network_mode(&listed), "none", "an allow-list leaves only loopback, where the proxy's port is");
+        assert_eq!(network_mode(&NetworkPolicy::Off), "none");
+        assert!(network_mode_matches(&listed, "none"));
+        assert!(!network_mode_matches(&listed, "bridge"));
         assert!(network_mode_matches(&NetworkPolicy::On, "default"));
         assert!(!network_mode_matches(&NetworkPolicy::Off, "bridge"));
         assert!(!network_mode_matches(&NetworkPolicy::On, "none"));

@@ -583,8 +583,14 @@ async fn trust_command(workspace: Option<PathBuf>, revoke: bool) -> Result<(), E
         .map_err(|error| Error::io(format!("The workspace {} cannot be used", workspace.display()), error))?;
     let engine = quiet_engine();
     // Said before trusting: what the workspace's file will be allowed to do, credentials by name only.
-    let granted = if revoke { Vec::new() } else { engine.trust_summary(&workspace).await? };
-    engine.trust_workspace(workspace.clone(), !revoke).await?;
+    let (granted, summarised) = if revoke {
+        (Vec::new(), None)
+    } else {
+        let (lines, fingerprint) = engine.trust_summary(&workspace).await?;
+        (lines, Some(fingerprint))
+    };
+    // Bound to the file the summary was read from: an edit made after it was read is refused, never trusted unseen.
+    engine.trust_workspace(workspace.clone(), !revoke, summarised).await?;
     let verb = if revoke { "no longer trusts" } else { "now trusts" };
     eprintln!("sandlink {verb} {}", workspace.display());
     if !granted.is_empty() {

@@ -42,9 +42,11 @@ pub enum Error {
     /// A profile's contents are wrong (unknown driver, unknown key, wrong type, a secret in a workspace file).
     #[error("{0}")]
     InvalidProfile(String),
-    /// A workspace profile would send the workspace elsewhere and the user has not confirmed the workspace.
-    #[error("{0}")]
-    WorkspaceNotTrusted(String),
+    /// A workspace profile would send the workspace elsewhere (or a workspace task would run) and the user has not
+    /// confirmed the workspace as its file is now. `fingerprint` is the digest of the file as judged, the one the
+    /// message describes, so a client can trust exactly what it showed (`sandlink/trustWorkspace { fingerprint }`).
+    #[error("{message}")]
+    WorkspaceNotTrusted { message: String, fingerprint: Option<String> },
     /// Connecting would exceed the configured maximum of concurrent sandboxes.
     #[error("{0}")]
     LimitReached(String),
@@ -78,7 +80,7 @@ impl Error {
             Error::Internal(_) => ErrorKind::Internal,
             Error::KeychainUnavailable(_) => ErrorKind::KeychainUnavailable,
             Error::InvalidProfile(_) => ErrorKind::InvalidProfile,
-            Error::WorkspaceNotTrusted(_) => ErrorKind::WorkspaceNotTrusted,
+            Error::WorkspaceNotTrusted { .. } => ErrorKind::WorkspaceNotTrusted,
             Error::LimitReached(_) => ErrorKind::LimitReached,
             Error::SessionInUse(_) => ErrorKind::SessionInUse,
             Error::SessionGone(_) => ErrorKind::UnknownSession,

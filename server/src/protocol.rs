@@ -517,6 +517,10 @@ pub struct TrustWorkspaceParams {
     /// The workspace folder (URI or absolute path); default: the server's root.
     pub workspace_folder: Option<String>,
     pub trust: bool,
+    /// The fingerprint of the file as the user was shown it (`data.fingerprint` of a `workspaceNotTrusted` error):
+    /// trust is then given only if the file still has it, else refused with `workspaceNotTrusted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -167,10 +167,107 @@ test('saving_a_buffer_should_sync_it_before_the_next_run', function()
   assert_matches('changed in the editor', buffer_text(run.view.buffer), 'the saved content in the sandbox')
 end)
 
-test('run_of_a_task_name_should_run_the_task_command', function()
-  local run = start_run('greet')
+-- What the server's side holds: a file in the session's sandbox (the local driver's remote root is a host path).
+local function sandbox_file(name)
+  return current_workspace().session.remoteRoot .. '/' .. name
+end
+
+-- Runs `:Sandlink run <line>` with vim.ui.select answering `answer` (after `before_answer`, if given), and records
+-- every sandlink/run request's params and every prompt. Returns the view, the records, and the notifications.
+local function run_answering_trust(line, answer, before_answer)
+  local client = require('sandlink.client')
+  local output = require('sandlink.output')
+  local original_request, original_select = client.request, vim.ui.select
+  local record = { run_params = {}, prompts = {} }
+  client.request = function(workspace, method, params, on_result)
+    if method == 'sandlink/run' then
+      table.insert(record.run_params, vim.deepcopy(params))
+    end
+    return original_request(workspace, method, params, on_result)
+  end
+  vim.ui.select = function(items, options, on_choice)
+    table.insert(record.prompts, { items = items, prompt = options.prompt })
+    if before_answer then
+      before_answer()
+    end
+    on_choice(answer)
+  end
+  local captured, stop = harness.capture_notifications()
+  local previous_view = output.last_view
+  local ok, err = pcall(function()
+    vim.cmd('Sandlink run ' .. line)
+    wait_for('the output buffer of `' .. line .. '`', 10000, function()
+      return output.last_view ~= previous_view
+    end)
+    local view = output.last_view
+    wait_for('a run id or a not-started note', 15000, function()
+      return vim.b[view.buffer].sandlink_run_id ~= nil or last_line(view.buffer):find('^%[not started')
+    end)
+  end)
+  stop()
+  client.request, vim.ui.select = original_request, original_select
+  assert_true(ok, tostring(err))
+  return output.last_view, record, captured
+end
+
+local original_tasks_file
+test('a_task_file_changed_while_the_trust_prompt_was_open_should_not_be_trusted', function()
+  local tasks_path = workspace_dir .. '/.sandlink.toml'
+  original_tasks_file = vim.fn.readfile(tasks_path)
+  local view, record, captured = run_answering_trust('greet', 'Trust workspace', function()
+    -- The repository swaps the task while the user reads the prompt.
+    vim.fn.writefile({ '[tasks]', 'greet = "echo swapped > swapped.txt"' }, tasks_path)
+  end)
+  vim.fn.writefile(original_tasks_file, tasks_path)
+  assert_equal(1, #record.prompts, 'one prompt')
+  assert_matches('echo ran > task%-ran%.txt', record.prompts[1].prompt, 'the prompt shows what was read then')
+  assert_equal(1, #record.run_params, 'not retried after a refused trust: ' .. vim.inspect(record.run_params))
+  assert_true(harness.find_notification(captured, 'changed since it was shown') ~= nil,
+    'the refusal is shown: ' .. vim.inspect(captured))
+  assert_matches('^%[not started', last_line(view.buffer), 'the run did not start')
+  assert_true(vim.fn.filereadable(sandbox_file('swapped.txt')) == 0, 'the swapped task did not run')
+  assert_true(vim.fn.filereadable(sandbox_file('task-ran.txt')) == 0, 'the shown task did not run either')
+end)
+
+test('a_task_in_an_untrusted_workspace_should_go_by_name_and_run_nothing_when_declined', function()
+  local view, record, captured = run_answering_trust('greet', 'Do not trust it')
+  assert_equal(1, #record.run_params, 'one run request')
+  assert_equal('greet', record.run_params[1].task, 'the task goes by name')
+  assert_true(record.run_params[1].command == nil, 'never its text: ' .. vim.inspect(record.run_params[1]))
+  assert_equal(1, #record.prompts, 'the user is asked once')
+  assert_equal({ 'Trust workspace', 'Do not trust it' }, record.prompts[1].items, 'the choices')
+  -- The server's message, naming the task and what it would run.
+  assert_matches('Task "greet" comes from', record.prompts[1].prompt, 'the prompt')
+  assert_matches('echo hello from a task; echo ran > task%-ran%.txt', record.prompts[1].prompt, 'the prompt')
+  assert_matches('^%[not started: the workspace is not trusted', last_line(view.buffer), 'the output buffer says why')
+  assert_true(harness.find_notification(captured, '^sandlink: trusted ') == nil, 'nothing was trusted: ' .. vim.inspect(captured))
+  vim.wait(500)
+  assert_true(vim.fn.filereadable(sandbox_file('task-ran.txt')) == 0, 'the task did not run in the sandbox')
+end)
+
+test('accepting_the_trust_prompt_should_trust_the_workspace_and_run_the_task_once', function()
+  local view, record = run_answering_trust('greet', 'Trust workspace')
+  assert_equal(1, #record.prompts, 'asked once')
+  assert_equal(2, #record.run_params, 'the refused request and one retry')
+  assert_equal('greet', record.run_params[2].task, 'the retry goes by name too')
+  local run = require('sandlink.state').runs[vim.b[view.buffer].sandlink_run_id]
+  assert_true(run ~= nil, 'the task started after trusting: ' .. buffer_text(view.buffer))
   wait_for_exit(run)
-  assert_matches('hello from a task', buffer_text(run.view.buffer), 'task output')
+  assert_matches('hello from a task', buffer_text(view.buffer), 'task output')
+  assert_true(vim.fn.filereadable(sandbox_file('task-ran.txt')) == 1, 'the task ran in the sandbox')
+  assert_true(vim.fn.filereadable(vim.env.SANDLINK_STATE_DIR .. '/trust.json') == 1, 'the trust is remembered')
+  -- Trusted now: the task runs at once, without a prompt.
+  local again_view, again = run_answering_trust('greet', 'Do not trust it')
+  assert_equal(0, #again.prompts, 'not asked again')
+  wait_for_exit(require('sandlink.state').runs[vim.b[again_view.buffer].sandlink_run_id])
+end)
+
+test('a_typed_command_line_should_run_as_typed_without_asking_for_trust', function()
+  local view, record = run_answering_trust('echo typed by the user', 'Do not trust it')
+  assert_equal(0, #record.prompts, 'no prompt for what the user typed')
+  assert_equal('echo typed by the user', record.run_params[1].command, 'sent as a command line')
+  assert_true(record.run_params[1].task == nil, 'not as a task')
+  wait_for_exit(require('sandlink.state').runs[vim.b[view.buffer].sandlink_run_id])
 end)
 
 test('cancel_should_stop_a_running_command_and_mark_it_cancelled', function()

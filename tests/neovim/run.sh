@@ -33,7 +33,8 @@ make_workspace() {
   local workspace=$1
   mkdir -p "$workspace"
   printf 'hello from the workspace\n' > "$workspace/hello.txt"
-  printf '[tasks]\ngreet = "echo hello from a task"\n' > "$workspace/.sandlink.toml"
+  # The task leaves a marker in the sandbox, so the tests see from the server's side whether it ran.
+  printf '[tasks]\ngreet = "echo hello from a task; echo ran > task-ran.txt"\n' > "$workspace/.sandlink.toml"
 }
 
 # One Neovim run per version; each prints its own totals, and the last line here is the sum.

@@ -71,6 +71,19 @@ test('tasks_should_be_read_from_the_tasks_table_only', function()
   assert_equal({ test = 'cargo test', lint = 'cargo clippy' }, tasks, 'tasks')
 end)
 
+test('task_commands_should_be_shown_as_the_server_titles_show_them', function()
+  local shown_command = require('sandlink.commands').shown_command
+  assert_equal('npm test ; echo INJECTED', shown_command('npm test' .. string.rep(' ', 200) .. '; echo INJECTED'))
+  assert_equal('make -j4 all', shown_command('make\t-j4\n\tall'))
+  -- No-break and ideographic spaces are whitespace to the server too.
+  assert_equal('a b c', shown_command('a\194\160\194\160b\227\128\128c'))
+  local shown = shown_command('cargo test ' .. string.rep('--features a ', 20))
+  assert_matches('^cargo test %-%-features a', shown, 'starts as the command does')
+  assert_matches('…$', shown, 'ends with an ellipsis')
+  assert_true(vim.fn.strchars(shown) <= 60, 'at most 60 characters: ' .. shown)
+  assert_equal('é' .. string.rep('x', 58) .. '…', shown_command('é' .. string.rep('x', 80)), 'counts characters, not bytes')
+end)
+
 test('connect_arguments_should_treat_a_bare_word_as_a_profile', function()
   local parse = require('sandlink.commands').parse_connect_arguments
   assert_equal({ profile = 'work' }, parse({ 'work' }))

@@ -199,3 +199,74 @@ fn workspace_tasks_should_run_only_when_trusted_and_show_what_they_run() {
     let error = server.request_error("sandlink/run", json!({ "sessionId": session_id, "task": "absent" }));
     assert_eq!(error.kind.as_deref(), Some("invalidParams"), "{error:?}");
 }
+
+fn fingerprint_of(error: &support::RpcError) -> String {
+    let fingerprint = error.data["fingerprint"].as_str().unwrap_or_default().to_string();
+    assert_eq!(fingerprint.len(), 64, "workspaceNotTrusted carries the file's fingerprint: {:?}", error.data);
+    fingerprint
+}
+
+#[test]
+fn trust_should_be_given_only_to_the_file_that_was_shown() {
+    let config = tempfile::tempdir().expect("config dir");
+    let workspace = workspace_with(&[("main.txt", "main\n")]);
+    write_workspace_file(workspace.path(), "[tasks]\nmark = \"echo shown > marker.txt\"\n");
+    let server = start(workspace.path(), config.path());
+    let session = server.connect("local", Value::Null, workspace.path());
+    let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
+    let remote_marker = Path::new(session["remoteRoot"].as_str().expect("remoteRoot")).join("marker.txt");
+
+    // The question the user sees: what the task would run, and the fingerprint of the file it was read from.
+    let shown = server.request_error("sandlink/run", json!({ "sessionId": session_id, "task": "mark" }));
+    assert_eq!(shown.kind.as_deref(), Some("workspaceNotTrusted"));
+    assert!(shown.message.contains("echo shown > marker.txt"), "{}", shown.message);
+    let shown_fingerprint = fingerprint_of(&shown);
+
+    // The repository changes the task while the question is on screen; the answer names the old file.
+    write_workspace_file(workspace.path(), "[tasks]\nmark = \"echo swapped > marker.txt\"\n");
+    let refused = server.request_error(
+        "sandlink/trustWorkspace",
+        json!({ "workspaceFolder": file_uri(workspace.path()), "trust": true, "fingerprint": shown_fingerprint }),
+    );
+    assert_eq!(refused.kind.as_deref(), Some("workspaceNotTrusted"), "{refused:?}");
+    assert!(refused.message.contains("changed since it was shown"), "{}", refused.message);
+    let current_fingerprint = fingerprint_of(&refused);
+    assert_ne!(current_fingerprint, shown_fingerprint, "the refusal carries the new fingerprint");
+
+    // Nothing was trusted: the swapped task is still refused, with the same new fingerprint, and has not run.
+    let still = server.request_error("sandlink/run", json!({ "sessionId": session_id, "task": "mark" }));
+    assert_eq!(still.kind.as_deref(), Some("workspaceNotTrusted"));
+    assert!(still.message.contains("echo swapped > marker.txt"), "{}", still.message);
+    assert_eq!(fingerprint_of(&still), current_fingerprint);
+    assert!(!remote_marker.exists(), "no task ran before the workspace was trusted");
+
+    // Confirming what is shown now trusts it, and the task runs as shown.
+    server
+        .request(
+            "sandlink/trustWorkspace",
+            json!({ "workspaceFolder": file_uri(workspace.path()), "trust": true, "fingerprint": current_fingerprint }),
+        )
+        .expect("the current fingerprint is trusted");
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "task": "mark" }));
+    assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.stderr);
+    let marker = std::fs::read_to_string(&remote_marker).expect("the task wrote its marker");
+    assert_eq!(marker.trim(), "swapped");
+}
+
+#[test]
+fn a_profile_refused_for_trust_should_carry_the_fingerprint_trust_can_be_bound_to() {
+    let config = tempfile::tempdir().expect("config dir");
+    let workspace = workspace_with(&[("main.txt", "main\n")]);
+    write_workspace_file(workspace.path(), "[profiles.open]\ndriver = \"local\"\n[profiles.open.sync]\nallowSecrets = [\"**\"]\n");
+    let server = start(workspace.path(), config.path());
+    let error = connect_profile(&server, "open").expect_err("allowSecrets needs trust");
+    assert_eq!(error.kind.as_deref(), Some("workspaceNotTrusted"));
+    let fingerprint = fingerprint_of(&error);
+    server
+        .request(
+            "sandlink/trustWorkspace",
+            json!({ "workspaceFolder": file_uri(workspace.path()), "trust": true, "fingerprint": fingerprint }),
+        )
+        .expect("the fingerprint of the file as it is");
+    connect_profile(&server, "open").expect("trusted");
+}

@@ -48,6 +48,8 @@ const screenshotPath = path.join(scratchDirectory, "failure.png");
 // merely that the command line was echoed into the channel.
 const commandLine = "echo sandlink-e2e-$((6*7)); echo sandlink-e2e-stderr 1>&2; cat marker.txt";
 const markerContent = `marker-${process.pid}`;
+// Written by the workspace's task inside the sandbox: present only once the task has really run.
+const taskMarker = "task-ran.txt";
 
 let codeServerProcess;
 let browser;
@@ -253,6 +255,25 @@ async function runCommandLineFromPalette(typedCommandLine, { expectTask } = {}) 
     await page.keyboard.press("Enter");
 }
 
+/** The task markers in the local sandboxes' roots under the server's private state directory. */
+function sandboxTaskMarkers() {
+    const sessions = path.join(stateDirectory, "sessions");
+    if (!fs.existsSync(sessions)) {
+        return [];
+    }
+    return fs
+        .readdirSync(sessions)
+        .map((session) => path.join(sessions, session, "root", taskMarker))
+        .filter((marker) => fs.existsSync(marker));
+}
+
+/** The modal dialog asking to trust the workspace (code-server draws VS Code's modal dialogs in the page). */
+async function trustDialog() {
+    const dialog = page.locator(".monaco-dialog-box", { hasText: "not trusted" }).first();
+    await dialog.waitFor({ state: "visible", timeout: uiTimeoutMs });
+    return dialog;
+}
+
 /** The visible text of the output panel's editor. */
 async function outputPanelText() {
     const lines = page.locator(".part.panel .monaco-editor .view-lines");
@@ -289,7 +310,8 @@ const steps = [
             fs.mkdirSync(path.join(userDataDirectory, "User"), { recursive: true });
             fs.mkdirSync(workspaceDirectory, { recursive: true });
             fs.writeFileSync(path.join(workspaceDirectory, "marker.txt"), `${markerContent}\n`);
-            fs.writeFileSync(path.join(workspaceDirectory, ".sandlink.toml"), '[tasks]\ngreet = "echo hello from a task"\n');
+            // The task leaves a marker in the sandbox, so the test sees from the server's side whether it ran.
+            fs.writeFileSync(path.join(workspaceDirectory, ".sandlink.toml"), `[tasks]\ngreet = "echo hello from a task; echo ran > ${taskMarker}"\n`);
             // Looks like a secret, so the server holds it back from the sandbox and the tooltip says so.
             fs.writeFileSync(path.join(workspaceDirectory, ".env"), "SANDLINK_E2E_SECRET=not-for-the-sandbox\n");
             fs.writeFileSync(
@@ -452,15 +474,78 @@ const steps = [
         },
     ],
     [
-        "picking a .sandlink.toml task in Run Command runs its command line",
+        "picking a .sandlink.toml task sends it by name; the untrusted workspace is asked about first and declining runs nothing",
+        async () => {
+            const runsBefore = readTestLog().filter((entry) => entry.event === "runStarted").length;
+            await runPaletteCommand("Sandlink: Run Command");
+            await pickQuickPickRow("echo hello from a task");
+            const dialog = await trustDialog();
+            const dialogText = await dialog.innerText();
+            // The server's refusal, shown whole: it names the task and what it would run, so the task went by name.
+            assert(/Task "greet" comes from/.test(dialogText) && dialogText.includes(`echo ran > ${taskMarker}`), `the dialog:\n${dialogText}`);
+            const asked = readTestLog().find((entry) => entry.event === "trustAsked");
+            assert(asked && /^[0-9a-f]{64}$/.test(asked.fingerprint ?? ""), `the refusal carries the file's fingerprint: ${JSON.stringify(asked)}`);
+            assert(sandboxTaskMarkers().length === 0, "the task ran before the workspace was trusted");
+            await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Cancel" }).first().click();
+            await waitFor("the declined answer in the test log", async () =>
+                readTestLog().some((entry) => entry.event === "trustAnswered" && entry.trusted === false),
+            );
+            await waitFor("the run to be marked not started in the output panel", async () => /\[not started: the workspace is not trusted/.test(await outputPanelText()));
+            // Give a run that should not exist a moment to show up, then check the server's side: nothing ran.
+            await page.waitForTimeout(1000);
+            assert(sandboxTaskMarkers().length === 0, `declining still ran the task: ${sandboxTaskMarkers()}`);
+            const runsAfter = readTestLog().filter((entry) => entry.event === "runStarted").length;
+            assert(runsAfter === runsBefore, "a run started although the user declined");
+        },
+    ],
+    [
+        "a .sandlink.toml changed while the trust dialog is open is refused: Trust workspace trusts only what was shown",
+        async () => {
+            const tasksFile = path.join(workspaceDirectory, ".sandlink.toml");
+            const shownText = fs.readFileSync(tasksFile, "utf8");
+            await runPaletteCommand("Sandlink: Run Command");
+            await pickQuickPickRow("echo hello from a task");
+            const dialog = await trustDialog();
+            // The repository swaps the task while the user reads the dialog.
+            fs.writeFileSync(tasksFile, '[tasks]\ngreet = "echo swapped > swapped.txt"\n');
+            try {
+                await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Trust workspace" }).first().click();
+                const toast = page.locator(".notification-toast", { hasText: "changed since it was shown" });
+                await toast.first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+            } finally {
+                fs.writeFileSync(tasksFile, shownText);
+            }
+            const failed = readTestLog().filter((entry) => entry.event === "requestFailed" && entry.kind === "workspaceNotTrusted");
+            assert(failed.some((entry) => /changed since it was shown/.test(entry.message)), `the refusal: ${JSON.stringify(failed)}`);
+            await page.waitForTimeout(1000);
+            assert(sandboxTaskMarkers().length === 0, "the shown task ran although trust was refused");
+            const sessions = path.join(stateDirectory, "sessions");
+            const swapped = fs.readdirSync(sessions).filter((session) => fs.existsSync(path.join(sessions, session, "root", "swapped.txt")));
+            assert(swapped.length === 0, "the swapped task ran");
+            assert(!readTestLog().some((entry) => entry.event === "runStarted" && entry.task === "greet"), "a task run started");
+            await page.locator(".notification-toast .codicon-notifications-clear, .notification-toast .codicon-close").first().click().catch(() => {});
+        },
+    ],
+    [
+        "choosing Trust workspace in that dialog trusts the workspace and runs the task once",
         async () => {
             await runPaletteCommand("Sandlink: Run Command");
             await pickQuickPickRow("echo hello from a task");
-            await waitFor("the task's output in the output panel", async () => {
-                const panelText = await outputPanelText();
-                // The header shows the command line; the output line is the same text without "echo ".
-                return /^hello from a task$/m.test(panelText);
-            });
+            const dialog = await trustDialog();
+            await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Trust workspace" }).first().click();
+            await waitFor("the task's output in the output panel", async () => /^hello from a task$/m.test(await outputPanelText()));
+            const started = readTestLog().filter((entry) => entry.event === "runStarted" && entry.task === "greet");
+            assert(started.length === 1, `the task started once, by name: ${JSON.stringify(started)}`);
+            await waitFor("the task's marker in the sandbox", async () => sandboxTaskMarkers().length > 0);
+            assert(fs.existsSync(path.join(stateDirectory, "trust.json")), "the trust is remembered in the server's state directory");
+            // Trusted now: the next pick runs at once, without a dialog.
+            const asksBefore = readTestLog().filter((entry) => entry.event === "trustAsked").length;
+            await runPaletteCommand("Sandlink: Run Command");
+            await pickQuickPickRow("echo hello from a task");
+            await waitFor("a second run of the task", async () =>
+                readTestLog().filter((entry) => entry.event === "runStarted" && entry.task === "greet").length === 2,
+            );
+            assert(readTestLog().filter((entry) => entry.event === "trustAsked").length === asksBefore, "asked again although trusted");
         },
     ],
     [
@@ -657,7 +742,15 @@ const steps = [
             let panelText = "";
             try {
                 await waitFor("the sandlink log in the output panel", async () => {
+                    // The panel follows the end of the log, and the earlier steps' long messages (the trust
+                    // refusals) can push its first lines out of view: read it from the top.
                     panelText = await outputPanelText();
+                    if (!panelText.includes("Starting the sandlink server")) {
+                        // Show Log focuses the log's editor, so the key goes there (a click would land on the
+                        // editor's overlay layers or a link, not on the text).
+                        await page.keyboard.press("Control+Home");
+                        panelText = await outputPanelText();
+                    }
                     // The first line is the extension's own; "client initialized" is the server's, read from its stderr.
                     return panelText.includes("Starting the sandlink server") && panelText.includes("client initialized");
                 });

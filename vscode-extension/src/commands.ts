@@ -4,11 +4,11 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as vscode from "vscode";
 
-import { describeError, remoteFileScheme, type Ctx } from "./ctx";
+import { describeError, remoteFileScheme, type Ctx, type RunTarget } from "./ctx";
 import * as protocol from "./protocol";
 import { formatDuration } from "./run_output";
 import { commandIds, isCommandEnabled, type CommandId } from "./status";
-import { parseTasks, rememberCommand } from "./tasks";
+import { parseTasks, rememberCommand, shownCommand } from "./tasks";
 import { writeTestLog } from "./test_log";
 
 export type Cmd = (...args: unknown[]) => unknown;
@@ -187,7 +187,15 @@ export function disconnect(ctx: Ctx): Cmd {
 // ---------------------------------------------------------------------------------------------------------------------
 
 interface RunChoice extends vscode.QuickPickItem {
-    commandLine: string;
+    target: RunTarget;
+}
+
+/** `{ task: "name" }` from a keybinding or a test; anything else is not a task request. */
+function asTaskRequest(value: unknown): RunTarget | undefined {
+    if (typeof value === "object" && value !== null && typeof (value as { task?: unknown }).task === "string") {
+        return { task: (value as { task: string }).task };
+    }
+    return undefined;
 }
 
 export function runCommand(ctx: Ctx): Cmd {
@@ -196,27 +204,38 @@ export function runCommand(ctx: Ctx): Cmd {
         if (session === undefined) {
             return;
         }
-        const commandLine = typeof requested === "string" ? requested : await askForCommandLine(ctx, session);
-        if (commandLine === undefined || commandLine.trim() === "") {
+        const target =
+            typeof requested === "string" ? { command: requested } : (asTaskRequest(requested) ?? (await askForRunTarget(ctx, session)));
+        if (target === undefined) {
             return;
         }
-        const history = ctx.extensionContext.workspaceState.get<string[]>(runHistoryKey, []);
-        await ctx.extensionContext.workspaceState.update(runHistoryKey, rememberCommand(history, commandLine));
-        await ctx.startRun(session, commandLine.trim());
+        if ("command" in target) {
+            if (target.command.trim() === "") {
+                return;
+            }
+            // Only what the user typed enters the history: a task's text comes from the repository and must not be
+            // replayed later as a command line of the user's own, past the trust check a task gets.
+            const history = ctx.extensionContext.workspaceState.get<string[]>(runHistoryKey, []);
+            await ctx.extensionContext.workspaceState.update(runHistoryKey, rememberCommand(history, target.command));
+            await ctx.startRun(session, { command: target.command.trim() });
+            return;
+        }
+        await ctx.startRun(session, target);
     };
 }
 
 /** An input box that also lists the `.sandlink.toml` tasks and earlier command lines; typing anything runs it. */
-async function askForCommandLine(ctx: Ctx, session: protocol.SessionInfo): Promise<string | undefined> {
+async function askForRunTarget(ctx: Ctx, session: protocol.SessionInfo): Promise<RunTarget | undefined> {
     const taskItems: RunChoice[] = readTasks(session).map((task) => ({
-        label: `$(tasklist) ${task.name}`,
-        description: task.commandLine,
-        detail: "task from .sandlink.toml",
-        commandLine: task.commandLine,
+        label: `$(tasklist) ${shownCommand(task.name)}`,
+        // Shown as the server's task titles show it: whitespace collapsed and cut, so padding hides nothing.
+        description: shownCommand(task.commandLine),
+        detail: "task from .sandlink.toml (runs once you trust the workspace)",
+        target: { task: task.name },
     }));
     const historyItems: RunChoice[] = ctx.extensionContext.workspaceState
         .get<string[]>(runHistoryKey, [])
-        .map((commandLine) => ({ label: `$(history) ${commandLine}`, commandLine }));
+        .map((commandLine) => ({ label: `$(history) ${commandLine}`, target: { command: commandLine } }));
     const fixedItems: vscode.QuickPickItem[] = [
         ...(taskItems.length > 0 ? [{ label: "Tasks", kind: vscode.QuickPickItemKind.Separator }, ...taskItems] : []),
         ...(historyItems.length > 0 ? [{ label: "History", kind: vscode.QuickPickItemKind.Separator }, ...historyItems] : []),
@@ -228,15 +247,15 @@ async function askForCommandLine(ctx: Ctx, session: protocol.SessionInfo): Promi
     quickPick.items = fixedItems;
     // Whatever is typed is offered as the first item, so Enter always runs the typed text even when it matches a task.
     quickPick.onDidChangeValue((value) => {
-        const typedItem: RunChoice = { label: `$(play) ${value}`, description: "run this command line", commandLine: value, alwaysShow: true };
+        const typedItem: RunChoice = { label: `$(play) ${value}`, description: "run this command line", target: { command: value }, alwaysShow: true };
         quickPick.items = value.trim() === "" ? fixedItems : [typedItem, ...fixedItems];
     });
-    return new Promise<string | undefined>((resolve) => {
+    return new Promise<RunTarget | undefined>((resolve) => {
         let settled = false;
         quickPick.onDidAccept(() => {
             const selected = quickPick.selectedItems[0] as RunChoice | undefined;
             settled = true;
-            resolve(selected?.commandLine ?? quickPick.value);
+            resolve(selected?.target ?? { command: quickPick.value });
             quickPick.hide();
         });
         quickPick.onDidHide(() => {

@@ -34,7 +34,22 @@ import {
     type ServerState,
     type ViewState,
 } from "./status";
+import { shownCommand } from "./tasks";
 import { writeTestLog } from "./test_log";
+
+/**
+ * What a run starts: a command line the user typed (sent as `command`; the user wrote it, so no trust is asked), or a
+ * `.sandlink.toml` task by name (sent as `task`: the server reads its command and checks the workspace's trust).
+ */
+export type RunTarget = { command: string } | { task: string };
+
+/** The label of a run in the runs channel, the cancel picker and the test log. */
+function runLabel(target: RunTarget): string {
+    return "task" in target ? `task ${shownCommand(target.task)}` : target.command;
+}
+
+/** The answer that trusts the workspace in the "not trusted" dialog; any other answer (or none) trusts nothing. */
+export const trustWorkspaceChoice = "Trust workspace";
 
 /** A run started from this window, while it has not exited. */
 interface ActiveRun {
@@ -508,22 +523,31 @@ export class Ctx implements vscode.Disposable {
     // Runs
     // -----------------------------------------------------------------------------------------------------------------
 
-    /** Starts a shell command line in the session and streams it into the runs channel; resolves with the run id. */
-    async startRun(session: protocol.SessionInfo, commandLine: string): Promise<string | undefined> {
+    /**
+     * Starts a command line or a task in the session and streams it into the runs channel; resolves with the run id, or
+     * undefined when it did not start (the user was told why, or declined to trust the workspace).
+     */
+    async startRun(session: protocol.SessionInfo, target: RunTarget): Promise<string | undefined> {
+        const commandLine = runLabel(target);
         const channelKey = `run-${++this.runsStarted}`;
         this.runsChannel.show(true);
         this.runsWriter.start(channelKey, commandLine, session.profile ?? session.driver, new Date());
-        let runId: string;
+        let runId: string | undefined;
         try {
-            ({ runId } = await this.requestOrThrow(protocol.run, { sessionId: session.sessionId, command: commandLine }));
+            runId = await this.requestRunStart(session, target);
         } catch (error) {
             this.runsWriter.abandon(channelKey, `[not started: ${describeError(error)}]`);
             this.runsAppender.flush();
             this.reportError(protocol.run.method, error);
             return undefined;
         }
+        if (runId === undefined) {
+            this.runsWriter.abandon(channelKey, "[not started: the workspace is not trusted, and you chose not to trust it]");
+            this.runsAppender.flush();
+            return undefined;
+        }
         this.activeRuns.set(runId, { runId, commandLine, channelKey });
-        writeTestLog("runStarted", { runId, commandLine });
+        writeTestLog("runStarted", { runId, commandLine, task: "task" in target ? target.task : undefined });
         this.refreshView();
         const sink: RunSink = {
             onOutput: (output) => {
@@ -540,6 +564,51 @@ export class Ctx implements vscode.Disposable {
         };
         this.runRouter.register(runId, sink);
         return runId;
+    }
+
+    /**
+     * Sends `sandlink/run`. A task the server refuses with `workspaceNotTrusted` is put to the user once, with the
+     * server's message (what would run, what changed); only "Trust workspace" trusts it (bound to the fingerprint of
+     * the file the message describes) and tries the task again, once. Resolves undefined when the user declines.
+     */
+    private async requestRunStart(session: protocol.SessionInfo, target: RunTarget): Promise<string | undefined> {
+        const params: protocol.RunParams =
+            "task" in target ? { sessionId: session.sessionId, task: target.task } : { sessionId: session.sessionId, command: target.command };
+        try {
+            return (await this.requestOrThrow(protocol.run, params)).runId;
+        } catch (error) {
+            if (!("task" in target) || errorKind(error) !== "workspaceNotTrusted") {
+                throw error;
+            }
+            if (!(await this.askToTrustWorkspace(session, error as ResponseError<protocol.WorkspaceNotTrustedData>))) {
+                return undefined;
+            }
+            return (await this.requestOrThrow(protocol.run, params)).runId;
+        }
+    }
+
+    /**
+     * Shows a `workspaceNotTrusted` refusal in a modal dialog with a "Trust workspace" button; when it is chosen, trusts
+     * the workspace as the message showed it. Resolves true once trusted, false when the user declined; a refused
+     * trust (the file changed since it was shown) throws, so the caller reports it.
+     */
+    async askToTrustWorkspace(session: protocol.SessionInfo, refusal: ResponseError<protocol.WorkspaceNotTrustedData>): Promise<boolean> {
+        const fingerprint = typeof refusal.data?.fingerprint === "string" ? refusal.data.fingerprint : undefined;
+        writeTestLog("trustAsked", { message: refusal.message, fingerprint });
+        const choice = await vscode.window.showWarningMessage(
+            "sandlink: this workspace is not trusted",
+            { modal: true, detail: refusal.message },
+            trustWorkspaceChoice,
+        );
+        const trusted = choice === trustWorkspaceChoice;
+        writeTestLog("trustAnswered", { trusted });
+        if (!trusted) {
+            return false;
+        }
+        const workspaceFolder = session.workspaceFolder ?? vscode.workspace.workspaceFolders?.[0]?.uri.toString();
+        await this.requestOrThrow(protocol.trustWorkspace, { workspaceFolder, trust: true, fingerprint });
+        this.logChannel.info(`Trusted the workspace ${workspaceFolder ?? "(the server's root)"} as its .sandlink.toml was shown.`);
+        return true;
     }
 
     /** Runs a program (no shell) and collects its stdout, e.g. to read a file inside the sandbox. */

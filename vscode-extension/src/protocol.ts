@@ -128,6 +128,12 @@ export type ErrorKind =
     | "unknownMethod"
     | "inputBacklogFull";
 
+/** `error.data` of a `workspaceNotTrusted` error: the fingerprint of the file as the message describes it. */
+export interface WorkspaceNotTrustedData {
+    kind: "workspaceNotTrusted";
+    fingerprint?: string;
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Requests, client to server
 // ---------------------------------------------------------------------------------------------------------------------
@@ -161,8 +167,8 @@ export const status = new RequestType<{ sessionId: string }, SessionInfo, void>(
 
 export interface RunParams {
     sessionId: string;
-    /** A shell command line when `args` is absent; the program when `args` is present. Empty when `task` is given. */
-    command: string;
+    /** A shell command line when `args` is absent; the program when `args` is present. Absent when `task` is given. */
+    command?: string;
     /** A `.sandlink.toml` task to run by name; the server reads its command and checks the workspace's trust. */
     task?: string;
     args?: string[];
@@ -252,6 +258,11 @@ export interface TrustWorkspaceParams {
     workspaceFolder?: string;
     /** `true` confirms the workspace, `false` revokes it. */
     trust: boolean;
+    /**
+     * The `data.fingerprint` of the `workspaceNotTrusted` error the user was shown: the server trusts the workspace only
+     * if its `.sandlink.toml` still has it, so an edit made while the question was on screen is not trusted unseen.
+     */
+    fingerprint?: string;
 }
 export const trustWorkspace = new RequestType<TrustWorkspaceParams, EmptyResult, void>("sandlink/trustWorkspace");
 

@@ -1,4 +1,6 @@
-//! Reads the `[tasks]` table of `.sandlink.toml` (name = "command line") and keeps the Run Command history.
+//! Reads the `[tasks]` table of `.sandlink.toml` (name = "command line") to list and show tasks, and keeps the Run
+//! Command history. A task is run by name (the server reads its command and checks the workspace's trust), so what is
+//! read here is only ever shown, never sent.
 //
 // Only the `[tasks]` table matters to the extension, so this is a small reader for that table rather than a TOML
 // dependency in the bundle; the server owns the full file. No `vscode` import: unit-tested in test/tasks.test.ts.
@@ -71,6 +73,26 @@ function parseStringValue(valueText: string): string | undefined {
     }
     const literal = /^'([^']*)'\s*(#.*)?$/.exec(valueText);
     return literal ? literal[1] : undefined;
+}
+
+/** The most characters of a command a title shows, as the server's task titles (`tasks::TITLE_COMMAND_CHARS`). */
+export const titleCommandChars = 60;
+
+/** Unicode's White_Space, which Rust's `split_whitespace` splits on (JavaScript's `\s` adds U+FEFF and lacks U+0085). */
+const unicodeWhiteSpace = /[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/;
+
+/**
+ * A command as a one-line title shows it, the way the server's task titles do (`tasks::shown_command`): every run of
+ * whitespace is one space, and a longer command is cut with an ellipsis, so padding cannot push part of a command
+ * (`; curl …`) out of sight past the end of a picker entry.
+ */
+export function shownCommand(command: string): string {
+    const collapsed = command.split(unicodeWhiteSpace).filter((word) => word !== "").join(" ");
+    const characters = Array.from(collapsed);
+    if (characters.length <= titleCommandChars) {
+        return collapsed;
+    }
+    return `${characters.slice(0, titleCommandChars - 1).join("").trimEnd()}…`;
 }
 
 /** The history with `commandLine` moved to the front, without duplicates, at most `maximumEntries` long. */

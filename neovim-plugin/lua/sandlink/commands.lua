@@ -56,6 +56,86 @@ function commands.read_tasks(root_dir)
   return tasks
 end
 
+-- The most characters of a command a title shows, as the server's task titles (tasks.rs TITLE_COMMAND_CHARS).
+commands.title_command_chars = 60
+
+-- Unicode's White_Space code points, which the server's `split_whitespace` collapses: a repository could pad a task
+-- with a no-break or an ideographic space as well as with ASCII blanks.
+local function is_white_space(code_point)
+  return (code_point >= 0x09 and code_point <= 0x0D) or code_point == 0x20 or code_point == 0x85
+    or code_point == 0xA0 or code_point == 0x1680 or (code_point >= 0x2000 and code_point <= 0x200A)
+    or code_point == 0x2028 or code_point == 0x2029 or code_point == 0x202F or code_point == 0x205F
+    or code_point == 0x3000
+end
+
+local function code_point_of(character)
+  local first = character:byte(1)
+  if first < 0x80 or #character == 1 then
+    return first
+  end
+  local value = first % (first >= 0xF0 and 0x08 or first >= 0xE0 and 0x10 or 0x20)
+  for index = 2, #character do
+    value = value * 0x40 + character:byte(index) % 0x40
+  end
+  return value
+end
+
+-- A command as a one-line title shows it, the way the server's task titles do (tasks.rs `shown_command`): every run
+-- of whitespace is one space, and a command longer than 60 characters is cut with an ellipsis, so padding cannot push
+-- part of a command (`; curl …`) out of sight.
+function commands.shown_command(command)
+  local words, word = {}, {}
+  for character in tostring(command):gmatch('[%z\1-\127\192-\255][\128-\191]*') do
+    if is_white_space(code_point_of(character)) then
+      if #word > 0 then
+        table.insert(words, word)
+        word = {}
+      end
+    else
+      table.insert(word, character)
+    end
+  end
+  if #word > 0 then
+    table.insert(words, word)
+  end
+  local characters = {}
+  for index, each in ipairs(words) do
+    if index > 1 then
+      table.insert(characters, ' ')
+    end
+    vim.list_extend(characters, each)
+  end
+  if #characters <= commands.title_command_chars then
+    return table.concat(characters)
+  end
+  local cut = table.concat(characters, '', 1, commands.title_command_chars - 1)
+  return (cut:gsub('%s+$', '')) .. '…'
+end
+
+-- Puts a `workspaceNotTrusted` refusal to the user with vim.ui.select, as the plugin asks elsewhere; only
+-- "Trust workspace" sends sandlink/trustWorkspace, bound to the fingerprint of the file the message describes.
+-- on_answer(err, trusted): trusted is true once the server has recorded the trust.
+function commands.ask_to_trust(workspace, refusal, on_answer)
+  local fingerprint = type(refusal.data) == 'table' and refusal.data.fingerprint or nil
+  local choices = { 'Trust workspace', 'Do not trust it' }
+  vim.ui.select(choices, {
+    prompt = 'sandlink: ' .. tostring(refusal.message) .. '\nTrust this workspace?',
+    kind = 'sandlink.trust',
+  }, function(choice)
+    if choice ~= choices[1] then
+      return on_answer(nil, false)
+    end
+    local params = { workspaceFolder = vim.uri_from_fname(workspace.root_dir), trust = true, fingerprint = fingerprint }
+    client.request(workspace, protocol.request.trust_workspace, params, function(err)
+      if err then
+        return on_answer(err, false)
+      end
+      notify('trusted ' .. workspace.root_dir .. ' as its .sandlink.toml was shown')
+      on_answer(nil, true)
+    end)
+  end)
+end
+
 function commands.connect(options, on_done)
   options = options or {}
   local workspace = require_workspace()
@@ -135,7 +215,10 @@ function commands.disconnect(options, on_done)
     end)
 end
 
--- Starts a command line (or a task of .sandlink.toml) and streams its output into a new scratch buffer.
+-- Starts a command line (or a task of .sandlink.toml) and streams its output into a new scratch buffer. A line that is
+-- exactly a task's name runs that task by name: the server reads its command and runs it only in a trusted workspace,
+-- and a refusal is put to the user (commands.ask_to_trust) before the task is tried once more. Anything else is a
+-- command line the user typed, sent as it is.
 function commands.run(command_line, options, on_done)
   options = options or {}
   local workspace = require_workspace()
@@ -147,9 +230,6 @@ function commands.run(command_line, options, on_done)
     return finish(on_done, { message = 'no command' })
   end
   command_line = vim.trim(command_line)
-  local task_command = commands.read_tasks(workspace.root_dir)[command_line]
-  local shown_command = task_command and (command_line .. ': ' .. task_command) or command_line
-  command_line = task_command or command_line
 
   if workspace.session == nil then
     -- Running without a session connects first with the configured defaults, as a user would expect.
@@ -161,28 +241,32 @@ function commands.run(command_line, options, on_done)
     end)
   end
 
+  local task_command = commands.read_tasks(workspace.root_dir)[command_line]
+  local task_name = task_command and command_line or nil
+  -- The task's text is read here only to be shown, collapsed and cut as the server's task titles are.
+  local shown = task_name and ('task ' .. task_name .. ': ' .. commands.shown_command(task_command)) or command_line
+
   local output = require('sandlink.output')
-  local view = output.create(shown_command, workspace.root_dir)
+  local view = output.create(shown, workspace.root_dir)
   output.show(view)
   local params = {
     sessionId = workspace.session.sessionId,
-    command = command_line,
     cwd = options.cwd,
     env = options.env,
     timeoutMs = options.timeoutMs or config.options.run_timeout_ms,
   }
-  state.run_requests_in_flight = state.run_requests_in_flight + 1
-  client.request(workspace, protocol.request.run, params, function(err, result)
-    state.run_requests_in_flight = state.run_requests_in_flight - 1
-    if err or type(result) ~= 'table' or result.runId == nil then
-      output.append_note(view, '[not started: ' .. client.describe_error(err or 'no runId in the response') .. ']',
-        'SandlinkExitFailure')
-      return finish(on_done, err or { message = 'no runId' })
-    end
+  if task_name then
+    params.task = task_name
+  else
+    params.command = command_line
+  end
+
+  local function started(result)
     local run = {
       run_id = result.runId,
       root_dir = workspace.root_dir,
-      command = command_line,
+      command = shown,
+      task = task_name,
       view = view,
       finished = false,
       started_order = state.next_run_order(),
@@ -192,7 +276,44 @@ function commands.run(command_line, options, on_done)
     state.announce_change()
     require('sandlink.handlers').replay_held_messages(result.runId, workspace)
     finish(on_done, nil, run)
-  end)
+  end
+
+  local function not_started(err)
+    output.append_note(view, '[not started: ' .. client.describe_error(err) .. ']', 'SandlinkExitFailure')
+    finish(on_done, err)
+  end
+
+  local function request_run(may_ask_for_trust)
+    state.run_requests_in_flight = state.run_requests_in_flight + 1
+    client.request(workspace, protocol.request.run, params, function(err, result)
+      state.run_requests_in_flight = state.run_requests_in_flight - 1
+      local refused_for_trust = task_name and type(err) == 'table' and type(err.data) == 'table'
+        and err.data.kind == protocol.error_kind.workspace_not_trusted
+      if refused_for_trust and may_ask_for_trust then
+        return commands.ask_to_trust(workspace, err, function(trust_err, trusted)
+          if trust_err then
+            notify_error('trusting the workspace failed', trust_err)
+            return not_started(trust_err)
+          end
+          if not trusted then
+            output.append_note(view, '[not started: the workspace is not trusted, and you chose not to trust it]',
+              'SandlinkExitFailure')
+            return finish(on_done, err)
+          end
+          -- Once more, and only once: a second refusal (the file changed again) is reported, not asked about.
+          request_run(false)
+        end)
+      end
+      if err or type(result) ~= 'table' or result.runId == nil then
+        if refused_for_trust then
+          notify_error('the task did not run', err)
+        end
+        return not_started(err or { message = 'no runId in the response' })
+      end
+      started(result)
+    end)
+  end
+  request_run(true)
   return view
 end
 

@@ -47,6 +47,13 @@ protocol.command = {
   extend = 'sandlink.extend',
 }
 
+-- `error.data.kind` values the plugin reacts to (see docs/protocol.md, "Errors"). A `workspaceNotTrusted` error also
+-- carries `data.fingerprint`, the file as its message describes it; `trust_workspace` takes it back as
+-- `{ workspaceFolder, trust, fingerprint }` so that only what the user was shown is trusted.
+protocol.error_kind = {
+  workspace_not_trusted = 'workspaceNotTrusted',
+}
+
 -- The client capability that makes the server send the notifications above instead of window/logMessage.
 function protocol.client_capability()
   return { notifications = true }

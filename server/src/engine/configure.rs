@@ -124,16 +124,16 @@ impl Engine {
         let fingerprint = loaded.and_then(|profiles| profiles.workspace.as_ref()).and_then(|file| file.fingerprint.clone());
         let state_dir = self.state_dir.clone();
         let checked = workspace.clone();
-        let state = statefile::blocking(move || {
+        let (state, fingerprint) = statefile::blocking(move || {
             let fingerprint = match fingerprint {
                 Some(fingerprint) => fingerprint,
                 None => trust::current_fingerprint(&checked)?,
             };
-            trust::state(&state_dir, &checked, &fingerprint)
+            Ok((trust::state(&state_dir, &checked, &fingerprint)?, fingerprint))
         })
         .await?;
         let what = format!("Profile \"{}\" (in {}) {}", profile.name, profile.file.display(), reasons.join("; it also "));
-        match untrusted_error(state, &workspace, &what) {
+        match untrusted_error(state, &workspace, &what, &fingerprint) {
             Some(error) => Err(error),
             None => Ok(()),
         }
@@ -147,9 +147,9 @@ impl Engine {
         })?;
         let state_dir = self.state_dir.clone();
         let read_from = workspace.clone();
-        let (tasks, state) = statefile::blocking(move || {
+        let (tasks, state, fingerprint) = statefile::blocking(move || {
             let (tasks, fingerprint) = crate::tasks::load_with_fingerprint(&read_from)?;
-            Ok((tasks, trust::state(&state_dir, &read_from, &fingerprint)?))
+            Ok((tasks, trust::state(&state_dir, &read_from, &fingerprint)?, fingerprint))
         })
         .await?;
         let Some(task) = tasks.into_iter().find(|task| task.name == name) else {
@@ -164,7 +164,7 @@ impl Engine {
             workspace.join(crate::tasks::WORKSPACE_FILE).display(),
             crate::tasks::shown_command(&task.command)
         );
-        match untrusted_error(state, &workspace, &what) {
+        match untrusted_error(state, &workspace, &what, &fingerprint) {
             Some(error) => Err(error),
             None => Ok(task.command),
         }
@@ -172,7 +172,9 @@ impl Engine {
 
     /// What trusting a workspace lets its `.sandlink.toml` do, one line each: where each profile sends code and
     /// with which credentials (by name), what it loosens, and each task's command. Empty when it asks for nothing.
-    pub async fn trust_summary(&self, workspace: &Path) -> Result<Vec<String>> {
+    /// Also the fingerprint of the file these lines were read from, so the trust given after showing them can be
+    /// bound to it (`trust_workspace` with `Some(fingerprint)`) rather than to whatever the file holds by then.
+    pub async fn trust_summary(&self, workspace: &Path) -> Result<(Vec<String>, String)> {
         let loaded = self.load_profiles(Some(workspace)).await?;
         let mut lines = Vec::new();
         for profile in loaded.all().into_iter().filter(|profile| profile.source == Source::Workspace) {
@@ -183,7 +185,18 @@ impl Engine {
             }
         }
         let read_from = workspace.to_path_buf();
-        let tasks = statefile::blocking(move || crate::tasks::load(&read_from)).await?;
+        let (tasks, tasks_fingerprint) = statefile::blocking(move || crate::tasks::load_with_fingerprint(&read_from)).await?;
+        // Profiles and tasks are two reads of the file; a summary made of two versions of it would describe neither.
+        let profiles_fingerprint = loaded.workspace.as_ref().and_then(|file| file.fingerprint.as_ref());
+        if profiles_fingerprint.is_some_and(|fingerprint| fingerprint.digest != tasks_fingerprint.digest) {
+            return Err(Error::WorkspaceNotTrusted {
+                message: format!(
+                    "{} changed while sandlink was reading it; nothing was trusted. Try again once it is saved.",
+                    workspace.join(crate::tasks::WORKSPACE_FILE).display()
+                ),
+                fingerprint: Some(tasks_fingerprint.digest),
+            });
+        }
         for task in tasks {
             lines.push(format!(
                 "task \"{}\" runs `{}`",
@@ -191,11 +204,13 @@ impl Engine {
                 crate::tasks::shown_command(&task.command)
             ));
         }
-        Ok(lines)
+        Ok((lines, tasks_fingerprint.digest))
     }
 
-    /// Confirms or revokes trust in a workspace.
-    pub async fn trust_workspace(&self, workspace: PathBuf, trust: bool) -> Result<()> {
+    /// Confirms or revokes trust in a workspace. With `shown_fingerprint` (the digest of the file as the user was
+    /// shown it, from a `workspaceNotTrusted` error or `trust_summary`), trust is given only if the file is still that
+    /// file: an edit between the question and the answer must not be trusted unseen.
+    pub async fn trust_workspace(&self, workspace: PathBuf, trust: bool, shown_fingerprint: Option<String>) -> Result<()> {
         if !workspace.is_dir() {
             return Err(Error::InvalidParams(format!(
                 "The workspace folder {} does not exist or is not a directory.",
@@ -203,13 +218,30 @@ impl Engine {
             )));
         }
         let state_dir = self.state_dir.clone();
-        tracing::info!(workspace = %workspace.display(), trust, "workspace trust changed");
+        let changed_workspace = workspace.clone();
         statefile::blocking(move || {
+            if !trust {
+                // Taking trust back is always safe, whatever the file holds now.
+                return trust::set_trusted(&state_dir, &workspace, None);
+            }
             // Trust covers the file as it is now; any later change to what it sends where asks again.
-            let fingerprint = if trust { Some(trust::current_fingerprint(&workspace)?) } else { None };
-            trust::set_trusted(&state_dir, &workspace, fingerprint.as_ref())
+            let current = trust::current_fingerprint(&workspace)?;
+            if let Some(shown) = shown_fingerprint.filter(|shown| *shown != current.digest) {
+                tracing::info!(workspace = %workspace.display(), %shown, current = %current.digest, "trust refused: the file changed since it was shown");
+                return Err(Error::WorkspaceNotTrusted {
+                    message: format!(
+                        "{} changed since it was shown to you, so nothing was trusted: what you confirmed is not what \
+                         the file says now. Run the task (or connect) again to see what it asks for now.",
+                        workspace.join(crate::tasks::WORKSPACE_FILE).display()
+                    ),
+                    fingerprint: Some(current.digest),
+                });
+            }
+            trust::set_trusted(&state_dir, &workspace, Some(&current))
         })
-        .await
+        .await?;
+        tracing::info!(workspace = %changed_workspace.display(), trust, "workspace trust changed");
+        Ok(())
     }
 
     /// Every profile with whether its credentials are at hand; a refused workspace file is reported, not fatal.
@@ -394,23 +426,23 @@ fn destination(driver: &dyn Driver, settings: &Map<String, Value>) -> String {
 }
 
 /// The error for a workspace that is not trusted as its file is now, or `None` when it is. `what` says what the
-/// workspace asks to do, as a sentence without its full stop.
-fn untrusted_error(state: TrustState, workspace: &Path, what: &str) -> Option<Error> {
+/// workspace asks to do, as a sentence without its full stop; `fingerprint` is the file it was judged by, carried in
+/// the error so a client's "Trust workspace" answer can be bound to what the message showed.
+fn untrusted_error(state: TrustState, workspace: &Path, what: &str, fingerprint: &trust::Fingerprint) -> Option<Error> {
     let confirm = format!(
         "Confirm it with `sandlink trust {}` or the request sandlink/trustWorkspace {{ workspaceFolder, trust: true }} \
          (your editor's \"Trust workspace\" command), then try again. `sandlink trust --revoke` undoes it.",
         workspace.display()
     );
-    match state {
-        TrustState::Trusted => None,
-        TrustState::NotTrusted => Some(Error::WorkspaceNotTrusted(format!(
-            "{what}. A workspace is not trusted by default. {confirm}"
-        ))),
-        TrustState::Changed(changes) => Some(Error::WorkspaceNotTrusted(format!(
+    let message = match state {
+        TrustState::Trusted => return None,
+        TrustState::NotTrusted => format!("{what}. A workspace is not trusted by default. {confirm}"),
+        TrustState::Changed(changes) => format!(
             "The workspace's {} changed since you trusted it: {}. It is not trusted again until you confirm it. \
              {what}. {confirm}",
             crate::tasks::WORKSPACE_FILE,
             changes.join("; ")
-        ))),
-    }
+        ),
+    };
+    Some(Error::WorkspaceNotTrusted { message, fingerprint: Some(fingerprint.digest.clone()) })
 }

@@ -20,6 +20,7 @@ pub fn to_jsonrpc(error: &Error) -> jsonrpc::Error {
     match error {
         Error::Remote { status: Some(status), .. } => data["status"] = json!(status),
         Error::DriverUnavailable { driver, .. } => data["driver"] = json!(driver),
+        Error::WorkspaceNotTrusted { fingerprint: Some(fingerprint), .. } => data["fingerprint"] = json!(fingerprint),
         _ => {}
     }
     jsonrpc::Error { code, message: error.to_string().into(), data: Some(data) }

@@ -363,7 +363,7 @@ impl Backend {
             let workspace = self.workspace_or_root(&params.workspace_folder)?.ok_or_else(|| {
                 Error::InvalidParams("Name the workspace folder to trust; this server has no workspace root.".into())
             })?;
-            self.engine.trust_workspace(workspace, params.trust).await.map(|()| proto::EmptyResult {})
+            self.engine.trust_workspace(workspace, params.trust, params.fingerprint).await.map(|()| proto::EmptyResult {})
         })
         .await
     }

@@ -437,6 +437,180 @@ test('a_session_connected_through_execute_command_should_be_adopted', function()
   end)
 end)
 
+-- While body runs, records the params of every request whose method is in `methods` and answers each vim.ui.select
+-- with answer(items, options) (the prompts are recorded too). Returns the records and the notifications.
+local function recording_requests_and_prompts(methods, answer, body)
+  local client = require('sandlink.client')
+  local original_request, original_select = client.request, vim.ui.select
+  local record = { requests = {}, prompts = {} }
+  for _, method in ipairs(methods) do
+    record.requests[method] = {}
+  end
+  client.request = function(workspace, method, params, on_result)
+    if record.requests[method] then
+      table.insert(record.requests[method], vim.deepcopy(params))
+    end
+    return original_request(workspace, method, params, on_result)
+  end
+  vim.ui.select = function(items, options, on_choice)
+    local shown = {}
+    for _, item in ipairs(items) do
+      table.insert(shown, options.format_item and options.format_item(item) or item)
+    end
+    table.insert(record.prompts, { kind = options.kind, prompt = options.prompt, shown = shown })
+    on_choice(answer(items, options))
+  end
+  local captured, stop = harness.capture_notifications()
+  local ok, err = pcall(body)
+  stop()
+  client.request, vim.ui.select = original_request, original_select
+  assert_true(ok, tostring(err))
+  return record, captured
+end
+
+local workspace_file = workspace_dir .. '/.sandlink.toml'
+local workspace_file_before_profiles
+-- A profile that loosens the sandbox (it passes one of the user's variables into runs), so it needs the workspace's
+-- trust without needing any cloud.
+local loose_profile_lines = { '', '[profiles.loose]', 'driver = "local"', 'passEnv = ["SANDLINK_TEST_PASSED"]' }
+
+-- Connects with the options, answering the trust prompt with `answer`; returns err, session and the records.
+local function connect_answering_trust(options, answer)
+  local done, connect_error, session
+  local record, captured = recording_requests_and_prompts({ 'sandlink/connect', 'sandlink/trustWorkspace' },
+    function(items, prompt_options)
+      return prompt_options.kind == 'sandlink.trust' and answer or nil
+    end,
+    function()
+      require('sandlink').connect(options, function(err, value)
+        done, connect_error, session = true, err, value
+      end)
+      wait_for('the connect to end', 30000, function()
+        return done
+      end)
+    end)
+  return connect_error, session, record, captured
+end
+
+test('the_profile_picker_should_mark_a_profile_that_asks_for_trust', function()
+  workspace_file_before_profiles = vim.fn.readfile(workspace_file)
+  vim.fn.writefile(vim.list_extend(vim.deepcopy(workspace_file_before_profiles), loose_profile_lines), workspace_file)
+  local done
+  local record = recording_requests_and_prompts({}, function()
+    return nil
+  end, function()
+    require('sandlink.commands').profiles(function()
+      done = true
+    end)
+    wait_for('the profiles answer', 10000, function()
+      return done
+    end)
+  end)
+  assert_equal(1, #record.prompts, 'the picker was shown')
+  local loose_line
+  for _, line in ipairs(record.prompts[1].shown) do
+    if line:find('^loose ') then
+      loose_line = line
+    end
+  end
+  assert_true(loose_line ~= nil, 'the workspace profile is offered: ' .. vim.inspect(record.prompts[1].shown))
+  assert_matches('%[asks for trust%]', loose_line, 'the profile that needs trust is marked')
+end)
+
+test('connecting_with_a_profile_that_needs_trust_should_connect_nothing_when_declined', function()
+  assert_true(current_workspace().session == nil, 'disconnected at the start')
+  local err, session, record, captured = connect_answering_trust({ profile = 'loose' }, 'Do not trust it')
+  assert_true(session == nil and current_workspace().session == nil, 'no session')
+  assert_equal('workspaceNotTrusted', type(err) == 'table' and type(err.data) == 'table' and err.data.kind or err,
+    'the refusal is passed on')
+  assert_equal(1, #record.requests['sandlink/connect'], 'one connect request, no retry')
+  assert_equal(0, #record.requests['sandlink/trustWorkspace'], 'nothing trusted')
+  assert_equal(1, #record.prompts, 'asked once')
+  assert_equal('sandlink.trust', record.prompts[1].kind, 'the trust prompt')
+  -- The server's message: which profile, and what it would loosen (the variable passed, by name).
+  assert_matches('[Pp]rofile "loose"', record.prompts[1].prompt, 'the prompt names the profile')
+  assert_matches('SANDLINK_TEST_PASSED', record.prompts[1].prompt, 'the prompt names the variable passed on')
+  assert_true(harness.find_notification(captured, 'chose not to trust') ~= nil, 'the user is told: ' .. vim.inspect(captured))
+  assert_equal('sandlink: disconnected', require('sandlink').statusline(), 'statusline')
+end)
+
+test('connecting_with_a_profile_that_needs_trust_should_trust_what_was_shown_and_connect_when_accepted', function()
+  local trust_file = vim.env.SANDLINK_STATE_DIR .. '/trust.json'
+  local trust_before = table.concat(vim.fn.readfile(trust_file), '\n')
+  local err, session, record = connect_answering_trust({ profile = 'loose' }, 'Trust workspace')
+  assert_true(err == nil, 'connected: ' .. vim.inspect(err))
+  assert_equal('loose', session.profile, 'the session uses the profile')
+  assert_true(current_workspace().session ~= nil, 'the plugin holds the session')
+  assert_equal(1, #record.prompts, 'asked once')
+  assert_equal(2, #record.requests['sandlink/connect'], 'the refused connect and one retry')
+  assert_equal('loose', record.requests['sandlink/connect'][2].profile, 'the retry uses the same profile')
+  local trusted = record.requests['sandlink/trustWorkspace']
+  assert_equal(1, #trusted, 'one trust request')
+  assert_true(trusted[1].trust == true and type(trusted[1].fingerprint) == 'string' and trusted[1].fingerprint ~= '',
+    'trusts with the shown fingerprint: ' .. vim.inspect(trusted[1]))
+  local trust_after = table.concat(vim.fn.readfile(trust_file), '\n')
+  assert_true(trust_after ~= trust_before, 'trust.json was written')
+  assert_true(trust_after:find(trusted[1].fingerprint, 1, true) ~= nil, 'it holds the fingerprint shown: ' .. trust_after)
+  vim.cmd('Sandlink disconnect')
+  wait_for('the session to end', 15000, function()
+    return current_workspace().session == nil
+  end)
+end)
+
+test('a_task_code_action_should_ask_for_trust_and_run_the_task_by_name_once_trusted', function()
+  -- A changed task: the workspace is no longer trusted as its file is now.
+  local lines = vim.deepcopy(workspace_file_before_profiles)
+  for index, line in ipairs(lines) do
+    if line:find('^greet') then
+      lines[index] = 'greet = "echo from a code action; echo ran > action-ran.txt"'
+    end
+  end
+  vim.fn.writefile(vim.list_extend(lines, loose_profile_lines), workspace_file)
+  local err, _, connect_record = connect_answering_trust({ driver = 'local' }, 'Do not trust it')
+  assert_true(err == nil and current_workspace().session ~= nil, 'a plain local session needs no trust: ' .. vim.inspect(err))
+  assert_equal(0, #connect_record.prompts, 'and asks for none')
+  vim.cmd('edit ' .. vim.fn.fnameescape(workspace_dir .. '/hello.txt'))
+  local output = require('sandlink.output')
+  local previous_view = output.last_view
+  local record = recording_requests_and_prompts({ 'sandlink/run' }, function(items, options)
+    if options.kind == 'sandlink.trust' then
+      return 'Trust workspace'
+    end
+    for _, item in ipairs(items) do
+      if options.format_item(item):find('Run task greet', 1, true) then
+        return item
+      end
+    end
+  end, function()
+    vim.lsp.buf.code_action()
+    wait_for('the task to start', 20000, function()
+      local view = output.last_view
+      return view ~= previous_view
+        and (vim.b[view.buffer].sandlink_run_id ~= nil or last_line(view.buffer):find('^%[not started'))
+    end)
+  end)
+  local view = output.last_view
+  assert_equal('codeaction', record.prompts[1] and record.prompts[1].kind, 'the code action menu was shown first')
+  local offered = table.concat(record.prompts[1].shown, '\n')
+  assert_matches('Run task greet %(echo from a code action; echo ran > action%-ran%.txt%)', offered, 'the task action')
+  assert_equal(2, #record.prompts, 'then the trust prompt, once')
+  assert_matches('echo from a code action', record.prompts[2].prompt, 'the prompt shows what the task runs')
+  assert_equal(2, #record.requests['sandlink/run'], 'the refused run and one retry')
+  for _, params in ipairs(record.requests['sandlink/run']) do
+    assert_true(params.task == 'greet' and params.command == nil, 'by name only: ' .. vim.inspect(params))
+  end
+  local run = require('sandlink.state').runs[vim.b[view.buffer].sandlink_run_id]
+  assert_true(run ~= nil, 'the task started: ' .. buffer_text(view.buffer))
+  wait_for_exit(run)
+  assert_matches('from a code action', buffer_text(view.buffer), 'its output in the plugin\'s buffer')
+  assert_true(vim.fn.filereadable(sandbox_file('action-ran.txt')) == 1, 'the task ran in the sandbox')
+  vim.fn.writefile(workspace_file_before_profiles, workspace_file)
+  vim.cmd('Sandlink disconnect')
+  wait_for('the session to end', 15000, function()
+    return current_workspace().session == nil
+  end)
+end)
+
 test('run_while_disconnected_should_connect_first_and_then_run', function()
   local run = start_run('echo after reconnecting')
   wait_for_exit(run)

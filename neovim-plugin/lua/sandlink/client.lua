@@ -64,8 +64,9 @@ local function run_when_ready_queue(workspace)
   end
 end
 
--- Starts (or returns the already running) client for root_dir. Works on 0.7 (start_client) and later.
-function client_module.start(root_dir, handlers)
+-- Starts (or returns the already running) client for root_dir. Works on 0.7 (start_client) and later. lsp_commands
+-- are the client-side handlers of the server's `sandlink.*` action commands (commands.lsp_command_handlers).
+function client_module.start(root_dir, handlers, lsp_commands)
   local workspace = state.workspace(root_dir)
   if workspace and workspace.client_id and not workspace.stopped then
     return workspace
@@ -90,6 +91,7 @@ function client_module.start(root_dir, handlers)
     capabilities = make_capabilities(),
     init_options = options.init_options,
     handlers = handlers,
+    commands = lsp_commands,
     on_init = function(client, initialize_result)
       workspace.client_id = client.id
       local experimental = initialize_result and initialize_result.capabilities

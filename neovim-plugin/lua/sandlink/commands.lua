@@ -21,9 +21,10 @@ local function finish(on_done, err, result)
   end
 end
 
--- The workspace commands act on; nil (with a message) when setup() has not started one.
-local function require_workspace()
-  local workspace = state.current_workspace()
+-- The workspace commands act on: the one given (a code action's client), else the current one; nil (with a message)
+-- when setup() has not started one.
+local function require_workspace(given)
+  local workspace = given or state.current_workspace()
   if workspace == nil then
     notify('not set up yet: call require("sandlink").setup() first', vim.log.levels.ERROR)
   end
@@ -112,6 +113,12 @@ function commands.shown_command(command)
   return (cut:gsub('%s+$', '')) .. '…'
 end
 
+-- Whether err is the server's `workspaceNotTrusted` refusal (which then carries the message to show and
+-- data.fingerprint).
+local function is_trust_refusal(err)
+  return type(err) == 'table' and type(err.data) == 'table' and err.data.kind == protocol.error_kind.workspace_not_trusted
+end
+
 -- Puts a `workspaceNotTrusted` refusal to the user with vim.ui.select, as the plugin asks elsewhere; only
 -- "Trust workspace" sends sandlink/trustWorkspace, bound to the fingerprint of the file the message describes.
 -- on_answer(err, trusted): trusted is true once the server has recorded the trust.
@@ -136,9 +143,13 @@ function commands.ask_to_trust(workspace, refusal, on_answer)
   end)
 end
 
+-- Connects the workspace. A profile that would send the workspace elsewhere or loosen the sandbox is refused with
+-- `workspaceNotTrusted` until the workspace is trusted: the server's message (where code and which credential would
+-- go) is put to the user (commands.ask_to_trust), and only "Trust workspace" trusts it and connects, once more.
+-- options: profile, driver, reuse, sync, settings, and workspace (default: the current one).
 function commands.connect(options, on_done)
   options = options or {}
-  local workspace = require_workspace()
+  local workspace = require_workspace(options.workspace)
   if workspace == nil then
     return finish(on_done, { message = 'not set up' })
   end
@@ -177,19 +188,45 @@ function commands.connect(options, on_done)
   params.settings = options.settings or config.options.settings
   workspace.connecting = true
   state.announce_change()
-  client.request(workspace, protocol.request.connect, params, function(err, session)
+  local function connected(session)
     workspace.connecting = false
-    if err then
-      state.announce_change()
-      notify_error('connecting failed', err)
-      return finish_all(err)
-    end
     workspace.session = session
     state.announce_change()
     notify('connected: ' .. tostring(session.profile or session.driver) .. ' session ' .. tostring(session.sessionId)
       .. (session.remoteRoot and (' at ' .. tostring(session.remoteRoot)) or ''))
     finish_all(nil, session)
-  end)
+  end
+  local function not_connected(err, what)
+    workspace.connecting = false
+    state.announce_change()
+    if what then
+      notify_error(what, err)
+    end
+    finish_all(err)
+  end
+  -- `connecting` stays set while the user reads the trust prompt, so a second connect waits for this one.
+  local function request_connect(may_ask_for_trust)
+    client.request(workspace, protocol.request.connect, params, function(err, session)
+      if is_trust_refusal(err) and may_ask_for_trust then
+        return commands.ask_to_trust(workspace, err, function(trust_err, trusted)
+          if trust_err then
+            return not_connected(trust_err, 'trusting the workspace failed')
+          end
+          if not trusted then
+            notify('not connected: the workspace is not trusted, and you chose not to trust it')
+            return not_connected(err)
+          end
+          -- Once more, and only once: a second refusal (the file changed again) is reported, not asked about.
+          request_connect(false)
+        end)
+      end
+      if err or type(session) ~= 'table' then
+        return not_connected(err or { message = 'no session in the response' }, 'connecting failed')
+      end
+      connected(session)
+    end)
+  end
+  request_connect(true)
 end
 
 function commands.disconnect(options, on_done)
@@ -219,9 +256,11 @@ end
 -- exactly a task's name runs that task by name: the server reads its command and runs it only in a trusted workspace,
 -- and a refusal is put to the user (commands.ask_to_trust) before the task is tried once more. Anything else is a
 -- command line the user typed, sent as it is.
+-- options.task = true runs command_line as a task's name and never as a command line (a code action's task, whose name
+-- this plugin's small [tasks] reader may not know); options.workspace picks the workspace (default: the current one).
 function commands.run(command_line, options, on_done)
   options = options or {}
-  local workspace = require_workspace()
+  local workspace = require_workspace(options.workspace)
   if workspace == nil then
     return finish(on_done, { message = 'not set up' })
   end
@@ -233,7 +272,7 @@ function commands.run(command_line, options, on_done)
 
   if workspace.session == nil then
     -- Running without a session connects first with the configured defaults, as a user would expect.
-    return commands.connect({}, function(err)
+    return commands.connect({ workspace = workspace }, function(err)
       if err then
         return finish(on_done, err)
       end
@@ -242,9 +281,12 @@ function commands.run(command_line, options, on_done)
   end
 
   local task_command = commands.read_tasks(workspace.root_dir)[command_line]
-  local task_name = task_command and command_line or nil
+  local task_name = (task_command or options.task) and command_line or nil
   -- The task's text is read here only to be shown, collapsed and cut as the server's task titles are.
-  local shown = task_name and ('task ' .. task_name .. ': ' .. commands.shown_command(task_command)) or command_line
+  local shown = command_line
+  if task_name then
+    shown = 'task ' .. task_name .. (task_command and (': ' .. commands.shown_command(task_command)) or '')
+  end
 
   local output = require('sandlink.output')
   local view = output.create(shown, workspace.root_dir)
@@ -287,8 +329,7 @@ function commands.run(command_line, options, on_done)
     state.run_requests_in_flight = state.run_requests_in_flight + 1
     client.request(workspace, protocol.request.run, params, function(err, result)
       state.run_requests_in_flight = state.run_requests_in_flight - 1
-      local refused_for_trust = task_name and type(err) == 'table' and type(err.data) == 'table'
-        and err.data.kind == protocol.error_kind.workspace_not_trusted
+      local refused_for_trust = task_name and is_trust_refusal(err)
       if refused_for_trust and may_ask_for_trust then
         return commands.ask_to_trust(workspace, err, function(trust_err, trusted)
           if trust_err then
@@ -547,8 +588,9 @@ function commands.profiles(on_done)
     vim.ui.select(profiles, {
       prompt = 'Connect with profile:',
       format_item = function(profile)
+        -- needsTrust: picking it asks to trust the workspace first, with where code and which credential would go.
         return profile.name .. ' (' .. tostring(profile.driver) .. ')' .. (profile.default and ' [default]' or '')
-          .. (profile.hasCredentials and '' or ' [no credentials]')
+          .. (profile.hasCredentials and '' or ' [no credentials]') .. (profile.needsTrust and ' [asks for trust]' or '')
       end,
     }, function(choice)
       if choice then
@@ -557,6 +599,88 @@ function commands.profiles(on_done)
     end)
     finish(on_done, nil, profiles)
   end)
+end
+
+-- The `sandlink.*` commands the server puts in its code actions and code lens (protocol.command), run by the plugin
+-- rather than sent back as workspace/executeCommand: so a session an action starts is the plugin's session, a run's
+-- output gets its buffer, and a connect or task the workspace's trust refuses is put to the user (ask_to_trust) and
+-- tried once more, as with :Sandlink. They go into the client config's `commands`, which vim.lsp looks in before it
+-- sends workspace/executeCommand (code actions and code lenses alike, 0.7 onwards). Each gets (command, ctx): the
+-- LSP Command, whose one argument is the params of the matching request, and ctx.client_id.
+function commands.lsp_command_handlers()
+  local function action_argument(command)
+    local argument = type(command.arguments) == 'table' and command.arguments[1] or nil
+    return type(argument) == 'table' and argument or {}
+  end
+  local function action_workspace(ctx)
+    return (type(ctx) == 'table' and ctx.client_id and state.workspace_for_client(ctx.client_id)) or state.current_workspace()
+  end
+  -- An action is offered for the session that was live when the menu was built; one for an ended session does nothing.
+  local function still_the_session(workspace, argument)
+    local session = workspace and workspace.session
+    if session == nil then
+      notify_error('that action', not_connected_error())
+      return false
+    end
+    if argument.sessionId ~= nil and argument.sessionId ~= session.sessionId then
+      notify('that action was offered for session ' .. tostring(argument.sessionId) .. ', which has ended; '
+        .. 'ask for the actions again', vim.log.levels.WARN)
+      return false
+    end
+    return true
+  end
+  local p = protocol.command
+  return {
+    [p.connect] = function(command, ctx)
+      local argument = action_argument(command)
+      commands.connect({ workspace = action_workspace(ctx), driver = argument.driver, profile = argument.profile,
+        reuse = argument.reuse })
+    end,
+    [p.disconnect] = function(command, ctx)
+      local argument = action_argument(command)
+      if still_the_session(action_workspace(ctx), argument) then
+        commands.disconnect({ keep = argument.keep == true })
+      end
+    end,
+    [p.run] = function(command, ctx)
+      local argument, workspace = action_argument(command), action_workspace(ctx)
+      if type(argument.task) ~= 'string' then
+        -- The server's actions run tasks by name; a command line in an action would skip the trust a task needs.
+        return notify('an action runs a .sandlink.toml task by name; :Sandlink run runs a command line',
+          vim.log.levels.WARN)
+      end
+      if still_the_session(workspace, argument) then
+        commands.run(argument.task, { task = true, workspace = workspace })
+      end
+    end,
+    [p.cancel] = function(command)
+      local argument = action_argument(command)
+      if argument.runId ~= nil then
+        commands.cancel(tostring(argument.runId))
+      end
+    end,
+    [p.sync] = function(command, ctx)
+      local argument = action_argument(command)
+      if still_the_session(action_workspace(ctx), argument) then
+        commands.sync(argument.direction)
+      end
+    end,
+    [p.preview] = function(command, ctx)
+      local argument = action_argument(command)
+      if still_the_session(action_workspace(ctx), argument) then
+        commands.preview(argument.port)
+      end
+    end,
+    [p.status] = function()
+      commands.status()
+    end,
+    [p.extend] = function(command, ctx)
+      local argument = action_argument(command)
+      if still_the_session(action_workspace(ctx), argument) then
+        commands.extend(argument.seconds)
+      end
+    end,
+  }
 end
 
 -- Splits "driver=docker sync=false myprofile" into connect options; a bare word is a profile name.

@@ -45,7 +45,8 @@ function sandlink.setup(user_options)
   end
   local root_dir = config.find_root(start_directory)
   local handlers = require('sandlink.handlers').for_client_config()
-  local workspace = require('sandlink.client').start(root_dir, handlers)
+  local lsp_commands = require('sandlink.commands').lsp_command_handlers()
+  local workspace = require('sandlink.client').start(root_dir, handlers, lsp_commands)
   if not workspace.stopped then
     require('sandlink.client').when_ready(workspace, function()
       local commands = require('sandlink.commands')

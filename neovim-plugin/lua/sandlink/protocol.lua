@@ -35,7 +35,8 @@ protocol.notification = {
   timeout_warning = 'sandlink/timeoutWarning',
 }
 
--- The workspace/executeCommand ids that plain LSP clients use; the plugin does not need them but keeps them in step.
+-- The workspace/executeCommand ids that plain LSP clients use. The server's code actions and code lens carry them; the
+-- plugin runs them itself (commands.lsp_command_handlers) instead of sending them back.
 protocol.command = {
   connect = 'sandlink.connect',
   disconnect = 'sandlink.disconnect',

@@ -50,6 +50,10 @@ const commandLine = "echo sandlink-e2e-$((6*7)); echo sandlink-e2e-stderr 1>&2; 
 const markerContent = `marker-${process.pid}`;
 // Written by the workspace's task inside the sandbox: present only once the task has really run.
 const taskMarker = "task-ran.txt";
+// Written by the task once it is changed and run from the server's code actions.
+const actionMarker = "action-ran.txt";
+// A workspace profile that needs the workspace's trust without a cloud: it passes one of the user's variables into runs.
+const looseProfile = '\n[profiles.loose]\ndriver = "local"\npassEnv = ["SANDLINK_E2E_PASSED"]\n';
 
 let codeServerProcess;
 let browser;
@@ -272,6 +276,30 @@ async function trustDialog() {
     const dialog = page.locator(".monaco-dialog-box", { hasText: "not trusted" }).first();
     await dialog.waitFor({ state: "visible", timeout: uiTimeoutMs });
     return dialog;
+}
+
+/** Opens a workspace file in an editor with Go to File and waits for the editor. */
+async function openWorkspaceFile(name) {
+    await runPaletteCommand("Go to File...");
+    const input = page.locator(".quick-input-widget .quick-input-box input");
+    await input.fill(name);
+    await page.locator(".quick-input-widget .quick-input-list .monaco-list-row", { hasText: name }).first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+    await page.keyboard.press("Enter");
+    const editor = page.locator(".part.editor .monaco-editor").first();
+    await editor.waitFor({ state: "visible", timeout: uiTimeoutMs });
+    await editor.locator(".view-lines").click();
+}
+
+/** Markers a workspace task or file left in the local sandboxes' roots. */
+function sandboxFiles(name) {
+    const sessions = path.join(stateDirectory, "sessions");
+    if (!fs.existsSync(sessions)) {
+        return [];
+    }
+    return fs
+        .readdirSync(sessions)
+        .map((session) => path.join(sessions, session, "root", name))
+        .filter((file) => fs.existsSync(file));
 }
 
 /** The visible text of the output panel's editor. */
@@ -549,6 +577,42 @@ const steps = [
         },
     ],
     [
+        "a task from the server's code actions (Source Action...) asks to trust the changed workspace, then runs by name in the runs channel",
+        async () => {
+            // A changed task: the workspace is no longer trusted as its file is now.
+            fs.writeFileSync(
+                path.join(workspaceDirectory, ".sandlink.toml"),
+                `[tasks]\ngreet = "echo hello from a code action; echo ran > ${actionMarker}"\n`,
+            );
+            const asksBefore = readTestLog().filter((entry) => entry.event === "trustAsked").length;
+            const startsBefore = readTestLog().filter((entry) => entry.event === "runStarted" && entry.task === "greet").length;
+            await openWorkspaceFile("marker.txt");
+            await runPaletteCommand("Source Action...");
+            // The server's action, shown by VS Code's action menu; before this change its command had nothing behind it.
+            const action = page.locator(".action-widget .monaco-list-row", { hasText: "Run task greet" }).first();
+            await action.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const actionText = await action.innerText();
+            assert(actionText.includes(`echo hello from a code action; echo ran > ${actionMarker}`), `the action's title: ${actionText}`);
+            // The menu takes keys (a pointer block lies over it while it opens): move the focus to the action, then Enter.
+            for (let moves = 0; !((await page.locator(".action-widget .monaco-list-row.focused").first().getAttribute("aria-label")) ?? "").includes("Run task greet"); moves++) {
+                assert(moves < 20, "the action never took the focus in the menu");
+                await page.keyboard.press("ArrowDown");
+            }
+            await page.keyboard.press("Enter");
+            const dialog = await trustDialog();
+            const dialogText = await dialog.innerText();
+            assert(/Task "greet"/.test(dialogText) && dialogText.includes("echo hello from a code action"), `the dialog:\n${dialogText}`);
+            assert(sandboxFiles(actionMarker).length === 0, "the task ran before the workspace was trusted");
+            await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Trust workspace" }).first().click();
+            await waitFor("the task's output in the runs channel", async () => /^hello from a code action$/m.test(await outputPanelText()));
+            await waitFor("the task's marker in the sandbox", async () => sandboxFiles(actionMarker).length > 0);
+            const log = readTestLog();
+            assert(log.filter((entry) => entry.event === "trustAsked").length === asksBefore + 1, "asked once");
+            const started = log.filter((entry) => entry.event === "runStarted" && entry.task === "greet");
+            assert(started.length === startsBefore + 1, `the action started the task once, by name, through the extension: ${JSON.stringify(started)}`);
+        },
+    ],
+    [
         "Sync Now (up) uploads a new local file and reports what it did",
         async () => {
             fs.writeFileSync(path.join(workspaceDirectory, "added-later.txt"), "added later\n");
@@ -733,6 +797,47 @@ const steps = [
             assert(!entries.includes("Sandlink: Run Command"), `Run Command offered after disconnect: ${JSON.stringify(entries)}`);
             await closeQuickInput();
             assert(readTestLog().some((entry) => entry.event === "disconnected"), "no 'disconnected' event in the test log");
+        },
+    ],
+    [
+        "Connect marks a .sandlink.toml profile that loosens the sandbox, and declining its trust dialog (naming what it passes) connects nothing",
+        async () => {
+            const workspaceFile = path.join(workspaceDirectory, ".sandlink.toml");
+            fs.writeFileSync(workspaceFile, fs.readFileSync(workspaceFile, "utf8") + looseProfile);
+            const connectsBefore = readTestLog().filter((entry) => entry.event === "connected").length;
+            await runPaletteCommand("Sandlink: Connect");
+            // The picker says so before the pick (sandlink/profiles' needsTrust).
+            await pickQuickPickRow("asks for trust", "loose");
+            const dialog = await trustDialog();
+            const dialogText = await dialog.innerText();
+            assert(/[Pp]rofile "loose"/.test(dialogText) && dialogText.includes("SANDLINK_E2E_PASSED"), `the dialog names the profile and what it passes:\n${dialogText}`);
+            await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Cancel" }).first().click();
+            await waitFor("the declined connect in the test log", async () => readTestLog().some((entry) => entry.event === "connectDeclined"));
+            await page.waitForTimeout(1000);
+            await waitForStatus(/sandlink: disconnected/);
+            assert(readTestLog().filter((entry) => entry.event === "connected").length === connectsBefore, "declining still connected");
+        },
+    ],
+    [
+        "choosing Trust workspace for that profile trusts the file as shown and connects with the profile once",
+        async () => {
+            await runPaletteCommand("Sandlink: Connect");
+            await pickQuickPickRow("asks for trust", "loose");
+            const dialog = await trustDialog();
+            await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Trust workspace" }).first().click();
+            await waitForStatus(/loose: active/);
+            const asked = readTestLog().filter((entry) => entry.event === "trustAsked").at(-1);
+            const trustFile = fs.readFileSync(path.join(stateDirectory, "trust.json"), "utf8");
+            assert(asked?.fingerprint && trustFile.includes(asked.fingerprint), `trust.json holds the fingerprint shown (${asked?.fingerprint}):\n${trustFile}`);
+            assert(
+                !readTestLog().some((entry) => entry.event === "requestFailed" && entry.method === "sandlink/connect"),
+                "a connect failed on the way",
+            );
+            await runPaletteCommand("Sandlink: Disconnect");
+            await pickQuickPickRow("remove the sandbox");
+            await waitForStatus(/sandlink: disconnected/);
+            // connectOnOpen below expects the server's default, the local driver, with no profile in the way.
+            fs.writeFileSync(path.join(workspaceDirectory, ".sandlink.toml"), `[tasks]\ngreet = "echo hello from a task; echo ran > ${taskMarker}"\n`);
         },
     ],
     [

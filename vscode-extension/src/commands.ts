@@ -103,7 +103,11 @@ async function pickConnectTarget(ctx: Ctx): Promise<Omit<protocol.ConnectParams,
         for (const profile of profiles) {
             items.push({
                 label: `$(account) ${profile.name}`,
-                description: `${profile.driver}${profile.default ? ", default" : ""}`,
+                description: `${profile.driver}${profile.default ? ", default" : ""}${profile.needsTrust ? ", asks for trust" : ""}`,
+                // Said before the pick: this profile sends the workspace elsewhere or loosens the sandbox.
+                detail: profile.needsTrust
+                    ? "Sends the workspace elsewhere or loosens the sandbox: you are asked to trust this workspace first"
+                    : undefined,
                 params: { profile: profile.name },
             });
         }
@@ -141,11 +145,25 @@ export async function connectWith(ctx: Ctx, params: Omit<protocol.ConnectParams,
         return;
     }
     const target = params.profile ?? params.driver ?? "the kept session";
-    const session = await vscode.window.withProgress(
-        { location: vscode.ProgressLocation.Notification, title: `sandlink: connecting to ${target}…` },
-        () => ctx.request(protocol.connect, { ...params, workspaceFolder: folder?.uri.toString() }),
-    );
+    const workspaceFolder = folder?.uri.toString();
+    // Only the request shows progress: a trust question is asked between two tries, not under a spinning notification.
+    const send = () =>
+        vscode.window.withProgress(
+            { location: vscode.ProgressLocation.Notification, title: `sandlink: connecting to ${target}…` },
+            () => ctx.requestOrThrow(protocol.connect, { ...params, workspaceFolder }),
+        );
+    let session: protocol.SessionInfo | undefined;
+    try {
+        // A workspace profile that sends the workspace elsewhere or loosens the sandbox is refused until the workspace
+        // is trusted: the same question (and single retry) as a task's.
+        session = await ctx.withTrustRetry(workspaceFolder, send);
+    } catch (error) {
+        ctx.reportError(protocol.connect.method, error);
+        return;
+    }
     if (session === undefined) {
+        ctx.logChannel.info(`Not connected to ${target}: the workspace is not trusted, and you chose not to trust it.`);
+        writeTestLog("connectDeclined", { target });
         return;
     }
     ctx.adoptSession(session);

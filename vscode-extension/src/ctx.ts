@@ -227,8 +227,10 @@ export class Ctx implements vscode.Disposable {
             }),
         );
         // The server advertises `sandlink.connect`, `sandlink.run`, ... as executeCommand commands for plain LSP
-        // clients. The generic client feature would register VS Code commands under those ids and collide with this
-        // extension's own richer commands of the same names, so it is switched off; the typed requests are used instead.
+        // clients, and its code actions carry them. The generic client feature would register a VS Code command per id
+        // that sends it back to the server; `sandlink.connect`/`sandlink.disconnect` would collide with this
+        // extension's palette commands (registering an id twice throws), and the rest would bypass the extension's
+        // runs and trust prompt. So it is switched off, and server_commands.ts binds those ids to the extension's flows.
         const executeCommandFeature = client.getFeature(ExecuteCommandRequest.method);
         executeCommandFeature.initialize = () => {};
         executeCommandFeature.register = () => {};
@@ -567,32 +569,48 @@ export class Ctx implements vscode.Disposable {
     }
 
     /**
-     * Sends `sandlink/run`. A task the server refuses with `workspaceNotTrusted` is put to the user once, with the
-     * server's message (what would run, what changed); only "Trust workspace" trusts it (bound to the fingerprint of
-     * the file the message describes) and tries the task again, once. Resolves undefined when the user declines.
+     * Sends `sandlink/run`. A task the server refuses with `workspaceNotTrusted` goes through `withTrustRetry` (the
+     * server's message, "Trust workspace", one retry); a command line the user typed is never put to that question.
+     * Resolves undefined when the user declines.
      */
     private async requestRunStart(session: protocol.SessionInfo, target: RunTarget): Promise<string | undefined> {
         const params: protocol.RunParams =
             "task" in target ? { sessionId: session.sessionId, task: target.task } : { sessionId: session.sessionId, command: target.command };
+        const send = () => this.requestOrThrow(protocol.run, params);
+        const started = "task" in target ? await this.withTrustRetry(session.workspaceFolder, send) : await send();
+        return started?.runId;
+    }
+
+    /**
+     * Sends a request (`send`) that the server may refuse with `workspaceNotTrusted` (a task, or a connect whose profile
+     * sends the workspace elsewhere or loosens the sandbox). The refusal is put to the user once, with the server's
+     * message (what would run, where code and which credential would go, what changed); only "Trust workspace" trusts
+     * (bound to the fingerprint of the file the message describes) and sends the request again, once: a second refusal
+     * is thrown, not asked about. Resolves undefined when the user declines; other errors are thrown to the caller.
+     */
+    async withTrustRetry<R>(workspaceFolder: string | undefined, send: () => PromiseLike<R>): Promise<R | undefined> {
         try {
-            return (await this.requestOrThrow(protocol.run, params)).runId;
+            return await send();
         } catch (error) {
-            if (!("task" in target) || errorKind(error) !== "workspaceNotTrusted") {
+            if (errorKind(error) !== "workspaceNotTrusted") {
                 throw error;
             }
-            if (!(await this.askToTrustWorkspace(session, error as ResponseError<protocol.WorkspaceNotTrustedData>))) {
+            if (!(await this.askToTrustWorkspace(workspaceFolder, error as ResponseError<protocol.WorkspaceNotTrustedData>))) {
                 return undefined;
             }
-            return (await this.requestOrThrow(protocol.run, params)).runId;
+            return await send();
         }
     }
 
     /**
      * Shows a `workspaceNotTrusted` refusal in a modal dialog with a "Trust workspace" button; when it is chosen, trusts
-     * the workspace as the message showed it. Resolves true once trusted, false when the user declined; a refused
-     * trust (the file changed since it was shown) throws, so the caller reports it.
+     * the workspace folder (default: the first one) as the message showed it. Resolves true once trusted, false when the
+     * user declined; a refused trust (the file changed since it was shown) throws, so the caller reports it.
      */
-    async askToTrustWorkspace(session: protocol.SessionInfo, refusal: ResponseError<protocol.WorkspaceNotTrustedData>): Promise<boolean> {
+    async askToTrustWorkspace(
+        workspaceFolder: string | undefined,
+        refusal: ResponseError<protocol.WorkspaceNotTrustedData>,
+    ): Promise<boolean> {
         const fingerprint = typeof refusal.data?.fingerprint === "string" ? refusal.data.fingerprint : undefined;
         writeTestLog("trustAsked", { message: refusal.message, fingerprint });
         const choice = await vscode.window.showWarningMessage(
@@ -605,9 +623,9 @@ export class Ctx implements vscode.Disposable {
         if (!trusted) {
             return false;
         }
-        const workspaceFolder = session.workspaceFolder ?? vscode.workspace.workspaceFolders?.[0]?.uri.toString();
-        await this.requestOrThrow(protocol.trustWorkspace, { workspaceFolder, trust: true, fingerprint });
-        this.logChannel.info(`Trusted the workspace ${workspaceFolder ?? "(the server's root)"} as its .sandlink.toml was shown.`);
+        const folder = workspaceFolder ?? vscode.workspace.workspaceFolders?.[0]?.uri.toString();
+        await this.requestOrThrow(protocol.trustWorkspace, { workspaceFolder: folder, trust: true, fingerprint });
+        this.logChannel.info(`Trusted the workspace ${folder ?? "(the server's root)"} as its .sandlink.toml was shown.`);
         return true;
     }
 

@@ -5,6 +5,7 @@ import * as vscode from "vscode";
 import { RemoteFileContentProvider, commandFactories, connectWith } from "./commands";
 import { changeNeedsServerRestart } from "./config";
 import { Ctx, remoteFileScheme } from "./ctx";
+import { registerServerCommands } from "./server_commands";
 import { writeTestLog } from "./test_log";
 
 let ctx: Ctx | undefined;
@@ -22,6 +23,8 @@ export async function activate(extensionContext: vscode.ExtensionContext): Promi
     for (const [commandId, factory] of Object.entries(commandFactories)) {
         extensionContext.subscriptions.push(vscode.commands.registerCommand(commandId, factory(windowCtx)));
     }
+    // The commands in the server's code actions (a task, sync, cancel, ...), run through the same flows as the palette.
+    extensionContext.subscriptions.push(...registerServerCommands(windowCtx));
     extensionContext.subscriptions.push(
         vscode.workspace.registerTextDocumentContentProvider(remoteFileScheme, new RemoteFileContentProvider(windowCtx)),
         vscode.workspace.onDidChangeConfiguration((event) => {

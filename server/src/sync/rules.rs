@@ -32,9 +32,13 @@ pub struct Rules {
     configured: Gitignore,
     global: Gitignore,
     git_exclude: Gitignore,
-    /// Per directory (relative, `""` for the root): its ignore files in precedence order, present ones only.
-    directories: Mutex<HashMap<String, Arc<Vec<Gitignore>>>>,
+    /// Per directory (relative, `""` for the root): the ignore files that apply to its entries, its own and its
+    /// parents', as (`IGNORE_FILES` index, matcher), deepest directory first. Most directories have none of their
+    /// own and share their parent's chain, so deciding an entry is one lookup, not one per parent and file name.
+    chains: Mutex<HashMap<String, IgnoreChain>>,
 }
+
+type IgnoreChain = Arc<Vec<(usize, Arc<Gitignore>)>>;
 
 impl Rules {
     pub fn new(workspace: &Path, options: &SyncOptions) -> Result<Self> {
@@ -54,7 +58,7 @@ impl Rules {
             configured,
             global,
             git_exclude,
-            directories: Mutex::default(),
+            chains: Mutex::default(),
         })
     }
 
@@ -67,29 +71,37 @@ impl Rules {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<Gitignore>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, IgnoreChain>> {
         // The cache is only ever inserted into or cleared, so a poisoned lock still holds a valid map.
-        self.directories.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.chains.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn directory(&self, relative_dir: &str) -> Arc<Vec<Gitignore>> {
+    /// The ignore files that apply to entries of `relative_dir`, deepest directory first.
+    fn chain(&self, relative_dir: &str) -> IgnoreChain {
         if let Some(found) = self.lock().get(relative_dir) {
             return found.clone();
         }
+        let parent = match relative_dir.rsplit_once('/') {
+            Some((parent, _)) => self.chain(parent),
+            None if relative_dir.is_empty() => Arc::new(Vec::new()),
+            None => self.chain(""),
+        };
         let dir = if relative_dir.is_empty() { self.workspace.clone() } else { self.workspace.join(relative_dir) };
-        let mut matchers = Vec::new();
-        for name in IGNORE_FILES {
-            let path = dir.join(name);
-            if path.is_file() {
-                let (matcher, _) = Gitignore::new(&path);
-                matchers.push(matcher);
-            } else {
-                matchers.push(Gitignore::empty());
-            }
-        }
-        let matchers = Arc::new(matchers);
-        self.lock().insert(relative_dir.to_string(), matchers.clone());
-        matchers
+        let own: Vec<(usize, Arc<Gitignore>)> = IGNORE_FILES
+            .iter()
+            .enumerate()
+            .filter_map(|(index, name)| {
+                let path = dir.join(name);
+                path.is_file().then(|| (index, Arc::new(Gitignore::new(&path).0)))
+            })
+            .collect();
+        let chain = if own.is_empty() {
+            parent
+        } else {
+            Arc::new(own.into_iter().chain(parent.iter().cloned()).collect())
+        };
+        self.lock().insert(relative_dir.to_string(), chain.clone());
+        chain
     }
 
     /// Whether a relative, `/`-separated path is excluded (it or any parent directory).
@@ -100,27 +112,28 @@ impl Rules {
                 return true;
             }
             let prefix = parts[..=index].join("/");
+            let parent = parts[..index].join("/");
             let prefix_is_dir = index + 1 < parts.len() || is_dir;
-            if self.excludes_itself(&prefix, &parts[..index], prefix_is_dir) {
+            if self.excludes_itself(&prefix, &parent, prefix_is_dir) {
                 return true;
             }
         }
         false
     }
 
-    /// Decides one path by its own rules only (parents are checked by the caller).
-    fn excludes_itself(&self, relative: &str, parent_parts: &[&str], is_dir: bool) -> bool {
+    /// Decides one path by its own rules only (parents are checked by the caller); `parent` is its directory.
+    fn excludes_itself(&self, relative: &str, parent: &str, is_dir: bool) -> bool {
         let absolute = self.workspace.join(relative);
         match self.configured.matched(&absolute, is_dir) {
             Match::Ignore(_) => return true,
             Match::Whitelist(_) => return false,
             Match::None => {}
         }
+        // Each file name in precedence order, and for one name the deepest directory's file first.
+        let chain = self.chain(parent);
         for file_index in 0..IGNORE_FILES.len() {
-            for depth in (0..=parent_parts.len()).rev() {
-                let dir = parent_parts[..depth].join("/");
-                let matchers = self.directory(&dir);
-                match matchers[file_index].matched(&absolute, is_dir) {
+            for (_, matcher) in chain.iter().filter(|(index, _)| *index == file_index) {
+                match matcher.matched(&absolute, is_dir) {
                     Match::Ignore(_) => return true,
                     Match::Whitelist(_) => return false,
                     Match::None => {}
@@ -155,13 +168,12 @@ impl Rules {
             if relative.is_empty() {
                 return true;
             }
-            let parts: Vec<&str> = relative.split('/').collect();
-            let (name, parents) = parts.split_last().expect("a non-empty path has a last component");
-            if *name == ".git" && !rules.include_git {
+            let (parent, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+            if name == ".git" && !rules.include_git {
                 return false;
             }
             let is_dir = entry.file_type().is_some_and(|kind| kind.is_dir());
-            !rules.excludes_itself(relative, parents, is_dir)
+            !rules.excludes_itself(relative, parent, is_dir)
         });
         builder
     }

@@ -4,16 +4,19 @@
 //!
 //! The model keeps only the common base (what both sides last agreed on) and the paths held in conflict; the trees
 //! are read from disk before and after each sync. Per path, with `local`, `remote` and `base`:
+//! - a change is one of content, of kind (file or link) or of a file's permission bits, on either side;
 //! - changed on one side only: `up` copies a local change, `down` a sandbox change, `both` either; the other
 //!   direction leaves it waiting, untouched;
-//! - changed on both sides to the same content: agreed, nothing is written;
+//! - changed on both sides to the same content and mode: agreed, nothing is written;
 //! - changed on both sides differently: a conflict, reported, and both copies stay as they are until they agree;
 //! - nothing outside either root ever changes, and nothing but the model's paths appears in either tree.
 //!
+//! Most writes have the same size, and sandbox writes often get one old modification time shared by every file (as
+//! `tar`, `cp -p` or `touch -d` leave them), so a file renamed over another, or rewritten, can only be told by its inode
+//! and status-change time, or by content.
+//!
 //! `SANDLINK_MODEL_SEED` (default a fixed seed) and `SANDLINK_MODEL_STEPS` (default 2500) choose the run;
 //! `SANDLINK_MODEL_SEEDS` runs that many consecutive seeds. A failure prints the seed and every step so far.
-//! `SANDLINK_MODEL_SAME_SIZES=1` lets writes share sizes, which shows the known blind spot described at
-//! `Harness::next_content`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
@@ -55,7 +58,7 @@ fn an_upload_after_both_sides_emptied_should_still_see_the_sandbox_changes() {
             Ok(line) => line,
             Err(failure) => harness.fail(0, &failure),
         };
-        harness.write(Side::Workspace, "a");
+        harness.write(Side::Workspace, "a", Size::Shared, false);
         let line = harness.sync_and_check(SyncDirection::Up).await;
         harness.log.push(check(line, &harness));
         harness.remove(Side::Workspace, "a");
@@ -63,8 +66,8 @@ fn an_upload_after_both_sides_emptied_should_still_see_the_sandbox_changes() {
         let line = harness.sync_and_check(SyncDirection::Both).await;
         harness.log.push(check(line, &harness));
         // The common base is empty now, but it exists: the sandbox's new file is a change like any other.
-        harness.write(Side::Sandbox, "b");
-        harness.write(Side::Workspace, "b");
+        harness.write(Side::Sandbox, "b", Size::Shared, false);
+        harness.write(Side::Workspace, "b", Size::Shared, false);
         let line = harness.sync_and_check(SyncDirection::Up).await;
         harness.log.push(check(line, &harness));
         assert!(harness.held.contains("b"), "{:?}", harness.log);
@@ -102,6 +105,13 @@ impl Random {
     }
 }
 
+/// Whether a write has the size most writes share, or one of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Size {
+    Shared,
+    Own,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Workspace,
@@ -116,24 +126,12 @@ enum Node {
 }
 
 impl Node {
-    /// Whether two nodes hold the same data; permission bits aside, as sync compares content by hash.
-    fn same_data(&self, other: &Node) -> bool {
-        match (self, other) {
-            (Node::File { content: one, .. }, Node::File { content: two, .. }) => one == two,
-            (one, two) => one == two,
-        }
-    }
 }
 
 type Tree = BTreeMap<String, Node>;
 
-fn same_data(one: Option<&Node>, two: Option<&Node>) -> bool {
-    match (one, two) {
-        (Some(one), Some(two)) => one.same_data(two),
-        (None, None) => true,
-        _ => false,
-    }
-}
+/// The old modification time sandbox writes often get, the same for every file.
+const SHARED_OLD_MTIME: i64 = 1_600_000_000;
 
 struct Observer;
 
@@ -157,12 +155,8 @@ struct Harness {
     synced_once: bool,
     /// Each write gets a number of its own, so no two writes are ever the same data by chance.
     writes: u64,
-    /// Modification times given to sandbox writes, one second apart, as a sandbox's clock moves between writes.
-    sandbox_clock: i64,
     /// Whether the step that puts a link out of the tree in the sandbox is under way (the link is then expected).
     sandbox_escape_present: bool,
-    /// Whether writes may have the same size (see `next_content`).
-    same_sizes: bool,
     log: Vec<String>,
 }
 
@@ -213,9 +207,7 @@ impl Harness {
             held: BTreeSet::new(),
             synced_once: false,
             writes: 0,
-            sandbox_clock: 1_000_000_000,
             sandbox_escape_present: false,
-            same_sizes: std::env::var_os("SANDLINK_MODEL_SAME_SIZES").is_some(),
             log: Vec::new(),
         }
     }
@@ -244,8 +236,13 @@ impl Harness {
         let line = match random.below(22) {
             0..=5 => {
                 let path = random.pick(&FILE_PATHS);
-                self.write(side, path);
-                format!("{side:?}: write {path}")
+                let size = if random.below(5) == 0 { Size::Own } else { Size::Shared };
+                // Sandbox writes keep the sandbox clock's time, or get the old time every such file shares.
+                let old_time = side == Side::Sandbox && random.below(2) == 0;
+                self.write(side, path, size, old_time);
+                let size_note = if size == Size::Own { " (own size)" } else { "" };
+                let time_note = if old_time { " (old time)" } else { "" };
+                format!("{side:?}: write {path}{size_note}{time_note}")
             }
             6 | 7 => {
                 let path = random.pick(&FILE_PATHS);
@@ -260,9 +257,6 @@ impl Harness {
             10 => {
                 let path = random.pick(&FILE_PATHS);
                 let mode = [0o600, 0o644, 0o755, 0o700][random.below(4)];
-                // The sandbox's mode changes are not part of what sync compares (it compares content); the
-                // workspace's are, and travel up.
-                let side = Side::Workspace;
                 self.chmod(side, path, mode);
                 format!("{side:?}: chmod {mode:o} {path}")
             }
@@ -328,34 +322,30 @@ impl Harness {
         Ok(line)
     }
 
-    fn next_content(&mut self, side: Side, path: &str) -> String {
+    /// New content for a write: `Size::Shared` writes all have one size, so only content (or the metadata sync
+    /// keeps of the sandbox's copy) tells them apart; `Size::Own` writes get a size of their own.
+    fn next_content(&mut self, side: Side, path: &str, size: Size) -> String {
         self.writes += 1;
         let content = format!("write {} on the {side:?} side at {path}", self.writes);
-        if self.same_sizes {
-            return content + "\n";
-        }
-        // Every write gets a size of its own. Sync tells a sandbox file changed by its size and mtime in whole
-        // seconds, so a same-size file renamed over another within the second both were uploaded in goes unseen
-        // (SANDLINK_MODEL_SAME_SIZES=1 shows it); the model checks everything else.
-        format!("{content:.<width$}\n", width = 64 + self.writes as usize)
+        let width = match size {
+            Size::Shared => 64,
+            Size::Own => 64 + self.writes as usize,
+        };
+        format!("{content:.<width$}\n")
     }
 
-    fn write(&mut self, side: Side, path: &str) {
-        let content = self.next_content(side, path);
+    /// Writes new content at `path`, replacing what was there (and `old_time`: with the modification time every
+    /// such sandbox file shares).
+    fn write(&mut self, side: Side, path: &str, size: Size, old_time: bool) {
+        let content = self.next_content(side, path, size);
         let full = self.root(side).join(path);
         std::fs::create_dir_all(full.parent().expect("a parent")).expect("mkdir");
         // Replace rather than truncate, as editors and tools do; a link at the path is replaced, not followed.
         let _ = std::fs::remove_file(&full);
         std::fs::write(&full, content).expect("write");
-        self.stamp(side, &full);
-    }
-
-    /// Sandbox writes get the sandbox's own clock: one second apart, so each is a visible change of mtime.
-    fn stamp(&mut self, side: Side, full: &Path) {
-        if side == Side::Sandbox {
-            self.sandbox_clock += 1;
-            let time = filetime::FileTime::from_unix_time(self.sandbox_clock, 0);
-            filetime::set_symlink_file_times(full, time, time).expect("set the sandbox's mtime");
+        if old_time {
+            let time = filetime::FileTime::from_unix_time(SHARED_OLD_MTIME, 0);
+            filetime::set_file_times(&full, time, time).expect("set the old time");
         }
     }
 
@@ -384,7 +374,6 @@ impl Harness {
         std::fs::create_dir_all(full.parent().expect("a parent")).expect("mkdir");
         let _ = std::fs::remove_file(&full);
         std::os::unix::fs::symlink(target, &full).expect("symlink");
-        self.stamp(side, &full);
     }
 
     /// Reads one side's tree, failing on anything that is not a model path (a temporary file left behind, an
@@ -506,13 +495,13 @@ impl Harness {
 
 /// What a sync must do at one path once a common base exists. `held`: the path was left in conflict before.
 fn predict_synced(up: bool, down: bool, held: bool, l: Option<&Node>, r: Option<&Node>, b: Option<&Node>) -> Outcome {
-    // The workspace's changes include mode changes; the sandbox's are compared by data.
+    // Content, kind and a file's permission bits are all part of what changed, on either side.
     let local_changed = l != b;
-    let remote_changed = !same_data(r, b);
+    let remote_changed = r != b;
     let unchanged = Outcome { local: l.cloned(), remote: r.cloned(), base: b.cloned(), conflict: false };
     match (local_changed, remote_changed) {
         // Both sides agree now, whichever way they got there: nothing to write, nothing to hold.
-        (true, true) if same_data(l, r) => Outcome { base: l.cloned(), ..unchanged },
+        (true, true) if l == r => Outcome { base: l.cloned(), ..unchanged },
         (true, true) => Outcome { conflict: true, ..unchanged },
         // A path held in conflict is not overwritten from the workspace until the user decides.
         (true, false) if up && !held => Outcome { remote: l.cloned(), base: l.cloned(), ..unchanged },

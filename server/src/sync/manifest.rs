@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::scan::LocalEntry;
-use super::EntryKind;
+use super::{EntryKind, RemoteEntry};
 use crate::error::{Error, IoContext, Result};
 
 /// Bumped when the format changes; an old manifest is then ignored (the next sync compares by content).
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// Files modified this close to when they were recorded may change again within the file system's timestamp
-/// granularity without their `mtime` moving, so their content is re-checked (git's "racily clean" entries).
+/// granularity without their `mtime` moving, so their content is re-checked (git's "racily clean" entries). Two
+/// seconds cover drivers that only know whole seconds, and a sandbox clock up to a second off the engine's.
 pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
 /// One path as last synced.
@@ -32,14 +33,111 @@ pub struct Record {
     pub link_target: Option<String>,
     /// When this record was written, to tell racily clean files.
     pub recorded_ns: i128,
-    /// The sandbox copy's modification time in whole seconds, when known; a listing that differs means the sandbox
-    /// copy may have changed.
+    /// How the sandbox's copy looked when both sides agreed, when known; without it the sandbox's copy is compared
+    /// by content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_mtime_s: Option<i64>,
+    pub remote: Option<RemoteStamp>,
+}
+
+/// What a sandbox listing said of a file when both sides last agreed on it: a listing that says anything else means
+/// the sandbox's copy may have changed, and it is then fetched and compared by content.
+///
+/// Each driver gives what it can (see `RemoteEntry`), and every field both the stamp and a listing have is compared:
+/// size and modification time always, inode and status-change time where known (a same-size file renamed over
+/// another within one second differs in both). What the fields cannot show is checked by content:
+/// - a stamp whose status-change time (or, without one, modification time) lies within `RACY_WINDOW_NS` of when it
+///   was observed is "racy", as git calls such index entries: a write later in the same clock tick (or second, for
+///   drivers without sub-second times) would leave every field as it was, so its content is compared on the next
+///   look, which also refreshes it;
+/// - two records without an inode sharing size and modification time but not content are ambiguous (one renamed over
+///   the other would look unchanged), so their content is compared too (see `plan::diff_remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteStamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i128>,
+    /// When the engine asked for the listing this stamp comes from (its own clock, taken before asking).
+    pub observed_ns: i128,
+    /// Whether the modification time is the whole second sandlink itself gave the file on upload, rather than one the
+    /// sandbox's clock wrote.
+    #[serde(default)]
+    pub set_by_upload: bool,
+}
+
+impl RemoteStamp {
+    /// The stamp of a listing entry, asked for at `observed_ns`.
+    pub fn listed(entry: &RemoteEntry, observed_ns: i128) -> Self {
+        RemoteStamp {
+            size: entry.size,
+            mtime_ns: entry.mtime_ns,
+            inode: entry.inode,
+            ctime_ns: entry.ctime_ns,
+            observed_ns,
+            set_by_upload: false,
+        }
+    }
+
+    /// The stamp of a file just uploaded: its size and the whole second its archive header gave it.
+    pub fn uploaded(size: u64, mtime_s: u64) -> Self {
+        RemoteStamp {
+            size,
+            mtime_ns: mtime_s as i128 * 1_000_000_000,
+            inode: None,
+            ctime_ns: None,
+            observed_ns: now_ns(),
+            set_by_upload: true,
+        }
+    }
+
+    /// Whether `entry` says what this stamp says, in every field both know.
+    pub fn matches(&self, entry: &RemoteEntry) -> bool {
+        let agree = |recorded: Option<i128>, listed: Option<i128>| match (recorded, listed) {
+            (Some(recorded), Some(listed)) => recorded == listed,
+            _ => true,
+        };
+        self.size == entry.size
+            && self.mtime_ns == entry.mtime_ns
+            && agree(self.inode.map(i128::from), entry.inode.map(i128::from))
+            && agree(self.ctime_ns, entry.ctime_ns)
+    }
+
+    /// Whether matching fields cannot be trusted, because a write after the stamp was taken could have left them all
+    /// as they were.
+    /// - The status-change time cannot be set back, so once it is safely before the observation any later write,
+    ///   rename or chmod moves it; it decides where the driver gives it.
+    /// - Without it the modification time decides, which `touch`, `cp -p` or `tar` can set into the past: a file
+    ///   rewritten with the same size and the same old time stays unseen on such drivers (E2B, see the architecture
+    ///   notes), short of comparing every file by content on every look.
+    /// - A file sandlink uploaded carries an exact whole second; on a driver with sub-second times any later write
+    ///   gives it the sandbox clock's time instead, so only whole-second drivers make it racy.
+    pub fn is_racy(&self, entry: &RemoteEntry) -> bool {
+        if let Some(ctime_ns) = self.ctime_ns {
+            return ctime_ns + RACY_WINDOW_NS >= self.observed_ns;
+        }
+        if self.set_by_upload && entry.subsecond {
+            return false;
+        }
+        self.mtime_ns + RACY_WINDOW_NS >= self.observed_ns
+    }
+
+    /// This stamp with the inode and status-change time a listing asked for at `observed_ns` adds, once that listing
+    /// was found to match it (an upload cannot know them).
+    pub fn completed_by(&self, entry: &RemoteEntry, observed_ns: i128) -> Option<RemoteStamp> {
+        let adds = (self.inode.is_none() && entry.inode.is_some()) || (self.ctime_ns.is_none() && entry.ctime_ns.is_some());
+        adds.then(|| RemoteStamp {
+            inode: self.inode.or(entry.inode),
+            ctime_ns: self.ctime_ns.or(entry.ctime_ns),
+            observed_ns,
+            ..self.clone()
+        })
+    }
 }
 
 impl Record {
-    pub fn new(local: &LocalEntry, hash: String, remote_mtime_s: Option<i64>) -> Self {
+    pub fn new(local: &LocalEntry, hash: String, remote: Option<RemoteStamp>) -> Self {
         Record {
             kind: local.kind,
             size: local.size,
@@ -49,7 +147,7 @@ impl Record {
             hash,
             link_target: local.link_target.clone(),
             recorded_ns: now_ns(),
-            remote_mtime_s,
+            remote,
         }
     }
 
@@ -199,9 +297,9 @@ mod tests {
         let mut manifest = Manifest::load(path.clone());
         assert!(manifest.entries.is_empty());
         let local = LocalEntry { kind: EntryKind::File, size: 3, mtime_ns: 5, mode: 0o644, inode: 7, link_target: None };
-        manifest.insert("a/b".into(), Record::new(&local, "h".into(), Some(0)));
-        manifest.insert("a/c".into(), Record::new(&local, "h".into(), Some(0)));
-        manifest.insert("ab".into(), Record::new(&local, "h".into(), Some(0)));
+        manifest.insert("a/b".into(), Record::new(&local, "h".into(), Some(RemoteStamp::uploaded(3, 0))));
+        manifest.insert("a/c".into(), Record::new(&local, "h".into(), Some(RemoteStamp::uploaded(3, 0))));
+        manifest.insert("ab".into(), Record::new(&local, "h".into(), Some(RemoteStamp::uploaded(3, 0))));
         let bytes = encode(&manifest.snapshot().expect("dirty"));
         write_atomically(&path, &bytes).expect("write");
         let reloaded = Manifest::load(path);

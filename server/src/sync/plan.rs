@@ -4,14 +4,14 @@
 //! conflict and neither side is touched. Whether "changed" holds is decided by metadata first and by content
 //! (blake3) only when metadata cannot be trusted, so an unchanged tree is never re-read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
-use super::manifest::{hash_file, now_ns, Manifest};
+use super::manifest::{hash_file, now_ns, Manifest, RemoteStamp};
 use super::rules::Rules;
 use super::scan::{check_relative, Scan};
 use super::secrets::SecretFilter;
-use super::{EntryKind, RemoteEntry};
+use super::{EntryKind, RemoteEntry, PERMISSION_BITS};
 use crate::error::Result;
 use crate::protocol::SkippedPath;
 
@@ -95,17 +95,25 @@ pub enum RemoteChange {
 pub struct RemoteDiff {
     pub changes: BTreeMap<String, RemoteChange>,
     pub skipped: Vec<SkippedPath>,
+    /// Unchanged files whose stamps the listing completes (an inode or status-change time an upload could not know),
+    /// to record so later listings compare them too.
+    pub completed: Vec<(String, RemoteStamp)>,
 }
 
 /// Compares a remote listing with the manifest within `scope`. Every listed path is checked first: one that is
 /// not a plain relative path (a broken or hostile listing) fails the whole sync before anything is written. An entry
 /// whose name cannot sync is reported on its own. Where symlinks lead is decided when they are placed.
+///
+/// A file is unchanged when its permission bits are the base's and its recorded `RemoteStamp` matches the listing and
+/// can be trusted (not racy, not ambiguous); anything else is a possible change, fetched and compared by content.
+/// `observed_ns` is when the listing was asked for.
 pub fn diff_remote(
     manifest: &Manifest,
     listing: Vec<RemoteEntry>,
     rules: &Rules,
     secrets: &SecretFilter,
     scope: Option<&[String]>,
+    observed_ns: i128,
 ) -> Result<RemoteDiff> {
     for entry in &listing {
         check_relative(&entry.path)?;
@@ -116,8 +124,8 @@ pub fn diff_remote(
             prefix.is_empty() || path == prefix || (path.starts_with(prefix.as_str()) && path[prefix.len()..].starts_with('/'))
         }),
     };
-    let mut changes = BTreeMap::new();
-    let mut skipped = Vec::new();
+    let ambiguous = ambiguous_stamps(manifest);
+    let mut diff = RemoteDiff::default();
     let mut seen = BTreeSet::new();
     for entry in listing {
         if entry.kind == EntryKind::Dir || !in_scope(&entry.path) {
@@ -128,26 +136,62 @@ pub fn diff_remote(
         }
         seen.insert(entry.path.clone());
         if let Some(reason) = &entry.unsyncable {
-            skipped.push(SkippedPath { path: entry.path.clone(), reason: reason.clone() });
+            diff.skipped.push(SkippedPath { path: entry.path.clone(), reason: reason.clone() });
             continue;
         }
         let unchanged = manifest.entries.get(&entry.path).is_some_and(|record| {
             record.kind == entry.kind
                 && match entry.kind {
                     EntryKind::Symlink => record.link_target == entry.link_target,
-                    _ => record.size == entry.size && record.remote_mtime_s == Some(entry.mtime_ns.div_euclid(1_000_000_000) as i64),
+                    _ => {
+                        record.mode & PERMISSION_BITS == entry.mode & PERMISSION_BITS
+                            && record.remote.as_ref().is_some_and(|stamp| {
+                                stamp.matches(&entry)
+                                    && !stamp.is_racy(&entry)
+                                    && !(stamp.inode.is_none() && ambiguous.contains(&(stamp.size, stamp.mtime_ns)))
+                            })
+                    }
                 }
         });
         if !unchanged {
-            changes.insert(entry.path.clone(), RemoteChange::Changed(entry));
+            diff.changes.insert(entry.path.clone(), RemoteChange::Changed(entry));
+            continue;
+        }
+        let completed = manifest.entries.get(&entry.path).and_then(|record| record.remote.as_ref()?.completed_by(&entry, observed_ns));
+        if let Some(stamp) = completed {
+            diff.completed.push((entry.path.clone(), stamp));
         }
     }
     for path in manifest.entries.keys() {
         if !seen.contains(path) && in_scope(path) {
-            changes.insert(path.clone(), RemoteChange::Deleted);
+            diff.changes.insert(path.clone(), RemoteChange::Deleted);
         }
     }
-    Ok(RemoteDiff { changes, skipped })
+    Ok(diff)
+}
+
+/// The (size, modification time) pairs that more than one recorded file without an inode shares while their contents
+/// differ: without an inode, one of them renamed over another in the sandbox would match the other's stamp.
+fn ambiguous_stamps(manifest: &Manifest) -> HashSet<(u64, i128)> {
+    let mut first_hash: HashMap<(u64, i128), &str> = HashMap::new();
+    let mut ambiguous = HashSet::new();
+    for record in manifest.entries.values() {
+        let Some(stamp) = record.remote.as_ref().filter(|stamp| stamp.inode.is_none() && record.kind == EntryKind::File)
+        else {
+            continue;
+        };
+        let key = (stamp.size, stamp.mtime_ns);
+        match first_hash.get(&key) {
+            Some(hash) if *hash != record.hash.as_str() => {
+                ambiguous.insert(key);
+            }
+            Some(_) => {}
+            None => {
+                first_hash.insert(key, record.hash.as_str());
+            }
+        }
+    }
+    ambiguous
 }
 
 /// Turns deleted paths into the fewest deletions: a whole directory when it is gone locally.
@@ -199,11 +243,14 @@ mod tests {
             kind: EntryKind::File,
             size: 1,
             mtime_ns: 0,
+            subsecond: true,
+            inode: None,
+            ctime_ns: None,
             mode: 0o644,
             link_target: None,
             unsyncable: None,
         }];
-        let error = diff_remote(&manifest, listing, &rules, &secrets, None).unwrap_err();
+        let error = diff_remote(&manifest, listing, &rules, &secrets, None, 0).unwrap_err();
         assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);
     }
 

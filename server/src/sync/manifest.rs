@@ -19,6 +19,19 @@ const FORMAT_VERSION: u32 = 2;
 /// seconds cover drivers that only know whole seconds, and a sandbox clock up to a second off the engine's.
 pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
+/// The racy window for the sandbox's stamps: `RACY_WINDOW_NS`, unless `SANDLINK_SYNC_RACY_WINDOW_MS` sets another.
+/// The model test of sync (tests/rust/sync_model.rs) narrows it so its fast steps are not all racy, which would
+/// compare every file by content and leave the inode and status-change checks untested; nothing else should set it.
+pub fn remote_racy_window_ns() -> i128 {
+    static WINDOW: std::sync::OnceLock<i128> = std::sync::OnceLock::new();
+    *WINDOW.get_or_init(|| {
+        std::env::var("SANDLINK_SYNC_RACY_WINDOW_MS")
+            .ok()
+            .and_then(|value| value.parse::<i128>().ok())
+            .map_or(RACY_WINDOW_NS, |milliseconds| milliseconds * 1_000_000)
+    })
+}
+
 /// One path as last synced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -107,20 +120,22 @@ impl RemoteStamp {
     /// Whether matching fields cannot be trusted, because a write after the stamp was taken could have left them all
     /// as they were.
     /// - The status-change time cannot be set back, so once it is safely before the observation any later write,
-    ///   rename or chmod moves it; it decides where the driver gives it.
+    ///   rename or chmod moves it; it decides where both the stamp and the listing have it.
     /// - Without it the modification time decides, which `touch`, `cp -p` or `tar` can set into the past: a file
     ///   rewritten with the same size and the same old time stays unseen on such drivers (E2B, see the architecture
     ///   notes), short of comparing every file by content on every look.
     /// - A file sandlink uploaded carries an exact whole second; on a driver with sub-second times any later write
     ///   gives it the sandbox clock's time instead, so only whole-second drivers make it racy.
+    /// Times in whole seconds may be up to a second behind the truth, which widens the window by that second.
     pub fn is_racy(&self, entry: &RemoteEntry) -> bool {
-        if let Some(ctime_ns) = self.ctime_ns {
-            return ctime_ns + RACY_WINDOW_NS >= self.observed_ns;
+        let window = remote_racy_window_ns() + if entry.subsecond { 0 } else { 1_000_000_000 };
+        if let (Some(ctime_ns), Some(_)) = (self.ctime_ns, entry.ctime_ns) {
+            return ctime_ns + window >= self.observed_ns;
         }
         if self.set_by_upload && entry.subsecond {
             return false;
         }
-        self.mtime_ns + RACY_WINDOW_NS >= self.observed_ns
+        self.mtime_ns + window >= self.observed_ns
     }
 
     /// This stamp with the inode and status-change time a listing asked for at `observed_ns` adds, once that listing

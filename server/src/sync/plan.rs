@@ -148,7 +148,8 @@ pub fn diff_remote(
                             && record.remote.as_ref().is_some_and(|stamp| {
                                 stamp.matches(&entry)
                                     && !stamp.is_racy(&entry)
-                                    && !(stamp.inode.is_none() && ambiguous.contains(&(stamp.size, stamp.mtime_ns)))
+                                    && !((stamp.inode.is_none() || entry.inode.is_none())
+                                        && ambiguous.contains(&(stamp.size, stamp.mtime_ns)))
                             })
                     }
                 }
@@ -170,14 +171,13 @@ pub fn diff_remote(
     Ok(diff)
 }
 
-/// The (size, modification time) pairs that more than one recorded file without an inode shares while their contents
-/// differ: without an inode, one of them renamed over another in the sandbox would match the other's stamp.
+/// The (size, modification time) pairs that more than one recorded file shares while their contents differ: where
+/// the inodes cannot be compared, one of them renamed over another in the sandbox would match the other's stamp.
 fn ambiguous_stamps(manifest: &Manifest) -> HashSet<(u64, i128)> {
     let mut first_hash: HashMap<(u64, i128), &str> = HashMap::new();
     let mut ambiguous = HashSet::new();
     for record in manifest.entries.values() {
-        let Some(stamp) = record.remote.as_ref().filter(|stamp| stamp.inode.is_none() && record.kind == EntryKind::File)
-        else {
+        let Some(stamp) = record.remote.as_ref().filter(|_| record.kind == EntryKind::File) else {
             continue;
         };
         let key = (stamp.size, stamp.mtime_ns);

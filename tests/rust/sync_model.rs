@@ -103,6 +103,95 @@ fn an_upload_after_both_sides_emptied_should_still_see_the_sandbox_changes() {
     });
 }
 
+/// Runs `steps` (each a change, or `None` for a sync in the given direction checked against the model) on a fresh
+/// harness with `listing`, failing with the steps so far when a sync disagrees.
+fn run_script(listing: Listing, script: impl for<'a> Fn(&'a mut Harness, usize) -> Option<SyncDirection>, steps: usize) {
+    narrow_the_racy_window();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let mut harness = Harness::new(listing).await;
+        for step in 0..steps {
+            let Some(direction) = script(&mut harness, step) else {
+                harness.log.push(format!("{step}: a change"));
+                continue;
+            };
+            match harness.sync_and_check(direction).await {
+                Ok(line) => harness.log.push(format!("{step}: {line}")),
+                Err(failure) => harness.fail(0, &failure),
+            }
+        }
+        harness.sync.stop().await;
+    });
+}
+
+#[test]
+fn a_same_size_file_renamed_over_another_in_the_sandbox_should_come_down() {
+    for listing in [Listing::Full, Listing::WholeSeconds, Listing::MtimeOnly] {
+        run_script(
+            listing,
+            |harness, step| match step {
+                0 => {
+                    // Two files of one size from the same second of the workspace clock, as a checkout leaves them.
+                    harness.write(Side::Workspace, "a", Size::Shared, false);
+                    harness.write(Side::Workspace, "b", Size::Shared, false);
+                    let second = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+                    for path in ["a", "b"] {
+                        filetime::set_file_mtime(harness.workspace.join(path), second).expect("set the mtime");
+                    }
+                    Some(SyncDirection::Up)
+                }
+                1 => {
+                    // Past the racy window, so nothing but the listing's fields (or the ambiguity check) can tell.
+                    std::thread::sleep(std::time::Duration::from_millis(120));
+                    harness.rename(Side::Sandbox, "b", "a");
+                    None
+                }
+                2 => Some(SyncDirection::Down),
+                _ => Some(SyncDirection::Both),
+            },
+            4,
+        );
+    }
+}
+
+#[test]
+fn a_chmod_on_one_side_should_sync_and_on_both_sides_should_conflict() {
+    for listing in [Listing::Full, Listing::WholeSeconds, Listing::MtimeOnly] {
+        run_script(
+            listing,
+            |harness, step| match step {
+                0 => {
+                    harness.write(Side::Workspace, "a", Size::Shared, false);
+                    harness.write(Side::Workspace, "b", Size::Shared, false);
+                    Some(SyncDirection::Up)
+                }
+                1 => {
+                    std::thread::sleep(std::time::Duration::from_millis(120));
+                    harness.chmod(Side::Sandbox, "a", 0o755);
+                    None
+                }
+                // The sandbox's `chmod +x` comes down (the model checks the workspace's mode).
+                2 => Some(SyncDirection::Down),
+                3 => {
+                    harness.chmod(Side::Workspace, "a", 0o700);
+                    harness.chmod(Side::Sandbox, "b", 0o600);
+                    harness.chmod(Side::Workspace, "b", 0o755);
+                    None
+                }
+                // `a` goes up; `b` changed differently on both sides: a conflict, neither side touched.
+                4 => Some(SyncDirection::Both),
+                5 => {
+                    harness.chmod(Side::Workspace, "b", 0o600);
+                    None
+                }
+                // Both sides agree again, and the conflict is over.
+                _ => Some(SyncDirection::Both),
+            },
+            7,
+        );
+    }
+}
+
 fn env_number(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
     let parsed = match value.strip_prefix("0x") {

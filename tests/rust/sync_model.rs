@@ -308,6 +308,10 @@ impl RemoteFiles for ListedAs {
         Ok(self.cut(self.files.stat(paths).await?))
     }
 
+    fn tells_change_times(&self) -> bool {
+        self.listing != Listing::MtimeOnly
+    }
+
     async fn download_tar(&self, paths: Vec<String>) -> sandlink::error::Result<BoxedReader> {
         self.files.download_tar(paths).await
     }

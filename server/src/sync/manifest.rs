@@ -62,8 +62,11 @@ pub struct Record {
 ///   was observed is "racy", as git calls such index entries: a write later in the same clock tick (or second, for
 ///   drivers without sub-second times) would leave every field as it was, so its content is compared on the next
 ///   look, which also refreshes it;
-/// - two records without an inode sharing size and modification time but not content are ambiguous (one renamed over
-///   the other would look unchanged), so their content is compared too (see `plan::diff_remote`).
+/// - without inodes, a stamp another file shares is ambiguous (one renamed over the other would look unchanged): two
+///   records sharing size and modification time but not content, or a stamp `shared` with any file of the listing it
+///   came from or of the current one, so its content is compared too (see `plan::diff_remote`);
+/// - on drivers that tell inodes and status-change times, the engine looks at uploaded files right after the upload,
+///   so those stamps hold them too (an upload cannot know them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteStamp {
     pub size: u64,
@@ -78,11 +81,15 @@ pub struct RemoteStamp {
     /// sandbox's clock wrote.
     #[serde(default)]
     pub set_by_upload: bool,
+    /// Whether another file of the sandbox had the same size and modification time when this was observed (or that
+    /// could not be known): without inodes, one renamed over the other would leave this stamp as it is.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 impl RemoteStamp {
-    /// The stamp of a listing entry, asked for at `observed_ns`.
-    pub fn listed(entry: &RemoteEntry, observed_ns: i128) -> Self {
+    /// The stamp of a listing entry, asked for at `observed_ns`; `shared` as the field says.
+    pub fn listed(entry: &RemoteEntry, observed_ns: i128, shared: bool) -> Self {
         RemoteStamp {
             size: entry.size,
             mtime_ns: entry.mtime_ns,
@@ -90,7 +97,17 @@ impl RemoteStamp {
             ctime_ns: entry.ctime_ns,
             observed_ns,
             set_by_upload: false,
+            shared,
         }
+    }
+
+    /// The stamp of a file just uploaded, from the driver's look at it right after (asked for at `observed_ns`);
+    /// `None` when that look shows another size or time than the upload gave it, so the sandbox changed it already and
+    /// its content must be compared next time.
+    pub fn after_upload(entry: &RemoteEntry, size: u64, mtime_s: u64, observed_ns: i128) -> Option<Self> {
+        let uploaded = RemoteStamp::uploaded(size, mtime_s);
+        (entry.kind == EntryKind::File && uploaded.matches(entry))
+            .then(|| RemoteStamp { set_by_upload: true, ..RemoteStamp::listed(entry, observed_ns, false) })
     }
 
     /// The stamp of a file just uploaded: its size and the whole second its archive header gave it.
@@ -102,6 +119,7 @@ impl RemoteStamp {
             ctime_ns: None,
             observed_ns: now_ns(),
             set_by_upload: true,
+            shared: false,
         }
     }
 
@@ -125,29 +143,18 @@ impl RemoteStamp {
     ///   rewritten with the same size and the same old time stays unseen on such drivers (E2B, see the architecture
     ///   notes), short of comparing every file by content on every look.
     /// - A file sandlink uploaded carries an exact whole second; on a driver with sub-second times any later write
-    ///   gives it the sandbox clock's time instead, so only whole-second drivers make it racy.
+    ///   gives it the sandbox clock's time instead (and moves the status-change time the driver's look right after the
+    ///   upload recorded), so only whole-second drivers make it racy.
     /// Times in whole seconds may be up to a second behind the truth, which widens the window by that second.
     pub fn is_racy(&self, entry: &RemoteEntry) -> bool {
+        if self.set_by_upload && entry.subsecond {
+            return false;
+        }
         let window = remote_racy_window_ns() + if entry.subsecond { 0 } else { 1_000_000_000 };
         if let (Some(ctime_ns), Some(_)) = (self.ctime_ns, entry.ctime_ns) {
             return ctime_ns + window >= self.observed_ns;
         }
-        if self.set_by_upload && entry.subsecond {
-            return false;
-        }
         self.mtime_ns + window >= self.observed_ns
-    }
-
-    /// This stamp with the inode and status-change time a listing asked for at `observed_ns` adds, once that listing
-    /// was found to match it (an upload cannot know them).
-    pub fn completed_by(&self, entry: &RemoteEntry, observed_ns: i128) -> Option<RemoteStamp> {
-        let adds = (self.inode.is_none() && entry.inode.is_some()) || (self.ctime_ns.is_none() && entry.ctime_ns.is_some());
-        adds.then(|| RemoteStamp {
-            inode: self.inode.or(entry.inode),
-            ctime_ns: self.ctime_ns.or(entry.ctime_ns),
-            observed_ns,
-            ..self.clone()
-        })
     }
 }
 

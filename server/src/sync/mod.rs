@@ -98,6 +98,12 @@ pub trait RemoteFiles: Send + Sync {
         Ok(self.list().await?.into_iter().filter(|entry| wanted.contains(&entry.path)).collect())
     }
 
+    /// Whether `list` and `stat` tell inodes and status-change times. The engine then looks at each upload's files
+    /// right after it, so their stamps catch a later rename-over or rewrite that keeps size and time.
+    fn tells_change_times(&self) -> bool {
+        false
+    }
+
     /// Packs the given files (relative paths) into a tar stream for download.
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         let _ = paths;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
-use super::manifest::{hash_file, now_ns, Manifest, RemoteStamp};
+use super::manifest::{hash_file, now_ns, Manifest};
 use super::rules::Rules;
 use super::scan::{check_relative, Scan};
 use super::secrets::SecretFilter;
@@ -95,9 +95,9 @@ pub enum RemoteChange {
 pub struct RemoteDiff {
     pub changes: BTreeMap<String, RemoteChange>,
     pub skipped: Vec<SkippedPath>,
-    /// Unchanged files whose stamps the listing completes (an inode or status-change time an upload could not know),
-    /// to record so later listings compare them too.
-    pub completed: Vec<(String, RemoteStamp)>,
+    /// The (size, modification time) pairs more than one file of the listing shares; `None` when the listing did not
+    /// cover the whole sandbox, so that could not be known (see `RemoteStamp::shared`).
+    pub shared: Option<HashSet<(u64, i128)>>,
 }
 
 /// Compares a remote listing with the manifest within `scope`. Every listed path is checked first: one that is
@@ -106,14 +106,14 @@ pub struct RemoteDiff {
 ///
 /// A file is unchanged when its permission bits are the base's and its recorded `RemoteStamp` matches the listing and
 /// can be trusted (not racy, not ambiguous); anything else is a possible change, fetched and compared by content.
-/// `observed_ns` is when the listing was asked for.
+/// `whole_sandbox` says the listing covers every file of the sandbox (not just some paths), ignored ones included.
 pub fn diff_remote(
     manifest: &Manifest,
     listing: Vec<RemoteEntry>,
     rules: &Rules,
     secrets: &SecretFilter,
     scope: Option<&[String]>,
-    observed_ns: i128,
+    whole_sandbox: bool,
 ) -> Result<RemoteDiff> {
     for entry in &listing {
         check_relative(&entry.path)?;
@@ -124,8 +124,13 @@ pub fn diff_remote(
             prefix.is_empty() || path == prefix || (path.starts_with(prefix.as_str()) && path[prefix.len()..].starts_with('/'))
         }),
     };
-    let ambiguous = ambiguous_stamps(manifest);
+    let mut ambiguous = ambiguous_stamps(manifest);
     let mut diff = RemoteDiff::default();
+    if whole_sandbox {
+        let shared = shared_stamps(&listing);
+        ambiguous.extend(shared.iter().copied());
+        diff.shared = Some(shared);
+    }
     let mut seen = BTreeSet::new();
     for entry in listing {
         if entry.kind == EntryKind::Dir || !in_scope(&entry.path) {
@@ -146,21 +151,17 @@ pub fn diff_remote(
                     _ => {
                         record.mode & PERMISSION_BITS == entry.mode & PERMISSION_BITS
                             && record.remote.as_ref().is_some_and(|stamp| {
+                                let without_inodes = stamp.inode.is_none() || entry.inode.is_none();
                                 stamp.matches(&entry)
                                     && !stamp.is_racy(&entry)
-                                    && !((stamp.inode.is_none() || entry.inode.is_none())
-                                        && ambiguous.contains(&(stamp.size, stamp.mtime_ns)))
+                                    && !(without_inodes
+                                        && (stamp.shared || ambiguous.contains(&(stamp.size, stamp.mtime_ns))))
                             })
                     }
                 }
         });
         if !unchanged {
             diff.changes.insert(entry.path.clone(), RemoteChange::Changed(entry));
-            continue;
-        }
-        let completed = manifest.entries.get(&entry.path).and_then(|record| record.remote.as_ref()?.completed_by(&entry, observed_ns));
-        if let Some(stamp) = completed {
-            diff.completed.push((entry.path.clone(), stamp));
         }
     }
     for path in manifest.entries.keys() {
@@ -169,6 +170,19 @@ pub fn diff_remote(
         }
     }
     Ok(diff)
+}
+
+/// The (size, modification time) pairs more than one file of a listing shares.
+fn shared_stamps(listing: &[RemoteEntry]) -> HashSet<(u64, i128)> {
+    let mut seen = HashSet::new();
+    let mut shared = HashSet::new();
+    for entry in listing.iter().filter(|entry| entry.kind == EntryKind::File) {
+        let key = (entry.size, entry.mtime_ns);
+        if !seen.insert(key) {
+            shared.insert(key);
+        }
+    }
+    shared
 }
 
 /// The (size, modification time) pairs that more than one recorded file shares while their contents differ: where
@@ -250,7 +264,7 @@ mod tests {
             link_target: None,
             unsyncable: None,
         }];
-        let error = diff_remote(&manifest, listing, &rules, &secrets, None, 0).unwrap_err();
+        let error = diff_remote(&manifest, listing, &rules, &secrets, None, true).unwrap_err();
         assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);
     }
 

@@ -428,34 +428,39 @@ impl SessionSync {
         // Taken before asking: a stamp is only as trustworthy as the earliest moment its listing could describe.
         let observed_ns = now_ns();
         let remote_view = match &guarded {
-            _ if down => Some((inner.remote.list().await?, scope.clone())),
+            _ if down => Some((inner.remote.list().await?, scope.clone(), true)),
             None => None,
-            Some(paths) => self.remote_state_of(paths.clone()).await?.map(|listing| (listing, Some(paths.clone()))),
+            Some(paths) => {
+                let whole_sandbox = paths.len() > STAT_PATHS;
+                self.remote_state_of(paths.clone()).await?.map(|listing| (listing, Some(paths.clone()), whole_sandbox))
+            }
         };
-        if let Some((listing, scope_for_remote)) = remote_view {
+        if let Some((listing, scope_for_remote, whole_sandbox)) = remote_view {
             let scanner = inner.scanner.clone();
             let manifest_view = std::mem::replace(&mut core.manifest, Manifest::load(PathBuf::new()));
             let (manifest_back, changes) = tokio::task::spawn_blocking(move || {
                 // The scan's own filter, so files held back for their content leave the sandbox's copy alone too.
                 let changes =
-                    diff_remote(&manifest_view, listing, &scanner.rules, &scanner.secrets, scope_for_remote.as_deref(), observed_ns);
+                    diff_remote(&manifest_view, listing, &scanner.rules, &scanner.secrets, scope_for_remote.as_deref(), whole_sandbox);
                 (manifest_view, changes)
             })
             .await
             .map_err(join_error("Comparing the sandbox listing"))?;
             core.manifest = manifest_back;
-            let super::plan::RemoteDiff { changes, skipped, completed } = changes?;
-            for (path, stamp) in completed {
-                if let Some(record) = core.manifest.entries.get_mut(&path) {
-                    record.remote = Some(stamp);
-                }
-                core.manifest.mark_dirty();
-            }
-            // How each possibly changed file looked in this listing: recorded once both sides agree on it.
+            let super::plan::RemoteDiff { changes, skipped, shared } = changes?;
+            // How each possibly changed file looked in this listing: recorded once both sides agree on it. Whether
+            // another file shared its size and time is known from a listing of the whole sandbox; from a look at a
+            // few paths it is assumed, which only matters (and costs a comparison) where there are no inodes.
             let listed_stamps: BTreeMap<String, RemoteStamp> = changes
                 .iter()
                 .filter_map(|(path, change)| match change {
-                    RemoteChange::Changed(entry) => Some((path.clone(), RemoteStamp::listed(entry, observed_ns))),
+                    RemoteChange::Changed(entry) => {
+                        let is_shared = match &shared {
+                            Some(shared) => shared.contains(&(entry.size, entry.mtime_ns)),
+                            None => entry.inode.is_none(),
+                        };
+                        Some((path.clone(), RemoteStamp::listed(entry, observed_ns, is_shared)))
+                    }
                     RemoteChange::Deleted => None,
                 })
                 .collect();
@@ -789,13 +794,20 @@ impl SessionSync {
                 self.note_held_back(core, &held_back, scan, false);
             }
             self.note_no_longer_held(core, packed.sent.iter().map(|item| item.path.as_str()));
+            let looked = self.look_after_upload(&packed.sent).await?;
             for item in packed.sent {
                 result.uploaded += 1;
                 result.bytes += item.local.size;
                 bytes_done += item.local.size;
                 if item.stable {
-                    let stamp = RemoteStamp::uploaded(item.local.size, transfer::mtime_seconds(item.local.mtime_ns));
-                    core.manifest.insert(item.path.clone(), Record::new(&item.local, item.hash, Some(stamp)));
+                    let mtime_s = transfer::mtime_seconds(item.local.mtime_ns);
+                    let stamp = match &looked {
+                        None => Some(RemoteStamp::uploaded(item.local.size, mtime_s)),
+                        Some((entries, observed_ns)) => entries
+                            .get(&item.path)
+                            .and_then(|entry| RemoteStamp::after_upload(entry, item.local.size, mtime_s, *observed_ns)),
+                    };
+                    core.manifest.insert(item.path.clone(), Record::new(&item.local, item.hash, stamp));
                 }
             }
             files_done += batch_len;
@@ -812,6 +824,26 @@ impl SessionSync {
             }
         }
         Ok(())
+    }
+
+    /// Where the driver tells inodes and status-change times (`RemoteFiles::tells_change_times`), a look at the files
+    /// just uploaded, with when it was asked for: their stamps then hold what a later rename or rewrite would change.
+    /// `None` where the driver cannot tell them, and the stamps hold what the upload set.
+    async fn look_after_upload(
+        &self,
+        sent: &[transfer::Sent],
+    ) -> Result<Option<(BTreeMap<String, crate::sync::RemoteEntry>, i128)>> {
+        if !self.inner.remote.tells_change_times() {
+            return Ok(None);
+        }
+        let files: Vec<String> =
+            sent.iter().filter(|item| item.stable && item.local.kind == EntryKind::File).map(|item| item.path.clone()).collect();
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let observed_ns = now_ns();
+        let Some(listing) = self.remote_state_of(files).await? else { return Ok(None) };
+        Ok(Some((listing.into_iter().map(|entry| (entry.path.clone(), entry)).collect(), observed_ns)))
     }
 
     /// Downloads the given sandbox paths into the staging directory.

@@ -112,6 +112,10 @@ impl RemoteFiles for DockerFiles {
             .map_err(|error| Error::Internal(format!("Parsing the remote listing failed: {error}")))?
     }
 
+    fn tells_change_times(&self) -> bool {
+        true
+    }
+
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         let mut sources = Vec::new();
         for path in &paths {

@@ -58,6 +58,10 @@ impl RemoteFiles for LocalFiles {
         tokio::task::spawn_blocking(move || stat_paths(&root, &paths)).await.map_err(join_failed("Reading the sandbox"))
     }
 
+    fn tells_change_times(&self) -> bool {
+        true
+    }
+
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         for path in &paths {
             check_relative(path)?;

@@ -145,6 +145,7 @@ impl RemoteStamp {
     /// - A file sandlink uploaded carries an exact whole second; on a driver with sub-second times any later write
     ///   gives it the sandbox clock's time instead (and moves the status-change time the driver's look right after the
     ///   upload recorded), so only whole-second drivers make it racy.
+    ///
     /// Times in whole seconds may be up to a second behind the truth, which widens the window by that second.
     pub fn is_racy(&self, entry: &RemoteEntry) -> bool {
         if self.set_by_upload && entry.subsecond {

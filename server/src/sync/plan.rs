@@ -268,6 +268,51 @@ mod tests {
         assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);
     }
 
+    /// A listed file whose modification time is second `second` of 2020.
+    fn listed(path: &str, inode: Option<u64>, mode: u32, second: i128) -> RemoteEntry {
+        RemoteEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            size: 3,
+            mtime_ns: (1_600_000_000 + second) * 1_000_000_000,
+            subsecond: true,
+            inode,
+            ctime_ns: inode.map(|_| 1_600_000_000_000_000_000),
+            mode,
+            link_target: None,
+            unsyncable: None,
+        }
+    }
+
+    #[test]
+    fn remote_diff_should_see_rename_overs_mode_changes_and_shared_stamps() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let rules = Rules::new(dir.path(), &Default::default()).expect("rules");
+        let secrets = SecretFilter::new(dir.path(), &[]).expect("filter");
+        let local = LocalEntry { kind: EntryKind::File, size: 3, mtime_ns: 0, mode: 0o644, inode: 1, link_target: None };
+        let mut manifest = Manifest::load(dir.path().join("m.json"));
+        let observed = 1_700_000_000_000_000_000;
+        for (second, (path, inode)) in [("same", Some(1)), ("renamed-over", Some(2)), ("chmodded", Some(3)), ("no-inode", None)].into_iter().enumerate() {
+            let stamp = crate::sync::manifest::RemoteStamp::listed(&listed(path, inode, 0o644, second as i128), observed, false);
+            manifest.insert(path.into(), crate::sync::manifest::Record::new(&local, format!("hash of {path}"), Some(stamp)));
+        }
+        let listing = vec![
+            listed("same", Some(1), 0o644, 0),
+            listed("renamed-over", Some(9), 0o644, 1),
+            listed("chmodded", Some(3), 0o755, 2),
+            listed("no-inode", None, 0o644, 3),
+        ];
+        let changed = |listing: Vec<RemoteEntry>, whole: bool| -> Vec<String> {
+            let diff = diff_remote(&manifest, listing, &rules, &secrets, None, whole).expect("diff");
+            diff.changes.into_keys().collect()
+        };
+        assert_eq!(changed(listing.clone(), false), ["chmodded", "renamed-over"]);
+        // Without inodes, a stamp another file of the sandbox shares (an ignored file, say) is compared by content.
+        let mut with_twin = listing;
+        with_twin.push(listed("twin", None, 0o644, 3));
+        assert_eq!(changed(with_twin, true), ["chmodded", "no-inode", "renamed-over", "twin"]);
+    }
+
     #[test]
     fn local_diff_should_rehash_racy_files_only() {
         let dir = tempfile::tempdir().expect("a temp dir");

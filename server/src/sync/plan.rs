@@ -124,7 +124,14 @@ pub fn diff_remote(
             prefix.is_empty() || path == prefix || (path.starts_with(prefix.as_str()) && path[prefix.len()..].starts_with('/'))
         }),
     };
-    let mut ambiguous = ambiguous_stamps(manifest);
+    // Only stamps that cannot be told apart by inode need the whole manifest scanned (on every save, in a big tree,
+    // that scan would cost more than the rest of the comparison).
+    let without_inodes = listing.iter().any(|entry| {
+        entry.kind == EntryKind::File
+            && (entry.inode.is_none()
+                || manifest.entries.get(&entry.path).and_then(|record| record.remote.as_ref()).is_some_and(|stamp| stamp.inode.is_none()))
+    });
+    let mut ambiguous = if without_inodes { ambiguous_stamps(manifest) } else { HashSet::new() };
     let mut diff = RemoteDiff::default();
     if whole_sandbox {
         let shared = shared_stamps(&listing);

@@ -4,16 +4,24 @@
 //!
 //! The model keeps only the common base (what both sides last agreed on) and the paths held in conflict; the trees
 //! are read from disk before and after each sync. Per path, with `local`, `remote` and `base`:
+//! - a change is one of content, of kind (file or link) or of a file's permission bits, on either side;
 //! - changed on one side only: `up` copies a local change, `down` a sandbox change, `both` either; the other
 //!   direction leaves it waiting, untouched;
-//! - changed on both sides to the same content: agreed, nothing is written;
+//! - changed on both sides to the same content and mode: agreed, nothing is written;
 //! - changed on both sides differently: a conflict, reported, and both copies stay as they are until they agree;
 //! - nothing outside either root ever changes, and nothing but the model's paths appears in either tree.
 //!
+//! Most writes have the same size, and sandbox writes often get one old modification time shared by every file (as
+//! `tar`, `cp -p` or `touch -d` leave them), so a file renamed over another, or rewritten, can only be told by its inode
+//! and status-change time, or by content.
+//!
+//! Each run is repeated for what each driver's listing tells of a file (`Listing`): everything (the local driver, and
+//! docker with GNU find), whole seconds with inode and status-change time (docker with busybox), and sub-second
+//! modification times only (E2B's envd). Sync's racy window is narrowed to 50 ms so that most stamps are trusted
+//! and the fields themselves are what is tested, not the fallback to content.
+//!
 //! `SANDLINK_MODEL_SEED` (default a fixed seed) and `SANDLINK_MODEL_STEPS` (default 2500) choose the run;
 //! `SANDLINK_MODEL_SEEDS` runs that many consecutive seeds. A failure prints the seed and every step so far.
-//! `SANDLINK_MODEL_SAME_SIZES=1` lets writes share sizes, which shows the known blind spot described at
-//! `Harness::next_content`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
@@ -22,9 +30,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sandlink::drivers::local::files::LocalFiles;
+use sandlink::drivers::BoxedReader;
 use sandlink::engine::NoProgress;
 use sandlink::protocol::{SyncDirection, SyncState};
-use sandlink::sync::{SessionSync, StateObserver, SyncOptions};
+use sandlink::sync::{RemoteEntry, RemoteFiles, SessionSync, StateObserver, SyncOptions};
 
 /// Paths files live at; two share a directory so removing it removes several at once.
 const FILE_PATHS: [&str; 5] = ["a", "b", "d/c", "d/e", "f/g"];
@@ -37,25 +46,47 @@ const DEFAULT_STEPS: usize = 2_500;
 
 #[test]
 fn random_edits_on_both_sides_should_sync_as_the_model_says() {
+    run_model(Listing::Full);
+}
+
+#[test]
+fn random_edits_should_sync_as_the_model_says_with_whole_second_listings() {
+    run_model(Listing::WholeSeconds);
+}
+
+#[test]
+fn random_edits_should_sync_as_the_model_says_with_listings_without_inodes() {
+    run_model(Listing::MtimeOnly);
+}
+
+fn run_model(listing: Listing) {
+    narrow_the_racy_window();
     let first_seed = env_number("SANDLINK_MODEL_SEED").unwrap_or(DEFAULT_SEED);
     let steps = env_number("SANDLINK_MODEL_STEPS").map_or(DEFAULT_STEPS, |steps| steps as usize);
     let seeds = env_number("SANDLINK_MODEL_SEEDS").unwrap_or(1);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     for seed in first_seed..first_seed + seeds {
-        runtime.block_on(run_seed(seed, steps));
+        runtime.block_on(run_seed(seed, steps, listing));
     }
+}
+
+/// Sync reads the window once, before the first sync of any test in this binary.
+fn narrow_the_racy_window() {
+    static NARROWED: std::sync::Once = std::sync::Once::new();
+    NARROWED.call_once(|| std::env::set_var("SANDLINK_SYNC_RACY_WINDOW_MS", "50"));
 }
 
 #[test]
 fn an_upload_after_both_sides_emptied_should_still_see_the_sandbox_changes() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    narrow_the_racy_window();
     runtime.block_on(async {
-        let mut harness = Harness::new().await;
+        let mut harness = Harness::new(Listing::Full).await;
         let check = |outcome: Result<String, String>, harness: &Harness| match outcome {
             Ok(line) => line,
             Err(failure) => harness.fail(0, &failure),
         };
-        harness.write(Side::Workspace, "a");
+        harness.write(Side::Workspace, "a", Size::Shared, false);
         let line = harness.sync_and_check(SyncDirection::Up).await;
         harness.log.push(check(line, &harness));
         harness.remove(Side::Workspace, "a");
@@ -63,13 +94,102 @@ fn an_upload_after_both_sides_emptied_should_still_see_the_sandbox_changes() {
         let line = harness.sync_and_check(SyncDirection::Both).await;
         harness.log.push(check(line, &harness));
         // The common base is empty now, but it exists: the sandbox's new file is a change like any other.
-        harness.write(Side::Sandbox, "b");
-        harness.write(Side::Workspace, "b");
+        harness.write(Side::Sandbox, "b", Size::Shared, false);
+        harness.write(Side::Workspace, "b", Size::Shared, false);
         let line = harness.sync_and_check(SyncDirection::Up).await;
         harness.log.push(check(line, &harness));
         assert!(harness.held.contains("b"), "{:?}", harness.log);
         harness.sync.stop().await;
     });
+}
+
+/// Runs `steps` (each a change, or `None` for a sync in the given direction checked against the model) on a fresh
+/// harness with `listing`, failing with the steps so far when a sync disagrees.
+fn run_script(listing: Listing, script: impl for<'a> Fn(&'a mut Harness, usize) -> Option<SyncDirection>, steps: usize) {
+    narrow_the_racy_window();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let mut harness = Harness::new(listing).await;
+        for step in 0..steps {
+            let Some(direction) = script(&mut harness, step) else {
+                harness.log.push(format!("{step}: a change"));
+                continue;
+            };
+            match harness.sync_and_check(direction).await {
+                Ok(line) => harness.log.push(format!("{step}: {line}")),
+                Err(failure) => harness.fail(0, &failure),
+            }
+        }
+        harness.sync.stop().await;
+    });
+}
+
+#[test]
+fn a_same_size_file_renamed_over_another_in_the_sandbox_should_come_down() {
+    for listing in [Listing::Full, Listing::WholeSeconds, Listing::MtimeOnly] {
+        run_script(
+            listing,
+            |harness, step| match step {
+                0 => {
+                    // Two files of one size from the same second of the workspace clock, as a checkout leaves them.
+                    harness.write(Side::Workspace, "a", Size::Shared, false);
+                    harness.write(Side::Workspace, "b", Size::Shared, false);
+                    let second = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+                    for path in ["a", "b"] {
+                        filetime::set_file_mtime(harness.workspace.join(path), second).expect("set the mtime");
+                    }
+                    Some(SyncDirection::Up)
+                }
+                1 => {
+                    // Past the racy window, so nothing but the listing's fields (or the ambiguity check) can tell.
+                    std::thread::sleep(std::time::Duration::from_millis(120));
+                    harness.rename(Side::Sandbox, "b", "a");
+                    None
+                }
+                2 => Some(SyncDirection::Down),
+                _ => Some(SyncDirection::Both),
+            },
+            4,
+        );
+    }
+}
+
+#[test]
+fn a_chmod_on_one_side_should_sync_and_on_both_sides_should_conflict() {
+    for listing in [Listing::Full, Listing::WholeSeconds, Listing::MtimeOnly] {
+        run_script(
+            listing,
+            |harness, step| match step {
+                0 => {
+                    harness.write(Side::Workspace, "a", Size::Shared, false);
+                    harness.write(Side::Workspace, "b", Size::Shared, false);
+                    Some(SyncDirection::Up)
+                }
+                1 => {
+                    std::thread::sleep(std::time::Duration::from_millis(120));
+                    harness.chmod(Side::Sandbox, "a", 0o755);
+                    None
+                }
+                // The sandbox's `chmod +x` comes down (the model checks the workspace's mode).
+                2 => Some(SyncDirection::Down),
+                3 => {
+                    harness.chmod(Side::Workspace, "a", 0o700);
+                    harness.chmod(Side::Sandbox, "b", 0o600);
+                    harness.chmod(Side::Workspace, "b", 0o755);
+                    None
+                }
+                // `a` goes up; `b` changed differently on both sides: a conflict, neither side touched.
+                4 => Some(SyncDirection::Both),
+                5 => {
+                    harness.chmod(Side::Workspace, "b", 0o600);
+                    None
+                }
+                // Both sides agree again, and the conflict is over.
+                _ => Some(SyncDirection::Both),
+            },
+            7,
+        );
+    }
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -102,6 +222,13 @@ impl Random {
     }
 }
 
+/// Whether a write has the size most writes share, or one of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Size {
+    Shared,
+    Own,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Workspace,
@@ -116,26 +243,79 @@ enum Node {
 }
 
 impl Node {
-    /// Whether two nodes hold the same data; permission bits aside, as sync compares content by hash.
-    fn same_data(&self, other: &Node) -> bool {
-        match (self, other) {
-            (Node::File { content: one, .. }, Node::File { content: two, .. }) => one == two,
-            (one, two) => one == two,
-        }
-    }
 }
 
 type Tree = BTreeMap<String, Node>;
 
-fn same_data(one: Option<&Node>, two: Option<&Node>) -> bool {
-    match (one, two) {
-        (Some(one), Some(two)) => one.same_data(two),
-        (None, None) => true,
-        _ => false,
+/// The old modification time sandbox writes often get, the same for every file.
+const SHARED_OLD_MTIME: i64 = 1_600_000_000;
+
+struct Observer;
+
+/// What a driver's listing tells of each file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    /// Everything the local driver and docker with GNU find give: nanosecond times, inode and status-change time.
+    Full,
+    /// Docker with busybox: inode and status-change time, both times in whole seconds.
+    WholeSeconds,
+    /// E2B's envd: a modification time to the nanosecond, no inode and no status-change time.
+    MtimeOnly,
+}
+
+/// The local driver's files, with listings cut down to what `listing` says a driver tells.
+struct ListedAs {
+    files: LocalFiles,
+    listing: Listing,
+}
+
+impl ListedAs {
+    fn cut(&self, mut entries: Vec<RemoteEntry>) -> Vec<RemoteEntry> {
+        let whole_second = |ns: i128| ns.div_euclid(1_000_000_000) * 1_000_000_000;
+        for entry in &mut entries {
+            match self.listing {
+                Listing::Full => {}
+                Listing::WholeSeconds => {
+                    entry.subsecond = false;
+                    entry.mtime_ns = whole_second(entry.mtime_ns);
+                    entry.ctime_ns = entry.ctime_ns.map(whole_second);
+                }
+                Listing::MtimeOnly => {
+                    entry.inode = None;
+                    entry.ctime_ns = None;
+                }
+            }
+        }
+        entries
     }
 }
 
-struct Observer;
+#[async_trait]
+impl RemoteFiles for ListedAs {
+    async fn upload_tar(&self, archive: BoxedReader) -> sandlink::error::Result<()> {
+        self.files.upload_tar(archive).await
+    }
+
+    async fn delete(&self, paths: Vec<String>) -> sandlink::error::Result<()> {
+        self.files.delete(paths).await
+    }
+
+    async fn list(&self) -> sandlink::error::Result<Vec<RemoteEntry>> {
+        Ok(self.cut(self.files.list().await?))
+    }
+
+    async fn stat(&self, paths: Vec<String>) -> sandlink::error::Result<Vec<RemoteEntry>> {
+        Ok(self.cut(self.files.stat(paths).await?))
+    }
+
+    fn tells_change_times(&self) -> bool {
+        self.listing != Listing::MtimeOnly
+    }
+
+    async fn download_tar(&self, paths: Vec<String>) -> sandlink::error::Result<BoxedReader> {
+        self.files.download_tar(paths).await
+    }
+}
 
 #[async_trait]
 impl StateObserver for Observer {
@@ -157,18 +337,15 @@ struct Harness {
     synced_once: bool,
     /// Each write gets a number of its own, so no two writes are ever the same data by chance.
     writes: u64,
-    /// Modification times given to sandbox writes, one second apart, as a sandbox's clock moves between writes.
-    sandbox_clock: i64,
     /// Whether the step that puts a link out of the tree in the sandbox is under way (the link is then expected).
     sandbox_escape_present: bool,
-    /// Whether writes may have the same size (see `next_content`).
-    same_sizes: bool,
+    listing: Listing,
     log: Vec<String>,
 }
 
-async fn run_seed(seed: u64, steps: usize) {
+async fn run_seed(seed: u64, steps: usize, listing: Listing) {
     let mut random = Random(seed);
-    let mut harness = Harness::new().await;
+    let mut harness = Harness::new(listing).await;
     for step in 0..steps {
         let outcome = harness.random_step(&mut random).await;
         let (line, failure) = match outcome {
@@ -181,11 +358,11 @@ async fn run_seed(seed: u64, steps: usize) {
         }
     }
     harness.sync.stop().await;
-    eprintln!("seed {seed:#x}: {steps} steps agreed with the model");
+    eprintln!("seed {seed:#x}, {listing:?} listings: {steps} steps agreed with the model");
 }
 
 impl Harness {
-    async fn new() -> Harness {
+    async fn new(listing: Listing) -> Harness {
         let dir = tempfile::Builder::new().prefix("sandlink-sync-model-").tempdir().expect("a temporary directory");
         let workspace = dir.path().join("workspace");
         let state = dir.path().join("state");
@@ -199,7 +376,8 @@ impl Harness {
         // Both roots sit beside `outside`, so links made in either as `../../outside` lead to the sentinel.
         let sandbox_root = dir.path().join("sandbox");
         std::fs::create_dir_all(&sandbox_root).expect("mkdir");
-        let remote = Arc::new(LocalFiles::new(sandbox_root.clone(), state.join("staging")));
+        let files = LocalFiles::new(sandbox_root.clone(), state.join("staging"));
+        let remote = Arc::new(ListedAs { files, listing });
         let options = SyncOptions { watch: sandlink::sync::options::WatchMode::Off, ..SyncOptions::default() };
         let session_dir = state.join("session");
         let sync = SessionSync::new(workspace.clone(), remote, options, &session_dir, Arc::new(Observer)).expect("sync starts");
@@ -213,9 +391,8 @@ impl Harness {
             held: BTreeSet::new(),
             synced_once: false,
             writes: 0,
-            sandbox_clock: 1_000_000_000,
             sandbox_escape_present: false,
-            same_sizes: std::env::var_os("SANDLINK_MODEL_SAME_SIZES").is_some(),
+            listing,
             log: Vec::new(),
         }
     }
@@ -244,8 +421,15 @@ impl Harness {
         let line = match random.below(22) {
             0..=5 => {
                 let path = random.pick(&FILE_PATHS);
-                self.write(side, path);
-                format!("{side:?}: write {path}")
+                let size = if random.below(5) == 0 { Size::Own } else { Size::Shared };
+                // Sandbox writes keep the sandbox clock's time, or get the old time every such file shares; a listing
+                // without a status-change time cannot tell the latter from the file it replaced (sync's documented
+                // limit on such drivers), so there every write keeps its clock's time.
+                let old_time = side == Side::Sandbox && random.below(2) == 0 && self.listing != Listing::MtimeOnly;
+                self.write(side, path, size, old_time);
+                let size_note = if size == Size::Own { " (own size)" } else { "" };
+                let time_note = if old_time { " (old time)" } else { "" };
+                format!("{side:?}: write {path}{size_note}{time_note}")
             }
             6 | 7 => {
                 let path = random.pick(&FILE_PATHS);
@@ -260,9 +444,6 @@ impl Harness {
             10 => {
                 let path = random.pick(&FILE_PATHS);
                 let mode = [0o600, 0o644, 0o755, 0o700][random.below(4)];
-                // The sandbox's mode changes are not part of what sync compares (it compares content); the
-                // workspace's are, and travel up.
-                let side = Side::Workspace;
                 self.chmod(side, path, mode);
                 format!("{side:?}: chmod {mode:o} {path}")
             }
@@ -328,34 +509,30 @@ impl Harness {
         Ok(line)
     }
 
-    fn next_content(&mut self, side: Side, path: &str) -> String {
+    /// New content for a write: `Size::Shared` writes all have one size, so only content (or the metadata sync
+    /// keeps of the sandbox's copy) tells them apart; `Size::Own` writes get a size of their own.
+    fn next_content(&mut self, side: Side, path: &str, size: Size) -> String {
         self.writes += 1;
         let content = format!("write {} on the {side:?} side at {path}", self.writes);
-        if self.same_sizes {
-            return content + "\n";
-        }
-        // Every write gets a size of its own. Sync tells a sandbox file changed by its size and mtime in whole
-        // seconds, so a same-size file renamed over another within the second both were uploaded in goes unseen
-        // (SANDLINK_MODEL_SAME_SIZES=1 shows it); the model checks everything else.
-        format!("{content:.<width$}\n", width = 64 + self.writes as usize)
+        let width = match size {
+            Size::Shared => 64,
+            Size::Own => 64 + self.writes as usize,
+        };
+        format!("{content:.<width$}\n")
     }
 
-    fn write(&mut self, side: Side, path: &str) {
-        let content = self.next_content(side, path);
+    /// Writes new content at `path`, replacing what was there (and `old_time`: with the modification time every
+    /// such sandbox file shares).
+    fn write(&mut self, side: Side, path: &str, size: Size, old_time: bool) {
+        let content = self.next_content(side, path, size);
         let full = self.root(side).join(path);
         std::fs::create_dir_all(full.parent().expect("a parent")).expect("mkdir");
         // Replace rather than truncate, as editors and tools do; a link at the path is replaced, not followed.
         let _ = std::fs::remove_file(&full);
         std::fs::write(&full, content).expect("write");
-        self.stamp(side, &full);
-    }
-
-    /// Sandbox writes get the sandbox's own clock: one second apart, so each is a visible change of mtime.
-    fn stamp(&mut self, side: Side, full: &Path) {
-        if side == Side::Sandbox {
-            self.sandbox_clock += 1;
-            let time = filetime::FileTime::from_unix_time(self.sandbox_clock, 0);
-            filetime::set_symlink_file_times(full, time, time).expect("set the sandbox's mtime");
+        if old_time {
+            let time = filetime::FileTime::from_unix_time(SHARED_OLD_MTIME, 0);
+            filetime::set_file_times(&full, time, time).expect("set the old time");
         }
     }
 
@@ -384,7 +561,6 @@ impl Harness {
         std::fs::create_dir_all(full.parent().expect("a parent")).expect("mkdir");
         let _ = std::fs::remove_file(&full);
         std::os::unix::fs::symlink(target, &full).expect("symlink");
-        self.stamp(side, &full);
     }
 
     /// Reads one side's tree, failing on anything that is not a model path (a temporary file left behind, an
@@ -506,13 +682,13 @@ impl Harness {
 
 /// What a sync must do at one path once a common base exists. `held`: the path was left in conflict before.
 fn predict_synced(up: bool, down: bool, held: bool, l: Option<&Node>, r: Option<&Node>, b: Option<&Node>) -> Outcome {
-    // The workspace's changes include mode changes; the sandbox's are compared by data.
+    // Content, kind and a file's permission bits are all part of what changed, on either side.
     let local_changed = l != b;
-    let remote_changed = !same_data(r, b);
+    let remote_changed = r != b;
     let unchanged = Outcome { local: l.cloned(), remote: r.cloned(), base: b.cloned(), conflict: false };
     match (local_changed, remote_changed) {
         // Both sides agree now, whichever way they got there: nothing to write, nothing to hold.
-        (true, true) if same_data(l, r) => Outcome { base: l.cloned(), ..unchanged },
+        (true, true) if l == r => Outcome { base: l.cloned(), ..unchanged },
         (true, true) => Outcome { conflict: true, ..unchanged },
         // A path held in conflict is not overwritten from the workspace until the user decides.
         (true, false) if up && !held => Outcome { remote: l.cloned(), base: l.cloned(), ..unchanged },

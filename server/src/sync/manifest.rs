@@ -8,15 +8,29 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::scan::LocalEntry;
-use super::EntryKind;
+use super::{EntryKind, RemoteEntry};
 use crate::error::{Error, IoContext, Result};
 
 /// Bumped when the format changes; an old manifest is then ignored (the next sync compares by content).
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// Files modified this close to when they were recorded may change again within the file system's timestamp
-/// granularity without their `mtime` moving, so their content is re-checked (git's "racily clean" entries).
+/// granularity without their `mtime` moving, so their content is re-checked (git's "racily clean" entries). Two
+/// seconds cover drivers that only know whole seconds, and a sandbox clock up to a second off the engine's.
 pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
+/// The racy window for the sandbox's stamps: `RACY_WINDOW_NS`, unless `SANDLINK_SYNC_RACY_WINDOW_MS` sets another.
+/// The model test of sync (tests/rust/sync_model.rs) narrows it so its fast steps are not all racy, which would
+/// compare every file by content and leave the inode and status-change checks untested; nothing else should set it.
+pub fn remote_racy_window_ns() -> i128 {
+    static WINDOW: std::sync::OnceLock<i128> = std::sync::OnceLock::new();
+    *WINDOW.get_or_init(|| {
+        std::env::var("SANDLINK_SYNC_RACY_WINDOW_MS")
+            .ok()
+            .and_then(|value| value.parse::<i128>().ok())
+            .map_or(RACY_WINDOW_NS, |milliseconds| milliseconds * 1_000_000)
+    })
+}
 
 /// One path as last synced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,14 +46,121 @@ pub struct Record {
     pub link_target: Option<String>,
     /// When this record was written, to tell racily clean files.
     pub recorded_ns: i128,
-    /// The sandbox copy's modification time in whole seconds, when known; a listing that differs means the sandbox
-    /// copy may have changed.
+    /// How the sandbox's copy looked when both sides agreed, when known; without it the sandbox's copy is compared
+    /// by content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_mtime_s: Option<i64>,
+    pub remote: Option<RemoteStamp>,
+}
+
+/// What a sandbox listing said of a file when both sides last agreed on it: a listing that says anything else means
+/// the sandbox's copy may have changed, and it is then fetched and compared by content.
+///
+/// Each driver gives what it can (see `RemoteEntry`), and every field both the stamp and a listing have is compared:
+/// size and modification time always, inode and status-change time where known (a same-size file renamed over
+/// another within one second differs in both). What the fields cannot show is checked by content:
+/// - a stamp whose status-change time (or, without one, modification time) lies within `RACY_WINDOW_NS` of when it
+///   was observed is "racy", as git calls such index entries: a write later in the same clock tick (or second, for
+///   drivers without sub-second times) would leave every field as it was, so its content is compared on the next
+///   look, which also refreshes it;
+/// - without inodes, a stamp another file shares is ambiguous (one renamed over the other would look unchanged): two
+///   records sharing size and modification time but not content, or a stamp `shared` with any file of the listing it
+///   came from or of the current one, so its content is compared too (see `plan::diff_remote`);
+/// - on drivers that tell inodes and status-change times, the engine looks at uploaded files right after the upload,
+///   so those stamps hold them too (an upload cannot know them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteStamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i128>,
+    /// When the engine asked for the listing this stamp comes from (its own clock, taken before asking).
+    pub observed_ns: i128,
+    /// Whether the modification time is the whole second sandlink itself gave the file on upload, rather than one the
+    /// sandbox's clock wrote.
+    #[serde(default)]
+    pub set_by_upload: bool,
+    /// Whether another file of the sandbox had the same size and modification time when this was observed (or that
+    /// could not be known): without inodes, one renamed over the other would leave this stamp as it is.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+impl RemoteStamp {
+    /// The stamp of a listing entry, asked for at `observed_ns`; `shared` as the field says.
+    pub fn listed(entry: &RemoteEntry, observed_ns: i128, shared: bool) -> Self {
+        RemoteStamp {
+            size: entry.size,
+            mtime_ns: entry.mtime_ns,
+            inode: entry.inode,
+            ctime_ns: entry.ctime_ns,
+            observed_ns,
+            set_by_upload: false,
+            shared,
+        }
+    }
+
+    /// The stamp of a file just uploaded, from the driver's look at it right after (asked for at `observed_ns`);
+    /// `None` when that look shows another size or time than the upload gave it, so the sandbox changed it already and
+    /// its content must be compared next time.
+    pub fn after_upload(entry: &RemoteEntry, size: u64, mtime_s: u64, observed_ns: i128) -> Option<Self> {
+        let uploaded = RemoteStamp::uploaded(size, mtime_s);
+        (entry.kind == EntryKind::File && uploaded.matches(entry))
+            .then(|| RemoteStamp { set_by_upload: true, ..RemoteStamp::listed(entry, observed_ns, false) })
+    }
+
+    /// The stamp of a file just uploaded: its size and the whole second its archive header gave it.
+    pub fn uploaded(size: u64, mtime_s: u64) -> Self {
+        RemoteStamp {
+            size,
+            mtime_ns: mtime_s as i128 * 1_000_000_000,
+            inode: None,
+            ctime_ns: None,
+            observed_ns: now_ns(),
+            set_by_upload: true,
+            shared: false,
+        }
+    }
+
+    /// Whether `entry` says what this stamp says, in every field both know.
+    pub fn matches(&self, entry: &RemoteEntry) -> bool {
+        let agree = |recorded: Option<i128>, listed: Option<i128>| match (recorded, listed) {
+            (Some(recorded), Some(listed)) => recorded == listed,
+            _ => true,
+        };
+        self.size == entry.size
+            && self.mtime_ns == entry.mtime_ns
+            && agree(self.inode.map(i128::from), entry.inode.map(i128::from))
+            && agree(self.ctime_ns, entry.ctime_ns)
+    }
+
+    /// Whether matching fields cannot be trusted, because a write after the stamp was taken could have left them all
+    /// as they were.
+    /// - The status-change time cannot be set back, so once it is safely before the observation any later write,
+    ///   rename or chmod moves it; it decides where both the stamp and the listing have it.
+    /// - Without it the modification time decides, which `touch`, `cp -p` or `tar` can set into the past: a file
+    ///   rewritten with the same size and the same old time stays unseen on such drivers (E2B, see the architecture
+    ///   notes), short of comparing every file by content on every look.
+    /// - A file sandlink uploaded carries an exact whole second; on a driver with sub-second times any later write
+    ///   gives it the sandbox clock's time instead (and moves the status-change time the driver's look right after the
+    ///   upload recorded), so only whole-second drivers make it racy.
+    ///
+    /// Times in whole seconds may be up to a second behind the truth, which widens the window by that second.
+    pub fn is_racy(&self, entry: &RemoteEntry) -> bool {
+        if self.set_by_upload && entry.subsecond {
+            return false;
+        }
+        let window = remote_racy_window_ns() + if entry.subsecond { 0 } else { 1_000_000_000 };
+        if let (Some(ctime_ns), Some(_)) = (self.ctime_ns, entry.ctime_ns) {
+            return ctime_ns + window >= self.observed_ns;
+        }
+        self.mtime_ns + window >= self.observed_ns
+    }
 }
 
 impl Record {
-    pub fn new(local: &LocalEntry, hash: String, remote_mtime_s: Option<i64>) -> Self {
+    pub fn new(local: &LocalEntry, hash: String, remote: Option<RemoteStamp>) -> Self {
         Record {
             kind: local.kind,
             size: local.size,
@@ -49,7 +170,7 @@ impl Record {
             hash,
             link_target: local.link_target.clone(),
             recorded_ns: now_ns(),
-            remote_mtime_s,
+            remote,
         }
     }
 
@@ -199,9 +320,9 @@ mod tests {
         let mut manifest = Manifest::load(path.clone());
         assert!(manifest.entries.is_empty());
         let local = LocalEntry { kind: EntryKind::File, size: 3, mtime_ns: 5, mode: 0o644, inode: 7, link_target: None };
-        manifest.insert("a/b".into(), Record::new(&local, "h".into(), Some(0)));
-        manifest.insert("a/c".into(), Record::new(&local, "h".into(), Some(0)));
-        manifest.insert("ab".into(), Record::new(&local, "h".into(), Some(0)));
+        manifest.insert("a/b".into(), Record::new(&local, "h".into(), Some(RemoteStamp::uploaded(3, 0))));
+        manifest.insert("a/c".into(), Record::new(&local, "h".into(), Some(RemoteStamp::uploaded(3, 0))));
+        manifest.insert("ab".into(), Record::new(&local, "h".into(), Some(RemoteStamp::uploaded(3, 0))));
         let bytes = encode(&manifest.snapshot().expect("dirty"));
         write_atomically(&path, &bytes).expect("write");
         let reloaded = Manifest::load(path);

@@ -29,6 +29,11 @@ use crate::error::{Error, Result};
 pub use options::SyncOptions;
 pub use session::{SessionSync, StateObserver};
 
+/// The permission bits sync compares and carries both ways: read, write and execute for owner, group and others.
+/// Both sides belong to one user, so a file kept private (0600) stays private in the sandbox and a script made
+/// executable on either side is executable on the other; setuid, setgid and sticky never travel.
+pub const PERMISSION_BITS: u32 = 0o777;
+
 /// The kind of an entry in a remote listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,7 +52,16 @@ pub struct RemoteEntry {
     pub size: u64,
     /// Modification time in nanoseconds since the Unix epoch (drivers with coarser clocks round down).
     pub mtime_ns: i128,
-    /// Unix permission bits.
+    /// Whether `mtime_ns` (and `ctime_ns`) carry the sandbox's sub-second digits; false for a driver that only knows
+    /// whole seconds, whose entries are then trusted only once their second is safely past (see `RemoteStamp`).
+    pub subsecond: bool,
+    /// The inode number, where the driver can tell it: a file renamed over another shows up with another inode even
+    /// when its size and times are the same.
+    pub inode: Option<u64>,
+    /// The status-change time in nanoseconds, where the driver can tell it: every write, rename and chmod moves it,
+    /// and unlike the modification time it cannot be set back (`touch`).
+    pub ctime_ns: Option<i128>,
+    /// Unix permission bits (of which sync compares and carries `PERMISSION_BITS`).
     pub mode: u32,
     /// The symlink's target, for symlinks.
     pub link_target: Option<String>,
@@ -82,6 +96,12 @@ pub trait RemoteFiles: Send + Sync {
     async fn stat(&self, paths: Vec<String>) -> Result<Vec<RemoteEntry>> {
         let wanted: std::collections::HashSet<String> = paths.into_iter().collect();
         Ok(self.list().await?.into_iter().filter(|entry| wanted.contains(&entry.path)).collect())
+    }
+
+    /// Whether `list` and `stat` tell inodes and status-change times. The engine then looks at each upload's files
+    /// right after it, so their stamps catch a later rename-over or rewrite that keeps size and time.
+    fn tells_change_times(&self) -> bool {
+        false
     }
 
     /// Packs the given files (relative paths) into a tar stream for download.

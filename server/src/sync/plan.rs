@@ -4,14 +4,14 @@
 //! conflict and neither side is touched. Whether "changed" holds is decided by metadata first and by content
 //! (blake3) only when metadata cannot be trusted, so an unchanged tree is never re-read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use super::manifest::{hash_file, now_ns, Manifest};
 use super::rules::Rules;
 use super::scan::{check_relative, Scan};
 use super::secrets::SecretFilter;
-use super::{EntryKind, RemoteEntry};
+use super::{EntryKind, RemoteEntry, PERMISSION_BITS};
 use crate::error::Result;
 use crate::protocol::SkippedPath;
 
@@ -95,17 +95,25 @@ pub enum RemoteChange {
 pub struct RemoteDiff {
     pub changes: BTreeMap<String, RemoteChange>,
     pub skipped: Vec<SkippedPath>,
+    /// The (size, modification time) pairs more than one file of the listing shares; `None` when the listing did not
+    /// cover the whole sandbox, so that could not be known (see `RemoteStamp::shared`).
+    pub shared: Option<HashSet<(u64, i128)>>,
 }
 
 /// Compares a remote listing with the manifest within `scope`. Every listed path is checked first: one that is
 /// not a plain relative path (a broken or hostile listing) fails the whole sync before anything is written. An entry
 /// whose name cannot sync is reported on its own. Where symlinks lead is decided when they are placed.
+///
+/// A file is unchanged when its permission bits are the base's and its recorded `RemoteStamp` matches the listing and
+/// can be trusted (not racy, not ambiguous); anything else is a possible change, fetched and compared by content.
+/// `whole_sandbox` says the listing covers every file of the sandbox (not just some paths), ignored ones included.
 pub fn diff_remote(
     manifest: &Manifest,
     listing: Vec<RemoteEntry>,
     rules: &Rules,
     secrets: &SecretFilter,
     scope: Option<&[String]>,
+    whole_sandbox: bool,
 ) -> Result<RemoteDiff> {
     for entry in &listing {
         check_relative(&entry.path)?;
@@ -116,8 +124,20 @@ pub fn diff_remote(
             prefix.is_empty() || path == prefix || (path.starts_with(prefix.as_str()) && path[prefix.len()..].starts_with('/'))
         }),
     };
-    let mut changes = BTreeMap::new();
-    let mut skipped = Vec::new();
+    // Only stamps that cannot be told apart by inode need the whole manifest scanned (on every save, in a big tree,
+    // that scan would cost more than the rest of the comparison).
+    let without_inodes = listing.iter().any(|entry| {
+        entry.kind == EntryKind::File
+            && (entry.inode.is_none()
+                || manifest.entries.get(&entry.path).and_then(|record| record.remote.as_ref()).is_some_and(|stamp| stamp.inode.is_none()))
+    });
+    let mut ambiguous = if without_inodes { ambiguous_stamps(manifest) } else { HashSet::new() };
+    let mut diff = RemoteDiff::default();
+    if whole_sandbox {
+        let shared = shared_stamps(&listing);
+        ambiguous.extend(shared.iter().copied());
+        diff.shared = Some(shared);
+    }
     let mut seen = BTreeSet::new();
     for entry in listing {
         if entry.kind == EntryKind::Dir || !in_scope(&entry.path) {
@@ -128,26 +148,71 @@ pub fn diff_remote(
         }
         seen.insert(entry.path.clone());
         if let Some(reason) = &entry.unsyncable {
-            skipped.push(SkippedPath { path: entry.path.clone(), reason: reason.clone() });
+            diff.skipped.push(SkippedPath { path: entry.path.clone(), reason: reason.clone() });
             continue;
         }
         let unchanged = manifest.entries.get(&entry.path).is_some_and(|record| {
             record.kind == entry.kind
                 && match entry.kind {
                     EntryKind::Symlink => record.link_target == entry.link_target,
-                    _ => record.size == entry.size && record.remote_mtime_s == Some(entry.mtime_ns.div_euclid(1_000_000_000) as i64),
+                    _ => {
+                        record.mode & PERMISSION_BITS == entry.mode & PERMISSION_BITS
+                            && record.remote.as_ref().is_some_and(|stamp| {
+                                let without_inodes = stamp.inode.is_none() || entry.inode.is_none();
+                                stamp.matches(&entry)
+                                    && !stamp.is_racy(&entry)
+                                    && !(without_inodes
+                                        && (stamp.shared || ambiguous.contains(&(stamp.size, stamp.mtime_ns))))
+                            })
+                    }
                 }
         });
         if !unchanged {
-            changes.insert(entry.path.clone(), RemoteChange::Changed(entry));
+            diff.changes.insert(entry.path.clone(), RemoteChange::Changed(entry));
         }
     }
     for path in manifest.entries.keys() {
         if !seen.contains(path) && in_scope(path) {
-            changes.insert(path.clone(), RemoteChange::Deleted);
+            diff.changes.insert(path.clone(), RemoteChange::Deleted);
         }
     }
-    Ok(RemoteDiff { changes, skipped })
+    Ok(diff)
+}
+
+/// The (size, modification time) pairs more than one file of a listing shares.
+fn shared_stamps(listing: &[RemoteEntry]) -> HashSet<(u64, i128)> {
+    let mut seen = HashSet::new();
+    let mut shared = HashSet::new();
+    for entry in listing.iter().filter(|entry| entry.kind == EntryKind::File) {
+        let key = (entry.size, entry.mtime_ns);
+        if !seen.insert(key) {
+            shared.insert(key);
+        }
+    }
+    shared
+}
+
+/// The (size, modification time) pairs that more than one recorded file shares while their contents differ: where
+/// the inodes cannot be compared, one of them renamed over another in the sandbox would match the other's stamp.
+fn ambiguous_stamps(manifest: &Manifest) -> HashSet<(u64, i128)> {
+    let mut first_hash: HashMap<(u64, i128), &str> = HashMap::new();
+    let mut ambiguous = HashSet::new();
+    for record in manifest.entries.values() {
+        let Some(stamp) = record.remote.as_ref().filter(|_| record.kind == EntryKind::File) else {
+            continue;
+        };
+        let key = (stamp.size, stamp.mtime_ns);
+        match first_hash.get(&key) {
+            Some(hash) if *hash != record.hash.as_str() => {
+                ambiguous.insert(key);
+            }
+            Some(_) => {}
+            None => {
+                first_hash.insert(key, record.hash.as_str());
+            }
+        }
+    }
+    ambiguous
 }
 
 /// Turns deleted paths into the fewest deletions: a whole directory when it is gone locally.
@@ -199,12 +264,60 @@ mod tests {
             kind: EntryKind::File,
             size: 1,
             mtime_ns: 0,
+            subsecond: true,
+            inode: None,
+            ctime_ns: None,
             mode: 0o644,
             link_target: None,
             unsyncable: None,
         }];
-        let error = diff_remote(&manifest, listing, &rules, &secrets, None).unwrap_err();
+        let error = diff_remote(&manifest, listing, &rules, &secrets, None, true).unwrap_err();
         assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);
+    }
+
+    /// A listed file whose modification time is second `second` of 2020.
+    fn listed(path: &str, inode: Option<u64>, mode: u32, second: i128) -> RemoteEntry {
+        RemoteEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            size: 3,
+            mtime_ns: (1_600_000_000 + second) * 1_000_000_000,
+            subsecond: true,
+            inode,
+            ctime_ns: inode.map(|_| 1_600_000_000_000_000_000),
+            mode,
+            link_target: None,
+            unsyncable: None,
+        }
+    }
+
+    #[test]
+    fn remote_diff_should_see_rename_overs_mode_changes_and_shared_stamps() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let rules = Rules::new(dir.path(), &Default::default()).expect("rules");
+        let secrets = SecretFilter::new(dir.path(), &[]).expect("filter");
+        let local = LocalEntry { kind: EntryKind::File, size: 3, mtime_ns: 0, mode: 0o644, inode: 1, link_target: None };
+        let mut manifest = Manifest::load(dir.path().join("m.json"));
+        let observed = 1_700_000_000_000_000_000;
+        for (second, (path, inode)) in [("same", Some(1)), ("renamed-over", Some(2)), ("chmodded", Some(3)), ("no-inode", None)].into_iter().enumerate() {
+            let stamp = crate::sync::manifest::RemoteStamp::listed(&listed(path, inode, 0o644, second as i128), observed, false);
+            manifest.insert(path.into(), crate::sync::manifest::Record::new(&local, format!("hash of {path}"), Some(stamp)));
+        }
+        let listing = vec![
+            listed("same", Some(1), 0o644, 0),
+            listed("renamed-over", Some(9), 0o644, 1),
+            listed("chmodded", Some(3), 0o755, 2),
+            listed("no-inode", None, 0o644, 3),
+        ];
+        let changed = |listing: Vec<RemoteEntry>, whole: bool| -> Vec<String> {
+            let diff = diff_remote(&manifest, listing, &rules, &secrets, None, whole).expect("diff");
+            diff.changes.into_keys().collect()
+        };
+        assert_eq!(changed(listing.clone(), false), ["chmodded", "renamed-over"]);
+        // Without inodes, a stamp another file of the sandbox shares (an ignored file, say) is compared by content.
+        let mut with_twin = listing;
+        with_twin.push(listed("twin", None, 0o644, 3));
+        assert_eq!(changed(with_twin, true), ["chmodded", "no-inode", "renamed-over", "twin"]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::manifest::{encode, hash_file, write_atomically, Manifest, Record};
+use super::manifest::{encode, hash_file, now_ns, write_atomically, Manifest, Record, RemoteStamp};
 use super::options::{SyncOptions, WatchMode};
 use super::plan::{compress_deletions, diff_local, diff_remote, RemoteChange};
 use super::rules::Rules;
@@ -20,7 +20,7 @@ use super::beneath::Beneath;
 use super::resolve::{self, Node, OnDisk, Overlay, Resolution};
 use super::transfer::{self, Staged};
 use super::watch::{self, Watcher};
-use super::{EntryKind, RemoteFiles};
+use super::{EntryKind, RemoteFiles, PERMISSION_BITS};
 use crate::engine::Progress;
 use crate::error::{Error, Result};
 use crate::protocol::{Conflict, HeldBackFile, SkippedPath, SyncDirection, SyncResult, SyncState};
@@ -425,24 +425,45 @@ impl SessionSync {
         let guarded: Option<Vec<String>> = (up && !down && !resolve_up && core.has_base)
             .then(|| local_changed.iter().chain(local_deleted.iter()).cloned().collect::<Vec<String>>())
             .filter(|paths| !paths.is_empty());
+        // Taken before asking: a stamp is only as trustworthy as the earliest moment its listing could describe.
+        let observed_ns = now_ns();
         let remote_view = match &guarded {
-            _ if down => Some((inner.remote.list().await?, scope.clone())),
+            _ if down => Some((inner.remote.list().await?, scope.clone(), true)),
             None => None,
-            Some(paths) => self.remote_state_of(paths.clone()).await?.map(|listing| (listing, Some(paths.clone()))),
+            Some(paths) => {
+                let whole_sandbox = paths.len() > STAT_PATHS;
+                self.remote_state_of(paths.clone()).await?.map(|listing| (listing, Some(paths.clone()), whole_sandbox))
+            }
         };
-        if let Some((listing, scope_for_remote)) = remote_view {
+        if let Some((listing, scope_for_remote, whole_sandbox)) = remote_view {
             let scanner = inner.scanner.clone();
             let manifest_view = std::mem::replace(&mut core.manifest, Manifest::load(PathBuf::new()));
             let (manifest_back, changes) = tokio::task::spawn_blocking(move || {
                 // The scan's own filter, so files held back for their content leave the sandbox's copy alone too.
                 let changes =
-                    diff_remote(&manifest_view, listing, &scanner.rules, &scanner.secrets, scope_for_remote.as_deref());
+                    diff_remote(&manifest_view, listing, &scanner.rules, &scanner.secrets, scope_for_remote.as_deref(), whole_sandbox);
                 (manifest_view, changes)
             })
             .await
             .map_err(join_error("Comparing the sandbox listing"))?;
             core.manifest = manifest_back;
-            let super::plan::RemoteDiff { changes, skipped } = changes?;
+            let super::plan::RemoteDiff { changes, skipped, shared } = changes?;
+            // How each possibly changed file looked in this listing: recorded once both sides agree on it. Whether
+            // another file shared its size and time is known from a listing of the whole sandbox; from a look at a
+            // few paths it is assumed, which only matters (and costs a comparison) where there are no inodes.
+            let listed_stamps: BTreeMap<String, RemoteStamp> = changes
+                .iter()
+                .filter_map(|(path, change)| match change {
+                    RemoteChange::Changed(entry) => {
+                        let is_shared = match &shared {
+                            Some(shared) => shared.contains(&(entry.size, entry.mtime_ns)),
+                            None => entry.inode.is_none(),
+                        };
+                        Some((path.clone(), RemoteStamp::listed(entry, observed_ns, is_shared)))
+                    }
+                    RemoteChange::Deleted => None,
+                })
+                .collect();
             if down {
                 result.skipped.extend(skipped);
             }
@@ -517,37 +538,48 @@ impl SessionSync {
                     },
                     RemoteChange::Changed(_) => {
                         let Some(staged) = staged_by_path.remove(&path) else { continue };
-                        let base_hash = core.manifest.entries.get(&path).map(|record| record.hash.clone());
-                        if base_hash.as_deref() == Some(staged.hash.as_str()) {
-                            // Same content as last synced: only the sandbox's metadata moved.
+                        let stamp = listed_stamps.get(&path).cloned();
+                        let base = core.manifest.entries.get(&path).map(|record| (record.kind, record.hash.clone(), record.mode));
+                        if base.as_ref().is_some_and(|(kind, hash, mode)| same_node(*kind, hash, *mode, staged.kind, &staged.hash, staged.mode)) {
+                            // Same content and permissions as last synced: only the sandbox's metadata moved.
                             if let Some(record) = core.manifest.entries.get_mut(&path) {
-                                record.remote_mtime_s = Some(staged.mtime_s as i64);
+                                record.remote = stamp;
                             }
                             core.manifest.mark_dirty();
                             continue;
                         }
                         match local_state {
-                            Side::Same => placements.push((staged, scan.entries.get(&path).cloned())),
+                            Side::Same => placements.push((staged, scan.entries.get(&path).cloned(), stamp)),
                             Side::Changed => {
-                                let local_hash = hash_local(&inner.workspace, &path, scan.entries.get(&path));
-                                if local_hash.as_deref() == Some(staged.hash.as_str()) {
+                                let local_entry = scan.entries.get(&path);
+                                let local_hash = hash_local(&inner.workspace, &path, local_entry);
+                                let agreed = match (local_entry, &local_hash) {
+                                    (Some(entry), Some(hash)) => same_node(entry.kind, hash, entry.mode, staged.kind, &staged.hash, staged.mode),
+                                    _ => false,
+                                };
+                                if agreed {
                                     local_changed.remove(&path);
-                                    if let Some(entry) = scan.entries.get(&path) {
-                                        core.manifest.insert(path.clone(), Record::new(entry, staged.hash.clone(), Some(staged.mtime_s as i64)));
+                                    if let Some(entry) = local_entry {
+                                        core.manifest.insert(path.clone(), Record::new(entry, staged.hash.clone(), stamp));
                                     }
                                     core.conflicts.remove(&path);
                                 } else if resolve_down {
                                     local_changed.remove(&path);
-                                    placements.push((staged, scan.entries.get(&path).cloned()));
+                                    placements.push((staged, scan.entries.get(&path).cloned(), stamp));
                                 } else if resolve_up {
                                 } else {
                                     local_changed.remove(&path);
-                                    self.conflict(core, &path, "changed in both the workspace and the sandbox");
+                                    let reason = if local_hash.as_deref() == Some(staged.hash.as_str()) {
+                                        "its permissions changed differently in the workspace and the sandbox"
+                                    } else {
+                                        "changed in both the workspace and the sandbox"
+                                    };
+                                    self.conflict(core, &path, reason);
                                 }
                             }
                             Side::Deleted if resolve_down => {
                                 local_deleted.remove(&path);
-                                placements.push((staged, None));
+                                placements.push((staged, None, stamp));
                             }
                             Side::Deleted if resolve_up => {}
                             Side::Deleted => {
@@ -762,13 +794,20 @@ impl SessionSync {
                 self.note_held_back(core, &held_back, scan, false);
             }
             self.note_no_longer_held(core, packed.sent.iter().map(|item| item.path.as_str()));
+            let looked = self.look_after_upload(&packed.sent).await?;
             for item in packed.sent {
                 result.uploaded += 1;
                 result.bytes += item.local.size;
                 bytes_done += item.local.size;
                 if item.stable {
-                    let remote_mtime = transfer::mtime_seconds(item.local.mtime_ns) as i64;
-                    core.manifest.insert(item.path.clone(), Record::new(&item.local, item.hash, Some(remote_mtime)));
+                    let mtime_s = transfer::mtime_seconds(item.local.mtime_ns);
+                    let stamp = match &looked {
+                        None => Some(RemoteStamp::uploaded(item.local.size, mtime_s)),
+                        Some((entries, observed_ns)) => entries
+                            .get(&item.path)
+                            .and_then(|entry| RemoteStamp::after_upload(entry, item.local.size, mtime_s, *observed_ns)),
+                    };
+                    core.manifest.insert(item.path.clone(), Record::new(&item.local, item.hash, stamp));
                 }
             }
             files_done += batch_len;
@@ -785,6 +824,26 @@ impl SessionSync {
             }
         }
         Ok(())
+    }
+
+    /// Where the driver tells inodes and status-change times (`RemoteFiles::tells_change_times`), a look at the files
+    /// just uploaded, with when it was asked for: their stamps then hold what a later rename or rewrite would change.
+    /// `None` where the driver cannot tell them, and the stamps hold what the upload set.
+    async fn look_after_upload(
+        &self,
+        sent: &[transfer::Sent],
+    ) -> Result<Option<(BTreeMap<String, crate::sync::RemoteEntry>, i128)>> {
+        if !self.inner.remote.tells_change_times() {
+            return Ok(None);
+        }
+        let files: Vec<String> =
+            sent.iter().filter(|item| item.stable && item.local.kind == EntryKind::File).map(|item| item.path.clone()).collect();
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let observed_ns = now_ns();
+        let Some(listing) = self.remote_state_of(files).await? else { return Ok(None) };
+        Ok(Some((listing.into_iter().map(|entry| (entry.path.clone(), entry)).collect(), observed_ns)))
     }
 
     /// Downloads the given sandbox paths into the staging directory.
@@ -809,7 +868,7 @@ impl SessionSync {
     async fn place(
         &self,
         core: &mut Core,
-        placements: Vec<(Staged, Option<LocalEntry>)>,
+        placements: Vec<(Staged, Option<LocalEntry>, Option<RemoteStamp>)>,
         deletions: Vec<(String, LocalEntry)>,
         mut known_links: BTreeMap<String, String>,
         result: &mut SyncResult,
@@ -825,7 +884,7 @@ impl SessionSync {
             // First against everything this sync places at once, so with `y -> .` and `x -> y/..` it is `x` that is
             // refused whatever the order; then each change again against the disk as it stands (below).
             let refused_up_front = links_leading_out(&workspace, &placements, &deletions);
-            for (staged, expected) in placements {
+            for (staged, expected, stamp) in placements {
                 if let Some(reason) = refused_up_front.get(&staged.path) {
                     outcome.skipped.push(SkippedPath { path: staged.path.clone(), reason: reason.clone() });
                     continue;
@@ -853,7 +912,6 @@ impl SessionSync {
                 }
                 let path = staged.path.clone();
                 let hash = staged.hash.clone();
-                let mtime_s = staged.mtime_s as i64;
                 let size = staged.size;
                 match transfer::place(&mut beneath, staged) {
                     Ok(()) => {}
@@ -870,7 +928,7 @@ impl SessionSync {
                     Node::Link(target) => known_links.insert(path.clone(), target.clone()),
                     _ => known_links.remove(&path),
                 };
-                outcome.placed.push((path, Record::new(&placed, hash, Some(mtime_s))));
+                outcome.placed.push((path, Record::new(&placed, hash, stamp)));
                 outcome.bytes += size;
             }
             for (path, expected) in deletions {
@@ -931,12 +989,12 @@ fn current_entry(beneath: &mut Beneath, path: &str) -> Result<Option<LocalEntry>
 /// the reason for each.
 fn links_leading_out(
     workspace: &Path,
-    placements: &[(Staged, Option<LocalEntry>)],
+    placements: &[(Staged, Option<LocalEntry>, Option<RemoteStamp>)],
     deletions: &[(String, LocalEntry)],
 ) -> BTreeMap<String, String> {
     let links: Vec<(&str, &str)> = placements
         .iter()
-        .filter_map(|(staged, _)| staged.link_target.as_deref().map(|target| (staged.path.as_str(), target)))
+        .filter_map(|(staged, _, _)| staged.link_target.as_deref().map(|target| (staged.path.as_str(), target)))
         .collect();
     if links.is_empty() {
         return BTreeMap::new();
@@ -1035,9 +1093,17 @@ fn only_metadata_moved(core: &mut Core, workspace: &Path, path: &str, entry: Opt
     if hash_local(workspace, path, Some(entry)).as_deref() != Some(record.hash.as_str()) {
         return false;
     }
-    let refreshed = Record::new(entry, record.hash.clone(), record.remote_mtime_s);
+    let refreshed = Record::new(entry, record.hash.clone(), record.remote.clone());
     core.manifest.insert(path.to_string(), refreshed);
     true
+}
+
+/// Whether two versions of a path are the same for sync: the same kind and content, and for files the same
+/// permission bits (`PERMISSION_BITS`), so a mode change on either side is a change like any other.
+fn same_node(kind: EntryKind, hash: &str, mode: u32, other_kind: EntryKind, other_hash: &str, other_mode: u32) -> bool {
+    kind == other_kind
+        && hash == other_hash
+        && (kind == EntryKind::Symlink || mode & PERMISSION_BITS == other_mode & PERMISSION_BITS)
 }
 
 /// The content hash of a local file or symlink, when it can be read.

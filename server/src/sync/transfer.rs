@@ -15,7 +15,7 @@ use super::resolve::{link_stays_inside, OnDisk};
 use super::scan::{check_relative, LocalEntry};
 use super::secret_scan::SCAN_LIMIT;
 use super::secrets::SecretFilter;
-use super::EntryKind;
+use super::{EntryKind, PERMISSION_BITS};
 use crate::error::{Error, IoContext, Result};
 
 /// Buffer size between tar and the byte streams; large enough that headers and small files batch up.
@@ -115,7 +115,8 @@ pub fn pack_checked(
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(local.size);
-        header.set_mode(local.mode);
+        // Only the permission bits travel: setuid, setgid and sticky are never set by sync.
+        header.set_mode(local.mode & PERMISSION_BITS);
         header.set_mtime(mtime_seconds(local.mtime_ns));
         let check = secrets.and_then(|filter| filter.content_check_for(relative)).filter(|_| local.size <= SCAN_LIMIT);
         if let (Some(check), Some(stamp)) = (check, local.stamp()) {
@@ -223,7 +224,7 @@ pub fn stage(reader: impl Read, staging: &Path) -> Result<Vec<Staged>> {
         let path = path.trim_end_matches('/').to_string();
         let header = entry.header();
         let entry_type = header.entry_type();
-        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let mode = header.mode().unwrap_or(0o644) & PERMISSION_BITS;
         let mtime_s = header.mtime().unwrap_or(0);
         if entry_type.is_dir() {
             check_relative(&path)?;
@@ -376,7 +377,7 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
         check_relative(&path)?;
         let header = entry.header();
         let entry_type = header.entry_type();
-        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let mode = header.mode().unwrap_or(0o644) & PERMISSION_BITS;
         let mtime_s = header.mtime().unwrap_or(0);
         if entry_type.is_dir() {
             let placeholder = format!("{path}/x");

@@ -23,6 +23,7 @@ macro_rules! sync_parity_tests {
             sync_down_should_bring_back_sandbox_changes,
             changes_on_both_sides_should_be_a_conflict_that_keeps_both_versions,
             a_save_should_never_overwrite_what_the_sandbox_changed_since_the_last_sync,
+            permission_changes_should_sync_both_ways_and_conflict_when_they_differ,
             sync_down_should_refuse_a_symlink_escaping_the_root,
             sync_should_refuse_an_explicit_path_through_a_workspace_link,
             sync_should_refuse_links_that_resolve_out_through_other_links,
@@ -300,6 +301,50 @@ pub fn a_save_should_never_overwrite_what_the_sandbox_changed_since_the_last_syn
     // Nothing is left to do, and the agreed file was recorded as synced.
     let again = sync(&server, &session_id, "both");
     assert_eq!((again["uploaded"].as_u64(), again["downloaded"].as_u64(), again["conflicts"].clone()), (Some(0), Some(0), json!([])), "{again}");
+}
+
+fn local_mode(root: &Path, path: &str) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(root.join(path)).expect("stat").permissions()) & 0o7777
+}
+
+fn sandbox_mode(server: &Server, session_id: &str, path: &str) -> String {
+    sandbox_shell(server, session_id, &format!("stat -c %a {path}")).trim().to_string()
+}
+
+pub fn permission_changes_should_sync_both_ways_and_conflict_when_they_differ(fixture: &DriverFixture) {
+    let files = [("run.sh", "echo run\n"), ("tool.sh", "echo tool\n"), ("both.sh", "echo both\n"), ("plain.txt", "p")];
+    let (server, workspace, session_id) = connected_with(fixture, &files, manual());
+    let root = workspace.path();
+    let set_mode = |path: &str, mode: u32| {
+        std::fs::set_permissions(root.join(path), std::os::unix::fs::PermissionsExt::from_mode(mode)).expect("chmod");
+    };
+    // A mode-only change in the sandbox comes down like a content change.
+    sandbox_shell(&server, &session_id, "chmod +x run.sh && chmod 750 both.sh");
+    set_mode("tool.sh", 0o755);
+    set_mode("both.sh", 0o700);
+    // setuid never travels: only the permission bits do.
+    set_mode("plain.txt", 0o4755);
+    let result = sync(&server, &session_id, "both");
+    assert_eq!(
+        result["conflicts"],
+        json!([{ "path": "both.sh", "reason": "its permissions changed differently in the workspace and the sandbox" }]),
+        "{result}"
+    );
+    assert_eq!((result["downloaded"].as_u64(), result["uploaded"].as_u64()), (Some(1), Some(2)), "{result}");
+    assert_eq!(local_mode(root, "run.sh") & 0o777, 0o755, "the sandbox's chmod +x came down");
+    assert_eq!(std::fs::read_to_string(root.join("run.sh")).expect("read"), "echo run\n");
+    assert_eq!(sandbox_mode(&server, &session_id, "tool.sh"), "755", "the workspace's chmod +x went up");
+    assert_eq!(sandbox_mode(&server, &session_id, "plain.txt"), "755", "setuid stayed behind");
+    // Both modes as each side left them.
+    assert_eq!(local_mode(root, "both.sh"), 0o700);
+    assert_eq!(sandbox_mode(&server, &session_id, "both.sh"), "750");
+    // Nothing else to do; the conflict stays until both sides agree.
+    let again = sync(&server, &session_id, "both");
+    assert_eq!((again["uploaded"].as_u64(), again["downloaded"].as_u64()), (Some(0), Some(0)), "{again}");
+    assert_eq!(again["conflicts"][0]["path"], "both.sh", "{again}");
+    set_mode("both.sh", 0o750);
+    let agreed = sync(&server, &session_id, "both");
+    assert_eq!(agreed["conflicts"], json!([]), "{agreed}");
 }
 
 pub fn sync_down_should_refuse_a_symlink_escaping_the_root(fixture: &DriverFixture) {

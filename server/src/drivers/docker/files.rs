@@ -112,6 +112,10 @@ impl RemoteFiles for DockerFiles {
             .map_err(|error| Error::Internal(format!("Parsing the remote listing failed: {error}")))?
     }
 
+    fn tells_change_times(&self) -> bool {
+        true
+    }
+
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         let mut sources = Vec::new();
         for path in &paths {
@@ -229,7 +233,7 @@ fn malformed(what: &str) -> Error {
     Error::Remote { status: None, message: format!("The remote listing is malformed: {what}.") }
 }
 
-/// GNU find's `%y %s %T@ %m %P\0%l\0` records.
+/// GNU find's `%y %s %T@ %m %i %C@ %P\0%l\0` records: times to the nanosecond, with the inode.
 fn parse_gnu(body: &[u8]) -> Result<Vec<RemoteEntry>> {
     let mut entries = Vec::new();
     let mut fields = body.split(|byte| *byte == 0);
@@ -238,9 +242,9 @@ fn parse_gnu(body: &[u8]) -> Result<Vec<RemoteEntry>> {
             break;
         }
         let link = fields.next().ok_or_else(|| malformed("a record lacks its link field"))?;
-        let mut parts = record.splitn(5, |byte| *byte == b' ');
-        let (Some(kind), Some(size), Some(time), Some(mode), Some(path)) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        let mut parts = record.splitn(7, |byte| *byte == b' ');
+        let (Some(kind), Some(size), Some(time), Some(mode), Some(inode), Some(change), Some(path)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(malformed("a record has too few fields"));
         };
@@ -252,19 +256,20 @@ fn parse_gnu(body: &[u8]) -> Result<Vec<RemoteEntry>> {
         };
         // `LIST` names entries relative to the root; `STAT` names them `./path`.
         let path = path.strip_prefix(b"./").unwrap_or(path);
-        entries.push(entry_from_bytes(
-            path,
-            kind,
-            number(size, "a size")?,
-            parse_seconds_to_ns(ascii(time, "a time")?).ok_or_else(|| malformed("a time is not a number"))?,
-            u32::from_str_radix(ascii(mode, "a mode")?, 8).map_err(|_| malformed("a mode is not octal"))?,
-            (kind == EntryKind::Symlink).then_some(link),
-        ));
+        let stamp = Stamp {
+            size: number(size, "a size")?,
+            mtime_ns: parse_seconds_to_ns(ascii(time, "a time")?).ok_or_else(|| malformed("a time is not a number"))?,
+            subsecond: true,
+            inode: number(inode, "an inode")?,
+            ctime_ns: parse_seconds_to_ns(ascii(change, "a time")?).ok_or_else(|| malformed("a time is not a number"))?,
+            mode: u32::from_str_radix(ascii(mode, "a mode")?, 8).map_err(|_| malformed("a mode is not octal"))?,
+        };
+        entries.push(entry_from_bytes(path, kind, stamp, (kind == EntryKind::Symlink).then_some(link)));
     }
     Ok(entries)
 }
 
-/// busybox `stat -c '%f %s %Y %n//%N'` records, each ended by a newline. `%n` never holds `//` (find prints
+/// busybox `stat -c '%f %s %Y %i %Z %n//%N'` records (times in whole seconds), each ended by a newline. `%n` never holds `//` (find prints
 /// normalised paths), so it ends there; `%N` repeats the name, and for a link adds ` -> ` and the target, whose length
 /// is the link's size: the record's end is known without looking for a newline a name could hold.
 fn parse_busybox(body: &[u8]) -> Result<Vec<RemoteEntry>> {
@@ -280,6 +285,8 @@ fn parse_busybox(body: &[u8]) -> Result<Vec<RemoteEntry>> {
         let raw_mode = u32::from_str_radix(&field(&mut rest, "a mode")?, 16).map_err(|_| malformed("a mode is not hex"))?;
         let size: u64 = field(&mut rest, "a size")?.parse().map_err(|_| malformed("a size is not a number"))?;
         let seconds: i128 = field(&mut rest, "a time")?.parse().map_err(|_| malformed("a time is not a number"))?;
+        let inode: u64 = field(&mut rest, "an inode")?.parse().map_err(|_| malformed("an inode is not a number"))?;
+        let change: i128 = field(&mut rest, "a time")?.parse().map_err(|_| malformed("a time is not a number"))?;
         let name_end = rest.windows(2).position(|pair| pair == b"//").ok_or_else(|| malformed("a record lacks its name"))?;
         let name = &rest[..name_end];
         rest = &rest[name_end + 2..];
@@ -309,13 +316,31 @@ fn parse_busybox(body: &[u8]) -> Result<Vec<RemoteEntry>> {
         rest = rest.strip_prefix(b"\n").ok_or_else(|| malformed("a record does not end where its sizes say"))?;
         let Some(kind) = kind else { continue };
         let path = name.strip_prefix(b"./").unwrap_or(name);
-        entries.push(entry_from_bytes(path, kind, size, seconds * 1_000_000_000, raw_mode & 0o7777, target));
+        let stamp = Stamp {
+            size,
+            mtime_ns: seconds * 1_000_000_000,
+            subsecond: false,
+            inode,
+            ctime_ns: change * 1_000_000_000,
+            mode: raw_mode & 0o7777,
+        };
+        entries.push(entry_from_bytes(path, kind, stamp, target));
     }
     Ok(entries)
 }
 
+/// What a listing record says of an entry besides its name, kind and link target.
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    subsecond: bool,
+    inode: u64,
+    ctime_ns: i128,
+    mode: u32,
+}
+
 /// A listing entry from a name and link target as bytes; one that is not UTF-8 is marked as unable to sync.
-fn entry_from_bytes(path: &[u8], kind: EntryKind, size: u64, mtime_ns: i128, mode: u32, target: Option<&[u8]>) -> RemoteEntry {
+fn entry_from_bytes(path: &[u8], kind: EntryKind, stamp: Stamp, target: Option<&[u8]>) -> RemoteEntry {
     let mut unsyncable = None;
     let path = String::from_utf8(path.to_vec()).unwrap_or_else(|_| {
         unsyncable = Some(crate::sync::scan::NOT_UTF8.to_string());
@@ -327,7 +352,18 @@ fn entry_from_bytes(path: &[u8], kind: EntryKind, size: u64, mtime_ns: i128, mod
             String::from_utf8_lossy(target).into_owned()
         })
     });
-    RemoteEntry { path, kind, size, mtime_ns, mode, link_target, unsyncable }
+    RemoteEntry {
+        path,
+        kind,
+        size: stamp.size,
+        mtime_ns: stamp.mtime_ns,
+        subsecond: stamp.subsecond,
+        inode: Some(stamp.inode),
+        ctime_ns: Some(stamp.ctime_ns),
+        mode: stamp.mode,
+        link_target,
+        unsyncable,
+    }
 }
 
 fn ascii<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str> {
@@ -360,12 +396,14 @@ mod tests {
 
     #[test]
     fn listing_should_parse_busybox_output() {
-        let output = b"busybox\n41ed 4096 1795435397 ./a//./a\n81a4 3 1795435397 ./a/f//./a/f\na1ff 1 1795435397 ./a/l//'./a/l' -> 'f'\n";
+        let output = b"busybox\n41ed 4096 1795435397 11 1795435398 ./a//./a\n81a4 3 1795435397 12 1795435399 ./a/f//./a/f\na1ff 1 1795435397 13 1795435397 ./a/l//'./a/l' -> 'f'\n";
         let entries = parse_listing(output).unwrap();
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[0].path, "a");
         assert_eq!(entries[0].kind, EntryKind::Dir);
         assert_eq!(entries[1].mode, 0o644);
+        assert_eq!((entries[1].inode, entries[1].ctime_ns), (Some(12), Some(1_795_435_399_000_000_000)));
+        assert!(!entries[1].subsecond, "busybox knows whole seconds only");
         assert_eq!(entries[2].link_target.as_deref(), Some("f"));
         assert_eq!(entries[2].path, "a/l");
     }
@@ -373,10 +411,10 @@ mod tests {
     #[test]
     fn busybox_listing_should_keep_newlines_backslashes_and_arrows_in_names() {
         let mut output = b"busybox\n".to_vec();
-        output.extend_from_slice(b"81a4 1 1795435397 ./a\nb//./a\nb\n");
-        output.extend_from_slice(b"81a4 2 1795435397 ./c\\d//./c\\d\n");
-        output.extend_from_slice(b"a1ff 10 1795435397 ./l' -> 'x//'./l' -> 'x' -> 'to\n81a4 1 '\n");
-        output.extend_from_slice(b"81a4 3 1795435397 ./\xff//./\xff\n");
+        output.extend_from_slice(b"81a4 1 1795435397 1 1795435397 ./a\nb//./a\nb\n");
+        output.extend_from_slice(b"81a4 2 1795435397 2 1795435397 ./c\\d//./c\\d\n");
+        output.extend_from_slice(b"a1ff 10 1795435397 3 1795435397 ./l' -> 'x//'./l' -> 'x' -> 'to\n81a4 1 '\n");
+        output.extend_from_slice(b"81a4 3 1795435397 4 1795435397 ./\xff//./\xff\n");
         let entries = parse_listing(&output).unwrap();
         let paths: Vec<&str> = entries.iter().map(|entry| entry.path.as_str()).collect();
         assert_eq!(paths, ["a\nb", "c\\d", "l' -> 'x", "\u{fffd}"]);
@@ -412,13 +450,16 @@ mod tests {
 
     #[test]
     fn listing_should_parse_gnu_output() {
-        let output = b"gnu\nd 4096 1700000000.5 755 a\0\0f 3 1700000000.123456789123 644 a/with space\0\0l 1 1 777 a/l\0f\0";
+        let output = b"gnu\nd 4096 1700000000.5 755 7 1700000000.5 a\0\0f 3 1700000000.123456789123 644 8 1700000001.25 a/with space\0\0l 1 1 777 9 1 a/l\0f\0";
         let entries = parse_listing(output).unwrap();
         assert_eq!(entries[1].path, "a/l");
         assert_eq!(entries[1].link_target.as_deref(), Some("f"));
         assert_eq!(entries[2].path, "a/with space");
         assert_eq!(entries[2].mtime_ns, 1_700_000_000_123_456_789);
         assert_eq!(entries[0].mtime_ns, 1_700_000_000_500_000_000);
+        assert_eq!(entries[2].inode, Some(8));
+        assert_eq!(entries[2].ctime_ns, Some(1_700_000_001_250_000_000));
+        assert!(entries[2].subsecond);
     }
 
     /// Runs `STAT` with this machine's shell and GNU find (containers with busybox are covered by the docker tests).

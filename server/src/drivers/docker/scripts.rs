@@ -30,10 +30,10 @@ n=$#
 while [ "$n" -gt 0 ]; do set -- "$@" "./$1"; shift; n=$((n - 1)); done
 if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
   printf 'gnu\n'
-  find "$@" -maxdepth 0 -printf '%y %s %T@ %m %p\0%l\0' 2>/dev/null
+  find "$@" -maxdepth 0 -printf '%y %s %T@ %m %i %C@ %p\0%l\0' 2>/dev/null
 else
   printf 'busybox\n'
-  stat -c '%f %s %Y %n//%N' "$@" 2>/dev/null
+  stat -c '%f %s %Y %i %Z %n//%N' "$@" 2>/dev/null
 fi
 exit 0"#;
 
@@ -42,13 +42,13 @@ exit 0"#;
 pub const UNPACK_STDIN: &str = r#"dd bs=65536 count="$4" iflag=count_bytes,fullblock 2>/dev/null | { mkdir -p "$2" && tar -xf - -C "$2"; s=$?; cat >/dev/null; exit $s; } || { rm -rf "$2"; exit 1; }"#;
 
 
-/// `$1` = root: lists the tree. GNU find gives NUL-separated records with nanosecond times; busybox falls back to
-/// `stat`, whose `%n//%N` lets the parser find where each name ends although names may hold newlines (see
-/// `files::parse_listing`).
+/// `$1` = root: lists the tree. GNU find gives NUL-separated records with nanosecond modification and status-change
+/// times and the inode; busybox falls back to `stat`, which gives the same in whole seconds, and whose `%n//%N` lets
+/// the parser find where each name ends although names may hold newlines (see `files::parse_listing`).
 pub const LIST: &str = r#"cd "$1" || exit 3
 if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
   printf 'gnu\n'
-  exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -printf '%y %s %T@ %m %P\0%l\0'
+  exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -printf '%y %s %T@ %m %i %C@ %P\0%l\0'
 fi
 printf 'busybox\n'
-exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -exec stat -c '%f %s %Y %n//%N' {} +"#;
+exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -exec stat -c '%f %s %Y %i %Z %n//%N' {} +"#;

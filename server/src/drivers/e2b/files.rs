@@ -79,6 +79,11 @@ impl Files {
             kind,
             size,
             mtime_ns,
+            // envd reports Go's modification time, to the nanosecond; it tells neither inode nor status-change time,
+            // so the engine's racy and ambiguity checks cover what those would show.
+            subsecond: true,
+            inode: None,
+            ctime_ns: None,
             mode: entry.mode.unwrap_or(0o644) & 0o7777,
             link_target: entry.symlink_target.filter(|_| kind == EntryKind::Symlink),
             unsyncable: None,
@@ -98,7 +103,7 @@ impl Files {
 /// What unpacking an upload found besides plain file contents.
 #[derive(Default)]
 struct Extras {
-    /// Files whose mode has execute bits, with that mode (envd writes every file 0644).
+    /// Files whose permission bits are not 0644, with those bits (envd writes every file 0644).
     modes: Vec<(String, u32)>,
     /// Symlinks as (path, target); `/files` cannot create them.
     symlinks: Vec<(String, String)>,
@@ -271,8 +276,9 @@ fn encode_upload(
         if let Some(mtime) = mtime {
             extras.mtimes.push((relative.clone(), mtime));
         }
-        if mode & 0o111 != 0 {
-            extras.modes.push((relative, mode & 0o7777));
+        // envd writes every file 0644; any other permission bits (an executable, a private 0600) are set after.
+        if mode & crate::sync::PERMISSION_BITS != 0o644 {
+            extras.modes.push((relative, mode & crate::sync::PERMISSION_BITS));
         }
         extras.files += 1;
     }

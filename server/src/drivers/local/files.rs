@@ -58,6 +58,10 @@ impl RemoteFiles for LocalFiles {
         tokio::task::spawn_blocking(move || stat_paths(&root, &paths)).await.map_err(join_failed("Reading the sandbox"))
     }
 
+    fn tells_change_times(&self) -> bool {
+        true
+    }
+
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         for path in &paths {
             check_relative(path)?;
@@ -138,6 +142,9 @@ fn remote_entry(absolute: &Path, relative: &str, metadata: &std::fs::Metadata) -
         kind,
         size: metadata.len(),
         mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
+        subsecond: true,
+        inode: Some(metadata.ino()),
+        ctime_ns: Some(metadata.ctime() as i128 * 1_000_000_000 + metadata.ctime_nsec() as i128),
         mode: metadata.mode() & 0o7777,
         link_target,
         unsyncable,

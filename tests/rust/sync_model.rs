@@ -296,6 +296,15 @@ impl RemoteFiles for ListedAs {
         self.files.upload_tar(archive).await
     }
 
+    /// The local driver tells how it wrote each file (`Full`); docker cannot, so the whole-seconds kind leaves the
+    /// engine to look after the upload, and both ways of stamping an upload are exercised.
+    async fn upload_tar_looked(&self, archive: BoxedReader) -> sandlink::error::Result<Option<Vec<RemoteEntry>>> {
+        match self.listing {
+            Listing::Full => Ok(self.files.upload_tar_looked(archive).await?.map(|entries| self.cut(entries))),
+            Listing::WholeSeconds | Listing::MtimeOnly => self.files.upload_tar(archive).await.map(|()| None),
+        }
+    }
+
     async fn delete(&self, paths: Vec<String>) -> sandlink::error::Result<()> {
         self.files.delete(paths).await
     }

@@ -79,6 +79,13 @@ pub trait RemoteFiles: Send + Sync {
     /// Paths in the archive are relative and already checked by the engine; drivers refuse any that escape.
     async fn upload_tar(&self, archive: BoxedReader) -> Result<()>;
 
+    /// Uploads as `upload_tar` does and, where the driver learns it while writing, tells how each file it wrote
+    /// looked right after (as `stat` would list it), which spares the engine its look after the upload (see
+    /// `tells_change_times`). The default tells nothing.
+    async fn upload_tar_looked(&self, archive: BoxedReader) -> Result<Option<Vec<RemoteEntry>>> {
+        self.upload_tar(archive).await.map(|()| None)
+    }
+
     /// Removes files and directories (recursively) under the remote root, in one step.
     async fn delete(&self, paths: Vec<String>) -> Result<()> {
         let _ = paths;

@@ -782,11 +782,13 @@ impl SessionSync {
                 let bridge = tokio_util::io::SyncIoBridge::new(writer);
                 transfer::pack_checked(&workspace, &batch, transfer::Links::Inside, bridge, &mut |_| {}, Some(&scanner.secrets))
             });
-            let (uploaded, packed) = tokio::join!(self.inner.remote.upload_tar(Box::pin(reader)), producer);
+            // Taken before the upload: whatever the driver tells of the written files is no older than this.
+            let upload_started_ns = now_ns();
+            let (uploaded, packed) = tokio::join!(self.inner.remote.upload_tar_looked(Box::pin(reader)), producer);
             let packed = packed.map_err(join_error("Packing the upload"))?;
             // The driver's answer comes first: a packing error usually shows up as the driver's read error.
-            let packed = match (uploaded, packed) {
-                (Ok(()), Ok(packed)) => packed,
+            let (written, packed) = match (uploaded, packed) {
+                (Ok(written), Ok(packed)) => (written, packed),
                 (_, Err(error)) | (Err(error), _) => return Err(error),
             };
             if !packed.held_back.is_empty() {
@@ -794,7 +796,10 @@ impl SessionSync {
                 self.note_held_back(core, &held_back, scan, false);
             }
             self.note_no_longer_held(core, packed.sent.iter().map(|item| item.path.as_str()));
-            let looked = self.look_after_upload(&packed.sent).await?;
+            let looked = match written {
+                Some(entries) => Some((entries.into_iter().map(|entry| (entry.path.clone(), entry)).collect(), upload_started_ns)),
+                None => self.look_after_upload(&packed.sent).await?,
+            };
             for item in packed.sent {
                 result.uploaded += 1;
                 result.bytes += item.local.size;

@@ -365,11 +365,13 @@ pub fn parents_are_real_dirs(root: &Path, path: &str) -> bool {
 }
 
 /// Unpacks an uploaded archive under `root`, each entry through `staging` (same file system) and a rename.
-pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Result<u64> {
+/// Returns each file written, with its metadata right after it was placed (the status-change time of the rename
+/// included), so the caller need not look again.
+pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Result<Vec<(String, rustix::fs::Stat)>> {
     std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
     let mut beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
-    let mut count = 0u64;
+    let mut placed = Vec::new();
     let read_failed = |source: std::io::Error| Error::io("Could not read the upload archive", source);
     for entry in archive.entries().map_err(read_failed)? {
         let mut entry = entry.map_err(read_failed)?;
@@ -410,15 +412,24 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
                 .context(|| format!("Could not create a temporary file in {}", staging.display()))?;
             std::io::copy(&mut entry, temp.as_file_mut()).map_err(read_failed)?;
             finish_temp(temp.as_file(), mode, mtime_s, &path)?;
-            let temp = temp.into_temp_path();
-            Staged { path, kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) }
+            let (file, temp) = temp.into_parts();
+            let staged =
+                Staged { path: path.clone(), kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) };
+            place(&mut beneath, staged)?;
+            // The descriptor still names the placed file, unless it was copied across file systems (the temporary
+            // one is then gone), where the placed file is looked up instead.
+            let looked = match rustix::fs::fstat(&file) {
+                Ok(stat) if stat.st_nlink > 0 => Some(stat),
+                _ => beneath.lstat(&path).context(|| format!("Could not look at {path} after writing it"))?,
+            };
+            placed.extend(looked.map(|stat| (path, stat)));
+            continue;
         } else {
             continue;
         };
         place(&mut beneath, staged)?;
-        count += 1;
     }
-    Ok(count)
+    Ok(placed)
 }
 
 /// Deletes relative paths under `root` (directories recursively), never through a symlinked parent.

@@ -65,8 +65,8 @@ pub struct Record {
 /// - without inodes, a stamp another file shares is ambiguous (one renamed over the other would look unchanged): two
 ///   records sharing size and modification time but not content, or a stamp `shared` with any file of the listing it
 ///   came from or of the current one, so its content is compared too (see `plan::diff_remote`);
-/// - on drivers that tell inodes and status-change times, the engine looks at uploaded files right after the upload,
-///   so those stamps hold them too (an upload cannot know them).
+/// - on drivers that tell inodes and status-change times, uploaded files are looked at right after the upload (by
+///   the driver as it writes them, or by the engine), so those stamps hold them too (an archive cannot carry them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteStamp {
     pub size: u64,

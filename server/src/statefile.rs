@@ -16,7 +16,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().ok_or_else(|| Error::Internal(format!("{} has no directory.", path.display())))?;
     std::fs::create_dir_all(dir).context(|| format!("Could not create {}", dir.display()))?;
     let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = dir.join(format!(".{file_name}.{}.{}.tmp", std::process::id(), crate::engine::short_id()));
+    let temporary = dir.join(format!(".{file_name}.{}.{}.tmp", std::process::id(), crate::ids::short_id()));
     let outcome = (|| -> std::io::Result<()> {
         let mut file = File::create(&temporary)?;
         file.write_all(bytes)?;

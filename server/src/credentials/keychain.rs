@@ -29,7 +29,7 @@ impl From<Unavailable> for Error {
 }
 
 fn open_store() -> std::result::Result<Arc<CredentialStore>, Unavailable> {
-    let mut slot = STORE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = crate::locks::lock(&STORE);
     if let Some(store) = slot.as_ref() {
         return Ok(store.clone());
     }
@@ -40,7 +40,7 @@ fn open_store() -> std::result::Result<Arc<CredentialStore>, Unavailable> {
 
 /// Drops the cached store after a failure that may mean the connection is gone (the daemon restarted).
 fn forget_store() {
-    *STORE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    *crate::locks::lock(&STORE) = None;
 }
 
 #[cfg(all(unix, not(any(target_os = "macos", target_os = "ios", target_os = "android"))))]

@@ -13,14 +13,13 @@ pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
-use tokio::io::{AsyncRead, AsyncWrite};
+
 
 pub use crate::credentials::{CredentialSpec, Secret};
 use crate::error::{Error, Result};
@@ -28,10 +27,7 @@ use crate::protocol::{DriverInfo, Resources};
 pub use settings::{SettingKind, SettingSpec};
 use crate::sync::RemoteFiles;
 
-/// A byte stream from the sandbox (a run's stdout, a downloaded archive).
-pub type BoxedReader = Pin<Box<dyn AsyncRead + Send>>;
-/// A byte stream into the sandbox (a run's stdin).
-pub type BoxedWriter = Pin<Box<dyn AsyncWrite + Send>>;
+pub use crate::streams::{BoxedReader, BoxedWriter};
 
 /// What a driver is given to create a sandbox for a session.
 #[derive(Debug, Clone)]

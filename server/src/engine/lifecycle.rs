@@ -8,6 +8,7 @@
 //! request), `extend` and `status`. A session is in use while a run is in flight or its last activity (runs, syncs,
 //! saves) is within the driver's idle window.
 
+use crate::locks::lock;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -273,10 +274,6 @@ impl Manager {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every holder makes plain insertions and field assignments, so a poisoned lock still holds consistent data.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn rfc3339(when: OffsetDateTime) -> String {
     when.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()

@@ -4,6 +4,7 @@
 //! When more than `LIVE_VIEW_LIMIT_BYTES` wait for a slow client, new output is counted instead of queued, and the
 //! client later sees one marker saying how much was skipped and where the full log is. The log file has everything.
 
+use crate::locks::lock;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -145,10 +146,6 @@ impl LiveView {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock leaves only a queue of bytes behind, which is still consistent.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Decodes a byte stream into text without splitting a character across pieces; invalid bytes become U+FFFD.
 #[derive(Default)]

@@ -11,7 +11,8 @@ use tokio::sync::{oneshot, Notify};
 
 use super::output::{skip_marker, split_text, LiveView, Segment, Utf8Decoder, NOTIFICATION_LIMIT_BYTES};
 use super::Events;
-use crate::drivers::{BoxedReader, BoxedWriter, ExitStatus, Process, ProcessControl, Signal};
+use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
+use crate::streams::{BoxedReader, BoxedWriter};
 use crate::error::{Error, Result};
 use crate::protocol::{ExitParams, OutputParams, OutputStream};
 
@@ -38,9 +39,22 @@ pub struct RunHandle {
     stdin: Option<Arc<StdinFeed>>,
     cancel_requested: AtomicBool,
     stop: Notify,
+    /// Turns true once the run has ended and left the engine's table.
+    ended: tokio::sync::watch::Sender<bool>,
 }
 
 impl RunHandle {
+    /// Says the run has ended and left the engine's table; wakes whoever waits in `ended`.
+    pub fn mark_ended(&self) {
+        self.ended.send_replace(true);
+    }
+
+    /// Resolves once `mark_ended` was called.
+    pub async fn ended(&self) {
+        let mut ended = self.ended.subscribe();
+        let _ = ended.wait_for(|ended| *ended).await;
+    }
+
     /// Queues text for the run's stdin, closing it after the text when `eof`. It never waits for the process to
     /// read: a process that does not read would otherwise hold the request (and the client) for as long as it runs.
     /// A write that fails later is reported by the next call.
@@ -113,7 +127,7 @@ struct FeedState {
 impl StdinFeed {
     fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
         // The state stays consistent across a panic (plain counters and a queue), so a poisoned lock is usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::lock(&self.state)
     }
 }
 
@@ -198,6 +212,7 @@ pub fn start(context: RunContext, mut process: Process) -> Result<(Arc<RunHandle
             .then(|| Arc::new(StdinFeed { state: std::sync::Mutex::new(FeedState::default()), wake: Notify::new() })),
         cancel_requested: AtomicBool::new(false),
         stop: Notify::new(),
+        ended: tokio::sync::watch::Sender::new(false),
     });
     let feeder = match (process.stdin.take(), &handle.stdin) {
         (Some(writer), Some(feed)) => Some(tokio::spawn(feed_stdin(feed.clone(), writer))),

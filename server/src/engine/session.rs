@@ -49,7 +49,7 @@ impl Session {
         workspace: Option<PathBuf>,
         sandbox: Arc<dyn Sandbox>,
     ) -> Self {
-        let now = super::now_rfc3339();
+        let now = crate::clock::now_rfc3339();
         Session {
             id,
             driver,
@@ -85,7 +85,7 @@ impl Session {
 
     /// Gives up this process's ownership, so another server (or a later run) may re-attach.
     pub fn release_claim(&self) {
-        self.claim.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        crate::locks::lock(&self.claim).take();
     }
 
     /// Marks the record as removed; later state changes are not persisted.
@@ -99,7 +99,7 @@ impl Session {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionMutable> {
         // Every update is a plain field assignment, so a poisoned lock still holds consistent data.
-        self.mutable.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::lock(&self.mutable)
     }
 
     pub fn state(&self) -> SessionState {
@@ -113,7 +113,7 @@ impl Session {
 
     /// Records user activity (a run, a sync), which keeps sandboxes with idle timeouts alive.
     pub fn touch(&self) {
-        self.lock().last_activity = super::now_rfc3339();
+        self.lock().last_activity = crate::clock::now_rfc3339();
     }
 
     /// Remembers a preview; returns whether it is new.

@@ -58,6 +58,36 @@ pub struct Record {
 }
 
 impl Record {
+    /// The first record of a session being connected now, by this process.
+    pub fn connecting(
+        session_id: String,
+        driver: String,
+        profile: Option<String>,
+        workspace: Option<PathBuf>,
+        settings: Map<String, Value>,
+    ) -> Self {
+        let now = crate::clock::now_rfc3339();
+        Record {
+            version: RECORD_VERSION,
+            session_id,
+            driver,
+            profile,
+            workspace,
+            remote_root: String::new(),
+            state: SessionState::Connecting,
+            message: None,
+            started_at: now.clone(),
+            last_activity: now,
+            expires_at: None,
+            settings,
+            driver_state: Value::Null,
+            sync_manifest: None,
+            sync: SyncState::default(),
+            kept: false,
+            pid: std::process::id(),
+        }
+    }
+
     /// The session as `sandlink/sessions` reports it when no server of this process has it attached.
     pub fn info(&self, state: SessionState, message: String) -> SessionInfo {
         SessionInfo {
@@ -194,8 +224,8 @@ mod tests {
             remote_root: "/r".into(),
             state: SessionState::Active,
             message: None,
-            started_at: crate::engine::now_rfc3339(),
-            last_activity: crate::engine::now_rfc3339(),
+            started_at: crate::clock::now_rfc3339(),
+            last_activity: crate::clock::now_rfc3339(),
             expires_at: None,
             settings: Map::new(),
             driver_state: Value::Null,

@@ -174,7 +174,7 @@ impl LspProgress {
         let token = match token {
             Some(token) => Some(token),
             None if can_create => {
-                let token = NumberOrString::String(format!("sandlink-{}", engine::short_id()));
+                let token = NumberOrString::String(format!("sandlink-{}", crate::ids::short_id()));
                 let created = client
                     .send_request::<WorkDoneProgressCreate>(WorkDoneProgressCreateParams { token: token.clone() })
                     .await;

@@ -257,7 +257,7 @@ pub fn set_trusted(state_dir: &Path, workspace: &Path, fingerprint: Option<&Fing
     match fingerprint {
         Some(fingerprint) => {
             let entry = Entry {
-                trusted_at: crate::engine::now_rfc3339(),
+                trusted_at: crate::clock::now_rfc3339(),
                 digest: fingerprint.digest.clone(),
                 facts: fingerprint.facts.clone(),
             };

@@ -155,7 +155,7 @@ impl Beneath {
         let (directory, _) = self.parent(relative, true)?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         loop {
-            let temporary = format!(".sandlink-{}", crate::engine::short_id());
+            let temporary = format!(".sandlink-{}", crate::ids::short_id());
             match rustix::fs::openat(directory, temporary.as_str(), flags, Mode::from_raw_mode(mode & 0o7777)) {
                 Ok(fd) => return Ok((File::from(fd), temporary)),
                 Err(rustix::io::Errno::EXIST) => continue,
@@ -178,7 +178,7 @@ impl Beneath {
     /// Creates the symlink `relative` -> `target`, atomically replacing what is there (never following it).
     pub fn symlink(&mut self, target: &str, relative: &str) -> Result<(), WalkError> {
         let (directory, _) = self.parent(relative, true)?;
-        let temporary = format!(".sandlink-{}", crate::engine::short_id());
+        let temporary = format!(".sandlink-{}", crate::ids::short_id());
         rustix::fs::symlinkat(target, directory, temporary.as_str())?;
         self.rename_beside(&temporary, relative)
     }

@@ -23,7 +23,7 @@ pub mod watch;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::drivers::BoxedReader;
+use crate::streams::BoxedReader;
 use crate::error::{Error, Result};
 
 pub use options::SyncOptions;

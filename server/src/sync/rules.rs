@@ -73,7 +73,7 @@ impl Rules {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, IgnoreChain>> {
         // The cache is only ever inserted into or cleared, so a poisoned lock still holds a valid map.
-        self.chains.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::lock(&self.chains)
     }
 
     /// The ignore files that apply to entries of `relative_dir`, deepest directory first.

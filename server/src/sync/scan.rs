@@ -152,7 +152,7 @@ impl Scanner {
                                 let _ = sender.send((relative, entry.path().to_path_buf(), metadata));
                             }
                             Err(error) => {
-                                let mut slot = failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                                let mut slot = crate::locks::lock(&failure);
                                 slot.get_or_insert_with(|| format!("Could not read {relative}: {error}"));
                             }
                         }

@@ -166,7 +166,7 @@ impl ContentCheck {
 
     fn verdicts(&self) -> std::sync::MutexGuard<'_, Verdicts> {
         // Holders only insert and remove map entries, so a poisoned lock still holds consistent maps.
-        self.verdicts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::lock(&self.verdicts)
     }
 
     /// The rule that held `path` back, when the file still looks exactly as it did then (no read needed).

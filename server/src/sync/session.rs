@@ -1,6 +1,7 @@
 //! One session's sync: the manifest, the triggers (saves, the watcher, explicit requests, runs) and the
 //! state reported to clients. Syncs of a session never overlap: they take turns on one async lock.
 
+use crate::locks::lock;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,7 @@ use super::resolve::{self, Node, OnDisk, Overlay, Resolution};
 use super::transfer::{self, Staged};
 use super::watch::{self, Watcher};
 use super::{EntryKind, RemoteFiles, PERMISSION_BITS};
-use crate::engine::Progress;
+use crate::progress::Progress;
 use crate::error::{Error, Result};
 use crate::protocol::{Conflict, HeldBackFile, SkippedPath, SyncDirection, SyncResult, SyncState};
 
@@ -89,10 +90,6 @@ pub struct SessionSync {
     inner: Arc<Inner>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every holder does plain assignments, so a poisoned lock still holds consistent data.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn join_error(what: &str) -> impl FnOnce(tokio::task::JoinError) -> Error + '_ {
     move |error| Error::Internal(format!("{what} failed: {error}"))
@@ -288,7 +285,7 @@ impl SessionSync {
             return Ok(SyncResult::default());
         }
         let scope = if full { None } else { Some(scope) };
-        let outcome = self.run(&mut core, SyncDirection::Up, scope, false, &crate::engine::NoProgress).await;
+        let outcome = self.run(&mut core, SyncDirection::Up, scope, false, &crate::progress::NoProgress).await;
         drop(core);
         self.inner.persist_wake.notify_one();
         outcome
@@ -352,7 +349,7 @@ impl SessionSync {
         let outcome = self.run_inner(core, direction, scope.clone(), explicit, progress).await;
         core.has_base |= outcome.is_ok();
         let conflicts: Vec<Conflict> = core.conflicts.values().cloned().collect();
-        let now = crate::engine::now_rfc3339();
+        let now = crate::clock::now_rfc3339();
         {
             let mut state = lock(&self.inner.state);
             if outcome.is_ok() {

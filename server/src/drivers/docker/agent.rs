@@ -75,7 +75,7 @@ impl Agent {
     }
 
     async fn request(shell: &mut Shell, script: &str, arguments: &[&str], data: Option<&[u8]>) -> Result<Reply> {
-        let token = crate::engine::short_id();
+        let token = crate::ids::short_id();
         let ready = format!("__sandlink_ready_{token}\n");
         let done = format!("\n__sandlink_done_{token}_");
         let mut line = String::from("( set --");

@@ -57,7 +57,7 @@ const SMALL_BATCH_BYTES: usize = 8 << 20;
 #[async_trait]
 impl RemoteFiles for DockerFiles {
     async fn upload_tar(&self, archive: BoxedReader) -> Result<()> {
-        let batch = crate::engine::short_id();
+        let batch = crate::ids::short_id();
         let stage = format!("{}/{}/{batch}", self.root, scripts::STAGING_DIR);
         let owner = self.owner.clone().unwrap_or_default();
         let mut head = Vec::new();

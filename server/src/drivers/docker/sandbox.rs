@@ -153,7 +153,7 @@ impl Sandbox for DockerSandbox {
                 spec.cwd.as_deref().unwrap_or(".")
             )));
         }
-        let token = format!("run-{}", crate::engine::short_id());
+        let token = format!("run-{}", crate::ids::short_id());
         let mut command = vec!["/bin/sh".to_string(), "-c".to_string(), scripts::RUN.to_string(), token.clone()];
         match &spec.args {
             Some(args) => {

@@ -173,13 +173,13 @@ impl Reaper {
             // SAFETY: waitpid for any child with a valid out-pointer.
             let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
             if pid > 0 {
-                let waiter = self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&pid);
+                let waiter = crate::locks::lock(&self.waiting).remove(&pid);
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(status);
                 }
             } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
                 // No children: wait for the next run. Runs register under this lock, so none is missed.
-                let waiting = self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let waiting = crate::locks::lock(&self.waiting);
                 if waiting.is_empty() {
                     let _ = self.registered.wait_timeout(waiting, std::time::Duration::from_secs(1));
                 }
@@ -245,7 +245,7 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
     // The reaper may only see the run's exit once the run is registered: spawn and register under its lock.
     let (exited, exit_status) = std::sync::mpsc::channel();
     let group = {
-        let mut waiting = reaper.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut waiting = crate::locks::lock(&reaper.waiting);
         let child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {

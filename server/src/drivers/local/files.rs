@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use crate::drivers::BoxedReader;
+use crate::streams::BoxedReader;
 use crate::error::{Error, Result};
 use crate::sync::scan::check_relative;
 use crate::sync::{transfer, EntryKind, RemoteEntry, RemoteFiles};

@@ -259,7 +259,7 @@ impl Agent {
     /// Asks the agent to end every process of the session, then makes sure it is gone. Only the first call
     /// signals: once the waiter has reaped the agent its pid may belong to another process.
     fn stop(&self) {
-        let waiter = self.waiter.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let waiter = crate::locks::lock(&self.waiter).take();
         let Some(waiter) = waiter else { return };
         // SAFETY: kill(2) on the agent (or bubblewrap) we started, only while its waiter thread still runs, that is
         // while the pid has not been reaped and reused (the thread ends right after its wait returns).

@@ -1,0 +1,119 @@
+//! The engine's runs: starting one in a session (after a flush of pending sync), the table of runs in flight,
+//! their input and cancellation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::locks::lock;
+use super::{run, Engine, RunHandle};
+use crate::drivers::ExecSpec;
+use crate::error::{Error, IoContext, Result};
+use crate::ids::short_id;
+use crate::protocol::{RunParams, SessionState};
+
+impl Engine {
+    /// Starts a run; the caller must release the returned sender once it has answered the request.
+    pub async fn run(&self, mut params: RunParams) -> Result<(String, tokio::sync::oneshot::Sender<()>)> {
+        let session = self.session(&params.session_id)?;
+        if let Some(task) = params.task.take() {
+            if !params.command.is_empty() {
+                return Err(Error::InvalidParams("Give a command line or a task name, not both.".into()));
+            }
+            params.command = self.task_command(session.workspace.as_deref(), &task).await?;
+        }
+        match session.state() {
+            SessionState::Active | SessionState::Syncing => {}
+            state => {
+                return Err(Error::InvalidParams(format!(
+                    "Session {} is {}, so it cannot run commands; connect again.",
+                    session.id,
+                    state.as_str()
+                )))
+            }
+        }
+        if params.command.trim().is_empty() {
+            return Err(Error::InvalidParams("The command is empty; give a command line or a program.".into()));
+        }
+        session.touch();
+        // A command never runs against stale files: what was saved or changed is uploaded first.
+        if let Some(sync) = session.sync.get() {
+            sync.flush().await?;
+        }
+        let run_id = format!("run-{}", short_id());
+        let logs_dir = self.state_dir.join("logs");
+        tokio::fs::create_dir_all(&logs_dir)
+            .await
+            .context(|| format!("Could not create the log directory {}", logs_dir.display()))?;
+        // A working directory that is a link out of the root (to `/etc`, say) is refused before any driver sees it;
+        // one that passes is handed on resolved, so the run starts where the check looked.
+        let cwd = match (params.cwd.as_deref(), session.sandbox.files()) {
+            (Some(cwd), Some(files)) => {
+                Some(crate::sync::resolve::check_run_directory(&*files, &session.sandbox.remote_root(), cwd).await?)
+            }
+            _ => params.cwd.clone(),
+        };
+        let process = session
+            .sandbox
+            .exec(ExecSpec {
+                command: params.command.clone(),
+                args: params.args.clone(),
+                cwd,
+                env: params.env.clone().unwrap_or_default(),
+                stdin: params.stdin,
+            })
+            .await?;
+        let context = run::RunContext {
+            run_id: run_id.clone(),
+            session_id: session.id.clone(),
+            events: self.events.clone(),
+            log_path: logs_dir.join(format!("{run_id}.log")),
+            command: match &params.args {
+                Some(args) => std::iter::once(params.command.clone()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" "),
+                None => params.command.clone(),
+            },
+            timeout: params.timeout_ms.map(Duration::from_millis),
+            lossless: self.lossless_output,
+        };
+        let (handle, answered, task) = run::start(context, process)?;
+        let handle_for_end = handle.clone();
+        lock(&self.runs).insert(run_id.clone(), handle);
+        let runs = self.runs.clone();
+        let finished = handle_for_end;
+        tokio::spawn(async move {
+            let _ = task.await;
+            lock(&runs).remove(&finished.run_id);
+            finished.mark_ended();
+        });
+        Ok((run_id, answered))
+    }
+
+
+    /// The runs in flight in a session, newest first.
+    pub fn runs_of(&self, session_id: &str) -> Vec<Arc<RunHandle>> {
+        let mut runs: Vec<Arc<RunHandle>> =
+            lock(&self.runs).values().filter(|run| run.session_id == session_id).cloned().collect();
+        runs.sort_by_key(|run| std::cmp::Reverse(run.started));
+        runs
+    }
+
+
+    pub fn run_handle(&self, run_id: &str) -> Result<Arc<RunHandle>> {
+        lock(&self.runs).get(run_id).cloned().ok_or_else(|| Error::UnknownRun(run_id.to_string()))
+    }
+
+    /// Queues input for a run; see `RunHandle::input` (it never waits for the process to read).
+    pub async fn input(&self, run_id: &str, text: &str, eof: bool) -> Result<()> {
+        self.run_handle(run_id)?.input(text, eof)
+    }
+
+    pub fn cancel(&self, run_id: &str) -> Result<()> {
+        self.run_handle(run_id)?.cancel();
+        Ok(())
+    }
+
+
+    /// Waits until `run` has ended and left the table, or `limit` passed.
+    pub(super) async fn wait_for_run_end(&self, run: &RunHandle, limit: Duration) {
+        let _ = tokio::time::timeout(limit, run.ended()).await;
+    }
+}

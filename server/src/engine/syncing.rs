@@ -1,0 +1,91 @@
+//! Wiring sessions to sync: each session's sync engine, syncs asked for or triggered by saves, and the sync state
+//! forwarded to the front door.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::locks::lock;
+use super::{Engine, Events, Session};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::protocol::{SessionState, SyncDirection, SyncParams, SyncResult, SyncState, SyncStateParams};
+use crate::sync::{SessionSync, StateObserver, SyncOptions};
+
+impl Engine {
+    /// Synchronises a session's workspace; the result says what moved.
+    pub async fn sync(&self, params: SyncParams, progress: &dyn Progress) -> Result<SyncResult> {
+        let session = self.session(&params.session_id)?;
+        session.touch();
+        self.sync_session(&session, params.direction, params.paths, progress).await
+    }
+
+    /// A file was saved in an editor: every session whose workspace holds it syncs it at once.
+    pub fn saved(&self, path: &std::path::Path) {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        for session in sessions {
+            let inside = session.workspace.as_ref().is_some_and(|workspace| path.starts_with(workspace));
+            if let (true, Some(sync)) = (inside, session.sync.get()) {
+                sync.saved(path);
+            }
+        }
+    }
+
+    /// Sets up the session's sync engine (manifest, rules, watcher); sessions without a workspace or a driver
+    /// without file operations have none.
+    pub(super) async fn attach_sync(&self, session: &Arc<Session>, options: SyncOptions) -> Result<()> {
+        let (Some(workspace), Some(files)) = (session.workspace.clone(), session.sandbox.files()) else {
+            return Ok(());
+        };
+        let observer = Arc::new(SyncObserver { session: Arc::downgrade(session), events: self.events.clone() });
+        let session_dir = self.state_dir.join("sessions").join(&session.id);
+        let sync = tokio::task::spawn_blocking(move || SessionSync::new(workspace, files, options, &session_dir, observer))
+            .await
+            .map_err(|error| Error::Internal(format!("Preparing sync failed: {error}")))??;
+        let _ = session.sync.set(sync);
+        Ok(())
+    }
+
+    pub(super) async fn sync_session(
+        &self,
+        session: &Arc<Session>,
+        direction: SyncDirection,
+        paths: Option<Vec<String>>,
+        progress: &dyn Progress,
+    ) -> Result<SyncResult> {
+        if session.workspace.is_none() {
+            return Err(Error::InvalidParams(format!("Session {} has no workspace folder to sync.", session.id)));
+        }
+        let sync = session
+            .sync
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::unsupported_by(session.sandbox.driver_id(), "file sync"))?;
+        // A sync (on save, or asked for) is editor activity: it keeps sandboxes with idle timeouts alive.
+        session.touch();
+        let previous = session.state();
+        self.emit_state(session, SessionState::Syncing, None).await;
+        let outcome = sync.sync(direction, paths, progress).await;
+        let restored = if previous == SessionState::Syncing { SessionState::Active } else { previous };
+        self.emit_state(session, restored, None).await;
+        outcome
+    }
+
+}
+
+/// Forwards a session's sync state to the front door as `sandlink/syncState`.
+struct SyncObserver {
+    /// Weak because the session owns its sync engine, which owns this observer.
+    session: std::sync::Weak<Session>,
+    events: Arc<dyn Events>,
+}
+
+#[async_trait]
+impl StateObserver for SyncObserver {
+    async fn changed(&self, state: SyncState) {
+        let Some(session) = self.session.upgrade() else { return };
+        session.update(|mutable| mutable.sync = state.clone());
+        self.events.sync_state(SyncStateParams { session_id: session.id.clone(), state }).await;
+    }
+}
+

@@ -1,0 +1,17 @@
+//! Progress of long work (connect, sync, snapshot), reported by the engine and shown by each front door its own way.
+
+use async_trait::async_trait;
+
+/// Reports progress of long work; the LSP layer maps it to `$/progress`, the command line to its status line.
+#[async_trait]
+pub trait Progress: Send + Sync {
+    async fn report(&self, message: String, percentage: Option<u32>);
+}
+
+/// A `Progress` that reports nowhere.
+pub struct NoProgress;
+
+#[async_trait]
+impl Progress for NoProgress {
+    async fn report(&self, _message: String, _percentage: Option<u32>) {}
+}

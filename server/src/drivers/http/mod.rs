@@ -378,10 +378,6 @@ impl Client {
         &self.gone
     }
 
-    pub fn wording(&self) -> &'static Wording {
-        self.wording
-    }
-
     /// A request to `path` with the client's headers and deadline.
     pub fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
         let mut request = self.http.request(method, format!("{}{path}", self.base_url));

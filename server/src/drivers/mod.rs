@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod e2b;
+pub mod http;
 pub mod local;
 pub mod posix;
 pub mod process;

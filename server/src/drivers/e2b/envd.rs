@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::client::{is_not_found, send_with_retry, Envd, Failure, Health, Plane};
+use super::client::{is_not_found, Envd, Health};
 use crate::drivers::{BoxedReader, ExitStatus, Process, ProcessControl, Signal};
 use crate::error::{Error, Result};
 
@@ -238,7 +238,7 @@ enum StreamEnd {
 async fn open_stream(envd: &Envd, rpc: &str, message: &Value, tuning: &StreamTuning, what: &str) -> Result<reqwest::Response> {
     let body = envelope(message);
     let path = format!("/{rpc}");
-    let response = send_with_retry(Plane::Envd, Some(tuning.idle + tuning.probe), || {
+    let response = envd.send(Some(tuning.idle + tuning.probe), || {
         envd.request(reqwest::Method::POST, &path)
             .header(reqwest::header::CONTENT_TYPE, CONNECT_STREAM_CONTENT_TYPE)
             .header("Connect-Protocol-Version", "1")
@@ -254,7 +254,7 @@ async fn open_stream(envd: &Envd, rpc: &str, message: &Value, tuning: &StreamTun
         .unwrap_or("")
         .to_string();
     if !content_type.starts_with(CONNECT_STREAM_CONTENT_TYPE) {
-        let failure = Failure::from_response(response, Plane::Envd).await;
+        let failure = Envd::failure(response).await;
         return Err(envd.fail(failure, what));
     }
     Ok(response)

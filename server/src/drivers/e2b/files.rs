@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::client::{is_not_found, send_with_retry, Envd, Plane, SANDBOX_USER};
+use super::client::{is_not_found, Envd, Failure, SANDBOX_USER};
 use super::envd::{run_to_end, StreamTuning};
 use crate::drivers::BoxedReader;
 use crate::error::{Error, Result};
@@ -353,7 +353,7 @@ impl Files {
             let body = Bytes::from(buffered.concat());
             let limit = UPLOAD_STALL_LIMIT
                 + std::time::Duration::from_secs(body.len() as u64 / SLOWEST_UPLOAD_BYTES_PER_SECOND);
-            send_with_retry(Plane::Envd, None, || {
+            self.envd.send(None, || {
                 self.envd
                     .request(reqwest::Method::POST, &path)
                     .header(reqwest::header::CONTENT_TYPE, &content_type)
@@ -380,13 +380,13 @@ impl Files {
             let sending = async {
                 match request.send().await {
                     Ok(response) if response.status().is_success() => Ok(response),
-                    Ok(response) => Err(super::client::Failure::from_response(response, Plane::Envd).await),
-                    Err(error) => Err(super::client::Failure::transport(error)),
+                    Ok(response) => Err(Envd::failure(response).await),
+                    Err(error) => Err(Failure::transport(error)),
                 }
             };
             tokio::select! {
                 outcome = sending => outcome,
-                () = stalled(&last_progress, UPLOAD_STALL_LIMIT) => Err(super::client::Failure::Timeout(UPLOAD_STALL_LIMIT)),
+                () = stalled(&last_progress, UPLOAD_STALL_LIMIT) => Err(Failure::Timeout(UPLOAD_STALL_LIMIT)),
             }
         };
         let response = outcome.map_err(|failure| self.envd.fail(failure, what))?;
@@ -594,7 +594,7 @@ async fn stalled(last_progress: &std::sync::Mutex<tokio::time::Instant>, limit: 
 async fn download_one(envd: Arc<Envd>, root: String, relative: String) -> Result<(String, Bytes)> {
     let sandbox_path = format!("{root}/{relative}");
     let what = format!("downloading {relative} from the sandbox");
-    let response = send_with_retry(Plane::Envd, None, || {
+    let response = envd.send(None, || {
         envd.request(reqwest::Method::GET, "/files")
             .query(&[("path", sandbox_path.as_str()), ("username", SANDBOX_USER)])
     })

@@ -9,17 +9,18 @@ pub mod envd;
 pub mod files;
 pub mod settings;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use time::OffsetDateTime;
 
-use self::client::{json_body, Api, Envd, GoneFlag, Plane, Secret};
+use self::client::{json_body, Api, Envd, Plane, Secret};
 use self::envd::StreamTuning;
 use self::settings::{routes_by_header, Settings, DEFAULT_DOMAIN};
+use super::http::lease::{rfc3339, LeaseBook};
+use super::http::{GoneFlag, IdempotencyKey};
 use super::{
     ConnectRequest, CredentialSpec, ExecSpec, Lease, Process, ReattachRequest, Sandbox, SandboxStatus, SettingKind,
     SettingSpec,
@@ -110,17 +111,9 @@ struct Metric {
 }
 
 fn http_client(tuning: &StreamTuning) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        // A read that waits longer than a few keepalive intervals means a dead connection, for streams and uploads.
-        .read_timeout((tuning.idle + tuning.probe).max(Duration::from_secs(60)))
-        .user_agent(concat!("sandlink/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|error| Error::Internal(format!("Could not set up the HTTP client for E2B: {error}")))
-}
-
-fn rfc3339(when: OffsetDateTime) -> String {
-    when.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    // A read that waits longer than a few keepalive intervals means a dead connection.
+    let read_timeout = (tuning.idle + tuning.probe).max(Duration::from_secs(60));
+    super::http::connection_pool(&client::WORDING, CONNECT_TIMEOUT, read_timeout)
 }
 
 impl Driver {
@@ -147,7 +140,7 @@ impl Driver {
         let tuning = StreamTuning::from_keepalive_seconds(settings.stream_keepalive_seconds);
         let http = http_client(&tuning)?;
         let gone = Arc::new(GoneFlag::default());
-        let api = Arc::new(Api { http: http.clone(), base_url: settings.api_url.clone(), api_key, gone: gone.clone() });
+        let api = Arc::new(Api::new(http.clone(), settings.api_url.clone(), api_key, gone.clone()));
         let (answer, created) = match (&settings.sandbox_id, template) {
             (Some(sandbox_id), None) => {
                 let path = format!("/sandboxes/{sandbox_id}/connect");
@@ -186,17 +179,8 @@ impl Driver {
                 if let Some(object) = body.as_object_mut() {
                     object.extend(network_fields);
                 }
-                let idempotency_key = format!("sandlink-{}", request.session_id);
-                let response = api
-                    .call_keyed(
-                        reqwest::Method::POST,
-                        "/sandboxes",
-                        Some(&body),
-                        Plane::Control,
-                        "creating the sandbox",
-                        Some(&idempotency_key),
-                    )
-                    .await?;
+                let idempotency_key = IdempotencyKey::for_logical_create(&request.session_id);
+                let response = api.create("/sandboxes", &body, "creating the sandbox", &idempotency_key).await?;
                 (json_body::<SandboxAnswer>(response, "creating the sandbox").await?, true)
             }
         };
@@ -211,14 +195,14 @@ impl Driver {
         } else {
             (format!("https://{}-{}.{domain}", client::ENVD_PORT, answer.sandbox_id), "https")
         };
-        let envd = Arc::new(Envd {
+        let envd = Arc::new(Envd::new(
             http,
             base_url,
-            sandbox_id: answer.sandbox_id.clone(),
+            &answer.sandbox_id,
             header_routing,
-            access_token: answer.envd_access_token.clone().map(Secret::new),
-            gone: gone.clone(),
-        });
+            answer.envd_access_token.clone().map(Secret::new),
+            gone.clone(),
+        ));
         let sandbox = E2bSandbox {
             api,
             envd: envd.clone(),
@@ -227,9 +211,7 @@ impl Driver {
             preview_scheme,
             remote_root: settings.remote_root.clone(),
             tuning,
-            timeout_seconds: settings.timeout_seconds,
-            idle_window: Duration::from_secs(settings.keepalive_idle_seconds),
-            expires_at: Mutex::new(OffsetDateTime::now_utc() + Duration::from_secs(settings.timeout_seconds)),
+            lease: LeaseBook::starting_now(settings.timeout_seconds, Duration::from_secs(settings.keepalive_idle_seconds)),
             gone,
             files: Arc::new(files::Files::new(envd.clone(), tuning, settings.remote_root.clone())),
         };
@@ -296,18 +278,18 @@ impl super::Driver for Driver {
     async fn sandbox_exists(&self, request: &ReattachRequest) -> Result<bool> {
         let Some(sandbox_id) = request.driver_state.get("sandboxId").and_then(Value::as_str) else { return Ok(false) };
         let settings = Settings::parse(&request.connect.settings)?;
-        let api = Api {
-            http: http_client(&StreamTuning::from_keepalive_seconds(settings.stream_keepalive_seconds))?,
-            base_url: settings.api_url,
-            api_key: api_key(&request.connect)?,
-            gone: Arc::default(),
-        };
+        let api = Api::new(
+            http_client(&StreamTuning::from_keepalive_seconds(settings.stream_keepalive_seconds))?,
+            settings.api_url,
+            api_key(&request.connect)?,
+            Arc::default(),
+        );
         let outcome = api
             .call(reqwest::Method::GET, &format!("/sandboxes/{sandbox_id}"), None, Plane::ControlSandbox, "looking for the kept sandbox")
             .await;
         match outcome {
             Ok(_) => Ok(true),
-            Err(_) if api.gone.get().is_some() => Ok(false),
+            Err(_) if api.gone().get().is_some() => Ok(false),
             Err(error) => Err(error),
         }
     }
@@ -339,10 +321,8 @@ pub struct E2bSandbox {
     preview_scheme: &'static str,
     remote_root: String,
     tuning: StreamTuning,
-    timeout_seconds: u64,
-    idle_window: Duration,
-    /// When E2B will end the sandbox, as of the last create, connect or extension.
-    expires_at: Mutex<OffsetDateTime>,
+    /// When E2B will end the sandbox, and what one extension buys.
+    lease: LeaseBook,
     gone: Arc<GoneFlag>,
     /// One per sandbox, so what a listing learnt serves the downloads that follow it.
     files: Arc<files::Files>,
@@ -351,14 +331,6 @@ pub struct E2bSandbox {
 impl E2bSandbox {
     fn sandbox_path(&self, suffix: &str) -> String {
         format!("/sandboxes/{}{suffix}", self.sandbox_id)
-    }
-
-    fn set_expiry(&self, when: OffsetDateTime) {
-        *self.expires_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = when;
-    }
-
-    fn expiry(&self) -> OffsetDateTime {
-        *self.expires_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Creates the remote root unless it is the sandbox user's home, which always exists.
@@ -446,9 +418,7 @@ impl Sandbox for E2bSandbox {
             )
             .await?;
         // `POST /timeout` sets the end to now + timeout.
-        let expires_at = OffsetDateTime::now_utc() + Duration::from_secs(seconds);
-        self.set_expiry(expires_at);
-        Ok(rfc3339(expires_at))
+        Ok(rfc3339(self.lease.extended_by(seconds)))
     }
 
     async fn snapshot(&self, name: Option<String>) -> Result<String> {
@@ -470,12 +440,7 @@ impl Sandbox for E2bSandbox {
     }
 
     fn lease(&self) -> Option<Lease> {
-        Some(Lease {
-            expires_at: self.expiry(),
-            extend_seconds: self.timeout_seconds,
-            idle_window: self.idle_window,
-            gone: self.gone.get(),
-        })
+        Some(self.lease.lease(&self.gone))
     }
 
     async fn status(&self) -> Result<SandboxStatus> {
@@ -506,9 +471,7 @@ impl Sandbox for E2bSandbox {
         };
         let detail: SandboxDetail = json_body(response, "reading the sandbox's state").await?;
         if let Some(end_at) = detail.end_at.as_deref() {
-            if let Ok(when) = OffsetDateTime::parse(end_at, &time::format_description::well_known::Rfc3339) {
-                self.set_expiry(when);
-            }
+            self.lease.observed_end(end_at);
         }
         let resources = match self
             .api
@@ -526,7 +489,7 @@ impl Sandbox for E2bSandbox {
             Some("paused") => Some(format!("The E2B sandbox {} is paused; connect with its sandboxId to resume it.", self.sandbox_id)),
             _ => None,
         };
-        Ok(SandboxStatus { resources, failure, expires_at: Some(rfc3339(self.expiry())), expired: false })
+        Ok(SandboxStatus { resources, failure, expires_at: Some(rfc3339(self.lease.expires_at())), expired: false })
     }
 
     async fn disconnect(&self, keep: bool) -> Result<()> {

@@ -6,9 +6,9 @@
 pub mod docker;
 pub mod e2b;
 pub mod local;
-pub mod posix;
 pub mod process;
 pub mod settings;
+pub mod shell;
 pub mod testing;
 
 use std::collections::BTreeMap;

@@ -10,13 +10,13 @@ use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use super::agent::Agent;
-use super::client::{Chunk, Client, StatsSample};
-use super::files::{checked_relative, DockerFiles};
+use super::client::{Client, StatsSample};
 use super::network::Gate;
-use super::scripts;
 use crate::drivers::process::signal_name;
-use crate::drivers::{ExecSpec, ExitStatus, Process, ProcessControl, Sandbox, SandboxStatus, Signal};
+use crate::drivers::shell::agent::Agent;
+use crate::drivers::shell::files::{checked_relative, ShellFiles};
+use crate::drivers::shell::{group, Chunk};
+use crate::drivers::{ExecSpec, ExitStatus, Process, Sandbox, SandboxStatus};
 use crate::error::{Error, Result};
 use crate::netpolicy::NetworkPolicy;
 use crate::protocol::Resources;
@@ -38,7 +38,7 @@ pub struct DockerSandbox {
     pub(super) created: bool,
     /// Keep the container on disconnect even without `keep` (the `keep` setting).
     pub(super) keep_setting: bool,
-    pub(super) files: Arc<DockerFiles>,
+    pub(super) files: Arc<ShellFiles>,
     /// A helper shell of its own for signalling runs, so a cancel never waits behind a long upload.
     pub(super) signaller: Arc<Agent>,
     /// Where the kept marker goes: `<state_dir>/sessions/<id>`.
@@ -153,15 +153,8 @@ impl Sandbox for DockerSandbox {
                 spec.cwd.as_deref().unwrap_or(".")
             )));
         }
-        let token = format!("run-{}", crate::engine::short_id());
-        let mut command = vec!["/bin/sh".to_string(), "-c".to_string(), scripts::RUN.to_string(), token.clone()];
-        match &spec.args {
-            Some(args) => {
-                command.push(spec.command.clone());
-                command.extend(args.iter().cloned());
-            }
-            None => command.extend(["/bin/sh".to_string(), "-c".to_string(), spec.command.clone()]),
-        }
+        let token = group::run_token();
+        let command = group::run_argv(&token, &spec.command, spec.args.as_deref());
         let env = self.exec_env(&spec);
         let attached = self
             .client
@@ -194,12 +187,7 @@ impl Sandbox for DockerSandbox {
 
         let signalled = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
-        let control = Arc::new(DockerControl {
-            signaller: self.signaller.clone(),
-            token,
-            signalled: signalled.clone(),
-            finished: finished.clone(),
-        });
+        let control = Arc::new(group::GroupControl::new(self.signaller.clone(), token, signalled.clone(), finished.clone()));
         let exit = wait_for_exit(
             self.client.clone(),
             self.container_id.clone(),
@@ -333,44 +321,6 @@ impl Sandbox for DockerSandbox {
                 return std::future::pending().await;
             }
         }
-    }
-}
-
-/// Signals a run's process group from the helper shell (the Engine API cannot signal an exec).
-struct DockerControl {
-    signaller: Arc<Agent>,
-    token: String,
-    signalled: Arc<AtomicBool>,
-    finished: Arc<AtomicBool>,
-}
-
-impl DockerControl {
-    async fn send(signaller: Arc<Agent>, token: String, signal: &str, last: bool) -> Result<()> {
-        let arguments = [token.as_str(), signal, if last { "final" } else { "" }];
-        signaller.run(scripts::SIGNAL, &arguments, None).await.map(|_| ())
-    }
-}
-
-#[async_trait]
-impl ProcessControl for DockerControl {
-    async fn signal(&self, signal: Signal) -> Result<()> {
-        let name = match signal {
-            Signal::Terminate => "TERM",
-            Signal::Kill => "KILL",
-        };
-        if self.finished.load(Ordering::SeqCst) {
-            // The engine sweeps the group after every run so nothing outlives it; once the main process is gone
-            // nobody waits for that, so it runs in the background and the exit is reported at once.
-            let (signaller, token) = (self.signaller.clone(), self.token.clone());
-            tokio::spawn(async move {
-                if let Err(error) = DockerControl::send(signaller, token, name, true).await {
-                    tracing::debug!(%error, "could not sweep a finished run's processes");
-                }
-            });
-            return Ok(());
-        }
-        self.signalled.store(true, Ordering::SeqCst);
-        Self::send(self.signaller.clone(), self.token.clone(), name, false).await
     }
 }
 

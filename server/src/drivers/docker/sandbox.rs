@@ -7,23 +7,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::client::{Client, StatsSample};
 use super::network::Gate;
 use crate::drivers::process::signal_name;
 use crate::drivers::shell::agent::Agent;
-use crate::drivers::shell::files::{checked_relative, ShellFiles};
-use crate::drivers::shell::{group, Chunk};
+use crate::drivers::shell::files::ShellFiles;
+use crate::drivers::shell::group;
 use crate::drivers::{ExecSpec, ExitStatus, Process, Sandbox, SandboxStatus};
 use crate::error::{Error, Result};
 use crate::netpolicy::NetworkPolicy;
 use crate::protocol::Resources;
 use crate::sync::RemoteFiles;
-
-/// How much output may wait in each pipe between the container and the engine's reader.
-const PIPE_BYTES: usize = 1 << 20;
 
 /// One session's container.
 pub struct DockerSandbox {
@@ -136,17 +132,7 @@ impl Sandbox for DockerSandbox {
         if let Some(failure) = self.current_failure() {
             return Err(Error::Remote { status: None, message: failure });
         }
-        let working_dir = match spec.cwd.as_deref() {
-            None | Some("") | Some(".") => self.remote_root.clone(),
-            Some(cwd) => {
-                let relative = cwd.strip_prefix(&format!("{}/", self.remote_root)).unwrap_or(cwd);
-                if relative == self.remote_root {
-                    self.remote_root.clone()
-                } else {
-                    format!("{}/{}", self.remote_root, checked_relative(relative)?)
-                }
-            }
-        };
+        let working_dir = group::run_directory(&self.remote_root, spec.cwd.as_deref())?;
         if spec.cwd.is_some() && !self.client.is_directory(&self.container_id, &working_dir).await? {
             return Err(Error::InvalidParams(format!(
                 "The working directory \"{}\" does not exist in the sandbox.",
@@ -161,29 +147,7 @@ impl Sandbox for DockerSandbox {
             .exec(&self.container_id, command, env, Some(working_dir.clone()), self.user.clone(), spec.stdin)
             .await?;
 
-        let (stdout_reader, mut stdout_writer) = tokio::io::duplex(PIPE_BYTES);
-        let (stderr_reader, mut stderr_writer) = tokio::io::duplex(PIPE_BYTES);
-        let (ended_sender, ended) = watch::channel(false);
-        let mut output = attached.output;
-        tokio::spawn(async move {
-            // Keeps reading after the engine stops listening, so the daemon is never left with a full connection.
-            let mut stdout_open = true;
-            let mut stderr_open = true;
-            while let Some(chunk) = output.next().await {
-                match chunk {
-                    Ok(Chunk::Stdout(bytes)) if stdout_open => stdout_open = stdout_writer.write_all(&bytes).await.is_ok(),
-                    Ok(Chunk::Stderr(bytes)) if stderr_open => stderr_open = stderr_writer.write_all(&bytes).await.is_ok(),
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::debug!(%error, "a run's output stream broke");
-                        break;
-                    }
-                }
-            }
-            let _ = stdout_writer.shutdown().await;
-            let _ = stderr_writer.shutdown().await;
-            let _ = ended_sender.send(true);
-        });
+        let output = group::split_output(attached.output);
 
         let signalled = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
@@ -193,15 +157,15 @@ impl Sandbox for DockerSandbox {
             self.container_id.clone(),
             self.container_name.clone(),
             attached.id,
-            ended,
+            output.ended,
             signalled,
             finished,
             self.failure.subscribe(),
         )
         .boxed();
         Ok(Process {
-            stdout: Box::pin(stdout_reader),
-            stderr: Box::pin(stderr_reader),
+            stdout: output.stdout,
+            stderr: output.stderr,
             stdin: spec.stdin.then_some(attached.input),
             control,
             exit,

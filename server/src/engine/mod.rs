@@ -72,6 +72,8 @@ pub struct Engine {
     lossless_output: bool,
     /// Shared so a finished run's task can remove its own entry.
     runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>>,
+    /// Keeps every session with a lease alive while in use (one task for all of them).
+    lifecycle: Arc<lifecycle::Manager>,
 }
 
 impl Engine {
@@ -98,6 +100,8 @@ impl Engine {
                 runtime.spawn(async move { driver.clean_up_after_crash(&state_dir).await });
             }
         }
+        let runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>> = Arc::default();
+        let lifecycle = lifecycle::Manager::new(Arc::new(lifecycle::SystemClock), runs.clone(), events.clone());
         Engine {
             drivers,
             state_dir,
@@ -106,7 +110,8 @@ impl Engine {
             events,
             sessions: Mutex::default(),
             lossless_output: false,
-            runs: Arc::default(),
+            runs,
+            lifecycle,
         }
     }
 
@@ -273,7 +278,7 @@ impl Engine {
             sync.start_background();
         }
         self.emit_state(&session, SessionState::Active, None).await;
-        lifecycle::watch(&session, self.runs.clone(), self.events.clone());
+        self.lifecycle.watch(&session);
         self.watch_for_failure(&session);
         Ok(session.info())
     }
@@ -493,7 +498,7 @@ impl Engine {
             sync.start_background();
         }
         self.emit_state(&session, SessionState::Active, None).await;
-        lifecycle::watch(&session, self.runs.clone(), self.events.clone());
+        self.lifecycle.watch(&session);
         self.watch_for_failure(&session);
         tracing::info!(session_id, "re-attached a kept session");
         Ok(session.info())

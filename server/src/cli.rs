@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use crate::drivers::process::signal_number;
-use crate::engine::{Engine, Events, NoProgress};
+use crate::engine::{Engine, Events};
+use crate::progress::NoProgress;
 use crate::error::Error;
 use crate::protocol::{
     ConnectParams, DisconnectParams, ExitParams, OutputParams, OutputStream, PreviewReadyParams, RunParams,

@@ -472,7 +472,7 @@ mod files {
     use super::*;
 
     async fn sandbox(state: &Path) -> (Arc<dyn Sandbox>, String) {
-        let session_id = format!("docker-files{}{}", std::process::id(), sandlink::engine::short_id());
+        let session_id = format!("docker-files{}{}", std::process::id(), sandlink::ids::short_id());
         let mut settings = serde_json::Map::new();
         settings.insert("image".into(), json!(IMAGE));
         let sandbox = sandlink::drivers::docker::Driver::new()
@@ -482,7 +482,7 @@ mod files {
         (sandbox, format!("sandlink-{session_id}"))
     }
 
-    fn tar_of(entries: &[(&str, &[u8])]) -> sandlink::drivers::BoxedReader {
+    fn tar_of(entries: &[(&str, &[u8])]) -> sandlink::streams::BoxedReader {
         let mut builder = tar::Builder::new(Vec::new());
         for (path, contents) in entries {
             let mut header = tar::Header::new_gnu();

@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sandlink::drivers::local::files::LocalFiles;
-use sandlink::drivers::BoxedReader;
-use sandlink::engine::NoProgress;
+use sandlink::streams::BoxedReader;
+use sandlink::progress::NoProgress;
 use sandlink::protocol::{SyncDirection, SyncState};
 use sandlink::sync::{RemoteEntry, RemoteFiles, SessionSync, StateObserver, SyncOptions};
 

@@ -7,9 +7,9 @@ pub mod docker;
 pub mod e2b;
 pub mod http;
 pub mod local;
-pub mod posix;
 pub mod process;
 pub mod settings;
+pub mod shell;
 pub mod testing;
 
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ use crate::protocol::{DriverInfo, Resources};
 pub use settings::{SettingKind, SettingSpec};
 use crate::sync::RemoteFiles;
 
-pub use crate::streams::{BoxedReader, BoxedWriter};
+use crate::streams::{BoxedReader, BoxedWriter};
 
 /// What a driver is given to create a sandbox for a session.
 #[derive(Debug, Clone)]

@@ -31,8 +31,6 @@ use crate::protocol::{
 use store::Store;
 pub use run::RunHandle;
 pub use session::Session;
-// Older paths of what moved to leaf modules, so callers need not know the engine's layout.
-pub use crate::progress::{NoProgress, Progress};
 
 /// How the engine reports what happens; implemented by the LSP layer and the command line.
 ///

@@ -11,7 +11,7 @@ use tower_lsp_server::ls_types::{
 };
 use tower_lsp_server::Client;
 
-use crate::engine::{self, Events};
+use crate::engine::Events;
 use crate::protocol::{
     ExitNotification, ExitParams, OutputNotification, OutputParams, OutputStream, PreviewReadyNotification,
     PreviewReadyParams, SessionState, SessionStateNotification, SessionStateParams, SyncStateNotification,
@@ -210,7 +210,7 @@ impl LspProgress {
 }
 
 #[async_trait]
-impl engine::Progress for LspProgress {
+impl crate::progress::Progress for LspProgress {
     async fn report(&self, message: String, percentage: Option<u32>) {
         if let Some(token) = &self.token {
             let report = WorkDoneProgress::Report(WorkDoneProgressReport {

@@ -15,7 +15,8 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 
-use crate::drivers::{BoxedReader, BoxedWriter};
+use crate::drivers::shell::{Chunk, OutputStream};
+use crate::streams::{BoxedReader, BoxedWriter};
 use crate::error::{Error, Result};
 
 /// The oldest API version sandlink speaks; Debian's engine 20.10 speaks 1.41 and newer engines accept it.
@@ -33,16 +34,10 @@ pub struct Client {
     host: String,
 }
 
-/// One piece of a process's output.
-pub enum Chunk {
-    Stdout(Bytes),
-    Stderr(Bytes),
-}
-
 /// A started exec: its id, its demultiplexed output and its stdin.
 pub struct AttachedExec {
     pub id: String,
-    pub output: Pin<Box<dyn Stream<Item = Result<Chunk>> + Send>>,
+    pub output: OutputStream,
     pub input: BoxedWriter,
 }
 
@@ -351,35 +346,6 @@ impl Client {
     pub async fn exec_state(&self, exec_id: &str) -> Result<(bool, Option<i64>)> {
         let inspected = self.docker.inspect_exec(exec_id).await.map_err(|error| self.map(error))?;
         Ok((inspected.running.unwrap_or(false), inspected.exit_code))
-    }
-
-    /// Runs a command to its end and collects its output; for sandlink's own helper commands.
-    pub async fn exec_collect(
-        &self,
-        container: &str,
-        command: Vec<String>,
-        user: Option<String>,
-    ) -> Result<(i64, Vec<u8>, Vec<u8>)> {
-        let mut attached = self.exec(container, command, Vec::new(), None, user, false).await?;
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        while let Some(chunk) = attached.output.next().await {
-            match chunk? {
-                Chunk::Stdout(bytes) => stdout.extend_from_slice(&bytes),
-                Chunk::Stderr(bytes) => stderr.extend_from_slice(&bytes),
-            }
-        }
-        // The output ends a moment before Docker records the exit code; a few quick polls bridge the gap.
-        for _ in 0..200 {
-            let (running, code) = self.exec_state(&attached.id).await?;
-            if !running {
-                if let Some(code) = code {
-                    return Ok((code, stdout, stderr));
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Err(Error::Timeout("Docker did not report the end of a helper command within a second.".into()))
     }
 
     /// Unpacks a tar stream into `path` inside the container (the archive API; one request).

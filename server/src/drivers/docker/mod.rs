@@ -9,13 +9,11 @@
 //! names this host and a process (pid plus start time, same boot) that no longer runs, and there is no file
 //! `<sandlink.state-dir>/sessions/<sandlink.session>/kept`. Containers of other hosts are never touched.
 
-mod agent;
 mod client;
-mod files;
 mod network;
-mod scripts;
 mod sandbox;
 mod settings;
+mod transport;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -30,6 +28,8 @@ use self::client::{Client, ContainerSpec};
 use self::sandbox::DockerSandbox;
 pub use self::settings::Settings;
 use self::settings::Target;
+use self::transport::DockerTransport;
+use super::shell::{self, agent::Agent, files::ShellFiles, scripts};
 use super::{ConnectRequest, Sandbox};
 use crate::error::{Error, Result};
 use crate::netpolicy::{AllowedHost, NetworkPolicy};
@@ -261,7 +261,9 @@ impl Driver {
                 (facts.id, facts.name, false)
             }
         } };
-        let prepared = prepare(&client, &container_id, &settings).await;
+        let transport: Arc<dyn shell::Transport> =
+            Arc::new(DockerTransport { client: client.clone(), container: container_id.clone(), copy_owner: created });
+        let prepared = prepare(transport.as_ref(), &settings).await;
         if let Err(error) = prepared {
             if created {
                 let _ = client.remove(&container_id).await;
@@ -290,15 +292,13 @@ impl Driver {
             );
         }
         let (failure, _) = watch::channel(None);
-        let files = Arc::new(files::DockerFiles {
-            client: client.clone(),
-            container: container_id.clone(),
+        let files = Arc::new(ShellFiles {
+            transport: transport.clone(),
+            agent: Arc::new(Agent::new(transport.clone())),
             root: settings.remote_root.clone(),
-            agent: Arc::new(agent::Agent::new(client.clone(), container_id.clone())),
-            copy_owner: created,
             owner: settings.user.clone(),
         });
-        let signaller = Arc::new(agent::Agent::new(client.clone(), container_id.clone()));
+        let signaller = Arc::new(Agent::new(transport));
         let sandbox = Arc::new(DockerSandbox {
             client: client.clone(),
             container_id,
@@ -368,9 +368,9 @@ async fn open_gate(
 }
 
 /// Creates the session root and the run directory (as root, so any run user can use them).
-async fn prepare(client: &Client, container: &str, settings: &Settings) -> Result<()> {
+async fn prepare(transport: &dyn shell::Transport, settings: &Settings) -> Result<()> {
     let owner = settings.user.clone().unwrap_or_default();
-    let command = vec![
+    let argv = vec![
         "/bin/sh".to_string(),
         "-c".to_string(),
         scripts::PREPARE.to_string(),
@@ -378,7 +378,7 @@ async fn prepare(client: &Client, container: &str, settings: &Settings) -> Resul
         settings.remote_root.clone(),
         owner,
     ];
-    let (code, _, stderr) = client.exec_collect(container, command, Some("0".into())).await.map_err(|error| {
+    let reply = shell::collect(transport, shell::Command { argv, ..shell::Command::default() }).await.map_err(|error| {
         match error {
             Error::Remote { message, .. } if message.contains("executable file not found") || message.contains("no such file") => {
                 Error::InvalidParams(format!(
@@ -389,13 +389,13 @@ async fn prepare(client: &Client, container: &str, settings: &Settings) -> Resul
             other => other,
         }
     })?;
-    if code != 0 {
+    if reply.status != 0 {
         return Err(Error::Remote {
             status: None,
             message: format!(
                 "Could not create the session root {} in the container: {}",
                 settings.remote_root,
-                String::from_utf8_lossy(&stderr).trim()
+                String::from_utf8_lossy(&reply.stderr).trim()
             ),
         });
     }

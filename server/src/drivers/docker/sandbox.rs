@@ -7,23 +7,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use super::agent::Agent;
-use super::client::{Chunk, Client, StatsSample};
-use super::files::{checked_relative, DockerFiles};
+use super::client::{Client, StatsSample};
 use super::network::Gate;
-use super::scripts;
 use crate::drivers::process::signal_name;
-use crate::drivers::{ExecSpec, ExitStatus, Process, ProcessControl, Sandbox, SandboxStatus, Signal};
+use crate::drivers::shell::agent::Agent;
+use crate::drivers::shell::files::ShellFiles;
+use crate::drivers::shell::group;
+use crate::drivers::{ExecSpec, ExitStatus, Process, Sandbox, SandboxStatus};
 use crate::error::{Error, Result};
 use crate::netpolicy::NetworkPolicy;
 use crate::protocol::Resources;
 use crate::sync::RemoteFiles;
-
-/// How much output may wait in each pipe between the container and the engine's reader.
-const PIPE_BYTES: usize = 1 << 20;
 
 /// One session's container.
 pub struct DockerSandbox {
@@ -38,7 +34,7 @@ pub struct DockerSandbox {
     pub(super) created: bool,
     /// Keep the container on disconnect even without `keep` (the `keep` setting).
     pub(super) keep_setting: bool,
-    pub(super) files: Arc<DockerFiles>,
+    pub(super) files: Arc<ShellFiles>,
     /// A helper shell of its own for signalling runs, so a cancel never waits behind a long upload.
     pub(super) signaller: Arc<Agent>,
     /// Where the kept marker goes: `<state_dir>/sessions/<id>`.
@@ -136,84 +132,40 @@ impl Sandbox for DockerSandbox {
         if let Some(failure) = self.current_failure() {
             return Err(Error::Remote { status: None, message: failure });
         }
-        let working_dir = match spec.cwd.as_deref() {
-            None | Some("") | Some(".") => self.remote_root.clone(),
-            Some(cwd) => {
-                let relative = cwd.strip_prefix(&format!("{}/", self.remote_root)).unwrap_or(cwd);
-                if relative == self.remote_root {
-                    self.remote_root.clone()
-                } else {
-                    format!("{}/{}", self.remote_root, checked_relative(relative)?)
-                }
-            }
-        };
+        let working_dir = group::run_directory(&self.remote_root, spec.cwd.as_deref())?;
         if spec.cwd.is_some() && !self.client.is_directory(&self.container_id, &working_dir).await? {
             return Err(Error::InvalidParams(format!(
                 "The working directory \"{}\" does not exist in the sandbox.",
                 spec.cwd.as_deref().unwrap_or(".")
             )));
         }
-        let token = format!("run-{}", crate::ids::short_id());
-        let mut command = vec!["/bin/sh".to_string(), "-c".to_string(), scripts::RUN.to_string(), token.clone()];
-        match &spec.args {
-            Some(args) => {
-                command.push(spec.command.clone());
-                command.extend(args.iter().cloned());
-            }
-            None => command.extend(["/bin/sh".to_string(), "-c".to_string(), spec.command.clone()]),
-        }
+        let token = group::run_token();
+        let command = group::run_argv(&token, &spec.command, spec.args.as_deref());
         let env = self.exec_env(&spec);
         let attached = self
             .client
             .exec(&self.container_id, command, env, Some(working_dir.clone()), self.user.clone(), spec.stdin)
             .await?;
 
-        let (stdout_reader, mut stdout_writer) = tokio::io::duplex(PIPE_BYTES);
-        let (stderr_reader, mut stderr_writer) = tokio::io::duplex(PIPE_BYTES);
-        let (ended_sender, ended) = watch::channel(false);
-        let mut output = attached.output;
-        tokio::spawn(async move {
-            // Keeps reading after the engine stops listening, so the daemon is never left with a full connection.
-            let mut stdout_open = true;
-            let mut stderr_open = true;
-            while let Some(chunk) = output.next().await {
-                match chunk {
-                    Ok(Chunk::Stdout(bytes)) if stdout_open => stdout_open = stdout_writer.write_all(&bytes).await.is_ok(),
-                    Ok(Chunk::Stderr(bytes)) if stderr_open => stderr_open = stderr_writer.write_all(&bytes).await.is_ok(),
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::debug!(%error, "a run's output stream broke");
-                        break;
-                    }
-                }
-            }
-            let _ = stdout_writer.shutdown().await;
-            let _ = stderr_writer.shutdown().await;
-            let _ = ended_sender.send(true);
-        });
+        let output = group::split_output(attached.output);
 
         let signalled = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
-        let control = Arc::new(DockerControl {
-            signaller: self.signaller.clone(),
-            token,
-            signalled: signalled.clone(),
-            finished: finished.clone(),
-        });
+        let control = Arc::new(group::GroupControl::new(self.signaller.clone(), token, signalled.clone(), finished.clone()));
         let exit = wait_for_exit(
             self.client.clone(),
             self.container_id.clone(),
             self.container_name.clone(),
             attached.id,
-            ended,
+            output.ended,
             signalled,
             finished,
             self.failure.subscribe(),
         )
         .boxed();
         Ok(Process {
-            stdout: Box::pin(stdout_reader),
-            stderr: Box::pin(stderr_reader),
+            stdout: output.stdout,
+            stderr: output.stderr,
             stdin: spec.stdin.then_some(attached.input),
             control,
             exit,
@@ -333,44 +285,6 @@ impl Sandbox for DockerSandbox {
                 return std::future::pending().await;
             }
         }
-    }
-}
-
-/// Signals a run's process group from the helper shell (the Engine API cannot signal an exec).
-struct DockerControl {
-    signaller: Arc<Agent>,
-    token: String,
-    signalled: Arc<AtomicBool>,
-    finished: Arc<AtomicBool>,
-}
-
-impl DockerControl {
-    async fn send(signaller: Arc<Agent>, token: String, signal: &str, last: bool) -> Result<()> {
-        let arguments = [token.as_str(), signal, if last { "final" } else { "" }];
-        signaller.run(scripts::SIGNAL, &arguments, None).await.map(|_| ())
-    }
-}
-
-#[async_trait]
-impl ProcessControl for DockerControl {
-    async fn signal(&self, signal: Signal) -> Result<()> {
-        let name = match signal {
-            Signal::Terminate => "TERM",
-            Signal::Kill => "KILL",
-        };
-        if self.finished.load(Ordering::SeqCst) {
-            // The engine sweeps the group after every run so nothing outlives it; once the main process is gone
-            // nobody waits for that, so it runs in the background and the exit is reported at once.
-            let (signaller, token) = (self.signaller.clone(), self.token.clone());
-            tokio::spawn(async move {
-                if let Err(error) = DockerControl::send(signaller, token, name, true).await {
-                    tracing::debug!(%error, "could not sweep a finished run's processes");
-                }
-            });
-            return Ok(());
-        }
-        self.signalled.store(true, Ordering::SeqCst);
-        Self::send(self.signaller.clone(), self.token.clone(), name, false).await
     }
 }
 

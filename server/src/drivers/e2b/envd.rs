@@ -19,7 +19,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::client::{is_not_found, Envd, Health};
-use crate::drivers::{BoxedReader, ExitStatus, Process, ProcessControl, Signal};
+use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
+use crate::streams::BoxedReader;
 use crate::error::{Error, Result};
 
 const CONNECT_STREAM_CONTENT_TYPE: &str = "application/connect+json";

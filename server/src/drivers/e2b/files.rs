@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::client::{is_not_found, Envd, Failure, SANDBOX_USER};
 use super::envd::{run_to_end, StreamTuning};
-use crate::drivers::BoxedReader;
+use crate::streams::BoxedReader;
 use crate::error::{Error, Result};
 use crate::sync::{EntryKind, RemoteEntry, RemoteFiles};
 
@@ -55,7 +55,7 @@ impl Files {
             return None;
         }
         // Uploads in flight (or left by a dropped one) are sandlink's, not the project's.
-        if relative.split('/').next() == Some(crate::drivers::posix::STAGING_DIR) {
+        if relative.split('/').next() == Some(crate::drivers::shell::scripts::STAGING_DIR) {
             return None;
         }
         let kind = match entry.kind.as_str() {
@@ -166,7 +166,7 @@ impl Extras {
         // The shared merge renames every staged entry into place and removes the staging directory.
         script.push_str(&format!(
             "set +e\n(\nset -- \"$PWD\" \"$PWD/$stage\" ''\n{}\n)\nstatus=$?\nrm -f -- \"$0\"\nexit $status\n",
-            crate::drivers::posix::MERGE
+            crate::drivers::shell::scripts::MERGE
         ));
         Some(script)
     }
@@ -222,7 +222,7 @@ fn encode_upload(
     let bridge = tokio_util::io::SyncIoBridge::new(archive);
     let mut archive = tar::Archive::new(bridge);
     let batch = uuid::Uuid::new_v4().simple().to_string();
-    let mut extras = Extras { stage: format!("{}/{}", crate::drivers::posix::STAGING_DIR, &batch[..12]), ..Extras::default() };
+    let mut extras = Extras { stage: format!("{}/{}", crate::drivers::shell::scripts::STAGING_DIR, &batch[..12]), ..Extras::default() };
     let send = |chunk: Vec<u8>| -> Result<()> {
         body.blocking_send(Ok(Bytes::from(chunk)))
             .map_err(|_| Error::Remote { status: None, message: "The upload to E2B stopped before the archive ended.".into() })

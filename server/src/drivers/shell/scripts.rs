@@ -1,16 +1,47 @@
-//! The POSIX shell snippets sandlink runs inside containers; busybox `sh` is enough for every one of them.
+//! The POSIX shell snippets sandlink runs inside sandboxes; busybox `sh` is enough for every one of them.
 //!
 //! Each is passed as `sh -c SCRIPT NAME ARGS…`, so values arrive as positional parameters and are never spliced
 //! into the script text.
 
-pub use crate::drivers::posix::{MERGE, STAGING_DIR};
+/// Uploads are unpacked here (below the root, so the final rename stays on one filesystem) and then merged.
+pub const STAGING_DIR: &str = ".sandlink-staging";
+
+/// `$1` = root, `$2` = staging directory, `$3` = owner (may be empty): moves every staged entry into place with rename(2), so each file is
+/// replaced atomically; whole new directories move in one rename. Symlinks in the root are replaced, never followed.
+pub const MERGE: &str = r#"root=$1
+stage=$2
+cd "$stage" || exit 1
+[ -z "$3" ] || chown -R "$3" . || exit 1
+merge() {
+  local entry target
+  for entry in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+    [ -e "$entry" ] || [ -L "$entry" ] || continue
+    target="$root/${entry#./}"
+    if [ -d "$entry" ] && [ ! -L "$entry" ]; then
+      if [ -d "$target" ] && [ ! -L "$target" ]; then
+        merge "$entry" || return 1
+        continue
+      fi
+      rm -f "$target" 2>/dev/null
+    elif [ -d "$target" ] && [ ! -L "$target" ]; then
+      rm -rf "$target"
+    fi
+    mv -f "$entry" "$target" || return 1
+  done
+}
+merge .
+status=$?
+cd /
+rm -rf "$stage"
+exit $status"#;
 
 /// `$1` = root, `$2` = owner (may be empty): creates the run directory and the session root.
 pub const PREPARE: &str = r#"mkdir -p /tmp/.sandlink "$1" && chmod 1777 /tmp/.sandlink && { [ -z "$2" ] || chown "$2" "$1"; }"#;
 
-/// `$0` = run token, `$@` = the command. Runs record their process group in /tmp/.sandlink so a second exec can
-/// signal the whole tree. Docker makes every exec a session leader, so the shell's pid is also the
-/// process group of everything the run starts; it is recorded before the shell replaces itself with the command.
+/// `$0` = run token, `$@` = the command. Runs record their process group in /tmp/.sandlink so a second command can
+/// signal the whole tree. The transport starts every command as a session leader (Docker does for each exec), so
+/// the shell's pid is also the process group of everything the run starts; it is recorded before the shell replaces
+/// itself with the command.
 pub const RUN: &str = r#"echo $$ > "/tmp/.sandlink/$0.pid" && exec "$@""#;
 
 /// `$1` = run token, `$2` = signal, `$3` = `final` when the run is over (the record is then removed).
@@ -41,10 +72,9 @@ exit 0"#;
 /// (always all of them, so the agent's stream stays in step) and unpacks them into the staging directory.
 pub const UNPACK_STDIN: &str = r#"dd bs=65536 count="$4" iflag=count_bytes,fullblock 2>/dev/null | { mkdir -p "$2" && tar -xf - -C "$2"; s=$?; cat >/dev/null; exit $s; } || { rm -rf "$2"; exit 1; }"#;
 
-
 /// `$1` = root: lists the tree. GNU find gives NUL-separated records with nanosecond modification and status-change
 /// times and the inode; busybox falls back to `stat`, which gives the same in whole seconds, and whose `%n//%N` lets
-/// the parser find where each name ends although names may hold newlines (see `files::parse_listing`).
+/// the parser find where each name ends although names may hold newlines (see `listing::parse_listing`).
 pub const LIST: &str = r#"cd "$1" || exit 3
 if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
   printf 'gnu\n'

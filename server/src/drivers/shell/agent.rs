@@ -1,17 +1,18 @@
-//! A long-lived shell inside the container for sandlink's own file work, so a save costs no new process start.
+//! A long-lived shell in the sandbox for sandlink's own file work, so a save costs no new process start.
 //!
-//! Every exec and every archive request makes the daemon start a process (runc, or dockerd's untar helper), which
-//! costs tens of milliseconds; a save should be visible in a few. The agent is one attached `sh` that reads
-//! commands from its stdin. Each request is one line: a subshell with the script and its arguments, then a marker
-//! carrying the exit status. Requests that carry data first print a ready marker; the data is written only after
-//! it, so the shell has parsed the whole line and `dd` reads exactly the data's length.
+//! Starting a remote process costs tens of milliseconds (runc for a Docker exec, a channel for SSH); a save should
+//! be visible in a few. The agent is one attached `sh` that reads commands from its stdin. Each request is one
+//! line: a subshell with the script and its arguments, then a marker carrying the exit status. Requests that carry
+//! data first print a ready marker; the data is written only after it, so the shell has parsed the whole line and
+//! `dd` reads exactly the data's length.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::client::{AttachedExec, Chunk, Client};
+use super::{quote, Channel, Chunk, Command, Reply, Transport};
 use crate::error::{Error, Result};
 
 /// How long one request may take before the agent is considered stuck and replaced.
@@ -19,28 +20,27 @@ const REQUEST_LIMIT: Duration = Duration::from_secs(120);
 
 /// The shell session and what it has printed so far.
 struct Shell {
-    exec: AttachedExec,
+    channel: Channel,
+    /// The sandbox as error messages name it.
+    described: String,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
 }
 
-/// One container's helper shell, started on first use and replaced when it breaks.
+/// One sandbox's helper shell, started on first use and replaced when it breaks.
 pub struct Agent {
-    client: Client,
-    container: String,
+    transport: Arc<dyn Transport>,
     shell: tokio::sync::Mutex<Option<Shell>>,
 }
 
-/// What a request printed and how it ended.
-pub struct Reply {
-    pub status: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
 impl Agent {
-    pub fn new(client: Client, container: String) -> Self {
-        Agent { client, container, shell: tokio::sync::Mutex::new(None) }
+    pub fn new(transport: Arc<dyn Transport>) -> Self {
+        Agent { transport, shell: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The sandbox as error messages name it.
+    pub fn describe(&self) -> String {
+        self.transport.describe()
     }
 
     /// Runs `script` with `arguments` as `$1…` in a subshell; `data`, when given, is readable on its stdin by one
@@ -63,15 +63,20 @@ impl Agent {
             }
             Err(_) => {
                 *guard = None;
-                Err(Error::Timeout("A file operation in the container took longer than two minutes.".into()))
+                Err(Error::Timeout(format!("A file operation in {} took longer than two minutes.", self.describe())))
             }
         }
     }
 
     async fn start(&self) -> Result<Shell> {
-        let command = vec!["/bin/sh".to_string()];
-        let exec = self.client.exec(&self.container, command, Vec::new(), Some("/".into()), Some("0".into()), true).await?;
-        Ok(Shell { exec, stdout: Vec::new(), stderr: Vec::new() })
+        let command = Command {
+            argv: vec!["/bin/sh".to_string()],
+            working_dir: Some("/".into()),
+            stdin: true,
+            ..Command::default()
+        };
+        let channel = self.transport.open(command).await?;
+        Ok(Shell { channel, described: self.transport.describe(), stdout: Vec::new(), stderr: Vec::new() })
     }
 
     async fn request(shell: &mut Shell, script: &str, arguments: &[&str], data: Option<&[u8]>) -> Result<Reply> {
@@ -97,16 +102,17 @@ impl Agent {
         line.push_str(&format!("\n){stdin_redirect}; printf '\\n__sandlink_done_{token}_%d\\n' $?\n"));
         shell.stdout.clear();
         shell.stderr.clear();
+        let described = shell.described.clone();
         let write = |error: std::io::Error| Error::Remote {
             status: None,
-            message: format!("The helper shell in the container stopped accepting commands: {error}"),
+            message: format!("The helper shell in {described} stopped accepting commands: {error}"),
         };
-        shell.exec.input.write_all(line.as_bytes()).await.map_err(write)?;
-        shell.exec.input.flush().await.map_err(write)?;
+        shell.channel.input.write_all(line.as_bytes()).await.map_err(write)?;
+        shell.channel.input.flush().await.map_err(write)?;
         if let Some(data) = data {
             Self::read_until(shell, ready.as_bytes()).await?;
-            shell.exec.input.write_all(data).await.map_err(write)?;
-            shell.exec.input.flush().await.map_err(write)?;
+            shell.channel.input.write_all(data).await.map_err(write)?;
+            shell.channel.input.flush().await.map_err(write)?;
         }
         let position = Self::read_until(shell, done.as_bytes()).await?;
         // The status follows the marker up to the next newline.
@@ -138,7 +144,7 @@ impl Agent {
     }
 
     async fn read_more(shell: &mut Shell) -> Result<()> {
-        match shell.exec.output.next().await {
+        match shell.channel.output.next().await {
             Some(Ok(Chunk::Stdout(bytes))) => shell.stdout.extend_from_slice(&bytes),
             Some(Ok(Chunk::Stderr(bytes))) => shell.stderr.extend_from_slice(&bytes),
             Some(Err(error)) => return Err(error),
@@ -146,7 +152,8 @@ impl Agent {
                 return Err(Error::Remote {
                     status: None,
                     message: format!(
-                        "The helper shell in the container ended: {}",
+                        "The helper shell in {} ended: {}",
+                        shell.described,
                         String::from_utf8_lossy(&shell.stderr).trim()
                     ),
                 })
@@ -160,14 +167,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
 }
 
-/// Quotes a value for the shell: single quotes, with embedded single quotes closed, escaped and reopened.
-fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::quote;
+    use super::super::quote;
 
     #[test]
     fn quote_should_survive_single_quotes() {

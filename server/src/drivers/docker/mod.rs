@@ -113,12 +113,16 @@ impl super::Driver for Driver {
                 available: true,
                 detail: Some(detail),
                 capabilities: Self::capabilities(true),
+                settings: Vec::new(),
+                credentials: Vec::new(),
             },
             Err(error) => DriverInfo {
                 id: "docker".into(),
                 available: false,
                 detail: Some(error.to_string()),
                 capabilities: Self::capabilities(false),
+                settings: Vec::new(),
+                credentials: Vec::new(),
             },
         }
     }

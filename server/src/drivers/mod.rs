@@ -71,10 +71,8 @@ pub trait Driver: Send + Sync {
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>>;
 
     /// The settings this driver takes besides `settings::COMMON` (`sync` and `network`), declared beside the struct
-    /// they are read into; `DriverInfo.settings` shows them.
-    fn settings_schema(&self) -> &'static [SettingSpec] {
-        &[]
-    }
+    /// they are read into; `DriverInfo.settings` shows them. No default, so that no driver can forget it.
+    fn settings_schema(&self) -> &'static [SettingSpec];
 
     /// Checks settings before connect and when a profile is saved: unknown keys, wrong types and missing fields
     /// are `invalidProfile` errors naming the key. The default checks `settings_schema`.

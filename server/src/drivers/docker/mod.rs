@@ -131,6 +131,10 @@ impl super::Driver for Driver {
         self.open(request, None).await
     }
 
+    fn settings_schema(&self) -> &'static [super::SettingSpec] {
+        settings::SETTINGS
+    }
+
     fn validate_settings(&self, settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
         Settings::parse(settings).map(|_| ())
     }

@@ -63,7 +63,7 @@ local function rust_wire_fields(rust_source, struct_name)
   local body = rust_source:match('pub struct ' .. struct_name .. ' {\n(.-)\n}')
   harness.assert_true(body ~= nil, 'protocol.rs declares ' .. struct_name)
   local fields, rename = {}, nil
-  for line in vim.gsplit(body, '\n', { plain = true }) do
+  for line in (body .. '\n'):gmatch('(.-)\n') do
     local renamed = line:match('#%[serde%(.-rename = "([%w_]+)"')
     if renamed then
       rename = renamed

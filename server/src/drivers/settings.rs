@@ -6,9 +6,9 @@
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::credentials::CredentialSpec;
 use crate::error::{Error, Result};
 use crate::netpolicy::NetworkPolicy;
-use crate::credentials::CredentialSpec;
 use crate::protocol::{CredentialInfo, SettingInfo};
 
 /// The key every driver accepts: sync engine options, passed through to the sync engine untouched.

@@ -205,6 +205,39 @@ pub struct DriverInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub capabilities: DriverCapabilities,
+    /// The settings the driver takes in a profile (its own, then `sync` and `network`), from its typed declaration.
+    #[serde(default)]
+    pub settings: Vec<SettingInfo>,
+    /// The credentials the driver reads, for `sandlink/setCredential`.
+    #[serde(default)]
+    pub credentials: Vec<CredentialInfo>,
+}
+
+/// One driver setting as `DriverInfo.settings` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingInfo {
+    pub name: String,
+    /// `string`, `integer`, `number`, `boolean`, `stringList`, `integerList`, `stringMap`, `table`,
+    /// `numberOrString` or `network` (`"on"`, `"off"` or a list of hosts).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What the driver uses when the setting is absent; absent when that depends on other settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    pub description: String,
+}
+
+/// One credential a driver reads, as `DriverInfo.credentials` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialInfo {
+    /// The `key` of `sandlink/setCredential` (`apiKey`).
+    pub key: String,
+    /// The environment variable that overrides the keychain (`E2B_API_KEY`).
+    pub env_var: String,
+    pub required: bool,
+    pub description: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -57,3 +57,35 @@ harness.test('protocol_lua_should_list_exactly_the_method_names_of_protocol_rs',
   end
   harness.assert_equal({ {}, {} }, { only_in_rust, only_in_lua }, '{ only in protocol.rs, only in protocol.lua }')
 end)
+
+-- The wire names of a `pub struct NAME` in protocol.rs: camelCase fields, or what `#[serde(rename = "…")]` says.
+local function rust_wire_fields(rust_source, struct_name)
+  local body = rust_source:match('pub struct ' .. struct_name .. ' {\n(.-)\n}')
+  harness.assert_true(body ~= nil, 'protocol.rs declares ' .. struct_name)
+  local fields, rename = {}, nil
+  for line in (body .. '\n'):gmatch('(.-)\n') do
+    local renamed = line:match('#%[serde%(.-rename = "([%w_]+)"')
+    if renamed then
+      rename = renamed
+    end
+    local field = line:match('^%s*pub ([%w_]+):')
+    if field then
+      local camel = field:gsub('_(%w)', function(letter)
+        return letter:upper()
+      end)
+      table.insert(fields, rename or camel)
+      rename = nil
+    end
+  end
+  return fields
+end
+
+harness.test('protocol_lua_shape_fields_should_match_the_structs_of_protocol_rs', function()
+  local rust_source = read_file(vim.env.SANDLINK_TEST_REPO .. '/server/src/protocol.rs')
+  package.loaded['sandlink.protocol'] = nil
+  local protocol = require('sandlink.protocol')
+  for name, lua_fields in pairs(protocol.shape_fields) do
+    harness.assert_equal(rust_wire_fields(rust_source, name), lua_fields, name .. ' fields in protocol.rs and protocol.lua')
+  end
+  harness.assert_true(protocol.shape_fields.DriverInfo ~= nil, 'DriverInfo is mirrored')
+end)

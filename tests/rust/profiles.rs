@@ -258,3 +258,64 @@ fn the_command_line_should_save_list_trust_and_delete_profiles() {
     let (_, stdout, _) = sandlink(&["profile", "list", "--json"]);
     assert!(entry(&serde_json::from_str(&stdout).expect("JSON"), "dev").is_none());
 }
+
+#[test]
+fn initialize_and_drivers_should_carry_each_drivers_settings_schema_and_credentials() {
+    let Setup { server, config: _config, workspace: _workspace } = start(None);
+    let from_initialize = server.initialize_result["capabilities"]["experimental"]["sandlink"]["drivers"].clone();
+    let from_request = server.request("sandlink/drivers", json!({})).expect("drivers answers")["drivers"].clone();
+    for drivers in [&from_initialize, &from_request] {
+        let driver = |id: &str| {
+            drivers.as_array().and_then(|all| all.iter().find(|driver| driver["id"] == id)).cloned().unwrap_or_else(|| panic!("{id} is listed: {drivers}"))
+        };
+        for (id, own_setting, credentials) in [
+            ("local", "isolation", json!([])),
+            ("docker", "image", json!([])),
+            (
+                "e2b",
+                "template",
+                json!([{ "key": "apiKey", "envVar": "E2B_API_KEY", "required": true, "description": "E2B API key" }]),
+            ),
+            (
+                "keyed",
+                "expectedTokenHash",
+                json!([{ "key": "token", "envVar": "SANDLINK_KEYED_TOKEN", "required": true, "description": "test token" }]),
+            ),
+        ] {
+            let info = driver(id);
+            assert_eq!(info["credentials"], credentials, "{id}: {info}");
+            let settings = info["settings"].as_array().unwrap_or_else(|| panic!("{id} lists its settings: {info}"));
+            let names: Vec<&str> = settings.iter().filter_map(|setting| setting["name"].as_str()).collect();
+            for expected in [own_setting, "sync", "network"] {
+                assert!(names.contains(&expected), "{id} lists {expected}: {names:?}");
+            }
+            for setting in settings {
+                assert!(setting["type"].as_str().is_some_and(|kind| !kind.is_empty()), "{id}: {setting}");
+                assert!(setting["description"].as_str().is_some_and(|text| !text.is_empty()), "{id}: {setting}");
+            }
+        }
+        let e2b = driver("e2b");
+        let timeout = e2b["settings"].as_array().and_then(|all| all.iter().find(|setting| setting["name"] == "timeoutSeconds")).cloned();
+        assert_eq!(timeout.map(|setting| (setting["type"].clone(), setting["default"].clone())), Some((json!("integer"), json!(300))));
+    }
+}
+
+#[test]
+fn a_bad_docker_or_e2b_setting_in_a_profile_should_be_an_invalid_profile_naming_the_key_and_the_known_ones() {
+    let Setup { server, config: _config, workspace: _workspace } = start(None);
+    for (driver, settings, key, known) in [
+        ("docker", json!({ "image": "debian:12", "colour": "red" }), "\"colour\"", "remoteRoot"),
+        ("e2b", json!({ "templte": "base" }), "\"templte\"", "timeoutSeconds"),
+        ("local", json!({ "isolaton": "none" }), "\"isolaton\"", "readOnlyPaths"),
+    ] {
+        let error = server.request_error("sandlink/saveProfile", json!({ "name": "x", "driver": driver, "settings": settings }));
+        assert_eq!(error.kind.as_deref(), Some("invalidProfile"), "{driver}: {error:?}");
+        assert!(error.message.contains(key) && error.message.contains(known), "{driver}: {}", error.message);
+    }
+    let error = server.request_error(
+        "sandlink/saveProfile",
+        json!({ "name": "x", "driver": "docker", "settings": { "image": "debian:12", "keep": "yes" } }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("invalidProfile"), "{error:?}");
+    assert!(error.message.contains("\"keep\" must be true or false, but it is a string"), "{}", error.message);
+}

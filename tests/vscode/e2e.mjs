@@ -841,6 +841,42 @@ const steps = [
         },
     ],
     [
+        "Set Credential offers the credential names the profile's driver declares (DriverInfo.credentials), and a typed name",
+        async () => {
+            const workspaceFile = path.join(workspaceDirectory, ".sandlink.toml");
+            const before = fs.readFileSync(workspaceFile, "utf8");
+            // Listing and choosing a workspace profile needs no trust; nothing here connects or stores anything.
+            fs.writeFileSync(workspaceFile, `${before}\n[profiles.cloud]\ndriver = "e2b"\n`);
+            try {
+                await runPaletteCommand("Sandlink: Set Credential");
+                await pickQuickPickRow("e2b", "cloud");
+                const rows = page.locator(".quick-input-widget .quick-input-list .monaco-list-row");
+                await rows.filter({ hasText: "E2B_API_KEY" }).first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+                const rowTexts = await rows.allInnerTexts();
+                assert(
+                    rowTexts.some((text) => text.includes("apiKey") && text.includes("E2B_API_KEY")),
+                    `the e2b driver's apiKey is offered with its variable: ${JSON.stringify(rowTexts)}`,
+                );
+                assert(rowTexts.some((text) => text.includes("Another name")), `a typed name is offered too: ${JSON.stringify(rowTexts)}`);
+                const offered = readTestLog().filter((entry) => entry.event === "credentialKeysOffered").at(-1);
+                assert(
+                    offered?.profile === "cloud" && JSON.stringify(offered.keys) === JSON.stringify(["apiKey"]),
+                    `the offered keys come from DriverInfo: ${JSON.stringify(offered)}`,
+                );
+                // "Another name…" leads to the free-text name, as the command asked before the list existed.
+                await pickQuickPickRow("Another name");
+                await waitFor("the prompt for a typed credential name", async () =>
+                    (await page.locator(".quick-input-widget").innerText()).includes("Credential name for cloud"),
+                );
+                await closeQuickInput();
+                assert(!readTestLog().some((entry) => entry.event === "credentialStored"), "nothing was stored");
+            } finally {
+                await closeQuickInput();
+                fs.writeFileSync(workspaceFile, before);
+            }
+        },
+    ],
+    [
         "Show Log opens the sandlink log with the server's messages, free of colour escapes",
         async () => {
             await runPaletteCommand("Sandlink: Show Log");

@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as vscode from "vscode";
 
+import { credentialChoices } from "./credentials";
 import { describeError, remoteFileScheme, type Ctx, type RunTarget } from "./ctx";
 import * as protocol from "./protocol";
 import { formatDuration } from "./run_output";
@@ -688,6 +689,7 @@ async function createProfile(ctx: Ctx): Promise<void> {
 export function setCredential(ctx: Ctx): Cmd {
     return async (requestedProfile?: unknown) => {
         let profileName = typeof requestedProfile === "string" ? requestedProfile : undefined;
+        let driverId: string | undefined;
         if (profileName === undefined) {
             const result = await ctx.request(protocol.profiles, {});
             if (result === undefined) {
@@ -697,33 +699,55 @@ export function setCredential(ctx: Ctx): Cmd {
                 void vscode.window.showInformationMessage("sandlink: create a profile first (Sandlink: Manage Profiles).");
                 return;
             }
-            profileName = (
-                await vscode.window.showQuickPick(
-                    result.profiles.map((profile) => ({ label: profile.name, description: profile.driver })),
-                    { placeHolder: "Store a credential for which profile?" },
-                )
-            )?.label;
-            if (profileName === undefined) {
+            const picked = await vscode.window.showQuickPick(
+                result.profiles.map((profile) => ({ label: profile.name, description: profile.driver })),
+                { placeHolder: "Store a credential for which profile?" },
+            );
+            if (picked === undefined) {
                 return;
             }
+            profileName = picked.label;
+            driverId = picked.description;
+        } else {
+            const listed = await ctx.requestQuietly(protocol.profiles, {});
+            driverId = listed?.profiles.find((profile) => profile.name === profileName)?.driver;
         }
-        const key = await vscode.window.showInputBox({
-            prompt: `Credential name for ${profileName} (e.g. apiKey, token)`,
-            validateInput: (value) => (value.trim() === "" ? "A name is required" : undefined),
-        });
+        const key = await pickCredentialKey(ctx, profileName, driverId);
         if (key === undefined) {
             return;
         }
         // password: true hides the typed value; it is passed straight to the request and not kept in any variable beyond it.
-        const value = await vscode.window.showInputBox({ prompt: `Value of ${key.trim()}`, password: true, ignoreFocusOut: true });
+        const value = await vscode.window.showInputBox({ prompt: `Value of ${key}`, password: true, ignoreFocusOut: true });
         if (value === undefined || value === "") {
             return;
         }
-        if (await ctx.setCredential(profileName, key.trim(), value)) {
-            writeTestLog("credentialStored", { profile: profileName, key: key.trim() });
-            void vscode.window.showInformationMessage(`sandlink: ${key.trim()} stored in the system keychain for ${profileName}.`);
+        if (await ctx.setCredential(profileName, key, value)) {
+            writeTestLog("credentialStored", { profile: profileName, key });
+            void vscode.window.showInformationMessage(`sandlink: ${key} stored in the system keychain for ${profileName}.`);
         }
     };
+}
+
+/** The credential name: picked from those the profile's driver declares, or typed (the only way when it declares none). */
+async function pickCredentialKey(ctx: Ctx, profileName: string, driverId: string | undefined): Promise<string | undefined> {
+    const choices = credentialChoices(ctx.knownDrivers, driverId);
+    if (choices.length > 0) {
+        writeTestLog("credentialKeysOffered", { profile: profileName, keys: choices.flatMap((choice) => choice.key ?? []) });
+        const choice = await vscode.window.showQuickPick(choices, {
+            placeHolder: `Which credential of ${profileName} (${driverId})?`,
+        });
+        if (choice === undefined) {
+            return undefined;
+        }
+        if (choice.key !== undefined) {
+            return choice.key;
+        }
+    }
+    const typed = await vscode.window.showInputBox({
+        prompt: `Credential name for ${profileName} (e.g. apiKey, token)`,
+        validateInput: (value) => (value.trim() === "" ? "A name is required" : undefined),
+    });
+    return typed?.trim();
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -22,12 +22,36 @@ export interface DriverCapabilities {
     metrics: boolean;
 }
 
+/** One setting a driver takes in a profile, from the driver's typed declaration. */
+export interface SettingInfo {
+    name: string;
+    /** `string`, `integer`, `number`, `boolean`, `stringList`, `integerList`, `stringMap`, `table`, `numberOrString` or `network`. */
+    type: string;
+    /** What the driver uses when the setting is absent; absent when that depends on other settings. */
+    default?: unknown;
+    description: string;
+}
+
+/** One credential a driver reads. */
+export interface CredentialInfo {
+    /** The `key` of `sandlink/setCredential` (`apiKey`). */
+    key: string;
+    /** The environment variable that wins over the keychain (`E2B_API_KEY`). */
+    envVar: string;
+    required: boolean;
+    description: string;
+}
+
 export interface DriverInfo {
     id: string;
     available: boolean;
     /** Present when `available` is false: why, and how to fix it. */
     detail?: string;
     capabilities: DriverCapabilities;
+    /** The driver's profile settings (its own, then `sync` and `network`); empty from servers that predate it. */
+    settings?: SettingInfo[];
+    /** The credentials the driver reads; empty from servers that predate it. */
+    credentials?: CredentialInfo[];
 }
 
 export type SessionStateName = "connecting" | "active" | "syncing" | "disconnected" | "expired" | "error";

@@ -55,6 +55,31 @@ protocol.error_kind = {
   workspace_not_trusted = 'workspaceNotTrusted',
 }
 
+-- The fields of the shapes the plugin reads from the server, on the wire (see docs/protocol.md, "Shapes");
+-- tests/neovim checks them against the structs of the same names in protocol.rs.
+---@class sandlink.SettingInfo
+---@field name string
+---@field type string `string`, `integer`, `number`, `boolean`, `stringList`, `integerList`, `stringMap`, `table`, `numberOrString` or `network`
+---@field default any|nil what the driver uses when the setting is absent
+---@field description string
+---@class sandlink.CredentialInfo
+---@field key string the `key` of sandlink/setCredential (`apiKey`)
+---@field envVar string the environment variable that wins over the keychain (`E2B_API_KEY`)
+---@field required boolean
+---@field description string
+---@class sandlink.DriverInfo
+---@field id string
+---@field available boolean
+---@field detail string|nil
+---@field capabilities table<string, boolean>
+---@field settings sandlink.SettingInfo[] the driver's profile settings: its own, then `sync` and `network`
+---@field credentials sandlink.CredentialInfo[] the credentials the driver reads
+protocol.shape_fields = {
+  DriverInfo = { 'id', 'available', 'detail', 'capabilities', 'settings', 'credentials' },
+  SettingInfo = { 'name', 'type', 'default', 'description' },
+  CredentialInfo = { 'key', 'envVar', 'required', 'description' },
+}
+
 -- The client capability that makes the server send the notifications above instead of window/logMessage.
 function protocol.client_capability()
   return { notifications = true }

@@ -67,10 +67,9 @@ pub trait Driver: Send + Sync {
     /// Creates a sandbox for a new session.
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>>;
 
-    /// The settings this driver takes (the common `sync` key is allowed everywhere and passed through untouched).
-    fn settings_schema(&self) -> &'static [SettingSpec] {
-        &[]
-    }
+    /// The settings this driver takes besides `settings::COMMON` (`sync` and `network`), declared beside the struct
+    /// they are read into; `DriverInfo.settings` shows them. No default, so that no driver can forget it.
+    fn settings_schema(&self) -> &'static [SettingSpec];
 
     /// Checks settings before connect and when a profile is saved: unknown keys, wrong types and missing fields
     /// are `invalidProfile` errors naming the key. The default checks `settings_schema`.
@@ -115,6 +114,15 @@ pub trait Driver: Send + Sync {
     async fn clean_up_after_crash(&self, state_dir: &Path) {
         let _ = state_dir;
     }
+}
+
+/// A driver's `info()` with the settings and credentials it declares, as `initialize` and `sandlink/drivers` show
+/// it; filled here so that what users are shown is what validation and credential lookup use.
+pub async fn describe(driver: &dyn Driver) -> DriverInfo {
+    let mut info = driver.info().await;
+    info.settings = settings::describe(driver.settings_schema());
+    info.credentials = settings::describe_credentials(driver.credential_keys());
+    info
 }
 
 /// What to run in a sandbox.

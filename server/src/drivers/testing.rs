@@ -25,12 +25,14 @@ const SETTINGS: &[SettingSpec] = &[
         key: "expectedTokenHash",
         kind: SettingKind::String,
         required: true,
+        default: None,
         description: "the BLAKE3 hash of the token the test stored",
     },
     SettingSpec {
         key: "remote",
         kind: SettingKind::Bool,
         required: false,
+        default: Some("false"),
         description: "behave like a driver that sends the workspace elsewhere (for trust tests)",
     },
 ];

@@ -114,7 +114,7 @@ impl Engine {
 
     /// Every driver with its availability, probed now.
     pub async fn drivers(&self) -> Vec<DriverInfo> {
-        let probes = self.drivers.iter().map(|driver| driver.info());
+        let probes = self.drivers.iter().map(|driver| drivers::describe(driver.as_ref()));
         futures::future::join_all(probes).await
     }
 

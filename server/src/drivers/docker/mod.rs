@@ -113,18 +113,26 @@ impl super::Driver for Driver {
                 available: true,
                 detail: Some(detail),
                 capabilities: Self::capabilities(true),
+                settings: Vec::new(),
+                credentials: Vec::new(),
             },
             Err(error) => DriverInfo {
                 id: "docker".into(),
                 available: false,
                 detail: Some(error.to_string()),
                 capabilities: Self::capabilities(false),
+                settings: Vec::new(),
+                credentials: Vec::new(),
             },
         }
     }
 
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
         self.open(request, None).await
+    }
+
+    fn settings_schema(&self) -> &'static [super::SettingSpec] {
+        settings::SETTINGS
     }
 
     fn validate_settings(&self, settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::drivers::settings::{SettingKind, SettingSpec};
 use crate::error::{Error, Result};
 use crate::netpolicy::NetworkPolicy;
 
@@ -60,22 +62,110 @@ pub fn network_mode_matches(policy: &NetworkPolicy, actual: &str) -> bool {
     }
 }
 
-const KNOWN: &[&str] =
-    &["image", "container", "remoteRoot", "env", "user", "cpus", "memory", "pids", "network", "ports", "keep", "sync"];
+/// The docker driver's settings as a profile writes them; `SETTINGS` lists the same fields for users (a test
+/// checks that they agree) and `Settings::parse` turns them into a checked `Settings`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Declared {
+    image: Option<String>,
+    container: Option<String>,
+    remote_root: Option<String>,
+    /// Values may be numbers or booleans too; they become strings.
+    env: Option<Map<String, Value>>,
+    user: Option<String>,
+    cpus: Option<Value>,
+    memory: Option<Value>,
+    pids: Option<i64>,
+    ports: Option<Vec<i64>>,
+    keep: Option<bool>,
+    /// The common settings: declared so that the struct accepts them, read from the settings by
+    /// `NetworkPolicy::from_settings` and the sync engine.
+    #[serde(rename = "network")]
+    _network: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "sync")]
+    _sync: Option<serde::de::IgnoredAny>,
+}
+
+/// The docker driver's own settings (`sync` and `network` are common to all drivers).
+pub const SETTINGS: &[SettingSpec] = &[
+    SettingSpec {
+        key: "image",
+        kind: SettingKind::String,
+        required: false,
+        default: None,
+        description: "the image of a new container, removed on disconnect (give this or \"container\")",
+    },
+    SettingSpec {
+        key: "container",
+        kind: SettingKind::String,
+        required: false,
+        default: None,
+        description: "the name or id of an existing container to use, never removed by sandlink",
+    },
+    SettingSpec {
+        key: "remoteRoot",
+        kind: SettingKind::String,
+        required: false,
+        default: Some("\"/workspace\""),
+        description: "the session's root inside the container, an absolute path",
+    },
+    SettingSpec {
+        key: "env",
+        kind: SettingKind::Table,
+        required: false,
+        default: None,
+        description: "environment variables of a new container",
+    },
+    SettingSpec {
+        key: "user",
+        kind: SettingKind::String,
+        required: false,
+        default: None,
+        description: "the user runs are started as: user, user:group, uid or uid:gid",
+    },
+    SettingSpec {
+        key: "cpus",
+        kind: SettingKind::NumberOrString,
+        required: false,
+        default: None,
+        description: "the CPUs a new container may use, like 2 or 0.5",
+    },
+    SettingSpec {
+        key: "memory",
+        kind: SettingKind::NumberOrString,
+        required: false,
+        default: None,
+        description: "the memory limit of a new container: bytes, or a size like \"512m\" or \"2g\"",
+    },
+    SettingSpec {
+        key: "pids",
+        kind: SettingKind::Integer,
+        required: false,
+        default: Some("4096"),
+        description: "the most processes a new container may have, at least 16",
+    },
+    SettingSpec {
+        key: "ports",
+        kind: SettingKind::IntegerList,
+        required: false,
+        default: None,
+        description: "container ports to publish for previews",
+    },
+    SettingSpec {
+        key: "keep",
+        kind: SettingKind::Bool,
+        required: false,
+        default: Some("false"),
+        description: "leave the container running on disconnect",
+    },
+];
 
 impl Settings {
     /// Parses and validates the settings object of a connect request.
     pub fn parse(settings: &Map<String, Value>) -> Result<Settings> {
-        for key in settings.keys() {
-            if !KNOWN.contains(&key.as_str()) {
-                return Err(invalid(format!(
-                    "The docker driver has no setting \"{key}\". Its settings are: {}.",
-                    KNOWN.join(", ")
-                )));
-            }
-        }
-        let image = optional_string(settings, "image")?;
-        let container = optional_string(settings, "container")?;
+        let declared: Declared = crate::drivers::settings::parse("docker", SETTINGS, settings)?;
+        let image = non_empty("image", declared.image)?;
+        let container = non_empty("container", declared.container)?;
         let target = match (image, container) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -93,78 +183,58 @@ impl Settings {
                 ))
             }
         };
-        let remote_root = optional_string(settings, "remoteRoot")?.unwrap_or_else(|| "/workspace".into());
+        let remote_root = non_empty("remoteRoot", declared.remote_root)?.unwrap_or_else(|| "/workspace".into());
         if !remote_root.starts_with('/') || remote_root.split('/').any(|part| part == "..") || remote_root == "/" {
             return Err(invalid(format!(
                 "The remoteRoot \"{remote_root}\" must be an absolute path below / without \"..\", like /workspace."
             )));
         }
         let remote_root = remote_root.trim_end_matches('/').to_string();
-        let env = match settings.get("env") {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(Value::Object(entries)) => {
-                let mut env = BTreeMap::new();
-                for (name, value) in entries {
-                    if name.is_empty() || name.contains('=') || name.contains('\0') {
-                        return Err(invalid(format!("The environment variable name \"{name}\" is not valid.")));
-                    }
-                    let value = match value {
-                        Value::String(text) => text.clone(),
-                        Value::Number(number) => number.to_string(),
-                        Value::Bool(flag) => flag.to_string(),
-                        _ => {
-                            return Err(invalid(format!(
-                                "The value of environment variable \"{name}\" must be a string."
-                            )))
-                        }
-                    };
-                    env.insert(name.clone(), value);
-                }
-                env
+        let mut env = BTreeMap::new();
+        for (name, value) in declared.env.unwrap_or_default() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(invalid(format!("The environment variable name \"{name}\" is not valid.")));
             }
-            Some(_) => return Err(invalid("\"env\" must be an object of variable names to strings.".into())),
-        };
-        let user = optional_string(settings, "user")?;
-        let nano_cpus = match settings.get("cpus") {
+            let value = match value {
+                Value::String(text) => text,
+                Value::Number(number) => number.to_string(),
+                Value::Bool(flag) => flag.to_string(),
+                _ => return Err(invalid(format!("The value of environment variable \"{name}\" must be a string."))),
+            };
+            env.insert(name, value);
+        }
+        let user = non_empty("user", declared.user)?;
+        let nano_cpus = match declared.cpus {
             None | Some(Value::Null) => None,
             Some(value) => match value.as_f64().or_else(|| value.as_str().and_then(|text| text.parse().ok())) {
                 Some(cpus) if cpus > 0.0 && cpus <= 1024.0 => Some((cpus * 1e9) as i64),
                 _ => return Err(invalid("\"cpus\" must be a positive number of CPUs, like 2 or 0.5.".into())),
             },
         };
-        let memory_bytes = match settings.get("memory") {
+        let memory_bytes = match declared.memory {
             None | Some(Value::Null) => None,
             Some(Value::Number(number)) => match number.as_u64() {
                 Some(bytes) if bytes >= 6 << 20 => Some(bytes as i64),
                 _ => return Err(invalid("\"memory\" must be at least 6 MiB (Docker's minimum), like \"512m\".".into())),
             },
-            Some(Value::String(text)) => Some(parse_memory(text)?),
+            Some(Value::String(text)) => Some(parse_memory(&text)?),
             Some(_) => return Err(invalid("\"memory\" must be a size like \"512m\" or \"2g\", or bytes.".into())),
         };
-        let pids_limit = match settings.get("pids") {
-            None | Some(Value::Null) => DEFAULT_PIDS_LIMIT,
-            Some(value) => match value.as_i64() {
-                Some(pids) if pids >= 16 => pids,
-                _ => return Err(invalid("\"pids\" must be a whole number of processes, at least 16.".into())),
-            },
+        let pids_limit = match declared.pids {
+            None => DEFAULT_PIDS_LIMIT,
+            Some(pids) if pids >= 16 => pids,
+            Some(_) => return Err(invalid("\"pids\" must be a whole number of processes, at least 16.".into())),
         };
         let network = NetworkPolicy::from_settings(settings).map_err(|error| invalid(error.to_string()))?;
-        let ports = match settings.get("ports") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => {
-                let mut ports = Vec::new();
-                for item in items {
-                    match item.as_u64() {
-                        Some(port) if (1..=65535).contains(&port) => ports.push(port as u16),
-                        _ => return Err(invalid(format!("\"ports\" holds port numbers 1-65535; {item} is not one."))),
-                    }
-                }
-                ports.sort_unstable();
-                ports.dedup();
-                ports
+        let mut ports = Vec::new();
+        for port in declared.ports.unwrap_or_default() {
+            match u16::try_from(port) {
+                Ok(port) if port >= 1 => ports.push(port),
+                _ => return Err(invalid(format!("\"ports\" holds port numbers 1-65535; {port} is not one."))),
             }
-            Some(_) => return Err(invalid("\"ports\" must be a list of container ports, like [3000, 8080].".into())),
-        };
+        }
+        ports.sort_unstable();
+        ports.dedup();
         if network != NetworkPolicy::On && !ports.is_empty() {
             return Err(invalid(
                 "Ports cannot be published when \"network\" is \"off\" or a list of hosts (the container then has \
@@ -182,23 +252,31 @@ impl Settings {
                 }
             }
         }
-        let keep = match settings.get("keep") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(flag)) => *flag,
-            Some(_) => return Err(invalid("\"keep\" must be true or false.".into())),
-        };
-        Ok(Settings { target, remote_root, env, user, nano_cpus, memory_bytes, pids_limit, network, ports, keep })
+        Ok(Settings {
+            target,
+            remote_root,
+            env,
+            user,
+            nano_cpus,
+            memory_bytes,
+            pids_limit,
+            network,
+            ports,
+            keep: declared.keep.unwrap_or(false),
+        })
     }
 }
 
+/// A bad value in otherwise well-typed settings: like every settings error, `invalidProfile` (a connect that
+/// passes settings directly answers `invalidParams`; the engine decides that).
 fn invalid(message: String) -> Error {
-    Error::InvalidParams(message)
+    Error::InvalidProfile(message)
 }
 
-fn optional_string(settings: &Map<String, Value>, key: &str) -> Result<Option<String>> {
-    match settings.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+fn non_empty(key: &str, value: Option<String>) -> Result<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
         Some(_) => Err(invalid(format!("\"{key}\" must be a non-empty string."))),
     }
 }
@@ -281,9 +359,46 @@ mod tests {
         ] {
             let error = parse(bad.clone()).expect_err(&bad.to_string());
             assert!(!error.to_string().is_empty());
-            assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidParams, "{bad}");
+            // A bad driver setting is `invalidProfile`, as the driver trait promises (the engine answers
+            // `invalidParams` for settings passed directly in a connect's params).
+            assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidProfile, "{bad}");
             assert!(error.to_string().ends_with('.'), "{error}");
         }
+    }
+
+    #[test]
+    fn the_declared_struct_and_the_schema_should_name_the_same_settings() {
+        crate::drivers::settings::assert_declaration_matches::<Declared>("docker", SETTINGS);
+    }
+
+    #[test]
+    fn the_schema_defaults_should_be_what_parse_uses() {
+        let parsed = parse(json!({ "image": "x" })).unwrap();
+        let schema = crate::drivers::settings::describe(SETTINGS);
+        let default = |name: &str| schema.iter().find(|setting| setting.name == name).and_then(|setting| setting.default.clone());
+        assert_eq!(default("remoteRoot"), Some(json!(parsed.remote_root)));
+        assert_eq!(default("pids"), Some(json!(parsed.pids_limit)));
+        assert_eq!(default("keep"), Some(json!(parsed.keep)));
+    }
+
+    #[test]
+    fn an_unknown_key_should_be_an_invalid_profile_naming_it_and_the_known_keys() {
+        let error = parse(json!({ "image": "x", "imgae": "y" })).unwrap_err();
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidProfile);
+        let message = error.to_string();
+        assert!(message.contains("\"imgae\""), "the key is named: {message}");
+        for known in ["image", "container", "remoteRoot", "ports", "keep", "sync", "network"] {
+            assert!(message.contains(known), "the known key {known} is listed: {message}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_should_say_what_the_setting_must_be() {
+        let error = parse(json!({ "image": "x", "keep": "yes" })).unwrap_err();
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidProfile);
+        assert_eq!(error.to_string(), "The docker setting \"keep\" must be true or false, but it is a string.");
+        let error = parse(json!({ "image": "x", "ports": ["80"] })).unwrap_err();
+        assert!(error.to_string().contains("\"ports\" must be a list of whole numbers"), "{error}");
     }
 
     #[test]

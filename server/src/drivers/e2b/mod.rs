@@ -22,8 +22,7 @@ use self::settings::{routes_by_header, Settings, DEFAULT_DOMAIN};
 use super::http::lease::{rfc3339, LeaseBook};
 use super::http::{GoneFlag, IdempotencyKey};
 use super::{
-    ConnectRequest, CredentialSpec, ExecSpec, Lease, Process, ReattachRequest, Sandbox, SandboxStatus, SettingKind,
-    SettingSpec,
+    ConnectRequest, CredentialSpec, ExecSpec, Lease, Process, ReattachRequest, Sandbox, SandboxStatus, SettingSpec,
 };
 use crate::error::{Error, Result};
 use crate::protocol::{DriverCapabilities, DriverInfo, Resources};
@@ -49,20 +48,6 @@ impl Driver {
 const API_KEY_CREDENTIAL: &str = "apiKey";
 const CREDENTIALS: &[CredentialSpec] =
     &[CredentialSpec { key: API_KEY_CREDENTIAL, env_var: API_KEY_VARIABLE, required: true, description: "E2B API key" }];
-
-/// What the e2b driver's settings are, for profile validation (`Settings::parse` checks values more closely).
-const SETTINGS: &[SettingSpec] = &[
-    SettingSpec { key: "template", kind: SettingKind::String, required: false, description: "the template or snapshot the sandbox starts from" },
-    SettingSpec { key: "timeoutSeconds", kind: SettingKind::Integer, required: false, description: "the sandbox's lifetime, renewed while in use" },
-    SettingSpec { key: "apiUrl", kind: SettingKind::String, required: false, description: "the control API's base URL" },
-    SettingSpec { key: "domain", kind: SettingKind::String, required: false, description: "the sandbox domain" },
-    SettingSpec { key: "metadata", kind: SettingKind::StringMap, required: false, description: "sandbox metadata" },
-    SettingSpec { key: "envs", kind: SettingKind::StringMap, required: false, description: "environment variables for every process" },
-    SettingSpec { key: "remoteRoot", kind: SettingKind::String, required: false, description: "the session's root in the sandbox" },
-    SettingSpec { key: "keepaliveIdleSeconds", kind: SettingKind::Integer, required: false, description: "how long editor activity keeps the sandbox alive" },
-    SettingSpec { key: "streamKeepaliveSeconds", kind: SettingKind::Integer, required: false, description: "envd's keepalive interval on run streams" },
-    SettingSpec { key: "sandboxId", kind: SettingKind::String, required: false, description: "an existing sandbox to connect to or resume" },
-];
 
 /// The API key: the engine resolves it from the profile's keychain entry or `E2B_API_KEY`.
 fn api_key(request: &ConnectRequest) -> Result<Secret> {
@@ -255,15 +240,17 @@ impl super::Driver for Driver {
                 snapshot: true,
                 metrics: true,
             },
+            // `drivers::describe` fills these from the driver's declarations.
+            settings: Vec::new(),
+            credentials: Vec::new(),
         }
     }
 
     fn settings_schema(&self) -> &'static [SettingSpec] {
-        SETTINGS
+        settings::SETTINGS
     }
 
     fn validate_settings(&self, settings: &Map<String, Value>) -> Result<()> {
-        super::settings::validate(self.id(), SETTINGS, settings)?;
         Settings::parse(settings).map(|_| ())
     }
 

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::drivers::settings::{SettingKind, SettingSpec};
 use crate::error::{Error, Result};
 use crate::netpolicy::{HostPattern, NetworkPolicy, NETWORK_KEY};
 
@@ -19,22 +21,6 @@ const DEFAULT_REMOTE_ROOT: &str = "/home/user";
 const DEFAULT_KEEPALIVE_IDLE_SECONDS: u64 = 10 * 60;
 /// What the driver asks envd for as `Keepalive-Ping-Interval` (envd's own default is 90 s).
 const DEFAULT_STREAM_KEEPALIVE_SECONDS: u64 = 50;
-
-/// Every key the driver understands, for the error that lists them.
-const KNOWN_KEYS: &[&str] = &[
-    "template",
-    "timeoutSeconds",
-    "apiUrl",
-    "domain",
-    "metadata",
-    "envs",
-    "remoteRoot",
-    "keepaliveIdleSeconds",
-    "streamKeepaliveSeconds",
-    "sandboxId",
-    "network",
-    "sync",
-];
 
 /// What E2B's egress rules cannot say: the whole IPv4 space, denied so that only `allowOut` gets through ("allowed
 /// entries always take precedence over denied entries"). `allow_internet_access: false` means the same.
@@ -61,78 +47,158 @@ pub struct Settings {
     pub network_given: bool,
 }
 
-fn string_setting(settings: &Map<String, Value>, key: &str) -> Result<Option<String>> {
-    match settings.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
-        Some(_) => Err(Error::InvalidParams(format!("The e2b setting \"{key}\" must be a non-empty string."))),
+/// The e2b driver's settings as a profile writes them; `SETTINGS` lists the same fields for users (a test checks
+/// that they agree) and `Settings::parse` turns them into checked `Settings`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Declared {
+    template: Option<String>,
+    timeout_seconds: Option<i64>,
+    api_url: Option<String>,
+    domain: Option<String>,
+    metadata: Option<BTreeMap<String, String>>,
+    envs: Option<BTreeMap<String, String>>,
+    remote_root: Option<String>,
+    keepalive_idle_seconds: Option<i64>,
+    stream_keepalive_seconds: Option<i64>,
+    sandbox_id: Option<String>,
+    /// The common settings: declared so that the struct accepts them, read from the settings by
+    /// `NetworkPolicy::from_settings` and the sync engine.
+    #[serde(rename = "network")]
+    _network: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "sync")]
+    _sync: Option<serde::de::IgnoredAny>,
+}
+
+/// The e2b driver's own settings (`sync` and `network` are common to all drivers).
+pub const SETTINGS: &[SettingSpec] = &[
+    SettingSpec {
+        key: "template",
+        kind: SettingKind::String,
+        required: false,
+        default: Some("\"base\""),
+        description: "the template or snapshot the sandbox starts from",
+    },
+    SettingSpec {
+        key: "timeoutSeconds",
+        kind: SettingKind::Integer,
+        required: false,
+        default: Some("300"),
+        description: "the sandbox's lifetime, renewed while in use",
+    },
+    SettingSpec {
+        key: "apiUrl",
+        kind: SettingKind::String,
+        required: false,
+        default: None,
+        description: "the control API's base URL (https://api.DOMAIN by default)",
+    },
+    SettingSpec {
+        key: "domain",
+        kind: SettingKind::String,
+        required: false,
+        default: None,
+        description: "the sandbox domain (the one E2B answers, else e2b.app)",
+    },
+    SettingSpec {
+        key: "metadata",
+        kind: SettingKind::StringMap,
+        required: false,
+        default: None,
+        description: "sandbox metadata",
+    },
+    SettingSpec {
+        key: "envs",
+        kind: SettingKind::StringMap,
+        required: false,
+        default: None,
+        description: "environment variables for every process",
+    },
+    SettingSpec {
+        key: "remoteRoot",
+        kind: SettingKind::String,
+        required: false,
+        default: Some("\"/home/user\""),
+        description: "the session's root in the sandbox",
+    },
+    SettingSpec {
+        key: "keepaliveIdleSeconds",
+        kind: SettingKind::Integer,
+        required: false,
+        default: Some("600"),
+        description: "how long editor activity keeps the sandbox alive",
+    },
+    SettingSpec {
+        key: "streamKeepaliveSeconds",
+        kind: SettingKind::Integer,
+        required: false,
+        default: Some("50"),
+        description: "envd's keepalive interval on run streams",
+    },
+    SettingSpec {
+        key: "sandboxId",
+        kind: SettingKind::String,
+        required: false,
+        default: None,
+        description: "an existing sandbox to connect to or resume",
+    },
+];
+
+/// A bad value in otherwise well-typed settings: like every settings error, `invalidProfile` (a connect that
+/// passes settings directly answers `invalidParams`; the engine decides that).
+fn invalid(message: String) -> Error {
+    Error::InvalidProfile(message)
+}
+
+fn non_empty(key: &str, value: Option<String>) -> Result<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+        Some(_) => Err(invalid(format!("The e2b setting \"{key}\" must be a non-empty string."))),
     }
 }
 
-fn seconds_setting(settings: &Map<String, Value>, key: &str, default: u64, range: (u64, u64)) -> Result<u64> {
-    match settings.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(value) => match value.as_u64() {
-            Some(seconds) if seconds >= range.0 && seconds <= range.1 => Ok(seconds),
-            _ => Err(Error::InvalidParams(format!(
-                "The e2b setting \"{key}\" must be a whole number of seconds from {} to {}.",
-                range.0, range.1
-            ))),
-        },
-    }
-}
-
-fn string_map_setting(settings: &Map<String, Value>, key: &str) -> Result<BTreeMap<String, String>> {
-    match settings.get(key) {
-        None | Some(Value::Null) => Ok(BTreeMap::new()),
-        Some(Value::Object(object)) => object
-            .iter()
-            .map(|(name, value)| match value {
-                Value::String(text) => Ok((name.clone(), text.clone())),
-                _ => Err(Error::InvalidParams(format!(
-                    "The e2b setting \"{key}\" must map names to strings; \"{name}\" is not a string."
-                ))),
-            })
-            .collect(),
-        Some(_) => Err(Error::InvalidParams(format!("The e2b setting \"{key}\" must be an object of strings."))),
+fn seconds(key: &str, value: Option<i64>, default: u64, range: (u64, u64)) -> Result<u64> {
+    match value.map(u64::try_from) {
+        None => Ok(default),
+        Some(Ok(seconds)) if seconds >= range.0 && seconds <= range.1 => Ok(seconds),
+        Some(_) => Err(invalid(format!(
+            "The e2b setting \"{key}\" must be a whole number of seconds from {} to {}.",
+            range.0, range.1
+        ))),
     }
 }
 
 /// Strips a trailing slash and checks that a URL is http(s).
 fn checked_url(key: &str, url: String) -> Result<String> {
     let parsed = url::Url::parse(&url).map_err(|error| {
-        Error::InvalidParams(format!("The e2b setting \"{key}\" is not a valid URL ({error}): {url}"))
+        invalid(format!("The e2b setting \"{key}\" is not a valid URL ({error}): {url}"))
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(Error::InvalidParams(format!("The e2b setting \"{key}\" must be an http or https URL.")));
+        return Err(invalid(format!("The e2b setting \"{key}\" must be an http or https URL.")));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
 
 impl Settings {
     pub fn parse(settings: &Map<String, Value>) -> Result<Settings> {
-        if let Some(unknown) = settings.keys().find(|key| !KNOWN_KEYS.contains(&key.as_str())) {
-            return Err(Error::InvalidParams(format!(
-                "The e2b driver has no setting \"{unknown}\". Its settings are: {}.",
-                KNOWN_KEYS.join(", ")
-            )));
-        }
-        let domain = string_setting(settings, "domain")?;
+        let declared: Declared = crate::drivers::settings::parse("e2b", SETTINGS, settings)?;
+        let domain = non_empty("domain", declared.domain)?;
         if let Some(domain) = &domain {
             if domain.contains('/') {
-                return Err(Error::InvalidParams(format!(
+                return Err(invalid(format!(
                     "The e2b setting \"domain\" must be a host name such as e2b.app (with an optional :port), not \
                      \"{domain}\"."
                 )));
             }
         }
-        let api_url = match string_setting(settings, "apiUrl")? {
+        let api_url = match non_empty("apiUrl", declared.api_url)? {
             Some(url) => checked_url("apiUrl", url)?,
             None => format!("https://api.{}", domain.as_deref().unwrap_or(DEFAULT_DOMAIN)),
         };
-        let remote_root = string_setting(settings, "remoteRoot")?.unwrap_or_else(|| DEFAULT_REMOTE_ROOT.into());
+        let remote_root = non_empty("remoteRoot", declared.remote_root)?.unwrap_or_else(|| DEFAULT_REMOTE_ROOT.into());
         if !remote_root.starts_with('/') || remote_root.split('/').any(|part| part == "..") {
-            return Err(Error::InvalidParams(format!(
+            return Err(invalid(format!(
                 "The e2b setting \"remoteRoot\" must be an absolute path without \"..\", not \"{remote_root}\"."
             )));
         }
@@ -141,32 +207,37 @@ impl Settings {
             trimmed => trimmed.to_string(),
         };
         if remote_root == "/" {
-            return Err(Error::InvalidParams(
+            return Err(invalid(
                 "The e2b setting \"remoteRoot\" must not be \"/\": sync would manage the whole sandbox.".into(),
             ));
         }
         Ok(Settings {
-            template: string_setting(settings, "template")?.unwrap_or_else(|| DEFAULT_TEMPLATE.into()),
-            timeout_seconds: seconds_setting(settings, "timeoutSeconds", DEFAULT_TIMEOUT_SECONDS, (1, MAX_TIMEOUT_SECONDS))?,
+            template: non_empty("template", declared.template)?.unwrap_or_else(|| DEFAULT_TEMPLATE.into()),
+            timeout_seconds: seconds(
+                "timeoutSeconds",
+                declared.timeout_seconds,
+                DEFAULT_TIMEOUT_SECONDS,
+                (1, MAX_TIMEOUT_SECONDS),
+            )?,
             api_url,
             domain,
-            metadata: string_map_setting(settings, "metadata")?,
-            envs: string_map_setting(settings, "envs")?,
+            metadata: declared.metadata.unwrap_or_default(),
+            envs: declared.envs.unwrap_or_default(),
             remote_root,
-            keepalive_idle_seconds: seconds_setting(
-                settings,
+            keepalive_idle_seconds: seconds(
                 "keepaliveIdleSeconds",
+                declared.keepalive_idle_seconds,
                 DEFAULT_KEEPALIVE_IDLE_SECONDS,
                 (0, MAX_TIMEOUT_SECONDS),
             )?,
-            stream_keepalive_seconds: seconds_setting(
-                settings,
+            stream_keepalive_seconds: seconds(
                 "streamKeepaliveSeconds",
+                declared.stream_keepalive_seconds,
                 DEFAULT_STREAM_KEEPALIVE_SECONDS,
                 (1, 300),
             )?,
-            sandbox_id: string_setting(settings, "sandboxId")?,
-            network: NetworkPolicy::from_settings(settings).map_err(|error| Error::InvalidParams(error.to_string()))?,
+            sandbox_id: non_empty("sandboxId", declared.sandbox_id)?,
+            network: NetworkPolicy::from_settings(settings)?,
             network_given: settings.get(NETWORK_KEY).is_some_and(|value| !value.is_null()),
         })
     }
@@ -243,6 +314,44 @@ mod tests {
     fn unknown_keys_should_be_named_in_the_error() {
         let error = parse(json!({"tempalte": "base"})).expect_err("unknown key");
         assert!(error.to_string().contains("\"tempalte\""), "{error}");
+    }
+
+    #[test]
+    fn the_declared_struct_and_the_schema_should_name_the_same_settings() {
+        crate::drivers::settings::assert_declaration_matches::<Declared>("e2b", SETTINGS);
+    }
+
+    #[test]
+    fn an_unknown_key_should_be_an_invalid_profile_listing_the_known_keys() {
+        let error = parse(json!({"templte": "base"})).expect_err("unknown key");
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidProfile);
+        let message = error.to_string();
+        assert!(message.contains("\"templte\""), "{message}");
+        for known in ["template", "timeoutSeconds", "sandboxId", "network", "sync"] {
+            assert!(message.contains(known), "the known key {known} is listed: {message}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_should_say_what_the_setting_must_be() {
+        let error = parse(json!({"timeoutSeconds": "soon"})).expect_err("a string");
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidProfile);
+        assert_eq!(error.to_string(), "The e2b setting \"timeoutSeconds\" must be a whole number, but it is a string.");
+        let error = parse(json!({"timeoutSeconds": 0})).expect_err("out of range");
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidProfile);
+        assert!(error.to_string().contains("from 1 to 86400"), "{error}");
+    }
+
+    #[test]
+    fn the_schema_defaults_should_be_what_parse_uses() {
+        let parsed = parse(json!({})).expect("valid");
+        let schema = crate::drivers::settings::describe(SETTINGS);
+        let default = |name: &str| schema.iter().find(|setting| setting.name == name).and_then(|setting| setting.default.clone());
+        assert_eq!(default("template"), Some(json!(parsed.template)));
+        assert_eq!(default("timeoutSeconds"), Some(json!(parsed.timeout_seconds)));
+        assert_eq!(default("remoteRoot"), Some(json!(parsed.remote_root)));
+        assert_eq!(default("keepaliveIdleSeconds"), Some(json!(parsed.keepalive_idle_seconds)));
+        assert_eq!(default("streamKeepaliveSeconds"), Some(json!(parsed.stream_keepalive_seconds)));
     }
 
     #[test]

@@ -63,36 +63,67 @@ const HIDDEN_SYSTEM_FILES: &[&str] = &["/etc/shadow", "/etc/gshadow", "/etc/sudo
 const WRITABLE_DEVICES: &[&str] =
     &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx", "/dev/pts"];
 
+/// The local driver's settings as a profile writes them; `SETTINGS` lists the same fields for users (a test checks
+/// that they agree) and `Options::from_settings` turns them into `Options`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Declared {
+    isolation: Option<String>,
+    read_only_paths: Option<Vec<String>>,
+    pass_env: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    max_processes: Option<i64>,
+    unix_sockets: Option<bool>,
+    /// The common settings: declared so that the struct accepts them, read from the settings by
+    /// `NetworkPolicy::from_settings` and the sync engine.
+    #[serde(rename = "network")]
+    _network: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "sync")]
+    _sync: Option<serde::de::IgnoredAny>,
+}
+
+/// The local driver's own settings (`sync` and `network` are common to all drivers).
 const SETTINGS: &[SettingSpec] = &[
     SettingSpec {
         key: "isolation",
         kind: SettingKind::String,
         required: false,
+        default: Some("\"auto\""),
         description: "how runs are confined: \"auto\" (default), \"bubblewrap\", \"landlock\" or \"none\"",
     },
     SettingSpec {
         key: "readOnlyPaths",
         kind: SettingKind::StringList,
         required: false,
+        default: None,
         description: "directories runs may read (\"~/\" is your home); replaces the default toolchain list",
     },
     SettingSpec {
         key: "passEnv",
         kind: SettingKind::StringList,
         required: false,
+        default: Some("[]"),
         description: "names of your environment variables that runs receive",
     },
-    SettingSpec { key: "env", kind: SettingKind::StringMap, required: false, description: "variables set for every run" },
+    SettingSpec {
+        key: "env",
+        kind: SettingKind::StringMap,
+        required: false,
+        default: None,
+        description: "variables set for every run",
+    },
     SettingSpec {
         key: "maxProcesses",
         kind: SettingKind::Integer,
         required: false,
+        default: Some("4096"),
         description: "the most processes a session may have at once",
     },
     SettingSpec {
         key: "unixSockets",
         kind: SettingKind::Bool,
         required: false,
+        default: Some("false"),
         description: "whether runs may create Unix sockets (off by default: they reach host services by path)",
     },
 ];
@@ -151,26 +182,24 @@ struct Options {
 
 impl Options {
     fn from_settings(settings: &Map<String, Value>) -> Result<Self> {
-        let strings = |key: &str| -> Option<Vec<String>> {
-            settings.get(key).and_then(Value::as_array).map(|items| {
-                items.iter().filter_map(Value::as_str).map(String::from).collect()
-            })
+        let declared: Declared = super::settings::parse("local", SETTINGS, settings)?;
+        let max_processes = match declared.max_processes.map(u64::try_from) {
+            None => DEFAULT_MAX_PROCESSES,
+            Some(Ok(max_processes)) => max_processes,
+            Some(Err(_)) => {
+                return Err(Error::InvalidProfile(
+                    "The local setting \"maxProcesses\" must be a whole number, not below 0.".into(),
+                ))
+            }
         };
-        let network = NetworkPolicy::from_settings(settings)?;
         Ok(Options {
-            requested: Requested::from_setting(settings.get("isolation").and_then(Value::as_str))?,
-            network,
-            read_only: strings("readOnlyPaths"),
-            pass_env: strings("passEnv").unwrap_or_default(),
-            env: settings
-                .get("env")
-                .and_then(Value::as_object)
-                .map(|map| {
-                    map.iter().filter_map(|(name, value)| Some((name.clone(), value.as_str()?.to_string()))).collect()
-                })
-                .unwrap_or_default(),
-            max_processes: settings.get("maxProcesses").and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_PROCESSES),
-            unix_sockets: settings.get("unixSockets").and_then(Value::as_bool).unwrap_or(false),
+            requested: Requested::from_setting(declared.isolation.as_deref())?,
+            network: NetworkPolicy::from_settings(settings)?,
+            read_only: declared.read_only_paths,
+            pass_env: declared.pass_env.unwrap_or_default(),
+            env: declared.env.unwrap_or_default(),
+            max_processes,
+            unix_sockets: declared.unix_sockets.unwrap_or(false),
         })
     }
 }
@@ -204,6 +233,9 @@ impl super::Driver for Driver {
                 snapshot: false,
                 metrics: false,
             },
+            // `drivers::describe` fills these from the driver's declarations.
+            settings: Vec::new(),
+            credentials: Vec::new(),
         }
     }
 
@@ -212,7 +244,6 @@ impl super::Driver for Driver {
     }
 
     fn validate_settings(&self, settings: &Map<String, Value>) -> Result<()> {
-        super::settings::validate(self.id(), SETTINGS, settings)?;
         Options::from_settings(settings).map(|_| ())
     }
 
@@ -706,3 +737,49 @@ fn program_exists(program: &str, cwd: &Path, path_override: Option<&String>) -> 
     search_path.split(':').filter(|dir| !dir.is_empty()).any(|dir| is_executable(&Path::new(dir).join(program)))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn options(value: Value) -> Result<Options> {
+        Options::from_settings(value.as_object().expect("test settings are objects"))
+    }
+
+    #[test]
+    fn the_declared_struct_and_the_schema_should_name_the_same_settings() {
+        super::super::settings::assert_declaration_matches::<Declared>("local", SETTINGS);
+    }
+
+    #[test]
+    fn an_unknown_key_should_be_an_invalid_profile_listing_the_known_keys() {
+        let error = options(json!({"isolaton": "none"})).expect_err("unknown key");
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidProfile);
+        let message = error.to_string();
+        assert!(message.contains("\"isolaton\""), "{message}");
+        for known in ["isolation", "readOnlyPaths", "passEnv", "env", "maxProcesses", "unixSockets", "sync", "network"] {
+            assert!(message.contains(known), "the known key {known} is listed: {message}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_should_say_what_the_setting_must_be() {
+        let error = options(json!({"passEnv": "HOME"})).expect_err("not a list");
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::InvalidProfile);
+        assert_eq!(error.to_string(), "The local setting \"passEnv\" must be a list of strings, but it is a string.");
+        let error = options(json!({"maxProcesses": -1})).expect_err("negative");
+        assert!(error.to_string().contains("\"maxProcesses\""), "{error}");
+    }
+
+    #[test]
+    fn the_schema_defaults_should_be_what_the_options_use() {
+        let parsed = options(json!({})).expect("valid");
+        let schema = super::super::settings::describe(SETTINGS);
+        let default = |name: &str| schema.iter().find(|setting| setting.name == name).and_then(|setting| setting.default.clone());
+        assert_eq!(default("maxProcesses"), Some(json!(parsed.max_processes)));
+        assert_eq!(default("unixSockets"), Some(json!(parsed.unix_sockets)));
+        assert_eq!(default("passEnv"), Some(json!(parsed.pass_env)));
+        assert_eq!(parsed.requested, Requested::from_setting(Some("auto")).expect("auto"));
+    }
+}

@@ -263,6 +263,21 @@ pub async fn check_run_directory(files: &dyn super::RemoteFiles, remote_root: &s
     Err(outside())
 }
 
+/// Whether every parent of `path` under `root` is a real directory (not a link, not missing); paths under a link
+/// are neither read nor deleted.
+pub fn parents_are_real_dirs(root: &Path, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut current = root.to_path_buf();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        current.push(part);
+        match std::fs::symlink_metadata(&current) {
+            Ok(metadata) if metadata.is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,7 +97,7 @@ impl Scanner {
     fn scan_path(&self, relative: &str, scan: &mut Scan) -> Result<()> {
         // A parent that is a symlink would lead the scan (and the upload) wherever it points; such paths are not
         // part of the tree. Explicit requests were refused already; saves and watcher events end here.
-        if !relative.is_empty() && !super::transfer::parents_are_real_dirs(self.workspace(), relative) {
+        if !relative.is_empty() && !super::resolve::parents_are_real_dirs(self.workspace(), relative) {
             tracing::debug!(path = %relative, "skipped a path under a symlinked directory");
             return Ok(());
         }

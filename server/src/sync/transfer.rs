@@ -349,21 +349,6 @@ fn sibling(path: &str, name: &str) -> String {
     }
 }
 
-/// Whether every parent of `path` under `root` is a real directory (not a link, not missing); paths under a link
-/// are neither read nor deleted.
-pub fn parents_are_real_dirs(root: &Path, path: &str) -> bool {
-    let parts: Vec<&str> = path.split('/').collect();
-    let mut current = root.to_path_buf();
-    for part in &parts[..parts.len().saturating_sub(1)] {
-        current.push(part);
-        match std::fs::symlink_metadata(&current) {
-            Ok(metadata) if metadata.is_dir() => {}
-            _ => return false,
-        }
-    }
-    true
-}
-
 /// Unpacks an uploaded archive under `root`, each entry through `staging` (same file system) and a rename.
 /// Returns each file written, with its metadata right after it was placed (the status-change time of the rename
 /// included), so the caller need not look again.

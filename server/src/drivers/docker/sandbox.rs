@@ -1,5 +1,6 @@
 //! One docker session: runs as execs in its container, cancel through a second exec, status, previews and faults.
 
+use crate::locks::lock;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -378,7 +379,3 @@ fn exit_status(code: i64, signalled: bool) -> ExitStatus {
     ExitStatus { code: Some(code as i32), signal: None, message: None }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain values behind these locks cannot be left half-updated by a panicking holder.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}

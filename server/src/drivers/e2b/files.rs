@@ -96,7 +96,7 @@ impl Files {
 
     fn listed_attributes(&self) -> std::collections::HashMap<String, (u32, i128)> {
         // A poisoned cache still holds whole entries; at worst a mode falls back to 0644.
-        self.listed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        crate::locks::lock(&self.listed).clone()
     }
 }
 
@@ -465,8 +465,8 @@ impl RemoteFiles for Files {
             .filter(|entry| entry.kind == EntryKind::File)
             .map(|entry| (entry.path.clone(), (entry.mode, entry.mtime_ns)))
             .collect();
-        *self.listed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = attributes;
-        *self.listed_links.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = entries
+        *crate::locks::lock(&self.listed) = attributes;
+        *crate::locks::lock(&self.listed_links) = entries
             .iter()
             .filter_map(|entry| entry.link_target.clone().map(|target| (entry.path.clone(), target)))
             .collect();
@@ -495,12 +495,12 @@ impl RemoteFiles for Files {
             entries.extend(self.remote_entry(entry));
         }
         // Downloads take modes and times from the last look at each file.
-        let mut listed = self.listed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut listed = crate::locks::lock(&self.listed);
         for entry in entries.iter().filter(|entry| entry.kind == EntryKind::File) {
             listed.insert(entry.path.clone(), (entry.mode, entry.mtime_ns));
         }
         drop(listed);
-        let mut links = self.listed_links.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut links = crate::locks::lock(&self.listed_links);
         for entry in &entries {
             match &entry.link_target {
                 Some(target) => links.insert(entry.path.clone(), target.clone()),
@@ -520,7 +520,7 @@ impl RemoteFiles for Files {
         let envd = self.envd.clone();
         let root = self.root.clone();
         let attributes = self.listed_attributes();
-        let links = self.listed_links.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let links = crate::locks::lock(&self.listed_links).clone();
         let (link_paths, checked): (Vec<String>, Vec<String>) = checked.into_iter().partition(|path| links.contains_key(path));
         // Files are packed as they arrive, so the archive streams; a failure reaches the reader as an I/O error
         // carrying the sentence, rather than as a mysteriously truncated archive.

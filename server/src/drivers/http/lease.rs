@@ -43,11 +43,11 @@ impl LeaseBook {
     }
 
     pub fn expires_at(&self) -> OffsetDateTime {
-        *self.expires_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *crate::locks::lock(&self.expires_at)
     }
 
     fn set_expires_at(&self, when: OffsetDateTime) {
-        *self.expires_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = when;
+        *crate::locks::lock(&self.expires_at) = when;
     }
 
     /// The lease as the engine's keepalive sees it, with what `gone` knows.

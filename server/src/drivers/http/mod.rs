@@ -57,14 +57,14 @@ pub struct GoneFlag(Mutex<Option<String>>);
 impl GoneFlag {
     /// Records the first sentence saying the sandbox is gone; later ones add nothing.
     pub fn set(&self, message: &str) {
-        let mut gone = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut gone = crate::locks::lock(&self.0);
         if gone.is_none() {
             *gone = Some(message.to_string());
         }
     }
 
     pub fn get(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        crate::locks::lock(&self.0).clone()
     }
 }
 

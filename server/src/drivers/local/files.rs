@@ -77,7 +77,7 @@ impl RemoteFiles for LocalFiles {
         let (reader, writer) = tokio::io::duplex(1 << 20);
         tokio::task::spawn_blocking(move || {
             // Paths under a symlinked directory are not read: the link could lead anywhere on this machine.
-            let safe: Vec<String> = paths.into_iter().filter(|path| transfer::parents_are_real_dirs(&root, path)).collect();
+            let safe: Vec<String> = paths.into_iter().filter(|path| crate::sync::resolve::parents_are_real_dirs(&root, path)).collect();
             let bridge = tokio_util::io::SyncIoBridge::new(writer);
             if let Err(error) = transfer::pack(&root, &safe, transfer::Links::AsTheyAre, bridge, &mut |_| {}) {
                 tracing::debug!(%error, "the download stream ended early");
@@ -115,7 +115,7 @@ fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
 fn stat_paths(root: &Path, paths: &[String]) -> Vec<RemoteEntry> {
     paths
         .iter()
-        .filter(|path| check_relative(path).is_ok() && transfer::parents_are_real_dirs(root, path))
+        .filter(|path| check_relative(path).is_ok() && crate::sync::resolve::parents_are_real_dirs(root, path))
         .filter_map(|path| {
             let absolute = root.join(path);
             let metadata = std::fs::symlink_metadata(&absolute).ok()?;

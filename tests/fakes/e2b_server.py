@@ -957,8 +957,33 @@ async def handle_control(request: web.Request, fake: FakeE2B) -> web.StreamRespo
             sandbox.allow_internet_access = body["allow_internet_access"]
         return web.Response(status=204)
     if action == "/metrics" and method == "GET":
-        return json_response(200, [])
+        return json_response(200, [metric_sample(sandbox)])
     return control_error(404, f"Route {method} {path} does not exist in this fake.")
+
+
+def metric_sample(sandbox: Sandbox) -> dict:
+    """One `SandboxMetric` (openapi.yml) measured on this host, which stands in for the sandbox's VM: E2B samples
+    every few seconds and answers the samples of the asked period, newest last."""
+    cpus = os.cpu_count() or 1
+    meminfo = {}
+    with contextlib.suppress(OSError):
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                meminfo[name] = int(value.split()[0]) * 1024
+    disk = shutil.disk_usage(sandbox.filesystem_root if os.path.isdir(sandbox.filesystem_root) else "/")
+    now = time.time()
+    return {
+        "timestamp": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        "timestampUnix": int(now),
+        "cpuCount": cpus,
+        "cpuUsedPct": round(min(100.0, os.getloadavg()[0] / cpus * 100), 2),
+        "memUsed": meminfo.get("MemTotal", 0) - meminfo.get("MemAvailable", 0),
+        "memTotal": meminfo.get("MemTotal", 0),
+        "memCache": meminfo.get("Cached", 0),
+        "diskUsed": disk.used,
+        "diskTotal": disk.total,
+    }
 
 
 NETWORK_DOMAIN = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")

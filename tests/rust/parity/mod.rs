@@ -67,7 +67,8 @@ macro_rules! parity_tests {
             preview_should_reach_a_server_in_the_sandbox,
             status_should_report_an_active_session,
             disconnect_should_remove_the_sandbox,
-            unknown_run_should_be_a_clear_error
+            unknown_run_should_be_a_clear_error,
+            capabilities_should_say_what_the_driver_does
         );
     };
     (@each $fixture:path, $($behaviour:ident),+) => {
@@ -263,6 +264,54 @@ pub fn unknown_run_should_be_a_clear_error(fixture: &DriverFixture) {
         let error = server.request_error(method, params);
         assert_eq!(error.kind.as_deref(), Some("unknownRun"), "{method}: {error:?}");
         assert!(error.message.contains("run-does-not-exist"));
+    }
+}
+
+/// What `DriverInfo.capabilities` claims is what the driver does: each claimed operation works, and each one not
+/// claimed answers `unsupported` (never a silent success, never another kind of error). The behaviours behind
+/// exec, stdin, cancel, upload and preview have their own tests above; this holds the flags to them.
+pub fn capabilities_should_say_what_the_driver_does(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[("a.txt", "a")]);
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    let info = drivers["drivers"]
+        .as_array()
+        .and_then(|all| all.iter().find(|driver| driver["id"] == fixture.driver))
+        .cloned()
+        .expect("the driver is listed");
+    let claims = |name: &str| info["capabilities"][name].as_bool().unwrap_or_else(|| panic!("capability {name} is a boolean: {info}"));
+    for always in ["exec", "cancel", "upload"] {
+        assert!(claims(always), "every driver runs, cancels and uploads: {info}");
+    }
+    let expect = |name: &str, method: &str, params: Value, check: &dyn Fn(&Value)| {
+        if claims(name) {
+            let answer = server.request(method, params).unwrap_or_else(|error| panic!("{name} is claimed, {method} failed: {error:?}"));
+            check(&answer);
+        } else {
+            let error = server.request_error(method, params);
+            assert_eq!(error.kind.as_deref(), Some("unsupported"), "{name} is not claimed, so {method} is unsupported: {error:?}");
+        }
+    };
+    expect("extend", "sandlink/extend", json!({ "sessionId": session_id, "seconds": 600 }), &|answer| {
+        assert!(answer["expiresAt"].is_string(), "{answer}");
+    });
+    expect("snapshot", "sandlink/snapshot", json!({ "sessionId": session_id }), &|answer| {
+        assert!(answer["snapshotId"].as_str().is_some_and(|id| !id.is_empty()), "{answer}");
+    });
+    expect("download", "sandlink/sync", json!({ "sessionId": session_id, "direction": "down" }), &|answer| {
+        assert!(answer["downloaded"].is_u64(), "{answer}");
+    });
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert_eq!(status["resources"].is_object(), claims("metrics"), "resources are reported exactly when metrics are claimed: {status}");
+    if !claims("stdin") {
+        let run_id = server.start_run(json!({ "sessionId": session_id, "command": "sleep 5", "stdin": true }));
+        let error = server.request_error("sandlink/input", json!({ "runId": run_id, "text": "x" }));
+        assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
+        server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel");
+        server.collect_run(&run_id, Duration::from_secs(30));
+    }
+    if !claims("preview") {
+        let error = server.request_error("sandlink/preview", json!({ "sessionId": session_id, "port": free_port() }));
+        assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
     }
 }
 

@@ -76,7 +76,8 @@ impl ReattachRequest {
 }
 
 /// A driver's state as the session record stores it, for `Sandbox::driver_state`. Serializing a plain struct
-/// only fails for a path that is not UTF-8; the record then has no state, and a re-attach reports it.
+/// only fails for a path that is not UTF-8 (the local driver's session directory, which its re-attach does not
+/// read); the record then has no state rather than the server panicking.
 pub fn state_value(driver: &str, state: &impl Serialize) -> Value {
     serde_json::to_value(state).unwrap_or_else(|error| {
         tracing::warn!(driver, %error, "could not record the driver's state");

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 
@@ -53,6 +55,34 @@ pub struct ReattachRequest {
     pub remote_root: String,
     /// What `Sandbox::driver_state` returned when the record was last written (provider ids, container id).
     pub driver_state: Value,
+}
+
+impl ReattachRequest {
+    /// The driver's own state from the record, read into the driver's type. `None` when the record was written
+    /// before the sandbox existed (a connect that never finished); a state that does not parse (a record of
+    /// another build) is an `unsupported` error naming the driver and the session.
+    pub fn recorded_state<T: DeserializeOwned>(&self, driver: &str) -> Result<Option<T>> {
+        if self.driver_state.is_null() {
+            return Ok(None);
+        }
+        T::deserialize(&self.driver_state).map(Some).map_err(|error| {
+            Error::Unsupported(format!(
+                "The record of the kept {driver} session {} holds a driver state this build cannot read ({error}); \
+                 disconnect it with the sandlink that kept it or remove its record.",
+                self.connect.session_id
+            ))
+        })
+    }
+}
+
+/// A driver's state as the session record stores it, for `Sandbox::driver_state`. Serializing a plain struct
+/// only fails for a path that is not UTF-8 (the local driver's session directory, which its re-attach does not
+/// read); the record then has no state rather than the server panicking.
+pub fn state_value(driver: &str, state: &impl Serialize) -> Value {
+    serde_json::to_value(state).unwrap_or_else(|error| {
+        tracing::warn!(driver, %error, "could not record the driver's state");
+        Value::Null
+    })
 }
 
 /// A kind of sandbox: knows whether it can work here and how to create one.
@@ -205,7 +235,9 @@ pub trait Sandbox: Send + Sync {
     fn remote_root(&self) -> String;
 
     /// What the driver needs to find this sandbox again after a restart (provider ids, container id), persisted
-    /// in the session's record as `driverState` and handed back in `ReattachRequest::driver_state`. Never secrets.
+    /// in the session's record as `driverState` and handed back in `ReattachRequest::driver_state`. Each driver
+    /// writes its own `State` struct with `state_value` and reads it back with `ReattachRequest::recorded_state`.
+    /// Never secrets.
     fn driver_state(&self) -> Value {
         Value::Null
     }
@@ -280,4 +312,40 @@ pub fn registry() -> Vec<Arc<dyn Driver>> {
         drivers.push(Arc::new(testing::Keyed::new()));
     }
     drivers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorKind;
+
+    fn request_with(driver_state: Value) -> ReattachRequest {
+        ReattachRequest {
+            connect: ConnectRequest {
+                session_id: "docker-1a2b".into(),
+                workspace: None,
+                settings: Map::new(),
+                state_dir: PathBuf::from("/state"),
+                credentials: BTreeMap::new(),
+            },
+            remote_root: "/workspace".into(),
+            driver_state,
+        }
+    }
+
+    #[test]
+    fn recorded_state_should_read_the_drivers_type_and_name_the_driver_when_it_cannot() {
+        let recorded = request_with(serde_json::json!({ "containerId": "3f2a9c", "created": false }));
+        let state = recorded.recorded_state::<docker::State>("docker").expect("parses").expect("present");
+        assert_eq!(state.container_id, "3f2a9c");
+
+        let unfinished = request_with(Value::Null);
+        assert!(unfinished.recorded_state::<docker::State>("docker").expect("no state is not an error").is_none());
+
+        let foreign = request_with(serde_json::json!({ "sandboxId": "i8x2kq0f" }));
+        let error = foreign.recorded_state::<docker::State>("docker").expect_err("another shape");
+        assert_eq!(error.kind(), ErrorKind::Unsupported);
+        let message = error.to_string();
+        assert!(message.contains("docker session docker-1a2b") && message.contains("containerId"), "{message}");
+    }
 }

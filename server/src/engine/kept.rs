@@ -37,6 +37,7 @@ impl Engine {
             last_activity: info.last_activity,
             expires_at: info.expires_at,
             driver_state: session.sandbox.driver_state(),
+            isolation: info.isolation,
             sync_manifest: Some(format!("sessions/{}/manifest.json", session.id)),
             sync: info.sync,
             kept,

@@ -45,6 +45,9 @@ pub struct Record {
     /// Whatever the driver needs to find the sandbox again (`Sandbox::driver_state`): container id, sandbox id.
     #[serde(default)]
     pub driver_state: Value,
+    /// The isolation mechanism the sandbox had (`Sandbox::isolation`), shown for a session not attached here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
     /// The sync engine's manifest for this session, relative to the state directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_manifest: Option<String>,
@@ -81,6 +84,7 @@ impl Record {
             expires_at: None,
             settings,
             driver_state: Value::Null,
+            isolation: None,
             sync_manifest: None,
             sync: SyncState::default(),
             kept: false,
@@ -100,7 +104,7 @@ impl Record {
                 .as_ref()
                 .and_then(|path| url::Url::from_file_path(path).ok().map(|url| url.to_string())),
             remote_root: self.remote_root.clone(),
-            isolation: self.driver_state.get("isolation").and_then(|value| value.as_str()).map(String::from),
+            isolation: self.isolation.clone().or_else(|| self.isolation_in_old_local_state()),
             started_at: self.started_at.clone(),
             last_activity: self.last_activity.clone(),
             expires_at: self.expires_at.clone(),
@@ -109,6 +113,15 @@ impl Record {
             resources: None,
             message: Some(message),
         }
+    }
+
+    /// Records written before `isolation` was a field of its own kept it only in the local driver's state.
+    fn isolation_in_old_local_state(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct OldLocalState {
+            isolation: String,
+        }
+        OldLocalState::deserialize(&self.driver_state).ok().map(|state| state.isolation)
     }
 }
 
@@ -229,6 +242,7 @@ mod tests {
             expires_at: None,
             settings: Map::new(),
             driver_state: Value::Null,
+            isolation: None,
             sync_manifest: None,
             sync: SyncState::default(),
             kept: false,
@@ -249,5 +263,29 @@ mod tests {
         assert!(!store.is_claimed("local-a"));
         store.remove("local-a").expect("remove");
         assert!(store.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn kept_sessions_should_show_their_isolation_from_records_old_and_new() {
+        let written_before_the_field = serde_json::json!({
+            "version": 1,
+            "sessionId": "local-a",
+            "driver": "local",
+            "remoteRoot": "/state/sessions/local-a/root",
+            "state": "disconnected",
+            "startedAt": "2025-01-01T00:00:00Z",
+            "lastActivity": "2025-01-01T00:00:00Z",
+            "driverState": { "sessionDir": "/state/sessions/local-a", "isolation": "landlock" },
+            "kept": true,
+            "pid": 1
+        });
+        let old: Record = serde_json::from_value(written_before_the_field).expect("today's record format");
+        assert_eq!(old.isolation, None);
+        assert_eq!(old.info(SessionState::Disconnected, String::new()).isolation.as_deref(), Some("landlock"));
+
+        let new = Record { isolation: Some("bubblewrap".into()), ..record("local-b") };
+        let reread: Record = serde_json::from_value(serde_json::to_value(&new).expect("serialize")).expect("parse");
+        assert_eq!(reread.info(SessionState::Disconnected, String::new()).isolation.as_deref(), Some("bubblewrap"));
+        assert_eq!(record("docker-c").info(SessionState::Disconnected, String::new()).isolation, None);
     }
 }

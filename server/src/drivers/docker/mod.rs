@@ -44,6 +44,15 @@ const LABEL_SESSION: &str = "sandlink.session";
 const LABEL_STATE_DIR: &str = "sandlink.state-dir";
 const LABEL_SERVER: &str = "sandlink.server";
 
+/// What a session's record keeps for a re-attach after a restart (`driverState`): the container, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub container_id: String,
+    /// Whether sandlink created the container; a re-attach decides it from the settings again.
+    pub created: bool,
+}
+
 /// The docker driver; holds one client once the daemon has been reached.
 pub struct Driver {
     client: Mutex<Option<Client>>,
@@ -146,20 +155,17 @@ impl super::Driver for Driver {
     }
 
     async fn sandbox_exists(&self, request: &super::ReattachRequest) -> Result<bool> {
-        let Some(container) = request.driver_state.get("containerId").and_then(serde_json::Value::as_str) else {
+        let Some(state) = request.recorded_state::<State>("docker")? else {
             return Ok(false);
         };
-        Ok(self.client().await?.inspect(container).await?.is_some())
+        Ok(self.client().await?.inspect(&state.container_id).await?.is_some())
     }
 
     async fn reattach(&self, request: super::ReattachRequest) -> Result<Arc<dyn Sandbox>> {
-        let container = request
-            .driver_state
-            .get("containerId")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| Error::UnknownSession(request.connect.session_id.clone()))?
-            .to_string();
-        self.open(request.connect, Some(container)).await
+        let state = request
+            .recorded_state::<State>("docker")?
+            .ok_or_else(|| Error::UnknownSession(request.connect.session_id.clone()))?;
+        self.open(request.connect, Some(state.container_id)).await
     }
 
     async fn clean_up_after_crash(&self, state_dir: &Path) {
@@ -496,6 +502,14 @@ fn start_ticks(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_should_read_the_records_of_earlier_builds_and_write_the_same_keys() {
+        let recorded = serde_json::json!({ "containerId": "3f2a9c", "created": true });
+        let state: State = serde_json::from_value(recorded.clone()).expect("today's record format");
+        assert_eq!(state, State { container_id: "3f2a9c".into(), created: true });
+        assert_eq!(crate::drivers::state_value("docker", &state), recorded);
+    }
 
     #[test]
     fn server_identity_should_round_trip_and_know_this_process() {

@@ -243,8 +243,8 @@ impl Sandbox for DockerSandbox {
     }
 
     fn driver_state(&self) -> serde_json::Value {
-        // The container is what a re-attach after a restart must find again; never anything secret.
-        serde_json::json!({ "containerId": self.container_id, "created": self.created })
+        let state = super::State { container_id: self.container_id.clone(), created: self.created };
+        crate::drivers::state_value("docker", &state)
     }
 
     async fn disconnect(&self, keep: bool) -> Result<()> {

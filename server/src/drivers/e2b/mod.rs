@@ -34,6 +34,13 @@ pub const API_KEY_VARIABLE: &str = "E2B_API_KEY";
 const SESSION_METADATA_KEY: &str = "sandlinkSession";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a session's record keeps for a re-attach after a restart (`driverState`): the sandbox, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub sandbox_id: String,
+}
+
 /// The e2b driver; holds nothing until a session connects.
 #[derive(Default)]
 pub struct Driver;
@@ -263,7 +270,7 @@ impl super::Driver for Driver {
     }
 
     async fn sandbox_exists(&self, request: &ReattachRequest) -> Result<bool> {
-        let Some(sandbox_id) = request.driver_state.get("sandboxId").and_then(Value::as_str) else { return Ok(false) };
+        let Some(State { sandbox_id }) = request.recorded_state::<State>("e2b")? else { return Ok(false) };
         let settings = Settings::parse(&request.connect.settings)?;
         let api = Api::new(
             http_client(&StreamTuning::from_keepalive_seconds(settings.stream_keepalive_seconds))?,
@@ -283,10 +290,10 @@ impl super::Driver for Driver {
 
     /// Connects to the kept sandbox again (`POST /sandboxes/{id}/connect`), which also resumes a paused one.
     async fn reattach(&self, request: ReattachRequest) -> Result<Arc<dyn Sandbox>> {
-        let sandbox_id = request.driver_state.get("sandboxId").and_then(Value::as_str).ok_or_else(|| {
+        let State { sandbox_id } = request.recorded_state::<State>("e2b")?.ok_or_else(|| {
             Error::Internal("The kept e2b session's record does not name its sandbox.".into())
         })?;
-        let existing = Some((sandbox_id.to_string(), request.remote_root.clone()));
+        let existing = Some((sandbox_id, request.remote_root.clone()));
         Ok(self.open_with(request.connect, None, existing).await?)
     }
 
@@ -356,7 +363,7 @@ impl Sandbox for E2bSandbox {
     }
 
     fn driver_state(&self) -> Value {
-        json!({ "sandboxId": self.sandbox_id })
+        super::state_value("e2b", &State { sandbox_id: self.sandbox_id.clone() })
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
@@ -498,5 +505,18 @@ impl Sandbox for E2bSandbox {
             Err(_) if self.gone.get().is_some() => Ok(()),
             Err(error) => Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_should_read_the_records_of_earlier_builds_and_write_the_same_keys() {
+        let recorded = json!({ "sandboxId": "i8x2kq0f" });
+        let state: State = serde_json::from_value(recorded.clone()).expect("today's record format");
+        assert_eq!(state, State { sandbox_id: "i8x2kq0f".into() });
+        assert_eq!(crate::drivers::state_value("e2b", &state), recorded);
     }
 }

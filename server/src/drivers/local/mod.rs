@@ -315,6 +315,16 @@ impl Drop for Agent {
     }
 }
 
+/// What a session's record keeps about a local sandbox (`driverState`). A re-attach finds the session directory
+/// from the session id again; the record keeps it for people reading it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub session_dir: PathBuf,
+    /// The isolation mechanism's id (`bubblewrap`, `landlock`, `none`).
+    pub isolation: String,
+}
+
 /// One session's private directory on this machine and the agent that runs its commands.
 pub struct LocalSandbox {
     session_dir: PathBuf,
@@ -640,7 +650,8 @@ impl Sandbox for LocalSandbox {
     }
 
     fn driver_state(&self) -> serde_json::Value {
-        serde_json::json!({ "sessionDir": self.session_dir, "isolation": self.mechanism.as_str() })
+        let state = State { session_dir: self.session_dir.clone(), isolation: self.mechanism.as_str().to_string() };
+        super::state_value("local", &state)
     }
 
     fn detail(&self) -> Option<String> {
@@ -745,6 +756,20 @@ mod tests {
 
     fn options(value: Value) -> Result<Options> {
         Options::from_settings(value.as_object().expect("test settings are objects"))
+    }
+
+    #[test]
+    fn state_should_read_the_records_of_earlier_builds_and_write_the_same_keys() {
+        let recorded = json!({ "sessionDir": "/state/sessions/local-1a2b", "isolation": "landlock" });
+        let state: State = serde_json::from_value(recorded.clone()).expect("today's record format");
+        assert_eq!(
+            state,
+            State {
+                session_dir: PathBuf::from("/state/sessions/local-1a2b"),
+                isolation: "landlock".into()
+            }
+        );
+        assert_eq!(super::super::state_value("local", &state), recorded);
     }
 
     #[test]

@@ -108,6 +108,7 @@ impl Record {
             sync: self.sync.clone(),
             resources: None,
             message: Some(message),
+            jobs: Vec::new(),
         }
     }
 }

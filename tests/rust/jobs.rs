@@ -161,6 +161,32 @@ fn a_connect_cancelled_mid_upload_should_leave_no_session_record_or_sandbox() {
 }
 
 #[test]
+fn a_connect_dropped_by_cancel_request_should_answer_at_once_and_clean_up_in_the_background() {
+    let workspace = large_workspace();
+    let server = start_server();
+    let token = "connect-dropped";
+    let connect = server.send_request(
+        "sandlink/connect",
+        json!({ "driver": "local", "workspaceFolder": file_uri(workspace.path()), "workDoneToken": token }),
+    );
+    wait_first_batch(&server, token);
+    server.notify("$/cancelRequest", json!({ "id": connect }));
+    let error = server.wait_answer(connect, Duration::from_secs(5)).expect_err("a dropped request fails");
+    assert_eq!(error.code, -32800, "{error:?}");
+    let sessions_dir = server.state_dir().join("sessions");
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let sessions = server.request("sandlink/sessions", json!({})).expect("sessions");
+        let left = std::fs::read_dir(&sessions_dir).map(|entries| entries.count()).unwrap_or(0);
+        if sessions["sessions"] == json!([]) && left == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the dropped connect left {sessions} and {left} session folders");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn cancel_job_should_refuse_an_unknown_job() {
     let server = Server::start();
     let error = server.request_error("sandlink/cancelJob", json!({ "jobId": "job-000000000000" }));

@@ -11,6 +11,11 @@ pub enum Error {
     UnknownSession(String),
     #[error("There is no run \"{0}\"; it may have finished already.")]
     UnknownRun(String),
+    #[error("There is no job \"{0}\" in flight; it may have finished already. A session's jobs are listed by sandlink/status.")]
+    UnknownJob(String),
+    /// Long work (a connect, a sync) stopped because it was cancelled; the sentence says what was kept.
+    #[error("{0}")]
+    Cancelled(String),
     #[error("There is no profile named \"{0}\". List profiles with sandlink/profiles or create one with sandlink/saveProfile.")]
     UnknownProfile(String),
     #[error("{message}")]
@@ -68,6 +73,8 @@ impl Error {
             Error::InvalidParams(_) => ErrorKind::InvalidParams,
             Error::UnknownSession(_) => ErrorKind::UnknownSession,
             Error::UnknownRun(_) => ErrorKind::UnknownRun,
+            Error::UnknownJob(_) => ErrorKind::UnknownJob,
+            Error::Cancelled(_) => ErrorKind::Cancelled,
             Error::UnknownProfile(_) => ErrorKind::UnknownProfile,
             Error::DriverUnavailable { .. } => ErrorKind::DriverUnavailable,
             Error::Unsupported(_) => ErrorKind::Unsupported,

@@ -1,4 +1,5 @@
-//! Progress of long work (connect, sync, snapshot), reported by the engine and shown by each front door its own way.
+//! Progress of long work (connect, sync, snapshot), reported by the engine and shown by each front door its own way,
+//! and whether whoever asked for the work still wants it.
 
 use async_trait::async_trait;
 
@@ -6,6 +7,12 @@ use async_trait::async_trait;
 #[async_trait]
 pub trait Progress: Send + Sync {
     async fn report(&self, message: String, percentage: Option<u32>);
+
+    /// Whether the work should stop: long work asks between its steps (sync between batches) and, when told so,
+    /// ends consistently and answers `cancelled`. Front doors that cannot cancel keep the default.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// A `Progress` that reports nowhere.

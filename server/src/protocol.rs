@@ -56,6 +56,8 @@ request!(/// Writes to a run's stdin.
     InputRequest, "sandlink/input", InputParams, EmptyResult);
 request!(/// Terminates a run's whole process tree.
     CancelRequest, "sandlink/cancel", RunIdParams, EmptyResult);
+request!(/// Stops a job (a connect, sync or restore) at its next safe point; the job's request answers `cancelled`.
+    CancelJobRequest, "sandlink/cancelJob", JobIdParams, EmptyResult);
 request!(/// Synchronises files between the workspace and the sandbox.
     SyncRequest, "sandlink/sync", SyncParams, SyncResult);
 request!(/// Returns the URL under which a sandbox port is reachable.
@@ -144,6 +146,10 @@ pub enum ErrorKind {
     UnknownMethod,
     /// A run's stdin already holds as much queued input as it may; wait for the process to read some.
     InputBacklogFull,
+    /// No job in flight has that id (it may have finished).
+    UnknownJob,
+    /// The work was cancelled (`sandlink/cancelJob`, `window/workDoneProgress/cancel`) and stopped consistently.
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -171,6 +177,8 @@ impl ErrorKind {
             ErrorKind::InvalidMessage => "invalidMessage",
             ErrorKind::UnknownMethod => "unknownMethod",
             ErrorKind::InputBacklogFull => "inputBacklogFull",
+            ErrorKind::UnknownJob => "unknownJob",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 }
@@ -354,6 +362,38 @@ pub struct SessionInfo {
     /// Why the session is in `error` or `expired`, as a sentence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Long work in flight for the session (connect, sync, snapshot, restore), oldest first.
+    #[serde(default)]
+    pub jobs: Vec<JobInfo>,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum JobKind {
+    Connect,
+    Sync,
+    Snapshot,
+    Restore,
+}
+
+/// One job in flight, as `SessionInfo.jobs` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobInfo {
+    pub job_id: String,
+    pub kind: JobKind,
+    pub title: String,
+    pub started_at: String,
+    /// How far the job is, when it knows (a sync of many files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobIdParams {
+    pub job_id: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -682,6 +722,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     RunRequest::METHOD,
     InputRequest::METHOD,
     CancelRequest::METHOD,
+    CancelJobRequest::METHOD,
     SyncRequest::METHOD,
     PreviewRequest::METHOD,
     ExtendRequest::METHOD,

@@ -101,6 +101,20 @@ export interface SessionInfo {
     resources?: { cpuPercent?: number; memoryBytes?: number };
     /** Why the session is in `error` or `expired`, as a sentence. */
     message?: string;
+    /** Long work in flight for the session, oldest first; `sandlink/cancelJob` stops one. */
+    jobs: JobInfo[];
+}
+
+export type JobKind = "connect" | "sync" | "snapshot" | "restore";
+
+/** One job in flight (a connect, sync, snapshot or restore). */
+export interface JobInfo {
+    jobId: string;
+    kind: JobKind;
+    title: string;
+    startedAt: string;
+    /** How far the job is, when it knows (a sync of many files). */
+    percentage?: number;
 }
 
 export interface ProfileInfo {
@@ -150,7 +164,9 @@ export type ErrorKind =
     | "sessionInUse"
     | "invalidMessage"
     | "unknownMethod"
-    | "inputBacklogFull";
+    | "inputBacklogFull"
+    | "unknownJob"
+    | "cancelled";
 
 /** `error.data` of a `workspaceNotTrusted` error: the fingerprint of the file as the message describes it. */
 export interface WorkspaceNotTrustedData {
@@ -211,6 +227,9 @@ export interface InputParams {
 export const input = new RequestType<InputParams, EmptyResult, void>("sandlink/input");
 
 export const cancel = new RequestType<{ runId: string }, EmptyResult, void>("sandlink/cancel");
+
+/** Stops a job (connect, sync, restore) at its next safe point; the job's own request answers `cancelled`. */
+export const cancelJob = new RequestType<{ jobId: string }, EmptyResult, void>("sandlink/cancelJob");
 
 export type SyncDirection = "up" | "down" | "both";
 export interface SyncParams {

@@ -30,6 +30,7 @@ function session(overrides: Partial<SessionInfo> = {}): SessionInfo {
         lastActivity: "2026-01-01T11:59:00Z",
         previews: [],
         sync: { pending: 0, conflicts: [] },
+        jobs: [],
         ...overrides,
     };
 }

@@ -12,6 +12,7 @@ protocol.request = {
   run = 'sandlink/run',
   input = 'sandlink/input',
   cancel = 'sandlink/cancel',
+  cancel_job = 'sandlink/cancelJob',
   sync = 'sandlink/sync',
   preview = 'sandlink/preview',
   extend = 'sandlink/extend',
@@ -53,6 +54,7 @@ protocol.command = {
 -- `{ workspaceFolder, trust, fingerprint }` so that only what the user was shown is trusted.
 protocol.error_kind = {
   workspace_not_trusted = 'workspaceNotTrusted',
+  cancelled = 'cancelled',
 }
 
 -- The fields of the shapes the plugin reads from the server, on the wire (see docs/protocol.md, "Shapes");
@@ -74,7 +76,14 @@ protocol.error_kind = {
 ---@field capabilities table<string, boolean>
 ---@field settings sandlink.SettingInfo[] the driver's profile settings: its own, then `sync` and `network`
 ---@field credentials sandlink.CredentialInfo[] the credentials the driver reads
+---@class sandlink.JobInfo
+---@field jobId string what sandlink/cancelJob takes
+---@field kind string `connect`, `sync`, `snapshot` or `restore`
+---@field title string
+---@field startedAt string
+---@field percentage number|nil how far the job is, when it knows
 protocol.shape_fields = {
+  JobInfo = { 'jobId', 'kind', 'title', 'startedAt', 'percentage' },
   DriverInfo = { 'id', 'available', 'detail', 'capabilities', 'settings', 'credentials' },
   SettingInfo = { 'name', 'type', 'default', 'description' },
   CredentialInfo = { 'key', 'envVar', 'required', 'description' },

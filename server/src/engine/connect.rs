@@ -12,8 +12,9 @@ use crate::drivers::ConnectRequest;
 use crate::error::{Error, Result};
 use crate::ids::short_id;
 use crate::paths;
+use super::jobs::{Job, JobProgress};
 use crate::progress::Progress;
-use crate::protocol::{ConnectParams, RestoreParams, SessionInfo, SessionState, SessionStateParams, SyncDirection};
+use crate::protocol::{JobKind, ConnectParams, RestoreParams, SessionInfo, SessionState, SessionStateParams, SyncDirection};
 use crate::statefile;
 use crate::sync::SyncOptions;
 
@@ -26,7 +27,13 @@ impl Engine {
         default_workspace: Option<PathBuf>,
         progress: &dyn Progress,
     ) -> Result<SessionInfo> {
-        self.open_session(params, default_workspace, progress, None).await
+        let title = match &params.reuse {
+            Some(session_id) => format!("Re-attaching {session_id}"),
+            None => "Connecting".to_string(),
+        };
+        let job = self.jobs.start(JobKind::Connect, title, params.reuse.as_deref(), true);
+        let progress = JobProgress { job: &job, inner: progress };
+        self.open_session(params, default_workspace, &progress, &job, None).await
     }
 
     /// Starts a new session from a snapshot that `snapshot` answered; the snapshot's files are kept (no upload).
@@ -50,7 +57,9 @@ impl Engine {
             reuse: None,
             work_done_token: None,
         };
-        self.open_session(connect, default_workspace, progress, Some(params.snapshot_id)).await
+        let job = self.jobs.start(JobKind::Restore, format!("Restoring {}", params.snapshot_id), None, true);
+        let progress = JobProgress { job: &job, inner: progress };
+        self.open_session(connect, default_workspace, &progress, &job, Some(params.snapshot_id)).await
     }
 
     /// Connects (or, with `snapshot_id`, restores) a sandbox, registers and persists its session, uploads the
@@ -60,6 +69,7 @@ impl Engine {
         params: ConnectParams,
         default_workspace: Option<PathBuf>,
         progress: &dyn Progress,
+        job: &Job,
         snapshot_id: Option<String>,
     ) -> Result<SessionInfo> {
         let explicit_workspace = match &params.workspace_folder {
@@ -75,7 +85,9 @@ impl Engine {
             }
         }
         if let Some(reuse) = params.reuse.clone() {
-            return self.reattach(&reuse, params, explicit_workspace, progress).await;
+            return self.reattach(&reuse, params, explicit_workspace, progress).await.map_err(|error| {
+                cancelled_as(job, error, "the kept session stays listed; connect with reuse again to finish re-attaching.")
+            });
         }
         let workspace = explicit_workspace.or(default_workspace).filter(|workspace| workspace.is_dir());
         let plan = self
@@ -98,14 +110,25 @@ impl Engine {
             // A kept sandbox for the same workspace and configuration is what the user wants back after an editor
             // restart; a fresh one would pay again for the upload (and, in the cloud, for the sandbox).
             let reattach_params = ConnectParams { reuse: Some(kept.clone()), ..ConnectParams::default() };
+            job.set_session(&kept);
             match self.reattach(&kept, reattach_params, workspace.clone(), progress).await {
                 Ok(session) => return Ok(session),
+                Err(Error::Cancelled(_)) => {
+                    return Err(job.cancelled_error(
+                        "the kept session it was re-attaching stays listed; connect again to finish re-attaching.",
+                    ))
+                }
                 Err(error) => tracing::info!(session = %kept, %error, "a kept session could not be re-attached; connecting anew"),
             }
         }
         let sync_options = SyncOptions::from_settings(&plan.settings)?;
         let session_id = format!("{driver_id}-{}", short_id());
         let claim = self.reserve(&session_id, &plan, workspace.clone()).await?;
+        job.set_session(&session_id);
+        if progress.cancelled() {
+            self.remove_record(&session_id).await;
+            return Err(job.cancelled_error("nothing was created."));
+        }
         progress.report(format!("Connecting {driver_id}"), None).await;
         let Plan { driver, profile, settings, credentials } = plan;
         let request = ConnectRequest {
@@ -126,12 +149,23 @@ impl Engine {
                 return Err(error);
             }
         };
+        // The provider call itself cannot be interrupted without losing track of what it made; once it answered,
+        // a cancelled connect removes the sandbox as a failed one would.
+        if progress.cancelled() {
+            if let Err(error) = sandbox.disconnect(false).await {
+                tracing::warn!(%session_id, %error, "could not remove the sandbox of a cancelled connect");
+            }
+            self.remove_record(&session_id).await;
+            return Err(job.cancelled_error("the sandbox it had made was removed."));
+        }
         let session = Arc::new(
             Session::new(session_id.clone(), driver_id, profile, workspace.clone(), sandbox)
                 .with_persistence(settings, claim, None),
         );
         let automatic_sync = params.sync.unwrap_or(true);
-        self.finish_opening(session, sync_options, automatic_sync, "Uploading the workspace", OnFailure::Discard, progress).await
+        self.finish_opening(session, sync_options, automatic_sync, "Uploading the workspace", OnFailure::Discard, progress)
+            .await
+            .map_err(|error| cancelled_as(job, error, "its half-made sandbox and its record were removed."))
     }
 
     /// Turns the session to `error` when its sandbox breaks on its own (the driver says why).
@@ -338,4 +372,13 @@ enum OnFailure {
     Discard,
     /// A re-attached one stays listed in `error`: its sandbox holds the user's earlier work.
     KeepInError,
+}
+
+/// A `cancelled` error from the work of `job` (its upload stopped between batches), reworded to say what the
+/// cancellation left; any other error as it is.
+fn cancelled_as(job: &Job, error: Error, what_was_left: &str) -> Error {
+    match error {
+        Error::Cancelled(_) => job.cancelled_error(what_was_left),
+        other => other,
+    }
 }

@@ -190,7 +190,8 @@ impl Engine {
     /// The sessions attached here, then those kept on disk: kept ones are checked with their driver, and records
     /// of sandboxes that no longer exist are reported once as `expired` and removed.
     pub async fn sessions(&self) -> Vec<SessionInfo> {
-        let mut sessions: Vec<SessionInfo> = lock(&self.sessions).values().map(|session| session.info()).collect();
+        let live: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        let mut sessions: Vec<SessionInfo> = live.iter().map(|session| self.info_with_jobs(session)).collect();
         let store = self.store.clone();
         let records = match statefile::blocking(move || store.list()).await {
             Ok(records) => records,

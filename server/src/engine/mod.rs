@@ -5,6 +5,7 @@
 
 pub mod configure;
 mod connect;
+pub mod jobs;
 mod kept;
 pub mod lifecycle;
 pub mod output;
@@ -25,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::locks::lock;
 use crate::paths;
 use crate::protocol::{
-    DriverInfo, ExitParams, OutputParams, PreviewReadyParams, SessionInfo, SessionState, SessionStateParams,
+    DriverInfo, ExitParams, JobKind, OutputParams, PreviewReadyParams, SessionInfo, SessionState, SessionStateParams,
     SyncStateParams, TimeoutWarningParams,
 };
 use store::Store;
@@ -61,6 +62,8 @@ pub struct Engine {
     runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>>,
     /// Keeps every session with a lease alive while in use (one task for all of them).
     lifecycle: Arc<lifecycle::Manager>,
+    /// Connects, syncs, snapshots and restores in flight.
+    jobs: jobs::Jobs,
 }
 
 impl Engine {
@@ -99,6 +102,7 @@ impl Engine {
             lossless_output: false,
             runs,
             lifecycle,
+            jobs: jobs::Jobs::default(),
         }
     }
 
@@ -149,7 +153,19 @@ impl Engine {
                 mutable.expires_at = status.expires_at.clone();
             }
         });
-        Ok(session.info())
+        Ok(self.info_with_jobs(&session))
+    }
+
+    /// A live session's info with its jobs in flight.
+    fn info_with_jobs(&self, session: &Session) -> SessionInfo {
+        let mut info = session.info();
+        info.jobs = self.jobs.of_session(&session.id);
+        info
+    }
+
+    /// Asks a job (connect, sync, restore) to stop at its next safe point; its request then answers `cancelled`.
+    pub fn cancel_job(&self, job_id: &str) -> Result<()> {
+        self.jobs.cancel(job_id)
     }
 
     /// The session whose workspace folder holds `path` (the innermost, when folders nest).
@@ -196,7 +212,9 @@ impl Engine {
     }
 
     pub async fn snapshot(&self, session_id: &str, name: Option<String>) -> Result<String> {
-        self.session(session_id)?.sandbox.snapshot(name).await
+        let session = self.session(session_id)?;
+        let _job = self.jobs.start(JobKind::Snapshot, "Snapshotting", Some(&session.id), false);
+        session.sandbox.snapshot(name).await
     }
 
     async fn emit_state(&self, session: &Session, state: SessionState, message: Option<String>) {

@@ -147,6 +147,7 @@ impl Session {
             sync: self.sync.get().map_or(mutable.sync, SessionSync::state),
             resources: mutable.resources,
             message: mutable.message,
+            jobs: Vec::new(),
         }
     }
 }

@@ -112,6 +112,7 @@ impl Record {
             sync: self.sync.clone(),
             resources: None,
             message: Some(message),
+            jobs: Vec::new(),
         }
     }
 

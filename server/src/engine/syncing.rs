@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use crate::locks::lock;
 use super::{Engine, Events, Session};
 use crate::error::{Error, Result};
+use super::jobs::JobProgress;
 use crate::progress::Progress;
-use crate::protocol::{SessionState, SyncDirection, SyncParams, SyncResult, SyncState, SyncStateParams};
+use crate::protocol::{JobKind, SessionState, SyncDirection, SyncParams, SyncResult, SyncState, SyncStateParams};
 use crate::sync::{SessionSync, StateObserver, SyncOptions};
 
 impl Engine {
@@ -17,7 +18,14 @@ impl Engine {
     pub async fn sync(&self, params: SyncParams, progress: &dyn Progress) -> Result<SyncResult> {
         let session = self.session(&params.session_id)?;
         session.touch();
-        self.sync_session(&session, params.direction, params.paths, progress).await
+        let title = match params.direction {
+            SyncDirection::Up => "Syncing up",
+            SyncDirection::Down => "Syncing down",
+            SyncDirection::Both => "Syncing both ways",
+        };
+        let job = self.jobs.start(JobKind::Sync, title, Some(&session.id), true);
+        let progress = JobProgress { job: &job, inner: progress };
+        self.sync_session(&session, params.direction, params.paths, &progress).await
     }
 
     /// A file was saved in an editor: every session whose workspace holds it syncs it at once.

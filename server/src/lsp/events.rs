@@ -1,6 +1,8 @@
 //! Delivers engine events to the editor: custom notifications for clients that asked for them, standard LSP otherwise.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use tower_lsp_server::ls_types::notification::{Progress as ProgressNotification};
@@ -162,15 +164,46 @@ pub fn describe_exit(params: &ExitParams) -> String {
     line
 }
 
-/// `$/progress` for one piece of long work, created on the client when it supports it.
+/// The progress tokens of work the client may stop with `window/workDoneProgress/cancel`, each with the flag that
+/// work watches (through `Progress::cancelled`).
+#[derive(Clone, Default)]
+pub struct CancellableTokens(Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>);
+
+impl CancellableTokens {
+    /// Tokens are numbers or strings; their JSON text tells `1` from `"1"`.
+    fn key(token: &NumberOrString) -> String {
+        serde_json::to_string(token).unwrap_or_default()
+    }
+
+    /// Stops the work reporting under `token`; a token of work that already ended is ignored, as LSP says.
+    pub fn cancel(&self, token: &NumberOrString) {
+        match crate::locks::lock(&self.0).get(&Self::key(token)) {
+            Some(stop) => stop.store(true, Ordering::SeqCst),
+            None => tracing::debug!(?token, "the client cancelled progress that is not in flight"),
+        }
+    }
+}
+
+/// `$/progress` for one piece of long work, created on the client when it supports it. It is also how the work learns
+/// that the client wants it stopped: its token was cancelled, or its request was dropped (`$/cancelRequest`).
 pub struct LspProgress {
     client: Client,
     token: Option<NumberOrString>,
+    /// Where the token is registered while the work can be cancelled; `None` for work that cannot stop.
+    cancellable: Option<CancellableTokens>,
+    stop: Arc<AtomicBool>,
 }
 
 impl LspProgress {
-    /// Starts progress under the client's token, or a server-created one when the client allows it.
-    pub async fn begin(client: &Client, token: Option<NumberOrString>, can_create: bool, title: &str) -> Self {
+    /// Starts progress under the client's token, or a server-created one when the client allows it. With
+    /// `cancellable`, the progress says `cancellable: true` and its token is registered there until the end.
+    pub async fn begin(
+        client: &Client,
+        token: Option<NumberOrString>,
+        can_create: bool,
+        title: &str,
+        cancellable: Option<&CancellableTokens>,
+    ) -> Self {
         let token = match token {
             Some(token) => Some(token),
             None if can_create => {
@@ -182,10 +215,14 @@ impl LspProgress {
             }
             None => None,
         };
+        let stop = Arc::new(AtomicBool::new(false));
+        if let (Some(token), Some(tokens)) = (&token, cancellable) {
+            crate::locks::lock(&tokens.0).insert(CancellableTokens::key(token), stop.clone());
+        }
         if let Some(token) = &token {
             let begin = WorkDoneProgress::Begin(WorkDoneProgressBegin {
                 title: title.to_string(),
-                cancellable: Some(false),
+                cancellable: Some(cancellable.is_some()),
                 message: None,
                 percentage: None,
             });
@@ -196,15 +233,50 @@ impl LspProgress {
                 })
                 .await;
         }
-        LspProgress { client: client.clone(), token }
+        LspProgress { client: client.clone(), token, cancellable: cancellable.cloned(), stop }
+    }
+
+    /// A guard that stops the work when dropped before `disarm`: held by a request whose work runs on a task of its
+    /// own, so a request dropped by `$/cancelRequest` stops the work at its next safe point instead of abandoning it.
+    pub fn stop_on_drop(&self) -> StopOnDrop {
+        StopOnDrop(Some(self.stop.clone()))
     }
 
     pub async fn end(self, message: Option<String>) {
-        if let Some(token) = self.token {
+        if let Some(token) = &self.token {
             let end = WorkDoneProgress::End(WorkDoneProgressEnd { message });
             self.client
-                .send_notification::<ProgressNotification>(ProgressParams { token, value: ProgressParamsValue::WorkDone(end) })
+                .send_notification::<ProgressNotification>(ProgressParams {
+                    token: token.clone(),
+                    value: ProgressParamsValue::WorkDone(end),
+                })
                 .await;
+        }
+    }
+}
+
+impl Drop for LspProgress {
+    fn drop(&mut self) {
+        if let (Some(token), Some(tokens)) = (&self.token, &self.cancellable) {
+            crate::locks::lock(&tokens.0).remove(&CancellableTokens::key(token));
+        }
+    }
+}
+
+/// See `LspProgress::stop_on_drop`.
+pub struct StopOnDrop(Option<Arc<AtomicBool>>);
+
+impl StopOnDrop {
+    /// The request got its answer: nothing to stop.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.0 {
+            stop.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -214,7 +286,7 @@ impl crate::progress::Progress for LspProgress {
     async fn report(&self, message: String, percentage: Option<u32>) {
         if let Some(token) = &self.token {
             let report = WorkDoneProgress::Report(WorkDoneProgressReport {
-                cancellable: Some(false),
+                cancellable: Some(self.cancellable.is_some()),
                 message: Some(message),
                 percentage,
             });
@@ -225,5 +297,9 @@ impl crate::progress::Progress for LspProgress {
                 })
                 .await;
         }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 }

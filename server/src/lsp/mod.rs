@@ -17,16 +17,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tower_lsp_server::jsonrpc;
+use tower_lsp_server::ls_types::notification::{Notification, WorkDoneProgressCancel};
 use tower_lsp_server::ls_types::request::Request;
 use tower_lsp_server::ls_types::{
     CodeActionOptions, CodeActionParams, CodeActionProviderCapability, CodeActionResponse, CodeLens, CodeLensOptions,
     CodeLensParams, DidSaveTextDocumentParams, ExecuteCommandOptions, ExecuteCommandParams, InitializeParams, InitializeResult,
-    InitializedParams, NumberOrString, SaveOptions, ServerCapabilities, ServerInfo, TextDocumentSyncCapability,
+    InitializedParams, NumberOrString, SaveOptions, WorkDoneProgressCancelParams, ServerCapabilities, ServerInfo, TextDocumentSyncCapability,
     TextDocumentSyncKind, TextDocumentSyncOptions, TextDocumentSyncSaveOptions,
 };
 use tower_lsp_server::{Client, LanguageServer, LspService};
 
-use self::events::{ClientFeatures, LspEvents, LspProgress};
+use self::events::{CancellableTokens, ClientFeatures, LspEvents, LspProgress};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::protocol::{self as proto, commands};
@@ -38,6 +39,8 @@ pub struct Backend {
     events: Arc<LspEvents>,
     features: Arc<RwLock<ClientFeatures>>,
     workspace_root: RwLock<Option<PathBuf>>,
+    /// Progress tokens of jobs the client may stop with `window/workDoneProgress/cancel`.
+    cancellable_tokens: CancellableTokens,
 }
 
 /// How long ending the runs and sessions may take once the client is gone.
@@ -101,7 +104,14 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
         let features = Arc::new(RwLock::new(ClientFeatures::default()));
         let events = Arc::new(LspEvents { client: client.clone(), features: features.clone() });
         let engine = Arc::new(Engine::new(events.clone()));
-        Backend { client, engine, events, features, workspace_root: RwLock::new(None) }
+        Backend {
+            client,
+            engine,
+            events,
+            features,
+            workspace_root: RwLock::new(None),
+            cancellable_tokens: CancellableTokens::default(),
+        }
     })
     .custom_method(proto::DriversRequest::METHOD, Backend::drivers)
     .custom_method(proto::ConnectRequest::METHOD, Backend::connect)
@@ -111,6 +121,8 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::RunRequest::METHOD, Backend::run)
     .custom_method(proto::InputRequest::METHOD, Backend::input)
     .custom_method(proto::CancelRequest::METHOD, Backend::cancel)
+    .custom_method(proto::CancelJobRequest::METHOD, Backend::cancel_job)
+    .custom_method(WorkDoneProgressCancel::METHOD, Backend::work_done_progress_cancel)
     .custom_method(proto::SyncRequest::METHOD, Backend::sync)
     .custom_method(proto::PreviewRequest::METHOD, Backend::preview)
     .custom_method(proto::ExtendRequest::METHOD, Backend::extend)
@@ -160,6 +172,38 @@ where
     }
 }
 
+/// Runs the work of request `R` on a task of its own. A request dropped by `$/cancelRequest` (answered at once with
+/// -32800) then stops the work at its next safe point, where it cleans up as a failure would (a connect removes its
+/// half-made sandbox), instead of being abandoned halfway.
+async fn detached<R, Fut>(
+    progress: LspProgress,
+    work: impl FnOnce(LspProgress) -> Fut,
+) -> Result<R::Result, Error>
+where
+    R: Request,
+    R::Result: Send + 'static,
+    Fut: Future<Output = Result<R::Result, Error>> + Send + 'static,
+{
+    let stop_when_dropped = progress.stop_on_drop();
+    let joined = tokio::spawn(work(progress)).await;
+    stop_when_dropped.disarm();
+    joined.unwrap_or_else(|failure| {
+        let detail = match failure.try_into_panic() {
+            Ok(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                .unwrap_or_else(|| "no details".into()),
+            Err(failure) => failure.to_string(),
+        };
+        tracing::error!(method = R::METHOD, %detail, "a request's task panicked");
+        Err(Error::Internal(format!(
+            "sandlink hit a bug while handling {}: {detail}. The server keeps running; please report this.",
+            R::METHOD
+        )))
+    })
+}
+
 impl Backend {
     fn token(value: &Option<Value>) -> Option<NumberOrString> {
         value.as_ref().and_then(|token| serde_json::from_value(token.clone()).ok())
@@ -183,16 +227,37 @@ impl Backend {
     async fn connect(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::ConnectRequest, _, _>(params, |params| async move {
             let token = Self::token(&params.work_done_token);
-            let progress = LspProgress::begin(&self.client, token, self.can_create_progress(), "sandlink: connecting").await;
-            let outcome = self.engine.connect(params, self.workspace_root(), &progress).await;
-            let summary = match &outcome {
-                Ok(session) => format!("Connected {}", session.session_id),
-                Err(error) => error.to_string(),
-            };
-            progress.end(Some(summary)).await;
-            outcome
+            let progress = self.begin_progress(token, "sandlink: connecting").await;
+            let (engine, root) = (self.engine.clone(), self.workspace_root());
+            detached::<proto::ConnectRequest, _>(progress, move |progress| async move {
+                let outcome = engine.connect(params, root, &progress).await;
+                let summary = match &outcome {
+                    Ok(session) => format!("Connected {}", session.session_id),
+                    Err(error) => error.to_string(),
+                };
+                progress.end(Some(summary)).await;
+                outcome
+            })
+            .await
         })
         .await
+    }
+
+    /// Progress for a job the client may stop: `$/progress` says `cancellable: true` and its token is registered
+    /// for `window/workDoneProgress/cancel`.
+    async fn begin_progress(&self, token: Option<NumberOrString>, title: &str) -> LspProgress {
+        LspProgress::begin(&self.client, token, self.can_create_progress(), title, Some(&self.cancellable_tokens)).await
+    }
+
+    async fn cancel_job(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::CancelJobRequest, _, _>(params, |params| async move {
+            self.engine.cancel_job(&params.job_id).map(|()| proto::EmptyResult {})
+        })
+        .await
+    }
+
+    async fn work_done_progress_cancel(&self, params: WorkDoneProgressCancelParams) {
+        self.cancellable_tokens.cancel(&params.token);
     }
 
     async fn disconnect(&self, params: Value) -> jsonrpc::Result<Value> {
@@ -250,7 +315,7 @@ impl Backend {
         dispatch::<proto::SyncRequest, _, _>(params, |params| async move {
             validate::sync_params(&params)?;
             let token = Self::token(&params.work_done_token);
-            let progress = LspProgress::begin(&self.client, token, self.can_create_progress(), "sandlink: syncing").await;
+            let progress = self.begin_progress(token, "sandlink: syncing").await;
             let outcome = self.engine.sync(params, &progress).await;
             let summary = match &outcome {
                 Ok(result) => format!(
@@ -294,15 +359,18 @@ impl Backend {
 
     async fn restore(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::RestoreRequest, _, _>(params, |params| async move {
-            let token = None;
-            let progress = LspProgress::begin(&self.client, token, self.can_create_progress(), "sandlink: restoring").await;
-            let outcome = self.engine.restore(params, self.workspace_root(), &progress).await;
-            let summary = match &outcome {
-                Ok(session) => format!("Restored {}", session.session_id),
-                Err(error) => error.to_string(),
-            };
-            progress.end(Some(summary)).await;
-            outcome
+            let progress = self.begin_progress(None, "sandlink: restoring").await;
+            let (engine, root) = (self.engine.clone(), self.workspace_root());
+            detached::<proto::RestoreRequest, _>(progress, move |progress| async move {
+                let outcome = engine.restore(params, root, &progress).await;
+                let summary = match &outcome {
+                    Ok(session) => format!("Restored {}", session.session_id),
+                    Err(error) => error.to_string(),
+                };
+                progress.end(Some(summary)).await;
+                outcome
+            })
+            .await
         })
         .await
     }

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::protocol::{Conflict, HeldBackFile, SkippedPath, SyncDirection, SyncResult, SyncState};
 
 /// Files per upload archive: many small files travel together, yet each batch is confirmed (and recorded) soon.
+/// `SANDLINK_SYNC_BATCH_FILES` sets another count (see `batch_files`).
 const BATCH_FILES: usize = 8_000;
 /// Content bytes per upload archive.
 const BATCH_BYTES: u64 = 256 << 20;
@@ -36,6 +37,28 @@ const SAVE_COALESCE: Duration = Duration::from_millis(3);
 const STAT_PATHS: usize = 256;
 /// How often a changed manifest is written after automatic syncs.
 const PERSIST_DELAY: Duration = Duration::from_secs(2);
+
+/// Files per upload archive: `BATCH_FILES`, unless `SANDLINK_SYNC_BATCH_FILES` sets another (positive) count. The
+/// tests of cancellation (tests/rust/jobs.rs) make batches small so a sync has many points where it can stop;
+/// nothing else should set it.
+fn batch_files() -> usize {
+    static FILES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *FILES.get_or_init(|| {
+        std::env::var("SANDLINK_SYNC_BATCH_FILES")
+            .ok()
+            .and_then(|value| value.parse::<usize>().ok())
+            .filter(|files| *files > 0)
+            .unwrap_or(BATCH_FILES)
+    })
+}
+
+/// The error of a sync that stopped because it was cancelled, between two steps that each left both sides agreed.
+fn cancelled(done: &str) -> Error {
+    Error::Cancelled(format!(
+        "The sync was cancelled {done}; what was transferred is recorded, nothing is half-written, and the next sync \
+         carries the rest."
+    ))
+}
 
 /// Told whenever the sync state changes (the engine forwards it to clients as `sandlink/syncState`).
 #[async_trait]
@@ -472,6 +495,9 @@ impl SessionSync {
                 let count = to_fetch.len() as u64;
                 self.publish(|state| state.pending = count).await;
             }
+            if progress.cancelled() {
+                return Err(cancelled("before anything was fetched from the sandbox"));
+            }
             let staged = if to_fetch.is_empty() { Vec::new() } else { self.fetch(to_fetch.clone()).await? };
             let mut staged_by_path: BTreeMap<String, Staged> =
                 staged.into_iter().map(|staged| (staged.path.clone(), staged)).collect();
@@ -613,6 +639,9 @@ impl SessionSync {
             for path in deletions.iter().chain(uploads.iter()) {
                 core.conflicts.remove(path);
             }
+        }
+        if (!deletions.is_empty() || !uploads.is_empty()) && progress.cancelled() {
+            return Err(cancelled("before anything went to the sandbox"));
         }
         if !deletions.is_empty() || !uploads.is_empty() {
             let count = (deletions.len() + uploads.len()) as u64;
@@ -757,7 +786,7 @@ impl SessionSync {
         let mut current_bytes = 0u64;
         for path in uploads {
             let size = scan.entries.get(&path).map_or(0, |entry| entry.size);
-            if !current.is_empty() && (current.len() >= BATCH_FILES || current_bytes + size > BATCH_BYTES) {
+            if !current.is_empty() && (current.len() >= batch_files() || current_bytes + size > BATCH_BYTES) {
                 batches.push(std::mem::take(&mut current));
                 current_bytes = 0;
             }
@@ -771,6 +800,10 @@ impl SessionSync {
         let mut files_done = 0usize;
         let mut bytes_done = 0u64;
         for batch in batches {
+            // Between batches both sides agree on everything recorded so far: the place to stop when asked.
+            if progress.cancelled() {
+                return Err(cancelled(&format!("after {files_done} of {total_files} files")));
+            }
             let (reader, writer) = tokio::io::duplex(1 << 20);
             let workspace = self.inner.workspace.clone();
             let scanner = self.inner.scanner.clone();

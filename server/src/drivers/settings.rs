@@ -259,6 +259,16 @@ fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
     fields
 }
 
+/// A string setting that, when given, must say something: trimmed, or an `invalidProfile` error naming the driver
+/// and the key.
+pub fn non_empty(driver: &str, key: &str, value: Option<String>) -> Result<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+        Some(_) => Err(Error::InvalidProfile(format!("The {driver} setting \"{key}\" must be a non-empty string."))),
+    }
+}
+
 /// A value's type in words, without the value (it might be a secret pasted into the wrong field).
 pub fn type_name(value: &Value) -> &'static str {
     match value {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::drivers::settings::{SettingKind, SettingSpec};
+use crate::drivers::settings::{non_empty, SettingKind, SettingSpec};
 use crate::error::{Error, Result};
 use crate::netpolicy::NetworkPolicy;
 
@@ -164,8 +164,8 @@ impl Settings {
     /// Parses and validates the settings object of a connect request.
     pub fn parse(settings: &Map<String, Value>) -> Result<Settings> {
         let declared: Declared = crate::drivers::settings::parse("docker", SETTINGS, settings)?;
-        let image = non_empty("image", declared.image)?;
-        let container = non_empty("container", declared.container)?;
+        let image = non_empty("docker", "image", declared.image)?;
+        let container = non_empty("docker", "container", declared.container)?;
         let target = match (image, container) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -183,7 +183,7 @@ impl Settings {
                 ))
             }
         };
-        let remote_root = non_empty("remoteRoot", declared.remote_root)?.unwrap_or_else(|| "/workspace".into());
+        let remote_root = non_empty("docker", "remoteRoot", declared.remote_root)?.unwrap_or_else(|| "/workspace".into());
         if !remote_root.starts_with('/') || remote_root.split('/').any(|part| part == "..") || remote_root == "/" {
             return Err(invalid(format!(
                 "The remoteRoot \"{remote_root}\" must be an absolute path below / without \"..\", like /workspace."
@@ -203,7 +203,7 @@ impl Settings {
             };
             env.insert(name, value);
         }
-        let user = non_empty("user", declared.user)?;
+        let user = non_empty("docker", "user", declared.user)?;
         let nano_cpus = match declared.cpus {
             None | Some(Value::Null) => None,
             Some(value) => match value.as_f64().or_else(|| value.as_str().and_then(|text| text.parse().ok())) {
@@ -271,14 +271,6 @@ impl Settings {
 /// passes settings directly answers `invalidParams`; the engine decides that).
 fn invalid(message: String) -> Error {
     Error::InvalidProfile(message)
-}
-
-fn non_empty(key: &str, value: Option<String>) -> Result<Option<String>> {
-    match value {
-        None => Ok(None),
-        Some(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
-        Some(_) => Err(invalid(format!("\"{key}\" must be a non-empty string."))),
-    }
 }
 
 /// Parses `512m`, `2g`, `1.5GiB`, `1048576` (bytes) into bytes.

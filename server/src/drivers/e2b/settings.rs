@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::drivers::settings::{SettingKind, SettingSpec};
+use crate::drivers::settings::{non_empty, SettingKind, SettingSpec};
 use crate::error::{Error, Result};
 use crate::netpolicy::{HostPattern, NetworkPolicy, NETWORK_KEY};
 
@@ -150,14 +150,6 @@ fn invalid(message: String) -> Error {
     Error::InvalidProfile(message)
 }
 
-fn non_empty(key: &str, value: Option<String>) -> Result<Option<String>> {
-    match value {
-        None => Ok(None),
-        Some(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
-        Some(_) => Err(invalid(format!("The e2b setting \"{key}\" must be a non-empty string."))),
-    }
-}
-
 fn seconds(key: &str, value: Option<i64>, default: u64, range: (u64, u64)) -> Result<u64> {
     match value.map(u64::try_from) {
         None => Ok(default),
@@ -183,7 +175,7 @@ fn checked_url(key: &str, url: String) -> Result<String> {
 impl Settings {
     pub fn parse(settings: &Map<String, Value>) -> Result<Settings> {
         let declared: Declared = crate::drivers::settings::parse("e2b", SETTINGS, settings)?;
-        let domain = non_empty("domain", declared.domain)?;
+        let domain = non_empty("e2b", "domain", declared.domain)?;
         if let Some(domain) = &domain {
             if domain.contains('/') {
                 return Err(invalid(format!(
@@ -192,11 +184,11 @@ impl Settings {
                 )));
             }
         }
-        let api_url = match non_empty("apiUrl", declared.api_url)? {
+        let api_url = match non_empty("e2b", "apiUrl", declared.api_url)? {
             Some(url) => checked_url("apiUrl", url)?,
             None => format!("https://api.{}", domain.as_deref().unwrap_or(DEFAULT_DOMAIN)),
         };
-        let remote_root = non_empty("remoteRoot", declared.remote_root)?.unwrap_or_else(|| DEFAULT_REMOTE_ROOT.into());
+        let remote_root = non_empty("e2b", "remoteRoot", declared.remote_root)?.unwrap_or_else(|| DEFAULT_REMOTE_ROOT.into());
         if !remote_root.starts_with('/') || remote_root.split('/').any(|part| part == "..") {
             return Err(invalid(format!(
                 "The e2b setting \"remoteRoot\" must be an absolute path without \"..\", not \"{remote_root}\"."
@@ -212,7 +204,7 @@ impl Settings {
             ));
         }
         Ok(Settings {
-            template: non_empty("template", declared.template)?.unwrap_or_else(|| DEFAULT_TEMPLATE.into()),
+            template: non_empty("e2b", "template", declared.template)?.unwrap_or_else(|| DEFAULT_TEMPLATE.into()),
             timeout_seconds: seconds(
                 "timeoutSeconds",
                 declared.timeout_seconds,
@@ -236,7 +228,7 @@ impl Settings {
                 DEFAULT_STREAM_KEEPALIVE_SECONDS,
                 (1, 300),
             )?,
-            sandbox_id: non_empty("sandboxId", declared.sandbox_id)?,
+            sandbox_id: non_empty("e2b", "sandboxId", declared.sandbox_id)?,
             network: NetworkPolicy::from_settings(settings)?,
             network_given: settings.get(NETWORK_KEY).is_some_and(|value| !value.is_null()),
         })

@@ -13,9 +13,25 @@ use serde::Serialize;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
+    static COVERS_EVERY_METHOD: OnceLock<()> = OnceLock::new();
+    COVERS_EVERY_METHOD.get_or_init(check_every_method_is_covered);
     let Ok(value) = serde_json::from_slice::<Value>(data) else { return };
     every_request(&value);
 });
+
+thread_local! {
+    /// The methods `every_request` decoded for, recorded so a method added to the protocol cannot go unfuzzed.
+    static DECODED: std::cell::RefCell<std::collections::BTreeSet<&'static str>> = Default::default();
+}
+
+fn check_every_method_is_covered() {
+    every_request(&Value::Null);
+    let decoded = DECODED.with(|decoded| decoded.borrow().clone());
+    let declared: std::collections::BTreeSet<&str> =
+        proto::REQUEST_METHODS.iter().chain(proto::NOTIFICATION_METHODS).copied().collect();
+    let missing: Vec<&&str> = declared.difference(&decoded).collect();
+    assert!(missing.is_empty(), "every_request does not decode the params of {missing:?}; add them");
+}
 
 /// Runs one JSON value through the decoder of every method, as if each had received it.
 fn every_request(value: &Value) {
@@ -31,6 +47,7 @@ fn every_request(value: &Value) {
     decode::<proto::RunRequest>(value);
     decode::<proto::InputRequest>(value);
     decode::<proto::CancelRequest>(value);
+    decode::<proto::CancelJobRequest>(value);
     decode::<proto::SyncRequest>(value);
     decode::<proto::PreviewRequest>(value);
     decode::<proto::ExtendRequest>(value);
@@ -61,6 +78,7 @@ where
     R: tower_lsp_server::ls_types::request::Request,
     R::Params: DeserializeOwned + Serialize,
 {
+    DECODED.with(|decoded| decoded.borrow_mut().insert(R::METHOD));
     let params = if value.is_null() { Value::Object(Default::default()) } else { value.clone() };
     match serde_json::from_value::<R::Params>(params) {
         Ok(typed) => {
@@ -81,6 +99,7 @@ where
     N: tower_lsp_server::ls_types::notification::Notification,
     N::Params: DeserializeOwned + Serialize,
 {
+    DECODED.with(|decoded| decoded.borrow_mut().insert(N::METHOD));
     if let Ok(typed) = serde_json::from_value::<N::Params>(value.clone()) {
         round_trip::<N::Params>(&typed, N::METHOD);
     }

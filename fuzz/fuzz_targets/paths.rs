@@ -1,6 +1,6 @@
 //! Fuzzes path normalisation: `paths::join_inside` (user paths: run `cwd`, sync paths), `scan::check_relative`
 //! (paths named by the sandbox), `resolve::link_stays_inside` (link targets, resolved through the tree's other
-//! links), `paths::path_from_uri_or_path`, and the file-system walks `sandlink::sync::resolve::parents_are_real_dirs` and
+//! links), `paths::path_from_uri_or_path`, and the file-system walks `resolve::parents_are_real_dirs` and
 //! `Beneath::parent` on a real tree with links.
 //! Properties: an accepted path joined to the root stays under it, lexically and (for the walks and links) once the
 //! kernel resolves it.
@@ -93,7 +93,7 @@ fn link_properties(root: &Path, path: &str) {
     }
     let accepted = link_stays_inside(&OnDisk { root }, at, target);
     let full = root.join(at);
-    if !accepted || !sandlink::sync::resolve::parents_are_real_dirs(root, at) || std::fs::symlink_metadata(&full).is_ok() {
+    if !accepted || !resolve::parents_are_real_dirs(root, at) || std::fs::symlink_metadata(&full).is_ok() {
         return;
     }
     if std::os::unix::fs::symlink(target, &full).is_err() {
@@ -123,7 +123,7 @@ fn file_system_properties(layout: &Layout, path: &str) {
         return;
     }
     let canonical_root = root.canonicalize().expect("the root resolves");
-    if sandlink::sync::resolve::parents_are_real_dirs(root, path) {
+    if resolve::parents_are_real_dirs(root, path) {
         if let Some(parent) = root.join(path).parent() {
             let resolved = parent.canonicalize().expect("real parent directories resolve");
             assert!(resolved.starts_with(&canonical_root), "{path:?}: the parents resolve to {}", resolved.display());
@@ -135,6 +135,6 @@ fn file_system_properties(layout: &Layout, path: &str) {
         let parent = root.join(path).parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
         let resolved = parent.canonicalize().expect("Beneath::parent left real directories");
         assert!(resolved.starts_with(&canonical_root), "{path:?}: Beneath::parent accepted parents at {}", resolved.display());
-        assert!(sandlink::sync::resolve::parents_are_real_dirs(root, path), "{path:?}: Beneath::parent and parents_are_real_dirs disagree");
+        assert!(resolve::parents_are_real_dirs(root, path), "{path:?}: Beneath::parent and parents_are_real_dirs disagree");
     }
 }

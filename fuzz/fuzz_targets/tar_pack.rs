@@ -57,10 +57,10 @@ fuzz_target!(|data: &[u8]| {
     }
     // As the callers do: the session packs only scanned (plain, relative) paths, and the local driver's download
     // drops paths that fail `check_relative` or lie under a symlinked directory.
-    to_pack.retain(|path| check_relative(path).is_ok() && sandlink::sync::resolve::parents_are_real_dirs(&layout.root, path));
+    to_pack.retain(|path| check_relative(path).is_ok() && resolve::parents_are_real_dirs(&layout.root, path));
     // Links placed by the layout (escape, absolute, chain) lead outside: packing them must not read through them.
     to_pack.extend(["escape/secret", "absolute/secret", "chain/secret", "escape", "absolute", "chain", "dir/up"].map(String::from));
-    to_pack.retain(|path| sandlink::sync::resolve::parents_are_real_dirs(&layout.root, path));
+    to_pack.retain(|path| resolve::parents_are_real_dirs(&layout.root, path));
 
     let before = layout.outside_state();
     let mut archive = Vec::new();

@@ -65,7 +65,8 @@ impl SecretFilter {
     }
 
     fn is_allowed(&self, relative: &str) -> bool {
-        self.allowed.matched_path_or_any_parents(relative, false).is_ignore()
+        // Only relative paths can be allowed; the matcher asserts as much (found by fuzzing with "/x").
+        !relative.starts_with('/') && self.allowed.matched_path_or_any_parents(relative, false).is_ignore()
     }
 
     /// True for a relative, `/`-separated path that looks like a secret (by name, or by the content it was last
@@ -139,5 +140,13 @@ mod tests {
         for plain in [".env.example", "id_rsa.pub", "src/env.rs", "keyboard.rs", ".env.test", "certs/ca.pem"] {
             assert!(!filter.holds_back(plain), "{plain} should sync");
         }
+    }
+
+    #[test]
+    fn a_path_that_is_not_relative_should_be_held_back_not_panic() {
+        // The allow-list matcher asserts on rooted paths; found by the ignore_rules fuzz target.
+        let filter = SecretFilter::new(Path::new("/w"), &[".env".into()]).expect("valid");
+        assert!(filter.holds_back("/.env"));
+        assert!(!filter.holds_back(".env"));
     }
 }

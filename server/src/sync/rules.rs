@@ -114,38 +114,43 @@ impl Rules {
             let prefix = parts[..=index].join("/");
             let parent = parts[..index].join("/");
             let prefix_is_dir = index + 1 < parts.len() || is_dir;
-            if self.excludes_itself(&prefix, &parent, prefix_is_dir) {
+            if self.excludes_itself(&self.workspace.join(&prefix), &parent, prefix_is_dir) {
                 return true;
             }
         }
         false
     }
 
-    /// Decides one path by its own rules only (parents are checked by the caller); `parent` is its directory.
-    fn excludes_itself(&self, relative: &str, parent: &str, is_dir: bool) -> bool {
-        let absolute = self.workspace.join(relative);
-        match self.configured.matched(&absolute, is_dir) {
-            Match::Ignore(_) => return true,
-            Match::Whitelist(_) => return false,
+    /// Decides one path by its own rules only (parents are checked by the caller): `absolute` is the path under
+    /// the workspace, `parent` its directory relative to the workspace. Empty matchers are skipped, since every
+    /// entry of every scan passes here.
+    fn excludes_itself(&self, absolute: &Path, parent: &str, is_dir: bool) -> bool {
+        let decide = |matcher: &Gitignore| match matcher.is_empty() {
+            true => Match::None,
+            false => matcher.matched(absolute, is_dir).map(|_| ()),
+        };
+        match decide(&self.configured) {
+            Match::Ignore(()) => return true,
+            Match::Whitelist(()) => return false,
             Match::None => {}
         }
         // Each file name in precedence order, and for one name the deepest directory's file first.
         let chain = self.chain(parent);
         for file_index in 0..IGNORE_FILES.len() {
             for (_, matcher) in chain.iter().filter(|(index, _)| *index == file_index) {
-                match matcher.matched(&absolute, is_dir) {
-                    Match::Ignore(_) => return true,
-                    Match::Whitelist(_) => return false,
+                match decide(matcher) {
+                    Match::Ignore(()) => return true,
+                    Match::Whitelist(()) => return false,
                     Match::None => {}
                 }
             }
         }
-        match self.git_exclude.matched(&absolute, is_dir) {
-            Match::Ignore(_) => return true,
-            Match::Whitelist(_) => return false,
+        match decide(&self.git_exclude) {
+            Match::Ignore(()) => return true,
+            Match::Whitelist(()) => return false,
             Match::None => {}
         }
-        self.global.matched(&absolute, is_dir).is_ignore()
+        decide(&self.global).is_ignore()
     }
 
     /// A walker over `start` (the workspace or a directory in it) applying the same rules.
@@ -173,7 +178,7 @@ impl Rules {
                 return false;
             }
             let is_dir = entry.file_type().is_some_and(|kind| kind.is_dir());
-            !rules.excludes_itself(relative, parent, is_dir)
+            !rules.excludes_itself(entry.path(), parent, is_dir)
         });
         builder
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use support::{file_uri, RpcError, Server, StartOptions};
+use support::{count_files, file_uri, RpcError, Server, StartOptions};
 
 /// Enough files for many batches at `BATCH_FILES`, so a cancel lands while the upload is under way.
 const FILES: usize = 3_000;
@@ -44,18 +44,6 @@ fn connect_without_upload(server: &Server, workspace: &Path) -> (String, std::pa
     let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
     let root = Path::new(session["remoteRoot"].as_str().expect("remoteRoot")).to_path_buf();
     (session_id, root)
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => count_files(&entry.path()),
-            Ok(_) => 1,
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// Waits for the `begin` of `token`'s progress and asserts it says the work can be cancelled.

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use parity::sync::{connected_with, eventually, sandbox_files, sandbox_read, sync};
 use parity::DriverFixture;
-use support::{file_uri, Server, StartOptions};
+use support::{count_files, file_uri, Server, StartOptions};
 
 
 sync_parity_tests!(parity::local_fixture);
@@ -271,18 +271,6 @@ fn sync_down_should_not_overwrite_a_file_saved_meanwhile() {
 fn session_root(server: &Server, session_id: &str) -> std::path::PathBuf {
     let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
     Path::new(status["remoteRoot"].as_str().expect("remoteRoot")).to_path_buf()
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => count_files(&entry.path()),
-            Ok(_) => 1,
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn write_pattern(path: &Path, size: usize) {

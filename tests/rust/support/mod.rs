@@ -584,6 +584,19 @@ pub fn skip_unless(available: bool, what: &str) -> bool {
     true
 }
 
+/// The regular files and links under `dir`, counted recursively (0 when it is missing).
+pub fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => count_files(&entry.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Processes whose command line contains `marker`, other than the caller.
 pub fn processes_matching(marker: &str) -> Vec<u32> {
     processes_where(|pid| {

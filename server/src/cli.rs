@@ -131,6 +131,16 @@ enum Command {
         #[command(subcommand)]
         action: ProfileCommand,
     },
+    /// List sandboxes: kept ones (re-attachable from an editor or `--keep` runs) and ones another sandlink holds.
+    ///
+    /// `sandlink sessions rm ID…` removes kept sandboxes; `sandlink sessions rm --all` removes every kept one.
+    Sessions {
+        #[command(subcommand)]
+        action: Option<SessionsCommand>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Trust a workspace, so profiles from its .sandlink.toml may send it elsewhere (SSH, cloud, remote Docker).
     ///
     /// A repository is not trusted by default. Trust is remembered in your state directory, never in the workspace.
@@ -141,6 +151,19 @@ enum Command {
         /// Take the trust back.
         #[arg(long)]
         revoke: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Remove kept sandboxes (their runs are stopped and the sandbox deleted).
+    Rm {
+        /// Session ids, as `sandlink sessions` lists them.
+        #[arg(value_name = "ID", required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Remove every kept sandbox instead of the ones named.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
     },
 }
 
@@ -228,6 +251,10 @@ pub fn main() -> ExitCode {
         Some(Command::Profile { action }) => {
             crate::logging::init("warn", None);
             report(runtime.block_on(profile_command(action)))
+        }
+        Some(Command::Sessions { action, json }) => {
+            crate::logging::init("warn", None);
+            report(runtime.block_on(sessions_command(action, json)))
         }
         Some(Command::Trust { workspace, revoke }) => {
             crate::logging::init("warn", None);
@@ -499,6 +526,60 @@ fn current_dir() -> Result<PathBuf, Error> {
 
 fn quiet_engine() -> Engine {
     Engine::new(Arc::new(TerminalEvents::new().0))
+}
+
+/// `sandlink sessions`: the kept sandboxes in a table (or JSON), or `rm` to remove some or all of them.
+async fn sessions_command(action: Option<SessionsCommand>, json: bool) -> Result<(), Error> {
+    let engine = quiet_engine();
+    let sessions = engine.sessions().await;
+    let Some(SessionsCommand::Rm { ids, all }) = action else {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "sessions": sessions })).unwrap_or_default());
+        } else if sessions.is_empty() {
+            println!("no sandboxes are kept");
+        } else {
+            println!("{:<14} {:<8} {:<13} {:<20} WORKSPACE", "ID", "DRIVER", "STATE", "LAST ACTIVE");
+            for session in &sessions {
+                let state = serde_json::to_value(session.state).ok().and_then(|v| v.as_str().map(String::from));
+                println!(
+                    "{:<14} {:<8} {:<13} {:<20} {}",
+                    session.session_id,
+                    session.driver,
+                    state.unwrap_or_default(),
+                    session.last_activity.get(..19).unwrap_or(&session.last_activity),
+                    session.workspace_folder.as_deref().unwrap_or("-"),
+                );
+            }
+            println!("remove one with `sandlink sessions rm ID`, all kept ones with `sandlink sessions rm --all`");
+        }
+        return Ok(());
+    };
+    let targets: Vec<String> = if all {
+        sessions
+            .iter()
+            .filter(|session| session.state == crate::protocol::SessionState::Disconnected)
+            .map(|session| session.session_id.clone())
+            .collect()
+    } else {
+        ids
+    };
+    let mut failures = Vec::new();
+    for id in &targets {
+        match engine.disconnect(DisconnectParams { session_id: id.clone(), keep: false }).await {
+            Ok(()) => println!("removed {id}"),
+            Err(error) => {
+                eprintln!("sandlink: {id}: {error}");
+                failures.push(id.clone());
+            }
+        }
+    }
+    if targets.is_empty() {
+        println!("no sandboxes are kept");
+    }
+    match failures.len() {
+        0 => Ok(()),
+        count => Err(Error::InvalidParams(format!("{count} of {} sandbox(es) could not be removed.", targets.len()))),
+    }
 }
 
 async fn profile_command(action: ProfileCommand) -> Result<(), Error> {

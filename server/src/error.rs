@@ -7,16 +7,16 @@ use crate::protocol::ErrorKind;
 pub enum Error {
     #[error("{0}")]
     InvalidParams(String),
-    #[error("There is no session \"{0}\"; it may have been disconnected. List live sessions with sandlink/sessions.")]
+    #[error("There is no session \"{0}\"; it may have been disconnected. `sandlink sessions` lists the kept ones.")]
     UnknownSession(String),
     #[error("There is no run \"{0}\"; it may have finished already.")]
     UnknownRun(String),
-    #[error("There is no job \"{0}\" in flight; it may have finished already. A session's jobs are listed by sandlink/status.")]
+    #[error("There is no job \"{0}\" in flight; it may have finished already. A session's status lists its jobs.")]
     UnknownJob(String),
     /// Long work (a connect, a sync) stopped because it was cancelled; the sentence says what was kept.
     #[error("{0}")]
     Cancelled(String),
-    #[error("There is no profile named \"{0}\". List profiles with sandlink/profiles or create one with sandlink/saveProfile.")]
+    #[error("There is no profile named \"{0}\". `sandlink profile list` lists them; create one with `sandlink profile save NAME --driver DRIVER` or your editor's \"Sandlink: Manage Profiles\" command.")]
     UnknownProfile(String),
     #[error("{message}")]
     DriverUnavailable { driver: String, message: String },

@@ -1,4 +1,4 @@
-//! End-to-end tests of the command line: `sandlink run`, `drivers`, `--version` and `--help`, on the real binary.
+//! End-to-end tests of the command line: `sandlink run`, `sessions`, `drivers`, `--version` and `--help`, on the real binary.
 
 mod support;
 
@@ -134,4 +134,44 @@ fn run_should_exit_128_plus_the_signal_that_killed_the_command() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+#[test]
+fn sessions_should_list_a_kept_sandbox_and_rm_should_remove_it() {
+    let workspace = support::workspace_with(&[("data.txt", "kept\n")]);
+    let state = tempfile::tempdir().expect("state dir");
+    let kept = sandlink(state.path())
+        .args(["run", "--keep", "--workspace"])
+        .arg(workspace.path())
+        .args(["--", "cat data.txt"])
+        .output()
+        .expect("sandlink runs");
+    assert_eq!(kept.status.code(), Some(0), "{}", String::from_utf8_lossy(&kept.stderr));
+
+    let listing = sandlink(state.path()).args(["sessions", "--json"]).output().expect("sandlink sessions");
+    assert_eq!(listing.status.code(), Some(0), "{}", String::from_utf8_lossy(&listing.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&listing.stdout).expect("JSON listing");
+    let sessions = listed["sessions"].as_array().expect("sessions array");
+    assert_eq!(sessions.len(), 1, "{listed}");
+    assert_eq!(sessions[0]["state"], "disconnected", "{listed}");
+    assert_eq!(sessions[0]["driver"], "local", "{listed}");
+    let id = sessions[0]["sessionId"].as_str().expect("id").to_string();
+    let root = std::path::PathBuf::from(sessions[0]["remoteRoot"].as_str().expect("root"));
+    assert_eq!(std::fs::read_to_string(root.join("data.txt")).expect("kept file"), "kept\n");
+
+    let table = sandlink(state.path()).arg("sessions").output().expect("sandlink sessions");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(&id) && table.contains("sandlink sessions rm"), "{table}");
+
+    let unknown = sandlink(state.path()).args(["sessions", "rm", "nosuchsession"]).output().expect("rm unknown");
+    assert_eq!(unknown.status.code(), Some(125), "an unknown id is an error");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("nosuchsession"));
+
+    let removed = sandlink(state.path()).args(["sessions", "rm", "--all"]).output().expect("sessions rm");
+    assert_eq!(removed.status.code(), Some(0), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(String::from_utf8_lossy(&removed.stdout).contains(&format!("removed {id}")));
+    assert!(!root.exists(), "the sandbox's files are gone");
+    let after = sandlink(state.path()).args(["sessions", "--json"]).output().expect("sandlink sessions");
+    let after: serde_json::Value = serde_json::from_slice(&after.stdout).expect("JSON listing");
+    assert_eq!(after["sessions"].as_array().map(Vec::len), Some(0), "{after}");
 }

@@ -366,7 +366,7 @@ fn missing_api_key_should_be_credentials_missing_naming_the_variable() {
         json!({ "driver": "e2b", "settings": fake.settings(), "workspaceFolder": support::file_uri(workspace.path()) }),
     );
     assert_eq!(error.kind.as_deref(), Some("credentialsMissing"), "{error:?}");
-    assert!(error.message.contains("E2B_API_KEY") && error.message.contains("sandlink/setCredential"), "{}", error.message);
+    assert!(error.message.contains("E2B_API_KEY") && !error.message.contains("sandlink/") && error.message.contains("Set Credential"), "{}", error.message);
 }
 
 #[test]

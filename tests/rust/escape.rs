@@ -67,15 +67,20 @@ fn mechanisms() -> Vec<&'static str> {
 }
 
 /// A copy of the binary every account can execute (the build directory may not be reachable for other users).
+///
+/// One fixed directory, replaced by rename on each run: a directory per test process left a 260 MB copy in /tmp
+/// after every run, and a run that is going on at the same time keeps executing the copy it already opened.
 fn shared_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sandlink-escape-bin-{}", std::process::id()));
+        let dir = std::env::temp_dir().join("sandlink-escape-bin");
         std::fs::create_dir_all(&dir).expect("binary dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let binary = dir.join("sandlink");
-        std::fs::copy(support::binary(), &binary).expect("copy binary");
-        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let staged = dir.join(format!(".sandlink-{}", std::process::id()));
+        std::fs::copy(support::binary(), &staged).expect("copy binary");
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&staged, &binary).expect("put the binary in place");
         binary
     })
 }

@@ -49,7 +49,7 @@ fn a_session_should_survive_a_server_restart_and_reattach_to_the_same_root() {
     let listed = sessions(&second);
     let kept = find(&listed, &session_id).unwrap_or_else(|| panic!("the kept session is listed: {listed:?}"));
     assert_eq!(kept["state"], "disconnected", "{kept}");
-    assert!(kept["message"].as_str().unwrap_or_default().contains("reuse"), "{kept}");
+    assert!(kept["message"].as_str().unwrap_or_default().contains("connect again"), "{kept}");
     assert_eq!(kept["remoteRoot"], remote_root.as_str());
 
     let reattached = second

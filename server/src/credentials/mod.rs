@@ -119,15 +119,16 @@ pub async fn resolve(
                 let profile = profile.unwrap_or_default();
                 return Err(Error::CredentialsMissing(format!(
                     "The {driver} driver needs the {} (\"{}\") and profile \"{profile}\" has none stored. Store it \
-                     in the OS keychain with `sandlink profile set-credential {profile} {}` or sandlink/setCredential \
-                     {{ profile: \"{profile}\", key: \"{}\" }}, or set the environment variable {}.",
-                    spec.description, spec.key, spec.key, spec.key, spec.env_var
+                     in the OS keychain with your editor's \"Sandlink: Set Credential\" command or `sandlink profile \
+                     set-credential {profile} {}`, or set the environment variable {}.",
+                    spec.description, spec.key, spec.key, spec.env_var
                 )));
             }
             None => {
                 return Err(Error::CredentialsMissing(format!(
                     "The {driver} driver needs the {} (\"{}\"). Set the environment variable {}, or connect with a \
-                     profile (sandlink/saveProfile) and store the key with sandlink/setCredential.",
+                     profile (`sandlink profile save NAME --driver DRIVER`) and store the key in the OS keychain with \
+                     your editor's \"Sandlink: Set Credential\" command or `sandlink profile set-credential NAME KEY`.",
                     spec.description, spec.key, spec.env_var
                 )));
             }

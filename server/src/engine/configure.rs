@@ -430,8 +430,7 @@ fn destination(driver: &dyn Driver, settings: &Map<String, Value>) -> String {
 /// the error so a client's "Trust workspace" answer can be bound to what the message showed.
 fn untrusted_error(state: TrustState, workspace: &Path, what: &str, fingerprint: &trust::Fingerprint) -> Option<Error> {
     let confirm = format!(
-        "Confirm it with `sandlink trust {}` or the request sandlink/trustWorkspace {{ workspaceFolder, trust: true }} \
-         (your editor's \"Trust workspace\" command), then try again. `sandlink trust --revoke` undoes it.",
+        "Confirm it with your editor's \"Trust workspace\" command or `sandlink trust {}`, then try again. `sandlink trust --revoke` undoes it.",
         workspace.display()
     );
     let message = match state {

@@ -213,7 +213,8 @@ impl Engine {
             if existing.len() >= limit {
                 return Err(Error::LimitReached(format!(
                     "There are already {} sandboxes (the limit is {limit}), so sandlink will not start another one. \
-                     Disconnect one you no longer need (sandlink/sessions lists them, kept ones included) or raise \
+                     Remove one you no longer need (`sandlink sessions` lists them, kept ones included, and `sandlink sessions rm ID` \
+                     removes one) or raise \
                      maxSandboxes under [limits] in {}.",
                     existing.len(),
                     config_file.display()

@@ -133,7 +133,7 @@ impl Engine {
         if params.keep {
             session.update(|mutable| {
                 mutable.state = SessionState::Disconnected;
-                mutable.message = Some(format!("Kept; re-attach with connect {{ reuse: \"{}\" }}.", session.id));
+                mutable.message = Some(format!("Kept; connect again from this workspace to re-attach ({}).", session.id));
             });
             self.persist(&session, true).await;
         } else {
@@ -258,7 +258,7 @@ impl Engine {
                 let how = if record.kept { "Kept" } else { "Left by a sandlink that exited" };
                 record.info(
                     SessionState::Disconnected,
-                    format!("{how}; re-attach with connect {{ reuse: \"{}\" }}.", record.session_id),
+                    format!("{how}; connect again from its workspace to re-attach ({}).", record.session_id),
                 )
             }
         }

@@ -294,7 +294,7 @@ pub fn refuse_secrets(name: &str, settings: &Map<String, Value>, credential_keys
     let key = finding.key_path.rsplit('.').next().unwrap_or(&finding.key_path).to_string();
     Err(Error::InvalidProfile(format!(
         "\"{}\" in {place} looks like a secret, and secrets never go into profile files. Remove it and store it in \
-         the OS keychain with `sandlink profile set-credential {name} {key}` (or sandlink/setCredential), or give \
+         the OS keychain with `sandlink profile set-credential {name} {key}` (or your editor's \"Sandlink: Set Credential\" command), or give \
          it through the provider's environment variable (for example E2B_API_KEY) in CI.",
         finding.key_path
     )))

@@ -25,7 +25,7 @@ pub const UNARY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How E2B's failures read to a user.
 pub static WORDING: Wording = Wording {
     provider: "E2B",
-    credentials_hint: "Check the API key in E2B_API_KEY or the one stored with sandlink/setCredential.",
+    credentials_hint: "Check the API key in E2B_API_KEY or the one stored in the keychain with Set Credential.",
 };
 
 /// Which part of E2B a request went to; decides how an answer's status is read.

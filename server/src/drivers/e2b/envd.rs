@@ -389,7 +389,7 @@ async fn follow_run(
                             message: format!(
                                 "The E2B sandbox stopped answering: the command's stream {reason}, and the sandbox's \
                                  health check got no answer within {} s. Whether the command still runs is unknown; \
-                                 check the sandbox with sandlink/status or connect again.",
+                                 check the sandbox's status or connect again.",
                                 tuning.probe.as_secs()
                             ),
                         })

@@ -66,7 +66,8 @@ fn api_key(request: &ConnectRequest) -> Result<Secret> {
         Ok(key) if !key.trim().is_empty() => Ok(Secret::new(key.trim())),
         _ => Err(Error::CredentialsMissing(format!(
             "The e2b driver needs an E2B API key: set the {API_KEY_VARIABLE} environment variable for sandlink, or \
-             store the key with sandlink/setCredential."
+             connect with a profile and store the key with your editor's \"Sandlink: Set Credential\" command or \
+             `sandlink profile set-credential PROFILE apiKey`."
         ))),
     }
 }
@@ -229,7 +230,7 @@ impl super::Driver for Driver {
         let detail = if key_present {
             "E2B cloud sandboxes; the API key comes from E2B_API_KEY".to_string()
         } else {
-            "E2B cloud sandboxes; needs an API key in E2B_API_KEY or stored with sandlink/setCredential".to_string()
+            "E2B cloud sandboxes; needs an API key in E2B_API_KEY or stored in the keychain with Set Credential".to_string()
         };
         DriverInfo {
             id: self.id().into(),
@@ -299,7 +300,7 @@ impl super::Driver for Driver {
 
     async fn restore(&self, snapshot_id: String, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
         if snapshot_id.trim().is_empty() {
-            return Err(Error::InvalidParams("The snapshot id is empty; use the id sandlink/snapshot answered.".into()));
+            return Err(Error::InvalidParams("The snapshot id is empty; use the id the snapshot was given when it was taken.".into()));
         }
         // Restoring is creating a sandbox whose template is the snapshot.
         Ok(self.open(request, Some(snapshot_id)).await?)

@@ -91,14 +91,14 @@ pub const SETTINGS: &[SettingSpec] = &[
         kind: SettingKind::String,
         required: false,
         default: None,
-        description: "the control API's base URL (https://api.DOMAIN by default)",
+        description: "the control API's base URL (E2B_API_URL, else https://api.DOMAIN)",
     },
     SettingSpec {
         key: "domain",
         kind: SettingKind::String,
         required: false,
         default: None,
-        description: "the sandbox domain (the one E2B answers, else e2b.app)",
+        description: "the sandbox domain (E2B_DOMAIN, else the one E2B answers, else e2b.app)",
     },
     SettingSpec {
         key: "metadata",
@@ -172,9 +172,24 @@ fn checked_url(key: &str, url: String) -> Result<String> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// The environment variables E2B's SDKs read for the API URL and the sandbox domain; a setting wins over them.
+pub const API_URL_VARIABLE: &str = "E2B_API_URL";
+pub const DOMAIN_VARIABLE: &str = "E2B_DOMAIN";
+
 impl Settings {
     pub fn parse(settings: &Map<String, Value>) -> Result<Settings> {
-        let declared: Declared = crate::drivers::settings::parse("e2b", SETTINGS, settings)?;
+        Settings::parse_with_environment(settings, |name| std::env::var(name).ok())
+    }
+
+    /// Parses with `environment` standing in for the process environment (tests must not race on real variables).
+    pub fn parse_with_environment(
+        settings: &Map<String, Value>,
+        environment: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings> {
+        let mut declared: Declared = crate::drivers::settings::parse("e2b", SETTINGS, settings)?;
+        let from_environment = |name: &str| environment(name).filter(|value| !value.trim().is_empty());
+        declared.domain = declared.domain.or_else(|| from_environment(DOMAIN_VARIABLE));
+        declared.api_url = declared.api_url.or_else(|| from_environment(API_URL_VARIABLE));
         let domain = non_empty("e2b", "domain", declared.domain)?;
         if let Some(domain) = &domain {
             if domain.contains('/') {
@@ -299,7 +314,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(value: Value) -> Result<Settings> {
-        Settings::parse(value.as_object().expect("an object"))
+        Settings::parse_with_environment(value.as_object().expect("an object"), |_| None)
     }
 
     #[test]
@@ -344,6 +359,25 @@ mod tests {
         assert_eq!(default("remoteRoot"), Some(json!(parsed.remote_root)));
         assert_eq!(default("keepaliveIdleSeconds"), Some(json!(parsed.keepalive_idle_seconds)));
         assert_eq!(default("streamKeepaliveSeconds"), Some(json!(parsed.stream_keepalive_seconds)));
+    }
+
+    #[test]
+    fn the_sdk_variables_should_set_the_urls_unless_a_setting_does() {
+        let environment = |name: &str| match name {
+            API_URL_VARIABLE => Some("http://127.0.0.1:3000/".to_string()),
+            DOMAIN_VARIABLE => Some("sandbox.example.com".to_string()),
+            _ => None,
+        };
+        let object = |value: Value| value.as_object().cloned().expect("object");
+        let settings = Settings::parse_with_environment(&object(json!({})), environment).expect("valid");
+        assert_eq!(settings.api_url, "http://127.0.0.1:3000");
+        assert_eq!(settings.domain.as_deref(), Some("sandbox.example.com"));
+        let only_domain = |name: &str| (name == DOMAIN_VARIABLE).then(|| "sandbox.example.com".to_string());
+        let settings = Settings::parse_with_environment(&object(json!({})), only_domain).expect("valid");
+        assert_eq!(settings.api_url, "https://api.sandbox.example.com");
+        let explicit = json!({"apiUrl": "https://api.e2b.dev", "domain": "e2b.dev"});
+        let settings = Settings::parse_with_environment(&object(explicit), environment).expect("valid");
+        assert_eq!((settings.api_url.as_str(), settings.domain.as_deref()), ("https://api.e2b.dev", Some("e2b.dev")));
     }
 
     #[test]

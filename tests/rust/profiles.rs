@@ -176,7 +176,7 @@ fn a_remote_workspace_profile_should_be_refused_until_the_workspace_is_trusted()
 
     let error = connect_error(&server, json!({ "profile": "team" }));
     assert_eq!(error.kind.as_deref(), Some("workspaceNotTrusted"));
-    assert!(error.message.contains("sandlink trust") && error.message.contains("sandlink/trustWorkspace"), "{}", error.message);
+    assert!(error.message.contains("sandlink trust") && error.message.contains("Trust workspace") && !error.message.contains("sandlink/"), "{}", error.message);
     let error = connect_error(&server, json!({}));
     assert_eq!(error.kind.as_deref(), Some("workspaceNotTrusted"), "the default profile is gated too");
 
@@ -318,4 +318,36 @@ fn a_bad_docker_or_e2b_setting_in_a_profile_should_be_an_invalid_profile_naming_
     );
     assert_eq!(error.kind.as_deref(), Some("invalidProfile"), "{error:?}");
     assert!(error.message.contains("\"keep\" must be true or false, but it is a string"), "{}", error.message);
+}
+
+#[test]
+fn a_driver_name_should_work_where_a_profile_is_expected_unless_a_profile_has_that_name() {
+    let Setup { server, workspace, .. } = start(None);
+    server
+        .request(
+            "sandlink/saveProfile",
+            json!({ "name": "keyed-dev", "driver": "keyed", "settings": { "expectedTokenHash": token_hash() }, "default": true }),
+        )
+        .expect("save");
+    let session = server
+        .request("sandlink/connect", json!({ "profile": "local", "workspaceFolder": file_uri(workspace.path()) }))
+        .expect("`local` names the driver, not the default profile");
+    assert_eq!(session["driver"], "local", "{session}");
+    assert_eq!(session["profile"], Value::Null, "{session}");
+    server.request("sandlink/disconnect", json!({ "sessionId": session["sessionId"] })).expect("disconnect");
+
+    server
+        .request(
+            "sandlink/saveProfile",
+            json!({ "name": "local", "driver": "keyed", "settings": { "expectedTokenHash": token_hash() } }),
+        )
+        .expect("save a profile named like a driver");
+    let session = server
+        .request("sandlink/connect", json!({ "profile": "local", "workspaceFolder": file_uri(workspace.path()) }))
+        .expect("the profile wins over the driver of the same name");
+    assert_eq!((&session["driver"], &session["profile"]), (&json!("keyed"), &json!("local")), "{session}");
+
+    let error = connect_error(&server, json!({ "profile": "no-such-thing" }));
+    assert_eq!(error.kind.as_deref(), Some("unknownProfile"), "{}", error.message);
+    assert!(!error.message.contains("sandlink/"), "messages name user commands: {}", error.message);
 }

@@ -65,8 +65,17 @@ impl Engine {
     pub async fn plan(&self, input: PlanInput<'_>) -> Result<Plan> {
         let wants_profile = input.profile.is_some() || input.driver.is_none();
         let loaded = if wants_profile { Some(self.load_profiles(input.workspace).await?) } else { None };
+        // A driver's name works where a profile is expected (`:Sandlink connect local`), unless a profile has it.
+        let mut driver_named_as_profile = None;
         let profile = match (&input.profile, &loaded) {
-            (Some(name), Some(profiles)) => Some(profiles.get(name)?.clone()),
+            (Some(name), Some(profiles)) => match profiles.get(name) {
+                Ok(profile) => Some(profile.clone()),
+                Err(_) if input.driver.is_none() && self.driver(name).is_ok() => {
+                    driver_named_as_profile = Some(name.clone());
+                    None
+                }
+                Err(error) => return Err(error),
+            },
             (None, Some(profiles)) => match profiles.default_name() {
                 Some(name) => Some(profiles.get(name).map_err(|_| {
                     Error::InvalidProfile(format!(
@@ -79,7 +88,7 @@ impl Engine {
             _ => None,
         };
         let Some(profile) = profile else {
-            let driver_id = input.driver.clone().unwrap_or_else(|| "local".to_string());
+            let driver_id = input.driver.clone().or(driver_named_as_profile).unwrap_or_else(|| "local".to_string());
             let driver = self.driver(&driver_id)?;
             let settings = input.settings.unwrap_or_default();
             profiles::refuse_secrets(driver_id.as_str(), &settings, &self.credential_key_names(), "the connect settings")

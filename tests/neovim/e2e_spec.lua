@@ -97,7 +97,8 @@ end)
 
 test('connect_should_start_a_local_session_and_update_the_statusline', function()
   local events_before = status_events
-  vim.cmd('Sandlink connect')
+  -- A driver's name where a profile is expected connects that driver (the workspace has no profile named local).
+  vim.cmd('Sandlink connect local')
   wait_for('a session', 30000, function()
     return current_workspace().session ~= nil
   end)

@@ -723,6 +723,10 @@ commands.subcommands = {
       end
       for _, driver in ipairs(workspace and workspace.drivers or {}) do
         table.insert(candidates, 'driver=' .. driver.id)
+        -- A bare driver name connects that driver (the server's rule) unless a profile has the same name.
+        if not vim.tbl_contains(candidates, driver.id) then
+          table.insert(candidates, driver.id)
+        end
       end
       for _, session in ipairs(workspace and workspace.known_sessions or {}) do
         table.insert(candidates, 'reuse=' .. tostring(session.sessionId))

@@ -405,6 +405,23 @@ test('checkhealth_should_report_the_server_and_the_running_client', function()
   assert_matches('found ' .. vim.pesc(server_binary), text, 'the binary is found')
   assert_matches('client %d+ serves', text, 'the client is reported')
   assert_true(not text:find('ERROR'), 'no errors in :checkhealth sandlink:\n' .. text)
+  assert_matches('sandlink: keychain', text, 'the keychain is checked')
+end)
+
+test('checkhealth_should_warn_about_a_driver_whose_key_is_nowhere', function()
+  local health = require('sandlink.health')
+  local e2b = { id = 'e2b', available = true,
+    credentials = { { key = 'apiKey', envVar = 'E2B_API_KEY', required = true, description = 'E2B API key' } } }
+  assert_equal({ 'E2B API key (E2B_API_KEY)' }, health.missing_credentials(e2b, {}, {}), 'no key anywhere')
+  assert_equal({}, health.missing_credentials(e2b, {}, { E2B_API_KEY = 'x' }), 'the variable is enough')
+  local stored = { { name = 'cloud', driver = 'e2b', hasCredentials = true } }
+  assert_equal({}, health.missing_credentials(e2b, stored, {}), 'a profile with a stored key is enough')
+  local other = { { name = 'dev', driver = 'docker', hasCredentials = true } }
+  assert_equal(1, #health.missing_credentials(e2b, other, {}), "another driver's key does not count")
+  local advice = table.concat(health.credential_advice(e2b), '\n')
+  assert_matches('E2B_API_KEY', advice, 'advice names the variable')
+  assert_matches('set%-credential NAME apiKey', advice, 'advice names the CLI command')
+  assert_true(not advice:find('sandlink/'), 'no protocol method in the advice')
 end)
 
 test('disconnect_should_end_the_session_and_reset_the_statusline', function()

@@ -1,4 +1,4 @@
--- `:checkhealth sandlink`: Neovim version, the server binary, the running client and the sandbox drivers it offers.
+-- `:checkhealth sandlink`: Neovim version, the server binary, the running client, its drivers and their credentials, the keychain.
 
 local health_check = {}
 
@@ -66,16 +66,60 @@ function health_check.check()
       report.warn('the server for ' .. root_dir .. ' is still starting')
     end
     for _, driver in ipairs(workspace.drivers or {}) do
-      if driver.available then
-        report.ok('driver ' .. driver.id .. ' is available')
-      else
+      if not driver.available then
         report.info('driver ' .. driver.id .. ' is unavailable: ' .. tostring(driver.detail or 'no detail given'))
+      else
+        local missing = health_check.missing_credentials(driver, workspace.profiles or {}, vim.env)
+        if #missing == 0 then
+          report.ok('driver ' .. driver.id .. ' is available')
+        else
+          report.warn('driver ' .. driver.id .. ' is reachable but has no ' .. table.concat(missing, ', '),
+            health_check.credential_advice(driver))
+        end
       end
     end
   end
   if not any_workspace then
     report.warn('no workspace has a sandlink client')
   end
+
+  report.start('sandlink: keychain')
+  if (vim.env.DBUS_SESSION_BUS_ADDRESS or '') ~= '' then
+    report.ok('a D-Bus session bus is set (' .. vim.env.DBUS_SESSION_BUS_ADDRESS .. '): credentials can be kept in the Secret Service')
+  elseif vim.fn.has('mac') == 1 or vim.fn.has('win32') == 1 then
+    report.ok('credentials are kept in the system keychain')
+  else
+    report.warn('no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is empty): the OS keychain is out of reach', {
+      'give cloud drivers their keys through environment variables (E2B_API_KEY, ...) instead',
+      'or start a session bus and a Secret Service (gnome-keyring-daemon, KeePassXC)',
+    })
+  end
+end
+
+-- The descriptions of the driver's required credentials found neither in the environment the server inherits from
+-- Neovim nor with any profile of that driver (`hasCredentials`: stored in the keychain or in its variable).
+function health_check.missing_credentials(driver, profiles, environment)
+  local missing = {}
+  for _, credential in ipairs(driver.credentials or {}) do
+    local found = credential.required == false or (environment[credential.envVar] or '') ~= ''
+    for _, profile in ipairs(profiles) do
+      found = found or (profile.driver == driver.id and profile.hasCredentials == true)
+    end
+    if not found then
+      table.insert(missing, tostring(credential.description) .. ' (' .. tostring(credential.envVar) .. ')')
+    end
+  end
+  return missing
+end
+
+function health_check.credential_advice(driver)
+  local advice = {}
+  for _, credential in ipairs(driver.credentials or {}) do
+    table.insert(advice, 'set ' .. tostring(credential.envVar) .. ' in the environment Neovim starts from')
+    table.insert(advice, 'or save a profile (:Sandlink profiles, `sandlink profile save NAME --driver ' .. driver.id
+      .. '`) and store the key in the keychain: `sandlink profile set-credential NAME ' .. tostring(credential.key) .. '`')
+  end
+  return advice
 end
 
 return health_check

@@ -80,6 +80,8 @@ request!(/// Removes a credential from the OS keychain.
     DeleteCredentialRequest, "sandlink/deleteCredential", CredentialKeyParams, EmptyResult);
 request!(/// Confirms (or revokes) that the user trusts a workspace, so its `.sandlink.toml` profiles may send it elsewhere.
     TrustWorkspaceRequest, "sandlink/trustWorkspace", TrustWorkspaceParams, EmptyResult);
+request!(/// Lists the workspace's `.sandlink.toml` tasks, so editors need no TOML reader of their own.
+    TasksRequest, "sandlink/tasks", TasksParams, TasksResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -582,6 +584,32 @@ pub struct ProfilesResult {
     /// Why the workspace's `.sandlink.toml` was refused (invalid, or holding a secret); its profiles are then absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace_error: Option<String>,
+}
+
+/// `{ workspaceFolder? }`, as for profiles: the server's root when absent.
+pub type TasksParams = ProfilesParams;
+
+/// One `[tasks]` entry of a workspace's `.sandlink.toml`, as `sandlink/tasks` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEntry {
+    pub name: String,
+    /// The command line it runs, whole.
+    pub command: String,
+    /// `name (command)` on one line, control characters and runs of blanks shown, long commands cut: what a menu shows.
+    pub title: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TasksResult {
+    /// In file order; empty without a `.sandlink.toml` or a `[tasks]` table.
+    pub tasks: Vec<TaskEntry>,
+    /// Whether the user trusts the workspace as its file is now (a task of an untrusted workspace asks first).
+    pub trusted: bool,
+    /// Why the file could not be read, as a sentence; the tasks are then empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -211,6 +211,29 @@ local function run_answering_trust(line, answer, before_answer)
   return output.last_view, record, captured
 end
 
+test('tasks_should_be_listed_by_the_server_and_follow_a_written_sandlink_toml', function()
+  local workspace = current_workspace()
+  wait_for('the tasks from the server', 10000, function()
+    return require('sandlink.commands').read_tasks(workspace).greet ~= nil
+  end)
+  assert_matches('echo hello from a task', require('sandlink.commands').read_tasks(workspace).greet, 'the command')
+  local tasks_path = workspace_dir .. '/.sandlink.toml'
+  local original = vim.fn.readfile(tasks_path)
+  vim.cmd('edit ' .. vim.fn.fnameescape(tasks_path))
+  vim.api.nvim_buf_set_lines(0, -1, -1, false, { 'added = "echo added"' })
+  vim.cmd('silent write')
+  wait_for('the added task', 10000, function()
+    return require('sandlink.commands').read_tasks(workspace).added ~= nil
+  end)
+  vim.api.nvim_buf_set_lines(0, 0, -1, false, original)
+  vim.cmd('silent write')
+  vim.cmd('bwipeout!')
+  wait_for('the added task gone again', 10000, function()
+    return require('sandlink.commands').read_tasks(workspace).added == nil
+  end)
+  assert_true(vim.tbl_contains(vim.tbl_keys(require('sandlink.commands').read_tasks(workspace)), 'greet'), 'greet stays')
+end)
+
 local original_tasks_file
 test('a_task_file_changed_while_the_trust_prompt_was_open_should_not_be_trusted', function()
   local tasks_path = workspace_dir .. '/.sandlink.toml'

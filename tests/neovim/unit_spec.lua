@@ -59,16 +59,13 @@ test('exit_line_should_say_how_the_run_ended', function()
   assert_matches('SIGKILL', output.exit_line({ exitCode = vim.NIL, signal = 'SIGKILL', cancelled = false, timedOut = false }))
 end)
 
-test('tasks_should_be_read_from_the_tasks_table_only', function()
-  local directory = vim.fn.tempname()
-  vim.fn.mkdir(directory, 'p')
-  vim.fn.writefile({
-    '[profiles.dev]', 'driver = "local"',
-    '[tasks]', 'test = "cargo test"', "lint = 'cargo clippy'", '# a comment',
-    '[sync]', 'exclude = "x"',
-  }, directory .. '/.sandlink.toml')
-  local tasks = require('sandlink.commands').read_tasks(directory)
-  assert_equal({ test = 'cargo test', lint = 'cargo clippy' }, tasks, 'tasks')
+test('tasks_should_come_from_the_servers_answer', function()
+  local read_tasks = require('sandlink.commands').read_tasks
+  local workspace = { tasks = { { name = 'test', command = 'cargo test', title = 'test (cargo test)' },
+    { name = 'lint', command = 'cargo clippy', title = 'lint (cargo clippy)' } } }
+  assert_equal({ test = 'cargo test', lint = 'cargo clippy' }, read_tasks(workspace), 'tasks')
+  assert_equal({}, read_tasks({}), 'none before the server answered')
+  assert_equal({}, read_tasks(nil), 'none without a workspace')
 end)
 
 test('task_commands_should_be_shown_as_the_server_titles_show_them', function()

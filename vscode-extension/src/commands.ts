@@ -1,7 +1,5 @@
 //! One factory per palette command; each returns the function VS Code calls, closed over the window's `Ctx`.
 
-import * as fs from "node:fs";
-import * as path from "node:path";
 import * as vscode from "vscode";
 
 import { credentialChoices } from "./credentials";
@@ -9,7 +7,7 @@ import { describeError, remoteFileScheme, type Ctx, type RunTarget } from "./ctx
 import * as protocol from "./protocol";
 import { formatDuration } from "./run_output";
 import { commandIds, isCommandEnabled, type CommandId } from "./status";
-import { parseTasks, rememberCommand, shownCommand } from "./tasks";
+import { rememberCommand, shownCommand, taskNamed } from "./tasks";
 import { writeTestLog } from "./test_log";
 
 export type Cmd = (...args: unknown[]) => unknown;
@@ -245,10 +243,11 @@ export function runCommand(ctx: Ctx): Cmd {
 
 /** An input box that also lists the `.sandlink.toml` tasks and earlier command lines; typing anything runs it. */
 async function askForRunTarget(ctx: Ctx, session: protocol.SessionInfo): Promise<RunTarget | undefined> {
-    const taskItems: RunChoice[] = readTasks(session).map((task) => ({
+    const tasks = await readTasks(ctx, session);
+    const taskItems: RunChoice[] = tasks.map((task) => ({
         label: `$(tasklist) ${shownCommand(task.name)}`,
         // Shown as the server's task titles show it: whitespace collapsed and cut, so padding hides nothing.
-        description: shownCommand(task.commandLine),
+        description: shownCommand(task.command),
         detail: "task from .sandlink.toml (runs once you trust the workspace)",
         target: { task: task.name },
     }));
@@ -261,12 +260,21 @@ async function askForRunTarget(ctx: Ctx, session: protocol.SessionInfo): Promise
     ];
     const quickPick = vscode.window.createQuickPick<vscode.QuickPickItem>();
     quickPick.title = `Run in ${session.profile ?? session.driver}`;
-    quickPick.placeholder = "Type a command line, or pick a task or an earlier command";
+    quickPick.placeholder = "Type a command line or a task's name, or pick a task or an earlier command";
     quickPick.matchOnDescription = true;
     quickPick.items = fixedItems;
-    // Whatever is typed is offered as the first item, so Enter always runs the typed text even when it matches a task.
+    // Whatever is typed is offered as the first item, so Enter always runs what was typed: a task when the text is a
+    // task's name (typing `test` means the task, not the shell builtin), else the command line.
+    const typedTarget = (value: string): RunTarget => {
+        const task = taskNamed(tasks, value);
+        return task !== undefined ? { task: task.name } : { command: value };
+    };
     quickPick.onDidChangeValue((value) => {
-        const typedItem: RunChoice = { label: `$(play) ${value}`, description: "run this command line", target: { command: value }, alwaysShow: true };
+        const target = typedTarget(value);
+        const typedItem: RunChoice =
+            "task" in target
+                ? { label: `$(tasklist) ${value}`, description: "run this task", target, alwaysShow: true }
+                : { label: `$(play) ${value}`, description: "run this command line", target, alwaysShow: true };
         quickPick.items = value.trim() === "" ? fixedItems : [typedItem, ...fixedItems];
     });
     return new Promise<RunTarget | undefined>((resolve) => {
@@ -274,7 +282,7 @@ async function askForRunTarget(ctx: Ctx, session: protocol.SessionInfo): Promise
         quickPick.onDidAccept(() => {
             const selected = quickPick.selectedItems[0] as RunChoice | undefined;
             settled = true;
-            resolve(selected?.target ?? { command: quickPick.value });
+            resolve(selected?.target ?? typedTarget(quickPick.value));
             quickPick.hide();
         });
         quickPick.onDidHide(() => {
@@ -287,19 +295,14 @@ async function askForRunTarget(ctx: Ctx, session: protocol.SessionInfo): Promise
     });
 }
 
-function readTasks(session: protocol.SessionInfo) {
-    const folderUri = session.workspaceFolder
-        ? vscode.Uri.parse(session.workspaceFolder)
-        : vscode.workspace.workspaceFolders?.[0]?.uri;
-    if (folderUri === undefined || folderUri.scheme !== "file") {
-        return [];
+/** The workspace's tasks, from the server (which owns `.sandlink.toml`); none when it cannot say. */
+async function readTasks(ctx: Ctx, session: protocol.SessionInfo): Promise<protocol.TaskEntry[]> {
+    const workspaceFolder = session.workspaceFolder ?? vscode.workspace.workspaceFolders?.[0]?.uri.toString();
+    const result = await ctx.requestQuietly(protocol.tasks, workspaceFolder ? { workspaceFolder } : {});
+    if (result?.error) {
+        ctx.logChannel.warn(`Tasks could not be read: ${result.error}`);
     }
-    try {
-        return parseTasks(fs.readFileSync(path.join(folderUri.fsPath, ".sandlink.toml"), "utf8"));
-    } catch {
-        // No .sandlink.toml (or unreadable): no tasks to offer, the input box still works.
-        return [];
-    }
+    return result?.tasks ?? [];
 }
 
 export function cancelRun(ctx: Ctx): Cmd {

@@ -309,6 +309,23 @@ export interface TrustWorkspaceParams {
 }
 export const trustWorkspace = new RequestType<TrustWorkspaceParams, EmptyResult, void>("sandlink/trustWorkspace");
 
+export interface TaskEntry {
+    name: string;
+    /** The command line the task runs, whole. */
+    command: string;
+    /** `name (command)` on one line as a menu shows it: control characters shown, long commands cut. */
+    title: string;
+}
+export interface TasksResult {
+    /** In file order; empty without a `.sandlink.toml` or a `[tasks]` table. */
+    tasks: TaskEntry[];
+    /** Whether the user trusts the workspace as its file is now (a task of an untrusted workspace asks first). */
+    trusted: boolean;
+    /** Why the file could not be read; the tasks are then empty. */
+    error?: string;
+}
+export const tasks = new RequestType<{ workspaceFolder?: string }, TasksResult, void>("sandlink/tasks");
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)
 // ---------------------------------------------------------------------------------------------------------------------

@@ -1,36 +1,20 @@
-//! Unit tests for reading the [tasks] table of .sandlink.toml and for the Run Command history.
+//! Unit tests for matching a typed line to a task, titles, and the Run Command history.
 
 import * as assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { parseTasks, rememberCommand, shownCommand, titleCommandChars } from "../src/tasks";
+import { rememberCommand, shownCommand, taskNamed, titleCommandChars } from "../src/tasks";
 
-test("tasks are read from the [tasks] table in file order", () => {
-    const toml = [
-        "# sandlink settings",
-        "[sync]",
-        'exclude = ["target"]',
-        "",
-        "[tasks]",
-        'test = "cargo test --workspace"',
-        "build = 'cargo build' # literal string",
-        '"serve site" = "python3 -m http.server 8000"',
-        'quoted = "echo \\"hi\\"\\tthere"',
-        "",
-        "[other]",
-        'ignored = "not a task"',
-    ].join("\n");
-    assert.deepEqual(parseTasks(toml), [
-        { name: "test", commandLine: "cargo test --workspace" },
-        { name: "build", commandLine: "cargo build" },
-        { name: "serve site", commandLine: "python3 -m http.server 8000" },
-        { name: "quoted", commandLine: 'echo "hi"\tthere' },
-    ]);
-});
-
-test("a file without tasks, or with lines it does not understand, gives no error", () => {
-    assert.deepEqual(parseTasks(""), []);
-    assert.deepEqual(parseTasks("[tasks]\nnumber = 3\nbroken = \"unterminated\n"), []);
+test("a typed line that is exactly a task's name names that task", () => {
+    const tasks = [
+        { name: "test", command: "node --test" },
+        { name: "serve site", command: "python3 -m http.server 8000" },
+    ];
+    assert.equal(taskNamed(tasks, "test")?.command, "node --test");
+    assert.equal(taskNamed(tasks, "  serve site ")?.name, "serve site");
+    assert.equal(taskNamed(tasks, "test -v"), undefined, "a longer line is a command line");
+    assert.equal(taskNamed(tasks, "Test"), undefined, "names are case-sensitive, as in the file");
+    assert.equal(taskNamed([], "test"), undefined);
 });
 
 test("history puts the newest command first, without duplicates, bounded", () => {

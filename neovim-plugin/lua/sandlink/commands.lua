@@ -35,26 +35,27 @@ local function not_connected_error()
   return { message = 'not connected to a sandbox: :Sandlink connect starts one', data = { kind = 'notConnected' } }
 end
 
--- Reads `name = "command line"` pairs of .sandlink.toml [tasks], the one form the server's tasks.rs accepts too.
-function commands.read_tasks(root_dir)
+-- The workspace's .sandlink.toml tasks as name -> command line, from the server's `sandlink/tasks` answer that
+-- refresh_tasks keeps (the server owns the file; the plugin has no TOML reader of its own).
+function commands.read_tasks(workspace)
   local tasks = {}
-  local path = root_dir .. '/.sandlink.toml'
-  if vim.fn.filereadable(path) ~= 1 then
-    return tasks
-  end
-  local section = nil
-  for _, line in ipairs(vim.fn.readfile(path)) do
-    local header = line:match('^%s*%[([^%]]+)%]%s*$')
-    if header then
-      section = vim.trim(header)
-    elseif section == 'tasks' then
-      local name, _, value = line:match('^%s*([%w_-]+)%s*=%s*(["\'])(.-)%2%s*$')
-      if name then
-        tasks[name] = value
-      end
-    end
+  for _, task in ipairs(workspace and workspace.tasks or {}) do
+    tasks[task.name] = task.command
   end
   return tasks
+end
+
+-- Asks the server for the workspace's tasks again (at start and whenever .sandlink.toml is written).
+function commands.refresh_tasks(workspace, on_done)
+  client.request(workspace, protocol.request.tasks, { workspaceFolder = workspace.root_dir }, function(err, result)
+    if not err and type(result) == 'table' then
+      workspace.tasks = result.tasks or {}
+      if result.error then
+        notify('the tasks of .sandlink.toml could not be read: ' .. tostring(result.error), vim.log.levels.WARN)
+      end
+    end
+    finish(on_done, err, workspace.tasks)
+  end)
 end
 
 -- The most characters of a command a title shows, as the server's task titles (tasks.rs TITLE_COMMAND_CHARS).
@@ -280,7 +281,7 @@ function commands.run(command_line, options, on_done)
     end)
   end
 
-  local task_command = commands.read_tasks(workspace.root_dir)[command_line]
+  local task_command = commands.read_tasks(workspace)[command_line]
   local task_name = (task_command or options.task) and command_line or nil
   -- The task's text is read here only to be shown, collapsed and cut as the server's task titles are.
   local shown = command_line
@@ -541,7 +542,7 @@ end
 
 -- Refreshes the cached profile and driver lists that completion and :Sandlink profiles use.
 function commands.refresh_catalog(workspace, on_done)
-  local remaining = 3
+  local remaining = 4
   local function one_done()
     remaining = remaining - 1
     if remaining == 0 then
@@ -560,6 +561,7 @@ function commands.refresh_catalog(workspace, on_done)
     end
     one_done()
   end)
+  commands.refresh_tasks(workspace, one_done)
   -- Sessions kept (disconnect keep) by an earlier server can be re-attached with `:Sandlink connect reuse=<id>`.
   client.request(workspace, protocol.request.sessions, vim.empty_dict(), function(err, result)
     if not err and type(result) == 'table' then
@@ -749,7 +751,7 @@ commands.subcommands = {
       end
       -- Without a command line, ask for one; the task names are the likely answers.
       local workspace = state.current_workspace()
-      local task_names = vim.tbl_keys(workspace and commands.read_tasks(workspace.root_dir) or {})
+      local task_names = vim.tbl_keys(workspace and commands.read_tasks(workspace) or {})
       table.sort(task_names)
       local prompt = 'Run in the sandbox' .. (#task_names > 0 and (' (tasks: ' .. table.concat(task_names, ', ') .. ')') or '')
       vim.ui.input({ prompt = prompt .. ': ' }, function(answer)
@@ -759,7 +761,7 @@ commands.subcommands = {
       end)
     end,
     complete = function(workspace)
-      local names = vim.tbl_keys(workspace and commands.read_tasks(workspace.root_dir) or {})
+      local names = vim.tbl_keys(workspace and commands.read_tasks(workspace) or {})
       table.sort(names)
       return names
     end,

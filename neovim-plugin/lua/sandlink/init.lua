@@ -4,9 +4,22 @@ local sandlink = {}
 
 local augroup_name = 'sandlink'
 
--- Attaches file buffers opened later to the workspace they live in, so that saving them syncs them.
+-- Attaches file buffers opened later to the workspace they live in, so that saving them syncs them, and asks for the
+-- tasks again when a workspace's .sandlink.toml is written.
 local function create_autocmds()
   local group = vim.api.nvim_create_augroup(augroup_name, { clear = true })
+  vim.api.nvim_create_autocmd('BufWritePost', {
+    group = group,
+    pattern = '.sandlink.toml',
+    callback = function(event)
+      local written = vim.fn.fnamemodify(vim.api.nvim_buf_get_name(event.buf), ':p')
+      for root_dir, workspace in pairs(require('sandlink.state').workspaces) do
+        if written == vim.fn.fnamemodify(root_dir .. '/.sandlink.toml', ':p') and not workspace.stopped then
+          require('sandlink.commands').refresh_tasks(workspace)
+        end
+      end
+    end,
+  })
   vim.api.nvim_create_autocmd({ 'BufReadPost', 'BufNewFile', 'BufFilePost' }, {
     group = group,
     callback = function(event)

@@ -24,6 +24,7 @@ protocol.request = {
   set_credential = 'sandlink/setCredential',
   delete_credential = 'sandlink/deleteCredential',
   trust_workspace = 'sandlink/trustWorkspace',
+  tasks = 'sandlink/tasks',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

@@ -148,6 +148,38 @@ impl Engine {
         }
     }
 
+    /// The workspace's tasks for menus, with whether the workspace is trusted as its file is now; an unreadable file
+    /// is an `error` sentence rather than a failed request, so a menu can still offer free-form commands.
+    pub async fn tasks(&self, workspace: Option<PathBuf>) -> Result<crate::protocol::TasksResult> {
+        let Some(workspace) = workspace else { return Ok(crate::protocol::TasksResult::default()) };
+        let state_dir = self.state_dir.clone();
+        let outcome = statefile::blocking(move || {
+            let (tasks, fingerprint) = crate::tasks::load_with_fingerprint(&workspace)?;
+            let trusted = matches!(trust::state(&state_dir, &workspace, &fingerprint)?, TrustState::Trusted);
+            Ok((tasks, trusted))
+        })
+        .await;
+        Ok(match outcome {
+            Ok((tasks, trusted)) => crate::protocol::TasksResult {
+                tasks: tasks
+                    .into_iter()
+                    .map(|task| crate::protocol::TaskEntry {
+                        title: format!(
+                            "{} ({})",
+                            crate::tasks::shown_command(&task.name),
+                            crate::tasks::shown_command(&task.command)
+                        ),
+                        name: task.name,
+                        command: task.command,
+                    })
+                    .collect(),
+                trusted,
+                error: None,
+            },
+            Err(error) => crate::protocol::TasksResult { error: Some(error.to_string()), ..Default::default() },
+        })
+    }
+
     /// The command line of a workspace task, for a run that names it: read from the file now, and refused unless the
     /// user trusts the workspace as that file is.
     pub async fn task_command(&self, workspace: Option<&Path>, name: &str) -> Result<String> {

@@ -134,6 +134,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::SetCredentialRequest::METHOD, Backend::set_credential)
     .custom_method(proto::DeleteCredentialRequest::METHOD, Backend::delete_credential)
     .custom_method(proto::TrustWorkspaceRequest::METHOD, Backend::trust_workspace)
+    .custom_method(proto::TasksRequest::METHOD, Backend::tasks)
     .finish()
 }
 
@@ -387,6 +388,14 @@ impl Backend {
         dispatch::<proto::ProfilesRequest, _, _>(params, |params| async move {
             let workspace = self.workspace_or_root(&params.workspace_folder)?;
             self.engine.profiles(workspace).await
+        })
+        .await
+    }
+
+    async fn tasks(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::TasksRequest, _, _>(params, |params| async move {
+            let workspace = self.workspace_or_root(&params.workspace_folder)?;
+            self.engine.tasks(workspace).await
         })
         .await
     }

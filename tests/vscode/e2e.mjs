@@ -577,6 +577,18 @@ const steps = [
         },
     ],
     [
+        "typing a task's name in Run Command runs the task (listed by the server), not a shell command of that name",
+        async () => {
+            const startsBefore = readTestLog().filter((entry) => entry.event === "runStarted" && entry.task === "greet").length;
+            await runCommandLineFromPalette("greet", { expectTask: "echo hello from a task" });
+            await waitFor("the task started by its typed name", async () =>
+                readTestLog().filter((entry) => entry.event === "runStarted" && entry.task === "greet").length === startsBefore + 1,
+            );
+            const asShell = readTestLog().filter((entry) => entry.event === "runStarted" && entry.task === undefined && entry.commandLine === "greet");
+            assert(asShell.length === 0, `the name ran as a shell command: ${JSON.stringify(asShell)}`);
+        },
+    ],
+    [
         "a task from the server's code actions (Source Action...) asks to trust the changed workspace, then runs by name in the runs channel",
         async () => {
             // A changed task: the workspace is no longer trusted as its file is now.

@@ -1,4 +1,5 @@
-//! The output pipeline of a run: a bounded live view that coalesces, decodes UTF-8 safely and skips when the client lags.
+//! The output pipeline of a run: a bounded live view that coalesces, decodes UTF-8 safely and skips when the client lags,
+//! and maps paths in the sandbox's root to the workspace's, so stack traces and compiler errors open workspace files.
 //!
 //! Readers push raw bytes and never wait for the client; the sender drains what is queued into notifications.
 //! When more than `LIVE_VIEW_LIMIT_BYTES` wait for a slow client, new output is counted instead of queued, and the
@@ -334,5 +335,73 @@ mod tests {
             })
             .sum();
         assert_eq!(skipped as usize + queue.queued_bytes, 64 * chunk.len());
+    }
+
+    #[test]
+    fn paths_into_the_root_should_read_as_workspace_paths_however_the_text_is_cut() {
+        let text = "Error: boom\n    at /state/sessions/s1/root/test.js:9:8\n    at /state/sessions/s1/rootless/x.js:1:1\n";
+        let expected = "Error: boom\n    at /home/me/app/test.js:9:8\n    at /state/sessions/s1/rootless/x.js:1:1\n";
+        for cut in 0..=text.len() {
+            let mut mapper = PathMapper::new("/state/sessions/s1/root", "/home/me/app").expect("a mapping");
+            let mut shown = mapper.map(&text[..cut]);
+            shown.push_str(&mapper.map(&text[cut..]));
+            shown.push_str(&mapper.finish());
+            assert_eq!(shown, expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_held_back_start_should_be_released_when_it_is_not_the_root() {
+        let mut mapper = PathMapper::new("/srv/root/", "/w").expect("a mapping");
+        assert_eq!(mapper.map("see /srv/r"), "see ", "a possible start of the root waits");
+        assert_eq!(mapper.map("un"), "/srv/run");
+        assert_eq!(mapper.map("é /srv"), "é ");
+        assert_eq!(mapper.finish(), "/srv", "the end of the output is never lost");
+        assert!(PathMapper::new("/same", "/same/").is_none(), "nothing to map");
+        assert!(PathMapper::new("/", "/w").is_none(), "a root of / would rewrite every path");
+    }
+}
+
+/// Rewrites `ROOT/` to `WORKSPACE/` in a stream of text that arrives in pieces, so a path into the sandbox's copy
+/// (`/…/sessions/ID/root/test.js:9:8`) is shown as the workspace file it came from. A piece that ends in what may be
+/// the start of the root is held back until the next piece says (at most the root's length, and only then), and
+/// `finish` hands back whatever is still held. The log file keeps the bytes as the command wrote them.
+#[derive(Debug, Clone)]
+pub struct PathMapper {
+    root: String,
+    workspace: String,
+    held: String,
+}
+
+impl PathMapper {
+    /// `None` when there is nothing to map (no workspace, or the run sees the workspace's own path).
+    pub fn new(remote_root: &str, workspace: &str) -> Option<PathMapper> {
+        let root = format!("{}/", remote_root.trim_end_matches('/'));
+        let workspace = format!("{}/", workspace.trim_end_matches('/'));
+        (root.len() > 1 && workspace.len() > 1 && root != workspace).then(|| PathMapper { root, workspace, held: String::new() })
+    }
+
+    pub fn map(&mut self, text: &str) -> String {
+        let mut combined = std::mem::take(&mut self.held);
+        combined.push_str(text);
+        let mapped = combined.replace(&self.root, &self.workspace);
+        let keep = self.partial_root_at_end(&mapped);
+        self.held = mapped[mapped.len() - keep..].to_string();
+        let mut mapped = mapped;
+        mapped.truncate(mapped.len() - keep);
+        mapped
+    }
+
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+
+    /// The length of the longest end of `text` that is a proper start of the root (on a character boundary).
+    fn partial_root_at_end(&self, text: &str) -> usize {
+        let longest = (self.root.len() - 1).min(text.len());
+        (1..=longest)
+            .rev()
+            .find(|&length| text.is_char_boundary(text.len() - length) && self.root.starts_with(&text[text.len() - length..]))
+            .unwrap_or(0)
     }
 }

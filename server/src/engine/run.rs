@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, Notify};
 
-use super::output::{skip_marker, split_text, LiveView, Segment, Utf8Decoder, NOTIFICATION_LIMIT_BYTES};
+use super::output::{skip_marker, split_text, LiveView, PathMapper, Segment, Utf8Decoder, NOTIFICATION_LIMIT_BYTES};
 use super::Events;
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::streams::{BoxedReader, BoxedWriter};
@@ -194,6 +194,8 @@ pub struct RunContext {
     pub timeout: Option<Duration>,
     /// Wait for the receiver instead of skipping output (the command line wants every byte on its terminal).
     pub lossless: bool,
+    /// Paths into the sandbox's root shown as workspace paths in the live view; `None` leaves output as it is.
+    pub paths: Option<super::output::PathMapper>,
 }
 
 /// Starts pumping a started process; returns the handle and a signal that lets output flow once the caller has
@@ -246,6 +248,7 @@ async fn pump(
         context.events.clone(),
         context.run_id.clone(),
         log_path_text.clone(),
+        context.paths.clone(),
         answered,
     ));
 
@@ -399,6 +402,7 @@ async fn send_live(
     events: Arc<dyn Events>,
     run_id: String,
     log_path: String,
+    paths: Option<PathMapper>,
     answered: oneshot::Receiver<()>,
 ) {
     // The request handler releases this once it has answered; a dropped sender (an error) also releases it.
@@ -406,7 +410,18 @@ async fn send_live(
     let mut seq = 0u64;
     let mut stdout_decoder = Utf8Decoder::default();
     let mut stderr_decoder = Utf8Decoder::default();
+    // One mapper per stream: a path split across two pieces of stdout must not be joined with stderr between them.
+    let mut stdout_paths = paths.clone();
+    let mut stderr_paths = paths;
     let mut send = |stream: OutputStream, text: String| {
+        let mapper = match stream {
+            OutputStream::Stdout => stdout_paths.as_mut(),
+            OutputStream::Stderr => stderr_paths.as_mut(),
+        };
+        let text = match mapper {
+            Some(mapper) => mapper.map(&text),
+            None => text,
+        };
         let events = events.clone();
         let run_id = run_id.clone();
         let pieces: Vec<String> = split_text(&text, NOTIFICATION_LIMIT_BYTES).into_iter().map(str::to_owned).collect();
@@ -454,6 +469,14 @@ async fn send_live(
         let tail = decoder.finish();
         if !tail.is_empty() {
             send(stream, tail).await;
+        }
+    }
+    drop(send);
+    for (stream, mapper) in [(OutputStream::Stdout, stdout_paths), (OutputStream::Stderr, stderr_paths)] {
+        let held = mapper.map(|mut mapper| mapper.finish()).unwrap_or_default();
+        if !held.is_empty() {
+            events.output(OutputParams { run_id: run_id.clone(), stream, text: held, seq }).await;
+            seq += 1;
         }
     }
 }

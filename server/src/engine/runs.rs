@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::locks::lock;
-use super::{run, Engine, RunHandle};
+use super::{output, run, Engine, RunHandle};
 use crate::drivers::ExecSpec;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::short_id;
@@ -73,6 +73,9 @@ impl Engine {
             },
             timeout: params.timeout_ms.map(Duration::from_millis),
             lossless: self.lossless_output,
+            paths: session.workspace.as_ref().and_then(|workspace| {
+                output::PathMapper::new(&session.sandbox.remote_root(), &workspace.to_string_lossy())
+            }),
         };
         let (handle, answered, task) = run::start(context, process)?;
         let handle_for_end = handle.clone();

@@ -64,6 +64,7 @@ macro_rules! parity_tests {
             run_should_refuse_a_cwd_outside_the_root,
             run_should_report_a_signal_death,
             workspace_files_should_be_visible_to_runs,
+            output_should_show_paths_in_the_root_as_workspace_paths,
             preview_should_reach_a_server_in_the_sandbox,
             status_should_report_an_active_session,
             disconnect_should_remove_the_sandbox,
@@ -207,6 +208,20 @@ pub fn workspace_files_should_be_visible_to_runs(fixture: &DriverFixture) {
     assert_eq!(outcome.stdout, "hello from the workspace\nno-build\n");
     let nested = run(&server, &session_id, json!({ "command": "cat main.txt", "cwd": "src" }));
     assert_eq!(nested.stdout, "hello from the workspace\n");
+}
+
+pub fn output_should_show_paths_in_the_root_as_workspace_paths(fixture: &DriverFixture) {
+    let (server, workspace, session_id) = fixture.connected(&[("test.js", "throw new Error('boom')\n")]);
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    let root = status["remoteRoot"].as_str().expect("remote root").trim_end_matches('/').to_string();
+    // As a stack trace prints it, on both streams; the command's own text is not mapped, only its output.
+    let command = format!("printf '    at %s/test.js:1:7\\n' '{root}'; printf 'x %s/test.js\\n' '{root}' >&2");
+    let outcome = run(&server, &session_id, json!({ "command": command }));
+    let workspace = workspace.path().display().to_string();
+    assert_eq!(outcome.stdout, format!("    at {workspace}/test.js:1:7\n"), "stdout maps the root to the workspace");
+    assert_eq!(outcome.stderr, format!("x {workspace}/test.js\n"), "stderr too");
+    let log = std::fs::read_to_string(outcome.exit["logPath"].as_str().expect("log path")).expect("log");
+    assert!(log.contains(&format!("{root}/test.js:1:7")), "the log keeps what the command wrote: {log:?}");
 }
 
 pub fn preview_should_reach_a_server_in_the_sandbox(fixture: &DriverFixture) {

@@ -80,6 +80,8 @@ request!(/// Removes a credential from the OS keychain.
     DeleteCredentialRequest, "sandlink/deleteCredential", CredentialKeyParams, EmptyResult);
 request!(/// Confirms (or revokes) that the user trusts a workspace, so its `.sandlink.toml` profiles may send it elsewhere.
     TrustWorkspaceRequest, "sandlink/trustWorkspace", TrustWorkspaceParams, EmptyResult);
+request!(/// Settles a sync conflict on one path by keeping the workspace's or the sandbox's version on both sides.
+    ResolveRequest, "sandlink/resolve", ResolveParams, SyncResult);
 request!(/// Lists the workspace's `.sandlink.toml` tasks, so editors need no TOML reader of their own.
     TasksRequest, "sandlink/tasks", TasksParams, TasksResult);
 
@@ -584,6 +586,23 @@ pub struct ProfilesResult {
     /// Why the workspace's `.sandlink.toml` was refused (invalid, or holding a secret); its profiles are then absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace_error: Option<String>,
+}
+
+/// Which version of a conflicting file wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ConflictSide {
+    Workspace,
+    Sandbox,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResolveParams {
+    pub session_id: String,
+    /// As `SyncState.conflicts` lists it (relative to the workspace), or absolute inside it, or a file URI.
+    pub path: String,
+    pub keep: ConflictSide,
 }
 
 /// `{ workspaceFolder? }`, as for profiles: the server's root when absent.

@@ -698,6 +698,40 @@ const steps = [
         { blocksLaterSteps: false },
     ],
     [
+        "a file changed in both places is a conflict, and Resolve Sync Conflict with Keep Mine puts the workspace's version in the sandbox",
+        async () => {
+            const localFile = path.join(workspaceDirectory, "both-sides.txt");
+            fs.writeFileSync(localFile, "base\n");
+            await runPaletteCommand("Sandlink: Sync Now");
+            await pickQuickPickRow("local changes to the sandbox");
+            const [sandboxCopy] = await waitFor("both-sides.txt in the sandbox", async () => {
+                const copies = sandboxFiles("both-sides.txt");
+                return copies.length > 0 && fs.readFileSync(copies[0], "utf8") === "base\n" ? copies : undefined;
+            });
+            // The sandbox changes its copy first, then the user edits theirs: neither may silently win.
+            fs.writeFileSync(sandboxCopy, "sandbox version\n");
+            fs.writeFileSync(localFile, "my version\n");
+            await runPaletteCommand("Sandlink: Sync Now");
+            await pickQuickPickRow("each way");
+            await waitFor("the conflict in the test log", async () =>
+                readTestLog().some((entry) => entry.event === "conflicts" && entry.paths.includes("both-sides.txt")),
+            );
+            assert(fs.readFileSync(sandboxCopy, "utf8") === "sandbox version\n", "the sandbox's version was overwritten");
+            assert(fs.readFileSync(localFile, "utf8") === "my version\n", "the workspace's version was overwritten");
+            await runPaletteCommand("Sandlink: Resolve Sync Conflict");
+            const rows = page.locator(".quick-input-widget .quick-input-list .monaco-list-row");
+            await rows.first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+            if (!(await rows.allInnerTexts()).some((text) => text.includes("Keep Mine"))) {
+                // Several conflicts: the file is picked first.
+                await pickQuickPickRow("both-sides.txt");
+            }
+            await pickQuickPickRow("Keep Mine");
+            await waitFor("the workspace's version in the sandbox", async () => fs.readFileSync(sandboxCopy, "utf8") === "my version\n");
+            assert(fs.readFileSync(localFile, "utf8") === "my version\n", "keeping mine changed the workspace's file");
+            await page.locator(".notification-toast .codicon-notifications-clear, .notification-toast .codicon-close").first().click().catch(() => {});
+        },
+    ],
+    [
         "a run printing 200000 lines finishes in the output channel while the window stays responsive",
         async () => {
             const startedAt = Date.now();

@@ -405,7 +405,99 @@ export function compareConflict(ctx: Ctx): Cmd {
             query: new URLSearchParams({ session: session.sessionId }).toString(),
         });
         await vscode.commands.executeCommand("vscode.diff", remoteUri, localUri, `${conflictPath} (sandbox ↔ local)`);
+        // The diff is where the decision is made, so the two answers are offered right beside it.
+        const choice = await vscode.window.showInformationMessage(
+            `sandlink: ${conflictPath} changed in both places. Keep which version?`,
+            keepWorkspaceLabel,
+            takeSandboxLabel,
+        );
+        if (choice !== undefined) {
+            await resolveConflictTo(ctx, session, conflictPath, choice === keepWorkspaceLabel ? "workspace" : "sandbox");
+        }
     };
+}
+
+const keepWorkspaceLabel = "Keep Mine";
+const takeSandboxLabel = "Take Sandbox's";
+
+/**
+ * Settles a conflict: "Keep Mine" copies the workspace's version to the sandbox, "Take Sandbox's" brings the sandbox's
+ * version into the workspace. From the palette it asks which file and which side; from the diff editor's title (a
+ * `keep` argument and the diff's file) it asks nothing.
+ */
+export function resolveConflict(ctx: Ctx): Cmd {
+    return async (resource?: unknown, keep?: unknown) => {
+        const session = requireLiveSession(ctx, commandIds.resolveConflict);
+        if (session === undefined) {
+            return;
+        }
+        const conflicts = session.sync.conflicts;
+        let conflictPath = conflictPathOf(session, resource);
+        if (conflictPath === undefined) {
+            if (conflicts.length === 0) {
+                void vscode.window.showInformationMessage("sandlink: no sync conflicts.");
+                return;
+            }
+            conflictPath =
+                conflicts.length === 1
+                    ? conflicts[0].path
+                    : (
+                          await vscode.window.showQuickPick(
+                              conflicts.map((conflict) => ({ label: conflict.path, description: conflict.reason })),
+                              { placeHolder: "Resolve which conflict?" },
+                          )
+                      )?.label;
+            if (conflictPath === undefined) {
+                return;
+            }
+        }
+        let side: "workspace" | "sandbox" | undefined = keep === "workspace" ? "workspace" : keep === "sandbox" ? "sandbox" : undefined;
+        if (side === undefined) {
+            side = (
+                await vscode.window.showQuickPick(
+                    [
+                        { label: `$(check) ${keepWorkspaceLabel}`, description: "the workspace's version goes to the sandbox", side: "workspace" as const },
+                        { label: `$(cloud-download) ${takeSandboxLabel}`, description: "the sandbox's version replaces the workspace's", side: "sandbox" as const },
+                    ],
+                    { placeHolder: `${conflictPath}: keep which version?` },
+                )
+            )?.side;
+            if (side === undefined) {
+                return;
+            }
+        }
+        await resolveConflictTo(ctx, session, conflictPath, side);
+    };
+}
+
+/** The conflict path a command argument names: a path as listed, or a file URI inside the workspace (the diff's). */
+function conflictPathOf(session: protocol.SessionInfo, resource: unknown): string | undefined {
+    if (typeof resource === "string") {
+        return resource;
+    }
+    if (!(resource instanceof vscode.Uri)) {
+        return undefined;
+    }
+    if (resource.scheme === remoteFileScheme) {
+        return resource.path.replace(/^\/+/, "");
+    }
+    const folder = session.workspaceFolder ? vscode.Uri.parse(session.workspaceFolder) : vscode.workspace.workspaceFolders?.[0]?.uri;
+    if (folder === undefined || resource.scheme !== "file" || !resource.path.startsWith(folder.path + "/")) {
+        return undefined;
+    }
+    return resource.path.slice(folder.path.length + 1);
+}
+
+async function resolveConflictTo(ctx: Ctx, session: protocol.SessionInfo, conflictPath: string, keep: "workspace" | "sandbox") {
+    const result = await ctx.request(protocol.resolve, { sessionId: session.sessionId, path: conflictPath, keep });
+    if (result === undefined) {
+        return;
+    }
+    void vscode.window.setStatusBarMessage(
+        keep === "workspace" ? `sandlink: kept your ${conflictPath}; the sandbox has it now` : `sandlink: took the sandbox's ${conflictPath}`,
+        5000,
+    );
+    await ctx.refreshSession();
 }
 
 /**
@@ -790,4 +882,5 @@ export const commandFactories: Record<CommandId, (ctx: Ctx) => Cmd> = {
     [commandIds.showLog]: showLog,
     [commandIds.showActions]: showActions,
     [commandIds.compareConflict]: compareConflict,
+    [commandIds.resolveConflict]: resolveConflict,
 };

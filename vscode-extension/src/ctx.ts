@@ -451,9 +451,15 @@ export class Ctx implements vscode.Disposable {
             return;
         }
         writeTestLog("conflicts", { paths: unseen.map((conflict) => conflict.path) });
-        void vscode.window.showWarningMessage(`sandlink: sync conflict: ${conflictSummary(unseen)}`, "Compare").then((choice) => {
+        // One conflict can be settled from the toast; several go through Compare or Resolve, one file at a time.
+        const answers = unseen.length === 1 ? ["Compare", "Keep Mine", "Take Sandbox's"] : ["Compare", "Resolve"];
+        void vscode.window.showWarningMessage(`sandlink: sync conflict: ${conflictSummary(unseen)}`, ...answers).then((choice) => {
             if (choice === "Compare") {
                 void vscode.commands.executeCommand(commandIds.compareConflict, unseen[0].path);
+            } else if (choice === "Keep Mine" || choice === "Take Sandbox's") {
+                void vscode.commands.executeCommand(commandIds.resolveConflict, unseen[0].path, choice === "Keep Mine" ? "workspace" : "sandbox");
+            } else if (choice === "Resolve") {
+                void vscode.commands.executeCommand(commandIds.resolveConflict);
             }
         });
     }

@@ -309,6 +309,15 @@ export interface TrustWorkspaceParams {
 }
 export const trustWorkspace = new RequestType<TrustWorkspaceParams, EmptyResult, void>("sandlink/trustWorkspace");
 
+export interface ResolveParams {
+    sessionId: string;
+    /** As `SyncState.conflicts` names it, absolute inside the workspace, or a file URI. */
+    path: string;
+    /** Whose version both sides keep: "workspace" copies it to the sandbox, "sandbox" brings the sandbox's back. */
+    keep: "workspace" | "sandbox";
+}
+export const resolve = new RequestType<ResolveParams, SyncResult, void>("sandlink/resolve");
+
 export interface TaskEntry {
     name: string;
     /** The command line the task runs, whole. */

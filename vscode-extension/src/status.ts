@@ -21,6 +21,7 @@ export const commandIds = {
     showLog: "sandlink.showLog",
     showActions: "sandlink.showActions",
     compareConflict: "sandlink.compareConflict",
+    resolveConflict: "sandlink.resolveConflict",
 } as const;
 
 export type CommandId = (typeof commandIds)[keyof typeof commandIds];
@@ -215,6 +216,7 @@ export function isCommandEnabled(commandId: CommandId, state: ViewState): boolea
         case commandIds.snapshot:
             return context[contextKeys.driverCanSnapshot];
         case commandIds.compareConflict:
+        case commandIds.resolveConflict:
             return context[contextKeys.hasConflicts];
         case commandIds.restore:
         case commandIds.manageProfiles:
@@ -252,6 +254,7 @@ export function availableActions(state: ViewState): StatusAction[] {
             label: "$(diff) Compare Sync Conflict",
             description: session ? `${session.sync.conflicts.length} conflicts` : undefined,
         },
+        { commandId: commandIds.resolveConflict, label: "$(check-all) Resolve Sync Conflict" },
         {
             commandId: commandIds.openPreview,
             label: "$(globe) Open Preview",

@@ -25,6 +25,7 @@ protocol.request = {
   delete_credential = 'sandlink/deleteCredential',
   trust_workspace = 'sandlink/trustWorkspace',
   tasks = 'sandlink/tasks',
+  resolve = 'sandlink/resolve',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

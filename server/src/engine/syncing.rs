@@ -10,7 +10,9 @@ use super::{Engine, Events, Session};
 use crate::error::{Error, Result};
 use super::jobs::JobProgress;
 use crate::progress::Progress;
-use crate::protocol::{JobKind, SessionState, SyncDirection, SyncParams, SyncResult, SyncState, SyncStateParams};
+use crate::protocol::{
+    ConflictSide, JobKind, ResolveParams, SessionState, SyncDirection, SyncParams, SyncResult, SyncState, SyncStateParams,
+};
 use crate::sync::{SessionSync, StateObserver, SyncOptions};
 
 impl Engine {
@@ -26,6 +28,33 @@ impl Engine {
         let job = self.jobs.start(JobKind::Sync, title, Some(&session.id), true);
         let progress = JobProgress { job: &job, inner: progress };
         self.sync_session(&session, params.direction, params.paths, &progress).await
+    }
+
+    /// Settles the conflict on one path: the chosen side's version goes to the other side (an explicit sync of that
+    /// path in that direction), so both hold it and the conflict is gone. A path that is not in conflict is refused,
+    /// so a stale click cannot overwrite a file that changed since the conflict was shown.
+    pub async fn resolve(&self, params: ResolveParams, progress: &dyn Progress) -> Result<SyncResult> {
+        let session = self.session(&params.session_id)?;
+        let Some(sync) = session.sync.get() else {
+            return Err(Error::Unsupported("This session syncs no files, so it has no conflicts to resolve.".into()));
+        };
+        let wanted = conflict_path(session.workspace.as_deref(), &params.path)?;
+        let conflicts = sync.state().conflicts;
+        if !conflicts.iter().any(|conflict| conflict.path == wanted) {
+            let listed: Vec<&str> = conflicts.iter().map(|conflict| conflict.path.as_str()).collect();
+            return Err(Error::InvalidParams(match listed.is_empty() {
+                true => format!("\"{wanted}\" is not in conflict: this session has no sync conflicts now."),
+                false => format!("\"{wanted}\" is not in conflict; the conflicts now are: {}.", listed.join(", ")),
+            }));
+        }
+        let direction = match params.keep {
+            ConflictSide::Workspace => SyncDirection::Up,
+            ConflictSide::Sandbox => SyncDirection::Down,
+        };
+        session.touch();
+        let job = self.jobs.start(JobKind::Sync, "Resolving a conflict", Some(&session.id), true);
+        let progress = JobProgress { job: &job, inner: progress };
+        self.sync_session(&session, direction, Some(vec![wanted]), &progress).await
     }
 
     /// A file was saved in an editor: every session whose workspace holds it syncs it at once.
@@ -97,3 +126,16 @@ impl StateObserver for SyncObserver {
     }
 }
 
+
+/// A path as `SyncState.conflicts` names it (relative, `/`-separated) from what a client sent: that form, an absolute
+/// path inside the workspace, or a file URI.
+fn conflict_path(workspace: Option<&std::path::Path>, path: &str) -> Result<String> {
+    let outside = || Error::PathOutsideWorkspace(format!("\"{path}\" is not inside the session's workspace."));
+    if !(path.starts_with("file:") || path.starts_with('/')) {
+        return Ok(path.trim_start_matches("./").to_string());
+    }
+    let local = crate::paths::path_from_uri_or_path(path)?;
+    let workspace = workspace.ok_or_else(outside)?;
+    let relative = local.strip_prefix(workspace).map_err(|_| outside())?;
+    Ok(relative.to_string_lossy().into_owned())
+}

@@ -135,6 +135,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::DeleteCredentialRequest::METHOD, Backend::delete_credential)
     .custom_method(proto::TrustWorkspaceRequest::METHOD, Backend::trust_workspace)
     .custom_method(proto::TasksRequest::METHOD, Backend::tasks)
+    .custom_method(proto::ResolveRequest::METHOD, Backend::resolve)
     .finish()
 }
 
@@ -388,6 +389,13 @@ impl Backend {
         dispatch::<proto::ProfilesRequest, _, _>(params, |params| async move {
             let workspace = self.workspace_or_root(&params.workspace_folder)?;
             self.engine.profiles(workspace).await
+        })
+        .await
+    }
+
+    async fn resolve(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::ResolveRequest, _, _>(params, |params| async move {
+            self.engine.resolve(params, &crate::progress::NoProgress).await
         })
         .await
     }

@@ -22,6 +22,7 @@ macro_rules! sync_parity_tests {
             did_save_should_reach_the_sandbox_before_the_next_run,
             sync_down_should_bring_back_sandbox_changes,
             changes_on_both_sides_should_be_a_conflict_that_keeps_both_versions,
+            resolve_should_keep_the_chosen_side_and_refuse_a_path_not_in_conflict,
             a_save_should_never_overwrite_what_the_sandbox_changed_since_the_last_sync,
             permission_changes_should_sync_both_ways_and_conflict_when_they_differ,
             sync_down_should_refuse_a_symlink_escaping_the_root,
@@ -265,6 +266,40 @@ pub fn changes_on_both_sides_should_be_a_conflict_that_keeps_both_versions(fixtu
         .expect("resolve");
     assert_eq!(resolved["conflicts"], json!([]), "{resolved}");
     assert_eq!(sandbox_read(&server, &session_id, "shared.txt").as_deref(), Some("local edit"));
+}
+
+pub fn resolve_should_keep_the_chosen_side_and_refuse_a_path_not_in_conflict(fixture: &DriverFixture) {
+    let (server, workspace, session_id) =
+        connected_with(fixture, &[("mine.txt", "base"), ("theirs.txt", "base"), ("calm.txt", "base")], manual());
+    let root = workspace.path();
+    std::fs::write(root.join("mine.txt"), "local mine").expect("edit");
+    std::fs::write(root.join("theirs.txt"), "local theirs").expect("edit");
+    sandbox_shell(&server, &session_id, "echo 'sandbox mine' > mine.txt && echo 'sandbox theirs' > theirs.txt");
+    assert_eq!(sync(&server, &session_id, "both")["conflicts"].as_array().map(Vec::len), Some(2));
+
+    let error = server.request_error("sandlink/resolve", json!({ "sessionId": session_id, "path": "calm.txt", "keep": "workspace" }));
+    assert_eq!(error.kind.as_deref(), Some("invalidParams"), "{error:?}");
+    assert!(error.message.contains("mine.txt") && error.message.contains("theirs.txt"), "names the conflicts: {}", error.message);
+    let error = server.request_error("sandlink/resolve", json!({ "sessionId": session_id, "path": "mine.txt", "keep": "both" }));
+    assert_eq!(error.kind.as_deref(), Some("invalidParams"), "{error:?}");
+
+    // Keep mine, named by its file URI as an editor would: the workspace version goes to the sandbox.
+    let kept = server
+        .request("sandlink/resolve", json!({ "sessionId": session_id, "path": file_uri(&root.join("mine.txt")), "keep": "workspace" }))
+        .expect("keep the workspace's version");
+    assert_eq!(kept["conflicts"], json!([{ "path": "theirs.txt", "reason": "changed in both the workspace and the sandbox" }]));
+    assert_eq!(sandbox_read(&server, &session_id, "mine.txt").as_deref(), Some("local mine"));
+    assert_eq!(std::fs::read_to_string(root.join("mine.txt")).expect("read"), "local mine");
+    // Take the sandbox's: its version comes to the workspace.
+    let taken = server
+        .request("sandlink/resolve", json!({ "sessionId": session_id, "path": "theirs.txt", "keep": "sandbox" }))
+        .expect("keep the sandbox's version");
+    assert_eq!(taken["conflicts"], json!([]), "{taken}");
+    assert_eq!(std::fs::read_to_string(root.join("theirs.txt")).expect("read"), "sandbox theirs\n");
+    assert_eq!(sandbox_read(&server, &session_id, "theirs.txt").as_deref(), Some("sandbox theirs\n"));
+    let error = server.request_error("sandlink/resolve", json!({ "sessionId": session_id, "path": "theirs.txt", "keep": "sandbox" }));
+    assert!(error.message.contains("no sync conflicts"), "{}", error.message);
+    assert_eq!(sync(&server, &session_id, "both")["conflicts"], json!([]), "settled for good");
 }
 
 pub fn a_save_should_never_overwrite_what_the_sandbox_changed_since_the_last_sync(fixture: &DriverFixture) {

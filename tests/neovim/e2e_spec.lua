@@ -317,6 +317,61 @@ test('sync_should_report_what_it_did', function()
   assert_true(harness.find_notification(captured, 'synced:') ~= nil, 'sync succeeded: ' .. vim.inspect(captured))
 end)
 
+test('a_conflict_should_be_compared_in_a_diff_and_resolved_either_way', function()
+  local commands = require('sandlink.commands')
+  local function sync_and_wait(direction)
+    local done, result = false, nil
+    commands.sync(direction, function(err, answer)
+      assert_true(err == nil, 'sync ' .. direction .. ': ' .. vim.inspect(err))
+      done, result = true, answer
+    end)
+    wait_for('sync ' .. direction, 15000, function()
+      return done
+    end)
+    return result
+  end
+  for _, name in ipairs({ 'mine.txt', 'theirs.txt' }) do
+    vim.fn.writefile({ 'base' }, workspace_dir .. '/' .. name)
+  end
+  sync_and_wait('up')
+  for _, name in ipairs({ 'mine.txt', 'theirs.txt' }) do
+    vim.fn.writefile({ 'sandbox version' }, sandbox_file(name))
+    vim.fn.writefile({ 'my version' }, workspace_dir .. '/' .. name)
+  end
+  local result = sync_and_wait('both')
+  assert_equal(2, #(result.conflicts or {}), 'two conflicts: ' .. vim.inspect(result))
+  wait_for('the conflicts in the session state', 10000, function()
+    return #commands.conflicts(current_workspace()) == 2
+  end)
+
+  local compared
+  commands.compare('mine.txt', function(err, buffer)
+    assert_true(err == nil, vim.inspect(err))
+    compared = buffer
+  end)
+  wait_for('the diff', 10000, function()
+    return compared ~= nil
+  end)
+  assert_equal({ 'sandbox version' }, vim.api.nvim_buf_get_lines(compared, 0, -1, false), "the sandbox's side")
+  assert_true(vim.wo.diff, 'the sandbox side is in diff mode')
+  vim.cmd('tabclose')
+
+  vim.cmd('Sandlink resolve mine.txt mine')
+  wait_for('mine kept in the sandbox', 10000, function()
+    return vim.fn.readfile(sandbox_file('mine.txt'))[1] == 'my version'
+  end)
+  vim.cmd('Sandlink resolve theirs.txt sandbox')
+  wait_for("the sandbox's version in the workspace", 10000, function()
+    return vim.fn.readfile(workspace_dir .. '/theirs.txt')[1] == 'sandbox version'
+  end)
+  assert_equal({ 'my version' }, vim.fn.readfile(workspace_dir .. '/mine.txt'), 'mine stayed mine')
+  wait_for('no conflicts left', 10000, function()
+    return #commands.conflicts(current_workspace()) == 0
+  end)
+  local candidates = commands.complete('', 'Sandlink resolve ', 17)
+  assert_true(vim.tbl_contains(candidates, 'mine') and vim.tbl_contains(candidates, 'sandbox'), vim.inspect(candidates))
+end)
+
 test('status_should_show_the_session', function()
   local captured, stop = harness.capture_notifications()
   vim.cmd('Sandlink status')

@@ -540,6 +540,102 @@ function commands.status(on_done)
   end)
 end
 
+-- Reads a file of the sandbox (relative to its root) without showing a run: on_done(err, text). `cat` runs without a
+-- shell, so any name works; every driver with runs can do it.
+function commands.read_sandbox_file(workspace, path, on_done)
+  if workspace.session == nil then
+    return finish(on_done, not_connected_error())
+  end
+  local params = { sessionId = workspace.session.sessionId, command = 'cat', args = { '--', path } }
+  state.run_requests_in_flight = state.run_requests_in_flight + 1
+  client.request(workspace, protocol.request.run, params, function(err, result)
+    state.run_requests_in_flight = state.run_requests_in_flight - 1
+    if err or type(result) ~= 'table' or result.runId == nil then
+      return finish(on_done, err or { message = 'no runId in the response' })
+    end
+    state.runs[result.runId] = {
+      run_id = result.runId,
+      collected = { stdout = {}, stderr = {} },
+      collect = function(exit, stdout, stderr)
+        if exit.exitCode ~= 0 then
+          return finish(on_done, { message = 'the sandbox could not read ' .. path .. ': ' .. vim.trim(stderr) })
+        end
+        finish(on_done, nil, stdout)
+      end,
+    }
+    require('sandlink.handlers').replay_held_messages(result.runId, workspace)
+  end)
+end
+
+-- Settles a sync conflict: keep = 'workspace' sends the workspace's version to the sandbox, 'sandbox' brings the
+-- sandbox's version into the workspace (and reloads a buffer showing it).
+function commands.resolve(path, keep, on_done)
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  if workspace.session == nil then
+    notify('not connected to a sandbox', vim.log.levels.WARN)
+    return finish(on_done, not_connected_error())
+  end
+  local params = { sessionId = workspace.session.sessionId, path = path, keep = keep }
+  client.request(workspace, protocol.request.resolve, params, function(err, result)
+    if err then
+      notify_error('resolving ' .. path .. ' failed', err)
+      return finish(on_done, err)
+    end
+    if keep == 'sandbox' then
+      local buffer = vim.fn.bufnr(workspace.root_dir .. '/' .. path)
+      if buffer > 0 and vim.api.nvim_buf_is_loaded(buffer) then
+        vim.api.nvim_buf_call(buffer, function()
+          vim.cmd('checktime')
+        end)
+      end
+    end
+    notify(keep == 'workspace' and ('kept your ' .. path .. '; the sandbox has it now')
+      or ('took the sandbox\'s ' .. path))
+    finish(on_done, nil, result)
+  end)
+end
+
+-- Opens the sandbox's version of a conflicting file beside the workspace's, in diff mode, with :Sandlink resolve
+-- ready for either answer.
+function commands.compare(path, on_done)
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  commands.read_sandbox_file(workspace, path, function(err, text)
+    if err then
+      notify_error('reading the sandbox\'s ' .. path .. ' failed', err)
+      return finish(on_done, err)
+    end
+    vim.cmd('tabedit ' .. vim.fn.fnameescape(workspace.root_dir .. '/' .. path))
+    vim.cmd('diffthis')
+    vim.cmd('vertical leftabove new')
+    local buffer = vim.api.nvim_get_current_buf()
+    local lines = vim.split(text, '\n', { plain = true })
+    if lines[#lines] == '' then
+      table.remove(lines)
+    end
+    vim.api.nvim_buf_set_lines(buffer, 0, -1, false, lines)
+    vim.bo[buffer].buftype = 'nofile'
+    vim.bo[buffer].bufhidden = 'wipe'
+    vim.bo[buffer].modifiable = false
+    pcall(vim.api.nvim_buf_set_name, buffer, 'sandbox://' .. path)
+    vim.cmd('diffthis')
+    notify(path .. ': sandbox (left) and workspace (right). :Sandlink resolve ' .. path
+      .. ' mine keeps yours, :Sandlink resolve ' .. path .. ' sandbox takes the sandbox\'s')
+    finish(on_done, nil, buffer)
+  end)
+end
+
+-- The session's current conflicts, as the server last reported them.
+function commands.conflicts(workspace)
+  local session = workspace and workspace.session
+  return session and session.sync and session.sync.conflicts or {}
+end
+
 -- Refreshes the cached profile and driver lists that completion and :Sandlink profiles use.
 function commands.refresh_catalog(workspace, on_done)
   local remaining = 4
@@ -815,6 +911,53 @@ commands.subcommands = {
   profiles = {
     run = function()
       commands.profiles()
+    end,
+  },
+  -- :Sandlink conflicts: pick a conflict, then compare it or keep one side.
+  conflicts = {
+    run = function()
+      local conflicts = commands.conflicts(state.current_workspace())
+      if #conflicts == 0 then
+        return notify('no sync conflicts')
+      end
+      vim.ui.select(conflicts, {
+        prompt = 'sandlink: sync conflicts',
+        format_item = function(conflict)
+          return conflict.path .. ' (' .. tostring(conflict.reason) .. ')'
+        end,
+      }, function(conflict)
+        if conflict == nil then
+          return
+        end
+        local answers = { 'Compare', 'Keep mine', "Take the sandbox's" }
+        vim.ui.select(answers, { prompt = 'sandlink: ' .. conflict.path }, function(answer)
+          if answer == 'Compare' then
+            commands.compare(conflict.path)
+          elseif answer == 'Keep mine' then
+            commands.resolve(conflict.path, 'workspace')
+          elseif answer ~= nil then
+            commands.resolve(conflict.path, 'sandbox')
+          end
+        end)
+      end)
+    end,
+  },
+  -- :Sandlink resolve PATH mine|sandbox
+  resolve = {
+    run = function(rest)
+      local words = split_words(rest)
+      local sides = { mine = 'workspace', workspace = 'workspace', sandbox = 'sandbox', theirs = 'sandbox' }
+      if #words ~= 2 or sides[words[2]] == nil then
+        return notify('usage: :Sandlink resolve PATH mine|sandbox (:Sandlink conflicts lists them)', vim.log.levels.WARN)
+      end
+      commands.resolve(words[1], sides[words[2]])
+    end,
+    complete = function(workspace)
+      local candidates = { 'mine', 'sandbox' }
+      for _, conflict in ipairs(commands.conflicts(workspace)) do
+        table.insert(candidates, conflict.path)
+      end
+      return candidates
     end,
   },
 }

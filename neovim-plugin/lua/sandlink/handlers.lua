@@ -42,6 +42,11 @@ function handlers.on_output(params, workspace)
   if run == nil then
     return
   end
+  if run.collect then
+    -- A run the plugin reads for itself (a sandbox file for a diff): kept, not shown.
+    table.insert(run.collected[params.stream] or {}, params.text)
+    return
+  end
   require('sandlink.output').append(run.view, params.stream, params.text)
 end
 
@@ -52,6 +57,10 @@ function handlers.on_exit(params, workspace)
   end
   run.finished = true
   run.exit = params
+  if run.collect then
+    state.runs[params.runId] = nil
+    return run.collect(params, table.concat(run.collected.stdout), table.concat(run.collected.stderr))
+  end
   local output = require('sandlink.output')
   output.finish(run.view, params)
   -- When no window shows the run, the user would not see it end; say so once, quietly unless it failed.

@@ -37,7 +37,7 @@ local function create_user_command()
     require('sandlink.commands').dispatch(command.args)
   end, {
     nargs = '*',
-    desc = 'sandlink: connect, run, cancel, sync, preview, status, extend, disconnect, profiles',
+    desc = 'sandlink: connect, run, cancel, sync, conflicts, resolve, preview, status, extend, disconnect, profiles',
     complete = function(argument_lead, command_line, cursor_position)
       return require('sandlink.commands').complete(argument_lead, command_line, cursor_position)
     end,

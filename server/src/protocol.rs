@@ -502,8 +502,18 @@ pub struct SyncResult {
     /// Paths this sync did not move, each with the reason; empty when everything synced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkippedPath>,
+    /// Files this sync wrote into the workspace from the sandbox (the first `LISTED_PATHS_LIMIT`; `downloaded` counts
+    /// them all), so an editor can show what came.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub brought: Vec<String>,
+    /// Files this sync removed from the workspace because the sandbox removed them (the first `LISTED_PATHS_LIMIT`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_locally: Vec<String>,
     pub duration_ms: u64,
 }
+
+/// The most paths `SyncResult.brought` and `removedLocally` list; the counts cover the rest.
+pub const LISTED_PATHS_LIMIT: usize = 1000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

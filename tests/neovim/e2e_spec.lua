@@ -364,6 +364,13 @@ test('a_conflict_should_be_compared_in_a_diff_and_resolved_either_way', function
   wait_for("the sandbox's version in the workspace", 10000, function()
     return vim.fn.readfile(workspace_dir .. '/theirs.txt')[1] == 'sandbox version'
   end)
+  -- A sync down lists what came in the quickfix list.
+  vim.fn.writefile({ 'made in the sandbox' }, sandbox_file('made-there.txt'))
+  local down = sync_and_wait('down')
+  assert_equal({ 'made-there.txt' }, down.brought, 'the result lists what came')
+  local quickfix = vim.fn.getqflist({ title = 1, items = 1 })
+  assert_equal('sandlink: files from the sandbox', quickfix.title, 'quickfix title')
+  assert_equal(workspace_dir .. '/made-there.txt', vim.fn.bufname(quickfix.items[1].bufnr), 'the file is in the quickfix list')
   assert_equal({ 'my version' }, vim.fn.readfile(workspace_dir .. '/mine.txt'), 'mine stayed mine')
   wait_for('no conflicts left', 10000, function()
     return #commands.conflicts(current_workspace()) == 0

@@ -367,7 +367,36 @@ export function syncNow(ctx: Ctx): Cmd {
         );
         ctx.noticeNewConflicts(result.conflicts);
         await ctx.refreshSession();
+        void offerBroughtFiles(session, result);
     };
+}
+
+/** After a sync that changed workspace files: says how many came, and opens the one the user picks from the list. */
+async function offerBroughtFiles(session: protocol.SessionInfo, result: protocol.SyncResult): Promise<void> {
+    const brought = result.brought ?? [];
+    const removed = result.removedLocally ?? [];
+    if (brought.length === 0 && removed.length === 0) {
+        return;
+    }
+    const parts = [`${result.downloaded} file(s) came from the sandbox`];
+    if (result.deleted > 0 && removed.length > 0) {
+        parts.push(`${removed.length} removed locally`);
+    }
+    const choice = await vscode.window.showInformationMessage(`sandlink: ${parts.join(", ")}.`, "Show Files");
+    if (choice !== "Show Files") {
+        return;
+    }
+    const folder = session.workspaceFolder ? vscode.Uri.parse(session.workspaceFolder) : vscode.workspace.workspaceFolders?.[0]?.uri;
+    const picked = await vscode.window.showQuickPick(
+        [
+            ...brought.map((file) => ({ label: `$(cloud-download) ${file}`, file, description: "from the sandbox" })),
+            ...removed.map((file) => ({ label: `$(trash) ${file}`, file: undefined, description: "removed, as in the sandbox" })),
+        ],
+        { placeHolder: "Files this sync changed in the workspace" },
+    );
+    if (picked?.file !== undefined && folder !== undefined) {
+        await vscode.window.showTextDocument(vscode.Uri.joinPath(folder, picked.file));
+    }
 }
 
 /** Opens a diff of a conflicting file: the sandbox's version on the left, the local one on the right. */

@@ -238,6 +238,10 @@ export interface SyncParams {
     paths?: string[];
 }
 export interface SyncResult {
+    /** Files written into the workspace from the sandbox (at most 1,000; `downloaded` counts them all). */
+    brought?: string[];
+    /** Files removed from the workspace because the sandbox removed them (at most 1,000). */
+    removedLocally?: string[];
     uploaded: number;
     downloaded: number;
     deleted: number;

@@ -408,15 +408,34 @@ function commands.sync(direction, on_done)
     local summary = string.format('synced: %s uploaded, %s downloaded, %s deleted, %s bytes in %s ms',
       tostring(result.uploaded), tostring(result.downloaded), tostring(result.deleted), tostring(result.bytes),
       tostring(result.durationMs))
+    local brought = commands.brought_items(workspace.root_dir, result)
+    if #brought > 0 then
+      -- What came from the sandbox, in the quickfix list, so each file is one :cnext away.
+      vim.fn.setqflist({}, ' ', { title = 'sandlink: files from the sandbox', items = brought })
+      summary = summary .. '; :copen lists the ' .. #brought .. ' file(s) that came'
+    end
     local conflicts = result.conflicts or {}
     if #conflicts > 0 then
       summary = summary .. '; ' .. #conflicts .. ' conflicts, first: ' .. tostring(conflicts[1].path)
+        .. ' (:Sandlink conflicts)'
       notify(summary, vim.log.levels.WARN)
     else
       notify(summary)
     end
     finish(on_done, nil, result)
   end)
+end
+
+-- Quickfix items for what a sync brought into the workspace (SyncResult.brought) and removed from it.
+function commands.brought_items(root_dir, result)
+  local items = {}
+  for _, path in ipairs(result.brought or {}) do
+    table.insert(items, { filename = root_dir .. '/' .. path, lnum = 1, text = 'from the sandbox' })
+  end
+  for _, path in ipairs(result.removedLocally or {}) do
+    table.insert(items, { filename = root_dir .. '/' .. path, lnum = 1, text = 'removed, as in the sandbox', valid = 0 })
+  end
+  return items
 end
 
 -- Opens a URL: vim.ui.open where Neovim has it (0.10+), else shows it and copies it to the clipboard registers.

@@ -1002,6 +1002,11 @@ impl SessionSync {
         }
         result.skipped.extend(outcome.skipped);
         result.deleted += outcome.removed.len() as u64;
+        let limit = crate::protocol::LISTED_PATHS_LIMIT;
+        let room = limit.saturating_sub(result.brought.len());
+        result.brought.extend(outcome.placed.iter().take(room).map(|(path, _)| path.clone()));
+        let room = limit.saturating_sub(result.removed_locally.len());
+        result.removed_locally.extend(outcome.removed.iter().take(room).cloned());
         Ok((outcome.placed.len() as u64, outcome.bytes, outcome.raced))
     }
 }

@@ -225,6 +225,10 @@ pub fn sync_down_should_bring_back_sandbox_changes(fixture: &DriverFixture) {
     assert_eq!(result["downloaded"], 2, "{result}");
     assert_eq!(result["deleted"], 1, "{result}");
     assert_eq!(result["conflicts"], json!([]));
+    let mut brought: Vec<&str> = result["brought"].as_array().expect("what came is listed").iter().filter_map(Value::as_str).collect();
+    brought.sort_unstable();
+    assert_eq!(brought, ["dist/app.js", "src/a.txt"], "{result}");
+    assert_eq!(result["removedLocally"], json!(["src/b.txt"]), "{result}");
     let root = workspace.path();
     assert_eq!(std::fs::read_to_string(root.join("dist/app.js")).expect("generated file came back"), "built\n");
     assert_eq!(std::fs::read_to_string(root.join("src/a.txt")).expect("changed file came back"), "changed in sandbox\n");
@@ -234,6 +238,7 @@ pub fn sync_down_should_bring_back_sandbox_changes(fixture: &DriverFixture) {
     // Nothing changed since: a second sync either way moves nothing.
     let again = sync(&server, &session_id, "both");
     assert_eq!((again["uploaded"].as_u64(), again["downloaded"].as_u64(), again["deleted"].as_u64()), (Some(0), Some(0), Some(0)), "{again}");
+    assert!(again.get("brought").is_none() && again.get("removedLocally").is_none(), "nothing listed: {again}");
 }
 
 pub fn changes_on_both_sides_should_be_a_conflict_that_keeps_both_versions(fixture: &DriverFixture) {

@@ -510,11 +510,32 @@ test('checkhealth_should_warn_about_a_driver_whose_key_is_nowhere', function()
 end)
 
 test('disconnect_should_end_the_session_and_reset_the_statusline', function()
+  -- A file in conflict: disconnecting asks before the sandbox's version is discarded, and can take it first.
+  vim.fn.writefile({ 'base' }, workspace_dir .. '/at-exit.txt')
+  local synced = false
+  require('sandlink.commands').sync('up', function() synced = true end)
+  wait_for('the upload', 15000, function() return synced end)
+  vim.fn.writefile({ 'sandbox at exit' }, sandbox_file('at-exit.txt'))
+  vim.fn.writefile({ 'mine at exit' }, workspace_dir .. '/at-exit.txt')
+  synced = false
+  require('sandlink.commands').sync('both', function() synced = true end)
+  wait_for('the conflict', 15000, function()
+    return synced and #require('sandlink.commands').conflicts(current_workspace()) == 1
+  end)
+  local original_select, prompts = vim.ui.select, {}
+  vim.ui.select = function(items, options, on_choice)
+    table.insert(prompts, options.prompt)
+    on_choice(items[1])
+  end
   vim.cmd('Sandlink disconnect')
+  vim.ui.select = original_select
   wait_for('the session to end', 15000, function()
     return current_workspace().session == nil
   end)
   assert_equal('sandlink: disconnected', require('sandlink').statusline(), 'statusline after disconnecting')
+  assert_equal(1, #prompts, 'asked once about the conflict')
+  assert_matches('at%-exit%.txt', prompts[1], 'the prompt names the file')
+  assert_equal({ 'sandbox at exit' }, vim.fn.readfile(workspace_dir .. '/at-exit.txt'), "the sandbox's version was taken")
 end)
 
 test('a_session_connected_through_execute_command_should_be_adopted', function()

@@ -192,6 +192,31 @@ export function disconnect(ctx: Ctx): Cmd {
             }
             keep = choice.keep;
         }
+        const conflicts = ctx.liveSession?.sync.conflicts ?? session.sync.conflicts;
+        if (!keep && conflicts.length > 0) {
+            // Removing the sandbox would discard its side of each conflict without the user having chosen.
+            const takeThenDisconnect = "Take Sandbox's Versions, Then Disconnect";
+            const discard = "Discard Sandbox's Versions";
+            const answer = await vscode.window.showWarningMessage(
+                `sandlink: ${conflicts.length} file(s) changed both here and in the sandbox (${conflicts
+                    .slice(0, 3)
+                    .map((conflict) => conflict.path)
+                    .join(", ")}${conflicts.length > 3 ? ", …" : ""}). Removing the sandbox discards its versions.`,
+                { modal: true },
+                takeThenDisconnect,
+                discard,
+            );
+            if (answer === undefined) {
+                return;
+            }
+            if (answer === takeThenDisconnect) {
+                for (const conflict of conflicts) {
+                    if ((await ctx.request(protocol.resolve, { sessionId: session.sessionId, path: conflict.path, keep: "sandbox" })) === undefined) {
+                        return;
+                    }
+                }
+            }
+        }
         const result = await ctx.request(protocol.disconnect, { sessionId: session.sessionId, keep });
         if (result !== undefined) {
             ctx.forgetSession();

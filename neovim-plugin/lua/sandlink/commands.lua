@@ -238,6 +238,36 @@ function commands.disconnect(options, on_done)
     return finish(on_done, nil, {})
   end
   local session_id = workspace.session.sessionId
+  local conflicts = commands.conflicts(workspace)
+  if not options.keep and not options.conflicts_answered and #conflicts > 0 then
+    -- Removing the sandbox would discard its side of each conflict without the user having chosen.
+    local take, discard = "Take the sandbox's versions, then disconnect", "Discard the sandbox's versions"
+    return vim.ui.select({ take, discard }, {
+      prompt = 'sandlink: ' .. #conflicts .. ' file(s) changed both here and in the sandbox ('
+        .. conflicts[1].path .. (#conflicts > 1 and ', ...' or '') .. '); removing the sandbox discards its versions',
+    }, function(answer)
+      if answer == nil then
+        return finish(on_done, { message = 'disconnect cancelled' })
+      end
+      local go_on = vim.tbl_extend('force', options, { conflicts_answered = true })
+      if answer == discard then
+        return commands.disconnect(go_on, on_done)
+      end
+      local remaining = #conflicts
+      for _, conflict in ipairs(conflicts) do
+        commands.resolve(conflict.path, 'sandbox', function(err)
+          remaining = remaining - 1
+          if err then
+            remaining = -1
+            return finish(on_done, err)
+          end
+          if remaining == 0 then
+            commands.disconnect(go_on, on_done)
+          end
+        end)
+      end
+    end)
+  end
   client.request(workspace, protocol.request.disconnect, { sessionId = session_id, keep = options.keep or nil },
     function(err, result)
       if err then

@@ -55,6 +55,9 @@ pub enum Error {
     /// Connecting would exceed the configured maximum of concurrent sandboxes.
     #[error("{0}")]
     LimitReached(String),
+    /// A preview of a port nothing in the sandbox listens on.
+    #[error("{0}")]
+    PortNotListening(String),
     /// A kept session's sandbox no longer exists; reported with the `unknownSession` kind.
     #[error("{0}")]
     SessionGone(String),
@@ -89,6 +92,7 @@ impl Error {
             Error::InvalidProfile(_) => ErrorKind::InvalidProfile,
             Error::WorkspaceNotTrusted { .. } => ErrorKind::WorkspaceNotTrusted,
             Error::LimitReached(_) => ErrorKind::LimitReached,
+            Error::PortNotListening(_) => ErrorKind::PortNotListening,
             Error::SessionInUse(_) => ErrorKind::SessionInUse,
             Error::SessionGone(_) => ErrorKind::UnknownSession,
             Error::InputBacklogFull(_) => ErrorKind::InputBacklogFull,

@@ -142,6 +142,8 @@ pub enum ErrorKind {
     WorkspaceNotTrusted,
     /// The configured maximum of concurrent sandboxes is reached.
     LimitReached,
+    /// A preview asked for a port nothing in the sandbox listens on (after a short wait for a starting server).
+    PortNotListening,
     /// The session is attached by another sandlink process (another editor window).
     SessionInUse,
     /// A frame could not be read as a JSON-RPC message (bad header, not UTF-8, not JSON, not JSON-RPC 2.0).
@@ -177,6 +179,7 @@ impl ErrorKind {
             ErrorKind::InvalidProfile => "invalidProfile",
             ErrorKind::WorkspaceNotTrusted => "workspaceNotTrusted",
             ErrorKind::LimitReached => "limitReached",
+            ErrorKind::PortNotListening => "portNotListening",
             ErrorKind::SessionInUse => "sessionInUse",
             ErrorKind::InvalidMessage => "invalidMessage",
             ErrorKind::UnknownMethod => "unknownMethod",

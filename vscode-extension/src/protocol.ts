@@ -161,6 +161,7 @@ export type ErrorKind =
     | "invalidProfile"
     | "workspaceNotTrusted"
     | "limitReached"
+    | "portNotListening"
     | "sessionInUse"
     | "invalidMessage"
     | "unknownMethod"

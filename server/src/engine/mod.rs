@@ -7,6 +7,7 @@ pub mod configure;
 mod connect;
 pub mod jobs;
 mod kept;
+pub mod ports;
 pub mod lifecycle;
 pub mod output;
 pub mod run;
@@ -194,6 +195,7 @@ impl Engine {
         if port == 0 {
             return Err(Error::InvalidParams("The port must be between 1 and 65535.".into()));
         }
+        ports::wait_until_listening(&*session.sandbox, port).await?;
         let url = session.sandbox.preview(port).await?;
         let is_new = session.add_preview(port, &url);
         if is_new {

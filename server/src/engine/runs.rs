@@ -80,6 +80,7 @@ impl Engine {
         let (handle, answered, task) = run::start(context, process)?;
         let handle_for_end = handle.clone();
         lock(&self.runs).insert(run_id.clone(), handle);
+        self.watch_ports(&session);
         let runs = self.runs.clone();
         let finished = handle_for_end;
         tokio::spawn(async move {

@@ -39,6 +39,8 @@ pub struct Session {
     claim: Mutex<Option<Lock>>,
     /// Set once the session's record is gone (disconnected without keep), so nothing writes it again.
     forgotten: AtomicBool,
+    /// Whether a task is watching for ports that start listening (one per session, while runs are in flight).
+    pub(super) watching_ports: AtomicBool,
 }
 
 impl Session {
@@ -61,6 +63,7 @@ impl Session {
             settings: Map::new(),
             claim: Mutex::new(None),
             forgotten: AtomicBool::new(false),
+            watching_ports: AtomicBool::new(false),
             mutable: Mutex::new(SessionMutable {
                 state: SessionState::Connecting,
                 message: None,

@@ -731,7 +731,7 @@ impl SessionSync {
     fn note_held_back(&self, core: &mut Core, held_back: &BTreeMap<String, &'static str>, scan: &Scan, full: bool) {
         for (path, rule) in held_back {
             if core.logged_secrets.insert(path.clone()) {
-                tracing::warn!(%path, rule, "held back a file that looks like a secret; allow it with settings.sync.allowSecrets");
+                tracing::warn!(%path, rule, "held back a file that looks like a secret; allow it with the sync.allowSecrets setting of the profile (`sandlink sync --allow-secret PATTERN` on the command line)");
             }
         }
         for path in &scan.escaping_links {

@@ -66,6 +66,7 @@ macro_rules! parity_tests {
             workspace_files_should_be_visible_to_runs,
             output_should_show_paths_in_the_root_as_workspace_paths,
             preview_should_reach_a_server_in_the_sandbox,
+            a_server_started_by_a_run_should_be_offered_as_a_preview_unasked,
             status_should_report_an_active_session,
             disconnect_should_remove_the_sandbox,
             unknown_run_should_be_a_clear_error,
@@ -236,6 +237,27 @@ pub fn preview_should_reach_a_server_in_the_sandbox(fixture: &DriverFixture) {
     assert_eq!(ready["url"], url);
     let body = http_get_with_retry(&url, Duration::from_secs(20));
     assert!(body.contains("sandlink-preview"), "the preview serves the sandbox's page: {body:?}");
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert!(status["previews"].as_array().is_some_and(|previews| previews.iter().any(|preview| preview["port"] == port)));
+    server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel the server");
+    server.collect_run(&run_id, Duration::from_secs(30));
+}
+
+pub fn a_server_started_by_a_run_should_be_offered_as_a_preview_unasked(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[("index.html", "noticed\n")]);
+    let silent = free_port();
+    let error = server.request_error("sandlink/preview", json!({ "sessionId": session_id, "port": silent }));
+    assert_eq!(error.kind.as_deref(), Some("portNotListening"), "{error:?}");
+    assert!(error.message.contains(&silent.to_string()), "{}", error.message);
+
+    let port = free_port();
+    // The server starts a moment into the run, as `npm start` does, so the watcher sees it appear.
+    let command = format!("sleep 1; {}", (fixture.http_server_command)(port));
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": command }));
+    let ready = server.wait_notification("sandlink/previewReady", Duration::from_secs(20), |params| params["port"] == port);
+    let url = ready["url"].as_str().expect("url").to_string();
+    let body = http_get_with_retry(&url, Duration::from_secs(20));
+    assert!(body.contains("noticed"), "the noticed preview serves the page: {body:?}");
     let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
     assert!(status["previews"].as_array().is_some_and(|previews| previews.iter().any(|preview| preview["port"] == port)));
     server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel the server");

@@ -1,0 +1,1724 @@
+"""A faithful in-process fake of Daytona (main REST API + toolbox daemon + logs WebSocket) that runs real processes, with fault injection and a test clock.
+
+Why this exists: no test machine reaches Daytona, yet the Rust driver and the official Python SDK must be exercised
+against Daytona's real wire format. One aiohttp process serves everything on one port:
+
+* Main API under `/api` (`Authorization: Bearer <key>`), as `https://app.daytona.io/api` does.
+* The toolbox under `/toolbox/<sandboxId>/...`: every sandbox's `toolboxProxyUrl` is `http://<host>:<port>/toolbox`,
+  so the SDK and the driver build `{toolboxProxyUrl}/{sandboxId}/process/execute` exactly as against Daytona's proxy.
+  The deprecated main-API form `/api/toolbox/<sandboxId>/toolbox/...` reaches the same handlers.
+* Previews under `/preview/<port>-<sandboxId>/...` (or a Host of the form `<port>-<sandboxId>.<anything>`), forwarded
+  to `127.0.0.1:<port>` because sandbox processes run on this host.
+* Test-only admin API under `/_admin/` (faults, request log, sandboxes, test clock); never part of Daytona.
+
+Path mapping (commands run for real, without a chroot): every sandbox owns `<root>/<sandboxId>/fs`, which stands for
+the sandbox's `/`. The sandbox path `/home/daytona/a.txt` is the host path `<root>/<id>/fs/home/daytona/a.txt`. The
+file API, `process/execute`'s `cwd` and every command's working directory use the mapping; commands also get `HOME`
+set to the mapped home and `DAYTONA_FAKE_SANDBOX_ROOT` set to the mapped `/`. Session commands have no `cwd` field in
+Daytona's API, so clients `cd` in the command text: the fake rewrites the sandbox user's home directory
+(`/home/daytona`) where it starts a path in command text; no other absolute path is rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import posixpath
+import re
+import secrets
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from aiohttp import WSMsgType, web
+
+DEFAULT_USER = "daytona"
+STDOUT_MARKER = b"\x01\x01\x01"
+STDERR_MARKER = b"\x02\x02\x02"
+# The daemon splits stdout from stderr only for SDKs at least this new (apps/daemon/pkg/session/common.go).
+SPLIT_OUTPUT_MINIMUM_SDK_VERSION = (0, 167, 0)
+# The daemon reads the log file in 1 KiB chunks and sends each read as one binary frame.
+DAEMON_LOG_READ_BYTES = 1024
+BULK_DOWNLOAD_BOUNDARY = "DAYTONA-FILE-BOUNDARY"
+# Daytona's documented defaults: 1 vCPU, 1 GiB RAM, 3 GiB disk, auto-stop after 15 idle minutes, archive after 7 days.
+DEFAULT_RESOURCES = {"cpu": 1, "memory": 1, "disk": 3}
+DEFAULT_AUTO_STOP_MINUTES = 15
+DEFAULT_AUTO_ARCHIVE_MINUTES = 10080
+# The grace period between SIGTERM and SIGKILL when a session is deleted or a sandbox stops.
+KILL_GRACE_SECONDS = 1.0
+ORGANIZATION_ID = "fake-organization"
+DAEMON_VERSION = "0.226.1"
+HTTP_STATUS_TEXT = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+                    409: "Conflict", 410: "Gone", 429: "Too Many Requests", 500: "Internal Server Error",
+                    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def rfc3339(epoch_seconds: float) -> str:
+    return dt.datetime.fromtimestamp(epoch_seconds, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def go_time_string(epoch_seconds: float) -> str:
+    """Go's `time.Time.String()` layout, which the daemon still puts in the deprecated `FileInfo.modTime`."""
+    moment = dt.datetime.fromtimestamp(epoch_seconds, dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f") + "000 +0000 UTC"
+
+
+def json_response(status: int, body: Any, headers: Optional[dict] = None) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body, separators=(",", ":")).encode(),
+                        content_type="application/json", headers=headers)
+
+
+def api_error(request: web.Request, status: int, message: str, headers: Optional[dict] = None) -> web.Response:
+    """The main API's NestJS error body."""
+    return json_response(status, {"path": request.path, "timestamp": rfc3339(time.time()), "statusCode": status,
+                                  "error": HTTP_STATUS_TEXT.get(status, "Error"), "message": message}, headers)
+
+
+def toolbox_error(request: web.Request, status: int, message: str, headers: Optional[dict] = None) -> web.Response:
+    """The daemon's error middleware body: `code` is the HTTP status text."""
+    return json_response(status, {"statusCode": status, "message": message,
+                                  "code": HTTP_STATUS_TEXT.get(status, "Error"), "timestamp": rfc3339(time.time()),
+                                  "path": request.path, "method": request.method}, headers)
+
+
+def parse_version(text: Optional[str]) -> Optional[tuple]:
+    if not text:
+        return None
+    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", text.strip())
+    return tuple(int(part) for part in match.groups()) if match else None
+
+
+def exit_code_from_returncode(returncode: int) -> int:
+    """What a shell reports in `$?`: a process killed by signal N exits 128+N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Test clock, faults and the request log
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class TestClock:
+    """Wall time plus an offset that `POST /_admin/clock` advances, so auto-stop can be tested without waiting."""
+
+    def __init__(self) -> None:
+        self.offset_seconds = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset_seconds
+
+
+@dataclass
+class FaultSettings:
+    """Faults a test turns on through `POST /_admin/faults`; each counter is consumed by the requests it hits."""
+
+    sandbox_id: Optional[str] = None
+    rate_limit_next: int = 0
+    retry_after_seconds: int = 1
+    rate_limit_plane: str = "any"
+    rate_limit_path_pattern: Optional[str] = None
+    error_next: int = 0
+    error_status: int = 503
+    error_plane: str = "any"
+    error_path_pattern: Optional[str] = None
+    hang_toolbox: bool = False
+    hang_api: bool = False
+    revoke_key: bool = False
+    stuck_starting: bool = False
+    logs_frame_bytes: Optional[int] = None
+    drop_logs_after_bytes: Optional[int] = None
+    drop_logs_count: int = 1
+
+    def to_json(self) -> dict:
+        return {
+            "sandboxId": self.sandbox_id,
+            "rateLimitNext": self.rate_limit_next,
+            "retryAfter": self.retry_after_seconds,
+            "rateLimitPlane": self.rate_limit_plane,
+            "rateLimitPath": self.rate_limit_path_pattern,
+            "errorNext": self.error_next,
+            "errorStatus": self.error_status,
+            "errorPlane": self.error_plane,
+            "errorPath": self.error_path_pattern,
+            "hangToolbox": self.hang_toolbox,
+            "hangApi": self.hang_api,
+            "revokeKey": self.revoke_key,
+            "stuckStarting": self.stuck_starting,
+            "logsFrameBytes": self.logs_frame_bytes,
+            "dropLogsAfterBytes": self.drop_logs_after_bytes,
+            "dropLogsCount": self.drop_logs_count,
+        }
+
+
+@dataclass
+class RequestLogEntry:
+    sequence: int
+    time: float
+    method: str
+    path: str
+    query: str
+    plane: str
+    route: str
+    sandbox_id: Optional[str]
+    status: Optional[int] = None
+    headers: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"seq": self.sequence, "time": self.time, "method": self.method, "path": self.path,
+                "query": self.query, "plane": self.plane, "route": self.route, "sandboxId": self.sandbox_id,
+                "status": self.status, "headers": self.headers}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sessions and commands
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class SessionCommand:
+    """One command of a toolbox session: a real process group whose output is kept as the daemon's log file is.
+
+    `log` holds exactly what the daemon writes to the command's log file: each chunk read from stdout prefixed with
+    01 01 01 and each chunk read from stderr with 02 02 02. The logs WebSocket sends slices of it; the plain logs
+    GET strips the markers.
+    """
+
+    def __init__(self, session: "ToolboxSession", command_id: str, command: str, suppress_input_echo: bool):
+        self.session = session
+        self.command_id = command_id
+        self.command = command
+        self.suppress_input_echo = suppress_input_echo
+        self.log = bytearray()
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.combined = bytearray()
+        self.exit_code: Optional[int] = None
+        self.process: Optional[asyncio.subprocess.Process] = None
+        self.pending_input: list[bytes] = []
+        self.changed = asyncio.Condition()
+        self.finished = asyncio.Event()
+
+    async def append(self, marker: bytes, chunk: bytes) -> None:
+        async with self.changed:
+            self.log += marker + chunk
+            (self.stdout if marker == STDOUT_MARKER else self.stderr).extend(chunk)
+            self.combined += chunk
+            self.changed.notify_all()
+
+    async def finish(self, exit_code: int) -> None:
+        async with self.changed:
+            self.exit_code = exit_code
+            self.finished.set()
+            self.changed.notify_all()
+
+    def signal_group(self, signal_number: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal_number)
+
+    def json(self) -> dict:
+        body: dict = {"id": self.command_id, "command": self.command}
+        if self.exit_code is not None:
+            body["exitCode"] = self.exit_code
+        return body
+
+
+class ToolboxSession:
+    """A daemon session. Its commands run one after another, as they would in the daemon's one session shell."""
+
+    def __init__(self, sandbox: "Sandbox", session_id: str):
+        self.sandbox = sandbox
+        self.session_id = session_id
+        self.commands: dict[str, SessionCommand] = {}
+        self.order_lock = asyncio.Lock()
+        self.deleted = False
+
+    def json(self) -> dict:
+        return {"sessionId": self.session_id, "commands": [command.json() for command in self.commands.values()]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sandboxes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sandbox:
+    sandbox_id: str
+    name: str
+    snapshot: Optional[str]
+    user: str
+    env: dict
+    labels: dict
+    public: bool
+    cpu: int
+    memory: int
+    disk: int
+    gpu: int
+    host_root: str
+    created_at: float
+    auto_stop_interval: float
+    auto_archive_interval: float
+    auto_delete_interval: float
+    last_activity: float
+    state: str = "started"
+    error_reason: Optional[str] = None
+    build_info: Optional[dict] = None
+    network_block_all: bool = False
+    network_allow_list: Optional[str] = None
+    updated_at: float = 0.0
+    preview_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    sessions: dict = field(default_factory=dict)
+    # Processes started by process/execute, killed with everything else when the sandbox stops or goes away.
+    execute_processes: set = field(default_factory=set)
+    # Open logs WebSockets' transports: a sandbox that stops takes its connections with it.
+    open_transports: set = field(default_factory=set)
+    # How the sandbox stopped last ("auto-stop", "api", "admin"), for tests that check why.
+    stop_reason: Optional[str] = None
+
+    @property
+    def filesystem_root(self) -> str:
+        return os.path.join(self.host_root, "fs")
+
+    @property
+    def home(self) -> str:
+        return "/root" if self.user == "root" else f"/home/{self.user}"
+
+    def sandbox_path_for(self, path: Optional[str]) -> str:
+        """Normalizes a sandbox path; relative paths resolve against the user's home, the daemon's work dir."""
+        if not path:
+            path = self.home
+        if path.startswith("~"):
+            path = self.home + path[1:]
+        if not path.startswith("/"):
+            path = posixpath.join(self.home, path)
+        # normpath on an absolute path cannot climb above "/", so the host path stays inside the private directory.
+        return posixpath.normpath(path).replace("//", "/")
+
+    def host_path_for(self, sandbox_path: str) -> str:
+        return os.path.join(self.filesystem_root, sandbox_path.lstrip("/"))
+
+    def rewrite_command_text(self, command: str) -> str:
+        """Rewrites the home directory where it starts a path, so `cd /home/daytona/x` works without a chroot."""
+        pattern = r"(?<![\w/.~-])" + re.escape(self.home) + r"(?=$|[/\s'\";&|)<>:`])"
+        host_home = self.host_path_for(self.home)
+        return re.sub(pattern, lambda _match: host_home, command)
+
+    def all_processes_kill(self, signal_number: int) -> None:
+        for session in self.sessions.values():
+            for command in session.commands.values():
+                command.signal_group(signal_number)
+        for process in list(self.execute_processes):
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal_number)
+
+    def json(self, toolbox_proxy_url: str, listed: bool = False) -> dict:
+        body = {
+            "id": self.sandbox_id,
+            "organizationId": ORGANIZATION_ID,
+            "name": self.name,
+            "snapshot": self.snapshot,
+            "user": self.user,
+            "env": self.env,
+            "labels": self.labels,
+            "public": self.public,
+            "networkBlockAll": self.network_block_all,
+            "networkAllowList": self.network_allow_list,
+            "kvm": False,
+            "target": "us",
+            "cpu": self.cpu,
+            "gpu": self.gpu,
+            "memory": self.memory,
+            "disk": self.disk,
+            "state": self.state,
+            "desiredState": "stopped" if self.state in ("stopped", "stopping") else (
+                "archived" if self.state == "archived" else "started"),
+            "errorReason": self.error_reason,
+            "backupState": "None",
+            "autoStopInterval": self.auto_stop_interval,
+            "autoArchiveInterval": self.auto_archive_interval,
+            "autoDeleteInterval": self.auto_delete_interval,
+            "volumes": [],
+            "createdAt": rfc3339(self.created_at),
+            "updatedAt": rfc3339(self.updated_at or self.created_at),
+            "lastActivityAt": rfc3339(self.last_activity),
+            "daemonVersion": DAEMON_VERSION,
+            "runnerId": "fake-runner",
+            "toolboxProxyUrl": toolbox_proxy_url,
+        }
+        if self.build_info is not None:
+            body["buildInfo"] = self.build_info
+        if listed:
+            for private in ("env", "kvm", "volumes", "buildInfo"):
+                body.pop(private, None)
+        return body
+
+
+@dataclass
+class ServerSettings:
+    api_key: str
+    root: str
+    jwt: Optional[str] = None
+    organization_id: Optional[str] = None
+    exit_when_stdin_closes: bool = False
+
+
+SERVER_SETTINGS = ServerSettings(api_key="", root="")
+
+
+class FakeDaytona:
+    """All state of the fake: sandboxes, snapshots, faults, the request log and the test clock."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.sandboxes: dict[str, Sandbox] = {}
+        self.snapshots: dict[str, dict] = {}
+        self.faults = FaultSettings()
+        self.clock = TestClock()
+        # Replaced whenever a hang fault changes, so hung requests and streams re-check whether they may go on.
+        self.hang_changed = asyncio.Event()
+        self.request_log: list[RequestLogEntry] = []
+        self.next_request_sequence = 1
+        self.signed_preview_tokens: dict[str, tuple[str, int, float]] = {}
+
+    # --- faults ------------------------------------------------------------------------------------------------
+
+    def apply_faults(self, body: dict) -> None:
+        faults = self.faults
+        integer_fields = {"rateLimitNext": "rate_limit_next", "retryAfter": "retry_after_seconds",
+                          "errorNext": "error_next", "errorStatus": "error_status", "dropLogsCount": "drop_logs_count"}
+        for name, attribute in integer_fields.items():
+            if name in body:
+                setattr(faults, attribute, int(body[name]))
+        optional_integer_fields = {"logsFrameBytes": "logs_frame_bytes", "dropLogsAfterBytes": "drop_logs_after_bytes"}
+        for name, attribute in optional_integer_fields.items():
+            if name in body:
+                setattr(faults, attribute, None if body[name] is None else int(body[name]))
+        if "dropLogsAfterBytes" in body and "dropLogsCount" not in body:
+            faults.drop_logs_count = 1
+        text_fields = {"rateLimitPlane": "rate_limit_plane", "errorPlane": "error_plane"}
+        for name, attribute in text_fields.items():
+            if name in body:
+                setattr(faults, attribute, str(body[name]))
+        for name, attribute in {"rateLimitPath": "rate_limit_path_pattern", "errorPath": "error_path_pattern",
+                                "sandboxId": "sandbox_id"}.items():
+            if name in body:
+                setattr(faults, attribute, body[name] or None)
+        boolean_fields = {"hangToolbox": "hang_toolbox", "hangApi": "hang_api", "revokeKey": "revoke_key",
+                          "stuckStarting": "stuck_starting"}
+        for name, attribute in boolean_fields.items():
+            if name in body:
+                setattr(faults, attribute, bool(body[name]))
+        if not faults.stuck_starting:
+            self.release_stuck_sandboxes()
+        self.wake_hung_requests()
+        vanish = body.get("vanish")
+        if vanish:
+            for sandbox_id in [vanish] if isinstance(vanish, str) else list(vanish):
+                self.vanish(sandbox_id)
+
+    def reset_faults(self) -> None:
+        self.faults = FaultSettings()
+        self.release_stuck_sandboxes()
+        self.wake_hung_requests()
+
+    def release_stuck_sandboxes(self) -> None:
+        for sandbox in self.sandboxes.values():
+            if sandbox.state == "starting" and not self.is_stuck_starting(sandbox.sandbox_id):
+                sandbox.state = "started"
+                self.touch(sandbox)
+
+    def wake_hung_requests(self) -> None:
+        self.hang_changed.set()
+        self.hang_changed = asyncio.Event()
+
+    def fault_applies_to(self, sandbox_id: Optional[str]) -> bool:
+        return self.faults.sandbox_id is None or self.faults.sandbox_id == sandbox_id
+
+    def is_stuck_starting(self, sandbox_id: str) -> bool:
+        return self.faults.stuck_starting and self.fault_applies_to(sandbox_id)
+
+    async def wait_while_hung(self, plane: str, sandbox_id: Optional[str]) -> None:
+        while self.fault_applies_to(sandbox_id) and (
+                (plane == "toolbox" and self.faults.hang_toolbox) or (plane == "api" and self.faults.hang_api)):
+            await self.hang_changed.wait()
+
+    # --- sandbox lifecycle -------------------------------------------------------------------------------------
+
+    def touch(self, sandbox: Sandbox) -> None:
+        """Records activity: what resets the auto-stop countdown (see daytona_server.md, "Auto-stop")."""
+        sandbox.last_activity = self.clock.now()
+        sandbox.updated_at = time.time()
+
+    def find(self, id_or_name: str) -> Optional[Sandbox]:
+        sandbox = self.sandboxes.get(id_or_name)
+        if sandbox is not None:
+            return sandbox
+        for candidate in self.sandboxes.values():
+            if candidate.name == id_or_name:
+                return candidate
+        return None
+
+    def stop_sandbox(self, sandbox: Sandbox, reason: str) -> None:
+        """A stopped sandbox keeps its disk and loses its processes, sessions and connections."""
+        sandbox.state = "stopped"
+        sandbox.stop_reason = reason
+        sandbox.updated_at = time.time()
+        self.kill_everything(sandbox)
+
+    def kill_everything(self, sandbox: Sandbox) -> None:
+        for transport in list(sandbox.open_transports):
+            transport.close()
+        sandbox.open_transports.clear()
+        sandbox.all_processes_kill(signal.SIGKILL)
+        for session in sandbox.sessions.values():
+            session.deleted = True
+        sandbox.sessions.clear()
+
+    def vanish(self, sandbox_id: str) -> bool:
+        """Deleted from outside (another client, the dashboard, an org policy): gone at once, directory removed."""
+        sandbox = self.sandboxes.pop(sandbox_id, None)
+        if sandbox is None:
+            return False
+        sandbox.state = "destroyed"
+        self.kill_everything(sandbox)
+        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, sandbox.host_root, True)
+        return True
+
+    async def auto_stop_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                self.auto_stop_once()
+            except Exception:
+                # One bad sandbox must not stop auto-stop for the others; the trace goes to stderr for debugging.
+                logging.exception("the auto-stop check failed; retrying")
+
+    def auto_stop_once(self) -> None:
+        """Stops started sandboxes idle for their autoStopInterval, measured on the test clock."""
+        now = self.clock.now()
+        for sandbox in list(self.sandboxes.values()):
+            if sandbox.state == "started" and sandbox.auto_stop_interval and sandbox.auto_stop_interval > 0:
+                if now - sandbox.last_activity >= sandbox.auto_stop_interval * 60:
+                    self.stop_sandbox(sandbox, "auto-stop")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Front door: routing, request log, faults, auth
+# ---------------------------------------------------------------------------------------------------------------
+
+TOOLBOX_PATH = re.compile(r"^/toolbox/([^/]+)(/.*)?$")
+DEPRECATED_TOOLBOX_PATH = re.compile(r"^/api/toolbox/([^/]+)/toolbox(/.*)?$")
+PREVIEW_PATH = re.compile(r"^/preview/(\d+)-([^/]+)(/.*)?$")
+PREVIEW_HOST = re.compile(r"^(\d+)-([A-Za-z0-9-]+)\.")
+API_SANDBOX_PATH = re.compile(r"^/api/sandbox/([^/]+)(/.*)?$")
+# Headers tests may assert on; credentials are deliberately absent so the log never holds them.
+LOGGED_REQUEST_HEADERS = ("Content-Type", "X-Daytona-SDK-Version", "X-Daytona-Source", "X-Daytona-Split-Output",
+                          "User-Agent", "Upgrade", "Sec-WebSocket-Protocol", "X-Daytona-Skip-Preview-Warning",
+                          "X-Daytona-Organization-ID")
+
+
+def classify(request: web.Request) -> tuple[str, Optional[str], str, Optional[int]]:
+    """(plane, sandboxId or preview id, path inside the plane, preview port) for a request."""
+    path = request.path
+    if path.startswith("/_admin/"):
+        return "admin", None, path, None
+    host_match = PREVIEW_HOST.match(request.host or "")
+    if host_match:
+        return "preview", host_match.group(2), path, int(host_match.group(1))
+    match = PREVIEW_PATH.match(path)
+    if match:
+        return "preview", match.group(2), match.group(3) or "/", int(match.group(1))
+    match = TOOLBOX_PATH.match(path) or DEPRECATED_TOOLBOX_PATH.match(path)
+    if match:
+        return "toolbox", match.group(1), match.group(2) or "/", None
+    if path.startswith("/api/socket.io"):
+        return "socketio", None, path, None
+    if path == "/api" or path.startswith("/api/"):
+        match = API_SANDBOX_PATH.match(path)
+        return "api", match.group(1) if match else None, path[len("/api"):] or "/", None
+    return "unknown", None, path, None
+
+
+ROUTE_ID_PATTERNS = [
+    (re.compile(r"^(/toolbox/)[^/]+"), r"\1{sandboxId}"),
+    (re.compile(r"^(/api/toolbox/)[^/]+"), r"\1{sandboxId}"),
+    (re.compile(r"^(/api/sandbox/)(?!paginated$|for-runner$|ssh-access)[^/]+"), r"\1{sandboxIdOrName}"),
+    (re.compile(r"(/process/session/)(?!entrypoint)[^/]+"), r"\1{sessionId}"),
+    (re.compile(r"(/command/)[^/]+"), r"\1{commandId}"),
+    (re.compile(r"(/ports/)\d+"), r"\1{port}"),
+    (re.compile(r"(/autostop/|/autoarchive/|/autodelete/|/public/)[^/]+"), r"\1{value}"),
+    (re.compile(r"^(/api/snapshots/)[^/]+"), r"\1{id}"),
+    (re.compile(r"^/preview/[^/]+"), "/preview/{port}-{sandboxId}"),
+]
+
+
+def route_template(path: str) -> str:
+    for pattern, replacement in ROUTE_ID_PATTERNS:
+        path = pattern.sub(replacement, path)
+    return path
+
+
+def bearer_token(request: web.Request) -> Optional[str]:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+def credentials_valid(request: web.Request, fake: FakeDaytona) -> bool:
+    if fake.faults.revoke_key:
+        return False
+    token = bearer_token(request)
+    if token is None:
+        return False
+    if secrets.compare_digest(token, fake.settings.api_key):
+        return True
+    if fake.settings.jwt and secrets.compare_digest(token, fake.settings.jwt):
+        return request.headers.get("X-Daytona-Organization-ID") == fake.settings.organization_id
+    return False
+
+
+@web.middleware
+async def front_door(request: web.Request, handler) -> web.StreamResponse:
+    fake: FakeDaytona = request.app["fake"]
+    plane, sandbox_id, inner_path, preview_port = classify(request)
+    entry = RequestLogEntry(fake.next_request_sequence, time.time(), request.method, request.path,
+                            request.query_string, plane, route_template(request.path), sandbox_id)
+    fake.next_request_sequence += 1
+    entry.headers = {name: request.headers[name] for name in LOGGED_REQUEST_HEADERS if name in request.headers}
+    if plane != "admin":
+        fake.request_log.append(entry)
+    try:
+        response = await route_request(request, fake, plane, sandbox_id, inner_path, preview_port)
+    except web.HTTPException as http_exception:
+        entry.status = http_exception.status
+        raise
+    entry.status = response.status
+    return response
+
+
+def path_selected(pattern: Optional[str], path: str) -> bool:
+    return pattern is None or re.search(pattern, path) is not None
+
+
+async def route_request(request: web.Request, fake: FakeDaytona, plane: str, sandbox_id: Optional[str],
+                        inner_path: str, preview_port: Optional[int]) -> web.StreamResponse:
+    if plane == "admin":
+        return await handle_admin(request, fake)
+    if plane == "preview":
+        return await handle_preview(request, fake, sandbox_id or "", preview_port or 0, inner_path)
+    if plane == "unknown":
+        return api_error(request, 404, f"Cannot {request.method} {request.path}")
+    error_factory = toolbox_error if plane == "toolbox" else api_error
+
+    faults = fake.faults
+    in_scope = fake.fault_applies_to(sandbox_id)
+    if (in_scope and faults.rate_limit_next > 0 and faults.rate_limit_plane in ("any", plane)
+            and path_selected(faults.rate_limit_path_pattern, request.path)):
+        faults.rate_limit_next -= 1
+        return error_factory(request, 429, "ThrottlerException: Too Many Requests",
+                             headers={"Retry-After": str(faults.retry_after_seconds)})
+    if (in_scope and faults.error_next > 0 and faults.error_plane in ("any", plane)
+            and path_selected(faults.error_path_pattern, request.path)):
+        faults.error_next -= 1
+        return error_factory(request, faults.error_status, "Injected server error, please retry.")
+    await fake.wait_while_hung(plane, sandbox_id)
+
+    if plane == "socketio":
+        # The notification gateway is not served: the SDK's socket.io client fails to connect and the SDK falls
+        # back to polling `GET /api/sandbox/{id}` (daytona_server.md, "Deviations").
+        return api_error(request, 404, f"Cannot {request.method} {request.path}")
+    if not credentials_valid(request, fake):
+        # Never echo the credential received, nor the expected one.
+        return error_factory(request, 401, "Unauthorized")
+    if plane == "toolbox":
+        return await handle_toolbox(request, fake, sandbox_id or "", inner_path)
+    return await handle_api(request, fake, inner_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Admin API (test-only)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def admin_sandbox_json(sandbox: Sandbox, fake: FakeDaytona) -> dict:
+    return {
+        "id": sandbox.sandbox_id,
+        "name": sandbox.name,
+        "state": sandbox.state,
+        "stopReason": sandbox.stop_reason,
+        "hostRoot": sandbox.filesystem_root,
+        "home": sandbox.home,
+        "labels": sandbox.labels,
+        "autoStopInterval": sandbox.auto_stop_interval,
+        "lastActivityAt": rfc3339(sandbox.last_activity),
+        "idleSeconds": round(fake.clock.now() - sandbox.last_activity, 3),
+        "previewToken": sandbox.preview_token,
+        "sessions": [{"sessionId": session.session_id,
+                      "commands": [{"id": command.command_id, "command": command.command,
+                                    "exitCode": command.exit_code,
+                                    "pid": command.process.pid if command.process else None,
+                                    "running": command.process is not None and command.exit_code is None,
+                                    "logBytes": len(command.log)}
+                                   for command in session.commands.values()]}
+                     for session in sandbox.sessions.values()],
+    }
+
+
+def request_counts(entries: list[RequestLogEntry], key) -> list[dict]:
+    counts: dict[tuple, int] = {}
+    for entry in entries:
+        counts[key(entry)] = counts.get(key(entry), 0) + 1
+    return [{"method": method, "path": path, "count": count} for (method, path), count in counts.items()]
+
+
+async def handle_admin(request: web.Request, fake: FakeDaytona) -> web.StreamResponse:
+    path, method = request.path, request.method
+    if path == "/_admin/faults":
+        if method == "GET":
+            return json_response(200, fake.faults.to_json())
+        if method == "POST":
+            try:
+                body = await request.json()
+            except json.JSONDecodeError:
+                return json_response(400, {"message": "The body must be a JSON object."})
+            fake.apply_faults(body)
+            return json_response(200, fake.faults.to_json())
+        if method == "DELETE":
+            fake.reset_faults()
+            return json_response(200, fake.faults.to_json())
+    if path == "/_admin/requests":
+        if method == "GET":
+            since = int(request.query.get("since", "0"))
+            plane = request.query.get("plane")
+            sandbox_id = request.query.get("sandboxId")
+            entries = [entry for entry in fake.request_log
+                       if entry.sequence >= since and (plane is None or entry.plane == plane)
+                       and (sandbox_id is None or entry.sandbox_id == sandbox_id)]
+            return json_response(200, {
+                "requests": [entry.to_json() for entry in entries],
+                "total": len(entries),
+                "counts": request_counts(entries, lambda entry: (entry.method, entry.path)),
+                "routeCounts": request_counts(entries, lambda entry: (entry.method, entry.route)),
+                "nextSeq": fake.next_request_sequence,
+            })
+        if method == "DELETE":
+            fake.request_log.clear()
+            return json_response(200, {"nextSeq": fake.next_request_sequence})
+    if path == "/_admin/sandboxes" and method == "GET":
+        return json_response(200, {"sandboxes": [admin_sandbox_json(sandbox, fake)
+                                                 for sandbox in fake.sandboxes.values()]})
+    match = re.match(r"^/_admin/sandboxes/([^/]+)$", path)
+    if match:
+        sandbox = fake.find(match.group(1))
+        if method == "GET" and sandbox is not None:
+            return json_response(200, admin_sandbox_json(sandbox, fake))
+        if method == "DELETE":
+            if fake.vanish(sandbox.sandbox_id if sandbox else match.group(1)):
+                return json_response(200, {"deleted": match.group(1)})
+            return json_response(404, {"message": "no such sandbox"})
+        return json_response(404, {"message": "no such sandbox"})
+    if path == "/_admin/clock":
+        if method == "POST":
+            try:
+                body = await request.json()
+            except json.JSONDecodeError:
+                return json_response(400, {"message": "The body must be a JSON object."})
+            fake.clock.offset_seconds += float(body.get("advanceSeconds", 0))
+            # Decide at once, so a test can assert right after advancing.
+            fake.auto_stop_once()
+        if method in ("GET", "POST"):
+            return json_response(200, {"now": rfc3339(fake.clock.now()), "offsetSeconds": fake.clock.offset_seconds})
+    return json_response(404, {"message": "Unknown admin route."})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Main API
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def toolbox_proxy_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}/toolbox"
+
+
+def preview_base_url(request: web.Request, port: int, sandbox_or_token: str) -> str:
+    return f"{request.scheme}://{request.host}/preview/{port}-{sandbox_or_token}"
+
+
+async def read_json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise web.HTTPBadRequest(text=json.dumps({"statusCode": 400, "message": f"invalid JSON body: {error.msg}",
+                                                  "error": "Bad Request"}), content_type="application/json")
+
+
+def number_or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+async def create_sandbox(request: web.Request, fake: FakeDaytona) -> web.StreamResponse:
+    body = await read_json_body(request)
+    if not isinstance(body, dict):
+        return api_error(request, 400, "The body must be a JSON object.")
+    name = body.get("name")
+    if name and fake.find(name) is not None:
+        return api_error(request, 409, f"Sandbox with name {name} already exists")
+    labels = body.get("labels") or {}
+    env = body.get("env") or {}
+    if not all(isinstance(value, str) for value in list(labels.values()) + list(env.values())):
+        return api_error(request, 400, "labels and env values must be strings")
+    snapshot_name = body.get("snapshot")
+    snapshot = fake.snapshots.get(snapshot_name) if snapshot_name else None
+    if snapshot is not None and snapshot["state"] != "active":
+        return api_error(request, 400, f"Snapshot {snapshot_name} is {snapshot['state']}")
+    sandbox_id = str(uuid.uuid4())
+    host_root = os.path.join(fake.settings.root, sandbox_id)
+    filesystem_root = os.path.join(host_root, "fs")
+    if snapshot is not None and snapshot.get("hostRoot"):
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: shutil.copytree(snapshot["hostRoot"], filesystem_root, symlinks=True))
+    user = body.get("user") or DEFAULT_USER
+    now = time.time()
+    sandbox = Sandbox(
+        sandbox_id=sandbox_id,
+        name=name or sandbox_id,
+        snapshot=snapshot_name if snapshot_name else (None if body.get("buildInfo") else "daytonaio/sandbox:latest"),
+        user=user,
+        env={**(snapshot or {}).get("env", {}), **env},
+        labels=dict(labels),
+        public=bool(body.get("public", False)),
+        cpu=int(number_or(body.get("cpu"), (snapshot or {}).get("cpu", DEFAULT_RESOURCES["cpu"]))),
+        memory=int(number_or(body.get("memory"), (snapshot or {}).get("mem", DEFAULT_RESOURCES["memory"]))),
+        disk=int(number_or(body.get("disk"), (snapshot or {}).get("disk", DEFAULT_RESOURCES["disk"]))),
+        gpu=int(number_or(body.get("gpu"), 0)),
+        host_root=host_root,
+        created_at=now,
+        auto_stop_interval=number_or(body.get("autoStopInterval"), DEFAULT_AUTO_STOP_MINUTES),
+        auto_archive_interval=number_or(body.get("autoArchiveInterval"), DEFAULT_AUTO_ARCHIVE_MINUTES),
+        auto_delete_interval=number_or(body.get("autoDeleteInterval"), -1),
+        last_activity=fake.clock.now(),
+        build_info=({"dockerfileContent": body["buildInfo"].get("dockerfileContent"),
+                     "contextHashes": body["buildInfo"].get("contextHashes") or [],
+                     "createdAt": rfc3339(now), "updatedAt": rfc3339(now),
+                     "snapshotRef": "fake-build-" + sandbox_id[:8]}
+                    if isinstance(body.get("buildInfo"), dict) else None),
+        network_block_all=bool(body.get("networkBlockAll", False)),
+        network_allow_list=body.get("networkAllowList"),
+    )
+    for directory in (sandbox.home.lstrip("/"), "tmp", "root"):
+        os.makedirs(os.path.join(filesystem_root, directory), exist_ok=True)
+    sandbox.state = "starting" if fake.is_stuck_starting(sandbox_id) else "started"
+    fake.sandboxes[sandbox_id] = sandbox
+    return json_response(200, sandbox.json(toolbox_proxy_url(request)))
+
+
+def list_sandboxes(request: web.Request, fake: FakeDaytona, paginated: bool) -> web.StreamResponse:
+    query = request.query
+    wanted_labels: dict = {}
+    if query.get("labels"):
+        try:
+            wanted_labels = json.loads(query["labels"])
+        except json.JSONDecodeError:
+            return api_error(request, 400, "labels must be a JSON object")
+    wanted_states = set()
+    for value in query.getall("states", []):
+        wanted_states.update(part for part in value.split(",") if part)
+    matching = [sandbox for sandbox in fake.sandboxes.values()
+                if all(sandbox.labels.get(key) == value for key, value in wanted_labels.items())
+                and (not wanted_states or sandbox.state in wanted_states)
+                and sandbox.sandbox_id.lower().startswith(query.get("id", "").lower())
+                and sandbox.name.lower().startswith(query.get("name", "").lower())]
+    matching.sort(key=lambda sandbox: sandbox.created_at, reverse=True)
+    limit = max(1, min(200, int(float(query.get("limit", "100")))))
+    if paginated:
+        page = max(1, int(float(query.get("page", "1"))))
+        items = matching[(page - 1) * limit: page * limit]
+        return json_response(200, {"items": [sandbox.json(toolbox_proxy_url(request), listed=True)
+                                             for sandbox in items],
+                                   "total": len(matching), "page": page,
+                                   "totalPages": max(1, -(-len(matching) // limit))})
+    start = int(query.get("cursor") or 0) if (query.get("cursor") or "0").isdigit() else 0
+    items = matching[start: start + limit]
+    next_cursor = str(start + limit) if start + limit < len(matching) else None
+    return json_response(200, {"items": [sandbox.json(toolbox_proxy_url(request), listed=True) for sandbox in items],
+                               "nextCursor": next_cursor})
+
+
+def snapshot_json(snapshot: dict) -> dict:
+    return {key: value for key, value in snapshot.items() if key not in ("hostRoot", "env")}
+
+
+def new_snapshot_record(name: str, image_name: Optional[str], source_sandbox: Optional[Sandbox]) -> dict:
+    now = rfc3339(time.time())
+    return {
+        "id": str(uuid.uuid4()), "organizationId": ORGANIZATION_ID, "general": False, "name": name,
+        "imageName": image_name, "state": "active", "size": None, "entrypoint": None,
+        "cpu": source_sandbox.cpu if source_sandbox else DEFAULT_RESOURCES["cpu"], "gpu": 0,
+        "mem": source_sandbox.memory if source_sandbox else DEFAULT_RESOURCES["memory"],
+        "disk": source_sandbox.disk if source_sandbox else DEFAULT_RESOURCES["disk"],
+        "errorReason": None, "createdAt": now, "updatedAt": now, "lastUsedAt": None,
+        "sourceSandboxId": source_sandbox.sandbox_id if source_sandbox else None,
+        "hostRoot": None, "env": dict(source_sandbox.env) if source_sandbox else {},
+    }
+
+
+def find_snapshot(fake: FakeDaytona, id_or_name: str) -> Optional[dict]:
+    if id_or_name in fake.snapshots:
+        return fake.snapshots[id_or_name]
+    for snapshot in fake.snapshots.values():
+        if snapshot["id"] == id_or_name:
+            return snapshot
+    return None
+
+
+async def snapshot_sandbox(request: web.Request, fake: FakeDaytona, sandbox: Sandbox) -> web.StreamResponse:
+    body = await read_json_body(request)
+    name = (body or {}).get("name") if isinstance(body, dict) else None
+    if not name:
+        return api_error(request, 400, "name is required")
+    if name in fake.snapshots:
+        return api_error(request, 409, f"Snapshot with name {name} already exists")
+    if sandbox.state != "started":
+        return api_error(request, 400, f"Sandbox is not started (state: {sandbox.state})")
+    record = new_snapshot_record(name, None, sandbox)
+    record["state"] = "pending"
+    record["hostRoot"] = os.path.join(fake.settings.root, "_snapshots", record["id"])
+    fake.snapshots[name] = record
+    sandbox.state = "snapshotting"
+    fake.touch(sandbox)
+    answer = json_response(200, sandbox.json(toolbox_proxy_url(request)))
+
+    def copy_filesystem() -> None:
+        shutil.copytree(sandbox.filesystem_root, record["hostRoot"], symlinks=True)
+
+    async def finish() -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, copy_filesystem)
+            record["state"] = "active"
+        except OSError as error:
+            record["state"] = "error"
+            record["errorReason"] = str(error)
+        if sandbox.state == "snapshotting":
+            sandbox.state = "started"
+
+    asyncio.get_running_loop().create_task(finish())
+    return answer
+
+
+async def handle_api(request: web.Request, fake: FakeDaytona, path: str) -> web.StreamResponse:
+    method = request.method
+    if path == "/sandbox":
+        if method == "POST":
+            return await create_sandbox(request, fake)
+        if method == "GET":
+            return list_sandboxes(request, fake, paginated=False)
+    if path == "/sandbox/paginated" and method == "GET":
+        return list_sandboxes(request, fake, paginated=True)
+    if path == "/config" and method == "GET":
+        return json_response(200, {"version": DAEMON_VERSION, "analyticsApiUrl": None,
+                                   "proxyToolboxUrl": toolbox_proxy_url(request)})
+    if path.startswith("/snapshots"):
+        return await handle_snapshots(request, fake, path)
+
+    match = re.match(r"^/sandbox/([^/]+)(/.*)?$", path)
+    if not match:
+        return api_error(request, 404, f"Cannot {method} /api{path}")
+    sandbox = fake.find(match.group(1))
+    action = match.group(2) or ""
+    if sandbox is None:
+        return api_error(request, 404, f"Sandbox with ID or name {match.group(1)} not found")
+    proxy_url = toolbox_proxy_url(request)
+
+    if action == "" and method == "GET":
+        return json_response(200, sandbox.json(proxy_url))
+    if action == "" and method == "DELETE":
+        fake.sandboxes.pop(sandbox.sandbox_id, None)
+        sandbox.state = "destroyed"
+        fake.kill_everything(sandbox)
+        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, sandbox.host_root, True)
+        return json_response(200, sandbox.json(proxy_url))
+    if action == "/start" and method == "POST":
+        if sandbox.state in ("started", "starting"):
+            return json_response(200, sandbox.json(proxy_url))
+        if sandbox.state not in ("stopped", "archived", "error"):
+            return api_error(request, 400, f"Sandbox is not in a state that can be started (state: {sandbox.state})")
+        sandbox.state = "starting" if fake.is_stuck_starting(sandbox.sandbox_id) else "started"
+        sandbox.stop_reason = None
+        fake.touch(sandbox)
+        return json_response(200, sandbox.json(proxy_url))
+    if action == "/stop" and method == "POST":
+        if sandbox.state not in ("stopped", "archived"):
+            fake.stop_sandbox(sandbox, "api")
+        return json_response(200, sandbox.json(proxy_url))
+    if action == "/archive" and method == "POST":
+        if sandbox.state != "stopped":
+            return api_error(request, 400, "Sandbox must be stopped before it can be archived")
+        sandbox.state = "archived"
+        sandbox.updated_at = time.time()
+        return json_response(200, sandbox.json(proxy_url))
+    if action == "/last-activity" and method == "POST":
+        fake.touch(sandbox)
+        return web.Response(status=201)
+    setting = re.match(r"^/(autostop|autoarchive|autodelete)/(-?\d+(?:\.\d+)?)$", action)
+    if setting and method == "POST":
+        minutes = float(setting.group(2))
+        minutes = int(minutes) if minutes.is_integer() else minutes
+        if setting.group(1) == "autostop":
+            if minutes < 0:
+                return api_error(request, 400, "Auto-stop interval must be a non-negative integer")
+            sandbox.auto_stop_interval = minutes
+            fake.touch(sandbox)
+        elif setting.group(1) == "autoarchive":
+            sandbox.auto_archive_interval = minutes
+        else:
+            sandbox.auto_delete_interval = minutes
+        return web.Response(status=201)
+    public = re.match(r"^/public/(true|false)$", action)
+    if public and method == "POST":
+        sandbox.public = public.group(1) == "true"
+        return web.Response(status=201)
+    if action == "/labels" and method == "PUT":
+        body = await read_json_body(request)
+        labels = (body or {}).get("labels") if isinstance(body, dict) else None
+        if not isinstance(labels, dict):
+            return api_error(request, 400, "labels must be an object")
+        sandbox.labels = {str(key): str(value) for key, value in labels.items()}
+        return json_response(200, {"labels": sandbox.labels})
+    preview = re.match(r"^/ports/(\d+)/preview-url$", action)
+    if preview and method == "GET":
+        port = int(preview.group(1))
+        return json_response(200, {"sandboxId": sandbox.sandbox_id, "url": preview_base_url(request, port, sandbox.sandbox_id),
+                                   "token": sandbox.preview_token})
+    signed = re.match(r"^/ports/(\d+)/signed-preview-url$", action)
+    if signed and method == "GET":
+        port = int(signed.group(1))
+        expires = int(request.query.get("expiresInSeconds", "60"))
+        if not 1 <= expires <= 86400:
+            return api_error(request, 400, "expiresInSeconds must be between 1 and 86400")
+        token = secrets.token_hex(12)
+        fake.signed_preview_tokens[token] = (sandbox.sandbox_id, port, time.time() + expires)
+        return json_response(200, {"sandboxId": sandbox.sandbox_id, "port": port, "token": token,
+                                   "url": preview_base_url(request, port, token)})
+    if action == "/toolbox-proxy-url" and method == "GET":
+        return json_response(200, {"url": proxy_url})
+    if action == "/snapshot" and method == "POST":
+        return await snapshot_sandbox(request, fake, sandbox)
+    return api_error(request, 404, f"Cannot {method} /api{path}")
+
+
+async def handle_snapshots(request: web.Request, fake: FakeDaytona, path: str) -> web.StreamResponse:
+    method = request.method
+    if path == "/snapshots" and method == "GET":
+        items = sorted(fake.snapshots.values(), key=lambda record: record["createdAt"], reverse=True)
+        name_filter = request.query.get("name", "")
+        items = [record for record in items if name_filter.lower() in record["name"].lower()]
+        limit = max(1, min(200, int(float(request.query.get("limit", "100")))))
+        page = max(1, int(float(request.query.get("page", "1"))))
+        return json_response(200, {"items": [snapshot_json(record) for record in items[(page - 1) * limit: page * limit]],
+                                   "total": len(items), "page": page, "totalPages": max(1, -(-len(items) // limit))})
+    if path == "/snapshots" and method == "POST":
+        body = await read_json_body(request)
+        if not isinstance(body, dict) or not body.get("name"):
+            return api_error(request, 400, "name is required")
+        if body["name"] in fake.snapshots:
+            return api_error(request, 409, f"Snapshot with name {body['name']} already exists")
+        record = new_snapshot_record(body["name"], body.get("imageName"), None)
+        for key, wire_name in (("cpu", "cpu"), ("memory", "mem"), ("disk", "disk")):
+            if body.get(key) is not None:
+                record[wire_name] = body[key]
+        fake.snapshots[body["name"]] = record
+        return json_response(200, snapshot_json(record))
+    match = re.match(r"^/snapshots/([^/]+)$", path)
+    if match:
+        record = find_snapshot(fake, urllib.parse.unquote(match.group(1)))
+        if record is None:
+            return api_error(request, 404, f"Snapshot {match.group(1)} not found")
+        if method == "GET":
+            return json_response(200, snapshot_json(record))
+        if method == "DELETE":
+            fake.snapshots.pop(record["name"], None)
+            if record.get("hostRoot"):
+                asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, record["hostRoot"], True)
+            return web.Response(status=200)
+    return api_error(request, 404, f"Cannot {method} /api{path}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Previews
+# ---------------------------------------------------------------------------------------------------------------
+
+HOP_BY_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+                      "proxy-authorization", "proxy-authenticate", "content-length"}
+PREVIEW_WARNING_PAGE = ("<!doctype html><title>Preview warning</title><p>daytona-preview-warning: you are about to "
+                        "visit a sandbox preview. Send X-Daytona-Skip-Preview-Warning: true to skip this page.</p>")
+
+
+async def handle_preview(request: web.Request, fake: FakeDaytona, id_or_token: str, port: int,
+                         inner_path: str) -> web.StreamResponse:
+    """Daytona's preview proxy: token (header or query) unless public, a warning page for browsers, then forward."""
+    import aiohttp
+
+    signed = fake.signed_preview_tokens.get(id_or_token)
+    if signed is not None:
+        sandbox_id, signed_port, expires_at = signed
+        if signed_port != port or time.time() > expires_at:
+            return json_response(401, {"statusCode": 401, "message": "Invalid or expired signed preview URL"})
+        sandbox = fake.sandboxes.get(sandbox_id)
+        authorized = True
+    else:
+        sandbox = fake.sandboxes.get(id_or_token)
+        token = request.headers.get("X-Daytona-Preview-Token") or request.query.get("DAYTONA_SANDBOX_AUTH_KEY")
+        authorized = sandbox is not None and (sandbox.public or (token is not None and secrets.compare_digest(
+            token, sandbox.preview_token)))
+    if sandbox is None:
+        return json_response(404, {"statusCode": 404, "message": "Sandbox not found"})
+    if not authorized:
+        return json_response(401, {"statusCode": 401, "message": "Unauthorized: a valid preview token is required"})
+    if sandbox.state != "started":
+        return json_response(502, {"statusCode": 502, "message": f"Sandbox is not running (state: {sandbox.state})"})
+    if ("text/html" in request.headers.get("Accept", "")
+            and request.headers.get("X-Daytona-Skip-Preview-Warning", "").lower() != "true"):
+        return web.Response(status=200, text=PREVIEW_WARNING_PAGE, content_type="text/html")
+    headers = {name: value for name, value in request.headers.items()
+               if name.lower() not in HOP_BY_HOP_HEADERS and not name.lower().startswith("x-daytona-")}
+    query = [(key, value) for key, value in request.query.items() if key != "DAYTONA_SANDBOX_AUTH_KEY"]
+    body = await request.read()
+    target = f"http://127.0.0.1:{port}{inner_path}"
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.request(request.method, target, params=query, headers=headers, data=body or None,
+                                       allow_redirects=False) as upstream:
+                content = await upstream.read()
+                response_headers = {name: value for name, value in upstream.headers.items()
+                                    if name.lower() not in HOP_BY_HOP_HEADERS}
+                return web.Response(status=upstream.status, body=content, headers=response_headers)
+    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        return json_response(502, {"statusCode": 502, "message": f"no service is listening on port {port}"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Toolbox
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def split_output_requested(request: web.Request) -> bool:
+    """The daemon splits stdout/stderr for SDK >= 0.167.0 (header or WebSocket subprotocol), or on explicit request."""
+    if request.headers.get("X-Daytona-Split-Output", "").lower() == "true":
+        return True
+    version = parse_version(request.headers.get("X-Daytona-SDK-Version"))
+    if version is None:
+        for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+            protocol = protocol.strip()
+            if protocol.startswith("X-Daytona-SDK-Version~"):
+                version = parse_version(protocol.split("~", 1)[1])
+    return version is not None and version >= SPLIT_OUTPUT_MINIMUM_SDK_VERSION
+
+
+def process_environment(sandbox: Sandbox, extra: Optional[dict]) -> dict:
+    environment = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "HOME": sandbox.host_path_for(sandbox.home),
+        "USER": sandbox.user,
+        "DAYTONA_SANDBOX_ID": sandbox.sandbox_id,
+        "DAYTONA_SANDBOX_SNAPSHOT": sandbox.snapshot or "",
+        "DAYTONA_SANDBOX_USER": sandbox.user,
+        "DAYTONA_FAKE_SANDBOX_ROOT": sandbox.filesystem_root,
+    }
+    environment.update({str(key): str(value) for key, value in sandbox.env.items()})
+    environment.update({str(key): str(value) for key, value in (extra or {}).items()})
+    return environment
+
+
+def shell_program() -> str:
+    return shutil.which("bash") or "/bin/sh"
+
+
+async def handle_toolbox(request: web.Request, fake: FakeDaytona, sandbox_id: str, path: str) -> web.StreamResponse:
+    sandbox = fake.sandboxes.get(sandbox_id)
+    if sandbox is None:
+        return toolbox_error(request, 404, f"sandbox {sandbox_id} not found")
+    if sandbox.state != "started":
+        return toolbox_error(request, 400, f"failed to reach the toolbox of sandbox {sandbox_id} "
+                                           f"(state: {sandbox.state}). Is the Sandbox started?")
+    # The toolbox proxy counts every call as activity (daytona_server.md, "Auto-stop").
+    fake.touch(sandbox)
+    method = request.method
+    if path in ("/user-home-dir", "/project-dir"):
+        return json_response(200, {"dir": sandbox.home})
+    if path == "/work-dir":
+        return json_response(200, {"dir": sandbox.home})
+    if path == "/version":
+        return json_response(200, {"version": DAEMON_VERSION})
+    if path == "/process/execute" and method == "POST":
+        return await execute_command(request, sandbox)
+    if path.startswith("/process/session"):
+        return await handle_sessions(request, fake, sandbox, path)
+    if path.startswith("/files"):
+        return await handle_files(request, sandbox, path)
+    return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
+
+
+async def execute_command(request: web.Request, sandbox: Sandbox) -> web.StreamResponse:
+    body = await read_json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("command"), str) or not body["command"]:
+        return toolbox_error(request, 400, "command is required")
+    cwd = sandbox.host_path_for(sandbox.sandbox_path_for(body.get("cwd")))
+    if not os.path.isdir(cwd):
+        return toolbox_error(request, 400, f"cwd '{body.get('cwd')}' does not exist")
+    timeout = body.get("timeout")
+    process = await asyncio.create_subprocess_exec(
+        shell_program(), "-c", sandbox.rewrite_command_text(body["command"]), cwd=cwd,
+        env=process_environment(sandbox, body.get("envs")), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    sandbox.execute_processes.add(process)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=float(timeout) if timeout else None)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        return toolbox_error(request, 408, "command execution timeout")
+    finally:
+        sandbox.execute_processes.discard(process)
+    return json_response(200, {"exitCode": exit_code_from_returncode(process.returncode),
+                               "result": output.decode("utf-8", "replace")})
+
+
+async def run_session_command(sandbox: Sandbox, session: ToolboxSession, command: SessionCommand) -> None:
+    """Runs one session command after the session's earlier ones, capturing stdout and stderr separately."""
+    async with session.order_lock:
+        if session.deleted:
+            await command.finish(143)
+            return
+        try:
+            process = await asyncio.create_subprocess_exec(
+                shell_program(), "-c", sandbox.rewrite_command_text(command.command),
+                cwd=sandbox.host_path_for(sandbox.home), env=process_environment(sandbox, None),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                # A new session makes the process a group leader, so signals reach the whole tree (killpg).
+                start_new_session=True)
+        except OSError as error:
+            await command.append(STDERR_MARKER, f"failed to start the command: {error}\n".encode())
+            await command.finish(127)
+            return
+        command.process = process
+        for data in command.pending_input:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                process.stdin.write(data)
+        command.pending_input.clear()
+
+        async def pump(stream: asyncio.StreamReader, marker: bytes) -> None:
+            while True:
+                chunk = await stream.read(DAEMON_LOG_READ_BYTES)
+                if not chunk:
+                    return
+                await command.append(marker, chunk)
+
+        await asyncio.gather(pump(process.stdout, STDOUT_MARKER), pump(process.stderr, STDERR_MARKER))
+        returncode = await process.wait()
+        if process.stdin is not None:
+            with contextlib.suppress(Exception):
+                process.stdin.close()
+        await command.finish(exit_code_from_returncode(returncode))
+
+
+def delete_session(session: ToolboxSession) -> None:
+    """SIGTERM to every command's process tree, then SIGKILL after a grace period, as the daemon does."""
+    session.deleted = True
+    for command in session.commands.values():
+        command.signal_group(signal.SIGTERM)
+
+    def kill_survivors() -> None:
+        for command in session.commands.values():
+            command.signal_group(signal.SIGKILL)
+
+    asyncio.get_running_loop().call_later(KILL_GRACE_SECONDS, kill_survivors)
+
+
+def strip_markers(log: bytes) -> bytes:
+    return log.replace(STDOUT_MARKER, b"").replace(STDERR_MARKER, b"")
+
+
+async def handle_sessions(request: web.Request, fake: FakeDaytona, sandbox: Sandbox, path: str) -> web.StreamResponse:
+    method = request.method
+    if path == "/process/session":
+        if method == "GET":
+            return json_response(200, [session.json() for session in sandbox.sessions.values()])
+        if method == "POST":
+            body = await read_json_body(request)
+            session_id = body.get("sessionId") if isinstance(body, dict) else None
+            if not session_id or not isinstance(session_id, str):
+                return toolbox_error(request, 400, "sessionId is required")
+            if session_id in sandbox.sessions:
+                return toolbox_error(request, 409, f"session {session_id} already exists")
+            sandbox.sessions[session_id] = ToolboxSession(sandbox, session_id)
+            return web.Response(status=201)
+    match = re.match(r"^/process/session/([^/]+)(/.*)?$", path)
+    if not match:
+        return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
+    session_id, rest = urllib.parse.unquote(match.group(1)), match.group(2) or ""
+    session = sandbox.sessions.get(session_id)
+    if session is None:
+        return toolbox_error(request, 404, f"session {session_id} not found")
+    if rest == "":
+        if method == "GET":
+            return json_response(200, session.json())
+        if method == "DELETE":
+            sandbox.sessions.pop(session_id, None)
+            delete_session(session)
+            return web.Response(status=204)
+    if rest == "/exec" and method == "POST":
+        body = await read_json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("command"), str) or not body["command"]:
+            return toolbox_error(request, 400, "command is required")
+        command = SessionCommand(session, str(uuid.uuid4()), body["command"], bool(body.get("suppressInputEcho")))
+        session.commands[command.command_id] = command
+        asyncio.get_running_loop().create_task(run_session_command(sandbox, session, command))
+        if body.get("runAsync") or body.get("async"):
+            return json_response(202, {"cmdId": command.command_id})
+        await command.finished.wait()
+        answer: dict = {"cmdId": command.command_id, "exitCode": command.exit_code}
+        if split_output_requested(request):
+            answer["output"] = bytes(command.combined).decode("utf-8", "replace")
+            answer["stdout"] = bytes(command.stdout).decode("utf-8", "replace")
+            answer["stderr"] = bytes(command.stderr).decode("utf-8", "replace")
+        else:
+            answer["output"] = bytes(command.combined).decode("utf-8", "replace")
+        return json_response(200, answer)
+    command_match = re.match(r"^/command/([^/]+)(/.*)?$", rest)
+    if not command_match:
+        return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
+    command = session.commands.get(urllib.parse.unquote(command_match.group(1)))
+    if command is None:
+        return toolbox_error(request, 404, f"command {command_match.group(1)} not found")
+    command_rest = command_match.group(2) or ""
+    if command_rest == "" and method == "GET":
+        return json_response(200, command.json())
+    if command_rest == "/logs" and method == "GET":
+        if request.query.get("follow", "").lower() == "true":
+            return await stream_command_logs(request, fake, sandbox, command)
+        if split_output_requested(request):
+            return json_response(200, {"output": bytes(command.combined).decode("utf-8", "replace"),
+                                       "stdout": bytes(command.stdout).decode("utf-8", "replace"),
+                                       "stderr": bytes(command.stderr).decode("utf-8", "replace")})
+        return web.Response(status=200, body=bytes(command.combined), content_type="text/plain")
+    if command_rest == "/input" and method == "POST":
+        body = await read_json_body(request)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, str):
+            return toolbox_error(request, 400, "data is required")
+        if command.exit_code is not None:
+            return toolbox_error(request, 400, f"command {command.command_id} is not running")
+        encoded = data.encode()
+        if command.process is None:
+            command.pending_input.append(encoded)
+        else:
+            try:
+                command.process.stdin.write(encoded)
+                await command.process.stdin.drain()
+            except (ConnectionError, RuntimeError):
+                return toolbox_error(request, 400, f"command {command.command_id} is not reading input")
+        if not command.suppress_input_echo:
+            await command.append(STDOUT_MARKER, encoded)
+        return web.Response(status=204)
+    return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
+
+
+async def stream_command_logs(request: web.Request, fake: FakeDaytona, sandbox: Sandbox,
+                              command: SessionCommand) -> web.StreamResponse:
+    """The `?follow=true` WebSocket: binary frames of raw log bytes (markers kept when split output applies).
+
+    Frames are at most 1 KiB, like the daemon's reads of the log file; the socket closes with 1000 once the command
+    has exited and everything was sent. Faults: `logsFrameBytes` cuts frames smaller (markers then straddle frames),
+    `dropLogsAfterBytes` cuts the TCP connection without a close frame once that many bytes went out.
+    """
+    split = split_output_requested(request)
+    offered = [protocol.strip() for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+               if protocol.strip()]
+    websocket = web.WebSocketResponse(protocols=offered[:1], autoping=True, heartbeat=None)
+    if not websocket.can_prepare(request).ok:
+        return toolbox_error(request, 400, "follow=true needs a WebSocket upgrade")
+    await websocket.prepare(request)
+    faults = fake.faults
+    frame_bytes = DAEMON_LOG_READ_BYTES
+    drop_after: Optional[int] = None
+    if fake.fault_applies_to(sandbox.sandbox_id):
+        if faults.logs_frame_bytes:
+            frame_bytes = max(1, faults.logs_frame_bytes)
+        if faults.drop_logs_after_bytes is not None and faults.drop_logs_count > 0:
+            drop_after = faults.drop_logs_after_bytes
+            faults.drop_logs_count -= 1
+            if faults.drop_logs_count <= 0:
+                faults.drop_logs_after_bytes = None
+    transport = request.transport
+    if transport is not None:
+        sandbox.open_transports.add(transport)
+    source_offset = 0
+    sent = 0
+
+    def source() -> bytes:
+        return bytes(command.log) if split else strip_markers(bytes(command.log))
+
+    async def watch_client() -> None:
+        # Reads (and so answers pings and notices a client close) while the sender waits for output.
+        async for message in websocket:
+            if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                break
+
+    reader = asyncio.get_running_loop().create_task(watch_client())
+    try:
+        while True:
+            await fake.wait_while_hung("toolbox", sandbox.sandbox_id)
+            data = source()
+            if source_offset < len(data):
+                chunk = data[source_offset: source_offset + frame_bytes]
+                if drop_after is not None and sent + len(chunk) > drop_after:
+                    chunk = chunk[: max(0, drop_after - sent)]
+                if chunk:
+                    await websocket.send_bytes(chunk)
+                    source_offset += len(chunk)
+                    sent += len(chunk)
+                if drop_after is not None and sent >= drop_after:
+                    # Cut the connection with no close frame: the client sees the socket die mid-run.
+                    if transport is not None:
+                        transport.close()
+                    return websocket
+                continue
+            if command.exit_code is not None:
+                break
+            if websocket.closed or transport is None or transport.is_closing():
+                return websocket
+            async with command.changed:
+                if len(source()) <= source_offset and command.exit_code is None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(command.changed.wait(), timeout=0.5)
+        await websocket.close(code=1000)
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        reader.cancel()
+        sandbox.open_transports.discard(transport)
+    return websocket
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+
+def permission_text(mode: int) -> str:
+    return f"{stat.S_IMODE(mode):04o}"
+
+
+def go_file_mode(mode: int) -> str:
+    """Go's `fs.FileMode.String()`: `drwxr-xr-x`, `-rw-r--r--`, `Lrwxrwxrwx`."""
+    kind = "d" if stat.S_ISDIR(mode) else "L" if stat.S_ISLNK(mode) else "-"
+    bits = "rwxrwxrwx"
+    return kind + "".join(bits[index] if mode & (1 << (8 - index)) else "-" for index in range(9))
+
+
+def owner_names(info: os.stat_result) -> tuple[str, str]:
+    try:
+        import grp
+        import pwd
+
+        return pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name
+    except (KeyError, ImportError):
+        return str(info.st_uid), str(info.st_gid)
+
+
+def file_info(sandbox_path: str, host_path: str) -> dict:
+    info = os.stat(host_path)
+    owner, group = owner_names(info)
+    return {
+        "name": posixpath.basename(sandbox_path) or "/",
+        "isDir": stat.S_ISDIR(info.st_mode),
+        "size": info.st_size,
+        "mode": go_file_mode(info.st_mode),
+        "modTime": go_time_string(info.st_mtime),
+        "modifiedAt": rfc3339(info.st_mtime),
+        "owner": owner,
+        "group": group,
+        "permissions": permission_text(info.st_mode),
+        "path": sandbox_path,
+    }
+
+
+def content_disposition(name: str, path: str) -> str:
+    escaped = path.replace("\\", "\\\\").replace('"', '\\"')
+    header = f'form-data; name="{name}"; filename="{escaped}"'
+    if not path.isascii():
+        header += "; filename*=utf-8''" + urllib.parse.quote(path, safe="")
+    return header
+
+
+def write_host_file(host_path: str, content: bytes) -> None:
+    os.makedirs(os.path.dirname(host_path), exist_ok=True)
+    staging = f"{host_path}.upload-{secrets.token_hex(4)}"
+    with open(staging, "wb") as handle:
+        handle.write(content)
+    os.replace(staging, host_path)
+
+
+async def handle_files(request: web.Request, sandbox: Sandbox, path: str) -> web.StreamResponse:
+    method = request.method
+    query = request.query
+
+    def mapped(name: str = "path") -> tuple[str, str]:
+        sandbox_path = sandbox.sandbox_path_for(query.get(name))
+        return sandbox_path, sandbox.host_path_for(sandbox_path)
+
+    if path == "/files" and method == "GET":
+        sandbox_path, host_path = mapped()
+        if not os.path.isdir(host_path):
+            return toolbox_error(request, 404 if not os.path.exists(host_path) else 400,
+                                 f"directory '{sandbox_path}' does not exist" if not os.path.exists(host_path)
+                                 else f"'{sandbox_path}' is not a directory")
+        entries = []
+        for name in sorted(os.listdir(host_path)):
+            with contextlib.suppress(FileNotFoundError):
+                entries.append(file_info(posixpath.join(sandbox_path, name), os.path.join(host_path, name)))
+        return json_response(200, entries)
+    if path == "/files" and method == "DELETE":
+        sandbox_path, host_path = mapped()
+        if not os.path.lexists(host_path):
+            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist")
+        if os.path.isdir(host_path) and not os.path.islink(host_path):
+            if query.get("recursive", "").lower() != "true" and os.listdir(host_path):
+                return toolbox_error(request, 400, f"directory '{sandbox_path}' is not empty; use recursive=true")
+            await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, host_path)
+        else:
+            os.remove(host_path)
+        return web.Response(status=204)
+    if path == "/files/info" and method == "GET":
+        sandbox_path, host_path = mapped()
+        if not os.path.exists(host_path):
+            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist")
+        return json_response(200, file_info(sandbox_path, host_path))
+    if path == "/files/download" and method == "GET":
+        sandbox_path, host_path = mapped()
+        if not os.path.isfile(host_path):
+            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist")
+        with open(host_path, "rb") as handle:
+            content = handle.read()
+        return web.Response(status=200, body=content, content_type="application/octet-stream",
+                            headers={"Content-Disposition": f'attachment; filename="{posixpath.basename(sandbox_path)}"'})
+    if path == "/files/folder" and method == "POST":
+        sandbox_path, host_path = mapped()
+        os.makedirs(host_path, exist_ok=True)
+        mode = query.get("mode")
+        if mode:
+            with contextlib.suppress(ValueError):
+                os.chmod(host_path, int(mode, 8))
+        return web.Response(status=201)
+    if path == "/files/move" and method == "POST":
+        source_path, source_host = mapped("source")
+        destination_path, destination_host = mapped("destination")
+        if not os.path.lexists(source_host):
+            return toolbox_error(request, 404, f"source '{source_path}' does not exist")
+        os.makedirs(os.path.dirname(destination_host), exist_ok=True)
+        os.replace(source_host, destination_host)
+        return web.Response(status=200)
+    if path == "/files/upload" and method == "POST":
+        sandbox_path, host_path = mapped()
+        reader = await request.multipart()
+        async for part in reader:
+            if part.name == "file":
+                content = await part.read(decode=False)
+                await asyncio.get_running_loop().run_in_executor(None, write_host_file, host_path, bytes(content))
+                return web.Response(status=200)
+        return toolbox_error(request, 400, "multipart part 'file' is required")
+    if path == "/files/bulk-upload" and method == "POST":
+        return await bulk_upload(request, sandbox)
+    if path == "/files/bulk-download" and method == "POST":
+        return await bulk_download(request, sandbox)
+    return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
+
+
+BULK_PART_NAME = re.compile(r"^files\[([^\]]+)\]\.(path|file)$")
+
+
+async def bulk_upload(request: web.Request, sandbox: Sandbox) -> web.StreamResponse:
+    """`files[i].path` (text) and `files[i].file` (bytes) parts; every file is written, parents created."""
+    if not request.content_type.startswith("multipart/"):
+        return toolbox_error(request, 400, "multipart/form-data is required")
+    paths: dict[str, str] = {}
+    contents: dict[str, bytes] = {}
+    reader = await request.multipart()
+    async for part in reader:
+        match = BULK_PART_NAME.match(part.name or "")
+        if not match:
+            continue
+        index, kind = match.groups()
+        data = bytes(await part.read(decode=False))
+        if kind == "path":
+            paths[index] = data.decode("utf-8", "replace")
+        else:
+            contents[index] = data
+    errors = [f"files[{index}]: the path part is missing" for index in contents if index not in paths]
+    errors += [f"files[{index}]: the file part is missing" for index in paths if index not in contents]
+    written: list[dict] = []
+
+    def write_all() -> None:
+        for index, sandbox_path_text in paths.items():
+            if index not in contents:
+                continue
+            sandbox_path = sandbox.sandbox_path_for(sandbox_path_text)
+            try:
+                write_host_file(sandbox.host_path_for(sandbox_path), contents[index])
+                written.append({"path": sandbox_path, "bytes": len(contents[index])})
+            except OSError as error:
+                errors.append(f"{sandbox_path}: {error.strerror}")
+
+    await asyncio.get_running_loop().run_in_executor(None, write_all)
+    if errors:
+        return json_response(400, {"errors": errors, "files": written})
+    return json_response(200, {"files": written})
+
+
+async def bulk_download(request: web.Request, sandbox: Sandbox) -> web.StreamResponse:
+    """A multipart/form-data answer: one `file` part per found path, one JSON `error` part per missing one."""
+    body = await read_json_body(request)
+    paths = body.get("paths") if isinstance(body, dict) else None
+    if not isinstance(paths, list) or not all(isinstance(item, str) for item in paths):
+        return toolbox_error(request, 400, "paths must be a list of strings")
+    response = web.StreamResponse(status=200, headers={
+        "Content-Type": f"multipart/form-data; boundary={BULK_DOWNLOAD_BOUNDARY}"})
+    await response.prepare(request)
+    for requested in paths:
+        sandbox_path = sandbox.sandbox_path_for(requested)
+        host_path = sandbox.host_path_for(sandbox_path)
+        if os.path.isfile(host_path):
+            with open(host_path, "rb") as handle:
+                content = handle.read()
+            head = (f"--{BULK_DOWNLOAD_BOUNDARY}\r\nContent-Disposition: {content_disposition('file', requested)}\r\n"
+                    f"Content-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n\r\n")
+        else:
+            is_directory = os.path.isdir(host_path)
+            error = {"message": (f"path '{sandbox_path}' is a directory" if is_directory
+                                 else f"file '{sandbox_path}' does not exist"),
+                     "statusCode": 400 if is_directory else 404,
+                     "code": "IS_DIRECTORY" if is_directory else "FILE_NOT_FOUND", "source": requested}
+            content = json.dumps(error).encode()
+            head = (f"--{BULK_DOWNLOAD_BOUNDARY}\r\nContent-Disposition: {content_disposition('error', requested)}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n")
+        await response.write(head.encode() + content + b"\r\n")
+    await response.write(f"--{BULK_DOWNLOAD_BOUNDARY}--\r\n".encode())
+    await response.write_eof()
+    return response
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_application(fake: FakeDaytona) -> web.Application:
+    # 1 GiB uploads; the default 1 MiB limit would reject ordinary bulk uploads.
+    application = web.Application(middlewares=[front_door], client_max_size=1024 ** 3)
+    application["fake"] = fake
+
+    async def unreachable(_request: web.Request) -> web.Response:
+        # Every request is answered by the front_door middleware; this catch-all only makes aiohttp route to it.
+        return web.Response(status=500)
+
+    application.router.add_route("*", "/{tail:.*}", unreachable)
+
+    async def start_background(app: web.Application) -> None:
+        app["auto_stop"] = asyncio.get_running_loop().create_task(fake.auto_stop_forever())
+
+    async def stop_everything(app: web.Application) -> None:
+        app["auto_stop"].cancel()
+        for sandbox in list(fake.sandboxes.values()):
+            sandbox.all_processes_kill(signal.SIGKILL)
+
+    application.on_startup.append(start_background)
+    application.on_cleanup.append(stop_everything)
+    return application
+
+
+async def serve(host: str, port: int, fake: FakeDaytona) -> None:
+    runner = web.AppRunner(build_application(fake), handle_signals=False, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = site._server.sockets[0].getsockname()[1]  # aiohttp has no public accessor for the bound port.
+    print(f"LISTENING {bound_port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    if fake.settings.exit_when_stdin_closes:
+        # A harness that cannot run cleanup code (a process-wide fake in a static) still ends the fake: its end of
+        # our stdin closes when it exits.
+        import threading
+
+        def wait_for_stdin_eof() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                while sys.stdin.buffer.read(4096):
+                    pass
+            loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=wait_for_stdin_eof, daemon=True).start()
+    await stop.wait()
+    for sandbox in list(fake.sandboxes.values()):
+        sandbox.all_processes_kill(signal.SIGKILL)
+    await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port; the chosen one is printed")
+    parser.add_argument("--api-key", default=os.environ.get("DAYTONA_FAKE_API_KEY", "daytona_test_key"),
+                        help="the Bearer key the API and toolbox accept (env DAYTONA_FAKE_API_KEY)")
+    parser.add_argument("--root", default=os.environ.get("DAYTONA_FAKE_ROOT"),
+                        help="directory holding one private directory per sandbox (default: a temp dir)")
+    parser.add_argument("--jwt", default=None,
+                        help="also accept this Bearer JWT, with X-Daytona-Organization-ID = --organization-id")
+    parser.add_argument("--organization-id", default=ORGANIZATION_ID)
+    parser.add_argument("--exit-when-stdin-closes", action="store_true",
+                        help="stop (and kill every process tree) when stdin reaches end of file")
+    arguments = parser.parse_args()
+    # stdout carries only the LISTENING line; aiohttp's error traces go to stderr.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="daytona-fake %(levelname)s %(message)s")
+    temporary_root = None
+    if arguments.root is None:
+        temporary_root = tempfile.mkdtemp(prefix="daytona-fake-")
+        arguments.root = temporary_root
+    os.makedirs(arguments.root, exist_ok=True)
+    SERVER_SETTINGS.api_key = arguments.api_key
+    SERVER_SETTINGS.root = os.path.abspath(arguments.root)
+    SERVER_SETTINGS.jwt = arguments.jwt
+    SERVER_SETTINGS.organization_id = arguments.organization_id
+    SERVER_SETTINGS.exit_when_stdin_closes = arguments.exit_when_stdin_closes
+    try:
+        asyncio.run(serve_with_fake(arguments.host, arguments.port))
+    finally:
+        if temporary_root is not None:
+            shutil.rmtree(temporary_root, ignore_errors=True)
+
+
+async def serve_with_fake(host: str, port: int) -> None:
+    await serve(host, port, FakeDaytona(SERVER_SETTINGS))
+
+
+if __name__ == "__main__":
+    main()

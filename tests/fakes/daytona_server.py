@@ -87,11 +87,18 @@ def api_error(request: web.Request, status: int, message: str, headers: Optional
                                   "error": HTTP_STATUS_TEXT.get(status, "Error"), "message": message}, headers)
 
 
-def toolbox_error(request: web.Request, status: int, message: str, headers: Optional[dict] = None) -> web.Response:
-    """The daemon's error middleware body: `code` is the HTTP status text."""
+def toolbox_error(request: web.Request, status: int, message: str, headers: Optional[dict] = None,
+                  code: Optional[str] = None) -> web.Response:
+    """The daemon's error middleware body.
+
+    `code` is a machine code where the SDK (0.226) maps one to a precise error class (`FILE_NOT_FOUND`,
+    `PROCESS_EXECUTION_TIMEOUT`, `COMMAND_ALREADY_COMPLETED`), and the HTTP status text otherwise, as in the v0.190
+    spec; `source` names the daemon as the SDK's error envelope expects.
+    """
     return json_response(status, {"statusCode": status, "message": message,
-                                  "code": HTTP_STATUS_TEXT.get(status, "Error"), "timestamp": rfc3339(time.time()),
-                                  "path": request.path, "method": request.method}, headers)
+                                  "code": code or HTTP_STATUS_TEXT.get(status, "Error"), "source": "DAYTONA_DAEMON",
+                                  "timestamp": rfc3339(time.time()), "path": request.path, "method": request.method},
+                         headers)
 
 
 def parse_version(text: Optional[str]) -> Optional[tuple]:
@@ -1196,7 +1203,7 @@ async def execute_command(request: web.Request, sandbox: Sandbox) -> web.StreamR
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
-        return toolbox_error(request, 408, "command execution timeout")
+        return toolbox_error(request, 408, "command execution timeout", code="PROCESS_EXECUTION_TIMEOUT")
     finally:
         sandbox.execute_processes.discard(process)
     return json_response(200, {"exitCode": exit_code_from_returncode(process.returncode),
@@ -1327,7 +1334,8 @@ async def handle_sessions(request: web.Request, fake: FakeDaytona, sandbox: Sand
         if not isinstance(data, str):
             return toolbox_error(request, 400, "data is required")
         if command.exit_code is not None:
-            return toolbox_error(request, 400, f"command {command.command_id} is not running")
+            return toolbox_error(request, 410, f"command {command.command_id} has already completed",
+                                 code="COMMAND_ALREADY_COMPLETED")
         encoded = data.encode()
         if command.process is None:
             command.pending_input.append(encoded)
@@ -1488,9 +1496,9 @@ async def handle_files(request: web.Request, sandbox: Sandbox, path: str) -> web
     if path == "/files" and method == "GET":
         sandbox_path, host_path = mapped()
         if not os.path.isdir(host_path):
-            return toolbox_error(request, 404 if not os.path.exists(host_path) else 400,
-                                 f"directory '{sandbox_path}' does not exist" if not os.path.exists(host_path)
-                                 else f"'{sandbox_path}' is not a directory")
+            if not os.path.exists(host_path):
+                return toolbox_error(request, 404, f"directory '{sandbox_path}' does not exist", code="FILE_NOT_FOUND")
+            return toolbox_error(request, 400, f"'{sandbox_path}' is not a directory")
         entries = []
         for name in sorted(os.listdir(host_path)):
             with contextlib.suppress(FileNotFoundError):
@@ -1499,7 +1507,7 @@ async def handle_files(request: web.Request, sandbox: Sandbox, path: str) -> web
     if path == "/files" and method == "DELETE":
         sandbox_path, host_path = mapped()
         if not os.path.lexists(host_path):
-            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist")
+            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist", code="FILE_NOT_FOUND")
         if os.path.isdir(host_path) and not os.path.islink(host_path):
             if query.get("recursive", "").lower() != "true" and os.listdir(host_path):
                 return toolbox_error(request, 400, f"directory '{sandbox_path}' is not empty; use recursive=true")
@@ -1510,12 +1518,12 @@ async def handle_files(request: web.Request, sandbox: Sandbox, path: str) -> web
     if path == "/files/info" and method == "GET":
         sandbox_path, host_path = mapped()
         if not os.path.exists(host_path):
-            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist")
+            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist", code="FILE_NOT_FOUND")
         return json_response(200, file_info(sandbox_path, host_path))
     if path == "/files/download" and method == "GET":
         sandbox_path, host_path = mapped()
         if not os.path.isfile(host_path):
-            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist")
+            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist", code="FILE_NOT_FOUND")
         with open(host_path, "rb") as handle:
             content = handle.read()
         return web.Response(status=200, body=content, content_type="application/octet-stream",
@@ -1532,7 +1540,7 @@ async def handle_files(request: web.Request, sandbox: Sandbox, path: str) -> web
         source_path, source_host = mapped("source")
         destination_path, destination_host = mapped("destination")
         if not os.path.lexists(source_host):
-            return toolbox_error(request, 404, f"source '{source_path}' does not exist")
+            return toolbox_error(request, 404, f"source '{source_path}' does not exist", code="FILE_NOT_FOUND")
         os.makedirs(os.path.dirname(destination_host), exist_ok=True)
         os.replace(source_host, destination_host)
         return web.Response(status=200)

@@ -163,6 +163,16 @@ class RawDaytonaClient:
                 raise AssertionError(f"command {command_id} did not exit within {timeout} s")
             time.sleep(0.05)
 
+    def start_background_sleep(self, sandbox_id: str, session_id: str = "run") -> tuple[str, int]:
+        """Runs `sleep 600` from a session command; returns the command id and the sleep's pid (via a pid file)."""
+        command_id = self.start_command(sandbox_id, "sleep 600 & echo $! > sleep.pid; wait", session_id)
+
+        def pid_file() -> Optional[int]:
+            response = self.toolbox("GET", sandbox_id, "/files/download", params={"path": "sleep.pid"})
+            return int(response.content) if response.status_code == 200 and response.content.strip() else None
+
+        return command_id, wait_until(pid_file)
+
     def logs_url(self, sandbox_id: str, session_id: str, command_id: str) -> str:
         return (f"ws://127.0.0.1:{self.server.port}/toolbox/{sandbox_id}/process/session/{session_id}"
                 f"/command/{command_id}/logs?follow=true")

@@ -100,8 +100,7 @@ def test_scoped_faults_should_leave_other_sandboxes_alone(server, raw, raw_sandb
 @pytest.mark.parametrize("how", ["admin-endpoint", "vanish-fault"])
 def test_sandbox_deleted_from_outside_should_vanish_with_its_processes(server, raw, raw_sandbox, how):
     sandbox_id = raw_sandbox["id"]
-    command_id = raw.start_command(sandbox_id, "sleep 60")
-    pid = wait_until(lambda: server.admin_sandbox(sandbox_id)["sessions"][0]["commands"][0]["pid"])
+    command_id, pid = raw.start_background_sleep(sandbox_id)
     host_root = server.admin_sandbox(sandbox_id)["hostRoot"]
     if how == "admin-endpoint":
         server.delete_from_outside(sandbox_id)
@@ -218,8 +217,7 @@ def state_of(raw, sandbox_id: str) -> str:
 def test_idle_sandbox_should_auto_stop_after_its_interval_of_test_time(server, raw):
     created = raw.create_sandbox(autoStopInterval=1)
     try:
-        command_id = raw.start_command(created["id"], "sleep 600")
-        pid = wait_until(lambda: server.admin_sandbox(created["id"])["sessions"][0]["commands"][0]["pid"])
+        command_id, pid = raw.start_background_sleep(created["id"])
         server.advance_clock(50)
         assert state_of(raw, created["id"]) == "started", "a running command alone is not activity, but 50 s < 1 min"
         server.advance_clock(11)

@@ -72,7 +72,7 @@ def test_create_from_image_should_record_resources_and_build_info(server, raw, d
 
 def test_session_command_should_stream_stdout_and_stderr_separately_with_its_exit_code(sandbox):
     command_id, stdout, stderr, returned_at = stream_session_command(
-        sandbox, "echo out-1; echo err-1 >&2; sleep 1; echo out-2; exit 7")
+        sandbox, "echo out-1; echo err-1 >&2; sleep 1; echo out-2; (exit 7)")
     assert "".join(chunk for _, chunk in stdout) == "out-1\nout-2\n"
     assert "".join(stderr) == "err-1\n"
     # Streamed, not collected at exit: the first line reached the callback while the command was still sleeping.
@@ -87,7 +87,7 @@ def test_session_command_should_stream_stdout_and_stderr_separately_with_its_exi
 def test_synchronous_session_command_should_return_split_output_and_exit_code(sandbox):
     sandbox.process.create_session("sync")
     result = sandbox.process.execute_session_command("sync", SessionExecuteRequest(
-        command="echo to-out; echo to-err >&2; exit 2"))
+        command="echo to-out; echo to-err >&2; (exit 2)"))
     assert (result.exit_code, result.stdout, result.stderr) == (2, "to-out\n", "to-err\n")
 
 
@@ -177,12 +177,18 @@ def test_preview_link_should_reach_a_server_in_the_sandbox_with_its_token(sandbo
     sandbox.process.delete_session("web")
 
 
+def background_sleep_pid(sandbox, session_id: str) -> tuple[str, int]:
+    """Starts `sleep 60` in a session command and returns the command id and the sleep's pid."""
+    sandbox.process.create_session(session_id)
+    started = sandbox.process.execute_session_command(session_id, SessionExecuteRequest(
+        command="sleep 60 & echo $! > sleep.pid; wait", run_async=True))
+    pid_text = wait_until(lambda: sandbox.process.exec("cat sleep.pid 2>/dev/null").result.strip())
+    return started.cmd_id, int(pid_text)
+
+
 def test_stop_and_start_should_keep_files_and_end_processes(server, sandbox):
     sandbox.fs.upload_file(b"kept", "persist.txt")
-    sandbox.process.create_session("long")
-    started = sandbox.process.execute_session_command("long", SessionExecuteRequest(command="sleep 60",
-                                                                                    run_async=True))
-    pid = wait_until(lambda: server.admin_sandbox(sandbox.id)["sessions"][0]["commands"][0]["pid"])
+    _, pid = background_sleep_pid(sandbox, "long")
     sandbox.stop()
     assert sandbox.state == SandboxState.STOPPED
     wait_until(lambda: not process_alive(pid))
@@ -190,7 +196,6 @@ def test_stop_and_start_should_keep_files_and_end_processes(server, sandbox):
     assert sandbox.state == SandboxState.STARTED
     assert sandbox.fs.download_file("persist.txt") == b"kept"
     assert sandbox.process.list_sessions() == []
-    assert started.cmd_id
 
 
 def test_session_input_should_reach_the_commands_stdin(sandbox):
@@ -204,14 +209,37 @@ def test_session_input_should_reach_the_commands_stdin(sandbox):
 
 
 def test_deleting_a_session_should_kill_its_running_command(server, sandbox):
-    sandbox.process.create_session("doomed")
-    started = sandbox.process.execute_session_command("doomed", SessionExecuteRequest(
-        command="sleep 60 & sleep 60; echo never", run_async=True))
-    pid = wait_until(lambda: server.admin_sandbox(sandbox.id)["sessions"][0]["commands"][0]["pid"])
+    command_id, pid = background_sleep_pid(sandbox, "doomed")
+    shell_pid = server.admin_sandbox(sandbox.id)["sessions"][0]["shellPid"]
     sandbox.process.delete_session("doomed")
-    wait_until(lambda: not process_alive(pid), 5)
+    wait_until(lambda: not process_alive(pid) and not process_alive(shell_pid), 5)
     with pytest.raises(DaytonaNotFoundError):
-        sandbox.process.get_session_command("doomed", started.cmd_id)
+        sandbox.process.get_session_command("doomed", command_id)
+
+
+def test_a_session_should_keep_shell_state_between_its_commands(sandbox):
+    """Daytona runs a session's commands in one shell: `cd` and `export` carry over."""
+    sandbox.fs.create_folder("state/inner", "755")
+    sandbox.process.create_session("stateful")
+    sandbox.process.execute_session_command("stateful", SessionExecuteRequest(command="cd state/inner && export KEPT=yes"))
+    result = sandbox.process.execute_session_command("stateful", SessionExecuteRequest(
+        command='echo "$(basename "$PWD") $KEPT"'))
+    assert (result.exit_code, result.stdout) == (0, "inner yes\n")
+
+
+def test_exit_in_a_session_command_should_end_the_session_shell_without_an_exit_code(server, sandbox):
+    """As in Daytona, `exit` ends the session's shell: the command never gets an exit code. Clients wrap commands."""
+    sandbox.process.create_session("exiting")
+    started = sandbox.process.execute_session_command("exiting", SessionExecuteRequest(command="echo bye; exit 3",
+                                                                                       run_async=True))
+    wait_until(lambda: not server.admin_sandbox(sandbox.id)["sessions"][0]["shellAlive"])
+    time.sleep(0.3)
+    assert sandbox.process.get_session_command("exiting", started.cmd_id).exit_code is None
+    assert sandbox.process.get_session_command_logs("exiting", started.cmd_id).stdout == "bye\n"
+    sandbox.process.create_session("wrapped")
+    result = sandbox.process.execute_session_command("wrapped", SessionExecuteRequest(
+        command="bash -c 'echo bye; exit 3'"))
+    assert (result.exit_code, result.stdout) == (3, "bye\n")
 
 
 def test_snapshot_should_restore_files_into_a_new_sandbox(server, daytona, sandbox):

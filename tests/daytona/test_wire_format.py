@@ -41,30 +41,33 @@ def test_markers_split_across_frames_should_still_demultiplex(server, raw, raw_s
     assert all(len(frame) <= 2 for frame in stream.frames)
     # Some marker really straddles two frames.
     assert any(frame.endswith(b"\x01") or frame.endswith(b"\x02") for frame in stream.frames[:-1])
-    assert demux(stream.data) == (b"abcghi", b"def")
+    # Each stream's output is labelled line by line, and a last line without a newline gets one, as in the daemon.
+    assert demux(stream.data) == (b"abcghi\n", b"def\n")
     # The official SDK's demultiplexer copes too.
     sandbox = daytona.get(sandbox_id)
     stdout, stderr = [], []
     asyncio.run(sandbox.process.get_session_command_logs_async("run", command_id, stdout.append, stderr.append))
-    assert ("".join(stdout), "".join(stderr)) == ("abcghi", "def")
+    assert ("".join(stdout), "".join(stderr)) == ("abcghi\n", "def\n")
 
 
 def test_invalid_utf8_should_survive_in_frames_and_plain_logs(raw, raw_sandbox):
     sandbox_id = raw_sandbox["id"]
-    command_id = raw.start_command(sandbox_id, r"printf 'a\377\376\303(b'; printf '\377' >&2")
+    command_id = raw.start_command(sandbox_id, r"printf 'a\377\376\303(b\n'; sleep 0.2; printf '\377\n' >&2")
     raw.wait_for_exit_code(sandbox_id, "run", command_id)
     stream = raw.follow_logs(sandbox_id, "run", command_id)
-    assert demux(stream.data) == (b"a" + INVALID_UTF8 + b"b", b"\xff")
-    # Without a new-enough SDK version there is no split: raw combined bytes, no markers, text/plain logs.
+    assert stream.data == STDOUT_MARKER + b"a" + INVALID_UTF8 + b"b\n" + STDERR_MARKER + b"\xff\n"
+    # Without an SDK version (and no opt-in) output is combined: raw bytes, no markers, text/plain logs.
     old_client = RawDaytonaClient(raw.server, sdk_version=None)
     unsplit = old_client.follow_logs(sandbox_id, "run", command_id)
-    assert unsplit.data == b"a" + INVALID_UTF8 + b"b\xff"
+    assert unsplit.data == b"a" + INVALID_UTF8 + b"b\n\xff\n"
     plain = old_client.toolbox("GET", sandbox_id, f"/process/session/run/command/{command_id}/logs")
     assert plain.headers["content-type"].startswith("text/plain")
-    assert plain.content == b"a" + INVALID_UTF8 + b"b\xff"
+    assert plain.content == b"a" + INVALID_UTF8 + b"b\n\xff\n"
+    # SDK >= 0.167.0: JSON whose `output` is the raw log, markers included; invalid bytes become U+FFFD.
     split = raw.toolbox("GET", sandbox_id, f"/process/session/run/command/{command_id}/logs").json()
-    assert split["stdout"] == (b"a" + INVALID_UTF8 + b"b").decode("utf-8", "replace")
-    assert split["stderr"] == "\ufffd"
+    assert split["stdout"] == (b"a" + INVALID_UTF8 + b"b\n").decode("utf-8", "replace")
+    assert split["stderr"] == "\ufffd\n"
+    assert split["output"] == stream.data.decode("utf-8", "replace")
 
 
 def test_split_output_header_or_websocket_subprotocol_should_enable_markers(raw, raw_sandbox):
@@ -80,6 +83,13 @@ def test_split_output_header_or_websocket_subprotocol_should_enable_markers(raw,
     stream = asyncio.run(read_log_websocket(url, by_header.headers(
         {"Sec-WebSocket-Protocol": "X-Daytona-SDK-Version~0.226.1"}), 10))
     assert demux(stream.data) == (b"o\n", b"e\n")
+    # SDKs older than 0.27.0 get combined output; between 0.27.0 and 0.167.0, markers but plain-text logs.
+    ancient = RawDaytonaClient(raw.server, sdk_version="0.26.0")
+    assert STDOUT_MARKER not in ancient.follow_logs(sandbox_id, "run", command_id).data
+    middle = RawDaytonaClient(raw.server, sdk_version="0.100.0")
+    middle_logs = middle.toolbox("GET", sandbox_id, f"/process/session/run/command/{command_id}/logs")
+    assert middle_logs.headers["content-type"].startswith("text/plain")
+    assert demux(middle_logs.content) == (b"o\n", b"e\n")
 
 
 def test_exec_answers_202_for_run_async_and_200_with_output_when_synchronous(raw, raw_sandbox):
@@ -91,13 +101,31 @@ def test_exec_answers_202_for_run_async_and_200_with_output_when_synchronous(raw
     running = raw.toolbox("GET", sandbox_id, f"/process/session/s/command/{started.json()['cmdId']}").json()
     assert "exitCode" not in running and running["command"] == "sleep 0.5"
     synchronous = raw.toolbox("POST", sandbox_id, "/process/session/s/exec",
-                              json={"command": "echo x; echo y >&2; exit 3"})
+                              json={"command": "echo x; sleep 0.1; echo y >&2; (exit 3)"})
     assert synchronous.status_code == 200
     body = synchronous.json()
-    assert (body["exitCode"], body["stdout"], body["stderr"], body["output"]) == (3, "x\n", "y\n", "x\ny\n")
+    assert (body["exitCode"], body["stdout"], body["stderr"]) == (3, "x\n", "y\n")
+    # As the daemon does for new SDKs, `output` is the raw log with its markers.
+    assert body["output"] == "\x01\x01\x01x\n\x02\x02\x02y\n"
     # Commands of one session run one after another: the second waited for the first.
     assert raw.toolbox("GET", sandbox_id, f"/process/session/s/command/{started.json()['cmdId']}").json()[
         "exitCode"] == 0
+
+
+def test_stdin_should_be_at_end_of_file_for_synchronous_commands(raw, raw_sandbox):
+    sandbox_id = raw_sandbox["id"]
+    assert raw.toolbox("POST", sandbox_id, "/process/session", json={"sessionId": "s"}).status_code == 201
+    body = raw.toolbox("POST", sandbox_id, "/process/session/s/exec", json={"command": "cat; echo after"},
+                       timeout=10).json()
+    assert (body["exitCode"], body["stdout"]) == (0, "after\n")
+
+
+def test_execute_should_pipe_the_command_to_a_shell_and_report_minus_one_for_a_signal(raw, raw_sandbox):
+    sandbox_id = raw_sandbox["id"]
+    result = raw.toolbox("POST", sandbox_id, "/process/execute", json={"command": "kill -9 $$"}).json()
+    assert result["exitCode"] == -1
+    bad = raw.toolbox("POST", sandbox_id, "/process/execute", json={"command": "true", "envs": {"1BAD": "x"}})
+    assert bad.status_code == 400
 
 
 def test_execute_should_time_out_with_408_and_kill_the_command(raw, raw_sandbox):
@@ -113,11 +141,13 @@ def test_execute_should_time_out_with_408_and_kill_the_command(raw, raw_sandbox)
 def test_input_echo_should_follow_suppress_input_echo_and_finished_commands_answer_410(raw, raw_sandbox):
     sandbox_id = raw_sandbox["id"]
     command_id = raw.start_command(sandbox_id, "read line; echo done:$line")
+    # The daemon adds the newline `read` needs.
     assert raw.toolbox("POST", sandbox_id, f"/process/session/run/command/{command_id}/input",
-                       json={"data": "hi\n"}).status_code == 204
+                       json={"data": "hi"}).status_code == 204
     raw.wait_for_exit_code(sandbox_id, "run", command_id)
     logs = raw.toolbox("GET", sandbox_id, f"/process/session/run/command/{command_id}/logs").json()
-    assert logs["stdout"] == "hi\ndone:hi\n"
+    # The echo and the command's own output are appended by different writers, so their order is not fixed.
+    assert sorted(logs["stdout"].splitlines()) == ["done:hi", "hi"]
     late = raw.toolbox("POST", sandbox_id, f"/process/session/run/command/{command_id}/input", json={"data": "x"})
     assert (late.status_code, late.json()["code"]) == (410, "COMMAND_ALREADY_COMPLETED")
 

@@ -31,6 +31,7 @@ import os
 import posixpath
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import stat
@@ -47,7 +48,9 @@ from aiohttp import WSMsgType, web
 DEFAULT_USER = "daytona"
 STDOUT_MARKER = b"\x01\x01\x01"
 STDERR_MARKER = b"\x02\x02\x02"
-# The daemon splits stdout from stderr only for SDKs at least this new (apps/daemon/pkg/session/common.go).
+# The daemon's output rules (apps/daemon/pkg/session/common.go): SDKs older than 0.27.0 get combined output without
+# markers; SDKs from 0.167.0 on also get stdout/stderr fields in JSON answers.
+COMBINED_OUTPUT_BELOW_SDK_VERSION = (0, 27, 0)
 SPLIT_OUTPUT_MINIMUM_SDK_VERSION = (0, 167, 0)
 # The daemon reads the log file in 1 KiB chunks and sends each read as one binary frame.
 DAEMON_LOG_READ_BYTES = 1024
@@ -56,8 +59,6 @@ BULK_DOWNLOAD_BOUNDARY = "DAYTONA-FILE-BOUNDARY"
 DEFAULT_RESOURCES = {"cpu": 1, "memory": 1, "disk": 3}
 DEFAULT_AUTO_STOP_MINUTES = 15
 DEFAULT_AUTO_ARCHIVE_MINUTES = 10080
-# The grace period between SIGTERM and SIGKILL when a session is deleted or a sandbox stops.
-KILL_GRACE_SECONDS = 1.0
 ORGANIZATION_ID = "fake-organization"
 DAEMON_VERSION = "0.226.1"
 HTTP_STATUS_TEXT = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
@@ -194,63 +195,102 @@ class RequestLogEntry:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class SessionCommand:
-    """One command of a toolbox session: a real process group whose output is kept as the daemon's log file is.
+# Shell code written to a session shell's stdin for each command. It reproduces the daemon's wrapper (apps/daemon/
+# pkg/session, v0.190): the command file is sourced in the session shell itself (so `cd` and `export` carry over and
+# `exit` ends the session), each line of stdout/stderr is appended to the log behind its marker by a `read` loop (a
+# last line without a newline gets one), stdin is a FIFO that sees EOF at once for synchronous commands and stays
+# open for asynchronous ones (for /input), and the exit code is written only once both labelers have drained.
+SESSION_COMMAND_WRAPPER = r"""{
+__dtn_dir=%(directory)s
+__dtn_log="$__dtn_dir/output.log"
+rm -f "$__dtn_dir/out.fifo" "$__dtn_dir/err.fifo" "$__dtn_dir/in.fifo" && mkfifo "$__dtn_dir/out.fifo" "$__dtn_dir/err.fifo" "$__dtn_dir/in.fifo" || exit 1
+( while IFS= read -r __dtn_line || [ -n "$__dtn_line" ]; do printf '\001\001\001%%s\n' "$__dtn_line"; done < "$__dtn_dir/out.fifo" ) >> "$__dtn_log" & __dtn_out=$!
+( while IFS= read -r __dtn_line || [ -n "$__dtn_line" ]; do printf '\002\002\002%%s\n' "$__dtn_line"; done < "$__dtn_dir/err.fifo" ) >> "$__dtn_log" & __dtn_err=$!
+%(stdin_holder)s
+__dtn_holder=$!
+{ . "$__dtn_dir/cmd.sh"; } < "$__dtn_dir/in.fifo" > "$__dtn_dir/out.fifo" 2> "$__dtn_dir/err.fifo"
+__dtn_code=$?
+kill "$__dtn_holder" 2>/dev/null; wait "$__dtn_holder" 2>/dev/null
+wait "$__dtn_out" "$__dtn_err"
+echo "$__dtn_code" >> "$__dtn_dir/exit_code"
+rm -f "$__dtn_dir/out.fifo" "$__dtn_dir/err.fifo" "$__dtn_dir/in.fifo"
+}
+"""
+SYNC_STDIN_HOLDER = ': > "$__dtn_dir/in.fifo" &'
+ASYNC_STDIN_HOLDER = 'while :; do sleep 3600; done > "$__dtn_dir/in.fifo" &'
 
-    `log` holds exactly what the daemon writes to the command's log file: each chunk read from stdout prefixed with
-    01 01 01 and each chunk read from stderr with 02 02 02. The logs WebSocket sends slices of it; the plain logs
-    GET strips the markers.
-    """
+
+class SessionCommand:
+    """One command of a toolbox session: its files live in the session's directory, as the daemon keeps them."""
 
     def __init__(self, session: "ToolboxSession", command_id: str, command: str, suppress_input_echo: bool):
         self.session = session
         self.command_id = command_id
         self.command = command
         self.suppress_input_echo = suppress_input_echo
-        self.log = bytearray()
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self.combined = bytearray()
-        self.exit_code: Optional[int] = None
-        self.process: Optional[asyncio.subprocess.Process] = None
-        self.pending_input: list[bytes] = []
-        self.changed = asyncio.Condition()
-        self.finished = asyncio.Event()
+        self.directory = os.path.join(session.directory, command_id)
+        self.cached_exit_code: Optional[int] = None
 
-    async def append(self, marker: bytes, chunk: bytes) -> None:
-        async with self.changed:
-            self.log += marker + chunk
-            (self.stdout if marker == STDOUT_MARKER else self.stderr).extend(chunk)
-            self.combined += chunk
-            self.changed.notify_all()
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.directory, "output.log")
 
-    async def finish(self, exit_code: int) -> None:
-        async with self.changed:
-            self.exit_code = exit_code
-            self.finished.set()
-            self.changed.notify_all()
+    @property
+    def input_path(self) -> str:
+        return os.path.join(self.directory, "in.fifo")
 
-    def signal_group(self, signal_number: int) -> None:
-        if self.process is not None and self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal_number)
+    @property
+    def exit_code(self) -> Optional[int]:
+        """Read from the exit-code file the wrapper writes, as the daemon's GetSessionCommand does."""
+        if self.cached_exit_code is None:
+            try:
+                with open(os.path.join(self.directory, "exit_code")) as handle:
+                    text = handle.read().strip()
+            except OSError:
+                return None
+            if text:
+                with contextlib.suppress(ValueError):
+                    self.cached_exit_code = int(text.splitlines()[0])
+        return self.cached_exit_code
+
+    def read_log(self) -> bytes:
+        try:
+            with open(self.log_path, "rb") as handle:
+                return handle.read()
+        except OSError:
+            return b""
 
     def json(self) -> dict:
         body: dict = {"id": self.command_id, "command": self.command}
-        if self.exit_code is not None:
-            body["exitCode"] = self.exit_code
+        exit_code = self.exit_code
+        if exit_code is not None:
+            body["exitCode"] = exit_code
         return body
 
 
 class ToolboxSession:
-    """A daemon session. Its commands run one after another, as they would in the daemon's one session shell."""
+    """A daemon session: one long-lived shell, in its own process group, that reads its commands from stdin."""
 
-    def __init__(self, sandbox: "Sandbox", session_id: str):
+    def __init__(self, sandbox: "Sandbox", session_id: str, directory: str, shell: asyncio.subprocess.Process):
         self.sandbox = sandbox
         self.session_id = session_id
+        self.directory = directory
+        self.shell = shell
         self.commands: dict[str, SessionCommand] = {}
-        self.order_lock = asyncio.Lock()
-        self.deleted = False
+        # Set when the session is deleted or its sandbox stops: open log WebSockets then close, as on ctx.Done().
+        self.ended = asyncio.Event()
+
+    def signal_group(self, signal_number: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.shell.pid, signal_number)
+
+    def has_children(self) -> bool:
+        """Whether the shell still has child processes (the daemon's test for a finished termination)."""
+        try:
+            with open(f"/proc/{self.shell.pid}/task/{self.shell.pid}/children") as handle:
+                return bool(handle.read().split())
+        except OSError:
+            return False
 
     def json(self) -> dict:
         return {"sessionId": self.session_id, "commands": [command.json() for command in self.commands.values()]}
@@ -325,8 +365,8 @@ class Sandbox:
 
     def all_processes_kill(self, signal_number: int) -> None:
         for session in self.sessions.values():
-            for command in session.commands.values():
-                command.signal_group(signal_number)
+            session.signal_group(signal_number)
+            session.ended.set()
         for process in list(self.execute_processes):
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -381,6 +421,10 @@ class ServerSettings:
     jwt: Optional[str] = None
     organization_id: Optional[str] = None
     exit_when_stdin_closes: bool = False
+    # DAYTONA_TERMINATION_GRACE_PERIOD of the daemon (default 5 s): how long a deleted session gets after SIGTERM.
+    termination_grace_seconds: float = 5.0
+    # How long the logs WebSocket reads nothing before it checks for the exit code (the daemon: 50 polls of 20 ms).
+    logs_exit_confirm_seconds: float = 1.0
 
 
 SERVER_SETTINGS = ServerSettings(api_key="", root="")
@@ -491,9 +535,10 @@ class FakeDaytona:
             transport.close()
         sandbox.open_transports.clear()
         sandbox.all_processes_kill(signal.SIGKILL)
-        for session in sandbox.sessions.values():
-            session.deleted = True
         sandbox.sessions.clear()
+        # The daemon restarts with no sessions; their logs go with them.
+        sessions_directory = os.path.join(sandbox.host_root, "daemon", "sessions")
+        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, sessions_directory, True)
 
     def vanish(self, sandbox_id: str) -> bool:
         """Deleted from outside (another client, the dashboard, an org policy): gone at once, directory removed."""
@@ -676,11 +721,11 @@ def admin_sandbox_json(sandbox: Sandbox, fake: FakeDaytona) -> dict:
         "idleSeconds": round(fake.clock.now() - sandbox.last_activity, 3),
         "previewToken": sandbox.preview_token,
         "sessions": [{"sessionId": session.session_id,
+                      "shellPid": session.shell.pid,
+                      "shellAlive": session.shell.returncode is None,
                       "commands": [{"id": command.command_id, "command": command.command,
                                     "exitCode": command.exit_code,
-                                    "pid": command.process.pid if command.process else None,
-                                    "running": command.process is not None and command.exit_code is None,
-                                    "logBytes": len(command.log)}
+                                    "logBytes": len(command.read_log())}
                                    for command in session.commands.values()]}
                      for session in sandbox.sessions.values()],
     }
@@ -1126,17 +1171,64 @@ async def handle_preview(request: web.Request, fake: FakeDaytona, id_or_token: s
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def split_output_requested(request: web.Request) -> bool:
-    """The daemon splits stdout/stderr for SDK >= 0.167.0 (header or WebSocket subprotocol), or on explicit request."""
-    if request.headers.get("X-Daytona-Split-Output", "").lower() == "true":
+def request_sdk_version(request: web.Request) -> str:
+    """The SDK version from `X-Daytona-SDK-Version`, or from a `X-Daytona-SDK-Version~<v>` WebSocket subprotocol."""
+    version = request.headers.get("X-Daytona-SDK-Version", "")
+    if version:
+        return version
+    for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        protocol = protocol.strip()
+        if protocol.startswith("X-Daytona-SDK-Version~"):
+            return protocol.split("~", 1)[1]
+    return ""
+
+
+def version_below(version: str, minimum: tuple) -> Optional[bool]:
+    """Semver `version < minimum-0` (any pre-release of `minimum` counts as reaching it); None if unparseable."""
+    parsed = parse_version(version)
+    return None if parsed is None else parsed < minimum
+
+
+def is_combined_output(request: web.Request) -> bool:
+    """The daemon's rule: no stdout/stderr markers for SDKs older than 0.27.0, or with no version and no opt-in."""
+    version = request_sdk_version(request)
+    if version:
+        return bool(version_below(version, COMBINED_OUTPUT_BELOW_SDK_VERSION)) and "dev" not in version
+    return request.headers.get("X-Daytona-Split-Output") != "true"
+
+
+def skip_server_demux(request: web.Request) -> bool:
+    """The daemon's rule: stdout/stderr fields only for SDKs from 0.167.0 on (dev builds included)."""
+    version = request_sdk_version(request)
+    if not version:
         return True
-    version = parse_version(request.headers.get("X-Daytona-SDK-Version"))
-    if version is None:
-        for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
-            protocol = protocol.strip()
-            if protocol.startswith("X-Daytona-SDK-Version~"):
-                version = parse_version(protocol.split("~", 1)[1])
-    return version is not None and version >= SPLIT_OUTPUT_MINIMUM_SDK_VERSION
+    if "dev" in version:
+        return False
+    below = version_below(version, SPLIT_OUTPUT_MINIMUM_SDK_VERSION)
+    return True if below is None else below
+
+
+def strip_markers(log: bytes) -> bytes:
+    return log.replace(STDOUT_MARKER, b"").replace(STDERR_MARKER, b"")
+
+
+def demux_log(log: bytes) -> tuple[bytes, bytes]:
+    """stdout and stderr of a marked log; bytes before the first marker belong to neither (as in the daemon)."""
+    stdout, stderr = bytearray(), bytearray()
+    target: Optional[bytearray] = None
+    for piece in re.split(b"(\x01\x01\x01|\x02\x02\x02)", log):
+        if piece == STDOUT_MARKER:
+            target = stdout
+        elif piece == STDERR_MARKER:
+            target = stderr
+        elif target is not None:
+            target.extend(piece)
+    return bytes(stdout), bytes(stderr)
+
+
+def go_json_text(data: bytes) -> str:
+    """Go's encoding/json turns invalid UTF-8 into U+FFFD; so does this."""
+    return data.decode("utf-8", "replace")
 
 
 def process_environment(sandbox: Sandbox, extra: Optional[dict]) -> dict:
@@ -1184,21 +1276,31 @@ async def handle_toolbox(request: web.Request, fake: FakeDaytona, sandbox_id: st
     return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
 
 
+ENV_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 async def execute_command(request: web.Request, sandbox: Sandbox) -> web.StreamResponse:
+    """`process/execute`: the command is piped to a fresh shell's stdin (so its own stdin is what the shell left)."""
     body = await read_json_body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("command"), str) or not body["command"]:
-        return toolbox_error(request, 400, "command is required")
+    command = body.get("command") if isinstance(body, dict) else None
+    if not isinstance(command, str) or not command.strip():
+        return toolbox_error(request, 400, "command cannot be empty or whitespace-only")
+    envs = body.get("envs") or {}
+    bad_keys = [key for key in envs if not ENV_KEY_PATTERN.match(str(key))]
+    if bad_keys:
+        return toolbox_error(request, 400, f"invalid environment variable name: {bad_keys[0]}")
     cwd = sandbox.host_path_for(sandbox.sandbox_path_for(body.get("cwd")))
     if not os.path.isdir(cwd):
-        return toolbox_error(request, 400, f"cwd '{body.get('cwd')}' does not exist")
+        # Go's exec fails to start in a missing directory; the daemon answers 200 with exit code -1.
+        return json_response(200, {"exitCode": -1, "result": f"chdir {body.get('cwd')}: no such file or directory"})
     timeout = body.get("timeout")
     process = await asyncio.create_subprocess_exec(
-        shell_program(), "-c", sandbox.rewrite_command_text(body["command"]), cwd=cwd,
-        env=process_environment(sandbox, body.get("envs")), stdin=asyncio.subprocess.DEVNULL,
+        shell_program(), cwd=cwd, env=process_environment(sandbox, envs), stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     sandbox.execute_processes.add(process)
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=float(timeout) if timeout else None)
+        output, _ = await asyncio.wait_for(process.communicate(sandbox.rewrite_command_text(command).encode()),
+                                           timeout=float(timeout) if timeout and timeout > 0 else None)
     except asyncio.TimeoutError:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -1206,63 +1308,121 @@ async def execute_command(request: web.Request, sandbox: Sandbox) -> web.StreamR
         return toolbox_error(request, 408, "command execution timeout", code="PROCESS_EXECUTION_TIMEOUT")
     finally:
         sandbox.execute_processes.discard(process)
-    return json_response(200, {"exitCode": exit_code_from_returncode(process.returncode),
-                               "result": output.decode("utf-8", "replace")})
+    # Go's WaitStatus.ExitStatus(): the exit code, or -1 for a process ended by a signal.
+    exit_code = process.returncode if process.returncode >= 0 else -1
+    return json_response(200, {"exitCode": exit_code, "result": go_json_text(output)})
 
 
-async def run_session_command(sandbox: Sandbox, session: ToolboxSession, command: SessionCommand) -> None:
-    """Runs one session command after the session's earlier ones, capturing stdout and stderr separately."""
-    async with session.order_lock:
-        if session.deleted:
-            await command.finish(143)
-            return
+async def create_session(request: web.Request, sandbox: Sandbox, session_id: str) -> ToolboxSession:
+    directory = os.path.join(sandbox.host_root, "daemon", "sessions", session_id)
+    os.makedirs(directory, exist_ok=True)
+    shell = await asyncio.create_subprocess_exec(
+        shell_program(), cwd=sandbox.host_path_for(sandbox.home), env=process_environment(sandbox, None),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        # Its own process group, so the whole session (shell, commands, labelers) can be signalled at once.
+        start_new_session=True)
+    session = ToolboxSession(sandbox, session_id, directory, shell)
+    sandbox.sessions[session_id] = session
+    return session
+
+
+async def delete_session(sandbox: Sandbox, session: ToolboxSession) -> None:
+    """SIGTERM to the session's process group; once the shell has no children left (or after the grace period)
+    SIGKILL, then the session directory goes. Answers only afterwards, as the daemon's Delete does."""
+    sandbox.sessions.pop(session.session_id, None)
+    session.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + SERVER_SETTINGS.termination_grace_seconds
+    while session.has_children() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    # The daemon leaves a shell that trapped SIGTERM alive; the fake kills it so no process outlives its session.
+    session.signal_group(signal.SIGKILL)
+    session.ended.set()
+    await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, session.directory, True)
+
+
+async def execute_in_session(request: web.Request, sandbox: Sandbox, session: ToolboxSession) -> web.StreamResponse:
+    body = await read_json_body(request)
+    command_text = body.get("command") if isinstance(body, dict) else None
+    if not isinstance(command_text, str) or not command_text.strip():
+        return toolbox_error(request, 400, "command cannot be empty")
+    run_async = bool(body.get("runAsync") or body.get("async"))
+    command = SessionCommand(session, str(uuid.uuid4()), command_text, bool(body.get("suppressInputEcho")))
+    session.commands[command.command_id] = command
+    os.makedirs(command.directory, exist_ok=True)
+    open(command.log_path, "wb").close()
+    with open(os.path.join(command.directory, "cmd.sh"), "w") as handle:
+        handle.write(sandbox.rewrite_command_text(command_text))
+    wrapper = SESSION_COMMAND_WRAPPER % {
+        "directory": shlex.quote(command.directory),
+        "stdin_holder": ASYNC_STDIN_HOLDER if run_async else SYNC_STDIN_HOLDER,
+    }
+    try:
+        session.shell.stdin.write(wrapper.encode())
+        await session.shell.stdin.drain()
+    except (ConnectionError, RuntimeError) as error:
+        return toolbox_error(request, 400, f"failed to execute command: failed to write command: {error}")
+    if run_async:
+        return json_response(202, {"cmdId": command.command_id})
+    while command.exit_code is None:
+        if session.ended.is_set():
+            command.cached_exit_code = 1
+            return toolbox_error(request, 400, "failed to execute command: session cancelled")
+        await asyncio.sleep(0.05)
+    log = command.read_log()
+    answer: dict = {"cmdId": command.command_id, "exitCode": command.exit_code}
+    if is_combined_output(request):
+        answer["output"] = go_json_text(strip_markers(log))
+    else:
+        # The daemon returns the raw log, markers included, as `output` in this mode.
+        answer["output"] = go_json_text(log)
+        if not skip_server_demux(request):
+            stdout, stderr = demux_log(log)
+            answer["stdout"], answer["stderr"] = go_json_text(stdout), go_json_text(stderr)
+    return json_response(200, answer)
+
+
+async def send_input(request: web.Request, command: SessionCommand) -> web.StreamResponse:
+    body = await read_json_body(request)
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, str):
+        return toolbox_error(request, 400, "data is required")
+    if command.session.shell.returncode is not None:
+        return toolbox_error(request, 410, "session process has exited", code="SESSION_ENDED")
+    if command.exit_code is not None:
+        return toolbox_error(request, 410, f"command has already completed with exit code {command.exit_code}",
+                             code="COMMAND_ALREADY_COMPLETED")
+    # The daemon adds the newline `read` needs.
+    if not data.endswith("\n"):
+        data += "\n"
+    encoded = data.encode()
+
+    def write_to_fifo() -> Optional[str]:
+        # The wrapper creates the FIFO when the shell reaches the command; wait a moment for a just-started one.
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                descriptor = os.open(command.input_path, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    return f"failed to open input pipe: {error.strerror}"
+                time.sleep(0.02)
         try:
-            process = await asyncio.create_subprocess_exec(
-                shell_program(), "-c", sandbox.rewrite_command_text(command.command),
-                cwd=sandbox.host_path_for(sandbox.home), env=process_environment(sandbox, None),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                # A new session makes the process a group leader, so signals reach the whole tree (killpg).
-                start_new_session=True)
+            os.set_blocking(descriptor, True)
+            os.write(descriptor, encoded)
         except OSError as error:
-            await command.append(STDERR_MARKER, f"failed to start the command: {error}\n".encode())
-            await command.finish(127)
-            return
-        command.process = process
-        for data in command.pending_input:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                process.stdin.write(data)
-        command.pending_input.clear()
+            return f"failed to write to input pipe: {error.strerror}"
+        finally:
+            os.close(descriptor)
+        return None
 
-        async def pump(stream: asyncio.StreamReader, marker: bytes) -> None:
-            while True:
-                chunk = await stream.read(DAEMON_LOG_READ_BYTES)
-                if not chunk:
-                    return
-                await command.append(marker, chunk)
-
-        await asyncio.gather(pump(process.stdout, STDOUT_MARKER), pump(process.stderr, STDERR_MARKER))
-        returncode = await process.wait()
-        if process.stdin is not None:
-            with contextlib.suppress(Exception):
-                process.stdin.close()
-        await command.finish(exit_code_from_returncode(returncode))
-
-
-def delete_session(session: ToolboxSession) -> None:
-    """SIGTERM to every command's process tree, then SIGKILL after a grace period, as the daemon does."""
-    session.deleted = True
-    for command in session.commands.values():
-        command.signal_group(signal.SIGTERM)
-
-    def kill_survivors() -> None:
-        for command in session.commands.values():
-            command.signal_group(signal.SIGKILL)
-
-    asyncio.get_running_loop().call_later(KILL_GRACE_SECONDS, kill_survivors)
-
-
-def strip_markers(log: bytes) -> bytes:
-    return log.replace(STDOUT_MARKER, b"").replace(STDERR_MARKER, b"")
+    failure = await asyncio.get_running_loop().run_in_executor(None, write_to_fifo)
+    if failure is not None:
+        return toolbox_error(request, 500, failure)
+    if not command.suppress_input_echo:
+        with contextlib.suppress(OSError), open(command.log_path, "ab") as log:
+            log.write(STDOUT_MARKER + encoded)
+    return web.Response(status=204)
 
 
 async def handle_sessions(request: web.Request, fake: FakeDaytona, sandbox: Sandbox, path: str) -> web.StreamResponse:
@@ -1276,8 +1436,8 @@ async def handle_sessions(request: web.Request, fake: FakeDaytona, sandbox: Sand
             if not session_id or not isinstance(session_id, str):
                 return toolbox_error(request, 400, "sessionId is required")
             if session_id in sandbox.sessions:
-                return toolbox_error(request, 409, f"session {session_id} already exists")
-            sandbox.sessions[session_id] = ToolboxSession(sandbox, session_id)
+                return toolbox_error(request, 409, "session already exists")
+            await create_session(request, sandbox, session_id)
             return web.Response(status=201)
     match = re.match(r"^/process/session/([^/]+)(/.*)?$", path)
     if not match:
@@ -1285,93 +1445,83 @@ async def handle_sessions(request: web.Request, fake: FakeDaytona, sandbox: Sand
     session_id, rest = urllib.parse.unquote(match.group(1)), match.group(2) or ""
     session = sandbox.sessions.get(session_id)
     if session is None:
-        return toolbox_error(request, 404, f"session {session_id} not found")
+        return toolbox_error(request, 404, "session not found")
     if rest == "":
         if method == "GET":
             return json_response(200, session.json())
         if method == "DELETE":
-            sandbox.sessions.pop(session_id, None)
-            delete_session(session)
+            await delete_session(sandbox, session)
             return web.Response(status=204)
     if rest == "/exec" and method == "POST":
-        body = await read_json_body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("command"), str) or not body["command"]:
-            return toolbox_error(request, 400, "command is required")
-        command = SessionCommand(session, str(uuid.uuid4()), body["command"], bool(body.get("suppressInputEcho")))
-        session.commands[command.command_id] = command
-        asyncio.get_running_loop().create_task(run_session_command(sandbox, session, command))
-        if body.get("runAsync") or body.get("async"):
-            return json_response(202, {"cmdId": command.command_id})
-        await command.finished.wait()
-        answer: dict = {"cmdId": command.command_id, "exitCode": command.exit_code}
-        if split_output_requested(request):
-            answer["output"] = bytes(command.combined).decode("utf-8", "replace")
-            answer["stdout"] = bytes(command.stdout).decode("utf-8", "replace")
-            answer["stderr"] = bytes(command.stderr).decode("utf-8", "replace")
-        else:
-            answer["output"] = bytes(command.combined).decode("utf-8", "replace")
-        return json_response(200, answer)
+        return await execute_in_session(request, sandbox, session)
     command_match = re.match(r"^/command/([^/]+)(/.*)?$", rest)
     if not command_match:
         return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
     command = session.commands.get(urllib.parse.unquote(command_match.group(1)))
     if command is None:
-        return toolbox_error(request, 404, f"command {command_match.group(1)} not found")
+        return toolbox_error(request, 404, "command not found")
     command_rest = command_match.group(2) or ""
     if command_rest == "" and method == "GET":
         return json_response(200, command.json())
     if command_rest == "/logs" and method == "GET":
-        if request.query.get("follow", "").lower() == "true":
-            return await stream_command_logs(request, fake, sandbox, command)
-        if split_output_requested(request):
-            return json_response(200, {"output": bytes(command.combined).decode("utf-8", "replace"),
-                                       "stdout": bytes(command.stdout).decode("utf-8", "replace"),
-                                       "stderr": bytes(command.stderr).decode("utf-8", "replace")})
-        return web.Response(status=200, body=bytes(command.combined), content_type="text/plain")
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await stream_command_logs(request, fake, sandbox, command,
+                                             follow=request.query.get("follow") == "true")
+        log = command.read_log()
+        combined = is_combined_output(request)
+        if not combined and not skip_server_demux(request):
+            stdout, stderr = demux_log(log)
+            return json_response(200, {"output": go_json_text(log), "stdout": go_json_text(stdout),
+                                       "stderr": go_json_text(stderr)})
+        return web.Response(status=200, body=strip_markers(log) if combined else log,
+                            content_type="text/plain", charset="utf-8")
     if command_rest == "/input" and method == "POST":
-        body = await read_json_body(request)
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, str):
-            return toolbox_error(request, 400, "data is required")
-        if command.exit_code is not None:
-            return toolbox_error(request, 410, f"command {command.command_id} has already completed",
-                                 code="COMMAND_ALREADY_COMPLETED")
-        encoded = data.encode()
-        if command.process is None:
-            command.pending_input.append(encoded)
-        else:
-            try:
-                command.process.stdin.write(encoded)
-                await command.process.stdin.drain()
-            except (ConnectionError, RuntimeError):
-                return toolbox_error(request, 400, f"command {command.command_id} is not reading input")
-        if not command.suppress_input_echo:
-            await command.append(STDOUT_MARKER, encoded)
-        return web.Response(status=204)
+        return await send_input(request, command)
     return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
 
 
-async def stream_command_logs(request: web.Request, fake: FakeDaytona, sandbox: Sandbox,
-                              command: SessionCommand) -> web.StreamResponse:
-    """The `?follow=true` WebSocket: binary frames of raw log bytes (markers kept when split output applies).
+class MarkerStripper:
+    """Removes markers from a byte stream whose chunks may split a marker, keeping a possible partial one back."""
 
-    Frames are at most 1 KiB, like the daemon's reads of the log file; the socket closes with 1000 once the command
-    has exited and everything was sent. Faults: `logsFrameBytes` cuts frames smaller (markers then straddle frames),
-    `dropLogsAfterBytes` cuts the TCP connection without a close frame once that many bytes went out.
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = strip_markers(self.pending + chunk)
+        keep = 0
+        for length in (2, 1):
+            if len(data) >= length and data[-length:] in (STDOUT_MARKER[:length], STDERR_MARKER[:length]):
+                keep = length
+                break
+        self.pending = data[len(data) - keep:] if keep else b""
+        return data[: len(data) - keep]
+
+    def flush(self) -> bytes:
+        rest, self.pending = self.pending, b""
+        return rest
+
+
+async def stream_command_logs(request: web.Request, fake: FakeDaytona, sandbox: Sandbox, command: SessionCommand,
+                              follow: bool) -> web.StreamResponse:
+    """The logs WebSocket, read from the command's log file as the daemon reads it.
+
+    Binary frames of at most 1 KiB (one read each). At end of file it polls every 20 ms; after a quiet stretch
+    (1 s, `--logs-exit-confirm-seconds`) it checks the exit-code file and closes with 1000 once there is one. Without
+    `follow` it closes at the first end of file. Markers are kept unless combined output applies. Faults:
+    `logsFrameBytes` makes reads smaller (markers then straddle frames), `dropLogsAfterBytes` cuts the TCP
+    connection without a close frame once that many bytes went out.
     """
-    split = split_output_requested(request)
+    combined = is_combined_output(request)
     offered = [protocol.strip() for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                if protocol.strip()]
     websocket = web.WebSocketResponse(protocols=offered[:1], autoping=True, heartbeat=None)
-    if not websocket.can_prepare(request).ok:
-        return toolbox_error(request, 400, "follow=true needs a WebSocket upgrade")
     await websocket.prepare(request)
     faults = fake.faults
-    frame_bytes = DAEMON_LOG_READ_BYTES
+    read_bytes = DAEMON_LOG_READ_BYTES
     drop_after: Optional[int] = None
     if fake.fault_applies_to(sandbox.sandbox_id):
         if faults.logs_frame_bytes:
-            frame_bytes = max(1, faults.logs_frame_bytes)
+            read_bytes = max(1, faults.logs_frame_bytes)
         if faults.drop_logs_after_bytes is not None and faults.drop_logs_count > 0:
             drop_after = faults.drop_logs_after_bytes
             faults.drop_logs_count -= 1
@@ -1380,11 +1530,23 @@ async def stream_command_logs(request: web.Request, fake: FakeDaytona, sandbox: 
     transport = request.transport
     if transport is not None:
         sandbox.open_transports.add(transport)
-    source_offset = 0
+    stripper = MarkerStripper() if combined else None
+    quiet_polls_before_exit_check = max(1, round(SERVER_SETTINGS.logs_exit_confirm_seconds / 0.02))
     sent = 0
 
-    def source() -> bytes:
-        return bytes(command.log) if split else strip_markers(bytes(command.log))
+    async def send(data: bytes) -> bool:
+        """Sends one frame; False once the drop fault has cut the connection."""
+        nonlocal sent
+        if drop_after is not None and sent + len(data) > drop_after:
+            data = data[: max(0, drop_after - sent)]
+        if data:
+            await websocket.send_bytes(data)
+            sent += len(data)
+        if drop_after is not None and sent >= drop_after:
+            if transport is not None:
+                transport.close()
+            return False
+        return True
 
     async def watch_client() -> None:
         # Reads (and so answers pings and notices a client close) while the sender waits for output.
@@ -1394,38 +1556,43 @@ async def stream_command_logs(request: web.Request, fake: FakeDaytona, sandbox: 
 
     reader = asyncio.get_running_loop().create_task(watch_client())
     try:
-        while True:
-            await fake.wait_while_hung("toolbox", sandbox.sandbox_id)
-            data = source()
-            if source_offset < len(data):
-                chunk = data[source_offset: source_offset + frame_bytes]
-                if drop_after is not None and sent + len(chunk) > drop_after:
-                    chunk = chunk[: max(0, drop_after - sent)]
-                if chunk:
-                    await websocket.send_bytes(chunk)
-                    source_offset += len(chunk)
-                    sent += len(chunk)
-                if drop_after is not None and sent >= drop_after:
-                    # Cut the connection with no close frame: the client sees the socket die mid-run.
-                    if transport is not None:
-                        transport.close()
+        if drop_after == 0 and not await send(b""):
+            return websocket
+        with open(command.log_path, "rb") as log:
+            quiet_polls = 0
+            while True:
+                await fake.wait_while_hung("toolbox", sandbox.sandbox_id)
+                if websocket.closed or transport is None or transport.is_closing():
                     return websocket
-                continue
-            if command.exit_code is not None:
-                break
-            if websocket.closed or transport is None or transport.is_closing():
-                return websocket
-            async with command.changed:
-                if len(source()) <= source_offset and command.exit_code is None:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(command.changed.wait(), timeout=0.5)
+                chunk = log.read(read_bytes)
+                if chunk:
+                    quiet_polls = 0
+                    if stripper is not None:
+                        chunk = stripper.feed(chunk)
+                    if chunk and not await send(chunk):
+                        return websocket
+                    continue
+                if not follow or session_gone(command):
+                    break
+                quiet_polls += 1
+                if quiet_polls >= quiet_polls_before_exit_check:
+                    if command.exit_code is not None:
+                        break
+                    quiet_polls = 0
+                await asyncio.sleep(0.02)
+        if stripper is not None and not await send(stripper.flush()):
+            return websocket
         await websocket.close(code=1000)
-    except (ConnectionError, asyncio.CancelledError):
+    except (ConnectionError, OSError, asyncio.CancelledError):
         pass
     finally:
         reader.cancel()
         sandbox.open_transports.discard(transport)
     return websocket
+
+
+def session_gone(command: SessionCommand) -> bool:
+    return command.session.ended.is_set()
 
 
 # --- files ---------------------------------------------------------------------------------------------------
@@ -1702,6 +1869,10 @@ def main() -> None:
     parser.add_argument("--jwt", default=None,
                         help="also accept this Bearer JWT, with X-Daytona-Organization-ID = --organization-id")
     parser.add_argument("--organization-id", default=ORGANIZATION_ID)
+    parser.add_argument("--termination-grace-seconds", type=float, default=SERVER_SETTINGS.termination_grace_seconds,
+                        help="grace period between SIGTERM and SIGKILL when a session is deleted (daemon: 5 s)")
+    parser.add_argument("--logs-exit-confirm-seconds", type=float, default=SERVER_SETTINGS.logs_exit_confirm_seconds,
+                        help="quiet time before the logs WebSocket checks for the exit code and closes (daemon: 1 s)")
     parser.add_argument("--exit-when-stdin-closes", action="store_true",
                         help="stop (and kill every process tree) when stdin reaches end of file")
     arguments = parser.parse_args()
@@ -1717,6 +1888,8 @@ def main() -> None:
     SERVER_SETTINGS.jwt = arguments.jwt
     SERVER_SETTINGS.organization_id = arguments.organization_id
     SERVER_SETTINGS.exit_when_stdin_closes = arguments.exit_when_stdin_closes
+    SERVER_SETTINGS.termination_grace_seconds = arguments.termination_grace_seconds
+    SERVER_SETTINGS.logs_exit_confirm_seconds = arguments.logs_exit_confirm_seconds
     try:
         asyncio.run(serve_with_fake(arguments.host, arguments.port))
     finally:

@@ -262,12 +262,58 @@ def test_a_twenty_minute_run_with_keepalives_should_not_be_auto_stopped(server, 
         raw.api("DELETE", f"/sandbox/{created['id']}")
 
 
+def test_an_open_logs_websocket_should_keep_the_sandbox_active_while_it_lasts(server, raw):
+    """The proxy refreshes activity every 50 s while a request is open, so a followed run does not auto-stop."""
+    created = raw.create_sandbox(autoStopInterval=1)
+    try:
+        command_id = raw.start_command(created["id"], "sleep 3; echo done")
+        url, headers = raw.logs_url(created["id"], "run", command_id), raw.headers()
+
+        async def follow_while_time_passes():
+            import aiohttp
+
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(url, headers=headers) as websocket:
+                    for _ in range(20):
+                        server.advance_clock(60)
+                    assert state_of(raw, created["id"]) == "started", "20 simulated minutes with the stream open"
+                    message = await asyncio.wait_for(websocket.receive(), 10)
+                    return message.data
+
+        assert demux(asyncio.run(follow_while_time_passes())) == (b"done\n", b"")
+        time.sleep(0.2)
+        server.advance_clock(61)
+        assert state_of(raw, created["id"]) == "stopped", "idle again once the stream closed"
+    finally:
+        raw.api("DELETE", f"/sandbox/{created['id']}")
+
+
+def test_proxy_activity_should_be_debounced_and_skippable(server, raw):
+    created = raw.create_sandbox(autoStopInterval=1)
+    try:
+        server.advance_clock(50)
+        raw.toolbox("GET", created["id"], "/files")  # recorded
+        server.advance_clock(30)
+        raw.toolbox("GET", created["id"], "/files")  # within 45 s of the last proxy update: not recorded again
+        server.advance_clock(31)
+        assert state_of(raw, created["id"]) == "stopped"
+        raw.api("POST", f"/sandbox/{created['id']}/start")
+        server.advance_clock(50)
+        raw.toolbox("GET", created["id"], "/files", headers={"X-Daytona-Skip-Last-Activity-Update": "true"})
+        server.advance_clock(11)
+        assert state_of(raw, created["id"]) == "stopped"
+    finally:
+        raw.api("DELETE", f"/sandbox/{created['id']}")
+
+
 def test_auto_stop_interval_zero_should_disable_auto_stop(server, raw):
     created = raw.create_sandbox(autoStopInterval=0)
     try:
         server.advance_clock(24 * 3600)
         assert state_of(raw, created["id"]) == "started"
         assert raw.api("POST", f"/sandbox/{created['id']}/autostop/2").status_code == 201
+        # Changing the interval is not activity: the countdown runs from the last activity.
+        raw.api("POST", f"/sandbox/{created['id']}/last-activity")
         server.advance_clock(119)
         assert state_of(raw, created["id"]) == "started"
         server.advance_clock(2)

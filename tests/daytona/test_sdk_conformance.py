@@ -168,12 +168,17 @@ def test_preview_link_should_reach_a_server_in_the_sandbox_with_its_token(sandbo
     answered = wait_until(lambda: (lambda response: response if response is not None and response.status_code == 200
                                    else None)(fetch(**{"X-Daytona-Preview-Token": preview.token})), 15)
     assert answered.text == "served from the sandbox\n"
-    assert fetch().status_code == 401
-    browser = fetch(**{"X-Daytona-Preview-Token": preview.token, "Accept": "text/html"})
+    # Without a token the proxy sends the visitor to sign in.
+    assert fetch().status_code == 307
+    browser_agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+    browser = fetch(**{"X-Daytona-Preview-Token": preview.token, "User-Agent": browser_agent})
     assert "daytona-preview-warning" in browser.text
-    skipped = fetch(**{"X-Daytona-Preview-Token": preview.token, "Accept": "text/html",
+    skipped = fetch(**{"X-Daytona-Preview-Token": preview.token, "User-Agent": browser_agent,
                        "X-Daytona-Skip-Preview-Warning": "true"})
     assert skipped.text == "served from the sandbox\n"
+    accepted = httpx.get(f"{preview.url}/accept-daytona-preview-warning", params={"redirect": "/index.html"},
+                         headers={"User-Agent": browser_agent})
+    assert accepted.status_code == 302 and accepted.cookies.get("daytona-preview-page-accepted") == "true"
     sandbox.process.delete_session("web")
 
 

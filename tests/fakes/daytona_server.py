@@ -59,6 +59,9 @@ BULK_DOWNLOAD_BOUNDARY = "DAYTONA-FILE-BOUNDARY"
 DEFAULT_RESOURCES = {"cpu": 1, "memory": 1, "disk": 3}
 DEFAULT_AUTO_STOP_MINUTES = 15
 DEFAULT_AUTO_ARCHIVE_MINUTES = 10080
+# The proxy caches its activity updates for 45 s (apps/proxy/pkg/proxy/get_sandbox_target.go).
+PROXY_ACTIVITY_DEBOUNCE_SECONDS = 45
+SKIP_LAST_ACTIVITY_UPDATE_HEADER = "X-Daytona-Skip-Last-Activity-Update"
 ORGANIZATION_ID = "fake-organization"
 DAEMON_VERSION = "0.226.1"
 HTTP_STATUS_TEXT = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
@@ -334,6 +337,10 @@ class Sandbox:
     open_transports: set = field(default_factory=set)
     # How the sandbox stopped last ("auto-stop", "api", "admin"), for tests that check why.
     stop_reason: Optional[str] = None
+    # Proxy activity bookkeeping: when the proxy last forwarded an activity update (test clock), and how many
+    # toolbox/preview requests are open now (each keeps the sandbox active while it lasts).
+    last_proxy_activity_update: Optional[float] = None
+    open_proxied_requests: int = 0
 
     @property
     def filesystem_root(self) -> str:
@@ -514,6 +521,25 @@ class FakeDaytona:
         sandbox.last_activity = self.clock.now()
         sandbox.updated_at = time.time()
 
+    @contextlib.contextmanager
+    def proxied_request(self, sandbox: Optional[Sandbox], request: web.Request):
+        """Daytona's proxy in front of the toolbox and previews: it records activity when a request arrives (at most
+        once per 45 s per sandbox) and, for as long as the request stays open (a logs WebSocket, a hung call), every
+        50 s; `X-Daytona-Skip-Last-Activity-Update: true` opts out of both."""
+        if sandbox is None or request.headers.get(SKIP_LAST_ACTIVITY_UPDATE_HEADER) == "true":
+            yield
+            return
+        now = self.clock.now()
+        if sandbox.last_proxy_activity_update is None or now - sandbox.last_proxy_activity_update >= \
+                PROXY_ACTIVITY_DEBOUNCE_SECONDS:
+            sandbox.last_proxy_activity_update = now
+            self.touch(sandbox)
+        sandbox.open_proxied_requests += 1
+        try:
+            yield
+        finally:
+            sandbox.open_proxied_requests -= 1
+
     def find(self, id_or_name: str) -> Optional[Sandbox]:
         sandbox = self.sandboxes.get(id_or_name)
         if sandbox is not None:
@@ -563,8 +589,12 @@ class FakeDaytona:
         """Stops started sandboxes idle for their autoStopInterval, measured on the test clock."""
         now = self.clock.now()
         for sandbox in list(self.sandboxes.values()):
+            if sandbox.open_proxied_requests > 0:
+                # The proxy's 50-second activity poll for open requests would have run all along.
+                sandbox.last_activity = now
             if sandbox.state == "started" and sandbox.auto_stop_interval and sandbox.auto_stop_interval > 0:
-                if now - sandbox.last_activity >= sandbox.auto_stop_interval * 60:
+                # The API's check: lastActivityAt < NOW() - autoStopInterval minutes.
+                if now - sandbox.last_activity > sandbox.auto_stop_interval * 60:
                     self.stop_sandbox(sandbox, "auto-stop")
 
 
@@ -580,7 +610,7 @@ API_SANDBOX_PATH = re.compile(r"^/api/sandbox/([^/]+)(/.*)?$")
 # Headers tests may assert on; credentials are deliberately absent so the log never holds them.
 LOGGED_REQUEST_HEADERS = ("Content-Type", "X-Daytona-SDK-Version", "X-Daytona-Source", "X-Daytona-Split-Output",
                           "User-Agent", "Upgrade", "Sec-WebSocket-Protocol", "X-Daytona-Skip-Preview-Warning",
-                          "X-Daytona-Organization-ID")
+                          "X-Daytona-Organization-ID", SKIP_LAST_ACTIVITY_UPDATE_HEADER)
 
 
 def classify(request: web.Request) -> tuple[str, Optional[str], str, Optional[int]]:
@@ -688,7 +718,8 @@ async def route_request(request: web.Request, fake: FakeDaytona, plane: str, san
             and path_selected(faults.error_path_pattern, request.path)):
         faults.error_next -= 1
         return error_factory(request, faults.error_status, "Injected server error, please retry.")
-    await fake.wait_while_hung(plane, sandbox_id)
+    if plane == "api":
+        await fake.wait_while_hung(plane, sandbox_id)
 
     if plane == "socketio":
         # The notification gateway is not served: the SDK's socket.io client fails to connect and the SDK falls
@@ -698,7 +729,9 @@ async def route_request(request: web.Request, fake: FakeDaytona, plane: str, san
         # Never echo the credential received, nor the expected one.
         return error_factory(request, 401, "Unauthorized")
     if plane == "toolbox":
-        return await handle_toolbox(request, fake, sandbox_id or "", inner_path)
+        with fake.proxied_request(fake.sandboxes.get(sandbox_id or ""), request):
+            await fake.wait_while_hung(plane, sandbox_id)
+            return await handle_toolbox(request, fake, sandbox_id or "", inner_path)
     return await handle_api(request, fake, inner_path)
 
 
@@ -1037,7 +1070,6 @@ async def handle_api(request: web.Request, fake: FakeDaytona, path: str) -> web.
             if minutes < 0:
                 return api_error(request, 400, "Auto-stop interval must be a non-negative integer")
             sandbox.auto_stop_interval = minutes
-            fake.touch(sandbox)
         elif setting.group(1) == "autoarchive":
             sandbox.auto_archive_interval = minutes
         else:
@@ -1119,51 +1151,86 @@ async def handle_snapshots(request: web.Request, fake: FakeDaytona, path: str) -
 
 HOP_BY_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
                       "proxy-authorization", "proxy-authenticate", "content-length"}
-PREVIEW_WARNING_PAGE = ("<!doctype html><title>Preview warning</title><p>daytona-preview-warning: you are about to "
-                        "visit a sandbox preview. Send X-Daytona-Skip-Preview-Warning: true to skip this page.</p>")
+PREVIEW_WARNING_PAGE = ("<!doctype html><title>Daytona Preview - Warning</title><p>daytona-preview-warning: you are "
+                        "about to visit a sandbox preview. <a href=\"/accept-daytona-preview-warning\">Continue</a></p>")
+PREVIEW_ACCEPT_PATH = "/accept-daytona-preview-warning"
+PREVIEW_ACCEPT_COOKIE = "daytona-preview-page-accepted"
+BROWSER_NAMES = ("chrome", "firefox", "safari", "edg", "brave", "vivaldi", "samsungbrowser", "opr")
+
+
+def is_browser(user_agent: str) -> bool:
+    """Roughly the proxy's test (a known browser family in the User-Agent); curl, SDKs and bots are not browsers."""
+    lowered = user_agent.lower()
+    return lowered.startswith("mozilla/") and any(name in lowered for name in BROWSER_NAMES) and "bot" not in lowered
+
+
+def preview_warning_answer(request: web.Request, inner_path: str) -> Optional[web.StreamResponse]:
+    """The proxy's browser warning: shown to browsers unless skipped by header or accepted before (cookie)."""
+    if request.headers.get("X-Daytona-Skip-Preview-Warning") == "true":
+        return None
+    if not is_browser(request.headers.get("User-Agent", "")):
+        return None
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return None
+    if request.cookies.get(PREVIEW_ACCEPT_COOKIE) == "true":
+        return None
+    if inner_path == PREVIEW_ACCEPT_PATH:
+        redirect = request.query.get("redirect", "")
+        if not redirect.startswith("/") or redirect.startswith("//"):
+            redirect = "/"
+        answer = web.Response(status=302, headers={"Location": redirect})
+        answer.set_cookie(PREVIEW_ACCEPT_COOKIE, "true", max_age=86400, path="/", httponly=True)
+        return answer
+    return web.Response(status=200, text=PREVIEW_WARNING_PAGE, content_type="text/html")
 
 
 async def handle_preview(request: web.Request, fake: FakeDaytona, id_or_token: str, port: int,
                          inner_path: str) -> web.StreamResponse:
-    """Daytona's preview proxy: token (header or query) unless public, a warning page for browsers, then forward."""
+    """Daytona's preview proxy: the browser warning, then auth unless public, then forward to the port."""
     import aiohttp
 
+    warning = preview_warning_answer(request, inner_path)
+    if warning is not None:
+        return warning
     signed = fake.signed_preview_tokens.get(id_or_token)
     if signed is not None:
         sandbox_id, signed_port, expires_at = signed
-        if signed_port != port or time.time() > expires_at:
-            return json_response(401, {"statusCode": 401, "message": "Invalid or expired signed preview URL"})
         sandbox = fake.sandboxes.get(sandbox_id)
-        authorized = True
+        authorized = signed_port == port and time.time() <= expires_at
     else:
         sandbox = fake.sandboxes.get(id_or_token)
         token = request.headers.get("X-Daytona-Preview-Token") or request.query.get("DAYTONA_SANDBOX_AUTH_KEY")
-        authorized = sandbox is not None and (sandbox.public or (token is not None and secrets.compare_digest(
-            token, sandbox.preview_token)))
+        authorized = sandbox is not None and (
+            sandbox.public
+            or (token is not None and secrets.compare_digest(token, sandbox.preview_token))
+            or credentials_valid(request, fake))
     if sandbox is None:
-        return json_response(404, {"statusCode": 404, "message": "Sandbox not found"})
+        return json_response(404, {"statusCode": 404, "message": "sandbox not found", "code": "Not Found"})
     if not authorized:
-        return json_response(401, {"statusCode": 401, "message": "Unauthorized: a valid preview token is required"})
-    if sandbox.state != "started":
-        return json_response(502, {"statusCode": 502, "message": f"Sandbox is not running (state: {sandbox.state})"})
-    if ("text/html" in request.headers.get("Accept", "")
-            and request.headers.get("X-Daytona-Skip-Preview-Warning", "").lower() != "true"):
-        return web.Response(status=200, text=PREVIEW_WARNING_PAGE, content_type="text/html")
-    headers = {name: value for name, value in request.headers.items()
-               if name.lower() not in HOP_BY_HOP_HEADERS and not name.lower().startswith("x-daytona-")}
-    query = [(key, value) for key, value in request.query.items() if key != "DAYTONA_SANDBOX_AUTH_KEY"]
-    body = await request.read()
-    target = f"http://127.0.0.1:{port}{inner_path}"
-    try:
-        async with aiohttp.ClientSession(auto_decompress=False) as session:
-            async with session.request(request.method, target, params=query, headers=headers, data=body or None,
-                                       allow_redirects=False) as upstream:
-                content = await upstream.read()
-                response_headers = {name: value for name, value in upstream.headers.items()
-                                    if name.lower() not in HOP_BY_HOP_HEADERS}
-                return web.Response(status=upstream.status, body=content, headers=response_headers)
-    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-        return json_response(502, {"statusCode": 502, "message": f"no service is listening on port {port}"})
+        # The proxy sends unauthenticated preview visitors to Daytona's sign-in; the fake has none to offer.
+        return web.Response(status=307, headers={"Location": f"{request.scheme}://{request.host}/api/auth/preview"
+                                                             f"?sandboxId={sandbox.sandbox_id}&port={port}"})
+    with fake.proxied_request(sandbox, request):
+        if sandbox.state != "started":
+            return json_response(400, {"statusCode": 400, "code": "Bad Request",
+                                       "message": f"sandbox is not running (state: {sandbox.state})"})
+        headers = {name: value for name, value in request.headers.items()
+                   if name.lower() not in HOP_BY_HOP_HEADERS and not name.lower().startswith("x-daytona-")
+                   and name.lower() != "authorization"}
+        query = [(key, value) for key, value in request.query.items() if key != "DAYTONA_SANDBOX_AUTH_KEY"]
+        body = await request.read()
+        target = f"http://127.0.0.1:{port}{inner_path}"
+        try:
+            async with aiohttp.ClientSession(auto_decompress=False) as session:
+                async with session.request(request.method, target, params=query, headers=headers, data=body or None,
+                                           allow_redirects=False) as upstream:
+                    content = await upstream.read()
+                    response_headers = {name: value for name, value in upstream.headers.items()
+                                        if name.lower() not in HOP_BY_HOP_HEADERS}
+                    return web.Response(status=upstream.status, body=content, headers=response_headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return json_response(502, {"statusCode": 502, "code": "Bad Gateway",
+                                       "message": f"no service is listening on port {port}"})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1258,8 +1325,6 @@ async def handle_toolbox(request: web.Request, fake: FakeDaytona, sandbox_id: st
     if sandbox.state != "started":
         return toolbox_error(request, 400, f"failed to reach the toolbox of sandbox {sandbox_id} "
                                            f"(state: {sandbox.state}). Is the Sandbox started?")
-    # The toolbox proxy counts every call as activity (daytona_server.md, "Auto-stop").
-    fake.touch(sandbox)
     method = request.method
     if path in ("/user-home-dir", "/project-dir"):
         return json_response(200, {"dir": sandbox.home})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 
 import httpx
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -133,7 +135,8 @@ def test_execute_should_time_out_with_408_and_kill_the_command(raw, raw_sandbox)
     timed_out = raw.toolbox("POST", sandbox_id, "/process/execute",
                             json={"command": "echo $$ > pid; exec sleep 30", "timeout": 1})
     assert timed_out.status_code == 408
-    assert timed_out.json()["code"] == "PROCESS_EXECUTION_TIMEOUT"
+    assert (timed_out.json()["code"], timed_out.json()["message"]) == (
+        "REQUEST_TIMEOUT", "request timeout: command execution timeout")
     pid = int(raw.toolbox("GET", sandbox_id, "/files/download", params={"path": "pid"}).content)
     wait_until(lambda: not process_alive(pid), 5)
 
@@ -149,7 +152,8 @@ def test_input_echo_should_follow_suppress_input_echo_and_finished_commands_answ
     # The echo and the command's own output are appended by different writers, so their order is not fixed.
     assert sorted(logs["stdout"].splitlines()) == ["done:hi", "hi"]
     late = raw.toolbox("POST", sandbox_id, f"/process/session/run/command/{command_id}/input", json={"data": "x"})
-    assert (late.status_code, late.json()["code"]) == (410, "COMMAND_ALREADY_COMPLETED")
+    assert (late.status_code, late.json()["code"]) == (410, "GONE")
+    assert late.json()["message"] == "gone: command has already completed with exit code 0"
 
 
 def parse_multipart(content_type: str, body: bytes) -> list[tuple[dict, bytes]]:
@@ -167,7 +171,7 @@ def parse_multipart(content_type: str, body: bytes) -> list[tuple[dict, bytes]]:
         state["value"] += data[start:end]
 
     def on_header_end():
-        state["headers"][state["field"].decode().lower()] = state["value"].decode()
+        state["headers"][state["field"].decode().lower()] = state["value"].decode("latin-1")
         state.update(field=b"", value=b"")
 
     def on_part_data(data, start, end):
@@ -191,29 +195,33 @@ def test_bulk_download_should_answer_file_and_error_parts_in_request_order(raw, 
         ("files[7].path", (None, "d/\u00e9t\u00e9.txt")), ("files[7].file", ("blob", b"summer")),
     ])
     assert upload.status_code == 200
-    assert sorted(upload.json()["files"], key=lambda item: item["path"]) == [
-        {"path": "/home/daytona/d/one.bin", "bytes": 3}, {"path": "/home/daytona/d/\u00e9t\u00e9.txt", "bytes": 6}]
+    # Paths are reported as sent, in part order.
+    assert upload.json()["files"] == [
+        {"path": "/home/daytona/d/one.bin", "bytes": 3}, {"path": "d/\u00e9t\u00e9.txt", "bytes": 6}]
     response = raw.toolbox("POST", sandbox_id, "/files/bulk-download",
                            json={"paths": ["d/one.bin", "/home/daytona/d/missing", "d/\u00e9t\u00e9.txt", "d"]})
     assert response.headers["content-type"] == "multipart/form-data; boundary=DAYTONA-FILE-BOUNDARY"
     parts = parse_multipart(response.headers["content-type"], response.content)
     assert [headers["content-disposition"].split(";")[1].strip() for headers, _ in parts] == [
         'name="file"', 'name="error"', 'name="file"', 'name="error"']
-    assert 'filename="d/one.bin"' in parts[0][0]["content-disposition"]
+    assert parts[0][0]["content-disposition"] == 'form-data; name="file"; filename="d/one.bin"; filename*=utf-8\'\'d%2Fone.bin'
     assert parts[0][1] == b"\x00\xff1" and parts[0][0]["content-length"] == "3"
     missing = json.loads(parts[1][1])
-    assert (missing["statusCode"], missing["code"]) == (404, "FILE_NOT_FOUND")
+    assert (missing["statusCode"], missing["code"], missing["path"]) == (404, "FILE_NOT_FOUND", "/home/daytona/d/missing")
+    assert parts[1][0]["content-type"] == "application/json; charset=utf-8"
     assert "filename*=utf-8''d%2F%C3%A9t%C3%A9.txt" in parts[2][0]["content-disposition"]
-    assert parts[2][1] == b"summer"
-    assert json.loads(parts[3][1])["code"] == "IS_DIRECTORY"
+    assert parts[2][1] == b"summer" and parts[2][0]["content-type"] == "text/plain"
+    directory = json.loads(parts[3][1])
+    assert (directory["statusCode"], directory["code"]) == (400, "INVALID_FILE_PATH")
 
 
-def test_bulk_upload_should_reject_incomplete_pairs(raw, raw_sandbox):
+def test_bulk_upload_should_need_each_path_part_before_its_file_part(raw, raw_sandbox):
     response = raw.toolbox("POST", raw_sandbox["id"], "/files/bulk-upload", files=[
-        ("files[0].path", (None, "a.txt")), ("files[0].file", ("a", b"a")), ("files[1].path", (None, "b.txt"))])
+        ("files[0].path", (None, "a.txt")), ("files[0].file", ("a", b"a")), ("files[1].file", ("b", b"b")),
+        ("files[1].path", (None, "b.txt")), ("files[2].path", (None, " "))])
     assert response.status_code == 400
-    assert response.json()["errors"] == ["files[1]: the file part is missing"]
-    assert [entry["path"] for entry in response.json()["files"]] == ["/home/daytona/a.txt"]
+    assert response.json() == {"errors": ["file[1]: missing .path metadata", "path[2]: empty path"],
+                               "files": [{"path": "a.txt", "bytes": 1}]}
 
 
 def test_paths_should_not_escape_the_sandbox_directory(server, raw, raw_sandbox):
@@ -225,16 +233,42 @@ def test_paths_should_not_escape_the_sandbox_directory(server, raw, raw_sandbox)
         assert handle.read() == b"inside"
 
 
-def test_file_info_should_use_go_formats(raw, raw_sandbox):
+def test_file_routes_should_answer_as_the_daemon_does(raw, raw_sandbox):
     sandbox_id = raw_sandbox["id"]
-    raw.toolbox("POST", sandbox_id, "/files/folder", params={"path": "dir", "mode": "750"})
+    assert raw.toolbox("POST", sandbox_id, "/files/folder", params={"path": "dir", "mode": "750"}).status_code == 201
     info = raw.toolbox("GET", sandbox_id, "/files/info", params={"path": "dir"}).json()
-    assert (info["isDir"], info["mode"], info["permissions"], info["path"]) == (
-        True, "drwxr-x---", "0750", "/home/daytona/dir")
-    assert info["modTime"].endswith(" +0000 UTC") and info["modifiedAt"].endswith("Z")
+    assert (info["name"], info["isDir"], info["mode"], info["permissions"]) == ("dir", True, "drwxr-x---", "0750")
+    assert info["owner"] == str(os.getuid()) and info["group"] == str(os.getgid())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? \+0000 UTC", info["modTime"])
+    assert info["modifiedAt"].endswith("Z") and "path" not in info
+    # Failures carry the status alone, with an empty body.
     missing = raw.toolbox("GET", sandbox_id, "/files/info", params={"path": "nope"})
-    assert (missing.status_code, missing.json()["code"], missing.json()["source"]) == (
-        404, "FILE_NOT_FOUND", "DAYTONA_DAEMON")
+    assert (missing.status_code, missing.content) == (404, b"")
+    assert raw.toolbox("DELETE", sandbox_id, "/files", params={"path": "dir"}).status_code == 400, "needs recursive"
+    raw.toolbox("POST", sandbox_id, "/files/upload", params={"path": "dir/a"}, files={"file": ("a", b"A")})
+    raw.toolbox("POST", sandbox_id, "/files/upload", params={"path": "dir/b"}, files={"file": ("b", b"B")})
+    # A move never replaces an existing destination, and needs its parent directory.
+    assert raw.toolbox("POST", sandbox_id, "/files/move", params={"source": "dir/a", "destination": "dir/b"}
+                       ).status_code == 409
+    assert raw.toolbox("POST", sandbox_id, "/files/move", params={"source": "dir/a", "destination": "no/such/c"}
+                       ).status_code == 404
+    assert raw.toolbox("POST", sandbox_id, "/files/move", params={"source": "dir/a", "destination": "dir/c"}
+                       ).status_code == 200
+    assert [entry["name"] for entry in raw.toolbox("GET", sandbox_id, "/files", params={"path": "dir"}).json()] == [
+        "b", "c"]
+    assert raw.toolbox("DELETE", sandbox_id, "/files", params={"path": "dir", "recursive": "true"}).status_code == 204
+
+
+def test_session_errors_should_use_the_daemon_error_body(raw, raw_sandbox):
+    sandbox_id = raw_sandbox["id"]
+    missing = raw.toolbox("GET", sandbox_id, "/process/session/nope")
+    assert missing.status_code == 404
+    assert set(missing.json()) == {"statusCode", "message", "code", "timestamp", "path", "method"}
+    assert (missing.json()["code"], missing.json()["message"]) == ("NOT_FOUND", "not found: session not found")
+    # The exec handler wraps the error, so the middleware's fallback answers 500.
+    wrapped = raw.toolbox("POST", sandbox_id, "/process/session/nope/exec", json={"command": "true"})
+    assert (wrapped.status_code, wrapped.json()["message"]) == (
+        500, "failed to execute command: not found: session not found")
 
 
 def test_wrong_or_missing_key_should_get_401_that_never_echoes_a_key(server, raw_sandbox):

@@ -74,12 +74,6 @@ def rfc3339(epoch_seconds: float) -> str:
         "+00:00", "Z")
 
 
-def go_time_string(epoch_seconds: float) -> str:
-    """Go's `time.Time.String()` layout, which the daemon still puts in the deprecated `FileInfo.modTime`."""
-    moment = dt.datetime.fromtimestamp(epoch_seconds, dt.timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f") + "000 +0000 UTC"
-
-
 def json_response(status: int, body: Any, headers: Optional[dict] = None) -> web.Response:
     return web.Response(status=status, body=json.dumps(body, separators=(",", ":")).encode(),
                         content_type="application/json", headers=headers)
@@ -91,18 +85,32 @@ def api_error(request: web.Request, status: int, message: str, headers: Optional
                                   "error": HTTP_STATUS_TEXT.get(status, "Error"), "message": message}, headers)
 
 
+# The codes common-go's error middleware gives each error class (libs/common-go/pkg/errors/middleware.go, v0.190), and
+# the prefix its constructors put before the message.
+ERROR_CLASSES = {400: ("BAD_REQUEST", "bad request"), 401: ("UNAUTHORIZED", "unauthorized"),
+                 403: ("FORBIDDEN", "forbidden"), 404: ("NOT_FOUND", "not found"), 408: ("REQUEST_TIMEOUT",
+                 "request timeout"), 409: ("CONFLICT", "conflict"), 410: ("GONE", "gone"),
+                 422: ("UNPROCESSABLE_ENTITY", "unprocessable entity"),
+                 500: ("INTERNAL_SERVER_ERROR", "internal server error")}
+
+
 def toolbox_error(request: web.Request, status: int, message: str, headers: Optional[dict] = None,
                   code: Optional[str] = None) -> web.Response:
-    """The daemon's error middleware body.
+    """The daemon's (and proxy's) JSON error: `{"statusCode","message","code","timestamp","path","method"}`.
 
-    `code` is a machine code where the SDK (0.226) maps one to a precise error class (`FILE_NOT_FOUND`,
-    `PROCESS_EXECUTION_TIMEOUT`, `COMMAND_ALREADY_COMPLETED`), and the HTTP status text otherwise, as in the v0.190
-    spec; `source` names the daemon as the SDK's error envelope expects.
+    `message` is prefixed as the typed error's constructor does (`not found: session not found`); `code` is the
+    class's upper-snake code unless a specific one is given.
     """
-    return json_response(status, {"statusCode": status, "message": message,
-                                  "code": code or HTTP_STATUS_TEXT.get(status, "Error"), "source": "DAYTONA_DAEMON",
-                                  "timestamp": rfc3339(time.time()), "path": request.path, "method": request.method},
-                         headers)
+    default_code, prefix = ERROR_CLASSES.get(status, ("", ""))
+    return json_response(status, {"statusCode": status, "message": f"{prefix}: {message}" if prefix else message,
+                                  "code": code or default_code, "timestamp": rfc3339(time.time()),
+                                  "path": request.path, "method": request.method}, headers)
+
+
+def toolbox_untyped_error(message: str) -> web.Response:
+    """An error the daemon wrapped with fmt.Errorf: its middleware's fallback, a 500 with zero-valued fields."""
+    return json_response(500, {"statusCode": 500, "message": message, "timestamp": "0001-01-01T00:00:00Z",
+                               "path": ""})
 
 
 def parse_version(text: Optional[str]) -> Optional[tuple]:
@@ -354,9 +362,8 @@ class Sandbox:
         """Normalizes a sandbox path; relative paths resolve against the user's home, the daemon's work dir."""
         if not path:
             path = self.home
-        if path.startswith("~"):
-            path = self.home + path[1:]
         if not path.startswith("/"):
+            # The daemon uses paths as given, relative to its work directory (the home); `~` is not expanded.
             path = posixpath.join(self.home, path)
         # normpath on an absolute path cannot climb above "/", so the host path stays inside the private directory.
         return posixpath.normpath(path).replace("//", "/")
@@ -1321,7 +1328,7 @@ def shell_program() -> str:
 async def handle_toolbox(request: web.Request, fake: FakeDaytona, sandbox_id: str, path: str) -> web.StreamResponse:
     sandbox = fake.sandboxes.get(sandbox_id)
     if sandbox is None:
-        return toolbox_error(request, 404, f"sandbox {sandbox_id} not found")
+        return toolbox_error(request, 404, "sandbox not found")
     if sandbox.state != "started":
         return toolbox_error(request, 400, f"failed to reach the toolbox of sandbox {sandbox_id} "
                                            f"(state: {sandbox.state}). Is the Sandbox started?")
@@ -1370,7 +1377,7 @@ async def execute_command(request: web.Request, sandbox: Sandbox) -> web.StreamR
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
-        return toolbox_error(request, 408, "command execution timeout", code="PROCESS_EXECUTION_TIMEOUT")
+        return toolbox_error(request, 408, "command execution timeout")
     finally:
         sandbox.execute_processes.discard(process)
     # Go's WaitStatus.ExitStatus(): the exit code, or -1 for a process ended by a signal.
@@ -1409,7 +1416,7 @@ async def execute_in_session(request: web.Request, sandbox: Sandbox, session: To
     body = await read_json_body(request)
     command_text = body.get("command") if isinstance(body, dict) else None
     if not isinstance(command_text, str) or not command_text.strip():
-        return toolbox_error(request, 400, "command cannot be empty")
+        return status_only(400)
     run_async = bool(body.get("runAsync") or body.get("async"))
     command = SessionCommand(session, str(uuid.uuid4()), command_text, bool(body.get("suppressInputEcho")))
     session.commands[command.command_id] = command
@@ -1425,13 +1432,13 @@ async def execute_in_session(request: web.Request, sandbox: Sandbox, session: To
         session.shell.stdin.write(wrapper.encode())
         await session.shell.stdin.drain()
     except (ConnectionError, RuntimeError) as error:
-        return toolbox_error(request, 400, f"failed to execute command: failed to write command: {error}")
+        return toolbox_untyped_error(f"failed to execute command: bad request: failed to write command: {error}")
     if run_async:
         return json_response(202, {"cmdId": command.command_id})
     while command.exit_code is None:
         if session.ended.is_set():
             command.cached_exit_code = 1
-            return toolbox_error(request, 400, "failed to execute command: session cancelled")
+            return toolbox_untyped_error("failed to execute command: bad request: session cancelled")
         await asyncio.sleep(0.05)
     log = command.read_log()
     answer: dict = {"cmdId": command.command_id, "exitCode": command.exit_code}
@@ -1450,12 +1457,11 @@ async def send_input(request: web.Request, command: SessionCommand) -> web.Strea
     body = await read_json_body(request)
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, str):
-        return toolbox_error(request, 400, "data is required")
+        return toolbox_error(request, 400, "data is required", code="INVALID_REQUEST_BODY")
     if command.session.shell.returncode is not None:
-        return toolbox_error(request, 410, "session process has exited", code="SESSION_ENDED")
+        return toolbox_error(request, 410, "session process has exited")
     if command.exit_code is not None:
-        return toolbox_error(request, 410, f"command has already completed with exit code {command.exit_code}",
-                             code="COMMAND_ALREADY_COMPLETED")
+        return toolbox_error(request, 410, f"command has already completed with exit code {command.exit_code}")
     # The daemon adds the newline `read` needs.
     if not data.endswith("\n"):
         data += "\n"
@@ -1499,7 +1505,7 @@ async def handle_sessions(request: web.Request, fake: FakeDaytona, sandbox: Sand
             body = await read_json_body(request)
             session_id = body.get("sessionId") if isinstance(body, dict) else None
             if not session_id or not isinstance(session_id, str):
-                return toolbox_error(request, 400, "sessionId is required")
+                return toolbox_error(request, 400, "sessionId is required", code="INVALID_REQUEST_BODY")
             if session_id in sandbox.sessions:
                 return toolbox_error(request, 409, "session already exists")
             await create_session(request, sandbox, session_id)
@@ -1510,6 +1516,9 @@ async def handle_sessions(request: web.Request, fake: FakeDaytona, sandbox: Sand
     session_id, rest = urllib.parse.unquote(match.group(1)), match.group(2) or ""
     session = sandbox.sessions.get(session_id)
     if session is None:
+        if rest == "/exec":
+            # The daemon's exec handler wraps the service's error, so its middleware answers a plain 500.
+            return toolbox_untyped_error("failed to execute command: not found: session not found")
         return toolbox_error(request, 404, "session not found")
     if rest == "":
         if method == "GET":
@@ -1661,130 +1670,194 @@ def session_gone(command: SessionCommand) -> bool:
 
 
 # --- files ---------------------------------------------------------------------------------------------------
-
-
-def permission_text(mode: int) -> str:
-    return f"{stat.S_IMODE(mode):04o}"
+#
+# The file handlers follow the daemon's (apps/daemon/pkg/toolbox/fs, v0.190): paths are used as given, relative to the
+# work directory; failures answer with the status alone and an empty body (gin's AbortWithError writes the header
+# before the error middleware could add one).
 
 
 def go_file_mode(mode: int) -> str:
-    """Go's `fs.FileMode.String()`: `drwxr-xr-x`, `-rw-r--r--`, `Lrwxrwxrwx`."""
-    kind = "d" if stat.S_ISDIR(mode) else "L" if stat.S_ISLNK(mode) else "-"
+    """Go's `fs.FileMode.String()` for what os.Stat returns: `drwxr-xr-x`, `-rw-r--r--`."""
+    kind = "d" if stat.S_ISDIR(mode) else "-"
     bits = "rwxrwxrwx"
     return kind + "".join(bits[index] if mode & (1 << (8 - index)) else "-" for index in range(9))
 
 
-def owner_names(info: os.stat_result) -> tuple[str, str]:
-    try:
-        import grp
-        import pwd
-
-        return pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name
-    except (KeyError, ImportError):
-        return str(info.st_uid), str(info.st_gid)
+def go_fraction(nanoseconds: int) -> str:
+    """Go's `.999999999` layout: the fraction with trailing zeros removed, nothing when it is zero."""
+    return ("." + f"{nanoseconds:09d}".rstrip("0")) if nanoseconds else ""
 
 
-def file_info(sandbox_path: str, host_path: str) -> dict:
+def go_time_string(epoch_nanoseconds: int) -> str:
+    """Go's `time.Time.String()`, which the daemon puts in `FileInfo.modTime` (the sandbox runs in UTC)."""
+    seconds, nanoseconds = divmod(epoch_nanoseconds, 1_000_000_000)
+    moment = dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + go_fraction(nanoseconds) + " +0000 UTC"
+
+
+def go_json_time(epoch_nanoseconds: int) -> str:
+    """How Go's encoding/json writes a UTC `time.Time` (RFC 3339 with trimmed nanoseconds)."""
+    seconds, nanoseconds = divmod(epoch_nanoseconds, 1_000_000_000)
+    moment = dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + go_fraction(nanoseconds) + "Z"
+
+
+def file_info(host_path: str) -> dict:
+    """The daemon's FileInfo: os.Stat (symlinks followed), numeric owner and group, no `path` field."""
     info = os.stat(host_path)
-    owner, group = owner_names(info)
     return {
-        "name": posixpath.basename(sandbox_path) or "/",
-        "isDir": stat.S_ISDIR(info.st_mode),
+        "name": os.path.basename(host_path.rstrip("/")) or "/",
         "size": info.st_size,
         "mode": go_file_mode(info.st_mode),
-        "modTime": go_time_string(info.st_mtime),
-        "modifiedAt": rfc3339(info.st_mtime),
-        "owner": owner,
-        "group": group,
-        "permissions": permission_text(info.st_mode),
-        "path": sandbox_path,
+        "modTime": go_time_string(info.st_mtime_ns),
+        "modifiedAt": go_json_time(info.st_mtime_ns),
+        "isDir": stat.S_ISDIR(info.st_mode),
+        "owner": str(info.st_uid),
+        "group": str(info.st_gid),
+        "permissions": f"{stat.S_IMODE(info.st_mode) & 0o777:04o}",
     }
 
 
+def latin1_filename(path: str) -> str:
+    """The daemon's toLatin1: escape `\\` and `"`, drop CR/LF/NUL, `_` for control characters and non-Latin-1."""
+    escaped = path.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "").replace("\x00", "")
+    return "".join("_" if ord(char) > 0xFF or ord(char) < 0x20 or ord(char) == 0x7F else char for char in escaped)
+
+
+RFC5987_SAFE = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&+-.^_`|~")
+
+
 def content_disposition(name: str, path: str) -> str:
-    escaped = path.replace("\\", "\\\\").replace('"', '\\"')
-    header = f'form-data; name="{name}"; filename="{escaped}"'
-    if not path.isascii():
-        header += "; filename*=utf-8''" + urllib.parse.quote(path, safe="")
-    return header
+    encoded = "".join(chr(byte) if byte in RFC5987_SAFE else f"%{byte:02X}" for byte in path.encode())
+    return f"form-data; name=\"{name}\"; filename=\"{latin1_filename(path)}\"; filename*=utf-8''{encoded}"
 
 
-def write_host_file(host_path: str, content: bytes) -> None:
-    os.makedirs(os.path.dirname(host_path), exist_ok=True)
-    staging = f"{host_path}.upload-{secrets.token_hex(4)}"
-    with open(staging, "wb") as handle:
-        handle.write(content)
-    os.replace(staging, host_path)
+def content_type_for(path: str) -> str:
+    import mimetypes
+
+    guessed, _ = mimetypes.guess_type(path, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def status_only(status: int) -> web.Response:
+    return web.Response(status=status)
 
 
 async def handle_files(request: web.Request, sandbox: Sandbox, path: str) -> web.StreamResponse:
     method = request.method
     query = request.query
 
-    def mapped(name: str = "path") -> tuple[str, str]:
-        sandbox_path = sandbox.sandbox_path_for(query.get(name))
+    def mapped(name: str = "path", default: Optional[str] = None) -> tuple[str, str]:
+        sandbox_path = sandbox.sandbox_path_for(query.get(name) or default)
         return sandbox_path, sandbox.host_path_for(sandbox_path)
 
+    def stat_failure(host_path: str) -> Optional[web.Response]:
+        try:
+            os.stat(host_path)
+        except FileNotFoundError:
+            return status_only(404)
+        except PermissionError:
+            return status_only(403)
+        except OSError:
+            return status_only(400)
+        return None
+
     if path == "/files" and method == "GET":
-        sandbox_path, host_path = mapped()
+        _, host_path = mapped(default=".")
+        failure = stat_failure(host_path)
+        if failure is not None:
+            return failure
         if not os.path.isdir(host_path):
-            if not os.path.exists(host_path):
-                return toolbox_error(request, 404, f"directory '{sandbox_path}' does not exist", code="FILE_NOT_FOUND")
-            return toolbox_error(request, 400, f"'{sandbox_path}' is not a directory")
+            return status_only(400)
         entries = []
         for name in sorted(os.listdir(host_path)):
-            with contextlib.suppress(FileNotFoundError):
-                entries.append(file_info(posixpath.join(sandbox_path, name), os.path.join(host_path, name)))
+            with contextlib.suppress(OSError):
+                entries.append(file_info(os.path.join(host_path, name)))
         return json_response(200, entries)
     if path == "/files" and method == "DELETE":
-        sandbox_path, host_path = mapped()
-        if not os.path.lexists(host_path):
-            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist", code="FILE_NOT_FOUND")
-        if os.path.isdir(host_path) and not os.path.islink(host_path):
-            if query.get("recursive", "").lower() != "true" and os.listdir(host_path):
-                return toolbox_error(request, 400, f"directory '{sandbox_path}' is not empty; use recursive=true")
-            await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, host_path)
-        else:
-            os.remove(host_path)
+        if not query.get("path"):
+            return status_only(400)
+        _, host_path = mapped()
+        failure = stat_failure(host_path)
+        if failure is not None:
+            return failure
+        recursive = query.get("recursive") == "true"
+        if os.path.isdir(host_path) and not recursive:
+            return status_only(400)
+        try:
+            if recursive and os.path.isdir(host_path) and not os.path.islink(host_path):
+                await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, host_path)
+            else:
+                os.remove(host_path)
+        except OSError:
+            return status_only(400)
         return web.Response(status=204)
     if path == "/files/info" and method == "GET":
-        sandbox_path, host_path = mapped()
-        if not os.path.exists(host_path):
-            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist", code="FILE_NOT_FOUND")
-        return json_response(200, file_info(sandbox_path, host_path))
+        if not query.get("path"):
+            return status_only(400)
+        _, host_path = mapped()
+        return stat_failure(host_path) or json_response(200, file_info(host_path))
     if path == "/files/download" and method == "GET":
+        if not query.get("path"):
+            return status_only(400)
         sandbox_path, host_path = mapped()
-        if not os.path.isfile(host_path):
-            return toolbox_error(request, 404, f"file '{sandbox_path}' does not exist", code="FILE_NOT_FOUND")
+        failure = stat_failure(host_path)
+        if failure is not None:
+            return failure
+        if os.path.isdir(host_path):
+            return status_only(400)
         with open(host_path, "rb") as handle:
             content = handle.read()
-        return web.Response(status=200, body=content, content_type="application/octet-stream",
-                            headers={"Content-Disposition": f'attachment; filename="{posixpath.basename(sandbox_path)}"'})
+        return web.Response(status=200, body=content, headers={"Content-Type": content_type_for(sandbox_path)})
     if path == "/files/folder" and method == "POST":
-        sandbox_path, host_path = mapped()
-        os.makedirs(host_path, exist_ok=True)
-        mode = query.get("mode")
-        if mode:
-            with contextlib.suppress(ValueError):
-                os.chmod(host_path, int(mode, 8))
+        if not query.get("path"):
+            return status_only(400)
+        _, host_path = mapped()
+        mode = 0o755
+        if query.get("mode"):
+            try:
+                mode = int(query["mode"], 8)
+            except ValueError:
+                return status_only(400)
+        try:
+            os.makedirs(host_path, mode=mode, exist_ok=True)
+        except OSError:
+            return status_only(400)
         return web.Response(status=201)
     if path == "/files/move" and method == "POST":
-        source_path, source_host = mapped("source")
-        destination_path, destination_host = mapped("destination")
-        if not os.path.lexists(source_host):
-            return toolbox_error(request, 404, f"source '{source_path}' does not exist", code="FILE_NOT_FOUND")
-        os.makedirs(os.path.dirname(destination_host), exist_ok=True)
-        os.replace(source_host, destination_host)
+        if not query.get("source") or not query.get("destination"):
+            return status_only(400)
+        _, source_host = mapped("source")
+        _, destination_host = mapped("destination")
+        failure = stat_failure(source_host) or stat_failure(os.path.dirname(destination_host))
+        if failure is not None:
+            return failure
+        if os.path.exists(destination_host):
+            # The daemon never replaces: a client moving a staged file into place deletes the old one first.
+            return status_only(409)
+        os.rename(source_host, destination_host)
         return web.Response(status=200)
     if path == "/files/upload" and method == "POST":
-        sandbox_path, host_path = mapped()
+        if not query.get("path"):
+            return status_only(400)
+        _, host_path = mapped()
+        if not request.content_type.startswith("multipart/"):
+            return status_only(400)
         reader = await request.multipart()
         async for part in reader:
             if part.name == "file":
-                content = await part.read(decode=False)
-                await asyncio.get_running_loop().run_in_executor(None, write_host_file, host_path, bytes(content))
+                content = bytes(await part.read(decode=False))
+
+                def write() -> None:
+                    with open(host_path, "wb") as handle:
+                        handle.write(content)
+
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, write)
+                except OSError:
+                    return status_only(400)
                 return web.Response(status=200)
-        return toolbox_error(request, 400, "multipart part 'file' is required")
+        return status_only(400)
     if path == "/files/bulk-upload" and method == "POST":
         return await bulk_upload(request, sandbox)
     if path == "/files/bulk-download" and method == "POST":
@@ -1792,74 +1865,97 @@ async def handle_files(request: web.Request, sandbox: Sandbox, path: str) -> web
     return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
 
 
-BULK_PART_NAME = re.compile(r"^files\[([^\]]+)\]\.(path|file)$")
-
-
 async def bulk_upload(request: web.Request, sandbox: Sandbox) -> web.StreamResponse:
-    """`files[i].path` (text) and `files[i].file` (bytes) parts; every file is written, parents created."""
+    """The daemon's bulk upload: parts in order; a `files[i].path` part must come before its `files[i].file`."""
     if not request.content_type.startswith("multipart/"):
-        return toolbox_error(request, 400, "multipart/form-data is required")
-    paths: dict[str, str] = {}
-    contents: dict[str, bytes] = {}
+        return json_response(400, {"errors": ["invalid multipart form"]})
+    destinations: dict[str, str] = {}
+    errors: list[str] = []
+    written: list[dict] = []
+    loop = asyncio.get_running_loop()
     reader = await request.multipart()
     async for part in reader:
-        match = BULK_PART_NAME.match(part.name or "")
-        if not match:
-            continue
-        index, kind = match.groups()
-        data = bytes(await part.read(decode=False))
-        if kind == "path":
-            paths[index] = data.decode("utf-8", "replace")
-        else:
-            contents[index] = data
-    errors = [f"files[{index}]: the path part is missing" for index in contents if index not in paths]
-    errors += [f"files[{index}]: the file part is missing" for index in paths if index not in contents]
-    written: list[dict] = []
-
-    def write_all() -> None:
-        for index, sandbox_path_text in paths.items():
-            if index not in contents:
+        name = part.name or ""
+        index = name.removeprefix("files[").removesuffix("].path").removesuffix("].file")
+        if name.endswith(".path"):
+            destination = bytes(await part.read(decode=False)).decode("utf-8", "replace").strip()
+            if not destination:
+                errors.append(f"path[{index}]: empty path")
                 continue
-            sandbox_path = sandbox.sandbox_path_for(sandbox_path_text)
-            try:
-                write_host_file(sandbox.host_path_for(sandbox_path), contents[index])
-                written.append({"path": sandbox_path, "bytes": len(contents[index])})
-            except OSError as error:
-                errors.append(f"{sandbox_path}: {error.strerror}")
+            destinations[index] = destination
+        elif name.endswith(".file"):
+            content = bytes(await part.read(decode=False))
+            destination = destinations.get(index)
+            if destination is None:
+                errors.append(f"file[{index}]: missing .path metadata")
+                continue
+            host_path = sandbox.host_path_for(sandbox.sandbox_path_for(destination))
 
-    await asyncio.get_running_loop().run_in_executor(None, write_all)
+            def write() -> None:
+                os.makedirs(os.path.dirname(host_path), mode=0o755, exist_ok=True)
+                with open(host_path, "wb") as handle:
+                    handle.write(content)
+
+            try:
+                await loop.run_in_executor(None, write)
+            except OSError as error:
+                errors.append(f"{destination}: create: {error.strerror}")
+                continue
+            written.append({"path": destination, "bytes": len(content)})
+        else:
+            await part.read(decode=False)
     if errors:
         return json_response(400, {"errors": errors, "files": written})
     return json_response(200, {"files": written})
 
 
+def download_error_part(request: web.Request, requested: str, status: int, code: str, message: str) -> bytes:
+    payload = json.dumps({"statusCode": status, "message": message, "code": code,
+                          "timestamp": go_json_time(time.time_ns()), "path": requested,
+                          "method": request.method}, separators=(",", ":")).encode()
+    head = (f"--{BULK_DOWNLOAD_BOUNDARY}\r\nContent-Disposition: {content_disposition('error', requested)}\r\n"
+            f"Content-Type: application/json; charset=utf-8\r\n\r\n")
+    return head.encode("latin-1", "replace") + payload + b"\r\n"
+
+
 async def bulk_download(request: web.Request, sandbox: Sandbox) -> web.StreamResponse:
-    """A multipart/form-data answer: one `file` part per found path, one JSON `error` part per missing one."""
-    body = await read_json_body(request)
+    """A multipart/form-data answer, one part per requested path in order: `file` parts, or JSON `error` parts."""
+    try:
+        body = json.loads(await request.read() or b"null")
+    except json.JSONDecodeError:
+        body = None
     paths = body.get("paths") if isinstance(body, dict) else None
-    if not isinstance(paths, list) or not all(isinstance(item, str) for item in paths):
-        return toolbox_error(request, 400, "paths must be a list of strings")
+    if not isinstance(paths, list) or not paths or not all(isinstance(item, str) for item in paths):
+        return json_response(400, {"error": "request body must be {\"paths\": [ ... ]} and non-empty"})
     response = web.StreamResponse(status=200, headers={
         "Content-Type": f"multipart/form-data; boundary={BULK_DOWNLOAD_BOUNDARY}"})
     await response.prepare(request)
     for requested in paths:
-        sandbox_path = sandbox.sandbox_path_for(requested)
-        host_path = sandbox.host_path_for(sandbox_path)
-        if os.path.isfile(host_path):
+        if requested == "":
+            await response.write(download_error_part(request, requested, 400, "INVALID_FILE_PATH",
+                                                     "invalid file path: path is empty"))
+            continue
+        host_path = sandbox.host_path_for(sandbox.sandbox_path_for(requested))
+        try:
             with open(host_path, "rb") as handle:
+                if stat.S_ISDIR(os.fstat(handle.fileno()).st_mode):
+                    raise IsADirectoryError()
                 content = handle.read()
-            head = (f"--{BULK_DOWNLOAD_BOUNDARY}\r\nContent-Disposition: {content_disposition('file', requested)}\r\n"
-                    f"Content-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n\r\n")
-        else:
-            is_directory = os.path.isdir(host_path)
-            error = {"message": (f"path '{sandbox_path}' is a directory" if is_directory
-                                 else f"file '{sandbox_path}' does not exist"),
-                     "statusCode": 400 if is_directory else 404,
-                     "code": "IS_DIRECTORY" if is_directory else "FILE_NOT_FOUND", "source": requested}
-            content = json.dumps(error).encode()
-            head = (f"--{BULK_DOWNLOAD_BOUNDARY}\r\nContent-Disposition: {content_disposition('error', requested)}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n")
-        await response.write(head.encode() + content + b"\r\n")
+        except IsADirectoryError:
+            await response.write(download_error_part(request, requested, 400, "INVALID_FILE_PATH",
+                                                     f"invalid file path: path points to a directory: {requested}"))
+            continue
+        except FileNotFoundError:
+            await response.write(download_error_part(request, requested, 404, "FILE_NOT_FOUND",
+                                                     f"file not found: {requested}"))
+            continue
+        except PermissionError:
+            await response.write(download_error_part(request, requested, 403, "FILE_ACCESS_DENIED",
+                                                     f"permission denied: {requested}"))
+            continue
+        head = (f"--{BULK_DOWNLOAD_BOUNDARY}\r\nContent-Disposition: {content_disposition('file', requested)}\r\n"
+                f"Content-Length: {len(content)}\r\nContent-Type: {content_type_for(requested)}\r\n\r\n")
+        await response.write(head.encode("latin-1", "replace") + content + b"\r\n")
     await response.write(f"--{BULK_DOWNLOAD_BOUNDARY}--\r\n".encode())
     await response.write_eof()
     return response

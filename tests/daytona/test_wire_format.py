@@ -310,6 +310,14 @@ def test_lifecycle_routes_should_answer_as_the_spec_says(raw, raw_sandbox):
     assert len(listed["items"]) == 1 and "nextCursor" in listed
 
 
+def test_create_should_refuse_resources_with_a_snapshot_as_the_api_does(raw):
+    refused = raw.api("POST", "/sandbox", json={"snapshot": "daytonaio/sandbox:latest", "cpu": 2})
+    assert (refused.status_code, refused.json()["message"]) == (
+        400, "Cannot specify Sandbox resources when using a snapshot")
+    mixed = raw.api("POST", "/sandbox", json={"snapshot": "x", "buildInfo": {"dockerfileContent": "FROM alpine"}})
+    assert mixed.status_code == 400
+
+
 def test_request_log_should_count_requests_without_credentials(server, raw, raw_sandbox):
     start = server.next_request_sequence()
     raw.toolbox("GET", raw_sandbox["id"], "/files")

@@ -81,7 +81,7 @@ def json_response(status: int, body: Any, headers: Optional[dict] = None) -> web
 
 def api_error(request: web.Request, status: int, message: str, headers: Optional[dict] = None) -> web.Response:
     """The main API's NestJS error body."""
-    return json_response(status, {"path": request.path, "timestamp": rfc3339(time.time()), "statusCode": status,
+    return json_response(status, {"path": request.path_qs, "timestamp": rfc3339(time.time()), "statusCode": status,
                                   "error": HTTP_STATUS_TEXT.get(status, "Error"), "message": message}, headers)
 
 
@@ -878,6 +878,12 @@ async def create_sandbox(request: web.Request, fake: FakeDaytona) -> web.StreamR
     if not all(isinstance(value, str) for value in list(labels.values()) + list(env.values())):
         return api_error(request, 400, "labels and env values must be strings")
     snapshot_name = body.get("snapshot")
+    # The API's own checks (sandbox.controller.ts, v0.190): resources come from the snapshot unless building an image.
+    if body.get("buildInfo"):
+        if snapshot_name:
+            return api_error(request, 400, "Cannot specify a snapshot when using a build info entry")
+    elif body.get("cpu") or body.get("gpu") or body.get("memory") or body.get("disk"):
+        return api_error(request, 400, "Cannot specify Sandbox resources when using a snapshot")
     snapshot = fake.snapshots.get(snapshot_name) if snapshot_name else None
     if snapshot is not None and snapshot["state"] != "active":
         return api_error(request, 400, f"Snapshot {snapshot_name} is {snapshot['state']}")
@@ -1081,18 +1087,19 @@ async def handle_api(request: web.Request, fake: FakeDaytona, path: str) -> web.
             sandbox.auto_archive_interval = minutes
         else:
             sandbox.auto_delete_interval = minutes
-        return web.Response(status=201)
+        # NestJS answers a POST without @HttpCode with 201, here with the updated sandbox.
+        return json_response(201, sandbox.json(proxy_url))
     public = re.match(r"^/public/(true|false)$", action)
     if public and method == "POST":
         sandbox.public = public.group(1) == "true"
-        return web.Response(status=201)
+        return json_response(201, sandbox.json(proxy_url))
     if action == "/labels" and method == "PUT":
         body = await read_json_body(request)
         labels = (body or {}).get("labels") if isinstance(body, dict) else None
         if not isinstance(labels, dict):
             return api_error(request, 400, "labels must be an object")
         sandbox.labels = {str(key): str(value) for key, value in labels.items()}
-        return json_response(200, {"labels": sandbox.labels})
+        return json_response(200, sandbox.json(proxy_url))
     preview = re.match(r"^/ports/(\d+)/preview-url$", action)
     if preview and method == "GET":
         port = int(preview.group(1))

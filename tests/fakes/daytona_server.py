@@ -1335,7 +1335,9 @@ def shell_program() -> str:
 async def handle_toolbox(request: web.Request, fake: FakeDaytona, sandbox_id: str, path: str) -> web.StreamResponse:
     sandbox = fake.sandboxes.get(sandbox_id)
     if sandbox is None:
-        return toolbox_error(request, 404, "sandbox not found")
+        # The proxy asks the API whether the key may use this sandbox; for one that does not exist (any more) the
+        # answer is no, so it reports a bad token (its 2-minute cache may instead let a just-deleted one through).
+        return toolbox_error(request, 401, "authentication failed: Bearer token is invalid")
     if sandbox.state != "started":
         return toolbox_error(request, 400, f"failed to reach the toolbox of sandbox {sandbox_id} "
                                            f"(state: {sandbox.state}). Is the Sandbox started?")

@@ -13,6 +13,7 @@ import pytest
 from daytona import (
     CreateSandboxFromImageParams,
     CreateSandboxFromSnapshotParams,
+    DaytonaError,
     DaytonaNotFoundError,
     FileDownloadRequest,
     FileUpload,
@@ -241,6 +242,9 @@ def test_exit_in_a_session_command_should_end_the_session_shell_without_an_exit_
     time.sleep(0.3)
     assert sandbox.process.get_session_command("exiting", started.cmd_id).exit_code is None
     assert sandbox.process.get_session_command_logs("exiting", started.cmd_id).stdout == "bye\n"
+    # The session is unusable from then on: the daemon cannot write the next command to the dead shell.
+    with pytest.raises(DaytonaError):
+        sandbox.process.execute_session_command("exiting", SessionExecuteRequest(command="true"))
     sandbox.process.create_session("wrapped")
     result = sandbox.process.execute_session_command("wrapped", SessionExecuteRequest(
         command="bash -c 'echo bye; exit 3'"))

@@ -17,6 +17,9 @@ file API, `process/execute`'s `cwd` and every command's working directory use th
 set to the mapped home and `DAYTONA_FAKE_SANDBOX_ROOT` set to the mapped `/`. Session commands have no `cwd` field in
 Daytona's API, so clients `cd` in the command text: the fake rewrites the sandbox user's home directory
 (`/home/daytona`) where it starts a path in command text; no other absolute path is rewritten.
+
+Behaviour follows Daytona's own code at v0.190.0 (daemon, proxy and API), then the official SDK's parsing, then the
+OpenAPI spec; tests/fakes/daytona_server.md describes every route and lists the deviations.
 """
 
 from __future__ import annotations
@@ -118,11 +121,6 @@ def parse_version(text: Optional[str]) -> Optional[tuple]:
         return None
     match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", text.strip())
     return tuple(int(part) for part in match.groups()) if match else None
-
-
-def exit_code_from_returncode(returncode: int) -> int:
-    """What a shell reports in `$?`: a process killed by signal N exits 128+N."""
-    return returncode if returncode >= 0 else 128 - returncode
 
 
 # ---------------------------------------------------------------------------------------------------------------

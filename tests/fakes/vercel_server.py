@@ -977,6 +977,9 @@ class StreamGuard:
             if len(command.log_lines) == seen_lines and command.exit_code is None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(command.changed.wait(), timeout=TICK_SECONDS * 2)
+                return
+        # Nothing to wait for: still yield, so a caller's loop never starves the pumps of the event loop.
+        await asyncio.sleep(0)
 
 
 async def stream_command(guard: StreamGuard, command: SessionCommand, generation: str, with_logs: bool,
@@ -998,7 +1001,7 @@ async def stream_command(guard: StreamGuard, command: SessionCommand, generation
             if (command.exit_code is None or unsent) and stop_grace_ticks > 0:
                 # Let the pump collect what the killed process printed last, then send it before the error.
                 stop_grace_ticks -= 1
-                await guard.wait_for_change(command, delivered)
+                await guard.wait_for_change(command, delivered if with_logs else len(command.log_lines))
                 continue
             await guard.write_line({"stream": "error", "data": {"code": "sandbox_stopped",
                                                                 "message": "The sandbox has stopped."}})
@@ -1012,7 +1015,7 @@ async def stream_command(guard: StreamGuard, command: SessionCommand, generation
             guard.cut()
         if guard.client_gone():
             return
-        await guard.wait_for_change(command, delivered)
+        await guard.wait_for_change(command, delivered if with_logs else len(command.log_lines))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -166,6 +166,59 @@ class RequestLogEntry:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def process_group_members(leader: int) -> list[int]:
+    """The processes of `leader`'s process group other than the leader (read from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == leader:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                status = handle.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, pgrp, …
+        fields = status[status.rindex(")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == leader:
+            members.append(int(entry))
+    return members
+
+
+def bubblewrap_root_arguments() -> list[str]:
+    """bwrap arguments that rebuild the host's `/` on a fresh root, leaving `/vercel` free for each session's own.
+
+    Why a fresh root instead of binding `/` whole: the mount point `/vercel` must not be created on the host.
+    """
+    arguments: list[str] = []
+    for name in sorted(os.listdir("/")):
+        if name in ("proc", "dev", "vercel"):
+            continue
+        host_path = "/" + name
+        if os.path.islink(host_path):
+            arguments += ["--symlink", os.readlink(host_path), host_path]
+        else:
+            arguments += ["--dev-bind", host_path, host_path]
+    return arguments + ["--proc", "/proc", "--dev-bind", "/dev", "/dev"]
+
+
+def probe_bubblewrap() -> Optional[list[str]]:
+    """The root arguments when bwrap works here (installed, and allowed to make mount namespaces), else None."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None
+    arguments = bubblewrap_root_arguments()
+    with tempfile.TemporaryDirectory(prefix="vercel-fake-probe-") as probe_directory:
+        os.makedirs(os.path.join(probe_directory, "sandbox"))
+        try:
+            import subprocess
+
+            finished = subprocess.run([bwrap, *arguments, "--bind", probe_directory, "/vercel", "--chdir",
+                                       "/vercel/sandbox", "true"], capture_output=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return arguments if finished.returncode == 0 else None
+
+
 class SessionCommand:
     """A real OS process (its own process group) whose output is kept whole, so the logs endpoint replays it."""
 
@@ -189,6 +242,8 @@ class SessionCommand:
         self.pump_task: Optional[asyncio.Task] = None
         # Set when the session's end killed it: its streams end with an error line, not with an exit code.
         self.killed_by_stop = False
+        # True when the process is bwrap, with the command as its child.
+        self.isolated = False
 
     async def notify(self) -> None:
         async with self.changed:
@@ -218,6 +273,19 @@ class SessionCommand:
         await self.notify()
 
     def signal_group(self, signal_number: int) -> None:
+        """Signals the command's process group; under bubblewrap, everyone in it but bwrap itself.
+
+        Why spare bwrap: it passes its child's exit status on (128 + the signal when the signal killed it, or the
+        code a trap chose), which it cannot do once the same signal has killed it. If the child is not there yet,
+        bwrap gets the signal, so it is never lost.
+        """
+        if self.isolated and signal_number != signal.SIGKILL:
+            members = process_group_members(self.pid)
+            if members:
+                for member in members:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(member, signal_number)
+                return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal_number)
 
@@ -429,6 +497,9 @@ class ServerSettings:
     root: str
     team_id: Optional[str] = None
     exit_when_stdin_closes: bool = False
+    # The bubblewrap arguments that rebuild the host's `/` (all but /vercel) for each command; None runs commands
+    # directly, where an absolute `/vercel/...` in command text means the host's.
+    bubblewrap_root_arguments: Optional[list] = None
 
 
 class FakeVercel:
@@ -800,6 +871,8 @@ async def handle_admin(request: web.Request, fake: FakeVercel) -> web.StreamResp
         if method == "DELETE":
             fake.reset_faults()
             return json_response(200, fake.faults.to_json())
+    if path == "/_admin/info" and method == "GET":
+        return json_response(200, {"isolation": "none" if fake.settings.bubblewrap_root_arguments is None else "bwrap"})
     if path == "/_admin/clock":
         if method == "POST":
             body = await request.json()
@@ -1252,15 +1325,29 @@ async def start_command(fake: FakeVercel, session: Session, body: dict) -> Sessi
     environment.update({str(key): str(value) for key, value in session.env.items()})
     environment.update({str(key): str(value) for key, value in env.items()})
     now = fake.clock.now_ms()
+    program = [name, *args]
+    root_arguments = fake.settings.bubblewrap_root_arguments
+    if root_arguments is not None:
+        # bwrap reports a missing program only on stderr, so look first: Vercel refuses to start it.
+        if "/" in name:
+            found = os.access(session.host_path_for(session.sandbox_path_for(name, cwd)), os.X_OK)
+        else:
+            found = shutil.which(name, path=environment["PATH"]) is not None
+        if not found:
+            raise ApiFailure(400, "bad_request", f"Could not start `{name}`: No such file or directory")
+        inside_cwd = cwd if cwd == "/vercel" or cwd.startswith("/vercel/") else host_cwd
+        program = ["bwrap", *root_arguments, "--bind", session.host_path_for("/vercel"), "/vercel",
+                   "--chdir", inside_cwd, "--", *program]
     try:
         popen = await asyncio.create_subprocess_exec(
-            name, *args, cwd=host_cwd, env=environment, stdin=asyncio.subprocess.DEVNULL,
+            *program, cwd=host_cwd, env=environment, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             # A new session makes the process a group leader, so signals reach the whole tree (killpg).
             start_new_session=True)
     except (FileNotFoundError, PermissionError, NotADirectoryError) as error:
         raise ApiFailure(400, "bad_request", f"Could not start `{name}`: {error.strerror}")
     command = SessionCommand(session, popen, name, args, cwd, now, now + timeout_ms if timeout_ms else None)
+    command.isolated = root_arguments is not None
     session.commands[command.command_id] = command
     command.pump_task = asyncio.get_running_loop().create_task(command.pump_output(fake.clock))
     return command
@@ -1627,6 +1714,10 @@ def main() -> None:
                         help="directory holding one private directory per session (default: a temp dir)")
     parser.add_argument("--exit-when-stdin-closes", action="store_true",
                         help="stop (and kill every process tree) when stdin reaches end of file")
+    parser.add_argument("--isolation", choices=("auto", "bwrap", "none"),
+                        default=os.environ.get("VERCEL_FAKE_ISOLATION", "auto"),
+                        help="run commands under bubblewrap so /vercel is the session's own: auto (when bwrap works), "
+                             "bwrap (required), none (env VERCEL_FAKE_ISOLATION)")
     arguments = parser.parse_args()
     # stdout carries only the LISTENING line; logs and error traces go to stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="vercel-fake %(levelname)s %(message)s")
@@ -1637,6 +1728,15 @@ def main() -> None:
     os.makedirs(arguments.root, exist_ok=True)
     settings = ServerSettings(token=arguments.token, root=os.path.abspath(arguments.root), team_id=arguments.team_id,
                               exit_when_stdin_closes=arguments.exit_when_stdin_closes)
+    if arguments.isolation != "none":
+        settings.bubblewrap_root_arguments = probe_bubblewrap()
+        if settings.bubblewrap_root_arguments is None:
+            if arguments.isolation == "bwrap":
+                print("vercel-fake: --isolation bwrap, but bwrap is missing or cannot make a mount namespace here "
+                      "(Debian: apt-get install -y bubblewrap)", file=sys.stderr)
+                sys.exit(2)
+            logging.warning("bwrap is unavailable: commands run without isolation, and /vercel in command text "
+                            "means the host's")
     try:
         asyncio.run(serve(arguments.host, arguments.port, FakeVercel(settings)))
     finally:

@@ -9,10 +9,10 @@ from fake_vercel_client import FakeVercelServer, RawVercelClient, v2_session_pat
 TOKEN = "vercel_fake_conformance_token_0123456789"
 
 
-def start_server(tmp_path_factory, label: str) -> FakeVercelServer:
+def start_server(tmp_path_factory, label: str, *extra_arguments: str) -> FakeVercelServer:
     root = tmp_path_factory.mktemp(f"vercel-fake-root-{label}")
     log_path = str(tmp_path_factory.mktemp(f"vercel-fake-log-{label}") / "server.log")
-    return FakeVercelServer(TOKEN, str(root), log_path).start()
+    return FakeVercelServer(TOKEN, str(root), log_path, extra_arguments).start()
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +51,11 @@ def session(client) -> dict:
     created["path"] = v2_session_path(created["session"]["id"])
     yield created
     client.request("POST", f"{created['path']}/stop")
+
+
+@pytest.fixture
+def unisolated_server(tmp_path_factory) -> FakeVercelServer:
+    """A server that runs commands directly on the host (`--isolation none`), as it does where bwrap is missing."""
+    fake = start_server(tmp_path_factory, "unisolated", "--isolation", "none")
+    yield fake
+    fake.stop()

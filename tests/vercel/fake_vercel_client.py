@@ -25,7 +25,8 @@ PROJECT_ID = "prj_fake_conformance"
 class FakeVercelServer:
     """One running `tests/fakes/vercel_server.py` subprocess."""
 
-    def __init__(self, token: str, root: str, log_path: str):
+    def __init__(self, token: str, root: str, log_path: str, extra_arguments: tuple = ()):
+        self.extra_arguments = list(extra_arguments)
         self.token = token
         self.root = root
         self.log_path = log_path
@@ -35,7 +36,8 @@ class FakeVercelServer:
     def start(self, startup_timeout_seconds: float = 20.0) -> "FakeVercelServer":
         self.log_handle = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, SERVER_SCRIPT, "--port", "0", "--token", self.token, "--root", self.root],
+            [sys.executable, SERVER_SCRIPT, "--port", "0", "--token", self.token, "--root", self.root,
+             *self.extra_arguments],
             stdout=subprocess.PIPE, stderr=self.log_handle,
         )
         first_line: list[bytes] = []
@@ -93,6 +95,9 @@ class FakeVercelServer:
         if session_id:
             params["sessionId"] = session_id
         return httpx.get(f"{self.url}/_admin/requests", params=params).json()
+
+    def isolation(self) -> str:
+        return httpx.get(f"{self.url}/_admin/info").json()["isolation"]
 
     def admin_state(self) -> dict:
         return httpx.get(f"{self.url}/_admin/sandboxes").json()

@@ -984,7 +984,7 @@ def generation_of(request: web.Request) -> str:
 class StreamGuard:
     """Tracks one streamed answer: the bytes written, the faults that will cut it, and the session it belongs to."""
 
-    def __init__(self, request: web.Request, fake: FakeVercel, session: Session):
+    def __init__(self, request: web.Request, fake: FakeVercel, session: Session, ndjson: bool = True):
         self.request = request
         self.fake = fake
         self.session = session
@@ -994,7 +994,8 @@ class StreamGuard:
         faults = fake.faults
         in_scope = fake.fault_applies_to(request.get("scope", set()))
         self.cut_after_bytes: Optional[int] = None
-        if in_scope and faults.cut_stream_after_bytes is not None and faults.cut_stream_count > 0:
+        # The byte cut is for NDJSON bodies; a blocking wait answers one small JSON object and must not use it up.
+        if ndjson and in_scope and faults.cut_stream_after_bytes is not None and faults.cut_stream_count > 0:
             self.cut_after_bytes = int(faults.cut_stream_after_bytes)
             faults.cut_stream_count -= 1
             if faults.cut_stream_count <= 0:
@@ -1386,7 +1387,7 @@ async def get_command(request: web.Request, fake: FakeVercel, session: str, comm
         raise ApiFailure(410, "sandbox_stopped", "The sandbox has stopped; its commands are gone.")
     selected = command_for(found, command)
     if request.query.get("wait") == "true" and selected.exit_code is None:
-        guard = StreamGuard(request, fake, found)
+        guard = StreamGuard(request, fake, found, ndjson=False)
         try:
             while selected.exit_code is None:
                 if found.status != "running":

@@ -193,3 +193,12 @@ def test_request_counts_by_route(server, client, session):
     }
     assert [entry["status"] for entry in log["requests"]] == [200, 200, 200]
     assert log["requests"][0]["body"] == {"command": "true", "args": []}
+
+
+def test_a_blocking_wait_does_not_use_up_a_byte_cut(server, client, session):
+    command = client.start_command(session["path"], "sh", ["-c", "sleep 0.2; echo done"])
+    server.set_faults(cutStreamAfterBytes=10, sandbox=session["session"]["id"])
+    waited = client.request("GET", f"{session['path']}/cmd/{command['id']}", params={"wait": "true"})
+    assert waited.json()["command"]["exitCode"] == 0
+    logs = client.stream("GET", f"{session['path']}/cmd/{command['id']}/logs")
+    assert not logs.completed and len(logs.raw) == 10

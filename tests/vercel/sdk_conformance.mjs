@@ -160,6 +160,17 @@ try {
     assert.throws(() => sandbox.domain(4000), /No route for port 4000/);
   });
 
+  await step("update({ports}) adds a route (PATCH), and Sandbox.get and Sandbox.list find the sandbox", async () => {
+    await sandbox.update({ ports: [3000, 4000] });
+    const session = await adminSession(sandbox.currentSession().sessionId);
+    assert.equal(sandbox.domain(4000), `https://${session.routes.find((route) => route.port === 4000).subdomain}.vercel.run`);
+    const found = await Sandbox.get({ ...credentials, name: sandbox.name });
+    assert.equal(found.currentSession().sessionId, sandbox.currentSession().sessionId);
+    assert.equal(found.domain(4000), sandbox.domain(4000));
+    const listed = await (await Sandbox.list({ ...credentials })).toArray();
+    assert.ok(listed.some((entry) => entry.name === sandbox.name));
+  });
+
   let snapshotId;
   await step("snapshot() stops the session, and a sandbox created from the snapshot has the files", async () => {
     const snapshot = await sandbox.snapshot();

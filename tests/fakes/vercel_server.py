@@ -762,13 +762,13 @@ def as_list(value: Any) -> list:
 
 SESSION_PREFIX = r"^/v[23]/sandboxes/sessions/(?P<session>[^/]+)"
 V1_PREFIX = r"^/v1/sandboxes/(?P<session>(?!snapshots(?:/|$))[^/]+)"
-# (method, pattern, handler name, route template); the first match wins.
-ROUTES: list[tuple[str, re.Pattern, str, str]] = []
+# (method, pattern, handler, route template); the patterns are anchored and disjoint, so order does not matter.
+ROUTES: list[tuple[str, re.Pattern, Any, str]] = []
 
 
 def route(method: str, pattern: str, template: str):
     def register(handler):
-        ROUTES.append((method, re.compile(pattern + "$"), handler.__name__, template))
+        ROUTES.append((method, re.compile(pattern + "$"), handler, template))
         return handler
 
     return register
@@ -805,10 +805,10 @@ async def front_door(request: web.Request, handler) -> web.StreamResponse:
 
 async def dispatch(request: web.Request, fake: FakeVercel, api_path: str, entry: RequestLogEntry) -> web.StreamResponse:
     matched = None
-    for method, pattern, handler_name, template in ROUTES:
+    for method, pattern, handler, template in ROUTES:
         match = pattern.match(api_path)
         if match and method == request.method:
-            matched = (match, handler_name, template)
+            matched = (match, handler, template)
             break
     session_id = sandbox_name = None
     if matched:
@@ -851,9 +851,8 @@ async def dispatch(request: web.Request, fake: FakeVercel, api_path: str, entry:
 
     if not matched:
         return api_error(404, "not_found", f"No route for {request.method} {request.path}.")
-    handler = globals()[matched[1]]
     request["scope"] = scope
-    return await handler(request, fake, **matched[0].groupdict())
+    return await matched[1](request, fake, **matched[0].groupdict())
 
 
 async def handle_admin(request: web.Request, fake: FakeVercel) -> web.StreamResponse:

@@ -25,6 +25,7 @@ write_environment_file() {
         echo "SANDLINK_TEST_PYTHON=$venv_directory/bin/python"
         echo "SANDLINK_E2B_FAKE_SERVER=$repo_root/tests/fakes/e2b_server.py"
         echo "SANDLINK_DAYTONA_FAKE_SERVER=$repo_root/tests/fakes/daytona_server.py"
+        echo "SANDLINK_VERCEL_FAKE_SERVER=$repo_root/tests/fakes/vercel_server.py"
     } > "$repo_root/tests/.run/python.env"
 }
 

@@ -34,6 +34,7 @@ import {
     type ServerState,
     type ViewState,
 } from "./status";
+import type { TrackedRun } from "./sessions_tree";
 import { shownCommand } from "./tasks";
 import { writeTestLog } from "./test_log";
 
@@ -47,6 +48,9 @@ export type RunTarget = { command: string } | { task: string };
 function runLabel(target: RunTarget): string {
     return "task" in target ? `task ${shownCommand(target.task)}` : target.command;
 }
+
+/** The action on a `limitReached` error that opens the Sessions view. */
+const showSessionsChoice = "Show Sessions";
 
 /** The answer that trusts the workspace in the "not trusted" dialog; any other answer (or none) trusts nothing. */
 export const trustWorkspaceChoice = "Trust workspace";
@@ -95,6 +99,14 @@ export class Ctx implements vscode.Disposable {
     private runsStarted = 0;
     private readonly runRouter = new RunRouter();
     private readonly activeRuns = new Map<string, ActiveRun>();
+    /** Runs started from this window, running and finished, oldest first, for the Sessions view. */
+    private readonly trackedRuns: TrackedRun[] = [];
+    /** Fired when anything the Sessions view draws from this window changes (session, runs, previews). */
+    private readonly viewChanged = new vscode.EventEmitter<void>();
+    readonly onDidChangeView = this.viewChanged.event;
+    /** Fired when the window's session starts or ends, so the Sessions view asks the server for the list again. */
+    private readonly sessionChanged = new vscode.EventEmitter<void>();
+    readonly onDidChangeSession = this.sessionChanged.event;
     private readonly disposables: vscode.Disposable[] = [];
 
     private client: LanguageClient | undefined;
@@ -122,7 +134,7 @@ export class Ctx implements vscode.Disposable {
         this.statusBarItem.name = "sandlink";
         this.statusBarItem.command = commandIds.showActions;
         this.statusBarItem.show();
-        this.disposables.push(this.logChannel, this.runsChannel, this.statusBarItem);
+        this.disposables.push(this.logChannel, this.runsChannel, this.statusBarItem, this.viewChanged, this.sessionChanged);
         this.refreshView();
     }
 
@@ -148,6 +160,10 @@ export class Ctx implements vscode.Disposable {
 
     get activeRunList(): ActiveRun[] {
         return [...this.activeRuns.values()];
+    }
+
+    get trackedRunList(): readonly TrackedRun[] {
+        return this.trackedRuns;
     }
 
     viewState(): ViewState {
@@ -369,10 +385,16 @@ export class Ctx implements vscode.Disposable {
         if (kind === "credentialsMissing") {
             actions.push("Set Credential");
         }
+        // The limit counts kept sandboxes too; the Sessions view lists them and removes the ones no longer needed.
+        if (kind === "limitReached") {
+            actions.push(showSessionsChoice);
+        }
         actions.push("Show Log");
         void vscode.window.showErrorMessage(`sandlink: ${message}`, ...actions).then((choice) => {
             if (choice === "Set Credential") {
                 void vscode.commands.executeCommand(commandIds.setCredential);
+            } else if (choice === showSessionsChoice) {
+                void vscode.commands.executeCommand(commandIds.showSessions);
             } else if (choice === "Show Log") {
                 this.logChannel.show();
             }
@@ -388,6 +410,7 @@ export class Ctx implements vscode.Disposable {
         this.knownConflictPaths = new Set(session.sync.conflicts.map((conflict) => conflict.path));
         writeTestLog("connected", { sessionId: session.sessionId, driver: session.driver, state: session.state });
         this.refreshView();
+        this.sessionChanged.fire();
     }
 
     forgetSession(): void {
@@ -396,6 +419,7 @@ export class Ctx implements vscode.Disposable {
         this.knownConflictPaths.clear();
         writeTestLog("disconnected", { sessionId });
         this.refreshView();
+        this.sessionChanged.fire();
     }
 
     /** Updates the session from `sandlink/status`, e.g. after a sync or an extend. */
@@ -549,6 +573,12 @@ export class Ctx implements vscode.Disposable {
             return undefined;
         }
         this.activeRuns.set(runId, { runId, commandLine, channelKey });
+        const tracked: TrackedRun = { runId, sessionId: session.sessionId, label: commandLine, startedAt: new Date().toISOString() };
+        this.trackedRuns.push(tracked);
+        // Enough for the view's recent runs of a few sessions; the runs channel keeps the full history.
+        if (this.trackedRuns.length > 100) {
+            this.trackedRuns.splice(0, this.trackedRuns.length - 100);
+        }
         writeTestLog("runStarted", { runId, commandLine, task: "task" in target ? target.task : undefined });
         this.refreshView();
         const sink: RunSink = {
@@ -560,6 +590,7 @@ export class Ctx implements vscode.Disposable {
                 this.runsWriter.exit(channelKey, exit);
                 this.runsAppender.flush();
                 this.activeRuns.delete(runId);
+                tracked.exit = exit;
                 writeTestLog("runExit", { ...exit });
                 this.refreshView();
             },
@@ -657,6 +688,12 @@ export class Ctx implements vscode.Disposable {
         }
         this.runsAppender.flush();
         this.activeRuns.clear();
+        // Their sessions died with the server, and the view lists sessions, so the lost runs leave it too.
+        for (let index = this.trackedRuns.length - 1; index >= 0; index--) {
+            if (this.trackedRuns[index].exit === undefined) {
+                this.trackedRuns.splice(index, 1);
+            }
+        }
     }
 
     // -----------------------------------------------------------------------------------------------------------------
@@ -679,6 +716,7 @@ export class Ctx implements vscode.Disposable {
                 void vscode.commands.executeCommand("setContext", key, value);
             }
         }
+        this.viewChanged.fire();
         if (text !== this.lastLoggedStatusText) {
             this.lastLoggedStatusText = text;
             writeTestLog("statusBar", { text });

@@ -21,6 +21,7 @@ export const commandIds = {
     showLog: "sandlink.showLog",
     showActions: "sandlink.showActions",
     compareConflict: "sandlink.compareConflict",
+    showSessions: "sandlink.showSessions",
 } as const;
 
 export type CommandId = (typeof commandIds)[keyof typeof commandIds];
@@ -217,6 +218,7 @@ export function isCommandEnabled(commandId: CommandId, state: ViewState): boolea
         case commandIds.compareConflict:
             return context[contextKeys.hasConflicts];
         case commandIds.restore:
+        case commandIds.showSessions:
         case commandIds.manageProfiles:
         case commandIds.setCredential:
             return context[contextKeys.serverRunning];
@@ -269,6 +271,7 @@ export function availableActions(state: ViewState): StatusAction[] {
         { commandId: commandIds.disconnect, label: "$(debug-disconnect) Disconnect" },
         { commandId: commandIds.connect, label: "$(plug) Connect" },
         { commandId: commandIds.restore, label: "$(history) Restore" },
+        { commandId: commandIds.showSessions, label: "$(list-tree) Show Sessions", description: "kept sandboxes too" },
         { commandId: commandIds.manageProfiles, label: "$(list-unordered) Manage Profiles" },
         { commandId: commandIds.setCredential, label: "$(key) Set Credential" },
         { commandId: commandIds.showLog, label: "$(output) Show Log" },

@@ -356,3 +356,24 @@ test('runs_should_be_listed_running_first_then_the_newest_finished_ones', functi
   assert_equal('[exit 2 after 1.5 s] make  (a)', sessions.describe_run(listed[3], output.exit_line), 'finished')
   assert_equal(2, #sessions.runs_to_list(runs, '/w', 1), 'the limit applies to finished runs')
 end)
+
+test('a_connect_refused_for_too_many_sandboxes_should_name_the_command_that_lists_them', function()
+  local client, commands = require('sandlink.client'), require('sandlink.commands')
+  local original_request = client.request
+  client.request = function(_, method, _, on_result)
+    if method == 'sandlink/connect' then
+      on_result({ code = -32004, message = 'There are already 10 sandboxes (the limit is 10).', data = { kind = 'limitReached' } })
+    end
+  end
+  local captured, stop = harness.capture_notifications()
+  local refused
+  local ok, err = pcall(commands.connect, { workspace = { root_dir = vim.fn.getcwd(), connect_waiters = {} } }, function(connect_err)
+    refused = connect_err
+  end)
+  stop()
+  client.request = original_request
+  assert_true(ok, tostring(err))
+  assert_equal('limitReached', refused and refused.data.kind, 'the refusal is passed on')
+  assert_true(harness.find_notification(captured, 'already 10 sandboxes') ~= nil, vim.inspect(captured))
+  assert_true(harness.find_notification(captured, ':Sandlink sessions lists every sandbox') ~= nil, vim.inspect(captured))
+end)

@@ -210,6 +210,10 @@ function commands.connect(options, on_done)
     if what then
       notify_error(what, err)
     end
+    if type(err) == 'table' and type(err.data) == 'table' and err.data.kind == protocol.error_kind.limit_reached then
+      -- The limit counts kept sandboxes too, which are easy to forget; say where this editor lists and removes them.
+      notify(':Sandlink sessions lists every sandbox and removes the ones you no longer need', vim.log.levels.WARN)
+    end
     finish_all(err)
   end
   -- `connecting` stays set while the user reads the trust prompt, so a second connect waits for this one.

@@ -6,7 +6,7 @@ import { credentialChoices } from "./credentials";
 import { describeError, remoteFileScheme, type Ctx, type RunTarget } from "./ctx";
 import * as protocol from "./protocol";
 import { formatDuration } from "./run_output";
-import { reattachChoices, sessionsViewId } from "./sessions_tree";
+import { reattachChoices, sessionsViewCommandIds, sessionsViewId } from "./sessions_tree";
 import { commandIds, isCommandEnabled, type CommandId } from "./status";
 import { rememberCommand, shownCommand, taskNamed } from "./tasks";
 import { writeTestLog } from "./test_log";
@@ -762,9 +762,12 @@ export function showLog(ctx: Ctx): Cmd {
     return () => ctx.logChannel.show();
 }
 
-/** Opens the Sessions view (also the action of the "too many sandboxes" error). */
+/** Opens the Sessions view with a fresh list (also the action of the "too many sandboxes" error). */
 export function showSessions(_ctx: Ctx): Cmd {
-    return () => vscode.commands.executeCommand(`${sessionsViewId}.focus`);
+    return async () => {
+        await vscode.commands.executeCommand(`${sessionsViewId}.focus`);
+        await vscode.commands.executeCommand(sessionsViewCommandIds.refresh);
+    };
 }
 
 export function showActions(ctx: Ctx): Cmd {

@@ -247,7 +247,12 @@ function sessionNode(session: SessionInfo, input: SessionsTreeInput): SessionNod
     const standing = sessionStanding(session, input.currentSession?.sessionId);
     const lastActive = formatAge(session.lastActivity, input.nowMs);
     const workspace = folderName(session.workspaceFolder);
-    const description = [standingWords[standing], session.driver, workspace, lastActive && `active ${lastActive}`]
+    const description = [
+        standingWords[standing],
+        session.profile ? `${session.profile} (${session.driver})` : session.driver,
+        workspace,
+        lastActive && `active ${lastActive}`,
+    ]
         .filter((part) => part)
         .join(" · ");
     const tooltipLines = [
@@ -265,7 +270,8 @@ function sessionNode(session: SessionInfo, input: SessionsTreeInput): SessionNod
     return {
         kind: "session",
         id: `session:${session.sessionId}`,
-        label: session.profile ?? session.driver,
+        // The id, as `sandlink sessions` and the Connect picker name it, so one sandbox reads the same everywhere.
+        label: session.sessionId,
         description,
         tooltip: tooltipLines.join("\n"),
         icon: standingIcons[standing],

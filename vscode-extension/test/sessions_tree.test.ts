@@ -112,6 +112,9 @@ test("a session's description says where it stands, its driver, its workspace an
     assert.equal(keptNode.description, "kept · local · app · active 2 h ago");
     assert.equal(orphanNode.description, "left by an exited sandlink · local · app · active 1 min ago");
     assert.match(keptNode.tooltip ?? "", /Kept; connect again/);
+    assert.equal(keptNode.label, "local-kept", "labelled with the id, as the CLI and the Connect picker name it");
+    const [profileNode] = sessionNodes(input({ sessions: [{ ...kept, profile: "dev" }] }));
+    assert.equal(profileNode.description, "kept · dev (local) · app · active 2 h ago");
     const [otherNode] = sessionNodes(input({ sessions: [otherWorkspace] }));
     assert.match(otherNode.tooltip ?? "", /open that folder to re-attach it/);
 });

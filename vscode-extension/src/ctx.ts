@@ -575,9 +575,14 @@ export class Ctx implements vscode.Disposable {
         this.activeRuns.set(runId, { runId, commandLine, channelKey });
         const tracked: TrackedRun = { runId, sessionId: session.sessionId, label: commandLine, startedAt: new Date().toISOString() };
         this.trackedRuns.push(tracked);
-        // Enough for the view's recent runs of a few sessions; the runs channel keeps the full history.
-        if (this.trackedRuns.length > 100) {
-            this.trackedRuns.splice(0, this.trackedRuns.length - 100);
+        // Enough for the view's recent runs of a few sessions (the runs channel keeps the full history); a run still
+        // going is never dropped, however old.
+        for (let index = 0; this.trackedRuns.length > 100 && index < this.trackedRuns.length; ) {
+            if (this.trackedRuns[index].exit !== undefined) {
+                this.trackedRuns.splice(index, 1);
+            } else {
+                index++;
+            }
         }
         writeTestLog("runStarted", { runId, commandLine, task: "task" in target ? target.task : undefined });
         this.refreshView();

@@ -25,6 +25,7 @@ import {
     availableActions,
     commandContext,
     conflictSummary,
+    errorActions,
     newConflicts,
     isSessionLive,
     secondsUntilExpiry,
@@ -48,9 +49,6 @@ export type RunTarget = { command: string } | { task: string };
 function runLabel(target: RunTarget): string {
     return "task" in target ? `task ${shownCommand(target.task)}` : target.command;
 }
-
-/** The action on a `limitReached` error that opens the Sessions view. */
-const showSessionsChoice = "Show Sessions";
 
 /** The answer that trusts the workspace in the "not trusted" dialog; any other answer (or none) trusts nothing. */
 export const trustWorkspaceChoice = "Trust workspace";
@@ -381,20 +379,11 @@ export class Ctx implements vscode.Disposable {
         const message = describeError(error);
         this.logChannel.error(`${method} failed${kind ? ` (${kind})` : ""}: ${message}`);
         writeTestLog("requestFailed", { method, kind, message });
-        const actions: string[] = [];
-        if (kind === "credentialsMissing") {
-            actions.push("Set Credential");
-        }
-        // The limit counts kept sandboxes too; the Sessions view lists them and removes the ones no longer needed.
-        if (kind === "limitReached") {
-            actions.push(showSessionsChoice);
-        }
-        actions.push("Show Log");
-        void vscode.window.showErrorMessage(`sandlink: ${message}`, ...actions).then((choice) => {
-            if (choice === "Set Credential") {
-                void vscode.commands.executeCommand(commandIds.setCredential);
-            } else if (choice === showSessionsChoice) {
-                void vscode.commands.executeCommand(commandIds.showSessions);
+        const actions = errorActions(kind);
+        void vscode.window.showErrorMessage(`sandlink: ${message}`, ...actions.map((action) => action.label), "Show Log").then((choice) => {
+            const picked = actions.find((action) => action.label === choice);
+            if (picked !== undefined) {
+                void vscode.commands.executeCommand(picked.commandId);
             } else if (choice === "Show Log") {
                 this.logChannel.show();
             }

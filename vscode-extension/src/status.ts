@@ -279,6 +279,27 @@ export function availableActions(state: ViewState): StatusAction[] {
     return candidates.filter((action) => isCommandEnabled(action.commandId, state));
 }
 
+/** A button on an error message that runs one of the extension's commands. */
+export interface ErrorAction {
+    label: string;
+    commandId: CommandId;
+}
+
+/**
+ * The buttons an error of a `data.kind` gets besides Show Log: what the user can do about it in this editor. A missing
+ * credential is stored with Set Credential; too many sandboxes are listed (kept ones too) and removed in Show Sessions.
+ */
+export function errorActions(kind: string | undefined): ErrorAction[] {
+    switch (kind) {
+        case "credentialsMissing":
+            return [{ label: "Set Credential", commandId: commandIds.setCredential }];
+        case "limitReached":
+            return [{ label: "Show Sessions", commandId: commandIds.showSessions }];
+        default:
+            return [];
+    }
+}
+
 /** Conflicts not seen before, so that each conflict is announced once however often the sync state repeats it. */
 export function newConflicts(knownPaths: ReadonlySet<string>, conflicts: readonly SyncConflict[]): SyncConflict[] {
     return conflicts.filter((conflict) => !knownPaths.has(conflict.path));

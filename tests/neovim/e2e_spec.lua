@@ -756,6 +756,181 @@ test('run_while_disconnected_should_connect_first_and_then_run', function()
   end
 end)
 
+-- The session records in the server's state directory, by id.
+local function session_records()
+  local ids = {}
+  for _, path in ipairs(vim.fn.glob(vim.env.SANDLINK_STATE_DIR .. '/sessions/*/session.json', false, true)) do
+    table.insert(ids, vim.fn.fnamemodify(path, ':h:t'))
+  end
+  return ids
+end
+
+-- The line of a select prompt that contains `text` (plain), or nil.
+local function shown_line(prompt, text)
+  for _, line in ipairs(prompt and prompt.shown or {}) do
+    if line:find(text, 1, true) then
+      return line
+    end
+  end
+  return nil
+end
+
+test('runs_should_list_running_and_recent_runs_and_cancel_one_or_show_its_output', function()
+  local finished = start_run('echo listed later')
+  wait_for_exit(finished)
+  local running = start_run('sleep 30; echo never')
+  local done
+  local record = recording_requests_and_prompts({ 'sandlink/cancel' }, function(items, options)
+    if options.kind == 'sandlink.runs' then
+      for _, run in ipairs(items) do
+        if run.run_id == running.run_id then
+          return run
+        end
+      end
+    elseif options.kind == 'sandlink.run_action' then
+      for _, action in ipairs(items) do
+        if action.id == 'cancel' then
+          return action
+        end
+      end
+    end
+  end, function()
+    require('sandlink.commands').runs(function()
+      done = true
+    end)
+    wait_for('the cancel to be answered', 10000, function()
+      return done
+    end)
+  end)
+  wait_for_exit(running)
+  assert_true(running.exit.cancelled == true, 'the run was cancelled: ' .. vim.inspect(running.exit))
+  assert_equal('sandlink.runs', record.prompts[1].kind, 'the runs list first')
+  assert_matches('^%[running%] sleep 30; echo never', record.prompts[1].shown[1], 'the running run comes first')
+  assert_matches('^%[exit 0 after [^%]]+%] echo listed later', shown_line(record.prompts[1], 'echo listed later') or '',
+    'a finished run says how it ended')
+  assert_equal({ 'Show output', 'Cancel' }, record.prompts[2].shown, 'a running run can be cancelled')
+  assert_equal({ { runId = running.run_id } }, record.requests['sandlink/cancel'], 'the cancel went to the server')
+  -- A finished run offers only its output, which comes back into view.
+  vim.cmd('silent! only')
+  local shown_record = recording_requests_and_prompts({}, function(items, options)
+    if options.kind == 'sandlink.runs' then
+      for _, run in ipairs(items) do
+        if run.run_id == finished.run_id then
+          return run
+        end
+      end
+    end
+    return items[1]
+  end, function()
+    vim.cmd('Sandlink runs')
+  end)
+  assert_equal({ 'Show output' }, shown_record.prompts[2].shown, 'nothing to cancel on a finished run')
+  assert_true(#vim.fn.win_findbuf(finished.view.buffer) > 0, 'its output buffer is shown again')
+end)
+
+test('sessions_should_list_kept_and_orphaned_sessions_and_reattach_and_remove_them', function()
+  local commands = require('sandlink.commands')
+  local workspace = current_workspace()
+  local kept_id = workspace.session.sessionId
+  vim.cmd('Sandlink disconnect keep')
+  wait_for('the session to be kept', 15000, function()
+    return current_workspace().session == nil
+  end)
+  -- `reuse=` completes the kept session once the plugin has heard of it.
+  wait_for('the kept session in the completion', 10000, function()
+    return vim.tbl_contains(commands.complete('reuse=', 'Sandlink connect reuse=', 23), 'reuse=' .. kept_id)
+  end)
+  -- A sandlink killed while it holds a session (a crashed editor) leaves it behind, re-attachable.
+  local other_workspace = vim.fn.tempname()
+  vim.fn.mkdir(other_workspace, 'p')
+  vim.fn.writefile({ 'another project' }, other_workspace .. '/other.txt')
+  local records_before = session_records()
+  local job = vim.fn.jobstart({ server_binary, 'run', '--workspace', other_workspace, '--', 'sleep 20' }, { detach = true })
+  local orphan_id
+  local ok, err = pcall(wait_for, 'the killed run\'s session record', 20000, function()
+    for _, id in ipairs(session_records()) do
+      if not vim.tbl_contains(records_before, id) then
+        orphan_id = id
+        return true
+      end
+    end
+  end)
+  vim.wait(500)
+  -- detach made it a process group leader: the group goes, the CLI and what it started.
+  local uv = vim.uv or vim.loop
+  uv.kill(-vim.fn.jobpid(job), 'sigkill')
+  assert_true(ok, tostring(err))
+
+  -- `reuse=` alone lists the workspace's kept sandboxes with what each one is.
+  local listed = false
+  local picked = recording_requests_and_prompts({}, function()
+    listed = true
+    return nil
+  end, function()
+    vim.cmd('Sandlink connect reuse=')
+    wait_for('the re-attach list', 10000, function()
+      return listed
+    end)
+  end)
+  assert_equal('sandlink.reattach', picked.prompts[1].kind, 'the re-attach list')
+  assert_matches('^' .. vim.pesc(kept_id) .. '  kept, local, workspace, active ', picked.prompts[1].shown[1] or '',
+    'the kept session with its driver, workspace and age')
+  assert_true(shown_line(picked.prompts[1], orphan_id) == nil, "another workspace's sandbox is not offered")
+
+  -- :Sandlink sessions lists both and re-attaches the kept one.
+  local record = recording_requests_and_prompts({ 'sandlink/connect' }, function(items, options)
+    if options.kind == 'sandlink.sessions' then
+      for _, session in ipairs(items) do
+        if session.sessionId == kept_id then
+          return session
+        end
+      end
+    elseif options.kind == 'sandlink.session_action' then
+      return items[1]
+    end
+  end, function()
+    vim.cmd('Sandlink sessions')
+    wait_for('the re-attached session', 30000, function()
+      return current_workspace().session ~= nil
+    end)
+  end)
+  assert_equal(kept_id, current_workspace().session.sessionId, 'the same session, re-attached')
+  assert_equal(kept_id, record.requests['sandlink/connect'][1].reuse, 'connect reuse')
+  assert_true(record.requests['sandlink/connect'][1].driver == nil, 'a re-attach sends no driver: '
+    .. vim.inspect(record.requests['sandlink/connect'][1]))
+  assert_matches('kept, local, workspace, active ', shown_line(record.prompts[1], kept_id) or '', 'the kept line')
+  assert_matches('left by an exited sandlink, local, ' .. vim.pesc(vim.fn.fnamemodify(other_workspace, ':t')),
+    shown_line(record.prompts[1], orphan_id) or '', 'the orphaned line')
+  assert_equal({ 'Re-attach', 'Remove the sandbox' }, record.prompts[2].shown, 'what a kept session offers')
+
+  -- The orphan belongs to another workspace: it can only be removed from here.
+  local removed
+  local remove_record = recording_requests_and_prompts({ 'sandlink/disconnect' }, function(items, options)
+    if options.kind == 'sandlink.sessions' then
+      for _, session in ipairs(items) do
+        if session.sessionId == orphan_id then
+          return session
+        end
+      end
+    end
+    return items[1]
+  end, function()
+    commands.sessions(function(remove_err)
+      removed = remove_err == nil
+    end)
+    wait_for('the removal', 20000, function()
+      return removed ~= nil
+    end)
+  end)
+  assert_true(removed, 'removed')
+  assert_matches('connected here', shown_line(remove_record.prompts[1], kept_id) or '', 'the own session is marked')
+  assert_equal({ 'Remove the sandbox' }, remove_record.prompts[2].shown, 'what an orphan of another workspace offers')
+  assert_equal({ { sessionId = orphan_id, keep = false } }, remove_record.requests['sandlink/disconnect'], 'removed')
+  assert_true(not vim.tbl_contains(session_records(), orphan_id), 'its record is gone')
+  assert_true(vim.fn.isdirectory(vim.env.SANDLINK_STATE_DIR .. '/sessions/' .. orphan_id .. '/root') == 0,
+    'its sandbox is gone')
+end)
+
 -- The server processes this Neovim started, found through /proc so that only our own children are touched.
 local function server_child_pids()
   local pids = {}

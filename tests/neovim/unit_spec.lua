@@ -90,9 +90,8 @@ end)
 
 test('completion_should_offer_subcommands_then_their_arguments', function()
   local commands = require('sandlink.commands')
-  assert_equal({ 'cancel', 'conflicts', 'connect', 'disconnect', 'extend', 'preview', 'profiles', 'resolve', 'run', 'status',
-    'sync' },
-    commands.complete('', 'Sandlink ', 9), 'subcommands')
+  assert_equal({ 'cancel', 'conflicts', 'connect', 'disconnect', 'extend', 'preview', 'profiles', 'resolve', 'run', 'runs',
+    'sessions', 'status', 'sync' }, commands.complete('', 'Sandlink ', 9), 'subcommands')
   assert_equal({ 'connect' }, commands.complete('conn', 'Sandlink conn', 13), 'prefix')
   assert_equal({ 'up', 'down', 'both' }, commands.complete('', 'Sandlink sync ', 14), 'sync directions')
   assert_equal({ 'down' }, commands.complete('d', 'Sandlink sync d', 15), 'sync prefix')
@@ -249,4 +248,132 @@ test('a_code_action_run_with_a_command_line_instead_of_a_task_should_run_nothing
   assert_true(ok, tostring(err))
   assert_true(not ran, 'nothing ran')
   assert_true(harness.find_notification(captured, 'runs a .sandlink.toml task by name') ~= nil, vim.inspect(captured))
+end)
+
+-- Sessions as `sandlink/sessions` lists them, for :Sandlink sessions and `:Sandlink connect reuse=`.
+local session_now = require('sandlink.sessions').epoch_seconds('2026-01-01T12:00:00Z')
+local function listed_session(overrides)
+  return vim.tbl_extend('force', {
+    sessionId = 'local-1',
+    driver = 'local',
+    state = 'active',
+    workspaceFolder = 'file:///home/me/app',
+    remoteRoot = '/state/sessions/local-1/root',
+    startedAt = '2026-01-01T11:00:00Z',
+    lastActivity = '2026-01-01T11:55:00Z',
+    previews = {},
+    sync = { pending = 0, conflicts = {} },
+    jobs = {},
+  }, overrides or {})
+end
+local kept_session = listed_session({ sessionId = 'local-kept', state = 'disconnected', lastActivity = '2026-01-01T10:00:00Z',
+  message = 'Kept; connect again from this workspace to re-attach (local-kept).' })
+local orphaned_session = listed_session({ sessionId = 'local-orphan', state = 'disconnected',
+  message = 'Left by a sandlink that exited; connect again from its workspace to re-attach (local-orphan).' })
+local other_window_session = listed_session({ sessionId = 'local-busy',
+  message = 'Attached by another sandlink (process 42, probably another editor window).' })
+local other_folder_session = listed_session({ sessionId = 'docker-other', driver = 'docker', state = 'disconnected',
+  workspaceFolder = 'file:///home/me/other', message = 'Kept; connect again from this workspace to re-attach (docker-other).' })
+
+test('session_times_should_be_read_as_utc_and_ages_said_as_a_person_would', function()
+  local sessions = require('sandlink.sessions')
+  assert_equal(0, sessions.epoch_seconds('1970-01-01T00:00:00Z'), 'the epoch')
+  assert_equal(1767268800, session_now, '2026-01-01T12:00:00Z')
+  assert_equal(session_now, sessions.epoch_seconds('2026-01-01T13:30:00.123456+01:30'), 'an offset')
+  assert_equal(session_now + 86400 * 60, sessions.epoch_seconds('2026-03-02T12:00:00Z'), 'across February')
+  assert_equal('just now', sessions.age('2026-01-01T11:59:30Z', session_now), 'seconds')
+  assert_equal('5 min ago', sessions.age('2026-01-01T11:55:00Z', session_now), 'minutes')
+  assert_equal('2 h ago', sessions.age('2026-01-01T10:00:00Z', session_now), 'hours')
+  assert_equal('3 days ago', sessions.age('2025-12-29T12:00:00Z', session_now), 'days')
+  assert_equal(nil, sessions.age('not a time', session_now), 'unreadable')
+end)
+
+test('a_listed_session_should_be_described_by_where_it_stands_its_driver_workspace_and_last_activity', function()
+  local sessions = require('sandlink.sessions')
+  assert_equal('kept', sessions.standing(kept_session, nil), 'kept')
+  assert_equal('orphaned', sessions.standing(orphaned_session, nil), 'orphaned')
+  assert_equal('elsewhere', sessions.standing(other_window_session, nil), 'elsewhere')
+  assert_equal('here', sessions.standing(listed_session(), 'local-1'), 'here')
+  assert_equal('local-kept  kept, local, app, active 2 h ago', sessions.describe(kept_session, nil, session_now), 'kept')
+  assert_equal('local-orphan  left by an exited sandlink, local, app, active 5 min ago',
+    sessions.describe(orphaned_session, nil, session_now), 'orphaned')
+  assert_equal('local-1  connected here, dev (local), app, active 5 min ago',
+    sessions.describe(listed_session({ profile = 'dev' }), 'local-1', session_now), 'with a profile')
+end)
+
+test('session_actions_should_offer_only_what_applies', function()
+  local sessions = require('sandlink.sessions')
+  local disconnected = { root_dir = '/home/me/app' }
+  local connected = { root_dir = '/home/me/app', session = listed_session() }
+  local function ids(session, workspace)
+    return vim.tbl_map(function(action)
+      return action.id
+    end, sessions.actions_for(session, workspace))
+  end
+  assert_equal({ 'reattach', 'remove' }, ids(kept_session, disconnected), 'a kept session of this workspace')
+  assert_equal({ 'remove' }, ids(kept_session, connected), 'no re-attach while connected')
+  assert_equal({ 'remove' }, ids(other_folder_session, disconnected), "another workspace's kept session")
+  assert_equal({}, ids(other_window_session, disconnected), "another window's session")
+  assert_equal({ 'disconnect_keep', 'disconnect_remove' }, ids(listed_session(), connected), 'the own session')
+  local reattachable = sessions.reattachable({ kept_session, orphaned_session, other_window_session, other_folder_session },
+    disconnected)
+  assert_equal({ 'local-kept', 'local-orphan' }, vim.tbl_map(function(session)
+    return session.sessionId
+  end, reattachable), 'what reuse= offers')
+  assert_equal({}, sessions.reattachable({ kept_session }, connected), 'nothing while connected')
+end)
+
+test('connect_reuse_should_complete_only_the_kept_sessions_of_the_workspace', function()
+  local commands, state = require('sandlink.commands'), require('sandlink.state')
+  local root = vim.fn.getcwd()
+  local saved = state.workspaces
+  state.workspaces = { [root] = { root_dir = root, known_sessions = {
+    listed_session({ sessionId = 'local-here-kept', state = 'disconnected', workspaceFolder = vim.uri_from_fname(root),
+      message = 'Kept; connect again from this workspace to re-attach (local-here-kept).' }),
+    other_folder_session, other_window_session,
+  } } }
+  local ok, candidates = pcall(commands.complete, 'reuse=', 'Sandlink connect reuse=', 23)
+  state.workspaces = saved
+  assert_true(ok, tostring(candidates))
+  assert_equal({ 'reuse=', 'reuse=local-here-kept' }, candidates, 'reuse candidates')
+end)
+
+test('runs_should_be_listed_running_first_then_the_newest_finished_ones', function()
+  local sessions, output = require('sandlink.sessions'), require('sandlink.output')
+  local runs = {
+    a = { run_id = 'a', root_dir = '/w', command = 'make', finished = true, started_order = 1,
+      exit = { exitCode = 2, cancelled = false, timedOut = false, durationMs = 1500, logPath = '/logs/a' } },
+    b = { run_id = 'b', root_dir = '/w', command = 'npm start', finished = false, started_order = 2 },
+    c = { run_id = 'c', root_dir = '/w', command = 'ls', finished = true, started_order = 3,
+      exit = { exitCode = 0, cancelled = false, timedOut = false, durationMs = 20 } },
+    d = { run_id = 'd', root_dir = '/other', command = 'pwd', finished = false, started_order = 4 },
+  }
+  local listed = sessions.runs_to_list(runs, '/w', 20)
+  assert_equal({ 'b', 'c', 'a' }, vim.tbl_map(function(run)
+    return run.run_id
+  end, listed), 'order')
+  assert_equal('[running] npm start  (b)', sessions.describe_run(listed[1], output.exit_line), 'running')
+  assert_equal('[exit 2 after 1.5 s] make  (a)', sessions.describe_run(listed[3], output.exit_line), 'finished')
+  assert_equal(2, #sessions.runs_to_list(runs, '/w', 1), 'the limit applies to finished runs')
+end)
+
+test('a_connect_refused_for_too_many_sandboxes_should_name_the_command_that_lists_them', function()
+  local client, commands = require('sandlink.client'), require('sandlink.commands')
+  local original_request = client.request
+  client.request = function(_, method, _, on_result)
+    if method == 'sandlink/connect' then
+      on_result({ code = -32004, message = 'There are already 10 sandboxes (the limit is 10).', data = { kind = 'limitReached' } })
+    end
+  end
+  local captured, stop = harness.capture_notifications()
+  local refused
+  local ok, err = pcall(commands.connect, { workspace = { root_dir = vim.fn.getcwd(), connect_waiters = {} } }, function(connect_err)
+    refused = connect_err
+  end)
+  stop()
+  client.request = original_request
+  assert_true(ok, tostring(err))
+  assert_equal('limitReached', refused and refused.data.kind, 'the refusal is passed on')
+  assert_true(harness.find_notification(captured, 'already 10 sandboxes') ~= nil, vim.inspect(captured))
+  assert_true(harness.find_notification(captured, ':Sandlink sessions lists every sandbox') ~= nil, vim.inspect(captured))
 end)

@@ -242,6 +242,12 @@ async function pickQuickPickRow(text, typedFilter) {
     await row.click();
 }
 
+/** Waits for a quick pick to offer a row containing `text`, without picking it. */
+async function pickQuickPickRowVisible(text) {
+    const row = page.locator(".quick-input-widget .quick-input-list .monaco-list-row", { hasText: text }).first();
+    await row.waitFor({ state: "visible", timeout: uiTimeoutMs });
+}
+
 /** Runs Sandlink: Run Command and submits a typed command line; optionally checks a .sandlink.toml task is offered. */
 async function runCommandLineFromPalette(typedCommandLine, { expectTask } = {}) {
     await runPaletteCommand("Sandlink: Run Command");
@@ -311,12 +317,47 @@ async function outputPanelText() {
     return (await lines.first().innerText()).replace(/\u00a0/g, " ");
 }
 
+/** A row of the Sessions view (in the side bar) whose label or description contains `text`. */
+function sessionsViewRow(text) {
+    return page.locator(".part.sidebar .monaco-list-row", { hasText: text }).first();
+}
+
+/** Opens the Sessions view with a fresh list and waits for a row containing each of `texts`. */
+async function showSessionsView(...texts) {
+    await runPaletteCommand("Sandlink: Show Sessions");
+    for (const text of texts) {
+        await sessionsViewRow(text).waitFor({ state: "visible", timeout: uiTimeoutMs });
+    }
+}
+
+/** Clicks an item's inline action in the Sessions view (shown while the pointer is over the row). */
+async function clickSessionsViewAction(rowText, actionTitle) {
+    const row = sessionsViewRow(rowText);
+    await row.waitFor({ state: "visible", timeout: uiTimeoutMs });
+    await row.hover();
+    await row.locator(`.actions .action-label[aria-label^="${actionTitle}"]`).first().click();
+}
+
+/** The Sessions view's nodes as the extension last drew them (its test log). */
+function lastSessionsViewNodes() {
+    return readTestLog().filter((entry) => entry.event === "sessionsView").at(-1)?.nodes ?? [];
+}
+
+/** The session ids the server's state directory has records for. */
+function sessionRecords() {
+    const sessions = path.join(stateDirectory, "sessions");
+    return fs.existsSync(sessions) ? fs.readdirSync(sessions).filter((id) => fs.existsSync(path.join(sessions, id, "session.json"))) : [];
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Steps. Each one builds on the previous; after a failure the rest are reported as failed without running.
 // ---------------------------------------------------------------------------------------------------------------------
 
 let codeServerPort;
 let previewPort;
+// The session kept by Disconnect (keep) and the one a killed `sandlink run` left behind, for the Sessions view steps.
+let keptSessionId;
+let orphanedSessionId;
 
 const steps = [
     [
@@ -833,6 +874,34 @@ const steps = [
         },
     ],
     [
+        "the Sessions view shows the connected session with its recent runs, its preview and the held-back .env; it shows a run's log and cancels a running one",
+        async () => {
+            await showSessionsView("connected here", "seq 1 200000", `port ${previewPort}`, "held back (secret-file-name)");
+            const httpRow = await sessionsViewRow("http.server").innerText();
+            assert(/cancelled after/.test(httpRow), `the cancelled web server run says so: ${httpRow}`);
+            const nodes = lastSessionsViewNodes();
+            const current = nodes.find((node) => node.depth === 0 && /connected here/.test(node.description ?? ""));
+            assert(current && current.contextValue === "session canDisconnect", `the window's session in the view: ${JSON.stringify(nodes)}`);
+            // Show Output on a finished run opens its complete log.
+            const longRun = readTestLog().find((entry) => entry.event === "runStarted" && entry.commandLine.startsWith("seq 1 200000"));
+            const longExit = readTestLog().find((entry) => entry.event === "runExit" && entry.runId === longRun?.runId);
+            assert(longExit?.logPath, `the long run's exit names its log: ${JSON.stringify(longExit)}`);
+            await clickSessionsViewAction("seq 1 200000", "Show Output");
+            await page.locator(".tabs-container .tab", { hasText: path.basename(longExit.logPath) }).first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+            // A running run is listed as running and Cancel Run on it stops it.
+            await runCommandLineFromPalette("sleep 300; echo slept");
+            await sessionsViewRow("sleep 300").waitFor({ state: "visible", timeout: uiTimeoutMs });
+            await waitFor("the sleep run to be listed as running", async () => /running, started/.test(await sessionsViewRow("sleep 300").innerText()));
+            await clickSessionsViewAction("sleep 300", "Cancel Run");
+            const started = readTestLog().find((entry) => entry.event === "runStarted" && entry.commandLine === "sleep 300; echo slept");
+            await waitFor("the sleep run's cancelled exit", async () =>
+                readTestLog().some((entry) => entry.event === "runExit" && entry.runId === started?.runId && entry.cancelled === true),
+            );
+            await waitFor("the view to show it cancelled", async () => /cancelled after/.test(await sessionsViewRow("sleep 300").innerText()));
+            await waitForStatus(/local: active\s*$/);
+        },
+    ],
+    [
         "Disconnect returns the status bar to 'disconnected' and hides session commands again",
         async () => {
             await runPaletteCommand("Sandlink: Disconnect");
@@ -843,6 +912,84 @@ const steps = [
             assert(!entries.includes("Sandlink: Run Command"), `Run Command offered after disconnect: ${JSON.stringify(entries)}`);
             await closeQuickInput();
             assert(readTestLog().some((entry) => entry.event === "disconnected"), "no 'disconnected' event in the test log");
+        },
+    ],
+    [
+        "the Sessions view lists a session kept by Disconnect and one left by a killed sandlink; Connect offers the kept one",
+        async () => {
+            await runPaletteCommand("Sandlink: Connect");
+            await pickQuickPickRow("driver, default settings", "local");
+            await waitForStatus(/local: active/);
+            keptSessionId = readTestLog().filter((entry) => entry.event === "connected").at(-1).sessionId;
+            await runPaletteCommand("Sandlink: Disconnect");
+            await pickQuickPickRow("keep it running");
+            await waitForStatus(/sandlink: disconnected/);
+            assert(sessionRecords().includes(keptSessionId), `the kept session's record stays: ${sessionRecords()}`);
+            // A sandlink that dies without disconnecting (a crashed window) leaves its session behind, re-attachable.
+            const otherWorkspace = path.join(scratchDirectory, "other-workspace");
+            fs.mkdirSync(otherWorkspace, { recursive: true });
+            fs.writeFileSync(path.join(otherWorkspace, "other.txt"), "another project\n");
+            const recordsBefore = sessionRecords();
+            const orphanMaker = spawn(serverBinary, ["run", "--workspace", otherWorkspace, "--", "sleep 20"], {
+                env: { ...process.env, SANDLINK_STATE_DIR: stateDirectory },
+                stdio: "ignore",
+                detached: true,
+            });
+            try {
+                orphanedSessionId = await waitFor("the killed run's session record", async () =>
+                    sessionRecords().find((id) => !recordsBefore.includes(id)),
+                );
+                await new Promise((resolve) => setTimeout(resolve, 500));
+            } finally {
+                process.kill(-orphanMaker.pid, "SIGKILL");
+            }
+            await showSessionsView(keptSessionId, orphanedSessionId);
+            await waitFor("the view to say which is which", async () =>
+                // The row's text runs label and description together ("local-…kept · local · …").
+                /kept · local · workspace/.test(await sessionsViewRow(keptSessionId).innerText()) &&
+                /left by an exited sandlink/.test(await sessionsViewRow(orphanedSessionId).innerText()),
+            );
+            const nodes = lastSessionsViewNodes();
+            const keptNode = nodes.find((node) => node.id === `session:${keptSessionId}`);
+            const orphanNode = nodes.find((node) => node.id === `session:${orphanedSessionId}`);
+            assert(keptNode?.contextValue === "session canReattach canRemove", `the kept session can be re-attached: ${JSON.stringify(keptNode)}`);
+            // The orphan mirrors another folder, so this window may only remove it.
+            assert(orphanNode?.contextValue === "session canRemove", `the orphan of another folder can be removed: ${JSON.stringify(orphanNode)}`);
+            assert(/other-workspace/.test(orphanNode.description), `the orphan names its workspace: ${orphanNode.description}`);
+            await runPaletteCommand("Sandlink: Connect");
+            await pickQuickPickRowVisible(`Re-attach ${keptSessionId}`);
+            const rowTexts = await page.locator(".quick-input-widget .quick-input-list .monaco-list-row").allInnerTexts();
+            assert(!rowTexts.some((text) => text.includes(orphanedSessionId)), `another folder's session is not offered: ${JSON.stringify(rowTexts)}`);
+            await closeQuickInput();
+        },
+    ],
+    [
+        "Re-attach in the Sessions view connects this window to the kept session under its id",
+        async () => {
+            await clickSessionsViewAction(keptSessionId, "Re-attach");
+            await waitForStatus(/local: active/);
+            const connected = readTestLog().filter((entry) => entry.event === "connected").at(-1);
+            assert(connected.sessionId === keptSessionId, `re-attached ${keptSessionId}, not a new sandbox: ${JSON.stringify(connected)}`);
+            await waitFor("the view to show it connected here", async () => /connected here/.test(await sessionsViewRow(keptSessionId).innerText()));
+        },
+    ],
+    [
+        "Remove in the Sessions view deletes the orphaned sandbox and its record",
+        async () => {
+            await clickSessionsViewAction(orphanedSessionId, "Remove");
+            const dialog = page.locator(".monaco-dialog-box", { hasText: `Remove the sandbox ${orphanedSessionId}` }).first();
+            await dialog.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Remove" }).first().click();
+            await waitFor("the removal in the test log", async () =>
+                readTestLog().some((entry) => entry.event === "sessionRemoved" && entry.sessionId === orphanedSessionId),
+            );
+            await waitFor("the orphan's record to be gone", async () => !sessionRecords().includes(orphanedSessionId));
+            await waitFor("the orphan to leave the view", async () => (await sessionsViewRow(orphanedSessionId).count()) === 0);
+            // Leave the window as the later steps expect it: disconnected, with no kept sandbox of this folder.
+            await runPaletteCommand("Sandlink: Disconnect");
+            await pickQuickPickRow("remove the sandbox");
+            await waitForStatus(/sandlink: disconnected/);
+            await waitFor("the re-attached session's record to be gone", async () => !sessionRecords().includes(keptSessionId));
         },
     ],
     [

@@ -6,6 +6,7 @@ import { credentialChoices } from "./credentials";
 import { describeError, remoteFileScheme, type Ctx, type RunTarget } from "./ctx";
 import * as protocol from "./protocol";
 import { formatDuration } from "./run_output";
+import { reattachChoices, sessionsViewCommandIds, sessionsViewId } from "./sessions_tree";
 import { commandIds, isCommandEnabled, type CommandId } from "./status";
 import { rememberCommand, shownCommand, taskNamed } from "./tasks";
 import { writeTestLog } from "./test_log";
@@ -85,17 +86,16 @@ async function pickConnectTarget(ctx: Ctx): Promise<Omit<protocol.ConnectParams,
             profile.name === ctx.currentConfig.defaultProfile ? 0 : profile.default ? 1 : 2;
         return rank(left) - rank(right) || left.name.localeCompare(right.name);
     });
-    const keptSessions = (sessionsResult?.sessions ?? []).filter((session) => session.state !== "disconnected");
-    if (keptSessions.length > 0) {
+    // Kept sessions (disconnected with keep, or left by a window that closed or crashed) of this window's folders come
+    // first: re-attaching one costs no new sandbox and syncs only what changed.
+    const workspaceFolders = (vscode.workspace.workspaceFolders ?? []).map((folder) => folder.uri.toString());
+    const reattachable = reattachChoices(sessionsResult?.sessions ?? [], workspaceFolders, Date.now());
+    if (reattachable.length > 0) {
         items.push({ label: "Kept sessions", kind: vscode.QuickPickItemKind.Separator });
-        for (const session of keptSessions) {
-            items.push({
-                label: `$(debug-restart) ${session.profile ?? session.driver}`,
-                description: `reattach, ${session.state}`,
-                detail: `${session.sessionId}, started ${session.startedAt}`,
-                params: { reuse: session.sessionId },
-            });
+        for (const choice of reattachable) {
+            items.push({ label: choice.label, description: choice.description, detail: choice.detail, params: { reuse: choice.sessionId } });
         }
+        writeTestLog("reattachOffered", { sessionIds: reattachable.map((choice) => choice.sessionId) });
     }
     if (profiles.length > 0) {
         items.push({ label: "Profiles", kind: vscode.QuickPickItemKind.Separator });
@@ -138,12 +138,13 @@ async function pickConnectTarget(ctx: Ctx): Promise<Omit<protocol.ConnectParams,
 }
 
 export async function connectWith(ctx: Ctx, params: Omit<protocol.ConnectParams, "workspaceFolder">): Promise<void> {
-    const folder = await ctx.pickWorkspaceFolder();
+    // A re-attach mirrors the folder its session was made for, which the server knows: no folder is asked for or sent.
+    const folder = params.reuse === undefined ? await ctx.pickWorkspaceFolder() : undefined;
     if (folder === undefined && params.reuse === undefined) {
         void vscode.window.showWarningMessage("sandlink: open a folder first; the sandbox mirrors a workspace folder.");
         return;
     }
-    const target = params.profile ?? params.driver ?? "the kept session";
+    const target = params.profile ?? params.driver ?? (params.reuse !== undefined ? `the kept session ${params.reuse}` : "the kept session");
     const workspaceFolder = folder?.uri.toString();
     // Only the request shows progress: a trust question is asked between two tries, not under a spinning notification.
     const send = () =>
@@ -907,6 +908,14 @@ export function showLog(ctx: Ctx): Cmd {
     return () => ctx.logChannel.show();
 }
 
+/** Opens the Sessions view with a fresh list (also the action of the "too many sandboxes" error). */
+export function showSessions(_ctx: Ctx): Cmd {
+    return async () => {
+        await vscode.commands.executeCommand(`${sessionsViewId}.focus`);
+        await vscode.commands.executeCommand(sessionsViewCommandIds.refresh);
+    };
+}
+
 export function showActions(ctx: Ctx): Cmd {
     return async () => {
         const actions = ctx.statusActions();
@@ -937,4 +946,5 @@ export const commandFactories: Record<CommandId, (ctx: Ctx) => Cmd> = {
     [commandIds.showActions]: showActions,
     [commandIds.compareConflict]: compareConflict,
     [commandIds.resolveConflict]: resolveConflict,
+    [commandIds.showSessions]: showSessions,
 };

@@ -25,6 +25,7 @@ import {
     availableActions,
     commandContext,
     conflictSummary,
+    errorActions,
     newConflicts,
     isSessionLive,
     secondsUntilExpiry,
@@ -34,6 +35,7 @@ import {
     type ServerState,
     type ViewState,
 } from "./status";
+import type { TrackedRun } from "./sessions_tree";
 import { shownCommand } from "./tasks";
 import { writeTestLog } from "./test_log";
 
@@ -95,6 +97,14 @@ export class Ctx implements vscode.Disposable {
     private runsStarted = 0;
     private readonly runRouter = new RunRouter();
     private readonly activeRuns = new Map<string, ActiveRun>();
+    /** Runs started from this window, running and finished, oldest first, for the Sessions view. */
+    private readonly trackedRuns: TrackedRun[] = [];
+    /** Fired when anything the Sessions view draws from this window changes (session, runs, previews). */
+    private readonly viewChanged = new vscode.EventEmitter<void>();
+    readonly onDidChangeView = this.viewChanged.event;
+    /** Fired when the window's session starts or ends, so the Sessions view asks the server for the list again. */
+    private readonly sessionChanged = new vscode.EventEmitter<void>();
+    readonly onDidChangeSession = this.sessionChanged.event;
     private readonly disposables: vscode.Disposable[] = [];
 
     private client: LanguageClient | undefined;
@@ -122,7 +132,7 @@ export class Ctx implements vscode.Disposable {
         this.statusBarItem.name = "sandlink";
         this.statusBarItem.command = commandIds.showActions;
         this.statusBarItem.show();
-        this.disposables.push(this.logChannel, this.runsChannel, this.statusBarItem);
+        this.disposables.push(this.logChannel, this.runsChannel, this.statusBarItem, this.viewChanged, this.sessionChanged);
         this.refreshView();
     }
 
@@ -148,6 +158,10 @@ export class Ctx implements vscode.Disposable {
 
     get activeRunList(): ActiveRun[] {
         return [...this.activeRuns.values()];
+    }
+
+    get trackedRunList(): readonly TrackedRun[] {
+        return this.trackedRuns;
     }
 
     viewState(): ViewState {
@@ -365,14 +379,11 @@ export class Ctx implements vscode.Disposable {
         const message = describeError(error);
         this.logChannel.error(`${method} failed${kind ? ` (${kind})` : ""}: ${message}`);
         writeTestLog("requestFailed", { method, kind, message });
-        const actions: string[] = [];
-        if (kind === "credentialsMissing") {
-            actions.push("Set Credential");
-        }
-        actions.push("Show Log");
-        void vscode.window.showErrorMessage(`sandlink: ${message}`, ...actions).then((choice) => {
-            if (choice === "Set Credential") {
-                void vscode.commands.executeCommand(commandIds.setCredential);
+        const actions = errorActions(kind);
+        void vscode.window.showErrorMessage(`sandlink: ${message}`, ...actions.map((action) => action.label), "Show Log").then((choice) => {
+            const picked = actions.find((action) => action.label === choice);
+            if (picked !== undefined) {
+                void vscode.commands.executeCommand(picked.commandId);
             } else if (choice === "Show Log") {
                 this.logChannel.show();
             }
@@ -388,6 +399,7 @@ export class Ctx implements vscode.Disposable {
         this.knownConflictPaths = new Set(session.sync.conflicts.map((conflict) => conflict.path));
         writeTestLog("connected", { sessionId: session.sessionId, driver: session.driver, state: session.state });
         this.refreshView();
+        this.sessionChanged.fire();
     }
 
     forgetSession(): void {
@@ -396,6 +408,7 @@ export class Ctx implements vscode.Disposable {
         this.knownConflictPaths.clear();
         writeTestLog("disconnected", { sessionId });
         this.refreshView();
+        this.sessionChanged.fire();
     }
 
     /** Updates the session from `sandlink/status`, e.g. after a sync or an extend. */
@@ -555,6 +568,17 @@ export class Ctx implements vscode.Disposable {
             return undefined;
         }
         this.activeRuns.set(runId, { runId, commandLine, channelKey });
+        const tracked: TrackedRun = { runId, sessionId: session.sessionId, label: commandLine, startedAt: new Date().toISOString() };
+        this.trackedRuns.push(tracked);
+        // Enough for the view's recent runs of a few sessions (the runs channel keeps the full history); a run still
+        // going is never dropped, however old.
+        for (let index = 0; this.trackedRuns.length > 100 && index < this.trackedRuns.length; ) {
+            if (this.trackedRuns[index].exit !== undefined) {
+                this.trackedRuns.splice(index, 1);
+            } else {
+                index++;
+            }
+        }
         writeTestLog("runStarted", { runId, commandLine, task: "task" in target ? target.task : undefined });
         this.refreshView();
         const sink: RunSink = {
@@ -566,6 +590,7 @@ export class Ctx implements vscode.Disposable {
                 this.runsWriter.exit(channelKey, exit);
                 this.runsAppender.flush();
                 this.activeRuns.delete(runId);
+                tracked.exit = exit;
                 writeTestLog("runExit", { ...exit });
                 this.refreshView();
             },
@@ -663,6 +688,12 @@ export class Ctx implements vscode.Disposable {
         }
         this.runsAppender.flush();
         this.activeRuns.clear();
+        // Their sessions died with the server, and the view lists sessions, so the lost runs leave it too.
+        for (let index = this.trackedRuns.length - 1; index >= 0; index--) {
+            if (this.trackedRuns[index].exit === undefined) {
+                this.trackedRuns.splice(index, 1);
+            }
+        }
     }
 
     // -----------------------------------------------------------------------------------------------------------------
@@ -685,6 +716,7 @@ export class Ctx implements vscode.Disposable {
                 void vscode.commands.executeCommand("setContext", key, value);
             }
         }
+        this.viewChanged.fire();
         if (text !== this.lastLoggedStatusText) {
             this.lastLoggedStatusText = text;
             writeTestLog("statusBar", { text });

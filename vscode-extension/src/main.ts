@@ -1,4 +1,4 @@
-//! The extension's entry point: creates the window's `Ctx`, registers the commands, starts the server.
+//! The extension's entry point: creates the window's `Ctx`, registers the commands and the Sessions view, starts the server.
 
 import * as vscode from "vscode";
 
@@ -6,6 +6,7 @@ import { RemoteFileContentProvider, commandFactories, connectWith } from "./comm
 import { changeNeedsServerRestart } from "./config";
 import { Ctx, remoteFileScheme } from "./ctx";
 import { registerServerCommands } from "./server_commands";
+import { SessionsView } from "./sessions_view";
 import { writeTestLog } from "./test_log";
 
 let ctx: Ctx | undefined;
@@ -23,6 +24,8 @@ export async function activate(extensionContext: vscode.ExtensionContext): Promi
     for (const [commandId, factory] of Object.entries(commandFactories)) {
         extensionContext.subscriptions.push(vscode.commands.registerCommand(commandId, factory(windowCtx)));
     }
+    const sessionsView = new SessionsView(windowCtx);
+    extensionContext.subscriptions.push(sessionsView, ...sessionsView.registerCommands());
     // The commands in the server's code actions (a task, sync, cancel, ...), run through the same flows as the palette.
     extensionContext.subscriptions.push(...registerServerCommands(windowCtx));
     extensionContext.subscriptions.push(

@@ -22,6 +22,7 @@ export const commandIds = {
     showActions: "sandlink.showActions",
     compareConflict: "sandlink.compareConflict",
     resolveConflict: "sandlink.resolveConflict",
+    showSessions: "sandlink.showSessions",
 } as const;
 
 export type CommandId = (typeof commandIds)[keyof typeof commandIds];
@@ -219,6 +220,7 @@ export function isCommandEnabled(commandId: CommandId, state: ViewState): boolea
         case commandIds.resolveConflict:
             return context[contextKeys.hasConflicts];
         case commandIds.restore:
+        case commandIds.showSessions:
         case commandIds.manageProfiles:
         case commandIds.setCredential:
             return context[contextKeys.serverRunning];
@@ -272,11 +274,33 @@ export function availableActions(state: ViewState): StatusAction[] {
         { commandId: commandIds.disconnect, label: "$(debug-disconnect) Disconnect" },
         { commandId: commandIds.connect, label: "$(plug) Connect" },
         { commandId: commandIds.restore, label: "$(history) Restore" },
+        { commandId: commandIds.showSessions, label: "$(list-tree) Show Sessions", description: "kept sandboxes too" },
         { commandId: commandIds.manageProfiles, label: "$(list-unordered) Manage Profiles" },
         { commandId: commandIds.setCredential, label: "$(key) Set Credential" },
         { commandId: commandIds.showLog, label: "$(output) Show Log" },
     ];
     return candidates.filter((action) => isCommandEnabled(action.commandId, state));
+}
+
+/** A button on an error message that runs one of the extension's commands. */
+export interface ErrorAction {
+    label: string;
+    commandId: CommandId;
+}
+
+/**
+ * The buttons an error of a `data.kind` gets besides Show Log: what the user can do about it in this editor. A missing
+ * credential is stored with Set Credential; too many sandboxes are listed (kept ones too) and removed in Show Sessions.
+ */
+export function errorActions(kind: string | undefined): ErrorAction[] {
+    switch (kind) {
+        case "credentialsMissing":
+            return [{ label: "Set Credential", commandId: commandIds.setCredential }];
+        case "limitReached":
+            return [{ label: "Show Sessions", commandId: commandIds.showSessions }];
+        default:
+            return [];
+    }
 }
 
 /** Conflicts not seen before, so that each conflict is announced once however often the sync state repeats it. */

@@ -8,6 +8,7 @@ import {
     availableActions,
     commandContext,
     conflictSummary,
+    errorActions,
     newConflicts,
     commandIds,
     contextKeys,
@@ -194,4 +195,11 @@ test("the tooltip names files held back as secrets and says when the watcher pol
         view({ session: session({ sync: { pending: 0, conflicts: [], heldBackSecrets: ["a", "b", "c", "d", "e", "f", "g"] } }) }),
     );
     assert.match(many, /and 2 more/);
+});
+
+test("an error offers what the user can do about it: Set Credential for a missing key, Show Sessions for too many sandboxes", () => {
+    assert.deepEqual(errorActions("credentialsMissing"), [{ label: "Set Credential", commandId: commandIds.setCredential }]);
+    assert.deepEqual(errorActions("limitReached"), [{ label: "Show Sessions", commandId: commandIds.showSessions }]);
+    assert.deepEqual(errorActions("unsupported"), []);
+    assert.deepEqual(errorActions(undefined), []);
 });

@@ -3,6 +3,7 @@
 local client = require('sandlink.client')
 local config = require('sandlink.config')
 local protocol = require('sandlink.protocol')
+local sessions = require('sandlink.sessions')
 local state = require('sandlink.state')
 
 local commands = {}
@@ -180,13 +181,18 @@ function commands.connect(options, on_done)
   if params.sync == nil then
     params.sync = config.options.sync_on_connect
   end
-  -- An explicit profile or driver wins; the configured defaults apply only when neither is given.
-  if options.profile or options.driver then
+  -- An explicit profile or driver wins; the configured defaults apply only when neither is given. A re-attach keeps
+  -- the session's own driver, profile and settings (the server refuses others), so it sends none.
+  if options.reuse then
+    params.profile, params.driver = nil, nil
+  elseif options.profile or options.driver then
     params.profile, params.driver = options.profile, options.driver
   else
     params.profile, params.driver = config.options.profile, config.options.driver
   end
-  params.settings = options.settings or config.options.settings
+  if not options.reuse then
+    params.settings = options.settings or config.options.settings
+  end
   workspace.connecting = true
   state.announce_change()
   local function connected(session)
@@ -195,6 +201,7 @@ function commands.connect(options, on_done)
     state.announce_change()
     notify('connected: ' .. tostring(session.profile or session.driver) .. ' session ' .. tostring(session.sessionId)
       .. (session.remoteRoot and (' at ' .. tostring(session.remoteRoot)) or ''))
+    commands.refresh_known_sessions(workspace)
     finish_all(nil, session)
   end
   local function not_connected(err, what)
@@ -202,6 +209,10 @@ function commands.connect(options, on_done)
     state.announce_change()
     if what then
       notify_error(what, err)
+    end
+    if type(err) == 'table' and type(err.data) == 'table' and err.data.kind == protocol.error_kind.limit_reached then
+      -- The limit counts kept sandboxes too, which are easy to forget; say where this editor lists and removes them.
+      notify(':Sandlink sessions lists every sandbox and removes the ones you no longer need', vim.log.levels.WARN)
     end
     finish_all(err)
   end
@@ -278,7 +289,10 @@ function commands.disconnect(options, on_done)
         workspace.session = nil
       end
       state.announce_change()
-      notify(options.keep and 'disconnected; the sandbox is kept for a later connect' or 'disconnected')
+      -- A kept sandbox completes in `:Sandlink connect reuse=` from now on.
+      commands.refresh_known_sessions(workspace)
+      notify(options.keep and 'disconnected; the sandbox is kept for a later connect (:Sandlink sessions lists it)'
+        or 'disconnected')
       finish(on_done, nil, result)
     end)
 end
@@ -708,11 +722,185 @@ function commands.refresh_catalog(workspace, on_done)
   end)
   commands.refresh_tasks(workspace, one_done)
   -- Sessions kept (disconnect keep) by an earlier server can be re-attached with `:Sandlink connect reuse=<id>`.
+  commands.refresh_known_sessions(workspace, one_done)
+end
+
+-- Asks the server for its sessions (live, then kept) and keeps them for completion; on_done(err, list).
+function commands.refresh_known_sessions(workspace, on_done)
   client.request(workspace, protocol.request.sessions, vim.empty_dict(), function(err, result)
     if not err and type(result) == 'table' then
       workspace.known_sessions = result.sessions or {}
     end
-    one_done()
+    finish(on_done, err, workspace.known_sessions)
+  end)
+end
+
+-- Removes a kept sandbox that no editor has attached: the server re-attaches it, ends its runs and deletes it.
+function commands.remove_session(workspace, session_id, on_done)
+  client.request(workspace, protocol.request.disconnect, { sessionId = session_id, keep = false }, function(err, result)
+    if err then
+      notify_error('removing ' .. session_id .. ' failed', err)
+      return finish(on_done, err)
+    end
+    notify('removed the sandbox ' .. session_id)
+    commands.refresh_known_sessions(workspace, function()
+      finish(on_done, nil, result)
+    end)
+  end)
+end
+
+-- Runs one of sessions.actions_for's actions on a session.
+local function run_session_action(workspace, session, action, on_done)
+  if action == 'reattach' then
+    return commands.connect({ workspace = workspace, reuse = session.sessionId }, on_done)
+  elseif action == 'disconnect_keep' or action == 'disconnect_remove' then
+    return commands.disconnect({ keep = action == 'disconnect_keep' }, on_done)
+  elseif action == 'remove' then
+    return commands.remove_session(workspace, session.sessionId, on_done)
+  end
+  finish(on_done, nil, nil)
+end
+
+-- :Sandlink sessions: every sandbox the server knows (this workspace's, kept ones, ones left by an exited sandlink or
+-- held by another window) in a vim.ui.select list, then what can be done to the chosen one (re-attach, disconnect,
+-- remove). on_done(err, result) follows the action.
+function commands.sessions(on_done)
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  commands.refresh_known_sessions(workspace, function(err, list)
+    if err then
+      notify_error('listing sessions failed', err)
+      return finish(on_done, err)
+    end
+    if #list == 0 then
+      notify('no sandboxes: :Sandlink connect starts one')
+      return finish(on_done, nil, nil)
+    end
+    local current_id = workspace.session and workspace.session.sessionId or nil
+    local now = os.time()
+    vim.ui.select(list, {
+      prompt = 'sandlink sessions:',
+      kind = 'sandlink.sessions',
+      format_item = function(session)
+        return sessions.describe(session, current_id, now)
+      end,
+    }, function(session)
+      if session == nil then
+        return finish(on_done, nil, nil)
+      end
+      local actions = sessions.actions_for(session, workspace)
+      if #actions == 0 then
+        notify(tostring(session.sessionId) .. ': ' .. tostring(session.message or session.state)
+          .. ' (nothing to do for it from here)')
+        return finish(on_done, nil, nil)
+      end
+      vim.ui.select(actions, {
+        prompt = 'Session ' .. tostring(session.sessionId) .. ':',
+        kind = 'sandlink.session_action',
+        format_item = function(action)
+          return action.label
+        end,
+      }, function(action)
+        if action == nil then
+          return finish(on_done, nil, nil)
+        end
+        run_session_action(workspace, session, action.id, on_done)
+      end)
+    end)
+  end)
+end
+
+-- `:Sandlink connect reuse=` without an id: the workspace's kept sessions with their driver, workspace and age in a
+-- select list (completion can only offer bare ids), and the chosen one is re-attached.
+function commands.pick_reattach(on_done)
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  commands.refresh_known_sessions(workspace, function(err, list)
+    if err then
+      notify_error('listing sessions failed', err)
+      return finish(on_done, err)
+    end
+    local candidates = sessions.reattachable(list, workspace)
+    if #candidates == 0 then
+      notify(workspace.session and 'connected already; :Sandlink disconnect first'
+        or 'no kept sandbox of this workspace to re-attach')
+      return finish(on_done, nil, nil)
+    end
+    local now = os.time()
+    vim.ui.select(candidates, {
+      prompt = 'Re-attach which sandbox?',
+      kind = 'sandlink.reattach',
+      format_item = function(session)
+        return sessions.describe(session, nil, now)
+      end,
+    }, function(session)
+      if session == nil then
+        return finish(on_done, nil, nil)
+      end
+      commands.connect({ workspace = workspace, reuse = session.sessionId }, on_done)
+    end)
+  end)
+end
+
+-- :Sandlink runs: the workspace's running and recent runs; the chosen one's output buffer is shown, or it is cancelled.
+function commands.runs(on_done)
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  local output = require('sandlink.output')
+  local listed = sessions.runs_to_list(state.runs, workspace.root_dir, 20)
+  if #listed == 0 then
+    notify('no runs yet: :Sandlink run <command line or task> starts one')
+    return finish(on_done, nil, nil)
+  end
+  vim.ui.select(listed, {
+    prompt = 'sandlink runs:',
+    kind = 'sandlink.runs',
+    format_item = function(run)
+      return sessions.describe_run(run, output.exit_line)
+    end,
+  }, function(run)
+    if run == nil then
+      return finish(on_done, nil, nil)
+    end
+    local actions = { { id = 'show', label = 'Show output' } }
+    if not run.finished then
+      table.insert(actions, { id = 'cancel', label = 'Cancel' })
+    end
+    vim.ui.select(actions, {
+      prompt = 'Run ' .. tostring(run.run_id) .. ':',
+      kind = 'sandlink.run_action',
+      format_item = function(action)
+        return action.label
+      end,
+    }, function(action)
+      if action == nil then
+        return finish(on_done, nil, nil)
+      end
+      if action.id == 'cancel' then
+        return commands.cancel(run.run_id, on_done)
+      end
+      if run.view and vim.api.nvim_buf_is_valid(run.view.buffer) then
+        -- Shown even when output windows are configured off: the user asked for this run's output.
+        if output.show(run.view) == nil then
+          vim.api.nvim_set_current_buf(run.view.buffer)
+        end
+        return finish(on_done, nil, run)
+      end
+      local log_path = type(run.exit) == 'table' and run.exit.logPath or nil
+      if type(log_path) == 'string' and vim.fn.filereadable(log_path) == 1 then
+        vim.cmd('edit ' .. vim.fn.fnameescape(log_path))
+        return finish(on_done, nil, run)
+      end
+      notify('the output of ' .. tostring(run.run_id) .. ' is gone (its buffer was wiped and it left no log)',
+        vim.log.levels.WARN)
+      finish(on_done, nil, nil)
+    end)
   end)
 end
 
@@ -861,7 +1049,12 @@ end
 commands.subcommands = {
   connect = {
     run = function(rest)
-      commands.connect(commands.parse_connect_arguments(split_words(rest)))
+      local options = commands.parse_connect_arguments(split_words(rest))
+      if options.reuse == '' then
+        -- `reuse=` alone: pick the sandbox from a list that says what each one is.
+        return commands.pick_reattach()
+      end
+      commands.connect(options)
     end,
     complete = function(workspace)
       local candidates = { 'sync=false' }
@@ -875,7 +1068,12 @@ commands.subcommands = {
           table.insert(candidates, driver.id)
         end
       end
-      for _, session in ipairs(workspace and workspace.known_sessions or {}) do
+      -- Only what can be re-attached here; `reuse=` alone opens a list with each one's driver, workspace and age.
+      local reattachable = sessions.reattachable(workspace and workspace.known_sessions, workspace)
+      if #reattachable > 0 then
+        table.insert(candidates, 'reuse=')
+      end
+      for _, session in ipairs(reattachable) do
         table.insert(candidates, 'reuse=' .. tostring(session.sessionId))
       end
       return candidates
@@ -1007,6 +1205,16 @@ commands.subcommands = {
         table.insert(candidates, conflict.path)
       end
       return candidates
+    end,
+  },
+  sessions = {
+    run = function()
+      commands.sessions()
+    end,
+  },
+  runs = {
+    run = function()
+      commands.runs()
     end,
   },
 }

@@ -57,6 +57,7 @@ protocol.command = {
 protocol.error_kind = {
   workspace_not_trusted = 'workspaceNotTrusted',
   cancelled = 'cancelled',
+  limit_reached = 'limitReached',
 }
 
 -- The fields of the shapes the plugin reads from the server, on the wire (see docs/protocol.md, "Shapes");

@@ -392,7 +392,24 @@ end)
 
 test('preview_should_hand_over_a_url_for_the_port', function()
   local workspace = current_workspace()
-  local done, result_error, result
+  local uv = vim.uv or vim.loop
+  local function free_port()
+    local socket = uv.new_tcp()
+    socket:bind('127.0.0.1', 0)
+    local port = socket:getsockname().port
+    socket:close()
+    return port
+  end
+  local function preview(port)
+    local done, result_error, result
+    require('sandlink').preview(port, function(err, value)
+      done, result_error, result = true, err, value
+    end)
+    wait_for('the preview answer for ' .. port, 15000, function()
+      return done
+    end)
+    return result_error, result
+  end
   local original_open = vim.ui.open
   if original_open then
     vim.ui.open = function()
@@ -400,15 +417,15 @@ test('preview_should_hand_over_a_url_for_the_port', function()
     end
   end
   local captured, stop = harness.capture_notifications()
-  require('sandlink').preview(8123, function(err, value)
-    done, result_error, result = true, err, value
-  end)
-  local ok, err = pcall(wait_for, 'the preview answer', 10000, function()
-    return done
-  end)
+  -- Nothing listens on a fresh port: the server says so rather than handing over a dead URL.
+  local silent_error = preview(free_port())
+  local port = free_port()
+  local server = start_run('exec python3 -m http.server ' .. port .. ' --bind 127.0.0.1')
+  local result_error, result = preview(port)
   stop()
   vim.ui.open = original_open
-  assert_true(ok, tostring(err))
+  vim.cmd('Sandlink cancel ' .. server.run_id)
+  wait_for_exit(server, 10000)
   local local_driver
   for _, driver in ipairs(workspace.drivers or {}) do
     if driver.id == 'local' then
@@ -416,8 +433,10 @@ test('preview_should_hand_over_a_url_for_the_port', function()
     end
   end
   if local_driver and local_driver.capabilities and local_driver.capabilities.preview then
+    assert_equal('portNotListening', silent_error and silent_error.data and silent_error.data.kind,
+      'a port nothing listens on: ' .. vim.inspect(silent_error))
     assert_true(result_error == nil, 'preview succeeded: ' .. vim.inspect(result_error))
-    assert_matches('8123', result.url, 'the URL names the port')
+    assert_matches(tostring(port), result.url, 'the URL names the port')
   else
     assert_true(result_error ~= nil and result_error.data and result_error.data.kind == 'unsupported',
       'an unsupported error for a driver without previews: ' .. vim.inspect(result_error))

@@ -372,6 +372,23 @@ pub struct SessionInfo {
     /// Long work in flight for the session (connect, sync, snapshot, restore), oldest first.
     #[serde(default)]
     pub jobs: Vec<JobInfo>,
+    /// Who holds the session, as `sandlink/sessions` lists it; absent elsewhere and for expired records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Holder>,
+}
+
+/// Who holds a session in `sandlink/sessions`, so editors need not read it from `message`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Holder {
+    /// Attached to this server.
+    Here,
+    /// Disconnected with `keep` (or kept when its server exited), re-attachable.
+    Kept,
+    /// Left by a sandlink that ended without disconnecting (a crash, a killed editor), re-attachable.
+    Orphaned,
+    /// Attached by another sandlink process (another editor window).
+    Elsewhere,
 }
 
 /// What a job does.

@@ -267,13 +267,13 @@ local function listed_session(overrides)
   }, overrides or {})
 end
 local kept_session = listed_session({ sessionId = 'local-kept', state = 'disconnected', lastActivity = '2026-01-01T10:00:00Z',
-  message = 'Kept; connect again from this workspace to re-attach (local-kept).' })
-local orphaned_session = listed_session({ sessionId = 'local-orphan', state = 'disconnected',
+  held = 'kept', message = 'Kept; connect again from this workspace to re-attach (local-kept).' })
+local orphaned_session = listed_session({ sessionId = 'local-orphan', state = 'disconnected', held = 'orphaned',
   message = 'Left by a sandlink that exited; connect again from its workspace to re-attach (local-orphan).' })
-local other_window_session = listed_session({ sessionId = 'local-busy',
+local other_window_session = listed_session({ sessionId = 'local-busy', held = 'elsewhere',
   message = 'Attached by another sandlink (process 42, probably another editor window).' })
 local other_folder_session = listed_session({ sessionId = 'docker-other', driver = 'docker', state = 'disconnected',
-  workspaceFolder = 'file:///home/me/other', message = 'Kept; connect again from this workspace to re-attach (docker-other).' })
+  workspaceFolder = 'file:///home/me/other', held = 'kept', message = 'Kept; connect again from this workspace to re-attach (docker-other).' })
 
 test('session_times_should_be_read_as_utc_and_ages_said_as_a_person_would', function()
   local sessions = require('sandlink.sessions')

@@ -155,6 +155,7 @@ fn sessions_should_list_a_kept_sandbox_and_rm_should_remove_it() {
     assert_eq!(sessions.len(), 1, "{listed}");
     assert_eq!(sessions[0]["state"], "disconnected", "{listed}");
     assert_eq!(sessions[0]["driver"], "local", "{listed}");
+    assert_eq!(sessions[0]["held"], "kept", "a --keep run is kept, not orphaned: {listed}");
     let id = sessions[0]["sessionId"].as_str().expect("id").to_string();
     let root = std::path::PathBuf::from(sessions[0]["remoteRoot"].as_str().expect("root"));
     assert_eq!(std::fs::read_to_string(root.join("data.txt")).expect("kept file"), "kept\n");

@@ -50,6 +50,7 @@ fn a_session_should_survive_a_server_restart_and_reattach_to_the_same_root() {
     let kept = find(&listed, &session_id).unwrap_or_else(|| panic!("the kept session is listed: {listed:?}"));
     assert_eq!(kept["state"], "disconnected", "{kept}");
     assert!(kept["message"].as_str().unwrap_or_default().contains("connect again"), "{kept}");
+    assert_eq!(kept["held"], "kept", "{kept}");
     assert_eq!(kept["remoteRoot"], remote_root.as_str());
 
     let reattached = second
@@ -88,8 +89,10 @@ fn a_session_should_survive_a_crash_and_gone_sandboxes_should_be_marked_and_clea
     let kept = find(&listed, survivor_id).expect("the crashed server's session is listed");
     assert_eq!(kept["state"], "disconnected");
     assert!(kept["message"].as_str().unwrap_or_default().contains("exited"), "{kept}");
+    assert_eq!(kept["held"], "orphaned", "{kept}");
     let gone = find(&listed, doomed_id).expect("the gone one is reported once");
     assert_eq!(gone["state"], "expired", "{gone}");
+    assert!(gone.get("held").is_none(), "an expired record is held by nobody: {gone}");
     assert!(find(&sessions(&restarted), doomed_id).is_none(), "and then cleaned");
     let error = restarted.request_error("sandlink/connect", json!({ "reuse": doomed_id }));
     assert_eq!(error.kind.as_deref(), Some("unknownSession"), "{}", error.message);
@@ -120,6 +123,9 @@ fn two_servers_on_one_workspace_should_both_work_without_taking_each_others_sess
     let foreign = find(&seen_from_right, left_id).expect("the other window's session is listed");
     assert_eq!(foreign["state"], "active", "its state is the other server's: {foreign}");
     assert!(foreign["message"].as_str().unwrap_or_default().contains("another sandlink"), "{foreign}");
+    assert_eq!(foreign["held"], "elsewhere", "{foreign}");
+    let own = find(&seen_from_right, right_session["sessionId"].as_str().expect("id")).expect("its own session");
+    assert_eq!(own["held"], "here", "{own}");
     let error = right.request_error("sandlink/connect", json!({ "reuse": left_id }));
     assert_eq!(error.kind.as_deref(), Some("sessionInUse"), "{}", error.message);
     assert!(error.message.contains("another editor window") && !error.message.contains("  "), "{}", error.message);

@@ -103,6 +103,8 @@ export interface SessionInfo {
     message?: string;
     /** Long work in flight for the session, oldest first; `sandlink/cancelJob` stops one. */
     jobs: JobInfo[];
+    /** Who holds the session, in `sandlink/sessions` answers; absent elsewhere and for expired records. */
+    held?: "here" | "kept" | "orphaned" | "elsewhere";
 }
 
 export type JobKind = "connect" | "sync" | "snapshot" | "restore";

@@ -161,21 +161,17 @@ function belongsToWindow(session: SessionInfo, workspaceFolders: readonly string
     return workspaceFolders.some((candidate) => normalizedFolder(candidate) === folder);
 }
 
-/**
- * Where a listed session stands. The protocol says kept, crashed-window and other-window sessions apart only in
- * `message` (`Kept; …`, `Left by a sandlink that exited; …`, `Attached by another sandlink …`), so that is read here.
- */
+/** Where a listed session stands, from the server's `held` (who holds it) and the session's state. */
 export function sessionStanding(session: SessionInfo, currentSessionId: string | undefined): SessionStanding {
     if (session.sessionId === currentSessionId) {
         return "here";
     }
-    const message = session.message ?? "";
-    if (/^Attached by another sandlink/.test(message)) {
-        return "elsewhere";
+    if (session.held === "elsewhere" || session.held === "kept" || session.held === "orphaned") {
+        return session.held;
     }
     switch (session.state) {
         case "disconnected":
-            return /^Left by/.test(message) ? "orphaned" : "kept";
+            return "kept";
         case "expired":
             return "expired";
         case "error":

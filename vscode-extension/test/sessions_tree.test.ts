@@ -38,18 +38,21 @@ function session(overrides: Partial<SessionInfo> = {}): SessionInfo {
 const kept = session({
     sessionId: "local-kept",
     state: "disconnected",
+    held: "kept",
     message: "Kept; connect again from this workspace to re-attach (local-kept).",
     lastActivity: "2026-01-01T10:00:00Z",
 });
 const orphaned = session({
     sessionId: "local-orphan",
     state: "disconnected",
+    held: "orphaned",
     message: "Left by a sandlink that exited; connect again from its workspace to re-attach (local-orphan).",
     lastActivity: "2026-01-01T11:58:30Z",
 });
 const elsewhere = session({
     sessionId: "local-other-window",
     state: "active",
+    held: "elsewhere",
     message: "Attached by another sandlink (process 42, probably another editor window).",
 });
 const otherWorkspace = session({
@@ -57,6 +60,7 @@ const otherWorkspace = session({
     driver: "docker",
     state: "disconnected",
     workspaceFolder: "file:///home/me/other",
+    held: "kept",
     message: "Kept; connect again from this workspace to re-attach (docker-elsewhere).",
 });
 
@@ -68,7 +72,7 @@ function sessionNodes(treeInput: SessionsTreeInput): SessionNode[] {
     return sessionsTree(treeInput).filter((node): node is SessionNode => node.kind === "session");
 }
 
-test("a listed session's standing is read from its state and the server's message", () => {
+test("a listed session's standing is read from the server's held and the session's state", () => {
     assert.equal(sessionStanding(kept, undefined), "kept");
     assert.equal(sessionStanding(orphaned, undefined), "orphaned");
     assert.equal(sessionStanding(elsewhere, undefined), "elsewhere");

@@ -63,17 +63,15 @@ end
 
 -- Where a listed session stands: `here` (this workspace's), `kept` (disconnected with keep), `orphaned` (left by a
 -- sandlink that exited without disconnecting), `elsewhere` (another sandlink has it), `expired`, `error`, or `busy`
--- (attached to this server for another workspace). The protocol tells kept, orphaned and elsewhere apart only in
--- `message`, so that is read here.
+-- (attached to this server for another workspace), from the server's `held` and the session's state.
 function sessions.standing(session, current_session_id)
   if session.sessionId == current_session_id then
     return 'here'
   end
-  local message = type(session.message) == 'string' and session.message or ''
-  if message:find('^Attached by another sandlink') then
-    return 'elsewhere'
+  if session.held == 'elsewhere' or session.held == 'kept' or session.held == 'orphaned' then
+    return session.held
   elseif session.state == 'disconnected' then
-    return message:find('^Left by') and 'orphaned' or 'kept'
+    return 'kept'
   elseif session.state == 'expired' or session.state == 'error' then
     return session.state
   end

@@ -11,7 +11,7 @@ use super::{run, Engine, RunHandle, Session};
 use crate::credentials::Secret;
 use crate::drivers::{ConnectRequest, Driver, ReattachRequest};
 use crate::error::{Error, Result};
-use crate::protocol::{DisconnectParams, SessionInfo, SessionState, SessionStateParams};
+use crate::protocol::{DisconnectParams, Holder, SessionInfo, SessionState, SessionStateParams};
 use crate::statefile;
 
 impl Engine {
@@ -191,7 +191,10 @@ impl Engine {
     /// of sandboxes that no longer exist are reported once as `expired` and removed.
     pub async fn sessions(&self) -> Vec<SessionInfo> {
         let live: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
-        let mut sessions: Vec<SessionInfo> = live.iter().map(|session| self.info_with_jobs(session)).collect();
+        let mut sessions: Vec<SessionInfo> = live
+            .iter()
+            .map(|session| SessionInfo { held: Some(Holder::Here), ..self.info_with_jobs(session) })
+            .collect();
         let store = self.store.clone();
         let records = match statefile::blocking(move || store.list()).await {
             Ok(records) => records,
@@ -200,6 +203,9 @@ impl Engine {
                 Vec::new()
             }
         };
+        // Each kept sandbox is asked about at once: one that is slow to answer (a cloud API) must not make the
+        // whole listing wait for every other one in turn.
+        let mut checks = Vec::new();
         for record in records {
             if sessions.iter().any(|session| session.session_id == record.session_id) {
                 continue;
@@ -212,11 +218,12 @@ impl Engine {
                     "Attached by another sandlink (process {}, probably another editor window).",
                     record.pid
                 );
-                sessions.push(record.info(record.state, message));
+                sessions.push(SessionInfo { held: Some(Holder::Elsewhere), ..record.info(record.state, message) });
                 continue;
             }
-            sessions.push(self.check_kept(record).await);
+            checks.push(self.check_kept(record));
         }
+        sessions.extend(futures::future::join_all(checks).await);
         sessions.sort_by(|left, right| left.started_at.cmp(&right.started_at));
         sessions
     }
@@ -255,11 +262,12 @@ impl Engine {
             }
             Ok(Err(error)) => record.info(SessionState::Error, format!("Could not check the sandbox: {error}")),
             Ok(Ok(true)) | Err(_) => {
-                let how = if record.kept { "Kept" } else { "Left by a sandlink that exited" };
-                record.info(
-                    SessionState::Disconnected,
-                    format!("{how}; connect again from its workspace to re-attach ({}).", record.session_id),
-                )
+                let (how, held) = match record.kept {
+                    true => ("Kept", Holder::Kept),
+                    false => ("Left by a sandlink that exited", Holder::Orphaned),
+                };
+                let message = format!("{how}; connect again from its workspace to re-attach ({}).", record.session_id);
+                SessionInfo { held: Some(held), ..record.info(SessionState::Disconnected, message) }
             }
         }
     }

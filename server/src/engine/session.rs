@@ -151,6 +151,7 @@ impl Session {
             resources: mutable.resources,
             message: mutable.message,
             jobs: Vec::new(),
+            held: None,
         }
     }
 }

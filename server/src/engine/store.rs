@@ -113,6 +113,7 @@ impl Record {
             resources: None,
             message: Some(message),
             jobs: Vec::new(),
+            held: None,
         }
     }
 

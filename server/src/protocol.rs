@@ -82,6 +82,8 @@ request!(/// Confirms (or revokes) that the user trusts a workspace, so its `.sa
     TrustWorkspaceRequest, "sandlink/trustWorkspace", TrustWorkspaceParams, EmptyResult);
 request!(/// Settles a sync conflict on one path by keeping the workspace's or the sandbox's version on both sides.
     ResolveRequest, "sandlink/resolve", ResolveParams, SyncResult);
+request!(/// Lists the runs in flight and those that ended lately.
+    RunsRequest, "sandlink/runs", RunsParams, RunsResult);
 request!(/// Lists the workspace's `.sandlink.toml` tasks, so editors need no TOML reader of their own.
     TasksRequest, "sandlink/tasks", TasksParams, TasksResult);
 
@@ -633,6 +635,32 @@ pub struct ResolveParams {
     /// As `SyncState.conflicts` lists it (relative to the workspace), or absolute inside it, or a file URI.
     pub path: String,
     pub keep: ConflictSide,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunsParams {
+    /// Only this session's runs; every session's when absent.
+    pub session_id: Option<String>,
+}
+
+/// One run as `sandlink/runs` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunInfo {
+    pub run_id: String,
+    pub session_id: String,
+    /// The command line (or the program and its arguments) as it was started.
+    pub command: String,
+    pub started_at: String,
+    /// How it ended, as `sandlink/exit` said; absent while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitParams>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunsResult {
+    pub runs: Vec<RunInfo>,
 }
 
 /// `{ workspaceFolder? }`, as for profiles: the server's root when absent.

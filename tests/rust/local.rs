@@ -332,3 +332,36 @@ fn cancel_should_send_sigterm_to_every_child_before_sigkill_after_the_grace_peri
     }
     assert_eq!(support::processes_matching(&marker), Vec::<u32>::new(), "the child that ignores SIGTERM was killed");
 }
+
+#[test]
+fn runs_should_list_what_runs_and_what_ended_lately() {
+    let server = Server::start();
+    let workspace = support::workspace_with(&[]);
+    let session = server.connect("local", Value::Null, workspace.path());
+    let other = server.connect("local", Value::Null, workspace.path());
+    let finished = server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "exit 3" }));
+    let running = server.start_run(json!({ "sessionId": session["sessionId"], "command": "sleep 30" }));
+    server.run_to_exit(json!({ "sessionId": other["sessionId"], "command": "true" }));
+
+    let listed = server.request("sandlink/runs", json!({ "sessionId": session["sessionId"] })).expect("runs");
+    let runs = listed["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "this session's runs only: {listed}");
+    assert_eq!(runs[0]["runId"], running.as_str(), "running first: {listed}");
+    assert_eq!(runs[0]["command"], "sleep 30");
+    assert!(runs[0].get("exit").is_none(), "still running: {listed}");
+    assert_eq!(runs[1]["runId"], finished.exit["runId"], "{listed}");
+    assert_eq!(runs[1]["exit"]["exitCode"], 3, "how it ended: {listed}");
+    assert!(runs[1]["exit"]["logPath"].as_str().is_some_and(|path| std::path::Path::new(path).exists()), "{listed}");
+    assert!(runs[1]["startedAt"].as_str().is_some_and(|at| at.ends_with('Z')), "{listed}");
+
+    let everything = server.request("sandlink/runs", json!({})).expect("all runs");
+    assert_eq!(everything["runs"].as_array().map(Vec::len), Some(3), "{everything}");
+    let error = server.request_error("sandlink/runs", json!({ "sessionId": "nope" }));
+    assert_eq!(error.kind.as_deref(), Some("unknownSession"), "{error:?}");
+
+    server.request("sandlink/cancel", json!({ "runId": running })).expect("cancel");
+    server.collect_run(&running, Duration::from_secs(30));
+    let after = server.request("sandlink/runs", json!({ "sessionId": session["sessionId"] })).expect("runs");
+    assert_eq!(after["runs"][0]["exit"]["cancelled"], true, "{after}");
+    assert_eq!(after["runs"].as_array().map(Vec::len), Some(2), "listed once: {after}");
+}

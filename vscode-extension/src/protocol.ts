@@ -316,6 +316,16 @@ export interface TrustWorkspaceParams {
 }
 export const trustWorkspace = new RequestType<TrustWorkspaceParams, EmptyResult, void>("sandlink/trustWorkspace");
 
+export interface RunInfo {
+    runId: string;
+    sessionId: string;
+    command: string;
+    startedAt: string;
+    /** How it ended, as `sandlink/exit` said; absent while it runs. */
+    exit?: ExitParams;
+}
+export const runs = new RequestType<{ sessionId?: string }, { runs: RunInfo[] }, void>("sandlink/runs");
+
 export interface ResolveParams {
     sessionId: string;
     /** As `SyncState.conflicts` names it, absolute inside the workspace, or a file URI. */

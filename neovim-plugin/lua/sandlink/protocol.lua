@@ -26,6 +26,7 @@ protocol.request = {
   trust_workspace = 'sandlink/trustWorkspace',
   tasks = 'sandlink/tasks',
   resolve = 'sandlink/resolve',
+  runs = 'sandlink/runs',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

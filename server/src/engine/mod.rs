@@ -61,6 +61,8 @@ pub struct Engine {
     lossless_output: bool,
     /// Shared so a finished run's task can remove its own entry.
     runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>>,
+    /// The runs that ended most recently, newest last, at most `RECENT_RUNS`, for `sandlink/runs`.
+    recent_runs: Arc<Mutex<std::collections::VecDeque<Arc<RunHandle>>>>,
     /// Keeps every session with a lease alive while in use (one task for all of them).
     lifecycle: Arc<lifecycle::Manager>,
     /// Connects, syncs, snapshots and restores in flight.
@@ -102,6 +104,7 @@ impl Engine {
             sessions: Mutex::default(),
             lossless_output: false,
             runs,
+            recent_runs: Arc::default(),
             lifecycle,
             jobs: jobs::Jobs::default(),
         }

@@ -35,6 +35,10 @@ pub struct RunHandle {
     /// The command as the user gave it, for menus that offer to cancel it.
     pub command: String,
     pub started: Instant,
+    /// When it started, as the protocol writes times.
+    pub started_at: String,
+    /// How it ended, once it has (what `sandlink/exit` said).
+    pub exit: std::sync::OnceLock<ExitParams>,
     /// The queue in front of the process's stdin, when it was started with one.
     stdin: Option<Arc<StdinFeed>>,
     cancel_requested: AtomicBool,
@@ -208,6 +212,8 @@ pub fn start(context: RunContext, mut process: Process) -> Result<(Arc<RunHandle
         session_id: context.session_id.clone(),
         command: context.command.clone(),
         started: Instant::now(),
+        started_at: crate::clock::now_rfc3339(),
+        exit: std::sync::OnceLock::new(),
         stdin: process
             .stdin
             .is_some()
@@ -301,19 +307,18 @@ async fn pump(
             )
         })
     });
-    context
-        .events
-        .exit(ExitParams {
-            run_id: context.run_id.clone(),
-            exit_code,
-            signal,
-            cancelled,
-            timed_out,
-            duration_ms: started.elapsed().as_millis() as u64,
-            log_path: Some(log_path_text),
-            message,
-        })
-        .await;
+    let exit = ExitParams {
+        run_id: context.run_id.clone(),
+        exit_code,
+        signal,
+        cancelled,
+        timed_out,
+        duration_ms: started.elapsed().as_millis() as u64,
+        log_path: Some(log_path_text),
+        message,
+    };
+    let _ = handle.exit.set(exit.clone());
+    context.events.exit(exit).await;
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

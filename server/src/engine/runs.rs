@@ -9,7 +9,10 @@ use super::{output, run, Engine, RunHandle};
 use crate::drivers::ExecSpec;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::short_id;
-use crate::protocol::{RunParams, SessionState};
+use crate::protocol::{RunInfo, RunParams, RunsResult, SessionState};
+
+/// How many ended runs `sandlink/runs` remembers (for the whole server).
+const RECENT_RUNS: usize = 50;
 
 impl Engine {
     /// Starts a run; the caller must release the returned sender once it has answered the request.
@@ -82,15 +85,48 @@ impl Engine {
         lock(&self.runs).insert(run_id.clone(), handle);
         self.watch_ports(&session);
         let runs = self.runs.clone();
+        let recent = self.recent_runs.clone();
         let finished = handle_for_end;
         tokio::spawn(async move {
             let _ = task.await;
+            {
+                let mut recent = lock(&recent);
+                recent.push_back(finished.clone());
+                while recent.len() > RECENT_RUNS {
+                    recent.pop_front();
+                }
+            }
             lock(&runs).remove(&finished.run_id);
             finished.mark_ended();
         });
         Ok((run_id, answered))
     }
 
+
+    /// Runs in flight, then those that ended lately (at most `RECENT_RUNS` of them), each newest first; only those
+    /// of one session when it is given.
+    pub fn list_runs(&self, session_id: Option<&str>) -> RunsResult {
+        let wanted = |run: &&Arc<RunHandle>| session_id.is_none_or(|id| run.session_id == id);
+        let mut running: Vec<Arc<RunHandle>> = lock(&self.runs).values().filter(wanted).cloned().collect();
+        running.sort_by_key(|run| std::cmp::Reverse(run.started));
+        let ended: Vec<Arc<RunHandle>> = lock(&self.recent_runs).iter().rev().filter(wanted).cloned().collect();
+        let info = |run: &Arc<RunHandle>| RunInfo {
+            run_id: run.run_id.clone(),
+            session_id: run.session_id.clone(),
+            command: run.command.clone(),
+            started_at: run.started_at.clone(),
+            exit: run.exit.get().cloned(),
+        };
+        // A run whose exit was just sent may still be in the table for a moment: it is listed once, as ended.
+        let ended_ids: std::collections::HashSet<&str> = ended.iter().map(|run| run.run_id.as_str()).collect();
+        let runs = running
+            .iter()
+            .filter(|run| !ended_ids.contains(run.run_id.as_str()))
+            .chain(ended.iter())
+            .map(info)
+            .collect();
+        RunsResult { runs }
+    }
 
     /// The runs in flight in a session, newest first.
     pub fn runs_of(&self, session_id: &str) -> Vec<Arc<RunHandle>> {

@@ -135,6 +135,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::DeleteCredentialRequest::METHOD, Backend::delete_credential)
     .custom_method(proto::TrustWorkspaceRequest::METHOD, Backend::trust_workspace)
     .custom_method(proto::TasksRequest::METHOD, Backend::tasks)
+    .custom_method(proto::RunsRequest::METHOD, Backend::runs)
     .custom_method(proto::ResolveRequest::METHOD, Backend::resolve)
     .finish()
 }
@@ -396,6 +397,16 @@ impl Backend {
     async fn resolve(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::ResolveRequest, _, _>(params, |params| async move {
             self.engine.resolve(params, &crate::progress::NoProgress).await
+        })
+        .await
+    }
+
+    async fn runs(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::RunsRequest, _, _>(params, |params| async move {
+            if let Some(session_id) = &params.session_id {
+                self.engine.session(session_id)?;
+            }
+            Ok(self.engine.list_runs(params.session_id.as_deref()))
         })
         .await
     }

@@ -389,25 +389,21 @@ impl Files {
         Ok(found)
     }
 
-    /// `GET /files/download` for one file whose name a multipart header could not carry.
-    async fn download_one(&self, relative: &str) -> Result<Option<Vec<u8>>> {
-        let path = format!("{}/{relative}", self.root);
-        let what = format!("downloading {relative} from the sandbox");
-        let outcome = self
-            .toolbox
-            .api
-            .send(None, || self.toolbox.api.request(reqwest::Method::GET, "/files/download").query(&[("path", path.as_str())]))
-            .await;
-        match outcome {
-            Ok(response) => Ok(Some(
-                response
-                    .bytes()
-                    .await
-                    .map_err(|error| Error::Remote { status: None, message: format!("The download of {relative} broke off: {error}.") })?
-                    .to_vec(),
-            )),
-            Err(failure) if failure.status() == Some(404) => Ok(None),
-            Err(failure) => Err(self.toolbox.api.fail(failure, &what)),
+    /// One file whose name a multipart header cannot carry (a newline in it), read by a helper script instead: a
+    /// header naming it would break the answer of `files/download` just as that of `files/bulk-download`.
+    async fn download_odd(&self, relative: &str) -> Result<Option<Vec<u8>>> {
+        let script = "[ -f \"$1\" ] || exit 3\nexec cat -- \"$1\"";
+        let reply = self.toolbox.script(&self.root, script, &[relative], "downloading a file from the sandbox").await?;
+        match reply.status {
+            0 => Ok(Some(reply.stdout)),
+            3 => Ok(None),
+            status => Err(Error::Remote {
+                status: None,
+                message: format!(
+                    "Reading {relative:?} in the Daytona sandbox failed (exit {status}): {}",
+                    String::from_utf8_lossy(&reply.stderr).trim()
+                ),
+            }),
         }
     }
 }
@@ -501,7 +497,7 @@ impl RemoteFiles for Files {
         let (odd, plain): (Vec<String>, Vec<String>) = files.into_iter().partition(|path| path.chars().any(char::is_control));
         let mut contents = self.bulk_download(&plain).await?;
         for path in odd {
-            if let Some(content) = self.download_one(&path).await? {
+            if let Some(content) = self.download_odd(&path).await? {
                 contents.insert(path, content);
             }
         }

@@ -205,3 +205,288 @@ fn with_settings(fake: &Fake, extra: Value) -> Value {
     }
     settings
 }
+
+#[test]
+fn markers_split_across_one_byte_frames_should_still_separate_stdout_from_stderr() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    // One byte per frame: every `01 01 01` and `02 02 02` marker arrives in three frames.
+    fake.set_faults(json!({ "logsFrameBytes": 1 }));
+    let outcome = server.run_to_exit(json!({
+        "sessionId": session_id,
+        "command": "echo out-1; sleep 0.1; echo err-1 >&2; sleep 0.1; printf 'out-\\342\\202\\254-2\\n'; sleep 0.1; printf 'err-\\377\\n' >&2",
+    }));
+    assert_eq!(outcome.stdout, "out-1\nout-€-2\n", "{}", outcome.exit);
+    assert_eq!(outcome.stderr, "err-1\nerr-\u{FFFD}\n", "{}", outcome.exit);
+    assert_eq!(outcome.exit_code(), Some(0));
+}
+
+/// How many logs WebSockets the fake saw opened from `since` on.
+fn logs_streams_since(fake: &Fake, since: u64) -> usize {
+    fake.requests_since(since)
+        .iter()
+        .filter(|request| request["path"].as_str().is_some_and(|path| path.ends_with("/logs")) && request["query"].as_str().is_some_and(|query| query.contains("follow=true")))
+        .count()
+}
+
+#[test]
+fn dropped_logs_websocket_should_resume_with_output_complete_in_order_and_without_duplicates() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    // Three cuts, each after 300 bytes of log went out, while the command is still printing: every new WebSocket
+    // replays the log from its start, so the driver must skip what it delivered and lose nothing.
+    fake.set_faults(json!({ "dropLogsAfterBytes": 300, "dropLogsCount": 3 }));
+    let since = fake.next_sequence();
+    let outcome = server.run_to_exit(json!({
+        "sessionId": session_id,
+        "command": "for i in $(seq 1 200); do echo line-$i; if [ $((i % 10)) = 0 ]; then echo err-$i >&2; sleep 0.05; fi; done",
+    }));
+    let expected: String = (1..=200).map(|index| format!("line-{index}\n")).collect();
+    let expected_errors: String = (1..=20).map(|index| format!("err-{}\n", index * 10)).collect();
+    assert_eq!(outcome.stdout, expected, "every line arrives once, in order: {}", outcome.exit);
+    assert_eq!(outcome.stderr, expected_errors, "stderr too");
+    assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.exit);
+    assert!(logs_streams_since(&fake, since) >= 2, "the logs were opened again after the cuts");
+}
+
+#[test]
+fn a_logs_websocket_cut_after_the_command_ended_should_take_the_rest_from_the_plain_logs() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    // Cut right after the upgrade, every time for a while: the command ends meanwhile, and its output must come
+    // whole from the plain logs.
+    fake.set_faults(json!({ "dropLogsAfterBytes": 0, "dropLogsCount": 2 }));
+    let since = fake.next_sequence();
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo quick; echo quicker >&2; exit 4" }));
+    assert_eq!(outcome.stdout, "quick\n", "{}", outcome.exit);
+    assert_eq!(outcome.stderr, "quicker\n", "{}", outcome.exit);
+    assert_eq!(outcome.exit_code(), Some(4));
+    let plain = fake
+        .requests_since(since)
+        .iter()
+        .filter(|request| request["path"].as_str().is_some_and(|path| path.ends_with("/logs")) && !request["query"].as_str().unwrap_or_default().contains("follow"))
+        .count();
+    let reopened = logs_streams_since(&fake, since);
+    assert!(plain >= 1 || reopened >= 2, "the rest came from the plain logs or a new stream");
+}
+
+#[test]
+fn logs_that_break_before_anything_arrives_should_give_up_with_a_clear_error() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    let drops = 30;
+    fake.set_faults(json!({ "dropLogsAfterBytes": 0, "dropLogsCount": drops }));
+    let since = fake.next_sequence();
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "sleep 4; echo too-late" }));
+    fake.admin("DELETE", "/_admin/faults", None);
+    let message = outcome.exit["message"].as_str().unwrap_or_default();
+    assert!(message.contains("kept breaking"), "the exit says the stream could not be kept up: {}", outcome.exit);
+    let opened = logs_streams_since(&fake, since);
+    assert!((2..drops as usize).contains(&opened), "the driver gave up after a few fruitless openings, not {opened}");
+}
+
+#[test]
+fn rate_limits_should_be_retried_after_the_servers_retry_after() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    fake.set_faults(json!({ "rateLimitNext": 2, "retryAfter": 1, "rateLimitPlane": "api", "rateLimitPath": "^/api/sandbox$" }));
+    let started = Instant::now();
+    let since = fake.next_sequence();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    assert!(started.elapsed() >= Duration::from_millis(1900), "Retry-After was honoured: {:?}", started.elapsed());
+    let creates: Vec<Value> = fake
+        .requests_since(since)
+        .iter()
+        .filter(|request| request["path"] == "/api/sandbox" && request["method"] == "POST")
+        .cloned()
+        .collect();
+    let statuses: Vec<Value> = creates.iter().map(|request| request["status"].clone()).collect();
+    assert_eq!(statuses, vec![json!(429), json!(429), json!(200)]);
+    let times: Vec<f64> = creates.iter().filter_map(|request| request["time"].as_f64()).collect();
+    assert!(times.windows(2).all(|pair| pair[1] - pair[0] >= 0.95), "each retry waited for Retry-After: {times:?}");
+    // The same on the toolbox, for a run, and 5xx answers are retried too.
+    fake.set_faults(json!({ "rateLimitNext": 1, "retryAfter": 1, "rateLimitPlane": "toolbox", "rateLimitPath": null }));
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo after-429" }));
+    assert_eq!(outcome.stdout, "after-429\n");
+    fake.set_faults(json!({ "errorNext": 2, "errorStatus": 503, "errorPlane": "toolbox" }));
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo after-503" }));
+    assert_eq!(outcome.stdout, "after-503\n");
+}
+
+#[test]
+fn vanished_sandbox_should_end_the_run_and_expire_the_session() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    let sandbox = fake.sandbox_of(&session_id).expect("the session's sandbox, found by its label");
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "echo started; sleep 60" }));
+    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    fake.set_faults(json!({ "vanish": sandbox["id"] }));
+    let outcome = server.collect_run(&run_id, Duration::from_secs(30));
+    let message = outcome.exit["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("no longer exists"), "the exit says what happened: {}", outcome.exit);
+    let state = server.wait_notification("sandlink/sessionState", Duration::from_secs(10), |params| {
+        params["sessionId"] == session_id && params["state"] == "expired"
+    });
+    assert!(state["message"].as_str().is_some_and(|text| text.contains("gone") || text.contains("no longer")), "{state}");
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status still answers");
+    assert_eq!(status["state"], "expired");
+}
+
+#[test]
+fn hung_toolbox_should_end_the_run_with_a_clear_error_instead_of_hanging() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "echo started; sleep 60" }));
+    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    fake.set_faults(json!({ "hangToolbox": true }));
+    let started = Instant::now();
+    let outcome = server.collect_run(&run_id, Duration::from_secs(40));
+    assert!(started.elapsed() < Duration::from_secs(20), "the run ended in {:?}", started.elapsed());
+    let message = outcome.exit["message"].as_str().unwrap_or_default();
+    assert!(message.contains("stopped answering"), "the exit explains: {}", outcome.exit);
+    fake.admin("DELETE", "/_admin/faults", None);
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo recovered" }));
+    assert_eq!(outcome.stdout, "recovered\n");
+}
+
+#[test]
+fn a_sandbox_stuck_starting_should_fail_the_connect_clearly_and_be_deleted() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    fake.set_faults(json!({ "stuckStarting": true }));
+    let workspace = support::workspace_with(&[]);
+    let started = Instant::now();
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({
+            "driver": "daytona",
+            "settings": with_settings(&fake, json!({ "startTimeoutSeconds": 2 })),
+            "workspaceFolder": support::file_uri(workspace.path()),
+        }),
+    );
+    assert!(started.elapsed() < Duration::from_secs(15), "the connect gave up in {:?}", started.elapsed());
+    assert_eq!(error.kind.as_deref(), Some("timeout"), "{error:?}");
+    assert!(error.message.contains("starting") && error.message.contains("startTimeoutSeconds"), "{}", error.message);
+    let all = fake.admin("GET", "/_admin/sandboxes", None);
+    let left: Vec<&Value> = all["sandboxes"].as_array().map(|all| all.iter().filter(|sandbox| sandbox["state"] != "destroyed").collect()).unwrap_or_default();
+    assert!(left.is_empty(), "the sandbox that never started was deleted: {left:?}");
+}
+
+#[test]
+fn missing_api_key_should_be_credentials_missing_naming_the_variable() {
+    let Some(fake) = shared_fake() else { return };
+    let server = Server::start_with(StartOptions {
+        env: vec![("DAYTONA_API_KEY".into(), String::new()), ("DAYTONA_JWT_TOKEN".into(), String::new())],
+        ..StartOptions::default()
+    });
+    let workspace = support::workspace_with(&[]);
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "driver": "daytona", "settings": fake.settings(), "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("credentialsMissing"), "{error:?}");
+    assert!(error.message.contains("DAYTONA_API_KEY") && error.message.contains("sandlink/setCredential"), "{}", error.message);
+}
+
+#[test]
+fn wrong_api_key_should_be_a_remote_error_that_never_echoes_the_key() {
+    let Some(fake) = shared_fake() else { return };
+    let wrong_key = "dtn_wrong_key_4d3c2b1a0f9e8d7c";
+    let server = Server::start_with(StartOptions {
+        env: vec![("DAYTONA_API_KEY".into(), wrong_key.into()), ("RUST_LOG".into(), "trace".into())],
+        ..StartOptions::default()
+    });
+    let workspace = support::workspace_with(&[]);
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "driver": "daytona", "settings": fake.settings(), "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("remoteError"), "{error:?}");
+    assert!(error.message.contains("DAYTONA_API_KEY"), "the message says where the key comes from: {}", error.message);
+    assert!(!error.message.contains(wrong_key), "the key is never echoed");
+    assert!(!error.data.to_string().contains(wrong_key), "the key is not in the error data");
+    assert!(!server.stderr().contains(wrong_key), "the key is not in the log");
+}
+
+#[test]
+fn requests_should_carry_the_sdk_headers_so_the_toolbox_splits_output() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let since = fake.next_sequence();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo o; echo e >&2" }));
+    assert_eq!((outcome.stdout.as_str(), outcome.stderr.as_str()), ("o\n", "e\n"));
+    let requests = fake.requests_since(since);
+    assert!(!requests.is_empty());
+    for request in requests.iter().filter(|request| request["plane"] == "api" || request["plane"] == "toolbox") {
+        assert_eq!(request["headers"]["X-Daytona-SDK-Version"], "0.226.1", "{request}");
+        assert_eq!(request["headers"]["X-Daytona-Source"], "sandlink", "{request}");
+    }
+}
+
+#[test]
+fn a_run_should_use_one_session_and_delete_it_after() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    let since = fake.next_sequence();
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo one-run" }));
+    assert_eq!(outcome.stdout, "one-run\n");
+    support_eventually(Duration::from_secs(5), || {
+        let routes: Vec<String> = fake
+            .requests_since(since)
+            .iter()
+            .map(|request| format!("{} {}", request["method"].as_str().unwrap_or_default(), request["route"].as_str().unwrap_or_default()))
+            .collect();
+        routes.iter().any(|route| route.starts_with("DELETE") && route.ends_with("/process/session/{sessionId}"))
+    });
+    let routes: Vec<String> = fake
+        .requests_since(since)
+        .iter()
+        .map(|request| format!("{} {}", request["method"].as_str().unwrap_or_default(), request["route"].as_str().unwrap_or_default()))
+        .collect();
+    let sessions_made = routes.iter().filter(|route| route.as_str() == "POST /toolbox/{sandboxId}/process/session").count();
+    assert_eq!(sessions_made, 1, "one session per run: {routes:?}");
+    assert!(routes.iter().any(|route| route.ends_with("/exec")), "{routes:?}");
+}
+
+#[test]
+fn sync_up_should_send_one_bulk_upload_per_batch_and_keep_modes() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let files: Vec<(String, String)> = (0..40).map(|index| (format!("src/file-{index}.txt"), format!("content {index}\n"))).collect();
+    let borrowed: Vec<(&str, &str)> = files.iter().map(|(path, content)| (path.as_str(), content.as_str())).collect();
+    let since = fake.next_sequence();
+    let (workspace, session_id) = connect(&server, fake.settings(), &borrowed);
+    let uploads = fake.requests_since(since).iter().filter(|request| request["route"].as_str().is_some_and(|route| route.ends_with("/files/bulk-upload"))).count();
+    assert_eq!(uploads, 1, "forty files travel in one bulk upload");
+    let script = workspace.path().join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ran\n").expect("a script");
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&script).expect("metadata").permissions(), 0o755);
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" })).expect("sync up");
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "./run.sh && cat src/file-7.txt" }));
+    assert_eq!(outcome.stdout, "ran\ncontent 7\n", "{}", outcome.exit);
+}
+
+fn support_eventually(limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "the condition did not hold within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -194,25 +194,26 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 /// A quoted parameter of a `Content-Disposition` header, with backslash escapes undone; `filename*` (RFC 5987,
 /// percent-encoded UTF-8) wins over `filename` when both are there.
 fn disposition_parameter(header: &str, name: &str) -> Option<String> {
-    let extended = format!("{name}*=");
-    if let Some(start) = header.find(&extended) {
-        let value = header[start + extended.len()..].split(';').next().unwrap_or("").trim();
+    // Where `key` starts a parameter (after `;` or a space), so `name=` is never found inside `filename=`.
+    let find_key = |key: &str| {
+        let mut search = 0;
+        loop {
+            let found = header[search..].find(key)? + search;
+            if found == 0 || matches!(header.as_bytes()[found - 1], b' ' | b';') {
+                return Some(found + key.len());
+            }
+            search = found + key.len();
+        }
+    };
+    if let Some(start) = find_key(&format!("{name}*=")) {
+        let value = header[start..].split(';').next().unwrap_or("").trim();
         if let Some((_, encoded)) = value.split_once("''") {
             if let Ok(decoded) = urlencoding_decode(encoded) {
                 return Some(decoded);
             }
         }
     }
-    let plain = format!("{name}=\"");
-    let mut search = 0;
-    let start = loop {
-        let found = header[search..].find(&plain)? + search;
-        // `name="…"` must not be the tail of another parameter (`filename=` inside `xfilename=`).
-        if found == 0 || matches!(header.as_bytes()[found - 1], b' ' | b';') {
-            break found + plain.len();
-        }
-        search = found + plain.len();
-    };
+    let start = find_key(&format!("{name}=\""))?;
     let mut value = String::new();
     let mut characters = header[start..].chars();
     while let Some(character) = characters.next() {
@@ -562,6 +563,7 @@ mod tests {
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0], Part { name: "file".into(), filename: Some("/w/a \"q\".txt".into()), content: tricky });
         assert_eq!(parts[1].filename.as_deref(), Some("/w/é.txt"));
+        assert_eq!(parts[1].name, "file", "name= is not read from inside filename*=");
         assert_eq!(parts[1].content, b"second");
         assert_eq!(parts[2].name, "error");
     }

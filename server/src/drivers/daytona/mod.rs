@@ -113,6 +113,18 @@ struct SandboxAnswer {
     memory: Option<f64>,
     #[serde(default)]
     auto_stop_interval: Option<f64>,
+    /// When Daytona last saw activity (RFC 3339, its own clock): auto-stop comes `autoStopInterval` minutes after.
+    #[serde(default)]
+    last_activity_at: Option<String>,
+}
+
+impl SandboxAnswer {
+    /// When Daytona will stop the sandbox unless there is activity, by Daytona's own clock.
+    fn auto_stop_at(&self) -> Option<time::OffsetDateTime> {
+        let last = time::OffsetDateTime::parse(self.last_activity_at.as_deref()?, &time::format_description::well_known::Rfc3339).ok()?;
+        let minutes = self.auto_stop_interval.filter(|minutes| *minutes > 0.0)?;
+        Some(last + Duration::from_secs_f64(minutes * 60.0))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,8 +417,14 @@ impl DaytonaSandbox {
         let toolbox = Arc::new(Toolbox {
             api: Api::toolbox(opening.http.clone(), toolbox_base, &opening.credentials, opening.gone.clone()),
             tuning,
+            main: opening.api.clone(),
+            sandbox_id: answer.id.clone(),
         });
         let auto_stop_minutes = answer.auto_stop_interval.map(|minutes| minutes as u64).filter(|minutes| *minutes > 0).unwrap_or(settings.auto_stop_minutes);
+        let lease = LeaseBook::starting_now(auto_stop_minutes * 60, Duration::from_secs(settings.keepalive_idle_seconds));
+        if let Some(end) = answer.auto_stop_at() {
+            lease.observed_end(&rfc3339(end));
+        }
         Ok(DaytonaSandbox {
             api: opening.api.clone(),
             toolbox: toolbox.clone(),
@@ -414,7 +432,7 @@ impl DaytonaSandbox {
             remote_root: settings.remote_root.clone(),
             shell_root: std::sync::Mutex::new(settings.remote_root.clone()),
             auto_stop_minutes: AtomicU64::new(auto_stop_minutes),
-            lease: LeaseBook::starting_now(auto_stop_minutes * 60, Duration::from_secs(settings.keepalive_idle_seconds)),
+            lease,
             gone: opening.gone.clone(),
             files: Arc::new(files::Files::new(toolbox, settings.remote_root.clone())),
             resources: Resources {
@@ -546,7 +564,20 @@ impl Sandbox for DaytonaSandbox {
             self.auto_stop_minutes.store(minutes, Ordering::SeqCst);
         }
         self.api.call(reqwest::Method::POST, &self.sandbox_path("/last-activity"), None, "keeping the sandbox active").await?;
-        Ok(rfc3339(self.lease.extended_by(self.auto_stop_seconds())))
+        let fallback = self.lease.extended_by(self.auto_stop_seconds());
+        // The end by Daytona's clock, which is what its auto-stop goes by; the lease keeps that.
+        let what = "reading when the sandbox will stop";
+        let observed = match self.api.call(reqwest::Method::GET, &self.sandbox_path(""), None, what).await {
+            Ok(response) => json_body::<SandboxAnswer>(response, what).await.ok().and_then(|answer| answer.auto_stop_at()),
+            Err(_) => None,
+        };
+        match observed {
+            Some(end) => {
+                self.lease.observed_end(&rfc3339(end));
+                Ok(rfc3339(end))
+            }
+            None => Ok(rfc3339(fallback)),
+        }
     }
 
     /// A Daytona snapshot of the sandbox; its name is the id `restore` creates a sandbox from.
@@ -606,12 +637,17 @@ impl Sandbox for DaytonaSandbox {
             Some("destroyed") | Some("destroying") => self.gone_status("deleted".into()),
             _ => match state_problem(&answer) {
                 Some(problem) => SandboxStatus { failure: Some(format!("{problem}.")), resources, ..SandboxStatus::default() },
-                None => SandboxStatus {
+                None => {
+                    if let Some(end) = answer.auto_stop_at() {
+                        self.lease.observed_end(&rfc3339(end));
+                    }
+                    SandboxStatus {
                     resources,
                     failure: None,
                     expires_at: Some(rfc3339(self.lease.expires_at())),
                     expired: false,
-                },
+                    }
+                }
             },
         })
     }
@@ -654,6 +690,7 @@ mod tests {
             cpu: None,
             memory: None,
             auto_stop_interval: None,
+            last_activity_at: None,
         };
         assert!(state_problem(&answer("build_failed")).is_some_and(|text| text.contains("image not found")));
         assert!(state_problem(&answer("error")).is_some_and(|text| text.contains("sb1")));

@@ -113,6 +113,61 @@ impl Demux {
     }
 }
 
+/// Removes the end mark a run's wrapper prints on each stream after the command: `\n`, a token, `\n`.
+///
+/// The daemon labels output line by line and ends a last line that has no newline with one, so a command's exact
+/// output cannot be told from the log alone. The wrapper therefore always adds a newline and the token after the
+/// command; what precedes that added newline is the command's output, byte for byte. Only a tail that could still
+/// turn out to be the mark is held back (for output ending in a newline, just that newline), so output stays live.
+#[derive(Debug)]
+pub struct EndMark {
+    pattern: Vec<u8>,
+    held: Vec<u8>,
+}
+
+impl EndMark {
+    pub fn new(token: &str) -> Self {
+        EndMark { pattern: format!("\n{token}\n").into_bytes(), held: Vec::new() }
+    }
+
+    /// Feeds output; answers what can be passed on now.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut all = std::mem::take(&mut self.held);
+        all.extend_from_slice(bytes);
+        let earliest = all.len().saturating_sub(self.pattern.len());
+        let hold_from = (earliest..all.len()).find(|&start| all[start] == b'\n' && self.pattern.starts_with(&all[start..]));
+        if let Some(start) = hold_from {
+            self.held = all.split_off(start);
+        }
+        all
+    }
+
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Gives up waiting for the mark when all that is held is a newline: the mark follows the command's last output
+    /// within milliseconds, so a newline held longer was the command's own. A longer tail is the mark arriving in
+    /// pieces and stays held.
+    pub fn release(&mut self) -> Vec<u8> {
+        if self.held == b"\n" {
+            std::mem::take(&mut self.held)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The stream ended: the mark is dropped; anything else held was output after all.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let held = std::mem::take(&mut self.held);
+        if held == self.pattern {
+            Vec::new()
+        } else {
+            held
+        }
+    }
+}
+
 /// Hands each stream's bytes to the engine exactly once, however often the log is replayed from its start.
 pub struct Delivery {
     stdout: mpsc::Sender<Bytes>,
@@ -120,11 +175,62 @@ pub struct Delivery {
     delivered: [u64; 2],
     /// What the current replay of the log has shown of each stream so far.
     seen: [u64; 2],
+    /// Each stream's end-mark filter, when the command was wrapped with one.
+    marks: Option<[EndMark; 2]>,
+    /// Output waiting with a held tail, so a line and its newline reach the engine together.
+    pending: [Vec<u8>; 2],
+    /// Since when a tail is held.
+    held_since: Option<tokio::time::Instant>,
 }
 
+/// How long a tail that might be the end mark is held before it counts as output.
+const END_MARK_PATIENCE: Duration = Duration::from_millis(100);
+
 impl Delivery {
-    pub fn new(stdout: mpsc::Sender<Bytes>, stderr: mpsc::Sender<Bytes>) -> Self {
-        Delivery { stdout, stderr, delivered: [0; 2], seen: [0; 2] }
+    pub fn new(stdout: mpsc::Sender<Bytes>, stderr: mpsc::Sender<Bytes>, end_token: Option<&str>) -> Self {
+        let marks = end_token.map(|token| [EndMark::new(token), EndMark::new(token)]);
+        Delivery { stdout, stderr, delivered: [0; 2], seen: [0; 2], marks, pending: [Vec::new(), Vec::new()], held_since: None }
+    }
+
+    /// When held output is to be released, if any is held.
+    pub fn release_at(&self) -> Option<tokio::time::Instant> {
+        self.held_since.map(|since| since + END_MARK_PATIENCE)
+    }
+
+    /// Passes on everything held, the tails included.
+    pub async fn release(&mut self) {
+        self.held_since = None;
+        for (slot, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+            let mut bytes = std::mem::take(&mut self.pending[slot]);
+            if let Some(marks) = self.marks.as_mut() {
+                bytes.extend(marks[slot].release());
+            }
+            self.send(stream, bytes).await;
+        }
+    }
+
+    async fn send(&self, stream: Stream, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        let sender = match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        };
+        // A closed receiver means the engine stopped reading; the run still goes on to its end.
+        let _ = sender.send(Bytes::from(bytes)).await;
+    }
+
+    /// The log is over: passes on what the end-mark filters held, without the marks.
+    pub async fn finish(&mut self) {
+        self.held_since = None;
+        for (slot, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+            let mut bytes = std::mem::take(&mut self.pending[slot]);
+            if let Some(marks) = self.marks.as_mut() {
+                bytes.extend(marks[slot].finish());
+            }
+            self.send(stream, bytes).await;
+        }
     }
 
     /// A new replay of the log begins at its start.
@@ -146,12 +252,22 @@ impl Delivery {
         let skip = self.delivered[slot].saturating_sub(start) as usize;
         let fresh = &bytes[skip..];
         self.delivered[slot] = self.seen[slot];
-        let sender = match stream {
-            Stream::Stdout => &self.stdout,
-            Stream::Stderr => &self.stderr,
+        let Some(marks) = self.marks.as_mut() else {
+            self.send(stream, fresh.to_vec()).await;
+            return true;
         };
-        // A closed receiver means the engine stopped reading; the run still goes on to its end.
-        let _ = sender.send(Bytes::copy_from_slice(fresh)).await;
+        let passed = marks[slot].push(fresh);
+        self.pending[slot].extend(passed);
+        if marks[slot].holding() {
+            // The patience counts from the latest data: the mark's pieces come close together.
+            self.held_since = Some(tokio::time::Instant::now());
+        } else {
+            let bytes = std::mem::take(&mut self.pending[slot]);
+            self.send(stream, bytes).await;
+            if !self.marks.as_ref().is_some_and(|marks| marks.iter().any(EndMark::holding)) {
+                self.held_since = None;
+            }
+        }
         true
     }
 
@@ -192,6 +308,9 @@ impl StreamTuning {
 pub struct Toolbox {
     pub api: Api,
     pub tuning: StreamTuning,
+    /// The main API and the sandbox's id there: when the toolbox fails, it tells a deleted sandbox from a hung one.
+    pub main: Arc<Api>,
+    pub sandbox_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +357,16 @@ pub struct Reply {
 const STDERR_SEPARATOR: &str = "\n-sandlink-stderr-\n";
 
 impl Toolbox {
+    /// The main API's word on the sandbox after a toolbox failure: the error to report when it is gone (which also
+    /// sets the gone flag the session's lease reports), `None` when it still exists or cannot be asked.
+    pub async fn sandbox_gone(&self) -> Option<Error> {
+        let path = format!("/sandbox/{}", self.sandbox_id);
+        match self.main.call_within(reqwest::Method::GET, &path, None, "checking the sandbox", self.tuning.probe.max(Duration::from_secs(5))).await {
+            Err(error) if self.main.gone().get().is_some() => Some(error),
+            _ => None,
+        }
+    }
+
     fn session_path(session: &str, suffix: &str) -> String {
         format!("/process/session/{session}{suffix}")
     }
@@ -398,29 +527,50 @@ async fn open_logs(toolbox: &Toolbox, session: &str, command: &str) -> std::resu
     }
 }
 
-/// Reads one opening of the logs until the toolbox closes it, it breaks, or it goes silent past its pings.
-async fn pump_logs(mut socket: Socket, tuning: &StreamTuning, delivery: &mut Delivery) -> StreamEnd {
+/// Reads one opening of the logs until the toolbox closes it, it breaks, or it goes silent and the toolbox does not
+/// answer for the command. Silence alone proves nothing (a quiet command), and neither do pongs (a proxy or the
+/// WebSocket layer answers them while the daemon hangs), so after `idle` without a frame the command's state is
+/// asked over HTTP: an answer within the probe limit means the stream is fine.
+async fn pump_logs(mut socket: Socket, toolbox: &Toolbox, session: &str, command: &str, delivery: &mut Delivery) -> StreamEnd {
+    let tuning = &toolbox.tuning;
     let mut demux = Demux::default();
     let mut progressed = false;
     let mut last_heard = tokio::time::Instant::now();
     let mut ping = tokio::time::interval(tuning.keepalive);
     ping.tick().await;
     loop {
+        let release_at = delivery.release_at();
         let message = tokio::select! {
             message = socket.next() => message,
+            _ = tokio::time::sleep_until(release_at.unwrap_or_else(tokio::time::Instant::now)), if release_at.is_some() => {
+                delivery.release().await;
+                continue;
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= tuning.idle {
-                    return StreamEnd::Broken {
-                        reason: format!("went silent for {} s (no output and no answer to pings)", tuning.idle.as_secs()),
-                        progressed,
-                    };
+                    match toolbox.exit_code(session, command, tuning.probe).await {
+                        Ok(None) => last_heard = tokio::time::Instant::now(),
+                        Ok(Some(_)) => {
+                            return StreamEnd::Broken { reason: "stayed open after the command ended".into(), progressed }
+                        }
+                        Err(error) => {
+                            return StreamEnd::Broken {
+                                reason: format!("went silent for {} s and the toolbox did not answer ({error})", tuning.idle.as_secs()),
+                                progressed,
+                            }
+                        }
+                    }
                 }
+                // Pings keep idle connections open through proxies; they prove nothing about the daemon.
                 if socket.send(Message::Ping(Bytes::from_static(b"sandlink"))).await.is_err() {
                     return StreamEnd::Broken { reason: "could not be pinged".into(), progressed };
                 }
                 continue;
             }
         };
+        if matches!(message, Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_)))) {
+            continue;
+        }
         last_heard = tokio::time::Instant::now();
         let frame: Vec<u8> = match message {
             None => return StreamEnd::Broken { reason: "ended without a closing frame".into(), progressed },
@@ -463,7 +613,7 @@ fn cancelled_status() -> ExitStatus {
 }
 
 /// Follows a run from its start to its exit code, opening the logs again whenever they drop.
-async fn follow_run(toolbox: Arc<Toolbox>, session: String, command: String, shared: Arc<RunShared>, mut delivery: Delivery) -> Result<ExitStatus> {
+async fn follow_run(toolbox: Arc<Toolbox>, session: String, command: String, shared: Arc<RunShared>, delivery: &mut Delivery) -> Result<ExitStatus> {
     let mut fruitless = 0;
     loop {
         if shared.cancelled.load(Ordering::SeqCst) {
@@ -471,7 +621,7 @@ async fn follow_run(toolbox: Arc<Toolbox>, session: String, command: String, sha
         }
         delivery.replay();
         let end = match open_logs(&toolbox, &session, &command).await {
-            Ok(socket) => pump_logs(socket, &toolbox.tuning, &mut delivery).await,
+            Ok(socket) => pump_logs(socket, &toolbox, &session, &command, delivery).await,
             Err(reason) => StreamEnd::Broken { reason: format!("could not be opened ({reason})"), progressed: false },
         };
         let (reason, progressed) = match end {
@@ -492,6 +642,9 @@ async fn follow_run(toolbox: Arc<Toolbox>, session: String, command: String, sha
             Ok(None) => {}
             Err(_) if shared.cancelled.load(Ordering::SeqCst) => return Ok(cancelled_status()),
             Err(error) => {
+                if let Some(gone) = toolbox.sandbox_gone().await {
+                    return Err(gone);
+                }
                 return Err(Error::Remote {
                     status: None,
                     message: format!(
@@ -540,9 +693,17 @@ fn output_reader(receiver: mpsc::Receiver<Bytes>) -> BoxedReader {
     Box::pin(tokio_util::io::StreamReader::new(Box::pin(chunks)))
 }
 
-/// The shell line a run's session executes: it enters `directory`, sets `env`, and runs the command with stdin
-/// from the relay (when `stdin`) or empty. Wrapped in its own `sh -c`, so nothing in it touches the session's shell.
-pub fn command_line(directory: &str, env: &[(String, String)], program: &[String], stdin: bool) -> String {
+/// The shell line a run's session executes, and the token of the end mark it prints.
+pub struct RunLine {
+    pub line: String,
+    pub end_token: String,
+}
+
+/// The shell line a run's session executes: it enters `directory`, sets `env`, runs the command with stdin from the
+/// relay (when `stdin`) or empty, then prints the end mark on both streams (see `EndMark`) and exits with the
+/// command's status. Wrapped in its own `sh -c`, so nothing in it touches the session's shell.
+pub fn command_line(directory: &str, env: &[(String, String)], program: &[String], stdin: bool) -> RunLine {
+    let end_token = format!("sandlink-end-{}", crate::ids::short_id());
     let mut invocation = String::from("exec");
     if !env.is_empty() {
         invocation.push_str(" env");
@@ -562,22 +723,25 @@ pub fn command_line(directory: &str, env: &[(String, String)], program: &[String
             "f=$(mktemp -u \"${{TMPDIR:-/tmp}}/sandlink-stdin.XXXXXX\") && mkfifo -m 600 \"$f\" || exit 125\n\
              exec 3<&0\n\
              (while IFS= read -r l; do [ \"$l\" = . ] && break; printf %s \"$l\" | base64 -d || break; done) <&3 >\"$f\" &\n\
-             (trap - INT TERM; {invocation}) <\"$f\" 3<&-\n\
+             ({invocation}) <\"$f\" 3<&-\n\
              s=$?\n\
-             rm -f \"$f\"\n\
-             exit $s"
+             rm -f \"$f\""
         )
     } else {
-        format!("{invocation} </dev/null")
+        format!("({invocation}) </dev/null\ns=$?")
     };
-    let script = format!("cd {} || exit 126\n{body}", quote(directory));
-    format!("sh -c {}", quote(&script))
+    let mark = quote(&end_token);
+    let script = format!("cd {} || exit 126\n{body}\nprintf '\\n%s\\n' {mark}\nprintf '\\n%s\\n' {mark} >&2\nexit $s", quote(directory));
+    RunLine { line: format!("sh -c {}", quote(&script)), end_token }
 }
 
 /// Starts a command in a session of its own and answers once the toolbox has accepted it.
-pub async fn start(toolbox: Arc<Toolbox>, line: String, stdin: bool) -> Result<Process> {
+pub async fn start(toolbox: Arc<Toolbox>, line: RunLine, stdin: bool) -> Result<Process> {
+    let RunLine { line, end_token } = line;
     let session = format!("sandlink-{}", crate::ids::short_id());
-    toolbox.create_session(&session).await?;
+    if let Err(error) = toolbox.create_session(&session).await {
+        return Err(toolbox.sandbox_gone().await.unwrap_or(error));
+    }
     let what = "starting the command";
     let body = json!({ "command": line, "runAsync": true, "async": true, "suppressInputEcho": true });
     let path = Toolbox::session_path(&session, "/exec");
@@ -589,7 +753,7 @@ pub async fn start(toolbox: Arc<Toolbox>, line: String, stdin: bool) -> Result<P
         Ok(answer) => answer.cmd_id,
         Err(error) => {
             let _ = toolbox.delete_session(&session, SIGNAL_TIMEOUT).await;
-            return Err(error);
+            return Err(toolbox.sandbox_gone().await.unwrap_or(error));
         }
     };
     let (stdout_sender, stdout_receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
@@ -600,8 +764,10 @@ pub async fn start(toolbox: Arc<Toolbox>, line: String, stdin: bool) -> Result<P
     let task_shared = shared.clone();
     let (task_session, task_command) = (session.clone(), command.clone());
     tokio::spawn(async move {
-        let delivery = Delivery::new(stdout_sender, stderr_sender);
-        let outcome = follow_run(task_toolbox.clone(), task_session.clone(), task_command, task_shared.clone(), delivery).await;
+        let mut delivery = Delivery::new(stdout_sender, stderr_sender, Some(&end_token));
+        let outcome = follow_run(task_toolbox.clone(), task_session.clone(), task_command, task_shared.clone(), &mut delivery).await;
+        delivery.finish().await;
+        drop(delivery);
         task_shared.ended.store(true, Ordering::SeqCst);
         let _ = exit_sender.send(outcome);
         // The session has served its one command; what a stdin relay left behind ends with it.
@@ -738,7 +904,7 @@ mod tests {
     async fn delivery_should_skip_what_a_replay_repeats_and_pass_on_the_rest() {
         let (stdout, mut stdout_receiver) = mpsc::channel(16);
         let (stderr, mut stderr_receiver) = mpsc::channel(16);
-        let mut delivery = Delivery::new(stdout, stderr);
+        let mut delivery = Delivery::new(stdout, stderr, None);
         assert!(delivery.offer(Stream::Stdout, b"abc").await);
         assert!(delivery.offer(Stream::Stderr, b"E").await);
         delivery.replay();
@@ -761,11 +927,42 @@ mod tests {
 
     #[test]
     fn command_line_should_quote_everything_and_relay_stdin_only_when_asked() {
-        let line = command_line("/home/daytona/it's", &[("A".into(), "1 2".into())], &["printf".into(), "%s".into()], false);
+        let run = command_line("/home/daytona/it's", &[("A".into(), "1 2".into())], &["printf".into(), "%s".into()], false);
+        let line = &run.line;
         assert!(line.starts_with("sh -c '"), "{line}");
         assert!(line.contains("</dev/null") && !line.contains("mkfifo"), "{line}");
-        let relayed = command_line("/w", &[], &["cat".into()], true);
+        assert!(line.contains(&run.end_token), "{line}");
+        let relayed = command_line("/w", &[], &["cat".into()], true).line;
         assert!(relayed.contains("mkfifo") && relayed.contains("base64 -d"), "{relayed}");
+    }
+
+    fn through_end_mark(token: &str, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut mark = EndMark::new(token);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend(mark.push(chunk));
+        }
+        out.extend(mark.finish());
+        out
+    }
+
+    #[test]
+    fn end_mark_should_leave_exactly_the_commands_output_however_it_is_split() {
+        let token = "sandlink-end-abc";
+        for output in [&b"no newline at the end"[..], b"a newline\n", b"", b"\n\n", b"sandlink-end-abc\n"] {
+            let mut log = output.to_vec();
+            log.extend_from_slice(format!("\n{token}\n").as_bytes());
+            for split in 0..=log.len() {
+                let got = through_end_mark(token, &[&log[..split], &log[split..]]);
+                assert_eq!(got, output, "output {:?} split at {split}", String::from_utf8_lossy(output));
+            }
+        }
+        // Killed before the mark: everything held is output.
+        assert_eq!(through_end_mark(token, &[b"partial\n"]), b"partial\n");
+        // Live: a finished line goes out at once, only its newline waits.
+        let mut mark = EndMark::new(token);
+        assert_eq!(mark.push(b"started\n"), b"started");
+        assert_eq!(mark.push(b"more"), b"\nmore");
     }
 
     #[test]

@@ -490,3 +490,188 @@ fn support_eventually(limit: Duration, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Simulated time: the lifecycle manager's policy (`lifecycle::decide`) driven by the fake's test clock, against a
+/// sandbox the driver connected, so twenty minutes pass without waiting.
+mod simulated_time {
+    use super::*;
+    use sandlink::drivers::{ConnectRequest, Driver as _, ExecSpec, Sandbox};
+    use sandlink::engine::lifecycle::{decide, Activity, Decision, Watch};
+    use time::OffsetDateTime;
+
+    fn fake_now(fake: &Fake) -> OffsetDateTime {
+        let answer = fake.admin("GET", "/_admin/clock", None);
+        let text = answer["now"].as_str().expect("the fake's clock");
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).expect("RFC 3339")
+    }
+
+    fn request(fake: &Fake, settings: Value, state: &std::path::Path) -> ConnectRequest {
+        let mut credentials = std::collections::BTreeMap::new();
+        credentials.insert("apiKey".to_string(), sandlink::credentials::Secret::new(API_KEY));
+        ConnectRequest {
+            session_id: format!("daytona-sim{}", sandlink::ids::short_id()),
+            workspace: None,
+            settings: with_settings(fake, settings).as_object().cloned().expect("settings"),
+            state_dir: state.to_path_buf(),
+            credentials,
+        }
+    }
+
+    fn sandbox_state(fake: &Fake, session_id: &str) -> (String, Value) {
+        let sandbox = fake.sandbox_of(session_id).expect("the sandbox");
+        (sandbox["state"].as_str().unwrap_or_default().to_string(), sandbox)
+    }
+
+    #[test]
+    fn a_twenty_minute_run_should_never_be_auto_stopped() {
+        let _serial = serial();
+        let Some(fake) = Fake::start() else { return };
+        let state = tempfile::tempdir().expect("state");
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        runtime.block_on(async {
+            let request = request(&fake, json!({ "autoStopMinutes": 15 }), state.path());
+            let session_id = request.session_id.clone();
+            let sandbox = sandlink::drivers::daytona::Driver::new().connect(request).await.expect("connect");
+            let mut process = sandbox
+                .exec(ExecSpec { command: "echo started; sleep 3000".into(), args: None, cwd: None, env: Default::default(), stdin: false })
+                .await
+                .expect("a run starts");
+            let mut first = [0u8; 7];
+            tokio::io::AsyncReadExt::read_exact(&mut process.stdout, &mut first).await.expect("output");
+            assert_eq!(&first, b"started");
+            let mut extensions = 0;
+            // Forty steps of thirty seconds on both clocks: twenty minutes, longer than the 15-minute auto-stop.
+            for step in 0..40 {
+                fake.advance_clock(30);
+                let now = fake_now(&fake);
+                let lease = sandbox.lease().expect("a Daytona sandbox has a lease");
+                let activity = Activity { runs_in_flight: true, last_activity: None };
+                match decide(&lease, &activity, &Watch::default(), now) {
+                    Decision::Extend => {
+                        sandbox.extend(lease.extend_seconds).await.expect("extend");
+                        extensions += 1;
+                    }
+                    Decision::Nothing => {}
+                    other => panic!("a session with a run in flight got {other:?} at step {step}"),
+                }
+                let (state, detail) = sandbox_state(&fake, &session_id);
+                assert_eq!(state, "started", "not auto-stopped at {} simulated seconds: {detail}", (step + 1) * 30);
+            }
+            assert!(extensions >= 1, "the run's sandbox was kept active");
+            let (_, detail) = sandbox_state(&fake, &session_id);
+            let running = detail["sessions"].as_array().into_iter().flatten().flat_map(|session| session["commands"].as_array().cloned().unwrap_or_default()).any(|command| command["exitCode"].is_null());
+            assert!(running, "the run is still going after twenty simulated minutes: {detail}");
+            process.control.signal(sandlink::drivers::Signal::Terminate).await.expect("cancel");
+            let status = (&mut process.exit).await.expect("the run ends");
+            assert!(status.code.is_none(), "{status:?}");
+            sandbox.disconnect(false).await.expect("disconnect");
+        });
+    }
+
+    #[test]
+    fn an_idle_session_should_be_warned_and_then_auto_stopped_and_expired() {
+        let _serial = serial();
+        let Some(fake) = Fake::start() else { return };
+        let state = tempfile::tempdir().expect("state");
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        runtime.block_on(async {
+            let request = request(&fake, json!({ "autoStopMinutes": 15, "keepaliveIdleSeconds": 60 }), state.path());
+            let session_id = request.session_id.clone();
+            let sandbox = sandlink::drivers::daytona::Driver::new().connect(request).await.expect("connect");
+            let connected_at = fake_now(&fake);
+            let mut first_warning = None;
+            let mut expired = None;
+            for step in 0..40 {
+                fake.advance_clock(30);
+                let now = fake_now(&fake);
+                let lease = sandbox.lease().expect("a lease");
+                // The user stopped typing right after connecting.
+                let activity = Activity { runs_in_flight: false, last_activity: Some(connected_at) };
+                match decide(&lease, &activity, &Watch::default(), now) {
+                    Decision::Warn { seconds_left, .. } => {
+                        first_warning.get_or_insert((step, seconds_left));
+                    }
+                    Decision::AskProvider => {
+                        let status = sandbox.status().await.expect("status");
+                        if status.expired {
+                            expired = Some((step, status));
+                            break;
+                        }
+                    }
+                    Decision::Extend => panic!("an idle session must not be kept active (step {step})"),
+                    Decision::Nothing | Decision::Expire(_) => {}
+                }
+            }
+            let (warned_at, seconds_left) = first_warning.expect("the user was warned");
+            assert!(seconds_left <= 300, "the warning came within five minutes of the end: {seconds_left}");
+            let (expired_at, status) = expired.expect("the session expired once Daytona stopped the sandbox");
+            assert!(warned_at < expired_at, "the warning came before the stop");
+            let message = status.failure.unwrap_or_default();
+            assert!(message.contains("stopped"), "the session says why: {message}");
+            let (state, detail) = sandbox_state(&fake, &session_id);
+            assert_eq!(state, "stopped", "{detail}");
+            assert_eq!(detail["stopReason"], "auto-stop", "{detail}");
+        });
+    }
+}
+
+#[test]
+fn a_kept_session_should_reattach_and_start_its_stopped_sandbox_again() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = support::workspace_with(&[("hello.txt", "hello\n")]);
+    let start = || Server::start_with(StartOptions { state_dir: Some(state.path().to_path_buf()), env: Fake::server_env(), ..StartOptions::default() });
+    let session_id = {
+        let first = start();
+        let session = first.connect("daytona", fake.settings(), workspace.path());
+        let session_id = session["sessionId"].as_str().expect("id").to_string();
+        let outcome = first.run_to_exit(json!({ "sessionId": session_id, "command": "echo made-here > marker" }));
+        assert_eq!(outcome.exit_code(), Some(0));
+        session_id
+    };
+    let kept = fake.sandbox_of(&session_id).expect("the sandbox is kept across the restart");
+    // Daytona stops it while nobody uses it.
+    fake.advance_clock(16 * 60);
+    assert_eq!(fake.sandbox_of(&session_id).expect("kept")["state"], "stopped");
+    let second = start();
+    let reattached = second
+        .request("sandlink/connect", json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }))
+        .expect("re-attach works");
+    assert_eq!(reattached["state"], "active", "{reattached}");
+    let again = fake.sandbox_of(&session_id).expect("the sandbox");
+    assert_eq!(again["id"], kept["id"], "the same sandbox");
+    assert_eq!(again["state"], "started", "started again");
+    let outcome = second.run_to_exit(json!({ "sessionId": session_id, "command": "cat marker hello.txt" }));
+    assert_eq!(outcome.stdout, "made-here\nhello\n", "what the first server made is still there");
+    second.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    assert!(fake.sandbox_of(&session_id).is_none(), "a real disconnect deletes the sandbox");
+}
+
+#[test]
+fn extend_snapshot_restore_and_status_should_map_to_daytona() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    let since = fake.next_sequence();
+    let extended = server.request("sandlink/extend", json!({ "sessionId": session_id, "seconds": 1800 })).expect("extend");
+    assert!(extended["expiresAt"].is_string(), "{extended}");
+    let routes: Vec<String> = fake.requests_since(since).iter().map(|request| format!("{} {}", request["method"].as_str().unwrap_or_default(), request["route"].as_str().unwrap_or_default())).collect();
+    assert!(routes.iter().any(|route| route == "POST /api/sandbox/{sandboxIdOrName}/autostop/{value}"), "{routes:?}");
+    assert!(routes.iter().any(|route| route == "POST /api/sandbox/{sandboxIdOrName}/last-activity"), "{routes:?}");
+    assert_eq!(fake.sandbox_of(&session_id).expect("sandbox")["autoStopInterval"], 30);
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert!(status["resources"]["memoryBytes"].as_u64().is_some_and(|bytes| bytes >= 1 << 30), "{status}");
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo from the snapshot > notes.txt" }));
+    assert_eq!(outcome.exit_code(), Some(0));
+    let snapshot = server.request("sandlink/snapshot", json!({ "sessionId": session_id })).expect("snapshot");
+    let snapshot_id = snapshot["snapshotId"].as_str().expect("snapshotId").to_string();
+    let restored = server
+        .request("sandlink/restore", json!({ "snapshotId": snapshot_id, "driver": "daytona", "settings": fake.settings() }))
+        .expect("restore");
+    assert_eq!(restored["state"], "active");
+    let restored_id = restored["sessionId"].as_str().expect("sessionId").to_string();
+    assert_ne!(restored_id, session_id);
+    let outcome = server.run_to_exit(json!({ "sessionId": restored_id, "command": "cat notes.txt" }));
+    assert_eq!(outcome.stdout, "from the snapshot\n");
+}

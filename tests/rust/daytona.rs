@@ -45,6 +45,11 @@ fn fake_server_script() -> PathBuf {
 impl Fake {
     /// Starts a fake, or answers `None` (a skip) when the test venv is missing outside CI.
     fn start() -> Option<Fake> {
+        Fake::start_with(&[])
+    }
+
+    /// Starts a fake with extra command-line arguments (`--jwt TOKEN`).
+    fn start_with(extra: &[&str]) -> Option<Fake> {
         let available = python().exists() && fake_server_script().exists();
         if support::skip_unless(available, "the Python test venv with the Daytona fake (tests/setup/python.sh)") {
             return None;
@@ -54,6 +59,7 @@ impl Fake {
             .arg(fake_server_script())
             .args(["--port", "0", "--api-key", API_KEY, "--exit-when-stdin-closes", "--root"])
             .arg(root.path())
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -495,7 +501,7 @@ fn support_eventually(limit: Duration, mut check: impl FnMut() -> bool) {
 /// sandbox the driver connected, so twenty minutes pass without waiting.
 mod simulated_time {
     use super::*;
-    use sandlink::drivers::{ConnectRequest, Driver as _, ExecSpec, Sandbox};
+    use sandlink::drivers::{ConnectRequest, Driver as _, ExecSpec};
     use sandlink::engine::lifecycle::{decide, Activity, Decision, Watch};
     use time::OffsetDateTime;
 
@@ -674,4 +680,35 @@ fn extend_snapshot_restore_and_status_should_map_to_daytona() {
     assert_ne!(restored_id, session_id);
     let outcome = server.run_to_exit(json!({ "sessionId": restored_id, "command": "cat notes.txt" }));
     assert_eq!(outcome.stdout, "from the snapshot\n");
+}
+
+#[test]
+fn a_jwt_with_its_organisation_should_be_accepted_as_the_sdk_sends_it() {
+    let _serial = serial();
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.sandlink-test.c2lnbmF0dXJl";
+    let Some(fake) = Fake::start_with(&["--jwt", jwt, "--organization-id", "org-sandlink"]) else { return };
+    let jwt_env = |organization: &str| {
+        vec![
+            ("DAYTONA_API_KEY".to_string(), String::new()),
+            ("DAYTONA_JWT_TOKEN".to_string(), jwt.to_string()),
+            ("DAYTONA_ORGANIZATION_ID".to_string(), organization.to_string()),
+        ]
+    };
+    let server = Server::start_with(StartOptions { env: jwt_env("org-sandlink"), ..StartOptions::default() });
+    let since = fake.next_sequence();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo with-a-jwt" }));
+    assert_eq!(outcome.stdout, "with-a-jwt\n");
+    let create = fake.requests_since(since).into_iter().find(|request| request["path"] == "/api/sandbox").expect("a create");
+    assert_eq!(create["headers"]["X-Daytona-Organization-ID"], "org-sandlink", "{create}");
+    // A JWT without its organisation is refused before anything is sent.
+    let without = Server::start_with(StartOptions { env: jwt_env(""), ..StartOptions::default() });
+    let workspace = support::workspace_with(&[]);
+    let error = without.request_error(
+        "sandlink/connect",
+        json!({ "driver": "daytona", "settings": fake.settings(), "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("credentialsMissing"), "{error:?}");
+    assert!(error.message.contains("DAYTONA_ORGANIZATION_ID"), "{}", error.message);
+    assert!(!error.message.contains(jwt), "the token is never echoed");
 }

@@ -107,8 +107,7 @@ struct SandboxAnswer {
     error_reason: Option<String>,
     #[serde(default)]
     toolbox_proxy_url: Option<String>,
-    #[serde(default)]
-    cpu: Option<f64>,
+    /// Allocated memory in GiB.
     #[serde(default)]
     memory: Option<f64>,
     #[serde(default)]
@@ -286,10 +285,7 @@ impl Driver {
                 }
             }
         };
-        let sandbox = match DaytonaSandbox::new(&opening, answer).await {
-            Ok(sandbox) => sandbox,
-            Err(error) => return Err(error),
-        };
+        let sandbox = DaytonaSandbox::new(&opening, answer).await?;
         if let Err(error) = sandbox.prepare_remote_root().await {
             if created {
                 let _ = sandbox.disconnect(false).await;
@@ -624,7 +620,6 @@ impl Sandbox for DaytonaSandbox {
             cpu_percent: self.resources.cpu_percent,
             memory_bytes: answer.memory.map(|gib| (gib * (1u64 << 30) as f64) as u64).or(self.resources.memory_bytes),
         });
-        let _ = answer.cpu;
         let expired_as = |message: &str| SandboxStatus {
             failure: Some(format!("The Daytona sandbox {} {message}; connect again to start it.", self.sandbox_id)),
             expired: true,
@@ -687,7 +682,6 @@ mod tests {
             state: Some(state.into()),
             error_reason: Some("image not found".into()),
             toolbox_proxy_url: None,
-            cpu: None,
             memory: None,
             auto_stop_interval: None,
             last_activity_at: None,

@@ -142,8 +142,9 @@ impl EndMark {
         all
     }
 
-    pub fn holding(&self) -> bool {
-        !self.held.is_empty()
+    /// Whether a tail is held that may still turn out to be output (the whole mark, once seen, is not waited on).
+    pub fn waiting(&self) -> bool {
+        !self.held.is_empty() && self.held != self.pattern
     }
 
     /// Gives up waiting for the mark when all that is held is a newline: the mark follows the command's last output
@@ -258,13 +259,13 @@ impl Delivery {
         };
         let passed = marks[slot].push(fresh);
         self.pending[slot].extend(passed);
-        if marks[slot].holding() {
+        if marks[slot].waiting() {
             // The patience counts from the latest data: the mark's pieces come close together.
             self.held_since = Some(tokio::time::Instant::now());
         } else {
             let bytes = std::mem::take(&mut self.pending[slot]);
             self.send(stream, bytes).await;
-            if !self.marks.as_ref().is_some_and(|marks| marks.iter().any(EndMark::holding)) {
+            if !self.marks.as_ref().is_some_and(|marks| marks.iter().any(EndMark::waiting)) {
                 self.held_since = None;
             }
         }
@@ -962,7 +963,10 @@ mod tests {
         // Live: a finished line goes out at once, only its newline waits.
         let mut mark = EndMark::new(token);
         assert_eq!(mark.push(b"started\n"), b"started");
+        assert!(mark.waiting());
         assert_eq!(mark.push(b"more"), b"\nmore");
+        assert_eq!(mark.push(format!("\n{token}\n").as_bytes()), b"");
+        assert!(!mark.waiting(), "the whole mark is not waited on");
     }
 
     #[test]

@@ -712,3 +712,26 @@ fn a_jwt_with_its_organisation_should_be_accepted_as_the_sdk_sends_it() {
     assert!(error.message.contains("DAYTONA_ORGANIZATION_ID"), "{}", error.message);
     assert!(!error.message.contains(jwt), "the token is never echoed");
 }
+
+#[test]
+fn a_rate_limited_logs_websocket_should_wait_for_retry_after_and_lose_nothing() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    // The next two upgrades of the logs WebSocket are refused with 429 and Retry-After: 1.
+    fake.set_faults(json!({ "rateLimitNext": 2, "retryAfter": 1, "rateLimitPlane": "toolbox", "rateLimitPath": "/logs$" }));
+    let since = fake.next_sequence();
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo one; sleep 3; echo two >&2; echo three" }));
+    assert_eq!((outcome.stdout.as_str(), outcome.stderr.as_str()), ("one\nthree\n", "two\n"), "{}", outcome.exit);
+    assert_eq!(outcome.exit_code(), Some(0));
+    let upgrades: Vec<Value> = fake
+        .requests_since(since)
+        .into_iter()
+        .filter(|request| request["path"].as_str().is_some_and(|path| path.ends_with("/logs")) && request["query"].as_str().is_some_and(|query| query.contains("follow=true")))
+        .collect();
+    let statuses: Vec<Value> = upgrades.iter().map(|request| request["status"].clone()).collect();
+    assert_eq!(&statuses[..2], &[json!(429), json!(429)], "{upgrades:?}");
+    let times: Vec<f64> = upgrades.iter().filter_map(|request| request["time"].as_f64()).collect();
+    assert!(times.len() >= 3 && times.windows(2).take(2).all(|pair| pair[1] - pair[0] >= 0.95), "each refusal's Retry-After was honoured: {times:?}");
+}

@@ -41,6 +41,10 @@ const STDIN_CHUNK_BYTES: usize = 16 * 1024;
 const MAX_FRUITLESS_REOPENS: u32 = 3;
 /// How long cancelling may take; a cancel must not wait on a toolbox that stopped answering.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `Retry-After` honoured before opening the logs again, as the HTTP layer's bound.
+const MAX_RETRY_AFTER_SECONDS: u64 = 30;
+/// The first pause before opening broken logs again; each fruitless attempt doubles it.
+const REOPEN_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a finished command's exit code may take to appear after its log closed.
 const EXIT_CODE_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -509,8 +513,15 @@ enum StreamEnd {
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn open_logs(toolbox: &Toolbox, session: &str, command: &str) -> std::result::Result<Socket, String> {
-    let mut request = toolbox.logs_url(session, command).into_client_request().map_err(|error| error.to_string())?;
+/// Why the logs could not be opened, and how long the toolbox asked to wait (`Retry-After` on a 429 or 503).
+struct OpenFailure {
+    reason: String,
+    retry_after: Option<Duration>,
+}
+
+async fn open_logs(toolbox: &Toolbox, session: &str, command: &str) -> std::result::Result<Socket, OpenFailure> {
+    let plain = |reason: String| OpenFailure { reason, retry_after: None };
+    let mut request = toolbox.logs_url(session, command).into_client_request().map_err(|error| plain(error.to_string()))?;
     for (name, value) in toolbox.api.upgrade_headers() {
         let (Ok(name), Ok(value)) = (
             tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()),
@@ -522,8 +533,17 @@ async fn open_logs(toolbox: &Toolbox, session: &str, command: &str) -> std::resu
     }
     let connecting = tokio_tungstenite::connect_async(request);
     match tokio::time::timeout(toolbox.run_call_limit(), connecting).await {
-        Err(_) => Err(format!("did not open within {} s", toolbox.run_call_limit().as_secs())),
-        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(plain(format!("did not open within {} s", toolbox.run_call_limit().as_secs()))),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .map(|seconds| Duration::from_secs(seconds.min(MAX_RETRY_AFTER_SECONDS)));
+            Err(OpenFailure { reason: format!("the toolbox answered HTTP {}", response.status()), retry_after })
+        }
+        Ok(Err(error)) => Err(plain(error.to_string())),
         Ok(Ok((socket, _))) => Ok(socket),
     }
 }
@@ -621,9 +641,13 @@ async fn follow_run(toolbox: Arc<Toolbox>, session: String, command: String, sha
             return Ok(cancelled_status());
         }
         delivery.replay();
+        let mut retry_after = None;
         let end = match open_logs(&toolbox, &session, &command).await {
             Ok(socket) => pump_logs(socket, &toolbox, &session, &command, delivery).await,
-            Err(reason) => StreamEnd::Broken { reason: format!("could not be opened ({reason})"), progressed: false },
+            Err(failure) => {
+                retry_after = failure.retry_after;
+                StreamEnd::Broken { reason: format!("could not be opened ({})", failure.reason), progressed: false }
+            }
         };
         let (reason, progressed) = match end {
             StreamEnd::Complete => break,
@@ -667,6 +691,9 @@ async fn follow_run(toolbox: Arc<Toolbox>, session: String, command: String, sha
             });
         }
         tracing::info!(%reason, session = %session, "opening a Daytona command's logs again after they broke");
+        // A toolbox that asked for patience gets it; otherwise a short backoff that grows with fruitless attempts.
+        let pause = retry_after.unwrap_or(REOPEN_BACKOFF * 2u32.pow(fruitless));
+        tokio::time::sleep(pause).await;
     }
     // The log is complete; the exit code file may appear a moment later.
     let patience = tokio::time::Instant::now() + EXIT_CODE_PATIENCE;

@@ -177,9 +177,17 @@ impl Opening {
         json_body(response, what).await
     }
 
+    /// Starts the sandbox (`POST …/start`), which Daytona accepts from `stopped`, `archived` and `error`.
+    async fn start(&self, sandbox_id: &str) -> Result<SandboxAnswer> {
+        let path = format!("/sandbox/{sandbox_id}/start");
+        let response = self.api.call(reqwest::Method::POST, &path, None, "starting the sandbox").await?;
+        json_body(response, "starting the sandbox").await
+    }
+
     /// Polls until the sandbox is `started` (backing off to one second, as the SDK does). `error` and `build_failed`
-    /// end the wait with their reason; a sandbox still not started at the deadline is a timeout.
-    async fn wait_started(&self, mut answer: SandboxAnswer) -> Result<SandboxAnswer> {
+    /// end the wait with their reason; a sandbox still not started at the deadline is a timeout. With `restart`, a
+    /// sandbox found stopping finishes stopping and is started once it has (start is refused while it stops).
+    async fn wait_started(&self, mut answer: SandboxAnswer, mut restart: bool) -> Result<SandboxAnswer> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.settings.start_timeout_seconds);
         let mut interval = Duration::from_millis(100);
         loop {
@@ -193,6 +201,11 @@ impl Opening {
                         status: Some(404),
                         message: format!("The Daytona sandbox {} was deleted while sandlink waited for it to start.", answer.id),
                     })
+                }
+                Some("stopped") | Some("archived") if restart => {
+                    restart = false;
+                    answer = self.start(&answer.id).await?;
+                    continue;
                 }
                 _ => {}
             }
@@ -263,19 +276,18 @@ impl Driver {
         let (answer, created) = match (opening.settings.sandbox_id.clone(), snapshot) {
             (Some(sandbox_id), None) => {
                 let mut answer = opening.get(&sandbox_id, "looking for the sandbox").await?;
+                let stopping = matches!(answer.state.as_deref(), Some("stopping") | Some("archiving"));
                 if matches!(answer.state.as_deref(), Some("stopped") | Some("archived") | Some("error")) {
-                    let path = format!("/sandbox/{sandbox_id}/start");
-                    let response = opening.api.call(reqwest::Method::POST, &path, None, "starting the sandbox").await?;
-                    answer = json_body(response, "starting the sandbox").await?;
+                    answer = opening.start(&sandbox_id).await?;
                 }
-                (opening.wait_started(answer).await?, false)
+                (opening.wait_started(answer, stopping).await?, false)
             }
             (_, snapshot) => {
                 let body = opening.create_body(&request.session_id, snapshot)?;
                 let key = IdempotencyKey::for_logical_create(&request.session_id);
                 let response = opening.api.create("/sandbox", &body, "creating the sandbox", &key).await?;
                 let answer: SandboxAnswer = json_body(response, "creating the sandbox").await?;
-                match opening.wait_started(answer.clone()).await {
+                match opening.wait_started(answer.clone(), false).await {
                     Ok(started) => (started, true),
                     Err(error) => {
                         // A sandbox that never started is of no use and would cost money: it goes.

@@ -3,6 +3,7 @@
 //! Every operation a driver may lack has a default body that answers `unsupported`, so a driver implements only
 //! what its capability flags promise. Provider types (bollard, reqwest, ssh) never leave their driver module.
 
+pub mod daytona;
 pub mod docker;
 pub mod e2b;
 pub mod http;
@@ -307,6 +308,7 @@ pub fn registry() -> Vec<Arc<dyn Driver>> {
         Arc::new(local::Driver::new()),
         Arc::new(docker::Driver::new()),
         Arc::new(e2b::Driver::new()),
+        Arc::new(daytona::Driver::new()),
     ];
     if testing::Keyed::enabled() {
         drivers.push(Arc::new(testing::Keyed::new()));

@@ -363,7 +363,11 @@ pub fn http_get_with_retry(url: &str, limit: Duration) -> String {
     let parsed = url::Url::parse(url).expect("a valid URL");
     let host = parsed.host_str().expect("a host").to_string();
     let port = parsed.port_or_known_default().expect("a port");
-    let path = parsed.path().to_string();
+    // The query too: a preview URL may carry its access token there (Daytona's `DAYTONA_SANDBOX_AUTH_KEY`).
+    let path = match parsed.query() {
+        Some(query) => format!("{}?{query}", parsed.path()),
+        None => parsed.path().to_string(),
+    };
     let deadline = Instant::now() + limit;
     loop {
         let attempt = (|| -> std::io::Result<String> {

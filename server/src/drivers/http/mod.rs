@@ -315,6 +315,8 @@ pub struct Client {
     headers: Vec<(&'static str, String)>,
     /// Headers whose values are secrets; they are also what error text is scrubbed of.
     secret_headers: Vec<(&'static str, Secret)>,
+    /// Secrets sent inside another value (a key inside `Bearer KEY`): error text is scrubbed of them too.
+    scrubbed: Vec<Secret>,
     deadline: Option<Duration>,
     retry: RetryPolicy,
     idempotency_header: &'static str,
@@ -331,6 +333,7 @@ impl Client {
             wording,
             headers: Vec::new(),
             secret_headers: Vec::new(),
+            scrubbed: Vec::new(),
             deadline: None,
             retry: RetryPolicy::default(),
             idempotency_header: "Idempotency-Key",
@@ -348,6 +351,13 @@ impl Client {
     /// A header carrying a secret (an API key, a token); error text is scrubbed of its value.
     pub fn with_secret_header(mut self, name: &'static str, secret: Secret) -> Self {
         self.secret_headers.push((name, secret));
+        self
+    }
+
+    /// A secret that travels inside another value (the key of a `Bearer` header): answers that echo it bare are
+    /// scrubbed of it as well.
+    pub fn with_scrubbed(mut self, secret: Secret) -> Self {
+        self.scrubbed.push(secret);
         self
     }
 
@@ -406,7 +416,8 @@ impl Client {
         if failure.gone() {
             self.gone.set(&self.gone_note);
         }
-        let secrets: Vec<&Secret> = self.secret_headers.iter().map(|(_, secret)| secret).collect();
+        let secrets: Vec<&Secret> =
+            self.secret_headers.iter().map(|(_, secret)| secret).chain(self.scrubbed.iter()).collect();
         describe_failure(failure, self.wording, &self.retry, what, &secrets)
     }
 

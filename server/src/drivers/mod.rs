@@ -11,6 +11,7 @@ pub mod process;
 pub mod settings;
 pub mod shell;
 pub mod testing;
+pub mod vercel;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -166,6 +167,9 @@ pub struct ExecSpec {
     pub env: BTreeMap<String, String>,
     /// Whether the caller will write to stdin; when false stdin is empty.
     pub stdin: bool,
+    /// The run's `timeoutMs`. The engine enforces it (SIGTERM, then SIGKILL); a driver whose provider ends commands
+    /// on its own may pass it on as a backstop for when sandlink is gone.
+    pub timeout: Option<Duration>,
 }
 
 /// How a process ended.
@@ -307,6 +311,7 @@ pub fn registry() -> Vec<Arc<dyn Driver>> {
         Arc::new(local::Driver::new()),
         Arc::new(docker::Driver::new()),
         Arc::new(e2b::Driver::new()),
+        Arc::new(vercel::Driver::new()),
     ];
     if testing::Keyed::enabled() {
         drivers.push(Arc::new(testing::Keyed::new()));

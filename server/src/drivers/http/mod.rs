@@ -315,6 +315,8 @@ pub struct Client {
     headers: Vec<(&'static str, String)>,
     /// Headers whose values are secrets; they are also what error text is scrubbed of.
     secret_headers: Vec<(&'static str, Secret)>,
+    /// Secrets that travel inside a header value (a bearer token): error text is scrubbed of them too.
+    embedded_secrets: Vec<Secret>,
     deadline: Option<Duration>,
     retry: RetryPolicy,
     idempotency_header: &'static str,
@@ -331,6 +333,7 @@ impl Client {
             wording,
             headers: Vec::new(),
             secret_headers: Vec::new(),
+            embedded_secrets: Vec::new(),
             deadline: None,
             retry: RetryPolicy::default(),
             idempotency_header: "Idempotency-Key",
@@ -348,6 +351,14 @@ impl Client {
     /// A header carrying a secret (an API key, a token); error text is scrubbed of its value.
     pub fn with_secret_header(mut self, name: &'static str, secret: Secret) -> Self {
         self.secret_headers.push((name, secret));
+        self
+    }
+
+    /// A header whose value embeds `secret` (`Authorization: Bearer <token>`): the whole value and the bare secret are
+    /// both scrubbed from error text, so a server echoing just the token shows nothing of it.
+    pub fn with_bearer_header(mut self, name: &'static str, scheme: &str, secret: Secret) -> Self {
+        self.secret_headers.push((name, Secret::new(format!("{scheme} {}", secret.expose()))));
+        self.embedded_secrets.push(secret);
         self
     }
 
@@ -406,7 +417,8 @@ impl Client {
         if failure.gone() {
             self.gone.set(&self.gone_note);
         }
-        let secrets: Vec<&Secret> = self.secret_headers.iter().map(|(_, secret)| secret).collect();
+        let secrets: Vec<&Secret> =
+            self.secret_headers.iter().map(|(_, secret)| secret).chain(self.embedded_secrets.iter()).collect();
         describe_failure(failure, self.wording, &self.retry, what, &secrets)
     }
 

@@ -1,0 +1,461 @@
+//! Runs on Vercel that survive its edge: every command starts detached, its output comes from the logs NDJSON
+//! endpoint and its end from the reconnectable `?wait=true`.
+//!
+//! Vercel's edge cuts long streams after about five minutes. The logs endpoint replays a command's output from the
+//! start, so after a cut the driver reads it again and skips, per stream, the bytes it already delivered: nothing is
+//! lost or repeated however often the stream breaks. Delivery goes through one lock per run, so a second reader (the
+//! drain before a stop or a snapshot, which fetches what is still unread while the logs exist) never repeats what the
+//! follower delivered, or the other way round. After a stop the logs answer `410`; a run cut off that way ends
+//! with a sentence saying so, keeping everything delivered until then.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use super::client::{Api, Route, SessionPaths};
+use crate::drivers::http::Failure;
+use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
+use crate::error::{Error, Result};
+use crate::streams::BoxedReader;
+
+/// Chunks of output buffered between a run's reader and the engine before the reader waits.
+const OUTPUT_CHANNEL_CHUNKS: usize = 256;
+/// How long the first answer to a stream request may take (its headers); the body then streams without a deadline.
+const STREAM_HEADER_LIMIT: Duration = Duration::from_secs(60);
+/// A stream re-opened this many times in a row without delivering anything, each time failing quickly, means the
+/// logs cannot be read; the run then ends with a sentence saying why.
+const MAX_QUICK_FAILURES: u32 = 8;
+/// A stream that stayed open at least this long before it broke was cut by the edge, not refused: it does not
+/// count as a quick failure however little it carried (a silent command is cut again and again).
+const QUICK_FAILURE: Duration = Duration::from_secs(2);
+/// A drain reads the logs until they stay silent this long: whatever the sandbox had, has arrived.
+const DRAIN_QUIET: Duration = Duration::from_millis(400);
+/// How long a signal may take; a cancel must not wait on a sandbox that stopped answering.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The provider's own command timeout is the run's `timeoutMs` plus this, a backstop for when sandlink is gone; the
+/// engine's own timeout (SIGTERM, then SIGKILL) comes first and is the one the run reports.
+const PROVIDER_TIMEOUT_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Deserialize)]
+struct CommandAnswer {
+    command: CommandInfo,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CommandInfo {
+    id: String,
+    #[serde(default)]
+    exit_code: Option<i64>,
+}
+
+/// One NDJSON line of a logs stream.
+#[derive(Debug, Deserialize)]
+struct LogLine {
+    stream: String,
+    #[serde(default)]
+    data: Value,
+}
+
+/// What a run's readers share: where output goes and how much of each stream was delivered.
+struct Delivery {
+    /// stdout's and stderr's senders; dropped when the run ends, which ends the engine's readers.
+    senders: Option<[mpsc::Sender<Bytes>; 2]>,
+    /// Bytes of stdout and stderr already handed to the engine, counted from the command's start.
+    delivered: [u64; 2],
+}
+
+/// One command in a session, as its follower, its drain and its control see it.
+pub struct Run {
+    api: Arc<Api>,
+    paths: SessionPaths,
+    pub command_id: String,
+    delivery: tokio::sync::Mutex<Delivery>,
+    /// Set once the run's end is known (or it was cut off); signals and drains are pointless afterwards.
+    ended: AtomicBool,
+}
+
+/// How one read of the logs ended.
+enum LogsEnd {
+    /// The stream ended cleanly: the command has exited and everything it printed was read.
+    Complete,
+    /// The stream broke (the edge cut it, or it went silent in a drain); `delivered` says whether it carried anything new.
+    Cut { reason: String, delivered: bool },
+    /// The session has stopped (`410`): the logs are gone.
+    Gone(String),
+    /// Another failure that repeating will not fix (credentials, an unknown command).
+    Failed(Error),
+}
+
+/// Where a reader is in its replay of the logs, per stream (stdout, stderr).
+#[derive(Default)]
+struct ReplayPosition {
+    seen: [u64; 2],
+}
+
+impl Run {
+    /// Hands over the part of `data` at `position` that was not delivered yet; answers whether anything was.
+    async fn deliver(&self, stream: usize, data: &[u8], position: &mut ReplayPosition) -> bool {
+        let mut delivery = self.delivery.lock().await;
+        let start = position.seen[stream];
+        position.seen[stream] += data.len() as u64;
+        let already = delivery.delivered[stream];
+        if already >= position.seen[stream] {
+            return false;
+        }
+        let fresh = &data[(already.saturating_sub(start) as usize).min(data.len())..];
+        delivery.delivered[stream] = position.seen[stream];
+        if let Some(senders) = &delivery.senders {
+            // A closed receiver means the engine stopped reading; the command still goes on to its end.
+            let _ = senders[stream].send(Bytes::copy_from_slice(fresh)).await;
+        }
+        true
+    }
+
+    /// Reads the logs once, from the start, delivering what was not delivered yet. With `quiet`, stops once the
+    /// stream has been silent that long (a drain of a command that is still running).
+    async fn read_logs(&self, quiet: Option<Duration>) -> LogsEnd {
+        let path = self.paths.logs(&self.command_id);
+        let what = "reading the command's output";
+        let response = match self
+            .api
+            .send(Route::Sandbox, Some(STREAM_HEADER_LIMIT), || self.api.request(reqwest::Method::GET, &path))
+            .await
+        {
+            Ok(response) => response,
+            Err(failure) => return self.failure_end(failure, what),
+        };
+        let mut body = response.bytes_stream();
+        let mut position = ReplayPosition::default();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut delivered = false;
+        loop {
+            let next = match quiet {
+                Some(limit) => match tokio::time::timeout(limit, body.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return LogsEnd::Cut { reason: "went quiet".into(), delivered },
+                },
+                None => body.next().await,
+            };
+            let chunk = match next {
+                None if pending.iter().all(u8::is_ascii_whitespace) => return LogsEnd::Complete,
+                None => return LogsEnd::Cut { reason: "ended in the middle of a line".into(), delivered },
+                Some(Err(error)) => return LogsEnd::Cut { reason: format!("broke off ({error})"), delivered },
+                Some(Ok(chunk)) => chunk,
+            };
+            pending.extend_from_slice(&chunk);
+            while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
+                let line: Vec<u8> = pending.drain(..=newline).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let parsed: LogLine = match serde_json::from_slice(&line) {
+                    Ok(parsed) => parsed,
+                    Err(error) => {
+                        tracing::warn!(%error, "ignoring a Vercel log line sandlink does not understand");
+                        continue;
+                    }
+                };
+                match (parsed.stream.as_str(), &parsed.data) {
+                    ("stdout", Value::String(text)) => delivered |= self.deliver(0, text.as_bytes(), &mut position).await,
+                    ("stderr", Value::String(text)) => delivered |= self.deliver(1, text.as_bytes(), &mut position).await,
+                    ("error", data) => {
+                        let code = data.get("code").and_then(Value::as_str).unwrap_or_default();
+                        let message = data.get("message").and_then(Value::as_str).unwrap_or_default();
+                        let described = format!("{message} ({code})");
+                        if code.contains("stopped") || code.contains("gone") {
+                            return LogsEnd::Gone(described);
+                        }
+                        return LogsEnd::Cut { reason: format!("carried an error: {described}"), delivered };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn failure_end(&self, failure: Failure, what: &str) -> LogsEnd {
+        // A run's session ending is the run's news, not the sandbox's: a snapshot stops one session and resumes the
+        // next, so the sandbox's gone flag is left to the sandbox's own calls.
+        if let Failure::Status { gone: true, message, status, .. } = &failure {
+            return LogsEnd::Gone(format!("HTTP {status}: {message}"));
+        }
+        match failure {
+            Failure::Transport { message, .. } => LogsEnd::Cut { reason: format!("could not be opened ({message})"), delivered: false },
+            Failure::Timeout(limit) => LogsEnd::Cut { reason: format!("did not answer within {} s", limit.as_secs()), delivered: false },
+            failure => LogsEnd::Failed(self.api.fail(failure, what)),
+        }
+    }
+
+    /// The command's exit code from `?wait=true`, which blocks until it exits; a cut wait is asked again.
+    async fn wait_for_exit(&self) -> std::result::Result<i64, LogsEnd> {
+        let path = format!("{}?wait=true", self.paths.command(&self.command_id));
+        let what = "waiting for the command to end";
+        let mut quick_failures = 0;
+        loop {
+            let began = tokio::time::Instant::now();
+            let outcome = match self
+                .api
+                .send(Route::Sandbox, Some(STREAM_HEADER_LIMIT), || self.api.request(reqwest::Method::GET, &path))
+                .await
+            {
+                Ok(response) => match response.bytes().await {
+                    Ok(bytes) => match serde_json::from_slice::<CommandAnswer>(&bytes) {
+                        Ok(CommandAnswer { command: CommandInfo { exit_code: Some(code), .. } }) => return Ok(code),
+                        Ok(_) => "answered without an exit code".to_string(),
+                        Err(error) => format!("answered something sandlink does not understand ({error})"),
+                    },
+                    Err(error) => format!("broke off ({error})"),
+                },
+                Err(failure) => match self.failure_end(failure, what) {
+                    LogsEnd::Cut { reason, .. } => reason,
+                    end => return Err(end),
+                },
+            };
+            quick_failures = if began.elapsed() >= QUICK_FAILURE { 0 } else { quick_failures + 1 };
+            if quick_failures > MAX_QUICK_FAILURES {
+                return Err(LogsEnd::Failed(Error::Remote {
+                    status: None,
+                    message: format!("Vercel's wait for command {} kept failing ({outcome}); gave up.", self.command_id),
+                }));
+            }
+            tracing::debug!(command = %self.command_id, %outcome, "asking again for a command's end");
+            tokio::time::sleep(backoff(quick_failures)).await;
+        }
+    }
+
+    /// Follows the command to its end: logs (re-read after every cut), then the exit code.
+    async fn follow(&self) -> Result<ExitStatus> {
+        let mut quick_failures = 0;
+        loop {
+            let began = tokio::time::Instant::now();
+            match self.read_logs(None).await {
+                LogsEnd::Complete => break,
+                LogsEnd::Gone(message) => return Ok(self.cut_off(&message)),
+                LogsEnd::Failed(error) => return Err(error),
+                LogsEnd::Cut { reason, delivered } => {
+                    quick_failures = if delivered || began.elapsed() >= QUICK_FAILURE { 0 } else { quick_failures + 1 };
+                    if quick_failures > MAX_QUICK_FAILURES {
+                        return Err(Error::Remote {
+                            status: None,
+                            message: format!(
+                                "The output of command {} could not be read: its logs stream {reason}, {MAX_QUICK_FAILURES} \
+                                 times in a row. Whether the command still runs is unknown; check with sandlink/status.",
+                                self.command_id
+                            ),
+                        });
+                    }
+                    tracing::info!(command = %self.command_id, %reason, "reading a command's logs again after a cut");
+                    tokio::time::sleep(backoff(quick_failures)).await;
+                }
+            }
+        }
+        match self.wait_for_exit().await {
+            Ok(code) => Ok(exit_status(code)),
+            Err(LogsEnd::Gone(message)) => Ok(self.cut_off(&message)),
+            Err(LogsEnd::Failed(error)) => Err(error),
+            Err(_) => Err(Error::Internal("The wait for a Vercel command ended without an answer.".into())),
+        }
+    }
+
+    fn cut_off(&self, message: &str) -> ExitStatus {
+        ExitStatus {
+            code: None,
+            signal: None,
+            message: Some(format!(
+                "The Vercel session stopped before command {} finished ({message}); the output it printed until then \
+                 is kept.",
+                self.command_id
+            )),
+        }
+    }
+
+    /// Fetches what the sandbox holds of the output and was not delivered yet; before a stop or a snapshot, after
+    /// which the logs are gone.
+    pub async fn drain(&self) {
+        if self.ended.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.read_logs(Some(DRAIN_QUIET)).await {
+            LogsEnd::Complete | LogsEnd::Cut { .. } => {}
+            LogsEnd::Gone(message) => tracing::debug!(command = %self.command_id, %message, "logs already gone at drain"),
+            LogsEnd::Failed(error) => tracing::warn!(command = %self.command_id, %error, "could not drain a command's output"),
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
+}
+
+/// Vercel reports a command killed by a signal as 128 + the signal (137 for SIGKILL), as a shell does.
+fn exit_status(code: i64) -> ExitStatus {
+    ExitStatus { code: Some(code as i32), signal: None, message: None }
+}
+
+/// The runs in flight in one sandbox, so a stop or a snapshot can fetch their unread output first.
+#[derive(Default)]
+pub struct RunBook {
+    runs: Mutex<HashMap<String, Arc<Run>>>,
+}
+
+impl RunBook {
+    fn add(&self, run: Arc<Run>) {
+        crate::locks::lock(&self.runs).insert(run.command_id.clone(), run);
+    }
+
+    fn remove(&self, command_id: &str) {
+        crate::locks::lock(&self.runs).remove(command_id);
+    }
+
+    /// Reads what every run in flight printed and was not delivered yet.
+    pub async fn drain_all(&self) {
+        let runs: Vec<Arc<Run>> = crate::locks::lock(&self.runs).values().cloned().collect();
+        futures::future::join_all(runs.iter().map(|run| run.drain())).await;
+    }
+
+    pub fn in_flight(&self) -> usize {
+        crate::locks::lock(&self.runs).len()
+    }
+}
+
+/// What to start.
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: String,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+}
+
+/// Starts a command detached (`POST …/cmd` without `wait`) and follows it on a task of its own.
+pub async fn start(api: Arc<Api>, paths: SessionPaths, spec: CommandSpec, book: Arc<RunBook>) -> Result<Process> {
+    let mut body = serde_json::json!({
+        "command": spec.program,
+        "args": spec.args,
+        "cwd": spec.cwd,
+        "env": spec.env,
+        "sudo": false,
+    });
+    if let Some(timeout) = spec.timeout {
+        body["timeout"] = Value::from((timeout + PROVIDER_TIMEOUT_GRACE).as_millis() as u64);
+    }
+    let answer: CommandAnswer =
+        api.call_json(reqwest::Method::POST, &paths.at("/cmd"), Some(&body), Route::Sandbox, "starting the command").await?;
+    let (stdout_sender, stdout_receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
+    let (stderr_sender, stderr_receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
+    let run = Arc::new(Run {
+        api,
+        paths,
+        command_id: answer.command.id,
+        delivery: tokio::sync::Mutex::new(Delivery { senders: Some([stdout_sender, stderr_sender]), delivered: [0, 0] }),
+        ended: AtomicBool::new(false),
+    });
+    book.add(run.clone());
+    let (exit_sender, exit_receiver) = tokio::sync::oneshot::channel();
+    let follower = run.clone();
+    tokio::spawn(async move {
+        let outcome = follower.follow().await;
+        follower.ended.store(true, Ordering::SeqCst);
+        book.remove(&follower.command_id);
+        // Dropping the senders ends the readers once the engine has read what they hold.
+        follower.delivery.lock().await.senders = None;
+        let _ = exit_sender.send(outcome);
+    });
+    let exit = async move {
+        exit_receiver
+            .await
+            .unwrap_or_else(|_| Err(Error::Internal("The vercel run task ended without reporting how the command ended.".into())))
+    }
+    .boxed();
+    Ok(Process {
+        stdout: output_reader(stdout_receiver),
+        stderr: output_reader(stderr_receiver),
+        stdin: None,
+        control: Arc::new(Control { run }),
+        exit,
+    })
+}
+
+fn output_reader(receiver: mpsc::Receiver<Bytes>) -> BoxedReader {
+    let chunks = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (Ok::<Bytes, std::io::Error>(chunk), receiver))
+    });
+    Box::pin(tokio_util::io::StreamReader::new(Box::pin(chunks)))
+}
+
+/// Signals a command through the kill route of the session's API generation (Vercel signals its process group).
+struct Control {
+    run: Arc<Run>,
+}
+
+#[async_trait::async_trait]
+impl ProcessControl for Control {
+    async fn signal(&self, signal: Signal) -> Result<()> {
+        if self.run.ended.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let number = match signal {
+            Signal::Terminate => 15,
+            Signal::Kill => 9,
+        };
+        let body = serde_json::json!({ "signal": number });
+        let path = self.run.paths.kill(&self.run.command_id);
+        let sending = self.run.api.call(reqwest::Method::POST, &path, Some(&body), Route::Sandbox, "signalling the command");
+        match tokio::time::timeout(SIGNAL_TIMEOUT, sending).await {
+            Ok(Ok(_)) => Ok(()),
+            // The command ended meanwhile (or the session did): nothing is left to signal.
+            Ok(Err(_)) if self.run.ended.load(Ordering::SeqCst) => Ok(()),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Timeout(format!(
+                "Vercel did not answer a signal for command {} within {} s.",
+                self.run.command_id,
+                SIGNAL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// A helper command's end and output, for sandlink's own file work.
+pub struct Reply {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs a short helper command to its end and collects its output.
+pub async fn collect(api: Arc<Api>, paths: SessionPaths, spec: CommandSpec, book: Arc<RunBook>) -> Result<Reply> {
+    let mut process = start(api, paths, spec, book).await?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let (_, _, status) = tokio::join!(
+        process.stdout.read_to_end(&mut stdout),
+        process.stderr.read_to_end(&mut stderr),
+        &mut process.exit
+    );
+    let status = status?;
+    if let Some(message) = status.message {
+        return Err(Error::Remote { status: None, message });
+    }
+    Ok(Reply { code: status.code, stdout, stderr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_should_grow_and_stay_bounded() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(30), Duration::from_secs(5));
+    }
+}

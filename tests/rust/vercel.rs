@@ -256,10 +256,11 @@ fn a_long_run_should_stream_to_its_end_across_many_edge_cuts() {
     let _serial = serial();
     let Some(fake) = Fake::start() else { return };
     let server = start_server();
-    let (_workspace, session_id) = connect(&server, fake.settings(), &[]);
+    let (_workspace, session_id) = connect(&server, with_settings(&fake, json!({ "timeoutSeconds": 18000 })), &[]);
     // The edge cuts every stream (logs and waits) after 300 s of the fake's clock; the test moves that clock 100 s
     // a tenth of a second, so a run of a few real seconds lives through a simulated half hour and many cuts.
     fake.set_faults(json!({ "edgeCutSeconds": 300 }));
+    // A session long enough for the simulated half hour: the fake's clock jumps faster than any keepalive could follow.
     let since = fake.next_sequence();
     let run_id = server.start_run(json!({
         "sessionId": session_id,
@@ -278,7 +279,6 @@ fn a_long_run_should_stream_to_its_end_across_many_edge_cuts() {
     assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.exit);
     let cut_reads = requests_to(&fake, since, LOGS_ROUTE).iter().filter(|request| request["cut"] == true).count();
     assert!(cut_reads >= 3, "the edge cut the logs several times ({cut_reads})");
-    // Twenty simulated minutes ran; the keepalive extended the session meanwhile, so it is still there.
     let session = fake.session_of(&session_id).expect("the session");
     assert_eq!(session["status"], "running", "{session}");
 }
@@ -332,7 +332,8 @@ fn output_should_be_kept_when_the_session_stops_and_the_run_say_it_was_cut_off()
     // The session reaches its end: Vercel stops it and answers 410 for its logs and commands from then on.
     fake.advance_clock(400.0);
     let outcome = server.collect_run(&run_id, Duration::from_secs(30));
-    assert_eq!(outcome.stdout, "before-the-end\n", "what was printed before the stop is kept");
+    let log = std::fs::read_to_string(outcome.exit["logPath"].as_str().expect("a log")).expect("the run's log");
+    assert_eq!(log, "before-the-end\n", "what was printed before the stop is kept");
     let message = outcome.exit["message"].as_str().unwrap_or_default();
     assert!(message.contains("stopped before command"), "the exit says the run was cut off: {}", outcome.exit);
     let state = server.wait_notification("sandlink/sessionState", Duration::from_secs(15), |params| {
@@ -348,16 +349,17 @@ fn a_snapshot_should_fetch_unread_output_first_and_the_session_go_on_from_it() {
     let Some(fake) = Fake::start() else { return };
     let server = start_server();
     let (_workspace, session_id) = connect(&server, fake.settings(), &[("kept.txt", "kept across the snapshot\n")]);
-    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "echo one; sleep 0.5; echo two; sleep 60" }));
-    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| {
-        params["runId"] == run_id && params["text"].as_str().unwrap_or_default().contains("two")
-    });
+    // Much output at once, then a long wait: the snapshot comes while most of it may still be on its way.
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "seq 1 20000; sleep 60" }));
+    std::thread::sleep(Duration::from_millis(300));
     let before = fake.session_of(&session_id).expect("a session");
     let answer = server.request("sandlink/snapshot", json!({ "sessionId": session_id })).expect("snapshot");
     let snapshot_id = answer["snapshotId"].as_str().expect("a snapshot id").to_string();
     assert!(snapshot_id.starts_with("snap_"), "{answer}");
     let outcome = server.collect_run(&run_id, Duration::from_secs(30));
-    assert_eq!(outcome.stdout, "one\ntwo\n", "{}", outcome.exit);
+    let log = std::fs::read_to_string(outcome.exit["logPath"].as_str().expect("a log")).expect("the run's log");
+    let expected: String = (1..=20000).map(|number| format!("{number}\n")).collect();
+    assert!(log == expected, "all the output was fetched before the snapshot stopped the session ({} bytes of {})", log.len(), expected.len());
     assert!(outcome.exit["message"].as_str().unwrap_or_default().contains("stopped"), "{}", outcome.exit);
     // The snapshot stopped that session; the driver resumed the sandbox from it, with its files.
     let after = fake.session_of(&session_id).expect("a session");
@@ -472,21 +474,24 @@ fn every_request_should_carry_the_team_and_runs_start_detached() {
 }
 
 #[test]
-fn a_busy_session_should_be_extended_and_an_idle_one_warned() {
+fn an_idle_session_should_be_warned_and_a_busy_one_extended() {
     let _serial = serial();
     let Some(fake) = Fake::start() else { return };
     let server = start_server();
-    // A 90 s session: within a minute of its end the engine extends it while a run is in flight.
-    let (_workspace, session_id) = connect(&server, with_settings(&fake, json!({ "timeoutSeconds": 90, "keepaliveIdleSeconds": 0 })), &[]);
+    // A one-minute session, idle from the start (no editor activity counts).
+    let (_workspace, session_id) = connect(&server, with_settings(&fake, json!({ "timeoutSeconds": 60, "keepaliveIdleSeconds": 0 })), &[]);
+    // The last warning threshold is the extension margin, half the session's timeout: 30 s before the end.
+    let warning = server.wait_notification("sandlink/timeoutWarning", Duration::from_secs(45), |params| params["sessionId"] == session_id);
+    assert!(warning["secondsLeft"].as_u64().is_some_and(|left| left <= 60), "{warning}");
+    // A run in flight is use: within half a minute of the end the engine extends by the session's timeout.
     let since = fake.next_sequence();
-    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "sleep 40; echo survived" }));
-    let warning = server.wait_notification("sandlink/timeoutWarning", Duration::from_secs(60), |params| params["sessionId"] == session_id);
-    assert!(warning["expiresAt"].is_string(), "{warning}");
-    let outcome = server.collect_run(&run_id, Duration::from_secs(90));
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "sleep 40; echo survived" }));
     assert_eq!(outcome.stdout, "survived\n", "{}", outcome.exit);
     let extends = requests_to(&fake, since, "POST /v2/sandboxes/sessions/{sessionId}/extend-timeout");
     assert!(!extends.is_empty(), "the busy session was extended");
-    assert_eq!(extends[0]["body"]["duration"], 90_000, "{}", extends[0]);
+    assert_eq!(extends[0]["body"]["duration"], 60_000, "{}", extends[0]);
+    let session = fake.session_of(&session_id).expect("the session");
+    assert_eq!(session["status"], "running", "{session}");
 }
 
 #[test]

@@ -116,6 +116,17 @@ pub fn run_with_args_should_pass_arguments_without_a_shell(fixture: &DriverFixtu
 
 pub fn run_should_feed_stdin_until_eof(fixture: &DriverFixture) {
     let (server, _workspace, session_id) = fixture.connected(&[]);
+    if !claims_capability(&server, fixture.driver, "stdin") {
+        // A provider without a way to write to a command's input (Vercel): input is refused as `unsupported`, and
+        // the run itself still works.
+        let run_id = server.start_run(json!({ "sessionId": session_id, "command": "cat; echo done", "stdin": true }));
+        let error = server.request_error("sandlink/input", json!({ "runId": run_id, "text": "first line\n", "eof": true }));
+        assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
+        assert!(error.message.contains(fixture.driver), "the message names the driver: {}", error.message);
+        let outcome = server.collect_run(&run_id, support::DEFAULT_TIMEOUT);
+        assert_eq!(outcome.stdout, "done\n", "the command read an empty input: {}", outcome.exit);
+        return;
+    }
     let run_id = server.start_run(json!({ "sessionId": session_id, "command": "cat; echo done", "stdin": true }));
     server.request("sandlink/input", json!({ "runId": run_id, "text": "first line\n" })).expect("input");
     server.request("sandlink/input", json!({ "runId": run_id, "text": "second\n", "eof": true })).expect("input with eof");
@@ -313,6 +324,13 @@ pub fn capabilities_should_say_what_the_driver_does(fixture: &DriverFixture) {
         let error = server.request_error("sandlink/preview", json!({ "sessionId": session_id, "port": free_port() }));
         assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
     }
+}
+
+/// Whether `sandlink/drivers` says `driver` has the capability `name`.
+fn claims_capability(server: &Server, driver: &str, name: &str) -> bool {
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    let info = drivers["drivers"].as_array().and_then(|all| all.iter().find(|info| info["id"] == driver)).cloned().expect("the driver is listed");
+    info["capabilities"][name].as_bool().unwrap_or_else(|| panic!("capability {name} is a boolean: {info}"))
 }
 
 /// A TCP port that was free a moment ago.

@@ -21,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::client::{Api, Route, SessionPaths};
-use crate::drivers::http::Failure;
+use crate::drivers::http::{Failure, GoneFlag};
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::error::{Error, Result};
 use crate::streams::BoxedReader;
@@ -73,10 +73,32 @@ struct Delivery {
     delivered: [u64; 2],
 }
 
+/// What tells a run whether its session's end is the sandbox's end: a snapshot stops one session and resumes the
+/// next (the run then just ends), while a session that stopped on its own (its timeout, a stop from outside) is gone.
+#[derive(Clone)]
+pub struct SessionWatch {
+    pub gone: Arc<GoneFlag>,
+    /// The sandbox's current session.
+    pub current: Arc<Mutex<SessionPaths>>,
+    /// Held for writing while the sandbox itself stops or switches sessions.
+    pub switching: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl SessionWatch {
+    /// Records that the session of `paths` has stopped, unless the sandbox did that itself or moved on from it.
+    fn session_stopped(&self, paths: &SessionPaths, message: &str) {
+        let Ok(_steady) = self.switching.try_read() else { return };
+        if *crate::locks::lock(&self.current) == *paths {
+            self.gone.set(message);
+        }
+    }
+}
+
 /// One command in a session, as its follower, its drain and its control see it.
 pub struct Run {
     api: Arc<Api>,
     paths: SessionPaths,
+    watch: SessionWatch,
     pub command_id: String,
     delivery: tokio::sync::Mutex<Delivery>,
     /// Set once the run's end is known (or it was cut off); signals and drains are pointless afterwards.
@@ -239,7 +261,10 @@ impl Run {
             let began = tokio::time::Instant::now();
             match self.read_logs(None).await {
                 LogsEnd::Complete => break,
-                LogsEnd::Gone(message) => return Ok(self.cut_off(&message)),
+                LogsEnd::Gone(message) => {
+                    self.watch.session_stopped(&self.paths, &message);
+                    return Ok(self.cut_off(&message));
+                }
                 LogsEnd::Failed(error) => return Err(error),
                 LogsEnd::Cut { reason, delivered } => {
                     quick_failures = if delivered || began.elapsed() >= QUICK_FAILURE { 0 } else { quick_failures + 1 };
@@ -260,7 +285,10 @@ impl Run {
         }
         match self.wait_for_exit().await {
             Ok(code) => Ok(exit_status(code)),
-            Err(LogsEnd::Gone(message)) => Ok(self.cut_off(&message)),
+            Err(LogsEnd::Gone(message)) => {
+                self.watch.session_stopped(&self.paths, &message);
+                Ok(self.cut_off(&message))
+            }
             Err(LogsEnd::Failed(error)) => Err(error),
             Err(_) => Err(Error::Internal("The wait for a Vercel command ended without an answer.".into())),
         }
@@ -337,7 +365,8 @@ pub struct CommandSpec {
 }
 
 /// Starts a command detached (`POST …/cmd` without `wait`) and follows it on a task of its own.
-pub async fn start(api: Arc<Api>, paths: SessionPaths, spec: CommandSpec, book: Arc<RunBook>) -> Result<Process> {
+pub async fn start(api: Arc<Api>, watch: SessionWatch, spec: CommandSpec, book: Arc<RunBook>) -> Result<Process> {
+    let paths = crate::locks::lock(&watch.current).clone();
     let mut body = serde_json::json!({
         "command": spec.program,
         "args": spec.args,
@@ -355,6 +384,7 @@ pub async fn start(api: Arc<Api>, paths: SessionPaths, spec: CommandSpec, book: 
     let run = Arc::new(Run {
         api,
         paths,
+        watch,
         command_id: answer.command.id,
         delivery: tokio::sync::Mutex::new(Delivery { senders: Some([stdout_sender, stderr_sender]), delivered: [0, 0] }),
         ended: AtomicBool::new(false),
@@ -432,8 +462,8 @@ pub struct Reply {
 }
 
 /// Runs a short helper command to its end and collects its output.
-pub async fn collect(api: Arc<Api>, paths: SessionPaths, spec: CommandSpec, book: Arc<RunBook>) -> Result<Reply> {
-    let mut process = start(api, paths, spec, book).await?;
+pub async fn collect(api: Arc<Api>, watch: SessionWatch, spec: CommandSpec, book: Arc<RunBook>) -> Result<Reply> {
+    let mut process = start(api, watch, spec, book).await?;
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     let (_, _, status) = tokio::join!(

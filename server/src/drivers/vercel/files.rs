@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
 use super::client::{Api, Route, SessionPaths};
-use super::commands::{self, CommandSpec, Reply, RunBook};
+use super::commands::{self, CommandSpec, Reply, RunBook, SessionWatch};
 use crate::drivers::shell::files::checked_relative;
 use crate::drivers::shell::listing::parse_listing;
 use crate::drivers::shell::{quote, scripts};
@@ -29,12 +29,10 @@ const DOWNLOAD_SUFFIX: &str = ".download.tgz";
 /// The session's root inside one Vercel sandbox; the session paths change when a snapshot resumes into a new session.
 pub struct Files {
     api: Arc<Api>,
-    paths: Arc<std::sync::Mutex<SessionPaths>>,
+    watch: SessionWatch,
     book: Arc<RunBook>,
     /// Absolute, without a trailing slash.
     root: String,
-    /// The sandbox's gate: held for reading by every operation, so none reaches a session a snapshot is replacing.
-    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// A repacked upload: the gzip body, and what the finishing script must do.
@@ -137,18 +135,12 @@ fn finish_script(stage: &str, mtimes: &[(String, u64)]) -> String {
 }
 
 impl Files {
-    pub fn new(
-        api: Arc<Api>,
-        paths: Arc<std::sync::Mutex<SessionPaths>>,
-        book: Arc<RunBook>,
-        root: String,
-        gate: Arc<tokio::sync::RwLock<()>>,
-    ) -> Self {
-        Files { api, paths, book, root, gate }
+    pub fn new(api: Arc<Api>, watch: SessionWatch, book: Arc<RunBook>, root: String) -> Self {
+        Files { api, watch, book, root }
     }
 
     fn paths(&self) -> SessionPaths {
-        crate::locks::lock(&self.paths).clone()
+        crate::locks::lock(&self.watch.current).clone()
     }
 
     /// Runs `sh -c script sandlink args…` in the root and answers its output, failing on a non-zero exit.
@@ -156,7 +148,7 @@ impl Files {
         let mut args = vec!["-c".to_string(), script.to_string(), "sandlink".to_string()];
         args.extend(arguments);
         let spec = CommandSpec { program: "sh".into(), args, cwd: self.root.clone(), env: Default::default(), timeout: None };
-        let Reply { code, stdout, stderr } = commands::collect(self.api.clone(), self.paths(), spec, self.book.clone()).await?;
+        let Reply { code, stdout, stderr } = commands::collect(self.api.clone(), self.watch.clone(), spec, self.book.clone()).await?;
         if code != Some(0) {
             return Err(Error::Remote {
                 status: None,
@@ -185,7 +177,7 @@ impl Files {
             env: Default::default(),
             timeout: None,
         };
-        let reply = commands::collect(self.api.clone(), self.paths(), spec, self.book.clone()).await?;
+        let reply = commands::collect(self.api.clone(), self.watch.clone(), spec, self.book.clone()).await?;
         if reply.code != Some(0) {
             return Err(Error::Remote {
                 status: None,
@@ -199,7 +191,8 @@ impl Files {
 #[async_trait]
 impl RemoteFiles for Files {
     async fn upload_tar(&self, mut archive: BoxedReader) -> Result<()> {
-        let _gate = self.gate.read().await;
+        // Held for reading by every operation, so none reaches a session a snapshot is replacing.
+        let _gate = self.watch.switching.read().await;
         let mut bytes = Vec::new();
         (&mut archive)
             .take(LARGEST_BATCH_BYTES as u64 + 1)
@@ -241,7 +234,8 @@ impl RemoteFiles for Files {
     }
 
     async fn delete(&self, paths: Vec<String>) -> Result<()> {
-        let _gate = self.gate.read().await;
+        // Held for reading by every operation, so none reaches a session a snapshot is replacing.
+        let _gate = self.watch.switching.read().await;
         if paths.is_empty() {
             return Ok(());
         }
@@ -250,13 +244,15 @@ impl RemoteFiles for Files {
     }
 
     async fn list(&self) -> Result<Vec<RemoteEntry>> {
-        let _gate = self.gate.read().await;
+        // Held for reading by every operation, so none reaches a session a snapshot is replacing.
+        let _gate = self.watch.switching.read().await;
         let output = self.shell(scripts::LIST, vec![".".into()], "Listing the files").await?;
         Self::parse(output).await
     }
 
     async fn stat(&self, paths: Vec<String>) -> Result<Vec<RemoteEntry>> {
-        let _gate = self.gate.read().await;
+        // Held for reading by every operation, so none reaches a session a snapshot is replacing.
+        let _gate = self.watch.switching.read().await;
         if paths.is_empty() {
             return Ok(Vec::new());
         }
@@ -273,7 +269,8 @@ impl RemoteFiles for Files {
     }
 
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
-        let _gate = self.gate.read().await;
+        // Held for reading by every operation, so none reaches a session a snapshot is replacing.
+        let _gate = self.watch.switching.read().await;
         let checked = paths.iter().map(|path| checked_relative(path)).collect::<Result<Vec<String>>>()?;
         if checked.is_empty() {
             return Ok(Box::pin(std::io::Cursor::new(empty_tar())));
@@ -287,7 +284,9 @@ mkdir -p {staging} && rm -f {staging}/*{DOWNLOAD_SUFFIX} || exit 1
 n=$#
 while [ "$n" -gt 0 ]; do {{ [ -e "$1" ] || [ -L "$1" ]; }} && set -- "$@" "$1"; shift; n=$((n - 1)); done
 [ $# -gt 0 ] || {{ tar -czf "$archive" -T /dev/null; exit $?; }}
-exec tar -czf "$archive" -- "$@""#,
+# GNU tar reads backslashes in names as escapes unless told not to; busybox tar has no such option and needs none.
+if tar --no-unquote -cf /dev/null -T /dev/null 2>/dev/null; then set -- --no-unquote -czf "$archive" -- "$@"; else set -- -czf "$archive" -- "$@"; fi
+exec tar "$@""#,
             staging = scripts::STAGING_DIR
         );
         let mut arguments = vec![archive.clone()];

@@ -374,6 +374,8 @@ pub struct VercelSandbox {
     /// Held for writing while a snapshot stops one session and resumes the next, so nothing else asks the stopped
     /// one meanwhile (which would answer 410 and make the session look gone).
     switching: Arc<tokio::sync::RwLock<()>>,
+    /// What runs and file commands start from: the current session, and where a stopped session is reported.
+    watch: commands::SessionWatch,
 }
 
 impl VercelSandbox {
@@ -381,7 +383,8 @@ impl VercelSandbox {
         let paths = Arc::new(Mutex::new(SessionPaths::new(settings.generation, &opened.session.id)));
         let runs = Arc::new(RunBook::default());
         let switching = Arc::new(tokio::sync::RwLock::new(()));
-        let files = Arc::new(files::Files::new(api.clone(), paths.clone(), runs.clone(), settings.remote_root.clone(), switching.clone()));
+        let watch = commands::SessionWatch { gone: gone.clone(), current: paths.clone(), switching: switching.clone() };
+        let files = Arc::new(files::Files::new(api.clone(), watch.clone(), runs.clone(), settings.remote_root.clone()));
         let lease = LeaseBook::starting_now(settings.timeout_seconds, Duration::from_secs(settings.keepalive_idle_seconds));
         let sandbox = VercelSandbox {
             api,
@@ -398,6 +401,7 @@ impl VercelSandbox {
             runs,
             files,
             switching,
+            watch,
         };
         sandbox.observe(&opened.session);
         sandbox
@@ -501,7 +505,7 @@ impl Sandbox for VercelSandbox {
         let mut env = self.env.clone();
         env.extend(spec.env);
         let command = CommandSpec { program, args, cwd: self.working_directory(spec.cwd.as_deref()), env, timeout: spec.timeout };
-        commands::start(self.api.clone(), self.paths(), command, self.runs.clone()).await
+        commands::start(self.api.clone(), self.watch.clone(), command, self.runs.clone()).await
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
@@ -620,7 +624,10 @@ impl Sandbox for VercelSandbox {
     }
 
     fn lease(&self) -> Option<Lease> {
-        Some(self.lease.lease(&self.gone))
+        let mut lease = self.lease.lease(&self.gone);
+        // The session's end says whether its files were kept, which the engine's expiry message then carries.
+        lease.gone = lease.gone.map(|message| self.gone_sentence(&message));
+        Some(lease)
     }
 
     async fn status(&self) -> Result<SandboxStatus> {

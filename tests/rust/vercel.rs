@@ -557,3 +557,53 @@ fn sync_up_should_send_one_gzip_tar_per_batch_with_modes_and_times_kept() {
     assert_eq!(result["downloaded"], 0, "{result}");
     assert!(requests_to(fake, again, "POST /v2/sandboxes/sessions/{sessionId}/fs/write").is_empty());
 }
+
+#[test]
+fn a_helper_command_cut_mid_stream_should_carry_on_from_the_logs() {
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let server = start_server();
+    let files: Vec<(String, String)> = (0..40).map(|index| (format!("dir/file-{index}.txt"), format!("{index}\n"))).collect();
+    let borrowed: Vec<(&str, &str)> = files.iter().map(|(path, content)| (path.as_str(), content.as_str())).collect();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &borrowed);
+    // The listing a sync down asks for is one streamed `wait` + `logs` request; cut it mid-line, and the driver must
+    // finish from the logs (skipping what arrived) and the wait, seeing every file once.
+    sandbox_shell(&server, &session_id, "echo new > made-in-sandbox.txt");
+    let since = fake.next_sequence();
+    // Past the first line (the command, its arguments being the listing script), within the listing.
+    fake.set_faults(json!({ "cutStreamAfterBytes": 1500, "cutStreamCount": 1 }));
+    let result = server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "down" })).expect("sync down");
+    assert_eq!(result["downloaded"], 1, "only the new file comes down: {result}");
+    let requests = fake.requests_since(since);
+    assert!(requests.iter().any(|request| request["cut"] == true), "the fault cut a stream");
+    assert!(requests.iter().any(|request| request["route"] == LOGS_ROUTE), "the cut stream was carried on from the logs");
+}
+
+/// Runs a shell command line in the sandbox and answers its stdout, asserting it succeeded.
+fn sandbox_shell(server: &Server, session_id: &str, command: &str) -> String {
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": command }));
+    assert_eq!(outcome.exit_code(), Some(0), "`{command}` failed: {}", outcome.stderr);
+    outcome.stdout
+}
+
+#[test]
+fn syncing_a_thousand_files_and_running_a_command_should_take_few_requests() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let files: Vec<(String, String)> = (0..1000).map(|index| (format!("src/{}/file-{index}.txt", index % 10), format!("content {index}\n"))).collect();
+    let borrowed: Vec<(&str, &str)> = files.iter().map(|(path, content)| (path.as_str(), content.as_str())).collect();
+    let since = fake.next_sequence();
+    let (_workspace, session_id) = connect(&server, fake.settings(), &borrowed);
+    let connect_requests = fake.requests_since(since);
+    let run_since = fake.next_sequence();
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "ls src/3 | wc -l" }));
+    assert_eq!(outcome.stdout, "100\n");
+    let run_requests = fake.requests_since(run_since);
+    let routes = |requests: &[Value]| requests.iter().map(|request| request["route"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>();
+    eprintln!("connect and sync of 1000 files: {} requests {:?}", connect_requests.len(), routes(&connect_requests));
+    eprintln!("one run: {} requests {:?}", run_requests.len(), routes(&run_requests));
+    let writes = connect_requests.iter().filter(|request| request["route"] == "POST /v2/sandboxes/sessions/{sessionId}/fs/write").count();
+    assert!(writes <= 2, "a thousand small files travel in one or two gzip tars, not {writes}");
+    assert!(connect_requests.len() <= 8, "connect and the first sync take a handful of requests: {:?}", routes(&connect_requests));
+    assert_eq!(run_requests.len(), 3, "a run is start, logs and wait: {:?}", routes(&run_requests));
+}

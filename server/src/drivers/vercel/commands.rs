@@ -17,7 +17,6 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::client::{Api, Route, SessionPaths};
@@ -155,51 +154,64 @@ impl Run {
             Ok(response) => response,
             Err(failure) => return self.failure_end(failure, what),
         };
-        let mut body = response.bytes_stream();
         let mut position = ReplayPosition::default();
-        let mut pending: Vec<u8> = Vec::new();
+        self.consume(response.bytes_stream(), Vec::new(), quiet, &mut position).await.0
+    }
+
+    /// Reads NDJSON lines (log lines, and the command lines of a `wait` stream) from `body`, after the bytes already
+    /// in `pending`, delivering output past `position`. Answers how the stream ended and the exit code if a command
+    /// line carried one.
+    async fn consume<S>(&self, mut body: S, mut pending: Vec<u8>, quiet: Option<Duration>, position: &mut ReplayPosition) -> (LogsEnd, Option<i64>)
+    where
+        S: futures::Stream<Item = reqwest::Result<Bytes>> + Unpin,
+    {
         let mut delivered = false;
+        let mut exit_code = None;
         loop {
-            let next = match quiet {
-                Some(limit) => match tokio::time::timeout(limit, body.next()).await {
-                    Ok(next) => next,
-                    Err(_) => return LogsEnd::Cut { reason: "went quiet".into(), delivered },
-                },
-                None => body.next().await,
-            };
-            let chunk = match next {
-                None if pending.iter().all(u8::is_ascii_whitespace) => return LogsEnd::Complete,
-                None => return LogsEnd::Cut { reason: "ended in the middle of a line".into(), delivered },
-                Some(Err(error)) => return LogsEnd::Cut { reason: format!("broke off ({error})"), delivered },
-                Some(Ok(chunk)) => chunk,
-            };
-            pending.extend_from_slice(&chunk);
             while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
                 let line: Vec<u8> = pending.drain(..=newline).collect();
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let parsed: LogLine = match serde_json::from_slice(&line) {
+                let parsed: Value = match serde_json::from_slice(&line) {
                     Ok(parsed) => parsed,
                     Err(error) => {
-                        tracing::warn!(%error, "ignoring a Vercel log line sandlink does not understand");
+                        tracing::warn!(%error, "ignoring a Vercel stream line sandlink does not understand");
                         continue;
                     }
                 };
+                if let Some(command) = parsed.get("command") {
+                    exit_code = exit_code.or(command.get("exitCode").and_then(Value::as_i64));
+                    continue;
+                }
+                let Ok(parsed) = serde_json::from_value::<LogLine>(parsed) else { continue };
                 match (parsed.stream.as_str(), &parsed.data) {
-                    ("stdout", Value::String(text)) => delivered |= self.deliver(0, text.as_bytes(), &mut position).await,
-                    ("stderr", Value::String(text)) => delivered |= self.deliver(1, text.as_bytes(), &mut position).await,
+                    ("stdout", Value::String(text)) => delivered |= self.deliver(0, text.as_bytes(), position).await,
+                    ("stderr", Value::String(text)) => delivered |= self.deliver(1, text.as_bytes(), position).await,
                     ("error", data) => {
                         let code = data.get("code").and_then(Value::as_str).unwrap_or_default();
                         let message = data.get("message").and_then(Value::as_str).unwrap_or_default();
                         let described = format!("{message} ({code})");
                         if code.contains("stopped") || code.contains("gone") {
-                            return LogsEnd::Gone(described);
+                            return (LogsEnd::Gone(described), exit_code);
                         }
-                        return LogsEnd::Cut { reason: format!("carried an error: {described}"), delivered };
+                        return (LogsEnd::Cut { reason: format!("carried an error: {described}"), delivered }, exit_code);
                     }
                     _ => {}
                 }
+            }
+            let next = match quiet {
+                Some(limit) => match tokio::time::timeout(limit, body.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return (LogsEnd::Cut { reason: "went quiet".into(), delivered }, exit_code),
+                },
+                None => body.next().await,
+            };
+            match next {
+                None if pending.iter().all(u8::is_ascii_whitespace) => return (LogsEnd::Complete, exit_code),
+                None => return (LogsEnd::Cut { reason: "ended in the middle of a line".into(), delivered }, exit_code),
+                Some(Err(error)) => return (LogsEnd::Cut { reason: format!("broke off ({error})"), delivered }, exit_code),
+                Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
             }
         }
     }
@@ -364,9 +376,8 @@ pub struct CommandSpec {
     pub timeout: Option<Duration>,
 }
 
-/// Starts a command detached (`POST …/cmd` without `wait`) and follows it on a task of its own.
-pub async fn start(api: Arc<Api>, watch: SessionWatch, spec: CommandSpec, book: Arc<RunBook>) -> Result<Process> {
-    let paths = crate::locks::lock(&watch.current).clone();
+/// The body of `POST …/cmd`.
+fn command_body(spec: &CommandSpec) -> Value {
     let mut body = serde_json::json!({
         "command": spec.program,
         "args": spec.args,
@@ -377,27 +388,46 @@ pub async fn start(api: Arc<Api>, watch: SessionWatch, spec: CommandSpec, book: 
     if let Some(timeout) = spec.timeout {
         body["timeout"] = Value::from((timeout + PROVIDER_TIMEOUT_GRACE).as_millis() as u64);
     }
-    let answer: CommandAnswer =
-        api.call_json(reqwest::Method::POST, &paths.at("/cmd"), Some(&body), Route::Sandbox, "starting the command").await?;
+    body
+}
+
+/// A run of command `command_id` in the session of `paths`, and the receiving ends of its output.
+fn new_run(api: Arc<Api>, paths: SessionPaths, watch: SessionWatch, command_id: String) -> (Arc<Run>, [mpsc::Receiver<Bytes>; 2]) {
     let (stdout_sender, stdout_receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
     let (stderr_sender, stderr_receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
     let run = Arc::new(Run {
         api,
         paths,
         watch,
-        command_id: answer.command.id,
+        command_id,
         delivery: tokio::sync::Mutex::new(Delivery { senders: Some([stdout_sender, stderr_sender]), delivered: [0, 0] }),
         ended: AtomicBool::new(false),
     });
+    (run, [stdout_receiver, stderr_receiver])
+}
+
+impl Run {
+    /// Marks the run over and drops its senders, which ends the engine's readers once they have read what they hold.
+    async fn finish(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.delivery.lock().await.senders = None;
+    }
+}
+
+/// Starts a command detached (`POST …/cmd` without `wait`) and follows it on a task of its own.
+pub async fn start(api: Arc<Api>, watch: SessionWatch, spec: CommandSpec, book: Arc<RunBook>) -> Result<Process> {
+    let paths = crate::locks::lock(&watch.current).clone();
+    let body = command_body(&spec);
+    let answer: CommandAnswer =
+        api.call_json(reqwest::Method::POST, &paths.at("/cmd"), Some(&body), Route::Sandbox, "starting the command").await?;
+    let (run, [stdout_receiver, stderr_receiver]) = new_run(api, paths, watch, answer.command.id);
     book.add(run.clone());
     let (exit_sender, exit_receiver) = tokio::sync::oneshot::channel();
     let follower = run.clone();
     tokio::spawn(async move {
         let outcome = follower.follow().await;
-        follower.ended.store(true, Ordering::SeqCst);
         book.remove(&follower.command_id);
-        // Dropping the senders ends the readers once the engine has read what they hold.
-        follower.delivery.lock().await.senders = None;
+        follower.finish().await;
         let _ = exit_sender.send(outcome);
     });
     let exit = async move {
@@ -461,16 +491,71 @@ pub struct Reply {
     pub stderr: Vec<u8>,
 }
 
-/// Runs a short helper command to its end and collects its output.
-pub async fn collect(api: Arc<Api>, watch: SessionWatch, spec: CommandSpec, book: Arc<RunBook>) -> Result<Reply> {
-    let mut process = start(api, watch, spec, book).await?;
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let (_, _, status) = tokio::join!(
-        process.stdout.read_to_end(&mut stdout),
-        process.stderr.read_to_end(&mut stderr),
-        &mut process.exit
-    );
+/// Everything a receiver gets until its sender is dropped.
+async fn gather(receiver: &mut mpsc::Receiver<Bytes>) -> Vec<u8> {
+    let mut collected = Vec::new();
+    while let Some(chunk) = receiver.recv().await {
+        collected.extend_from_slice(&chunk);
+    }
+    collected
+}
+
+/// Runs a short helper command to its end and collects its output, in one request where the stream holds: `wait`
+/// and `logs` make `POST …/cmd` answer the command, its output and its end as one NDJSON stream. A stream cut short
+/// carries on as a detached run does, from the logs (skipping what arrived) and the wait.
+pub async fn collect(api: Arc<Api>, watch: SessionWatch, spec: CommandSpec) -> Result<Reply> {
+    let paths = crate::locks::lock(&watch.current).clone();
+    let mut body = command_body(&spec);
+    body["wait"] = Value::Bool(true);
+    body["logs"] = Value::Bool(true);
+    let what = "running a helper command";
+    let path = paths.at("/cmd");
+    let response = api
+        .send(Route::Sandbox, Some(STREAM_HEADER_LIMIT), || api.request(reqwest::Method::POST, &path).json(&body))
+        .await
+        .map_err(|failure| api.fail(failure, what))?;
+    let mut stream = response.bytes_stream();
+    let mut pending = Vec::new();
+    let newline = loop {
+        if let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
+            break newline;
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+            _ => {
+                return Err(Error::Remote {
+                    status: None,
+                    message: "Vercel's answer to a helper command ended before it named the command.".into(),
+                })
+            }
+        }
+    };
+    let first: Vec<u8> = pending.drain(..=newline).collect();
+    let answer: CommandAnswer = serde_json::from_slice(&first).map_err(|error| Error::Remote {
+        status: None,
+        message: format!("Vercel started a helper command with an answer sandlink does not understand: {error}."),
+    })?;
+    let (run, [mut stdout_receiver, mut stderr_receiver]) = new_run(api, paths, watch, answer.command.id);
+    let reading = async {
+        let mut position = ReplayPosition::default();
+        let outcome = match run.consume(stream, pending, None, &mut position).await {
+            (LogsEnd::Complete, Some(code)) => Ok(exit_status(code)),
+            (LogsEnd::Failed(error), _) => Err(error),
+            (LogsEnd::Gone(message), _) => {
+                run.watch.session_stopped(&run.paths, &message);
+                Ok(run.cut_off(&message))
+            }
+            (end, _) => {
+                if let LogsEnd::Cut { reason, .. } = &end {
+                    tracing::debug!(command = %run.command_id, %reason, "a helper command's stream was cut; following it");
+                }
+                run.follow().await
+            }
+        };
+        run.finish().await;
+        outcome
+    };
+    let (stdout, stderr, status) = tokio::join!(gather(&mut stdout_receiver), gather(&mut stderr_receiver), reading);
     let status = status?;
     if let Some(message) = status.message {
         return Err(Error::Remote { status: None, message });

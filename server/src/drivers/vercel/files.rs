@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
 use super::client::{Api, Route, SessionPaths};
-use super::commands::{self, CommandSpec, Reply, RunBook, SessionWatch};
+use super::commands::{self, CommandSpec, Reply, SessionWatch};
 use crate::drivers::shell::files::checked_relative;
 use crate::drivers::shell::listing::parse_listing;
 use crate::drivers::shell::{quote, scripts};
@@ -30,7 +30,6 @@ const DOWNLOAD_SUFFIX: &str = ".download.tgz";
 pub struct Files {
     api: Arc<Api>,
     watch: SessionWatch,
-    book: Arc<RunBook>,
     /// Absolute, without a trailing slash.
     root: String,
 }
@@ -135,8 +134,8 @@ fn finish_script(stage: &str, mtimes: &[(String, u64)]) -> String {
 }
 
 impl Files {
-    pub fn new(api: Arc<Api>, watch: SessionWatch, book: Arc<RunBook>, root: String) -> Self {
-        Files { api, watch, book, root }
+    pub fn new(api: Arc<Api>, watch: SessionWatch, root: String) -> Self {
+        Files { api, watch, root }
     }
 
     fn paths(&self) -> SessionPaths {
@@ -148,7 +147,7 @@ impl Files {
         let mut args = vec!["-c".to_string(), script.to_string(), "sandlink".to_string()];
         args.extend(arguments);
         let spec = CommandSpec { program: "sh".into(), args, cwd: self.root.clone(), env: Default::default(), timeout: None };
-        let Reply { code, stdout, stderr } = commands::collect(self.api.clone(), self.watch.clone(), spec, self.book.clone()).await?;
+        let Reply { code, stdout, stderr } = commands::collect(self.api.clone(), self.watch.clone(), spec).await?;
         if code != Some(0) {
             return Err(Error::Remote {
                 status: None,
@@ -177,7 +176,7 @@ impl Files {
             env: Default::default(),
             timeout: None,
         };
-        let reply = commands::collect(self.api.clone(), self.watch.clone(), spec, self.book.clone()).await?;
+        let reply = commands::collect(self.api.clone(), self.watch.clone(), spec).await?;
         if reply.code != Some(0) {
             return Err(Error::Remote {
                 status: None,

@@ -384,7 +384,7 @@ impl VercelSandbox {
         let runs = Arc::new(RunBook::default());
         let switching = Arc::new(tokio::sync::RwLock::new(()));
         let watch = commands::SessionWatch { gone: gone.clone(), current: paths.clone(), switching: switching.clone() };
-        let files = Arc::new(files::Files::new(api.clone(), watch.clone(), runs.clone(), settings.remote_root.clone()));
+        let files = Arc::new(files::Files::new(api.clone(), watch.clone(), settings.remote_root.clone()));
         let lease = LeaseBook::starting_now(settings.timeout_seconds, Duration::from_secs(settings.keepalive_idle_seconds));
         let sandbox = VercelSandbox {
             api,

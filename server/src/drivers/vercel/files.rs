@@ -127,11 +127,22 @@ fn finish_script(stage: &str, mtimes: &[(String, u64)]) -> String {
         }
     }
     script.push_str(&format!(
-        "(\nset -- \"$PWD\" \"$PWD/$stage\" ''\n{}\n)\nstatus=$?\nrm -f -- \"$0\"\nexit $status\n",
+        "(\nset -- \"$PWD\" \"$PWD/$stage\" ''\n{}\n)\nstatus=$?\nrm -f -- \"$0\"\n[ $status -eq 0 ] || exit $status\n",
         scripts::MERGE
     ));
+    // The look at what was written, in the same command: the stamps sync records for the files (inode and ctime
+    // included) cost no request of their own.
+    if !mtimes.is_empty() && mtimes.len() <= MOST_FILES_LOOKED_AT {
+        let quoted: Vec<String> = mtimes.iter().map(|(path, _)| quote(path)).collect();
+        script.push_str(&format!("set -- . {}\n{}\n", quoted.join(" "), scripts::STAT));
+    }
+    script.push_str("exit 0\n");
     script
 }
+
+/// Uploads of more files than this leave the look after them to the engine (one `find` names them all, and a
+/// command line has a length limit).
+const MOST_FILES_LOOKED_AT: usize = 2000;
 
 impl Files {
     pub fn new(api: Arc<Api>, watch: SessionWatch, root: String) -> Self {
@@ -189,7 +200,11 @@ impl Files {
 
 #[async_trait]
 impl RemoteFiles for Files {
-    async fn upload_tar(&self, mut archive: BoxedReader) -> Result<()> {
+    async fn upload_tar(&self, archive: BoxedReader) -> Result<()> {
+        self.upload_tar_looked(archive).await.map(|_| ())
+    }
+
+    async fn upload_tar_looked(&self, mut archive: BoxedReader) -> Result<Option<Vec<RemoteEntry>>> {
         // Held for reading by every operation, so none reaches a session a snapshot is replacing.
         let _gate = self.watch.switching.read().await;
         let mut bytes = Vec::new();
@@ -209,8 +224,9 @@ impl RemoteFiles for Files {
             .await
             .map_err(|error| Error::Internal(format!("Packing the upload failed: {error}")))??;
         if packed.entries == 0 {
-            return Ok(());
+            return Ok(Some(Vec::new()));
         }
+        let looked = !packed.mtimes.is_empty() && packed.mtimes.len() <= MOST_FILES_LOOKED_AT;
         tracing::debug!(files = packed.mtimes.len(), bytes = packed.gzip.len(), "uploading a batch to Vercel");
         let body = Bytes::from(packed.gzip);
         let path = self.paths().at("/fs/write");
@@ -229,7 +245,11 @@ impl RemoteFiles for Files {
             .map_err(|failure| self.api.fail(failure, what))?;
         let _ = response.bytes().await;
         let script_name = format!("{}.sh", packed.stage);
-        self.shell(r#"exec sh "$1""#, vec![script_name], "Moving the uploaded files into place").await.map(|_| ())
+        let output = self.shell(r#"exec sh "$1""#, vec![script_name], "Moving the uploaded files into place").await?;
+        if !looked {
+            return Ok(None);
+        }
+        Self::parse(output).await.map(Some)
     }
 
     async fn delete(&self, paths: Vec<String>) -> Result<()> {
@@ -348,6 +368,7 @@ mod tests {
         let script = finish_script(".sandlink-staging/abc", &[("a b.txt".into(), 5), ("c".into(), 5)]);
         assert!(script.contains("touch -c -m -d @5 -- \"$stage\"/'a b.txt' \"$stage\"/'c'"), "{script}");
         assert!(script.contains("mv -f"), "the shared merge renames into place: {script}");
+        assert!(script.contains("set -- . 'a b.txt' 'c'\n"), "the files are looked at after the merge: {script}");
     }
 
     #[test]

@@ -625,3 +625,60 @@ fn syncing_a_thousand_files_and_running_a_command_should_take_few_requests() {
     assert!(connect_requests.len() <= 8, "connect and the first sync take a handful of requests: {:?}", routes(&connect_requests));
     assert_eq!(run_requests.len(), 3, "a run is start, logs and wait: {:?}", routes(&run_requests));
 }
+
+#[test]
+fn a_kept_session_should_reattach_to_the_same_sandbox_after_a_restart() {
+    let Some(fake) = shared_fake() else { return };
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = support::workspace_with(&[("hello.txt", "hello\n")]);
+    let start = || {
+        Server::start_with(StartOptions { state_dir: Some(state.path().to_path_buf()), env: Fake::server_env(), ..StartOptions::default() })
+    };
+    let session_id = {
+        let first = start();
+        let session = first.connect("vercel", fake.settings(), workspace.path());
+        let session_id = session["sessionId"].as_str().expect("id").to_string();
+        let outcome = first.run_to_exit(json!({ "sessionId": session_id, "command": "echo made-here > marker" }));
+        assert_eq!(outcome.exit_code(), Some(0));
+        session_id
+        // Dropping the server shuts it down as an editor does; the session and its sandbox are kept.
+    };
+    let kept = fake.session_of(&session_id).expect("the sandbox is kept across the restart");
+    let second = start();
+    let reattached = second
+        .request("sandlink/connect", json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }))
+        .expect("re-attach works");
+    assert_eq!(reattached["state"], "active", "{reattached}");
+    assert_eq!(fake.session_of(&session_id).expect("the session")["id"], kept["id"], "the same session of the same sandbox");
+    let outcome = second.run_to_exit(json!({ "sessionId": session_id, "command": "cat marker hello.txt" }));
+    assert_eq!(outcome.stdout, "made-here\nhello\n", "what the first server made is still there");
+    second.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    assert!(fake.sandbox_of(&session_id).is_none(), "a real disconnect removes the sandbox");
+}
+
+#[test]
+fn a_persistent_sandbox_kept_at_disconnect_should_resume_with_its_files() {
+    let Some(fake) = shared_fake() else { return };
+    let server = start_server();
+    let (_workspace, session_id) = connect(&server, with_settings(fake, json!({ "persistent": true })), &[]);
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo kept > kept.txt" }));
+    assert_eq!(outcome.exit_code(), Some(0));
+    let first = fake.session_of(&session_id).expect("a session");
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id, "keep": true })).expect("disconnect, keeping it");
+    let stopped = fake.sandbox_of(&session_id).expect("the sandbox is kept");
+    assert_eq!(stopped["persistent"], true, "{stopped}");
+    // Connecting by name resumes it from the snapshot its stop took.
+    let settings = with_settings(fake, json!({ "sandbox": sandbox_name(&session_id) }));
+    let workspace = support::workspace_with(&[]);
+    let resumed = server
+        .request(
+            "sandlink/connect",
+            json!({ "driver": "vercel", "settings": settings, "workspaceFolder": support::file_uri(workspace.path()), "sync": false }),
+        )
+        .expect("connect to the kept sandbox");
+    let resumed_id = resumed["sessionId"].as_str().expect("sessionId");
+    assert_ne!(fake.session_of(&session_id).expect("a session")["id"], first["id"], "a new session");
+    let outcome = server.run_to_exit(json!({ "sessionId": resumed_id, "command": "cat kept.txt" }));
+    assert_eq!(outcome.stdout, "kept\n", "{}", outcome.exit);
+    server.request("sandlink/disconnect", json!({ "sessionId": resumed_id })).expect("disconnect");
+}

@@ -374,6 +374,8 @@ fn a_snapshot_should_fetch_unread_output_first_and_the_session_go_on_from_it() {
     let answer = server.request("sandlink/snapshot", json!({ "sessionId": session_id })).expect("snapshot");
     let snapshot_id = answer["snapshotId"].as_str().expect("a snapshot id").to_string();
     assert!(snapshot_id.starts_with("snap_"), "{answer}");
+    let note = answer["note"].as_str().unwrap_or_default();
+    assert!(note.contains("stopped the Vercel session") && note.contains("resumed"), "the answer says what happened: {answer}");
     let outcome = server.collect_run(&run_id, Duration::from_secs(30));
     let log = std::fs::read_to_string(outcome.exit["logPath"].as_str().expect("a log")).expect("the run's log");
     let expected: String = (1..=20000).map(|number| format!("{number}\n")).collect();
@@ -473,7 +475,10 @@ fn an_oidc_token_should_name_team_and_project_through_its_claims() {
 
 #[test]
 fn every_request_should_carry_the_team_and_runs_start_detached() {
-    let Some(fake) = shared_fake() else { return };
+    // A fake of its own: the request log must hold this test's requests only.
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let fake = &fake;
     let server = start_server();
     let since = fake.next_sequence();
     let (_workspace, session_id) = connect(&server, fake.settings(), &[("a.txt", "a")]);
@@ -514,7 +519,10 @@ fn an_idle_session_should_be_warned_and_a_busy_one_extended() {
 
 #[test]
 fn a_preview_should_add_the_port_the_sandbox_lacks() {
-    let Some(fake) = shared_fake() else { return };
+    // A fake of its own: the request log must hold this test's requests only.
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let fake = &fake;
     let server = start_server();
     let (_workspace, session_id) = connect(&server, with_settings(fake, json!({ "ports": [3000] })), &[]);
     let since = fake.next_sequence();
@@ -532,7 +540,10 @@ fn a_preview_should_add_the_port_the_sandbox_lacks() {
 
 #[test]
 fn the_v1_api_should_run_sync_and_kill_with_its_own_paths() {
-    let Some(fake) = shared_fake() else { return };
+    // A fake of its own: the request log must hold this test's requests only.
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let fake = &fake;
     let server = start_server();
     let since = fake.next_sequence();
     let (_workspace, session_id) = connect(&server, with_settings(fake, json!({ "apiVersion": "v1" })), &[("hello.txt", "v1 files\n")]);
@@ -551,7 +562,10 @@ fn the_v1_api_should_run_sync_and_kill_with_its_own_paths() {
 
 #[test]
 fn sync_up_should_send_one_gzip_tar_per_batch_with_modes_and_times_kept() {
-    let Some(fake) = shared_fake() else { return };
+    // A fake of its own: the request log must hold this test's requests only.
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let fake = &fake;
     let server = start_server();
     let files: Vec<(String, String)> = (0..50).map(|index| (format!("src/file-{index}.txt"), format!("content {index}\n"))).collect();
     let borrowed: Vec<(&str, &str)> = files.iter().map(|(path, content)| (path.as_str(), content.as_str())).collect();
@@ -606,7 +620,10 @@ fn sandbox_shell(server: &Server, session_id: &str, command: &str) -> String {
 
 #[test]
 fn syncing_a_thousand_files_and_running_a_command_should_take_few_requests() {
-    let Some(fake) = shared_fake() else { return };
+    // A fake of its own: the request log must hold this test's requests only.
+    let _serial = serial();
+    let Some(fake) = Fake::start() else { return };
+    let fake = &fake;
     let server = start_server();
     let files: Vec<(String, String)> = (0..1000).map(|index| (format!("src/{}/file-{index}.txt", index % 10), format!("content {index}\n"))).collect();
     let borrowed: Vec<(&str, &str)> = files.iter().map(|(path, content)| (path.as_str(), content.as_str())).collect();

@@ -285,6 +285,12 @@ pub trait Sandbox: Send + Sync {
         Err(Error::unsupported_by(self.driver_id(), "snapshots"))
     }
 
+    /// What the last snapshot did besides saving the files, when the user must know it (Vercel's stops the session),
+    /// as a sentence `sandlink/snapshot` answers beside the snapshot's id.
+    fn snapshot_note(&self) -> Option<String> {
+        None
+    }
+
     /// The sandbox's lifetime, for drivers whose sandboxes expire unless kept alive; answered without a request.
     fn lease(&self) -> Option<Lease> {
         None

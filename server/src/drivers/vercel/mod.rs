@@ -374,6 +374,8 @@ pub struct VercelSandbox {
     /// Held for writing while a snapshot stops one session and resumes the next, so nothing else asks the stopped
     /// one meanwhile (which would answer 410 and make the session look gone).
     switching: Arc<tokio::sync::RwLock<()>>,
+    /// What the last snapshot did to the session, for `sandlink/snapshot`'s answer.
+    snapshot_note: Mutex<Option<String>>,
     /// What runs and file commands start from: the current session, and where a stopped session is reported.
     watch: commands::SessionWatch,
 }
@@ -402,6 +404,7 @@ impl VercelSandbox {
             files,
             switching,
             watch,
+            snapshot_note: Mutex::new(None),
         };
         sandbox.observe(&opened.session);
         sandbox
@@ -608,19 +611,32 @@ impl Sandbox for VercelSandbox {
             }
             Generation::V1 => Err(Error::Unsupported("v1 sandboxes cannot resume".into())),
         };
-        match resumed {
+        let note = match resumed {
             Ok(opened) => {
+                let note = format!(
+                    "Taking it stopped the Vercel session {}; sandlink resumed the sandbox from the snapshot in session \
+                     {}, with the same files (runs in flight ended).",
+                    crate::locks::lock(&self.session_id),
+                    opened.session.id
+                );
                 self.adopt(opened);
-                Ok(snapshot_id)
+                note
             }
             Err(error) => {
-                self.gone.set(&format!(
-                    "Vercel stopped the session to take snapshot {snapshot_id}, and sandlink could not resume it ({error}); \
-                     restore the snapshot with sandlink/restore."
-                ));
-                Ok(snapshot_id)
+                let note = format!(
+                    "Taking it stopped the Vercel session, and sandlink could not resume it ({error}); restore the \
+                     snapshot with sandlink/restore to go on."
+                );
+                self.gone.set(&note);
+                note
             }
-        }
+        };
+        *crate::locks::lock(&self.snapshot_note) = Some(note);
+        Ok(snapshot_id)
+    }
+
+    fn snapshot_note(&self) -> Option<String> {
+        crate::locks::lock(&self.snapshot_note).clone()
     }
 
     fn lease(&self) -> Option<Lease> {

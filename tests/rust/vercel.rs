@@ -313,6 +313,7 @@ fn rate_limits_should_be_retried_after_the_servers_retry_after() {
     assert!(started.elapsed() >= Duration::from_millis(1900), "Retry-After was honoured: {:?}", started.elapsed());
     let statuses: Vec<Value> = requests_to(&fake, since, "POST /v2/sandboxes").iter().map(|request| request["status"].clone()).collect();
     assert_eq!(statuses, vec![json!(429), json!(429), json!(200)]);
+    assert!(server.stderr().contains("waiting 1.0 s, as Retry-After asks"), "the log says how long sandlink waits");
     // Injected 5xx answers are retried too, and a 422 (the session is stopping or snapshotting) is waited out.
     fake.set_faults(json!({ "errorNext": 2, "errorStatus": 503 }));
     let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo after-503" }));

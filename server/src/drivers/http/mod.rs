@@ -202,7 +202,12 @@ where
             }
         })
         .notify(|failure, wait| {
-            tracing::debug!(status = ?failure.status(), wait_ms = wait.as_millis() as u64, "retrying a request");
+            if let Failure::Status { status: 429, retry_after: Some(_), .. } = failure {
+                // A wait the server asked for can be long; the log says how long, so a pause is never a mystery.
+                tracing::info!(wait_ms = wait.as_millis() as u64, "rate-limited (429): waiting {:.1} s, as Retry-After asks", wait.as_secs_f64());
+            } else {
+                tracing::debug!(status = ?failure.status(), wait_ms = wait.as_millis() as u64, "retrying a request");
+            }
         })
         .await
 }

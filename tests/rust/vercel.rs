@@ -214,6 +214,35 @@ parity_tests!(@each vercel_fixture,
 );
 sync_parity_tests!(vercel_fixture);
 
+/// The same behaviours on the v1 API (`apiVersion: "v1"`), which has its own paths (and its own kill path).
+fn vercel_v1_fixture() -> Option<DriverFixture> {
+    let mut fixture = vercel_fixture()?;
+    fixture.settings["apiVersion"] = json!("v1");
+    Some(fixture)
+}
+
+/// v1 sandboxes have no names, so the fixture cannot find a session's sandbox from outside: disconnect is checked
+/// in `the_v1_api_should_run_sync_and_kill_with_its_own_paths` instead (and the preview as above).
+mod v1 {
+    use super::vercel_v1_fixture;
+
+    parity_tests!(@each vercel_v1_fixture,
+        run_should_stream_stdout_stderr_and_exit_code,
+        run_with_args_should_pass_arguments_without_a_shell,
+        run_should_feed_stdin_until_eof,
+        cancel_should_end_a_process_tree_that_ignores_sigterm,
+        timeout_should_stop_the_run_and_say_so,
+        output_should_keep_split_utf8_whole_and_mark_invalid_bytes,
+        run_should_refuse_a_cwd_outside_the_root,
+        run_should_report_a_signal_death,
+        workspace_files_should_be_visible_to_runs,
+        status_should_report_an_active_session,
+        unknown_run_should_be_a_clear_error,
+        capabilities_should_say_what_the_driver_does
+    );
+    crate::sync_parity_tests!(vercel_v1_fixture);
+}
+
 /// Fault tests each own a fake; this keeps them from starving each other of the two cores.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -559,6 +588,18 @@ fn the_v1_api_should_run_sync_and_kill_with_its_own_paths() {
     assert!(requests.iter().any(|request| request["route"] == "POST /v1/sandboxes"), "created through v1");
     assert!(requests.iter().any(|request| request["route"] == "POST /v1/sandboxes/{sandboxId}/{cmdId}/kill"), "v1's kill path has no /cmd/");
     assert!(requests.iter().all(|request| !request["path"].as_str().unwrap_or_default().contains("/v2/")), "nothing of v2");
+    let sandbox_id = requests
+        .iter()
+        .find(|request| request["route"] == "POST /v1/sandboxes/{sandboxId}/cmd")
+        .and_then(|request| request["sessionId"].as_str())
+        .expect("the v1 sandbox's id")
+        .to_string();
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    let all = fake.admin("GET", "/_admin/sandboxes", None);
+    let session = all["sessions"].as_array().and_then(|sessions| sessions.iter().find(|session| session["id"] == sandbox_id.as_str()).cloned());
+    assert!(session.is_none_or(|session| session["status"] != "running"), "disconnect stopped the v1 sandbox");
+    let stops = fake.requests_since(since).iter().filter(|request| request["route"] == "POST /v1/sandboxes/{sandboxId}/stop").count();
+    assert_eq!(stops, 1, "through v1's stop");
 }
 
 #[test]

@@ -186,7 +186,7 @@ impl Driver {
                 return Err(error);
             }
         }
-        tracing::info!(sandbox = %sandbox.sandbox, "connected a Vercel sandbox");
+        tracing::info!(sandbox = %sandbox.sandbox(), "connected a Vercel sandbox");
         Ok(Arc::new(sandbox))
     }
 }
@@ -358,9 +358,11 @@ impl super::Driver for Driver {
 pub struct VercelSandbox {
     api: Arc<Api>,
     generation: Generation,
-    /// The name (v2) or id (v1).
-    sandbox: String,
+    /// The name (v2) or id (v1); a v1 snapshot moves the session to a new sandbox, so the id can change.
+    sandbox: Mutex<String>,
     persistent: bool,
+    /// What a v1 snapshot needs to create the sandbox that carries the session on.
+    settings: Settings,
     /// The session's routes; a snapshot moves the sandbox to a new session, so they change with it.
     paths: Arc<Mutex<SessionPaths>>,
     session_id: Mutex<String>,
@@ -391,7 +393,8 @@ impl VercelSandbox {
         let sandbox = VercelSandbox {
             api,
             generation: settings.generation,
-            sandbox: opened.sandbox,
+            sandbox: Mutex::new(opened.sandbox),
+            settings: settings.clone(),
             persistent: opened.persistent,
             paths,
             session_id: Mutex::new(opened.session.id.clone()),
@@ -421,8 +424,13 @@ impl VercelSandbox {
         }
     }
 
+    fn sandbox(&self) -> String {
+        crate::locks::lock(&self.sandbox).clone()
+    }
+
     /// Moves to the session a snapshot's resume (or a restore) started.
     fn adopt(&self, opened: Opened) {
+        *crate::locks::lock(&self.sandbox) = opened.sandbox.clone();
         *crate::locks::lock(&self.paths) = SessionPaths::new(self.generation, &opened.session.id);
         *crate::locks::lock(&self.session_id) = opened.session.id.clone();
         *crate::locks::lock(&self.routes) = opened.routes;
@@ -434,7 +442,7 @@ impl VercelSandbox {
     }
 
     fn named_path(&self) -> String {
-        let encoded: String = url::form_urlencoded::byte_serialize(self.sandbox.as_bytes()).collect();
+        let encoded: String = url::form_urlencoded::byte_serialize(self.sandbox().as_bytes()).collect();
         format!("/v2/sandboxes/{encoded}?{}", self.project_query())
     }
 
@@ -444,12 +452,13 @@ impl VercelSandbox {
             format!(
                 "its files were kept: the persistent sandbox {} resumes from its last snapshot when you connect with \
                  the setting \"sandbox\": \"{}\"",
-                self.sandbox, self.sandbox
+                self.sandbox(),
+                self.sandbox()
             )
         } else {
             "its files were lost with it (set \"persistent\": true to keep them across sessions)".to_string()
         };
-        format!("The Vercel sandbox {} has stopped ({message}); {files}.", self.sandbox)
+        format!("The Vercel sandbox {} has stopped ({message}); {files}.", self.sandbox())
     }
 
     /// The working directory of a run: the remote root, or a path below it the engine already checked.
@@ -478,15 +487,15 @@ impl Sandbox for VercelSandbox {
 
     fn detail(&self) -> Option<String> {
         Some(match self.generation {
-            Generation::V2 => format!("Vercel sandbox {} (session {})", self.sandbox, crate::locks::lock(&self.session_id)),
-            Generation::V1 => format!("Vercel sandbox {}", self.sandbox),
+            Generation::V2 => format!("Vercel sandbox {} (session {})", self.sandbox(), crate::locks::lock(&self.session_id)),
+            Generation::V1 => format!("Vercel sandbox {}", self.sandbox()),
         })
     }
 
     fn driver_state(&self) -> Value {
         let state = State {
             api_version: if self.generation == Generation::V1 { "v1".into() } else { "v2".into() },
-            sandbox: self.sandbox.clone(),
+            sandbox: self.sandbox(),
             session_id: (self.generation == Generation::V2).then(|| crate::locks::lock(&self.session_id).clone()),
         };
         super::state_value("vercel", &state)
@@ -599,7 +608,7 @@ impl Sandbox for VercelSandbox {
             .call_json(reqwest::Method::POST, &self.paths().at("/snapshot"), Some(&json!({})), Route::Sandbox, "snapshotting the sandbox")
             .await?;
         let snapshot_id = answer.snapshot.id;
-        tracing::info!(sandbox = %self.sandbox, %snapshot_id, "the snapshot stopped the Vercel session; resuming from it");
+        tracing::info!(sandbox = %self.sandbox(), %snapshot_id, "the snapshot stopped the Vercel session; resuming from it");
         let resumed = match self.generation {
             Generation::V2 => {
                 // Resuming starts from the sandbox's current snapshot, which only persistent sandboxes set themselves.
@@ -607,18 +616,30 @@ impl Sandbox for VercelSandbox {
                 self.api
                     .call(reqwest::Method::PATCH, &self.named_path(), Some(&body), Route::Sandbox, "pointing the sandbox at its snapshot")
                     .await?;
-                get_sandbox(&self.api, Generation::V2, &self.sandbox, true).await
+                get_sandbox(&self.api, Generation::V2, &self.sandbox(), true).await
             }
-            Generation::V1 => Err(Error::Unsupported("v1 sandboxes cannot resume".into())),
+            // A v1 sandbox cannot resume: the session goes on in a new sandbox created from the snapshot.
+            Generation::V1 => match self.settings.network_policy() {
+                Ok(policy) => create(&self.api, &self.settings, "", policy, Some(snapshot_id.clone())).await,
+                Err(error) => Err(error),
+            },
         };
         let note = match resumed {
             Ok(opened) => {
-                let note = format!(
-                    "Taking it stopped the Vercel session {}; sandlink resumed the sandbox from the snapshot in session \
-                     {}, with the same files (runs in flight ended).",
-                    crate::locks::lock(&self.session_id),
-                    opened.session.id
-                );
+                let note = match self.generation {
+                    Generation::V2 => format!(
+                        "Taking it stopped the Vercel session {}; sandlink resumed the sandbox from the snapshot in \
+                         session {}, with the same files (runs in flight ended).",
+                        crate::locks::lock(&self.session_id),
+                        opened.session.id
+                    ),
+                    Generation::V1 => format!(
+                        "Taking it stopped the Vercel sandbox {}; sandlink carries the session on in sandbox {}, \
+                         created from the snapshot with the same files (runs in flight ended).",
+                        self.sandbox(),
+                        opened.sandbox
+                    ),
+                };
                 self.adopt(opened);
                 note
             }

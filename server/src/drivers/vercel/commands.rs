@@ -567,6 +567,44 @@ pub async fn collect(api: Arc<Api>, watch: SessionWatch, spec: CommandSpec) -> R
 mod tests {
     use super::*;
 
+    fn test_run() -> (Arc<Run>, [mpsc::Receiver<Bytes>; 2]) {
+        let credentials = super::super::client::Credentials {
+            token: crate::credentials::Secret::new("token"),
+            team_id: "team_x".into(),
+            project_id: "prj_x".into(),
+        };
+        let api = Arc::new(Api::new(reqwest::Client::new(), "http://127.0.0.1:9", credentials, Arc::default()));
+        let paths = SessionPaths::new(super::super::settings::Generation::V2, "sbx_1");
+        let watch = SessionWatch {
+            gone: Arc::default(),
+            current: Arc::new(Mutex::new(paths.clone())),
+            switching: Arc::new(tokio::sync::RwLock::new(())),
+        };
+        new_run(api, paths, watch, "cmd_1".into())
+    }
+
+    #[tokio::test]
+    async fn replays_should_deliver_each_byte_once_whoever_reads_it() {
+        let (run, [mut stdout, _stderr]) = test_run();
+        let chunks: [&[u8]; 4] = [b"one\n", b"two\n", b"thr", b"ee\n"];
+        // The follower reads two chunks, then its stream is cut.
+        let mut follower = ReplayPosition::default();
+        for chunk in &chunks[..2] {
+            assert!(run.deliver(0, chunk, &mut follower).await);
+        }
+        // A drain replays from the start and gets one chunk further.
+        let mut drain = ReplayPosition::default();
+        assert!(!run.deliver(0, chunks[0], &mut drain).await);
+        assert!(!run.deliver(0, chunks[1], &mut drain).await);
+        assert!(run.deliver(0, chunks[2], &mut drain).await);
+        // The follower's replay after the cut arrives in other pieces: only the part past what was delivered is new.
+        let mut again = ReplayPosition::default();
+        assert!(!run.deliver(0, b"one\ntwo\nth", &mut again).await);
+        assert!(run.deliver(0, b"ree\n", &mut again).await);
+        run.finish().await;
+        assert_eq!(gather(&mut stdout).await, b"one\ntwo\nthree\n");
+    }
+
     #[test]
     fn backoff_should_grow_and_stay_bounded() {
         assert_eq!(backoff(0), Duration::from_millis(100));

@@ -23,6 +23,8 @@ use crate::sync::{RemoteEntry, RemoteFiles};
 
 /// The largest upload batch held in memory (it is sent as one request body, which a retry sends again).
 const LARGEST_BATCH_BYTES: usize = 512 << 20;
+/// The slowest upload accepted: a batch gets the call timeout plus the time this rate needs for its bytes.
+const SLOWEST_UPLOAD_BYTES_PER_SECOND: u64 = 64 * 1024;
 /// Downloads are packed under this name in the staging folder; each download removes the one before it.
 const DOWNLOAD_SUFFIX: &str = ".download.tgz";
 
@@ -231,6 +233,8 @@ impl RemoteFiles for Files {
         let body = Bytes::from(packed.gzip);
         let path = self.paths().at("/fs/write");
         let what = "uploading files to the sandbox";
+        // A big batch may take long on a slow link, but it must keep moving at the slowest rate accepted.
+        let limit = super::client::CALL_TIMEOUT + std::time::Duration::from_secs(body.len() as u64 / SLOWEST_UPLOAD_BYTES_PER_SECOND);
         let response = self
             .api
             .send(Route::Sandbox, None, || {
@@ -238,7 +242,7 @@ impl RemoteFiles for Files {
                     .request(reqwest::Method::POST, &path)
                     .header(reqwest::header::CONTENT_TYPE, "application/gzip")
                     .header("x-cwd", self.root.as_str())
-                    .timeout(super::client::CALL_TIMEOUT)
+                    .timeout(limit)
                     .body(body.clone())
             })
             .await
@@ -313,7 +317,13 @@ exec tar "$@""#,
         self.shell(&script, arguments, "Packing files for download").await?;
         let path = self.paths().at("/fs/read");
         let body = serde_json::json!({ "path": format!("{}/{archive}", self.root) });
-        let response = self.api.call(reqwest::Method::POST, &path, Some(&body), Route::Sandbox, "downloading files from the sandbox").await?;
+        // No overall deadline: a big archive may take long, and a connection that stops moving fails on its own (the
+        // pool's read timeout).
+        let response = self
+            .api
+            .send(Route::Sandbox, Some(super::client::CALL_TIMEOUT), || self.api.request(reqwest::Method::POST, &path).json(&body))
+            .await
+            .map_err(|failure| self.api.fail(failure, "downloading files from the sandbox"))?;
         let gzip = response.bytes().await.map_err(|error| Error::Remote {
             status: None,
             message: format!("The download from the Vercel sandbox broke off: {error}."),

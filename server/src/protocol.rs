@@ -573,6 +573,10 @@ pub struct SnapshotParams {
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotResult {
     pub snapshot_id: String,
+    /// What the snapshot did besides saving the files, when the user must know it (on Vercel it stops the session,
+    /// which sandlink then resumes from the snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

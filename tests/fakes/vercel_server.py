@@ -515,6 +515,9 @@ class FakeVercel:
         self.hang_changed = asyncio.Event()
         self.request_log: list[RequestLogEntry] = []
         self.next_request_sequence = 1
+        # The port this server answers on, once bound: route URLs point back here (as `SUB.localhost:PORT`) so that
+        # previews are reachable, and requests with such a Host are forwarded to the session's port.
+        self.public_port: Optional[int] = None
 
     # --- faults ------------------------------------------------------------------------------------------------
 
@@ -623,11 +626,25 @@ class FakeVercel:
         self.sessions[session_id] = session
         return session
 
-    @staticmethod
-    def new_route(port: int) -> dict:
-        # Subdomains are opaque, server-made names (cloud-apis.md 3.3): never derived from the id or the port.
+    def new_route(self, port: int) -> dict:
+        # Subdomains are opaque, server-made names (cloud-apis.md 3.3): never derived from the id or the port. Vercel
+        # answers `https://SUB.vercel.run`; the fake answers a URL that reaches itself, and forwards it by Host.
         subdomain = "sb-" + secrets.token_hex(6)
-        return {"url": f"https://{subdomain}.vercel.run", "subdomain": subdomain, "port": int(port)}
+        url = (f"http://{subdomain}.localhost:{self.public_port}" if self.public_port
+               else f"https://{subdomain}.vercel.run")
+        return {"url": url, "subdomain": subdomain, "port": int(port)}
+
+    def route_for_host(self, host: str) -> Optional[tuple]:
+        """The (session, route) a preview Host (`SUB.localhost[:PORT]` or `SUB.vercel.run`) names, if any."""
+        name = host.split(":", 1)[0].lower()
+        if not (name.endswith(".localhost") or name.endswith(".vercel.run")):
+            return None
+        subdomain = name.split(".", 1)[0]
+        for session in self.sessions.values():
+            for route in session.routes:
+                if route["subdomain"] == subdomain:
+                    return session, route
+        return None
 
     def set_ports(self, session: Session, ports: list) -> None:
         kept = {route["port"]: route for route in session.routes}
@@ -784,6 +801,9 @@ async def front_door(request: web.Request, handler) -> web.StreamResponse:
     path = request.path
     if path.startswith("/_admin/"):
         return await handle_admin(request, fake)
+    routed = fake.route_for_host(request.headers.get("Host", ""))
+    if routed is not None:
+        return await proxy_preview(request, *routed)
     api_path = path[len("/api"):] if path == "/api" or path.startswith("/api/") else path
     entry = RequestLogEntry(fake.next_request_sequence, fake.clock.now_ms(), request.method, path,
                             request.query_string)
@@ -1673,12 +1693,44 @@ def build_application(fake: FakeVercel) -> web.Application:
     return application
 
 
+# Headers that belong to one connection, or to the proxy hop, and must not be forwarded.
+HOP_BY_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+                      "proxy-authorization", "proxy-authenticate", "content-length"}
+
+
+async def proxy_preview(request: web.Request, session: "Session", route: dict) -> web.StreamResponse:
+    """Forwards a preview request to the session's port, as Vercel's edge does for `SUB.vercel.run`.
+
+    Commands run in this host's network namespace (bubblewrap here shares it), so the session's port N is
+    127.0.0.1:N. A stopped session, or nothing listening, gives a 502 as the edge does.
+    """
+    import aiohttp
+
+    unavailable = json_response(502, {"error": {"code": "sandbox_port_unavailable",
+                                                "message": f"Nothing answers on port {route['port']}."}})
+    if session.status not in ("running",):
+        return unavailable
+    headers = {name: value for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP_HEADERS}
+    body = await request.read()
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as client:
+            async with client.request(request.method, f"http://127.0.0.1:{route['port']}{request.rel_url}",
+                                      headers=headers, data=body or None, allow_redirects=False) as upstream:
+                content = await upstream.read()
+                response_headers = {name: value for name, value in upstream.headers.items()
+                                    if name.lower() not in HOP_BY_HOP_HEADERS}
+                return web.Response(status=upstream.status, body=content, headers=response_headers)
+    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        return unavailable
+
+
 async def serve(host: str, port: int, fake: FakeVercel) -> None:
     runner = web.AppRunner(build_application(fake), handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound_port = site._server.sockets[0].getsockname()[1]  # aiohttp has no public accessor for the bound port.
+    fake.public_port = bound_port
     print(f"LISTENING {bound_port}", flush=True)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -539,7 +539,14 @@ mod simulated_time {
             let session_id = request.session_id.clone();
             let sandbox = sandlink::drivers::daytona::Driver::new().connect(request).await.expect("connect");
             let mut process = sandbox
-                .exec(ExecSpec { command: "echo started; sleep 3000".into(), args: None, cwd: None, env: Default::default(), stdin: false })
+                .exec(ExecSpec {
+                    command: "echo started; sleep 3000".into(),
+                    args: None,
+                    cwd: None,
+                    env: Default::default(),
+                    stdin: false,
+                    timeout: None,
+                })
                 .await
                 .expect("a run starts");
             let mut first = [0u8; 7];

@@ -692,7 +692,8 @@ export function snapshot(ctx: Ctx): Cmd {
             takenAt: new Date().toISOString(),
         };
         await ctx.extensionContext.globalState.update(snapshotsKey, [entry, ...remembered].slice(0, 50));
-        void vscode.window.showInformationMessage(`sandlink: snapshot ${result.snapshotId} taken.`);
+        const note = result.note === undefined ? "" : ` ${result.note}`;
+        void vscode.window.showInformationMessage(`sandlink: snapshot ${result.snapshotId} taken.${note}`);
     };
 }
 

@@ -262,7 +262,7 @@ export const extend = new RequestType<{ sessionId: string; seconds: number }, { 
     "sandlink/extend",
 );
 
-export const snapshot = new RequestType<{ sessionId: string; name?: string }, { snapshotId: string }, void>(
+export const snapshot = new RequestType<{ sessionId: string; name?: string }, { snapshotId: string; note?: string }, void>(
     "sandlink/snapshot",
 );
 

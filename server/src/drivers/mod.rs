@@ -12,6 +12,7 @@ pub mod process;
 pub mod settings;
 pub mod shell;
 pub mod testing;
+pub mod vercel;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -167,6 +168,9 @@ pub struct ExecSpec {
     pub env: BTreeMap<String, String>,
     /// Whether the caller will write to stdin; when false stdin is empty.
     pub stdin: bool,
+    /// The run's `timeoutMs`. The engine enforces it (SIGTERM, then SIGKILL); a driver whose provider ends commands
+    /// on its own may pass it on as a backstop for when sandlink is gone.
+    pub timeout: Option<Duration>,
 }
 
 /// How a process ended.
@@ -253,6 +257,13 @@ pub trait Sandbox: Send + Sync {
         None
     }
 
+    /// How often, while runs are in flight, the engine looks for ports that started listening (one small command
+    /// each time). Where a command is a provider API call, seldom enough not to weigh on the account's requests;
+    /// `None` turns it off.
+    fn port_watch_interval(&self) -> Option<Duration> {
+        Some(Duration::from_secs(10))
+    }
+
     /// Starts a process; answers once it has started.
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
         let _ = spec;
@@ -282,6 +293,12 @@ pub trait Sandbox: Send + Sync {
         Err(Error::unsupported_by(self.driver_id(), "snapshots"))
     }
 
+    /// What the last snapshot did besides saving the files, when the user must know it (Vercel's stops the session),
+    /// as a sentence `sandlink/snapshot` answers beside the snapshot's id.
+    fn snapshot_note(&self) -> Option<String> {
+        None
+    }
+
     /// The sandbox's lifetime, for drivers whose sandboxes expire unless kept alive; answered without a request.
     fn lease(&self) -> Option<Lease> {
         None
@@ -309,6 +326,7 @@ pub fn registry() -> Vec<Arc<dyn Driver>> {
         Arc::new(docker::Driver::new()),
         Arc::new(e2b::Driver::new()),
         Arc::new(daytona::Driver::new()),
+        Arc::new(vercel::Driver::new()),
     ];
     if testing::Keyed::enabled() {
         drivers.push(Arc::new(testing::Keyed::new()));

@@ -222,6 +222,11 @@ impl Engine {
         session.sandbox.snapshot(name).await
     }
 
+    /// What the session's last snapshot did besides saving the files, when its driver says (see `Sandbox::snapshot_note`).
+    pub fn snapshot_note(&self, session_id: &str) -> Option<String> {
+        self.session(session_id).ok()?.sandbox.snapshot_note()
+    }
+
     async fn emit_state(&self, session: &Session, state: SessionState, message: Option<String>) {
         session.update(|mutable| {
             mutable.state = state;

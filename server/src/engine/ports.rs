@@ -82,7 +82,14 @@ pub fn parse(text: &str) -> Option<Listening> {
 
 /// Runs the probe in the sandbox; `None` when it could not (no shell, no `/proc`, a failed or slow command).
 pub async fn probe(sandbox: &dyn Sandbox) -> Option<Listening> {
-    let spec = ExecSpec { command: PROBE.into(), args: None, cwd: None, env: BTreeMap::new(), stdin: false };
+    let spec = ExecSpec {
+        command: PROBE.into(),
+        args: None,
+        cwd: None,
+        env: BTreeMap::new(),
+        stdin: false,
+        timeout: Some(PROBE_LIMIT),
+    };
     let mut process = sandbox.exec(spec).await.ok()?;
     let control = process.control.clone();
     let read = async {
@@ -105,8 +112,6 @@ pub async fn probe(sandbox: &dyn Sandbox) -> Option<Listening> {
 
 /// How long a preview waits for its port to start listening (a server that is still starting).
 const PREVIEW_WAIT: Duration = Duration::from_secs(5);
-/// How often a session with runs in flight looks for new listening ports.
-const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Waits until `port` listens in the sandbox, for at most `PREVIEW_WAIT`; a port that never does is `portNotListening`
 /// naming the ports that do. Where listening ports cannot be known, the preview goes ahead.
@@ -133,10 +138,12 @@ pub async fn wait_until_listening(sandbox: &dyn Sandbox, port: u16) -> Result<()
 }
 
 impl Engine {
-    /// While the session has runs in flight, looks every `WATCH_INTERVAL` for ports that a process of the sandbox
+    /// While the session has runs in flight, looks now and then (`Sandbox::port_watch_interval`: every 2 s on this
+    /// machine, every 10 s where a command is a provider's API call) for ports that a process of the sandbox
     /// started listening on since the watch began, and offers each as a preview (`sandlink/previewReady`), as
     /// editors' own port detection does for local servers. One watcher per session; it ends with the last run.
     pub(super) fn watch_ports(&self, session: &Arc<Session>) {
+        let Some(interval) = session.sandbox.port_watch_interval() else { return };
         if session.watching_ports.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -145,7 +152,7 @@ impl Engine {
             let baseline = probe(&*session.sandbox).await.map(|listening| listening.sandbox_ports().clone());
             if let Some(mut known) = baseline {
                 loop {
-                    tokio::time::sleep(WATCH_INTERVAL).await;
+                    tokio::time::sleep(interval).await;
                     let in_flight = lock(&runs).values().any(|run| run.session_id == session.id);
                     if !in_flight || session.is_forgotten() {
                         break;

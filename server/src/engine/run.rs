@@ -41,6 +41,8 @@ pub struct RunHandle {
     pub exit: std::sync::OnceLock<ExitParams>,
     /// The queue in front of the process's stdin, when it was started with one.
     stdin: Option<Arc<StdinFeed>>,
+    /// Why input is refused as `unsupported`: the run asked for stdin, and its driver has no way to write it.
+    stdin_refusal: Option<String>,
     cancel_requested: AtomicBool,
     stop: Notify,
     /// Turns true once the run has ended and left the engine's table.
@@ -64,6 +66,9 @@ impl RunHandle {
     /// A write that fails later is reported by the next call.
     pub fn input(&self, text: &str, eof: bool) -> Result<()> {
         let Some(feed) = &self.stdin else {
+            if let Some(refusal) = &self.stdin_refusal {
+                return Err(Error::Unsupported(refusal.clone()));
+            }
             return Err(self.no_open_stdin());
         };
         let mut state = feed.lock();
@@ -200,6 +205,8 @@ pub struct RunContext {
     pub lossless: bool,
     /// Paths into the sandbox's root shown as workspace paths in the live view; `None` leaves output as it is.
     pub paths: Option<super::output::PathMapper>,
+    /// Set when the run asked for stdin and its driver cannot write it (see `RunHandle::input`).
+    pub stdin_refusal: Option<String>,
 }
 
 /// Starts pumping a started process; returns the handle and a signal that lets output flow once the caller has
@@ -218,6 +225,7 @@ pub fn start(context: RunContext, mut process: Process) -> Result<(Arc<RunHandle
             .stdin
             .is_some()
             .then(|| Arc::new(StdinFeed { state: std::sync::Mutex::new(FeedState::default()), wake: Notify::new() })),
+        stdin_refusal: context.stdin_refusal.clone(),
         cancel_requested: AtomicBool::new(false),
         stop: Notify::new(),
         ended: tokio::sync::watch::Sender::new(false),

@@ -63,8 +63,13 @@ impl Engine {
                 cwd,
                 env: params.env.clone().unwrap_or_default(),
                 stdin: params.stdin,
+                timeout: params.timeout_ms.map(Duration::from_millis),
             })
             .await?;
+        // A driver whose provider cannot write to a command's input starts the run without a writer; input is then
+        // refused as `unsupported` rather than as a mistake of the caller's.
+        let stdin_refusal = (params.stdin && process.stdin.is_none())
+            .then(|| Error::unsupported_by(session.sandbox.driver_id(), "writing to a run's stdin").to_string());
         let context = run::RunContext {
             run_id: run_id.clone(),
             session_id: session.id.clone(),
@@ -79,6 +84,7 @@ impl Engine {
             paths: session.workspace.as_ref().and_then(|workspace| {
                 output::PathMapper::new(&session.sandbox.remote_root(), &workspace.to_string_lossy())
             }),
+            stdin_refusal,
         };
         let (handle, answered, task) = run::start(context, process)?;
         let handle_for_end = handle.clone();

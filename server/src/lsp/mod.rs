@@ -355,7 +355,8 @@ impl Backend {
     async fn snapshot(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::SnapshotRequest, _, _>(params, |params| async move {
             let snapshot_id = self.engine.snapshot(&params.session_id, params.name).await?;
-            Ok(proto::SnapshotResult { snapshot_id })
+            let note = self.engine.snapshot_note(&params.session_id);
+            Ok(proto::SnapshotResult { snapshot_id, note })
         })
         .await
     }

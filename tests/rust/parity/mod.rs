@@ -118,6 +118,17 @@ pub fn run_with_args_should_pass_arguments_without_a_shell(fixture: &DriverFixtu
 
 pub fn run_should_feed_stdin_until_eof(fixture: &DriverFixture) {
     let (server, _workspace, session_id) = fixture.connected(&[]);
+    if !claims_capability(&server, fixture.driver, "stdin") {
+        // A provider without a way to write to a command's input (Vercel): input is refused as `unsupported`, and
+        // the run itself still works.
+        let run_id = server.start_run(json!({ "sessionId": session_id, "command": "cat; echo done", "stdin": true }));
+        let error = server.request_error("sandlink/input", json!({ "runId": run_id, "text": "first line\n", "eof": true }));
+        assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
+        assert!(error.message.contains(fixture.driver), "the message names the driver: {}", error.message);
+        let outcome = server.collect_run(&run_id, support::DEFAULT_TIMEOUT);
+        assert_eq!(outcome.stdout, "done\n", "the command read an empty input: {}", outcome.exit);
+        return;
+    }
     let run_id = server.start_run(json!({ "sessionId": session_id, "command": "cat; echo done", "stdin": true }));
     server.request("sandlink/input", json!({ "runId": run_id, "text": "first line\n" })).expect("input");
     server.request("sandlink/input", json!({ "runId": run_id, "text": "second\n", "eof": true })).expect("input with eof");
@@ -254,7 +265,8 @@ pub fn a_server_started_by_a_run_should_be_offered_as_a_preview_unasked(fixture:
     // The server starts a moment into the run, as `npm start` does, so the watcher sees it appear.
     let command = format!("sleep 1; {}", (fixture.http_server_command)(port));
     let run_id = server.start_run(json!({ "sessionId": session_id, "command": command }));
-    let ready = server.wait_notification("sandlink/previewReady", Duration::from_secs(20), |params| params["port"] == port);
+    // Cloud drivers look every 10 s (a look is an API call there), this machine's every 2 s.
+    let ready = server.wait_notification("sandlink/previewReady", Duration::from_secs(30), |params| params["port"] == port);
     let url = ready["url"].as_str().expect("url").to_string();
     let body = http_get_with_retry(&url, Duration::from_secs(20));
     assert!(body.contains("noticed"), "the noticed preview serves the page: {body:?}");
@@ -350,6 +362,13 @@ pub fn capabilities_should_say_what_the_driver_does(fixture: &DriverFixture) {
         let error = server.request_error("sandlink/preview", json!({ "sessionId": session_id, "port": free_port() }));
         assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
     }
+}
+
+/// Whether `sandlink/drivers` says `driver` has the capability `name`.
+fn claims_capability(server: &Server, driver: &str, name: &str) -> bool {
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    let info = drivers["drivers"].as_array().and_then(|all| all.iter().find(|info| info["id"] == driver)).cloned().expect("the driver is listed");
+    info["capabilities"][name].as_bool().unwrap_or_else(|| panic!("capability {name} is a boolean: {info}"))
 }
 
 /// A TCP port that was free a moment ago.

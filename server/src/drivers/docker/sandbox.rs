@@ -112,6 +112,11 @@ impl DockerSandbox {
 
 #[async_trait]
 impl Sandbox for DockerSandbox {
+    /// A command here is one exec on the local daemon, so ports are looked for as often as an editor would.
+    fn port_watch_interval(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(2))
+    }
+
     fn driver_id(&self) -> &'static str {
         "docker"
     }

@@ -202,7 +202,12 @@ where
             }
         })
         .notify(|failure, wait| {
-            tracing::debug!(status = ?failure.status(), wait_ms = wait.as_millis() as u64, "retrying a request");
+            if let Failure::Status { status: 429, retry_after: Some(_), .. } = failure {
+                // A wait the server asked for can be long; the log says how long, so a pause is never a mystery.
+                tracing::info!(wait_ms = wait.as_millis() as u64, "rate-limited (429): waiting {:.1} s, as Retry-After asks", wait.as_secs_f64());
+            } else {
+                tracing::debug!(status = ?failure.status(), wait_ms = wait.as_millis() as u64, "retrying a request");
+            }
         })
         .await
 }
@@ -357,6 +362,14 @@ impl Client {
     /// A secret that travels inside another value (the key of a `Bearer` header): answers that echo it bare are
     /// scrubbed of it as well.
     pub fn with_scrubbed(mut self, secret: Secret) -> Self {
+        self.scrubbed.push(secret);
+        self
+    }
+
+    /// A header whose value embeds `secret` (`Authorization: Bearer <token>`): the whole value and the bare secret are
+    /// both scrubbed from error text, so a server echoing just the token shows nothing of it.
+    pub fn with_bearer_header(mut self, name: &'static str, scheme: &str, secret: Secret) -> Self {
+        self.secret_headers.push((name, Secret::new(format!("{scheme} {}", secret.expose()))));
         self.scrubbed.push(secret);
         self
     }

@@ -662,6 +662,11 @@ impl Sandbox for LocalSandbox {
         Some(self.mechanism.as_str().to_string())
     }
 
+    /// A command here is a local process start, so ports are looked for as often as an editor would.
+    fn port_watch_interval(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(2))
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
         let cwd = match &spec.cwd {
             Some(cwd) => join_inside(&self.root, cwd)?,

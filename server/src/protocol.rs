@@ -150,6 +150,11 @@ pub enum ErrorKind {
     UnknownJob,
     /// The work was cancelled (`sandlink/cancelJob`, `window/workDoneProgress/cancel`) and stopped consistently.
     Cancelled,
+    /// The SSH host's key is not in known_hosts; `data.host` and `data.fingerprint` say what to verify and accept
+    /// with `sandlink/acceptHostKey`.
+    HostKeyUnknown,
+    /// The SSH host's key differs from the one known_hosts holds; `data.host` and `data.fingerprint` as above.
+    HostKeyChanged,
 }
 
 impl ErrorKind {
@@ -179,6 +184,8 @@ impl ErrorKind {
             ErrorKind::InputBacklogFull => "inputBacklogFull",
             ErrorKind::UnknownJob => "unknownJob",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::HostKeyUnknown => "hostKeyUnknown",
+            ErrorKind::HostKeyChanged => "hostKeyChanged",
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod local;
 pub mod process;
 pub mod settings;
 pub mod shell;
+pub mod ssh;
 pub mod testing;
 
 use std::collections::BTreeMap;
@@ -307,6 +308,7 @@ pub fn registry() -> Vec<Arc<dyn Driver>> {
         Arc::new(local::Driver::new()),
         Arc::new(docker::Driver::new()),
         Arc::new(e2b::Driver::new()),
+        Arc::new(ssh::Driver::new()),
     ];
     if testing::Keyed::enabled() {
         drivers.push(Arc::new(testing::Keyed::new()));

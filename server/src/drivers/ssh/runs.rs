@@ -1,0 +1,320 @@
+//! Runs that outlive the connection: each run's output goes to files on the remote machine as it runs, and
+//! sandlink follows them by byte offset; after a drop it reconnects and resumes from the offsets it delivered, so
+//! nothing is lost and nothing repeated. The exit code is a file written when the run ends.
+//!
+//! On the remote, a run's folder (`<state>/runs/<token>`) holds `out`, `err`, `pid` (its process group), `code`
+//! and, for a run with stdin, the FIFO `in`. A detached wrapper (`setsid nohup`, outside the run's process group)
+//! starts the run as a process group of its own, waits for it and writes `code`; a follower channel streams the
+//! files with `tail -f`; a catch-up through the helper shell reads what the follower had not delivered.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::connection::Connection;
+use crate::drivers::process::signal_name;
+use crate::drivers::shell::agent::Agent;
+use crate::drivers::shell::{Chunk, Command, Transport};
+use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
+use crate::error::{Error, Result};
+
+/// `$1` = run folder, `$2` = stdin (1/0), `$3` = directory, `$@` = the command: starts it as a process group of its
+/// own (recorded in `pid`) with its output appended to the files, waits, and writes its status to `code`.
+const WRAPPER: &str = r#"d=$1; input=$2; cwd=$3; shift 3
+if [ "$input" = 1 ]; then src="$d/in"; else src=/dev/null; fi
+if ! cd "$cwd" 2>>"$d/err"; then echo 126 >"$d/code.tmp"; mv "$d/code.tmp" "$d/code"; exit 0; fi
+setsid /bin/sh -c 'echo $$ >"$0/pid.tmp" && mv "$0/pid.tmp" "$0/pid" && exec "$@"' "$d" "$@" <"$src" >>"$d/out" 2>>"$d/err" &
+wait "$!"
+echo "$?" >"$d/code.tmp"
+mv "$d/code.tmp" "$d/code""#;
+
+/// `$1` = run folder, `$2`/`$3` = stdout/stderr bytes already delivered, `$4` = 1 to start the run (then `$5` =
+/// stdin 1/0, `$6` = directory, `$@` = the command): streams the rest of `out` to stdout and of `err` to stderr
+/// until `code` exists. Started by the session's remote login shell, which sshd made a session leader, so the
+/// wrapper's `setsid` needs no fork and `wait` follows it.
+const FOLLOW: &str = r#"d=$1; o=$2; e=$3; launch=$4
+w=
+if [ "$launch" = 1 ]; then
+  input=$5; cwd=$6; shift 6
+  mkdir -p "$d" && cd "$d" || exit 125
+  : >out; : >err
+  if [ "$input" = 1 ]; then mkfifo in || exit 125; fi
+  setsid nohup /bin/sh -c "$WRAPPER" sandlink "$d" "$input" "$cwd" "$@" </dev/null >/dev/null 2>&1 &
+  w=$!
+  if [ "$input" = 1 ]; then exec 3<&0; cat <&3 >in & fi
+else
+  cd "$d" || exit 125
+fi
+tail -c +$((o + 1)) -f out & a=$!
+tail -c +$((e + 1)) -f err >&2 & b=$!
+[ -z "$w" ] || wait "$w"
+while [ ! -e code ]; do sleep 0.05; done
+kill "$a" "$b" 2>/dev/null
+exit 0"#;
+
+/// `$1` = run folder, `$2`/`$3` = bytes delivered, `$4` = most bytes to send per stream: a line `CODE OUT ERR`
+/// (CODE `-` while the run goes on; OUT, ERR the files' sizes), then the undelivered stdout and stderr, each cut
+/// at `$4`. `gone` when the folder no longer exists.
+const CATCH_UP: &str = r#"cd "$1" 2>/dev/null || { printf 'gone\n'; exit 0; }
+if [ -e code ]; then read -r c <code; else c=-; fi
+so=$(($(wc -c <out))); se=$(($(wc -c <err)))
+no=$((so - $2)); [ "$no" -le "$4" ] || no=$4
+ne=$((se - $3)); [ "$ne" -le "$4" ] || ne=$4
+printf '%s %s %s %s %s\n' "$c" "$so" "$se" "$no" "$ne"
+[ "$no" -le 0 ] || tail -c +$(($2 + 1)) out | head -c "$no"
+[ "$ne" -le 0 ] || tail -c +$(($3 + 1)) err | head -c "$ne""#;
+
+/// `$1` = run folder, `$2` = signal, `$3` = `final` once the run is over (its folder is then removed).
+const SIGNAL: &str = r#"n=0
+while [ ! -s "$1/pid" ] && [ "$3" != final ] && [ -d "$1" ] && [ "$n" -lt 40 ]; do sleep 0.05; n=$((n + 1)); done
+if read -r p <"$1/pid" 2>/dev/null && [ -n "$p" ]; then kill "-$2" "-$p" 2>/dev/null || kill "-$2" "$p" 2>/dev/null; fi
+[ "$3" != final ] || rm -rf "$1"
+exit 0"#;
+
+/// The most bytes of each stream one catch-up request carries.
+const CATCH_UP_BYTES: u64 = 4 << 20;
+/// Pipes between the follower and the engine's readers.
+const PIPE_BYTES: usize = 1 << 20;
+
+/// What a session's runs share.
+pub struct Runs {
+    pub connection: Arc<Connection>,
+    pub transport: Arc<dyn Transport>,
+    /// The helper shell for catch-ups and signals, apart from sync's so neither waits behind the other.
+    pub helper: Arc<Agent>,
+    /// `<state>/runs` on the remote.
+    pub folder: String,
+}
+
+/// Where a run stands after a catch-up.
+struct Standing {
+    code: Option<i64>,
+    out_total: u64,
+    err_total: u64,
+}
+
+impl Runs {
+    /// Starts `argv` in `directory` and follows it.
+    pub async fn start(self: &Arc<Self>, argv: Vec<String>, directory: String, stdin: bool) -> Result<Process> {
+        let token = format!("run-{}", crate::ids::short_id());
+        let folder = format!("{}/{token}", self.folder);
+        let mut follow = vec![folder.clone(), "0".into(), "0".into(), "1".into(), if stdin { "1" } else { "0" }.into(), directory];
+        follow.extend(argv);
+        let channel = self.follower(follow, stdin).await?;
+        let input = stdin.then_some(channel.input);
+        let (stdout_reader, stdout_writer) = tokio::io::duplex(PIPE_BYTES);
+        let (stderr_reader, stderr_writer) = tokio::io::duplex(PIPE_BYTES);
+        let (exit_sender, exit_receiver) = tokio::sync::oneshot::channel();
+        let signalled = Arc::new(AtomicBool::new(false));
+        let finished = Arc::new(AtomicBool::new(false));
+        let runs = self.clone();
+        let (task_folder, task_signalled, task_finished) = (folder.clone(), signalled.clone(), finished.clone());
+        tokio::spawn(async move {
+            let status = runs
+                .follow(task_folder, channel.output, channel.exit, stdout_writer, stderr_writer, task_signalled)
+                .await;
+            task_finished.store(true, Ordering::SeqCst);
+            let _ = exit_sender.send(status);
+        });
+        let exit = Box::pin(async move {
+            exit_receiver.await.map_err(|_| Error::Internal("A run's follower ended without its exit.".into()))
+        });
+        let control = Arc::new(RunControl { helper: self.helper.clone(), folder, signalled, finished });
+        Ok(Process { stdout: Box::pin(stdout_reader), stderr: Box::pin(stderr_reader), stdin: input, control, exit })
+    }
+
+    async fn follower(&self, arguments: Vec<String>, stdin: bool) -> Result<crate::drivers::shell::Channel> {
+        let mut argv = vec!["/bin/sh".to_string(), "-c".to_string(), FOLLOW.to_string(), "sandlink".to_string()];
+        argv.extend(arguments);
+        let command = Command {
+            argv,
+            env: vec![("WRAPPER".to_string(), WRAPPER.to_string())],
+            stdin,
+            ..Command::default()
+        };
+        self.transport.open(command).await
+    }
+
+    /// Delivers the run's output until it has ended and everything it wrote is delivered; survives drops.
+    async fn follow(
+        &self,
+        folder: String,
+        mut output: crate::drivers::shell::OutputStream,
+        mut exit: futures::future::BoxFuture<'static, Result<i64>>,
+        mut stdout: tokio::io::DuplexStream,
+        mut stderr: tokio::io::DuplexStream,
+        signalled: Arc<AtomicBool>,
+    ) -> ExitStatus {
+        let (mut out_sent, mut err_sent) = (0u64, 0u64);
+        let mut failures = 0u32;
+        loop {
+            while let Some(chunk) = output.next().await {
+                match chunk {
+                    Ok(Chunk::Stdout(bytes)) => {
+                        out_sent += bytes.len() as u64;
+                        let _ = stdout.write_all(&bytes).await;
+                    }
+                    Ok(Chunk::Stderr(bytes)) => {
+                        err_sent += bytes.len() as u64;
+                        let _ = stderr.write_all(&bytes).await;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "a run's follower broke off");
+                        break;
+                    }
+                }
+            }
+            let _ = (&mut exit).await;
+            // Whatever ended the follower (the run, or the connection), the files say where the run stands.
+            let standing = loop {
+                match self.catch_up(&folder, &mut out_sent, &mut err_sent, &mut stdout, &mut stderr).await {
+                    Ok(Some(standing)) if standing.code.is_some() && (standing.out_total > out_sent || standing.err_total > err_sent) => continue,
+                    Ok(Some(standing)) => break standing,
+                    Ok(None) => {
+                        return ExitStatus {
+                            code: None,
+                            signal: None,
+                            message: Some("The run's files on the remote machine disappeared; its output and exit are lost.".into()),
+                        }
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        if let Some(status) = self.recover(failures, &error).await {
+                            return status;
+                        }
+                    }
+                }
+            };
+            if let Some(code) = standing.code {
+                let _ = stdout.shutdown().await;
+                let _ = stderr.shutdown().await;
+                return exit_status(code, signalled.load(Ordering::SeqCst));
+            }
+            // Still running: follow again from what was delivered.
+            let arguments = vec![folder.clone(), out_sent.to_string(), err_sent.to_string(), "0".into()];
+            match self.follower(arguments, false).await {
+                Ok(channel) => {
+                    failures = 0;
+                    output = channel.output;
+                    exit = channel.exit;
+                }
+                Err(error) => {
+                    failures += 1;
+                    if let Some(status) = self.recover(failures, &error).await {
+                        return status;
+                    }
+                    output = futures::stream::empty().boxed();
+                    exit = Box::pin(async { Ok(0) });
+                }
+            }
+        }
+    }
+
+    /// After a failed request: reconnects (the connection backs off on its own); answers the run's end when the
+    /// host stays unreachable.
+    async fn recover(&self, failures: u32, error: &Error) -> Option<ExitStatus> {
+        tracing::debug!(%error, failures, "following a run failed; reconnecting");
+        let (_, generation) = self.connection.session().await;
+        match self.connection.reconnect(generation).await {
+            Ok(()) if failures < 20 => {
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(failures))).await;
+                None
+            }
+            Ok(()) => Some(lost(error)),
+            Err(reconnecting) => Some(lost(&reconnecting)),
+        }
+    }
+
+    /// Delivers what the files hold beyond the offsets; `None` when the run's folder is gone.
+    async fn catch_up(
+        &self,
+        folder: &str,
+        out_sent: &mut u64,
+        err_sent: &mut u64,
+        stdout: &mut tokio::io::DuplexStream,
+        stderr: &mut tokio::io::DuplexStream,
+    ) -> Result<Option<Standing>> {
+        let limit = CATCH_UP_BYTES.to_string();
+        let arguments = [folder, &out_sent.to_string(), &err_sent.to_string(), &limit];
+        let reply = self.helper.run(CATCH_UP, &arguments, None).await?;
+        let text = &reply.stdout;
+        let newline = text.iter().position(|byte| *byte == b'\n').ok_or_else(|| malformed(text))?;
+        let head = String::from_utf8_lossy(&text[..newline]).to_string();
+        if head == "gone" {
+            return Ok(None);
+        }
+        let fields: Vec<&str> = head.split(' ').collect();
+        let [code, out_total, err_total, out_count, err_count] = fields[..] else { return Err(malformed(text)) };
+        let number = |field: &str| field.parse::<u64>().map_err(|_| malformed(text));
+        let (out_count, err_count) = (number(out_count)? as usize, number(err_count)? as usize);
+        let body = &text[newline + 1..];
+        if body.len() != out_count + err_count {
+            return Err(malformed(text));
+        }
+        let _ = stdout.write_all(&body[..out_count]).await;
+        let _ = stderr.write_all(&body[out_count..]).await;
+        *out_sent += out_count as u64;
+        *err_sent += err_count as u64;
+        let code = if code == "-" { None } else { Some(code.parse::<i64>().map_err(|_| malformed(text))?) };
+        Ok(Some(Standing { code, out_total: number(out_total)?, err_total: number(err_total)? }))
+    }
+}
+
+fn malformed(text: &[u8]) -> Error {
+    let shown = String::from_utf8_lossy(&text[..text.len().min(200)]).to_string();
+    Error::Remote { status: None, message: format!("The state of a run on the remote machine could not be read: {shown:?}") }
+}
+
+fn lost(error: &Error) -> ExitStatus {
+    ExitStatus {
+        code: None,
+        signal: None,
+        message: Some(format!(
+            "The connection to the remote machine was lost and could not be opened again ({error}); the run may still \
+             be going on there."
+        )),
+    }
+}
+
+/// A run killed by signal N ends with status 128+N from the wrapper's `wait`; when sandlink sent it, say so.
+fn exit_status(code: i64, signalled: bool) -> ExitStatus {
+    if signalled && (129..=128 + 64).contains(&code) {
+        return ExitStatus { code: None, signal: Some(signal_name((code - 128) as i32)), message: None };
+    }
+    ExitStatus { code: Some(code as i32), signal: None, message: None }
+}
+
+/// Signals a run's process group through the helper shell.
+struct RunControl {
+    helper: Arc<Agent>,
+    folder: String,
+    signalled: Arc<AtomicBool>,
+    finished: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl ProcessControl for RunControl {
+    async fn signal(&self, signal: Signal) -> Result<()> {
+        let name = match signal {
+            Signal::Terminate => "TERM",
+            Signal::Kill => "KILL",
+        };
+        if self.finished.load(Ordering::SeqCst) {
+            // The engine's sweep after the run: what the run left in its group ends and its folder goes, in the
+            // background, so the exit is reported at once.
+            let (helper, folder) = (self.helper.clone(), self.folder.clone());
+            tokio::spawn(async move {
+                if let Err(error) = helper.run(SIGNAL, &[&folder, name, "final"], None).await {
+                    tracing::debug!(%error, "could not sweep a finished run's processes");
+                }
+            });
+            return Ok(());
+        }
+        self.signalled.store(true, Ordering::SeqCst);
+        self.helper.run(SIGNAL, &[&self.folder, name, ""], None).await.map(|_| ())
+    }
+}

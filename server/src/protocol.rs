@@ -80,6 +80,8 @@ request!(/// Removes a credential from the OS keychain.
     DeleteCredentialRequest, "sandlink/deleteCredential", CredentialKeyParams, EmptyResult);
 request!(/// Confirms (or revokes) that the user trusts a workspace, so its `.sandlink.toml` profiles may send it elsewhere.
     TrustWorkspaceRequest, "sandlink/trustWorkspace", TrustWorkspaceParams, EmptyResult);
+request!(/// Records an SSH host's key in the user's known_hosts once the user has checked its fingerprint.
+    AcceptHostKeyRequest, "sandlink/acceptHostKey", AcceptHostKeyParams, AcceptHostKeyResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -605,6 +607,26 @@ pub struct TrustWorkspaceParams {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AcceptHostKeyParams {
+    /// The host as the `ssh` driver's `host` setting names it (`data.host` of the `hostKeyUnknown` error).
+    pub host: String,
+    /// The fingerprint the user checked (`data.fingerprint` of the error): the key is recorded only when the host
+    /// presents exactly this one now.
+    pub fingerprint: String,
+    /// The ssh configuration file, as the profile's `configFile` setting; default: ssh's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptHostKeyResult {
+    /// The known_hosts file the key was written to.
+    pub known_hosts: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SaveProfileParams {
     pub name: String,
     pub driver: String,
@@ -741,6 +763,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     SetCredentialRequest::METHOD,
     DeleteCredentialRequest::METHOD,
     TrustWorkspaceRequest::METHOD,
+    AcceptHostKeyRequest::METHOD,
 ];
 
 /// Every custom notification method.

@@ -8,11 +8,16 @@ mod support;
 #[macro_use]
 mod parity;
 
-use std::path::PathBuf;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use parity::DriverFixture;
+use support::{Server, StartOptions};
 
 /// The test client configuration and the host aliases, from tests/.run/ssh.env.
 struct Setup {
@@ -86,11 +91,364 @@ mod via_jump {
     }
 }
 
-#[allow(dead_code)]
-fn settings(setup: &Setup, extra: Value) -> Value {
-    let mut settings = json!({ "host": setup.host, "configFile": setup.config });
-    for (key, value) in extra.as_object().expect("an object") {
-        settings[key] = value.clone();
+/// A client configuration of the test's own (alias `target`), pointing at `port` with `options` added; for tests
+/// that need other keys, known hosts or a proxy than the shared configuration.
+fn own_config(setup: &Setup, directory: &Path, port: u16, options: &str) -> String {
+    let known_hosts = directory.join("known_hosts");
+    if !known_hosts.exists() {
+        std::fs::write(&known_hosts, "").expect("write known_hosts");
     }
-    settings
+    let config = directory.join("config");
+    let text = format!(
+        "Host target\n    HostName 127.0.0.1\n    Port {port}\n    User {user}\n    IdentitiesOnly yes\n    \
+         UserKnownHostsFile {known}\n    GlobalKnownHostsFile /dev/null\n    ConnectTimeout 5\n{options}\n\
+         Host *\n    IdentityFile {client}\n",
+        user = std::env::var("SANDLINK_SSH_USER").unwrap_or_else(|_| "sandlinkssh".into()),
+        known = known_hosts.display(),
+        client = setup.directory.join("client").display(),
+    );
+    std::fs::write(&config, text).expect("write config");
+    config.display().to_string()
 }
+
+/// The known_hosts line of the target sshd's key under `name`.
+fn known_line(setup: &Setup, name: &str, key: &str) -> String {
+    let public = std::fs::read_to_string(setup.directory.join(format!("{key}.pub"))).expect("a host key");
+    let mut fields = public.split_whitespace();
+    format!("{name} {} {}\n", fields.next().expect("type"), fields.next().expect("key"))
+}
+
+/// `ssh-keygen -lf`'s SHA256 fingerprint of a public key file.
+fn fingerprint_of(path: &Path) -> String {
+    let output = Command::new("ssh-keygen").arg("-lf").arg(path).output().expect("ssh-keygen runs");
+    String::from_utf8_lossy(&output.stdout).split_whitespace().nth(1).expect("a fingerprint").to_string()
+}
+
+fn target_port() -> u16 {
+    std::env::var("SANDLINK_SSH_PORT").ok().and_then(|port| port.parse().ok()).unwrap_or(2222)
+}
+
+fn connect_error(server: &Server, settings: Value, workspace: &Path) -> support::RpcError {
+    server.request_error("sandlink/connect", json!({ "driver": "ssh", "settings": settings, "workspaceFolder": support::file_uri(workspace) }))
+}
+
+#[test]
+fn an_unknown_host_key_should_be_refused_then_accepted_only_with_its_fingerprint() {
+    let Some(setup) = setup() else { return };
+    let directory = tempfile::tempdir().expect("temp dir");
+    let config = own_config(&setup, directory.path(), target_port(), "");
+    let settings = json!({ "host": "target", "configFile": config });
+    let workspace = support::workspace_with(&[("a.txt", "a\n")]);
+    let server = Server::start();
+    let error = connect_error(&server, settings.clone(), workspace.path());
+    assert_eq!(error.kind.as_deref(), Some("hostKeyUnknown"), "{error:?}");
+    let expected = fingerprint_of(&setup.directory.join("host_target.pub"));
+    assert_eq!(error.data["fingerprint"], expected, "{error:?}");
+    assert_eq!(error.data["host"], "target");
+    assert!(error.message.contains(&expected) && error.message.contains("accept"), "says how to verify and accept: {}", error.message);
+
+    let wrong = server.request_error(
+        "sandlink/acceptHostKey",
+        json!({ "host": "target", "fingerprint": "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "configFile": config }),
+    );
+    assert_eq!(wrong.kind.as_deref(), Some("invalidParams"), "{wrong:?}");
+    let known_hosts = directory.path().join("known_hosts");
+    assert_eq!(std::fs::read_to_string(&known_hosts).expect("known_hosts"), "", "nothing is recorded for another fingerprint");
+
+    let accepted = server
+        .request("sandlink/acceptHostKey", json!({ "host": "target", "fingerprint": expected, "configFile": config }))
+        .expect("the fingerprint the host presents is accepted");
+    assert_eq!(accepted["knownHosts"], known_hosts.display().to_string());
+    assert_eq!(std::fs::read_to_string(&known_hosts).expect("known_hosts"), known_line(&setup, &format!("[127.0.0.1]:{}", target_port()), "host_target"));
+    let session = server.connect("ssh", settings, workspace.path());
+    let outcome = server.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "cat a.txt" }));
+    assert_eq!(outcome.stdout, "a\n");
+}
+
+#[test]
+fn a_changed_host_key_should_be_refused_and_replaced_when_accepted() {
+    let Some(setup) = setup() else { return };
+    let directory = tempfile::tempdir().expect("temp dir");
+    let name = format!("[127.0.0.1]:{}", target_port());
+    std::fs::write(directory.path().join("known_hosts"), known_line(&setup, &name, "host_other")).expect("an old key");
+    let config = own_config(&setup, directory.path(), target_port(), "");
+    let settings = json!({ "host": "target", "configFile": config });
+    let workspace = support::workspace_with(&[]);
+    let server = Server::start();
+    let error = connect_error(&server, settings.clone(), workspace.path());
+    assert_eq!(error.kind.as_deref(), Some("hostKeyChanged"), "{error:?}");
+    let expected = fingerprint_of(&setup.directory.join("host_target.pub"));
+    assert_eq!(error.data["fingerprint"], expected);
+    assert!(error.message.contains("CHANGED"), "{}", error.message);
+
+    // The command line does what the request does.
+    let output = Command::new(support::binary())
+        .args(["accept-host-key", "target", &expected, "--config-file", &config])
+        .output()
+        .expect("sandlink runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let known = std::fs::read_to_string(directory.path().join("known_hosts")).expect("known_hosts");
+    assert_eq!(known, known_line(&setup, &name, "host_target"), "the old key is replaced, not kept beside");
+    let session = server.connect("ssh", settings, workspace.path());
+    assert_eq!(session["state"], "active");
+}
+
+#[test]
+fn a_key_the_host_refuses_should_be_credentials_missing_naming_the_keys_tried() {
+    let Some(setup) = setup() else { return };
+    let directory = tempfile::tempdir().expect("temp dir");
+    let wrong_key = setup.directory.join("wrong_client");
+    let options = format!("    IdentityFile {}\n", wrong_key.display());
+    let name = format!("[127.0.0.1]:{}", target_port());
+    std::fs::write(directory.path().join("known_hosts"), known_line(&setup, &name, "host_target")).expect("known");
+    // Only the wrong key: the alias's own IdentityFile comes first, and `Host *` is not reached for another.
+    let config = own_config(&setup, directory.path(), target_port(), &options);
+    let text = std::fs::read_to_string(&config).expect("config");
+    let only_wrong = text.replace(&format!("Host *\n    IdentityFile {}\n", setup.directory.join("client").display()), "");
+    assert_ne!(text, only_wrong, "the right key is taken out");
+    std::fs::write(&config, only_wrong).expect("write config");
+    let workspace = support::workspace_with(&[]);
+    let server = Server::start();
+    let error = connect_error(&server, json!({ "host": "target", "configFile": config }), workspace.path());
+    assert_eq!(error.kind.as_deref(), Some("credentialsMissing"), "{error:?}");
+    assert!(error.message.contains(&wrong_key.display().to_string()), "names the key tried: {}", error.message);
+    let secret = std::fs::read_to_string(&wrong_key).expect("the private key");
+    let secret_body = secret.lines().nth(1).expect("a key line");
+    assert!(!error.message.contains(secret_body), "never the key itself: {}", error.message);
+}
+
+#[test]
+fn an_unreachable_host_should_fail_clearly_within_a_bounded_time() {
+    let Some(setup) = setup() else { return };
+    let closed_port = parity::free_port();
+    let workspace = support::workspace_with(&[]);
+    let server = Server::start();
+    let started = Instant::now();
+    let error = connect_error(&server, json!({ "host": format!("nobody@127.0.0.1:{closed_port}"), "configFile": setup.config }), workspace.path());
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert_eq!(error.kind.as_deref(), Some("driverUnavailable"), "{error:?}");
+    assert!(error.message.contains("Could not reach") && error.message.contains("refused"), "{}", error.message);
+}
+
+/// A TCP proxy in front of the target sshd whose open connections the test can cut, as a network drop does.
+struct Proxy {
+    port: u16,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(to: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("address").port();
+        let connections: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let held = connections.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else { continue };
+                held.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut into) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, connections }
+    }
+
+    /// Cuts every connection through the proxy; new ones are still let through.
+    fn cut(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The settings of a session through `proxy` (the target's host key filed under the proxy's address).
+fn through(setup: &Setup, directory: &Path, port: u16) -> Value {
+    let name = format!("[127.0.0.1]:{port}");
+    std::fs::write(directory.join("known_hosts"), known_line(setup, &name, "host_target")).expect("known");
+    let config = own_config(setup, directory, port, "    ServerAliveInterval 1\n    ServerAliveCountMax 2\n");
+    json!({ "host": "target", "configFile": config, "keepAlive": 1 })
+}
+
+/// Counts to 40 on both streams, leaving a file `reached` in the root once it is a few lines in.
+const COUNTING: &str =
+    "i=0; while [ $i -lt 40 ]; do i=$((i + 1)); echo out-$i; echo err-$i >&2; [ $i -ne 4 ] || : >reached; sleep 0.05; done";
+
+/// Waits until the counting run is a few lines in (its file shows in the remote root, which is on this machine).
+fn wait_until_reached(session: &Value) {
+    let marker = Path::new(session["remoteRoot"].as_str().expect("remoteRoot")).join("reached");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the run did not start counting");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn expected_counting(stream: &str) -> String {
+    (1..=40).map(|i| format!("{stream}-{i}\n")).collect()
+}
+
+#[test]
+fn a_run_should_survive_a_dropped_connection_with_its_output_complete() {
+    let Some(setup) = setup() else { return };
+    let proxy = Proxy::start(target_port());
+    let directory = tempfile::tempdir().expect("temp dir");
+    let settings = through(&setup, directory.path(), proxy.port);
+    let workspace = support::workspace_with(&[]);
+    let server = Server::start();
+    let session = server.connect("ssh", settings, workspace.path());
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": COUNTING }));
+    wait_until_reached(&session);
+    proxy.cut();
+    let outcome = server.collect_run(&run_id, Duration::from_secs(60));
+    assert_eq!(outcome.stdout, expected_counting("out"), "nothing lost, nothing repeated");
+    assert_eq!(outcome.stderr, expected_counting("err"));
+    assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.exit);
+    // The session goes on over the new connection.
+    let after = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo after" }));
+    assert_eq!(after.stdout, "after\n");
+}
+
+/// An sshd of the test's own on a free port, so restarting it touches no other test's connections.
+struct OwnSshd {
+    port: u16,
+    pid_file: PathBuf,
+    config: PathBuf,
+}
+
+impl OwnSshd {
+    fn start(setup: &Setup, directory: &Path) -> OwnSshd {
+        let port = parity::free_port();
+        let pid_file = directory.join("sshd.pid");
+        let shared = std::fs::read_to_string(setup.directory.join("sshd_target.conf")).expect("the target's sshd config");
+        let text: String = shared
+            .lines()
+            .map(|line| {
+                if line.starts_with("Port ") {
+                    format!("Port {port}")
+                } else if line.starts_with("PidFile ") {
+                    format!("PidFile {}", pid_file.display())
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = directory.join("sshd.conf");
+        std::fs::write(&config, text + "\n").expect("write sshd config");
+        let sshd = OwnSshd { port, pid_file, config };
+        sshd.launch();
+        sshd
+    }
+
+    fn launch(&self) {
+        let log = self.config.with_extension("log");
+        let status = Command::new("/usr/sbin/sshd").arg("-f").arg(&self.config).arg("-E").arg(&log).status().expect("sshd starts");
+        assert!(status.success(), "sshd started");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd listens on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+    }
+
+    /// Stops the daemon and every connection it serves, as a restart of the service does.
+    fn stop(&self) {
+        let Some(pid) = self.pid() else { return };
+        // Its per-connection sshd processes first, then the listener; what users started goes on, as with
+        // `systemctl restart ssh`.
+        for child in descendants_of(pid as u32) {
+            let name = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            if name.trim() == "sshd" {
+                unsafe { libc::kill(child as i32, libc::SIGKILL) };
+            }
+        }
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// Every live descendant of `pid`, read from /proc.
+fn descendants_of(pid: u32) -> Vec<u32> {
+    let parent_of = |child: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    };
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|entries| entries.flatten().filter_map(|entry| entry.file_name().to_string_lossy().parse().ok()).collect())
+        .unwrap_or_default();
+    let mut found = vec![pid];
+    let mut index = 0;
+    while index < found.len() {
+        let parent = found[index];
+        found.extend(all.iter().copied().filter(|child| parent_of(*child) == Some(parent)));
+        index += 1;
+    }
+    found.remove(0);
+    found
+}
+
+impl Drop for OwnSshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn a_run_should_survive_an_sshd_restart_and_the_session_go_on() {
+    let Some(setup) = setup() else { return };
+    let directory = tempfile::tempdir().expect("temp dir");
+    let sshd = OwnSshd::start(&setup, directory.path());
+    let settings = through(&setup, directory.path(), sshd.port);
+    let workspace = support::workspace_with(&[("a.txt", "before\n")]);
+    let server = Server::start();
+    let session = server.connect("ssh", settings, workspace.path());
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": COUNTING }));
+    wait_until_reached(&session);
+    sshd.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    sshd.launch();
+    let outcome = server.collect_run(&run_id, Duration::from_secs(60));
+    assert_eq!(outcome.stdout, expected_counting("out"), "the run went on while sshd was down: {}", outcome.exit);
+    assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.exit);
+    std::fs::write(workspace.path().join("a.txt"), "after\n").expect("edit");
+    let synced = server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" })).expect("sync after the restart");
+    assert_eq!(synced["uploaded"], 1, "{synced}");
+    let after = server.run_to_exit(json!({ "sessionId": session_id, "command": "cat a.txt" }));
+    assert_eq!(after.stdout, "after\n");
+}
+
+#[test]
+fn a_workspace_ssh_profile_should_need_trust_before_anything_is_sent() {
+    let Some(setup) = setup() else { return };
+    let config_directory = tempfile::tempdir().expect("config dir");
+    let workspace = support::workspace_with(&[("a.txt", "a\n")]);
+    let profile = format!("[profiles.box]\ndriver = \"ssh\"\nhost = \"{}\"\nconfigFile = \"{}\"\n", setup.host, setup.config);
+    std::fs::write(workspace.path().join(".sandlink.toml"), profile).expect("write .sandlink.toml");
+    let server = Server::start_with(StartOptions {
+        root: Some(workspace.path().to_path_buf()),
+        env: vec![("SANDLINK_CONFIG_DIR".into(), config_directory.path().display().to_string())],
+        ..StartOptions::default()
+    });
+    let error = server.request_error("sandlink/connect", json!({ "profile": "box" }));
+    assert_eq!(error.kind.as_deref(), Some("workspaceNotTrusted"), "{error:?}");
+    server
+        .request("sandlink/trustWorkspace", json!({ "workspaceFolder": support::file_uri(workspace.path()), "trust": true }))
+        .expect("trust");
+    let session = server.request("sandlink/connect", json!({ "profile": "box" })).expect("a trusted workspace connects");
+    assert_eq!(session["driver"], "ssh");
+}
+

@@ -360,6 +360,25 @@ export class Ctx implements vscode.Disposable {
         }
     }
 
+    /** Asks once more, naming the fingerprint, then records the key the host presents only if it is that one. */
+    async acceptHostKey(hostKey: protocol.HostKeyData): Promise<void> {
+        const accept = "Accept";
+        const choice = await vscode.window.showWarningMessage(
+            `Accept the host key ${hostKey.fingerprint} for ${hostKey.host}? Only if it matches the key on the machine itself.`,
+            { modal: true },
+            accept,
+        );
+        if (choice !== accept) {
+            return;
+        }
+        try {
+            const result = await this.requestOrThrow(protocol.acceptHostKey, { host: hostKey.host, fingerprint: hostKey.fingerprint });
+            void vscode.window.showInformationMessage(`sandlink: recorded the key of ${hostKey.host} in ${result.knownHosts}; connect again.`);
+        } catch (failure) {
+            this.reportError(protocol.acceptHostKey.method, failure);
+        }
+    }
+
     reportError(method: string, error: unknown): void {
         const kind = errorKind(error);
         const message = describeError(error);
@@ -369,10 +388,16 @@ export class Ctx implements vscode.Disposable {
         if (kind === "credentialsMissing") {
             actions.push("Set Credential");
         }
+        const hostKey = (error as ResponseError<protocol.HostKeyData>).data;
+        if ((kind === "hostKeyUnknown" || kind === "hostKeyChanged") && hostKey?.fingerprint) {
+            actions.push("Accept Host Key");
+        }
         actions.push("Show Log");
         void vscode.window.showErrorMessage(`sandlink: ${message}`, ...actions).then((choice) => {
             if (choice === "Set Credential") {
                 void vscode.commands.executeCommand(commandIds.setCredential);
+            } else if (choice === "Accept Host Key" && hostKey) {
+                void this.acceptHostKey(hostKey);
             } else if (choice === "Show Log") {
                 this.logChannel.show();
             }

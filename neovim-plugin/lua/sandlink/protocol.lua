@@ -24,6 +24,7 @@ protocol.request = {
   set_credential = 'sandlink/setCredential',
   delete_credential = 'sandlink/deleteCredential',
   trust_workspace = 'sandlink/trustWorkspace',
+  accept_host_key = 'sandlink/acceptHostKey',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.
@@ -55,6 +56,9 @@ protocol.command = {
 protocol.error_kind = {
   workspace_not_trusted = 'workspaceNotTrusted',
   cancelled = 'cancelled',
+  -- Both carry `data.host` and `data.fingerprint`; `accept_host_key` takes them back once the user checked it.
+  host_key_unknown = 'hostKeyUnknown',
+  host_key_changed = 'hostKeyChanged',
 }
 
 -- The fields of the shapes the plugin reads from the server, on the wire (see docs/protocol.md, "Shapes");

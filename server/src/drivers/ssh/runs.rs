@@ -45,6 +45,7 @@ if [ "$launch" = 1 ]; then
   if [ "$input" = 1 ]; then mkfifo in || exit 125; fi
   setsid nohup /bin/sh -c "$WRAPPER" sandlink "$d" "$input" "$cwd" "$@" </dev/null >/dev/null 2>&1 &
   w=$!
+  echo "$w" >wpid
   if [ "$input" = 1 ]; then exec 3<&0; cat <&3 >in & fi
 else
   cd "$d" || exit 125
@@ -52,15 +53,19 @@ fi
 tail -c +$((o + 1)) -f out & a=$!
 tail -c +$((e + 1)) -f err >&2 & b=$!
 [ -z "$w" ] || wait "$w"
-while [ ! -e code ]; do sleep 0.05; done
+read -r wp <wpid
+while [ ! -e code ] && kill -0 "$wp" 2>/dev/null; do sleep 0.05; done
 kill "$a" "$b" 2>/dev/null
 exit 0"#;
 
 /// `$1` = run folder, `$2`/`$3` = bytes delivered, `$4` = most bytes to send per stream: a line `CODE OUT ERR`
-/// (CODE `-` while the run goes on; OUT, ERR the files' sizes), then the undelivered stdout and stderr, each cut
+/// (CODE `-` while the run goes on, `lost` when its wrapper died without writing it; OUT, ERR the files' sizes), then the undelivered stdout and stderr, each cut
 /// at `$4`. `gone` when the folder no longer exists.
 const CATCH_UP: &str = r#"cd "$1" 2>/dev/null || { printf 'gone\n'; exit 0; }
-if [ -e code ]; then read -r c <code; else c=-; fi
+if [ -e code ]; then read -r c <code
+elif read -r wp <wpid 2>/dev/null && kill -0 "$wp" 2>/dev/null; then c=-
+elif [ -e code ]; then read -r c <code
+else c=lost; fi
 so=$(($(wc -c <out))); se=$(($(wc -c <err)))
 no=$((so - $2)); [ "$no" -le "$4" ] || no=$4
 ne=$((se - $3)); [ "$ne" -le "$4" ] || ne=$4
@@ -75,6 +80,8 @@ if read -r p <"$1/pid" 2>/dev/null && [ -n "$p" ]; then kill "-$2" "-$p" 2>/dev/
 [ "$3" != final ] || rm -rf "$1"
 exit 0"#;
 
+/// Stands for `lost` in a catch-up: the wrapper died without writing the exit code.
+const LOST: i64 = i64::MIN;
 /// The most bytes of each stream one catch-up request carries.
 const CATCH_UP_BYTES: u64 = 4 << 20;
 /// Pipes between the follower and the engine's readers.
@@ -192,6 +199,17 @@ impl Runs {
             if let Some(code) = standing.code {
                 let _ = stdout.shutdown().await;
                 let _ = stderr.shutdown().await;
+                if code == LOST {
+                    return ExitStatus {
+                        code: None,
+                        signal: None,
+                        message: Some(
+                            "The run's watcher on the remote machine was killed before the run ended, so its exit is \
+                             unknown; its output up to then was delivered."
+                                .into(),
+                        ),
+                    };
+                }
                 return exit_status(code, signalled.load(Ordering::SeqCst));
             }
             // Still running: follow again from what was delivered.
@@ -259,7 +277,11 @@ impl Runs {
         let _ = stderr.write_all(&body[out_count..]).await;
         *out_sent += out_count as u64;
         *err_sent += err_count as u64;
-        let code = if code == "-" { None } else { Some(code.parse::<i64>().map_err(|_| malformed(text))?) };
+        let code = match code {
+            "-" => None,
+            "lost" => Some(LOST),
+            code => Some(code.parse::<i64>().map_err(|_| malformed(text))?),
+        };
         Ok(Some(Standing { code, out_total: number(out_total)?, err_total: number(err_total)? }))
     }
 }

@@ -313,6 +313,93 @@ fn a_run_should_survive_a_dropped_connection_with_its_output_complete() {
     assert_eq!(after.stdout, "after\n");
 }
 
+#[test]
+fn a_preview_should_be_forwarded_again_after_the_connection_drops() {
+    let Some(setup) = setup() else { return };
+    let proxy = Proxy::start(target_port());
+    let directory = tempfile::tempdir().expect("temp dir");
+    let settings = through(&setup, directory.path(), proxy.port);
+    let workspace = support::workspace_with(&[("index.html", "sandlink-preview\n")]);
+    let server = Server::start();
+    let session = server.connect("ssh", settings, workspace.path());
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let port = parity::free_port();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": format!("exec python3 -m http.server {port} --bind 127.0.0.1") }));
+    let url = server.request("sandlink/preview", json!({ "sessionId": session_id, "port": port })).expect("preview")["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(parity::http_get_with_retry(&url, Duration::from_secs(20)).contains("sandlink-preview"));
+    proxy.cut();
+    // The same URL answers again once the connection is back, with nothing asked of sandlink meanwhile.
+    assert!(parity::http_get_with_retry(&url, Duration::from_secs(30)).contains("sandlink-preview"));
+    server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel the server");
+    server.collect_run(&run_id, Duration::from_secs(30));
+}
+
+/// A 256 KiB tmpfs owned by the test user, unmounted when dropped: a remote disk that fills up.
+struct SmallDisk {
+    _parent: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(user: &str) -> SmallDisk {
+        let parent = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(parent.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let path = parent.path().join("disk");
+        std::fs::create_dir(&path).expect("mount point");
+        let uid = Command::new("id").args(["-u", user]).output().expect("id runs");
+        let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size=256k,uid={uid},mode=0755"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "a small tmpfs can be mounted (the tests run as root)");
+        SmallDisk { _parent: parent, path }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_remote_disk_should_leave_nothing_half_written_in_place() {
+    let Some(setup) = setup() else { return };
+    let user = std::env::var("SANDLINK_SSH_USER").unwrap_or_else(|_| "sandlinkssh".into());
+    let disk = SmallDisk::mount(&user);
+    let workspace = support::workspace_with(&[("small.txt", "old\n")]);
+    let server = Server::start();
+    let settings = json!({ "host": setup.host, "configFile": setup.config, "root": disk.path.display().to_string(), "sync": { "watch": "off" } });
+    let session = server.connect("ssh", settings, workspace.path());
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    assert_eq!(std::fs::read_to_string(disk.path.join("small.txt")).expect("synced on connect"), "old\n");
+
+    // One batch: the edit fits, the big file does not.
+    std::fs::write(workspace.path().join("small.txt"), "new\n").expect("edit");
+    let incompressible: Vec<u8> = (0..1_000_000u32).map(|index| (index.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(workspace.path().join("big.bin"), incompressible).expect("a big file");
+    let error = server.request_error("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" }));
+    assert_eq!(error.kind.as_deref(), Some("remoteError"), "{error:?}");
+    assert_eq!(std::fs::read_to_string(disk.path.join("small.txt")).expect("still there"), "old\n", "nothing of the failed batch is in place");
+    assert!(!disk.path.join("big.bin").exists(), "no half-written file in place");
+    let staging = disk.path.join(".sandlink-staging");
+    assert!(!staging.exists() || std::fs::read_dir(&staging).expect("staging").next().is_none(), "the staging area is cleaned up");
+
+    // Once there is room again, the same sync goes through.
+    std::fs::remove_file(workspace.path().join("big.bin")).expect("remove the big file");
+    let again = server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" })).expect("sync with room");
+    assert_eq!(again["uploaded"], 1, "{again}");
+    assert_eq!(std::fs::read_to_string(disk.path.join("small.txt")).expect("synced"), "new\n");
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    assert!(disk.path.join("small.txt").exists(), "a root the user named is never removed");
+}
+
 /// An sshd of the test's own on a free port, so restarting it touches no other test's connections.
 struct OwnSshd {
     port: u16,

@@ -22,6 +22,8 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_LAST: Duration = Duration::from_secs(5);
 const RECONNECT_LIMIT: Duration = Duration::from_secs(120);
+/// How often an idle connection is looked at.
+const KEEPER_PERIOD: Duration = Duration::from_secs(1);
 
 /// What `ssh` needs to reach the host, as the settings give it.
 #[derive(Debug, Clone)]
@@ -145,14 +147,16 @@ impl Connection {
         std::fs::create_dir_all(&control_directory)
             .map_err(|error| Error::io(format!("Could not create {}", control_directory.display()), error))?;
         let session = target.open_master(&control_directory).await?;
-        Ok(Arc::new(Connection {
+        let connection = Arc::new(Connection {
             target,
             control_directory,
             current: tokio::sync::Mutex::new(Arc::new(session)),
             generation: AtomicU64::new(0),
             forwards: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
-        }))
+        });
+        tokio::spawn(keep(Arc::downgrade(&connection)));
+        Ok(connection)
     }
 
     pub fn target(&self) -> &Target {
@@ -243,6 +247,26 @@ impl Connection {
             .stderr(std::process::Stdio::null())
             .status()
             .await;
+    }
+}
+
+/// Looks at the master once a second and replaces it when it died, so previews come back after a drop even when
+/// nothing else uses the connection; ends with the connection.
+async fn keep(connection: std::sync::Weak<Connection>) {
+    loop {
+        tokio::time::sleep(KEEPER_PERIOD).await;
+        let Some(connection) = connection.upgrade() else { return };
+        if connection.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let (session, generation) = connection.session().await;
+        if connection.alive(&session).await {
+            continue;
+        }
+        drop(session);
+        if let Err(error) = connection.reconnect(generation).await {
+            tracing::warn!(host = %connection.target.host, %error, "the connection dropped and could not be opened again");
+        }
     }
 }
 

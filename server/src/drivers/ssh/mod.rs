@@ -121,6 +121,16 @@ impl super::Driver for Driver {
 
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
         let settings = Settings::parse(&request.settings)?;
+        let network = crate::netpolicy::NetworkPolicy::from_settings(&request.settings)?;
+        if network != crate::netpolicy::NetworkPolicy::On {
+            // Refused before anything is sent: the machine is the user's own and its network is not sandlink's.
+            return Err(Error::Unsupported(format!(
+                "The ssh driver cannot enforce the network policy {} on {}: runs use the remote machine's own \
+                 network. Remove the \"network\" setting, or use the docker or local driver for a restricted network.",
+                network.describe(),
+                settings.host
+            )));
+        }
         let target = Target {
             host: settings.host.clone(),
             config_file: settings.config_file.clone(),

@@ -314,6 +314,65 @@ fn a_run_should_survive_a_dropped_connection_with_its_output_complete() {
 }
 
 #[test]
+fn a_sync_cut_off_by_a_dropped_connection_should_be_finished_by_the_next_one() {
+    let Some(setup) = setup() else { return };
+    let proxy = Proxy::start(target_port());
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut settings = through(&setup, directory.path(), proxy.port);
+    settings["sync"] = json!({ "watch": "off" });
+    let workspace = tempfile::tempdir().expect("workspace");
+    let mut expected = Vec::new();
+    for index in 0..24u32 {
+        let data: Vec<u8> = (0..1_000_000u32).map(|byte| (byte.wrapping_mul(2_654_435_761).wrapping_add(index) >> 13) as u8).collect();
+        let name = format!("data/part{index:02}.bin");
+        std::fs::create_dir_all(workspace.path().join("data")).expect("mkdir");
+        std::fs::write(workspace.path().join(&name), &data).expect("write");
+        expected.push((name, data));
+    }
+    let server = Server::start();
+    let session = server
+        .request(
+            "sandlink/connect",
+            json!({ "driver": "ssh", "settings": settings, "workspaceFolder": support::file_uri(workspace.path()), "sync": false }),
+        )
+        .expect("connect without syncing");
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let root = PathBuf::from(session["remoteRoot"].as_str().expect("remoteRoot"));
+
+    // Cut the connection as soon as the first batch is being unpacked on the remote.
+    let connections = proxy.connections.clone();
+    let staging = root.join(".sandlink-staging");
+    let cutter = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::fs::read_dir(&staging).is_ok_and(|mut entries| entries.next().is_some()) {
+                for connection in connections.lock().unwrap().drain(..) {
+                    let _ = connection.shutdown(std::net::Shutdown::Both);
+                }
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        false
+    });
+    let first = server.request_timeout("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" }), Duration::from_secs(120));
+    assert!(cutter.join().expect("the cutter ends"), "the connection was cut while a batch was on its way");
+    let second = server
+        .request_timeout("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" }), Duration::from_secs(120))
+        .expect("the next sync goes through on a new connection");
+    let sent_second = second["uploaded"].as_u64().expect("uploaded");
+    match &first {
+        // Finished on a new connection already: nothing is left.
+        Ok(result) => assert_eq!((result["uploaded"].as_u64(), sent_second), (Some(24), 0), "{result} {second}"),
+        // Broken off: the next sync sends what was not confirmed, never more than everything.
+        Err(error) => assert!((1..=24).contains(&sent_second), "{error:?} {second}"),
+    }
+    for (name, data) in &expected {
+        assert!(std::fs::read(root.join(name)).ok().as_ref() == Some(data), "{name} arrived whole");
+    }
+}
+
+#[test]
 fn a_preview_should_be_forwarded_again_after_the_connection_drops() {
     let Some(setup) = setup() else { return };
     let proxy = Proxy::start(target_port());

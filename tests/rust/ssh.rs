@@ -578,6 +578,38 @@ fn a_run_should_survive_an_sshd_restart_and_the_session_go_on() {
 }
 
 #[test]
+fn a_restarted_server_should_reattach_to_the_same_root_without_reuploading() {
+    let Some(fixture) = ssh_fixture() else { return };
+    let state = tempfile::tempdir().expect("a state directory shared by both servers");
+    let workspace = support::workspace_with(&[("kept.txt", "kept\n")]);
+    let start = || {
+        Server::start_with(StartOptions {
+            state_dir: Some(state.path().to_path_buf()),
+            root: Some(workspace.path().to_path_buf()),
+            ..StartOptions::default()
+        })
+    };
+    let (session_id, root) = {
+        let first = start();
+        let session = first.connect("ssh", fixture.settings.clone(), workspace.path());
+        first.run_to_exit(json!({ "sessionId": session["sessionId"], "command": "echo made-remotely > artefact" }));
+        (session["sessionId"].as_str().expect("id").to_string(), session["remoteRoot"].as_str().expect("root").to_string())
+        // The server shuts down as an editor closes it; sessions are kept on exit by default.
+    };
+    assert!(Path::new(&root).join("artefact").exists(), "the kept root outlives its server");
+    let second = start();
+    let again = second.connect("ssh", fixture.settings.clone(), workspace.path());
+    assert_eq!(again["sessionId"], session_id.as_str(), "the same session comes back");
+    assert_eq!(again["remoteRoot"], root.as_str(), "in the same root");
+    let outcome = second.run_to_exit(json!({ "sessionId": session_id, "command": "cat artefact kept.txt" }));
+    assert_eq!(outcome.stdout, "made-remotely\nkept\n");
+    let resync = second.request("sandlink/sync", json!({ "sessionId": session_id })).expect("resync");
+    assert_eq!(resync["uploaded"], 0, "nothing is uploaded again: {resync}");
+    second.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    assert!(!Path::new(&root).exists(), "a real disconnect removes sandlink's own root");
+}
+
+#[test]
 fn a_workspace_ssh_profile_should_need_trust_before_anything_is_sent() {
     let Some(setup) = setup() else { return };
     let config_directory = tempfile::tempdir().expect("config dir");

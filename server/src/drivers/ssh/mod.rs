@@ -120,6 +120,40 @@ impl super::Driver for Driver {
     }
 
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
+        self.open(request, None).await
+    }
+
+    fn settings_schema(&self) -> &'static [super::SettingSpec] {
+        settings::SETTINGS
+    }
+
+    fn validate_settings(&self, settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+        Settings::parse(settings).map(|_| ())
+    }
+
+    async fn reattach(&self, request: super::ReattachRequest) -> Result<Arc<dyn Sandbox>> {
+        let state = request
+            .recorded_state::<State>("ssh")?
+            .ok_or_else(|| Error::UnknownSession(request.connect.session_id.clone()))?;
+        self.open(request.connect, Some(state)).await
+    }
+}
+
+/// What a session's record keeps for a re-attach after a restart (`driverState`): the remote folders, never a
+/// secret. The host comes from the settings again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub root: String,
+    /// The session's private folder (run files).
+    pub state: String,
+    /// Whether the root is sandlink's default one, removed on disconnect.
+    pub own_root: bool,
+}
+
+impl Driver {
+    /// Connects and prepares the session's folders: new ones, or for a re-attach the recorded ones.
+    async fn open(&self, request: ConnectRequest, recorded: Option<State>) -> Result<Arc<dyn Sandbox>> {
         let settings = Settings::parse(&request.settings)?;
         let network = crate::netpolicy::NetworkPolicy::from_settings(&request.settings)?;
         if network != crate::netpolicy::NetworkPolicy::On {
@@ -138,12 +172,16 @@ impl super::Driver for Driver {
         };
         let connection = Connection::open(target, control_directory()).await?;
         let transport: Arc<dyn shell::Transport> = Arc::new(SshTransport { connection: connection.clone() });
-        let own_root = settings.root.is_none();
-        let root = settings
-            .root
-            .clone()
-            .unwrap_or_else(|| format!(".cache/sandlink/{}", workspace_folder(request.workspace.as_deref(), &request.session_id)));
-        let state = format!(".cache/sandlink/.sessions/{}", request.session_id);
+        let (root, state, own_root) = match recorded {
+            Some(recorded) => (recorded.root, recorded.state, recorded.own_root),
+            None => (
+                settings.root.clone().unwrap_or_else(|| {
+                    format!(".cache/sandlink/{}", workspace_folder(request.workspace.as_deref(), &request.session_id))
+                }),
+                format!(".cache/sandlink/.sessions/{}", request.session_id),
+                settings.root.is_none(),
+            ),
+        };
         let argv = vec!["/bin/sh".into(), "-c".into(), PREPARE.into(), "sandlink".into(), root.clone(), state.clone()];
         let reply = shell::collect(transport.as_ref(), shell::Command { argv, ..shell::Command::default() }).await?;
         if reply.status != 0 {
@@ -174,14 +212,6 @@ impl super::Driver for Driver {
         });
         Ok(Arc::new(SshSandbox { connection, root, own_root, state, env: settings.env, files, runs }))
     }
-
-    fn settings_schema(&self) -> &'static [super::SettingSpec] {
-        settings::SETTINGS
-    }
-
-    fn validate_settings(&self, settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
-        Settings::parse(settings).map(|_| ())
-    }
 }
 
 /// Records the key `host` presents now in the user's known_hosts, only when its fingerprint is `fingerprint`
@@ -195,4 +225,28 @@ pub async fn accept_host_key(host: &str, fingerprint: &str, config_file: Option<
     let settings = Settings::parse(&settings)?;
     let target = Target { host: settings.host, config_file: settings.config_file, keep_alive_seconds: 0 };
     hostkeys::accept(&target, fingerprint).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_should_round_trip_with_camel_case_keys() {
+        let recorded = serde_json::json!({ "root": "/home/me/.cache/sandlink/app-1", "state": "/home/me/.cache/sandlink/.sessions/ssh-1", "ownRoot": true });
+        let state: State = serde_json::from_value(recorded.clone()).expect("the record format");
+        assert!(state.own_root);
+        assert_eq!(crate::drivers::state_value("ssh", &state), recorded);
+    }
+
+    #[test]
+    fn workspace_folders_should_differ_for_two_workspaces_of_one_name() {
+        let first = workspace_folder(Some(Path::new("/a/app")), "ssh-1");
+        let second = workspace_folder(Some(Path::new("/b/app")), "ssh-1");
+        assert!(first.starts_with("app-") && second.starts_with("app-"), "{first} {second}");
+        assert_ne!(first, second);
+        assert_eq!(workspace_folder(Some(Path::new("/a/my app")), "s"), workspace_folder(Some(Path::new("/a/my app")), "t"));
+        assert!(workspace_folder(Some(Path::new("/a/my app")), "s").starts_with("my_app-"));
+        assert_eq!(workspace_folder(None, "ssh-9"), "ssh-9");
+    }
 }

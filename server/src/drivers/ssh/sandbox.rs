@@ -51,6 +51,11 @@ impl Sandbox for SshSandbox {
         Some(format!("{}:{}", self.connection.target().host, self.root))
     }
 
+    fn driver_state(&self) -> serde_json::Value {
+        let state = super::State { root: self.root.clone(), state: self.state.clone(), own_root: self.own_root };
+        crate::drivers::state_value("ssh", &state)
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
         let directory = group::run_directory(&self.root, spec.cwd.as_deref())?;
         if spec.cwd.is_some() && self.helper(r#"[ -d "$1" ]"#, &[&directory]).await? != 0 {

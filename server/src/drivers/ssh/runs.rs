@@ -22,28 +22,32 @@ use crate::drivers::shell::{Chunk, Command, Transport};
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::error::{Error, Result};
 
-/// `$1` = run folder, `$2` = stdin (1/0), `$3` = directory, `$@` = the command: starts it as a process group of its
-/// own (recorded in `pid`) with its output appended to the files, waits, and writes its status to `code`.
+/// `$1` = run folder, `$2` = stdin (1/0), `$3` = directory, then `$4` = how many `NAME=value` follow, those, and
+/// the command: starts it as a process group of its own (recorded in `pid`) with its output appended to the files,
+/// waits, and writes its status to `code`. Files are written with one `echo` each and read only once not empty
+/// (`-s`), so no rename is needed. SIGHUP is ignored, as `nohup` would.
 const WRAPPER: &str = r#"d=$1; input=$2; cwd=$3; shift 3
+trap '' HUP
 if [ "$input" = 1 ]; then src="$d/in"; else src=/dev/null; fi
-if ! cd "$cwd" 2>>"$d/err"; then echo 126 >"$d/code.tmp"; mv "$d/code.tmp" "$d/code"; exit 0; fi
-setsid /bin/sh -c 'echo $$ >"$0/pid.tmp" && mv "$0/pid.tmp" "$0/pid" && exec "$@"' "$d" "$@" <"$src" >>"$d/out" 2>>"$d/err" &
+if ! cd "$cwd" 2>>"$d/err"; then echo 126 >"$d/code"; exit 0; fi
+setsid /bin/sh -c 'echo $$ >"$0/pid"; n=$1; shift; while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done; exec "$@"' "$d" "$@" <"$src" >>"$d/out" 2>>"$d/err" &
 wait "$!"
-echo "$?" >"$d/code.tmp"
-mv "$d/code.tmp" "$d/code""#;
+echo "$?" >"$d/code""#;
 
-/// `$1` = run folder, `$2`/`$3` = stdout/stderr bytes already delivered, `$4` = 1 to start the run (then `$5` =
-/// stdin 1/0, `$6` = directory, `$@` = the command): streams the rest of `out` to stdout and of `err` to stderr
-/// until `code` exists. Started by the session's remote login shell, which sshd made a session leader, so the
-/// wrapper's `setsid` needs no fork and `wait` follows it.
-const FOLLOW: &str = r#"d=$1; o=$2; e=$3; launch=$4
+/// `$1` = run folder, `$2`/`$3` = stdout/stderr bytes already delivered, `$4` = 1 to start the run, `$5` = the
+/// trailer's token (then, to start: `$6` = stdin 1/0, `$7` = directory, `$8` = `WRAPPER`, and its command): streams
+/// the rest of `out` to stdout and of `err` to stderr until the run has ended, then ends stdout with a trailer
+/// `__sandlink_end_TOKEN CODE OUT ERR` (the exit status, or `lost`, and the files' sizes), so that when the
+/// follower delivered everything no further request is needed. Started by the session's remote login shell, which
+/// sshd made a session leader, so the wrapper's `setsid` needs no fork and `wait` follows it.
+const FOLLOW: &str = r#"d=$1; o=$2; e=$3; launch=$4; token=$5
 w=
 if [ "$launch" = 1 ]; then
-  input=$5; cwd=$6; shift 6
+  input=$6; cwd=$7; wrapper=$8; shift 8
   mkdir -p "$d" && cd "$d" || exit 125
   : >out; : >err
   if [ "$input" = 1 ]; then mkfifo in || exit 125; fi
-  setsid nohup /bin/sh -c "$WRAPPER" sandlink "$d" "$input" "$cwd" "$@" </dev/null >/dev/null 2>&1 &
+  setsid /bin/sh -c "$wrapper" sandlink "$d" "$input" "$cwd" "$@" </dev/null >/dev/null 2>&1 &
   w=$!
   echo "$w" >wpid
   if [ "$input" = 1 ]; then exec 3<&0; cat <&3 >in & fi
@@ -54,17 +58,21 @@ tail -c +$((o + 1)) -f out & a=$!
 tail -c +$((e + 1)) -f err >&2 & b=$!
 [ -z "$w" ] || wait "$w"
 read -r wp <wpid
-while [ ! -e code ] && kill -0 "$wp" 2>/dev/null; do sleep 0.05; done
+while [ ! -s code ] && kill -0 "$wp" 2>/dev/null; do sleep 0.05; done
 kill "$a" "$b" 2>/dev/null
+wait "$a" "$b" 2>/dev/null
+if [ -s code ]; then read -r c <code; else c=lost; fi
+set -- $(wc -c out err)
+printf '__sandlink_end_%s %s %s %s\n' "$token" "$c" "$1" "$3"
 exit 0"#;
 
 /// `$1` = run folder, `$2`/`$3` = bytes delivered, `$4` = most bytes to send per stream: a line `CODE OUT ERR`
 /// (CODE `-` while the run goes on, `lost` when its wrapper died without writing it; OUT, ERR the files' sizes), then the undelivered stdout and stderr, each cut
 /// at `$4`. `gone` when the folder no longer exists.
 const CATCH_UP: &str = r#"cd "$1" 2>/dev/null || { printf 'gone\n'; exit 0; }
-if [ -e code ]; then read -r c <code
+if [ -s code ]; then read -r c <code
 elif read -r wp <wpid 2>/dev/null && kill -0 "$wp" 2>/dev/null; then c=-
-elif [ -e code ]; then read -r c <code
+elif [ -s code ]; then read -r c <code
 else c=lost; fi
 so=$(($(wc -c <out))); se=$(($(wc -c <err)))
 no=$((so - $2)); [ "$no" -le "$4" ] || no=$4
@@ -105,12 +113,19 @@ struct Standing {
 }
 
 impl Runs {
-    /// Starts `argv` in `directory` and follows it.
-    pub async fn start(self: &Arc<Self>, argv: Vec<String>, directory: String, stdin: bool) -> Result<Process> {
+    /// Starts `argv` with `env` added in `directory` and follows it.
+    pub async fn start(
+        self: &Arc<Self>,
+        env: Vec<(String, String)>,
+        argv: Vec<String>,
+        directory: String,
+        stdin: bool,
+    ) -> Result<Process> {
         let token = format!("run-{}", crate::ids::short_id());
         let folder = format!("{}/{token}", self.folder);
-        let mut follow = vec![folder.clone(), "0".into(), "0".into(), "1".into(), if stdin { "1" } else { "0" }.into(), directory];
-        follow.extend(argv);
+        let mut follow = vec![folder.clone(), "0".into(), "0".into(), "1".into(), token.clone()];
+        follow.extend([if stdin { "1" } else { "0" }.to_string(), directory, WRAPPER.to_string()]);
+        follow.extend(command_with_environment(env, argv));
         let channel = self.follower(follow, stdin).await?;
         let input = stdin.then_some(channel.input);
         let (stdout_reader, stdout_writer) = tokio::io::duplex(PIPE_BYTES);
@@ -121,9 +136,8 @@ impl Runs {
         let runs = self.clone();
         let (task_folder, task_signalled, task_finished) = (folder.clone(), signalled.clone(), finished.clone());
         tokio::spawn(async move {
-            let status = runs
-                .follow(task_folder, channel.output, channel.exit, stdout_writer, stderr_writer, task_signalled)
-                .await;
+            let streams = Streams { stdout: stdout_writer, stderr: stderr_writer, out_sent: 0, err_sent: 0 };
+            let status = runs.follow(task_folder, token, channel.output, channel.exit, streams, task_signalled).await;
             task_finished.store(true, Ordering::SeqCst);
             let _ = exit_sender.send(status);
         });
@@ -137,38 +151,31 @@ impl Runs {
     async fn follower(&self, arguments: Vec<String>, stdin: bool) -> Result<crate::drivers::shell::Channel> {
         let mut argv = vec!["/bin/sh".to_string(), "-c".to_string(), FOLLOW.to_string(), "sandlink".to_string()];
         argv.extend(arguments);
-        let command = Command {
-            argv,
-            env: vec![("WRAPPER".to_string(), WRAPPER.to_string())],
-            stdin,
-            ..Command::default()
-        };
-        self.transport.open(command).await
+        self.transport.open(Command { argv, stdin, ..Command::default() }).await
     }
 
     /// Delivers the run's output until it has ended and everything it wrote is delivered; survives drops.
     async fn follow(
         &self,
         folder: String,
+        token: String,
         mut output: crate::drivers::shell::OutputStream,
         mut exit: futures::future::BoxFuture<'static, Result<i64>>,
-        mut stdout: tokio::io::DuplexStream,
-        mut stderr: tokio::io::DuplexStream,
+        mut streams: Streams,
         signalled: Arc<AtomicBool>,
     ) -> ExitStatus {
-        let (mut out_sent, mut err_sent) = (0u64, 0u64);
         let mut failures = 0u32;
+        // No newline before it: output that ends with one must not be held back (the token makes the marker unique).
+        let marker = format!("__sandlink_end_{token} ").into_bytes();
         loop {
+            let mut trailer = Trailer::new(&marker);
             while let Some(chunk) = output.next().await {
                 match chunk {
                     Ok(Chunk::Stdout(bytes)) => {
-                        out_sent += bytes.len() as u64;
-                        let _ = stdout.write_all(&bytes).await;
+                        let deliver = trailer.feed(&bytes);
+                        streams.out(&deliver).await;
                     }
-                    Ok(Chunk::Stderr(bytes)) => {
-                        err_sent += bytes.len() as u64;
-                        let _ = stderr.write_all(&bytes).await;
-                    }
+                    Ok(Chunk::Stderr(bytes)) => streams.err(&bytes).await,
                     Err(error) => {
                         tracing::debug!(%error, "a run's follower broke off");
                         break;
@@ -176,10 +183,23 @@ impl Runs {
                 }
             }
             let _ = (&mut exit).await;
-            // Whatever ended the follower (the run, or the connection), the files say where the run stands.
+            let ended = trailer.end();
+            streams.out(&ended.rest).await;
+            // The common end: the follower saw the run end and delivered everything the files hold.
+            if let Some((code, out_total, err_total)) = ended.trailer {
+                if out_total == streams.out_sent && err_total == streams.err_sent {
+                    return streams.finish(code, &signalled).await;
+                }
+            }
+            // Otherwise (output still in the files, or the connection dropped) the files say where the run stands.
             let standing = loop {
-                match self.catch_up(&folder, &mut out_sent, &mut err_sent, &mut stdout, &mut stderr).await {
-                    Ok(Some(standing)) if standing.code.is_some() && (standing.out_total > out_sent || standing.err_total > err_sent) => continue,
+                match self.catch_up(&folder, &mut streams).await {
+                    Ok(Some(standing))
+                        if standing.code.is_some()
+                            && (standing.out_total > streams.out_sent || standing.err_total > streams.err_sent) =>
+                    {
+                        continue
+                    }
                     Ok(Some(standing)) => break standing,
                     Ok(None) => {
                         return ExitStatus {
@@ -197,23 +217,11 @@ impl Runs {
                 }
             };
             if let Some(code) = standing.code {
-                let _ = stdout.shutdown().await;
-                let _ = stderr.shutdown().await;
-                if code == LOST {
-                    return ExitStatus {
-                        code: None,
-                        signal: None,
-                        message: Some(
-                            "The run's watcher on the remote machine was killed before the run ended, so its exit is \
-                             unknown; its output up to then was delivered."
-                                .into(),
-                        ),
-                    };
-                }
-                return exit_status(code, signalled.load(Ordering::SeqCst));
+                return streams.finish(code, &signalled).await;
             }
             // Still running: follow again from what was delivered.
-            let arguments = vec![folder.clone(), out_sent.to_string(), err_sent.to_string(), "0".into()];
+            let arguments =
+                vec![folder.clone(), streams.out_sent.to_string(), streams.err_sent.to_string(), "0".into(), token.clone()];
             match self.follower(arguments, false).await {
                 Ok(channel) => {
                     failures = 0;
@@ -248,16 +256,9 @@ impl Runs {
     }
 
     /// Delivers what the files hold beyond the offsets; `None` when the run's folder is gone.
-    async fn catch_up(
-        &self,
-        folder: &str,
-        out_sent: &mut u64,
-        err_sent: &mut u64,
-        stdout: &mut tokio::io::DuplexStream,
-        stderr: &mut tokio::io::DuplexStream,
-    ) -> Result<Option<Standing>> {
+    async fn catch_up(&self, folder: &str, streams: &mut Streams) -> Result<Option<Standing>> {
         let limit = CATCH_UP_BYTES.to_string();
-        let arguments = [folder, &out_sent.to_string(), &err_sent.to_string(), &limit];
+        let arguments = [folder, &streams.out_sent.to_string(), &streams.err_sent.to_string(), &limit];
         let reply = self.helper.run(CATCH_UP, &arguments, None).await?;
         let text = &reply.stdout;
         let newline = text.iter().position(|byte| *byte == b'\n').ok_or_else(|| malformed(text))?;
@@ -273,10 +274,8 @@ impl Runs {
         if body.len() != out_count + err_count {
             return Err(malformed(text));
         }
-        let _ = stdout.write_all(&body[..out_count]).await;
-        let _ = stderr.write_all(&body[out_count..]).await;
-        *out_sent += out_count as u64;
-        *err_sent += err_count as u64;
+        streams.out(&body[..out_count]).await;
+        streams.err(&body[out_count..]).await;
         let code = match code {
             "-" => None,
             "lost" => Some(LOST),
@@ -284,6 +283,124 @@ impl Runs {
         };
         Ok(Some(Standing { code, out_total: number(out_total)?, err_total: number(err_total)? }))
     }
+}
+
+/// The engine's ends of a run's output, with how much of each was delivered.
+struct Streams {
+    stdout: tokio::io::DuplexStream,
+    stderr: tokio::io::DuplexStream,
+    out_sent: u64,
+    err_sent: u64,
+}
+
+impl Streams {
+    async fn out(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.out_sent += bytes.len() as u64;
+            // The engine may have stopped reading (a cancelled view); the counts are what the remote sent.
+            let _ = self.stdout.write_all(bytes).await;
+        }
+    }
+
+    async fn err(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.err_sent += bytes.len() as u64;
+            let _ = self.stderr.write_all(bytes).await;
+        }
+    }
+
+    async fn finish(mut self, code: i64, signalled: &AtomicBool) -> ExitStatus {
+        let _ = self.stdout.shutdown().await;
+        let _ = self.stderr.shutdown().await;
+        if code == LOST {
+            return ExitStatus {
+                code: None,
+                signal: None,
+                message: Some(
+                    "The run's watcher on the remote machine was killed before the run ended, so its exit is unknown; \
+                     its output up to then was delivered."
+                        .into(),
+                ),
+            };
+        }
+        exit_status(code, signalled.load(Ordering::SeqCst))
+    }
+}
+
+/// Finds the follower's trailer line at the end of its stdout, holding back only bytes that could begin it.
+struct Trailer<'a> {
+    marker: &'a [u8],
+    held: Vec<u8>,
+    /// Set once the marker was seen: what followed it so far.
+    found: Option<Vec<u8>>,
+}
+
+/// What the follower's stdout held besides the output: the trailer's status and sizes, if it came.
+struct TrailerEnd {
+    rest: Vec<u8>,
+    trailer: Option<(i64, u64, u64)>,
+}
+
+impl<'a> Trailer<'a> {
+    fn new(marker: &'a [u8]) -> Self {
+        Trailer { marker, held: Vec::new(), found: None }
+    }
+
+    /// Takes a piece of stdout; answers what is certainly output.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+        if let Some(found) = &mut self.found {
+            found.extend_from_slice(bytes);
+            return Vec::new();
+        }
+        self.held.extend_from_slice(bytes);
+        if let Some(start) = self.held.windows(self.marker.len()).position(|window| window == self.marker) {
+            self.found = Some(self.held[start + self.marker.len()..].to_vec());
+            self.held.truncate(start);
+            return std::mem::take(&mut self.held);
+        }
+        // Keep the longest end of what was held that is a beginning of the marker.
+        let keep = (1..self.marker.len().min(self.held.len() + 1))
+            .rev()
+            .find(|length| self.held.ends_with(&self.marker[..*length]))
+            .unwrap_or(0);
+        let deliver = self.held.len() - keep;
+        self.held.drain(..deliver).collect()
+    }
+
+    /// The stream ended: output still held, and the trailer when it was complete.
+    fn end(self) -> TrailerEnd {
+        let trailer = self.found.as_ref().and_then(|found| {
+            let line = std::str::from_utf8(found).ok()?.strip_suffix('\n')?;
+            let mut fields = line.split(' ');
+            let code = match fields.next()? {
+                "lost" => LOST,
+                code => code.parse().ok()?,
+            };
+            Some((code, fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+        });
+        TrailerEnd { rest: self.held, trailer }
+    }
+}
+
+/// The wrapper's arguments after the directory: how many `NAME=value` it exports, those, and the command; names
+/// that are not shell variable names go through `env` instead.
+fn command_with_environment(env: Vec<(String, String)>, argv: Vec<String>) -> Vec<String> {
+    let is_name = |name: &str| {
+        name.chars().next().is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+            && name.chars().all(|character| character.is_ascii_alphanumeric() || character == '_')
+    };
+    let assignments: Vec<String> = env.iter().map(|(name, value)| format!("{name}={value}")).collect();
+    let mut command = Vec::new();
+    if env.iter().all(|(name, _)| is_name(name)) {
+        command.push(assignments.len().to_string());
+        command.extend(assignments);
+    } else {
+        command.push("0".to_string());
+        command.push("env".to_string());
+        command.extend(assignments);
+    }
+    command.extend(argv);
+    command
 }
 
 fn malformed(text: &[u8]) -> Error {
@@ -338,5 +455,39 @@ impl ProcessControl for RunControl {
         }
         self.signalled.store(true, Ordering::SeqCst);
         self.helper.run(SIGNAL, &[&self.folder, name, ""], None).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailer_should_be_found_across_pieces_and_never_eat_output() {
+        let marker = b"__sandlink_end_run-1 ".to_vec();
+        let mut trailer = Trailer::new(&marker);
+        let mut output = Vec::new();
+        for piece in [&b"hello\n__sand"[..], b"link_e", b"nd_run-1 0 6", b" 0\n"] {
+            output.extend(trailer.feed(piece));
+        }
+        let end = trailer.end();
+        output.extend(end.rest);
+        assert_eq!(output, b"hello\n");
+        assert_eq!(end.trailer, Some((0, 6, 0)));
+
+        let mut lookalike = Trailer::new(&marker);
+        let mut output = lookalike.feed(b"a\n__sandlink_end_run-2 x\n");
+        assert_eq!(output, b"a\n__sandlink_end_run-2 x\n", "another run's marker is output, and a newline is not held");
+        let end = lookalike.end();
+        output.extend(end.rest);
+        assert_eq!(end.trailer, None);
+    }
+
+    #[test]
+    fn environment_should_be_exported_by_name_or_go_through_env() {
+        let plain = command_with_environment(vec![("A".into(), "b c".into())], vec!["true".into()]);
+        assert_eq!(plain, ["1", "A=b c", "true"]);
+        let odd = command_with_environment(vec![("A-B".into(), "1".into())], vec!["true".into()]);
+        assert_eq!(odd, ["0", "env", "A-B=1", "true"]);
     }
 }

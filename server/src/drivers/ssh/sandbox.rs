@@ -64,10 +64,9 @@ impl Sandbox for SshSandbox {
                 spec.cwd.as_deref().unwrap_or(".")
             )));
         }
-        let mut argv = vec!["env".to_string(), format!("SANDLINK_REMOTE_ROOT={}", self.root)];
-        for (name, value) in self.env.iter().chain(spec.env.iter()) {
-            argv.push(format!("{name}={value}"));
-        }
+        let mut env = vec![("SANDLINK_REMOTE_ROOT".to_string(), self.root.clone())];
+        env.extend(self.env.iter().chain(spec.env.iter()).map(|(name, value)| (name.clone(), value.clone())));
+        let mut argv = Vec::new();
         match &spec.args {
             Some(args) => {
                 argv.push(spec.command.clone());
@@ -75,7 +74,7 @@ impl Sandbox for SshSandbox {
             }
             None => argv.extend(["/bin/sh".to_string(), "-c".to_string(), spec.command.clone()]),
         }
-        self.runs.start(argv, directory, spec.stdin).await
+        self.runs.start(env, argv, directory, spec.stdin).await
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {

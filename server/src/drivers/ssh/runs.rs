@@ -40,8 +40,12 @@ echo "$?" >"$d/code""#;
 /// `__sandlink_end_TOKEN CODE OUT ERR` (the exit status, or `lost`, and the files' sizes), so that when the
 /// follower delivered everything no further request is needed. Started by the session's remote login shell, which
 /// sshd made a session leader, so the wrapper's `setsid` needs no fork and `wait` follows it.
+///
+/// A run that ends within 30 ms (a timer's USR1 interrupts the `wait`) is answered with its files as they are,
+/// without starting the two `tail -f`, whose start and end cost more than a short run itself.
 const FOLLOW: &str = r#"d=$1; o=$2; e=$3; launch=$4; token=$5
 w=
+trap : USR1
 if [ "$launch" = 1 ]; then
   input=$6; cwd=$7; wrapper=$8; shift 8
   mkdir -p "$d" && cd "$d" || exit 125
@@ -51,16 +55,23 @@ if [ "$launch" = 1 ]; then
   w=$!
   echo "$w" >wpid
   if [ "$input" = 1 ]; then exec 3<&0; cat <&3 >in & fi
+  (sleep 0.03; kill -USR1 $$) </dev/null >/dev/null 2>&1 &
+  wait "$w"
 else
   cd "$d" || exit 125
 fi
-tail -c +$((o + 1)) -f out & a=$!
-tail -c +$((e + 1)) -f err >&2 & b=$!
-[ -z "$w" ] || wait "$w"
-read -r wp <wpid
-while [ ! -s code ] && kill -0 "$wp" 2>/dev/null; do sleep 0.05; done
-kill "$a" "$b" 2>/dev/null
-wait "$a" "$b" 2>/dev/null
+if [ -s code ]; then
+  [ ! -s out ] || tail -c +$((o + 1)) out
+  [ ! -s err ] || tail -c +$((e + 1)) err >&2
+else
+  tail -c +$((o + 1)) -f out & a=$!
+  tail -c +$((e + 1)) -f err >&2 & b=$!
+  [ -z "$w" ] || wait "$w"
+  read -r wp <wpid
+  while [ ! -s code ] && kill -0 "$wp" 2>/dev/null; do sleep 0.05; done
+  kill "$a" "$b" 2>/dev/null
+  while kill -0 "$a" 2>/dev/null || kill -0 "$b" 2>/dev/null; do wait "$a" "$b" 2>/dev/null; done
+fi
 if [ -s code ]; then read -r c <code; else c=lost; fi
 set -- $(wc -c out err)
 printf '__sandlink_end_%s %s %s %s\n' "$token" "$c" "$1" "$3"

@@ -91,6 +91,18 @@ mod via_jump {
     }
 }
 
+#[test]
+fn runs_should_see_only_their_own_environment_and_a_shell_line_as_sh_c_would() {
+    let Some(fixture) = ssh_fixture() else { return };
+    let (server, _workspace, session_id) = fixture.connected(&[]);
+    let outcome = server.run_to_exit(json!({
+        "sessionId": session_id,
+        "command": "echo \"$0|$#|${RUN-unset}|${WRAPPER-unset}|$GREETING\"; env | grep -c '^SANDLINK_REMOTE_ROOT='",
+        "env": { "GREETING": "hello there" },
+    }));
+    assert_eq!(outcome.stdout, "sh|0|unset|unset|hello there\n1\n", "{}", outcome.stderr);
+}
+
 /// A client configuration of the test's own (alias `target`), pointing at `port` with `options` added; for tests
 /// that need other keys, known hosts or a proxy than the shared configuration.
 fn own_config(setup: &Setup, directory: &Path, port: u16, options: &str) -> String {

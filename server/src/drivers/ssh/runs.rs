@@ -23,19 +23,28 @@ use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::error::{Error, Result};
 
 /// `$1` = run folder, `$2` = stdin (1/0), `$3` = directory, then `$4` = how many `NAME=value` follow, those, and
-/// the command: starts it as a process group of its own (recorded in `pid`) with its output appended to the files,
-/// waits, and writes its status to `code`. Files are written with one `echo` each and read only once not empty
-/// (`-s`), so no rename is needed. SIGHUP is ignored, as `nohup` would.
+/// the command (`eval LINE` for a shell line, `exec PROGRAM ARGS…` for a program): starts it as a process group of
+/// its own (recorded in `pid`) with its output appended to the files, waits, and writes its status to `code`. A shell
+/// line is evaluated by the group's own shell, as `sh -c` would (one process less per run). Files are written with
+/// one `echo` each and read only once not empty (`-s`), so no rename is needed. SIGHUP is ignored, as `nohup` would.
 const WRAPPER: &str = r#"d=$1; input=$2; cwd=$3; shift 3
+run=$RUN; unset RUN
 trap '' HUP
 if [ "$input" = 1 ]; then src="$d/in"; else src=/dev/null; fi
 if ! cd "$cwd" 2>>"$d/err"; then echo 126 >"$d/code"; exit 0; fi
-setsid /bin/sh -c 'echo $$ >"$0/pid"; n=$1; shift; while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done; exec "$@"' "$d" "$@" <"$src" >>"$d/out" 2>>"$d/err" &
+setsid /bin/sh -c "$run" sh "$d" "$@" <"$src" >>"$d/out" 2>>"$d/err" &
 wait "$!"
 echo "$?" >"$d/code""#;
 
+/// The run's own shell, the leader of its process group: `$1` = run folder, `$2` = how many `NAME=value` follow,
+/// those, then `eval LINE` or `exec PROGRAM ARGS…`.
+const RUN: &str = r#"echo $$ >"$1/pid"; n=$2; shift 2
+while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
+if [ "$1" = eval ]; then sandlink_line=$2; shift $#; unset n; eval "$sandlink_line"; else shift; exec "$@"; fi"#;
+
 /// `$1` = run folder, `$2`/`$3` = stdout/stderr bytes already delivered, `$4` = 1 to start the run, `$5` = the
-/// trailer's token (then, to start: `$6` = stdin 1/0, `$7` = directory, `$8` = `WRAPPER`, and its command): streams
+/// trailer's token (then, to start: `$6` = stdin 1/0, `$7` = directory, `$8` = `WRAPPER`, `$9` = `RUN`, and the
+/// command as `WRAPPER` takes it): streams
 /// the rest of `out` to stdout and of `err` to stderr until the run has ended, then ends stdout with a trailer
 /// `__sandlink_end_TOKEN CODE OUT ERR` (the exit status, or `lost`, and the files' sizes), so that when the
 /// follower delivered everything no further request is needed. Started by the session's remote login shell, which
@@ -47,7 +56,7 @@ const FOLLOW: &str = r#"d=$1; o=$2; e=$3; launch=$4; token=$5
 w=
 trap : USR1
 if [ "$launch" = 1 ]; then
-  input=$6; cwd=$7; wrapper=$8; shift 8
+  input=$6; cwd=$7; wrapper=$8; RUN=$9; export RUN; shift 9
   mkdir -p "$d" && cd "$d" || exit 125
   : >out; : >err
   if [ "$input" = 1 ]; then mkfifo in || exit 125; fi
@@ -73,7 +82,7 @@ else
   while kill -0 "$a" 2>/dev/null || kill -0 "$b" 2>/dev/null; do wait "$a" "$b" 2>/dev/null; done
 fi
 if [ -s code ]; then read -r c <code; else c=lost; fi
-set -- $(wc -c out err)
+if [ -s out ] || [ -s err ]; then set -- $(wc -c out err); else set -- 0 out 0; fi
 printf '__sandlink_end_%s %s %s %s\n' "$token" "$c" "$1" "$3"
 exit 0"#;
 
@@ -124,19 +133,19 @@ struct Standing {
 }
 
 impl Runs {
-    /// Starts `argv` with `env` added in `directory` and follows it.
+    /// Starts `launch` with `env` added in `directory` and follows it.
     pub async fn start(
         self: &Arc<Self>,
         env: Vec<(String, String)>,
-        argv: Vec<String>,
+        launch: Launch,
         directory: String,
         stdin: bool,
     ) -> Result<Process> {
         let token = format!("run-{}", crate::ids::short_id());
         let folder = format!("{}/{token}", self.folder);
         let mut follow = vec![folder.clone(), "0".into(), "0".into(), "1".into(), token.clone()];
-        follow.extend([if stdin { "1" } else { "0" }.to_string(), directory, WRAPPER.to_string()]);
-        follow.extend(command_with_environment(env, argv));
+        follow.extend([if stdin { "1" } else { "0" }.to_string(), directory, WRAPPER.to_string(), RUN.to_string()]);
+        follow.extend(command_with_environment(env, launch));
         let channel = self.follower(follow, stdin).await?;
         let input = stdin.then_some(channel.input);
         let (stdout_reader, stdout_writer) = tokio::io::duplex(PIPE_BYTES);
@@ -393,9 +402,15 @@ impl<'a> Trailer<'a> {
     }
 }
 
-/// The wrapper's arguments after the directory: how many `NAME=value` it exports, those, and the command; names
+/// What a run starts: a shell line, or a program with its arguments (no shell parses them).
+pub enum Launch {
+    Line(String),
+    Program(Vec<String>),
+}
+
+/// The wrapper's arguments after the directory: how many `NAME=value` `RUN` exports, those, and the command; names
 /// that are not shell variable names go through `env` instead.
-fn command_with_environment(env: Vec<(String, String)>, argv: Vec<String>) -> Vec<String> {
+fn command_with_environment(env: Vec<(String, String)>, launch: Launch) -> Vec<String> {
     let is_name = |name: &str| {
         name.chars().next().is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
             && name.chars().all(|character| character.is_ascii_alphanumeric() || character == '_')
@@ -405,12 +420,21 @@ fn command_with_environment(env: Vec<(String, String)>, argv: Vec<String>) -> Ve
     if env.iter().all(|(name, _)| is_name(name)) {
         command.push(assignments.len().to_string());
         command.extend(assignments);
+        match launch {
+            Launch::Line(line) => command.extend(["eval".to_string(), line]),
+            Launch::Program(argv) => {
+                command.push("exec".to_string());
+                command.extend(argv);
+            }
+        }
     } else {
-        command.push("0".to_string());
-        command.push("env".to_string());
+        command.extend(["0".to_string(), "exec".to_string(), "env".to_string()]);
         command.extend(assignments);
+        match launch {
+            Launch::Line(line) => command.extend(["/bin/sh".to_string(), "-c".to_string(), line]),
+            Launch::Program(argv) => command.extend(argv),
+        }
     }
-    command.extend(argv);
     command
 }
 
@@ -496,9 +520,11 @@ mod tests {
 
     #[test]
     fn environment_should_be_exported_by_name_or_go_through_env() {
-        let plain = command_with_environment(vec![("A".into(), "b c".into())], vec!["true".into()]);
-        assert_eq!(plain, ["1", "A=b c", "true"]);
-        let odd = command_with_environment(vec![("A-B".into(), "1".into())], vec!["true".into()]);
-        assert_eq!(odd, ["0", "env", "A-B=1", "true"]);
+        let line = command_with_environment(vec![("A".into(), "b c".into())], Launch::Line("echo $A".into()));
+        assert_eq!(line, ["1", "A=b c", "eval", "echo $A"]);
+        let program = command_with_environment(vec![], Launch::Program(vec!["printf".into(), "%s".into()]));
+        assert_eq!(program, ["0", "exec", "printf", "%s"]);
+        let odd = command_with_environment(vec![("A-B".into(), "1".into())], Launch::Line("true".into()));
+        assert_eq!(odd, ["0", "exec", "env", "A-B=1", "/bin/sh", "-c", "true"]);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::connection::Connection;
-use super::runs::Runs;
+use super::runs::{Launch, Runs};
 use crate::drivers::shell::agent::Agent;
 use crate::drivers::shell::files::ShellFiles;
 use crate::drivers::shell::group;
@@ -66,15 +66,11 @@ impl Sandbox for SshSandbox {
         }
         let mut env = vec![("SANDLINK_REMOTE_ROOT".to_string(), self.root.clone())];
         env.extend(self.env.iter().chain(spec.env.iter()).map(|(name, value)| (name.clone(), value.clone())));
-        let mut argv = Vec::new();
-        match &spec.args {
-            Some(args) => {
-                argv.push(spec.command.clone());
-                argv.extend(args.iter().cloned());
-            }
-            None => argv.extend(["/bin/sh".to_string(), "-c".to_string(), spec.command.clone()]),
-        }
-        self.runs.start(env, argv, directory, spec.stdin).await
+        let launch = match &spec.args {
+            Some(args) => Launch::Program(std::iter::once(spec.command.clone()).chain(args.iter().cloned()).collect()),
+            None => Launch::Line(spec.command.clone()),
+        };
+        self.runs.start(env, launch, directory, spec.stdin).await
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {

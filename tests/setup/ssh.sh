@@ -136,8 +136,17 @@ EOF
     chmod 600 "$ssh_directory/config" "$ssh_directory/hosts.conf"
 }
 
+# Sessions the tests' servers kept on exit leave their folders on the "remote"; with nothing of the test user's
+# running, none of them is in use, so a new test run starts from an empty cache.
+clean_kept_folders() {
+    if ! pgrep -u "$test_user" >/dev/null 2>&1; then
+        rm -rf "/home/$test_user/.cache/sandlink"
+    fi
+}
+
 install_packages
 make_user
+clean_kept_folders
 make_keys
 write_sshd_config target "$target_port" host_target
 write_sshd_config jump "$jump_port" host_jump

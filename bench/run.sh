@@ -13,6 +13,7 @@ for benchmark in "${benchmarks[@]}"; do
         persistence) python3 bench/persistence.py target/release/sandlink ;;
         isolation) python3 bench/isolation.py target/release/sandlink ;;
         docker) cargo bench --locked -p sandlink --bench docker ;;
+        ssh) bash bench/ssh.sh ;;
         *) if [ -x "bench/$benchmark/run.sh" ]; then bash "bench/$benchmark/run.sh"; else echo "unknown benchmark $benchmark" >&2; exit 2; fi ;;
     esac
 done

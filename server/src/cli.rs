@@ -152,6 +152,18 @@ enum Command {
         #[arg(long)]
         revoke: bool,
     },
+    /// Record an SSH host's key in your known_hosts after you checked its fingerprint on the machine itself.
+    ///
+    /// Only the key the host presents now is recorded, and only when its fingerprint is the one given.
+    AcceptHostKey {
+        /// The host as the profile's `host` setting names it (an alias from your ssh config, or user@host:port).
+        host: String,
+        /// The fingerprint you checked, like SHA256:abc… (from the connect error).
+        fingerprint: String,
+        /// The ssh configuration file (the profile's `configFile` setting); default: ssh's own.
+        #[arg(long, value_name = "FILE")]
+        config_file: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -259,6 +271,14 @@ pub fn main() -> ExitCode {
         Some(Command::Trust { workspace, revoke }) => {
             crate::logging::init("warn", None);
             report(runtime.block_on(trust_command(workspace, revoke)))
+        }
+        Some(Command::AcceptHostKey { host, fingerprint, config_file }) => {
+            crate::logging::init("warn", None);
+            report(runtime.block_on(async {
+                let written = quiet_engine().accept_host_key(&host, &fingerprint, config_file.as_deref()).await?;
+                eprintln!("sandlink recorded the key {fingerprint} of {host} in {}", written.known_hosts);
+                Ok(())
+            }))
         }
     }
 }

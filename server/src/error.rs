@@ -67,6 +67,13 @@ pub enum Error {
     /// A run's queued stdin is at its bound; the process must read before more is accepted.
     #[error("{0}")]
     InputBacklogFull(String),
+    /// The SSH host presented a key that is not in known_hosts; `fingerprint` is the one it presented, which
+    /// `sandlink/acceptHostKey` records once the user has checked it.
+    #[error("{message}")]
+    HostKeyUnknown { message: String, host: String, fingerprint: String },
+    /// The SSH host presented another key than the one known_hosts holds for it.
+    #[error("{message}")]
+    HostKeyChanged { message: String, host: String, fingerprint: String },
 }
 
 impl Error {
@@ -96,6 +103,8 @@ impl Error {
             Error::SessionInUse(_) => ErrorKind::SessionInUse,
             Error::SessionGone(_) => ErrorKind::UnknownSession,
             Error::InputBacklogFull(_) => ErrorKind::InputBacklogFull,
+            Error::HostKeyUnknown { .. } => ErrorKind::HostKeyUnknown,
+            Error::HostKeyChanged { .. } => ErrorKind::HostKeyChanged,
         }
     }
 

@@ -86,6 +86,8 @@ request!(/// Lists the runs in flight and those that ended lately.
     RunsRequest, "sandlink/runs", RunsParams, RunsResult);
 request!(/// Lists the workspace's `.sandlink.toml` tasks, so editors need no TOML reader of their own.
     TasksRequest, "sandlink/tasks", TasksParams, TasksResult);
+request!(/// Records an SSH host's key in the user's known_hosts once the user has checked its fingerprint.
+    AcceptHostKeyRequest, "sandlink/acceptHostKey", AcceptHostKeyParams, AcceptHostKeyResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -158,6 +160,11 @@ pub enum ErrorKind {
     UnknownJob,
     /// The work was cancelled (`sandlink/cancelJob`, `window/workDoneProgress/cancel`) and stopped consistently.
     Cancelled,
+    /// The SSH host's key is not in known_hosts; `data.host` and `data.fingerprint` say what to verify and accept
+    /// with `sandlink/acceptHostKey`.
+    HostKeyUnknown,
+    /// The SSH host's key differs from the one known_hosts holds; `data.host` and `data.fingerprint` as above.
+    HostKeyChanged,
 }
 
 impl ErrorKind {
@@ -188,6 +195,8 @@ impl ErrorKind {
             ErrorKind::InputBacklogFull => "inputBacklogFull",
             ErrorKind::UnknownJob => "unknownJob",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::HostKeyUnknown => "hostKeyUnknown",
+            ErrorKind::HostKeyChanged => "hostKeyChanged",
         }
     }
 }
@@ -212,6 +221,9 @@ pub struct DriverCapabilities {
     pub extend: bool,
     pub snapshot: bool,
     pub metrics: bool,
+    /// Ports that start listening during a run are offered as previews unasked (`sandlink/previewReady`).
+    #[serde(default)]
+    pub detect_ports: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -707,6 +719,26 @@ pub struct TrustWorkspaceParams {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AcceptHostKeyParams {
+    /// The host as the `ssh` driver's `host` setting names it (`data.host` of the `hostKeyUnknown` error).
+    pub host: String,
+    /// The fingerprint the user checked (`data.fingerprint` of the error): the key is recorded only when the host
+    /// presents exactly this one now.
+    pub fingerprint: String,
+    /// The ssh configuration file, as the profile's `configFile` setting; default: ssh's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptHostKeyResult {
+    /// The known_hosts file the key was written to.
+    pub known_hosts: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SaveProfileParams {
     pub name: String,
     pub driver: String,
@@ -843,6 +875,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     SetCredentialRequest::METHOD,
     DeleteCredentialRequest::METHOD,
     TrustWorkspaceRequest::METHOD,
+    AcceptHostKeyRequest::METHOD,
 ];
 
 /// Every custom notification method.

@@ -206,7 +206,8 @@ fn vercel_v1_fixture() -> Option<DriverFixture> {
 }
 
 /// v1 sandboxes have no names, so the fixture cannot find a session's sandbox from outside: disconnect is checked
-/// in `the_v1_api_should_run_sync_and_kill_with_its_own_paths` instead.
+/// in `the_v1_api_should_run_sync_and_kill_with_its_own_paths` instead. v1 sandboxes cannot add a port after create, so
+/// the preview behaviours (which pick a free port as they go) run on v2 only.
 mod v1 {
     use super::vercel_v1_fixture;
 
@@ -221,8 +222,6 @@ mod v1 {
         run_should_report_a_signal_death,
         workspace_files_should_be_visible_to_runs,
         output_should_show_paths_in_the_root_as_workspace_paths,
-        preview_should_reach_a_server_in_the_sandbox,
-        a_server_started_by_a_run_should_be_offered_as_a_preview_unasked,
         status_should_report_an_active_session,
         unknown_run_should_be_a_clear_error,
         capabilities_should_say_what_the_driver_does
@@ -541,18 +540,24 @@ fn a_preview_should_add_the_port_the_sandbox_lacks() {
     let Some(fake) = Fake::start() else { return };
     let fake = &fake;
     let server = start_server();
-    let (_workspace, session_id) = connect(&server, with_settings(fake, json!({ "ports": [3000] })), &[]);
+    let (declared, missing) = (parity::free_port(), parity::free_port());
+    let (_workspace, session_id) = connect(&server, with_settings(fake, json!({ "ports": [declared] })), &[]);
+    // Servers on both ports: a preview of a port nothing listens on is refused before the driver is asked.
+    let servers = server.start_run(json!({ "sessionId": session_id, "command": format!(
+        "python3 -m http.server {declared} --bind 127.0.0.1 & python3 -m http.server {missing} --bind 127.0.0.1 & wait"
+    ) }));
     let since = fake.next_sequence();
-    let known = server.request("sandlink/preview", json!({ "sessionId": session_id, "port": 3000 })).expect("preview");
+    let known = server.request("sandlink/preview", json!({ "sessionId": session_id, "port": declared })).expect("preview");
     assert!(requests_to(fake, since, "PATCH /v2/sandboxes/{name}").is_empty(), "a declared port needs no request");
-    let added = server.request("sandlink/preview", json!({ "sessionId": session_id, "port": 8080 })).expect("preview");
+    let added = server.request("sandlink/preview", json!({ "sessionId": session_id, "port": missing })).expect("preview");
     let patches = requests_to(fake, since, "PATCH /v2/sandboxes/{name}");
     assert_eq!(patches.len(), 1);
-    assert_eq!(patches[0]["body"]["ports"], json!([3000, 8080]));
+    assert_eq!(patches[0]["body"]["ports"], json!([declared, missing]));
     assert_ne!(known["url"], added["url"]);
     let session = fake.session_of(&session_id).expect("the session");
     let routes = session["routes"].as_array().cloned().unwrap_or_default();
-    assert!(routes.iter().any(|route| route["port"] == 8080), "{session}");
+    assert!(routes.iter().any(|route| route["port"] == missing), "{session}");
+    server.request("sandlink/cancel", json!({ "runId": servers })).expect("cancel the servers");
 }
 
 #[test]

@@ -374,16 +374,40 @@ export class Ctx implements vscode.Disposable {
         }
     }
 
+    /** Asks once more, naming the fingerprint, then records the key the host presents only if it is that one. */
+    async acceptHostKey(hostKey: protocol.HostKeyData): Promise<void> {
+        const accept = "Accept";
+        const choice = await vscode.window.showWarningMessage(
+            `Accept the host key ${hostKey.fingerprint} for ${hostKey.host}? Only if it matches the key on the machine itself.`,
+            { modal: true },
+            accept,
+        );
+        if (choice !== accept) {
+            return;
+        }
+        try {
+            const result = await this.requestOrThrow(protocol.acceptHostKey, { host: hostKey.host, fingerprint: hostKey.fingerprint });
+            void vscode.window.showInformationMessage(`sandlink: recorded the key of ${hostKey.host} in ${result.knownHosts}; connect again.`);
+        } catch (failure) {
+            this.reportError(protocol.acceptHostKey.method, failure);
+        }
+    }
+
     reportError(method: string, error: unknown): void {
         const kind = errorKind(error);
         const message = describeError(error);
         this.logChannel.error(`${method} failed${kind ? ` (${kind})` : ""}: ${message}`);
         writeTestLog("requestFailed", { method, kind, message });
         const actions = errorActions(kind);
-        void vscode.window.showErrorMessage(`sandlink: ${message}`, ...actions.map((action) => action.label), "Show Log").then((choice) => {
+        const hostKey = (error as ResponseError<protocol.HostKeyData>).data;
+        const canAcceptHostKey = (kind === "hostKeyUnknown" || kind === "hostKeyChanged") && hostKey?.fingerprint !== undefined;
+        const labels = [...actions.map((action) => action.label), ...(canAcceptHostKey ? ["Accept Host Key"] : []), "Show Log"];
+        void vscode.window.showErrorMessage(`sandlink: ${message}`, ...labels).then((choice) => {
             const picked = actions.find((action) => action.label === choice);
             if (picked !== undefined) {
                 void vscode.commands.executeCommand(picked.commandId);
+            } else if (choice === "Accept Host Key" && hostKey) {
+                void this.acceptHostKey(hostKey);
             } else if (choice === "Show Log") {
                 this.logChannel.show();
             }

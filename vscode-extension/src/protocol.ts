@@ -20,6 +20,8 @@ export interface DriverCapabilities {
     extend: boolean;
     snapshot: boolean;
     metrics: boolean;
+    /** Ports that start listening during a run are offered as previews unasked (`sandlink/previewReady`). */
+    detectPorts?: boolean;
 }
 
 /** One setting a driver takes in a profile, from the driver's typed declaration. */
@@ -169,7 +171,16 @@ export type ErrorKind =
     | "unknownMethod"
     | "inputBacklogFull"
     | "unknownJob"
-    | "cancelled";
+    | "cancelled"
+    | "hostKeyUnknown"
+    | "hostKeyChanged";
+
+/** `error.data` of a `hostKeyUnknown` or `hostKeyChanged` error: the host and the fingerprint it presents now. */
+export interface HostKeyData {
+    kind: "hostKeyUnknown" | "hostKeyChanged";
+    host: string;
+    fingerprint: string;
+}
 
 /** `error.data` of a `workspaceNotTrusted` error: the fingerprint of the file as the message describes it. */
 export interface WorkspaceNotTrustedData {
@@ -351,6 +362,19 @@ export interface TasksResult {
     error?: string;
 }
 export const tasks = new RequestType<{ workspaceFolder?: string }, TasksResult, void>("sandlink/tasks");
+export interface AcceptHostKeyParams {
+    /** The host as the `ssh` profile's `host` setting names it (`data.host` of the error). */
+    host: string;
+    /** The fingerprint the user checked (`data.fingerprint`); recorded only if the host presents exactly it now. */
+    fingerprint: string;
+    /** The profile's `configFile` setting, when it has one. */
+    configFile?: string;
+}
+export interface AcceptHostKeyResult {
+    /** The known_hosts file the key was written to. */
+    knownHosts: string;
+}
+export const acceptHostKey = new RequestType<AcceptHostKeyParams, AcceptHostKeyResult, void>("sandlink/acceptHostKey");
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)

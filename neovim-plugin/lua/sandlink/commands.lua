@@ -145,6 +145,34 @@ function commands.ask_to_trust(workspace, refusal, on_answer)
   end)
 end
 
+-- Whether err is an ssh host-key refusal (`hostKeyUnknown`/`hostKeyChanged`, with data.host and data.fingerprint).
+local function is_host_key_refusal(err)
+  return type(err) == 'table' and type(err.data) == 'table' and type(err.data.fingerprint) == 'string'
+    and (err.data.kind == protocol.error_kind.host_key_unknown or err.data.kind == protocol.error_kind.host_key_changed)
+end
+
+-- Puts a host-key refusal to the user; only "Accept host key" sends sandlink/acceptHostKey, which records the key only
+-- if the host still presents the fingerprint shown. on_answer(err, accepted).
+function commands.ask_to_accept_host_key(workspace, refusal, config_file, on_answer)
+  local choices = { 'Accept host key', 'Do not accept it' }
+  vim.ui.select(choices, {
+    prompt = 'sandlink: ' .. tostring(refusal.message) .. '\nAccept ' .. refusal.data.fingerprint .. '?',
+    kind = 'sandlink.host_key',
+  }, function(choice)
+    if choice ~= choices[1] then
+      return on_answer(nil, false)
+    end
+    local params = { host = refusal.data.host, fingerprint = refusal.data.fingerprint, configFile = config_file }
+    client.request(workspace, protocol.request.accept_host_key, params, function(err, result)
+      if err then
+        return on_answer(err, false)
+      end
+      notify('recorded the host key of ' .. tostring(refusal.data.host) .. ' in ' .. tostring(result and result.knownHosts))
+      on_answer(nil, true)
+    end)
+  end)
+end
+
 -- Connects the workspace. A profile that would send the workspace elsewhere or loosen the sandbox is refused with
 -- `workspaceNotTrusted` until the workspace is trusted: the server's message (where code and which credential would
 -- go) is put to the user (commands.ask_to_trust), and only "Trust workspace" trusts it and connects, once more.
@@ -229,6 +257,18 @@ function commands.connect(options, on_done)
             return not_connected(err)
           end
           -- Once more, and only once: a second refusal (the file changed again) is reported, not asked about.
+          request_connect(false)
+        end)
+      end
+      if is_host_key_refusal(err) and may_ask_for_trust then
+        local config_file = type(params.settings) == 'table' and params.settings.configFile or nil
+        return commands.ask_to_accept_host_key(workspace, err, config_file, function(accept_err, accepted)
+          if accept_err then
+            return not_connected(accept_err, 'accepting the host key failed')
+          end
+          if not accepted then
+            return not_connected(err, 'not connected: the host key was not accepted')
+          end
           request_connect(false)
         end)
       end

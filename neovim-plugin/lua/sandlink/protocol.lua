@@ -27,6 +27,7 @@ protocol.request = {
   tasks = 'sandlink/tasks',
   resolve = 'sandlink/resolve',
   runs = 'sandlink/runs',
+  accept_host_key = 'sandlink/acceptHostKey',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.
@@ -59,6 +60,9 @@ protocol.error_kind = {
   workspace_not_trusted = 'workspaceNotTrusted',
   cancelled = 'cancelled',
   limit_reached = 'limitReached',
+  -- Both carry `data.host` and `data.fingerprint`; `accept_host_key` takes them back once the user checked it.
+  host_key_unknown = 'hostKeyUnknown',
+  host_key_changed = 'hostKeyChanged',
 }
 
 -- The fields of the shapes the plugin reads from the server, on the wire (see docs/protocol.md, "Shapes");

@@ -11,6 +11,7 @@ pub mod local;
 pub mod process;
 pub mod settings;
 pub mod shell;
+pub mod ssh;
 pub mod testing;
 pub mod vercel;
 
@@ -258,10 +259,10 @@ pub trait Sandbox: Send + Sync {
     }
 
     /// How often, while runs are in flight, the engine looks for ports that started listening (one small command
-    /// each time). Where a command is a provider API call, seldom enough not to weigh on the account's requests;
-    /// `None` turns it off.
+    /// each time); `None`, the default, does not look. Drivers that say so set `DriverCapabilities::detect_ports`.
+    /// Where a command is a provider API call, seldom enough not to weigh on the account's requests.
     fn port_watch_interval(&self) -> Option<Duration> {
-        Some(Duration::from_secs(10))
+        None
     }
 
     /// Starts a process; answers once it has started.
@@ -327,6 +328,7 @@ pub fn registry() -> Vec<Arc<dyn Driver>> {
         Arc::new(e2b::Driver::new()),
         Arc::new(daytona::Driver::new()),
         Arc::new(vercel::Driver::new()),
+        Arc::new(ssh::Driver::new()),
     ];
     if testing::Keyed::enabled() {
         drivers.push(Arc::new(testing::Keyed::new()));

@@ -248,6 +248,18 @@ impl Engine {
         Ok((lines, tasks_fingerprint.digest))
     }
 
+    /// Records the key an SSH host presents in the user's known_hosts, only when its fingerprint is the one the user
+    /// checked (`hostKeyUnknown`/`hostKeyChanged` name it).
+    pub async fn accept_host_key(
+        &self,
+        host: &str,
+        fingerprint: &str,
+        config_file: Option<&str>,
+    ) -> Result<crate::protocol::AcceptHostKeyResult> {
+        let written = crate::drivers::ssh::accept_host_key(host, fingerprint, config_file).await?;
+        Ok(crate::protocol::AcceptHostKeyResult { known_hosts: written.to_string_lossy().into_owned() })
+    }
+
     /// Confirms or revokes trust in a workspace. With `shown_fingerprint` (the digest of the file as the user was
     /// shown it, from a `workspaceNotTrusted` error or `trust_summary`), trust is given only if the file is still that
     /// file: an edit between the question and the answer must not be trusted unseen.

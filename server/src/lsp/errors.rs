@@ -21,6 +21,10 @@ pub fn to_jsonrpc(error: &Error) -> jsonrpc::Error {
         Error::Remote { status: Some(status), .. } => data["status"] = json!(status),
         Error::DriverUnavailable { driver, .. } => data["driver"] = json!(driver),
         Error::WorkspaceNotTrusted { fingerprint: Some(fingerprint), .. } => data["fingerprint"] = json!(fingerprint),
+        Error::HostKeyUnknown { host, fingerprint, .. } | Error::HostKeyChanged { host, fingerprint, .. } => {
+            data["host"] = json!(host);
+            data["fingerprint"] = json!(fingerprint);
+        }
         _ => {}
     }
     jsonrpc::Error { code, message: error.to_string().into(), data: Some(data) }

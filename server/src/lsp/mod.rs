@@ -137,6 +137,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::TasksRequest::METHOD, Backend::tasks)
     .custom_method(proto::RunsRequest::METHOD, Backend::runs)
     .custom_method(proto::ResolveRequest::METHOD, Backend::resolve)
+    .custom_method(proto::AcceptHostKeyRequest::METHOD, Backend::accept_host_key)
     .finish()
 }
 
@@ -461,6 +462,13 @@ impl Backend {
                 Error::InvalidParams("Name the workspace folder to trust; this server has no workspace root.".into())
             })?;
             self.engine.trust_workspace(workspace, params.trust, params.fingerprint).await.map(|()| proto::EmptyResult {})
+        })
+        .await
+    }
+
+    async fn accept_host_key(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::AcceptHostKeyRequest, _, _>(params, |params| async move {
+            self.engine.accept_host_key(&params.host, &params.fingerprint, params.config_file.as_deref()).await
         })
         .await
     }

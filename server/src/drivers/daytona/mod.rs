@@ -337,6 +337,7 @@ impl super::Driver for Driver {
                 extend: true,
                 snapshot: true,
                 metrics: true,
+                detect_ports: false,
             },
             settings: Vec::new(),
             credentials: Vec::new(),

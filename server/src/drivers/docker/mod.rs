@@ -84,6 +84,7 @@ impl Driver {
             extend: false,
             snapshot: false,
             metrics: available,
+            detect_ports: available,
         }
     }
 }

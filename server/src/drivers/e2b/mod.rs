@@ -247,6 +247,7 @@ impl super::Driver for Driver {
                 extend: true,
                 snapshot: true,
                 metrics: true,
+                detect_ports: true,
             },
             // `drivers::describe` fills these from the driver's declarations.
             settings: Vec::new(),
@@ -351,6 +352,11 @@ impl E2bSandbox {
 
 #[async_trait]
 impl Sandbox for E2bSandbox {
+    /// A look is one envd request; every 10 s is enough for a server a run starts, and little for the account.
+    fn port_watch_interval(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(10))
+    }
+
     fn driver_id(&self) -> &'static str {
         "e2b"
     }

@@ -232,6 +232,7 @@ impl super::Driver for Driver {
                 extend: false,
                 snapshot: false,
                 metrics: false,
+                detect_ports: true,
             },
             // `drivers::describe` fills these from the driver's declarations.
             settings: Vec::new(),

@@ -25,6 +25,8 @@ struct Shell {
     described: String,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Set when the shell refused a request's first line: it was gone before the request reached it.
+    refused_request: bool,
 }
 
 /// One sandbox's helper shell, started on first use and replaced when it breaks.
@@ -48,13 +50,25 @@ impl Agent {
     pub async fn run(&self, script: &str, arguments: &[&str], data: Option<&[u8]>) -> Result<Reply> {
         // Held across awaits on purpose: it is an async mutex serialising requests on the one shell.
         let mut guard = self.shell.lock().await;
+        let reused = guard.is_some();
         if guard.is_none() {
             *guard = Some(self.start().await?);
         }
         let Some(shell) = guard.as_mut() else {
             return Err(Error::Internal("The helper shell vanished while starting.".into()));
         };
-        let outcome = tokio::time::timeout(REQUEST_LIMIT, Self::request(shell, script, arguments, data)).await;
+        let mut outcome = tokio::time::timeout(REQUEST_LIMIT, Self::request(shell, script, arguments, data)).await;
+        if reused && matches!(outcome, Ok(Err(_))) && shell.refused_request {
+            // A shell that went away while idle (its connection dropped and came back) never saw the request:
+            // a new shell gets it, once.
+            tracing::debug!("the helper shell had gone away; starting a new one");
+            *guard = None;
+            *guard = Some(self.start().await?);
+            let Some(shell) = guard.as_mut() else {
+                return Err(Error::Internal("The helper shell vanished while starting.".into()));
+            };
+            outcome = tokio::time::timeout(REQUEST_LIMIT, Self::request(shell, script, arguments, data)).await;
+        }
         match outcome {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(error)) => {
@@ -76,7 +90,7 @@ impl Agent {
             ..Command::default()
         };
         let channel = self.transport.open(command).await?;
-        Ok(Shell { channel, described: self.transport.describe(), stdout: Vec::new(), stderr: Vec::new() })
+        Ok(Shell { channel, described: self.transport.describe(), stdout: Vec::new(), stderr: Vec::new(), refused_request: false })
     }
 
     async fn request(shell: &mut Shell, script: &str, arguments: &[&str], data: Option<&[u8]>) -> Result<Reply> {
@@ -107,8 +121,14 @@ impl Agent {
             status: None,
             message: format!("The helper shell in {described} stopped accepting commands: {error}"),
         };
-        shell.channel.input.write_all(line.as_bytes()).await.map_err(write)?;
-        shell.channel.input.flush().await.map_err(write)?;
+        let sent = async {
+            shell.channel.input.write_all(line.as_bytes()).await?;
+            shell.channel.input.flush().await
+        };
+        if let Err(error) = sent.await {
+            shell.refused_request = true;
+            return Err(write(error));
+        }
         if let Some(data) = data {
             Self::read_until(shell, ready.as_bytes()).await?;
             shell.channel.input.write_all(data).await.map_err(write)?;

@@ -115,12 +115,14 @@ pub trait Transport: Send + Sync + 'static {
     ///
     /// The default streams the output of one `tar -c` command.
     async fn download_tar(&self, root: &str, paths: Vec<String>) -> Result<BoxedReader> {
-        // Missing paths are dropped first, so tar's exit code and stderr are not the caller's business.
+        // Missing paths are dropped first, so tar's exit code and stderr are not the caller's business. GNU tar
+        // would read backslashes in the names as escapes unless told not to.
         let script = r#"cd "$1" || exit 3
 shift
 n=$#
 while [ "$n" -gt 0 ]; do { [ -e "$1" ] || [ -L "$1" ]; } && set -- "$@" "$1"; shift; n=$((n - 1)); done
 [ $# -gt 0 ] || exec head -c 1024 /dev/zero
+case "$(tar --version 2>/dev/null)" in *"GNU tar"*) exec tar --no-unquote -cf - -- "$@" ;; esac
 exec tar -cf - -- "$@""#;
         let mut argv = vec!["/bin/sh".into(), "-c".into(), script.into(), "sandlink".into(), root.into()];
         argv.extend(paths);

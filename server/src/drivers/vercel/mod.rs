@@ -298,6 +298,7 @@ impl super::Driver for Driver {
                 extend: true,
                 snapshot: true,
                 metrics: false,
+                detect_ports: false,
             },
             settings: Vec::new(),
             credentials: Vec::new(),

@@ -80,11 +80,30 @@ sshd_running() {
     [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null
 }
 
+# The test sshd of another checkout of this repository (a CI clone beside a working copy) holds the same loopback
+# port with other keys; it is stopped so this checkout's own can listen. Nothing but these test daemons matches.
+stop_other_checkouts_sshd() {
+    local name=$1 pid
+    for pid in $(pgrep -f "sshd -f .*/tests/\.run/ssh/sshd_$name\.conf" 2>/dev/null); do
+        if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$ssh_directory/sshd_$name.conf"; then
+            echo "tests/setup/ssh.sh: stopping another checkout's test sshd ($name, pid $pid) that holds its port" >&2
+            kill "$pid" 2>/dev/null || true
+        fi
+    done
+    for _ in $(seq 1 50); do
+        pgrep -f "sshd -f .*/tests/\.run/ssh/sshd_$name\.conf" 2>/dev/null | while read -r pid; do
+            tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$ssh_directory/sshd_$name.conf" || echo "$pid"
+        done | grep -q . || return 0
+        sleep 0.1
+    done
+}
+
 start_sshd() {
     local name=$1 port=$2
     if sshd_running "$name"; then
         return
     fi
+    stop_other_checkouts_sshd "$name"
     mkdir -p /run/sshd
     /usr/sbin/sshd -f "$ssh_directory/sshd_$name.conf" -E "$ssh_directory/sshd_$name.log"
     for _ in $(seq 1 100); do

@@ -666,6 +666,53 @@ const steps = [
         },
     ],
     [
+        "Tasks: Run Task lists the .sandlink.toml tasks as 'sandlink: <task>' and runs one in a terminal; its Node stack trace becomes a problem on the workspace file",
+        async () => {
+            // A failing test: it throws at line 5, column 11, so Node's trace names test.js:5:11 (in the sandbox, shown
+            // by the server as the workspace's path, where the problem matcher finds the file).
+            fs.writeFileSync(
+                path.join(workspaceDirectory, "test.js"),
+                "// A test that fails, for the problem matcher.\nfunction sum(a, b) { return a + b - 1; }\nconst total = sum(1, 2);\nif (total !== 3) {\n    throw new Error(`expected 3, got ${total}`);\n}\n",
+            );
+            const tasksFile = path.join(workspaceDirectory, ".sandlink.toml");
+            fs.writeFileSync(tasksFile, `${fs.readFileSync(tasksFile, "utf8")}test = "node test.js"\n`);
+            const asksBefore = readTestLog().filter((entry) => entry.event === "trustAsked").length;
+            await runPaletteCommand("Tasks: Run Task");
+            const input = page.locator(".quick-input-widget .quick-input-box input");
+            await input.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const rows = page.locator(".quick-input-widget .quick-input-list .monaco-list-row");
+            // VS Code lists the task types first (a "sandlink" entry) or, with recent tasks, the tasks themselves.
+            const listed = await waitFor("the sandlink tasks or their type in Run Task", async () => {
+                const texts = (await rows.allInnerTexts()).map((text) => text.replace(/\s+/g, " ").trim());
+                return texts.some((text) => text.startsWith("sandlink: ")) || texts.some((text) => /^sandlink\b/.test(text)) ? texts : undefined;
+            });
+            if (!listed.some((text) => text.startsWith("sandlink: "))) {
+                await rows.filter({ has: page.locator(".label-name", { hasText: /^\s*sandlink\s*$/ }) }).first().click();
+            }
+            await rows.filter({ hasText: "sandlink: test" }).first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const offered = (await rows.allInnerTexts()).map((text) => text.replace(/\s+/g, " ").trim());
+            assert(offered.some((text) => text.startsWith("sandlink: greet")), `Run Task lists every task: ${JSON.stringify(offered)}`);
+            await rows.filter({ hasText: "sandlink: test" }).first().click();
+            // The file changed since it was trusted: the task's run asks again, as Run Command does.
+            const dialog = await trustDialog();
+            assert((await dialog.innerText()).includes("node test.js"), "the dialog names the task's command");
+            await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Trust workspace" }).first().click();
+            const exit = await waitFor("the task's exit in the test log", async () => readTestLog().find((entry) => entry.event === "taskExit" && entry.task === "test"));
+            assert(exit.code === 1, `node exits 1 on an uncaught error: ${JSON.stringify(exit)}`);
+            assert(readTestLog().filter((entry) => entry.event === "trustAsked").length === asksBefore + 1, "asked once");
+            // The problem matcher read the terminal: the Problems count in the status bar and the panel name the file.
+            const problems = page.locator('footer .statusbar-item[id="status.problems"]');
+            await waitFor("a problem counted in the status bar", async () => /\b[1-9]/.test((await problems.first().innerText().catch(() => "")) || ""));
+            await problems.first().click();
+            const problemRow = page.locator(".part.panel .monaco-list-row", { hasText: "expected 3, got 2" }).first();
+            await problemRow.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const fileRow = page.locator(".part.panel .monaco-list-row", { hasText: "test.js" }).first();
+            await fileRow.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const rowLabel = (await problemRow.getAttribute("aria-label")) ?? (await problemRow.innerText());
+            assert(/\bline 5 and character 11\b|\[Ln 5, Col 11\]/.test(rowLabel), `the problem sits on test.js line 5, column 11: ${rowLabel}`);
+        },
+    ],
+    [
         "Sync Now (up) uploads a new local file and reports what it did",
         async () => {
             fs.writeFileSync(path.join(workspaceDirectory, "added-later.txt"), "added later\n");

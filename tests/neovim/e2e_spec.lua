@@ -163,7 +163,8 @@ test('a_failing_run_should_put_its_workspace_locations_into_the_quickfix_list', 
   -- Printed from the sandbox's root: the server shows that path as the workspace's, which is what makes it a location.
   vim.fn.setqflist({}, ' ', { title = 'before', items = {} })
   local captured, stop = harness.capture_notifications()
-  local run = start_run('printf \'Error: expected 3, got 2\\n    at Object.<anonymous> (%s/lib.js:9:8)\\n/elsewhere/x.js:1:1\\n\' "$PWD"; exit 1')
+  local trace = [[Error: expected 3, got 2\n    at Object.<anonymous> (%s/lib.js:9:8)\n/elsewhere/x.js:1:1\n]]
+  local run = start_run("printf '" .. trace .. "' \"$PWD\"; exit 1")
   wait_for_exit(run)
   wait_for('the quickfix list of the failed run', 5000, function()
     return vim.fn.getqflist({ title = 0 }).title ~= 'before'

@@ -52,6 +52,8 @@ const markerContent = `marker-${process.pid}`;
 const taskMarker = "task-ran.txt";
 // Written by the task once it is changed and run from the server's code actions.
 const actionMarker = "action-ran.txt";
+// Written by a task only if it is not cancelled within a minute (Terminate Task must stop it).
+const waitedMarker = "waited-to-the-end.txt";
 // A workspace profile that needs the workspace's trust without a cloud: it passes one of the user's variables into runs.
 const looseProfile = '\n[profiles.loose]\ndriver = "local"\npassEnv = ["SANDLINK_E2E_PASSED"]\n';
 
@@ -675,7 +677,7 @@ const steps = [
                 "// A test that fails, for the problem matcher.\nfunction sum(a, b) { return a + b - 1; }\nconst total = sum(1, 2);\nif (total !== 3) {\n    throw new Error(`expected 3, got ${total}`);\n}\n",
             );
             const tasksFile = path.join(workspaceDirectory, ".sandlink.toml");
-            fs.writeFileSync(tasksFile, `${fs.readFileSync(tasksFile, "utf8")}test = "node test.js"\n`);
+            fs.writeFileSync(tasksFile, `${fs.readFileSync(tasksFile, "utf8")}test = "node test.js"\nwait = "echo waiting; sleep 60; echo ${waitedMarker} > ${waitedMarker}"\n`);
             const asksBefore = readTestLog().filter((entry) => entry.event === "trustAsked").length;
             await runPaletteCommand("Tasks: Run Task");
             const input = page.locator(".quick-input-widget .quick-input-box input");
@@ -710,6 +712,35 @@ const steps = [
             await fileRow.waitFor({ state: "visible", timeout: uiTimeoutMs });
             const rowLabel = (await problemRow.getAttribute("aria-label")) ?? (await problemRow.innerText());
             assert(/\bline 5 and character 11\b|\[Ln 5, Col 11\]/.test(rowLabel), `the problem sits on test.js line 5, column 11: ${rowLabel}`);
+        },
+    ],
+    [
+        "Tasks: Terminate Task on a running sandlink task cancels its run in the sandbox",
+        async () => {
+            await runPaletteCommand("Tasks: Run Task");
+            const rows = page.locator(".quick-input-widget .quick-input-list .monaco-list-row");
+            const waitRow = rows.filter({ hasText: "sandlink: wait" }).first();
+            const typeRow = rows.filter({ has: page.locator(".label-name", { hasText: /^\s*sandlink\s*$/ }) }).first();
+            // Recently run tasks are listed first; the others are under their type.
+            await waitFor("the wait task or the sandlink type in Run Task", async () => (await waitRow.isVisible()) || (await typeRow.isVisible()));
+            if (!(await waitRow.isVisible())) {
+                await typeRow.click();
+            }
+            await waitRow.click();
+            const started = await waitFor("the wait task's run", async () => readTestLog().find((entry) => entry.event === "taskStarted" && entry.task === "wait"));
+            await waitFor("the task's first output", async () =>
+                readTestLog().some((entry) => entry.event === "runOutput" && entry.runId === started.runId && entry.text.includes("waiting")),
+            );
+            await runPaletteCommand("Tasks: Terminate Task");
+            // With one task running VS Code ends it at once; otherwise it asks which.
+            await page.waitForTimeout(500);
+            if (await rows.filter({ hasText: "sandlink: wait" }).first().isVisible()) {
+                await rows.filter({ hasText: "sandlink: wait" }).first().click();
+            }
+            await waitFor("the cancel sent for the task's run", async () => readTestLog().some((entry) => entry.event === "taskCancelled" && entry.runId === started.runId));
+            const exit = await waitFor("the run's exit", async () => readTestLog().find((entry) => entry.event === "runExit" && entry.runId === started.runId), 20_000);
+            assert(exit.cancelled === true, `the run ended cancelled: ${JSON.stringify(exit)}`);
+            assert(sandboxFiles(waitedMarker).length === 0, "the task ran on after its terminal was closed");
         },
     ],
     [

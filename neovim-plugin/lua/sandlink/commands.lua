@@ -411,7 +411,8 @@ function commands.quickfix()
     local workspace = state.current_workspace()
     for _, candidate in pairs(state.runs) do
       local mine = workspace == nil or candidate.root_dir == workspace.root_dir
-      if mine and not candidate.collect and (run == nil or (candidate.started_order or 0) > (run.started_order or 0)) then
+      local newer = run == nil or (candidate.started_order or 0) > (run.started_order or 0)
+      if mine and not candidate.collect and newer then
         run = candidate
       end
     end

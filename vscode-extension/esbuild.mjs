@@ -1,4 +1,6 @@
 // Bundles the extension into dist/main.js with esbuild; `--production` minifies and drops source maps.
+import * as fs from "node:fs";
+
 import * as esbuild from "esbuild";
 
 const production = process.argv.includes("--production");
@@ -16,3 +18,9 @@ await esbuild.build({
     sourcemap: !production,
     logLevel: "warning",
 });
+
+// The repository's .sandlink.toml schemas (scripts/gen-schema) ship in the .vsix for `tomlValidation`.
+fs.mkdirSync("dist/schemas", { recursive: true });
+for (const name of ["sandlink.schema.json", "sandlink-config.schema.json"]) {
+    fs.copyFileSync(`../schemas/${name}`, `dist/schemas/${name}`);
+}

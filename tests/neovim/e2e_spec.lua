@@ -159,6 +159,34 @@ test('run_should_see_the_workspace_files_and_report_a_failing_exit_code', functi
   assert_matches('^%[exit 3', last_line(run.view.buffer), 'exit line')
 end)
 
+test('a_failing_run_should_put_its_workspace_locations_into_the_quickfix_list', function()
+  -- Printed from the sandbox's root: the server shows that path as the workspace's, which is what makes it a location.
+  vim.fn.setqflist({}, ' ', { title = 'before', items = {} })
+  local captured, stop = harness.capture_notifications()
+  local trace = [[Error: expected 3, got 2\n    at Object.<anonymous> (%s/lib.js:9:8)\n/elsewhere/x.js:1:1\n]]
+  local run = start_run("printf '" .. trace .. "' \"$PWD\"; exit 1")
+  wait_for_exit(run)
+  wait_for('the quickfix list of the failed run', 5000, function()
+    return vim.fn.getqflist({ title = 0 }).title ~= 'before'
+  end)
+  stop()
+  local list = vim.fn.getqflist({ title = 0, items = 0 })
+  assert_matches('^sandlink: ', list.title, 'the title names the run')
+  assert_equal(1, #list.items, 'one location inside the workspace: ' .. vim.inspect(list.items))
+  local item = list.items[1]
+  assert_equal(vim.fn.resolve(workspace_dir .. '/lib.js'), vim.fn.resolve(vim.api.nvim_buf_get_name(item.bufnr)), 'the workspace file')
+  assert_equal({ 9, 8, 'Error: expected 3, got 2' }, { item.lnum, item.col, item.text }, 'line, column and the error')
+  assert_true(harness.find_notification(captured, ':copen lists 1 location') ~= nil, vim.inspect(captured))
+
+  -- On demand, from the output buffer shown: the same run's locations again.
+  vim.fn.setqflist({}, ' ', { title = 'cleared', items = {} })
+  vim.api.nvim_set_current_buf(run.view.buffer)
+  assert_equal(1, require('sandlink.commands').quickfix(), ':Sandlink quickfix counts the locations')
+  vim.cmd('Sandlink quickfix')
+  assert_equal(1, #vim.fn.getqflist(), 'the list holds the location again')
+  vim.cmd('buffer #')
+end)
+
 test('saving_a_buffer_should_sync_it_before_the_next_run', function()
   vim.cmd('edit ' .. vim.fn.fnameescape(workspace_dir .. '/hello.txt'))
   vim.api.nvim_buf_set_lines(0, 0, -1, false, { 'changed in the editor' })

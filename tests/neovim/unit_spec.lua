@@ -90,8 +90,8 @@ end)
 
 test('completion_should_offer_subcommands_then_their_arguments', function()
   local commands = require('sandlink.commands')
-  assert_equal({ 'cancel', 'conflicts', 'connect', 'disconnect', 'extend', 'preview', 'profiles', 'resolve', 'run', 'runs',
-    'sessions', 'status', 'sync' }, commands.complete('', 'Sandlink ', 9), 'subcommands')
+  assert_equal({ 'cancel', 'conflicts', 'connect', 'disconnect', 'extend', 'preview', 'profiles', 'quickfix', 'resolve', 'run',
+    'runs', 'sessions', 'status', 'sync' }, commands.complete('', 'Sandlink ', 9), 'subcommands')
   assert_equal({ 'connect' }, commands.complete('conn', 'Sandlink conn', 13), 'prefix')
   assert_equal({ 'up', 'down', 'both' }, commands.complete('', 'Sandlink sync ', 14), 'sync directions')
   assert_equal({ 'down' }, commands.complete('d', 'Sandlink sync d', 15), 'sync prefix')
@@ -376,4 +376,26 @@ test('a_connect_refused_for_too_many_sandboxes_should_name_the_command_that_list
   assert_equal('limitReached', refused and refused.data.kind, 'the refusal is passed on')
   assert_true(harness.find_notification(captured, 'already 10 sandboxes') ~= nil, vim.inspect(captured))
   assert_true(harness.find_notification(captured, ':Sandlink sessions lists every sandbox') ~= nil, vim.inspect(captured))
+end)
+
+test('quickfix_items_should_be_workspace_locations_of_stack_frames_and_compiler_lines', function()
+  local items = require('sandlink.quickfix').items({
+    '$ node test.js',
+    '/w/test.js:9',
+    '    throw new Error("expected 3");',
+    'Error: expected 3',
+    '    at Object.<anonymous> (/w/test.js:9:11)',
+    '    at Module._compile (node:internal/modules/cjs/loader:1364:14)',
+    '    at helper (/w/node_modules/x/index.js:2:3)',
+    '/w/src/main.c:12:5: error: expected ;',
+    '/usr/lib/other.c:1:1: outside the workspace',
+    '/wother/a.js:1:1: a sibling folder is not inside',
+    'see http://host:8000/w/x.js:3 here',
+  }, '/w/')
+  assert_equal({
+    { filename = '/w/test.js', lnum = 9, col = 11, text = 'Error: expected 3' },
+    { filename = '/w/node_modules/x/index.js', lnum = 2, col = 3, text = 'Error: expected 3' },
+    { filename = '/w/src/main.c', lnum = 12, col = 5, text = '/w/src/main.c:12:5: error: expected ;' },
+  }, items, 'items')
+  assert_equal({}, require('sandlink.quickfix').items({ '/w/a.js:1:1' }, nil), 'no workspace, no locations')
 end)

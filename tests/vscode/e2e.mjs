@@ -52,6 +52,8 @@ const markerContent = `marker-${process.pid}`;
 const taskMarker = "task-ran.txt";
 // Written by the task once it is changed and run from the server's code actions.
 const actionMarker = "action-ran.txt";
+// Written by a task only if it is not cancelled within a minute (Terminate Task must stop it).
+const waitedMarker = "waited-to-the-end.txt";
 // A workspace profile that needs the workspace's trust without a cloud: it passes one of the user's variables into runs.
 const looseProfile = '\n[profiles.loose]\ndriver = "local"\npassEnv = ["SANDLINK_E2E_PASSED"]\n';
 
@@ -663,6 +665,82 @@ const steps = [
             assert(log.filter((entry) => entry.event === "trustAsked").length === asksBefore + 1, "asked once");
             const started = log.filter((entry) => entry.event === "runStarted" && entry.task === "greet");
             assert(started.length === startsBefore + 1, `the action started the task once, by name, through the extension: ${JSON.stringify(started)}`);
+        },
+    ],
+    [
+        "Tasks: Run Task lists the .sandlink.toml tasks as 'sandlink: <task>' and runs one in a terminal; its Node stack trace becomes a problem on the workspace file",
+        async () => {
+            // A failing test: it throws at line 5, column 11, so Node's trace names test.js:5:11 (in the sandbox, shown
+            // by the server as the workspace's path, where the problem matcher finds the file).
+            fs.writeFileSync(
+                path.join(workspaceDirectory, "test.js"),
+                "// A test that fails, for the problem matcher.\nfunction sum(a, b) { return a + b - 1; }\nconst total = sum(1, 2);\nif (total !== 3) {\n    throw new Error(`expected 3, got ${total}`);\n}\n",
+            );
+            const tasksFile = path.join(workspaceDirectory, ".sandlink.toml");
+            fs.writeFileSync(tasksFile, `${fs.readFileSync(tasksFile, "utf8")}test = "node test.js"\nwait = "echo waiting; sleep 60; echo ${waitedMarker} > ${waitedMarker}"\n`);
+            const asksBefore = readTestLog().filter((entry) => entry.event === "trustAsked").length;
+            await runPaletteCommand("Tasks: Run Task");
+            const input = page.locator(".quick-input-widget .quick-input-box input");
+            await input.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const rows = page.locator(".quick-input-widget .quick-input-list .monaco-list-row");
+            // VS Code lists the task types first (a "sandlink" entry) or, with recent tasks, the tasks themselves.
+            const listed = await waitFor("the sandlink tasks or their type in Run Task", async () => {
+                const texts = (await rows.allInnerTexts()).map((text) => text.replace(/\s+/g, " ").trim());
+                return texts.some((text) => text.startsWith("sandlink: ")) || texts.some((text) => /^sandlink\b/.test(text)) ? texts : undefined;
+            });
+            if (!listed.some((text) => text.startsWith("sandlink: "))) {
+                await rows.filter({ has: page.locator(".label-name", { hasText: /^\s*sandlink\s*$/ }) }).first().click();
+            }
+            await rows.filter({ hasText: "sandlink: test" }).first().waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const offered = (await rows.allInnerTexts()).map((text) => text.replace(/\s+/g, " ").trim());
+            assert(offered.some((text) => text.startsWith("sandlink: greet")), `Run Task lists every task: ${JSON.stringify(offered)}`);
+            await rows.filter({ hasText: "sandlink: test" }).first().click();
+            // The file changed since it was trusted: the task's run asks again, as Run Command does.
+            const dialog = await trustDialog();
+            assert((await dialog.innerText()).includes("node test.js"), "the dialog names the task's command");
+            await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Trust workspace" }).first().click();
+            const exit = await waitFor("the task's exit in the test log", async () => readTestLog().find((entry) => entry.event === "taskExit" && entry.task === "test"));
+            assert(exit.code === 1, `node exits 1 on an uncaught error: ${JSON.stringify(exit)}`);
+            assert(readTestLog().filter((entry) => entry.event === "trustAsked").length === asksBefore + 1, "asked once");
+            // The problem matcher read the terminal: the Problems count in the status bar and the panel name the file.
+            const problems = page.locator('footer .statusbar-item[id="status.problems"]');
+            await waitFor("a problem counted in the status bar", async () => /\b[1-9]/.test((await problems.first().innerText().catch(() => "")) || ""));
+            await problems.first().click();
+            const problemRow = page.locator(".part.panel .monaco-list-row", { hasText: "expected 3, got 2" }).first();
+            await problemRow.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const fileRow = page.locator(".part.panel .monaco-list-row", { hasText: "test.js" }).first();
+            await fileRow.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            const rowLabel = (await problemRow.getAttribute("aria-label")) ?? (await problemRow.innerText());
+            assert(/\bline 5 and character 11\b|\[Ln 5, Col 11\]/.test(rowLabel), `the problem sits on test.js line 5, column 11: ${rowLabel}`);
+        },
+    ],
+    [
+        "Tasks: Terminate Task on a running sandlink task cancels its run in the sandbox",
+        async () => {
+            await runPaletteCommand("Tasks: Run Task");
+            const rows = page.locator(".quick-input-widget .quick-input-list .monaco-list-row");
+            const waitRow = rows.filter({ hasText: "sandlink: wait" }).first();
+            const typeRow = rows.filter({ has: page.locator(".label-name", { hasText: /^\s*sandlink\s*$/ }) }).first();
+            // Recently run tasks are listed first; the others are under their type.
+            await waitFor("the wait task or the sandlink type in Run Task", async () => (await waitRow.isVisible()) || (await typeRow.isVisible()));
+            if (!(await waitRow.isVisible())) {
+                await typeRow.click();
+            }
+            await waitRow.click();
+            const started = await waitFor("the wait task's run", async () => readTestLog().find((entry) => entry.event === "taskStarted" && entry.task === "wait"));
+            await waitFor("the task's first output", async () =>
+                readTestLog().some((entry) => entry.event === "runOutput" && entry.runId === started.runId && entry.text.includes("waiting")),
+            );
+            await runPaletteCommand("Tasks: Terminate Task");
+            // With one task running VS Code ends it at once; otherwise it asks which.
+            await page.waitForTimeout(500);
+            if (await rows.filter({ hasText: "sandlink: wait" }).first().isVisible()) {
+                await rows.filter({ hasText: "sandlink: wait" }).first().click();
+            }
+            await waitFor("the cancel sent for the task's run", async () => readTestLog().some((entry) => entry.event === "taskCancelled" && entry.runId === started.runId));
+            const exit = await waitFor("the run's exit", async () => readTestLog().find((entry) => entry.event === "runExit" && entry.runId === started.runId), 20_000);
+            assert(exit.cancelled === true, `the run ended cancelled: ${JSON.stringify(exit)}`);
+            assert(sandboxFiles(waitedMarker).length === 0, "the task ran on after its terminal was closed");
         },
     ],
     [

@@ -570,12 +570,16 @@ export class Ctx implements vscode.Disposable {
 
     /**
      * Starts a command line or a task in the session and streams it into the runs channel; resolves with the run id, or
-     * undefined when it did not start (the user was told why, or declined to trust the workspace).
+     * undefined when it did not start (the user was told why, or declined to trust the workspace). `observer` (a task's
+     * terminal) also gets the run's output and exit.
      */
-    async startRun(session: protocol.SessionInfo, target: RunTarget): Promise<string | undefined> {
+    async startRun(session: protocol.SessionInfo, target: RunTarget, observer?: RunSink): Promise<string | undefined> {
         const commandLine = runLabel(target);
         const channelKey = `run-${++this.runsStarted}`;
-        this.runsChannel.show(true);
+        if (observer === undefined) {
+            // A task's run is shown in its own terminal; the channel still records it, without taking the panel.
+            this.runsChannel.show(true);
+        }
         this.runsWriter.start(channelKey, commandLine, session.profile ?? session.driver, new Date());
         let runId: string | undefined;
         try {
@@ -609,6 +613,7 @@ export class Ctx implements vscode.Disposable {
             onOutput: (output) => {
                 writeTestLog("runOutput", { runId, stream: output.stream, text: output.text });
                 this.runsWriter.output(channelKey, output.stream, output.text);
+                observer?.onOutput(output);
             },
             onExit: (exit) => {
                 this.runsWriter.exit(channelKey, exit);
@@ -617,6 +622,7 @@ export class Ctx implements vscode.Disposable {
                 tracked.exit = exit;
                 writeTestLog("runExit", { ...exit });
                 this.refreshView();
+                observer?.onExit(exit);
             },
         };
         this.runRouter.register(runId, sink);

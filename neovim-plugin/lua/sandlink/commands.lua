@@ -443,6 +443,32 @@ function commands.run(command_line, options, on_done)
   return view
 end
 
+-- :Sandlink quickfix: the current run's output (the output buffer in the window, else the workspace's newest run) into
+-- the quickfix list, whatever its exit.
+function commands.quickfix()
+  local run = state.runs[vim.b.sandlink_run_id or '']
+  if run == nil then
+    local workspace = state.current_workspace()
+    for _, candidate in pairs(state.runs) do
+      local mine = workspace == nil or candidate.root_dir == workspace.root_dir
+      local newer = run == nil or (candidate.started_order or 0) > (run.started_order or 0)
+      if mine and not candidate.collect and newer then
+        run = candidate
+      end
+    end
+  end
+  if run == nil then
+    return notify('no run yet: :Sandlink run <command line or task> starts one')
+  end
+  local count = require('sandlink.quickfix').load(run)
+  if count == nil then
+    return notify('the output of `' .. tostring(run.command) .. '` is no longer kept', vim.log.levels.WARN)
+  end
+  notify('`' .. tostring(run.command) .. '`: ' .. count .. ' location' .. (count == 1 and '' or 's')
+    .. ' in the quickfix list' .. (count > 0 and ' (:copen)' or ''))
+  return count
+end
+
 -- The run to cancel: the one named, else the one whose output buffer is current, else the newest still running.
 function commands.find_run_to_cancel(run_id)
   if run_id and run_id ~= '' then
@@ -1255,6 +1281,11 @@ commands.subcommands = {
   runs = {
     run = function()
       commands.runs()
+    end,
+  },
+  quickfix = {
+    run = function()
+      commands.quickfix()
     end,
   },
 }

@@ -63,11 +63,20 @@ function handlers.on_exit(params, workspace)
   end
   local output = require('sandlink.output')
   output.finish(run.view, params)
+  local succeeded = params.exitCode == 0 and not params.cancelled and not params.timedOut
+  -- A failed run's file locations go to the quickfix list (a run that failed by exiting, not one that was stopped).
+  local located = 0
+  if params.exitCode ~= nil and params.exitCode ~= vim.NIL and params.exitCode ~= 0 and not params.cancelled then
+    located = require('sandlink.quickfix').load(run) or 0
+  end
+  local where = located > 0 and ('; :copen lists ' .. located .. ' location' .. (located == 1 and '' or 's')) or ''
   -- When no window shows the run, the user would not see it end; say so once, quietly unless it failed.
   if vim.api.nvim_buf_is_valid(run.view.buffer) and #vim.fn.win_findbuf(run.view.buffer) == 0 then
-    local succeeded = params.exitCode == 0 and not params.cancelled and not params.timedOut
     vim.notify('sandlink: `' .. tostring(run.command) .. '` ' .. output.exit_line(params)
-      .. ' (:buffer ' .. run.view.buffer .. ' shows the output)', succeeded and vim.log.levels.INFO or vim.log.levels.WARN)
+      .. ' (:buffer ' .. run.view.buffer .. ' shows the output' .. where .. ')',
+      succeeded and vim.log.levels.INFO or vim.log.levels.WARN)
+  elseif located > 0 then
+    vim.notify('sandlink: `' .. tostring(run.command) .. '` ' .. output.exit_line(params) .. where, vim.log.levels.WARN)
   end
   state.announce_change()
 end

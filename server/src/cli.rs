@@ -241,6 +241,7 @@ pub fn main() -> ExitCode {
         Some(Command::SandboxAgent { .. }) => ExitCode::SUCCESS,
         Some(Command::Drivers { json }) => {
             crate::logging::init("warn", None);
+            end_quietly_on_a_closed_pipe();
             runtime.block_on(print_drivers(json))
         }
         Some(Command::Sync { driver, workspace, exclude, allow_secrets, include_git, keep, json }) => {
@@ -266,6 +267,9 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Sessions { action, json }) => {
             crate::logging::init("warn", None);
+            if action.is_none() {
+                end_quietly_on_a_closed_pipe();
+            }
             report(runtime.block_on(sessions_command(action, json)))
         }
         Some(Command::Trust { workspace, revoke }) => {
@@ -280,6 +284,16 @@ pub fn main() -> ExitCode {
                 Ok(())
             }))
         }
+    }
+}
+
+/// For commands that only print a listing: a reader that stops early (`sandlink drivers --json | head`) ends the
+/// process as it ends `ls`, instead of a panic on the broken pipe. Not for commands that hold a sandbox (`run`,
+/// `sync`): those must live to clean it up, so they keep Rust's default of ignoring SIGPIPE.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring the default disposition of one signal before any thread of ours writes to stdout.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -176,3 +176,21 @@ fn sessions_should_list_a_kept_sandbox_and_rm_should_remove_it() {
     let after: serde_json::Value = serde_json::from_slice(&after.stdout).expect("JSON listing");
     assert_eq!(after["sessions"].as_array().map(Vec::len), Some(0), "{after}");
 }
+
+#[test]
+fn a_listing_read_by_a_reader_that_stops_early_should_end_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let state = tempfile::tempdir().expect("state dir");
+    let mut child = sandlink(state.path())
+        .args(["drivers", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("drivers --json");
+    // As `| head -0` does: the reader is gone before the listing is written, so the write meets a closed pipe.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("it ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "no panic on a closed pipe: {stderr}");
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "it ends as `ls` does: {:?} {stderr}", output.status);
+}

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::connection::Target;
+use super::target::Target;
 use crate::error::{Error, Result};
 
 /// What ssh's configuration says about a host: where its known keys are, the name they are filed under, the keys.

@@ -12,6 +12,7 @@ mod hostkeys;
 mod runs;
 mod sandbox;
 mod settings;
+mod target;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use self::connection::{Connection, Target};
+use self::connection::Connection;
+use self::target::Target;
 use self::runs::Runs;
 use self::sandbox::SshSandbox;
 pub use self::settings::Settings;

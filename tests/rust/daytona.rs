@@ -8,38 +8,20 @@ mod support;
 #[macro_use]
 mod parity;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use parity::DriverFixture;
+use support::fake::FakeProcess;
 use support::{Server, StartOptions};
 
 const API_KEY: &str = "dtn_sandlink_test_key_8c1e55b0a4f2";
 
 /// One running fake Daytona server.
 struct Fake {
-    child: Child,
-    port: u16,
-    _root: tempfile::TempDir,
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("SANDLINK_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"))
-}
-
-fn fake_server_script() -> PathBuf {
-    std::env::var_os("SANDLINK_DAYTONA_FAKE_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("tests/fakes/daytona_server.py"))
+    process: FakeProcess,
 }
 
 impl Fake {
@@ -50,34 +32,14 @@ impl Fake {
 
     /// Starts a fake with extra command-line arguments (`--jwt TOKEN`).
     fn start_with(extra: &[&str]) -> Option<Fake> {
-        let available = python().exists() && fake_server_script().exists();
-        if support::skip_unless(available, "the Python test venv with the Daytona fake (tests/setup/python.sh)") {
-            return None;
-        }
-        let root = tempfile::tempdir().expect("a root for the fake's sandboxes");
-        let mut child = Command::new(python())
-            .arg(fake_server_script())
-            .args(["--port", "0", "--api-key", API_KEY, "--exit-when-stdin-closes", "--root"])
-            .arg(root.path())
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the Daytona fake starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let port = loop {
-            let line = lines.next().expect("the fake prints LISTENING <port>").expect("readable stdout");
-            if let Some(port) = line.strip_prefix("LISTENING ") {
-                break port.trim().parse().expect("a port number");
-            }
-        };
-        Some(Fake { child, port, _root: root })
+        let mut arguments = vec!["--api-key", API_KEY];
+        arguments.extend_from_slice(extra);
+        let process = FakeProcess::start("Daytona", "SANDLINK_DAYTONA_FAKE_SERVER", "daytona_server.py", &arguments)?;
+        Some(Fake { process })
     }
 
     fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}/api", self.port)
+        format!("http://127.0.0.1:{}/api", self.process.port)
     }
 
     /// Driver settings pointing at this fake, with short stream keepalives so a hung toolbox shows soon.
@@ -94,7 +56,7 @@ impl Fake {
     }
 
     fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        http_json(self.port, method, path, body)
+        support::fake::http_json(self.process.port, method, path, body, &[])
     }
 
     fn set_faults(&self, faults: Value) {
@@ -138,40 +100,6 @@ impl Fake {
             guard: None,
         }
     }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        // SIGTERM lets the fake kill the process trees it started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal HTTP/1.0 JSON client for the fake's admin API.
-fn http_json(port: u16, method: &str, path: &str, body: Option<Value>) -> Value {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the fake accepts connections");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("a read timeout");
-    let payload = body.map(|body| body.to_string()).unwrap_or_default();
-    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n", payload.len());
-    if !payload.is_empty() {
-        request.push_str("Content-Type: application/json\r\n");
-    }
-    request.push_str("\r\n");
-    request.push_str(&payload);
-    stream.write_all(request.as_bytes()).expect("the request is sent");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("the answer is read");
-    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
-    serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
 /// The fake shared by the parity tests (which inject no faults); it ends with the test binary.

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod fake;
+
 /// How long a test waits for any single answer before failing with a clear message.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -1,18 +1,19 @@
 //! Fuzzes the Vercel logs stream reader (`drivers::vercel::commands::{take_line, parse_line, ReplayPosition}`) on
 //! arbitrary bytes: it never panics, reads the same lines however the stream is cut into reads, and when readers are
-//! cut off anywhere and replay the stream from the start (a follower cut by the edge and a drain, interleaved, then
-//! one reader that reads to the end), each stream's bytes are delivered exactly once and in order.
+//! cut off anywhere and replay the output from the start (a follower cut by the edge reading the stream's own lines,
+//! and a drain, interleaved with it, then one reader that reads to the end; replays group the output into other
+//! pieces, as the logs endpoint may), each stream's bytes are delivered exactly once and in order.
 //!
 //! Input: the first byte is the size of each read (1 to 256 bytes), the next two say where the follower's and the
-//! drain's streams are cut (as a fraction of the stream), the fourth how their deliveries interleave; the rest is
-//! the NDJSON stream.
+//! drain's streams are cut (as a fraction of the stream), the fourth how their deliveries interleave, the fifth the
+//! sizes of the drain's and the last reader's pieces (low and high nibble, plus one); the rest is the NDJSON stream.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sandlink::drivers::vercel::commands::{parse_line, take_line, ReplayPosition, StreamLine};
 
 fuzz_target!(|data: &[u8]| {
-    let [read_size, follower_cut, drain_cut, interleaving, stream @ ..] = data else { return };
+    let [read_size, follower_cut, drain_cut, interleaving, replay_pieces, stream @ ..] = data else { return };
     let read_size = usize::from(*read_size) + 1;
     let whole = read(stream, stream.len().max(1));
     assert_eq!(read(stream, read_size), whole, "reads of {read_size} bytes change the lines read");
@@ -24,12 +25,12 @@ fuzz_target!(|data: &[u8]| {
         expected[stream].extend_from_slice(bytes);
     }
 
-    let cut_at = |fraction: u8| stream.len() * usize::from(fraction) / 255;
-    let follower = read(&stream[..cut_at(*follower_cut)], read_size);
-    let drain = read(&stream[..cut_at(*drain_cut)], read_size.saturating_mul(3) % 257 + 1);
+    let follower = read(&stream[..stream.len() * usize::from(*follower_cut) / 255], read_size);
+    let drain = regrouped(&expected, usize::from(replay_pieces & 0x0f) + 1, *drain_cut);
     let mut ledger = Ledger::default();
     let (mut follower_position, mut drain_position) = (ReplayPosition::default(), ReplayPosition::default());
-    let (mut follower_outputs, mut drain_outputs) = (outputs(&follower).into_iter(), outputs(&drain).into_iter());
+    let mut follower_outputs = outputs(&follower).into_iter();
+    let mut drain_outputs = drain.iter().map(|(stream, bytes)| (*stream, bytes.as_slice()));
     let mut step = 0u32;
     loop {
         let follower_turn = interleaving.rotate_left(step % 8) & 1 == 1;
@@ -56,8 +57,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // The stream opened once more reads to its end and delivers whatever is still missing.
     let mut last_position = ReplayPosition::default();
-    for (stream, bytes) in outputs(&whole) {
-        ledger.offer(&mut last_position, stream, bytes, &expected);
+    for (stream, bytes) in regrouped(&expected, usize::from(replay_pieces >> 4) + 1, u8::MAX) {
+        ledger.offer(&mut last_position, stream, &bytes, &expected);
     }
     assert_eq!(ledger.received, expected, "a stream's bytes were lost or repeated across replays");
 });
@@ -78,6 +79,23 @@ impl Ledger {
         assert_eq!(self.delivered[stream], self.received[stream].len() as u64, "the count is not what was delivered");
         assert!(expected[stream].starts_with(&self.received[stream]), "stream {stream} got bytes out of order or twice");
     }
+}
+
+/// A replay of the output in pieces of `piece_size` bytes, stdout's and stderr's alternating, cut after `fraction`
+/// of its pieces (255: all of them).
+fn regrouped(output: &[Vec<u8>; 2], piece_size: usize, fraction: u8) -> Vec<(usize, Vec<u8>)> {
+    let mut stdout_pieces = output[0].chunks(piece_size).map(|piece| (0, piece.to_vec()));
+    let mut stderr_pieces = output[1].chunks(piece_size).map(|piece| (1, piece.to_vec()));
+    let mut pieces = Vec::new();
+    loop {
+        let (stdout, stderr) = (stdout_pieces.next(), stderr_pieces.next());
+        if stdout.is_none() && stderr.is_none() {
+            break;
+        }
+        pieces.extend(stdout.into_iter().chain(stderr));
+    }
+    pieces.truncate(pieces.len() * usize::from(fraction) / 255);
+    pieces
 }
 
 /// The lines of `stream` read in pieces of `read_size` bytes, and the unfinished line left at its end.

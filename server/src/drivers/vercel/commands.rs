@@ -116,24 +116,81 @@ enum LogsEnd {
     Failed(Error),
 }
 
-/// Where a reader is in its replay of the logs, per stream (stdout, stderr).
-#[derive(Default)]
-struct ReplayPosition {
+/// Where a reader is in its replay of the logs, per stream (stdout, stderr). Public for the fuzz targets.
+#[derive(Debug, Default)]
+pub struct ReplayPosition {
     seen: [u64; 2],
+}
+
+impl ReplayPosition {
+    /// Moves this reader past `data` of `stream` (0 stdout, 1 stderr) and answers the part of it past what
+    /// `delivered` counts, advancing `delivered` to match; `None` when every byte of it was delivered already.
+    pub fn advance<'a>(&mut self, delivered: &mut [u64; 2], stream: usize, data: &'a [u8]) -> Option<&'a [u8]> {
+        let start = self.seen[stream];
+        self.seen[stream] += data.len() as u64;
+        let already = delivered[stream];
+        if already >= self.seen[stream] {
+            return None;
+        }
+        delivered[stream] = self.seen[stream];
+        Some(&data[(already.saturating_sub(start) as usize).min(data.len())..])
+    }
+}
+
+/// What one NDJSON line of a logs stream or a `wait` stream says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamLine {
+    /// Output of stdout (0) or stderr (1).
+    Output { stream: usize, data: String },
+    /// A command line, with the exit code when it carried one.
+    Command { exit_code: Option<i64> },
+    /// An error line, which ends the stream; `gone` when it says the session has stopped.
+    Error { described: String, gone: bool },
+    /// A blank line, or one sandlink does not understand.
+    Ignored,
+}
+
+/// Takes the next whole line (with its `\n`) off the front of `pending`; `None` until one has arrived.
+/// Public for the fuzz targets.
+pub fn take_line(pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let newline = pending.iter().position(|byte| *byte == b'\n')?;
+    Some(pending.drain(..=newline).collect())
+}
+
+/// Reads one NDJSON line of a stream. Public for the fuzz targets.
+pub fn parse_line(line: &[u8]) -> StreamLine {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return StreamLine::Ignored;
+    }
+    let parsed: Value = match serde_json::from_slice(line) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            tracing::warn!(%error, "ignoring a Vercel stream line sandlink does not understand");
+            return StreamLine::Ignored;
+        }
+    };
+    if let Some(command) = parsed.get("command") {
+        return StreamLine::Command { exit_code: command.get("exitCode").and_then(Value::as_i64) };
+    }
+    let Ok(parsed) = serde_json::from_value::<LogLine>(parsed) else { return StreamLine::Ignored };
+    match (parsed.stream.as_str(), parsed.data) {
+        ("stdout", Value::String(data)) => StreamLine::Output { stream: 0, data },
+        ("stderr", Value::String(data)) => StreamLine::Output { stream: 1, data },
+        ("error", data) => {
+            let code = data.get("code").and_then(Value::as_str).unwrap_or_default();
+            let message = data.get("message").and_then(Value::as_str).unwrap_or_default();
+            let gone = code.contains("stopped") || code.contains("gone");
+            StreamLine::Error { described: format!("{message} ({code})"), gone }
+        }
+        _ => StreamLine::Ignored,
+    }
 }
 
 impl Run {
     /// Hands over the part of `data` at `position` that was not delivered yet; answers whether anything was.
     async fn deliver(&self, stream: usize, data: &[u8], position: &mut ReplayPosition) -> bool {
         let mut delivery = self.delivery.lock().await;
-        let start = position.seen[stream];
-        position.seen[stream] += data.len() as u64;
-        let already = delivery.delivered[stream];
-        if already >= position.seen[stream] {
-            return false;
-        }
-        let fresh = &data[(already.saturating_sub(start) as usize).min(data.len())..];
-        delivery.delivered[stream] = position.seen[stream];
+        let Some(fresh) = position.advance(&mut delivery.delivered, stream, data) else { return false };
         if let Some(senders) = &delivery.senders {
             // A closed receiver means the engine stopped reading; the command still goes on to its end.
             let _ = senders[stream].send(Bytes::copy_from_slice(fresh)).await;
@@ -168,36 +225,15 @@ impl Run {
         let mut delivered = false;
         let mut exit_code = None;
         loop {
-            while let Some(newline) = pending.iter().position(|byte| *byte == b'\n') {
-                let line: Vec<u8> = pending.drain(..=newline).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let parsed: Value = match serde_json::from_slice(&line) {
-                    Ok(parsed) => parsed,
-                    Err(error) => {
-                        tracing::warn!(%error, "ignoring a Vercel stream line sandlink does not understand");
-                        continue;
-                    }
-                };
-                if let Some(command) = parsed.get("command") {
-                    exit_code = exit_code.or(command.get("exitCode").and_then(Value::as_i64));
-                    continue;
-                }
-                let Ok(parsed) = serde_json::from_value::<LogLine>(parsed) else { continue };
-                match (parsed.stream.as_str(), &parsed.data) {
-                    ("stdout", Value::String(text)) => delivered |= self.deliver(0, text.as_bytes(), position).await,
-                    ("stderr", Value::String(text)) => delivered |= self.deliver(1, text.as_bytes(), position).await,
-                    ("error", data) => {
-                        let code = data.get("code").and_then(Value::as_str).unwrap_or_default();
-                        let message = data.get("message").and_then(Value::as_str).unwrap_or_default();
-                        let described = format!("{message} ({code})");
-                        if code.contains("stopped") || code.contains("gone") {
-                            return (LogsEnd::Gone(described), exit_code);
-                        }
+            while let Some(line) = take_line(&mut pending) {
+                match parse_line(&line) {
+                    StreamLine::Output { stream, data } => delivered |= self.deliver(stream, data.as_bytes(), position).await,
+                    StreamLine::Command { exit_code: code } => exit_code = exit_code.or(code),
+                    StreamLine::Error { described, gone: true } => return (LogsEnd::Gone(described), exit_code),
+                    StreamLine::Error { described, gone: false } => {
                         return (LogsEnd::Cut { reason: format!("carried an error: {described}"), delivered }, exit_code);
                     }
-                    _ => {}
+                    StreamLine::Ignored => {}
                 }
             }
             let next = match quiet {
@@ -603,6 +639,29 @@ mod tests {
         assert!(run.deliver(0, b"ree\n", &mut again).await);
         run.finish().await;
         assert_eq!(gather(&mut stdout).await, b"one\ntwo\nthree\n");
+    }
+
+    #[test]
+    fn stream_lines_should_be_read_whole_and_parsed_by_kind() {
+        let mut pending = b"{\"stream\":\"stdout\",\"data\":\"a\\n\"}\n\n{\"command\":{\"exitCode\":3}}\n{\"stre".to_vec();
+        let lines: Vec<StreamLine> = std::iter::from_fn(|| take_line(&mut pending)).map(|line| parse_line(&line)).collect();
+        assert_eq!(
+            lines,
+            [StreamLine::Output { stream: 0, data: "a\n".into() }, StreamLine::Ignored, StreamLine::Command { exit_code: Some(3) }]
+        );
+        assert_eq!(pending, b"{\"stre", "an unfinished line waits for the rest");
+        assert_eq!(parse_line(b"{\"stream\":\"stderr\",\"data\":7}\n"), StreamLine::Ignored);
+        assert_eq!(parse_line(b"not json\n"), StreamLine::Ignored);
+        assert_eq!(
+            parse_line(b"{\"stream\":\"error\",\"data\":{\"code\":\"sandbox_stopped\",\"message\":\"Stopped\"}}\n"),
+            StreamLine::Error { described: "Stopped (sandbox_stopped)".into(), gone: true }
+        );
+        let mut delivered = [0, 0];
+        let (mut first, mut replay) = (ReplayPosition::default(), ReplayPosition::default());
+        assert_eq!(first.advance(&mut delivered, 1, b"abc"), Some(&b"abc"[..]));
+        assert_eq!(replay.advance(&mut delivered, 1, b"ab"), None);
+        assert_eq!(replay.advance(&mut delivered, 1, b"cd"), Some(&b"d"[..]));
+        assert_eq!(delivered, [0, 4]);
     }
 
     #[test]

@@ -1475,8 +1475,9 @@ async def send_input(request: web.Request, command: SessionCommand) -> web.Strea
     encoded = data.encode()
 
     def write_to_fifo() -> Optional[str]:
-        # The wrapper creates the FIFO when the shell reaches the command; wait a moment for a just-started one.
-        deadline = time.monotonic() + 2.0
+        # The wrapper creates the FIFO when the shell reaches the command; wait for a just-started one (seconds on a
+        # busy machine).
+        deadline = time.monotonic() + 10.0
         while True:
             try:
                 descriptor = os.open(command.input_path, os.O_WRONLY | os.O_NONBLOCK)

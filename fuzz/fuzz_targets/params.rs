@@ -63,6 +63,10 @@ fn every_request(value: &Value) {
     decode::<proto::SetCredentialRequest>(value);
     decode::<proto::DeleteCredentialRequest>(value);
     decode::<proto::TrustWorkspaceRequest>(value);
+    decode::<proto::AcceptHostKeyRequest>(value);
+    decode::<proto::ResolveRequest>(value);
+    decode::<proto::RunsRequest>(value);
+    decode::<proto::TasksRequest>(value);
     notification::<proto::OutputNotification>(value);
     notification::<proto::ExitNotification>(value);
     notification::<proto::SessionStateNotification>(value);

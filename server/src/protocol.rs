@@ -876,6 +876,9 @@ pub const REQUEST_METHODS: &[&str] = &[
     DeleteCredentialRequest::METHOD,
     TrustWorkspaceRequest::METHOD,
     AcceptHostKeyRequest::METHOD,
+    ResolveRequest::METHOD,
+    RunsRequest::METHOD,
+    TasksRequest::METHOD,
 ];
 
 /// Every custom notification method.

@@ -198,7 +198,11 @@ impl Engine {
         if port == 0 {
             return Err(Error::InvalidParams("The port must be between 1 and 65535.".into()));
         }
-        ports::wait_until_listening(&*session.sandbox, port).await?;
+        // Only where a look is cheap (the drivers that watch ports): on Daytona or Vercel each look is several
+        // provider requests, and a silent port would cost twenty of them.
+        if session.sandbox.port_watch_interval().is_some() {
+            ports::wait_until_listening(&*session.sandbox, port).await?;
+        }
         let url = session.sandbox.preview(port).await?;
         let is_new = session.add_preview(port, &url);
         if is_new {

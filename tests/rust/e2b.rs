@@ -51,24 +51,6 @@ impl Fake {
         vec![("E2B_API_KEY".into(), API_KEY.into()), ("RUST_LOG".into(), "sandlink=debug".into())]
     }
 
-    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        support::fake::http_json(self.process.port, method, path, body, &[])
-    }
-
-    fn set_faults(&self, faults: Value) {
-        self.admin("POST", "/_admin/faults", Some(faults));
-    }
-
-    /// Every request the fake logged from `since` on (control and envd planes, never admin).
-    fn requests_since(&self, since: u64) -> Vec<Value> {
-        let answer = self.admin("GET", &format!("/_admin/requests?since={since}"), None);
-        answer["requests"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn next_sequence(&self) -> u64 {
-        self.admin("GET", "/_admin/requests?since=999999999", None)["nextSeq"].as_u64().expect("nextSeq")
-    }
-
     /// The fake's view of the sandbox a session created (found by the session metadata the driver sets).
     fn sandbox_of(&self, session_id: &str) -> Option<Value> {
         let metadata = format!("sandlinkSession%3D{session_id}");
@@ -96,6 +78,15 @@ impl Fake {
             },
             guard: None,
         }
+    }
+}
+
+impl std::ops::Deref for Fake {
+    type Target = FakeProcess;
+
+    /// The admin API every fake shares (faults, request log) is the process's.
+    fn deref(&self) -> &FakeProcess {
+        &self.process
     }
 }
 

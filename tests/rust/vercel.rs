@@ -49,25 +49,8 @@ impl Fake {
         ]
     }
 
-    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        support::fake::http_json(self.process.port, method, path, body, &[])
-    }
-
-    fn set_faults(&self, faults: Value) {
-        self.admin("POST", "/_admin/faults", Some(faults));
-    }
-
     fn advance_clock(&self, seconds: f64) {
         self.admin("POST", "/_admin/clock", Some(json!({ "advanceSeconds": seconds })));
-    }
-
-    /// Every API request the fake logged from `since` on.
-    fn requests_since(&self, since: u64) -> Vec<Value> {
-        self.admin("GET", &format!("/_admin/requests?since={since}"), None)["requests"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn next_sequence(&self) -> u64 {
-        self.admin("GET", "/_admin/requests?since=999999999", None)["nextSeq"].as_u64().expect("nextSeq")
     }
 
     /// The fake's view of the named sandbox a session created (the driver names it after the session).
@@ -109,6 +92,15 @@ fn sandbox_name(session_id: &str) -> String {
         .map(|character| if character.is_ascii_alphanumeric() || character == '-' { character.to_ascii_lowercase() } else { '-' })
         .collect();
     format!("sandlink-{cleaned}")
+}
+
+impl std::ops::Deref for Fake {
+    type Target = FakeProcess;
+
+    /// The admin API every fake shares (faults, request log) is the process's.
+    fn deref(&self) -> &FakeProcess {
+        &self.process
+    }
 }
 
 /// The fake shared by the parity tests (which inject no faults); it ends with the test binary.

@@ -59,9 +59,23 @@ impl FakeProcess {
         Some(FakeProcess { child, port, _root: root })
     }
 
-    /// A JSON request to the server (its admin API, or its API where a test speaks it directly).
-    pub fn request(&self, method: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Value {
-        http_json(self.port, method, path, body, headers)
+    /// A JSON request to the server's admin API (every fake has the same one: faults, request log, sandboxes).
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        http_json(self.port, method, path, body, &[])
+    }
+
+    pub fn set_faults(&self, faults: Value) {
+        self.admin("POST", "/_admin/faults", Some(faults));
+    }
+
+    /// Every API request the fake logged from `since` on (never the admin API's own).
+    pub fn requests_since(&self, since: u64) -> Vec<Value> {
+        self.admin("GET", &format!("/_admin/requests?since={since}"), None)["requests"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The sequence number the next logged request will get.
+    pub fn next_sequence(&self) -> u64 {
+        self.admin("GET", "/_admin/requests?since=999999999", None)["nextSeq"].as_u64().expect("nextSeq")
     }
 }
 

@@ -28,6 +28,8 @@ protocol.request = {
   resolve = 'sandlink/resolve',
   runs = 'sandlink/runs',
   accept_host_key = 'sandlink/acceptHostKey',
+  allow_secret = 'sandlink/allowSecret',
+  setting_choices = 'sandlink/settingChoices',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

@@ -490,6 +490,12 @@ const steps = [
             assert(!/disconnected/.test(text), text);
             const connected = readTestLog().find((entry) => entry.event === "connected");
             assert(connected && connected.driver === "local", `no 'connected' event for local: ${JSON.stringify(connected)}`);
+            // The held-back .env is named at connect, with a way to allow it; closed here, allowed later from the view.
+            const toast = page.locator(".notification-toast", { hasText: "like secrets on this machine: .env" }).first();
+            await toast.waitFor({ state: "visible", timeout: uiTimeoutMs });
+            assert((await toast.locator(".monaco-button", { hasText: "Allow One" }).count()) === 1, `the notice offers Allow One: ${await toast.innerText()}`);
+            await toast.hover();
+            await toast.locator(".codicon-notifications-clear, .codicon-close").first().click().catch(() => {});
         },
     ],
     [
@@ -977,6 +983,13 @@ const steps = [
             );
             await waitFor("the view to show it cancelled", async () => /cancelled after/.test(await sessionsViewRow("sleep 300").innerText()));
             await waitForStatus(/local: active\s*$/);
+            // The held-back .env goes up after all when the user says so, for this session only.
+            assert(sandboxFiles(".env").length === 0, "the .env was in a sandbox before it was allowed");
+            await clickSessionsViewAction("held back (secret-file-name)", "Upload to the Sandbox");
+            await pickQuickPickRow("Upload it for this session");
+            await waitFor("the allowed .env in the sandbox", async () => sandboxFiles(".env").length === 1);
+            const allowed = readTestLog().find((entry) => entry.event === "secretAllowed");
+            assert(allowed && allowed.path === ".env" && allowed.remember === false && allowed.uploaded === 1, `the allow: ${JSON.stringify(allowed)}`);
         },
     ],
     [

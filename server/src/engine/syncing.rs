@@ -40,13 +40,8 @@ impl Engine {
         };
         let wanted = conflict_path(session.workspace.as_deref(), &params.path)?;
         let conflicts = sync.state().conflicts;
-        if !conflicts.iter().any(|conflict| conflict.path == wanted) {
-            let listed: Vec<&str> = conflicts.iter().map(|conflict| conflict.path.as_str()).collect();
-            return Err(Error::InvalidParams(match listed.is_empty() {
-                true => format!("\"{wanted}\" is not in conflict: this session has no sync conflicts now."),
-                false => format!("\"{wanted}\" is not in conflict; the conflicts now are: {}.", listed.join(", ")),
-            }));
-        }
+        let listed: Vec<&str> = conflicts.iter().map(|conflict| conflict.path.as_str()).collect();
+        require_listed(&wanted, &listed, "in conflict", "this session has no sync conflicts now", "the conflicts now are")?;
         let direction = match params.keep {
             ConflictSide::Workspace => SyncDirection::Up,
             ConflictSide::Sandbox => SyncDirection::Down,
@@ -67,13 +62,8 @@ impl Engine {
         };
         let wanted = conflict_path(session.workspace.as_deref(), &params.path)?;
         let held_back = sync.state().held_back;
-        if !held_back.iter().any(|file| file.path == wanted) {
-            let listed: Vec<&str> = held_back.iter().map(|file| file.path.as_str()).collect();
-            return Err(Error::InvalidParams(match listed.is_empty() {
-                true => format!("\"{wanted}\" is not held back: this session holds no files back now."),
-                false => format!("\"{wanted}\" is not held back; the files held back now are: {}.", listed.join(", ")),
-            }));
-        }
+        let listed: Vec<&str> = held_back.iter().map(|file| file.path.as_str()).collect();
+        require_listed(&wanted, &listed, "held back", "this session holds no files back now", "the files held back now are")?;
         if params.remember {
             self.remember_allowed_secret(session.profile.as_deref(), session.workspace.as_deref(), &wanted).await?;
         }
@@ -202,6 +192,18 @@ impl StateObserver for SyncObserver {
 
 /// A path as `SyncState.conflicts` names it (relative, `/`-separated) from what a client sent: that form, an absolute
 /// path inside the workspace, or a file URI.
+/// Refuses a path that is not among those the user was shown (`listed`), naming those that are, so a stale click
+/// cannot act on a file whose state changed since.
+fn require_listed(wanted: &str, listed: &[&str], what: &str, none_now: &str, listed_now: &str) -> Result<()> {
+    if listed.contains(&wanted) {
+        return Ok(());
+    }
+    Err(Error::InvalidParams(match listed.is_empty() {
+        true => format!("\"{wanted}\" is not {what}: {none_now}."),
+        false => format!("\"{wanted}\" is not {what}; {listed_now}: {}.", listed.join(", ")),
+    }))
+}
+
 fn conflict_path(workspace: Option<&std::path::Path>, path: &str) -> Result<String> {
     let outside = || Error::PathOutsideWorkspace(format!("\"{path}\" is not inside the session's workspace."));
     if !(path.starts_with("file:") || path.starts_with('/')) {

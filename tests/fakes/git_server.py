@@ -32,9 +32,10 @@ Admin API (test-only, no authentication, JSON in and out; never counted or logge
 * `GET /_admin/repos` lists every repository; `GET /_admin/repos/<name>` (or `?name=<name>`) answers
   `{"name", "path", "url", "head": "main", "branches": {"main": "<sha>", ...}, "public"}` so tests can assert pushes.
 * `DELETE /_admin/repos/<name>` removes one.
-* `POST /_admin/repos/<name>/commits {"branch": "main", "message": "...", "files": {"path": "content" | null}}`
-  makes a commit on the server side on top of `branch` (null deletes a path), to move a base under a client (a
-  rejected push, a rebase, a conflict). Answers `{"sha", "parent", "branch"}`.
+* `POST /_admin/repos/<name>/commits {"branch": "main", "message": "...", "files": {"path": "content" | null},
+  "from": "main"?}` makes a commit on the server side on top of `branch` (null deletes a path), to move a base under
+  a client (a rejected push, a rebase, a conflict); a branch that does not exist yet starts at `from` (default: the
+  HEAD branch). Answers `{"sha", "parent", "branch"}`.
 * `POST /_admin/faults {...}` (GET shows them, DELETE clears them). Counters are consumed by the requests they hit:
   - `"failNext": N, "failStatus": 500` answer the next N git requests with that status;
   - `"dropNext": N` closes the next N connections without an answer (a network failure);
@@ -238,7 +239,7 @@ class GitServer:
                 run_git(["update-ref", f"refs/heads/{branch}", commit], git_dir=path)
         return self.describe(name)
 
-    def commit_on_server(self, name: str, branch: str, message: str, files: dict) -> dict:
+    def commit_on_server(self, name: str, branch: str, message: str, files: dict, start: Optional[str]) -> dict:
         path = self.repository_path(name)
         with tempfile.TemporaryDirectory(prefix="git-server-commit-") as scratch:
             environment = dict(SERVER_COMMIT_ENVIRONMENT, GIT_INDEX_FILE=os.path.join(scratch, "index"))
@@ -249,6 +250,16 @@ class GitServer:
                 parent = run_git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], git_dir=path).strip()
             except RuntimeError:
                 parent = ""
+            if not parent:
+                # A new branch starts at `from` (default: the repository's HEAD branch) when that exists.
+                start = start or run_git(["symbolic-ref", "--short", "HEAD"], git_dir=path).strip()
+                try:
+                    parent = run_git(["rev-parse", "--verify", "--quiet", f"refs/heads/{start}"], git_dir=path).strip()
+                except RuntimeError:
+                    parent = ""
+                created = True
+            else:
+                created = False
             if parent:
                 run_git(["read-tree", parent], git_dir=path, extra_environment=environment)
             for file_path, content in files.items():
@@ -264,7 +275,9 @@ class GitServer:
             tree = run_git(["write-tree"], git_dir=path, extra_environment=environment).strip()
             arguments = ["commit-tree", tree, "-m", message] + (["-p", parent] if parent else [])
             commit = run_git(arguments, git_dir=path, extra_environment=environment).strip()
-            run_git(["update-ref", f"refs/heads/{branch}", commit] + ([parent] if parent else []), git_dir=path)
+            # update-ref refuses when someone pushed meanwhile (or created the branch): no lost update.
+            expected_old = ["0" * 40] if created else [parent]
+            run_git(["update-ref", f"refs/heads/{branch}", commit] + expected_old, git_dir=path)
         return {"sha": commit, "parent": parent or None, "branch": branch}
 
     # -- faults and the request log ------------------------------------------------------------------------------
@@ -438,7 +451,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 files = body.get("files") or {}
                 try:
                     made = git.commit_on_server(name, str(body.get("branch", "main")),
-                                                str(body.get("message", "Server-side change")), files)
+                                                str(body.get("message", "Server-side change")), files,
+                                                body.get("from"))
                 except RuntimeError as error:
                     return self.send_json(500, {"error": str(error)})
                 return self.send_json(201, made)

@@ -78,8 +78,9 @@ import urllib.parse
 from typing import Optional
 
 REALM = "sandlink-test-git"
-# A name is one or two path segments of the characters GitHub allows in owner and repository names.
-REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$")
+# A name is one or two path segments of the characters GitHub allows in owner and repository names; no segment may
+# be `.` or `..`, so a name never leaves --root.
+REPOSITORY_NAME = re.compile(r"^(?!\.\.?(/|$))[A-Za-z0-9_.-]+(/(?!\.\.?$)[A-Za-z0-9_.-]+)?$")
 GIT_SERVICES = ("git-upload-pack", "git-receive-pack")
 # Fixed identity and dates for server-side commits, so seeded repositories have the same SHAs run after run.
 SERVER_COMMIT_ENVIRONMENT = {

@@ -488,11 +488,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         repo, service, kind = classify(path, query)
         entry = {"method": self.command, "path": path, "repo": repo, "service": service, "kind": kind,
                  "status": None, "user": None, "credentialSha256": None, "fault": None}
+        self.pending_entry, self.started = entry, started
         try:
-            entry["status"] = self.serve_git(path, parsed.query, repo, service, entry)
+            self.serve_git(path, parsed.query, repo, service, entry)
         finally:
-            entry["durationMs"] = int((time.monotonic() - started) * 1000)
+            self.record_pending(None)
+
+    def record_pending(self, status: Optional[int]) -> None:
+        """Logs the request being answered, BEFORE its answer leaves (durationMs is the time to the status line):
+        a test that reads the log right after git finished must find every entry there."""
+        entry, self.pending_entry = getattr(self, "pending_entry", None), None
+        if entry is not None:
+            entry["status"] = status
+            entry["durationMs"] = int((time.monotonic() - self.started) * 1000)
             self.git.record(entry)
+
+    def send_response(self, code: int, message: Optional[str] = None) -> None:
+        self.record_pending(code)
+        super().send_response(code, message)
 
     def credentials(self) -> tuple[Optional[str], Optional[str]]:
         header = self.headers.get("Authorization", "")
@@ -516,6 +529,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         entry["fault"] = fault
         if fault == "drop":
             # Nothing is answered; the client sees the connection close (curl: "Empty reply from server").
+            self.record_pending(None)
             self.close_connection = True
             with_suppressed(lambda: self.connection.shutdown(socket.SHUT_RDWR))
             return None

@@ -188,12 +188,19 @@ class GitHub:
         self.reset_faults()
         self.request_log: list[dict] = []
         self.next_sequence = 0
-        self.api_url = ""
+        self.root_url = ""
+        # The prefix of the request being answered (`/api/v3` for the Enterprise form), per request thread: URLs in
+        # answers use the prefix the client used, as GitHub Enterprise does, so clients that check them are content.
+        self.request_local = threading.local()
         self.html_url = arguments.html_url or ""
         for specification in arguments.token or []:
             token, has_scopes, scopes = specification.partition("=")
             self.add_token(token, arguments.login,
                            [scope for scope in scopes.split(",") if scope] if has_scopes else list(DEFAULT_SCOPES))
+
+    @property
+    def api_url(self) -> str:
+        return self.root_url + getattr(self.request_local, "prefix", "")
 
     # -- identities ----------------------------------------------------------------------------------------------
 
@@ -608,8 +615,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(parsed.query)
         if path.startswith("/_admin/"):
             return self.handle_admin(path, query)
+        self.github.request_local.prefix = ""
         if path.startswith("/api/v3/") or path == "/api/v3":
             path = path[len("/api/v3"):] or "/"
+            self.github.request_local.prefix = "/api/v3"
         pull_page = re.match(r"^/([^/]+)/([^/]+)/pull/(\d+)$", path)
         if self.command == "GET" and pull_page:
             return self.serve_pull_page(*pull_page.groups())
@@ -621,10 +630,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 break
         entry = {"method": self.command, "path": parsed.path, "query": parsed.query, "route": route,
                  "status": None, "login": None, "tokenSha256": None, "fault": None, "body": None}
+        self.pending_entry = entry
         try:
-            entry["status"] = self.serve_api(route, parameters, query, entry)
+            self.serve_api(route, parameters, query, entry)
         finally:
+            self.record_pending(None)
+
+    def record_pending(self, status: Optional[int]) -> None:
+        """Logs the request being answered, BEFORE its answer leaves: a client that reads the log right after its
+        answer must find the entry there."""
+        entry, self.pending_entry = getattr(self, "pending_entry", None), None
+        if entry is not None:
+            entry["status"] = status
             self.github.record(entry)
+
+    def send_response(self, code: int, message: Optional[str] = None) -> None:
+        self.record_pending(code)
+        super().send_response(code, message)
 
     def serve_pull_page(self, owner: str, name: str, number: str) -> None:
         repository = self.github.find_repository(owner, name)
@@ -662,6 +684,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             fault = github.take_fault(route)
             entry["fault"] = fault
             if fault == "drop":
+                self.record_pending(None)
                 self.close_connection = True
                 try:
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -970,8 +993,8 @@ def main() -> None:
     server = Server((arguments.host, arguments.port), handler)
     port = server.server_address[1]
     url_host = arguments.host if arguments.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    github.api_url = f"http://{url_host}:{port}"
-    github.html_url = (arguments.html_url or github.api_url).rstrip("/")
+    github.root_url = f"http://{url_host}:{port}"
+    github.html_url = (arguments.html_url or github.root_url).rstrip("/")
 
     def stop(*_signal_arguments) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

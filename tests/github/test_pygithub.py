@@ -1,0 +1,204 @@
+"""The GitHub test server (tests/fakes/github_server.py) proven by the official PyGithub client: repository, pull requests after a real git push, GitHub's 422s, credentials, scopes and rate limits."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from github import Auth, BadCredentialsException, Github, GithubException, RateLimitExceededException, \
+    UnknownObjectException
+
+from conftest import GIT_TOKEN, GITHUB_TOKEN, NO_SCOPE_TOKEN, Git, token_digest
+
+
+def client(github_server, token: str = GITHUB_TOKEN, **options) -> Github:
+    # No throttling between requests: the fake has no abuse detection to be polite to.
+    options.setdefault("seconds_between_requests", None)
+    options.setdefault("seconds_between_writes", None)
+    return Github(base_url=github_server.url, auth=Auth.Token(token), **options)
+
+
+def header(error: GithubException, name: str) -> str:
+    """A header of a failed answer, whatever case PyGithub's transport left its name in."""
+    return {key.lower(): value for key, value in error.headers.items()}[name.lower()]
+
+
+def push_branch(git: Git, repo: dict, tmp_path, branch: str, content: str = "work\n") -> str:
+    work = str(tmp_path / f"work-{branch}")
+    git.run("clone", "-q", repo["url"], work, token=GIT_TOKEN)
+    git.run("checkout", "-q", "-b", branch, cwd=work)
+    sha = git.commit_file(work, f"{branch}.txt", content, f"feat: work on {branch}")
+    git.run("push", "-q", "origin", branch, cwd=work, token=GIT_TOKEN)
+    return sha
+
+
+def test_get_repository(github_server, git_server, repo):
+    repository = client(github_server).get_repo(repo["name"])
+    assert repository.full_name == repo["name"]
+    assert repository.private is True
+    assert repository.default_branch == "main"
+    assert repository.owner.login == "acme"
+    assert repository.clone_url == repo["url"]
+    assert repository.permissions.pull is True
+
+
+def test_create_list_and_get_a_pull_request_after_a_real_push(github_server, repo, git, tmp_path):
+    pushed = push_branch(git, repo, tmp_path, "task-1")
+    repository = client(github_server).get_repo(repo["name"])
+    created = repository.create_pull(base="main", head="task-1", title="feat: task 1", body="Done by an agent.",
+                                     draft=True)
+    assert created.number == 1
+    assert created.html_url == f"{github_server.url}/{repo['name']}/pull/1"
+    assert created.head.ref == "task-1" and created.head.sha == pushed and created.head.label == "acme:task-1"
+    assert created.head.repo.full_name == repo["name"]
+    assert created.base.ref == "main" and created.base.sha == repo["branches"]["main"]
+    assert (created.title, created.body, created.draft, created.state) == ("feat: task 1", "Done by an agent.",
+                                                                           True, "open")
+    assert created.user.login == "sandlink-bot"
+    assert (created.commits, created.changed_files, created.additions) == (1, 1, 1)
+
+    listed = list(repository.get_pulls(state="open", head="acme:task-1"))
+    assert [pull.number for pull in listed] == [1]
+    assert listed[0].head.sha == pushed
+    assert list(repository.get_pulls(state="open", head="acme:task-other")) == []
+    assert list(repository.get_pulls(state="closed")) == []
+    fetched = repository.get_pull(1)
+    assert (fetched.number, fetched.title, fetched.mergeable) == (1, "feat: task 1", True)
+
+    fetched.edit(state="closed")
+    assert repository.get_pull(1).state == "closed"
+    assert [pull.number for pull in repository.get_pulls(state="all")] == [1]
+
+
+def test_a_second_pull_request_for_the_same_head_is_githubs_422(github_server, repo, git, tmp_path):
+    push_branch(git, repo, tmp_path, "task-2")
+    repository = client(github_server).get_repo(repo["name"])
+    repository.create_pull(base="main", head="acme:task-2", title="feat: two")
+    with pytest.raises(GithubException) as raised:
+        repository.create_pull(base="main", head="task-2", title="feat: two again")
+    assert raised.value.status == 422
+    assert raised.value.data["message"] == "Validation Failed"
+    assert raised.value.data["errors"] == [{"resource": "PullRequest", "code": "custom",
+                                            "message": "A pull request already exists for acme:task-2."}]
+    assert raised.value.data["documentation_url"].startswith("https://docs.github.com/")
+
+
+def test_a_branch_never_pushed_is_an_invalid_head(github_server, repo):
+    repository = client(github_server).get_repo(repo["name"])
+    with pytest.raises(GithubException) as raised:
+        repository.create_pull(base="main", head="task-never-pushed", title="feat: nothing")
+    assert raised.value.status == 422
+    assert raised.value.data["errors"] == [{"resource": "PullRequest", "field": "head", "code": "invalid"}]
+    with pytest.raises(GithubException) as no_commits:
+        repository.create_pull(base="main", head="main", title="feat: nothing new")
+    assert no_commits.value.status == 422
+    assert no_commits.value.data["errors"][0]["message"] == "No commits between main and main"
+
+
+def test_bad_credentials(github_server, repo):
+    with pytest.raises(BadCredentialsException) as raised:
+        client(github_server, token="ghp_revokedOrWrong000000000000000000").get_repo(repo["name"])
+    assert raised.value.status == 401
+    assert raised.value.data["message"] == "Bad credentials"
+
+
+def test_a_token_without_the_repo_scope_sees_no_private_repository(github_server, repo):
+    unscoped = client(github_server, token=NO_SCOPE_TOKEN)
+    with pytest.raises(UnknownObjectException) as raised:
+        unscoped.get_repo(repo["name"])
+    assert raised.value.status == 404
+    assert header(raised.value, "x-accepted-oauth-scopes") == "repo"
+    assert header(raised.value, "x-oauth-scopes") == ""
+    scoped = client(github_server)
+    assert scoped.get_user().login == "sandlink-bot"
+    # PyGithub reads x-oauth-scopes from the last answer.
+    assert scoped.oauth_scopes == ["repo"]
+
+
+def test_a_fine_grained_token_without_pull_request_write_is_told_the_permission(github_server, repo):
+    github_server.admin("POST", "/_admin/tokens", {"token": "github_pat_readOnlyPulls0123456789",
+                                                   "login": "sandlink-bot",
+                                                   "permissions": {"pull_requests": "read", "contents": "write"}})
+    repository = client(github_server, token="github_pat_readOnlyPulls0123456789").get_repo(repo["name"])
+    with pytest.raises(GithubException) as raised:
+        repository.create_pull(base="main", head="main", title="feat: nope")
+    assert raised.value.status == 403
+    assert raised.value.data["message"] == "Resource not accessible by personal access token"
+    assert header(raised.value, "x-accepted-github-permissions") == "pull_requests=write"
+
+
+def test_secondary_rate_limit_is_retried_after_retry_after(github_server, repo):
+    repository = client(github_server).get_repo(repo["name"])
+    since = github_server.admin("GET", "/_admin/requests?since=999999999")["nextSeq"]
+    github_server.admin("POST", "/_admin/faults", {"secondaryNext": 1, "retryAfter": 1, "route": "pulls.list"})
+    started = time.monotonic()
+    assert list(repository.get_pulls(state="all")) == []
+    # PyGithub's default GithubRetry honoured Retry-After: one refused request, one second, one served request.
+    assert time.monotonic() - started >= 1.0
+    log = github_server.admin("GET", f"/_admin/requests?since={since}")["requests"]
+    assert [(entry["route"], entry["status"], entry["fault"]) for entry in log] == [
+        ("pulls.list", 403, "secondary"), ("pulls.list", 200, None)]
+
+    github_server.admin("POST", "/_admin/faults", {"secondaryNext": 1, "retryAfter": 30, "route": "repos.get"})
+    with pytest.raises(RateLimitExceededException) as raised:
+        client(github_server, retry=None).get_repo(repo["name"])
+    assert raised.value.status == 403
+    assert header(raised.value, "Retry-After") == "30"
+    assert raised.value.data["message"].startswith("You have exceeded a secondary rate limit.")
+
+
+def test_429_with_retry_after(github_server, repo):
+    github_server.admin("POST", "/_admin/faults", {"tooManyNext": 1, "retryAfter": 7})
+    with pytest.raises(GithubException) as raised:
+        client(github_server, retry=None).get_repo(repo["name"])
+    assert raised.value.status == 429
+    assert header(raised.value, "Retry-After") == "7"
+
+
+def test_primary_rate_limit_counts_down_is_exhausted_and_resets(github_server, repo):
+    github = client(github_server, retry=None)
+    github.get_repo(repo["name"])
+    remaining, limit = github.rate_limiting
+    assert limit == 5000 and 0 < remaining < 5000
+    overview = github.get_rate_limit()
+    assert overview.resources.core.remaining == remaining  # /rate_limit itself is not counted
+    reset_at = int(time.time()) + 2
+    github_server.admin("POST", "/_admin/rate_limit", {"login": "sandlink-bot", "remaining": 0,
+                                                       "resetInSeconds": 2})
+    with pytest.raises(RateLimitExceededException) as raised:
+        github.get_repo(repo["name"])
+    assert raised.value.status == 403
+    assert header(raised.value, "x-ratelimit-remaining") == "0"
+    assert abs(int(header(raised.value, "x-ratelimit-reset")) - reset_at) <= 1
+    assert raised.value.data["message"].startswith("API rate limit exceeded for user ID")
+    assert github.get_rate_limit().resources.core.remaining == 0
+    # With its default retry PyGithub waits until x-ratelimit-reset, then the refilled budget serves it.
+    waiting = client(github_server)
+    assert waiting.get_repo(repo["name"]).full_name == repo["name"]
+    assert time.time() >= reset_at
+    assert waiting.rate_limiting[0] == 4999
+
+
+def test_pagination_follows_link_headers_and_the_enterprise_prefix(github_server, repo, git, tmp_path):
+    for number in range(3):
+        push_branch(git, repo, tmp_path, f"task-page-{number}")
+    github = client(github_server)
+    repository = github.get_repo(repo["name"])
+    for number in range(3):
+        repository.create_pull(base="main", head=f"task-page-{number}", title=f"feat: page {number}")
+    paged = Github(base_url=github_server.url + "/api/v3", auth=Auth.Token(GITHUB_TOKEN), per_page=2,
+                   seconds_between_requests=None, seconds_between_writes=None)
+    titles = [pull.title for pull in paged.get_repo(repo["name"]).get_pulls(state="open", sort="created",
+                                                                            direction="asc")]
+    assert titles == ["feat: page 0", "feat: page 1", "feat: page 2"]
+
+
+def test_the_request_log_names_routes_and_never_holds_a_token(github_server, repo):
+    since = github_server.admin("GET", "/_admin/requests?since=999999999")["nextSeq"]
+    client(github_server).get_repo(repo["name"])
+    log = github_server.admin("GET", f"/_admin/requests?since={since}")
+    assert log["counts"] == {"repos.get": 1}
+    assert log["requests"][0]["tokenSha256"] == token_digest(GITHUB_TOKEN)
+    assert log["requests"][0]["login"] == "sandlink-bot"
+    assert GITHUB_TOKEN not in json.dumps(log)

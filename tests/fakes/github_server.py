@@ -997,15 +997,17 @@ def main() -> None:
     github.html_url = (arguments.html_url or github.root_url).rstrip("/")
 
     def stop(*_signal_arguments) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        # Raised in the main thread, out of serve_forever's wait, so cleanup runs at once (shutdown() polls).
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     if arguments.exit_when_stdin_closes:
         def wait_for_stdin_end() -> None:
-            while sys.stdin.buffer.read(4096):
+            # os.read, not sys.stdin: a daemon thread holding the stdin buffer lock aborts interpreter shutdown.
+            while os.read(0, 4096):
                 pass
-            stop()
+            os.kill(os.getpid(), signal.SIGTERM)
         threading.Thread(target=wait_for_stdin_end, daemon=True).start()
 
     log(f"serving the GitHub REST API on {github.api_url}")

@@ -14,9 +14,10 @@ Usage
 * Authentication: `Authorization: token T` or `Authorization: Bearer T`. An unknown token is `401 {"message":"Bad
   credentials"}`; no header at all is `401 "Requires authentication"` (`/user`, any write) or `404` (a private
   repository). `--token T` is a classic token with the `repo` scope; `--token T=` has no scope, `--token
-  T=public_repo,read:user` those scopes. Every authenticated answer carries `x-oauth-scopes`, and repository routes
-  `x-accepted-oauth-scopes: repo`. A classic token without `repo` gets `404 Not Found` for a private repository (and
-  for writes to a public one without `public_repo`), as GitHub answers. Fine-grained tokens (made through the admin
+  T=public_repo,read:user` those scopes. Every authenticated answer carries `x-oauth-scopes`;
+  `x-accepted-oauth-scopes` is `repo` on repository reads and on every refusal for a missing scope, and empty on
+  pull-request routes, as GitHub sends them. A classic token without `repo` gets `404 Not Found` for a private
+  repository (and for writes to a public one without `public_repo`), as GitHub answers. Fine-grained tokens (made through the admin
   API with `permissions`) get `403 "Resource not accessible by personal access token"` with
   `x-accepted-github-permissions: pull_requests=write` instead.
 * Rate limit: each user has `--rate-limit` (5000) requests an hour; every answer carries `x-ratelimit-limit`,
@@ -788,7 +789,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def authorize(self, route: str, parameters: dict, token: Optional[Token], headers: dict) -> Repository:
         """The repository a route is about, or GitHub's answer for a caller who may not see or change it."""
         github = self.github
-        headers["x-accepted-oauth-scopes"] = "repo"
+        # What GitHub sends: `repo` on repository reads, nothing on pull-request routes (captured answers of
+        # POST /pulls show an empty header), and `repo` again on any refusal for a missing scope.
+        headers["x-accepted-oauth-scopes"] = "repo" if route.startswith("repos.") else ""
         repository = github.find_repository(parameters["owner"], parameters["repo"])
         documentation = {"repos.get": "https://docs.github.com/rest/repos/repos#get-a-repository",
                          "pulls.create": CREATE_PULL_DOCS,
@@ -799,6 +802,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         writing = route in WRITE_ROUTES
         if token is None:
             if repository is None or repository.private:
+                headers["x-accepted-oauth-scopes"] = "repo"
                 raise not_found(documentation)
             if writing:
                 raise ApiError(401, error_body("Requires authentication", documentation, 401))
@@ -817,6 +821,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return repository
         scopes = set(token.scopes or [])
         if repository.private and "repo" not in scopes:
+            headers["x-accepted-oauth-scopes"] = "repo"
             raise not_found(documentation)
         if writing and not scopes & {"repo", "public_repo"}:
             headers["x-accepted-oauth-scopes"] = "public_repo, repo"

@@ -202,3 +202,36 @@ def test_the_request_log_names_routes_and_never_holds_a_token(github_server, rep
     assert log["requests"][0]["tokenSha256"] == token_digest(GITHUB_TOKEN)
     assert log["requests"][0]["login"] == "sandlink-bot"
     assert GITHUB_TOKEN not in json.dumps(log)
+
+
+def test_without_a_token_private_repositories_are_hidden_and_public_ones_readable(github_server, git_server):
+    git_server.admin("POST", "/_admin/repos", {"name": "acme/open-source", "files": 2, "public": True})
+    github_server.admin("POST", "/_admin/link", {"owner": "acme", "repo": "open-source", "private": False,
+                                                 "gitServer": git_server.url})
+    anonymous = Github(base_url=github_server.url, seconds_between_requests=None, seconds_between_writes=None,
+                       retry=None)
+    public = anonymous.get_repo("acme/open-source")
+    assert (public.private, public.clone_url) == (False, f"{git_server.url}/acme/open-source.git")
+    assert anonymous.rate_limiting[1] == 60  # the unauthenticated budget
+    with pytest.raises(UnknownObjectException):
+        anonymous.get_repo("acme/private-one-that-may-not-exist")
+    with pytest.raises(GithubException) as raised:
+        anonymous.get_user().login  # noqa: B018 (the attribute fetches /user)
+    assert raised.value.status == 401
+    assert raised.value.data["message"] == "Requires authentication"
+    with pytest.raises(GithubException) as writing:
+        public.create_pull(base="main", head="main", title="feat: anonymous")
+    assert writing.value.status == 401
+
+
+def test_a_bare_branch_in_the_head_filter_filters_nothing_and_a_missing_base_is_invalid(github_server, repo, git,
+                                                                                       tmp_path):
+    push_branch(git, repo, tmp_path, "task-filter")
+    repository = client(github_server).get_repo(repo["name"])
+    repository.create_pull(base="main", head="task-filter", title="feat: filter")
+    # GitHub filters by head only as `owner:branch`; a client that sends the bare branch gets every open PR.
+    assert len(list(repository.get_pulls(state="open", head="some-other-branch"))) == 1
+    with pytest.raises(GithubException) as raised:
+        repository.create_pull(base="no-such-base", head="task-filter", title="feat: filter")
+    assert raised.value.status == 422
+    assert raised.value.data["errors"] == [{"resource": "PullRequest", "field": "base", "code": "invalid"}]

@@ -188,10 +188,11 @@ class GitServer:
     def is_public(self, name: str) -> bool:
         if self.public:
             return True
-        path = self.repository_path(name)
+        # Read from the config text this server wrote (see create_repository): no git process on every request.
         try:
-            return run_git(["config", "--get", "sandlinktest.public"], git_dir=path).strip() == "true"
-        except RuntimeError:
+            with open(os.path.join(self.repository_path(name), "config")) as config:
+                return "[sandlinktest]\n\tpublic = true" in config.read()
+        except OSError:
             return False
 
     def repository_names(self) -> list[str]:
@@ -222,10 +223,12 @@ class GitServer:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         run_git(["init", "--quiet", "--bare", f"--initial-branch={branch}", path])
         # GitHub serves shallow and partial clones and fetches of reachable commits by SHA; so does this server.
-        for key, value in (("http.receivepack", "true"), ("uploadpack.allowFilter", "true"),
-                           ("uploadpack.allowReachableSHA1InWant", "true"), ("receive.denyNonFastForwards", "false"),
-                           ("sandlinktest.public", "true" if public else "false")):
-            run_git(["config", key, value], git_dir=path)
+        # Appended as text: one file write instead of a git process per key (repositories are made per test).
+        with open(os.path.join(path, "config"), "a") as config:
+            config.write("[http]\n\treceivepack = true\n"
+                         "[uploadpack]\n\tallowFilter = true\n\tallowReachableSHA1InWant = true\n"
+                         "[receive]\n\tdenyNonFastForwards = false\n"
+                         f"[sandlinktest]\n\tpublic = {'true' if public else 'false'}\n")
         if seed_from or generated_files:
             with tempfile.TemporaryDirectory(prefix="git-server-seed-") as scratch:
                 work_tree = seed_from or os.path.join(scratch, "files")

@@ -235,3 +235,24 @@ def test_a_bare_branch_in_the_head_filter_filters_nothing_and_a_missing_base_is_
         repository.create_pull(base="no-such-base", head="task-filter", title="feat: filter")
     assert raised.value.status == 422
     assert raised.value.data["errors"] == [{"resource": "PullRequest", "field": "base", "code": "invalid"}]
+
+
+def test_five_agents_push_and_open_pull_requests_at_once(github_server, git_server, repo, git, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def agent(number: int) -> tuple[str, int, str]:
+        branch = f"task-parallel-{number}"
+        pushed = push_branch(git, repo, tmp_path, branch, content=f"agent {number}\n")
+        pull = client(github_server).get_repo(repo["name"]).create_pull(base="main", head=branch,
+                                                                        title=f"feat: agent {number}")
+        return branch, pull.number, pushed
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        results = list(pool.map(agent, range(5)))
+    assert sorted(number for _, number, _ in results) == [1, 2, 3, 4, 5]
+    branches = git_server.admin("GET", f"/_admin/repos/{repo['name']}")["branches"]
+    pulls = {pull["head"]["ref"]: pull for pull in
+             github_server.admin("GET", f"/_admin/pulls?owner=acme&repo={repo['name'].split('/')[1]}")["pulls"]}
+    for branch, number, pushed in results:
+        assert branches[branch] == pushed
+        assert (pulls[branch]["number"], pulls[branch]["head"]["sha"]) == (number, pushed)

@@ -11,7 +11,7 @@ Usage
 * API base URL: `http://127.0.0.1:PORT` (as `GITHUB_API_URL` / PyGithub's `base_url` / octokit's `baseUrl`). The
   GitHub Enterprise form `http://127.0.0.1:PORT/api/v3` works too. `html_url`s point at `http://127.0.0.1:PORT/...`
   (override with `--html-url`), where `GET /{owner}/{repo}/pull/{n}` answers a small HTML page.
-* Authentication: `Authorization: token T` or `Authorization: Bearer T`. An unknown token is `401 {"message":"Bad
+* Authentication: `Authorization: token T`, `Authorization: Bearer T`, or basic auth with T as the password. An unknown token is `401 {"message":"Bad
   credentials"}`; no header at all is `401 "Requires authentication"` (`/user`, any write) or `404` (a private
   repository). `--token T` is a classic token with the `repo` scope; `--token T=` has no scope, `--token
   T=public_repo,read:user` those scopes. Every authenticated answer carries `x-oauth-scopes`;
@@ -50,7 +50,8 @@ Admin API (test-only, no authentication, never counted or logged as API requests
   when `login` is absent); `remaining: 0` is the exhausted primary limit.
 * `POST /_admin/faults {...}` (GET shows, DELETE clears); counters are consumed by the requests they hit:
   - `"secondaryNext": N, "retryAfter": S, "secondaryStatus": 403` the secondary rate limit: that status, a
-    `Retry-After: S` header and "You have exceeded a secondary rate limit. ..." (`secondaryStatus: 429` for 429);
+    `Retry-After: S` header (none when `retryAfter` is null) and "You have exceeded a secondary rate limit. ..."
+    (`secondaryStatus: 429` for 429);
   - `"tooManyNext": N` the same with 429 (`Retry-After: S`);
   - `"errorNext": N, "errorStatus": 502` a server error; `"dropNext": N` closes the connection unanswered;
   - `"delayMs": D` (standing) delays every answer;
@@ -67,6 +68,8 @@ tests/github/test_pygithub.py proves them with PyGithub itself.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import hmac
@@ -657,7 +660,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         page = f"<!doctype html><title>{html.escape(pull['title'])} #{number}</title><h1>{html.escape(pull['title'])}</h1>"
         self.send(200, page.encode(), content_type="text/html; charset=utf-8")
 
-    def serve_api(self, route: str, parameters: dict, query: dict, entry: dict) -> Optional[int]:
+    def serve_api(self, route: str, parameters: dict, query: dict, entry: dict) -> None:
         github = self.github
         request_id = "{:04X}:{:04X}:{:06X}:{:06X}:{:08X}".format(
             secrets.randbelow(0x10000), secrets.randbelow(0x10000), secrets.randbelow(0x1000000),
@@ -697,11 +700,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise ApiError(status, {"message": "Server Error"} if status != 502 else
                                {"message": "Server Error: Sorry, this diff is taking too long to generate."})
             if route == "rateLimit.get":
-                return self.answer(200, self.rate_limit_json(token), headers, route, token, count=False)
+                return self.send(200, self.rate_limit_json(token), headers)
             if fault in ("secondary", "tooMany"):
                 status = 429 if fault == "tooMany" else int(github.faults["secondaryStatus"])
                 self.add_rate_headers(headers, token, count=False)
-                headers["Retry-After"] = str(github.faults["retryAfter"])
+                # `retryAfter: null` leaves the header out, as some secondary-limit answers do; clients must then
+                # wait at least a minute (GitHub's guidance) or until x-ratelimit-reset.
+                if github.faults["retryAfter"] is not None:
+                    headers["Retry-After"] = str(github.faults["retryAfter"])
                 raise ApiError(status, error_body(
                     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If "
                     f"you reach out to GitHub Support for help, please include the request ID {request_id}.",
@@ -714,20 +720,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     raise ApiError(401, error_body("Requires authentication",
                                                    "https://docs.github.com/rest/users/users#get-the-authenticated-user",
                                                    401))
-                return self.answer(200, self.authenticated_user_json(token), headers, route, token)
+                return self.send(200, self.authenticated_user_json(token), headers)
             repository = self.authorize(route, parameters, token, headers)
             handler = getattr(self, "route_" + route.replace(".", "_"))
             status, answer = handler(repository, token, parameters, query, body, headers)
-            return self.answer(status, answer, headers, route, token)
+            return self.send(status, answer, headers)
         except ApiError as error:
             headers.update(error.headers)
-            self.send(error.status, error.body, headers)
-            return error.status
-
-    def answer(self, status: int, body: Any, headers: dict, route: str, token: Optional[Token],
-               count: bool = True) -> int:
-        self.send(status, body, headers)
-        return status
+            return self.send(error.status, error.body, headers)
 
     def authenticate(self, headers: dict) -> tuple[Optional[Token], Optional[str]]:
         header = self.headers.get("Authorization")
@@ -735,6 +735,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return None, None
         scheme, _, credential = header.strip().partition(" ")
         credential = credential.strip()
+        if scheme.lower() == "basic":
+            # GitHub also takes the token as a basic-auth password (any user name), as git sends it.
+            try:
+                credential = base64.b64decode(credential, validate=True).decode().partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                credential = ""
+            scheme = "token"
         if scheme.lower() not in ("token", "bearer") or not credential:
             raise ApiError(401, error_body("Bad credentials", DOCS, 401))
         token = self.github.find_token(credential)

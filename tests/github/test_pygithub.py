@@ -256,3 +256,20 @@ def test_five_agents_push_and_open_pull_requests_at_once(github_server, git_serv
     for branch, number, pushed in results:
         assert branches[branch] == pushed
         assert (pulls[branch]["number"], pulls[branch]["head"]["sha"]) == (number, pushed)
+
+
+def test_basic_auth_and_a_secondary_limit_without_retry_after(github_server, repo):
+    import urllib.request
+
+    from conftest import basic_authorization
+
+    request = urllib.request.Request(f"{github_server.url}/repos/{repo['name']}",
+                                     headers={"Authorization": basic_authorization(GITHUB_TOKEN, "anyone")})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.loads(answer.read())["full_name"] == repo["name"]
+        assert answer.headers["x-oauth-scopes"] == "repo"
+    github_server.admin("POST", "/_admin/faults", {"secondaryNext": 1, "retryAfter": None})
+    with pytest.raises(RateLimitExceededException) as raised:
+        client(github_server, retry=None).get_repo(repo["name"])
+    assert "retry-after" not in {name.lower() for name in raised.value.headers}
+    assert header(raised.value, "x-ratelimit-remaining") != "0"  # a secondary limit leaves the primary budget

@@ -11,14 +11,14 @@ Usage
 * API base URL: `http://127.0.0.1:PORT` (as `GITHUB_API_URL` / PyGithub's `base_url` / octokit's `baseUrl`). The
   GitHub Enterprise form `http://127.0.0.1:PORT/api/v3` works too. `html_url`s point at `http://127.0.0.1:PORT/...`
   (override with `--html-url`), where `GET /{owner}/{repo}/pull/{n}` answers a small HTML page.
-* Authentication: `Authorization: token T`, `Authorization: Bearer T`, or basic auth with T as the password. An unknown token is `401 {"message":"Bad
-  credentials"}`; no header at all is `401 "Requires authentication"` (`/user`, any write) or `404` (a private
-  repository). `--token T` is a classic token with the `repo` scope; `--token T=` has no scope, `--token
-  T=public_repo,read:user` those scopes. Every authenticated answer carries `x-oauth-scopes`;
+* Authentication: `Authorization: token T`, `Authorization: Bearer T`, or basic auth with T as the password. An
+  unknown token is `401 {"message":"Bad credentials"}`; no header at all is `401 "Requires authentication"` (`/user`,
+  any write) or `404` (a private repository). `--token T` is a classic token with the `repo` scope; `--token T=` has
+  no scope, `--token T=public_repo,read:user` those scopes. Every authenticated answer carries `x-oauth-scopes`;
   `x-accepted-oauth-scopes` is `repo` on repository reads and on every refusal for a missing scope, and empty on
   pull-request routes, as GitHub sends them. A classic token without `repo` gets `404 Not Found` for a private
-  repository (and for writes to a public one without `public_repo`), as GitHub answers. Fine-grained tokens (made through the admin
-  API with `permissions`) get `403 "Resource not accessible by personal access token"` with
+  repository (and for writes to a public one without `public_repo`), as GitHub answers. Fine-grained tokens (made
+  through the admin API with `permissions`) get `403 "Resource not accessible by personal access token"` with
   `x-accepted-github-permissions: pull_requests=write` instead.
 * Rate limit: each user has `--rate-limit` (5000) requests an hour; every answer carries `x-ratelimit-limit`,
   `-remaining`, `-reset` (epoch seconds), `-used`, `-resource: core`. When none remain: `403` with `x-ratelimit-
@@ -30,6 +30,9 @@ Usage
   (`422` `{"resource":"PullRequest","field":"head","code":"invalid"}` otherwise), `head.sha`/`base.sha` are the real
   SHAs, and a head with no commits beyond base is `422 "No commits between BASE and HEAD"`. Unlinked repositories take
   any branch name and make up SHAs.
+
+A request without a `User-Agent` header is refused with `403` and GitHub's text ("Request forbidden by administrative
+rules. Please make sure your request has a User-Agent header ..."), as api.github.com does.
 
 Routes: `GET /repos/{o}/{r}`, `GET /repos/{o}/{r}/branches/{branch}`, `GET|POST /repos/{o}/{r}/pulls` (list:
 `state`, `head=owner:branch`, `base`, `sort`, `direction`, `per_page`, `page`, with a `Link` header),
@@ -96,6 +99,9 @@ SECONDARY_RATE_LIMIT_DOCS = ("https://docs.github.com/free-pro-team@latest/rest/
                              "#about-secondary-rate-limits")
 CREATE_PULL_DOCS = "https://docs.github.com/rest/pulls/pulls#create-a-pull-request"
 DEFAULT_SCOPES = ("repo",)
+USER_AGENT_REQUIRED = ("Request forbidden by administrative rules. Please make sure your request has a User-Agent "
+                       "header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required)"
+                       ". Check https://developer.github.com for other possible causes.\n")
 WINDOW_SECONDS = 3600
 
 
@@ -626,6 +632,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pull_page = re.match(r"^/([^/]+)/([^/]+)/pull/(\d+)$", path)
         if self.command == "GET" and pull_page:
             return self.serve_pull_page(*pull_page.groups())
+        if not self.headers.get("User-Agent"):
+            # GitHub refuses API requests without a User-Agent, before anything else, with this text page.
+            return self.send(403, USER_AGENT_REQUIRED.encode(), content_type="text/plain; charset=utf-8")
         route, parameters = "unknown", {}
         for method, pattern, name in ROUTES:
             matched = pattern.match(path)
@@ -657,7 +666,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pull = next((pull for pull in repository.pulls if pull["number"] == int(number)), None) if repository else None
         if pull is None:
             return self.send(404, b"Not Found", content_type="text/plain")
-        page = f"<!doctype html><title>{html.escape(pull['title'])} #{number}</title><h1>{html.escape(pull['title'])}</h1>"
+        title = html.escape(pull["title"])
+        page = f"<!doctype html><title>{title} #{number}</title><h1>{title}</h1>"
         self.send(200, page.encode(), content_type="text/html; charset=utf-8")
 
     def serve_api(self, route: str, parameters: dict, query: dict, entry: dict) -> None:
@@ -717,9 +727,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise not_found()
             if route == "users.getAuthenticated":
                 if token is None:
-                    raise ApiError(401, error_body("Requires authentication",
-                                                   "https://docs.github.com/rest/users/users#get-the-authenticated-user",
-                                                   401))
+                    raise ApiError(401, error_body(
+                    "Requires authentication", "https://docs.github.com/rest/users/users#get-the-authenticated-user",
+                    401))
                 return self.send(200, self.authenticated_user_json(token), headers)
             repository = self.authorize(route, parameters, token, headers)
             handler = getattr(self, "route_" + route.replace(".", "_"))
@@ -987,7 +997,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", action="append",
-                        help="TOKEN (scope repo) or TOKEN=scope,scope (TOKEN= for none); repeatable; env GITHUB_FAKE_TOKEN")
+                        help="TOKEN (scope repo) or TOKEN=scope,scope (TOKEN= for none); repeatable; "
+                             "env GITHUB_FAKE_TOKEN")
     parser.add_argument("--login", default="sandlink-bot", help="the user the --token tokens belong to")
     parser.add_argument("--rate-limit", type=int, default=5000, help="requests per hour per user")
     parser.add_argument("--git-root", help="the git test server's --root: DIR/owner/repo.git are repositories")

@@ -124,7 +124,8 @@ class Git:
         """`git ARGUMENTS`; with `token`, a one-command credential helper hands it to git as the basic-auth password."""
         prefix = ["-c", "credential.helper="]
         if token is not None:
-            prefix += ["-c", "credential.helper=!f() { echo username=x-access-token; echo password=$GIT_TEST_TOKEN; }; f"]
+            helper = "!f() { echo username=x-access-token; echo password=$GIT_TEST_TOKEN; }; f"
+            prefix += ["-c", f"credential.helper={helper}"]
         merged = dict(self.environment, **(environment or {}))
         if token is not None:
             merged["GIT_TEST_TOKEN"] = token

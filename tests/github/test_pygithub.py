@@ -273,3 +273,22 @@ def test_basic_auth_and_a_secondary_limit_without_retry_after(github_server, rep
         client(github_server, retry=None).get_repo(repo["name"])
     assert "retry-after" not in {name.lower() for name in raised.value.headers}
     assert header(raised.value, "x-ratelimit-remaining") != "0"  # a secondary limit leaves the primary budget
+
+
+def test_a_request_without_a_user_agent_is_refused_like_github_does(github_server, repo):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{github_server.url}/repos/{repo['name']}",
+                                     headers={"Authorization": f"token {GITHUB_TOKEN}"})
+    # urllib always sends its own User-Agent unless the header is removed after the request is built.
+    request.remove_header("User-agent")
+    opener = urllib.request.build_opener()
+    opener.addheaders = []
+    try:
+        opener.open(request, timeout=10)
+        raise AssertionError("a request without a User-Agent was served")
+    except urllib.error.HTTPError as error:
+        assert error.code == 403
+        assert error.read().decode().startswith("Request forbidden by administrative rules. Please make sure your "
+                                                "request has a User-Agent header")

@@ -36,6 +36,8 @@ Admin API (test-only, no authentication, JSON in and out; never counted or logge
   "from": "main"?}` makes a commit on the server side on top of `branch` (null deletes a path), to move a base under
   a client (a rejected push, a rebase, a conflict); a branch that does not exist yet starts at `from` (default: the
   HEAD branch). Answers `{"sha", "parent", "branch"}`.
+* `POST /_admin/repos/<name>/protect {"branches": ["main"]}` refuses pushes to those branches with GitHub's
+  `GH006: Protected branch update failed` (a pre-receive hook; git reports `[remote rejected]`); `[]` lifts it.
 * `POST /_admin/faults {...}` (GET shows them, DELETE clears them). Counters are consumed by the requests they hit:
   - `"failNext": N, "failStatus": 500` answer the next N git requests with that status;
   - `"dropNext": N` closes the next N connections without an answer (a network failure);
@@ -284,6 +286,32 @@ class GitServer:
             run_git(["update-ref", f"refs/heads/{branch}", commit] + expected_old, git_dir=path)
         return {"sha": commit, "parent": parent or None, "branch": branch}
 
+    def protect_branches(self, name: str, branches: list[str]) -> None:
+        """A pre-receive hook that refuses any update of these branches with GitHub's GH006 message (an empty list
+        removes it): a push refused by the server for a reason other than a moved base."""
+        hook = os.path.join(self.repository_path(name), "hooks", "pre-receive")
+        if not branches:
+            if os.path.exists(hook):
+                os.remove(hook)
+            return
+        protected = " ".join(f"refs/heads/{branch}" for branch in branches)
+        with open(hook, "w") as handle:
+            handle.write(f"""#!/bin/sh
+# Written by the git test server: protected branches refuse every update, as GitHub's branch protection does.
+status=0
+while read old new ref; do
+    for protected in {protected}; do
+        if [ "$ref" = "$protected" ]; then
+            echo "error: GH006: Protected branch update failed for $ref." >&2
+            echo "error: Changes must be made through a pull request." >&2
+            status=1
+        fi
+    done
+done
+exit $status
+""")
+        os.chmod(hook, 0o755)
+
     # -- faults and the request log ------------------------------------------------------------------------------
 
     def take_fault(self, repo: Optional[str], service: Optional[str], carries_pack: bool) -> Optional[str]:
@@ -446,8 +474,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path.startswith("/_admin/repos"):
             rest = path[len("/_admin/repos"):].strip("/")
             name, action = rest, None
-            if rest.endswith("/commits"):
-                name, action = rest[: -len("/commits")], "commits"
+            for known_action in ("commits", "protect"):
+                if rest.endswith("/" + known_action):
+                    name, action = rest[: -len(known_action) - 1], known_action
             name = normalize_name(query.get("name", [name])[0])
             if not REPOSITORY_NAME.match(name) or not git.repository_exists(name):
                 return self.send_json(404, {"error": f"no repository {name!r}"})
@@ -460,6 +489,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 except RuntimeError as error:
                     return self.send_json(500, {"error": str(error)})
                 return self.send_json(201, made)
+            if action == "protect" and method == "POST":
+                git.protect_branches(name, [str(branch) for branch in body.get("branches", [])])
+                return self.send_json(200, git.describe(name))
             if action is None and method == "GET":
                 return self.send_json(200, git.describe(name))
             if action is None and method == "DELETE":

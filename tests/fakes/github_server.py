@@ -426,11 +426,24 @@ class GitHub:
         }
         if full:
             commits, additions, deletions, changed = self.diff_counts(repository, base_sha, head_sha)
-            body.update({"merged": False, "mergeable": True, "rebaseable": True, "mergeable_state": "clean",
+            mergeable = self.merges_cleanly(repository, base_sha, head_sha)
+            body.update({"merged": False, "mergeable": mergeable, "rebaseable": mergeable,
+                         "mergeable_state": "clean" if mergeable else "dirty",
                          "merged_by": None, "comments": 0, "review_comments": 0,
                          "maintainer_can_modify": pull["maintainer_can_modify"], "commits": commits,
                          "additions": additions, "deletions": deletions, "changed_files": changed})
         return body
+
+    def merges_cleanly(self, repository: Repository, base_sha: str, head_sha: str) -> bool:
+        """Whether head merges into base without conflicts (`git merge-tree` exits 1 on a conflict), as GitHub's
+        `mergeable` says once it has computed it."""
+        if not repository.git_dir:
+            return True
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+        environment.update({"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull})
+        completed = subprocess.run(["git", f"--git-dir={repository.git_dir}", "merge-tree", "--write-tree",
+                                    "--no-messages", base_sha, head_sha], capture_output=True, env=environment)
+        return completed.returncode == 0
 
     def diff_counts(self, repository: Repository, base_sha: str, head_sha: str) -> tuple[int, int, int, int]:
         if not repository.git_dir:

@@ -194,3 +194,17 @@ def test_repository_admin_errors(git_server, repo):
     assert list(seeded_from["branches"]) == ["main"]
     git_server.admin("DELETE", "/_admin/repos/acme/seeded-from-dir")
     assert "acme/seeded-from-dir" not in [entry["name"] for entry in git_server.admin("GET", "/_admin/repos")["repos"]]
+
+
+def test_a_protected_branch_refuses_pushes_with_githubs_message(git_server, repo, git, tmp_path):
+    work = str(tmp_path / "work")
+    clone(git, repo["url"], work)
+    git.commit_file(work, "p.txt", "p\n", "feat: p")
+    git_server.admin("POST", f"/_admin/repos/{repo['name']}/protect", {"branches": ["main"]})
+    refused = git.run("push", "origin", "HEAD:main", cwd=work, token=GIT_TOKEN, check=False)
+    assert refused.returncode != 0
+    assert "GH006: Protected branch update failed for refs/heads/main." in refused.stderr
+    assert "[remote rejected]" in refused.stderr
+    git.run("push", "-q", "origin", "HEAD:task-p", cwd=work, token=GIT_TOKEN)  # other branches still take pushes
+    git_server.admin("POST", f"/_admin/repos/{repo['name']}/protect", {"branches": []})
+    git.run("push", "-q", "origin", "HEAD:main", cwd=work, token=GIT_TOKEN)

@@ -292,3 +292,13 @@ def test_a_request_without_a_user_agent_is_refused_like_github_does(github_serve
         assert error.code == 403
         assert error.read().decode().startswith("Request forbidden by administrative rules. Please make sure your "
                                                 "request has a User-Agent header")
+
+
+def test_a_conflicting_pull_request_is_not_mergeable(github_server, git_server, repo, git, tmp_path):
+    push_branch(git, repo, tmp_path, "task-conflict", content="the agent's version\n")
+    git_server.admin("POST", f"/_admin/repos/{repo['name']}/commits",
+                     {"branch": "main", "message": "chore: the same file on main", "files": {
+                         "task-conflict.txt": "main's version\n"}})
+    pull = client(github_server).get_repo(repo["name"]).create_pull(base="main", head="task-conflict",
+                                                                    title="feat: conflicting")
+    assert (pull.mergeable, pull.mergeable_state) == (False, "dirty")

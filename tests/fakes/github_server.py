@@ -336,9 +336,10 @@ class GitHub:
                                            token.permissions.get("contents") == "write")
         pushed = repository.created
         if repository.git_dir:
-            with_suppressed = git_output(repository.git_dir, ["for-each-ref", "--sort=-committerdate", "--count=1",
-                                                              "--format=%(committerdate:unix)", "refs/heads"])
-            pushed = float(with_suppressed) if with_suppressed else pushed
+            newest_commit_time = git_output(repository.git_dir, ["for-each-ref", "--sort=-committerdate",
+                                                                 "--count=1", "--format=%(committerdate:unix)",
+                                                                 "refs/heads"])
+            pushed = float(newest_commit_time) if newest_commit_time else pushed
         body = {
             "id": repository.id, "node_id": node_id("R", repository.id), "name": repository.name,
             "full_name": f"{repository.owner}/{repository.name}", "private": repository.private,

@@ -5,7 +5,7 @@ import * as vscode from "vscode";
 import { credentialChoices } from "./credentials";
 import { describeError, remoteFileScheme, type Ctx, type RunTarget } from "./ctx";
 import * as protocol from "./protocol";
-import { announceHeldBack, askConnectSettings, editSettingsForm } from "./first_use";
+import { announceHeldBack, askConnectSettings, editSettingsForm, offerToStoreMissingKey } from "./first_use";
 import { formatDuration } from "./run_output";
 import { reattachChoices, sessionsViewCommandIds, sessionsViewId } from "./sessions_tree";
 import { commandIds, isCommandEnabled, type CommandId } from "./status";
@@ -178,8 +178,19 @@ export async function connectWith(ctx: Ctx, params: Omit<protocol.ConnectParams,
         // is trusted: the same question (and single retry) as a task's.
         session = await ctx.withTrustRetry(workspaceFolder, send);
     } catch (error) {
-        ctx.reportError(protocol.connect.method, error);
-        return;
+        // A cloud driver without its key: offered to store it (once), then connected with the profile that holds it.
+        const withKey = await offerToStoreMissingKey(ctx, params, error);
+        if (withKey === undefined) {
+            ctx.reportError(protocol.connect.method, error);
+            return;
+        }
+        params = withKey;
+        try {
+            session = await ctx.withTrustRetry(workspaceFolder, send);
+        } catch (again) {
+            ctx.reportError(protocol.connect.method, again);
+            return;
+        }
     }
     if (session === undefined) {
         ctx.logChannel.info(`Not connected to ${target}: the workspace is not trusted, and you chose not to trust it.`);

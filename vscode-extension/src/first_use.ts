@@ -3,7 +3,7 @@
 
 import * as vscode from "vscode";
 
-import type { Ctx } from "./ctx";
+import { errorKind, type Ctx } from "./ctx";
 import * as protocol from "./protocol";
 import { formLines, inputPrompt, inputText, parseSettingInput, showValue } from "./settings_form";
 import { commandIds } from "./status";
@@ -134,6 +134,66 @@ async function chooseValue(
         validateInput: (typed) => parseSettingInput(setting.type, typed).error,
     });
     return text === undefined ? undefined : { value: parseSettingInput(setting.type, text).value };
+}
+
+/**
+ * A driver connected without a profile that lacks a required key (`credentialsMissing`): offers to keep the key in the
+ * system keychain under a profile named after the driver (made with the settings just used), and answers the connect
+ * to retry with that profile. Undefined when the user declined or the key could not be stored; where there is no
+ * keychain the server's refusal names the environment variable to set instead.
+ */
+export async function offerToStoreMissingKey(
+    ctx: Ctx,
+    params: Omit<protocol.ConnectParams, "workspaceFolder">,
+    error: unknown,
+): Promise<Omit<protocol.ConnectParams, "workspaceFolder"> | undefined> {
+    if (errorKind(error) !== "credentialsMissing" || params.driver === undefined || params.profile !== undefined) {
+        return undefined;
+    }
+    const drivers = (await ctx.requestQuietly(protocol.drivers, {}))?.drivers ?? ctx.knownDrivers;
+    const driver = drivers.find((candidate) => candidate.id === params.driver);
+    const missing = (driver?.credentials ?? []).filter((credential) => credential.required);
+    if (driver === undefined || missing.length === 0) {
+        return undefined;
+    }
+    const profileName = driver.id;
+    const existing = (await ctx.requestQuietly(protocol.profiles, {}))?.profiles.find((profile) => profile.name === profileName);
+    if (existing !== undefined && existing.driver !== driver.id) {
+        return undefined;
+    }
+    const store = "Store the Key…";
+    writeTestLog("missingKeyOffered", { driver: driver.id, keys: missing.map((credential) => credential.key) });
+    const choice = await vscode.window.showWarningMessage(
+        `sandlink: the ${driver.id} driver needs ${missing.map((credential) => credential.description).join(" and ")}. ` +
+            `Store it in the system keychain (as profile "${profileName}"), or set ${missing.map((credential) => credential.envVar).join(", ")} ` +
+            "in the environment the editor starts sandlink with.",
+        store,
+    );
+    if (choice !== store) {
+        return undefined;
+    }
+    if (existing === undefined) {
+        const saved = await ctx.request(protocol.saveProfile, { name: profileName, driver: driver.id, settings: params.settings ?? {} });
+        if (saved === undefined) {
+            return undefined;
+        }
+    }
+    for (const credential of missing) {
+        // password: true hides the typed value; it goes straight to the keychain request.
+        const value = await vscode.window.showInputBox({
+            prompt: `${credential.description} for the ${driver.id} driver (kept in the system keychain; ${credential.envVar} wins over it)`,
+            password: true,
+            ignoreFocusOut: true,
+        });
+        if (value === undefined || value === "") {
+            return undefined;
+        }
+        if (!(await ctx.setCredential(profileName, credential.key, value))) {
+            return undefined;
+        }
+        writeTestLog("credentialStored", { profile: profileName, key: credential.key });
+    }
+    return { profile: profileName };
 }
 
 /** Sessions whose held-back files were already announced in this window, so a re-attach does not repeat it. */

@@ -1,0 +1,190 @@
+//! Transfers for big repositories against the cloud test servers: big files go in parts that resume after a dropped
+//! connection or a failed sync (the server counts the bytes it received), and `down` fetches only what changed.
+//!
+//! The part threshold and size are test knobs (`SANDLINK_CHUNKED_UPLOAD_THRESHOLD_BYTES`, `SANDLINK_UPLOAD_PART_BYTES`)
+//! so a 16 MiB file in 1 MiB parts shows what a 200 MB file in 8 MiB parts does, in a second.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+use support::fake::FakeProcess;
+use support::{Server, StartOptions};
+
+const E2B_API_KEY: &str = "e2b_sandlink_test_key_5f0c9a7e31";
+const MIB: usize = 1024 * 1024;
+
+/// Each test owns a fake (faults are global to one); this keeps them from starving each other of the two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Bytes gzip cannot shrink (xorshift), so the counts compare with the file's size whatever the driver compresses.
+fn incompressible(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(size + 8);
+    while bytes.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    bytes
+}
+
+/// The E2B test server and the sandlink server talking to it, with big-file parts of `part_bytes` above `threshold`.
+struct E2b {
+    fake: FakeProcess,
+    server: Server,
+}
+
+impl E2b {
+    fn start(threshold: usize, part_bytes: usize) -> Option<E2b> {
+        let fake = FakeProcess::start("E2B", "SANDLINK_E2B_FAKE_SERVER", "e2b_server.py", &["--api-key", E2B_API_KEY])?;
+        let server = Server::start_with(StartOptions {
+            env: vec![
+                ("E2B_API_KEY".into(), E2B_API_KEY.into()),
+                ("RUST_LOG".into(), "sandlink=debug".into()),
+                ("SANDLINK_CHUNKED_UPLOAD_THRESHOLD_BYTES".into(), threshold.to_string()),
+                ("SANDLINK_UPLOAD_PART_BYTES".into(), part_bytes.to_string()),
+            ],
+            ..StartOptions::default()
+        });
+        Some(E2b { fake, server })
+    }
+
+    fn settings(&self) -> Value {
+        json!({
+            "apiUrl": format!("http://127.0.0.1:{}", self.fake.port),
+            "domain": format!("localhost:{}", self.fake.port),
+            "timeoutSeconds": 300,
+            "streamKeepaliveSeconds": 1,
+        })
+    }
+
+    /// Connects a session on `workspace`; answers its id and the fake's record of its sandbox.
+    fn connect(&self, workspace: &Path) -> (String, Value) {
+        let session = self.server.connect("e2b", self.settings(), workspace);
+        assert_eq!(session["state"], "active", "{session}");
+        let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
+        let sandboxes = self.fake.admin("GET", "/_admin/sandboxes", None);
+        let sandbox = sandboxes["sandboxes"].as_array().and_then(|all| all.first()).cloned().expect("one sandbox");
+        (session_id, sandbox)
+    }
+
+    /// The fake's current record of the one sandbox (with `bytesReceived` and `bytesSent`).
+    fn sandbox(&self) -> Value {
+        let sandboxes = self.fake.admin("GET", "/_admin/sandboxes", None);
+        sandboxes["sandboxes"].as_array().and_then(|all| all.first()).cloned().expect("one sandbox")
+    }
+
+    fn received(&self) -> u64 {
+        self.sandbox()["bytesReceived"].as_u64().expect("bytesReceived")
+    }
+
+    fn sent(&self) -> u64 {
+        self.sandbox()["bytesSent"].as_u64().expect("bytesSent")
+    }
+}
+
+fn host_root(sandbox: &Value) -> PathBuf {
+    PathBuf::from(sandbox["hostRoot"].as_str().expect("hostRoot")).join("home/user")
+}
+
+/// Files left in the parts folders of the sandbox's staging directory.
+fn parts_left(root: &Path) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    let Ok(folders) = std::fs::read_dir(root.join(".sandlink-staging/parts")) else { return left };
+    for folder in folders.flatten() {
+        left.extend(std::fs::read_dir(folder.path()).into_iter().flatten().flatten().map(|entry| entry.path()));
+    }
+    left
+}
+
+#[test]
+fn a_big_upload_dropped_halfway_should_resume_from_the_last_part_not_restart() {
+    let _serial = serial();
+    let Some(e2b) = E2b::start(MIB, MIB) else { return };
+    let workspace = support::workspace_with(&[("small.txt", "small\n")]);
+    let (session_id, sandbox) = e2b.connect(workspace.path());
+    let size = 16 * MIB;
+    let content = incompressible(size, 7);
+    std::fs::write(workspace.path().join("big.bin"), &content).expect("write the big file");
+    let before = e2b.received();
+    e2b.fake.set_faults(json!({ "dropUploadAfterBytes": size / 2, "dropUploadCount": 1 }));
+    e2b.server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" })).expect("the sync resumes and ends");
+    assert_eq!(e2b.fake.admin("GET", "/_admin/faults", None)["dropUploadAfterBytes"], Value::Null, "the drop happened");
+    let received = e2b.received() - before;
+    eprintln!("a {size}-byte upload dropped at half: {received} bytes received ({:.2}x)", received as f64 / size as f64);
+    assert!(received < size as u64 * 3 / 2, "{received} bytes received for a {size}-byte file: the upload restarted");
+    assert!(received < size as u64 + 3 * MIB as u64, "at most the part that broke off is sent again: {received}");
+    let root = host_root(&sandbox);
+    assert!(std::fs::read(root.join("big.bin")).expect("the big file in the sandbox") == content, "byte-exact");
+    assert!(parts_left(&root).is_empty(), "parts are removed once joined: {:?}", parts_left(&root));
+}
+
+#[test]
+fn a_failed_big_upload_should_leave_nothing_in_place_and_the_next_sync_should_resume_it() {
+    let _serial = serial();
+    let Some(e2b) = E2b::start(MIB, MIB) else { return };
+    let size = 16 * MIB;
+    let old = incompressible(size, 1);
+    let workspace = support::workspace_with(&[("small.txt", "small\n")]);
+    std::fs::write(workspace.path().join("big.bin"), &old).expect("an older version, synced on connect");
+    let (session_id, sandbox) = e2b.connect(workspace.path());
+    let root = host_root(&sandbox);
+    assert!(std::fs::read(root.join("big.bin")).expect("the older file") == old, "the connect uploaded it in parts");
+    let content = incompressible(size, 2);
+    std::fs::write(workspace.path().join("big.bin"), &content).expect("write the big file");
+    let before = e2b.received();
+    // Half-way the network goes down for good: every retry of the part breaks off too, and the sync fails.
+    e2b.fake.set_faults(json!({ "dropUploadAfterBytes": size / 2, "dropUploadCount": 0 }));
+    let failed = e2b.server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" }));
+    assert!(failed.is_err(), "the sync fails while the network is down: {failed:?}");
+    assert!(std::fs::read(root.join("big.bin")).expect("the older file") == old, "nothing half-written in place");
+    assert!(!parts_left(&root).is_empty(), "the parts that arrived wait for the next sync");
+    e2b.fake.admin("DELETE", "/_admin/faults", None);
+    e2b.server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" })).expect("the next sync");
+    let received = e2b.received() - before;
+    eprintln!("a {size}-byte upload failed at half and resumed: {received} bytes received ({:.2}x)", received as f64 / size as f64);
+    assert!(received < size as u64 * 3 / 2, "{received} bytes received for a {size}-byte file: the upload restarted");
+    assert!(std::fs::read(root.join("big.bin")).expect("the big file") == content, "byte-exact after the resume");
+    assert!(parts_left(&root).is_empty(), "parts are removed once joined: {:?}", parts_left(&root));
+}
+
+#[test]
+fn sync_down_should_fetch_only_the_files_that_changed() {
+    let _serial = serial();
+    let Some(e2b) = E2b::start(32 * MIB, 8 * MIB) else { return };
+    // Sizes differ, so no two files share a stamp (which would make the engine compare them by content each time).
+    let contents: Vec<Vec<u8>> = (0..20).map(|index| incompressible(64 * 1024 + index as usize, index + 10)).collect();
+    let workspace = support::workspace_with(&[]);
+    for (index, content) in contents.iter().enumerate() {
+        std::fs::write(workspace.path().join(format!("file{index}.bin")), content).expect("write");
+    }
+    // Old times everywhere, so no stamp is racy and only content that changed is worth a download.
+    let touch = |directory: &Path, when: &str, names: &[&str]| {
+        let status = std::process::Command::new("touch").arg("-d").arg(when).args(names).current_dir(directory).status();
+        assert!(status.expect("touch runs").success());
+    };
+    let names: Vec<String> = (0..20).map(|index| format!("file{index}.bin")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    touch(workspace.path(), "1 hour ago", &name_refs);
+    let (session_id, sandbox) = e2b.connect(workspace.path());
+    let root = host_root(&sandbox);
+    let changed = incompressible(100 * 1024, 99);
+    std::fs::write(root.join("file3.bin"), &changed).expect("change one file in the sandbox");
+    touch(&root, "30 minutes ago", &["file3.bin"]);
+    let before = e2b.sent();
+    e2b.server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "down" })).expect("sync down");
+    let sent = e2b.sent() - before;
+    eprintln!("sync down after one change of {} bytes in a tree of {} bytes: {sent} bytes sent", changed.len(), 20 * 64 * 1024);
+    assert!(std::fs::read(workspace.path().join("file3.bin")).expect("the changed file") == changed);
+    assert!(sent >= changed.len() as u64 / 2, "the changed file was fetched: {sent} bytes");
+    assert!(sent < (changed.len() + 64 * 1024) as u64, "nothing but the changed file was fetched: {sent} bytes");
+}

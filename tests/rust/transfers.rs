@@ -15,6 +15,7 @@ use support::fake::FakeProcess;
 use support::{Server, StartOptions};
 
 const E2B_API_KEY: &str = "e2b_sandlink_test_key_5f0c9a7e31";
+const DAYTONA_API_KEY: &str = "dtn_sandlink_test_key_8c1e55b0a4f2";
 const MIB: usize = 1024 * 1024;
 
 /// Each test owns a fake (faults are global to one); this keeps them from starving each other of the two cores.
@@ -37,44 +38,56 @@ fn incompressible(size: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
-/// The E2B test server and the sandlink server talking to it, with big-file parts of `part_bytes` above `threshold`.
-struct E2b {
+/// A cloud test server and the sandlink server talking to it, with big-file parts of `part_bytes` above `threshold`.
+struct Cloud {
     fake: FakeProcess,
     server: Server,
+    driver: &'static str,
+    settings: Value,
+    /// The session's remote root, relative to the sandbox's `/`.
+    remote_root: &'static str,
 }
 
-impl E2b {
-    fn start(threshold: usize, part_bytes: usize) -> Option<E2b> {
-        let fake = FakeProcess::start("E2B", "SANDLINK_E2B_FAKE_SERVER", "e2b_server.py", &["--api-key", E2B_API_KEY])?;
-        let server = Server::start_with(StartOptions {
+impl Cloud {
+    fn server(key_variable: &str, key: &str, threshold: usize, part_bytes: usize) -> Server {
+        Server::start_with(StartOptions {
             env: vec![
-                ("E2B_API_KEY".into(), E2B_API_KEY.into()),
+                (key_variable.into(), key.into()),
                 ("RUST_LOG".into(), "sandlink=debug".into()),
                 ("SANDLINK_CHUNKED_UPLOAD_THRESHOLD_BYTES".into(), threshold.to_string()),
                 ("SANDLINK_UPLOAD_PART_BYTES".into(), part_bytes.to_string()),
             ],
             ..StartOptions::default()
-        });
-        Some(E2b { fake, server })
-    }
-
-    fn settings(&self) -> Value {
-        json!({
-            "apiUrl": format!("http://127.0.0.1:{}", self.fake.port),
-            "domain": format!("localhost:{}", self.fake.port),
-            "timeoutSeconds": 300,
-            "streamKeepaliveSeconds": 1,
         })
     }
 
-    /// Connects a session on `workspace`; answers its id and the fake's record of its sandbox.
-    fn connect(&self, workspace: &Path) -> (String, Value) {
-        let session = self.server.connect("e2b", self.settings(), workspace);
+    fn e2b(threshold: usize, part_bytes: usize) -> Option<Cloud> {
+        let fake = FakeProcess::start("E2B", "SANDLINK_E2B_FAKE_SERVER", "e2b_server.py", &["--api-key", E2B_API_KEY])?;
+        let settings = json!({
+            "apiUrl": format!("http://127.0.0.1:{}", fake.port),
+            "domain": format!("localhost:{}", fake.port),
+            "timeoutSeconds": 300,
+            "streamKeepaliveSeconds": 1,
+        });
+        let server = Cloud::server("E2B_API_KEY", E2B_API_KEY, threshold, part_bytes);
+        Some(Cloud { fake, server, driver: "e2b", settings, remote_root: "home/user" })
+    }
+
+    fn daytona(threshold: usize, part_bytes: usize) -> Option<Cloud> {
+        let fake =
+            FakeProcess::start("Daytona", "SANDLINK_DAYTONA_FAKE_SERVER", "daytona_server.py", &["--api-key", DAYTONA_API_KEY])?;
+        let settings = json!({ "apiUrl": format!("http://127.0.0.1:{}/api", fake.port), "streamKeepaliveSeconds": 1 });
+        let server = Cloud::server("DAYTONA_API_KEY", DAYTONA_API_KEY, threshold, part_bytes);
+        Some(Cloud { fake, server, driver: "daytona", settings, remote_root: "home/daytona/workspace" })
+    }
+
+    /// Connects a session on `workspace`; answers its id and where the sandbox's remote root is on this machine.
+    fn connect(&self, workspace: &Path) -> (String, PathBuf) {
+        let session = self.server.connect(self.driver, self.settings.clone(), workspace);
         assert_eq!(session["state"], "active", "{session}");
         let session_id = session["sessionId"].as_str().expect("sessionId").to_string();
-        let sandboxes = self.fake.admin("GET", "/_admin/sandboxes", None);
-        let sandbox = sandboxes["sandboxes"].as_array().and_then(|all| all.first()).cloned().expect("one sandbox");
-        (session_id, sandbox)
+        let root = PathBuf::from(self.sandbox()["hostRoot"].as_str().expect("hostRoot")).join(self.remote_root);
+        (session_id, root)
     }
 
     /// The fake's current record of the one sandbox (with `bytesReceived` and `bytesSent`).
@@ -90,10 +103,10 @@ impl E2b {
     fn sent(&self) -> u64 {
         self.sandbox()["bytesSent"].as_u64().expect("bytesSent")
     }
-}
 
-fn host_root(sandbox: &Value) -> PathBuf {
-    PathBuf::from(sandbox["hostRoot"].as_str().expect("hostRoot")).join("home/user")
+    fn sync(&self, session_id: &str, direction: &str) -> Result<Value, support::RpcError> {
+        self.server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": direction }))
+    }
 }
 
 /// Files left in the parts folders of the sandbox's staging directory.
@@ -106,61 +119,57 @@ fn parts_left(root: &Path) -> Vec<PathBuf> {
     left
 }
 
-#[test]
-fn a_big_upload_dropped_halfway_should_resume_from_the_last_part_not_restart() {
-    let _serial = serial();
-    let Some(e2b) = E2b::start(MIB, MIB) else { return };
+/// A big upload dropped at half resumes within the same sync: only the part that broke off is sent again.
+fn dropped_halfway_resumes(cloud: Cloud) {
     let workspace = support::workspace_with(&[("small.txt", "small\n")]);
-    let (session_id, sandbox) = e2b.connect(workspace.path());
+    let (session_id, root) = cloud.connect(workspace.path());
     let size = 16 * MIB;
     let content = incompressible(size, 7);
     std::fs::write(workspace.path().join("big.bin"), &content).expect("write the big file");
-    let before = e2b.received();
-    e2b.fake.set_faults(json!({ "dropUploadAfterBytes": size / 2, "dropUploadCount": 1 }));
-    e2b.server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" })).expect("the sync resumes and ends");
-    assert_eq!(e2b.fake.admin("GET", "/_admin/faults", None)["dropUploadAfterBytes"], Value::Null, "the drop happened");
-    let received = e2b.received() - before;
-    eprintln!("a {size}-byte upload dropped at half: {received} bytes received ({:.2}x)", received as f64 / size as f64);
+    let before = cloud.received();
+    cloud.fake.set_faults(json!({ "dropUploadAfterBytes": size / 2, "dropUploadCount": 1 }));
+    cloud.sync(&session_id, "up").expect("the sync resumes and ends");
+    assert_eq!(cloud.fake.admin("GET", "/_admin/faults", None)["dropUploadAfterBytes"], Value::Null, "the drop happened");
+    let received = cloud.received() - before;
+    eprintln!("{}: a {size}-byte upload dropped at half: {received} bytes received ({:.2}x)", cloud.driver, received as f64 / size as f64);
     assert!(received < size as u64 * 3 / 2, "{received} bytes received for a {size}-byte file: the upload restarted");
     assert!(received < size as u64 + 3 * MIB as u64, "at most the part that broke off is sent again: {received}");
-    let root = host_root(&sandbox);
     assert!(std::fs::read(root.join("big.bin")).expect("the big file in the sandbox") == content, "byte-exact");
     assert!(parts_left(&root).is_empty(), "parts are removed once joined: {:?}", parts_left(&root));
 }
 
-#[test]
-fn a_failed_big_upload_should_leave_nothing_in_place_and_the_next_sync_should_resume_it() {
-    let _serial = serial();
-    let Some(e2b) = E2b::start(MIB, MIB) else { return };
+/// A big upload whose network goes down for good at half fails, leaves the old file whole in place, and the next
+/// sync sends only what had not arrived.
+fn failed_halfway_resumes_next_sync(cloud: Cloud) {
     let size = 16 * MIB;
     let old = incompressible(size, 1);
     let workspace = support::workspace_with(&[("small.txt", "small\n")]);
     std::fs::write(workspace.path().join("big.bin"), &old).expect("an older version, synced on connect");
-    let (session_id, sandbox) = e2b.connect(workspace.path());
-    let root = host_root(&sandbox);
+    let (session_id, root) = cloud.connect(workspace.path());
     assert!(std::fs::read(root.join("big.bin")).expect("the older file") == old, "the connect uploaded it in parts");
     let content = incompressible(size, 2);
     std::fs::write(workspace.path().join("big.bin"), &content).expect("write the big file");
-    let before = e2b.received();
-    // Half-way the network goes down for good: every retry of the part breaks off too, and the sync fails.
-    e2b.fake.set_faults(json!({ "dropUploadAfterBytes": size / 2, "dropUploadCount": 0 }));
-    let failed = e2b.server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" }));
+    let before = cloud.received();
+    cloud.fake.set_faults(json!({ "dropUploadAfterBytes": size / 2, "dropUploadCount": 0 }));
+    let failed = cloud.sync(&session_id, "up");
     assert!(failed.is_err(), "the sync fails while the network is down: {failed:?}");
     assert!(std::fs::read(root.join("big.bin")).expect("the older file") == old, "nothing half-written in place");
     assert!(!parts_left(&root).is_empty(), "the parts that arrived wait for the next sync");
-    e2b.fake.admin("DELETE", "/_admin/faults", None);
-    e2b.server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" })).expect("the next sync");
-    let received = e2b.received() - before;
-    eprintln!("a {size}-byte upload failed at half and resumed: {received} bytes received ({:.2}x)", received as f64 / size as f64);
+    cloud.fake.admin("DELETE", "/_admin/faults", None);
+    cloud.sync(&session_id, "up").expect("the next sync");
+    let received = cloud.received() - before;
+    eprintln!(
+        "{}: a {size}-byte upload failed at half and resumed: {received} bytes received ({:.2}x)",
+        cloud.driver,
+        received as f64 / size as f64
+    );
     assert!(received < size as u64 * 3 / 2, "{received} bytes received for a {size}-byte file: the upload restarted");
     assert!(std::fs::read(root.join("big.bin")).expect("the big file") == content, "byte-exact after the resume");
     assert!(parts_left(&root).is_empty(), "parts are removed once joined: {:?}", parts_left(&root));
 }
 
-#[test]
-fn sync_down_should_fetch_only_the_files_that_changed() {
-    let _serial = serial();
-    let Some(e2b) = E2b::start(32 * MIB, 8 * MIB) else { return };
+/// After one file changed in the sandbox, `down` downloads that file and nothing else.
+fn down_fetches_only_what_changed(cloud: Cloud) {
     // Sizes differ, so no two files share a stamp (which would make the engine compare them by content each time).
     let contents: Vec<Vec<u8>> = (0..20).map(|index| incompressible(64 * 1024 + index as usize, index + 10)).collect();
     let workspace = support::workspace_with(&[]);
@@ -175,16 +184,57 @@ fn sync_down_should_fetch_only_the_files_that_changed() {
     let names: Vec<String> = (0..20).map(|index| format!("file{index}.bin")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     touch(workspace.path(), "1 hour ago", &name_refs);
-    let (session_id, sandbox) = e2b.connect(workspace.path());
-    let root = host_root(&sandbox);
+    let (session_id, root) = cloud.connect(workspace.path());
     let changed = incompressible(100 * 1024, 99);
     std::fs::write(root.join("file3.bin"), &changed).expect("change one file in the sandbox");
     touch(&root, "30 minutes ago", &["file3.bin"]);
-    let before = e2b.sent();
-    e2b.server.request("sandlink/sync", json!({ "sessionId": session_id, "direction": "down" })).expect("sync down");
-    let sent = e2b.sent() - before;
-    eprintln!("sync down after one change of {} bytes in a tree of {} bytes: {sent} bytes sent", changed.len(), 20 * 64 * 1024);
+    let before = cloud.sent();
+    cloud.sync(&session_id, "down").expect("sync down");
+    let sent = cloud.sent() - before;
+    eprintln!("{}: sync down after one change of {} bytes in a tree of {} bytes: {sent} bytes sent", cloud.driver, changed.len(), 20 * 64 * 1024);
     assert!(std::fs::read(workspace.path().join("file3.bin")).expect("the changed file") == changed);
     assert!(sent >= changed.len() as u64 / 2, "the changed file was fetched: {sent} bytes");
     assert!(sent < (changed.len() + 64 * 1024) as u64, "nothing but the changed file was fetched: {sent} bytes");
+}
+
+#[test]
+fn e2b_big_upload_dropped_halfway_should_resume_from_the_last_part_not_restart() {
+    let _serial = serial();
+    let Some(cloud) = Cloud::e2b(MIB, MIB) else { return };
+    dropped_halfway_resumes(cloud);
+}
+
+#[test]
+fn e2b_failed_big_upload_should_leave_nothing_in_place_and_the_next_sync_should_resume_it() {
+    let _serial = serial();
+    let Some(cloud) = Cloud::e2b(MIB, MIB) else { return };
+    failed_halfway_resumes_next_sync(cloud);
+}
+
+#[test]
+fn e2b_sync_down_should_fetch_only_the_files_that_changed() {
+    let _serial = serial();
+    let Some(cloud) = Cloud::e2b(32 * MIB, 8 * MIB) else { return };
+    down_fetches_only_what_changed(cloud);
+}
+
+#[test]
+fn daytona_big_upload_dropped_halfway_should_resume_from_the_last_part_not_restart() {
+    let _serial = serial();
+    let Some(cloud) = Cloud::daytona(MIB, MIB) else { return };
+    dropped_halfway_resumes(cloud);
+}
+
+#[test]
+fn daytona_failed_big_upload_should_leave_nothing_in_place_and_the_next_sync_should_resume_it() {
+    let _serial = serial();
+    let Some(cloud) = Cloud::daytona(MIB, MIB) else { return };
+    failed_halfway_resumes_next_sync(cloud);
+}
+
+#[test]
+fn daytona_sync_down_should_fetch_only_the_files_that_changed() {
+    let _serial = serial();
+    let Some(cloud) = Cloud::daytona(32 * MIB, 8 * MIB) else { return };
+    down_fetches_only_what_changed(cloud);
 }

@@ -5,7 +5,8 @@ exercised against Vercel's real wire format (cloud-apis.md section 3). One aioht
 
 * the API under `/api` (the SDK's base `https://vercel.com/api`), and the same paths without `/api` (the REST
   reference's base `https://api.vercel.com`);
-* a test-only admin API under `/_admin/` (faults, request log, sandboxes, the test clock); never part of Vercel.
+* a test-only admin API under `/_admin/` (faults, request log, sandboxes with the file bytes each session received
+  and sent, the test clock); never part of Vercel.
 
 Path mapping (commands run for real, without a chroot): every session owns a private directory
 `<root>/<sessionId>/fs`, which stands for the VM's `/`. The sandbox path `/vercel/sandbox/a.txt` is the host path
@@ -41,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from aiohttp import web
+
+import traffic
 
 SANDBOX_CWD = "/vercel/sandbox"
 SANDBOX_HOME = "/home/vercel-sandbox"
@@ -514,6 +517,8 @@ class FakeVercel:
         self.faults = FaultSettings()
         self.hang_changed = asyncio.Event()
         self.request_log: list[RequestLogEntry] = []
+        # File bytes per session: the gzip tar bodies `fs/write` received, and what `fs/read` sent.
+        self.traffic = traffic.Counters()
         self.next_request_sequence = 1
         # The port this server answers on, once bound: route URLs point back here (as `SUB.localhost:PORT`) so that
         # previews are reachable, and requests with such a Host are forwarded to the session's port.
@@ -921,6 +926,7 @@ async def handle_admin(request: web.Request, fake: FakeVercel) -> web.StreamResp
                           for sandbox in fake.sandboxes.values()],
             "sessions": [dict(session.to_json(), generation=session.generation, sandboxName=session.sandbox_name,
                               projectId=session.project_id, hostRoot=session.filesystem_root,
+                              **fake.traffic.to_json(session.session_id),
                               deadline=session.deadline_ms, routes=session.routes, env=session.env,
                               networkPolicyRequested=session.network_policy,
                               commands=[{"id": command.command_id, "pid": command.pid, "name": command.name,
@@ -1514,6 +1520,7 @@ async def write_files(request: web.Request, fake: FakeVercel, session: str) -> w
     if not extract_directory.startswith("/"):
         raise ApiFailure(400, "bad_request", "The x-cwd header must be an absolute path.")
     archive = await request.read()
+    fake.traffic.add_received(found.session_id, len(archive))
     try:
         await asyncio.get_running_loop().run_in_executor(
             None, extract_tar, found, archive, posixpath.normpath(extract_directory))
@@ -1537,6 +1544,7 @@ async def read_file(request: web.Request, fake: FakeVercel, session: str) -> web
         raise ApiFailure(404, "file_not_found", f"{sandbox_path} does not exist.")
     with open(host_path, "rb") as handle:
         content = handle.read()
+    fake.traffic.add_sent(found.session_id, len(content))
     return web.Response(status=200, body=content, content_type="application/octet-stream")
 
 

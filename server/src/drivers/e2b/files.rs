@@ -913,6 +913,32 @@ mod tests {
     }
 
     #[test]
+    fn gzip_uploads_should_start_with_envd_0_5_7() {
+        assert!(envd_takes_gzip(Some("0.5.7")));
+        assert!(envd_takes_gzip(Some("0.6.4")));
+        assert!(envd_takes_gzip(Some("v1.0.0")));
+        assert!(!envd_takes_gzip(Some("0.5.6")));
+        assert!(!envd_takes_gzip(Some("0.1.5")));
+        assert!(!envd_takes_gzip(Some("garbage")));
+        assert!(!envd_takes_gzip(None), "an unknown envd might store the gzip bytes as the file");
+    }
+
+    #[test]
+    fn compression_should_be_skipped_for_bytes_gzip_cannot_shrink() {
+        assert!(compression_pays(&b"fn main() { println!(\"hello\"); }\n".repeat(4096)));
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let random: Vec<u8> = (0..256 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        assert!(!compression_pays(&random));
+    }
+
+    #[test]
     fn shell_quote_should_survive_single_quotes() {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }

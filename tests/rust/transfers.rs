@@ -52,14 +52,18 @@ struct Cloud {
 impl Cloud {
     fn server(key_variable: &str, key: &str, threshold: usize, part_bytes: usize) -> Server {
         Server::start_with(StartOptions {
-            env: vec![
-                (key_variable.into(), key.into()),
-                ("RUST_LOG".into(), "sandlink=debug".into()),
-                ("SANDLINK_CHUNKED_UPLOAD_THRESHOLD_BYTES".into(), threshold.to_string()),
-                ("SANDLINK_UPLOAD_PART_BYTES".into(), part_bytes.to_string()),
-            ],
+            env: Cloud::server_env(key_variable, key, threshold, part_bytes),
             ..StartOptions::default()
         })
+    }
+
+    fn server_env(key_variable: &str, key: &str, threshold: usize, part_bytes: usize) -> Vec<(String, String)> {
+        vec![
+            (key_variable.into(), key.into()),
+            ("RUST_LOG".into(), "sandlink=debug".into()),
+            ("SANDLINK_CHUNKED_UPLOAD_THRESHOLD_BYTES".into(), threshold.to_string()),
+            ("SANDLINK_UPLOAD_PART_BYTES".into(), part_bytes.to_string()),
+        ]
     }
 
     fn e2b(threshold: usize, part_bytes: usize) -> Option<Cloud> {
@@ -278,5 +282,49 @@ fn e2b_a_200_mb_upload_interrupted_at_half_should_resume_with_the_real_part_size
     assert!(received < size as u64 * 3 / 2, "{received} bytes received for a {size}-byte file: the upload restarted");
     assert!(received < size as u64 + 9 * MIB as u64, "at most the 8 MiB part that broke off is sent again: {received}");
     assert!(std::fs::read(root.join("big.bin")).expect("the big file in the sandbox") == content, "byte-exact");
+    assert!(parts_left(&root).is_empty(), "parts are removed once joined: {:?}", parts_left(&root));
+}
+
+#[test]
+fn e2b_big_upload_of_a_killed_server_should_resume_in_the_next_server() {
+    let _serial = serial();
+    let Some(mut cloud) = Cloud::e2b(MIB, MIB) else { return };
+    let state = tempfile::tempdir().expect("a state directory both servers share");
+    let start = || {
+        Server::start_with(StartOptions {
+            state_dir: Some(state.path().to_path_buf()),
+            env: Cloud::server_env("E2B_API_KEY", E2B_API_KEY, MIB, MIB),
+            ..StartOptions::default()
+        })
+    };
+    cloud.server = start();
+    let workspace = support::workspace_with(&[("small.txt", "small\n")]);
+    let (session_id, root) = cloud.connect(workspace.path());
+    let size = 16 * MIB;
+    let content = incompressible(size, 3);
+    let before = cloud.received();
+    // Half-way the network goes down, and while the driver is still trying, the server is killed.
+    cloud.fake.set_faults(json!({ "dropUploadAfterBytes": size / 2, "dropUploadCount": 0 }));
+    place(workspace.path(), "big.bin", &content);
+    cloud.server.send_request("sandlink/sync", json!({ "sessionId": session_id, "direction": "up" }));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cloud.fake.admin("GET", "/_admin/faults", None)["dropUploadAfterBytes"] != json!(0) {
+        assert!(std::time::Instant::now() < deadline, "the upload reached half-way");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(cloud.server.pid() as i32, libc::SIGKILL) };
+    assert!(std::fs::read(root.join("big.bin")).is_err(), "nothing half-written in place");
+    cloud.fake.admin("DELETE", "/_admin/faults", None);
+    cloud.server = start();
+    let reattached = cloud
+        .server
+        .request("sandlink/connect", json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }))
+        .expect("the new server re-attaches the session and syncs");
+    assert_eq!(reattached["state"], "active", "{reattached}");
+    cloud.sync(&session_id, "up").expect("a sync after the re-attach");
+    let received = cloud.received() - before;
+    eprintln!("e2b: a {size}-byte upload whose server was killed at half: {received} bytes received ({:.2}x)", received as f64 / size as f64);
+    assert!(received < size as u64 * 3 / 2, "{received} bytes received for a {size}-byte file: the upload restarted");
+    assert!(std::fs::read(root.join("big.bin")).expect("the big file") == content, "byte-exact after the resume");
     assert!(parts_left(&root).is_empty(), "parts are removed once joined: {:?}", parts_left(&root));
 }

@@ -519,6 +519,7 @@ class FakeVercel:
         self.request_log: list[RequestLogEntry] = []
         # File bytes per session: the gzip tar bodies `fs/write` received, and what `fs/read` sent.
         self.traffic = traffic.Counters()
+        self.upload_drop = traffic.UploadDrop()
         self.next_request_sequence = 1
         # The port this server answers on, once bound: route URLs point back here (as `SUB.localhost:PORT`) so that
         # previews are reachable, and requests with such a Host are forwarded to the session's port.
@@ -528,6 +529,7 @@ class FakeVercel:
 
     def apply_faults(self, body: dict) -> None:
         faults = self.faults
+        self.upload_drop.apply(body)
         if "sandbox" in body:
             faults.sandbox = body["sandbox"] or None
         if "cutStreamAfterBytes" in body:
@@ -567,6 +569,7 @@ class FakeVercel:
 
     def reset_faults(self) -> None:
         self.faults = FaultSettings()
+        self.upload_drop = traffic.UploadDrop()
         self.wake_hung_requests()
 
     def wake_hung_requests(self) -> None:
@@ -823,6 +826,9 @@ async def front_door(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as http_exception:
         entry.status = http_exception.status
         raise
+    finally:
+        # Marks the connection's bytes as this request's, so the upload-drop fault measures each request alone.
+        traffic.charge(request)
     if entry.status is None:
         entry.status = response.status
     return response
@@ -884,17 +890,17 @@ async def handle_admin(request: web.Request, fake: FakeVercel) -> web.StreamResp
     path, method = request.path, request.method
     if path == "/_admin/faults":
         if method == "GET":
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
         if method == "POST":
             try:
                 body = await request.json()
             except json.JSONDecodeError:
                 return api_error(400, "bad_request", "The body must be a JSON object.")
             fake.apply_faults(body)
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
         if method == "DELETE":
             fake.reset_faults()
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
     if path == "/_admin/info" and method == "GET":
         return json_response(200, {"isolation": "none" if fake.settings.bubblewrap_root_arguments is None else "bwrap"})
     if path == "/_admin/clock":
@@ -1519,8 +1525,14 @@ async def write_files(request: web.Request, fake: FakeVercel, session: str) -> w
     extract_directory = request.headers.get("x-cwd") or "/"
     if not extract_directory.startswith("/"):
         raise ApiFailure(400, "bad_request", "The x-cwd header must be an absolute path.")
-    archive = await request.read()
+    # A dropped upload extracts nothing: the archive is read whole before any of it is written.
+    try:
+        archive = await traffic.read_checked(request.content, request, fake.upload_drop)
+    except ConnectionResetError as error:
+        fake.traffic.add_received(found.session_id, len(error.partial))
+        raise
     fake.traffic.add_received(found.session_id, len(archive))
+    fake.upload_drop.finished(request, len(archive))
     try:
         await asyncio.get_running_loop().run_in_executor(
             None, extract_tar, found, archive, posixpath.normpath(extract_directory))
@@ -1733,6 +1745,7 @@ async def proxy_preview(request: web.Request, session: "Session", route: dict) -
 
 
 async def serve(host: str, port: int, fake: FakeVercel) -> None:
+    traffic.install()
     runner = web.AppRunner(build_application(fake), handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -17,6 +17,7 @@ use support::{Server, StartOptions};
 
 const E2B_API_KEY: &str = "e2b_sandlink_test_key_5f0c9a7e31";
 const DAYTONA_API_KEY: &str = "dtn_sandlink_test_key_8c1e55b0a4f2";
+const VERCEL_TOKEN: &str = "vercel_sandlink_test_token_7b1e4c90";
 const MIB: usize = 1024 * 1024;
 
 /// Each test owns a fake (faults are global to one); this keeps them from starving each other of the two cores.
@@ -78,6 +79,18 @@ impl Cloud {
         Some(Cloud { fake, server, driver: "e2b", settings, remote_root: "home/user" })
     }
 
+    fn vercel(threshold: usize, part_bytes: usize) -> Option<Cloud> {
+        let arguments = ["--token", VERCEL_TOKEN, "--team-id", "team_sandlinktests"];
+        let fake = FakeProcess::start("Vercel", "SANDLINK_VERCEL_FAKE_SERVER", "vercel_server.py", &arguments)?;
+        let settings = json!({ "baseUrl": format!("http://127.0.0.1:{}/api", fake.port), "timeoutSeconds": 300 });
+        let mut env = Cloud::server_env("VERCEL_TOKEN", VERCEL_TOKEN, threshold, part_bytes);
+        env.push(("VERCEL_TEAM_ID".into(), "team_sandlinktests".into()));
+        env.push(("VERCEL_PROJECT_ID".into(), "prj_sandlinktests".into()));
+        env.push(("VERCEL_OIDC_TOKEN".into(), String::new()));
+        let server = Server::start_with(StartOptions { env, ..StartOptions::default() });
+        Some(Cloud { fake, server, driver: "vercel", settings, remote_root: "vercel/sandbox" })
+    }
+
     fn daytona(threshold: usize, part_bytes: usize) -> Option<Cloud> {
         let fake =
             FakeProcess::start("Daytona", "SANDLINK_DAYTONA_FAKE_SERVER", "daytona_server.py", &["--api-key", DAYTONA_API_KEY])?;
@@ -95,10 +108,12 @@ impl Cloud {
         (session_id, root)
     }
 
-    /// The fake's current record of the one sandbox (with `bytesReceived` and `bytesSent`).
+    /// The fake's current record of the one sandbox (with `hostRoot`, `bytesReceived` and `bytesSent`); on Vercel
+    /// that of its one session, the VM.
     fn sandbox(&self) -> Value {
         let sandboxes = self.fake.admin("GET", "/_admin/sandboxes", None);
-        sandboxes["sandboxes"].as_array().and_then(|all| all.first()).cloned().expect("one sandbox")
+        let list = if self.driver == "vercel" { "sessions" } else { "sandboxes" };
+        sandboxes[list].as_array().and_then(|all| all.first()).cloned().expect("one sandbox")
     }
 
     fn received(&self) -> u64 {
@@ -327,4 +342,18 @@ fn e2b_big_upload_of_a_killed_server_should_resume_in_the_next_server() {
     assert!(received < size as u64 * 3 / 2, "{received} bytes received for a {size}-byte file: the upload restarted");
     assert!(std::fs::read(root.join("big.bin")).expect("the big file") == content, "byte-exact after the resume");
     assert!(parts_left(&root).is_empty(), "parts are removed once joined: {:?}", parts_left(&root));
+}
+
+#[test]
+fn vercel_big_upload_dropped_halfway_should_resume_from_the_last_part_not_restart() {
+    let _serial = serial();
+    let Some(cloud) = Cloud::vercel(MIB, MIB) else { return };
+    dropped_halfway_resumes(cloud);
+}
+
+#[test]
+fn vercel_failed_big_upload_should_leave_nothing_in_place_and_the_next_sync_should_resume_it() {
+    let _serial = serial();
+    let Some(cloud) = Cloud::vercel(MIB, MIB) else { return };
+    failed_halfway_resumes_next_sync(cloud);
 }

@@ -36,6 +36,23 @@ pub fn part_bytes() -> usize {
         .max(64 * 1024)
 }
 
+/// Lists a parts folder (`$1`, relative to the working directory) as `size name` lines, nothing when it does not
+/// exist; for drivers that look through a shell (GNU and busybox `stat` both take `-c`).
+pub const LIST_PARTS: &str = r#"cd -- "$1" 2>/dev/null || exit 0
+for f in *; do [ -f "$f" ] && echo "$(stat -c %s -- "$f") $f"; done
+exit 0"#;
+
+/// Reads `LIST_PARTS`' output into (path relative to the root, size) pairs.
+pub fn parse_listed_parts(folder: &str, listing: &[u8]) -> Vec<(String, u64)> {
+    String::from_utf8_lossy(listing)
+        .lines()
+        .filter_map(|line| {
+            let (size, name) = line.split_once(' ')?;
+            Some((format!("{folder}/{name}"), size.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Where parts of uploads in progress live, relative to the remote root.
 pub fn parts_root() -> String {
     format!("{STAGING_DIR}/parts")

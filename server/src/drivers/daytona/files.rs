@@ -29,11 +29,6 @@ use crate::sync::{EntryKind, RemoteEntry, RemoteFiles};
 /// connection or a timeout is worth another try, which costs at most one part.
 const PART_ATTEMPTS: u32 = 5;
 
-/// Lists a parts folder (`$1`, relative to the root) as `size name` lines; nothing when it does not exist.
-const LIST_PARTS: &str = r#"cd -- "$1" 2>/dev/null || exit 0
-for f in *; do [ -f "$f" ] && echo "$(stat -c %s -- "$f") $f"; done
-exit 0"#;
-
 /// What the unpacking thread hands over while it reads the archive: the parts of big files, as it meets them.
 enum Upload {
     /// The parts folder of a big file (relative to the root): listed to learn which parts arrived earlier.
@@ -387,14 +382,8 @@ impl Files {
 
     /// The parts already in a parts folder (relative to the root), with their sizes.
     async fn list_parts(&self, folder: &str) -> Result<Vec<(String, u64)>> {
-        let listing = self.helper(LIST_PARTS, &[folder], "listing the parts of an upload").await?;
-        Ok(String::from_utf8_lossy(&listing)
-            .lines()
-            .filter_map(|line| {
-                let (size, name) = line.split_once(' ')?;
-                Some((format!("{folder}/{name}"), size.parse().ok()?))
-            })
-            .collect())
+        let listing = self.helper(chunks::LIST_PARTS, &[folder], "listing the parts of an upload").await?;
+        Ok(chunks::parse_listed_parts(folder, &listing))
     }
 
     /// Sends one part as its own bulk upload, again after a dropped connection or a timeout.

@@ -1,5 +1,6 @@
-//! Resumable uploads of big files for drivers whose provider has no resumable upload: each file over a threshold
-//! travels as numbered part files in a staging folder of the sandbox, one request per part, and is joined in place.
+//! Resumable uploads of big files for drivers whose provider has no resumable upload (E2B, Daytona, Vercel): each
+//! file over a threshold travels as numbered part files in a staging folder of the sandbox, one request per part, and
+//! is joined in place.
 //!
 //! Why the parts are named by content: a dropped connection, a killed sync or a restarted server all leave the parts
 //! that arrived in the sandbox, and the next upload of the same file lists its folder and sends only the parts that

@@ -357,3 +357,10 @@ fn vercel_failed_big_upload_should_leave_nothing_in_place_and_the_next_sync_shou
     let Some(cloud) = Cloud::vercel(MIB, MIB) else { return };
     failed_halfway_resumes_next_sync(cloud);
 }
+
+#[test]
+fn vercel_sync_down_should_fetch_only_the_files_that_changed() {
+    let _serial = serial();
+    let Some(cloud) = Cloud::vercel(32 * MIB, 8 * MIB) else { return };
+    down_fetches_only_what_changed(cloud);
+}

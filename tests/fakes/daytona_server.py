@@ -9,7 +9,8 @@ against Daytona's real wire format. One aiohttp process serves everything on one
   The deprecated main-API form `/api/toolbox/<sandboxId>/toolbox/...` reaches the same handlers.
 * Previews under `/preview/<port>-<sandboxId>/...` (or a Host of the form `<port>-<sandboxId>.<anything>`), forwarded
   to `127.0.0.1:<port>` because sandbox processes run on this host.
-* Test-only admin API under `/_admin/` (faults, request log, sandboxes, test clock); never part of Daytona.
+* Test-only admin API under `/_admin/` (faults, request log, sandboxes with the bytes each received on the wire and
+  sent as file content (`traffic.py`), test clock); never part of Daytona.
 
 Path mapping (commands run for real, without a chroot): every sandbox owns `<root>/<sandboxId>/fs`, which stands for
 the sandbox's `/`. The sandbox path `/home/daytona/a.txt` is the host path `<root>/<id>/fs/home/daytona/a.txt`. The
@@ -47,6 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from aiohttp import WSMsgType, web
+
+import traffic
 
 DEFAULT_USER = "daytona"
 STDOUT_MARKER = b"\x01\x01\x01"
@@ -450,6 +453,8 @@ class FakeDaytona:
         self.sandboxes: dict[str, Sandbox] = {}
         self.snapshots: dict[str, dict] = {}
         self.faults = FaultSettings()
+        self.upload_drop = traffic.UploadDrop()
+        self.traffic = traffic.Counters()
         self.clock = TestClock()
         # Replaced whenever a hang fault changes, so hung requests and streams re-check whether they may go on.
         self.hang_changed = asyncio.Event()
@@ -487,6 +492,7 @@ class FakeDaytona:
                 setattr(faults, attribute, bool(body[name]))
         if not faults.stuck_starting:
             self.release_stuck_sandboxes()
+        self.upload_drop.apply(body)
         self.wake_hung_requests()
         vanish = body.get("vanish")
         if vanish:
@@ -495,6 +501,7 @@ class FakeDaytona:
 
     def reset_faults(self) -> None:
         self.faults = FaultSettings()
+        self.upload_drop = traffic.UploadDrop()
         self.release_stuck_sandboxes()
         self.wake_hung_requests()
 
@@ -694,7 +701,15 @@ async def front_door(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as http_exception:
         entry.status = http_exception.status
         raise
+    finally:
+        received = traffic.charge(request)
+        if plane == "toolbox":
+            fake.traffic.add_received(sandbox_id, received)
+            if inner_path == "/files/bulk-upload" and fake.fault_applies_to(sandbox_id):
+                fake.upload_drop.finished(request, received)
     entry.status = response.status
+    if plane == "toolbox" and inner_path in ("/files/download", "/files/bulk-download"):
+        fake.traffic.add_sent(sandbox_id, response.content_length or response.body_length)
     return response
 
 
@@ -758,6 +773,7 @@ def admin_sandbox_json(sandbox: Sandbox, fake: FakeDaytona) -> dict:
         "lastActivityAt": rfc3339(sandbox.last_activity),
         "idleSeconds": round(fake.clock.now() - sandbox.last_activity, 3),
         "previewToken": sandbox.preview_token,
+        **fake.traffic.to_json(sandbox.sandbox_id),
         "sessions": [{"sessionId": session.session_id,
                       "shellPid": session.shell.pid,
                       "shellAlive": session.shell.returncode is None,
@@ -780,17 +796,17 @@ async def handle_admin(request: web.Request, fake: FakeDaytona) -> web.StreamRes
     path, method = request.path, request.method
     if path == "/_admin/faults":
         if method == "GET":
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
         if method == "POST":
             try:
                 body = await request.json()
             except json.JSONDecodeError:
                 return json_response(400, {"message": "The body must be a JSON object."})
             fake.apply_faults(body)
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
         if method == "DELETE":
             fake.reset_faults()
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
     if path == "/_admin/requests":
         if method == "GET":
             since = int(request.query.get("since", "0"))
@@ -1867,13 +1883,15 @@ async def handle_files(request: web.Request, sandbox: Sandbox, path: str) -> web
                 return web.Response(status=200)
         return status_only(400)
     if path == "/files/bulk-upload" and method == "POST":
-        return await bulk_upload(request, sandbox)
+        fake: FakeDaytona = request.app["fake"]
+        return await bulk_upload(request, sandbox, fake.upload_drop if fake.fault_applies_to(sandbox.sandbox_id) else None)
     if path == "/files/bulk-download" and method == "POST":
         return await bulk_download(request, sandbox)
     return toolbox_error(request, 404, f"{method} {path} is not served by this fake toolbox")
 
 
-async def bulk_upload(request: web.Request, sandbox: Sandbox) -> web.StreamResponse:
+async def bulk_upload(request: web.Request, sandbox: Sandbox,
+                      drop: Optional[traffic.UploadDrop] = None) -> web.StreamResponse:
     """The daemon's bulk upload: parts in order; a `files[i].path` part must come before its `files[i].file`."""
     if not request.content_type.startswith("multipart/"):
         return json_response(400, {"errors": ["invalid multipart form"]})
@@ -1892,8 +1910,17 @@ async def bulk_upload(request: web.Request, sandbox: Sandbox) -> web.StreamRespo
                 continue
             destinations[index] = destination
         elif name.endswith(".file"):
-            content = bytes(await part.read(decode=False))
             destination = destinations.get(index)
+            try:
+                content = await traffic.read_checked(part, request, drop)
+            except ConnectionResetError as error:
+                # The daemon writes as it reads, so a dropped upload leaves the start of the file it was writing.
+                if destination is not None:
+                    partial_path = sandbox.host_path_for(sandbox.sandbox_path_for(destination))
+                    os.makedirs(os.path.dirname(partial_path), mode=0o755, exist_ok=True)
+                    with open(partial_path, "wb") as handle:
+                        handle.write(error.partial)
+                raise
             if destination is None:
                 errors.append(f"file[{index}]: missing .path metadata")
                 continue
@@ -2067,6 +2094,7 @@ def main() -> None:
 
 
 async def serve_with_fake(host: str, port: int) -> None:
+    traffic.install()
     await serve(host, port, FakeDaytona(SERVER_SETTINGS))
 
 

@@ -7,7 +7,8 @@ E2B's real wire format. One aiohttp process serves both planes:
 * envd (port 49983 inside a sandbox): any request WITH `E2b-Sandbox-Id` + `E2b-Sandbox-Port`, which is the
   header-routing form E2B's edge proxy accepts when the Host is an IP or localhost (cloud-apis.md 1.1). The host form
   `49983-<sandboxID>.<anything>` is accepted too.
-* Test-only admin API under `/_admin/` (faults, request log, sandbox inspection); never part of E2B.
+* Test-only admin API under `/_admin/` (faults, request log, sandbox inspection with the bytes each sandbox
+  received on the wire and sent as file content, `traffic.py`); never part of E2B.
 
 Path mapping (documented because commands run for real, without a chroot): every sandbox owns a private directory
 `<root>/<sandboxID>/fs`, which stands for the sandbox's `/`. The sandbox path `/home/user/a.txt` is the host path
@@ -48,6 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from aiohttp import web
+
+import traffic
 
 ENVD_PORT = 49983
 DEFAULT_USER = "user"
@@ -515,6 +518,8 @@ class FakeE2B:
         self.sandboxes: dict[str, Sandbox] = {}
         self.snapshots: dict[str, dict] = {}
         self.faults = FaultSettings()
+        self.upload_drop = traffic.UploadDrop()
+        self.traffic = traffic.Counters()
         # Set whenever hangEnvd is switched, so hung requests and streams re-check whether they may go on.
         self.hang_changed = asyncio.Event()
         self.request_log: list[RequestLogEntry] = []
@@ -549,6 +554,7 @@ class FakeE2B:
             faults.hang_envd = bool(body["hangEnvd"])
         if "hangControl" in body:
             faults.hang_control = bool(body["hangControl"])
+        self.upload_drop.apply(body)
         self.wake_hung_requests()
         vanish = body.get("vanish")
         if vanish:
@@ -559,6 +565,7 @@ class FakeE2B:
 
     def reset_faults(self) -> None:
         self.faults = FaultSettings()
+        self.upload_drop = traffic.UploadDrop()
         self.wake_hung_requests()
 
     def wake_hung_requests(self) -> None:
@@ -712,6 +719,12 @@ async def front_door(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as http_exception:
         entry.status = http_exception.status
         raise
+    finally:
+        received = traffic.charge(request)
+        if plane == "envd":
+            fake.traffic.add_received(sandbox_id, received)
+            if request.path == "/files" and request.method == "POST" and fake.fault_applies_to(sandbox_id):
+                fake.upload_drop.finished(request, received)
     entry.status = response.status
     return response
 
@@ -794,17 +807,17 @@ async def handle_admin(request: web.Request, fake: FakeE2B) -> web.StreamRespons
     path = request.path
     if path == "/_admin/faults":
         if request.method == "GET":
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
         if request.method == "POST":
             try:
                 body = await request.json()
             except json.JSONDecodeError:
                 return control_error(400, "The body must be a JSON object.")
             fake.apply_faults(body)
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
         if request.method == "DELETE":
             fake.reset_faults()
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
     if path == "/_admin/requests":
         if request.method == "GET":
             since = int(request.query.get("since", "0"))
@@ -823,6 +836,7 @@ async def handle_admin(request: web.Request, fake: FakeE2B) -> web.StreamRespons
             {"sandboxID": sandbox.sandbox_id, "state": sandbox.state, "hostRoot": sandbox.filesystem_root,
              "endAt": epoch_to_rfc3339(sandbox.end_at), "envdAccessToken": sandbox.envd_access_token,
              "network": sandbox.network, "allowInternetAccess": sandbox.allow_internet_access,
+             **fake.traffic.to_json(sandbox.sandbox_id),
              "processes": [{"pid": process.pid, "exited": process.exited,
                             "bufferedEvents": len(process.buffered_events)}
                            for process in sandbox.processes.values()]}
@@ -1131,9 +1145,12 @@ async def handle_envd(request: web.Request, fake: FakeE2B, sandbox: Sandbox) -> 
         return json_response(401, {"code": 401, "message": ENVD_UNAUTHORIZED_MESSAGE})
     if request.path == "/files":
         if request.method == "GET":
-            return await download_file(request, sandbox)
+            response = await download_file(request, sandbox)
+            fake.traffic.add_sent(sandbox.sandbox_id, response.content_length or 0)
+            return response
         if request.method == "POST":
-            return await upload_files(request, sandbox)
+            drop = fake.upload_drop if fake.fault_applies_to(sandbox.sandbox_id) else None
+            return await upload_files(request, sandbox, drop)
         return json_response(405, {"code": 405, "message": "method not allowed"})
     if request.path == "/envs" and request.method == "GET":
         return json_response(200, sandbox.env_vars)
@@ -1210,7 +1227,8 @@ def metadata_from_headers(request: web.Request) -> dict:
     return metadata
 
 
-async def upload_files(request: web.Request, sandbox: Sandbox) -> web.StreamResponse:
+async def upload_files(request: web.Request, sandbox: Sandbox,
+                       drop: Optional[traffic.UploadDrop] = None) -> web.StreamResponse:
     username = request.query.get("username") or username_from_basic_auth(request)
     path_parameter = request.query.get("path")
     metadata = metadata_from_headers(request)
@@ -1228,13 +1246,21 @@ async def upload_files(request: web.Request, sandbox: Sandbox) -> web.StreamResp
             destination = path_parameter if (path_parameter and not pending_writes) else raw_part_filename(part)
             if not destination:
                 return json_response(400, {"code": 400, "message": "missing file path: set the part's filename"})
-            pending_writes.append((sandbox.sandbox_path_for(destination, username), bytes(await part.read())))
+            try:
+                content = await traffic.read_checked(part, request, drop)
+            except ConnectionResetError as error:
+                # What envd had written when the connection went: the files before, and the start of this one.
+                partial_writes = pending_writes + [(sandbox.sandbox_path_for(destination, username), error.partial)]
+                await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: [write_host_file(sandbox.host_path_for(path), data) for path, data in partial_writes])
+                raise
+            pending_writes.append((sandbox.sandbox_path_for(destination, username), content))
     elif content_type == "application/octet-stream":
         if not path_parameter:
             return json_response(400, {"code": 400, "message": "the path query parameter is required for "
                                                                "application/octet-stream uploads"})
         # aiohttp already undoes `Content-Encoding: gzip` on request bodies, as envd does.
-        content = await request.read()
+        content = await traffic.read_checked(request.content, request, drop)
         pending_writes.append((sandbox.sandbox_path_for(path_parameter, username), content))
     else:
         return json_response(400, {"code": 400, "message": f"unsupported content type '{content_type}'"})
@@ -1982,6 +2008,7 @@ def main() -> None:
 
 
 async def serve_with_fake(host: str, port: int) -> None:
+    traffic.install()
     await serve(host, port, FakeE2B(SERVER_SETTINGS))
 
 

@@ -5,7 +5,8 @@ exercised against Vercel's real wire format (cloud-apis.md section 3). One aioht
 
 * the API under `/api` (the SDK's base `https://vercel.com/api`), and the same paths without `/api` (the REST
   reference's base `https://api.vercel.com`);
-* a test-only admin API under `/_admin/` (faults, request log, sandboxes, the test clock); never part of Vercel.
+* a test-only admin API under `/_admin/` (faults, request log, sandboxes with the file bytes each session received
+  and sent, the test clock); never part of Vercel.
 
 Path mapping (commands run for real, without a chroot): every session owns a private directory
 `<root>/<sessionId>/fs`, which stands for the VM's `/`. The sandbox path `/vercel/sandbox/a.txt` is the host path
@@ -41,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from aiohttp import web
+
+import traffic
 
 SANDBOX_CWD = "/vercel/sandbox"
 SANDBOX_HOME = "/home/vercel-sandbox"
@@ -514,6 +517,9 @@ class FakeVercel:
         self.faults = FaultSettings()
         self.hang_changed = asyncio.Event()
         self.request_log: list[RequestLogEntry] = []
+        # File bytes per session: the gzip tar bodies `fs/write` received, and what `fs/read` sent.
+        self.traffic = traffic.Counters()
+        self.upload_drop = traffic.UploadDrop()
         self.next_request_sequence = 1
         # The port this server answers on, once bound: route URLs point back here (as `SUB.localhost:PORT`) so that
         # previews are reachable, and requests with such a Host are forwarded to the session's port.
@@ -523,6 +529,7 @@ class FakeVercel:
 
     def apply_faults(self, body: dict) -> None:
         faults = self.faults
+        self.upload_drop.apply(body)
         if "sandbox" in body:
             faults.sandbox = body["sandbox"] or None
         if "cutStreamAfterBytes" in body:
@@ -562,6 +569,7 @@ class FakeVercel:
 
     def reset_faults(self) -> None:
         self.faults = FaultSettings()
+        self.upload_drop = traffic.UploadDrop()
         self.wake_hung_requests()
 
     def wake_hung_requests(self) -> None:
@@ -818,6 +826,9 @@ async def front_door(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as http_exception:
         entry.status = http_exception.status
         raise
+    finally:
+        # Marks the connection's bytes as this request's, so the upload-drop fault measures each request alone.
+        traffic.charge(request)
     if entry.status is None:
         entry.status = response.status
     return response
@@ -879,17 +890,17 @@ async def handle_admin(request: web.Request, fake: FakeVercel) -> web.StreamResp
     path, method = request.path, request.method
     if path == "/_admin/faults":
         if method == "GET":
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
         if method == "POST":
             try:
                 body = await request.json()
             except json.JSONDecodeError:
                 return api_error(400, "bad_request", "The body must be a JSON object.")
             fake.apply_faults(body)
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
         if method == "DELETE":
             fake.reset_faults()
-            return json_response(200, fake.faults.to_json())
+            return json_response(200, {**fake.faults.to_json(), **fake.upload_drop.to_json()})
     if path == "/_admin/info" and method == "GET":
         return json_response(200, {"isolation": "none" if fake.settings.bubblewrap_root_arguments is None else "bwrap"})
     if path == "/_admin/clock":
@@ -921,6 +932,7 @@ async def handle_admin(request: web.Request, fake: FakeVercel) -> web.StreamResp
                           for sandbox in fake.sandboxes.values()],
             "sessions": [dict(session.to_json(), generation=session.generation, sandboxName=session.sandbox_name,
                               projectId=session.project_id, hostRoot=session.filesystem_root,
+                              **fake.traffic.to_json(session.session_id),
                               deadline=session.deadline_ms, routes=session.routes, env=session.env,
                               networkPolicyRequested=session.network_policy,
                               commands=[{"id": command.command_id, "pid": command.pid, "name": command.name,
@@ -1513,7 +1525,14 @@ async def write_files(request: web.Request, fake: FakeVercel, session: str) -> w
     extract_directory = request.headers.get("x-cwd") or "/"
     if not extract_directory.startswith("/"):
         raise ApiFailure(400, "bad_request", "The x-cwd header must be an absolute path.")
-    archive = await request.read()
+    # A dropped upload extracts nothing: the archive is read whole before any of it is written.
+    try:
+        archive = await traffic.read_checked(request.content, request, fake.upload_drop)
+    except ConnectionResetError as error:
+        fake.traffic.add_received(found.session_id, len(error.partial))
+        raise
+    fake.traffic.add_received(found.session_id, len(archive))
+    fake.upload_drop.finished(request, len(archive))
     try:
         await asyncio.get_running_loop().run_in_executor(
             None, extract_tar, found, archive, posixpath.normpath(extract_directory))
@@ -1537,6 +1556,7 @@ async def read_file(request: web.Request, fake: FakeVercel, session: str) -> web
         raise ApiFailure(404, "file_not_found", f"{sandbox_path} does not exist.")
     with open(host_path, "rb") as handle:
         content = handle.read()
+    fake.traffic.add_sent(found.session_id, len(content))
     return web.Response(status=200, body=content, content_type="application/octet-stream")
 
 
@@ -1725,6 +1745,7 @@ async def proxy_preview(request: web.Request, session: "Session", route: dict) -
 
 
 async def serve(host: str, port: int, fake: FakeVercel) -> None:
+    traffic.install()
     runner = web.AppRunner(build_application(fake), handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

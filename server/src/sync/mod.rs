@@ -5,9 +5,11 @@
 //! content, checked as it is read for upload), `scan` (walking the workspace), `manifest` (the last synced state,
 //! persisted), `plan` (what changed on which side), `transfer` (tar streams and atomic writes), `resolve` (where
 //! paths and links lead), `beneath` (file access that never passes a symlink),
-//! `watch` (the file-system watcher) and `session` (one session's sync: triggers, flushes and state).
+//! `watch` (the file-system watcher), `session` (one session's sync: triggers, flushes and state) and `chunks`
+//! (big files uploaded in parts that survive a dropped connection).
 
 pub mod beneath;
+pub mod chunks;
 pub mod manifest;
 pub mod options;
 pub mod plan;

@@ -5,6 +5,8 @@
 //! script that `/process/execute` runs right after, which also renames the staged files into place: a file in the
 //! root is always whole. Listings and stats run the shell layer's `LIST` and `STAT` scripts (GNU `find` or busybox
 //! `stat`) through `/process/execute`, so Daytona sandboxes get the same nanosecond times and inodes as docker.
+//! Files over `sync::chunks::threshold_bytes` go in parts instead, one bulk upload each, that survive a dropped
+//! connection (`sync::chunks`). The toolbox does not undo `Content-Encoding` on uploads, so bodies go uncompressed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::toolbox::Toolbox;
 use crate::drivers::shell::files::checked_relative;
@@ -19,7 +22,20 @@ use crate::drivers::shell::listing::parse_listing;
 use crate::drivers::shell::{quote, scripts};
 use crate::error::{Error, Result};
 use crate::streams::BoxedReader;
+use crate::sync::chunks::{self, PartedFile};
 use crate::sync::{EntryKind, RemoteEntry, RemoteFiles};
+
+/// How often one part is sent before the upload gives up: a part is the same bytes to the same name, so a dropped
+/// connection or a timeout is worth another try, which costs at most one part.
+const PART_ATTEMPTS: u32 = 5;
+
+/// What the unpacking thread hands over while it reads the archive: the parts of big files, as it meets them.
+enum Upload {
+    /// The parts folder of a big file (relative to the root): listed to learn which parts arrived earlier.
+    PartsFolder(String),
+    /// One part, to `destination` (relative to the root), unless the folder's listing shows it whole.
+    Part { destination: String, bytes: Vec<u8> },
+}
 
 /// Mode and modification time (ns) of a listed file, and the target of a listed symlink.
 #[derive(Default)]
@@ -49,6 +65,8 @@ struct Staged {
     mtimes: Vec<(String, u64)>,
     /// The batch's staging folder, relative to the root.
     stage: String,
+    /// Big files that travelled in parts; the script joins each into the staging folder.
+    parted: Vec<PartedFile>,
 }
 
 impl Staged {
@@ -57,6 +75,9 @@ impl Staged {
     fn script(&self) -> String {
         let mut script = format!("set -e\nstage={}\nmkdir -p -- \"$stage\"\n", quote(&self.stage));
         let staged = |path: &str| format!("\"$stage\"/{}", quote(path));
+        for parted in &self.parted {
+            script.push_str(&parted.join_lines(quote));
+        }
         for directory in &self.directories {
             script.push_str(&format!("mkdir -p -- {}\n", staged(directory)));
         }
@@ -79,6 +100,13 @@ impl Staged {
             }
         }
         script.push_str(&format!("set +e\n(\nset -- \"$PWD\" \"$PWD/$stage\" ''\n{}\n)\n", scripts::MERGE));
+        if !self.parted.is_empty() {
+            // Parts are removed only once their files are in place, so a merge that fails finds them next time.
+            script.push_str(&format!(
+                "status=$?\n[ $status -ne 0 ] || {{\n{}}}\nexit $status\n",
+                chunks::cleanup_lines(&self.parted, quote)
+            ));
+        }
         script
     }
 }
@@ -103,8 +131,11 @@ fn clean_relative(path: &std::path::Path) -> Result<String> {
     Ok(parts.join("/"))
 }
 
-/// Unpacks an upload archive (on a blocking thread) into the parts and fix-ups of one batch.
-fn unpack(archive: BoxedReader, root: &str) -> Result<Staged> {
+/// Unpacks an upload archive (on a blocking thread) into the files and fix-ups of one batch; big files go to
+/// `parts` as they are read, in parts.
+fn unpack(archive: BoxedReader, root: &str, parts: mpsc::Sender<Upload>) -> Result<Staged> {
+    let stopped = || Error::Remote { status: None, message: "The upload to Daytona stopped before the archive ended.".into() };
+    let threshold = chunks::threshold_bytes();
     let bridge = tokio_util::io::SyncIoBridge::new(archive);
     let mut archive = tar::Archive::new(bridge);
     let mut staged = Staged { stage: format!("{}/{}", scripts::STAGING_DIR, crate::ids::short_id()), ..Staged::default() };
@@ -135,10 +166,29 @@ fn unpack(archive: BoxedReader, root: &str) -> Result<Staged> {
         if !kind.is_file() {
             continue;
         }
-        let mut content = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut content)
-            .map_err(|source| Error::io(format!("Could not read {relative} from the upload archive"), source))?;
-        staged.files.push((format!("{root}/{}/{relative}", staged.stage), content));
+        let size = entry.header().size().unwrap_or(0);
+        if size > threshold {
+            let mut parted = PartedFile::new(&relative, size, mtime.unwrap_or(0));
+            parts.blocking_send(Upload::PartsFolder(parted.folder.clone())).map_err(|_| stopped())?;
+            let part_bytes = chunks::part_bytes();
+            loop {
+                let mut bytes = Vec::with_capacity(part_bytes);
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut entry, part_bytes as u64), &mut bytes)
+                    .map_err(|source| Error::io(format!("Could not read {relative} from the upload archive"), source))?;
+                if bytes.is_empty() {
+                    break;
+                }
+                let name = PartedFile::part_name(parted.parts.len(), &bytes);
+                parts.blocking_send(Upload::Part { destination: format!("{}/{name}", parted.folder), bytes }).map_err(|_| stopped())?;
+                parted.parts.push(name);
+            }
+            staged.parted.push(parted);
+        } else {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content)
+                .map_err(|source| Error::io(format!("Could not read {relative} from the upload archive"), source))?;
+            staged.files.push((format!("{root}/{}/{relative}", staged.stage), content));
+        }
         if let Some(mtime) = mtime {
             staged.mtimes.push((relative.clone(), mtime));
         }
@@ -294,6 +344,70 @@ impl Files {
     }
 
     /// Runs a helper script from the root; a failure is an error with its stderr.
+    /// One `files/bulk-upload` request with a ready multipart body.
+    async fn post_bulk_upload(&self, boundary: &str, body: Bytes) -> std::result::Result<(), crate::drivers::http::Failure> {
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        let limit = std::time::Duration::from_secs(60 + body.len() as u64 / (64 * 1024));
+        self.toolbox
+            .api
+            .send(Some(limit), || {
+                self.toolbox
+                    .api
+                    .request(reqwest::Method::POST, "/files/bulk-upload")
+                    .header(reqwest::header::CONTENT_TYPE, &content_type)
+                    .timeout(limit)
+                    .body(body.clone())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends the parts of big files as the unpacking meets them, skipping those an earlier upload left whole.
+    async fn send_parts(&self, arriving: &mut mpsc::Receiver<Upload>) -> Result<()> {
+        let mut present: HashMap<String, u64> = HashMap::new();
+        while let Some(upload) = arriving.recv().await {
+            match upload {
+                Upload::PartsFolder(folder) => present.extend(self.list_parts(&folder).await?),
+                Upload::Part { destination, bytes } => {
+                    if present.get(&destination) == Some(&(bytes.len() as u64)) {
+                        tracing::debug!(part = %destination, "a part is already in the sandbox; not sent again");
+                        continue;
+                    }
+                    self.post_part(&destination, bytes).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The parts already in a parts folder (relative to the root), with their sizes.
+    async fn list_parts(&self, folder: &str) -> Result<Vec<(String, u64)>> {
+        let listing = self.helper(chunks::LIST_PARTS, &[folder], "listing the parts of an upload").await?;
+        Ok(chunks::parse_listed_parts(folder, &listing))
+    }
+
+    /// Sends one part as its own bulk upload, again after a dropped connection or a timeout.
+    async fn post_part(&self, destination: &str, bytes: Vec<u8>) -> Result<()> {
+        let boundary = format!("sandlink-{}", uuid::Uuid::new_v4().simple());
+        let body = Bytes::from(bulk_upload_body(&boundary, &[(format!("{}/{destination}", self.root), bytes)]));
+        let mut attempt = 1;
+        loop {
+            match self.post_bulk_upload(&boundary, body.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(failure @ (crate::drivers::http::Failure::Transport { .. } | crate::drivers::http::Failure::Timeout(_)))
+                    if attempt < PART_ATTEMPTS =>
+                {
+                    tracing::info!(part = %destination, attempt, ?failure, "a part of an upload broke off; sending it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(failure) => {
+                    return Err(self.toolbox.api.fail(failure, &format!("uploading a part of a big file ({destination}) to the sandbox")))
+                }
+            }
+        }
+    }
+
     async fn helper(&self, script: &str, arguments: &[&str], what: &str) -> Result<Vec<u8>> {
         let reply = self.toolbox.script(&self.root, script, arguments, what).await?;
         if reply.status != 0 {
@@ -413,31 +527,23 @@ impl Files {
 impl RemoteFiles for Files {
     async fn upload_tar(&self, archive: BoxedReader) -> Result<()> {
         let root = self.root.clone();
-        let staged = tokio::task::spawn_blocking(move || unpack(archive, &root))
-            .await
-            .map_err(|error| Error::Internal(format!("Packing the upload failed: {error}")))??;
-        if staged.files.is_empty() && staged.directories.is_empty() && staged.symlinks.is_empty() {
+        // One part at a time in flight: a part is megabytes, and the unpacking waits while it travels.
+        let (parts, mut arriving) = mpsc::channel(1);
+        let unpacking = tokio::task::spawn_blocking(move || unpack(archive, &root, parts));
+        let sent = self.send_parts(&mut arriving).await;
+        drop(arriving);
+        let staged = unpacking.await.map_err(|error| Error::Internal(format!("Packing the upload failed: {error}")))?;
+        // A failed part usually makes the unpacking fail too (its channel closed); the part's error says why.
+        sent?;
+        let staged = staged?;
+        if staged.files.is_empty() && staged.directories.is_empty() && staged.symlinks.is_empty() && staged.parted.is_empty() {
             return Ok(());
         }
         if !staged.files.is_empty() {
             let boundary = format!("sandlink-{}", uuid::Uuid::new_v4().simple());
             let body = Bytes::from(bulk_upload_body(&boundary, &staged.files));
-            let content_type = format!("multipart/form-data; boundary={boundary}");
-            let what = "uploading files to the sandbox";
-            let limit = std::time::Duration::from_secs(60 + body.len() as u64 / (64 * 1024));
-            let outcome = self
-                .toolbox
-                .api
-                .send(Some(limit), || {
-                    self.toolbox
-                        .api
-                        .request(reqwest::Method::POST, "/files/bulk-upload")
-                        .header(reqwest::header::CONTENT_TYPE, &content_type)
-                        .timeout(limit)
-                        .body(body.clone())
-                })
-                .await;
-            if let Err(failure) = outcome {
+            if let Err(failure) = self.post_bulk_upload(&boundary, body).await {
+                let what = "uploading files to the sandbox";
                 let error = self.toolbox.api.fail(failure, what);
                 let _ = self.helper("rm -rf -- \"$1\"", &[&staged.stage], "removing a failed upload").await;
                 return Err(error);

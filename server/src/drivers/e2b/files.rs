@@ -3,6 +3,8 @@
 //! reqwest's multipart `Form` needs every part before it sends, so it cannot stream an archive whose entries are known
 //! only as it is read; the upload body is therefore encoded here (RFC 7578, a few lines) while the tar is unpacked.
 //! Batches up to `RETRYABLE_UPLOAD_BYTES` are kept in memory so a 429 or 5xx can be retried; bigger ones stream.
+//! Files over `sync::chunks::threshold_bytes` leave the batch and go in parts, one request each, that survive a
+//! dropped connection (`sync::chunks`). Bodies are gzip-compressed (`Content-Encoding: gzip`) where envd takes it.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::client::{is_not_found, Envd, Failure, SANDBOX_USER};
 use super::envd::{run_to_end, StreamTuning};
+use crate::sync::chunks::{self, PartedFile};
 use crate::streams::BoxedReader;
 use crate::error::{Error, Result};
 use crate::sync::{EntryKind, RemoteEntry, RemoteFiles};
@@ -32,6 +35,13 @@ const LIST_DEPTH: u32 = 128;
 /// would otherwise hold the sync (and its lock) forever.
 const SLOWEST_UPLOAD_BYTES_PER_SECOND: u64 = 64 * 1024;
 const UPLOAD_STALL_LIMIT: std::time::Duration = super::client::UNARY_TIMEOUT;
+/// How often one part is sent before the upload gives up: a part is idempotent (the same bytes to the same name), so
+/// a dropped connection or a timeout is worth another try, which costs at most one part.
+const PART_ATTEMPTS: u32 = 5;
+/// The first envd that undoes `Content-Encoding: gzip` on `POST /files` (older ones would store the gzip bytes).
+const FIRST_ENVD_TAKING_GZIP: (u32, u32, u32) = (0, 5, 7);
+/// How much of a part is compressed to decide whether compressing the rest is worth it.
+const COMPRESSION_PROBE_BYTES: usize = 64 * 1024;
 
 /// The session's remote root inside one E2B sandbox.
 pub struct Files {
@@ -45,6 +55,18 @@ pub struct Files {
     /// Symlinks of the latest listing and their targets: `GET /files` would read through a link (or fail on one to a
     /// directory), so downloads rebuild them from here instead.
     pub listed_links: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Whether upload bodies go gzip-compressed: envd undoes `Content-Encoding: gzip` from 0.5.7 on.
+    pub compress_uploads: bool,
+}
+
+/// Whether an envd of this version undoes `Content-Encoding: gzip` on uploads; an unknown version is taken as old.
+pub fn envd_takes_gzip(version: Option<&str>) -> bool {
+    let Some(version) = version else { return false };
+    let mut numbers = version.trim_start_matches('v').split(['.', '-']).map(|part| part.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor), Some(patch)) => (major, minor, patch) >= FIRST_ENVD_TAKING_GZIP,
+        _ => false,
+    }
 }
 
 impl Files {
@@ -63,11 +85,7 @@ impl Files {
             "FILE_TYPE_SYMLINK" => EntryKind::Symlink,
             _ => EntryKind::File,
         };
-        let size = match &entry.size {
-            Some(Value::String(text)) => text.parse().unwrap_or(0),
-            Some(Value::Number(number)) => number.as_u64().unwrap_or(0),
-            _ => 0,
-        };
+        let size = entry_size(&entry.size);
         let mtime_ns = entry
             .modified_time
             .as_deref()
@@ -91,7 +109,20 @@ impl Files {
     }
 
     pub fn new(envd: Arc<Envd>, tuning: StreamTuning, root: String) -> Self {
-        Files { envd, tuning, root, listed: std::sync::Mutex::default(), listed_links: std::sync::Mutex::default() }
+        Files {
+            envd,
+            tuning,
+            root,
+            listed: std::sync::Mutex::default(),
+            listed_links: std::sync::Mutex::default(),
+            compress_uploads: false,
+        }
+    }
+
+    /// The same, sending gzip-compressed upload bodies when `compress` (see `envd_takes_gzip`).
+    pub fn compressing(mut self, compress: bool) -> Self {
+        self.compress_uploads = compress;
+        self
     }
 
     fn listed_attributes(&self) -> std::collections::HashMap<String, (u32, i128)> {
@@ -120,6 +151,8 @@ struct Extras {
     stage: String,
     /// Where the fix-up script travelled in the same upload, when one was needed.
     fixup_script: Option<String>,
+    /// Big files that travelled in parts; the script joins each into the staging directory.
+    parted: Vec<PartedFile>,
 }
 
 impl Extras {
@@ -136,6 +169,9 @@ impl Extras {
             script.push_str(&format!("mkdir -p -- {}\n", shell_quote(directory)));
         }
         let staged = |path: &str| format!("\"$stage\"/{}", shell_quote(path));
+        for parted in &self.parted {
+            script.push_str(&parted.join_lines(shell_quote));
+        }
         for (stand_in, path) in &self.renames {
             let parent = path.rsplit_once('/').map(|(parent, _)| parent).unwrap_or(".");
             script.push_str(&format!("mkdir -p -- {} && mv -f -- {} {}\n", staged(parent), staged(stand_in), staged(path)));
@@ -164,9 +200,15 @@ impl Extras {
             }
         }
         // The shared merge renames every staged entry into place and removes the staging directory.
+        // Parts are removed only once their files are in place, so a merge that fails finds them next time.
+        let cleanup = if self.parted.is_empty() {
+            String::new()
+        } else {
+            format!("[ $status -ne 0 ] || {{\n{}}}\n", chunks::cleanup_lines(&self.parted, shell_quote))
+        };
         script.push_str(&format!(
-            "set +e\n(\nset -- \"$PWD\" \"$PWD/$stage\" ''\n{}\n)\nstatus=$?\nrm -f -- \"$0\"\nexit $status\n",
-            crate::drivers::shell::scripts::MERGE
+            "set +e\n(\nset -- \"$PWD\" \"$PWD/$stage\" ''\n{}\n)\nstatus=$?\n{cleanup}rm -f -- \"$0\"\nexit $status\n",
+            crate::drivers::shell::scripts::MERGE,
         ));
         Some(script)
     }
@@ -212,21 +254,120 @@ fn part_header(boundary: &str, destination: &str) -> Result<Vec<u8>> {
     .into_bytes())
 }
 
-/// Unpacks the archive on a blocking thread, sending the multipart body in chunks; answers what else it found.
+/// One request of an upload, in the order the encoder meets its files in the archive.
+enum Upload {
+    /// A multipart batch of files under the threshold (and the fix-up script); its body arrives on the receiver,
+    /// gzip-compressed when `gzip`, and ends when the encoder drops the sender.
+    Batch { body: mpsc::Receiver<std::io::Result<Bytes>>, gzip: bool },
+    /// The parts folder of a big file (relative to the root): listed to learn which parts arrived earlier.
+    PartsFolder(String),
+    /// One part of a big file, to `destination` (relative to the root), unless the folder's listing shows it whole.
+    Part { destination: String, bytes: Bytes },
+}
+
+/// The encoder's failure when the sending side stopped taking requests (its own error says why).
+fn upload_stopped() -> Error {
+    Error::Remote { status: None, message: "The upload to E2B stopped before the archive ended.".into() }
+}
+
+/// Writes a batch's body into its channel in pieces of `CHUNK_BYTES`.
+struct ChannelWriter {
+    sender: mpsc::Sender<std::io::Result<Bytes>>,
+    pending: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK_BYTES));
+        self.sender.blocking_send(Ok(Bytes::from(piece))).map_err(|_| std::io::Error::other("the upload stopped"))
+    }
+}
+
+/// The body of one multipart batch as it is written: plain, or through gzip.
+enum BatchBody {
+    Plain(ChannelWriter),
+    Gzip(flate2::write::GzEncoder<ChannelWriter>),
+}
+
+impl BatchBody {
+    fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        match self {
+            BatchBody::Plain(writer) => writer.write_all(data),
+            BatchBody::Gzip(writer) => writer.write_all(data),
+        }
+        .map_err(|_| upload_stopped())
+    }
+
+    fn finish(self) -> Result<()> {
+        use std::io::Write;
+        match self {
+            BatchBody::Plain(mut writer) => writer.flush(),
+            BatchBody::Gzip(writer) => writer.finish().and_then(|mut writer| writer.flush()),
+        }
+        .map_err(|_| upload_stopped())
+    }
+}
+
+/// The batch being written, opened (and announced to the sender) when its first part comes.
+struct Batches<'a> {
+    requests: &'a mpsc::Sender<Upload>,
+    boundary: &'a str,
+    gzip: bool,
+    current: Option<BatchBody>,
+}
+
+impl Batches<'_> {
+    fn body(&mut self) -> Result<&mut BatchBody> {
+        if self.current.is_none() {
+            let (sender, receiver) = mpsc::channel(16);
+            self.requests.blocking_send(Upload::Batch { body: receiver, gzip: self.gzip }).map_err(|_| upload_stopped())?;
+            let writer = ChannelWriter { sender, pending: Vec::with_capacity(CHUNK_BYTES) };
+            self.current = Some(if self.gzip {
+                BatchBody::Gzip(flate2::write::GzEncoder::new(writer, flate2::Compression::fast()))
+            } else {
+                BatchBody::Plain(writer)
+            });
+        }
+        self.current.as_mut().ok_or_else(|| Error::Internal("A batch that was just opened is missing.".into()))
+    }
+
+    /// Ends the current batch, if any, with the closing boundary.
+    fn close(&mut self) -> Result<()> {
+        if let Some(mut body) = self.current.take() {
+            body.write_all(format!("--{}--\r\n", self.boundary).as_bytes())?;
+            body.finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// Unpacks the archive on a blocking thread into requests: multipart batches for files up to the threshold, parts
+/// for bigger ones; answers what else it found.
 fn encode_upload(
     archive: BoxedReader,
     root: String,
     boundary: String,
-    body: mpsc::Sender<std::io::Result<Bytes>>,
+    gzip: bool,
+    requests: mpsc::Sender<Upload>,
 ) -> Result<Extras> {
     let bridge = tokio_util::io::SyncIoBridge::new(archive);
     let mut archive = tar::Archive::new(bridge);
     let batch = uuid::Uuid::new_v4().simple().to_string();
     let mut extras = Extras { stage: format!("{}/{}", crate::drivers::shell::scripts::STAGING_DIR, &batch[..12]), ..Extras::default() };
-    let send = |chunk: Vec<u8>| -> Result<()> {
-        body.blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| Error::Remote { status: None, message: "The upload to E2B stopped before the archive ended.".into() })
-    };
+    let mut batches = Batches { requests: &requests, boundary: &boundary, gzip, current: None };
+    let threshold = chunks::threshold_bytes();
     let entries = archive.entries().map_err(|source| Error::io("Could not read the upload archive", source))?;
     for entry in entries {
         let mut entry = entry.map_err(|source| Error::io("Could not read the upload archive", source))?;
@@ -238,6 +379,7 @@ fn encode_upload(
         let kind = header.entry_type();
         let mode = header.mode().unwrap_or(0o644);
         let mtime = header.mtime().ok();
+        let size = header.size().unwrap_or(0);
         if kind.is_dir() {
             extras.directories.push(relative);
             continue;
@@ -254,25 +396,46 @@ fn encode_upload(
         if !kind.is_file() {
             continue;
         }
-        let mut destination = format!("{root}/{}/{relative}", extras.stage);
-        if !header_can_carry(&destination) {
-            // Names are data: a file called `a\nb` travels under a plain stand-in name and is renamed in the sandbox.
-            let stand_in = format!(".sandlink-name-{}", extras.renames.len());
-            destination = format!("{root}/{}/{stand_in}", extras.stage);
-            extras.renames.push((stand_in, relative.clone()));
-        }
-        send(part_header(&boundary, &destination)?)?;
-        loop {
-            let mut chunk = vec![0u8; CHUNK_BYTES];
-            let read = std::io::Read::read(&mut entry, &mut chunk)
-                .map_err(|source| Error::io(format!("Could not read {relative} from the upload archive"), source))?;
-            if read == 0 {
-                break;
+        if size > threshold {
+            // The batch so far goes first, so its request is not held open while the parts travel.
+            batches.close()?;
+            let mut parted = PartedFile::new(&relative, size, mtime.unwrap_or(0));
+            requests.blocking_send(Upload::PartsFolder(parted.folder.clone())).map_err(|_| upload_stopped())?;
+            let part_bytes = chunks::part_bytes();
+            loop {
+                let mut bytes = Vec::with_capacity(part_bytes);
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut entry, part_bytes as u64), &mut bytes)
+                    .map_err(|source| Error::io(format!("Could not read {relative} from the upload archive"), source))?;
+                if bytes.is_empty() {
+                    break;
+                }
+                let name = PartedFile::part_name(parted.parts.len(), &bytes);
+                let destination = format!("{}/{name}", parted.folder);
+                requests.blocking_send(Upload::Part { destination, bytes: Bytes::from(bytes) }).map_err(|_| upload_stopped())?;
+                parted.parts.push(name);
             }
-            chunk.truncate(read);
-            send(chunk)?;
+            extras.parted.push(parted);
+        } else {
+            let mut destination = format!("{root}/{}/{relative}", extras.stage);
+            if !header_can_carry(&destination) {
+                // Names are data: a file called `a\nb` travels under a plain stand-in name and is renamed in the sandbox.
+                let stand_in = format!(".sandlink-name-{}", extras.renames.len());
+                destination = format!("{root}/{}/{stand_in}", extras.stage);
+                extras.renames.push((stand_in, relative.clone()));
+            }
+            let body = batches.body()?;
+            body.write_all(&part_header(&boundary, &destination)?)?;
+            let mut chunk = vec![0u8; CHUNK_BYTES];
+            loop {
+                let read = std::io::Read::read(&mut entry, &mut chunk)
+                    .map_err(|source| Error::io(format!("Could not read {relative} from the upload archive"), source))?;
+                if read == 0 {
+                    break;
+                }
+                body.write_all(&chunk[..read])?;
+            }
+            body.write_all(b"\r\n")?;
         }
-        send(b"\r\n".to_vec())?;
         if let Some(mtime) = mtime {
             extras.mtimes.push((relative.clone(), mtime));
         }
@@ -283,19 +446,18 @@ fn encode_upload(
         extras.files += 1;
     }
     if let Some(script) = extras.script() {
-        // The fix-up script rides in the same multipart request, so restoring modes and times costs one process
-        // start and no second upload; it removes itself when done.
+        // The fix-up script rides in the last multipart request, so restoring modes and times costs one process
+        // start and no extra upload; it removes itself when done.
         // Under the root and run by a relative name, so it works wherever the sandbox maps its paths; it lives only
         // until the upload call returns.
         let script_name = format!("{}.sh", extras.stage);
-        send(part_header(&boundary, &format!("{root}/{script_name}"))?)?;
-        send(script.into_bytes())?;
-        send(b"\r\n".to_vec())?;
+        let body = batches.body()?;
+        body.write_all(&part_header(&boundary, &format!("{root}/{script_name}"))?)?;
+        body.write_all(script.as_bytes())?;
+        body.write_all(b"\r\n")?;
         extras.fixup_script = Some(script_name);
     }
-    if extras.files > 0 || extras.fixup_script.is_some() {
-        send(format!("--{boundary}--\r\n").into_bytes())?;
-    }
+    batches.close()?;
     Ok(extras)
 }
 
@@ -330,7 +492,7 @@ struct EntryInfo {
 
 impl Files {
     /// Sends the multipart body: buffered (and retried on 429/5xx) when small, streamed once when large.
-    async fn post_files(&self, boundary: &str, mut chunks: mpsc::Receiver<std::io::Result<Bytes>>) -> Result<()> {
+    async fn post_files(&self, boundary: &str, mut chunks: mpsc::Receiver<std::io::Result<Bytes>>, gzip: bool) -> Result<()> {
         let mut buffered = Vec::new();
         let mut buffered_bytes = 0usize;
         let mut complete = true;
@@ -357,6 +519,7 @@ impl Files {
                 self.envd
                     .request(reqwest::Method::POST, &path)
                     .header(reqwest::header::CONTENT_TYPE, &content_type)
+                    .headers(encoding_header(gzip))
                     .timeout(limit)
                     .body(body.clone())
             })
@@ -376,6 +539,7 @@ impl Files {
                 .envd
                 .request(reqwest::Method::POST, &path)
                 .header(reqwest::header::CONTENT_TYPE, &content_type)
+                .headers(encoding_header(gzip))
                 .body(reqwest::Body::wrap_stream(stream));
             let sending = async {
                 match request.send().await {
@@ -393,6 +557,97 @@ impl Files {
         // Drain the answer so the connection can be reused.
         let _ = response.bytes().await;
         Ok(())
+    }
+
+    /// Sends an upload's requests in order, skipping parts an earlier upload of the same file left whole.
+    async fn send_requests(&self, boundary: &str, requests: &mut mpsc::Receiver<Upload>) -> Result<()> {
+        let mut present: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        while let Some(request) = requests.recv().await {
+            match request {
+                Upload::Batch { body, gzip } => self.post_files(boundary, body, gzip).await?,
+                Upload::PartsFolder(folder) => present.extend(self.list_parts(&folder).await?),
+                Upload::Part { destination, bytes } => {
+                    if present.get(&destination) == Some(&(bytes.len() as u64)) {
+                        tracing::debug!(part = %destination, "a part is already in the sandbox; not sent again");
+                        continue;
+                    }
+                    self.post_part(boundary, &destination, bytes).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The parts already in a parts folder (relative to the root), with their sizes; none when it does not exist.
+    async fn list_parts(&self, folder: &str) -> Result<Vec<(String, u64)>> {
+        let message = json!({ "path": format!("{}/{folder}", self.root), "depth": 1 });
+        let answer = match self.envd.unary("filesystem.Filesystem/ListDir", &message, "listing the parts of an upload").await {
+            Ok(answer) => answer,
+            Err(error) if is_not_found(&error) => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let listing: ListDirResponse = serde_json::from_value(answer).map_err(|error| Error::Remote {
+            status: None,
+            message: format!("envd answered a directory listing sandlink does not understand: {error}."),
+        })?;
+        let prefix = format!("{}/", self.root);
+        Ok(listing
+            .entries
+            .into_iter()
+            .filter(|entry| entry.kind != "FILE_TYPE_DIRECTORY")
+            .filter_map(|entry| {
+                let relative = entry.path.strip_prefix(&prefix)?.to_string();
+                Some((relative, entry_size(&entry.size)))
+            })
+            .collect())
+    }
+
+    /// Sends one part of a big file as its own multipart request, again after a dropped connection or a timeout (a
+    /// part is the same bytes to the same name, so sending it twice is harmless), compressed when that pays.
+    async fn post_part(&self, boundary: &str, destination: &str, bytes: Bytes) -> Result<()> {
+        let gzip = self.compress_uploads && compression_pays(&bytes);
+        let mut body = part_header(boundary, &format!("{}/{destination}", self.root))?;
+        body.extend_from_slice(&bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let body = if gzip {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), flate2::Compression::fast());
+            std::io::Write::write_all(&mut encoder, &body)
+                .and_then(|()| encoder.finish())
+                .map_err(|source| Error::io("Could not compress a part of an upload", source))?
+        } else {
+            body
+        };
+        let body = Bytes::from(body);
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        let path = format!("/files?username={SANDBOX_USER}");
+        let limit = UPLOAD_STALL_LIMIT + std::time::Duration::from_secs(body.len() as u64 / SLOWEST_UPLOAD_BYTES_PER_SECOND);
+        let what = format!("uploading a part of a big file ({destination}) to the sandbox");
+        let mut attempt = 1;
+        loop {
+            let outcome = self
+                .envd
+                .send(None, || {
+                    self.envd
+                        .request(reqwest::Method::POST, &path)
+                        .header(reqwest::header::CONTENT_TYPE, &content_type)
+                        .headers(encoding_header(gzip))
+                        .timeout(limit)
+                        .body(body.clone())
+                })
+                .await;
+            match outcome {
+                Ok(response) => {
+                    let _ = response.bytes().await;
+                    return Ok(());
+                }
+                Err(failure @ (Failure::Transport { .. } | Failure::Timeout(_))) if attempt < PART_ATTEMPTS => {
+                    tracing::info!(part = %destination, attempt, ?failure, "a part of an upload broke off; sending it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(failure) => return Err(self.envd.fail(failure, &what)),
+            }
+        }
     }
 
     /// Runs the script the upload carried: it finishes the staged files and renames them into place.
@@ -417,11 +672,14 @@ impl Files {
 impl RemoteFiles for Files {
     async fn upload_tar(&self, archive: BoxedReader) -> Result<()> {
         let boundary = format!("sandlink-{}", uuid::Uuid::new_v4().simple());
-        let (sender, receiver) = mpsc::channel(16);
+        // One request at a time in flight: a part is megabytes, and the encoder waits while it travels.
+        let (sender, mut receiver) = mpsc::channel(1);
         let root = self.root.clone();
         let encoder_boundary = boundary.clone();
-        let encoder = tokio::task::spawn_blocking(move || encode_upload(archive, root, encoder_boundary, sender));
-        let posted = self.post_files(&boundary, receiver).await;
+        let gzip = self.compress_uploads;
+        let encoder = tokio::task::spawn_blocking(move || encode_upload(archive, root, encoder_boundary, gzip, sender));
+        let posted = self.send_requests(&boundary, &mut receiver).await;
+        drop(receiver);
         let extras = encoder.await.map_err(|error| Error::Internal(format!("Packing the upload failed: {error}")))?;
         // A failed post usually makes the encoder fail too (its channel closed); the post's error says why.
         posted?;
@@ -579,6 +837,35 @@ impl RemoteFiles for Files {
     }
 }
 
+/// `Content-Encoding: gzip` for a compressed body, nothing otherwise.
+fn encoding_header(gzip: bool) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if gzip {
+        headers.insert(reqwest::header::CONTENT_ENCODING, reqwest::header::HeaderValue::from_static("gzip"));
+    }
+    headers
+}
+
+/// A size as envd writes it (int64, which protojson writes as a string).
+fn entry_size(size: &Option<Value>) -> u64 {
+    match size {
+        Some(Value::String(text)) => text.parse().unwrap_or(0),
+        Some(Value::Number(number)) => number.as_u64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Whether gzip shrinks these bytes enough to be worth the CPU, judged on their start: already-compressed content
+/// (archives, images, media) would cost time on both ends for nothing.
+fn compression_pays(bytes: &[u8]) -> bool {
+    let probe = &bytes[..bytes.len().min(COMPRESSION_PROBE_BYTES)];
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(probe.len()), flate2::Compression::fast());
+    match std::io::Write::write_all(&mut encoder, probe).and_then(|()| encoder.finish()) {
+        Ok(compressed) => compressed.len() * 10 < probe.len() * 9,
+        Err(_) => false,
+    }
+}
+
 /// Resolves once `last_progress` is older than `limit`: the deadline of a transfer that may take long but must move.
 async fn stalled(last_progress: &std::sync::Mutex<tokio::time::Instant>, limit: std::time::Duration) {
     loop {
@@ -623,6 +910,32 @@ mod tests {
         let header = String::from_utf8(part_header("b", "/home/user/a\"b.txt").expect("valid name")).expect("UTF-8");
         assert!(header.contains(r#"filename="/home/user/a\"b.txt""#));
         assert!(part_header("b", "/home/user/a\nb").is_err());
+    }
+
+    #[test]
+    fn gzip_uploads_should_start_with_envd_0_5_7() {
+        assert!(envd_takes_gzip(Some("0.5.7")));
+        assert!(envd_takes_gzip(Some("0.6.4")));
+        assert!(envd_takes_gzip(Some("v1.0.0")));
+        assert!(!envd_takes_gzip(Some("0.5.6")));
+        assert!(!envd_takes_gzip(Some("0.1.5")));
+        assert!(!envd_takes_gzip(Some("garbage")));
+        assert!(!envd_takes_gzip(None), "an unknown envd might store the gzip bytes as the file");
+    }
+
+    #[test]
+    fn compression_should_be_skipped_for_bytes_gzip_cannot_shrink() {
+        assert!(compression_pays(&b"fn main() { println!(\"hello\"); }\n".repeat(4096)));
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let random: Vec<u8> = (0..256 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        assert!(!compression_pays(&random));
     }
 
     #[test]

@@ -82,6 +82,9 @@ struct SandboxAnswer {
     envd_access_token: Option<String>,
     #[serde(default)]
     domain: Option<String>,
+    /// Which envd the sandbox runs; decides whether uploads may go gzip-compressed.
+    #[serde(default)]
+    envd_version: Option<String>,
 }
 
 /// The parts of `SandboxDetail` the driver reads.
@@ -206,7 +209,10 @@ impl Driver {
             tuning,
             lease: LeaseBook::starting_now(settings.timeout_seconds, Duration::from_secs(settings.keepalive_idle_seconds)),
             gone,
-            files: Arc::new(files::Files::new(envd.clone(), tuning, settings.remote_root.clone())),
+            files: Arc::new(
+                files::Files::new(envd.clone(), tuning, settings.remote_root.clone())
+                    .compressing(files::envd_takes_gzip(answer.envd_version.as_deref())),
+            ),
         };
         if let Err(error) = sandbox.prepare_remote_root().await {
             if created {

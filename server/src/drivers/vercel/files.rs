@@ -1,6 +1,7 @@
 //! The vercel driver's side of sync: one gzip tar per batch through `fs/write`, staged and then moved into place by
 //! one command; listings, stats and deletes by command (Vercel has no listing endpoint); downloads as one gzip tar
-//! the sandbox packs and `fs/read` fetches.
+//! the sandbox packs and `fs/read` fetches. Files over `sync::chunks::threshold_bytes` go in parts instead, each its
+//! own `fs/write` of a one-file tar, that survive a dropped connection (`sync::chunks`).
 //!
 //! Every command runs with the session's root as its working directory and names paths relative to it, so the
 //! scripts work wherever the sandbox maps its paths. The scripts are the shell layer's (`drivers::shell::scripts`),
@@ -19,7 +20,12 @@ use crate::drivers::shell::listing::parse_listing;
 use crate::drivers::shell::{quote, scripts};
 use crate::error::{Error, Result};
 use crate::streams::BoxedReader;
+use crate::sync::chunks::{self, PartedFile};
 use crate::sync::{RemoteEntry, RemoteFiles};
+
+/// How often one part is sent before the upload gives up: a part is the same bytes to the same name, so a dropped
+/// connection or a timeout is worth another try, which costs at most one part.
+const PART_ATTEMPTS: u32 = 5;
 
 /// The largest upload batch held in memory (it is sent as one request body, which a retry sends again).
 const LARGEST_BATCH_BYTES: usize = 512 << 20;
@@ -44,6 +50,22 @@ struct Packed {
     /// sync engine compares the sandbox's times with the archive's.
     mtimes: Vec<(String, u64)>,
     entries: usize,
+    /// Big files that go in parts, with their permission bits; the finishing script joins each into the stage.
+    parted: Vec<(PartedFile, u32)>,
+    /// Each part as (destination relative to the root, its size, a gzip tar holding just it), in order.
+    parts: Vec<(String, u64, Vec<u8>)>,
+}
+
+/// A gzip tar holding one file, `bytes` at `path`: what `fs/write` takes.
+fn one_file_archive(path: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let writing = |source| Error::io("Could not pack a part of an upload for Vercel", source);
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o600);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut header, path, bytes).map_err(writing)?;
+    builder.into_inner().and_then(|encoder| encoder.finish()).map_err(writing)
 }
 
 /// Checks an archive path and makes it `/`-separated and relative (names must be UTF-8: they travel in JSON).
@@ -78,6 +100,9 @@ fn repack(archive: Vec<u8>, stage: String) -> Result<Packed> {
     output.mode(tar::HeaderMode::Complete);
     let mut mtimes = Vec::new();
     let mut entries = 0;
+    let mut parted = Vec::new();
+    let mut parts = Vec::new();
+    let threshold = chunks::threshold_bytes();
     for entry in input.entries().map_err(reading)? {
         let mut entry = entry.map_err(reading)?;
         let relative = clean_relative(&entry.path().map_err(reading)?)?;
@@ -91,6 +116,23 @@ fn repack(archive: Vec<u8>, stage: String) -> Result<Packed> {
         if kind.is_symlink() {
             let target = entry.link_name().map_err(reading)?.map(|target| target.into_owned()).unwrap_or_default();
             output.append_link(&mut header, &staged, target).map_err(writing)?;
+        } else if kind.is_file() && header.size().unwrap_or(0) > threshold {
+            let size = header.size().unwrap_or(0);
+            mtimes.push((relative.clone(), header.mtime().unwrap_or(0)));
+            let mut file = PartedFile::new(&relative, size, header.mtime().unwrap_or(0));
+            let part_bytes = chunks::part_bytes();
+            loop {
+                let mut bytes = Vec::with_capacity(part_bytes);
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut entry, part_bytes as u64), &mut bytes).map_err(reading)?;
+                if bytes.is_empty() {
+                    break;
+                }
+                let name = PartedFile::part_name(file.parts.len(), &bytes);
+                let destination = format!("{}/{name}", file.folder);
+                parts.push((destination.clone(), bytes.len() as u64, one_file_archive(&destination, &bytes)?));
+                file.parts.push(name);
+            }
+            parted.push((file, header.mode().unwrap_or(0o644) & crate::sync::PERMISSION_BITS));
         } else if kind.is_dir() || kind.is_file() {
             if kind.is_file() {
                 mtimes.push((relative.clone(), header.mtime().unwrap_or(0)));
@@ -101,7 +143,7 @@ fn repack(archive: Vec<u8>, stage: String) -> Result<Packed> {
         }
         entries += 1;
     }
-    let script = finish_script(&stage, &mtimes);
+    let script = finish_script(&stage, &mtimes, &parted);
     let mut header = tar::Header::new_gnu();
     header.set_size(script.len() as u64);
     header.set_mode(0o600);
@@ -109,14 +151,23 @@ fn repack(archive: Vec<u8>, stage: String) -> Result<Packed> {
     let writing = |source| Error::io("Could not pack the upload for Vercel", source);
     output.append_data(&mut header, format!("{stage}.sh"), script.as_bytes()).map_err(writing)?;
     let gzip = output.into_inner().and_then(|encoder| encoder.finish()).map_err(writing)?;
-    Ok(Packed { gzip, stage, mtimes, entries })
+    Ok(Packed { gzip, stage, mtimes, entries: entries + parted.len(), parted, parts })
 }
 
 /// The script that finishes an upload, run from the root as `sh <stage>.sh`: it gives the staged files their
 /// archive times back, renames everything into place (the shared merge: each file replaced atomically), and removes
 /// the stage and itself.
-fn finish_script(stage: &str, mtimes: &[(String, u64)]) -> String {
+fn finish_script(stage: &str, mtimes: &[(String, u64)], parted: &[(PartedFile, u32)]) -> String {
     let mut script = format!("stage={}\n", quote(stage));
+    if !parted.is_empty() {
+        // A joined file is made by `cat`, so its mode is the shell's default; the tar would have carried the file's.
+        script.push_str("set -e\n");
+        for (file, mode) in parted {
+            script.push_str(&file.join_lines(quote));
+            script.push_str(&format!("chmod {mode:o} -- \"$stage\"/{}\n", quote(&file.path)));
+        }
+        script.push_str("set +e\n");
+    }
     // One `touch` per distinct time keeps the script short when many files share a second.
     let mut by_time: std::collections::BTreeMap<u64, Vec<&str>> = std::collections::BTreeMap::new();
     for (path, mtime) in mtimes {
@@ -132,6 +183,11 @@ fn finish_script(stage: &str, mtimes: &[(String, u64)]) -> String {
         "(\nset -- \"$PWD\" \"$PWD/$stage\" ''\n{}\n)\nstatus=$?\nrm -f -- \"$0\"\n[ $status -eq 0 ] || exit $status\n",
         scripts::MERGE
     ));
+    // Parts are removed only once their files are in place, so a merge that fails finds them next time.
+    if !parted.is_empty() {
+        let files: Vec<PartedFile> = parted.iter().map(|(file, _)| file.clone()).collect();
+        script.push_str(&chunks::cleanup_lines(&files, quote));
+    }
     // The look at what was written, in the same command: the stamps sync records for the files (inode and ctime
     // included) cost no request of their own.
     if !mtimes.is_empty() && mtimes.len() <= MOST_FILES_LOOKED_AT {
@@ -156,6 +212,56 @@ impl Files {
     }
 
     /// Runs `sh -c script sandlink args…` in the root and answers its output, failing on a non-zero exit.
+    /// Sends the parts of big files, each its own `fs/write`, skipping those an earlier upload left whole (one
+    /// listing per file's folder first) and sending one again after a dropped connection or a timeout.
+    async fn send_parts(&self, packed: &Packed) -> Result<()> {
+        let mut present: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        for (file, _) in &packed.parted {
+            let listing = self.shell(chunks::LIST_PARTS, vec![file.folder.clone()], "Listing the parts of an upload").await?;
+            present.extend(chunks::parse_listed_parts(&file.folder, &listing));
+        }
+        let path = self.paths().at("/fs/write");
+        for (destination, size, archive) in &packed.parts {
+            if present.get(destination) == Some(size) {
+                tracing::debug!(part = %destination, "a part is already in the sandbox; not sent again");
+                continue;
+            }
+            let body = Bytes::from(archive.clone());
+            let limit = super::client::CALL_TIMEOUT + std::time::Duration::from_secs(body.len() as u64 / SLOWEST_UPLOAD_BYTES_PER_SECOND);
+            let mut attempt = 1;
+            loop {
+                let outcome = self
+                    .api
+                    .send(Route::Sandbox, None, || {
+                        self.api
+                            .request(reqwest::Method::POST, &path)
+                            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+                            .header("x-cwd", self.root.as_str())
+                            .timeout(limit)
+                            .body(body.clone())
+                    })
+                    .await;
+                match outcome {
+                    Ok(response) => {
+                        let _ = response.bytes().await;
+                        break;
+                    }
+                    Err(failure @ (crate::drivers::http::Failure::Transport { .. } | crate::drivers::http::Failure::Timeout(_)))
+                        if attempt < PART_ATTEMPTS =>
+                    {
+                        tracing::info!(part = %destination, attempt, ?failure, "a part of an upload broke off; sending it again");
+                        tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+                        attempt += 1;
+                    }
+                    Err(failure) => {
+                        return Err(self.api.fail(failure, &format!("uploading a part of a big file ({destination}) to the sandbox")))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn shell(&self, script: &str, arguments: Vec<String>, what: &str) -> Result<Vec<u8>> {
         let mut args = vec!["-c".to_string(), script.to_string(), "sandlink".to_string()];
         args.extend(arguments);
@@ -228,6 +334,7 @@ impl RemoteFiles for Files {
         if packed.entries == 0 {
             return Ok(Some(Vec::new()));
         }
+        self.send_parts(&packed).await?;
         let looked = !packed.mtimes.is_empty() && packed.mtimes.len() <= MOST_FILES_LOOKED_AT;
         tracing::debug!(files = packed.mtimes.len(), bytes = packed.gzip.len(), "uploading a batch to Vercel");
         let body = Bytes::from(packed.gzip);
@@ -375,7 +482,7 @@ mod tests {
 
     #[test]
     fn the_finishing_script_should_restore_times_and_merge() {
-        let script = finish_script(".sandlink-staging/abc", &[("a b.txt".into(), 5), ("c".into(), 5)]);
+        let script = finish_script(".sandlink-staging/abc", &[("a b.txt".into(), 5), ("c".into(), 5)], &[]);
         assert!(script.contains("touch -c -m -d @5 -- \"$stage\"/'a b.txt' \"$stage\"/'c'"), "{script}");
         assert!(script.contains("mv -f"), "the shared merge renames into place: {script}");
         assert!(script.contains("set -- . 'a b.txt' 'c'\n"), "the files are looked at after the merge: {script}");

@@ -37,7 +37,7 @@ pub const COMMON: &[SettingSpec] = &[
         kind: SettingKind::Table,
         required: false,
         default: None,
-        description: "the lifecycle policy: { maxDuration = \"1h\", warnAt = [\"30m\", \"50m\"], maxCost = 5.0 } (docs/lifecycle.md)",
+        description: "the lifecycle policy: { maxDuration = \"1h\", warnAt = [\"30m\", \"50m\"], maxCost = 5.0 } (docs/protocol.md, Lifecycle and cost)",
     },
 ];
 

@@ -416,3 +416,35 @@ mod simulated_time {
         setup.engine.disconnect(sandlink::protocol::DisconnectParams { session_id: session, keep: false }).await.expect("disconnect");
     }
 }
+
+/// E2B's sandboxes end at a fixed time; keepalives with no run in flight must move it, on the E2B test server.
+#[test]
+fn keepalives_should_keep_an_idle_e2b_sandbox_past_its_timeout() {
+    const E2B_KEY: &str = "e2b_sandlink_policy_key_0c4d7a";
+    let Some(fake) = support::fake::FakeProcess::start("E2B", "SANDLINK_E2B_FAKE_SERVER", "e2b_server.py", &["--api-key", E2B_KEY])
+    else {
+        return;
+    };
+    let server = Server::start_with(StartOptions { env: vec![("E2B_API_KEY".into(), E2B_KEY.into())], ..StartOptions::default() });
+    let workspace = workspace_with(&[]);
+    let settings = json!({
+        "apiUrl": format!("http://127.0.0.1:{}", fake.port),
+        "domain": format!("localhost:{}", fake.port),
+        "timeoutSeconds": 4,
+        "keepaliveIdleSeconds": 3,
+        "streamKeepaliveSeconds": 1,
+    });
+    let session = session_id(&server.connect("e2b", settings, workspace.path()));
+    let running = || {
+        let all = fake.admin("GET", "/_admin/sandboxes", None);
+        all["sandboxes"].as_array().into_iter().flatten().any(|sandbox| sandbox["state"] == "running")
+    };
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(9) {
+        server.request("sandlink/keepalive", json!({ "sessionId": session })).expect("keepalive");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(running(), "the sandbox outlived its 4 s timeout on keepalives alone");
+    let outcome = server.run_to_exit(json!({ "sessionId": session, "command": "echo still-here" }));
+    assert_eq!(outcome.stdout, "still-here\n", "{}", outcome.exit);
+}

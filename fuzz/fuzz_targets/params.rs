@@ -67,6 +67,8 @@ fn every_request(value: &Value) {
     decode::<proto::ResolveRequest>(value);
     decode::<proto::RunsRequest>(value);
     decode::<proto::TasksRequest>(value);
+    decode::<proto::AllowSecretRequest>(value);
+    decode::<proto::SettingChoicesRequest>(value);
     decode::<proto::KeepaliveRequest>(value);
     notification::<proto::OutputNotification>(value);
     notification::<proto::ExitNotification>(value);

@@ -88,6 +88,10 @@ request!(/// Lists the workspace's `.sandlink.toml` tasks, so editors need no TO
     TasksRequest, "sandlink/tasks", TasksParams, TasksResult);
 request!(/// Records an SSH host's key in the user's known_hosts once the user has checked its fingerprint.
     AcceptHostKeyRequest, "sandlink/acceptHostKey", AcceptHostKeyParams, AcceptHostKeyResult);
+request!(/// Uploads one file that sync held back as a likely secret, after the user chose to allow it.
+    AllowSecretRequest, "sandlink/allowSecret", AllowSecretParams, SyncResult);
+request!(/// Values a driver setting may take here (Docker's local images, the workspace's dev container image).
+    SettingChoicesRequest, "sandlink/settingChoices", SettingChoicesParams, SettingChoicesResult);
 request!(/// Counts as activity for the lifecycle manager, which keeps the session's sandbox alive while an agent thinks.
     KeepaliveRequest, "sandlink/keepalive", SessionParams, EmptyResult);
 
@@ -257,6 +261,50 @@ pub struct SettingInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
     pub description: String,
+    /// A connect with the driver's defaults cannot do without it (Docker's `image`): a connect flow asks for it,
+    /// offering what `sandlink/settingChoices` answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ask_at_connect: bool,
+}
+
+/// `sandlink/allowSecret`: one file of `SyncState.heldBack` to upload after all.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowSecretParams {
+    pub session_id: String,
+    /// As `SyncState.heldBack` names it (relative to the workspace), or absolute inside it, or a file URI.
+    pub path: String,
+    /// Also add it to the `sync.allowSecrets` of the session's profile in config.toml, for later sessions.
+    #[serde(default)]
+    pub remember: bool,
+}
+
+/// `sandlink/settingChoices`: what a connect flow or a profile form may offer for one setting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettingChoicesParams {
+    pub driver: String,
+    pub setting: String,
+    pub workspace_folder: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingChoicesResult {
+    pub choices: Vec<SettingChoice>,
+}
+
+/// One value offered for a setting, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingChoice {
+    pub value: Value,
+    /// What a picker shows (the value itself when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Where it comes from, in a few words (`from .devcontainer/devcontainer.json`, `local image, 120 MB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// One credential a driver reads, as `DriverInfo.credentials` lists it.
@@ -914,6 +962,8 @@ pub const REQUEST_METHODS: &[&str] = &[
     ResolveRequest::METHOD,
     RunsRequest::METHOD,
     TasksRequest::METHOD,
+    AllowSecretRequest::METHOD,
+    SettingChoicesRequest::METHOD,
     KeepaliveRequest::METHOD,
 ];
 

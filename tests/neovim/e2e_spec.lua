@@ -201,6 +201,35 @@ local function sandbox_file(name)
   return current_workspace().session.remoteRoot .. '/' .. name
 end
 
+local function recording_requests_and_prompts(methods, answer, body)
+  local client = require('sandlink.client')
+  local original_request, original_select = client.request, vim.ui.select
+  local record = { requests = {}, prompts = {} }
+  for _, method in ipairs(methods) do
+    record.requests[method] = {}
+  end
+  client.request = function(workspace, method, params, on_result)
+    if record.requests[method] then
+      table.insert(record.requests[method], vim.deepcopy(params))
+    end
+    return original_request(workspace, method, params, on_result)
+  end
+  vim.ui.select = function(items, options, on_choice)
+    local shown = {}
+    for _, item in ipairs(items) do
+      table.insert(shown, options.format_item and options.format_item(item) or item)
+    end
+    table.insert(record.prompts, { kind = options.kind, prompt = options.prompt, shown = shown })
+    on_choice(answer(items, options))
+  end
+  local captured, stop = harness.capture_notifications()
+  local ok, err = pcall(body)
+  stop()
+  client.request, vim.ui.select = original_request, original_select
+  assert_true(ok, tostring(err))
+  return record, captured
+end
+
 -- Runs `:Sandlink run <line>` with vim.ui.select answering `answer` (after `before_answer`, if given), and records
 -- every sandlink/run request's params and every prompt. Returns the view, the records, and the notifications.
 local function run_answering_trust(line, answer, before_answer)
@@ -343,6 +372,77 @@ test('sync_should_report_what_it_did', function()
   stop()
   assert_true(ok, tostring(err))
   assert_true(harness.find_notification(captured, 'synced:') ~= nil, 'sync succeeded: ' .. vim.inspect(captured))
+end)
+
+test('a_held_back_env_should_be_shown_and_uploaded_only_when_allowed', function()
+  local env_path = workspace_dir .. '/.env'
+  vim.fn.writefile({ 'SANDLINK_NVIM_SECRET=not-for-the-sandbox' }, env_path)
+  local captured, stop = harness.capture_notifications()
+  vim.cmd('Sandlink sync')
+  local ok, err = pcall(wait_for, 'the sync summary', 15000, function()
+    return harness.find_notification(captured, 'synced')
+  end)
+  stop()
+  assert_true(ok, tostring(err))
+  assert_true(vim.fn.filereadable(sandbox_file('.env')) == 0, 'the .env stayed on this machine')
+  -- :Sandlink status names it and the way to upload it.
+  captured, stop = harness.capture_notifications()
+  vim.cmd('Sandlink status')
+  ok, err = pcall(wait_for, 'the status', 10000, function()
+    return harness.find_notification(captured, 'held back')
+  end)
+  stop()
+  assert_true(ok, tostring(err) .. ' ' .. vim.inspect(captured))
+  assert_matches('%.env %(secret%-file%-name%)', harness.find_notification(captured, 'held back').message, 'the status')
+  -- :Sandlink allow asks for how long, then uploads it for this session.
+  local done = false
+  local record = recording_requests_and_prompts({ 'sandlink/allowSecret' }, function(items, prompt_options)
+    return prompt_options.kind == 'sandlink.allow_secret' and items[1] or nil
+  end, function()
+    require('sandlink.first_use').allow(current_workspace(), '.env', function()
+      done = true
+    end)
+    wait_for('the allow to end', 15000, function()
+      return done
+    end)
+  end)
+  assert_equal(1, #record.requests['sandlink/allowSecret'], 'one allow request')
+  assert_equal(false, record.requests['sandlink/allowSecret'][1].remember, 'for this session only')
+  assert_matches('looks like a secret', record.prompts[1].prompt, 'the question names what it is')
+  assert_true(vim.fn.filereadable(sandbox_file('.env')) == 1, 'the allowed .env is in the sandbox')
+  vim.fn.delete(env_path)
+end)
+
+test('a_driver_that_needs_an_image_should_offer_the_dev_container_image_first', function()
+  local devcontainer_dir = workspace_dir .. '/.devcontainer'
+  vim.fn.mkdir(devcontainer_dir, 'p')
+  vim.fn.writefile({ '// the team image', '{ "image": "node:20-bookworm", }' }, devcontainer_dir .. '/devcontainer.json')
+  local done, settings
+  local record = recording_requests_and_prompts({ 'sandlink/settingChoices' }, function(items, prompt_options)
+    return prompt_options.kind == 'sandlink.setting_choice' and items[1] or nil
+  end, function()
+    require('sandlink.first_use').ask_connect_settings(current_workspace(), 'docker', function(value)
+      done, settings = true, value
+    end)
+    wait_for('the question to end', 15000, function()
+      return done
+    end)
+  end)
+  vim.fn.delete(devcontainer_dir, 'rf')
+  assert_equal(1, #record.requests['sandlink/settingChoices'], 'one choices request')
+  assert_equal('image', record.requests['sandlink/settingChoices'][1].setting, 'docker asks for its image')
+  assert_equal('node:20-bookworm  (from .devcontainer/devcontainer.json)', record.prompts[1].shown[1], 'the dev container image first')
+  assert_equal('Type a value...', record.prompts[1].shown[#record.prompts[1].shown], 'typing is offered last')
+  assert_equal({ image = 'node:20-bookworm' }, settings, 'the picked image is the setting')
+  -- The local driver asks for nothing.
+  done = false
+  require('sandlink.first_use').ask_connect_settings(current_workspace(), 'local', function(value)
+    done, settings = true, value
+  end)
+  wait_for('the local answer', 15000, function()
+    return done
+  end)
+  assert_equal({}, settings, 'nothing asked for local')
 end)
 
 test('a_conflict_should_be_compared_in_a_diff_and_resolved_either_way', function()
@@ -610,34 +710,6 @@ end)
 
 -- While body runs, records the params of every request whose method is in `methods` and answers each vim.ui.select
 -- with answer(items, options) (the prompts are recorded too). Returns the records and the notifications.
-local function recording_requests_and_prompts(methods, answer, body)
-  local client = require('sandlink.client')
-  local original_request, original_select = client.request, vim.ui.select
-  local record = { requests = {}, prompts = {} }
-  for _, method in ipairs(methods) do
-    record.requests[method] = {}
-  end
-  client.request = function(workspace, method, params, on_result)
-    if record.requests[method] then
-      table.insert(record.requests[method], vim.deepcopy(params))
-    end
-    return original_request(workspace, method, params, on_result)
-  end
-  vim.ui.select = function(items, options, on_choice)
-    local shown = {}
-    for _, item in ipairs(items) do
-      table.insert(shown, options.format_item and options.format_item(item) or item)
-    end
-    table.insert(record.prompts, { kind = options.kind, prompt = options.prompt, shown = shown })
-    on_choice(answer(items, options))
-  end
-  local captured, stop = harness.capture_notifications()
-  local ok, err = pcall(body)
-  stop()
-  client.request, vim.ui.select = original_request, original_select
-  assert_true(ok, tostring(err))
-  return record, captured
-end
 
 local workspace_file = workspace_dir .. '/.sandlink.toml'
 local workspace_file_before_profiles

@@ -104,6 +104,45 @@ fn drivers_should_list_docker_as_available_with_the_daemon_version() {
 }
 
 #[test]
+fn image_choices_should_offer_the_dev_container_image_first_then_local_images_and_docker_asks_for_one() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let drivers = server.request("sandlink/drivers", json!({})).expect("drivers");
+    let docker = drivers["drivers"].as_array().and_then(|all| all.iter().find(|driver| driver["id"] == "docker")).cloned().expect("docker");
+    let asked: Vec<&str> = docker["settings"]
+        .as_array()
+        .expect("settings")
+        .iter()
+        .filter(|setting| setting["askAtConnect"] == true)
+        .filter_map(|setting| setting["name"].as_str())
+        .collect();
+    assert_eq!(asked, ["image"], "{docker}");
+
+    let workspace = support::workspace_with(&[(
+        ".devcontainer/devcontainer.json",
+        "// the team's image\n{ \"name\": \"web\", \"image\": \"node:20-bookworm\", /* pinned */ \"forwardPorts\": [3000,], }\n",
+    )]);
+    let choices = server
+        .request("sandlink/settingChoices", json!({ "driver": "docker", "setting": "image", "workspaceFolder": support::file_uri(workspace.path()) }))
+        .expect("choices");
+    let choices = choices["choices"].as_array().expect("a list").clone();
+    assert_eq!(choices[0]["value"], "node:20-bookworm", "{choices:?}");
+    assert_eq!(choices[0]["detail"], "from .devcontainer/devcontainer.json");
+    let local = choices.iter().find(|choice| choice["value"] == IMAGE).expect("the daemon's test image is offered");
+    assert!(local["detail"].as_str().is_some_and(|detail| detail.starts_with("local image, ")), "{local}");
+
+    let unknown = server
+        .request("sandlink/settingChoices", json!({ "driver": "docker", "setting": "colour" }))
+        .expect_err("no such setting");
+    assert_eq!(unknown.kind.as_deref(), Some("invalidParams"));
+    assert!(unknown.message.contains("image") && unknown.message.contains("container"), "{}", unknown.message);
+    let none = server.request("sandlink/settingChoices", json!({ "driver": "docker", "setting": "cpus" })).expect("none");
+    assert_eq!(none["choices"], json!([]));
+}
+
+#[test]
 fn connect_should_refuse_bad_settings_and_a_missing_image_before_creating_anything() {
     if docker_fixture().is_none() {
         return;

@@ -261,3 +261,66 @@ fn the_user_should_allow_a_path_and_be_able_to_turn_content_scanning_off() {
     let held = held_back(&server, &session_id);
     assert_eq!(held.get(".env").map(String::as_str), Some("secret-file-name"), "names still hold back: {held:?}");
 }
+
+#[test]
+fn a_held_back_file_the_user_allows_should_go_up_alone_and_be_remembered_only_in_a_user_profile() {
+    let env_value = unique("allowed-env", 24);
+    let workspace = support::workspace_with(&[
+        (".env", &format!("API=x{env_value}\n")),
+        ("api/.env", "OTHER=1\n"),
+        ("src/app.js", "ok\n"),
+    ]);
+    let config = tempfile::tempdir().expect("config dir");
+    let options = StartOptions {
+        env: vec![("SANDLINK_CONFIG_DIR".into(), config.path().display().to_string())],
+        ..StartOptions::default()
+    };
+    let server = Server::start_with(options);
+
+    // Connected without a profile: allowed for the session only; asking to remember says why it cannot.
+    let session_id = connect(&server, workspace.path(), json!({ "watch": "off" }));
+    assert!(held_back(&server, &session_id).contains_key(".env"));
+    let refused = server
+        .request("sandlink/allowSecret", json!({ "sessionId": session_id, "path": ".env", "remember": true }))
+        .expect_err("no profile to remember it in");
+    assert_eq!(refused.kind.as_deref(), Some("invalidParams"), "{refused:?}");
+    assert!(refused.message.contains("without a profile"), "{}", refused.message);
+    assert!(!sandbox_files(&server, &session_id).contains(&".env".to_string()), "nothing went up");
+
+    let not_held = server
+        .request("sandlink/allowSecret", json!({ "sessionId": session_id, "path": "src/app.js" }))
+        .expect_err("not held back");
+    assert_eq!(not_held.kind.as_deref(), Some("invalidParams"));
+    assert!(not_held.message.contains(".env") && not_held.message.contains("api/.env"), "{}", not_held.message);
+
+    let result = server
+        .request("sandlink/allowSecret", json!({ "sessionId": session_id, "path": file_uri(&workspace.path().join(".env")) }))
+        .expect("allowed");
+    assert_eq!(result["uploaded"], 1, "{result}");
+    let files = sandbox_files(&server, &session_id);
+    assert!(files.contains(&".env".to_string()) && !files.contains(&"api/.env".to_string()), "{files:?}");
+    let held = held_back(&server, &session_id);
+    assert!(!held.contains_key(".env") && held.contains_key("api/.env"), "{held:?}");
+    // Allowed stays allowed for the session: a full sync keeps it up and still holds the neighbour back.
+    sync(&server, &session_id, "up");
+    assert!(!held_back(&server, &session_id).contains_key(".env"));
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+
+    // Through a user profile, `remember` writes the anchored path into its sync.allowSecrets.
+    server
+        .request("sandlink/saveProfile", json!({ "name": "mine", "driver": "local", "settings": { "sync": { "watch": "off" } } }))
+        .expect("save profile");
+    let session = server
+        .request("sandlink/connect", json!({ "profile": "mine", "workspaceFolder": file_uri(workspace.path()) }))
+        .expect("connect with the profile");
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    server
+        .request("sandlink/allowSecret", json!({ "sessionId": session_id, "path": "api/.env", "remember": true }))
+        .expect("remembered");
+    let profiles = server.request("sandlink/profiles", json!({})).expect("profiles");
+    let mine = profiles["profiles"].as_array().expect("list").iter().find(|profile| profile["name"] == "mine").expect("mine").clone();
+    assert_eq!(mine["settings"]["sync"]["allowSecrets"], json!(["/api/.env"]), "{mine}");
+    assert_eq!(mine["settings"]["sync"]["watch"], "off", "the profile's other settings are kept");
+    let config_text = std::fs::read_to_string(config.path().join("config.toml")).expect("config.toml");
+    assert!(!config_text.contains(&env_value), "no file content ever reaches the config");
+}

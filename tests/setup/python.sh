@@ -26,6 +26,8 @@ write_environment_file() {
         echo "SANDLINK_E2B_FAKE_SERVER=$repo_root/tests/fakes/e2b_server.py"
         echo "SANDLINK_DAYTONA_FAKE_SERVER=$repo_root/tests/fakes/daytona_server.py"
         echo "SANDLINK_VERCEL_FAKE_SERVER=$repo_root/tests/fakes/vercel_server.py"
+        echo "SANDLINK_GIT_FAKE_SERVER=$repo_root/tests/fakes/git_server.py"
+        echo "SANDLINK_GITHUB_FAKE_SERVER=$repo_root/tests/fakes/github_server.py"
     } > "$repo_root/tests/.run/python.env"
 }
 

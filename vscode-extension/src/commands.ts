@@ -5,6 +5,7 @@ import * as vscode from "vscode";
 import { credentialChoices } from "./credentials";
 import { describeError, remoteFileScheme, type Ctx, type RunTarget } from "./ctx";
 import * as protocol from "./protocol";
+import { announceHeldBack, askConnectSettings, editSettingsForm, offerToStoreMissingKey } from "./first_use";
 import { formatDuration } from "./run_output";
 import { reattachChoices, sessionsViewCommandIds, sessionsViewId } from "./sessions_tree";
 import { commandIds, isCommandEnabled, type CommandId } from "./status";
@@ -64,9 +65,12 @@ function asConnectParams(value: unknown): Omit<protocol.ConnectParams, "workspac
     if (typeof value !== "object" || value === null) {
         return undefined;
     }
-    const candidate = value as { driver?: unknown; profile?: unknown; reuse?: unknown };
+    const candidate = value as { driver?: unknown; profile?: unknown; reuse?: unknown; settings?: unknown };
     const params: Omit<protocol.ConnectParams, "workspaceFolder"> = {};
     if (typeof candidate.driver === "string") params.driver = candidate.driver;
+    if (typeof candidate.settings === "object" && candidate.settings !== null && !Array.isArray(candidate.settings)) {
+        params.settings = candidate.settings as Record<string, unknown>;
+    }
     if (typeof candidate.profile === "string") params.profile = candidate.profile;
     if (typeof candidate.reuse === "string") params.reuse = candidate.reuse;
     return Object.keys(params).length > 0 ? params : undefined;
@@ -115,9 +119,10 @@ async function pickConnectTarget(ctx: Ctx): Promise<Omit<protocol.ConnectParams,
     if (drivers.length > 0) {
         items.push({ label: "Drivers", kind: vscode.QuickPickItemKind.Separator });
         for (const driver of drivers) {
+            const asked = (driver.settings ?? []).filter((setting) => setting.askAtConnect).map((setting) => setting.name);
             items.push({
                 label: `$(server-environment) ${driver.id}`,
-                description: driver.available ? "driver, default settings" : "unavailable",
+                description: !driver.available ? "unavailable" : asked.length > 0 ? `driver, asks for ${asked.join(", ")}` : "driver, default settings",
                 detail: driver.available ? undefined : driver.detail,
                 params: driver.available ? { driver: driver.id } : undefined,
             });
@@ -144,6 +149,21 @@ export async function connectWith(ctx: Ctx, params: Omit<protocol.ConnectParams,
         void vscode.window.showWarningMessage("sandlink: open a folder first; the sandbox mirrors a workspace folder.");
         return;
     }
+    // A driver picked without a profile gets what it cannot connect without (docker: an image) asked for here, with
+    // the server's suggestions, rather than failing on its defaults.
+    if (params.driver !== undefined && params.settings === undefined) {
+        const known = ctx.knownDrivers.find((driver) => driver.id === params.driver);
+        const driver = known?.settings !== undefined ? known : (await ctx.requestQuietly(protocol.drivers, {}))?.drivers.find((candidate) => candidate.id === params.driver);
+        if (driver !== undefined && (driver.settings ?? []).some((setting) => setting.askAtConnect)) {
+            const settings = await askConnectSettings(ctx, driver, folder?.uri.toString());
+            if (settings === undefined) {
+                const needed = (driver.settings ?? []).filter((setting) => setting.askAtConnect).map((setting) => setting.name).join(", ");
+                void vscode.window.showInformationMessage(`sandlink: not connected; the ${driver.id} driver needs ${needed}. Save a profile with it (Sandlink: Manage Profiles) to skip this question.`);
+                return;
+            }
+            params = { ...params, settings };
+        }
+    }
     const target = params.profile ?? params.driver ?? (params.reuse !== undefined ? `the kept session ${params.reuse}` : "the kept session");
     const workspaceFolder = folder?.uri.toString();
     // Only the request shows progress: a trust question is asked between two tries, not under a spinning notification.
@@ -158,8 +178,19 @@ export async function connectWith(ctx: Ctx, params: Omit<protocol.ConnectParams,
         // is trusted: the same question (and single retry) as a task's.
         session = await ctx.withTrustRetry(workspaceFolder, send);
     } catch (error) {
-        ctx.reportError(protocol.connect.method, error);
-        return;
+        // A cloud driver without its key: offered to store it (once), then connected with the profile that holds it.
+        const withKey = await offerToStoreMissingKey(ctx, params, error);
+        if (withKey === undefined) {
+            ctx.reportError(protocol.connect.method, error);
+            return;
+        }
+        params = withKey;
+        try {
+            session = await ctx.withTrustRetry(workspaceFolder, send);
+        } catch (again) {
+            ctx.reportError(protocol.connect.method, again);
+            return;
+        }
     }
     if (session === undefined) {
         ctx.logChannel.info(`Not connected to ${target}: the workspace is not trusted, and you chose not to trust it.`);
@@ -169,6 +200,7 @@ export async function connectWith(ctx: Ctx, params: Omit<protocol.ConnectParams,
     ctx.adoptSession(session);
     ctx.logChannel.info(`Connected: session ${session.sessionId} (${session.driver}), remote root ${session.remoteRoot}.`);
     ctx.noticeNewConflicts(session.sync.conflicts);
+    void announceHeldBack(ctx, session);
 }
 
 export function disconnect(ctx: Ctx): Cmd {
@@ -812,26 +844,16 @@ async function createProfile(ctx: Ctx): Promise<void> {
     if (driver === undefined) {
         return;
     }
-    const settingsText = await vscode.window.showInputBox({
-        prompt: `Settings for ${driver.label} as JSON (optional), e.g. {"image": "debian:12"}. Secrets go in Set Credential, not here.`,
-        value: "{}",
-        validateInput: (value) => {
-            try {
-                const parsed: unknown = JSON.parse(value || "{}");
-                return typeof parsed === "object" && parsed !== null && !Array.isArray(parsed) ? undefined : "A JSON object";
-            } catch (error) {
-                return `Not JSON: ${describeError(error)}`;
-            }
-        },
-    });
-    if (settingsText === undefined) {
+    const driverInfo = drivers.find((candidate) => candidate.id === driver.label);
+    if (driverInfo === undefined) {
         return;
     }
-    const saved = await ctx.request(protocol.saveProfile, {
-        name,
-        driver: driver.label,
-        settings: JSON.parse(settingsText || "{}") as Record<string, unknown>,
-    });
+    // A form generated from the driver's own settings, with the server's suggestions; secrets go in Set Credential.
+    const settings = await editSettingsForm(ctx, driverInfo, {}, (await ctx.pickWorkspaceFolder())?.uri.toString());
+    if (settings === undefined) {
+        return;
+    }
+    const saved = await ctx.request(protocol.saveProfile, { name, driver: driver.label, settings });
     if (saved !== undefined) {
         void vscode.window.showInformationMessage(`sandlink: profile ${name} saved.`);
     }

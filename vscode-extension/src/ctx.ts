@@ -421,7 +421,7 @@ export class Ctx implements vscode.Disposable {
     adoptSession(session: protocol.SessionInfo): void {
         this.session = session;
         this.knownConflictPaths = new Set(session.sync.conflicts.map((conflict) => conflict.path));
-        writeTestLog("connected", { sessionId: session.sessionId, driver: session.driver, state: session.state });
+        writeTestLog("connected", { sessionId: session.sessionId, driver: session.driver, profile: session.profile, state: session.state });
         this.refreshView();
         this.sessionChanged.fire();
     }

@@ -32,6 +32,8 @@ export interface SettingInfo {
     /** What the driver uses when the setting is absent; absent when that depends on other settings. */
     default?: unknown;
     description: string;
+    /** A connect with the driver's defaults cannot do without it (docker's `image`): ask for it, offering `settingChoices`. */
+    askAtConnect?: boolean;
 }
 
 /** One credential a driver reads. */
@@ -405,6 +407,34 @@ export interface AcceptHostKeyResult {
     knownHosts: string;
 }
 export const acceptHostKey = new RequestType<AcceptHostKeyParams, AcceptHostKeyResult, void>("sandlink/acceptHostKey");
+
+export interface AllowSecretParams {
+    sessionId: string;
+    /** As `SyncState.heldBack` names it, absolute inside the workspace, or a file URI. */
+    path: string;
+    /** Also add it to the `sync.allowSecrets` of the session's profile. */
+    remember?: boolean;
+}
+
+export const allowSecret = new RequestType<AllowSecretParams, SyncResult, void>("sandlink/allowSecret");
+
+export interface SettingChoicesParams {
+    driver: string;
+    setting: string;
+    workspaceFolder?: string;
+}
+
+export interface SettingChoice {
+    value: unknown;
+    label?: string;
+    detail?: string;
+}
+
+export interface SettingChoicesResult {
+    choices: SettingChoice[];
+}
+
+export const settingChoices = new RequestType<SettingChoicesParams, SettingChoicesResult, void>("sandlink/settingChoices");
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)

@@ -16,6 +16,7 @@ export const sessionsViewCommandIds = {
     cancelRun: "sandlink.sessions.cancelRun",
     showRunOutput: "sandlink.sessions.showRunOutput",
     openPreview: "sandlink.sessions.openPreview",
+    allowSecret: "sandlink.sessions.allowSecret",
 } as const;
 
 /** The view's id in package.json; VS Code derives the `<id>.focus` command from it. */
@@ -36,6 +37,7 @@ export const contextFlags = {
     preview: "preview",
     canOpen: "canOpen",
     heldBack: "heldBack",
+    canAllow: "canAllow",
 } as const;
 
 /** A run started from this window, as the extension tracks it (the protocol has no request listing runs). */
@@ -101,6 +103,7 @@ export interface PreviewNode extends NodeBase {
 export interface HeldBackNode extends NodeBase {
     kind: "heldBack";
     path: string;
+    sessionId: string;
     /** The session's workspace folder, to open the local file. */
     workspaceFolder?: string;
 }
@@ -277,7 +280,7 @@ function sessionNode(session: SessionInfo, input: SessionsTreeInput): SessionNod
             standing === "here" && contextFlags.canDisconnect,
             removable && contextFlags.canRemove,
         ),
-        children: [...runNodes(session, input), ...previewNodes(session), ...heldBackNodes(session)],
+        children: [...runNodes(session, input), ...previewNodes(session), ...heldBackNodes(session, standing === "here")],
         expanded: standing === "here",
         session,
         standing,
@@ -320,7 +323,8 @@ function previewNodes(session: SessionInfo): PreviewNode[] {
     }));
 }
 
-function heldBackNodes(session: SessionInfo): HeldBackNode[] {
+/** Held-back files; only the window's own session can upload one (`sandlink/allowSecret` needs it attached). */
+function heldBackNodes(session: SessionInfo, attachedHere: boolean): HeldBackNode[] {
     // `heldBack` carries the rule; older servers send only `heldBackSecrets`.
     const files = session.sync.heldBack ?? (session.sync.heldBackSecrets ?? []).map((path) => ({ path, rule: "secret-file-name" }));
     return files.map((file) => ({
@@ -330,9 +334,10 @@ function heldBackNodes(session: SessionInfo): HeldBackNode[] {
         description: `held back (${file.rule})`,
         tooltip: `${file.path} looks like a secret (${file.rule}), so it was not uploaded to the sandbox.`,
         icon: "lock",
-        contextValue: contextFlags.heldBack,
+        contextValue: flags(contextFlags.heldBack, attachedHere && contextFlags.canAllow),
         children: [],
         path: file.path,
+        sessionId: session.sessionId,
         workspaceFolder: session.workspaceFolder,
     }));
 }

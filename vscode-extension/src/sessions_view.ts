@@ -16,6 +16,7 @@ import {
 } from "./sessions_tree";
 import { commandIds } from "./status";
 import { writeTestLog } from "./test_log";
+import { allowHeldBack } from "./first_use";
 
 export class SessionsView implements vscode.TreeDataProvider<SessionsTreeNode>, vscode.Disposable {
     private readonly changed = new vscode.EventEmitter<SessionsTreeNode | undefined>();
@@ -132,6 +133,7 @@ export class SessionsView implements vscode.TreeDataProvider<SessionsTreeNode>, 
             register<RunNode>(ids.cancelRun, (node) => this.ctx.request(protocol.cancel, { runId: node.run.runId })),
             register<RunNode>(ids.showRunOutput, (node) => this.showRunOutput(node)),
             register<SessionsTreeNode>(ids.openPreview, (node) => (node.kind === "preview" ? this.ctx.openPreviewUrl(node.url) : undefined)),
+            register<SessionsTreeNode>(ids.allowSecret, (node) => (node.kind === "heldBack" ? allowHeldBack(this.ctx, node.sessionId, node.path) : undefined)),
         ];
     }
 

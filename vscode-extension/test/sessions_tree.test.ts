@@ -180,14 +180,16 @@ test("previews can be opened and held-back files are listed with the rule that h
     const kinds = node.children.map((child) => [child.kind, child.label, child.contextValue]);
     assert.deepEqual(kinds, [
         ["preview", "port 8000", "preview canOpen"],
-        ["heldBack", ".env", "heldBack"],
-        ["heldBack", "keys/id", "heldBack"],
+        ["heldBack", ".env", "heldBack canAllow"],
+        ["heldBack", "keys/id", "heldBack canAllow"],
     ]);
     assert.equal(node.children[2].description, "held back (private-key)");
     // An older server sends only the paths.
     const older = session({ sync: { pending: 0, conflicts: [], heldBackSecrets: [".env"] } });
     const [olderNode] = sessionNodes(input({ sessions: [older] }));
     assert.deepEqual(olderNode.children.map((child) => child.label), [".env"]);
+    // Only the window's own session can upload one; another's files are listed without the action.
+    assert.deepEqual(olderNode.children.map((child) => child.contextValue), ["heldBack"]);
 });
 
 test("the Connect picker offers kept and orphaned sessions of this folder as Re-attach entries, most recently active first", () => {

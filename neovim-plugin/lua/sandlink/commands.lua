@@ -2,6 +2,7 @@
 
 local client = require('sandlink.client')
 local config = require('sandlink.config')
+local first_use = require('sandlink.first_use')
 local protocol = require('sandlink.protocol')
 local sessions = require('sandlink.sessions')
 local state = require('sandlink.state')
@@ -229,6 +230,10 @@ function commands.connect(options, on_done)
     state.announce_change()
     notify('connected: ' .. tostring(session.profile or session.driver) .. ' session ' .. tostring(session.sessionId)
       .. (session.remoteRoot and (' at ' .. tostring(session.remoteRoot)) or ''))
+    local held_back = first_use.held_back_notice(session)
+    if held_back then
+      notify(held_back, vim.log.levels.WARN)
+    end
     commands.refresh_known_sessions(workspace)
     finish_all(nil, session)
   end
@@ -278,7 +283,23 @@ function commands.connect(options, on_done)
       connected(session)
     end)
   end
-  request_connect(true)
+  -- A driver named without a profile or settings gets what it cannot connect without (docker: an image) asked for,
+  -- offering the server's choices, rather than failing on its defaults.
+  local asks = params.driver and not options.reuse and (params.settings == nil or vim.tbl_isempty(params.settings))
+  if not asks then
+    return request_connect(true)
+  end
+  first_use.ask_connect_settings(workspace, params.driver, function(settings, needed)
+    if settings == nil then
+      notify('not connected: the ' .. tostring(params.driver) .. ' driver needs ' .. tostring(needed)
+        .. ' (give it in a profile, or in setup({ settings = { ... } }))', vim.log.levels.WARN)
+      return not_connected({ message = 'the ' .. tostring(params.driver) .. ' driver needs ' .. tostring(needed) })
+    end
+    if not vim.tbl_isempty(settings) then
+      params.settings = settings
+    end
+    request_connect(true)
+  end)
 end
 
 function commands.disconnect(options, on_done)
@@ -633,6 +654,13 @@ function commands.describe_session(session, workspace)
   end
   for _, preview in ipairs(type(session.previews) == 'table' and session.previews or {}) do
     add('preview ' .. tostring(preview.port), preview.url)
+  end
+  local held_back = {}
+  for _, file in ipairs(first_use.held_back(session)) do
+    table.insert(held_back, file.path .. ' (' .. tostring(file.rule) .. ')')
+  end
+  if #held_back > 0 then
+    add('held back as likely secrets (:Sandlink allow uploads one)', table.concat(held_back, ', '))
   end
   local running = state.running_runs(workspace)
   if #running > 0 then
@@ -1286,6 +1314,23 @@ commands.subcommands = {
   quickfix = {
     run = function()
       commands.quickfix()
+    end,
+  },
+  -- :Sandlink allow [PATH]: uploads a file held back as a likely secret, after asking for how long.
+  allow = {
+    run = function(rest)
+      local workspace = require_workspace()
+      if workspace == nil then
+        return
+      end
+      first_use.allow(workspace, vim.trim(rest or ''))
+    end,
+    complete = function(workspace)
+      local candidates = {}
+      for _, file in ipairs(first_use.held_back(workspace and workspace.session)) do
+        table.insert(candidates, file.path)
+      end
+      return candidates
     end,
   },
 }

@@ -62,6 +62,15 @@ function health_check.check()
       report.error('the server for ' .. root_dir .. ' is not running', { ':lua require("sandlink").setup() restarts it' })
     elseif workspace.ready then
       report.ok('client ' .. tostring(workspace.client_id) .. ' serves ' .. root_dir .. ': ' .. state.statusline(workspace))
+      local held_back = require('sandlink.first_use').held_back(workspace.session)
+      if #held_back > 0 then
+        local paths = {}
+        for _, file in ipairs(held_back) do
+          table.insert(paths, file.path .. ' (' .. tostring(file.rule) .. ')')
+        end
+        report.info('held back from the sandbox as likely secrets: ' .. table.concat(paths, ', '),
+          { ':Sandlink allow PATH uploads one after you checked it', 'or list it in the profile\'s sync.allowSecrets' })
+      end
     else
       report.warn('the server for ' .. root_dir .. ' is still starting')
     end

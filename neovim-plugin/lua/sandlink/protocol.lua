@@ -28,6 +28,8 @@ protocol.request = {
   resolve = 'sandlink/resolve',
   runs = 'sandlink/runs',
   accept_host_key = 'sandlink/acceptHostKey',
+  allow_secret = 'sandlink/allowSecret',
+  setting_choices = 'sandlink/settingChoices',
   keepalive = 'sandlink/keepalive',
 }
 
@@ -73,6 +75,7 @@ protocol.error_kind = {
 ---@field type string `string`, `integer`, `number`, `boolean`, `stringList`, `integerList`, `stringMap`, `table`, `numberOrString` or `network`
 ---@field default any|nil what the driver uses when the setting is absent
 ---@field description string
+---@field askAtConnect boolean|nil a connect with the driver's defaults cannot do without it (docker's `image`)
 ---@class sandlink.CredentialInfo
 ---@field key string the `key` of sandlink/setCredential (`apiKey`)
 ---@field envVar string the environment variable that wins over the keychain (`E2B_API_KEY`)
@@ -94,7 +97,7 @@ protocol.error_kind = {
 protocol.shape_fields = {
   JobInfo = { 'jobId', 'kind', 'title', 'startedAt', 'percentage' },
   DriverInfo = { 'id', 'available', 'detail', 'capabilities', 'settings', 'credentials' },
-  SettingInfo = { 'name', 'type', 'default', 'description' },
+  SettingInfo = { 'name', 'type', 'default', 'description', 'askAtConnect' },
   CredentialInfo = { 'key', 'envVar', 'required', 'description' },
 }
 

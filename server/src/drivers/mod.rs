@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 
 pub use crate::credentials::{CredentialSpec, Secret};
 use crate::error::{Error, Result};
-use crate::protocol::{DriverInfo, Resources};
+use crate::protocol::{DriverInfo, Resources, SettingChoice};
 pub use settings::{SettingKind, SettingSpec};
 use crate::sync::RemoteFiles;
 
@@ -104,6 +104,19 @@ pub trait Driver: Send + Sync {
     /// they are read into; `DriverInfo.settings` shows them. No default, so that no driver can forget it.
     fn settings_schema(&self) -> &'static [SettingSpec];
 
+    /// Settings a connect with this driver's defaults cannot do without (Docker's `image`), which a connect flow
+    /// asks the user for; `DriverInfo.settings` marks them `askAtConnect`.
+    fn asked_at_connect(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Values `setting` may take here, best first, for a connect flow or a profile form to offer (Docker's local
+    /// images); empty when the driver has nothing to suggest. `workspace` is the folder being connected.
+    async fn setting_choices(&self, setting: &str, workspace: Option<&Path>) -> Result<Vec<SettingChoice>> {
+        let _ = (setting, workspace);
+        Ok(Vec::new())
+    }
+
     /// Checks settings before connect and when a profile is saved: unknown keys, wrong types and missing fields
     /// are `invalidProfile` errors naming the key. The default checks `settings_schema`.
     fn validate_settings(&self, settings: &Map<String, Value>) -> Result<()> {
@@ -153,7 +166,7 @@ pub trait Driver: Send + Sync {
 /// it; filled here so that what users are shown is what validation and credential lookup use.
 pub async fn describe(driver: &dyn Driver) -> DriverInfo {
     let mut info = driver.info().await;
-    info.settings = settings::describe(driver.settings_schema());
+    info.settings = settings::describe(driver.settings_schema(), driver.asked_at_connect());
     info.credentials = settings::describe_credentials(driver.credential_keys());
     info
 }

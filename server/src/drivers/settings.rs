@@ -182,8 +182,9 @@ pub fn parse<T: DeserializeOwned>(driver: &str, schema: &[SettingSpec], settings
     })
 }
 
-/// The schema `DriverInfo.settings` shows: the driver's own settings, then the common ones.
-pub fn describe(schema: &[SettingSpec]) -> Vec<SettingInfo> {
+/// The schema `DriverInfo.settings` shows: the driver's own settings, then the common ones; those in `ask` are
+/// marked to be asked for at connect.
+pub fn describe(schema: &[SettingSpec], ask: &[&str]) -> Vec<SettingInfo> {
     schema
         .iter()
         .chain(COMMON)
@@ -192,6 +193,7 @@ pub fn describe(schema: &[SettingSpec]) -> Vec<SettingInfo> {
             kind: spec.kind.wire_name().to_string(),
             default: spec.default.and_then(|text| serde_json::from_str(text).ok()),
             description: spec.description.to_string(),
+            ask_at_connect: ask.contains(&spec.key),
         })
         .collect()
 }
@@ -360,7 +362,7 @@ mod tests {
 
     #[test]
     fn describe_should_list_own_then_common_settings_with_wire_types() {
-        let schema = describe(SCHEMA);
+        let schema = describe(SCHEMA, &[]);
         let names: Vec<&str> = schema.iter().map(|setting| setting.name.as_str()).collect();
         assert_eq!(names, ["image", "cpus", "sync", "network", "lifecycle"]);
         assert_eq!(schema[1].kind, "integer");

@@ -99,6 +99,11 @@ impl super::Driver for Keyed {
         SETTINGS
     }
 
+    fn asked_at_connect(&self) -> &'static [&'static str] {
+        // So the editors' connect flow (ask for a setting, then for a missing key) can be tried end to end.
+        &["expectedTokenHash"]
+    }
+
     fn credential_keys(&self) -> &'static [CredentialSpec] {
         CREDENTIALS
     }

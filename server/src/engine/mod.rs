@@ -137,6 +137,25 @@ impl Engine {
         futures::future::join_all(probes).await
     }
 
+    /// Values one driver setting may take here, for a connect flow or a profile form; a setting the driver does
+    /// not have is `invalidParams` naming those it has.
+    pub async fn setting_choices(&self, params: crate::protocol::SettingChoicesParams) -> Result<crate::protocol::SettingChoicesResult> {
+        let driver = self.driver(&params.driver)?;
+        let known: Vec<&str> =
+            driver.settings_schema().iter().chain(drivers::settings::COMMON).map(|spec| spec.key).collect();
+        if !known.contains(&params.setting.as_str()) {
+            return Err(Error::InvalidParams(format!(
+                "The {} driver has no setting \"{}\". Its settings are: {}.",
+                params.driver,
+                params.setting,
+                known.join(", ")
+            )));
+        }
+        let workspace = params.workspace_folder.as_deref().map(crate::paths::path_from_uri_or_path).transpose()?;
+        let choices = driver.setting_choices(&params.setting, workspace.as_deref()).await?;
+        Ok(crate::protocol::SettingChoicesResult { choices })
+    }
+
     fn driver(&self, id: &str) -> Result<Arc<dyn Driver>> {
         self.drivers.iter().find(|driver| driver.id() == id).cloned().ok_or_else(|| {
             let known: Vec<&str> = self.drivers.iter().map(|driver| driver.id()).collect();

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use super::jobs::JobProgress;
 use crate::progress::Progress;
 use crate::protocol::{
-    ConflictSide, JobKind, ResolveParams, SessionState, SyncDirection, SyncParams, SyncResult, SyncState, SyncStateParams,
+    AllowSecretParams, ConflictSide, JobKind, ResolveParams, SaveProfileParams, SessionState, SyncDirection, SyncParams, SyncResult, SyncState, SyncStateParams,
 };
 use crate::sync::{SessionSync, StateObserver, SyncOptions};
 
@@ -40,13 +40,8 @@ impl Engine {
         };
         let wanted = conflict_path(session.workspace.as_deref(), &params.path)?;
         let conflicts = sync.state().conflicts;
-        if !conflicts.iter().any(|conflict| conflict.path == wanted) {
-            let listed: Vec<&str> = conflicts.iter().map(|conflict| conflict.path.as_str()).collect();
-            return Err(Error::InvalidParams(match listed.is_empty() {
-                true => format!("\"{wanted}\" is not in conflict: this session has no sync conflicts now."),
-                false => format!("\"{wanted}\" is not in conflict; the conflicts now are: {}.", listed.join(", ")),
-            }));
-        }
+        let listed: Vec<&str> = conflicts.iter().map(|conflict| conflict.path.as_str()).collect();
+        require_listed(&wanted, &listed, "in conflict", "this session has no sync conflicts now", "the conflicts now are")?;
         let direction = match params.keep {
             ConflictSide::Workspace => SyncDirection::Up,
             ConflictSide::Sandbox => SyncDirection::Down,
@@ -55,6 +50,74 @@ impl Engine {
         let job = self.jobs.start(JobKind::Sync, "Resolving a conflict", Some(&session.id), true);
         let progress = JobProgress { job: &job, inner: progress };
         self.sync_session(&session, direction, Some(vec![wanted]), &progress).await
+    }
+
+    /// Uploads one file that sync held back as a likely secret, because the user looked at it and chose to: it is
+    /// allowed for the rest of the session (by its exact path) and, with `remember`, in the session's profile
+    /// (`sync.allowSecrets` in config.toml). A path that is not held back now is refused, naming those that are.
+    pub async fn allow_secret(&self, params: AllowSecretParams, progress: &dyn Progress) -> Result<SyncResult> {
+        let session = self.session(&params.session_id)?;
+        let Some(sync) = session.sync.get() else {
+            return Err(Error::Unsupported("This session syncs no files, so nothing is held back.".into()));
+        };
+        let wanted = conflict_path(session.workspace.as_deref(), &params.path)?;
+        let held_back = sync.state().held_back;
+        let listed: Vec<&str> = held_back.iter().map(|file| file.path.as_str()).collect();
+        require_listed(&wanted, &listed, "held back", "this session holds no files back now", "the files held back now are")?;
+        if params.remember {
+            self.remember_allowed_secret(session.profile.as_deref(), session.workspace.as_deref(), &wanted).await?;
+        }
+        tracing::info!(path = %wanted, remember = params.remember, "the user allowed a held-back file to go up");
+        sync.allow_secret(&wanted);
+        session.touch();
+        let job = self.jobs.start(JobKind::Sync, "Uploading an allowed file", Some(&session.id), true);
+        let progress = JobProgress { job: &job, inner: progress };
+        self.sync_session(&session, SyncDirection::Up, Some(vec![wanted]), &progress).await
+    }
+
+    /// Adds `path` to the `sync.allowSecrets` of the user profile the session was connected with.
+    async fn remember_allowed_secret(
+        &self,
+        profile: Option<&str>,
+        workspace: Option<&std::path::Path>,
+        path: &str,
+    ) -> Result<()> {
+        let Some(name) = profile else {
+            return Err(Error::InvalidParams(
+                "This session was connected without a profile, so there is no profile to remember the choice in; \
+                 allow the file for this session only, or connect with a profile."
+                    .into(),
+            ));
+        };
+        let loaded = self.load_profiles(workspace).await?;
+        let Some(found) = loaded.user.profiles.iter().find(|candidate| candidate.name == name) else {
+            return Err(Error::InvalidParams(format!(
+                "Profile \"{name}\" is not in your config.toml (it comes from the workspace's .sandlink.toml); add \
+                 \"{path}\" to its sync.allowSecrets there, or allow the file for this session only."
+            )));
+        };
+        let mut settings = found.settings.clone();
+        let sync = settings.entry("sync").or_insert_with(|| serde_json::Value::Object(Default::default()));
+        let serde_json::Value::Object(sync) = sync else {
+            return Err(Error::InvalidProfile(format!("Profile \"{name}\": its sync setting is not a table.")));
+        };
+        let allowed = sync.entry("allowSecrets").or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        let serde_json::Value::Array(allowed) = allowed else {
+            return Err(Error::InvalidProfile(format!("Profile \"{name}\": sync.allowSecrets is not a list.")));
+        };
+        // A leading `/` anchors the pattern to the workspace root, so the exact file is allowed and no namesake.
+        let pattern = serde_json::Value::from(format!("/{path}"));
+        if !allowed.contains(&pattern) {
+            allowed.push(pattern);
+        }
+        let is_default = loaded.user.default.as_deref() == Some(name);
+        self.save_profile(SaveProfileParams {
+            name: name.to_string(),
+            driver: found.driver.clone(),
+            settings: Some(settings),
+            default: is_default,
+        })
+        .await
     }
 
     /// A file was saved in an editor: every session whose workspace holds it syncs it at once.
@@ -143,6 +206,18 @@ impl StateObserver for SyncObserver {
 
 /// A path as `SyncState.conflicts` names it (relative, `/`-separated) from what a client sent: that form, an absolute
 /// path inside the workspace, or a file URI.
+/// Refuses a path that is not among those the user was shown (`listed`), naming those that are, so a stale click
+/// cannot act on a file whose state changed since.
+fn require_listed(wanted: &str, listed: &[&str], what: &str, none_now: &str, listed_now: &str) -> Result<()> {
+    if listed.contains(&wanted) {
+        return Ok(());
+    }
+    Err(Error::InvalidParams(match listed.is_empty() {
+        true => format!("\"{wanted}\" is not {what}: {none_now}."),
+        false => format!("\"{wanted}\" is not {what}; {listed_now}: {}.", listed.join(", ")),
+    }))
+}
+
 fn conflict_path(workspace: Option<&std::path::Path>, path: &str) -> Result<String> {
     let outside = || Error::PathOutsideWorkspace(format!("\"{path}\" is not inside the session's workspace."));
     if !(path.starts_with("file:") || path.starts_with('/')) {

@@ -138,6 +138,8 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::RunsRequest::METHOD, Backend::runs)
     .custom_method(proto::ResolveRequest::METHOD, Backend::resolve)
     .custom_method(proto::AcceptHostKeyRequest::METHOD, Backend::accept_host_key)
+    .custom_method(proto::AllowSecretRequest::METHOD, Backend::allow_secret)
+    .custom_method(proto::SettingChoicesRequest::METHOD, Backend::setting_choices)
     .custom_method(proto::KeepaliveRequest::METHOD, Backend::keepalive)
     .finish()
 }
@@ -400,6 +402,20 @@ impl Backend {
     async fn resolve(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::ResolveRequest, _, _>(params, |params| async move {
             self.engine.resolve(params, &crate::progress::NoProgress).await
+        })
+        .await
+    }
+
+    async fn allow_secret(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::AllowSecretRequest, _, _>(params, |params| async move {
+            self.engine.allow_secret(params, &crate::progress::NoProgress).await
+        })
+        .await
+    }
+
+    async fn setting_choices(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::SettingChoicesRequest, _, _>(params, |params| async move {
+            self.engine.setting_choices(params).await
         })
         .await
     }

@@ -1,8 +1,9 @@
 //! Files that look like secrets: by name (`.env`, private keys, credential files) here, by content through
 //! `secret_scan`; held back from the sandbox unless the user allows them by pattern (`settings.sync.allowSecrets`).
 
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ignore::gitignore::Gitignore;
 
@@ -47,6 +48,8 @@ const SECRET_PATH_SUFFIXES: [&str; 5] = [
 /// Decides whether a workspace path is a likely secret that must not be uploaded.
 pub struct SecretFilter {
     allowed: Gitignore,
+    /// Exact paths the user allowed for this session only (`sandlink/allowSecret`), after it started.
+    allowed_now: Mutex<BTreeSet<String>>,
     /// The content check, unless the user turned it off (`sync.scanContent = false`).
     content: Option<Arc<ContentCheck>>,
 }
@@ -54,7 +57,11 @@ pub struct SecretFilter {
 impl SecretFilter {
     /// A filter by name only.
     pub fn new(workspace: &Path, allow_patterns: &[String]) -> Result<Self> {
-        Ok(SecretFilter { allowed: build_patterns(workspace, allow_patterns, "sync.allowSecrets")?, content: None })
+        Ok(SecretFilter {
+            allowed: build_patterns(workspace, allow_patterns, "sync.allowSecrets")?,
+            allowed_now: Mutex::default(),
+            content: None,
+        })
     }
 
     /// A filter by name and, when `scan_content`, by content.
@@ -66,7 +73,15 @@ impl SecretFilter {
 
     fn is_allowed(&self, relative: &str) -> bool {
         // Only relative paths can be allowed; the matcher asserts as much (found by fuzzing with "/x").
-        !relative.starts_with('/') && self.allowed.matched_path_or_any_parents(relative, false).is_ignore()
+        !relative.starts_with('/')
+            && (self.allowed.matched_path_or_any_parents(relative, false).is_ignore()
+                || crate::locks::lock(&self.allowed_now).contains(relative))
+    }
+
+    /// Allows one file, by its exact relative path, for as long as this filter lives (the session): the user looked
+    /// at it and chose to upload it.
+    pub fn allow_now(&self, relative: &str) {
+        crate::locks::lock(&self.allowed_now).insert(relative.to_string());
     }
 
     /// True for a relative, `/`-separated path that looks like a secret (by name, or by the content it was last
@@ -128,6 +143,16 @@ pub fn looks_like_secret(relative: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_allowed_now_should_go_up_while_its_neighbours_stay_held_back() {
+        let filter = SecretFilter::new(Path::new("/w"), &[]).expect("valid");
+        assert!(filter.holds_back("api/.env") && filter.holds_back(".env"));
+        filter.allow_now("api/.env");
+        assert!(!filter.holds_back("api/.env"), "allowed by its exact path");
+        assert!(filter.holds_back(".env") && filter.holds_back("api/.env.local"), "only that path is allowed");
+        assert!(filter.held_back_rule("api/.env", None).is_none());
+    }
 
     #[test]
     fn secrets_should_be_held_back_unless_allowed() {

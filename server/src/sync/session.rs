@@ -162,6 +162,11 @@ impl SessionSync {
     }
 
     /// The state as `SessionInfo.sync` reports it.
+    /// Lets one held-back file go up from now on, for this session only; the caller then syncs it.
+    pub fn allow_secret(&self, relative: &str) {
+        self.inner.scanner.secrets.allow_now(relative);
+    }
+
     pub fn state(&self) -> SyncState {
         // The stored `pending` counts files of the sync in flight; queued paths are added on top.
         let mut state = lock(&self.inner.state).clone();

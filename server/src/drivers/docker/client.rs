@@ -10,7 +10,7 @@ use std::time::Duration;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, EventsOptions, InspectContainerOptions,
-    ListContainersOptions, RemoveContainerOptions, StatsOptions, UploadToContainerOptions,
+    ListContainersOptions, ListImagesOptions, RemoveContainerOptions, StatsOptions, UploadToContainerOptions,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -274,6 +274,31 @@ impl Client {
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
             Err(error) => Err(self.map(error)),
         }
+    }
+
+    /// The daemon's tagged images, newest first: `(repository:tag, size in bytes)`.
+    pub async fn list_tagged_images(&self) -> Result<Vec<(String, i64)>> {
+        let mut images = self.docker.list_images(Some(ListImagesOptions::default())).await.map_err(|error| self.map(error))?;
+        images.sort_by_key(|image| std::cmp::Reverse(image.created));
+        Ok(images
+            .into_iter()
+            .flat_map(|image| {
+                let size = image.size;
+                image.repo_tags.into_iter().filter(|tag| !tag.starts_with("<none>")).map(move |tag| (tag, size))
+            })
+            .collect())
+    }
+
+    /// The running containers: `(name, image, status)`.
+    pub async fn list_running(&self) -> Result<Vec<(String, String, String)>> {
+        let containers = self.docker.list_containers(Some(ListContainersOptions::default())).await.map_err(|error| self.map(error))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|summary| {
+                let name = summary.names?.into_iter().next()?.trim_start_matches('/').to_string();
+                Some((name, summary.image.unwrap_or_default(), summary.status.unwrap_or_default()))
+            })
+            .collect())
     }
 
     /// Every container (running or not) that carries `label`.

@@ -9,6 +9,7 @@
 //! names this host and a process (pid plus start time, same boot) that no longer runs, and there is no file
 //! `<sandlink.state-dir>/sessions/<sandlink.session>/kept`. Containers of other hosts are never touched.
 
+mod choices;
 mod client;
 mod network;
 mod sandbox;
@@ -148,6 +149,17 @@ impl super::Driver for Driver {
 
     fn validate_settings(&self, settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
         Settings::parse(settings).map(|_| ())
+    }
+
+    fn asked_at_connect(&self) -> &'static [&'static str] {
+        // With neither an image nor a container there is nothing to start; the image is what most people give.
+        &["image"]
+    }
+
+    async fn setting_choices(&self, setting: &str, workspace: Option<&Path>) -> Result<Vec<crate::protocol::SettingChoice>> {
+        // Without a daemon the workspace's dev container image is still worth offering.
+        let client = self.client().await.ok();
+        choices::for_setting(client.as_ref(), setting, workspace).await
     }
 
     fn sends_workspace_elsewhere(&self, _settings: &serde_json::Map<String, serde_json::Value>) -> bool {

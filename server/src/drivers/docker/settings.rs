@@ -368,7 +368,7 @@ mod tests {
     #[test]
     fn the_schema_defaults_should_be_what_parse_uses() {
         let parsed = parse(json!({ "image": "x" })).unwrap();
-        let schema = crate::drivers::settings::describe(SETTINGS);
+        let schema = crate::drivers::settings::describe(SETTINGS, &[]);
         let default = |name: &str| schema.iter().find(|setting| setting.name == name).and_then(|setting| setting.default.clone());
         assert_eq!(default("remoteRoot"), Some(json!(parsed.remote_root)));
         assert_eq!(default("pids"), Some(json!(parsed.pids_limit)));

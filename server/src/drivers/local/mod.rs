@@ -808,7 +808,7 @@ mod tests {
     #[test]
     fn the_schema_defaults_should_be_what_the_options_use() {
         let parsed = options(json!({})).expect("valid");
-        let schema = super::super::settings::describe(SETTINGS);
+        let schema = super::super::settings::describe(SETTINGS, &[]);
         let default = |name: &str| schema.iter().find(|setting| setting.name == name).and_then(|setting| setting.default.clone());
         assert_eq!(default("maxProcesses"), Some(json!(parsed.max_processes)));
         assert_eq!(default("unixSockets"), Some(json!(parsed.unix_sockets)));

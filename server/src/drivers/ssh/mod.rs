@@ -210,8 +210,16 @@ impl Driver {
         let runs = Arc::new(Runs {
             connection: connection.clone(),
             transport: transport.clone(),
-            helper: Arc::new(Agent::new(transport)),
+            helper: Arc::new(Agent::new(transport.clone())),
+            launcher: Arc::new(Agent::new(transport)),
             folder: format!("{state}/runs"),
+        });
+        // The launcher's shell opens now, off the connect's path, so the first run does not pay for it.
+        let launcher = runs.launcher.clone();
+        tokio::spawn(async move {
+            if let Err(error) = launcher.run(":", &[], None).await {
+                tracing::debug!(%error, "the launcher shell did not start ahead of the first run");
+            }
         });
         Ok(Arc::new(SshSandbox { connection, root, own_root, state, env: settings.env, files, runs }))
     }

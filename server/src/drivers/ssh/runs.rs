@@ -52,10 +52,14 @@ if [ "$1" = eval ]; then sandlink_line=$2; shift $#; unset n; eval "$sandlink_li
 ///
 /// A run that ends within 30 ms (a timer's USR1 interrupts the `wait`) is answered with its files as they are,
 /// without starting the two `tail -f`, whose start and end cost more than a short run itself.
+///
+/// `$4` = 2 starts the run from the session's launcher shell (`LAUNCH`) instead of a channel of its own: after those
+/// 30 ms it answers, without following, the trailer with the exit status, or `-` while the run goes on, and the files'
+/// contents only when the run ended and they hold at most 1 MiB (else a catch-up reads them in pieces).
 const FOLLOW: &str = r#"d=$1; o=$2; e=$3; launch=$4; token=$5
 w=
 trap : USR1
-if [ "$launch" = 1 ]; then
+if [ "$launch" != 0 ]; then
   input=$6; cwd=$7; wrapper=$8; RUN=$9; export RUN; shift 9
   mkdir -p "$d" && cd "$d" || exit 125
   : >out; : >err
@@ -68,6 +72,16 @@ if [ "$launch" = 1 ]; then
   wait "$w"
 else
   cd "$d" || exit 125
+fi
+if [ "$launch" = 2 ]; then
+  if [ -s code ]; then read -r c <code; else c=-; fi
+  if [ -s out ] || [ -s err ]; then set -- $(wc -c out err); else set -- 0 out 0; fi
+  if [ "$c" != - ] && [ $(($1 + $3)) -le 1048576 ]; then
+    [ "$1" = 0 ] || cat out
+    [ "$3" = 0 ] || cat err >&2
+  fi
+  printf '__sandlink_end_%s %s %s %s\n' "$token" "$c" "$1" "$3"
+  exit 0
 fi
 if [ -s code ]; then
   [ ! -s out ] || tail -c +$((o + 1)) out
@@ -85,6 +99,9 @@ if [ -s code ]; then read -r c <code; else c=lost; fi
 if [ -s out ] || [ -s err ]; then set -- $(wc -c out err); else set -- 0 out 0; fi
 printf '__sandlink_end_%s %s %s %s\n' "$token" "$c" "$1" "$3"
 exit 0"#;
+
+/// Runs `FOLLOW` (`$1`) with the rest as its arguments, in the launcher shell's request subshell, which it replaces.
+const LAUNCH: &str = r#"follow=$1; shift; exec /bin/sh -c "$follow" sandlink "$@""#;
 
 /// `$1` = run folder, `$2`/`$3` = bytes delivered, `$4` = most bytes to send per stream: a line `CODE OUT ERR`
 /// (CODE `-` while the run goes on, `lost` when its wrapper died without writing it; OUT, ERR the files' sizes), then the undelivered stdout and stderr, each cut
@@ -121,6 +138,9 @@ pub struct Runs {
     pub transport: Arc<dyn Transport>,
     /// The helper shell for catch-ups and signals, apart from sync's so neither waits behind the other.
     pub helper: Arc<Agent>,
+    /// The shell that starts runs without stdin: one request on a shell already open costs less than opening a
+    /// channel (which is what `ssh host true` costs), so a short run ends before a channel could have opened.
+    pub launcher: Arc<Agent>,
     /// `<state>/runs` on the remote.
     pub folder: String,
 }
@@ -143,11 +163,20 @@ impl Runs {
     ) -> Result<Process> {
         let token = format!("run-{}", crate::ids::short_id());
         let folder = format!("{}/{token}", self.folder);
-        let mut follow = vec![folder.clone(), "0".into(), "0".into(), "1".into(), token.clone()];
-        follow.extend([if stdin { "1" } else { "0" }.to_string(), directory, WRAPPER.to_string(), RUN.to_string()]);
-        follow.extend(command_with_environment(env, launch));
-        let channel = self.follower(follow, stdin).await?;
-        let input = stdin.then_some(channel.input);
+        let mut start = vec![if stdin { "1" } else { "0" }.to_string(), directory, WRAPPER.to_string(), RUN.to_string()];
+        start.extend(command_with_environment(env, launch));
+        let head = |mode: &str| vec![folder.clone(), "0".into(), "0".into(), mode.to_string(), token.clone()];
+        let (output, follower_exit, input) = match stdin {
+            // Input needs a channel whose stdin feeds the run's FIFO.
+            true => {
+                let channel = self.follower([head("1"), start].concat(), true).await?;
+                (channel.output, channel.exit, Some(channel.input))
+            }
+            false => {
+                let (output, exit) = self.launch(&folder, [head("2"), start].concat()).await?;
+                (output, exit, None)
+            }
+        };
         let (stdout_reader, stdout_writer) = tokio::io::duplex(PIPE_BYTES);
         let (stderr_reader, stderr_writer) = tokio::io::duplex(PIPE_BYTES);
         let (exit_sender, exit_receiver) = tokio::sync::oneshot::channel();
@@ -157,7 +186,7 @@ impl Runs {
         let (task_folder, task_signalled, task_finished) = (folder.clone(), signalled.clone(), finished.clone());
         tokio::spawn(async move {
             let streams = Streams { stdout: stdout_writer, stderr: stderr_writer, out_sent: 0, err_sent: 0 };
-            let status = runs.follow(task_folder, token, channel.output, channel.exit, streams, task_signalled).await;
+            let status = runs.follow(task_folder, token, output, follower_exit, streams, task_signalled).await;
             task_finished.store(true, Ordering::SeqCst);
             let _ = exit_sender.send(status);
         });
@@ -166,6 +195,37 @@ impl Runs {
         });
         let control = Arc::new(RunControl { helper: self.helper.clone(), folder, signalled, finished });
         Ok(Process { stdout: Box::pin(stdout_reader), stderr: Box::pin(stderr_reader), stdin: input, control, exit })
+    }
+
+    /// Starts a run through the launcher shell; answers what it printed as the first stretch of the run's output,
+    /// which `follow` reads as it would a follower's (the trailer ends it, or says the run goes on). When the
+    /// launcher failed, the run's folder tells whether it started: if so it is followed from its files, else it is
+    /// started through a channel of its own, so a run never starts twice.
+    async fn launch(
+        &self,
+        folder: &str,
+        arguments: Vec<String>,
+    ) -> Result<(crate::drivers::shell::OutputStream, futures::future::BoxFuture<'static, Result<i64>>)> {
+        let done: futures::future::BoxFuture<'static, Result<i64>> = Box::pin(async { Ok(0) });
+        let mut launched = vec![FOLLOW];
+        launched.extend(arguments.iter().map(String::as_str));
+        match self.launcher.run(LAUNCH, &launched, None).await {
+            Ok(reply) => {
+                let chunks = [Ok(Chunk::Stdout(reply.stdout.into())), Ok(Chunk::Stderr(reply.stderr.into()))];
+                Ok((futures::stream::iter(chunks).boxed(), done))
+            }
+            Err(error) => {
+                tracing::debug!(%error, "the launcher shell failed; looking whether the run started");
+                let started = self.helper.run(r#"[ -d "$1" ] && echo started || echo absent"#, &[folder], None).await?;
+                if String::from_utf8_lossy(&started.stdout).trim() == "started" {
+                    return Ok((futures::stream::empty().boxed(), done));
+                }
+                let mut fallback = arguments;
+                fallback[3] = "1".into();
+                let channel = self.follower(fallback, false).await?;
+                Ok((channel.output, channel.exit))
+            }
+        }
     }
 
     async fn follower(&self, arguments: Vec<String>, stdin: bool) -> Result<crate::drivers::shell::Channel> {

@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn the_schema_defaults_should_be_what_parse_uses() {
         let parsed = parse(json!({})).expect("valid");
-        let schema = crate::drivers::settings::describe(SETTINGS);
+        let schema = crate::drivers::settings::describe(SETTINGS, &[]);
         let default = |name: &str| schema.iter().find(|setting| setting.name == name).and_then(|setting| setting.default.clone());
         assert_eq!(default("baseUrl"), Some(json!(parsed.base_url)));
         assert_eq!(default("timeoutSeconds"), Some(json!(parsed.timeout_seconds)));

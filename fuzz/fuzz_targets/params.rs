@@ -69,6 +69,7 @@ fn every_request(value: &Value) {
     decode::<proto::TasksRequest>(value);
     decode::<proto::AllowSecretRequest>(value);
     decode::<proto::SettingChoicesRequest>(value);
+    decode::<proto::KeepaliveRequest>(value);
     notification::<proto::OutputNotification>(value);
     notification::<proto::ExitNotification>(value);
     notification::<proto::SessionStateNotification>(value);

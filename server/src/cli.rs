@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
+mod manage;
+
 use crate::drivers::process::signal_number;
 use crate::engine::{Engine, Events};
 use crate::progress::NoProgress;
@@ -164,6 +166,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config_file: Option<String>,
     },
+    #[command(flatten)]
+    Manage(manage::ManageCommand),
 }
 
 #[derive(Subcommand)]
@@ -283,6 +287,10 @@ pub fn main() -> ExitCode {
                 eprintln!("sandlink recorded the key {fingerprint} of {host} in {}", written.known_hosts);
                 Ok(())
             }))
+        }
+        Some(Command::Manage(command)) => {
+            crate::logging::init("warn", None);
+            runtime.block_on(manage::run(command))
         }
     }
 }
@@ -454,6 +462,9 @@ async fn run_inner(options: RunOptions) -> Result<ExitCode, Error> {
             env: Some(env),
             stdin: false,
             timeout_ms: options.timeout.map(|seconds| (seconds * 1000.0) as u64),
+            detach: false,
+            max_duration_seconds: None,
+            warn_at_seconds: None,
         })
         .await;
     let exit = match started {
@@ -539,7 +550,13 @@ impl Events for TerminalEvents {
     }
 
     async fn timeout_warning(&self, params: TimeoutWarningParams) {
-        eprintln!("sandlink: the sandbox expires in {} s", params.seconds_left);
+        match (params.reason, &params.run_id) {
+            (Some(crate::protocol::LimitReason::RunLimit), Some(run_id)) => eprintln!(
+                "sandlink: run {run_id} reaches its time limit in {} s (at {}); it will be stopped then",
+                params.seconds_left, params.expires_at
+            ),
+            _ => eprintln!("sandlink: the sandbox expires in {} s", params.seconds_left),
+        }
     }
 }
 
@@ -572,15 +589,17 @@ async fn sessions_command(action: Option<SessionsCommand>, json: bool) -> Result
         } else if sessions.is_empty() {
             println!("no sandboxes are kept");
         } else {
-            println!("{:<14} {:<8} {:<13} {:<20} WORKSPACE", "ID", "DRIVER", "STATE", "LAST ACTIVE");
+            println!("{:<14} {:<8} {:<13} {:<20} {:<9} WORKSPACE", "ID", "DRIVER", "STATE", "LAST ACTIVE", "COST");
             for session in &sessions {
                 let state = serde_json::to_value(session.state).ok().and_then(|v| v.as_str().map(String::from));
+                let cost = session.cost.as_ref().map_or("-".to_string(), |cost| format!("${:.2}", cost.usd));
                 println!(
-                    "{:<14} {:<8} {:<13} {:<20} {}",
+                    "{:<14} {:<8} {:<13} {:<20} {:<9} {}",
                     session.session_id,
                     session.driver,
                     state.unwrap_or_default(),
                     session.last_activity.get(..19).unwrap_or(&session.last_activity),
+                    cost,
                     session.workspace_folder.as_deref().unwrap_or("-"),
                 );
             }

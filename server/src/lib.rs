@@ -20,3 +20,5 @@ pub mod statefile;
 pub mod streams;
 pub mod sync;
 pub mod tasks;
+pub mod policy;
+pub mod cost;

@@ -92,6 +92,8 @@ request!(/// Uploads one file that sync held back as a likely secret, after the 
     AllowSecretRequest, "sandlink/allowSecret", AllowSecretParams, SyncResult);
 request!(/// Values a driver setting may take here (Docker's local images, the workspace's dev container image).
     SettingChoicesRequest, "sandlink/settingChoices", SettingChoicesParams, SettingChoicesResult);
+request!(/// Counts as activity for the lifecycle manager, which keeps the session's sandbox alive while an agent thinks.
+    KeepaliveRequest, "sandlink/keepalive", SessionParams, EmptyResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -437,6 +439,9 @@ pub struct SessionInfo {
     /// Who holds the session, as `sandlink/sessions` lists it; absent elsewhere and for expired records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Holder>,
+    /// What the session has cost so far by sandlink's price table (see docs/cost.md); absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<SessionCost>,
 }
 
 /// Who holds a session in `sandlink/sessions`, so editors need not read it from `message`.
@@ -531,6 +536,16 @@ pub struct RunParams {
     #[serde(default)]
     pub stdin: bool,
     pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub detach: bool,
+    /// The run's hard limit in seconds, enforced by the lifecycle manager (warnings, snapshot, graceful stop with
+    /// reason `runLimit`); absent: the profile's `lifecycle.maxDuration`, else one hour for detached runs, else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_seconds: Option<u64>,
+    /// When, in seconds after the start, `sandlink/timeoutWarning` (reason `runLimit`) is sent; absent: the
+    /// profile's `lifecycle.warnAt`, else half and five sixths of the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_at_seconds: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -614,6 +629,12 @@ pub struct PreviewResult {
 pub struct ExtendParams {
     pub session_id: String,
     pub seconds: u64,
+    /// What to extend: `sandboxExpiry` (the default) the sandbox's lifetime, `runLimit` the hard limit of the
+    /// session's limited runs (only `runId`'s when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<LimitReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -720,6 +741,9 @@ pub struct RunInfo {
     /// How it ended, as `sandlink/exit` said; absent while it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitParams>,
+    /// Its share of the session's cost so far (while it runs) or in all (once it ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<RunCost>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -859,6 +883,12 @@ pub struct ExitParams {
     /// Why the run ended abnormally (the sandbox died, the connection dropped), as a sentence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why sandlink ended it, when it did: `runLimit`, `costLimit`, `timeout` or `cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ExitReason>,
+    /// Its share of the session's cost (the session's hourly price over the run's duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<RunCost>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -892,6 +922,11 @@ pub struct TimeoutWarningParams {
     pub session_id: String,
     pub expires_at: String,
     pub seconds_left: u64,
+    /// What ends: the sandbox (`sandboxExpiry`, also when absent) or one run at its limit (`runLimit`, with `runId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<LimitReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// The `initialize` result's `capabilities.experimental.sandlink`.
@@ -929,6 +964,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     TasksRequest::METHOD,
     AllowSecretRequest::METHOD,
     SettingChoicesRequest::METHOD,
+    KeepaliveRequest::METHOD,
 ];
 
 /// Every custom notification method.
@@ -940,3 +976,56 @@ pub const NOTIFICATION_METHODS: &[&str] = &[
     PreviewReadyNotification::METHOD,
     TimeoutWarningNotification::METHOD,
 ];
+
+/// What a lifecycle warning or extension is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LimitReason {
+    /// A run's hard limit (`maxDuration`).
+    RunLimit,
+    /// The sandbox's own lifetime at its provider.
+    SandboxExpiry,
+}
+
+/// Why sandlink ended a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ExitReason {
+    /// It reached its hard limit (`maxDuration`).
+    RunLimit,
+    /// Its session reached its `maxCost`.
+    CostLimit,
+    /// It reached its `timeoutMs`.
+    Timeout,
+    /// It was cancelled (`sandlink/cancel`, a disconnect).
+    Cancelled,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::RunLimit => "runLimit",
+            ExitReason::CostLimit => "costLimit",
+            ExitReason::Timeout => "timeout",
+            ExitReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A session's cost so far, estimated from sandlink's price table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCost {
+    pub usd: f64,
+    pub usd_per_hour: f64,
+    /// When the estimate starts (the session's start).
+    pub since: String,
+}
+
+/// A run's share of its session's cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCost {
+    pub usd: f64,
+    pub usd_per_hour: f64,
+}

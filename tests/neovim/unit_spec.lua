@@ -149,6 +149,19 @@ test('timeout_warning_should_reach_vim_notify_as_a_warning', function()
   assert_equal(vim.log.levels.WARN, warning.level, 'level')
 end)
 
+test('run_limit_warning_should_name_the_run_and_leave_the_sessions_expiry_alone', function()
+  local handlers = require('sandlink.handlers').for_client_config()
+  local captured, stop = harness.capture_notifications()
+  handlers['sandlink/timeoutWarning'](nil, {
+    sessionId = 'nobody', expiresAt = '2030-01-01T00:00:00Z', secondsLeft = 600, reason = 'runLimit', runId = 'run-limited',
+  }, { client_id = -1 })
+  stop()
+  local warning = harness.find_notification(captured, 'run run%-limited is stopped at its time limit in 10 minutes')
+  assert_true(warning ~= nil, 'a notification about the run: ' .. vim.inspect(captured))
+  assert_equal(vim.log.levels.WARN, warning.level, 'level')
+  assert_true(harness.find_notification(captured, 'sandbox expires') == nil, 'not a sandbox expiry')
+end)
+
 test('output_that_arrives_before_the_run_response_should_be_replayed_into_the_run_buffer', function()
   local state = require('sandlink.state')
   local handlers = require('sandlink.handlers')

@@ -528,6 +528,19 @@ export class Ctx implements vscode.Disposable {
 
     private onTimeoutWarning(params: protocol.TimeoutWarningParams): void {
         writeTestLog("timeoutWarning", { ...params });
+        if (params.reason === "runLimit" && params.runId !== undefined) {
+            // A run nears its hard limit (the lifecycle policy); the sandbox itself does not expire.
+            const runId = params.runId;
+            const minutes = Math.max(1, Math.round(params.secondsLeft / 60));
+            void vscode.window
+                .showWarningMessage(`sandlink: run ${runId} is stopped at its time limit in about ${minutes} min.`, "Extend 30 min")
+                .then((choice) => {
+                    if (choice === "Extend 30 min") {
+                        void this.request(protocol.extend, { sessionId: params.sessionId, seconds: 1800, reason: "runLimit", runId });
+                    }
+                });
+            return;
+        }
         if (this.session?.sessionId === params.sessionId) {
             this.session = { ...this.session, expiresAt: params.expiresAt };
             this.refreshView();

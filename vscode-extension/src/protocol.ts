@@ -109,6 +109,8 @@ export interface SessionInfo {
     jobs: JobInfo[];
     /** Who holds the session, in `sandlink/sessions` answers; absent elsewhere and for expired records. */
     held?: "here" | "kept" | "orphaned" | "elsewhere";
+    /** What the session has cost so far by sandlink's price table (docs/cost.md). */
+    cost?: SessionCost;
 }
 
 export type JobKind = "connect" | "sync" | "snapshot" | "restore";
@@ -232,6 +234,11 @@ export interface RunParams {
     env?: Record<string, string>;
     stdin?: boolean;
     timeoutMs?: number;
+    detach?: boolean;
+    /** The run's hard limit; absent: the profile's `lifecycle.maxDuration`, else one hour for detached runs, else none. */
+    maxDurationSeconds?: number;
+    /** When `sandlink/timeoutWarning` (reason `runLimit`) is sent, in seconds after the start. */
+    warnAtSeconds?: number[];
 }
 export const run = new RequestType<RunParams, { runId: string }, void>("sandlink/run");
 
@@ -271,9 +278,30 @@ export const sync = new RequestType<SyncParams, SyncResult, void>("sandlink/sync
 
 export const preview = new RequestType<{ sessionId: string; port: number }, { url: string }, void>("sandlink/preview");
 
-export const extend = new RequestType<{ sessionId: string; seconds: number }, { expiresAt: string }, void>(
-    "sandlink/extend",
-);
+export interface ExtendParams {
+    sessionId: string;
+    seconds: number;
+    /** `sandboxExpiry` (the default) extends the sandbox; `runLimit` the session's limited runs (`runId`'s alone when given). */
+    reason?: LimitReason;
+    runId?: string;
+}
+export const extend = new RequestType<ExtendParams, { expiresAt: string }, void>("sandlink/extend");
+
+/** Counts as activity, so the session's sandbox is kept alive while an agent thinks between commands. */
+export const keepalive = new RequestType<{ sessionId: string }, EmptyResult, void>("sandlink/keepalive");
+
+export type LimitReason = "runLimit" | "sandboxExpiry";
+export type ExitReason = "runLimit" | "costLimit" | "timeout" | "cancelled";
+export interface SessionCost {
+    usd: number;
+    usdPerHour: number;
+    /** When the estimate starts (the session's start). */
+    since: string;
+}
+export interface RunCost {
+    usd: number;
+    usdPerHour: number;
+}
 
 export const snapshot = new RequestType<{ sessionId: string; name?: string }, { snapshotId: string; note?: string }, void>(
     "sandlink/snapshot",
@@ -336,6 +364,8 @@ export interface RunInfo {
     startedAt: string;
     /** How it ended, as `sandlink/exit` said; absent while it runs. */
     exit?: ExitParams;
+    /** Its share of the session's cost so far, or in all once it ended. */
+    cost?: RunCost;
 }
 export const runs = new RequestType<{ sessionId?: string }, { runs: RunInfo[] }, void>("sandlink/runs");
 
@@ -428,6 +458,10 @@ export interface ExitParams {
     timedOut: boolean;
     durationMs: number;
     logPath?: string;
+    message?: string;
+    /** Why sandlink ended it, when it did. */
+    reason?: ExitReason;
+    cost?: RunCost;
 }
 export const exit = new NotificationType<ExitParams>("sandlink/exit");
 
@@ -452,6 +486,9 @@ export interface TimeoutWarningParams {
     sessionId: string;
     expiresAt: string;
     secondsLeft: number;
+    /** What ends: the sandbox (`sandboxExpiry`, also when absent) or one run at its limit (`runLimit`, with `runId`). */
+    reason?: LimitReason;
+    runId?: string;
 }
 export const timeoutWarning = new NotificationType<TimeoutWarningParams>("sandlink/timeoutWarning");
 

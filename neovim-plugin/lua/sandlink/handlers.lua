@@ -190,6 +190,12 @@ local function describe_seconds(seconds)
 end
 
 function handlers.on_timeout_warning(params, workspace)
+  if params.reason == 'runLimit' and params.runId ~= nil then
+    -- A run nears its hard limit (the lifecycle policy); the sandbox itself does not expire.
+    vim.notify('sandlink: run ' .. tostring(params.runId) .. ' is stopped at its time limit in '
+      .. describe_seconds(params.secondsLeft) .. ' (at ' .. tostring(params.expiresAt) .. ')', vim.log.levels.WARN)
+    return
+  end
   if session_matches(workspace, params.sessionId) then
     workspace.session.expiresAt = params.expiresAt
   end

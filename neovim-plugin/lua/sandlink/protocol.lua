@@ -30,6 +30,7 @@ protocol.request = {
   accept_host_key = 'sandlink/acceptHostKey',
   allow_secret = 'sandlink/allowSecret',
   setting_choices = 'sandlink/settingChoices',
+  keepalive = 'sandlink/keepalive',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

@@ -32,6 +32,13 @@ pub const COMMON: &[SettingSpec] = &[
         default: Some("\"on\""),
         description: "the network policy: \"on\", \"off\" or a list of host names with optional ports",
     },
+    SettingSpec {
+        key: crate::policy::LIFECYCLE_KEY,
+        kind: SettingKind::Table,
+        required: false,
+        default: None,
+        description: "the lifecycle policy: { maxDuration = \"1h\", warnAt = [\"30m\", \"50m\"], maxCost = 5.0 } (docs/protocol.md, Lifecycle and cost)",
+    },
 ];
 
 /// The JSON type a setting must have.
@@ -124,6 +131,10 @@ pub fn validate(driver: &str, schema: &[SettingSpec], settings: &Map<String, Val
             if !value.is_null() {
                 NetworkPolicy::from_value(value)?;
             }
+            continue;
+        }
+        if key == crate::policy::LIFECYCLE_KEY {
+            crate::policy::Lifecycle::from_value(value)?;
             continue;
         }
         let Some(spec) = schema.iter().chain(COMMON).find(|spec| spec.key == key) else {
@@ -317,6 +328,7 @@ mod tests {
         cpus: Option<i64>,
         network: Option<serde::de::IgnoredAny>,
         sync: Option<serde::de::IgnoredAny>,
+        lifecycle: Option<serde::de::IgnoredAny>,
     }
 
     #[derive(serde::Deserialize)]
@@ -325,6 +337,7 @@ mod tests {
         image: Option<String>,
         network: Option<serde::de::IgnoredAny>,
         sync: Option<serde::de::IgnoredAny>,
+        lifecycle: Option<serde::de::IgnoredAny>,
     }
 
     #[test]
@@ -351,7 +364,7 @@ mod tests {
     fn describe_should_list_own_then_common_settings_with_wire_types() {
         let schema = describe(SCHEMA, &[]);
         let names: Vec<&str> = schema.iter().map(|setting| setting.name.as_str()).collect();
-        assert_eq!(names, ["image", "cpus", "sync", "network"]);
+        assert_eq!(names, ["image", "cpus", "sync", "network", "lifecycle"]);
         assert_eq!(schema[1].kind, "integer");
         assert_eq!(schema[1].default, Some(json!(1)));
         assert_eq!(schema[3].default, Some(json!("on")));

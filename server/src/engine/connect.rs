@@ -361,6 +361,11 @@ impl Engine {
             sync.start_background();
         }
         self.emit_state(&session, SessionState::Active, None).await;
+        let how = match on_failure {
+            OnFailure::Discard => "sessionCreated",
+            OnFailure::KeepInError => "sessionReattached",
+        };
+        self.start_policy(&session, how).await;
         self.lifecycle.watch(&session);
         self.watch_for_failure(&session);
         Ok(session.info())

@@ -130,6 +130,7 @@ impl Engine {
             session.release_claim();
             return Err(error);
         }
+        self.audit_session_ended(&session.id, params.keep);
         if params.keep {
             session.update(|mutable| {
                 mutable.state = SessionState::Disconnected;
@@ -161,6 +162,7 @@ impl Engine {
         }
         drop(claim);
         self.remove_record(session_id).await;
+        self.audit_session_ended(session_id, false);
         self.events
             .session_state(SessionStateParams {
                 session_id: session_id.to_string(),
@@ -206,10 +208,13 @@ impl Engine {
         // Each kept sandbox is asked about at once: one that is slow to answer (a cloud API) must not make the
         // whole listing wait for every other one in turn.
         let mut checks = Vec::new();
+        let prices = self.load_profiles(None).await.map(|profiles| profiles.prices()).unwrap_or_default();
+        let mut rates = std::collections::HashMap::new();
         for record in records {
             if sessions.iter().any(|session| session.session_id == record.session_id) {
                 continue;
             }
+            rates.insert(record.session_id.clone(), prices.usd_per_hour(&record.driver, &record.settings));
             let store = self.store.clone();
             let id = record.session_id.clone();
             let claimed = statefile::blocking(move || Ok(store.is_claimed(&id))).await.unwrap_or(false);
@@ -224,6 +229,13 @@ impl Engine {
             checks.push(self.check_kept(record));
         }
         sessions.extend(futures::future::join_all(checks).await);
+        // A kept sandbox still costs until it is removed; an expired one no longer does.
+        let now = time::OffsetDateTime::now_utc();
+        for session in sessions.iter_mut().filter(|session| session.cost.is_none() && session.state != SessionState::Expired) {
+            if let Some(rate) = rates.get(&session.session_id) {
+                session.cost = Some(crate::cost::session_cost(*rate, &session.started_at, now));
+            }
+        }
         sessions.sort_by(|left, right| left.started_at.cmp(&right.started_at));
         sessions
     }

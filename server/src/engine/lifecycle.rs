@@ -146,11 +146,63 @@ pub struct Manager {
     events: Arc<dyn Events>,
     watched: Arc<Mutex<HashMap<String, Watched>>>,
     started: std::sync::Once,
+    /// Run limits, cost limits, keepalives and heartbeats (see `limits`).
+    limits: super::limits::State,
+    audit: Arc<super::audit::Audit>,
+    /// How often it looks, in milliseconds (`TICK`; tests that drive a fake's clock look more often).
+    tick_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Manager {
     pub fn new(clock: Arc<dyn Clock>, runs: RunTable, events: Arc<dyn Events>) -> Arc<Self> {
-        Arc::new(Manager { clock, runs, events, watched: Arc::default(), started: std::sync::Once::new() })
+        Manager::with_audit(clock, runs, events, Arc::new(super::audit::Audit::disabled()))
+    }
+
+    /// A manager that records what it does at a limit (snapshots, stops) in `audit`.
+    pub fn with_audit(clock: Arc<dyn Clock>, runs: RunTable, events: Arc<dyn Events>, audit: Arc<super::audit::Audit>) -> Arc<Self> {
+        Arc::new(Manager {
+            clock,
+            runs,
+            events,
+            watched: Arc::default(),
+            started: std::sync::Once::new(),
+            limits: super::limits::State::default(),
+            audit,
+            tick_ms: std::sync::atomic::AtomicU64::new(TICK.as_millis() as u64),
+        })
+    }
+
+    /// Sets how often the manager looks.
+    pub fn set_tick(&self, tick: Duration) {
+        self.tick_ms.store(tick.as_millis().max(1) as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    pub(super) fn limits(&self) -> &super::limits::State {
+        &self.limits
+    }
+
+    pub(super) fn run_table(&self) -> &Mutex<HashMap<String, Arc<RunHandle>>> {
+        &self.runs
+    }
+
+    pub(super) fn events(&self) -> &dyn Events {
+        &*self.events
+    }
+
+    pub(super) fn audit(&self) -> &super::audit::Audit {
+        &self.audit
+    }
+
+    /// Starts the manager's one task, once.
+    pub(super) fn ensure_started(self: &Arc<Self>) {
+        self.started.call_once(|| {
+            let manager = Arc::downgrade(self);
+            tokio::spawn(async move { Manager::run(manager).await });
+        });
     }
 
     /// Starts watching a session whose sandbox has a lease; does nothing for drivers without one. Must be called
@@ -161,15 +213,16 @@ impl Manager {
         }
         let watched = Watched { session: Arc::downgrade(session), watch: Watch::default(), busy: false };
         lock(&self.watched).insert(session.id.clone(), watched);
-        self.started.call_once(|| {
-            let manager = Arc::downgrade(self);
-            tokio::spawn(async move { Manager::run(manager).await });
-        });
+        self.ensure_started();
     }
 
     async fn run(manager: Weak<Manager>) {
         loop {
-            tokio::time::sleep(TICK).await;
+            let tick = match manager.upgrade() {
+                Some(manager) => Duration::from_millis(manager.tick_ms.load(std::sync::atomic::Ordering::Relaxed)),
+                None => return,
+            };
+            tokio::time::sleep(tick).await;
             let Some(manager) = manager.upgrade() else { return };
             manager.look().await;
         }
@@ -178,6 +231,7 @@ impl Manager {
     /// One look at every watched session: decides each, and starts what it decided.
     async fn look(self: &Arc<Self>) {
         let now = self.clock.now();
+        self.look_at_limits(now);
         let mut due = Vec::new();
         {
             let mut watched = lock(&self.watched);
@@ -191,7 +245,9 @@ impl Manager {
                     return true;
                 }
                 session.update(|mutable| mutable.expires_at = Some(rfc3339(lease.expires_at)));
-                let activity = Activity { runs_in_flight: runs_in_flight(&self.runs, &session.id), last_activity: last_activity(&session) };
+                // A keepalive counts as activity, by this manager's clock.
+                let last_activity = last_activity(&session).max(self.keepalive_of(&session.id));
+                let activity = Activity { runs_in_flight: runs_in_flight(&self.runs, &session.id), last_activity };
                 let decision = decide(&lease, &activity, &entry.watch, now);
                 match decision {
                     Decision::Nothing => {}
@@ -225,6 +281,8 @@ impl Manager {
                         session_id: session.id.clone(),
                         expires_at: rfc3339(lease.expires_at),
                         seconds_left,
+                        reason: Some(crate::protocol::LimitReason::SandboxExpiry),
+                        run_id: None,
                     })
                     .await;
             }
@@ -275,7 +333,7 @@ impl Manager {
 }
 
 
-fn rfc3339(when: OffsetDateTime) -> String {
+pub(super) fn rfc3339(when: OffsetDateTime) -> String {
     when.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 

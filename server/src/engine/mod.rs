@@ -15,6 +15,9 @@ mod runs;
 pub mod session;
 pub mod store;
 mod syncing;
+pub mod audit;
+mod limits;
+mod manage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -67,6 +70,10 @@ pub struct Engine {
     lifecycle: Arc<lifecycle::Manager>,
     /// Connects, syncs, snapshots and restores in flight.
     jobs: jobs::Jobs,
+    /// What happened to sandboxes, as JSON lines in the state directory.
+    audit: Arc<audit::Audit>,
+    /// The front door this engine serves, as the audit log names it.
+    who: audit::Who,
 }
 
 impl Engine {
@@ -94,7 +101,9 @@ impl Engine {
             }
         }
         let runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>> = Arc::default();
-        let lifecycle = lifecycle::Manager::new(Arc::new(lifecycle::SystemClock), runs.clone(), events.clone());
+        let audit = Arc::new(audit::Audit::new(&state_dir));
+        let lifecycle =
+            lifecycle::Manager::with_audit(Arc::new(lifecycle::SystemClock), runs.clone(), events.clone(), audit.clone());
         Engine {
             drivers,
             state_dir,
@@ -107,6 +116,8 @@ impl Engine {
             recent_runs: Arc::default(),
             lifecycle,
             jobs: jobs::Jobs::default(),
+            audit,
+            who: audit::Who::Editor,
         }
     }
 
@@ -236,13 +247,22 @@ impl Engine {
         let session = self.session(session_id)?;
         let expires_at = session.sandbox.extend(seconds).await?;
         session.update(|mutable| mutable.expires_at = Some(expires_at.clone()));
+        self.audit.record(
+            "extended",
+            serde_json::json!({ "sessionId": session.id, "seconds": seconds, "reason": "sandboxExpiry", "expiresAt": expires_at, "who": self.who.as_str() }),
+        );
         Ok(expires_at)
     }
 
     pub async fn snapshot(&self, session_id: &str, name: Option<String>) -> Result<String> {
         let session = self.session(session_id)?;
         let _job = self.jobs.start(JobKind::Snapshot, "Snapshotting", Some(&session.id), false);
-        session.sandbox.snapshot(name).await
+        let snapshot_id = session.sandbox.snapshot(name.clone()).await?;
+        self.audit.record(
+            "snapshot",
+            serde_json::json!({ "sessionId": session.id, "snapshotId": snapshot_id, "name": name, "why": "requested", "who": self.who.as_str() }),
+        );
+        Ok(snapshot_id)
     }
 
     /// What the session's last snapshot did besides saving the files, when its driver says (see `Sandbox::snapshot_note`).

@@ -14,7 +14,7 @@ use super::Events;
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::streams::{BoxedReader, BoxedWriter};
 use crate::error::{Error, Result};
-use crate::protocol::{ExitParams, OutputParams, OutputStream};
+use crate::protocol::{ExitParams, ExitReason, OutputParams, OutputStream};
 
 /// How long a process tree gets between SIGTERM and SIGKILL.
 pub const TERMINATE_GRACE: Duration = Duration::from_millis(1500);
@@ -47,6 +47,8 @@ pub struct RunHandle {
     stop: Notify,
     /// Turns true once the run has ended and left the engine's table.
     ended: tokio::sync::watch::Sender<bool>,
+    /// Why the lifecycle manager stopped it (a limit), with the sentence `sandlink/exit` carries.
+    stop_reason: std::sync::OnceLock<(ExitReason, String)>,
 }
 
 impl RunHandle {
@@ -106,6 +108,13 @@ impl RunHandle {
             "Run {} has no open stdin: start it with `stdin: true`, and do not write after `eof`.",
             self.run_id
         ))
+    }
+
+    /// Ends the run gracefully (SIGTERM, grace, SIGKILL) for a limit; `sandlink/exit` carries `reason` and
+    /// `message` instead of `cancelled: true`.
+    pub fn stop_because(&self, reason: ExitReason, message: String) {
+        let _ = self.stop_reason.set((reason, message));
+        self.cancel();
     }
 
     /// Asks the run to end; the `exit` notification follows with `cancelled: true`.
@@ -207,6 +216,8 @@ pub struct RunContext {
     pub paths: Option<super::output::PathMapper>,
     /// Set when the run asked for stdin and its driver cannot write it (see `RunHandle::input`).
     pub stdin_refusal: Option<String>,
+    /// The session's hourly price, for the run's share of the cost in `sandlink/exit`.
+    pub usd_per_hour: Option<f64>,
 }
 
 /// Starts pumping a started process; returns the handle and a signal that lets output flow once the caller has
@@ -229,6 +240,7 @@ pub fn start(context: RunContext, mut process: Process) -> Result<(Arc<RunHandle
         cancel_requested: AtomicBool::new(false),
         stop: Notify::new(),
         ended: tokio::sync::watch::Sender::new(false),
+        stop_reason: std::sync::OnceLock::new(),
     });
     let feeder = match (process.stdin.take(), &handle.stdin) {
         (Some(writer), Some(feed)) => Some(tokio::spawn(feed_stdin(feed.clone(), writer))),
@@ -302,12 +314,13 @@ async fn pump(
         state.queued_bytes = 0;
     }
 
-    let cancelled = handle.cancel_requested.load(Ordering::SeqCst) && !timed_out;
+    let stop_reason = handle.stop_reason.get().cloned();
+    let cancelled = handle.cancel_requested.load(Ordering::SeqCst) && !timed_out && stop_reason.is_none();
     let (exit_code, signal, message) = match status {
         Ok(ExitStatus { code, signal, message }) => (code, signal, message),
         Err(error) => (None, None, Some(error.to_string())),
     };
-    let message = message.or_else(|| {
+    let message = message.or_else(|| stop_reason.as_ref().map(|(_, message)| message.clone())).or_else(|| {
         timed_out.then(|| {
             format!(
                 "The run was stopped after its timeout of {} ms.",
@@ -315,15 +328,23 @@ async fn pump(
             )
         })
     });
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let reason = match stop_reason {
+        Some((reason, _)) => Some(reason),
+        None if timed_out => Some(ExitReason::Timeout),
+        None => cancelled.then_some(ExitReason::Cancelled),
+    };
     let exit = ExitParams {
         run_id: context.run_id.clone(),
         exit_code,
         signal,
         cancelled,
         timed_out,
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_ms,
         log_path: Some(log_path_text),
         message,
+        reason,
+        cost: context.usd_per_hour.map(|usd_per_hour| crate::cost::run_cost(usd_per_hour, duration_ms)),
     };
     let _ = handle.exit.set(exit.clone());
     context.events.exit(exit).await;

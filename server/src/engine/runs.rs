@@ -42,6 +42,7 @@ impl Engine {
         if let Some(sync) = session.sync.get() {
             sync.flush().await?;
         }
+        let limit = self.run_limit(&session, &params)?;
         let run_id = format!("run-{}", short_id());
         let logs_dir = self.state_dir.join("logs");
         tokio::fs::create_dir_all(&logs_dir)
@@ -85,16 +86,25 @@ impl Engine {
                 output::PathMapper::new(&session.sandbox.remote_root(), &workspace.to_string_lossy())
             }),
             stdin_refusal,
+            usd_per_hour: session.info().cost.map(|cost| cost.usd_per_hour),
         };
         let (handle, answered, task) = run::start(context, process)?;
         let handle_for_end = handle.clone();
         lock(&self.runs).insert(run_id.clone(), handle);
+        self.audit_run_started(&run_id, &params, limit.as_ref());
+        if let Some(limit) = limit {
+            self.lifecycle.watch_run(&run_id, &session, limit);
+        }
         self.watch_ports(&session);
         let runs = self.runs.clone();
         let recent = self.recent_runs.clone();
         let finished = handle_for_end;
+        let audit = self.audit.clone();
         tokio::spawn(async move {
             let _ = task.await;
+            if let Some(exit) = finished.exit.get() {
+                audit.record("runEnded", super::manage::run_ended_fields(&finished.session_id, exit));
+            }
             {
                 let mut recent = lock(&recent);
                 recent.push_back(finished.clone());
@@ -122,6 +132,14 @@ impl Engine {
             command: run.command.clone(),
             started_at: run.started_at.clone(),
             exit: run.exit.get().cloned(),
+            cost: match run.exit.get() {
+                Some(exit) => exit.cost.clone(),
+                None => self
+                    .session(&run.session_id)
+                    .ok()
+                    .and_then(|session| session.info().cost)
+                    .map(|cost| crate::cost::run_cost(cost.usd_per_hour, run.started.elapsed().as_millis() as u64)),
+            },
         };
         // A run whose exit was just sent may still be in the table for a moment: it is listed once, as ended.
         let ended_ids: std::collections::HashSet<&str> = ended.iter().map(|run| run.run_id.as_str()).collect();

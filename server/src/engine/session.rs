@@ -21,6 +21,8 @@ pub struct SessionMutable {
     pub previews: Vec<Preview>,
     pub sync: SyncState,
     pub resources: Option<Resources>,
+    /// The session's hourly price by the price table, set once it is connected (see `crate::cost`).
+    pub usd_per_hour: Option<f64>,
 }
 
 pub struct Session {
@@ -72,6 +74,7 @@ impl Session {
                 previews: Vec::new(),
                 sync: SyncState::default(),
                 resources: None,
+                usd_per_hour: None,
             }),
         }
     }
@@ -152,6 +155,9 @@ impl Session {
             message: mutable.message,
             jobs: Vec::new(),
             held: None,
+            cost: mutable
+                .usd_per_hour
+                .map(|usd_per_hour| crate::cost::session_cost(usd_per_hour, &self.started_at, time::OffsetDateTime::now_utc())),
         }
     }
 }

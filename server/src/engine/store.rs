@@ -114,6 +114,7 @@ impl Record {
             message: Some(message),
             jobs: Vec::new(),
             held: None,
+            cost: None,
         }
     }
 

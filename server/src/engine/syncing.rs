@@ -166,6 +166,20 @@ impl Engine {
         let previous = session.state();
         self.emit_state(session, SessionState::Syncing, None).await;
         let outcome = sync.sync(direction, paths, progress).await;
+        if let Ok(result) = &outcome {
+            self.audit.record(
+                "sync",
+                serde_json::json!({
+                    "sessionId": session.id,
+                    "direction": direction,
+                    "uploaded": result.uploaded,
+                    "downloaded": result.downloaded,
+                    "deleted": result.deleted,
+                    "bytes": result.bytes,
+                    "who": self.who.as_str(),
+                }),
+            );
+        }
         let restored = if previous == SessionState::Syncing { SessionState::Active } else { previous };
         self.emit_state(session, restored, None).await;
         outcome

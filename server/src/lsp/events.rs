@@ -130,15 +130,18 @@ impl Events for LspEvents {
         if self.features().notifications {
             self.client.send_notification::<TimeoutWarningNotification>(params).await;
         } else {
-            self.client
-                .show_message(
-                    MessageType::WARNING,
-                    format!(
-                        "sandlink: session {} expires in {} s; run the sandlink.extend command to keep it.",
-                        params.session_id, params.seconds_left
-                    ),
-                )
-                .await;
+            let message = match (params.reason, &params.run_id) {
+                (Some(crate::protocol::LimitReason::RunLimit), Some(run_id)) => format!(
+                    "sandlink: run {run_id} reaches its time limit in {} s and will then be stopped; extend it with \
+                     sandlink/extend (reason \"runLimit\") to let it go on.",
+                    params.seconds_left
+                ),
+                _ => format!(
+                    "sandlink: session {} expires in {} s; run the sandlink.extend command to keep it.",
+                    params.session_id, params.seconds_left
+                ),
+            };
+            self.client.show_message(MessageType::WARNING, message).await;
         }
     }
 }

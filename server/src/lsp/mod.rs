@@ -140,6 +140,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::AcceptHostKeyRequest::METHOD, Backend::accept_host_key)
     .custom_method(proto::AllowSecretRequest::METHOD, Backend::allow_secret)
     .custom_method(proto::SettingChoicesRequest::METHOD, Backend::setting_choices)
+    .custom_method(proto::KeepaliveRequest::METHOD, Backend::keepalive)
     .finish()
 }
 
@@ -349,7 +350,7 @@ impl Backend {
 
     async fn extend(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::ExtendRequest, _, _>(params, |params| async move {
-            let expires_at = self.engine.extend(&params.session_id, params.seconds).await?;
+            let expires_at = self.engine.extend_with(params).await?;
             Ok(proto::ExtendResult { expires_at })
         })
         .await
@@ -425,6 +426,13 @@ impl Backend {
                 self.engine.session(session_id)?;
             }
             Ok(self.engine.list_runs(params.session_id.as_deref()))
+        })
+        .await
+    }
+
+    async fn keepalive(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::KeepaliveRequest, _, _>(params, |params| async move {
+            self.engine.keepalive(&params.session_id).map(|()| proto::EmptyResult {})
         })
         .await
     }

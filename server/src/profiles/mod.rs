@@ -74,6 +74,8 @@ pub struct ConfigFile {
     pub keep_on_exit: Option<bool>,
     /// For a workspace file, what trust in it is bound to, taken from the same text as the profiles.
     pub fingerprint: Option<trust::Fingerprint>,
+    /// The user's `[prices.DRIVER]` tables over the default price table (user file only; see `crate::cost`).
+    pub prices: Option<crate::cost::PriceTable>,
 }
 
 /// The user file and, when there is one, the workspace file, as seen together.
@@ -110,6 +112,11 @@ impl Profiles {
 
     pub fn keep_on_exit(&self) -> bool {
         self.user.keep_on_exit.unwrap_or(true)
+    }
+
+    /// The price table: the defaults with the user's `[prices]` over them.
+    pub fn prices(&self) -> crate::cost::PriceTable {
+        self.user.prices.clone().unwrap_or_default()
     }
 }
 
@@ -220,7 +227,11 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
                     }
                 }
             }
-            ("limits" | "sessions", Source::Workspace) => {
+            ("prices", Source::User) => {
+                let prices = toml_to_json(&value).unwrap_or(Value::Null);
+                file.prices = Some(crate::cost::PriceTable::from_config(&prices, &shown.to_string())?);
+            }
+            ("limits" | "sessions" | "prices", Source::Workspace) => {
                 return Err(Error::InvalidProfile(format!(
                     "\"{key}\" in {shown} is a user setting; a workspace file cannot change it. Put it in {} \
                      instead.",
@@ -230,7 +241,7 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
             (other, _) => {
                 return Err(Error::InvalidProfile(format!(
                     "\"{other}\" in {shown} is not a known key; the file holds \"default\", [profiles.NAME] tables{}.",
-                    if source == Source::User { ", [limits] and [sessions]" } else { "" }
+                    if source == Source::User { ", [limits], [sessions] and [prices]" } else { "" }
                 )))
             }
         }

@@ -71,6 +71,8 @@ struct Declared {
     _network: Option<serde::de::IgnoredAny>,
     #[serde(rename = "sync")]
     _sync: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "lifecycle")]
+    _lifecycle: Option<serde::de::IgnoredAny>,
 }
 
 /// The vercel driver's own settings (`sync` and `network` are common to all drivers).

@@ -454,6 +454,8 @@ async fn run_inner(options: RunOptions) -> Result<ExitCode, Error> {
             env: Some(env),
             stdin: false,
             timeout_ms: options.timeout.map(|seconds| (seconds * 1000.0) as u64),
+            detach: false,
+            pty: None,
         })
         .await;
     let exit = match started {

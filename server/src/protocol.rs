@@ -88,6 +88,8 @@ request!(/// Lists the workspace's `.sandlink.toml` tasks, so editors need no TO
     TasksRequest, "sandlink/tasks", TasksParams, TasksResult);
 request!(/// Records an SSH host's key in the user's known_hosts once the user has checked its fingerprint.
     AcceptHostKeyRequest, "sandlink/acceptHostKey", AcceptHostKeyParams, AcceptHostKeyResult);
+request!(/// Changes the window size of a run started with a terminal (`pty`); its programs get SIGWINCH.
+    ResizeRequest, "sandlink/resize", ResizeParams, EmptyResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -224,6 +226,9 @@ pub struct DriverCapabilities {
     /// Ports that start listening during a run are offered as previews unasked (`sandlink/previewReady`).
     #[serde(default)]
     pub detect_ports: bool,
+    /// Runs can be attached to a terminal (`sandlink/run` with `pty`, `sandlink/resize`).
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -483,6 +488,29 @@ pub struct RunParams {
     #[serde(default)]
     pub stdin: bool,
     pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub detach: bool,
+    /// Runs the command attached to a new pseudo-terminal of this size in the sandbox (colour, job control, line
+    /// editing); output is the terminal's raw bytes on `stdout`, input is raw keystrokes. An empty command then
+    /// starts the sandbox's login shell (`bash -l`, else `sh -l`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtySize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResizeParams {
+    pub run_id: String,
+    pub cols: u16,
+    pub rows: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -879,6 +907,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     ResolveRequest::METHOD,
     RunsRequest::METHOD,
     TasksRequest::METHOD,
+    ResizeRequest::METHOD,
 ];
 
 /// Every custom notification method.

@@ -22,6 +22,8 @@ export interface DriverCapabilities {
     metrics: boolean;
     /** Ports that start listening during a run are offered as previews unasked (`sandlink/previewReady`). */
     detectPorts?: boolean;
+    /** Runs can be attached to a terminal (`sandlink/run` with `pty`, `sandlink/resize`). */
+    terminal?: boolean;
 }
 
 /** One setting a driver takes in a profile, from the driver's typed declaration. */
@@ -230,6 +232,14 @@ export interface RunParams {
     env?: Record<string, string>;
     stdin?: boolean;
     timeoutMs?: number;
+    /** Attaches the command (the login shell when `command` is absent) to a new terminal of this size in the sandbox. */
+    pty?: PtySize;
+}
+
+/** A terminal's size in character cells. */
+export interface PtySize {
+    cols: number;
+    rows: number;
 }
 export const run = new RequestType<RunParams, { runId: string }, void>("sandlink/run");
 
@@ -375,6 +385,14 @@ export interface AcceptHostKeyResult {
     knownHosts: string;
 }
 export const acceptHostKey = new RequestType<AcceptHostKeyParams, AcceptHostKeyResult, void>("sandlink/acceptHostKey");
+
+export interface ResizeParams {
+    runId: string;
+    cols: number;
+    rows: number;
+}
+/** Changes the window size of a run started with `pty`. */
+export const resize = new RequestType<ResizeParams, EmptyResult, void>("sandlink/resize");
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)

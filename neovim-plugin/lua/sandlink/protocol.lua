@@ -28,6 +28,7 @@ protocol.request = {
   resolve = 'sandlink/resolve',
   runs = 'sandlink/runs',
   accept_host_key = 'sandlink/acceptHostKey',
+  resize = 'sandlink/resize',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

@@ -45,6 +45,9 @@ pub struct RunHandle {
     stdin_refusal: Option<String>,
     cancel_requested: AtomicBool,
     stop: Notify,
+    /// The run's process control when it was started with a terminal, which `resize` reaches; let go once the
+    /// run has ended, so a remembered run holds nothing of its sandbox.
+    terminal: std::sync::Mutex<Option<Arc<dyn ProcessControl>>>,
     /// Turns true once the run has ended and left the engine's table.
     ended: tokio::sync::watch::Sender<bool>,
 }
@@ -106,6 +109,18 @@ impl RunHandle {
             "Run {} has no open stdin: start it with `stdin: true`, and do not write after `eof`.",
             self.run_id
         ))
+    }
+
+    /// Changes the window size of the run's terminal; refused for a run started without one.
+    pub async fn resize(&self, size: crate::protocol::PtySize) -> Result<()> {
+        let control = crate::locks::lock(&self.terminal).clone();
+        match control {
+            Some(control) => control.resize(size).await,
+            None => Err(Error::InvalidParams(format!(
+                "Run {} has no terminal to resize: start it with `pty: {{ cols, rows }}`.",
+                self.run_id
+            ))),
+        }
     }
 
     /// Asks the run to end; the `exit` notification follows with `cancelled: true`.
@@ -207,6 +222,8 @@ pub struct RunContext {
     pub paths: Option<super::output::PathMapper>,
     /// Set when the run asked for stdin and its driver cannot write it (see `RunHandle::input`).
     pub stdin_refusal: Option<String>,
+    /// The run is attached to a terminal, so it can be resized.
+    pub terminal: bool,
 }
 
 /// Starts pumping a started process; returns the handle and a signal that lets output flow once the caller has
@@ -228,6 +245,7 @@ pub fn start(context: RunContext, mut process: Process) -> Result<(Arc<RunHandle
         stdin_refusal: context.stdin_refusal.clone(),
         cancel_requested: AtomicBool::new(false),
         stop: Notify::new(),
+        terminal: std::sync::Mutex::new(context.terminal.then(|| process.control.clone())),
         ended: tokio::sync::watch::Sender::new(false),
     });
     let feeder = match (process.stdin.take(), &handle.stdin) {
@@ -325,6 +343,7 @@ async fn pump(
         log_path: Some(log_path_text),
         message,
     };
+    crate::locks::lock(&handle.terminal).take();
     let _ = handle.exit.set(exit.clone());
     context.events.exit(exit).await;
 }

@@ -138,6 +138,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::RunsRequest::METHOD, Backend::runs)
     .custom_method(proto::ResolveRequest::METHOD, Backend::resolve)
     .custom_method(proto::AcceptHostKeyRequest::METHOD, Backend::accept_host_key)
+    .custom_method(proto::ResizeRequest::METHOD, Backend::resize)
     .finish()
 }
 
@@ -304,6 +305,14 @@ impl Backend {
     async fn input(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::InputRequest, _, _>(params, |params| async move {
             self.engine.input(&params.run_id, &params.text, params.eof).await.map(|()| proto::EmptyResult {})
+        })
+        .await
+    }
+
+    async fn resize(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::ResizeRequest, _, _>(params, |params| async move {
+            let size = proto::PtySize { cols: params.cols, rows: params.rows };
+            self.engine.resize(&params.run_id, size).await.map(|()| proto::EmptyResult {})
         })
         .await
     }

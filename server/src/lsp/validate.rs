@@ -6,10 +6,10 @@ use crate::protocol::{RunParams, SyncParams};
 
 /// `sandlink/run`: the command, each argument, the cwd and every environment entry must be passable to `execve`.
 pub fn run_params(params: &RunParams) -> Result<(), Error> {
-    if params.command.is_empty() && params.task.is_none() {
+    if params.command.is_empty() && params.task.is_none() && params.pty.is_none() {
         return Err(Error::InvalidParams(
             "Invalid params for sandlink/run: missing field `command` (a shell line, or a program with `args`); \
-             or name a workspace task with `task`."
+             or name a workspace task with `task`; or ask for a terminal with `pty`."
                 .into(),
         ));
     }
@@ -81,6 +81,8 @@ mod tests {
             env: Some(env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect::<BTreeMap<_, _>>()),
             stdin: false,
             timeout_ms: None,
+            detach: false,
+            pty: None,
         }
     }
 

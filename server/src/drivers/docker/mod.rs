@@ -85,6 +85,7 @@ impl Driver {
             snapshot: false,
             metrics: available,
             detect_ports: available,
+            terminal: available,
         }
     }
 }

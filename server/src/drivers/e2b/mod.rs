@@ -248,6 +248,7 @@ impl super::Driver for Driver {
                 snapshot: true,
                 metrics: true,
                 detect_ports: true,
+                terminal: false,
             },
             // `drivers::describe` fills these from the driver's declarations.
             settings: Vec::new(),

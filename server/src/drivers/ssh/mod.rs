@@ -59,6 +59,7 @@ impl Driver {
             snapshot: false,
             metrics: false,
             detect_ports: true,
+            terminal: false,
         }
     }
 }

@@ -1288,6 +1288,17 @@ commands.subcommands = {
       commands.quickfix()
     end,
   },
+  -- :Sandlink terminal [command]: a terminal buffer on the sandbox's login shell (or the command).
+  terminal = {
+    run = function(rest)
+      require('sandlink.terminal').open({ command = rest })
+    end,
+  },
+  shell = {
+    run = function(rest)
+      require('sandlink.terminal').open({ command = rest })
+    end,
+  },
 }
 
 function commands.subcommand_names()

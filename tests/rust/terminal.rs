@@ -1,7 +1,7 @@
 //! Terminals into the sandbox (`sandlink/run` with `pty`, `sandlink/resize`): a new pseudo-terminal inside the
 //! sandbox, of the asked size and resizable, that echoes and runs what is typed, passes on the exit code, ends on
-//! cancel, and confines what runs in it exactly like any other run. Run on local and on docker (which needs
-//! `tests/setup/docker.sh`; outside CI it skips without Docker, under CI a missing Docker fails it).
+//! cancel, and confines what runs in it exactly like any other run. Run on local, on docker (which needs
+//! `tests/setup/docker.sh`; outside CI it skips without Docker, under CI a missing Docker fails it) and on the E2B fake.
 
 mod support;
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use support::fake::FakeProcess;
 use support::{Server, StartOptions};
 
 const DOCKER_IMAGE: &str = "sandlink-test:busybox";
@@ -91,7 +92,11 @@ fn session(server: &Server, driver: &str) -> Option<(tempfile::TempDir, String)>
 fn login_shell_should_be_a_resizable_terminal(driver: &str) {
     let server = start_server();
     let Some((_workspace, session_id)) = session(&server, driver) else { return };
-    let mut terminal = Terminal::open(&server, &session_id, "", 100, 30);
+    check_login_shell(&server, &session_id);
+}
+
+fn check_login_shell(server: &Server, session_id: &str) {
+    let mut terminal = Terminal::open(server, session_id, "", 100, 30);
     terminal.type_text("tty; stty size; cat marker.txt\n");
     let shown = terminal.read_until("in-the-workspace");
     assert!(shown.contains("/dev/pts/"), "tty names a pseudo-terminal: {shown:?}");
@@ -144,6 +149,28 @@ fn docker_login_shell_should_be_a_resizable_terminal() {
 #[test]
 fn docker_cancel_should_end_a_terminal() {
     cancel_should_end_a_terminal("docker");
+}
+
+/// On E2B, against the in-repo fake (tests/fakes/e2b_server.py), which runs envd's `pty` processes for real.
+#[test]
+fn e2b_login_shell_should_be_a_resizable_terminal() {
+    const API_KEY: &str = "e2b_sandlink_test_key_5f0c9a7e31";
+    let Some(fake) = FakeProcess::start("E2B", "SANDLINK_E2B_FAKE_SERVER", "e2b_server.py", &["--api-key", API_KEY]) else {
+        return;
+    };
+    let server = Server::start_with(StartOptions {
+        env: vec![("E2B_API_KEY".into(), API_KEY.into())],
+        ..StartOptions::default()
+    });
+    let settings = json!({
+        "apiUrl": format!("http://127.0.0.1:{}", fake.port),
+        "domain": format!("localhost:{}", fake.port),
+        "timeoutSeconds": 300,
+        "streamKeepaliveSeconds": 1,
+    });
+    let workspace = support::workspace_with(&[("marker.txt", "in-the-workspace\n")]);
+    let session = server.connect("e2b", settings, workspace.path());
+    check_login_shell(&server, session["sessionId"].as_str().expect("sessionId"));
 }
 
 /// A terminal is a run like any other: the same user, no way to the host's files outside the workspace, and no

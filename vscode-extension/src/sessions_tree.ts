@@ -16,6 +16,7 @@ export const sessionsViewCommandIds = {
     cancelRun: "sandlink.sessions.cancelRun",
     showRunOutput: "sandlink.sessions.showRunOutput",
     openPreview: "sandlink.sessions.openPreview",
+    openTerminal: "sandlink.sessions.openTerminal",
 } as const;
 
 /** The view's id in package.json; VS Code derives the `<id>.focus` command from it. */

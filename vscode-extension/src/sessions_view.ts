@@ -15,6 +15,7 @@ import {
     type SessionsTreeNode,
 } from "./sessions_tree";
 import { commandIds } from "./status";
+import { createSandboxTerminal } from "./terminal";
 import { writeTestLog } from "./test_log";
 
 export class SessionsView implements vscode.TreeDataProvider<SessionsTreeNode>, vscode.Disposable {
@@ -132,6 +133,8 @@ export class SessionsView implements vscode.TreeDataProvider<SessionsTreeNode>, 
             register<RunNode>(ids.cancelRun, (node) => this.ctx.request(protocol.cancel, { runId: node.run.runId })),
             register<RunNode>(ids.showRunOutput, (node) => this.showRunOutput(node)),
             register<SessionsTreeNode>(ids.openPreview, (node) => (node.kind === "preview" ? this.ctx.openPreviewUrl(node.url) : undefined)),
+            // A session held here (the flag that offers Disconnect) can take a terminal.
+            register<SessionNode>(ids.openTerminal, (node) => createSandboxTerminal(this.ctx, node.session).show()),
         ];
     }
 

@@ -68,6 +68,7 @@ fn every_request(value: &Value) {
     decode::<proto::RunsRequest>(value);
     decode::<proto::TasksRequest>(value);
     decode::<proto::ResizeRequest>(value);
+    decode::<proto::AllowSecretRequest>(value);
     notification::<proto::OutputNotification>(value);
     notification::<proto::ExitNotification>(value);
     notification::<proto::SessionStateNotification>(value);

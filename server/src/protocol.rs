@@ -90,6 +90,8 @@ request!(/// Records an SSH host's key in the user's known_hosts once the user h
     AcceptHostKeyRequest, "sandlink/acceptHostKey", AcceptHostKeyParams, AcceptHostKeyResult);
 request!(/// Changes the window size of a run started with a terminal (`pty`); its programs get SIGWINCH.
     ResizeRequest, "sandlink/resize", ResizeParams, EmptyResult);
+request!(/// Uploads a file held back as a secret after all, for this session only.
+    AllowSecretRequest, "sandlink/allowSecret", AllowSecretParams, SyncResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -507,6 +509,14 @@ pub struct PtySize {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowSecretParams {
+    pub session_id: String,
+    /// As `SyncState.heldBack` names it (relative, `/`-separated), or absolute inside the workspace, or a file URI.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResizeParams {
     pub run_id: String,
     pub cols: u16,
@@ -908,6 +918,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     RunsRequest::METHOD,
     TasksRequest::METHOD,
     ResizeRequest::METHOD,
+    AllowSecretRequest::METHOD,
 ];
 
 /// Every custom notification method.

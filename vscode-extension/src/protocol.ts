@@ -394,6 +394,14 @@ export interface ResizeParams {
 /** Changes the window size of a run started with `pty`. */
 export const resize = new RequestType<ResizeParams, EmptyResult, void>("sandlink/resize");
 
+export interface AllowSecretParams {
+    sessionId: string;
+    /** As `SyncState.heldBack` names it (relative), or absolute inside the workspace, or a file URI. */
+    path: string;
+}
+/** Uploads a file held back as a secret after all, for this session only. */
+export const allowSecret = new RequestType<AllowSecretParams, SyncResult, void>("sandlink/allowSecret");
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)
 // ---------------------------------------------------------------------------------------------------------------------

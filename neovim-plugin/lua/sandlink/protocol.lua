@@ -29,6 +29,7 @@ protocol.request = {
   runs = 'sandlink/runs',
   accept_host_key = 'sandlink/acceptHostKey',
   resize = 'sandlink/resize',
+  allow_secret = 'sandlink/allowSecret',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

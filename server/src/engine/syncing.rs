@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use super::jobs::JobProgress;
 use crate::progress::Progress;
 use crate::protocol::{
-    ConflictSide, JobKind, ResolveParams, SessionState, SyncDirection, SyncParams, SyncResult, SyncState, SyncStateParams,
+    AllowSecretParams, ConflictSide, JobKind, ResolveParams, SessionState, SyncDirection, SyncParams, SyncResult, SyncState, SyncStateParams,
 };
 use crate::sync::{SessionSync, StateObserver, SyncOptions};
 
@@ -55,6 +55,23 @@ impl Engine {
         let job = self.jobs.start(JobKind::Sync, "Resolving a conflict", Some(&session.id), true);
         let progress = JobProgress { job: &job, inner: progress };
         self.sync_session(&session, direction, Some(vec![wanted]), &progress).await
+    }
+
+    /// Uploads one file held back as a secret, for this session only (see `SessionSync::allow_secret`).
+    pub async fn allow_secret(&self, params: AllowSecretParams, progress: &dyn Progress) -> Result<SyncResult> {
+        let session = self.session(&params.session_id)?;
+        let Some(sync) = session.sync.get().cloned() else {
+            return Err(Error::Unsupported("This session syncs no files, so it holds none back.".into()));
+        };
+        session.touch();
+        let job = self.jobs.start(JobKind::Sync, "Uploading an allowed file", Some(&session.id), true);
+        let progress = JobProgress { job: &job, inner: progress };
+        let previous = session.state();
+        self.emit_state(&session, SessionState::Syncing, None).await;
+        let outcome = sync.allow_secret(&params.path, &progress).await;
+        let restored = if previous == SessionState::Syncing { SessionState::Active } else { previous };
+        self.emit_state(&session, restored, None).await;
+        outcome
     }
 
     /// A file was saved in an editor: every session whose workspace holds it syncs it at once.

@@ -139,6 +139,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::ResolveRequest::METHOD, Backend::resolve)
     .custom_method(proto::AcceptHostKeyRequest::METHOD, Backend::accept_host_key)
     .custom_method(proto::ResizeRequest::METHOD, Backend::resize)
+    .custom_method(proto::AllowSecretRequest::METHOD, Backend::allow_secret)
     .finish()
 }
 
@@ -408,6 +409,13 @@ impl Backend {
     async fn resolve(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::ResolveRequest, _, _>(params, |params| async move {
             self.engine.resolve(params, &crate::progress::NoProgress).await
+        })
+        .await
+    }
+
+    async fn allow_secret(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::AllowSecretRequest, _, _>(params, |params| async move {
+            self.engine.allow_secret(params, &crate::progress::NoProgress).await
         })
         .await
     }

@@ -47,6 +47,8 @@ const SECRET_PATH_SUFFIXES: [&str; 5] = [
 /// Decides whether a workspace path is a likely secret that must not be uploaded.
 pub struct SecretFilter {
     allowed: Gitignore,
+    /// Paths the user allowed in this session only (`sandlink/allowSecret`), forgotten with it.
+    allowed_here: std::sync::RwLock<std::collections::HashSet<String>>,
     /// The content check, unless the user turned it off (`sync.scanContent = false`).
     content: Option<Arc<ContentCheck>>,
 }
@@ -54,7 +56,11 @@ pub struct SecretFilter {
 impl SecretFilter {
     /// A filter by name only.
     pub fn new(workspace: &Path, allow_patterns: &[String]) -> Result<Self> {
-        Ok(SecretFilter { allowed: build_patterns(workspace, allow_patterns, "sync.allowSecrets")?, content: None })
+        Ok(SecretFilter {
+            allowed: build_patterns(workspace, allow_patterns, "sync.allowSecrets")?,
+            allowed_here: Default::default(),
+            content: None,
+        })
     }
 
     /// A filter by name and, when `scan_content`, by content.
@@ -66,7 +72,17 @@ impl SecretFilter {
 
     fn is_allowed(&self, relative: &str) -> bool {
         // Only relative paths can be allowed; the matcher asserts as much (found by fuzzing with "/x").
-        !relative.starts_with('/') && self.allowed.matched_path_or_any_parents(relative, false).is_ignore()
+        if relative.starts_with('/') {
+            return false;
+        }
+        // The lock guards a plain set, consistent across a panic, so a poisoned one is used as it is.
+        let allowed_here = self.allowed_here.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        allowed_here.contains(relative) || self.allowed.matched_path_or_any_parents(relative, false).is_ignore()
+    }
+
+    /// Lets one file through from now on, for as long as this filter (its session) lives.
+    pub fn allow_here(&self, relative: &str) {
+        self.allowed_here.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(relative.to_string());
     }
 
     /// True for a relative, `/`-separated path that looks like a secret (by name, or by the content it was last

@@ -340,6 +340,26 @@ impl SessionSync {
         outcome
     }
 
+    /// Uploads a file held back as a secret after all, and every later version of it, for as long as the session
+    /// lives (the user's explicit choice; `sync.allowSecrets` is the lasting one). A path that is not held back now
+    /// is refused, so a stale click cannot upload a file the user never saw listed.
+    pub async fn allow_secret(&self, path: &str, progress: &dyn Progress) -> Result<SyncResult> {
+        let relative = self.relative(path)?;
+        let held = self.state();
+        let listed = held.held_back.iter().any(|file| file.path == relative) || held.held_back_secrets.contains(&relative);
+        if !listed {
+            return Err(Error::InvalidParams(match held.held_back_secrets.is_empty() {
+                true => format!("\"{relative}\" is not held back: this session holds back no files now."),
+                false => format!(
+                    "\"{relative}\" is not held back; the files held back now are: {}.",
+                    held.held_back_secrets.join(", ")
+                ),
+            }));
+        }
+        self.inner.scanner.secrets.allow_here(&relative);
+        self.sync(SyncDirection::Up, Some(vec![relative]), progress).await
+    }
+
     /// A user-given path (relative, absolute inside the workspace, or a file URI) as a relative path.
     fn relative(&self, path: &str) -> Result<String> {
         let local = if path.starts_with("file:") { crate::paths::path_from_uri_or_path(path)? } else { PathBuf::from(path) };

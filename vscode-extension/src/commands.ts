@@ -170,6 +170,7 @@ export async function connectWith(ctx: Ctx, params: Omit<protocol.ConnectParams,
     ctx.adoptSession(session);
     ctx.logChannel.info(`Connected: session ${session.sessionId} (${session.driver}), remote root ${session.remoteRoot}.`);
     ctx.noticeNewConflicts(session.sync.conflicts);
+    ctx.noticeHeldBack(session);
 }
 
 export function disconnect(ctx: Ctx): Cmd {

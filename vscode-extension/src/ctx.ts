@@ -481,6 +481,48 @@ export class Ctx implements vscode.Disposable {
         this.noticeNewConflicts(syncState.conflicts);
     }
 
+    /**
+     * Says which files were held back as secrets, with an action to upload one anyway for this session (a connect's
+     * notice); the Sessions view lists them all with the same action.
+     */
+    noticeHeldBack(session: protocol.SessionInfo): void {
+        const held = session.sync.heldBack?.map((file) => file.path) ?? session.sync.heldBackSecrets ?? [];
+        if (held.length === 0) {
+            return;
+        }
+        writeTestLog("heldBackNotice", { paths: held });
+        const shown = held.slice(0, 3).join(", ") + (held.length > 3 ? ` and ${held.length - 3} more` : "");
+        const allow = held.length === 1 ? `Allow ${held[0]} for This Session` : "Allow One for This Session";
+        void vscode.window
+            .showInformationMessage(`sandlink: not uploaded because they look like secrets: ${shown}.`, allow, "Show in Sessions View")
+            .then(async (choice) => {
+                if (choice === allow) {
+                    const path = held.length === 1 ? held[0] : await vscode.window.showQuickPick(held, { placeHolder: "Upload which file to the sandbox for this session?" });
+                    if (path !== undefined) {
+                        await this.allowHeldBackFile(session.sessionId, path);
+                    }
+                } else if (choice === "Show in Sessions View") {
+                    await vscode.commands.executeCommand(commandIds.showSessions);
+                }
+            });
+    }
+
+    /** Uploads one held-back file after all, for this session only (the user chose it); the view follows. */
+    async allowHeldBackFile(sessionId: string, path: string): Promise<void> {
+        const result = await this.request(protocol.allowSecret, { sessionId, path });
+        if (result !== undefined) {
+            writeTestLog("secretAllowed", { sessionId, path, uploaded: result.uploaded });
+            void vscode.window.showInformationMessage(`sandlink: uploaded ${path} to the sandbox for this session.`);
+            if (this.session?.sessionId === sessionId) {
+                const fresh = await this.requestQuietly(protocol.status, { sessionId });
+                if (fresh !== undefined) {
+                    this.session = { ...this.session, sync: fresh.sync };
+                }
+            }
+            this.refreshView();
+        }
+    }
+
     noticeNewConflicts(conflicts: protocol.SyncConflict[]): void {
         const unseen = newConflicts(this.knownConflictPaths, conflicts);
         this.knownConflictPaths = new Set(conflicts.map((conflict) => conflict.path));

@@ -17,6 +17,7 @@ export const sessionsViewCommandIds = {
     showRunOutput: "sandlink.sessions.showRunOutput",
     openPreview: "sandlink.sessions.openPreview",
     openTerminal: "sandlink.sessions.openTerminal",
+    allowSecret: "sandlink.sessions.allowSecret",
 } as const;
 
 /** The view's id in package.json; VS Code derives the `<id>.focus` command from it. */
@@ -104,6 +105,8 @@ export interface HeldBackNode extends NodeBase {
     path: string;
     /** The session's workspace folder, to open the local file. */
     workspaceFolder?: string;
+    /** The session that holds it back, for "Allow for This Session". */
+    sessionId?: string;
 }
 
 export interface MessageNode extends NodeBase {
@@ -335,6 +338,7 @@ function heldBackNodes(session: SessionInfo): HeldBackNode[] {
         children: [],
         path: file.path,
         workspaceFolder: session.workspaceFolder,
+        sessionId: session.sessionId,
     }));
 }
 

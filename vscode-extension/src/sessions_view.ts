@@ -135,6 +135,9 @@ export class SessionsView implements vscode.TreeDataProvider<SessionsTreeNode>, 
             register<SessionsTreeNode>(ids.openPreview, (node) => (node.kind === "preview" ? this.ctx.openPreviewUrl(node.url) : undefined)),
             // A session held here (the flag that offers Disconnect) can take a terminal.
             register<SessionNode>(ids.openTerminal, (node) => createSandboxTerminal(this.ctx, node.session).show()),
+            register<SessionsTreeNode>(ids.allowSecret, (node) =>
+                node.kind === "heldBack" && node.sessionId !== undefined ? this.ctx.allowHeldBackFile(node.sessionId, node.path) : undefined,
+            ),
         ];
     }
 

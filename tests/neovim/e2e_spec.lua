@@ -1031,6 +1031,56 @@ test('sessions_should_list_kept_and_orphaned_sessions_and_reattach_and_remove_th
 end)
 
 -- The server processes this Neovim started, found through /proc so that only our own children are touched.
+test('a_file_held_back_as_a_secret_should_be_named_and_allowed_for_this_session', function()
+  local commands = require('sandlink.commands')
+  local workspace = current_workspace()
+  if workspace.session == nil then
+    vim.cmd('Sandlink connect')
+    wait_for('a session', 30000, function()
+      return workspace.session ~= nil
+    end)
+  end
+  local env_file = workspace_dir .. '/.env'
+  vim.fn.writefile({ 'TOKEN=from-neovim' }, env_file)
+  local synced = false
+  commands.sync('up', function()
+    synced = true
+  end)
+  wait_for('the sync', 15000, function()
+    return synced
+  end)
+  local statused = false
+  commands.status(function()
+    statused = true
+  end)
+  wait_for('the status', 10000, function()
+    return statused
+  end)
+  assert_true(vim.tbl_contains(commands.held_back(workspace.session), '.env'),
+    'held back: ' .. vim.inspect(workspace.session.sync))
+  assert_matches('held back %(they look like secrets%): %.env',
+    table.concat(commands.describe_session(workspace.session, workspace), '\n'), 'status names it')
+  assert_true(vim.tbl_contains(commands.complete('', 'Sandlink allow ', 15), '.env'), ':Sandlink allow completes it')
+  local allowed
+  commands.allow_secret('.env', function(err)
+    allowed = err or true
+  end)
+  wait_for('the upload', 15000, function()
+    return allowed ~= nil
+  end)
+  assert_equal(true, allowed, 'allowed')
+  assert_true(not vim.tbl_contains(commands.held_back(workspace.session), '.env'), 'no longer held back')
+  local text
+  commands.read_sandbox_file(workspace, '.env', function(err, content)
+    text = err and ('error: ' .. vim.inspect(err)) or content
+  end)
+  wait_for('the sandbox file', 15000, function()
+    return text ~= nil
+  end)
+  assert_matches('TOKEN=from%-neovim', text, 'the sandbox has it')
+  os.remove(env_file)
+end)
+
 local function server_child_pids()
   local pids = {}
   local nvim_pid = vim.fn.getpid()

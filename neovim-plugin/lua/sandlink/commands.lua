@@ -229,6 +229,7 @@ function commands.connect(options, on_done)
     state.announce_change()
     notify('connected: ' .. tostring(session.profile or session.driver) .. ' session ' .. tostring(session.sessionId)
       .. (session.remoteRoot and (' at ' .. tostring(session.remoteRoot)) or ''))
+    commands.notice_held_back(session)
     commands.refresh_known_sessions(workspace)
     finish_all(nil, session)
   end
@@ -611,6 +612,86 @@ function commands.extend(seconds, on_done)
     end)
 end
 
+-- The workspace paths a session holds back because they look like secrets (`heldBack`, else the older
+-- `heldBackSecrets`).
+function commands.held_back(session)
+  local sync = type(session) == 'table' and type(session.sync) == 'table' and session.sync or {}
+  local paths = {}
+  if type(sync.heldBack) == 'table' then
+    for _, file in ipairs(sync.heldBack) do
+      table.insert(paths, file.path)
+    end
+  elseif type(sync.heldBackSecrets) == 'table' then
+    for _, path in ipairs(sync.heldBackSecrets) do
+      table.insert(paths, path)
+    end
+  end
+  return paths
+end
+
+-- Says at connect which files stayed behind as secrets, and how to let one through.
+function commands.notice_held_back(session)
+  local held = commands.held_back(session)
+  if #held == 0 then
+    return
+  end
+  notify('not uploaded because they look like secrets: ' .. table.concat(held, ', ')
+    .. ' (:Sandlink secrets allows one for this session)', vim.log.levels.WARN)
+end
+
+-- Uploads a held-back file after all, for this session only; the session's record follows.
+function commands.allow_secret(path, on_done)
+  local workspace = require_workspace()
+  if workspace == nil then
+    return finish(on_done, { message = 'not set up' })
+  end
+  if workspace.session == nil then
+    notify('not connected to a sandbox', vim.log.levels.WARN)
+    return finish(on_done, not_connected_error())
+  end
+  local session_id = workspace.session.sessionId
+  client.request(workspace, protocol.request.allow_secret, { sessionId = session_id, path = path }, function(err, result)
+    if err then
+      notify_error('allowing ' .. path .. ' failed', err)
+      return finish(on_done, err)
+    end
+    notify('uploaded ' .. path .. ' to the sandbox for this session')
+    client.request(workspace, protocol.request.status, { sessionId = session_id }, function(status_err, session)
+      if not status_err and type(session) == 'table' and workspace.session and workspace.session.sessionId == session_id then
+        workspace.session = session
+        state.announce_change()
+      end
+      finish(on_done, nil, result)
+    end)
+  end)
+end
+
+-- :Sandlink secrets: the held-back files in a list; the chosen one can be uploaded for this session or opened.
+function commands.secrets()
+  local workspace = require_workspace()
+  if workspace == nil then
+    return
+  end
+  local held = commands.held_back(workspace.session)
+  if #held == 0 then
+    return notify('no files are held back')
+  end
+  vim.ui.select(held, { prompt = 'sandlink: held back because they look like secrets', kind = 'sandlink.held_back' },
+    function(path)
+      if path == nil then
+        return
+      end
+      vim.ui.select({ 'Allow for this session', 'Open' }, { prompt = 'sandlink: ' .. path, kind = 'sandlink.held_back_action' },
+        function(action)
+          if action == 'Allow for this session' then
+            commands.allow_secret(path)
+          elseif action == 'Open' then
+            vim.cmd('edit ' .. vim.fn.fnameescape(workspace.root_dir .. '/' .. path))
+          end
+        end)
+    end)
+end
+
 -- A few lines a person can read: what the session is, where, until when, and what is running.
 function commands.describe_session(session, workspace)
   local lines = {}
@@ -633,6 +714,10 @@ function commands.describe_session(session, workspace)
   end
   for _, preview in ipairs(type(session.previews) == 'table' and session.previews or {}) do
     add('preview ' .. tostring(preview.port), preview.url)
+  end
+  local held = commands.held_back(session)
+  if #held > 0 then
+    add('held back (they look like secrets)', table.concat(held, ', ') .. '; :Sandlink secrets allows one for this session')
   end
   local running = state.running_runs(workspace)
   if #running > 0 then
@@ -1297,6 +1382,23 @@ commands.subcommands = {
   shell = {
     run = function(rest)
       require('sandlink.terminal').open({ command = rest })
+    end,
+  },
+  -- :Sandlink secrets lists the held-back files; :Sandlink allow PATH uploads one for this session.
+  secrets = {
+    run = function()
+      commands.secrets()
+    end,
+  },
+  allow = {
+    run = function(rest)
+      if vim.trim(rest) == '' then
+        return commands.secrets()
+      end
+      commands.allow_secret(vim.trim(rest))
+    end,
+    complete = function(workspace)
+      return commands.held_back(workspace and workspace.session)
     end,
   },
 }

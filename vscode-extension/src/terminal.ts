@@ -31,7 +31,10 @@ function terminalOptions(ctx: Ctx, session: protocol.SessionInfo, command?: stri
     const bridge = new TerminalBridge(
         hostFor(ctx),
         {
-            write: (text) => writes.fire(text),
+            write: (text) => {
+                writeTestLog("terminalOutput", { runId: bridge.id ?? null, text });
+                writes.fire(text);
+            },
             ended: (exit) => {
                 writeTestLog("terminalExit", { runId: exit.runId, exitCode: exit.exitCode ?? null, cancelled: exit.cancelled });
                 // The terminal stays open on its last line, as VS Code's own do when their shell exits with an error.

@@ -1,7 +1,8 @@
 //! Terminals into the sandbox (`sandlink/run` with `pty`, `sandlink/resize`): a new pseudo-terminal inside the
 //! sandbox, of the asked size and resizable, that echoes and runs what is typed, passes on the exit code, ends on
 //! cancel, and confines what runs in it exactly like any other run. Run on local, on docker (which needs
-//! `tests/setup/docker.sh`; outside CI it skips without Docker, under CI a missing Docker fails it) and on the E2B fake.
+//! `tests/setup/docker.sh`; outside CI it skips without Docker, under CI a missing Docker fails it), on ssh (the
+//! loopback sshd of `tests/setup/ssh.sh`, likewise) and on the E2B fake.
 
 mod support;
 
@@ -79,6 +80,17 @@ fn session(server: &Server, driver: &str) -> Option<(tempfile::TempDir, String)>
             }
             json!({ "image": DOCKER_IMAGE })
         }
+        "ssh" => {
+            let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+            let setup = variable("SANDLINK_SSH_CONFIG")
+                .filter(|config| std::path::Path::new(config).exists())
+                .zip(variable("SANDLINK_SSH_HOST"));
+            if support::skip_unless(setup.is_some(), "sshd on loopback (tests/setup/ssh.sh, tests/.run/ssh.env)") {
+                return None;
+            }
+            let (config, host) = setup?;
+            json!({ "host": host, "configFile": config })
+        }
         _ => Value::Null,
     };
     let workspace = support::workspace_with(&[("marker.txt", "in-the-workspace\n")]);
@@ -149,6 +161,16 @@ fn docker_login_shell_should_be_a_resizable_terminal() {
 #[test]
 fn docker_cancel_should_end_a_terminal() {
     cancel_should_end_a_terminal("docker");
+}
+
+#[test]
+fn ssh_login_shell_should_be_a_resizable_terminal() {
+    login_shell_should_be_a_resizable_terminal("ssh");
+}
+
+#[test]
+fn ssh_cancel_should_end_a_terminal() {
+    cancel_should_end_a_terminal("ssh");
 }
 
 /// On E2B, against the in-repo fake (tests/fakes/e2b_server.py), which runs envd's `pty` processes for real.

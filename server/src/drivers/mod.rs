@@ -9,6 +9,7 @@ pub mod e2b;
 pub mod http;
 pub mod local;
 pub mod process;
+pub mod pty;
 pub mod settings;
 pub mod shell;
 pub mod ssh;

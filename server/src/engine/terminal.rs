@@ -15,7 +15,7 @@ const DEFAULT_TERM: &str = "xterm-256color";
 pub fn check(sandbox: &dyn Sandbox, size: PtySize) -> Result<()> {
     if !sandbox.supports_terminal() {
         return Err(Error::Unsupported(format!(
-            "The {} driver cannot attach a run to a terminal; open a terminal in a local, docker or e2b session, \
+            "The {} driver cannot attach a run to a terminal; open a terminal in a local, docker, ssh or e2b session, \
              or run the command without one.",
             sandbox.driver_id()
         )));

@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use super::confine::{Confinement, NetworkRule, RunPolicy};
 use super::isolation::Mechanism;
 use super::processes;
-use super::terminal;
+use crate::drivers::pty as terminal;
 use crate::protocol::PtySize;
 use crate::drivers::process::signal_name;
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};

@@ -21,7 +21,6 @@ mod environment;
 pub mod files;
 pub mod isolation;
 mod processes;
-mod terminal;
 
 use super::{ConnectRequest, ExecSpec, Process, ReattachRequest, Sandbox, SettingKind, SettingSpec};
 use crate::error::{Error, IoContext, Result};

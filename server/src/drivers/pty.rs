@@ -1,6 +1,7 @@
-//! Pseudo-terminals for the agent's runs: allocated inside the sandbox (bubblewrap's own `/dev/pts`, or the host's
-//! under Landlock, always a new one), sized, and relayed to the run's pipes, so a terminal run reaches the server
-//! through the same three pipes as any other and is confined exactly like one.
+//! Pseudo-terminals opened by sandlink's own processes: the local agent's runs (allocated inside the sandbox:
+//! bubblewrap's own `/dev/pts`, or the host's under Landlock, always a new one) and the `ssh -tt` client of an ssh
+//! terminal (whose size ssh passes on). Sized, and relayed to a run's pipes, so a terminal run reaches the engine
+//! through the same pipes as any other.
 
 use std::fs::File;
 use std::io::{Read, Write};

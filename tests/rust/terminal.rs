@@ -269,3 +269,85 @@ fn cli_shell_should_run_piped_commands_on_a_terminal_and_exit_with_the_shells_co
     let leftovers = std::fs::read_dir(state.path().join("sessions")).map(|entries| entries.count()).unwrap_or(0);
     assert_eq!(leftovers, 0, "the sandbox is removed when the shell ends");
 }
+
+/// `sandlink shell` on a real terminal: the user's terminal goes raw (keys reach the sandbox as typed, Ctrl-C
+/// included), the sandbox terminal takes its size and follows it on SIGWINCH, and the shell's exit code is sandlink's.
+#[test]
+fn cli_shell_on_a_terminal_should_be_raw_and_follow_its_size() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let workspace = support::workspace_with(&[("marker.txt", "in-the-workspace\n")]);
+    let state = tempfile::tempdir().expect("state dir");
+    let (master, slave) = sandlink::drivers::pty::open(sandlink::protocol::PtySize { cols: 101, rows: 31 }).expect("a pty");
+    let mut command = Command::new(support::binary());
+    command
+        .env("SANDLINK_STATE_DIR", state.path())
+        .args(["shell", "--driver", "local", "--workspace"])
+        .arg(workspace.path())
+        .stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave);
+    // SAFETY: two system calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            sandlink::drivers::pty::take_as_controlling_terminal()
+        });
+    }
+    let mut child = command.spawn().expect("sandlink starts");
+    drop(command);
+    // The terminal's output, read on a thread of its own, so a read never blocks the test.
+    let (sender, receiver) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut reader = master.try_clone().expect("dup");
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(count) = reader.read(&mut buffer) {
+            if count == 0 || sender.send(buffer[..count].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = String::new();
+    let mut read_until = |needle: &str| {
+        let deadline = Instant::now() + WAIT;
+        while !screen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {needle:?} on the terminal: {screen:?}");
+            if let Ok(chunk) = receiver.recv_timeout(left) {
+                screen.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        }
+        std::mem::take(&mut screen)
+    };
+    let mut writer = master.try_clone().expect("dup");
+    writer.write_all(b"stty size; tty; echo started-$((1 + 1))\r").expect("typed");
+    let shown = read_until("started-2");
+    assert!(shown.contains("31 101"), "the sandbox terminal has the user's size: {shown:?}");
+    assert!(shown.contains("/dev/pts/"), "{shown:?}");
+
+    // A new size: the kernel sends SIGWINCH to sandlink, which passes the size on.
+    sandlink::drivers::pty::set_size(master.as_raw_fd(), sandlink::protocol::PtySize { cols: 77, rows: 19 }).expect("resized");
+    std::thread::sleep(Duration::from_millis(300));
+    writer.write_all(b"stty size; echo resized-$((2 + 2))\r").expect("typed");
+    let shown = read_until("resized-4");
+    assert!(shown.contains("19 77"), "the sandbox terminal follows: {shown:?}");
+
+    // Raw: Ctrl-C reaches the sandbox's foreground job instead of ending sandlink.
+    writer.write_all(b"sleep 100\r").expect("typed");
+    std::thread::sleep(Duration::from_millis(500));
+    writer.write_all(b"\x03").expect("typed");
+    writer.write_all(b"echo interrupted-$((3 + 3))\r").expect("typed");
+    read_until("interrupted-6");
+    writer.write_all(b"exit 6\r").expect("typed");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "sandlink shell did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(6));
+}

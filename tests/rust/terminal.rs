@@ -351,3 +351,25 @@ fn cli_shell_on_a_terminal_should_be_raw_and_follow_its_size() {
     };
     assert_eq!(status.code(), Some(6));
 }
+
+/// Without bubblewrap (Landlock and seccomp confine the runs on the host), the terminal is a new one of the host's,
+/// the run's own, and TIOCSTI is refused on it as under bubblewrap.
+#[test]
+fn local_terminal_under_landlock_should_work_and_refuse_tiocsti() {
+    let server = Server::start_with(StartOptions { env: vec![("SANDLINK_LOCAL_NO_BWRAP".into(), "1".into())], ..StartOptions::default() });
+    let workspace = support::workspace_with(&[("marker.txt", "in-the-workspace\n")]);
+    let session = server.connect("local", Value::Null, workspace.path());
+    if support::skip_unless(session["isolation"] == "landlock", "Landlock isolation") {
+        return;
+    }
+    let session_id = session["sessionId"].as_str().expect("sessionId");
+    check_login_shell(&server, session_id);
+    let mut terminal = Terminal::open(&server, session_id, "", 80, 24);
+    terminal.type_text(
+        "python3 -c 'import fcntl,termios; fcntl.ioctl(0, termios.TIOCSTI, b\"x\")' 2>&1 | tail -1; echo sti-$((1 + 2))\n",
+    );
+    let shown = terminal.read_until("sti-3");
+    assert!(shown.contains("Operation not permitted"), "TIOCSTI is refused: {shown:?}");
+    terminal.type_text("exit\n");
+    assert_eq!(terminal.wait_exit()["exitCode"], 0);
+}

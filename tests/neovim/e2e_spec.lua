@@ -1061,6 +1061,10 @@ test('a_file_held_back_as_a_secret_should_be_named_and_allowed_for_this_session'
   assert_matches('held back %(they look like secrets%): %.env',
     table.concat(commands.describe_session(workspace.session, workspace), '\n'), 'status names it')
   assert_true(vim.tbl_contains(commands.complete('', 'Sandlink allow ', 15), '.env'), ':Sandlink allow completes it')
+  vim.cmd('silent checkhealth sandlink')
+  local health_text = buffer_text(0)
+  vim.cmd('bwipeout!')
+  assert_matches('look like secrets: %.env', health_text, ':checkhealth names it')
   local allowed
   commands.allow_secret('.env', function(err)
     allowed = err or true

@@ -65,6 +65,11 @@ function health_check.check()
     else
       report.warn('the server for ' .. root_dir .. ' is still starting')
     end
+    local held = require('sandlink.commands').held_back(workspace.session)
+    if #held > 0 then
+      report.info('not uploaded because they look like secrets: ' .. table.concat(held, ', ')
+        .. ' (:Sandlink secrets allows one for this session; the profile\'s sync.allowSecrets for good)')
+    end
     for _, driver in ipairs(workspace.drivers or {}) do
       if not driver.available then
         report.info('driver ' .. driver.id .. ' is unavailable: ' .. tostring(driver.detail or 'no detail given'))

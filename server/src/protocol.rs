@@ -499,30 +499,6 @@ pub struct RunParams {
     pub pty: Option<PtySize>,
 }
 
-/// A terminal's size in character cells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PtySize {
-    pub cols: u16,
-    pub rows: u16,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AllowSecretParams {
-    pub session_id: String,
-    /// As `SyncState.heldBack` names it (relative, `/`-separated), or absolute inside the workspace, or a file URI.
-    pub path: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ResizeParams {
-    pub run_id: String,
-    pub cols: u16,
-    pub rows: u16,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunResult {
@@ -882,6 +858,30 @@ pub struct TimeoutWarningParams {
     pub session_id: String,
     pub expires_at: String,
     pub seconds_left: u64,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowSecretParams {
+    pub session_id: String,
+    /// As `SyncState.heldBack` names it (relative, `/`-separated), or absolute inside the workspace, or a file URI.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResizeParams {
+    pub run_id: String,
+    pub cols: u16,
+    pub rows: u16,
 }
 
 /// The `initialize` result's `capabilities.experimental.sandlink`.

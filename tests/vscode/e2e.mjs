@@ -980,6 +980,22 @@ const steps = [
         },
     ],
     [
+        "the connect named the held-back .env, and Allow for This Session in the Sessions view uploads it to the sandbox",
+        async () => {
+            assert(
+                readTestLog().some((entry) => entry.event === "heldBackNotice" && entry.paths.includes(".env")),
+                "the connect's notice names the held-back .env",
+            );
+            assert(sandboxFiles(".env").length === 0, "the .env is not in the sandbox before it is allowed");
+            await showSessionsView("held back (secret-file-name)");
+            await clickSessionsViewAction(".env", "Allow for This Session");
+            const allowed = await waitFor("the allowed upload", async () => readTestLog().find((entry) => entry.event === "secretAllowed" && entry.path === ".env"));
+            assert(allowed.uploaded === 1, JSON.stringify(allowed));
+            await waitFor("the .env in the sandbox", async () => sandboxFiles(".env").length > 0);
+            await waitFor("the view to stop listing it", async () => !lastSessionsViewNodes().some((node) => node.label === ".env"));
+        },
+    ],
+    [
         "Sandlink: Open Terminal opens a shell on a terminal in the sandbox that runs what is typed and reports its exit",
         async () => {
             await runPaletteCommand("Sandlink: Open Terminal");

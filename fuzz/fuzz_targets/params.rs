@@ -70,6 +70,7 @@ fn every_request(value: &Value) {
     decode::<proto::AllowSecretRequest>(value);
     decode::<proto::SettingChoicesRequest>(value);
     decode::<proto::KeepaliveRequest>(value);
+    decode::<proto::ResizeRequest>(value);
     notification::<proto::OutputNotification>(value);
     notification::<proto::ExitNotification>(value);
     notification::<proto::SessionStateNotification>(value);

@@ -1,5 +1,7 @@
 //! The command line: `sandlink lsp` for editors, and `run`, `drivers` for scripts and CI, on the same engine.
 
+mod shell;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -168,6 +170,34 @@ enum Command {
     },
     #[command(flatten)]
     Manage(manage::ManageCommand),
+    /// Open an interactive terminal in a sandbox: the login shell (or COMMAND) on a terminal inside it.
+    ///
+    /// With SESSION, in that kept session (it stays kept); otherwise in a fresh sandbox with a copy of the
+    /// workspace, removed when the shell ends unless --keep. sandlink exits with the shell's exit code.
+    #[command(alias = "terminal")]
+    Shell {
+        /// A kept session's id, as `sandlink sessions` lists it.
+        #[arg(value_name = "SESSION")]
+        session: Option<String>,
+        /// The driver to open the sandbox with (default: the profile's, else `local`).
+        #[arg(long, short, conflicts_with = "session")]
+        driver: Option<String>,
+        /// The profile to open the sandbox with.
+        #[arg(long, short, conflicts_with_all = ["driver", "session"])]
+        profile: Option<String>,
+        /// The workspace to copy into the sandbox (default: the current directory).
+        #[arg(long, short, value_name = "DIR", conflicts_with = "session")]
+        workspace: Option<PathBuf>,
+        /// The working directory inside the sandbox, relative to its root.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<String>,
+        /// Keep the sandbox after the shell ends instead of removing it.
+        #[arg(long)]
+        keep: bool,
+        /// A command to run on the terminal instead of the login shell.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -291,6 +321,11 @@ pub fn main() -> ExitCode {
         Some(Command::Manage(command)) => {
             crate::logging::init("warn", None);
             runtime.block_on(manage::run(command))
+        }
+        Some(Command::Shell { session, driver, profile, workspace, cwd, keep, command }) => {
+            crate::logging::init("warn", None);
+            let options = shell::ShellOptions { session, driver, profile, workspace, cwd, keep, command };
+            runtime.block_on(shell::shell(options))
         }
     }
 }
@@ -465,6 +500,7 @@ async fn run_inner(options: RunOptions) -> Result<ExitCode, Error> {
             detach: false,
             max_duration_seconds: None,
             warn_at_seconds: None,
+            pty: None,
         })
         .await;
     let exit = match started {

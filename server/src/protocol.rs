@@ -94,6 +94,8 @@ request!(/// Values a driver setting may take here (Docker's local images, the w
     SettingChoicesRequest, "sandlink/settingChoices", SettingChoicesParams, SettingChoicesResult);
 request!(/// Counts as activity for the lifecycle manager, which keeps the session's sandbox alive while an agent thinks.
     KeepaliveRequest, "sandlink/keepalive", SessionParams, EmptyResult);
+request!(/// Changes the window size of a run started with a terminal (`pty`); its programs get SIGWINCH.
+    ResizeRequest, "sandlink/resize", ResizeParams, EmptyResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -230,6 +232,9 @@ pub struct DriverCapabilities {
     /// Ports that start listening during a run are offered as previews unasked (`sandlink/previewReady`).
     #[serde(default)]
     pub detect_ports: bool,
+    /// Runs can be attached to a terminal (`sandlink/run` with `pty`, `sandlink/resize`).
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -546,6 +551,11 @@ pub struct RunParams {
     /// profile's `lifecycle.warnAt`, else half and five sixths of the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warn_at_seconds: Option<Vec<u64>>,
+    /// Runs the command attached to a new pseudo-terminal of this size in the sandbox (colour, job control, line
+    /// editing); output is the terminal's raw bytes on `stdout`, input is raw keystrokes. An empty command then
+    /// starts the sandbox's login shell (`bash -l`, else `sh -l`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtySize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -929,6 +939,22 @@ pub struct TimeoutWarningParams {
     pub run_id: Option<String>,
 }
 
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResizeParams {
+    pub run_id: String,
+    pub cols: u16,
+    pub rows: u16,
+}
+
 /// The `initialize` result's `capabilities.experimental.sandlink`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerExperimental {
@@ -965,6 +991,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     AllowSecretRequest::METHOD,
     SettingChoicesRequest::METHOD,
     KeepaliveRequest::METHOD,
+    ResizeRequest::METHOD,
 ];
 
 /// Every custom notification method.

@@ -363,6 +363,45 @@ test('cancel_should_stop_a_running_command_and_mark_it_cancelled', function()
   assert_matches('^sandlink: local active$', require('sandlink').statusline(), 'statusline after the run ended')
 end)
 
+test('terminal_should_open_a_shell_in_the_sandbox_that_runs_what_is_typed_and_follows_the_window', function()
+  vim.cmd('Sandlink terminal')
+  local term = require('sandlink.terminal').last
+  assert_true(term ~= nil and vim.api.nvim_get_current_buf() == term.buffer, 'the terminal buffer is shown')
+  wait_for('the terminal run to start', 15000, function()
+    return term.run_id ~= nil
+  end)
+  -- What the buffer's on_input hands on for typed keys (a headless Neovim running a script takes no typed keys).
+  require('sandlink.terminal').send(term, 'tty; stty size; echo hi-$((40 + 2))\r')
+  wait_for('the shell to run the line', 15000, function()
+    return buffer_text(term.buffer):find('hi%-42') ~= nil
+  end)
+  local text = buffer_text(term.buffer)
+  assert_matches('/dev/pts/', text, 'tty names a terminal')
+  local window = vim.fn.win_findbuf(term.buffer)[1]
+  local expected_size = vim.api.nvim_win_get_height(window) .. ' ' .. vim.api.nvim_win_get_width(window)
+  assert_true(text:find(expected_size, 1, true) ~= nil, 'stty shows the window size ' .. expected_size .. ': ' .. text)
+  vim.api.nvim_win_set_height(window, 7)
+  wait_for('the new size to reach the run', 5000, function()
+    return term.size.rows == 7
+  end)
+  require('sandlink.terminal').send(term, 'stty size; echo sized-$((1 + 1))\r')
+  wait_for('stty to answer', 15000, function()
+    return buffer_text(term.buffer):find('sized%-2') ~= nil
+  end)
+  assert_true(buffer_text(term.buffer):find('7 ' .. vim.api.nvim_win_get_width(window), 1, true) ~= nil,
+    'stty shows the new height: ' .. buffer_text(term.buffer))
+  require('sandlink.terminal').send(term, 'exit 3\r')
+  local run = require('sandlink.state').runs[term.run_id]
+  wait_for('the shell to exit', 15000, function()
+    return run.finished
+  end)
+  assert_equal(3, run.exit.exitCode, 'the exit code')
+  wait_for('the exit note', 5000, function()
+    return buffer_text(term.buffer):find('exited with code 3', 1, true) ~= nil
+  end)
+  vim.cmd('bwipeout! ' .. term.buffer)
+end)
+
 test('sync_should_report_what_it_did', function()
   local captured, stop = harness.capture_notifications()
   vim.cmd('Sandlink sync')
@@ -394,6 +433,12 @@ test('a_held_back_env_should_be_shown_and_uploaded_only_when_allowed', function(
   stop()
   assert_true(ok, tostring(err) .. ' ' .. vim.inspect(captured))
   assert_matches('%.env %(secret%-file%-name%)', harness.find_notification(captured, 'held back').message, 'the status')
+  assert_true(vim.tbl_contains(require('sandlink.commands').complete('', 'Sandlink allow ', 15), '.env'),
+    ':Sandlink allow completes it')
+  vim.cmd('silent checkhealth sandlink')
+  local health_text = buffer_text(0)
+  vim.cmd('bwipeout!')
+  assert_matches('likely secrets: %.env', health_text, ':checkhealth names it')
   -- :Sandlink allow asks for how long, then uploads it for this session.
   local done = false
   local record = recording_requests_and_prompts({ 'sandlink/allowSecret' }, function(items, prompt_options)

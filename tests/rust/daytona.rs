@@ -465,6 +465,7 @@ mod simulated_time {
                     env: Default::default(),
                     stdin: false,
                     timeout: None,
+                    pty: None,
                 })
                 .await
                 .expect("a run starts");

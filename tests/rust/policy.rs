@@ -366,6 +366,7 @@ mod simulated_time {
             detach: false,
             max_duration_seconds: Some(3600),
             warn_at_seconds: None,
+            pty: None,
         };
         let (run_id, answered) = setup.engine.run(params).await.expect("the run starts");
         let _ = answered.send(());

@@ -993,6 +993,28 @@ const steps = [
         },
     ],
     [
+        "Sandlink: Open Terminal opens a shell on a terminal in the sandbox that runs what is typed and reports its exit",
+        async () => {
+            await runPaletteCommand("Sandlink: Open Terminal");
+            const started = await waitFor("the terminal's run", async () => readTestLog().find((entry) => entry.event === "terminalStarted"));
+            const shown = () =>
+                readTestLog()
+                    .filter((entry) => entry.event === "terminalOutput" && entry.runId === started.runId)
+                    .map((entry) => entry.text)
+                    .join("");
+            // The shell's prompt first, then the typed line goes to the focused terminal as keystrokes.
+            await waitFor("the shell's prompt", async () => shown().length > 0);
+            await page.keyboard.type("tty; echo hi-$((40 + 2))");
+            await page.keyboard.press("Enter");
+            await waitFor("the shell to run the typed line", async () => shown().includes("hi-42"));
+            assert(/\/dev\/pts\/\d+/.test(shown()), `tty names a terminal in the sandbox: ${JSON.stringify(shown().slice(-500))}`);
+            await page.keyboard.type("exit 0");
+            await page.keyboard.press("Enter");
+            const exit = await waitFor("the terminal's exit", async () => readTestLog().find((entry) => entry.event === "terminalExit" && entry.runId === started.runId));
+            assert(exit.exitCode === 0 && exit.cancelled === false, JSON.stringify(exit));
+        },
+    ],
+    [
         "Disconnect returns the status bar to 'disconnected' and hides session commands again",
         async () => {
             await runPaletteCommand("Sandlink: Disconnect");

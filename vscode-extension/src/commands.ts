@@ -10,6 +10,7 @@ import { formatDuration } from "./run_output";
 import { reattachChoices, sessionsViewCommandIds, sessionsViewId } from "./sessions_tree";
 import { commandIds, isCommandEnabled, type CommandId } from "./status";
 import { rememberCommand, shownCommand, taskNamed } from "./tasks";
+import { openTerminal } from "./terminal";
 import { writeTestLog } from "./test_log";
 
 export type Cmd = (...args: unknown[]) => unknown;
@@ -970,4 +971,5 @@ export const commandFactories: Record<CommandId, (ctx: Ctx) => Cmd> = {
     [commandIds.compareConflict]: compareConflict,
     [commandIds.resolveConflict]: resolveConflict,
     [commandIds.showSessions]: showSessions,
+    [commandIds.openTerminal]: openTerminal,
 };

@@ -703,6 +703,11 @@ export class Ctx implements vscode.Disposable {
         return true;
     }
 
+    /** Hands a run's output and exit to `sink` (a terminal's), with whatever of it arrived before the caller knew the run. */
+    followRun(runId: string, sink: RunSink): void {
+        this.runRouter.register(runId, sink);
+    }
+
     /** Runs a program (no shell) and collects its stdout, e.g. to read a file inside the sandbox. */
     async collectRunOutput(session: protocol.SessionInfo, program: string, args: string[]): Promise<string> {
         const { runId } = await this.requestOrThrow(protocol.run, { sessionId: session.sessionId, command: program, args });

@@ -258,6 +258,7 @@ export async function allowHeldBack(ctx: Ctx, sessionId: string, path: string | 
         return;
     }
     writeTestLog("secretAllowed", { sessionId, path: target.path, remember: scope.remember, uploaded: result.uploaded });
+    ctx.refreshView();
     void vscode.window.showInformationMessage(
         `sandlink: ${target.path} uploaded to the sandbox${scope.remember ? ` and allowed in profile ${session.profile}` : " for this session"}.`,
     );

@@ -8,6 +8,7 @@ import { Ctx, remoteFileScheme } from "./ctx";
 import { registerServerCommands } from "./server_commands";
 import { SessionsView } from "./sessions_view";
 import { registerTaskProvider } from "./task_provider";
+import { registerTerminalProfile } from "./terminal";
 import { writeTestLog } from "./test_log";
 
 let ctx: Ctx | undefined;
@@ -30,6 +31,7 @@ export async function activate(extensionContext: vscode.ExtensionContext): Promi
     // The commands in the server's code actions (a task, sync, cancel, ...), run through the same flows as the palette.
     extensionContext.subscriptions.push(...registerServerCommands(windowCtx));
     extensionContext.subscriptions.push(registerTaskProvider(windowCtx));
+    extensionContext.subscriptions.push(registerTerminalProfile(windowCtx));
     extensionContext.subscriptions.push(
         vscode.workspace.registerTextDocumentContentProvider(remoteFileScheme, new RemoteFileContentProvider(windowCtx)),
         vscode.workspace.onDidChangeConfiguration((event) => {

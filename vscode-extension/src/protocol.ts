@@ -22,6 +22,8 @@ export interface DriverCapabilities {
     metrics: boolean;
     /** Ports that start listening during a run are offered as previews unasked (`sandlink/previewReady`). */
     detectPorts?: boolean;
+    /** Runs can be attached to a terminal (`sandlink/run` with `pty`, `sandlink/resize`). */
+    terminal?: boolean;
 }
 
 /** One setting a driver takes in a profile, from the driver's typed declaration. */
@@ -239,6 +241,14 @@ export interface RunParams {
     maxDurationSeconds?: number;
     /** When `sandlink/timeoutWarning` (reason `runLimit`) is sent, in seconds after the start. */
     warnAtSeconds?: number[];
+    /** Attaches the command (the login shell when `command` is absent) to a new terminal of this size in the sandbox. */
+    pty?: PtySize;
+}
+
+/** A terminal's size in character cells. */
+export interface PtySize {
+    cols: number;
+    rows: number;
 }
 export const run = new RequestType<RunParams, { runId: string }, void>("sandlink/run");
 
@@ -435,6 +445,15 @@ export interface SettingChoicesResult {
 }
 
 export const settingChoices = new RequestType<SettingChoicesParams, SettingChoicesResult, void>("sandlink/settingChoices");
+
+export interface ResizeParams {
+    runId: string;
+    cols: number;
+    rows: number;
+}
+/** Changes the window size of a run started with `pty`. */
+export const resize = new RequestType<ResizeParams, EmptyResult, void>("sandlink/resize");
+
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)

@@ -16,6 +16,7 @@ export const sessionsViewCommandIds = {
     cancelRun: "sandlink.sessions.cancelRun",
     showRunOutput: "sandlink.sessions.showRunOutput",
     openPreview: "sandlink.sessions.openPreview",
+    openTerminal: "sandlink.sessions.openTerminal",
     allowSecret: "sandlink.sessions.allowSecret",
 } as const;
 

@@ -15,6 +15,7 @@ import {
     type SessionsTreeNode,
 } from "./sessions_tree";
 import { commandIds } from "./status";
+import { createSandboxTerminal } from "./terminal";
 import { writeTestLog } from "./test_log";
 import { allowHeldBack } from "./first_use";
 
@@ -134,6 +135,8 @@ export class SessionsView implements vscode.TreeDataProvider<SessionsTreeNode>, 
             register<RunNode>(ids.showRunOutput, (node) => this.showRunOutput(node)),
             register<SessionsTreeNode>(ids.openPreview, (node) => (node.kind === "preview" ? this.ctx.openPreviewUrl(node.url) : undefined)),
             register<SessionsTreeNode>(ids.allowSecret, (node) => (node.kind === "heldBack" ? allowHeldBack(this.ctx, node.sessionId, node.path) : undefined)),
+            // A session held here (the flag that offers Disconnect) can take a terminal.
+            register<SessionNode>(ids.openTerminal, (node) => createSandboxTerminal(this.ctx, node.session).show()),
         ];
     }
 

@@ -23,6 +23,7 @@ export const commandIds = {
     compareConflict: "sandlink.compareConflict",
     resolveConflict: "sandlink.resolveConflict",
     showSessions: "sandlink.showSessions",
+    openTerminal: "sandlink.openTerminal",
 } as const;
 
 export type CommandId = (typeof commandIds)[keyof typeof commandIds];
@@ -207,6 +208,7 @@ export function isCommandEnabled(commandId: CommandId, state: ViewState): boolea
         case commandIds.disconnect:
         case commandIds.runCommand:
         case commandIds.syncNow:
+        case commandIds.openTerminal:
             return context[contextKeys.sessionActive];
         case commandIds.cancelRun:
             return context[contextKeys.runActive];

@@ -1316,6 +1316,26 @@ commands.subcommands = {
       commands.quickfix()
     end,
   },
+  -- :Sandlink terminal [command]: a terminal buffer on the sandbox's login shell (or the command).
+  terminal = {
+    run = function(rest)
+      require('sandlink.terminal').open({ command = rest })
+    end,
+  },
+  shell = {
+    run = function(rest)
+      require('sandlink.terminal').open({ command = rest })
+    end,
+  },
+  -- :Sandlink secrets lists the held-back files to pick one to upload, as :Sandlink allow without a path does.
+  secrets = {
+    run = function()
+      local workspace = require_workspace()
+      if workspace then
+        first_use.allow(workspace, '')
+      end
+    end,
+  },
   -- :Sandlink allow [PATH]: uploads a file held back as a likely secret, after asking for how long.
   allow = {
     run = function(rest)

@@ -47,6 +47,9 @@ function handlers.on_output(params, workspace)
     table.insert(run.collected[params.stream] or {}, params.text)
     return
   end
+  if run.terminal then
+    return require('sandlink.terminal').write(run.terminal, params.text)
+  end
   require('sandlink.output').append(run.view, params.stream, params.text)
 end
 
@@ -60,6 +63,9 @@ function handlers.on_exit(params, workspace)
   if run.collect then
     state.runs[params.runId] = nil
     return run.collect(params, table.concat(run.collected.stdout), table.concat(run.collected.stderr))
+  end
+  if run.terminal then
+    return require('sandlink.terminal').finish(run.terminal, params)
   end
   local output = require('sandlink.output')
   output.finish(run.view, params)

@@ -31,6 +31,7 @@ protocol.request = {
   allow_secret = 'sandlink/allowSecret',
   setting_choices = 'sandlink/settingChoices',
   keepalive = 'sandlink/keepalive',
+  resize = 'sandlink/resize',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

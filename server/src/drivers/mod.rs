@@ -9,6 +9,7 @@ pub mod e2b;
 pub mod http;
 pub mod local;
 pub mod process;
+pub mod pty;
 pub mod settings;
 pub mod shell;
 pub mod ssh;
@@ -29,7 +30,7 @@ use serde_json::{Map, Value};
 
 pub use crate::credentials::{CredentialSpec, Secret};
 use crate::error::{Error, Result};
-use crate::protocol::{DriverInfo, Resources, SettingChoice};
+use crate::protocol::{DriverInfo, PtySize, Resources, SettingChoice};
 pub use settings::{SettingKind, SettingSpec};
 use crate::sync::RemoteFiles;
 
@@ -185,6 +186,10 @@ pub struct ExecSpec {
     /// The run's `timeoutMs`. The engine enforces it (SIGTERM, then SIGKILL); a driver whose provider ends commands
     /// on its own may pass it on as a backstop for when sandlink is gone.
     pub timeout: Option<Duration>,
+    /// Attach the command to a new pseudo-terminal of this size in the sandbox: its input, output and error all
+    /// go through the terminal (raw bytes on stdout, stderr stays empty) and it leads a session with the terminal
+    /// as its controlling one. Drivers without `DriverCapabilities::terminal` refuse it as `unsupported`.
+    pub pty: Option<PtySize>,
 }
 
 /// How a process ended.
@@ -208,6 +213,13 @@ pub enum Signal {
 #[async_trait]
 pub trait ProcessControl: Send + Sync {
     async fn signal(&self, signal: Signal) -> Result<()>;
+
+    /// Changes the window size of the run's terminal (a run started with `ExecSpec::pty`); the terminal's
+    /// foreground programs get SIGWINCH.
+    async fn resize(&self, size: PtySize) -> Result<()> {
+        let _ = size;
+        Err(Error::Unsupported("This sandbox cannot resize a run's terminal.".into()))
+    }
 }
 
 /// A started process: its streams, a handle to signal it, and a future for its end.
@@ -276,6 +288,12 @@ pub trait Sandbox: Send + Sync {
     /// Where a command is a provider API call, seldom enough not to weigh on the account's requests.
     fn port_watch_interval(&self) -> Option<Duration> {
         None
+    }
+
+    /// Whether `exec` can attach a run to a terminal (`ExecSpec::pty`); the engine refuses terminals as
+    /// `unsupported` where it cannot. Drivers that say yes set `DriverCapabilities::terminal`.
+    fn supports_terminal(&self) -> bool {
+        false
     }
 
     /// Starts a process; answers once it has started.

@@ -501,6 +501,7 @@ mod tests {
                 paths: None,
                 stdin_refusal: None,
                 usd_per_hour: Some(3.6),
+                terminal: false,
             };
             let (handle, answered, task) = run::start(context, endless_process(&self.journal)).expect("a run");
             let _ = answered.send(());

@@ -18,6 +18,7 @@ mod syncing;
 pub mod audit;
 mod limits;
 mod manage;
+mod terminal;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -89,6 +89,7 @@ pub async fn probe(sandbox: &dyn Sandbox) -> Option<Listening> {
         env: BTreeMap::new(),
         stdin: false,
         timeout: Some(PROBE_LIMIT),
+        pty: None,
     };
     let mut process = sandbox.exec(spec).await.ok()?;
     let control = process.control.clone();

@@ -45,6 +45,9 @@ pub struct RunHandle {
     stdin_refusal: Option<String>,
     cancel_requested: AtomicBool,
     stop: Notify,
+    /// The run's process control when it was started with a terminal, which `resize` reaches; let go once the
+    /// run has ended, so a remembered run holds nothing of its sandbox.
+    terminal: std::sync::Mutex<Option<Arc<dyn ProcessControl>>>,
     /// Turns true once the run has ended and left the engine's table.
     ended: tokio::sync::watch::Sender<bool>,
     /// Why the lifecycle manager stopped it (a limit), with the sentence `sandlink/exit` carries.
@@ -115,6 +118,18 @@ impl RunHandle {
     pub fn stop_because(&self, reason: ExitReason, message: String) {
         let _ = self.stop_reason.set((reason, message));
         self.cancel();
+    }
+
+    /// Changes the window size of the run's terminal; refused for a run started without one.
+    pub async fn resize(&self, size: crate::protocol::PtySize) -> Result<()> {
+        let control = crate::locks::lock(&self.terminal).clone();
+        match control {
+            Some(control) => control.resize(size).await,
+            None => Err(Error::InvalidParams(format!(
+                "Run {} has no terminal to resize: start it with `pty: {{ cols, rows }}`.",
+                self.run_id
+            ))),
+        }
     }
 
     /// Asks the run to end; the `exit` notification follows with `cancelled: true`.
@@ -218,6 +233,8 @@ pub struct RunContext {
     pub stdin_refusal: Option<String>,
     /// The session's hourly price, for the run's share of the cost in `sandlink/exit`.
     pub usd_per_hour: Option<f64>,
+    /// The run is attached to a terminal, so it can be resized.
+    pub terminal: bool,
 }
 
 /// Starts pumping a started process; returns the handle and a signal that lets output flow once the caller has
@@ -239,6 +256,7 @@ pub fn start(context: RunContext, mut process: Process) -> Result<(Arc<RunHandle
         stdin_refusal: context.stdin_refusal.clone(),
         cancel_requested: AtomicBool::new(false),
         stop: Notify::new(),
+        terminal: std::sync::Mutex::new(context.terminal.then(|| process.control.clone())),
         ended: tokio::sync::watch::Sender::new(false),
         stop_reason: std::sync::OnceLock::new(),
     });
@@ -346,6 +364,7 @@ async fn pump(
         reason,
         cost: context.usd_per_hour.map(|usd_per_hour| crate::cost::run_cost(usd_per_hour, duration_ms)),
     };
+    crate::locks::lock(&handle.terminal).take();
     let _ = handle.exit.set(exit.clone());
     context.events.exit(exit).await;
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::locks::lock;
-use super::{output, run, Engine, RunHandle};
+use super::{output, run, terminal, Engine, RunHandle};
 use crate::drivers::ExecSpec;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::short_id;
@@ -33,6 +33,10 @@ impl Engine {
                     state.as_str()
                 )))
             }
+        }
+        if let Some(size) = params.pty {
+            terminal::check(&*session.sandbox, size)?;
+            terminal::prepare(&mut params);
         }
         if params.command.trim().is_empty() {
             return Err(Error::InvalidParams("The command is empty; give a command line or a program.".into()));
@@ -65,6 +69,7 @@ impl Engine {
                 env: params.env.clone().unwrap_or_default(),
                 stdin: params.stdin,
                 timeout: params.timeout_ms.map(Duration::from_millis),
+                pty: params.pty,
             })
             .await?;
         // A driver whose provider cannot write to a command's input starts the run without a writer; input is then
@@ -87,6 +92,7 @@ impl Engine {
             }),
             stdin_refusal,
             usd_per_hour: session.info().cost.map(|cost| cost.usd_per_hour),
+            terminal: params.pty.is_some(),
         };
         let (handle, answered, task) = run::start(context, process)?;
         let handle_for_end = handle.clone();
@@ -168,6 +174,12 @@ impl Engine {
     /// Queues input for a run; see `RunHandle::input` (it never waits for the process to read).
     pub async fn input(&self, run_id: &str, text: &str, eof: bool) -> Result<()> {
         self.run_handle(run_id)?.input(text, eof)
+    }
+
+    /// Changes the window size of a run's terminal; see `RunHandle::resize`.
+    pub async fn resize(&self, run_id: &str, size: crate::protocol::PtySize) -> Result<()> {
+        terminal::check_size(size)?;
+        self.run_handle(run_id)?.resize(size).await
     }
 
     pub fn cancel(&self, run_id: &str) -> Result<()> {

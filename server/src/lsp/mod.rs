@@ -141,6 +141,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::AllowSecretRequest::METHOD, Backend::allow_secret)
     .custom_method(proto::SettingChoicesRequest::METHOD, Backend::setting_choices)
     .custom_method(proto::KeepaliveRequest::METHOD, Backend::keepalive)
+    .custom_method(proto::ResizeRequest::METHOD, Backend::resize)
     .finish()
 }
 
@@ -307,6 +308,14 @@ impl Backend {
     async fn input(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::InputRequest, _, _>(params, |params| async move {
             self.engine.input(&params.run_id, &params.text, params.eof).await.map(|()| proto::EmptyResult {})
+        })
+        .await
+    }
+
+    async fn resize(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::ResizeRequest, _, _>(params, |params| async move {
+            let size = proto::PtySize { cols: params.cols, rows: params.rows };
+            self.engine.resize(&params.run_id, size).await.map(|()| proto::EmptyResult {})
         })
         .await
     }

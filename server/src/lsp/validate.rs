@@ -6,10 +6,10 @@ use crate::protocol::{RunParams, SyncParams};
 
 /// `sandlink/run`: the command, each argument, the cwd and every environment entry must be passable to `execve`.
 pub fn run_params(params: &RunParams) -> Result<(), Error> {
-    if params.command.is_empty() && params.task.is_none() {
+    if params.command.is_empty() && params.task.is_none() && params.pty.is_none() {
         return Err(Error::InvalidParams(
             "Invalid params for sandlink/run: missing field `command` (a shell line, or a program with `args`); \
-             or name a workspace task with `task`."
+             or name a workspace task with `task`; or ask for a terminal with `pty`."
                 .into(),
         ));
     }
@@ -84,6 +84,7 @@ mod tests {
             detach: false,
             max_duration_seconds: None,
             warn_at_seconds: None,
+            pty: None,
         }
     }
 

@@ -338,6 +338,7 @@ impl super::Driver for Driver {
                 snapshot: true,
                 metrics: true,
                 detect_ports: false,
+                terminal: false,
             },
             settings: Vec::new(),
             credentials: Vec::new(),

@@ -18,6 +18,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use crate::drivers::shell::{Chunk, OutputStream};
 use crate::streams::{BoxedReader, BoxedWriter};
 use crate::error::{Error, Result};
+use crate::protocol::PtySize;
 
 /// The oldest API version sandlink speaks; Debian's engine 20.10 speaks 1.41 and newer engines accept it.
 const MINIMUM_API: &str = "1.41";
@@ -325,11 +326,55 @@ impl Client {
         user: Option<String>,
         stdin: bool,
     ) -> Result<AttachedExec> {
+        self.exec_attached(container, command, env, working_dir, user, stdin, None).await
+    }
+
+    /// `exec` attached to a new terminal of `size` (Docker's `Tty`): one raw output stream, stdin always open.
+    pub async fn exec_in_terminal(
+        &self,
+        container: &str,
+        command: Vec<String>,
+        env: Vec<String>,
+        working_dir: Option<String>,
+        user: Option<String>,
+        size: PtySize,
+    ) -> Result<AttachedExec> {
+        let attached = self.exec_attached(container, command, env, working_dir, user, true, Some(size)).await?;
+        // The exec API takes no size at creation; the first resize follows the start at once. The exec may not be
+        // running yet for a moment, so a refusal is tried again briefly.
+        for attempt in 0..20 {
+            match self.resize_exec(&attached.id, size).await {
+                Ok(()) => break,
+                Err(error) if attempt == 19 => tracing::debug!(%error, "could not size a new terminal"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Changes the window size of an exec's terminal.
+    pub async fn resize_exec(&self, exec_id: &str, size: PtySize) -> Result<()> {
+        let options = bollard::exec::ResizeExecOptions { height: size.rows, width: size.cols };
+        self.docker.resize_exec(exec_id, options).await.map_err(|error| self.map(error))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_attached(
+        &self,
+        container: &str,
+        command: Vec<String>,
+        env: Vec<String>,
+        working_dir: Option<String>,
+        user: Option<String>,
+        stdin: bool,
+        terminal: Option<PtySize>,
+    ) -> Result<AttachedExec> {
+        let tty = terminal.is_some();
         let options = bollard::exec::CreateExecOptions {
             attach_stdin: Some(stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            tty: Some(false),
+            tty: Some(tty),
             env: Some(env),
             cmd: Some(command),
             user,
@@ -337,7 +382,7 @@ impl Client {
             ..Default::default()
         };
         let created = self.docker.create_exec(container, options).await.map_err(|error| self.map(error))?;
-        let start = bollard::exec::StartExecOptions { detach: false, tty: false, output_capacity: Some(1 << 16) };
+        let start = bollard::exec::StartExecOptions { detach: false, tty, output_capacity: Some(1 << 16) };
         let started = self.docker.start_exec(&created.id, Some(start)).await.map_err(|error| self.map(error))?;
         let bollard::exec::StartExecResults::Attached { output, input } = started else {
             return Err(Error::Internal("Docker started the exec detached although sandlink asked to attach.".into()));

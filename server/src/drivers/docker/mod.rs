@@ -86,6 +86,7 @@ impl Driver {
             snapshot: false,
             metrics: available,
             detect_ports: available,
+            terminal: available,
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::drivers::process::signal_name;
 use crate::drivers::shell::agent::Agent;
 use crate::drivers::shell::files::ShellFiles;
 use crate::drivers::shell::group;
-use crate::drivers::{ExecSpec, ExitStatus, Process, Sandbox, SandboxStatus};
+use crate::drivers::{ExecSpec, ExitStatus, Process, ProcessControl, Sandbox, SandboxStatus, Signal};
 use crate::error::{Error, Result};
 use crate::netpolicy::NetworkPolicy;
 use crate::protocol::Resources;
@@ -134,6 +134,10 @@ impl Sandbox for DockerSandbox {
         ))
     }
 
+    fn supports_terminal(&self) -> bool {
+        true
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
         if let Some(failure) = self.current_failure() {
             return Err(Error::Remote { status: None, message: failure });
@@ -148,16 +152,29 @@ impl Sandbox for DockerSandbox {
         let token = group::run_token();
         let command = group::run_argv(&token, &spec.command, spec.args.as_deref());
         let env = self.exec_env(&spec);
-        let attached = self
-            .client
-            .exec(&self.container_id, command, env, Some(working_dir.clone()), self.user.clone(), spec.stdin)
-            .await?;
+        let attached = match spec.pty {
+            Some(size) => {
+                self.client
+                    .exec_in_terminal(&self.container_id, command, env, Some(working_dir.clone()), self.user.clone(), size)
+                    .await?
+            }
+            None => {
+                self.client
+                    .exec(&self.container_id, command, env, Some(working_dir.clone()), self.user.clone(), spec.stdin)
+                    .await?
+            }
+        };
+        let exec_id = attached.id.clone();
 
         let output = group::split_output(attached.output);
 
         let signalled = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
-        let control = Arc::new(group::GroupControl::new(self.signaller.clone(), token, signalled.clone(), finished.clone()));
+        let group = group::GroupControl::new(self.signaller.clone(), token, signalled.clone(), finished.clone());
+        let control: Arc<dyn ProcessControl> = match spec.pty {
+            Some(_) => Arc::new(TerminalControl { group, client: self.client.clone(), exec_id }),
+            None => Arc::new(group),
+        };
         let exit = wait_for_exit(
             self.client.clone(),
             self.container_id.clone(),
@@ -172,7 +189,7 @@ impl Sandbox for DockerSandbox {
         Ok(Process {
             stdout: output.stdout,
             stderr: output.stderr,
-            stdin: spec.stdin.then_some(attached.input),
+            stdin: (spec.stdin || spec.pty.is_some()).then_some(attached.input),
             control,
             exit,
         })
@@ -384,3 +401,21 @@ fn exit_status(code: i64, signalled: bool) -> ExitStatus {
     ExitStatus { code: Some(code as i32), signal: None, message: None }
 }
 
+
+/// A terminal run's control: signals go to its process group as for any run; resizes to the exec's terminal.
+struct TerminalControl {
+    group: group::GroupControl,
+    client: Client,
+    exec_id: String,
+}
+
+#[async_trait]
+impl ProcessControl for TerminalControl {
+    async fn signal(&self, signal: Signal) -> Result<()> {
+        self.group.signal(signal).await
+    }
+
+    async fn resize(&self, size: crate::protocol::PtySize) -> Result<()> {
+        self.client.resize_exec(&self.exec_id, size).await
+    }
+}

@@ -22,6 +22,7 @@ use super::client::{is_not_found, Envd, Health};
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::streams::BoxedReader;
 use crate::error::{Error, Result};
+use crate::protocol::PtySize;
 
 const CONNECT_STREAM_CONTENT_TYPE: &str = "application/connect+json";
 /// Envelope flag: the payload is compressed (sandlink never asks for compression, so this is a protocol error).
@@ -425,8 +426,24 @@ fn output_reader(receiver: mpsc::Receiver<Bytes>) -> BoxedReader {
 
 /// Starts a process through envd and answers once envd has reported its pid.
 pub async fn start(envd: Arc<Envd>, tuning: StreamTuning, config: Value, stdin: bool) -> Result<Process> {
+    start_with_terminal(envd, tuning, config, stdin, None).await
+}
+
+/// `start`, attached to a new terminal of `size` in the sandbox when one is given (envd's `pty`): its output comes as
+/// `pty` data, its input goes as `pty` bytes, and `Control::resize` changes its size with `Update`.
+pub async fn start_with_terminal(
+    envd: Arc<Envd>,
+    tuning: StreamTuning,
+    config: Value,
+    stdin: bool,
+    terminal: Option<PtySize>,
+) -> Result<Process> {
     // `stdin` is a proto3 optional field: envd gives the process an open pipe when it is absent, so always send it.
-    let start_message = json!({ "process": config, "stdin": stdin });
+    let mut start_message = json!({ "process": config, "stdin": stdin && terminal.is_none() });
+    if let Some(size) = terminal {
+        start_message["pty"] = json!({ "size": { "cols": size.cols, "rows": size.rows } });
+    }
+    let stdin = stdin || terminal.is_some();
     let (stdout_sender, stdout_receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
     let (stderr_sender, stderr_receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
     let (pid_sender, pid_receiver) = oneshot::channel();
@@ -450,7 +467,7 @@ pub async fn start(envd: Arc<Envd>, tuning: StreamTuning, config: Value, stdin: 
             });
         }
     };
-    let stdin_writer = stdin.then(|| spawn_stdin_forwarder(envd.clone(), shared.clone()));
+    let stdin_writer = stdin.then(|| spawn_stdin_forwarder(envd.clone(), shared.clone(), terminal.is_some()));
     let exit = async move {
         exit_receiver
             .await
@@ -461,13 +478,15 @@ pub async fn start(envd: Arc<Envd>, tuning: StreamTuning, config: Value, stdin: 
         stdout: output_reader(stdout_receiver),
         stderr: output_reader(stderr_receiver),
         stdin: stdin_writer,
-        control: Arc::new(Control { envd, shared }),
+        control: Arc::new(Control { envd, shared, terminal: terminal.is_some() }),
         exit,
     })
 }
 
 /// Gives the engine a writer whose bytes go to the process with `SendInput`; closing it closes the process's stdin.
-fn spawn_stdin_forwarder(envd: Arc<Envd>, shared: Arc<RunShared>) -> crate::drivers::BoxedWriter {
+fn spawn_stdin_forwarder(envd: Arc<Envd>, shared: Arc<RunShared>, terminal: bool) -> crate::drivers::BoxedWriter {
+    // A terminal's keystrokes go in as `pty` bytes; it has no stdin of its own to close (its end of input is Ctrl-D).
+    let input_field = if terminal { "pty" } else { "stdin" };
     let (writer, mut reader) = tokio::io::duplex(2 * STDIN_CHUNK_BYTES);
     tokio::spawn(async move {
         let pid = shared.pid.load(Ordering::SeqCst);
@@ -478,14 +497,14 @@ fn spawn_stdin_forwarder(envd: Arc<Envd>, shared: Arc<RunShared>) -> crate::driv
                 Ok(read) => read,
             };
             let encoded = base64::engine::general_purpose::STANDARD.encode(&buffer[..read]);
-            let message = json!({ "process": { "pid": pid }, "input": { "stdin": encoded } });
+            let message = json!({ "process": { "pid": pid }, "input": { input_field: encoded } });
             if let Err(error) = envd.unary("process.Process/SendInput", &message, "sending input to the command").await {
                 // Dropping the reader makes the engine's next write fail, which it reports to the user.
                 tracing::warn!(%error, "could not send input to an e2b command");
                 return;
             }
         }
-        if !shared.ended.load(Ordering::SeqCst) {
+        if !terminal && !shared.ended.load(Ordering::SeqCst) {
             let message = json!({ "process": { "pid": pid } });
             if let Err(error) = envd.unary("process.Process/CloseStdin", &message, "closing the command's input").await {
                 tracing::warn!(%error, "could not close an e2b command's stdin");
@@ -499,6 +518,8 @@ fn spawn_stdin_forwarder(envd: Arc<Envd>, shared: Arc<RunShared>) -> crate::driv
 struct Control {
     envd: Arc<Envd>,
     shared: Arc<RunShared>,
+    /// The process was started on a terminal, which `resize` changes.
+    terminal: bool,
 }
 
 #[async_trait::async_trait]
@@ -515,6 +536,22 @@ impl ProcessControl for Control {
         let pid = self.shared.pid.load(Ordering::SeqCst);
         let message = json!({ "process": { "pid": pid }, "signal": name });
         match self.envd.unary_within("process.Process/SendSignal", &message, "signalling the command", SIGNAL_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn resize(&self, size: PtySize) -> Result<()> {
+        if !self.terminal {
+            return Err(Error::InvalidParams("This run has no terminal to resize.".into()));
+        }
+        if self.shared.ended.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let pid = self.shared.pid.load(Ordering::SeqCst);
+        let message = json!({ "process": { "pid": pid }, "pty": { "size": { "cols": size.cols, "rows": size.rows } } });
+        match self.envd.unary_within("process.Process/Update", &message, "resizing the command's terminal", SIGNAL_TIMEOUT).await {
             Ok(_) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
             Err(error) => Err(error),

@@ -254,6 +254,7 @@ impl super::Driver for Driver {
                 snapshot: true,
                 metrics: true,
                 detect_ports: true,
+                terminal: true,
             },
             // `drivers::describe` fills these from the driver's declarations.
             settings: Vec::new(),
@@ -379,6 +380,10 @@ impl Sandbox for E2bSandbox {
         super::state_value("e2b", &State { sandbox_id: self.sandbox_id.clone() })
     }
 
+    fn supports_terminal(&self) -> bool {
+        true
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
         if let Some(cwd) = &spec.cwd {
             if cwd.starts_with('/') || cwd.split('/').any(|part| part == "..") {
@@ -398,7 +403,7 @@ impl Sandbox for E2bSandbox {
             "envs": spec.env,
             "cwd": self.working_directory(spec.cwd.as_deref()),
         });
-        envd::start(self.envd.clone(), self.tuning, config, spec.stdin).await
+        envd::start_with_terminal(self.envd.clone(), self.tuning, config, spec.stdin, spec.pty).await
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {

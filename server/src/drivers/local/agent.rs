@@ -28,6 +28,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use super::confine::{Confinement, NetworkRule, RunPolicy};
 use super::isolation::Mechanism;
 use super::processes;
+use crate::drivers::pty as terminal;
+use crate::protocol::PtySize;
 use crate::drivers::process::signal_name;
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::error::{Error, Result};
@@ -42,6 +44,9 @@ struct SpawnRequest {
     args: Vec<String>,
     cwd: PathBuf,
     env: BTreeMap<String, String>,
+    /// Attach the run to a new terminal of this size, relayed to the request's stdin and stdout pipes.
+    #[serde(default)]
+    pty: Option<PtySize>,
 }
 
 /// What the driver tells its agent when it starts it: how to confine runs and how to clean up.
@@ -235,13 +240,47 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
         .current_dir(&request.cwd)
         // The request carries the whole environment: nothing of the agent's own reaches the run.
         .env_clear()
-        .envs(&request.env)
-        .stdin(std::process::Stdio::from(stdin))
-        .stdout(std::process::Stdio::from(stdout))
-        .stderr(std::process::Stdio::from(stderr));
+        .envs(&request.env);
+    // A terminal run's three streams are the terminal; the pipes are then the relay's ends and stderr stays empty.
+    let mut terminal_master = None;
+    match request.pty {
+        Some(size) => {
+            let (master, slave) = match terminal::open(size) {
+                Ok(opened) => opened,
+                Err(error) => {
+                    writeln!(writer, "error could not open a terminal: {error}")?;
+                    return Ok(());
+                }
+            };
+            command
+                .stdin(std::process::Stdio::from(slave.try_clone()?))
+                .stdout(std::process::Stdio::from(slave.try_clone()?))
+                .stderr(std::process::Stdio::from(slave));
+            let master = Arc::new(master);
+            terminal::relay(master.clone(), stdin, stdout);
+            drop(stderr);
+            terminal_master = Some(master);
+        }
+        None => {
+            command
+                .stdin(std::process::Stdio::from(stdin))
+                .stdout(std::process::Stdio::from(stdout))
+                .stderr(std::process::Stdio::from(stderr));
+        }
+    }
     let child_confinement = confinement.clone();
-    // SAFETY: the closure only makes system calls (see `Confinement::apply_in_child`).
-    unsafe { command.pre_exec(move || child_confinement.apply_in_child()) };
+    let controlling_terminal = terminal_master.is_some();
+    // SAFETY: the closure only makes system calls (see `Confinement::apply_in_child`); the terminal becomes the
+    // run's controlling one after the confinement's `setsid`, inside the confined process.
+    unsafe {
+        command.pre_exec(move || {
+            child_confinement.apply_in_child()?;
+            if controlling_terminal {
+                terminal::take_as_controlling_terminal()?;
+            }
+            Ok(())
+        })
+    };
     // The reaper may only see the run's exit once the run is registered: spawn and register under its lock.
     let (exited, exit_status) = std::sync::mpsc::channel();
     let group = {
@@ -269,7 +308,12 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
             let number = match line.as_deref() {
                 Ok("TERM") => libc::SIGTERM,
                 Ok("KILL") => libc::SIGKILL,
-                Ok(_) => continue,
+                Ok(other) => {
+                    if let (Some(master), Some(size)) = (&terminal_master, parse_size_line(other)) {
+                        let _ = terminal::set_size(master.as_raw_fd(), size);
+                    }
+                    continue;
+                }
                 Err(_) => break,
             };
             // SAFETY: kill(2) on the run's own process group (the run leads a session of its own).
@@ -288,6 +332,15 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
         writeln!(writer, "exit code 255")?;
     }
     Ok(())
+}
+
+/// Reads a `SIZE COLS ROWS` line, the server's request to resize a run's terminal.
+fn parse_size_line(line: &str) -> Option<PtySize> {
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("SIZE"), Some(cols), Some(rows), None) => Some(PtySize { cols: cols.parse().ok()?, rows: rows.parse().ok()? }),
+        _ => None,
+    }
 }
 
 /// The server's side: starts runs through a session's agent.
@@ -320,14 +373,17 @@ impl AgentClient {
         cwd: PathBuf,
         env: BTreeMap<String, String>,
         stdin: bool,
+        pty: Option<PtySize>,
     ) -> Result<Process> {
+        // A terminal always takes keystrokes.
+        let stdin = stdin || pty.is_some();
         let agent_gone = |error: std::io::Error| {
             Error::Internal(format!("The session's sandbox agent is not answering ({error}); reconnect the session."))
         };
         let (stdin_reader, stdin_writer) = std::io::pipe().map_err(|error| Error::io("Could not create a pipe", error))?;
         let (stdout_reader, stdout_writer) = std::io::pipe().map_err(|error| Error::io("Could not create a pipe", error))?;
         let (stderr_reader, stderr_writer) = std::io::pipe().map_err(|error| Error::io("Could not create a pipe", error))?;
-        let request = serde_json::to_vec(&SpawnRequest { program, args, cwd, env })
+        let request = serde_json::to_vec(&SpawnRequest { program, args, cwd, env, pty })
             .map_err(|error| Error::Internal(format!("Could not encode a run request: {error}")))?;
         let mut message = (request.len() as u32).to_be_bytes().to_vec();
         message.extend_from_slice(&request);
@@ -375,7 +431,7 @@ impl AgentClient {
             stdout: Box::pin(pipe_receiver(stdout_reader)?),
             stderr: Box::pin(pipe_receiver(stderr_reader)?),
             stdin,
-            control: Arc::new(AgentControl { writer: tokio::sync::Mutex::new(write_half) }),
+            control: Arc::new(AgentControl { writer: tokio::sync::Mutex::new(write_half), terminal: pty.is_some() }),
             exit,
         })
     }
@@ -396,6 +452,8 @@ fn pipe_sender(writer: std::io::PipeWriter) -> Result<tokio::net::unix::pipe::Se
 /// Signals a run's process group through the agent's connection.
 struct AgentControl {
     writer: tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>,
+    /// The run was started with a terminal, which `resize` changes.
+    terminal: bool,
 }
 
 #[async_trait]
@@ -407,6 +465,16 @@ impl ProcessControl for AgentControl {
         };
         // A closed connection means the run and the agent are gone already, which is what the caller wants.
         let _ = self.writer.lock().await.write_all(line).await;
+        Ok(())
+    }
+
+    async fn resize(&self, size: PtySize) -> Result<()> {
+        if !self.terminal {
+            return Err(Error::InvalidParams("This run has no terminal to resize.".into()));
+        }
+        let line = format!("SIZE {} {}\n", size.cols, size.rows);
+        // As for signals: a closed connection means the run is over, and its size no longer matters.
+        let _ = self.writer.lock().await.write_all(line.as_bytes()).await;
         Ok(())
     }
 }

@@ -235,6 +235,7 @@ impl super::Driver for Driver {
                 snapshot: false,
                 metrics: false,
                 detect_ports: true,
+                terminal: true,
             },
             // `drivers::describe` fills these from the driver's declarations.
             settings: Vec::new(),
@@ -670,6 +671,10 @@ impl Sandbox for LocalSandbox {
         Some(std::time::Duration::from_secs(2))
     }
 
+    fn supports_terminal(&self) -> bool {
+        true
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
         let cwd = match &spec.cwd {
             Some(cwd) => join_inside(&self.root, cwd)?,
@@ -711,7 +716,7 @@ impl Sandbox for LocalSandbox {
             Some(args) => (spec.command.clone(), args.clone()),
             None => ("sh".to_string(), vec!["-c".to_string(), spec.command.clone()]),
         };
-        agent.client.spawn(program, arguments, cwd, env, spec.stdin).await
+        agent.client.spawn(program, arguments, cwd, env, spec.stdin, spec.pty).await
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {

@@ -13,6 +13,7 @@ mod runs;
 mod sandbox;
 mod settings;
 mod target;
+mod terminal;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,7 @@ impl Driver {
             snapshot: false,
             metrics: false,
             detect_ports: true,
+            terminal: true,
         }
     }
 }

@@ -8,9 +8,10 @@ use async_trait::async_trait;
 
 use super::connection::Connection;
 use super::runs::{Launch, Runs};
+use super::terminal;
 use crate::drivers::shell::agent::Agent;
 use crate::drivers::shell::files::ShellFiles;
-use crate::drivers::shell::group;
+use crate::drivers::shell::{self, group};
 use crate::drivers::{ExecSpec, Process, Sandbox, SandboxStatus};
 use crate::error::{Error, Result};
 use crate::sync::RemoteFiles;
@@ -61,6 +62,10 @@ impl Sandbox for SshSandbox {
         crate::drivers::state_value("ssh", &state)
     }
 
+    fn supports_terminal(&self) -> bool {
+        true
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
         let directory = group::run_directory(&self.root, spec.cwd.as_deref())?;
         if spec.cwd.is_some() && self.helper(r#"[ -d "$1" ]"#, &[&directory]).await? != 0 {
@@ -71,6 +76,13 @@ impl Sandbox for SshSandbox {
         }
         let mut env = vec![("SANDLINK_REMOTE_ROOT".to_string(), self.root.clone())];
         env.extend(self.env.iter().chain(spec.env.iter()).map(|(name, value)| (name.clone(), value.clone())));
+        if let Some(size) = spec.pty {
+            let line = match &spec.args {
+                Some(args) => std::iter::once(&spec.command).chain(args.iter()).map(|word| shell::quote(word)).collect::<Vec<_>>().join(" "),
+                None => spec.command.clone(),
+            };
+            return terminal::start(&self.connection, terminal::remote_line(&directory, &env, &line), size).await;
+        }
         let launch = match &spec.args {
             Some(args) => Launch::Program(std::iter::once(spec.command.clone()).chain(args.iter().cloned()).collect()),
             None => Launch::Line(spec.command.clone()),

@@ -299,6 +299,7 @@ impl super::Driver for Driver {
                 snapshot: true,
                 metrics: false,
                 detect_ports: false,
+                terminal: false,
             },
             settings: Vec::new(),
             credentials: Vec::new(),

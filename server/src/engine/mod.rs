@@ -15,6 +15,7 @@ mod runs;
 pub mod session;
 pub mod store;
 mod syncing;
+pub mod runlog;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -70,6 +70,12 @@ impl Engine {
         // refused as `unsupported` rather than as a mistake of the caller's.
         let stdin_refusal = (params.stdin && process.stdin.is_none())
             .then(|| Error::unsupported_by(session.sandbox.driver_id(), "writing to a run's stdin").to_string());
+        // Read for each run, so a changed config.toml applies from the next run on. A file that does not parse leaves
+        // the default here; the requests that read profiles report what is wrong with it.
+        let log_cap = match self.load_profiles(None).await {
+            Ok(profiles) => profiles.log_cap(),
+            Err(_) => crate::profiles::runs::DEFAULT_LOG_CAP_BYTES,
+        };
         let context = run::RunContext {
             run_id: run_id.clone(),
             session_id: session.id.clone(),
@@ -85,6 +91,7 @@ impl Engine {
                 output::PathMapper::new(&session.sandbox.remote_root(), &workspace.to_string_lossy())
             }),
             stdin_refusal,
+            log_cap,
         };
         let (handle, answered, task) = run::start(context, process)?;
         let handle_for_end = handle.clone();

@@ -12,6 +12,9 @@
 //! [sessions]                 # user file only
 //! keepOnExit = true          # keep sandboxes when the editor exits, to re-attach after a restart
 //!
+//! [runs]                     # user file only (see `runs`)
+//! logCap = "256MiB"          # the most of a run's output its log file keeps
+//!
 //! [profiles.dev]
 //! driver = "docker"
 //! image = "node:20"
@@ -21,6 +24,7 @@
 //! saving a user profile with one is refused; both errors say where secrets go instead. Files are read and written
 //! on blocking threads, writes atomically under a lock (see `statefile`).
 
+pub mod runs;
 pub mod secrets;
 pub mod trust;
 
@@ -74,6 +78,8 @@ pub struct ConfigFile {
     pub keep_on_exit: Option<bool>,
     /// For a workspace file, what trust in it is bound to, taken from the same text as the profiles.
     pub fingerprint: Option<trust::Fingerprint>,
+    /// The `[runs]` table (user file only).
+    pub runs: runs::RunSettings,
 }
 
 /// The user file and, when there is one, the workspace file, as seen together.
@@ -110,6 +116,11 @@ impl Profiles {
 
     pub fn keep_on_exit(&self) -> bool {
         self.user.keep_on_exit.unwrap_or(true)
+    }
+
+    /// The most of a run's output its log keeps (`[runs] logCap`).
+    pub fn log_cap(&self) -> u64 {
+        self.user.runs.log_cap.unwrap_or(runs::DEFAULT_LOG_CAP_BYTES)
     }
 }
 
@@ -207,6 +218,7 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
                     }
                 }
             }
+            ("runs", Source::User) => file.runs = runs::parse(&value, path)?,
             ("tasks", _) => {
                 // `[tasks]` belongs to `crate::tasks`; here it is only checked for secrets (a token in a curl line).
                 if let Some(Value::Object(tasks)) = toml_to_json(&value) {
@@ -220,7 +232,7 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
                     }
                 }
             }
-            ("limits" | "sessions", Source::Workspace) => {
+            ("limits" | "sessions" | "runs", Source::Workspace) => {
                 return Err(Error::InvalidProfile(format!(
                     "\"{key}\" in {shown} is a user setting; a workspace file cannot change it. Put it in {} \
                      instead.",
@@ -230,7 +242,7 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
             (other, _) => {
                 return Err(Error::InvalidProfile(format!(
                     "\"{other}\" in {shown} is not a known key; the file holds \"default\", [profiles.NAME] tables{}.",
-                    if source == Source::User { ", [limits] and [sessions]" } else { "" }
+                    if source == Source::User { ", [limits], [sessions] and [runs]" } else { "" }
                 )))
             }
         }

@@ -113,7 +113,10 @@ impl LiveView {
                 }
                 if queue.queued_bytes == 0 || queue.queued_bytes + bytes.len() <= LIVE_VIEW_LIMIT_BYTES {
                     queue.queued_bytes += bytes.len();
-                    queue.segments.push_back(Segment::Data(stream, bytes.to_vec()));
+                    // In pieces of one notification each, so the sender hands them on without cutting them again.
+                    for piece in bytes.chunks(NOTIFICATION_LIMIT_BYTES) {
+                        queue.segments.push_back(Segment::Data(stream, piece.to_vec()));
+                    }
                     drop(queue);
                     self.wake.notify_one();
                     return;

@@ -11,7 +11,7 @@ use std::io::Write;
 use super::output::human_bytes;
 
 /// Small writes gather up to this much before they reach the file; a larger write goes straight through.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// The line that ends a log that reached its cap; it starts on a line of its own even when the cap cut a line.
 pub fn cap_marker(dropped: u64, cap: u64) -> String {

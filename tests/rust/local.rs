@@ -189,7 +189,13 @@ fn a_plain_client_should_get_output_as_log_messages_and_work_through_execute_com
 #[test]
 fn one_gibibyte_of_output_should_arrive_with_bounded_server_memory_and_a_complete_log() {
     let workspace = support::workspace_with(&[]);
-    let server = Server::start();
+    // Logs keep 256 MiB by default; a cap above the output keeps all of it (tests/rust/output.rs covers the cap).
+    let config = tempfile::tempdir().expect("a config dir");
+    std::fs::write(config.path().join("config.toml"), "[runs]\nlogCap = \"2GiB\"\n").expect("config.toml");
+    let server = Server::start_with(StartOptions {
+        env: vec![("SANDLINK_CONFIG_DIR".into(), config.path().display().to_string())],
+        ..StartOptions::default()
+    });
     server.count_output_only(true);
     let session = server.connect("local", Value::Null, workspace.path());
     let gibibyte: u64 = 1 << 30;

@@ -19,6 +19,7 @@ pub mod audit;
 mod limits;
 mod manage;
 mod terminal;
+pub mod runlog;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

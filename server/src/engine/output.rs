@@ -8,7 +8,7 @@
 use crate::locks::lock;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -23,6 +23,17 @@ pub const NOTIFICATION_LIMIT_BYTES: usize = 64 * 1024;
 pub const SKIPPED_TAIL_BYTES: usize = 64 * 1024;
 /// How long the sender waits for more output before sending a small piece: short enough to feel live.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(4);
+/// The live view passes on this much at once before its rate applies, so any output up to this size (a build's,
+/// a test suite's) arrives whole, however fast it was written.
+pub const LIVE_VIEW_BURST_BYTES: u64 = 8 << 20;
+/// The sustained rate the live view passes on past its burst: more than anyone reads, and little enough that
+/// encoding, sending and showing it never competes with the command for the processor. Faster output is skipped
+/// in the middle (the log has it) until half a burst is back, then shown again: a torrent reads as runs of output
+/// between markers, about one a second.
+pub const LIVE_VIEW_BYTES_PER_SECOND: u64 = 4 << 20;
+/// While output past the rate is skipped and nothing else comes, the sender looks this often whether the
+/// allowance is back, so the end of a torrent followed by silence still shows before the run ends.
+const OVER_RATE_RECHECK: Duration = Duration::from_millis(100);
 
 /// One queued piece of the live view.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,11 +44,48 @@ pub enum Segment {
     Skipped(OutputStream, u64, Vec<u8>),
 }
 
-#[derive(Default)]
 struct Queue {
     segments: VecDeque<Segment>,
     queued_bytes: usize,
     closed: bool,
+    /// Bytes the live view may still pass on (the rate's bucket; see `LIVE_VIEW_BURST_BYTES`).
+    allowance: u64,
+    topped_up: Instant,
+    /// Set while output past the rate is skipped; the open skip segment at the back then waits for more.
+    over_rate: bool,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            segments: VecDeque::new(),
+            queued_bytes: 0,
+            closed: false,
+            allowance: LIVE_VIEW_BURST_BYTES,
+            topped_up: Instant::now(),
+            over_rate: false,
+        }
+    }
+}
+
+impl Queue {
+    /// Adds what the rate allows since the last top-up; skipping ends once half a burst is back.
+    fn top_up(&mut self, now: Instant) {
+        let earned = now.saturating_duration_since(self.topped_up).as_secs_f64() * LIVE_VIEW_BYTES_PER_SECOND as f64;
+        if earned >= 1.0 {
+            self.allowance = (self.allowance + earned as u64).min(LIVE_VIEW_BURST_BYTES);
+            self.topped_up = now;
+        }
+        if self.over_rate && self.allowance >= LIVE_VIEW_BURST_BYTES / 2 {
+            self.over_rate = false;
+        }
+    }
+
+    /// How many segments the sender may take now: all but a skip still open because output is over the rate.
+    fn ready_segments(&self) -> usize {
+        let open_skip = self.over_rate && !self.closed && matches!(self.segments.back(), Some(Segment::Skipped(..)));
+        self.segments.len() - usize::from(open_skip)
+    }
 }
 
 /// The bounded queue between a run's readers and its notification sender.
@@ -65,7 +113,10 @@ impl LiveView {
                 }
                 if queue.queued_bytes == 0 || queue.queued_bytes + bytes.len() <= LIVE_VIEW_LIMIT_BYTES {
                     queue.queued_bytes += bytes.len();
-                    queue.segments.push_back(Segment::Data(stream, bytes.to_vec()));
+                    // In pieces of one notification each, so the sender hands them on without cutting them again.
+                    for piece in bytes.chunks(NOTIFICATION_LIMIT_BYTES) {
+                        queue.segments.push_back(Segment::Data(stream, piece.to_vec()));
+                    }
                     drop(queue);
                     self.wake.notify_one();
                     return;
@@ -85,12 +136,19 @@ impl LiveView {
             if queue.closed {
                 return;
             }
-            if queue.queued_bytes + bytes.len() > LIVE_VIEW_LIMIT_BYTES {
+            queue.top_up(Instant::now());
+            if !queue.over_rate && bytes.len() as u64 > queue.allowance {
+                queue.over_rate = true;
+            }
+            if queue.over_rate || queue.queued_bytes + bytes.len() > LIVE_VIEW_LIMIT_BYTES {
                 if !matches!(queue.segments.back(), Some(Segment::Skipped(skipped_stream, ..)) if *skipped_stream == stream) {
                     queue.segments.push_back(Segment::Skipped(stream, 0, Vec::new()));
                 }
                 if let Some(Segment::Skipped(_, count, tail)) = queue.segments.back_mut() {
-                    tail.extend_from_slice(bytes);
+                    // Only the newest bytes can end up in the tail: the older part of a big piece is counted uncopied.
+                    let older = bytes.len().saturating_sub(SKIPPED_TAIL_BYTES);
+                    *count += older as u64;
+                    tail.extend_from_slice(&bytes[older..]);
                     if tail.len() > SKIPPED_TAIL_BYTES {
                         let dropped = tail.len() - SKIPPED_TAIL_BYTES;
                         tail.drain(..dropped);
@@ -99,6 +157,7 @@ impl LiveView {
                 }
             } else {
                 queue.queued_bytes += bytes.len();
+                queue.allowance -= bytes.len() as u64;
                 match queue.segments.back_mut() {
                     Some(Segment::Data(last_stream, data))
                         if *last_stream == stream && data.len() < NOTIFICATION_LIMIT_BYTES =>
@@ -112,6 +171,18 @@ impl LiveView {
         self.wake.notify_one();
     }
 
+    /// Lets more output gather for at most `window`, ending early once a notification's worth is queued (a fast
+    /// writer then never waits out the window, which would cap a lossless run at one queue per window).
+    async fn gather(&self, window: Duration) {
+        let deadline = tokio::time::Instant::now() + window;
+        while tokio::time::timeout_at(deadline, self.wake.notified()).await.is_ok() {
+            let queue = lock(&self.queue);
+            if queue.closed || queue.queued_bytes >= NOTIFICATION_LIMIT_BYTES {
+                return;
+            }
+        }
+    }
+
     /// Marks the end of output; the sender drains what is queued and then stops.
     pub fn close(&self) {
         lock(&self.queue).closed = true;
@@ -122,24 +193,31 @@ impl LiveView {
     /// Returns `None` once closed and drained.
     pub async fn next_batch(&self) -> Option<Vec<Segment>> {
         loop {
-            let (has_data, closed, full) = {
-                let queue = lock(&self.queue);
-                (!queue.segments.is_empty(), queue.closed, queue.queued_bytes >= NOTIFICATION_LIMIT_BYTES)
+            let (ready, held, closed, full) = {
+                let mut queue = lock(&self.queue);
+                queue.top_up(Instant::now());
+                let ready = queue.ready_segments();
+                (ready > 0, ready < queue.segments.len(), queue.closed, queue.queued_bytes >= NOTIFICATION_LIMIT_BYTES)
             };
-            if !has_data {
+            if !ready {
                 if closed {
                     return None;
                 }
-                self.wake.notified().await;
+                if held {
+                    let _ = tokio::time::timeout(OVER_RATE_RECHECK, self.wake.notified()).await;
+                } else {
+                    self.wake.notified().await;
+                }
                 continue;
             }
             if !closed && !full {
-                tokio::time::sleep(COALESCE_WINDOW).await;
+                self.gather(COALESCE_WINDOW).await;
             }
             let batch: Vec<Segment> = {
                 let mut queue = lock(&self.queue);
+                let ready = queue.ready_segments();
                 queue.queued_bytes = 0;
-                queue.segments.drain(..).collect()
+                queue.segments.drain(..ready).collect()
             };
             self.space.notify_one();
             return Some(batch);
@@ -157,6 +235,18 @@ pub struct Utf8Decoder {
 }
 
 impl Utf8Decoder {
+    /// `decode` for bytes the caller gives up: valid text with nothing carried over becomes the string without a
+    /// copy, which is what almost every piece of a big output is.
+    pub fn decode_owned(&mut self, bytes: Vec<u8>) -> String {
+        if self.carry.is_empty() && !self.resync {
+            match String::from_utf8(bytes) {
+                Ok(text) => return text,
+                Err(error) => return self.decode(error.as_bytes()),
+            }
+        }
+        self.decode(&bytes)
+    }
+
     /// Decodes what can be decoded now; an incomplete trailing character waits for the next call.
     pub fn decode(&mut self, bytes: &[u8]) -> String {
         let mut input: &[u8] = bytes;
@@ -310,6 +400,39 @@ mod tests {
     }
 
     #[test]
+    fn output_past_the_rate_should_be_skipped_until_half_a_burst_is_back() {
+        let view = LiveView::new();
+        let chunk = vec![b'r'; 64 * 1024];
+        let mut shown = 0u64;
+        // A fast editor: the queue is emptied after every piece, so only the rate can make the view skip.
+        for _ in 0..(LIVE_VIEW_BURST_BYTES / chunk.len() as u64 + 4) {
+            view.push(OutputStream::Stdout, &chunk);
+            let mut queue = lock(&view.queue);
+            let ready = queue.ready_segments();
+            for segment in queue.segments.drain(..ready) {
+                if let Segment::Data(_, bytes) = segment {
+                    shown += bytes.len() as u64;
+                }
+            }
+            queue.queued_bytes = 0;
+        }
+        {
+            let mut queue = lock(&view.queue);
+            assert!(queue.over_rate, "a torrent past the burst is over the rate");
+            assert!(shown <= LIVE_VIEW_BURST_BYTES + 64 * 1024, "about a burst was shown: {shown}");
+            assert!(matches!(queue.segments.back(), Some(Segment::Skipped(..))));
+            assert_eq!(queue.ready_segments(), queue.segments.len() - 1, "the open skip waits for more");
+            queue.topped_up -= Duration::from_secs(2);
+            queue.top_up(Instant::now());
+            assert!(!queue.over_rate, "the allowance came back");
+            assert_eq!(queue.ready_segments(), queue.segments.len(), "the skip and its tail can be sent");
+        }
+        view.push(OutputStream::Stdout, b"after the pause");
+        let queue = lock(&view.queue);
+        assert!(matches!(queue.segments.back(), Some(Segment::Data(_, bytes)) if bytes == b"after the pause"));
+    }
+
+    #[test]
     fn split_text_should_respect_char_boundaries() {
         let text = "ab€cd";
         let pieces = split_text(text, 3);
@@ -382,8 +505,23 @@ impl PathMapper {
     }
 
     pub fn map(&mut self, text: &str) -> String {
+        self.map_owned(text.to_string())
+    }
+
+    /// `map` for text the caller gives up: text with no root in it and nothing held is handed back as it is, so
+    /// the mapping costs one search, not a copy, for output that never names the root.
+    pub fn map_owned(&mut self, text: String) -> String {
+        if self.held.is_empty() && !text.contains(self.root.as_str()) {
+            let keep = self.partial_root_at_end(&text);
+            if keep == 0 {
+                return text;
+            }
+            let mut text = text;
+            self.held = text.split_off(text.len() - keep);
+            return text;
+        }
         let mut combined = std::mem::take(&mut self.held);
-        combined.push_str(text);
+        combined.push_str(&text);
         let mapped = combined.replace(&self.root, &self.workspace);
         let keep = self.partial_root_at_end(&mapped);
         self.held = mapped[mapped.len() - keep..].to_string();

@@ -1,14 +1,14 @@
 //! Runs: starting a process in a sandbox, feeding its stdin, streaming its output, and ending its whole tree.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, Notify};
 
+use super::runlog::{CappedLog, LogTotals};
 use super::output::{skip_marker, split_text, LiveView, PathMapper, Segment, Utf8Decoder, NOTIFICATION_LIMIT_BYTES};
 use super::Events;
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
@@ -235,6 +235,8 @@ pub struct RunContext {
     pub usd_per_hour: Option<f64>,
     /// The run is attached to a terminal, so it can be resized.
     pub terminal: bool,
+    /// The most of the output the log file keeps (`[runs] logCap`); the rest is named by a marker at its end.
+    pub log_cap: u64,
 }
 
 /// Starts pumping a started process; returns the handle and a signal that lets output flow once the caller has
@@ -280,7 +282,7 @@ async fn pump(
 ) {
     let started = Instant::now();
     let live = Arc::new(LiveView::new());
-    let (log, log_writer) = spawn_log_writer(log_file);
+    let (log, log_writer) = spawn_log_writer(log_file, context.log_cap);
     let Process { stdout, stderr, control, exit, .. } = process;
     let lossless = context.lossless;
     let mut readers = tokio::task::JoinSet::new();
@@ -405,33 +407,54 @@ async fn wait_for_readers(readers: &mut tokio::task::JoinSet<()>, limit: Duratio
     tokio::time::timeout(limit, async { while readers.join_next().await.is_some() {} }).await.is_ok()
 }
 
-/// Writes the run's full output to its log file on a thread of its own, so disk latency never stalls the reads.
-fn spawn_log_writer(file: std::fs::File) -> (tokio::sync::mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(LOG_QUEUE_CHUNKS);
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
-        let mut failed = false;
-        while let Some(chunk) = receiver.blocking_recv() {
-            if !failed {
-                if let Err(error) = file.write_all(&chunk) {
-                    tracing::warn!(%error, "could not write to the run log; the live view continues");
-                    failed = true;
-                }
-            }
+/// The run's log as its readers see it: the queue to the writer's thread and how much of the cap is taken.
+#[derive(Clone)]
+struct LogFeed {
+    chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    budget: Arc<LogBudget>,
+}
+
+/// The cap shared by a run's two streams: bytes past it are counted, never copied or queued.
+struct LogBudget {
+    cap: u64,
+    /// Every byte the readers have seen, in the order they claimed their place in the log.
+    offered: AtomicU64,
+}
+
+impl LogFeed {
+    /// Queues what of `chunk` still fits under the cap (waiting when the writer is behind); the rest is only counted.
+    async fn offer(&self, chunk: &[u8]) {
+        let before = self.budget.offered.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if before < self.budget.cap {
+            let fits = (self.budget.cap - before).min(chunk.len() as u64) as usize;
+            // A closed channel means the writer's thread is gone; the live view goes on regardless.
+            let _ = self.chunks.send(chunk[..fits].to_vec()).await;
         }
-        let _ = file.flush();
+    }
+}
+
+/// Writes the head of the run's output to its log file on a thread of its own, so disk latency never stalls the
+/// reads, and ends the file with the marker of what the cap dropped.
+fn spawn_log_writer(file: std::fs::File, cap: u64) -> (LogFeed, tokio::task::JoinHandle<LogTotals>) {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(LOG_QUEUE_CHUNKS);
+    let budget = Arc::new(LogBudget { cap, offered: AtomicU64::new(0) });
+    let writer_budget = budget.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut log = CappedLog::new(file, cap);
+        let mut received = 0u64;
+        while let Some(chunk) = receiver.blocking_recv() {
+            received += chunk.len() as u64;
+            log.write(&chunk);
+        }
+        // The readers are done (the channel closed when the last one dropped its feed), so the count is final.
+        log.count_dropped(writer_budget.offered.load(Ordering::Relaxed).saturating_sub(received));
+        log.finish()
     });
-    (sender, writer)
+    (LogFeed { chunks: sender, budget }, writer)
 }
 
 /// Copies one stream into the log file and the live view until it ends.
-async fn read_into(
-    mut reader: BoxedReader,
-    stream: OutputStream,
-    live: Arc<LiveView>,
-    log: tokio::sync::mpsc::Sender<Vec<u8>>,
-    lossless: bool,
-) {
+async fn read_into(mut reader: BoxedReader, stream: OutputStream, live: Arc<LiveView>, log: LogFeed, lossless: bool) {
     let mut buffer = vec![0u8; READ_CHUNK_BYTES];
     loop {
         let count = match reader.read(&mut buffer).await {
@@ -444,8 +467,7 @@ async fn read_into(
         } else {
             live.push(stream, chunk);
         }
-        // A closed channel means the writer failed and said so; the live view goes on regardless.
-        let _ = log.send(chunk.to_vec()).await;
+        log.offer(chunk).await;
     }
 }
 
@@ -472,12 +494,18 @@ async fn send_live(
             OutputStream::Stderr => stderr_paths.as_mut(),
         };
         let text = match mapper {
-            Some(mapper) => mapper.map(&text),
+            Some(mapper) => mapper.map_owned(text),
             None => text,
         };
         let events = events.clone();
         let run_id = run_id.clone();
-        let pieces: Vec<String> = split_text(&text, NOTIFICATION_LIMIT_BYTES).into_iter().map(str::to_owned).collect();
+        let pieces: Vec<String> = if text.is_empty() {
+            Vec::new()
+        } else if text.len() <= NOTIFICATION_LIMIT_BYTES {
+            vec![text]
+        } else {
+            split_text(&text, NOTIFICATION_LIMIT_BYTES).into_iter().map(str::to_owned).collect()
+        };
         let first_seq = seq;
         seq += pieces.len() as u64;
         async move {
@@ -496,7 +524,7 @@ async fn send_live(
                         OutputStream::Stdout => &mut stdout_decoder,
                         OutputStream::Stderr => &mut stderr_decoder,
                     };
-                    let text = decoder.decode(&bytes);
+                    let text = decoder.decode_owned(bytes);
                     if !text.is_empty() {
                         send(stream, text).await;
                     }

@@ -76,6 +76,12 @@ impl Engine {
         // refused as `unsupported` rather than as a mistake of the caller's.
         let stdin_refusal = (params.stdin && process.stdin.is_none())
             .then(|| Error::unsupported_by(session.sandbox.driver_id(), "writing to a run's stdin").to_string());
+        // Read for each run, so a changed config.toml applies from the next run on. A file that does not parse leaves
+        // the default here; the requests that read profiles report what is wrong with it.
+        let log_cap = match self.load_profiles(None).await {
+            Ok(profiles) => profiles.log_cap(),
+            Err(_) => crate::profiles::runs::DEFAULT_LOG_CAP_BYTES,
+        };
         let context = run::RunContext {
             run_id: run_id.clone(),
             session_id: session.id.clone(),
@@ -93,6 +99,7 @@ impl Engine {
             stdin_refusal,
             usd_per_hour: session.info().cost.map(|cost| cost.usd_per_hour),
             terminal: params.pty.is_some(),
+            log_cap,
         };
         let (handle, answered, task) = run::start(context, process)?;
         let handle_for_end = handle.clone();

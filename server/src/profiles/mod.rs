@@ -12,6 +12,9 @@
 //! [sessions]                 # user file only
 //! keepOnExit = true          # keep sandboxes when the editor exits, to re-attach after a restart
 //!
+//! [runs]                     # user file only (see `runs`)
+//! logCap = "256MiB"          # the most of a run's output its log file keeps
+//!
 //! [profiles.dev]
 //! driver = "docker"
 //! image = "node:20"
@@ -21,6 +24,7 @@
 //! saving a user profile with one is refused; both errors say where secrets go instead. Files are read and written
 //! on blocking threads, writes atomically under a lock (see `statefile`).
 
+pub mod runs;
 pub mod secrets;
 pub mod trust;
 
@@ -76,6 +80,8 @@ pub struct ConfigFile {
     pub fingerprint: Option<trust::Fingerprint>,
     /// The user's `[prices.DRIVER]` tables over the default price table (user file only; see `crate::cost`).
     pub prices: Option<crate::cost::PriceTable>,
+    /// The `[runs]` table (user file only).
+    pub runs: runs::RunSettings,
 }
 
 /// The user file and, when there is one, the workspace file, as seen together.
@@ -117,6 +123,11 @@ impl Profiles {
     /// The price table: the defaults with the user's `[prices]` over them.
     pub fn prices(&self) -> crate::cost::PriceTable {
         self.user.prices.clone().unwrap_or_default()
+    }
+
+    /// The most of a run's output its log keeps (`[runs] logCap`).
+    pub fn log_cap(&self) -> u64 {
+        self.user.runs.log_cap.unwrap_or(runs::DEFAULT_LOG_CAP_BYTES)
     }
 }
 
@@ -214,6 +225,7 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
                     }
                 }
             }
+            ("runs", Source::User) => file.runs = runs::parse(&value, path)?,
             ("tasks", _) => {
                 // `[tasks]` belongs to `crate::tasks`; here it is only checked for secrets (a token in a curl line).
                 if let Some(Value::Object(tasks)) = toml_to_json(&value) {
@@ -231,7 +243,7 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
                 let prices = toml_to_json(&value).unwrap_or(Value::Null);
                 file.prices = Some(crate::cost::PriceTable::from_config(&prices, &shown.to_string())?);
             }
-            ("limits" | "sessions" | "prices", Source::Workspace) => {
+            ("limits" | "sessions" | "prices" | "runs", Source::Workspace) => {
                 return Err(Error::InvalidProfile(format!(
                     "\"{key}\" in {shown} is a user setting; a workspace file cannot change it. Put it in {} \
                      instead.",
@@ -241,7 +253,7 @@ pub fn parse(text: &str, path: &Path, source: Source, credential_keys: &[&str]) 
             (other, _) => {
                 return Err(Error::InvalidProfile(format!(
                     "\"{other}\" in {shown} is not a known key; the file holds \"default\", [profiles.NAME] tables{}.",
-                    if source == Source::User { ", [limits], [sessions] and [prices]" } else { "" }
+                    if source == Source::User { ", [limits], [sessions], [prices] and [runs]" } else { "" }
                 )))
             }
         }

@@ -88,6 +88,8 @@ request!(/// Lists the workspace's `.sandlink.toml` tasks, so editors need no TO
     TasksRequest, "sandlink/tasks", TasksParams, TasksResult);
 request!(/// Records an SSH host's key in the user's known_hosts once the user has checked its fingerprint.
     AcceptHostKeyRequest, "sandlink/acceptHostKey", AcceptHostKeyParams, AcceptHostKeyResult);
+request!(/// Streams a detached run's output from a byte offset, then its exit, as `sandlink/output` and `sandlink/exit`.
+    AttachRequest, "sandlink/attach", AttachParams, AttachResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -483,6 +485,8 @@ pub struct RunParams {
     #[serde(default)]
     pub stdin: bool,
     pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub detach: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -672,6 +676,9 @@ pub struct RunInfo {
     /// How it ended, as `sandlink/exit` said; absent while it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitParams>,
+    /// Started with `detach`: it goes on without the server, and `sandlink/attach` follows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -737,6 +744,34 @@ pub struct AcceptHostKeyResult {
     pub known_hosts: String,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttachParams {
+    pub run_id: String,
+    /// The stdout byte to start from (0 when absent): what the client already has is not sent again.
+    #[serde(default)]
+    pub from_offset: Option<u64>,
+    /// The stderr byte to start from (0 when absent).
+    #[serde(default)]
+    pub from_stderr_offset: Option<u64>,
+}
+
+/// Where an attach starts and what the run is; its output and exit follow as notifications under `runId`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachResult {
+    pub run_id: String,
+    pub session_id: String,
+    pub command: String,
+    pub started_at: String,
+    /// How many stdout and stderr bytes the run has written so far.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// Set once the run has ended: its exit follows the rest of its output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SaveProfileParams {
@@ -794,6 +829,9 @@ pub struct OutputParams {
     pub stream: OutputStream,
     pub text: String,
     pub seq: u64,
+    /// For detached and attached runs: the byte offset in its stream of the first byte of `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

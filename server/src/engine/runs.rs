@@ -55,6 +55,16 @@ impl Engine {
             }
             _ => params.cwd.clone(),
         };
+        if params.detach {
+            let command = match &params.args {
+                Some(args) => std::iter::once(params.command.clone()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" "),
+                None => params.command.clone(),
+            };
+            let record = self.start_detached(&session, &run_id, &params, cwd, command).await?;
+            let (answered_sender, answered) = tokio::sync::oneshot::channel();
+            self.follow_detached(record, session.clone(), answered);
+            return Ok((run_id, answered_sender));
+        }
         let process = session
             .sandbox
             .exec(ExecSpec {
@@ -122,6 +132,7 @@ impl Engine {
             command: run.command.clone(),
             started_at: run.started_at.clone(),
             exit: run.exit.get().cloned(),
+            detached: false,
         };
         // A run whose exit was just sent may still be in the table for a moment: it is listed once, as ended.
         let ended_ids: std::collections::HashSet<&str> = ended.iter().map(|run| run.run_id.as_str()).collect();
@@ -130,6 +141,7 @@ impl Engine {
             .filter(|run| !ended_ids.contains(run.run_id.as_str()))
             .chain(ended.iter())
             .map(info)
+            .chain(self.detached_run_infos(session_id))
             .collect();
         RunsResult { runs }
     }
@@ -153,7 +165,10 @@ impl Engine {
     }
 
     pub fn cancel(&self, run_id: &str) -> Result<()> {
-        self.run_handle(run_id)?.cancel();
+        match self.run_handle(run_id) {
+            Ok(run) => run.cancel(),
+            Err(_) => self.cancel_detached(run_id)?,
+        }
         Ok(())
     }
 

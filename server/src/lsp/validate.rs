@@ -81,6 +81,7 @@ mod tests {
             env: Some(env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect::<BTreeMap<_, _>>()),
             stdin: false,
             timeout_ms: None,
+            detach: false,
         }
     }
 

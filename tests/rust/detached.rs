@@ -1,0 +1,203 @@
+//! Detached runs: a run that survives the editor closing and `kill -9` of the server, listed after a restart and
+//! attached from any offset by a new server with byte-exact output, checked against what the command wrote to a file
+//! itself. Local here; docker and e2b where their services run. The command line's `run --detach`, `runs`, `logs`
+//! and `attach` against a real local session.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use support::{workspace_with, RunOutcome, Server, StartOptions};
+
+/// 3,000 numbered lines, pausing now and then so the run is still going when the server is killed, copied by the
+/// command itself into `out.txt`; `done` on stderr at the end.
+const COMMAND: &str = "i=0; while [ $i -lt 3000 ]; do i=$((i + 1)); echo \"line $i\"; \
+     [ $((i % 500)) -ne 0 ] || sleep 0.3; done | tee out.txt; echo done >&2";
+
+fn server_on(state_dir: &Path, root: &Path, env: Vec<(String, String)>) -> Server {
+    Server::start_with(StartOptions {
+        state_dir: Some(state_dir.to_path_buf()),
+        root: Some(root.to_path_buf()),
+        env,
+        ..StartOptions::default()
+    })
+}
+
+fn kill_hard(server: &Server) {
+    let status = Command::new("kill").args(["-9", &server.pid().to_string()]).status().expect("kill runs");
+    assert!(status.success(), "the server was killed");
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Attaches from `from` and collects to the exit, checking that every output's offset follows the one before.
+fn attach(server: &Server, run_id: &str, from: u64) -> (Value, RunOutcome) {
+    let answer = server
+        .request("sandlink/attach", json!({ "runId": run_id, "fromOffset": from }))
+        .unwrap_or_else(|error| panic!("attach failed: {error:?}"));
+    assert_eq!(answer["runId"], run_id);
+    let outcome = server.collect_run(run_id, Duration::from_secs(60));
+    check_offsets(&outcome, from, 0);
+    (answer, outcome)
+}
+
+fn check_offsets(outcome: &RunOutcome, stdout_from: u64, stderr_from: u64) {
+    let (mut stdout_at, mut stderr_at) = (stdout_from, stderr_from);
+    for output in &outcome.outputs {
+        let at = match output["stream"].as_str() {
+            Some("stdout") => &mut stdout_at,
+            _ => &mut stderr_at,
+        };
+        assert_eq!(output["offset"].as_u64(), Some(*at), "each output starts where the one before ended: {output}");
+        *at += output["text"].as_str().expect("text").len() as u64;
+    }
+}
+
+fn wait_for_file_lines(path: &Path, lines: usize, limit: Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= lines || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_detached_local_run_should_survive_a_killed_server_and_be_attached_from_any_offset_by_a_new_one() {
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = workspace_with(&[("hello.txt", "hello\n")]);
+    let first = server_on(state.path(), workspace.path(), Vec::new());
+    let session = first.connect("local", Value::Null, workspace.path());
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let remote_root = session["remoteRoot"].as_str().expect("root").to_string();
+    let run_id = first.start_run(json!({ "sessionId": session_id, "command": COMMAND, "detach": true }));
+    let first_output = first.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    assert_eq!(first_output["offset"], 0, "the starting server follows the run from its first byte: {first_output}");
+    kill_hard(&first);
+    drop(first);
+
+    let copied = Path::new(&remote_root).join("out.txt");
+    let before_restart = std::fs::read_to_string(&copied).unwrap_or_default().lines().count();
+    assert!(before_restart < 3000, "the run was still going when the server died ({before_restart} lines)");
+    let second = server_on(state.path(), workspace.path(), Vec::new());
+    let listed = second.request("sandlink/runs", json!({ "sessionId": session_id })).expect("runs answers");
+    let listed_run = listed["runs"].as_array().and_then(|runs| runs.iter().find(|run| run["runId"] == run_id.as_str()).cloned());
+    let listed_run = listed_run.unwrap_or_else(|| panic!("the detached run is listed after the restart: {listed}"));
+    assert_eq!(listed_run["detached"], true, "{listed_run}");
+    assert_eq!(listed_run["sessionId"], session_id.as_str());
+    second.request("sandlink/connect", json!({ "reuse": session_id })).expect("re-attach");
+
+    let (_, whole) = attach(&second, &run_id, 0);
+    let expected = wait_for_file_lines(&copied, 3000, Duration::from_secs(10));
+    assert_eq!(expected.lines().count(), 3000, "the run went on without a server");
+    assert_eq!(whole.stdout, expected, "attached from 0: every byte the command wrote, once");
+    assert_eq!(whole.stderr, "done\n");
+    assert_eq!(whole.exit_code(), Some(0), "{}", whole.exit);
+    let listed = second.request("sandlink/runs", json!({ "sessionId": session_id })).expect("runs answers");
+    let ended = listed["runs"].as_array().and_then(|runs| runs.iter().find(|run| run["runId"] == run_id.as_str()).cloned());
+    assert_eq!(ended.expect("still listed")["exit"]["exitCode"], 0, "{listed}");
+    drop(second);
+
+    // A third server, without re-attaching the session: a local run's files are read on this machine.
+    let third = server_on(state.path(), workspace.path(), Vec::new());
+    let middle = expected.len() as u64 / 2 + 3;
+    let (answer, rest) = attach(&third, &run_id, middle);
+    assert_eq!(answer["stdoutBytes"], expected.len() as u64, "{answer}");
+    assert_eq!(answer["exitCode"], 0, "{answer}");
+    assert_eq!(rest.stdout, expected[middle as usize..], "attached from the middle: the rest, byte for byte");
+    assert_eq!(rest.exit_code(), Some(0));
+
+    let unknown = third.request_error("sandlink/attach", json!({ "runId": "run-nosuch" }));
+    assert_eq!(unknown.kind.as_deref(), Some("unknownRun"), "{}", unknown.message);
+}
+
+#[test]
+fn a_detached_run_should_end_at_its_time_limit_even_without_a_server() {
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = workspace_with(&[("a.txt", "a\n")]);
+    let first = server_on(state.path(), workspace.path(), Vec::new());
+    let session = first.connect("local", Value::Null, workspace.path());
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let run_id = first.start_run(json!({
+        "sessionId": session_id, "command": "echo started; sleep 60; echo never", "detach": true, "timeoutMs": 1000,
+    }));
+    first.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    kill_hard(&first);
+    drop(first);
+    std::thread::sleep(Duration::from_secs(4));
+    let marker = format!("runs/{run_id}");
+    assert!(support::processes_matching(&marker).is_empty(), "nothing of the run outlives its limit");
+
+    let second = server_on(state.path(), workspace.path(), Vec::new());
+    let (_, outcome) = attach(&second, &run_id, 0);
+    assert_eq!(outcome.stdout, "started\n");
+    assert_eq!(outcome.exit["timedOut"], true, "{}", outcome.exit);
+}
+
+fn sandlink(state_dir: &Path) -> Command {
+    let mut command = Command::new(support::binary());
+    command.env("SANDLINK_STATE_DIR", state_dir);
+    command
+}
+
+fn output_of(command: &mut Command) -> (i32, String, String) {
+    let output = command.output().expect("sandlink runs");
+    let code = output.status.code().unwrap_or(-1);
+    (code, String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn the_command_line_should_start_list_print_and_attach_detached_runs() {
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = workspace_with(&[("a.txt", "a\n")]);
+    let (code, stdout, stderr) = output_of(
+        sandlink(state.path())
+            .args(["run", "--detach", "--driver", "local", "--workspace"])
+            .arg(workspace.path())
+            .args(["--", "seq 1 2000 | tee numbers.txt; sleep 0.5; echo warned >&2; exit 3"]),
+    );
+    assert_eq!(code, 0, "run --detach answers at once: {stderr}");
+    let run_id = stdout.trim().to_string();
+    assert!(run_id.starts_with("run-"), "only the run id on stdout: {stdout:?}");
+
+    let (code, stdout, stderr) = output_of(sandlink(state.path()).args(["runs", "--json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let listed: Value = serde_json::from_str(&stdout).expect("runs --json is JSON");
+    let run = listed["runs"].as_array().and_then(|runs| runs.iter().find(|run| run["runId"] == run_id.as_str()).cloned());
+    let run = run.unwrap_or_else(|| panic!("the run is listed: {listed}"));
+    assert_eq!(run["detached"], true);
+    assert!(run["command"].as_str().unwrap_or_default().contains("seq 1 2000"), "{run}");
+
+    let (code, stdout, stderr) = output_of(sandlink(state.path()).args(["attach", &run_id]));
+    assert_eq!(code, 3, "attach exits with the run's exit code: {stderr}");
+    let expected: String = (1..=2000).map(|number| format!("{number}\n")).collect();
+    assert_eq!(stdout, expected, "attach prints every byte");
+    assert!(stderr.contains("warned"), "{stderr}");
+
+    let (code, stdout, stderr) = output_of(sandlink(state.path()).args(["logs", &run_id, "--from", "100", "--json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let mut text = String::new();
+    let mut next = 100u64;
+    for line in stdout.lines() {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|error| panic!("JSON lines: {error}: {line}"));
+        if event["stream"] == "stdout" {
+            assert_eq!(event["offset"].as_u64(), Some(next), "{event}");
+            let piece = event["text"].as_str().expect("text");
+            next += piece.len() as u64;
+            text.push_str(piece);
+        }
+    }
+    assert_eq!(text, expected[100..], "logs --from prints the rest, byte for byte");
+
+    let (code, stdout, _) = output_of(sandlink(state.path()).args(["logs", &run_id]));
+    assert_eq!((code, stdout), (0, expected), "logs prints the output as it is");
+
+    let (code, _, stderr) = output_of(sandlink(state.path()).args(["logs", "run-nosuch"]));
+    assert_ne!(code, 0, "an unknown run is an error");
+    assert!(stderr.contains("run-nosuch"), "{stderr}");
+}

@@ -67,6 +67,7 @@ fn every_request(value: &Value) {
     decode::<proto::ResolveRequest>(value);
     decode::<proto::RunsRequest>(value);
     decode::<proto::TasksRequest>(value);
+    decode::<proto::AttachRequest>(value);
     notification::<proto::OutputNotification>(value);
     notification::<proto::ExitNotification>(value);
     notification::<proto::SessionStateNotification>(value);

@@ -917,6 +917,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     ResolveRequest::METHOD,
     RunsRequest::METHOD,
     TasksRequest::METHOD,
+    AttachRequest::METHOD,
 ];
 
 /// Every custom notification method.

@@ -230,6 +230,8 @@ export interface RunParams {
     env?: Record<string, string>;
     stdin?: boolean;
     timeoutMs?: number;
+    /** Start it detached: it goes on in its sandbox without the server; follow it with `attach`. */
+    detach?: boolean;
 }
 export const run = new RequestType<RunParams, { runId: string }, void>("sandlink/run");
 
@@ -334,6 +336,8 @@ export interface RunInfo {
     startedAt: string;
     /** How it ended, as `sandlink/exit` said; absent while it runs. */
     exit?: ExitParams;
+    /** Started with `detach`: `attach` follows it, also after a restart. */
+    detached?: boolean;
 }
 export const runs = new RequestType<{ sessionId?: string }, { runs: RunInfo[] }, void>("sandlink/runs");
 
@@ -375,6 +379,25 @@ export interface AcceptHostKeyResult {
     knownHosts: string;
 }
 export const acceptHostKey = new RequestType<AcceptHostKeyParams, AcceptHostKeyResult, void>("sandlink/acceptHostKey");
+export interface AttachParams {
+    runId: string;
+    /** The stdout byte to start from (0 when absent). */
+    fromOffset?: number;
+    /** The stderr byte to start from (0 when absent). */
+    fromStderrOffset?: number;
+}
+export interface AttachResult {
+    runId: string;
+    sessionId: string;
+    command: string;
+    startedAt: string;
+    /** Bytes written so far to each stream. */
+    stdoutBytes: number;
+    stderrBytes: number;
+    /** Present once the run has ended; its exit follows the rest of its output. */
+    exitCode?: number;
+}
+export const attach = new RequestType<AttachParams, AttachResult, void>("sandlink/attach");
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)
@@ -387,6 +410,8 @@ export interface OutputParams {
     text: string;
     /** Increases by one per notification of a run. */
     seq: number;
+    /** Detached and attached runs: the byte offset in its stream of the first byte of `text`. */
+    offset?: number;
 }
 export const output = new NotificationType<OutputParams>("sandlink/output");
 

@@ -28,6 +28,7 @@ protocol.request = {
   resolve = 'sandlink/resolve',
   runs = 'sandlink/runs',
   accept_host_key = 'sandlink/acceptHostKey',
+  attach = 'sandlink/attach',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

@@ -56,6 +56,11 @@ impl Engine {
             _ => params.cwd.clone(),
         };
         if params.detach {
+            if params.stdin {
+                return Err(Error::InvalidParams(
+                    "A detached run has no stdin: it goes on without the editor; leave out `stdin` or `detach`.".into(),
+                ));
+            }
             let command = match &params.args {
                 Some(args) => std::iter::once(params.command.clone()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" "),
                 None => params.command.clone(),

@@ -201,3 +201,90 @@ fn the_command_line_should_start_list_print_and_attach_detached_runs() {
     assert_ne!(code, 0, "an unknown run is an error");
     assert!(stderr.contains("run-nosuch"), "{stderr}");
 }
+
+/// A driver reached through `Sandbox::exec`: its settings, the server's environment, and what to do to the provider
+/// while the run goes on (faults).
+struct Remote {
+    driver: &'static str,
+    settings: Value,
+    env: Vec<(String, String)>,
+}
+
+/// The same journey on a remote driver: started, server killed, a new server re-attaches the session and attaches from
+/// 0; a third attaches from the middle; the output checked against the file the command wrote itself.
+fn a_detached_run_should_survive_a_killed_server_on(remote: &Remote, while_running: impl Fn()) {
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = workspace_with(&[("hello.txt", "hello\n")]);
+    let server = || server_on(state.path(), workspace.path(), remote.env.clone());
+    let first = server();
+    let session = first.connect(remote.driver, remote.settings.clone(), workspace.path());
+    assert_eq!(session["state"], "active", "{session}");
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let run_id = first.start_run(json!({ "sessionId": session_id, "command": COMMAND, "detach": true }));
+    first.wait_notification("sandlink/output", Duration::from_secs(30), |params| params["runId"] == run_id);
+    kill_hard(&first);
+    drop(first);
+    while_running();
+
+    let second = server();
+    second.request("sandlink/connect", json!({ "reuse": session_id })).expect("re-attach");
+    let (_, whole) = attach(&second, &run_id, 0);
+    assert_eq!(whole.exit_code(), Some(0), "{}", whole.exit);
+    let copied = second.run_to_exit(json!({ "sessionId": session_id, "command": "cat out.txt" }));
+    assert_eq!(copied.stdout.lines().count(), 3000, "the run went on without a server");
+    assert_eq!(whole.stdout, copied.stdout, "attached from 0: every byte the command wrote, once");
+    assert_eq!(whole.stderr, "done\n");
+    drop(second);
+
+    let third = server();
+    third.request("sandlink/connect", json!({ "reuse": session_id })).expect("re-attach");
+    let middle = copied.stdout.len() as u64 / 2 + 5;
+    let (answer, rest) = attach(&third, &run_id, middle);
+    assert_eq!(answer["stdoutBytes"], copied.stdout.len() as u64, "{answer}");
+    assert_eq!(rest.stdout, copied.stdout[middle as usize..], "attached from the middle: the rest, byte for byte");
+    assert_eq!(rest.exit_code(), Some(0));
+    third.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+}
+
+fn docker_ready() -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", "sandlink-test:busybox"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+#[test]
+fn a_detached_docker_run_should_survive_a_killed_server_and_be_attached_from_any_offset() {
+    if support::skip_unless(docker_ready(), "Docker with the sandlink-test:busybox image (tests/setup/docker.sh)") {
+        return;
+    }
+    let env = std::env::var("DOCKER_HOST").map(|host| vec![("DOCKER_HOST".to_string(), host)]).unwrap_or_default();
+    let remote = Remote { driver: "docker", settings: json!({ "image": "sandlink-test:busybox" }), env };
+    a_detached_run_should_survive_a_killed_server_on(&remote, || {});
+}
+
+const E2B_API_KEY: &str = "e2b_sandlink_test_key_5f0c9a7e31";
+
+fn e2b_fake() -> Option<(support::fake::FakeProcess, Remote)> {
+    let fake = support::fake::FakeProcess::start("E2B", "SANDLINK_E2B_FAKE_SERVER", "e2b_server.py", &["--api-key", E2B_API_KEY])?;
+    let settings = json!({
+        "apiUrl": format!("http://127.0.0.1:{}", fake.port),
+        "domain": format!("localhost:{}", fake.port),
+        "timeoutSeconds": 300,
+        "streamKeepaliveSeconds": 1,
+    });
+    let env = vec![("E2B_API_KEY".to_string(), E2B_API_KEY.to_string())];
+    Some((fake, Remote { driver: "e2b", settings, env }))
+}
+
+#[test]
+fn a_detached_e2b_run_should_survive_a_killed_server_and_streams_dropped_every_second() {
+    let Some((fake, remote)) = e2b_fake() else { return };
+    a_detached_run_should_survive_a_killed_server_on(&remote, || {
+        fake.set_faults(json!({ "dropStreamEverySeconds": 1 }));
+    });
+    let faults = fake.admin("GET", "/_admin/faults", None);
+    assert_eq!(faults["dropStreamEverySeconds"], 1.0, "the streams kept dropping throughout: {faults}");
+}

@@ -168,15 +168,10 @@ pub fn shell_folder(run_id: &str) -> String {
 /// Starts a detached run through `Sandbox::exec` of a POSIX shell.
 pub async fn start_with_shell<S: Sandbox + ?Sized>(sandbox: &S, spec: DetachedSpec) -> Result<DetachedStart> {
     let folder = shell_folder(&spec.run_id);
-    let root = sandbox.remote_root();
-    let directory = match spec.exec.cwd.as_deref() {
-        Some(cwd) if cwd.starts_with('/') => cwd.to_string(),
-        Some(cwd) => format!("{}/{}", root.trim_end_matches('/'), cwd),
-        None => root,
-    };
+    // `START` runs where the run should (the driver maps `cwd` onto its sandbox), and the wrapper stays there.
     let mut arguments = vec![folder.clone(), WRAPPER.to_string()];
-    arguments.extend(wrapper_arguments(&spec, &directory));
-    let reply = run_script(sandbox, START, arguments).await?;
+    arguments.extend(wrapper_arguments(&spec, "."));
+    let reply = run_script(sandbox, START, arguments, spec.exec.cwd.clone()).await?;
     if !reply.starts_with(b"started") {
         return Err(Error::Remote {
             status: None,
@@ -195,24 +190,29 @@ pub async fn read_with_shell<S: Sandbox + ?Sized>(
     limit: u64,
 ) -> Result<Option<Piece>> {
     let arguments = vec![folder.to_string(), stdout_from.to_string(), stderr_from.to_string(), limit.to_string()];
-    let reply = run_script(sandbox, CATCH_UP, arguments).await?;
+    let reply = run_script(sandbox, CATCH_UP, arguments, None).await?;
     parse_catch_up(&reply)
 }
 
 /// Signals a detached run's process group through `Sandbox::exec` (`TERM` or `KILL`).
 pub async fn signal_with_shell<S: Sandbox + ?Sized>(sandbox: &S, folder: &str, signal: &str) -> Result<()> {
-    run_script(sandbox, SIGNAL, vec![folder.to_string(), signal.to_string()]).await.map(|_| ())
+    run_script(sandbox, SIGNAL, vec![folder.to_string(), signal.to_string()], None).await.map(|_| ())
 }
 
 /// Runs a script with `/bin/sh -c` and answers its whole stdout; a run that did not end normally is an error.
-async fn run_script<S: Sandbox + ?Sized>(sandbox: &S, script: &str, arguments: Vec<String>) -> Result<Vec<u8>> {
+async fn run_script<S: Sandbox + ?Sized>(
+    sandbox: &S,
+    script: &str,
+    arguments: Vec<String>,
+    cwd: Option<String>,
+) -> Result<Vec<u8>> {
     let mut args = vec!["-c".to_string(), script.to_string(), "sandlink".to_string()];
     args.extend(arguments);
     let mut process = sandbox
         .exec(ExecSpec {
             command: "/bin/sh".into(),
             args: Some(args),
-            cwd: None,
+            cwd,
             env: BTreeMap::new(),
             stdin: false,
             timeout: Some(Duration::from_secs(60)),

@@ -288,3 +288,30 @@ fn a_detached_e2b_run_should_survive_a_killed_server_and_streams_dropped_every_s
     let faults = fake.admin("GET", "/_admin/faults", None);
     assert_eq!(faults["dropStreamEverySeconds"], 1.0, "the streams kept dropping throughout: {faults}");
 }
+
+#[test]
+fn an_ordinary_e2b_run_should_lose_and_repeat_nothing_when_its_stream_drops_every_second() {
+    let Some((fake, remote)) = e2b_fake() else { return };
+    let server = Server::start_with(StartOptions { env: remote.env.clone(), ..StartOptions::default() });
+    let workspace = workspace_with(&[("a.txt", "a\n")]);
+    let session = server.connect("e2b", remote.settings.clone(), workspace.path());
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    fake.set_faults(json!({ "dropStreamEverySeconds": 1 }));
+    let since = fake.next_sequence();
+    let outcome = server.run_to_exit_timeout(
+        json!({
+            "sessionId": session_id,
+            "command": "i=0; while [ $i -lt 3000 ]; do i=$((i + 1)); echo \"line $i\"; \
+                        [ $((i % 300)) -ne 0 ] || sleep 0.3; done; echo end >&2",
+        }),
+        Duration::from_secs(60),
+    );
+    let reattaches = fake.requests_since(since).iter().filter(|request| request["path"] == "/process.Process/Connect").count();
+    fake.set_faults(json!({ "dropStreamEverySeconds": null }));
+    let expected: String = (1..=3000).map(|number| format!("line {number}\n")).collect();
+    assert!(reattaches >= 2, "the stream dropped during the run ({reattaches} re-attaches)");
+    assert_eq!(outcome.stdout.lines().count(), 3000, "no line lost or repeated");
+    assert_eq!(outcome.stdout, expected, "every line once, in order");
+    assert_eq!(outcome.stderr, "end\n");
+    assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.exit);
+}

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod envd;
 pub mod files;
+mod recovery;
 pub mod settings;
 
 use std::sync::Arc;
@@ -386,13 +387,19 @@ impl Sandbox for E2bSandbox {
             // What the SDK does for `commands.run`: a login shell, so the template's PATH applies.
             None => ("/bin/bash".to_string(), vec!["-l".to_string(), "-c".to_string(), spec.command.clone()]),
         };
+        // A run without stdin also writes its output to files in the sandbox, read from there after a dropped stream.
+        let files = (!spec.stdin).then(recovery::new_folder);
+        let (program, arguments) = match &files {
+            Some(folder) => recovery::wrap(folder, program, arguments),
+            None => (program, arguments),
+        };
         let config = json!({
             "cmd": program,
             "args": arguments,
             "envs": spec.env,
             "cwd": self.working_directory(spec.cwd.as_deref()),
         });
-        envd::start(self.envd.clone(), self.tuning, config, spec.stdin).await
+        envd::start_with_files(self.envd.clone(), self.tuning, config, spec.stdin, files).await
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {

@@ -315,3 +315,49 @@ fn an_ordinary_e2b_run_should_lose_and_repeat_nothing_when_its_stream_drops_ever
     assert_eq!(outcome.stderr, "end\n");
     assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.exit);
 }
+
+#[test]
+fn a_detached_ssh_run_should_survive_a_killed_server_and_be_attached_from_any_offset() {
+    let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let found = variable("SANDLINK_SSH_CONFIG").zip(variable("SANDLINK_SSH_HOST"));
+    if support::skip_unless(found.is_some(), "sshd on loopback (tests/setup/ssh.sh, tests/.run/ssh.env)") {
+        return;
+    }
+    let (config, host) = found.unwrap_or_default();
+    let remote = Remote { driver: "ssh", settings: json!({ "host": host, "configFile": config }), env: Vec::new() };
+    a_detached_run_should_survive_a_killed_server_on(&remote, || {});
+}
+
+#[test]
+fn a_detached_daytona_run_should_survive_a_killed_server_and_be_attached_from_any_offset() {
+    const KEY: &str = "dtn_sandlink_test_key_8c1e55b0a4f2";
+    let Some(fake) = support::fake::FakeProcess::start("Daytona", "SANDLINK_DAYTONA_FAKE_SERVER", "daytona_server.py", &["--api-key", KEY])
+    else {
+        return;
+    };
+    let settings = json!({ "apiUrl": format!("http://127.0.0.1:{}/api", fake.port), "streamKeepaliveSeconds": 1 });
+    let remote = Remote { driver: "daytona", settings, env: vec![("DAYTONA_API_KEY".into(), KEY.into())] };
+    a_detached_run_should_survive_a_killed_server_on(&remote, || {});
+}
+
+#[test]
+fn a_detached_vercel_run_should_survive_a_killed_server_and_be_attached_from_any_offset() {
+    let (token, team, project) = ("vercel_sandlink_test_token_7b1e4c90", "team_sandlinktests", "prj_sandlinktests");
+    let arguments = ["--token", token, "--team-id", team];
+    let Some(fake) = support::fake::FakeProcess::start("Vercel", "SANDLINK_VERCEL_FAKE_SERVER", "vercel_server.py", &arguments)
+    else {
+        return;
+    };
+    let settings = json!({ "baseUrl": format!("http://127.0.0.1:{}/api", fake.port), "timeoutSeconds": 300 });
+    let env = vec![
+        ("VERCEL_TOKEN".into(), token.into()),
+        ("VERCEL_TEAM_ID".into(), team.into()),
+        ("VERCEL_PROJECT_ID".into(), project.into()),
+        ("VERCEL_OIDC_TOKEN".into(), String::new()),
+    ];
+    a_detached_run_should_survive_a_killed_server_on(&remote_of("vercel", settings, env), || {});
+}
+
+fn remote_of(driver: &'static str, settings: Value, env: Vec<(String, String)>) -> Remote {
+    Remote { driver, settings, env }
+}

@@ -23,14 +23,19 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
 
 /// `$1` = folder, then the program and its arguments: runs it with stdout and stderr copied into `out` and `err` as
 /// they pass (through FIFOs and `tee -a`), waits for the copies, and exits with its status. Folders of runs older
-/// than half an hour go first. When the folder cannot be made, the program runs as it would have.
+/// than half an hour go first. When the folder cannot be made, the program runs as it would have. The wrapper
+/// outlives a SIGTERM to the group for as long as the program does (a program that ignores it is then killed with
+/// the group), and the program gets the signals' default dispositions (a trap, unlike an ignore, is not inherited).
+/// Its stdin is empty: only runs without stdin are wrapped.
 const TEE: &str = r#"d=$1; shift
 find /tmp/.sandlink-runs -mindepth 1 -maxdepth 1 -mmin +30 -exec rm -rf {} + 2>/dev/null
 if mkdir -p "$d" && : >"$d/out" && : >"$d/err" && mkfifo "$d/o" "$d/e" 2>/dev/null; then
   tee -a "$d/out" <"$d/o" &
   tee -a "$d/err" <"$d/e" >&2 &
-  "$@" >"$d/o" 2>"$d/e"
-  c=$?
+  "$@" >"$d/o" 2>"$d/e" &
+  p=$!
+  trap : TERM INT HUP
+  while :; do wait "$p"; c=$?; [ "$c" -gt 128 ] && kill -0 "$p" 2>/dev/null || break; done
   wait
   rm -f "$d/o" "$d/e"
   exit "$c"

@@ -30,7 +30,7 @@ pub const READ_BYTES: u64 = 4 << 20;
 pub const WRAPPER: &str = r#"d=$1; limit=$2; cwd=$3; run=$4; shift 4
 trap '' HUP
 if ! cd "$cwd" 2>>"$d/err"; then echo 126 >"$d/code"; exit 0; fi
-setsid /bin/sh -c "$run" sh "$d" "$@" </dev/null >>"$d/out" 2>>"$d/err" &
+setsid sh -c "$run" sh "$d" "$@" </dev/null >>"$d/out" 2>>"$d/err" &
 p=$!
 (
   trap 'kill "$s" 2>/dev/null; exit 0' TERM
@@ -50,13 +50,14 @@ pub const RUN: &str = r#"echo $$ >"$1/pid"; n=$2; shift 2
 while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
 if [ "$1" = eval ]; then sandlink_line=$2; shift $#; unset n; eval "$sandlink_line"; else shift; exec "$@"; fi"#;
 
-/// `$1` = run folder, `$2` = `WRAPPER`, then the wrapper's arguments after the folder: creates the folder and
-/// starts the wrapper in a session of its own, outside whatever started this script, and answers `started`.
-const START: &str = r#"d=$1; w=$2; shift 2
-mkdir -p "$d" && : >"$d/out" && : >"$d/err" || exit 125
-setsid /bin/sh -c "$w" sandlink "$d" "$@" </dev/null >/dev/null 2>&1 &
+/// `$1` = run id, `$2` = `WRAPPER`, then the wrapper's arguments after the folder: creates the run's folder in a
+/// directory of the user's own under `/tmp` (several users may share a machine), starts the wrapper in a session of
+/// its own, outside whatever started this script, and answers `started FOLDER`.
+const START: &str = r#"d=/tmp/.sandlink-runs-$(id -u)/$1; w=$2; shift 2
+mkdir -p "$d" && chmod 700 "${d%/*}" && : >"$d/out" && : >"$d/err" || exit 125
+setsid sh -c "$w" sandlink "$d" "$@" </dev/null >/dev/null 2>&1 &
 echo "$!" >"$d/wpid"
-echo started"#;
+echo "started $d""#;
 
 /// `$1` = run folder, `$2`/`$3` = stdout/stderr bytes already delivered, `$4` = most bytes to send per stream: a
 /// line `CODE OUT ERR NOUT NERR LIMITED` (CODE `-` while the run goes on, `lost` when its wrapper died without
@@ -160,25 +161,18 @@ pub fn wrapper_arguments(spec: &DetachedSpec, directory: &str) -> Vec<String> {
     arguments
 }
 
-/// Where a shell driver keeps a run's folder: outside the session's root, so sync never sees it.
-pub fn shell_folder(run_id: &str) -> String {
-    format!("/tmp/.sandlink-runs/{run_id}")
-}
-
 /// Starts a detached run through `Sandbox::exec` of a POSIX shell.
 pub async fn start_with_shell<S: Sandbox + ?Sized>(sandbox: &S, spec: DetachedSpec) -> Result<DetachedStart> {
-    let folder = shell_folder(&spec.run_id);
-    // `START` runs where the run should (the driver maps `cwd` onto its sandbox), and the wrapper stays there.
-    let mut arguments = vec![folder.clone(), WRAPPER.to_string()];
+    // `START` runs where the run should (the driver maps `cwd` onto its sandbox), and the wrapper stays there. The
+    // folder is outside the session's root, so sync never sees it.
+    let mut arguments = vec![spec.run_id.clone(), WRAPPER.to_string()];
     arguments.extend(wrapper_arguments(&spec, "."));
     let reply = run_script(sandbox, START, arguments, spec.exec.cwd.clone()).await?;
-    if !reply.starts_with(b"started") {
-        return Err(Error::Remote {
-            status: None,
-            message: format!("The detached run could not start in the sandbox: {}", String::from_utf8_lossy(&reply)),
-        });
+    let reply = String::from_utf8_lossy(&reply);
+    match reply.trim_end().strip_prefix("started /") {
+        Some(folder) => Ok(DetachedStart { folder: format!("/{folder}"), host_folder: None }),
+        None => Err(Error::Remote { status: None, message: format!("The detached run could not start in the sandbox: {reply}") }),
     }
-    Ok(DetachedStart { folder, host_folder: None })
 }
 
 /// Reads a detached run's files through `Sandbox::exec`; `None` when its folder is gone.
@@ -210,7 +204,8 @@ async fn run_script<S: Sandbox + ?Sized>(
     args.extend(arguments);
     let mut process = sandbox
         .exec(ExecSpec {
-            command: "/bin/sh".into(),
+            // By name: some sandboxes resolve absolute programs in a root of their own (Vercel's does).
+            command: "sh".into(),
             args: Some(args),
             cwd,
             env: BTreeMap::new(),

@@ -16,7 +16,7 @@ use crate::drivers::detached::{parse_catch_up, CATCH_UP, READ_BYTES};
 use crate::error::{Error, Result};
 
 /// Where recoverable runs keep their output files.
-const RUNS_FOLDER: &str = "/tmp/.sandlink-runs";
+const RUNS_FOLDER: &str = "/tmp/.sandlink-tee";
 
 /// How long one catch-up may take; a sandbox that stopped answering is found by the stream's own health check.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
@@ -28,7 +28,7 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
 /// the group), and the program gets the signals' default dispositions (a trap, unlike an ignore, is not inherited).
 /// Its stdin is empty: only runs without stdin are wrapped.
 const TEE: &str = r#"d=$1; shift
-find /tmp/.sandlink-runs -mindepth 1 -maxdepth 1 -mmin +30 -exec rm -rf {} + 2>/dev/null
+find /tmp/.sandlink-tee -mindepth 1 -maxdepth 1 -mmin +30 -exec rm -rf {} + 2>/dev/null
 if mkdir -p "$d" && : >"$d/out" && : >"$d/err" && mkfifo "$d/o" "$d/e" 2>/dev/null; then
   tee -a "$d/out" <"$d/o" &
   tee -a "$d/err" <"$d/e" >&2 &

@@ -137,6 +137,7 @@ fn a_detached_run_should_end_at_its_time_limit_even_without_a_server() {
     let (_, outcome) = attach(&second, &run_id, 0);
     assert_eq!(outcome.stdout, "started\n");
     assert_eq!(outcome.exit["timedOut"], true, "{}", outcome.exit);
+    assert_eq!(outcome.exit["signal"], "SIGTERM", "the wrapper recorded how it stopped the run: {}", outcome.exit);
 }
 
 fn sandlink(state_dir: &Path) -> Command {
@@ -360,4 +361,23 @@ fn a_detached_vercel_run_should_survive_a_killed_server_and_be_attached_from_any
 
 fn remote_of(driver: &'static str, settings: Value, env: Vec<(String, String)>) -> Remote {
     Remote { driver, settings, env }
+}
+
+#[test]
+fn cancelling_a_detached_local_run_should_stop_its_group_and_say_cancelled() {
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = workspace_with(&[("a.txt", "a\n")]);
+    let server = server_on(state.path(), workspace.path(), Vec::new());
+    let session = server.connect("local", Value::Null, workspace.path());
+    let run_id = server.start_run(json!({
+        "sessionId": session["sessionId"], "command": "echo started; sleep 30.4242; echo never", "detach": true,
+    }));
+    let first = server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    assert_eq!(first["text"], "started\n", "{first}");
+    server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel is accepted");
+    let outcome = server.collect_run(&run_id, Duration::from_secs(20));
+    assert_eq!(outcome.stdout, "", "nothing after the cancel");
+    assert_eq!(outcome.exit["cancelled"], true, "{}", outcome.exit);
+    assert_eq!(outcome.exit["signal"], "SIGTERM", "{}", outcome.exit);
+    assert!(support::processes_matching("sleep 30.4242").is_empty(), "nothing of the run is left");
 }

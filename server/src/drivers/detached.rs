@@ -26,8 +26,10 @@ pub const READ_BYTES: u64 = 4 << 20;
 /// `$1` = run folder, `$2` = time limit in seconds, `$3` = directory, `$4` = `RUN`, then `RUN`'s arguments: starts
 /// the run as a process group of its own with its output appended to the files, stops its group at the limit
 /// (SIGTERM, then SIGKILL two seconds later, noting `limit`), waits, and writes its status to `code`. SIGHUP is
-/// ignored, as `nohup` would.
+/// ignored, as `nohup` would, and nothing is written to whatever started it, which may be gone (the shell reports a
+/// job killed by a signal, and a closed pipe would kill the wrapper before it wrote `code`).
 pub const WRAPPER: &str = r#"d=$1; limit=$2; cwd=$3; run=$4; shift 4
+exec </dev/null >/dev/null 2>&1
 trap '' HUP
 if ! cd "$cwd" 2>>"$d/err"; then echo 126 >"$d/code"; exit 0; fi
 setsid sh -c "$run" sh "$d" "$@" </dev/null >>"$d/out" 2>>"$d/err" &

@@ -312,7 +312,7 @@ impl Engine {
                 let sent = match (&session, &start.host_folder) {
                     (Ok(session), _) => session.sandbox.signal_detached(&start, signal).await,
                     (Err(_), Some(folder)) => {
-                        crate::drivers::local::detached::stop_detached_agent(folder, signal);
+                        crate::drivers::local::detached::signal_detached_run(folder, signal);
                         Ok(())
                     }
                     (Err(_), None) => Ok(()),

@@ -53,6 +53,29 @@ fn agent_of(folder: &Path) -> Option<libc::pid_t> {
     String::from_utf8_lossy(&command_line).contains(needle.as_ref()).then_some(pid)
 }
 
+/// Signals a detached run's process group. Its `pid` file holds the group's id as the sandbox sees it (bubblewrap
+/// gives the sandbox a pid namespace of its own); the agent's descendants tell which process that is here (the last
+/// `NSpid` of a process is its id in its own namespace), and the wrapper then writes the exit as for any end.
+pub fn signal_detached_run(folder: &Path, signal: Signal) {
+    let Some(agent) = agent_of(folder) else { return };
+    let Some(inside) = std::fs::read_to_string(folder.join("pid")).ok().and_then(|text| text.trim().parse::<u32>().ok()) else {
+        return;
+    };
+    let leader = super::processes::descendants_of(agent).into_iter().find(|pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let namespaced = status.lines().find_map(|line| line.strip_prefix("NSpid:"));
+        namespaced.and_then(|ids| ids.split_whitespace().last()).and_then(|id| id.parse::<u32>().ok()) == Some(inside)
+    });
+    let number = match signal {
+        Signal::Terminate => libc::SIGTERM,
+        Signal::Kill => libc::SIGKILL,
+    };
+    if let Some(leader) = leader {
+        // SAFETY: kill(2) on the process group led by a descendant of the run's own agent, found just now.
+        unsafe { libc::kill(-leader, number) };
+    }
+}
+
 /// Stops a detached run by stopping its agent, which ends every process of the run (SIGTERM asks, SIGKILL does not).
 pub fn stop_detached_agent(folder: &Path, signal: Signal) {
     if let Some(pid) = agent_of(folder) {

@@ -30,7 +30,7 @@ use crate::paths::join_inside;
 use crate::protocol::{DriverCapabilities, DriverInfo};
 use crate::sync::RemoteFiles;
 use crate::drivers::detached::{DetachedSpec, DetachedStart, Piece};
-use detached::{read_run_folder, stop_detached_agent, stop_detached_agents, DETACHED_AGENT_GRACE_SECONDS};
+use detached::{read_run_folder, signal_detached_run, stop_detached_agents, DETACHED_AGENT_GRACE_SECONDS};
 use agent::{AgentClient, AgentConfig, ProxyBridge};
 use confine::{NetworkRule, RunPolicy};
 use files::LocalFiles;
@@ -728,8 +728,9 @@ impl Sandbox for LocalSandbox {
 
     async fn signal_detached(&self, start: &DetachedStart, signal: crate::drivers::Signal) -> Result<()> {
         let folder = start.host_folder.clone().unwrap_or_else(|| PathBuf::from(&start.folder));
-        stop_detached_agent(&folder, signal);
-        Ok(())
+        tokio::task::spawn_blocking(move || signal_detached_run(&folder, signal))
+            .await
+            .map_err(|error| Error::Internal(format!("Signalling a detached run failed: {error}")))
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {

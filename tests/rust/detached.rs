@@ -381,3 +381,25 @@ fn cancelling_a_detached_local_run_should_stop_its_group_and_say_cancelled() {
     assert_eq!(outcome.exit["signal"], "SIGTERM", "{}", outcome.exit);
     assert!(support::processes_matching("sleep 30.4242").is_empty(), "nothing of the run is left");
 }
+
+#[test]
+fn removing_a_session_should_end_its_detached_runs_and_forget_them() {
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = workspace_with(&[("a.txt", "a\n")]);
+    let server = server_on(state.path(), workspace.path(), Vec::new());
+    let session = server.connect("local", Value::Null, workspace.path());
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": "echo up; sleep 30.6161", "detach": true }));
+    server.wait_notification("sandlink/output", Duration::from_secs(20), |params| params["runId"] == run_id);
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !support::processes_matching("sleep 30.6161").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(support::processes_matching("sleep 30.6161").is_empty(), "the run ends with its session");
+    let listed = server.request("sandlink/runs", json!({})).expect("runs answers");
+    let still = listed["runs"].as_array().is_some_and(|runs| runs.iter().any(|run| run["runId"] == run_id.as_str()));
+    assert!(!still, "a removed session's detached runs are not listed: {listed}");
+    let error = server.request_error("sandlink/attach", json!({ "runId": run_id }));
+    assert_eq!(error.kind.as_deref(), Some("unknownRun"), "{}", error.message);
+}

@@ -106,6 +106,17 @@ pub fn list_records(state_dir: &Path) -> Vec<RunRecord> {
     records
 }
 
+/// Removes the records of a session's detached runs (the session was removed, and its sandbox with them).
+pub fn forget_runs_of(state_dir: &Path, session_id: &str) {
+    for record in list_records(state_dir).into_iter().filter(|record| record.session_id == session_id) {
+        if let Some(path) = record_path(state_dir, &record.run_id) {
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::debug!(%error, path = %path.display(), "could not remove a run record");
+            }
+        }
+    }
+}
+
 /// The `sandlink/exit` of a run whose files say it ended.
 fn exit_of(record: &RunRecord, ending: Ending) -> ExitParams {
     let elapsed = time::OffsetDateTime::parse(&record.started_at, &time::format_description::well_known::Rfc3339)

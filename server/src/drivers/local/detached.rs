@@ -76,15 +76,28 @@ pub fn signal_detached_run(folder: &Path, signal: Signal) {
     }
 }
 
-/// Stops a detached run by stopping its agent, which ends every process of the run (SIGTERM asks, SIGKILL does not).
+/// Stops a detached run by stopping its agent, which ends every process of the run: SIGTERM goes to the agent
+/// itself (under bubblewrap, the recorded pid is bubblewrap's, which passes nothing on), whose clean-up ends the
+/// rest; SIGKILL goes to everything.
 pub fn stop_detached_agent(folder: &Path, signal: Signal) {
-    if let Some(pid) = agent_of(folder) {
-        let number = match signal {
-            Signal::Terminate => libc::SIGTERM,
-            Signal::Kill => libc::SIGKILL,
-        };
-        // SAFETY: kill(2) on the run's agent, identified by its command line just now.
-        unsafe { libc::kill(pid, number) };
+    let Some(pid) = agent_of(folder) else { return };
+    match signal {
+        Signal::Terminate => {
+            let agent = std::iter::once(pid).chain(super::processes::descendants_of(pid)).find(|candidate| {
+                // `sandlink sandbox-agent …`, not the bubblewrap whose arguments name it.
+                let command_line = std::fs::read(format!("/proc/{candidate}/cmdline")).unwrap_or_default();
+                command_line.split(|byte| *byte == 0).nth(1) == Some(&b"sandbox-agent"[..])
+            });
+            if let Some(agent) = agent {
+                // SAFETY: kill(2) on the run's agent, found below its recorded pid just now.
+                unsafe { libc::kill(agent, libc::SIGTERM) };
+            }
+        }
+        Signal::Kill => {
+            super::processes::kill_descendants(pid);
+            // SAFETY: kill(2) on the run's agent (or its bubblewrap), identified by its command line just now.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
 

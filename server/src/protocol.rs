@@ -96,6 +96,8 @@ request!(/// Counts as activity for the lifecycle manager, which keeps the sessi
     KeepaliveRequest, "sandlink/keepalive", SessionParams, EmptyResult);
 request!(/// Changes the window size of a run started with a terminal (`pty`); its programs get SIGWINCH.
     ResizeRequest, "sandlink/resize", ResizeParams, EmptyResult);
+request!(/// Streams a detached run's output from a byte offset, then its exit, as `sandlink/output` and `sandlink/exit`.
+    AttachRequest, "sandlink/attach", AttachParams, AttachResult);
 
 notification!(/// A coalesced piece of a run's output.
     OutputNotification, "sandlink/output", OutputParams);
@@ -754,6 +756,9 @@ pub struct RunInfo {
     /// Its share of the session's cost so far (while it runs) or in all (once it ended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<RunCost>,
+    /// Started with `detach`: it goes on without the server, and `sandlink/attach` follows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -819,6 +824,34 @@ pub struct AcceptHostKeyResult {
     pub known_hosts: String,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttachParams {
+    pub run_id: String,
+    /// The stdout byte to start from (0 when absent): what the client already has is not sent again.
+    #[serde(default)]
+    pub from_offset: Option<u64>,
+    /// The stderr byte to start from (0 when absent).
+    #[serde(default)]
+    pub from_stderr_offset: Option<u64>,
+}
+
+/// Where an attach starts and what the run is; its output and exit follow as notifications under `runId`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachResult {
+    pub run_id: String,
+    pub session_id: String,
+    pub command: String,
+    pub started_at: String,
+    /// How many stdout and stderr bytes the run has written so far.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// Set once the run has ended: its exit follows the rest of its output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SaveProfileParams {
@@ -876,6 +909,9 @@ pub struct OutputParams {
     pub stream: OutputStream,
     pub text: String,
     pub seq: u64,
+    /// For detached and attached runs: the byte offset in its stream of the first byte of `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -992,6 +1028,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     SettingChoicesRequest::METHOD,
     KeepaliveRequest::METHOD,
     ResizeRequest::METHOD,
+    AttachRequest::METHOD,
 ];
 
 /// Every custom notification method.

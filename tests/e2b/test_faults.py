@@ -43,6 +43,20 @@ def test_drop_fault_should_hit_only_the_requested_number_of_streams(server, raw_
     assert third.transport_error is None and third.output() == b"a\nb\n"
 
 
+def test_timed_drops_should_cut_every_stream_until_cleared(server, raw_envd):
+    server.set_faults(dropStreamEverySeconds=0.3)
+    started = time.monotonic()
+    first = raw_envd.stream(START, shell_start_request(SIX_LINES))
+    assert first.transport_error is not None, "the stream is cut after 0.3 s, before the command's end"
+    assert time.monotonic() - started < 0.9
+    second = raw_envd.stream(CONNECT, {"process": {"pid": first.pid}})
+    assert second.transport_error is not None, "a re-attach is cut as well: the fault stays until cleared"
+    server.set_faults(dropStreamEverySeconds=None)
+    third = raw_envd.stream(CONNECT, {"process": {"pid": first.pid}})
+    assert third.transport_error is None
+    assert third.end_event == {"exited": True, "status": "exit status 0"}
+
+
 def test_sdk_should_recover_a_dropped_command_with_commands_connect(server, sandbox):
     server.set_faults(dropStreamAfterBytes=1)
     handle = sandbox.commands.run(SIX_LINES, background=True)

@@ -217,6 +217,9 @@ class FaultSettings:
 
     drop_stream_after_bytes: Optional[int] = None
     drop_stream_count: int = 1
+    # Every process stream (Start and Connect) is cut this many seconds after it opened, for as long as it is set:
+    # a network that keeps dropping, which no counter runs out of.
+    drop_stream_every_seconds: Optional[float] = None
     rate_limit_next: int = 0
     retry_after_seconds: int = 1
     rate_limit_plane: str = "any"
@@ -235,6 +238,7 @@ class FaultSettings:
             "sandboxId": self.sandbox_id,
             "dropStreamAfterBytes": self.drop_stream_after_bytes,
             "dropStreamCount": self.drop_stream_count,
+            "dropStreamEverySeconds": self.drop_stream_every_seconds,
             "rateLimitNext": self.rate_limit_next,
             "retryAfter": self.retry_after_seconds,
             "rateLimitPlane": self.rate_limit_plane,
@@ -536,6 +540,9 @@ class FakeE2B:
             faults.drop_stream_count = int(body.get("dropStreamCount", 1))
         elif "dropStreamCount" in body:
             faults.drop_stream_count = int(body["dropStreamCount"])
+        if "dropStreamEverySeconds" in body:
+            every = body["dropStreamEverySeconds"]
+            faults.drop_stream_every_seconds = float(every) if every is not None else None
         if "rateLimitNext" in body:
             faults.rate_limit_next = int(body["rateLimitNext"])
         if "retryAfter" in body:
@@ -1849,6 +1856,9 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
         if faults.drop_stream_count <= 0:
             faults.drop_stream_after_bytes = None
     delivered_output_bytes = 0
+    drop_at: Optional[float] = None
+    if faults.drop_stream_every_seconds is not None and fake.fault_applies_to(sandbox.sandbox_id):
+        drop_at = time.monotonic() + faults.drop_stream_every_seconds
     transport = request.transport
     if transport is not None:
         sandbox.open_stream_transports.add(transport)
@@ -1867,6 +1877,8 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
         last_write = time.monotonic()
         while True:
             pending = process.events_from(next_sequence)
+            if drop_at is not None and time.monotonic() >= drop_at:
+                raise StreamDropped()
             if not pending:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -1879,6 +1891,8 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
                 if transport is None or transport.is_closing():
                     break
                 wait_seconds = min(keepalive_seconds - (now - last_write), 0.5)
+                if drop_at is not None:
+                    wait_seconds = min(wait_seconds, max(drop_at - now, 0.01))
                 if deadline is not None:
                     wait_seconds = min(wait_seconds, deadline - now)
                 if wait_seconds <= 0:
@@ -1901,6 +1915,8 @@ async def serve_streaming_rpc(request: web.Request, fake: FakeE2B, sandbox: Sand
                 process.mark_delivered(record)
                 delivered_output_bytes += record.output_bytes
                 if drop_after_bytes is not None and delivered_output_bytes >= drop_after_bytes:
+                    raise StreamDropped()
+                if drop_at is not None and time.monotonic() >= drop_at:
                     raise StreamDropped()
             if any("end" in record.event for record in pending):
                 await write_frame({}, True)

@@ -376,6 +376,8 @@ export interface RunInfo {
     exit?: ExitParams;
     /** Its share of the session's cost so far, or in all once it ended. */
     cost?: RunCost;
+    /** Started with `detach`: `attach` follows it, also after a restart. */
+    detached?: boolean;
 }
 export const runs = new RequestType<{ sessionId?: string }, { runs: RunInfo[] }, void>("sandlink/runs");
 
@@ -417,6 +419,25 @@ export interface AcceptHostKeyResult {
     knownHosts: string;
 }
 export const acceptHostKey = new RequestType<AcceptHostKeyParams, AcceptHostKeyResult, void>("sandlink/acceptHostKey");
+export interface AttachParams {
+    runId: string;
+    /** The stdout byte to start from (0 when absent). */
+    fromOffset?: number;
+    /** The stderr byte to start from (0 when absent). */
+    fromStderrOffset?: number;
+}
+export interface AttachResult {
+    runId: string;
+    sessionId: string;
+    command: string;
+    startedAt: string;
+    /** Bytes written so far to each stream. */
+    stdoutBytes: number;
+    stderrBytes: number;
+    /** Present once the run has ended; its exit follows the rest of its output. */
+    exitCode?: number;
+}
+export const attach = new RequestType<AttachParams, AttachResult, void>("sandlink/attach");
 
 export interface AllowSecretParams {
     sessionId: string;
@@ -466,6 +487,8 @@ export interface OutputParams {
     text: string;
     /** Increases by one per notification of a run. */
     seq: number;
+    /** Detached and attached runs: the byte offset in its stream of the first byte of `text`. */
+    offset?: number;
 }
 export const output = new NotificationType<OutputParams>("sandlink/output");
 

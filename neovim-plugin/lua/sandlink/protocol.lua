@@ -32,6 +32,7 @@ protocol.request = {
   setting_choices = 'sandlink/settingChoices',
   keepalive = 'sandlink/keepalive',
   resize = 'sandlink/resize',
+  attach = 'sandlink/attach',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.

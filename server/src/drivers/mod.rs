@@ -4,6 +4,7 @@
 //! what its capability flags promise. Provider types (bollard, reqwest, ssh) never leave their driver module.
 
 pub mod daytona;
+pub mod detached;
 pub mod docker;
 pub mod e2b;
 pub mod http;
@@ -348,6 +349,31 @@ pub trait Sandbox: Send + Sync {
     /// saying why; the session then turns to `error`. Drivers that cannot tell never resolve.
     async fn wait_failure(&self) -> String {
         std::future::pending().await
+    }
+
+    /// Starts a run that goes on without sandlink, its output in files (`detached`); answers where they are. The
+    /// default starts it through a POSIX shell with `exec`.
+    async fn start_detached(&self, spec: detached::DetachedSpec) -> Result<detached::DetachedStart> {
+        detached::start_with_shell(self, spec).await
+    }
+
+    /// Reads a detached run's output beyond the offsets, and its end once it ended; `None` when its files are gone.
+    async fn read_detached(
+        &self,
+        start: &detached::DetachedStart,
+        stdout_from: u64,
+        stderr_from: u64,
+    ) -> Result<Option<detached::Piece>> {
+        detached::read_with_shell(self, &start.folder, stdout_from, stderr_from, detached::READ_BYTES).await
+    }
+
+    /// Signals a detached run's process group.
+    async fn signal_detached(&self, start: &detached::DetachedStart, signal: Signal) -> Result<()> {
+        let name = match signal {
+            Signal::Terminate => "TERM",
+            Signal::Kill => "KILL",
+        };
+        detached::signal_with_shell(self, &start.folder, name).await
     }
 }
 

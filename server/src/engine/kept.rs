@@ -21,6 +21,8 @@ impl Engine {
         if let Err(error) = statefile::blocking(move || store.remove(&id)).await {
             tracing::warn!(session_id, %error, "could not remove a session record");
         }
+        // The session's sandbox is gone, and its detached runs with it.
+        super::detached::forget_runs_of(&self.state_dir, session_id);
     }
 
     /// Writes a live session's record (state, times, driver state); never for a session already removed.

@@ -4,6 +4,7 @@
 //! implementation that delivers what the engine reports (output, exits, state changes) its own way.
 
 pub mod configure;
+pub mod detached;
 mod connect;
 pub mod jobs;
 mod kept;

@@ -511,7 +511,7 @@ async fn send_live(
         async move {
             for (offset, piece) in pieces.into_iter().enumerate() {
                 events
-                    .output(OutputParams { run_id: run_id.clone(), stream, text: piece, seq: first_seq + offset as u64 })
+                    .output(OutputParams { run_id: run_id.clone(), stream, text: piece, seq: first_seq + offset as u64, offset: None })
                     .await;
             }
         }
@@ -556,7 +556,7 @@ async fn send_live(
     for (stream, mapper) in [(OutputStream::Stdout, stdout_paths), (OutputStream::Stderr, stderr_paths)] {
         let held = mapper.map(|mut mapper| mapper.finish()).unwrap_or_default();
         if !held.is_empty() {
-            events.output(OutputParams { run_id: run_id.clone(), stream, text: held, seq }).await;
+            events.output(OutputParams { run_id: run_id.clone(), stream, text: held, seq, offset: None }).await;
             seq += 1;
         }
     }

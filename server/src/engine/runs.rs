@@ -60,6 +60,23 @@ impl Engine {
             }
             _ => params.cwd.clone(),
         };
+        if params.detach {
+            if params.stdin {
+                return Err(Error::InvalidParams(
+                    "A detached run has no stdin: it goes on without the editor; leave out `stdin` or `detach`.".into(),
+                ));
+            }
+            let command = match &params.args {
+                Some(args) => std::iter::once(params.command.clone()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" "),
+                None => params.command.clone(),
+            };
+            // The run's (or the profile's) hard limit is enforced by its wrapper in the sandbox, with or without a server.
+            let hard_limit = limit.as_ref().map(|limit| limit.max_duration);
+            let record = self.start_detached(&session, &run_id, &params, cwd, command, hard_limit).await?;
+            let (answered_sender, answered) = tokio::sync::oneshot::channel();
+            self.follow_detached(record, session.clone(), answered);
+            return Ok((run_id, answered_sender));
+        }
         let process = session
             .sandbox
             .exec(ExecSpec {
@@ -153,6 +170,7 @@ impl Engine {
                     .and_then(|session| session.info().cost)
                     .map(|cost| crate::cost::run_cost(cost.usd_per_hour, run.started.elapsed().as_millis() as u64)),
             },
+            detached: false,
         };
         // A run whose exit was just sent may still be in the table for a moment: it is listed once, as ended.
         let ended_ids: std::collections::HashSet<&str> = ended.iter().map(|run| run.run_id.as_str()).collect();
@@ -161,6 +179,7 @@ impl Engine {
             .filter(|run| !ended_ids.contains(run.run_id.as_str()))
             .chain(ended.iter())
             .map(info)
+            .chain(self.detached_run_infos(session_id))
             .collect();
         RunsResult { runs }
     }
@@ -190,7 +209,10 @@ impl Engine {
     }
 
     pub fn cancel(&self, run_id: &str) -> Result<()> {
-        self.run_handle(run_id)?.cancel();
+        match self.run_handle(run_id) {
+            Ok(run) => run.cancel(),
+            Err(_) => self.cancel_detached(run_id)?,
+        }
         Ok(())
     }
 

@@ -142,6 +142,7 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::SettingChoicesRequest::METHOD, Backend::setting_choices)
     .custom_method(proto::KeepaliveRequest::METHOD, Backend::keepalive)
     .custom_method(proto::ResizeRequest::METHOD, Backend::resize)
+    .custom_method(proto::AttachRequest::METHOD, Backend::attach)
     .finish()
 }
 
@@ -305,6 +306,21 @@ impl Backend {
         answer
     }
 
+    async fn attach(&self, params: Value) -> jsonrpc::Result<Value> {
+        let mut release = None;
+        let answer = dispatch::<proto::AttachRequest, _, _>(params, |params| async {
+            let (result, answered) = self.engine.attach(params).await?;
+            release = Some(answered);
+            Ok(result)
+        })
+        .await;
+        // As for `run`: output flows once the answer is on its way.
+        if let Some(answered) = release {
+            let _ = answered.send(());
+        }
+        answer
+    }
+
     async fn input(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::InputRequest, _, _>(params, |params| async move {
             self.engine.input(&params.run_id, &params.text, params.eof).await.map(|()| proto::EmptyResult {})
@@ -432,7 +448,10 @@ impl Backend {
     async fn runs(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::RunsRequest, _, _>(params, |params| async move {
             if let Some(session_id) = &params.session_id {
-                self.engine.session(session_id)?;
+                // A kept session's detached runs are listed before (and without) re-attaching it.
+                if !self.engine.has_detached_runs(session_id) {
+                    self.engine.session(session_id)?;
+                }
             }
             Ok(self.engine.list_runs(params.session_id.as_deref()))
         })

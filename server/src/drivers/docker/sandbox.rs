@@ -298,6 +298,20 @@ impl Sandbox for DockerSandbox {
         }
     }
 
+    /// A session with a detached run is kept should its server die: the run goes on in the container.
+    async fn start_detached(&self, spec: crate::drivers::detached::DetachedSpec) -> Result<crate::drivers::detached::DetachedStart> {
+        if self.created {
+            let marker = self.session_dir.join(super::KEPT_MARKER);
+            tokio::fs::create_dir_all(&self.session_dir)
+                .await
+                .map_err(|error| Error::io(format!("Could not create {}", self.session_dir.display()), error))?;
+            tokio::fs::write(&marker, format!("{}\n", self.container_id))
+                .await
+                .map_err(|error| Error::io(format!("Could not write {}", marker.display()), error))?;
+        }
+        crate::drivers::detached::start_with_shell(self, spec).await
+    }
+
     async fn wait_failure(&self) -> String {
         let mut receiver = self.failure.subscribe();
         loop {

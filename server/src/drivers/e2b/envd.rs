@@ -6,7 +6,7 @@
 //! `GET /health` probe tells a dead sandbox (the run ends with a clear error) from a broken connection (the driver
 //! re-attaches with `process.Process/Connect` by pid and carries on, so a run never hangs and no output is lost).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::client::{is_not_found, Envd, Health};
+use super::recovery;
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::streams::BoxedReader;
 use crate::error::{Error, Result};
@@ -218,6 +219,9 @@ struct RunShared {
     pid: AtomicU32,
     /// Set once the run's outcome is known; signals and stdin closing are pointless afterwards.
     ended: AtomicBool,
+    /// Output bytes delivered to the engine, the offsets a recovery reads the run's files from.
+    stdout_bytes: AtomicU64,
+    stderr_bytes: AtomicU64,
 }
 
 /// Where a run's output goes.
@@ -271,6 +275,7 @@ async fn pump_stream(
     pid_sender: &mut Option<oneshot::Sender<u32>>,
     end: &mut Option<EndEvent>,
     what: &str,
+    deliver: bool,
 ) -> StreamEnd {
     let mut body = response.bytes_stream();
     let mut decoder = FrameDecoder::default();
@@ -325,10 +330,12 @@ async fn pump_stream(
                             let _ = sender.send(start.pid);
                         }
                     }
-                    if let Some(data) = event.data {
-                        forward(&data.stdout, &outputs.stdout).await;
-                        forward(&data.pty, &outputs.stdout).await;
-                        forward(&data.stderr, &outputs.stderr).await;
+                    if let Some(data) = event.data.filter(|_| deliver) {
+                        let mut count = forward(&data.stdout, &outputs.stdout).await;
+                        count += forward(&data.pty, &outputs.stdout).await;
+                        shared.stdout_bytes.fetch_add(count, Ordering::SeqCst);
+                        let count = forward(&data.stderr, &outputs.stderr).await;
+                        shared.stderr_bytes.fetch_add(count, Ordering::SeqCst);
                     }
                     if let Some(end_event) = event.end {
                         *end = Some(end_event);
@@ -339,15 +346,21 @@ async fn pump_stream(
     }
 }
 
-async fn forward(encoded: &Option<String>, sender: &mpsc::Sender<Bytes>) {
-    let Some(encoded) = encoded else { return };
+/// Forwards one piece of output; answers how many bytes it was.
+async fn forward(encoded: &Option<String>, sender: &mpsc::Sender<Bytes>) -> u64 {
+    let Some(encoded) = encoded else { return 0 };
     match base64::engine::general_purpose::STANDARD.decode(encoded) {
         // A closed receiver means the engine stopped reading; the run still goes on to its end.
         Ok(bytes) if !bytes.is_empty() => {
+            let count = bytes.len() as u64;
             let _ = sender.send(Bytes::from(bytes)).await;
+            count
         }
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "envd sent output that is not base64; dropped it"),
+        Ok(_) => 0,
+        Err(error) => {
+            tracing::warn!(%error, "envd sent output that is not base64; dropped it");
+            0
+        }
     }
 }
 
@@ -359,6 +372,7 @@ async fn follow_run(
     shared: Arc<RunShared>,
     outputs: Outputs,
     pid_sender: oneshot::Sender<u32>,
+    files: Option<String>,
 ) -> Result<ExitStatus> {
     let mut pid_sender = Some(pid_sender);
     let mut end = None;
@@ -366,15 +380,49 @@ async fn follow_run(
     let mut response = open_stream(&envd, "process.Process/Start", &start_message, &tuning, what).await?;
     what = "streaming the command's output";
     let mut fruitless_reattaches = 0;
+    // Once a stream broke, a run with output files takes its output from them; envd's streams only tell its end.
+    let mut recovering = false;
     loop {
-        match pump_stream(response, &tuning, &shared, &outputs, &mut pid_sender, &mut end, what).await {
+        let ended = if recovering {
+            let folder = files.as_deref().unwrap_or_default();
+            let pump = pump_stream(response, &tuning, &shared, &outputs, &mut pid_sender, &mut end, what, false);
+            tokio::pin!(pump);
+            loop {
+                tokio::select! {
+                    ended = &mut pump => break ended,
+                    () = tokio::time::sleep(RECOVERY_POLL), if recovering => {
+                        match recovery::catch_up(&envd, tuning, folder, &delivery(&shared, &outputs)).await {
+                            Ok(Some(_)) => {}
+                            // No files: nothing to recover from; what the streams carry is all there is.
+                            Ok(None) => recovering = false,
+                            Err(error) => tracing::debug!(%error, "reading a run's output files failed; reading again later"),
+                        }
+                    }
+                }
+            }
+        } else {
+            pump_stream(response, &tuning, &shared, &outputs, &mut pid_sender, &mut end, what, true).await
+        };
+        let ended = match ended {
+            StreamEnd::Broken { .. } if end.is_some() => {
+                // The end event arrived; only the closing frame was lost.
+                StreamEnd::Finished(exit_status(&end.take().unwrap_or_default()))
+            }
+            ended => ended,
+        };
+        if recovering {
+            if let StreamEnd::Finished(status) = ended {
+                let folder = files.as_deref().unwrap_or_default();
+                return Ok(deliver_the_rest(&envd, tuning, folder, &shared, &outputs, status).await);
+            }
+        } else if let (StreamEnd::Broken { .. }, Some(_)) = (&ended, &files) {
+            tracing::info!("a run's stream broke; its output now comes from its files in the sandbox");
+            recovering = true;
+        }
+        match ended {
             StreamEnd::Finished(status) => return Ok(status),
             StreamEnd::Failed(error) => return Err(error),
             StreamEnd::Broken { reason, progressed } => {
-                if let Some(end) = end.take() {
-                    // The end event arrived; only the closing frame was lost.
-                    return Ok(exit_status(&end));
-                }
                 let pid = shared.pid.load(Ordering::SeqCst);
                 if pid == 0 {
                     return Err(Error::Remote {
@@ -416,6 +464,56 @@ async fn follow_run(
     }
 }
 
+/// How often a recovering run's files are read while its re-attached stream waits for the end.
+const RECOVERY_POLL: Duration = Duration::from_millis(250);
+/// Failed reads in a row before a recovering run's end is reported with what was delivered.
+const RECOVERY_ATTEMPTS: u32 = 20;
+
+fn delivery<'a>(shared: &'a RunShared, outputs: &'a Outputs) -> recovery::Delivery<'a> {
+    recovery::Delivery {
+        stdout: &outputs.stdout,
+        stderr: &outputs.stderr,
+        stdout_bytes: &shared.stdout_bytes,
+        stderr_bytes: &shared.stderr_bytes,
+    }
+}
+
+/// After the end of a recovering run: reads its files until everything they hold was delivered, then its status.
+async fn deliver_the_rest(
+    envd: &Arc<Envd>,
+    tuning: StreamTuning,
+    folder: &str,
+    shared: &RunShared,
+    outputs: &Outputs,
+    status: ExitStatus,
+) -> ExitStatus {
+    let mut failures = 0;
+    loop {
+        match recovery::catch_up(envd, tuning, folder, &delivery(shared, outputs)).await {
+            Ok(None) => return status,
+            Ok(Some((stdout_total, stderr_total)))
+                if stdout_total <= shared.stdout_bytes.load(Ordering::SeqCst)
+                    && stderr_total <= shared.stderr_bytes.load(Ordering::SeqCst) =>
+            {
+                return status
+            }
+            Ok(Some(_)) => failures = 0,
+            Err(error) if failures < RECOVERY_ATTEMPTS => {
+                failures += 1;
+                tracing::debug!(%error, failures, "reading a run's output files failed; reading again");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))).await;
+            }
+            Err(error) => {
+                let mut status = status;
+                status.message = Some(format!(
+                    "The run ended, but the rest of its output could not be read from the sandbox ({error})."
+                ));
+                return status;
+            }
+        }
+    }
+}
+
 /// A run's stdout or stderr as an `AsyncRead`.
 fn output_reader(receiver: mpsc::Receiver<Bytes>) -> BoxedReader {
     let chunks = futures::stream::unfold(receiver, |mut receiver| async move {
@@ -426,17 +524,19 @@ fn output_reader(receiver: mpsc::Receiver<Bytes>) -> BoxedReader {
 
 /// Starts a process through envd and answers once envd has reported its pid.
 pub async fn start(envd: Arc<Envd>, tuning: StreamTuning, config: Value, stdin: bool) -> Result<Process> {
-    start_with_terminal(envd, tuning, config, stdin, None).await
+    start_with(envd, tuning, config, stdin, None, None).await
 }
 
 /// `start`, attached to a new terminal of `size` in the sandbox when one is given (envd's `pty`): its output comes as
-/// `pty` data, its input goes as `pty` bytes, and `Control::resize` changes its size with `Update`.
-pub async fn start_with_terminal(
+/// `pty` data, its input goes as `pty` bytes, and `Control::resize` changes its size with `Update`. A run whose output
+/// is also in `files` (`recovery::wrap`) is read from there after a dropped stream.
+pub async fn start_with(
     envd: Arc<Envd>,
     tuning: StreamTuning,
     config: Value,
     stdin: bool,
     terminal: Option<PtySize>,
+    files: Option<String>,
 ) -> Result<Process> {
     // `stdin` is a proto3 optional field: envd gives the process an open pipe when it is absent, so always send it.
     let mut start_message = json!({ "process": config, "stdin": stdin && terminal.is_none() });
@@ -453,7 +553,7 @@ pub async fn start_with_terminal(
     let task_shared = shared.clone();
     let task_envd = envd.clone();
     tokio::spawn(async move {
-        let outcome = follow_run(task_envd, tuning, start_message, task_shared.clone(), outputs, pid_sender).await;
+        let outcome = follow_run(task_envd, tuning, start_message, task_shared.clone(), outputs, pid_sender, files).await;
         task_shared.ended.store(true, Ordering::SeqCst);
         let _ = exit_sender.send(outcome);
     });
@@ -557,6 +657,42 @@ impl ProcessControl for Control {
             Err(error) => Err(error),
         }
     }
+}
+
+/// Runs a short command on one stream, without re-attaching: answers its stdout once it exited with 0; a stream
+/// that broke is an error (the caller asks again).
+pub async fn run_once(envd: &Arc<Envd>, tuning: StreamTuning, config: Value) -> Result<Vec<u8>> {
+    let what = "reading a run's output files";
+    let response = open_stream(envd, "process.Process/Start", &json!({ "process": config, "stdin": false }), &tuning, what).await?;
+    let (stdout_sender, mut stdout_receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
+    let (stderr_sender, mut stderr_receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
+    let shared = RunShared::default();
+    let (mut pid_sender, mut end) = (None, None);
+    let pump = async {
+        let outputs = Outputs { stdout: stdout_sender, stderr: stderr_sender };
+        pump_stream(response, &tuning, &shared, &outputs, &mut pid_sender, &mut end, what, true).await
+    };
+    let collect_stdout = async {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stdout_receiver.recv().await {
+            bytes.extend_from_slice(&chunk);
+        }
+        bytes
+    };
+    let drain_stderr = async { while stderr_receiver.recv().await.is_some() {} };
+    let (ended, stdout, ()) = tokio::join!(pump, collect_stdout, drain_stderr);
+    let status = match ended {
+        StreamEnd::Finished(status) => status,
+        StreamEnd::Broken { .. } if end.is_some() => exit_status(&end.unwrap_or_default()),
+        StreamEnd::Failed(error) => return Err(error),
+        StreamEnd::Broken { reason, .. } => {
+            return Err(Error::Remote { status: None, message: format!("The stream {reason} while {what}.") })
+        }
+    };
+    if status.code != Some(0) {
+        return Err(Error::Remote { status: None, message: format!("The command failed while {what}.") });
+    }
+    Ok(stdout)
 }
 
 /// Runs a short helper command to completion and answers its exit code and combined output (for chmod, symlinks).

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod envd;
 pub mod files;
+mod recovery;
 pub mod settings;
 
 use std::sync::Arc;
@@ -397,13 +398,20 @@ impl Sandbox for E2bSandbox {
             // What the SDK does for `commands.run`: a login shell, so the template's PATH applies.
             None => ("/bin/bash".to_string(), vec!["-l".to_string(), "-c".to_string(), spec.command.clone()]),
         };
+        // A run without stdin also writes its output to files in the sandbox, read from there after a dropped stream.
+        // A terminal's output is the terminal's own, read live: it is never wrapped.
+        let files = (!spec.stdin && spec.pty.is_none()).then(recovery::new_folder);
+        let (program, arguments) = match &files {
+            Some(folder) => recovery::wrap(folder, program, arguments),
+            None => (program, arguments),
+        };
         let config = json!({
             "cmd": program,
             "args": arguments,
             "envs": spec.env,
             "cwd": self.working_directory(spec.cwd.as_deref()),
         });
-        envd::start_with_terminal(self.envd.clone(), self.tuning, config, spec.stdin, spec.pty).await
+        envd::start_with(self.envd.clone(), self.tuning, config, spec.stdin, spec.pty, files).await
     }
 
     fn files(&self) -> Option<Arc<dyn RemoteFiles>> {

@@ -58,6 +58,10 @@ pub struct AgentConfig {
     pub cgroup: Option<PathBuf>,
     /// Inside a network namespace: a loopback port bridged to the filtering proxy's Unix socket.
     pub proxy_bridge: Option<ProxyBridge>,
+    /// Set for the agent of one detached run: the run goes on when the server goes, the agent ends with the run
+    /// (ending what it left), and at the latest after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached_lifetime_seconds: Option<u64>,
 }
 
 /// A loopback listener inside the sandbox that carries connections to sandlink's proxy outside.
@@ -92,6 +96,7 @@ pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<
             },
             cgroup: None,
             proxy_bridge: None,
+            detached_lifetime_seconds: None,
         },
     };
     let confinement = Arc::new(Confinement::prepare(&config.policy)?);
@@ -107,6 +112,14 @@ pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<
             // SAFETY: sigwait with a valid set and out-pointer.
             unsafe { libc::sigwait(&termination, &mut signal) };
             clean_up_and_exit(cgroup.as_deref());
+        });
+    }
+    let detached = config.detached_lifetime_seconds.is_some();
+    if let Some(seconds) = config.detached_lifetime_seconds {
+        // The wrapper stops its run at its own limit; this is the backstop should the wrapper itself be stuck.
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            clean_up_and_exit(None);
         });
     }
     if let Some(bridge) = &config.proxy_bridge {
@@ -126,8 +139,13 @@ pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<
         let confinement = confinement.clone();
         let reaper = reaper.clone();
         std::thread::spawn(move || {
-            if let Err(error) = handle_run(connection, &confinement, &reaper) {
+            let outcome = handle_run(connection, &confinement, &reaper, detached);
+            if let Err(error) = &outcome {
                 eprintln!("sandlink sandbox-agent: {error}");
+            }
+            if detached && matches!(outcome, Ok(true)) {
+                // The detached run is over: what it left behind ends with its agent.
+                clean_up_and_exit(None);
             }
         });
     }
@@ -193,7 +211,9 @@ impl Reaper {
     }
 }
 
-fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &Reaper) -> std::io::Result<()> {
+/// Serves one run request; answers whether a run was started and has ended. A `detached` run outlives the
+/// connection: the server may go away while it runs.
+fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &Reaper, detached: bool) -> std::io::Result<bool> {
     let mut first = vec![0u8; 64 * 1024];
     let mut fds: [RawFd; 3] = [-1; 3];
     let (received, fd_count) = connection.recv_with_fd(&mut first, &mut fds)?;
@@ -201,17 +221,17 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
     let owned: Vec<OwnedFd> = fds[..fd_count].iter().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) }).collect();
     if received == 0 {
         // A readiness probe: connected and closed without a request.
-        return Ok(());
+        return Ok(false);
     }
     let mut writer = connection.try_clone()?;
     if owned.len() != 3 || received < 4 {
         writeln!(writer, "error the request must carry stdin, stdout and stderr")?;
-        return Ok(());
+        return Ok(false);
     }
     let length = u32::from_be_bytes([first[0], first[1], first[2], first[3]]) as usize;
     if length > MAX_REQUEST_BYTES {
         writeln!(writer, "error the request is too large")?;
-        return Ok(());
+        return Ok(false);
     }
     let mut body = first[4..received].to_vec();
     let mut reader = connection.try_clone()?;
@@ -219,7 +239,7 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
         let mut chunk = vec![0u8; length - body.len()];
         let count = reader.read(&mut chunk)?;
         if count == 0 {
-            return Ok(());
+            return Ok(false);
         }
         body.extend_from_slice(&chunk[..count]);
     }
@@ -227,12 +247,12 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
         Ok(request) => request,
         Err(error) => {
             writeln!(writer, "error the request is malformed: {error}")?;
-            return Ok(());
+            return Ok(false);
         }
     };
     let mut descriptors = owned.into_iter();
     let (Some(stdin), Some(stdout), Some(stderr)) = (descriptors.next(), descriptors.next(), descriptors.next()) else {
-        return Ok(());
+        return Ok(false);
     };
     let mut command = std::process::Command::new(&request.program);
     command
@@ -249,7 +269,7 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
                 Ok(opened) => opened,
                 Err(error) => {
                     writeln!(writer, "error could not open a terminal: {error}")?;
-                    return Ok(());
+                    return Ok(false);
                 }
             };
             command
@@ -290,7 +310,7 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
             Err(error) => {
                 drop(waiting);
                 writeln!(writer, "error could not start {}: {error}", request.program)?;
-                return Ok(());
+                return Ok(false);
             }
         };
         let pid = child.id() as libc::pid_t;
@@ -301,7 +321,10 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
         pid
     };
     drop(command);
-    writeln!(writer, "started {group}")?;
+    let started = writeln!(writer, "started {group}");
+    if !detached {
+        started?;
+    }
     let signals = connection.try_clone()?;
     std::thread::spawn(move || {
         for line in BufReader::new(signals).lines() {
@@ -319,19 +342,25 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
             // SAFETY: kill(2) on the run's own process group (the run leads a session of its own).
             unsafe { libc::kill(-group, number) };
         }
-        // The server went away (or finished with this run): nothing of the run may outlive it.
-        // SAFETY: as above.
-        unsafe { libc::kill(-group, libc::SIGKILL) };
+        // The server went away (or finished with this run): nothing of the run may outlive it, unless it is detached.
+        if !detached {
+            // SAFETY: as above.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
     });
     let status = exit_status.recv().map_err(|_| std::io::Error::other("the reaper stopped"))?;
-    if libc::WIFEXITED(status) {
-        writeln!(writer, "exit code {}", libc::WEXITSTATUS(status))?;
+    // The server of a detached run may be long gone: a failed write is no reason to keep the agent.
+    let reported = if libc::WIFEXITED(status) {
+        writeln!(writer, "exit code {}", libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
-        writeln!(writer, "exit signal {}", libc::WTERMSIG(status))?;
+        writeln!(writer, "exit signal {}", libc::WTERMSIG(status))
     } else {
-        writeln!(writer, "exit code 255")?;
+        writeln!(writer, "exit code 255")
+    };
+    if !detached {
+        reported?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Reads a `SIZE COLS ROWS` line, the server's request to resize a run's terminal.

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 pub mod agent;
 mod bubblewrap;
 pub mod confine;
+pub mod detached;
 mod environment;
 pub mod files;
 pub mod isolation;
@@ -28,6 +29,8 @@ use crate::netpolicy::{proxy_environment, NetworkPolicy, Proxy};
 use crate::paths::join_inside;
 use crate::protocol::{DriverCapabilities, DriverInfo};
 use crate::sync::RemoteFiles;
+use crate::drivers::detached::{DetachedSpec, DetachedStart, Piece};
+use detached::{read_run_folder, signal_detached_run, stop_detached_agents, DETACHED_AGENT_GRACE_SECONDS};
 use agent::{AgentClient, AgentConfig, ProxyBridge};
 use confine::{NetworkRule, RunPolicy};
 use files::LocalFiles;
@@ -487,11 +490,28 @@ impl LocalSandbox {
 
     /// Starts the session's agent (inside bubblewrap, or directly under Landlock) and waits until it listens.
     async fn start_agent(&mut self) -> Result<()> {
-        let agent_dir = self.agent_dir();
+        let (client, pid, waiter) = self.launch_agent(&self.agent_dir(), None).await?;
+        self.agent = Some(Agent { client, pid, waiter: std::sync::Mutex::new(Some(waiter)) });
+        Ok(())
+    }
+
+    /// Starts an agent whose socket and configuration are in `agent_dir`. With `detached` (a detached run's folder
+    /// and its time limit) the agent serves that one run, outside the server's session and its death signals, with
+    /// the folder writable, and ends with the run.
+    async fn launch_agent(
+        &self,
+        agent_dir: &Path,
+        detached: Option<(&Path, std::time::Duration)>,
+    ) -> Result<(AgentClient, libc::pid_t, std::thread::JoinHandle<()>)> {
         let socket = agent_dir.join("agent.sock");
         let config_path = agent_dir.join("config.json");
+        let mut policy = self.policy();
+        if let (Some((folder, _)), Mechanism::Landlock) = (detached, self.mechanism) {
+            policy.writable.push(folder.to_path_buf());
+        }
         let config = AgentConfig {
-            policy: self.policy(),
+            detached_lifetime_seconds: detached.map(|(_, limit)| limit.as_secs() + DETACHED_AGENT_GRACE_SECONDS),
+            policy,
             cgroup: self.cgroup.as_ref().map(|cgroup| cgroup.path().to_path_buf()),
             proxy_bridge: match (&self.proxy, self.mechanism) {
                 (Some(proxy), Mechanism::Bubblewrap) => proxy
@@ -505,8 +525,16 @@ impl LocalSandbox {
         let executable = std::env::current_exe().context(|| "Could not find sandlink's own executable".into())?;
         let mut command = match self.mechanism {
             Mechanism::Bubblewrap => {
+                let mut view = self.bubblewrap_view();
+                let mut arguments = bubblewrap::arguments(&view, &self.root);
+                if let Some((folder, _)) = detached {
+                    // A detached run's sandbox lives on when the server dies, and writes to its run folder.
+                    view.writable.push(folder.to_path_buf());
+                    arguments = bubblewrap::arguments(&view, &self.root);
+                    arguments.retain(|argument| argument != "--die-with-parent");
+                }
                 let mut command = std::process::Command::new("bwrap");
-                command.args(bubblewrap::arguments(&self.bubblewrap_view(), &self.root)).arg(&executable);
+                command.args(arguments).arg(&executable);
                 command
             }
             _ => {
@@ -526,14 +554,16 @@ impl LocalSandbox {
             .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
-        let cgroup_procs = self.cgroup.as_ref().map(SessionCgroup::procs_file);
+        // A detached run stays out of the session's cgroup, which is emptied when the session's agent stops.
+        let cgroup_procs = self.cgroup.as_ref().filter(|_| detached.is_none()).map(SessionCgroup::procs_file);
         let joins_cgroup = match &cgroup_procs {
             Some(path) => Some(
                 std::fs::OpenOptions::new().write(true).open(path).context(|| format!("Could not open {}", path.display()))?,
             ),
             None => None,
         };
-        let dies_with_server = self.mechanism != Mechanism::Bubblewrap;
+        let dies_with_server = self.mechanism != Mechanism::Bubblewrap && detached.is_none();
+        let leaves_server_session = detached.is_some();
         // SAFETY: the closure makes only system calls on descriptors opened before the fork.
         unsafe {
             use std::os::fd::AsRawFd;
@@ -549,6 +579,10 @@ impl LocalSandbox {
                 if dies_with_server {
                     // The agent cleans up on SIGTERM; bubblewrap sets its own parent-death signal.
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+                }
+                if leaves_server_session {
+                    // No signal meant for the server's terminal or process group reaches a detached run.
+                    libc::setsid();
                 }
                 Ok(())
             });
@@ -570,8 +604,10 @@ impl LocalSandbox {
         let pid = tokio::task::block_in_place(|| spawned.recv())
             .map_err(|_| Error::Internal("The session's agent thread ended before starting it.".into()))?
             .context(|| format!("Could not start the session's agent ({})", self.mechanism.as_str()))?;
-        let agent = Agent { client: AgentClient::new(socket), pid, waiter: std::sync::Mutex::new(Some(waiter)) };
-        if !agent.client.wait_ready(std::time::Duration::from_secs(5)).await {
+        let client = AgentClient::new(socket);
+        if !client.wait_ready(std::time::Duration::from_secs(5)).await {
+            // SAFETY: kill(2) on the child we just started, still waited for by its thread, so not reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
             return Err(Error::DriverUnavailable {
                 driver: "local".into(),
                 message: format!(
@@ -581,8 +617,7 @@ impl LocalSandbox {
                 ),
             });
         }
-        self.agent = Some(agent);
-        Ok(())
+        Ok((client, pid, waiter))
     }
 
     fn stop_agent(&self) {
@@ -676,6 +711,66 @@ impl Sandbox for LocalSandbox {
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
+        let (cwd, env) = self.run_setting(&spec)?;
+        let Some(agent) = &self.agent else {
+            return Err(Error::Internal("The session's agent is not running; reconnect the session.".into()));
+        };
+        let (program, arguments) = match &spec.args {
+            Some(args) => (spec.command.clone(), args.clone()),
+            None => ("sh".to_string(), vec!["-c".to_string(), spec.command.clone()]),
+        };
+        agent.client.spawn(program, arguments, cwd, env, spec.stdin, spec.pty).await
+    }
+
+    async fn start_detached(&self, spec: DetachedSpec) -> Result<DetachedStart> {
+        self.start_detached_run(spec).await
+    }
+
+    async fn read_detached(&self, start: &DetachedStart, stdout_from: u64, stderr_from: u64) -> Result<Option<Piece>> {
+        let folder = start.host_folder.clone().unwrap_or_else(|| PathBuf::from(&start.folder));
+        tokio::task::spawn_blocking(move || read_run_folder(&folder, stdout_from, stderr_from))
+            .await
+            .map_err(|error| Error::Internal(format!("Reading a detached run failed: {error}")))?
+    }
+
+    async fn signal_detached(&self, start: &DetachedStart, signal: crate::drivers::Signal) -> Result<()> {
+        let folder = start.host_folder.clone().unwrap_or_else(|| PathBuf::from(&start.folder));
+        tokio::task::spawn_blocking(move || signal_detached_run(&folder, signal))
+            .await
+            .map_err(|error| Error::Internal(format!("Signalling a detached run failed: {error}")))
+    }
+
+    fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
+        Some(Arc::new(LocalFiles { root: self.root.clone(), staging: self.session_dir.join("staging") }))
+    }
+
+    async fn preview(&self, port: u16) -> Result<String> {
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    async fn disconnect(&self, keep: bool) -> Result<()> {
+        tokio::task::block_in_place(|| self.stop_agent());
+        if keep {
+            return Ok(());
+        }
+        // Removing the session ends its detached runs too; their files go with it.
+        stop_detached_agents(&self.session_dir.join("runs"));
+        let session_dir = self.session_dir.clone();
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&session_dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
+                format!("Could not remove the session directory {}", session_dir.display()),
+                error,
+            )),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("Removing the session directory failed: {error}")))?
+    }
+}
+
+impl LocalSandbox {
+    /// Where a run starts and the environment it gets, as every run of the session.
+    fn run_setting(&self, spec: &ExecSpec) -> Result<(PathBuf, BTreeMap<String, String>)> {
         let cwd = match &spec.cwd {
             Some(cwd) => join_inside(&self.root, cwd)?,
             None => self.root.clone(),
@@ -709,43 +804,10 @@ impl Sandbox for LocalSandbox {
                 spec.command
             )));
         }
-        let Some(agent) = &self.agent else {
-            return Err(Error::Internal("The session's agent is not running; reconnect the session.".into()));
-        };
-        let (program, arguments) = match &spec.args {
-            Some(args) => (spec.command.clone(), args.clone()),
-            None => ("sh".to_string(), vec!["-c".to_string(), spec.command.clone()]),
-        };
-        agent.client.spawn(program, arguments, cwd, env, spec.stdin, spec.pty).await
-    }
-
-    fn files(&self) -> Option<Arc<dyn RemoteFiles>> {
-        Some(Arc::new(LocalFiles { root: self.root.clone(), staging: self.session_dir.join("staging") }))
-    }
-
-    async fn preview(&self, port: u16) -> Result<String> {
-        Ok(format!("http://127.0.0.1:{port}"))
-    }
-
-    async fn disconnect(&self, keep: bool) -> Result<()> {
-        tokio::task::block_in_place(|| self.stop_agent());
-        if keep {
-            return Ok(());
-        }
-        let session_dir = self.session_dir.clone();
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&session_dir) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
-                format!("Could not remove the session directory {}", session_dir.display()),
-                error,
-            )),
-            _ => Ok(()),
-        })
-        .await
-        .map_err(|error| Error::Internal(format!("Removing the session directory failed: {error}")))?
+        Ok((cwd, env))
     }
 }
 
-/// Whether `program` resolves to an executable file the way `execvp` would find it.
 fn program_exists(program: &str, cwd: &Path, path_override: Option<&String>) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let is_executable = |candidate: &Path| {

@@ -164,6 +164,11 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config_file: Option<String>,
     },
+    /// Agent tasks: clone a repository into a sandbox on the branch task-ID, commit, push from this machine, open a PR.
+    Task {
+        #[command(subcommand)]
+        action: crate::agent_tasks::cli::TaskCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -283,6 +288,10 @@ pub fn main() -> ExitCode {
                 eprintln!("sandlink recorded the key {fingerprint} of {host} in {}", written.known_hosts);
                 Ok(())
             }))
+        }
+        Some(Command::Task { action }) => {
+            crate::logging::init("warn", None);
+            report(runtime.block_on(crate::agent_tasks::cli::run(action)))
         }
     }
 }

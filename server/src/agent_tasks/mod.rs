@@ -1,0 +1,556 @@
+//! Agent tasks (`sandlink/task/*`): a repository cloned into a fresh sandbox on the branch `task-{id}`, its work
+//! committed there with Conventional Commits messages, pushed from the host and opened as a pull request.
+//!
+//! The host keeps a clone per task (`agent-tasks/<id>/repo` under the state directory); the sandbox gets a copy of it,
+//! `.git` included, through the driver's file operations. Commits are made in the sandbox; a push brings them out as a
+//! git bundle and pushes from the host clone, so the token never enters the sandbox (see docs/tasks.md). Each task
+//! has its own sandbox, branch and host clone, so tasks on one repository run in parallel without sharing anything
+//! but the remote. Not the workspace's `.sandlink.toml` tasks (`crate::tasks`).
+
+pub mod cli;
+pub mod conventional;
+pub mod git;
+pub mod github;
+pub mod record;
+mod sandbox;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::credentials::Secret;
+use crate::drivers::Sandbox;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::progress::{NoProgress, Progress};
+use crate::protocol::{
+    ConnectParams, DisconnectParams, TaskCommit, TaskCommitParams, TaskEndParams, TaskInfo, TaskListResult,
+    TaskPrParams, TaskStartParams, TaskState,
+};
+use crate::statefile;
+use git::Credential;
+use record::Layout;
+
+/// The keychain key of a profile's GitHub token; `GITHUB_TOKEN` or `GH_TOKEN` override it.
+pub const TOKEN_KEY: &str = "githubToken";
+/// Where a push's bundle is written in the sandbox: inside `.git`, so never in the work tree or a commit.
+const PUSH_BUNDLE: &str = ".git/sandlink-push.bundle";
+/// Where a rebased branch is handed back to the sandbox.
+const REBASED_BUNDLE: &str = ".git/sandlink-rebased.bundle";
+/// How many rebases onto a moving base one push tries before reporting it.
+const REBASE_ATTEMPTS: u32 = 3;
+/// git in the sandbox runs over files that another user id may own (the upload's); it is the task's own clone.
+const SANDBOX_GIT: &str = "git -c safe.directory='*'";
+
+/// The branch of a task.
+pub fn branch_of(task_id: &str) -> String {
+    format!("task-{task_id}")
+}
+
+/// Starts a task: clones on the host, opens a sandbox through the engine's connect, copies the clone in and checks
+/// the branch out there. Anything made is removed again when a step fails.
+pub async fn start(engine: &Engine, params: TaskStartParams, progress: &dyn Progress) -> Result<TaskInfo> {
+    crate::credentials::check_name("task id", &params.task_id)?;
+    if params.repo.trim().is_empty() {
+        return Err(Error::InvalidParams("Say which repository to clone: `repo` is empty.".into()));
+    }
+    let layout = Layout::new(engine.state_dir());
+    let task_id = params.task_id.clone();
+    let _lock = lock_task(&layout, &task_id).await?;
+    if read_record(&layout, &task_id).await?.is_some() {
+        return Err(Error::InvalidParams(format!(
+            "There is already a task \"{task_id}\" (`sandlink task status {task_id}`); choose another id."
+        )));
+    }
+    let started = std::time::Instant::now();
+    let host_repo = layout.host_repo(&task_id);
+    let outcome = start_inner(engine, &params, &host_repo, progress).await;
+    match outcome {
+        Ok(record) => {
+            write_record(&layout, &record).await?;
+            tracing::info!(task_id, elapsed_ms = started.elapsed().as_millis() as u64, "agent task started");
+            Ok(record)
+        }
+        Err(error) => {
+            let dir = layout.task_dir(&task_id);
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+            Err(error)
+        }
+    }
+}
+
+async fn start_inner(engine: &Engine, params: &TaskStartParams, host_repo: &Path, progress: &dyn Progress) -> Result<TaskInfo> {
+    let branch = branch_of(&params.task_id);
+    let credential = credential_for(&params.repo, params.profile.as_deref()).await;
+    progress.report(format!("Cloning {}", params.repo), None).await;
+    let base_branch = clone(&params.repo, params.r#ref.as_deref(), host_repo, credential.as_ref()).await?;
+    let base_commit = git::ok(host_repo, &["rev-parse", "HEAD"]).await?;
+    git::ok(host_repo, &["checkout", "-q", "-b", &branch]).await?;
+    progress.report("Starting the sandbox".into(), None).await;
+    let connect = ConnectParams {
+        profile: params.profile.clone(),
+        driver: params.driver.clone(),
+        settings: params.settings.clone(),
+        workspace_folder: None,
+        sync: Some(false),
+        reuse: None,
+        work_done_token: None,
+    };
+    let session = engine.connect(connect, None, progress).await?;
+    let session_id = session.session_id.clone();
+    let prepared = async {
+        let sandbox = engine.session(&session_id)?.sandbox.clone();
+        progress.report("Copying the repository into the sandbox".into(), None).await;
+        sandbox::upload_tree(sandbox.as_ref(), host_repo).await?;
+        let checked_out = sandbox::shell(
+            sandbox.as_ref(),
+            &format!("{SANDBOX_GIT} rev-parse --abbrev-ref HEAD"),
+            &[],
+            BTreeMap::new(),
+        )
+        .await?;
+        if !checked_out.success() || checked_out.stdout.trim() != branch {
+            return Err(Error::Unsupported(format!(
+                "The sandbox could not use the repository (is git installed there?): {}",
+                git::last_line(&format!("{}\n{}", checked_out.stdout, checked_out.stderr))
+            )));
+        }
+        // The host clone leaves the branch so a push can fetch the sandbox's commits into it.
+        git::ok(host_repo, &["checkout", "-q", "--detach"]).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(error) = prepared {
+        let _ = engine.disconnect(DisconnectParams { session_id: session_id.clone(), keep: false }).await;
+        return Err(error);
+    }
+    let now = crate::clock::now_rfc3339();
+    Ok(TaskInfo {
+        task_id: params.task_id.clone(),
+        repo: params.repo.clone(),
+        branch,
+        base_branch,
+        base_commit,
+        state: TaskState::Running,
+        title: params.title.clone(),
+        profile: params.profile.clone(),
+        session_id: Some(session_id),
+        commits: Vec::new(),
+        pushed_commit: None,
+        pr_url: None,
+        pr_number: None,
+        message: None,
+        created_at: now.clone(),
+        updated_at: now,
+    })
+}
+
+/// Clones `repo` at `reference` into `dir` (shallow when the reference is a branch or tag) and answers the branch
+/// the task's pull request will target.
+async fn clone(repo: &str, reference: Option<&str>, dir: &Path, credential: Option<&Credential>) -> Result<String> {
+    if let Some(parent) = dir.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(|error| Error::io(format!("Could not create {}", parent.display()), error))?;
+    }
+    let target = dir.to_string_lossy().into_owned();
+    let mut args = vec!["clone", "-q", "--depth", "1", "--no-tags"];
+    if let Some(reference) = reference {
+        args.extend(["--branch", reference]);
+    }
+    args.extend(["--", repo, &target]);
+    let shallow = git::network(None, &args, credential).await?;
+    if !shallow.success {
+        let Some(reference) = reference else {
+            return Err(Error::Remote { status: None, message: format!("Could not clone {repo}: {}", git::last_line(&shallow.stderr)) });
+        };
+        // A commit id cannot be cloned by name: the whole history, then a checkout of it.
+        let _ = tokio::fs::remove_dir_all(dir).await;
+        git::network_ok(None, &["clone", "-q", "--no-checkout", "--", repo, &target], credential, &format!("clone {repo}")).await?;
+        let checkout = git::run(Some(dir), &["checkout", "-q", "--detach", reference], None).await?;
+        if !checkout.success {
+            return Err(Error::InvalidParams(format!(
+                "The repository has no branch, tag or commit \"{reference}\": {}",
+                git::last_line(&checkout.stderr)
+            )));
+        }
+    }
+    let current = git::ok(dir, &["rev-parse", "--abbrev-ref", "HEAD"]).await?;
+    if current != "HEAD" {
+        return Ok(current);
+    }
+    // On a tag or a commit: the pull request goes to the remote's default branch.
+    let remote_head = git::network_ok(Some(dir), &["ls-remote", "--symref", "origin", "HEAD"], credential, "read the default branch").await?;
+    Ok(remote_head
+        .lines()
+        .find_map(|line| line.strip_prefix("ref: refs/heads/").and_then(|rest| rest.split('\t').next()))
+        .unwrap_or("main")
+        .to_string())
+}
+
+/// A task's record, refreshed: a task whose sandbox is gone turns `failed` with its last pushed commit.
+pub async fn status(engine: &Engine, task_id: &str) -> Result<TaskInfo> {
+    let layout = Layout::new(engine.state_dir());
+    let record = existing(&layout, task_id).await?;
+    if matches!(record.state, TaskState::Running | TaskState::Pushed) && record.session_id.is_some() {
+        let _lock = lock_task(&layout, task_id).await?;
+        let mut record = existing(&layout, task_id).await?;
+        match sandbox_of(engine, &layout, &mut record).await {
+            Ok(_) | Err(Error::SessionGone(_)) => {}
+            Err(error) => return Err(error),
+        }
+        return Ok(record);
+    }
+    Ok(record)
+}
+
+/// Every task's record, newest first.
+pub async fn list(engine: &Engine) -> Result<TaskListResult> {
+    let layout = Layout::new(engine.state_dir());
+    let tasks = statefile::blocking(move || layout.list()).await?;
+    Ok(TaskListResult { tasks })
+}
+
+/// Commits every change in the sandbox with the host user's identity and a Conventional Commits message.
+pub async fn commit(engine: &Engine, params: TaskCommitParams) -> Result<TaskInfo> {
+    conventional::check(&params.message)?;
+    let layout = Layout::new(engine.state_dir());
+    let _lock = lock_task(&layout, &params.task_id).await?;
+    let mut record = existing(&layout, &params.task_id).await?;
+    let sandbox = sandbox_of(engine, &layout, &mut record).await?;
+    let (name, email) = git::identity().await;
+    let env = BTreeMap::from([
+        ("GIT_AUTHOR_NAME".to_string(), name.clone()),
+        ("GIT_AUTHOR_EMAIL".to_string(), email.clone()),
+        ("GIT_COMMITTER_NAME".to_string(), name),
+        ("GIT_COMMITTER_EMAIL".to_string(), email),
+    ]);
+    let script = format!(
+        "{SANDBOX_GIT} add -A && if {SANDBOX_GIT} diff --cached --quiet; then echo sandlink-nothing-to-commit; exit 0; fi \
+         && {SANDBOX_GIT} commit -q --no-verify -m \"$1\" && {SANDBOX_GIT} rev-parse HEAD"
+    );
+    let sha = sandbox::shell_ok(sandbox.as_ref(), &script, &[&params.message], env, "commit").await?;
+    if sha == "sandlink-nothing-to-commit" {
+        return Err(Error::InvalidParams(format!(
+            "There is nothing to commit in task {}: its sandbox has no changes since the last commit.",
+            params.task_id
+        )));
+    }
+    let subject = params.message.lines().next().unwrap_or_default().to_string();
+    record.commits.push(TaskCommit { sha, message: subject });
+    record.state = TaskState::Running;
+    save(&layout, &mut record).await?;
+    Ok(record)
+}
+
+/// Pushes the task's branch from the host: the sandbox's commits come out as a bundle, the host clone pushes them
+/// with the token, and a push refused because the base moved is rebased onto the new base and tried again.
+pub async fn push(engine: &Engine, task_id: &str) -> Result<TaskInfo> {
+    let layout = Layout::new(engine.state_dir());
+    let _lock = lock_task(&layout, task_id).await?;
+    let mut record = existing(&layout, task_id).await?;
+    let sandbox = sandbox_of(engine, &layout, &mut record).await?;
+    let host_repo = layout.host_repo(task_id);
+    let credential = credential_for(&record.repo, record.profile.as_deref()).await;
+    let branch = record.branch.clone();
+    let head = sandbox::shell_ok(sandbox.as_ref(), &format!("{SANDBOX_GIT} rev-parse HEAD"), &[], BTreeMap::new(), "read the branch").await?;
+    if head == record.base_commit {
+        return Err(Error::InvalidParams(format!("Task {task_id} has no commits to push; commit first (`sandlink task commit`).")));
+    }
+    // Bring the commits out: a bundle of what the base does not have, fetched into the host clone's branch.
+    let bundle_script = format!("{SANDBOX_GIT} bundle create -q \"$1\" \"$2..refs/heads/$3\"");
+    sandbox::shell_ok(sandbox.as_ref(), &bundle_script, &[PUSH_BUNDLE, &record.base_commit, &branch], BTreeMap::new(), "bundle the commits").await?;
+    let bundle = sandbox::download_file(sandbox.as_ref(), PUSH_BUNDLE).await;
+    let _ = sandbox::shell(sandbox.as_ref(), "rm -f \"$1\"", &[PUSH_BUNDLE], BTreeMap::new()).await;
+    let bundle_path = layout.task_dir(task_id).join("push.bundle");
+    tokio::fs::write(&bundle_path, bundle?).await.map_err(|error| Error::io("Could not keep the pushed bundle", error))?;
+    let bundle_arg = bundle_path.to_string_lossy().into_owned();
+    let fetched = git::ok(&host_repo, &["fetch", "-q", &bundle_arg, &format!("+refs/heads/{branch}:refs/heads/{branch}")]).await;
+    let _ = tokio::fs::remove_file(&bundle_path).await;
+    fetched?;
+
+    let mut rebases = 0;
+    loop {
+        let expected = record.pushed_commit.clone().unwrap_or_default();
+        let lease = format!("--force-with-lease=refs/heads/{branch}:{expected}");
+        let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
+        let pushed = git::network(Some(&host_repo), &["push", "--porcelain", &lease, "origin", &refspec], credential.as_ref()).await?;
+        if pushed.success {
+            let head = git::ok(&host_repo, &["rev-parse", &format!("refs/heads/{branch}")]).await?;
+            record.pushed_commit = Some(head);
+            record.state = TaskState::Pushed;
+            record.message = None;
+            save(&layout, &mut record).await?;
+            return Ok(record);
+        }
+        let refusal = format!("{}\n{}", pushed.stdout, pushed.stderr);
+        if !refusal.contains("rejected") || rebases >= REBASE_ATTEMPTS {
+            return Err(Error::Remote { status: None, message: format!("The remote refused the push of {branch}: {}", git::last_line(&refusal)) });
+        }
+        // Refused: if the base moved, rebase onto it and try again; otherwise it is not ours to fix.
+        let base_ref = format!("refs/remotes/origin/{}", record.base_branch);
+        git::network_ok(
+            Some(&host_repo),
+            &["fetch", "-q", "origin", &format!("+refs/heads/{}:{base_ref}", record.base_branch)],
+            credential.as_ref(),
+            "fetch the base branch",
+        )
+        .await?;
+        let new_base = git::ok(&host_repo, &["rev-parse", &base_ref]).await?;
+        if new_base == record.base_commit {
+            return Err(Error::Remote { status: None, message: format!("The remote refused the push of {branch}: {}", git::last_line(&refusal)) });
+        }
+        progress_note(task_id, "the base moved; rebasing before pushing again");
+        rebase_on_host(&host_repo, &branch, &base_ref, task_id).await?;
+        hand_back_rebased(sandbox.as_ref(), &host_repo, &record.base_commit, &branch).await?;
+        record.base_commit = new_base;
+        record.commits = commits_between(&host_repo, &record.base_commit, &branch).await?;
+        save(&layout, &mut record).await?;
+        rebases += 1;
+    }
+}
+
+fn progress_note(task_id: &str, what: &str) {
+    tracing::info!(task_id, "{what}");
+}
+
+/// Rebases the host clone's `branch` onto `onto`; conflicts abort it and are reported with their files.
+async fn rebase_on_host(host_repo: &Path, branch: &str, onto: &str, task_id: &str) -> Result<()> {
+    git::ok(host_repo, &["checkout", "-q", branch]).await?;
+    let (name, email) = git::identity().await;
+    let rebased = git::run(
+        Some(host_repo),
+        &["-c", &format!("user.name={name}"), "-c", &format!("user.email={email}"), "rebase", "-q", onto],
+        None,
+    )
+    .await?;
+    if !rebased.success {
+        let files = git::ok(host_repo, &["diff", "--name-only", "--diff-filter=U"]).await.unwrap_or_default();
+        let files: Vec<String> = files.lines().map(str::to_string).filter(|line| !line.is_empty()).collect();
+        let _ = git::run(Some(host_repo), &["rebase", "--abort"], None).await;
+        let _ = git::run(Some(host_repo), &["checkout", "-q", "--detach"], None).await;
+        return Err(Error::Conflict {
+            message: format!(
+                "The push of task {task_id} was refused because its base moved, and its commits do not rebase cleanly \
+                 onto the new base: {} conflict. Resolve them in the sandbox (merge or rebase the base branch there), \
+                 commit, and push again.",
+                if files.is_empty() { "some files".to_string() } else { files.join(", ") }
+            ),
+            files,
+        });
+    }
+    git::ok(host_repo, &["checkout", "-q", "--detach"]).await?;
+    Ok(())
+}
+
+/// Puts the rebased branch back into the sandbox, keeping any uncommitted changes there (`reset --keep`).
+async fn hand_back_rebased(sandbox: &dyn Sandbox, host_repo: &Path, old_base: &str, branch: &str) -> Result<()> {
+    let bundle_path = host_repo.parent().unwrap_or(host_repo).join("rebased.bundle");
+    let bundle_arg = bundle_path.to_string_lossy().into_owned();
+    git::ok(host_repo, &["bundle", "create", "-q", &bundle_arg, &format!("{old_base}..refs/heads/{branch}")]).await?;
+    let content = tokio::fs::read(&bundle_path).await.map_err(|error| Error::io("Could not read the rebased bundle", error));
+    let _ = tokio::fs::remove_file(&bundle_path).await;
+    sandbox::upload_file(sandbox, REBASED_BUNDLE, content?).await?;
+    let script = format!(
+        "{SANDBOX_GIT} fetch -q \"$1\" \"+refs/heads/$2:refs/sandlink/rebased\" && {SANDBOX_GIT} reset -q --keep refs/sandlink/rebased \
+         && {SANDBOX_GIT} update-ref -d refs/sandlink/rebased; status=$?; rm -f \"$1\"; exit $status"
+    );
+    sandbox::shell_ok(sandbox, &script, &[REBASED_BUNDLE, branch], BTreeMap::new(), "take the rebased branch").await?;
+    Ok(())
+}
+
+/// The commits of `branch` after `base`, oldest first, with their subjects.
+async fn commits_between(host_repo: &Path, base: &str, branch: &str) -> Result<Vec<TaskCommit>> {
+    let log = git::ok(host_repo, &["log", "--reverse", "--format=%H%x1f%s", &format!("{base}..refs/heads/{branch}")]).await?;
+    Ok(log
+        .lines()
+        .filter_map(|line| line.split_once('\u{1f}'))
+        .map(|(sha, subject)| TaskCommit { sha: sha.to_string(), message: subject.to_string() })
+        .collect())
+}
+
+/// Opens the task's pull request (or finds the one its branch has) through GitHub's REST API.
+pub async fn pull_request(engine: &Engine, params: TaskPrParams) -> Result<TaskInfo> {
+    let layout = Layout::new(engine.state_dir());
+    let _lock = lock_task(&layout, &params.task_id).await?;
+    let mut record = existing(&layout, &params.task_id).await?;
+    if record.pushed_commit.is_none() {
+        return Err(Error::InvalidParams(format!(
+            "Task {} has nothing on the remote yet; push first (`sandlink task push {}`).",
+            params.task_id, params.task_id
+        )));
+    }
+    let repo = github::RepoName::from_url(&record.repo)?;
+    let token = token(record.profile.as_deref()).await.ok_or_else(|| {
+        Error::CredentialsMissing(
+            "Opening a pull request needs a GitHub token: set GITHUB_TOKEN (or GH_TOKEN), or store one with \
+             `sandlink profile set-credential PROFILE githubToken` and start the task with that profile."
+                .into(),
+        )
+    })?;
+    let title = params
+        .title
+        .clone()
+        .or_else(|| record.title.clone())
+        .or_else(|| record.commits.first().map(|commit| commit.message.clone()))
+        .unwrap_or_else(|| format!("Task {}", record.task_id));
+    let body = params.body.clone().unwrap_or_else(|| default_body(&record));
+    let client = github::Client::new(None, token)?;
+    let pull = client
+        .open_pull_request(
+            &repo,
+            github::NewPullRequest { head: &record.branch, base: &record.base_branch, title: &title, body: &body, draft: params.draft },
+        )
+        .await?;
+    record.pr_url = Some(pull.url);
+    record.pr_number = Some(pull.number);
+    save(&layout, &mut record).await?;
+    Ok(record)
+}
+
+fn default_body(record: &TaskInfo) -> String {
+    let mut body = match &record.title {
+        Some(title) => format!("Task {}: {title}\n", record.task_id),
+        None => format!("Task {}\n", record.task_id),
+    };
+    if !record.commits.is_empty() {
+        body.push_str("\nCommits:\n");
+        for commit in &record.commits {
+            body.push_str(&format!("- {} ({})\n", commit.message, &commit.sha[..commit.sha.len().min(7)]));
+        }
+    }
+    body
+}
+
+/// Ends a task: its sandbox removed (or kept), its record kept as `done`, or `failed` when commits never reached
+/// the remote.
+pub async fn end(engine: &Engine, params: TaskEndParams) -> Result<TaskInfo> {
+    let layout = Layout::new(engine.state_dir());
+    let _lock = lock_task(&layout, &params.task_id).await?;
+    let mut record = existing(&layout, &params.task_id).await?;
+    if let Some(session_id) = record.session_id.clone() {
+        match engine.disconnect(DisconnectParams { session_id, keep: params.keep }).await {
+            Ok(()) | Err(Error::UnknownSession(_)) | Err(Error::SessionGone(_)) => {}
+            Err(error) => return Err(error),
+        }
+        if !params.keep {
+            record.session_id = None;
+        }
+    }
+    let unpushed = record.commits.last().is_some_and(|last| record.pushed_commit.as_deref() != Some(last.sha.as_str()));
+    if record.state != TaskState::Failed {
+        if unpushed {
+            record.state = TaskState::Failed;
+            record.message = Some(format!(
+                "The task ended with commits the remote never got; the last pushed commit is {}.",
+                record.pushed_commit.as_deref().unwrap_or("none")
+            ));
+        } else {
+            record.state = TaskState::Done;
+        }
+    }
+    if !params.keep {
+        let host_repo = layout.host_repo(&params.task_id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(host_repo)).await;
+    }
+    save(&layout, &mut record).await?;
+    Ok(record)
+}
+
+/// Lets go of a task's sandbox without ending it (kept for the next command), for one-shot front doors.
+pub async fn release(engine: &Engine, task_id: &str) {
+    let layout = Layout::new(engine.state_dir());
+    let Ok(Some(record)) = read_record(&layout, task_id).await else { return };
+    if let Some(session_id) = record.session_id {
+        if engine.session(&session_id).is_ok() {
+            if let Err(error) = engine.disconnect(DisconnectParams { session_id, keep: true }).await {
+                tracing::warn!(task_id, %error, "could not keep the task's sandbox");
+            }
+        }
+    }
+}
+
+/// The task's sandbox: the live session, or its kept one re-attached. A sandbox that is gone turns the task `failed`.
+async fn sandbox_of(engine: &Engine, layout: &Layout, record: &mut TaskInfo) -> Result<Arc<dyn Sandbox>> {
+    if matches!(record.state, TaskState::Done | TaskState::Failed) {
+        return Err(Error::InvalidParams(format!(
+            "Task {} has ended ({}); start a new task to work on.",
+            record.task_id,
+            if record.state == TaskState::Done { "done" } else { "failed" }
+        )));
+    }
+    let Some(session_id) = record.session_id.clone() else {
+        return Err(Error::InvalidParams(format!("Task {} has no sandbox any more.", record.task_id)));
+    };
+    if let Ok(session) = engine.session(&session_id) {
+        return Ok(session.sandbox.clone());
+    }
+    let reattach = ConnectParams { reuse: Some(session_id.clone()), sync: Some(false), ..ConnectParams::default() };
+    match engine.connect(reattach, None, &NoProgress).await {
+        Ok(_) => Ok(engine.session(&session_id)?.sandbox.clone()),
+        Err(error @ (Error::SessionGone(_) | Error::UnknownSession(_))) => {
+            record.state = TaskState::Failed;
+            record.message = Some(format!(
+                "The task's sandbox is gone ({error}); the last pushed commit is {}.",
+                record.pushed_commit.as_deref().unwrap_or("none")
+            ));
+            record.session_id = None;
+            save(layout, record).await?;
+            Err(Error::SessionGone(record.message.clone().unwrap_or_default()))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The token for `repo`'s remote when it is reached over HTTP(S): `GITHUB_TOKEN`, `GH_TOKEN`, then the profile's
+/// keychain entry `githubToken`.
+async fn credential_for(repo: &str, profile: Option<&str>) -> Option<Credential> {
+    if !(repo.starts_with("https://") || repo.starts_with("http://")) {
+        return None;
+    }
+    token(profile).await.map(|token| Credential { token })
+}
+
+async fn token(profile: Option<&str>) -> Option<Secret> {
+    for variable in ["GITHUB_TOKEN", "GH_TOKEN"] {
+        if let Some(value) = std::env::var(variable).ok().filter(|value| !value.is_empty()) {
+            return Some(Secret::new(value));
+        }
+    }
+    let profile = profile?;
+    match crate::credentials::keychain::get(profile, TOKEN_KEY).await {
+        Ok(secret) => secret,
+        Err(error) => {
+            tracing::debug!(profile, %error, "no GitHub token from the keychain");
+            None
+        }
+    }
+}
+
+async fn lock_task(layout: &Layout, task_id: &str) -> Result<statefile::Lock> {
+    crate::credentials::check_name("task id", task_id)?;
+    let path = layout.lock_file(task_id);
+    statefile::blocking(move || statefile::Lock::exclusive(&path)).await
+}
+
+async fn read_record(layout: &Layout, task_id: &str) -> Result<Option<TaskInfo>> {
+    let layout = layout.clone();
+    let task_id = task_id.to_string();
+    statefile::blocking(move || layout.read(&task_id)).await
+}
+
+async fn existing(layout: &Layout, task_id: &str) -> Result<TaskInfo> {
+    crate::credentials::check_name("task id", task_id)?;
+    read_record(layout, task_id).await?.ok_or_else(|| {
+        Error::InvalidParams(format!("There is no task \"{task_id}\". `sandlink task list` lists the tasks."))
+    })
+}
+
+async fn write_record(layout: &Layout, record: &TaskInfo) -> Result<()> {
+    let layout = layout.clone();
+    let record = record.clone();
+    statefile::blocking(move || layout.write(&record)).await
+}
+
+async fn save(layout: &Layout, record: &mut TaskInfo) -> Result<()> {
+    record.updated_at = crate::clock::now_rfc3339();
+    write_record(layout, record).await
+}

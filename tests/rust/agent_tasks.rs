@@ -1,0 +1,324 @@
+//! End-to-end tests of agent tasks (`sandlink/task/*`, `sandlink task …`) on the local driver against real git over
+//! smart HTTP (`tests/fakes/git_server.py`) and the GitHub REST test server (`tests/fakes/github_server.py`): clone,
+//! commit, push from the host, pull requests, parallel tasks, rebases and conflicts, with a canary token searched
+//! for in every file, environment and log after each step.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::fake::FakeProcess;
+use support::{Server, StartOptions};
+
+/// The token every test server accepts; it must never show up in the sandbox, the state directory or the logs.
+const CANARY: &str = "ghp_CanaryToken0123456789abcdefSANDLINK";
+const SLOW: Duration = Duration::from_secs(120);
+
+/// The git server and the GitHub server, with one repository `acme/widgets` known to both.
+struct Remotes {
+    git: FakeProcess,
+    github: FakeProcess,
+}
+
+impl Remotes {
+    fn start(files: u32) -> Option<Remotes> {
+        let git = FakeProcess::start("git", "SANDLINK_GIT_SERVER", "git_server.py", &["--token", CANARY])?;
+        let github = FakeProcess::start("GitHub", "SANDLINK_GITHUB_SERVER", "github_server.py", &["--token", CANARY])?;
+        git.admin("POST", "/_admin/repos", Some(json!({ "name": "acme/widgets", "files": files, "branch": "main" })));
+        github.admin(
+            "POST",
+            "/_admin/repos",
+            Some(json!({ "owner": "acme", "repo": "widgets", "defaultBranch": "main", "gitServer": format!("http://127.0.0.1:{}", git.port) })),
+        );
+        Some(Remotes { git, github })
+    }
+
+    fn repo_url(&self) -> String {
+        format!("http://127.0.0.1:{}/acme/widgets.git", self.git.port)
+    }
+
+    fn branches(&self) -> Value {
+        self.git.admin("GET", "/_admin/repos/acme/widgets", None)["branches"].clone()
+    }
+
+    fn bare_repo(&self) -> String {
+        self.git.admin("GET", "/_admin/repos/acme/widgets", None)["path"].as_str().expect("the repository's path").to_string()
+    }
+
+    fn pulls(&self) -> Vec<Value> {
+        let answer = self.github.admin("GET", "/_admin/pulls?owner=acme&repo=widgets", None);
+        answer.get("pulls").and_then(Value::as_array).or_else(|| answer.as_array()).cloned().unwrap_or_default()
+    }
+
+    /// A commit on the server's `main`, moving the base under the tasks.
+    fn commit_on_main(&self, files: Value) -> String {
+        let answer = self.git.admin(
+            "POST",
+            "/_admin/repos/acme/widgets/commits",
+            Some(json!({ "branch": "main", "message": "chore: move the base", "files": files })),
+        );
+        answer["sha"].as_str().expect("the server's commit").to_string()
+    }
+
+    fn server(&self) -> Server {
+        Server::start_with(StartOptions {
+            env: vec![
+                ("GITHUB_TOKEN".into(), CANARY.into()),
+                ("GITHUB_API_URL".into(), format!("http://127.0.0.1:{}", self.github.port)),
+            ],
+            ..StartOptions::default()
+        })
+    }
+}
+
+fn start_task(server: &Server, remotes: &Remotes, task_id: &str, title: &str) -> Value {
+    server
+        .request_timeout(
+            "sandlink/task/start",
+            json!({ "repo": remotes.repo_url(), "taskId": task_id, "title": title, "driver": "local" }),
+            SLOW,
+        )
+        .unwrap_or_else(|error| panic!("task {task_id} starts: {error:?}"))
+}
+
+fn run_in(server: &Server, session_id: &str, command: &str) -> support::RunOutcome {
+    let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": command }));
+    assert_eq!(outcome.exit_code(), Some(0), "{command}: {}{}", outcome.stdout, outcome.stderr);
+    outcome
+}
+
+/// Fails when the canary is in any file under `dir` (the sandbox's root, its session state, the task records, the
+/// host clones and the logs all live under the state directory).
+fn assert_no_canary_under(dir: &Path, step: &str) {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else { continue };
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                pending.push(entry.path());
+            }
+        } else if metadata.is_file() {
+            let content = std::fs::read(&path).unwrap_or_default();
+            let found = content.windows(CANARY.len()).any(|window| window == CANARY.as_bytes());
+            assert!(!found, "after {step}, the token is in {}", path.display());
+        }
+    }
+}
+
+/// The canary is absent from the sandbox's files, environment and git config, the state directory and the server's log.
+fn assert_token_absent(server: &Server, session_id: &str, step: &str) {
+    let environment = run_in(server, session_id, "env; git config --list --show-origin 2>/dev/null; cat .git/config");
+    assert!(!environment.stdout.contains(CANARY), "after {step}, the sandbox's environment or git config holds the token");
+    let search = server.run_to_exit(json!({ "sessionId": session_id, "command": format!("grep -rl '{CANARY}' . /tmp 2>/dev/null; true") }));
+    assert_eq!(search.stdout.trim(), "", "after {step}, files in the sandbox hold the token");
+    assert_no_canary_under(server.state_dir(), step);
+    assert!(!server.stderr().contains(CANARY), "after {step}, the server's log holds the token");
+}
+
+#[test]
+fn task_should_clone_commit_push_and_open_a_pull_request_without_the_token_entering_the_sandbox() {
+    let Some(remotes) = Remotes::start(20) else { return };
+    let server = remotes.server();
+    let task = start_task(&server, &remotes, "t1", "Add a greeting");
+    assert_eq!(task["branch"], "task-t1");
+    assert_eq!(task["baseBranch"], "main");
+    assert_eq!(task["state"], "running");
+    let session_id = task["sessionId"].as_str().expect("the task's session").to_string();
+    let on_branch = run_in(&server, &session_id, "git rev-parse --abbrev-ref HEAD; ls | wc -l");
+    assert!(on_branch.stdout.starts_with("task-t1\n"), "{}", on_branch.stdout);
+    assert_token_absent(&server, &session_id, "start");
+
+    run_in(&server, &session_id, "echo hello > greeting.txt");
+    let refused = server.request_error("sandlink/task/commit", json!({ "taskId": "t1", "message": "added a greeting" }));
+    assert_eq!(refused.kind.as_deref(), Some("invalidParams"));
+    assert!(refused.message.contains("type(scope)?: subject"), "{}", refused.message);
+    let committed = server
+        .request("sandlink/task/commit", json!({ "taskId": "t1", "message": "feat(greeting): say hello" }))
+        .expect("a conventional commit is accepted");
+    assert_eq!(committed["commits"].as_array().map(Vec::len), Some(1));
+    let nothing = server.request_error("sandlink/task/commit", json!({ "taskId": "t1", "message": "fix: nothing" }));
+    assert_eq!(nothing.kind.as_deref(), Some("invalidParams"), "{}", nothing.message);
+    assert_token_absent(&server, &session_id, "commit");
+
+    let pushed = server.request_timeout("sandlink/task/push", json!({ "taskId": "t1" }), SLOW).expect("the push succeeds");
+    assert_eq!(pushed["state"], "pushed");
+    assert_eq!(remotes.branches()["task-t1"], pushed["pushedCommit"], "the branch is on the git server");
+    assert_eq!(pushed["pushedCommit"], committed["commits"][0]["sha"]);
+    assert_token_absent(&server, &session_id, "push");
+
+    let opened = server.request_timeout("sandlink/task/pr", json!({ "taskId": "t1" }), SLOW).expect("the pull request opens");
+    let url = opened["prUrl"].as_str().expect("a pull request URL").to_string();
+    let pulls = remotes.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!(pulls[0]["head"]["ref"], "task-t1");
+    assert_eq!(pulls[0]["base"]["ref"], "main");
+    assert_eq!(pulls[0]["title"], "Add a greeting");
+    assert!(pulls[0]["body"].as_str().unwrap_or_default().contains("feat(greeting): say hello"), "{}", pulls[0]["body"]);
+    assert_eq!(pulls[0]["html_url"], url.as_str());
+    let again = server.request_timeout("sandlink/task/pr", json!({ "taskId": "t1" }), SLOW).expect("the existing pull request");
+    assert_eq!(again["prUrl"], url.as_str(), "the pull request the branch has is found, not a second one");
+    assert_eq!(remotes.pulls().len(), 1);
+    assert_token_absent(&server, &session_id, "pr");
+
+    let ended = server.request("sandlink/task/end", json!({ "taskId": "t1" })).expect("the task ends");
+    assert_eq!(ended["state"], "done");
+    assert_eq!(ended["prUrl"], url.as_str());
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id }));
+    assert!(status.is_err(), "the sandbox is removed: {status:?}");
+    let listed = server.request("sandlink/task/list", json!({})).expect("the tasks are listed");
+    assert_eq!(listed["tasks"][0]["taskId"], "t1");
+    assert_eq!(listed["tasks"][0]["state"], "done");
+    assert_no_canary_under(server.state_dir(), "end");
+    assert!(!server.stderr().contains(CANARY));
+}
+
+#[test]
+fn five_tasks_in_parallel_should_make_five_branches_and_five_pull_requests() {
+    let Some(remotes) = Remotes::start(20) else { return };
+    let server = remotes.server();
+    let ids: Vec<String> = (1..=5).map(|n| format!("p{n}")).collect();
+    let starts: Vec<i64> = ids
+        .iter()
+        .map(|id| server.send_request("sandlink/task/start", json!({ "repo": remotes.repo_url(), "taskId": id, "driver": "local" })))
+        .collect();
+    let mut sessions = Vec::new();
+    for (id, request) in ids.iter().zip(starts) {
+        let task = server.wait_answer(request, SLOW).unwrap_or_else(|error| panic!("task {id} starts: {error:?}"));
+        sessions.push(task["sessionId"].as_str().expect("a session").to_string());
+    }
+    let distinct: std::collections::BTreeSet<&String> = sessions.iter().collect();
+    assert_eq!(distinct.len(), 5, "each task has its own sandbox");
+    for (id, session) in ids.iter().zip(&sessions) {
+        run_in(&server, session, &format!("echo {id} > {id}.txt"));
+        server
+            .request("sandlink/task/commit", json!({ "taskId": id, "message": format!("feat: add {id}") }))
+            .unwrap_or_else(|error| panic!("task {id} commits: {error:?}"));
+    }
+    let pushes: Vec<i64> = ids.iter().map(|id| server.send_request("sandlink/task/push", json!({ "taskId": id }))).collect();
+    for (id, request) in ids.iter().zip(pushes) {
+        server.wait_answer(request, SLOW).unwrap_or_else(|error| panic!("task {id} pushes: {error:?}"));
+    }
+    let prs: Vec<i64> = ids.iter().map(|id| server.send_request("sandlink/task/pr", json!({ "taskId": id }))).collect();
+    for (id, request) in ids.iter().zip(prs) {
+        server.wait_answer(request, SLOW).unwrap_or_else(|error| panic!("task {id} opens its pull request: {error:?}"));
+    }
+    let branches = remotes.branches();
+    let pulls = remotes.pulls();
+    assert_eq!(pulls.len(), 5, "{pulls:?}");
+    for id in &ids {
+        assert!(branches.get(format!("task-{id}")).is_some(), "task-{id} is on the server: {branches}");
+        assert!(pulls.iter().any(|pull| pull["head"]["ref"] == format!("task-{id}").as_str()), "a pull request for task-{id}");
+    }
+    // Each branch holds its own file and none of the others'.
+    let bare = remotes.bare_repo();
+    for id in &ids {
+        let tree = git_output(&bare, &["ls-tree", "--name-only", &format!("task-{id}")]);
+        for other in &ids {
+            assert_eq!(tree.lines().any(|name| name == format!("{other}.txt")), other == id, "task-{id}'s tree: {tree}");
+        }
+    }
+    assert_no_canary_under(server.state_dir(), "five tasks");
+}
+
+fn git_output(git_dir: &str, args: &[&str]) -> String {
+    let output = Command::new("git").arg("--git-dir").arg(git_dir).args(args).output().expect("git runs");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Makes the server refuse a task branch that does not contain `main`'s tip, as a "branches must be up to date"
+/// rule does, so a moved base refuses the push.
+fn require_up_to_date_branches(bare: &str) {
+    let hook = Path::new(bare).join("hooks/pre-receive");
+    std::fs::create_dir_all(hook.parent().expect("hooks folder")).expect("the hooks folder");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nwhile read old new ref; do\n  case \"$ref\" in refs/heads/task-*)\n    \
+         if ! git merge-base --is-ancestor refs/heads/main \"$new\"; then echo \"$ref is not up to date with main\" >&2; exit 1; fi;;\n  \
+         esac\ndone\n",
+    )
+    .expect("the hook is written");
+    std::fs::set_permissions(&hook, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).expect("the hook is executable");
+}
+
+#[test]
+fn a_push_refused_because_the_base_moved_should_be_rebased_and_retried_and_a_conflict_reported_with_its_files() {
+    let Some(remotes) = Remotes::start(5) else { return };
+    require_up_to_date_branches(&remotes.bare_repo());
+    let server = remotes.server();
+    let clean = start_task(&server, &remotes, "r1", "Clean rebase");
+    let conflicting = start_task(&server, &remotes, "r2", "Conflicting rebase");
+    run_in(&server, clean["sessionId"].as_str().expect("session"), "echo mine > mine.txt");
+    run_in(&server, conflicting["sessionId"].as_str().expect("session"), "echo ours > shared.txt");
+    for id in ["r1", "r2"] {
+        server.request("sandlink/task/commit", json!({ "taskId": id, "message": "feat: work" })).expect("commits");
+    }
+    let new_base = remotes.commit_on_main(json!({ "shared.txt": "theirs\n", "other.txt": "other\n" }));
+
+    let pushed = server.request_timeout("sandlink/task/push", json!({ "taskId": "r1" }), SLOW).expect("rebased and pushed");
+    assert_eq!(pushed["state"], "pushed");
+    assert_eq!(pushed["baseCommit"], new_base.as_str(), "the task now builds on the new base");
+    let bare = remotes.bare_repo();
+    let tip = pushed["pushedCommit"].as_str().expect("pushed commit");
+    assert_eq!(remotes.branches()["task-r1"], tip);
+    git_output(&bare, &["merge-base", "--is-ancestor", &new_base, tip]);
+    let in_sandbox = run_in(&server, clean["sessionId"].as_str().expect("session"), "git rev-parse HEAD; cat other.txt");
+    assert_eq!(in_sandbox.stdout, format!("{tip}\nother\n"), "the sandbox has the rebased branch");
+
+    let conflict = server.request_timeout("sandlink/task/push", json!({ "taskId": "r2" }), SLOW).expect_err("a conflict");
+    assert_eq!(conflict.kind.as_deref(), Some("conflict"), "{}", conflict.message);
+    assert_eq!(conflict.data["files"], json!(["shared.txt"]));
+    assert!(conflict.message.contains("shared.txt"), "{}", conflict.message);
+    assert!(remotes.branches().get("task-r2").is_none(), "nothing half-pushed");
+    let status = server.request("sandlink/task/status", json!({ "taskId": "r2" })).expect("status");
+    assert_eq!(status["state"], "running");
+    assert!(status.get("pushedCommit").is_none());
+}
+
+#[test]
+fn the_command_line_should_start_show_list_and_end_a_task_as_json() {
+    let Some(remotes) = Remotes::start(5) else { return };
+    let state = tempfile::tempdir().expect("state dir");
+    let sandlink = |args: &[&str]| {
+        let output = Command::new(support::binary())
+            .env("SANDLINK_STATE_DIR", state.path())
+            .env("GITHUB_TOKEN", CANARY)
+            .args(args)
+            .output()
+            .expect("sandlink runs");
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let url = remotes.repo_url();
+    let (code, stdout, stderr) = sandlink(&["task", "start", &url, "--id", "c1", "--driver", "local", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let started: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(started["branch"], "task-c1");
+    assert_eq!(started["state"], "running");
+
+    let (code, _, stderr) = sandlink(&["task", "commit", "c1", "-m", "did things"]);
+    assert_eq!(code, Some(125));
+    assert!(stderr.contains("type(scope)?: subject"), "{stderr}");
+    let (code, _, stderr) = sandlink(&["task", "commit", "c1", "-m", "chore: nothing yet"]);
+    assert_eq!(code, Some(125), "a kept sandbox without changes has nothing to commit");
+    assert!(stderr.contains("nothing to commit"), "{stderr}");
+
+    let (code, stdout, stderr) = sandlink(&["task", "status", "c1", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let status: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(status["sessionId"], started["sessionId"]);
+    let (code, stdout, _) = sandlink(&["task", "list", "--json"]);
+    assert_eq!(code, Some(0));
+    let listed: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(listed["tasks"][0]["taskId"], "c1");
+
+    let (code, stdout, stderr) = sandlink(&["task", "end", "c1", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let ended: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(ended["state"], "done");
+    let (_, sessions, _) = sandlink(&["sessions", "--json"]);
+    assert!(!sessions.contains(started["sessionId"].as_str().expect("session")), "the sandbox is gone: {sessions}");
+    assert_no_canary_under(state.path(), "the command line");
+}

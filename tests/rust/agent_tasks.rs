@@ -108,6 +108,19 @@ fn assert_no_canary_under(dir: &Path, step: &str) {
     }
 }
 
+fn file_containing(dir: &Path, needle: &[u8]) -> bool {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else { continue };
+        if metadata.is_dir() {
+            pending.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|entry| entry.path()));
+        } else if metadata.is_file() && std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|window| window == needle) {
+            return true;
+        }
+    }
+    false
+}
+
 /// The canary is absent from the sandbox's files, environment and git config, the state directory and the server's log.
 fn assert_token_absent(server: &Server, session_id: &str, step: &str) {
     let environment = run_in(server, session_id, "env; git config --list --show-origin 2>/dev/null; cat .git/config");
@@ -130,6 +143,11 @@ fn task_should_clone_commit_push_and_open_a_pull_request_without_the_token_enter
     let on_branch = run_in(&server, &session_id, "git rev-parse --abbrev-ref HEAD; ls | wc -l");
     assert!(on_branch.stdout.starts_with("task-t1\n"), "{}", on_branch.stdout);
     assert_token_absent(&server, &session_id, "start");
+    // The state directory holds the sandbox's root (the local driver's private copy), so its scan covers the sandbox.
+    let sandbox_file = run_in(&server, &session_id, "echo sandbox-marker-7c1e > marker.txt");
+    assert_eq!(sandbox_file.exit_code(), Some(0));
+    assert!(file_containing(server.state_dir(), b"sandbox-marker-7c1e"), "the sandbox's files are under the state directory");
+    run_in(&server, &session_id, "rm marker.txt");
 
     run_in(&server, &session_id, "echo hello > greeting.txt");
     let refused = server.request_error("sandlink/task/commit", json!({ "taskId": "t1", "message": "added a greeting" }));
@@ -321,4 +339,92 @@ fn the_command_line_should_start_show_list_and_end_a_task_as_json() {
     let (_, sessions, _) = sandlink(&["sessions", "--json"]);
     assert!(!sessions.contains(started["sessionId"].as_str().expect("session")), "the sandbox is gone: {sessions}");
     assert_no_canary_under(state.path(), "the command line");
+}
+
+#[test]
+fn network_failures_during_clone_and_push_should_be_retried() {
+    let Some(remotes) = Remotes::start(5) else { return };
+    let server = remotes.server();
+    remotes.git.set_faults(json!({ "dropNext": 1, "service": "git-upload-pack" }));
+    let task = start_task(&server, &remotes, "n1", "Flaky network");
+    let session_id = task["sessionId"].as_str().expect("session");
+    run_in(&server, session_id, "echo flaky > flaky.txt");
+    server.request("sandlink/task/commit", json!({ "taskId": "n1", "message": "test: flaky network" })).expect("commits");
+    remotes.git.set_faults(json!({ "failNext": 2, "failStatus": 503, "service": "git-receive-pack" }));
+    let pushed = server.request_timeout("sandlink/task/push", json!({ "taskId": "n1" }), SLOW).expect("pushed after retries");
+    assert_eq!(remotes.branches()["task-n1"], pushed["pushedCommit"]);
+    let faults: Vec<Value> = remotes.git.requests_since(0).into_iter().filter(|request| !request["fault"].is_null()).collect();
+    assert_eq!(faults.len(), 3, "the dropped clone and both refused pushes were retried: {faults:?}");
+}
+
+#[test]
+fn pull_requests_should_wait_out_a_secondary_rate_limit_and_name_a_missing_scope() {
+    let Some(remotes) = Remotes::start(5) else { return };
+    let server = remotes.server();
+    let task = start_task(&server, &remotes, "g1", "Rate limited");
+    run_in(&server, task["sessionId"].as_str().expect("session"), "echo limited > limited.txt");
+    server.request("sandlink/task/commit", json!({ "taskId": "g1", "message": "docs: limited" })).expect("commits");
+    server.request_timeout("sandlink/task/push", json!({ "taskId": "g1" }), SLOW).expect("pushed");
+
+    remotes.github.admin("POST", "/_admin/tokens", Some(json!({ "token": CANARY, "login": "sandlink-bot", "scopes": ["read:user"] })));
+    let refused = server.request_timeout("sandlink/task/pr", json!({ "taskId": "g1" }), SLOW).expect_err("no repo scope");
+    assert_eq!(refused.kind.as_deref(), Some("credentialsMissing"), "{}", refused.message);
+    assert!(refused.message.contains("repo"), "the missing scope is named: {}", refused.message);
+    assert!(!refused.message.contains(CANARY));
+
+    remotes.github.admin("POST", "/_admin/tokens", Some(json!({ "token": CANARY, "login": "sandlink-bot", "scopes": ["repo"] })));
+    remotes.github.set_faults(json!({ "secondaryNext": 1, "retryAfter": 1, "route": "pulls.create" }));
+    let since = remotes.github.next_sequence();
+    let started = std::time::Instant::now();
+    let opened = server.request_timeout("sandlink/task/pr", json!({ "taskId": "g1" }), SLOW).expect("opened after waiting");
+    assert!(started.elapsed() >= Duration::from_millis(900), "Retry-After was honoured");
+    assert!(opened["prUrl"].as_str().is_some_and(|url| url.contains("/pull/")), "{opened}");
+    let creates = remotes.github.requests_since(since).into_iter().filter(|request| request["route"] == "pulls.create").count();
+    assert_eq!(creates, 2, "one refused by the limit, one after waiting");
+    assert_eq!(remotes.pulls().len(), 1);
+}
+
+#[test]
+fn a_task_whose_sandbox_died_should_turn_failed_with_its_last_pushed_commit() {
+    let Some(remotes) = Remotes::start(5) else { return };
+    let server = remotes.server();
+    let task = start_task(&server, &remotes, "d1", "Doomed");
+    let session_id = task["sessionId"].as_str().expect("session").to_string();
+    run_in(&server, &session_id, "echo one > one.txt");
+    server.request("sandlink/task/commit", json!({ "taskId": "d1", "message": "feat: one" })).expect("commits");
+    let pushed = server.request_timeout("sandlink/task/push", json!({ "taskId": "d1" }), SLOW).expect("pushed");
+    run_in(&server, &session_id, "echo two > two.txt");
+    server.request("sandlink/task/commit", json!({ "taskId": "d1", "message": "feat: two" })).expect("commits");
+    server.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("the sandbox is removed under the task");
+
+    let push = server.request_timeout("sandlink/task/push", json!({ "taskId": "d1" }), SLOW).expect_err("the sandbox is gone");
+    assert_eq!(push.kind.as_deref(), Some("unknownSession"), "{}", push.message);
+    let status = server.request("sandlink/task/status", json!({ "taskId": "d1" })).expect("status");
+    assert_eq!(status["state"], "failed");
+    assert_eq!(status["pushedCommit"], pushed["pushedCommit"], "the last commit the remote has is recorded");
+    assert_eq!(remotes.branches()["task-d1"], pushed["pushedCommit"], "nothing half-pushed");
+}
+
+#[test]
+fn a_sandbox_without_git_should_refuse_the_task_and_leave_nothing_behind() {
+    let docker = std::process::Command::new("docker").args(["image", "inspect", "sandlink-test:busybox"]).output();
+    if support::skip_unless(docker.is_ok_and(|output| output.status.success()), "docker with the sandlink-test:busybox image") {
+        return;
+    }
+    let Some(remotes) = Remotes::start(5) else { return };
+    let server = remotes.server();
+    let refused = server
+        .request_timeout(
+            "sandlink/task/start",
+            json!({ "repo": remotes.repo_url(), "taskId": "b1", "driver": "docker", "settings": { "image": "sandlink-test:busybox" } }),
+            SLOW,
+        )
+        .expect_err("busybox has no git");
+    assert_eq!(refused.kind.as_deref(), Some("unsupported"), "{}", refused.message);
+    assert!(refused.message.contains("git"), "{}", refused.message);
+    let sessions = server.request("sandlink/sessions", json!({})).expect("sessions");
+    assert_eq!(sessions["sessions"], json!([]), "the sandbox was removed");
+    let tasks = server.request("sandlink/task/list", json!({})).expect("tasks");
+    assert_eq!(tasks["tasks"], json!([]), "no record is left");
+    assert!(!server.state_dir().join("agent-tasks/b1").exists(), "the host clone was removed");
 }

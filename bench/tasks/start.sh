@@ -8,7 +8,7 @@ binary="${1:-$repo_root/target/release/sandlink}"
 rounds="${2:-5}"
 driver="${3:-local}"
 python="${SANDLINK_TEST_PYTHON:-python3}"
-server="${SANDLINK_GIT_SERVER:-$repo_root/tests/fakes/git_server.py}"
+server="${SANDLINK_GIT_FAKE_SERVER:-$repo_root/tests/fakes/git_server.py}"
 token="bench-token-$$"
 work="$(mktemp -d)"
 trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -25,21 +25,22 @@ chmod 700 "$askpass"
 
 now() { date +%s.%N; }
 seconds() { echo "$2 - $1" | bc; }
-clone_total=0
-task_total=0
+median() { sort -n | awk '{ values[NR] = $1 } END { if (NR % 2) print values[(NR + 1) / 2]; else printf "%.3f\n", (values[NR / 2] + values[NR / 2 + 1]) / 2 }'; }
+: >"$work/clone.times"
+: >"$work/task.times"
 for round in $(seq 1 "$rounds"); do
     start="$(now)"
     BENCH_TOKEN="$token" GIT_ASKPASS="$askpass" git -c credential.helper= clone -q "$url" "$work/clone-$round"
-    clone_total="$(echo "$clone_total + $(seconds "$start" "$(now)")" | bc)"
+    seconds "$start" "$(now)" >>"$work/clone.times"
 
     start="$(now)"
     SANDLINK_STATE_DIR="$work/state" GITHUB_TOKEN="$token" "$binary" task start "$url" --id "bench-$round" \
         --driver "$driver" --json >/dev/null 2>>"$work/task.log"
-    task_total="$(echo "$task_total + $(seconds "$start" "$(now)")" | bc)"
+    seconds "$start" "$(now)" >>"$work/task.times"
     SANDLINK_STATE_DIR="$work/state" "$binary" task end "bench-$round" >/dev/null 2>>"$work/task.log"
 done
-clone_mean="$(echo "scale=3; $clone_total / $rounds" | bc)"
-task_mean="$(echo "scale=3; $task_total / $rounds" | bc)"
-echo "repository: 500 files over smart HTTP, $rounds rounds, driver $driver"
-echo "git clone by hand:  ${clone_mean} s"
-echo "sandlink task start: ${task_mean} s (ratio $(echo "scale=2; $task_mean / $clone_mean" | bc)x)"
+clone_median="$(median <"$work/clone.times")"
+task_median="$(median <"$work/task.times")"
+echo "repository: 500 files over smart HTTP, $rounds rounds alternating, driver $driver (medians)"
+echo "git clone by hand:   ${clone_median} s"
+echo "sandlink task start: ${task_median} s (ratio $(echo "scale=2; $task_median / $clone_median" | bc)x)"

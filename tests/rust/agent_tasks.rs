@@ -25,8 +25,8 @@ struct Remotes {
 
 impl Remotes {
     fn start(files: u32) -> Option<Remotes> {
-        let git = FakeProcess::start("git", "SANDLINK_GIT_SERVER", "git_server.py", &["--token", CANARY])?;
-        let github = FakeProcess::start("GitHub", "SANDLINK_GITHUB_SERVER", "github_server.py", &["--token", CANARY])?;
+        let git = FakeProcess::start("git", "SANDLINK_GIT_FAKE_SERVER", "git_server.py", &["--token", CANARY])?;
+        let github = FakeProcess::start("GitHub", "SANDLINK_GITHUB_FAKE_SERVER", "github_server.py", &["--token", CANARY])?;
         git.admin("POST", "/_admin/repos", Some(json!({ "name": "acme/widgets", "files": files, "branch": "main" })));
         github.admin(
             "POST",
@@ -316,6 +316,14 @@ fn the_command_line_should_start_show_list_and_end_a_task_as_json() {
     assert_eq!(started["branch"], "task-c1");
     assert_eq!(started["state"], "running");
 
+    // A second task gets a sandbox of its own, never the first one's kept sandbox.
+    let (code, stdout, stderr) = sandlink(&["task", "start", &url, "--id", "c2", "--driver", "local", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let second: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_ne!(second["sessionId"], started["sessionId"]);
+    let (code, _, stderr) = sandlink(&["task", "end", "c2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
     let (code, _, stderr) = sandlink(&["task", "commit", "c1", "-m", "did things"]);
     assert_eq!(code, Some(125));
     assert!(stderr.contains("type(scope)?: subject"), "{stderr}");
@@ -330,7 +338,9 @@ fn the_command_line_should_start_show_list_and_end_a_task_as_json() {
     let (code, stdout, _) = sandlink(&["task", "list", "--json"]);
     assert_eq!(code, Some(0));
     let listed: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
-    assert_eq!(listed["tasks"][0]["taskId"], "c1");
+    let listed_ids: Vec<&str> = listed["tasks"].as_array().expect("tasks").iter().filter_map(|task| task["taskId"].as_str()).collect();
+    assert_eq!(listed_ids.len(), 2, "{listed}");
+    assert!(listed_ids.contains(&"c1") && listed_ids.contains(&"c2"), "{listed}");
 
     let (code, stdout, stderr) = sandlink(&["task", "end", "c1", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");

@@ -82,29 +82,53 @@ pub async fn start(engine: &Engine, params: TaskStartParams, progress: &dyn Prog
 async fn start_inner(engine: &Engine, params: &TaskStartParams, host_repo: &Path, progress: &dyn Progress) -> Result<TaskInfo> {
     let branch = branch_of(&params.task_id);
     let credential = credential_for(&params.repo, params.profile.as_deref()).await;
-    progress.report(format!("Cloning {}", params.repo), None).await;
-    let base_branch = clone(&params.repo, params.r#ref.as_deref(), host_repo, credential.as_ref()).await?;
-    let base_commit = git::ok(host_repo, &["rev-parse", "HEAD"]).await?;
-    git::ok(host_repo, &["checkout", "-q", "-b", &branch]).await?;
-    progress.report("Starting the sandbox".into(), None).await;
+    // An empty folder of the task's own as the session's workspace: the engine re-attaches a kept sandbox with the
+    // same driver, settings and workspace instead of making one, and no task may get another's; and no repository's
+    // `.sandlink.toml` is ever read as the workspace's profiles.
+    let workspace = host_repo.with_file_name("workspace");
+    tokio::fs::create_dir_all(&workspace)
+        .await
+        .map_err(|error| Error::io(format!("Could not create {}", workspace.display()), error))?;
     let connect = ConnectParams {
         profile: params.profile.clone(),
         driver: params.driver.clone(),
         settings: params.settings.clone(),
-        workspace_folder: None,
+        workspace_folder: Some(workspace.to_string_lossy().into_owned()),
         sync: Some(false),
         reuse: None,
         work_done_token: None,
     };
-    let session = engine.connect(connect, None, progress).await?;
+    // The clone and the sandbox do not depend on each other until the upload, so they are made at the same time.
+    let cloning = async {
+        progress.report(format!("Cloning {}", params.repo), None).await;
+        let base_branch = clone(&params.repo, params.r#ref.as_deref(), host_repo, credential.as_ref()).await?;
+        let base_commit = git::ok(host_repo, &["rev-parse", "HEAD"]).await?;
+        // The branch is made without a checkout: the host never needs the files, the sandbox checks them out.
+        git::ok(host_repo, &["branch", &branch, &base_commit]).await?;
+        git::ok(host_repo, &["symbolic-ref", "HEAD", &format!("refs/heads/{branch}")]).await?;
+        tracing::debug!(task_id = %params.task_id, "cloned on the host");
+        Ok::<_, Error>((base_branch, base_commit))
+    };
+    let (cloned, connected) = tokio::join!(cloning, engine.connect(connect, None, progress));
+    let session = connected?;
+    let (base_branch, base_commit) = match cloned {
+        Ok(cloned) => cloned,
+        Err(error) => {
+            let _ = engine.disconnect(DisconnectParams { session_id: session.session_id.clone(), keep: false }).await;
+            return Err(error);
+        }
+    };
     let session_id = session.session_id.clone();
     let prepared = async {
         let sandbox = engine.session(&session_id)?.sandbox.clone();
+        tracing::debug!(task_id = %params.task_id, "sandbox connected");
         progress.report("Copying the repository into the sandbox".into(), None).await;
         sandbox::upload_tree(sandbox.as_ref(), host_repo).await?;
+        tracing::debug!(task_id = %params.task_id, "repository uploaded");
+        // Only `.git` went in (a pack, not hundreds of files); git writes the tree in the sandbox.
         let checked_out = sandbox::shell(
             sandbox.as_ref(),
-            &format!("{SANDBOX_GIT} rev-parse --abbrev-ref HEAD"),
+            &format!("{SANDBOX_GIT} reset -q --hard && {SANDBOX_GIT} rev-parse --abbrev-ref HEAD"),
             &[],
             BTreeMap::new(),
         )
@@ -116,7 +140,7 @@ async fn start_inner(engine: &Engine, params: &TaskStartParams, host_repo: &Path
             )));
         }
         // The host clone leaves the branch so a push can fetch the sandbox's commits into it.
-        git::ok(host_repo, &["checkout", "-q", "--detach"]).await?;
+        git::ok(host_repo, &["update-ref", "--no-deref", "HEAD", &base_commit]).await?;
         Ok(())
     }
     .await;
@@ -152,7 +176,7 @@ async fn clone(repo: &str, reference: Option<&str>, dir: &Path, credential: Opti
         tokio::fs::create_dir_all(parent).await.map_err(|error| Error::io(format!("Could not create {}", parent.display()), error))?;
     }
     let target = dir.to_string_lossy().into_owned();
-    let mut args = vec!["clone", "-q", "--depth", "1", "--no-tags"];
+    let mut args = vec!["clone", "-q", "--no-checkout", "--depth", "1", "--no-tags"];
     if let Some(reference) = reference {
         args.extend(["--branch", reference]);
     }
@@ -165,13 +189,11 @@ async fn clone(repo: &str, reference: Option<&str>, dir: &Path, credential: Opti
         // A commit id cannot be cloned by name: the whole history, then a checkout of it.
         let _ = tokio::fs::remove_dir_all(dir).await;
         git::network_ok(None, &["clone", "-q", "--no-checkout", "--", repo, &target], credential, &format!("clone {repo}")).await?;
-        let checkout = git::run(Some(dir), &["checkout", "-q", "--detach", reference], None).await?;
-        if !checkout.success {
-            return Err(Error::InvalidParams(format!(
-                "The repository has no branch, tag or commit \"{reference}\": {}",
-                git::last_line(&checkout.stderr)
-            )));
+        let commit = git::run(Some(dir), &["rev-parse", "--verify", "--quiet", &format!("{reference}^{{commit}}")], None).await?;
+        if !commit.success {
+            return Err(Error::InvalidParams(format!("The repository has no branch, tag or commit \"{reference}\".")));
         }
+        git::ok(dir, &["update-ref", "--no-deref", "HEAD", commit.stdout.trim()]).await?;
     }
     let current = git::ok(dir, &["rev-parse", "--abbrev-ref", "HEAD"]).await?;
     if current != "HEAD" {
@@ -314,7 +336,8 @@ fn progress_note(task_id: &str, what: &str) {
 
 /// Rebases the host clone's `branch` onto `onto`; conflicts abort it and are reported with their files.
 async fn rebase_on_host(host_repo: &Path, branch: &str, onto: &str, task_id: &str) -> Result<()> {
-    git::ok(host_repo, &["checkout", "-q", branch]).await?;
+    // Forced: the host clone was made without a checkout, so its index and tree say nothing.
+    git::ok(host_repo, &["checkout", "-q", "-f", branch]).await?;
     let (name, email) = git::identity().await;
     let rebased = git::run(
         Some(host_repo),
@@ -326,7 +349,7 @@ async fn rebase_on_host(host_repo: &Path, branch: &str, onto: &str, task_id: &st
         let files = git::ok(host_repo, &["diff", "--name-only", "--diff-filter=U"]).await.unwrap_or_default();
         let files: Vec<String> = files.lines().map(str::to_string).filter(|line| !line.is_empty()).collect();
         let _ = git::run(Some(host_repo), &["rebase", "--abort"], None).await;
-        let _ = git::run(Some(host_repo), &["checkout", "-q", "--detach"], None).await;
+        let _ = git::run(Some(host_repo), &["checkout", "-q", "-f", "--detach"], None).await;
         return Err(Error::Conflict {
             message: format!(
                 "The push of task {task_id} was refused because its base moved, and its commits do not rebase cleanly \
@@ -449,7 +472,12 @@ pub async fn end(engine: &Engine, params: TaskEndParams) -> Result<TaskInfo> {
     }
     if !params.keep {
         let host_repo = layout.host_repo(&params.task_id);
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(host_repo)).await;
+        let workspace = host_repo.with_file_name("workspace");
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(workspace);
+            std::fs::remove_dir_all(host_repo)
+        })
+        .await;
     }
     save(&layout, &mut record).await?;
     Ok(record)

@@ -23,6 +23,8 @@ export const commandIds = {
     compareConflict: "sandlink.compareConflict",
     resolveConflict: "sandlink.resolveConflict",
     showSessions: "sandlink.showSessions",
+    startTask: "sandlink.startTask",
+    openPullRequest: "sandlink.openPullRequest",
 } as const;
 
 export type CommandId = (typeof commandIds)[keyof typeof commandIds];
@@ -223,6 +225,8 @@ export function isCommandEnabled(commandId: CommandId, state: ViewState): boolea
         case commandIds.showSessions:
         case commandIds.manageProfiles:
         case commandIds.setCredential:
+        case commandIds.startTask:
+        case commandIds.openPullRequest:
             return context[contextKeys.serverRunning];
         case commandIds.showLog:
         case commandIds.showActions:

@@ -1288,6 +1288,14 @@ commands.subcommands = {
       commands.quickfix()
     end,
   },
+  task = {
+    run = function(rest)
+      require('sandlink.agent_tasks').run(split_words(rest))
+    end,
+    complete = function()
+      return require('sandlink.agent_tasks').action_names()
+    end,
+  },
 }
 
 function commands.subcommand_names()

@@ -125,7 +125,13 @@ fn file_containing(dir: &Path, needle: &[u8]) -> bool {
 fn assert_token_absent(server: &Server, session_id: &str, step: &str) {
     let environment = run_in(server, session_id, "env; git config --list --show-origin 2>/dev/null; cat .git/config");
     assert!(!environment.stdout.contains(CANARY), "after {step}, the sandbox's environment or git config holds the token");
-    let search = server.run_to_exit(json!({ "sessionId": session_id, "command": format!("grep -rl '{CANARY}' . /tmp 2>/dev/null; true") }));
+    // The sandbox's root, and its /tmp where that is the sandbox's own (the local driver's; E2B's test server runs
+    // commands on this machine, whose /tmp is shared).
+    let private_tmp = if session_id.starts_with("local-") { " /tmp" } else { "" };
+    // Split in two so the command itself (which reaches the provider and the run's log) never holds the token.
+    let (front, back) = CANARY.split_at(CANARY.len() / 2);
+    let command = format!("grep -rl \"{front}\"\"{back}\" .{private_tmp} 2>/dev/null; true");
+    let search = server.run_to_exit(json!({ "sessionId": session_id, "command": command }));
     assert_eq!(search.stdout.trim(), "", "after {step}, files in the sandbox hold the token");
     assert_no_canary_under(server.state_dir(), step);
     assert!(!server.stderr().contains(CANARY), "after {step}, the server's log holds the token");
@@ -437,4 +443,46 @@ fn a_sandbox_without_git_should_refuse_the_task_and_leave_nothing_behind() {
     let tasks = server.request("sandlink/task/list", json!({})).expect("tasks");
     assert_eq!(tasks["tasks"], json!([]), "no record is left");
     assert!(!server.state_dir().join("agent-tasks/b1").exists(), "the host clone was removed");
+}
+
+/// The same task on the `e2b` driver against its test server: the repository goes in through envd's file API and
+/// git runs there, and the token appears in no request sandlink made to the provider.
+#[test]
+fn a_task_on_e2b_should_push_and_open_a_pull_request_without_the_token_reaching_the_provider() {
+    const E2B_KEY: &str = "e2b_sandlink_test_key_5f0c9a7e31";
+    let Some(remotes) = Remotes::start(20) else { return };
+    let Some(e2b) = FakeProcess::start("E2B", "SANDLINK_E2B_FAKE_SERVER", "e2b_server.py", &["--api-key", E2B_KEY]) else { return };
+    let server = Server::start_with(StartOptions {
+        env: vec![
+            ("GITHUB_TOKEN".into(), CANARY.into()),
+            ("GITHUB_API_URL".into(), format!("http://127.0.0.1:{}", remotes.github.port)),
+            ("E2B_API_KEY".into(), E2B_KEY.into()),
+        ],
+        ..StartOptions::default()
+    });
+    let settings = json!({
+        "apiUrl": format!("http://127.0.0.1:{}", e2b.port),
+        "domain": format!("localhost:{}", e2b.port),
+        "timeoutSeconds": 300,
+    });
+    let task = server
+        .request_timeout(
+            "sandlink/task/start",
+            json!({ "repo": remotes.repo_url(), "taskId": "e1", "title": "On E2B", "driver": "e2b", "settings": settings }),
+            SLOW,
+        )
+        .unwrap_or_else(|error| panic!("the task starts on e2b: {error:?}"));
+    let session_id = task["sessionId"].as_str().expect("session").to_string();
+    run_in(&server, &session_id, "echo from-e2b > e2b.txt");
+    server.request("sandlink/task/commit", json!({ "taskId": "e1", "message": "feat(e2b): a file" })).expect("commits");
+    let pushed = server.request_timeout("sandlink/task/push", json!({ "taskId": "e1" }), SLOW).expect("pushed");
+    assert_eq!(remotes.branches()["task-e1"], pushed["pushedCommit"]);
+    let opened = server.request_timeout("sandlink/task/pr", json!({ "taskId": "e1" }), SLOW).expect("opened");
+    assert!(opened["prUrl"].as_str().is_some_and(|url| url.contains("/pull/")));
+    assert_token_absent(&server, &session_id, "e2b push and pr");
+    let provider_requests = serde_json::to_string(&e2b.requests_since(0)).expect("the request log");
+    assert!(provider_requests.len() > 100, "the provider's log is read");
+    assert!(!provider_requests.contains(CANARY), "a request to the provider carried the token");
+    let ended = server.request("sandlink/task/end", json!({ "taskId": "e1" })).expect("ended");
+    assert_eq!(ended["state"], "done");
 }

@@ -141,6 +141,12 @@ fn assert_token_absent(server: &Server, session_id: &str, step: &str) {
 fn task_should_clone_commit_push_and_open_a_pull_request_without_the_token_entering_the_sandbox() {
     let Some(remotes) = Remotes::start(20) else { return };
     let server = remotes.server();
+    let with_token = remotes.repo_url().replace("http://", &format!("http://x-access-token:{CANARY}@"));
+    let refused = server.request_error("sandlink/task/start", json!({ "repo": with_token, "taskId": "t0", "driver": "local" }));
+    assert_eq!(refused.kind.as_deref(), Some("invalidParams"), "a URL holding the token is refused: {}", refused.message);
+    let unknown = server.request_error("sandlink/task/push", json!({ "taskId": "nope" }));
+    assert_eq!(unknown.kind.as_deref(), Some("invalidParams"), "{}", unknown.message);
+    assert!(!server.state_dir().join("agent-tasks/nope").exists(), "an unknown task leaves nothing behind");
     let task = start_task(&server, &remotes, "t1", "Add a greeting");
     assert_eq!(task["branch"], "task-t1");
     assert_eq!(task["baseBranch"], "main");

@@ -51,9 +51,7 @@ pub fn branch_of(task_id: &str) -> String {
 /// the branch out there. Anything made is removed again when a step fails.
 pub async fn start(engine: &Engine, params: TaskStartParams, progress: &dyn Progress) -> Result<TaskInfo> {
     crate::credentials::check_name("task id", &params.task_id)?;
-    if params.repo.trim().is_empty() {
-        return Err(Error::InvalidParams("Say which repository to clone: `repo` is empty.".into()));
-    }
+    check_repo_url(&params.repo)?;
     let layout = Layout::new(engine.state_dir());
     let task_id = params.task_id.clone();
     let _lock = lock_task(&layout, &task_id).await?;
@@ -235,7 +233,7 @@ pub async fn list(engine: &Engine) -> Result<TaskListResult> {
 pub async fn commit(engine: &Engine, params: TaskCommitParams) -> Result<TaskInfo> {
     conventional::check(&params.message)?;
     let layout = Layout::new(engine.state_dir());
-    let _lock = lock_task(&layout, &params.task_id).await?;
+    let _lock = lock_existing_task(&layout, &params.task_id).await?;
     let mut record = existing(&layout, &params.task_id).await?;
     let sandbox = sandbox_of(engine, &layout, &mut record).await?;
     let (name, email) = git::identity().await;
@@ -267,7 +265,7 @@ pub async fn commit(engine: &Engine, params: TaskCommitParams) -> Result<TaskInf
 /// with the token, and a push refused because the base moved is rebased onto the new base and tried again.
 pub async fn push(engine: &Engine, task_id: &str) -> Result<TaskInfo> {
     let layout = Layout::new(engine.state_dir());
-    let _lock = lock_task(&layout, task_id).await?;
+    let _lock = lock_existing_task(&layout, task_id).await?;
     let mut record = existing(&layout, task_id).await?;
     let sandbox = sandbox_of(engine, &layout, &mut record).await?;
     let host_repo = layout.host_repo(task_id);
@@ -393,7 +391,7 @@ async fn commits_between(host_repo: &Path, base: &str, branch: &str) -> Result<V
 /// Opens the task's pull request (or finds the one its branch has) through GitHub's REST API.
 pub async fn pull_request(engine: &Engine, params: TaskPrParams) -> Result<TaskInfo> {
     let layout = Layout::new(engine.state_dir());
-    let _lock = lock_task(&layout, &params.task_id).await?;
+    let _lock = lock_existing_task(&layout, &params.task_id).await?;
     let mut record = existing(&layout, &params.task_id).await?;
     if record.pushed_commit.is_none() {
         return Err(Error::InvalidParams(format!(
@@ -447,7 +445,7 @@ fn default_body(record: &TaskInfo) -> String {
 /// the remote.
 pub async fn end(engine: &Engine, params: TaskEndParams) -> Result<TaskInfo> {
     let layout = Layout::new(engine.state_dir());
-    let _lock = lock_task(&layout, &params.task_id).await?;
+    let _lock = lock_existing_task(&layout, &params.task_id).await?;
     let mut record = existing(&layout, &params.task_id).await?;
     if let Some(session_id) = record.session_id.clone() {
         match engine.disconnect(DisconnectParams { session_id, keep: params.keep }).await {
@@ -553,6 +551,30 @@ async fn token(profile: Option<&str>) -> Option<Secret> {
     }
 }
 
+/// Refuses a URL that would carry a credential into the clone's config, and so into the sandbox.
+pub fn check_repo_url(repo: &str) -> Result<()> {
+    if repo.trim().is_empty() {
+        return Err(Error::InvalidParams("Say which repository to clone: `repo` is empty.".into()));
+    }
+    if let Ok(parsed) = url::Url::parse(repo) {
+        if parsed.password().is_some() || (parsed.scheme().starts_with("http") && !parsed.username().is_empty()) {
+            return Err(Error::InvalidParams(
+                "The repository URL holds a credential, which would end up in the sandbox's git config. Give the URL \
+                 without it and the token through GITHUB_TOKEN (or GH_TOKEN) or the keychain \
+                 (`sandlink profile set-credential PROFILE githubToken`)."
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Locks a task that exists (commit, push, pr, end), without leaving a folder behind for one that does not.
+async fn lock_existing_task(layout: &Layout, task_id: &str) -> Result<statefile::Lock> {
+    existing(layout, task_id).await?;
+    lock_task(layout, task_id).await
+}
+
 async fn lock_task(layout: &Layout, task_id: &str) -> Result<statefile::Lock> {
     crate::credentials::check_name("task id", task_id)?;
     let path = layout.lock_file(task_id);
@@ -581,4 +603,22 @@ async fn write_record(layout: &Layout, record: &TaskInfo) -> Result<()> {
 async fn save(layout: &Layout, record: &mut TaskInfo) -> Result<()> {
     record.updated_at = crate::clock::now_rfc3339();
     write_record(layout, record).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorKind;
+
+    #[test]
+    fn repository_urls_with_a_credential_should_be_refused() {
+        for repo in ["https://x-access-token:ghp_abc@github.com/acme/widgets.git", "https://ghp_abc@github.com/acme/w", ""] {
+            let error = check_repo_url(repo).expect_err(repo);
+            assert_eq!(error.kind(), ErrorKind::InvalidParams);
+            assert!(!error.to_string().contains("ghp_abc"), "{error}");
+        }
+        for repo in ["https://github.com/acme/widgets.git", "http://127.0.0.1:8080/acme/widgets", "file:///srv/repo.git"] {
+            assert!(check_repo_url(repo).is_ok(), "{repo}");
+        }
+    }
 }

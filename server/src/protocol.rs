@@ -922,8 +922,10 @@ request!(/// Ends an agent task: its sandbox removed (unless `keep`), its record
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskStartParams {
-    /// The repository's URL (`https://host/owner/repo(.git)`, `http://` for a local server, or `file://`).
-    pub repo: String,
+    /// The repository's URL (`https://host/owner/repo(.git)`, `http://` for a local server, or `file://`). Without
+    /// it, the workspace's own repository: its current commit, with uncommitted changes carried over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
     /// The branch, tag or commit to start from; default: the remote's default branch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<String>,
@@ -942,6 +944,9 @@ pub struct TaskStartParams {
     /// The standard LSP work-done token; progress for the start goes there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work_done_token: Option<Value>,
+    /// The workspace whose repository a start without `repo` uses (URI or path); default: the server's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_folder: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -492,3 +492,59 @@ fn a_task_on_e2b_should_push_and_open_a_pull_request_without_the_token_reaching_
     let ended = server.request("sandlink/task/end", json!({ "taskId": "e1" })).expect("ended");
     assert_eq!(ended["state"], "done");
 }
+
+#[test]
+fn a_task_started_from_the_workspace_should_carry_its_commit_and_uncommitted_changes() {
+    let Some(remotes) = Remotes::start(5) else { return };
+    let workspace = tempfile::tempdir().expect("a workspace");
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("x-access-token:{CANARY}"));
+    let basic = format!("Authorization: Basic {encoded}");
+    let cloned = Command::new("git")
+        .args(["-c", &format!("http.extraHeader={basic}"), "clone", "-q", &remotes.repo_url()])
+        .arg(workspace.path().join("widgets"))
+        .output()
+        .expect("git clone runs");
+    assert!(cloned.status.success(), "{}", String::from_utf8_lossy(&cloned.stderr));
+    let repo = workspace.path().join("widgets");
+    let git = |args: &[&str]| {
+        let output = Command::new("git")
+            .args(["-c", "user.name=Test", "-c", "user.email=test@example.invalid"])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .expect("git runs");
+        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    std::fs::write(repo.join("local-commit.txt"), "committed but not pushed\n").expect("a file");
+    git(&["add", "local-commit.txt"]);
+    git(&["commit", "-q", "-m", "chore: a local commit"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let tracked = git(&["ls-files"]).lines().find(|path| path.ends_with(".txt") && *path != "local-commit.txt").expect("a tracked file").to_string();
+    std::fs::write(repo.join(&tracked), "edited, not committed\n").expect("an edit");
+    std::fs::write(repo.join("untracked.txt"), "new, not added\n").expect("an untracked file");
+
+    let server = remotes.server();
+    let task = server
+        .request_timeout("sandlink/task/start", json!({ "taskId": "w1", "driver": "local", "workspaceFolder": support::file_uri(&repo) }), SLOW)
+        .unwrap_or_else(|error| panic!("the task starts from the workspace: {error:?}"));
+    assert_eq!(task["baseCommit"], head.as_str(), "the workspace's commit");
+    assert_eq!(task["baseBranch"], "main");
+    assert_eq!(task["repo"], remotes.repo_url().as_str(), "pushes go to the workspace's origin");
+    let session_id = task["sessionId"].as_str().expect("session");
+    let looked = run_in(&server, session_id, &format!("git rev-parse HEAD; cat {tracked} untracked.txt local-commit.txt; git status --porcelain"));
+    assert_eq!(
+        looked.stdout,
+        format!("{head}\nedited, not committed\nnew, not added\ncommitted but not pushed\n M {tracked}\n?? untracked.txt\n"),
+        "the commit and the uncommitted changes are in the sandbox"
+    );
+    server.request("sandlink/task/commit", json!({ "taskId": "w1", "message": "feat: carried over" })).expect("commits");
+    let pushed = server.request_timeout("sandlink/task/push", json!({ "taskId": "w1" }), SLOW).expect("pushed");
+    let tip = pushed["pushedCommit"].as_str().expect("pushed");
+    assert_eq!(remotes.branches()["task-w1"], tip);
+    let bare = remotes.bare_repo();
+    assert_eq!(git_output(&bare, &["show", &format!("{tip}:untracked.txt")]), "new, not added\n");
+    assert_eq!(git_output(&bare, &["show", &format!("{tip}:local-commit.txt")]), "committed but not pushed\n");
+    assert_no_canary_under(server.state_dir(), "a start from the workspace");
+}
+

@@ -14,13 +14,14 @@ const lastTaskKey = "sandlink.lastAgentTask";
 export function startTask(ctx: Ctx): Cmd {
     return async () => {
         const repo = await vscode.window.showInputBox({
-            prompt: "Repository URL to clone into a new sandbox",
+            prompt: "Repository URL to clone into a new sandbox (empty: this workspace's repository, uncommitted changes included)",
             placeHolder: "https://github.com/OWNER/REPO.git",
             ignoreFocusOut: true,
         });
-        if (!repo?.trim()) {
+        if (repo === undefined) {
             return;
         }
+        const workspaceFolder = vscode.workspace.workspaceFolders?.[0]?.uri.toString();
         const taskId = await vscode.window.showInputBox({
             prompt: "Task id (the branch will be task-ID)",
             validateInput: (value) => (/^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$/.test(value) ? undefined : "Letters, digits, '-', '_' or '.', up to 64."),
@@ -33,7 +34,14 @@ export function startTask(ctx: Ctx): Cmd {
         const profile = ctx.currentConfig.defaultProfile || undefined;
         const task = await vscode.window.withProgress(
             { location: vscode.ProgressLocation.Notification, title: `sandlink: starting task ${taskId}…` },
-            () => ctx.request(protocol.taskStart, { repo: repo.trim(), taskId, title: title?.trim() || undefined, profile }),
+            () =>
+                ctx.request(protocol.taskStart, {
+                    repo: repo.trim() || undefined,
+                    workspaceFolder: repo.trim() ? undefined : workspaceFolder,
+                    taskId,
+                    title: title?.trim() || undefined,
+                    profile,
+                }),
         );
         if (task === undefined) {
             return;

@@ -380,8 +380,8 @@ export const acceptHostKey = new RequestType<AcceptHostKeyParams, AcceptHostKeyR
 // Agent tasks: a repository cloned into a new sandbox on the branch `task-{taskId}`, committed, pushed from the host
 // and opened as a pull request (docs/tasks.md).
 export interface TaskStartParams {
-    /** `https://host/owner/repo(.git)`; `http://` for a local server. */
-    repo: string;
+    /** `https://host/owner/repo(.git)`; `http://` for a local server. Without it, the workspace's own repository. */
+    repo?: string;
     /** The branch, tag or commit to start from; default the remote's default branch. */
     ref?: string;
     taskId: string;
@@ -390,6 +390,8 @@ export interface TaskStartParams {
     driver?: string;
     settings?: Record<string, unknown>;
     workDoneToken?: string | number;
+    /** The workspace whose repository a start without `repo` uses; default the server's root. */
+    workspaceFolder?: string;
 }
 export type TaskState = "running" | "pushed" | "done" | "failed";
 export interface TaskCommit {

@@ -51,14 +51,24 @@ local function open_pull_request(task)
 end
 
 agent_tasks.actions = {
+  -- `start REPO_URL ID [TITLE…]`, or `start ID` for the workspace's own repository with its uncommitted changes.
   start = function(words)
-    local repo, task_id = words[1], words[2]
-    if repo == nil or task_id == nil then
-      return notify('usage: :Sandlink task start REPO_URL ID [TITLE…]', vim.log.levels.ERROR)
+    if #words == 0 then
+      return notify('usage: :Sandlink task start [REPO_URL] ID [TITLE…]', vim.log.levels.ERROR)
     end
-    local title = #words > 2 and table.concat(words, ' ', 3) or nil
-    notify('starting task ' .. task_id .. '…')
-    send(protocol.request.task_start, { repo = repo, taskId = task_id, title = title }, 'task start')
+    local params
+    if words[1]:find('://', 1, true) then
+      if words[2] == nil then
+        return notify('usage: :Sandlink task start REPO_URL ID [TITLE…]', vim.log.levels.ERROR)
+      end
+      params = { repo = words[1], taskId = words[2], title = #words > 2 and table.concat(words, ' ', 3) or nil }
+    else
+      local workspace = state.current_workspace()
+      params = { taskId = words[1], title = #words > 1 and table.concat(words, ' ', 2) or nil,
+        workspaceFolder = workspace and workspace.root_dir or nil }
+    end
+    notify('starting task ' .. params.taskId .. '…')
+    send(protocol.request.task_start, params, 'task start')
   end,
   status = function(words)
     send(protocol.request.task_status, { taskId = words[1] or '' }, 'task status')

@@ -17,8 +17,12 @@ use crate::protocol::{
 pub enum TaskCommand {
     /// Clone a repository into a new sandbox on the branch task-ID, ready for work.
     Start {
-        /// The repository URL (https://host/OWNER/REPO.git; http:// and file:// for local servers).
-        repo: String,
+        /// The repository URL (https://host/OWNER/REPO.git; http:// and file:// for local servers). Without it, the
+        /// repository of --workspace (default: the current folder) at its current commit, uncommitted changes included.
+        repo: Option<String>,
+        /// The workspace whose repository to start from when no URL is given.
+        #[arg(long, short, value_name = "DIR")]
+        workspace: Option<std::path::PathBuf>,
         /// The task's id; its branch is task-ID.
         #[arg(long = "id", value_name = "ID")]
         task_id: String,
@@ -88,7 +92,7 @@ pub enum TaskCommand {
 pub async fn run(action: TaskCommand) -> Result<(), Error> {
     let engine = Engine::new(Arc::new(Quiet));
     match action {
-        TaskCommand::Start { repo, task_id, reference, title, profile, driver, json } => {
+        TaskCommand::Start { repo, workspace, task_id, reference, title, profile, driver, json } => {
             let params = TaskStartParams {
                 repo,
                 r#ref: reference,
@@ -98,8 +102,10 @@ pub async fn run(action: TaskCommand) -> Result<(), Error> {
                 driver,
                 settings: None,
                 work_done_token: None,
+                workspace_folder: None,
             };
-            let outcome = crate::agent_tasks::start(&engine, params, &StderrProgress).await;
+            let folder = workspace.or_else(|| std::env::current_dir().ok());
+            let outcome = crate::agent_tasks::start(&engine, params, folder, &StderrProgress).await;
             crate::agent_tasks::release(&engine, &task_id).await;
             print_task(&outcome?, json)
         }

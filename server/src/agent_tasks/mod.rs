@@ -35,6 +35,8 @@ use record::Layout;
 pub const TOKEN_KEY: &str = "githubToken";
 /// Where a push's bundle is written in the sandbox: inside `.git`, so never in the work tree or a commit.
 const PUSH_BUNDLE: &str = ".git/sandlink-push.bundle";
+/// Where the workspace's uncommitted changes are handed to the sandbox as a patch.
+const CARRY_PATCH: &str = ".git/sandlink-carry.patch";
 /// Where a rebased branch is handed back to the sandbox.
 const REBASED_BUNDLE: &str = ".git/sandlink-rebased.bundle";
 /// How many rebases onto a moving base one push tries before reporting it.
@@ -49,9 +51,31 @@ pub fn branch_of(task_id: &str) -> String {
 
 /// Starts a task: clones on the host, opens a sandbox through the engine's connect, copies the clone in and checks
 /// the branch out there. Anything made is removed again when a step fails.
-pub async fn start(engine: &Engine, params: TaskStartParams, progress: &dyn Progress) -> Result<TaskInfo> {
+/// Without `repo`, the repository of `params.workspace_folder`, else of `default_workspace` (the server's root, the
+/// command line's current folder), is the source.
+pub async fn start(
+    engine: &Engine,
+    params: TaskStartParams,
+    default_workspace: Option<std::path::PathBuf>,
+    progress: &dyn Progress,
+) -> Result<TaskInfo> {
     crate::credentials::check_name("task id", &params.task_id)?;
-    check_repo_url(&params.repo)?;
+    let source = match &params.repo {
+        Some(repo) => {
+            check_repo_url(repo)?;
+            Source::Remote(repo.clone())
+        }
+        None => {
+            let folder = match &params.workspace_folder {
+                Some(folder) => Some(crate::paths::path_from_uri_or_path(folder)?),
+                None => default_workspace,
+            };
+            let folder = folder.ok_or_else(|| {
+                Error::InvalidParams("Say which repository to clone (`repo`), or start from a workspace folder.".into())
+            })?;
+            workspace_source(&folder).await?
+        }
+    };
     let layout = Layout::new(engine.state_dir());
     let task_id = params.task_id.clone();
     let _lock = lock_task(&layout, &task_id).await?;
@@ -62,7 +86,7 @@ pub async fn start(engine: &Engine, params: TaskStartParams, progress: &dyn Prog
     }
     let started = std::time::Instant::now();
     let host_repo = layout.host_repo(&task_id);
-    let outcome = start_inner(engine, &params, &host_repo, progress).await;
+    let outcome = start_inner(engine, &params, &source, &host_repo, progress).await;
     match outcome {
         Ok(record) => {
             write_record(&layout, &record).await?;
@@ -77,9 +101,134 @@ pub async fn start(engine: &Engine, params: TaskStartParams, progress: &dyn Prog
     }
 }
 
-async fn start_inner(engine: &Engine, params: &TaskStartParams, host_repo: &Path, progress: &dyn Progress) -> Result<TaskInfo> {
+/// Where a task's repository comes from.
+enum Source {
+    /// A remote, cloned shallow at the requested ref.
+    Remote(String),
+    /// The open workspace's repository: its current commit, pushed to its `origin`, with its uncommitted changes.
+    Workspace { top: std::path::PathBuf, remote: String, head: String, branch: Option<String>, base_branch: String },
+}
+
+impl Source {
+    fn remote(&self) -> &str {
+        match self {
+            Source::Remote(repo) => repo,
+            Source::Workspace { remote, .. } => remote,
+        }
+    }
+}
+
+/// Reads what a start from the workspace's repository needs: its top folder, `origin` (without any credential in
+/// it), its commit and branch, and the branch a pull request targets (the upstream's, else the branch itself).
+async fn workspace_source(folder: &Path) -> Result<Source> {
+    let top = git::run(Some(folder), &["rev-parse", "--show-toplevel"], None).await?;
+    if !top.success {
+        return Err(Error::InvalidParams(format!(
+            "{} is not in a git repository; give `repo` to clone one.",
+            folder.display()
+        )));
+    }
+    let top = std::path::PathBuf::from(top.stdout.trim());
+    let origin = git::run(Some(&top), &["remote", "get-url", "origin"], None).await?;
+    if !origin.success {
+        return Err(Error::InvalidParams(format!(
+            "The repository at {} has no `origin` remote to push the task's branch to.",
+            top.display()
+        )));
+    }
+    let remote = without_credentials(origin.stdout.trim());
+    let head = git::ok(&top, &["rev-parse", "HEAD"]).await?;
+    let current = git::ok(&top, &["rev-parse", "--abbrev-ref", "HEAD"]).await?;
+    let branch = (current != "HEAD").then_some(current);
+    let upstream = git::run(Some(&top), &["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}"], None).await?;
+    let base_branch = match (upstream.success, &branch) {
+        (true, _) => upstream.stdout.trim().split_once('/').map(|(_, name)| name.to_string()).unwrap_or_default(),
+        (false, Some(branch)) => branch.clone(),
+        (false, None) => "main".to_string(),
+    };
+    Ok(Source::Workspace { top, remote, head, branch, base_branch })
+}
+
+/// `url` without a user name or password, so none reaches the clone's config (and the sandbox).
+fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() || !parsed.username().is_empty() => {
+            let _ = parsed.set_password(None);
+            let _ = parsed.set_username("");
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Clones the workspace's repository at its current commit into `dir`, pointed at its `origin`.
+async fn clone_workspace(source: &Source, dir: &Path) -> Result<String> {
+    let Source::Workspace { top, remote, head, branch, base_branch } = source else {
+        return Err(Error::Internal("clone_workspace needs a workspace source".into()));
+    };
+    if let Some(parent) = dir.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(|error| Error::io(format!("Could not create {}", parent.display()), error))?;
+    }
+    let from = format!("file://{}", top.display());
+    let target = dir.to_string_lossy().into_owned();
+    let mut args = vec!["clone", "-q", "--no-checkout", "--no-tags"];
+    if let Some(branch) = branch {
+        // Shallow through file://: only the commit the agent starts from, not the whole history.
+        args.extend(["--depth", "1", "--branch", branch]);
+    }
+    args.extend(["--", &from, &target]);
+    git::network_ok(None, &args, None, "copy the workspace's repository").await?;
+    git::ok(dir, &["update-ref", "--no-deref", "HEAD", head]).await?;
+    git::ok(dir, &["remote", "set-url", "origin", remote]).await?;
+    Ok(base_branch.clone())
+}
+
+/// Carries the workspace's uncommitted changes into the sandbox's checkout: untracked files (not ignored ones) as
+/// files, changes to tracked ones as a patch applied there.
+async fn carry_changes(sandbox: &dyn Sandbox, top: &Path) -> Result<()> {
+    let untracked = git::ok(top, &["ls-files", "-z", "--others", "--exclude-standard"]).await?;
+    let untracked: Vec<String> = untracked.split('\0').filter(|path| !path.is_empty()).map(str::to_string).collect();
+    if !untracked.is_empty() {
+        let files = sandbox.files().ok_or_else(|| Error::unsupported_by(sandbox.driver_id(), "file transfer"))?;
+        let root = top.to_path_buf();
+        let archive = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let mut archive = Vec::new();
+            crate::sync::transfer::pack(&root, &untracked, crate::sync::transfer::Links::Inside, &mut archive, &mut |_| {})?;
+            Ok(archive)
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("Packing the untracked files stopped: {error}")))??;
+        files.upload_tar(Box::pin(std::io::Cursor::new(archive))).await?;
+    }
+    // Bytes as git wrote them: a text file in another encoding must reach the patch unchanged.
+    let patch = tokio::process::Command::new("git")
+        .args(["diff", "--binary", "--no-color", "--no-ext-diff", "HEAD"])
+        .current_dir(top)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|error| Error::io("Could not run git diff in the workspace", error))?;
+    if !patch.status.success() {
+        let stderr = String::from_utf8_lossy(&patch.stderr);
+        return Err(Error::Internal(format!("Could not read the workspace's changes: {}", git::last_line(&stderr))));
+    }
+    if !patch.stdout.is_empty() {
+        sandbox::upload_file(sandbox, CARRY_PATCH, patch.stdout).await?;
+        let script = format!("{SANDBOX_GIT} apply --binary \"$1\"; status=$?; rm -f \"$1\"; exit $status");
+        sandbox::shell_ok(sandbox, &script, &[CARRY_PATCH], BTreeMap::new(), "carry the uncommitted changes over").await?;
+    }
+    Ok(())
+}
+
+async fn start_inner(
+    engine: &Engine,
+    params: &TaskStartParams,
+    source: &Source,
+    host_repo: &Path,
+    progress: &dyn Progress,
+) -> Result<TaskInfo> {
     let branch = branch_of(&params.task_id);
-    let credential = credential_for(&params.repo, params.profile.as_deref()).await;
+    let credential = credential_for(source.remote(), params.profile.as_deref()).await;
     // An empty folder of the task's own as the session's workspace: the engine re-attaches a kept sandbox with the
     // same driver, settings and workspace instead of making one, and no task may get another's; and no repository's
     // `.sandlink.toml` is ever read as the workspace's profiles.
@@ -98,8 +247,11 @@ async fn start_inner(engine: &Engine, params: &TaskStartParams, host_repo: &Path
     };
     // The clone and the sandbox do not depend on each other until the upload, so they are made at the same time.
     let cloning = async {
-        progress.report(format!("Cloning {}", params.repo), None).await;
-        let base_branch = clone(&params.repo, params.r#ref.as_deref(), host_repo, credential.as_ref()).await?;
+        progress.report(format!("Cloning {}", source.remote()), None).await;
+        let base_branch = match source {
+            Source::Remote(repo) => clone(repo, params.r#ref.as_deref(), host_repo, credential.as_ref()).await?,
+            Source::Workspace { .. } => clone_workspace(source, host_repo).await?,
+        };
         let base_commit = git::ok(host_repo, &["rev-parse", "HEAD"]).await?;
         // The branch is made without a checkout: the host never needs the files, the sandbox checks them out.
         git::ok(host_repo, &["branch", &branch, &base_commit]).await?;
@@ -137,6 +289,10 @@ async fn start_inner(engine: &Engine, params: &TaskStartParams, host_repo: &Path
                 git::last_line(&format!("{}\n{}", checked_out.stdout, checked_out.stderr))
             )));
         }
+        if let Source::Workspace { top, .. } = source {
+            progress.report("Carrying the workspace's uncommitted changes over".into(), None).await;
+            carry_changes(sandbox.as_ref(), top).await?;
+        }
         // The host clone leaves the branch so a push can fetch the sandbox's commits into it.
         git::ok(host_repo, &["update-ref", "--no-deref", "HEAD", &base_commit]).await?;
         Ok(())
@@ -149,7 +305,7 @@ async fn start_inner(engine: &Engine, params: &TaskStartParams, host_repo: &Path
     let now = crate::clock::now_rfc3339();
     Ok(TaskInfo {
         task_id: params.task_id.clone(),
-        repo: params.repo.clone(),
+        repo: source.remote().to_string(),
         branch,
         base_branch,
         base_commit,

@@ -484,9 +484,9 @@ impl Backend {
         dispatch::<proto::TaskStartRequest, _, _>(params, |params| async move {
             let token = Self::token(&params.work_done_token);
             let progress = self.begin_progress(token, "sandlink: starting a task").await;
-            let engine = self.engine.clone();
+            let (engine, root) = (self.engine.clone(), self.workspace_root());
             detached::<proto::TaskStartRequest, _>(progress, move |progress| async move {
-                let outcome = crate::agent_tasks::start(&engine, params, &progress).await;
+                let outcome = crate::agent_tasks::start(&engine, params, root, &progress).await;
                 let summary = match &outcome {
                     Ok(task) => format!("Task {} is ready on {}", task.task_id, task.branch),
                     Err(error) => error.to_string(),

@@ -135,6 +135,20 @@ fn assert_token_absent(server: &Server, session_id: &str, step: &str) {
     assert_eq!(search.stdout.trim(), "", "after {step}, files in the sandbox hold the token");
     assert_no_canary_under(server.state_dir(), step);
     assert!(!server.stderr().contains(CANARY), "after {step}, the server's log holds the token");
+    // Nor the environment of any process the sandbox can see (the sandbox's own agent included). Only where the
+    // sandbox has a process table of its own: E2B's test server runs commands on this machine, where the server
+    // process itself (given the token through its environment by this test) is visible.
+    if !session_id.starts_with("local-") {
+        return;
+    }
+    let environments = format!(
+        "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' > /tmp/environments; grep -c \"{front}\"\"{back}\" /tmp/environments; \
+         grep -c '^PATH=' /tmp/environments; rm -f /tmp/environments; true"
+    );
+    let found = server.run_to_exit(json!({ "sessionId": session_id, "command": environments }));
+    let counts: Vec<u32> = found.stdout.split_whitespace().filter_map(|count| count.parse().ok()).collect();
+    assert!(counts.len() == 2 && counts[1] > 0, "the environments were read: {}", found.stdout);
+    assert_eq!(counts[0], 0, "after {step}, a process in the sandbox has the token in its environment");
 }
 
 #[test]

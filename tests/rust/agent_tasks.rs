@@ -187,10 +187,15 @@ fn task_should_clone_commit_push_and_open_a_pull_request_without_the_token_enter
     assert_eq!(nothing.kind.as_deref(), Some("invalidParams"), "{}", nothing.message);
     assert_token_absent(&server, &session_id, "commit");
 
+    // A commit the agent makes with git itself is pushed and recorded too.
+    run_in(&server, &session_id, "echo more >> greeting.txt && git add -A && git -c user.name=Agent -c user.email=agent@example.invalid commit -q -m 'docs: more greeting'");
     let pushed = server.request_timeout("sandlink/task/push", json!({ "taskId": "t1" }), SLOW).expect("the push succeeds");
     assert_eq!(pushed["state"], "pushed");
+    let messages: Vec<&str> = pushed["commits"].as_array().expect("commits").iter().filter_map(|commit| commit["message"].as_str()).collect();
+    assert_eq!(messages, ["feat(greeting): say hello", "docs: more greeting"]);
     assert_eq!(remotes.branches()["task-t1"], pushed["pushedCommit"], "the branch is on the git server");
-    assert_eq!(pushed["pushedCommit"], committed["commits"][0]["sha"]);
+    assert_eq!(pushed["commits"][0]["sha"], committed["commits"][0]["sha"]);
+    assert_eq!(pushed["pushedCommit"], pushed["commits"][1]["sha"]);
     assert_token_absent(&server, &session_id, "push");
 
     let opened = server.request_timeout("sandlink/task/pr", json!({ "taskId": "t1" }), SLOW).expect("the pull request opens");

@@ -451,6 +451,8 @@ pub async fn push(engine: &Engine, task_id: &str) -> Result<TaskInfo> {
         let pushed = git::network(Some(&host_repo), &["push", "--porcelain", &lease, "origin", &refspec], credential.as_ref()).await?;
         if pushed.success {
             let head = git::ok(&host_repo, &["rev-parse", &format!("refs/heads/{branch}")]).await?;
+            // What the remote now has, commits an agent made with git itself included.
+            record.commits = commits_between(&host_repo, &record.base_commit, &branch).await?;
             record.pushed_commit = Some(head);
             record.state = TaskState::Pushed;
             record.message = None;

@@ -32,7 +32,7 @@ use git::Credential;
 use record::Layout;
 
 /// The keychain key of a profile's GitHub token; `GITHUB_TOKEN` or `GH_TOKEN` override it.
-pub const TOKEN_KEY: &str = "githubToken";
+pub const TOKEN_KEY: &str = crate::credentials::GITHUB_TOKEN.key;
 /// Where a push's bundle is written in the sandbox: inside `.git`, so never in the work tree or a commit.
 const PUSH_BUNDLE: &str = ".git/sandlink-push.bundle";
 /// Where the workspace's uncommitted changes are handed to the sandbox as a patch.

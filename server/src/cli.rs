@@ -291,7 +291,11 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Task { action }) => {
             crate::logging::init("warn", None);
-            report(runtime.block_on(crate::agent_tasks::cli::run(action)))
+            match runtime.block_on(crate::agent_tasks::cli::run(action)) {
+                Ok(Some(code)) => ExitCode::from(code),
+                Ok(None) => ExitCode::SUCCESS,
+                Err(error) => report(Err(error)),
+            }
         }
     }
 }

@@ -362,6 +362,19 @@ fn the_command_line_should_start_show_list_and_end_a_task_as_json() {
     assert_eq!(code, Some(125), "a kept sandbox without changes has nothing to commit");
     assert!(stderr.contains("nothing to commit"), "{stderr}");
 
+    // The kept sandbox is the same one command after command: an edit there is committed and pushed.
+    let (code, stdout, stderr) = sandlink(&["task", "exec", "c1", "--", "echo cli > cli.txt && git status --porcelain; exit 3"]);
+    assert_eq!(code, Some(3), "exec exits with the command's code: {stderr}");
+    assert_eq!(stdout, "?? cli.txt\n");
+    let (code, stdout, stderr) = sandlink(&["task", "commit", "c1", "-m", "feat(cli): a file", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let committed: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let (code, stdout, stderr) = sandlink(&["task", "push", "c1", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let pushed: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(pushed["pushedCommit"], committed["commits"][0]["sha"]);
+    assert_eq!(remotes.branches()["task-c1"], pushed["pushedCommit"]);
+
     let (code, stdout, stderr) = sandlink(&["task", "status", "c1", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     let status: Value = serde_json::from_str(&stdout).expect("JSON on stdout");

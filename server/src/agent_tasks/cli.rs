@@ -41,6 +41,13 @@ pub enum TaskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a shell command line in the task's sandbox (at the repository's root) and print its output when it ends.
+    Exec {
+        task_id: String,
+        /// The command line, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Show a task.
     Status {
         task_id: String,
@@ -88,10 +95,24 @@ pub enum TaskCommand {
     },
 }
 
-/// Runs one `sandlink task` command; the task's sandbox stays kept for the next one unless the task ended.
-pub async fn run(action: TaskCommand) -> Result<(), Error> {
+/// Runs one `sandlink task` command; the task's sandbox stays kept for the next one unless the task ended. `exec`
+/// answers its command's exit code; the others `None` (success) or an error.
+pub async fn run(action: TaskCommand) -> Result<Option<u8>, Error> {
     let engine = Engine::new(Arc::new(Quiet));
+    if let TaskCommand::Exec { task_id, command } = action {
+        let outcome = crate::agent_tasks::exec(&engine, &task_id, &command.join(" ")).await;
+        crate::agent_tasks::release(&engine, &task_id).await;
+        let output = outcome?;
+        print!("{}", output.stdout);
+        eprint!("{}", output.stderr);
+        return Ok(Some(output.code.map(|code| code.clamp(0, 255) as u8).unwrap_or(125)));
+    }
+    run_other(engine, action).await.map(|()| None)
+}
+
+async fn run_other(engine: Engine, action: TaskCommand) -> Result<(), Error> {
     match action {
+        TaskCommand::Exec { .. } => Ok(()),
         TaskCommand::Start { repo, workspace, task_id, reference, title, profile, driver, json } => {
             let params = TaskStartParams {
                 repo,

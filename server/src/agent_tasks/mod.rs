@@ -639,6 +639,24 @@ pub async fn end(engine: &Engine, params: TaskEndParams) -> Result<TaskInfo> {
     Ok(record)
 }
 
+/// What a command run in a task's sandbox printed and how it ended.
+pub struct ExecOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a shell command line in the task's sandbox, at its root, and answers its output once it ended: for the
+/// command line, which has no live session to send `sandlink/run` to (editors use `sandlink/run` on `sessionId`).
+pub async fn exec(engine: &Engine, task_id: &str, command: &str) -> Result<ExecOutput> {
+    let layout = Layout::new(engine.state_dir());
+    let _lock = lock_existing_task(&layout, task_id).await?;
+    let mut record = existing(&layout, task_id).await?;
+    let sandbox = sandbox_of(engine, &layout, &mut record).await?;
+    let output = sandbox::shell(sandbox.as_ref(), command, &[], BTreeMap::new()).await?;
+    Ok(ExecOutput { code: output.code, stdout: output.stdout, stderr: output.stderr })
+}
+
 /// Lets go of a task's sandbox without ending it (kept for the next command), for one-shot front doors.
 pub async fn release(engine: &Engine, task_id: &str) {
     let layout = Layout::new(engine.state_dir());

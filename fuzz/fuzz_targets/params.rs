@@ -72,6 +72,17 @@ fn every_request(value: &Value) {
     decode::<proto::KeepaliveRequest>(value);
     decode::<proto::ResizeRequest>(value);
     decode::<proto::AttachRequest>(value);
+    if let Some(params) = decode::<proto::TaskStartRequest>(value) {
+        expect_only_invalid_params(sandlink::credentials::check_name("task id", &params.task_id));
+    }
+    decode::<proto::TaskStatusRequest>(value);
+    if let Some(params) = decode::<proto::TaskCommitRequest>(value) {
+        expect_only_invalid_params(sandlink::agent_tasks::conventional::check(&params.message));
+    }
+    decode::<proto::TaskPushRequest>(value);
+    decode::<proto::TaskPrRequest>(value);
+    decode::<proto::TaskListRequest>(value);
+    decode::<proto::TaskEndRequest>(value);
     notification::<proto::OutputNotification>(value);
     notification::<proto::ExitNotification>(value);
     notification::<proto::SessionStateNotification>(value);

@@ -240,6 +240,11 @@ enum Command {
         #[arg(long, value_name = "OFFSET")]
         from_stderr: Option<u64>,
     },
+    /// Agent tasks: clone a repository into a sandbox on the branch task-ID, commit, push from this machine, open a PR.
+    Task {
+        #[command(subcommand)]
+        action: crate::agent_tasks::cli::TaskCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -385,6 +390,14 @@ pub fn main() -> ExitCode {
             crate::logging::init("warn", None);
             let options = shell::ShellOptions { session, driver, profile, workspace, cwd, keep, command };
             runtime.block_on(shell::shell(options))
+        }
+        Some(Command::Task { action }) => {
+            crate::logging::init("warn", None);
+            match runtime.block_on(crate::agent_tasks::cli::run(action)) {
+                Ok(Some(code)) => ExitCode::from(code),
+                Ok(None) => ExitCode::SUCCESS,
+                Err(error) => report(Err(error)),
+            }
         }
     }
 }

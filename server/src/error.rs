@@ -74,6 +74,9 @@ pub enum Error {
     /// The SSH host presented another key than the one known_hosts holds for it.
     #[error("{message}")]
     HostKeyChanged { message: String, host: String, fingerprint: String },
+    /// A rebase (an agent task's push onto a moved base) stopped on conflicts in `files`.
+    #[error("{message}")]
+    Conflict { message: String, files: Vec<String> },
 }
 
 impl Error {
@@ -105,6 +108,7 @@ impl Error {
             Error::InputBacklogFull(_) => ErrorKind::InputBacklogFull,
             Error::HostKeyUnknown { .. } => ErrorKind::HostKeyUnknown,
             Error::HostKeyChanged { .. } => ErrorKind::HostKeyChanged,
+            Error::Conflict { .. } => ErrorKind::Conflict,
         }
     }
 

@@ -1,6 +1,7 @@
 //! sandlink: run a project in an isolated sandbox from any editor. The crate holds the protocol, the engine,
 //! the drivers, sync, and the two front doors: the LSP server (`lsp`) and the command line (`cli`).
 
+pub mod agent_tasks;
 pub mod cli;
 pub mod clock;
 pub mod credentials;

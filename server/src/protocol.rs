@@ -175,6 +175,8 @@ pub enum ErrorKind {
     HostKeyUnknown,
     /// The SSH host's key differs from the one known_hosts holds; `data.host` and `data.fingerprint` as above.
     HostKeyChanged,
+    /// An agent task's push could not be rebased onto its moved base; `data.files` names the conflicting files.
+    Conflict,
 }
 
 impl ErrorKind {
@@ -207,6 +209,7 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::HostKeyUnknown => "hostKeyUnknown",
             ErrorKind::HostKeyChanged => "hostKeyChanged",
+            ErrorKind::Conflict => "conflict",
         }
     }
 }
@@ -1029,6 +1032,13 @@ pub const REQUEST_METHODS: &[&str] = &[
     KeepaliveRequest::METHOD,
     ResizeRequest::METHOD,
     AttachRequest::METHOD,
+    TaskStartRequest::METHOD,
+    TaskStatusRequest::METHOD,
+    TaskCommitRequest::METHOD,
+    TaskPushRequest::METHOD,
+    TaskPrRequest::METHOD,
+    TaskListRequest::METHOD,
+    TaskEndRequest::METHOD,
 ];
 
 /// Every custom notification method.
@@ -1092,4 +1102,153 @@ pub struct SessionCost {
 pub struct RunCost {
     pub usd: f64,
     pub usd_per_hour: f64,
+}
+
+// Agent tasks (`sandlink/task/*`): a repository cloned into a fresh sandbox on a branch of its own, committed,
+// pushed from the host and opened as a pull request. Not the workspace's `.sandlink.toml` tasks above.
+
+request!(/// Starts an agent task: a new sandbox with the repository cloned at `ref` on the branch `task-{taskId}`.
+    TaskStartRequest, "sandlink/task/start", TaskStartParams, TaskInfo);
+request!(/// Reports one agent task.
+    TaskStatusRequest, "sandlink/task/status", TaskIdParams, TaskInfo);
+request!(/// Commits every change in the task's sandbox with a Conventional Commits message.
+    TaskCommitRequest, "sandlink/task/commit", TaskCommitParams, TaskInfo);
+request!(/// Pushes the task's branch from the host; the credential never enters the sandbox.
+    TaskPushRequest, "sandlink/task/push", TaskIdParams, TaskInfo);
+request!(/// Opens (or finds) the pull request of the task's branch.
+    TaskPrRequest, "sandlink/task/pr", TaskPrParams, TaskInfo);
+request!(/// Lists the agent tasks this machine knows, ended ones included.
+    TaskListRequest, "sandlink/task/list", EmptyParams, TaskListResult);
+request!(/// Ends an agent task: its sandbox removed (unless `keep`), its record kept.
+    TaskEndRequest, "sandlink/task/end", TaskEndParams, TaskInfo);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskStartParams {
+    /// The repository's URL (`https://host/owner/repo(.git)`, `http://` for a local server, or `file://`). Without
+    /// it, the workspace's own repository: its current commit, with uncommitted changes carried over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// The branch, tag or commit to start from; default: the remote's default branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// Names the task and its branch `task-{taskId}`: letters, digits, `-`, `_`, `.`.
+    pub task_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The profile whose driver and settings the sandbox uses, and whose keychain holds `githubToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// A driver instead of a profile (default: the default profile's, else `local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Map<String, Value>>,
+    /// The standard LSP work-done token; progress for the start goes there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_done_token: Option<Value>,
+    /// The workspace whose repository a start without `repo` uses (URI or path); default: the server's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_folder: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskIdParams {
+    pub task_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskCommitParams {
+    pub task_id: String,
+    /// `type(scope)?: subject` (Conventional Commits); refused with `invalidParams` otherwise.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskPrParams {
+    pub task_id: String,
+    /// Default: the task's title, else its first commit's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Default: the task's commits, one line each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub draft: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskEndParams {
+    pub task_id: String,
+    /// Keep the sandbox (as a kept session) instead of removing it.
+    #[serde(default)]
+    pub keep: bool,
+}
+
+/// Where an agent task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TaskState {
+    /// The sandbox is up on the task's branch; nothing pushed since the last commit.
+    Running,
+    /// Every commit is on the remote.
+    Pushed,
+    /// Ended after its work was pushed (or with nothing to push).
+    Done,
+    /// The sandbox died or the task ended with commits the remote never got; `pushedCommit` says what it has.
+    Failed,
+}
+
+/// One commit of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCommit {
+    pub sha: String,
+    pub message: String,
+}
+
+/// An agent task as its record keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskInfo {
+    pub task_id: String,
+    pub repo: String,
+    pub branch: String,
+    /// The branch the task started from and its pull request targets.
+    pub base_branch: String,
+    /// The commit the task's branch is based on (moved by a rebase before a push).
+    pub base_commit: String,
+    pub state: TaskState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The sandbox's session while the task has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub commits: Vec<TaskCommit>,
+    /// The last commit the remote acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr_number: Option<u64>,
+    /// Why the task failed, as a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskListResult {
+    /// Newest first.
+    pub tasks: Vec<TaskInfo>,
 }

@@ -91,7 +91,10 @@ end)
 test('completion_should_offer_subcommands_then_their_arguments', function()
   local commands = require('sandlink.commands')
   assert_equal({ 'allow', 'cancel', 'conflicts', 'connect', 'disconnect', 'extend', 'preview', 'profiles', 'quickfix', 'resolve',
-    'run', 'runs', 'secrets', 'sessions', 'shell', 'status', 'sync', 'terminal' }, commands.complete('', 'Sandlink ', 9), 'subcommands')
+    'run', 'runs', 'secrets', 'sessions', 'shell', 'status', 'sync', 'task', 'terminal' }, commands.complete('', 'Sandlink ', 9),
+    'subcommands')
+  assert_equal({ 'commit', 'end', 'list', 'pr', 'push', 'start', 'status' }, commands.complete('', 'Sandlink task ', 14),
+    'task actions')
   assert_equal({ 'connect' }, commands.complete('conn', 'Sandlink conn', 13), 'prefix')
   assert_equal({ 'up', 'down', 'both' }, commands.complete('', 'Sandlink sync ', 14), 'sync directions')
   assert_equal({ 'down' }, commands.complete('d', 'Sandlink sync d', 15), 'sync prefix')

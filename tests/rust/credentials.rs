@@ -365,3 +365,39 @@ fn the_command_line_should_store_a_credential_read_from_stdin() {
     assert_eq!(keychain.lookup("viacli", "token"), token, "stored without the trailing newline");
     server.request("sandlink/connect", json!({ "profile": "viacli", "sync": false })).expect("usable by the server");
 }
+
+/// Agent tasks read their GitHub token from the task's profile in the keychain, whatever the profile's driver, and
+/// deleting the profile deletes the token too.
+#[test]
+fn a_github_token_in_any_profile_should_reach_an_agent_tasks_git_and_go_with_the_profile() {
+    let Some(keychain) = keychain_or_skip() else { return };
+    let token = "ghp_keychainTaskToken0123456789";
+    let Some(git) = support::fake::FakeProcess::start("git", "SANDLINK_GIT_FAKE_SERVER", "git_server.py", &["--token", token]) else {
+        return;
+    };
+    git.admin("POST", "/_admin/repos", Some(json!({ "name": "acme/tools", "files": 3 })));
+    let Setup { server, config: _config, workspace: _workspace, state: _state } = start(keychain.env());
+    server.request("sandlink/saveProfile", json!({ "name": "tasks", "driver": "local" })).expect("the profile is saved");
+    server
+        .request("sandlink/setCredential", json!({ "profile": "tasks", "key": "githubToken", "value": token }))
+        .expect("any profile may hold the GitHub token");
+    assert_eq!(keychain.lookup("tasks", "githubToken"), token);
+
+    let repo = format!("http://127.0.0.1:{}/acme/tools.git", git.port);
+    let task = server
+        .request_timeout("sandlink/task/start", json!({ "repo": repo, "taskId": "k1", "profile": "tasks" }), std::time::Duration::from_secs(120))
+        .expect("the keychain's token clones");
+    let session_id = task["sessionId"].as_str().expect("session");
+    let edit = server.run_to_exit(json!({ "sessionId": session_id, "command": "echo k > k.txt" }));
+    assert_eq!(edit.exit_code(), Some(0));
+    server.request("sandlink/task/commit", json!({ "taskId": "k1", "message": "feat: k" })).expect("commits");
+    let pushed = server
+        .request_timeout("sandlink/task/push", json!({ "taskId": "k1" }), std::time::Duration::from_secs(120))
+        .expect("the keychain's token pushes");
+    let branches = git.admin("GET", "/_admin/repos/acme/tools", None)["branches"].clone();
+    assert_eq!(branches["task-k1"], pushed["pushedCommit"]);
+    server.request("sandlink/task/end", json!({ "taskId": "k1" })).expect("ended");
+
+    server.request("sandlink/deleteProfile", json!({ "name": "tasks" })).expect("profile deleted");
+    assert_eq!(keychain.lookup("tasks", "githubToken"), "", "deleting a profile deletes its GitHub token");
+}

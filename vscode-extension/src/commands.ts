@@ -2,6 +2,7 @@
 
 import * as vscode from "vscode";
 
+import { openPullRequest, startTask } from "./agent_tasks";
 import { credentialChoices } from "./credentials";
 import { describeError, remoteFileScheme, type Ctx, type RunTarget } from "./ctx";
 import * as protocol from "./protocol";
@@ -972,4 +973,6 @@ export const commandFactories: Record<CommandId, (ctx: Ctx) => Cmd> = {
     [commandIds.resolveConflict]: resolveConflict,
     [commandIds.showSessions]: showSessions,
     [commandIds.openTerminal]: openTerminal,
+    [commandIds.startTask]: startTask,
+    [commandIds.openPullRequest]: openPullRequest,
 };

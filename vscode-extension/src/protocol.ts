@@ -179,7 +179,8 @@ export type ErrorKind =
     | "unknownJob"
     | "cancelled"
     | "hostKeyUnknown"
-    | "hostKeyChanged";
+    | "hostKeyChanged"
+    | "conflict";
 
 /** `error.data` of a `hostKeyUnknown` or `hostKeyChanged` error: the host and the fingerprint it presents now. */
 export interface HostKeyData {
@@ -475,6 +476,79 @@ export interface ResizeParams {
 /** Changes the window size of a run started with `pty`. */
 export const resize = new RequestType<ResizeParams, EmptyResult, void>("sandlink/resize");
 
+
+// Agent tasks: a repository cloned into a new sandbox on the branch `task-{taskId}`, committed, pushed from the host
+// and opened as a pull request (docs/tasks.md).
+export interface TaskStartParams {
+    /** `https://host/owner/repo(.git)`; `http://` for a local server. Without it, the workspace's own repository. */
+    repo?: string;
+    /** The branch, tag or commit to start from; default the remote's default branch. */
+    ref?: string;
+    taskId: string;
+    title?: string;
+    profile?: string;
+    driver?: string;
+    settings?: Record<string, unknown>;
+    workDoneToken?: string | number;
+    /** The workspace whose repository a start without `repo` uses; default the server's root. */
+    workspaceFolder?: string;
+}
+export type TaskState = "running" | "pushed" | "done" | "failed";
+export interface TaskCommit {
+    sha: string;
+    message: string;
+}
+export interface TaskInfo {
+    taskId: string;
+    repo: string;
+    branch: string;
+    baseBranch: string;
+    baseCommit: string;
+    state: TaskState;
+    title?: string;
+    profile?: string;
+    sessionId?: string;
+    commits: TaskCommit[];
+    pushedCommit?: string;
+    prUrl?: string;
+    prNumber?: number;
+    message?: string;
+    createdAt: string;
+    updatedAt: string;
+}
+export interface TaskIdParams {
+    taskId: string;
+}
+export interface TaskCommitParams {
+    taskId: string;
+    /** `type(scope)?: subject` (Conventional Commits). */
+    message: string;
+}
+export interface TaskPrParams {
+    taskId: string;
+    title?: string;
+    body?: string;
+    draft?: boolean;
+}
+export interface TaskEndParams {
+    taskId: string;
+    keep?: boolean;
+}
+export interface TaskListResult {
+    tasks: TaskInfo[];
+}
+/** `error.data` of a `conflict` error: the files the rebase onto the moved base could not merge. */
+export interface ConflictData {
+    kind: "conflict";
+    files: string[];
+}
+export const taskStart = new RequestType<TaskStartParams, TaskInfo, void>("sandlink/task/start");
+export const taskStatus = new RequestType<TaskIdParams, TaskInfo, void>("sandlink/task/status");
+export const taskCommit = new RequestType<TaskCommitParams, TaskInfo, void>("sandlink/task/commit");
+export const taskPush = new RequestType<TaskIdParams, TaskInfo, void>("sandlink/task/push");
+export const taskPr = new RequestType<TaskPrParams, TaskInfo, void>("sandlink/task/pr");
+export const taskList = new RequestType<Record<string, never>, TaskListResult, void>("sandlink/task/list");
+export const taskEnd = new RequestType<TaskEndParams, TaskInfo, void>("sandlink/task/end");
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Notifications, server to client (sent only because the client announces `experimental.sandlink.notifications`)

@@ -24,6 +24,8 @@ export const commandIds = {
     resolveConflict: "sandlink.resolveConflict",
     showSessions: "sandlink.showSessions",
     openTerminal: "sandlink.openTerminal",
+    startTask: "sandlink.startTask",
+    openPullRequest: "sandlink.openPullRequest",
 } as const;
 
 export type CommandId = (typeof commandIds)[keyof typeof commandIds];
@@ -225,6 +227,8 @@ export function isCommandEnabled(commandId: CommandId, state: ViewState): boolea
         case commandIds.showSessions:
         case commandIds.manageProfiles:
         case commandIds.setCredential:
+        case commandIds.startTask:
+        case commandIds.openPullRequest:
             return context[contextKeys.serverRunning];
         case commandIds.showLog:
         case commandIds.showActions:

@@ -1353,6 +1353,14 @@ commands.subcommands = {
       return candidates
     end,
   },
+  task = {
+    run = function(rest)
+      require('sandlink.agent_tasks').run(split_words(rest))
+    end,
+    complete = function()
+      return require('sandlink.agent_tasks').action_names()
+    end,
+  },
 }
 
 function commands.subcommand_names()

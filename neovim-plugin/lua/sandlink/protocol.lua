@@ -33,6 +33,14 @@ protocol.request = {
   keepalive = 'sandlink/keepalive',
   resize = 'sandlink/resize',
   attach = 'sandlink/attach',
+  -- Agent tasks: a repository cloned into a new sandbox on the branch task-{taskId} (see docs/tasks.md).
+  task_start = 'sandlink/task/start',
+  task_status = 'sandlink/task/status',
+  task_commit = 'sandlink/task/commit',
+  task_push = 'sandlink/task/push',
+  task_pr = 'sandlink/task/pr',
+  task_list = 'sandlink/task/list',
+  task_end = 'sandlink/task/end',
 }
 
 -- Notifications from the server, sent only because the client announces experimental.sandlink.notifications.
@@ -68,6 +76,8 @@ protocol.error_kind = {
   -- Both carry `data.host` and `data.fingerprint`; `accept_host_key` takes them back once the user checked it.
   host_key_unknown = 'hostKeyUnknown',
   host_key_changed = 'hostKeyChanged',
+  -- An agent task's push could not be rebased onto its moved base; `data.files` names the files.
+  conflict = 'conflict',
 }
 
 -- The fields of the shapes the plugin reads from the server, on the wire (see docs/protocol.md, "Shapes");

@@ -60,6 +60,14 @@ pub struct CredentialSpec {
     pub description: &'static str,
 }
 
+/// The GitHub token agent tasks push and open pull requests with; any profile may hold one, whatever its driver.
+pub const GITHUB_TOKEN: CredentialSpec = CredentialSpec {
+    key: "githubToken",
+    env_var: "GITHUB_TOKEN",
+    required: false,
+    description: "GitHub token for agent tasks",
+};
+
 /// Where a credential's value came from, for diagnostics (never the value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {

@@ -378,7 +378,8 @@ impl Engine {
         let deleted_name = name.to_string();
         statefile::blocking(move || profiles::delete_user_profile(&config_dir, &deleted_name)).await?;
         if let Ok(driver) = self.driver(&profile.driver) {
-            for spec in driver.credential_keys() {
+            // Any profile may also hold the agent tasks' GitHub token.
+            for spec in driver.credential_keys().iter().chain([&credentials::GITHUB_TOKEN]) {
                 if let Err(error) = keychain::delete(name, spec.key).await {
                     tracing::warn!(profile = name, key = spec.key, %error, "could not delete a stored credential");
                 }
@@ -396,6 +397,9 @@ impl Engine {
             Err(_) => self.load_profiles(None).await?,
         };
         let found = loaded.get(profile)?.clone();
+        if key == credentials::GITHUB_TOKEN.key {
+            return Ok(credentials::GITHUB_TOKEN);
+        }
         let driver = self.driver_for_profile(&found)?;
         let specs = driver.credential_keys();
         specs.iter().find(|spec| spec.key == key).copied().ok_or_else(|| {

@@ -502,6 +502,7 @@ mod tests {
                 stdin_refusal: None,
                 usd_per_hour: Some(3.6),
                 terminal: false,
+                log_cap: crate::profiles::runs::DEFAULT_LOG_CAP_BYTES,
             };
             let (handle, answered, task) = run::start(context, endless_process(&self.journal)).expect("a run");
             let _ = answered.send(());

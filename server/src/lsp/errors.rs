@@ -25,6 +25,7 @@ pub fn to_jsonrpc(error: &Error) -> jsonrpc::Error {
             data["host"] = json!(host);
             data["fingerprint"] = json!(fingerprint);
         }
+        Error::Conflict { files, .. } => data["files"] = json!(files),
         _ => {}
     }
     jsonrpc::Error { code, message: error.to_string().into(), data: Some(data) }

@@ -143,6 +143,13 @@ pub fn build_service() -> (LspService<Backend>, tower_lsp_server::ClientSocket) 
     .custom_method(proto::KeepaliveRequest::METHOD, Backend::keepalive)
     .custom_method(proto::ResizeRequest::METHOD, Backend::resize)
     .custom_method(proto::AttachRequest::METHOD, Backend::attach)
+    .custom_method(proto::TaskStartRequest::METHOD, Backend::task_start)
+    .custom_method(proto::TaskStatusRequest::METHOD, Backend::task_status)
+    .custom_method(proto::TaskCommitRequest::METHOD, Backend::task_commit)
+    .custom_method(proto::TaskPushRequest::METHOD, Backend::task_push)
+    .custom_method(proto::TaskPrRequest::METHOD, Backend::task_pr)
+    .custom_method(proto::TaskListRequest::METHOD, Backend::task_list)
+    .custom_method(proto::TaskEndRequest::METHOD, Backend::task_end)
     .finish()
 }
 
@@ -521,6 +528,65 @@ impl Backend {
     async fn accept_host_key(&self, params: Value) -> jsonrpc::Result<Value> {
         dispatch::<proto::AcceptHostKeyRequest, _, _>(params, |params| async move {
             self.engine.accept_host_key(&params.host, &params.fingerprint, params.config_file.as_deref()).await
+        })
+        .await
+    }
+
+    async fn task_start(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::TaskStartRequest, _, _>(params, |params| async move {
+            let token = Self::token(&params.work_done_token);
+            let progress = self.begin_progress(token, "sandlink: starting a task").await;
+            let (engine, root) = (self.engine.clone(), self.workspace_root());
+            detached::<proto::TaskStartRequest, _>(progress, move |progress| async move {
+                let outcome = crate::agent_tasks::start(&engine, params, root, &progress).await;
+                let summary = match &outcome {
+                    Ok(task) => format!("Task {} is ready on {}", task.task_id, task.branch),
+                    Err(error) => error.to_string(),
+                };
+                progress.end(Some(summary)).await;
+                outcome
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn task_status(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::TaskStatusRequest, _, _>(params, |params| async move {
+            crate::agent_tasks::status(&self.engine, &params.task_id).await
+        })
+        .await
+    }
+
+    async fn task_commit(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::TaskCommitRequest, _, _>(params, |params| async move {
+            crate::agent_tasks::commit(&self.engine, params).await
+        })
+        .await
+    }
+
+    async fn task_push(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::TaskPushRequest, _, _>(params, |params| async move {
+            crate::agent_tasks::push(&self.engine, &params.task_id).await
+        })
+        .await
+    }
+
+    async fn task_pr(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::TaskPrRequest, _, _>(params, |params| async move {
+            crate::agent_tasks::pull_request(&self.engine, params).await
+        })
+        .await
+    }
+
+    async fn task_list(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::TaskListRequest, _, _>(params, |_| async move { crate::agent_tasks::list(&self.engine).await })
+            .await
+    }
+
+    async fn task_end(&self, params: Value) -> jsonrpc::Result<Value> {
+        dispatch::<proto::TaskEndRequest, _, _>(params, |params| async move {
+            crate::agent_tasks::end(&self.engine, params).await
         })
         .await
     }

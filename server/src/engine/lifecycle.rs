@@ -8,6 +8,9 @@
 //! request), `extend` and `status`. A session is in use while a run is in flight or its last activity (runs, syncs,
 //! saves) is within the driver's idle window.
 
+// Run limits, cost limits and the health heartbeat: more of the manager's one look a second, in a file of its own.
+mod limits;
+
 use crate::locks::lock;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -147,7 +150,7 @@ pub struct Manager {
     watched: Arc<Mutex<HashMap<String, Watched>>>,
     started: std::sync::Once,
     /// Run limits, cost limits, keepalives and heartbeats (see `limits`).
-    limits: super::limits::State,
+    limits: limits::State,
     audit: Arc<super::audit::Audit>,
     /// How often it looks, in milliseconds (`TICK`; tests that drive a fake's clock look more often).
     tick_ms: std::sync::atomic::AtomicU64,
@@ -166,7 +169,7 @@ impl Manager {
             events,
             watched: Arc::default(),
             started: std::sync::Once::new(),
-            limits: super::limits::State::default(),
+            limits: limits::State::default(),
             audit,
             tick_ms: std::sync::atomic::AtomicU64::new(TICK.as_millis() as u64),
         })
@@ -181,7 +184,7 @@ impl Manager {
         &*self.clock
     }
 
-    pub(super) fn limits(&self) -> &super::limits::State {
+    pub(super) fn limits(&self) -> &limits::State {
         &self.limits
     }
 

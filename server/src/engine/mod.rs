@@ -17,7 +17,6 @@ pub mod session;
 pub mod store;
 mod syncing;
 pub mod audit;
-mod limits;
 mod manage;
 mod terminal;
 pub mod runlog;

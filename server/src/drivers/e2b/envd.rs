@@ -391,7 +391,7 @@ async fn follow_run(
                 tokio::select! {
                     ended = &mut pump => break ended,
                     () = tokio::time::sleep(RECOVERY_POLL), if recovering => {
-                        match recovery::catch_up(&envd, tuning, folder, &delivery(&shared, &outputs)).await {
+                        match catch_up(&envd, tuning, folder, &delivery(&shared, &outputs)).await {
                             Ok(Some(_)) => {}
                             // No files: nothing to recover from; what the streams carry is all there is.
                             Ok(None) => recovering = false,
@@ -469,6 +469,21 @@ const RECOVERY_POLL: Duration = Duration::from_millis(250);
 /// Failed reads in a row before a recovering run's end is reported with what was delivered.
 const RECOVERY_ATTEMPTS: u32 = 20;
 
+/// Delivers what a recoverable run's files hold beyond what was delivered (see `recovery`); `None` when the run has
+/// no files.
+async fn catch_up(
+    envd: &Arc<Envd>,
+    tuning: StreamTuning,
+    folder: &str,
+    delivery: &recovery::Delivery<'_>,
+) -> Result<Option<(u64, u64)>> {
+    let read = run_once(envd, tuning, recovery::catch_up_command(folder, delivery));
+    let reply = tokio::time::timeout(recovery::CATCH_UP_LIMIT, read)
+        .await
+        .map_err(|_| Error::Remote { status: None, message: "Reading a run's output files took too long.".into() })??;
+    recovery::deliver(&reply, delivery).await
+}
+
 fn delivery<'a>(shared: &'a RunShared, outputs: &'a Outputs) -> recovery::Delivery<'a> {
     recovery::Delivery {
         stdout: &outputs.stdout,
@@ -489,7 +504,7 @@ async fn deliver_the_rest(
 ) -> ExitStatus {
     let mut failures = 0;
     loop {
-        match recovery::catch_up(envd, tuning, folder, &delivery(shared, outputs)).await {
+        match catch_up(envd, tuning, folder, &delivery(shared, outputs)).await {
             Ok(None) => return status,
             Ok(Some((stdout_total, stderr_total)))
                 if stdout_total <= shared.stdout_bytes.load(Ordering::SeqCst)

@@ -4,22 +4,19 @@
 //! run's end; the files are complete by then, since the wrapper waits for its `tee`s.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::client::Envd;
-use super::envd::StreamTuning;
 use crate::drivers::detached::{parse_catch_up, CATCH_UP, READ_BYTES};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Where recoverable runs keep their output files.
 const RUNS_FOLDER: &str = "/tmp/.sandlink-tee";
 
 /// How long one catch-up may take; a sandbox that stopped answering is found by the stream's own health check.
-const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
 
 /// `$1` = folder, then the program and its arguments: runs it with stdout and stderr copied into `out` and `err` as
 /// they pass (through FIFOs and `tee -a`), waits for the copies, and exits with its status. Folders of runs older
@@ -62,14 +59,8 @@ pub struct Delivery<'a> {
     pub stderr_bytes: &'a std::sync::atomic::AtomicU64,
 }
 
-/// Delivers what the files hold beyond what was delivered; answers the files' sizes then, or `None` when there are
-/// no files (the wrapper could not make them and ran the program as it was).
-pub async fn catch_up(
-    envd: &Arc<Envd>,
-    tuning: StreamTuning,
-    folder: &str,
-    delivery: &Delivery<'_>,
-) -> Result<Option<(u64, u64)>> {
+/// The command that reads what the run's files hold beyond what was delivered; envd runs it (`envd::run_once`).
+pub fn catch_up_command(folder: &str, delivery: &Delivery<'_>) -> Value {
     let stdout_from = delivery.stdout_bytes.load(Ordering::SeqCst);
     let stderr_from = delivery.stderr_bytes.load(Ordering::SeqCst);
     let arguments = vec![
@@ -81,12 +72,13 @@ pub async fn catch_up(
         stderr_from.to_string(),
         READ_BYTES.to_string(),
     ];
-    let config = json!({ "cmd": "/bin/sh", "args": arguments, "envs": {}, "cwd": "/" });
-    let read = super::envd::run_once(envd, tuning, config);
-    let reply = tokio::time::timeout(CATCH_UP_LIMIT, read)
-        .await
-        .map_err(|_| Error::Remote { status: None, message: "Reading a run's output files took too long.".into() })??;
-    let Some(piece) = parse_catch_up(&reply)? else { return Ok(None) };
+    json!({ "cmd": "/bin/sh", "args": arguments, "envs": {}, "cwd": "/" })
+}
+
+/// Delivers what a catch-up read from the files; answers the files' sizes then, or `None` when there are no files
+/// (the wrapper could not make them and ran the program as it was).
+pub async fn deliver(reply: &[u8], delivery: &Delivery<'_>) -> Result<Option<(u64, u64)>> {
+    let Some(piece) = parse_catch_up(reply)? else { return Ok(None) };
     if !piece.stdout.is_empty() {
         delivery.stdout_bytes.fetch_add(piece.stdout.len() as u64, Ordering::SeqCst);
         let _ = delivery.stdout.send(Bytes::from(piece.stdout)).await;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::lifecycle::Manager;
-use super::Session;
+use super::Manager;
+use crate::engine::Session;
 use crate::locks::lock;
 use crate::policy::{self, RunDecision, RunLimit};
 use crate::protocol::{ExitReason, LimitReason, SessionState, SessionStateParams, TimeoutWarningParams};
@@ -201,7 +201,7 @@ impl Manager {
                 self.events()
                     .timeout_warning(TimeoutWarningParams {
                         session_id: session.id.clone(),
-                        expires_at: super::lifecycle::rfc3339(ends_at),
+                        expires_at: super::rfc3339(ends_at),
                         seconds_left,
                         reason: Some(LimitReason::RunLimit),
                         run_id: Some(run_id),
@@ -383,7 +383,7 @@ mod tests {
             let mut lease = lock(&self.lease);
             let lease = lease.as_mut().expect("a lease");
             lease.expires_at += time::Duration::seconds(seconds as i64);
-            Ok(super::super::lifecycle::rfc3339(lease.expires_at))
+            Ok(super::super::rfc3339(lease.expires_at))
         }
 
         async fn status(&self) -> crate::error::Result<SandboxStatus> {

@@ -83,6 +83,30 @@ impl PartedFile {
         PartedFile { path: path.to_string(), size, folder: format!("{}/{}", parts_root(), &key[..24]), parts: Vec::new() }
     }
 
+    /// Reads a big file's content from `content` in parts of `part_bytes()` and hands each to `send` with its
+    /// destination in the sandbox (the parts folder); answers the file with its parts named, for `join_lines`.
+    pub fn split(
+        content: &mut impl std::io::Read,
+        path: &str,
+        size: u64,
+        mtime_seconds: u64,
+        mut send: impl FnMut(String, Vec<u8>) -> crate::error::Result<()>,
+    ) -> crate::error::Result<PartedFile> {
+        let mut parted = PartedFile::new(path, size, mtime_seconds);
+        let part_bytes = part_bytes();
+        loop {
+            let mut bytes = Vec::with_capacity(part_bytes);
+            std::io::Read::read_to_end(&mut std::io::Read::take(&mut *content, part_bytes as u64), &mut bytes)
+                .map_err(|source| crate::error::Error::io(format!("Could not read {path} from the upload archive"), source))?;
+            if bytes.is_empty() {
+                return Ok(parted);
+            }
+            let name = PartedFile::part_name(parted.parts.len(), &bytes);
+            send(format!("{}/{name}", parted.folder), bytes)?;
+            parted.parts.push(name);
+        }
+    }
+
     /// The name of the part at `index` holding `bytes`: the index first (so names sort in order), then the content's
     /// hash (so a part of other content, left by an earlier version of the file, never passes for this one).
     pub fn part_name(index: usize, bytes: &[u8]) -> String {

@@ -168,20 +168,11 @@ fn unpack(archive: BoxedReader, root: &str, parts: mpsc::Sender<Upload>) -> Resu
         }
         let size = entry.header().size().unwrap_or(0);
         if size > threshold {
-            let mut parted = PartedFile::new(&relative, size, mtime.unwrap_or(0));
-            parts.blocking_send(Upload::PartsFolder(parted.folder.clone())).map_err(|_| stopped())?;
-            let part_bytes = chunks::part_bytes();
-            loop {
-                let mut bytes = Vec::with_capacity(part_bytes);
-                std::io::Read::read_to_end(&mut std::io::Read::take(&mut entry, part_bytes as u64), &mut bytes)
-                    .map_err(|source| Error::io(format!("Could not read {relative} from the upload archive"), source))?;
-                if bytes.is_empty() {
-                    break;
-                }
-                let name = PartedFile::part_name(parted.parts.len(), &bytes);
-                parts.blocking_send(Upload::Part { destination: format!("{}/{name}", parted.folder), bytes }).map_err(|_| stopped())?;
-                parted.parts.push(name);
-            }
+            let folder = PartedFile::new(&relative, size, mtime.unwrap_or(0)).folder;
+            parts.blocking_send(Upload::PartsFolder(folder)).map_err(|_| stopped())?;
+            let parted = PartedFile::split(&mut entry, &relative, size, mtime.unwrap_or(0), |destination, bytes| {
+                parts.blocking_send(Upload::Part { destination, bytes }).map_err(|_| stopped())
+            })?;
             staged.parted.push(parted);
         } else {
             let mut content = Vec::new();

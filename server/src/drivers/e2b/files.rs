@@ -399,21 +399,11 @@ fn encode_upload(
         if size > threshold {
             // The batch so far goes first, so its request is not held open while the parts travel.
             batches.close()?;
-            let mut parted = PartedFile::new(&relative, size, mtime.unwrap_or(0));
-            requests.blocking_send(Upload::PartsFolder(parted.folder.clone())).map_err(|_| upload_stopped())?;
-            let part_bytes = chunks::part_bytes();
-            loop {
-                let mut bytes = Vec::with_capacity(part_bytes);
-                std::io::Read::read_to_end(&mut std::io::Read::take(&mut entry, part_bytes as u64), &mut bytes)
-                    .map_err(|source| Error::io(format!("Could not read {relative} from the upload archive"), source))?;
-                if bytes.is_empty() {
-                    break;
-                }
-                let name = PartedFile::part_name(parted.parts.len(), &bytes);
-                let destination = format!("{}/{name}", parted.folder);
-                requests.blocking_send(Upload::Part { destination, bytes: Bytes::from(bytes) }).map_err(|_| upload_stopped())?;
-                parted.parts.push(name);
-            }
+            let folder = PartedFile::new(&relative, size, mtime.unwrap_or(0)).folder;
+            requests.blocking_send(Upload::PartsFolder(folder)).map_err(|_| upload_stopped())?;
+            let parted = PartedFile::split(&mut entry, &relative, size, mtime.unwrap_or(0), |destination, bytes| {
+                requests.blocking_send(Upload::Part { destination, bytes: Bytes::from(bytes) }).map_err(|_| upload_stopped())
+            })?;
             extras.parted.push(parted);
         } else {
             let mut destination = format!("{root}/{}/{relative}", extras.stage);

@@ -119,19 +119,11 @@ fn repack(archive: Vec<u8>, stage: String) -> Result<Packed> {
         } else if kind.is_file() && header.size().unwrap_or(0) > threshold {
             let size = header.size().unwrap_or(0);
             mtimes.push((relative.clone(), header.mtime().unwrap_or(0)));
-            let mut file = PartedFile::new(&relative, size, header.mtime().unwrap_or(0));
-            let part_bytes = chunks::part_bytes();
-            loop {
-                let mut bytes = Vec::with_capacity(part_bytes);
-                std::io::Read::read_to_end(&mut std::io::Read::take(&mut entry, part_bytes as u64), &mut bytes).map_err(reading)?;
-                if bytes.is_empty() {
-                    break;
-                }
-                let name = PartedFile::part_name(file.parts.len(), &bytes);
-                let destination = format!("{}/{name}", file.folder);
-                parts.push((destination.clone(), bytes.len() as u64, one_file_archive(&destination, &bytes)?));
-                file.parts.push(name);
-            }
+            let file = PartedFile::split(&mut entry, &relative, size, header.mtime().unwrap_or(0), |destination, bytes| {
+                let archive = one_file_archive(&destination, &bytes)?;
+                parts.push((destination, bytes.len() as u64, archive));
+                Ok(())
+            })?;
             parted.push((file, header.mode().unwrap_or(0o644) & crate::sync::PERMISSION_BITS));
         } else if kind.is_dir() || kind.is_file() {
             if kind.is_file() {

@@ -127,7 +127,7 @@ fn assert_token_absent(server: &Server, session_id: &str, step: &str) {
     assert!(!environment.stdout.contains(CANARY), "after {step}, the sandbox's environment or git config holds the token");
     // The sandbox's root, and its /tmp where that is the sandbox's own (the local driver's; E2B's test server runs
     // commands on this machine, whose /tmp is shared).
-    let private_tmp = if session_id.starts_with("local-") { " /tmp" } else { "" };
+    let private_tmp = if session_id.starts_with("local-") || session_id.starts_with("docker-") { " /tmp" } else { "" };
     // Split in two so the command itself (which reaches the provider and the run's log) never holds the token.
     let (front, back) = CANARY.split_at(CANARY.len() / 2);
     let command = format!("grep -rl \"{front}\"\"{back}\" .{private_tmp} 2>/dev/null; true");
@@ -138,7 +138,7 @@ fn assert_token_absent(server: &Server, session_id: &str, step: &str) {
     // Nor the environment of any process the sandbox can see (the sandbox's own agent included). Only where the
     // sandbox has a process table of its own: E2B's test server runs commands on this machine, where the server
     // process itself (given the token through its environment by this test) is visible.
-    if !session_id.starts_with("local-") {
+    if !(session_id.starts_with("local-") || session_id.starts_with("docker-")) {
         return;
     }
     let environments = format!(
@@ -485,6 +485,57 @@ fn a_sandbox_without_git_should_refuse_the_task_and_leave_nothing_behind() {
 
 /// The same task on the `e2b` driver against its test server: the repository goes in through envd's file API and
 /// git runs there, and the token appears in no request sandlink made to the provider.
+#[test]
+fn a_task_on_docker_should_commit_push_and_open_a_pull_request_without_the_token_entering_the_container() {
+    let image = std::process::Command::new("docker").args(["image", "inspect", "sandlink-test:git"]).output();
+    if support::skip_unless(image.is_ok_and(|output| output.status.success()), "docker with the sandlink-test:git image") {
+        return;
+    }
+    let Some(remotes) = Remotes::start(20) else { return };
+    let mut server_env = vec![
+        ("GITHUB_TOKEN".to_string(), CANARY.to_string()),
+        ("GITHUB_API_URL".to_string(), format!("http://127.0.0.1:{}", remotes.github.port)),
+    ];
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        server_env.push(("DOCKER_HOST".into(), host));
+    }
+    let server = Server::start_with(StartOptions { env: server_env, ..StartOptions::default() });
+    let task = server
+        .request_timeout(
+            "sandlink/task/start",
+            json!({ "repo": remotes.repo_url(), "taskId": "d1", "title": "Greet from a container", "driver": "docker", "settings": { "image": "sandlink-test:git" } }),
+            SLOW,
+        )
+        .expect("the task starts in a container");
+    assert_eq!(task["branch"], "task-d1");
+    let session_id = task["sessionId"].as_str().expect("the task's session").to_string();
+    assert!(session_id.starts_with("docker-"), "{session_id}");
+    let on_branch = run_in(&server, &session_id, "git rev-parse --abbrev-ref HEAD");
+    assert_eq!(on_branch.stdout.trim(), "task-d1");
+    assert_token_absent(&server, &session_id, "start");
+    run_in(&server, &session_id, "echo hello from docker > greeting.txt");
+    let refused = server.request_error("sandlink/task/commit", json!({ "taskId": "d1", "message": "greeting" }));
+    assert_eq!(refused.kind.as_deref(), Some("invalidParams"));
+    server
+        .request("sandlink/task/commit", json!({ "taskId": "d1", "message": "feat: greet from a container" }))
+        .expect("a conventional commit is accepted");
+    assert_token_absent(&server, &session_id, "commit");
+    let pushed = server.request_timeout("sandlink/task/push", json!({ "taskId": "d1" }), SLOW).expect("the push succeeds");
+    assert_eq!(remotes.branches()["task-d1"], pushed["pushedCommit"], "the branch is on the git server");
+    assert_token_absent(&server, &session_id, "push");
+    let opened = server.request_timeout("sandlink/task/pr", json!({ "taskId": "d1" }), SLOW).expect("the pull request opens");
+    let pulls = remotes.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!((pulls[0]["head"]["ref"].as_str(), pulls[0]["base"]["ref"].as_str()), (Some("task-d1"), Some("main")));
+    assert_eq!(pulls[0]["title"], "Greet from a container");
+    assert_eq!(pulls[0]["html_url"], opened["prUrl"]);
+    assert_token_absent(&server, &session_id, "pr");
+    let ended = server.request("sandlink/task/end", json!({ "taskId": "d1" })).expect("the task ends");
+    assert_eq!(ended["state"], "done");
+    assert_no_canary_under(server.state_dir(), "end");
+    assert!(!server.stderr().contains(CANARY));
+}
+
 #[test]
 fn a_task_on_e2b_should_push_and_open_a_pull_request_without_the_token_reaching_the_provider() {
     const E2B_KEY: &str = "e2b_sandlink_test_key_5f0c9a7e31";

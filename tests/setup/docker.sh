@@ -81,7 +81,31 @@ build_test_image() {
     tar -C "$rootfs" -c . | docker import --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin' - "$test_image" >/dev/null
 }
 
+# A second image with git in it for the agent-task tests (clone, commit and bundle happen in the sandbox): the
+# busybox image plus this machine's git binary and the libraries it links, again imported without a registry.
+git_test_image="sandlink-test:git"
+build_git_test_image() {
+    if docker image inspect "$git_test_image" >/dev/null 2>&1; then
+        return
+    fi
+    local git_binary rootfs library
+    git_binary="$(command -v git)" || { echo "tests/setup/docker.sh: git is needed for $git_test_image" >&2; exit 1; }
+    rootfs="$(mktemp -d)"
+    trap 'rm -rf "$rootfs"' RETURN
+    docker create --name sandlink-git-image-base "$test_image" >/dev/null
+    docker export sandlink-git-image-base | tar -C "$rootfs" -x
+    docker rm sandlink-git-image-base >/dev/null
+    mkdir -p "$rootfs/usr/bin"
+    cp "$git_binary" "$rootfs/usr/bin/git"
+    for library in $(ldd "$git_binary" | awk '/=>/ { print $3 } /^[[:space:]]*\// { print $1 }'); do
+        mkdir -p "$rootfs$(dirname "$library")"
+        cp -L "$library" "$rootfs$library"
+    done
+    tar -C "$rootfs" -c . | docker import --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/usr/bin:/bin' - "$git_test_image" >/dev/null
+}
+
 install_packages
 start_daemon
 build_test_image
+build_git_test_image
 echo "DOCKER_HOST=$docker_host" >"$run_directory/docker.env"

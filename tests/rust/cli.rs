@@ -105,12 +105,22 @@ fn a_sandlink_installed_under_tmp_should_still_start_its_sandbox_agent() {
     std::fs::copy(support::binary(), &copied).expect("copy the binary");
     let workspace = support::workspace_with(&[]);
     let state = tempfile::tempdir().expect("state dir");
-    let output = Command::new(&copied)
-        .env("SANDLINK_STATE_DIR", state.path())
-        .current_dir(workspace.path())
-        .args(["run", "--", "echo fine"])
-        .output()
-        .expect("the copied binary runs");
+    // Another test's fork may briefly hold the copy open for writing (ETXTBSY) until that child execs: try again.
+    let mut attempts = 0;
+    let output = loop {
+        let outcome = Command::new(&copied)
+            .env("SANDLINK_STATE_DIR", state.path())
+            .current_dir(workspace.path())
+            .args(["run", "--", "echo fine"])
+            .output();
+        match outcome {
+            Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            outcome => break outcome.expect("the copied binary runs"),
+        }
+    };
     assert_eq!(String::from_utf8_lossy(&output.stdout), "fine\n");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("agent did not start") && !stderr.contains("execvp"), "{stderr}");

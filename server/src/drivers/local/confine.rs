@@ -81,6 +81,13 @@ impl Confinement {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // Signals the editor or a `nohup` left ignored would be inherited across exec: a run starts with every
+            // signal at its default, as in a fresh terminal, so `kill -HUP` ends it wherever sandlink was started.
+            for signal in 1..libc::SIGRTMIN() {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
             if self.mechanism == Mechanism::Unconfined {
                 return Ok(());
             }

@@ -248,6 +248,21 @@ impl Engine {
         tokio::spawn(follower.run(0, 0, answered));
     }
 
+    /// Stops the lifecycle manager's warnings for a detached run once its record says it ended (or is gone).
+    pub(super) fn forget_limit_once_ended(&self, run_id: &str) {
+        let (state_dir, lifecycle, run_id) = (self.state_dir.clone(), self.lifecycle.clone(), run_id.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let record = read_record(&state_dir, &run_id);
+                if record.is_none_or(|record| record.exit.is_some()) {
+                    lifecycle.forget_run(&run_id);
+                    return;
+                }
+            }
+        });
+    }
+
     /// `sandlink/attach`: where the run stands, then its output from the offsets and its exit as notifications,
     /// once the caller releases the returned sender (after answering).
     pub async fn attach(&self, params: AttachParams) -> Result<(AttachResult, oneshot::Sender<()>)> {

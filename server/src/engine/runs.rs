@@ -73,6 +73,10 @@ impl Engine {
             // The run's (or the profile's) hard limit is enforced by its wrapper in the sandbox, with or without a server.
             let hard_limit = limit.as_ref().map(|limit| limit.max_duration);
             let record = self.start_detached(&session, &run_id, &params, cwd, command, hard_limit).await?;
+            if let Some(limit) = limit {
+                self.lifecycle.watch_detached_run(&run_id, &session, limit);
+                self.forget_limit_once_ended(&run_id);
+            }
             let (answered_sender, answered) = tokio::sync::oneshot::channel();
             self.follow_detached(record, session.clone(), answered);
             return Ok((run_id, answered_sender));

@@ -34,6 +34,9 @@ struct WatchedRun {
     started: OffsetDateTime,
     warned: BTreeSet<u64>,
     stopping: bool,
+    /// A detached run: not in the engine's table of runs, and stopped at its limit by its own wrapper in the
+    /// sandbox; the manager only warns before that and forgets it once it ended (`forget_run`).
+    detached: bool,
 }
 
 /// One session's cost limit and heartbeat.
@@ -82,9 +85,23 @@ impl Manager {
             started: self.clock().now(),
             warned: BTreeSet::new(),
             stopping: false,
+            detached: false,
         };
         lock(&self.limits().runs).insert(run_id.to_string(), watched);
         self.ensure_started();
+    }
+
+    /// Warns about a detached run nearing `limit` (its wrapper in the sandbox stops it there by itself).
+    pub fn watch_detached_run(self: &Arc<Self>, run_id: &str, session: &Arc<Session>, limit: RunLimit) {
+        self.watch_run(run_id, session, limit);
+        if let Some(watched) = lock(&self.limits().runs).get_mut(run_id) {
+            watched.detached = true;
+        }
+    }
+
+    /// Stops watching a run that ended.
+    pub fn forget_run(&self, run_id: &str) {
+        lock(&self.limits().runs).remove(run_id);
     }
 
     /// Watches a session's health and, with `max_cost`, its cost at `usd_per_hour` since it started.
@@ -146,7 +163,7 @@ impl Manager {
             let mut runs = lock(&self.limits().runs);
             runs.retain(|run_id, watched| {
                 let Some(session) = watched.session.upgrade() else { return false };
-                if !runs_in_table.contains_key(run_id) {
+                if !watched.detached && !runs_in_table.contains_key(run_id) {
                     return false;
                 }
                 if watched.stopping {
@@ -160,6 +177,8 @@ impl Manager {
                         let ends_at = watched.started + watched.limit.max_duration;
                         due.push(Due::WarnRun { run_id: run_id.clone(), session, threshold_seconds, seconds_left, ends_at });
                     }
+                    // The wrapper of a detached run stops it at this same limit, even with no server.
+                    RunDecision::Stop if watched.detached => return false,
                     RunDecision::Stop => {
                         watched.stopping = true;
                         due.push(Due::StopRun { run_id: run_id.clone(), session, limit: watched.limit.max_duration });
@@ -547,6 +566,26 @@ mod tests {
         assert_eq!(journal.first().map(String::as_str), Some("snapshot sandlink-runLimit-run-1"), "{journal:?}");
         assert_eq!(journal.get(1).map(String::as_str), Some("Terminate"), "the snapshot comes before the stop: {journal:?}");
         assert_eq!(lock(&setup.heard.warnings).len(), 2, "no warning after the stop");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_run_should_be_warned_at_each_threshold_and_left_to_its_own_wrapper_at_the_limit() {
+        let setup = setup(None);
+        // Not in the engine's table: a detached run lives in its sandbox, followed apart from the table.
+        let limit = RunLimit::for_run(&policy::Lifecycle::default(), None, None, true).expect("the detached default");
+        setup.manager.watch_detached_run("run-d", &setup.session, limit);
+        tokio::time::sleep(Duration::from_secs(3599)).await;
+        let warned: Vec<u64> = lock(&setup.heard.warnings).iter().map(|warning| warning.seconds_left).collect();
+        assert_eq!(warned, vec![1800, 600], "warned at 30 and 50 minutes, once each");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(lock(&setup.heard.exits).is_empty(), "its wrapper stops it; the manager sends no exit of its own");
+        assert!(lock(&setup.journal).is_empty(), "no snapshot or signal from the manager");
+        assert!(setup.manager.run_limit_end("run-d").is_none(), "forgotten at its limit");
+
+        setup.manager.watch_detached_run("run-e", &setup.session, RunLimit { max_duration: Duration::from_secs(600), warn_at: vec![Duration::from_secs(300)] });
+        setup.manager.forget_run("run-e");
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        assert_eq!(lock(&setup.heard.warnings).len(), 2, "a run that ended is not warned about");
     }
 
     #[tokio::test(start_paused = true)]

@@ -201,6 +201,8 @@ local function sandbox_file(name)
   return current_workspace().session.remoteRoot .. '/' .. name
 end
 
+-- While body runs, records the params of every request whose method is in `methods` and answers each vim.ui.select
+-- with answer(items, options) (the prompts are recorded too). Returns the records and the notifications.
 local function recording_requests_and_prompts(methods, answer, body)
   local client = require('sandlink.client')
   local original_request, original_select = client.request, vim.ui.select
@@ -753,8 +755,49 @@ test('a_session_connected_through_execute_command_should_be_adopted', function()
   end)
 end)
 
--- While body runs, records the params of every request whose method is in `methods` and answers each vim.ui.select
--- with answer(items, options) (the prompts are recorded too). Returns the records and the notifications.
+test('a_driver_without_its_key_should_offer_to_store_it_in_the_keychain_and_connect_with_it', function()
+  -- The keyed test driver needs a setting (the token's hash, asked for at connect) and a key, as a cloud driver does.
+  local token = 'e2e-keyed-token-4821'
+  local token_hash = 'c5188a0349d802b4078f11b4d6b9564e3d7713af1185d88b69bc93e414462875'
+  local workspace = current_workspace()
+  assert_true(workspace.session == nil, 'disconnected at the start')
+  local original_input, original_secret = vim.ui.input, vim.fn.inputsecret
+  local asked_input, asked_secret = {}, {}
+  vim.ui.input = function(options, on_confirm)
+    table.insert(asked_input, options.prompt)
+    on_confirm(token_hash)
+  end
+  vim.fn.inputsecret = function(prompt)
+    table.insert(asked_secret, prompt)
+    return token
+  end
+  local done, connect_error, session
+  local record = recording_requests_and_prompts({ 'sandlink/connect', 'sandlink/setCredential' }, function(items, options)
+    return options.kind == 'sandlink.store_key' and items[1] or nil
+  end, function()
+    require('sandlink').connect({ driver = 'keyed' }, function(err, value)
+      done, connect_error, session = true, err, value
+    end)
+    wait_for('the connect to end', 30000, function()
+      return done
+    end)
+  end)
+  vim.ui.input, vim.fn.inputsecret = original_input, original_secret
+  assert_true(connect_error == nil, 'connected: ' .. vim.inspect(connect_error))
+  assert_equal('keyed', session.profile, 'connected with the profile that holds the key')
+  assert_matches('expectedTokenHash', asked_input[1] or '', 'the setting was asked for')
+  assert_matches('test token', asked_secret[1] or '', 'the key was asked for, hidden')
+  assert_equal(2, #record.requests['sandlink/connect'], 'refused without the key, then connected with it')
+  assert_equal('keyed', record.requests['sandlink/connect'][2].profile, 'the retry names the profile')
+  assert_equal({ { profile = 'keyed', key = 'token', value = token } }, record.requests['sandlink/setCredential'],
+    'stored once')
+  assert_matches('needs test token', record.prompts[1].prompt, 'the question names what is missing')
+  assert_matches('SANDLINK_KEYED_TOKEN', table.concat(record.prompts[1].shown, ' '), 'and the variable to set instead')
+  vim.cmd('Sandlink disconnect')
+  wait_for('the keyed session to end', 15000, function()
+    return current_workspace().session == nil
+  end)
+end)
 
 local workspace_file = workspace_dir .. '/.sandlink.toml'
 local workspace_file_before_profiles

@@ -26,7 +26,15 @@ fi
 [ -x "$server_binary" ] || fail_or_skip "no server binary at $server_binary"
 
 scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
+private_keychain_pids=()
+trap 'kill "${private_keychain_pids[@]}" 2>/dev/null; rm -rf "$scratch"' EXIT
+
+# A private Secret Service, so the connect flow that stores a missing key works as on a desktop; and the `keyed`
+# test driver (the local driver plus a required key), so that flow can be tried without a cloud.
+# shellcheck source=tests/setup/private-keychain.sh
+. "$repo/tests/setup/private-keychain.sh"
+start_private_keychain "$scratch/keychain" || fail_or_skip "gnome-keyring did not come up on a private session bus (tests/setup/keyring.sh installs it)"
+export SANDLINK_TEST_DRIVERS=1
 
 # A fresh workspace and state dir per Neovim version, since the tests edit files and make sessions.
 make_workspace() {

@@ -13,8 +13,8 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 extension_dir="$repo_root/vscode-extension"
 server_binary="${SANDLINK_SERVER_BINARY:-${SANDLINK_BIN:-$repo_root/target/debug/sandlink}}"
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/sandlink-vscode-run.XXXXXX")"
-keychain_pids=()
-trap 'kill "${keychain_pids[@]}" 2>/dev/null; rm -rf "$scratch"' EXIT
+private_keychain_pids=()
+trap 'kill "${private_keychain_pids[@]}" 2>/dev/null; rm -rf "$scratch"' EXIT
 log() { printf '[vscode] %s\n' "$*" >&2; }
 # npm prints a warning for every user config key it does not know, and this machine's ~/.npmrc has one.
 without_npm_noise() { grep -v 'Unknown user config' || true; }
@@ -86,42 +86,11 @@ if $run_e2e; then
   done
 fi
 
-# A private session bus with gnome-keyring's Secret Service on it, unlocked the way a desktop login does it: the e2e
-# test stores a key through the editor. No service activation on the bus, so nothing else can claim the secrets name.
+# A private Secret Service: the e2e test stores a key through the editor.
+# shellcheck source=tests/setup/private-keychain.sh
+. "$repo_root/tests/setup/private-keychain.sh"
 start_keychain() {
-  local home="$scratch/keychain"
-  mkdir -p "$home"
-  cat >"$home/bus.conf" <<'CONF'
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:tmpdir=/tmp</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-CONF
-  dbus-daemon --config-file="$home/bus.conf" --nofork --print-address=1 >"$home/address" 2>/dev/null &
-  keychain_pids+=($!)
-  for _ in $(seq 1 100); do [[ -s "$home/address" ]] && break; sleep 0.05; done
-  DBUS_SESSION_BUS_ADDRESS="$(head -n 1 "$home/address")"
-  export DBUS_SESSION_BUS_ADDRESS
-  (printf %s e2e-login-password | HOME="$home" XDG_RUNTIME_DIR="$home" exec gnome-keyring-daemon --foreground --unlock \
-    --components=secrets) >/dev/null 2>&1 &
-  keychain_pids+=($!)
-  for _ in $(seq 1 200); do
-    if dbus-send --session --print-reply --dest=org.freedesktop.secrets /org/freedesktop/secrets/collection/login \
-      org.freedesktop.DBus.Properties.Get string:org.freedesktop.Secret.Collection string:Locked 2>/dev/null |
-      grep -q 'boolean false'; then
-      return 0
-    fi
-    sleep 0.05
-  done
-  return 1
+  start_private_keychain "$scratch/keychain"
 }
 
 e2e_seconds=0

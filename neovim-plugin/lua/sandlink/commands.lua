@@ -277,6 +277,16 @@ function commands.connect(options, on_done)
           request_connect(false)
         end)
       end
+      if err and may_ask_for_trust and type(err.data) == 'table' and err.data.kind == 'credentialsMissing' and params.driver then
+        -- A cloud driver without its key: offered to store it (once), then connected with the profile holding it.
+        return first_use.offer_to_store_key(workspace, params, err, function(profile)
+          if not profile then
+            return not_connected(err, 'connecting failed')
+          end
+          params.profile, params.driver, params.settings = profile, nil, nil
+          request_connect(false)
+        end)
+      end
       if err or type(session) ~= 'table' then
         return not_connected(err or { message = 'no session in the response' }, 'connecting failed')
       end

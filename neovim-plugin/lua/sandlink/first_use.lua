@@ -122,6 +122,77 @@ function first_use.ask_connect_settings(workspace, driver_id, on_done)
   end)
 end
 
+-- A driver connected without a profile that lacks a required key (`credentialsMissing`): offers to keep the key in
+-- the system keychain under a profile named after the driver (made with the settings just used). on_done(profile)
+-- with the profile to connect with, or on_done(nil) when the user declined or the key could not be stored (the
+-- server's refusal then names the environment variable to set instead).
+function first_use.offer_to_store_key(workspace, params, err, on_done)
+  local kind = type(err) == 'table' and type(err.data) == 'table' and err.data.kind or nil
+  if kind ~= 'credentialsMissing' or not params.driver or params.profile then
+    return on_done(nil)
+  end
+  client.request(workspace, protocol.request.drivers, {}, function(drivers_err, drivers_result)
+    local driver
+    for _, candidate in ipairs(not drivers_err and type(drivers_result) == 'table' and drivers_result.drivers or {}) do
+      if candidate.id == params.driver then
+        driver = candidate
+      end
+    end
+    local missing = {}
+    for _, credential in ipairs(driver and driver.credentials or {}) do
+      if credential.required then
+        table.insert(missing, credential)
+      end
+    end
+    if #missing == 0 then
+      return on_done(nil)
+    end
+    local names, variables = {}, {}
+    for _, credential in ipairs(missing) do
+      table.insert(names, credential.description)
+      table.insert(variables, credential.envVar)
+    end
+    local store = 'Store it in the system keychain (profile "' .. driver.id .. '")'
+    vim.ui.select({ store, 'Not now (set ' .. table.concat(variables, ', ') .. ' instead)' }, {
+      prompt = 'sandlink: the ' .. driver.id .. ' driver needs ' .. table.concat(names, ' and '),
+      kind = 'sandlink.store_key',
+    }, function(choice)
+      if choice ~= store then
+        return on_done(nil)
+      end
+      local save = { name = driver.id, driver = driver.id, settings = params.settings or vim.empty_dict() }
+      client.request(workspace, protocol.request.save_profile, save, function(save_err)
+        if save_err then
+          notify('saving the profile ' .. driver.id .. ' failed: ' .. tostring(save_err.message), vim.log.levels.ERROR)
+          return on_done(nil)
+        end
+        local index = 0
+        local function next_key()
+          index = index + 1
+          local credential = missing[index]
+          if credential == nil then
+            return on_done(driver.id)
+          end
+          -- inputsecret: the typed value is not echoed and goes straight to the keychain request.
+          local value = vim.fn.inputsecret(credential.description .. ' for ' .. driver.id .. ' (kept in the keychain): ')
+          if value == nil or value == '' then
+            return on_done(nil)
+          end
+          local request = { profile = driver.id, key = credential.key, value = value }
+          client.request(workspace, protocol.request.set_credential, request, function(set_err)
+            if set_err then
+              notify('storing the key failed: ' .. tostring(set_err.message), vim.log.levels.ERROR)
+              return on_done(nil)
+            end
+            next_key()
+          end)
+        end
+        next_key()
+      end)
+    end)
+  end)
+end
+
 -- Uploads one held-back file after the user chose it (and, with a profile, whether to remember it there).
 -- on_done(err, result) with the sync result.
 function first_use.allow(workspace, path, on_done)

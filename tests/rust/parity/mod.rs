@@ -120,8 +120,9 @@ pub fn run_should_feed_stdin_until_eof(fixture: &DriverFixture) {
     let (server, _workspace, session_id) = fixture.connected(&[]);
     if !claims_capability(&server, fixture.driver, "stdin") {
         // A provider without a way to write to a command's input (Vercel): input is refused as `unsupported`, and
-        // the run itself still works.
-        let run_id = server.start_run(json!({ "sessionId": session_id, "command": "cat; echo done", "stdin": true }));
+        // the run itself still works. It waits a moment first: with an empty input it would otherwise end (and leave
+        // the table of runs) before the input request arrives, which is then `unknownRun`.
+        let run_id = server.start_run(json!({ "sessionId": session_id, "command": "sleep 1; cat; echo done", "stdin": true }));
         let error = server.request_error("sandlink/input", json!({ "runId": run_id, "text": "first line\n", "eof": true }));
         assert_eq!(error.kind.as_deref(), Some("unsupported"), "{error:?}");
         assert!(error.message.contains(fixture.driver), "the message names the driver: {}", error.message);

@@ -796,6 +796,7 @@ impl LocalSandbox {
             &self.options.env,
             &run_env,
         );
+        let env = self.with_readable_path(env);
         if spec.args.is_some() && !program_exists(&spec.command, &cwd, env.get("PATH")) {
             // The agent would only report this after starting; say it clearly up front instead.
             return Err(Error::InvalidParams(format!(
@@ -806,6 +807,40 @@ impl LocalSandbox {
         }
         Ok((cwd, env))
     }
+}
+
+impl LocalSandbox {
+    /// The environment with `PATH` cut to the directories a run can read. Under bubblewrap a hidden directory is
+    /// empty and the shell looks further along `PATH`; under Landlock it is still there but unreadable, so a toolchain
+    /// found first in the user's home (a version manager's directory outside the readable list, say) would start and
+    /// then fail to read its own files. Dropping it lets the next entry (the system's copy) answer instead.
+    fn with_readable_path(&self, mut env: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        if self.mechanism == Mechanism::Unconfined {
+            return env;
+        }
+        let Some(path) = env.get("PATH") else { return env };
+        let own = canonical_existing(vec![self.root.clone(), self.home.clone(), self.temporary.clone()]);
+        let visible = visible_path_entries(path, &self.hidden_dirs(), &self.read_only_dirs(), &own);
+        env.insert("PATH".into(), visible);
+        env
+    }
+}
+
+/// The entries of a `PATH` value a confined run can read: those outside every hidden directory, or inside one of
+/// the readable exceptions or the session's own directories. Relative and missing entries are kept as they are.
+fn visible_path_entries(path: &str, hidden: &[PathBuf], read_only: &[PathBuf], own: &[PathBuf]) -> String {
+    let kept: Vec<&str> = path
+        .split(':')
+        .filter(|entry| {
+            if !Path::new(entry).is_absolute() {
+                return true;
+            }
+            let Ok(canonical) = Path::new(entry).canonicalize() else { return true };
+            let under = |dirs: &[PathBuf]| dirs.iter().any(|dir| canonical.starts_with(dir));
+            !under(hidden) || under(read_only) || under(own)
+        })
+        .collect();
+    kept.join(":")
 }
 
 fn program_exists(program: &str, cwd: &Path, path_override: Option<&String>) -> bool {
@@ -831,6 +866,26 @@ mod tests {
 
     fn options(value: Value) -> Result<Options> {
         Options::from_settings(value.as_object().expect("test settings are objects"))
+    }
+
+    #[test]
+    fn path_should_lose_only_the_entries_a_confined_run_cannot_read() {
+        let base = tempfile::tempdir().expect("temporary directory");
+        let make = |relative: &str| {
+            let dir = base.path().join(relative);
+            std::fs::create_dir_all(&dir).expect("directory");
+            dir.canonicalize().expect("canonical").to_string_lossy().into_owned()
+        };
+        let (system, versions, shims, session_bin) =
+            (make("usr/bin"), make("home/.pyenv/versions/3/bin"), make("home/.pyenv/shims"), make("state/s1/root/bin"));
+        let hidden = [base.path().join("home").canonicalize().unwrap(), base.path().join("state").canonicalize().unwrap()];
+        let read_only = [PathBuf::from(&shims)];
+        let own = [PathBuf::from(&session_bin)];
+        let path = format!("{versions}:{shims}:node_modules/.bin:{session_bin}:/does/not/exist:{system}");
+        assert_eq!(
+            visible_path_entries(&path, &hidden, &read_only, &own),
+            format!("{shims}:node_modules/.bin:{session_bin}:/does/not/exist:{system}")
+        );
     }
 
     #[test]

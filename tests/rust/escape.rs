@@ -153,6 +153,22 @@ impl Harness {
             .expect("sandlink run")
     }
 
+    /// `sandlink run --detach` of a shell script with extra options; the run's id.
+    fn start_detached(&self, options: &[&str], script: &str) -> String {
+        let output = self
+            .command()
+            .args(["run", "--detach", "--profile", "escape", "--env", &format!("ESCAPE_TAG={}", self.tag)])
+            .args(options)
+            .arg("--")
+            .arg(script)
+            .output()
+            .expect("sandlink run --detach");
+        assert_eq!(output.status.code(), Some(0), "{}: run --detach failed: {}", self.who(), text(&output));
+        let run_id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        assert!(run_id.starts_with("run-"), "{}: run --detach printed {run_id:?}", self.who());
+        run_id
+    }
+
     fn who(&self) -> String {
         format!("{} as {}", self.mechanism, if self.account.is_some() { UNPRIVILEGED_USER } else { "root" })
     }
@@ -224,44 +240,63 @@ echo done
 fn every_escape_attempt_should_fail_and_leave_the_host_unchanged() {
     for (mechanism, account) in targets() {
         let harness = Harness::new(mechanism, account, "");
-        let socket_dir = harness.base.path().join("sockets");
-        std::fs::create_dir_all(&socket_dir).expect("socket dir");
-        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        let socket_path = socket_dir.join("host.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("host socket");
-        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        listener.set_nonblocking(true).expect("nonblocking");
-        // A file another program left in the host's shared /tmp, readable by everyone.
-        let host_tmp_file = socket_dir.join("host-tmp-file");
-        std::fs::write(&host_tmp_file, CANARY).expect("host tmp file");
-        std::fs::set_permissions(&host_tmp_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let workspace_before = tree_listing(&harness.workspace);
-        let script = format!(
-            "REAL_WORKSPACE='{}' HOST_HOME='{}' HOST_SOCKET='{}' HOST_TMP_FILE='{}'; {ATTEMPTS}",
-            harness.workspace.display(),
-            harness.home.display(),
-            socket_path.display(),
-            host_tmp_file.display()
-        );
-        let output = harness.run(&format!("{{ {script} }}"));
-        let report = text(&output);
-        assert!(report.contains("done"), "{}: the attempts did not all run: {report}", harness.who());
-        let escaped: Vec<&str> = report.lines().filter(|line| line.ends_with(": escaped")).collect();
-        let escaped: Vec<&str> = escaped.into_iter().filter(|line| !line.starts_with("control-")).collect();
-        assert!(escaped.is_empty(), "{}: escapes got through: {escaped:?}\n{report}", harness.who());
-        let broken: Vec<&str> = report.lines().filter(|line| line.starts_with("control-") && line.ends_with(": blocked")).collect();
-        assert!(broken.is_empty(), "{}: ordinary work failed in the sandbox: {broken:?}\n{report}", harness.who());
-        for name in ["write-host-tmp", "read-host-tmp", "read-ssh-key", "environment", "remount", "unshare-user", "ptrace-parent", "tiocsti"] {
-            assert!(report.contains(&format!("{name}: blocked")), "{}: {name} was not attempted: {report}", harness.who());
-        }
-        // The host is unchanged: no file appeared, the workspace is as it was, nobody connected to the socket.
-        for leftover in [format!("/var/tmp/escaped-{}", harness.tag), format!("/var/tmp/remounted-{}", harness.tag)] {
-            assert!(!Path::new(&leftover).exists(), "{}: {leftover} was written on the host", harness.who());
-        }
-        assert_eq!(tree_listing(&harness.workspace), workspace_before, "{}: the real workspace changed", harness.who());
-        assert!(listener.accept().is_err(), "{}: a run connected to a host socket", harness.who());
-        assert!(!report.contains(CANARY), "{}: a canary reached the run's output", harness.who());
+        attack(&harness, |script| text(&harness.run(script)));
     }
+}
+
+#[test]
+fn a_detached_run_should_be_as_confined_as_an_ordinary_one() {
+    // A detached run's agent lives outside the server's session (it must outlive the server), so everything the
+    // session's agent is held to is attacked again from there.
+    for (mechanism, account) in targets() {
+        let harness = Harness::new(mechanism, account, "");
+        attack(&harness, |script| {
+            let run_id = harness.start_detached(&["--timeout", "60"], script);
+            let attached = harness.command().args(["attach", &run_id]).output().expect("sandlink attach");
+            text(&attached)
+        });
+    }
+}
+
+/// Runs the attempts through `launch` (which returns what the run printed) with a host socket, a file in the host's
+/// shared temporary directory and canaries in the host home waiting, and checks that none got through.
+fn attack(harness: &Harness, launch: impl FnOnce(&str) -> String) {
+    let socket_dir = harness.base.path().join("sockets");
+    std::fs::create_dir_all(&socket_dir).expect("socket dir");
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let socket_path = socket_dir.join("host.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("host socket");
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    listener.set_nonblocking(true).expect("nonblocking");
+    // A file another program left in the host's shared /tmp, readable by everyone.
+    let host_tmp_file = socket_dir.join("host-tmp-file");
+    std::fs::write(&host_tmp_file, CANARY).expect("host tmp file");
+    std::fs::set_permissions(&host_tmp_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let workspace_before = tree_listing(&harness.workspace);
+    let script = format!(
+        "REAL_WORKSPACE='{}' HOST_HOME='{}' HOST_SOCKET='{}' HOST_TMP_FILE='{}'; {ATTEMPTS}",
+        harness.workspace.display(),
+        harness.home.display(),
+        socket_path.display(),
+        host_tmp_file.display()
+    );
+    let report = launch(&format!("{{ {script} }}"));
+    assert!(report.contains("done"), "{}: the attempts did not all run: {report}", harness.who());
+    let escaped: Vec<&str> = report.lines().filter(|line| line.ends_with(": escaped")).collect();
+    let escaped: Vec<&str> = escaped.into_iter().filter(|line| !line.starts_with("control-")).collect();
+    assert!(escaped.is_empty(), "{}: escapes got through: {escaped:?}\n{report}", harness.who());
+    let broken: Vec<&str> = report.lines().filter(|line| line.starts_with("control-") && line.ends_with(": blocked")).collect();
+    assert!(broken.is_empty(), "{}: ordinary work failed in the sandbox: {broken:?}\n{report}", harness.who());
+    for name in ["write-host-tmp", "read-host-tmp", "read-ssh-key", "environment", "remount", "unshare-user", "ptrace-parent", "tiocsti"] {
+        assert!(report.contains(&format!("{name}: blocked")), "{}: {name} was not attempted: {report}", harness.who());
+    }
+    // The host is unchanged: no file appeared, the workspace is as it was, nobody connected to the socket.
+    for leftover in [format!("/var/tmp/escaped-{}", harness.tag), format!("/var/tmp/remounted-{}", harness.tag)] {
+        assert!(!Path::new(&leftover).exists(), "{}: {leftover} was written on the host", harness.who());
+    }
+    assert_eq!(tree_listing(&harness.workspace), workspace_before, "{}: the real workspace changed", harness.who());
+    assert!(listener.accept().is_err(), "{}: a run connected to a host socket", harness.who());
+    assert!(!report.contains(CANARY), "{}: a canary reached the run's output", harness.who());
 }
 
 #[test]
@@ -291,33 +326,59 @@ fn each_mechanism_should_be_the_one_in_force() {
 fn a_fork_bomb_should_be_bounded_and_cleaned_up() {
     for (mechanism, account) in targets() {
         let harness = Harness::new(mechanism, account, "maxProcesses = 64");
-        let marker = format!("bomb-{}", harness.tag);
-        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = {
-            let (peak, done, marker) = (peak.clone(), done.clone(), marker.clone());
-            std::thread::spawn(move || {
-                while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    let count = support::processes_with_environment(&marker).len();
-                    peak.fetch_max(count, std::sync::atomic::Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        };
-        let output = harness
-            .command()
-            .args(["run", "--profile", "escape", "--timeout", "4", "--env", &format!("BOMB={marker}"), "--"])
-            .arg("bomb() { bomb | bomb & }; bomb; sleep 30")
-            .output()
-            .expect("sandlink run");
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        watcher.join().expect("watcher");
-        let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
-        assert!(peak <= 64 + 8, "{}: the bomb reached {peak} processes past the limit of 64", harness.who());
-        assert!(output.status.code().is_some(), "{}: sandlink itself died", harness.who());
-        let left = wait_until_gone(&marker, Duration::from_secs(5));
-        assert!(left.is_empty(), "{}: the bomb's processes outlived the run: {left:?}", harness.who());
+        bomb(&harness, |marker| {
+            let output = harness
+                .command()
+                .args(["run", "--profile", "escape", "--timeout", "4", "--env", &format!("BOMB={marker}"), "--"])
+                .arg("bomb() { bomb | bomb & }; bomb; sleep 30")
+                .output()
+                .expect("sandlink run");
+            assert!(output.status.code().is_some(), "{}: sandlink itself died", harness.who());
+        });
     }
+}
+
+#[test]
+fn a_fork_bomb_in_a_detached_run_should_be_bounded_and_cleaned_up() {
+    // The detached run's processes are outside the session's agent and outlive the command that started them; the
+    // session's process limit must bind them all the same, and the run's end must take them all.
+    for (mechanism, account) in targets() {
+        let harness = Harness::new(mechanism, account, "maxProcesses = 64");
+        bomb(&harness, |marker| {
+            let run_id = harness.start_detached(
+                &["--timeout", "4", "--env", &format!("BOMB={marker}")],
+                "bomb() { bomb | bomb & }; bomb; sleep 30",
+            );
+            let attached = harness.command().args(["attach", &run_id]).output().expect("sandlink attach");
+            assert!(attached.status.code().is_some(), "{}: sandlink attach died: {}", harness.who(), text(&attached));
+        });
+    }
+}
+
+/// Watches the processes carrying a fresh marker while `launch` starts a fork bomb marked with it and waits for
+/// its end: at most the limit of 64 (and a few in flight) at any moment, and none left soon after.
+fn bomb(harness: &Harness, launch: impl FnOnce(&str)) {
+    let marker = format!("bomb-{}", harness.tag);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (peak, done, marker) = (peak.clone(), done.clone(), marker.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let count = support::processes_with_environment(&marker).len();
+                peak.fetch_max(count, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    launch(&marker);
+    let left = wait_until_gone(&marker, Duration::from_secs(10));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    watcher.join().expect("watcher");
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(peak > 1, "{}: the bomb never ran", harness.who());
+    assert!(peak <= 64 + 8, "{}: the bomb reached {peak} processes past the limit of 64", harness.who());
+    assert!(left.is_empty(), "{}: the bomb's processes outlived the run: {left:?}", harness.who());
 }
 
 #[test]
@@ -360,6 +421,22 @@ fn daemons_a_run_leaves_should_end_with_the_run_session() {
         assert_eq!(output.status.code(), Some(0), "{}: {}", harness.who(), text(&output));
         let left = wait_until_gone(&marker, Duration::from_secs(5));
         assert!(left.is_empty(), "{}: a daemon outlived its session: {left:?}", harness.who());
+    }
+}
+
+#[test]
+fn daemons_a_detached_run_leaves_should_end_with_the_run() {
+    for (mechanism, account) in targets() {
+        let harness = Harness::new(mechanism, account, "");
+        let marker = format!("detached-daemon-{}", harness.tag);
+        let run_id = harness.start_detached(
+            &["--env", &format!("MARK={marker}")],
+            "setsid sh -c 'sleep 304' </dev/null >/dev/null 2>&1 & (setsid sleep 305 &); echo left",
+        );
+        let attached = harness.command().args(["attach", &run_id]).output().expect("sandlink attach");
+        assert_eq!(attached.status.code(), Some(0), "{}: {}", harness.who(), text(&attached));
+        let left = wait_until_gone(&marker, Duration::from_secs(5));
+        assert!(left.is_empty(), "{}: a daemon outlived its detached run: {left:?}", harness.who());
     }
 }
 

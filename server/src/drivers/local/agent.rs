@@ -117,9 +117,10 @@ pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<
     let detached = config.detached_lifetime_seconds.is_some();
     if let Some(seconds) = config.detached_lifetime_seconds {
         // The wrapper stops its run at its own limit; this is the backstop should the wrapper itself be stuck.
+        let cgroup = config.cgroup.clone();
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_secs(seconds));
-            clean_up_and_exit(None);
+            clean_up_and_exit(cgroup.as_deref());
         });
     }
     if let Some(bridge) = &config.proxy_bridge {
@@ -138,14 +139,15 @@ pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<
         let Ok(connection) = connection else { continue };
         let confinement = confinement.clone();
         let reaper = reaper.clone();
+        let cgroup = config.cgroup.clone();
         std::thread::spawn(move || {
             let outcome = handle_run(connection, &confinement, &reaper, detached);
             if let Err(error) = &outcome {
                 eprintln!("sandlink sandbox-agent: {error}");
             }
             if detached && matches!(outcome, Ok(true)) {
-                // The detached run is over: what it left behind ends with its agent.
-                clean_up_and_exit(None);
+                // The detached run is over: what it left behind ends with its agent, in its cgroup leaf too.
+                clean_up_and_exit(cgroup.as_deref());
             }
         });
     }

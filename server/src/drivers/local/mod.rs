@@ -509,10 +509,20 @@ impl LocalSandbox {
         if let (Some((folder, _)), Mechanism::Landlock) = (detached, self.mechanism) {
             policy.writable.push(folder.to_path_buf());
         }
+        // The session's agent joins the session's leaf; a detached run's agent a leaf of its own beside it, which
+        // outlives the session's agent (and the server) yet counts against the same process limit.
+        let cgroup_leaf = match (&self.cgroup, detached) {
+            (Some(cgroup), None) => Some(cgroup.session_leaf()),
+            (Some(cgroup), Some((folder, _))) => {
+                let run_id = folder.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+                tokio::task::block_in_place(|| cgroup.detached_leaf(&run_id))
+            }
+            (None, _) => None,
+        };
         let config = AgentConfig {
             detached_lifetime_seconds: detached.map(|(_, limit)| limit.as_secs() + DETACHED_AGENT_GRACE_SECONDS),
             policy,
-            cgroup: self.cgroup.as_ref().map(|cgroup| cgroup.path().to_path_buf()),
+            cgroup: cgroup_leaf.clone(),
             proxy_bridge: match (&self.proxy, self.mechanism) {
                 (Some(proxy), Mechanism::Bubblewrap) => proxy
                     .unix_socket()
@@ -554,8 +564,7 @@ impl LocalSandbox {
             .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
-        // A detached run stays out of the session's cgroup, which is emptied when the session's agent stops.
-        let cgroup_procs = self.cgroup.as_ref().filter(|_| detached.is_none()).map(SessionCgroup::procs_file);
+        let cgroup_procs = cgroup_leaf.map(|leaf| leaf.join("cgroup.procs"));
         let joins_cgroup = match &cgroup_procs {
             Some(path) => Some(
                 std::fs::OpenOptions::new().write(true).open(path).context(|| format!("Could not open {}", path.display()))?,
@@ -625,7 +634,7 @@ impl LocalSandbox {
             agent.stop();
         }
         if let Some(cgroup) = &self.cgroup {
-            cgroup.kill_all_and_remove();
+            cgroup.kill_session();
         }
     }
 }
@@ -755,6 +764,10 @@ impl Sandbox for LocalSandbox {
         }
         // Removing the session ends its detached runs too; their files go with it.
         stop_detached_agents(&self.session_dir.join("runs"));
+        if let Some(cgroup) = &self.cgroup {
+            // Whatever a detached run left that its agent's clean-up missed.
+            tokio::task::block_in_place(|| cgroup.kill_all_and_remove());
+        }
         let session_dir = self.session_dir.clone();
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&session_dir) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::io(

@@ -9,7 +9,14 @@ use std::time::Duration;
 const KILL_ROUNDS: usize = 100;
 const ROUND_PAUSE: Duration = Duration::from_millis(5);
 
-/// A session's pids cgroup (v2 when its pids controller is there, else the v1 pids hierarchy).
+/// The leaf of a session's cgroup that holds its agent and every ordinary run.
+const SESSION_LEAF: &str = "session";
+/// The prefix of the leaf each detached run's agent gets, beside the session's leaf.
+const DETACHED_LEAF_PREFIX: &str = "run-";
+
+/// A session's pids cgroup (v2 when its pids controller is there, else the v1 pids hierarchy). The limit is set on
+/// the session's cgroup and binds everything below it: the `session` leaf (the agent, its runs) and one leaf per
+/// detached run (`run-<id>`), which lives on when the session's agent stops, yet stays within the same budget.
 #[derive(Debug, Clone)]
 pub struct SessionCgroup {
     path: PathBuf,
@@ -25,54 +32,112 @@ impl SessionCgroup {
         }
         let parent = pids_hierarchy()?;
         let path = parent.join(format!("sandlink-{session_id}"));
-        if let Err(error) = std::fs::create_dir(&path) {
-            if error.kind() != std::io::ErrorKind::AlreadyExists {
-                tracing::debug!(%error, "no pids cgroup for the session");
-                return None;
-            }
+        if let Err(error) = create_leaf(&path) {
+            tracing::debug!(%error, "no pids cgroup for the session");
+            return None;
         }
         if let Err(error) = std::fs::write(path.join("pids.max"), max_processes.to_string()) {
             tracing::debug!(%error, "could not limit the session's processes");
             let _ = std::fs::remove_dir(&path);
             return None;
         }
+        if let Err(error) = create_leaf(&path.join(SESSION_LEAF)) {
+            tracing::debug!(%error, "no leaf for the session's agent in its cgroup");
+            let _ = std::fs::remove_dir(&path);
+            return None;
+        }
         Some(SessionCgroup { path })
     }
 
-    /// The file a process writes `0` to, to join the cgroup.
-    pub fn procs_file(&self) -> PathBuf {
-        self.path.join("cgroup.procs")
+    /// The leaf the session's agent joins (and its runs with it).
+    pub fn session_leaf(&self) -> PathBuf {
+        self.path.join(SESSION_LEAF)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// A leaf of its own for a detached run's agent, under the session's limit; leaves of runs that ended are
+    /// removed first. `None` when it cannot be made (then the run has only RLIMIT_NPROC, as without a cgroup).
+    pub fn detached_leaf(&self, run_id: &str) -> Option<PathBuf> {
+        self.remove_empty_detached_leaves();
+        let leaf = self.path.join(format!("{DETACHED_LEAF_PREFIX}{run_id}"));
+        match create_leaf(&leaf) {
+            Ok(()) => Some(leaf),
+            Err(error) => {
+                tracing::warn!(%error, "no cgroup for a detached run; only RLIMIT_NPROC bounds its processes");
+                None
+            }
+        }
     }
 
-    /// Kills every process in the cgroup, repeating until it is empty, then removes it.
+    /// Kills the session's agent and its runs (the `session` leaf) and tidies up; detached runs go on in their
+    /// leaves, and the session's cgroup stays while any of them lives.
+    pub fn kill_session(&self) {
+        let leaf = self.session_leaf();
+        kill_members(&leaf);
+        let _ = std::fs::remove_dir(&leaf);
+        self.remove_empty_detached_leaves();
+        let _ = std::fs::remove_dir(&self.path);
+    }
+
+    /// Kills every process of the session, detached runs included, then removes the cgroup (the session is gone).
     pub fn kill_all_and_remove(&self) {
+        // v2 kills the whole subtree at once; v1 (and older v2) is walked leaf by leaf.
         let kill_file = self.path.join("cgroup.kill");
         if kill_file.exists() {
             let _ = std::fs::write(&kill_file, "1");
         }
-        for _ in 0..KILL_ROUNDS {
-            let members = self.members();
-            if members.is_empty() {
-                break;
-            }
-            for pid in members {
-                // SAFETY: kill(2) on a process id read from the cgroup; no memory is touched.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(ROUND_PAUSE);
+        for leaf in self.leaves() {
+            kill_members(&leaf);
+            let _ = std::fs::remove_dir(&leaf);
         }
+        // A session made by an earlier build kept its processes in the session's cgroup itself.
+        kill_members(&self.path);
         let _ = std::fs::remove_dir(&self.path);
     }
 
-    fn members(&self) -> Vec<libc::pid_t> {
-        std::fs::read_to_string(self.procs_file())
-            .map(|text| text.lines().filter_map(|line| line.trim().parse().ok()).collect())
-            .unwrap_or_default()
+    fn leaves(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.path) else { return Vec::new() };
+        entries.flatten().filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir())).map(|entry| entry.path()).collect()
     }
+
+    /// Removes the leaves of detached runs that ended (the kernel refuses to remove one that still has members).
+    fn remove_empty_detached_leaves(&self) {
+        for leaf in self.leaves() {
+            let detached = leaf.file_name().is_some_and(|name| name.to_string_lossy().starts_with(DETACHED_LEAF_PREFIX));
+            if detached && members(&leaf).is_empty() {
+                let _ = std::fs::remove_dir(&leaf);
+            }
+        }
+    }
+}
+
+/// Makes a cgroup directory; one that is already there (a kept session re-attached) is fine.
+fn create_leaf(path: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// Kills every process in a cgroup, repeating until it is empty (each round catches what forked meanwhile).
+fn kill_members(cgroup: &Path) {
+    for _ in 0..KILL_ROUNDS {
+        let members = members(cgroup);
+        if members.is_empty() {
+            break;
+        }
+        for pid in members {
+            // SAFETY: kill(2) on a process id read from the cgroup; no memory is touched.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(ROUND_PAUSE);
+    }
+}
+
+/// The processes in one cgroup (not its children).
+fn members(cgroup: &Path) -> Vec<libc::pid_t> {
+    std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .map(|text| text.lines().filter_map(|line| line.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// Where a new pids cgroup can go: beside this process's own, in whichever hierarchy has the pids controller.

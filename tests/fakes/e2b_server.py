@@ -207,8 +207,19 @@ def go_exit_status_text(returncode: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Faults and the request log
+# Test clock, faults and the request log
 # ---------------------------------------------------------------------------------------------------------------
+
+
+class TestClock:
+    """Wall time plus an offset that `POST /_admin/clock` advances, so a sandbox's fixed end (`endAt`) and its
+    extensions can be tested over simulated hours without waiting. Never part of E2B."""
+
+    def __init__(self) -> None:
+        self.offset_seconds = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset_seconds
 
 
 @dataclass
@@ -530,6 +541,8 @@ class FakeE2B:
         # Idempotency-Key of a create → the sandbox it made, so a retried create does not make a second sandbox.
         self.sandbox_by_idempotency_key: dict[str, str] = {}
         self.next_request_sequence = 1
+        # Sandbox lifetimes (created, endAt, timeouts, expiry) run on this clock; process bookkeeping on wall time.
+        self.clock = TestClock()
 
     # --- faults ------------------------------------------------------------------------------------------------
 
@@ -608,7 +621,7 @@ class FakeE2B:
             shutil.copytree(snapshot["hostRoot"], filesystem_root, symlinks=True)
         for directory in ("home/user", "root", "tmp"):
             os.makedirs(os.path.join(filesystem_root, directory), exist_ok=True)
-        now = time.time()
+        now = self.clock.now()
         sandbox = Sandbox(
             sandbox_id=sandbox_id,
             template_id=template_id,
@@ -648,20 +661,22 @@ class FakeE2B:
         sandbox.state = "running"
         for process in sandbox.processes.values():
             process.signal_group(signal.SIGCONT)
-        sandbox.end_at = max(sandbox.end_at, time.time() + timeout_seconds)
+        sandbox.end_at = max(sandbox.end_at, self.clock.now() + timeout_seconds)
 
     async def reap_expired_sandboxes(self) -> None:
         """Kills (or pauses, with autoPause) sandboxes whose endAt passed, like E2B's TTL enforcement."""
         while True:
             await asyncio.sleep(0.5)
             try:
-                self.reap_once(time.time())
+                self.reap_once(self.clock.now())
             except Exception:
                 # One bad sandbox must not stop expiry for all the others; the trace goes to stderr for debugging.
                 logging.exception("the sandbox reaper failed; retrying in 0.5 s")
 
     def reap_once(self, now: float) -> None:
-        """Expires sandboxes whose endAt passed and forgets exited processes nobody can still attach to."""
+        """Expires sandboxes whose endAt passed (`now` is the test clock) and forgets exited processes nobody can
+        still attach to (their retention is wall time: advancing the clock must not lose a run's last events)."""
+        wall_now = time.time()
         for sandbox in list(self.sandboxes.values()):
             if sandbox.state == "running" and sandbox.end_at <= now:
                 if sandbox.auto_pause:
@@ -671,7 +686,7 @@ class FakeE2B:
                     self.destroy_sandbox_later(sandbox)
             for process in list(sandbox.processes.values()):
                 if process.exited and (process.end_delivered or (
-                        process.exited_at and now - process.exited_at > EXITED_PROCESS_RETENTION_SECONDS)):
+                        process.exited_at and wall_now - process.exited_at > EXITED_PROCESS_RETENTION_SECONDS)):
                     sandbox.processes.pop(process.pid, None)
 
 
@@ -848,6 +863,16 @@ async def handle_admin(request: web.Request, fake: FakeE2B) -> web.StreamRespons
                             "bufferedEvents": len(process.buffered_events)}
                            for process in sandbox.processes.values()]}
             for sandbox in fake.sandboxes.values()]})
+    if path == "/_admin/clock" and request.method in ("GET", "POST"):
+        if request.method == "POST":
+            try:
+                body = await request.json()
+            except json.JSONDecodeError:
+                return control_error(400, "The body must be a JSON object.")
+            fake.clock.offset_seconds += float(body.get("advanceSeconds", 0))
+            # Expire at once, so a test can assert right after advancing.
+            fake.reap_once(fake.clock.now())
+        return json_response(200, {"now": epoch_to_rfc3339(fake.clock.now()), "offsetSeconds": fake.clock.offset_seconds})
     return control_error(404, "Unknown admin route.")
 
 
@@ -932,12 +957,12 @@ async def handle_control(request: web.Request, fake: FakeE2B) -> web.StreamRespo
         timeout_seconds = body.get("timeout")
         if not isinstance(timeout_seconds, int) or timeout_seconds < 0:
             return control_error(400, "timeout must be a non-negative integer number of seconds")
-        sandbox.end_at = time.time() + timeout_seconds
+        sandbox.end_at = fake.clock.now() + timeout_seconds
         return web.Response(status=204)
     if action == "/refreshes" and method == "POST":
         body = await read_json_body(request)
         duration = int(body.get("duration", 0))
-        sandbox.end_at = max(sandbox.end_at, time.time() + duration)
+        sandbox.end_at = max(sandbox.end_at, fake.clock.now() + duration)
         return web.Response(status=204)
     if action == "/pause" and method == "POST":
         if sandbox.state == "paused":

@@ -240,7 +240,8 @@ fn the_command_line_should_show_stop_extend_snapshot_and_keep_alive_a_real_sessi
     assert_eq!(ended["who"], "cli");
 }
 
-/// An hour on the Daytona test server in simulated time: the engine's lifecycle manager reads the fake's test clock.
+/// An hour on the Daytona and E2B test servers in simulated time: the engine's lifecycle manager reads the fake's
+/// test clock, so Daytona's auto-stop and E2B's fixed end play out over an hour in seconds.
 mod simulated_time {
     use super::*;
     use std::sync::{Arc, Mutex};
@@ -255,6 +256,16 @@ mod simulated_time {
     use time::OffsetDateTime;
 
     const API_KEY: &str = "dtn_sandlink_policy_key_5b1c";
+    const E2B_API_KEY: &str = "e2b_sandlink_policy_key_9e27c1";
+
+    /// A provider's test server, what the engine needs to reach it, and what it calls a sandbox that is up.
+    struct Provider {
+        driver: Arc<dyn sandlink::drivers::Driver>,
+        settings: Value,
+        up: &'static str,
+        /// How many requests that move the sandbox's end the hour needs at least (E2B: its fixed end), if any.
+        extensions_needed: Option<usize>,
+    }
 
     /// The fake's clock as the engine sees it: set by the test after each advance.
     struct FakeClock(Mutex<OffsetDateTime>);
@@ -287,6 +298,7 @@ mod simulated_time {
 
     struct Setup {
         fake: FakeProcess,
+        provider: Provider,
         clock: Arc<FakeClock>,
         heard: Arc<Heard>,
         engine: Engine,
@@ -303,26 +315,54 @@ mod simulated_time {
         let fake = FakeProcess::start("Daytona", "SANDLINK_DAYTONA_FAKE_SERVER", "daytona_server.py", &["--api-key", API_KEY])?;
         // The engine reads the Daytona key as the driver does everywhere: from the environment.
         std::env::set_var("DAYTONA_API_KEY", API_KEY);
+        let provider = Provider {
+            driver: Arc::new(sandlink::drivers::daytona::Driver::new()),
+            settings: json!({
+                "apiUrl": format!("http://127.0.0.1:{}/api", fake.port),
+                "streamKeepaliveSeconds": 1,
+                "autoStopMinutes": 15,
+                "labels": { "purpose": "sandlink-policy-tests" },
+            }),
+            up: "started",
+            extensions_needed: None,
+        };
+        setup_with(fake, provider)
+    }
+
+    /// E2B with a five-minute timeout: its sandbox would end twelve times over in the hour unless extended.
+    fn setup_e2b() -> Option<Setup> {
+        let fake = FakeProcess::start("E2B", "SANDLINK_E2B_FAKE_SERVER", "e2b_server.py", &["--api-key", E2B_API_KEY])?;
+        std::env::set_var("E2B_API_KEY", E2B_API_KEY);
+        let provider = Provider {
+            driver: Arc::new(sandlink::drivers::e2b::Driver::new()),
+            settings: json!({
+                "apiUrl": format!("http://127.0.0.1:{}", fake.port),
+                "domain": format!("localhost:{}", fake.port),
+                "timeoutSeconds": 300,
+                "streamKeepaliveSeconds": 1,
+            }),
+            up: "running",
+            // Each extension moves the end by the session's 300 s: 3,600 s need at least eleven.
+            extensions_needed: Some(11),
+        };
+        setup_with(fake, provider)
+    }
+
+    fn setup_with(fake: FakeProcess, provider: Provider) -> Option<Setup> {
         let clock = Arc::new(FakeClock(Mutex::new(fake_now(&fake))));
         let heard = Arc::new(Heard::default());
         let (state, config) = (tempfile::tempdir().expect("state"), tempfile::tempdir().expect("config"));
-        let drivers: Vec<Arc<dyn sandlink::drivers::Driver>> = vec![Arc::new(sandlink::drivers::daytona::Driver::new())];
+        let drivers = vec![provider.driver.clone()];
         let engine = Engine::with_dirs(heard.clone(), drivers, state.path().to_path_buf(), config.path().to_path_buf())
             .with_lifecycle_clock(clock.clone(), Duration::from_millis(20));
-        Some(Setup { fake, clock, heard, engine, _dirs: (state, config) })
+        Some(Setup { fake, provider, clock, heard, engine, _dirs: (state, config) })
     }
 
     impl Setup {
         async fn connect(&self) -> String {
-            let settings = json!({
-                "apiUrl": format!("http://127.0.0.1:{}/api", self.fake.port),
-                "streamKeepaliveSeconds": 1,
-                "autoStopMinutes": 15,
-                "labels": { "purpose": "sandlink-policy-tests" },
-            });
             let params = ConnectParams {
-                driver: Some("daytona".into()),
-                settings: settings.as_object().cloned(),
+                driver: Some(self.provider.driver.id().to_string()),
+                settings: self.provider.settings.as_object().cloned(),
                 sync: Some(false),
                 ..ConnectParams::default()
             };
@@ -337,22 +377,35 @@ mod simulated_time {
             tokio::time::sleep(Duration::from_millis(80)).await;
         }
 
+        /// The state of the session's sandbox (each test has a test server of its own, so its only sandbox for E2B,
+        /// whose admin listing has no labels), or "gone" when the provider no longer has it.
         fn sandbox_state(&self, session_id: &str) -> String {
             let all = self.fake.admin("GET", "/_admin/sandboxes", None);
-            let sandbox = all["sandboxes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|sandbox| sandbox["labels"]["sandlink-session"] == session_id)
-                .cloned()
-                .expect("the session's sandbox");
-            sandbox["state"].as_str().unwrap_or_default().to_string()
+            let sandboxes: Vec<Value> = all["sandboxes"].as_array().cloned().unwrap_or_default();
+            let sandbox = match sandboxes.iter().find(|sandbox| sandbox.get("labels").is_some()) {
+                Some(_) => sandboxes.iter().find(|sandbox| sandbox["labels"]["sandlink-session"] == session_id),
+                None => sandboxes.first(),
+            };
+            sandbox.and_then(|sandbox| sandbox["state"].as_str()).unwrap_or("gone").to_string()
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_hour_long_run_should_be_warned_twice_and_end_at_its_limit_without_an_auto_stop() {
         let Some(setup) = setup() else { return };
+        an_hour_long_run_should_be_warned_twice_and_end_at_its_limit(setup).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_hour_long_e2b_run_should_outlive_twelve_sandbox_timeouts_and_end_at_its_limit() {
+        let Some(setup) = setup_e2b() else { return };
+        an_hour_long_run_should_be_warned_twice_and_end_at_its_limit(setup).await;
+    }
+
+    /// A run with a one-hour limit and no one at the editor: the sandbox stays up all along (the run in flight is the
+    /// activity that extends or keeps it), the run is warned at 30 and 50 minutes once each, snapshotted and stopped
+    /// at 60 with `runLimit`.
+    async fn an_hour_long_run_should_be_warned_twice_and_end_at_its_limit(setup: Setup) {
         let session = setup.connect().await;
         let params = RunParams {
             session_id: session.clone(),
@@ -377,7 +430,7 @@ mod simulated_time {
                 assert!(step >= 119, "not stopped before its hour (step {step})");
                 break;
             }
-            assert_eq!(setup.sandbox_state(&session), "started", "never auto-stopped (step {step})");
+            assert_eq!(setup.sandbox_state(&session), setup.provider.up, "never stopped by the provider (step {step})");
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while setup.heard.exits.lock().expect("exits").is_empty() && std::time::Instant::now() < deadline {
@@ -397,8 +450,18 @@ mod simulated_time {
             .map(|warning| (warning.run_id.clone(), warning.seconds_left.div_ceil(60)))
             .collect();
         assert_eq!(warnings, vec![(Some(run_id.clone()), 30), (Some(run_id.clone()), 10)], "at 30 and 50 minutes");
+        if let Some(needed) = setup.provider.extensions_needed {
+            let log = setup.fake.admin("GET", "/_admin/requests?plane=control", None);
+            let extensions = log["requests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|request| request["method"] == "POST" && request["path"].as_str().is_some_and(|path| path.ends_with("/timeout")))
+                .count();
+            assert!(extensions >= needed, "the sandbox's end was moved {extensions} times, not at least {needed}");
+        }
         let audit = std::fs::read_to_string(setup.engine.audit_path()).expect("the audit log");
-        assert!(audit.contains("\"why\":\"runLimit\""), "Daytona can snapshot, so it did before the stop:\n{audit}");
+        assert!(audit.contains("\"why\":\"runLimit\""), "Daytona and E2B can snapshot, so it did before the stop:\n{audit}");
         setup.engine.disconnect(sandlink::protocol::DisconnectParams { session_id: session, keep: false }).await.expect("disconnect");
     }
 

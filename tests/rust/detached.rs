@@ -403,3 +403,19 @@ fn removing_a_session_should_end_its_detached_runs_and_forget_them() {
     let error = server.request_error("sandlink/attach", json!({ "runId": run_id }));
     assert_eq!(error.kind.as_deref(), Some("unknownRun"), "{}", error.message);
 }
+
+#[test]
+fn a_detached_run_with_args_should_get_each_argument_as_given() {
+    let state = tempfile::tempdir().expect("state dir");
+    let workspace = workspace_with(&[("a.txt", "a\n")]);
+    let server = server_on(state.path(), workspace.path(), Vec::new());
+    let session = server.connect("local", Value::Null, workspace.path());
+    // Spaces, quotes and shell syntax in arguments must reach the program untouched, as for an ordinary run.
+    let run_id = server.start_run(json!({
+        "sessionId": session["sessionId"], "command": "printf", "args": ["[%s]", "a b", "it's", "$HOME;x", "*"],
+        "detach": true,
+    }));
+    let outcome = server.collect_run(&run_id, Duration::from_secs(20));
+    assert_eq!(outcome.stdout, "[a b][it's][$HOME;x][*]", "{}", outcome.exit);
+    assert_eq!(outcome.exit["exitCode"], 0, "{}", outcome.exit);
+}

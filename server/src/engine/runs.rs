@@ -66,8 +66,13 @@ impl Engine {
                     "A detached run has no stdin: it goes on without the editor; leave out `stdin` or `detach`.".into(),
                 ));
             }
+            // The wrapper runs a shell command line: with `args`, each part is quoted so it arrives as one argument.
             let command = match &params.args {
-                Some(args) => std::iter::once(params.command.clone()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" "),
+                Some(args) => std::iter::once(&params.command)
+                    .chain(args.iter())
+                    .map(|part| crate::drivers::shell::quote(part))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 None => params.command.clone(),
             };
             // The run's (or the profile's) hard limit is enforced by its wrapper in the sandbox, with or without a server.

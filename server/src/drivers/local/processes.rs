@@ -118,15 +118,20 @@ fn create_leaf(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Kills every process in a cgroup, repeating until it is empty (each round catches what forked meanwhile).
+/// Kills every process in a cgroup, repeating until it is empty.
 fn kill_members(cgroup: &Path) {
+    kill_until_none_left(|| members(cgroup));
+}
+
+/// Kills what `find` lists, round after round until it lists nothing: each round catches what forked meanwhile.
+fn kill_until_none_left(find: impl Fn() -> Vec<libc::pid_t>) {
     for _ in 0..KILL_ROUNDS {
-        let members = members(cgroup);
-        if members.is_empty() {
-            break;
+        let found = find();
+        if found.is_empty() {
+            return;
         }
-        for pid in members {
-            // SAFETY: kill(2) on a process id read from the cgroup; no memory is touched.
+        for pid in found {
+            // SAFETY: kill(2) on a process id just read from the cgroup or /proc; no memory is touched.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         std::thread::sleep(ROUND_PAUSE);
@@ -168,17 +173,7 @@ fn pids_hierarchy() -> Option<PathBuf> {
 /// Kills every descendant of `ancestor` (not `ancestor` itself), repeating until none is left. Orphans of a
 /// subreaper are re-parented to it, so once the agent is a subreaper this finds every process a run started.
 pub fn kill_descendants(ancestor: libc::pid_t) {
-    for _ in 0..KILL_ROUNDS {
-        let descendants = descendants_of(ancestor);
-        if descendants.is_empty() {
-            return;
-        }
-        for pid in descendants {
-            // SAFETY: kill(2) on a process id read from /proc; no memory is touched.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(ROUND_PAUSE);
-    }
+    kill_until_none_left(|| descendants_of(ancestor));
 }
 
 /// Every process below `ancestor` in the process tree, read from `/proc/*/stat`.

@@ -118,7 +118,9 @@ impl DockerSandbox {
         if !spec.env.keys().all(|name| can_export(name)) {
             return None;
         }
-        let spare = self.spares.take();
+        // Started first, so a run that finds none ready waits for one already on its way.
+        self.spares.refill();
+        let spare = self.spares.take().await;
         self.spares.refill();
         let env: Vec<(String, String)> = spec.env.iter().map(|(name, value)| (name.clone(), value.clone())).collect();
         let run = SpareRun { token: &command[3], argv: &command[4..], env: &env, working_dir };

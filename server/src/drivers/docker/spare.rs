@@ -8,8 +8,9 @@
 //! spare and sends it the line `cd DIR; export NAME=value…; echo $$ >RECORD && exec COMMAND </dev/null` (what
 //! `scripts::RUN` does): the shell becomes the run, which is then the exec's main process exactly as if Docker had
 //! started it (its own process group and session, output split by Docker into stdout and stderr, exit code from the
-//! exec's inspect). Taking a spare starts the next one in the background. Runs with stdin or a terminal, runs with a
-//! variable the shell cannot export, and a run that finds no spare ready start their own exec as before. What a run
+//! exec's inspect). Taking a spare starts the next one in the background, and a run that finds none ready waits for
+//! one on its way. Runs with stdin or a terminal, runs with a variable the shell cannot export, and a run for which
+//! no spare could start start their own exec as before. What a run
 //! still waits for is Docker noticing the process end (shim, containerd, dockerd) before the output ends; a shell
 //! that reported the exit itself would skip that too, but is not the exec's main process, so it would need its own
 //! output framing, signals and exit reporting.
@@ -29,6 +30,9 @@ use crate::locks::lock;
 /// replacement starts.
 const READY: usize = 2;
 
+/// How long a run waits for a spare on its way before starting an exec of its own.
+const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a new spare may take to answer its first line.
 const ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -43,6 +47,8 @@ pub struct Spares {
     working_dir: String,
     ready: Mutex<Vec<AttachedExec>>,
     starting: AtomicUsize,
+    /// Told whenever a spare has started or failed to, so a run can wait for one already on its way.
+    changed: tokio::sync::Notify,
     closed: AtomicBool,
 }
 
@@ -56,6 +62,7 @@ impl Spares {
             working_dir,
             ready: Mutex::new(Vec::new()),
             starting: AtomicUsize::new(0),
+            changed: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
         })
     }
@@ -95,12 +102,32 @@ impl Spares {
                     Err(error) => tracing::debug!(%error, "could not start a spare shell for runs"),
                 }
                 spares.starting.fetch_sub(1, Ordering::SeqCst);
+                spares.changed.notify_waiters();
             });
         }
     }
 
-    /// A ready spare whose shell is still there (an idle one prints nothing, so any output or end means it is gone).
-    pub fn take(&self) -> Option<AttachedExec> {
+    /// A ready spare whose shell is still there (an idle one prints nothing, so any output or end means it is gone),
+    /// or the next one to start when one is on its way: it started earlier than an exec the run would start now.
+    pub async fn take(&self) -> Option<AttachedExec> {
+        let waited = tokio::time::timeout(WAIT_LIMIT, async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(spare) = self.take_ready() {
+                    return Some(spare);
+                }
+                if self.starting.load(Ordering::SeqCst) == 0 {
+                    return None;
+                }
+                changed.await;
+            }
+        });
+        waited.await.ok().flatten()
+    }
+
+    fn take_ready(&self) -> Option<AttachedExec> {
         let mut ready = lock(&self.ready);
         while let Some(mut spare) = ready.pop() {
             if spare.output.next().now_or_never().is_none() {

@@ -118,10 +118,10 @@ impl DockerSandbox {
         if !spec.env.keys().all(|name| can_export(name)) {
             return None;
         }
-        // Started first, so a run that finds none ready waits for one already on its way.
+        // Started first, so a run that finds none ready waits for one already on its way; the one taken is replaced
+        // once the run has ended, so starting it does not compete with the run.
         self.spares.refill();
         let spare = self.spares.take().await;
-        self.spares.refill();
         let env: Vec<(String, String)> = spec.env.iter().map(|(name, value)| (name.clone(), value.clone())).collect();
         let run = SpareRun { token: &command[3], argv: &command[4..], env: &env, working_dir };
         self.spares.launch(spare?, &run).await
@@ -206,7 +206,7 @@ impl Sandbox for DockerSandbox {
             Some(_) => Arc::new(TerminalControl { group, client: self.client.clone(), exec_id }),
             None => Arc::new(group),
         };
-        let exit = wait_for_exit(
+        let ended = wait_for_exit(
             self.client.clone(),
             self.container_id.clone(),
             self.container_name.clone(),
@@ -215,7 +215,13 @@ impl Sandbox for DockerSandbox {
             signalled,
             finished,
             self.failure.subscribe(),
-        )
+        );
+        let spares = self.spares.clone();
+        let exit = async move {
+            let status = ended.await;
+            spares.refill();
+            status
+        }
         .boxed();
         Ok(Process {
             stdout: output.stdout,

@@ -1,4 +1,4 @@
-//! One docker session: runs as execs in its container (most in spare shells started ahead), cancel through a second exec, status, previews and faults.
+//! One docker session: runs as execs (most in spare shells, `spare.rs`), cancel through a second exec, status, previews, faults.
 
 use crate::locks::lock;
 use std::collections::BTreeMap;

@@ -1196,3 +1196,64 @@ fn a_kept_container_should_not_be_reattached_under_another_network_policy() {
         "the re-attach names the container's network and the policy: {error:?}"
     );
 }
+
+/// Runs without stdin start in a spare shell started ahead of them, runs with stdin in an exec of their own: the
+/// command sees the same environment, directory, shell level, process group and exit either way.
+#[test]
+fn runs_started_in_a_spare_shell_should_see_what_a_run_in_an_exec_of_its_own_sees() {
+    if docker_fixture().is_none() {
+        return;
+    }
+    let server = start_server();
+    let (_workspace, session) = connect(&server, json!({ "image": IMAGE }), &[("sub/keep.txt", "x")]);
+    let report = "env | grep -v '^_=' | sort; pwd; echo \"pid $$ group $(cut -d' ' -f5 /proc/$$/stat) session $(cut -d' ' -f6 /proc/$$/stat)\"; \
+                  [ -t 0 ] && echo tty; cat; echo 'err' >&2; exit 7";
+    let run = |stdin: bool, cwd: Option<&str>| {
+        let mut params = json!({
+            "sessionId": session["sessionId"],
+            "command": report,
+            "env": { "SANDLINK_TEST_VALUE": "a 'quoted' value\nover two lines" },
+            "stdin": stdin,
+        });
+        if let Some(cwd) = cwd {
+            params["cwd"] = json!(cwd);
+        }
+        let run_id = server.start_run(params);
+        if stdin {
+            server.request("sandlink/input", json!({ "runId": run_id, "text": "", "eof": true })).expect("eof");
+        }
+        server.collect_run(&run_id, support::DEFAULT_TIMEOUT)
+    };
+    // The first runs find the spares still starting, later ones take them: both paths are compared.
+    std::thread::sleep(Duration::from_secs(2));
+    for cwd in [None, Some("sub")] {
+        let spare = run(false, cwd);
+        let own = run(true, cwd);
+        assert_eq!(spare.exit_code(), Some(7), "{}", spare.exit);
+        assert_eq!(own.exit_code(), Some(7), "{}", own.exit);
+        assert_eq!(spare.stderr, "err\n");
+        assert_eq!(own.stderr, "err\n");
+        let without_pids = |stdout: &str| {
+            stdout
+                .lines()
+                .map(|line| match line.split_once("pid ") {
+                    Some(_) => {
+                        let fields: Vec<&str> = line.split(' ').collect();
+                        assert_eq!(fields[1], fields[3], "the run leads its process group: {line}");
+                        assert_eq!(fields[1], fields[5], "the run leads its session: {line}");
+                        "pid".to_string()
+                    }
+                    None => line.to_string(),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(without_pids(&spare.stdout), without_pids(&own.stdout), "spare:\n{}\nown:\n{}", spare.stdout, own.stdout);
+        // `sort` puts the value's second line elsewhere.
+        assert!(spare.stdout.contains("SANDLINK_TEST_VALUE=a 'quoted' value\n"), "{}", spare.stdout);
+        assert!(spare.stdout.contains("\nover two lines\n"), "{}", spare.stdout);
+        // `pwd` prints the line before the process facts (a path under the root reads as the workspace's).
+        let lines: Vec<&str> = spare.stdout.lines().collect();
+        let directory = lines[lines.len() - 2];
+        assert_eq!(directory.ends_with("/sub"), cwd.is_some(), "{}", spare.stdout);
+    }
+}

@@ -14,6 +14,7 @@ mod client;
 mod network;
 mod sandbox;
 mod settings;
+mod spare;
 mod transport;
 
 use crate::locks::lock;
@@ -328,13 +329,21 @@ impl Driver {
             owner: settings.user.clone(),
         });
         let signaller = Arc::new(Agent::new(transport));
+        let session_env = if created { BTreeMap::new() } else { settings.env.clone() };
+        let spares = spare::Spares::new(
+            client.clone(),
+            container_id.clone(),
+            settings.user.clone(),
+            sandbox::session_env(&settings.remote_root, gate.as_ref(), &session_env),
+            settings.remote_root.clone(),
+        );
         let sandbox = Arc::new(DockerSandbox {
             client: client.clone(),
             container_id,
             container_name,
             remote_root: settings.remote_root.clone(),
             user: settings.user.clone(),
-            env: if created { BTreeMap::new() } else { settings.env.clone() },
+            env: session_env,
             created,
             keep_setting: settings.keep,
             signaller,
@@ -346,8 +355,10 @@ impl Driver {
             gate: Mutex::new(gate),
             previous_sample: Mutex::new(None),
             watcher: Mutex::new(None),
+            spares,
         });
         sandbox.watch_events();
+        sandbox.spares.refill();
         Ok(sandbox)
     }
 

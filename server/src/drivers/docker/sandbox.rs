@@ -1,4 +1,4 @@
-//! One docker session: runs as execs in its container, cancel through a second exec, status, previews and faults.
+//! One docker session: runs as execs (most in spare shells, `spare.rs`), cancel through a second exec, status, previews, faults.
 
 use crate::locks::lock;
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::client::{Client, StatsSample};
 use super::network::Gate;
+use super::spare::{can_export, SpareRun, Spares};
 use crate::drivers::process::signal_name;
 use crate::drivers::shell::agent::Agent;
 use crate::drivers::shell::files::ShellFiles;
@@ -50,6 +51,19 @@ pub struct DockerSandbox {
     pub(super) gate: Mutex<Option<Gate>>,
     pub(super) previous_sample: Mutex<Option<StatsSample>>,
     pub(super) watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Shells started ahead of runs, so a run without stdin or terminal starts without an exec of its own.
+    pub(super) spares: Arc<Spares>,
+}
+
+/// What every run of a session has in its environment, before the run's own `env` (which may override it).
+pub(super) fn session_env(remote_root: &str, gate: Option<&Gate>, env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut all: Vec<String> = vec![format!("SANDLINK_REMOTE_ROOT={remote_root}")];
+    // The proxy stays the container's only way out, whatever the run's own `env` says.
+    if let Some(gate) = gate {
+        all.extend(gate.environment().into_iter().map(|(name, value)| format!("{name}={value}")));
+    }
+    all.extend(env.iter().map(|(name, value)| format!("{name}={value}")));
+    all
 }
 
 impl DockerSandbox {
@@ -93,16 +107,24 @@ impl DockerSandbox {
     }
 
     fn exec_env(&self, spec: &ExecSpec) -> Vec<String> {
-        let mut env: Vec<String> = Vec::new();
-        env.push(format!("SANDLINK_REMOTE_ROOT={}", self.remote_root));
-        // Before the run's own `env`, which may override them (the proxy stays the container's only way out).
-        if let Some(gate) = lock(&self.gate).as_ref() {
-            env.extend(gate.environment().into_iter().map(|(name, value)| format!("{name}={value}")));
-        }
-        for (name, value) in self.env.iter().chain(spec.env.iter()) {
-            env.push(format!("{name}={value}"));
-        }
+        let mut env = session_env(&self.remote_root, lock(&self.gate).as_ref(), &self.env);
+        env.extend(spec.env.iter().map(|(name, value)| format!("{name}={value}")));
         env
+    }
+
+    /// Starts a run without stdin or terminal in a spare shell; `None` when none is ready, it refused the run, or
+    /// the run has a variable the shell cannot export. `command` is `group::run_argv`'s.
+    async fn start_in_spare(&self, command: &[String], spec: &ExecSpec, working_dir: &str) -> Option<super::client::AttachedExec> {
+        if !spec.env.keys().all(|name| can_export(name)) {
+            return None;
+        }
+        // Started first, so a run that finds none ready waits for one already on its way; the one taken is replaced
+        // once the run has ended, so starting it does not compete with the run.
+        self.spares.refill();
+        let spare = self.spares.take().await;
+        let env: Vec<(String, String)> = spec.env.iter().map(|(name, value)| (name.clone(), value.clone())).collect();
+        let run = SpareRun { token: &command[3], argv: &command[4..], env: &env, working_dir };
+        self.spares.launch(spare?, &run).await
     }
 
     fn current_failure(&self) -> Option<String> {
@@ -159,9 +181,18 @@ impl Sandbox for DockerSandbox {
                     .await?
             }
             None => {
-                self.client
-                    .exec(&self.container_id, command, env, Some(working_dir.clone()), self.user.clone(), spec.stdin)
-                    .await?
+                let spared = match spec.stdin {
+                    true => None,
+                    false => self.start_in_spare(&command, &spec, &working_dir).await,
+                };
+                match spared {
+                    Some(attached) => attached,
+                    None => {
+                        self.client
+                            .exec(&self.container_id, command, env, Some(working_dir.clone()), self.user.clone(), spec.stdin)
+                            .await?
+                    }
+                }
             }
         };
         let exec_id = attached.id.clone();
@@ -175,7 +206,7 @@ impl Sandbox for DockerSandbox {
             Some(_) => Arc::new(TerminalControl { group, client: self.client.clone(), exec_id }),
             None => Arc::new(group),
         };
-        let exit = wait_for_exit(
+        let ended = wait_for_exit(
             self.client.clone(),
             self.container_id.clone(),
             self.container_name.clone(),
@@ -184,7 +215,13 @@ impl Sandbox for DockerSandbox {
             signalled,
             finished,
             self.failure.subscribe(),
-        )
+        );
+        let spares = self.spares.clone();
+        let exit = async move {
+            let status = ended.await;
+            spares.refill();
+            status
+        }
         .boxed();
         Ok(Process {
             stdout: output.stdout,
@@ -271,6 +308,7 @@ impl Sandbox for DockerSandbox {
 
     async fn disconnect(&self, keep: bool) -> Result<()> {
         self.closing.store(true, Ordering::SeqCst);
+        self.spares.close();
         if let Some(watcher) = lock(&self.watcher).take() {
             watcher.abort();
         }

@@ -507,7 +507,7 @@ def docker_rows(options, directory, state, results):
             return run_process(["docker", "exec", container, "true"])[0]
 
         ours, theirs = [], []
-        for index in range(max(options.rounds, 30) + 5):
+        for index in range(max(options.rounds, 20) + 5):
             pair = (through_lsp(), docker_exec()) if index % 2 == 0 else tuple(reversed((docker_exec(), through_lsp())))
             if index >= 5:
                 ours.append(pair[0])
@@ -524,7 +524,7 @@ def docker_rows(options, directory, state, results):
         else:
             saved = os.path.join(workspace, "src/m1/saved.js")
             latencies = save_to_visible(server, saved, os.path.join(visible_root, "src/m1/saved.js"),
-                                        min(options.saves, 100))
+                                        min(options.saves, 50))
             p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
             results.append(row(f"save to visible, docker, {len(latencies)} saves", "docker",
                                f"p50 {millis(p50)}, p99 {millis(p99)}", [], None,

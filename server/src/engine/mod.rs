@@ -334,5 +334,17 @@ impl Engine {
             .session_state(SessionStateParams { session_id: session.id.clone(), state, message })
             .await;
     }
+
+    /// `emit_state` without rewriting the record, for a state the caller replaces at once with one it persists
+    /// (the `connecting` between a new session's first upload and `active`): each record write waits for the disk.
+    async fn emit_state_unpersisted(&self, session: &Session, state: SessionState) {
+        session.update(|mutable| {
+            mutable.state = state;
+            mutable.message = None;
+        });
+        self.events
+            .session_state(SessionStateParams { session_id: session.id.clone(), state, message: None })
+            .await;
+    }
 }
 

@@ -379,6 +379,24 @@ pub fn human_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn an_owned_lossless_piece_should_be_queued_whole_and_a_longer_one_cut_into_notifications() {
+        let live = LiveView::new();
+        live.push_lossless_owned(OutputStream::Stdout, b"first".to_vec()).await;
+        live.push_lossless_owned(OutputStream::Stderr, vec![b'x'; NOTIFICATION_LIMIT_BYTES + 1]).await;
+        live.close();
+        let batch = live.next_batch().await.expect("the queued pieces");
+        assert_eq!(
+            batch,
+            vec![
+                Segment::Data(OutputStream::Stdout, b"first".to_vec()),
+                Segment::Data(OutputStream::Stderr, vec![b'x'; NOTIFICATION_LIMIT_BYTES]),
+                Segment::Data(OutputStream::Stderr, vec![b'x']),
+            ]
+        );
+        assert!(live.next_batch().await.is_none(), "closed and drained");
+    }
+
     #[test]
     fn decoder_should_not_split_a_character_across_pieces() {
         let mut decoder = Utf8Decoder::default();

@@ -963,4 +963,21 @@ mod tests {
         assert_eq!(default("passEnv"), Some(json!(parsed.pass_env)));
         assert_eq!(parsed.requested, Requested::from_setting(Some("auto")).expect("auto"));
     }
+
+    #[test]
+    fn an_agent_waiter_should_say_running_until_its_thread_drops_the_sender_and_then_answer_at_once() {
+        let (reaped_sender, reaped) = std::sync::mpsc::channel::<()>();
+        let (reap, reap_now) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = reap_now.recv();
+            drop(reaped_sender);
+        });
+        let waiter = AgentWaiter { thread, reaped };
+        assert!(waiter.still_running_after(std::time::Duration::ZERO), "the wait has not returned yet");
+        reap.send(()).expect("the thread waits");
+        let asked = std::time::Instant::now();
+        assert!(!waiter.still_running_after(std::time::Duration::from_secs(60)), "the sender is gone");
+        assert!(asked.elapsed() < std::time::Duration::from_secs(30), "answered when the sender went, not at the limit");
+        waiter.thread.join().expect("the thread ends");
+    }
 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 mod manage;
 mod runs;
+mod stdout;
 
 use crate::drivers::process::signal_number;
 use crate::engine::{Engine, Events};
@@ -649,10 +650,7 @@ impl Events for TerminalEvents {
     async fn output(&self, params: OutputParams) {
         // Terminal writes are short and ordered; a closed pipe (`| head`) is not an error worth reporting.
         let _ = match params.stream {
-            OutputStream::Stdout => {
-                let mut stdout = std::io::stdout().lock();
-                stdout.write_all(params.text.as_bytes()).and_then(|()| stdout.flush())
-            }
+            OutputStream::Stdout => stdout::write_unbuffered(params.text.as_bytes()),
             OutputStream::Stderr => std::io::stderr().lock().write_all(params.text.as_bytes()),
         };
     }

@@ -337,7 +337,9 @@ impl Engine {
         let prepared = match self.attach_sync(&session, sync_options).await {
             Ok(()) if automatic_sync && session.sync.get().is_some() => {
                 progress.report(upload_message.to_string(), None).await;
-                self.sync_session(&session, SyncDirection::Up, None, progress).await.map(|_| ())
+                // `active` (or `error`) follows at once and is what the record gets; the `connecting` the upload goes
+                // back to is only announced.
+                self.sync_session_restoring(&session, SyncDirection::Up, None, progress, false).await.map(|_| ())
             }
             other => other,
         };

@@ -53,6 +53,27 @@ pub trait Events: Send + Sync {
 }
 
 
+/// Probes every driver, each in a task of its own: a probe that blocks its thread (the local driver's test run of
+/// bubblewrap) must not hold up the others, as it would when they were polled together in one task.
+async fn probe_all(drivers: &[Arc<dyn Driver>]) -> Vec<DriverInfo> {
+    let probes: Vec<_> = drivers
+        .iter()
+        .map(|driver| {
+            let driver = driver.clone();
+            tokio::spawn(async move { drivers::describe(driver.as_ref()).await })
+        })
+        .collect();
+    let mut infos = Vec::with_capacity(probes.len());
+    for (probe, driver) in probes.into_iter().zip(drivers) {
+        match probe.await {
+            Ok(info) => infos.push(info),
+            // A probe that panicked is asked again here, so the list stays whole and in order.
+            Err(_) => infos.push(drivers::describe(driver.as_ref()).await),
+        }
+    }
+    infos
+}
+
 /// The sessions and runs of one server (or one command-line invocation).
 pub struct Engine {
     drivers: Vec<Arc<dyn Driver>>,
@@ -76,7 +97,12 @@ pub struct Engine {
     audit: Arc<audit::Audit>,
     /// The front door this engine serves, as the audit log names it.
     who: audit::Who,
+    /// Driver probes started with the server, before `initialize` arrives, for its result (see `probe_drivers_early`).
+    early_probe: Mutex<Option<EarlyProbe>>,
 }
+
+/// The driver list a probe started early will answer, shared so it can be awaited after it was spawned.
+type EarlyProbe = futures::future::Shared<futures::future::BoxFuture<'static, Vec<DriverInfo>>>;
 
 impl Engine {
     pub fn new(events: Arc<dyn Events>) -> Self {
@@ -120,6 +146,7 @@ impl Engine {
             jobs: jobs::Jobs::default(),
             audit,
             who: audit::Who::Editor,
+            early_probe: Mutex::default(),
         }
     }
 
@@ -135,8 +162,31 @@ impl Engine {
 
     /// Every driver with its availability, probed now.
     pub async fn drivers(&self) -> Vec<DriverInfo> {
-        let probes = self.drivers.iter().map(|driver| drivers::describe(driver.as_ref()));
-        futures::future::join_all(probes).await
+        probe_all(&self.drivers).await
+    }
+
+    /// Starts probing every driver now, in the background, so the probes (the Docker daemon's answers, the
+    /// bubblewrap and ssh test runs) overlap the server's start instead of following the `initialize` request.
+    pub fn probe_drivers_early(&self) {
+        use futures::FutureExt;
+        let drivers = self.drivers.clone();
+        let probe = tokio::spawn(async move { probe_all(&drivers).await });
+        let answer = async move { probe.await.unwrap_or_default() }.boxed().shared();
+        *lock(&self.early_probe) = Some(answer);
+    }
+
+    /// The drivers as the probe started by `probe_drivers_early` found them (once; later calls probe again), or
+    /// probed now when none was started.
+    pub async fn drivers_at_start(&self) -> Vec<DriverInfo> {
+        let early = lock(&self.early_probe).take();
+        match early {
+            Some(probe) => match probe.await {
+                drivers if drivers.len() == self.drivers.len() => drivers,
+                // The probe task panicked: ask again rather than answer an empty list.
+                _ => self.drivers().await,
+            },
+            None => self.drivers().await,
+        }
     }
 
     /// Values one driver setting may take here, for a connect flow or a profile form; a setting the driver does
@@ -282,6 +332,18 @@ impl Engine {
         }
         self.events
             .session_state(SessionStateParams { session_id: session.id.clone(), state, message })
+            .await;
+    }
+
+    /// `emit_state` without rewriting the record, for a state the caller replaces at once with one it persists
+    /// (the `connecting` between a new session's first upload and `active`): each record write waits for the disk.
+    async fn emit_state_unpersisted(&self, session: &Session, state: SessionState) {
+        session.update(|mutable| {
+            mutable.state = state;
+            mutable.message = None;
+        });
+        self.events
+            .session_state(SessionStateParams { session_id: session.id.clone(), state, message: None })
             .await;
     }
 }

@@ -105,17 +105,38 @@ impl LiveView {
     /// Queues output, waiting for room instead of skipping: for the command line, where a full pipe downstream
     /// (`| less`) should slow the command rather than lose output.
     pub async fn push_lossless(&self, stream: OutputStream, bytes: &[u8]) {
+        // In pieces of one notification each, so the sender hands them on without cutting them again.
+        self.push_lossless_pieces(stream, bytes.len(), || bytes.chunks(NOTIFICATION_LIMIT_BYTES).map(<[u8]>::to_vec)).await
+    }
+
+    /// `push_lossless` of a piece the caller gives up, queued without a copy; a piece longer than one notification
+    /// is cut as `push_lossless` cuts it.
+    pub async fn push_lossless_owned(&self, stream: OutputStream, bytes: Vec<u8>) {
+        if bytes.len() > NOTIFICATION_LIMIT_BYTES {
+            return self.push_lossless(stream, &bytes).await;
+        }
+        let length = bytes.len();
+        let mut piece = Some(bytes);
+        self.push_lossless_pieces(stream, length, || piece.take()).await
+    }
+
+    /// Queues the pieces (`length` bytes in all) once there is room, waiting for the sender to take a batch.
+    async fn push_lossless_pieces<P: IntoIterator<Item = Vec<u8>>>(
+        &self,
+        stream: OutputStream,
+        length: usize,
+        mut pieces: impl FnMut() -> P,
+    ) {
         loop {
             {
                 let mut queue = lock(&self.queue);
                 if queue.closed {
                     return;
                 }
-                if queue.queued_bytes == 0 || queue.queued_bytes + bytes.len() <= LIVE_VIEW_LIMIT_BYTES {
-                    queue.queued_bytes += bytes.len();
-                    // In pieces of one notification each, so the sender hands them on without cutting them again.
-                    for piece in bytes.chunks(NOTIFICATION_LIMIT_BYTES) {
-                        queue.segments.push_back(Segment::Data(stream, piece.to_vec()));
+                if queue.queued_bytes == 0 || queue.queued_bytes + length <= LIVE_VIEW_LIMIT_BYTES {
+                    queue.queued_bytes += length;
+                    for piece in pieces() {
+                        queue.segments.push_back(Segment::Data(stream, piece));
                     }
                     drop(queue);
                     self.wake.notify_one();
@@ -357,6 +378,24 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_owned_lossless_piece_should_be_queued_whole_and_a_longer_one_cut_into_notifications() {
+        let live = LiveView::new();
+        live.push_lossless_owned(OutputStream::Stdout, b"first".to_vec()).await;
+        live.push_lossless_owned(OutputStream::Stderr, vec![b'x'; NOTIFICATION_LIMIT_BYTES + 1]).await;
+        live.close();
+        let batch = live.next_batch().await.expect("the queued pieces");
+        assert_eq!(
+            batch,
+            vec![
+                Segment::Data(OutputStream::Stdout, b"first".to_vec()),
+                Segment::Data(OutputStream::Stderr, vec![b'x'; NOTIFICATION_LIMIT_BYTES]),
+                Segment::Data(OutputStream::Stderr, vec![b'x']),
+            ]
+        );
+        assert!(live.next_batch().await.is_none(), "closed and drained");
+    }
 
     #[test]
     fn decoder_should_not_split_a_character_across_pieces() {

@@ -153,6 +153,19 @@ impl Engine {
         paths: Option<Vec<String>>,
         progress: &dyn Progress,
     ) -> Result<SyncResult> {
+        self.sync_session_restoring(session, direction, paths, progress, true).await
+    }
+
+    /// `sync_session`; with `persist_restored` false the state it goes back to is announced but not written to the
+    /// record, for a caller that sets and persists the next state right away (a new session's first upload).
+    pub(super) async fn sync_session_restoring(
+        &self,
+        session: &Arc<Session>,
+        direction: SyncDirection,
+        paths: Option<Vec<String>>,
+        progress: &dyn Progress,
+        persist_restored: bool,
+    ) -> Result<SyncResult> {
         if session.workspace.is_none() {
             return Err(Error::InvalidParams(format!("Session {} has no workspace folder to sync.", session.id)));
         }
@@ -181,7 +194,11 @@ impl Engine {
             );
         }
         let restored = if previous == SessionState::Syncing { SessionState::Active } else { previous };
-        self.emit_state(session, restored, None).await;
+        if persist_restored {
+            self.emit_state(session, restored, None).await;
+        } else {
+            self.emit_state_unpersisted(session, restored).await;
+        }
         outcome
     }
 

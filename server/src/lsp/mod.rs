@@ -51,6 +51,7 @@ const CLEANUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 pub async fn serve_stdio() {
     let (service, socket) = build_service();
     let engine = service.inner().engine.clone();
+    engine.probe_drivers_early();
     let engine_at_input_end = engine.clone();
     let at_input_end = async move {
         // The client closed its side without `exit`: end runs while their `sandlink/exit` can still be sent.
@@ -657,7 +658,7 @@ impl LanguageServer for Backend {
         }
         let experimental = proto::ServerExperimental {
             version: proto::PROTOCOL_VERSION,
-            drivers: self.engine.drivers().await,
+            drivers: self.engine.drivers_at_start().await,
         };
         Ok(InitializeResult {
             capabilities: ServerCapabilities {

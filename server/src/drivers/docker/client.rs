@@ -33,6 +33,10 @@ pub struct Client {
     docker: bollard::Docker,
     /// Where the daemon was looked for, for error messages.
     host: String,
+    /// The daemon's description from the answer `connect` already had, for the first `describe_daemon`, so a
+    /// driver probe that has just connected does not ask the (slow to answer) `/version` a third time.
+    /// Only a fresh answer stands in for asking again (`FRESH_DESCRIPTION`).
+    described_at_connect: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
 
 /// A started exec: its id, its demultiplexed output and its stdin.
@@ -105,6 +109,26 @@ pub struct ContainerEvent {
     pub exit_code: Option<String>,
 }
 
+/// How old the answer `connect` had may be and still describe the daemon: a probe right after connecting reuses
+/// it; a later one (the client was made by the clean-up at start, say) asks the daemon again.
+const FRESH_DESCRIPTION: Duration = Duration::from_secs(1);
+
+/// "Docker 27.1.0 (API 1.46) at unix:///var/run/docker.sock", from a `/version` answer.
+fn describe_version(version: &bollard::models::SystemVersion, host: &str) -> String {
+    let podman = version
+        .components
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|component| component.name.to_ascii_lowercase().contains("podman"));
+    format!(
+        "{} {} (API {}) at {host}",
+        if podman { "Podman" } else { "Docker" },
+        version.version.as_deref().unwrap_or_default(),
+        version.api_version.as_deref().unwrap_or_default(),
+    )
+}
+
 impl Client {
     /// Connects to `DOCKER_HOST` or the default socket and negotiates the API version.
     pub async fn connect() -> Result<Self> {
@@ -119,12 +143,16 @@ impl Client {
         let docker = bollard::Docker::connect_with_defaults().map_err(|error| unreachable(error.to_string()))?;
         // Long-running calls (downloads, attached execs) are streams; this bounds only single request/answer calls.
         let docker = docker.with_timeout(Duration::from_secs(120));
-        let probe = tokio::time::timeout(Duration::from_secs(5), docker.version()).await;
-        let version = match probe {
-            Ok(Ok(version)) => version,
-            Ok(Err(error)) => return Err(unreachable(describe(&error))),
+        // The version check and the negotiation both ask `/version`; asked together they cost one round trip
+        // (the daemon takes milliseconds to answer it, which a driver probe at start-up waits for).
+        let negotiation = docker.clone().negotiate_version();
+        let probe = tokio::time::timeout(Duration::from_secs(5), futures::future::join(docker.version(), negotiation)).await;
+        let (version, negotiated) = match probe {
+            Ok((Ok(version), negotiated)) => (version, negotiated),
+            Ok((Err(error), _)) => return Err(unreachable(describe(&error))),
             Err(_) => return Err(unreachable("no answer within 5 s".into())),
         };
+        let description = describe_version(&version, &host);
         let server_api = version.api_version.unwrap_or_default();
         if !api_at_least(&server_api, MINIMUM_API) {
             return Err(Error::DriverUnavailable {
@@ -135,8 +163,8 @@ impl Client {
                 ),
             });
         }
-        let docker = docker.negotiate_version().await.map_err(|error| unreachable(describe(&error)))?;
-        Ok(Client { docker, host })
+        let docker = negotiated.map_err(|error| unreachable(describe(&error)))?;
+        Ok(Client { docker, host, described_at_connect: std::sync::Arc::new(std::sync::Mutex::new(Some((std::time::Instant::now(), description)))) })
     }
 
     pub fn host(&self) -> &str {
@@ -145,19 +173,13 @@ impl Client {
 
     /// The daemon's product and version, for `DriverInfo.detail`.
     pub async fn describe_daemon(&self) -> Result<String> {
+        if let Some((asked, description)) = crate::locks::lock(&self.described_at_connect).take() {
+            if asked.elapsed() < FRESH_DESCRIPTION {
+                return Ok(description);
+            }
+        }
         let version = self.docker.version().await.map_err(|error| self.map(error))?;
-        let podman = version
-            .components
-            .unwrap_or_default()
-            .iter()
-            .any(|component| component.name.to_ascii_lowercase().contains("podman"));
-        Ok(format!(
-            "{} {} (API {}) at {}",
-            if podman { "Podman" } else { "Docker" },
-            version.version.unwrap_or_default(),
-            version.api_version.unwrap_or_default(),
-            self.host
-        ))
+        Ok(describe_version(&version, &self.host))
     }
 
     /// Whether the image exists locally.

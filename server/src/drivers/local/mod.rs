@@ -290,29 +290,40 @@ impl super::Driver for Driver {
 struct Agent {
     client: AgentClient,
     pid: libc::pid_t,
-    waiter: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    waiter: std::sync::Mutex<Option<AgentWaiter>>,
+}
+
+/// The thread that waits for an agent (or its bubblewrap), and a channel that closes once that wait returned.
+struct AgentWaiter {
+    thread: std::thread::JoinHandle<()>,
+    /// Never sent on: its sender is dropped right after the agent is reaped, which wakes a `recv` at once.
+    reaped: std::sync::mpsc::Receiver<()>,
+}
+
+impl AgentWaiter {
+    /// Whether the agent is still unreaped (so its pid is still its own) after waiting up to `limit` for it.
+    fn still_running_after(&self, limit: std::time::Duration) -> bool {
+        matches!(self.reaped.recv_timeout(limit), Err(std::sync::mpsc::RecvTimeoutError::Timeout))
+    }
 }
 
 impl Agent {
     /// Asks the agent to end every process of the session, then makes sure it is gone. Only the first call
-    /// signals: once the waiter has reaped the agent its pid may belong to another process.
+    /// signals: once the waiter has reaped the agent its pid may belong to another process. The end is awaited on
+    /// the waiter's channel rather than by polling, so a one-shot `sandlink run` does not sleep at its exit.
     fn stop(&self) {
         let waiter = crate::locks::lock(&self.waiter).take();
         let Some(waiter) = waiter else { return };
-        // SAFETY: kill(2) on the agent (or bubblewrap) we started, only while its waiter thread still runs, that is
-        // while the pid has not been reaped and reused (the thread ends right after its wait returns).
-        if !waiter.is_finished() {
+        // SAFETY: kill(2) on the agent (or bubblewrap) we started, only while it is unreaped (its waiter has not
+        // closed the channel), so the pid has not been reused.
+        if waiter.still_running_after(std::time::Duration::ZERO) {
             unsafe { libc::kill(self.pid, libc::SIGTERM) };
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while !waiter.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        if !waiter.is_finished() {
-            // SAFETY: as above; the waiter is still waiting, so the pid is still the agent's.
+        if waiter.still_running_after(std::time::Duration::from_secs(2)) {
+            // SAFETY: as above; the channel is still open, so the pid is still the agent's.
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
         }
-        let _ = waiter.join();
+        let _ = waiter.thread.join();
     }
 }
 
@@ -502,7 +513,7 @@ impl LocalSandbox {
         &self,
         agent_dir: &Path,
         detached: Option<(&Path, std::time::Duration)>,
-    ) -> Result<(AgentClient, libc::pid_t, std::thread::JoinHandle<()>)> {
+    ) -> Result<(AgentClient, libc::pid_t, AgentWaiter)> {
         let socket = agent_dir.join("agent.sock");
         let config_path = agent_dir.join("config.json");
         let mut policy = self.policy();
@@ -597,13 +608,15 @@ impl LocalSandbox {
             });
         }
         let (started, spawned) = std::sync::mpsc::channel();
-        let waiter = std::thread::Builder::new()
+        let (reaped_sender, reaped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
             .name("sandlink-agent".into())
             .spawn(move || match command.spawn() {
                 Ok(mut child) => {
                     let _ = started.send(Ok(child.id() as libc::pid_t));
                     drop(joins_cgroup);
                     let _ = child.wait();
+                    drop(reaped_sender);
                 }
                 Err(error) => {
                     let _ = started.send(Err(error));
@@ -626,7 +639,7 @@ impl LocalSandbox {
                 ),
             });
         }
-        Ok((client, pid, waiter))
+        Ok((client, pid, AgentWaiter { thread, reaped }))
     }
 
     fn stop_agent(&self) {
@@ -949,5 +962,22 @@ mod tests {
         assert_eq!(default("unixSockets"), Some(json!(parsed.unix_sockets)));
         assert_eq!(default("passEnv"), Some(json!(parsed.pass_env)));
         assert_eq!(parsed.requested, Requested::from_setting(Some("auto")).expect("auto"));
+    }
+
+    #[test]
+    fn an_agent_waiter_should_say_running_until_its_thread_drops_the_sender_and_then_answer_at_once() {
+        let (reaped_sender, reaped) = std::sync::mpsc::channel::<()>();
+        let (reap, reap_now) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = reap_now.recv();
+            drop(reaped_sender);
+        });
+        let waiter = AgentWaiter { thread, reaped };
+        assert!(waiter.still_running_after(std::time::Duration::ZERO), "the wait has not returned yet");
+        reap.send(()).expect("the thread waits");
+        let asked = std::time::Instant::now();
+        assert!(!waiter.still_running_after(std::time::Duration::from_secs(60)), "the sender is gone");
+        assert!(asked.elapsed() < std::time::Duration::from_secs(30), "answered when the sender went, not at the limit");
+        waiter.thread.join().expect("the thread ends");
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tempfile::TempPath;
 
-use super::beneath::{Beneath, WalkError};
+use super::beneath::{proc_fd_path, Beneath, Linked, WalkError};
 use super::manifest::hash_link;
 use super::resolve::{link_stays_inside, OnDisk};
 use super::scan::{check_relative, LocalEntry};
@@ -82,7 +82,7 @@ pub fn pack_checked(
     // link after the scan (by a build, or by whatever runs in a local sandbox) cannot make this read elsewhere.
     let mut beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
     for relative in paths {
-        let file = match beneath.open_file(relative) {
+        let file = match beneath.open_file_looked(relative) {
             Ok(file) => file,
             Err(error) => {
                 tracing::debug!(path = %relative, ?error, "skipped a file that could not be reached without a symlink");
@@ -110,7 +110,7 @@ pub fn pack_checked(
             sent.push(Sent { path: relative.clone(), local, hash: hash_link(&target), stable: true });
             continue;
         };
-        let before = file.metadata().context(|| format!("Could not read {relative}"))?;
+        let (file, before) = file;
         let local = LocalEntry::from_metadata(&before, None);
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
@@ -300,14 +300,7 @@ fn copy_hashing(reader: &mut impl Read, writer: &mut File, hasher: &mut blake3::
 /// through a symlink: a parent that is a link fails with `pathOutsideWorkspace`, naming it.
 pub fn place(beneath: &mut Beneath, staged: Staged) -> Result<()> {
     let path = staged.path.clone();
-    let through_link = |error: WalkError| match error {
-        WalkError::Link(link) => Error::PathOutsideWorkspace(format!(
-            "\"{path}\" would be written through the symlink \"{link}\", which could lead outside the root; nothing was \
-             written there. Replace the symlink with a directory, or exclude the path."
-        )),
-        WalkError::Missing => Error::Internal(format!("The directory of {path} vanished while it was written.")),
-        WalkError::Io(error) => Error::io(format!("Could not write {path}"), error),
-    };
+    let through_link = |error: WalkError| walk_failed(&path, error);
     match staged.kind {
         EntryKind::Symlink => beneath.symlink(staged.link_target.as_deref().unwrap_or_default(), &path).map_err(through_link),
         EntryKind::File | EntryKind::Dir => {
@@ -341,6 +334,18 @@ pub fn place(beneath: &mut Beneath, staged: Staged) -> Result<()> {
     }
 }
 
+/// The error of a write to `path` whose walk stopped: at a symlink it is `pathOutsideWorkspace`, naming the link.
+fn walk_failed(path: &str, error: WalkError) -> Error {
+    match error {
+        WalkError::Link(link) => Error::PathOutsideWorkspace(format!(
+            "\"{path}\" would be written through the symlink \"{link}\", which could lead outside the root; nothing was \
+             written there. Replace the symlink with a directory, or exclude the path."
+        )),
+        WalkError::Missing => Error::Internal(format!("The directory of {path} vanished while it was written.")),
+        WalkError::Io(error) => Error::io(format!("Could not write {path}"), error),
+    }
+}
+
 /// The relative path of `name` in the directory of `path`.
 fn sibling(path: &str, name: &str) -> String {
     match path.rsplit_once('/') {
@@ -358,6 +363,7 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
     let mut placed = Vec::new();
     let read_failed = |source: std::io::Error| Error::io("Could not read the upload archive", source);
+    let mut unnamed_files = true;
     for entry in archive.entries().map_err(read_failed)? {
         let mut entry = entry.map_err(read_failed)?;
         let path = String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/').to_string();
@@ -391,6 +397,16 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
             }
             Staged { path, kind: EntryKind::Symlink, size: 0, mtime_s, mode, hash: String::new(), link_target: Some(target), temp: None }
         } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
+            if unnamed_files {
+                match write_unnamed(&mut beneath, &mut entry, &path, mode, mtime_s, staging)? {
+                    Some(stat) => {
+                        placed.push((path, stat));
+                        continue;
+                    }
+                    // Not on this file system (or without /proc): every later file takes the staging route too.
+                    None => unnamed_files = false,
+                }
+            }
             let mut temp = tempfile::Builder::new()
                 .prefix(".upload-")
                 .tempfile_in(staging)
@@ -415,6 +431,64 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
         place(&mut beneath, staged)?;
     }
     Ok(placed)
+}
+
+/// Writes one archive entry as an unnamed file (`O_TMPFILE`) in the directory that will hold it, and names it
+/// there once it is complete: one file created in place and no rename from the staging directory, so no path
+/// lookups and no cross-directory rename per file, and a kill at any point leaves nothing half-written or stray.
+/// Where a file already stands at `path`, the complete file is named in `staging` and renamed over it as before.
+/// Answers how the placed file looked right after, or `None` (nothing read from the archive yet) where the file
+/// system cannot make unnamed files, so the caller takes the staging route.
+fn write_unnamed(
+    beneath: &mut Beneath,
+    entry: &mut impl Read,
+    path: &str,
+    mode: u32,
+    mtime_s: u64,
+    staging: &Path,
+) -> Result<Option<rustix::fs::Stat>> {
+    let mut file = match beneath.create_unnamed(path, mode) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(None),
+        Err(error) => return Err(walk_failed(path, error)),
+    };
+    std::io::copy(entry, &mut file).map_err(|source| Error::io("Could not read the upload archive", source))?;
+    finish_temp(&file, mode, mtime_s, path)?;
+    match beneath.link_unnamed(&file, path).map_err(|error| walk_failed(path, error))? {
+        Linked::Named => {}
+        linked => {
+            // Something stands there (or /proc is missing): name the complete file in staging, then rename it over.
+            let temp = name_in_staging(&mut file, linked, staging, mode, mtime_s, path)?;
+            let staged = Staged { path: path.to_string(), kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) };
+            place(beneath, staged)?;
+        }
+    }
+    match rustix::fs::fstat(&file) {
+        Ok(stat) if stat.st_nlink > 0 => Ok(Some(stat)),
+        _ => Ok(beneath.lstat(path).context(|| format!("Could not look at {path} after writing it"))?),
+    }
+}
+
+/// A staging name for a complete unnamed file: linked there when `/proc` allows, else copied into a new file.
+fn name_in_staging(file: &mut File, linked: Linked, staging: &Path, mode: u32, mtime_s: u64, path: &str) -> Result<TempPath> {
+    if linked == Linked::Exists {
+        for _ in 0..16 {
+            let candidate = staging.join(format!(".upload-{}", crate::ids::short_id()));
+            match rustix::fs::linkat(rustix::fs::CWD, proc_fd_path(file).as_str(), rustix::fs::CWD, &candidate, rustix::fs::AtFlags::SYMLINK_FOLLOW) {
+                Ok(()) => return TempPath::try_from_path(&candidate).context(|| format!("Could not stage {path}")),
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    let mut temp = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(staging)
+        .context(|| format!("Could not create a temporary file in {}", staging.display()))?;
+    std::io::Seek::seek(file, std::io::SeekFrom::Start(0)).context(|| format!("Could not read back {path}"))?;
+    std::io::copy(file, temp.as_file_mut()).context(|| format!("Could not write {path}"))?;
+    finish_temp(temp.as_file(), mode, mtime_s, path)?;
+    Ok(temp.into_temp_path())
 }
 
 /// Deletes relative paths under `root` (directories recursively), never through a symlinked parent.

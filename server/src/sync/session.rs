@@ -31,8 +31,10 @@ use crate::protocol::{Conflict, HeldBackFile, SkippedPath, SyncDirection, SyncRe
 const BATCH_FILES: usize = 8_000;
 /// Content bytes per upload archive.
 const BATCH_BYTES: u64 = 256 << 20;
-/// How long saves may keep arriving before their sync starts, so bursts (save all) become one batch.
-const SAVE_COALESCE: Duration = Duration::from_millis(3);
+/// How many times the worker lets the runtime run other tasks before a sync of saves starts: the rest of a burst
+/// (save all) is already read and queued behind the first save, so it joins the same batch without the
+/// millisecond or more a timer costs (saves that come while a sync runs wait for it and go together next).
+const SAVE_COALESCE_YIELDS: usize = 8;
 /// Up to this many paths, an upload checks the sandbox's copies per path (`RemoteFiles::stat`); beyond, one listing.
 const STAT_PATHS: usize = 256;
 /// How often a changed manifest is written after automatic syncs.
@@ -273,7 +275,9 @@ impl SessionSync {
     async fn worker(&self) {
         loop {
             self.inner.wake.notified().await;
-            tokio::time::sleep(SAVE_COALESCE).await;
+            for _ in 0..SAVE_COALESCE_YIELDS {
+                tokio::task::yield_now().await;
+            }
             if let Err(error) = self.flush().await {
                 tracing::warn!(%error, "automatic sync failed; it is retried on the next change or run");
             }

@@ -397,7 +397,7 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
             }
             Staged { path, kind: EntryKind::Symlink, size: 0, mtime_s, mode, hash: String::new(), link_target: Some(target), temp: None }
         } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
-            if unnamed_files {
+            if unnamed_files && entry.size() <= UNNAMED_FILE_LIMIT {
                 match write_unnamed(&mut beneath, &mut entry, &path, mode, mtime_s, staging)? {
                     Some(stat) => {
                         placed.push((path, stat));
@@ -432,6 +432,11 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
     }
     Ok(placed)
 }
+
+/// Files up to this size are written as unnamed files in place (`write_unnamed`), where the per-file costs of a
+/// named staging file and a rename across directories weigh; bigger ones go through `staging` as before, where
+/// those costs are nothing next to the content's.
+const UNNAMED_FILE_LIMIT: u64 = 1 << 20;
 
 /// Writes one archive entry as an unnamed file (`O_TMPFILE`) in the directory that will hold it, and names it
 /// there once it is complete: one file created in place and no rename from the staging directory, so no path

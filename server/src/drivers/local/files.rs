@@ -87,61 +87,28 @@ impl RemoteFiles for LocalFiles {
     }
 }
 
-/// Every entry under `root`, without following symlinks, sorted by path. Two threads walk it (each `lstat` is a
-/// system call of its own, and a two-way sync waits for this listing), as the workspace's scan does.
+/// Every entry under `root`, without following symlinks.
 fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
-    let entries = std::sync::Mutex::new(Vec::new());
-    let failure: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-    let walker = ignore::WalkBuilder::new(root).standard_filters(false).follow_links(false).threads(2).build_parallel();
-    walker.run(|| {
-        let entries = &entries;
-        let failure = &failure;
-        // Each thread gathers its own entries and hands them over when it is done, so the threads share no lock
-        // per entry.
-        let mut gathered = Gathered { found: Vec::new(), into: entries };
-        Box::new(move |entry| {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(error) => {
-                    crate::locks::lock(failure).get_or_insert_with(|| format!("Could not list the sandbox: {error}"));
-                    return ignore::WalkState::Quit;
-                }
-            };
-            let Ok(relative) = entry.path().strip_prefix(root) else { return ignore::WalkState::Continue };
-            if relative.as_os_str().is_empty() {
-                return ignore::WalkState::Continue;
-            }
-            let Ok(metadata) = entry.metadata() else { return ignore::WalkState::Continue };
-            let Some(relative) = relative.to_str() else {
-                // Reported on its own (the name cannot travel as a protocol path); everything else still syncs.
-                gathered.found.extend(remote_entry(entry.path(), &relative.to_string_lossy(), &metadata).map(|mut unsyncable| {
-                    unsyncable.unsyncable = Some(crate::sync::scan::NOT_UTF8.to_string());
-                    unsyncable
-                }));
-                return ignore::WalkState::Continue;
-            };
-            gathered.found.extend(remote_entry(entry.path(), relative, &metadata));
-            ignore::WalkState::Continue
-        })
-    });
-    if let Some(message) = failure.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
-        return Err(Error::Internal(message));
+    let mut entries = Vec::new();
+    let walker = ignore::WalkBuilder::new(root).standard_filters(false).follow_links(false).build();
+    for entry in walker {
+        let entry = entry.map_err(|error| Error::Internal(format!("Could not list the sandbox: {error}")))?;
+        let Ok(relative) = entry.path().strip_prefix(root) else { continue };
+        if relative.as_os_str().is_empty() {
+            continue;
+        }
+        let Ok(metadata) = entry.metadata() else { continue };
+        let Some(relative) = relative.to_str() else {
+            // Reported on its own (the name cannot travel as a protocol path); everything else still syncs.
+            entries.extend(remote_entry(entry.path(), &relative.to_string_lossy(), &metadata).map(|mut unsyncable| {
+                unsyncable.unsyncable = Some(crate::sync::scan::NOT_UTF8.to_string());
+                unsyncable
+            }));
+            continue;
+        };
+        entries.extend(remote_entry(entry.path(), relative, &metadata));
     }
-    let mut entries = entries.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-    entries.sort_unstable_by(|left: &RemoteEntry, right: &RemoteEntry| left.path.cmp(&right.path));
     Ok(entries)
-}
-
-/// One walker thread's entries, moved into the shared list when the thread's visitor is dropped.
-struct Gathered<'a> {
-    found: Vec<RemoteEntry>,
-    into: &'a std::sync::Mutex<Vec<RemoteEntry>>,
-}
-
-impl Drop for Gathered<'_> {
-    fn drop(&mut self) {
-        crate::locks::lock(self.into).append(&mut self.found);
-    }
 }
 
 /// The entries for the given relative paths that exist, without following symlinks (nor through symlinked parents).

@@ -532,6 +532,45 @@ mod tests {
     }
 
     #[test]
+    fn unpack_should_replace_files_and_directories_and_place_big_files_whole() {
+        let destination = tempfile::tempdir().expect("a temp dir");
+        let staging = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(destination.path().join("old.txt"), "old").expect("write");
+        std::fs::create_dir_all(destination.path().join("was-dir/inner")).expect("mkdir");
+        let big = vec![7u8; (UNNAMED_FILE_LIMIT + 1) as usize];
+        let mut archive = tar::Builder::new(Vec::new());
+        for (path, content, mode) in [("old.txt", &b"new"[..], 0o600), ("was-dir", &b"file"[..], 0o644), ("d/e/new.txt", &b"fresh"[..], 0o755), ("big.bin", &big[..], 0o644)] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(mode);
+            header.set_mtime(1_700_000_000);
+            archive.append_data(&mut header, path, content).expect("append");
+        }
+        let bytes = archive.into_inner().expect("finish");
+        let placed = unpack_atomically(bytes.as_slice(), destination.path(), staging.path()).expect("unpack");
+        let read = |path: &str| std::fs::read(destination.path().join(path)).expect("read");
+        assert_eq!(read("old.txt"), b"new", "an existing file is replaced");
+        assert_eq!(read("was-dir"), b"file", "a directory standing there is replaced");
+        assert_eq!(read("d/e/new.txt"), b"fresh", "missing parents are made");
+        assert_eq!(read("big.bin"), big, "a big file arrives whole");
+        for (path, mode) in [("old.txt", 0o600), ("was-dir", 0o644), ("d/e/new.txt", 0o755)] {
+            let metadata = std::fs::metadata(destination.path().join(path)).expect("stat");
+            assert_eq!(metadata.permissions().mode() & 0o777, mode, "{path}");
+            assert_eq!(std::os::unix::fs::MetadataExt::mtime(&metadata), 1_700_000_000, "{path}");
+        }
+        let looked: Vec<&str> = placed.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(looked, ["old.txt", "was-dir", "d/e/new.txt", "big.bin"]);
+        for (path, stat) in &placed {
+            let now = std::fs::symlink_metadata(destination.path().join(path)).expect("stat");
+            assert_eq!(stat.st_ino as u64, std::os::unix::fs::MetadataExt::ino(&now), "the look is of the placed file {path}");
+            assert_eq!(stat.st_ctime as i64, std::os::unix::fs::MetadataExt::ctime(&now), "{path}");
+        }
+        assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0, "no temporary file is left behind");
+        let names: Vec<String> = std::fs::read_dir(destination.path().join("d/e")).expect("list").flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["new.txt"], "nothing but the file is left beside it");
+    }
+
+    #[test]
     fn unpack_should_refuse_to_write_through_a_symlink() {
         let destination = tempfile::tempdir().expect("a temp dir");
         let outside = tempfile::tempdir().expect("a temp dir");

@@ -95,6 +95,9 @@ struct Inner {
     // A tokio lock on purpose: a sync awaits the driver while holding it, which is what serialises syncs.
     core: tokio::sync::Mutex<Core>,
     pending: Mutex<Pending>,
+    /// The paths the automatic sync in flight was given, so that the same path queued again meanwhile (a save and
+    /// then the watcher's event for it) is counted once in `pending`.
+    in_flight: Mutex<BTreeSet<String>>,
     wake: Notify,
     persist_wake: Notify,
     state: Mutex<SyncState>,
@@ -150,6 +153,7 @@ impl SessionSync {
                     logged_secrets: HashSet::new(),
                 }),
                 pending: Mutex::default(),
+                in_flight: Mutex::default(),
                 wake: Notify::new(),
                 persist_wake: Notify::new(),
                 state: Mutex::new(state),
@@ -173,7 +177,9 @@ impl SessionSync {
         // The stored `pending` counts files of the sync in flight; queued paths are added on top.
         let mut state = lock(&self.inner.state).clone();
         let pending = lock(&self.inner.pending);
-        state.pending += pending.paths.len() as u64 + u64::from(pending.full);
+        let in_flight = lock(&self.inner.in_flight);
+        let queued = pending.paths.iter().filter(|path| !in_flight.contains(*path)).count();
+        state.pending += queued as u64 + u64::from(pending.full);
         if state.pending > 0 {
             self.inner.pending_reported.store(true, Ordering::SeqCst);
         }
@@ -316,8 +322,10 @@ impl SessionSync {
         if scope.is_empty() && !full {
             return Ok(SyncResult::default());
         }
+        lock(&self.inner.in_flight).extend(scope.iter().cloned());
         let scope = if full { None } else { Some(scope) };
         let outcome = self.run(&mut core, SyncDirection::Up, scope, false, &crate::progress::NoProgress).await;
+        lock(&self.inner.in_flight).clear();
         drop(core);
         self.inner.persist_wake.notify_one();
         outcome

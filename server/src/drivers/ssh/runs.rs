@@ -37,8 +37,7 @@ if [ "$1" = eval ]; then sandlink_line=$2; shift $#; unset n; eval "$sandlink_li
 /// the rest of `out` to stdout and of `err` to stderr until the run has ended, then ends stdout with a trailer
 /// `__sandlink_end_TOKEN CODE OUT ERR` (the exit status, or `lost`, and the files' sizes), so that when the
 /// follower delivered everything no further request is needed. The run's `setsid` needs no fork: the wrapper is not
-/// a process group leader. When the run's leader ends, the wrapper ends what it left in its group (the engine's
-/// sweep after every run would: here it costs no request) before it writes `code`.
+/// a process group leader.
 ///
 /// A run that ends within 30 ms is answered with its files as they are, without starting the two `tail -f`, whose
 /// start and end cost more than a short run itself. The wait for the wrapper is cut at 30 ms by a `sleep`: `usr1`
@@ -61,10 +60,8 @@ if [ "$launch" != 0 ]; then
     if [ "$input" = 1 ]; then src="$d.in"; else src=/dev/null; fi
     if ! cd "$cwd" 2>>"$d.err"; then echo 126 >"$d.code"; exit 0; fi
     setsid /bin/sh -c "$run" sh "$d" "$@" <"$src" >>"$d.out" 2>>"$d.err" &
-    p=$!
-    wait "$p"; c=$?
-    kill -KILL "-$p" 2>/dev/null
-    echo "$c" >"$d.code"
+    wait "$!"
+    echo "$?" >"$d.code"
   ) </dev/null >/dev/null 2>&1 &
   w=$!
   echo "$w" >"$d.wpid"
@@ -141,8 +138,8 @@ while [ ! -s "$1.pid" ] && [ -e "$1.out" ] && [ "$n" -lt 40 ]; do sleep 0.05; n=
 if read -r p <"$1.pid" 2>/dev/null && [ -n "$p" ]; then kill "-$2" "-$p" 2>/dev/null || kill "-$2" "$p" 2>/dev/null; fi
 exit 0"#;
 
-/// `$1` = signal, then the prefixes of finished runs: signals what is left of each run's group (the wrapper did at
-/// the run's end; this is for a run whose wrapper was killed) and removes their files, with one `rm` for all.
+/// `$1` = signal, then the prefixes of finished runs: signals what is left of each run's group (the engine's sweep
+/// after every run) and removes their files, with one `rm` for all.
 const SWEEP: &str = r#"signal=$1; shift
 for prefix in "$@"; do
   shift
@@ -152,8 +149,10 @@ done
 rm -f "$@"
 exit 0"#;
 
-/// How long the files of a finished run wait to be removed together with those of runs that end meanwhile.
-const SWEEP_DELAY: Duration = Duration::from_millis(200);
+/// How long a finished run's sweep waits for those of runs that end meanwhile. Not at once, also because a process
+/// the run started may be half-way out of its group (a `setsid` child not yet past its exec, as a detached run's
+/// start is): a sweep at the run's very end would kill it.
+const SWEEP_DELAY: Duration = Duration::from_millis(100);
 
 /// Stands for `lost` in a catch-up: the wrapper died without writing the exit code.
 const LOST: i64 = i64::MIN;
@@ -642,9 +641,8 @@ impl ProcessControl for RunControl {
             Signal::Kill => "KILL",
         };
         if self.finished.load(Ordering::SeqCst) {
-            // The engine's sweep after the run: the wrapper already ended what the run left in its group; its
-            // files go with those of other runs that end about now, in the background, so the exit is reported at
-            // once.
+            // The engine's sweep after the run: what the run left in its group ends and its files go, together
+            // with those of other runs that end about now, in the background, so the exit is reported at once.
             self.runs.sweep_later(self.folder.clone(), name);
             return Ok(());
         }

@@ -213,16 +213,17 @@ impl Driver {
             connection: connection.clone(),
             transport: transport.clone(),
             helper: Arc::new(Agent::new(transport.clone())),
-            launcher: Arc::new(Agent::new(transport)),
+            launcher: Arc::new(Agent::new(transport.clone())),
+            spare_launcher: Arc::new(Agent::new(transport)),
+            launching: Default::default(),
             folder: format!("{state}/runs"),
+            chld_timer: std::sync::atomic::AtomicBool::new(false),
+            unswept: Default::default(),
+            sweeping: Default::default(),
         });
         // The launcher's shell opens now, off the connect's path, so the first run does not pay for it.
-        let launcher = runs.launcher.clone();
-        tokio::spawn(async move {
-            if let Err(error) = launcher.run(":", &[], None).await {
-                tracing::debug!(%error, "the launcher shell did not start ahead of the first run");
-            }
-        });
+        let prepared = runs.clone();
+        tokio::spawn(async move { prepared.prepare_launcher().await });
         Ok(Arc::new(SshSandbox { connection, root, own_root, state, env: settings.env, files, runs }))
     }
 }

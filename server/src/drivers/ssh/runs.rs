@@ -2,10 +2,12 @@
 //! sandlink follows them by byte offset; after a drop it reconnects and resumes from the offsets it delivered, so
 //! nothing is lost and nothing repeated. The exit code is a file written when the run ends.
 //!
-//! On the remote, a run's folder (`<state>/runs/<token>`) holds `out`, `err`, `pid` (its process group), `code`
-//! and, for a run with stdin, the FIFO `in`. A detached wrapper (`setsid nohup`, outside the run's process group)
-//! starts the run as a process group of its own, waits for it and writes `code`; a follower channel streams the
-//! files with `tail -f`; a catch-up through the helper shell reads what the follower had not delivered.
+//! On the remote, a run's files sit side by side in `<state>/runs` under its token (`<token>.out`, `.err`, `.pid`
+//! (its process group), `.code`, `.wpid` and, for a run with stdin, the FIFO `.in`), so starting a run creates no
+//! folder (a `mkdir` is a process). A wrapper (a background subshell of the starting shell, HUP ignored as `nohup`
+//! would, its standard streams on /dev/null so no channel holds it) starts the run as a process group of its own,
+//! waits for it and writes `code`; a follower channel streams the files with `tail -f`; a catch-up through the
+//! helper shell reads what the follower had not delivered.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,108 +24,135 @@ use crate::drivers::shell::{Chunk, Command, Transport};
 use crate::drivers::{ExitStatus, Process, ProcessControl, Signal};
 use crate::error::{Error, Result};
 
-/// `$1` = run folder, `$2` = stdin (1/0), `$3` = directory, then `$4` = how many `NAME=value` follow, those, and
-/// the command (`eval LINE` for a shell line, `exec PROGRAM ARGS…` for a program): starts it as a process group of
-/// its own (recorded in `pid`) with its output appended to the files, waits, and writes its status to `code`. A shell
-/// line is evaluated by the group's own shell, as `sh -c` would (one process less per run). Files are written with
-/// one `echo` each and read only once not empty (`-s`), so no rename is needed. SIGHUP is ignored, as `nohup` would.
-const WRAPPER: &str = r#"d=$1; input=$2; cwd=$3; shift 3
-run=$RUN; unset RUN
-trap '' HUP
-if [ "$input" = 1 ]; then src="$d/in"; else src=/dev/null; fi
-if ! cd "$cwd" 2>>"$d/err"; then echo 126 >"$d/code"; exit 0; fi
-setsid /bin/sh -c "$run" sh "$d" "$@" <"$src" >>"$d/out" 2>>"$d/err" &
-wait "$!"
-echo "$?" >"$d/code""#;
-
-/// The run's own shell, the leader of its process group: `$1` = run folder, `$2` = how many `NAME=value` follow,
-/// those, then `eval LINE` or `exec PROGRAM ARGS…`.
-const RUN: &str = r#"echo $$ >"$1/pid"; n=$2; shift 2
+/// The run's own shell, the leader of its process group: `$1` = the run's files' prefix, `$2` = how many
+/// `NAME=value` follow, those, then `eval LINE` or `exec PROGRAM ARGS…`. A shell line is evaluated by this shell, as
+/// `sh -c` would (one process less per run).
+const RUN: &str = r#"echo $$ >"$1.pid"; n=$2; shift 2
 while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
 if [ "$1" = eval ]; then sandlink_line=$2; shift $#; unset n; eval "$sandlink_line"; else shift; exec "$@"; fi"#;
 
-/// `$1` = run folder, `$2`/`$3` = stdout/stderr bytes already delivered, `$4` = 1 to start the run, `$5` = the
-/// trailer's token (then, to start: `$6` = stdin 1/0, `$7` = directory, `$8` = `WRAPPER`, `$9` = `RUN`, and the
-/// command as `WRAPPER` takes it): streams
+/// `$1` = the run's files' prefix (`<state>/runs/<token>`), `$2`/`$3` = stdout/stderr bytes already delivered,
+/// `$4` = 1 to start the run, `$5` = the trailer's token (then, to start: `$6` = stdin 1/0, `$7` = directory, `$8` =
+/// `RUN`, `$9` = how the first 30 ms are timed (`usr1` or `chld`, below), and the command as `RUN` takes it): streams
 /// the rest of `out` to stdout and of `err` to stderr until the run has ended, then ends stdout with a trailer
 /// `__sandlink_end_TOKEN CODE OUT ERR` (the exit status, or `lost`, and the files' sizes), so that when the
-/// follower delivered everything no further request is needed. Started by the session's remote login shell, which
-/// sshd made a session leader, so the wrapper's `setsid` needs no fork and `wait` follows it.
+/// follower delivered everything no further request is needed. The run's `setsid` needs no fork: the wrapper is not
+/// a process group leader.
 ///
-/// A run that ends within 30 ms (a timer's USR1 interrupts the `wait`) is answered with its files as they are,
-/// without starting the two `tail -f`, whose start and end cost more than a short run itself.
+/// A run that ends within 30 ms is answered with its files as they are, without starting the two `tail -f`, whose
+/// start and end cost more than a short run itself. The wait for the wrapper is cut at 30 ms by a `sleep`: `usr1`
+/// (a shell of its own, where `$$` is this shell) has the sleep's subshell send USR1; `chld` (a subshell of the
+/// launcher, where `$$` names the launcher) traps CHLD, so the sleep's own end interrupts the `wait` as POSIX says
+/// a trapped signal does: one process less, and no `$$` needed.
 ///
-/// `$4` = 2 starts the run from the session's launcher shell (`LAUNCH`) instead of a channel of its own: after those
-/// 30 ms it answers, without following, the trailer with the exit status, or `-` while the run goes on, and the files'
+/// `$4` = 2 starts the run from the session's launcher shell instead of a channel of its own: after those 30 ms it
+/// answers, without following, the trailer with the exit status, or `-` while the run goes on, and the files'
 /// contents only when the run ended and they hold at most 1 MiB (else a catch-up reads them in pieces).
 const FOLLOW: &str = r#"d=$1; o=$2; e=$3; launch=$4; token=$5
 w=
-trap : USR1
 if [ "$launch" != 0 ]; then
-  input=$6; cwd=$7; wrapper=$8; RUN=$9; export RUN; shift 9
-  mkdir -p "$d" && cd "$d" || exit 125
-  : >out; : >err
-  if [ "$input" = 1 ]; then mkfifo in || exit 125; fi
-  setsid /bin/sh -c "$wrapper" sandlink "$d" "$input" "$cwd" "$@" </dev/null >/dev/null 2>&1 &
+  input=$6; cwd=$7; run=$8; timer=$9; shift 9
+  { : >"$d.out"; } 2>/dev/null || mkdir -p "${d%/*}" || exit 125
+  : >"$d.err" || exit 125
+  if [ "$input" = 1 ]; then mkfifo "$d.in" || exit 125; fi
+  (
+    trap '' HUP
+    if [ "$input" = 1 ]; then src="$d.in"; else src=/dev/null; fi
+    if ! cd "$cwd" 2>>"$d.err"; then echo 126 >"$d.code"; exit 0; fi
+    setsid /bin/sh -c "$run" sh "$d" "$@" <"$src" >>"$d.out" 2>>"$d.err" &
+    wait "$!"
+    echo "$?" >"$d.code"
+  ) </dev/null >/dev/null 2>&1 &
   w=$!
-  echo "$w" >wpid
-  if [ "$input" = 1 ]; then exec 3<&0; cat <&3 >in & fi
-  (sleep 0.03; kill -USR1 $$) </dev/null >/dev/null 2>&1 &
+  echo "$w" >"$d.wpid"
+  if [ "$input" = 1 ]; then exec 3<&0; cat <&3 >"$d.in" & fi
+  if [ "$timer" = chld ]; then
+    trap : CHLD
+    sleep 0.03 </dev/null >/dev/null 2>&1 &
+  else
+    trap : USR1
+    (sleep 0.03; kill -USR1 $$) </dev/null >/dev/null 2>&1 &
+  fi
   wait "$w"
-else
-  cd "$d" || exit 125
+  trap - CHLD
 fi
 if [ "$launch" = 2 ]; then
-  if [ -s code ]; then read -r c <code; else c=-; fi
-  if [ -s out ] || [ -s err ]; then set -- $(wc -c out err); else set -- 0 out 0; fi
+  if [ -s "$d.code" ]; then read -r c <"$d.code"; else c=-; fi
+  if [ -s "$d.out" ] || [ -s "$d.err" ]; then set -- $(wc -c "$d.out" "$d.err"); else set -- 0 out 0; fi
   if [ "$c" != - ] && [ $(($1 + $3)) -le 1048576 ]; then
-    [ "$1" = 0 ] || cat out
-    [ "$3" = 0 ] || cat err >&2
+    [ "$1" = 0 ] || cat "$d.out"
+    [ "$3" = 0 ] || cat "$d.err" >&2
   fi
   printf '__sandlink_end_%s %s %s %s\n' "$token" "$c" "$1" "$3"
   exit 0
 fi
-if [ -s code ]; then
-  [ ! -s out ] || tail -c +$((o + 1)) out
-  [ ! -s err ] || tail -c +$((e + 1)) err >&2
+if [ -s "$d.code" ]; then
+  [ ! -s "$d.out" ] || tail -c +$((o + 1)) "$d.out"
+  [ ! -s "$d.err" ] || tail -c +$((e + 1)) "$d.err" >&2
 else
-  tail -c +$((o + 1)) -f out & a=$!
-  tail -c +$((e + 1)) -f err >&2 & b=$!
+  tail -c +$((o + 1)) -f "$d.out" & a=$!
+  tail -c +$((e + 1)) -f "$d.err" >&2 & b=$!
   [ -z "$w" ] || wait "$w"
-  read -r wp <wpid
-  while [ ! -s code ] && kill -0 "$wp" 2>/dev/null; do sleep 0.05; done
+  read -r wp <"$d.wpid"
+  while [ ! -s "$d.code" ] && kill -0 "$wp" 2>/dev/null; do sleep 0.05; done
   kill "$a" "$b" 2>/dev/null
   while kill -0 "$a" 2>/dev/null || kill -0 "$b" 2>/dev/null; do wait "$a" "$b" 2>/dev/null; done
 fi
-if [ -s code ]; then read -r c <code; else c=lost; fi
-if [ -s out ] || [ -s err ]; then set -- $(wc -c out err); else set -- 0 out 0; fi
+if [ -s "$d.code" ]; then read -r c <"$d.code"; else c=lost; fi
+if [ -s "$d.out" ] || [ -s "$d.err" ]; then set -- $(wc -c "$d.out" "$d.err"); else set -- 0 out 0; fi
 printf '__sandlink_end_%s %s %s %s\n' "$token" "$c" "$1" "$3"
 exit 0"#;
 
-/// Runs `FOLLOW` (`$1`) with the rest as its arguments, in the launcher shell's request subshell, which it replaces.
+/// Runs `FOLLOW` (`$1`) with the rest as its arguments in a shell of its own, replacing the launcher's request
+/// subshell: for a launcher whose shell does not let a trapped CHLD cut a `wait` short (`usr1` needs `$$`).
 const LAUNCH: &str = r#"follow=$1; shift; exec /bin/sh -c "$follow" sandlink "$@""#;
 
-/// `$1` = run folder, `$2`/`$3` = bytes delivered, `$4` = most bytes to send per stream: a line `CODE OUT ERR`
-/// (CODE `-` while the run goes on, `lost` when its wrapper died without writing it; OUT, ERR the files' sizes), then the undelivered stdout and stderr, each cut
-/// at `$4`. `gone` when the folder no longer exists.
-const CATCH_UP: &str = r#"cd "$1" 2>/dev/null || { printf 'gone\n'; exit 0; }
-if [ -s code ]; then read -r c <code
-elif read -r wp <wpid 2>/dev/null && kill -0 "$wp" 2>/dev/null; then c=-
-elif [ -s code ]; then read -r c <code
+/// Answers `chld` when a trapped CHLD interrupts `wait` in this shell (POSIX shells: dash, busybox, bash as `sh`),
+/// else `usr1`; at most 0.3 s, once per launcher shell, off the runs' path.
+const TIMER_CHECK: &str = r#"trap : CHLD
+sleep 0.3 </dev/null >/dev/null 2>&1 & s=$!
+sleep 0 </dev/null >/dev/null 2>&1 &
+wait "$s"; r=$?
+kill "$s" 2>/dev/null
+if [ "$r" -gt 128 ]; then echo chld; else echo usr1; fi"#;
+
+/// `$1` = the run's files' prefix, `$2`/`$3` = bytes delivered, `$4` = most bytes to send per stream: a line
+/// `CODE OUT ERR` (CODE `-` while the run goes on, `lost` when its wrapper died without writing it; OUT, ERR the
+/// files' sizes), then the undelivered stdout and stderr, each cut at `$4`. `gone` when the files no longer exist.
+const CATCH_UP: &str = r#"[ -e "$1.out" ] || { printf 'gone\n'; exit 0; }
+if [ -s "$1.code" ]; then read -r c <"$1.code"
+elif read -r wp <"$1.wpid" 2>/dev/null && kill -0 "$wp" 2>/dev/null; then c=-
+elif [ -s "$1.code" ]; then read -r c <"$1.code"
 else c=lost; fi
-so=$(($(wc -c <out))); se=$(($(wc -c <err)))
+so=$(($(wc -c <"$1.out"))); se=$(($(wc -c <"$1.err")))
 no=$((so - $2)); [ "$no" -le "$4" ] || no=$4
 ne=$((se - $3)); [ "$ne" -le "$4" ] || ne=$4
 printf '%s %s %s %s %s\n' "$c" "$so" "$se" "$no" "$ne"
-[ "$no" -le 0 ] || tail -c +$(($2 + 1)) out | head -c "$no"
-[ "$ne" -le 0 ] || tail -c +$(($3 + 1)) err | head -c "$ne""#;
+[ "$no" -le 0 ] || tail -c +$(($2 + 1)) "$1.out" | head -c "$no"
+[ "$ne" -le 0 ] || tail -c +$(($3 + 1)) "$1.err" | head -c "$ne""#;
 
-/// `$1` = run folder, `$2` = signal, `$3` = `final` once the run is over (its folder is then removed).
+/// `$1` = the run's files' prefix, `$2` = signal: signals the run's process group (waiting up to 2 s for it to be
+/// recorded).
 const SIGNAL: &str = r#"n=0
-while [ ! -s "$1/pid" ] && [ "$3" != final ] && [ -d "$1" ] && [ "$n" -lt 40 ]; do sleep 0.05; n=$((n + 1)); done
-if read -r p <"$1/pid" 2>/dev/null && [ -n "$p" ]; then kill "-$2" "-$p" 2>/dev/null || kill "-$2" "$p" 2>/dev/null; fi
-[ "$3" != final ] || rm -rf "$1"
+while [ ! -s "$1.pid" ] && [ -e "$1.out" ] && [ "$n" -lt 40 ]; do sleep 0.05; n=$((n + 1)); done
+if read -r p <"$1.pid" 2>/dev/null && [ -n "$p" ]; then kill "-$2" "-$p" 2>/dev/null || kill "-$2" "$p" 2>/dev/null; fi
 exit 0"#;
+
+/// `$1` = signal, then the prefixes of finished runs: signals what is left of each run's group (the engine's sweep
+/// after every run) and removes their files, with one `rm` for all.
+const SWEEP: &str = r#"signal=$1; shift
+for prefix in "$@"; do
+  shift
+  if read -r p <"$prefix.pid" 2>/dev/null && [ -n "$p" ]; then kill "-$signal" "-$p" 2>/dev/null; fi
+  set -- "$@" "$prefix.out" "$prefix.err" "$prefix.pid" "$prefix.code" "$prefix.wpid" "$prefix.in"
+done
+rm -f "$@"
+exit 0"#;
+
+/// How long a finished run's sweep waits for those of runs that end meanwhile. Not at once, also because a process
+/// the run started may be half-way out of its group (a `setsid` child not yet past its exec, as a detached run's
+/// start is): a sweep at the run's very end would kill it.
+const SWEEP_DELAY: Duration = Duration::from_millis(100);
 
 /// Stands for `lost` in a catch-up: the wrapper died without writing the exit code.
 const LOST: i64 = i64::MIN;
@@ -141,8 +170,21 @@ pub struct Runs {
     /// The shell that starts runs without stdin: one request on a shell already open costs less than opening a
     /// channel (which is what `ssh host true` costs), so a short run ends before a channel could have opened.
     pub launcher: Arc<Agent>,
+    /// A second launcher for a run that starts while the first is busy (a port probe or another run within its
+    /// 30 ms), so that one does not wait for the other; its shell opens when first needed.
+    pub spare_launcher: Arc<Agent>,
+    /// Set while the first launcher is starting a run.
+    pub launching: AtomicBool,
     /// `<state>/runs` on the remote.
     pub folder: String,
+    /// Set once the launcher's shell was seen to let a trapped CHLD cut a `wait` short: runs then start in the
+    /// launcher's request subshell itself (`FOLLOW`'s `chld` timer) instead of a shell exec'd for them (`LAUNCH`).
+    pub chld_timer: AtomicBool,
+    /// Finished runs whose files wait for the next sweep, with the sweep's signal; one helper request removes the
+    /// files of all runs that end within `SWEEP_DELAY` of each other.
+    pub unswept: std::sync::Mutex<Vec<(String, &'static str)>>,
+    /// Set while a sweep is waiting or under way.
+    pub sweeping: AtomicBool,
 }
 
 /// Where a run stands after a catch-up.
@@ -163,7 +205,8 @@ impl Runs {
     ) -> Result<Process> {
         let token = format!("run-{}", crate::ids::short_id());
         let folder = format!("{}/{token}", self.folder);
-        let mut start = vec![if stdin { "1" } else { "0" }.to_string(), directory, WRAPPER.to_string(), RUN.to_string()];
+        let timer = if !stdin && self.chld_timer.load(Ordering::SeqCst) { "chld" } else { "usr1" };
+        let mut start = vec![if stdin { "1" } else { "0" }.to_string(), directory, RUN.to_string(), timer.to_string()];
         start.extend(command_with_environment(env, launch));
         let head = |mode: &str| vec![folder.clone(), "0".into(), "0".into(), mode.to_string(), token.clone()];
         let (output, follower_exit, input) = match stdin {
@@ -193,13 +236,53 @@ impl Runs {
         let exit = Box::pin(async move {
             exit_receiver.await.map_err(|_| Error::Internal("A run's follower ended without its exit.".into()))
         });
-        let control = Arc::new(RunControl { helper: self.helper.clone(), folder, signalled, finished });
+        let control = Arc::new(RunControl { runs: self.clone(), folder, signalled, finished });
         Ok(Process { stdout: Box::pin(stdout_reader), stderr: Box::pin(stderr_reader), stdin: input, control, exit })
+    }
+
+    /// Queues a finished run's files for the next sweep, starting one unless one is waiting.
+    fn sweep_later(self: &Arc<Self>, prefix: String, signal: &'static str) {
+        crate::locks::lock(&self.unswept).push((prefix, signal));
+        if self.sweeping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let runs = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_DELAY).await;
+                let batch = std::mem::take(&mut *crate::locks::lock(&runs.unswept));
+                for signal in ["KILL", "TERM"] {
+                    let mut arguments = vec![signal];
+                    arguments.extend(batch.iter().filter(|(_, wanted)| *wanted == signal).map(|(prefix, _)| prefix.as_str()));
+                    if arguments.len() > 1 {
+                        if let Err(error) = runs.helper.run(SWEEP, &arguments, None).await {
+                            tracing::debug!(%error, "could not sweep finished runs' processes and files");
+                        }
+                    }
+                }
+                runs.sweeping.store(false, Ordering::SeqCst);
+                // A run that finished while this sweep ran found it under way: sweep again for it.
+                if crate::locks::lock(&runs.unswept).is_empty() || runs.sweeping.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Opens the launcher's shell ahead of the first run and learns which timer its shell allows.
+    pub async fn prepare_launcher(&self) {
+        match self.launcher.run(TIMER_CHECK, &[], None).await {
+            Ok(reply) => {
+                let chld = String::from_utf8_lossy(&reply.stdout).trim() == "chld";
+                self.chld_timer.store(chld, Ordering::SeqCst);
+            }
+            Err(error) => tracing::debug!(%error, "the launcher shell did not start ahead of the first run"),
+        }
     }
 
     /// Starts a run through the launcher shell; answers what it printed as the first stretch of the run's output,
     /// which `follow` reads as it would a follower's (the trailer ends it, or says the run goes on). When the
-    /// launcher failed, the run's folder tells whether it started: if so it is followed from its files, else it is
+    /// launcher failed, the run's files tell whether it started: if so it is followed from its files, else it is
     /// started through a channel of its own, so a run never starts twice.
     async fn launch(
         &self,
@@ -207,16 +290,27 @@ impl Runs {
         arguments: Vec<String>,
     ) -> Result<(crate::drivers::shell::OutputStream, futures::future::BoxFuture<'static, Result<i64>>)> {
         let done: futures::future::BoxFuture<'static, Result<i64>> = Box::pin(async { Ok(0) });
+        let arguments_only: Vec<&str> = arguments.iter().map(String::as_str).collect();
         let mut launched = vec![FOLLOW];
-        launched.extend(arguments.iter().map(String::as_str));
-        match self.launcher.run(LAUNCH, &launched, None).await {
+        launched.extend(arguments_only.iter().copied());
+        let spare = self.launching.swap(true, Ordering::SeqCst);
+        let (launcher, busy) = match spare {
+            true => (&self.spare_launcher, None),
+            false => (&self.launcher, Some(Busy(&self.launching))),
+        };
+        let reply = match arguments.get(8).map(String::as_str) {
+            Some("chld") => launcher.run(FOLLOW, &arguments_only, None).await,
+            _ => launcher.run(LAUNCH, &launched, None).await,
+        };
+        drop(busy);
+        match reply {
             Ok(reply) => {
                 let chunks = [Ok(Chunk::Stdout(reply.stdout.into())), Ok(Chunk::Stderr(reply.stderr.into()))];
                 Ok((futures::stream::iter(chunks).boxed(), done))
             }
             Err(error) => {
                 tracing::debug!(%error, "the launcher shell failed; looking whether the run started");
-                let started = self.helper.run(r#"[ -d "$1" ] && echo started || echo absent"#, &[folder], None).await?;
+                let started = self.helper.run(r#"[ -e "$1.out" ] && echo started || echo absent"#, &[folder], None).await?;
                 if String::from_utf8_lossy(&started.stdout).trim() == "started" {
                     return Ok((futures::stream::empty().boxed(), done));
                 }
@@ -335,7 +429,7 @@ impl Runs {
         }
     }
 
-    /// Delivers what the files hold beyond the offsets; `None` when the run's folder is gone.
+    /// Delivers what the files hold beyond the offsets; `None` when the run's files are gone.
     async fn catch_up(&self, folder: &str, streams: &mut Streams) -> Result<Option<Standing>> {
         let limit = CATCH_UP_BYTES.to_string();
         let arguments = [folder, &streams.out_sent.to_string(), &streams.err_sent.to_string(), &limit];
@@ -362,6 +456,15 @@ impl Runs {
             code => Some(code.parse::<i64>().map_err(|_| malformed(text))?),
         };
         Ok(Some(Standing { code, out_total: number(out_total)?, err_total: number(err_total)? }))
+    }
+}
+
+/// Marks the first launcher busy while it lives, also when the launch is dropped half-way.
+struct Busy<'a>(&'a AtomicBool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -524,7 +627,7 @@ fn exit_status(code: i64, signalled: bool) -> ExitStatus {
 
 /// Signals a run's process group through the helper shell.
 struct RunControl {
-    helper: Arc<Agent>,
+    runs: Arc<Runs>,
     folder: String,
     signalled: Arc<AtomicBool>,
     finished: Arc<AtomicBool>,
@@ -538,18 +641,13 @@ impl ProcessControl for RunControl {
             Signal::Kill => "KILL",
         };
         if self.finished.load(Ordering::SeqCst) {
-            // The engine's sweep after the run: what the run left in its group ends and its folder goes, in the
-            // background, so the exit is reported at once.
-            let (helper, folder) = (self.helper.clone(), self.folder.clone());
-            tokio::spawn(async move {
-                if let Err(error) = helper.run(SIGNAL, &[&folder, name, "final"], None).await {
-                    tracing::debug!(%error, "could not sweep a finished run's processes");
-                }
-            });
+            // The engine's sweep after the run: what the run left in its group ends and its files go, together
+            // with those of other runs that end about now, in the background, so the exit is reported at once.
+            self.runs.sweep_later(self.folder.clone(), name);
             return Ok(());
         }
         self.signalled.store(true, Ordering::SeqCst);
-        self.helper.run(SIGNAL, &[&self.folder, name, ""], None).await.map(|_| ())
+        self.runs.helper.run(SIGNAL, &[&self.folder, name], None).await.map(|_| ())
     }
 }
 

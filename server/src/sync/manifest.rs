@@ -288,23 +288,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Writes the manifest of `entries` atomically as `write_atomically` does, serialised straight into the file: the
-/// encoded form of a big tree's manifest (13 MB for 50,000 files) is never held in memory, let alone twice while
-/// a growing buffer is copied.
-pub fn save_atomically(path: &Path, entries: &BTreeMap<String, Record>) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::Internal("The manifest path has no directory.".into()))?;
-    std::fs::create_dir_all(dir).context(|| format!("Could not create {}", dir.display()))?;
-    let file = tempfile::NamedTempFile::new_in(dir).context(|| format!("Could not write in {}", dir.display()))?;
-    let mut writer = std::io::BufWriter::with_capacity(64 * 1024, file);
-    let stored = StoredRef { version: FORMAT_VERSION, entries };
-    let written = serde_json::to_writer(&mut writer, &stored).map_err(std::io::Error::from).and_then(|()| writer.flush());
-    written.context(|| format!("Could not write the manifest {}", path.display()))?;
-    let file = writer.into_inner().map_err(|error| Error::io(format!("Could not write the manifest {}", path.display()), error.into_error()))?;
-    file.persist(path)
-        .map_err(|error| Error::io(format!("Could not save the manifest {}", path.display()), error.error))?;
-    Ok(())
-}
-
 /// Now, in nanoseconds since the Unix epoch.
 pub fn now_ns() -> i128 {
     std::time::SystemTime::now()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::manifest::{hash_file, now_ns, save_atomically, Manifest, Record, RemoteStamp};
+use super::manifest::{encode, hash_file, now_ns, write_atomically, Manifest, Record, RemoteStamp};
 use super::options::{SyncOptions, WatchMode};
 use super::plan::{compress_deletions, diff_local, diff_remote, RemoteChange};
 use super::rules::Rules;
@@ -31,10 +31,8 @@ use crate::protocol::{Conflict, HeldBackFile, SkippedPath, SyncDirection, SyncRe
 const BATCH_FILES: usize = 8_000;
 /// Content bytes per upload archive.
 const BATCH_BYTES: u64 = 256 << 20;
-/// How many times the worker lets the runtime run other tasks before a sync of saves starts: the rest of a burst
-/// (save all) is already read and queued behind the first save, so it joins the same batch without the
-/// millisecond or more a timer costs (saves that come while a sync runs wait for it and go together next).
-const SAVE_COALESCE_YIELDS: usize = 8;
+/// How long saves may keep arriving before their sync starts, so bursts (save all) become one batch.
+const SAVE_COALESCE: Duration = Duration::from_millis(3);
 /// Up to this many paths, an upload checks the sandbox's copies per path (`RemoteFiles::stat`); beyond, one listing.
 const STAT_PATHS: usize = 256;
 /// How often a changed manifest is written after automatic syncs.
@@ -281,9 +279,7 @@ impl SessionSync {
     async fn worker(&self) {
         loop {
             self.inner.wake.notified().await;
-            for _ in 0..SAVE_COALESCE_YIELDS {
-                tokio::task::yield_now().await;
-            }
+            tokio::time::sleep(SAVE_COALESCE).await;
             if let Err(error) = self.flush().await {
                 tracing::warn!(%error, "automatic sync failed; it is retried on the next change or run");
             }
@@ -305,7 +301,7 @@ impl SessionSync {
             (path, core.manifest.snapshot())
         };
         let Some(entries) = bytes else { return };
-        let outcome = tokio::task::spawn_blocking(move || save_atomically(&path, &entries)).await;
+        let outcome = tokio::task::spawn_blocking(move || write_atomically(&path, &encode(&entries))).await;
         if let Ok(Err(error)) | Err(error) = outcome.map_err(join_error("Saving the manifest")) {
             tracing::warn!(%error, "could not save the sync manifest; the next sync compares by content");
         }

@@ -903,23 +903,34 @@ test('a_task_code_action_should_ask_for_trust_and_run_the_task_by_name_once_trus
   vim.cmd('edit ' .. vim.fn.fnameescape(workspace_dir .. '/hello.txt'))
   local output = require('sandlink.output')
   local previous_view = output.last_view
+  -- The server reads the rewritten task file on its own time: until it offers the task, the menu is asked again.
+  local chosen, menus_without_it, asked_at = false, 0, 0
   local record = recording_requests_and_prompts({ 'sandlink/run' }, function(items, options)
     if options.kind == 'sandlink.trust' then
       return 'Trust workspace'
     end
     for _, item in ipairs(items) do
       if options.format_item(item):find('Run task greet', 1, true) then
+        chosen = true
         return item
       end
     end
+    menus_without_it = menus_without_it + 1
   end, function()
-    vim.lsp.buf.code_action()
     wait_for('the task to start', 20000, function()
+      local now = (vim.uv or vim.loop).hrtime() / 1e6
+      if not chosen and now - asked_at > 1000 then
+        asked_at = now
+        vim.lsp.buf.code_action()
+      end
       local view = output.last_view
       return view ~= previous_view
         and (vim.b[view.buffer].sandlink_run_id ~= nil or last_line(view.buffer):find('^%[not started'))
     end)
   end)
+  for _ = 1, menus_without_it do
+    table.remove(record.prompts, 1)
+  end
   local view = output.last_view
   assert_equal('codeaction', record.prompts[1] and record.prompts[1].kind, 'the code action menu was shown first')
   local offered = table.concat(record.prompts[1].shown, '\n')

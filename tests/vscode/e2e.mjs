@@ -488,7 +488,7 @@ const steps = [
             await pickQuickPickRow("driver, default settings", "local");
             const text = await waitForStatus(/local: active/);
             assert(!/disconnected/.test(text), text);
-            const connected = readTestLog().find((entry) => entry.event === "connected");
+            const connected = await waitFor("the connected event in the test log", async () => readTestLog().find((entry) => entry.event === "connected"));
             assert(connected && connected.driver === "local", `no 'connected' event for local: ${JSON.stringify(connected)}`);
             // The held-back .env is named at connect, with a way to allow it; closed here, allowed later from the view.
             const toast = page.locator(".notification-toast", { hasText: "like secrets on this machine: .env" }).first();
@@ -560,7 +560,7 @@ const steps = [
             const dialogText = await dialog.innerText();
             // The server's refusal, shown whole: it names the task and what it would run, so the task went by name.
             assert(/Task "greet" comes from/.test(dialogText) && dialogText.includes(`echo ran > ${taskMarker}`), `the dialog:\n${dialogText}`);
-            const asked = readTestLog().find((entry) => entry.event === "trustAsked");
+            const asked = await waitFor("the trust question in the test log", async () => readTestLog().find((entry) => entry.event === "trustAsked"));
             assert(asked && /^[0-9a-f]{64}$/.test(asked.fingerprint ?? ""), `the refusal carries the file's fingerprint: ${JSON.stringify(asked)}`);
             assert(sandboxTaskMarkers().length === 0, "the task ran before the workspace was trusted");
             await dialog.locator(".dialog-buttons .monaco-button", { hasText: "Cancel" }).first().click();
@@ -911,7 +911,7 @@ const steps = [
                 const body = await previewFrame.locator("body").innerText().catch(() => "");
                 return body.includes("marker.txt");
             });
-            const ready = readTestLog().find((entry) => entry.event === "previewReady");
+            const ready = await waitFor("previewReady in the test log", async () => readTestLog().find((entry) => entry.event === "previewReady"));
             assert(ready && ready.port === previewPort, `no previewReady for port ${previewPort}: ${JSON.stringify(ready)}`);
             // The status bar item's tooltip lists the session's previews.
             await page.locator("footer .statusbar-item", { hasText: "local: active" }).first().hover();
@@ -988,7 +988,8 @@ const steps = [
             await clickSessionsViewAction("held back (secret-file-name)", "Upload to the Sandbox");
             await pickQuickPickRow("Upload it for this session");
             await waitFor("the allowed .env in the sandbox", async () => sandboxFiles(".env").length === 1);
-            const allowed = readTestLog().find((entry) => entry.event === "secretAllowed");
+            // The file lands before the extension logs the request's answer, so wait for that too.
+            const allowed = await waitFor("the allow in the test log", async () => readTestLog().find((entry) => entry.event === "secretAllowed"));
             assert(allowed && allowed.path === ".env" && allowed.remember === false && allowed.uploaded === 1, `the allow: ${JSON.stringify(allowed)}`);
         },
     ],

@@ -123,6 +123,11 @@ impl Beneath {
     /// Opens the regular file at `relative` for reading. `Ok(None)` when it is a symlink (never followed), not a
     /// regular file, or gone; a FIFO swapped in is opened without blocking and then refused.
     pub fn open_file(&mut self, relative: &str) -> Result<Option<File>, WalkError> {
+        Ok(self.open_file_looked(relative)?.map(|(file, _)| file))
+    }
+
+    /// `open_file`, with the `fstat` it checked the file by, so a caller needs no second one.
+    pub fn open_file_looked(&mut self, relative: &str) -> Result<Option<(File, std::fs::Metadata)>, WalkError> {
         let (directory, name) = match self.parent(relative, false) {
             Ok(found) => found,
             Err(WalkError::Missing) => return Ok(None),
@@ -132,10 +137,41 @@ impl Beneath {
         match rustix::fs::openat(directory, name.as_str(), flags, Mode::empty()) {
             Ok(fd) => {
                 let file = File::from(fd);
-                Ok(file.metadata()?.is_file().then_some(file))
+                let metadata = file.metadata()?;
+                Ok(metadata.is_file().then_some((file, metadata)))
             }
             Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::MLINK) => {
                 Ok(None)
+            }
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Opens a new file with no name in the directory that will hold `relative` (made if missing, never through a
+    /// link), for writing and reading back; `Ok(None)` where the file system cannot make unnamed files (`O_TMPFILE`).
+    /// Nothing of it is visible until `link_unnamed` names it, and a kill before that leaves nothing behind.
+    pub fn create_unnamed(&mut self, relative: &str, mode: u32) -> Result<Option<File>, WalkError> {
+        let (directory, _) = self.parent(relative, true)?;
+        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+        match rustix::fs::openat(directory, ".", flags, Mode::from_raw_mode(mode & 0o7777)) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {
+                Ok(None)
+            }
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Gives a file from `create_unnamed` the name `relative`, which must not exist yet: the complete file appears
+    /// at once. Answers `Linked::Exists` when something stands there (the caller replaces it by a rename instead)
+    /// and `Linked::Unsupported` where the file cannot be named through `/proc` (no `/proc` mounted).
+    pub fn link_unnamed(&mut self, file: &File, relative: &str) -> Result<Linked, WalkError> {
+        let (directory, name) = self.parent(relative, false)?;
+        match rustix::fs::linkat(CWD, proc_fd_path(file).as_str(), directory, name.as_str(), AtFlags::SYMLINK_FOLLOW) {
+            Ok(()) => Ok(Linked::Named),
+            Err(rustix::io::Errno::EXIST) => Ok(Linked::Exists),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM | rustix::io::Errno::ACCESS | rustix::io::Errno::XDEV) => {
+                Ok(Linked::Unsupported)
             }
             Err(errno) => Err(errno.into()),
         }
@@ -214,6 +250,20 @@ impl Beneath {
         }
         Ok(())
     }
+}
+
+/// What `Beneath::link_unnamed` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linked {
+    Named,
+    Exists,
+    Unsupported,
+}
+
+/// The `/proc` path through which an unnamed file (`O_TMPFILE`) is given a name without extra privileges.
+pub fn proc_fd_path(file: &File) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", file.as_raw_fd())
 }
 
 fn make_directory(parent: BorrowedFd<'_>, name: &str) -> io::Result<()> {

@@ -42,7 +42,7 @@ pub fn diff_local(manifest: &mut Manifest, scan: &Scan, workspace: &Path, scope:
             Some(record) if record.is_racy() => match hash_file(&workspace.join(path)) {
                 Ok(hash) if hash == record.hash => {
                     // Same content: trust the metadata from now on, once it is older than the timestamp granularity.
-                    record.recorded_ns = now;
+                    std::sync::Arc::make_mut(record).recorded_ns = now;
                     manifest_touched(manifest);
                 }
                 _ => {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::manifest::{encode, hash_file, now_ns, write_atomically, Manifest, Record, RemoteStamp};
+use super::manifest::{hash_file, now_ns, save_atomically, Manifest, Record, RemoteStamp};
 use super::options::{SyncOptions, WatchMode};
 use super::plan::{compress_deletions, diff_local, diff_remote, RemoteChange};
 use super::rules::Rules;
@@ -301,7 +301,7 @@ impl SessionSync {
             (path, core.manifest.snapshot())
         };
         let Some(entries) = bytes else { return };
-        let outcome = tokio::task::spawn_blocking(move || write_atomically(&path, &encode(&entries))).await;
+        let outcome = tokio::task::spawn_blocking(move || save_atomically(&path, &entries)).await;
         if let Ok(Err(error)) | Err(error) = outcome.map_err(join_error("Saving the manifest")) {
             tracing::warn!(%error, "could not save the sync manifest; the next sync compares by content");
         }
@@ -579,7 +579,7 @@ impl SessionSync {
                         if base.as_ref().is_some_and(|(kind, hash, mode)| same_node(*kind, hash, *mode, staged.kind, &staged.hash, staged.mode)) {
                             // Same content and permissions as last synced: only the sandbox's metadata moved.
                             if let Some(record) = core.manifest.entries.get_mut(&path) {
-                                record.remote = stamp;
+                                std::sync::Arc::make_mut(record).remote = stamp;
                             }
                             core.manifest.mark_dirty();
                             continue;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tempfile::TempPath;
 
-use super::beneath::{Beneath, WalkError};
+use super::beneath::{proc_fd_path, Beneath, Linked, WalkError};
 use super::manifest::hash_link;
 use super::resolve::{link_stays_inside, OnDisk};
 use super::scan::{check_relative, LocalEntry};
@@ -82,7 +82,7 @@ pub fn pack_checked(
     // link after the scan (by a build, or by whatever runs in a local sandbox) cannot make this read elsewhere.
     let mut beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
     for relative in paths {
-        let file = match beneath.open_file(relative) {
+        let file = match beneath.open_file_looked(relative) {
             Ok(file) => file,
             Err(error) => {
                 tracing::debug!(path = %relative, ?error, "skipped a file that could not be reached without a symlink");
@@ -110,7 +110,7 @@ pub fn pack_checked(
             sent.push(Sent { path: relative.clone(), local, hash: hash_link(&target), stable: true });
             continue;
         };
-        let before = file.metadata().context(|| format!("Could not read {relative}"))?;
+        let (file, before) = file;
         let local = LocalEntry::from_metadata(&before, None);
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
@@ -300,14 +300,7 @@ fn copy_hashing(reader: &mut impl Read, writer: &mut File, hasher: &mut blake3::
 /// through a symlink: a parent that is a link fails with `pathOutsideWorkspace`, naming it.
 pub fn place(beneath: &mut Beneath, staged: Staged) -> Result<()> {
     let path = staged.path.clone();
-    let through_link = |error: WalkError| match error {
-        WalkError::Link(link) => Error::PathOutsideWorkspace(format!(
-            "\"{path}\" would be written through the symlink \"{link}\", which could lead outside the root; nothing was \
-             written there. Replace the symlink with a directory, or exclude the path."
-        )),
-        WalkError::Missing => Error::Internal(format!("The directory of {path} vanished while it was written.")),
-        WalkError::Io(error) => Error::io(format!("Could not write {path}"), error),
-    };
+    let through_link = |error: WalkError| walk_failed(&path, error);
     match staged.kind {
         EntryKind::Symlink => beneath.symlink(staged.link_target.as_deref().unwrap_or_default(), &path).map_err(through_link),
         EntryKind::File | EntryKind::Dir => {
@@ -341,6 +334,18 @@ pub fn place(beneath: &mut Beneath, staged: Staged) -> Result<()> {
     }
 }
 
+/// The error of a write to `path` whose walk stopped: at a symlink it is `pathOutsideWorkspace`, naming the link.
+fn walk_failed(path: &str, error: WalkError) -> Error {
+    match error {
+        WalkError::Link(link) => Error::PathOutsideWorkspace(format!(
+            "\"{path}\" would be written through the symlink \"{link}\", which could lead outside the root; nothing was \
+             written there. Replace the symlink with a directory, or exclude the path."
+        )),
+        WalkError::Missing => Error::Internal(format!("The directory of {path} vanished while it was written.")),
+        WalkError::Io(error) => Error::io(format!("Could not write {path}"), error),
+    }
+}
+
 /// The relative path of `name` in the directory of `path`.
 fn sibling(path: &str, name: &str) -> String {
     match path.rsplit_once('/') {
@@ -358,6 +363,7 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
     let mut placed = Vec::new();
     let read_failed = |source: std::io::Error| Error::io("Could not read the upload archive", source);
+    let mut unnamed_files = true;
     for entry in archive.entries().map_err(read_failed)? {
         let mut entry = entry.map_err(read_failed)?;
         let path = String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/').to_string();
@@ -391,6 +397,16 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
             }
             Staged { path, kind: EntryKind::Symlink, size: 0, mtime_s, mode, hash: String::new(), link_target: Some(target), temp: None }
         } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
+            if unnamed_files && entry.size() <= UNNAMED_FILE_LIMIT {
+                match write_unnamed(&mut beneath, &mut entry, &path, mode, mtime_s, staging)? {
+                    Some(stat) => {
+                        placed.push((path, stat));
+                        continue;
+                    }
+                    // Not on this file system (or without /proc): every later file takes the staging route too.
+                    None => unnamed_files = false,
+                }
+            }
             let mut temp = tempfile::Builder::new()
                 .prefix(".upload-")
                 .tempfile_in(staging)
@@ -415,6 +431,69 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
         place(&mut beneath, staged)?;
     }
     Ok(placed)
+}
+
+/// Files up to this size are written as unnamed files in place (`write_unnamed`), where the per-file costs of a
+/// named staging file and a rename across directories weigh; bigger ones go through `staging` as before, where
+/// those costs are nothing next to the content's.
+const UNNAMED_FILE_LIMIT: u64 = 1 << 20;
+
+/// Writes one archive entry as an unnamed file (`O_TMPFILE`) in the directory that will hold it, and names it
+/// there once it is complete: one file created in place and no rename from the staging directory, so no path
+/// lookups and no cross-directory rename per file, and a kill at any point leaves nothing half-written or stray.
+/// Where a file already stands at `path`, the complete file is named in `staging` and renamed over it as before.
+/// Answers how the placed file looked right after, or `None` (nothing read from the archive yet) where the file
+/// system cannot make unnamed files, so the caller takes the staging route.
+fn write_unnamed(
+    beneath: &mut Beneath,
+    entry: &mut impl Read,
+    path: &str,
+    mode: u32,
+    mtime_s: u64,
+    staging: &Path,
+) -> Result<Option<rustix::fs::Stat>> {
+    let mut file = match beneath.create_unnamed(path, mode) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(None),
+        Err(error) => return Err(walk_failed(path, error)),
+    };
+    std::io::copy(entry, &mut file).map_err(|source| Error::io("Could not read the upload archive", source))?;
+    finish_temp(&file, mode, mtime_s, path)?;
+    match beneath.link_unnamed(&file, path).map_err(|error| walk_failed(path, error))? {
+        Linked::Named => {}
+        linked => {
+            // Something stands there (or /proc is missing): name the complete file in staging, then rename it over.
+            let temp = name_in_staging(&mut file, linked, staging, mode, mtime_s, path)?;
+            let staged = Staged { path: path.to_string(), kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) };
+            place(beneath, staged)?;
+        }
+    }
+    match rustix::fs::fstat(&file) {
+        Ok(stat) if stat.st_nlink > 0 => Ok(Some(stat)),
+        _ => Ok(beneath.lstat(path).context(|| format!("Could not look at {path} after writing it"))?),
+    }
+}
+
+/// A staging name for a complete unnamed file: linked there when `/proc` allows, else copied into a new file.
+fn name_in_staging(file: &mut File, linked: Linked, staging: &Path, mode: u32, mtime_s: u64, path: &str) -> Result<TempPath> {
+    if linked == Linked::Exists {
+        for _ in 0..16 {
+            let candidate = staging.join(format!(".upload-{}", crate::ids::short_id()));
+            match rustix::fs::linkat(rustix::fs::CWD, proc_fd_path(file).as_str(), rustix::fs::CWD, &candidate, rustix::fs::AtFlags::SYMLINK_FOLLOW) {
+                Ok(()) => return TempPath::try_from_path(&candidate).context(|| format!("Could not stage {path}")),
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    let mut temp = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(staging)
+        .context(|| format!("Could not create a temporary file in {}", staging.display()))?;
+    std::io::Seek::seek(file, std::io::SeekFrom::Start(0)).context(|| format!("Could not read back {path}"))?;
+    std::io::copy(file, temp.as_file_mut()).context(|| format!("Could not write {path}"))?;
+    finish_temp(temp.as_file(), mode, mtime_s, path)?;
+    Ok(temp.into_temp_path())
 }
 
 /// Deletes relative paths under `root` (directories recursively), never through a symlinked parent.
@@ -450,6 +529,45 @@ mod tests {
         assert_eq!(std::fs::metadata(&copied).expect("stat").permissions().mode() & 0o777, 0o755);
         assert_eq!(std::fs::read_link(destination.path().join("link")).expect("readlink"), Path::new("bin/run.sh"));
         assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn unpack_should_replace_files_and_directories_and_place_big_files_whole() {
+        let destination = tempfile::tempdir().expect("a temp dir");
+        let staging = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(destination.path().join("old.txt"), "old").expect("write");
+        std::fs::create_dir_all(destination.path().join("was-dir/inner")).expect("mkdir");
+        let big = vec![7u8; (UNNAMED_FILE_LIMIT + 1) as usize];
+        let mut archive = tar::Builder::new(Vec::new());
+        for (path, content, mode) in [("old.txt", &b"new"[..], 0o600), ("was-dir", &b"file"[..], 0o644), ("d/e/new.txt", &b"fresh"[..], 0o755), ("big.bin", &big[..], 0o644)] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(mode);
+            header.set_mtime(1_700_000_000);
+            archive.append_data(&mut header, path, content).expect("append");
+        }
+        let bytes = archive.into_inner().expect("finish");
+        let placed = unpack_atomically(bytes.as_slice(), destination.path(), staging.path()).expect("unpack");
+        let read = |path: &str| std::fs::read(destination.path().join(path)).expect("read");
+        assert_eq!(read("old.txt"), b"new", "an existing file is replaced");
+        assert_eq!(read("was-dir"), b"file", "a directory standing there is replaced");
+        assert_eq!(read("d/e/new.txt"), b"fresh", "missing parents are made");
+        assert_eq!(read("big.bin"), big, "a big file arrives whole");
+        for (path, mode) in [("old.txt", 0o600), ("was-dir", 0o644), ("d/e/new.txt", 0o755)] {
+            let metadata = std::fs::metadata(destination.path().join(path)).expect("stat");
+            assert_eq!(metadata.permissions().mode() & 0o777, mode, "{path}");
+            assert_eq!(std::os::unix::fs::MetadataExt::mtime(&metadata), 1_700_000_000, "{path}");
+        }
+        let looked: Vec<&str> = placed.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(looked, ["old.txt", "was-dir", "d/e/new.txt", "big.bin"]);
+        for (path, stat) in &placed {
+            let now = std::fs::symlink_metadata(destination.path().join(path)).expect("stat");
+            assert_eq!(stat.st_ino as u64, std::os::unix::fs::MetadataExt::ino(&now), "the look is of the placed file {path}");
+            assert_eq!(stat.st_ctime as i64, std::os::unix::fs::MetadataExt::ctime(&now), "{path}");
+        }
+        assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0, "no temporary file is left behind");
+        let names: Vec<String> = std::fs::read_dir(destination.path().join("d/e")).expect("list").flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["new.txt"], "nothing but the file is left beside it");
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub fn sandbox_files(server: &Server, session_id: &str) -> Vec<String> {
 /// A file's content in the sandbox, or None when it does not exist.
 pub fn sandbox_read(server: &Server, session_id: &str, path: &str) -> Option<String> {
     let outcome = server.run_to_exit(json!({ "sessionId": session_id, "command": "cat", "args": [path] }));
+    if outcome.exit_code() != Some(0) {
+        eprintln!("cat {path} in the sandbox: exit {}, stderr {:?}", outcome.exit, outcome.stderr);
+    }
     (outcome.exit_code() == Some(0)).then_some(outcome.stdout)
 }
 

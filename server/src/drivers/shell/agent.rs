@@ -97,6 +97,9 @@ impl Agent {
         let token = crate::ids::short_id();
         let ready = format!("__sandlink_ready_{token}\n");
         let done = format!("\n__sandlink_done_{token}_");
+        // stderr ends with a marker of its own: it comes through another pipe than stdout, so stdout's marker may
+        // arrive before the request's last stderr bytes, which would then be taken for the next request's.
+        let stderr_done = format!("__sandlink_stderr_done_{token}");
         let mut line = String::from("( set --");
         for argument in arguments {
             line.push(' ');
@@ -113,7 +116,9 @@ impl Agent {
         line.push_str(script);
         // Requests without data must not read the agent's stdin (a stray `cat` would swallow later requests).
         let stdin_redirect = if data.is_some() { "" } else { " </dev/null" };
-        line.push_str(&format!("\n){stdin_redirect}; printf '\\n__sandlink_done_{token}_%d\\n' $?\n"));
+        line.push_str(&format!(
+            "\n){stdin_redirect}; __sandlink_status=$?; printf '%s' '{stderr_done}' >&2; printf '\\n__sandlink_done_{token}_%d\\n' \"$__sandlink_status\"\n"
+        ));
         shell.stdout.clear();
         shell.stderr.clear();
         let described = shell.described.clone();
@@ -145,7 +150,10 @@ impl Agent {
                 if data.is_some() {
                     stdout.drain(..ready.len().min(stdout.len()));
                 }
-                return Ok(Reply { status, stdout, stderr: std::mem::take(&mut shell.stderr) });
+                let stderr_end = Self::read_stderr_until(shell, stderr_done.as_bytes()).await?;
+                let mut stderr = std::mem::take(&mut shell.stderr);
+                stderr.truncate(stderr_end);
+                return Ok(Reply { status, stdout, stderr });
             }
             Self::read_more(shell).await?;
         }
@@ -159,6 +167,18 @@ impl Agent {
                 return Ok(searched_from + found);
             }
             searched_from = shell.stdout.len().saturating_sub(marker.len());
+            Self::read_more(shell).await?;
+        }
+    }
+
+    /// Reads output until `marker` appears in stderr; answers where it starts.
+    async fn read_stderr_until(shell: &mut Shell, marker: &[u8]) -> Result<usize> {
+        let mut searched_from = 0;
+        loop {
+            if let Some(found) = find(&shell.stderr[searched_from..], marker) {
+                return Ok(searched_from + found);
+            }
+            searched_from = shell.stderr.len().saturating_sub(marker.len());
             Self::read_more(shell).await?;
         }
     }

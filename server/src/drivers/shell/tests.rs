@@ -20,6 +20,30 @@ struct LocalTransport;
 #[async_trait]
 impl Transport for LocalTransport {
     async fn open(&self, command: Command) -> Result<Channel> {
+        open_local(command, None)
+    }
+
+    fn describe(&self) -> String {
+        "this machine".into()
+    }
+}
+
+/// A local shell whose stderr reaches sandlink later than its stdout, as two pipes may (an SSH client's, say).
+struct LaggingStderrTransport;
+
+#[async_trait]
+impl Transport for LaggingStderrTransport {
+    async fn open(&self, command: Command) -> Result<Channel> {
+        open_local(command, Some(std::time::Duration::from_millis(40)))
+    }
+
+    fn describe(&self) -> String {
+        "this machine, stderr late".into()
+    }
+}
+
+fn open_local(command: Command, stderr_delay: Option<std::time::Duration>) -> Result<Channel> {
+    {
         let (program, arguments) = command.argv.split_first().ok_or_else(|| Error::Internal("no program".into()))?;
         let mut process = tokio::process::Command::new(program);
         process
@@ -41,6 +65,12 @@ impl Transport for LocalTransport {
         let stdout = tokio_util::io::ReaderStream::new(child.stdout.take().expect("stdout is piped"))
             .map(|item| item.map(Chunk::Stdout));
         let stderr = tokio_util::io::ReaderStream::new(child.stderr.take().expect("stderr is piped"))
+            .then(move |item| async move {
+                if let Some(delay) = stderr_delay {
+                    tokio::time::sleep(delay).await;
+                }
+                item
+            })
             .map(|item| item.map(Chunk::Stderr));
         let output = futures::stream::select(stdout, stderr)
             .map(|item| item.map_err(|error| Error::io("A local command's output broke", error)));
@@ -49,10 +79,6 @@ impl Transport for LocalTransport {
             Ok(i64::from(status.code().unwrap_or(-1)))
         });
         Ok(Channel { input, output: Box::pin(output), exit })
-    }
-
-    fn describe(&self) -> String {
-        "this machine".into()
     }
 }
 
@@ -135,6 +161,18 @@ async fn shell_files_should_stream_large_batches_through_the_transport() {
     assert_eq!(std::fs::read(root.path().join("big.bin")).unwrap(), large);
     assert_eq!(std::fs::read(root.path().join("small")).unwrap(), b"s");
     assert_no_batch_left(root.path());
+}
+
+#[tokio::test]
+async fn agent_should_give_each_request_its_own_stderr_when_stderr_comes_late() {
+    // Each request's stderr is its own even when stdout's end marker arrives first: before stderr had a marker of
+    // its own, an SSH run's state read took the previous `cat`'s error as its own and failed as a lost connection.
+    let agent = Agent::new(Arc::new(LaggingStderrTransport));
+    for index in 0..4 {
+        let reply = agent.run(r#"echo "out $1"; echo "err $1" >&2"#, &[&index.to_string()], None).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&reply.stdout), format!("out {index}\n"));
+        assert_eq!(String::from_utf8_lossy(&reply.stderr), format!("err {index}\n"), "request {index}");
+    }
 }
 
 #[tokio::test]

@@ -212,6 +212,7 @@ fn one_gibibyte_of_output_should_arrive_with_bounded_server_memory_and_a_complet
     assert!(counter.seq_contiguous, "seq increases by one per notification");
     assert!(counter.notifications > 0);
     let peak = support::peak_rss_bytes(server.pid()).expect("VmHWM is readable");
+    eprintln!("the server's peak RSS through 1 GiB of output: {} MiB", peak >> 20);
     assert!(peak < 64 << 20, "the server's peak RSS stayed under 64 MiB: {} MiB", peak >> 20);
 }
 

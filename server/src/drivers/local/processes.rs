@@ -7,6 +7,9 @@ use std::time::Duration;
 
 /// How many rounds of "find what is left, kill it" a clean-up makes; each round catches what forked meanwhile.
 const KILL_ROUNDS: usize = 100;
+/// The pause between rounds grows from the first to the last: a killed process is usually gone within a fraction of
+/// a millisecond, and a one-shot `sandlink run` waits for this clean-up before it exits.
+const FIRST_ROUND_PAUSE: Duration = Duration::from_micros(200);
 const ROUND_PAUSE: Duration = Duration::from_millis(5);
 
 /// The leaf of a session's cgroup that holds its agent and every ordinary run.
@@ -125,6 +128,7 @@ fn kill_members(cgroup: &Path) {
 
 /// Kills what `find` lists, round after round until it lists nothing: each round catches what forked meanwhile.
 fn kill_until_none_left(find: impl Fn() -> Vec<libc::pid_t>) {
+    let mut pause = FIRST_ROUND_PAUSE;
     for _ in 0..KILL_ROUNDS {
         let found = find();
         if found.is_empty() {
@@ -134,7 +138,8 @@ fn kill_until_none_left(find: impl Fn() -> Vec<libc::pid_t>) {
             // SAFETY: kill(2) on a process id just read from the cgroup or /proc; no memory is touched.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        std::thread::sleep(ROUND_PAUSE);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(ROUND_PAUSE);
     }
 }
 

@@ -161,24 +161,21 @@ impl Agent {
 
     /// Reads output until `marker` appears in stdout; answers where it starts.
     async fn read_until(shell: &mut Shell, marker: &[u8]) -> Result<usize> {
-        let mut searched_from = 0;
-        loop {
-            if let Some(found) = find(&shell.stdout[searched_from..], marker) {
-                return Ok(searched_from + found);
-            }
-            searched_from = shell.stdout.len().saturating_sub(marker.len());
-            Self::read_more(shell).await?;
-        }
+        Self::read_until_in(shell, marker, |shell| &shell.stdout).await
     }
 
     /// Reads output until `marker` appears in stderr; answers where it starts.
     async fn read_stderr_until(shell: &mut Shell, marker: &[u8]) -> Result<usize> {
+        Self::read_until_in(shell, marker, |shell| &shell.stderr).await
+    }
+
+    async fn read_until_in(shell: &mut Shell, marker: &[u8], stream: fn(&Shell) -> &Vec<u8>) -> Result<usize> {
         let mut searched_from = 0;
         loop {
-            if let Some(found) = find(&shell.stderr[searched_from..], marker) {
+            if let Some(found) = find(&stream(shell)[searched_from..], marker) {
                 return Ok(searched_from + found);
             }
-            searched_from = shell.stderr.len().saturating_sub(marker.len());
+            searched_from = stream(shell).len().saturating_sub(marker.len());
             Self::read_more(shell).await?;
         }
     }

@@ -562,8 +562,8 @@ mod tests {
         assert_eq!(looked, ["old.txt", "was-dir", "d/e/new.txt", "big.bin"]);
         for (path, stat) in &placed {
             let now = std::fs::symlink_metadata(destination.path().join(path)).expect("stat");
-            assert_eq!(stat.st_ino as u64, std::os::unix::fs::MetadataExt::ino(&now), "the look is of the placed file {path}");
-            assert_eq!(stat.st_ctime as i64, std::os::unix::fs::MetadataExt::ctime(&now), "{path}");
+            assert_eq!(stat.st_ino, std::os::unix::fs::MetadataExt::ino(&now), "the look is of the placed file {path}");
+            assert_eq!(stat.st_ctime, std::os::unix::fs::MetadataExt::ctime(&now), "{path}");
         }
         assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0, "no temporary file is left behind");
         let names: Vec<String> = std::fs::read_dir(destination.path().join("d/e")).expect("list").flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect();

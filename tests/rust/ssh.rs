@@ -622,6 +622,60 @@ fn a_restarted_server_should_reattach_to_the_same_root_without_reuploading() {
 }
 
 #[test]
+fn a_killed_server_should_leave_no_ssh_master_behind() {
+    let Some(fixture) = ssh_fixture() else { return };
+    // A TMPDIR of its own, where this server's masters keep their control sockets, tells its masters from others.
+    let temp = tempfile::tempdir().expect("a temporary directory for the server");
+    let state = tempfile::tempdir().expect("a state directory shared by both servers");
+    let workspace = support::workspace_with(&[("a.txt", "a\n")]);
+    let start = || {
+        Server::start_with(StartOptions {
+            state_dir: Some(state.path().to_path_buf()),
+            root: Some(workspace.path().to_path_buf()),
+            env: vec![
+                ("TMPDIR".into(), temp.path().display().to_string()),
+                ("SANDLINK_SSH_MASTER_LINGER_SECONDS".into(), "2".into()),
+            ],
+            ..StartOptions::default()
+        })
+    };
+    let marker = temp.path().display().to_string();
+    let masters = || -> Vec<u32> {
+        let all: Vec<u32> = std::fs::read_dir("/proc")
+            .map(|entries| entries.flatten().filter_map(|entry| entry.file_name().to_string_lossy().parse().ok()).collect())
+            .unwrap_or_default();
+        all.into_iter()
+            .filter(|pid| {
+                let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let command_line = String::from_utf8_lossy(&command_line).replace('\0', " ");
+                command_line.starts_with("ssh ") && command_line.contains(" -M ") && command_line.contains(&marker)
+            })
+            .collect()
+    };
+    let first = start();
+    let session = first.connect("ssh", fixture.settings.clone(), workspace.path());
+    let session_id = session["sessionId"].as_str().expect("id").to_string();
+    first.run_to_exit(json!({ "sessionId": session_id, "command": "true" }));
+    assert!(!masters().is_empty(), "the session's master runs while its server does");
+    // Killed as a crash would: nothing of the server gets to close its master.
+    unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !masters().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(masters(), Vec::<u32>::new(), "the killed server's ssh master ends once it has no channel left");
+    drop(first);
+    // The next server re-attaches to the orphaned session through a master of its own, and removes the sandbox.
+    let second = start();
+    let again = second
+        .request("sandlink/connect", json!({ "reuse": session_id, "workspaceFolder": support::file_uri(workspace.path()) }))
+        .expect("re-attach the orphaned session");
+    assert_eq!(again["sessionId"], session_id.as_str(), "the orphaned session comes back");
+    assert_eq!(second.run_to_exit(json!({ "sessionId": session_id, "command": "cat a.txt" })).stdout, "a\n");
+    second.request("sandlink/disconnect", json!({ "sessionId": session_id })).expect("disconnect");
+}
+
+#[test]
 fn a_workspace_ssh_profile_should_need_trust_before_anything_is_sent() {
     let Some(setup) = setup() else { return };
     let config_directory = tempfile::tempdir().expect("config dir");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
+use openssh::{ControlPersist, ForwardType, KnownHosts, Session, SessionBuilder, Socket};
 
 use super::hostkeys;
 use super::target::Target;
@@ -25,6 +25,20 @@ const BACKOFF_LAST: Duration = Duration::from_secs(5);
 const RECONNECT_LIMIT: Duration = Duration::from_secs(120);
 /// How often an idle connection is looked at.
 const KEEPER_PERIOD: Duration = Duration::from_secs(1);
+/// How long a master outlives its last channel. The `openssh` crate's default (`ControlPersist=yes`) kept the master of
+/// a server that was killed running for ever. A live session always holds a channel (its helper shell), so this ends
+/// no master in use; if it ever does, the keeper reopens the connection as after a drop.
+const MASTER_LINGER_SECONDS: usize = 30;
+
+/// `MASTER_LINGER_SECONDS`, unless `SANDLINK_SSH_MASTER_LINGER_SECONDS` sets another: the test that kills a server
+/// shortens it so it need not wait half a minute; nothing else should set it.
+fn master_linger() -> ControlPersist {
+    let seconds = std::env::var("SANDLINK_SSH_MASTER_LINGER_SECONDS")
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(MASTER_LINGER_SECONDS);
+    std::num::NonZeroUsize::new(seconds).map_or(ControlPersist::ClosedAfterInitialConnection, ControlPersist::IdleFor)
+}
 
 impl Target {
     fn builder(&self, control_directory: &Path) -> SessionBuilder {
@@ -32,6 +46,7 @@ impl Target {
         builder.known_hosts_check(KnownHosts::Strict);
         builder.connect_timeout(CONNECT_TIMEOUT);
         builder.control_directory(control_directory);
+        builder.control_persist(master_linger());
         if self.keep_alive_seconds > 0 {
             builder.server_alive_interval(Duration::from_secs(self.keep_alive_seconds));
         }

@@ -109,7 +109,7 @@ impl Target {
 }
 
 fn last_line(text: &str) -> String {
-    text.lines().map(str::trim).filter(|line| !line.is_empty()).last().unwrap_or(text).to_string()
+    text.lines().map(str::trim).rfind(|line| !line.is_empty()).unwrap_or(text).to_string()
 }
 
 /// A session's connection, replaced by a new master when it drops.

@@ -903,7 +903,7 @@ test('a_task_code_action_should_ask_for_trust_and_run_the_task_by_name_once_trus
   vim.cmd('edit ' .. vim.fn.fnameescape(workspace_dir .. '/hello.txt'))
   local output = require('sandlink.output')
   local previous_view = output.last_view
-  -- The server reads the rewritten task file on its own time: until it offers the task, the menu is asked again.
+  -- The first menu for a buffer opened a moment ago may come without the task: until it offers it, ask again.
   local chosen, menus_without_it, asked_at = false, 0, 0
   local record = recording_requests_and_prompts({ 'sandlink/run' }, function(items, options)
     if options.kind == 'sandlink.trust' then

@@ -16,6 +16,17 @@ use crate::error::{Error, Result};
 use crate::protocol::{SessionInfo, SessionState, SyncState};
 use crate::statefile::{self, Lock};
 
+
+/// The pauses before a taken owner lock is tried again. A holder keeps the lock for as long as it lives, but a look
+/// (`is_claimed`, by this process or another sandlink listing sessions) takes it for an instant; one look must not
+/// make another, or a re-attach, see the session as held elsewhere. Two listings at once (an editor's refresh after
+/// connecting and `:Sandlink sessions`) showed a session left by an exited sandlink as "attached by another sandlink".
+const LOOK_PAUSES: [std::time::Duration; 4] = [
+    std::time::Duration::from_millis(5),
+    std::time::Duration::from_millis(10),
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(40),
+];
 /// Bumped when the record format changes incompatibly; records of other versions are listed but not re-attached.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -214,7 +225,14 @@ impl Store {
 
     /// Takes ownership of a session for this process; `None` when another process holds it.
     pub fn claim(&self, session_id: &str) -> Result<Option<Lock>> {
-        Lock::try_exclusive(&self.owner_lock_path(session_id))
+        let path = self.owner_lock_path(session_id);
+        for pause in LOOK_PAUSES {
+            if let Some(lock) = Lock::try_exclusive(&path)? {
+                return Ok(Some(lock));
+            }
+            std::thread::sleep(pause);
+        }
+        Lock::try_exclusive(&path)
     }
 
     /// Whether some process (this one included) holds the session.
@@ -222,7 +240,7 @@ impl Store {
         if !self.session_dir(session_id).is_dir() {
             return false;
         }
-        matches!(Lock::try_exclusive(&self.owner_lock_path(session_id)), Ok(None))
+        matches!(self.claim(session_id), Ok(None))
     }
 }
 
@@ -266,6 +284,28 @@ mod tests {
         assert!(!store.is_claimed("local-a"));
         store.remove("local-a").expect("remove");
         assert!(store.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn a_look_held_for_an_instant_should_not_read_as_a_holder() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let store = Store::new(state.path());
+        store.write(&record("local-a")).expect("write");
+        // Another look holds the lock for 3 ms, as a listing's `is_claimed` in another thread or process would.
+        let path = store.owner_lock_path("local-a");
+        let (taken, was_taken) = std::sync::mpsc::channel();
+        let look = std::thread::spawn(move || {
+            let lock = Lock::try_exclusive(&path).expect("lock").expect("free");
+            taken.send(()).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            drop(lock);
+        });
+        was_taken.recv().expect("the look took the lock");
+        assert!(!store.is_claimed("local-a"), "a look is not a holder");
+        look.join().expect("the look ends");
+        let claim = store.claim("local-a").expect("claim").expect("free again");
+        assert!(store.is_claimed("local-a"), "a holder that stays is one");
+        drop(claim);
     }
 
     #[test]

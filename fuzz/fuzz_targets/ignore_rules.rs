@@ -1,6 +1,7 @@
 //! Fuzzes ignore-rule matching (`sync::rules`) with arbitrary patterns and paths: building rules never panics, a
-//! path under an excluded directory is excluded, and `Rules::is_excluded` (used for saves, watcher events and
-//! remote listings) agrees with `Rules::walker` (used for full scans) on every file of a real tree.
+//! path under an excluded directory is excluded, and `Rules::is_excluded` (used for saves and watcher events), its
+//! many-paths form `Rules::excluder` (used for listings of the sandbox) and the full scan (`Scanner::scan`, which
+//! walks the tree itself) agree on every file of a real tree.
 //!
 //! Input: sections of lines. Lines before any header, or after `--- exclude`, are `sync.exclude` patterns;
 //! after `--- allow` they are `allowSecrets` patterns; after `--- <dir>/.gitignore` (or `.ignore`,
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use sandlink::sync::rules::{build_patterns, is_ignore_file, Rules};
-use sandlink::sync::scan::check_relative;
+use sandlink::sync::scan::{check_relative, Scanner};
 use sandlink::sync::secrets::SecretFilter;
 use sandlink::sync::SyncOptions;
 
@@ -103,13 +104,16 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let walked: BTreeSet<String> = rules
-        .walker(root)
-        .build()
-        .flatten()
-        .filter(|entry| entry.file_type().is_some_and(|kind| kind.is_file()))
-        .filter_map(|entry| entry.path().strip_prefix(root).ok().and_then(|path| path.to_str().map(str::to_string)))
-        .collect();
+    // The full scan, as a sync makes it; files it holds back for their names were walked all the same.
+    let Ok(secrets) = SecretFilter::new(root, &allow) else { return };
+    let scan = Scanner { rules: rules.clone(), secrets }.scan(None).expect("a scan of a real tree succeeds");
+    let walked: BTreeSet<String> = scan.entries.into_keys().chain(scan.held_back.into_keys()).collect();
+    // The many-paths form (used on whole listings of the sandbox) decides every path as the one-path form does,
+    // asked in any order.
+    let mut excluder = rules.excluder();
+    for path in files.iter().rev() {
+        assert_eq!(excluder.is_excluded(path, false), rules.is_excluded(path, false), "{path:?}: the excluder disagrees");
+    }
     for path in &files {
         let excluded = rules.is_excluded(path, false);
         assert_eq!(

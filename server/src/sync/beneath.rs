@@ -40,6 +40,8 @@ pub struct Beneath {
     root: OwnedFd,
     /// Open directories from the root down, with their names: a prefix of the last path walked.
     open: Vec<(String, OwnedFd)>,
+    /// Whether `link_unnamed` may still try linking straight from a descriptor (it stops at the first refusal).
+    links_by_descriptor: bool,
 }
 
 const DIRECTORY_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
@@ -48,7 +50,7 @@ impl Beneath {
     /// Opens `root` (which may itself be reached through links: it is trusted, what lies below it is not).
     pub fn open(root: &Path) -> io::Result<Self> {
         let root = rustix::fs::openat(CWD, root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(Beneath { root, open: Vec::new() })
+        Ok(Beneath { root, open: Vec::new(), links_by_descriptor: true })
     }
 
     /// The directory that holds `relative` (`/`-separated, plain names only) and the last name, reached without
@@ -78,6 +80,8 @@ impl Beneath {
                             rustix::fs::unlinkat(parent, *part, AtFlags::empty())?;
                             make_directory(parent, part)?;
                         }
+                        // Made meanwhile (by another thread of the same upload): open it as it is now.
+                        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory && errno == rustix::io::Errno::NOENT => {}
                         Ok(_) => return Err(WalkError::Io(errno.into())),
                         Err(rustix::io::Errno::NOENT) if create => make_directory(parent, part)?,
                         Err(rustix::io::Errno::NOENT) => return Err(WalkError::Missing),
@@ -166,15 +170,18 @@ impl Beneath {
     /// at once. Answers `Linked::Exists` when something stands there (the caller replaces it by a rename instead)
     /// and `Linked::Unsupported` where the file cannot be named through `/proc` (no `/proc` mounted).
     pub fn link_unnamed(&mut self, file: &File, relative: &str) -> Result<Linked, WalkError> {
-        let (directory, name) = self.parent(relative, false)?;
-        match rustix::fs::linkat(CWD, proc_fd_path(file).as_str(), directory, name.as_str(), AtFlags::SYMLINK_FOLLOW) {
-            Ok(()) => Ok(Linked::Named),
-            Err(rustix::io::Errno::EXIST) => Ok(Linked::Exists),
-            Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM | rustix::io::Errno::ACCESS | rustix::io::Errno::XDEV) => {
-                Ok(Linked::Unsupported)
+        if self.links_by_descriptor {
+            // Straight from the descriptor, which needs `CAP_DAC_READ_SEARCH` (root has it): no `/proc` path to
+            // resolve. Without it the kernel refuses (ENOENT), and this and every later file go through `/proc`.
+            let (directory, name) = self.parent(relative, false)?;
+            match rustix::fs::linkat(file, "", directory, name.as_str(), AtFlags::EMPTY_PATH) {
+                Ok(()) => return Ok(Linked::Named),
+                Err(rustix::io::Errno::EXIST) => return Ok(Linked::Exists),
+                Err(_) => self.links_by_descriptor = false,
             }
-            Err(errno) => Err(errno.into()),
         }
+        let (directory, name) = self.parent(relative, false)?;
+        link_through_proc(file, directory, &name)
     }
 
     /// Moves the file at `source` (an absolute path in a trusted staging directory) to `relative`, replacing what is
@@ -249,6 +256,18 @@ impl Beneath {
             self.remove(relative)?;
         }
         Ok(())
+    }
+}
+
+/// `Beneath::link_unnamed` by the file's `/proc/self/fd` name, which any user may link from.
+fn link_through_proc(file: &File, directory: BorrowedFd<'_>, name: &str) -> Result<Linked, WalkError> {
+    match rustix::fs::linkat(CWD, proc_fd_path(file).as_str(), directory, name, AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => Ok(Linked::Named),
+        Err(rustix::io::Errno::EXIST) => Ok(Linked::Exists),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM | rustix::io::Errno::ACCESS | rustix::io::Errno::XDEV) => {
+            Ok(Linked::Unsupported)
+        }
+        Err(errno) => Err(errno.into()),
     }
 }
 

@@ -5,7 +5,8 @@
 //! content, checked as it is read for upload), `scan` (walking the workspace), `manifest` (the last synced state,
 //! persisted), `plan` (what changed on which side), `transfer` (tar streams and atomic writes), `resolve` (where
 //! paths and links lead), `beneath` (file access that never passes a symlink),
-//! `watch` (the file-system watcher), `session` (one session's sync: triggers, flushes and state) and `chunks`
+//! `walk` (walking a tree on every core), `watch` (the file-system watcher), `session` (one session's sync:
+//! triggers, flushes and state) and `chunks`
 //! (big files uploaded in parts that survive a dropped connection).
 
 pub mod beneath;
@@ -20,6 +21,7 @@ pub mod secret_scan;
 pub mod secrets;
 pub mod session;
 pub mod transfer;
+pub mod walk;
 pub mod watch;
 
 use async_trait::async_trait;
@@ -117,6 +119,40 @@ pub trait RemoteFiles: Send + Sync {
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         let _ = paths;
         Err(Error::Unsupported("This driver cannot download files from the sandbox.".into()))
+    }
+
+    /// Where the sandbox's tree is a directory on this machine (the local driver's), that directory: uploads are
+    /// then copied straight into it (`transfer::copy_across`), with no tar stream between a packing and an
+    /// unpacking thread. `None` for every driver whose sandbox is elsewhere.
+    fn tree_on_this_machine(&self) -> Option<TreeOnThisMachine> {
+        None
+    }
+}
+
+/// A sandbox tree that is a directory on this machine, with where its uploads are staged (same file system).
+#[derive(Debug, Clone)]
+pub struct TreeOnThisMachine {
+    pub root: std::path::PathBuf,
+    pub staging: std::path::PathBuf,
+}
+
+impl RemoteEntry {
+    /// The entry of a regular file just written on this machine, from the `fstat` made right after; `None` for
+    /// anything else.
+    pub fn written(relative: String, stat: &rustix::fs::Stat) -> Option<RemoteEntry> {
+        let nanoseconds = |seconds: i64, nanoseconds: i64| seconds as i128 * 1_000_000_000 + nanoseconds as i128;
+        (rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile).then(|| RemoteEntry {
+            path: relative,
+            kind: EntryKind::File,
+            size: stat.st_size as u64,
+            mtime_ns: nanoseconds(stat.st_mtime as i64, stat.st_mtime_nsec as i64),
+            subsecond: true,
+            inode: Some(stat.st_ino as u64),
+            ctime_ns: Some(nanoseconds(stat.st_ctime as i64, stat.st_ctime_nsec as i64)),
+            mode: stat.st_mode as u32 & 0o7777,
+            link_target: None,
+            unsyncable: None,
+        })
     }
 }
 

@@ -31,8 +31,18 @@ pub struct LocalDiff {
 pub fn diff_local(manifest: &mut Manifest, scan: &Scan, workspace: &Path, scope: Option<&[String]>) -> LocalDiff {
     let mut diff = LocalDiff::default();
     let now = now_ns();
+    let mut touched = false;
+    // Recorded paths the scan did not find, for a whole scan: both maps are sorted, so one pass over the two finds
+    // them, with no lookup per path (this runs on every save and every resync of the whole tree).
+    let mut missing = Vec::new();
+    let mut records = manifest.entries.iter_mut().peekable();
     for (path, entry) in &scan.entries {
-        match manifest.entries.get_mut(path) {
+        while let Some((recorded, _)) = records.next_if(|(recorded, _)| recorded.as_str() < path.as_str()) {
+            if scope.is_none() {
+                missing.push(recorded.clone());
+            }
+        }
+        match records.next_if(|(recorded, _)| *recorded == path).map(|(_, record)| record) {
             None => {
                 diff.changed.insert(path.clone());
             }
@@ -43,7 +53,7 @@ pub fn diff_local(manifest: &mut Manifest, scan: &Scan, workspace: &Path, scope:
                 Ok(hash) if hash == record.hash => {
                     // Same content: trust the metadata from now on, once it is older than the timestamp granularity.
                     std::sync::Arc::make_mut(record).recorded_ns = now;
-                    manifest_touched(manifest);
+                    touched = true;
                 }
                 _ => {
                     diff.changed.insert(path.clone());
@@ -52,8 +62,14 @@ pub fn diff_local(manifest: &mut Manifest, scan: &Scan, workspace: &Path, scope:
             Some(_) => {}
         }
     }
+    if scope.is_none() {
+        missing.extend(records.map(|(recorded, _)| recorded.clone()));
+    }
+    if touched {
+        manifest_touched(manifest);
+    }
     let recorded: Vec<String> = match scope {
-        None => manifest.entries.keys().cloned().collect(),
+        None => missing,
         Some(paths) => {
             let mut found = BTreeSet::new();
             for path in paths {
@@ -138,20 +154,32 @@ pub fn diff_remote(
         ambiguous.extend(shared.iter().copied());
         diff.shared = Some(shared);
     }
-    let mut seen = BTreeSet::new();
+    // Sorted like the manifest, the listing is compared with it in one pass over both: recorded paths passed over
+    // are the ones the sandbox no longer has.
+    let mut listing = listing;
+    listing.sort_by(|left, right| left.path.cmp(&right.path));
+    // A path listed twice (which no real listing does) counts once, as the first listed.
+    listing.dedup_by(|later, first| later.path == first.path);
+    let mut excluder = rules.excluder();
+    let mut records = manifest.entries.iter().peekable();
     for entry in listing {
         if entry.kind == EntryKind::Dir || !in_scope(&entry.path) {
             continue;
         }
-        if rules.is_excluded(&entry.path, false) || secrets.holds_back(&entry.path) {
+        if excluder.is_excluded(&entry.path, false) || secrets.holds_back(&entry.path) {
             continue;
         }
-        seen.insert(entry.path.clone());
+        while let Some((path, _)) = records.next_if(|(path, _)| path.as_str() < entry.path.as_str()) {
+            if in_scope(path) {
+                diff.changes.insert(path.clone(), RemoteChange::Deleted);
+            }
+        }
+        let record = records.next_if(|(path, _)| **path == entry.path).map(|(_, record)| record);
         if let Some(reason) = &entry.unsyncable {
             diff.skipped.push(SkippedPath { path: entry.path.clone(), reason: reason.clone() });
             continue;
         }
-        let unchanged = manifest.entries.get(&entry.path).is_some_and(|record| {
+        let unchanged = record.is_some_and(|record| {
             record.kind == entry.kind
                 && match entry.kind {
                     EntryKind::Symlink => record.link_target == entry.link_target,
@@ -171,8 +199,8 @@ pub fn diff_remote(
             diff.changes.insert(entry.path.clone(), RemoteChange::Changed(entry));
         }
     }
-    for path in manifest.entries.keys() {
-        if !seen.contains(path) && in_scope(path) {
+    for (path, _) in records {
+        if in_scope(path) {
             diff.changes.insert(path.clone(), RemoteChange::Deleted);
         }
     }

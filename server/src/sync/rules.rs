@@ -38,7 +38,8 @@ pub struct Rules {
     chains: Mutex<HashMap<String, IgnoreChain>>,
 }
 
-type IgnoreChain = Arc<Vec<(usize, Arc<Gitignore>)>>;
+/// The ignore files that apply to one directory's entries (see `Rules::chains`).
+pub type IgnoreChain = Arc<Vec<(usize, Arc<Gitignore>)>>;
 
 impl Rules {
     pub fn new(workspace: &Path, options: &SyncOptions) -> Result<Self> {
@@ -78,6 +79,16 @@ impl Rules {
 
     /// The ignore files that apply to entries of `relative_dir`, deepest directory first.
     fn chain(&self, relative_dir: &str) -> IgnoreChain {
+        self.chain_known(relative_dir, None)
+    }
+
+    /// `chain`, for a directory just listed: `listed` tells whether a name is in it, so only ignore files that
+    /// are there are looked at (most directories have none, and then cost no look at all).
+    pub fn chain_of_listed(&self, relative_dir: &str, listed: &dyn Fn(&str) -> bool) -> IgnoreChain {
+        self.chain_known(relative_dir, Some(listed))
+    }
+
+    fn chain_known(&self, relative_dir: &str, listed: Option<&dyn Fn(&str) -> bool>) -> IgnoreChain {
         if let Some(found) = self.lock().get(relative_dir) {
             return found.clone();
         }
@@ -90,6 +101,7 @@ impl Rules {
         let own: Vec<(usize, Arc<Gitignore>)> = IGNORE_FILES
             .iter()
             .enumerate()
+            .filter(|(_, name)| listed.is_none_or(|listed| listed(name)))
             .filter_map(|(index, name)| {
                 let path = dir.join(name);
                 path.is_file().then(|| (index, Arc::new(Gitignore::new(&path).0)))
@@ -125,6 +137,17 @@ impl Rules {
     /// the workspace, `parent` its directory relative to the workspace. Empty matchers are skipped, since every
     /// entry of every scan passes here.
     fn excludes_itself(&self, absolute: &Path, parent: &str, is_dir: bool) -> bool {
+        self.excludes_by(&self.chain(parent), absolute, is_dir)
+    }
+
+    /// Whether an entry named `name` of a directory being walked is excluded by its own rules, given the
+    /// directory's `chain` (`chain_of_listed`): what the walker asks of every entry, and exactly what `is_excluded`
+    /// asks of each part of a path.
+    pub fn excludes_entry(&self, chain: &IgnoreChain, absolute: &Path, name: &str, is_dir: bool) -> bool {
+        (name == ".git" && !self.include_git) || self.excludes_by(chain, absolute, is_dir)
+    }
+
+    fn excludes_by(&self, chain: &IgnoreChain, absolute: &Path, is_dir: bool) -> bool {
         let decide = |matcher: &Gitignore| match matcher.is_empty() {
             true => Match::None,
             false => matcher.matched(absolute, is_dir).map(|_| ()),
@@ -135,7 +158,6 @@ impl Rules {
             Match::None => {}
         }
         // Each file name in precedence order, and for one name the deepest directory's file first.
-        let chain = self.chain(parent);
         for file_index in 0..IGNORE_FILES.len() {
             for (_, matcher) in chain.iter().filter(|(index, _)| *index == file_index) {
                 match decide(matcher) {
@@ -153,7 +175,13 @@ impl Rules {
         decide(&self.global).is_ignore()
     }
 
-    /// A walker over `start` (the workspace or a directory in it) applying the same rules.
+    /// Decides many paths at once (`Excluder::is_excluded`), each directory once.
+    pub fn excluder(&self) -> Excluder<'_> {
+        Excluder { rules: self, directories: HashMap::new() }
+    }
+
+    /// A walker over `start` (the workspace or a directory in it) applying the same rules, for the watcher's list
+    /// of directories to watch. (Full scans walk the tree themselves, on every core: `scan::Scanner`.)
     ///
     /// The walker decides each entry with `excludes_itself`, the very code `is_excluded` runs, rather than with the
     /// `ignore` crate's own ignore-file handling: two implementations of precedence disagreed (a configured
@@ -181,6 +209,36 @@ impl Rules {
             !rules.excludes_itself(entry.path(), parent, is_dir)
         });
         builder
+    }
+}
+
+/// `Rules::is_excluded` for many paths, as a listing of the whole sandbox asks: each directory's decision is
+/// remembered, so the files of a directory cost one decision each instead of one per part of their paths.
+pub struct Excluder<'a> {
+    rules: &'a Rules,
+    directories: HashMap<String, bool>,
+}
+
+impl Excluder<'_> {
+    /// Exactly `Rules::is_excluded`: the path is excluded when its directory is, or by its own rules.
+    pub fn is_excluded(&mut self, relative: &str, is_dir: bool) -> bool {
+        let (parent, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+        if name.is_empty() {
+            return self.rules.is_excluded(relative, is_dir);
+        }
+        if !parent.is_empty() && self.directory_is_excluded(parent) {
+            return true;
+        }
+        (name == ".git" && !self.rules.include_git) || self.rules.excludes_itself(&self.rules.workspace.join(relative), parent, is_dir)
+    }
+
+    fn directory_is_excluded(&mut self, directory: &str) -> bool {
+        if let Some(decided) = self.directories.get(directory) {
+            return *decided;
+        }
+        let decided = self.is_excluded(directory, true);
+        self.directories.insert(directory.to_string(), decided);
+        decided
     }
 }
 

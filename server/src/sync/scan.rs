@@ -2,13 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType};
 
 use super::resolve::{link_stays_inside, OnDisk};
 use super::rules::Rules;
 use super::secret_scan::FileStamp;
 use super::secrets::SecretFilter;
+use super::walk::{walk_tree, Listed};
 use super::EntryKind;
 use crate::error::{Error, Result};
 
@@ -84,7 +87,7 @@ impl Scanner {
     pub fn scan(&self, scope: Option<&[String]>) -> Result<Scan> {
         let mut scan = Scan::default();
         match scope {
-            None => self.walk(&self.workspace().to_path_buf(), &mut scan)?,
+            None => self.walk(self.workspace(), &mut scan)?,
             Some(paths) => {
                 for relative in paths {
                     self.scan_path(relative, &mut scan)?;
@@ -111,94 +114,131 @@ impl Scanner {
         if metadata.is_dir() {
             return self.walk(&full, scan);
         }
-        self.take(relative.to_string(), &full, &metadata, scan);
+        self.take_path(relative.to_string(), &full, scan);
         Ok(())
     }
 
-    fn walk(&self, start: &PathBuf, scan: &mut Scan) -> Result<()> {
-        let (sender, receiver) = std::sync::mpsc::channel::<(String, PathBuf, std::fs::Metadata)>();
-        let (unsyncable_sender, unsyncable_receiver) = std::sync::mpsc::channel::<String>();
-        let workspace = self.workspace().to_path_buf();
-        let walker = self.rules.walker(start).threads(2).build_parallel();
-        let failure: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-        std::thread::scope(|threads| {
-            threads.spawn(|| {
-                walker.run(|| {
-                    let sender = sender.clone();
-                    let unsyncable = unsyncable_sender.clone();
-                    let workspace = &workspace;
-                    let failure = &failure;
-                    Box::new(move |entry| {
-                        let entry = match entry {
-                            Ok(entry) => entry,
-                            Err(error) => {
-                                // Unreadable directories are skipped with a log line rather than failing the sync.
-                                tracing::warn!(%error, "skipped an unreadable part of the workspace");
-                                return ignore::WalkState::Continue;
-                            }
-                        };
-                        if entry.file_type().is_some_and(|kind| kind.is_dir()) {
-                            return ignore::WalkState::Continue;
-                        }
-                        let Ok(relative) = entry.path().strip_prefix(workspace) else {
-                            return ignore::WalkState::Continue;
-                        };
-                        let Some(relative) = relative.to_str().map(str::to_string) else {
-                            let _ = unsyncable.send(relative.to_string_lossy().into_owned());
-                            return ignore::WalkState::Continue;
-                        };
-                        match entry.metadata() {
-                            Ok(metadata) => {
-                                let _ = sender.send((relative, entry.path().to_path_buf(), metadata));
-                            }
-                            Err(error) => {
-                                let mut slot = crate::locks::lock(&failure);
-                                slot.get_or_insert_with(|| format!("Could not read {relative}: {error}"));
-                            }
-                        }
-                        ignore::WalkState::Continue
-                    })
-                });
-                drop(sender);
-                drop(unsyncable_sender);
-            });
-            for (relative, full, metadata) in receiver {
-                self.take(relative, &full, &metadata, scan);
+    /// Walks the directory `start` (the workspace or one in it) on every core (`walk::walk_tree`), looking at each
+    /// entry through its directory's descriptor (one name to look up, not a whole path). Excluded directories are
+    /// never entered. An entry is decided by `Rules::excludes_entry`, the same code as `Rules::is_excluded`, so a
+    /// full scan and a single path agree (the `ignore_rules` fuzz target checks it).
+    fn walk(&self, start: &Path, scan: &mut Scan) -> Result<()> {
+        let Ok(relative_start) = start.strip_prefix(self.workspace()) else { return Ok(()) };
+        let Some(relative_start) = relative_start.to_str() else { return Ok(()) };
+        let (found, unreadable) =
+            walk_tree(self.workspace(), relative_start, Found::default, |found, listed| self.list_directory(listed, found));
+        for (directory, error) in unreadable {
+            // Unreadable directories are skipped with a log line rather than failing the sync; one that vanished or
+            // became a link since its parent was listed is simply not part of this scan.
+            if !matches!(error, rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) {
+                tracing::warn!(%directory, %error, "skipped an unreadable part of the workspace");
             }
-        });
-        for lossy in unsyncable_receiver.try_iter() {
-            scan.unsyncable.push((lossy, NOT_UTF8.to_string()));
         }
-        if let Some(message) = failure.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
-            // A file vanishing mid-walk is normal (a build running); it is simply absent from this scan.
-            tracing::debug!(%message, "a file changed during the scan");
+        let mut entries = Vec::new();
+        for part in found {
+            entries.extend(part.entries);
+            scan.held_back.extend(part.held_back);
+            scan.escaping_links.extend(part.escaping_links);
+            scan.unsyncable.extend(part.unsyncable.into_iter().map(|lossy| (lossy, NOT_UTF8.to_string())));
         }
+        if scan.entries.is_empty() {
+            // Collected into a new map, the entries are sorted once and the tree built in one pass, rather than by
+            // one insertion per entry.
+            scan.entries = entries.into_iter().collect();
+        } else {
+            scan.entries.extend(entries);
+        }
+        scan.escaping_links.sort_unstable();
         Ok(())
     }
 
-    fn take(&self, relative: String, full: &Path, metadata: &std::fs::Metadata, scan: &mut Scan) {
-        let file_type = metadata.file_type();
-        if !(file_type.is_file() || file_type.is_symlink()) {
+    /// Takes the files of one listed directory into `found`, answering the directories in it to walk.
+    fn list_directory(&self, listed: &Listed<'_>, found: &mut Found) -> Vec<String> {
+        let chain = self.rules.chain_of_listed(listed.relative, &|name| listed.has(name));
+        let mut subdirectories = Vec::new();
+        for (name, file_type) in listed.entries {
+            let Ok(name_text) = name.to_str() else {
+                found.unsyncable.push(listed.child(&name.to_string_lossy()));
+                continue;
+            };
+            let mut file_type = *file_type;
+            let mut stat = None;
+            if matches!(file_type, FileType::Unknown | FileType::RegularFile | FileType::Symlink) {
+                // Files need their stamp anyway; a file system that does not tell types needs a look to know.
+                match rustix::fs::statat(listed.descriptor, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(looked) => {
+                        file_type = FileType::from_raw_mode(looked.st_mode);
+                        stat = Some(looked);
+                    }
+                    // Gone since the listing (a build running): simply absent from this scan.
+                    Err(_) => continue,
+                }
+            }
+            let is_dir = file_type == FileType::Directory;
+            if self.rules.excludes_entry(&chain, &listed.path.join(name_text), name_text, is_dir) {
+                continue;
+            }
+            if is_dir {
+                subdirectories.push(listed.child(name_text));
+            } else if let Some(stat) = stat {
+                self.take(listed.child(name_text), listed.descriptor, name.as_c_str(), &stat, found);
+            }
+        }
+        subdirectories
+    }
+
+    fn take(&self, relative: String, directory: &impl std::os::fd::AsFd, name: &std::ffi::CStr, stat: &rustix::fs::Stat, found: &mut Found) {
+        let file_type = FileType::from_raw_mode(stat.st_mode);
+        if !(file_type == FileType::RegularFile || file_type == FileType::Symlink) {
             return;
         }
-        let seen = LocalEntry::from_metadata(metadata, None).stamp();
+        let seen = LocalEntry::from_stat(stat, None).stamp();
         if let Some(rule) = self.secrets.held_back_rule(&relative, seen.as_ref()) {
-            scan.held_back.insert(relative, rule);
+            found.held_back.push((relative, rule));
             return;
         }
-        let link_target = if file_type.is_symlink() {
-            let Ok(target) = std::fs::read_link(full) else { return };
-            let Some(target) = target.to_str().map(str::to_string) else { return };
+        let link_target = if file_type == FileType::Symlink {
+            let Ok(target) = rustix::fs::readlinkat(directory, name, Vec::new()) else { return };
+            let Ok(target) = target.into_string() else { return };
             if !link_stays_inside(&OnDisk { root: self.workspace() }, &relative, &target) {
-                scan.escaping_links.push(relative);
+                found.escaping_links.push(relative);
                 return;
             }
             Some(target)
         } else {
             None
         };
-        scan.entries.insert(relative, LocalEntry::from_metadata(metadata, link_target));
+        found.entries.push((relative, LocalEntry::from_stat(stat, link_target)));
     }
+
+    /// One path that is not a directory, from a scoped scan.
+    fn take_path(&self, relative: String, full: &Path, scan: &mut Scan) {
+        let Some((parent, name)) = full.parent().zip(full.file_name()) else { return };
+        let Ok(directory) = rustix::fs::openat(
+            rustix::fs::CWD,
+            parent,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) else {
+            return;
+        };
+        let Ok(name) = std::ffi::CString::new(name.as_encoded_bytes()) else { return };
+        let Ok(stat) = rustix::fs::statat(&directory, name.as_c_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else { return };
+        let mut found = Found::default();
+        self.take(relative, &directory, &name, &stat, &mut found);
+        scan.entries.extend(found.entries);
+        scan.held_back.extend(found.held_back);
+        scan.escaping_links.extend(found.escaping_links);
+    }
+}
+
+/// What one walking thread found.
+#[derive(Default)]
+struct Found {
+    entries: Vec<(String, LocalEntry)>,
+    held_back: Vec<(String, &'static str)>,
+    escaping_links: Vec<String>,
+    unsyncable: Vec<String>,
 }
 
 /// The reason given for a name that is not UTF-8.

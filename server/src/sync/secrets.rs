@@ -135,9 +135,9 @@ pub fn looks_like_secret(relative: &str) -> bool {
     if SECRET_EXTENSIONS.iter().any(|extension| name.ends_with(extension)) {
         return true;
     }
-    SECRET_PATH_SUFFIXES
-        .iter()
-        .any(|suffix| relative == *suffix || relative.ends_with(&format!("/{suffix}")))
+    SECRET_PATH_SUFFIXES.iter().any(|suffix| {
+        relative.strip_suffix(suffix).is_some_and(|before| before.is_empty() || before.ends_with('/'))
+    })
 }
 
 #[cfg(test)]

@@ -423,18 +423,31 @@ impl SessionSync {
         let scanner = inner.scanner.clone();
         let workspace = inner.workspace.clone();
         let local_scope = scope.clone();
-        let (manifest, scan, local) = tokio::task::spawn_blocking(move || {
+        let down = direction != SyncDirection::Up;
+        // A sync that goes down lists the whole sandbox whatever the workspace holds, so the listing is asked for
+        // while the workspace is scanned. Taken before asking: a stamp is only as trustworthy as the earliest
+        // moment its listing could describe.
+        let listed_ns = now_ns();
+        let listing = async {
+            match down {
+                true => Some(inner.remote.list().await),
+                false => None,
+            }
+        };
+        let scanning = tokio::task::spawn_blocking(move || {
             let mut manifest = manifest;
+            let started = std::time::Instant::now();
             let scan = scanner.scan(local_scope.as_deref());
+            tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "scanned the workspace");
             let scan = match scan {
                 Ok(scan) => scan,
                 Err(error) => return (manifest, Err(error), Default::default()),
             };
             let diff = diff_local(&mut manifest, &scan, &workspace, local_scope.as_deref());
             (manifest, Ok(scan), diff)
-        })
-        .await
-        .unwrap_or_else(|error| {
+        });
+        let (scanned, listing) = tokio::join!(scanning, listing);
+        let (manifest, scan, local) = scanned.unwrap_or_else(|error| {
             (Manifest::load(manifest_path), Err(Error::Internal(format!("The workspace scan failed: {error}"))), Default::default())
         });
         core.manifest = manifest;
@@ -447,7 +460,6 @@ impl SessionSync {
         let mut local_changed = local.changed;
         let mut local_deleted = local.deleted;
         let up = direction != SyncDirection::Down;
-        let down = direction != SyncDirection::Up;
         let resolve_up = explicit && direction == SyncDirection::Up;
         let resolve_down = explicit && direction == SyncDirection::Down;
 
@@ -459,11 +471,11 @@ impl SessionSync {
             .then(|| local_changed.iter().chain(local_deleted.iter()).cloned().collect::<Vec<String>>())
             .filter(|paths| !paths.is_empty());
         // Taken before asking: a stamp is only as trustworthy as the earliest moment its listing could describe.
-        let observed_ns = now_ns();
-        let remote_view = match &guarded {
-            _ if down => Some((inner.remote.list().await?, scope.clone(), true)),
-            None => None,
-            Some(paths) => {
+        let observed_ns = if down { listed_ns } else { now_ns() };
+        let remote_view = match (&guarded, listing) {
+            (_, Some(listing)) => Some((listing?, scope.clone(), true)),
+            (None, None) => None,
+            (Some(paths), None) => {
                 let whole_sandbox = paths.len() > STAT_PATHS;
                 self.remote_state_of(paths.clone()).await?.map(|listing| (listing, Some(paths.clone()), whole_sandbox))
             }
@@ -817,23 +829,10 @@ impl SessionSync {
             if progress.cancelled() {
                 return Err(cancelled(&format!("after {files_done} of {total_files} files")));
             }
-            let (reader, writer) = tokio::io::duplex(1 << 20);
-            let workspace = self.inner.workspace.clone();
-            let scanner = self.inner.scanner.clone();
             let batch_len = batch.len();
-            let producer = tokio::task::spawn_blocking(move || {
-                let bridge = tokio_util::io::SyncIoBridge::new(writer);
-                transfer::pack_checked(&workspace, &batch, transfer::Links::Inside, bridge, &mut |_| {}, Some(&scanner.secrets))
-            });
             // Taken before the upload: whatever the driver tells of the written files is no older than this.
             let upload_started_ns = now_ns();
-            let (uploaded, packed) = tokio::join!(self.inner.remote.upload_tar_looked(Box::pin(reader)), producer);
-            let packed = packed.map_err(join_error("Packing the upload"))?;
-            // The driver's answer comes first: a packing error usually shows up as the driver's read error.
-            let (written, packed) = match (uploaded, packed) {
-                (Ok(written), Ok(packed)) => (written, packed),
-                (_, Err(error)) | (Err(error), _) => return Err(error),
-            };
+            let (written, packed) = self.send_batch(batch).await?;
             if !packed.held_back.is_empty() {
                 let held_back: BTreeMap<String, &'static str> = packed.held_back.into_iter().collect();
                 self.note_held_back(core, &held_back, scan, false);
@@ -872,6 +871,35 @@ impl SessionSync {
             }
         }
         Ok(())
+    }
+
+    /// Sends one batch of workspace files: straight into the sandbox's tree where that is on this machine, else as
+    /// a tar stream packed on one thread while the driver takes it. Answers what the driver told of the written
+    /// files, if anything, and what was read.
+    async fn send_batch(&self, batch: Vec<String>) -> Result<(Option<Vec<crate::sync::RemoteEntry>>, transfer::Packed)> {
+        let workspace = self.inner.workspace.clone();
+        let scanner = self.inner.scanner.clone();
+        if let Some(tree) = self.inner.remote.tree_on_this_machine() {
+            let (packed, placed) = tokio::task::spawn_blocking(move || {
+                transfer::copy_across(&workspace, &batch, Some(&scanner.secrets), &tree.root, &tree.staging)
+            })
+            .await
+            .map_err(join_error("Copying the upload"))??;
+            let written = placed.into_iter().filter_map(|(path, stat)| crate::sync::RemoteEntry::written(path, &stat)).collect();
+            return Ok((Some(written), packed));
+        }
+        let (reader, writer) = tokio::io::duplex(1 << 20);
+        let producer = tokio::task::spawn_blocking(move || {
+            let bridge = tokio_util::io::SyncIoBridge::new(writer);
+            transfer::pack_checked(&workspace, &batch, transfer::Links::Inside, bridge, &mut |_| {}, Some(&scanner.secrets))
+        });
+        let (uploaded, packed) = tokio::join!(self.inner.remote.upload_tar_looked(Box::pin(reader)), producer);
+        let packed = packed.map_err(join_error("Packing the upload"))?;
+        // The driver's answer comes first: a packing error usually shows up as the driver's read error.
+        match (uploaded, packed) {
+            (Ok(written), Ok(packed)) => Ok((written, packed)),
+            (_, Err(error)) | (Err(error), _) => Err(error),
+        }
     }
 
     /// Where the driver tells inodes and status-change times (`RemoteFiles::tells_change_times`), a look at the files

@@ -72,15 +72,49 @@ pub fn pack_checked(
     on_bytes: &mut dyn FnMut(u64),
     secrets: Option<&SecretFilter>,
 ) -> Result<Packed> {
-    // Buffered so 512-byte tar headers do not each become a write to the (async-bridged) stream.
-    let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(IO_BUFFER, writer));
-    builder.mode(tar::HeaderMode::Complete);
-    let mut sent = Vec::with_capacity(paths.len());
-    let mut held_back = Vec::new();
-    let write_failed = |source: std::io::Error| Error::io("Could not send files to the sandbox", source);
+    let mut sink = TarSink::new(writer);
+    let packed = read_out(root, paths, links, &mut sink, on_bytes, secrets)?;
+    sink.finish()?;
+    Ok(packed)
+}
+
+/// Where `read_out` puts the files and symlinks it reads: a tar stream (`TarSink`), or the sandbox's tree itself
+/// when that is a directory on this machine (`PlaceSink`, through `copy_across`).
+pub trait Sink {
+    /// A symlink to `target`.
+    fn link(&mut self, path: &str, target: &str, mtime_s: u64) -> Result<()>;
+    /// A regular file whose `content` yields exactly `size` bytes.
+    fn file(&mut self, path: &str, mode: u32, mtime_s: u64, size: u64, content: &mut dyn Read) -> Result<()>;
+}
+
+/// Reads `paths` (relative to `root`) into `sink`; files are streamed in chunks and hashed as they go, and checked
+/// against `secrets` as `pack_checked` says. Paths that vanished are skipped.
+pub fn read_out(
+    root: &Path,
+    paths: &[String],
+    links: Links,
+    sink: &mut dyn Sink,
+    on_bytes: &mut dyn FnMut(u64),
+    secrets: Option<&SecretFilter>,
+) -> Result<Packed> {
     // Every file is reached through directory descriptors without following a link, so a directory swapped for a
     // link after the scan (by a build, or by whatever runs in a local sandbox) cannot make this read elsewhere.
     let mut beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
+    read_out_beneath(&mut beneath, root, paths, links, sink, on_bytes, secrets)
+}
+
+/// `read_out` through a `Beneath` of `root` that the caller keeps, so its open directories serve the next call.
+fn read_out_beneath(
+    beneath: &mut Beneath,
+    root: &Path,
+    paths: &[String],
+    links: Links,
+    sink: &mut dyn Sink,
+    on_bytes: &mut dyn FnMut(u64),
+    secrets: Option<&SecretFilter>,
+) -> Result<Packed> {
+    let mut sent = Vec::with_capacity(paths.len());
+    let mut held_back = Vec::new();
     for relative in paths {
         let file = match beneath.open_file_looked(relative) {
             Ok(file) => file,
@@ -101,23 +135,15 @@ pub fn pack_checked(
                 continue;
             }
             let local = LocalEntry::from_stat(&stat, Some(target.clone()));
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.set_size(0);
-            header.set_mode(0o777);
-            header.set_mtime(mtime_seconds(local.mtime_ns));
-            builder.append_link(&mut header, relative, &target).map_err(write_failed)?;
+            sink.link(relative, &target, mtime_seconds(local.mtime_ns))?;
             sent.push(Sent { path: relative.clone(), local, hash: hash_link(&target), stable: true });
             continue;
         };
         let (file, before) = file;
         let local = LocalEntry::from_metadata(&before, None);
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(local.size);
         // Only the permission bits travel: setuid, setgid and sticky are never set by sync.
-        header.set_mode(local.mode & PERMISSION_BITS);
-        header.set_mtime(mtime_seconds(local.mtime_ns));
+        let mode = local.mode & PERMISSION_BITS;
+        let mtime_s = mtime_seconds(local.mtime_ns);
         let check = secrets.and_then(|filter| filter.content_check_for(relative)).filter(|_| local.size <= SCAN_LIMIT);
         if let (Some(check), Some(stamp)) = (check, local.stamp()) {
             let mut content = Vec::with_capacity(local.size as usize);
@@ -131,8 +157,7 @@ pub fn pack_checked(
                 continue;
             }
             // A file that shrank since its `fstat` goes as read (the header says so) and is sent again next time.
-            header.set_size(content.len() as u64);
-            builder.append_data(&mut header, relative, content.as_slice()).map_err(write_failed)?;
+            sink.file(relative, mode, mtime_s, content.len() as u64, &mut content.as_slice())?;
             on_bytes(content.len() as u64);
             let after = file.metadata().ok().map(|metadata| LocalEntry::from_metadata(&metadata, None));
             let stable = content.len() as u64 == local.size && after.as_ref() == Some(&local);
@@ -140,14 +165,55 @@ pub fn pack_checked(
             continue;
         }
         let mut reader = HashingReader::new(file, local.size);
-        builder.append_data(&mut header, relative, &mut reader).map_err(write_failed)?;
+        sink.file(relative, mode, mtime_s, local.size, &mut reader)?;
         on_bytes(local.size);
         let after = reader.file.metadata().ok().map(|metadata| LocalEntry::from_metadata(&metadata, None));
         let stable = !reader.short && after.as_ref() == Some(&local);
         sent.push(Sent { path: relative.clone(), local, hash: reader.finish(), stable });
     }
-    builder.into_inner().map_err(write_failed)?.flush().map_err(write_failed)?;
     Ok(Packed { sent, held_back })
+}
+
+/// A tar stream being written, for `read_out`.
+struct TarSink<W: Write> {
+    builder: tar::Builder<std::io::BufWriter<W>>,
+}
+
+impl<W: Write> TarSink<W> {
+    fn new(writer: W) -> Self {
+        // Buffered so 512-byte tar headers do not each become a write to the (async-bridged) stream.
+        let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(IO_BUFFER, writer));
+        builder.mode(tar::HeaderMode::Complete);
+        TarSink { builder }
+    }
+
+    fn finish(self) -> Result<()> {
+        self.builder.into_inner().map_err(send_failed)?.flush().map_err(send_failed)
+    }
+}
+
+fn send_failed(source: std::io::Error) -> Error {
+    Error::io("Could not send files to the sandbox", source)
+}
+
+impl<W: Write> Sink for TarSink<W> {
+    fn link(&mut self, path: &str, target: &str, mtime_s: u64) -> Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        header.set_mtime(mtime_s);
+        self.builder.append_link(&mut header, path, target).map_err(send_failed)
+    }
+
+    fn file(&mut self, path: &str, mode: u32, mtime_s: u64, size: u64, content: &mut dyn Read) -> Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(size);
+        header.set_mode(mode);
+        header.set_mtime(mtime_s);
+        self.builder.append_data(&mut header, path, content).map_err(send_failed)
+    }
 }
 
 /// Whole seconds of a nanosecond timestamp, as tar headers carry them.
@@ -358,12 +424,9 @@ fn sibling(path: &str, name: &str) -> String {
 /// Returns each file written, with its metadata right after it was placed (the status-change time of the rename
 /// included), so the caller need not look again.
 pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Result<Vec<(String, rustix::fs::Stat)>> {
-    std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
-    let mut beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
+    let mut sink = PlaceSink::open(root, staging, "the upload archive")?;
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(IO_BUFFER, reader));
-    let mut placed = Vec::new();
     let read_failed = |source: std::io::Error| Error::io("Could not read the upload archive", source);
-    let mut unnamed_files = true;
     for entry in archive.entries().map_err(read_failed)? {
         let mut entry = entry.map_err(read_failed)?;
         let path = String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/').to_string();
@@ -373,104 +436,211 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
         let mode = header.mode().unwrap_or(0o644) & PERMISSION_BITS;
         let mtime_s = header.mtime().unwrap_or(0);
         if entry_type.is_dir() {
-            let placeholder = format!("{path}/x");
-            if let Err(error) = beneath.parent(&placeholder, true) {
-                return Err(match error {
-                    WalkError::Link(link) => Error::PathOutsideWorkspace(format!(
-                        "The directory \"{path}\" would be made through the symlink \"{link}\"; nothing was written there."
-                    )),
-                    WalkError::Missing => Error::Internal(format!("Could not create the directory {path}.")),
-                    WalkError::Io(error) => Error::io(format!("Could not create the directory {path}"), error),
-                });
-            }
-            continue;
-        }
-        let staged = if entry_type.is_symlink() {
+            sink.directory(&path)?;
+        } else if entry_type.is_symlink() {
             let target = entry
                 .link_name_bytes()
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .unwrap_or_default();
-            if !link_stays_inside(&OnDisk { root }, &path, &target) {
-                return Err(Error::PathOutsideWorkspace(format!(
-                    "The upload's symlink \"{path}\" points outside the root; it was refused."
-                )));
-            }
-            Staged { path, kind: EntryKind::Symlink, size: 0, mtime_s, mode, hash: String::new(), link_target: Some(target), temp: None }
+            sink.link(&path, &target, mtime_s)?;
         } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
-            if unnamed_files && entry.size() <= UNNAMED_FILE_LIMIT {
-                match write_unnamed(&mut beneath, &mut entry, &path, mode, mtime_s, staging)? {
-                    Some(stat) => {
-                        placed.push((path, stat));
-                        continue;
-                    }
-                    // Not on this file system (or without /proc): every later file takes the staging route too.
-                    None => unnamed_files = false,
-                }
-            }
-            let mut temp = tempfile::Builder::new()
-                .prefix(".upload-")
-                .tempfile_in(staging)
-                .context(|| format!("Could not create a temporary file in {}", staging.display()))?;
-            std::io::copy(&mut entry, temp.as_file_mut()).map_err(read_failed)?;
-            finish_temp(temp.as_file(), mode, mtime_s, &path)?;
-            let (file, temp) = temp.into_parts();
-            let staged =
-                Staged { path: path.clone(), kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) };
-            place(&mut beneath, staged)?;
-            // The descriptor still names the placed file, unless it was copied across file systems (the temporary
-            // one is then gone), where the placed file is looked up instead.
-            let looked = match rustix::fs::fstat(&file) {
-                Ok(stat) if stat.st_nlink > 0 => Some(stat),
-                _ => beneath.lstat(&path).context(|| format!("Could not look at {path} after writing it"))?,
-            };
-            placed.extend(looked.map(|stat| (path, stat)));
-            continue;
-        } else {
-            continue;
-        };
-        place(&mut beneath, staged)?;
-    }
-    Ok(placed)
-}
-
-/// Files up to this size are written as unnamed files in place (`write_unnamed`), where the per-file costs of a
-/// named staging file and a rename across directories weigh; bigger ones go through `staging` as before, where
-/// those costs are nothing next to the content's.
-const UNNAMED_FILE_LIMIT: u64 = 1 << 20;
-
-/// Writes one archive entry as an unnamed file (`O_TMPFILE`) in the directory that will hold it, and names it
-/// there once it is complete: one file created in place and no rename from the staging directory, so no path
-/// lookups and no cross-directory rename per file, and a kill at any point leaves nothing half-written or stray.
-/// Where a file already stands at `path`, the complete file is named in `staging` and renamed over it as before.
-/// Answers how the placed file looked right after, or `None` (nothing read from the archive yet) where the file
-/// system cannot make unnamed files, so the caller takes the staging route.
-fn write_unnamed(
-    beneath: &mut Beneath,
-    entry: &mut impl Read,
-    path: &str,
-    mode: u32,
-    mtime_s: u64,
-    staging: &Path,
-) -> Result<Option<rustix::fs::Stat>> {
-    let mut file = match beneath.create_unnamed(path, mode) {
-        Ok(Some(file)) => file,
-        Ok(None) => return Ok(None),
-        Err(error) => return Err(walk_failed(path, error)),
-    };
-    std::io::copy(entry, &mut file).map_err(|source| Error::io("Could not read the upload archive", source))?;
-    finish_temp(&file, mode, mtime_s, path)?;
-    match beneath.link_unnamed(&file, path).map_err(|error| walk_failed(path, error))? {
-        Linked::Named => {}
-        linked => {
-            // Something stands there (or /proc is missing): name the complete file in staging, then rename it over.
-            let temp = name_in_staging(&mut file, linked, staging, mode, mtime_s, path)?;
-            let staged = Staged { path: path.to_string(), kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) };
-            place(beneath, staged)?;
+            let size = entry.size();
+            sink.file(&path, mode, mtime_s, size, &mut entry)?;
         }
     }
-    match rustix::fs::fstat(&file) {
-        Ok(stat) if stat.st_nlink > 0 => Ok(Some(stat)),
-        _ => Ok(beneath.lstat(path).context(|| format!("Could not look at {path} after writing it"))?),
+    Ok(sink.placed)
+}
+
+/// Copies `paths` of the workspace at `source` straight into the tree at `root`, which is a directory on this
+/// machine (the local driver's sandbox): what `pack_checked` and then `unpack_atomically` do through a tar stream,
+/// with the same checks and atomic placement, but with no archive to write and parse and every byte copied once.
+/// Every core takes part: each takes the next run of `COPY_RUN` paths until none is left (runs keep a directory's
+/// files together, and a core held up by big files simply takes fewer runs). Answers what was read, in the order of
+/// `paths`, as `pack_checked` does, and each file written with its metadata, as `unpack_atomically` does.
+pub fn copy_across(
+    source: &Path,
+    paths: &[String],
+    secrets: Option<&SecretFilter>,
+    root: &Path,
+    staging: &Path,
+) -> Result<(Packed, Vec<(String, rustix::fs::Stat)>)> {
+    type Copied = (Packed, Vec<(String, rustix::fs::Stat)>);
+    let runs: Vec<&[String]> = paths.chunks(COPY_RUN).collect();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(runs.len()).max(1);
+    let next_run = std::sync::atomic::AtomicUsize::new(0);
+    let copy_runs = || -> Result<Vec<(usize, Copied)>> {
+        let mut sink = PlaceSink::open(root, staging, "the workspace")?;
+        let mut workspace = Beneath::open(source).context(|| format!("Could not open {}", source.display()))?;
+        let mut copied = Vec::new();
+        loop {
+            let index = next_run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(run) = runs.get(index) else { return Ok(copied) };
+            let packed = read_out_beneath(&mut workspace, source, run, Links::Inside, &mut sink, &mut |_| {}, secrets)?;
+            copied.push((index, (packed, std::mem::take(&mut sink.placed))));
+        }
+    };
+    let outcomes: Vec<Result<Vec<(usize, Copied)>>> = if threads == 1 {
+        vec![copy_runs()]
+    } else {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads).map(|_| scope.spawn(copy_runs)).collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().unwrap_or_else(|_| Err(Error::Internal("A copying thread panicked.".into()))))
+                .collect()
+        })
+    };
+    let mut copied = Vec::with_capacity(runs.len());
+    for outcome in outcomes {
+        copied.extend(outcome?);
+    }
+    copied.sort_unstable_by_key(|(index, _)| *index);
+    let mut packed = Packed::default();
+    let mut placed = Vec::with_capacity(paths.len());
+    for (_, (part, part_placed)) in copied {
+        packed.sent.extend(part.sent);
+        packed.held_back.extend(part.held_back);
+        placed.extend(part_placed);
+    }
+    Ok((packed, placed))
+}
+
+/// Paths per run of `copy_across`: enough that a run's files share their directories' walks, few enough that the
+/// cores finish together.
+const COPY_RUN: usize = 64;
+
+/// Files up to this size are written as unnamed files in place (`PlaceSink::write_unnamed`), where the per-file
+/// costs of a named staging file and a rename across directories weigh; bigger ones go through `staging` as
+/// before, where those costs are nothing next to the content's.
+const UNNAMED_FILE_LIMIT: u64 = 1 << 20;
+
+/// Writes files and symlinks under a root atomically and never through a symlink: the sandbox's side of an upload
+/// (from an archive, or straight from the workspace). Keeps how each placed file looked right after.
+pub struct PlaceSink<'a> {
+    root: &'a Path,
+    staging: &'a Path,
+    beneath: Beneath,
+    /// Whether the file system makes unnamed files; the first refusal sends every later file the staging way.
+    unnamed_files: bool,
+    /// What content is read from, for errors: "the upload archive", "the workspace".
+    source: &'static str,
+    buffer: Vec<u8>,
+    placed: Vec<(String, rustix::fs::Stat)>,
+}
+
+impl<'a> PlaceSink<'a> {
+    pub fn open(root: &'a Path, staging: &'a Path, source: &'static str) -> Result<Self> {
+        std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
+        let beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
+        Ok(PlaceSink { root, staging, beneath, unnamed_files: true, source, buffer: vec![0; IO_BUFFER], placed: Vec::new() })
+    }
+
+    /// Makes the directory `path` (and its parents), never through a link.
+    fn directory(&mut self, path: &str) -> Result<()> {
+        let placeholder = format!("{path}/x");
+        match self.beneath.parent(&placeholder, true) {
+            Ok(_) => Ok(()),
+            Err(WalkError::Link(link)) => Err(Error::PathOutsideWorkspace(format!(
+                "The directory \"{path}\" would be made through the symlink \"{link}\"; nothing was written there."
+            ))),
+            Err(WalkError::Missing) => Err(Error::Internal(format!("Could not create the directory {path}."))),
+            Err(WalkError::Io(error)) => Err(Error::io(format!("Could not create the directory {path}"), error)),
+        }
+    }
+
+    /// Copies `content` into `file` through the sink's buffer (one read and one write per 256 KiB, where
+    /// `std::io::copy` would take 8 KiB at a time from a reader it cannot see through).
+    fn copy_content(&mut self, content: &mut dyn Read, file: &mut File, path: &str) -> Result<()> {
+        loop {
+            let count = match content.read(&mut self.buffer) {
+                Ok(0) => return Ok(()),
+                Ok(count) => count,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(Error::io(format!("Could not read {path} from {}", self.source), error)),
+            };
+            file.write_all(&self.buffer[..count]).context(|| format!("Could not write {path}"))?;
+        }
+    }
+
+    /// Writes one file as an unnamed file (`O_TMPFILE`) in the directory that will hold it, and names it there once
+    /// it is complete: one file created in place and no rename from the staging directory, so no path lookups and no
+    /// cross-directory rename per file, and a kill at any point leaves nothing half-written or stray. Where a file
+    /// already stands at `path`, the complete file is named in `staging` and renamed over it as before. Answers how
+    /// the placed file looked right after, or `None` (nothing read yet) where the file system cannot make unnamed
+    /// files, so the caller takes the staging route.
+    fn write_unnamed(&mut self, content: &mut dyn Read, path: &str, mode: u32, mtime_s: u64) -> Result<Option<rustix::fs::Stat>> {
+        let mut file = match self.beneath.create_unnamed(path, mode) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(None),
+            Err(error) => return Err(walk_failed(path, error)),
+        };
+        self.copy_content(content, &mut file, path)?;
+        finish_temp(&file, mode, mtime_s, path)?;
+        match self.beneath.link_unnamed(&file, path).map_err(|error| walk_failed(path, error))? {
+            Linked::Named => {}
+            linked => {
+                // Something stands there (or /proc is missing): name the complete file in staging, then rename it over.
+                let temp = name_in_staging(&mut file, linked, self.staging, mode, mtime_s, path)?;
+                let staged = Staged { path: path.to_string(), kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) };
+                place(&mut self.beneath, staged)?;
+            }
+        }
+        match rustix::fs::fstat(&file) {
+            Ok(stat) if stat.st_nlink > 0 => Ok(Some(stat)),
+            _ => Ok(self.beneath.lstat(path).context(|| format!("Could not look at {path} after writing it"))?),
+        }
+    }
+}
+
+impl Sink for PlaceSink<'_> {
+    fn link(&mut self, path: &str, target: &str, mtime_s: u64) -> Result<()> {
+        if !link_stays_inside(&OnDisk { root: self.root }, path, target) {
+            return Err(Error::PathOutsideWorkspace(format!(
+                "The upload's symlink \"{path}\" points outside the root; it was refused."
+            )));
+        }
+        let staged = Staged {
+            path: path.to_string(),
+            kind: EntryKind::Symlink,
+            size: 0,
+            mtime_s,
+            mode: 0o777,
+            hash: String::new(),
+            link_target: Some(target.to_string()),
+            temp: None,
+        };
+        place(&mut self.beneath, staged)
+    }
+
+    fn file(&mut self, path: &str, mode: u32, mtime_s: u64, size: u64, content: &mut dyn Read) -> Result<()> {
+        if self.unnamed_files && size <= UNNAMED_FILE_LIMIT {
+            match self.write_unnamed(content, path, mode, mtime_s)? {
+                Some(stat) => {
+                    self.placed.push((path.to_string(), stat));
+                    return Ok(());
+                }
+                // Not on this file system (or without /proc): every later file takes the staging route too.
+                None => self.unnamed_files = false,
+            }
+        }
+        let mut temp = tempfile::Builder::new()
+            .prefix(".upload-")
+            .tempfile_in(self.staging)
+            .context(|| format!("Could not create a temporary file in {}", self.staging.display()))?;
+        self.copy_content(content, temp.as_file_mut(), path)?;
+        finish_temp(temp.as_file(), mode, mtime_s, path)?;
+        let (file, temp) = temp.into_parts();
+        let staged =
+            Staged { path: path.to_string(), kind: EntryKind::File, size: 0, mtime_s, mode, hash: String::new(), link_target: None, temp: Some(temp) };
+        place(&mut self.beneath, staged)?;
+        // The descriptor still names the placed file, unless it was copied across file systems (the temporary one
+        // is then gone), where the placed file is looked up instead.
+        let looked = match rustix::fs::fstat(&file) {
+            Ok(stat) if stat.st_nlink > 0 => Some(stat),
+            _ => self.beneath.lstat(path).context(|| format!("Could not look at {path} after writing it"))?,
+        };
+        self.placed.extend(looked.map(|stat| (path.to_string(), stat)));
+        Ok(())
     }
 }
 
@@ -568,6 +738,71 @@ mod tests {
         assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0, "no temporary file is left behind");
         let names: Vec<String> = std::fs::read_dir(destination.path().join("d/e")).expect("list").flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["new.txt"], "nothing but the file is left beside it");
+    }
+
+    #[test]
+    fn copy_across_should_place_what_pack_would_send_on_every_core() {
+        let source = tempfile::tempdir().expect("a temp dir");
+        let destination = tempfile::tempdir().expect("a temp dir");
+        let staging = tempfile::tempdir().expect("a temp dir");
+        let mut paths = Vec::new();
+        // Enough files in shared directories that runs on different threads make the same directories at once.
+        for index in 0..(COPY_RUN * 12) {
+            let path = format!("d{}/e{}/f{index}.txt", index % 3, index % 5);
+            std::fs::create_dir_all(source.path().join(&path).parent().expect("a parent")).expect("mkdir");
+            std::fs::write(source.path().join(&path), format!("file {index}\n")).expect("write");
+            paths.push(path);
+        }
+        let big = vec![3u8; (UNNAMED_FILE_LIMIT * 2) as usize];
+        std::fs::write(source.path().join("big.bin"), &big).expect("write");
+        std::fs::set_permissions(source.path().join("big.bin"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::os::unix::fs::symlink("d0/e0/f0.txt", source.path().join("inside")).expect("symlink");
+        std::os::unix::fs::symlink("/etc/passwd", source.path().join("outside")).expect("symlink");
+        let key = format!("{}{}", "AKIA", "Q3EGRJ5XZ7B2LKWN");
+        std::fs::write(source.path().join("config.txt"), format!("aws_access_key_id = {key}\n")).expect("write");
+        std::fs::write(destination.path().join("big.bin"), "an older copy").expect("write");
+        paths.extend(["big.bin", "inside", "outside", "config.txt", "vanished.txt"].map(String::from));
+        let secrets = SecretFilter::with_content(source.path(), &[], true).expect("a filter");
+
+        let (packed, placed) = copy_across(source.path(), &paths, Some(&secrets), destination.path(), staging.path()).expect("copy");
+
+        let sent: Vec<&str> = packed.sent.iter().map(|item| item.path.as_str()).collect();
+        let expected: Vec<&str> =
+            paths.iter().map(String::as_str).filter(|path| !["outside", "config.txt", "vanished.txt"].contains(path)).collect();
+        assert_eq!(sent, expected, "what was read comes back in the order asked, escaping links and vanished files left out");
+        assert_eq!(packed.held_back, [("config.txt".to_string(), "aws-access-key-id")], "a credential is held back by its content");
+        assert!(!destination.path().join("config.txt").exists(), "and never reaches the sandbox");
+        assert!(!destination.path().join("outside").exists());
+        for (index, path) in paths.iter().take(COPY_RUN * 12).enumerate() {
+            assert_eq!(std::fs::read_to_string(destination.path().join(path)).expect("read"), format!("file {index}\n"), "{path}");
+        }
+        assert_eq!(std::fs::read(destination.path().join("big.bin")).expect("read"), big, "a big file replaces the older copy whole");
+        let big_mode = std::fs::metadata(destination.path().join("big.bin")).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(big_mode, 0o600, "a private file stays private");
+        assert_eq!(std::fs::read_link(destination.path().join("inside")).expect("readlink"), Path::new("d0/e0/f0.txt"));
+        let hashes: std::collections::HashMap<&str, &str> = packed.sent.iter().map(|item| (item.path.as_str(), item.hash.as_str())).collect();
+        assert_eq!(hashes["big.bin"], blake3::hash(&big).to_hex().as_str(), "files are hashed as they are copied");
+        assert_eq!(placed.len(), COPY_RUN * 12 + 1, "every file written is looked at once");
+        for (path, stat) in &placed {
+            let now = std::fs::symlink_metadata(destination.path().join(path)).expect("stat");
+            assert_eq!(stat.st_ino, std::os::unix::fs::MetadataExt::ino(&now), "the look is of the placed file {path}");
+        }
+        assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn copy_across_should_never_write_through_a_symlink_in_the_sandbox() {
+        let source = tempfile::tempdir().expect("a temp dir");
+        let destination = tempfile::tempdir().expect("a temp dir");
+        let outside = tempfile::tempdir().expect("a temp dir");
+        let staging = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir(source.path().join("escape")).expect("mkdir");
+        std::fs::write(source.path().join("escape/pwned"), "hi").expect("write");
+        // What a run in the sandbox could leave: its side of the directory made a link to elsewhere.
+        std::os::unix::fs::symlink(outside.path(), destination.path().join("escape")).expect("symlink");
+        let error = copy_across(source.path(), &["escape/pwned".to_string()], None, destination.path(), staging.path()).unwrap_err();
+        assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);
+        assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0, "nothing appeared outside");
     }
 
     #[test]

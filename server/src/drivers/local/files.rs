@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use crate::streams::BoxedReader;
 use crate::error::{Error, Result};
 use crate::sync::scan::check_relative;
-use crate::sync::{transfer, EntryKind, RemoteEntry, RemoteFiles};
+use crate::sync::walk::walk_tree;
+use crate::sync::{transfer, EntryKind, RemoteEntry, RemoteFiles, TreeOnThisMachine};
 
 /// The local driver's side of sync: the session root is a directory on this machine.
 ///
@@ -45,7 +46,7 @@ impl RemoteFiles for LocalFiles {
         let placed = tokio::task::spawn_blocking(move || transfer::unpack_atomically(bridge, &root, &staging))
             .await
             .map_err(join_failed("Unpacking the upload"))??;
-        Ok(Some(placed.into_iter().filter_map(|(path, stat)| written_entry(path, &stat)).collect()))
+        Ok(Some(placed.into_iter().filter_map(|(path, stat)| RemoteEntry::written(path, &stat)).collect()))
     }
 
     async fn delete(&self, paths: Vec<String>) -> Result<()> {
@@ -69,6 +70,10 @@ impl RemoteFiles for LocalFiles {
         true
     }
 
+    fn tree_on_this_machine(&self) -> Option<TreeOnThisMachine> {
+        Some(TreeOnThisMachine { root: self.root.clone(), staging: self.staging.clone() })
+    }
+
     async fn download_tar(&self, paths: Vec<String>) -> Result<BoxedReader> {
         for path in &paths {
             check_relative(path)?;
@@ -87,28 +92,41 @@ impl RemoteFiles for LocalFiles {
     }
 }
 
-/// Every entry under `root`, without following symlinks.
+/// Every entry under `root`, without following symlinks, read on every core (`walk::walk_tree`) with each entry
+/// looked at through its directory's descriptor. A directory that cannot be read fails the listing: a listing
+/// that left it out would read as its files deleted in the sandbox.
 fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
-    let mut entries = Vec::new();
-    let walker = ignore::WalkBuilder::new(root).standard_filters(false).follow_links(false).build();
-    for entry in walker {
-        let entry = entry.map_err(|error| Error::Internal(format!("Could not list the sandbox: {error}")))?;
-        let Ok(relative) = entry.path().strip_prefix(root) else { continue };
-        if relative.as_os_str().is_empty() {
-            continue;
+    let (listed, unreadable) = walk_tree(root, "", Vec::new, |entries: &mut Vec<RemoteEntry>, directory| {
+        let mut subdirectories = Vec::new();
+        for (name, _) in directory.entries {
+            let Ok(stat) = rustix::fs::statat(directory.descriptor, name.as_c_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
+                // Gone since the directory was read: not part of this listing.
+                continue;
+            };
+            let (relative, unsyncable) = match name.to_str() {
+                Ok(name) => (directory.child(name), None),
+                // Reported on its own (the name cannot travel as a protocol path); everything else still syncs.
+                Err(_) => (directory.child(&name.to_string_lossy()), Some(crate::sync::scan::NOT_UTF8.to_string())),
+            };
+            let is_directory = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory;
+            let link_target = || rustix::fs::readlinkat(directory.descriptor, name.as_c_str(), Vec::new()).ok().map(|target| target.into_bytes());
+            let Some(mut entry) = listed_entry(relative, &stat, link_target) else { continue };
+            if unsyncable.is_some() {
+                entry.unsyncable = unsyncable;
+            } else if is_directory {
+                subdirectories.push(entry.path.clone());
+            }
+            entries.push(entry);
         }
-        let Ok(metadata) = entry.metadata() else { continue };
-        let Some(relative) = relative.to_str() else {
-            // Reported on its own (the name cannot travel as a protocol path); everything else still syncs.
-            entries.extend(remote_entry(entry.path(), &relative.to_string_lossy(), &metadata).map(|mut unsyncable| {
-                unsyncable.unsyncable = Some(crate::sync::scan::NOT_UTF8.to_string());
-                unsyncable
-            }));
-            continue;
-        };
-        entries.extend(remote_entry(entry.path(), relative, &metadata));
+        subdirectories
+    });
+    if let Some((directory, error)) = unreadable.into_iter().next() {
+        return Err(Error::io(
+            format!("Could not list the sandbox: the directory \"{directory}\" could not be read"),
+            std::io::Error::from(error),
+        ));
     }
-    Ok(entries)
+    Ok(listed.into_iter().flatten().collect())
 }
 
 /// The entries for the given relative paths that exist, without following symlinks (nor through symlinked parents).
@@ -118,58 +136,41 @@ fn stat_paths(root: &Path, paths: &[String]) -> Vec<RemoteEntry> {
         .filter(|path| check_relative(path).is_ok() && crate::sync::resolve::parents_are_real_dirs(root, path))
         .filter_map(|path| {
             let absolute = root.join(path);
-            let metadata = std::fs::symlink_metadata(&absolute).ok()?;
-            remote_entry(&absolute, path, &metadata)
+            let stat = rustix::fs::lstat(&absolute).ok()?;
+            listed_entry(path.clone(), &stat, || std::fs::read_link(&absolute).ok().map(|target| target.into_os_string().into_encoded_bytes()))
         })
         .collect()
 }
 
-/// The listing entry of a file an upload just placed, from its `stat`; `None` if something else stands there by now.
-fn written_entry(relative: String, stat: &rustix::fs::Stat) -> Option<RemoteEntry> {
+/// One listing entry from an entry's `lstat`; `None` for what sync does not carry (sockets, devices).
+/// `link_target` reads a symlink's target, asked only for symlinks.
+fn listed_entry(relative: String, stat: &rustix::fs::Stat, link_target: impl FnOnce() -> Option<Vec<u8>>) -> Option<RemoteEntry> {
+    use rustix::fs::FileType;
     let nanoseconds = |seconds: i64, nanoseconds: i64| seconds as i128 * 1_000_000_000 + nanoseconds as i128;
-    (rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile).then(|| RemoteEntry {
+    let mut unsyncable = None;
+    let (kind, link_target) = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Symlink => {
+            let target = link_target().map(|target| {
+                String::from_utf8(target).unwrap_or_else(|not_utf8| {
+                    unsyncable = Some("its symlink target is not valid UTF-8, which sandlink cannot carry".to_string());
+                    String::from_utf8_lossy(not_utf8.as_bytes()).into_owned()
+                })
+            });
+            (EntryKind::Symlink, target)
+        }
+        FileType::Directory => (EntryKind::Dir, None),
+        FileType::RegularFile => (EntryKind::File, None),
+        _ => return None,
+    };
+    Some(RemoteEntry {
         path: relative,
-        kind: EntryKind::File,
+        kind,
         size: stat.st_size as u64,
         mtime_ns: nanoseconds(stat.st_mtime as i64, stat.st_mtime_nsec as i64),
         subsecond: true,
         inode: Some(stat.st_ino as u64),
         ctime_ns: Some(nanoseconds(stat.st_ctime as i64, stat.st_ctime_nsec as i64)),
         mode: stat.st_mode as u32 & 0o7777,
-        link_target: None,
-        unsyncable: None,
-    })
-}
-
-/// One listing entry from an entry's metadata; `None` for what sync does not carry (sockets, devices).
-fn remote_entry(absolute: &Path, relative: &str, metadata: &std::fs::Metadata) -> Option<RemoteEntry> {
-    use std::os::unix::fs::MetadataExt;
-    let file_type = metadata.file_type();
-    let mut unsyncable = None;
-    let (kind, link_target) = if file_type.is_symlink() {
-        let target = std::fs::read_link(absolute).ok().map(|target| {
-            target.to_str().map(str::to_string).unwrap_or_else(|| {
-                unsyncable = Some("its symlink target is not valid UTF-8, which sandlink cannot carry".to_string());
-                target.to_string_lossy().into_owned()
-            })
-        });
-        (EntryKind::Symlink, target)
-    } else if file_type.is_dir() {
-        (EntryKind::Dir, None)
-    } else if file_type.is_file() {
-        (EntryKind::File, None)
-    } else {
-        return None;
-    };
-    Some(RemoteEntry {
-        path: relative.to_string(),
-        kind,
-        size: metadata.len(),
-        mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
-        subsecond: true,
-        inode: Some(metadata.ino()),
-        ctime_ns: Some(metadata.ctime() as i128 * 1_000_000_000 + metadata.ctime_nsec() as i128),
-        mode: metadata.mode() & 0o7777,
         link_target,
         unsyncable,
     })

@@ -1,0 +1,181 @@
+//! Walking a directory tree on every core: the workspace for a scan, the local sandbox for a listing.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{FileType, Mode, OFlags, CWD};
+
+/// One directory as the walk read it: its descriptor, for looking at entries by name, and its entries.
+pub struct Listed<'a> {
+    /// Relative to the walk's root, `/`-separated; `""` for the root.
+    pub relative: &'a str,
+    /// The directory's absolute path.
+    pub path: &'a Path,
+    pub descriptor: &'a OwnedFd,
+    /// Each entry's name and the type the directory told (`Unknown` on file systems that do not tell).
+    pub entries: &'a [(CString, FileType)],
+}
+
+impl Listed<'_> {
+    /// Whether an entry is named `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.entries.iter().any(|(listed, _)| listed.to_bytes() == name.as_bytes())
+    }
+
+    /// The relative path of the entry `name` in this directory.
+    pub fn child(&self, name: &str) -> String {
+        if self.relative.is_empty() {
+            return name.to_string();
+        }
+        let mut child = String::with_capacity(self.relative.len() + 1 + name.len());
+        child.push_str(self.relative);
+        child.push('/');
+        child.push_str(name);
+        child
+    }
+}
+
+/// Walks the tree under `root` from the directory `start` (relative, `""` for `root` itself). Each thread (one per
+/// core) takes the next directory waiting, opens it without following a link, reads its entries and hands them to
+/// `visit` with its own state from `state`; `visit` answers the directories in it to walk next (relative paths).
+/// Answers every thread's state, and the directories that could not be read (the caller decides whether that
+/// fails the walk), with why.
+pub fn walk_tree<S: Send>(
+    root: &Path,
+    start: &str,
+    state: impl Fn() -> S + Sync,
+    visit: impl Fn(&mut S, &Listed<'_>) -> Vec<String> + Sync,
+) -> (Vec<S>, Vec<(String, rustix::io::Errno)>) {
+    let queue = DirectoryQueue::new(start.to_string());
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 4);
+    let walk_one = || {
+        let mut own = state();
+        let mut unreadable = Vec::new();
+        let mut buffer = vec![std::mem::MaybeUninit::<u8>::uninit(); DIRECTORY_BUFFER];
+        while let Some(relative) = queue.take() {
+            let path = if relative.is_empty() { root.to_path_buf() } else { root.join(&relative) };
+            let subdirectories = match read_directory(&path, &mut buffer) {
+                Ok((descriptor, entries)) => {
+                    visit(&mut own, &Listed { relative: &relative, path: &path, descriptor: &descriptor, entries: &entries })
+                }
+                Err(error) => {
+                    unreadable.push((relative, error));
+                    Vec::new()
+                }
+            };
+            queue.done(subdirectories);
+        }
+        (own, unreadable)
+    };
+    let outcomes = if threads == 1 {
+        vec![walk_one()]
+    } else {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads).map(|_| scope.spawn(walk_one)).collect();
+            workers.into_iter().filter_map(|worker| worker.join().ok()).collect()
+        })
+    };
+    let mut states = Vec::with_capacity(outcomes.len());
+    let mut unreadable = Vec::new();
+    for (state, failed) in outcomes {
+        states.push(state);
+        unreadable.extend(failed);
+    }
+    (states, unreadable)
+}
+
+/// The buffer each walking thread reads directories through: most directories in one `getdents` call.
+const DIRECTORY_BUFFER: usize = 32 * 1024;
+
+/// Opens a directory without following a link at its last step and reads its entries through `buffer`.
+fn read_directory(path: &Path, buffer: &mut [std::mem::MaybeUninit<u8>]) -> rustix::io::Result<(OwnedFd, Vec<(CString, FileType)>)> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let descriptor = rustix::fs::openat(CWD, path, flags, Mode::empty())?;
+    let mut entries = Vec::new();
+    let mut reader = rustix::fs::RawDir::new(&descriptor, buffer);
+    while let Some(entry) = reader.next() {
+        let entry = entry?;
+        if !matches!(entry.file_name().to_bytes(), b"." | b"..") {
+            entries.push((entry.file_name().to_owned(), entry.file_type()));
+        }
+    }
+    Ok((descriptor, entries))
+}
+
+/// The directories waiting to be read, shared by the walking threads; the walk is over when none waits and no
+/// thread is reading one (which could still add more).
+struct DirectoryQueue {
+    /// Waiting directories, and how many are being read.
+    state: std::sync::Mutex<(Vec<String>, usize)>,
+    changed: std::sync::Condvar,
+}
+
+impl DirectoryQueue {
+    fn new(start: String) -> Self {
+        DirectoryQueue { state: std::sync::Mutex::new((vec![start], 0)), changed: std::sync::Condvar::new() }
+    }
+
+    /// The next directory to read, or `None` once the walk is over.
+    fn take(&self) -> Option<String> {
+        let mut state = crate::locks::lock(&self.state);
+        loop {
+            if let Some(directory) = state.0.pop() {
+                state.1 += 1;
+                return Some(directory);
+            }
+            if state.1 == 0 {
+                return None;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// A directory was read, with these directories in it.
+    fn done(&self, subdirectories: Vec<String>) {
+        let mut state = crate::locks::lock(&self.state);
+        state.1 -= 1;
+        let wake = !subdirectories.is_empty() || state.1 == 0;
+        state.0.extend(subdirectories);
+        drop(state);
+        if wake {
+            self.changed.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_should_visit_every_directory_once_and_never_follow_a_link() {
+        let root = tempfile::tempdir().expect("a temp dir");
+        let outside = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir(outside.path().join("beyond")).expect("mkdir");
+        let mut expected = vec![String::new()];
+        for index in 0..40 {
+            let directory = format!("a{}/b{index}", index % 4);
+            std::fs::create_dir_all(root.path().join(&directory)).expect("mkdir");
+            std::fs::write(root.path().join(&directory).join("file"), "x").expect("write");
+            expected.push(directory);
+        }
+        expected.extend((0..4).map(|index| format!("a{index}")));
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).expect("symlink");
+        let (visited, unreadable) = walk_tree(root.path(), "", Vec::new, |seen: &mut Vec<String>, listed| {
+            seen.push(listed.relative.to_string());
+            listed
+                .entries
+                .iter()
+                .filter(|(_, kind)| *kind == FileType::Directory)
+                .map(|(name, _)| listed.child(name.to_str().expect("a UTF-8 name")))
+                .chain(listed.has("link").then(|| "link".to_string()))
+                .collect()
+        });
+        assert_eq!(unreadable.len(), 1, "the link is refused as a directory: {unreadable:?}");
+        let mut visited: Vec<String> = visited.into_iter().flatten().collect();
+        visited.sort();
+        expected.sort();
+        assert_eq!(visited, expected, "each directory once; the link, though handed back, is not entered");
+    }
+}

@@ -287,3 +287,36 @@ fn hash(path: &Path) -> String {
     let output = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum");
     String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap_or_default().to_string()
 }
+
+/// A file rewritten while a sync reads it (an editor or a build still writing) goes up again once it settles, and
+/// never reads as a conflict: the copy the sandbox got from that read is the workspace's own, not a change made there.
+#[test]
+fn a_file_rewritten_while_it_syncs_should_never_read_as_a_conflict() {
+    let (server, workspace, session_id) = connected_with(&fixture(), &[("a.txt", "a")], json!({}));
+    let path = workspace.path().join("busy.txt");
+    let root = session_root(&server, &session_id);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut round = 0u32;
+    while Instant::now() < deadline {
+        // Rewritten in place in small pieces, as an editor with `backupcopy=yes` or a build writes, with a save
+        // sent half-way so a sync reads it mid-write.
+        let mut file = std::fs::File::create(&path).expect("create");
+        for piece in 0..32 {
+            std::io::Write::write_all(&mut file, format!("round {round} piece {piece}\n").repeat(200).as_bytes()).expect("write");
+            if piece == 8 {
+                server.notify("textDocument/didSave", json!({ "textDocument": { "uri": file_uri(&path) } }));
+            }
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        drop(file);
+        round += 1;
+    }
+    server.notify("textDocument/didSave", json!({ "textDocument": { "uri": file_uri(&path) } }));
+    let expected = std::fs::read(&path).expect("read");
+    let status = || server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    eventually(Duration::from_secs(20), "the settled file reaching the sandbox, or a conflict", || {
+        std::fs::read(root.join("busy.txt")).is_ok_and(|copied| copied == expected) || status()["sync"]["conflicts"] != json!([])
+    });
+    assert_eq!(status()["sync"]["conflicts"], json!([]), "no conflict after {round} rewrites");
+    assert_eq!(std::fs::read(root.join("busy.txt")).expect("read the sandbox's copy"), expected);
+}

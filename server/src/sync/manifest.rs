@@ -185,6 +185,13 @@ impl Record {
             && self.link_target == local.link_target
     }
 
+    /// This record with a workspace stamp no file has (inode 0, which no Linux file system gives a file), for a
+    /// file that changed while it was read: the next scan takes it as changed whatever it looks like then.
+    pub fn with_workspace_side_unknown(mut self) -> Self {
+        self.inode = 0;
+        self
+    }
+
     /// Whether matching metadata cannot be trusted because the file was modified just before it was recorded.
     pub fn is_racy(&self) -> bool {
         self.kind == EntryKind::File && self.mtime_ns + RACY_WINDOW_NS >= self.recorded_ns

@@ -31,8 +31,10 @@ use crate::protocol::{Conflict, HeldBackFile, SkippedPath, SyncDirection, SyncRe
 const BATCH_FILES: usize = 8_000;
 /// Content bytes per upload archive.
 const BATCH_BYTES: u64 = 256 << 20;
-/// How long saves may keep arriving before their sync starts, so bursts (save all) become one batch.
-const SAVE_COALESCE: Duration = Duration::from_millis(3);
+/// How many times the worker lets the runtime run other tasks before a sync of saves starts: the rest of a burst
+/// (save all) is already read and queued behind the first save, so it joins the same batch without the
+/// millisecond or more a timer costs (saves that come while a sync runs wait for it and go together next).
+const SAVE_COALESCE_YIELDS: usize = 8;
 /// Up to this many paths, an upload checks the sandbox's copies per path (`RemoteFiles::stat`); beyond, one listing.
 const STAT_PATHS: usize = 256;
 /// How often a changed manifest is written after automatic syncs.
@@ -279,7 +281,9 @@ impl SessionSync {
     async fn worker(&self) {
         loop {
             self.inner.wake.notified().await;
-            tokio::time::sleep(SAVE_COALESCE).await;
+            for _ in 0..SAVE_COALESCE_YIELDS {
+                tokio::task::yield_now().await;
+            }
             if let Err(error) = self.flush().await {
                 tracing::warn!(%error, "automatic sync failed; it is retried on the next change or run");
             }
@@ -846,16 +850,20 @@ impl SessionSync {
                 result.uploaded += 1;
                 result.bytes += item.local.size;
                 bytes_done += item.local.size;
-                if item.stable {
-                    let mtime_s = transfer::mtime_seconds(item.local.mtime_ns);
-                    let stamp = match &looked {
-                        None => Some(RemoteStamp::uploaded(item.local.size, mtime_s)),
-                        Some((entries, observed_ns)) => entries
-                            .get(&item.path)
-                            .and_then(|entry| RemoteStamp::after_upload(entry, item.local.size, mtime_s, *observed_ns)),
-                    };
-                    core.manifest.insert(item.path.clone(), Record::new(&item.local, item.hash, stamp));
-                }
+                let mtime_s = transfer::mtime_seconds(item.local.mtime_ns);
+                let stamp = match &looked {
+                    None => Some(RemoteStamp::uploaded(item.local.size, mtime_s)),
+                    Some((entries, observed_ns)) => entries
+                        .get(&item.path)
+                        .and_then(|entry| RemoteStamp::after_upload(entry, item.local.size, mtime_s, *observed_ns)),
+                };
+                let record = Record::new(&item.local, item.hash, stamp);
+                // A file that changed while it was read still reached the sandbox as read. That copy is recorded
+                // as the sandbox's side, so the next sync does not take it for a change made in the sandbox (and
+                // the file, changed on both sides, for a conflict no one made); the workspace's side is recorded
+                // as a stamp no file has, so the next scan takes the file as changed and sends it again.
+                let record = if item.stable { record } else { record.with_workspace_side_unknown() };
+                core.manifest.insert(item.path.clone(), record);
             }
             files_done += batch_len;
             if long {
@@ -913,7 +921,7 @@ impl SessionSync {
             return Ok(None);
         }
         let files: Vec<String> =
-            sent.iter().filter(|item| item.stable && item.local.kind == EntryKind::File).map(|item| item.path.clone()).collect();
+            sent.iter().filter(|item| item.local.kind == EntryKind::File).map(|item| item.path.clone()).collect();
         if files.is_empty() {
             return Ok(None);
         }

@@ -344,6 +344,10 @@ pub fn stage(reader: impl Read, staging: &Path) -> Result<Vec<Staged>> {
 /// Gives a written temporary file its final mode and modification time, through its descriptor (no path lookups).
 fn finish_temp(file: &File, mode: u32, mtime_s: u64, path: &str) -> Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(mode)).context(|| format!("Could not set the mode of {path}"))?;
+    set_mtime(file, mtime_s, path)
+}
+
+fn set_mtime(file: &File, mtime_s: u64, path: &str) -> Result<()> {
     let mtime = filetime::FileTime::from_unix_time(mtime_s as i64, 0);
     filetime::set_file_handle_times(file, None, Some(mtime)).context(|| format!("Could not set the modification time of {path}"))
 }
@@ -575,7 +579,14 @@ impl<'a> PlaceSink<'a> {
             Err(error) => return Err(walk_failed(path, error)),
         };
         self.copy_content(content, &mut file, path)?;
-        finish_temp(&file, mode, mtime_s, path)?;
+        // The file was made with `mode`, less the umask: where the umask takes none of its bits away, only the time is
+        // left to set (one system call fewer per file; the look after placing checks the mode all the same).
+        let made_with_mode = process_umask().is_some_and(|umask| mode & umask == 0);
+        if made_with_mode {
+            set_mtime(&file, mtime_s, path)?;
+        } else {
+            finish_temp(&file, mode, mtime_s, path)?;
+        }
         match self.beneath.link_unnamed(&file, path).map_err(|error| walk_failed(path, error))? {
             Linked::Named => {}
             linked => {
@@ -586,10 +597,26 @@ impl<'a> PlaceSink<'a> {
             }
         }
         match rustix::fs::fstat(&file) {
-            Ok(stat) if stat.st_nlink > 0 => Ok(Some(stat)),
+            Ok(stat) if stat.st_nlink > 0 && stat.st_mode & PERMISSION_BITS == mode => Ok(Some(stat)),
+            Ok(stat) if stat.st_nlink > 0 => {
+                // The umask changed since it was read: the mode is set now, and looked at again.
+                finish_temp(&file, mode, mtime_s, path)?;
+                Ok(Some(rustix::fs::fstat(&file).map_err(std::io::Error::from).context(|| format!("Could not look at {path} after writing it"))?))
+            }
             _ => Ok(self.beneath.lstat(path).context(|| format!("Could not look at {path} after writing it"))?),
         }
     }
+}
+
+/// This process's umask, read once from `/proc/self/status` (reading it with `umask(2)` would change it for a moment,
+/// under every other thread); `None` where it cannot be told, and every file's mode is then set.
+fn process_umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|line| line.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
 }
 
 impl Sink for PlaceSink<'_> {

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use crate::streams::BoxedReader;
 use crate::error::{Error, Result};
 use crate::sync::scan::check_relative;
+use crate::sync::beneath::Beneath;
 use crate::sync::walk::walk_tree;
 use crate::sync::{transfer, EntryKind, RemoteEntry, RemoteFiles, TreeOnThisMachine};
 
@@ -129,6 +130,45 @@ fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
     Ok(listed.into_iter().flatten().collect())
 }
 
+/// Removes the directory `dir` and everything in it on every core: the directories `SHARED_DEPTH` levels down (the
+/// sandbox tree's own second level, in a session directory) are shared out among threads, each removed through
+/// directory descriptors that never follow a link (`Beneath::remove`), then what is left goes as one. A session's
+/// copy of a big workspace is removed in about half the time on two cores.
+pub(super) fn remove_on_every_core(dir: &Path) -> std::io::Result<()> {
+    const SHARED_DEPTH: usize = 3;
+    let mut level = vec![String::new()];
+    for _ in 0..SHARED_DEPTH {
+        let mut next_level = Vec::new();
+        for relative in level {
+            let directory = if relative.is_empty() { dir.to_path_buf() } else { dir.join(&relative) };
+            for child in std::fs::read_dir(directory).into_iter().flatten().flatten() {
+                let is_directory = child.file_type().is_ok_and(|kind| kind.is_dir());
+                if let (true, Some(name)) = (is_directory, child.file_name().to_str()) {
+                    next_level.push(if relative.is_empty() { name.to_string() } else { format!("{relative}/{name}") });
+                }
+            }
+        }
+        level = next_level;
+    }
+    let units = level;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(units.len());
+    if threads > 1 {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    let Ok(mut beneath) = Beneath::open(dir) else { return };
+                    while let Some(unit) = units.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        // Whatever fails here is tried again, and reported, by the removal of the whole below.
+                        let _ = beneath.remove(unit);
+                    }
+                });
+            }
+        });
+    }
+    std::fs::remove_dir_all(dir)
+}
+
 /// The entries for the given relative paths that exist, without following symlinks (nor through symlinked parents).
 fn stat_paths(root: &Path, paths: &[String]) -> Vec<RemoteEntry> {
     paths
@@ -174,4 +214,48 @@ fn listed_entry(relative: String, stat: &rustix::fs::Stat, link_target: impl FnO
         link_target,
         unsyncable,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_on_every_core_should_take_everything_and_nothing_a_link_leads_to() {
+        let session = tempfile::tempdir().expect("a temp dir");
+        let outside = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(outside.path().join("keep"), "outside").expect("write");
+        let dir = session.path().join("session");
+        for index in 0..200 {
+            let file = dir.join(format!("root/d{}/e{}/f{index}", index % 7, index % 13));
+            std::fs::create_dir_all(file.parent().expect("a parent")).expect("mkdir");
+            std::fs::write(file, "x").expect("write");
+        }
+        std::fs::create_dir_all(dir.join("staging")).expect("mkdir");
+        // Links where the shared-out directories are, and below them: removed as links, never followed.
+        std::os::unix::fs::symlink(outside.path(), dir.join("root/d0/link")).expect("symlink");
+        std::os::unix::fs::symlink(outside.path(), dir.join("root/d1/e1/link")).expect("symlink");
+        remove_on_every_core(&dir).expect("removed");
+        assert!(!dir.exists(), "the whole directory is gone");
+        assert_eq!(std::fs::read_to_string(outside.path().join("keep")).expect("read"), "outside", "what a link led to is untouched");
+    }
+
+    #[test]
+    fn a_listing_should_fail_rather_than_leave_out_a_directory_it_cannot_read() {
+        let root = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir_all(root.path().join("a/closed")).expect("mkdir");
+        std::fs::write(root.path().join("a/closed/f"), "x").expect("write");
+        std::fs::write(root.path().join("a/open"), "x").expect("write");
+        let listed = list_tree(root.path()).expect("a listing");
+        let mut paths: Vec<&str> = listed.iter().map(|entry| entry.path.as_str()).collect();
+        paths.sort();
+        assert_eq!(paths, ["a", "a/closed", "a/closed/f", "a/open"]);
+        if rustix::process::geteuid().is_root() {
+            return; // Root reads any directory; the unreadable case is for the unprivileged runs of this test.
+        }
+        std::fs::set_permissions(root.path().join("a/closed"), std::os::unix::fs::PermissionsExt::from_mode(0o000)).expect("chmod");
+        let error = list_tree(root.path()).expect_err("an unreadable directory fails the listing");
+        std::fs::set_permissions(root.path().join("a/closed"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        assert!(error.to_string().contains("a/closed"), "{error}");
+    }
 }

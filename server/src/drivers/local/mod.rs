@@ -782,7 +782,7 @@ impl Sandbox for LocalSandbox {
             tokio::task::block_in_place(|| cgroup.kill_all_and_remove());
         }
         let session_dir = self.session_dir.clone();
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&session_dir) {
+        tokio::task::spawn_blocking(move || match files::remove_on_every_core(&session_dir) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
                 format!("Could not remove the session directory {}", session_dir.display()),
                 error,

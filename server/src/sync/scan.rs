@@ -156,6 +156,8 @@ impl Scanner {
     fn list_directory(&self, listed: &Listed<'_>, found: &mut Found) -> Vec<String> {
         let chain = self.rules.chain_of_listed(listed.relative, &|name| listed.has(name));
         let mut subdirectories = Vec::new();
+        // Each entry's absolute path (which ignore matchers take), built in one buffer for the whole directory.
+        let mut absolute = listed.path.to_path_buf();
         for (name, file_type) in listed.entries {
             let Ok(name_text) = name.to_str() else {
                 found.unsyncable.push(listed.child(&name.to_string_lossy()));
@@ -175,7 +177,10 @@ impl Scanner {
                 }
             }
             let is_dir = file_type == FileType::Directory;
-            if self.rules.excludes_entry(&chain, &listed.path.join(name_text), name_text, is_dir) {
+            absolute.push(name_text);
+            let excluded = self.rules.excludes_entry(&chain, &absolute, name_text, is_dir);
+            absolute.pop();
+            if excluded {
                 continue;
             }
             if is_dir {

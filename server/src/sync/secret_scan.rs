@@ -208,6 +208,19 @@ impl ContentCheck {
     pub fn release(&self, path: &str) {
         self.verdicts().held.remove(path);
     }
+
+    /// `known_secret`, and `release` when it answers `None`, under one lock: what a scan asks of every file.
+    pub fn known_or_release(&self, path: &str, now: &FileStamp) -> Option<&'static str> {
+        let mut verdicts = self.verdicts();
+        match verdicts.held.get(path) {
+            Some(held) if held.seen == *now => Some(held.rule),
+            Some(_) => {
+                verdicts.held.remove(path);
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 impl Default for ContentCheck {

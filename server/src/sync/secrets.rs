@@ -50,6 +50,8 @@ pub struct SecretFilter {
     allowed: Gitignore,
     /// Exact paths the user allowed for this session only (`sandlink/allowSecret`), after it started.
     allowed_now: Mutex<BTreeSet<String>>,
+    /// Whether `allowed_now` holds anything, so the check every scanned file passes takes no lock until it does.
+    any_allowed_now: std::sync::atomic::AtomicBool,
     /// The content check, unless the user turned it off (`sync.scanContent = false`).
     content: Option<Arc<ContentCheck>>,
 }
@@ -60,6 +62,7 @@ impl SecretFilter {
         Ok(SecretFilter {
             allowed: build_patterns(workspace, allow_patterns, "sync.allowSecrets")?,
             allowed_now: Mutex::default(),
+            any_allowed_now: std::sync::atomic::AtomicBool::new(false),
             content: None,
         })
     }
@@ -74,14 +77,16 @@ impl SecretFilter {
     fn is_allowed(&self, relative: &str) -> bool {
         // Only relative paths can be allowed; the matcher asserts as much (found by fuzzing with "/x").
         !relative.starts_with('/')
-            && (self.allowed.matched_path_or_any_parents(relative, false).is_ignore()
-                || crate::locks::lock(&self.allowed_now).contains(relative))
+            && ((!self.allowed.is_empty() && self.allowed.matched_path_or_any_parents(relative, false).is_ignore())
+                || self.any_allowed_now.load(std::sync::atomic::Ordering::Acquire)
+                    && crate::locks::lock(&self.allowed_now).contains(relative))
     }
 
     /// Allows one file, by its exact relative path, for as long as this filter lives (the session): the user looked
     /// at it and chose to upload it.
     pub fn allow_now(&self, relative: &str) {
         crate::locks::lock(&self.allowed_now).insert(relative.to_string());
+        self.any_allowed_now.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// True for a relative, `/`-separated path that looks like a secret (by name, or by the content it was last
@@ -100,13 +105,9 @@ impl SecretFilter {
         if looks_like_secret(relative) {
             return Some(NAME_RULE);
         }
+        // Changed since it was held back (or never was), it is released: read and judged again on upload.
         let (content, seen) = (self.content.as_ref()?, seen?);
-        let known = content.known_secret(relative, seen);
-        if known.is_none() {
-            // Changed since it was held back (or never was): it is read and judged again on upload.
-            content.release(relative);
-        }
-        known
+        content.known_or_release(relative, seen)
     }
 
     /// The content check files must pass before upload, unless they are allowed; `None` when scanning is off.

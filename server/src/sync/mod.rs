@@ -140,18 +140,40 @@ impl RemoteEntry {
     /// The entry of a regular file just written on this machine, from the `fstat` made right after; `None` for
     /// anything else.
     pub fn written(relative: String, stat: &rustix::fs::Stat) -> Option<RemoteEntry> {
+        RemoteEntry::from_lstat(relative, stat, || None).filter(|entry| entry.kind == EntryKind::File)
+    }
+
+    /// The listing entry of a path on this machine, from its `lstat`; `None` for what sync does not carry (sockets,
+    /// devices). `link_target` reads a symlink's target, asked only for symlinks.
+    pub fn from_lstat(relative: String, stat: &rustix::fs::Stat, link_target: impl FnOnce() -> Option<Vec<u8>>) -> Option<RemoteEntry> {
+        use rustix::fs::FileType;
         let nanoseconds = |seconds: i64, nanoseconds: i64| seconds as i128 * 1_000_000_000 + nanoseconds as i128;
-        (rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile).then(|| RemoteEntry {
+        let mut unsyncable = None;
+        let (kind, link_target) = match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Symlink => {
+                let target = link_target().map(|target| {
+                    String::from_utf8(target).unwrap_or_else(|not_utf8| {
+                        unsyncable = Some("its symlink target is not valid UTF-8, which sandlink cannot carry".to_string());
+                        String::from_utf8_lossy(not_utf8.as_bytes()).into_owned()
+                    })
+                });
+                (EntryKind::Symlink, target)
+            }
+            FileType::Directory => (EntryKind::Dir, None),
+            FileType::RegularFile => (EntryKind::File, None),
+            _ => return None,
+        };
+        Some(RemoteEntry {
             path: relative,
-            kind: EntryKind::File,
+            kind,
             size: stat.st_size as u64,
             mtime_ns: nanoseconds(stat.st_mtime as i64, stat.st_mtime_nsec as i64),
             subsecond: true,
             inode: Some(stat.st_ino as u64),
             ctime_ns: Some(nanoseconds(stat.st_ctime as i64, stat.st_ctime_nsec as i64)),
             mode: stat.st_mode as u32 & 0o7777,
-            link_target: None,
-            unsyncable: None,
+            link_target,
+            unsyncable,
         })
     }
 }

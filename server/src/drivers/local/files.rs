@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::sync::scan::check_relative;
 use crate::sync::beneath::Beneath;
 use crate::sync::walk::walk_tree;
-use crate::sync::{transfer, EntryKind, RemoteEntry, RemoteFiles, TreeOnThisMachine};
+use crate::sync::{transfer, RemoteEntry, RemoteFiles, TreeOnThisMachine};
 
 /// The local driver's side of sync: the session root is a directory on this machine.
 ///
@@ -111,7 +111,7 @@ fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
             };
             let is_directory = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory;
             let link_target = || rustix::fs::readlinkat(directory.descriptor, name.as_c_str(), Vec::new()).ok().map(|target| target.into_bytes());
-            let Some(mut entry) = listed_entry(relative, &stat, link_target) else { continue };
+            let Some(mut entry) = RemoteEntry::from_lstat(relative, &stat, link_target) else { continue };
             if unsyncable.is_some() {
                 entry.unsyncable = unsyncable;
             } else if is_directory {
@@ -177,43 +177,9 @@ fn stat_paths(root: &Path, paths: &[String]) -> Vec<RemoteEntry> {
         .filter_map(|path| {
             let absolute = root.join(path);
             let stat = rustix::fs::lstat(&absolute).ok()?;
-            listed_entry(path.clone(), &stat, || std::fs::read_link(&absolute).ok().map(|target| target.into_os_string().into_encoded_bytes()))
+            RemoteEntry::from_lstat(path.clone(), &stat, || std::fs::read_link(&absolute).ok().map(|target| target.into_os_string().into_encoded_bytes()))
         })
         .collect()
-}
-
-/// One listing entry from an entry's `lstat`; `None` for what sync does not carry (sockets, devices).
-/// `link_target` reads a symlink's target, asked only for symlinks.
-fn listed_entry(relative: String, stat: &rustix::fs::Stat, link_target: impl FnOnce() -> Option<Vec<u8>>) -> Option<RemoteEntry> {
-    use rustix::fs::FileType;
-    let nanoseconds = |seconds: i64, nanoseconds: i64| seconds as i128 * 1_000_000_000 + nanoseconds as i128;
-    let mut unsyncable = None;
-    let (kind, link_target) = match FileType::from_raw_mode(stat.st_mode) {
-        FileType::Symlink => {
-            let target = link_target().map(|target| {
-                String::from_utf8(target).unwrap_or_else(|not_utf8| {
-                    unsyncable = Some("its symlink target is not valid UTF-8, which sandlink cannot carry".to_string());
-                    String::from_utf8_lossy(not_utf8.as_bytes()).into_owned()
-                })
-            });
-            (EntryKind::Symlink, target)
-        }
-        FileType::Directory => (EntryKind::Dir, None),
-        FileType::RegularFile => (EntryKind::File, None),
-        _ => return None,
-    };
-    Some(RemoteEntry {
-        path: relative,
-        kind,
-        size: stat.st_size as u64,
-        mtime_ns: nanoseconds(stat.st_mtime as i64, stat.st_mtime_nsec as i64),
-        subsecond: true,
-        inode: Some(stat.st_ino as u64),
-        ctime_ns: Some(nanoseconds(stat.st_ctime as i64, stat.st_ctime_nsec as i64)),
-        mode: stat.st_mode as u32 & 0o7777,
-        link_target,
-        unsyncable,
-    })
 }
 
 #[cfg(test)]

@@ -59,6 +59,12 @@ impl ShellFiles {
 #[async_trait]
 impl RemoteFiles for ShellFiles {
     async fn upload_tar(&self, archive: BoxedReader) -> Result<()> {
+        self.upload_tar_looked(archive).await.map(|_| ())
+    }
+
+    /// A small batch (a typical save) is unpacked, merged and its files looked at in one request to the helper
+    /// shell, which spares the engine its own look, a second request; larger batches tell nothing.
+    async fn upload_tar_looked(&self, archive: BoxedReader) -> Result<Option<Vec<RemoteEntry>>> {
         let batch = crate::ids::short_id();
         let staging = format!("{}/{batch}", scripts::STAGING_DIR);
         let stage = format!("{}/{staging}", self.root);
@@ -67,14 +73,22 @@ impl RemoteFiles for ShellFiles {
         let mut limited = archive.take(SMALL_BATCH_BYTES as u64 + 1);
         limited.read_to_end(&mut head).await.map_err(|error| Error::io("Could not read the upload archive", error))?;
         if head.len() <= SMALL_BATCH_BYTES {
-            // A typical save: the whole batch in one request to the helper shell, unpacked and merged there.
-            let script = format!("{}\n{}", scripts::UNPACK_STDIN, scripts::MERGE);
-            return self.helper(&script, &[&self.root, &stage, &owner], Some(&head)).await.map(|_| ());
+            // A typical save: the whole batch in one request to the helper shell, unpacked and merged there, then
+            // its files looked at as `stat` would list them.
+            let files = files_in_archive(&head);
+            if files.is_empty() || files.len() > LOOKED_FILES {
+                let script = format!("{}\n{}", scripts::UNPACK_STDIN, scripts::MERGE);
+                return self.helper(&script, &[&self.root, &stage, &owner], Some(&head)).await.map(|_| None);
+            }
+            let mut arguments = vec![self.root.as_str(), stage.as_str(), owner.as_str()];
+            arguments.extend(files.iter().map(String::as_str));
+            let output = self.helper(scripts::unpack_merge_stat(), &arguments, Some(&head)).await?;
+            return Self::parse(output).await.map(Some);
         }
         let rest = limited.into_inner();
         let archive: BoxedReader = Box::pin(std::io::Cursor::new(head).chain(rest));
         match self.transport.upload_tar(&self.root, &staging, archive).await {
-            Ok(()) => self.helper(scripts::MERGE, &[&self.root, &stage, &owner], None).await.map(|_| ()),
+            Ok(()) => self.helper(scripts::MERGE, &[&self.root, &stage, &owner], None).await.map(|_| None),
             Err(error) => {
                 let _ = self.helper("rm -rf \"$1\"", &[&stage], None).await;
                 Err(error)
@@ -115,6 +129,30 @@ impl RemoteFiles for ShellFiles {
         let checked = paths.iter().map(|path| checked_relative(path)).collect::<Result<Vec<String>>>()?;
         self.transport.download_tar(&self.root, checked).await
     }
+}
+
+/// Up to this many files, a small upload looks at its files in the same request (their names go on one `find` or
+/// `stat` command line).
+const LOOKED_FILES: usize = 256;
+
+/// The regular files of an archive held in memory, by their checked relative paths; empty if it cannot be read
+/// (the upload itself then says why).
+fn files_in_archive(archive: &[u8]) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut archive = tar::Archive::new(archive);
+    let Ok(entries) = archive.entries() else { return files };
+    for entry in entries {
+        let Ok(entry) = entry else { return Vec::new() };
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+            continue;
+        }
+        match std::str::from_utf8(&entry.path_bytes()).ok().and_then(|path| checked_relative(path).ok()) {
+            Some(path) => files.push(path),
+            None => return Vec::new(),
+        }
+    }
+    files
 }
 
 /// Checks a path relative to the remote root: not empty, not absolute, no `..`, not the staging folder.

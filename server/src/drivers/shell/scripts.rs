@@ -72,6 +72,28 @@ exit 0"#;
 /// (always all of them, so the agent's stream stays in step) and unpacks them into the staging directory.
 pub const UNPACK_STDIN: &str = r#"dd bs=65536 count="$4" iflag=count_bytes,fullblock 2>/dev/null | { mkdir -p "$2" && tar -xf - -C "$2"; s=$?; cat >/dev/null; exit $s; } || { rm -rf "$2"; exit 1; }"#;
 
+/// `$1` = root, `$2` = staging directory, `$3` = owner, then the uploaded files' relative paths, then (last) the
+/// archive's length: `UNPACK_STDIN` and `MERGE`, then `STAT` of those files, in one request.
+pub fn unpack_merge_stat() -> &'static str {
+    static SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        UNPACK_MERGE_STAT_TEMPLATE.replace("__UNPACK__", UNPACK_STDIN).replace("__MERGE__", MERGE).replace("__STAT__", STAT)
+    });
+    &SCRIPT
+}
+
+const UNPACK_MERGE_STAT_TEMPLATE: &str = r#"root=$1 stage=$2 owner=$3
+shift 3
+eval "length=\${$#}"
+n=$(($# - 1))
+while [ "$n" -gt 0 ]; do set -- "$@" "$1"; shift; n=$((n - 1)); done
+shift
+( set -- "$root" "$stage" "$owner" "$length"
+__UNPACK__ ) || exit 1
+( set -- "$root" "$stage" "$owner"
+__MERGE__ ) || exit 1
+set -- "$root" "$@"
+__STAT__"#;
+
 /// `$1` = root: lists the tree. GNU find gives NUL-separated records with nanosecond modification and status-change
 /// times and the inode; busybox falls back to `stat`, which gives the same in whole seconds, and whose `%n//%N` lets
 /// the parser find where each name ends although names may hold newlines (see `listing::parse_listing`).

@@ -153,6 +153,26 @@ async fn shell_files_should_upload_list_stat_download_and_delete() {
 }
 
 #[tokio::test]
+async fn a_small_upload_should_tell_how_its_files_look_in_the_same_request() {
+    let root = tempfile::tempdir().unwrap();
+    let files = files(root.path());
+    let upload = archive(&[("a/b.txt", b"hello".to_vec()), ("-dash", b"xy".to_vec()), ("with space", b"s".to_vec())]);
+    let looked = files.upload_tar_looked(upload).await.unwrap().expect("a small upload tells what it wrote");
+    let mut told: Vec<(&str, u64)> = looked.iter().map(|entry| (entry.path.as_str(), entry.size)).collect();
+    told.sort();
+    assert_eq!(told, [("-dash", 2), ("a/b.txt", 5), ("with space", 1)]);
+    for entry in &looked {
+        let now = std::fs::metadata(root.path().join(&entry.path)).unwrap();
+        assert_eq!(entry.inode, Some(std::os::unix::fs::MetadataExt::ino(&now)), "the look is of the placed file {}", entry.path);
+        assert_eq!(entry.mtime_ns, 1_700_000_000 * 1_000_000_000, "{}", entry.path);
+    }
+    assert_eq!(std::fs::read(root.path().join("a/b.txt")).unwrap(), b"hello");
+    assert_no_batch_left(root.path());
+    // The same shell serves the next request in step.
+    assert_eq!(files.stat(vec!["-dash".into()]).await.unwrap()[0].size, 2);
+}
+
+#[tokio::test]
 async fn shell_files_should_stream_large_batches_through_the_transport() {
     let root = tempfile::tempdir().unwrap();
     let files = files(root.path());

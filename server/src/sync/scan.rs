@@ -1,6 +1,8 @@
 //! Walking the workspace (all of it, or some paths in it) into the files and symlinks that should sync.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -157,7 +159,9 @@ impl Scanner {
         let chain = self.rules.chain_of_listed(listed.relative, &|name| listed.has(name));
         let mut subdirectories = Vec::new();
         // Each entry's absolute path (which ignore matchers take), built in one buffer for the whole directory.
-        let mut absolute = listed.path.to_path_buf();
+        let mut absolute = listed.path.as_os_str().as_bytes().to_vec();
+        absolute.push(b'/');
+        let directory_length = absolute.len();
         for (name, file_type) in listed.entries {
             let Ok(name_text) = name.to_str() else {
                 found.unsyncable.push(listed.child(&name.to_string_lossy()));
@@ -177,9 +181,9 @@ impl Scanner {
                 }
             }
             let is_dir = file_type == FileType::Directory;
-            absolute.push(name_text);
-            let excluded = self.rules.excludes_entry(&chain, &absolute, name_text, is_dir);
-            absolute.pop();
+            absolute.extend_from_slice(name_text.as_bytes());
+            let excluded = self.rules.excludes_entry(&chain, Path::new(OsStr::from_bytes(&absolute)), name_text, is_dir);
+            absolute.truncate(directory_length);
             if excluded {
                 continue;
             }

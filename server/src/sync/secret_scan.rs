@@ -151,6 +151,8 @@ struct Verdicts {
 pub struct ContentCheck {
     shapes: &'static Shapes,
     verdicts: Mutex<Verdicts>,
+    /// Whether any path was ever held back, so a scan's look at every file takes no lock until one was.
+    ever_held: std::sync::atomic::AtomicBool,
 }
 
 /// The shapes, compiled once per process (a few milliseconds), not once per session.
@@ -161,7 +163,7 @@ fn compiled_shapes() -> &'static Shapes {
 
 impl ContentCheck {
     pub fn new() -> Self {
-        ContentCheck { shapes: compiled_shapes(), verdicts: Mutex::default() }
+        ContentCheck { shapes: compiled_shapes(), verdicts: Mutex::default(), ever_held: std::sync::atomic::AtomicBool::new(false) }
     }
 
     fn verdicts(&self) -> std::sync::MutexGuard<'_, Verdicts> {
@@ -196,6 +198,7 @@ impl ContentCheck {
         match verdict {
             Some(rule) => {
                 verdicts.held.insert(path.to_string(), HeldFile { seen: *seen, rule });
+                self.ever_held.store(true, std::sync::atomic::Ordering::Release);
             }
             None => {
                 verdicts.held.remove(path);
@@ -211,6 +214,9 @@ impl ContentCheck {
 
     /// `known_secret`, and `release` when it answers `None`, under one lock: what a scan asks of every file.
     pub fn known_or_release(&self, path: &str, now: &FileStamp) -> Option<&'static str> {
+        if !self.ever_held.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         let mut verdicts = self.verdicts();
         match verdicts.held.get(path) {
             Some(held) if held.seen == *now => Some(held.rule),

@@ -162,16 +162,16 @@ impl Scanner {
         let mut absolute = listed.path.as_os_str().as_bytes().to_vec();
         absolute.push(b'/');
         let directory_length = absolute.len();
-        for (name, file_type) in listed.entries {
+        for (name, file_type) in listed.entries() {
             let Ok(name_text) = name.to_str() else {
                 found.unsyncable.push(listed.child(&name.to_string_lossy()));
                 continue;
             };
-            let mut file_type = *file_type;
+            let mut file_type = file_type;
             let mut stat = None;
             if matches!(file_type, FileType::Unknown | FileType::RegularFile | FileType::Symlink) {
                 // Files need their stamp anyway; a file system that does not tell types needs a look to know.
-                match rustix::fs::statat(listed.descriptor, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                match rustix::fs::statat(listed.descriptor, name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(looked) => {
                         file_type = FileType::from_raw_mode(looked.st_mode);
                         stat = Some(looked);
@@ -190,7 +190,7 @@ impl Scanner {
             if is_dir {
                 subdirectories.push(listed.child(name_text));
             } else if let Some(stat) = stat {
-                self.take(listed.child(name_text), listed.descriptor, name.as_c_str(), &stat, found);
+                self.take(listed.child(name_text), listed.descriptor, name, &stat, found);
             }
         }
         subdirectories

@@ -1,6 +1,6 @@
 //! Walking a directory tree on every core: the workspace for a scan, the local sandbox for a listing.
 
-use std::ffi::CString;
+use std::ffi::CStr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
@@ -13,14 +13,27 @@ pub struct Listed<'a> {
     /// The directory's absolute path.
     pub path: &'a Path,
     pub descriptor: &'a OwnedFd,
-    /// Each entry's name and the type the directory told (`Unknown` on file systems that do not tell).
-    pub entries: &'a [(CString, FileType)],
+    /// The entries' names, each ending in a NUL, one after another (one buffer per thread, not one per name).
+    names: &'a [u8],
+    /// Where each entry's name starts in `names`, and the type the directory told (`Unknown` on file systems that
+    /// do not tell).
+    kinds: &'a [(usize, FileType)],
 }
 
-impl Listed<'_> {
+impl<'a> Listed<'a> {
+    /// Each entry's name and the type the directory told.
+    pub fn entries(&self) -> impl Iterator<Item = (&'a CStr, FileType)> + 'a {
+        let names = self.names;
+        self.kinds.iter().map(move |(start, kind)| {
+            // Every name was copied in with its NUL (see `read_directory`).
+            let name = CStr::from_bytes_until_nul(&names[*start..]).unwrap_or_default();
+            (name, *kind)
+        })
+    }
+
     /// Whether an entry is named `name`.
     pub fn has(&self, name: &str) -> bool {
-        self.entries.iter().any(|(listed, _)| listed.to_bytes() == name.as_bytes())
+        self.entries().any(|(listed, _)| listed.to_bytes() == name.as_bytes())
     }
 
     /// The relative path of the entry `name` in this directory.
@@ -53,11 +66,12 @@ pub fn walk_tree<S: Send>(
         let mut own = state();
         let mut unreadable = Vec::new();
         let mut buffer = vec![std::mem::MaybeUninit::<u8>::uninit(); DIRECTORY_BUFFER];
+        let (mut names, mut kinds) = (Vec::new(), Vec::new());
         while let Some(relative) = queue.take() {
             let path = if relative.is_empty() { root.to_path_buf() } else { root.join(&relative) };
-            let subdirectories = match read_directory(&path, &mut buffer) {
-                Ok((descriptor, entries)) => {
-                    visit(&mut own, &Listed { relative: &relative, path: &path, descriptor: &descriptor, entries: &entries })
+            let subdirectories = match read_directory(&path, &mut buffer, &mut names, &mut kinds) {
+                Ok(descriptor) => {
+                    visit(&mut own, &Listed { relative: &relative, path: &path, descriptor: &descriptor, names: &names, kinds: &kinds })
                 }
                 Err(error) => {
                     unreadable.push((relative, error));
@@ -88,19 +102,27 @@ pub fn walk_tree<S: Send>(
 /// The buffer each walking thread reads directories through: most directories in one `getdents` call.
 const DIRECTORY_BUFFER: usize = 32 * 1024;
 
-/// Opens a directory without following a link at its last step and reads its entries through `buffer`.
-fn read_directory(path: &Path, buffer: &mut [std::mem::MaybeUninit<u8>]) -> rustix::io::Result<(OwnedFd, Vec<(CString, FileType)>)> {
+/// Opens a directory without following a link at its last step and reads its entries through `buffer` into
+/// `names` and `kinds` (as `Listed` holds them), which are emptied first and keep their memory for the next.
+fn read_directory(
+    path: &Path,
+    buffer: &mut [std::mem::MaybeUninit<u8>],
+    names: &mut Vec<u8>,
+    kinds: &mut Vec<(usize, FileType)>,
+) -> rustix::io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let descriptor = rustix::fs::openat(CWD, path, flags, Mode::empty())?;
-    let mut entries = Vec::new();
+    names.clear();
+    kinds.clear();
     let mut reader = rustix::fs::RawDir::new(&descriptor, buffer);
     while let Some(entry) = reader.next() {
         let entry = entry?;
         if !matches!(entry.file_name().to_bytes(), b"." | b"..") {
-            entries.push((entry.file_name().to_owned(), entry.file_type()));
+            kinds.push((names.len(), entry.file_type()));
+            names.extend_from_slice(entry.file_name().to_bytes_with_nul());
         }
     }
-    Ok((descriptor, entries))
+    Ok(descriptor)
 }
 
 /// The directories waiting to be read, shared by the walking threads; the walk is over when none waits and no
@@ -165,8 +187,7 @@ mod tests {
         let (visited, unreadable) = walk_tree(root.path(), "", Vec::new, |seen: &mut Vec<String>, listed| {
             seen.push(listed.relative.to_string());
             listed
-                .entries
-                .iter()
+                .entries()
                 .filter(|(_, kind)| *kind == FileType::Directory)
                 .map(|(name, _)| listed.child(name.to_str().expect("a UTF-8 name")))
                 .chain(listed.has("link").then(|| "link".to_string()))

@@ -99,8 +99,8 @@ impl RemoteFiles for LocalFiles {
 fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
     let (listed, unreadable) = walk_tree(root, "", Vec::new, |entries: &mut Vec<RemoteEntry>, directory| {
         let mut subdirectories = Vec::new();
-        for (name, _) in directory.entries {
-            let Ok(stat) = rustix::fs::statat(directory.descriptor, name.as_c_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
+        for (name, _) in directory.entries() {
+            let Ok(stat) = rustix::fs::statat(directory.descriptor, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
                 // Gone since the directory was read: not part of this listing.
                 continue;
             };
@@ -110,7 +110,7 @@ fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
                 Err(_) => (directory.child(&name.to_string_lossy()), Some(crate::sync::scan::NOT_UTF8.to_string())),
             };
             let is_directory = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory;
-            let link_target = || rustix::fs::readlinkat(directory.descriptor, name.as_c_str(), Vec::new()).ok().map(|target| target.into_bytes());
+            let link_target = || rustix::fs::readlinkat(directory.descriptor, name, Vec::new()).ok().map(|target| target.into_bytes());
             let Some(mut entry) = RemoteEntry::from_lstat(relative, &stat, link_target) else { continue };
             if unsyncable.is_some() {
                 entry.unsyncable = unsyncable;

@@ -372,3 +372,23 @@ fn runs_should_list_what_runs_and_what_ended_lately() {
     assert_eq!(after["runs"][0]["exit"]["cancelled"], true, "{after}");
     assert_eq!(after["runs"].as_array().map(Vec::len), Some(2), "listed once: {after}");
 }
+
+/// A sandlink updated (or removed) under a running language server, as a package upgrade or a rebuild does: the
+/// server cannot start a sandbox from its own program any more, and says so with what to do, instead of a sandbox
+/// that "did not start"; it keeps serving.
+#[test]
+fn a_server_whose_program_was_replaced_should_say_to_restart_it() {
+    let directory = tempfile::tempdir().expect("a temp dir");
+    let program = directory.path().join("sandlink");
+    std::fs::copy(support::binary(), &program).expect("a copy of the binary");
+    let server = Server::start_with(StartOptions { program: Some(program.clone()), ..StartOptions::default() });
+    std::fs::remove_file(&program).expect("the program removed under the running server");
+    let workspace = support::workspace_with(&[("a.txt", "a")]);
+    let error = server.request_error(
+        "sandlink/connect",
+        json!({ "driver": "local", "workspaceFolder": support::file_uri(workspace.path()) }),
+    );
+    assert_eq!(error.kind.as_deref(), Some("driverUnavailable"), "{error:?}");
+    assert!(error.message.contains("Restart the language server"), "{}", error.message);
+    assert!(server.request("sandlink/drivers", json!({})).is_ok(), "the server keeps serving");
+}

@@ -43,6 +43,8 @@ pub struct StartOptions {
     pub window_features: bool,
     /// `initializationOptions`.
     pub initialization_options: Option<Value>,
+    /// The program to start instead of the binary under test (a copy of it, say).
+    pub program: Option<PathBuf>,
 }
 
 impl Default for StartOptions {
@@ -54,6 +56,7 @@ impl Default for StartOptions {
             root: None,
             window_features: true,
             initialization_options: None,
+            program: None,
         }
     }
 }
@@ -131,7 +134,7 @@ impl Server {
         std::fs::create_dir_all(&state_dir).expect("the state directory can be created");
         let stderr_path = state_dir.join(format!("server-stderr-{}.log", std::process::id()));
         let stderr_file = std::fs::File::create(&stderr_path).expect("a stderr log file");
-        let mut command = Command::new(binary());
+        let mut command = Command::new(options.program.clone().unwrap_or_else(binary));
         command
             .arg("lsp")
             .env("SANDLINK_STATE_DIR", &state_dir)

@@ -544,6 +544,17 @@ impl LocalSandbox {
         let encoded = serde_json::to_vec(&config).map_err(|error| Error::Internal(format!("Could not encode the agent's configuration: {error}")))?;
         std::fs::write(&config_path, encoded).context(|| format!("Could not write {}", config_path.display()))?;
         let executable = std::env::current_exe().context(|| "Could not find sandlink's own executable".into())?;
+        if executable.as_os_str().as_encoded_bytes().ends_with(b" (deleted)") {
+            // Updated or removed while this server ran: its program file is gone (a new one may stand at its path,
+            // which this server must not start as its agent), so no sandbox can start until the server restarts.
+            return Err(Error::DriverUnavailable {
+                driver: "local".into(),
+                message: "sandlink was updated or removed while this language server was running, so it cannot start a \
+                          sandbox from its own program any more. Restart the language server (VS Code: Developer: \
+                          Reload Window; Neovim: :LspRestart) and connect again."
+                    .into(),
+            });
+        }
         let mut command = match self.mechanism {
             Mechanism::Bubblewrap => {
                 let mut view = self.bubblewrap_view();

@@ -213,6 +213,19 @@ pub fn decide_run(limit: &RunLimit, elapsed: Duration, warned: &BTreeSet<u64>) -
         .map_or(RunDecision::Nothing, |threshold_seconds| RunDecision::Warn { threshold_seconds, seconds_left })
 }
 
+/// How long until `decide_run` has something to do for this run: its earliest threshold not yet warned of, or its
+/// limit. The manager wakes then rather than at its next tick, since a tick landing just before a threshold one
+/// tick before the limit would otherwise find the run already at its limit, and the warning would never be heard.
+pub fn until_next_run_decision(limit: &RunLimit, elapsed: Duration, warned: &BTreeSet<u64>) -> Duration {
+    let until_limit = limit.max_duration.saturating_sub(elapsed);
+    limit
+        .warn_at
+        .iter()
+        .filter(|threshold| !warned.contains(&threshold.as_secs()))
+        .map(|threshold| threshold.saturating_sub(elapsed))
+        .fold(until_limit, Duration::min)
+}
+
 /// Whether a session over `max_cost` must be stopped, given what it cost so far.
 pub fn over_cost(max_cost: Option<f64>, spent_usd: f64) -> bool {
     max_cost.is_some_and(|max| spent_usd >= max)
@@ -300,6 +313,18 @@ mod tests {
         assert_eq!(decide_run(&limit, Duration::from_secs(3100), &warned), RunDecision::Warn { threshold_seconds: 3000, seconds_left: 500 });
         warned.insert(3000);
         assert_eq!(decide_run(&limit, Duration::from_secs(3100), &warned), RunDecision::Nothing);
+    }
+
+    #[test]
+    fn the_next_decision_should_be_the_earliest_threshold_not_warned_of_or_the_limit() {
+        let limit = RunLimit { max_duration: Duration::from_secs(2), warn_at: vec![Duration::from_secs(1)] };
+        let mut warned = BTreeSet::new();
+        let just_before = Duration::from_millis(999);
+        assert_eq!(until_next_run_decision(&limit, just_before, &warned), Duration::from_millis(1));
+        assert_eq!(until_next_run_decision(&limit, Duration::from_millis(1500), &warned), Duration::ZERO, "passed, unwarned");
+        warned.insert(1);
+        assert_eq!(until_next_run_decision(&limit, Duration::from_millis(1500), &warned), Duration::from_millis(500));
+        assert_eq!(until_next_run_decision(&limit, Duration::from_secs(3), &warned), Duration::ZERO);
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::protocol::{SessionState, SessionStateParams, TimeoutWarningParams};
 
 /// How often the manager looks at its sessions; a lease is checked without a request, so this is cheap.
 const TICK: Duration = Duration::from_secs(1);
+/// The shortest the manager sleeps between looks, so something due now cannot make it spin.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 /// Extend at most this long before the end, and no earlier than half an extension before it.
 const MAX_MARGIN: Duration = Duration::from_secs(60);
 /// Idle sessions are warned at each of these times before the end that fits in half an extension, and always at
@@ -221,11 +223,18 @@ impl Manager {
 
     async fn run(manager: Weak<Manager>) {
         loop {
-            let tick = match manager.upgrade() {
-                Some(manager) => Duration::from_millis(manager.tick_ms.load(std::sync::atomic::Ordering::Relaxed)),
+            let wait = match manager.upgrade() {
+                Some(manager) => {
+                    let tick = Duration::from_millis(manager.tick_ms.load(std::sync::atomic::Ordering::Relaxed));
+                    // A run's threshold or limit due before the next tick is looked at when it is due: ticks drift
+                    // later by each look's own time, and one landing just before a warning one tick ahead of the
+                    // limit would otherwise meet the limit first and the warning would be lost.
+                    let due = manager.until_next_limit_decision(manager.clock.now()).unwrap_or(tick);
+                    tick.min(due).max(MIN_WAIT)
+                }
                 None => return,
             };
-            tokio::time::sleep(tick).await;
+            tokio::time::sleep(wait).await;
             let Some(manager) = manager.upgrade() else { return };
             manager.look().await;
         }

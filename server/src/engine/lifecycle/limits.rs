@@ -155,6 +155,18 @@ impl Manager {
         lock(&self.limits().runs).get(run_id).map(|watched| watched.started + watched.limit.max_duration)
     }
 
+    /// How long until a limited run has a threshold or its limit due, so the manager can wake then.
+    pub(super) fn until_next_limit_decision(&self, now: OffsetDateTime) -> Option<Duration> {
+        lock(&self.limits().runs)
+            .values()
+            .filter(|watched| !watched.stopping)
+            .map(|watched| {
+                let elapsed = Duration::try_from(now - watched.started).unwrap_or_default();
+                policy::until_next_run_decision(&watched.limit, elapsed, &watched.warned)
+            })
+            .min()
+    }
+
     /// One look at every limited run and watched session; what is due is carried out on tasks of its own.
     pub(super) fn look_at_limits(self: &Arc<Self>, now: OffsetDateTime) {
         let mut due = Vec::new();
@@ -472,15 +484,17 @@ mod tests {
         }
     }
 
-    /// Wall time that follows tokio's clock, so paused time moves it.
+    /// Wall time that follows tokio's clock, so paused time moves it, plus `late`: how far behind each look's wake-up
+    /// runs, as on a busy machine.
     struct PausedClock {
         start: OffsetDateTime,
         started: tokio::time::Instant,
+        late: Mutex<Duration>,
     }
 
     impl Clock for PausedClock {
         fn now(&self) -> OffsetDateTime {
-            self.start + self.started.elapsed()
+            self.start + self.started.elapsed() + *lock(&self.late)
         }
     }
 
@@ -491,6 +505,7 @@ mod tests {
         heard: Arc<Heard>,
         journal: Journal,
         runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>>,
+        clock: Arc<PausedClock>,
         logs: tempfile::TempDir,
     }
 
@@ -501,9 +516,13 @@ mod tests {
         session.update(|mutable| mutable.state = SessionState::Active);
         let heard = Arc::new(Heard::default());
         let runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>> = Arc::default();
-        let clock = Arc::new(PausedClock { start: OffsetDateTime::now_utc(), started: tokio::time::Instant::now() });
-        let manager = Manager::new(clock, runs.clone(), heard.clone());
-        Setup { manager, session, sandbox, heard, journal, runs, logs: tempfile::tempdir().expect("a log dir") }
+        let clock = Arc::new(PausedClock {
+            start: OffsetDateTime::now_utc(),
+            started: tokio::time::Instant::now(),
+            late: Mutex::new(Duration::ZERO),
+        });
+        let manager = Manager::new(clock.clone(), runs.clone(), heard.clone());
+        Setup { manager, session, sandbox, heard, journal, runs, clock, logs: tempfile::tempdir().expect("a log dir") }
     }
 
     impl Setup {
@@ -586,6 +605,26 @@ mod tests {
         setup.manager.forget_run("run-e");
         tokio::time::sleep(Duration::from_secs(400)).await;
         assert_eq!(lock(&setup.heard.warnings).len(), 2, "a run that ended is not warned about");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_warning_one_tick_before_the_limit_should_be_heard_when_the_looks_run_late() {
+        let setup = setup(None);
+        // Starts the manager's ticks at t = 0 s.
+        let long = RunLimit { max_duration: Duration::from_secs(100), warn_at: vec![] };
+        setup.manager.watch_detached_run("run-long", &setup.session, long);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let short = RunLimit { max_duration: Duration::from_secs(2), warn_at: vec![Duration::from_secs(1)] };
+        setup.manager.watch_detached_run("run-short", &setup.session, short);
+        // The tick at 1 s finds the run 1 ms short of its warning. Looks then run 2 ms late, so the tick at 2 s would
+        // find it past its limit: the warning must have been heard in between.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        *lock(&setup.clock.late) = Duration::from_millis(2);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let heard: Vec<(Option<String>, u64)> =
+            lock(&setup.heard.warnings).iter().map(|warning| (warning.run_id.clone(), warning.seconds_left)).collect();
+        assert_eq!(heard, vec![(Some("run-short".to_string()), 1)], "warned once, before its limit");
+        assert!(setup.manager.run_limit_end("run-short").is_none(), "then left to its wrapper at the limit");
     }
 
     #[tokio::test(start_paused = true)]

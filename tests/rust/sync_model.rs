@@ -16,7 +16,8 @@
 //! and status-change time, or by content.
 //!
 //! Each run is repeated for what each driver's listing tells of a file (`Listing`): everything (the local driver, and
-//! docker with GNU find), whole seconds with inode and status-change time (docker with busybox), and sub-second
+//! docker with GNU find or busybox), whole seconds with inode and status-change time (older busybox builds, or file
+//! systems that keep whole seconds), and sub-second
 //! modification times only (E2B's envd). Sync's racy window is narrowed to 50 ms so that most stamps are trusted
 //! and the fields themselves are what is tested, not the fallback to content.
 //!
@@ -255,9 +256,11 @@ struct Observer;
 /// What a driver's listing tells of each file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listing {
-    /// Everything the local driver and docker with GNU find give: nanosecond times, inode and status-change time.
+    /// Everything the local driver and docker with GNU find or busybox give: nanosecond times, inode and status-change
+    /// time.
     Full,
-    /// Docker with busybox: inode and status-change time, both times in whole seconds.
+    /// Older busybox builds, or file systems that keep whole seconds: inode and status-change time, both times in whole
+    /// seconds.
     WholeSeconds,
     /// E2B's envd: a modification time to the nanosecond, no inode and no status-change time.
     MtimeOnly,

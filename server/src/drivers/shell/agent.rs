@@ -89,7 +89,9 @@ impl Agent {
             stdin: true,
             ..Command::default()
         };
-        let channel = self.transport.open(command).await?;
+        let mut channel = self.transport.open(command).await?;
+        // Pipelined ahead of the first request and silent: a shell that cannot take it fails that request instead.
+        let _ = channel.input.write_all(super::scripts::FIND_PRINTF_PROBE.as_bytes()).await;
         Ok(Shell { channel, described: self.transport.describe(), stdout: Vec::new(), stderr: Vec::new(), refused_request: false })
     }
 

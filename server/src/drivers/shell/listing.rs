@@ -59,9 +59,16 @@ fn parse_gnu(body: &[u8]) -> Result<Vec<RemoteEntry>> {
     Ok(entries)
 }
 
-/// busybox `stat -c '%f %s %Y %i %Z %n//%N'` records (times in whole seconds), each ended by a newline. `%n` never holds `//` (find prints
-/// normalised paths), so it ends there; `%N` repeats the name, and for a link adds ` -> ` and the target, whose length
-/// is the link's size: the record's end is known without looking for a newline a name could hold.
+/// busybox `stat -c '%f %s %Y %y %i %Z %z %n//%N'` records, each ended by a newline. `%n` never holds `//` (find
+/// prints normalised paths), so it ends there; `%N` repeats the name, and for a link adds ` -> ` and the target, whose
+/// length is the link's size: the record's end is known without looking for a newline a name could hold.
+///
+/// `%Y` and `%Z` are whole seconds; `%y` and `%z` (`2026-12-05 22:28:48.930696258 +0000`) add the nanoseconds, which
+/// are taken from them (the seconds stay `%Y`'s and `%Z`'s, so no time zone is read). Busybox builds that print
+/// zeros there, and file systems that keep whole seconds, show a status-change time of exactly a second, which the
+/// kernel otherwise practically never gives: such entries are taken as whole-second ones. Without sub-second times,
+/// every file uploaded within the last seconds would have to be fetched again on its next save to rule out a write
+/// in the same second.
 fn parse_busybox(body: &[u8]) -> Result<Vec<RemoteEntry>> {
     let mut entries = Vec::new();
     let mut rest = body;
@@ -75,8 +82,11 @@ fn parse_busybox(body: &[u8]) -> Result<Vec<RemoteEntry>> {
         let raw_mode = u32::from_str_radix(&field(&mut rest, "a mode")?, 16).map_err(|_| malformed("a mode is not hex"))?;
         let size: u64 = field(&mut rest, "a size")?.parse().map_err(|_| malformed("a size is not a number"))?;
         let seconds: i128 = field(&mut rest, "a time")?.parse().map_err(|_| malformed("a time is not a number"))?;
+        let modified_fraction = human_time_fraction(&mut rest, |rest| field(rest, "a time"))?;
         let inode: u64 = field(&mut rest, "an inode")?.parse().map_err(|_| malformed("an inode is not a number"))?;
         let change: i128 = field(&mut rest, "a time")?.parse().map_err(|_| malformed("a time is not a number"))?;
+        let change_fraction = human_time_fraction(&mut rest, |rest| field(rest, "a time"))?;
+        let subsecond = change_fraction != 0;
         let name_end = rest.windows(2).position(|pair| pair == b"//").ok_or_else(|| malformed("a record lacks its name"))?;
         let name = &rest[..name_end];
         rest = &rest[name_end + 2..];
@@ -108,15 +118,28 @@ fn parse_busybox(body: &[u8]) -> Result<Vec<RemoteEntry>> {
         let path = name.strip_prefix(b"./").unwrap_or(name);
         let stamp = Stamp {
             size,
-            mtime_ns: seconds * 1_000_000_000,
-            subsecond: false,
+            mtime_ns: seconds * 1_000_000_000 + modified_fraction,
+            subsecond,
             inode,
-            ctime_ns: change * 1_000_000_000,
+            ctime_ns: change * 1_000_000_000 + change_fraction,
             mode: raw_mode & 0o7777,
         };
         entries.push(entry_from_bytes(path, kind, stamp, target));
     }
     Ok(entries)
+}
+
+/// The nanoseconds of busybox's `%y`/`%z` (`DATE HH:MM:SS.NNNNNNNNN ZONE`, three fields read with `field`); 0 when
+/// the build prints no fraction.
+fn human_time_fraction(rest: &mut &[u8], mut field: impl FnMut(&mut &[u8]) -> Result<String>) -> Result<i128> {
+    let _date = field(rest)?;
+    let time = field(rest)?;
+    let _zone = field(rest)?;
+    let Some((_, digits)) = time.split_once('.') else { return Ok(0) };
+    if digits.len() != 9 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(malformed("a time's fraction is not nine digits"));
+    }
+    digits.parse().map_err(|_| malformed("a time's fraction is not a number"))
 }
 
 /// What a listing record says of an entry besides its name, kind and link target.
@@ -183,14 +206,23 @@ mod tests {
 
     #[test]
     fn listing_should_parse_busybox_output() {
-        let output = b"busybox\n41ed 4096 1795435397 11 1795435398 ./a//./a\n81a4 3 1795435397 12 1795435399 ./a/f//./a/f\na1ff 1 1795435397 13 1795435397 ./a/l//'./a/l' -> 'f'\n";
-        let entries = parse_listing(output).unwrap();
+        let output = format!(
+            "busybox\n41ed 4096 1795435397 {at} 11 1795435398 {later} ./a//./a\n\
+             81a4 3 1795435397 {at} 12 1795435399 {later} ./a/f//./a/f\n\
+             a1ff 1 1795435397 {whole} 13 1795435397 {whole} ./a/l//'./a/l' -> 'f'\n",
+            at = "2026-11-24 12:03:17.250000000 +0000",
+            later = "2026-11-24 12:03:19.000000007 +0100",
+            whole = "2026-11-24 12:03:17.000000000 +0000",
+        );
+        let entries = parse_listing(output.as_bytes()).unwrap();
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[0].path, "a");
         assert_eq!(entries[0].kind, EntryKind::Dir);
         assert_eq!(entries[1].mode, 0o644);
-        assert_eq!((entries[1].inode, entries[1].ctime_ns), (Some(12), Some(1_795_435_399_000_000_000)));
-        assert!(!entries[1].subsecond, "busybox knows whole seconds only");
+        assert_eq!(entries[1].mtime_ns, 1_795_435_397_250_000_000, "the seconds of %Y, the fraction of %y");
+        assert_eq!((entries[1].inode, entries[1].ctime_ns), (Some(12), Some(1_795_435_399_000_000_007)));
+        assert!(entries[1].subsecond, "a status-change time off the whole second shows nanoseconds");
+        assert!(!entries[2].subsecond, "one on it reads as whole seconds");
         assert_eq!(entries[2].link_target.as_deref(), Some("f"));
         assert_eq!(entries[2].path, "a/l");
     }
@@ -198,16 +230,23 @@ mod tests {
     #[test]
     fn busybox_listing_should_keep_newlines_backslashes_and_arrows_in_names() {
         let mut output = b"busybox\n".to_vec();
-        output.extend_from_slice(b"81a4 1 1795435397 1 1795435397 ./a\nb//./a\nb\n");
-        output.extend_from_slice(b"81a4 2 1795435397 2 1795435397 ./c\\d//./c\\d\n");
-        output.extend_from_slice(b"a1ff 10 1795435397 3 1795435397 ./l' -> 'x//'./l' -> 'x' -> 'to\n81a4 1 '\n");
-        output.extend_from_slice(b"81a4 3 1795435397 4 1795435397 ./\xff//./\xff\n");
+        // Older busybox builds print no fraction in `%y` and `%z`.
+        let record = |stamp: &str, name: &[u8]| {
+            let (head, tail) = stamp.split_once('|').unwrap();
+            let at = "2026-11-24 12:03:17 +0000";
+            [format!("{head} {at} {tail} {at} ").as_bytes(), name].concat()
+        };
+        output.extend(record("81a4 1 1795435397|1 1795435397", b"./a\nb//./a\nb\n"));
+        output.extend(record("81a4 2 1795435397|2 1795435397", b"./c\\d//./c\\d\n"));
+        output.extend(record("a1ff 10 1795435397|3 1795435397", b"./l' -> 'x//'./l' -> 'x' -> 'to\n81a4 1 '\n"));
+        output.extend(record("81a4 3 1795435397|4 1795435397", b"./\xff//./\xff\n"));
         let entries = parse_listing(&output).unwrap();
         let paths: Vec<&str> = entries.iter().map(|entry| entry.path.as_str()).collect();
         assert_eq!(paths, ["a\nb", "c\\d", "l' -> 'x", "\u{fffd}"]);
         assert_eq!(entries[2].link_target.as_deref(), Some("to\n81a4 1 "));
         assert!(entries[..3].iter().all(|entry| entry.unsyncable.is_none()));
         assert!(entries[3].unsyncable.is_some(), "a name that is not UTF-8 is marked, not dropped");
+        assert!(entries.iter().all(|entry| !entry.subsecond && entry.mtime_ns == 1_795_435_397_000_000_000));
     }
 
     /// Runs `LIST` with busybox's own `find` and `stat` when this machine has busybox (the docker tests run it in a
@@ -227,6 +266,12 @@ mod tests {
         let paths: Vec<&str> = entries.iter().map(|entry| entry.path.as_str()).collect();
         assert_eq!(paths, ["a\nb", "c\\d", "l"]);
         assert_eq!(entries[2].link_target.as_deref(), Some("a\nb"));
+        // Times to the nanosecond, as the file system keeps them.
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::symlink_metadata(root.path().join("c\\d")).unwrap();
+        assert_eq!(entries[1].mtime_ns, metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128);
+        assert_eq!(entries[1].ctime_ns, Some(metadata.ctime() as i128 * 1_000_000_000 + metadata.ctime_nsec() as i128));
+        assert_eq!(entries[1].subsecond, metadata.ctime_nsec() != 0);
     }
 
     fn which_busybox() -> std::result::Result<String, ()> {

@@ -53,18 +53,25 @@ kill "-$2" "-$p" 2>/dev/null || kill "-$2" "$p" 2>/dev/null
 [ "$3" != final ] || rm -f "$f"
 exit 0"#;
 
+/// Sets `SANDLINK_FIND_PRINTF` in the helper shell once, when it starts, so `STAT` and `LIST` (which run in its
+/// subshells and inherit it) need not start a `find` each time to learn whether it is GNU's; run elsewhere, they
+/// probe for themselves.
+pub const FIND_PRINTF_PROBE: &str =
+    "if find / -maxdepth 0 -printf '' >/dev/null 2>&1 </dev/null; then SANDLINK_FIND_PRINTF=yes; else SANDLINK_FIND_PRINTF=no; fi\n";
+
 /// `$1` = root, then relative paths: those that exist, in `LIST`'s format (GNU entries named `./path`), in one
 /// `find` or `stat` for all of them. Missing paths are left out; symlinks are reported, not followed.
 pub const STAT: &str = r#"cd "$1" || exit 3
 shift
 n=$#
 while [ "$n" -gt 0 ]; do set -- "$@" "./$1"; shift; n=$((n - 1)); done
-if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
+case ${SANDLINK_FIND_PRINTF-} in yes|no) ;; *) find . -maxdepth 0 -printf '' >/dev/null 2>&1 && SANDLINK_FIND_PRINTF=yes || SANDLINK_FIND_PRINTF=no ;; esac
+if [ "$SANDLINK_FIND_PRINTF" = yes ]; then
   printf 'gnu\n'
   find "$@" -maxdepth 0 -printf '%y %s %T@ %m %i %C@ %p\0%l\0' 2>/dev/null
 else
   printf 'busybox\n'
-  stat -c '%f %s %Y %i %Z %n//%N' "$@" 2>/dev/null
+  stat -c '%f %s %Y %y %i %Z %z %n//%N' "$@" 2>/dev/null
 fi
 exit 0"#;
 
@@ -98,9 +105,10 @@ __STAT__"#;
 /// times and the inode; busybox falls back to `stat`, which gives the same in whole seconds, and whose `%n//%N` lets
 /// the parser find where each name ends although names may hold newlines (see `listing::parse_listing`).
 pub const LIST: &str = r#"cd "$1" || exit 3
-if find . -maxdepth 0 -printf '' >/dev/null 2>&1; then
+case ${SANDLINK_FIND_PRINTF-} in yes|no) ;; *) find . -maxdepth 0 -printf '' >/dev/null 2>&1 && SANDLINK_FIND_PRINTF=yes || SANDLINK_FIND_PRINTF=no ;; esac
+if [ "$SANDLINK_FIND_PRINTF" = yes ]; then
   printf 'gnu\n'
   exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -printf '%y %s %T@ %m %i %C@ %P\0%l\0'
 fi
 printf 'busybox\n'
-exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -exec stat -c '%f %s %Y %i %Z %n//%N' {} +"#;
+exec find . -mindepth 1 -path ./.sandlink-staging -prune -o -exec stat -c '%f %s %Y %y %i %Z %z %n//%N' {} +"#;

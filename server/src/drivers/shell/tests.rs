@@ -1,6 +1,7 @@
 //! The shell layer over a transport that starts local processes, so the agent, `ShellFiles` and the default bulk
 //! tar bodies are checked without Docker (the docker tests cover Docker's transport).
 
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -39,6 +40,42 @@ impl Transport for LaggingStderrTransport {
 
     fn describe(&self) -> String {
         "this machine, stderr late".into()
+    }
+}
+
+/// Local commands that find busybox's applets first on their `PATH`, as in an Alpine or busybox container.
+struct BusyboxTransport {
+    applets: tempfile::TempDir,
+}
+
+impl BusyboxTransport {
+    /// `None` when this machine has no busybox (CI's has; there its absence fails the test).
+    fn new() -> Option<Self> {
+        let found = std::process::Command::new("sh").args(["-c", "command -v busybox"]).output().ok()?;
+        let busybox = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        if busybox.is_empty() {
+            assert!(std::env::var_os("CI").is_none(), "busybox is missing; tests/setup installs it");
+            return None;
+        }
+        let applets = tempfile::tempdir().ok()?;
+        let listed = std::process::Command::new(&busybox).arg("--list").output().ok()?;
+        for applet in String::from_utf8_lossy(&listed.stdout).lines() {
+            std::os::unix::fs::symlink(&busybox, applets.path().join(applet)).ok()?;
+        }
+        Some(BusyboxTransport { applets })
+    }
+}
+
+#[async_trait]
+impl Transport for BusyboxTransport {
+    async fn open(&self, mut command: Command) -> Result<Channel> {
+        let path = format!("{}:{}", self.applets.path().display(), std::env::var("PATH").unwrap_or_default());
+        command.env.push(("PATH".into(), path));
+        open_local(command, None)
+    }
+
+    fn describe(&self) -> String {
+        "this machine, with busybox".into()
     }
 }
 
@@ -170,6 +207,36 @@ async fn a_small_upload_should_tell_how_its_files_look_in_the_same_request() {
     assert_no_batch_left(root.path());
     // The same shell serves the next request in step.
     assert_eq!(files.stat(vec!["-dash".into()]).await.unwrap()[0].size, 2);
+}
+
+#[tokio::test]
+async fn a_save_after_an_upload_in_a_busybox_sandbox_should_be_trusted_without_fetching_it() {
+    // busybox's `stat` used to be read in whole seconds, which made every file uploaded in the last three seconds
+    // "racy": the next save of it fetched the sandbox's copy to compare (25 ms on Docker, per save).
+    let Some(transport) = BusyboxTransport::new() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let transport: Arc<dyn Transport> = Arc::new(transport);
+    let files = ShellFiles {
+        agent: Arc::new(Agent::new(transport.clone())),
+        transport,
+        root: root.path().to_string_lossy().into_owned(),
+        owner: None,
+    };
+    let observed_ns = crate::sync::manifest::now_ns();
+    let looked = files.upload_tar_looked(archive(&[("src/saved.js", b"v1".to_vec())])).await.unwrap().expect("looked at");
+    let stamp = crate::sync::manifest::RemoteStamp::after_upload(&looked[0], 2, 1_700_000_000, observed_ns)
+        .expect("the look shows what the upload wrote");
+    let metadata = std::fs::metadata(root.path().join("src/saved.js")).unwrap();
+    assert_eq!(looked[0].ctime_ns, Some(i128::from(metadata.ctime()) * 1_000_000_000 + i128::from(metadata.ctime_nsec())));
+    // The guard's look before the next save: the same file, nothing changed, and nothing to fetch.
+    let later = files.stat(vec!["src/saved.js".into()]).await.unwrap();
+    assert!(stamp.matches(&later[0]), "{stamp:?} vs {:?}", later[0]);
+    assert!(!stamp.is_racy(&later[0]), "a file sandlink just uploaded is trusted on the next look: {:?}", later[0]);
+    // A write in the sandbox right after is still seen: it moves the status-change time.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    std::fs::write(root.path().join("src/saved.js"), b"v2").unwrap();
+    let changed = files.stat(vec!["src/saved.js".into()]).await.unwrap();
+    assert!(!stamp.matches(&changed[0]), "a same-size write in the sandbox shows: {:?}", changed[0]);
 }
 
 #[tokio::test]

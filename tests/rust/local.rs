@@ -392,3 +392,34 @@ fn a_server_whose_program_was_replaced_should_say_to_restart_it() {
     assert!(error.message.contains("Restart the language server"), "{}", error.message);
     assert!(server.request("sandlink/drivers", json!({})).is_ok(), "the server keeps serving");
 }
+
+#[test]
+fn a_bubblewrap_that_stops_starting_sandboxes_should_be_reported_and_probed_again() {
+    // A bwrap that passes the availability probe (`… true`) but cannot start a sandbox, as after a kernel setting
+    // changed since a server remembered that bubblewrap works: connect says the sandbox did not start, and the
+    // remembered verdict is forgotten so the next connect probes again.
+    let real = std::process::Command::new("sh").args(["-c", "command -v bwrap"]).output().expect("sh");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    assert!(!real.is_empty(), "bubblewrap is installed by tests/setup");
+    let bin = tempfile::tempdir().expect("a temp dir");
+    let fake = bin.path().join("bwrap");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\nfor last; do :; done\n[ \"$last\" = true ] && exec {real} \"$@\"\necho 'bwrap: no namespaces' >&2\nexit 1\n"),
+    )
+    .expect("the fake bwrap");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("executable");
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let server = Server::start_with(StartOptions { env: vec![("PATH".into(), path)], ..StartOptions::default() });
+    let workspace = support::workspace_with(&[("a.txt", "a")]);
+    let connect = json!({ "driver": "local", "workspaceFolder": support::file_uri(workspace.path()) });
+    let error = server.request_error("sandlink/connect", connect.clone());
+    assert_eq!(error.kind.as_deref(), Some("driverUnavailable"), "{error:?}");
+    assert!(error.message.contains("did not start"), "{}", error.message);
+    assert!(!server.state_dir().join("bubblewrap-works").exists(), "the remembered verdict is forgotten");
+    // The next connect probes again (and the fake still passes the probe): the same clear error, and no leftovers.
+    let again = server.request_error("sandlink/connect", connect);
+    assert_eq!(again.kind.as_deref(), Some("driverUnavailable"), "{again:?}");
+    let sessions = server.request("sandlink/sessions", json!({})).expect("sessions");
+    assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(0), "{sessions}");
+}

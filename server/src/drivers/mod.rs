@@ -342,6 +342,13 @@ pub trait Sandbox: Send + Sync {
         Ok(SandboxStatus::default())
     }
 
+    /// Waits until the sandbox can run commands. `Driver::connect` may answer before (the local driver starts its
+    /// agent while the engine uploads the workspace); the engine waits here before it calls a session active. The
+    /// default is ready at once.
+    async fn ready(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Ends the sandbox; with `keep` it stays for a later re-attach.
     async fn disconnect(&self, keep: bool) -> Result<()>;
 

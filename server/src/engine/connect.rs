@@ -343,6 +343,11 @@ impl Engine {
             }
             other => other,
         };
+        // Only now: the local driver's agent starts while the workspace uploads.
+        let prepared = match prepared {
+            Ok(()) => session.sandbox.ready().await,
+            failed => failed,
+        };
         if let Err(error) = prepared {
             match on_failure {
                 OnFailure::Discard => {

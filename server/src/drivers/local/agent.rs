@@ -384,16 +384,20 @@ impl AgentClient {
         AgentClient { socket_path }
     }
 
-    /// Waits until the agent listens, up to `limit`.
-    pub async fn wait_ready(&self, limit: std::time::Duration) -> bool {
+    /// Waits until the agent listens, up to `limit`, and no longer than `alive` says its process runs (a sandbox that
+    /// could not start is reported at once, not after the whole limit). Looks every millisecond, the timer's grain.
+    pub async fn wait_ready(&self, limit: std::time::Duration, alive: impl Fn() -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
-        while tokio::time::Instant::now() < deadline {
+        loop {
+            // A readiness probe: connected and closed without a request.
             if UnixStream::connect(&self.socket_path).is_ok() {
                 return true;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            if !alive() || tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        false
     }
 
     /// Starts `program` with `args` inside the sandbox; answers once the agent has started it.

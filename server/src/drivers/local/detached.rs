@@ -25,7 +25,7 @@ impl LocalSandbox {
             let path = folder.join(name);
             std::fs::write(&path, b"").context(|| format!("Could not create {}", path.display()))?;
         }
-        let (client, pid, waiter) = self.launch_agent(&folder, Some((&folder, spec.limit))).await?;
+        let (client, pid, waiter) = self.launch_agent(&folder, Some((&folder, spec.limit)))?.wait().await?;
         // The thread keeps waiting for the agent while this server lives; after that, init reaps it.
         drop(waiter);
         let pid_path = folder.join(AGENT_PID_FILE);

@@ -86,7 +86,8 @@ impl Available {
     /// Probes the machine. `SANDLINK_LOCAL_NO_BWRAP` and `SANDLINK_LOCAL_NO_LANDLOCK` pretend a mechanism is missing,
     /// so the refusal and the fallbacks can be tested on a machine that has everything.
     pub fn probe() -> Self {
-        let bubblewrap = std::env::var_os("SANDLINK_LOCAL_NO_BWRAP").is_none() && bubblewrap_works();
+        let bubblewrap = std::env::var_os("SANDLINK_LOCAL_NO_BWRAP").is_none()
+            && remembered_or_probed(&probe_record_path(), bubblewrap_identity(), bubblewrap_works);
         let landlock_abi = if std::env::var_os("SANDLINK_LOCAL_NO_LANDLOCK").is_some() { 0 } else { landlock_abi() };
         Available { bubblewrap, landlock_abi, seccomp: seccomp_works() }
     }
@@ -154,6 +155,76 @@ fn which(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
+/// Where a process remembers that bubblewrap worked here, for the next one (`remembered_or_probed`).
+fn probe_record_path() -> std::path::PathBuf {
+    crate::paths::state_dir().join("bubblewrap-works")
+}
+
+/// What the probe's verdict depends on: the `bwrap` found on `PATH` (its file's identity, so an upgrade probes again),
+/// this boot, this user, and the kernel's settings for user namespaces. `None` without a `bwrap` to identify.
+fn bubblewrap_identity() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join("bwrap")).find(|candidate| candidate.is_file()))?;
+    let file = std::fs::metadata(&path).ok()?;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let settings: Vec<String> = [
+        "/proc/sys/user/max_user_namespaces",
+        "/proc/sys/kernel/unprivileged_userns_clone",
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    ]
+    .iter()
+    .map(|setting| std::fs::read_to_string(setting).map(|value| value.trim().to_string()).unwrap_or_default())
+    .collect();
+    // SAFETY: getuid(2) only reads the calling process's user id.
+    let uid = unsafe { libc::getuid() };
+    Some(format!(
+        "sandlink bubblewrap probe 1\n{}\n{} {} {} {}.{}\nboot {}\nuid {uid}\nuserns {}\n",
+        path.display(),
+        file.dev(),
+        file.ino(),
+        file.size(),
+        file.mtime(),
+        file.mtime_nsec(),
+        boot.trim(),
+        settings.join(" ")
+    ))
+}
+
+/// `probe`'s verdict, remembered at `record` when it is yes: starting bubblewrap to see whether it can make namespaces
+/// costs about 3 ms, a tenth of a `sandlink run`. Only a yes is kept, keyed by `identity`, so a machine that changed
+/// probes again; and a sandbox that then fails to start forgets it (`forget_that_bubblewrap_works`). A no is never
+/// remembered: the fallback it leads to must be found anew each time.
+fn remembered_or_probed(record: &std::path::Path, identity: Option<String>, probe: impl FnOnce() -> bool) -> bool {
+    if let Some(identity) = &identity {
+        if std::fs::read_to_string(record).is_ok_and(|remembered| &remembered == identity) {
+            return true;
+        }
+    }
+    let works = probe();
+    match (works, identity) {
+        (true, Some(identity)) => {
+            // Written whole under another name, then renamed, so a reader never takes half a record for a match.
+            let partial = record.with_extension(format!("{}.tmp", std::process::id()));
+            if std::fs::create_dir_all(record.parent().unwrap_or(std::path::Path::new("/"))).is_ok()
+                && std::fs::write(&partial, identity).is_ok()
+                && std::fs::rename(&partial, record).is_err()
+            {
+                let _ = std::fs::remove_file(&partial);
+            }
+        }
+        _ => {
+            let _ = std::fs::remove_file(record);
+        }
+    }
+    works
+}
+
+/// Forgets that bubblewrap worked here, after a bubblewrap sandbox did not start: the next start probes again.
+pub fn forget_that_bubblewrap_works() {
+    let _ = std::fs::remove_file(probe_record_path());
+}
+
 /// Whether bubblewrap can build the sandbox the local driver needs here (user namespaces may be forbidden).
 fn bubblewrap_works() -> bool {
     std::process::Command::new("bwrap")
@@ -189,6 +260,36 @@ mod tests {
     const EVERYTHING: Available = Available { bubblewrap: true, landlock_abi: 7, seccomp: true };
     const LANDLOCK_ONLY: Available = Available { bubblewrap: false, landlock_abi: 7, seccomp: true };
     const NOTHING: Available = Available { bubblewrap: false, landlock_abi: 0, seccomp: true };
+
+    #[test]
+    fn only_a_working_bubblewrap_should_be_remembered_and_only_for_the_same_machine() {
+        let directory = tempfile::tempdir().unwrap();
+        let record = directory.path().join("state/bubblewrap-works");
+        let probes = std::cell::Cell::new(0);
+        let probe = |answer: bool| {
+            let probes = &probes;
+            move || {
+                probes.set(probes.get() + 1);
+                answer
+            }
+        };
+        let here = Some("bwrap 1 2 3\nboot a\n".to_string());
+        assert!(remembered_or_probed(&record, here.clone(), probe(true)));
+        assert!(remembered_or_probed(&record, here.clone(), probe(false)), "remembered: not probed again");
+        assert_eq!(probes.get(), 1);
+        // Another bwrap, boot or kernel setting is another machine.
+        let upgraded = Some("bwrap 1 9 3\nboot a\n".to_string());
+        assert!(!remembered_or_probed(&record, upgraded.clone(), probe(false)));
+        assert_eq!(probes.get(), 2);
+        assert!(!record.exists(), "a no forgets the yes and is not kept itself");
+        assert!(!remembered_or_probed(&record, upgraded, probe(false)));
+        assert_eq!(probes.get(), 3, "a no is probed again each time");
+        // Without an identity nothing is remembered.
+        assert!(remembered_or_probed(&record, None, probe(true)));
+        assert!(!record.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(record.parent().unwrap()).unwrap().collect();
+        assert!(leftovers.is_empty(), "no partial records: {leftovers:?}");
+    }
 
     #[test]
     fn auto_should_prefer_bubblewrap_then_landlock() {

@@ -258,7 +258,7 @@ impl super::Driver for Driver {
         super::Driver::validate_settings(self, &request.settings)?;
         let mut sandbox = tokio::task::block_in_place(|| self.start(&request))?;
         sandbox.start_network().await?;
-        sandbox.start_agent().await?;
+        sandbox.start_agent()?;
         Ok(Arc::new(sandbox))
     }
 
@@ -280,7 +280,7 @@ impl super::Driver for Driver {
         super::Driver::validate_settings(self, &request.connect.settings)?;
         let mut sandbox = tokio::task::block_in_place(|| self.start(&request.connect))?;
         sandbox.start_network().await?;
-        sandbox.start_agent().await?;
+        sandbox.start_agent()?;
         Ok(Arc::new(sandbox))
     }
 }
@@ -298,6 +298,50 @@ struct AgentWaiter {
     thread: std::thread::JoinHandle<()>,
     /// Never sent on: its sender is dropped right after the agent is reaped, which wakes a `recv` at once.
     reaped: std::sync::mpsc::Receiver<()>,
+}
+
+/// An agent on its way: its thread is starting it, and it may not listen yet.
+struct Launch {
+    client: AgentClient,
+    /// The agent's pid once its thread started it, or why it could not.
+    spawned: std::sync::mpsc::Receiver<std::io::Result<libc::pid_t>>,
+    waiter: AgentWaiter,
+    mechanism: Mechanism,
+}
+
+impl Launch {
+    /// Waits until the agent listens; one that does not within 5 s is killed and reported.
+    async fn wait(self) -> Result<(AgentClient, libc::pid_t, AgentWaiter)> {
+        let Launch { client, spawned, waiter, mechanism } = self;
+        let pid = tokio::task::block_in_place(|| spawned.recv())
+            .map_err(|_| Error::Internal("The session's agent thread ended before starting it.".into()))?
+            .context(|| format!("Could not start the session's agent ({})", mechanism.as_str()))?;
+        // In a mutex only so the wait below may hold it across awaits (a receiver is not `Sync`).
+        let AgentWaiter { thread, reaped } = waiter;
+        let reaped = std::sync::Mutex::new(reaped);
+        let alive = || matches!(crate::locks::lock(&reaped).try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
+        let listens = client.wait_ready(std::time::Duration::from_secs(5), alive).await;
+        let waiter = AgentWaiter { thread, reaped: reaped.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) };
+        if !listens {
+            if mechanism == Mechanism::Bubblewrap {
+                isolation::forget_that_bubblewrap_works();
+            }
+            if waiter.still_running_after(std::time::Duration::ZERO) {
+                // SAFETY: kill(2) on the child we just started, not yet reaped by its thread, so not reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = waiter.thread.join();
+            return Err(Error::DriverUnavailable {
+                driver: "local".into(),
+                message: format!(
+                    "The session's sandbox ({}) did not start. Run `sandlink drivers` to see which isolation works \
+                     here; the server log has the details.",
+                    mechanism.as_str()
+                ),
+            });
+        }
+        Ok((client, pid, waiter))
+    }
 }
 
 impl AgentWaiter {
@@ -357,7 +401,9 @@ pub struct LocalSandbox {
     cgroup: Option<SessionCgroup>,
     /// The filtering proxy of an allow-list policy; it serves as long as the session.
     proxy: Option<Proxy>,
-    agent: Option<Agent>,
+    /// The session's agent once it listens (`agent`); until then its start is in `launching`.
+    agent: tokio::sync::OnceCell<Agent>,
+    launching: std::sync::Mutex<Option<Launch>>,
 }
 
 /// The loopback port, inside a bubblewrap sandbox's own network namespace, where the agent bridges to the proxy.
@@ -386,7 +432,8 @@ impl LocalSandbox {
             state_dir: request.state_dir.clone(),
             cgroup,
             proxy: None,
-            agent: None,
+            agent: tokio::sync::OnceCell::new(),
+            launching: std::sync::Mutex::new(None),
         })
     }
 
@@ -499,21 +546,34 @@ impl LocalSandbox {
         }
     }
 
-    /// Starts the session's agent (inside bubblewrap, or directly under Landlock) and waits until it listens.
-    async fn start_agent(&mut self) -> Result<()> {
-        let (client, pid, waiter) = self.launch_agent(&self.agent_dir(), None).await?;
-        self.agent = Some(Agent { client, pid, waiter: std::sync::Mutex::new(Some(waiter)) });
+    /// Starts the session's agent (inside bubblewrap, or directly under Landlock) without waiting for it: joining
+    /// the session's cgroup (about 8 ms on cgroup v1, where the kernel waits for an RCU grace period), bubblewrap's
+    /// mounts and the agent's start go on while the engine uploads the workspace. `agent` waits for it.
+    fn start_agent(&mut self) -> Result<()> {
+        let launch = self.launch_agent(&self.agent_dir(), None)?;
+        self.launching = std::sync::Mutex::new(Some(launch));
         Ok(())
     }
 
-    /// Starts an agent whose socket and configuration are in `agent_dir`. With `detached` (a detached run's folder
-    /// and its time limit) the agent serves that one run, outside the server's session and its death signals, with
-    /// the folder writable, and ends with the run.
-    async fn launch_agent(
-        &self,
-        agent_dir: &Path,
-        detached: Option<(&Path, std::time::Duration)>,
-    ) -> Result<(AgentClient, libc::pid_t, AgentWaiter)> {
+    /// The session's agent, once it listens; the first call waits for the start `start_agent` began, and a start that
+    /// failed is reported to that call and every later one.
+    async fn agent(&self) -> Result<&Agent> {
+        self.agent
+            .get_or_try_init(|| async {
+                let launch = crate::locks::lock(&self.launching).take();
+                let Some(launch) = launch else {
+                    return Err(Error::Internal("The session's agent is not running; reconnect the session.".into()));
+                };
+                let (client, pid, waiter) = launch.wait().await?;
+                Ok(Agent { client, pid, waiter: std::sync::Mutex::new(Some(waiter)) })
+            })
+            .await
+    }
+
+    /// Starts an agent whose socket and configuration are in `agent_dir`, answering before it listens
+    /// (`Launch::wait`). With `detached` (a detached run's folder and its time limit) the agent serves that one run,
+    /// outside the server's session and its death signals, with the folder writable, and ends with the run.
+    fn launch_agent(&self, agent_dir: &Path, detached: Option<(&Path, std::time::Duration)>) -> Result<Launch> {
         let socket = agent_dir.join("agent.sock");
         let config_path = agent_dir.join("config.json");
         let mut policy = self.policy();
@@ -634,28 +694,24 @@ impl LocalSandbox {
                 }
             })
             .context(|| "Could not start a thread for the session's agent".into())?;
-        let pid = tokio::task::block_in_place(|| spawned.recv())
-            .map_err(|_| Error::Internal("The session's agent thread ended before starting it.".into()))?
-            .context(|| format!("Could not start the session's agent ({})", self.mechanism.as_str()))?;
-        let client = AgentClient::new(socket);
-        if !client.wait_ready(std::time::Duration::from_secs(5)).await {
-            // SAFETY: kill(2) on the child we just started, still waited for by its thread, so not reused.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            return Err(Error::DriverUnavailable {
-                driver: "local".into(),
-                message: format!(
-                    "The session's sandbox ({}) did not start. Run `sandlink drivers` to see which isolation works \
-                     here; the server log has the details.",
-                    self.mechanism.as_str()
-                ),
-            });
-        }
-        Ok((client, pid, AgentWaiter { thread, reaped }))
+        Ok(Launch {
+            client: AgentClient::new(socket),
+            spawned,
+            waiter: AgentWaiter { thread, reaped },
+            mechanism: self.mechanism,
+        })
     }
 
     fn stop_agent(&self) {
-        if let Some(agent) = &self.agent {
+        if let Some(agent) = self.agent.get() {
             agent.stop();
+        }
+        let launch = crate::locks::lock(&self.launching).take();
+        if let Some(launch) = launch {
+            // Never waited for: stopped once its thread has started it (or failed to), so its pid is known.
+            if let Ok(Ok(pid)) = launch.spawned.recv() {
+                Agent { client: launch.client, pid, waiter: std::sync::Mutex::new(Some(launch.waiter)) }.stop();
+            }
         }
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_session();
@@ -743,11 +799,13 @@ impl Sandbox for LocalSandbox {
         true
     }
 
+    async fn ready(&self) -> Result<()> {
+        self.agent().await.map(|_| ())
+    }
+
     async fn exec(&self, spec: ExecSpec) -> Result<Process> {
         let (cwd, env) = self.run_setting(&spec)?;
-        let Some(agent) = &self.agent else {
-            return Err(Error::Internal("The session's agent is not running; reconnect the session.".into()));
-        };
+        let agent = self.agent().await?;
         let (program, arguments) = match &spec.args {
             Some(args) => (spec.command.clone(), args.clone()),
             None => ("sh".to_string(), vec!["-c".to_string(), spec.command.clone()]),

@@ -81,7 +81,12 @@ fn poll(stop: &AtomicBool, interval: Duration, on_change: &OnChange) {
 fn watch(rules: &Arc<Rules>, stop: &AtomicBool, on_change: &OnChange, on_mode: &OnMode) -> Result<(), String> {
     let (sender, receiver) = channel::<notify::Result<notify::Event>>();
     let mut watcher = RecommendedWatcher::new(
-        move |event| {
+        move |event: notify::Result<notify::Event>| {
+            // Dropped on notify's thread: every directory a scan opens is an event (inotify's IN_OPEN, which notify
+            // always asks for), and waking this thread for each took CPU from the scan itself.
+            if event.as_ref().is_ok_and(|event| !changes_content(&event.kind)) {
+                return;
+            }
             let _ = sender.send(event);
         },
         notify::Config::default(),
@@ -113,7 +118,6 @@ fn run_events(
             return Ok(());
         }
         match receiver.recv_timeout(DEBOUNCE) {
-            Ok(Ok(event)) if !changes_content(&event.kind) => {}
             Ok(Ok(event)) => {
                 first_event.get_or_insert_with(Instant::now);
                 for path in event.paths {

@@ -60,24 +60,40 @@ pub fn walk_tree<S: Send>(
     state: impl Fn() -> S + Sync,
     visit: impl Fn(&mut S, &Listed<'_>) -> Vec<String> + Sync,
 ) -> (Vec<S>, Vec<(String, rustix::io::Errno)>) {
-    let queue = DirectoryQueue::new(start.to_string());
+    let queue = DirectoryQueue::new(Waiting { relative: start.to_string(), parent: None });
     let threads = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 4);
     let walk_one = || {
         let mut own = state();
         let mut unreadable = Vec::new();
         let mut buffer = vec![std::mem::MaybeUninit::<u8>::uninit(); DIRECTORY_BUFFER];
         let (mut names, mut kinds) = (Vec::new(), Vec::new());
-        while let Some(relative) = queue.take() {
+        while let Some(Waiting { relative, parent }) = queue.take() {
             let path = if relative.is_empty() { root.to_path_buf() } else { root.join(&relative) };
-            let subdirectories = match read_directory(&path, &mut buffer, &mut names, &mut kinds) {
+            let opened = match &parent {
+                // Through the descriptor of the directory it was listed in: were a directory on the way swapped for a
+                // link since (a process in the sandbox can), the walk still never leaves the tree.
+                Some(parent) => open_directory(parent, relative.rsplit('/').next().unwrap_or(&relative)),
+                None => open_directory(&CWD, &path),
+            };
+            let subdirectories = match opened.and_then(|descriptor| {
+                read_directory(&descriptor, &mut buffer, &mut names, &mut kinds).map(|()| descriptor)
+            }) {
                 Ok(descriptor) => {
-                    visit(&mut own, &Listed { relative: &relative, path: &path, descriptor: &descriptor, names: &names, kinds: &kinds })
+                    let listed = Listed { relative: &relative, path: &path, descriptor: &descriptor, names: &names, kinds: &kinds };
+                    let subdirectories = visit(&mut own, &listed);
+                    // Kept open (shared) until the last directory in it has been opened.
+                    let descriptor = std::sync::Arc::new(descriptor);
+                    subdirectories
+                        .into_iter()
+                        .map(|relative| Waiting { relative, parent: Some(descriptor.clone()) })
+                        .collect()
                 }
                 Err(error) => {
                     unreadable.push((relative, error));
                     Vec::new()
                 }
             };
+            drop(parent);
             queue.done(subdirectories);
         }
         (own, unreadable)
@@ -102,19 +118,29 @@ pub fn walk_tree<S: Send>(
 /// The buffer each walking thread reads directories through: most directories in one `getdents` call.
 const DIRECTORY_BUFFER: usize = 32 * 1024;
 
-/// Opens a directory without following a link at its last step and reads its entries through `buffer` into
-/// `names` and `kinds` (as `Listed` holds them), which are emptied first and keep their memory for the next.
+/// A directory waiting to be read: its path from the walk's root, and the directory it was listed in (`None` for the
+/// start, opened by its path).
+struct Waiting {
+    relative: String,
+    parent: Option<std::sync::Arc<OwnedFd>>,
+}
+
+/// Opens the directory `name` in `parent` without following a link at that step.
+fn open_directory(parent: impl std::os::fd::AsFd, name: impl rustix::path::Arg) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(parent, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+}
+
+/// Reads a directory's entries through `buffer` into `names` and `kinds` (as `Listed` holds them), which are emptied
+/// first and keep their memory for the next.
 fn read_directory(
-    path: &Path,
+    descriptor: &OwnedFd,
     buffer: &mut [std::mem::MaybeUninit<u8>],
     names: &mut Vec<u8>,
     kinds: &mut Vec<(usize, FileType)>,
-) -> rustix::io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let descriptor = rustix::fs::openat(CWD, path, flags, Mode::empty())?;
+) -> rustix::io::Result<()> {
     names.clear();
     kinds.clear();
-    let mut reader = rustix::fs::RawDir::new(&descriptor, buffer);
+    let mut reader = rustix::fs::RawDir::new(descriptor, buffer);
     while let Some(entry) = reader.next() {
         let entry = entry?;
         if !matches!(entry.file_name().to_bytes(), b"." | b"..") {
@@ -122,24 +148,24 @@ fn read_directory(
             names.extend_from_slice(entry.file_name().to_bytes_with_nul());
         }
     }
-    Ok(descriptor)
+    Ok(())
 }
 
 /// The directories waiting to be read, shared by the walking threads; the walk is over when none waits and no
 /// thread is reading one (which could still add more).
 struct DirectoryQueue {
     /// Waiting directories, and how many are being read.
-    state: std::sync::Mutex<(Vec<String>, usize)>,
+    state: std::sync::Mutex<(Vec<Waiting>, usize)>,
     changed: std::sync::Condvar,
 }
 
 impl DirectoryQueue {
-    fn new(start: String) -> Self {
+    fn new(start: Waiting) -> Self {
         DirectoryQueue { state: std::sync::Mutex::new((vec![start], 0)), changed: std::sync::Condvar::new() }
     }
 
     /// The next directory to read, or `None` once the walk is over.
-    fn take(&self) -> Option<String> {
+    fn take(&self) -> Option<Waiting> {
         let mut state = crate::locks::lock(&self.state);
         loop {
             if let Some(directory) = state.0.pop() {
@@ -154,7 +180,7 @@ impl DirectoryQueue {
     }
 
     /// A directory was read, with these directories in it.
-    fn done(&self, subdirectories: Vec<String>) {
+    fn done(&self, subdirectories: Vec<Waiting>) {
         let mut state = crate::locks::lock(&self.state);
         state.1 -= 1;
         let wake = !subdirectories.is_empty() || state.1 == 0;
@@ -198,5 +224,36 @@ mod tests {
         visited.sort();
         expected.sort();
         assert_eq!(visited, expected, "each directory once; the link, though handed back, is not entered");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_after_it_was_listed_should_not_lead_the_walk_outside() {
+        // What a process in the sandbox could do between the listing of `a` and the opening of `a/b`: move `a` away
+        // and put a link to somewhere else in its place. Opened by its path, `a/b` would then be `outside/b`.
+        let root = tempfile::tempdir().expect("a temp dir");
+        let outside = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir_all(root.path().join("a/b")).expect("mkdir");
+        std::fs::write(root.path().join("a/b/mine"), "x").expect("write");
+        std::fs::create_dir_all(outside.path().join("b")).expect("mkdir");
+        std::fs::write(outside.path().join("b/secret"), "s").expect("write");
+        let swap = || {
+            std::fs::rename(root.path().join("a"), root.path().join("moved")).expect("rename");
+            std::os::unix::fs::symlink(outside.path(), root.path().join("a")).expect("symlink");
+        };
+        let (seen, unreadable) = walk_tree(root.path(), "", Vec::new, |seen: &mut Vec<String>, listed| {
+            seen.extend(listed.entries().map(|(name, _)| listed.child(name.to_str().expect("UTF-8"))));
+            if listed.relative == "a" {
+                swap();
+            }
+            match listed.relative {
+                "" => vec!["a".to_string()],
+                "a" => vec!["a/b".to_string()],
+                _ => Vec::new(),
+            }
+        });
+        assert!(unreadable.is_empty(), "{unreadable:?}");
+        let mut seen: Vec<String> = seen.into_iter().flatten().collect();
+        seen.sort();
+        assert_eq!(seen, ["a", "a/b", "a/b/mine"], "the directory that was listed, never what the link points to");
     }
 }

@@ -73,7 +73,7 @@ pub fn walk_tree<S: Send>(
                 // Through the descriptor of the directory it was listed in: were a directory on the way swapped for a
                 // link since (a process in the sandbox can), the walk still never leaves the tree.
                 Some(parent) => open_directory(parent, relative.rsplit('/').next().unwrap_or(&relative)),
-                None => open_directory(&CWD, &path),
+                None => open_directory(CWD, &path),
             };
             let subdirectories = match opened.and_then(|descriptor| {
                 read_directory(&descriptor, &mut buffer, &mut names, &mut kinds).map(|()| descriptor)

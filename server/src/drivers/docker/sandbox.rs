@@ -118,10 +118,12 @@ impl DockerSandbox {
         if !spec.env.keys().all(|name| can_export(name)) {
             return None;
         }
-        // Started first, so a run that finds none ready waits for one already on its way; the one taken is replaced
-        // once the run has ended, so starting it does not compete with the run.
-        self.spares.refill();
+        // Started first when none is ready, so the run waits for one already on its way; otherwise the one taken is
+        // replaced once runs pause (`Spares::refill_when_quiet`), so starting it competes with no run.
+        self.spares.refill_if_none_ready();
         let spare = self.spares.take().await;
+        // A run that goes on (a server, a watcher) still gets its spare replaced, once runs pause.
+        self.spares.refill_when_quiet();
         let env: Vec<(String, String)> = spec.env.iter().map(|(name, value)| (name.clone(), value.clone())).collect();
         let run = SpareRun { token: &command[3], argv: &command[4..], env: &env, working_dir };
         self.spares.launch(spare?, &run).await
@@ -219,7 +221,7 @@ impl Sandbox for DockerSandbox {
         let spares = self.spares.clone();
         let exit = async move {
             let status = ended.await;
-            spares.refill();
+            spares.refill_when_quiet();
             status
         }
         .boxed();

@@ -8,8 +8,11 @@
 //! spare and sends it the line `cd DIR; export NAME=value…; echo $$ >RECORD && exec COMMAND </dev/null` (what
 //! `scripts::RUN` does): the shell becomes the run, which is then the exec's main process exactly as if Docker had
 //! started it (its own process group and session, output split by Docker into stdout and stderr, exit code from the
-//! exec's inspect). The spare a run took is replaced once the run has ended, so starting it does not take CPU from
-//! the run, and a run that finds none ready waits for one on its way. Runs with stdin or a terminal, runs with a
+//! exec's inspect). The spare a run took is replaced once the run has ended and no other run has started for
+//! `QUIET`: Docker's shim handles an exec's start and another exec's exit one after the other, so a replacement
+//! starting while the next run ends holds that run's end back for the whole start (about 20 ms on two cores, which
+//! made every run that followed another at once take 25 ms instead of 3). A run that finds none ready starts one
+//! and waits for it. Runs with stdin or a terminal, runs with a
 //! variable the shell cannot export, and a run for which no spare could start start their own exec as before. With a
 //! spare, Docker's part of a run of `true` is a few milliseconds (the line in, the output and its end out, one
 //! inspect). Starting each spare still costs an exec's start, tens of milliseconds, only off the run's path: a burst
@@ -26,9 +29,12 @@ use crate::drivers::shell::{quote, Chunk};
 use crate::error::{Error, Result};
 use crate::locks::lock;
 
-/// How many spares a session keeps ready: two, so a run right after another still finds one while the first's
-/// replacement starts.
-const READY: usize = 2;
+/// How many spares a session keeps ready: three, so two runs right after each other still leave one, and their
+/// replacements can wait until runs pause (`QUIET`) instead of starting while the second one ends.
+const READY: usize = 3;
+
+/// How long no run may have started before the spares runs took are replaced (see the module's comment).
+const QUIET: std::time::Duration = std::time::Duration::from_millis(30);
 
 /// How long a run waits for a spare on its way before starting an exec of its own.
 const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -47,6 +53,8 @@ pub struct Spares {
     working_dir: String,
     ready: Mutex<Vec<AttachedExec>>,
     starting: AtomicUsize,
+    /// How many spares runs have taken, to tell whether one started meanwhile (`refill_when_quiet`).
+    taken: AtomicUsize,
     /// Told whenever a spare has started or failed to, so a run can wait for one already on its way.
     changed: tokio::sync::Notify,
     closed: AtomicBool,
@@ -62,6 +70,7 @@ impl Spares {
             working_dir,
             ready: Mutex::new(Vec::new()),
             starting: AtomicUsize::new(0),
+            taken: AtomicUsize::new(0),
             changed: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
         })
@@ -107,6 +116,32 @@ impl Spares {
         }
     }
 
+    /// Replaces the spares runs took once no run has started for `QUIET`, or at once when none is left.
+    pub fn refill_when_quiet(self: &Arc<Self>) {
+        if lock(&self.ready).is_empty() {
+            self.refill();
+            return;
+        }
+        let spares = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let taken = spares.taken.load(Ordering::SeqCst);
+                tokio::time::sleep(QUIET).await;
+                if spares.taken.load(Ordering::SeqCst) == taken {
+                    spares.refill();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Starts a spare when none is ready, so a run about to wait for one waits for one already on its way.
+    pub fn refill_if_none_ready(self: &Arc<Self>) {
+        if lock(&self.ready).is_empty() {
+            self.refill();
+        }
+    }
+
     /// A ready spare whose shell is still there (an idle one prints nothing, so any output or end means it is gone),
     /// or the next one to start when one is on its way: it started earlier than an exec the run would start now.
     pub async fn take(&self) -> Option<AttachedExec> {
@@ -131,6 +166,7 @@ impl Spares {
         let mut ready = lock(&self.ready);
         while let Some(mut spare) = ready.pop() {
             if spare.output.next().now_or_never().is_none() {
+                self.taken.fetch_add(1, Ordering::SeqCst);
                 return Some(spare);
             }
         }

@@ -55,6 +55,8 @@ pub struct Spares {
     starting: AtomicUsize,
     /// How many spares runs have taken, to tell whether one started meanwhile (`refill_when_quiet`).
     taken: AtomicUsize,
+    /// Whether a task already waits for runs to pause: one is enough, however many runs asked.
+    refill_pending: AtomicBool,
     /// Told whenever a spare has started or failed to, so a run can wait for one already on its way.
     changed: tokio::sync::Notify,
     closed: AtomicBool,
@@ -71,6 +73,7 @@ impl Spares {
             ready: Mutex::new(Vec::new()),
             starting: AtomicUsize::new(0),
             taken: AtomicUsize::new(0),
+            refill_pending: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
         })
@@ -122,12 +125,18 @@ impl Spares {
             self.refill();
             return;
         }
+        // One waiting task for the whole session: a long series of runs would otherwise leave two sleeping tasks per
+        // run, each waking every `QUIET` until the series ends.
+        if self.refill_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let spares = self.clone();
         tokio::spawn(async move {
             loop {
                 let taken = spares.taken.load(Ordering::SeqCst);
                 tokio::time::sleep(QUIET).await;
                 if spares.taken.load(Ordering::SeqCst) == taken {
+                    spares.refill_pending.store(false, Ordering::SeqCst);
                     spares.refill();
                     return;
                 }

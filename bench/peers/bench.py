@@ -121,6 +121,22 @@ def prepare_tree(place_dir, name, files, megabytes, ignored, seed, git):
     return tree, list_file, len(synced)
 
 
+def wait_for_trash(state, limit=60.0):
+    """Waits until sandlink's detached remover has emptied the trash of `state` (the directories of ended local
+    sessions, removed after the command that ended them exited), so the next contender does not share the machine
+    with it; the wait is not part of any figure."""
+    trash = os.path.join(state, "trash")
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if not [name for name in os.listdir(trash) if name != ".remover.lock"]:
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
+    log(f"  the trash of {state} was still not empty after {limit:.0f} s")
+
+
 def log(message):
     print(message, file=sys.stderr, flush=True)
 
@@ -185,6 +201,7 @@ class Place:
         os.makedirs(self.state)
 
     def clear(self, *names):
+        wait_for_trash(self.state)
         for name in names:
             shutil.rmtree(os.path.join(self.scratch, name), ignore_errors=True)
         shutil.rmtree(os.path.join(self.state, "sessions"), ignore_errors=True)
@@ -415,6 +432,7 @@ def cli_run(options, directory, state, results):
             pair["bwrap"] = run_process(BWRAP + ["true"], cwd=workspace)[0]
 
         for contender in ((sandlink, bwrap) if index % 2 == 0 else (bwrap, sandlink)):
+            wait_for_trash(state)
             contender()
         if index >= 2:
             ours.append(pair["sandlink"])

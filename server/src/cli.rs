@@ -103,6 +103,12 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Internal: removes the directories of ended local sessions, which their disconnect moved into the trash.
+    #[command(hide = true)]
+    EmptyTrash {
+        #[arg(long, value_name = "PATH")]
+        state_dir: PathBuf,
+    },
     /// Copy the workspace into a fresh sandbox and report what was synced and what was held back.
     ///
     /// Honours .gitignore, .ignore and .sandlinkignore; files that look like secrets (.env, private keys) stay
@@ -306,6 +312,13 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::EmptyTrash { state_dir }) = &cli.command {
+        // Detached and alone: nobody reads what it prints, and a failure leaves the rest for the next start.
+        return match crate::drivers::local::trash::empty(state_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(EXIT_SANDLINK_ERROR),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -320,7 +333,7 @@ pub fn main() -> ExitCode {
             eprintln!("sandlink: say what to do, e.g. `sandlink run -- npm test` or `sandlink lsp`; see `sandlink --help`.");
             ExitCode::from(2)
         }
-        Some(Command::SandboxAgent { .. }) => ExitCode::SUCCESS,
+        Some(Command::SandboxAgent { .. } | Command::EmptyTrash { .. }) => ExitCode::SUCCESS,
         Some(Command::Drivers { json }) => {
             crate::logging::init("warn", None);
             end_quietly_on_a_closed_pipe();
@@ -469,19 +482,25 @@ async fn sync(options: SyncCommand) -> Result<ExitCode, Error> {
                 driver: Some(options.driver.clone()),
                 workspace_folder: Some(workspace.to_string_lossy().into_owned()),
                 settings: Some(settings),
-                sync: Some(false),
+                // The upload happens within connect, where the local driver's agent starts alongside it.
+                sync: Some(true),
                 ..ConnectParams::default()
             },
             None,
             &NoProgress,
         )
         .await?;
-    let outcome = engine
-        .sync(
-            SyncParams { session_id: session.session_id.clone(), direction: SyncDirection::Up, paths: None, work_done_token: None },
-            &NoProgress,
-        )
-        .await;
+    let outcome = match engine.initial_sync(&session.session_id) {
+        Some(result) => Ok(result),
+        None => {
+            engine
+                .sync(
+                    SyncParams { session_id: session.session_id.clone(), direction: SyncDirection::Up, paths: None, work_done_token: None },
+                    &NoProgress,
+                )
+                .await
+        }
+    };
     let state = engine.status(&session.session_id).await.map(|info| info.sync).unwrap_or_default();
     engine.disconnect(DisconnectParams { session_id: session.session_id.clone(), keep: options.keep }).await?;
     let result = outcome?;

@@ -250,6 +250,62 @@ fn cli_sync_should_report_what_was_synced_and_held_back() {
     assert!(!Path::new(report["remoteRoot"].as_str().expect("remoteRoot")).exists(), "the sandbox is removed without --keep");
 }
 
+/// A big copy is moved out of the way at once and removed by a detached remover after `sandlink sync` exited; a
+/// small one is removed in place (`drivers/local/trash.rs`).
+#[test]
+fn cli_sync_of_a_big_workspace_should_leave_nothing_once_its_remover_is_done() {
+    let workspace = tempfile::tempdir().expect("a workspace");
+    for index in 0..2_500 {
+        let file = workspace.path().join(format!("src/m{}/f{index}.txt", index % 25));
+        std::fs::create_dir_all(file.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(file, format!("{index}")).expect("write");
+    }
+    let state = tempfile::tempdir().expect("a state directory");
+    let output = std::process::Command::new(support::binary())
+        .args(["sync", "--json", "--workspace"])
+        .arg(workspace.path())
+        .env("SANDLINK_STATE_DIR", state.path())
+        .output()
+        .expect("sandlink sync runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(report["result"]["uploaded"], 2_500, "{report}");
+    assert!(!Path::new(report["remoteRoot"].as_str().expect("remoteRoot")).exists(), "the sandbox is out of use at once");
+    let trash = state.path().join("trash");
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&trash)
+            .map(|entries| entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect::<Vec<String>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| name != ".remover.lock")
+            .collect()
+    };
+    assert!(trash.is_dir(), "a copy this big goes through the trash");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !left().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(left(), Vec::<String>::new(), "the detached remover empties the trash");
+    let sessions: Vec<_> = std::fs::read_dir(state.path().join("sessions")).map(|entries| entries.flatten().collect()).unwrap_or_default();
+    assert!(sessions.is_empty(), "no session directory is left: {sessions:?}");
+}
+
+/// A session directory left in the trash by a remover that was killed is removed by the next sandlink to start.
+#[test]
+fn a_removal_cut_short_should_be_finished_by_the_next_sandlink() {
+    let state = tempfile::tempdir().expect("a state directory");
+    let left = state.path().join("trash/local-0123456789ab-feedfacecafe/root/src");
+    std::fs::create_dir_all(&left).expect("mkdir");
+    std::fs::write(left.join("a.rs"), "a").expect("write");
+    let server = Server::start_with(StartOptions { state_dir: Some(state.path().to_path_buf()), ..StartOptions::default() });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state.path().join("trash/local-0123456789ab-feedfacecafe").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!state.path().join("trash/local-0123456789ab-feedfacecafe").exists(), "the leftover is removed");
+    drop(server);
+}
+
 #[test]
 fn sync_down_should_not_overwrite_a_file_saved_meanwhile() {
     let (server, workspace, session_id) = connected_with(&fixture(), &[("a.txt", "base")], json!({ "watch": "off" }));

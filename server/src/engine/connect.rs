@@ -339,7 +339,9 @@ impl Engine {
                 progress.report(upload_message.to_string(), None).await;
                 // `active` (or `error`) follows at once and is what the record gets; the `connecting` the upload goes
                 // back to is only announced.
-                self.sync_session_restoring(&session, SyncDirection::Up, None, progress, false).await.map(|_| ())
+                self.sync_session_restoring(&session, SyncDirection::Up, None, progress, false)
+                    .await
+                    .map(|result| drop(session.initial_sync.set(result)))
             }
             other => other,
         };

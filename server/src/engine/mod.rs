@@ -222,6 +222,11 @@ impl Engine {
         lock(&self.sessions).get(session_id).cloned().ok_or_else(|| Error::UnknownSession(session_id.to_string()))
     }
 
+    /// What the upload at connect moved, when connect uploaded (a session connected with a workspace and `sync`).
+    pub fn initial_sync(&self, session_id: &str) -> Option<crate::protocol::SyncResult> {
+        self.session(session_id).ok().and_then(|session| session.initial_sync.get().cloned())
+    }
+
     /// A session's info with live resources and health from its driver.
     pub async fn status(&self, session_id: &str) -> Result<SessionInfo> {
         let session = self.session(session_id)?;

@@ -43,6 +43,8 @@ pub struct Session {
     forgotten: AtomicBool,
     /// Whether a task is watching for ports that start listening (one per session, while runs are in flight).
     pub(super) watching_ports: AtomicBool,
+    /// What the upload at connect moved, for a front door that reports it (`sandlink sync`).
+    pub(super) initial_sync: OnceLock<crate::protocol::SyncResult>,
 }
 
 impl Session {
@@ -66,6 +68,7 @@ impl Session {
             claim: Mutex::new(None),
             forgotten: AtomicBool::new(false),
             watching_ports: AtomicBool::new(false),
+            initial_sync: OnceLock::new(),
             mutable: Mutex::new(SessionMutable {
                 state: SessionState::Connecting,
                 message: None,

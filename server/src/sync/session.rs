@@ -828,55 +828,79 @@ impl SessionSync {
         let long = total_files > 200 || total_bytes > 32 << 20;
         let mut files_done = 0usize;
         let mut bytes_done = 0u64;
-        for batch in batches {
-            // Between batches both sides agree on everything recorded so far: the place to stop when asked.
-            if progress.cancelled() {
-                return Err(cancelled(&format!("after {files_done} of {total_files} files")));
-            }
-            let batch_len = batch.len();
-            // Taken before the upload: whatever the driver tells of the written files is no older than this.
-            let upload_started_ns = now_ns();
-            let (written, packed) = self.send_batch(batch).await?;
-            if !packed.held_back.is_empty() {
-                let held_back: BTreeMap<String, &'static str> = packed.held_back.into_iter().collect();
-                self.note_held_back(core, &held_back, scan, false);
-            }
-            self.note_no_longer_held(core, packed.sent.iter().map(|item| item.path.as_str()));
+        let mut batches = batches.into_iter();
+        // Between batches both sides agree on everything recorded so far: the place to stop when asked.
+        let cancelled_after = |files_done: usize| cancelled(&format!("after {files_done} of {total_files} files"));
+        if progress.cancelled() {
+            return Err(cancelled_after(0));
+        }
+        let Some(first) = batches.next() else { return Ok(()) };
+        // Taken before each upload: whatever the driver tells of the written files is no older than this.
+        let mut current = Some((first.len(), now_ns(), self.send_batch(first).await));
+        while let Some((batch_len, upload_started_ns, sent)) = current.take() {
+            let (written, packed) = sent?;
             let looked = match written {
                 Some(entries) => Some((entries.into_iter().map(|entry| (entry.path.clone(), entry)).collect(), upload_started_ns)),
                 None => self.look_after_upload(&packed.sent).await?,
             };
-            for item in packed.sent {
-                result.uploaded += 1;
-                result.bytes += item.local.size;
-                bytes_done += item.local.size;
-                let mtime_s = transfer::mtime_seconds(item.local.mtime_ns);
-                let stamp = match &looked {
-                    None => Some(RemoteStamp::uploaded(item.local.size, mtime_s)),
-                    Some((entries, observed_ns)) => entries
-                        .get(&item.path)
-                        .and_then(|entry| RemoteStamp::after_upload(entry, item.local.size, mtime_s, *observed_ns)),
-                };
-                let record = Record::new(&item.local, item.hash, stamp);
-                // A file that changed while it was read still reached the sandbox as read. That copy is recorded
-                // as the sandbox's side, so the next sync does not take it for a change made in the sandbox (and
-                // the file, changed on both sides, for a conflict no one made); the workspace's side is recorded
-                // as a stamp no file has, so the next scan takes the file as changed and sends it again.
-                let record = if item.stable { record } else { record.with_workspace_side_unknown() };
-                core.manifest.insert(item.path.clone(), record);
-            }
-            files_done += batch_len;
-            if long {
-                let percentage = if total_bytes > 0 { (bytes_done * 100 / total_bytes.max(1)) as u32 } else { (files_done * 100 / total_files.max(1)) as u32 };
-                progress
-                    .report(
-                        format!("{files_done}/{total_files} files, {} / {} MB", bytes_done >> 20, total_bytes >> 20),
-                        Some(percentage.min(100)),
-                    )
-                    .await;
-                let remaining = (total_files - files_done) as u64;
-                self.publish(|state| state.pending = remaining).await;
-            }
+            // The next batch is sent while this one is recorded, so the cores copying (or the driver taking the
+            // stream) never wait for the bookkeeping between two batches. A cancel lets the batch on its way
+            // finish and be recorded too: everything placed in the sandbox is always recorded.
+            let next = if progress.cancelled() { None } else { batches.next() };
+            let sending = async {
+                match next {
+                    Some(batch) => Some((batch.len(), now_ns(), self.send_batch(batch).await)),
+                    None => None,
+                }
+            };
+            let recording = async {
+                if !packed.held_back.is_empty() {
+                    let held_back: BTreeMap<String, &'static str> = packed.held_back.into_iter().collect();
+                    self.note_held_back(core, &held_back, scan, false);
+                }
+                self.note_no_longer_held(core, packed.sent.iter().map(|item| item.path.as_str()));
+                for item in packed.sent {
+                    result.uploaded += 1;
+                    result.bytes += item.local.size;
+                    bytes_done += item.local.size;
+                    let mtime_s = transfer::mtime_seconds(item.local.mtime_ns);
+                    let stamp = match &looked {
+                        None => Some(RemoteStamp::uploaded(item.local.size, mtime_s)),
+                        Some((entries, observed_ns)) => entries
+                            .get(&item.path)
+                            .and_then(|entry| RemoteStamp::after_upload(entry, item.local.size, mtime_s, *observed_ns)),
+                    };
+                    let record = Record::new(&item.local, item.hash, stamp);
+                    // A file that changed while it was read still reached the sandbox as read. That copy is
+                    // recorded as the sandbox's side, so the next sync does not take it for a change made in the
+                    // sandbox (and the file, changed on both sides, for a conflict no one made); the workspace's
+                    // side is recorded as a stamp no file has, so the next scan takes the file as changed and sends
+                    // it again.
+                    let record = if item.stable { record } else { record.with_workspace_side_unknown() };
+                    core.manifest.insert(item.path.clone(), record);
+                }
+                files_done += batch_len;
+                if long {
+                    let percentage = if total_bytes > 0 {
+                        (bytes_done * 100 / total_bytes.max(1)) as u32
+                    } else {
+                        (files_done * 100 / total_files.max(1)) as u32
+                    };
+                    progress
+                        .report(
+                            format!("{files_done}/{total_files} files, {} / {} MB", bytes_done >> 20, total_bytes >> 20),
+                            Some(percentage.min(100)),
+                        )
+                        .await;
+                    let remaining = (total_files - files_done) as u64;
+                    self.publish(|state| state.pending = remaining).await;
+                }
+            };
+            let (sent_next, ()) = tokio::join!(sending, recording);
+            current = sent_next;
+        }
+        if files_done < total_files {
+            return Err(cancelled_after(files_done));
         }
         Ok(())
     }

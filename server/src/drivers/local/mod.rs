@@ -22,6 +22,7 @@ mod environment;
 pub mod files;
 pub mod isolation;
 mod processes;
+pub mod trash;
 
 use super::{ConnectRequest, ExecSpec, Process, ReattachRequest, Sandbox, SettingKind, SettingSpec};
 use crate::error::{Error, IoContext, Result};
@@ -282,6 +283,15 @@ impl super::Driver for Driver {
         sandbox.start_network().await?;
         sandbox.start_agent()?;
         Ok(Arc::new(sandbox))
+    }
+
+    async fn clean_up_after_crash(&self, state_dir: &Path) {
+        // Ended sessions' directories whose removal a kill cut short.
+        if trash::has_leftovers(state_dir) {
+            if let Err(error) = trash::start_remover(state_dir) {
+                tracing::warn!(%error, "could not start removing ended sessions' directories");
+            }
+        }
     }
 }
 
@@ -851,7 +861,8 @@ impl Sandbox for LocalSandbox {
             tokio::task::block_in_place(|| cgroup.kill_all_and_remove());
         }
         let session_dir = self.session_dir.clone();
-        tokio::task::spawn_blocking(move || match files::remove_on_every_core(&session_dir) {
+        let state_dir = self.state_dir.clone();
+        tokio::task::spawn_blocking(move || match trash::discard(&session_dir, &state_dir) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
                 format!("Could not remove the session directory {}", session_dir.display()),
                 error,

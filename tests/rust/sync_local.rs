@@ -147,6 +147,50 @@ fn a_sync_killed_mid_transfer_should_leave_no_partial_file_and_the_next_should_c
     assert_eq!(hash(&root.join("big.bin")), hash(&big), "with the right content");
 }
 
+/// The upload that opens a session writes new files under their own names (nothing runs in the sandbox yet); a kill
+/// half-way leaves the session without a manifest, so the re-attach's sync replaces what was cut short, whole and
+/// without a conflict.
+#[test]
+fn a_first_upload_killed_half_way_should_be_completed_by_the_reattach_without_a_conflict() {
+    let workspace = support::workspace_with(&[("small.txt", "s")]);
+    let big = workspace.path().join("big.bin");
+    write_pattern(&big, 600 << 20);
+    let state = tempfile::tempdir().expect("a state directory");
+    let server = Server::start_with(StartOptions { state_dir: Some(state.path().to_path_buf()), ..StartOptions::default() });
+    let params = json!({ "jsonrpc": "2.0", "id": 999_998, "method": "sandlink/connect",
+                         "params": { "driver": "local", "workspaceFolder": file_uri(workspace.path()), "settings": { "sync": { "watch": "off" } } } });
+    server.send(&params);
+    let sessions = state.path().join("sessions");
+    let partial = || -> Option<std::path::PathBuf> {
+        let session = std::fs::read_dir(&sessions).ok()?.flatten().next()?.path();
+        let written = session.join("root/big.bin");
+        std::fs::metadata(&written).is_ok_and(|metadata| metadata.len() > 1 << 20).then_some(session)
+    };
+    eventually(Duration::from_secs(30), "the big file being written", || partial().is_some());
+    let session_dir = partial().expect("the session directory");
+    let killed = std::process::Command::new("kill").args(["-9", &server.pid().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let cut_short = std::fs::metadata(session_dir.join("root/big.bin")).expect("the file being written").len();
+    assert!(cut_short < 600 << 20, "the kill landed half-way ({cut_short} bytes)");
+    drop(server);
+    let server = Server::start_with(StartOptions { state_dir: Some(state.path().to_path_buf()), ..StartOptions::default() });
+    let crashed = session_dir.file_name().and_then(|name| name.to_str()).expect("the session id");
+    let session = server
+        .request_timeout(
+            "sandlink/connect",
+            json!({ "workspaceFolder": file_uri(workspace.path()), "reuse": crashed }),
+            Duration::from_secs(120),
+        )
+        .expect("the crashed session is re-attached");
+    let session_id = session["sessionId"].as_str().expect("sessionId");
+    assert_eq!(session_id, crashed);
+    let root = Path::new(session["remoteRoot"].as_str().expect("remoteRoot")).to_path_buf();
+    assert_eq!(hash(&root.join("big.bin")), hash(&big), "the file cut short is replaced whole");
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    assert_eq!(status["sync"]["conflicts"], json!([]), "no conflict: {status}");
+}
+
 #[test]
 fn a_tree_of_100000_files_should_sync_with_progress() {
     let workspace = tempfile::tempdir().expect("a workspace");

@@ -337,6 +337,10 @@ impl Engine {
         let prepared = match self.attach_sync(&session, sync_options).await {
             Ok(()) if automatic_sync && session.sync.get().is_some() => {
                 progress.report(upload_message.to_string(), None).await;
+                if let (OnFailure::Discard, Some(sync)) = (&on_failure, session.sync.get()) {
+                    // A new session: nothing runs in its sandbox until this answers (`SessionSync::set_sandbox_fresh`).
+                    sync.set_sandbox_fresh(true);
+                }
                 // `active` (or `error`) follows at once and is what the record gets; the `connecting` the upload goes
                 // back to is only announced.
                 self.sync_session_restoring(&session, SyncDirection::Up, None, progress, false)
@@ -345,6 +349,9 @@ impl Engine {
             }
             other => other,
         };
+        if let Some(sync) = session.sync.get() {
+            sync.set_sandbox_fresh(false);
+        }
         // Only now: the local driver's agent starts while the workspace uploads.
         let prepared = match prepared {
             Ok(()) => session.sandbox.ready().await,

@@ -166,6 +166,26 @@ impl Beneath {
         }
     }
 
+    /// Creates the file `relative` for writing, only where nothing stands yet (`O_EXCL`, never through a link);
+    /// `None` when something does. For a sandbox nothing can look into yet (`PlaceSink::fresh`), where a file may be
+    /// written under its own name.
+    pub fn create_new(&mut self, relative: &str, mode: u32) -> Result<Option<File>, WalkError> {
+        let (directory, name) = self.parent(relative, true)?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(directory, name.as_str(), flags, Mode::from_raw_mode(mode & 0o7777)) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(rustix::io::Errno::EXIST) => Ok(None),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Removes the file `relative` made by `create_new` whose writing failed (a directory is left alone).
+    pub fn unlink_file(&mut self, relative: &str) -> Result<(), WalkError> {
+        let (directory, name) = self.parent(relative, false)?;
+        rustix::fs::unlinkat(directory, name.as_str(), AtFlags::empty())?;
+        Ok(())
+    }
+
     /// Gives a file from `create_unnamed` the name `relative`, which must not exist yet: the complete file appears
     /// at once. Answers `Linked::Exists` when something stands there (the caller replaces it by a rename instead)
     /// and `Linked::Unsupported` where the file cannot be named through `/proc` (no `/proc` mounted).

@@ -107,6 +107,9 @@ struct Inner {
     /// then the end of the next sync is always announced, so no client is left showing work that is done.
     pending_reported: AtomicBool,
     observer: Arc<dyn StateObserver>,
+    /// Set by the engine for the upload that opens a new session, which nothing in the sandbox can see yet
+    /// (`transfer::PlaceSink::fresh`); taken by the next sync, so it serves that one only.
+    fresh_sandbox: AtomicBool,
     stopped: AtomicBool,
     watcher: Mutex<Option<Watcher>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -160,6 +163,7 @@ impl SessionSync {
                 last_sent: Mutex::default(),
                 pending_reported: AtomicBool::new(false),
                 observer,
+                fresh_sandbox: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
                 watcher: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
@@ -311,6 +315,12 @@ impl SessionSync {
         }
     }
 
+    /// Says the sandbox is new and nothing runs in it (a session being opened): the next sync, if it is the first,
+    /// may write new files under their own names (`transfer::PlaceSink::fresh`). `false` takes that back.
+    pub fn set_sandbox_fresh(&self, fresh: bool) {
+        self.inner.fresh_sandbox.store(fresh, Ordering::SeqCst);
+    }
+
     /// Uploads everything pending (saves, watcher events); every run waits for this first.
     pub async fn flush(&self) -> Result<SyncResult> {
         let mut core = self.inner.core.lock().await;
@@ -386,7 +396,10 @@ impl SessionSync {
         progress: &dyn Progress,
     ) -> Result<SyncResult> {
         let started = Instant::now();
-        let outcome = self.run_inner(core, direction, scope.clone(), explicit, progress).await;
+        // Only the first sync of a new session writes as into a fresh sandbox; its manifest is saved after it ends,
+        // so a kill half-way leaves no base and the next sync replaces whatever it left.
+        let fresh = self.inner.fresh_sandbox.swap(false, Ordering::SeqCst) && !core.has_base;
+        let outcome = self.run_inner(core, direction, scope.clone(), explicit, fresh, progress).await;
         core.has_base |= outcome.is_ok();
         let conflicts: Vec<Conflict> = core.conflicts.values().cloned().collect();
         let now = crate::clock::now_rfc3339();
@@ -416,6 +429,7 @@ impl SessionSync {
         direction: SyncDirection,
         scope: Option<Vec<String>>,
         explicit: bool,
+        fresh: bool,
         progress: &dyn Progress,
     ) -> Result<SyncResult> {
         let inner = &self.inner;
@@ -687,7 +701,7 @@ impl SessionSync {
             result.deleted += deletions.len() as u64;
         }
         if !uploads.is_empty() {
-            self.upload(core, &scan, uploads, progress, &mut result).await?;
+            self.upload(core, &scan, uploads, fresh, progress, &mut result).await?;
         }
         result.conflicts = core.conflicts.values().cloned().collect();
         Ok(result)
@@ -805,6 +819,7 @@ impl SessionSync {
         core: &mut Core,
         scan: &Scan,
         uploads: Vec<String>,
+        fresh: bool,
         progress: &dyn Progress,
         result: &mut SyncResult,
     ) -> Result<()> {
@@ -836,7 +851,7 @@ impl SessionSync {
         }
         let Some(first) = batches.next() else { return Ok(()) };
         // Taken before each upload: whatever the driver tells of the written files is no older than this.
-        let mut current = Some((first.len(), now_ns(), self.send_batch(first).await));
+        let mut current = Some((first.len(), now_ns(), self.send_batch(first, fresh).await));
         while let Some((batch_len, upload_started_ns, sent)) = current.take() {
             let (written, packed) = sent?;
             let looked = match written {
@@ -849,7 +864,7 @@ impl SessionSync {
             let next = if progress.cancelled() { None } else { batches.next() };
             let sending = async {
                 match next {
-                    Some(batch) => Some((batch.len(), now_ns(), self.send_batch(batch).await)),
+                    Some(batch) => Some((batch.len(), now_ns(), self.send_batch(batch, fresh).await)),
                     None => None,
                 }
             };
@@ -908,12 +923,12 @@ impl SessionSync {
     /// Sends one batch of workspace files: straight into the sandbox's tree where that is on this machine, else as
     /// a tar stream packed on one thread while the driver takes it. Answers what the driver told of the written
     /// files, if anything, and what was read.
-    async fn send_batch(&self, batch: Vec<String>) -> Result<(Option<Vec<crate::sync::RemoteEntry>>, transfer::Packed)> {
+    async fn send_batch(&self, batch: Vec<String>, fresh: bool) -> Result<(Option<Vec<crate::sync::RemoteEntry>>, transfer::Packed)> {
         let workspace = self.inner.workspace.clone();
         let scanner = self.inner.scanner.clone();
         if let Some(tree) = self.inner.remote.tree_on_this_machine() {
             let (packed, placed) = tokio::task::spawn_blocking(move || {
-                transfer::copy_across(&workspace, &batch, Some(&scanner.secrets), &tree.root, &tree.staging)
+                transfer::copy_across(&workspace, &batch, Some(&scanner.secrets), &tree.root, &tree.staging, fresh)
             })
             .await
             .map_err(join_error("Copying the upload"))??;

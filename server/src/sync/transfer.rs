@@ -115,6 +115,9 @@ fn read_out_beneath(
 ) -> Result<Packed> {
     let mut sent = Vec::with_capacity(paths.len());
     let mut held_back = Vec::new();
+    // One buffer for every file read whole for its content check: an allocation and a free per file weighed about
+    // as much as the check itself.
+    let mut content = Vec::new();
     for relative in paths {
         let file = match beneath.open_file_looked(relative) {
             Ok(file) => file,
@@ -146,7 +149,8 @@ fn read_out_beneath(
         let mtime_s = mtime_seconds(local.mtime_ns);
         let check = secrets.and_then(|filter| filter.content_check_for(relative)).filter(|_| local.size <= SCAN_LIMIT);
         if let (Some(check), Some(stamp)) = (check, local.stamp()) {
-            let mut content = Vec::with_capacity(local.size as usize);
+            content.clear();
+            content.reserve(local.size as usize);
             if let Err(error) = (&file).take(local.size).read_to_end(&mut content) {
                 tracing::debug!(path = %relative, %error, "skipped a file that could not be read");
                 continue;
@@ -467,6 +471,7 @@ pub fn copy_across(
     secrets: Option<&SecretFilter>,
     root: &Path,
     staging: &Path,
+    fresh: bool,
 ) -> Result<(Packed, Vec<(String, rustix::fs::Stat)>)> {
     type Copied = (Packed, Vec<(String, rustix::fs::Stat)>);
     let runs: Vec<&[String]> = paths.chunks(COPY_RUN).collect();
@@ -474,6 +479,7 @@ pub fn copy_across(
     let next_run = std::sync::atomic::AtomicUsize::new(0);
     let copy_runs = || -> Result<Vec<(usize, Copied)>> {
         let mut sink = PlaceSink::open(root, staging, "the workspace")?;
+        sink.fresh = fresh;
         let mut workspace = Beneath::open(source).context(|| format!("Could not open {}", source.display()))?;
         let mut copied = Vec::new();
         loop {
@@ -528,6 +534,13 @@ pub struct PlaceSink<'a> {
     unnamed_files: bool,
     /// What content is read from, for errors: "the upload archive", "the workspace".
     source: &'static str,
+    /// Whether nothing can look into the tree yet: the first upload of a new session, before connect answers, when
+    /// no command runs in the sandbox. A new file is then written under its own name (`write_new`), which costs
+    /// about 2 µs of system time less per file than an unnamed file and a link (a fifth of what placing a small file
+    /// costs). A kill half-way leaves a partly written file, which is safe only because nothing reads the tree
+    /// before connect answers and the manifest of a first upload is saved only once it has ended: the next upload
+    /// then has no base, so the workspace's copy replaces it.
+    pub fresh: bool,
     buffer: Vec<u8>,
     placed: Vec<(String, rustix::fs::Stat)>,
 }
@@ -536,7 +549,16 @@ impl<'a> PlaceSink<'a> {
     pub fn open(root: &'a Path, staging: &'a Path, source: &'static str) -> Result<Self> {
         std::fs::create_dir_all(staging).context(|| format!("Could not create {}", staging.display()))?;
         let beneath = Beneath::open(root).context(|| format!("Could not open {}", root.display()))?;
-        Ok(PlaceSink { root, staging, beneath, unnamed_files: true, source, buffer: vec![0; IO_BUFFER], placed: Vec::new() })
+        Ok(PlaceSink {
+            root,
+            staging,
+            beneath,
+            unnamed_files: true,
+            source,
+            fresh: false,
+            buffer: vec![0; IO_BUFFER],
+            placed: Vec::new(),
+        })
     }
 
     /// Makes the directory `path` (and its parents), never through a link.
@@ -563,6 +585,32 @@ impl<'a> PlaceSink<'a> {
                 Err(error) => return Err(Error::io(format!("Could not read {path} from {}", self.source), error)),
             };
             file.write_all(&self.buffer[..count]).context(|| format!("Could not write {path}"))?;
+        }
+    }
+
+    /// Writes one file under its own name where nothing stands yet, for a tree nothing looks into (`fresh`); a file
+    /// whose writing fails is removed again. `None` (nothing read yet) where something stands there.
+    fn write_new(&mut self, content: &mut dyn Read, path: &str, mode: u32, mtime_s: u64) -> Result<Option<rustix::fs::Stat>> {
+        let mut file = match self.beneath.create_new(path, mode) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(None),
+            Err(error) => return Err(walk_failed(path, error)),
+        };
+        let written = self.copy_content(content, &mut file, path).and_then(|()| {
+            // As in `write_unnamed`: where the umask took none of the mode's bits, only the time is left to set.
+            if process_umask().is_some_and(|umask| mode & umask == 0) {
+                set_mtime(&file, mtime_s, path)?;
+            } else {
+                finish_temp(&file, mode, mtime_s, path)?;
+            }
+            rustix::fs::fstat(&file).map_err(std::io::Error::from).context(|| format!("Could not look at {path} after writing it"))
+        });
+        match written {
+            Ok(stat) => Ok(Some(stat)),
+            Err(error) => {
+                let _ = self.beneath.unlink_file(path);
+                Err(error)
+            }
         }
     }
 
@@ -640,6 +688,13 @@ impl Sink for PlaceSink<'_> {
     }
 
     fn file(&mut self, path: &str, mode: u32, mtime_s: u64, size: u64, content: &mut dyn Read) -> Result<()> {
+        if self.fresh {
+            if let Some(stat) = self.write_new(content, path, mode, mtime_s)? {
+                self.placed.push((path.to_string(), stat));
+                return Ok(());
+            }
+            // Something stands there already: replaced atomically, as always.
+        }
         if self.unnamed_files && size <= UNNAMED_FILE_LIMIT {
             match self.write_unnamed(content, path, mode, mtime_s)? {
                 Some(stat) => {
@@ -791,7 +846,7 @@ mod tests {
         paths.extend(["big.bin", "inside", "outside", "config.txt", "vanished.txt"].map(String::from));
         let secrets = SecretFilter::with_content(source.path(), &[], true).expect("a filter");
 
-        let (packed, placed) = copy_across(source.path(), &paths, Some(&secrets), destination.path(), staging.path()).expect("copy");
+        let (packed, placed) = copy_across(source.path(), &paths, Some(&secrets), destination.path(), staging.path(), false).expect("copy");
 
         let sent: Vec<&str> = packed.sent.iter().map(|item| item.path.as_str()).collect();
         let expected: Vec<&str> =
@@ -827,9 +882,54 @@ mod tests {
         std::fs::write(source.path().join("escape/pwned"), "hi").expect("write");
         // What a run in the sandbox could leave: its side of the directory made a link to elsewhere.
         std::os::unix::fs::symlink(outside.path(), destination.path().join("escape")).expect("symlink");
-        let error = copy_across(source.path(), &["escape/pwned".to_string()], None, destination.path(), staging.path()).unwrap_err();
-        assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);
-        assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0, "nothing appeared outside");
+        for fresh in [false, true] {
+            let error = copy_across(source.path(), &["escape/pwned".to_string()], None, destination.path(), staging.path(), fresh)
+                .unwrap_err();
+            assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace, "fresh: {fresh}");
+            assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0, "nothing appeared outside (fresh: {fresh})");
+        }
+    }
+
+    /// A fresh sandbox (the first upload of a new session) gets new files under their own names; whatever stands at a
+    /// path already is still replaced atomically (a link as a link, never followed), and a file whose writing fails
+    /// is not left half-written.
+    #[test]
+    fn a_fresh_sandbox_should_get_whole_files_and_never_a_half_written_one() {
+        let destination = tempfile::tempdir().expect("a temp dir");
+        let outside = tempfile::tempdir().expect("a temp dir");
+        let staging = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(outside.path().join("target"), "outside").expect("write");
+        std::fs::write(destination.path().join("old.txt"), "old").expect("write");
+        std::os::unix::fs::symlink(outside.path().join("target"), destination.path().join("link.txt")).expect("symlink");
+        let mut sink = PlaceSink::open(destination.path(), staging.path(), "the workspace").expect("a sink");
+        sink.fresh = true;
+        for (path, content) in [("src/new.txt", "new"), ("old.txt", "replaced"), ("link.txt", "not through the link")] {
+            sink.file(path, 0o640, 1_700_000_000, content.len() as u64, &mut content.as_bytes()).expect("placed");
+            let placed = destination.path().join(path);
+            assert_eq!(std::fs::read_to_string(&placed).expect("read"), content);
+            let metadata = std::fs::symlink_metadata(&placed).expect("stat");
+            assert!(metadata.is_file(), "{path} is a plain file");
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777, 0o640, "{path}");
+            assert_eq!(std::os::unix::fs::MetadataExt::mtime(&metadata), 1_700_000_000, "{path}");
+        }
+        assert_eq!(std::fs::read_to_string(outside.path().join("target")).expect("read"), "outside", "the link was not followed");
+        assert_eq!(sink.placed.len(), 3);
+
+        /// Gives a few bytes, then fails, as a workspace file cut short while it is read would.
+        struct FailingHalfway(usize);
+        impl Read for FailingHalfway {
+            fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("the disk went away"));
+                }
+                let count = self.0.min(buffer.len());
+                buffer[..count].fill(b'x');
+                self.0 -= count;
+                Ok(count)
+            }
+        }
+        sink.file("src/broken.txt", 0o644, 1_700_000_000, 100, &mut FailingHalfway(10)).expect_err("the read fails");
+        assert!(!destination.path().join("src/broken.txt").exists(), "no half-written file is left");
     }
 
     #[test]

@@ -18,7 +18,9 @@ the order of the contenders rotated each round so none is favoured by what the m
 The sync rows run in memory (/dev/shm, software only) and on disk (/var/tmp, with its write-back). The trees are
 generated once per place and reused by later runs (a marker file records the generator's parameters), so the same
 trees measure the code before and after a change. All peers copy the same files: `.git` and `node_modules` are
-excluded from rsync and unison as sandlink ignores them, and tar reads the list of synced files.
+excluded from rsync and unison as sandlink ignores them, and tar reads the list of synced files. sandlink leaves the
+removal of a big session copy to a detached remover after the command ends (drivers/local/trash.rs); the next
+contender starts only once that remover is done, so no one pays for it, and no figure counts it either.
 
 Usage: bench.py --binary PATH [--rounds R] [--places shm,disk] [--saves N] [--no-docker] [--scale F]
 """

@@ -277,18 +277,23 @@ fn bad_sync_settings_should_be_a_clear_error() {
     assert!(error.message.contains("exclud"), "{}", error.message);
 }
 
+/// `sandlink sync --json` of `workspace` with its state in `state`: its report, once it exited successfully.
+fn cli_sync(workspace: &Path, state: &Path) -> Value {
+    let output = std::process::Command::new(support::binary())
+        .args(["sync", "--json", "--workspace"])
+        .arg(workspace)
+        .env("SANDLINK_STATE_DIR", state)
+        .output()
+        .expect("sandlink sync runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
 #[test]
 fn cli_sync_should_report_what_was_synced_and_held_back() {
     let workspace = support::workspace_with(&[("src/a.rs", "a"), (".env", "SECRET=1"), (".gitignore", "target/\n"), ("target/x", "x")]);
     let state = tempfile::tempdir().expect("a state directory");
-    let output = std::process::Command::new(support::binary())
-        .args(["sync", "--json", "--workspace"])
-        .arg(workspace.path())
-        .env("SANDLINK_STATE_DIR", state.path())
-        .output()
-        .expect("sandlink sync runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let report = cli_sync(workspace.path(), state.path());
     assert_eq!(report["result"]["uploaded"], 2, "{report}");
     assert_eq!(report["sync"]["heldBackSecrets"], json!([".env"]));
     assert!(!Path::new(report["remoteRoot"].as_str().expect("remoteRoot")).exists(), "the sandbox is removed without --keep");
@@ -305,14 +310,7 @@ fn cli_sync_of_a_big_workspace_should_leave_nothing_once_its_remover_is_done() {
         std::fs::write(file, format!("{index}")).expect("write");
     }
     let state = tempfile::tempdir().expect("a state directory");
-    let output = std::process::Command::new(support::binary())
-        .args(["sync", "--json", "--workspace"])
-        .arg(workspace.path())
-        .env("SANDLINK_STATE_DIR", state.path())
-        .output()
-        .expect("sandlink sync runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let report = cli_sync(workspace.path(), state.path());
     assert_eq!(report["result"]["uploaded"], 2_500, "{report}");
     assert!(!Path::new(report["remoteRoot"].as_str().expect("remoteRoot")).exists(), "the sandbox is out of use at once");
     let trash = state.path().join("trash");

@@ -40,6 +40,9 @@ const userDataDirectory = path.join(scratchDirectory, "user-data");
 const extensionsDirectory = path.join(scratchDirectory, "extensions");
 const workspaceDirectory = path.join(scratchDirectory, "workspace");
 const stateDirectory = path.join(scratchDirectory, "sandlink-state");
+// The profiles the test saves (the keyed one) go here, never into the user's own config.toml, where a profile saved by
+// one run was found by the next.
+const configDirectory = path.join(scratchDirectory, "sandlink-config");
 const testLogPath = path.join(scratchDirectory, "extension-test-log.jsonl");
 const codeServerLogPath = path.join(scratchDirectory, "code-server.log");
 const screenshotPath = path.join(scratchDirectory, "failure.png");
@@ -250,6 +253,18 @@ async function pickQuickPickRowVisible(text) {
     await row.waitFor({ state: "visible", timeout: uiTimeoutMs });
 }
 
+/**
+ * Enters `text` into the open quick input and submits it. Filled, not typed key by key, and checked before Enter:
+ * keys typed while the box is still taking focus were lost once (a token with its first characters missing).
+ */
+async function submitQuickInput(text) {
+    const input = page.locator(".quick-input-widget .quick-input-box input");
+    await input.waitFor({ state: "visible", timeout: uiTimeoutMs });
+    await input.fill(text);
+    await waitFor("the quick input to hold what was entered", async () => (await input.inputValue()) === text);
+    await page.keyboard.press("Enter");
+}
+
 /** Runs Sandlink: Run Command and submits a typed command line; optionally checks a .sandlink.toml task is offered. */
 async function runCommandLineFromPalette(typedCommandLine, { expectTask } = {}) {
     await runPaletteCommand("Sandlink: Run Command");
@@ -435,8 +450,15 @@ const steps = [
                     "--extensions-dir", extensionsDirectory,
                 ],
                 {
-                    // The extension host inherits this environment: the test log and a private server state directory.
-                    env: { ...process.env, SANDLINK_VSCODE_TEST_LOG: testLogPath, SANDLINK_STATE_DIR: stateDirectory, SANDLINK_TEST_DRIVERS: "1" },
+                    // The extension host inherits this environment: the test log and a private server state and
+                    // config directory.
+                    env: {
+                        ...process.env,
+                        SANDLINK_VSCODE_TEST_LOG: testLogPath,
+                        SANDLINK_STATE_DIR: stateDirectory,
+                        SANDLINK_CONFIG_DIR: configDirectory,
+                        SANDLINK_TEST_DRIVERS: "1",
+                    },
                     stdio: ["ignore", logStream, logStream],
                     detached: true,
                 },
@@ -1045,7 +1067,7 @@ const steps = [
             fs.writeFileSync(path.join(otherWorkspace, "other.txt"), "another project\n");
             const recordsBefore = sessionRecords();
             const orphanMaker = spawn(serverBinary, ["run", "--workspace", otherWorkspace, "--", "sleep 20"], {
-                env: { ...process.env, SANDLINK_STATE_DIR: stateDirectory },
+                env: { ...process.env, SANDLINK_STATE_DIR: stateDirectory, SANDLINK_CONFIG_DIR: configDirectory },
                 stdio: "ignore",
                 detached: true,
             });
@@ -1158,16 +1180,14 @@ const steps = [
             await waitFor("the question for expectedTokenHash", async () =>
                 (await page.locator(".quick-input-widget").innerText()).includes("expectedTokenHash"),
             );
-            await page.keyboard.type(tokenHash);
-            await page.keyboard.press("Enter");
+            await submitQuickInput(tokenHash);
             const toast = page.locator(".notification-toast", { hasText: "the keyed driver needs test token" }).first();
             await toast.waitFor({ state: "visible", timeout: uiTimeoutMs });
             assert(/SANDLINK_KEYED_TOKEN/.test(await toast.innerText()), `the notice names the variable: ${await toast.innerText()}`);
             assert(!/sandlink\//.test(await toast.innerText()), `no protocol method in the notice: ${await toast.innerText()}`);
             await toast.locator(".monaco-button", { hasText: "Store the Key" }).first().click();
             await waitFor("the password prompt", async () => (await page.locator(".quick-input-widget").innerText()).includes("kept in the system keychain"));
-            await page.keyboard.type(token);
-            await page.keyboard.press("Enter");
+            await submitQuickInput(token);
             await waitForStatus(/keyed: active/);
             const connected = readTestLog().filter((entry) => entry.event === "connected").at(-1);
             assert(connected?.profile === "keyed", `connected with the profile that holds the key: ${JSON.stringify(connected)}`);

@@ -13,6 +13,17 @@ use crate::error::{Error, IoContext, Result};
 
 /// Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Writes `bytes` to `path` atomically for every process but without waiting for the disk: a crash of the whole
+/// machine may leave no file, or an empty one. Only for a new file whose loss loses nothing.
+pub fn write_atomically_unflushed(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace(path, bytes, false)
+}
+
+/// Writes `bytes` to a temporary file beside `path` (flushed to the disk when `flush`) and renames it over `path`.
+fn replace(path: &Path, bytes: &[u8], flush: bool) -> Result<()> {
     let dir = path.parent().ok_or_else(|| Error::Internal(format!("{} has no directory.", path.display())))?;
     std::fs::create_dir_all(dir).context(|| format!("Could not create {}", dir.display()))?;
     let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
@@ -20,7 +31,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let outcome = (|| -> std::io::Result<()> {
         let mut file = File::create(&temporary)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if flush {
+            file.sync_all()?;
+        }
         std::fs::rename(&temporary, path)
     })();
     if outcome.is_err() {

@@ -188,6 +188,36 @@ fn sessions_should_list_a_kept_sandbox_and_rm_should_remove_it() {
 }
 
 #[test]
+fn removing_a_kept_sandbox_should_leave_no_process_of_it() {
+    // `sessions rm` re-attaches a kept sandbox and stops it at once, in the middle of bubblewrap's set-up: a process
+    // bubblewrap forked before it set its parent-death signal outlived the removal (and held the command's output
+    // open) until the whole tree was put in the session's cgroup before the stop. Several rounds, as it is a race.
+    let workspace = support::workspace_with(&[("data.txt", "kept\n")]);
+    let state = tempfile::tempdir().expect("state dir");
+    let state_path = state.path().to_string_lossy().into_owned();
+    for round in 0..6 {
+        let kept = sandlink(state.path())
+            .args(["run", "--keep", "--workspace"])
+            .arg(workspace.path())
+            .args(["--", "cat data.txt"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("sandlink runs");
+        assert_eq!(kept.code(), Some(0), "round {round}: the kept run failed");
+        let removed = sandlink(state.path())
+            .args(["sessions", "rm", "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("sessions rm");
+        assert_eq!(removed.code(), Some(0), "round {round}: sessions rm failed");
+        let left = support::processes_matching(&state_path);
+        assert!(left.is_empty(), "round {round}: processes of the removed sandbox are left: {left:?}");
+    }
+}
+
+#[test]
 fn a_listing_read_by_a_reader_that_stops_early_should_end_without_a_panic() {
     use std::os::unix::process::ExitStatusExt;
     let state = tempfile::tempdir().expect("state dir");

@@ -386,6 +386,54 @@ fn bomb(harness: &Harness, launch: impl FnOnce(&str)) {
 }
 
 #[test]
+fn every_process_of_a_session_should_be_in_its_cgroup_before_any_command_runs() {
+    // The session's agent (and bubblewrap above it) join the session's pids cgroup after they started, off the path
+    // to the first run; a command runs only once they are members, so the process limit and the kill at the end hold
+    // for everything between sandlink and the command. Cgroups are made only as root.
+    for (mechanism, account) in targets().into_iter().filter(|(_, account)| account.is_none()) {
+        let harness = Harness::new(mechanism, account, "");
+        let marker = format!("member-{}", harness.tag);
+        let mut sandlink = harness
+            .command()
+            .args(["run", "--profile", "escape", "--env", &format!("MARK={marker}"), "--"])
+            .arg("echo started; sleep 30")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sandlink run");
+        let mut first = [0u8; 8];
+        sandlink.stdout.take().expect("stdout").read_exact(&mut first).expect("the run started");
+        let command = support::processes_with_environment(&marker);
+        assert!(!command.is_empty(), "{}: the run's process was not found", harness.who());
+        // From the command up to sandlink itself: the command, the agent and, with bubblewrap, its two processes.
+        let mut chain = Vec::new();
+        let mut pid = command[0];
+        while pid != sandlink.id() && pid > 1 && chain.len() < 16 {
+            chain.push(pid);
+            pid = parent_of(pid);
+        }
+        assert_eq!(pid, sandlink.id(), "{}: the run does not descend from sandlink: {chain:?}", harness.who());
+        let least = if mechanism == "bubblewrap" { 4 } else { 2 };
+        assert!(chain.len() >= least, "{}: too few processes between sandlink and the run: {chain:?}", harness.who());
+        for pid in &chain {
+            let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let pids = cgroups.lines().find(|line| line.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "pids") || c.is_empty()));
+            let in_session = pids.is_some_and(|line| line.contains("/sandlink-local-") && line.ends_with("/session"));
+            assert!(in_session, "{}: process {pid} is outside the session's cgroup: {pids:?}", harness.who());
+        }
+        sandlink.kill().expect("kill the run");
+        sandlink.wait().expect("reap");
+        assert!(wait_until_gone(&marker, Duration::from_secs(5)).is_empty(), "{}: the run outlived sandlink", harness.who());
+    }
+}
+
+/// The parent of process `pid`, from `/proc/PID/stat` (0 when it is gone).
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name is in parentheses and may hold spaces: the fields after it are state, then the parent.
+    stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().nth(1)).and_then(|ppid| ppid.parse().ok()).unwrap_or(0)
+}
+
+#[test]
 fn killing_the_server_should_end_every_process_of_its_runs() {
     for (mechanism, account) in targets() {
         let harness = Harness::new(mechanism, account, "");

@@ -223,7 +223,9 @@ impl Engine {
             let claim = store.claim(&record.session_id)?.ok_or_else(|| {
                 Error::Internal(format!("The new session {} is already claimed.", record.session_id))
             })?;
-            store.write(&record)?;
+            // Nothing exists yet that a machine crash could leave behind: the record that says where the sandbox is,
+            // written once the driver made it, is the one that waits for the disk.
+            store.write_unflushed(&record)?;
             Ok(claim)
         })
         .await
@@ -332,9 +334,11 @@ impl Engine {
         on_failure: OnFailure,
         progress: &dyn Progress,
     ) -> Result<SessionInfo> {
-        self.emit_state(&session, SessionState::Connecting, None).await;
         lock(&self.sessions).insert(session.id.clone(), session.clone());
-        let prepared = match self.attach_sync(&session, sync_options).await {
+        // The record that says where the sandbox is waits for the disk; the sync is prepared meanwhile.
+        let (_, attached) =
+            tokio::join!(self.emit_state(&session, SessionState::Connecting, None), self.attach_sync(&session, sync_options));
+        let prepared = match attached {
             Ok(()) if automatic_sync && session.sync.get().is_some() => {
                 progress.report(upload_message.to_string(), None).await;
                 if let (OnFailure::Discard, Some(sync)) = (&on_failure, session.sync.get()) {

@@ -171,9 +171,14 @@ impl Store {
     }
 
     pub fn write(&self, record: &Record) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|error| Error::Internal(format!("Could not encode the session record: {error}")))?;
-        statefile::write_atomically(&self.record_path(&record.session_id), &bytes)
+        statefile::write_atomically(&self.record_path(&record.session_id), &encode(record)?)
+    }
+
+    /// `write` without waiting for the disk, for a new session's first record, written before its sandbox exists:
+    /// a machine crash can lose it, and with it only a reservation. Every later record says where the sandbox is, and
+    /// waits for the disk.
+    pub fn write_unflushed(&self, record: &Record) -> Result<()> {
+        statefile::write_atomically_unflushed(&self.record_path(&record.session_id), &encode(record)?)
     }
 
     pub fn read(&self, session_id: &str) -> Result<Option<Record>> {
@@ -242,6 +247,11 @@ impl Store {
         }
         matches!(self.claim(session_id), Ok(None))
     }
+}
+
+/// A record as its file holds it.
+fn encode(record: &Record) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(record).map_err(|error| Error::Internal(format!("Could not encode the session record: {error}")))
 }
 
 #[cfg(test)]

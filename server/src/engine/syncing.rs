@@ -156,8 +156,9 @@ impl Engine {
         self.sync_session_restoring(session, direction, paths, progress, true).await
     }
 
-    /// `sync_session`; with `persist_restored` false the state it goes back to is announced but not written to the
-    /// record, for a caller that sets and persists the next state right away (a new session's first upload).
+    /// `sync_session`; with `persist_restored` false neither `syncing` nor the state it goes back to is written to
+    /// the record, only announced, for a caller that sets and persists the next state right away (a session's upload
+    /// as it opens): each record write waits for the disk.
     pub(super) async fn sync_session_restoring(
         &self,
         session: &Arc<Session>,
@@ -177,7 +178,12 @@ impl Engine {
         // A sync (on save, or asked for) is editor activity: it keeps sandboxes with idle timeouts alive.
         session.touch();
         let previous = session.state();
-        self.emit_state(session, SessionState::Syncing, None).await;
+        if persist_restored {
+            self.emit_state(session, SessionState::Syncing, None).await;
+        } else {
+            // An opening's upload: the record says `connecting` until the state after it is written.
+            self.emit_state_unpersisted(session, SessionState::Syncing).await;
+        }
         let outcome = sync.sync(direction, paths, progress).await;
         if let Ok(result) = &outcome {
             self.audit.record(

@@ -141,12 +141,12 @@ pub fn diff_remote(
         }),
     };
     // Only stamps that cannot be told apart by inode need the whole manifest scanned (on every save, in a big tree,
-    // that scan would cost more than the rest of the comparison).
-    let without_inodes = listing.iter().any(|entry| {
-        entry.kind == EntryKind::File
-            && (entry.inode.is_none()
-                || manifest.entries.get(&entry.path).and_then(|record| record.remote.as_ref()).is_some_and(|stamp| stamp.inode.is_none()))
-    });
+    // that scan would cost more than the rest of the comparison). Asked of the listing and of every recorded stamp
+    // (not only those of listed paths): a pass over each, with no lookup per path, and never less careful.
+    let without_inodes = listing.iter().any(|entry| entry.kind == EntryKind::File && entry.inode.is_none())
+        || manifest.entries.values().any(|record| {
+            record.kind == EntryKind::File && record.remote.as_ref().is_some_and(|stamp| stamp.inode.is_none())
+        });
     let mut ambiguous = if without_inodes { ambiguous_stamps(manifest) } else { HashSet::new() };
     let mut diff = RemoteDiff::default();
     if whole_sandbox {

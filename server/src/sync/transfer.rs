@@ -597,12 +597,7 @@ impl<'a> PlaceSink<'a> {
             Err(error) => return Err(walk_failed(path, error)),
         };
         let written = self.copy_content(content, &mut file, path).and_then(|()| {
-            // As in `write_unnamed`: where the umask took none of the mode's bits, only the time is left to set.
-            if process_umask().is_some_and(|umask| mode & umask == 0) {
-                set_mtime(&file, mtime_s, path)?;
-            } else {
-                finish_temp(&file, mode, mtime_s, path)?;
-            }
+            finish_made_file(&file, mode, mtime_s, path)?;
             rustix::fs::fstat(&file).map_err(std::io::Error::from).context(|| format!("Could not look at {path} after writing it"))
         });
         match written {
@@ -627,14 +622,7 @@ impl<'a> PlaceSink<'a> {
             Err(error) => return Err(walk_failed(path, error)),
         };
         self.copy_content(content, &mut file, path)?;
-        // The file was made with `mode`, less the umask: where the umask takes none of its bits away, only the time is
-        // left to set (one system call fewer per file; the look after placing checks the mode all the same).
-        let made_with_mode = process_umask().is_some_and(|umask| mode & umask == 0);
-        if made_with_mode {
-            set_mtime(&file, mtime_s, path)?;
-        } else {
-            finish_temp(&file, mode, mtime_s, path)?;
-        }
+        finish_made_file(&file, mode, mtime_s, path)?;
         match self.beneath.link_unnamed(&file, path).map_err(|error| walk_failed(path, error))? {
             Linked::Named => {}
             linked => {
@@ -653,6 +641,17 @@ impl<'a> PlaceSink<'a> {
             }
             _ => Ok(self.beneath.lstat(path).context(|| format!("Could not look at {path} after writing it"))?),
         }
+    }
+}
+
+/// Gives a file this sink just made with `mode` its time, and its mode where the umask took some of the mode's bits
+/// away: where it took none, only the time is left to set (one system call fewer per file; the look after placing
+/// checks the mode all the same).
+fn finish_made_file(file: &File, mode: u32, mtime_s: u64, path: &str) -> Result<()> {
+    if process_umask().is_some_and(|umask| mode & umask == 0) {
+        set_mtime(file, mtime_s, path)
+    } else {
+        finish_temp(file, mode, mtime_s, path)
     }
 }
 

@@ -315,6 +315,8 @@ struct Launch {
     client: AgentClient,
     /// The agent's pid once its thread started it, or why it could not.
     spawned: std::sync::mpsc::Receiver<std::io::Result<libc::pid_t>>,
+    /// The cgroup leaf the agent joins once started, and word from its thread that the agent's own join is done.
+    joins_after_start: Option<(PathBuf, std::sync::mpsc::Receiver<std::io::Result<()>>)>,
     waiter: AgentWaiter,
     mechanism: Mechanism,
 }
@@ -322,7 +324,7 @@ struct Launch {
 impl Launch {
     /// Waits until the agent listens; one that does not within 5 s is killed and reported.
     async fn wait(self) -> Result<(AgentClient, libc::pid_t, AgentWaiter)> {
-        let Launch { client, spawned, waiter, mechanism } = self;
+        let Launch { client, spawned, joins_after_start, waiter, mechanism } = self;
         let pid = tokio::task::block_in_place(|| spawned.recv())
             .map_err(|_| Error::Internal("The session's agent thread ended before starting it.".into()))?
             .context(|| format!("Could not start the session's agent ({})", mechanism.as_str()))?;
@@ -332,6 +334,17 @@ impl Launch {
         let alive = || matches!(crate::locks::lock(&reaped).try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
         let listens = client.wait_ready(std::time::Duration::from_secs(5), alive).await;
         let waiter = AgentWaiter { thread, reaped: reaped.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) };
+        // Whether it listens or not: a sandbox that failed to start is ended through its cgroup too.
+        let joined = tokio::task::block_in_place(|| join_cgroup(joins_after_start.as_ref(), pid));
+        if let (Err(error), true) = (joined, listens) {
+            // Refused outright: a sandbox outside its process limit must not serve.
+            if waiter.still_running_after(std::time::Duration::ZERO) {
+                // SAFETY: kill(2) on the child we just started, not yet reaped by its thread, so not reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = waiter.thread.join();
+            return Err(Error::io("Could not put the session's sandbox into its cgroup", error));
+        }
         if !listens {
             if mechanism == Mechanism::Bubblewrap {
                 isolation::forget_that_bubblewrap_works();
@@ -352,6 +365,15 @@ impl Launch {
         }
         Ok((client, pid, waiter))
     }
+}
+
+/// Finishes the cgroup join of an agent that joins after it started (`joins`: its leaf, and word from its thread that
+/// the first join is done): whatever forked before that first join took effect is moved in too. Nothing to do for an
+/// agent that joined before exec, or that has no cgroup.
+fn join_cgroup(joins: Option<&(PathBuf, std::sync::mpsc::Receiver<std::io::Result<()>>)>, pid: libc::pid_t) -> std::io::Result<()> {
+    let Some((leaf, first_join)) = joins else { return Ok(()) };
+    first_join.recv().unwrap_or_else(|_| Err(std::io::Error::other("its thread ended first")))?;
+    processes::move_tree_into(leaf, pid)
 }
 
 impl AgentWaiter {
@@ -656,20 +678,28 @@ impl LocalSandbox {
             .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
-        let cgroup_procs = cgroup_leaf.map(|leaf| leaf.join("cgroup.procs"));
+        // A detached run's agent starts its run at once, so it joins its leaf before exec: everything it (or
+        // bubblewrap) ever starts is a member. The session's agent joins after it started, while bubblewrap mounts and
+        // the agent starts: the first join of a cgroup waits about 10 ms for the kernel (an RCU grace period on cgroup
+        // v1), which a connect would otherwise wait for before bubblewrap even starts. What forked meanwhile is moved
+        // in before the agent is used (`Launch::wait`), and until then only bubblewrap and the agent run, no command.
+        let join_after_start = detached.is_none();
+        let cgroup_procs = cgroup_leaf.as_ref().map(|leaf| leaf.join("cgroup.procs"));
         let joins_cgroup = match &cgroup_procs {
             Some(path) => Some(
                 std::fs::OpenOptions::new().write(true).open(path).context(|| format!("Could not open {}", path.display()))?,
             ),
             None => None,
         };
+        let (joins_before_exec, joins_after_start) =
+            if join_after_start { (None, joins_cgroup) } else { (joins_cgroup, None) };
         let dies_with_server = self.mechanism != Mechanism::Bubblewrap && detached.is_none();
         let leaves_server_session = detached.is_some();
         // SAFETY: the closure makes only system calls on descriptors opened before the fork.
         unsafe {
             use std::os::fd::AsRawFd;
             use std::os::unix::process::CommandExt;
-            let cgroup_fd = joins_cgroup.as_ref().map(|file| file.as_raw_fd());
+            let cgroup_fd = joins_before_exec.as_ref().map(|file| file.as_raw_fd());
             command.pre_exec(move || {
                 if let Some(fd) = cgroup_fd {
                     // Joining before exec means everything the agent (or bubblewrap) ever starts is a member.
@@ -689,13 +719,18 @@ impl LocalSandbox {
             });
         }
         let (started, spawned) = std::sync::mpsc::channel();
+        let (joined_sender, joined) = std::sync::mpsc::channel();
         let (reaped_sender, reaped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sandlink-agent".into())
             .spawn(move || match command.spawn() {
                 Ok(mut child) => {
-                    let _ = started.send(Ok(child.id() as libc::pid_t));
-                    drop(joins_cgroup);
+                    let pid = child.id() as libc::pid_t;
+                    let _ = started.send(Ok(pid));
+                    drop(joins_before_exec);
+                    if let Some(mut procs) = joins_after_start {
+                        let _ = joined_sender.send(std::io::Write::write_all(&mut procs, format!("{pid}\n").as_bytes()));
+                    }
                     let _ = child.wait();
                     drop(reaped_sender);
                 }
@@ -707,6 +742,10 @@ impl LocalSandbox {
         Ok(Launch {
             client: AgentClient::new(socket),
             spawned,
+            joins_after_start: match (join_after_start, cgroup_leaf) {
+                (true, Some(leaf)) => Some((leaf, joined)),
+                _ => None,
+            },
             waiter: AgentWaiter { thread, reaped },
             mechanism: self.mechanism,
         })
@@ -718,8 +757,13 @@ impl LocalSandbox {
         }
         let launch = crate::locks::lock(&self.launching).take();
         if let Some(launch) = launch {
-            // Never waited for: stopped once its thread has started it (or failed to), so its pid is known.
+            // Never waited for: stopped once its thread has started it (or failed to), so its pid is known, and once
+            // bubblewrap's processes are all in the session's cgroup: one forked in the middle of bubblewrap's set-up
+            // would otherwise miss both the signal (its parent-death signal may not be set yet) and the kill below.
             if let Ok(Ok(pid)) = launch.spawned.recv() {
+                if let Err(error) = join_cgroup(launch.joins_after_start.as_ref(), pid) {
+                    tracing::debug!(%error, "a sandbox being stopped did not join its cgroup whole");
+                }
                 Agent { client: launch.client, pid, waiter: std::sync::Mutex::new(Some(launch.waiter)) }.stop();
             }
         }

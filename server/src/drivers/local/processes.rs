@@ -150,6 +150,53 @@ fn members(cgroup: &Path) -> Vec<libc::pid_t> {
         .unwrap_or_default()
 }
 
+/// Moves the process `root` and every process below it into the cgroup `leaf`, round after round until a reading
+/// of the cgroup lists them all (each round catches what forked meanwhile). For a tree that runs only sandlink's own
+/// code while this happens (bubblewrap and the agent before its first request), so nothing can fork faster than it
+/// is moved. Fails when `root` is gone or a move is refused.
+pub fn move_tree_into(leaf: &Path, root: libc::pid_t) -> std::io::Result<()> {
+    let procs = leaf.join("cgroup.procs");
+    // Processes that ended (zombies not yet reaped among them) cannot be moved, and cannot fork either.
+    let mut ended = HashSet::new();
+    for _ in 0..KILL_ROUNDS {
+        let joined: HashSet<libc::pid_t> = members(leaf).into_iter().collect();
+        let mut tree = children_tree(root);
+        tree.push(root);
+        let outside: Vec<libc::pid_t> = tree.into_iter().filter(|pid| !joined.contains(pid) && !ended.contains(pid)).collect();
+        if outside.is_empty() {
+            return Ok(());
+        }
+        for pid in outside {
+            // One write per process: the kernel takes one id per write to cgroup.procs.
+            match std::fs::write(&procs, format!("{pid}\n")) {
+                Ok(()) => {}
+                Err(error) if error.raw_os_error() == Some(libc::ESRCH) && pid != root => {
+                    ended.insert(pid);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Err(std::io::Error::other("processes kept appearing outside the session's cgroup"))
+}
+
+/// Every process below `root`, from the kernel's lists of each thread's children (`/proc/PID/task/TID/children`).
+fn children_tree(root: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut found = Vec::new();
+    let mut pending = vec![root];
+    while let Some(pid) = pending.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
+            for child in children.split_whitespace().filter_map(|child| child.parse::<libc::pid_t>().ok()) {
+                found.push(child);
+                pending.push(child);
+            }
+        }
+    }
+    found
+}
+
 /// Where a new pids cgroup can go: beside this process's own, in whichever hierarchy has the pids controller.
 fn pids_hierarchy() -> Option<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;

@@ -28,6 +28,11 @@ const REMOVER_NICENESS: i32 = 10;
 /// detached remover. Where it cannot be moved (another file system, a trash that cannot be made), it is removed
 /// here and now, as before. A `dir` already gone is fine.
 pub fn discard(dir: &Path, state_dir: &Path) -> io::Result<()> {
+    discard_with(dir, state_dir, start_remover)
+}
+
+/// [`discard`], with `start_remover` the step that starts the remover for a state directory (the tests watch it).
+fn discard_with(dir: &Path, state_dir: &Path, start_remover: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
     if !holds_more_than(dir, INLINE_ENTRIES) {
         // Removed faster than a remover process would start.
         return match remove_on_every_core(dir) {
@@ -166,7 +171,7 @@ mod tests {
         let small = state.path().join("sessions/local-small");
         std::fs::create_dir_all(small.join("root/src")).expect("mkdir");
         std::fs::write(small.join("root/src/a"), "a").expect("write");
-        discard(&small, state.path()).expect("discarded");
+        discard_with(&small, state.path(), |_| panic!("a small directory needs no remover")).expect("discarded");
         assert!(!small.exists());
         assert!(!trash_dir(state.path()).exists(), "a small directory never goes through the trash");
 
@@ -178,10 +183,16 @@ mod tests {
         }
         assert!(holds_more_than(&big, INLINE_ENTRIES));
         assert!(!holds_more_than(&big, INLINE_ENTRIES + 20));
-        // Moved at once; the remover started here is this test binary, which cannot empty the trash, so it is emptied
-        // as `sandlink empty-trash` would.
-        discard(&big, state.path()).expect("discarded");
+        // Moved at once, and a remover asked for; this test empties the trash as that `sandlink empty-trash` would
+        // (the real one is run by the CLI tests).
+        let mut removers_asked_for = Vec::new();
+        discard_with(&big, state.path(), |state_dir| {
+            removers_asked_for.push(state_dir.to_path_buf());
+            Ok(())
+        })
+        .expect("discarded");
         assert!(!big.exists(), "the session's directory is out of use at once");
+        assert_eq!(removers_asked_for, vec![state.path().to_path_buf()], "one remover, for this state directory");
         assert!(has_leftovers(state.path()));
         empty(state.path()).expect("emptied");
         assert!(!has_leftovers(state.path()));
@@ -197,7 +208,7 @@ mod tests {
         }
         // A file where the trash directory would be: the move fails, the removal happens here.
         std::fs::write(trash_dir(state.path()), "not a directory").expect("write");
-        discard(&dir, state.path()).expect("discarded");
+        discard_with(&dir, state.path(), |_| panic!("nothing was moved, so no remover")).expect("discarded");
         assert!(!dir.exists());
         discard(&dir, state.path()).expect("a directory already gone is fine");
     }

@@ -156,8 +156,7 @@ pub fn diff_remote(
     }
     // Sorted like the manifest, the listing is compared with it in one pass over both: recorded paths passed over
     // are the ones the sandbox no longer has.
-    let mut listing = listing;
-    listing.sort_by(|left, right| left.path.cmp(&right.path));
+    let mut listing = super::walk::sorted_by_path(listing, |entry| &entry.path);
     // A path listed twice (which no real listing does) counts once, as the first listed.
     listing.dedup_by(|later, first| later.path == first.path);
     let mut excluder = rules.excluder();

@@ -145,8 +145,8 @@ impl Scanner {
         }
         if scan.entries.is_empty() {
             // Collected into a new map, the entries are sorted once and the tree built in one pass, rather than by
-            // one insertion per entry.
-            scan.entries = entries.into_iter().collect();
+            // one insertion per entry; sorted first by index (`sorted_by_path`), the map's own sort finds them in order.
+            scan.entries = super::walk::sorted_by_path(entries, |(path, _)| path).into_iter().collect();
         } else {
             scan.entries.extend(entries);
         }

@@ -192,9 +192,51 @@ impl DirectoryQueue {
     }
 }
 
+/// `items` (a walk's findings, in whatever order its threads found them) sorted by `path`, stably. Only indices move
+/// while sorting, then each item is swapped into place once, in the same vector: a listing's entries are big (a path,
+/// a stamp, a link target), and a sort of the entries themselves moved each one a dozen times (a tenth of an
+/// unchanged two-way sync's time).
+pub fn sorted_by_path<T>(mut items: Vec<T>, path: impl Fn(&T) -> &str) -> Vec<T> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|left, right| path(&items[*left]).cmp(path(&items[*right])));
+    // Position `i` takes the item at `order[i]`: each cycle of that permutation is walked once, carrying its first
+    // item along until it lands where the cycle closes. A walked position is marked with `usize::MAX`.
+    for start in 0..order.len() {
+        let mut current = start;
+        while order[current] != usize::MAX {
+            let next = std::mem::replace(&mut order[current], usize::MAX);
+            if next == start {
+                break;
+            }
+            items.swap(current, next);
+            current = next;
+        }
+    }
+    items
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sorting_by_path_should_order_byte_wise_and_keep_equal_paths_in_their_order() {
+        let items = vec![("b/c", 1), ("a", 2), ("b", 3), ("a", 4), ("", 5), ("b/c", 6), ("a/z", 7), ("a.b", 8)];
+        let sorted = sorted_by_path(items, |(path, _)| path);
+        assert_eq!(sorted, vec![("", 5), ("a", 2), ("a", 4), ("a.b", 8), ("a/z", 7), ("b", 3), ("b/c", 1), ("b/c", 6)]);
+        assert!(sorted_by_path(Vec::<(&str, u8)>::new(), |(path, _)| path).is_empty());
+        // Many cycles of every length: the same as a stable sort of the items themselves.
+        let mut seed = 0x2545_f491_u64;
+        let items: Vec<(String, usize)> = (0..2_000)
+            .map(|index| {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                (format!("d{}/f{}", (seed >> 33) % 40, (seed >> 20) % 300), index)
+            })
+            .collect();
+        let mut expected = items.clone();
+        expected.sort_by(|left, right| left.0.cmp(&right.0));
+        assert_eq!(sorted_by_path(items, |(path, _)| path), expected);
+    }
 
     #[test]
     fn a_walk_should_visit_every_directory_once_and_never_follow_a_link() {

@@ -17,7 +17,6 @@ mod settings;
 mod spare;
 mod transport;
 
-use crate::locks::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -57,21 +56,24 @@ pub struct State {
 
 /// The docker driver; holds one client once the daemon has been reached.
 pub struct Driver {
-    client: Mutex<Option<Client>>,
+    client: tokio::sync::Mutex<Option<Client>>,
 }
 
 impl Driver {
     pub fn new() -> Self {
-        Driver { client: Mutex::new(None) }
+        Driver { client: tokio::sync::Mutex::new(None) }
     }
 
-    /// A client for the daemon, made once and reused (its connection pool survives daemon restarts).
+    /// A client for the daemon, made once and reused (its connection pool survives daemon restarts). Callers that
+    /// come while it is being made wait for it: at a server's start the driver probe and the clean-up of orphans
+    /// both ask, and each connect asks the daemon for `/version`, for which it starts `runc` and `docker-init`.
     async fn client(&self) -> Result<Client> {
-        if let Some(client) = lock(&self.client).clone() {
-            return Ok(client);
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
         }
         let client = Client::connect().await?;
-        *lock(&self.client) = Some(client.clone());
+        *slot = Some(client.clone());
         Ok(client)
     }
 

@@ -167,6 +167,25 @@ impl Client {
         Ok(Client { docker, host, described_at_connect: std::sync::Arc::new(std::sync::Mutex::new(Some((std::time::Instant::now(), description)))) })
     }
 
+    /// A client for a daemon on a Unix socket that speaks the oldest API sandlink supports, made without asking the
+    /// daemon anything: for a look at sandlink's containers at every start, where `connect`'s `/version` has the
+    /// daemon start `runc` and `docker-init` on the cores the start needs. `None` for another kind of host, or where
+    /// the socket is not there; `connect` then decides.
+    pub fn for_listing() -> Option<Self> {
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|value| !value.is_empty())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let socket = host.strip_prefix("unix://")?;
+        if !std::path::Path::new(socket).exists() {
+            return None;
+        }
+        let (major, minor) = MINIMUM_API.split_once('.')?;
+        let version = bollard::ClientVersion { major_version: major.parse().ok()?, minor_version: minor.parse().ok()? };
+        let docker = bollard::Docker::connect_with_unix(&host, 10, &version).ok()?;
+        Some(Client { docker, host, described_at_connect: std::sync::Arc::new(std::sync::Mutex::new(None)) })
+    }
+
     pub fn host(&self) -> &str {
         &self.host
     }

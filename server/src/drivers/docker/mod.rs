@@ -367,8 +367,14 @@ impl Driver {
     /// Removes containers of servers that stopped without disconnecting, sparing sessions that can come back.
     async fn remove_orphans(&self, state_dir: &Path) {
         let _ = state_dir;
-        let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), self.client()).await else {
-            return;
+        // The client made for the driver probe when there is one; else one that lists without the version check.
+        let made = self.client.lock().await.clone();
+        let client = match made.or_else(Client::for_listing) {
+            Some(client) => client,
+            None => match tokio::time::timeout(Duration::from_secs(3), self.client()).await {
+                Ok(Ok(client)) => client,
+                _ => return,
+            },
         };
         let containers = match client.list_labelled(&format!("{LABEL_DRIVER}=docker")).await {
             Ok(containers) => containers,

@@ -393,15 +393,7 @@ fn every_process_of_a_session_should_be_in_its_cgroup_before_any_command_runs() 
     for (mechanism, account) in targets().into_iter().filter(|(_, account)| account.is_none()) {
         let harness = Harness::new(mechanism, account, "");
         let marker = format!("member-{}", harness.tag);
-        let mut sandlink = harness
-            .command()
-            .args(["run", "--profile", "escape", "--env", &format!("MARK={marker}"), "--"])
-            .arg("echo started; sleep 30")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sandlink run");
-        let mut first = [0u8; 8];
-        sandlink.stdout.take().expect("stdout").read_exact(&mut first).expect("the run started");
+        let mut sandlink = start_marked_run(&harness, &marker, "echo started; sleep 30");
         let command = support::processes_with_environment(&marker);
         assert!(!command.is_empty(), "{}: the run's process was not found", harness.who());
         // From the command up to sandlink itself: the command, the agent and, with bubblewrap, its two processes.
@@ -426,6 +418,21 @@ fn every_process_of_a_session_should_be_in_its_cgroup_before_any_command_runs() 
     }
 }
 
+/// Starts `sandlink run` of `script` with `MARK=<marker>` in its environment, and returns once the script printed
+/// "started" (its first eight bytes).
+fn start_marked_run(harness: &Harness, marker: &str, script: &str) -> std::process::Child {
+    let mut sandlink = harness
+        .command()
+        .args(["run", "--profile", "escape", "--env", &format!("MARK={marker}"), "--"])
+        .arg(script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sandlink run");
+    let mut first = [0u8; 8];
+    sandlink.stdout.take().expect("stdout").read_exact(&mut first).expect("the run started");
+    sandlink
+}
+
 /// The parent of process `pid`, from `/proc/PID/stat` (0 when it is gone).
 fn parent_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -438,15 +445,7 @@ fn killing_the_server_should_end_every_process_of_its_runs() {
     for (mechanism, account) in targets() {
         let harness = Harness::new(mechanism, account, "");
         let marker = format!("orphan-{}", harness.tag);
-        let mut sandlink = harness
-            .command()
-            .args(["run", "--profile", "escape", "--env", &format!("MARK={marker}"), "--"])
-            .arg("sleep 300 & setsid sleep 301 & (sleep 302 &) ; echo started; wait")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sandlink run");
-        let mut first = [0u8; 8];
-        sandlink.stdout.take().expect("stdout").read_exact(&mut first).expect("the run started");
+        let mut sandlink = start_marked_run(&harness, &marker, "sleep 300 & setsid sleep 301 & (sleep 302 &) ; echo started; wait");
         let deadline = Instant::now() + Duration::from_secs(5);
         while support::processes_with_environment(&marker).len() < 3 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -129,13 +129,15 @@ fn describe_version(version: &bollard::models::SystemVersion, host: &str) -> Str
     )
 }
 
+/// Where the daemon is: `DOCKER_HOST` as Docker's own client reads it, else the default socket.
+fn daemon_host() -> String {
+    std::env::var("DOCKER_HOST").ok().filter(|value| !value.is_empty()).unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+}
+
 impl Client {
     /// Connects to `DOCKER_HOST` or the default socket and negotiates the API version.
     pub async fn connect() -> Result<Self> {
-        let host = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|value| !value.is_empty())
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let host = daemon_host();
         let unreachable = |detail: String| Error::DriverUnavailable {
             driver: "docker".into(),
             message: format!("Docker is not reachable at {host} ({detail}). {HOW_TO_START}"),
@@ -172,10 +174,7 @@ impl Client {
     /// daemon start `runc` and `docker-init` on the cores the start needs. `None` for another kind of host, or where
     /// the socket is not there; `connect` then decides.
     pub fn for_listing() -> Option<Self> {
-        let host = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|value| !value.is_empty())
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let host = daemon_host();
         let socket = host.strip_prefix("unix://")?;
         if !std::path::Path::new(socket).exists() {
             return None;

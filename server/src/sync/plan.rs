@@ -141,12 +141,19 @@ pub fn diff_remote(
         }),
     };
     // Only stamps that cannot be told apart by inode need the whole manifest scanned (on every save, in a big tree,
-    // that scan would cost more than the rest of the comparison). Asked of the listing and of every recorded stamp
-    // (not only those of listed paths): a pass over each, with no lookup per path, and never less careful.
+    // that scan would cost more than the rest of the comparison). A listing of the whole sandbox asks every recorded
+    // stamp in one pass (never less careful, and no lookup per path); a look at a few paths (a save) asks only theirs.
+    let recorded_without_inode = |record: &super::manifest::Record| {
+        record.kind == EntryKind::File && record.remote.as_ref().is_some_and(|stamp| stamp.inode.is_none())
+    };
     let without_inodes = listing.iter().any(|entry| entry.kind == EntryKind::File && entry.inode.is_none())
-        || manifest.entries.values().any(|record| {
-            record.kind == EntryKind::File && record.remote.as_ref().is_some_and(|stamp| stamp.inode.is_none())
-        });
+        || match whole_sandbox {
+            true => manifest.entries.values().any(|record| recorded_without_inode(record)),
+            false => listing
+                .iter()
+                .filter(|entry| entry.kind == EntryKind::File)
+                .any(|entry| manifest.entries.get(&entry.path).is_some_and(|record| recorded_without_inode(record))),
+        };
     let mut ambiguous = if without_inodes { ambiguous_stamps(manifest) } else { HashSet::new() };
     let mut diff = RemoteDiff::default();
     if whole_sandbox {

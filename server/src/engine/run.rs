@@ -125,6 +125,8 @@ impl RunHandle {
         let control = crate::locks::lock(&self.terminal).clone();
         match control {
             Some(control) => control.resize(size).await,
+            // Ended, though still in the engine's table for a moment: as gone as a run that left it.
+            None if self.exit.get().is_some() => Err(Error::UnknownRun(self.run_id.clone())),
             None => Err(Error::InvalidParams(format!(
                 "Run {} has no terminal to resize: start it with `pty: {{ cols, rows }}`.",
                 self.run_id
@@ -366,8 +368,9 @@ async fn pump(
         reason,
         cost: context.usd_per_hour.map(|usd_per_hour| crate::cost::run_cost(usd_per_hour, duration_ms)),
     };
-    crate::locks::lock(&handle.terminal).take();
+    // The exit first: a resize that finds the terminal gone then knows the run ended (`RunHandle::resize`).
     let _ = handle.exit.set(exit.clone());
+    crate::locks::lock(&handle.terminal).take();
     context.events.exit(exit).await;
 }
 

@@ -475,7 +475,7 @@ async fn sync(options: SyncCommand) -> Result<ExitCode, Error> {
         }),
     );
     let (events, _exits) = TerminalEvents::new();
-    let engine = Engine::new(Arc::new(events));
+    let engine = Engine::for_one_command(Arc::new(events));
     let session = engine
         .connect(
             ConnectParams {
@@ -562,7 +562,7 @@ async fn run_inner(options: RunOptions) -> Result<ExitCode, Error> {
     let workspace = std::fs::canonicalize(&workspace)
         .map_err(|error| Error::io(format!("The workspace {} cannot be used", workspace.display()), error))?;
     let (events, mut exits) = TerminalEvents::new();
-    let engine = Engine::new(Arc::new(events)).with_lossless_output();
+    let engine = Engine::for_one_command(Arc::new(events)).with_lossless_output();
     let session = engine
         .connect(
             ConnectParams {

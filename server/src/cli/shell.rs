@@ -45,7 +45,7 @@ pub async fn shell(options: ShellOptions) -> ExitCode {
 
 async fn shell_inner(options: ShellOptions) -> Result<ExitCode, Error> {
     let (events, mut exits) = TerminalEvents::new();
-    let engine = Arc::new(Engine::new(Arc::new(events)).with_lossless_output());
+    let engine = Arc::new(Engine::for_one_command(Arc::new(events)).with_lossless_output());
     let reused = options.session.is_some();
     let connect = match options.session {
         Some(session) => ConnectParams { reuse: Some(session), ..ConnectParams::default() },

@@ -99,6 +99,8 @@ pub struct Engine {
     who: audit::Who,
     /// Driver probes started with the server, before `initialize` arrives, for its result (see `probe_drivers_early`).
     early_probe: Mutex<Option<EarlyProbe>>,
+    /// The drivers whose leftovers of crashed servers this engine has set about removing (each once).
+    cleaned_up: Mutex<std::collections::HashSet<&'static str>>,
 }
 
 /// The driver list a probe started early will answer, shared so it can be awaited after it was spawned.
@@ -119,15 +121,27 @@ impl Engine {
         state_dir: PathBuf,
         config_dir: PathBuf,
     ) -> Self {
+        let engine = Self::without_clean_up(events, drivers, state_dir, config_dir);
+        engine.clean_up_after_crashes();
+        engine
+    }
+
+    /// An engine for one command that uses one driver and ends with it (`sandlink run`, `sync`, `shell`). It
+    /// removes what crashed servers left only of the drivers it uses, when it first uses each, instead of all of them
+    /// at its start: a local run then does not have the Docker daemon list its containers beside it, which cost
+    /// such a run about 6 ms of its two cores here. Editors' servers and every other command still clean up after
+    /// all drivers at their start.
+    pub fn for_one_command(events: Arc<dyn Events>) -> Self {
+        Self::without_clean_up(events, drivers::registry(), paths::state_dir(), paths::config_dir())
+    }
+
+    fn without_clean_up(
+        events: Arc<dyn Events>,
+        drivers: Vec<Arc<dyn Driver>>,
+        state_dir: PathBuf,
+        config_dir: PathBuf,
+    ) -> Self {
         let store = Store::new(&state_dir);
-        // Sandboxes left by a server that crashed are cleaned up in the background; nothing waits for it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            for driver in &drivers {
-                let driver = driver.clone();
-                let state_dir = state_dir.clone();
-                runtime.spawn(async move { driver.clean_up_after_crash(&state_dir).await });
-            }
-        }
         let runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>> = Arc::default();
         let audit = Arc::new(audit::Audit::new(&state_dir));
         let lifecycle =
@@ -147,7 +161,25 @@ impl Engine {
             audit,
             who: audit::Who::Editor,
             early_probe: Mutex::default(),
+            cleaned_up: Mutex::default(),
         }
+    }
+
+    /// Removes, in the background, what servers that crashed left of every driver's sandboxes; nothing waits for it.
+    fn clean_up_after_crashes(&self) {
+        for driver in &self.drivers {
+            self.clean_up_after_crash_of(driver);
+        }
+    }
+
+    /// Removes, in the background, what crashed servers left of `driver`'s sandboxes, unless this engine already did.
+    fn clean_up_after_crash_of(&self, driver: &Arc<dyn Driver>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if !lock(&self.cleaned_up).insert(driver.id()) {
+            return;
+        }
+        let (driver, state_dir) = (driver.clone(), self.state_dir.clone());
+        runtime.spawn(async move { driver.clean_up_after_crash(&state_dir).await });
     }
 
     /// Makes runs wait for the receiver instead of skipping output; for front doors that must not lose a byte.
@@ -208,8 +240,13 @@ impl Engine {
         Ok(crate::protocol::SettingChoicesResult { choices })
     }
 
+    /// The driver `id`; the first use of a driver cleans up what crashed servers left of it (`for_one_command`).
     fn driver(&self, id: &str) -> Result<Arc<dyn Driver>> {
-        self.drivers.iter().find(|driver| driver.id() == id).cloned().ok_or_else(|| {
+        let found = self.drivers.iter().find(|driver| driver.id() == id).cloned();
+        if let Some(driver) = &found {
+            self.clean_up_after_crash_of(driver);
+        }
+        found.ok_or_else(|| {
             let known: Vec<&str> = self.drivers.iter().map(|driver| driver.id()).collect();
             Error::InvalidParams(format!(
                 "There is no driver \"{id}\". The drivers this sandlink knows are: {}.",
@@ -353,3 +390,118 @@ impl Engine {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{
+        ExitParams, OutputParams, PreviewReadyParams, SessionStateParams, SyncStateParams, TimeoutWarningParams,
+    };
+
+    /// Hears nothing: these tests look at which drivers were cleaned up, not at what the engine tells an editor.
+    struct Deaf;
+
+    #[async_trait::async_trait]
+    impl Events for Deaf {
+        async fn output(&self, _params: OutputParams) {}
+        async fn exit(&self, _params: ExitParams) {}
+        async fn session_state(&self, _params: SessionStateParams) {}
+        async fn sync_state(&self, _params: SyncStateParams) {}
+        async fn preview_ready(&self, _params: PreviewReadyParams) {}
+        async fn timeout_warning(&self, _params: TimeoutWarningParams) {}
+    }
+
+    /// A driver that only says when it is asked to clean up after a crashed server.
+    struct Counted {
+        id: &'static str,
+        cleaned_up: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    }
+
+    #[async_trait::async_trait]
+    impl Driver for Counted {
+        fn id(&self) -> &'static str {
+            self.id
+        }
+
+        async fn info(&self) -> DriverInfo {
+            DriverInfo {
+                id: self.id.into(),
+                available: true,
+                detail: None,
+                capabilities: crate::protocol::DriverCapabilities {
+                    exec: false,
+                    stdin: false,
+                    cancel: false,
+                    upload: false,
+                    download: false,
+                    preview: false,
+                    extend: false,
+                    snapshot: false,
+                    metrics: false,
+                    detect_ports: false,
+                    terminal: false,
+                },
+                settings: Vec::new(),
+                credentials: Vec::new(),
+            }
+        }
+
+        async fn connect(&self, _request: drivers::ConnectRequest) -> Result<Arc<dyn drivers::Sandbox>> {
+            Err(Error::Internal("not in this test".into()))
+        }
+
+        fn settings_schema(&self) -> &'static [drivers::SettingSpec] {
+            &[]
+        }
+
+        async fn clean_up_after_crash(&self, _state_dir: &std::path::Path) {
+            let _ = self.cleaned_up.send(self.id);
+        }
+    }
+
+    fn two_drivers() -> (Vec<Arc<dyn Driver>>, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let drivers: Vec<Arc<dyn Driver>> = ["local", "docker"]
+            .into_iter()
+            .map(|id| Arc::new(Counted { id, cleaned_up: sender.clone() }) as Arc<dyn Driver>)
+            .collect();
+        (drivers, receiver)
+    }
+
+    /// Every clean-up started so far, once the spawned ones had their turn.
+    async fn cleaned_up(receiver: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>) -> Vec<&'static str> {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let mut heard = Vec::new();
+        while let Ok(id) = receiver.try_recv() {
+            heard.push(id);
+        }
+        heard.sort_unstable();
+        heard
+    }
+
+    #[tokio::test]
+    async fn a_server_should_clean_up_after_every_driver_at_its_start() {
+        let (drivers, mut receiver) = two_drivers();
+        let state = tempfile::tempdir().expect("state directory");
+        let engine = Engine::with_dirs(Arc::new(Deaf), drivers, state.path().into(), state.path().into());
+        assert_eq!(cleaned_up(&mut receiver).await, ["docker", "local"]);
+        engine.driver("local").expect("local");
+        assert_eq!(cleaned_up(&mut receiver).await, Vec::<&str>::new(), "no driver is cleaned up twice");
+    }
+
+    #[tokio::test]
+    async fn a_one_command_engine_should_clean_up_only_after_the_drivers_it_uses_once_each() {
+        let (drivers, mut receiver) = two_drivers();
+        let state = tempfile::tempdir().expect("state directory");
+        let engine = Engine::without_clean_up(Arc::new(Deaf), drivers, state.path().into(), state.path().into());
+        assert_eq!(cleaned_up(&mut receiver).await, Vec::<&str>::new(), "nothing at the start");
+        engine.driver("local").expect("local");
+        engine.driver("local").expect("local again");
+        assert_eq!(cleaned_up(&mut receiver).await, ["local"], "the driver used, once; Docker is left alone");
+        assert!(engine.driver("nonesuch").is_err());
+        engine.driver("docker").expect("docker");
+        assert_eq!(cleaned_up(&mut receiver).await, ["docker"]);
+    }
+}

@@ -59,9 +59,16 @@ const SHAPES: &[Shape] = &[
 const SERVICE_ACCOUNT_KEY: &str = r#""private_key"\s*:\s*"-----BEGIN"#;
 
 /// The compiled shapes: one combined automaton that answers "nothing here" for almost every file in one pass, and
-/// the single shapes, run only on a file the combined one matched, to name the rule.
+/// the single shapes, run only on a file the combined one matched, to name the rule. Those are compiled only then:
+/// compiling them all took most of the 2–5 ms a session's start spent on the shapes, for files that almost never
+/// hold a secret.
 pub struct Shapes {
     any: Regex,
+    single: OnceLock<SingleShapes>,
+}
+
+/// Each shape on its own, and the service-account key test, to name the rule a file breaks.
+struct SingleShapes {
     each: Vec<(&'static str, Regex)>,
     service_account_key: Regex,
 }
@@ -78,11 +85,14 @@ fn compile(pattern: &str) -> Regex {
 impl Shapes {
     pub fn new() -> Self {
         let combined = SHAPES.iter().map(|shape| format!("(?:{})", shape.pattern)).collect::<Vec<_>>().join("|");
-        Shapes {
-            any: compile(&combined),
+        Shapes { any: compile(&combined), single: OnceLock::new() }
+    }
+
+    fn single(&self) -> &SingleShapes {
+        self.single.get_or_init(|| SingleShapes {
             each: SHAPES.iter().map(|shape| (shape.rule, compile(shape.pattern))).collect(),
             service_account_key: compile(SERVICE_ACCOUNT_KEY),
-        }
+        })
     }
 
     /// The rule a file's content breaks, if any. Binary content is not looked at.
@@ -90,8 +100,9 @@ impl Shapes {
         if is_binary(content) || !self.any.is_match(content) {
             return None;
         }
-        self.each.iter().find_map(|(rule, pattern)| {
-            pattern.find_iter(content).any(|found| plausible(rule, found.as_bytes(), content, self)).then_some(*rule)
+        let single = self.single();
+        single.each.iter().find_map(|(rule, pattern)| {
+            pattern.find_iter(content).any(|found| plausible(rule, found.as_bytes(), content, single)).then_some(*rule)
         })
     }
 }
@@ -103,7 +114,7 @@ impl Default for Shapes {
 }
 
 /// Whether a match is a credential rather than its documented stand-in.
-fn plausible(rule: &str, matched: &[u8], content: &[u8], shapes: &Shapes) -> bool {
+fn plausible(rule: &str, matched: &[u8], content: &[u8], shapes: &SingleShapes) -> bool {
     match rule {
         // AWS's own documentation key ids (AKIAIOSFODNN7EXAMPLE) appear in countless READMEs and tests.
         "aws-access-key-id" | "aws-secret-access-key" => !contains(matched, b"EXAMPLE"),
@@ -149,13 +160,13 @@ struct Verdicts {
 /// knows are secret), the upload (which checks what it reads) and the listing comparison (which leaves the
 /// sandbox's copy of a held-back file alone).
 pub struct ContentCheck {
-    shapes: &'static Shapes,
     verdicts: Mutex<Verdicts>,
     /// Whether any path was ever held back, so a scan's look at every file takes no lock until one was.
     ever_held: std::sync::atomic::AtomicBool,
 }
 
-/// The shapes, compiled once per process (a few milliseconds), not once per session.
+/// The shapes, compiled once per process, when the first file is read for them (not when a session starts, where
+/// that competed with the sandbox's start for the CPU), not once per session.
 fn compiled_shapes() -> &'static Shapes {
     static SHAPES_ONCE: OnceLock<Shapes> = OnceLock::new();
     SHAPES_ONCE.get_or_init(Shapes::new)
@@ -163,7 +174,7 @@ fn compiled_shapes() -> &'static Shapes {
 
 impl ContentCheck {
     pub fn new() -> Self {
-        ContentCheck { shapes: compiled_shapes(), verdicts: Mutex::default(), ever_held: std::sync::atomic::AtomicBool::new(false) }
+        ContentCheck { verdicts: Mutex::default(), ever_held: std::sync::atomic::AtomicBool::new(false) }
     }
 
     fn verdicts(&self) -> std::sync::MutexGuard<'_, Verdicts> {
@@ -189,7 +200,7 @@ impl ContentCheck {
         let verdict = match cached {
             Some(verdict) => verdict,
             None => {
-                let verdict = self.shapes.find(content);
+                let verdict = compiled_shapes().find(content);
                 self.verdicts().by_hash.insert(*hash.as_bytes(), verdict);
                 verdict
             }

@@ -135,6 +135,7 @@ pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<
     }
     let _ = std::fs::remove_file(socket_path);
     let listener = UnixListener::bind(socket_path)?;
+    announce_listening();
     for connection in listener.incoming() {
         let Ok(connection) = connection else { continue };
         let confinement = confinement.clone();
@@ -152,6 +153,39 @@ pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<
         });
     }
     Ok(())
+}
+
+/// What the agent writes on its stdout once it listens; the server waits for it (`wait_until_listening`).
+const LISTENING: &[u8] = b"listening\n";
+
+/// Tells the server, on stdout, that the socket listens; then points stdout at `/dev/null`, so nothing later holds
+/// the server's pipe open or writes into it. An agent started by hand, with stdout elsewhere, just prints the line.
+fn announce_listening() {
+    let _ = std::io::stdout().write_all(LISTENING);
+    let _ = std::io::stdout().flush();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto this process's own stdout, from a descriptor we own.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
+}
+
+/// Waits until the agent whose stdout is `ready` says that it listens, up to `limit`. End-of-file first means it
+/// ended (with its bubblewrap) without listening, which is known at once rather than after the limit.
+pub async fn wait_until_listening(ready: std::io::PipeReader, limit: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut receiver) = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(ready)) else { return false };
+    let heard = async {
+        let mut said = Vec::new();
+        let mut buffer = [0u8; 64];
+        while said.len() < LISTENING.len() {
+            match receiver.read(&mut buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(count) => said.extend_from_slice(&buffer[..count]),
+            }
+        }
+        said.starts_with(LISTENING)
+    };
+    tokio::time::timeout(limit, heard).await.unwrap_or(false)
 }
 
 fn termination_signals() -> libc::sigset_t {
@@ -222,7 +256,7 @@ fn handle_run(connection: UnixStream, confinement: &Arc<Confinement>, reaper: &R
     // SAFETY: recv_with_fd returned these descriptors to us; each is owned exactly once from here on.
     let owned: Vec<OwnedFd> = fds[..fd_count].iter().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) }).collect();
     if received == 0 {
-        // A readiness probe: connected and closed without a request.
+        // Connected and closed without a request: nothing to do.
         return Ok(false);
     }
     let mut writer = connection.try_clone()?;
@@ -382,22 +416,6 @@ pub struct AgentClient {
 impl AgentClient {
     pub fn new(socket_path: PathBuf) -> Self {
         AgentClient { socket_path }
-    }
-
-    /// Waits until the agent listens, up to `limit`, and no longer than `alive` says its process runs (a sandbox that
-    /// could not start is reported at once, not after the whole limit). Looks every millisecond, the timer's grain.
-    pub async fn wait_ready(&self, limit: std::time::Duration, alive: impl Fn() -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            // A readiness probe: connected and closed without a request.
-            if UnixStream::connect(&self.socket_path).is_ok() {
-                return true;
-            }
-            if !alive() || tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
     }
 
     /// Starts `program` with `args` inside the sandbox; answers once the agent has started it.

@@ -160,12 +160,18 @@ fn probe_record_path() -> std::path::PathBuf {
     crate::paths::state_dir().join("bubblewrap-works")
 }
 
+/// The `bwrap` that `PATH` finds, looked up here rather than by `exec`: a search by `exec` tries every directory
+/// before it in turn, each a failed `execve` in the forked child, on the way to every sandbox's start.
+pub fn bubblewrap_on_path() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join("bwrap")).find(|candidate| candidate.is_file()))
+}
+
 /// What the probe's verdict depends on: the `bwrap` found on `PATH` (its file's identity, so an upgrade probes again),
 /// this boot, this user, and the kernel's settings for user namespaces. `None` without a `bwrap` to identify.
 fn bubblewrap_identity() -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let path = std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join("bwrap")).find(|candidate| candidate.is_file()))?;
+    let path = bubblewrap_on_path()?;
     let file = std::fs::metadata(&path).ok()?;
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let settings: Vec<String> = [
@@ -227,7 +233,7 @@ pub fn forget_that_bubblewrap_works() {
 
 /// Whether bubblewrap can build the sandbox the local driver needs here (user namespaces may be forbidden).
 fn bubblewrap_works() -> bool {
-    std::process::Command::new("bwrap")
+    std::process::Command::new(bubblewrap_on_path().unwrap_or_else(|| "bwrap".into()))
         .args(super::bubblewrap::PROBE_ARGUMENTS)
         .arg("true")
         .stdin(std::process::Stdio::null())

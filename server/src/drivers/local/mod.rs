@@ -313,6 +313,8 @@ struct AgentWaiter {
 /// An agent on its way: its thread is starting it, and it may not listen yet.
 struct Launch {
     client: AgentClient,
+    /// The agent's stdout, where it says that it listens (`agent::wait_until_listening`).
+    ready: std::io::PipeReader,
     /// The agent's pid once its thread started it, or why it could not.
     spawned: std::sync::mpsc::Receiver<std::io::Result<libc::pid_t>>,
     /// The cgroup leaf the agent joins once started, and word from its thread that the agent's own join is done.
@@ -324,16 +326,11 @@ struct Launch {
 impl Launch {
     /// Waits until the agent listens; one that does not within 5 s is killed and reported.
     async fn wait(self) -> Result<(AgentClient, libc::pid_t, AgentWaiter)> {
-        let Launch { client, spawned, joins_after_start, waiter, mechanism } = self;
+        let Launch { client, ready, spawned, joins_after_start, waiter, mechanism } = self;
         let pid = tokio::task::block_in_place(|| spawned.recv())
             .map_err(|_| Error::Internal("The session's agent thread ended before starting it.".into()))?
             .context(|| format!("Could not start the session's agent ({})", mechanism.as_str()))?;
-        // In a mutex only so the wait below may hold it across awaits (a receiver is not `Sync`).
-        let AgentWaiter { thread, reaped } = waiter;
-        let reaped = std::sync::Mutex::new(reaped);
-        let alive = || matches!(crate::locks::lock(&reaped).try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
-        let listens = client.wait_ready(std::time::Duration::from_secs(5), alive).await;
-        let waiter = AgentWaiter { thread, reaped: reaped.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) };
+        let listens = agent::wait_until_listening(ready, std::time::Duration::from_secs(5)).await;
         // Whether it listens or not: a sandbox that failed to start is ended through its cgroup too.
         let joined = tokio::task::block_in_place(|| join_cgroup(joins_after_start.as_ref(), pid));
         if let (Err(error), true) = (joined, listens) {
@@ -578,9 +575,9 @@ impl LocalSandbox {
         }
     }
 
-    /// Starts the session's agent (inside bubblewrap, or directly under Landlock) without waiting for it: joining
-    /// the session's cgroup (about 8 ms on cgroup v1, where the kernel waits for an RCU grace period), bubblewrap's
-    /// mounts and the agent's start go on while the engine uploads the workspace. `agent` waits for it.
+    /// Starts the session's agent (inside bubblewrap, or directly under Landlock) without waiting for it: bubblewrap's
+    /// mounts and the agent's start (and on cgroup v2 the join of the session's cgroup, where the kernel waits for an
+    /// RCU grace period) go on while the engine uploads the workspace. `agent` waits for it.
     fn start_agent(&mut self) -> Result<()> {
         let launch = self.launch_agent(&self.agent_dir(), None)?;
         self.launching = std::sync::Mutex::new(Some(launch));
@@ -657,7 +654,7 @@ impl LocalSandbox {
                     arguments = bubblewrap::arguments(&view, &self.root);
                     arguments.retain(|argument| argument != "--die-with-parent");
                 }
-                let mut command = std::process::Command::new("bwrap");
+                let mut command = std::process::Command::new(isolation::bubblewrap_on_path().unwrap_or_else(|| "bwrap".into()));
                 command.args(arguments).arg(&executable);
                 command
             }
@@ -676,16 +673,22 @@ impl LocalSandbox {
             // The agent needs nothing of the server's environment, and a run could read the agent's.
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null());
-        // A detached run's agent starts its run at once, so it joins its leaf before exec: everything it (or
-        // bubblewrap) ever starts is a member. The session's agent joins after it started, while bubblewrap mounts and
-        // the agent starts: the first join of a cgroup waits about 10 ms for the kernel (an RCU grace period on cgroup
-        // v1), which a connect would otherwise wait for before bubblewrap even starts. What forked meanwhile is moved
-        // in before the agent is used (`Launch::wait`), and until then only bubblewrap and the agent run, no command.
-        let join_after_start = detached.is_none();
-        let cgroup_procs = cgroup_leaf.as_ref().map(|leaf| leaf.join("cgroup.procs"));
-        let joins_cgroup = match &cgroup_procs {
+            .stdin(std::process::Stdio::null());
+        // The agent says on its stdout when it listens (`agent::serve`); it ends without saying so if it cannot start.
+        let (ready_reader, ready_writer) =
+            std::io::pipe().context(|| "Could not create a pipe for the session's agent".into())?;
+        command.stdout(ready_writer);
+        // The agent joins its leaf before exec wherever that is cheap, so everything it (or bubblewrap) ever starts is a
+        // member: on cgroup v1 the forked child, still single-threaded, writes itself into the leaf's `tasks`, which
+        // the kernel does without the RCU grace period a `cgroup.procs` write waits for (0.3 ms against 5–11 ms here).
+        // Elsewhere (cgroup v2) only a detached run's agent, which starts its run at once, joins before exec. The
+        // session's agent joins after it started, while bubblewrap mounts and the agent starts, and what forked
+        // meanwhile is moved in before the agent is used (`Launch::wait`); until then only bubblewrap and the agent
+        // run, no command.
+        let own_thread_join = cgroup_leaf.as_deref().and_then(processes::own_thread_join_file);
+        let join_after_start = detached.is_none() && own_thread_join.is_none();
+        let join_file = own_thread_join.or_else(|| cgroup_leaf.as_ref().map(|leaf| leaf.join("cgroup.procs")));
+        let joins_cgroup = match &join_file {
             Some(path) => Some(
                 std::fs::OpenOptions::new().write(true).open(path).context(|| format!("Could not open {}", path.display()))?,
             ),
@@ -723,24 +726,31 @@ impl LocalSandbox {
         let (reaped_sender, reaped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sandlink-agent".into())
-            .spawn(move || match command.spawn() {
-                Ok(mut child) => {
-                    let pid = child.id() as libc::pid_t;
-                    let _ = started.send(Ok(pid));
-                    drop(joins_before_exec);
-                    if let Some(mut procs) = joins_after_start {
-                        let _ = joined_sender.send(std::io::Write::write_all(&mut procs, format!("{pid}\n").as_bytes()));
+            .spawn(move || {
+                let spawned = command.spawn();
+                // The pipe's write end must live only in the agent (and its bubblewrap): the end-of-file that tells
+                // the server the agent is gone comes only once every copy closed.
+                drop(command);
+                match spawned {
+                    Ok(mut child) => {
+                        let pid = child.id() as libc::pid_t;
+                        let _ = started.send(Ok(pid));
+                        drop(joins_before_exec);
+                        if let Some(mut procs) = joins_after_start {
+                            let _ = joined_sender.send(std::io::Write::write_all(&mut procs, format!("{pid}\n").as_bytes()));
+                        }
+                        let _ = child.wait();
+                        drop(reaped_sender);
                     }
-                    let _ = child.wait();
-                    drop(reaped_sender);
-                }
-                Err(error) => {
-                    let _ = started.send(Err(error));
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                    }
                 }
             })
             .context(|| "Could not start a thread for the session's agent".into())?;
         Ok(Launch {
             client: AgentClient::new(socket),
+            ready: ready_reader,
             spawned,
             joins_after_start: match (join_after_start, cgroup_leaf) {
                 (true, Some(leaf)) => Some((leaf, joined)),
@@ -862,7 +872,9 @@ impl Sandbox for LocalSandbox {
         let agent = self.agent().await?;
         let (program, arguments) = match &spec.args {
             Some(args) => (spec.command.clone(), args.clone()),
-            None => ("sh".to_string(), vec!["-c".to_string(), spec.command.clone()]),
+            // The shell `system(3)` uses, named whole: a search of `PATH` tried each directory before it in turn, a
+            // failed `execve` each, on the way to every command line's start.
+            None => ("/bin/sh".to_string(), vec!["-c".to_string(), spec.command.clone()]),
         };
         agent.client.spawn(program, arguments, cwd, env, spec.stdin, spec.pty).await
     }

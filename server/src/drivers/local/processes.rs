@@ -150,6 +150,15 @@ fn members(cgroup: &Path) -> Vec<libc::pid_t> {
         .unwrap_or_default()
 }
 
+/// The file through which a single-threaded process joins the cgroup `leaf` by writing `0` into it, when there is a
+/// cheaper one than `cgroup.procs`: cgroup v1's `tasks`. A write there moves only the writing thread, so the kernel
+/// skips the lock on every thread group, whose taking waits for an RCU grace period (5–11 ms here, against 0.3 ms).
+/// A forked child before exec has one thread, so it joins whole. cgroup v2 has no such file for a process.
+pub fn own_thread_join_file(leaf: &Path) -> Option<PathBuf> {
+    let tasks = leaf.join("tasks");
+    tasks.exists().then_some(tasks)
+}
+
 /// Moves the process `root` and every process below it into the cgroup `leaf`, round after round until a reading
 /// of the cgroup lists them all (each round catches what forked meanwhile). For a tree that runs only sandlink's own
 /// code while this happens (bubblewrap and the agent before its first request), so nothing can fork faster than it

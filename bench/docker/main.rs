@@ -217,6 +217,7 @@ fn save_one_file() -> bool {
                 settings,
                 state_dir: state.path().to_path_buf(),
                 credentials: Default::default(),
+                runs_commands: true,
             })
             .await
             .expect("connect");

@@ -282,6 +282,7 @@ fn driver_upload(target: &Target, tree: &Path) -> Duration {
                 settings: target.settings().as_object().expect("settings").clone(),
                 state_dir: state.path().to_path_buf(),
                 credentials: Default::default(),
+                runs_commands: true,
             })
             .await
             .expect("connect");
@@ -315,6 +316,7 @@ fn save_one_file(target: &Target) -> bool {
                 settings,
                 state_dir: state.path().to_path_buf(),
                 credentials: Default::default(),
+                runs_commands: true,
             })
             .await
             .expect("connect");

@@ -475,14 +475,14 @@ async fn sync(options: SyncCommand) -> Result<ExitCode, Error> {
         }),
     );
     let (events, _exits) = TerminalEvents::new();
-    let engine = Engine::for_one_command(Arc::new(events));
+    let engine = Engine::for_one_command(Arc::new(events)).for_files_only();
     let session = engine
         .connect(
             ConnectParams {
                 driver: Some(options.driver.clone()),
                 workspace_folder: Some(workspace.to_string_lossy().into_owned()),
                 settings: Some(settings),
-                // The upload happens within connect, where the local driver's agent starts alongside it.
+                // The upload happens within connect; the files-only engine starts nothing for commands beside it.
                 sync: Some(true),
                 ..ConnectParams::default()
             },

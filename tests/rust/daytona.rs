@@ -439,6 +439,7 @@ mod simulated_time {
             settings: with_settings(fake, settings).as_object().cloned().expect("settings"),
             state_dir: state.to_path_buf(),
             credentials,
+            runs_commands: true,
         }
     }
 

@@ -515,7 +515,7 @@ mod files {
         let mut settings = serde_json::Map::new();
         settings.insert("image".into(), json!(IMAGE));
         let sandbox = sandlink::drivers::docker::Driver::new()
-            .connect(ConnectRequest { session_id: session_id.clone(), workspace: None, settings, state_dir: state.to_path_buf(), credentials: Default::default() })
+            .connect(ConnectRequest { session_id: session_id.clone(), workspace: None, settings, state_dir: state.to_path_buf(), credentials: Default::default(), runs_commands: true })
             .await
             .expect("connect");
         (sandbox, format!("sandlink-{session_id}"))

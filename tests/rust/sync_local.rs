@@ -299,6 +299,34 @@ fn cli_sync_should_report_what_was_synced_and_held_back() {
     assert!(!Path::new(report["remoteRoot"].as_str().expect("remoteRoot")).exists(), "the sandbox is removed without --keep");
 }
 
+/// `sandlink sync` only moves files: it starts no agent in the sandbox (whose configuration an agent's start writes
+/// into the session), and the kept copy still serves a run later.
+#[test]
+fn cli_sync_should_start_nothing_in_the_sandbox() {
+    let workspace = support::workspace_with(&[("src/a.rs", "fn main() {}\n")]);
+    let state = tempfile::tempdir().expect("a state directory");
+    let output = std::process::Command::new(support::binary())
+        .args(["sync", "--json", "--keep", "--workspace"])
+        .arg(workspace.path())
+        .env("SANDLINK_STATE_DIR", state.path())
+        .output()
+        .expect("sandlink sync runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let root = Path::new(report["remoteRoot"].as_str().expect("remoteRoot"));
+    let session_dir = root.parent().expect("the session's directory").to_path_buf();
+    assert!(session_dir.starts_with(state.path()), "{report}");
+    assert!(session_dir.join("root/src/a.rs").is_file(), "the files were synced: {report}");
+    assert!(!session_dir.join("agent/config.json").exists(), "no agent was started for a sync");
+    let removed = std::process::Command::new(support::binary())
+        .args(["sessions", "rm", "--all"])
+        .env("SANDLINK_STATE_DIR", state.path())
+        .output()
+        .expect("sessions rm runs");
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(!session_dir.exists(), "the kept copy is removed");
+}
+
 /// A big copy is moved out of the way at once and removed by a detached remover after `sandlink sync` exited; a
 /// small one is removed in place (`drivers/local/trash.rs`).
 #[test]

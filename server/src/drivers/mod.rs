@@ -49,6 +49,9 @@ pub struct ConnectRequest {
     pub state_dir: PathBuf,
     /// The credentials the driver declares in `credential_keys`, resolved from the environment or the keychain.
     pub credentials: BTreeMap<String, Secret>,
+    /// Whether the session runs commands. One opened only to move files (`sandlink sync`) does not, and a driver may
+    /// then start nothing in the sandbox that only commands need (the local driver's agent and network proxy).
+    pub runs_commands: bool,
 }
 
 /// What a driver is given to re-attach to a sandbox kept from an earlier run (after a restart or a crash).
@@ -413,6 +416,7 @@ mod tests {
                 settings: Map::new(),
                 state_dir: PathBuf::from("/state"),
                 credentials: BTreeMap::new(),
+                runs_commands: true,
             },
             remote_root: "/workspace".into(),
             driver_state,

@@ -137,6 +137,7 @@ impl Engine {
             settings: settings.clone(),
             state_dir: self.state_dir.clone(),
             credentials,
+            runs_commands: !self.files_only,
         };
         let connected = match snapshot_id {
             Some(snapshot_id) => driver.restore(snapshot_id, request).await,

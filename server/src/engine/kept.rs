@@ -98,6 +98,7 @@ impl Engine {
                 settings: record.settings.clone(),
                 state_dir: self.state_dir.clone(),
                 credentials,
+                runs_commands: !self.files_only,
             },
             remote_root: record.remote_root.clone(),
             driver_state: record.driver_state.clone(),

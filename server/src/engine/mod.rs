@@ -85,6 +85,8 @@ pub struct Engine {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Whether runs wait for a slow receiver instead of skipping output (the command line).
     lossless_output: bool,
+    /// Whether this engine only moves files (`sandlink sync`): its sessions run no commands.
+    files_only: bool,
     /// Shared so a finished run's task can remove its own entry.
     runs: Arc<Mutex<HashMap<String, Arc<RunHandle>>>>,
     /// The runs that ended most recently, newest last, at most `RECENT_RUNS`, for `sandlink/runs`.
@@ -154,6 +156,7 @@ impl Engine {
             events,
             sessions: Mutex::default(),
             lossless_output: false,
+            files_only: false,
             runs,
             recent_runs: Arc::default(),
             lifecycle,
@@ -180,6 +183,14 @@ impl Engine {
         }
         let (driver, state_dir) = (driver.clone(), self.state_dir.clone());
         runtime.spawn(async move { driver.clean_up_after_crash(&state_dir).await });
+    }
+
+    /// Opens sessions that only move files (`sandlink sync`): drivers start nothing for commands (the local driver's
+    /// agent, a bubblewrap and an exec of sandlink, was most of that command's cost beside the copy), and runs are
+    /// refused.
+    pub fn for_files_only(mut self) -> Self {
+        self.files_only = true;
+        self
     }
 
     /// Makes runs wait for the receiver instead of skipping output; for front doors that must not lose a byte.
@@ -479,6 +490,19 @@ mod tests {
         }
         heard.sort_unstable();
         heard
+    }
+
+    #[tokio::test]
+    async fn a_files_only_engine_should_refuse_runs_with_a_clear_error() {
+        let (drivers, _receiver) = two_drivers();
+        let state = tempfile::tempdir().expect("state directory");
+        let engine = Engine::without_clean_up(Arc::new(Deaf), drivers, state.path().into(), state.path().into()).for_files_only();
+        let params: crate::protocol::RunParams =
+            serde_json::from_value(serde_json::json!({ "sessionId": "local-1", "command": "true" })).expect("params");
+        match engine.run(params).await {
+            Err(Error::InvalidParams(message)) => assert!(message.contains("only syncs files"), "{message}"),
+            other => panic!("a run in a files-only engine: {:?}", other.map(|(run_id, _)| run_id)),
+        }
     }
 
     #[tokio::test]

@@ -17,6 +17,9 @@ const RECENT_RUNS: usize = 50;
 impl Engine {
     /// Starts a run; the caller must release the returned sender once it has answered the request.
     pub async fn run(&self, mut params: RunParams) -> Result<(String, tokio::sync::oneshot::Sender<()>)> {
+        if self.files_only {
+            return Err(Error::InvalidParams("This sandlink command only syncs files; its sessions run no commands.".into()));
+        }
         let session = self.session(&params.session_id)?;
         if let Some(task) = params.task.take() {
             if !params.command.is_empty() {

@@ -258,8 +258,10 @@ impl super::Driver for Driver {
     async fn connect(&self, request: ConnectRequest) -> Result<Arc<dyn Sandbox>> {
         super::Driver::validate_settings(self, &request.settings)?;
         let mut sandbox = tokio::task::block_in_place(|| self.start(&request))?;
-        sandbox.start_network().await?;
-        sandbox.start_agent()?;
+        if request.runs_commands {
+            sandbox.start_network().await?;
+            sandbox.start_agent()?;
+        }
         Ok(Arc::new(sandbox))
     }
 
@@ -280,8 +282,10 @@ impl super::Driver for Driver {
         }
         super::Driver::validate_settings(self, &request.connect.settings)?;
         let mut sandbox = tokio::task::block_in_place(|| self.start(&request.connect))?;
-        sandbox.start_network().await?;
-        sandbox.start_agent()?;
+        if request.connect.runs_commands {
+            sandbox.start_network().await?;
+            sandbox.start_agent()?;
+        }
         Ok(Arc::new(sandbox))
     }
 
@@ -433,6 +437,8 @@ pub struct LocalSandbox {
     /// The session's agent once it listens (`agent`); until then its start is in `launching`.
     agent: tokio::sync::OnceCell<Agent>,
     launching: std::sync::Mutex<Option<Launch>>,
+    /// Whether the session runs commands (`ConnectRequest::runs_commands`); without, no agent was started.
+    runs_commands: bool,
 }
 
 /// The loopback port, inside a bubblewrap sandbox's own network namespace, where the agent bridges to the proxy.
@@ -463,6 +469,7 @@ impl LocalSandbox {
             proxy: None,
             agent: tokio::sync::OnceCell::new(),
             launching: std::sync::Mutex::new(None),
+            runs_commands: request.runs_commands,
         })
     }
 
@@ -864,6 +871,10 @@ impl Sandbox for LocalSandbox {
     }
 
     async fn ready(&self) -> Result<()> {
+        if !self.runs_commands {
+            // Files only: nothing was started that could fail to start.
+            return Ok(());
+        }
         self.agent().await.map(|_| ())
     }
 

@@ -372,7 +372,7 @@ impl Engine {
                     let _ = session.sandbox.disconnect(false).await;
                     self.emit_state(&session, SessionState::Error, Some(error.to_string())).await;
                     session.forget();
-                    self.remove_record(&session.id).await;
+                    self.remove_session_record(&session).await;
                 }
                 OnFailure::KeepInError => self.emit_state(&session, SessionState::Error, Some(error.to_string())).await,
             }
@@ -381,7 +381,8 @@ impl Engine {
         if let (true, Some(sync)) = (automatic_sync, session.sync.get()) {
             sync.start_background();
         }
-        self.emit_state(&session, SessionState::Active, None).await;
+        // The record says where the sandbox is already; `active` reaches the disk while the first command starts.
+        self.emit_state_persisted_in_background(&session, SessionState::Active).await;
         let how = match on_failure {
             OnFailure::Discard => "sessionCreated",
             OnFailure::KeepInError => "sessionReattached",

@@ -25,38 +25,29 @@ impl Engine {
         super::detached::forget_runs_of(&self.state_dir, session_id);
     }
 
-    /// Writes a live session's record (state, times, driver state); never for a session already removed.
-    pub(super) async fn persist(&self, session: &Session, kept: bool) {
-        if session.is_forgotten() {
-            return;
-        }
-        let info = session.info();
-        let record = Record {
-            remote_root: info.remote_root,
-            state: info.state,
-            message: info.message,
-            started_at: info.started_at,
-            last_activity: info.last_activity,
-            expires_at: info.expires_at,
-            driver_state: session.sandbox.driver_state(),
-            isolation: info.isolation,
-            sync_manifest: Some(format!("sessions/{}/manifest.json", session.id)),
-            sync: info.sync,
-            kept,
-            ..Record::connecting(
-                session.id.clone(),
-                session.driver.clone(),
-                session.profile.clone(),
-                session.workspace.clone(),
-                session.settings.clone(),
-            )
-        };
-        let store = self.store.clone();
-        if let Err(error) = statefile::blocking(move || store.write(&record)).await {
-            tracing::warn!(session_id = %session.id, %error, "could not save the session record");
-        }
+    /// Removes a live session's record once the writes of it already started are done.
+    pub(super) async fn remove_session_record(&self, session: &Session) {
+        let _in_order = session.record_writes.lock().await;
+        self.remove_record(&session.id).await;
     }
 
+    /// Writes a live session's record (state, times, driver state); never for a session already removed.
+    pub(super) async fn persist(&self, session: &Session, kept: bool) {
+        let _in_order = session.record_writes.lock().await;
+        write_record(&self.store, session, kept).await;
+    }
+
+    /// `persist`, answering before the record reaches the disk: the write goes on in the background, and every later
+    /// write or removal of the record waits for it. For a state whose loss in a crash loses nothing: the record before
+    /// it, already on disk, says where the sandbox is.
+    pub(super) async fn persist_in_background(&self, session: &Arc<Session>) {
+        let in_order = session.record_writes.clone().lock_owned().await;
+        let (store, session) = (self.store.clone(), session.clone());
+        tokio::spawn(async move {
+            write_record(&store, &session, false).await;
+            drop(in_order);
+        });
+    }
 
     /// Reads a kept record and takes ownership of it, or says who holds it.
     pub(super) async fn claim_record(&self, session_id: &str) -> Result<(Record, statefile::Lock)> {
@@ -126,6 +117,9 @@ impl Engine {
         if let Some(sync) = session.sync.get() {
             sync.stop().await;
         }
+        // A write of the record still on its way (`persist_in_background`) ends first: the local driver's session
+        // directory, which the disconnect removes, holds the record.
+        drop(session.record_writes.lock().await);
         let outcome = session.sandbox.disconnect(params.keep).await;
         if let Err(error) = outcome {
             // The sandbox may still exist: keep the record so it can be found and removed later.
@@ -142,7 +136,7 @@ impl Engine {
             self.persist(&session, true).await;
         } else {
             session.forget();
-            self.remove_record(&session.id).await;
+            self.remove_session_record(&session).await;
         }
         session.release_claim();
         self.emit_state(&session, SessionState::Disconnected, None).await;
@@ -287,4 +281,36 @@ impl Engine {
         }
     }
 
+}
+
+/// Writes `session`'s record as it is now, unless the session is forgotten; the caller holds `record_writes`.
+async fn write_record(store: &super::store::Store, session: &Session, kept: bool) {
+    if session.is_forgotten() {
+        return;
+    }
+    let info = session.info();
+    let record = Record {
+        remote_root: info.remote_root,
+        state: info.state,
+        message: info.message,
+        started_at: info.started_at,
+        last_activity: info.last_activity,
+        expires_at: info.expires_at,
+        driver_state: session.sandbox.driver_state(),
+        isolation: info.isolation,
+        sync_manifest: Some(format!("sessions/{}/manifest.json", session.id)),
+        sync: info.sync,
+        kept,
+        ..Record::connecting(
+            session.id.clone(),
+            session.driver.clone(),
+            session.profile.clone(),
+            session.workspace.clone(),
+            session.settings.clone(),
+        )
+    };
+    let store = store.clone();
+    if let Err(error) = statefile::blocking(move || store.write(&record)).await {
+        tracing::warn!(session_id = %session.id, %error, "could not save the session record");
+    }
 }

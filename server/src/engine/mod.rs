@@ -388,6 +388,18 @@ impl Engine {
             .await;
     }
 
+    /// `emit_state` (with no message), answering before the record reaches the disk (`persist_in_background`).
+    async fn emit_state_persisted_in_background(&self, session: &Arc<Session>, state: SessionState) {
+        session.update(|mutable| {
+            mutable.state = state;
+            mutable.message = None;
+        });
+        self.persist_in_background(session).await;
+        self.events
+            .session_state(SessionStateParams { session_id: session.id.clone(), state, message: None })
+            .await;
+    }
+
     /// `emit_state` without rewriting the record, for a state the caller replaces at once with one it persists
     /// (the `connecting` between a new session's first upload and `active`): each record write waits for the disk.
     async fn emit_state_unpersisted(&self, session: &Session, state: SessionState) {

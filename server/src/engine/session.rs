@@ -41,6 +41,9 @@ pub struct Session {
     claim: Mutex<Option<Lock>>,
     /// Set once the session's record is gone (disconnected without keep), so nothing writes it again.
     forgotten: AtomicBool,
+    /// Held across each write or removal of the session's record, so they reach the disk in the order they were
+    /// started, including a write left to finish in the background (`Engine::persist_in_background`).
+    pub(super) record_writes: Arc<tokio::sync::Mutex<()>>,
     /// Whether a task is watching for ports that start listening (one per session, while runs are in flight).
     pub(super) watching_ports: AtomicBool,
     /// What the upload at connect moved, for a front door that reports it (`sandlink sync`).
@@ -67,6 +70,7 @@ impl Session {
             settings: Map::new(),
             claim: Mutex::new(None),
             forgotten: AtomicBool::new(false),
+            record_writes: Arc::default(),
             watching_ports: AtomicBool::new(false),
             initial_sync: OnceLock::new(),
             mutable: Mutex::new(SessionMutable {

@@ -5,13 +5,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use clap::Subcommand;
 
-use crate::engine::{Engine, Events};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::progress::Progress;
-use crate::protocol::{
-    ExitParams, OutputParams, PreviewReadyParams, SessionStateParams, SyncStateParams, TaskCommitParams, TaskEndParams,
-    TaskInfo, TaskPrParams, TaskStartParams, TimeoutWarningParams,
-};
+use crate::protocol::{TaskCommitParams, TaskEndParams, TaskInfo, TaskPrParams, TaskStartParams};
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
@@ -98,7 +95,8 @@ pub enum TaskCommand {
 /// Runs one `sandlink task` command; the task's sandbox stays kept for the next one unless the task ended. `exec`
 /// answers its command's exit code; the others `None` (success) or an error.
 pub async fn run(action: TaskCommand) -> Result<Option<u8>, Error> {
-    let engine = Engine::new(Arc::new(Quiet));
+    // Tasks run no commands the user watches; the engine's events have nothing to show here.
+    let engine = Engine::new(Arc::new(crate::engine::NoEvents));
     if let TaskCommand::Exec { task_id, command } = action {
         let outcome = crate::agent_tasks::exec(&engine, &task_id, &command.join(" ")).await;
         crate::agent_tasks::release(&engine, &task_id).await;
@@ -210,15 +208,3 @@ impl Progress for StderrProgress {
     }
 }
 
-/// Tasks run no commands the user watches; the engine's events have nothing to show here.
-struct Quiet;
-
-#[async_trait]
-impl Events for Quiet {
-    async fn output(&self, _params: OutputParams) {}
-    async fn exit(&self, _params: ExitParams) {}
-    async fn session_state(&self, _params: SessionStateParams) {}
-    async fn sync_state(&self, _params: SyncStateParams) {}
-    async fn preview_ready(&self, _params: PreviewReadyParams) {}
-    async fn timeout_warning(&self, _params: TimeoutWarningParams) {}
-}

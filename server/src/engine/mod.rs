@@ -53,6 +53,19 @@ pub trait Events: Send + Sync {
 }
 
 
+/// Events nobody is shown: for front doors with nothing to display (agent tasks) and for tests.
+pub struct NoEvents;
+
+#[async_trait]
+impl Events for NoEvents {
+    async fn output(&self, _params: OutputParams) {}
+    async fn exit(&self, _params: ExitParams) {}
+    async fn session_state(&self, _params: SessionStateParams) {}
+    async fn sync_state(&self, _params: SyncStateParams) {}
+    async fn preview_ready(&self, _params: PreviewReadyParams) {}
+    async fn timeout_warning(&self, _params: TimeoutWarningParams) {}
+}
+
 /// Probes every driver, each in a task of its own: a probe that blocks its thread (the local driver's test run of
 /// bubblewrap) must not hold up the others, as it would when they were polled together in one task.
 async fn probe_all(drivers: &[Arc<dyn Driver>]) -> Vec<DriverInfo> {
@@ -417,22 +430,6 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{
-        ExitParams, OutputParams, PreviewReadyParams, SessionStateParams, SyncStateParams, TimeoutWarningParams,
-    };
-
-    /// Hears nothing: these tests look at which drivers were cleaned up, not at what the engine tells an editor.
-    struct Deaf;
-
-    #[async_trait::async_trait]
-    impl Events for Deaf {
-        async fn output(&self, _params: OutputParams) {}
-        async fn exit(&self, _params: ExitParams) {}
-        async fn session_state(&self, _params: SessionStateParams) {}
-        async fn sync_state(&self, _params: SyncStateParams) {}
-        async fn preview_ready(&self, _params: PreviewReadyParams) {}
-        async fn timeout_warning(&self, _params: TimeoutWarningParams) {}
-    }
 
     /// A driver that only says when it is asked to clean up after a crashed server.
     struct Counted {
@@ -508,7 +505,7 @@ mod tests {
     async fn a_files_only_engine_should_refuse_runs_with_a_clear_error() {
         let (drivers, _receiver) = two_drivers();
         let state = tempfile::tempdir().expect("state directory");
-        let engine = Engine::without_clean_up(Arc::new(Deaf), drivers, state.path().into(), state.path().into()).for_files_only();
+        let engine = Engine::without_clean_up(Arc::new(NoEvents), drivers, state.path().into(), state.path().into()).for_files_only();
         let params: crate::protocol::RunParams =
             serde_json::from_value(serde_json::json!({ "sessionId": "local-1", "command": "true" })).expect("params");
         match engine.run(params).await {
@@ -521,7 +518,7 @@ mod tests {
     async fn a_server_should_clean_up_after_every_driver_at_its_start() {
         let (drivers, mut receiver) = two_drivers();
         let state = tempfile::tempdir().expect("state directory");
-        let engine = Engine::with_dirs(Arc::new(Deaf), drivers, state.path().into(), state.path().into());
+        let engine = Engine::with_dirs(Arc::new(NoEvents), drivers, state.path().into(), state.path().into());
         assert_eq!(cleaned_up(&mut receiver).await, ["docker", "local"]);
         engine.driver("local").expect("local");
         assert_eq!(cleaned_up(&mut receiver).await, Vec::<&str>::new(), "no driver is cleaned up twice");
@@ -531,7 +528,7 @@ mod tests {
     async fn a_one_command_engine_should_clean_up_only_after_the_drivers_it_uses_once_each() {
         let (drivers, mut receiver) = two_drivers();
         let state = tempfile::tempdir().expect("state directory");
-        let engine = Engine::without_clean_up(Arc::new(Deaf), drivers, state.path().into(), state.path().into());
+        let engine = Engine::without_clean_up(Arc::new(NoEvents), drivers, state.path().into(), state.path().into());
         assert_eq!(cleaned_up(&mut receiver).await, Vec::<&str>::new(), "nothing at the start");
         engine.driver("local").expect("local");
         engine.driver("local").expect("local again");

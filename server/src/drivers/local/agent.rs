@@ -188,6 +188,28 @@ pub async fn wait_until_listening(ready: std::io::PipeReader, limit: std::time::
     tokio::time::timeout(limit, heard).await.unwrap_or(false)
 }
 
+/// `wait_until_listening` for a caller off the runtime (stopping an agent nobody waited for): blocks up to `limit`.
+pub fn wait_until_listening_blocking(ready: std::io::PipeReader, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let mut ready = ready;
+    let mut said = Vec::new();
+    let mut buffer = [0u8; 64];
+    while said.len() < LISTENING.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut watched = libc::pollfd { fd: ready.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll(2) on one descriptor we own, with a valid pollfd.
+        let polled = unsafe { libc::poll(&mut watched, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if polled <= 0 {
+            return false;
+        }
+        match ready.read(&mut buffer) {
+            Ok(0) | Err(_) => return false,
+            Ok(count) => said.extend_from_slice(&buffer[..count]),
+        }
+    }
+    said.starts_with(LISTENING)
+}
+
 fn termination_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill a set we own.
     unsafe {

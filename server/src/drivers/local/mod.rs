@@ -299,6 +299,9 @@ impl super::Driver for Driver {
     }
 }
 
+/// How long an agent may take to listen before its start counts as failed.
+const AGENT_START_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A session's agent process, started from a thread that lives exactly as long as it (the parent-death signal
 /// fires when the spawning *thread* ends, so a pooled thread would kill the agent at random).
 struct Agent {
@@ -334,7 +337,7 @@ impl Launch {
         let pid = tokio::task::block_in_place(|| spawned.recv())
             .map_err(|_| Error::Internal("The session's agent thread ended before starting it.".into()))?
             .context(|| format!("Could not start the session's agent ({})", mechanism.as_str()))?;
-        let listens = agent::wait_until_listening(ready, std::time::Duration::from_secs(5)).await;
+        let listens = agent::wait_until_listening(ready, AGENT_START_LIMIT).await;
         // Whether it listens or not: a sandbox that failed to start is ended through its cgroup too.
         let joined = tokio::task::block_in_place(|| join_cgroup(joins_after_start.as_ref(), pid));
         if let (Err(error), true) = (joined, listens) {
@@ -774,10 +777,13 @@ impl LocalSandbox {
         }
         let launch = crate::locks::lock(&self.launching).take();
         if let Some(launch) = launch {
-            // Never waited for: stopped once its thread has started it (or failed to), so its pid is known, and once
-            // bubblewrap's processes are all in the session's cgroup: one forked in the middle of bubblewrap's set-up
-            // would otherwise miss both the signal (its parent-death signal may not be set yet) and the kill below.
+            // Never waited for: stopped once its thread has started it (or failed to), so its pid is known, once
+            // bubblewrap's set-up is over (the agent listens, or ended; bounded), and once bubblewrap's processes are
+            // all in the session's cgroup. A process bubblewrap forked in the middle of its set-up may not have set
+            // its parent-death signal yet, so the signal below would miss it, and without a cgroup nothing else
+            // would catch it.
             if let Ok(Ok(pid)) = launch.spawned.recv() {
+                agent::wait_until_listening_blocking(launch.ready, AGENT_START_LIMIT);
                 if let Err(error) = join_cgroup(launch.joins_after_start.as_ref(), pid) {
                     tracing::debug!(%error, "a sandbox being stopped did not join its cgroup whole");
                 }

@@ -234,3 +234,37 @@ fn a_listing_read_by_a_reader_that_stops_early_should_end_without_a_panic() {
     assert!(!stderr.contains("panicked"), "no panic on a closed pipe: {stderr}");
     assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "it ends as `ls` does: {:?} {stderr}", output.status);
 }
+
+/// A descriptor that whoever started sandlink left open without close-on-exec (a shell's `exec 200>file`, an
+/// editor's stray pipe) must not reach the sandbox: a run could write to a host file through it, or see it in
+/// `/proc` under any process of the sandbox.
+#[test]
+fn a_descriptor_sandlink_inherits_should_not_reach_a_run() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let workspace = support::workspace_with(&[("data.txt", "x\n")]);
+    let state = tempfile::tempdir().expect("state dir");
+    let outside = tempfile::tempdir().expect("a host directory outside the sandbox");
+    let target = outside.path().join("inherited-target");
+    let file = std::fs::File::create(&target).expect("host file");
+    let fd = file.as_raw_fd();
+    let mut command = sandlink(state.path());
+    command
+        .args(["run", "--workspace"])
+        .arg(workspace.path())
+        .args(["--", "(echo escaped >&200) 2>/dev/null; ls -l /proc/[0-9]*/fd/ 2>/dev/null; true"]);
+    // SAFETY: dup2(2) in the forked child onto a fixed number, from a descriptor open in the parent; no allocation.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 200) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().expect("sandlink runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(!stdout.contains("inherited-target"), "the inherited descriptor is visible in the sandbox: {stdout}");
+    assert_eq!(std::fs::read_to_string(&target).expect("host file"), "", "the run wrote to a host file through it");
+}

@@ -52,6 +52,29 @@ pub struct Confinement {
     max_processes: Option<u64>,
 }
 
+/// Marks every descriptor above stderr close-on-exec, in a forked child before exec: whatever the process that
+/// started sandlink left open without that flag (an editor's, a shell's `exec 200>file`) would otherwise pass through
+/// bubblewrap and the agent into every run, which could write to a host file through it. Only system calls: safe
+/// between fork and exec. Kernels before 5.11 lack `close_range`'s flag; there each descriptor up to the open-file
+/// limit is marked on its own.
+pub fn close_inherited_on_exec() {
+    // SAFETY: close_range(2), getrlimit(2) and fcntl(2) on this process's own descriptor table, with integer arguments
+    // and a local out-value; none allocates.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) == 0 {
+            return;
+        }
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        let highest = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 { limit.rlim_cur.min(1 << 20) } else { 1024 };
+        for fd in 3..highest as libc::c_int {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 impl Confinement {
     /// Builds the filters and the Landlock ruleset for `policy`.
     pub fn prepare(policy: &RunPolicy) -> std::io::Result<Self> {
@@ -72,6 +95,7 @@ impl Confinement {
         // SAFETY (whole function): each call is a plain system call on the calling process with integer or
         // pre-built, live arguments; none allocates or touches shared state.
         unsafe {
+            close_inherited_on_exec();
             // A session of its own: no controlling terminal to inject keystrokes into, its own process group.
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());

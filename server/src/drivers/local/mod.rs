@@ -728,6 +728,8 @@ impl LocalSandbox {
                     // No signal meant for the server's terminal or process group reaches a detached run.
                     libc::setsid();
                 }
+                // Only stdin, stdout and stderr cross into the sandbox (the cgroup's descriptor was used above).
+                confine::close_inherited_on_exec();
                 Ok(())
             });
         }

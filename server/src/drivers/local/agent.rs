@@ -172,23 +172,10 @@ fn announce_listening() {
 /// Waits until the agent whose stdout is `ready` says that it listens, up to `limit`. End-of-file first means it
 /// ended (with its bubblewrap) without listening, which is known at once rather than after the limit.
 pub async fn wait_until_listening(ready: std::io::PipeReader, limit: std::time::Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let Ok(mut receiver) = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(ready)) else { return false };
-    let heard = async {
-        let mut said = Vec::new();
-        let mut buffer = [0u8; 64];
-        while said.len() < LISTENING.len() {
-            match receiver.read(&mut buffer).await {
-                Ok(0) | Err(_) => return false,
-                Ok(count) => said.extend_from_slice(&buffer[..count]),
-            }
-        }
-        said.starts_with(LISTENING)
-    };
-    tokio::time::timeout(limit, heard).await.unwrap_or(false)
+    tokio::task::spawn_blocking(move || wait_until_listening_blocking(ready, limit)).await.unwrap_or(false)
 }
 
-/// `wait_until_listening` for a caller off the runtime (stopping an agent nobody waited for): blocks up to `limit`.
+/// `wait_until_listening`, blocking the calling thread (stopping an agent nobody waited for does, off the runtime).
 pub fn wait_until_listening_blocking(ready: std::io::PipeReader, limit: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;
     let mut ready = ready;

@@ -79,6 +79,12 @@ pub fn serve(socket_path: &Path, config_path: Option<&Path>) -> std::io::Result<
     let termination = termination_signals();
     // SAFETY: pthread_sigmask on the calling thread with a valid set.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &termination, std::ptr::null_mut()) };
+    // Runs share the agent's user, so without this they could open the agent's `/proc/PID/mem` and `/proc/PID/fd`:
+    // write code into a process outside their seccomp filter, or reach the descriptors it holds (the server's
+    // stderr). A process that is not dumpable can be inspected only with CAP_SYS_PTRACE, which no run has. It stays
+    // so until exec, so runs, which are exec'd, are ordinary processes again.
+    // SAFETY: prctl on the calling process with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // Orphans of runs (daemons, double forks) become the agent's children, so the clean-up finds them all.
     // SAFETY: prctl on the calling process with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

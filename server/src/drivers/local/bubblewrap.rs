@@ -8,9 +8,14 @@ use std::path::PathBuf;
 ///
 /// `--unshare-user` makes root inside a user namespace, so `--cap-drop ALL` leaves nothing to regain; `--new-session`
 /// takes away the controlling terminal (TIOCSTI); `--die-with-parent` ends the sandbox with the server.
+/// `--as-pid-1` makes the program (the session's agent) the namespace's init instead of a bubblewrap reaper: that
+/// reaper would keep the server's stdout and stderr open where every run could reach them through `/proc/1/fd`, and
+/// its memory writable through `/proc/1/mem`. The agent reaps orphans itself, refuses to be traced, and when it ends
+/// the kernel ends everything in the namespace.
 pub const PROBE_ARGUMENTS: &[&str] = &[
     "--unshare-user",
     "--unshare-pid",
+    "--as-pid-1",
     "--unshare-ipc",
     "--unshare-uts",
     "--unshare-cgroup-try",

@@ -169,7 +169,7 @@ pub fn move_tree_into(leaf: &Path, root: libc::pid_t) -> std::io::Result<()> {
     let mut ended = HashSet::new();
     for _ in 0..KILL_ROUNDS {
         let joined: HashSet<libc::pid_t> = members(leaf).into_iter().collect();
-        let mut tree = children_tree(root);
+        let mut tree = descendants_of(root);
         tree.push(root);
         let outside: Vec<libc::pid_t> = tree.into_iter().filter(|pid| !joined.contains(pid) && !ended.contains(pid)).collect();
         if outside.is_empty() {
@@ -187,23 +187,6 @@ pub fn move_tree_into(leaf: &Path, root: libc::pid_t) -> std::io::Result<()> {
         }
     }
     Err(std::io::Error::other("processes kept appearing outside the session's cgroup"))
-}
-
-/// Every process below `root`, from the kernel's lists of each thread's children (`/proc/PID/task/TID/children`).
-fn children_tree(root: libc::pid_t) -> Vec<libc::pid_t> {
-    let mut found = Vec::new();
-    let mut pending = vec![root];
-    while let Some(pid) = pending.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
-        for task in tasks.flatten() {
-            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
-            for child in children.split_whitespace().filter_map(|child| child.parse::<libc::pid_t>().ok()) {
-                found.push(child);
-                pending.push(child);
-            }
-        }
-    }
-    found
 }
 
 /// Where a new pids cgroup can go: beside this process's own, in whichever hierarchy has the pids controller.
@@ -267,4 +250,45 @@ pub fn descendants_of(ancestor: libc::pid_t) -> Vec<libc::pid_t> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process tree started outside a cgroup (a shell with two children) is moved in whole; cgroup v2 sessions
+    /// depend on it (their agent joins after it started), and it runs here on whichever version the machine has.
+    #[test]
+    fn moving_a_tree_into_a_leaf_should_move_every_process_of_it() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "CI runs the unit tests as root, where cgroups can be made");
+            return;
+        }
+        let session = format!("unit-move-{}", std::process::id());
+        let cgroup = SessionCgroup::create(&session, 64).expect("a pids cgroup (root, pids controller)");
+        let leaf = cgroup.session_leaf();
+        let mut shell = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & sleep 30 & echo started; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut first = [0u8; 8];
+        std::io::Read::read_exact(shell.stdout.as_mut().expect("stdout"), &mut first).expect("the children started");
+        let root = shell.id() as libc::pid_t;
+        let tree: HashSet<libc::pid_t> = descendants_of(root).into_iter().chain([root]).collect();
+        assert_eq!(tree.len(), 3, "the shell and its two children: {tree:?}");
+        assert!(members(&leaf).is_empty(), "the leaf starts empty");
+        move_tree_into(&leaf, root).expect("move the tree");
+        let joined: HashSet<libc::pid_t> = members(&leaf).into_iter().collect();
+        assert!(tree.is_subset(&joined), "every process of the tree is a member: {tree:?} against {joined:?}");
+        cgroup.kill_all_and_remove();
+        let _ = shell.wait();
+        let alive = |pid: &libc::pid_t| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rfind(')').is_some_and(|end| !stat[end + 1..].trim_start().starts_with('Z'))
+        };
+        assert!(!tree.iter().any(alive), "the cgroup's kill ended every process of the tree");
+        assert!(!leaf.exists(), "the cgroup was removed");
+    }
 }

@@ -94,21 +94,6 @@ enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-    /// Internal: the agent the local driver runs inside a session's bubblewrap to start runs quickly.
-    #[command(hide = true)]
-    SandboxAgent {
-        #[arg(long, value_name = "PATH")]
-        socket: PathBuf,
-        /// The confinement and clean-up the driver chose (JSON), written by the local driver.
-        #[arg(long, value_name = "PATH")]
-        config: Option<PathBuf>,
-    },
-    /// Internal: removes the directories of ended local sessions, which their disconnect moved into the trash.
-    #[command(hide = true)]
-    EmptyTrash {
-        #[arg(long, value_name = "PATH")]
-        state_dir: PathBuf,
-    },
     /// Copy the workspace into a fresh sandbox and report what was synced and what was held back.
     ///
     /// Honours .gitignore, .ignore and .sandlinkignore; files that look like secrets (.env, private keys) stay
@@ -299,26 +284,61 @@ enum ProfileCommand {
     DeleteCredential { profile: String, key: String },
 }
 
+/// The commands sandlink starts itself, not shown in its help. They have a parser of their own, so starting the
+/// local driver's agent (on the path of every `sandlink run`) does not build the whole command line's definition
+/// first: 0.3 ms of the agent's start here.
+#[derive(Parser, Debug)]
+#[command(name = "sandlink", version)]
+enum Internal {
+    /// The agent the local driver runs inside a session's bubblewrap to start runs quickly.
+    SandboxAgent {
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// The confinement and clean-up the driver chose (JSON), written by the local driver.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Removes the directories of ended local sessions, which their disconnect moved into the trash.
+    EmptyTrash {
+        #[arg(long, value_name = "PATH")]
+        state_dir: PathBuf,
+    },
+}
+
+impl Internal {
+    /// Whether the command line names one of these commands.
+    fn is_named() -> bool {
+        let name = std::env::args_os().nth(1);
+        matches!(name.as_ref().and_then(|name| name.to_str()), Some("sandbox-agent" | "empty-trash"))
+    }
+
+    fn run(self) -> ExitCode {
+        match self {
+            Internal::SandboxAgent { socket, config } => {
+                // The agent is plain threads and blocking I/O: it must stay small and start fast inside the sandbox.
+                match crate::drivers::local::agent::serve(&socket, config.as_deref()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        eprintln!("sandlink sandbox-agent: {error}");
+                        ExitCode::from(EXIT_SANDLINK_ERROR)
+                    }
+                }
+            }
+            // Detached and alone: nobody reads what it prints, and a failure leaves the rest for the next start.
+            Internal::EmptyTrash { state_dir } => match crate::drivers::local::trash::empty(&state_dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::from(EXIT_SANDLINK_ERROR),
+            },
+        }
+    }
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
+    if Internal::is_named() {
+        return Internal::parse().run();
+    }
     let cli = Cli::parse();
-    if let Some(Command::SandboxAgent { socket, config }) = &cli.command {
-        // The agent is plain threads and blocking I/O: it must stay small and start fast inside the sandbox.
-        return match crate::drivers::local::agent::serve(socket, config.as_deref()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("sandlink sandbox-agent: {error}");
-                ExitCode::from(EXIT_SANDLINK_ERROR)
-            }
-        };
-    }
-    if let Some(Command::EmptyTrash { state_dir }) = &cli.command {
-        // Detached and alone: nobody reads what it prints, and a failure leaves the rest for the next start.
-        return match crate::drivers::local::trash::empty(state_dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::from(EXIT_SANDLINK_ERROR),
-        };
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -333,7 +353,6 @@ pub fn main() -> ExitCode {
             eprintln!("sandlink: say what to do, e.g. `sandlink run -- npm test` or `sandlink lsp`; see `sandlink --help`.");
             ExitCode::from(2)
         }
-        Some(Command::SandboxAgent { .. } | Command::EmptyTrash { .. }) => ExitCode::SUCCESS,
         Some(Command::Drivers { json }) => {
             crate::logging::init("warn", None);
             end_quietly_on_a_closed_pipe();

@@ -268,3 +268,27 @@ fn a_descriptor_sandlink_inherits_should_not_reach_a_run() {
     assert!(!stdout.contains("inherited-target"), "the inherited descriptor is visible in the sandbox: {stdout}");
     assert_eq!(std::fs::read_to_string(&target).expect("host file"), "", "the run wrote to a host file through it");
 }
+
+#[test]
+fn a_change_to_the_workspace_during_a_run_should_reach_the_sandbox() {
+    // A one-shot run starts its file watcher only after a quarter of a second (a short run needs none, and setting
+    // one up costs its exit 10 ms); a longer run, such as a dev server, still gets what is edited meanwhile.
+    let workspace = support::workspace_with(&[("data.txt", "before\n")]);
+    let state = tempfile::tempdir().expect("state dir");
+    let mut child = sandlink(state.path())
+        .current_dir(workspace.path())
+        .args(["run", "--", "echo started; for i in $(seq 150); do grep -q after data.txt && { echo seen; exit 0; }; sleep 0.1; done; exit 3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sandlink runs");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("the run started");
+    // At once, inside the quarter of a second without a watcher: the watcher's first rescan must catch it.
+    std::fs::write(workspace.path().join("data.txt"), "after\n").expect("edit on the host");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read the rest");
+    let status = child.wait().expect("exit");
+    assert_eq!(rest, "seen\n", "the run saw the edit made on the host while it ran");
+    assert_eq!(status.code(), Some(0));
+}

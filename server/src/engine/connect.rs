@@ -379,7 +379,7 @@ impl Engine {
             return Err(error);
         }
         if let (true, Some(sync)) = (automatic_sync, session.sync.get()) {
-            sync.start_background();
+            sync.start_background(self.watch_delay);
         }
         // The record says where the sandbox is already; `active` reaches the disk while the first command starts.
         self.emit_state_persisted_in_background(&session, SessionState::Active).await;

@@ -190,8 +190,9 @@ impl SessionSync {
         state
     }
 
-    /// Starts automatic sync: the worker that syncs saves and watcher events, and the watcher (or poller).
-    pub fn start_background(&self) {
+    /// Starts automatic sync: the worker that syncs saves and watcher events, and the watcher (or poller), which
+    /// begins `watch_delay` later.
+    pub fn start_background(&self, watch_delay: std::time::Duration) {
         let worker = {
             let sync = self.clone();
             tokio::spawn(async move { sync.worker().await })
@@ -219,6 +220,7 @@ impl SessionSync {
         };
         let watcher = watch::start(
             self.inner.scanner.rules.clone(),
+            watch_delay,
             forced_poll,
             self.inner.options.poll_interval(),
             on_change,

@@ -40,11 +40,22 @@ impl Drop for Watcher {
     }
 }
 
-/// Starts watching the workspace of `rules` on a thread of its own.
-pub fn start(rules: Arc<Rules>, force_poll: bool, poll_interval: Duration, on_change: OnChange, on_mode: OnMode) -> Watcher {
+/// Starts watching the workspace of `rules` on a thread of its own, `delay` from now unless stopped before. The
+/// watcher's first act is a full rescan, so nothing that changed meanwhile is missed.
+pub fn start(
+    rules: Arc<Rules>,
+    delay: Duration,
+    force_poll: bool,
+    poll_interval: Duration,
+    on_change: OnChange,
+    on_mode: OnMode,
+) -> Watcher {
     let stop = Arc::new(AtomicBool::new(false));
     let thread_stop = stop.clone();
     let spawned = std::thread::Builder::new().name("sandlink-watch".into()).spawn(move || {
+        if !wait_unless_stopped(&thread_stop, delay) {
+            return;
+        }
         if force_poll {
             on_mode("polling", None);
             poll(&thread_stop, poll_interval, &on_change);
@@ -64,15 +75,23 @@ pub fn start(rules: Arc<Rules>, force_poll: bool, poll_interval: Duration, on_ch
     Watcher { stop }
 }
 
-fn poll(stop: &AtomicBool, interval: Duration, on_change: &OnChange) {
-    while !stop.load(Ordering::SeqCst) {
-        let until = Instant::now() + interval;
-        while Instant::now() < until {
-            if stop.load(Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50).min(interval));
+/// Sleeps for `delay` in short slices; answers false as soon as `stop` is set.
+fn wait_unless_stopped(stop: &AtomicBool, delay: Duration) -> bool {
+    let until = Instant::now() + delay;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
         }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
+fn poll(stop: &AtomicBool, interval: Duration, on_change: &OnChange) {
+    while wait_unless_stopped(stop, interval) {
         on_change(Vec::new(), true);
     }
 }

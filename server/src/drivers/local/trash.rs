@@ -33,9 +33,12 @@ pub fn discard(dir: &Path, state_dir: &Path) -> io::Result<()> {
 
 /// [`discard`], with `start_remover` the step that starts the remover for a state directory (the tests watch it).
 fn discard_with(dir: &Path, state_dir: &Path, start_remover: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
-    if !holds_more_than(dir, INLINE_ENTRIES) {
-        // Removed faster than a remover process would start.
-        return match remove_on_every_core(dir) {
+    let entries = entries_up_to(dir, INLINE_ENTRIES);
+    if entries <= INLINE_ENTRIES {
+        // Removed faster than a remover process would start; a small tree faster still by this thread alone than
+        // by threads started for it (a 60-entry session directory: 1 ms with them).
+        let removed = if entries <= ONE_THREAD_ENTRIES { std::fs::remove_dir_all(dir) } else { remove_on_every_core(dir) };
+        return match removed {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         };
@@ -63,9 +66,12 @@ fn discard_with(dir: &Path, state_dir: &Path, start_remover: impl FnOnce(&Path) 
 /// start, about what removing that many entries costs.
 const INLINE_ENTRIES: usize = 2_000;
 
-/// Whether the tree at `dir` holds more than `limit` entries, counted from directory listings alone (no `stat`), and
-/// only until the count passes `limit`.
-fn holds_more_than(dir: &Path, limit: usize) -> bool {
+/// Up to this many entries one thread removes a session directory; more are shared among the cores.
+const ONE_THREAD_ENTRIES: usize = 500;
+
+/// How many entries the tree at `dir` holds, counted from directory listings alone (no `stat`), and only until the
+/// count passes `limit` (then `limit + 1`).
+fn entries_up_to(dir: &Path, limit: usize) -> usize {
     let mut count = 0usize;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(directory) = pending.pop() {
@@ -73,14 +79,14 @@ fn holds_more_than(dir: &Path, limit: usize) -> bool {
         for entry in entries.flatten() {
             count += 1;
             if count > limit {
-                return true;
+                return count;
             }
             if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 pending.push(entry.path());
             }
         }
     }
-    false
+    count
 }
 
 /// Starts a detached `sandlink empty-trash` for `state_dir`, in a process group of its own (a terminal's Ctrl-C
@@ -175,14 +181,25 @@ mod tests {
         assert!(!small.exists());
         assert!(!trash_dir(state.path()).exists(), "a small directory never goes through the trash");
 
+        // Between one thread's share and the remover's: removed in place, on every core.
+        let middle = state.path().join("sessions/local-middle");
+        for index in 0..ONE_THREAD_ENTRIES + 100 {
+            let file = middle.join(format!("root/d{}/sub/f{index}", index % 10));
+            std::fs::create_dir_all(file.parent().expect("a parent")).expect("mkdir");
+            std::fs::write(file, "x").expect("write");
+        }
+        discard_with(&middle, state.path(), |_| panic!("a directory of this size needs no remover")).expect("discarded");
+        assert!(!middle.exists());
+        assert!(!trash_dir(state.path()).exists(), "nor does a middle-sized one");
+
         let big = state.path().join("sessions/local-big");
         for index in 0..INLINE_ENTRIES {
             let file = big.join(format!("root/d{}/f{index}", index % 10));
             std::fs::create_dir_all(file.parent().expect("a parent")).expect("mkdir");
             std::fs::write(file, "x").expect("write");
         }
-        assert!(holds_more_than(&big, INLINE_ENTRIES));
-        assert!(!holds_more_than(&big, INLINE_ENTRIES + 20));
+        assert_eq!(entries_up_to(&big, INLINE_ENTRIES), INLINE_ENTRIES + 1);
+        assert!(entries_up_to(&big, INLINE_ENTRIES + 20) <= INLINE_ENTRIES + 20);
         // Moved at once, and a remover asked for; this test empties the trash as that `sandlink empty-trash` would
         // (the real one is run by the CLI tests).
         let mut removers_asked_for = Vec::new();

@@ -23,6 +23,13 @@ mod unconfined {
 }
 
 #[test]
+fn a_server_on_the_host_should_not_be_offered_as_a_preview() {
+    for fixture in [parity::local_fixture(), parity::local_landlock_fixture()].into_iter().flatten() {
+        parity::a_server_on_the_host_should_not_be_offered_as_a_preview(&fixture);
+    }
+}
+
+#[test]
 fn initialize_should_advertise_drivers_commands_and_save_notifications() {
     let server = Server::start();
     let capabilities = &server.initialize_result["capabilities"];

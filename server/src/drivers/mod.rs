@@ -17,7 +17,7 @@ pub mod ssh;
 pub mod testing;
 pub mod vercel;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,6 +176,16 @@ pub async fn describe(driver: &dyn Driver) -> DriverInfo {
     info
 }
 
+/// A sandbox's sockets as seen from this machine (`Sandbox::sockets_seen_from_here`), for the engine's port watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SocketsSeen {
+    /// The inode of every socket the sandbox's processes hold (from their `socket:[INODE]` links), its agent's
+    /// own excepted.
+    pub socket_inodes: BTreeSet<String>,
+    /// `/proc/net/tcp` then `/proc/net/tcp6`, as the sandbox's network namespace shows them.
+    pub tcp_tables: String,
+}
+
 /// What to run in a sandbox.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
@@ -291,6 +301,13 @@ pub trait Sandbox: Send + Sync {
     /// each time); `None`, the default, does not look. Drivers that say so set `DriverCapabilities::detect_ports`.
     /// Where a command is a provider API call, seldom enough not to weigh on the account's requests.
     fn port_watch_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The sandbox's sockets, read from this machine without starting a command, where the driver sees the
+    /// sandbox's processes from here (the local driver). `None`, the default, has the engine's port watch run its
+    /// probe command in the sandbox instead.
+    async fn sockets_seen_from_here(&self) -> Option<SocketsSeen> {
         None
     }
 

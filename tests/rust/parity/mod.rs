@@ -292,6 +292,33 @@ pub fn a_server_started_by_a_run_should_be_offered_as_a_preview_unasked(fixture:
     server.collect_run(&run_id, Duration::from_secs(30));
 }
 
+/// Where the sandbox shares the host's network (the local driver), the host's own ports show in its TCP tables: only
+/// the processes that hold each socket tell the sandbox's servers from the host's, and the host's are never offered.
+pub fn a_server_on_the_host_should_not_be_offered_as_a_preview(fixture: &DriverFixture) {
+    let (server, _workspace, session_id) = fixture.connected(&[("index.html", "ours\n")]);
+    let ours = free_port();
+    let run_id = server.start_run(json!({ "sessionId": session_id, "command": format!("sleep 1; {}", (fixture.http_server_command)(ours)) }));
+    // Bound after the watch's first look, so it is new to the watch as the sandbox's server is.
+    std::thread::sleep(Duration::from_millis(500));
+    let host = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener on the host");
+    let theirs = host.local_addr().expect("its address").port();
+    // The look that offers the sandbox's server (every 2 s, the server listens from 1 s) saw the host's port too.
+    server.wait_notification("sandlink/previewReady", Duration::from_secs(30), |params| params["port"] == ours);
+    let offered: Vec<Value> = server
+        .history()
+        .into_iter()
+        .filter(|message| message["method"] == "sandlink/previewReady")
+        .map(|message| message["params"]["port"].clone())
+        .collect();
+    assert!(!offered.contains(&json!(theirs)), "the host's port {theirs} was offered as the sandbox's: {offered:?}");
+    let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");
+    let previews = status["previews"].as_array().cloned().unwrap_or_default();
+    assert!(!previews.iter().any(|preview| preview["port"] == theirs), "nor listed: {previews:?}");
+    server.request("sandlink/cancel", json!({ "runId": run_id })).expect("cancel the server");
+    server.collect_run(&run_id, Duration::from_secs(30));
+    drop(host);
+}
+
 pub fn status_should_report_an_active_session(fixture: &DriverFixture) {
     let (server, workspace, session_id) = fixture.connected(&[("a.txt", "a")]);
     let status = server.request("sandlink/status", json!({ "sessionId": session_id })).expect("status");

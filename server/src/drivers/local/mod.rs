@@ -874,6 +874,23 @@ impl Sandbox for LocalSandbox {
         Some(std::time::Duration::from_secs(2))
     }
 
+    /// Read from `/proc` here: a probe command in the sandbox (a shell, `ls` and `cat`) started beside every run
+    /// and took CPU from it, and inside the sandbox it cannot see the agent's descriptors to tell whose sockets are
+    /// whose.
+    async fn sockets_seen_from_here(&self) -> Option<crate::drivers::SocketsSeen> {
+        let agent = self.agent.get()?;
+        let in_bubblewrap = self.mechanism == Mechanism::Bubblewrap;
+        tokio::task::block_in_place(|| {
+            // Not once the agent was reaped: its pid may be another process's then. Held, the waiter also keeps a
+            // disconnect from stopping the agent while /proc is read.
+            let waiter = crate::locks::lock(&agent.waiter);
+            if !waiter.as_ref().is_some_and(|waiter| waiter.still_running_after(std::time::Duration::ZERO)) {
+                return None;
+            }
+            processes::sockets_seen(agent.pid, in_bubblewrap)
+        })
+    }
+
     fn supports_terminal(&self) -> bool {
         true
     }

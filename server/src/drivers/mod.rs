@@ -181,9 +181,9 @@ pub async fn describe(driver: &dyn Driver) -> DriverInfo {
 pub struct SocketsSeen {
     /// The inode of every socket the sandbox's processes hold (from their `socket:[INODE]` links), its agent's
     /// own excepted.
-    pub socket_inodes: BTreeSet<String>,
-    /// `/proc/net/tcp` then `/proc/net/tcp6`, as the sandbox's network namespace shows them.
-    pub tcp_tables: String,
+    pub socket_inodes: BTreeSet<u64>,
+    /// Every TCP socket listening in the sandbox's network namespace: its port and its inode.
+    pub listening: Vec<(u16, u64)>,
 }
 
 /// What to run in a sandbox.

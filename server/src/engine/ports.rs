@@ -58,14 +58,7 @@ pub fn parse(text: &str) -> Option<Listening> {
         .skip(1)
         .filter_map(|rest| rest.split_once(']').map(|(inode, _)| inode))
         .collect();
-    let attributable = !socket_inodes.is_empty();
-    listening_in(tables, &socket_inodes, attributable)
-}
-
-/// The ports in LISTEN state in `tables` (`/proc/net/tcp` and `tcp6`), those whose socket is one of `socket_inodes`
-/// as owned; `None` when `tables` holds no table.
-fn listening_in(tables: &str, socket_inodes: &BTreeSet<&str>, attributable: bool) -> Option<Listening> {
-    let mut listening = Listening { attributable, ..Listening::default() };
+    let mut listening = Listening { attributable: !socket_inodes.is_empty(), ..Listening::default() };
     let mut saw_table = false;
     for line in tables.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -91,10 +84,14 @@ fn listening_in(tables: &str, socket_inodes: &BTreeSet<&str>, attributable: bool
 /// the probe in the sandbox; `None` when neither could (no shell, no `/proc`, a failed or slow command).
 pub async fn probe(sandbox: &dyn Sandbox) -> Option<Listening> {
     if let Some(seen) = sandbox.sockets_seen_from_here().await {
-        let socket_inodes: BTreeSet<&str> = seen.socket_inodes.iter().map(String::as_str).collect();
         // Every process of the sandbox was looked at, so a port none of them holds is not the sandbox's, even when
         // none holds a socket at all.
-        return listening_in(&seen.tcp_tables, &socket_inodes, true);
+        let owned = seen.listening.iter().filter(|(_, inode)| seen.socket_inodes.contains(inode)).map(|(port, _)| *port);
+        return Some(Listening {
+            owned: owned.collect(),
+            all: seen.listening.iter().map(|(port, _)| *port).collect(),
+            attributable: true,
+        });
     }
     let spec = ExecSpec {
         command: PROBE.into(),

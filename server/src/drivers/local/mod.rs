@@ -22,6 +22,7 @@ mod environment;
 pub mod files;
 pub mod isolation;
 mod processes;
+mod sockets;
 pub mod trash;
 
 use super::{ConnectRequest, ExecSpec, Process, ReattachRequest, Sandbox, SettingKind, SettingSpec};
@@ -887,7 +888,7 @@ impl Sandbox for LocalSandbox {
             if !waiter.as_ref().is_some_and(|waiter| waiter.still_running_after(std::time::Duration::ZERO)) {
                 return None;
             }
-            processes::sockets_seen(agent.pid, in_bubblewrap)
+            sockets::seen(agent.pid, in_bubblewrap)
         })
     }
 

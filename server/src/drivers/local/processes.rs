@@ -231,6 +231,11 @@ fn state_and_parent(proc_entry: &Path) -> Option<(char, libc::pid_t)> {
     Some((state, parent))
 }
 
+/// The parent of process `pid`, from `/proc/PID/stat`.
+pub fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    state_and_parent(&Path::new("/proc").join(pid.to_string())).map(|(_, parent)| parent)
+}
+
 /// Every process below `ancestor` in the process tree, read from `/proc/*/stat`.
 pub fn descendants_of(ancestor: libc::pid_t) -> Vec<libc::pid_t> {
     let mut children: HashMap<libc::pid_t, Vec<libc::pid_t>> = HashMap::new();
@@ -256,36 +261,6 @@ pub fn descendants_of(ancestor: libc::pid_t) -> Vec<libc::pid_t> {
         }
     }
     found
-}
-
-/// The sockets a sandbox's processes hold and the TCP tables of its network namespace, read from `/proc` on this
-/// machine (the engine's port watch, without a command beside the runs). `root` is the agent, or under bubblewrap
-/// bubblewrap's process outside the sandbox, whose one child is the agent. The agent's own sockets (its listener, the
-/// network bridge) serve sandlink, not a preview, and are left out.
-pub fn sockets_seen(root: libc::pid_t, root_is_bubblewrap: bool) -> Option<crate::drivers::SocketsSeen> {
-    let below = descendants_of(root);
-    let agent = match root_is_bubblewrap {
-        true => below.iter().copied().find(|pid| state_and_parent(Path::new(&format!("/proc/{pid}"))).is_some_and(|(_, parent)| parent == root))?,
-        false => root,
-    };
-    let mut seen = crate::drivers::SocketsSeen::default();
-    for pid in below.into_iter().filter(|pid| *pid != agent) {
-        let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-        for descriptor in descriptors.flatten() {
-            let Ok(target) = std::fs::read_link(descriptor.path()) else { continue };
-            let inode = target.to_str().and_then(|link| link.strip_prefix("socket:[")).and_then(|rest| rest.strip_suffix(']'));
-            if let Some(inode) = inode {
-                seen.socket_inodes.insert(inode.to_string());
-            }
-        }
-    }
-    // The agent's view: under bubblewrap with the network off the sandbox has a network namespace of its own.
-    for table in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{agent}/net/{table}")) {
-            seen.tcp_tables.push_str(&text);
-        }
-    }
-    Some(seen)
 }
 
 #[cfg(test)]
@@ -326,33 +301,5 @@ mod tests {
         };
         assert!(!tree.iter().any(alive), "the cgroup's kill ended every process of the tree");
         assert!(!leaf.exists(), "the cgroup was removed");
-    }
-
-    /// The sockets of a sandbox's processes are found from here, its agent's own left out: a shell plays the agent
-    /// with a listening server below it, then bubblewrap's process with the server as its agent.
-    #[test]
-    fn sockets_seen_should_list_what_the_sandbox_holds_and_leave_the_agent_out() {
-        let server = "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); \
-                      print(s.getsockname()[1], flush=True); time.sleep(30)";
-        let mut shell = std::process::Command::new("/bin/sh")
-            .args(["-c", &format!("python3 -c \"{server}\" & wait")])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("sh");
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(shell.stdout.take().expect("stdout")), &mut line)
-            .expect("the server's port");
-        let port: u16 = line.trim().parse().expect("a port");
-        let root = shell.id() as libc::pid_t;
-        let seen = sockets_seen(root, false).expect("seen");
-        let listening = format!(":{port:04X} 00000000:0000 0A");
-        let row = seen.tcp_tables.lines().find(|row| row.contains(&listening)).expect("the port listens in the tables");
-        let inode = row.split_whitespace().nth(9).expect("an inode");
-        assert!(seen.socket_inodes.contains(inode), "the server's socket is the sandbox's: {seen:?}");
-        let as_agent = sockets_seen(root, true).expect("seen");
-        assert!(!as_agent.socket_inodes.contains(inode), "the agent's own sockets are left out: {as_agent:?}");
-        kill_descendants(root);
-        let _ = shell.kill();
-        let _ = shell.wait();
     }
 }

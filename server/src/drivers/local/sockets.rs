@@ -17,16 +17,16 @@ use crate::drivers::SocketsSeen;
 /// without a command beside the runs). `root` is the agent, or under bubblewrap bubblewrap's process outside the
 /// sandbox, whose one child is the agent. The agent's own sockets (its listener, the network bridge) serve sandlink,
 /// not a preview, and are left out. `None` when the sandbox has a network of its own (then only a look from inside
-/// sees its listeners), or the kernel would not answer.
+/// sees its listeners), or the kernel would not answer. Only bubblewrap makes namespaces: under Landlock (or none)
+/// the agent is in this process's network by construction, and is not asked (an unprivileged server may not open
+/// the non-dumpable agent's `/proc/PID/ns/net` there, where no user namespace of the sandbox's gives it the right).
 pub fn seen(root: libc::pid_t, root_is_bubblewrap: bool) -> Option<SocketsSeen> {
     let below = processes::descendants_of(root);
     let agent = match root_is_bubblewrap {
         true => below.iter().copied().find(|pid| processes::parent_of(*pid) == Some(root))?,
         false => root,
     };
-    let own_network = std::fs::metadata("/proc/self/ns/net").ok()?;
-    let sandbox_network = std::fs::metadata(format!("/proc/{agent}/ns/net")).ok()?;
-    if std::os::unix::fs::MetadataExt::ino(&own_network) != std::os::unix::fs::MetadataExt::ino(&sandbox_network) {
+    if root_is_bubblewrap && !shares_this_network(agent)? {
         return None;
     }
     let listening = listening_tcp().ok()?;
@@ -35,6 +35,14 @@ pub fn seen(root: libc::pid_t, root_is_bubblewrap: bool) -> Option<SocketsSeen> 
         socket_inodes.extend(socket_inodes_of(pid));
     }
     Some(SocketsSeen { socket_inodes, listening })
+}
+
+/// Whether process `pid` is in this process's network namespace; `None` when that cannot be read.
+fn shares_this_network(pid: libc::pid_t) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self/ns/net").ok()?;
+    let theirs = std::fs::metadata(Path::new("/proc").join(pid.to_string()).join("ns/net")).ok()?;
+    Some(own.ino() == theirs.ino() && own.dev() == theirs.dev())
 }
 
 /// The inodes of the sockets process `pid` holds, from its descriptors' `socket:[INODE]` links.
@@ -54,6 +62,21 @@ fn socket_inodes_of(pid: libc::pid_t) -> Vec<u64> {
 /// walks only its table of listeners, where `/proc/net/tcp` walks every bucket of the connections' table too.
 pub fn listening_tcp() -> std::io::Result<Vec<(u16, u64)>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    // The kernel always ends a dump; should it not, the port watch gives up this look rather than hang.
+    let limit = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    // SAFETY: setsockopt on a socket we own, with a valid timeval of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&limit as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut listening = Vec::new();

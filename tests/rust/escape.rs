@@ -531,6 +531,58 @@ fn network_off_should_block_the_loopback_and_everything_else() {
     }
 }
 
+/// The port watch tells the sandbox's listeners from the host's by looking at the sandbox from the host
+/// (`Sandbox::sockets_seen_from_here`). As the unprivileged user under Landlock that look reads the `/proc` of a
+/// non-dumpable agent in the host's own namespaces: had it given up there, the engine would fall back to the probe
+/// inside the sandbox, which cannot attribute sockets and offers every new listener, the host's included.
+#[test]
+fn the_port_watch_should_offer_the_runs_server_and_not_the_hosts_for_every_account() {
+    for (mechanism, account) in targets() {
+        let harness = Harness::new(mechanism, account, "");
+        // The run says it started, gives the host time to listen, then listens itself long enough for the watch's
+        // looks (every 2 s) to see it.
+        let script = "echo started; sleep 1; python3 -c '
+import socket, time
+server = socket.socket()
+server.bind((\"127.0.0.1\", 0))
+server.listen()
+print(\"listening\", server.getsockname()[1], flush=True)
+time.sleep(6)'";
+        let mut sandlink = harness
+            .command()
+            .args(["run", "--profile", "escape", "--timeout", "60", "--", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sandlink run");
+        let mut stdout = std::io::BufReader::new(sandlink.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).expect("the run's first line");
+        assert_eq!(line.trim(), "started", "{}", harness.who());
+        // Opened after the watch's first look, as a server the user starts on the host during a run would be.
+        std::thread::sleep(Duration::from_millis(500));
+        let host = std::net::TcpListener::bind("127.0.0.1:0").expect("a host listener");
+        let host_port = host.local_addr().expect("address").port();
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).expect("the run's output");
+        let mut stderr = String::new();
+        sandlink.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("the run's stderr");
+        assert!(sandlink.wait().expect("sandlink run ends").success(), "{}: {rest}{stderr}", harness.who());
+        let sandbox_port = rest.split_whitespace().nth(1).and_then(|port| port.parse::<u16>().ok());
+        let sandbox_port = sandbox_port.unwrap_or_else(|| panic!("{}: the run's server did not start: {rest}{stderr}", harness.who()));
+        assert!(
+            stderr.contains(&format!("port {sandbox_port} is at")),
+            "{}: the run's server was not offered as a preview: {stderr}",
+            harness.who()
+        );
+        assert!(
+            !stderr.contains(&format!("port {host_port} is at")),
+            "{}: the host's listener was offered as the sandbox's preview: {stderr}",
+            harness.who()
+        );
+    }
+}
+
 #[test]
 fn with_no_mechanism_a_run_should_be_refused_unless_the_profile_says_none() {
     let workspace = support::workspace_with(&[("a.txt", "a")]);

@@ -16,6 +16,12 @@ const ROUND_PAUSE: Duration = Duration::from_millis(5);
 const SESSION_LEAF: &str = "session";
 /// The prefix of the leaf each detached run's agent gets, beside the session's leaf.
 const DETACHED_LEAF_PREFIX: &str = "run-";
+/// The prefix of every session's cgroup, beside which the sessions of other sandlink servers may be.
+const SESSION_CGROUP_PREFIX: &str = "sandlink-";
+/// A session's cgroup with no process in it, last changed longer ago than this, is taken as abandoned: its server
+/// was killed (the agents ended with it, the directories stayed) or its state directory was removed. A live session
+/// always has its agent in it; a kept one that is re-attached later makes its cgroup again.
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
 /// A session's pids cgroup (v2 when its pids controller is there, else the v1 pids hierarchy). The limit is set on
 /// the session's cgroup and binds everything below it: the `session` leaf (the agent, its runs) and one leaf per
@@ -34,7 +40,8 @@ impl SessionCgroup {
             return None;
         }
         let parent = pids_hierarchy()?;
-        let path = parent.join(format!("sandlink-{session_id}"));
+        remove_abandoned(&parent, ABANDONED_AFTER);
+        let path = parent.join(format!("{SESSION_CGROUP_PREFIX}{session_id}"));
         if let Err(error) = create_leaf(&path) {
             tracing::debug!(%error, "no pids cgroup for the session");
             return None;
@@ -108,6 +115,32 @@ impl SessionCgroup {
             let detached = leaf.file_name().is_some_and(|name| name.to_string_lossy().starts_with(DETACHED_LEAF_PREFIX));
             if detached && members(&leaf).is_empty() {
                 let _ = std::fs::remove_dir(&leaf);
+            }
+        }
+    }
+}
+
+/// Removes the session cgroups under `parent` that no process is in and that nothing changed for `older_than` (see
+/// `ABANDONED_AFTER`), so killed servers do not leave them behind for good. The kernel refuses to remove a cgroup
+/// with a member, so one that a process joins meanwhile stays.
+fn remove_abandoned(parent: &Path, older_than: Duration) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let is_session = entry.file_name().to_string_lossy().starts_with(SESSION_CGROUP_PREFIX);
+        let Ok(metadata) = entry.metadata() else { continue };
+        let old_enough = metadata.modified().ok().and_then(|changed| changed.elapsed().ok()).is_some_and(|age| age >= older_than);
+        if !(is_session && metadata.is_dir() && old_enough) {
+            continue;
+        }
+        let cgroup = SessionCgroup { path: entry.path() };
+        let leaves = cgroup.leaves();
+        if leaves.iter().chain([&cgroup.path]).all(|part| members(part).is_empty()) {
+            for leaf in &leaves {
+                let _ = std::fs::remove_dir(leaf);
+            }
+            match std::fs::remove_dir(&cgroup.path) {
+                Ok(()) => tracing::debug!(cgroup = %cgroup.path.display(), "removed an abandoned session cgroup"),
+                Err(error) => tracing::debug!(%error, cgroup = %cgroup.path.display(), "kept a session cgroup"),
             }
         }
     }
@@ -301,5 +334,42 @@ mod tests {
         };
         assert!(!tree.iter().any(alive), "the cgroup's kill ended every process of the tree");
         assert!(!leaf.exists(), "the cgroup was removed");
+    }
+
+    /// A killed server leaves its sessions' cgroups behind, empty; the next session made beside them removes them,
+    /// and never one a process is still in.
+    #[test]
+    fn abandoned_session_cgroups_should_be_removed_and_live_ones_kept() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "CI runs the unit tests as root, where cgroups can be made");
+            return;
+        }
+        // A hierarchy of the test's own, so no other test's session (empty while it starts) is swept.
+        let parent = pids_hierarchy().expect("a pids hierarchy").join(format!("unit-sweep-{}", std::process::id()));
+        let session = |name: &str| {
+            let cgroup = SessionCgroup { path: parent.join(name) };
+            for part in [parent.clone(), cgroup.path.clone(), cgroup.session_leaf()] {
+                create_leaf(&part).expect("a cgroup");
+            }
+            cgroup
+        };
+        let abandoned = session("sandlink-abandoned");
+        let detached = abandoned.detached_leaf("1").expect("a detached run's leaf");
+        let live = session("sandlink-live");
+        let not_a_session = session("another-tool");
+        let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        std::fs::write(live.session_leaf().join("cgroup.procs"), sleeper.id().to_string()).expect("join the live session");
+        remove_abandoned(&parent, Duration::from_secs(3600));
+        assert!(detached.exists(), "a cgroup changed lately is not taken for abandoned");
+        remove_abandoned(&parent, Duration::ZERO);
+        assert!(!abandoned.path.exists(), "the empty session cgroup and its leaves are removed");
+        assert!(live.session_leaf().exists(), "a session cgroup with a process in it stays");
+        assert!(not_a_session.session_leaf().exists(), "only sandlink's cgroups are looked at");
+        live.kill_all_and_remove();
+        not_a_session.kill_all_and_remove();
+        let _ = sleeper.wait();
+        let _ = std::fs::remove_dir(&parent);
+        assert!(!live.path.exists());
     }
 }

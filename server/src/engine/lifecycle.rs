@@ -124,7 +124,7 @@ pub fn decide(lease: &Lease, activity: &Activity, watch: &Watch, now: OffsetDate
     }
     let expiry_key = lease.expires_at.unix_timestamp_nanos();
     // Only the closest threshold reached is warned; those passed unwarned (a session gone idle late) are skipped.
-    let reached = warning_thresholds(lease).into_iter().filter(|threshold| remaining <= Duration::from_secs(*threshold)).last();
+    let reached = warning_thresholds(lease).into_iter().rfind(|threshold| remaining <= Duration::from_secs(*threshold));
     match reached {
         Some(threshold) if !watch.warned.contains(&(expiry_key, threshold)) => Decision::Warn {
             threshold_seconds: threshold,

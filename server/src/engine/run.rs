@@ -389,10 +389,7 @@ async fn terminate(
 ) -> Result<ExitStatus> {
     let _ = control.signal(Signal::Terminate).await;
     let grace_end = tokio::time::Instant::now() + TERMINATE_GRACE;
-    let status = match tokio::time::timeout_at(grace_end, &mut *exit).await {
-        Ok(status) => Some(status),
-        Err(_) => None,
-    };
+    let status = tokio::time::timeout_at(grace_end, &mut *exit).await.ok();
     // Children that ignore SIGTERM keep the pipes open after the main process is gone: wait out the grace for them.
     let remaining = grace_end.saturating_duration_since(tokio::time::Instant::now());
     let readers_done = wait_for_readers(readers, remaining).await;
@@ -574,7 +571,6 @@ async fn send_live(
             send(stream, tail).await;
         }
     }
-    drop(send);
     for (stream, mapper) in [(OutputStream::Stdout, stdout_paths), (OutputStream::Stderr, stderr_paths)] {
         let held = mapper.map(|mut mapper| mapper.finish()).unwrap_or_default();
         if !held.is_empty() {

@@ -90,7 +90,7 @@ fn is_harmless(key: &str) -> bool {
     else {
         return false;
     };
-    HARMLESS_SETTINGS.iter().any(|harmless| setting == *harmless)
+    HARMLESS_SETTINGS.contains(&setting)
 }
 
 fn flatten(prefix: &str, value: &Value, facts: &mut BTreeMap<String, String>) {

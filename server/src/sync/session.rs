@@ -534,7 +534,7 @@ impl SessionSync {
             }
             let to_fetch: Vec<String> = changes
                 .iter()
-                .filter_map(|(path, change)| matches!(change, RemoteChange::Changed(_)).then(|| path.clone()))
+                .filter(|(_, change)| matches!(change, RemoteChange::Changed(_))).map(|(path, _)| path.clone())
                 .collect();
             if !to_fetch.is_empty() && down {
                 let count = to_fetch.len() as u64;

@@ -23,7 +23,7 @@ pub async fn for_setting(client: Option<&Client>, setting: &str, workspace: Opti
             let mut choices: Vec<SettingChoice> = workspace.and_then(devcontainer_image).into_iter().collect();
             if let Some(client) = client {
                 for (tag, size) in client.list_tagged_images().await? {
-                    if choices.iter().all(|choice| choice.value != Value::from(tag.as_str())) {
+                    if choices.iter().all(|choice| choice.value.as_str() != Some(tag.as_str())) {
                         choices.push(SettingChoice {
                             value: Value::from(tag),
                             label: None,

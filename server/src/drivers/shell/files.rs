@@ -159,7 +159,7 @@ fn files_in_archive(archive: &[u8]) -> Vec<String> {
 pub fn checked_relative(path: &str) -> Result<String> {
     let trimmed = path.trim_start_matches("./").trim_end_matches('/');
     let parts: Vec<&str> = trimmed.split('/').filter(|part| !part.is_empty() && *part != ".").collect();
-    if trimmed.starts_with('/') || parts.is_empty() || parts.iter().any(|part| *part == "..") || path.contains('\0') {
+    if trimmed.starts_with('/') || parts.is_empty() || parts.contains(&"..") || path.contains('\0') {
         return Err(Error::PathOutsideWorkspace(format!(
             "The path \"{path}\" lies outside the session root; give a path inside it, relative to the root, without \"..\"."
         )));

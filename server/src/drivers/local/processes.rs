@@ -125,11 +125,11 @@ impl SessionCgroup {
 /// with a member, so one that a process joins meanwhile stays.
 fn remove_abandoned(parent: &Path, older_than: Duration) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
-    for entry in entries.flatten() {
-        let is_session = entry.file_name().to_string_lossy().starts_with(SESSION_CGROUP_PREFIX);
+    // The name first: the hierarchy's own files outnumber the sessions, and only a session's cgroup is looked at.
+    for entry in entries.flatten().filter(|entry| entry.file_name().to_string_lossy().starts_with(SESSION_CGROUP_PREFIX)) {
         let Ok(metadata) = entry.metadata() else { continue };
         let old_enough = metadata.modified().ok().and_then(|changed| changed.elapsed().ok()).is_some_and(|age| age >= older_than);
-        if !(is_session && metadata.is_dir() && old_enough) {
+        if !(metadata.is_dir() && old_enough) {
             continue;
         }
         let cgroup = SessionCgroup { path: entry.path() };

@@ -29,6 +29,8 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone)]
 pub struct SessionCgroup {
     path: PathBuf,
+    /// The limit set on it, kept to set again should the cgroup have to be made again (`detached_leaf`).
+    max_processes: u64,
 }
 
 impl SessionCgroup {
@@ -41,22 +43,24 @@ impl SessionCgroup {
         }
         let parent = pids_hierarchy()?;
         remove_abandoned(&parent, ABANDONED_AFTER);
-        let path = parent.join(format!("{SESSION_CGROUP_PREFIX}{session_id}"));
-        if let Err(error) = create_leaf(&path) {
+        let cgroup = SessionCgroup { path: parent.join(format!("{SESSION_CGROUP_PREFIX}{session_id}")), max_processes };
+        if let Err(error) = cgroup.make() {
             tracing::debug!(%error, "no pids cgroup for the session");
             return None;
         }
-        if let Err(error) = std::fs::write(path.join("pids.max"), max_processes.to_string()) {
-            tracing::debug!(%error, "could not limit the session's processes");
-            let _ = std::fs::remove_dir(&path);
-            return None;
+        Some(cgroup)
+    }
+
+    /// Makes the session's cgroup (or takes it as it is), sets its limit and makes the agent's leaf; on failure
+    /// nothing of it is left.
+    fn make(&self) -> std::io::Result<()> {
+        create_leaf(&self.path)?;
+        let made = std::fs::write(self.path.join("pids.max"), self.max_processes.to_string())
+            .and_then(|()| create_leaf(&self.session_leaf()));
+        if made.is_err() {
+            let _ = std::fs::remove_dir(&self.path);
         }
-        if let Err(error) = create_leaf(&path.join(SESSION_LEAF)) {
-            tracing::debug!(%error, "no leaf for the session's agent in its cgroup");
-            let _ = std::fs::remove_dir(&path);
-            return None;
-        }
-        Some(SessionCgroup { path })
+        made
     }
 
     /// The leaf the session's agent joins (and its runs with it).
@@ -67,6 +71,13 @@ impl SessionCgroup {
     /// A leaf of its own for a detached run's agent, under the session's limit; leaves of runs that ended are
     /// removed first. `None` when it cannot be made (then the run has only RLIMIT_NPROC, as without a cgroup).
     pub fn detached_leaf(&self, run_id: &str) -> Option<PathBuf> {
+        // Another server's sweep (`remove_abandoned`) takes a session's cgroup that stayed empty for long, which a
+        // live session's is when its agent has died; a detached run then makes it again, limit and all.
+        if !self.path.exists() {
+            if let Err(error) = self.make() {
+                tracing::warn!(%error, "could not make the session's cgroup again");
+            }
+        }
         self.remove_empty_detached_leaves();
         let leaf = self.path.join(format!("{DETACHED_LEAF_PREFIX}{run_id}"));
         match create_leaf(&leaf) {
@@ -105,8 +116,7 @@ impl SessionCgroup {
     }
 
     fn leaves(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(&self.path) else { return Vec::new() };
-        entries.flatten().filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir())).map(|entry| entry.path()).collect()
+        leaves_of(&self.path)
     }
 
     /// Removes the leaves of detached runs that ended (the kernel refuses to remove one that still has members).
@@ -132,18 +142,24 @@ fn remove_abandoned(parent: &Path, older_than: Duration) {
         if !(metadata.is_dir() && old_enough) {
             continue;
         }
-        let cgroup = SessionCgroup { path: entry.path() };
-        let leaves = cgroup.leaves();
-        if leaves.iter().chain([&cgroup.path]).all(|part| members(part).is_empty()) {
+        let cgroup = entry.path();
+        let leaves = leaves_of(&cgroup);
+        if leaves.iter().chain([&cgroup]).all(|part| members(part).is_empty()) {
             for leaf in &leaves {
                 let _ = std::fs::remove_dir(leaf);
             }
-            match std::fs::remove_dir(&cgroup.path) {
-                Ok(()) => tracing::debug!(cgroup = %cgroup.path.display(), "removed an abandoned session cgroup"),
-                Err(error) => tracing::debug!(%error, cgroup = %cgroup.path.display(), "kept a session cgroup"),
+            match std::fs::remove_dir(&cgroup) {
+                Ok(()) => tracing::debug!(cgroup = %cgroup.display(), "removed an abandoned session cgroup"),
+                Err(error) => tracing::debug!(%error, cgroup = %cgroup.display(), "kept a session cgroup"),
             }
         }
     }
+}
+
+/// The cgroups directly below `cgroup`.
+fn leaves_of(cgroup: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(cgroup) else { return Vec::new() };
+    entries.flatten().filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir())).map(|entry| entry.path()).collect()
 }
 
 /// Makes a cgroup directory; one that is already there (a kept session re-attached) is fine.
@@ -348,13 +364,15 @@ mod tests {
         // A hierarchy of the test's own, so no other test's session (empty while it starts) is swept.
         let parent = pids_hierarchy().expect("a pids hierarchy").join(format!("unit-sweep-{}", std::process::id()));
         let session = |name: &str| {
-            let cgroup = SessionCgroup { path: parent.join(name) };
+            let cgroup = SessionCgroup { path: parent.join(name), max_processes: 64 };
             for part in [parent.clone(), cgroup.path.clone(), cgroup.session_leaf()] {
                 create_leaf(&part).expect("a cgroup");
             }
             cgroup
         };
         let abandoned = session("sandlink-abandoned");
+        // cgroup v2 gives children a `pids.max` only with the controller enabled below (v1 has no such file).
+        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+pids");
         let detached = abandoned.detached_leaf("1").expect("a detached run's leaf");
         let live = session("sandlink-live");
         let not_a_session = session("another-tool");
@@ -366,6 +384,12 @@ mod tests {
         assert!(!abandoned.path.exists(), "the empty session cgroup and its leaves are removed");
         assert!(live.session_leaf().exists(), "a session cgroup with a process in it stays");
         assert!(not_a_session.session_leaf().exists(), "only sandlink's cgroups are looked at");
+        // A live session whose cgroup was swept (its agent had died) gets it back, limit and all, for a detached run.
+        let again = abandoned.detached_leaf("2").expect("the swept cgroup made again");
+        assert!(again.exists());
+        let limit = std::fs::read_to_string(abandoned.path.join("pids.max")).expect("the limit");
+        assert_eq!(limit.trim(), "64", "the limit is set again");
+        abandoned.kill_all_and_remove();
         live.kill_all_and_remove();
         not_a_session.kill_all_and_remove();
         let _ = sleeper.wait();

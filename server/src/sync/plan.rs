@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::manifest::{hash_file, now_ns, Manifest};
 use super::rules::Rules;
-use super::scan::{check_relative, Scan};
+use super::scan::{check_relative, LocalEntry, Scan};
 use super::secrets::SecretFilter;
 use super::{EntryKind, RemoteEntry, PERMISSION_BITS};
 use crate::error::Result;
@@ -116,24 +116,45 @@ pub struct RemoteDiff {
     pub shared: Option<HashSet<(u64, i128)>>,
 }
 
-/// Compares a remote listing with the manifest within `scope`. Every listed path is checked first: one that is
-/// not a plain relative path (a broken or hostile listing) fails the whole sync before anything is written. An entry
-/// whose name cannot sync is reported on its own. Where symlinks lead is decided when they are placed.
+/// A sandbox listing ready to be compared: every path checked, sorted as the manifest is, each path once. Made on its
+/// own (`checked`) so a sync can make it while the workspace is still being scanned.
+#[derive(Debug, Default)]
+pub struct Listing(Vec<RemoteEntry>);
+
+impl Listing {
+    /// Checks every listed path first: one that is not a plain relative path (a broken or hostile listing) fails the
+    /// whole sync before anything is written. A path listed twice (which no real listing does) counts once, as the
+    /// first listed.
+    pub fn checked(entries: Vec<RemoteEntry>) -> Result<Listing> {
+        for entry in &entries {
+            check_relative(&entry.path)?;
+        }
+        let mut entries = super::walk::sorted_by_path(entries, |entry| &entry.path);
+        entries.dedup_by(|later, first| later.path == first.path);
+        Ok(Listing(entries))
+    }
+}
+
+/// Compares a remote listing with the manifest within `scope`. An entry whose name cannot sync is reported on its
+/// own. Where symlinks lead is decided when they are placed.
 ///
 /// A file is unchanged when its permission bits are the base's and its recorded `RemoteStamp` matches the listing and
 /// can be trusted (not racy, not ambiguous); anything else is a possible change, fetched and compared by content.
 /// `whole_sandbox` says the listing covers every file of the sandbox (not just some paths), ignored ones included.
+///
+/// `taken` are the files this sync's scan took from the workspace: the same rules and secret filter passed each of
+/// them moments ago, so a listed path among them is not asked again. In an unchanged tree that is nearly every
+/// path, and asking took 8 of the 19 ms this comparison spent on 20,000 files.
 pub fn diff_remote(
     manifest: &Manifest,
-    listing: Vec<RemoteEntry>,
+    listing: Listing,
+    taken: &BTreeMap<String, LocalEntry>,
     rules: &Rules,
     secrets: &SecretFilter,
     scope: Option<&[String]>,
     whole_sandbox: bool,
 ) -> Result<RemoteDiff> {
-    for entry in &listing {
-        check_relative(&entry.path)?;
-    }
+    let Listing(listing) = listing;
     let in_scope = |path: &str| match scope {
         None => true,
         Some(paths) => paths.iter().any(|prefix| {
@@ -156,23 +177,29 @@ pub fn diff_remote(
         };
     let mut ambiguous = if without_inodes { ambiguous_stamps(manifest) } else { HashSet::new() };
     let mut diff = RemoteDiff::default();
-    if whole_sandbox {
-        let shared = shared_stamps(&listing);
+    let listed_stamps = || listing.iter().filter(|entry| entry.kind == EntryKind::File).map(|entry| (entry.size, entry.mtime_ns));
+    // Where inodes tell files apart, shared stamps matter only for the changed files' new stamps: asked for those
+    // once they are known, so an unchanged tree pays for no table of all its stamps.
+    let mut stamps_to_ask = Vec::new();
+    if whole_sandbox && without_inodes {
+        let shared = shared_stamps(listed_stamps(), None);
         ambiguous.extend(shared.iter().copied());
         diff.shared = Some(shared);
+    } else if whole_sandbox {
+        stamps_to_ask = listed_stamps().collect();
     }
     // Sorted like the manifest, the listing is compared with it in one pass over both: recorded paths passed over
     // are the ones the sandbox no longer has.
-    let mut listing = super::walk::sorted_by_path(listing, |entry| &entry.path);
-    // A path listed twice (which no real listing does) counts once, as the first listed.
-    listing.dedup_by(|later, first| later.path == first.path);
     let mut excluder = rules.excluder();
     let mut records = manifest.entries.iter().peekable();
+    let mut taken_paths = taken.keys().peekable();
     for entry in listing {
         if entry.kind == EntryKind::Dir || !in_scope(&entry.path) {
             continue;
         }
-        if excluder.is_excluded(&entry.path, false) || secrets.holds_back(&entry.path) {
+        while taken_paths.next_if(|path| path.as_str() < entry.path.as_str()).is_some() {}
+        let passed_by_scan = taken_paths.next_if(|path| **path == entry.path).is_some();
+        if !passed_by_scan && (excluder.is_excluded(&entry.path, false) || secrets.holds_back(&entry.path)) {
             continue;
         }
         while let Some((path, _)) = records.next_if(|(path, _)| path.as_str() < entry.path.as_str()) {
@@ -210,15 +237,28 @@ pub fn diff_remote(
             diff.changes.insert(path.clone(), RemoteChange::Deleted);
         }
     }
+    if whole_sandbox && diff.shared.is_none() {
+        let changed: HashSet<(u64, i128)> = diff
+            .changes
+            .values()
+            .filter_map(|change| match change {
+                RemoteChange::Changed(entry) => Some((entry.size, entry.mtime_ns)),
+                RemoteChange::Deleted => None,
+            })
+            .collect();
+        diff.shared = Some(shared_stamps(stamps_to_ask.into_iter(), Some(&changed)));
+    }
     Ok(diff)
 }
 
-/// The (size, modification time) pairs more than one file of a listing shares.
-fn shared_stamps(listing: &[RemoteEntry]) -> HashSet<(u64, i128)> {
+/// The (size, modification time) pairs more than one of `stamps` shares; only those `asked`, where given.
+fn shared_stamps(stamps: impl Iterator<Item = (u64, i128)>, asked: Option<&HashSet<(u64, i128)>>) -> HashSet<(u64, i128)> {
+    if asked.is_some_and(HashSet::is_empty) {
+        return HashSet::new();
+    }
     let mut seen = HashSet::new();
     let mut shared = HashSet::new();
-    for entry in listing.iter().filter(|entry| entry.kind == EntryKind::File) {
-        let key = (entry.size, entry.mtime_ns);
+    for key in stamps.filter(|key| asked.is_none_or(|asked| asked.contains(key))) {
         if !seen.insert(key) {
             shared.insert(key);
         }
@@ -288,11 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn remote_diff_should_refuse_paths_outside_the_root() {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let manifest = Manifest::load(dir.path().join("m.json"));
-        let rules = Rules::new(dir.path(), &Default::default()).expect("rules");
-        let secrets = SecretFilter::new(dir.path(), &[]).expect("filter");
+    fn remote_listings_should_refuse_paths_outside_the_root() {
         let listing = vec![RemoteEntry {
             path: "../escape".into(),
             kind: EntryKind::File,
@@ -305,7 +341,7 @@ mod tests {
             link_target: None,
             unsyncable: None,
         }];
-        let error = diff_remote(&manifest, listing, &rules, &secrets, None, true).unwrap_err();
+        let error = Listing::checked(listing).unwrap_err();
         assert_eq!(error.kind(), crate::protocol::ErrorKind::PathOutsideWorkspace);
     }
 
@@ -344,7 +380,7 @@ mod tests {
             listed("no-inode", None, 0o644, 3),
         ];
         let changed = |listing: Vec<RemoteEntry>, whole: bool| -> Vec<String> {
-            let diff = diff_remote(&manifest, listing, &rules, &secrets, None, whole).expect("diff");
+            let diff = diff_remote(&manifest, Listing::checked(listing).expect("a listing"), &BTreeMap::new(), &rules, &secrets, None, whole).expect("diff");
             diff.changes.into_keys().collect()
         };
         assert_eq!(changed(listing.clone(), false), ["chmodded", "renamed-over"]);
@@ -352,6 +388,60 @@ mod tests {
         let mut with_twin = listing;
         with_twin.push(listed("twin", None, 0o644, 3));
         assert_eq!(changed(with_twin, true), ["chmodded", "no-inode", "renamed-over", "twin"]);
+    }
+
+    #[test]
+    fn remote_diff_should_filter_what_the_scan_did_not_take_and_answer_as_without_the_scan() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join(".gitignore"), "*.log\n").expect("write");
+        for name in ["kept.txt", "build.log", ".env"] {
+            std::fs::write(dir.path().join(name), "one").expect("write");
+        }
+        let rules = std::sync::Arc::new(Rules::new(dir.path(), &Default::default()).expect("rules"));
+        let secrets = SecretFilter::new(dir.path(), &[]).expect("filter");
+        let scanner = crate::sync::scan::Scanner { rules: rules.clone(), secrets: SecretFilter::new(dir.path(), &[]).expect("filter") };
+        let scan = scanner.scan(None).expect("a scan");
+        assert_eq!(scan.entries.keys().collect::<Vec<_>>(), [".gitignore", "kept.txt"], "what the scan took");
+        let manifest = Manifest::load(dir.path().join("m.json"));
+        // The sandbox holds the workspace's files (ignored and secret ones too, as a run could make them) and one of
+        // its own.
+        let listing = || {
+            [".gitignore", "kept.txt", "build.log", ".env", "made-there.txt", "made-there.log"]
+                .into_iter()
+                .enumerate()
+                .map(|(index, path)| listed(path, Some(index as u64 + 1), 0o644, index as i128))
+                .collect::<Vec<_>>()
+        };
+        let changed = |taken: &BTreeMap<String, LocalEntry>| -> Vec<String> {
+            let listing = Listing::checked(listing()).expect("a listing");
+            diff_remote(&manifest, listing, taken, &rules, &secrets, None, true).expect("diff").changes.into_keys().collect()
+        };
+        let expected = [".gitignore", "kept.txt", "made-there.txt"];
+        assert_eq!(changed(&scan.entries), expected, "with the scan's files");
+        assert_eq!(changed(&BTreeMap::new()), expected, "without them");
+    }
+
+    #[test]
+    fn remote_diff_should_tell_which_changed_files_share_a_stamp_where_inodes_tell_files_apart() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let rules = Rules::new(dir.path(), &Default::default()).expect("rules");
+        let secrets = SecretFilter::new(dir.path(), &[]).expect("filter");
+        let local = LocalEntry { kind: EntryKind::File, size: 3, mtime_ns: 0, mode: 0o644, inode: 1, link_target: None };
+        let mut manifest = Manifest::load(dir.path().join("m.json"));
+        let stamp = crate::sync::manifest::RemoteStamp::listed(&listed("same", Some(1), 0o644, 0), 1_700_000_000_000_000_000, false);
+        manifest.insert("same".into(), Record::new(&local, "hash".into(), Some(stamp)));
+        let diff = |listing: Vec<RemoteEntry>| {
+            diff_remote(&manifest, Listing::checked(listing).expect("a listing"), &BTreeMap::new(), &rules, &secrets, None, true)
+                .expect("diff")
+        };
+        let unchanged = diff(vec![listed("same", Some(1), 0o644, 0)]);
+        assert!(unchanged.changes.is_empty());
+        assert_eq!(unchanged.shared, Some(HashSet::new()), "a whole listing always tells");
+        // "twin" is new with the unchanged file's size and time; "alone" is new with a time of its own.
+        let changed = diff(vec![listed("same", Some(1), 0o644, 0), listed("twin", Some(2), 0o644, 0), listed("alone", Some(3), 0o644, 5)]);
+        assert_eq!(changed.changes.keys().collect::<Vec<_>>(), ["alone", "twin"]);
+        let twin = listed("twin", Some(2), 0o644, 0);
+        assert_eq!(changed.shared, Some(HashSet::from([(twin.size, twin.mtime_ns)])));
     }
 
     #[test]

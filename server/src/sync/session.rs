@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::manifest::{hash_file, now_ns, save_atomically, Manifest, Record, RemoteStamp};
 use super::options::{SyncOptions, WatchMode};
-use super::plan::{compress_deletions, diff_local, diff_remote, RemoteChange};
+use super::plan::{compress_deletions, diff_local, diff_remote, Listing, RemoteChange};
 use super::rules::Rules;
 use super::scan::{LocalEntry, Scan, Scanner};
 use super::secrets::SecretFilter;
@@ -121,6 +121,11 @@ pub struct SessionSync {
     inner: Arc<Inner>,
 }
 
+
+/// A sandbox listing checked and sorted for comparing (`Listing::checked`), off the async threads.
+async fn checked_listing(entries: Vec<crate::sync::RemoteEntry>) -> Result<Listing> {
+    tokio::task::spawn_blocking(move || Listing::checked(entries)).await.map_err(join_error("Checking the sandbox listing"))?
+}
 
 fn join_error(what: &str) -> impl FnOnce(tokio::task::JoinError) -> Error + '_ {
     move |error| Error::Internal(format!("{what} failed: {error}"))
@@ -450,7 +455,11 @@ impl SessionSync {
         let listed_ns = now_ns();
         let listing = async {
             match down {
-                true => Some(inner.remote.list().await),
+                // Checked and sorted as soon as it comes, most often while the workspace scan is still going.
+                true => Some(match inner.remote.list().await {
+                    Ok(entries) => checked_listing(entries).await,
+                    Err(error) => Err(error),
+                }),
                 false => None,
             }
         };
@@ -471,7 +480,7 @@ impl SessionSync {
             (Manifest::load(manifest_path), Err(Error::Internal(format!("The workspace scan failed: {error}"))), Default::default())
         });
         core.manifest = manifest;
-        let scan = scan?;
+        let mut scan = scan?;
         self.note_held_back(core, &scan.held_back, &scan, scope.is_none());
         for (path, reason) in &scan.unsyncable {
             result.skipped.push(SkippedPath { path: path.clone(), reason: reason.clone() });
@@ -497,21 +506,33 @@ impl SessionSync {
             (None, None) => None,
             (Some(paths), None) => {
                 let whole_sandbox = paths.len() > STAT_PATHS;
-                self.remote_state_of(paths.clone()).await?.map(|listing| (listing, Some(paths.clone()), whole_sandbox))
+                match self.remote_state_of(paths.clone()).await? {
+                    Some(entries) => Some((checked_listing(entries).await?, Some(paths.clone()), whole_sandbox)),
+                    None => None,
+                }
             }
         };
         if let Some((listing, scope_for_remote, whole_sandbox)) = remote_view {
             let scanner = inner.scanner.clone();
             let manifest_view = std::mem::replace(&mut core.manifest, Manifest::load(PathBuf::new()));
-            let (manifest_back, changes) = tokio::task::spawn_blocking(move || {
+            let scanned = std::mem::take(&mut scan);
+            let (manifest_back, scan_back, changes) = tokio::task::spawn_blocking(move || {
                 // The scan's own filter, so files held back for their content leave the sandbox's copy alone too.
-                let changes =
-                    diff_remote(&manifest_view, listing, &scanner.rules, &scanner.secrets, scope_for_remote.as_deref(), whole_sandbox);
-                (manifest_view, changes)
+                let changes = diff_remote(
+                    &manifest_view,
+                    listing,
+                    &scanned.entries,
+                    &scanner.rules,
+                    &scanner.secrets,
+                    scope_for_remote.as_deref(),
+                    whole_sandbox,
+                );
+                (manifest_view, scanned, changes)
             })
             .await
             .map_err(join_error("Comparing the sandbox listing"))?;
             core.manifest = manifest_back;
+            scan = scan_back;
             let super::plan::RemoteDiff { changes, skipped, shared } = changes?;
             // How each possibly changed file looked in this listing: recorded once both sides agree on it. Whether
             // another file shared its size and time is known from a listing of the whole sandbox; from a look at a

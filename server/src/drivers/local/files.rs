@@ -95,19 +95,26 @@ impl RemoteFiles for LocalFiles {
 
 /// Every entry under `root`, without following symlinks, read on every core (`walk::walk_tree`) with each entry
 /// looked at through its directory's descriptor. A directory that cannot be read fails the listing: a listing
-/// that left it out would read as its files deleted in the sandbox.
+/// that left it out would read as its files deleted in the sandbox. Directories are taken by the type their parent
+/// told and not looked at, as sync never compares them.
 fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
     let (listed, unreadable) = walk_tree(root, "", Vec::new, |entries: &mut Vec<RemoteEntry>, directory| {
         let mut subdirectories = Vec::new();
-        for (name, _) in directory.entries() {
-            let Ok(stat) = rustix::fs::statat(directory.descriptor, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
-                // Gone since the directory was read: not part of this listing.
-                continue;
-            };
+        for (name, told_type) in directory.entries() {
             let (relative, unsyncable) = match name.to_str() {
                 Ok(name) => (directory.child(name), None),
                 // Reported on its own (the name cannot travel as a protocol path); everything else still syncs.
                 Err(_) => (directory.child(&name.to_string_lossy()), Some(crate::sync::scan::NOT_UTF8.to_string())),
+            };
+            if told_type == rustix::fs::FileType::Directory && unsyncable.is_none() {
+                // Opened by the walk without following a link, so one swapped for a link since is not entered.
+                subdirectories.push(relative.clone());
+                entries.push(RemoteEntry::directory(relative));
+                continue;
+            }
+            let Ok(stat) = rustix::fs::statat(directory.descriptor, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
+                // Gone since the directory was read: not part of this listing.
+                continue;
             };
             let is_directory = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory;
             let link_target = || rustix::fs::readlinkat(directory.descriptor, name, Vec::new()).ok().map(|target| target.into_bytes());
@@ -121,7 +128,12 @@ fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
         }
         subdirectories
     });
-    if let Some((directory, error)) = unreadable.into_iter().next() {
+    // A directory below the root that is gone, or is no longer a directory, since its parent was read is no more
+    // part of the listing than a file that went: what was under it is gone from the tree.
+    let gone_since_read = |(directory, error): &(String, rustix::io::Errno)| {
+        !directory.is_empty() && matches!(*error, rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)
+    };
+    if let Some((directory, error)) = unreadable.into_iter().find(|failed| !gone_since_read(failed)) {
         return Err(Error::io(
             format!("Could not list the sandbox: the directory \"{directory}\" could not be read"),
             std::io::Error::from(error),

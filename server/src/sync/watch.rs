@@ -2,13 +2,14 @@
 //! burst becomes one batch. Only directories that sync are watched; when the OS watch limit is reached it falls
 //! back to periodic rescans and says so, never failing the session.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use notify::event::{ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use super::rules::{is_ignore_file, Rules};
@@ -110,7 +111,7 @@ fn watch(rules: &Arc<Rules>, stop: &AtomicBool, on_change: &OnChange, on_mode: &
     )
     .map_err(describe)?;
     let workspace = rules.workspace().to_path_buf();
-    let mut watched: HashSet<PathBuf> = HashSet::new();
+    let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
     add_tree(&mut watcher, rules, &workspace, &mut watched)?;
     on_mode("watching", None);
     // Changes made while the watches were being set up are caught by one rescan.
@@ -125,7 +126,7 @@ fn run_events(
     receiver: &Receiver<notify::Result<notify::Event>>,
     stop: &AtomicBool,
     on_change: &OnChange,
-    watched: &mut HashSet<PathBuf>,
+    watched: &mut BTreeSet<PathBuf>,
 ) -> Result<(), String> {
     let mut batch: BTreeSet<String> = BTreeSet::new();
     let mut full = false;
@@ -137,6 +138,16 @@ fn run_events(
         match receiver.recv_timeout(DEBOUNCE) {
             Ok(Ok(event)) => {
                 first_event.get_or_insert_with(Instant::now);
+                // The paths this event takes away: a directory made again there is another directory to the OS,
+                // whose watch must be set again (the kernel dropped the old one with the directory).
+                let gone = match event.kind {
+                    notify::EventKind::Remove(_) | notify::EventKind::Modify(ModifyKind::Name(RenameMode::From)) => event.paths.len(),
+                    notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => 1,
+                    _ => 0,
+                };
+                for path in &event.paths[..gone.min(event.paths.len())] {
+                    forget_tree(watched, path);
+                }
                 for path in event.paths {
                     let Ok(relative) = path.strip_prefix(workspace) else { continue };
                     let Some(relative) = relative.to_str().map(str::to_string) else { continue };
@@ -205,12 +216,20 @@ fn changes_content(kind: &notify::EventKind) -> bool {
     }
 }
 
+/// Forgets the watches of `gone` and of every directory that was below it.
+fn forget_tree(watched: &mut BTreeSet<PathBuf>, gone: &Path) {
+    let below: Vec<PathBuf> = watched.range(gone.to_path_buf()..).take_while(|path| path.starts_with(gone)).cloned().collect();
+    for path in below {
+        watched.remove(&path);
+    }
+}
+
 /// Watches `start` and every directory below it that syncs (ignored trees such as node_modules cost no watches).
 fn add_tree(
     watcher: &mut RecommendedWatcher,
     rules: &Arc<Rules>,
     start: &Path,
-    watched: &mut HashSet<PathBuf>,
+    watched: &mut BTreeSet<PathBuf>,
 ) -> Result<(), String> {
     let mut walker = rules.walker(start);
     let filter_rules = rules.clone();
@@ -259,6 +278,45 @@ fn describe(error: notify::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory removed and made again is a new directory to the OS: what is written in it must still be seen.
+    #[test]
+    fn a_directory_made_again_should_be_watched_again() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir_all(dir.path().join("d/inner")).expect("mkdir");
+        let rules = Arc::new(Rules::new(dir.path(), &Default::default()).expect("rules"));
+        let (sender, receiver) = channel::<(Vec<String>, bool)>();
+        let sender = std::sync::Mutex::new(sender);
+        let on_change: OnChange = Arc::new(move |paths, full| {
+            let _ = sender.lock().expect("the sender").send((paths, full));
+        });
+        let (mode_sender, modes) = channel::<&'static str>();
+        let mode_sender = std::sync::Mutex::new(mode_sender);
+        let on_mode: OnMode = Arc::new(move |mode, _| {
+            let _ = mode_sender.lock().expect("the sender").send(mode);
+        });
+        let _watcher = start(rules, Duration::ZERO, false, Duration::from_secs(60), on_change, on_mode);
+        assert_eq!(modes.recv_timeout(Duration::from_secs(10)).expect("a mode"), "watching");
+        let wait_for = |wanted: &str| {
+            let until = Instant::now() + Duration::from_secs(10);
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                match receiver.recv_timeout(left) {
+                    Ok((paths, _)) if paths.iter().any(|path| path == wanted) => return,
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+            panic!("{wanted} was never reported");
+        };
+        std::fs::write(dir.path().join("d/inner/first.txt"), "one").expect("write");
+        wait_for("d/inner/first.txt");
+        // At once, as `git checkout` would: the watcher sees the removal only after the directory is back.
+        std::fs::remove_dir_all(dir.path().join("d")).expect("rm");
+        std::fs::create_dir_all(dir.path().join("d/inner")).expect("mkdir");
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(dir.path().join("d/inner/second.txt"), "two").expect("write");
+        wait_for("d/inner/second.txt");
+    }
 
     /// The OS itself must not report reads: the events are taken as they come, without `changes_content`.
     #[test]

@@ -128,18 +128,21 @@ fn list_tree(root: &Path) -> Result<Vec<RemoteEntry>> {
         }
         subdirectories
     });
-    // A directory below the root that is gone, or is no longer a directory, since its parent was read is no more
-    // part of the listing than a file that went: what was under it is gone from the tree.
-    let gone_since_read = |(directory, error): &(String, rustix::io::Errno)| {
-        !directory.is_empty() && matches!(*error, rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)
-    };
-    if let Some((directory, error)) = unreadable.into_iter().find(|failed| !gone_since_read(failed)) {
+    if let Some((directory, error)) = unreadable.into_iter().find(|(directory, error)| !gone_since_listed(directory, *error)) {
         return Err(Error::io(
             format!("Could not list the sandbox: the directory \"{directory}\" could not be read"),
             std::io::Error::from(error),
         ));
     }
     Ok(listed.into_iter().flatten().collect())
+}
+
+/// Whether a directory the listing could not open is simply gone from the tree: below the root, and removed or made
+/// something else (a file, a link) since its parent was read. What was under it is then gone too, as for a file that
+/// went. Anything else (a directory a run made unreadable, say) fails the listing, and so does any failure of the
+/// root: an empty listing would read as every file deleted in the sandbox.
+fn gone_since_listed(directory: &str, error: rustix::io::Errno) -> bool {
+    !directory.is_empty() && matches!(error, rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)
 }
 
 /// Removes the directory `dir` and everything in it on every core: the directories `SHARED_DEPTH` levels down (the
@@ -197,6 +200,34 @@ fn stat_paths(root: &Path, paths: &[String]) -> Vec<RemoteEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_directory_gone_below_the_root_should_leave_the_listing_whole() {
+        use rustix::io::Errno;
+        for gone in [Errno::NOENT, Errno::NOTDIR, Errno::LOOP] {
+            assert!(gone_since_listed("src/pkg", gone), "{gone:?} below the root is a directory gone");
+            assert!(!gone_since_listed("", gone), "{gone:?} at the root must fail the listing");
+        }
+        for failure in [Errno::ACCESS, Errno::PERM, Errno::IO, Errno::MFILE, Errno::NOMEM] {
+            assert!(!gone_since_listed("src/pkg", failure), "{failure:?} must fail the listing");
+        }
+    }
+
+    #[test]
+    fn listing_should_take_directories_by_their_type_and_fail_without_a_root() {
+        let session = tempfile::tempdir().expect("a temp dir");
+        let root = session.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        std::fs::write(root.join("a/b/file"), "x").expect("write");
+        std::os::unix::fs::symlink("a", root.join("link")).expect("symlink");
+        let mut listed: Vec<(String, crate::sync::EntryKind)> =
+            list_tree(&root).expect("a listing").into_iter().map(|entry| (entry.path, entry.kind)).collect();
+        listed.sort_by(|left, right| left.0.cmp(&right.0));
+        use crate::sync::EntryKind::{Dir, File, Symlink};
+        assert_eq!(listed, [("a".into(), Dir), ("a/b".into(), Dir), ("a/b/file".into(), File), ("link".into(), Symlink)]);
+        let error = list_tree(&session.path().join("gone")).expect_err("no root, no listing");
+        assert!(error.to_string().contains("Could not list the sandbox"), "{error}");
+    }
 
     #[test]
     fn removal_on_every_core_should_take_everything_and_nothing_a_link_leads_to() {

@@ -164,20 +164,23 @@ fn drops_after_output_should_never_exhaust_the_reattach_limit_however_many_there
     let Some(fake) = Fake::start() else { return };
     let server = start_server();
     let (_workspace, session_id) = connect(&server, &fake, fake.settings(), &[]);
-    // Eight drops in a row, more than the driver's limit of fruitless re-attaches, but each stream delivers output
-    // before it breaks: the give-up counter must start again after each, and the run must reach its end. The run
-    // lasts long enough for all eight on a loaded machine: a CI run saw its 2 s run end after six.
+    // Eight drops in a row, more than the driver's limit of fruitless re-attaches (three), but each stream delivers
+    // output before it breaks: the give-up counter must start again after each, and the run must reach its end.
     let drops = 8;
     fake.set_faults(json!({ "dropStreamAfterBytes": 1, "dropStreamCount": drops }));
     let since = fake.next_sequence();
     let outcome = server.run_to_exit(json!({
         "sessionId": session_id,
-        "command": "for i in $(seq 1 40); do echo line-$i; sleep 0.15; done",
+        "command": "for i in $(seq 1 40); do echo line-$i; sleep 0.2; done",
     }));
     let expected: String = (1..=40).map(|index| format!("line-{index}\n")).collect();
     assert_eq!(outcome.stdout, expected, "every line arrives once, in order: {}", outcome.exit);
     assert_eq!(outcome.exit_code(), Some(0), "{}", outcome.exit);
-    assert_eq!(reattaches_since(&fake, since), drops, "one re-attach per dropped stream");
+    // One re-attach per drop that came before the run ended. On a loaded machine the run can end before the last
+    // drops (CI runs saw six of eight with a 2 s run, seven with a 6 s one); five or more in a row is already more
+    // than a counter that never started again would have allowed.
+    let reattaches = reattaches_since(&fake, since);
+    assert!((5..=drops).contains(&reattaches), "{reattaches} re-attaches for {drops} dropped streams");
 }
 
 #[test]

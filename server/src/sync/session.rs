@@ -127,6 +127,33 @@ async fn checked_listing(entries: Vec<crate::sync::RemoteEntry>) -> Result<Listi
     tokio::task::spawn_blocking(move || Listing::checked(entries)).await.map_err(join_error("Checking the sandbox listing"))?
 }
 
+/// What is known of the files a batch wrote in the sandbox, as its sending answers it.
+enum Written {
+    /// The driver told their entries as it wrote them.
+    Told(Vec<crate::sync::RemoteEntry>),
+    /// They were placed straight into a tree on this machine; each with its `fstat` right after.
+    Placed(Vec<(String, rustix::fs::Stat)>),
+    /// Nothing: the engine asks the driver (`look_after_upload`) where it can tell change times.
+    Unknown,
+}
+
+impl Written {
+    /// The entries by path, with when they were observed (`upload_started_ns`, taken before the batch was sent);
+    /// `None` for `Unknown`.
+    fn into_looked(self, upload_started_ns: i128) -> Option<(BTreeMap<String, crate::sync::RemoteEntry>, i128)> {
+        let entries: BTreeMap<String, crate::sync::RemoteEntry> = match self {
+            Written::Told(entries) => entries.into_iter().map(|entry| (entry.path.clone(), entry)).collect(),
+            Written::Placed(placed) => placed
+                .into_iter()
+                .filter_map(|(path, stat)| crate::sync::RemoteEntry::written(path, &stat))
+                .map(|entry| (entry.path.clone(), entry))
+                .collect(),
+            Written::Unknown => return None,
+        };
+        Some((entries, upload_started_ns))
+    }
+}
+
 fn join_error(what: &str) -> impl FnOnce(tokio::task::JoinError) -> Error + '_ {
     move |error| Error::Internal(format!("{what} failed: {error}"))
 }
@@ -369,9 +396,40 @@ impl SessionSync {
             *lock(&self.inner.pending) = Pending::default();
         }
         let outcome = self.run(&mut core, direction, scope, explicit, progress).await;
+        self.persist_held(&mut core).await;
         drop(core);
-        self.persist().await;
         outcome
+    }
+
+    /// `persist` for a caller that holds the lock already and answers once the manifest is saved (an explicit
+    /// sync): the entries are written as they are, with no copy of them to make and free (for 20,000 files, 3 ms
+    /// of the 13 a save took). The manifest is lent to the writing thread; nothing can look at it meanwhile, since
+    /// the lock is held throughout.
+    async fn persist_held(&self, core: &mut Core) {
+        if !core.manifest.take_dirty() {
+            return;
+        }
+        let path = core.manifest.path().to_path_buf();
+        let manifest = std::mem::replace(&mut core.manifest, Manifest::load(PathBuf::new()));
+        let outcome = tokio::task::spawn_blocking(move || {
+            let saved = save_atomically(manifest.path(), &manifest.entries);
+            (manifest, saved)
+        })
+        .await;
+        let saved = match outcome {
+            Ok((manifest, saved)) => {
+                core.manifest = manifest;
+                saved
+            }
+            Err(error) => {
+                // The entries went with the thread: the last saved state is the base again, as after a restart.
+                core.manifest = Manifest::load(path);
+                Err(join_error("Saving the manifest")(error))
+            }
+        };
+        if let Err(error) = saved {
+            tracing::warn!(%error, "could not save the sync manifest; the next sync compares by content");
+        }
     }
 
     /// A user-given path (relative, absolute inside the workspace, or a file URI) as a relative path.
@@ -847,12 +905,12 @@ impl SessionSync {
         result: &mut SyncResult,
     ) -> Result<()> {
         let total_files = uploads.len();
-        let total_bytes: u64 = uploads.iter().filter_map(|path| scan.entries.get(path)).map(|entry| entry.size).sum();
+        let sizes = sizes_in_order(&scan.entries, &uploads);
+        let total_bytes: u64 = sizes.iter().sum();
         let mut batches: Vec<Vec<String>> = Vec::new();
         let mut current = Vec::new();
         let mut current_bytes = 0u64;
-        for path in uploads {
-            let size = scan.entries.get(&path).map_or(0, |entry| entry.size);
+        for (path, size) in uploads.into_iter().zip(sizes) {
             if !current.is_empty() && (current.len() >= batch_files() || current_bytes + size > BATCH_BYTES) {
                 batches.push(std::mem::take(&mut current));
                 current_bytes = 0;
@@ -877,9 +935,11 @@ impl SessionSync {
         let mut current = Some((first.len(), now_ns(), self.send_batch(first, fresh).await));
         while let Some((batch_len, upload_started_ns, sent)) = current.take() {
             let (written, packed) = sent?;
-            let looked = match written {
-                Some(entries) => Some((entries.into_iter().map(|entry| (entry.path.clone(), entry)).collect(), upload_started_ns)),
-                None => self.look_after_upload(&packed.sent).await?,
+            // A look the engine must ask for comes before the next batch (it can fail, and then nothing more is
+            // sent); what the driver told as it wrote is read while the next batch is copied.
+            let asked = match written {
+                Written::Unknown => self.look_after_upload(&packed.sent).await?,
+                _ => None,
             };
             // The next batch is sent while this one is recorded, so the cores copying (or the driver taking the
             // stream) never wait for the bookkeeping between two batches. A cancel lets the batch on its way
@@ -892,6 +952,7 @@ impl SessionSync {
                 }
             };
             let recording = async {
+                let looked = asked.or_else(|| written.into_looked(upload_started_ns));
                 if !packed.held_back.is_empty() {
                     let held_back: BTreeMap<String, &'static str> = packed.held_back.into_iter().collect();
                     self.note_held_back(core, &held_back, scan, false);
@@ -946,7 +1007,7 @@ impl SessionSync {
     /// Sends one batch of workspace files: straight into the sandbox's tree where that is on this machine, else as
     /// a tar stream packed on one thread while the driver takes it. Answers what the driver told of the written
     /// files, if anything, and what was read.
-    async fn send_batch(&self, batch: Vec<String>, fresh: bool) -> Result<(Option<Vec<crate::sync::RemoteEntry>>, transfer::Packed)> {
+    async fn send_batch(&self, batch: Vec<String>, fresh: bool) -> Result<(Written, transfer::Packed)> {
         let workspace = self.inner.workspace.clone();
         let scanner = self.inner.scanner.clone();
         if let Some(tree) = self.inner.remote.tree_on_this_machine() {
@@ -955,8 +1016,7 @@ impl SessionSync {
             })
             .await
             .map_err(join_error("Copying the upload"))??;
-            let written = placed.into_iter().filter_map(|(path, stat)| crate::sync::RemoteEntry::written(path, &stat)).collect();
-            return Ok((Some(written), packed));
+            return Ok((Written::Placed(placed), packed));
         }
         let (reader, writer) = tokio::io::duplex(1 << 20);
         let producer = tokio::task::spawn_blocking(move || {
@@ -967,7 +1027,8 @@ impl SessionSync {
         let packed = packed.map_err(join_error("Packing the upload"))?;
         // The driver's answer comes first: a packing error usually shows up as the driver's read error.
         match (uploaded, packed) {
-            (Ok(written), Ok(packed)) => Ok((written, packed)),
+            (Ok(Some(written)), Ok(packed)) => Ok((Written::Told(written), packed)),
+            (Ok(None), Ok(packed)) => Ok((Written::Unknown, packed)),
             (_, Err(error)) | (Err(error), _) => Err(error),
         }
     }
@@ -1124,6 +1185,23 @@ impl SessionSync {
 
 /// The workspace entry at `path` as `lstat` sees it through `beneath` (with its target, for a link); `None` when it
 /// is missing or under a link.
+/// The scanned size of each of `paths` (0 for one the scan did not find), walking the scan beside them rather than
+/// looking each up: `paths` come in order (a set's), and two lookups per path took 4 ms of an initial sync of 20,000
+/// files on one core while the other waited. A path out of order only gets 0: sizes shape batches and progress.
+fn sizes_in_order(entries: &BTreeMap<String, LocalEntry>, paths: &[String]) -> Vec<u64> {
+    let mut scanned = entries.iter().peekable();
+    paths
+        .iter()
+        .map(|path| {
+            while scanned.next_if(|(scanned_path, _)| scanned_path.as_str() < path.as_str()).is_some() {}
+            match scanned.peek() {
+                Some((scanned_path, entry)) if scanned_path.as_str() == path.as_str() => entry.size,
+                _ => 0,
+            }
+        })
+        .collect()
+}
+
 fn current_entry(beneath: &mut Beneath, path: &str) -> Result<Option<LocalEntry>> {
     let Some(stat) = beneath.lstat(path).map_err(|error| Error::io(format!("Could not read {path}"), error))? else {
         return Ok(None);
@@ -1263,5 +1341,30 @@ fn hash_local(workspace: &Path, path: &str, entry: Option<&LocalEntry>) -> Optio
         Some(entry) if entry.kind == EntryKind::Symlink => entry.link_target.as_deref().map(super::manifest::hash_link),
         Some(_) => hash_file(&workspace.join(path)).ok(),
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(size: u64) -> LocalEntry {
+        LocalEntry { kind: EntryKind::File, size, mtime_ns: 0, mode: 0o644, inode: size, link_target: None }
+    }
+
+    #[test]
+    fn sizes_should_follow_the_paths_and_be_zero_for_what_the_scan_did_not_find() {
+        let entries: BTreeMap<String, LocalEntry> =
+            [("a", 1), ("b/c", 2), ("b/d", 3), ("e", 4)].into_iter().map(|(path, size)| (path.to_string(), file(size))).collect();
+        let paths = |list: &[&str]| list.iter().map(|path| path.to_string()).collect::<Vec<_>>();
+        assert_eq!(sizes_in_order(&entries, &paths(&["a", "b/c", "b/d", "e"])), vec![1, 2, 3, 4]);
+        assert_eq!(sizes_in_order(&entries, &paths(&["0", "b/d", "c", "e", "z"])), vec![0, 3, 0, 4, 0], "gaps and strays");
+        assert_eq!(sizes_in_order(&entries, &paths(&["b/c", "b/c"])), vec![2, 2], "a path twice");
+        assert_eq!(sizes_in_order(&entries, &[]), Vec::<u64>::new());
+        assert_eq!(sizes_in_order(&BTreeMap::new(), &paths(&["a"])), vec![0]);
+        // Out of order, a path may get 0 but never another path's size.
+        let sizes = sizes_in_order(&entries, &paths(&["e", "a"]));
+        assert_eq!(sizes[0], 4);
+        assert!(sizes[1] == 0 || sizes[1] == 1);
     }
 }

@@ -13,7 +13,7 @@ use super::resolve::{link_stays_inside, OnDisk};
 use super::rules::Rules;
 use super::secret_scan::FileStamp;
 use super::secrets::SecretFilter;
-use super::walk::{walk_tree, Listed};
+use super::walk::{walk_tree_finishing, Listed};
 use super::EntryKind;
 use crate::error::{Error, Result};
 
@@ -127,8 +127,15 @@ impl Scanner {
     fn walk(&self, start: &Path, scan: &mut Scan) -> Result<()> {
         let Ok(relative_start) = start.strip_prefix(self.workspace()) else { return Ok(()) };
         let Some(relative_start) = relative_start.to_str() else { return Ok(()) };
-        let (found, unreadable) =
-            walk_tree(self.workspace(), relative_start, Found::default, |found, listed| self.list_directory(listed, found));
+        // Each thread sorts what it found as its walk ends, so the map below is built from a few sorted runs (a merge)
+        // rather than one sort of everything on one core, which took 4.5 ms of a scan of 20,000 files.
+        let (found, unreadable) = walk_tree_finishing(
+            self.workspace(),
+            relative_start,
+            Found::default,
+            |found, listed| self.list_directory(listed, found),
+            |found| found.entries = super::walk::sorted_by_path(std::mem::take(&mut found.entries), |(path, _)| path),
+        );
         for (directory, error) in unreadable {
             // Unreadable directories are skipped with a log line rather than failing the sync; one that vanished or
             // became a link since its parent was listed is simply not part of this scan.
@@ -145,8 +152,8 @@ impl Scanner {
         }
         if scan.entries.is_empty() {
             // Collected into a new map, the entries are sorted once and the tree built in one pass, rather than by
-            // one insertion per entry; sorted first by index (`sorted_by_path`), the map's own sort finds them in order.
-            scan.entries = super::walk::sorted_by_path(entries, |(path, _)| path).into_iter().collect();
+            // one insertion per entry. The map's own (stable) sort finds the threads' sorted runs and merges them.
+            scan.entries = entries.into_iter().collect();
         } else {
             scan.entries.extend(entries);
         }

@@ -60,6 +60,18 @@ pub fn walk_tree<S: Send>(
     state: impl Fn() -> S + Sync,
     visit: impl Fn(&mut S, &Listed<'_>) -> Vec<String> + Sync,
 ) -> (Vec<S>, Vec<(String, rustix::io::Errno)>) {
+    walk_tree_finishing(root, start, state, visit, |_| {})
+}
+
+/// `walk_tree`, and `finish` on each thread's state on that thread once the walk is over: work on what each thread
+/// found (sorting it) then runs on every core, where after the walk it would run on one.
+pub fn walk_tree_finishing<S: Send>(
+    root: &Path,
+    start: &str,
+    state: impl Fn() -> S + Sync,
+    visit: impl Fn(&mut S, &Listed<'_>) -> Vec<String> + Sync,
+    finish: impl Fn(&mut S) + Sync,
+) -> (Vec<S>, Vec<(String, rustix::io::Errno)>) {
     let queue = DirectoryQueue::new(Waiting { relative: start.to_string(), parent: None });
     let threads = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 4);
     let walk_one = || {
@@ -96,6 +108,7 @@ pub fn walk_tree<S: Send>(
             drop(parent);
             queue.done(subdirectories);
         }
+        finish(&mut own);
         (own, unreadable)
     };
     let outcomes = if threads == 1 {
@@ -266,6 +279,32 @@ mod tests {
         visited.sort();
         expected.sort();
         assert_eq!(visited, expected, "each directory once; the link, though handed back, is not entered");
+    }
+
+    #[test]
+    fn finishing_should_run_once_on_each_thread_after_its_walk() {
+        let root = tempfile::tempdir().expect("a temp dir");
+        for index in 0..64 {
+            std::fs::create_dir_all(root.path().join(format!("d{}/e{index}", index % 8))).expect("mkdir");
+        }
+        let (states, unreadable) = walk_tree_finishing(
+            root.path(),
+            "",
+            || (Vec::new(), 0, std::thread::current().id()),
+            |(seen, _, _): &mut (Vec<String>, usize, _), listed| {
+                seen.push(listed.relative.to_string());
+                listed.entries().map(|(name, _)| listed.child(name.to_str().expect("UTF-8"))).collect()
+            },
+            |(seen, finished, made_on)| {
+                assert_eq!(*made_on, std::thread::current().id(), "finished on the thread that walked");
+                seen.sort();
+                *finished += 1;
+            },
+        );
+        assert!(unreadable.is_empty());
+        assert!(states.iter().all(|(_, finished, _)| *finished == 1), "each thread's state finished once");
+        assert!(states.iter().all(|(seen, _, _)| seen.is_sorted()), "each thread's findings sorted by its finish");
+        assert_eq!(states.iter().map(|(seen, _, _)| seen.len()).sum::<usize>(), 1 + 8 + 64, "every directory once");
     }
 
     #[test]

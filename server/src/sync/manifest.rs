@@ -265,12 +265,6 @@ impl Manifest {
         found
     }
 
-    /// Takes the changes as saved: whether there were any to save. For a caller that writes the entries itself
-    /// (`save_atomically`) while nothing else can change them.
-    pub fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
-    }
-
     /// A copy of the entries to persist, when they changed; taken under the lock and written outside it with
     /// `save_atomically`, so a save arriving meanwhile is not held up by serialisation.
     pub fn snapshot(&mut self) -> Option<Entries> {

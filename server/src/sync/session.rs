@@ -88,6 +88,8 @@ struct Core {
 
 struct Inner {
     workspace: PathBuf,
+    /// Where the manifest is saved (`<session dir>/manifest.json`).
+    manifest_path: PathBuf,
     remote: Arc<dyn RemoteFiles>,
     options: SyncOptions,
     scanner: Arc<Scanner>,
@@ -169,7 +171,8 @@ impl SessionSync {
     ) -> Result<Self> {
         let rules = Arc::new(Rules::new(&workspace, &options)?);
         let secrets = SecretFilter::with_content(&workspace, &options.allow_secrets, options.scan_content)?;
-        let manifest = Manifest::load(session_dir.join("manifest.json"));
+        let manifest_path = session_dir.join("manifest.json");
+        let manifest = Manifest::load(manifest_path.clone());
         let state = SyncState {
             watcher: Some(if options.watch == WatchMode::Off { "off" } else { "starting" }.into()),
             ..SyncState::default()
@@ -177,6 +180,7 @@ impl SessionSync {
         Ok(SessionSync {
             inner: Arc::new(Inner {
                 workspace,
+                manifest_path,
                 remote,
                 options,
                 scanner: Arc::new(Scanner { rules, secrets }),
@@ -430,6 +434,7 @@ impl SessionSync {
         progress: &dyn Progress,
     ) -> Result<SyncResult> {
         let started = Instant::now();
+        self.take_back_a_lent_manifest(core);
         // Only the first sync of a new session writes as into a fresh sandbox; its manifest is saved after it ends,
         // so a kill half-way leaves no base and the next sync replaces whatever it left.
         let fresh = self.inner.fresh_sandbox.swap(false, Ordering::SeqCst) && !core.has_base;
@@ -455,6 +460,18 @@ impl SessionSync {
             result.duration_ms = started.elapsed().as_millis() as u64;
             result
         })
+    }
+
+    /// A sync lends the manifest to a blocking thread while it scans and compares, leaving an empty one with no path
+    /// in its place. A sync dropped there (a `sandlink/sync` request cancelled with `$/cancelRequest` is dropped
+    /// where it awaits) never brings it back: the session would have no base, and no save would ever reach the disk
+    /// again. The manifest last saved takes its place, as after a restart of the server; what it lacks is compared
+    /// by content.
+    fn take_back_a_lent_manifest(&self, core: &mut Core) {
+        if core.manifest.path().as_os_str().is_empty() {
+            tracing::info!("a sync was stopped while it held the manifest; the last saved manifest is the base again");
+            core.manifest = Manifest::load(self.inner.manifest_path.clone());
+        }
     }
 
     async fn run_inner(

@@ -733,7 +733,9 @@ fn a_sync_dropped_at_any_point_should_leave_the_session_its_base_and_its_saves()
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     runtime.block_on(async {
         let dir = tempfile::Builder::new().prefix("sandlink-sync-dropped-").tempdir().expect("a temporary directory");
-        let (workspace, sandbox, state) = (dir.path().join("workspace"), dir.path().join("sandbox"), dir.path().join("state"));
+        let workspace = dir.path().join("workspace");
+        let sandbox = dir.path().join("sandbox");
+        let state = dir.path().join("state");
         for index in 0..3000 {
             let path = workspace.join(format!("d{}/f{index}.txt", index % 30));
             std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
@@ -743,7 +745,8 @@ fn a_sync_dropped_at_any_point_should_leave_the_session_its_base_and_its_saves()
         let remote = Arc::new(LocalFiles::new(sandbox.clone(), state.join("staging")));
         let options = SyncOptions { watch: sandlink::sync::options::WatchMode::Off, ..SyncOptions::default() };
         let session_dir = state.join("session");
-        let sync = SessionSync::new(workspace.clone(), remote, options, &session_dir, Arc::new(Observer)).expect("sync starts");
+        let sync =
+            SessionSync::new(workspace.clone(), remote, options, &session_dir, Arc::new(Observer)).expect("sync starts");
         sync.sync(SyncDirection::Up, None, &NoProgress).await.expect("the first sync");
         let saved = |name: &str| -> bool {
             let bytes = std::fs::read(session_dir.join("manifest.json")).expect("a saved manifest");
@@ -757,13 +760,16 @@ fn a_sync_dropped_at_any_point_should_leave_the_session_its_base_and_its_saves()
             std::fs::write(workspace.join(&name), format!("written before drop {step}")).expect("write");
             let delay = std::time::Duration::from_micros(step * 250);
             tokio::select! {
-                outcome = sync.sync(SyncDirection::Both, None, &NoProgress) => { outcome.expect("a sync that was not dropped"); }
+                outcome = sync.sync(SyncDirection::Both, None, &NoProgress) => {
+                    outcome.expect("a sync that was not dropped");
+                }
                 () = tokio::time::sleep(delay) => dropped += 1,
             }
             let result = sync.sync(SyncDirection::Both, None, &NoProgress).await.expect("the sync after a dropped one");
             assert!(result.conflicts.is_empty(), "step {step}: {:?}", result.conflicts);
             assert!(saved(&name), "step {step} ({delay:?}): the sync after a dropped one saved no manifest with {name}");
-            assert_eq!(std::fs::read(sandbox.join(&name)).expect("in the sandbox"), std::fs::read(workspace.join(&name)).expect("read"));
+            let (placed, written) = (std::fs::read(sandbox.join(&name)), std::fs::read(workspace.join(&name)));
+            assert_eq!(placed.expect("in the sandbox"), written.expect("read"), "step {step}");
         }
         assert!(dropped > 0, "no sync was dropped part-way");
         sync.stop().await;

@@ -1169,10 +1169,8 @@ impl SessionSync {
     }
 }
 
-/// The workspace entry at `path` as `lstat` sees it through `beneath` (with its target, for a link); `None` when it
-/// is missing or under a link.
 /// The scanned size of each of `paths` (0 for one the scan did not find), walking the scan beside them rather than
-/// looking each up: `paths` come in order (a set's), and two lookups per path took 4 ms of an initial sync of 20,000
+/// looking each up: `paths` come in order (a set's), and two lookups per path took 3.6 ms of an initial sync of 20,000
 /// files on one core while the other waited. A path out of order only gets 0: sizes shape batches and progress.
 fn sizes_in_order(entries: &BTreeMap<String, LocalEntry>, paths: &[String]) -> Vec<u64> {
     let mut scanned = entries.iter().peekable();
@@ -1188,6 +1186,8 @@ fn sizes_in_order(entries: &BTreeMap<String, LocalEntry>, paths: &[String]) -> V
         .collect()
 }
 
+/// The workspace entry at `path` as `lstat` sees it through `beneath` (with its target, for a link); `None` when it
+/// is missing or under a link.
 fn current_entry(beneath: &mut Beneath, path: &str) -> Result<Option<LocalEntry>> {
     let Some(stat) = beneath.lstat(path).map_err(|error| Error::io(format!("Could not read {path}"), error))? else {
         return Ok(None);
@@ -1340,11 +1340,14 @@ mod tests {
 
     #[test]
     fn sizes_should_follow_the_paths_and_be_zero_for_what_the_scan_did_not_find() {
-        let entries: BTreeMap<String, LocalEntry> =
-            [("a", 1), ("b/c", 2), ("b/d", 3), ("e", 4)].into_iter().map(|(path, size)| (path.to_string(), file(size))).collect();
+        let entries: BTreeMap<String, LocalEntry> = [("a", 1), ("b/c", 2), ("b/d", 3), ("e", 4)]
+            .into_iter()
+            .map(|(path, size)| (path.to_string(), file(size)))
+            .collect();
         let paths = |list: &[&str]| list.iter().map(|path| path.to_string()).collect::<Vec<_>>();
         assert_eq!(sizes_in_order(&entries, &paths(&["a", "b/c", "b/d", "e"])), vec![1, 2, 3, 4]);
-        assert_eq!(sizes_in_order(&entries, &paths(&["0", "b/d", "c", "e", "z"])), vec![0, 3, 0, 4, 0], "gaps and strays");
+        let strays = paths(&["0", "b/d", "c", "e", "z"]);
+        assert_eq!(sizes_in_order(&entries, &strays), vec![0, 3, 0, 4, 0], "gaps and strays");
         assert_eq!(sizes_in_order(&entries, &paths(&["b/c", "b/c"])), vec![2, 2], "a path twice");
         assert_eq!(sizes_in_order(&entries, &[]), Vec::<u64>::new());
         assert_eq!(sizes_in_order(&BTreeMap::new(), &paths(&["a"])), vec![0]);

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets in fuzz/ and runs each for a fixed time from its checked-in seeds; fails on any crash.
 #
-# SANDLINK_FUZZ_SECONDS (default 60) is the time per target; SANDLINK_FUZZ_TARGETS (default: all) picks targets.
+# SANDLINK_FUZZ_SECONDS (default 54) is the time per target; SANDLINK_FUZZ_TARGETS (default: all) picks targets.
 # Needs the nightly toolchain (`rustup toolchain install nightly`); installs cargo-fuzz when it is missing.
 # A crash leaves its input in fuzz/artifacts/<target>/; replay it with `cargo +nightly fuzz run <target> <file>`.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo_root/fuzz"
-seconds="${SANDLINK_FUZZ_SECONDS:-60}"
+seconds="${SANDLINK_FUZZ_SECONDS:-54}"
 # Safe Rust under test: the properties are panics, escapes and round trips, so no sanitizer (several times the
 # executions per second); debug assertions on, so overflows are caught as well.
 build_flags=(--sanitizer none --debug-assertions)

@@ -189,7 +189,7 @@ fn secrets_in_file_contents_should_be_held_back_with_their_rule_and_never_shown(
     assert!(logs.contains("held back a file that looks like a secret") && logs.contains("github-token"), "the log names files and rules");
     let mut stored = Vec::new();
     every_file(server.state_dir(), &mut stored);
-    assert!(stored.iter().any(|(path, _)| path.ends_with("manifest.json")), "the manifest was written and is checked");
+    assert!(stored.iter().any(|(path, _)| path.ends_with(sandlink::sync::manifest::FILE_NAME)), "the manifest was written and is checked");
     for canary in &corpus.canaries {
         assert!(!logs.contains(canary.as_str()), "a secret reached the log");
         assert!(!said.contains(canary.as_str()), "a secret reached a message to the client");

@@ -34,7 +34,7 @@ use sandlink::drivers::local::files::LocalFiles;
 use sandlink::streams::BoxedReader;
 use sandlink::progress::NoProgress;
 use sandlink::protocol::{SyncDirection, SyncState};
-use sandlink::sync::{RemoteEntry, RemoteFiles, SessionSync, StateObserver, SyncOptions};
+use sandlink::sync::{manifest, RemoteEntry, RemoteFiles, SessionSync, StateObserver, SyncOptions};
 
 /// Paths files live at; two share a directory so removing it removes several at once.
 const FILE_PATHS: [&str; 5] = ["a", "b", "d/c", "d/e", "f/g"];
@@ -749,9 +749,8 @@ fn a_sync_dropped_at_any_point_should_leave_the_session_its_base_and_its_saves()
             SessionSync::new(workspace.clone(), remote, options, &session_dir, Arc::new(Observer)).expect("sync starts");
         sync.sync(SyncDirection::Up, None, &NoProgress).await.expect("the first sync");
         let saved = |name: &str| -> bool {
-            let bytes = std::fs::read(session_dir.join("manifest.json")).expect("a saved manifest");
-            let stored: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
-            stored["entries"].get(name).is_some()
+            let bytes = std::fs::read(session_dir.join(manifest::FILE_NAME)).expect("a saved manifest");
+            manifest::decode(&bytes).expect("a whole manifest").contains_key(name)
         };
         assert!(saved("d0/f0.txt"));
         let mut dropped = 0;

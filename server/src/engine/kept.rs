@@ -298,7 +298,7 @@ async fn write_record(store: &super::store::Store, session: &Session, kept: bool
         expires_at: info.expires_at,
         driver_state: session.sandbox.driver_state(),
         isolation: info.isolation,
-        sync_manifest: Some(format!("sessions/{}/manifest.json", session.id)),
+        sync_manifest: Some(format!("sessions/{}/{}", session.id, crate::sync::manifest::FILE_NAME)),
         sync: info.sync,
         kept,
         ..Record::connecting(

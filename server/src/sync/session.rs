@@ -196,6 +196,16 @@ impl Looked {
     }
 }
 
+/// How far an upload got, for its progress reports.
+struct Tally {
+    total_files: usize,
+    total_bytes: u64,
+    /// Whether the upload is big enough to report progress as it goes.
+    long: bool,
+    files_done: usize,
+    bytes_done: u64,
+}
+
 fn join_error(what: &str) -> impl FnOnce(tokio::task::JoinError) -> Error + '_ {
     move |error| Error::Internal(format!("{what} failed: {error}"))
 }
@@ -920,7 +930,8 @@ impl SessionSync {
         core.logged_secrets.retain(|path| !sent.contains(path.as_str()));
     }
 
-    /// Uploads changed files in batches, one tar stream each, recording each batch once the sandbox confirmed it.
+    /// Uploads changed files in batches, recording each batch once the sandbox confirmed it: one tar stream each,
+    /// or, where the sandbox's tree is on this machine, copied straight into it by every core (`upload_across`).
     async fn upload(
         &self,
         core: &mut Core,
@@ -947,106 +958,194 @@ impl SessionSync {
         if !current.is_empty() {
             batches.push(current);
         }
-        let long = total_files > 200 || total_bytes > 32 << 20;
-        let mut files_done = 0usize;
-        let mut bytes_done = 0u64;
-        let mut batches = batches.into_iter();
-        // Between batches both sides agree on everything recorded so far: the place to stop when asked.
-        let cancelled_after = |files_done: usize| cancelled(&format!("after {files_done} of {total_files} files"));
+        let mut tally = Tally {
+            total_files,
+            total_bytes,
+            long: total_files > 200 || total_bytes > 32 << 20,
+            files_done: 0,
+            bytes_done: 0,
+        };
         if progress.cancelled() {
-            return Err(cancelled_after(0));
+            return Err(cancelled(&format!("after 0 of {total_files} files")));
         }
-        let Some(first) = batches.next() else { return Ok(()) };
-        // Taken before each upload: whatever the driver tells of the written files is no older than this.
-        let mut current = Some((first.len(), now_ns(), self.send_batch(first, fresh).await));
-        while let Some((batch_len, upload_started_ns, sent)) = current.take() {
-            let (written, packed) = sent?;
-            // A look the engine must ask for comes before the next batch (it can fail, and then nothing more is
-            // sent); what the driver told as it wrote is read while the next batch is copied.
-            let asked = match written {
-                Written::Unknown => self.look_after_upload(&packed.sent).await?,
-                _ => None,
-            };
-            // The next batch is sent while this one is recorded, so the cores copying (or the driver taking the
-            // stream) never wait for the bookkeeping between two batches. A cancel lets the batch on its way
-            // finish and be recorded too: everything placed in the sandbox is always recorded.
-            let next = if progress.cancelled() { None } else { batches.next() };
-            let sending = async {
-                match next {
-                    Some(batch) => Some((batch.len(), now_ns(), self.send_batch(batch, fresh).await)),
-                    None => None,
-                }
-            };
-            let recording = async {
-                let mut looked = asked.or_else(|| written.into_looked(upload_started_ns));
-                if !packed.held_back.is_empty() {
-                    let held_back: BTreeMap<String, &'static str> = packed.held_back.into_iter().collect();
-                    self.note_held_back(core, &held_back, scan, false);
-                }
-                self.note_no_longer_held(core, packed.sent.iter().map(|item| item.path.as_str()));
-                for item in packed.sent {
-                    result.uploaded += 1;
-                    result.bytes += item.local.size;
-                    bytes_done += item.local.size;
-                    let mtime_s = transfer::mtime_seconds(item.local.mtime_ns);
-                    let stamp = match &mut looked {
-                        None => Some(RemoteStamp::uploaded(item.local.size, mtime_s)),
-                        Some(looked) => {
-                            let observed_ns = looked.observed_ns;
-                            looked
-                                .get(&item.path)
-                                .and_then(|entry| RemoteStamp::after_upload(entry, item.local.size, mtime_s, observed_ns))
-                        }
-                    };
-                    let record = Record::new(&item.local, item.hash, stamp);
-                    // A file that changed while it was read still reached the sandbox as read. That copy is
-                    // recorded as the sandbox's side, so the next sync does not take it for a change made in the
-                    // sandbox (and the file, changed on both sides, for a conflict no one made); the workspace's
-                    // side is recorded as a stamp no file has, so the next scan takes the file as changed and sends
-                    // it again.
-                    let record = if item.stable { record } else { record.with_workspace_side_unknown() };
-                    core.manifest.insert(item.path.clone(), record);
-                }
-                files_done += batch_len;
-                if long {
-                    let percentage = if total_bytes > 0 {
-                        (bytes_done * 100 / total_bytes.max(1)) as u32
-                    } else {
-                        (files_done * 100 / total_files.max(1)) as u32
-                    };
-                    progress
-                        .report(
-                            format!("{files_done}/{total_files} files, {} / {} MB", bytes_done >> 20, total_bytes >> 20),
-                            Some(percentage.min(100)),
-                        )
-                        .await;
-                    let remaining = (total_files - files_done) as u64;
-                    self.publish(|state| state.pending = remaining).await;
-                }
-            };
-            let (sent_next, ()) = tokio::join!(sending, recording);
-            current = sent_next;
+        match self.inner.remote.tree_on_this_machine() {
+            Some(tree) => self.upload_across(core, scan, batches, tree, fresh, progress, result, &mut tally).await?,
+            None => self.upload_streams(core, scan, batches, progress, result, &mut tally).await?,
         }
-        if files_done < total_files {
-            return Err(cancelled_after(files_done));
+        if tally.files_done < total_files {
+            return Err(cancelled(&format!("after {} of {total_files} files", tally.files_done)));
         }
         Ok(())
     }
 
-    /// Sends one batch of workspace files: straight into the sandbox's tree where that is on this machine, else as
-    /// a tar stream packed on one thread while the driver takes it. Answers what the driver told of the written
-    /// files, if anything, and what was read.
-    async fn send_batch(&self, batch: Vec<String>, fresh: bool) -> Result<(Written, transfer::Packed)> {
+    /// `upload` through the driver, a tar stream per batch. The next batch is sent while one is recorded, so the
+    /// driver never waits for the bookkeeping between two. Between batches both sides agree on everything
+    /// recorded so far: the place to stop when asked (a cancel lets the batch on its way finish and be recorded
+    /// too, so everything placed in the sandbox is always recorded).
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_streams(
+        &self,
+        core: &mut Core,
+        scan: &Scan,
+        batches: Vec<Vec<String>>,
+        progress: &dyn Progress,
+        result: &mut SyncResult,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let mut batches = batches.into_iter();
+        let Some(first) = batches.next() else { return Ok(()) };
+        // Taken before each upload: whatever the driver tells of the written files is no older than this.
+        let mut current = Some((first.len(), now_ns(), self.send_batch(first).await));
+        while let Some((batch_len, upload_started_ns, sent)) = current.take() {
+            let (written, packed) = sent?;
+            // A look the engine must ask for comes before the next batch (it can fail, and then nothing more is
+            // sent); what the driver told as it wrote is read while the next batch is sent.
+            let asked = match written {
+                Written::Unknown => self.look_after_upload(&packed.sent).await?,
+                _ => None,
+            };
+            let next = if progress.cancelled() { None } else { batches.next() };
+            let sending = async {
+                match next {
+                    Some(batch) => Some((batch.len(), now_ns(), self.send_batch(batch).await)),
+                    None => None,
+                }
+            };
+            let looked = asked.or_else(|| written.into_looked(upload_started_ns));
+            let recording = self.record_batch(core, scan, looked, packed, batch_len, progress, result, tally);
+            let (sent_next, ()) = tokio::join!(sending, recording);
+            current = sent_next;
+        }
+        Ok(())
+    }
+
+    /// `upload` straight into a sandbox tree on this machine (`transfer::copy_batches`): every core copies, going
+    /// from one batch to the next without waiting, and each batch is recorded here as soon as all its files are
+    /// placed. A cancel (or a failed batch) starts no further batch; those under way finish and are recorded.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_across(
+        &self,
+        core: &mut Core,
+        scan: &Scan,
+        batches: Vec<Vec<String>>,
+        tree: crate::sync::TreeOnThisMachine,
+        fresh: bool,
+        progress: &dyn Progress,
+        result: &mut SyncResult,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let lengths: Vec<usize> = batches.iter().map(Vec::len).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        // One batch waits here at most: the cores copy on while one batch is recorded and the next waits, and no
+        // further, so a cancel (seen as a batch arrives) leaves little copied past it.
+        let (copied_sender, mut copied) = tokio::sync::mpsc::channel(1);
         let workspace = self.inner.workspace.clone();
         let scanner = self.inner.scanner.clone();
-        if let Some(tree) = self.inner.remote.tree_on_this_machine() {
-            let (packed, placed) = tokio::task::spawn_blocking(move || {
-                transfer::copy_across(&workspace, &batch, Some(&scanner.secrets), &tree.root, &tree.staging, fresh)
-            })
-            .await
-            .map_err(join_error("Copying the upload"))??;
-            return Ok((Written::Placed(placed), packed));
+        let stop_copying = stop.clone();
+        // Taken before anything is written: what the copies' own looks tell is no older than this.
+        let upload_started_ns = now_ns();
+        let copying = tokio::task::spawn_blocking(move || {
+            let hand_over = |index: usize, outcome: Result<transfer::CopiedBatch>| {
+                // Nobody is left to record it (the sync was dropped): start nothing more.
+                if copied_sender.blocking_send((index, outcome)).is_err() {
+                    stop_copying.store(true, Ordering::SeqCst);
+                }
+            };
+            let secrets = Some(&scanner.secrets);
+            transfer::copy_batches(&workspace, &batches, secrets, &tree.root, &tree.staging, fresh, &stop_copying, &hand_over)
+        });
+        let mut failed = None;
+        let mut handed_over = 0;
+        while let Some((index, outcome)) = copied.recv().await {
+            handed_over += 1;
+            if progress.cancelled() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            match outcome {
+                Ok((packed, placed)) => {
+                    let looked = Written::Placed(placed).into_looked(upload_started_ns);
+                    self.record_batch(core, scan, looked, packed, lengths[index], progress, result, tally).await;
+                }
+                Err(error) => {
+                    stop.store(true, Ordering::SeqCst);
+                    failed.get_or_insert(error);
+                }
+            }
         }
+        copying.await.map_err(join_error("Copying the upload"))??;
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        if handed_over < lengths.len() && !stop.load(Ordering::SeqCst) {
+            return Err(Error::Internal("Copying the upload stopped part-way; the next sync sends the rest.".into()));
+        }
+        Ok(())
+    }
+
+    /// Records one uploaded batch in the manifest (and reports progress): each file with how the sandbox's copy
+    /// looked right after (`looked`), or as the upload set it.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_batch(
+        &self,
+        core: &mut Core,
+        scan: &Scan,
+        mut looked: Option<Looked>,
+        packed: transfer::Packed,
+        batch_len: usize,
+        progress: &dyn Progress,
+        result: &mut SyncResult,
+        tally: &mut Tally,
+    ) {
+        if !packed.held_back.is_empty() {
+            let held_back: BTreeMap<String, &'static str> = packed.held_back.into_iter().collect();
+            self.note_held_back(core, &held_back, scan, false);
+        }
+        self.note_no_longer_held(core, packed.sent.iter().map(|item| item.path.as_str()));
+        for item in packed.sent {
+            result.uploaded += 1;
+            result.bytes += item.local.size;
+            tally.bytes_done += item.local.size;
+            let mtime_s = transfer::mtime_seconds(item.local.mtime_ns);
+            let stamp = match &mut looked {
+                None => Some(RemoteStamp::uploaded(item.local.size, mtime_s)),
+                Some(looked) => {
+                    let observed_ns = looked.observed_ns;
+                    looked.get(&item.path).and_then(|entry| RemoteStamp::after_upload(entry, item.local.size, mtime_s, observed_ns))
+                }
+            };
+            let record = Record::new(&item.local, item.hash, stamp);
+            // A file that changed while it was read still reached the sandbox as read. That copy is recorded as the
+            // sandbox's side, so the next sync does not take it for a change made in the sandbox (and the file,
+            // changed on both sides, for a conflict no one made); the workspace's side is recorded as a stamp no
+            // file has, so the next scan takes the file as changed and sends it again.
+            let record = if item.stable { record } else { record.with_workspace_side_unknown() };
+            core.manifest.insert(item.path.clone(), record);
+        }
+        tally.files_done += batch_len;
+        if tally.long {
+            let percentage = if tally.total_bytes > 0 {
+                (tally.bytes_done * 100 / tally.total_bytes.max(1)) as u32
+            } else {
+                (tally.files_done * 100 / tally.total_files.max(1)) as u32
+            };
+            let message = format!(
+                "{}/{} files, {} / {} MB",
+                tally.files_done,
+                tally.total_files,
+                tally.bytes_done >> 20,
+                tally.total_bytes >> 20
+            );
+            progress.report(message, Some(percentage.min(100))).await;
+            let remaining = (tally.total_files - tally.files_done) as u64;
+            self.publish(|state| state.pending = remaining).await;
+        }
+    }
+
+    /// Sends one batch of workspace files as a tar stream, packed on one thread while the driver takes it. Answers
+    /// what the driver told of the written files, if anything, and what was read.
+    async fn send_batch(&self, batch: Vec<String>) -> Result<(Written, transfer::Packed)> {
+        let workspace = self.inner.workspace.clone();
+        let scanner = self.inner.scanner.clone();
         let (reader, writer) = tokio::io::duplex(1 << 20);
         let producer = tokio::task::spawn_blocking(move || {
             let bridge = tokio_util::io::SyncIoBridge::new(writer);

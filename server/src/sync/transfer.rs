@@ -459,6 +459,10 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
     Ok(sink.placed)
 }
 
+/// One batch as `copy_batches` hands it over: what was read (and held back), and how each placed file looked right
+/// after it was written.
+pub type CopiedBatch = (Packed, Vec<(String, rustix::fs::Stat)>);
+
 /// Copies `paths` of the workspace at `source` straight into the tree at `root`, which is a directory on this
 /// machine (the local driver's sandbox): what `pack_checked` and then `unpack_atomically` do through a tar stream,
 /// with the same checks and atomic placement, but with no archive to write and parse and every byte copied once.
@@ -472,47 +476,138 @@ pub fn copy_across(
     root: &Path,
     staging: &Path,
     fresh: bool,
-) -> Result<(Packed, Vec<(String, rustix::fs::Stat)>)> {
-    type Copied = (Packed, Vec<(String, rustix::fs::Stat)>);
-    let runs: Vec<&[String]> = paths.chunks(COPY_RUN).collect();
+) -> Result<CopiedBatch> {
+    let copied = std::sync::Mutex::new(None);
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let batches = [paths.to_vec()];
+    copy_batches(source, &batches, secrets, root, staging, fresh, &never, &|_, outcome| {
+        *crate::locks::lock(&copied) = Some(outcome);
+    })?;
+    let copied = copied.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    copied.unwrap_or_else(|| Ok((Packed::default(), Vec::new())))
+}
+
+/// Copies `batches` of workspace paths into the tree at `root` on every core, as `copy_across` does for one, and
+/// hands each batch to `done` (with its index) as soon as all of its files are placed. The cores go on to the next
+/// batch's files at once: with a batch copied at a time, one core waited at the end of each for the other's last
+/// run, and the caller's recording of the last batch waited for both (16 ms of an initial sync of 50,000 files).
+///
+/// Once `stop` is set no batch is started, and every batch already started is finished and handed over, so what
+/// was placed is always reported. A batch that fails is handed over as its error and stops the rest the same way.
+/// The error answered is one that came before any batch started (the trees could not be opened), or a copying
+/// thread's panic.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_batches(
+    source: &Path,
+    batches: &[Vec<String>],
+    secrets: Option<&SecretFilter>,
+    root: &Path,
+    staging: &Path,
+    fresh: bool,
+    stop: &std::sync::atomic::AtomicBool,
+    done: &(dyn Fn(usize, Result<CopiedBatch>) + Sync),
+) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    // Every run of every batch, in order, with its batch and its place in it.
+    let runs: Vec<(usize, usize, &[String])> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(batch, paths)| paths.chunks(COPY_RUN).enumerate().map(move |(index, run)| (batch, index, run)))
+        .collect();
+    let progress: Vec<std::sync::Mutex<BatchProgress>> = batches
+        .iter()
+        .map(|paths| std::sync::Mutex::new(BatchProgress::new(paths.len().div_ceil(COPY_RUN))))
+        .collect();
+    // How many batches were started; decided under a lock, so a batch is either started by every run of it that
+    // asks or by none (a run of it skipped after another began would leave the batch never handed over).
+    let started = std::sync::Mutex::new(0usize);
+    let may_run = |batch: usize| {
+        let mut started = crate::locks::lock(&started);
+        if batch < *started {
+            return true;
+        }
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        *started = batch + 1;
+        true
+    };
     let threads = std::thread::available_parallelism().map_or(1, usize::from).min(runs.len()).max(1);
-    let next_run = std::sync::atomic::AtomicUsize::new(0);
-    let copy_runs = || -> Result<Vec<(usize, Copied)>> {
+    let mut sinks = Vec::with_capacity(threads);
+    for _ in 0..threads {
         let mut sink = PlaceSink::open(root, staging, "the workspace")?;
         sink.fresh = fresh;
-        let mut workspace = Beneath::open(source).context(|| format!("Could not open {}", source.display()))?;
-        let mut copied = Vec::new();
-        loop {
-            let index = next_run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(run) = runs.get(index) else { return Ok(copied) };
-            let packed = read_out_beneath(&mut workspace, source, run, Links::Inside, &mut sink, &mut |_| {}, secrets)?;
-            copied.push((index, (packed, std::mem::take(&mut sink.placed))));
+        let workspace = Beneath::open(source).context(|| format!("Could not open {}", source.display()))?;
+        sinks.push((sink, workspace));
+    }
+    let next_run = std::sync::atomic::AtomicUsize::new(0);
+    let copy_runs = |(mut sink, mut workspace): (PlaceSink<'_>, Beneath)| loop {
+        let index = next_run.fetch_add(1, Ordering::Relaxed);
+        let Some(&(batch, place, run)) = runs.get(index) else { return };
+        if !may_run(batch) {
+            return;
+        }
+        let copied = read_out_beneath(&mut workspace, source, run, Links::Inside, &mut sink, &mut |_| {}, secrets);
+        let placed = std::mem::take(&mut sink.placed);
+        if copied.is_err() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        let finished = crate::locks::lock(&progress[batch]).add(place, copied.map(|packed| (packed, placed)));
+        if let Some(outcome) = finished {
+            done(batch, outcome);
         }
     };
-    let outcomes: Vec<Result<Vec<(usize, Copied)>>> = if threads == 1 {
-        vec![copy_runs()]
-    } else {
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads).map(|_| scope.spawn(copy_runs)).collect();
-            workers
-                .into_iter()
-                .map(|worker| worker.join().unwrap_or_else(|_| Err(Error::Internal("A copying thread panicked.".into()))))
-                .collect()
-        })
-    };
-    let mut copied = Vec::with_capacity(runs.len());
-    for outcome in outcomes {
-        copied.extend(outcome?);
+    if threads == 1 {
+        sinks.into_iter().for_each(copy_runs);
+        return Ok(());
     }
-    copied.sort_unstable_by_key(|(index, _)| *index);
-    let mut packed = Packed::default();
-    let mut placed = Vec::with_capacity(paths.len());
-    for (_, (part, part_placed)) in copied {
-        packed.sent.extend(part.sent);
-        packed.held_back.extend(part.held_back);
-        placed.extend(part_placed);
+    // A copying thread that panicked never hands over the batch it held; the others finish what was started.
+    let panicked = std::thread::scope(|scope| {
+        let workers: Vec<_> = sinks.into_iter().map(|sink| scope.spawn(|| copy_runs(sink))).collect();
+        workers.into_iter().map(|worker| worker.join().is_err()).fold(false, |panicked, this| panicked | this)
+    });
+    if panicked {
+        return Err(Error::Internal("A copying thread panicked.".into()));
     }
-    Ok((packed, placed))
+    Ok(())
+}
+
+/// The runs of one batch that `copy_batches` finished so far.
+struct BatchProgress {
+    remaining: usize,
+    parts: Vec<Option<CopiedBatch>>,
+    error: Option<Error>,
+}
+
+impl BatchProgress {
+    fn new(runs: usize) -> Self {
+        BatchProgress { remaining: runs, parts: (0..runs).map(|_| None).collect(), error: None }
+    }
+
+    /// Adds the run at `place`; once it was the last, the whole batch, its runs in order (or its first error).
+    fn add(&mut self, place: usize, copied: Result<CopiedBatch>) -> Option<Result<CopiedBatch>> {
+        match copied {
+            Ok(part) => self.parts[place] = Some(part),
+            Err(error) => {
+                self.error.get_or_insert(error);
+            }
+        }
+        self.remaining -= 1;
+        if self.remaining > 0 {
+            return None;
+        }
+        if let Some(error) = self.error.take() {
+            return Some(Err(error));
+        }
+        let mut packed = Packed::default();
+        let mut placed = Vec::new();
+        for (part, part_placed) in self.parts.drain(..).flatten() {
+            packed.sent.extend(part.sent);
+            packed.held_back.extend(part.held_back);
+            placed.extend(part_placed);
+        }
+        Some(Ok((packed, placed)))
+    }
 }
 
 /// Paths per run of `copy_across`: enough that a run's files share their directories' walks, few enough that the
@@ -869,6 +964,62 @@ mod tests {
             assert_eq!(stat.st_ino, std::os::unix::fs::MetadataExt::ino(&now), "the look is of the placed file {path}");
         }
         assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0, "no temporary file is left behind");
+    }
+
+    /// Batches are handed over whole and once each; a stop starts no further batch, yet every file placed is in a
+    /// batch handed over, so nothing is left written in the sandbox and unrecorded.
+    #[test]
+    fn copy_batches_should_report_every_placed_file_and_start_nothing_after_a_stop() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let source = tempfile::tempdir().expect("a temp dir");
+        let staging = tempfile::tempdir().expect("a temp dir");
+        // Several runs per batch, so batches are shared by both cores and finish out of order.
+        let batches: Vec<Vec<String>> = (0..30)
+            .map(|batch| {
+                (0..COPY_RUN * 2 + 5)
+                    .map(|index| {
+                        let path = format!("b{batch}/d{}/f{index}.txt", index % 4);
+                        std::fs::create_dir_all(source.path().join(&path).parent().expect("a parent")).expect("mkdir");
+                        std::fs::write(source.path().join(&path), format!("{batch} {index}")).expect("write");
+                        path
+                    })
+                    .collect()
+            })
+            .collect();
+        for stop_after in [None, Some(0), Some(3)] {
+            let destination = tempfile::tempdir().expect("a temp dir");
+            let stop = AtomicBool::new(stop_after == Some(0));
+            let handed = std::sync::Mutex::new(Vec::new());
+            copy_batches(source.path(), &batches, None, destination.path(), staging.path(), true, &stop, &|index, outcome| {
+                let (packed, placed) = outcome.expect("a batch");
+                let sent: Vec<String> = packed.sent.into_iter().map(|item| item.path).collect();
+                assert_eq!(sent, batches[index], "batch {index} is handed over whole, in order");
+                assert_eq!(placed.len(), sent.len());
+                let mut handed = crate::locks::lock(&handed);
+                handed.push(index);
+                if stop_after.is_some_and(|after| handed.len() > after) {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            })
+            .expect("copy");
+            let mut handed = handed.into_inner().expect("not poisoned");
+            handed.sort_unstable();
+            let before = handed.len();
+            handed.dedup();
+            assert_eq!(handed.len(), before, "no batch twice ({stop_after:?})");
+            match stop_after {
+                None => assert_eq!(handed, (0..batches.len()).collect::<Vec<_>>(), "everything, when not stopped"),
+                Some(0) => assert!(handed.is_empty(), "nothing starts once stopped"),
+                Some(after) => assert!(handed.len() > after && handed.len() < batches.len(), "stopped part-way: {handed:?}"),
+            }
+            let mut written = Vec::new();
+            for (index, batch) in batches.iter().enumerate() {
+                let placed = batch.iter().filter(|path| destination.path().join(path).exists()).count();
+                assert!(placed == 0 || handed.contains(&index), "batch {index} has {placed} files placed but was not handed over");
+                written.push(placed);
+            }
+            assert_eq!(written.iter().sum::<usize>(), handed.iter().map(|index| batches[*index].len()).sum::<usize>());
+        }
     }
 
     #[test]

@@ -1119,7 +1119,7 @@ impl SessionSync {
             // changed on both sides, for a conflict no one made); the workspace's side is recorded as a stamp no
             // file has, so the next scan takes the file as changed and sends it again.
             let record = if item.stable { record } else { record.with_workspace_side_unknown() };
-            core.manifest.insert(item.path.clone(), record);
+            core.manifest.insert(item.path, record);
         }
         tally.files_done += batch_len;
         if tally.long {

@@ -446,7 +446,8 @@ def cli_run(options, directory, state, results):
 
 
 def big_tree_rss(options, results):
-    """Peak RSS of the server during the initial sync of 50,000 files, with one tar | tar of the same files."""
+    """Peak RSS of the server during the initial sync of 50,000 files, and that sync against tar | tar of the same
+    files: medians of `--rounds` rounds, the order alternating, the peak the highest of any round."""
     directory = PLACES["shm"] if "shm" in options.places else PLACES["disk"]
     place_name = "shm" if "shm" in options.places else "disk"
     files = int(BIG_FILES * options.scale)
@@ -455,25 +456,44 @@ def big_tree_rss(options, results):
     scratch = tempfile.mkdtemp(prefix="run-", dir=directory)
     state = os.path.join(scratch, "state")
     os.makedirs(state)
-    try:
-        os.sync()
-        server = LspClient(options.binary, state)
-        params = {"driver": "local", "workspaceFolder": uri(tree), "settings": {"sync": {"watch": "off"}}}
-        ours = timed(lambda: server.request("sandlink/connect", params))
-        peak = server.memory_kib("VmHWM")
-        server.close()
+    ours, theirs, peak = [], [], 0
+
+    def settle():
+        wait_for_trash(state)
         shutil.rmtree(os.path.join(state, "sessions"), ignore_errors=True)
+        shutil.rmtree(os.path.join(scratch, "tar"), ignore_errors=True)
         os.sync()
         time.sleep(0.3)
+
+    def sandlink():
+        nonlocal peak
+        settle()
+        server = LspClient(options.binary, state)
+        params = {"driver": "local", "workspaceFolder": uri(tree), "settings": {"sync": {"watch": "off"}}}
+        ours.append(timed(lambda: server.request("sandlink/connect", params)))
+        peak = max(peak, server.memory_kib("VmHWM"))
+        server.close()
+
+    def tar():
+        settle()
         destination = os.path.join(scratch, "tar")
         os.makedirs(destination)
-        theirs = run_process(["sh", "-c", f"tar -C '{tree}' -cf - -T '{list_file}' | tar -C '{destination}' -xf -"])[0]
+        theirs.append(run_process(["sh", "-c", f"tar -C '{tree}' -cf - -T '{list_file}' | tar -C '{destination}' -xf -"])[0])
+
+    try:
+        for round_index in range(options.rounds):
+            for contender in ((sandlink, tar) if round_index % 2 == 0 else (tar, sandlink)):
+                contender()
+            log(f"  [{place_name}] {files} files round {round_index + 1}: sandlink {ours[-1]:.2f} s, tar {theirs[-1]:.2f} s")
+        settle()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
     results.append(row(f"server peak RSS, initial sync of {files} files", place_name, f"{peak / 1024:.0f} MB", [], None,
                        goal=("<", 64.0, " MB"), goal_value=peak / 1024))
-    results.append(row(f"initial sync through `sandlink/connect`, {files} files (1 round)", place_name, seconds(ours),
-                       [("tar c | tar x", theirs)], ours, goal=("<=", 1.0, "x tar"), goal_value=ours / theirs))
+    results.append(row(f"initial sync through `sandlink/connect`, {files} files", place_name, seconds(ours_median),
+                       [("tar c | tar x", theirs_median)], ours_median, goal=("<=", 1.0, "x tar"),
+                       goal_value=ours_median / theirs_median))
 
 
 def docker_reachable():

@@ -260,6 +260,11 @@ impl Manifest {
         self.dirty
     }
 
+    /// Says the entries as they are now reached the file (`save_atomically` of them, under the caller's lock).
+    pub fn mark_saved(&mut self) {
+        self.dirty = false;
+    }
+
     /// Paths recorded at or under `prefix` (`""` is everything).
     pub fn paths_under(&self, prefix: &str) -> Vec<String> {
         if prefix.is_empty() {

@@ -403,6 +403,29 @@ impl SessionSync {
         }
     }
 
+    /// Saves the manifest straight from the live map while the sync's lock is still held, where the runtime lets this
+    /// thread block: a copy to save outside the lock, and dropping it after, cost as much as the save itself (for
+    /// 50,000 entries 5 and 3 ms against 8.6, all on the path of an initial sync's answer). Nothing waits on the lock
+    /// at the end of an explicit sync but the next sync, which would wait for the save anyway. No `.await` comes
+    /// between taking the manifest's entries and the end of the save, so a sync dropped here cannot lose them.
+    /// `false` where the runtime cannot block in place (a single-threaded one): then `persist` does it.
+    fn persist_holding(&self, core: &mut Core) -> bool {
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_threaded {
+            return false;
+        }
+        if !core.manifest.is_dirty() {
+            return true;
+        }
+        let saved = tokio::task::block_in_place(|| save_atomically(core.manifest.path(), &core.manifest.entries));
+        match saved {
+            Ok(()) => core.manifest.mark_saved(),
+            Err(error) => tracing::warn!(%error, "could not save the sync manifest; the next sync compares by content"),
+        }
+        true
+    }
+
     /// Says the sandbox is new and nothing runs in it (a session being opened): the next sync, if it is the first,
     /// may write new files under their own names (`transfer::PlaceSink::fresh`). `false` takes that back.
     pub fn set_sandbox_fresh(&self, fresh: bool) {
@@ -450,8 +473,10 @@ impl SessionSync {
             *lock(&self.inner.pending) = Pending::default();
         }
         let outcome = self.run(&mut core, direction, scope, explicit, progress).await;
-        drop(core);
-        self.persist().await;
+        if !self.persist_holding(&mut core) {
+            drop(core);
+            self.persist().await;
+        }
         outcome
     }
 

@@ -122,7 +122,7 @@ pub trait RemoteFiles: Send + Sync {
     }
 
     /// Where the sandbox's tree is a directory on this machine (the local driver's), that directory: uploads are
-    /// then copied straight into it (`transfer::copy_across`), with no tar stream between a packing and an
+    /// then copied straight into it (`transfer::copy_batches`), with no tar stream between a packing and an
     /// unpacking thread. `None` for every driver whose sandbox is elsewhere.
     fn tree_on_this_machine(&self) -> Option<TreeOnThisMachine> {
         None

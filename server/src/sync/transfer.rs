@@ -79,7 +79,7 @@ pub fn pack_checked(
 }
 
 /// Where `read_out` puts the files and symlinks it reads: a tar stream (`TarSink`), or the sandbox's tree itself
-/// when that is a directory on this machine (`PlaceSink`, through `copy_across`).
+/// when that is a directory on this machine (`PlaceSink`, through `copy_batches`).
 pub trait Sink {
     /// A symlink to `target`.
     fn link(&mut self, path: &str, target: &str, mtime_s: u64) -> Result<()>;
@@ -463,34 +463,15 @@ pub fn unpack_atomically(reader: impl Read, root: &Path, staging: &Path) -> Resu
 /// after it was written.
 pub type CopiedBatch = (Packed, Vec<(String, rustix::fs::Stat)>);
 
-/// Copies `paths` of the workspace at `source` straight into the tree at `root`, which is a directory on this
-/// machine (the local driver's sandbox): what `pack_checked` and then `unpack_atomically` do through a tar stream,
-/// with the same checks and atomic placement, but with no archive to write and parse and every byte copied once.
-/// Every core takes part: each takes the next run of `COPY_RUN` paths until none is left (runs keep a directory's
-/// files together, and a core held up by big files simply takes fewer runs). Answers what was read, in the order of
-/// `paths`, as `pack_checked` does, and each file written with its metadata, as `unpack_atomically` does.
-pub fn copy_across(
-    source: &Path,
-    paths: &[String],
-    secrets: Option<&SecretFilter>,
-    root: &Path,
-    staging: &Path,
-    fresh: bool,
-) -> Result<CopiedBatch> {
-    let copied = std::sync::Mutex::new(None);
-    let never = std::sync::atomic::AtomicBool::new(false);
-    let batches = [paths.to_vec()];
-    copy_batches(source, &batches, secrets, root, staging, fresh, &never, &|_, outcome| {
-        *crate::locks::lock(&copied) = Some(outcome);
-    })?;
-    let copied = copied.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    copied.unwrap_or_else(|| Ok((Packed::default(), Vec::new())))
-}
-
-/// Copies `batches` of workspace paths into the tree at `root` on every core, as `copy_across` does for one, and
-/// hands each batch to `done` (with its index) as soon as all of its files are placed. The cores go on to the next
-/// batch's files at once: with a batch copied at a time, one core waited at the end of each for the other's last
-/// run, and the caller's recording of the last batch waited for both (16 ms of an initial sync of 50,000 files).
+/// Copies `batches` of workspace paths straight into the tree at `root`, which is a directory on this machine (the
+/// local driver's sandbox): what `pack_checked` and then `unpack_atomically` do through a tar stream, with the same
+/// checks and atomic placement, but with no archive to write and parse and every byte copied once. Every core takes
+/// part: each takes the next run of `COPY_RUN` paths until none is left (runs keep a directory's files together, and
+/// a core held up by big files simply takes fewer runs). Each batch goes to `done` (with its index) as soon as all
+/// of its files are placed: what was read, in the order of its paths, as `pack_checked` answers it, and each file
+/// written with its metadata, as `unpack_atomically` does. The cores go on to the next batch's files at once: with a
+/// batch copied at a time, one core waited at the end of each for the other's last run, and the caller's recording
+/// of the last batch waited for both (16 ms of an initial sync of 50,000 files).
 ///
 /// Once `stop` is set no batch is started, and every batch already started is finished and handed over, so what
 /// was placed is always reported. A batch that fails is handed over as its error and stops the rest the same way.
@@ -610,7 +591,7 @@ impl BatchProgress {
     }
 }
 
-/// Paths per run of `copy_across`: enough that a run's files share their directories' walks, few enough that the
+/// Paths per run of `copy_batches`: enough that a run's files share their directories' walks, few enough that the
 /// cores finish together.
 const COPY_RUN: usize = 64;
 
@@ -875,6 +856,25 @@ mod tests {
         assert_eq!(std::fs::metadata(&copied).expect("stat").permissions().mode() & 0o777, 0o755);
         assert_eq!(std::fs::read_link(destination.path().join("link")).expect("readlink"), Path::new("bin/run.sh"));
         assert_eq!(std::fs::read_dir(staging.path()).expect("list").count(), 0, "no temporary file is left behind");
+    }
+
+    /// One batch through `copy_batches`, as the upload's first batch goes: its outcome, or the error of the copy.
+    fn copy_across(
+        source: &Path,
+        paths: &[String],
+        secrets: Option<&SecretFilter>,
+        root: &Path,
+        staging: &Path,
+        fresh: bool,
+    ) -> Result<CopiedBatch> {
+        let copied = std::sync::Mutex::new(None);
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let batches = [paths.to_vec()];
+        copy_batches(source, &batches, secrets, root, staging, fresh, &never, &|_, outcome| {
+            *crate::locks::lock(&copied) = Some(outcome);
+        })?;
+        let copied = copied.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        copied.unwrap_or_else(|| Ok((Packed::default(), Vec::new())))
     }
 
     #[test]

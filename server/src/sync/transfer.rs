@@ -474,7 +474,9 @@ pub type CopiedBatch = (Packed, Vec<(String, rustix::fs::Stat)>);
 /// of the last batch waited for both (16 ms of an initial sync of 50,000 files).
 ///
 /// Once `stop` is set no batch is started, and every batch already started is finished and handed over, so what
-/// was placed is always reported. A batch that fails is handed over as its error and stops the rest the same way.
+/// was placed is reported. A batch that fails is handed over as its error alone and stops the rest the same way:
+/// files its other runs placed go unreported, as with one copy per batch before, and the next sync, finding them
+/// without a record, compares them by content.
 /// The error answered is one that came before any batch started (the trees could not be opened), or a copying
 /// thread's panic.
 #[allow(clippy::too_many_arguments)]

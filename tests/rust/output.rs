@@ -78,7 +78,7 @@ fn both_streams_should_share_one_cap() {
     let counter = server.output_counter(&run_id);
     assert!(counter.seq_contiguous, "seq increases by one per notification");
     assert_eq!(counter.text_bytes, 200_005, "the live view shows both streams whole");
-    assert!(counter.tail_text.ends_with("last\n"), "{:?}", counter.tail_text);
+    assert!(counter.stderr_tail.ends_with("last\n"), "{:?}", counter.stderr_tail);
     let log = log_of(&exit);
     let (head, marker) = log.split_at(CAP as usize);
     assert!(head.iter().all(|byte| *byte == b'o' || *byte == b'e'));

@@ -89,6 +89,9 @@ pub struct OutputCounter {
     pub markers: Vec<String>,
     /// The last characters the run showed, to check the end of a huge output arrives.
     pub tail_text: String,
+    /// The last characters of its standard error alone: the two streams are read side by side, so the end of the
+    /// run's stdout may be shown after stderr's last line even when the run wrote it first.
+    pub stderr_tail: String,
 }
 
 struct Shared {
@@ -513,10 +516,16 @@ fn spawn_reader(stdout: std::process::ChildStdout, shared: Arc<Shared>, stdin: A
                 if text.contains("[sandlink:") {
                     counter.markers.push(text.chars().take(400).collect());
                 }
-                counter.tail_text.push_str(text);
-                if counter.tail_text.len() > 400 {
-                    let cut = counter.tail_text.char_indices().rev().nth(199).map(|(index, _)| index).unwrap_or(0);
-                    counter.tail_text.drain(..cut);
+                let keep_tail = |tail: &mut String| {
+                    tail.push_str(text);
+                    if tail.len() > 400 {
+                        let cut = tail.char_indices().rev().nth(199).map(|(index, _)| index).unwrap_or(0);
+                        tail.drain(..cut);
+                    }
+                };
+                keep_tail(&mut counter.tail_text);
+                if message.pointer("/params/stream").and_then(Value::as_str) == Some("stderr") {
+                    keep_tail(&mut counter.stderr_tail);
                 }
             } else if !method.is_empty() {
                 if method != "sandlink/output" {
